@@ -1,0 +1,193 @@
+"""Configuration: one pydantic-settings model, loaded once.
+
+Precedence, lowest to highest: defaults < YAML/JSON file (`--config`) < environment
+(`LLM_ROUTER_*`, nested keys joined by `__`) < CLI flags. `load_config` does the merge; every
+error names the offending key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from .errors import ConfigError
+from .units import parse_bytes, parse_duration
+
+__all__ = ["EngineOptions", "ModelConfig", "Settings", "load_config"]
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class EngineOptions(BaseModel):
+    """Options passed to a model's engine. Unset fields take the engine's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_size: int | None = Field(
+        None, ge=16, description="Context tokens per parallel slot (default: min(model, 4096))."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: cores present).")
+    parallel: int | None = Field(
+        None, ge=1, le=64, description="Sequences decoded together (slots)."
+    )
+    batch_size: int | None = Field(None, ge=1, description="Max tokens per decode step.")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the file's.")
+
+    def merged(self, override: EngineOptions) -> EngineOptions:
+        """`override`'s set fields win over this one's."""
+        return self.model_copy(update=override.model_dump(exclude_unset=True, exclude_none=True))
+
+
+class ModelConfig(EngineOptions):
+    """One `models:` entry. With `path`, the file is served under `id`; with only an `id` that
+    matches a file in the models directory, the entry adds options and aliases to it."""
+
+    id: str = Field(min_length=1)
+    path: Path | None = None
+    aliases: list[str] = Field(default_factory=list)
+    engine: str | None = Field(None, description="Engine name; default chosen by format.")
+    system_prompt: str | None = Field(
+        None, description="System message added to chats that bring none (as Ollama's SYSTEM)."
+    )
+    keep_alive: str | float | None = Field(
+        None, description="Idle time before unload: '5m', '30s', 0 (after each request), -1 (never)."
+    )
+    pin: bool = Field(False, description="Never evict or idle-unload this model.")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions.model_validate(
+            self.model_dump(include=set(EngineOptions.model_fields), exclude_unset=True)
+        )
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start. See config.example.yaml for each option."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_ROUTER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    models_dir: Path = Path("models")
+    log_level: LogLevel = "info"
+    provision_default_models: bool = True
+    watch_interval: float = Field(2.0, ge=0, description="Seconds between directory scans; 0: off.")
+    autoload: bool = True
+    model_defaults: EngineOptions = Field(default_factory=EngineOptions)
+    models: list[ModelConfig] = Field(default_factory=list)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    worker_start_timeout: float = Field(120.0, gt=0)
+    models_max: int = Field(4, ge=0, description="Most models loaded at once; 0: no limit.")
+    memory_budget: str | int = Field(
+        "80%", description="Bytes (or '12GiB') or a percentage of available RAM for loaded models."
+    )
+    keep_alive: str | float = Field("5m", description="Default idle time before unload.")
+    preload: list[str] = Field(default_factory=list, description="Models loaded at start-up.")
+    queue_per_model: int = Field(64, ge=0, description="Requests waiting per model; over: 429.")
+    queue_total: int = Field(512, ge=0, description="Requests waiting in all; over: 503.")
+    queue_timeout: float = Field(300.0, gt=0, description="Seconds a request may wait; then 503.")
+    unload_grace: float = Field(10.0, ge=0, description="Seconds in-flight requests get on unload.")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_duration(cls, value: str | float) -> str | float:
+        parse_duration(value)
+        return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _check_budget(cls, value: str | int) -> str | int:
+        parse_bytes(value, 1)
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            for name in (model.id, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is used twice")
+                seen.add(name)
+        return models
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[no-untyped-def, override]
+        # load_config merges file, env and CLI itself, so only explicit values count here.
+        return (init_settings,)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults < file < environment < `overrides` (the CLI flags).
+
+    Raises ConfigError naming the key when the file is unreadable or a value is invalid."""
+    merged = _read_file(Path(path)) if path else {}
+    _deep_merge(merged, _read_env(environ))
+    _deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _read_env(environ: dict[str, str] | None) -> dict[str, Any]:
+    source = EnvSettingsSource(Settings)
+    source.env_vars = parse_env_vars(
+        os.environ if environ is None else environ, False, source.env_ignore_empty,
+        source.env_parse_none_str,
+    )  # fmt: skip
+    try:
+        return source()
+    except Exception as exc:  # pydantic-settings raises SettingsError on unparsable JSON values
+        raise ConfigError(f"invalid LLM_ROUTER_* environment variable: {exc}") from None
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _describe(exc: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{key}: {err['msg']}")
+    return f"invalid configuration{where}: " + "; ".join(lines)

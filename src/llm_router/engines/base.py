@@ -1,0 +1,55 @@
+"""The one small protocol every local engine implements.
+
+An engine lives inside a worker process and is driven by that process's single loop thread:
+no method is ever called concurrently, so engines need no locks. Generation is step-wise so an
+engine can decode many sequences together (continuous batching); an engine that cannot simply
+advances one sequence per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import RouterError
+from ..types import Finished, GenerationRequest, TextDelta
+
+__all__ = ["Engine", "EngineEvent", "LoadSpec"]
+
+EngineEvent = TextDelta | Finished | RouterError
+"""A RouterError ends its sequence with that error."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What a worker needs to load a model: the file, the engine options (EngineOptions as a
+    dict, unset fields absent) and what discovery learned from the file's metadata."""
+
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+    architecture: str | None = None
+
+
+class Engine(Protocol):
+    def info(self) -> dict[str, Any]:
+        """A snapshot of facts for `GET /models`: context per slot, slots, threads..."""
+        ...
+
+    def submit(self, seq: int, request: GenerationRequest) -> None:
+        """Queue a generation under the caller's id `seq`. Raises BadRequest (e.g.
+        ContextLengthExceeded) at once when the request can never be served."""
+        ...
+
+    def cancel(self, seq: int) -> None:
+        """Drop a sequence, queued or running; its resources are free after the next step."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """True while any sequence is queued or running."""
+        ...
+
+    def step(self) -> list[tuple[int, EngineEvent]]:
+        """Advance every running sequence by one decode step; blocks for its duration."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,115 @@
+"""Chat templates: the Jinja template a model file carries, or the one known for its
+architecture when the file has none (the bundled Gemma 3 base carries none; llama.cpp's own
+fallbacks, llama-2 or ChatML, are wrong for it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import BadRequest
+from ..types import ChatMessage
+
+__all__ = ["KNOWN_TEMPLATES", "ChatTemplate", "template_for"]
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '')"
+    " + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+# For base (not instruction-tuned) models: a plain transcript, which they continue sensibly
+# ("Assistant: The capital of France is Paris."), where a turn format they were never trained
+# on makes them babble. Generation stops before the model writes the next "User:" turn.
+TRANSCRIPT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{{ message['role'] | capitalize + ': ' + message['content'] | trim + '\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:")
+INSTRUCT_TAGS = ("it", "instruct", "chat")
+
+# Architecture (GGUF `general.architecture`) -> template, for instruction-tuned files that
+# carry none.
+KNOWN_TEMPLATES: dict[str, str] = {
+    "gemma": GEMMA_TEMPLATE,
+    "gemma2": GEMMA_TEMPLATE,
+    "gemma3": GEMMA_TEMPLATE,
+    "gemma3n": GEMMA_TEMPLATE,
+    "qwen2": CHATML_TEMPLATE,
+}
+
+
+def _raise(message: str) -> NoReturn:
+    raise BadRequest(f"chat template refused the conversation: {message}", param="messages")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class ChatTemplate:
+    """A compiled template. `render` is pure; it raises BadRequest for a conversation the
+    template refuses (e.g. roles out of order) and never leaks a Jinja error."""
+
+    def __init__(
+        self, source: str, *, bos_token: str = "", eos_token: str = "", stops: tuple[str, ...] = ()
+    ) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
+        self._template = env.from_string(source)
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.stops = stops
+
+    def render(self, messages: Sequence[ChatMessage], **extra: Any) -> str:
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                **extra,
+            )
+        except (TemplateError, TypeError, ValueError) as exc:
+            raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from None
+
+
+def template_for(
+    architecture: str | None, embedded: str | None, override: str | None, finetune: str | None
+) -> tuple[str, tuple[str, ...]] | None:
+    """The template to use and the stop strings it implies: the configured override, else the
+    file's, else for an instruction-tuned file (`general.finetune`) the one known for its
+    architecture, else for a base model the plain transcript. None: chat is refused."""
+    if override or embedded:
+        return (override or embedded or ""), ()
+    tuned = any(tag in (finetune or "").lower().replace("-", " ").split() for tag in INSTRUCT_TAGS)
+    if tuned:
+        known = KNOWN_TEMPLATES.get(architecture or "")
+        return (known, ()) if known else None
+    return TRANSCRIPT_TEMPLATE, TRANSCRIPT_STOPS

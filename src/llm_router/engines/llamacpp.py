@@ -1,0 +1,338 @@
+"""GGUF models through llama.cpp's low-level API (llama-cpp-python's ctypes bindings).
+
+One decode loop per model: every `step()` gathers one token from each generating sequence plus
+prompt chunks of newly admitted ones into one `llama_batch` (a `seq_id` per slot) and calls
+`llama_decode` once. Sampling runs in C through llama.cpp's sampler chains, one per sequence.
+The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python per token."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import llama_cpp as lc
+
+from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFailed
+from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from .base import EngineEvent, LoadSpec
+from .chat_template import ChatTemplate, template_for
+from .text import TextAssembler
+
+__all__ = ["LlamaCppEngine"]
+
+DEFAULT_CONTEXT = 2048
+DEFAULT_PARALLEL = 4
+DEFAULT_BATCH = 512
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if os.environ.get("LLM_ROUTER_ENGINE_LOG") and text:
+        os.write(2, text)
+
+
+@dataclass(slots=True)
+class _Seq:
+    seq: int
+    tokens: list[int]
+    params: SamplingParams
+    sampler: Any
+    text: TextAssembler
+    slot: int = -1
+    n_past: int = 0
+    generated: int = 0
+    next_token: int = -1
+    logits_index: int = -1
+    cached: int = 0
+    lstrip: bool = False  # drop the space a transcript-style reply starts with
+    history: list[int] = field(default_factory=list)
+
+
+class LlamaCppEngine:
+    """Engine for GGUF files. Slots share one unified KV cache of `context_size * parallel`
+    cells; each slot may hold up to `context_size` tokens."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        opts = spec.options
+        lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        mparams = lc.llama_model_default_params()
+        model = lc.llama_model_load_from_file(spec.path.encode(), mparams)
+        if not model:
+            raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
+        self._model = model
+        self._vocab = lc.llama_model_get_vocab(model)
+        n_train = lc.llama_model_n_ctx_train(model)
+        self.context_size = min(opts.get("context_size") or min(n_train, DEFAULT_CONTEXT), n_train)
+        self.parallel = opts.get("parallel") or DEFAULT_PARALLEL
+        self.threads = opts.get("threads") or _cores()
+        self.batch_size = opts.get("batch_size") or DEFAULT_BATCH
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = self.context_size * self.parallel
+        cparams.n_batch = cparams.n_ubatch = self.batch_size
+        cparams.n_seq_max = self.parallel
+        cparams.n_threads = cparams.n_threads_batch = self.threads
+        cparams.kv_unified = False  # per-slot KV streams: attention cost follows the slot, not the total
+        cparams.no_perf = True
+        ctx = lc.llama_init_from_model(model, cparams)
+        if not ctx:
+            lc.llama_model_free(model)
+            raise ModelLoadFailed(f"llama.cpp could not create a context for {spec.path}")
+        self._ctx = ctx
+        self._mem = lc.llama_get_memory(ctx)
+        self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
+        self._piece_cache: dict[int, bytes] = {}
+        self._bos = lc.llama_vocab_bos(self._vocab)
+        self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        self._template = self._load_template(spec)
+        self._free_slots = list(range(self.parallel - 1, -1, -1))
+        self._waiting: deque[_Seq] = deque()
+        self._running: dict[int, _Seq] = {}
+
+    # -- Engine protocol -------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": "llama.cpp",
+            "context_size": self.context_size,
+            "context_total": self.context_size * self.parallel,
+            "parallel": self.parallel,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "chat_template": self._template is not None,
+            "slots_busy": len(self._running),
+        }
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def submit(self, seq: int, request: GenerationRequest) -> None:
+        tokens = self._prompt_tokens(request)
+        if len(tokens) >= self.context_size:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_size} tokens, "
+                f"but the prompt has {len(tokens)} tokens.",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        params = request.params
+        transcript = bool(request.messages is not None and self._template and self._template.stops)
+        if transcript and self._template:
+            params = replace(params, stop=(*params.stop, *self._template.stops))
+        self._waiting.append(
+            _Seq(seq, tokens, params, self._make_sampler(params), TextAssembler(params.stop),
+                 lstrip=transcript)
+        )  # fmt: skip
+
+    def cancel(self, seq: int) -> None:
+        for s in list(self._waiting):
+            if s.seq == seq:
+                self._waiting.remove(s)
+                lc.llama_sampler_free(s.sampler)
+        if seq in self._running:
+            self._release(self._running.pop(seq))
+
+    def step(self) -> list[tuple[int, EngineEvent]]:
+        self._admit()
+        batch_seqs = self._fill_batch()
+        if not batch_seqs:
+            return []
+        rc = lc.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            return self._fail_all(f"llama_decode failed with code {rc}")
+        events: list[tuple[int, EngineEvent]] = []
+        for s in batch_seqs:
+            if s.logits_index >= 0:
+                self._sample(s, events)
+        return events
+
+    def close(self) -> None:
+        for s in [*self._waiting, *self._running.values()]:
+            lc.llama_sampler_free(s.sampler)
+        self._waiting.clear()
+        self._running.clear()
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self._ctx)
+        lc.llama_model_free(self._model)
+
+    # -- prompt ----------------------------------------------------------------------------
+
+    def _load_template(self, spec: LoadSpec) -> ChatTemplate | None:
+        raw = lc.llama_model_chat_template(self._model, None)
+        embedded = raw.decode("utf-8", "replace") if raw else None
+        chosen = template_for(
+            spec.architecture, embedded, spec.options.get("chat_template"),
+            self._meta("general.finetune"),
+        )  # fmt: skip
+        if chosen is None:
+            return None
+        source, stops = chosen
+        bos = self._piece(self._bos, special=True).decode("utf-8", "replace") if self._bos >= 0 else ""
+        eos_id = lc.llama_vocab_eos(self._vocab)
+        eos = self._piece(eos_id, special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
+        return ChatTemplate(source, bos_token=bos, eos_token=eos, stops=stops)
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, 256)
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.messages is None:
+            return self.tokenize(request.prompt or "", add_bos=self._add_bos)
+        if self._template is None:
+            raise BadRequest(
+                "this model has no chat template: use /v1/completions, or set `chat_template` "
+                "for it in the configuration",
+                param="messages",
+            )
+        text = self._template.render(request.messages)
+        starts_with_bos = bool(self._template.bos_token) and text.startswith(
+            self._template.bos_token
+        )
+        return self.tokenize(text, add_bos=self._add_bos and not starts_with_bos)
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        return list(buf[:n])
+
+    def _piece(self, token: int, *, special: bool = False) -> bytes:
+        if not special and token in self._piece_cache:
+            return self._piece_cache[token]
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        piece = buf.raw[:n]
+        if not special:
+            self._piece_cache[token] = piece
+        return piece
+
+    def _make_sampler(self, p: SamplingParams) -> Any:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lc.llama_sampler_chain_add
+        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+            add(chain, lc.llama_sampler_init_penalties(
+                n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+            ))
+        if p.temperature <= 0:
+            add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(chain, lc.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0:
+            add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, lc.llama_sampler_init_temp(p.temperature))
+        seed = p.seed if p.seed is not None else random.getrandbits(32)
+        add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    # -- the decode loop -------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            s = self._waiting.popleft()
+            s.slot = self._free_slots.pop()
+            lc.llama_memory_seq_rm(self._mem, s.slot, -1, -1)
+            self._running[s.seq] = s
+
+    def _fill_batch(self) -> list[_Seq]:
+        """Decode tokens first (one per generating sequence), then prompt chunks in the room
+        left, so a long prompt never stalls the streams already generating."""
+        b = self._batch
+        n = 0
+        used: list[_Seq] = []
+        prefilling = []
+        for s in self._running.values():
+            s.logits_index = -1
+            if s.n_past < len(s.tokens):
+                prefilling.append(s)
+                continue
+            self._put(b, n, s.next_token, s.n_past, s.slot, True)
+            s.logits_index = n
+            s.n_past += 1
+            n += 1
+            used.append(s)
+        for s in prefilling:
+            room = self.batch_size - n
+            if room <= 0:
+                break
+            chunk = s.tokens[s.n_past : s.n_past + room]
+            last = s.n_past + len(chunk) == len(s.tokens)
+            for i, tok in enumerate(chunk):
+                self._put(b, n, tok, s.n_past + i, s.slot, last and i == len(chunk) - 1)
+                n += 1
+            s.n_past += len(chunk)
+            if last:
+                s.logits_index = n - 1
+            used.append(s)
+        b.n_tokens = n
+        return used
+
+    @staticmethod
+    def _put(b: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+
+    def _sample(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
+        token = lc.llama_sampler_sample(s.sampler, self._ctx, s.logits_index)
+        if lc.llama_vocab_is_eog(self._vocab, token):
+            return self._finish(s, "stop", events)
+        s.generated += 1
+        s.next_token = token
+        text, stopped = s.text.feed(self._piece(token))
+        if s.lstrip and text:
+            text = text.lstrip()
+            s.lstrip = not text
+        if text:
+            events.append((s.seq, TextDelta(text)))
+        if stopped:
+            return self._finish(s, "stop", events, flush=False)
+        limit = s.params.max_tokens
+        if (limit is not None and s.generated >= limit) or s.n_past >= self.context_size:
+            self._finish(s, "length", events)
+
+    def _finish(
+        self, s: _Seq, reason: str, events: list[tuple[int, EngineEvent]], flush: bool = True
+    ) -> None:
+        tail = s.text.finish() if flush else ""
+        if tail:
+            events.append((s.seq, TextDelta(tail)))
+        usage = Usage(len(s.tokens), s.generated, s.cached)
+        events.append((s.seq, Finished("stop" if reason == "stop" else "length", usage)))
+        del self._running[s.seq]
+        self._release(s)
+
+    def _release(self, s: _Seq) -> None:
+        lc.llama_sampler_free(s.sampler)
+        lc.llama_memory_seq_rm(self._mem, s.slot, -1, -1)
+        self._free_slots.append(s.slot)
+
+    def _fail_all(self, message: str) -> list[tuple[int, EngineEvent]]:
+        failed = list(self._running.values())
+        for s in failed:
+            del self._running[s.seq]
+            self._release(s)
+        return [(s.seq, EngineError(message)) for s in failed]

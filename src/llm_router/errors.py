@@ -1,0 +1,89 @@
+"""The domain error tree. No HTTP here: `server/errors.py` maps each class to a status and an
+OpenAI error `type`/`code` in one table. Errors are classified by class, never by message text."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "ContextLengthExceeded",
+    "EngineError",
+    "EngineUnavailable",
+    "InsufficientMemory",
+    "InvalidModelFile",
+    "ModelLoadFailed",
+    "ModelNotFound",
+    "ModelNotLoaded",
+    "QueueFull",
+    "RouterError",
+    "ServerBusy",
+    "WorkerDied",
+]
+
+
+class RouterError(Exception):
+    """Base of every error this package raises on purpose.
+
+    `param` names the request field at fault, when there is one."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ConfigError(RouterError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class BadRequest(RouterError):
+    """The request is malformed or asks for something impossible."""
+
+
+class ContextLengthExceeded(BadRequest):
+    """The prompt does not fit in the model's context window."""
+
+
+class ModelNotFound(RouterError):
+    """No model, alias or route by that name."""
+
+
+class ModelNotLoaded(BadRequest):
+    """The model is unloaded and autoload is off for this request."""
+
+
+class InvalidModelFile(RouterError):
+    """A file looks like a model but cannot be read (truncated, corrupt header)."""
+
+
+class EngineUnavailable(RouterError):
+    """The engine a model needs is not installed; the message names the extra."""
+
+
+class ModelLoadFailed(RouterError):
+    """Loading the model failed; the model stays in `error` until its file changes or a
+    load is asked for explicitly."""
+
+
+class EngineError(RouterError):
+    """The engine failed while serving a request."""
+
+
+class WorkerDied(EngineError):
+    """The worker process of a model exited while requests were in flight."""
+
+
+class InsufficientMemory(RouterError):
+    """The model can never fit in the memory budget."""
+
+
+class QueueFull(RouterError):
+    """Too many requests wait for this model; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServerBusy(QueueFull):
+    """The server as a whole is over its queue limit, or a request waited past its deadline."""

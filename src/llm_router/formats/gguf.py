@@ -1,0 +1,300 @@
+"""A pure-Python reader of a GGUF file's header: the metadata a router needs, and a check that
+the tensor data the header announces is all there (a truncated download is caught here, not
+by the engine). Little-endian GGUF v2 and v3 only.
+
+Big arrays (a 262,144-token vocabulary) are skipped by size; of string arrays only the
+lengths are read, except for the tokens asked for."""
+
+from __future__ import annotations
+
+import math
+import mmap
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from llm_router.errors import InvalidModelFile
+
+__all__ = ["GGUF_MAGIC", "GGUFInfo", "is_gguf", "read_gguf_info"]
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+_MAX_DIMS = 8
+_MAX_ARRAY_NESTING = 8
+_STRING, _ARRAY = 8, 9
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+# fmt: off
+# GGUF metadata value types (gguf.h) other than string (8) and array (9).
+_SCALARS: dict[int, struct.Struct] = {
+    t: struct.Struct(f) for t, f in ((0, "<B"), (1, "<b"), (2, "<H"), (3, "<h"), (4, "<I"),
+                                     (5, "<i"), (6, "<f"), (7, "<?"), (10, "<Q"), (11, "<q"),
+                                     (12, "<d"))
+}
+# ggml_type id -> (name, elements per block, bytes per block), per ggml.h / gguf-py.
+_GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 31: ("Q4_0_4_4", 32, 18), 32: ("Q4_0_4_8", 32, 18),
+    33: ("Q4_0_8_8", 32, 18), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    36: ("IQ4_NL_4_4", 32, 18), 37: ("IQ4_NL_4_8", 32, 18), 38: ("IQ4_NL_8_8", 32, 18),
+    39: ("MXFP4", 32, 17),
+}
+# llama_ftype (llama.h) -> name, for `general.file_type`.
+_FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0", 8: "Q5_0",
+    9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S",
+    15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS",
+    21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S",
+    27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+    33: "Q4_0_4_4", 34: "Q4_0_4_8", 35: "Q4_0_8_8", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
+}
+# fmt: on
+_FTYPE_GUESSED = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GGUFInfo:
+    """What the header of a GGUF file says about the model in it."""
+
+    architecture: str
+    name: str | None
+    context_length: int | None
+    embedding_length: int | None
+    block_count: int | None
+    chat_template: str | None
+    quantization: str | None
+    parameters: int
+    size_bytes: int
+    n_tensors: int
+    bos_token: str | None
+    eos_token: str | None
+    pooling_type: int | None
+
+
+def is_gguf(path: Path) -> bool:
+    """True when the file starts with the GGUF magic, whatever its name; False when it does
+    not, is shorter than the magic, or cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+class _Corrupt(Exception):
+    """Why the file cannot be read (internal; becomes InvalidModelFile naming the path)."""
+
+
+class _Short(_Corrupt):
+    """The header runs past the end of the file."""
+
+    def __init__(self, needed: int, size: int) -> None:
+        super().__init__(f"header ends early: it needs {needed:,} bytes, the file has {size:,}")
+
+
+class _Array(NamedTuple):
+    etype: int
+    length: int
+    start: int  # offset of the first element
+
+
+class _Parser:
+    __slots__ = ("buf", "pos", "size")
+
+    def __init__(self, buf: mmap.mmap, size: int) -> None:
+        self.buf = buf
+        self.size = size
+        self.pos = 0
+
+    def take(self, n: int) -> int:
+        """Advance past `n` bytes that must exist; return where they start."""
+        start = self.pos
+        if start + n > self.size:
+            raise _Short(start + n, self.size)
+        self.pos = start + n
+        return start
+
+    def u32(self) -> int:
+        return int(_U32.unpack_from(self.buf, self.take(4))[0])
+
+    def u64(self) -> int:
+        return int(_U64.unpack_from(self.buf, self.take(8))[0])
+
+    def string(self) -> str:
+        n = self.u64()
+        start = self.take(n)
+        return self.buf[start : start + n].decode("utf-8", "replace")
+
+    def skip_string(self) -> None:
+        self.take(self.u64())
+
+    def value(self, vtype: int, depth: int = 0) -> object:
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            return self.array(depth)
+        scalar = _SCALARS.get(vtype)
+        if scalar is None:
+            raise _Corrupt(f"unknown metadata value type {vtype} at byte {self.pos}")
+        return scalar.unpack_from(self.buf, self.take(scalar.size))[0]
+
+    def array(self, depth: int) -> _Array:
+        if depth >= _MAX_ARRAY_NESTING:
+            raise _Corrupt(f"metadata arrays nested too deep at byte {self.pos}")
+        etype, count = self.u32(), self.u64()
+        arr = _Array(etype, count, self.pos)
+        if etype == _STRING:
+            self.skip_strings(count)
+        elif etype == _ARRAY:
+            for _ in range(count):
+                self.array(depth + 1)
+        else:
+            scalar = _SCALARS.get(etype)
+            if scalar is None:
+                raise _Corrupt(f"unknown metadata array type {etype} at byte {self.pos}")
+            self.take(count * scalar.size)
+        return arr
+
+    def skip_strings(self, count: int) -> None:
+        # The hot loop on a big vocabulary: locals only, one bounds check per element.
+        buf, size, pos, unpack = self.buf, self.size, self.pos, _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                raise _Short(pos + 8, size)
+            pos += 8 + unpack(buf, pos)[0]
+        if pos > size:
+            raise _Short(pos, size)
+        self.pos = pos
+
+    def strings_at(self, arr: _Array, wanted: set[int]) -> dict[int, str]:
+        """Elements `wanted` of a string array already validated by `skip_strings`."""
+        wanted = {i for i in wanted if 0 <= i < arr.length}
+        if arr.etype != _STRING or not wanted:
+            return {}
+        buf, pos, unpack, found = self.buf, arr.start, _U64.unpack_from, {}
+        for index in range(max(wanted) + 1):
+            n: int = unpack(buf, pos)[0]
+            if index in wanted:
+                found[index] = buf[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
+            pos += 8 + n
+        return found
+
+
+def read_gguf_info(path: Path) -> GGUFInfo:
+    """Read the header of a GGUF file. Raises InvalidModelFile, naming the reason, when the
+    file is not GGUF, has an unsupported version, is corrupt or truncated."""
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(len(GGUF_MAGIC))
+            if magic != GGUF_MAGIC:
+                raise _Corrupt("not a GGUF file (" + ("bad magic" if magic else "empty") + ")")
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _read(_Parser(buf, len(buf)), len(buf))
+    except _Corrupt as exc:
+        reason = str(exc)
+    except OSError as exc:
+        raise InvalidModelFile(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (struct.error, ValueError, IndexError, OverflowError, RecursionError) as exc:
+        reason = f"corrupt GGUF header ({exc})"
+    raise InvalidModelFile(f"{path}: {reason}")
+
+
+def _read(p: _Parser, size: int) -> GGUFInfo:
+    p.take(len(GGUF_MAGIC))
+    version = p.u32()
+    if version not in (2, 3):
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        hint = " (big-endian GGUF is not supported)" if swapped in (2, 3) else ""
+        raise _Corrupt(f"unsupported GGUF version {version}{hint}")
+    n_tensors, n_kv = p.u64(), p.u64()
+    # A tensor info takes at least 24 bytes, a key/value 12: reject absurd counts up front.
+    if n_tensors * 24 + n_kv * 12 > size:
+        raise _Corrupt(
+            f"header ends early: {n_tensors:,} tensors and {n_kv:,} metadata entries "
+            f"cannot fit in {size:,} bytes"
+        )
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key = p.string()
+        meta[key] = p.value(p.u32())
+
+    alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise _Corrupt(f"general.alignment is {alignment!r}, not a power of two")
+
+    parameters, data_size, types = 0, 0, Counter[int]()
+    for index in range(n_tensors):
+        p.skip_string()
+        n_dims = p.u32()
+        if n_dims > _MAX_DIMS:
+            raise _Corrupt(f"tensor #{index} claims {n_dims} dimensions")
+        dims = [p.u64() for _ in range(n_dims)]
+        ttype, offset = p.u32(), p.u64()
+        n_elements = math.prod(dims)
+        parameters += n_elements
+        types[ttype] += 1
+        known = _GGML_TYPES.get(ttype)
+        if known is None:  # a type newer than this table: its start is all we can check
+            data_size = max(data_size, offset)
+            continue
+        type_name, block, block_bytes = known
+        if dims and dims[0] % block:
+            raise _Corrupt(f"tensor #{index}: {dims[0]} columns are not whole {type_name} blocks")
+        data_size = max(data_size, offset + n_elements // block * block_bytes)
+
+    data_start = -(-p.pos // alignment) * alignment
+    if n_tensors and data_start + data_size > size:
+        raise _Corrupt(
+            f"truncated: tensor data needs {data_size:,} bytes past offset {data_start:,} "
+            f"but the file has {max(size - data_start, 0):,} there "
+            f"({size:,} bytes in all, {data_start + data_size - size:,} missing)"
+        )
+
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise _Corrupt("general.architecture is missing")
+    bos_id = _int(meta.get("tokenizer.ggml.bos_token_id"))
+    eos_id = _int(meta.get("tokenizer.ggml.eos_token_id"))
+    tokens = meta.get("tokenizer.ggml.tokens")
+    wanted = {i for i in (bos_id, eos_id) if i is not None}
+    found = p.strings_at(tokens, wanted) if isinstance(tokens, _Array) else {}
+    return GGUFInfo(
+        architecture=arch,
+        name=_str(meta.get("general.name")),
+        context_length=_int(meta.get(f"{arch}.context_length")),
+        embedding_length=_int(meta.get(f"{arch}.embedding_length")),
+        block_count=_int(meta.get(f"{arch}.block_count")),
+        chat_template=_str(meta.get("tokenizer.chat_template")),
+        quantization=_quantization(_int(meta.get("general.file_type")), types),
+        parameters=parameters,
+        size_bytes=size,
+        n_tensors=n_tensors,
+        bos_token=found.get(bos_id) if bos_id is not None else None,
+        eos_token=found.get(eos_id) if eos_id is not None else None,
+        pooling_type=_int(meta.get(f"{arch}.pooling_type")),
+    )
+
+
+def _quantization(file_type: int | None, types: Counter[int]) -> str | None:
+    name = _FILE_TYPES.get(file_type & ~_FTYPE_GUESSED) if file_type is not None else None
+    if name is None and types:
+        ttype = types.most_common(1)[0][0]  # as llama.cpp guesses: the most frequent type
+        name = _GGML_TYPES[ttype][0] if ttype in _GGML_TYPES else f"type {ttype}"
+    return name
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

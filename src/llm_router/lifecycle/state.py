@@ -1,0 +1,99 @@
+"""What the lifecycle manager knows about each model, and the bus its status changes go out on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ..discovery import ModelSource
+from ..worker.client import Worker
+
+__all__ = ["EventBus", "ModelState", "Status"]
+
+
+class Status(StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    ERROR = "error"
+
+
+@dataclass(eq=False)
+class ModelState:
+    """Mutable state of one model; touched only from the event loop. `changed` is set and
+    replaced on every transition, so waiters re-check after any change."""
+
+    source: ModelSource
+    status: Status = Status.UNLOADED
+    error: str | None = None
+    sticky: bool = False  # a load failure: no autoload retry until the file changes
+    worker: Worker | None = None
+    load_task: asyncio.Task[Worker] | None = None
+    active: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    last_used: float = 0.0
+    loaded_at: float | None = None
+    load_seconds: float | None = None
+    memory_bytes: int | None = None
+    measured_bytes: int | None = None  # last measured footprint of this file, kept across unloads
+    unload_handle: asyncio.TimerHandle | None = None
+    keep_alive_override: float | None | bool = False  # False: none; None: never; seconds
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.source.id
+
+    @property
+    def slots(self) -> int:
+        info = self.worker.info if self.worker else {}
+        return int(info.get("parallel") or 1)
+
+    @property
+    def busy(self) -> bool:
+        return self.active > 0 or bool(self.waiters) or self.status == Status.LOADING
+
+    def set_status(self, status: Status, error: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.notify()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def estimate_bytes(self) -> int:
+        """Memory this model will take once loaded: measured last time, else file size plus
+        a margin for KV cache and buffers, reconciled after each load."""
+        if self.measured_bytes is not None:
+            return self.measured_bytes
+        return int(self.source.identity[0] * 1.2) + 96 * 1024 * 1024
+
+
+class EventBus:
+    """Fan-out of status events to SSE subscribers. A slow subscriber loses old events, never
+    blocks the manager."""
+
+    def __init__(self, backlog: int = 256) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._backlog = backlog
+
+    def publish(self, event: str, model: str, **fields: Any) -> None:
+        message = {"event": event, "model": model, "time": time.time(), **fields}
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(message)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._backlog)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)

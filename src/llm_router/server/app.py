@@ -1,0 +1,77 @@
+"""`create_app(settings)`: the one place the FastAPI application is assembled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from ..config import Settings
+from ..lifecycle.manager import ModelManager
+from ..lifecycle.state import Status
+from ..serving.generate import GenerationService
+from . import errors, routes_models, routes_openai
+
+__all__ = ["create_app"]
+
+
+class BodyLimit:
+    """Refuses bodies over `limit` bytes by their Content-Length with a 413 envelope. A pure
+    ASGI middleware: it must not wrap `receive`, which the routes watch for disconnects."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                body = errors.envelope(
+                    f"request body of {int(length)} bytes is over the limit of "
+                    f"{self.limit} bytes", "invalid_request_error",
+                )  # fmt: skip
+                await JSONResponse(body, 413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
+    manager = manager or ModelManager(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            for task in list(app.state.background):
+                task.cancel()
+            await manager.close()
+
+    app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.manager = manager
+    app.state.generation = GenerationService(manager)
+    app.state.background = set[asyncio.Task[Any]]()
+    errors.install(app)
+    app.include_router(routes_openai.router)
+    app.include_router(routes_models.router)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        states = manager.states()
+        return {
+            "status": "ok",
+            "models": len(states),
+            "loaded": sum(s.status == Status.LOADED for s in states),
+        }
+
+    return app

@@ -1,0 +1,103 @@
+"""Every error leaves the server here, as the OpenAI envelope
+`{"error": {"message", "type", "param", "code"}}`. One table maps the domain error classes to a
+status and an OpenAI type/code; lookups walk the class's MRO, so subclasses inherit a row."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .. import errors as e
+
+__all__ = ["envelope", "install", "status_of"]
+
+log = logging.getLogger(__name__)
+
+ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
+    e.RouterError: (500, "server_error", None),
+    e.BadRequest: (400, "invalid_request_error", None),
+    e.ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
+    e.ModelNotLoaded: (400, "invalid_request_error", "model_not_loaded"),
+    e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    e.QueueFull: (429, "rate_limit_error", "rate_limit_exceeded"),
+    e.ServerBusy: (503, "server_error", "server_busy"),
+    e.InsufficientMemory: (507, "server_error", "insufficient_memory"),
+    e.ModelLoadFailed: (500, "server_error", "model_load_failed"),
+    e.InvalidModelFile: (500, "server_error", "invalid_model_file"),
+    e.EngineUnavailable: (501, "server_error", "engine_unavailable"),
+    e.EngineError: (500, "server_error", "engine_error"),
+    e.WorkerDied: (503, "server_error", "worker_died"),
+    e.ConfigError: (500, "server_error", "config_error"),
+}
+
+
+def status_of(exc: e.RouterError) -> tuple[int, str, str | None]:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return ERROR_TABLE[e.RouterError]
+
+
+def envelope(message: str, type_: str, param: str | None = None, code: Any = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def router_error_response(exc: e.RouterError) -> JSONResponse:
+    status, type_, code = status_of(exc)
+    headers = {}
+    if isinstance(exc, e.QueueFull):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, e.WorkerDied):
+        headers["Retry-After"] = "1"
+    return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        message = f"We could not parse the JSON body of your request: {first.get('msg')}"
+        return JSONResponse(envelope(message, "invalid_request_error"), 400)
+    param = ".".join(loc) or None
+    message = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+    return JSONResponse(envelope(message, "invalid_request_error", param), 400)
+
+
+def install(app: FastAPI) -> None:
+    async def on_router_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, e.RouterError)
+        return router_error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _validation_response(exc)
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(
+            envelope(str(exc.detail), type_), exc.status_code, getattr(exc, "headers", None)
+        )
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(envelope("internal server error", "server_error"), 500)
+
+    app.add_exception_handler(e.RouterError, on_router_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def error_json(exc: BaseException) -> str:
+    """The envelope as one JSON string, for errors inside an already started stream."""
+    if isinstance(exc, e.RouterError):
+        _, type_, code = status_of(exc)
+        return json.dumps(envelope(exc.message, type_, exc.param, code))
+    return json.dumps(envelope("internal server error", "server_error"))

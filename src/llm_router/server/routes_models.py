@@ -1,0 +1,110 @@
+"""llama.cpp-router compatible model management: `GET /models` (with status), load, unload,
+and `GET /models/events` (SSE of status changes). Fields are added to llama-server's shape,
+never renamed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from ..lifecycle.manager import ModelManager
+from ..lifecycle.state import ModelState
+from .sse import events_response
+
+router = APIRouter(tags=["models"])
+
+
+class ModelRef(BaseModel):
+    model: str
+
+
+def _manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
+    source, info = state.source, state.source.info
+    status: dict[str, Any] = {"value": state.status.value}
+    if state.error:
+        status.update(error=state.error, failed=True)
+    worker = state.worker
+    return {
+        "id": state.id,
+        "aliases": source.config.aliases,
+        "tags": [],
+        "object": "model",
+        "owned_by": "llm-runner-router",
+        "created": source.identity[1] // 1_000_000_000,
+        "status": status,
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+        "source": source.origin,
+        "can_remove": False,
+        "path": str(source.path),
+        "format": source.format,
+        "engine": source.engine,
+        "size_bytes": source.identity[0],
+        "model_architecture": info.architecture if info else None,
+        "parameters": info.parameters if info else None,
+        "quantization": info.quantization if info else None,
+        "context_length": info.context_length if info else None,
+        "has_chat_template": bool(info and info.chat_template) or None,
+        "pinned": source.config.pin,
+        "memory_bytes": state.memory_bytes,
+        "memory_estimate_bytes": state.estimate_bytes(),
+        "last_used": state.last_used or None,
+        "loaded_at": state.loaded_at,
+        "load_seconds": state.load_seconds,
+        "active_requests": state.active,
+        "queued_requests": len(state.waiters),
+        "pid": worker.pid if worker else None,
+        "runtime": worker.info if worker else None,
+    }
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    manager.refresh()
+    return {
+        "object": "list",
+        "data": [describe(s, manager) for s in manager.states()],
+        "memory_budget_bytes": manager.budget,
+        "queued_requests": manager.waiting,
+    }
+
+
+@router.post("/models/load")
+async def load(ref: ModelRef, request: Request) -> dict[str, Any]:
+    state = _manager(request).request_load(ref.model)
+    return {"success": True, "model": state.id, "status": state.status.value}
+
+
+@router.post("/models/unload")
+async def unload(ref: ModelRef, request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    state = manager.resolve(ref.model)
+    task = asyncio.create_task(manager.unload(state.id))
+    request.app.state.background.add(task)
+    task.add_done_callback(request.app.state.background.discard)
+    return {"success": True, "model": state.id}
+
+
+@router.get("/models/events")
+async def events(request: Request) -> Any:
+    manager = _manager(request)
+    queue = manager.events.subscribe()
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield json.dumps(await queue.get())
+        finally:
+            manager.events.unsubscribe(queue)
+
+    return await events_response(stream())

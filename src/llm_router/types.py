@@ -1,0 +1,91 @@
+"""Internal value types shared by every layer: what a generation asks for and what it yields.
+
+They are plain frozen dataclasses that cross the worker channel as dicts (`to_wire`/`from_wire`),
+so they carry no pydantic and no HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ChatMessage",
+    "Finished",
+    "GenerationRequest",
+    "SamplingParams",
+    "TextDelta",
+    "Usage",
+]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling parameters of one sequence. `temperature == 0` means greedy; `top_k == 0`,
+    `top_p == 1` and `min_p == 0` switch those filters off; `seed=None` draws a fresh seed.
+    Defaults are llama.cpp's (as llama-server applies to fields a request leaves out)."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Exactly one of `messages` (chat) and `prompt` (plain completion) is set."""
+
+    params: SamplingParams = field(default_factory=SamplingParams)
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> GenerationRequest:
+        params = dict(data["params"])
+        params["stop"] = tuple(params.get("stop") or ())
+        messages = data.get("messages")
+        return cls(
+            params=SamplingParams(**params),
+            messages=tuple(ChatMessage(**m) for m in messages) if messages is not None else None,
+            prompt=data.get("prompt"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of generated text (whole UTF-8 characters, stop strings already cut)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: FinishReason
+    usage: Usage

@@ -1,0 +1,111 @@
+"""Worker process entry point: `python -m llm_router.worker FD ENGINE SPEC_JSON`.
+
+Loads one model and serves it over the socket inherited as file descriptor FD. A reader thread
+turns incoming lines into a queue; the main thread runs the engine loop, draining the queue
+between decode steps and blocking on it when idle. When the router's end of the socket closes
+(router exited or killed us) the process exits: a worker never outlives its router."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from ..engines import Engine, LoadSpec, build
+from ..errors import RouterError
+from ..types import Finished, GenerationRequest, TextDelta
+from .protocol import decode, encode, error_to_wire
+
+INFO_INTERVAL = 1.0
+
+
+def _reader(sock: socket.socket, inbox: queue.Queue[dict[str, Any] | None]) -> None:
+    with sock.makefile("rb") as stream:
+        for line in stream:
+            try:
+                inbox.put(decode(line))
+            except ValueError:
+                continue
+    inbox.put(None)
+
+
+def _events_to_wire(events: list[tuple[int, Any]]) -> bytes:
+    out = []
+    for seq, event in events:
+        if isinstance(event, TextDelta):
+            out.append(encode({"id": seq, "text": event.text}))
+        elif isinstance(event, Finished):
+            out.append(
+                encode({"id": seq, "finish": event.finish_reason, "usage": asdict(event.usage)})
+            )
+        else:
+            out.append(encode({"id": seq, "error": error_to_wire(event)}))
+    return b"".join(out)
+
+
+def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
+    """Apply one router message; False means shut down."""
+    op = msg.get("op")
+    if op == "generate":
+        try:
+            engine.submit(msg["id"], GenerationRequest.from_wire(msg["request"]))
+        except Exception as exc:  # any refusal goes back to that request only
+            sock.sendall(encode({"id": msg["id"], "error": error_to_wire(exc)}))
+    elif op == "cancel":
+        engine.cancel(msg["id"])
+    elif op == "shutdown":
+        return False
+    return True
+
+
+def serve(engine: Engine, sock: socket.socket) -> None:
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(sock, inbox), daemon=True).start()
+    next_info = 0.0
+    while True:
+        try:
+            msg = inbox.get_nowait() if engine.busy else inbox.get(timeout=INFO_INTERVAL)
+        except queue.Empty:
+            msg = {}
+        if msg is None or (msg and not _handle(engine, msg, sock)):
+            return
+        if msg:
+            continue  # drain everything queued before the next step
+        if engine.busy:
+            data = _events_to_wire(engine.step())
+            if data:
+                sock.sendall(data)
+        now = time.monotonic()
+        if now >= next_info:
+            sock.sendall(encode({"op": "info", "info": engine.info()}))
+            next_info = now + INFO_INTERVAL
+
+
+def main(argv: list[str]) -> int:
+    fd, engine_name, spec_json = int(argv[0]), argv[1], argv[2]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides when we stop
+    sock = socket.socket(fileno=fd)
+    try:
+        engine = build(engine_name, LoadSpec(**json.loads(spec_json)))
+    except Exception as exc:
+        err = exc if isinstance(exc, RouterError) else RouterError(f"{type(exc).__name__}: {exc}")
+        sock.sendall(encode({"op": "load_failed", "error": error_to_wire(err)}))
+        return 3
+    sock.sendall(encode({"op": "ready", "info": engine.info(), "pid": os.getpid()}))
+    try:
+        serve(engine, sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    # Exit without running the engine's destructors: the OS reclaims everything at once.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

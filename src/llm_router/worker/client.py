@@ -1,0 +1,188 @@
+"""The router's handle on one worker process.
+
+`Worker.start` spawns `python -m llm_router.worker` with one end of a socket pair and waits for
+it to report ready. One reader task dispatches the worker's messages to per-request queues;
+when the worker dies every in-flight request gets a WorkerDied error at once and `on_exit` is
+called, so nothing waits on a dead process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from typing import Any
+
+from ..engines import LoadSpec
+from ..errors import ModelLoadFailed, RouterError, WorkerDied
+from ..types import Finished, GenerationRequest, TextDelta
+from .protocol import decode, encode, error_from_wire, event_from_wire
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+STREAM_LIMIT = 64 * 1024 * 1024
+Event = TextDelta | Finished | RouterError
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "worker is gone"
+    if code < 0:
+        try:
+            return f"worker was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker was killed by signal {-code}"
+    return f"worker exited with code {code}"
+
+
+class Worker:
+    """A running worker. `generate` may be called concurrently; the engine batches."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        info: dict[str, Any],
+    ) -> None:
+        self.proc = proc
+        self.info = info
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._streams: dict[int, asyncio.Queue[Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._on_exit: Callable[[Worker, str], None] | None = None
+        self.exited = asyncio.Event()
+        self.stopping = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams)
+
+    @classmethod
+    async def start(
+        cls,
+        engine: str,
+        spec: LoadSpec,
+        *,
+        timeout: float,
+        on_exit: Callable[[Worker, str], None] | None = None,
+    ) -> Worker:
+        """Spawn a worker and wait until its model is loaded. Raises ModelLoadFailed (or the
+        engine's own RouterError, e.g. EngineUnavailable) when the load fails; the process is
+        gone by then. Cancelling the call kills the process."""
+        parent, child = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "llm_router.worker",
+                str(child.fileno()), engine, json.dumps(asdict(spec)),
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=STREAM_LIMIT)
+        try:
+            first = await asyncio.wait_for(reader.readline(), timeout)
+        except BaseException:
+            await _kill(proc)
+            writer.close()
+            raise
+        msg = decode(first) if first else {}
+        if msg.get("op") != "ready":
+            writer.close()
+            code = await _kill(proc)
+            if msg.get("op") == "load_failed":
+                err = error_from_wire(msg.get("error") or {})
+                if type(err) is RouterError:
+                    err = ModelLoadFailed(err.message)
+                raise err
+            raise ModelLoadFailed(f"model failed to load: {describe_exit(code)}")
+        worker = cls(proc, reader, writer, msg.get("info") or {})
+        worker._on_exit = on_exit
+        worker._task = asyncio.create_task(worker._pump(), name=f"worker-{proc.pid}")
+        return worker
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
+        """Stream one generation. Raises the engine's RouterError, or WorkerDied when the
+        process exits mid-way. Closing the iterator early cancels the sequence in the worker."""
+        if self.exited.is_set() or self.stopping:
+            raise WorkerDied("the model's worker is stopping; retry")
+        seq = next(self._ids)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        self._streams[seq] = events
+        done = False
+        try:
+            self._send({"op": "generate", "id": seq, "request": request.to_wire()})
+            while True:
+                event = await events.get()
+                if isinstance(event, RouterError):
+                    done = True
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    done = True
+                    return
+        finally:
+            self._streams.pop(seq, None)
+            if not done and not self.exited.is_set():
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    self._send({"op": "cancel", "id": seq})
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit, kill it after `timeout`; returns when it is gone."""
+        self.stopping = True
+        if not self.exited.is_set():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._send({"op": "shutdown"})
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                await _kill(self.proc)
+        if self._task is not None:
+            await self._task
+        self._writer.close()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._writer.is_closing():
+            raise ConnectionError("worker channel closed")
+        self._writer.write(encode(message))
+
+    async def _pump(self) -> None:
+        try:
+            while line := await self._reader.readline():
+                msg = decode(line)
+                if "id" in msg:
+                    stream = self._streams.get(msg["id"])
+                    if stream is not None:
+                        stream.put_nowait(event_from_wire(msg))
+                elif msg.get("op") == "info":
+                    self.info = msg.get("info") or self.info
+        except (ConnectionError, ValueError) as exc:
+            log.warning("worker %s channel broke: %s", self.pid, exc)
+        code = await self.proc.wait()
+        reason = describe_exit(code)
+        for stream in self._streams.values():
+            stream.put_nowait(WorkerDied(f"the model's {reason} during the request"))
+        self.exited.set()
+        if self._on_exit is not None:
+            self._on_exit(self, reason)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> int | None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return await proc.wait()
