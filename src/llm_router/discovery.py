@@ -86,6 +86,9 @@ class Scanner:
         except OSError:
             return None
         identity = (st.st_size, st.st_mtime_ns)
+        if cfg.engine is not None and cfg.path is not None and not is_gguf(path):
+            # An explicit engine for a configured file: the engine reads it, no detection.
+            return ModelSource(model_id, path, "unknown", cfg.engine, cfg, identity, origin)
         if self._ignored.get(path) == identity:
             return None
         cached = self._cache.get(path)

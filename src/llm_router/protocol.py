@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from .types import ChatMessage, GenerationRequest, SamplingParams, Usage
 
@@ -190,6 +190,10 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDelta
     finish_reason: Literal["stop", "length"] | None = None
     logprobs: None = None
+
+    @field_serializer("delta")
+    def _delta(self, delta: ChatDelta) -> dict[str, Any]:
+        return delta.model_dump(exclude_none=True)  # `role: null` is not valid OpenAI
 
 
 class ChatCompletionChunk(BaseModel):

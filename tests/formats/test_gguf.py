@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -117,21 +116,8 @@ def _copy_prefix(source: Path, target: Path, n: int) -> Path:
     return target
 
 
-def _timed(path: Path) -> tuple[GGUFInfo, float]:
-    best, info = float("inf"), None
-    for _ in range(3):
-        start = time.perf_counter()
-        info = read_gguf_info(path)
-        best = min(best, time.perf_counter() - start)
-    assert info is not None
-    return info, best
-
-
-# --- the real models --------------------------------------------------------------------------
-
-
 def test_smollm2(smollm2_gguf: Path) -> None:
-    info, seconds = _timed(smollm2_gguf)
+    info = read_gguf_info(smollm2_gguf)
     assert info.architecture == "llama"
     assert info.context_length == 8192
     assert info.embedding_length == 576
@@ -143,11 +129,10 @@ def test_smollm2(smollm2_gguf: Path) -> None:
     assert info.n_tensors == 272
     assert (info.bos_token, info.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert info.pooling_type is None
-    assert seconds < 1.0
 
 
 def test_gemma(gemma_gguf: Path) -> None:
-    info, seconds = _timed(gemma_gguf)
+    info = read_gguf_info(gemma_gguf)
     assert info.architecture == "gemma3"
     assert info.context_length == 32768
     assert info.chat_template is None
@@ -155,7 +140,6 @@ def test_gemma(gemma_gguf: Path) -> None:
     assert 260_000_000 <= info.parameters <= 275_000_000
     assert info.size_bytes == os.path.getsize(gemma_gguf)
     assert (info.bos_token, info.eos_token) == ("<bos>", "<eos>")
-    assert seconds < 1.5  # about 0.05 s on a laptop: the 262,144-token vocabulary is skipped
 
 
 def test_truncated_tensor_data(smollm2_gguf: Path, tmp_path: Path) -> None:

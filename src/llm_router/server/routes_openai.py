@@ -57,7 +57,7 @@ async def completions(request: Request) -> Response:
         stream = service.complete_stream(body)
         return await sse_response(stream, _headers(service.model_id(body.model)))
     result = await cancel_on_disconnect(request.receive, service.complete(body))
-    return JSONResponse(result.model_dump(exclude_none=True), headers=_headers(result.model))
+    return JSONResponse(result.model_dump(), headers=_headers(result.model))
 
 
 @router.get("/models")

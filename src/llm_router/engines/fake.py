@@ -1,0 +1,127 @@
+"""A scripted engine for tests: no weights, behaviour read from a small JSON "model" file.
+
+`{"load_seconds", "token_seconds", "reply", "parallel", "fail_load", "ballast_mb"}`: it sleeps
+to load, optionally fails or holds `ballast_mb` MiB of touched memory (so the worker's RSS is
+real), then batches like the real engine: one sleep per step advances every running sequence
+by one word of `reply`, cycling."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ContextLengthExceeded, ModelLoadFailed
+from ..types import Finished, FinishReason, GenerationRequest, TextDelta, Usage
+from .base import EngineEvent, LoadSpec
+from .text import TextAssembler
+
+__all__ = ["FakeEngine"]
+
+DEFAULT_CONTEXT = 2048
+DEFAULT_PARALLEL = 4
+_Events = list[tuple[int, EngineEvent]]
+
+
+@dataclass(slots=True)
+class _Seq:
+    seq: int
+    prompt_tokens: int
+    max_tokens: int | None
+    text: TextAssembler
+    generated: int = 0
+
+
+class FakeEngine:
+    """Engine for JSON test models. Blocks in `__init__` for `load_seconds` and in `step` for
+    `token_seconds`; raises ModelLoadFailed when the file asks for it or is not valid JSON."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        try:
+            with open(spec.path, encoding="utf-8") as file:
+                script: dict[str, Any] = json.load(file)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadFailed(f"fake engine cannot read {spec.path}: {exc}") from None
+        time.sleep(float(script.get("load_seconds", 0.0)))
+        if script.get("fail_load"):
+            raise ModelLoadFailed(f"fake engine was told to fail loading {spec.path}")
+        mib = int(script.get("ballast_mb", 0))
+        self._ballast = b"\x01" * (mib * 2**20)  # every page written, so it counts in RSS
+        self.token_seconds = float(script.get("token_seconds", 0.0))
+        self.words = str(script.get("reply", "hello")).split() or ["hello"]
+        opts = spec.options
+        self.parallel = int(opts.get("parallel") or script.get("parallel") or DEFAULT_PARALLEL)
+        self.context_size = int(opts.get("context_size") or DEFAULT_CONTEXT)
+        self._waiting: deque[_Seq] = deque()
+        self._running: dict[int, _Seq] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": "fake",
+            "context_size": self.context_size,
+            "parallel": self.parallel,
+            "slots_busy": len(self._running),
+            "ballast_bytes": len(self._ballast),
+        }
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def submit(self, seq: int, request: GenerationRequest) -> None:
+        if request.messages is not None:
+            prompt = " ".join(m.content for m in request.messages)
+        else:
+            prompt = request.prompt or ""
+        n_prompt = len(prompt.split())
+        if n_prompt >= self.context_size:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_size} tokens, "
+                f"but the prompt has {n_prompt} tokens.",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        params = request.params
+        self._waiting.append(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop)))
+
+    def cancel(self, seq: int) -> None:
+        self._waiting = deque(s for s in self._waiting if s.seq != seq)
+        self._running.pop(seq, None)
+
+    def step(self) -> _Events:
+        while self._waiting and len(self._running) < self.parallel:
+            s = self._waiting.popleft()
+            self._running[s.seq] = s
+        if not self._running:
+            return []
+        time.sleep(self.token_seconds)
+        events: _Events = []
+        for s in list(self._running.values()):
+            self._advance(s, events)
+        return events
+
+    def close(self) -> None:
+        self._waiting.clear()
+        self._running.clear()
+        self._ballast = b""
+
+    def _advance(self, s: _Seq, events: _Events) -> None:
+        word = self.words[s.generated % len(self.words)]
+        piece = word if s.generated == 0 else " " + word
+        s.generated += 1
+        text, stopped = s.text.feed(piece.encode())
+        if text:
+            events.append((s.seq, TextDelta(text)))
+        if stopped:
+            return self._finish(s, "stop", events, flush=False)
+        at_limit = s.max_tokens is not None and s.generated >= s.max_tokens
+        if at_limit or s.prompt_tokens + s.generated >= self.context_size:
+            self._finish(s, "length", events)
+
+    def _finish(self, s: _Seq, reason: FinishReason, events: _Events, flush: bool = True) -> None:
+        tail = s.text.finish() if flush else ""
+        if tail:
+            events.append((s.seq, TextDelta(tail)))
+        events.append((s.seq, Finished(reason, Usage(s.prompt_tokens, s.generated))))
+        del self._running[s.seq]

@@ -1,0 +1,117 @@
+"""The real server on the real bundled models, driven by the official `openai` client, with
+every response checked against OpenAI's published schema."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from conftest import GEMMA, SMOL
+from openai_schema import validate
+from servers import Server
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_answers_sensibly(client: openai.OpenAI, server: Server) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=30
+    )
+    chat = raw.parse()
+    assert "Paris" in (chat.choices[0].message.content or "")
+    assert chat.model == SMOL
+    assert raw.headers["x-llm-router-model"] == SMOL
+    assert chat.choices[0].finish_reason == "stop"
+    assert chat.usage is not None and chat.usage.prompt_tokens > 5
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+    validate("CreateChatCompletionResponse", raw.http_response.json())
+
+
+def test_gemma_base_model_chats_too(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(
+        model=GEMMA, messages=QUESTION, temperature=0, max_tokens=30
+    )
+    assert "Paris" in (chat.choices[0].message.content or "")
+
+
+def test_chat_stream_matches_non_streaming(client: openai.OpenAI, server: Server) -> None:
+    kwargs = {"model": SMOL, "messages": QUESTION, "temperature": 0, "max_tokens": 24}
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    stream = client.chat.completions.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] in ("stop", "length") and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens >= len(finishes) - 2
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk.model_dump(exclude_unset=True))
+
+
+def test_sse_wire_format(server: Server) -> None:
+    body = {"model": SMOL, "messages": QUESTION, "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith(("data: ", ":")) for line in lines)
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_completion_and_max_tokens(client: openai.OpenAI, server: Server) -> None:
+    raw = client.completions.with_raw_response.create(
+        model=GEMMA, prompt="The capital of France is", max_tokens=5, temperature=0
+    )
+    done = raw.parse()
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage is not None and done.usage.completion_tokens == 5
+    assert done.choices[0].text.strip()
+    validate("CreateCompletionResponse", raw.http_response.json())
+
+
+def test_completion_stream(client: openai.OpenAI) -> None:
+    kwargs = {"model": GEMMA, "prompt": "One, two, three,", "max_tokens": 8, "temperature": 0}
+    whole = client.completions.create(**kwargs).choices[0].text
+    parts = [c.choices[0].text for c in client.completions.create(**kwargs, stream=True) if c.choices]
+    assert "".join(parts) == whole
+
+
+def test_stop_sequence_cuts_output(client: openai.OpenAI) -> None:
+    kwargs = {"model": GEMMA, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 20, "temperature": 0}
+    free = client.completions.create(**kwargs).choices[0].text
+    assert " 8" in free  # the model counts on
+    cut = client.completions.create(**kwargs, stop=[" 8"]).choices[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free[: free.index(" 8")]
+    streamed = client.completions.create(**kwargs, stop=[" 8"], stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == cut.text
+
+
+def test_seed_reproducible(client: openai.OpenAI) -> None:
+    kwargs = {"model": SMOL, "messages": [{"role": "user", "content": "Tell me a story."}],
+              "temperature": 1.0, "max_tokens": 24}  # fmt: skip
+    first = client.chat.completions.create(**kwargs, seed=1234).choices[0].message.content
+    again = client.chat.completions.create(**kwargs, seed=1234).choices[0].message.content
+    other = [client.chat.completions.create(**kwargs, seed=s).choices[0].message.content
+             for s in (1, 2, 3)]  # fmt: skip
+    assert first == again
+    assert any(o != first for o in other)
+
+
+def test_list_models(client: openai.OpenAI, server: Server) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {SMOL, GEMMA} <= ids
+    validate("ListModelsResponse", httpx.get(server.url + "/v1/models").json())
+
+
+def test_unknown_model_is_404_never_a_fallback(client: openai.OpenAI, server: Server) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    body = info.value.response.json()
+    validate("ErrorResponse", body)
+    assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=QUESTION, stream=True)

@@ -1,0 +1,111 @@
+"""Starting real `llm-router serve` processes for tests, on 127.0.0.1 and a free port.
+
+Each server is a child process we started; it is stopped by its PID (SIGTERM, then SIGKILL)
+and its worker processes die with it (they exit when the router's socket closes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+__all__ = ["Server", "free_port", "link_models"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def link_models(target: Path, *sources: Path) -> Path:
+    """Place models into `target` by hard link (copy across file systems); never writes the
+    sources, which may be files inside site-packages."""
+    target.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        dst = target / src.name
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:
+                dst.write_bytes(src.read_bytes())
+    return target
+
+
+class Server:
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / f"config-{self.port}.yaml"
+        self.config_path.write_text(
+            yaml.safe_dump({"host": "127.0.0.1", "port": self.port, **config})
+        )
+        self.log_path = workdir / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Server:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llm_router", "serve", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        data = httpx.get(self.url + "/models", timeout=10).json()["data"]
+        return {m["id"]: m for m in data}
+
+    def wait_status(self, model: str, *values: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        entry: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            entry = self.models().get(model, {})
+            if entry.get("status", {}).get("value") in values:
+                return entry
+            time.sleep(0.1)
+        raise AssertionError(f"{model} never reached {values}; last: {entry}")
+
+    def descendants(self) -> list[int]:
+        if self.proc is None:
+            return []
+        try:
+            return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> list[int]:
+        """Stop the server; returns the pids of its children that were alive before."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        children = self.descendants()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        return children
