@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from servers import Server, link_models
 
 from llm_router import defaults
 
+MakeClient = Callable[["Server"], openai.OpenAI]
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 GEMMA = "gemma-3-270m-q4_k_m"
 
@@ -45,8 +46,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 
 @pytest.fixture
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+def make_client() -> Iterator[Callable[[Server], openai.OpenAI]]:
+    """openai clients for any server; closed after the test (no leaked sockets)."""
+    made: list[openai.OpenAI] = []
+
+    def make(srv: Server) -> openai.OpenAI:
+        made.append(openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0,
+                                  timeout=120))  # fmt: skip
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def client(server: Server, make_client: Callable[[Server], openai.OpenAI]) -> openai.OpenAI:
+    return make_client(server)
 
 
 def new_server(workdir: Path, **config: Any) -> Server:

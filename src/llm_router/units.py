@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["parse_bytes", "parse_duration"]
@@ -16,15 +17,16 @@ _SIZES = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
 def parse_duration(value: str | float | int) -> float | None:
     """Seconds, or None for 'never' (any negative value). A bare number is seconds."""
     if isinstance(value, (int, float)):
-        return None if value < 0 else float(value)
+        return _seconds(float(value), value)
     text = value.strip().lower()
     try:
         number = float(text)
     except ValueError:
         pass
     else:
-        return None if number < 0 else number
+        return _seconds(number, value)
     if text.startswith("-"):
+        parse_duration(text[1:])
         return None
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
@@ -32,8 +34,16 @@ def parse_duration(value: str | float | int) -> float | None:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
+def _seconds(number: float, value: object) -> float | None:
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(f"not a duration: {value!r}")
+    return None if number < 0 else number
+
+
 def parse_bytes(value: str | int, total: int) -> int:
     """Bytes; a percentage is of `total`."""
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise ValueError(f"not a size: {value!r}")
     if isinstance(value, int):
         return value
     text = value.strip().lower().replace(" ", "")

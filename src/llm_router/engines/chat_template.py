@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..errors import BadRequest
+from ..errors import BadRequest, ModelLoadFailed
 from ..types import ChatMessage
 
 __all__ = ["KNOWN_TEMPLATES", "ChatTemplate", "template_for"]
@@ -81,7 +81,10 @@ class ChatTemplate:
     ) -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
-        self._template = env.from_string(source)
+        try:
+            self._template = env.from_string(source)
+        except TemplateError as exc:
+            raise ModelLoadFailed(f"the chat template does not compile: {exc}") from None
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token

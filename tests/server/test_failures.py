@@ -1,0 +1,154 @@
+"""Bad input and broken parts: each gets a clear answer, and the server keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import MakeClient, GEMMA, SMOL, new_server
+from openai_schema import validate
+from servers import Server, link_models
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def _post(server: Server, path: str, **kwargs: object) -> httpx.Response:
+    return httpx.post(server.url + path, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+
+def test_malformed_json_is_400(server: Server) -> None:
+    r = _post(server, "/v1/chat/completions", content=b'{"model": "x", "messages": [')
+    assert r.status_code == 400
+    validate("ErrorResponse", r.json())
+    assert "JSON" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_tokens", -5), ("temperature", "hot"), ("messages", "hi"), ("top_p", 3)],
+)
+def test_wrong_values_name_the_parameter(server: Server, field: str, value: object) -> None:
+    body = {"model": SMOL, "messages": HELLO, field: value}
+    r = _post(server, "/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    validate("ErrorResponse", r.json())
+    assert r.json()["error"]["param"] == field
+
+
+def test_missing_model_field(server: Server) -> None:
+    r = _post(server, "/v1/completions", json={"prompt": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_prompt_longer_than_context(client: openai.OpenAI) -> None:
+    long_prompt = "apple " * 3000
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=SMOL, prompt=long_prompt, max_tokens=4)
+    assert info.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": long_prompt}], stream=True
+        )
+    assert info.value.code == "context_length_exceeded"
+    # and the model still serves
+    assert client.completions.create(model=SMOL, prompt="Hi", max_tokens=2).choices[0].text
+
+
+def test_body_over_limit_is_413(server: Server) -> None:
+    r = _post(server, "/v1/completions", content=b"x" * (9 * 1024 * 1024))
+    assert r.status_code == 413
+    validate("ErrorResponse", r.json())
+
+
+def test_unknown_route_has_envelope(server: Server) -> None:
+    r = httpx.get(server.url + "/v1/nothing-here")
+    assert r.status_code == 404
+    validate("ErrorResponse", r.json())
+
+
+def test_truncated_model_reports_error_others_serve(
+    tmp_path: Path, smollm2_gguf: Path
+, make_client: MakeClient) -> None:
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = new_server(tmp_path, models_dir=str(models), watch_interval=0.2)
+    try:
+        data = smollm2_gguf.read_bytes()
+        (models / "broken.gguf").write_bytes(data[: len(data) // 2])
+        (models / "notes.txt").write_text("not a model")
+        entry = srv.wait_status("broken", "error", timeout=10)
+        assert "truncated" in entry["status"]["error"]
+        assert "notes" not in srv.models()
+        client = make_client(srv)
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as info:
+            client.completions.create(model="broken", prompt="Hi", max_tokens=2)
+        assert "truncated" in str(info.value)
+        assert time.monotonic() - started < 30  # answered, not retried forever
+        ok = client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=3)
+        assert ok.choices[0].message.content
+    finally:
+        srv.stop()
+
+
+def test_worker_killed_mid_stream(tmp_path: Path, models_dir: Path, make_client: MakeClient) -> None:
+    srv = new_server(tmp_path, models_dir=str(models_dir))
+    client = make_client(srv)
+    try:
+        client.completions.create(model=GEMMA, prompt="Hi", max_tokens=1)  # load it
+        pid = srv.models()[GEMMA]["pid"]
+        stream = client.completions.create(
+            model=GEMMA, prompt="Count: 1, 2, 3,", max_tokens=400, stream=True, temperature=0
+        )
+        got = []
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                got.append(chunk)
+                if len(got) == 3:
+                    os.kill(pid, signal.SIGKILL)
+        assert "SIGKILL" in str(info.value.message)
+        assert 3 <= len(got) < 400
+        entry = srv.wait_status(GEMMA, "error", "unloaded", timeout=10)
+        assert "SIGKILL" in entry["status"].get("error", "SIGKILL")
+        # the other model was never disturbed, and the killed one loads again on demand
+        assert client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=3)
+        again = client.completions.create(model=GEMMA, prompt="Hi", max_tokens=2)
+        assert again.choices[0].text is not None
+        assert srv.models()[GEMMA]["pid"] not in (None, pid)
+    finally:
+        children = srv.stop()
+    time.sleep(0.5)
+    assert not [p for p in children if _alive(p)], "worker processes left behind"
+
+
+def test_disconnect_stops_generation(tmp_path: Path, models_dir: Path) -> None:
+    srv = new_server(tmp_path, models_dir=str(models_dir))
+    try:
+        body = {"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 2000,
+                "stream": True, "temperature": 0.9}  # fmt: skip
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i > 6:
+                    break
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            entry = srv.models()[GEMMA]
+            if entry["active_requests"] == 0 and entry["runtime"]["slots_busy"] == 0:
+                break
+            time.sleep(0.2)
+        assert entry["active_requests"] == 0
+        assert entry["runtime"]["slots_busy"] == 0
+    finally:
+        srv.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,98 @@
+"""llama.cpp-router compatible model management over HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from conftest import MakeClient, GEMMA, SMOL, new_server
+from servers import link_models
+
+
+def test_load_unload_round_trip_with_events(tmp_path: Path, models_dir: Path) -> None:
+    srv = new_server(tmp_path, models_dir=str(models_dir))
+    events: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", srv.url + "/models/events", timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if events[-1]["event"] == "unloaded":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        time.sleep(0.5)
+        assert srv.models()[GEMMA]["status"]["value"] == "unloaded"
+        r = httpx.post(srv.url + "/models/load", json={"model": GEMMA})
+        assert r.status_code == 200 and r.json()["success"] is True
+        entry = srv.wait_status(GEMMA, "loaded", timeout=30)
+        assert entry["memory_bytes"] > 50 * 2**20
+        assert entry["pid"] and entry["load_seconds"] > 0
+        assert entry["runtime"]["parallel"] >= 1
+        r = httpx.post(srv.url + "/models/unload", json={"model": GEMMA})
+        assert r.json()["success"] is True
+        entry = srv.wait_status(GEMMA, "unloaded", timeout=30)
+        assert entry["pid"] is None and entry["memory_bytes"] is None
+        listener.join(10)
+        kinds = [e["event"] for e in events if e["model"] == GEMMA]
+        assert kinds == ["loading", "loaded", "unloading", "unloaded"]
+        missing = httpx.post(srv.url + "/models/load", json={"model": "nope"})
+        assert missing.status_code == 404
+    finally:
+        srv.stop()
+
+
+def test_autoload_and_status_fields(client: openai.OpenAI, server: Any) -> None:
+    client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    entry = server.models()[SMOL]
+    assert entry["status"]["value"] == "loaded"
+    assert entry["last_used"] is not None
+    assert entry["quantization"] == "Q4_1" and entry["context_length"] == 8192
+    assert entry["model_architecture"] == "llama"
+
+
+def test_file_added_and_removed_at_run_time(tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient) -> None:
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = new_server(tmp_path, models_dir=str(models), watch_interval=0.2)
+    client = make_client(srv)
+    try:
+        assert {m.id for m in client.models.list()} == {SMOL}
+        link_models(models / "sub", smollm2_gguf)
+        (models / "sub" / smollm2_gguf.name).rename(models / "copy-of-smol.gguf")
+        assert "copy-of-smol" in {m.id for m in client.models.list()}
+        out = client.completions.create(model="copy-of-smol", prompt="Hi", max_tokens=2)
+        assert out.model == "copy-of-smol"
+        (models / "copy-of-smol.gguf").unlink()
+        assert "copy-of-smol" not in {m.id for m in client.models.list()}
+    finally:
+        srv.stop()
+
+
+def test_aliases_and_no_autoload(tmp_path: Path, models_dir: Path, make_client: MakeClient) -> None:
+    config = {"models_dir": str(models_dir), "autoload": False,
+              "models": [{"id": SMOL, "aliases": ["smol"]}]}  # fmt: skip
+    srv = new_server(tmp_path, **config)
+    client = make_client(srv)
+    try:
+        try:
+            client.completions.create(model="smol", prompt="Hi", max_tokens=2)
+            raise AssertionError("an unloaded model must not autoload")
+        except openai.BadRequestError as exc:
+            assert exc.code == "model_not_loaded"
+        httpx.post(srv.url + "/models/load", json={"model": "smol"})
+        srv.wait_status(SMOL, "loaded")
+        out = client.completions.create(model="smol", prompt="Hi", max_tokens=2)
+        assert out.model == SMOL
+        assert srv.models()[SMOL]["aliases"] == ["smol"]
+    finally:
+        srv.stop()

@@ -1,0 +1,193 @@
+"""Configuration: the example file, precedence of the sources, and errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from llm_router.config import EngineOptions, ModelConfig, Settings, load_config
+from llm_router.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), environ={})
+    return info.value.message
+
+
+# -- the example file -------------------------------------------------------------------------
+
+
+def test_example_config_loads_as_the_defaults_plus_its_model_entry() -> None:
+    settings = load_config(EXAMPLE, environ={})
+
+    assert settings.model_copy(update={"models": []}) == Settings()
+    assert settings.models_dir == Path("models")
+    assert settings.preload == []
+    [model] = settings.models
+    assert model.id == "SmolLM2-135M-Instruct.Q4_1"
+    assert model.aliases == ["smollm2", "default"]
+    assert model.context_size == 2048
+    assert model.engine_options().context_size == 2048
+
+
+@pytest.mark.parametrize("model", [Settings, ModelConfig, EngineOptions], ids=lambda m: m.__name__)
+def test_example_config_documents_every_option(model: type[Settings | EngineOptions]) -> None:
+    keys = set(re.findall(r"^\s*(?:- )?(\w+):", EXAMPLE.read_text(), flags=re.MULTILINE))
+    undocumented = set(model.model_fields) - keys
+    assert not undocumented, f"add {sorted(undocumented)} to config.example.yaml"
+
+
+# -- precedence -------------------------------------------------------------------------------
+
+
+def test_precedence_defaults_file_env_cli(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "host: 0.0.0.0\nport: 9000\nmodel_defaults:\n  threads: 2\n  context_size: 1024\n",
+    )
+    env = {"LLM_ROUTER_PORT": "9100", "LLM_ROUTER_MODEL_DEFAULTS__THREADS": "4"}
+
+    settings = load_config(path, {"port": 9200}, environ=env)
+
+    assert settings.port == 9200  # CLI beats environment and file
+    assert settings.model_defaults.threads == 4  # environment beats file, nested key
+    assert settings.model_defaults.context_size == 1024  # file value kept beside the env one
+    assert settings.host == "0.0.0.0"  # file beats default
+    assert settings.models_max == 4  # default
+
+
+def test_environment_beats_file_without_cli(tmp_path: Path) -> None:
+    path = _write(tmp_path, "port: 9000\n")
+    assert load_config(path, environ={"LLM_ROUTER_PORT": "9100"}).port == 9100
+    assert load_config(path, environ={}).port == 9000
+
+
+def test_cli_flags_left_unset_do_not_override(tmp_path: Path) -> None:
+    path = _write(tmp_path, "port: 9000\nhost: 0.0.0.0\n")
+    settings = load_config(path, {"port": None, "host": None, "models_max": 2}, environ={})
+    assert (settings.port, settings.host, settings.models_max) == (9000, "0.0.0.0", 2)
+
+
+def test_no_file_gives_defaults() -> None:
+    assert load_config(None, environ={}) == Settings()
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "# nothing set\n"), environ={}) == Settings()
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    env = {"PORT": "1", "LLM_ROUTER": "x", "HOME": "/root"}
+    assert load_config(None, environ=env) == Settings()
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('port: "abc"\n', "port"),
+        ("port: 70000\n", "port"),
+        ("models: [{id: x, context_size: 3}]\n", "models.0.context_size"),
+        ('models: [{id: x, keep_alive: "soon"}]\n', "models.0.keep_alive"),
+        ('keep_alive: "5 minutes"\n', "keep_alive"),
+        ('memory_budget: "lots"\n', "memory_budget"),
+        ('memory_budget: "150%"\n', "memory_budget"),
+        ("log_level: verbose\n", "log_level"),
+        ("model_defaults: {parallel: 0}\n", "model_defaults.parallel"),
+    ],
+)
+def test_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
+    message = _error(tmp_path, text)
+    assert re.search(rf"(^|\W){re.escape(key)}:", message), message
+
+
+def test_bad_value_error_names_the_file(tmp_path: Path) -> None:
+    assert "config.yaml" in _error(tmp_path, "port: -1\n")
+
+
+def test_bad_environment_value_names_its_key() -> None:
+    with pytest.raises(ConfigError, match=r"\bport\b"):
+        load_config(None, environ={"LLM_ROUTER_PORT": "abc"})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("prot: 1\n", "prot"),
+        ("model_defaults: {thread: 2}\n", "model_defaults.thread"),
+        ("models: [{id: x, alias: [y]}]\n", "models.0.alias"),
+    ],
+)
+def test_unknown_key_is_an_error_naming_it(tmp_path: Path, text: str, key: str) -> None:
+    assert key in _error(tmp_path, text)
+
+
+def test_model_without_id_is_an_error(tmp_path: Path) -> None:
+    assert "models.0.id" in _error(tmp_path, "models: [{context_size: 2048}]\n")
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    message = _error(tmp_path, "port: [8080\nhost: x\n")
+    assert "config.yaml" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    assert "mapping" in _error(tmp_path, "- port: 8080\n")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
+        load_config(tmp_path / "nope.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    "models",
+    [
+        "[{id: a}, {id: a}]",
+        "[{id: a, aliases: [b]}, {id: b}]",
+        "[{id: a, aliases: [c]}, {id: b, aliases: [c]}]",
+        "[{id: a, aliases: [a]}]",
+    ],
+)
+def test_duplicate_model_names_are_an_error(tmp_path: Path, models: str) -> None:
+    assert "models" in _error(tmp_path, f"models: {models}\n")
+
+
+# -- JSON -------------------------------------------------------------------------------------
+
+
+def test_json_config_file(tmp_path: Path) -> None:
+    data = {
+        "port": 9001,
+        "keep_alive": -1,
+        "model_defaults": {"threads": 3},
+        "models": [{"id": "m", "path": "m.gguf", "aliases": ["mm"], "pin": True}],
+    }
+    path = _write(tmp_path, json.dumps(data), "config.json")
+
+    settings = load_config(path, environ={})
+
+    assert settings.port == 9001
+    assert settings.keep_alive == -1
+    assert settings.model_defaults.threads == 3
+    [model] = settings.models
+    assert (model.id, model.path, model.aliases, model.pin) == ("m", Path("m.gguf"), ["mm"], True)
+
+
+def test_json_syntax_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        load_config(_write(tmp_path, '{"port": 9001,}', "config.json"), environ={})
