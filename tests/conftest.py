@@ -8,9 +8,9 @@ from typing import Any
 
 import openai
 import pytest
-from servers import Server, link_models
 
 from llm_router import defaults
+from servers import Server, link_models
 
 MakeClient = Callable[["Server"], openai.OpenAI]
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -33,7 +33,9 @@ def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path) -> Path:
+def models_dir(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path
+) -> Path:
     return link_models(tmp_path_factory.mktemp("models"), smollm2_gguf, gemma_gguf)
 
 

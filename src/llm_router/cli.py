@@ -137,7 +137,9 @@ async def _run_once(
             async for chunk in service.complete_stream(CompletionRequest(prompt=prompt, **common)):
                 _print(chunk.choices[0].text if chunk.choices else "")
         else:
-            request = ChatCompletionRequest(messages=[{"role": "user", "content": prompt}], **common)
+            request = ChatCompletionRequest(
+                messages=[{"role": "user", "content": prompt}], **common
+            )
             async for c in service.chat_stream(request):
                 _print((c.choices[0].delta.content or "") if c.choices else "")
         _print("\n")

@@ -37,7 +37,9 @@ class EngineOptions(BaseModel):
         None, ge=1, le=64, description="Sequences decoded together (slots)."
     )
     batch_size: int | None = Field(None, ge=1, description="Max tokens per decode step.")
-    chat_template: str | None = Field(None, description="Jinja chat template overriding the file's.")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the file's."
+    )
 
     def merged(self, override: EngineOptions) -> EngineOptions:
         """`override`'s set fields win over this one's."""
@@ -56,7 +58,8 @@ class ModelConfig(EngineOptions):
         None, description="System message added to chats that bring none (as Ollama's SYSTEM)."
     )
     keep_alive: str | float | None = Field(
-        None, description="Idle time before unload: '5m', '30s', 0 (after each request), -1 (never)."
+        None,
+        description="Idle time before unload: '5m', '30s', 0 (after each request), -1 (never).",
     )
     pin: bool = Field(False, description="Never evict or idle-unload this model.")
 

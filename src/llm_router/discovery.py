@@ -50,7 +50,9 @@ class Scanner:
         found: dict[str, ModelSource] = {}
         for path in self._files():
             model_id = path.stem
-            cfg = configured.get(model_id) or self._presets.get(model_id) or ModelConfig(id=model_id)
+            cfg = (
+                configured.get(model_id) or self._presets.get(model_id) or ModelConfig(id=model_id)
+            )
             source = self._source(model_id, path, cfg, "models_dir")
             if source is not None:
                 found[model_id] = source
@@ -80,7 +82,9 @@ class Scanner:
             return []
         return [p for p in entries if p.is_file() and not p.name.startswith(".")]
 
-    def _source(self, model_id: str, path: Path, cfg: ModelConfig, origin: str) -> ModelSource | None:
+    def _source(
+        self, model_id: str, path: Path, cfg: ModelConfig, origin: str
+    ) -> ModelSource | None:
         try:
             st = path.stat()
         except OSError:

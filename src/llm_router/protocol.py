@@ -63,7 +63,7 @@ class _Request(BaseModel):
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
     def sampling(self) -> SamplingParams:
-        given = {
+        given: dict[str, Any] = {
             k: v
             for k, v in {
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,

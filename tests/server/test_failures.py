@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import MakeClient, GEMMA, SMOL, new_server
+
+from conftest import GEMMA, SMOL, MakeClient, new_server
 from openai_schema import validate
 from servers import Server, link_models
 
@@ -72,8 +73,8 @@ def test_unknown_route_has_envelope(server: Server) -> None:
 
 
 def test_truncated_model_reports_error_others_serve(
-    tmp_path: Path, smollm2_gguf: Path
-, make_client: MakeClient) -> None:
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
     models = link_models(tmp_path / "models", smollm2_gguf)
     srv = new_server(tmp_path, models_dir=str(models), watch_interval=0.2)
     try:
@@ -95,7 +96,9 @@ def test_truncated_model_reports_error_others_serve(
         srv.stop()
 
 
-def test_worker_killed_mid_stream(tmp_path: Path, models_dir: Path, make_client: MakeClient) -> None:
+def test_worker_killed_mid_stream(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
     srv = new_server(tmp_path, models_dir=str(models_dir))
     client = make_client(srv)
     try:

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import openai
-from conftest import MakeClient, GEMMA, SMOL, new_server
+
+from conftest import GEMMA, SMOL, MakeClient, new_server
 from servers import link_models
 
 
@@ -61,7 +62,9 @@ def test_autoload_and_status_fields(client: openai.OpenAI, server: Any) -> None:
     assert entry["model_architecture"] == "llama"
 
 
-def test_file_added_and_removed_at_run_time(tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient) -> None:
+def test_file_added_and_removed_at_run_time(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
     models = link_models(tmp_path / "models", smollm2_gguf)
     srv = new_server(tmp_path, models_dir=str(models), watch_interval=0.2)
     client = make_client(srv)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+
 from conftest import GEMMA, SMOL
 from openai_schema import validate
 from servers import Server
@@ -75,7 +76,9 @@ def test_completion_and_max_tokens(client: openai.OpenAI, server: Server) -> Non
 def test_completion_stream(client: openai.OpenAI) -> None:
     kwargs = {"model": GEMMA, "prompt": "One, two, three,", "max_tokens": 8, "temperature": 0}
     whole = client.completions.create(**kwargs).choices[0].text
-    parts = [c.choices[0].text for c in client.completions.create(**kwargs, stream=True) if c.choices]
+    parts = [
+        c.choices[0].text for c in client.completions.create(**kwargs, stream=True) if c.choices
+    ]
     assert "".join(parts) == whole
 
 

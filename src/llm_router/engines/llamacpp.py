@@ -80,7 +80,9 @@ class LlamaCppEngine:
         cparams.n_batch = cparams.n_ubatch = self.batch_size
         cparams.n_seq_max = self.parallel
         cparams.n_threads = cparams.n_threads_batch = self.threads
-        cparams.kv_unified = False  # per-slot KV streams: attention cost follows the slot, not the total
+        cparams.kv_unified = (
+            False  # per-slot KV streams: attention cost follows the slot, not the total
+        )
         cparams.no_perf = True
         ctx = lc.llama_init_from_model(model, cparams)
         if not ctx:
@@ -175,7 +177,11 @@ class LlamaCppEngine:
         if chosen is None:
             return None
         source, stops = chosen
-        bos = self._piece(self._bos, special=True).decode("utf-8", "replace") if self._bos >= 0 else ""
+        bos = (
+            self._piece(self._bos, special=True).decode("utf-8", "replace")
+            if self._bos >= 0
+            else ""
+        )
         eos_id = lc.llama_vocab_eos(self._vocab)
         eos = self._piece(eos_id, special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
         return ChatTemplate(source, bos_token=bos, eos_token=eos, stops=stops)
@@ -229,9 +235,12 @@ class LlamaCppEngine:
         add = lc.llama_sampler_chain_add
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-            add(chain, lc.llama_sampler_init_penalties(
-                n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-            ))
+            add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                ),
+            )
         if p.temperature <= 0:
             add(chain, lc.llama_sampler_init_greedy())
             return chain

@@ -20,7 +20,12 @@ from ..config import Settings
 from ..discovery import ModelSource, Scanner
 from ..engines import LoadSpec, check_available
 from ..errors import (
-    InsufficientMemory, ModelLoadFailed, ModelNotFound, ModelNotLoaded, QueueFull, RouterError,
+    InsufficientMemory,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelNotLoaded,
+    QueueFull,
+    RouterError,
     ServerBusy,
 )  # fmt: skip
 from ..units import parse_bytes, parse_duration
@@ -136,7 +141,7 @@ class ModelManager:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: str, *, autoload: bool | None = None, keep_alive: float | None | bool = False
+        self, name: str, *, autoload: bool | None = None, keep_alive: float | bool | None = False
     ) -> AsyncIterator[Worker]:
         """Hold one slot of model `name` for the duration of the block, loading it first if
         needed. Raises ModelNotFound, ModelNotLoaded (autoload off), ModelLoadFailed,

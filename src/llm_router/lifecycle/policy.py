@@ -23,9 +23,7 @@ class Verdict:
     fits: bool  # False: not enough can be evicted now; wait for a busy model to go idle
 
 
-def choose_victims(
-    residents: list[Resident], need: int, budget: int, models_max: int
-) -> Verdict:
+def choose_victims(residents: list[Resident], need: int, budget: int, models_max: int) -> Verdict:
     """Evict least-recently-used idle models until one more model of `need` bytes fits in
     `budget` and in `models_max` (0: no count limit). Busy and pinned models stay."""
     used = sum(r.bytes for r in residents)

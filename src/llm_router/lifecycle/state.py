@@ -42,7 +42,7 @@ class ModelState:
     memory_bytes: int | None = None
     measured_bytes: int | None = None  # last measured footprint of this file, kept across unloads
     unload_handle: asyncio.TimerHandle | None = None
-    keep_alive_override: float | None | bool = False  # False: none; None: never; seconds
+    keep_alive_override: float | bool | None = False  # False: none; None: never; seconds
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property

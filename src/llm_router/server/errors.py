@@ -40,11 +40,13 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
 def status_of(exc: e.RouterError) -> tuple[int, str, str | None]:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return ERROR_TABLE[e.RouterError]
 
 
-def envelope(message: str, type_: str, param: str | None = None, code: Any = None) -> dict[str, Any]:
+def envelope(
+    message: str, type_: str, param: str | None = None, code: Any = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 

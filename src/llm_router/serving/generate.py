@@ -12,9 +12,20 @@ from typing import Any
 from ..errors import BadRequest
 from ..lifecycle.manager import ModelManager
 from ..protocol import (
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, Completion, CompletionChoice, CompletionRequest, UsageOut,
-    _Request, new_id, now,
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    UsageOut,
+    _Request,
+    new_id,
+    now,
 )  # fmt: skip
 from ..types import Finished, GenerationRequest, TextDelta
 from ..units import parse_duration
@@ -62,7 +73,7 @@ class GenerationService:
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         model = self.model_id(req.model)
         events = self._events(req, self._chat_request(req))
-        head = {"id": new_id("chatcmpl"), "created": now(), "model": model}
+        head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now(), "model": model}
         first = True
         async for event in events:
             if first:
@@ -97,7 +108,7 @@ class GenerationService:
     async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[Completion]:
         model = self.model_id(req.model)
         gen = req.to_request()
-        head = {"id": new_id("cmpl"), "created": now(), "model": model}
+        head: dict[str, Any] = {"id": new_id("cmpl"), "created": now(), "model": model}
         first = True
         async for event in self._events(req, gen):
             if first and req.echo:
