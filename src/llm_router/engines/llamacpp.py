@@ -53,12 +53,12 @@ class _Seq:
     logits_index: int = -1
     cached: int = 0
     lstrip: bool = False  # drop the space a transcript-style reply starts with
-    history: list[int] = field(default_factory=list)
 
 
 class LlamaCppEngine:
-    """Engine for GGUF files. Slots share one unified KV cache of `context_size * parallel`
-    cells; each slot may hold up to `context_size` tokens."""
+    """Engine for GGUF files. Each of `parallel` slots has its own KV stream of `context_size`
+    cells. A slot keeps its tokens after a request ends; a new request goes to the free slot
+    sharing the longest prefix with its prompt and only the rest is evaluated."""
 
     def __init__(self, spec: LoadSpec) -> None:
         opts = spec.options
@@ -80,9 +80,8 @@ class LlamaCppEngine:
         cparams.n_batch = cparams.n_ubatch = self.batch_size
         cparams.n_seq_max = self.parallel
         cparams.n_threads = cparams.n_threads_batch = self.threads
-        cparams.kv_unified = (
-            False  # per-slot KV streams: attention cost follows the slot, not the total
-        )
+        # Per-slot KV streams: attention cost follows the slot's length, not the total.
+        cparams.kv_unified = False
         cparams.no_perf = True
         ctx = lc.llama_init_from_model(model, cparams)
         if not ctx:
@@ -95,9 +94,13 @@ class LlamaCppEngine:
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
         self._template = self._load_template(spec)
-        self._free_slots = list(range(self.parallel - 1, -1, -1))
+        self._free_slots = list(range(self.parallel))
+        self._slot_tokens: list[list[int]] = [[] for _ in range(self.parallel)]
+        self._slot_used = [0] * self.parallel
         self._waiting: deque[_Seq] = deque()
         self._running: dict[int, _Seq] = {}
+        self._stats = {"decode_steps": 0, "batch_sequences": 0, "prompt_tokens_evaluated": 0,
+                       "prompt_tokens_reused": 0, "tokens_generated": 0}  # fmt: skip
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -111,7 +114,16 @@ class LlamaCppEngine:
             "batch_size": self.batch_size,
             "chat_template": self._template is not None,
             "slots_busy": len(self._running),
+            "slots_idle": self.parallel - len(self._running),
+            "requests_waiting": len(self._waiting),
+            "tokens_cached": sum(len(t) for t in self._slot_tokens),
+            **self._stats,
         }
+
+    def set_threads(self, threads: int) -> None:
+        """Share of the machine's cores this model may use now (the router's thread budget)."""
+        self.threads = threads
+        lc.llama_set_n_threads(self._ctx, threads, threads)
 
     @property
     def busy(self) -> bool:
@@ -260,9 +272,31 @@ class LlamaCppEngine:
     def _admit(self) -> None:
         while self._waiting and self._free_slots:
             s = self._waiting.popleft()
-            s.slot = self._free_slots.pop()
-            lc.llama_memory_seq_rm(self._mem, s.slot, -1, -1)
+            slot, common = self._best_slot(s.tokens)
+            self._free_slots.remove(slot)
+            keep = min(common, len(s.tokens) - 1)  # the last prompt token is always evaluated
+            if keep <= 0 or not lc.llama_memory_seq_rm(self._mem, slot, keep, -1):
+                lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                keep = 0
+            s.slot, s.n_past, s.cached = slot, keep, keep
+            del self._slot_tokens[slot][keep:]
+            self._stats["prompt_tokens_reused"] += keep
             self._running[s.seq] = s
+
+    def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
+        """The free slot whose cached tokens share the longest prefix with `tokens` (least
+        recently used among equals), and that prefix's length."""
+        best, best_len = self._free_slots[0], -1
+        for slot in self._free_slots:
+            cached = self._slot_tokens[slot]
+            n = 0
+            for a, b in zip(cached, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len or (n == best_len and self._slot_used[slot] < self._slot_used[best]):
+                best, best_len = slot, n
+        return best, best_len
 
     def _fill_batch(self) -> list[_Seq]:
         """Decode tokens first (one per generating sequence), then prompt chunks in the room
@@ -277,6 +311,7 @@ class LlamaCppEngine:
                 prefilling.append(s)
                 continue
             self._put(b, n, s.next_token, s.n_past, s.slot, True)
+            self._slot_tokens[s.slot].append(s.next_token)
             s.logits_index = n
             s.n_past += 1
             n += 1
@@ -290,11 +325,16 @@ class LlamaCppEngine:
             for i, tok in enumerate(chunk):
                 self._put(b, n, tok, s.n_past + i, s.slot, last and i == len(chunk) - 1)
                 n += 1
+            self._slot_tokens[s.slot].extend(chunk)
+            self._stats["prompt_tokens_evaluated"] += len(chunk)
             s.n_past += len(chunk)
             if last:
                 s.logits_index = n - 1
             used.append(s)
         b.n_tokens = n
+        if used:
+            self._stats["decode_steps"] += 1
+            self._stats["batch_sequences"] += len(used)
         return used
 
     @staticmethod
@@ -310,6 +350,7 @@ class LlamaCppEngine:
         if lc.llama_vocab_is_eog(self._vocab, token):
             return self._finish(s, "stop", events)
         s.generated += 1
+        self._stats["tokens_generated"] += 1
         s.next_token = token
         text, stopped = s.text.feed(self._piece(token))
         if s.lstrip and text:
@@ -335,8 +376,9 @@ class LlamaCppEngine:
         self._release(s)
 
     def _release(self, s: _Seq) -> None:
+        """Free the slot; its KV cells stay, for the next request sharing the prefix."""
         lc.llama_sampler_free(s.sampler)
-        lc.llama_memory_seq_rm(self._mem, s.slot, -1, -1)
+        self._slot_used[s.slot] = self._stats["decode_steps"]
         self._free_slots.append(s.slot)
 
     def _fail_all(self, message: str) -> list[tuple[int, EngineEvent]]:
@@ -344,4 +386,6 @@ class LlamaCppEngine:
         for s in failed:
             del self._running[s.seq]
             self._release(s)
+            lc.llama_memory_seq_rm(self._mem, s.slot, -1, -1)
+            self._slot_tokens[s.slot].clear()
         return [(s.seq, EngineError(message)) for s in failed]

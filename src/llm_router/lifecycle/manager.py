@@ -67,12 +67,12 @@ class ModelManager:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        for state in self._states.values():
-            if state.load_task is not None:
-                state.load_task.cancel()
-        for task in list(self._tasks):
+        loads = [s.load_task for s in self._states.values() if s.load_task is not None]
+        for task in [*loads, *self._tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Fix: the cancelled loads are awaited too; a worker still starting is killed only when
+        # its load task handles the cancellation, which used to happen after close() returned.
+        await asyncio.gather(*loads, *self._tasks, return_exceptions=True)
         workers = [s.worker for s in self._states.values() if s.worker is not None]
         await asyncio.gather(*(w.stop(timeout=2.0) for w in workers), return_exceptions=True)
 
@@ -207,6 +207,8 @@ class ModelManager:
             state.waiters.remove(ticket)
             self._waiting -= 1
             state.notify()
+            if not state.waiters and state.status == Status.LOADING:
+                self._room_changed()  # fix: a load waiting for room re-checks whether it is wanted
 
     def _check_queue(self, state: ModelState) -> None:
         retry = 1.0 if state.status == Status.LOADED else 5.0
@@ -247,6 +249,8 @@ class ModelManager:
         state = self.resolve(name)
         if state.source.error is not None:
             raise ModelLoadFailed(f"model '{state.id}' cannot be loaded: {state.source.error}")
+        if state.status in (Status.UNLOADED, Status.ERROR, Status.LOADING):
+            state.load_requested = True
         if state.status in (Status.UNLOADED, Status.ERROR):
             state.sticky = False
             self._start_load(state)
@@ -257,11 +261,15 @@ class ModelManager:
         state.set_status(Status.LOADING)
         self.events.publish("loading", state.id)
         state.load_task = asyncio.create_task(self._load(state), name=f"load-{state.id}")
+        # Fix: nobody awaits a load task, so retrieve its outcome here; a failed load used to
+        # log "Task exception was never retrieved" (the failure itself is already in `state`).
+        state.load_task.add_done_callback(_outcome_seen)
 
     async def _load(self, state: ModelState) -> Worker:
         started = time.monotonic()
         try:
-            await self._make_room(state)
+            if not await self._make_room(state):
+                raise asyncio.CancelledError("nobody waits for this load any more")
             source = state.source
             worker = await Worker.start(
                 source.engine, self._spec(source),
@@ -269,6 +277,7 @@ class ModelManager:
             )  # fmt: skip
         except asyncio.CancelledError:
             state.set_status(Status.UNLOADED)
+            self.events.publish("unloaded", state.id, reason="load cancelled")
             self._room_changed()
             raise
         except RouterError as exc:
@@ -279,6 +288,7 @@ class ModelManager:
             raise
         finally:
             state.load_task = None
+            state.load_requested = False
         state.worker = worker
         state.load_seconds = time.monotonic() - started
         state.loaded_at = time.time()
@@ -297,8 +307,11 @@ class ModelManager:
         arch = source.info.architecture if source.info else None
         return LoadSpec(str(source.path), options.model_dump(exclude_none=True), arch)
 
-    async def _make_room(self, state: ModelState) -> None:
-        """Evict LRU idle models until `state` fits; wait while the rest are busy."""
+    async def _make_room(self, state: ModelState) -> bool:
+        """Evict LRU idle models until `state` fits; wait while the rest are busy. False when
+        the load is no longer wanted: not requested explicitly and its last waiter has left
+        (timed out or disconnected) while it waited. Fix: such a load used to stay `loading`
+        for ever, then evict another model for nobody once room appeared."""
         while True:
             residents = [
                 Resident(s.id, s.memory_bytes or s.estimate_bytes(), s.last_used,
@@ -312,7 +325,7 @@ class ModelManager:
                 reason = f"evicted to make room for '{state.id}'"
                 victims = [self._states[v] for v in verdict.victims]
                 await asyncio.gather(*(self._unload(v, reason) for v in victims))
-                return
+                return True
             self._room.clear()
             await self._room.wait()
 
@@ -355,6 +368,9 @@ class ModelManager:
         def on_exit(worker: Worker, reason: str) -> None:
             if worker.stopping or state.worker is not worker:
                 return
+            # Nobody else will stop a worker that died on its own: stop() closes its channel
+            # (the socket would otherwise leak until garbage collection).
+            self._spawn(worker.stop())
             state.worker = None
             state.memory_bytes = None
             message = f"{reason}; the next request loads it again"
@@ -370,7 +386,7 @@ class ModelManager:
         if state.source.config.pin:
             return None
         if state.keep_alive_override is not _NOT_SET:
-            return state.keep_alive_override  # type: ignore[return-value]
+            return state.keep_alive_override
         if state.source.config.keep_alive is not None:
             return parse_duration(state.source.config.keep_alive)
         return self._default_keep_alive
@@ -392,6 +408,11 @@ class ModelManager:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _outcome_seen(task: asyncio.Task[Worker]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _rss(pid: int) -> int | None:

@@ -34,6 +34,7 @@ class ModelState:
     sticky: bool = False  # a load failure: no autoload retry until the file changes
     worker: Worker | None = None
     load_task: asyncio.Task[Worker] | None = None
+    load_requested: bool = False  # explicit load (request_load): waits for room with no waiters
     active: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     last_used: float = 0.0

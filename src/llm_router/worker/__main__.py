@@ -60,6 +60,8 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
             sock.sendall(encode({"id": msg["id"], "error": error_to_wire(exc)}))
     elif op == "cancel":
         engine.cancel(msg["id"])
+    elif op == "threads":
+        engine.set_threads(int(msg["threads"]))
     elif op == "shutdown":
         return False
     return True

@@ -141,6 +141,12 @@ class Worker:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     self._send({"op": "cancel", "id": seq})
 
+    def set_threads(self, threads: int) -> None:
+        """Tell the engine how many CPU threads it may use from its next step on."""
+        if not self.exited.is_set() and not self.stopping:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._send({"op": "threads", "threads": threads})
+
     async def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit, kill it after `timeout`; returns when it is gone."""
         self.stopping = True
