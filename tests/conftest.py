@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
 from llm_router import defaults
-from servers import Server, link_models
-
-MakeClient = Callable[["Server"], openai.OpenAI]
-SMOL = "SmolLM2-135M-Instruct.Q4_1"
-GEMMA = "gemma-3-270m-q4_k_m"
+from servers import MakeClient, Server, link_models
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 
 @pytest.fixture
-def make_client() -> Iterator[Callable[[Server], openai.OpenAI]]:
+def make_client() -> Iterator[MakeClient]:
     """openai clients for any server; closed after the test (no leaked sockets)."""
     made: list[openai.OpenAI] = []
 
@@ -63,9 +58,5 @@ def make_client() -> Iterator[Callable[[Server], openai.OpenAI]]:
 
 
 @pytest.fixture
-def client(server: Server, make_client: Callable[[Server], openai.OpenAI]) -> openai.OpenAI:
+def client(server: Server, make_client: MakeClient) -> openai.OpenAI:
     return make_client(server)
-
-
-def new_server(workdir: Path, **config: Any) -> Server:
-    return Server(workdir, config).start()

@@ -11,14 +11,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import psutil
 import yaml
 
-__all__ = ["Server", "free_port", "link_models"]
+__all__ = ["GEMMA", "SMOL", "MakeClient", "Server", "free_port", "link_models", "new_server"]
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
 
 
 def free_port() -> int:
@@ -109,3 +114,10 @@ class Server:
             self.proc.kill()
             self.proc.wait(5)
         return children
+
+
+MakeClient = Callable[[Server], openai.OpenAI]
+
+
+def new_server(workdir: Path, **config: Any) -> Server:
+    return Server(workdir, config).start()

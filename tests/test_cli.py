@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import GEMMA, SMOL
-from servers import link_models
+from servers import GEMMA, SMOL, link_models
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -43,6 +43,7 @@ class _Request(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repeat_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool | None = None
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -71,6 +72,7 @@ class _Request(BaseModel):
                 "presence_penalty": self.presence_penalty,
                 "frequency_penalty": self.frequency_penalty,
                 "repeat_penalty": self.repeat_penalty,
+                "ignore_eos": self.ignore_eos,
             }.items()
             if v is not None
         }  # fmt: skip

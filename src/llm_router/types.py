@@ -42,6 +42,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    ignore_eos: bool = False  # llama.cpp's extension: never end on end-of-generation tokens
 
 
 @dataclass(frozen=True, slots=True)

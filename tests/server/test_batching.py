@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import GEMMA, SMOL, MakeClient, new_server
-from servers import Server
+
+from servers import GEMMA, SMOL, MakeClient, Server, new_server
 
 PROMPTS = [f"Write a sentence about the number {i}." for i in range(8)]
 

@@ -11,9 +11,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import GEMMA, SMOL, MakeClient, new_server
 from openai_schema import validate
-from servers import Server, link_models
+from servers import GEMMA, SMOL, MakeClient, Server, link_models, new_server
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

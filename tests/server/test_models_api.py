@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import openai
 
-from conftest import GEMMA, SMOL, MakeClient, new_server
-from servers import link_models
+from servers import GEMMA, SMOL, MakeClient, link_models, new_server
 
 
 def test_load_unload_round_trip_with_events(tmp_path: Path, models_dir: Path) -> None:
@@ -99,3 +98,17 @@ def test_aliases_and_no_autoload(tmp_path: Path, models_dir: Path, make_client: 
         assert srv.models()[SMOL]["aliases"] == ["smol"]
     finally:
         srv.stop()
+
+
+def test_prometheus_metrics(client: openai.OpenAI, server: Any) -> None:
+    client.completions.create(model=SMOL, prompt="Hi", max_tokens=3)
+    text = httpx.get(server.url + "/metrics").text
+    assert (
+        f'llm_router_requests_total{{endpoint="completion",model="{SMOL}",outcome="length"}}'
+        in text
+    )
+    assert f'llm_router_model_status{{model="{SMOL}",status="loaded"}} 1.0' in text
+    assert f'llm_router_model_events_total{{event="loaded",model="{SMOL}"}}' in text
+    assert f'llm_router_engine_decode_steps_total{{model="{SMOL}"}}' in text
+    assert "llm_router_time_to_first_token_seconds_bucket" in text
+    assert f'llm_router_model_memory_bytes{{model="{SMOL}"}}' in text

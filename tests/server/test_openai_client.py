@@ -7,9 +7,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import GEMMA, SMOL
 from openai_schema import validate
-from servers import Server
+from servers import GEMMA, SMOL, Server
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import EngineUnavailable
 from .base import Engine, EngineEvent, LoadSpec
 
-__all__ = ["ENGINES", "Engine", "EngineEvent", "EngineInfo", "LoadSpec", "build", "check_available"]
+__all__ = ["ENGINES", "Engine", "EngineEvent", "EngineInfo", "LoadSpec", "build", "check_available", "preload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,11 @@ def check_available(name: str) -> EngineInfo:
             f"pip install 'llm-runner-router[{info.extra}]'"
         )
     return info
+
+
+def preload(name: str) -> None:
+    """Import engine `name`'s module (and its backend library) without loading a model."""
+    importlib.import_module(check_available(name).target.partition(":")[0])
 
 
 def build(name: str, spec: LoadSpec) -> Engine:

@@ -52,6 +52,11 @@ class Engine(Protocol):
         """Advance every running sequence by one decode step; blocks for its duration."""
         ...
 
+    def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        """Embedding vectors for `inputs` (texts or token arrays) and the number of input
+        tokens. Blocks for the whole batch. Engines without embeddings raise BadRequest."""
+        ...
+
     def set_threads(self, threads: int) -> None:
         """Use this many CPU threads from the next step on (the router's thread budget)."""
         ...

@@ -8,7 +8,9 @@ by one word of `reply`, cycling."""
 from __future__ import annotations
 
 import json
+import math
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ __all__ = ["FakeEngine"]
 
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
+EMBED_DIM = 8
 _Events = list[tuple[int, EngineEvent]]
 
 
@@ -54,6 +57,7 @@ class FakeEngine:
         opts = spec.options
         self.parallel = int(opts.get("parallel") or script.get("parallel") or DEFAULT_PARALLEL)
         self.context_size = int(opts.get("context_size") or DEFAULT_CONTEXT)
+        self.threads = int(opts.get("threads") or 1)
         self._waiting: deque[_Seq] = deque()
         self._running: dict[int, _Seq] = {}
 
@@ -62,6 +66,7 @@ class FakeEngine:
             "engine": "fake",
             "context_size": self.context_size,
             "parallel": self.parallel,
+            "threads": self.threads,
             "slots_busy": len(self._running),
             "ballast_bytes": len(self._ballast),
         }
@@ -100,6 +105,23 @@ class FakeEngine:
         for s in list(self._running.values()):
             self._advance(s, events)
         return events
+
+    def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        """Deterministic unit vectors: words (or token ids) hashed into EMBED_DIM buckets."""
+        vectors: list[list[float]] = []
+        n_tokens = 0
+        for item in inputs:
+            tokens = item.split() if isinstance(item, str) else [str(t) for t in item]
+            n_tokens += len(tokens)
+            vec = [0.0] * EMBED_DIM
+            for token in tokens:
+                vec[zlib.crc32(token.encode()) % EMBED_DIM] += 1.0
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            vectors.append([v / norm for v in vec])
+        return vectors, n_tokens
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
 
     def close(self) -> None:
         self._waiting.clear()

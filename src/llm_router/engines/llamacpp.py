@@ -11,7 +11,7 @@ import ctypes
 import os
 import random
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import llama_cpp as lc
@@ -91,6 +91,7 @@ class LlamaCppEngine:
         self._mem = lc.llama_get_memory(ctx)
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
         self._piece_cache: dict[int, bytes] = {}
+        self._eog: list[int] | None = None
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
         self._template = self._load_template(spec)
@@ -198,6 +199,12 @@ class LlamaCppEngine:
         eos = self._piece(eos_id, special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
         return ChatTemplate(source, bos_token=bos, eos_token=eos, stops=stops)
 
+    def _eog_tokens(self) -> list[int]:
+        if self._eog is None:
+            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+            self._eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
+        return self._eog
+
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
         n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, 256)
@@ -245,6 +252,11 @@ class LlamaCppEngine:
     def _make_sampler(self, p: SamplingParams) -> Any:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lc.llama_sampler_chain_add
+        if p.ignore_eos:
+            eog = self._eog_tokens()
+            biases = (lc.llama_logit_bias * len(eog))(*[(t, float("-inf")) for t in eog])
+            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+            add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(eog), biases))
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             n_vocab = lc.llama_vocab_n_tokens(self._vocab)
             add(

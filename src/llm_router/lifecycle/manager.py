@@ -29,9 +29,10 @@ from ..errors import (
     ServerBusy,
 )  # fmt: skip
 from ..units import parse_bytes, parse_duration
-from ..worker.client import Worker
+from ..worker.client import SparePool, Worker
 from .policy import Resident, choose_victims
 from .state import EventBus, ModelState, Status
+from .threads import ThreadBudget, cores_present
 
 __all__ = ["ModelManager"]
 
@@ -53,6 +54,8 @@ class ModelManager:
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._spares = SparePool(settings.spare_workers)
+        self._threads = ThreadBudget(settings.thread_budget or cores_present())
 
     # -- start, stop, discovery --------------------------------------------------------------
 
@@ -63,6 +66,10 @@ class ModelManager:
         for state in self._states.values():
             if state.source.config.pin or state.id in self.settings.preload:
                 self.request_load(state.id)
+        for engine in {s.source.engine for s in self._states.values() if not s.source.error}:
+            with contextlib.suppress(RouterError):
+                check_available(engine)
+                self._spares.refill(engine)
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -75,6 +82,7 @@ class ModelManager:
         await asyncio.gather(*loads, *self._tasks, return_exceptions=True)
         workers = [s.worker for s in self._states.values() if s.worker is not None]
         await asyncio.gather(*(w.stop(timeout=2.0) for w in workers), return_exceptions=True)
+        await self._spares.close()
 
     async def _watch(self) -> None:
         while True:
@@ -160,6 +168,7 @@ class ModelManager:
             state.notify()
             self._room_changed()
             self._schedule_idle_unload(state)
+            self._share_threads()
 
     def _can_take(self, state: ModelState) -> bool:
         worker = state.worker
@@ -177,7 +186,15 @@ class ModelManager:
         if state.unload_handle is not None:
             state.unload_handle.cancel()
             state.unload_handle = None
+        self._share_threads()
         return state.worker
+
+    def _share_threads(self) -> None:
+        """Split the cores among the models generating now (see lifecycle/threads.py)."""
+        default = self.settings.model_defaults.threads
+        busy = [(s.worker, s.source.config.threads or default)
+                for s in self._states.values() if s.active > 0 and s.worker is not None]  # fmt: skip
+        self._threads.apply(busy)
 
     async def _acquire(self, state: ModelState, autoload: bool) -> Worker:
         if not state.waiters and self._can_take(state):
@@ -271,10 +288,14 @@ class ModelManager:
             if not await self._make_room(state):
                 raise asyncio.CancelledError("nobody waits for this load any more")
             source = state.source
-            worker = await Worker.start(
-                source.engine, self._spec(source),
-                timeout=self.settings.worker_start_timeout, on_exit=self._worker_exited(state),
-            )  # fmt: skip
+            spare = await self._spares.take(source.engine)
+            try:
+                worker = await Worker.start(
+                    source.engine, self._spec(source), spare=spare,
+                    timeout=self.settings.worker_start_timeout, on_exit=self._worker_exited(state),
+                )  # fmt: skip
+            finally:
+                self._spares.refill(source.engine)
         except asyncio.CancelledError:
             state.set_status(Status.UNLOADED)
             self.events.publish("unloaded", state.id, reason="load cancelled")
@@ -326,6 +347,8 @@ class ModelManager:
                 victims = [self._states[v] for v in verdict.victims]
                 await asyncio.gather(*(self._unload(v, reason) for v in victims))
                 return True
+            if not state.waiters and not state.load_requested:
+                return False
             self._room.clear()
             await self._room.wait()
 

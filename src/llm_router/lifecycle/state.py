@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -82,14 +83,21 @@ class EventBus:
 
     def __init__(self, backlog: int = 256) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._backlog = backlog
 
     def publish(self, event: str, model: str, **fields: Any) -> None:
         message = {"event": event, "model": model, "time": time.time(), **fields}
+        for listener in self._listeners:
+            listener(message)
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()
             queue.put_nowait(message)
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener` synchronously with every event (it must not block)."""
+        self._listeners.append(listener)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._backlog)

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..config import Settings
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
+from ..metrics import Metrics
 from ..serving.generate import GenerationService
 from . import errors, routes_models, routes_openai
 
@@ -57,13 +59,20 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
-    app.state.generation = GenerationService(manager)
+    metrics = Metrics()
+    metrics.watch(manager)
+    app.state.metrics = metrics
+    app.state.generation = GenerationService(manager, metrics)
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_models.router)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:

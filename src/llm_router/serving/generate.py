@@ -6,11 +6,13 @@ too long) is raised before a streaming response starts."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, RouterError
 from ..lifecycle.manager import ModelManager
+from ..metrics import Metrics
 from ..protocol import (
     AssistantMessage,
     ChatChoice,
@@ -36,20 +38,42 @@ Event = TextDelta | Finished
 
 
 class GenerationService:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, metrics: Metrics | None = None) -> None:
         self.manager = manager
+        self.metrics = metrics or Metrics()
 
     async def _events(self, wire: _Request, request: GenerationRequest) -> AsyncIterator[Event]:
-        """Hold a slot of the model for as long as the caller iterates."""
+        """Hold a slot of the model for as long as the caller iterates; count the request."""
         lease: dict[str, Any] = {"autoload": wire.autoload}
         if wire.keep_alive is not None:
             try:
                 lease["keep_alive"] = parse_duration(wire.keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-        async with self.manager.lease(wire.model, **lease) as worker:
-            async for event in worker.generate(request):
-                yield event
+        model = self.model_id(wire.model)
+        endpoint = "chat" if request.messages is not None else "completion"
+        started = time.perf_counter()
+        outcome = "cancelled"
+        first = True
+        try:
+            async with self.manager.lease(wire.model, **lease) as worker:
+                async for event in worker.generate(request):
+                    if first:
+                        first = False
+                        self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
+                    if isinstance(event, Finished):
+                        outcome = event.finish_reason
+                        self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
+                        self.metrics.tokens.labels(model, "completion").inc(
+                            event.usage.completion_tokens
+                        )
+                    yield event
+        except RouterError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.metrics.requests.labels(model, endpoint, outcome).inc()
+            self.metrics.duration.labels(model, endpoint).observe(time.perf_counter() - started)
 
     def model_id(self, name: str) -> str:
         return self.manager.resolve(name).id

@@ -1,13 +1,15 @@
-"""Worker process entry point: `python -m llm_router.worker FD ENGINE SPEC_JSON`.
+"""Worker process entry point: `python -m llm_router.worker FD ENGINE`.
 
-Loads one model and serves it over the socket inherited as file descriptor FD. A reader thread
+Imports ENGINE's backend library at once, then waits on the socket inherited as file
+descriptor FD for `{"op": "load", "engine", "spec"}`: so a spare worker can be started ahead of
+need and pay Python's start-up and the library import before anyone waits for it. Then it
+loads one model and serves it. A reader thread
 turns incoming lines into a queue; the main thread runs the engine loop, draining the queue
 between decode steps and blocking on it when idle. When the router's end of the socket closes
 (router exited or killed us) the process exits: a worker never outlives its router."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -16,9 +18,9 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, BinaryIO
 
-from ..engines import Engine, LoadSpec, build
+from ..engines import Engine, LoadSpec, build, preload
 from ..errors import RouterError
 from ..types import Finished, GenerationRequest, TextDelta
 from .protocol import decode, encode, error_to_wire
@@ -26,8 +28,8 @@ from .protocol import decode, encode, error_to_wire
 INFO_INTERVAL = 1.0
 
 
-def _reader(sock: socket.socket, inbox: queue.Queue[dict[str, Any] | None]) -> None:
-    with sock.makefile("rb") as stream:
+def _reader(stream: BinaryIO, inbox: queue.Queue[dict[str, Any] | None]) -> None:
+    with stream:
         for line in stream:
             try:
                 inbox.put(decode(line))
@@ -67,9 +69,9 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
     return True
 
 
-def serve(engine: Engine, sock: socket.socket) -> None:
+def serve(engine: Engine, sock: socket.socket, stream: BinaryIO) -> None:
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(sock, inbox), daemon=True).start()
+    threading.Thread(target=_reader, args=(stream, inbox), daemon=True).start()
     next_info = 0.0
     while True:
         try:
@@ -91,18 +93,27 @@ def serve(engine: Engine, sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> int:
-    fd, engine_name, spec_json = int(argv[0]), argv[1], argv[2]
+    fd, engine_name = int(argv[0]), argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides when we stop
     sock = socket.socket(fileno=fd)
+    stream = sock.makefile("rb")
     try:
-        engine = build(engine_name, LoadSpec(**json.loads(spec_json)))
+        preload(engine_name)
+    except Exception:  # reported properly by build() below
+        pass
+    first = stream.readline()
+    if not first:
+        return 0  # an unused spare, let go
+    try:
+        msg = decode(first)
+        engine = build(msg["engine"], LoadSpec(**msg["spec"]))
     except Exception as exc:
         err = exc if isinstance(exc, RouterError) else RouterError(f"{type(exc).__name__}: {exc}")
         sock.sendall(encode({"op": "load_failed", "error": error_to_wire(err)}))
         return 3
     sock.sendall(encode({"op": "ready", "info": engine.info(), "pid": os.getpid()}))
     try:
-        serve(engine, sock)
+        serve(engine, sock, stream)
     except (BrokenPipeError, ConnectionResetError):
         pass
     # Exit without running the engine's destructors: the OS reclaims everything at once.

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..engines import LoadSpec
@@ -24,7 +23,7 @@ from ..errors import ModelLoadFailed, RouterError, WorkerDied
 from ..types import Finished, GenerationRequest, TextDelta
 from .protocol import decode, encode, error_from_wire, event_from_wire
 
-__all__ = ["Worker"]
+__all__ = ["Spare", "SparePool", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,74 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"worker was killed by signal {-code}"
     return f"worker exited with code {code}"
+
+
+@dataclass(eq=False)
+class Spare:
+    """A started worker process that has imported (or is importing) an engine's library and
+    waits for the model to load."""
+
+    engine: str
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    @classmethod
+    async def spawn(cls, engine: str) -> Spare:
+        parent, child = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine,
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            child.close()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=parent, limit=STREAM_LIMIT)
+        except BaseException:  # cancelled or failed right after spawn: leave no process
+            parent.close()
+            await _kill(proc)
+            raise
+        return cls(engine, proc, reader, writer)
+
+    async def discard(self) -> None:
+        self.writer.close()  # an unused spare exits when its socket closes
+        try:
+            await asyncio.wait_for(self.proc.wait(), 2)
+        except TimeoutError:
+            await _kill(self.proc)
+
+
+class SparePool:
+    """At most one spare worker per engine, started ahead of need: a cold load then skips
+    Python's start-up and the engine library's import (a few hundred ms on a small model)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._closed = False
+        self._spares: dict[str, asyncio.Task[Spare]] = {}
+
+    def refill(self, engine: str) -> None:
+        if self.enabled and not self._closed and engine not in self._spares:
+            self._spares[engine] = asyncio.create_task(Spare.spawn(engine))
+
+    async def take(self, engine: str) -> Spare | None:
+        task = self._spares.pop(engine, None)
+        if task is None:
+            return None
+        try:
+            spare = await task
+        except OSError:
+            return None
+        if spare.proc.returncode is not None:
+            return None
+        return spare
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks, self._spares = list(self._spares.values()), {}
+        spares = await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(s.discard() for s in spares if isinstance(s, Spare)))
 
 
 class Worker:
@@ -80,25 +147,22 @@ class Worker:
         *,
         timeout: float,
         on_exit: Callable[[Worker, str], None] | None = None,
+        spare: Spare | None = None,
     ) -> Worker:
-        """Spawn a worker and wait until its model is loaded. Raises ModelLoadFailed (or the
-        engine's own RouterError, e.g. EngineUnavailable) when the load fails; the process is
-        gone by then. Cancelling the call kills the process."""
-        parent, child = socket.socketpair()
+        """Load the model in `spare` (or a newly spawned worker) and wait until it is loaded.
+        Raises ModelLoadFailed (or the engine's own RouterError, e.g. EngineUnavailable) when
+        the load fails; the process is gone by then. Cancelling the call kills the process."""
+        if spare is None or spare.engine != engine:
+            spare = await Spare.spawn(engine)
+        proc, reader, writer = spare.proc, spare.reader, spare.writer
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "llm_router.worker",
-                str(child.fileno()), engine, json.dumps(asdict(spec)),
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-        finally:
-            child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=STREAM_LIMIT)
-        try:
+            writer.write(encode({"op": "load", "engine": engine, "spec": asdict(spec)}))
             first = await asyncio.wait_for(reader.readline(), timeout)
-        except BaseException:
+        except BaseException as exc:
             await _kill(proc)
             writer.close()
+            if isinstance(exc, OSError):
+                raise ModelLoadFailed(f"worker process failed before loading: {exc}") from None
             raise
         msg = decode(first) if first else {}
         if msg.get("op") != "ready":

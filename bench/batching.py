@@ -1,0 +1,111 @@
+"""Continuous batching: aggregate generated tokens/s and time to first token at 1, 4 and 8
+concurrent streams, plus a shared-prefix workload (8 requests with a common ~500-token system
+prompt), ours against llama.cpp's own llama-server built from the same vendored source. Same
+model file, threads, slots and context, both on 127.0.0.1, same client. Then two models busy
+at once against one model alone (our thread budget).
+
+    .venv/bin/python bench/batching.py [--model gemma|smol] [--tokens 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from common import (
+    Proc, bundled_models, llama_server, ours, pct, stream_timing, workdir, write_result,
+)  # fmt: skip
+
+FILES = {"gemma": "gemma-3-270m-q4_k_m", "smol": "SmolLM2-135M-Instruct.Q4_1"}
+SYSTEM = " ".join(f"Rule {i}: answer briefly and precisely." for i in range(70))  # ~500 tokens
+
+
+def run_concurrent(url: str, bodies: list[dict[str, Any]], path: str) -> dict[str, float]:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: stream_timing(url, b, path), bodies))
+    wall = time.perf_counter() - start
+    ttfts = [r["ttft"] for r in results]
+    return {"tok_s": sum(r["tokens"] for r in results) / wall, "ttft_p50": pct(ttfts, 0.5),
+            "ttft_p95": pct(ttfts, 0.95), "wall_s": wall}  # fmt: skip
+
+
+def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    body = {"model": model, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    stream_timing(url, {**body, "prompt": "warm up", "max_tokens": 4})
+    for n in (1, 4, 8):
+        bodies = [{**body, "prompt": f"Story {i}: once upon a time"} for i in range(n)]
+        out[f"c{n}"] = run_concurrent(url, bodies, "/v1/completions")
+    chat = [{**body, "messages": [{"role": "system", "content": SYSTEM},
+                                  {"role": "user", "content": f"Question {i}: name a colour."}]}
+            for i in range(8)]  # fmt: skip
+    run_concurrent(url, chat[:1], "/v1/chat/completions")  # the prefix is now cached somewhere
+    out["shared_prefix_c8"] = run_concurrent(url, chat, "/v1/chat/completions")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(FILES), default="gemma")
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
+    args = parser.parse_args()
+    work = workdir()
+    models = bundled_models(work / "models")
+    model = FILES[args.model]
+    results: dict[str, Any] = {}
+
+    srv: Proc = ours({"models_dir": str(models), "model_defaults": {
+        "threads": args.threads, "parallel": args.slots, "context_size": args.ctx}}, work)  # fmt: skip
+    try:
+        results["llm-router"] = workload(srv.url, model, args.tokens)
+        results["llm-router"]["two_models_c4_each"] = two_models(srv.url, args.tokens)
+    finally:
+        srv.stop()
+    peer = llama_server(["-m", str(models / f"{model}.gguf"), "-t", str(args.threads),
+                         "-np", str(args.slots), "-c", str(args.ctx * args.slots),
+                         "--no-webui", "--jinja"], work)  # fmt: skip
+    try:
+        results["llama-server"] = workload(peer.url, model, args.tokens)
+    finally:
+        peer.stop()
+    ratios = {
+        key: {
+            "tok_s": results["llm-router"][key]["tok_s"] / results["llama-server"][key]["tok_s"],
+            "ttft_p50": results["llm-router"][key]["ttft_p50"]
+            / results["llama-server"][key]["ttft_p50"],
+        }
+        for key in results["llama-server"]
+    }
+    path = write_result(f"batching-{args.model}", {"args": vars(args), "results": results,
+                                                   "ratio_ours_over_peer": ratios})  # fmt: skip
+    for name, rows in results.items():
+        for key, row in rows.items():
+            print(f"{name:13} {key:20} " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    for key, r in ratios.items():
+        print(f"ratio {key:20} tok/s x{r['tok_s']:.2f}  ttft_p50 x{r['ttft_p50']:.2f}")
+    print("written", path)
+
+
+def two_models(url: str, tokens: int) -> dict[str, float]:
+    """Four streams on each bundled model at once vs four on one alone (aggregate tok/s)."""
+    def bodies(model: str) -> list[dict[str, Any]]:
+        return [{"model": model, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+                 "prompt": f"Story {i}: once upon a time"} for i in range(4)]  # fmt: skip
+
+    stream_timing(url, {**bodies(FILES["smol"])[0], "max_tokens": 2})  # load both
+    stream_timing(url, {**bodies(FILES["gemma"])[0], "max_tokens": 2})
+    alone = run_concurrent(url, bodies(FILES["gemma"]) + bodies(FILES["gemma"]), "/v1/completions")
+    both = run_concurrent(url, bodies(FILES["gemma"]) + bodies(FILES["smol"]), "/v1/completions")
+    return {"tok_s": both["tok_s"], "one_model_tok_s": alone["tok_s"],
+            "ratio_two_over_one": both["tok_s"] / alone["tok_s"],
+            "ttft_p50": both["ttft_p50"], "ttft_p95": both["ttft_p95"]}  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Shared by the benchmarks: start servers on 127.0.0.1 (ours and llama.cpp's), time requests.
+
+Every server a benchmark starts is its own child process, stopped by PID when it ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bundled_models(target: Path) -> Path:
+    """A models directory with the two bundled GGUF files (hard links / assembled)."""
+    from llm_router import defaults
+
+    defaults.provision(target)
+    return target
+
+
+class Proc:
+    def __init__(self, args: list[str], url: str, health: str, log: Path) -> None:
+        self.url = url
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + health, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{args[0]} did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def ours(config: dict[str, Any], workdir: Path) -> Proc:
+    port = free_port()
+    cfg = workdir / f"ours-{port}.yaml"
+    cfg.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "log_level": "warning",
+                                   **config}))  # fmt: skip
+    args = [sys.executable, "-m", "llm_router", "serve", "--config", str(cfg)]
+    return Proc(args, f"http://127.0.0.1:{port}", "/health", workdir / f"ours-{port}.log")
+
+
+def llama_server_binary() -> Path:
+    out = subprocess.run([str(ROOT / "bench" / "build_llama_server.sh"), sys.executable],
+                         check=True, capture_output=True, text=True)  # fmt: skip
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def llama_server(args: list[str], workdir: Path) -> Proc:
+    port = free_port()
+    cmd = [str(llama_server_binary()), "--host", "127.0.0.1", "--port", str(port), *args]
+    return Proc(cmd, f"http://127.0.0.1:{port}", "/health", workdir / f"llama-{port}.log")
+
+
+def stream_timing(
+    url: str, body: dict[str, Any], path: str = "/v1/completions"
+) -> dict[str, float]:
+    """Send one streaming request; seconds to first token, total, and tokens received."""
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    with httpx.stream("POST", url + path, json={**body, "stream": True}, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or []
+            text = (
+                choices[0].get("text") or (choices[0].get("delta") or {}).get("content")
+                if choices
+                else None
+            )
+            if text:
+                tokens += 1
+                if first is None:
+                    first = time.perf_counter() - start
+    total = time.perf_counter() - start
+    return {"ttft": first if first is not None else total, "total": total, "tokens": tokens}
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"machine": {"cores": os.cpu_count()}, **data}, indent=1))
+    return path

@@ -1,0 +1,69 @@
+"""Swap benchmark: time to first token for a cold model, a warm (loaded) one, and one that
+needs an eviction first, with `models_max = 1` and the two bundled models. Ours against
+llama.cpp's own llama-server in router mode (`--models-dir --models-max 1`), same files,
+same threads, same slots, one run.
+
+    .venv/bin/python bench/swap.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from common import bundled_models, llama_server, ours, stream_timing, workdir, write_result
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
+BODY = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+
+
+def measure(url: str, rounds: int) -> dict[str, float]:
+    cold = stream_timing(url, {**BODY, "model": SMOL})["ttft"]
+    warm, swap = [], []
+    current = SMOL
+    for _ in range(rounds):
+        warm.append(stream_timing(url, {**BODY, "model": current})["ttft"])
+        current = GEMMA if current == SMOL else SMOL
+        swap.append(stream_timing(url, {**BODY, "model": current})["ttft"])
+        time.sleep(0.2)
+    return {"cold_ttft_s": cold, "warm_ttft_p50_s": statistics.median(warm),
+            "swap_ttft_p50_s": statistics.median(swap), "swap_ttft_max_s": max(swap)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    work = workdir()
+    models = bundled_models(work / "models")
+    results = {}
+    srv = ours({"models_dir": str(models), "models_max": 1,
+                "model_defaults": {"threads": args.threads, "parallel": 4,
+                                   "context_size": 2048}}, work)  # fmt: skip
+    try:
+        results["llm-router"] = measure(srv.url, args.rounds)
+    finally:
+        srv.stop()
+    peer = llama_server(["--models-dir", str(models), "--models-max", "1", "-t", str(args.threads),
+                         "-np", "4", "-c", str(2048 * 4), "--no-webui"], work)  # fmt: skip
+    try:
+        results["llama-server"] = measure(peer.url, args.rounds)
+    finally:
+        peer.stop()
+    ratios = {
+        k: results["llm-router"][k] / results["llama-server"][k] for k in results["llm-router"]
+    }
+    path = write_result(
+        "swap", {"rounds": args.rounds, "results": results, "ratio_ours_over_peer": ratios}
+    )
+    for name, row in results.items():
+        print(name, {k: round(v * 1000, 1) for k, v in row.items()}, "(ms)")
+    print("ratio ours/llama-server (lower is better):", {k: round(v, 2) for k, v in ratios.items()})
+    print("written", path)
+
+
+if __name__ == "__main__":
+    main()

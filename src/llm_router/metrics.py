@@ -1,0 +1,116 @@
+"""Prometheus metrics: one registry per app (no module globals).
+
+Request metrics are counted by the serving layer as requests pass; model gauges (status,
+memory, slots, queue, engine counters) are read from the manager at scrape time, so they are a
+snapshot and cost nothing between scrapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .lifecycle.manager import ModelManager
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_ENGINE_COUNTERS = {
+    "decode_steps": "llama_decode calls",
+    "batch_sequences": "sequences summed over decode steps (divide by steps: batch occupancy)",
+    "prompt_tokens_evaluated": "prompt tokens evaluated",
+    "prompt_tokens_reused": "prompt tokens reused from a slot's KV cache",
+    "tokens_generated": "tokens generated",
+}
+_ENGINE_GAUGES = ("slots_busy", "slots_idle", "tokens_cached", "threads", "parallel")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llm_router_requests", "Requests finished", ["model", "endpoint", "outcome"], registry=r
+        )
+        self.tokens = Counter(
+            "llm_router_tokens", "Tokens processed", ["model", "kind"], registry=r
+        )
+        self.ttft = Histogram(
+            "llm_router_time_to_first_token_seconds", "Time to first token", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "llm_router_request_duration_seconds", "Request duration", ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.lifecycle = Counter(
+            "llm_router_model_events", "Model lifecycle events (loaded, unloaded, error...)",
+            ["model", "event"], registry=r,
+        )  # fmt: skip
+        self.load_seconds = Histogram(
+            "llm_router_model_load_seconds", "Model load time", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
+    def watch(self, manager: ModelManager) -> None:
+        """Count lifecycle events and expose per-model gauges read at scrape time."""
+        manager.events.add_listener(self._on_event)
+        self.registry.register(_ModelCollector(manager))
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.lifecycle.labels(event["model"], event["event"]).inc()
+        if event["event"] == "loaded" and event.get("load_seconds") is not None:
+            self.load_seconds.labels(event["model"]).observe(event["load_seconds"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ModelCollector(Collector):
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Any]:
+        states = self._manager.states()
+        status = GaugeMetricFamily(
+            "llm_router_model_status",
+            "1 for the model's current status",
+            labels=["model", "status"],
+        )
+        memory = GaugeMetricFamily(
+            "llm_router_model_memory_bytes", "Measured RSS of the model's worker", labels=["model"]
+        )
+        active = GaugeMetricFamily(
+            "llm_router_model_active_requests", "Requests holding a slot", labels=["model"]
+        )
+        queued = GaugeMetricFamily(
+            "llm_router_model_queued_requests", "Requests waiting", labels=["model"]
+        )
+        gauges = {
+            k: GaugeMetricFamily(f"llm_router_engine_{k}", k.replace("_", " "), labels=["model"])
+            for k in _ENGINE_GAUGES
+        }
+        counters = {
+            k: CounterMetricFamily(f"llm_router_engine_{k}", doc, labels=["model"])
+            for k, doc in _ENGINE_COUNTERS.items()
+        }
+        for s in states:
+            status.add_metric([s.id, s.status.value], 1)
+            active.add_metric([s.id], s.active)
+            queued.add_metric([s.id], len(s.waiters))
+            if s.memory_bytes is not None:
+                memory.add_metric([s.id], s.memory_bytes)
+            info = s.worker.info if s.worker else {}
+            for k, family in gauges.items():
+                if isinstance(info.get(k), int):
+                    family.add_metric([s.id], info[k])
+            for k, counter in counters.items():
+                if isinstance(info.get(k), int):
+                    counter.add_metric([s.id], info[k])
+        budget = GaugeMetricFamily("llm_router_memory_budget_bytes", "Memory budget")
+        budget.add_metric([], self._manager.budget)
+        yield from (status, memory, active, queued, budget, *gauges.values(), *counters.values())

@@ -1,0 +1,574 @@
+"""The lifecycle manager's effects, with real worker processes running the fake engine.
+
+Each test builds its own manager over JSON "model" files in tmp_path, and the fixture closes it
+and checks that no worker process outlives it. Waits are bounded by `asyncio.wait_for`; the only
+timing assertions are generous upper bounds that catch hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from llm_router.config import ModelConfig, Settings
+from llm_router.errors import (
+    InsufficientMemory,
+    ModelLoadFailed,
+    ModelNotLoaded,
+    QueueFull,
+    ServerBusy,
+    WorkerDied,
+)  # fmt: skip
+from llm_router.lifecycle.manager import ModelManager
+from llm_router.lifecycle.state import ModelState, Status
+from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 2**20
+T = TypeVar("T")
+REPLY = "w1 w2 w3 w4 w5"
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float = 10.0) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+def fake_model(
+    tmp_path: Path, model_id: str, *, config: dict[str, Any] | None = None, **behaviour: Any
+) -> ModelConfig:
+    """A `models:` entry for a fake-engine model whose file holds `behaviour`."""
+    path = tmp_path / f"{model_id}.json"
+    path.write_text(json.dumps({"token_seconds": 0.01, "reply": REPLY, **behaviour}))
+    return ModelConfig(id=model_id, path=path, engine="fake", **(config or {}))
+
+
+class Events:
+    """Every event the manager publishes, collected as they come."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self._queue = manager.events.subscribe()
+        self._seen: list[dict[str, Any]] = []
+
+    def all(self, event: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        while not self._queue.empty():
+            self._seen.append(self._queue.get_nowait())
+        return [
+            e
+            for e in self._seen
+            if (event is None or e["event"] == event) and (model is None or e["model"] == model)
+        ]
+
+    def count(self, event: str, model: str | None = None) -> int:
+        return len(self.all(event, model))
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.managers: list[ModelManager] = []
+        self.pids: set[int] = set()
+
+    async def manager(self, models: list[ModelConfig], **settings: Any) -> ModelManager:
+        options: dict[str, Any] = {
+            "models_dir": self.tmp_path, "models": models, "watch_interval": 0,
+            "provision_default_models": False, "memory_budget": "2GiB", **settings,
+        }  # fmt: skip
+        manager = ModelManager(Settings(**options))
+        self.managers.append(manager)
+        await manager.start()
+        return manager
+
+    async def generate(
+        self,
+        manager: ModelManager,
+        model: str,
+        max_tokens: int = 3,
+        *,
+        started: asyncio.Event | None = None,
+        **lease: Any,
+    ) -> tuple[str, Finished, int]:
+        """One request through a lease: the text, how it finished and the worker's pid."""
+        request = GenerationRequest(SamplingParams(max_tokens=max_tokens), prompt="say it")
+        text = ""
+        finished: Finished | None = None
+        async with manager.lease(model, **lease) as worker:
+            self.pids.add(worker.pid)
+            async for event in worker.generate(request):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    if started is not None:
+                        started.set()
+                else:
+                    finished = event
+        assert finished is not None
+        return text, finished, worker.pid
+
+    def record(self, state: ModelState) -> None:
+        if state.worker is not None:
+            self.pids.add(state.worker.pid)
+
+
+def _worker_children() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "llm_router.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited (or became a zombie) while we looked
+            continue
+    return found
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        for manager in h.managers:
+            for state in manager.states():
+                h.record(state)
+            await bounded(manager.close())
+        gc.collect()  # an unclosed worker channel warns here, in the test that leaked it
+    assert [pid for pid in h.pids if psutil.pid_exists(pid)] == []
+    assert _worker_children() == []
+
+
+async def until(predicate: Any, seconds: float = 5.0) -> None:
+    """Poll `predicate()` until true; fails after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def expected(n: int) -> str:
+    words = REPLY.split()
+    return " ".join(words[i % len(words)] for i in range(n))
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+async def test_concurrent_requests_share_one_load(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", load_seconds=0.3, parallel=4)])
+    events = Events(manager)
+    results = await bounded(asyncio.gather(*(harness.generate(manager, "a") for _ in range(10))))
+    assert [text for text, _, _ in results] == [expected(3)] * 10
+    assert {finished.finish_reason for _, finished, _ in results} == {"length"}
+    assert len({pid for _, _, pid in results}) == 1
+    assert events.count("loading", "a") == 1
+    assert events.count("loaded", "a") == 1
+    assert manager.resolve("a").status == Status.LOADED
+
+
+async def test_load_nobody_waits_for_still_completes(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", load_seconds=0.5)])
+    task = asyncio.create_task(harness.generate(manager, "a"))
+    state = manager.resolve("a")
+    await bounded(until(lambda: state.status == Status.LOADING))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert manager.waiting == 0
+    await bounded(until(lambda: state.status == Status.LOADED))
+    harness.record(state)
+
+
+async def test_autoload_off_is_model_not_loaded(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a")], autoload=False)
+    events = Events(manager)
+    with pytest.raises(ModelNotLoaded, match="autoload is off"):
+        await bounded(harness.generate(manager, "a"))
+    with pytest.raises(ModelNotLoaded):
+        await bounded(harness.generate(manager, "a", autoload=False))
+    assert events.count("loading") == 0
+    assert manager.waiting == 0
+    # An explicit load makes it servable without autoload.
+    manager.request_load("a")
+    await bounded(until(lambda: manager.resolve("a").status == Status.LOADED))
+    text, _, _ = await bounded(harness.generate(manager, "a"))
+    assert text == expected(3)
+
+
+async def test_failed_load_is_sticky_until_loaded_explicitly(
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = fake_model(tmp_path, "a", fail_load=True)
+    manager = await harness.manager([cfg])
+    events = Events(manager)
+    state = manager.resolve("a")
+    with pytest.raises(ModelLoadFailed, match="told to fail"):
+        await bounded(harness.generate(manager, "a"))
+    assert state.status == Status.ERROR
+    assert state.error is not None and "told to fail" in state.error
+    assert events.count("error", "a") == 1
+    # Later requests fail at once from the recorded error: no second load is attempted.
+    for _ in range(3):
+        with pytest.raises(ModelLoadFailed, match="told to fail"):
+            await bounded(harness.generate(manager, "a"), 2.0)
+    assert events.count("loading", "a") == 1
+    gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    # An explicit load retries: still failing, then (file fixed) loaded.
+    manager.request_load("a")
+    assert state.status == Status.LOADING
+    await bounded(until(lambda: state.status == Status.ERROR))
+    assert events.count("loading", "a") == 2
+    assert cfg.path is not None
+    cfg.path.write_text(json.dumps({"reply": REPLY}))
+    manager.request_load("a")
+    await bounded(until(lambda: state.status == Status.LOADED))
+    text, _, _ = await bounded(harness.generate(manager, "a"))
+    assert text == expected(3)
+    assert events.count("loading", "a") == 3
+
+
+async def test_model_bigger_than_budget_is_refused(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a")], memory_budget="50MiB")
+    events = Events(manager)
+    need = manager.resolve("a").estimate_bytes()
+    with pytest.raises(InsufficientMemory) as caught:
+        await bounded(harness.generate(manager, "a"), 2.0)
+    assert f"{need / MiB:.0f} MiB" in caught.value.message
+    assert "50 MiB" in caught.value.message
+    assert events.count("loading") == 0
+    assert manager.waiting == 0
+
+
+# -- eviction ----------------------------------------------------------------------------------
+
+
+async def test_busy_model_is_not_evicted(harness: Harness, tmp_path: Path) -> None:
+    """llama.cpp #21678: a request for another model must not evict one that is serving; it
+    waits until the first request finishes, then evicts it."""
+    models = [fake_model(tmp_path, "a"), fake_model(tmp_path, "b")]
+    manager = await harness.manager(models, models_max=1)
+    events = Events(manager)
+    first = await hold(harness, manager, "a")
+    second = asyncio.create_task(harness.generate(manager, "b"))
+    a, b = manager.resolve("a"), manager.resolve("b")
+    await bounded(until(lambda: b.status == Status.LOADING))
+    await asyncio.sleep(0.2)
+    assert (a.status, b.status) == (Status.LOADED, Status.LOADING)
+    assert events.count("unloading", "a") == 0
+    text_a, _ = await first.finish()  # the first request is served to its end
+    assert text_a == expected(3)
+    text_b, _, _ = await bounded(second)
+    assert text_b == expected(3)
+    evicted = events.all("unloaded", "a")
+    assert [e["reason"] for e in evicted] == ["evicted to make room for 'b'"]
+    assert (a.status, b.status) == (Status.UNLOADED, Status.LOADED)
+
+
+async def test_memory_budget_one_big_or_two_small(harness: Harness, tmp_path: Path) -> None:
+    """llama.cpp PR #25326's 100 GB + 29 GB case, scaled down: the budget holds the big model
+    alone or both small ones. Alternating requests evict and no request fails."""
+    models = [
+        fake_model(tmp_path, "big", ballast_mb=300),
+        fake_model(tmp_path, "s1", ballast_mb=50),
+        fake_model(tmp_path, "s2", ballast_mb=50),
+    ]
+    budget = 384 * MiB
+    manager = await harness.manager(models, memory_budget=budget, models_max=0)
+    events = Events(manager)
+    loaded_after = []
+    for model in ["big", "s1", "s2", "big", "s1", "s2", "big"]:
+        text, _, _ = await bounded(harness.generate(manager, model), 15.0)
+        assert text == expected(3)
+        loaded = {s.id for s in manager.states() if s.status == Status.LOADED}
+        loaded_after.append(loaded)
+        used = sum(s.memory_bytes or 0 for s in manager.states() if s.status == Status.LOADED)
+        assert used <= budget, f"{used / MiB:.0f} MiB loaded in a {budget / MiB:.0f} MiB budget"
+    big, small = (manager.resolve(m).measured_bytes or 0 for m in ("big", "s1"))
+    assert big <= budget < big + small and 2 * small <= budget, "sizes do not fit the premise"
+    assert loaded_after == [{"big"}, {"s1"}, {"s1", "s2"}, {"big"}, {"s1"}, {"s1", "s2"}, {"big"}]
+    assert events.count("unloaded", "big") == 2
+    assert events.count("unloaded", "s1") == 2
+    assert events.count("unloaded", "s2") == 2
+    assert all(e["reason"].startswith("evicted") for e in events.all("unloaded"))
+
+
+async def test_pinned_model_survives_pressure(harness: Harness, tmp_path: Path) -> None:
+    """With room for one model and that one pinned, another model cannot come in: its request
+    waits in the queue (the pinned model keeps serving meanwhile) and gets ServerBusy at its
+    queue deadline."""
+    models = [fake_model(tmp_path, "a", config={"pin": True}), fake_model(tmp_path, "b")]
+    manager = await harness.manager(models, models_max=1, queue_timeout=2.0)
+    events = Events(manager)
+    a = manager.resolve("a")
+    await bounded(until(lambda: a.status == Status.LOADED))  # pinned: loaded at start
+    pid = a.worker.pid if a.worker else 0
+    waiting_for_b = asyncio.create_task(harness.generate(manager, "b"))
+    await bounded(until(lambda: manager.waiting == 1))
+    # No head-of-line blocking: the pinned model serves while b waits.
+    text, _, served_by = await bounded(harness.generate(manager, "a"))
+    assert (text, served_by) == (expected(3), pid)
+    assert not waiting_for_b.done()
+    with pytest.raises(ServerBusy) as caught:
+        await bounded(waiting_for_b, 5.0)
+    assert caught.value.retry_after > 0
+    assert a.status == Status.LOADED and a.worker is not None and a.worker.pid == pid
+    assert events.count("unloading", "a") == 0
+    assert manager.waiting == 0
+    # b's load, wanted by nobody now, is given up instead of staying `loading` for ever.
+    b = manager.resolve("b")
+    await bounded(until(lambda: b.status == Status.UNLOADED))
+    assert [e["reason"] for e in events.all("unloaded", "b")] == ["load cancelled"]
+
+
+async def test_explicit_load_waits_for_room(harness: Harness, tmp_path: Path) -> None:
+    """A load asked for explicitly has no waiter, yet keeps waiting for a busy model to go
+    idle and then evicts it."""
+    models = [fake_model(tmp_path, "a"), fake_model(tmp_path, "b")]
+    manager = await harness.manager(models, models_max=1)
+    a, b = manager.resolve("a"), manager.resolve("b")
+    held = await hold(harness, manager, "a")
+    manager.request_load("b")
+    await asyncio.sleep(0.2)
+    assert (a.status, b.status) == (Status.LOADED, Status.LOADING)
+    await held.finish()
+    await bounded(until(lambda: b.status == Status.LOADED))
+    harness.record(b)
+    assert a.status == Status.UNLOADED
+
+
+async def test_close_while_loading_leaves_no_worker(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", load_seconds=3.0)])
+    manager.request_load("a")
+    await bounded(until(lambda: len(_worker_children()) == 1))
+    harness.pids.update(p.pid for p in _worker_children())
+    await asyncio.sleep(0.3)  # well inside the 3 s load, past the spawn itself
+    await bounded(manager.close(), 2.0)
+    assert _worker_children() == []
+
+
+# -- idle unload -------------------------------------------------------------------------------
+
+
+async def test_idle_unload_after_keep_alive(harness: Harness, tmp_path: Path) -> None:
+    models = [fake_model(tmp_path, "a", config={"keep_alive": "1s"})]
+    manager = await harness.manager(models)
+    events = Events(manager)
+    _, _, pid = await bounded(harness.generate(manager, "a"))
+    state = manager.resolve("a")
+    assert state.status == Status.LOADED
+    await bounded(until(lambda: state.status == Status.UNLOADED, 6.0), 7.0)
+    assert [e["reason"] for e in events.all("unloaded", "a")] == ["idle (keep_alive)"]
+    assert not psutil.pid_exists(pid)
+
+
+async def test_keep_alive_zero_unloads_after_the_request(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a")])
+    state = manager.resolve("a")
+    await bounded(harness.generate(manager, "a", keep_alive=0))
+    await bounded(until(lambda: state.status == Status.UNLOADED, 3.0))
+    # The next request loads it again.
+    await bounded(harness.generate(manager, "a", keep_alive=-1))
+    assert state.status == Status.LOADED
+
+
+# -- queues ------------------------------------------------------------------------------------
+
+
+class Hold:
+    """A request that holds one slot of a model until released (so tests depend on events,
+    not on how long a generation takes); after release it generates on the same worker."""
+
+    def __init__(self, harness: Harness, manager: ModelManager, model: str) -> None:
+        self.acquired = asyncio.Event()
+        self.release = asyncio.Event()
+        self.task = asyncio.create_task(self._run(harness, manager, model))
+
+    async def _run(self, harness: Harness, manager: ModelManager, model: str) -> tuple[str, int]:
+        async with manager.lease(model) as worker:
+            harness.pids.add(worker.pid)
+            self.acquired.set()
+            await self.release.wait()
+            text = ""
+            async for event in worker.generate(GenerationRequest(SamplingParams(max_tokens=3))):
+                text += event.text if isinstance(event, TextDelta) else ""
+            return text, worker.pid
+
+    async def finish(self) -> tuple[str, int]:
+        self.release.set()
+        return await bounded(self.task)
+
+
+async def hold(harness: Harness, manager: ModelManager, model: str = "a") -> Hold:
+    held = Hold(harness, manager, model)
+    await bounded(held.acquired.wait())
+    return held
+
+
+async def test_fifo_per_model(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", parallel=1)])
+    held = await hold(harness, manager)
+    order: list[int] = []
+
+    async def request(n: int) -> None:
+        async with manager.lease("a") as worker:
+            order.append(n)
+            async for _ in worker.generate(GenerationRequest(SamplingParams(max_tokens=2))):
+                pass
+
+    tasks = []
+    for n in range(6):
+        tasks.append(asyncio.create_task(request(n)))
+        await bounded(until(lambda n=n: manager.waiting == n + 1))
+    await held.finish()
+    await bounded(asyncio.gather(*tasks))
+    assert order == list(range(6))
+
+
+async def test_disconnect_while_queued_keeps_the_running_model(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """llama.cpp test_router.py: a client that gives up while queued frees its place; the
+    request being served completes and the model stays loaded."""
+    manager = await harness.manager([fake_model(tmp_path, "a", parallel=1)])
+    events = Events(manager)
+    held = await hold(harness, manager)
+    queued = asyncio.create_task(harness.generate(manager, "a"))
+    await bounded(until(lambda: manager.waiting == 1))
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    state = manager.resolve("a")
+    assert manager.waiting == 0 and not state.waiters
+    text, pid = await held.finish()
+    assert text == expected(3)
+    assert state.status == Status.LOADED
+    _, _, pid_next = await bounded(harness.generate(manager, "a"))
+    assert pid_next == pid
+    assert events.count("loading", "a") == 1
+
+
+async def test_per_model_queue_limit(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", parallel=1)], queue_per_model=2)
+    held = await hold(harness, manager)
+    waiters = [asyncio.create_task(harness.generate(manager, "a")) for _ in range(2)]
+    await bounded(until(lambda: manager.waiting == 2))
+    with pytest.raises(QueueFull) as caught:
+        await bounded(harness.generate(manager, "a"), 1.0)
+    assert type(caught.value) is QueueFull
+    assert caught.value.retry_after > 0
+    await held.finish()
+    await bounded(asyncio.gather(*waiters))
+
+
+async def test_total_queue_limit(harness: Harness, tmp_path: Path) -> None:
+    models = [fake_model(tmp_path, "a", parallel=1), fake_model(tmp_path, "b", parallel=1)]
+    manager = await harness.manager(models, queue_total=2, queue_per_model=10)
+    holds = [await hold(harness, manager, m) for m in ("a", "b")]
+    waiters = [asyncio.create_task(harness.generate(manager, m)) for m in ("a", "b")]
+    await bounded(until(lambda: manager.waiting == 2))
+    with pytest.raises(ServerBusy) as caught:
+        await bounded(harness.generate(manager, "a"), 1.0)
+    assert caught.value.retry_after > 0
+    for held in holds:
+        await held.finish()
+    await bounded(asyncio.gather(*waiters))
+
+
+async def test_queue_timeout(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", parallel=1)], queue_timeout=0.5)
+    held = await hold(harness, manager)
+    with pytest.raises(ServerBusy, match="waited") as caught:
+        await bounded(harness.generate(manager, "a"), 5.0)
+    assert caught.value.retry_after > 0
+    assert manager.waiting == 0
+    text, _ = await held.finish()
+    assert text == expected(3)
+
+
+# -- unload and crashes ------------------------------------------------------------------------
+
+
+async def test_request_during_unload_waits_and_reloads(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a")])
+    events = Events(manager)
+    state = manager.resolve("a")
+    held = await hold(harness, manager)
+    unloading = asyncio.create_task(manager.unload("a"))
+    await bounded(until(lambda: state.status == Status.UNLOADING))
+    late = asyncio.create_task(harness.generate(manager, "a"))
+    await asyncio.sleep(0.2)
+    assert not late.done()
+    assert state.status == Status.UNLOADING
+    text, old_pid = await held.finish()  # served by the unloading worker, to its end
+    assert text == expected(3)
+    await bounded(unloading)
+    text, _, new_pid = await bounded(late)
+    assert text == expected(3)
+    assert new_pid != old_pid
+    assert not psutil.pid_exists(old_pid)
+    assert events.count("loading", "a") == 2
+
+
+async def test_killed_worker_fails_its_request_and_reloads(
+    harness: Harness, tmp_path: Path
+) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a", token_seconds=0.05)])
+    events = Events(manager)
+    state = manager.resolve("a")
+    started = asyncio.Event()
+    running = asyncio.create_task(harness.generate(manager, "a", 200, started=started))
+    await bounded(started.wait())
+    assert state.worker is not None
+    pid = state.worker.pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerDied, match="SIGKILL"):
+        await bounded(running, 3.0)
+    assert state.status == Status.ERROR
+    assert state.error is not None and "SIGKILL" in state.error
+    assert [e["error"] for e in events.all("error", "a")] == [state.error]
+    _, _, new_pid = await bounded(harness.generate(manager, "a"))
+    assert new_pid != pid
+    assert state.status == Status.LOADED
+    assert events.count("loading", "a") == 2
+
+
+# -- CPU threads and spare workers ---------------------------------------------------------------
+
+
+async def test_busy_models_share_the_thread_budget(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager(
+        [fake_model(tmp_path, "a"), fake_model(tmp_path, "b")], thread_budget=4
+    )
+    a = await hold(harness, manager, "a")
+    state_a = manager.resolve("a")
+    await until(lambda: state_a.worker is not None and state_a.worker.info["threads"] == 4)
+    b = await hold(harness, manager, "b")
+    state_b = manager.resolve("b")
+    await until(lambda: state_b.worker is not None and state_b.worker.info["threads"] == 2)
+    await until(lambda: state_a.worker is not None and state_a.worker.info["threads"] == 2)
+    await b.finish()
+    c = await hold(harness, manager, "a")  # a alone again gets every core back
+    await until(lambda: state_a.worker is not None and state_a.worker.info["threads"] == 4)
+    await a.finish()
+    await c.finish()
+
+
+async def test_cold_load_uses_the_spare_worker(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.manager([fake_model(tmp_path, "a"), fake_model(tmp_path, "b")])
+    await until(lambda: len(_worker_children()) == 1)  # the spare, started ahead of need
+    spare_pid = _worker_children()[0].pid
+    harness.pids.add(spare_pid)
+    _, _, pid = await bounded(harness.generate(manager, "a"))
+    assert pid == spare_pid
+    await until(lambda: len(_worker_children()) == 2)  # a new spare replaces it
+    _, _, pid_b = await bounded(harness.generate(manager, "b"))
+    assert pid_b not in (pid, spare_pid)
+    for child in _worker_children():
+        harness.pids.add(child.pid)

@@ -1,0 +1,513 @@
+"""RemoteTarget against httpx.MockTransport (mapping, pass-through) and against a real tiny
+OpenAI-compatible upstream on 127.0.0.1 (cancellation reaches the upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from llm_router.errors import (
+    BadRequest,
+    ContextLengthExceeded,
+    EngineError,
+    ModelNotFound,
+    QueueFull,
+)
+from llm_router.remote import RemoteTarget, UpstreamError, UpstreamUnavailable
+
+pytestmark = pytest.mark.timeout(30)
+
+KEY = "sk-very-secret-key"
+BASE = "http://upstream.test/v1"
+Handler = Callable[[httpx.Request], Coroutine[Any, Any, httpx.Response]]
+BODY: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@contextlib.asynccontextmanager
+async def target(handler: Handler, **kw: Any) -> AsyncIterator[RemoteTarget]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        yield RemoteTarget(client, base_url=BASE, model="upstream-m", api_key=KEY, name="box", **kw)
+
+
+def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Handler:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handle
+
+
+def raising(exc_type: type[httpx.TransportError]) -> Handler:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        raise exc_type("boom", request=request)
+
+    return handle
+
+
+def envelope(message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+
+
+def sse(*events: str) -> bytes:
+    return "".join(f"data: {e}\n\n" for e in events).encode()
+
+
+CHUNK_A = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"delta": {"content": "A"}}]}
+CHUNK_B = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"delta": {"content": "B"}}]}
+
+
+# -- success paths --------------------------------------------------------------------------
+
+
+async def test_chat_rewrites_model_sends_bearer_and_returns_the_json() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "x", "model": "upstream-m", "choices": []})
+
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}, "seed": 3}
+    async with target(handle) as t:
+        assert await t.chat(body) == {"id": "x", "model": "upstream-m", "choices": []}
+    (request,) = seen
+    assert request.method == "POST"
+    assert request.url == BASE + "/chat/completions"
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    sent = json.loads(request.content)
+    assert sent == {"model": "upstream-m", "messages": BODY["messages"], "seed": 3, "stream": False}
+    assert body["model"] == "auto"  # the caller's body is not changed
+
+
+async def test_complete_and_embed_use_their_paths() -> None:
+    paths: list[str] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        assert "stream" not in json.loads(request.content) or request.url.path != "/v1/embeddings"
+        return httpx.Response(200, json={"ok": True})
+
+    async with target(handle) as t:
+        await t.complete({"model": "x", "prompt": "p"})
+        await t.embed({"model": "x", "input": "p"})
+    assert paths == ["/v1/completions", "/v1/embeddings"]
+
+
+async def test_stream_passes_chunks_through_one_by_one() -> None:
+    gate = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield sse(json.dumps(CHUNK_A))
+        await gate.wait()  # the second chunk exists only after the first was handed on
+        yield sse(json.dumps(CHUNK_B), "[DONE]")
+        yield sse(json.dumps({"never": "read"}))
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    async with target(handle) as t:
+        chunks = t.stream_chat({**BODY, "stream_options": {"include_usage": True}})
+        first = await asyncio.wait_for(anext(chunks), 5)
+        gate.set()
+        rest = [chunk async for chunk in chunks]
+    assert (first, rest) == (CHUNK_A, [CHUNK_B])
+    assert sent[0]["stream"] is True and sent[0]["model"] == "upstream-m"
+    assert sent[0]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_parses_sse_framing() -> None:
+    raw = (
+        b": keep-alive comment\r\n\r\n"
+        b'event: message\r\nid: 1\r\ndata: {"a":\r\ndata: 1}\r\n\r\n'
+        b'data:{"b":2}\n\n'
+        b'data: {"c":3}\n'  # the last event ends without a blank line or [DONE]
+    )
+    async with target(answer_bytes(raw)) as t:
+        assert [c async for c in t.stream_complete({"prompt": "x"})] == [
+            {"a": 1},
+            {"b": 2},
+            {"c": 3},
+        ]
+
+
+def answer_bytes(raw: bytes) -> Handler:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+
+    return handle
+
+
+async def test_health() -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url == BASE + "/models"
+        assert request.headers["authorization"] == f"Bearer {KEY}"
+        return httpx.Response(200, json={"data": []})
+
+    async with target(handle) as t:
+        assert await t.health() is True
+    async with target(answer(503)) as t:
+        assert await t.health() is False
+    async with target(raising(httpx.ConnectError)) as t:
+        assert await t.health() is False
+
+
+class EndlessBody(httpx.AsyncByteStream):
+    """An upstream body that never ends; records when the client closes it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.first_sent = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield sse(json.dumps(CHUNK_A))
+        self.first_sent.set()
+        await asyncio.sleep(3600)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def endless(body: EndlessBody) -> Handler:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body)
+
+    return handle
+
+
+async def test_aclose_closes_the_upstream_response_before_it_returns() -> None:
+    body = EndlessBody()
+    async with target(endless(body)) as t:
+        chunks = t.stream_chat(BODY)
+        assert await anext(chunks) == CHUNK_A
+        assert not body.closed
+        await chunks.aclose()  # type: ignore[attr-defined]
+        assert body.closed  # at once, not when the garbage collector gets to it
+
+
+async def test_cancelling_a_call_closes_the_upstream_response_before_it_returns() -> None:
+    body = EndlessBody()
+    async with target(endless(body)) as t:
+        call = asyncio.create_task(t.chat(BODY))
+        await asyncio.wait_for(body.first_sent.wait(), 5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert body.closed
+
+
+# -- error mapping --------------------------------------------------------------------------
+
+
+async def test_5xx_is_upstream_error_with_status() -> None:
+    async with target(answer(502, envelope("bad gateway upstream"))) as t:
+        with pytest.raises(UpstreamError) as info:
+            await t.chat(BODY)
+    err = info.value
+    assert (err.status, err.retryable, isinstance(err, EngineError)) == (502, True, True)
+    assert "box" in err.message and "bad gateway upstream" in err.message
+
+
+async def test_5xx_on_a_stream_raises_before_the_first_chunk() -> None:
+    async with target(answer(500, {"detail": "crashed"})) as t:
+        with pytest.raises(UpstreamError, match="crashed"):
+            await anext(t.stream_chat(BODY))
+
+
+async def test_429_is_queue_full_with_the_upstreams_retry_after() -> None:
+    async with target(answer(429, envelope("slow down"), {"Retry-After": "7"})) as t:
+        with pytest.raises(QueueFull) as info:
+            await t.chat(BODY)
+    assert info.value.retry_after == 7.0
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    async with target(answer(429, None, {"Retry-After": when})) as t:
+        with pytest.raises(QueueFull) as info:
+            await anext(t.stream_chat(BODY))
+    assert 25 <= info.value.retry_after <= 31
+    async with target(answer(429)) as t:
+        with pytest.raises(QueueFull) as info:
+            await t.chat(BODY)
+    assert info.value.retry_after == 1.0
+
+
+@pytest.mark.parametrize("exc_type", [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.ConnectError])
+async def test_transport_failures_are_upstream_unavailable(
+    exc_type: type[httpx.TransportError],
+) -> None:
+    async with target(raising(exc_type)) as t:
+        with pytest.raises(UpstreamUnavailable) as info:
+            await t.chat(BODY)
+        assert info.value.retryable is True
+        with pytest.raises(UpstreamUnavailable):
+            await anext(t.stream_chat(BODY))
+
+
+async def test_connection_dropped_mid_stream_is_upstream_unavailable() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield sse(json.dumps(CHUNK_A))
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    async with target(handle) as t:
+        chunks = t.stream_chat(BODY)
+        assert await anext(chunks) == CHUNK_A
+        with pytest.raises(UpstreamUnavailable):
+            await anext(chunks)
+
+
+async def test_context_length_code_maps_to_context_length_exceeded() -> None:
+    body = envelope(
+        "This model's maximum context length is 8192 tokens", "context_length_exceeded", "messages"
+    )
+    async with target(answer(400, body)) as t:
+        with pytest.raises(ContextLengthExceeded) as info:
+            await t.chat(BODY)
+    assert info.value.message == body["error"]["message"]
+    assert info.value.param == "messages"
+
+
+async def test_message_text_alone_never_classifies() -> None:
+    body = envelope("maximum context length exceeded", code="invalid_value", param="max_tokens")
+    async with target(answer(400, body)) as t:
+        with pytest.raises(BadRequest) as info:
+            await t.chat(BODY)
+    assert type(info.value) is BadRequest
+    assert (info.value.message, info.value.param) == (
+        "maximum context length exceeded",
+        "max_tokens",
+    )
+
+
+async def test_other_4xx() -> None:
+    async with target(
+        answer(404, envelope("The model `x` does not exist", "model_not_found"))
+    ) as t:
+        with pytest.raises(ModelNotFound, match="does not exist"):
+            await t.chat(BODY)
+    async with target(answer(401, envelope("Incorrect API key"))) as t:
+        with pytest.raises(UpstreamError) as info:
+            await t.chat(BODY)
+        assert info.value.status == 401
+    async with target(answer(422, None)) as t:
+        with pytest.raises(BadRequest):
+            await t.chat(BODY)
+
+
+async def test_error_event_inside_a_stream() -> None:
+    raw = sse(json.dumps(CHUNK_A), json.dumps(envelope("ctx", "context_length_exceeded")))
+    async with target(answer_bytes(raw)) as t:
+        chunks = t.stream_chat(BODY)
+        assert await anext(chunks) == CHUNK_A
+        with pytest.raises(ContextLengthExceeded):
+            await anext(chunks)
+    raw = sse(json.dumps({"error": {"message": "engine died", "code": 500}}))
+    async with target(answer_bytes(raw)) as t:
+        with pytest.raises(UpstreamError, match="engine died"):
+            await anext(t.stream_chat(BODY))
+
+
+async def test_garbage_from_the_upstream_is_upstream_error() -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"<html>proxy page</html>")
+
+    async with target(handle) as t:
+        with pytest.raises(UpstreamError) as info:
+            await t.chat(BODY)
+        assert info.value.status == 502
+    async with target(answer_bytes(b"data: not json\n\n")) as t:
+        with pytest.raises(UpstreamError):
+            await anext(t.stream_chat(BODY))
+
+
+# -- the key stays secret -------------------------------------------------------------------
+
+
+async def test_api_key_is_absent_from_repr_and_str() -> None:
+    async with target(answer(200, {})) as t:
+        for text in (repr(t), str(t), f"{t}"):
+            assert KEY not in text
+            assert "box" in text and "upstream-m" in text
+
+
+async def test_no_key_sends_no_authorization() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        t = RemoteTarget(client, base_url=BASE + "/", model="m")
+        await t.chat(BODY)
+    assert t.name == "m"
+    assert seen[0].url == BASE + "/chat/completions"
+    assert "authorization" not in seen[0].headers
+
+
+async def test_repr_hides_credentials_in_the_url() -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer(200))) as client:
+        t = RemoteTarget(client, base_url="http://user:pw-secret@host/v1", model="m")
+        assert "pw-secret" not in repr(t)
+        assert "http://host/v1" in repr(t)
+
+
+# -- a real upstream on 127.0.0.1 -----------------------------------------------------------
+
+
+class StubUpstream:
+    """A minimal OpenAI-compatible ASGI app. Streams `max_tokens` chunks 20 ms apart, or
+    answers non-streaming requests after `delay` seconds, and records whether its client went
+    away before the response was complete."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.chunks_sent = 0
+        self.delay = 10.0
+        self._complete = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        if scope["path"].endswith("/models"):
+            await _send_json(send, {"object": "list", "data": []})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        payload = json.loads(body)
+        self.started.set()
+        watcher = asyncio.create_task(self._watch(receive))
+        try:
+            if payload.get("stream"):
+                await self._stream(send, int(payload.get("max_tokens") or 500))
+            else:
+                await self._slow_json(send, payload)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._complete:
+            self.disconnected.set()
+
+    async def _stream(self, send: Any, count: int) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(count):
+            if self.disconnected.is_set():
+                return
+            chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": str(i)}}]}
+            await send(
+                {"type": "http.response.body", "body": sse(json.dumps(chunk)), "more_body": True}
+            )
+            self.chunks_sent += 1
+            await asyncio.sleep(0.02)
+        self._complete = True
+        await send({"type": "http.response.body", "body": sse("[DONE]")})
+
+    async def _slow_json(self, send: Any, payload: dict[str, Any]) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.disconnected.wait(), self.delay)
+        if not self.disconnected.is_set():
+            self._complete = True
+            await _send_json(send, {"object": "chat.completion", "model": payload["model"]})
+
+
+async def _send_json(send: Any, data: dict[str, Any]) -> None:
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(data).encode()})
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[StubUpstream, str]]:
+    """The stub served by uvicorn in this event loop, on a socket bound to a free port."""
+    app = StubUpstream()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # clients may connect at once; they wait in the backlog until uvicorn runs
+    config = uvicorn.Config(
+        app, lifespan="off", log_level="warning", ws="none", http="h11",
+        timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield app, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def real_target(url: str, **kw: Any) -> AsyncIterator[RemoteTarget]:
+    async with httpx.AsyncClient() as client:
+        yield RemoteTarget(client, base_url=url, model="stub-model", api_key=KEY, **kw)
+
+
+async def test_real_upstream_closing_the_stream_early_cancels_the_request(
+    upstream: tuple[StubUpstream, str],
+) -> None:
+    stub, url = upstream
+    async with real_target(url) as t:
+        chunks = t.stream_chat({**BODY, "max_tokens": 500})
+        got = [await asyncio.wait_for(anext(chunks), 5) for _ in range(2)]
+        assert [c["choices"][0]["delta"]["content"] for c in got] == ["0", "1"]
+        await chunks.aclose()  # type: ignore[attr-defined]
+        await asyncio.wait_for(stub.disconnected.wait(), 5)
+    assert stub.chunks_sent < 100
+
+
+async def test_real_upstream_cancelling_a_non_streaming_call_cancels_the_request(
+    upstream: tuple[StubUpstream, str],
+) -> None:
+    stub, url = upstream
+    async with real_target(url) as t:
+        call = asyncio.create_task(t.chat(BODY))
+        await asyncio.wait_for(stub.started.wait(), 5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(stub.disconnected.wait(), 5)
+
+
+async def test_real_upstream_read_timeout_is_unavailable_and_hangs_up(
+    upstream: tuple[StubUpstream, str],
+) -> None:
+    stub, url = upstream
+    async with real_target(url, read_timeout=0.2) as t:
+        with pytest.raises(UpstreamUnavailable, match="timed out"):
+            await t.chat(BODY)
+        await asyncio.wait_for(stub.disconnected.wait(), 5)
+
+
+async def test_real_upstream_full_stream_is_no_disconnect(
+    upstream: tuple[StubUpstream, str],
+) -> None:
+    stub, url = upstream
+    stub.delay = 0.0
+    async with real_target(url) as t:
+        chunks = [c async for c in t.stream_chat({**BODY, "max_tokens": 3})]
+        assert len(chunks) == 3
+        assert (await t.chat(BODY))["model"] == "stub-model"
+        assert await t.health() is True
+    assert not stub.disconnected.is_set()
