@@ -29,13 +29,17 @@ def _error(tmp_path: Path, text: str) -> str:
 # -- the example file -------------------------------------------------------------------------
 
 
-def test_example_config_loads_as_the_defaults_plus_its_model_entry() -> None:
+def test_example_config_loads_as_the_defaults_plus_its_entries() -> None:
     settings = load_config(EXAMPLE, environ={})
 
-    assert settings.model_copy(update={"models": []}) == Settings()
+    assert settings.model_copy(update={"models": [], "routes": []}) == Settings()
     assert settings.models_dir == Path("models")
     assert settings.preload == []
-    [model] = settings.models
+    model, remote = settings.models
+    assert remote.provider == "openai" and remote.api_key_env == "BOX_A_KEY"
+    assert remote.cost.output == 0.6
+    [route] = settings.routes
+    assert route.name == "auto" and route.targets == [model.id, remote.id]
     assert model.id == "SmolLM2-135M-Instruct.Q4_1"
     assert model.aliases == ["smollm2", "default"]
     assert model.context_size == 2048

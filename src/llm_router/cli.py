@@ -124,12 +124,15 @@ async def _run_once(
 ) -> None:  # fmt: skip
     from .lifecycle.manager import ModelManager
     from .protocol import ChatCompletionRequest, CompletionRequest
+    from .routing.router import Router
     from .serving.generate import GenerationService
 
     manager = ModelManager(settings)
+    router = Router(settings, manager)
     await manager.start()
+    await router.start()
     try:
-        service = GenerationService(manager)
+        service = GenerationService(router)
         common: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "seed": seed}
         if temperature is not None:
             common["temperature"] = temperature
@@ -144,6 +147,7 @@ async def _run_once(
                 _print((c.choices[0].delta.content or "") if c.choices else "")
         _print("\n")
     finally:
+        await router.close()
         await manager.close()
 
 

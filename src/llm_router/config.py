@@ -12,14 +12,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)  # fmt: skip
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 from .errors import ConfigError
 from .units import parse_bytes, parse_duration
 
-__all__ = ["EngineOptions", "ModelConfig", "Settings", "load_config"]
+__all__ = [
+    "BreakerSettings",
+    "Cost",
+    "EngineOptions",
+    "ModelConfig",
+    "RouteConfig",
+    "Settings",
+    "load_config",
+]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -46,6 +61,45 @@ class EngineOptions(BaseModel):
         return self.model_copy(update=override.model_dump(exclude_unset=True, exclude_none=True))
 
 
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
+    output: float = Field(0.0, ge=0, description="Price per 1M completion tokens.")
+
+
+class RouteConfig(BaseModel):
+    """A virtual model: requests name it like a model and the strategy picks the target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    strategy: str = Field("balanced", description="Built-in name or 'package.module:obj'.")
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    targets: list[str] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list, description="Tried in order after.")
+    retries: int | None = Field(
+        None, ge=0, description="Extra attempts after the first; default: every target once."
+    )
+    backoff: float = Field(0.05, ge=0, description="Seconds before a retry, doubled each time.")
+    split: dict[str, float] | None = Field(
+        None, description="A/B weights by target, sticky per `user` or API key."
+    )
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breaker of every target (see routing/breaker.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int = Field(5, ge=1)
+    error_rate_threshold: float = Field(0.5, gt=0, le=1)
+    window: float = Field(60.0, gt=0)
+    min_requests: int = Field(10, ge=1)
+    cooldown: float = Field(30.0, ge=0)
+    half_open_probes: int = Field(1, ge=1)
+
+
 class ModelConfig(EngineOptions):
     """One `models:` entry. With `path`, the file is served under `id`; with only an `id` that
     matches a file in the models directory, the entry adds options and aliases to it."""
@@ -62,6 +116,30 @@ class ModelConfig(EngineOptions):
         description="Idle time before unload: '5m', '30s', 0 (after each request), -1 (never).",
     )
     pin: bool = Field(False, description="Never evict or idle-unload this model.")
+    # -- routing profile and remote targets ---------------------------------------------------
+    provider: Literal["local", "openai"] = Field(
+        "local", description="local: a model file we run; openai: any OpenAI-compatible server."
+    )
+    base_url: str | None = Field(None, description="Remote server's API root, e.g. .../v1.")
+    api_key_env: str | None = Field(None, description="Environment variable holding its key.")
+    model: str | None = Field(None, description="The remote server's name for it (default: id).")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for a remote's bytes.")
+    health_check_interval: float = Field(
+        30.0, ge=0, description="Seconds between remote health checks; 0: off."
+    )
+    quality: float = Field(0.5, ge=0, le=1, description="0..1, for quality-first / balanced.")
+    cost: Cost = Field(default_factory=lambda: Cost(), description="Per 1M tokens.")
+    context_length: int | None = Field(
+        None, ge=1, description="Context a remote target accepts (local: read from the model)."
+    )
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> ModelConfig:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError(f"model {self.id!r}: provider openai needs base_url")
+        if self.provider == "openai" and self.path is not None:
+            raise ValueError(f"model {self.id!r}: a remote target has no path")
+        return self
 
     @field_validator("keep_alive")
     @classmethod
@@ -92,6 +170,8 @@ class Settings(BaseSettings):
     autoload: bool = True
     model_defaults: EngineOptions = Field(default_factory=EngineOptions)
     models: list[ModelConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    breaker: BreakerSettings = Field(default_factory=lambda: BreakerSettings())
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     worker_start_timeout: float = Field(120.0, gt=0)
     models_max: int = Field(4, ge=0, description="Most models loaded at once; 0: no limit.")
@@ -133,6 +213,15 @@ class Settings(BaseSettings):
                     raise ValueError(f"model name {name!r} is used twice")
                 seen.add(name)
         return models
+
+    @model_validator(mode="after")
+    def _route_names(self) -> Settings:
+        names = {n for m in self.models for n in (m.id, *m.aliases)}
+        for route in self.routes:
+            if route.name in names:
+                raise ValueError(f"route name {route.name!r} is already a model name")
+            names.add(route.name)
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[no-untyped-def, override]

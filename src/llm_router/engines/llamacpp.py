@@ -254,7 +254,9 @@ class LlamaCppEngine:
         add = lc.llama_sampler_chain_add
         if p.ignore_eos:
             eog = self._eog_tokens()
-            biases = (lc.llama_logit_bias * len(eog))(*[(t, float("-inf")) for t in eog])
+            biases = (lc.llama_logit_bias * len(eog))()
+            for i, token in enumerate(eog):
+                biases[i].token, biases[i].bias = token, float("-inf")  # type: ignore[assignment]
             n_vocab = lc.llama_vocab_n_tokens(self._vocab)
             add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(eog), biases))
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:

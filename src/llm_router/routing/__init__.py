@@ -1,4 +1,5 @@
-"""Routing: pure pieces the router is built from.
+"""Routing: the router (`router.Router`, `targets.Target`: the effects) and the pure pieces it
+is built from, exported here:
 
 - `stats`: live per-target measurements (`TargetStats`) and their frozen `TargetSnapshot`.
 - `breaker`: a per-target `CircuitBreaker` (closed / open / half-open).

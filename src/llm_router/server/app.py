@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,8 @@ from ..config import Settings
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from ..metrics import Metrics
+from ..routing.router import Router
+from ..serving.ensemble import EnsembleService
 from ..serving.generate import GenerationService
 from . import errors, routes_models, routes_openai
 
@@ -49,11 +52,13 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        await router.start()
         try:
             yield
         finally:
             for task in list(app.state.background):
                 task.cancel()
+            await router.close()
             await manager.close()
 
     app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
@@ -62,7 +67,11 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     metrics = Metrics()
     metrics.watch(manager)
     app.state.metrics = metrics
-    app.state.generation = GenerationService(manager, metrics)
+    router = Router(settings, manager)
+    app.state.router = router
+    app.state.started = time.time()
+    app.state.generation = GenerationService(router, metrics)
+    app.state.ensemble = EnsembleService(app.state.generation)
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
     app.include_router(routes_openai.router)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .. import errors as e
+from ..remote import UpstreamError, UpstreamUnavailable
 
 __all__ = ["envelope", "install", "status_of"]
 
@@ -34,6 +35,8 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.EngineError: (500, "server_error", "engine_error"),
     e.WorkerDied: (503, "server_error", "worker_died"),
     e.ConfigError: (500, "server_error", "config_error"),
+    UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),
+    UpstreamError: (502, "server_error", "upstream_error"),
 }
 
 
@@ -55,7 +58,7 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     headers = {}
     if isinstance(exc, e.QueueFull):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    if isinstance(exc, e.WorkerDied):
+    if isinstance(exc, e.WorkerDied | UpstreamUnavailable):
         headers["Retry-After"] = "1"
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 

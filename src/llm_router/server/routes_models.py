@@ -14,6 +14,8 @@ from pydantic import BaseModel
 
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import ModelState
+from ..routing.router import Router
+from ..routing.targets import Target
 from .sse import events_response
 
 router = APIRouter(tags=["models"])
@@ -67,13 +69,36 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
     }
 
 
+def describe_remote(target: Target, router: Router, started: int) -> dict[str, Any]:
+    cfg = target.config
+    return {
+        "id": target.id, "aliases": [], "tags": [], "object": "model",
+        "owned_by": "llm-runner-router", "created": started,
+        "status": {"value": "loaded" if target.breaker.state == "closed" else "error"},
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+        "source": "remote", "can_remove": False, "provider": cfg.provider,
+        "upstream_model": cfg.model or cfg.id, "quality": cfg.quality,
+        "cost": cfg.cost.model_dump(), "context_length": cfg.context_length,
+        **router.describe(target),
+    }  # fmt: skip
+
+
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
     manager = _manager(request)
+    routing: Router = request.app.state.router
     manager.refresh()
+    started = int(request.app.state.started)
+    data = []
+    for s in manager.states():
+        entry = describe(s, manager)
+        entry.update(routing.describe(routing.target(s.id)))
+        data.append(entry)
+    data += [describe_remote(t, routing, started) for t in routing.remotes()]
     return {
         "object": "list",
-        "data": [describe(s, manager) for s in manager.states()],
+        "data": data,
+        "routes": [r.model_dump() for r in routing.routes()],
         "memory_budget_bytes": manager.budget,
         "queued_requests": manager.waiting,
     }

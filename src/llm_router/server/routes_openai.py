@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from ..protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from ..serving.generate import GenerationService
+from ..serving.ensemble import CompareRequest, EnsembleRequest, EnsembleService
+from ..serving.generate import GenerationService, RouteInfo
 from .sse import cancel_on_disconnect, sse_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,38 +36,56 @@ def _service(request: Request) -> GenerationService:
     return service
 
 
-def _headers(model: str) -> dict[str, str]:
-    return {"x-llm-router-model": model, "x-llm-router-route": "direct"}
+def _headers(route: RouteInfo) -> dict[str, str]:
+    return {"x-llm-router-model": route.target, "x-llm-router-route": route.reason}
 
 
 @router.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    service = _service(request)
+    service, route = _service(request), RouteInfo()
     if body.stream:
-        return await sse_response(service.chat_stream(body), _headers(service.model_id(body.model)))
-    result = await cancel_on_disconnect(request.receive, service.chat(body))
-    return JSONResponse(result.model_dump(), headers=_headers(result.model))
+        return await sse_response(service.chat_stream(body, route), lambda: _headers(route))
+    result = await cancel_on_disconnect(request.receive, service.chat(body, route))
+    return JSONResponse(result.model_dump(), headers=_headers(route))
 
 
 @router.post("/completions", openapi_extra=_body_schema(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    service = _service(request)
+    service, route = _service(request), RouteInfo()
     if body.stream:
-        stream = service.complete_stream(body)
-        return await sse_response(stream, _headers(service.model_id(body.model)))
-    result = await cancel_on_disconnect(request.receive, service.complete(body))
-    return JSONResponse(result.model_dump(), headers=_headers(result.model))
+        return await sse_response(service.complete_stream(body, route), lambda: _headers(route))
+    result = await cancel_on_disconnect(request.receive, service.complete(body, route))
+    return JSONResponse(result.model_dump(), headers=_headers(route))
+
+
+@router.post("/ensemble", openapi_extra=_body_schema(EnsembleRequest))
+async def ensemble(request: Request) -> Response:
+    """One question to several targets; the answers combined by vote, best-of or first."""
+    body = await parse_body(request, EnsembleRequest)
+    service: EnsembleService = request.app.state.ensemble
+    result = await cancel_on_disconnect(request.receive, service.ensemble(body))
+    return JSONResponse(result, headers={"x-llm-router-model": result["model"],
+                                         "x-llm-router-route": f"ensemble={body.mode}"})  # fmt: skip
+
+
+@router.post("/compare", openapi_extra=_body_schema(CompareRequest))
+async def compare(request: Request) -> Response:
+    """One question to several targets; every answer with latency, tokens and cost."""
+    body = await parse_body(request, CompareRequest)
+    service: EnsembleService = request.app.state.ensemble
+    return JSONResponse(await cancel_on_disconnect(request.receive, service.compare(body)))
 
 
 @router.get("/models")
 async def list_models(request: Request) -> ModelList:
     manager = request.app.state.manager
+    router = request.app.state.router
     manager.refresh()
-    return ModelList(
-        data=[
-            ModelCard(id=s.id, created=s.source.identity[1] // 1_000_000_000)
-            for s in manager.states()
-        ]
-    )
+    started = int(request.app.state.started)
+    cards = [ModelCard(id=s.id, created=s.source.identity[1] // 1_000_000_000)
+             for s in manager.states()]  # fmt: skip
+    cards += [ModelCard(id=t.id, created=started) for t in router.remotes()]
+    cards += [ModelCard(id=r.name, created=started) for r in router.routes()]
+    return ModelList(data=cards)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -28,8 +28,11 @@ def _dump(item: BaseModel) -> str:
 
 
 async def sse_response(
-    stream: AsyncIterator[BaseModel], headers: Mapping[str, str] | None = None, done: bool = True
+    stream: AsyncIterator[BaseModel],
+    headers: Callable[[], Mapping[str, str]] | None = None,
+    done: bool = True,
 ) -> EventSourceResponse:
+    """`headers` is called once the first item exists (e.g. to name the target that serves)."""
     try:
         first = await anext(stream)
     except BaseException:
@@ -49,7 +52,7 @@ async def sse_response(
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    return EventSourceResponse(frames(), headers=headers, sep="\n", ping=15)
+    return EventSourceResponse(frames(), headers=headers() if headers else None, sep="\n", ping=15)
 
 
 async def events_response(stream: AsyncIterator[str]) -> EventSourceResponse:

@@ -1,17 +1,18 @@
 """Chat and text completions: OpenAI request in, OpenAI response or chunk stream out.
 
-Knows nothing of HTTP. A stream's first item is produced only after the engine has accepted
-the request and produced its first event, so every refusal (unknown model, full queue, prompt
-too long) is raised before a streaming response starts."""
+Knows nothing of HTTP. The router picks the target; a stream's first item is produced only
+after a target has produced its first event, so every refusal (unknown model, full queue,
+prompt too long, every target down) is raised before a streaming response starts. `RouteInfo`
+tells the caller which target served and why, for the response headers."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest, RouterError
-from ..lifecycle.manager import ModelManager
 from ..metrics import Metrics
 from ..protocol import (
     AssistantMessage,
@@ -29,45 +30,72 @@ from ..protocol import (
     new_id,
     now,
 )  # fmt: skip
+from ..routing.router import Routed, Router
+from ..routing.strategies import RouteRequest
+from ..routing.targets import Call
 from ..types import Finished, GenerationRequest, TextDelta
 from ..units import parse_duration
 
-__all__ = ["GenerationService"]
+__all__ = ["GenerationService", "RouteInfo"]
 
 Event = TextDelta | Finished
+_NOT_FOR_UPSTREAM = {"keep_alive", "autoload", "stream", "stream_options", "ignore_eos"}
+
+
+@dataclass
+class RouteInfo:
+    """Filled in once the request is committed to a target."""
+
+    target: str = ""
+    reason: str = ""
 
 
 class GenerationService:
-    def __init__(self, manager: ModelManager, metrics: Metrics | None = None) -> None:
-        self.manager = manager
+    def __init__(self, router: Router, metrics: Metrics | None = None) -> None:
+        self.router = router
         self.metrics = metrics or Metrics()
 
-    async def _events(self, wire: _Request, request: GenerationRequest) -> AsyncIterator[Event]:
-        """Hold a slot of the model for as long as the caller iterates; count the request."""
+    async def route(self, wire: _Request, request: GenerationRequest) -> Routed:
+        """Commit the request to a target (falling back as the route allows)."""
         lease: dict[str, Any] = {"autoload": wire.autoload}
         if wire.keep_alive is not None:
             try:
                 lease["keep_alive"] = parse_duration(wire.keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-        model = self.model_id(wire.model)
+        kind = "chat" if request.messages is not None else "completion"
+        body = wire.model_dump(exclude_unset=True, exclude=_NOT_FOR_UPSTREAM)
+        call = Call(kind, request, body, lease)
+        text = request.prompt or "".join(m.content for m in request.messages or ())
+        info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
+                            max_tokens=request.params.max_tokens, user=wire.user)  # fmt: skip
+        self.router.resolve(wire.model)
+        return await self.router.open(wire.model, call, info)
+
+    async def _events(
+        self, wire: _Request, request: GenerationRequest, route: RouteInfo
+    ) -> AsyncIterator[Event]:
+        """Events of the routed request, counted in the metrics as they pass."""
         endpoint = "chat" if request.messages is not None else "completion"
         started = time.perf_counter()
+        model = wire.model
         outcome = "cancelled"
-        first = True
         try:
-            async with self.manager.lease(wire.model, **lease) as worker:
-                async for event in worker.generate(request):
-                    if first:
-                        first = False
-                        self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                    if isinstance(event, Finished):
-                        outcome = event.finish_reason
-                        self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
-                        self.metrics.tokens.labels(model, "completion").inc(
-                            event.usage.completion_tokens
-                        )
-                    yield event
+            routed = await self.route(wire, request)
+            model = route.target = routed.target
+            route.reason = routed.reason
+            first = True
+            async for event in routed.events:
+                if first:
+                    first = False
+                    self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
+                if isinstance(event, Finished):
+                    outcome = event.finish_reason
+                    self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
+                    self.metrics.tokens.labels(model, "completion").inc(
+                        event.usage.completion_tokens
+                    )
+                yield event
         except RouterError as exc:
             outcome = type(exc).__name__
             raise
@@ -75,31 +103,32 @@ class GenerationService:
             self.metrics.requests.labels(model, endpoint, outcome).inc()
             self.metrics.duration.labels(model, endpoint).observe(time.perf_counter() - started)
 
-    def model_id(self, name: str) -> str:
-        return self.manager.resolve(name).id
-
     def _chat_request(self, req: ChatCompletionRequest) -> GenerationRequest:
         try:
-            return req.to_request(self.manager.resolve(req.model).source.config.system_prompt)
+            return req.to_request()
         except ValueError as exc:
             raise BadRequest(str(exc), param="messages") from None
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletion:
-        model = self.model_id(req.model)
-        text, finished = await _collect(self._events(req, self._chat_request(req)))
+    async def chat(
+        self, req: ChatCompletionRequest, route: RouteInfo | None = None
+    ) -> ChatCompletion:
+        route = route or RouteInfo()
+        text, finished = await _collect(self._events(req, self._chat_request(req), route))
         return ChatCompletion(
-            id=new_id("chatcmpl"), created=now(), model=model,
+            id=new_id("chatcmpl"), created=now(), model=route.target,
             choices=[ChatChoice(message=AssistantMessage(content=text),
                                 finish_reason=finished.finish_reason)],
             usage=UsageOut.of(finished.usage),
         )  # fmt: skip
 
-    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        model = self.model_id(req.model)
-        events = self._events(req, self._chat_request(req))
-        head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now(), "model": model}
+    async def chat_stream(
+        self, req: ChatCompletionRequest, route: RouteInfo | None = None
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        route = route or RouteInfo()
+        head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now()}
         first = True
-        async for event in events:
+        async for event in self._events(req, self._chat_request(req), route):
+            head["model"] = route.target
             if first:
                 first = False
                 yield ChatCompletionChunk(
@@ -117,24 +146,27 @@ class GenerationService:
             if req.include_usage:
                 yield ChatCompletionChunk(**head, choices=[], usage=UsageOut.of(event.usage))
 
-    async def complete(self, req: CompletionRequest) -> Completion:
-        model = self.model_id(req.model)
+    async def complete(self, req: CompletionRequest, route: RouteInfo | None = None) -> Completion:
+        route = route or RouteInfo()
         gen = req.to_request()
-        text, finished = await _collect(self._events(req, gen))
+        text, finished = await _collect(self._events(req, gen, route))
         if req.echo:
             text = (gen.prompt or "") + text
         return Completion(
-            id=new_id("cmpl"), created=now(), model=model,
+            id=new_id("cmpl"), created=now(), model=route.target,
             choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason)],
             usage=UsageOut.of(finished.usage),
         )  # fmt: skip
 
-    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[Completion]:
-        model = self.model_id(req.model)
+    async def complete_stream(
+        self, req: CompletionRequest, route: RouteInfo | None = None
+    ) -> AsyncIterator[Completion]:
+        route = route or RouteInfo()
         gen = req.to_request()
-        head: dict[str, Any] = {"id": new_id("cmpl"), "created": now(), "model": model}
+        head: dict[str, Any] = {"id": new_id("cmpl"), "created": now()}
         first = True
-        async for event in self._events(req, gen):
+        async for event in self._events(req, gen, route):
+            head["model"] = route.target
             if first and req.echo:
                 yield Completion(
                     **head, choices=[CompletionChoice(text=gen.prompt or "", finish_reason=None)]

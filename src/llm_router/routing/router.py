@@ -1,0 +1,274 @@
+"""The router: a model name -> an ordered plan of targets -> the first target that accepts.
+
+A name is a route (virtual model: strategy, fallbacks, A/B split), a remote target, or a local
+model. The plan comes from the route's strategy (pure); the effects live here: breakers are
+asked before sending, stats are recorded, and on a retryable failure before the first token
+the next target is tried after a short backoff. Once a target has produced its first event the
+stream is committed to it: a token a client has seen is never taken back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..config import RouteConfig, Settings
+from ..errors import (
+    BadRequest,
+    ContextLengthExceeded,
+    EngineError,
+    InsufficientMemory,
+    ModelLoadFailed,
+    ModelNotFound,
+    QueueFull,
+    RouterError,
+    ServerBusy,
+)  # fmt: skip
+from ..lifecycle.manager import ModelManager
+from ..remote import RemoteTarget
+from ..types import Finished, TextDelta
+from .breaker import BreakerConfig, CircuitBreaker
+from .stats import TargetStats
+from .strategies import RouteRequest, Strategy, ab_split, load_strategy, rank
+from .targets import Call, Target
+
+__all__ = ["Routed", "Router"]
+
+log = logging.getLogger(__name__)
+Event = TextDelta | Finished
+# Worth another target: the target failed or is full, not the request.
+RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
+
+
+@dataclass(eq=False)
+class Routed:
+    """A request committed to `target`; `events` starts with the first event already read."""
+
+    target: str
+    reason: str
+    events: AsyncIterator[Event]
+
+
+@dataclass(eq=False)
+class _Route:
+    config: RouteConfig
+    strategy: Strategy
+
+
+class Router:
+    def __init__(self, settings: Settings, manager: ModelManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self._client: httpx.AsyncClient | None = None
+        b = settings.breaker
+        self._breaker = BreakerConfig(b.failure_threshold, b.error_rate_threshold, b.window,
+                                      b.min_requests, b.cooldown, b.half_open_probes)  # fmt: skip
+        self._targets: dict[str, Target] = {}
+        self._routes = {r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
+                        for r in settings.routes}  # fmt: skip
+        self._health: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
+                                                             max_keepalive_connections=200))  # fmt: skip
+        for cfg in self.settings.models:
+            if cfg.provider != "openai":
+                continue
+            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+            if cfg.api_key_env and key is None:
+                log.warning(
+                    "target %s: environment variable %s is not set", cfg.id, cfg.api_key_env
+                )
+            remote = RemoteTarget(self._client, base_url=cfg.base_url or "", model=cfg.model or cfg.id,
+                                  api_key=key, name=cfg.id, read_timeout=cfg.timeout,
+                                  connect_timeout=min(10.0, cfg.timeout))  # fmt: skip
+            target = Target(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker), remote)
+            self._targets[cfg.id] = target
+            if cfg.health_check_interval > 0:
+                self._health.append(asyncio.create_task(self._check_health(target)))
+
+    async def close(self) -> None:
+        for task in self._health:
+            task.cancel()
+        await asyncio.gather(*self._health, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[RouteConfig]:
+        return [r.config for r in self._routes.values()]
+
+    def remotes(self) -> list[Target]:
+        return [t for t in self._targets.values() if t.is_remote]
+
+    def target(self, name: str) -> Target:
+        """The target called `name` (a remote id, or a local model id or alias)."""
+        if name in self._targets:
+            return self._targets[name]
+        state = self.manager.resolve(name)
+        if state.id not in self._targets:
+            cfg = state.source.config
+            self._targets[state.id] = Target(state.id, cfg, TargetStats(),
+                                             CircuitBreaker(self._breaker))  # fmt: skip
+        return self._targets[state.id]
+
+    def resolve(self, name: str) -> str:
+        """Canonical name of a route or target; raises ModelNotFound."""
+        return name if name in self._routes else self.target(name).id
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, _Route | None]:
+        route = self._routes.get(name)
+        if route is None:
+            return [self.target(name)], "direct", None
+        targets, candidates = [], []
+        for target_name in route.config.targets:
+            try:
+                t = self.target(target_name)
+            except ModelNotFound:
+                log.warning("route %s: target %s does not exist", name, target_name)
+                continue
+            targets.append(t)
+            candidates.append(t.candidate(self.manager))
+        by_id = {t.id: t for t in targets}
+        ordered = [by_id[c.id] for c in rank(route.strategy, request, candidates)]
+        why = f"route={name} strategy={route.config.strategy}"
+        skipped = [c.id for c in candidates if c.breaker_open]
+        if skipped:
+            why += f" skipped=[{', '.join(f'{t}: breaker open' for t in skipped)}]"
+        if route.config.split and ordered:
+            key = request.sticky_key or uuid.uuid4().hex
+            arm = ab_split(route.config.split, key, salt=name)
+            ordered.sort(key=lambda t: t.id != arm)
+            why += f" split={arm}"
+        for fallback in route.config.fallbacks:
+            with contextlib.suppress(ModelNotFound):
+                t = self.target(fallback)
+                if t not in ordered:
+                    ordered.append(t)
+        return ordered, why, route
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def open(self, name: str, call: Call, request: RouteRequest) -> Routed:
+        """Send `call` along the plan for `name`; returns once a target produced its first
+        event. Raises the last target's error when every attempt failed, or ServerBusy when
+        every target's breaker is open."""
+        ordered, why, route = self.plan(name, request)
+        attempts = len(ordered) if route is None or route.config.retries is None else (
+            route.config.retries + 1)  # fmt: skip
+        failures: list[str] = []
+        last: RouterError | None = None
+        for target in ordered:
+            if attempts <= 0:
+                break
+            if route is not None and not target.breaker.allow():
+                failures.append(f"{target.id}: breaker open")
+                continue
+            if failures and route is not None:
+                await asyncio.sleep(route.config.backoff * 2 ** (len(failures) - 1))
+            attempts -= 1
+            try:
+                first, events, started, ttft = await self._first(target, call)
+            except RETRYABLE as exc:
+                last = exc
+                failures.append(f"{target.id}: {type(exc).__name__}")
+                if route is None:
+                    raise
+                continue
+            reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
+            return Routed(target.id, reason, self._watch(target, first, events, started, ttft))
+        if last is not None:
+            raise last
+        raise ServerBusy(f"no target of '{name}' is available ({'; '.join(failures) or 'none'})",
+                         retry_after=self._breaker.cooldown or 1.0)  # fmt: skip
+
+    async def _first(
+        self, target: Target, call: Call
+    ) -> tuple[Event, AsyncGenerator[Event, None], float, float]:
+        target.stats.record_start()
+        started = time.perf_counter()
+        events = target.events(self.manager, call)
+        try:
+            first = await anext(events)
+            ttft = _since(started)
+            target.stats.record_first_token(ttft)
+            return first, events, started, ttft
+        except BaseException as exc:
+            await events.aclose()
+            if isinstance(exc, RETRYABLE) and not isinstance(
+                exc, (QueueFull, ContextLengthExceeded)
+            ):
+                target.breaker.record_failure()
+                target.stats.record_failure()
+            else:  # the client's doing (bad request, cancelled) or a full queue: not the target's
+                target.breaker.record_cancelled()
+                target.stats.record_cancelled()
+            raise
+
+    async def _watch(
+        self, target: Target, first: Event, events: AsyncGenerator[Event, None], started: float,
+        ttft: float,
+    ) -> AsyncIterator[Event]:  # fmt: skip
+        """Pass the events on; the outcome goes to the target's stats and breaker."""
+        done = False
+        try:
+            event: Event = first
+            while True:
+                if isinstance(event, Finished):
+                    done = True
+                    target.stats.record_success(
+                        _since(started), event.usage.completion_tokens, ttft=ttft
+                    )
+                    target.breaker.record_success()
+                yield event
+                if done:
+                    return
+                event = await anext(events)
+        except (BadRequest, ModelNotFound):
+            target.breaker.record_cancelled()
+            target.stats.record_cancelled()
+            raise
+        except RouterError:
+            target.breaker.record_failure()
+            target.stats.record_failure()
+            raise
+        except BaseException:
+            if not done:
+                target.breaker.record_cancelled()
+                target.stats.record_cancelled()
+            raise
+        finally:
+            await events.aclose()
+
+    async def _check_health(self, target: Target) -> None:
+        assert target.remote is not None
+        while True:
+            await asyncio.sleep(target.config.health_check_interval)
+            ok = await target.remote.health()
+            if not ok:
+                target.breaker.record_failure()
+            elif target.breaker.state != "closed" and target.breaker.allow():
+                target.breaker.record_success()
+
+    def describe(self, target: Target) -> dict[str, Any]:
+        snap = target.stats.snapshot()
+        b = target.breaker.snapshot()
+        return {"breaker": {"state": str(b.state), "failures": b.failures, "retry_in": b.retry_in},
+                "stats": {"latency_s": snap.latency, "ttft_s": snap.ttft,
+                          "tokens_per_second": snap.tokens_per_second,
+                          "error_rate": snap.error_rate, "in_flight": snap.in_flight}}  # fmt: skip
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

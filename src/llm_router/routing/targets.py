@@ -1,0 +1,114 @@
+"""Targets: what a request can be sent to. A local model (its lifecycle owned by the
+ModelManager) and a remote OpenAI-compatible server look the same from here on: each yields
+the internal events `TextDelta`... `Finished`, and each carries its live stats and breaker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..config import ModelConfig
+from ..lifecycle.manager import ModelManager
+from ..lifecycle.state import Status
+from ..remote import RemoteTarget
+from ..types import ChatMessage, Finished, GenerationRequest, TextDelta, Usage
+from .breaker import CircuitBreaker
+from .stats import TargetStats
+from .strategies import Candidate, Capabilities
+
+__all__ = ["Call", "Target"]
+
+Event = TextDelta | Finished
+DEFAULT_LOCAL_CONTEXT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as targets need it: the internal request (local models) and the OpenAI
+    body (remote servers), with the lifecycle options of the request."""
+
+    kind: str  # "chat" | "completion"
+    request: GenerationRequest
+    body: dict[str, Any]
+    lease: dict[str, Any]
+
+
+@dataclass(eq=False)
+class Target:
+    id: str
+    config: ModelConfig
+    stats: TargetStats
+    breaker: CircuitBreaker
+    remote: RemoteTarget | None = None  # None: a local model
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    def candidate(self, manager: ModelManager) -> Candidate:
+        """This target as a strategy sees it, with lifecycle facts folded into its stats."""
+        context = self.config.context_length
+        if not self.is_remote:
+            state = manager.resolve(self.id)
+            info = state.worker.info if state.worker else {}
+            context = info.get("context_size") or self.config.context_size or (
+                min(state.source.info.context_length or DEFAULT_LOCAL_CONTEXT, DEFAULT_LOCAL_CONTEXT)
+                if state.source.info else DEFAULT_LOCAL_CONTEXT
+            )  # fmt: skip
+            self.stats.set_loaded(state.status == Status.LOADED)
+            self.stats.set_queued(len(state.waiters))
+            if state.load_seconds is not None:
+                self.stats.record_cold_load(state.load_seconds)
+        return Candidate(
+            id=self.id, quality=self.config.quality, cost_input=self.config.cost.input,
+            cost_output=self.config.cost.output,
+            capabilities=Capabilities(context_length=context),
+            stats=self.stats.snapshot(), breaker_open=self.breaker.state == "open",
+        )  # fmt: skip
+
+    def events(self, manager: ModelManager, call: Call) -> AsyncGenerator[Event, None]:
+        if self.remote is not None:
+            return _remote_events(self.remote, call)
+        return _local_events(manager, self, call)
+
+
+async def _local_events(
+    manager: ModelManager, target: Target, call: Call
+) -> AsyncGenerator[Event, None]:
+    request = call.request
+    system = target.config.system_prompt
+    if (
+        system
+        and request.messages is not None
+        and all(m.role != "system" for m in request.messages)
+    ):
+        request = replace(request, messages=(ChatMessage("system", system), *request.messages))
+    async with manager.lease(target.id, **call.lease) as worker:
+        async for event in worker.generate(request):
+            yield event
+
+
+async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Event, None]:
+    """Always streams upstream (a non-streaming request collects the stream), so cancellation
+    and time-to-first-token work the same for both; asks for usage in the last chunk."""
+    body = {**call.body, "stream_options": {"include_usage": True}}
+    stream = remote.stream_chat(body) if call.kind == "chat" else remote.stream_complete(body)
+    reason: str | None = None
+    usage = Usage(0, 0)
+    try:
+        async for chunk in stream:
+            for choice in chunk.get("choices") or []:
+                text = choice.get("text") if call.kind == "completion" else (
+                    (choice.get("delta") or {}).get("content")
+                )  # fmt: skip
+                if text:
+                    yield TextDelta(text)
+                reason = choice.get("finish_reason") or reason
+            if chunk.get("usage"):
+                u = chunk["usage"]
+                cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), cached)
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]  # closes the upstream request
+    yield Finished("length" if reason == "length" else "stop", usage)

@@ -1,0 +1,132 @@
+"""One question to several targets at once: `ensemble` combines the answers (vote, best-of,
+first), `compare` returns them side by side with latency, tokens and cost. Knows no HTTP.
+
+Each answer is an ordinary routed chat completion (so breakers, stats and local loading all
+apply); a target that fails is reported, not fatal, as long as one answers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..errors import BadRequest, RouterError
+from ..protocol import ChatCompletion, ChatCompletionRequest
+from ..routing.ensemble import agreement, load_scorer, vote
+from .generate import GenerationService, RouteInfo
+
+__all__ = ["CompareRequest", "EnsembleRequest", "EnsembleService"]
+
+
+class CompareRequest(ChatCompletionRequest):
+    model: str = "compare"
+    targets: list[str] = Field(min_length=2, max_length=16)
+
+
+class EnsembleRequest(CompareRequest):
+    model: str = "ensemble"
+    mode: Literal["vote", "best-of", "first"] = "vote"
+    weights: dict[str, float] = Field(default_factory=dict)
+    scorer: str = Field("agreement", description="agreement, judge, or package.module:function")
+    judge: str | None = Field(None, description="Model that picks the best answer (scorer judge).")
+
+
+class EnsembleService:
+    def __init__(self, generation: GenerationService) -> None:
+        self.generation = generation
+
+    async def _ask(self, req: CompareRequest, target: str) -> dict[str, Any]:
+        one = ChatCompletionRequest.model_validate(
+            {**req.model_dump(exclude={"targets", "mode", "weights", "scorer", "judge"}),
+             "model": target, "stream": False}
+        )  # fmt: skip
+        started = time.perf_counter()
+        route = RouteInfo()
+        try:
+            done = await self.generation.chat(one, route)
+        except RouterError as exc:
+            return {"model": target, "content": None, "error": exc.message,
+                    "latency_ms": _ms(started)}  # fmt: skip
+        cost = self._cost(route.target, done)
+        return {"model": route.target, "content": done.choices[0].message.content or "",
+                "finish_reason": done.choices[0].finish_reason, "usage": done.usage.model_dump(),
+                "latency_ms": _ms(started), "cost": cost, "error": None,
+                "completion": done}  # fmt: skip
+
+    def _cost(self, target: str, done: ChatCompletion) -> float:
+        cfg = self.generation.router.target(target).config
+        return (done.usage.prompt_tokens * cfg.cost.input
+                + done.usage.completion_tokens * cfg.cost.output) / 1e6  # fmt: skip
+
+    async def compare(self, req: CompareRequest) -> dict[str, Any]:
+        answers = await asyncio.gather(*(self._ask(req, t) for t in req.targets))
+        return {"object": "list", "data": [_public(a) for a in answers]}
+
+    async def ensemble(self, req: EnsembleRequest) -> dict[str, Any]:
+        for t in req.targets:
+            self.generation.router.resolve(t)  # unknown names fail before any work
+        answers = await (self._first(req) if req.mode == "first" else self._all(req))
+        good = [a for a in answers if a["error"] is None]
+        if not good:
+            raise BadRequest("no target answered: " + "; ".join(
+                f"{a['model']}: {a['error']}" for a in answers), param="targets")  # fmt: skip
+        details: dict[str, Any] = {"mode": req.mode}
+        if req.mode == "vote":
+            index, tally = vote([(a["model"], a["content"]) for a in good], req.weights)
+            details["votes"] = tally
+        elif req.mode == "best-of":
+            index = await self._best(req, good)
+            details["scorer"] = req.scorer
+        else:
+            index = 0
+        chosen = good[index]
+        details.update(chosen=chosen["model"], answers=[_public(a) for a in answers])
+        result: dict[str, Any] = chosen["completion"].model_dump()
+        return {**result, "ensemble": details}
+
+    async def _all(self, req: EnsembleRequest) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._ask(req, t) for t in req.targets)))
+
+    async def _first(self, req: EnsembleRequest) -> list[dict[str, Any]]:
+        """The fastest good answer; the others are cancelled (their targets see it)."""
+        pending = {asyncio.ensure_future(self._ask(req, t)) for t in req.targets}
+        failed: list[dict[str, Any]] = []
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.result()["error"] is None:
+                        return [task.result(), *failed]
+                    failed.append(task.result())
+            return failed
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _best(self, req: EnsembleRequest, good: list[dict[str, Any]]) -> int:
+        texts = [a["content"] for a in good]
+        question = req.messages[-1].text()
+        if req.scorer != "judge":
+            return load_scorer(req.scorer)(question, texts)
+        if not req.judge:
+            raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
+        listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
+        ask = ChatCompletionRequest(model=req.judge, temperature=0, max_tokens=8, messages=[
+            {"role": "user", "content": f"Question: {question}\nAnswers:\n{listing}\n"
+             "Reply with the number of the best answer only."}])  # fmt: skip
+        verdict = (await self.generation.chat(ask)).choices[0].message.content or ""
+        match = re.search(r"\d+", verdict)
+        pick = int(match.group()) - 1 if match else -1
+        return pick if 0 <= pick < len(texts) else agreement(question, texts)
+
+
+def _public(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k != "completion"}
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)

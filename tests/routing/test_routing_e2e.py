@@ -1,0 +1,215 @@
+"""Routing through the real server: a second `llm-router serve` on the bundled model is a real
+OpenAI-compatible upstream, a stub process injects faults. Every test checks which target
+served (the `model` field and `x-llm-router-model`) and that no request was lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from servers import GEMMA, SMOL, MakeClient, Server, free_port, new_server
+
+STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+class Stub:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, str(STUB), str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(self.url + "/stats", timeout=1)
+                return
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "stub did not start"
+                time.sleep(0.05)
+
+    def set(self, **state: Any) -> None:
+        httpx.post(self.url + "/control", json=state, timeout=5)
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.url + "/stats", timeout=5).json()
+        return data
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    s = Stub()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """A second real server: our own, on the bundled models."""
+    srv = new_server(tmp_path_factory.mktemp("upstream"), models_dir=str(models_dir))
+    yield srv
+    srv.stop()
+
+
+def remote(target_id: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"id": target_id, "provider": "openai", "base_url": url + "/v1", "timeout": 5,
+            "health_check_interval": 0, **extra}  # fmt: skip
+
+
+def router_server(tmp_path: Path, models_dir: Path, models: list[dict[str, Any]],
+                  routes: list[dict[str, Any]], **extra: Any) -> Server:  # fmt: skip
+    return new_server(tmp_path, models_dir=str(models_dir), models=models, routes=routes, **extra)
+
+
+def chat(client: openai.OpenAI, model: str, **kwargs: Any) -> tuple[str, str, str]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=HELLO, max_tokens=8, temperature=0, **kwargs
+    )
+    done = raw.parse()
+    return done.model, raw.headers["x-llm-router-route"], done.choices[0].message.content or ""
+
+
+def test_fallback_on_500_429_timeout_and_dead_upstream(
+    tmp_path: Path, models_dir: Path, upstream: Server, stub: Stub, make_client: MakeClient
+) -> None:
+    models = [remote("flaky", stub.url, timeout=1), remote("real", upstream.url, model=SMOL)]
+    routes = [{"name": "auto", "strategy": "quality-first", "targets": ["flaky", "real"],
+               "fallbacks": [GEMMA]}]  # fmt: skip
+    models[0]["quality"] = 0.9
+    srv = router_server(tmp_path, models_dir, models, routes,
+                        breaker={"failure_threshold": 100})  # fmt: skip
+    client = make_client(srv)
+    try:
+        assert chat(client, "auto")[0] == "flaky"
+        for mode in ("500", "429", "hang"):
+            stub.set(mode=mode)
+            model, why, text = chat(client, "auto")
+            assert model == "real", (mode, why)
+            assert "flaky" in why and text
+        stub.set(mode="500")
+        stream = client.chat.completions.create(model="auto", messages=HELLO, max_tokens=5,
+                                                stream=True, temperature=0)  # fmt: skip
+        chunks = list(stream)
+        assert {c.model for c in chunks} == {"real"}
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        upstream.stop()  # the real upstream goes away mid-run: the local fallback serves
+        model, why, text = chat(client, "auto")
+        assert model == GEMMA and text is not None, why
+    finally:
+        srv.stop()
+        upstream.start()
+
+
+def test_breaker_opens_skips_and_closes(
+    tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
+) -> None:
+    routes = [{"name": "auto", "strategy": "quality-first", "targets": ["flaky"],
+               "fallbacks": [SMOL]}]  # fmt: skip
+    srv = router_server(tmp_path, models_dir, [remote("flaky", stub.url, quality=0.9)], routes,
+                        breaker={"failure_threshold": 2, "cooldown": 8}, preload=[SMOL])  # fmt: skip
+    srv.wait_status(SMOL, "loaded")
+    client = make_client(srv)
+    try:
+        stub.set(mode="500")
+        for _ in range(2):
+            assert chat(client, "auto")[0] == SMOL
+        seen = stub.stats()["requests"]
+        entry = {m["id"]: m for m in httpx.get(srv.url + "/models").json()["data"]}["flaky"]
+        assert entry["breaker"]["state"] == "open"
+        for _ in range(3):  # open: skipped, the upstream is not even asked
+            model, why, _ = chat(client, "auto")
+            assert model == SMOL and "breaker open" in why
+        assert stub.stats()["requests"] == seen
+        stub.set(mode="ok")
+        time.sleep(8.2)  # cooldown over: one probe goes through and closes it
+        assert chat(client, "auto")[0] == "flaky"
+        entry = {m["id"]: m for m in httpx.get(srv.url + "/models").json()["data"]}["flaky"]
+        assert entry["breaker"]["state"] == "closed"
+    finally:
+        srv.stop()
+
+
+def test_speed_priority_prefers_the_faster_target(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
+    fast, slow = Stub(), Stub()
+    fast.set(delay=0.0)
+    slow.set(delay=0.15)
+    routes = [{"name": "quick", "strategy": "speed-priority", "targets": ["slow", "fast"]}]
+    srv = router_server(tmp_path, models_dir, [remote("slow", slow.url), remote("fast", fast.url)],
+                        routes)  # fmt: skip
+    client = make_client(srv)
+    try:
+        for target in ("slow", "fast"):  # one measurement each
+            chat(client, target)
+        served = [chat(client, "quick")[0] for _ in range(4)]
+        assert served == ["fast"] * 4
+    finally:
+        srv.stop()
+        fast.stop()
+        slow.stop()
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_client_disconnect_cancels_upstream(
+    tmp_path: Path, models_dir: Path, stub: Stub, streaming: bool
+) -> None:
+    srv = router_server(tmp_path, models_dir, [remote("slowpoke", stub.url, timeout=30)], [])
+    try:
+        stub.set(mode="ok", delay=0.5, reply=" ".join(["word"] * 40))
+        body = {"model": "slowpoke", "messages": HELLO, "stream": streaming}
+        url = srv.url + "/v1/chat/completions"
+        if streaming:  # hang up after a few chunks
+            with httpx.stream("POST", url, json=body, timeout=30) as r:
+                for n, _ in enumerate(line for line in r.iter_lines() if line.startswith("data:")):
+                    if n == 2:
+                        break
+        else:  # give up waiting for the whole answer
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url, json=body, timeout=httpx.Timeout(5, read=1.2))
+        deadline = time.monotonic() + 10
+        while stub.stats()["disconnects"] < 1:
+            assert time.monotonic() < deadline, "the upstream never saw the client go"
+            time.sleep(0.1)
+        assert stub.stats()["completed"] == 0
+    finally:
+        srv.stop()
+
+
+def test_ensemble_vote_and_compare_on_two_local_models(
+    server: Server, client: openai.OpenAI
+) -> None:
+    question = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "temperature": 0, "max_tokens": 24}  # fmt: skip
+    r = httpx.post(server.url + "/v1/ensemble", timeout=120,
+                   json={**question, "targets": [SMOL, GEMMA, SMOL], "mode": "vote"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert sum(data["ensemble"]["votes"].values()) == 3.0  # every answer counted once
+    assert [a["model"] for a in data["ensemble"]["answers"]] == [SMOL, GEMMA, SMOL]
+    assert data["ensemble"]["chosen"] == data["model"]
+    assert "Paris" in data["choices"][0]["message"]["content"]
+    r = httpx.post(server.url + "/v1/compare", timeout=120,
+                   json={**question, "targets": [SMOL, GEMMA]})  # fmt: skip
+    rows = r.json()["data"]
+    assert [row["model"] for row in rows] == [SMOL, GEMMA]
+    for row in rows:
+        assert row["error"] is None and row["latency_ms"] > 0
+        assert row["usage"]["completion_tokens"] > 0 and "Paris" in row["content"]
+    best = httpx.post(server.url + "/v1/ensemble", timeout=120,
+                      json={**question, "targets": [SMOL, GEMMA], "mode": "best-of"})  # fmt: skip
+    assert best.status_code == 200 and best.json()["ensemble"]["scorer"] == "agreement"
+    missing = httpx.post(server.url + "/v1/ensemble", json={**question, "targets": [SMOL, "nope"]})
+    assert missing.status_code == 404

@@ -1,0 +1,111 @@
+"""A tiny OpenAI-compatible upstream for fault injection, run as its own process:
+
+    python tests/stub_upstream.py PORT
+
+POST /control {"mode": "ok" | "500" | "429" | "hang", "delay": seconds per chunk, "reply": str}
+changes how it answers; GET /stats says how many requests it saw and how many clients hung up
+before the answer was complete."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+state: dict[str, Any] = {"mode": "ok", "delay": 0.0, "reply": "stub says hello",
+                         "requests": 0, "disconnects": 0, "completed": 0}  # fmt: skip
+
+
+async def control(request: Request) -> Response:
+    state.update(await request.json())
+    return JSONResponse({"ok": True})
+
+
+async def stats(_: Request) -> Response:
+    return JSONResponse(state)
+
+
+async def models(_: Request) -> Response:
+    if state["mode"] == "500":
+        return JSONResponse({"error": {"message": "down"}}, 500)
+    return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model",
+                                                      "created": 0, "owned_by": "stub"}]})  # fmt: skip
+
+
+def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> dict[str, Any]:
+    if kind == "chat":
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text else {},
+                                  "finish_reason": finish}  # fmt: skip
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        obj = "text_completion"
+    return {"id": "stub-1", "object": obj, "created": int(time.time()), "model": model,
+            "choices": [choice]}  # fmt: skip
+
+
+async def answer(request: Request) -> Response:
+    state["requests"] += 1
+    body = await request.json()
+    kind = "chat" if request.url.path.endswith("chat/completions") else "completion"
+    mode = state["mode"]
+    if mode == "500":
+        return JSONResponse({"error": {"message": "injected failure", "type": "server_error",
+                                       "param": None, "code": None}}, 500)  # fmt: skip
+    if mode == "429":
+        return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error",
+                                       "param": None, "code": None}}, 429,
+                            headers={"Retry-After": "1"})  # fmt: skip
+    if mode == "hang" and not body.get("stream"):
+        await asyncio.sleep(3600)
+    words = str(state["reply"]).split(" ")
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    usage = {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)}
+    model = body.get("model", "stub")
+    if not body.get("stream"):
+        await asyncio.sleep(state["delay"] * len(pieces))
+        state["completed"] += 1
+        text = "".join(pieces)
+        choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
+                                   "finish_reason": "stop"} if kind == "chat" else
+                                  {"index": 0, "text": text, "finish_reason": "stop"})  # fmt: skip
+        return JSONResponse({"id": "stub-1", "object": "chat.completion" if kind == "chat"
+                             else "text_completion", "created": 0, "model": model,
+                             "choices": [choice], "usage": usage})  # fmt: skip
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            if mode == "hang":
+                await asyncio.sleep(3600)
+            for piece in pieces:
+                await asyncio.sleep(state["delay"])
+                yield f"data: {json.dumps(_chunk(kind, model, piece, None))}\n\n".encode()
+            final = _chunk(kind, model, None, "stop")
+            yield f"data: {json.dumps(final)}\n\n".encode()
+            yield f"data: {json.dumps({**final, 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            state["completed"] += 1
+        except asyncio.CancelledError:
+            state["disconnects"] += 1
+            raise
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+app = Starlette(routes=[
+    Route("/control", control, methods=["POST"]), Route("/stats", stats),
+    Route("/v1/models", models), Route("/v1/chat/completions", answer, methods=["POST"]),
+    Route("/v1/completions", answer, methods=["POST"]),
+])  # fmt: skip
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
