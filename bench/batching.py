@@ -15,7 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import (
-    Proc, bundled_models, llama_server, ours, pct, stream_timing, workdir, write_result,
+    Proc,
+    bundled_models,
+    llama_server,
+    ours,
+    pct,
+    stream_timing,
+    workdir,
+    write_result,
 )  # fmt: skip
 
 FILES = {"gemma": "gemma-3-270m-q4_k_m", "smol": "SmolLM2-135M-Instruct.Q4_1"}

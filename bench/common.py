@@ -91,25 +91,26 @@ def stream_timing(
     """Send one streaming request; seconds to first token, total, and tokens received."""
     start = time.perf_counter()
     first = None
-    tokens = 0
-    with httpx.stream("POST", url + path, json={**body, "stream": True}, timeout=300) as r:
+    tokens = chunks = 0
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url + path, json=payload, timeout=300) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
             choices = chunk.get("choices") or []
-            text = (
-                choices[0].get("text") or (choices[0].get("delta") or {}).get("content")
-                if choices
-                else None
-            )
-            if text:
-                tokens += 1
+            delta = choices[0] if choices else {}
+            if delta.get("text") or (delta.get("delta") or {}).get("content"):
+                chunks += 1
                 if first is None:
                     first = time.perf_counter() - start
     total = time.perf_counter() - start
-    return {"ttft": first if first is not None else total, "total": total, "tokens": tokens}
+    # tokens from usage: a server may put several tokens in one chunk when the client lags
+    return {"ttft": first if first is not None else total, "total": total,
+            "tokens": tokens or chunks}  # fmt: skip
 
 
 def workdir() -> Path:

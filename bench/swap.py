@@ -12,6 +12,7 @@ import argparse
 import statistics
 import time
 
+import httpx
 from common import bundled_models, llama_server, ours, stream_timing, workdir, write_result
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -19,17 +20,23 @@ GEMMA = "gemma-3-270m-q4_k_m"
 BODY = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
 
 
-def measure(url: str, rounds: int) -> dict[str, float]:
+def measure(url: str, rounds: int, ours: bool = False) -> dict[str, float]:
     cold = stream_timing(url, {**BODY, "model": SMOL})["ttft"]
-    warm, swap = [], []
+    warm, swap, loads = [], [], []
     current = SMOL
     for _ in range(rounds):
         warm.append(stream_timing(url, {**BODY, "model": current})["ttft"])
         current = GEMMA if current == SMOL else SMOL
         swap.append(stream_timing(url, {**BODY, "model": current})["ttft"])
+        if ours:  # the load itself, as the router measured it (process start excluded by spares)
+            entry = {m["id"]: m for m in httpx.get(url + "/models").json()["data"]}[current]
+            loads.append(entry["load_seconds"])
         time.sleep(0.2)
-    return {"cold_ttft_s": cold, "warm_ttft_p50_s": statistics.median(warm),
-            "swap_ttft_p50_s": statistics.median(swap), "swap_ttft_max_s": max(swap)}  # fmt: skip
+    out = {"cold_ttft_s": cold, "warm_ttft_p50_s": statistics.median(warm),
+           "swap_ttft_p50_s": statistics.median(swap), "swap_ttft_max_s": max(swap)}  # fmt: skip
+    if loads:
+        out["load_p50_s"] = statistics.median(loads)
+    return out
 
 
 def main() -> None:
@@ -44,7 +51,7 @@ def main() -> None:
                 "model_defaults": {"threads": args.threads, "parallel": 4,
                                    "context_size": 2048}}, work)  # fmt: skip
     try:
-        results["llm-router"] = measure(srv.url, args.rounds)
+        results["llm-router"] = measure(srv.url, args.rounds, ours=True)
     finally:
         srv.stop()
     peer = llama_server(["--models-dir", str(models), "--models-max", "1", "-t", str(args.threads),

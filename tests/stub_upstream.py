@@ -53,6 +53,23 @@ def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> dict[
             "choices": [choice]}  # fmt: skip
 
 
+async def _client_left(request: Request, seconds: float) -> bool:
+    """Wait `seconds`; True if the client disconnected first (the body is already read)."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait_for(asyncio.shield(watcher), seconds)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        watcher.cancel()
+
+
 async def answer(request: Request) -> Response:
     state["requests"] += 1
     body = await request.json()
@@ -65,14 +82,17 @@ async def answer(request: Request) -> Response:
         return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error",
                                        "param": None, "code": None}}, 429,
                             headers={"Retry-After": "1"})  # fmt: skip
-    if mode == "hang" and not body.get("stream"):
-        await asyncio.sleep(3600)
+    if mode == "hang" and not body.get("stream") and await _client_left(request, 3600):
+        state["disconnects"] += 1
+        return Response(status_code=499)
     words = str(state["reply"]).split(" ")
     pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
     usage = {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)}
     model = body.get("model", "stub")
     if not body.get("stream"):
-        await asyncio.sleep(state["delay"] * len(pieces))
+        if await _client_left(request, state["delay"] * len(pieces)):
+            state["disconnects"] += 1
+            return Response(status_code=499)
         state["completed"] += 1
         text = "".join(pieces)
         choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},

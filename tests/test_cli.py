@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from servers import GEMMA, SMOL, link_models
+import openai
+
+from llm_router.formats.gguf import read_gguf_info
+from model_cache import minilm_folder, smollm2_hf  # noqa: F401  (fixtures)
+from servers import GEMMA, SMOL, link_models, new_server
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -49,7 +53,9 @@ def test_serve_provisions_bundled_models_into_empty_dir(tmp_path: Path) -> None:
     out = _cli("run", SMOL, "Hi", "--models-dir", str(empty), "--max-tokens", "2")
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in empty.iterdir())
-    assert names == ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
+    assert names == ["SmolLM2-135M-Instruct.Q4_1.gguf", "all-MiniLM-L6-v2",
+                     "gemma-3-270m-q4_k_m.gguf"]  # fmt: skip
+    assert (empty / "all-MiniLM-L6-v2" / "model.onnx").is_file()  # served without torch
 
 
 def test_bad_config_names_the_key(tmp_path: Path) -> None:
@@ -65,3 +71,66 @@ def test_models_dir_untouched_when_it_has_models(tmp_path: Path, smollm2_gguf: P
     out = _cli("run", SMOL, "Hi", "--models-dir", str(models), "--max-tokens", "2")
     assert out.returncode == 0, out.stderr
     assert [p.name for p in models.iterdir()] == [smollm2_gguf.name]
+
+
+def test_ls_shows_every_format_and_errors(tmp_path: Path, smollm2_hf: Path) -> None:  # noqa: F811
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "smol-hf").symlink_to(smollm2_hf)
+    (models / "minilm").symlink_to(minilm_folder())
+    (models / "broken.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00[1]")
+    out = _cli("ls", "--models-dir", str(models))
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if "│" in line}
+    assert all(t in rows["smol-hf"] for t in ("hf", "transformers", "generate", "135M", "F32"))
+    assert all(t in rows["minilm"] for t in ("hf", "transformers", "embed", "bert", "256"))
+    assert "corrupt safetensors header" in out.stdout
+
+
+def test_quantize_then_serve(tmp_path: Path, smollm2_gguf: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    out_file = models / "smol-q8.gguf"
+    out = _cli("quantize", str(smollm2_gguf), str(out_file), "--type", "Q8_0")
+    assert out.returncode == 0, out.stderr
+    assert "Q8_0" in out.stdout and out.stdout.count("MiB") == 2  # sizes before and after
+    assert "quantizing" in out.stderr  # progress goes to stderr
+    info = read_gguf_info(out_file)
+    assert info.quantization == "Q8_0"
+    assert out_file.stat().st_size > smollm2_gguf.stat().st_size  # Q8_0 is bigger than Q4_1
+    again = _cli("quantize", str(smollm2_gguf), str(out_file), "--type", "Q8_0")
+    assert again.returncode == 1 and "--force" in again.stderr
+    srv = new_server(tmp_path, models_dir=str(models))
+    try:
+        with openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0) as client:
+            chat = client.chat.completions.create(
+                model="smol-q8", temperature=0, max_tokens=30,
+                messages=[{"role": "system", "content": "You are a helpful assistant."},
+                          {"role": "user", "content": "What is the capital of France?"}],
+            )  # fmt: skip
+        assert "Paris" in (chat.choices[0].message.content or "")
+        assert srv.models()["smol-q8"]["quantization"] == "Q8_0"
+    finally:
+        srv.stop()
+
+
+def test_convert_refuses_to_overwrite_without_force(tmp_path: Path, smollm2_gguf: Path) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "mine.txt").write_text("keep me")
+    out = _cli("convert", str(smollm2_gguf), "--to", "hf", str(out_dir))
+    assert out.returncode == 1 and "exists" in out.stderr and "--force" in out.stderr
+    assert [p.name for p in out_dir.iterdir()] == ["mine.txt"]
+    wrong = _cli("convert", str(smollm2_gguf), "--to", "gguf", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "hf or onnx" in wrong.stderr
+
+
+def test_convert_with_force_replaces_the_output(tmp_path: Path) -> None:
+    out_dir = tmp_path / "minilm-onnx"
+    out_dir.mkdir()
+    (out_dir / "old.txt").write_text("replaced")
+    out = _cli("convert", str(minilm_folder()), "--to", "onnx", str(out_dir), "--force")
+    assert out.returncode == 0, out.stderr
+    assert "exporting" in out.stderr and "MiB" in out.stdout
+    names = {p.name for p in out_dir.iterdir()}
+    assert "model.onnx" in names and "tokenizer.json" in names and "old.txt" not in names

@@ -1,12 +1,13 @@
-"""The `llm-router` command: serve, run, ls."""
+"""The `llm-router` command: serve, run, ls, convert, quantize."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +24,7 @@ __all__ = ["app", "main"]
 app = typer.Typer(help="Run and route LLMs of any format behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
 err = Console(stderr=True)
+T = TypeVar("T")
 log = logging.getLogger("llm_router")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
@@ -81,19 +83,24 @@ def serve(
 
 @app.command()
 def ls(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
-    """List the models found, with format, size, quantization and context length."""
+    """List the models found, with format, engine, size, quantization and context length."""
     settings = _settings(config, models_dir=models_dir)
-    table = Table("id", "format", "arch", "params", "quant", "context", "size", "note")
+    table = Table("id", "format", "engine", "task", "arch", "params", "quant", "context", "size",
+                  "note")  # fmt: skip
     for source in Scanner(settings).scan().values():
         info = source.info
+        params = info.parameters if info else None
         table.add_row(
-            source.id, source.format, info.architecture if info else "-",
-            f"{info.parameters / 1e6:.0f}M" if info else "-",
+            source.id, source.format, source.engine, source.task or "-",
+            (info.architecture or "-") if info else "-",
+            f"{params / 1e6:.0f}M" if params else "-",
             (info.quantization or "-") if info else "-",
             str(info.context_length or "-") if info else "-",
-            f"{source.identity[0] / 2**20:.1f} MiB", source.error or "",
+            f"{source.identity.size_bytes / 2**20:.1f} MiB",
+            (source.error or "").removeprefix(f"{source.path}: "),
         )  # fmt: skip
-    Console().print(table)
+    # Piped output gets room for every column rather than the 80 a terminal-less console assumes.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
 @app.command()
@@ -149,6 +156,65 @@ async def _run_once(
     finally:
         await router.close()
         await manager.close()
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="A GGUF file, or an HF folder for --to onnx.")],
+    out: Annotated[Path, typer.Argument(help="Where to write the converted model.")],
+    to: Annotated[str, typer.Option("--to", help="hf (safetensors folder) or onnx.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    precision: Annotated[str, typer.Option(help="ONNX text models: int4, int8 or fp32.")] = "int8",
+) -> None:
+    """Convert SRC to another format: GGUF -> HF safetensors, GGUF or HF -> ONNX."""
+    from .tools import convert as run_convert
+
+    if to not in ("hf", "onnx"):
+        err.print(f"[red]error:[/red] --to must be hf or onnx, not {to!r}")
+        raise typer.Exit(2)
+    target: Literal["hf", "onnx"] = "hf" if to == "hf" else "onnx"
+    before = _size(src)
+    _tool(lambda: run_convert(src, target, out, force=force, progress=_progress,
+                              precision=precision))  # fmt: skip
+    print(f"{src} ({_mib(before)}) -> {out} ({_mib(_size(out))}, {to})")
+
+
+@app.command()
+def quantize(
+    src: Annotated[Path, typer.Argument(help="The GGUF file to quantize.")],
+    out: Annotated[Path, typer.Argument(help="Where to write the quantized GGUF.")],
+    type_name: Annotated[str, typer.Option("--type", help="Q4_K_M, Q5_K_M, Q8_0, F16...")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Quantize a GGUF file to another type with llama.cpp's quantizer."""
+    from .tools import quantize as run_quantize
+
+    result = _tool(lambda: run_quantize(src, out, type_name, force=force, progress=_progress))
+    print(f"{src} ({_mib(result.size_before)}) -> {out} ({_mib(result.size_after)}, "
+          f"{result.type_name}) in {result.seconds:.1f} s")  # fmt: skip
+
+
+def _tool(work: Callable[[], T]) -> T:
+    """Run a conversion tool; its refusals and failures end the command with status 1."""
+    try:
+        return work()
+    except RouterError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _print(text: str) -> None:

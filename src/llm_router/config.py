@@ -55,6 +55,13 @@ class EngineOptions(BaseModel):
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the file's."
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="transformers: weights' dtype once loaded (default: as saved)."
+    )
+    allow_pickle: bool | None = Field(
+        None,
+        description="Load PyTorch checkpoints that need unpickling (runs code from the file).",
+    )
 
     def merged(self, override: EngineOptions) -> EngineOptions:
         """`override`'s set fields win over this one's."""

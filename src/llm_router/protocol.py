@@ -22,6 +22,10 @@ __all__ = [
     "Completion",
     "CompletionChunk",
     "CompletionRequest",
+    "EmbeddingData",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "EmbeddingUsage",
     "ModelCard",
     "ModelList",
     "UsageOut",
@@ -236,3 +240,70 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- embeddings -----------------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
+
+
+class EmbeddingRequest(BaseModel):
+    """`input`: a string, a list of strings, a token array or a list of token arrays."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> Any:
+        shape = "a string, a list of strings, a token array or a list of token arrays"
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError(f"input must be {shape}")
+        if not items:
+            raise ValueError("input must not be empty")
+        tokens = all(_token(t) for t in items)
+        if not tokens and not all(isinstance(i, str) and i for i in items):
+            if not all(isinstance(r, list) and r and all(_token(t) for t in r) for r in items):
+                raise ValueError(f"input must be {shape}, with no empty string or array")
+        if len(items) > MAX_EMBEDDING_INPUTS and not tokens:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        return value
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list of texts or a list of token arrays."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(t, int) for t in value):  # one token array
+            return [[int(t) for t in value if isinstance(t, int)]]
+        if all(isinstance(t, str) for t in value):
+            return [t for t in value if isinstance(t, str)]
+        return [[int(t) for t in row] for row in value if isinstance(row, list)]
+
+
+def _token(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage

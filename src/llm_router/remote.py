@@ -142,13 +142,14 @@ class RemoteTarget:
                     await response.aread()
                     raise status_error(self.name, response)
                 events = _SseData()
+                done = False
                 async for line in response.aiter_lines():
-                    data = events.feed(line)
-                    if data == "[DONE]":
-                        return
-                    if data is not None:
+                    # After [DONE], read on to the end so the connection goes back to the pool.
+                    data = None if done else events.feed(line)
+                    done = done or data == "[DONE]"
+                    if data is not None and not done:
                         yield _chunk(self.name, data)
-                if (data := events.flush()) not in (None, "[DONE]"):
+                if not done and (data := events.flush()) not in (None, "[DONE]"):
                     yield _chunk(self.name, data)
 
     def _send(

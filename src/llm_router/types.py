@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ChatMessage",
+    "Embeddings",
     "Finished",
     "GenerationRequest",
     "SamplingParams",
@@ -90,3 +91,11 @@ class TextDelta:
 class Finished:
     finish_reason: FinishReason
     usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order, and the input tokens they took."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int

@@ -119,7 +119,7 @@ class Harness:
 
 def _worker_children() -> list[psutil.Process]:
     found = []
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process().children():  # ours only, not a shared server's workers
         try:
             if "llm_router.worker" in " ".join(child.cmdline()):
                 found.append(child)
@@ -235,13 +235,15 @@ async def test_failed_load_is_sticky_until_loaded_explicitly(
 
 
 async def test_model_bigger_than_budget_is_refused(harness: Harness, tmp_path: Path) -> None:
-    manager = await harness.manager([fake_model(tmp_path, "a")], memory_budget="50MiB")
+    # A file bigger than the budget can never fit (the estimate's margin alone is no reason).
+    big = fake_model(tmp_path, "a", padding="x" * (2 * MiB))
+    manager = await harness.manager([big], memory_budget="1MiB")
     events = Events(manager)
-    need = manager.resolve("a").estimate_bytes()
+    need = manager.resolve("a").source.identity.size_bytes
     with pytest.raises(InsufficientMemory) as caught:
         await bounded(harness.generate(manager, "a"), 2.0)
     assert f"{need / MiB:.0f} MiB" in caught.value.message
-    assert "50 MiB" in caught.value.message
+    assert "1 MiB" in caught.value.message
     assert events.count("loading") == 0
     assert manager.waiting == 0
 

@@ -45,7 +45,11 @@ class Stub:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # uvicorn waits for open connections; don't
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 @pytest.fixture

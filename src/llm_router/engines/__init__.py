@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from ..errors import EngineUnavailable
 from .base import Engine, EngineEvent, LoadSpec
 
-__all__ = ["ENGINES", "Engine", "EngineEvent", "EngineInfo", "LoadSpec", "build", "check_available", "preload"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineEvent",
+    "EngineInfo",
+    "LoadSpec",
+    "build",
+    "check_available",
+    "preload",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +31,15 @@ class EngineInfo:
 
 
 ENGINES: dict[str, EngineInfo] = {
-    "llama.cpp": EngineInfo("llm_router.engines.llamacpp:LlamaCppEngine", "llama_cpp", "gguf"),
+    # open_gguf: the generative engine, or the embedding one for files that declare pooling.
+    "llama.cpp": EngineInfo("llm_router.engines.llamacpp_embed:open_gguf", "llama_cpp", "gguf"),
+    "transformers": EngineInfo("llm_router.engines.hf:TransformersEngine", "transformers", "hf"),
+    "onnxruntime": EngineInfo(
+        "llm_router.engines.onnx_embed:OnnxEmbeddingEngine", "onnxruntime", "onnx"
+    ),
+    "onnxruntime-genai": EngineInfo(
+        "llm_router.engines.onnx_genai:OnnxGenaiEngine", "onnxruntime_genai", "onnx"
+    ),
     "fake": EngineInfo("llm_router.engines.fake:FakeEngine", "llm_router", ""),
 }
 

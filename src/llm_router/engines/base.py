@@ -21,12 +21,15 @@ EngineEvent = TextDelta | Finished | RouterError
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    """What a worker needs to load a model: the file, the engine options (EngineOptions as a
-    dict, unset fields absent) and what discovery learned from the file's metadata."""
+    """What a worker needs to load a model: the file or folder, the engine options
+    (EngineOptions as a dict, unset fields absent) and what discovery learned from the model's
+    metadata: its architecture and, for a GGUF, `general.finetune` (which tells an
+    instruction-tuned file from a base one when it carries no chat template)."""
 
     path: str
     options: dict[str, Any] = field(default_factory=dict)
     architecture: str | None = None
+    finetune: str | None = None
 
 
 class Engine(Protocol):

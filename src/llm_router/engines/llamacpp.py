@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import random
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +19,7 @@ from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFa
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 from .base import EngineEvent, LoadSpec
 from .chat_template import ChatTemplate, template_for
+from .llamacpp_sampler import make_sampler
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine"]
@@ -169,6 +169,11 @@ class LlamaCppEngine:
                 self._sample(s, events)
         return events
 
+    def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        """A generative GGUF makes no embeddings here; embedding GGUFs (a `pooling_type` in the
+        header) get LlamaCppEmbeddingEngine instead (see `open_gguf`)."""
+        raise BadRequest("this model does not make embeddings", param="model")
+
     def close(self) -> None:
         for s in [*self._waiting, *self._running.values()]:
             lc.llama_sampler_free(s.sampler)
@@ -250,36 +255,7 @@ class LlamaCppEngine:
         return piece
 
     def _make_sampler(self, p: SamplingParams) -> Any:
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        add = lc.llama_sampler_chain_add
-        if p.ignore_eos:
-            eog = self._eog_tokens()
-            biases = (lc.llama_logit_bias * len(eog))()
-            for i, token in enumerate(eog):
-                biases[i].token, biases[i].bias = token, float("-inf")  # type: ignore[assignment]
-            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-            add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(eog), biases))
-        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-            add(
-                chain,
-                lc.llama_sampler_init_penalties(
-                    n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-                ),
-            )
-        if p.temperature <= 0:
-            add(chain, lc.llama_sampler_init_greedy())
-            return chain
-        if p.top_k > 0:
-            add(chain, lc.llama_sampler_init_top_k(p.top_k))
-        if p.top_p < 1.0:
-            add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0:
-            add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, lc.llama_sampler_init_temp(p.temperature))
-        seed = p.seed if p.seed is not None else random.getrandbits(32)
-        add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
+        return make_sampler(p, self._vocab, self._eog_tokens)
 
     # -- the decode loop -------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class GGUFInfo:
     bos_token: str | None
     eos_token: str | None
     pooling_type: int | None
+    finetune: str | None = None  # `general.finetune`, e.g. "Instruct" or "it"
 
 
 def is_gguf(path: Path) -> bool:
@@ -281,6 +282,7 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
         bos_token=found.get(bos_id) if bos_id is not None else None,
         eos_token=found.get(eos_id) if eos_id is not None else None,
         pooling_type=_int(meta.get(f"{arch}.pooling_type")),
+        finetune=_str(meta.get("general.finetune")),
     )
 
 

@@ -250,10 +250,12 @@ class ModelManager:
                     f"model '{state.id}' is not loaded and autoload is off; "
                     "load it with POST /models/load", param="model"
                 )  # fmt: skip
-            need = state.estimate_bytes()
+            # Refuse only what surely cannot fit: its measured size, else its file's size (the
+            # estimate with its margin is for planning evictions, and may be too high).
+            need = state.measured_bytes or state.source.identity.size_bytes
             if need > self.budget:
                 raise InsufficientMemory(
-                    f"model '{state.id}' needs about {need / 2**20:.0f} MiB but the memory "
+                    f"model '{state.id}' needs at least {need / 2**20:.0f} MiB but the memory "
                     f"budget is {self.budget / 2**20:.0f} MiB"
                 )
             self._start_load(state)
@@ -325,8 +327,9 @@ class ModelManager:
 
     def _spec(self, source: ModelSource) -> LoadSpec:
         options = self.settings.model_defaults.merged(source.config.engine_options())
-        arch = source.info.architecture if source.info else None
-        return LoadSpec(str(source.path), options.model_dump(exclude_none=True), arch)
+        info = source.info
+        return LoadSpec(str(source.path), options.model_dump(exclude_none=True),
+                        info.architecture if info else None, info.finetune if info else None)  # fmt: skip
 
     async def _make_room(self, state: ModelState) -> bool:
         """Evict LRU idle models until `state` fits; wait while the rest are busy. False when
@@ -340,7 +343,7 @@ class ModelManager:
                 for s in self._states.values()
                 if s is not state and s.status in _RESIDENT
             ]  # fmt: skip
-            need = state.estimate_bytes()
+            need = min(state.estimate_bytes(), self.budget)  # an estimate over budget: try
             verdict = choose_victims(residents, need, self.budget, self.settings.models_max)
             if verdict.fits:
                 reason = f"evicted to make room for '{state.id}'"

@@ -74,7 +74,7 @@ class ModelState:
         a margin for KV cache and buffers, reconciled after each load."""
         if self.measured_bytes is not None:
             return self.measured_bytes
-        return int(self.source.identity[0] * 1.2) + 96 * 1024 * 1024
+        return int(self.source.identity.size_bytes * 1.2) + 96 * 1024 * 1024
 
 
 class EventBus:

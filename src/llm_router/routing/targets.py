@@ -32,6 +32,7 @@ class Call:
     request: GenerationRequest
     body: dict[str, Any]
     lease: dict[str, Any]
+    stream: bool = True
 
 
 @dataclass(eq=False)
@@ -90,8 +91,18 @@ async def _local_events(
 
 
 async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Event, None]:
-    """Always streams upstream (a non-streaming request collects the stream), so cancellation
-    and time-to-first-token work the same for both; asks for usage in the last chunk."""
+    """Streams upstream when the client streams (asking for usage in the last chunk), else one
+    plain request; either way cancelling the caller cancels the upstream request."""
+    if not call.stream:
+        done = await (remote.chat(call.body) if call.kind == "chat" else remote.complete(call.body))
+        choice = (done.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content") if call.kind == "chat" else (
+            choice.get("text"))  # fmt: skip
+        if text:
+            yield TextDelta(text)
+        yield Finished("length" if choice.get("finish_reason") == "length" else "stop",
+                       _usage(done.get("usage")))  # fmt: skip
+        return
     body = {**call.body, "stream_options": {"include_usage": True}}
     stream = remote.stream_chat(body) if call.kind == "chat" else remote.stream_complete(body)
     reason: str | None = None
@@ -106,9 +117,14 @@ async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Eve
                     yield TextDelta(text)
                 reason = choice.get("finish_reason") or reason
             if chunk.get("usage"):
-                u = chunk["usage"]
-                cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), cached)
+                usage = _usage(chunk["usage"])
     finally:
         await stream.aclose()  # type: ignore[attr-defined]  # closes the upstream request
     yield Finished("length" if reason == "length" else "stop", usage)
+
+
+def _usage(u: dict[str, Any] | None) -> Usage:
+    if not u:
+        return Usage(0, 0)
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), cached)

@@ -18,6 +18,7 @@ from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from ..metrics import Metrics
 from ..routing.router import Router
+from ..serving.embed import EmbeddingService
 from ..serving.ensemble import EnsembleService
 from ..serving.generate import GenerationService
 from . import errors, routes_models, routes_openai
@@ -72,6 +73,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.started = time.time()
     app.state.generation = GenerationService(router, metrics)
     app.state.ensemble = EnsembleService(app.state.generation)
+    app.state.embeddings = EmbeddingService(router, metrics)
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
     app.include_router(routes_openai.router)

@@ -36,25 +36,28 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
     if state.error:
         status.update(error=state.error, failed=True)
     worker = state.worker
+    output = "embedding" if source.task == "embed" else "text"
     return {
         "id": state.id,
         "aliases": source.config.aliases,
         "tags": [],
         "object": "model",
         "owned_by": "llm-runner-router",
-        "created": source.identity[1] // 1_000_000_000,
+        "created": source.identity.created,
         "status": status,
-        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+        "architecture": {"input_modalities": ["text"], "output_modalities": [output]},
         "source": source.origin,
         "can_remove": False,
         "path": str(source.path),
         "format": source.format,
         "engine": source.engine,
-        "size_bytes": source.identity[0],
+        "task": source.task,
+        "size_bytes": source.identity.size_bytes,
         "model_architecture": info.architecture if info else None,
         "parameters": info.parameters if info else None,
         "quantization": info.quantization if info else None,
         "context_length": info.context_length if info else None,
+        "dimensions": info.embedding_length if info and info.task == "embed" else None,
         "has_chat_template": bool(info and info.chat_template) or None,
         "pinned": source.config.pin,
         "memory_bytes": state.memory_bytes,

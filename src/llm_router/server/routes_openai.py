@@ -9,7 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from ..protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+)  # fmt: skip
+from ..serving.embed import EmbeddingService
 from ..serving.ensemble import CompareRequest, EnsembleRequest, EnsembleService
 from ..serving.generate import GenerationService, RouteInfo
 from .sse import cancel_on_disconnect, sse_response
@@ -60,6 +67,15 @@ async def completions(request: Request) -> Response:
     return JSONResponse(result.model_dump(), headers=_headers(route))
 
 
+@router.post("/embeddings", openapi_extra=_body_schema(EmbeddingRequest))
+async def embeddings(request: Request) -> Response:
+    body = await parse_body(request, EmbeddingRequest)
+    service: EmbeddingService = request.app.state.embeddings
+    result = await cancel_on_disconnect(request.receive, service.embed(body))
+    headers = {"x-llm-router-model": result.model, "x-llm-router-route": "direct"}
+    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
+
+
 @router.post("/ensemble", openapi_extra=_body_schema(EnsembleRequest))
 async def ensemble(request: Request) -> Response:
     """One question to several targets; the answers combined by vote, best-of or first."""
@@ -84,7 +100,7 @@ async def list_models(request: Request) -> ModelList:
     router = request.app.state.router
     manager.refresh()
     started = int(request.app.state.started)
-    cards = [ModelCard(id=s.id, created=s.source.identity[1] // 1_000_000_000)
+    cards = [ModelCard(id=s.id, created=s.source.identity.created)
              for s in manager.states()]  # fmt: skip
     cards += [ModelCard(id=t.id, created=started) for t in router.remotes()]
     cards += [ModelCard(id=r.name, created=started) for r in router.routes()]

@@ -65,7 +65,7 @@ class GenerationService:
                 raise BadRequest(str(exc), param="keep_alive") from None
         kind = "chat" if request.messages is not None else "completion"
         body = wire.model_dump(exclude_unset=True, exclude=_NOT_FOR_UPSTREAM)
-        call = Call(kind, request, body, lease)
+        call = Call(kind, request, body, lease, stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
                             max_tokens=request.params.max_tokens, user=wire.user)  # fmt: skip

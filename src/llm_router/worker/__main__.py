@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from ..engines import Engine, LoadSpec, build, preload
 from ..errors import RouterError
 from ..types import Finished, GenerationRequest, TextDelta
-from .protocol import decode, encode, error_to_wire
+from .protocol import decode, embeddings_to_wire, encode, error_to_wire
 
 INFO_INTERVAL = 1.0
 
@@ -60,6 +60,14 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
             engine.submit(msg["id"], GenerationRequest.from_wire(msg["request"]))
         except Exception as exc:  # any refusal goes back to that request only
             sock.sendall(encode({"id": msg["id"], "error": error_to_wire(exc)}))
+    elif op == "embed":
+        # Synchronous: the whole batch runs before the next decode step of any generation.
+        try:
+            vectors, tokens = engine.embed(msg["inputs"])
+            reply = embeddings_to_wire(msg["id"], vectors, tokens)
+        except Exception as exc:  # any refusal goes back to that request only
+            reply = {"id": msg["id"], "error": error_to_wire(exc)}
+        sock.sendall(encode(reply))
     elif op == "cancel":
         engine.cancel(msg["id"])
     elif op == "threads":

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed, RouterError, WorkerDied
-from ..types import Finished, GenerationRequest, TextDelta
+from ..types import Embeddings, Finished, GenerationRequest, TextDelta
 from .protocol import decode, encode, error_from_wire, event_from_wire
 
 __all__ = ["Spare", "SparePool", "Worker"]
@@ -28,7 +28,7 @@ __all__ = ["Spare", "SparePool", "Worker"]
 log = logging.getLogger(__name__)
 
 STREAM_LIMIT = 64 * 1024 * 1024
-Event = TextDelta | Finished | RouterError
+Event = TextDelta | Finished | Embeddings | RouterError
 
 
 def describe_exit(code: int | None) -> str:
@@ -195,6 +195,16 @@ class Worker:
                 if isinstance(event, RouterError):
                     done = True
                     raise event
+                if isinstance(event, TextDelta) and not events.empty():
+                    event, pending = _coalesce(event, events)
+                    if pending is not None:  # a finish or error right behind the text
+                        yield event
+                        event = pending
+                        if isinstance(event, RouterError):
+                            done = True
+                            raise event
+                if isinstance(event, Embeddings):  # not an answer to a generation
+                    raise WorkerDied("the worker answered a generation with embeddings")
                 yield event
                 if isinstance(event, Finished):
                     done = True
@@ -204,6 +214,26 @@ class Worker:
             if not done and not self.exited.is_set():
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     self._send({"op": "cancel", "id": seq})
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        """Embed `inputs` in one batch. Raises the engine's RouterError (BadRequest for a model
+        that makes no embeddings), or WorkerDied when the process exits meanwhile. Cancelling
+        only drops the answer: the worker finishes the batch (it cannot be interrupted)."""
+        if self.exited.is_set() or self.stopping:
+            raise WorkerDied("the model's worker is stopping; retry")
+        seq = next(self._ids)
+        answer: asyncio.Queue[Event] = asyncio.Queue()
+        self._streams[seq] = answer
+        try:
+            self._send({"op": "embed", "id": seq, "inputs": inputs})
+            event = await answer.get()
+        finally:
+            self._streams.pop(seq, None)
+        if isinstance(event, RouterError):
+            raise event
+        if not isinstance(event, Embeddings):
+            raise WorkerDied("the worker answered an embedding request with text")
+        return event
 
     def set_threads(self, threads: int) -> None:
         """Tell the engine how many CPU threads it may use from its next step on."""
@@ -249,6 +279,19 @@ class Worker:
         self.exited.set()
         if self._on_exit is not None:
             self._on_exit(self, reason)
+
+
+def _coalesce(first: TextDelta, events: asyncio.Queue[Event]) -> tuple[TextDelta, Event | None]:
+    """Merge the text already waiting behind `first` into one delta. A consumer that keeps up
+    sees one token per chunk; one that falls behind (a busy server) gets fewer, larger chunks
+    instead of a growing backlog. Returns the merged text and the non-text event after it."""
+    parts = [first.text]
+    while not events.empty():
+        event = events.get_nowait()
+        if not isinstance(event, TextDelta):
+            return TextDelta("".join(parts)), event
+        parts.append(event.text)
+    return TextDelta("".join(parts)), None
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> int | None:

@@ -1,20 +1,25 @@
 """The channel between the router and a worker: newline-delimited JSON over a Unix socket pair.
 
-Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "cancel", "id"}`,
-`{"op": "shutdown"}`. Worker -> router: `{"op": "ready", "info"}` or `{"op": "load_failed",
-"error"}` once, then per request `{"id", "text"}` deltas, `{"id", "finish", "usage"}` or
-`{"id", "error"}`, and `{"op": "info", "info"}` snapshots. Errors travel as the name of a class in
-`llm_router.errors` plus message and param, and are rebuilt on the other side."""
+Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "embed", "id", "inputs"}`,
+`{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`. Worker ->
+router: `{"op": "ready", "info"}` or `{"op": "load_failed", "error"}` once, then per request
+`{"id", "text"}` deltas, `{"id", "finish", "usage"}`, `{"id", "embeddings", "dim", "tokens"}`
+(the vectors as one base64 string of native-order float32, far smaller and faster than JSON
+numbers) or `{"id", "error"}`, and `{"op": "info", "info"}` snapshots. Errors travel as the name
+of a class in `llm_router.errors` plus message and param, and are rebuilt on the other side."""
 
 from __future__ import annotations
 
+import base64
 import json
+from array import array
 from typing import Any
 
 from .. import errors
-from ..types import Finished, TextDelta, Usage
+from ..types import Embeddings, Finished, TextDelta, Usage
 
-__all__ = ["decode", "encode", "error_from_wire", "error_to_wire", "event_from_wire"]
+__all__ = ["decode", "embeddings_to_wire", "encode", "error_from_wire", "error_to_wire",
+           "event_from_wire"]  # fmt: skip
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -43,9 +48,29 @@ def error_from_wire(data: dict[str, Any]) -> errors.RouterError:
     return cls(str(data.get("message")), param=data.get("param"))
 
 
-def event_from_wire(msg: dict[str, Any]) -> TextDelta | Finished | errors.RouterError:
+def embeddings_to_wire(seq: int, vectors: list[list[float]], tokens: int) -> dict[str, Any]:
+    dim = len(vectors[0]) if vectors else 0
+    if any(len(v) != dim for v in vectors):
+        raise errors.EngineError("the engine returned vectors of different lengths")
+    flat = array("f", [x for v in vectors for x in v])
+    return {"id": seq, "embeddings": base64.b64encode(flat.tobytes()).decode("ascii"),
+            "dim": dim, "tokens": tokens}  # fmt: skip
+
+
+def _embeddings_from_wire(msg: dict[str, Any]) -> Embeddings:
+    flat = array("f")
+    flat.frombytes(base64.b64decode(msg["embeddings"]))
+    dim = int(msg["dim"])
+    values = flat.tolist()
+    vectors = [values[i : i + dim] for i in range(0, len(values), dim)] if dim else []
+    return Embeddings(vectors, int(msg["tokens"]))
+
+
+def event_from_wire(msg: dict[str, Any]) -> TextDelta | Finished | Embeddings | errors.RouterError:
     if "text" in msg:
         return TextDelta(msg["text"])
     if "finish" in msg:
         return Finished(msg["finish"], Usage(**msg["usage"]))
+    if "embeddings" in msg:
+        return _embeddings_from_wire(msg)
     return error_from_wire(msg.get("error") or {})

@@ -1,0 +1,150 @@
+"""Router overhead: requests/s and latency p50/p99 at concurrency 1, 16 and 64, streaming and
+not, against a fast stub OpenAI server on 127.0.0.1: directly, through llm-router (the stub as
+a remote target) and through LiteLLM's proxy, all in one run with the same client.
+
+    python bench/overhead.py --litellm /path/to/venv-with-litellm/bin/litellm
+
+LiteLLM goes in its own venv (`pip install 'litellm[proxy]'`); LITELLM_LOCAL_MODEL_COST_MAP
+keeps it offline. Each measurement is bounded by a request count and a time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from common import Proc, free_port, ours, pct, workdir, write_result
+
+HERE = Path(__file__).resolve().parent
+BODY = {"model": "stub", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+
+
+async def load(url: str, concurrency: int, count: int, stream: bool, headers: dict[str, str],
+               limit_s: float = 60.0) -> dict[str, float]:  # fmt: skip
+    latencies: list[float] = []
+    errors = 0
+    body = {**BODY, "stream": stream}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
+        remaining = count
+        deadline = time.perf_counter() + limit_s
+
+        async def one() -> None:
+            nonlocal remaining, errors
+            while remaining > 0 and time.perf_counter() < deadline:
+                remaining -= 1
+                t0 = time.perf_counter()
+                async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                    async for _ in r.aiter_raw():
+                        pass
+                    if r.status_code != 200:
+                        errors += 1
+                        continue
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {"rps": len(latencies) / wall, "p50_ms": pct(latencies, 0.5) * 1000,
+            "p99_ms": pct(latencies, 0.99) * 1000, "n": len(latencies), "errors": errors}  # fmt: skip
+
+
+def wrk(url: str, concurrency: int, stream: bool, headers: dict[str, str], seconds: int,
+        work: Path) -> dict[str, float]:  # fmt: skip
+    """The same measurement with wrk (C, one thread): at high concurrency a Python client
+    becomes the bottleneck and flattens every server to the same number."""
+    script = work / f"post-{stream}.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps({**BODY, 'stream': stream}))}",
+             'wrk.headers["Content-Type"] = "application/json"']  # fmt: skip
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
+                          str(script), url + "/v1/chat/completions"],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pcts = {p: _ms(v, unit) for p, v, unit in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)", out)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": pcts["50"], "p99_ms": pcts["99"],
+            "errors": float(bad.group(1)) if bad else 0.0}  # fmt: skip
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def start_stub(work: Path) -> Proc:
+    port = free_port()
+    return Proc([sys.executable, str(HERE / "stub_server.py"), str(port)],
+                f"http://127.0.0.1:{port}", "/v1/models", work / "stub.log")  # fmt: skip
+
+
+def start_litellm(binary: str, stub_url: str, work: Path) -> Proc:
+    port = free_port()
+    cfg = work / "litellm.yaml"
+    cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": "stub", "litellm_params": {
+        "model": "openai/stub", "api_base": stub_url + "/v1", "api_key": "unused"}}]}))  # fmt: skip
+    os.environ.update(LITELLM_MASTER_KEY="sk-bench", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    return Proc([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
+                f"http://127.0.0.1:{port}", "/health/liveliness", work / "litellm.log")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--litellm", help="the litellm command in its own venv")
+    parser.add_argument("--count", type=int, default=1500)
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--seconds", type=int, default=5, help="per measurement, with wrk")
+    args = parser.parse_args()
+    work = workdir()
+    stub = start_stub(work)
+    targets: dict[str, tuple[Proc | None, str, dict[str, str]]] = {"direct": (None, stub.url, {})}
+    router = ours({"models_dir": str(work / "empty"), "provision_default_models": False,
+                   "spare_workers": False, "watch_interval": 0,
+                   "models": [{"id": "stub", "provider": "openai", "base_url": stub.url + "/v1",
+                               "health_check_interval": 0}]}, work)  # fmt: skip
+    targets["llm-router"] = (router, router.url, {})
+    if args.litellm:
+        lite = start_litellm(args.litellm, stub.url, work)
+        targets["litellm"] = (lite, lite.url, {"Authorization": "Bearer sk-bench"})
+    results: dict[str, Any] = {}
+    try:
+        for name, (_, url, headers) in targets.items():
+            asyncio.run(load(url, 4, 100, False, headers))  # warm up
+            for stream in (False, True):
+                for c in (1, 16, 64):
+                    count = args.count // 3 if c == 1 else args.count
+                    r = (wrk(url, c, stream, headers, args.seconds, work) if args.client == "wrk"
+                         else asyncio.run(load(url, c, count, stream, headers)))  # fmt: skip
+                    results.setdefault(name, {})[f"{'stream' if stream else 'plain'}_c{c}"] = r
+                    print(f"{name:10} stream={stream!s:5} c={c:<3} " +
+                          " ".join(f"{k}={v:.1f}" for k, v in r.items()), flush=True)  # fmt: skip
+    finally:
+        for proc, _, _ in targets.values():
+            if proc is not None:
+                proc.stop()
+        stub.stop()
+    summary = {}
+    for key in results["direct"]:
+        row = {"added_p50_ms": results["llm-router"][key]["p50_ms"] - results["direct"][key]["p50_ms"],
+               "added_p99_ms": results["llm-router"][key]["p99_ms"] - results["direct"][key]["p99_ms"]}
+        if "litellm" in results:
+            row["rps_ours_over_litellm"] = results["llm-router"][key]["rps"] / results["litellm"][key]["rps"]
+        summary[key] = row
+    print(yaml.safe_dump(summary))
+    print("written", write_result("overhead", {"client": args.client, "results": results,
+                                               "summary": summary}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

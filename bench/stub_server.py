@@ -1,0 +1,62 @@
+"""A fast OpenAI-compatible stub on 127.0.0.1, for measuring what a router adds: a bare ASGI
+app (no framework) answering chat completions at once, plain or as a short SSE stream.
+
+    python bench/stub_server.py PORT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import uvicorn
+
+_USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+_PLAIN = json.dumps({
+    "id": "stub-1", "object": "chat.completion", "created": 0, "model": "stub",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there friend",
+                                         "refusal": None},
+                 "finish_reason": "stop", "logprobs": None}],
+    "usage": _USAGE,
+}).encode()  # fmt: skip
+
+
+def _chunk(delta: dict[str, Any], finish: str | None, usage: bool = False) -> bytes:
+    data: dict[str, Any] = {"id": "stub-1", "object": "chat.completion.chunk", "created": 0,
+                            "model": "stub", "choices": [] if usage else
+                            [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+    if usage:
+        data["usage"] = _USAGE
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+_STREAM = b"".join([
+    _chunk({"role": "assistant", "content": ""}, None), _chunk({"content": "Hello"}, None),
+    _chunk({"content": " there"}, None), _chunk({"content": " friend"}, None),
+    _chunk({}, "stop"), _chunk({}, None, usage=True), b"data: [DONE]\n\n",
+])  # fmt: skip
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"].endswith("/models"):
+        payload, kind = b'{"object":"list","data":[{"id":"stub","object":"model"}]}', b"application/json"
+    elif b'"stream":true' in body.replace(b" ", b""):
+        payload, kind = _STREAM, b"text/event-stream"
+    else:
+        payload, kind = _PLAIN, b"application/json"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

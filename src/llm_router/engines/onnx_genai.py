@@ -1,0 +1,247 @@
+"""ONNX text-generation models through onnxruntime-genai: folders with `genai_config.json` (as
+its model builder writes them, e.g. by `llm-router convert --to onnx`).
+
+Tokenization is `tokenizers` on the folder's `tokenizer.json` (its post-processor adds BOS where
+the model wants one; genai's own tokenizer does not). Each sequence has its own genai Generator
+(its own KV buffer); every `step()` appends one token to each: the prompt on its first step.
+Sampling is the project's own (`Sampler`) on the logits genai hands out, so parameters mean
+what they mean on the other engines."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime_genai as og
+from tokenizers import Tokenizer
+
+from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFailed
+from ..formats.hf import read_chat_template, read_json
+from ..types import Finished, GenerationRequest, TextDelta, Usage
+from .base import EngineEvent, LoadSpec
+from .chat_template import ChatTemplate, template_for
+from .detok import IncrementalDetokenizer
+from .sampling import Sampler
+from .text import TextAssembler
+
+__all__ = ["OnnxGenaiEngine"]
+
+DEFAULT_CONTEXT = 2048
+MIN_MAX_LENGTH = 512  # genai misbehaves with a smaller KV buffer (measured-here.md)
+DEFAULT_PARALLEL = 4
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _token_text(value: object) -> str:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(slots=True)
+class _Seq:
+    seq: int
+    prompt: list[int]
+    text: TextAssembler
+    detok: IncrementalDetokenizer
+    sampler: Sampler
+    lstrip: bool = False
+    generator: Any = None
+    generated: list[int] = field(default_factory=list)
+
+
+class OnnxGenaiEngine:
+    """Engine for onnxruntime-genai folders. Options read: `threads`, `parallel`,
+    `context_size` (KV buffer per sequence; default min(model, 2048)), `chat_template`; and
+    `spec.finetune`, as the transformers engine. A thread change reopens the model once no
+    sequence runs (genai fixes threads per session)."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        folder = Path(spec.path)
+        if not (folder / "genai_config.json").is_file():
+            raise ModelLoadFailed(
+                f"{folder}: no genai_config.json (not an onnxruntime-genai folder)"
+            )
+        opts = spec.options
+        self._folder = folder
+        self.threads = int(opts.get("threads") or _cores())
+        self._model = self._open(self.threads)
+        self._pending_threads: int | None = None
+        genai = read_json(folder / "genai_config.json").get("model") or {}
+        trained = int(genai.get("context_length") or DEFAULT_CONTEXT)
+        self.context_size = min(
+            int(opts.get("context_size") or min(trained, DEFAULT_CONTEXT)), trained
+        )
+        self.parallel = int(opts.get("parallel") or DEFAULT_PARALLEL)
+        try:
+            self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+            raise ModelLoadFailed(f"{folder / 'tokenizer.json'}: {exc}") from exc
+        eos = genai.get("eos_token_id")
+        self._eos = set(eos) if isinstance(eos, list) else {int(eos)} if eos is not None else set()
+        self._template, self._stops = self._load_template(spec, str(genai.get("type") or ""))
+        self._waiting: deque[_Seq] = deque()
+        self._running: dict[int, _Seq] = {}
+        self._stats = {"prompt_tokens_evaluated": 0, "tokens_generated": 0}
+
+    def _open(self, threads: int) -> Any:
+        if hasattr(og, "disable_telemetry_events"):
+            og.disable_telemetry_events()
+        try:
+            config = og.Config(str(self._folder))
+            config.clear_providers()
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            return og.Model(config)
+        except Exception as exc:  # genai raises RuntimeError or its own errors
+            raise ModelLoadFailed(
+                f"onnxruntime-genai could not load {self._folder}: {exc}"
+            ) from exc
+
+    def _load_template(
+        self, spec: LoadSpec, arch: str
+    ) -> tuple[ChatTemplate | None, tuple[str, ...]]:
+        chosen = template_for(spec.architecture or arch, read_chat_template(self._folder),
+                              spec.options.get("chat_template"), spec.finetune)  # fmt: skip
+        if chosen is None:
+            return None, ()
+        config_file = self._folder / "tokenizer_config.json"
+        config = read_json(config_file) if config_file.is_file() else {}
+        source, stops = chosen
+        template = ChatTemplate(source, bos_token=_token_text(config.get("bos_token")),
+                                eos_token=_token_text(config.get("eos_token")), stops=stops)  # fmt: skip
+        return template, stops
+
+    # -- Engine protocol -------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"engine": "onnxruntime-genai", "task": "generate", "threads": self.threads,
+                "context_size": self.context_size, "parallel": self.parallel,
+                "chat_template": self._template is not None, "slots_busy": len(self._running),
+                "requests_waiting": len(self._waiting), **self._stats}  # fmt: skip
+
+    def set_threads(self, threads: int) -> None:
+        self._pending_threads = threads if threads != self.threads else None
+        self._reopen_if_idle()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def submit(self, seq: int, request: GenerationRequest) -> None:
+        tokens = self._prompt_tokens(request)
+        if len(tokens) >= self.context_size:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_size} tokens, "
+                f"but the prompt has {len(tokens)} tokens.",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        params = request.params
+        transcript = bool(request.messages is not None and self._stops)
+        if transcript:
+            params = replace(params, stop=(*params.stop, *self._stops))
+        detok = IncrementalDetokenizer(self._decode, tokens)
+        self._waiting.append(
+            _Seq(seq, tokens, TextAssembler(params.stop), detok, Sampler(params), transcript)
+        )
+
+    def cancel(self, seq: int) -> None:
+        self._waiting = deque(s for s in self._waiting if s.seq != seq)
+        self._running.pop(seq, None)
+        self._reopen_if_idle()
+
+    def step(self) -> list[tuple[int, EngineEvent]]:
+        self._reopen_if_idle()
+        while self._waiting and len(self._running) < self.parallel:
+            s = self._waiting.popleft()
+            self._running[s.seq] = s
+        events: list[tuple[int, EngineEvent]] = []
+        for s in list(self._running.values()):
+            try:
+                self._advance(s, events)
+            except Exception as exc:  # genai raises RuntimeError or its own errors
+                del self._running[s.seq]
+                events.append((s.seq, EngineError(f"onnxruntime-genai failed: {exc}")))
+        return events
+
+    def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        raise BadRequest("this model makes text, not embeddings", param="model")
+
+    def close(self) -> None:
+        self._waiting.clear()
+        self._running.clear()
+        self._model = None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _reopen_if_idle(self) -> None:
+        if self._pending_threads is not None and not self._running:
+            self._model = self._open(self._pending_threads)
+            self.threads, self._pending_threads = self._pending_threads, None
+
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.messages is None:
+            return list(self._tok.encode(request.prompt or "").ids)
+        if self._template is None:
+            raise BadRequest(
+                "this model has no chat template: use /v1/completions, or set `chat_template` "
+                "for it in the configuration",
+                param="messages",
+            )
+        text = self._template.render(request.messages)
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=True))
+
+    def _advance(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
+        if s.generator is None:
+            params = og.GeneratorParams(self._model)
+            budget = len(s.prompt) + (s.sampler.params.max_tokens or self.context_size)
+            max_length = max(min(budget, self.context_size), MIN_MAX_LENGTH)
+            params.set_search_options(max_length=max_length)
+            s.generator = og.Generator(self._model, params)
+            s.generator.append_tokens(s.prompt)
+            self._stats["prompt_tokens_evaluated"] += len(s.prompt)
+        else:
+            s.generator.append_tokens(s.generated[-1:])
+        token = s.sampler(np.asarray(s.generator.get_logits()), s.generated)
+        if token in self._eos:
+            return self._finish(s, "stop", events)
+        s.generated.append(token)
+        self._stats["tokens_generated"] += 1
+        text, stopped = s.text.feed(s.detok.feed(token).encode("utf-8"))
+        if s.lstrip and text:
+            text = text.lstrip()
+            s.lstrip = not text
+        if text:
+            events.append((s.seq, TextDelta(text)))
+        if stopped:
+            return self._finish(s, "stop", events, flush=False)
+        limit = s.sampler.params.max_tokens
+        if len(s.prompt) + len(s.generated) >= self.context_size or (
+            limit is not None and len(s.generated) >= limit
+        ):
+            self._finish(s, "length", events)
+
+    def _finish(
+        self, s: _Seq, reason: str, events: list[tuple[int, EngineEvent]], flush: bool = True
+    ) -> None:
+        if flush:
+            text, stopped = s.text.feed(s.detok.finish().encode("utf-8"))
+            tail = text if stopped else text + s.text.finish()
+            if tail:
+                events.append((s.seq, TextDelta(tail)))
+        events.append((s.seq, Finished("stop" if reason == "stop" else "length",
+                                       Usage(len(s.prompt), len(s.generated)))))  # fmt: skip
+        del self._running[s.seq]
+        s.generator = None

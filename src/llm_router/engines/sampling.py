@@ -1,0 +1,66 @@
+"""Sampling one token from a logits vector with numpy, in llama.cpp's order: penalties over the
+last 64 generated tokens, top-k, top-p, min-p, temperature, then a draw from the sequence's
+own seeded generator. Shared by the engines that hand out logits (transformers,
+onnxruntime-genai), so a request means the same on each of them."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..types import SamplingParams
+
+__all__ = ["PENALTY_WINDOW", "Sampler"]
+
+PENALTY_WINDOW = 64  # llama.cpp's penalty_last_n, as the llama.cpp engine uses
+
+
+class Sampler:
+    """One sequence's sampler. Greedy (argmax) when temperature is 0; else draws from a
+    generator seeded with `params.seed` (a fresh seed when None), so a seed reproduces."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self._rng: np.random.Generator | None = None
+        if params.temperature > 0:
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            self._rng = np.random.default_rng(seed & 0xFFFFFFFF)
+
+    def __call__(self, logits: npt.NDArray[Any], history: list[int]) -> int:
+        """The next token from `logits` ([vocab]) given the tokens generated so far."""
+        p = self.params
+        scores = self._penalize(np.asarray(logits, dtype=np.float32).reshape(-1), history)
+        if self._rng is None:
+            return int(np.argmax(scores))
+        n = scores.shape[0]
+        k = p.top_k if 0 < p.top_k < n else n
+        ids = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        ids = ids[np.argsort(-scores[ids], kind="stable")]
+        values = scores[ids].astype(np.float64)
+        if p.top_p < 1.0:
+            probs = np.exp(values - values[0])
+            cumulative = np.cumsum(probs / probs.sum())
+            keep = int(np.searchsorted(cumulative, p.top_p)) + 1
+            values, ids = values[:keep], ids[:keep]
+        if p.min_p > 0:
+            keep = max(int((values >= values[0] + np.log(p.min_p)).sum()), 1)
+            values, ids = values[:keep], ids[:keep]
+        weights = np.exp((values - values[0]) / p.temperature)
+        return int(ids[self._rng.choice(len(ids), p=weights / weights.sum())])
+
+    def _penalize(self, scores: npt.NDArray[np.float32], history: list[int]) -> npt.NDArray[Any]:
+        p = self.params
+        if not history or (
+            p.repeat_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+        ):
+            return scores
+        ids, counts = np.unique(np.array(history[-PENALTY_WINDOW:]), return_counts=True)
+        scores = scores.copy()
+        values = scores[ids]
+        if p.repeat_penalty != 1.0:
+            values = np.where(values > 0, values / p.repeat_penalty, values * p.repeat_penalty)
+        scores[ids] = values - counts * p.frequency_penalty - p.presence_penalty
+        return scores

@@ -1,0 +1,119 @@
+"""PyTorch checkpoints (`torch.save` zip files) read without torch and without unpickling:
+`pickletools.genops` lists the opcodes of `data.pkl`, from which the storages (dtype, element
+count) and the globals the pickle would import are collected. Nothing is executed."""
+
+from __future__ import annotations
+
+import pickletools
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_router.errors import InvalidModelFile
+
+__all__ = ["TorchInfo", "is_torch_checkpoint", "read_torch_meta"]
+
+_STORAGES = {
+    "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16",
+    "BFloat16Storage": "BF16", "LongStorage": "I64", "IntStorage": "I32",
+    "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8", "BoolStorage": "BOOL",
+}  # fmt: skip
+# Globals a plain state dict uses; anything else hints that torch's weights_only loader may
+# refuse the file (the engine decides by trying).
+_PLAIN = {
+    "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter",
+    "collections OrderedDict", "torch._utils _rebuild_tensor",
+}  # fmt: skip
+_STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8"}
+_INTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
+_PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
+_GETS = {"BINGET", "LONG_BINGET", "GET"}
+PICKLE_PROTO = b"\x80"
+
+
+@dataclass(frozen=True, slots=True)
+class TorchInfo:
+    """Storages of a checkpoint: elements in all (shared storages counted once), the dtype
+    holding most of them, and the globals beyond a plain state dict's."""
+
+    parameters: int | None
+    dtype: str | None
+    other_globals: tuple[str, ...]
+    size_bytes: int
+
+
+def is_torch_checkpoint(path: Path) -> bool:
+    """True for a `torch.save` zip (a member `*/data.pkl`) or a legacy pickle file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(n.endswith("data.pkl") for n in archive.namelist())
+        with open(path, "rb") as file:
+            return file.read(1) == PICKLE_PROTO
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def read_torch_meta(path: Path) -> TorchInfo:
+    """Read the storages of a checkpoint. A legacy (pre-zip) pickle gives no counts. Raises
+    InvalidModelFile for a file that is neither, or a corrupt pickle."""
+    try:
+        size = path.stat().st_size
+        if not zipfile.is_zipfile(path):
+            if is_torch_checkpoint(path):
+                return TorchInfo(None, None, (), size)
+            raise InvalidModelFile(f"{path}: not a PyTorch checkpoint (neither zip nor pickle)")
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if not names:
+                raise InvalidModelFile(f"{path}: a zip file without data.pkl, not a checkpoint")
+            data = archive.read(names[0])
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InvalidModelFile(f"{path}: cannot read the checkpoint: {exc}") from exc
+    try:
+        return _scan(data, size)
+    except ValueError as exc:
+        raise InvalidModelFile(f"{path}: corrupt checkpoint pickle: {exc}") from None
+
+
+def _scan(data: bytes, size: int) -> TorchInfo:
+    memo: dict[int, str] = {}
+    storages: dict[str, tuple[str, int]] = {}
+    others: set[str] = set()
+    pending: str | None = None  # a storage class seen; its key and element count follow
+    key: str | None = None
+    last_global: str | None = None
+    memo_count = 0
+    for op, raw, _ in pickletools.genops(data):
+        name, arg = op.name, str(raw)
+        if name in ("GLOBAL", "STACK_GLOBAL"):
+            last_global = arg if name == "GLOBAL" else None
+            module, _, attr = (last_global or "").partition(" ")
+            if module == "torch" and attr in _STORAGES:
+                pending, key = attr, None
+            elif last_global and last_global not in _PLAIN:
+                others.add(last_global.replace(" ", "."))
+            continue
+        if name in _PUTS or name == "MEMOIZE":
+            index = int(arg) if name != "MEMOIZE" else memo_count
+            memo_count += 1
+            if last_global is not None:
+                memo[index] = last_global
+            last_global = None
+            continue
+        last_global = None
+        if name in _GETS:
+            module, _, attr = memo.get(int(arg), "").partition(" ")
+            if module == "torch" and attr in _STORAGES:
+                pending, key = attr, None
+        elif pending is not None and name in _STRINGS and key is None:
+            key = arg
+        elif pending is not None and key is not None and name in _INTS:
+            storages.setdefault(key, (_STORAGES[pending], int(arg)))
+            pending = key = None
+    by_dtype = Counter[str]()
+    for type_name, count in storages.values():
+        by_dtype[type_name] += count
+    top = by_dtype.most_common(1)[0][0] if by_dtype else None
+    return TorchInfo(sum(by_dtype.values()), top, tuple(sorted(others)), size)

@@ -1,0 +1,121 @@
+"""The scanner: files and folders of every format, ids, identity from the files inside a folder,
+broken models listed with their reason, and the cache that makes a rescan cheap."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from llm_router.config import ModelConfig, Settings
+from llm_router.discovery import Scanner, identity_of
+
+LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+         "max_position_embeddings": 4096, "hidden_size": 8}  # fmt: skip
+
+
+def _safetensors(path: Path, shape: tuple[int, int] = (8, 8)) -> Path:
+    n = shape[0] * shape[1] * 4
+    header = json.dumps({"w": {"dtype": "F32", "shape": list(shape), "data_offsets": [0, n]}})
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(n))
+    return path
+
+
+def _hf(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(LLAMA))
+    _safetensors(folder / "model.safetensors")
+    return folder
+
+
+def _scan(folder: Path, models: list[ModelConfig] | None = None) -> Scanner:
+    return Scanner(Settings(models_dir=folder, models=models or []), presets={})
+
+
+def test_files_and_folders_of_every_format(tmp_path: Path, smollm2_gguf: Path) -> None:
+    (tmp_path / "smol.gguf").symlink_to(smollm2_gguf)
+    _hf(tmp_path / "tiny.hf-folder")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a model")
+    (tmp_path / "readme.md").write_text("# hi")
+    _hf(tmp_path / ".hidden")
+    found = _scan(tmp_path).scan()
+    assert sorted(found) == ["smol", "tiny.hf-folder"]  # a folder keeps its whole name
+    smol, hf = found["smol"], found["tiny.hf-folder"]
+    assert (smol.format, smol.engine, smol.task) == ("gguf", "llama.cpp", "generate")
+    assert (hf.format, hf.engine, hf.task) == ("hf", "transformers", "generate")
+    assert hf.info is not None and hf.info.parameters == 64 and hf.info.context_length == 4096
+    assert hf.identity.size_bytes == sum(p.stat().st_size for p in hf.path.iterdir())
+
+
+def test_broken_models_are_listed_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text(json.dumps(LLAMA))
+    (tmp_path / "text.onnx").write_text("hello\n")
+    (tmp_path / "cut.safetensors").write_bytes(_safetensors(tmp_path / "x").read_bytes()[:-9])
+    (tmp_path / "x").unlink()
+    found = _scan(tmp_path).scan()
+    assert {k: (v.format, v.engine) for k, v in found.items()} == {
+        "no-weights": ("hf", "transformers"), "text": ("onnx", "onnxruntime"),
+        "cut": ("safetensors", "transformers"),
+    }  # fmt: skip
+    assert "config.json but no weights" in (found["no-weights"].error or "")
+    assert "not an ONNX model" in (found["text"].error or "")
+    assert "truncated" in (found["cut"].error or "")
+    assert all(s.info is None and s.task is None for s in found.values())
+
+
+def test_a_file_rewritten_inside_a_folder_changes_its_identity(tmp_path: Path) -> None:
+    folder = _hf(tmp_path / "m")
+    scanner = _scan(tmp_path)
+    before = scanner.scan()["m"]
+    assert before.error is None
+    weights = folder / "model.safetensors"
+    folder_times = folder.stat().st_atime_ns, folder.stat().st_mtime_ns
+    # Same size, same folder mtime: only the file's own mtime tells the change.
+    weights.write_bytes(b"\xff" * weights.stat().st_size)
+    os.utime(folder, ns=folder_times)
+    after = scanner.scan()["m"]
+    assert after.identity != before.identity
+    assert after.identity.size_bytes == before.identity.size_bytes
+    assert after.error is not None and "corrupt safetensors header" in after.error
+
+
+def test_identity_is_stable_and_gone_is_none(tmp_path: Path) -> None:
+    folder = _hf(tmp_path / "m")
+    assert identity_of(folder) == identity_of(folder)
+    assert identity_of(tmp_path / "missing") is None
+    single = identity_of(folder / "config.json")
+    assert single is not None and single.size_bytes == (folder / "config.json").stat().st_size
+
+
+def test_unchanged_models_are_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hf(tmp_path / "m")
+    (tmp_path / "other").mkdir()
+    scanner = _scan(tmp_path)
+    scanner.scan()
+    reads: list[Path] = []
+    monkeypatch.setattr("llm_router.discovery.describe", lambda p: reads.append(p))
+    scanner.scan()
+    assert reads == []  # the model from the cache, the non-model folder from the ignore list
+    (tmp_path / "other" / "config.json").write_text(json.dumps(LLAMA))
+    scanner.scan()
+    assert reads == [tmp_path / "other"]  # changed: read again
+
+
+def test_configured_folder_with_options_and_explicit_engine(tmp_path: Path) -> None:
+    folder = _hf(tmp_path / "elsewhere" / "weights")
+    models = [ModelConfig(id="mine", path=folder, allow_pickle=True, dtype="bfloat16"),
+              ModelConfig(id="script", path=tmp_path / "fake.json", engine="fake")]  # fmt: skip
+    (tmp_path / "fake.json").write_text("{}")
+    found = _scan(tmp_path / "empty", models=models).scan()
+    assert found["mine"].origin == "config" and found["mine"].format == "hf"
+    assert found["mine"].config.engine_options().model_dump(exclude_none=True) == {
+        "allow_pickle": True, "dtype": "bfloat16"}  # fmt: skip
+    assert (found["script"].format, found["script"].engine) == ("unknown", "fake")
+    assert found["script"].error is None
