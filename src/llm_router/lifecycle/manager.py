@@ -285,10 +285,10 @@ class ModelManager:
         state.load_task.add_done_callback(_outcome_seen)
 
     async def _load(self, state: ModelState) -> Worker:
-        started = time.monotonic()
         try:
             if not await self._make_room(state):
                 raise asyncio.CancelledError("nobody waits for this load any more")
+            started = time.monotonic()  # the load itself, not the wait for room
             source = state.source
             spare = await self._spares.take(source.engine)
             try:
