@@ -61,7 +61,7 @@ def main() -> None:
     finally:
         peer.stop()
     ratios = {
-        k: results["llm-router"][k] / results["llama-server"][k] for k in results["llm-router"]
+        k: results["llm-router"][k] / results["llama-server"][k] for k in results["llama-server"]
     }
     path = write_result(
         "swap", {"rounds": args.rounds, "results": results, "ratio_ours_over_peer": ratios}
