@@ -20,22 +20,25 @@ GEMMA = "gemma-3-270m-q4_k_m"
 BODY = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
 
 
-def measure(url: str, rounds: int, ours: bool = False) -> dict[str, float]:
+def measure(url: str, rounds: int, ours: bool = False, gap: float = 0.2) -> dict[str, float]:
     cold = stream_timing(url, {**BODY, "model": SMOL})["ttft"]
     warm, swap, loads = [], [], []
     current = SMOL
     for _ in range(rounds):
+        time.sleep(gap)
         warm.append(stream_timing(url, {**BODY, "model": current})["ttft"])
         current = GEMMA if current == SMOL else SMOL
         swap.append(stream_timing(url, {**BODY, "model": current})["ttft"])
         if ours:  # the load itself, as the router measured it (process start excluded by spares)
             entry = {m["id"]: m for m in httpx.get(url + "/models").json()["data"]}[current]
-            loads.append(entry["load_seconds"])
+            loads.append((current, entry["load_seconds"]))
         time.sleep(0.2)
     out = {"cold_ttft_s": cold, "warm_ttft_p50_s": statistics.median(warm),
            "swap_ttft_p50_s": statistics.median(swap), "swap_ttft_max_s": max(swap)}  # fmt: skip
-    if loads:
-        out["load_p50_s"] = statistics.median(loads)
+    for model, name in ((SMOL, "smollm2"), (GEMMA, "gemma")):
+        mine = [seconds for m, seconds in loads if m == model]
+        if mine:
+            out[f"load_{name}_p50_s"] = statistics.median(mine)
     return out
 
 
@@ -43,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gap", type=float, default=0.2, help="idle seconds before each round")
     args = parser.parse_args()
     work = workdir()
     models = bundled_models(work / "models")
@@ -51,13 +55,13 @@ def main() -> None:
                 "model_defaults": {"threads": args.threads, "parallel": 4,
                                    "context_size": 2048}}, work)  # fmt: skip
     try:
-        results["llm-router"] = measure(srv.url, args.rounds, ours=True)
+        results["llm-router"] = measure(srv.url, args.rounds, ours=True, gap=args.gap)
     finally:
         srv.stop()
     peer = llama_server(["--models-dir", str(models), "--models-max", "1", "-t", str(args.threads),
                          "-np", "4", "-c", str(2048 * 4), "--no-webui"], work)  # fmt: skip
     try:
-        results["llama-server"] = measure(peer.url, args.rounds)
+        results["llama-server"] = measure(peer.url, args.rounds, gap=args.gap)
     finally:
         peer.stop()
     ratios = {
