@@ -128,3 +128,10 @@ def test_finish_replaces_a_truncated_character() -> None:
     assembler = TextAssembler(())
     assert assembler.feed("a€".encode()[:-1]) == ("a", False)
     assert assembler.finish() == "\ufffd"
+
+
+def test_lstrip_drops_only_the_leading_whitespace() -> None:
+    text = TextAssembler((), lstrip=True)
+    assert text.feed(b" ") == ("", False)
+    assert text.feed(b" The") == ("The", False)
+    assert text.feed(b" capital") == (" capital", False)

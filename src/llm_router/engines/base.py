@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import RouterError
+from ..errors import ContextLengthExceeded, RouterError
 from ..types import Finished, GenerationRequest, TextDelta
 
-__all__ = ["Engine", "EngineEvent", "LoadSpec"]
+__all__ = ["Engine", "EngineEvent", "LoadSpec", "check_prompt_fits"]
 
 EngineEvent = TextDelta | Finished | RouterError
 """A RouterError ends its sequence with that error."""
@@ -30,6 +30,16 @@ class LoadSpec:
     options: dict[str, Any] = field(default_factory=dict)
     architecture: str | None = None
     finetune: str | None = None
+
+
+def check_prompt_fits(n_tokens: int, context_size: int | None, request: GenerationRequest) -> None:
+    """Raise ContextLengthExceeded (a 400) when a prompt leaves no room to generate."""
+    if context_size is not None and n_tokens >= context_size:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_size} tokens, "
+            f"but the prompt has {n_tokens} tokens.",
+            param="messages" if request.messages is not None else "prompt",
+        )
 
 
 class Engine(Protocol):

@@ -15,9 +15,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ContextLengthExceeded, ModelLoadFailed
+from ..errors import ModelLoadFailed
 from ..types import Finished, FinishReason, GenerationRequest, TextDelta, Usage
-from .base import EngineEvent, LoadSpec
+from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .text import TextAssembler
 
 __all__ = ["FakeEngine"]
@@ -81,12 +81,7 @@ class FakeEngine:
         else:
             prompt = request.prompt or ""
         n_prompt = len(prompt.split())
-        if n_prompt >= self.context_size:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_size} tokens, "
-                f"but the prompt has {n_prompt} tokens.",
-                param="messages" if request.messages is not None else "prompt",
-            )
+        check_prompt_fits(n_prompt, self.context_size, request)
         params = request.params
         self._waiting.append(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop)))
 

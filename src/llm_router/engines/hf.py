@@ -19,9 +19,9 @@ import jinja2
 import numpy as np
 import torch
 
-from ..errors import BadRequest, ContextLengthExceeded, EngineError
+from ..errors import BadRequest, EngineError
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
-from .base import EngineEvent, LoadSpec
+from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import ChatTemplate, template_for
 from .detok import IncrementalDetokenizer
 from .hf_load import load
@@ -47,7 +47,6 @@ class _Seq:
     text: TextAssembler
     detok: IncrementalDetokenizer
     sampler: Sampler
-    lstrip: bool = False  # drop the space a transcript-style reply starts with
     cache: Any = None
     generated: list[int] = field(default_factory=list)
 
@@ -107,12 +106,7 @@ class TransformersEngine:
         if self.task != "generate":
             raise BadRequest("this model only makes embeddings", param="model")
         tokens = self._prompt_tokens(request)
-        if self.context_size is not None and len(tokens) >= self.context_size:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_size} tokens, "
-                f"but the prompt has {len(tokens)} tokens.",
-                param="messages" if request.messages is not None else "prompt",
-            )
+        check_prompt_fits(len(tokens), self.context_size, request)
         params = request.params
         transcript = bool(request.messages is not None and self._stops)
         if transcript:
@@ -120,7 +114,12 @@ class TransformersEngine:
         detok = IncrementalDetokenizer(self._decode, tokens)
         self._waiting.append(
             _Seq(
-                seq, tokens, params, TextAssembler(params.stop), detok, Sampler(params), transcript
+                seq,
+                tokens,
+                params,
+                TextAssembler(params.stop, lstrip=transcript),
+                detok,
+                Sampler(params),
             )
         )
 
@@ -247,9 +246,6 @@ class TransformersEngine:
         s.generated.append(token)
         self._stats["tokens_generated"] += 1
         text, stopped = s.text.feed(s.detok.feed(token).encode("utf-8"))
-        if s.lstrip and text:
-            text = text.lstrip()
-            s.lstrip = not text
         if text:
             events.append((s.seq, TextDelta(text)))
         if stopped:

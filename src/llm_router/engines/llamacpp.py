@@ -15,9 +15,9 @@ from typing import Any
 
 import llama_cpp as lc
 
-from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFailed
+from ..errors import BadRequest, EngineError, ModelLoadFailed
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
-from .base import EngineEvent, LoadSpec
+from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import ChatTemplate, template_for
 from .llamacpp_sampler import make_sampler
 from .text import TextAssembler
@@ -52,7 +52,6 @@ class _Seq:
     next_token: int = -1
     logits_index: int = -1
     cached: int = 0
-    lstrip: bool = False  # drop the space a transcript-style reply starts with
 
 
 class LlamaCppEngine:
@@ -132,19 +131,14 @@ class LlamaCppEngine:
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
         tokens = self._prompt_tokens(request)
-        if len(tokens) >= self.context_size:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_size} tokens, "
-                f"but the prompt has {len(tokens)} tokens.",
-                param="messages" if request.messages is not None else "prompt",
-            )
+        check_prompt_fits(len(tokens), self.context_size, request)
         params = request.params
         transcript = bool(request.messages is not None and self._template and self._template.stops)
         if transcript and self._template:
             params = replace(params, stop=(*params.stop, *self._template.stops))
         self._waiting.append(
-            _Seq(seq, tokens, params, self._make_sampler(params), TextAssembler(params.stop),
-                 lstrip=transcript)
+            _Seq(seq, tokens, params, self._make_sampler(params),
+                 TextAssembler(params.stop, lstrip=transcript))
         )  # fmt: skip
 
     def cancel(self, seq: int) -> None:
@@ -343,9 +337,6 @@ class LlamaCppEngine:
         self._stats["tokens_generated"] += 1
         s.next_token = token
         text, stopped = s.text.feed(self._piece(token))
-        if s.lstrip and text:
-            text = text.lstrip()
-            s.lstrip = not text
         if text:
             events.append((s.seq, TextDelta(text)))
         if stopped:

@@ -20,10 +20,10 @@ import numpy as np
 import onnxruntime_genai as og
 from tokenizers import Tokenizer
 
-from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFailed
+from ..errors import BadRequest, EngineError, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
 from ..types import Finished, GenerationRequest, TextDelta, Usage
-from .base import EngineEvent, LoadSpec
+from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import ChatTemplate, template_for
 from .detok import IncrementalDetokenizer
 from .sampling import Sampler
@@ -54,7 +54,6 @@ class _Seq:
     text: TextAssembler
     detok: IncrementalDetokenizer
     sampler: Sampler
-    lstrip: bool = False
     generator: Any = None
     generated: list[int] = field(default_factory=list)
 
@@ -139,19 +138,14 @@ class OnnxGenaiEngine:
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
         tokens = self._prompt_tokens(request)
-        if len(tokens) >= self.context_size:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_size} tokens, "
-                f"but the prompt has {len(tokens)} tokens.",
-                param="messages" if request.messages is not None else "prompt",
-            )
+        check_prompt_fits(len(tokens), self.context_size, request)
         params = request.params
         transcript = bool(request.messages is not None and self._stops)
         if transcript:
             params = replace(params, stop=(*params.stop, *self._stops))
         detok = IncrementalDetokenizer(self._decode, tokens)
         self._waiting.append(
-            _Seq(seq, tokens, TextAssembler(params.stop), detok, Sampler(params), transcript)
+            _Seq(seq, tokens, TextAssembler(params.stop, lstrip=transcript), detok, Sampler(params))
         )
 
     def cancel(self, seq: int) -> None:
@@ -220,9 +214,6 @@ class OnnxGenaiEngine:
         s.generated.append(token)
         self._stats["tokens_generated"] += 1
         text, stopped = s.text.feed(s.detok.feed(token).encode("utf-8"))
-        if s.lstrip and text:
-            text = text.lstrip()
-            s.lstrip = not text
         if text:
             events.append((s.seq, TextDelta(text)))
         if stopped:

@@ -48,14 +48,20 @@ class StopMatcher:
 
 class TextAssembler:
     """Bytes of token pieces in, text out: incomplete UTF-8 sequences wait for their next byte,
-    then pass through the stop matcher."""
+    then pass through the stop matcher. With `lstrip`, whitespace before the first visible
+    character is dropped (a transcript-style reply starts with the space after "Assistant:")."""
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], *, lstrip: bool = False) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = StopMatcher(stops)
+        self._lstrip = lstrip
 
     def feed(self, piece: bytes) -> tuple[str, bool]:
-        return self._stop.feed(self._decoder.decode(piece))
+        text, stopped = self._stop.feed(self._decoder.decode(piece))
+        if self._lstrip and text:
+            text = text.lstrip()
+            self._lstrip = not text
+        return text, stopped
 
     def finish(self) -> str:
         tail, _ = self._stop.feed(self._decoder.decode(b"", final=True))
