@@ -62,6 +62,11 @@ class EngineOptions(BaseModel):
         None,
         description="Load PyTorch checkpoints that need unpickling (runs code from the file).",
     )
+    repack: bool | None = Field(
+        None,
+        description="llama.cpp: repack weights for the CPU's kernels (extra buffer types). "
+        "Default: on, off where llama.cpp would use its AMX kernels (they crash, llama.cpp#20824).",
+    )
 
     def merged(self, override: EngineOptions) -> EngineOptions:
         """`override`'s set fields win over this one's."""

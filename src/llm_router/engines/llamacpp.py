@@ -22,7 +22,7 @@ from .chat_template import ChatTemplate, template_for
 from .llamacpp_sampler import make_sampler
 from .text import TextAssembler
 
-__all__ = ["LlamaCppEngine"]
+__all__ = ["LlamaCppEngine", "model_params"]
 
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
@@ -31,6 +31,17 @@ DEFAULT_BATCH = 512
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def model_params(repack: bool | None) -> Any:
+    """llama.cpp model parameters. `repack`: whether weights go to the extra (repacked) buffer
+    types; by default not where those would include the AMX buffer, whose matmul segfaults on
+    Sapphire Rapids class CPUs (llama.cpp#20824, seen here on Q4_K_M and Q4_1 files)."""
+    params = lc.llama_model_default_params()
+    if repack is None:
+        repack = b"AMX_INT8 = 1" not in lc.llama_print_system_info()
+    params.use_extra_bufts = repack
+    return params
 
 
 @lc.llama_log_callback  # type: ignore[untyped-decorator]
@@ -63,7 +74,7 @@ class LlamaCppEngine:
         opts = spec.options
         lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
         lc.llama_backend_init()
-        mparams = lc.llama_model_default_params()
+        mparams = model_params(opts.get("repack"))
         model = lc.llama_model_load_from_file(spec.path.encode(), mparams)
         if not model:
             raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")

@@ -21,7 +21,7 @@ from ..errors import BadRequest, EngineError, InvalidModelFile, ModelLoadFailed
 from ..formats.gguf import read_gguf_info
 from ..types import GenerationRequest
 from .base import Engine, EngineEvent, LoadSpec
-from .llamacpp import LlamaCppEngine, _quiet_log
+from .llamacpp import LlamaCppEngine, _quiet_log, model_params
 
 __all__ = ["LlamaCppEmbeddingEngine", "open_gguf"]
 
@@ -53,7 +53,9 @@ class LlamaCppEmbeddingEngine:
         opts = spec.options
         lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
         lc.llama_backend_init()
-        model = lc.llama_model_load_from_file(spec.path.encode(), lc.llama_model_default_params())
+        model = lc.llama_model_load_from_file(
+            spec.path.encode(), model_params(spec.options.get("repack"))
+        )
         if not model:
             raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
         self._model = model
