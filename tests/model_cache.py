@@ -1,7 +1,7 @@
 """Real models in other formats, made from the bundled ones by the project's own tools, once:
 each lands in a persistent cache, `~/.cache/llm-router-tests/<key>` (or `$LLM_ROUTER_TEST_CACHE`),
 keyed on the source's content, the converting libraries' versions and the converter's own
-source, so a change to any of them makes a fresh one. Cold, all of them take about a minute
+source, so a change to any of them makes a fresh one. Cold, all of them take about two minutes
 on 2 cores; warm, nothing.
 
 Imported by the conftest files that need them (session-scoped fixtures), with engines on
@@ -65,6 +65,15 @@ def minilm_folder() -> Path:
 def smollm2_hf(smollm2_gguf: Path) -> Path:
     """SmolLM2 dequantized to an HF safetensors folder (float32)."""
     return cached(smollm2_gguf, "smollm2-hf-f32", lambda out: convert(smollm2_gguf, "hf", out))
+
+
+@pytest.fixture(scope="session")
+def gemma_hf(gemma_gguf: Path) -> Path:
+    """Gemma 3 270M (base, Q4_K_M) dequantized to an HF safetensors folder in bfloat16: the
+    dtype Gemma was trained in, twice as fast as float32 here and as close to llama.cpp (see
+    tests/server/test_gemma_hf.py); about a minute and 2.6 GB peak to make."""
+    return cached(gemma_gguf, "gemma3-hf-bf16",
+                  lambda out: convert(gemma_gguf, "hf", out, dtype="bfloat16"))  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ def test_converted_folder_keeps_the_gguf_metadata(smollm2_hf: Path, smollm2_gguf
     assert (meta.architecture, meta.context_length) == ("llama", gguf.context_length)
     assert meta.quantization == "F32"
     assert meta.chat_template == gguf.chat_template
+    assert meta.finetune == gguf.finetune  # kept in config.json: it picks templates too
 
 
 def test_greedy_chat_answer_equals_llama_cpp(

@@ -14,7 +14,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ..errors import BadRequest, ModelLoadFailed
 from ..types import ChatMessage
 
-__all__ = ["KNOWN_TEMPLATES", "ChatTemplate", "template_for"]
+__all__ = ["KNOWN_TEMPLATES", "TURN_END_TOKENS", "ChatTemplate", "template_for"]
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
@@ -51,6 +51,9 @@ TRANSCRIPT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
 )
 TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:")
+# The tokens that end a turn in the known templates: a model stops on them as on its EOS
+# (llama.cpp counts them end-of-generation; an HF folder converted from a GGUF names only EOS).
+TURN_END_TOKENS = ("<end_of_turn>", "<|im_end|>")
 INSTRUCT_TAGS = ("it", "instruct", "chat")
 
 # Architecture (GGUF `general.architecture`) -> template, for instruction-tuned files that

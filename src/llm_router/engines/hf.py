@@ -22,7 +22,7 @@ import torch
 from ..errors import BadRequest, EngineError
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 from .base import EngineEvent, LoadSpec, check_prompt_fits
-from .chat_template import ChatTemplate, template_for
+from .chat_template import TURN_END_TOKENS, ChatTemplate, template_for
 from .detok import IncrementalDetokenizer
 from .hf_load import load
 from .pooling import read_pooling
@@ -76,7 +76,10 @@ class TransformersEngine:
             return
         self._eos = self._eos_ids()
         self._template, self._stops = self._load_template(spec)
-        self._keep_logits = "logits_to_keep" in inspect.signature(self._model.forward).parameters
+        accepts = inspect.signature(self._model.forward).parameters
+        self._keep_logits = "logits_to_keep" in accepts
+        # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns).
+        self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -170,6 +173,8 @@ class TransformersEngine:
                 found.add(source)
             elif isinstance(source, list | tuple):
                 found.update(int(t) for t in source)
+        vocab = self._tok.get_vocab()
+        found.update(vocab[t] for t in TURN_END_TOKENS if t in vocab)
         return found
 
     def _load_template(self, spec: LoadSpec) -> tuple[ChatTemplate | str | None, tuple[str, ...]]:
@@ -231,12 +236,12 @@ class TransformersEngine:
     def _advance(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
         first = s.cache is None
         feed = s.prompt if first else s.generated[-1:]
-        kwargs: dict[str, Any] = {"use_cache": True, "past_key_values": s.cache}
+        kwargs: dict[str, Any] = {"use_cache": True, self._cache_arg: s.cache}
         if self._keep_logits:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
             out = self._model(input_ids=torch.tensor([feed]), **kwargs)
-        s.cache = out.past_key_values
+        s.cache = getattr(out, self._cache_arg)
         self._stats["forward_calls"] += 1
         if first:
             self._stats["prompt_tokens_evaluated"] += len(feed)

@@ -41,7 +41,8 @@ class ModelMeta:
     chat_template: str | None
     size_bytes: int
     task: str  # "generate" | "embed"
-    finetune: str | None = None  # GGUF's `general.finetune` ("Instruct", "it"...)
+    finetune: str | None = None  # GGUF's `general.finetune` ("Instruct", "it"...); an HF
+    # folder made by `convert` keeps it in config.json
     matryoshka: bool = False  # embeddings may be cut to fewer dimensions (Matryoshka training)
 
 
@@ -191,6 +192,7 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
             context = min(context or limit, limit)
     hidden = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
     name = config.get("_name_or_path") or config.get("_model_name_or_path")
+    finetune = config.get("finetune")  # written by `convert` from a GGUF's general.finetune
     return ModelMeta(
         architecture=_architecture(config),
         name=str(name) if name else None,
@@ -201,6 +203,7 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
         chat_template=read_chat_template(model_dir) if task == "generate" else None,
         size_bytes=sum(p.stat().st_size for p in weights) if bare else _size(folder),
         task=task,
+        finetune=finetune if isinstance(finetune, str) and finetune else None,
         matryoshka=task == "embed" and declares_matryoshka(folder),
     )
 

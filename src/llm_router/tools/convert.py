@@ -14,6 +14,7 @@ for the whole conversion (seconds for a 135M model, about a minute for Gemma 3 2
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ from typing import Any, Literal
 
 from ..errors import InvalidModelFile
 from ..formats.detect import Detected, detect
-from ..formats.hf import transformer_dir
+from ..formats.gguf import read_gguf_info
+from ..formats.hf import read_json, transformer_dir
 from .common import ConversionError, Progress, staged_output
 
 __all__ = ["ONNX_PRECISIONS", "convert", "converter_version"]
@@ -135,9 +137,22 @@ def _gguf_to_hf(src: Path, stage: Path, dtype: str, report: Progress) -> None:
         tokenizer.save_pretrained(str(stage))
     except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as exc:
         raise ConversionError(f"transformers could not convert {src}: {exc}") from exc
+    _keep_finetune(src, stage / "config.json")
     for path in stage.rglob("*"):  # save_pretrained writes some files 0600
         if path.is_file():
             path.chmod(0o644)
+
+
+def _keep_finetune(src: Path, config: Path) -> None:
+    """Copy the GGUF's `general.finetune` ("it", "Instruct"...) into config.json as
+    `finetune`, which transformers drops: it is what tells an instruction-tuned file without
+    a chat template from a base one (`template_for`), so the HF folder gets the template the
+    GGUF would."""
+    finetune = read_gguf_info(src).finetune
+    if finetune:
+        data = read_json(config)
+        data["finetune"] = finetune
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _build_genai(src: Path, stage: Path, precision: str, report: Progress) -> None:
