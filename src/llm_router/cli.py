@@ -143,15 +143,10 @@ async def _run_once(
         common: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "seed": seed}
         if temperature is not None:
             common["temperature"] = temperature
-        if raw:
-            async for chunk in service.complete_stream(CompletionRequest(prompt=prompt, **common)):
-                _print(chunk.choices[0].text if chunk.choices else "")
-        else:
-            request = ChatCompletionRequest(
-                messages=[{"role": "user", "content": prompt}], **common
-            )
-            async for c in service.chat_stream(request):
-                _print((c.choices[0].delta.content or "") if c.choices else "")
+        request = CompletionRequest(prompt=prompt, **common) if raw else ChatCompletionRequest(
+            messages=[{"role": "user", "content": prompt}], **common)  # fmt: skip
+        async for text in service.text_stream(request):
+            _print(text)
         _print("\n")
     finally:
         await router.close()

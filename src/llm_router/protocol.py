@@ -7,6 +7,7 @@ they do not apply (`logprobs`, `refusal`)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -28,7 +29,10 @@ __all__ = [
     "EmbeddingUsage",
     "ModelCard",
     "ModelList",
+    "RenderedChunk",
+    "TextChunks",
     "UsageOut",
+    "dump_chunk",
 ]
 
 
@@ -228,6 +232,41 @@ class Completion(BaseModel):
 
 
 CompletionChunk = Completion  # OpenAI streams completions as `text_completion` objects too
+
+
+def dump_chunk(chunk: BaseModel | RenderedChunk) -> str:
+    """A stream chunk's JSON; `usage` appears only in the chunk that carries it."""
+    if isinstance(chunk, RenderedChunk):
+        return chunk.json
+    exclude = {"usage"} if getattr(chunk, "usage", 0) is None else None
+    return chunk.model_dump_json(exclude=exclude)
+
+
+class RenderedChunk:
+    """A stream chunk already rendered to JSON (see TextChunks)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: str) -> None:
+        self.json = json
+
+
+class TextChunks:
+    """The text chunks of one stream, rendered from `template`: a chunk model whose text is
+    `MARK`. Everything around the text is serialized once, by the model, so the shape stays the
+    model's; each token then costs one JSON string escape instead of building and dumping three
+    models (measured: 0.5 us against 9 us, on the path every streamed token takes)."""
+
+    MARK = "\u2063llm-router-text\u2063"
+
+    def __init__(self, template: BaseModel) -> None:
+        head, sep, tail = dump_chunk(template).partition(json.dumps(self.MARK, ensure_ascii=False))
+        if not sep:
+            raise ValueError("the template chunk does not carry TextChunks.MARK as its text")
+        self._head, self._tail = head, tail
+
+    def chunk(self, text: str) -> RenderedChunk:
+        return RenderedChunk(self._head + json.dumps(text, ensure_ascii=False) + self._tail)
 
 
 class ModelCard(BaseModel):

@@ -25,6 +25,8 @@ from ..protocol import (
     Completion,
     CompletionChoice,
     CompletionRequest,
+    RenderedChunk,
+    TextChunks,
     UsageOut,
     _Request,
     new_id,
@@ -109,6 +111,16 @@ class GenerationService:
         except ValueError as exc:
             raise BadRequest(str(exc), param="messages") from None
 
+    async def text_stream(
+        self, req: ChatCompletionRequest | CompletionRequest, route: RouteInfo | None = None
+    ) -> AsyncIterator[str]:
+        """The generated text as it comes, for callers that want no wire types (the CLI)."""
+        gen = self._chat_request(req) if isinstance(req, ChatCompletionRequest) else (
+            req.to_request())  # fmt: skip
+        async for event in self._events(req, gen, route or RouteInfo()):
+            if isinstance(event, TextDelta):
+                yield event.text
+
     async def chat(
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
     ) -> ChatCompletion:
@@ -123,21 +135,20 @@ class GenerationService:
 
     async def chat_stream(
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> AsyncIterator[ChatCompletionChunk | RenderedChunk]:
         route = route or RouteInfo()
         head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now()}
-        first = True
+        texts: TextChunks | None = None
         async for event in self._events(req, self._chat_request(req), route):
-            head["model"] = route.target
-            if first:
-                first = False
+            if texts is None:
+                head["model"] = route.target
+                texts = TextChunks(ChatCompletionChunk(
+                    **head, choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))]))  # fmt: skip
                 yield ChatCompletionChunk(
                     **head, choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]
                 )
             if isinstance(event, TextDelta):
-                yield ChatCompletionChunk(
-                    **head, choices=[ChatChunkChoice(delta=ChatDelta(content=event.text))]
-                )
+                yield texts.chunk(event.text)
                 continue
             yield ChatCompletionChunk(
                 **head,
@@ -160,22 +171,20 @@ class GenerationService:
 
     async def complete_stream(
         self, req: CompletionRequest, route: RouteInfo | None = None
-    ) -> AsyncIterator[Completion]:
+    ) -> AsyncIterator[Completion | RenderedChunk]:
         route = route or RouteInfo()
         gen = req.to_request()
         head: dict[str, Any] = {"id": new_id("cmpl"), "created": now()}
-        first = True
+        texts: TextChunks | None = None
         async for event in self._events(req, gen, route):
-            head["model"] = route.target
-            if first and req.echo:
-                yield Completion(
-                    **head, choices=[CompletionChoice(text=gen.prompt or "", finish_reason=None)]
-                )
-            first = False
+            if texts is None:
+                head["model"] = route.target
+                texts = TextChunks(Completion(
+                    **head, choices=[CompletionChoice(text=TextChunks.MARK, finish_reason=None)]))  # fmt: skip
+                if req.echo:
+                    yield texts.chunk(gen.prompt or "")
             if isinstance(event, TextDelta):
-                yield Completion(
-                    **head, choices=[CompletionChoice(text=event.text, finish_reason=None)]
-                )
+                yield texts.chunk(event.text)
                 continue
             yield Completion(
                 **head, choices=[CompletionChoice(text="", finish_reason=event.finish_reason)]
