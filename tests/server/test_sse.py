@@ -1,0 +1,73 @@
+"""The SSE response on its own, driven as uvicorn drives it (ASGI receive/send): frames in
+order then the end, a comment ping while the producer is silent, and a disconnect that cancels
+the producer where it waits and runs its cleanup, without failing the request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llm_router.server.sse import SSEResponse, frame
+
+
+class Client:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for m in self.sent if m["type"] == "http.response.body"]
+
+
+async def test_frames_in_order_then_the_end() -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        for text in ("one", "two"):
+            yield frame(text)
+
+    client = Client()
+    await SSEResponse(frames())({"type": "http"}, client.receive, client.send)
+    assert client.sent[0]["type"] == "http.response.start"
+    headers = dict(client.sent[0]["headers"])
+    assert headers[b"content-type"].startswith(b"text/event-stream")
+    assert b"content-length" not in headers
+    assert client.bodies() == [b"data: one\n\n", b"data: two\n\n", b""]
+    assert client.sent[-1]["more_body"] is False
+
+
+async def test_a_silent_stream_is_kept_alive_with_comment_pings() -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        yield frame("first")
+        await asyncio.sleep(0.35)
+        yield frame("late")
+
+    client = Client()
+    await SSEResponse(frames(), ping=0.1)({"type": "http"}, client.receive, client.send)
+    bodies = client.bodies()
+    assert bodies[0] == b"data: first\n\n" and bodies[-2:] == [b"data: late\n\n", b""]
+    assert b": ping\n\n" in bodies[1:-2]
+
+
+async def test_disconnect_cancels_the_producer_and_runs_its_cleanup() -> None:
+    cleaned = asyncio.Event()
+    client = Client()
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            yield frame("first")
+            client.gone.set()  # the client leaves while we wait for the next token
+            await asyncio.sleep(30)
+            yield frame("never")
+        finally:
+            cleaned.set()
+
+    await asyncio.wait_for(SSEResponse(frames())({"type": "http"}, client.receive, client.send), 5)
+    assert cleaned.is_set()
+    assert client.bodies() == [b"data: first\n\n"]
