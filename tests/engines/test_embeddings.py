@@ -142,3 +142,14 @@ def test_a_text_file_named_onnx_is_no_model(tmp_path: Path, minilm: Path) -> Non
     (tmp_path / "model.onnx").write_text("not a model\n")
     with pytest.raises(ModelLoadFailed, match="not an ONNX model"):
         OnnxEmbeddingEngine(LoadSpec(str(tmp_path), {}))
+
+
+def test_a_context_size_past_the_models_positions_is_capped(minilm_onnx: Path) -> None:
+    """A server-wide `model_defaults.context_size` meant for chat models (2048) must not make
+    a 512-position encoder fail on long inputs: they are cut at its limit instead."""
+    engine = OnnxEmbeddingEngine(LoadSpec(str(minilm_onnx), {"threads": 2, "context_size": 2048}))
+    try:
+        vectors, used = engine.embed(["word " * 1000])
+        assert used == 512 and len(vectors[0]) == 384
+    finally:
+        engine.close()

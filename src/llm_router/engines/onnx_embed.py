@@ -5,6 +5,7 @@ sentence-transformers on the same model, with the same vectors."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,20 @@ def _locate(path: Path) -> tuple[Path, Path]:
     raise ModelLoadFailed(f"{path}: no tokenizer.json beside the model")
 
 
+def _positions(folder: Path) -> int | None:
+    """The model's position limit (`max_position_embeddings` in config.json), if it says."""
+    try:
+        value = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 class OnnxEmbeddingEngine:
     """Engine for ONNX embedding models. Options read: `threads`, `context_size` (input
-    tokens kept; default the folder's max_seq_length, else 512). Generation is refused."""
+    tokens kept; default the folder's max_seq_length, else 512; never more than the model's
+    positions, so a server-wide default meant for chat models cannot break it). Generation is
+    refused."""
 
     def __init__(self, spec: LoadSpec) -> None:
         self._graph, folder = _locate(Path(spec.path))
@@ -61,7 +73,10 @@ class OnnxEmbeddingEngine:
         except Exception as exc:  # tokenizers raises a bare Exception for a bad file
             raise ModelLoadFailed(f"{folder / 'tokenizer.json'}: {exc}") from exc
         asked = spec.options.get("context_size")
-        self.max_length = int(asked or self._pooling.max_length or 512)
+        positions = _positions(folder)
+        self.max_length = int(asked or self._pooling.max_length or positions or 512)
+        if positions:
+            self.max_length = min(self.max_length, positions)
         self._tok.enable_truncation(self.max_length)
         pad = self._tok.padding or {}
         # tokenizer.json may pin a fixed padding length (MiniLM's says 128): pad to the longest.
