@@ -58,3 +58,14 @@ def test_penalties_apply_to_the_generated_tokens() -> None:
 
 def _fields(p: SamplingParams) -> dict[str, object]:
     return {f: getattr(p, f) for f in p.__slots__}  # type: ignore[attr-defined]
+
+
+def test_ignore_eos_never_draws_an_end_token() -> None:
+    eos = {1}  # the argmax of LOGITS
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    assert Sampler(greedy, eos)(LOGITS, []) == 2
+    assert Sampler(SamplingParams(temperature=0), eos)(LOGITS, []) == 1  # only when asked
+    hot = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=3, ignore_eos=True)
+    sampler = Sampler(hot, eos)
+    assert 1 not in {sampler(LOGITS, []) for _ in range(300)}
+    assert LOGITS[1] == 3.0  # the caller's logits are left as they were

@@ -122,7 +122,7 @@ class TransformersEngine:
                 params,
                 TextAssembler(params.stop, lstrip=transcript),
                 detok,
-                Sampler(params),
+                Sampler(params, self._eos),
             )
         )
 

@@ -6,6 +6,7 @@ onnxruntime-genai), so a request means the same on each of them."""
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,12 @@ PENALTY_WINDOW = 64  # llama.cpp's penalty_last_n, as the llama.cpp engine uses
 
 class Sampler:
     """One sequence's sampler. Greedy (argmax) when temperature is 0; else draws from a
-    generator seeded with `params.seed` (a fresh seed when None), so a seed reproduces."""
+    generator seeded with `params.seed` (a fresh seed when None), so a seed reproduces.
+    With `params.ignore_eos` the `eos` tokens are never drawn (as llama.cpp's logit bias)."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, eos: Collection[int] = ()) -> None:
         self.params = params
+        self._banned = np.array(sorted(eos), dtype=np.int64) if params.ignore_eos else None
         self._rng: np.random.Generator | None = None
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -33,6 +36,9 @@ class Sampler:
         """The next token from `logits` ([vocab]) given the tokens generated so far."""
         p = self.params
         scores = self._penalize(np.asarray(logits, dtype=np.float32).reshape(-1), history)
+        if self._banned is not None and self._banned.size:
+            scores = scores.copy()  # may be a view of the caller's logits
+            scores[self._banned[self._banned < scores.shape[0]]] = -np.inf
         if self._rng is None:
             return int(np.argmax(scores))
         n = scores.shape[0]
