@@ -121,8 +121,8 @@ def test_convert_refuses_to_overwrite_without_force(tmp_path: Path, smollm2_gguf
     out = _cli("convert", str(smollm2_gguf), "--to", "hf", str(out_dir))
     assert out.returncode == 1 and "exists" in out.stderr and "--force" in out.stderr
     assert [p.name for p in out_dir.iterdir()] == ["mine.txt"]
-    wrong = _cli("convert", str(smollm2_gguf), "--to", "gguf", str(tmp_path / "x"))
-    assert wrong.returncode == 2 and "hf or onnx" in wrong.stderr
+    wrong = _cli("convert", str(smollm2_gguf), "--to", "tflite", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "hf, onnx or gguf" in wrong.stderr
 
 
 def test_convert_with_force_replaces_the_output(tmp_path: Path) -> None:
@@ -134,3 +134,20 @@ def test_convert_with_force_replaces_the_output(tmp_path: Path) -> None:
     assert "exporting" in out.stderr and "MiB" in out.stdout
     names = {p.name for p in out_dir.iterdir()}
     assert "model.onnx" in names and "tokenizer.json" in names and "old.txt" not in names
+
+
+def test_convert_hf_to_gguf_then_ls(tmp_path: Path, smollm2_hf: Path) -> None:  # noqa: F811
+    models = tmp_path / "models"
+    models.mkdir()
+    out_file = models / "smol-bf16.gguf"
+    out = _cli("convert", str(smollm2_hf), "--to", "gguf", str(out_file), "--outtype", "bf16")
+    assert out.returncode == 0, out.stderr
+    assert "tensors in bf16" in out.stderr and "tensor 272/272" in out.stderr  # progress
+    assert f"-> {out_file}" in out.stdout and "MiB, gguf)" in out.stdout
+    assert read_gguf_info(out_file).quantization == "BF16"
+    again = _cli("convert", str(smollm2_hf), "--to", "gguf", str(out_file))
+    assert again.returncode == 1 and "--force" in again.stderr
+    listed = _cli("ls", "--models-dir", str(models))
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "smol-bf16" in line)
+    assert all(t in row for t in ("gguf", "llama.cpp", "generate", "135M", "BF16", "8192"))

@@ -155,22 +155,25 @@ async def _run_once(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="A GGUF file, or an HF folder for --to onnx.")],
+    src: Annotated[Path, typer.Argument(help="A GGUF file, or an HF folder for --to onnx|gguf.")],
     out: Annotated[Path, typer.Argument(help="Where to write the converted model.")],
-    to: Annotated[str, typer.Option("--to", help="hf (safetensors folder) or onnx.")],
+    to: Annotated[str, typer.Option("--to", help="hf (safetensors folder), onnx or gguf.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
     precision: Annotated[str, typer.Option(help="ONNX text models: int4, int8 or fp32.")] = "int8",
+    outtype: Annotated[str, typer.Option(help="GGUF weights: f16, bf16 or f32.")] = "f16",
 ) -> None:
-    """Convert SRC to another format: GGUF -> HF safetensors, GGUF or HF -> ONNX."""
+    """Convert SRC to another format: GGUF -> HF safetensors, GGUF or HF -> ONNX, HF -> GGUF."""
     from .tools import convert as run_convert
 
-    if to not in ("hf", "onnx"):
-        err.print(f"[red]error:[/red] --to must be hf or onnx, not {to!r}")
+    targets: dict[str, Literal["hf", "onnx", "gguf"]] = {"hf": "hf", "onnx": "onnx",
+                                                         "gguf": "gguf"}  # fmt: skip
+    target = targets.get(to)
+    if target is None:
+        err.print(f"[red]error:[/red] --to must be hf, onnx or gguf, not {to!r}")
         raise typer.Exit(2)
-    target: Literal["hf", "onnx"] = "hf" if to == "hf" else "onnx"
     before = _size(src)
     _tool(lambda: run_convert(src, target, out, force=force, progress=_progress,
-                              precision=precision))  # fmt: skip
+                              precision=precision, outtype=outtype))  # fmt: skip
     print(f"{src} ({_mib(before)}) -> {out} ({_mib(_size(out))}, {to})")
 
 

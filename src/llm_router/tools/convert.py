@@ -3,6 +3,8 @@
 - GGUF -> HF safetensors folder: transformers reads the GGUF and dequantizes it
   (`GgufConfig(dequantize=True)`, without which `save_pretrained` refuses), then saves the
   model, tokenizer and chat template. Needs the `hf` extra and `accelerate`.
+- HF safetensors folder -> GGUF (f16, bf16 or f32): our own writer on gguf-py, for the
+  architectures `hf_gguf` knows (llama); see that module.
 - HF (or GGUF, through HF) -> ONNX: text-generation models through onnxruntime-genai's model
   builder (a subprocess; fp32, int8 or int4; CPU), giving a folder the onnxruntime-genai
   engine serves; sentence-transformers / encoder models through `torch.onnx`, giving a folder
@@ -29,6 +31,7 @@ from ..formats.detect import Detected, detect
 from ..formats.gguf import read_gguf_info
 from ..formats.hf import read_json, transformer_dir
 from .common import ConversionError, Progress, staged_output
+from .hf_gguf import hf_to_gguf
 
 __all__ = ["ONNX_PRECISIONS", "convert", "converter_version"]
 
@@ -37,7 +40,7 @@ ONNX_PRECISIONS = ("fp32", "int8", "int4")
 _EMBED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                 "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
                 "config_sentence_transformers.json")  # fmt: skip
-_BACKENDS = ("transformers", "torch", "onnxruntime-genai", "onnxruntime")
+_BACKENDS = ("transformers", "torch", "onnxruntime-genai", "onnxruntime", "gguf")
 
 
 def _quiet(message: str) -> None:
@@ -58,18 +61,20 @@ def converter_version() -> str:
 
 def convert(
     src: Path,
-    to: Literal["hf", "onnx"],
+    to: Literal["hf", "onnx", "gguf"],
     out: Path,
     *,
     force: bool = False,
     progress: Progress | None = None,
     precision: str = "int8",
     dtype: str = "float32",
+    outtype: str = "f16",
 ) -> Path:
     """Convert the model at `src` to format `to` at `out` and return `out`. `precision`
     (fp32 | int8 | int4) applies to ONNX text models, `dtype` (float32 | bfloat16) to the
-    weights of an HF folder made from a GGUF. Raises OutputExists when `out` exists and not
-    `force`, ConversionError (with the reason) when the conversion is impossible or fails."""
+    weights of an HF folder made from a GGUF, `outtype` (f16 | bf16 | f32) to a GGUF made
+    from an HF folder. Raises OutputExists when `out` exists and not `force`,
+    ConversionError (with the reason) when the conversion is impossible or fails."""
     report = progress or _quiet
     found = _detect(src)
     if to == "hf":
@@ -78,8 +83,10 @@ def convert(
         with staged_output(out, force=force, folder=True) as stage:
             _gguf_to_hf(src, stage, dtype, report)
         return out
+    if to == "gguf":
+        return _to_gguf(found, out, force, outtype, report)
     if to != "onnx":
-        raise ConversionError(f"unknown target format {to!r}: hf or onnx")
+        raise ConversionError(f"unknown target format {to!r}: hf, onnx or gguf")
     if precision not in ONNX_PRECISIONS:
         raise ConversionError(f"precision {precision!r} is not one of {', '.join(ONNX_PRECISIONS)}")
     if found.format == "gguf":
@@ -98,6 +105,17 @@ def convert(
             _export_encoder(src, stage, report)
         else:
             _build_genai(src, stage, precision, report)
+    return out
+
+
+def _to_gguf(found: Detected, out: Path, force: bool, outtype: str, report: Progress) -> Path:
+    if found.format != "hf":
+        hint = " (to change a GGUF's type, use quantize)" if found.format == "gguf" else ""
+        raise ConversionError(
+            f"{found.path}: --to gguf converts HF folders; this is {found.format}{hint}"
+        )
+    with staged_output(out, force=force, folder=False) as stage:
+        hf_to_gguf(found.path, stage, outtype, report)
     return out
 
 
