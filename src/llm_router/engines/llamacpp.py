@@ -65,6 +65,10 @@ class _Seq:
     cached: int = 0
 
 
+def _by_slot(s: _Seq) -> int:
+    return s.slot
+
+
 class LlamaCppEngine:
     """Engine for GGUF files. Each of `parallel` slots has its own KV stream of `context_size`
     cells. A slot keeps its tokens after a request ends; a new request goes to the free slot
@@ -295,37 +299,45 @@ class LlamaCppEngine:
 
     def _fill_batch(self) -> list[_Seq]:
         """Decode tokens first (one per generating sequence), then prompt chunks in the room
-        left, so a long prompt never stalls the streams already generating."""
+        left (in order of arrival), so a long prompt never stalls the streams already
+        generating. Each part goes into the batch in slot order: with one KV stream per slot,
+        llama.cpp decodes a batch whose sequences are out of order ~2.4x slower (measured
+        here: 133 ms against 55 ms a step at 8 sequences)."""
         b = self._batch
         n = 0
-        used: list[_Seq] = []
-        prefilling = []
+        decoding: list[_Seq] = []
+        prefilling: list[_Seq] = []
         for s in self._running.values():
             s.logits_index = -1
-            if s.n_past < len(s.tokens):
-                prefilling.append(s)
-                continue
+            (prefilling if s.n_past < len(s.tokens) else decoding).append(s)
+        decoding.sort(key=_by_slot)
+        for s in decoding:
             self._put(b, n, s.next_token, s.n_past, s.slot, True)
             self._slot_tokens[s.slot].append(s.next_token)
             s.logits_index = n
             s.n_past += 1
             n += 1
-            used.append(s)
+        chunks: list[tuple[_Seq, int]] = []
+        room = self.batch_size - n
         for s in prefilling:
-            room = self.batch_size - n
             if room <= 0:
                 break
-            chunk = s.tokens[s.n_past : s.n_past + room]
-            last = s.n_past + len(chunk) == len(s.tokens)
+            take = min(room, len(s.tokens) - s.n_past)
+            chunks.append((s, take))
+            room -= take
+        chunks.sort(key=lambda c: c[0].slot)
+        for s, take in chunks:
+            chunk = s.tokens[s.n_past : s.n_past + take]
+            last = s.n_past + take == len(s.tokens)
             for i, tok in enumerate(chunk):
-                self._put(b, n, tok, s.n_past + i, s.slot, last and i == len(chunk) - 1)
+                self._put(b, n, tok, s.n_past + i, s.slot, last and i == take - 1)
                 n += 1
             self._slot_tokens[s.slot].extend(chunk)
-            self._stats["prompt_tokens_evaluated"] += len(chunk)
-            s.n_past += len(chunk)
+            self._stats["prompt_tokens_evaluated"] += take
+            s.n_past += take
             if last:
                 s.logits_index = n - 1
-            used.append(s)
+        used = decoding + [s for s, _ in chunks]
         b.n_tokens = n
         if used:
             self._stats["decode_steps"] += 1
