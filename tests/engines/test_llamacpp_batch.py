@@ -11,7 +11,7 @@ import pytest
 
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.llamacpp import LlamaCppEngine
-from llm_router.types import GenerationRequest, SamplingParams
+from llm_router.types import ChatMessage, GenerationRequest, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,38 @@ def test_sequences_join_out_of_slot_order_yet_each_batch_is_in_slot_order(
     while engine.busy:
         decode, _ = _step(engine)
         assert decode == sorted(decode)
+
+
+SYSTEM = " ".join(f"Rule {i}: answer briefly and precisely." for i in range(40))  # ~330 tokens
+
+
+def _greedy(engine: LlamaCppEngine, questions: list[str], base: int) -> list[str]:
+    """Chats sharing one long system prompt, answered greedily."""
+    params = SamplingParams(max_tokens=8, temperature=0)
+    texts = {base + i: "" for i in range(len(questions))}
+    for i, question in enumerate(questions):
+        chat = (ChatMessage("system", SYSTEM), ChatMessage("user", question))
+        engine.submit(base + i, GenerationRequest(messages=chat, params=params))
+    while engine.busy:
+        for seq, event in engine.step():
+            texts[seq] += getattr(event, "text", "")
+    return list(texts.values())
+
+
+def test_a_shared_prefix_is_copied_from_the_slot_that_holds_it_with_the_same_answers(
+    engine: LlamaCppEngine,
+) -> None:
+    prompts = [f"What is the capital of {c}?" for c in ("France", "Italy", "Japan", "Egypt")]
+    cold = [_greedy(engine, [p], 100 + i)[0] for i, p in enumerate(prompts)]  # each alone
+    for i in range(4):  # no slot holds the prefix any more...
+        engine.submit(200 + i, GenerationRequest(prompt="Unrelated.", params=SamplingParams()))
+    while engine.busy:
+        engine.step()
+    _greedy(engine, prompts[:1], 300)  # ...but one
+    copies = engine.info()["prompt_prefix_copies"]
+    evaluated = engine.info()["prompt_tokens_evaluated"]
+    together = _greedy(engine, prompts, 400)
+    assert together == cold and "Paris" in cold[0]
+    assert engine.info()["prompt_prefix_copies"] - copies >= 2  # the free slots got a copy
+    per_prompt = (engine.info()["prompt_tokens_evaluated"] - evaluated) / len(prompts)
+    assert per_prompt < 30  # only each question was evaluated, not the ~330-token prefix

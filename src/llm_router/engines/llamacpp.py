@@ -27,6 +27,9 @@ __all__ = ["LlamaCppEngine", "model_params"]
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
 DEFAULT_BATCH = 512
+# Copy another slot's KV stream when it saves at least this many prompt tokens: a copy moves
+# the whole stream (context_size cells), worth it for a shared system prompt, not for a BOS.
+MIN_SHARED_PREFIX = 32
 
 
 def _cores() -> int:
@@ -63,6 +66,15 @@ class _Seq:
     next_token: int = -1
     logits_index: int = -1
     cached: int = 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _by_slot(s: _Seq) -> int:
@@ -115,7 +127,8 @@ class LlamaCppEngine:
         self._waiting: deque[_Seq] = deque()
         self._running: dict[int, _Seq] = {}
         self._stats = {"decode_steps": 0, "batch_sequences": 0, "prompt_tokens_evaluated": 0,
-                       "prompt_tokens_reused": 0, "tokens_generated": 0}  # fmt: skip
+                       "prompt_tokens_reused": 0, "prompt_prefix_copies": 0,
+                       "tokens_generated": 0}  # fmt: skip
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -273,6 +286,7 @@ class LlamaCppEngine:
             s = self._waiting.popleft()
             slot, common = self._best_slot(s.tokens)
             self._free_slots.remove(slot)
+            common = self._share_prefix(slot, common, s.tokens)
             keep = min(common, len(s.tokens) - 1)  # the last prompt token is always evaluated
             if keep <= 0 or not lc.llama_memory_seq_rm(self._mem, slot, keep, -1):
                 lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
@@ -282,17 +296,31 @@ class LlamaCppEngine:
             self._stats["prompt_tokens_reused"] += keep
             self._running[s.seq] = s
 
+    def _share_prefix(self, slot: int, common: int, tokens: list[int]) -> int:
+        """When another slot, busy or free, holds a longer prefix of `tokens` than `slot` does
+        (eight chats with one system prompt, say), copy that slot's KV stream into `slot`
+        instead of evaluating the prefix again. Returns the prefix `slot` now holds. The copy
+        is queued by llama.cpp and done at the start of the next decode, before the batch
+        writes anything, so a busy source gives exactly the tokens it had evaluated by now."""
+        src, shared = slot, common
+        for other, cached in enumerate(self._slot_tokens):
+            if other != slot and len(cached) > shared:
+                n = _common_prefix(cached, tokens)
+                if n > shared:
+                    src, shared = other, n
+        if src == slot or shared - common < MIN_SHARED_PREFIX:
+            return common
+        lc.llama_memory_seq_cp(self._mem, src, slot, -1, -1)  # whole stream, across streams
+        self._slot_tokens[slot] = list(self._slot_tokens[src])
+        self._stats["prompt_prefix_copies"] += 1
+        return shared
+
     def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
         """The free slot whose cached tokens share the longest prefix with `tokens` (least
         recently used among equals), and that prefix's length."""
         best, best_len = self._free_slots[0], -1
         for slot in self._free_slots:
-            cached = self._slot_tokens[slot]
-            n = 0
-            for a, b in zip(cached, tokens, strict=False):
-                if a != b:
-                    break
-                n += 1
+            n = _common_prefix(self._slot_tokens[slot], tokens)
             if n > best_len or (n == best_len and self._slot_used[slot] < self._slot_used[best]):
                 best, best_len = slot, n
         return best, best_len
