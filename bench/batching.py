@@ -1,15 +1,20 @@
 """Continuous batching: aggregate generated tokens/s and time to first token at 1, 4 and 8
 concurrent streams, plus a shared-prefix workload (8 requests with a common ~500-token system
 prompt), ours against llama.cpp's own llama-server built from the same vendored source. Same
-model file, threads, slots and context, both on 127.0.0.1, same client. Then two models busy
-at once against one model alone (our thread budget).
+model file, threads, slots, context and weight layout (repack), both on 127.0.0.1, same client.
+Then two models busy at once against one model alone (our thread budget).
 
-    .venv/bin/python bench/batching.py [--model gemma|smol] [--tokens 96]
+Both servers run side by side (an idle one costs nothing) and the workload alternates between
+them round after round, the order flipped each round; each cell is the median of its rounds.
+So a slow minute on this shared machine falls on both sides instead of on whichever ran then.
+
+    .venv/bin/python bench/batching.py [--model gemma|smol] [--tokens 96] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 from common import (
     Proc,
     bundled_models,
+    llama_repack_default,
     llama_server,
     ours,
     pct,
@@ -54,6 +60,11 @@ def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
     return out
 
 
+def median_rows(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: {field: statistics.median(r[key][field] for r in rounds)
+                  for field in rounds[0][key]} for key in rounds[0]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(FILES), default="gemma")
@@ -61,26 +72,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = workdir()
     models = bundled_models(work / "models")
     model = FILES[args.model]
-    results: dict[str, Any] = {}
-
+    repack = llama_repack_default()
     srv: Proc = ours({"models_dir": str(models), "model_defaults": {
-        "threads": args.threads, "parallel": args.slots, "context_size": args.ctx}}, work)  # fmt: skip
+        "threads": args.threads, "parallel": args.slots, "context_size": args.ctx,
+        "repack": repack}}, work)  # fmt: skip
+    peer_args = ["-m", str(models / f"{model}.gguf"), "-t", str(args.threads),
+                 "-np", str(args.slots), "-c", str(args.ctx * args.slots), "--no-webui",
+                 "--jinja", *([] if repack else ["--no-repack"])]  # fmt: skip
+    peer: Proc | None = None
+    rounds: dict[str, list[dict[str, Any]]] = {"llm-router": [], "llama-server": []}
     try:
-        results["llm-router"] = workload(srv.url, model, args.tokens)
-        results["llm-router"]["two_models_c4_each"] = two_models(srv.url, args.tokens)
+        peer = llama_server(peer_args, work)
+        servers = {"llm-router": srv.url, "llama-server": peer.url}
+        for url in servers.values():
+            workload(url, model, 8)  # warm: model loaded, caches touched
+        for i in range(args.rounds):
+            order = list(servers) if i % 2 == 0 else list(reversed(servers))
+            for name in order:
+                rounds[name].append(workload(servers[name], model, args.tokens))
+                print(f"round {i} {name}: c8 {rounds[name][-1]['c8']['tok_s']:.1f} tok/s")
+        peer.stop()
+        peer = None
+        two = two_models(srv.url, args.tokens)
     finally:
         srv.stop()
-    peer = llama_server(["-m", str(models / f"{model}.gguf"), "-t", str(args.threads),
-                         "-np", str(args.slots), "-c", str(args.ctx * args.slots),
-                         "--no-webui", "--jinja"], work)  # fmt: skip
-    try:
-        results["llama-server"] = workload(peer.url, model, args.tokens)
-    finally:
-        peer.stop()
+        if peer is not None:
+            peer.stop()
+    results = {name: median_rows(rows) for name, rows in rounds.items()}
+    results["llm-router"]["two_models_c4_each"] = two
     ratios = {
         key: {
             "tok_s": results["llm-router"][key]["tok_s"] / results["llama-server"][key]["tok_s"],
@@ -89,8 +113,9 @@ def main() -> None:
         }
         for key in results["llama-server"]
     }
-    path = write_result(f"batching-{args.model}", {"args": vars(args), "results": results,
-                                                   "ratio_ours_over_peer": ratios})  # fmt: skip
+    path = write_result(f"batching-{args.model}", {
+        "args": vars(args), "repack": repack, "results": results, "rounds": rounds,
+        "ratio_ours_over_peer": ratios})  # fmt: skip
     for name, rows in results.items():
         for key, row in rows.items():
             print(f"{name:13} {key:20} " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))

@@ -73,6 +73,17 @@ def ours(config: dict[str, Any], workdir: Path) -> Proc:
     return Proc(args, f"http://127.0.0.1:{port}", "/health", workdir / f"ours-{port}.log")
 
 
+def llama_repack_default() -> bool:
+    """Our engine's default weight layout on this machine (off where llama.cpp would use its
+    AMX kernels, which crash: llama.cpp#20824); the peer gets the same (`--no-repack`)."""
+    import llama_cpp
+
+    from llm_router.engines.llamacpp import model_params
+
+    llama_cpp.llama_backend_init()
+    return bool(model_params(None).use_extra_bufts)
+
+
 def llama_server_binary() -> Path:
     out = subprocess.run([str(ROOT / "bench" / "build_llama_server.sh"), sys.executable],
                          check=True, capture_output=True, text=True)  # fmt: skip
