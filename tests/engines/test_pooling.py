@@ -42,3 +42,18 @@ def test_a_module_it_cannot_reproduce_is_refused(tmp_path: Path) -> None:
     (tmp_path / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelLoadFailed, match="'Dense' is not supported"):
         read_pooling(tmp_path)
+
+
+def test_batches_go_longest_first_and_vectors_come_back_in_input_order() -> None:
+    from llm_router.engines.pooling import embed_in_batches
+
+    seen: list[list[str]] = []
+
+    def run(batch: list[str]) -> tuple[list[list[float]], int]:
+        seen.append(batch)
+        return [[float(len(t))] for t in batch], sum(len(t) for t in batch)
+
+    texts = ["a", "ccc", "bb", "dddd", "e"]
+    vectors, used = embed_in_batches(texts, 2, run)
+    assert vectors == [[1.0], [3.0], [2.0], [4.0], [1.0]] and used == 11
+    assert seen == [["dddd", "ccc"], ["bb", "a"], ["e"]]

