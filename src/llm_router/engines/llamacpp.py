@@ -20,6 +20,7 @@ from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usag
 from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import ChatTemplate, template_for
 from .llamacpp_sampler import make_sampler
+from .slots import choose_slot, prefix_source
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "model_params"]
@@ -27,9 +28,6 @@ __all__ = ["LlamaCppEngine", "model_params"]
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
 DEFAULT_BATCH = 512
-# Copy another slot's KV stream when it saves at least this many prompt tokens: a copy moves
-# the whole stream (context_size cells), worth it for a shared system prompt, not for a BOS.
-MIN_SHARED_PREFIX = 32
 
 
 def _cores() -> int:
@@ -68,23 +66,15 @@ class _Seq:
     cached: int = 0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _by_slot(s: _Seq) -> int:
     return s.slot
 
 
 class LlamaCppEngine:
     """Engine for GGUF files. Each of `parallel` slots has its own KV stream of `context_size`
-    cells. A slot keeps its tokens after a request ends; a new request goes to the free slot
-    sharing the longest prefix with its prompt and only the rest is evaluated."""
+    cells. A slot keeps its tokens after a request ends; a new request takes a free slot by
+    `slots.choose_slot` (packed low, or the one holding its prefix), gets a longer prefix
+    copied from another slot when one holds it, and only the rest is evaluated."""
 
     def __init__(self, spec: LoadSpec) -> None:
         opts = spec.options
@@ -283,7 +273,7 @@ class LlamaCppEngine:
     def _admit(self) -> None:
         while self._waiting and self._free_slots:
             s = self._waiting.popleft()
-            slot, common = self._best_slot(s.tokens)
+            slot, common = choose_slot(self._free_slots, self._slot_tokens, s.tokens)
             self._free_slots.remove(slot)
             common = self._share_prefix(slot, common, s.tokens)
             keep = min(common, len(s.tokens) - 1)  # the last prompt token is always evaluated
@@ -295,39 +285,19 @@ class LlamaCppEngine:
             self._stats["prompt_tokens_reused"] += keep
             self._running[s.seq] = s
 
-    def _share_prefix(self, slot: int, common: int, tokens: list[int]) -> int:
-        """When another slot, busy or free, holds a longer prefix of `tokens` than `slot` does
-        (eight chats with one system prompt, say), copy that slot's KV stream into `slot`
-        instead of evaluating the prefix again. Returns the prefix `slot` now holds. The copy
-        is queued by llama.cpp and done at the start of the next decode, before the batch
-        writes anything, so a busy source gives exactly the tokens it had evaluated by now."""
-        src, shared = slot, common
-        for other, cached in enumerate(self._slot_tokens):
-            if other != slot and len(cached) > shared:
-                n = _common_prefix(cached, tokens)
-                if n > shared:
-                    src, shared = other, n
-        if src == slot or shared - common < MIN_SHARED_PREFIX:
-            return common
+    def _share_prefix(self, slot: int, kept: int, tokens: list[int]) -> int:
+        """Copy into `slot` the KV stream of a slot holding more of `tokens`, if one is worth
+        it (see slots.prefix_source); returns the prefix `slot` now holds. llama.cpp queues
+        the copy and does it at the start of the next decode, before the batch writes, so a
+        busy source gives exactly the tokens it had evaluated by now."""
+        found = prefix_source(slot, kept, self._slot_tokens, tokens)
+        if found is None:
+            return kept
+        src, shared = found
         lc.llama_memory_seq_cp(self._mem, src, slot, -1, -1)  # whole stream, across streams
         self._slot_tokens[slot] = list(self._slot_tokens[src])
         self._stats["prompt_prefix_copies"] += 1
         return shared
-
-    def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
-        """The free slot for `tokens`, and the prefix of them it holds: the one holding the
-        longest prefix when that saves at least MIN_SHARED_PREFIX tokens (a chat's next
-        turn), else the lowest free slot. Busy slots are kept packed at the low end because
-        llama.cpp's attention spans every stream from the lowest busy slot to the highest:
-        four streams spread over eight slots decoded at half the speed of four packed ones."""
-        lowest = min(self._free_slots)
-        held = _common_prefix(self._slot_tokens[lowest], tokens)
-        best, best_len = lowest, held
-        for slot in self._free_slots:
-            n = _common_prefix(self._slot_tokens[slot], tokens)
-            if n > best_len:
-                best, best_len = slot, n
-        return (best, best_len) if best_len - held >= MIN_SHARED_PREFIX else (lowest, held)
 
     def _fill_batch(self) -> list[_Seq]:
         """Decode tokens first (one per generating sequence), then prompt chunks in the room
