@@ -1,6 +1,6 @@
-"""Tools that make one model format from another: `convert` (GGUF -> HF safetensors -> ONNX)
-and `quantize` (GGUF -> GGUF of another type). Heavy libraries are imported only when a tool
-runs."""
+"""Tools that make one model format from another: `convert` (GGUF -> HF safetensors -> ONNX,
+and HF -> GGUF for llama-architecture models) and `quantize` (GGUF -> GGUF of another type).
+Heavy libraries are imported only when a tool runs."""
 
 from __future__ import annotations
 
