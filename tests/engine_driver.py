@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_router.engines.base import Engine
+from llm_router.engines.slots import common_prefix
 from llm_router.errors import RouterError
 from llm_router.types import (
     ChatMessage,
@@ -55,3 +56,10 @@ def greedy(prompt: str, max_tokens: int = 8, **params: object) -> GenerationRequ
 def chat(question: str, max_tokens: int = 16, **params: object) -> GenerationRequest:
     sampling = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **params})  # type: ignore[arg-type]
     return GenerationRequest(sampling, messages=(SYSTEM, ChatMessage("user", question)))
+
+
+def common_tokens(tokenizer: object, a: str, b: str) -> int:
+    """How many leading tokens two texts share, by an HF tokenizer."""
+    ta = tokenizer(a, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    tb = tokenizer(b, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    return common_prefix(ta, tb)

@@ -121,3 +121,26 @@ MakeClient = Callable[[Server], openai.OpenAI]
 
 def new_server(workdir: Path, **config: Any) -> Server:
     return Server(workdir, config).start()
+
+
+def chat_both_ways(
+    client: openai.OpenAI, model: str, messages: Any, max_tokens: int
+) -> tuple[str, tuple[int, int]]:
+    """One greedy chat, plain and streamed (with usage); asserts both give the same text and
+    usage, and returns them: the answer and (prompt_tokens, completion_tokens)."""
+    chat = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                          max_tokens=max_tokens)  # fmt: skip
+    assert chat.model == model and chat.choices[0].finish_reason == "stop"
+    assert chat.usage is not None
+    answer = chat.choices[0].message.content or ""
+    usage = (chat.usage.prompt_tokens, chat.usage.completion_tokens)
+    stream = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer, model
+    last = chunks[-1].usage
+    assert last is not None and (last.prompt_tokens, last.completion_tokens) == usage
+    return answer, usage

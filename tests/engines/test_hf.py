@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from engine_driver import chat, greedy, run, run_all
+from engine_driver import chat, common_tokens, greedy, run, run_all
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.hf import TransformersEngine
 from llm_router.engines.llamacpp import LlamaCppEngine
@@ -27,17 +27,6 @@ from tiny_models import tiny_llama
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
            "The three primary colors are", "Water boils at", "My favourite food is"]  # fmt: skip
-
-
-def _common_tokens(tokenizer: object, a: str, b: str) -> int:
-    ta = tokenizer(a, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    tb = tokenizer(b, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    n = 0
-    for x, y in zip(ta, tb, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # -- SmolLM2, converted ---------------------------------------------------------------------------
@@ -69,7 +58,7 @@ def test_greedy_first_tokens_agree_with_llama_cpp(
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_hf), local_files_only=True)
     requests = [greedy(p, 8) for p in PROMPTS]
     ours, theirs = run_all(hf_engine, requests), run_all(gguf_engine, requests)
-    agree = [_common_tokens(tokenizer, a.text, b.text) for a, b in zip(ours, theirs, strict=True)]
+    agree = [common_tokens(tokenizer, a.text, b.text) for a, b in zip(ours, theirs, strict=True)]
     assert min(agree) >= 4, agree
     assert sum(n >= 8 for n in agree) >= 3, agree
     for a, b in zip(ours, theirs, strict=True):

@@ -31,7 +31,7 @@ from bert_gguf import write_bert_gguf
 from llm_router import defaults
 from model_cache import minilm_folder, smollm2_hf, smollm2_onnx_fp32  # noqa: F401  (fixtures)
 from openai_schema import validate
-from servers import SMOL, MakeClient, Server, link_models, new_server
+from servers import SMOL, MakeClient, Server, chat_both_ways, link_models, new_server
 from tiny_models import tiny_llama
 
 pytestmark = pytest.mark.real
@@ -161,21 +161,7 @@ def test_broken_models_are_errors_with_the_reason(srv: Server, oai: openai.OpenA
 def test_same_greedy_chat_in_every_format(oai: openai.OpenAI) -> None:
     answers, usages = {}, {}
     for model in SMOLS:
-        chat = oai.chat.completions.create(model=model, messages=QUESTION, temperature=0,
-                                           max_tokens=30)  # fmt: skip
-        assert chat.model == model and chat.choices[0].finish_reason == "stop"
-        assert chat.usage is not None
-        answers[model] = chat.choices[0].message.content
-        usages[model] = (chat.usage.prompt_tokens, chat.usage.completion_tokens)
-        stream = oai.chat.completions.create(
-            model=model, messages=QUESTION, temperature=0, max_tokens=30, stream=True,
-            stream_options={"include_usage": True},
-        )  # fmt: skip
-        chunks = list(stream)
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text == answers[model], model
-        last = chunks[-1].usage
-        assert last is not None and (last.prompt_tokens, last.completion_tokens) == usages[model]
+        answers[model], usages[model] = chat_both_ways(oai, model, QUESTION, 30)
     assert set(answers.values()) == {"The capital of France is Paris."}, answers
     assert len(set(usages.values())) == 1, usages
 

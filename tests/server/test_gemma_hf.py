@@ -23,11 +23,12 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from engine_driver import common_tokens
 from llm_router.engines.chat_template import GEMMA_TEMPLATE, TRANSCRIPT_TEMPLATE, template_for
 from llm_router.formats.detect import describe
 from llm_router.formats.gguf import read_gguf_info
 from model_cache import gemma_hf  # noqa: F401  (fixture)
-from servers import GEMMA, MakeClient, Server, link_models, new_server
+from servers import GEMMA, MakeClient, Server, chat_both_ways, link_models, new_server
 
 pytestmark = pytest.mark.real
 
@@ -54,17 +55,6 @@ def srv(
 @pytest.fixture
 def oai(srv: Server, make_client: MakeClient) -> openai.OpenAI:
     return make_client(srv)
-
-
-def _common_tokens(tokenizer: object, a: str, b: str) -> int:
-    ta = tokenizer(a, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    tb = tokenizer(b, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    n = 0
-    for x, y in zip(ta, tb, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_converted_gemma_keeps_the_gguf_metadata(gemma_hf: Path, gemma_gguf: Path) -> None:  # noqa: F811
@@ -107,21 +97,7 @@ def test_listed_as_transformers_beside_the_gguf(srv: Server) -> None:
 def test_chat_answers_paris_as_the_gguf_does(oai: openai.OpenAI) -> None:
     answers, usages = {}, {}
     for model in (GEMMA, HF):
-        chat = oai.chat.completions.create(model=model, messages=QUESTION, temperature=0,
-                                           max_tokens=20)  # fmt: skip
-        assert chat.model == model and chat.choices[0].finish_reason == "stop"
-        assert chat.usage is not None
-        answers[model] = chat.choices[0].message.content
-        usages[model] = (chat.usage.prompt_tokens, chat.usage.completion_tokens)
-        stream = oai.chat.completions.create(
-            model=model, messages=QUESTION, temperature=0, max_tokens=20, stream=True,
-            stream_options={"include_usage": True},
-        )  # fmt: skip
-        chunks = list(stream)
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text == answers[model], model
-        last = chunks[-1].usage
-        assert last is not None and (last.prompt_tokens, last.completion_tokens) == usages[model]
+        answers[model], usages[model] = chat_both_ways(oai, model, QUESTION, 20)
     assert set(answers.values()) == {"The capital of France is Paris."}, answers
     assert usages[GEMMA] == usages[HF], usages  # same transcript, same tokens, same stop
 
@@ -136,7 +112,7 @@ def test_greedy_completions_agree_with_llama_cpp(oai: openai.OpenAI, gemma_hf: P
             assert done.usage is not None and done.usage.completion_tokens == TOKENS
             texts[model].append(done.choices[0].text)
     tokenizer = AutoTokenizer.from_pretrained(str(gemma_hf), local_files_only=True)
-    agree = [_common_tokens(tokenizer, a, b) for a, b in zip(texts[HF], texts[GEMMA], strict=True)]
+    agree = [common_tokens(tokenizer, a, b) for a, b in zip(texts[HF], texts[GEMMA], strict=True)]
     assert min(agree) >= 2, (agree, texts)
     assert sum(n >= TOKENS for n in agree) >= 4, (agree, texts)
     streamed = oai.completions.create(model=HF, prompt=PROMPTS[0], temperature=0,
