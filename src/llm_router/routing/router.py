@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ..config import RouteConfig, Settings
 from ..errors import (
@@ -33,7 +33,7 @@ from ..errors import (
     ServerBusy,
 )  # fmt: skip
 from ..lifecycle.manager import ModelManager
-from ..remote import RemoteTarget
+from ..remote import RemoteTarget, env_proxy
 from ..types import Finished, TextDelta
 from .breaker import BreakerConfig, CircuitBreaker
 from .stats import TargetStats
@@ -67,7 +67,7 @@ class Router:
     def __init__(self, settings: Settings, manager: ModelManager) -> None:
         self.settings = settings
         self.manager = manager
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         b = settings.breaker
         self._breaker = BreakerConfig(b.failure_threshold, b.error_rate_threshold, b.window,
                                       b.min_requests, b.cooldown, b.half_open_probes)  # fmt: skip
@@ -77,8 +77,8 @@ class Router:
         self._health: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
-                                                             max_keepalive_connections=200))  # fmt: skip
+        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
+        self._session = aiohttp.ClientSession(connector=connector)
         for cfg in self.settings.models:
             if cfg.provider != "openai":
                 continue
@@ -87,9 +87,10 @@ class Router:
                 log.warning(
                     "target %s: environment variable %s is not set", cfg.id, cfg.api_key_env
                 )
-            remote = RemoteTarget(self._client, base_url=cfg.base_url or "", model=cfg.model or cfg.id,
+            remote = RemoteTarget(self._session, base_url=cfg.base_url or "", model=cfg.model or cfg.id,
                                   api_key=key, name=cfg.id, read_timeout=cfg.timeout,
-                                  connect_timeout=min(10.0, cfg.timeout))  # fmt: skip
+                                  connect_timeout=min(10.0, cfg.timeout),
+                                  proxy=env_proxy(cfg.base_url or ""))  # fmt: skip
             target = Target(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker), remote)
             self._targets[cfg.id] = target
             if cfg.health_check_interval > 0:
@@ -99,8 +100,8 @@ class Router:
         for task in self._health:
             task.cancel()
         await asyncio.gather(*self._health, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     # -- names ---------------------------------------------------------------------------------
 
