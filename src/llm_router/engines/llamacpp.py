@@ -2,7 +2,8 @@
 
 One decode loop per model: every `step()` gathers one token from each generating sequence plus
 prompt chunks of newly admitted ones into one `llama_batch` (a `seq_id` per slot) and calls
-`llama_decode` once. Sampling runs in C through llama.cpp's sampler chains, one per sequence.
+`llama_decode` once. Sampling runs in C through llama.cpp's sampler chains, one per sequence,
+except plain greedy decoding: an argmax over the logits (see llamacpp_sampler).
 The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python per token."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..errors import BadRequest, EngineError, ModelLoadFailed
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import ChatTemplate, template_for
-from .llamacpp_sampler import make_sampler
+from .llamacpp_sampler import Sampler, make_sampler
 from .slots import choose_slot, prefix_source
 from .text import TextAssembler
 
@@ -56,7 +57,7 @@ class _Seq:
     seq: int
     tokens: list[int]
     params: SamplingParams
-    sampler: Any
+    sampler: Sampler
     text: TextAssembler
     slot: int = -1
     n_past: int = 0
@@ -162,7 +163,7 @@ class LlamaCppEngine:
         for s in list(self._waiting):
             if s.seq == seq:
                 self._waiting.remove(s)
-                lc.llama_sampler_free(s.sampler)
+                s.sampler.free()
         if seq in self._running:
             self._release(self._running.pop(seq))
 
@@ -187,7 +188,7 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         for s in [*self._waiting, *self._running.values()]:
-            lc.llama_sampler_free(s.sampler)
+            s.sampler.free()
         self._waiting.clear()
         self._running.clear()
         lc.llama_batch_free(self._batch)
@@ -265,7 +266,7 @@ class LlamaCppEngine:
             self._piece_cache[token] = piece
         return piece
 
-    def _make_sampler(self, p: SamplingParams) -> Any:
+    def _make_sampler(self, p: SamplingParams) -> Sampler:
         return make_sampler(p, self._vocab, self._eog_tokens)
 
     # -- the decode loop -------------------------------------------------------------------
@@ -355,7 +356,7 @@ class LlamaCppEngine:
         b.logits[i] = logits
 
     def _sample(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
-        token = lc.llama_sampler_sample(s.sampler, self._ctx, s.logits_index)
+        token = s.sampler.sample(self._ctx, s.logits_index)
         if lc.llama_vocab_is_eog(self._vocab, token):
             return self._finish(s, "stop", events)
         s.generated += 1
@@ -383,7 +384,7 @@ class LlamaCppEngine:
 
     def _release(self, s: _Seq) -> None:
         """Free the slot; its KV cells stay, for the next request sharing the prefix."""
-        lc.llama_sampler_free(s.sampler)
+        s.sampler.free()
         self._free_slots.append(s.slot)
 
     def _fail_all(self, message: str) -> list[tuple[int, EngineEvent]]:

@@ -1,0 +1,85 @@
+"""The plain-greedy sampler (an argmax over llama.cpp's logits) against llama.cpp's own greedy
+sampler chain on the same logits of a real model, and when each kind is chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_router.engines import llamacpp_sampler as sampling
+from llm_router.engines.base import LoadSpec
+from llm_router.engines.llamacpp import LlamaCppEngine
+from llm_router.engines.llamacpp_sampler import ChainSampler, GreedySampler, make_sampler
+from llm_router.types import GenerationRequest, SamplingParams, TextDelta
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_gguf: Path) -> Iterator[LlamaCppEngine]:
+    e = LlamaCppEngine(LoadSpec(str(smollm2_gguf), {"threads": 2, "parallel": 2}, "llama"))
+    yield e
+    e.close()
+
+
+class BothAgree:
+    """Samples with llama.cpp's chain and with the argmax on the same logits; records both."""
+
+    def __init__(self, engine: LlamaCppEngine, params: SamplingParams, banned: list[int]) -> None:
+        vocab = engine._vocab
+        self.chain = ChainSampler(sampling._chain(params, vocab, lambda: banned))
+        self.greedy = GreedySampler(sampling.lc.llama_vocab_n_tokens(vocab), banned)
+        self.picks: list[tuple[int, int]] = []
+
+    def sample(self, ctx: Any, index: int) -> int:
+        by_chain = self.chain.sample(ctx, index)  # first: the argmax writes -inf into banned
+        self.picks.append((by_chain, self.greedy.sample(ctx, index)))
+        return by_chain
+
+    def free(self) -> None:
+        self.chain.free()
+
+
+def _generate(engine: LlamaCppEngine, seq: int, params: SamplingParams, sampler: Any) -> str:
+    engine.submit(seq, GenerationRequest(prompt="The three primary colors are", params=params))
+    engine._waiting[-1].sampler.free()
+    engine._waiting[-1].sampler = sampler
+    text = ""
+    while engine.busy:
+        text += "".join(e.text for _, e in engine.step() if isinstance(e, TextDelta))
+    return text
+
+
+def test_the_argmax_picks_llama_cpps_greedy_token_at_every_step(engine: LlamaCppEngine) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0)
+    both = BothAgree(engine, params, [])
+    text = _generate(engine, 1, params, both)
+    assert len(both.picks) == 24 and text.strip()
+    assert [g for _, g in both.picks] == [c for c, _ in both.picks]
+
+
+def test_banned_tokens_are_never_picked_and_the_next_best_is(engine: LlamaCppEngine) -> None:
+    """Ban what greedy would say first: both must agree on the runner-up, step after step."""
+    params = SamplingParams(max_tokens=1, temperature=0)
+    first = BothAgree(engine, params, [])
+    _generate(engine, 2, params, first)
+    ((favourite, _),) = first.picks
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    both = BothAgree(engine, params, [favourite, *engine._eog_tokens()])
+    _generate(engine, 3, params, both)
+    assert [g for _, g in both.picks] == [c for c, _ in both.picks]
+    assert favourite not in [g for _, g in both.picks]
+
+
+def test_only_plain_greedy_takes_the_argmax(engine: LlamaCppEngine) -> None:
+    def kind(**kw: Any) -> type:
+        s = make_sampler(SamplingParams(**kw), engine._vocab, engine._eog_tokens)
+        s.free()
+        return type(s)
+
+    assert kind(temperature=0) is GreedySampler
+    assert kind(temperature=0, ignore_eos=True) is GreedySampler
+    assert kind(temperature=0, repeat_penalty=1.1) is ChainSampler  # needs the token history
+    assert kind(temperature=0, presence_penalty=0.5) is ChainSampler
+    assert kind(temperature=0.7) is ChainSampler
