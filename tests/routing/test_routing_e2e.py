@@ -190,6 +190,9 @@ def test_client_disconnect_cancels_upstream(
             assert time.monotonic() < deadline, "the upstream never saw the client go"
             time.sleep(0.1)
         assert stub.stats()["completed"] == 0
+        time.sleep(0.3)
+        assert "Traceback" not in srv.log_path.read_text()  # a client leaving is normal, not a server error
+        assert httpx.get(srv.url + "/health").status_code == 200
     finally:
         srv.stop()
 

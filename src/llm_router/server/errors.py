@@ -10,13 +10,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from .. import errors as e
 from ..remote import UpstreamError, UpstreamUnavailable
 
-__all__ = ["envelope", "install", "status_of"]
+__all__ = ["ClientGone", "envelope", "install", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready: the work was cancelled and nobody
+    reads a response (the app answers 499 to no one, and logs nothing)."""
+
+
 def install(app: FastAPI) -> None:
     async def on_router_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, e.RouterError)
@@ -90,6 +95,9 @@ def install(app: FastAPI) -> None:
             envelope(str(exc.detail), type_), exc.status_code, getattr(exc, "headers", None)
         )
 
+    async def on_client_gone(_: Request, exc: Exception) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; no one reads it
+
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(envelope("internal server error", "server_error"), 500)
@@ -97,6 +105,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(e.RouterError, on_router_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
 
 

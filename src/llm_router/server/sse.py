@@ -23,7 +23,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..protocol import RenderedChunk, dump_chunk
-from .errors import error_json
+from .errors import ClientGone, error_json
 
 __all__ = ["SSEResponse", "cancel_on_disconnect", "events_response", "sse_response"]
 
@@ -137,19 +137,28 @@ async def events_response(stream: AsyncIterator[str]) -> SSEResponse:
 
 
 async def cancel_on_disconnect(receive: Any, work: Any) -> Any:
-    """Await `work` (a coroutine), cancelling it if the client disconnects first. The request
-    body must already be read: after that, `receive` only ever reports the disconnect."""
+    """Await `work` (a coroutine), cancelling it if the client disconnects first (then raise
+    ClientGone). The request body must already be read: after that, `receive` only ever
+    reports the disconnect."""
     task = asyncio.ensure_future(work)
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                gone = True
                 task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if gone and current is not None and not current.cancelling():
+            raise ClientGone from None
+        raise
     finally:
         watcher.cancel()
