@@ -1,7 +1,8 @@
 """Continuous batching: aggregate generated tokens/s and time to first token at 1, 4 and 8
-concurrent streams, plus a shared-prefix workload (8 requests with a common ~500-token system
-prompt), ours against llama.cpp's own llama-server built from the same vendored source. Same
-model file, threads, slots, context and weight layout (repack), both on 127.0.0.1, same client.
+concurrent streams, 8 streams of which half end early (gaps in the busy slots), and a
+shared-prefix workload (8 requests with a common ~500-token system prompt), ours against
+llama.cpp's own llama-server built from the same vendored source. Same model file, threads,
+slots, context and weight layout (repack), both on 127.0.0.1, same client.
 Then two models busy at once against one model alone (our thread budget).
 
 Both servers run side by side (an idle one costs nothing) and the workload alternates between
@@ -52,6 +53,11 @@ def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
     for n in (1, 4, 8):
         bodies = [{**body, "prompt": f"Story {i}: once upon a time"} for i in range(n)]
         out[f"c{n}"] = run_concurrent(url, bodies, "/v1/completions")
+    # 8 streams that end at different times (as real answers do): every other one stops at a
+    # quarter of the length, so the busy slots are left with gaps for the rest of the run.
+    bodies = [{**body, "prompt": f"Story {i}: once upon a time",
+               "max_tokens": tokens if i % 2 == 0 else tokens // 4} for i in range(8)]  # fmt: skip
+    out["staggered_c8"] = run_concurrent(url, bodies, "/v1/completions")
     chat = [{**body, "messages": [{"role": "system", "content": SYSTEM},
                                   {"role": "user", "content": f"Question {i}: name a colour."}]}
             for i in range(8)]  # fmt: skip

@@ -90,3 +90,33 @@ def test_a_shared_prefix_is_copied_from_the_slot_that_holds_it_with_the_same_ans
     assert engine.info()["prompt_prefix_copies"] - copies >= 2  # the free slots got a copy
     per_prompt = (engine.info()["prompt_tokens_evaluated"] - evaluated) / len(prompts)
     assert per_prompt < 30  # only each question was evaluated, not the ~330-token prefix
+
+
+def _run(engine: LlamaCppEngine, order: list[int], short: int) -> tuple[dict[int, str], int]:
+    """Four stories submitted in `order` (so they take slots in that order); story `short`
+    stops after 3 tokens. Asserts each decode is one consecutive run of slots."""
+    texts = {i: "" for i in order}
+    moves = engine.info()["slot_moves"]
+    for i in order:
+        params = SamplingParams(max_tokens=3 if i == short else 24, temperature=0, ignore_eos=True)
+        engine.submit(
+            500 + i, GenerationRequest(prompt=f"Story {i}: once upon a time", params=params)
+        )
+    while engine.busy:
+        for seq, event in engine.step():
+            texts[seq - 500] += getattr(event, "text", "")
+        b = engine._batch
+        slots = sorted({b.seq_id[i][0] for i in range(b.n_tokens)})
+        assert slots == list(range(slots[0], slots[0] + len(slots))), slots
+    return texts, engine.info()["slot_moves"] - moves
+
+
+def test_a_gap_left_by_a_finished_request_is_closed_and_the_answers_are_kept(
+    engine: LlamaCppEngine,
+) -> None:
+    """With story 1 ending first in slot 1, story 3 moves from slot 3 into it; the texts are
+    those of the same stories when the early one sat in the top slot and nothing moved."""
+    moved, n_moved = _run(engine, [0, 1, 2, 3], short=1)
+    still, n_still = _run(engine, [0, 2, 3, 1], short=1)
+    assert (n_moved, n_still) == (1, 0)
+    assert moved == still and all(moved.values())

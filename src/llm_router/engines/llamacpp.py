@@ -21,7 +21,7 @@ from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usag
 from .base import EngineEvent, LoadSpec, check_prompt_fits
 from .chat_template import ChatTemplate, template_for
 from .llamacpp_sampler import Sampler, make_sampler
-from .slots import choose_slot, prefix_source
+from .slots import choose_slot, closing_move, prefix_source
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "model_params"]
@@ -118,7 +118,7 @@ class LlamaCppEngine:
         self._running: dict[int, _Seq] = {}
         self._stats = {"decode_steps": 0, "batch_sequences": 0, "prompt_tokens_evaluated": 0,
                        "prompt_tokens_reused": 0, "prompt_prefix_copies": 0,
-                       "tokens_generated": 0}  # fmt: skip
+                       "slot_moves": 0, "tokens_generated": 0}  # fmt: skip
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -169,6 +169,7 @@ class LlamaCppEngine:
 
     def step(self) -> list[tuple[int, EngineEvent]]:
         self._admit()
+        self._close_gaps()
         batch_seqs = self._fill_batch()
         if not batch_seqs:
             return []
@@ -299,6 +300,23 @@ class LlamaCppEngine:
         self._slot_tokens[slot] = list(self._slot_tokens[src])
         self._stats["prompt_prefix_copies"] += 1
         return shared
+
+    def _close_gaps(self) -> None:
+        """Keep the busy slots consecutive (see slots.closing_move): the highest busy sequence
+        moves into the gap, its KV stream copied whole before the next decode writes. The slot
+        it leaves keeps a copy of its tokens so far, a cache like any other; the gap's own
+        cache (the request that just ended there) is what this costs."""
+        by_slot = {s.slot: s for s in self._running.values()}
+        while (move := closing_move(list(by_slot), self._free_slots)) is not None:
+            src, dst = move
+            lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            self._slot_tokens[dst] = list(self._slot_tokens[src])
+            s = by_slot.pop(src)
+            s.slot = dst
+            by_slot[dst] = s
+            self._free_slots.remove(dst)
+            self._free_slots.append(src)
+            self._stats["slot_moves"] += 1
 
     def _fill_batch(self) -> list[_Seq]:
         """Decode tokens first (one per generating sequence), then prompt chunks in the room
