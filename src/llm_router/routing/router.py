@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ class Routed:
 
     target: str
     reason: str
-    events: AsyncIterator[Event]
+    events: AsyncGenerator[Event, None]
 
 
 @dataclass(eq=False)
@@ -220,7 +220,7 @@ class Router:
     async def _watch(
         self, target: Target, first: Event, events: AsyncGenerator[Event, None], started: float,
         ttft: float,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+    ) -> AsyncGenerator[Event, None]:  # fmt: skip
         """Pass the events on; the outcome goes to the target's stats and breaker."""
         done = False
         try:

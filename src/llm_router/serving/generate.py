@@ -8,7 +8,8 @@ tells the caller which target served and why, for the response headers."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,7 @@ class GenerationService:
 
     async def _events(
         self, wire: _Request, request: GenerationRequest, route: RouteInfo
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Events of the routed request, counted in the metrics as they pass."""
         endpoint = "chat" if request.messages is not None else "completion"
         started = time.perf_counter()
@@ -87,17 +88,18 @@ class GenerationService:
             model = route.target = routed.target
             route.reason = routed.reason
             first = True
-            async for event in routed.events:
-                if first:
-                    first = False
-                    self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                if isinstance(event, Finished):
-                    outcome = event.finish_reason
-                    self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
-                    self.metrics.tokens.labels(model, "completion").inc(
-                        event.usage.completion_tokens
-                    )
-                yield event
+            async with aclosing(routed.events) as events:
+                async for event in events:
+                    if first:
+                        first = False
+                        self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
+                    if isinstance(event, Finished):
+                        outcome = event.finish_reason
+                        self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
+                        self.metrics.tokens.labels(model, "completion").inc(
+                            event.usage.completion_tokens
+                        )
+                    yield event
         except RouterError as exc:
             outcome = type(exc).__name__
             raise
@@ -117,9 +119,10 @@ class GenerationService:
         """The generated text as it comes, for callers that want no wire types (the CLI)."""
         gen = self._chat_request(req) if isinstance(req, ChatCompletionRequest) else (
             req.to_request())  # fmt: skip
-        async for event in self._events(req, gen, route or RouteInfo()):
-            if isinstance(event, TextDelta):
-                yield event.text
+        async with aclosing(self._events(req, gen, route or RouteInfo())) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield event.text
 
     async def chat(
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
@@ -139,23 +142,24 @@ class GenerationService:
         route = route or RouteInfo()
         head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now()}
         texts: TextChunks | None = None
-        async for event in self._events(req, self._chat_request(req), route):
-            if texts is None:
-                head["model"] = route.target
-                texts = TextChunks(ChatCompletionChunk(
-                    **head, choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))]))  # fmt: skip
+        async with aclosing(self._events(req, self._chat_request(req), route)) as events:
+            async for event in events:
+                if texts is None:
+                    head["model"] = route.target
+                    texts = TextChunks(ChatCompletionChunk(
+                        **head, choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))]))  # fmt: skip
+                    yield ChatCompletionChunk(
+                        **head, choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]
+                    )
+                if isinstance(event, TextDelta):
+                    yield texts.chunk(event.text)
+                    continue
                 yield ChatCompletionChunk(
-                    **head, choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]
+                    **head,
+                    choices=[ChatChunkChoice(delta=ChatDelta(), finish_reason=event.finish_reason)],
                 )
-            if isinstance(event, TextDelta):
-                yield texts.chunk(event.text)
-                continue
-            yield ChatCompletionChunk(
-                **head,
-                choices=[ChatChunkChoice(delta=ChatDelta(), finish_reason=event.finish_reason)],
-            )
-            if req.include_usage:
-                yield ChatCompletionChunk(**head, choices=[], usage=UsageOut.of(event.usage))
+                if req.include_usage:
+                    yield ChatCompletionChunk(**head, choices=[], usage=UsageOut.of(event.usage))
 
     async def complete(self, req: CompletionRequest, route: RouteInfo | None = None) -> Completion:
         route = route or RouteInfo()
@@ -176,32 +180,34 @@ class GenerationService:
         gen = req.to_request()
         head: dict[str, Any] = {"id": new_id("cmpl"), "created": now()}
         texts: TextChunks | None = None
-        async for event in self._events(req, gen, route):
-            if texts is None:
-                head["model"] = route.target
-                texts = TextChunks(Completion(
-                    **head, choices=[CompletionChoice(text=TextChunks.MARK, finish_reason=None)]))  # fmt: skip
-                if req.echo:
-                    yield texts.chunk(gen.prompt or "")
-            if isinstance(event, TextDelta):
-                yield texts.chunk(event.text)
-                continue
-            yield Completion(
-                **head, choices=[CompletionChoice(text="", finish_reason=event.finish_reason)]
-            )
-            if req.include_usage:
-                yield Completion(**head, choices=[], usage=UsageOut.of(event.usage))
+        async with aclosing(self._events(req, gen, route)) as events:
+            async for event in events:
+                if texts is None:
+                    head["model"] = route.target
+                    texts = TextChunks(Completion(
+                        **head, choices=[CompletionChoice(text=TextChunks.MARK, finish_reason=None)]))  # fmt: skip
+                    if req.echo:
+                        yield texts.chunk(gen.prompt or "")
+                if isinstance(event, TextDelta):
+                    yield texts.chunk(event.text)
+                    continue
+                yield Completion(
+                    **head, choices=[CompletionChoice(text="", finish_reason=event.finish_reason)]
+                )
+                if req.include_usage:
+                    yield Completion(**head, choices=[], usage=UsageOut.of(event.usage))
 
 
-async def _collect(events: AsyncIterator[Event]) -> tuple[str, Finished]:
+async def _collect(events: AsyncGenerator[Event, None]) -> tuple[str, Finished]:
     """Drain the stream to its end (so the lease is released here, not at garbage collection)."""
     parts: list[str] = []
     finished: Finished | None = None
-    async for event in events:
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        else:
-            finished = event
+    async with aclosing(events) as closing:
+        async for event in closing:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            else:
+                finished = event
     if finished is None:
         raise RuntimeError("generation ended without a finish event")
     return "".join(parts), finished

@@ -1,0 +1,262 @@
+"""The Python API: the server's own services in your process, without HTTP.
+
+    from llm_router import Router
+
+    async with Router(models_dir="models") as router:
+        print(await router.quick("What is the capital of France?"))
+        async for text in router.stream("Once upon a time", model="gemma-3-270m-q4_k_m"):
+            print(text, end="")
+
+A `Router` holds the same objects `llm-router serve` does (the model manager with its worker
+processes, the router with its routes, breakers and remote targets, the generation, embedding
+and ensemble services), so a name means the same here as in a request's `model` field: a
+local model id or alias, a remote target or a route. Requests and answers are the server's
+OpenAI types (`ChatCompletion`, `Completion`, `EmbeddingResponse`); the `str` helpers are for
+when only the text matters. Errors are the server's too (`ModelNotFound`, `QueueFull`, ...,
+all `RouterError`). One `Router` per event loop; `close()` (or leaving `async with`) stops the
+workers it started."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .config import Settings, load_config
+from .errors import BadRequest
+from .protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)  # fmt: skip
+
+__all__ = ["Router"]
+
+Messages = str | Sequence[Mapping[str, Any]]
+T = TypeVar("T", bound=BaseModel)
+
+
+class Router:
+    """`Router(config=None, **settings)`: settings as for `llm-router serve` (a YAML/JSON file,
+    then the environment, then keyword overrides such as `models_dir=`), or a ready `settings=`.
+
+    `model` may be left out of the generation calls: the bundled SmolLM2 when it is there,
+    else the first local model that generates text (see `default_model`)."""
+
+    def __init__(
+        self,
+        config: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings or load_config(config, overrides)
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> Router:
+        """Find the models (provisioning the bundled ones into an empty directory, as `serve`
+        does) and start the router; models load on first use."""
+        if self._started:
+            return self
+        from .discovery import ensure_models
+        from .lifecycle.manager import ModelManager
+        from .metrics import Metrics
+        from .routing.router import Router as Routing
+        from .serving.embed import EmbeddingService
+        from .serving.ensemble import EnsembleService
+        from .serving.generate import GenerationService
+
+        ensure_models(self.settings)
+        self.manager = ModelManager(self.settings)
+        self.router = Routing(self.settings, self.manager)
+        metrics = Metrics()
+        self.generation = GenerationService(self.router, metrics)
+        self.embeddings = EmbeddingService(self.router, metrics)
+        self.ensembles = EnsembleService(self.generation)
+        await self.manager.start()
+        try:
+            await self.router.start()
+        except BaseException:
+            await self.manager.close()
+            raise
+        self._started = True
+        return self
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await self.router.close()
+        finally:
+            await self.manager.close()
+
+    async def __aenter__(self) -> Router:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.close()
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Every name a call can use: local models, remote targets and routes."""
+        self._check()
+        self.manager.refresh()
+        return ([s.id for s in self.manager.states()] + [t.id for t in self.router.remotes()]
+                + [r.name for r in self.router.routes()])  # fmt: skip
+
+    def default_model(self) -> str:
+        """The model used when a call names none: the bundled chat model (SmolLM2) when it is
+        in the models directory, else the first local model that generates text."""
+        from .defaults import SMOLLM2_FILE
+
+        self._check()
+        self.manager.refresh()
+        ids = [s.id for s in self.manager.states() if s.source.task != "embed"]
+        bundled = SMOLLM2_FILE.removesuffix(".gguf")
+        if bundled in ids:
+            return bundled
+        if ids:
+            return ids[0]
+        raise BadRequest("no local model generates text here; name a `model`", param="model")
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def chat(self, messages: Messages, *, model: str | None = None,
+                   **params: Any) -> ChatCompletion:  # fmt: skip
+        """A chat completion. `messages` is a list of {"role", "content"} or one user message
+        as a string; `params` are the OpenAI request's fields (max_tokens, temperature, seed,
+        stop, ...)."""
+        request = self._chat(messages, model, params)  # first: it checks the router started
+        return await self.generation.chat(request)
+
+    async def generate(self, prompt: str, *, model: str | None = None,
+                       **params: Any) -> Completion:  # fmt: skip
+        """A plain text completion of `prompt`: no chat template."""
+        request = self._completion(prompt, model, params)
+        return await self.generation.complete(request)
+
+    async def stream(self, messages: Messages, *, model: str | None = None, raw: bool = False,
+                     **params: Any) -> AsyncIterator[str]:  # fmt: skip
+        """The answer's text as it is generated (a chat; `raw=True`: a plain completion of a
+        string prompt). Leaving the loop early cancels the generation."""
+        if raw:
+            if not isinstance(messages, str):
+                raise BadRequest("raw=True takes a string prompt", param="prompt")
+            request: ChatCompletionRequest | CompletionRequest = self._completion(
+                messages, model, params
+            )
+        else:
+            request = self._chat(messages, model, params)
+        pieces = self.generation.text_stream(request)
+        try:
+            async for text in pieces:
+                yield text
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
+
+    async def quick(self, question: str, *, model: str | None = None, **params: Any) -> str:
+        """One question, the answer's text."""
+        done = await self.chat(question, model=model, **params)
+        return done.choices[0].message.content or ""
+
+    async def batch(self, prompts: Sequence[Messages], *, model: str | None = None,
+                    concurrency: int = 8, **params: Any) -> list[str]:  # fmt: skip
+        """Many questions at once (at most `concurrency` in flight; a local model decodes them
+        together in its slots); the answers' texts in the order asked."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(messages: Messages) -> str:
+            async with gate:
+                done = await self.chat(messages, model=model, **params)
+                return done.choices[0].message.content or ""
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    async def embed(self, inputs: str | Sequence[str], *, model: str,
+                    **params: Any) -> list[list[float]]:  # fmt: skip
+        """One vector per input (a string gives a list of one)."""
+        response = await self.embeddings_response(inputs, model=model, **params)
+        return [list(d.embedding) for d in response.data]  # type: ignore[arg-type]
+
+    async def embeddings_response(self, inputs: str | Sequence[str], *, model: str,
+                                  **params: Any) -> EmbeddingResponse:  # fmt: skip
+        """The full `/v1/embeddings` answer (usage, `dimensions`, base64 when asked)."""
+        self._check()
+        body = {
+            **params,
+            "model": model,
+            "input": inputs if isinstance(inputs, str) else list(inputs),
+        }
+        return await self.embeddings.embed(EmbeddingRequest.model_validate(body))
+
+    # -- several targets -----------------------------------------------------------------------
+
+    async def ensemble(self, messages: Messages, *, targets: Sequence[str], mode: str = "vote",
+                       **params: Any) -> dict[str, Any]:  # fmt: skip
+        """One question to several targets, the answers combined (`mode`: vote, best-of,
+        first; `weights`, `scorer`, `judge` as for `POST /v1/ensemble`): the chosen chat
+        completion, with the details under "ensemble"."""
+        from .serving.ensemble import EnsembleRequest
+
+        body = self._body(messages, params) | {"targets": list(targets), "mode": mode}
+        return await self.ensembles.ensemble(_validated(EnsembleRequest, body))
+
+    async def compare(self, messages: Messages, *, targets: Sequence[str],
+                      **params: Any) -> list[dict[str, Any]]:  # fmt: skip
+        """Every target's answer side by side: model, content, latency, tokens, cost, error."""
+        from .serving.ensemble import CompareRequest
+
+        body = self._body(messages, params) | {"targets": list(targets)}
+        result = await self.ensembles.compare(_validated(CompareRequest, body))
+        return list(result["data"])
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self._started:
+            raise RuntimeError("Router is not started: use `async with Router(...)` or start()")
+
+    def _body(self, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._check()
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return {**params, "messages": list(messages)}
+
+    def _chat(self, messages: Messages, model: str | None,
+              params: Mapping[str, Any]) -> ChatCompletionRequest:  # fmt: skip
+        body = self._body(messages, params)
+        body["model"] = model or self.default_model()
+        return _validated(ChatCompletionRequest, body)
+
+    def _completion(self, prompt: str, model: str | None,
+                    params: Mapping[str, Any]) -> CompletionRequest:  # fmt: skip
+        self._check()
+        body = {**params, "prompt": prompt, "model": model or self.default_model()}
+        return _validated(CompletionRequest, body)
+
+
+def _validated(model: type[T], body: dict[str, Any]) -> T:
+    """The request model, or BadRequest naming the field (as the server's 400 would)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or None
+        raise BadRequest(f"{field}: {error['msg']}" if field else error["msg"],
+                         param=field) from None  # fmt: skip

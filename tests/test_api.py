@@ -1,0 +1,111 @@
+"""The Python API (`from llm_router import Router`) on the bundled real models, in-process:
+the same services as the server, so the same answers, errors and cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from llm_router import Router, defaults
+from llm_router.errors import BadRequest, ContextLengthExceeded, ModelNotFound
+from llm_router.protocol import ChatCompletion, Completion
+from servers import link_models
+
+pytestmark = pytest.mark.timeout(300)
+
+SMOL = defaults.SMOLLM2_FILE.removesuffix(".gguf")
+GEMMA = defaults.GEMMA_FILE.removesuffix(".gguf")
+PARIS = "What is the capital of France?"
+GREEDY = {"temperature": 0, "max_tokens": 24}
+
+
+@pytest.fixture(scope="module")
+def api_models(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path,
+               gemma_gguf: Path) -> Path:  # fmt: skip
+    folder = link_models(tmp_path_factory.mktemp("api-models"), smollm2_gguf, gemma_gguf)
+    assert defaults.place_minilm(folder) is not None
+    return folder
+
+
+@pytest.fixture
+async def router(api_models: Path) -> AsyncIterator[Router]:
+    async with Router(models_dir=str(api_models), watch_interval=0, spare_workers=False,
+                      model_defaults={"threads": 2}) as r:  # fmt: skip
+        yield r
+
+
+async def test_quick_chat_and_generate_answer_with_the_real_model(router: Router) -> None:
+    assert router.default_model() == SMOL
+    assert {SMOL, GEMMA, defaults.MINILM_ID} <= set(router.models())
+    assert "Paris" in await router.quick(PARIS, **GREEDY)
+    done = await router.chat([{"role": "user", "content": PARIS}], model=SMOL, **GREEDY)
+    assert isinstance(done, ChatCompletion) and done.model == SMOL
+    assert "Paris" in (done.choices[0].message.content or "")
+    assert done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 5
+    text = await router.generate("The capital of France is", model=GEMMA, max_tokens=8,
+                                 temperature=0)  # fmt: skip
+    assert isinstance(text, Completion) and text.model == GEMMA
+    assert text.choices[0].text.strip()
+
+
+async def test_stream_gives_the_same_text_as_chat_and_stops_when_left(router: Router) -> None:
+    whole = await router.quick(PARIS, **GREEDY)
+    pieces = [p async for p in router.stream(PARIS, **GREEDY)]
+    assert len(pieces) > 1 and "".join(pieces) == whole
+    raw = [p async for p in router.stream("Once upon a time", model=GEMMA, raw=True,
+                                          max_tokens=6, temperature=0)]  # fmt: skip
+    assert "".join(raw).strip()
+    stream = router.stream("Tell me a very long story.", max_tokens=400)
+    async for _ in stream:
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    state = router.manager.resolve(SMOL)
+    assert state.active == 0  # the slot was given back, not held until 400 tokens
+
+
+async def test_batch_answers_in_order(router: Router) -> None:
+    questions = [PARIS, "What is the capital of Italy?", PARIS]
+    answers = await router.batch(questions, concurrency=2, **GREEDY)
+    assert len(answers) == 3 and answers[0] == answers[2]
+    assert "Paris" in answers[0] and "Rom" in answers[1]  # "Rome" or, from SmolLM2, "Roma"
+
+
+async def test_embed_returns_one_vector_per_input(router: Router) -> None:
+    vectors = await router.embed(["a cat", "a kitten", "the stock market"],
+                                 model=defaults.MINILM_ID)  # fmt: skip
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    cat, kitten, stocks = vectors
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert dot(cat, kitten) > dot(cat, stocks)
+    assert len(await router.embed("one", model=defaults.MINILM_ID)) == 1
+
+
+async def test_ensemble_and_compare_on_two_local_models(router: Router) -> None:
+    voted = await router.ensemble(PARIS, targets=[SMOL, GEMMA, SMOL], mode="vote", **GREEDY)
+    assert sum(voted["ensemble"]["votes"].values()) == 3.0
+    assert voted["ensemble"]["chosen"] == voted["model"]
+    assert "Paris" in voted["choices"][0]["message"]["content"]
+    rows = await router.compare(PARIS, targets=[SMOL, GEMMA], **GREEDY)
+    assert [r["model"] for r in rows] == [SMOL, GEMMA]
+    assert all(r["error"] is None and r["latency_ms"] > 0 for r in rows)
+
+
+async def test_bad_input_raises_the_servers_errors(router: Router) -> None:
+    with pytest.raises(ModelNotFound):
+        await router.quick("hi", model="no-such-model")
+    with pytest.raises(BadRequest) as info:
+        await router.chat("hi", temperature=-3)
+    assert info.value.param == "temperature"
+    with pytest.raises(ContextLengthExceeded):
+        await router.quick("word " * 20_000, model=SMOL)
+    assert "Paris" in await router.quick(PARIS, **GREEDY)  # and it keeps serving
+
+
+async def test_a_router_must_be_started(api_models: Path) -> None:
+    r = Router(models_dir=str(api_models), watch_interval=0)
+    with pytest.raises(RuntimeError, match="not started"):
+        await r.quick("hi")
+    with pytest.raises(RuntimeError, match="not started"):
+        r.models()
