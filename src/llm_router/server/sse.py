@@ -60,7 +60,8 @@ class SSEResponse(StreamingResponse):
             """Cancels the producer when the client disconnects; pings while it is silent."""
             while True:
                 try:
-                    message = await asyncio.wait_for(receive(), self.ping)
+                    async with asyncio.timeout(self.ping):  # no task per wait, as wait_for makes
+                        message = await receive()
                 except TimeoutError:
                     if not state["ended"] and loop.time() - state["last"] >= self.ping:
                         await send({"type": "http.response.body", "body": b": ping\n\n",
@@ -139,8 +140,9 @@ async def events_response(stream: AsyncIterator[str]) -> SSEResponse:
 async def cancel_on_disconnect(receive: Any, work: Any) -> Any:
     """Await `work` (a coroutine), cancelling it if the client disconnects first (then raise
     ClientGone). The request body must already be read: after that, `receive` only ever
-    reports the disconnect."""
-    task = asyncio.ensure_future(work)
+    reports the disconnect. `work` runs in the calling task; only the watcher is a task."""
+    task = asyncio.current_task()
+    assert task is not None
     gone = False
 
     async def watch() -> None:
@@ -154,10 +156,9 @@ async def cancel_on_disconnect(receive: Any, work: Any) -> Any:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if gone and current is not None and not current.cancelling():
+        if gone and task.uncancel() == 0:
             raise ClientGone from None
         raise
     finally:
