@@ -24,6 +24,8 @@ _ENGINE_COUNTERS = {
     "batch_sequences": "sequences summed over decode steps (divide by steps: batch occupancy)",
     "prompt_tokens_evaluated": "prompt tokens evaluated",
     "prompt_tokens_reused": "prompt tokens reused from a slot's KV cache",
+    "prompt_prefix_copies": "prompt prefixes copied from another slot's KV cache",
+    "slot_moves": "sequences moved to close a gap in the busy slots",
     "tokens_generated": "tokens generated",
 }
 _ENGINE_GAUGES = ("slots_busy", "slots_idle", "tokens_cached", "threads", "parallel")

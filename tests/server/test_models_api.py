@@ -109,6 +109,7 @@ def test_prometheus_metrics(client: openai.OpenAI, server: Any) -> None:
     )
     assert f'llm_router_model_status{{model="{SMOL}",status="loaded"}} 1.0' in text
     assert f'llm_router_model_events_total{{event="loaded",model="{SMOL}"}}' in text
-    assert f'llm_router_engine_decode_steps_total{{model="{SMOL}"}}' in text
+    for counter in ("decode_steps", "prompt_prefix_copies", "slot_moves"):
+        assert f'llm_router_engine_{counter}_total{{model="{SMOL}"}}' in text
     assert "llm_router_time_to_first_token_seconds_bucket" in text
     assert f'llm_router_model_memory_bytes{{model="{SMOL}"}}' in text
