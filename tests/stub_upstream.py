@@ -3,8 +3,9 @@
     python tests/stub_upstream.py PORT
 
 POST /control {"mode": "ok" | "500" | "429" | "hang", "delay": seconds per chunk, "reply": str}
-changes how it answers; GET /stats says how many requests it saw and how many clients hung up
-before the answer was complete."""
+changes how it answers; GET /stats says how many requests it saw, how many clients hung up
+before the answer was complete, and the last request's body. A chat request with `tools` is
+answered with a call of the first tool (streamed in three pieces, as OpenAI does)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ async def _client_left(request: Request, seconds: float) -> bool:
 async def answer(request: Request) -> Response:
     state["requests"] += 1
     body = await request.json()
+    state["last_body"] = body
     kind = "chat" if request.url.path.endswith("chat/completions") else "completion"
     mode = state["mode"]
     if mode == "500":
@@ -89,6 +91,8 @@ async def answer(request: Request) -> Response:
     pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
     usage = {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)}
     model = body.get("model", "stub")
+    if kind == "chat" and body.get("tools"):
+        return _tool_call(body, model, usage)
     if not body.get("stream"):
         if await _client_left(request, state["delay"] * len(pieces)):
             state["disconnects"] += 1
@@ -117,6 +121,34 @@ async def answer(request: Request) -> Response:
         except asyncio.CancelledError:
             state["disconnects"] += 1
             raise
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def _tool_call(body: dict[str, Any], model: str, usage: dict[str, int]) -> Response:
+    name = body["tools"][0]["function"]["name"]
+    args = ['{"city": ', '"Paris"}']
+    if not body.get("stream"):
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": name, "arguments": "".join(args)}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return JSONResponse({"id": "stub-1", "object": "chat.completion", "created": 0,
+                             "model": model, "usage": usage, "choices": [
+                                 {"index": 0, "message": message, "finish_reason": "tool_calls"}]})  # fmt: skip
+    deltas = [{"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}]}]
+    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in args]
+
+    async def stream() -> AsyncIterator[bytes]:
+        for delta in deltas:
+            chunk = {"id": "stub-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        final = {"id": "stub-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}  # fmt: skip
+        yield f"data: {json.dumps(final)}\n\n".encode()
+        yield f"data: {json.dumps({**final, 'choices': [], 'usage': usage})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream")
 

@@ -168,16 +168,23 @@ def now() -> int:
     return int(time.time())
 
 
+ChatFinish = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
 class AssistantMessage(BaseModel):
+    """Extra fields (`tool_calls`, a remote target's `reasoning_content`...) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
     role: Literal["assistant"] = "assistant"
     content: str | None
-    refusal: None = None
+    refusal: str | None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: ChatFinish
     logprobs: None = None
 
 
@@ -191,6 +198,8 @@ class ChatCompletion(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a remote target's `tool_calls`, ...
+
     role: Literal["assistant"] | None = None
     content: str | None = None
 
@@ -198,7 +207,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinish | None = None
     logprobs: None = None
 
     @field_serializer("delta")
@@ -218,7 +227,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
     logprobs: None = None
 
 

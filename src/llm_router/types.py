@@ -13,12 +13,15 @@ __all__ = [
     "Embeddings",
     "Finished",
     "GenerationRequest",
+    "MessageFields",
     "SamplingParams",
     "TextDelta",
     "Usage",
 ]
 
-FinishReason = Literal["stop", "length"]
+# Local engines end with "stop" or "length"; a remote target may also say why it stopped with
+# the others (OpenAI's values), passed on as they are.
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,15 @@ class TextDelta:
     """A piece of generated text (whole UTF-8 characters, stop strings already cut)."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFields:
+    """Fields of the assistant's message other than its text, from a remote target (e.g.
+    `tool_calls`, `refusal`, `reasoning_content`): a streamed delta's, or the whole message's
+    when not streaming. Passed on to the client as the upstream sent them."""
+
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,53 @@ def test_speed_priority_prefers_the_faster_target(
         slow.stop()
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}  # fmt: skip
+
+
+def test_tool_calls_from_a_remote_target_reach_the_client(
+    tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
+) -> None:
+    """A remote target's tool call comes back whole (not streaming) and piece by piece
+    (streaming), and the conversation's tool turn goes up as the client sent it."""
+    srv = router_server(tmp_path, models_dir, [remote("box", stub.url)], [])
+    try:
+        client = make_client(srv)
+        ask = [{"role": "user", "content": "Weather in Paris?"}]
+        done = client.chat.completions.create(model="box", messages=ask, tools=[WEATHER_TOOL])
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls" and done.model == "box"
+        assert choice.message.content is None
+        (call,) = choice.message.tool_calls or []
+        assert (call.id, call.function.name) == ("call_1", "get_weather")
+        assert call.function.arguments == '{"city": "Paris"}'
+        assert stub.stats()["last_body"]["tools"] == [WEATHER_TOOL]
+
+        stream = client.chat.completions.create(model="box", messages=ask, tools=[WEATHER_TOOL],
+                                                stream=True)  # fmt: skip
+        name, arguments, finish = "", "", None
+        for chunk in stream:
+            for c in chunk.choices:
+                for piece in c.delta.tool_calls or []:
+                    name += piece.function.name or "" if piece.function else ""
+                    arguments += piece.function.arguments or "" if piece.function else ""
+                finish = c.finish_reason or finish
+        assert (name, arguments, finish) == ("get_weather", '{"city": "Paris"}', "tool_calls")
+
+        turn = [*ask, choice.message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]
+        stub.set(reply="It is sunny in Paris.")
+        answer = client.chat.completions.create(model="box", messages=turn)
+        assert answer.choices[0].message.content == "It is sunny in Paris."
+        sent = stub.stats()["last_body"]["messages"]
+        assert sent[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("streaming", [True, False])
 def test_client_disconnect_cancels_upstream(
     tmp_path: Path, models_dir: Path, stub: Stub, streaming: bool

@@ -12,14 +12,14 @@ from ..config import ModelConfig
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from ..remote import RemoteTarget
-from ..types import ChatMessage, Finished, GenerationRequest, TextDelta, Usage
+from ..types import ChatMessage, Finished, GenerationRequest, MessageFields, TextDelta, Usage
 from .breaker import CircuitBreaker
 from .stats import TargetStats
 from .strategies import Candidate, Capabilities
 
 __all__ = ["Call", "Target"]
 
-Event = TextDelta | Finished
+Event = TextDelta | MessageFields | Finished
 DEFAULT_LOCAL_CONTEXT = 2048
 
 
@@ -92,16 +92,19 @@ async def _local_events(
 
 async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Event, None]:
     """Streams upstream when the client streams (asking for usage in the last chunk), else one
-    plain request; either way cancelling the caller cancels the upstream request."""
+    plain request; either way cancelling the caller cancels the upstream request. What the
+    upstream's message carries besides text (tool calls, refusals, reasoning) is passed on as
+    MessageFields, and its finish reason as it said it."""
     if not call.stream:
         done = await (remote.chat(call.body) if call.kind == "chat" else remote.complete(call.body))
         choice = (done.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content") if call.kind == "chat" else (
-            choice.get("text"))  # fmt: skip
+        message = choice.get("message") or {}
+        text = message.get("content") if call.kind == "chat" else choice.get("text")
         if text:
             yield TextDelta(text)
-        yield Finished("length" if choice.get("finish_reason") == "length" else "stop",
-                       _usage(done.get("usage")))  # fmt: skip
+        if extra := _extra_fields(message):
+            yield MessageFields(extra)
+        yield Finished(_finish(choice.get("finish_reason")), _usage(done.get("usage")))
         return
     body = {**call.body, "stream_options": {"include_usage": True}}
     stream = remote.stream_chat(body) if call.kind == "chat" else remote.stream_complete(body)
@@ -110,17 +113,32 @@ async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Eve
     try:
         async for chunk in stream:
             for choice in chunk.get("choices") or []:
-                text = choice.get("text") if call.kind == "completion" else (
-                    (choice.get("delta") or {}).get("content")
-                )  # fmt: skip
+                delta = choice.get("delta") or {}
+                text = choice.get("text") if call.kind == "completion" else delta.get("content")
                 if text:
                     yield TextDelta(text)
+                if extra := _extra_fields(delta):
+                    yield MessageFields(extra)
                 reason = choice.get("finish_reason") or reason
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
     finally:
         await stream.aclose()  # type: ignore[attr-defined]  # closes the upstream request
-    yield Finished("length" if reason == "length" else "stop", usage)
+    yield Finished(_finish(reason), usage)
+
+
+_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+def _finish(reason: Any) -> Any:
+    return reason if reason in _FINISH else "stop"
+
+
+def _extra_fields(message: dict[str, Any]) -> dict[str, Any]:
+    """A message's (or delta's) fields other than its role and text, the empty ones left out."""
+    return {
+        k: v for k, v in message.items() if k not in ("role", "content") and v not in (None, [], "")
+    }
 
 
 def _usage(u: dict[str, Any] | None) -> Usage:

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import BadRequest, RouterError
 from ..metrics import Metrics
@@ -36,12 +36,12 @@ from ..protocol import (
 from ..routing.router import Routed, Router
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call
-from ..types import Finished, GenerationRequest, TextDelta
+from ..types import Finished, GenerationRequest, MessageFields, TextDelta
 from ..units import parse_duration
 
 __all__ = ["GenerationService", "RouteInfo"]
 
-Event = TextDelta | Finished
+Event = TextDelta | MessageFields | Finished
 _NOT_FOR_UPSTREAM = {"keep_alive", "autoload", "stream", "stream_options", "ignore_eos"}
 
 
@@ -128,10 +128,11 @@ class GenerationService:
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
     ) -> ChatCompletion:
         route = route or RouteInfo()
-        text, finished = await _collect(self._events(req, self._chat_request(req), route))
+        text, extra, finished = await _collect(self._events(req, self._chat_request(req), route))
+        content = None if not text and extra.get("tool_calls") else text  # OpenAI's shape
         return ChatCompletion(
             id=new_id("chatcmpl"), created=now(), model=route.target,
-            choices=[ChatChoice(message=AssistantMessage(content=text),
+            choices=[ChatChoice(message=AssistantMessage(content=content, **extra),
                                 finish_reason=finished.finish_reason)],
             usage=UsageOut.of(finished.usage),
         )  # fmt: skip
@@ -154,6 +155,11 @@ class GenerationService:
                 if isinstance(event, TextDelta):
                     yield texts.chunk(event.text)
                     continue
+                if isinstance(event, MessageFields):
+                    yield ChatCompletionChunk(
+                        **head, choices=[ChatChunkChoice(delta=ChatDelta(**event.fields))]
+                    )
+                    continue
                 yield ChatCompletionChunk(
                     **head,
                     choices=[ChatChunkChoice(delta=ChatDelta(), finish_reason=event.finish_reason)],
@@ -164,12 +170,12 @@ class GenerationService:
     async def complete(self, req: CompletionRequest, route: RouteInfo | None = None) -> Completion:
         route = route or RouteInfo()
         gen = req.to_request()
-        text, finished = await _collect(self._events(req, gen, route))
+        text, _, finished = await _collect(self._events(req, gen, route))
         if req.echo:
             text = (gen.prompt or "") + text
         return Completion(
             id=new_id("cmpl"), created=now(), model=route.target,
-            choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason)],
+            choices=[CompletionChoice(text=text, finish_reason=_text_finish(finished))],
             usage=UsageOut.of(finished.usage),
         )  # fmt: skip
 
@@ -191,23 +197,34 @@ class GenerationService:
                 if isinstance(event, TextDelta):
                     yield texts.chunk(event.text)
                     continue
+                if isinstance(event, MessageFields):
+                    continue  # a text completion has no message to carry them
                 yield Completion(
-                    **head, choices=[CompletionChoice(text="", finish_reason=event.finish_reason)]
+                    **head, choices=[CompletionChoice(text="", finish_reason=_text_finish(event))]
                 )
                 if req.include_usage:
                     yield Completion(**head, choices=[], usage=UsageOut.of(event.usage))
 
 
-async def _collect(events: AsyncGenerator[Event, None]) -> tuple[str, Finished]:
-    """Drain the stream to its end (so the lease is released here, not at garbage collection)."""
+async def _collect(events: AsyncGenerator[Event, None]) -> tuple[str, dict[str, Any], Finished]:
+    """Drain the stream to its end (so the lease is released here, not at garbage collection):
+    the text, the message's other fields, the finish."""
     parts: list[str] = []
+    extra: dict[str, Any] = {}
     finished: Finished | None = None
     async with aclosing(events) as closing:
         async for event in closing:
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+            elif isinstance(event, MessageFields):
+                extra.update(event.fields)
             else:
                 finished = event
     if finished is None:
         raise RuntimeError("generation ended without a finish event")
-    return "".join(parts), finished
+    return "".join(parts), extra, finished
+
+
+def _text_finish(finished: Finished) -> Literal["stop", "length", "content_filter"]:
+    reason = finished.finish_reason
+    return reason if reason in ("length", "content_filter") else "stop"
