@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,6 +36,9 @@ from .protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
 )  # fmt: skip
+
+if TYPE_CHECKING:
+    from .lifecycle.manager import ModelManager
 
 __all__ = ["Router"]
 
@@ -55,19 +58,9 @@ class Router:
         config: str | Path | None = None,
         *,
         settings: Settings | None = None,
+        manager: ModelManager | None = None,
         **overrides: Any,
     ) -> None:
-        self.settings = settings or load_config(config, overrides)
-        self._started = False
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self) -> Router:
-        """Find the models (provisioning the bundled ones into an empty directory, as `serve`
-        does) and start the router; models load on first use."""
-        if self._started:
-            return self
-        from .discovery import ensure_models
         from .lifecycle.manager import ModelManager
         from .metrics import Metrics
         from .routing.router import Router as Routing
@@ -75,13 +68,27 @@ class Router:
         from .serving.ensemble import EnsembleService
         from .serving.generate import GenerationService
 
-        ensure_models(self.settings)
-        self.manager = ModelManager(self.settings)
+        self.settings = settings or load_config(config, overrides)
+        # The one place the parts are put together; the HTTP app (server.app) serves these.
+        self.manager = manager or ModelManager(self.settings)
         self.router = Routing(self.settings, self.manager)
-        metrics = Metrics()
-        self.generation = GenerationService(self.router, metrics)
-        self.embeddings = EmbeddingService(self.router, metrics)
+        self.metrics = Metrics()
+        self.metrics.watch(self.manager)
+        self.generation = GenerationService(self.router, self.metrics)
+        self.embeddings = EmbeddingService(self.router, self.metrics)
         self.ensembles = EnsembleService(self.generation)
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> Router:
+        """Find the models (provisioning the bundled ones into an empty directory) and start
+        the router; models load on first use."""
+        if self._started:
+            return self
+        from .discovery import ensure_models
+
+        ensure_models(self.settings)
         await self.manager.start()
         try:
             await self.router.start()

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Settings, load_config
-from .discovery import Scanner, ensure_models
+from .discovery import Scanner
 from .errors import ConfigError, RouterError
 from .logs import setup_logging
 
@@ -55,7 +55,6 @@ def serve(
         models_max=models_max, memory_budget=memory_budget, autoload=autoload,
     )  # fmt: skip
     setup_logging(settings.log_level)
-    ensure_models(settings)
     import uvicorn
 
     from .server.app import create_app
@@ -104,7 +103,6 @@ def run(
     """Load MODEL, answer PROMPT once, streaming to the terminal."""
     settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
     setup_logging(settings.log_level)
-    ensure_models(settings)
     try:
         asyncio.run(_run_once(settings, model, prompt, max_tokens, temperature, seed, raw))
     except RouterError as exc:

@@ -14,14 +14,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..api import Router
 from ..config import Settings
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
-from ..metrics import Metrics
-from ..routing.router import Router
-from ..serving.embed import EmbeddingService
-from ..serving.ensemble import EnsembleService
-from ..serving.generate import GenerationService
 from . import errors, routes_models, routes_openai
 
 __all__ = ["create_app"]
@@ -49,12 +45,11 @@ class BodyLimit:
 
 
 def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
-    manager = manager or ModelManager(settings)
+    core = Router(settings=settings, manager=manager)  # the parts, assembled once (api.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await manager.start()
-        await router.start()
+        await core.start()
         # What is alive now (modules, the app, settings) lives as long as the server; frozen,
         # a full collection under load walks only what requests made (see BENCHMARKS.md).
         gc.collect()
@@ -64,21 +59,17 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         finally:
             for task in list(app.state.background):
                 task.cancel()
-            await router.close()
-            await manager.close()
+            await core.close()
 
     app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.manager = manager
-    metrics = Metrics()
-    metrics.watch(manager)
-    app.state.metrics = metrics
-    router = Router(settings, manager)
-    app.state.router = router
+    app.state.manager = core.manager
+    app.state.metrics = metrics = core.metrics
+    app.state.router = core.router
     app.state.started = time.time()
-    app.state.generation = GenerationService(router, metrics)
-    app.state.ensemble = EnsembleService(app.state.generation)
-    app.state.embeddings = EmbeddingService(router, metrics)
+    app.state.generation = core.generation
+    app.state.ensemble = core.ensembles
+    app.state.embeddings = core.embeddings
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
     app.include_router(routes_openai.router)
@@ -92,7 +83,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:
-        states = manager.states()
+        states = core.manager.states()
         return {
             "status": "ok",
             "models": len(states),
