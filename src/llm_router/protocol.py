@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from .types import ChatMessage, GenerationRequest, SamplingParams, Usage
+from .types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, Usage
 
 __all__ = [
     "ChatCompletion",
@@ -168,7 +168,7 @@ def now() -> int:
     return int(time.time())
 
 
-ChatFinish = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+ChatFinish = FinishReason
 
 
 class AssistantMessage(BaseModel):

@@ -11,7 +11,9 @@ from typing import Any, Literal
 __all__ = [
     "ChatMessage",
     "Embeddings",
+    "FinishReason",
     "Finished",
+    "GenerationEvent",
     "GenerationRequest",
     "MessageFields",
     "SamplingParams",
@@ -103,6 +105,10 @@ class MessageFields:
 class Finished:
     finish_reason: FinishReason
     usage: Usage
+
+
+# What a generation yields, in order: text and message fields, then one Finished.
+GenerationEvent = TextDelta | MessageFields | Finished
 
 
 @dataclass(frozen=True, slots=True)

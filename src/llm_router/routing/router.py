@@ -34,7 +34,7 @@ from ..errors import (
 )  # fmt: skip
 from ..lifecycle.manager import ModelManager
 from ..remote import RemoteTarget, env_proxy
-from ..types import Finished, MessageFields, TextDelta
+from ..types import Finished, GenerationEvent
 from .breaker import BreakerConfig, CircuitBreaker
 from .stats import TargetStats
 from .strategies import RouteRequest, Strategy, ab_split, load_strategy, rank
@@ -43,7 +43,7 @@ from .targets import Call, Target
 __all__ = ["Routed", "Router"]
 
 log = logging.getLogger(__name__)
-Event = TextDelta | MessageFields | Finished
+Event = GenerationEvent
 # Worth another target: the target failed or is full, not the request.
 RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
 

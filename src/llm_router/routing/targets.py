@@ -6,20 +6,29 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
 from ..config import ModelConfig
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from ..remote import RemoteTarget
-from ..types import ChatMessage, Finished, GenerationRequest, MessageFields, TextDelta, Usage
+from ..types import (
+    ChatMessage,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    MessageFields,
+    TextDelta,
+    Usage,
+)
 from .breaker import CircuitBreaker
 from .stats import TargetStats
 from .strategies import Candidate, Capabilities
 
 __all__ = ["Call", "Target"]
 
-Event = TextDelta | MessageFields | Finished
+Event = GenerationEvent
 DEFAULT_LOCAL_CONTEXT = 2048
 
 
@@ -127,10 +136,11 @@ async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Eve
     yield Finished(_finish(reason), usage)
 
 
-_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+_FINISH = frozenset(get_args(FinishReason))
 
 
-def _finish(reason: Any) -> Any:
+def _finish(reason: Any) -> FinishReason:
+    """The upstream's finish reason when it is one of OpenAI's, else "stop"."""
     return reason if reason in _FINISH else "stop"
 
 

@@ -36,12 +36,12 @@ from ..protocol import (
 from ..routing.router import Routed, Router
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call
-from ..types import Finished, GenerationRequest, MessageFields, TextDelta
+from ..types import Finished, GenerationEvent, GenerationRequest, MessageFields, TextDelta
 from ..units import parse_duration
 
 __all__ = ["GenerationService", "RouteInfo"]
 
-Event = TextDelta | MessageFields | Finished
+Event = GenerationEvent
 _NOT_FOR_UPSTREAM = {"keep_alive", "autoload", "stream", "stream_options", "ignore_eos"}
 
 
