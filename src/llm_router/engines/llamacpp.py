@@ -296,10 +296,15 @@ class LlamaCppEngine:
         if found is None:
             return kept
         src, shared = found
-        lc.llama_memory_seq_cp(self._mem, src, slot, -1, -1)  # whole stream, across streams
-        self._slot_tokens[slot] = list(self._slot_tokens[src])
+        self._copy_stream(src, slot)
         self._stats["prompt_prefix_copies"] += 1
         return shared
+
+    def _copy_stream(self, src: int, dst: int) -> None:
+        """Slot `dst`'s KV stream becomes a copy of `src`'s, whole (llama.cpp copies across
+        streams only whole); queued, it happens before the next decode writes."""
+        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        self._slot_tokens[dst] = list(self._slot_tokens[src])
 
     def _close_gaps(self) -> None:
         """Keep the busy slots consecutive (see slots.closing_move): the highest busy sequence
@@ -309,8 +314,7 @@ class LlamaCppEngine:
         by_slot = {s.slot: s for s in self._running.values()}
         while (move := closing_move(list(by_slot), self._free_slots)) is not None:
             src, dst = move
-            lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
-            self._slot_tokens[dst] = list(self._slot_tokens[src])
+            self._copy_stream(src, dst)
             s = by_slot.pop(src)
             s.slot = dst
             by_slot[dst] = s
