@@ -7,7 +7,7 @@ where it waits; closing our iterator releases the model slot and cancels the seq
 
 `SSEResponse` is ours rather than sse-starlette's: every streamed token passes through it, and
 sse-starlette spends more per token (an anyio cancel scope around every send, a task group per
-response) than the rest of the router together. Here a token costs one `send`; one watcher
+response) than the rest of the router together. Here a token costs at most one `send`; one watcher
 task per stream waits for the disconnect and sends a comment ping after `ping` idle seconds."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
@@ -28,6 +28,7 @@ from .errors import ClientGone, error_json
 __all__ = ["SSEResponse", "cancel_on_disconnect", "events_response", "sse_response"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PING_SECONDS = 15.0
 _HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no", "connection": "keep-alive"}
@@ -49,6 +50,7 @@ class SSEResponse(StreamingResponse):
         super().__init__(frames, headers={**_HEADERS, **(headers or {})},
                          media_type="text/event-stream")  # fmt: skip
         self.ping = ping
+        self.frames = frames
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -73,15 +75,30 @@ class SSEResponse(StreamingResponse):
                         task.cancel()
                     return
 
+        pending: list[bytes] = []
+
+        async def flush() -> None:
+            if pending:
+                body = b"".join(pending)
+                pending.clear()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                state["last"] = loop.time()
+
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})  # fmt: skip
         watcher = asyncio.ensure_future(watch())
+        frames = self.frames
         try:
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                state["last"] = loop.time()
+            # Frames that are ready together (an upstream's read holding several events, a
+            # finish with its usage and [DONE]) go out in one write; none waits for the next.
+            while True:
+                try:
+                    pending.append(await _FlushBeforeWait(anext(frames), flush))
+                except StopAsyncIteration:
+                    break
             state["ended"] = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": b"".join(pending),
+                        "more_body": False})  # fmt: skip
         except asyncio.CancelledError:
             if not state["gone"]:
                 raise
@@ -91,9 +108,43 @@ class SSEResponse(StreamingResponse):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            aclose = getattr(self.body_iterator, "aclose", None)
+            aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+class _FlushBeforeWait(Generic[T]):
+    """Awaits `step`; if it is about to wait (for the network, a decode step, anything),
+    awaits `flush()` first. So what is ready is written together, and nothing ready is held."""
+
+    __slots__ = ("flush", "step")
+
+    def __init__(self, step: Awaitable[T], flush: Callable[[], Awaitable[None]]) -> None:
+        self.step = step
+        self.flush = flush
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        inner = self.step.__await__()
+        flush: Callable[[], Awaitable[None]] | None = self.flush
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                waiting = inner.send(value) if error is None else inner.throw(error)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            value = error = None
+            if flush is not None:
+                first, flush = flush, None
+                try:
+                    yield from first().__await__()
+                except BaseException as exc:  # e.g. cancelled meanwhile: the step gets it
+                    error = exc
+                    continue
+            try:
+                value = yield waiting
+            except BaseException as exc:  # cancellation, thrown in by the task
+                error = exc
 
 
 async def sse_response(
