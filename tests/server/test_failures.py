@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -63,6 +64,22 @@ def test_body_over_limit_is_413(server: Server) -> None:
     r = _post(server, "/v1/completions", content=b"x" * (9 * 1024 * 1024))
     assert r.status_code == 413
     validate("ErrorResponse", r.json())
+
+
+def test_body_over_limit_without_content_length_is_413(server: Server) -> None:
+    """A chunked body carries no Content-Length: it is counted as it arrives."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(9):
+            yield b"x" * (1024 * 1024)
+
+    r = _post(server, "/v1/chat/completions", content=chunks())
+    assert r.status_code == 413
+    validate("ErrorResponse", r.json())
+    assert "over the limit" in r.json()["error"]["message"]
+    ok = _post(server, "/v1/chat/completions", json={
+        "model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})  # fmt: skip
+    assert ok.status_code == 200
 
 
 def test_unknown_route_has_envelope(server: Server) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..api import Router
@@ -20,28 +21,51 @@ from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from . import errors, routes_models, routes_openai
 
-__all__ = ["create_app"]
+__all__ = ["App", "create_app"]
 
 
-class BodyLimit:
-    """Refuses bodies over `limit` bytes by their Content-Length with a 413 envelope. A pure
-    ASGI middleware: it must not wrap `receive`, which the routes watch for disconnects."""
+Endpoint = Callable[[Request], Awaitable[Response]]
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+class App(FastAPI):
+    """FastAPI, with two additions on every HTTP request:
+
+    - Bodies over `body_limit` bytes by their Content-Length are refused with a 413 envelope
+      (`parse_body` also counts the bytes of a body sent without one).
+    - The routes in `hot` (the OpenAI generation routes) are called straight from here, with
+      the app's own exception handlers (`errors.respond`). FastAPI's per-request stack (its
+      middleware, route matching, dependency solving) costs ~0.25 ms a request here, as much
+      as everything else the router does (BENCHMARKS.md). They stay registered with FastAPI,
+      for the OpenAPI schema. Middleware added with `add_middleware` turns this off, so it
+      applies to every route."""
+
+    def __init__(self, *, body_limit: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body_limit = body_limit
+        self.hot: dict[tuple[str, str], Endpoint] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                body = errors.envelope(
-                    f"request body of {int(length)} bytes is over the limit of "
-                    f"{self.limit} bytes", "invalid_request_error",
-                )  # fmt: skip
-                await JSONResponse(body, 413)(scope, receive, send)
+            if length.isdigit() and int(length) > self.body_limit:
+                await _over_limit(int(length), self.body_limit)(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            endpoint = self.hot.get((scope["method"], scope["path"]))
+            if endpoint is not None and not self.user_middleware:
+                scope["app"] = self
+                request = Request(scope, receive)
+                try:
+                    response = await endpoint(request)
+                except Exception as exc:
+                    response = await errors.respond(request, exc)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _over_limit(length: int, limit: int) -> Response:
+    message = f"request body of {length} bytes is over the limit of {limit} bytes"
+    return JSONResponse(errors.envelope(message, "invalid_request_error"), 413)
 
 
 def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
@@ -61,7 +85,8 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
                 task.cancel()
             await core.close()
 
-    app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
+    app = App(title="llm-runner-router", version=__version__, lifespan=lifespan,
+              body_limit=settings.max_body_bytes)  # fmt: skip
     app.state.settings = settings
     app.state.manager = core.manager
     app.state.metrics = metrics = core.metrics
@@ -74,8 +99,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     errors.install(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_models.router)
-
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.hot.update(routes_openai.HOT)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

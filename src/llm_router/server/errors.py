@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException
 from .. import errors as e
 from ..remote import UpstreamError, UpstreamUnavailable
 
-__all__ = ["ClientGone", "envelope", "install", "status_of"]
+__all__ = ["ClientGone", "envelope", "install", "respond", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +80,53 @@ class ClientGone(Exception):
     reads a response (the app answers 499 to no one, and logs nothing)."""
 
 
+async def _on_router_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, e.RouterError)
+    return router_error_response(exc)
+
+
+async def _on_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _validation_response(exc)
+
+
+async def _on_http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return JSONResponse(
+        envelope(str(exc.detail), type_), exc.status_code, getattr(exc, "headers", None)
+    )
+
+
+async def _on_client_gone(_: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nginx's "client closed request"; no one reads it
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(envelope("internal server error", "server_error"), 500)
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+HANDLERS: dict[type[Exception], Handler] = {
+    e.RouterError: _on_router_error,
+    RequestValidationError: _on_validation,
+    HTTPException: _on_http,
+    ClientGone: _on_client_gone,
+    Exception: _on_unexpected,
+}
+
+
 def install(app: FastAPI) -> None:
-    async def on_router_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, e.RouterError)
-        return router_error_response(exc)
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)
 
-    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return _validation_response(exc)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
-            envelope(str(exc.detail), type_), exc.status_code, getattr(exc, "headers", None)
-        )
-
-    async def on_client_gone(_: Request, exc: Exception) -> Response:
-        return Response(status_code=499)  # nginx's "client closed request"; no one reads it
-
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(envelope("internal server error", "server_error"), 500)
-
-    app.add_exception_handler(e.RouterError, on_router_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(ClientGone, on_client_gone)
-    app.add_exception_handler(Exception, on_unexpected)
+async def respond(request: Request, exc: Exception) -> Response:
+    """The response the app's exception handlers give `exc`, for a route served outside the
+    framework's stack (server/app.py's hot routes)."""
+    handler = next(HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS)
+    return await handler(request, exc)
 
 
 def error_json(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from ..protocol import (
     ChatCompletionRequest,
@@ -26,9 +27,17 @@ T = TypeVar("T", bound=BaseModel)
 
 
 async def parse_body(request: Request, model: type[T]) -> T:
-    """The JSON body, whatever Content-Type the client sent (curl -d sends a form type)."""
+    """The JSON body, whatever Content-Type the client sent (curl -d sends a form type). A
+    body over the limit is refused as it arrives, with or without a Content-Length."""
+    limit = request.app.body_limit
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(b"".join(chunks))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
 
@@ -43,6 +52,10 @@ def _service(request: Request) -> GenerationService:
     return service
 
 
+def _json(result: BaseModel, headers: dict[str, str]) -> Response:
+    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
+
+
 def _headers(route: RouteInfo) -> dict[str, str]:
     return {"x-llm-router-model": route.target, "x-llm-router-route": route.reason}
 
@@ -54,7 +67,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         return await sse_response(service.chat_stream(body, route), lambda: _headers(route))
     result = await cancel_on_disconnect(request.receive, service.chat(body, route))
-    return JSONResponse(result.model_dump(), headers=_headers(route))
+    return _json(result, _headers(route))
 
 
 @router.post("/completions", openapi_extra=_body_schema(CompletionRequest))
@@ -64,7 +77,7 @@ async def completions(request: Request) -> Response:
     if body.stream:
         return await sse_response(service.complete_stream(body, route), lambda: _headers(route))
     result = await cancel_on_disconnect(request.receive, service.complete(body, route))
-    return JSONResponse(result.model_dump(), headers=_headers(route))
+    return _json(result, _headers(route))
 
 
 @router.post("/embeddings", openapi_extra=_body_schema(EmbeddingRequest))
@@ -73,7 +86,7 @@ async def embeddings(request: Request) -> Response:
     service: EmbeddingService = request.app.state.embeddings
     result = await cancel_on_disconnect(request.receive, service.embed(body))
     headers = {"x-llm-router-model": result.model, "x-llm-router-route": "direct"}
-    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
+    return _json(result, headers)
 
 
 @router.post("/ensemble", openapi_extra=_body_schema(EnsembleRequest))
@@ -105,3 +118,11 @@ async def list_models(request: Request) -> ModelList:
     cards += [ModelCard(id=t.id, created=started) for t in router.remotes()]
     cards += [ModelCard(id=r.name, created=started) for r in router.routes()]
     return ModelList(data=cards)
+
+
+# Called by `App` without FastAPI's per-request stack (server/app.py).
+HOT = {
+    ("POST", "/v1/chat/completions"): chat_completions,
+    ("POST", "/v1/completions"): completions,
+    ("POST", "/v1/embeddings"): embeddings,
+}
