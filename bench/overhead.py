@@ -2,6 +2,10 @@
 not, against a fast stub OpenAI server on 127.0.0.1: directly, through llm-router (the stub as
 a remote target) and through LiteLLM's proxy, all in one run with the same client.
 
+Twice: against a stub that answers at once (what the router itself can do), and against one
+that answers after `--delay-ms` (an upstream that takes a model's time to answer, so that at
+high concurrency the upstream, not the router, sets the pace, as with a real model server).
+
     python bench/overhead.py --litellm /path/to/venv-with-litellm/bin/litellm
 
 LiteLLM goes in its own venv (`pip install 'litellm[proxy]'`); LITELLM_LOCAL_MODEL_COST_MAP
@@ -31,10 +35,10 @@ BODY = {"model": "stub", "messages": [{"role": "user", "content": "Hi"}], "max_t
 
 
 async def load(url: str, concurrency: int, count: int, stream: bool, headers: dict[str, str],
-               limit_s: float = 60.0) -> dict[str, float]:  # fmt: skip
+               limit_s: float = 60.0, model: str = "stub") -> dict[str, float]:  # fmt: skip
     latencies: list[float] = []
     errors = 0
-    body = {**BODY, "stream": stream}
+    body = {**BODY, "model": model, "stream": stream}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
         remaining = count
@@ -61,11 +65,12 @@ async def load(url: str, concurrency: int, count: int, stream: bool, headers: di
 
 
 def wrk(url: str, concurrency: int, stream: bool, headers: dict[str, str], seconds: int,
-        work: Path) -> dict[str, float]:  # fmt: skip
+        work: Path, model: str = "stub") -> dict[str, float]:  # fmt: skip
     """The same measurement with wrk (C, one thread): at high concurrency a Python client
     becomes the bottleneck and flattens every server to the same number."""
-    script = work / f"post-{stream}.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps({**BODY, 'stream': stream}))}",
+    script = work / f"post-{stream}-{model}.lua"
+    body = {**BODY, "model": model, "stream": stream}
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
              'wrk.headers["Content-Type"] = "application/json"']  # fmt: skip
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
@@ -83,17 +88,18 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def start_stub(work: Path) -> Proc:
+def start_stub(work: Path, delay_ms: float = 0) -> Proc:
     port = free_port()
-    return Proc([sys.executable, str(HERE / "stub_server.py"), str(port)],
-                f"http://127.0.0.1:{port}", "/v1/models", work / "stub.log")  # fmt: skip
+    return Proc([sys.executable, str(HERE / "stub_server.py"), str(port), str(delay_ms)],
+                f"http://127.0.0.1:{port}", "/v1/models", work / f"stub-{port}.log")  # fmt: skip
 
 
-def start_litellm(binary: str, stub_url: str, work: Path) -> Proc:
+def start_litellm(binary: str, stubs: dict[str, str], work: Path) -> Proc:
     port = free_port()
     cfg = work / "litellm.yaml"
-    cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": "stub", "litellm_params": {
-        "model": "openai/stub", "api_base": stub_url + "/v1", "api_key": "unused"}}]}))  # fmt: skip
+    cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": name, "litellm_params": {
+        "model": "openai/stub", "api_base": url + "/v1", "api_key": "unused"}}
+        for name, url in stubs.items()]}))  # fmt: skip
     os.environ.update(LITELLM_MASTER_KEY="sk-bench", LITELLM_LOCAL_MODEL_COST_MAP="True")
     return Proc([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
                 f"http://127.0.0.1:{port}", "/health/liveliness", work / "litellm.log")  # fmt: skip
@@ -105,45 +111,60 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1500)
     parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--seconds", type=int, default=5, help="per measurement, with wrk")
+    parser.add_argument("--delay-ms", type=float, default=50,
+                        help="the slow stub's time to answer (0: no second pass)")
     args = parser.parse_args()
     work = workdir()
-    stub = start_stub(work)
-    targets: dict[str, tuple[Proc | None, str, dict[str, str]]] = {"direct": (None, stub.url, {})}
+    stubs = {"stub": start_stub(work)}  # model name -> stub
+    if args.delay_ms:
+        stubs["stub-slow"] = start_stub(work, args.delay_ms)
     router = ours({"models_dir": str(work / "empty"), "provision_default_models": False,
                    "spare_workers": False, "watch_interval": 0,
-                   "models": [{"id": "stub", "provider": "openai", "base_url": stub.url + "/v1",
-                               "health_check_interval": 0}]}, work)  # fmt: skip
-    targets["llm-router"] = (router, router.url, {})
+                   "models": [{"id": name, "provider": "openai", "base_url": stub.url + "/v1",
+                               "model": "stub", "health_check_interval": 0}
+                              for name, stub in stubs.items()]}, work)  # fmt: skip
+    # name -> (process, url for each model, headers)
+    targets: dict[str, tuple[Proc | None, dict[str, str], dict[str, str]]] = {
+        "direct": (None, {name: stub.url for name, stub in stubs.items()}, {}),
+        "llm-router": (router, dict.fromkeys(stubs, router.url), {}),
+    }
     if args.litellm:
-        lite = start_litellm(args.litellm, stub.url, work)
-        targets["litellm"] = (lite, lite.url, {"Authorization": "Bearer sk-bench"})
+        lite = start_litellm(args.litellm, {name: stub.url for name, stub in stubs.items()}, work)
+        targets["litellm"] = (lite, dict.fromkeys(stubs, lite.url),
+                              {"Authorization": "Bearer sk-bench"})  # fmt: skip
     results: dict[str, Any] = {}
     try:
-        for name, (_, url, headers) in targets.items():
-            asyncio.run(load(url, 4, 100, False, headers))  # warm up
-            for stream in (False, True):
-                for c in (1, 16, 64):
-                    count = args.count // 3 if c == 1 else args.count
-                    r = (wrk(url, c, stream, headers, args.seconds, work) if args.client == "wrk"
-                         else asyncio.run(load(url, c, count, stream, headers)))  # fmt: skip
-                    results.setdefault(name, {})[f"{'stream' if stream else 'plain'}_c{c}"] = r
-                    print(f"{name:10} stream={stream!s:5} c={c:<3} " +
-                          " ".join(f"{k}={v:.1f}" for k, v in r.items()), flush=True)  # fmt: skip
+        for name, (_, urls, headers) in targets.items():
+            for model, url in urls.items():
+                asyncio.run(load(url, 4, 100, False, headers, model=model))  # warm up
+                suffix = "" if model == "stub" else "_slow"
+                for stream in (False, True):
+                    for c in (1, 16, 64):
+                        count = args.count // 3 if c == 1 else args.count
+                        r = (wrk(url, c, stream, headers, args.seconds, work, model)
+                             if args.client == "wrk"
+                             else asyncio.run(load(url, c, count, stream, headers, model=model)))  # fmt: skip
+                        key = f"{'stream' if stream else 'plain'}_c{c}{suffix}"
+                        results.setdefault(name, {})[key] = r
+                        print(f"{name:10} {key:16} " +
+                              " ".join(f"{k}={v:.1f}" for k, v in r.items()), flush=True)  # fmt: skip
     finally:
         for proc, _, _ in targets.values():
             if proc is not None:
                 proc.stop()
-        stub.stop()
+        for stub in stubs.values():
+            stub.stop()
     summary = {}
     for key in results["direct"]:
         row = {"added_p50_ms": results["llm-router"][key]["p50_ms"] - results["direct"][key]["p50_ms"],
                "added_p99_ms": results["llm-router"][key]["p99_ms"] - results["direct"][key]["p99_ms"]}
         if "litellm" in results:
             row["rps_ours_over_litellm"] = results["llm-router"][key]["rps"] / results["litellm"][key]["rps"]
+            row["litellm_added_p50_ms"] = results["litellm"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
         summary[key] = row
     print(yaml.safe_dump(summary))
-    print("written", write_result("overhead", {"client": args.client, "results": results,
-                                               "summary": summary}))  # fmt: skip
+    print("written", write_result("overhead", {"client": args.client, "delay_ms": args.delay_ms,
+                                               "results": results, "summary": summary}))  # fmt: skip
 
 
 if __name__ == "__main__":

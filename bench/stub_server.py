@@ -1,11 +1,13 @@
 """A fast OpenAI-compatible stub on 127.0.0.1, for measuring what a router adds: a bare ASGI
-app (no framework) answering chat completions at once, plain or as a short SSE stream.
+app (no framework) answering chat completions, plain or as a short SSE stream, at once or
+after DELAY_MS (a model's time to answer; the event loop serves other requests meanwhile).
 
-    python bench/stub_server.py PORT
+    python bench/stub_server.py PORT [DELAY_MS]
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import Any
@@ -49,14 +51,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             break
     if scope["path"].endswith("/models"):
         payload, kind = b'{"object":"list","data":[{"id":"stub","object":"model"}]}', b"application/json"
-    elif b'"stream":true' in body.replace(b" ", b""):
-        payload, kind = _STREAM, b"text/event-stream"
     else:
-        payload, kind = _PLAIN, b"application/json"
+        stream = b'"stream":true' in body.replace(b" ", b"")
+        payload, kind = (_STREAM, b"text/event-stream") if stream else (_PLAIN, b"application/json")
+        if DELAY:
+            await asyncio.sleep(DELAY)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", kind), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})
 
+
+DELAY = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
