@@ -22,7 +22,6 @@ garbage collector finalises it: callers should close what they stop reading."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import getproxies_environment, proxy_bypass
 
 import aiohttp
+from pydantic_core import from_json, to_json
 
 from .errors import (
     BadRequest,
@@ -128,7 +128,9 @@ class RemoteTarget:
         is False, never an exception (cancellation still propagates)."""
         try:
             async with self._session.get(
-                self.base_url + "/models", headers=self._headers, timeout=self._timeout,
+                self.base_url + "/models",
+                headers=self._headers,
+                timeout=self._timeout,
                 proxy=self._proxy,
             ) as response:
                 await response.read()
@@ -143,7 +145,7 @@ class RemoteTarget:
         if answer.status >= 400:
             raise status_error(self.name, answer)
         try:
-            data = json.loads(answer.body)
+            data = from_json(answer.body)
         except ValueError:
             data = None
         if not isinstance(data, dict):
@@ -170,7 +172,7 @@ class RemoteTarget:
         self, path: str, payload: dict[str, Any]
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self._session.post(
-            self.base_url + path, data=json.dumps(payload).encode(), headers=self._headers,
+            self.base_url + path, data=to_json(payload), headers=self._headers,
             timeout=self._timeout, proxy=self._proxy,
         )  # fmt: skip
 
@@ -245,7 +247,7 @@ class _SseData:
 
 def _chunk(name: str, data: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = from_json(data)
     except ValueError:
         chunk = None
     if not isinstance(chunk, dict):
@@ -298,7 +300,7 @@ def _envelope(answer: _Answer) -> tuple[str, str | None, str | None]:
     """(message, param, code) from the OpenAI envelope, or the best the body offers."""
     reason = answer.reason or _phrase(answer.status)
     try:
-        data = json.loads(answer.body)
+        data = from_json(answer.body)
     except ValueError:
         data = None
     if isinstance(data, dict):
