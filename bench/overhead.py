@@ -1,6 +1,7 @@
 """Router overhead: requests/s and latency p50/p99 at concurrency 1, 16 and 64, streaming and
 not, against a fast stub OpenAI server on 127.0.0.1: directly, through llm-router (the stub as
-a remote target) and through LiteLLM's proxy, all in one run with the same client.
+a remote target) and through LiteLLM's proxy, all in one run with the same client. A bare
+forwarding proxy (`bare_proxy.py`) is measured too: the floor any extra Python hop pays here.
 
 Twice: against a stub that answers at once (what the router itself can do), and against one
 that answers after `--delay-ms` (an upstream that takes a model's time to answer, so that at
@@ -94,6 +95,12 @@ def start_stub(work: Path, delay_ms: float = 0) -> Proc:
                 f"http://127.0.0.1:{port}", "/v1/models", work / f"stub-{port}.log")  # fmt: skip
 
 
+def start_bare_proxy(upstream: str, work: Path) -> Proc:
+    port = free_port()
+    return Proc([sys.executable, str(HERE / "bare_proxy.py"), str(port), upstream],
+                f"http://127.0.0.1:{port}", "/v1/models", work / f"bare-{port}.log")  # fmt: skip
+
+
 def start_litellm(binary: str, stubs: dict[str, str], work: Path) -> Proc:
     port = free_port()
     cfg = work / "litellm.yaml"
@@ -128,6 +135,8 @@ def main() -> None:
         "direct": (None, {name: stub.url for name, stub in stubs.items()}, {}),
         "llm-router": (router, dict.fromkeys(stubs, router.url), {}),
     }
+    bare = {name: start_bare_proxy(stub.url, work) for name, stub in stubs.items()}
+    targets["bare-proxy"] = (None, {name: proxy.url for name, proxy in bare.items()}, {})
     if args.litellm:
         lite = start_litellm(args.litellm, {name: stub.url for name, stub in stubs.items()}, work)
         targets["litellm"] = (lite, dict.fromkeys(stubs, lite.url),
@@ -152,12 +161,13 @@ def main() -> None:
         for proc, _, _ in targets.values():
             if proc is not None:
                 proc.stop()
-        for stub in stubs.values():
-            stub.stop()
+        for proc in [*bare.values(), *stubs.values()]:
+            proc.stop()
     summary = {}
     for key in results["direct"]:
         row = {"added_p50_ms": results["llm-router"][key]["p50_ms"] - results["direct"][key]["p50_ms"],
                "added_p99_ms": results["llm-router"][key]["p99_ms"] - results["direct"][key]["p99_ms"]}
+        row["bare_proxy_added_p50_ms"] = results["bare-proxy"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
         if "litellm" in results:
             row["rps_ours_over_litellm"] = results["llm-router"][key]["rps"] / results["litellm"][key]["rps"]
             row["litellm_added_p50_ms"] = results["litellm"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
