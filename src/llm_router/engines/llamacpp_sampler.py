@@ -63,8 +63,10 @@ class GreedySampler:
 
 def plain_greedy(p: SamplingParams) -> bool:
     """Greedy with nothing that needs the token history (penalties): a pure argmax."""
-    return p.temperature <= 0 and p.repeat_penalty == 1.0 and not (
-        p.frequency_penalty or p.presence_penalty
+    return (
+        p.temperature <= 0
+        and p.repeat_penalty == 1.0
+        and not (p.frequency_penalty or p.presence_penalty)
     )
 
 

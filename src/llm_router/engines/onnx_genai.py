@@ -145,7 +145,13 @@ class OnnxGenaiEngine:
             params = replace(params, stop=(*params.stop, *self._stops))
         detok = IncrementalDetokenizer(self._decode, tokens)
         self._waiting.append(
-            _Seq(seq, tokens, TextAssembler(params.stop, lstrip=transcript), detok, Sampler(params, self._eos))
+            _Seq(
+                seq,
+                tokens,
+                TextAssembler(params.stop, lstrip=transcript),
+                detok,
+                Sampler(params, self._eos),
+            )
         )
 
     def cancel(self, seq: int) -> None:

@@ -150,7 +150,8 @@ class GenerationService:
                     texts = TextChunks(ChatCompletionChunk(
                         **head, choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))]))  # fmt: skip
                     yield ChatCompletionChunk(
-                        **head, choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]
+                        **head,
+                        choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))],
                     )
                 if isinstance(event, TextDelta):
                     yield texts.chunk(event.text)
