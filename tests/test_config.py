@@ -144,6 +144,11 @@ def test_model_without_id_is_an_error(tmp_path: Path) -> None:
     assert "models.0.id" in _error(tmp_path, "models: [{context_size: 2048}]\n")
 
 
+def test_a_local_model_cannot_claim_tool_calls(tmp_path: Path) -> None:
+    message = _error(tmp_path, "models: [{id: smol, tools: true}]\n")
+    assert "smol" in message and "tool calls" in message
+
+
 def test_yaml_syntax_error(tmp_path: Path) -> None:
     message = _error(tmp_path, "port: [8080\nhost: x\n")
     assert "config.yaml" in message

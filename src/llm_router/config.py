@@ -144,6 +144,11 @@ class ModelConfig(EngineOptions):
     context_length: int | None = Field(
         None, ge=1, description="Context a remote target accepts (local: read from the model)."
     )
+    tools: bool | None = Field(
+        None,
+        description="Makes tool calls: routes send requests with `tools` only to such targets. "
+        "Default: yes for remote targets; local models do not make tool calls yet.",
+    )
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> ModelConfig:
@@ -151,6 +156,8 @@ class ModelConfig(EngineOptions):
             raise ValueError(f"model {self.id!r}: provider openai needs base_url")
         if self.provider == "openai" and self.path is not None:
             raise ValueError(f"model {self.id!r}: a remote target has no path")
+        if self.provider == "local" and self.tools:
+            raise ValueError(f"model {self.id!r}: local models do not make tool calls yet")
         return self
 
     @field_validator("keep_alive")

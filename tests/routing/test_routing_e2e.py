@@ -215,6 +215,36 @@ def test_tool_calls_from_a_remote_target_reach_the_client(
         srv.stop()
 
 
+def test_requests_with_tools_go_only_where_tool_calls_are_made(
+    tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
+) -> None:
+    """A route prefers the local model, but a request with tools goes to the remote target;
+    a local model asked directly says it makes no tool calls, instead of ignoring the tools."""
+    routes = [{"name": "auto", "strategy": "quality-first", "targets": [SMOL, "box"]},
+              {"name": "local-only", "strategy": "quality-first", "targets": [SMOL],
+               "fallbacks": [GEMMA]}]  # fmt: skip
+    models = [remote("box", stub.url, quality=0.1), {"id": SMOL, "quality": 0.9}]
+    srv = router_server(tmp_path, models_dir, models, routes)
+    try:
+        client = make_client(srv)
+        ask = [{"role": "user", "content": "Weather in Paris?"}]
+        assert chat(client, "auto")[0] == SMOL  # without tools: the better local model
+        done = client.chat.completions.create(model="auto", messages=ask, tools=[WEATHER_TOOL])
+        assert done.model == "box" and done.choices[0].finish_reason == "tool_calls"
+        # tool_choice "none": the tools will not be called, so the local model may answer
+        plain = client.chat.completions.create(model="auto", messages=ask, max_tokens=4,
+                                               tools=[WEATHER_TOOL], tool_choice="none")  # fmt: skip
+        assert plain.model == SMOL
+        for model in (SMOL, "local-only"):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.chat.completions.create(model=model, messages=ask, tools=[WEATHER_TOOL],
+                                               stream=True)  # fmt: skip
+            assert info.value.param == "tools" and "tool calls" in info.value.message
+        assert chat(client, SMOL)[0] == SMOL  # and the server serves on
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("streaming", [True, False])
 def test_client_disconnect_cancels_upstream(
     tmp_path: Path, models_dir: Path, stub: Stub, streaming: bool

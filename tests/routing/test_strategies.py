@@ -65,6 +65,13 @@ def test_every_strategy_filters_by_kind(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_sends_tools_only_to_targets_that_make_tool_calls(name: str) -> None:
+    pool = [cand("local", quality=1.0), cand("remote", tools=True, quality=0.1)]
+    assert order(name, pool, RouteRequest(prompt_tokens=10, tools=True)) == ["remote"]
+    assert sorted(order(name, pool, RouteRequest(prompt_tokens=10))) == ["local", "remote"]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_returns_nothing_when_nothing_is_eligible(name: str) -> None:
     assert order(name, [cand("a", breaker_open=True)]) == []
     assert order(name, []) == []

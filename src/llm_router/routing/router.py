@@ -131,7 +131,14 @@ class Router:
     def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, _Route | None]:
         route = self._routes.get(name)
         if route is None:
-            return [self.target(name)], "direct", None
+            target = self.target(name)
+            if request.tools and not target.makes_tool_calls:
+                raise BadRequest(
+                    f"model '{name}' does not make tool calls (local models do not yet); send "
+                    "requests with tools to a remote target or a route that has one",
+                    param="tools",
+                )
+            return [target], "direct", None
         targets, candidates = [], []
         for target_name in route.config.targets:
             try:
@@ -155,8 +162,10 @@ class Router:
         for fallback in route.config.fallbacks:
             with contextlib.suppress(ModelNotFound):
                 t = self.target(fallback)
-                if t not in ordered:
+                if t not in ordered and (t.makes_tool_calls or not request.tools):
                     ordered.append(t)
+        if request.tools and not ordered and not any(t.makes_tool_calls for t in targets):
+            raise BadRequest(f"no target of route '{name}' makes tool calls", param="tools")
         return ordered, why, route
 
     # -- sending -------------------------------------------------------------------------------

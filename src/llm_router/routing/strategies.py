@@ -59,9 +59,14 @@ class Capabilities:
     chat: bool = True
     completion: bool = True
     embedding: bool = False
+    tools: bool = False  # makes tool calls
 
     def serves(self, kind: Kind) -> bool:
         return {"chat": self.chat, "completion": self.completion, "embedding": self.embedding}[kind]
+
+    def can(self, request: RouteRequest) -> bool:
+        """Serves this kind of request, with tool calls if it needs them (the context aside)."""
+        return self.serves(request.kind) and (self.tools or not request.tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,7 @@ class RouteRequest:
     max_tokens: int | None = None
     user: str | None = None
     api_key_id: str | None = None
+    tools: bool = False  # the request offers tools the model may call
 
     @property
     def output_tokens(self) -> int:
@@ -116,7 +122,7 @@ Strategy = Callable[[RouteRequest, list[Candidate]], list[Candidate]]
 
 def fits(request: RouteRequest, candidate: Candidate) -> bool:
     caps = candidate.capabilities
-    if not caps.serves(request.kind):
+    if not caps.can(request):
         return False
     return caps.context_length is None or request.needed_context <= caps.context_length
 

@@ -56,6 +56,11 @@ class Target:
     def is_remote(self) -> bool:
         return self.remote is not None
 
+    @property
+    def makes_tool_calls(self) -> bool:
+        """Remote targets do unless configured not to; local models do not yet."""
+        return self.is_remote and self.config.tools is not False
+
     def candidate(self, manager: ModelManager) -> Candidate:
         """This target as a strategy sees it, with lifecycle facts folded into its stats."""
         context = self.config.context_length
@@ -73,7 +78,7 @@ class Target:
         return Candidate(
             id=self.id, quality=self.config.quality, cost_input=self.config.cost.input,
             cost_output=self.config.cost.output,
-            capabilities=Capabilities(context_length=context),
+            capabilities=Capabilities(context_length=context, tools=self.makes_tool_calls),
             stats=self.stats.snapshot(), breaker_open=self.breaker.state == "open",
         )  # fmt: skip
 

@@ -70,8 +70,10 @@ class GenerationService:
         body = wire.model_dump(exclude_unset=True, exclude=_NOT_FOR_UPSTREAM)
         call = Call(kind, request, body, lease, stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
+        tools = bool(body.get("tools") or body.get("functions")) and body.get("tool_choice") != "none"
         info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
-                            max_tokens=request.params.max_tokens, user=wire.user)  # fmt: skip
+                            max_tokens=request.params.max_tokens, user=wire.user,
+                            tools=tools)  # fmt: skip
         self.router.resolve(wire.model)
         return await self.router.open(wire.model, call, info)
 
