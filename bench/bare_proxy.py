@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+from stub_server import read_body
 
 UPSTREAM = sys.argv[2].rstrip("/") if len(sys.argv) > 2 else ""
 _session: aiohttp.ClientSession | None = None
@@ -21,12 +22,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     global _session
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if _session is None:
         _session = aiohttp.ClientSession()
     async with _session.request(scope["method"], UPSTREAM + scope["path"], data=body,

@@ -40,15 +40,19 @@ _STREAM = b"".join([
 ])  # fmt: skip
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
+async def read_body(receive: Any) -> bytes:
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = await read_body(receive)
     if scope["path"].endswith("/models"):
         payload, kind = b'{"object":"list","data":[{"id":"stub","object":"model"}]}', b"application/json"
     else:
@@ -61,7 +65,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-DELAY = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
+DELAY = 0.0  # seconds
 
 if __name__ == "__main__":
+    DELAY = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
