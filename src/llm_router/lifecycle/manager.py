@@ -31,13 +31,13 @@ from ..errors import (
 from ..units import parse_bytes, parse_duration
 from ..worker.client import SparePool, Worker
 from .policy import Resident, choose_victims
+from .registry import RESIDENT, Registry
 from .state import EventBus, ModelState, Status
 from .threads import ThreadBudget, cores_present
 
 __all__ = ["ModelManager"]
 
 log = logging.getLogger(__name__)
-_RESIDENT = (Status.LOADED, Status.LOADING, Status.UNLOADING)
 _NOT_SET: Any = False
 
 
@@ -47,9 +47,7 @@ class ModelManager:
         self.events = EventBus()
         self.budget = parse_bytes(settings.memory_budget, psutil.virtual_memory().available)
         self._default_keep_alive = parse_duration(settings.keep_alive)
-        self._scanner = scanner or Scanner(settings)
-        self._states: dict[str, ModelState] = {}
-        self._aliases: dict[str, str] = {}
+        self.registry = Registry(scanner or Scanner(settings), self.events)
         self._waiting = 0
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -63,10 +61,10 @@ class ModelManager:
         self.refresh()
         if self.settings.watch_interval > 0:
             self._watcher = asyncio.create_task(self._watch(), name="models-watch")
-        for state in self._states.values():
+        for state in self.registry:
             if state.source.config.pin or state.id in self.settings.preload:
                 self.request_load(state.id)
-        for engine in {s.source.engine for s in self._states.values() if not s.source.error}:
+        for engine in {s.source.engine for s in self.registry if not s.source.error}:
             with contextlib.suppress(RouterError):
                 check_available(engine)
                 self._spares.refill(engine)
@@ -74,13 +72,13 @@ class ModelManager:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        loads = [s.load_task for s in self._states.values() if s.load_task is not None]
+        loads = [s.load_task for s in self.registry if s.load_task is not None]
         for task in [*loads, *self._tasks]:
             task.cancel()
         # Fix: the cancelled loads are awaited too; a worker still starting is killed only when
         # its load task handles the cancellation, which used to happen after close() returned.
         await asyncio.gather(*loads, *self._tasks, return_exceptions=True)
-        workers = [s.worker for s in self._states.values() if s.worker is not None]
+        workers = [s.worker for s in self.registry if s.worker is not None]
         await asyncio.gather(*(w.stop(timeout=2.0) for w in workers), return_exceptions=True)
         await self._spares.close()
 
@@ -93,50 +91,21 @@ class ModelManager:
                 log.exception("models directory scan failed")
 
     def refresh(self) -> None:
-        """Re-scan; new files appear, removed ones are unloaded and dropped, changed ones are
-        unloaded and lose any sticky load error."""
-        found = self._scanner.scan()
-        for model_id, source in found.items():
-            state = self._states.get(model_id)
-            if state is None:
-                self._states[model_id] = state = ModelState(source)
-                self._apply_source_error(state)
-                self.events.publish("added", model_id, status=state.status.value)
-            elif state.source.identity != source.identity or state.source.error != source.error:
-                state.source = source
-                state.sticky = False
-                if state.status in _RESIDENT:
-                    self._spawn(self._unload(state, "model file changed"))
-                self._apply_source_error(state)
-            else:
-                state.source = source
-        for model_id in set(self._states) - set(found):
-            state = self._states.pop(model_id)
-            self._spawn(self._unload(state, "model file removed"))
-            self.events.publish("removed", model_id)
-            state.notify()
-        self._aliases = {
-            alias: s.id for s in self._states.values() for alias in s.source.config.aliases
-        }
-
-    def _apply_source_error(self, state: ModelState) -> None:
-        if state.source.error is not None:
-            state.sticky = True
-            state.set_status(Status.ERROR, state.source.error)
-        elif state.status == Status.ERROR:
-            state.set_status(Status.UNLOADED)
+        """Re-scan the models directory (registry.py); what changed or went away is unloaded."""
+        for state, reason in self.registry.refresh():
+            self._spawn(self._unload(state, reason))
 
     # -- lookups -------------------------------------------------------------------------------
 
     def states(self) -> list[ModelState]:
-        return sorted(self._states.values(), key=lambda s: s.id)
+        return self.registry.sorted()
 
     def resolve(self, name: str) -> ModelState:
         """The model called `name` (id or alias); re-scans once before giving up."""
         for attempt in range(2):
-            key = self._aliases.get(name, name)
-            if key in self._states:
-                return self._states[key]
+            state = self.registry.get(name)
+            if state is not None:
+                return state
             if attempt == 0:
                 self.refresh()
         raise ModelNotFound(f"The model '{name}' does not exist", param="model")
@@ -193,7 +162,7 @@ class ModelManager:
         """Split the cores among the models generating now (see lifecycle/threads.py)."""
         default = self.settings.model_defaults.threads
         busy = [(s.worker, s.source.config.threads or default)
-                for s in self._states.values() if s.active > 0 and s.worker is not None]  # fmt: skip
+                for s in self.registry if s.active > 0 and s.worker is not None]  # fmt: skip
         self._threads.apply(busy)
 
     async def _acquire(self, state: ModelState, autoload: bool) -> Worker:
@@ -340,14 +309,14 @@ class ModelManager:
             residents = [
                 Resident(s.id, s.memory_bytes or s.estimate_bytes(), s.last_used,
                          s.busy or s.status != Status.LOADED, s.source.config.pin)
-                for s in self._states.values()
-                if s is not state and s.status in _RESIDENT
+                for s in self.registry
+                if s is not state and s.status in RESIDENT
             ]  # fmt: skip
             need = min(state.estimate_bytes(), self.budget)  # an estimate over budget: try
             verdict = choose_victims(residents, need, self.budget, self.settings.models_max)
             if verdict.fits:
                 reason = f"evicted to make room for '{state.id}'"
-                victims = [self._states[v] for v in verdict.victims]
+                victims = [self.registry[v] for v in verdict.victims]
                 await asyncio.gather(*(self._unload(v, reason) for v in victims))
                 return True
             if not state.waiters and not state.load_requested:

@@ -1,0 +1,73 @@
+"""The models the manager knows: one `ModelState` per model in the models directory (and the
+config's entries), found by id or alias. `refresh()` re-scans and keeps the states in step
+with the files; it starts nothing itself, but says which resident models must be unloaded
+(their file changed or is gone), for the manager to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..discovery import Scanner
+from .state import EventBus, ModelState, Status
+
+__all__ = ["Registry"]
+
+RESIDENT = (Status.LOADED, Status.LOADING, Status.UNLOADING)
+
+
+class Registry:
+    def __init__(self, scanner: Scanner, events: EventBus) -> None:
+        self._scanner = scanner
+        self._events = events
+        self._states: dict[str, ModelState] = {}
+        self._aliases: dict[str, str] = {}
+
+    def __iter__(self) -> Iterator[ModelState]:
+        return iter(self._states.values())
+
+    def __getitem__(self, model_id: str) -> ModelState:
+        return self._states[model_id]
+
+    def get(self, name: str) -> ModelState | None:
+        """The model called `name` (id or alias), as last scanned."""
+        return self._states.get(self._aliases.get(name, name))
+
+    def sorted(self) -> list[ModelState]:
+        return sorted(self._states.values(), key=lambda s: s.id)
+
+    def refresh(self) -> list[tuple[ModelState, str]]:
+        """Re-scan: new files appear, removed ones are dropped, changed ones lose any sticky
+        load error. Returns the (state, reason) pairs to unload."""
+        found = self._scanner.scan()
+        unload: list[tuple[ModelState, str]] = []
+        for model_id, source in found.items():
+            state = self._states.get(model_id)
+            if state is None:
+                self._states[model_id] = state = ModelState(source)
+                _apply_source_error(state)
+                self._events.publish("added", model_id, status=state.status.value)
+            elif state.source.identity != source.identity or state.source.error != source.error:
+                state.source = source
+                state.sticky = False
+                if state.status in RESIDENT:
+                    unload.append((state, "model file changed"))
+                _apply_source_error(state)
+            else:
+                state.source = source
+        for model_id in set(self._states) - set(found):
+            state = self._states.pop(model_id)
+            unload.append((state, "model file removed"))
+            self._events.publish("removed", model_id)
+            state.notify()
+        self._aliases = {
+            alias: s.id for s in self._states.values() for alias in s.source.config.aliases
+        }
+        return unload
+
+
+def _apply_source_error(state: ModelState) -> None:
+    if state.source.error is not None:
+        state.sticky = True
+        state.set_status(Status.ERROR, state.source.error)
+    elif state.status == Status.ERROR:
+        state.set_status(Status.UNLOADED)
