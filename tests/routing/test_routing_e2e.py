@@ -132,8 +132,12 @@ def test_breaker_opens_skips_and_closes(
         for _ in range(2):
             assert chat(client, "auto")[0] == SMOL
         seen = stub.stats()["requests"]
-        entry = {m["id"]: m for m in httpx.get(srv.url + "/models").json()["data"]}["flaky"]
+        listing = httpx.get(srv.url + "/models").json()
+        entry = {m["id"]: m for m in listing["data"]}["flaky"]
         assert entry["breaker"]["state"] == "open"
+        (route,) = listing["routes"]
+        assert route["name"] == "auto" and route["status"]["order"] == [SMOL]
+        assert route["status"]["breakers"] == {"flaky": "open", SMOL: "closed"}
         for _ in range(3):  # open: skipped, the upstream is not even asked
             model, why, _ = chat(client, "auto")
             assert model == SMOL and "breaker open" in why

@@ -271,6 +271,20 @@ class Router:
             elif target.breaker.state != "closed" and target.breaker.allow():
                 target.breaker.record_success()
 
+    def route_status(self, name: str) -> dict[str, Any]:
+        """A route's config with its live state: each target's breaker (or "missing"), and the
+        order in which a plain chat request would try them now."""
+        route = self._routes[name]
+        states: dict[str, str] = {}
+        for target_name in [*route.config.targets, *route.config.fallbacks]:
+            try:
+                states[target_name] = str(self.target(target_name).breaker.state)
+            except ModelNotFound:
+                states[target_name] = "missing"
+        ordered, _, _ = self.plan(name, RouteRequest())
+        return {**route.config.model_dump(),
+                "status": {"order": [t.id for t in ordered], "breakers": states}}  # fmt: skip
+
     def describe(self, target: Target) -> dict[str, Any]:
         snap = target.stats.snapshot()
         b = target.breaker.snapshot()

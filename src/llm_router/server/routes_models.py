@@ -101,7 +101,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {
         "object": "list",
         "data": data,
-        "routes": [r.model_dump() for r in routing.routes()],
+        "routes": [routing.route_status(r.name) for r in routing.routes()],
         "memory_budget_bytes": manager.budget,
         "queued_requests": manager.waiting,
     }
