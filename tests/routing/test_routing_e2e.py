@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from llm_router.routing.strategies import ab_split, api_key_id
 from servers import GEMMA, SMOL, MakeClient, Server, free_port, new_server
 
 STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
@@ -149,6 +150,42 @@ def test_breaker_opens_skips_and_closes(
         assert entry["breaker"]["state"] == "closed"
     finally:
         srv.stop()
+
+
+def test_ab_split_is_sticky_per_user_and_per_api_key(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
+    a, b = Stub(), Stub()
+    weights = {"arm-a": 1.0, "arm-b": 1.0}
+    routes = [{"name": "ab", "strategy": "quality-first", "targets": list(weights),
+               "split": weights}]  # fmt: skip
+    srv = router_server(tmp_path, models_dir, [remote("arm-a", a.url), remote("arm-b", b.url)],
+                        routes)  # fmt: skip
+
+    def one_per_arm(make_key: Callable[[int], str], key_id: Callable[[str], str]) -> list[str]:
+        by_arm: dict[str, str] = {}
+        for i in range(100):
+            by_arm.setdefault(ab_split(weights, key_id(make_key(i)), salt="ab"), make_key(i))
+        return [by_arm["arm-a"], by_arm["arm-b"]]
+
+    try:
+        client = make_client(srv)
+        for user, arm in zip(one_per_arm(lambda i: f"user-{i}", str), weights, strict=True):
+            served = {chat(client, "ab", user=user)[0] for _ in range(3)}
+            assert served == {arm}
+            assert f"split={arm}" in chat(client, "ab", user=user)[1]
+        keys = one_per_arm(lambda i: f"sk-key-{i}", api_key_id)
+        for key, arm in zip(keys, weights, strict=True):  # no user: the API key is the key
+            keyed = openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0)
+            assert {chat(keyed, "ab")[0] for _ in range(6)} == {arm}  # by chance: 1 in 32
+        # a user named in the request wins over the key
+        keyed = openai.OpenAI(base_url=srv.url + "/v1", api_key=keys[0], max_retries=0)
+        user_b = one_per_arm(lambda i: f"user-{i}", str)[1]
+        assert chat(keyed, "ab", user=user_b)[0] == "arm-b"
+    finally:
+        srv.stop()
+        a.stop()
+        b.stop()
 
 
 def test_speed_priority_prefers_the_faster_target(

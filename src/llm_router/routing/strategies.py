@@ -34,6 +34,7 @@ __all__ = [
     "RouteRequest",
     "Strategy",
     "ab_split",
+    "api_key_id",
     "cost_optimized",
     "eligible",
     "estimated_cost",
@@ -321,6 +322,11 @@ def rank(strategy: Strategy, request: RouteRequest, candidates: list[Candidate])
             allowed.discard(candidate.id)
             ranked.append(candidate)
     return ranked
+
+
+def api_key_id(api_key: str) -> str:
+    """The id an API key is known by in routing (A/B splits): a hash, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def ab_split(weights: Mapping[str, float], key: str, *, salt: str = "") -> str:

@@ -17,6 +17,7 @@ from ..protocol import (
     ModelCard,
     ModelList,
 )  # fmt: skip
+from ..routing.strategies import api_key_id
 from ..serving.embed import EmbeddingService
 from ..serving.ensemble import CompareRequest, EnsembleRequest, EnsembleService
 from ..serving.generate import GenerationService, RouteInfo
@@ -56,6 +57,13 @@ def _json(result: BaseModel, headers: dict[str, str]) -> Response:
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
 
+def _route_info(request: Request) -> RouteInfo:
+    """Who asks: the bearer token's id (a hash), the sticky key of A/B splits."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return RouteInfo(api_key_id=api_key_id(token) if scheme.lower() == "bearer" and token else None)
+
+
 def _headers(route: RouteInfo) -> dict[str, str]:
     return {"x-llm-router-model": route.target, "x-llm-router-route": route.reason}
 
@@ -63,7 +71,7 @@ def _headers(route: RouteInfo) -> dict[str, str]:
 @router.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    service, route = _service(request), RouteInfo()
+    service, route = _service(request), _route_info(request)
     if body.stream:
         return await sse_response(service.chat_stream(body, route), lambda: _headers(route))
     result = await cancel_on_disconnect(request.receive, service.chat(body, route))
@@ -73,7 +81,7 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/completions", openapi_extra=_body_schema(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    service, route = _service(request), RouteInfo()
+    service, route = _service(request), _route_info(request)
     if body.stream:
         return await sse_response(service.complete_stream(body, route), lambda: _headers(route))
     result = await cancel_on_disconnect(request.receive, service.complete(body, route))

@@ -47,8 +47,11 @@ _NOT_FOR_UPSTREAM = {"keep_alive", "autoload", "stream", "stream_options", "igno
 
 @dataclass
 class RouteInfo:
-    """Filled in once the request is committed to a target."""
+    """The caller's side of routing: who asks (`api_key_id`, the sticky key of A/B splits when
+    the request names no `user`), and, filled in once the request is committed to a target,
+    which target serves and why."""
 
+    api_key_id: str | None = None
     target: str = ""
     reason: str = ""
 
@@ -58,7 +61,9 @@ class GenerationService:
         self.router = router
         self.metrics = metrics or Metrics()
 
-    async def route(self, wire: _Request, request: GenerationRequest) -> Routed:
+    async def route(
+        self, wire: _Request, request: GenerationRequest, api_key_id: str | None = None
+    ) -> Routed:
         """Commit the request to a target (falling back as the route allows)."""
         lease: dict[str, Any] = {"autoload": wire.autoload}
         if wire.keep_alive is not None:
@@ -73,7 +78,7 @@ class GenerationService:
         tools = bool(body.get("tools") or body.get("functions")) and body.get("tool_choice") != "none"
         info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
                             max_tokens=request.params.max_tokens, user=wire.user,
-                            tools=tools)  # fmt: skip
+                            api_key_id=api_key_id, tools=tools)  # fmt: skip
         self.router.resolve(wire.model)
         return await self.router.open(wire.model, call, info)
 
@@ -86,7 +91,7 @@ class GenerationService:
         model = wire.model
         outcome = "cancelled"
         try:
-            routed = await self.route(wire, request)
+            routed = await self.route(wire, request, route.api_key_id)
             model = route.target = routed.target
             route.reason = routed.reason
             first = True
