@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_router.config import EngineOptions, ModelConfig, Settings, load_config
+from llm_router.config import EngineOptions, ModelConfig, SamplingDefaults, Settings, load_config
 from llm_router.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
@@ -147,6 +147,14 @@ def test_model_without_id_is_an_error(tmp_path: Path) -> None:
 def test_a_local_model_cannot_claim_tool_calls(tmp_path: Path) -> None:
     message = _error(tmp_path, "models: [{id: smol, tools: true}]\n")
     assert "smol" in message and "tool calls" in message
+
+
+def test_sampling_defaults_fill_only_what_the_request_leaves_out() -> None:
+    sampling = SamplingDefaults(temperature=0.2, max_tokens=64, stop=["END"])
+    assert sampling.fill({}) == {"temperature": 0.2, "max_tokens": 64, "stop": ["END"]}
+    assert sampling.fill({"temperature": 1.0, "stop": None}) == {"max_tokens": 64, "stop": ["END"]}
+    assert sampling.fill({"max_completion_tokens": 8}) == {"temperature": 0.2, "stop": ["END"]}
+    assert SamplingDefaults().fill({}) == {}
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,31 @@ class Cost(BaseModel):
     output: float = Field(0.0, ge=0, description="Price per 1M completion tokens.")
 
 
+class SamplingDefaults(BaseModel):
+    """Sampling values a model uses for the fields a request leaves out, as an Ollama
+    Modelfile's PARAMETER lines; a request's own values always win. Unset: llama.cpp's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1, description="Longest answer, in tokens.")
+    stop: list[str] | None = Field(None, max_length=4)
+
+    def fill(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The values to use for what `given` (a request's set fields) leaves out."""
+        values = self.model_dump(exclude_none=True)
+        if "max_completion_tokens" in given:
+            values.pop("max_tokens", None)
+        return {k: v for k, v in values.items() if given.get(k) is None}
+
+
 class RouteConfig(BaseModel):
     """A virtual model: requests name it like a model and the strategy picks the target."""
 
@@ -143,6 +169,10 @@ class ModelConfig(EngineOptions):
     cost: Cost = Field(default_factory=lambda: Cost(), description="Per 1M tokens.")
     context_length: int | None = Field(
         None, ge=1, description="Context a remote target accepts (local: read from the model)."
+    )
+    sampling: SamplingDefaults = Field(
+        default_factory=lambda: SamplingDefaults(),
+        description="Sampling for the fields a request leaves out (a request's values win).",
     )
     tools: bool | None = Field(
         None,

@@ -188,6 +188,32 @@ def test_ab_split_is_sticky_per_user_and_per_api_key(
         b.stop()
 
 
+def test_a_models_sampling_fills_what_the_request_leaves_out(
+    tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
+) -> None:
+    """As an Ollama Modelfile's PARAMETER lines: a local and a remote entry's `sampling`."""
+    models = [{"id": SMOL, "system_prompt": "You are a helpful assistant.",
+               "sampling": {"max_tokens": 5, "temperature": 0}},
+              remote("box", stub.url, sampling={"temperature": 0.2, "stop": ["END"]})]  # fmt: skip
+    srv = router_server(tmp_path, models_dir, models, [])
+    try:
+        client = make_client(srv)
+        ask = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+        done = client.chat.completions.create(model=SMOL, messages=ask)
+        assert done.usage is not None
+        assert (done.usage.completion_tokens, done.choices[0].finish_reason) == (5, "length")
+        longer = client.chat.completions.create(model=SMOL, messages=ask, max_tokens=9)
+        assert longer.usage is not None and longer.usage.completion_tokens == 9  # its own wins
+        client.chat.completions.create(model="box", messages=ask)
+        sent = stub.stats()["last_body"]
+        assert (sent["temperature"], sent["stop"]) == (0.2, ["END"])
+        client.chat.completions.create(model="box", messages=ask, temperature=0.9, stop=["x"])
+        sent = stub.stats()["last_body"]
+        assert (sent["temperature"], sent["stop"]) == (0.9, ["x"])
+    finally:
+        srv.stop()
+
+
 def test_speed_priority_prefers_the_faster_target(
     tmp_path: Path, models_dir: Path, make_client: MakeClient
 ) -> None:

@@ -83,9 +83,21 @@ class Target:
         )  # fmt: skip
 
     def events(self, manager: ModelManager, call: Call) -> AsyncGenerator[Event, None]:
+        call = self.with_sampling(call)
         if self.remote is not None:
             return _remote_events(self.remote, call)
         return _local_events(manager, self, call)
+
+
+    def with_sampling(self, call: Call) -> Call:
+        """`call` with this target's sampling defaults in the fields its request left out."""
+        fill = self.config.sampling.fill(call.body)
+        if not fill:
+            return call
+        values: dict[str, Any] = {k: tuple(v) if k == "stop" else v for k, v in fill.items()}
+        params = replace(call.request.params, **values)
+        return replace(call, request=replace(call.request, params=params),
+                       body={**call.body, **fill})  # fmt: skip
 
 
 async def _local_events(
