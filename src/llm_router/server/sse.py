@@ -7,13 +7,13 @@ where it waits; closing our iterator releases the model slot and cancels the seq
 
 `SSEResponse` is ours rather than sse-starlette's: every streamed token passes through it, and
 sse-starlette spends more per token (an anyio cancel scope around every send, a task group per
-response) than the rest of the router together. Here a token costs at most one `send`; one watcher
-task per stream waits for the disconnect and sends a comment ping after `ping` idle seconds."""
+response) than the rest of the router together. Here a token costs at most one `send`; one
+`DisconnectWatch` task per request (streaming or not) waits for the disconnect, and for a
+stream sends a comment ping after `ping` idle seconds."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from typing import Any, Generic, TypeVar, cast
@@ -25,7 +25,9 @@ from starlette.types import Receive, Scope, Send
 from ..protocol import RenderedChunk, dump_chunk
 from .errors import ClientGone, error_json
 
-__all__ = ["SSEResponse", "cancel_on_disconnect", "events_response", "sse_response"]
+__all__ = [
+    "DisconnectWatch", "SSEResponse", "cancel_on_disconnect", "events_response", "sse_response",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,40 +55,26 @@ class SSEResponse(StreamingResponse):
         self.frames = frames
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
         loop = asyncio.get_running_loop()
-        state = {"last": loop.time(), "gone": False, "ended": False}
-
-        async def watch() -> None:
-            """Cancels the producer when the client disconnects; pings while it is silent."""
-            while True:
-                try:
-                    async with asyncio.timeout(self.ping):  # no task per wait, as wait_for makes
-                        message = await receive()
-                except TimeoutError:
-                    if not state["ended"] and loop.time() - state["last"] >= self.ping:
-                        await send({"type": "http.response.body", "body": b": ping\n\n",
-                                    "more_body": True})  # fmt: skip
-                    continue
-                if message["type"] == "http.disconnect":
-                    if not state["ended"]:
-                        state["gone"] = True
-                        task.cancel()
-                    return
-
+        last = loop.time()
         pending: list[bytes] = []
 
         async def flush() -> None:
+            nonlocal last
             if pending:
                 body = b"".join(pending)
                 pending.clear()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-                state["last"] = loop.time()
+                last = loop.time()
+
+        async def ping() -> None:
+            if loop.time() - last >= self.ping:
+                await send({"type": "http.response.body", "body": b": ping\n\n",
+                            "more_body": True})  # fmt: skip
 
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})  # fmt: skip
-        watcher = asyncio.ensure_future(watch())
+        watch = DisconnectWatch(receive, idle=ping, every=self.ping)
         frames = self.frames
         try:
             # Frames that are ready together (an upstream's read holding several events, a
@@ -96,21 +84,63 @@ class SSEResponse(StreamingResponse):
                     pending.append(await _FlushBeforeWait(anext(frames), flush))
                 except StopAsyncIteration:
                     break
-            state["ended"] = True
+            watch.stop()
             await send({"type": "http.response.body", "body": b"".join(pending),
                         "more_body": False})  # fmt: skip
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if not watch.gone:
                 raise
-            task.uncancel()  # the client left: this request is over, the server is not
+            watch.forget()  # the client left: this request is over, the server is not
         finally:
-            state["ended"] = True
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            watch.stop()
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+class DisconnectWatch:
+    """Cancels the task that made it when the client disconnects (then `gone` is True), until
+    `stop()`. With `idle`, awaits it after each `every` seconds without a message from the
+    client (the SSE ping). The request body must already be read: after that, `receive` only
+    ever reports the disconnect. One task per request, waiting in `receive`."""
+
+    def __init__(
+        self, receive: Receive, idle: Callable[[], Awaitable[None]] | None = None,
+        every: float | None = None,
+    ) -> None:  # fmt: skip
+        task = asyncio.current_task()
+        assert task is not None
+        self.gone = False
+        self._task = task
+        self._receive = receive
+        self._idle = idle
+        self._every = every if idle is not None else None
+        self._stopped = False
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._every):  # no task per wait, as wait_for makes
+                    message = await self._receive()
+            except TimeoutError:
+                if not self._stopped and self._idle is not None:
+                    await self._idle()
+                continue
+            if message["type"] == "http.disconnect":
+                if not self._stopped:
+                    self.gone = True
+                    self._task.cancel()
+                return
+
+    def forget(self) -> bool:
+        """Take back the cancellation the disconnect caused; True if no other is pending."""
+        return self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        """From now on a disconnect cancels nothing and no ping is sent."""
+        self._stopped = True
+        self._watcher.cancel()
 
 
 class _FlushBeforeWait(Generic[T]):
@@ -188,29 +218,15 @@ async def events_response(stream: AsyncIterator[str]) -> SSEResponse:
     return SSEResponse(frames())
 
 
-async def cancel_on_disconnect(receive: Any, work: Any) -> Any:
-    """Await `work` (a coroutine), cancelling it if the client disconnects first (then raise
-    ClientGone). The request body must already be read: after that, `receive` only ever
-    reports the disconnect. `work` runs in the calling task; only the watcher is a task."""
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work` (a coroutine) in the calling task, cancelling it if the client disconnects
+    first (then raise ClientGone). The request body must already be read."""
+    watch = DisconnectWatch(receive)
     try:
         return await work
     except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:
+        if watch.gone and watch.forget():
             raise ClientGone from None
         raise
     finally:
-        watcher.cancel()
+        watch.stop()
