@@ -74,6 +74,7 @@ class Router:
         self.router = Routing(self.settings, self.manager)
         self.metrics = Metrics()
         self.metrics.watch(self.manager)
+        self.metrics.watch_routing(self.router)
         self.generation = GenerationService(self.router, self.metrics)
         self.embeddings = EmbeddingService(self.router, self.metrics)
         self.ensembles = EnsembleService(self.generation)

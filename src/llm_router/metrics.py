@@ -14,7 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .config import Cost
     from .lifecycle.manager import ModelManager
+    from .routing.router import Router
+    from .types import Usage
 
 __all__ = ["Metrics"]
 
@@ -53,6 +56,14 @@ class Metrics:
             "llm_router_model_events", "Model lifecycle events (loaded, unloaded, error...)",
             ["model", "event"], registry=r,
         )  # fmt: skip
+        self.fallbacks = Counter(
+            "llm_router_fallbacks", "Failed attempts a route moved past (then served)",
+            ["route", "target", "error"], registry=r,
+        )  # fmt: skip
+        self.cost = Counter(
+            "llm_router_cost", "Spend at the configured prices (cost per 1M tokens), in their "
+            "currency", ["model"], registry=r,
+        )  # fmt: skip
         self.load_seconds = Histogram(
             "llm_router_model_load_seconds", "Model load time", ["model"],
             buckets=_LATENCY_BUCKETS, registry=r,
@@ -62,6 +73,15 @@ class Metrics:
         """Count lifecycle events and expose per-model gauges read at scrape time."""
         manager.events.add_listener(self._on_event)
         self.registry.register(_ModelCollector(manager))
+
+    def watch_routing(self, router: Router) -> None:
+        """Expose each target's breaker state, read at scrape time."""
+        self.registry.register(_BreakerCollector(router))
+
+    def count_cost(self, model: str, usage: Usage, price: Cost) -> None:
+        spent = usage.prompt_tokens * price.input + usage.completion_tokens * price.output
+        if spent:
+            self.cost.labels(model).inc(spent / 1_000_000)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         self.lifecycle.labels(event["model"], event["event"]).inc()
@@ -116,3 +136,17 @@ class _ModelCollector(Collector):
         budget = GaugeMetricFamily("llm_router_memory_budget_bytes", "Memory budget")
         budget.add_metric([], self._manager.budget)
         yield from (status, memory, active, queued, budget, *gauges.values(), *counters.values())
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[Any]:
+        state = GaugeMetricFamily(
+            "llm_router_breaker_state", "1 for the target's circuit breaker state",
+            labels=["model", "state"],
+        )  # fmt: skip
+        for target in self._router.targets():
+            state.add_metric([target.id, str(target.breaker.state)], 1)
+        yield state

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.routing.strategies import ab_split, api_key_id
 from servers import GEMMA, SMOL, MakeClient, Server, free_port, new_server
@@ -91,7 +92,8 @@ def test_fallback_on_500_429_timeout_and_dead_upstream(
 ) -> None:
     # "real" is a real model on a shared 2-core box: its timeout is not what is under test
     models = [remote("flaky", stub.url, timeout=1),
-              remote("real", upstream.url, model=SMOL, timeout=30)]  # fmt: skip
+              remote("real", upstream.url, model=SMOL, timeout=30,
+                     cost={"input": 100, "output": 200})]  # fmt: skip
     routes = [{"name": "auto", "strategy": "quality-first", "targets": ["flaky", "real"],
                "fallbacks": [GEMMA]}]  # fmt: skip
     models[0]["quality"] = 0.9
@@ -111,12 +113,35 @@ def test_fallback_on_500_429_timeout_and_dead_upstream(
         chunks = list(stream)
         assert {c.model for c in chunks} == {"real"}
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        seen = Samples(srv)
+        fell = {e: seen.get("llm_router_fallbacks_total", route="auto", target="flaky", error=e)
+                for e in ("UpstreamError", "QueueFull", "UpstreamUnavailable")}  # fmt: skip
+        # two 500s (one streaming), a 429, a hang
+        assert fell == {"UpstreamError": 2, "QueueFull": 1, "UpstreamUnavailable": 1}
+        prompt = seen.get("llm_router_tokens_total", model="real", kind="prompt")
+        completion = seen.get("llm_router_tokens_total", model="real", kind="completion")
+        spent = (prompt * 100 + completion * 200) / 1e6
+        assert spent > 0 and seen.get("llm_router_cost_total", model="real") == pytest.approx(spent)
+        assert seen.get("llm_router_breaker_state", model="flaky", state="closed") == 1
         upstream.stop()  # the real upstream goes away mid-run: the local fallback serves
         model, why, text = chat(client, "auto")
         assert model == GEMMA and text is not None, why
     finally:
         srv.stop()
         upstream.start()
+
+
+class Samples:
+    """/metrics, read once."""
+
+    def __init__(self, srv: Server) -> None:
+        text = httpx.get(srv.url + "/metrics").text
+        self.samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def get(self, name: str, **labels: str) -> float:
+        values = [s.value for s in self.samples if s.name == name and s.labels == labels]
+        assert len(values) == 1, (name, labels)
+        return values[0]
 
 
 def test_breaker_opens_skips_and_closes(

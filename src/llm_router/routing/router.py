@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from ..config import RouteConfig, Settings
+from ..config import Cost, RouteConfig, Settings
 from ..errors import (
     BadRequest,
     ContextLengthExceeded,
@@ -50,11 +50,13 @@ RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, Contex
 
 @dataclass(eq=False)
 class Routed:
-    """A request committed to `target`; `events` starts with the first event already read."""
+    """A request committed to `target`; `events` starts with the first event already read.
+    `failures`: the (target, error class) of each attempt the route moved past first."""
 
     target: str
     reason: str
     events: AsyncGenerator[Event, None]
+    failures: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(eq=False)
@@ -122,6 +124,14 @@ class Router:
                                              CircuitBreaker(self._breaker))  # fmt: skip
         return self._targets[state.id]
 
+    def price(self, name: str) -> Cost:
+        """The configured price per 1M tokens of the target called `name`."""
+        return self.target(name).config.cost
+
+    def targets(self) -> list[Target]:
+        """Every target known so far: remote ones, and local ones once requested."""
+        return list(self._targets.values())
+
     def resolve(self, name: str) -> str:
         """Canonical name of a route or target; raises ModelNotFound."""
         return name if name in self._routes else self.target(name).id
@@ -178,6 +188,7 @@ class Router:
         attempts = len(ordered) if route is None or route.config.retries is None else (
             route.config.retries + 1)  # fmt: skip
         failures: list[str] = []
+        failed: list[tuple[str, str]] = []
         last: RouterError | None = None
         for target in ordered:
             if attempts <= 0:
@@ -193,11 +204,13 @@ class Router:
             except RETRYABLE as exc:
                 last = exc
                 failures.append(f"{target.id}: {type(exc).__name__}")
+                failed.append((target.id, type(exc).__name__))
                 if route is None:
                     raise
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
-            return Routed(target.id, reason, self._watch(target, first, events, started, ttft))
+            return Routed(target.id, reason, self._watch(target, first, events, started, ttft),
+                          tuple(failed))  # fmt: skip
         if last is not None:
             raise last
         raise ServerBusy(f"no target of '{name}' is available ({'; '.join(failures) or 'none'})",

@@ -94,6 +94,8 @@ class GenerationService:
             routed = await self.route(wire, request, route.api_key_id)
             model = route.target = routed.target
             route.reason = routed.reason
+            for target, error in routed.failures:
+                self.metrics.fallbacks.labels(wire.model, target, error).inc()
             first = True
             async with aclosing(routed.events) as events:
                 async for event in events:
@@ -106,6 +108,7 @@ class GenerationService:
                         self.metrics.tokens.labels(model, "completion").inc(
                             event.usage.completion_tokens
                         )
+                        self.metrics.count_cost(model, event.usage, self.router.price(model))
                     yield event
         except RouterError as exc:
             outcome = type(exc).__name__
