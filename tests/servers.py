@@ -58,6 +58,8 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> Server:
+        if self.proc is not None and self.proc.poll() is None:
+            return self  # running: a second process would orphan this one (and fail to bind)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
