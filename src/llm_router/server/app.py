@@ -32,7 +32,7 @@ class App(FastAPI):
 
     - Bodies over `body_limit` bytes by their Content-Length are refused with a 413 envelope
       (`parse_body` also counts the bytes of a body sent without one).
-    - The routes in `hot` (the OpenAI generation routes) are called straight from here, with
+    - The routes in `hot` (chat, completions, embeddings) are called straight from here, with
       the app's own exception handlers (`errors.respond`). FastAPI's per-request stack (its
       middleware, route matching, dependency solving) costs ~0.25 ms a request here, as much
       as everything else the router does (BENCHMARKS.md). They stay registered with FastAPI,
