@@ -80,6 +80,10 @@ class Cost(BaseModel):
     input: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
     output: float = Field(0.0, ge=0, description="Price per 1M completion tokens.")
 
+    def spend(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What these tokens cost, in the prices' currency."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
 
 class SamplingDefaults(BaseModel):
     """Sampling values a model uses for the fields a request leaves out, as an Ollama

@@ -79,9 +79,8 @@ class Metrics:
         self.registry.register(_BreakerCollector(router))
 
     def count_cost(self, model: str, usage: Usage, price: Cost) -> None:
-        spent = usage.prompt_tokens * price.input + usage.completion_tokens * price.output
-        if spent:
-            self.cost.labels(model).inc(spent / 1_000_000)
+        if spent := price.spend(usage.prompt_tokens, usage.completion_tokens):
+            self.cost.labels(model).inc(spent)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         self.lifecycle.labels(event["model"], event["event"]).inc()

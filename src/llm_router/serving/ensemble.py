@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..errors import BadRequest, RouterError
-from ..protocol import ChatCompletion, ChatCompletionRequest
+from ..protocol import ChatCompletionRequest
 from ..routing.ensemble import agreement, load_scorer, vote
 from .generate import GenerationService, RouteInfo
 
@@ -50,16 +50,13 @@ class EnsembleService:
         except RouterError as exc:
             return {"model": target, "content": None, "error": exc.message,
                     "latency_ms": _ms(started)}  # fmt: skip
-        cost = self._cost(route.target, done)
+        cost = self.generation.router.price(route.target).spend(
+            done.usage.prompt_tokens, done.usage.completion_tokens
+        )
         return {"model": route.target, "content": done.choices[0].message.content or "",
                 "finish_reason": done.choices[0].finish_reason, "usage": done.usage.model_dump(),
                 "latency_ms": _ms(started), "cost": cost, "error": None,
                 "completion": done}  # fmt: skip
-
-    def _cost(self, target: str, done: ChatCompletion) -> float:
-        cfg = self.generation.router.target(target).config
-        return (done.usage.prompt_tokens * cfg.cost.input
-                + done.usage.completion_tokens * cfg.cost.output) / 1e6  # fmt: skip
 
     async def compare(self, req: CompareRequest) -> dict[str, Any]:
         answers = await asyncio.gather(*(self._ask(req, t) for t in req.targets))
