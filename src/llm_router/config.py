@@ -104,6 +104,8 @@ class SamplingDefaults(BaseModel):
 
     def fill(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The values to use for what `given` (a request's set fields) leaves out."""
+        if not self.model_fields_set:  # nothing configured: the common case, on every request
+            return {}
         values = self.model_dump(exclude_none=True)
         if "max_completion_tokens" in given:
             values.pop("max_tokens", None)

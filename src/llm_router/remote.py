@@ -3,10 +3,10 @@ routing target.
 
 Every `RemoteTarget` shares one `aiohttp.ClientSession` that its caller owns and closes, so
 connections are pooled across targets and requests. aiohttp rather than httpx: its client path
-costs about a third of httpx's CPU per request (measured against the overhead benchmark's stub:
-~220 us vs ~720 us), and that difference is most of the latency the router adds. Bodies are passed through untouched except
-`model` (replaced by the upstream's own name) and `stream`; streamed chunks are handed on one by
-one as the upstream sends them, never buffered.
+costs about a third of httpx's CPU per request (measured against the overhead benchmark's
+stub: ~220 us vs ~720 us), and that difference was most of the latency the router added.
+Bodies are passed through untouched except `model` (replaced by the upstream's own name) and
+`stream`; streamed chunks are handed on one by one as the upstream sends them, never buffered.
 
 Errors leave in one error tree, translated in one place (`_transport_errors`, `status_error`)
 by transport exception class, HTTP status and the structured `code` of the upstream's error
@@ -16,8 +16,9 @@ is not logged, not in `repr`, not in any error message.
 Cancellation: the HTTP request lives inside `async with session.post(...)`, so cancelling an
 awaiting `chat()` or closing a `stream_chat()` iterator (`aclose()`, or leaving an
 `async with aclosing(...)` block) releases the response before its body is complete, which
-closes the connection at once, and the upstream sees the client go away. An iterator that is merely dropped is closed only when the
-garbage collector finalises it: callers should close what they stop reading."""
+closes the connection at once, and the upstream sees the client go away. An iterator that is
+merely dropped is closed only when the garbage collector finalises it: callers should close
+what they stop reading."""
 
 from __future__ import annotations
 

@@ -88,7 +88,6 @@ class Target:
             return _remote_events(self.remote, call)
         return _local_events(manager, self, call)
 
-
     def with_sampling(self, call: Call) -> Call:
         """`call` with this target's sampling defaults in the fields its request left out."""
         fill = self.config.sampling.fill(call.body)

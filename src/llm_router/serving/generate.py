@@ -75,7 +75,8 @@ class GenerationService:
         body = wire.model_dump(exclude_unset=True, exclude=_NOT_FOR_UPSTREAM)
         call = Call(kind, request, body, lease, stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
-        tools = bool(body.get("tools") or body.get("functions")) and body.get("tool_choice") != "none"
+        offered = body.get("tools") or body.get("functions")
+        tools = bool(offered) and body.get("tool_choice") != "none"  # "none": no call is made
         info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
                             max_tokens=request.params.max_tokens, user=wire.user,
                             api_key_id=api_key_id, tools=tools)  # fmt: skip
