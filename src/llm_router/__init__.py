@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from .config import ModelConfig, Settings, load_config
+from typing import TYPE_CHECKING
+
 from .errors import RouterError
+
+if TYPE_CHECKING:
+    from .api import Router
+    from .config import ModelConfig, Settings, load_config
 
 __version__ = "0.1.0"
 
@@ -11,9 +16,15 @@ __all__ = ["ModelConfig", "Router", "RouterError", "Settings", "__version__", "l
 
 
 def __getattr__(name: str) -> object:
-    # `Router` is imported on first use: `import llm_router` stays light for the CLI and workers.
+    # Imported on first use: `import llm_router` stays light for the CLI and above all for the
+    # worker processes, whose start-up every cold load waits for (config pulls in pydantic-
+    # settings: ~200 ms here).
     if name == "Router":
         from .api import Router
 
         return Router
+    if name in ("ModelConfig", "Settings", "load_config"):
+        from . import config
+
+        return getattr(config, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

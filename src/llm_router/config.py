@@ -234,6 +234,9 @@ class Settings(BaseSettings):
         "80%", description="Bytes (or '12GiB') or a percentage of available RAM for loaded models."
     )
     keep_alive: str | float = Field("5m", description="Default idle time before unload.")
+    keep_alive_max: str | float = Field(
+        "1h", description="Longest idle time a request's own keep_alive may ask for; -1: any."
+    )
     preload: list[str] = Field(default_factory=list, description="Models loaded at start-up.")
     queue_per_model: int = Field(64, ge=0, description="Requests waiting per model; over: 429.")
     queue_total: int = Field(512, ge=0, description="Requests waiting in all; over: 503.")
@@ -246,7 +249,7 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads shared by busy models (default: cores present)."
     )
 
-    @field_validator("keep_alive")
+    @field_validator("keep_alive", "keep_alive_max")
     @classmethod
     def _check_duration(cls, value: str | float) -> str | float:
         parse_duration(value)

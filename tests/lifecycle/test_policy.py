@@ -1,8 +1,12 @@
-"""The eviction decision on its own: snapshots in, a verdict out; no processes, no clocks."""
+"""The admission and reconcile decisions on their own: snapshots in, a plan out; no processes,
+no clocks. Hand-picked cases first, then properties over random snapshots."""
 
 from __future__ import annotations
 
-from llm_router.lifecycle.policy import Resident, Verdict, choose_victims
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_router.lifecycle.policy import Plan, Resident, plan_admission, reconcile
 
 MiB = 2**20
 BIG = 1000
@@ -16,95 +20,173 @@ def busy(model_id: str, size: int = 10, last_used: float = 0.0) -> Resident:
     return Resident(model_id, size, last_used, busy=True)
 
 
-def test_room_left_evicts_nothing() -> None:
-    verdict = choose_victims([idle("a"), idle("b")], need=10, budget=BIG, models_max=3)
-    assert verdict == Verdict((), True)
+def loading(model_id: str, size: int = 10) -> Resident:
+    return Resident(model_id, size, 0, busy=False, settled=False)
+
+
+def leaving(model_id: str, size: int = 10) -> Resident:
+    return Resident(model_id, size, 0, busy=False, settled=False, leaving=True)
+
+
+START = Plan(start=True)
+WAIT = Plan(start=False)
+
+
+def test_room_left_starts_at_once() -> None:
+    assert plan_admission([idle("a"), idle("b")], need=10, budget=BIG, models_max=3) == START
 
 
 def test_nothing_loaded_fits() -> None:
-    assert choose_victims([], need=10, budget=10, models_max=1) == Verdict((), True)
+    assert plan_admission([], need=10, budget=10, models_max=1) == START
 
 
 def test_count_limit_evicts_least_recently_used_first() -> None:
     residents = [idle("new", last_used=30), idle("old", last_used=10), idle("mid", last_used=20)]
-    verdict = choose_victims(residents, need=10, budget=BIG, models_max=2)
-    assert verdict == Verdict(("old", "mid"), True)
+    plan = plan_admission(residents, need=10, budget=BIG, models_max=2)
+    assert plan == Plan(start=False, evict=("old", "mid"))
 
 
 def test_count_limit_evicts_only_as_many_as_needed() -> None:
     residents = [idle("b", last_used=2), idle("a", last_used=1)]
-    assert choose_victims(residents, need=10, budget=BIG, models_max=2).victims == ("a",)
+    assert plan_admission(residents, need=10, budget=BIG, models_max=2).evict == ("a",)
 
 
 def test_memory_limit_evicts_lru_until_it_fits() -> None:
     residents = [idle("a", 40, 1), idle("b", 40, 2), idle("c", 40, 3)]
     # 120 used + 50 needed in 100: without a it is 130, without a and b it is 90.
-    verdict = choose_victims(residents, need=50, budget=100, models_max=0)
-    assert verdict == Verdict(("a", "b"), True)
+    plan = plan_admission(residents, need=50, budget=100, models_max=0)
+    assert plan == Plan(start=False, evict=("a", "b"))
 
 
-def test_memory_limit_exact_fit_needs_no_eviction() -> None:
-    assert choose_victims([idle("a", 60)], need=40, budget=100, models_max=0) == Verdict((), True)
+def test_memory_limit_exact_fit_starts() -> None:
+    assert plan_admission([idle("a", 60)], need=40, budget=100, models_max=0) == START
 
 
 def test_both_limits_apply_together() -> None:
     # The count allows one more, memory does not: memory decides.
     residents = [idle("a", 50, 1), idle("b", 40, 2)]
-    assert choose_victims(residents, need=20, budget=100, models_max=5).victims == ("a",)
+    assert plan_admission(residents, need=20, budget=100, models_max=5).evict == ("a",)
     # Memory allows one more, the count does not: the count decides.
     residents = [idle("a", 1, 1), idle("b", 1, 2)]
-    assert choose_victims(residents, need=1, budget=100, models_max=2).victims == ("a",)
+    assert plan_admission(residents, need=1, budget=100, models_max=2).evict == ("a",)
 
 
-def test_busy_model_is_never_chosen() -> None:
+def test_idle_models_go_before_busy_ones() -> None:
     residents = [busy("old", last_used=1), idle("new", last_used=2)]
-    verdict = choose_victims(residents, need=10, budget=BIG, models_max=2)
-    assert verdict == Verdict(("new",), True)
+    assert plan_admission(residents, need=10, budget=BIG, models_max=2) == Plan(
+        start=False, evict=("new",)
+    )
+
+
+def test_busy_model_is_drained_not_cut_off() -> None:
+    """llama.cpp #21678: a busy model is never evicted mid-request; it is drained (serves what
+    is queued for it, takes nothing new) so that the waiting load gets room in bounded time."""
+    residents = [busy("a", last_used=1), busy("b", last_used=2)]
+    assert plan_admission(residents, need=10, budget=BIG, models_max=2) == Plan(
+        start=False, drain=("a",)
+    )
 
 
 def test_pinned_model_is_never_chosen() -> None:
     residents = [idle("pinned", last_used=1, pinned=True), idle("new", last_used=2)]
-    verdict = choose_victims(residents, need=10, budget=BIG, models_max=2)
-    assert verdict == Verdict(("new",), True)
+    assert plan_admission(residents, need=10, budget=BIG, models_max=2).evict == ("new",)
 
 
-def test_everything_busy_does_not_fit_and_evicts_nobody() -> None:
-    residents = [busy("a", last_used=1), busy("b", last_used=2)]
-    assert choose_victims(residents, need=10, budget=BIG, models_max=2) == Verdict((), False)
+def test_loading_models_are_never_chosen() -> None:
+    """The circular wait of llama.cpp's router and of this project's first scheduler: models
+    being loaded are not victims, and a model waiting for room is not a resident at all."""
+    assert plan_admission([loading("a"), loading("b")], 10, BIG, 2) == WAIT
+    assert plan_admission([loading("a"), idle("b", last_used=5)], 10, BIG, 2) == Plan(
+        start=False, evict=("b",)
+    )
 
 
-def test_partial_eviction_that_would_not_suffice_evicts_nobody() -> None:
-    # Evicting the idle one alone still leaves the busy one too big: nobody is evicted.
-    residents = [idle("small", 20, 1), busy("big", 70, 2)]
-    assert choose_victims(residents, need=40, budget=100, models_max=0) == Verdict((), False)
+def test_leaving_models_count_until_gone_and_are_not_planned_twice() -> None:
+    # `a` is on its way out: no second victim is chosen, and the load waits for it to go.
+    assert plan_admission([leaving("a"), idle("b", last_used=1)], 10, BIG, 2) == WAIT
+    # Once gone, the load fits.
+    assert plan_admission([idle("b", last_used=1)], 10, BIG, 2) == START
 
 
-def test_pinned_and_busy_together_block() -> None:
-    residents = [idle("p", last_used=1, pinned=True), busy("b", last_used=2)]
-    assert choose_victims(residents, need=1, budget=BIG, models_max=2) == Verdict((), False)
+def test_partial_eviction_that_would_not_suffice_disturbs_nobody() -> None:
+    residents = [idle("small", 20, 1), Resident("big", 70, 2, busy=True, pinned=True)]
+    assert plan_admission(residents, need=40, budget=100, models_max=0) == WAIT
+
+
+def test_pinned_and_loading_together_block() -> None:
+    residents = [idle("p", last_used=1, pinned=True), loading("b")]
+    assert plan_admission(residents, need=1, budget=BIG, models_max=2) == WAIT
 
 
 def test_models_max_zero_means_no_count_limit() -> None:
     residents = [idle(str(i), 1, i) for i in range(50)]
-    assert choose_victims(residents, need=1, budget=BIG, models_max=0) == Verdict((), True)
+    assert plan_admission(residents, need=1, budget=BIG, models_max=0) == START
 
 
 def test_one_big_or_two_small() -> None:
     """A budget that holds the big model alone or both small ones (llama.cpp PR #25326's
     100 GB + 29 GB case, scaled down)."""
     budget, big, small = 120 * MiB, 100 * MiB, 29 * MiB
-    # Two small ones loaded: the big one evicts both.
     residents = [idle("s1", small, 1), idle("s2", small, 2)]
-    assert choose_victims(residents, big, budget, 0) == Verdict(("s1", "s2"), True)
-    # The big one loaded: the first small one evicts it, the second small one fits beside.
-    assert choose_victims([idle("big", big, 3)], small, budget, 0) == Verdict(("big",), True)
-    assert choose_victims([idle("s1", small, 4)], small, budget, 0) == Verdict((), True)
-    # A small one serving: the big one cannot come in until it is idle.
+    assert plan_admission(residents, big, budget, 0) == Plan(start=False, evict=("s1", "s2"))
+    assert plan_admission([idle("big", big, 3)], small, budget, 0).evict == ("big",)
+    assert plan_admission([idle("s1", small, 4)], small, budget, 0) == START
+    # A small one serving: the idle one goes now, the busy one drains.
     residents = [busy("s1", small, 1), idle("s2", small, 2)]
-    assert choose_victims(residents, big, budget, 0) == Verdict((), False)
+    assert plan_admission(residents, big, budget, 0) == Plan(
+        start=False, evict=("s2",), drain=("s1",)
+    )
 
 
-def test_lru_order_ignores_input_order() -> None:
-    residents = [idle(c, 10, t) for c, t in (("c", 3.0), ("a", 1.0), ("d", 4.0), ("b", 2.0))]
-    verdict = choose_victims(residents, need=25, budget=40, models_max=0)
-    assert verdict == Verdict(("a", "b", "c"), True)
+def test_reconcile_evicts_idle_lru_until_under_budget() -> None:
+    residents = [idle("a", 40, 1), busy("b", 40, 0), idle("c", 40, 3)]
+    assert reconcile(residents, budget=90) == (("a",), True)
+    assert reconcile(residents, budget=30) == (("a", "c"), False)
+    assert reconcile([leaving("a", 500), idle("b", 10)], budget=20) == ((), True)
+
+
+# -- properties over random snapshots ----------------------------------------------------------
+
+residents_st = st.lists(
+    st.builds(
+        Resident,
+        id=st.uuids().map(str),
+        bytes=st.integers(1, 100),
+        last_used=st.floats(0, 100),
+        busy=st.booleans(),
+        pinned=st.booleans(),
+        settled=st.booleans(),
+        leaving=st.booleans(),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=400, derandomize=True)
+@given(residents_st, st.integers(1, 100), st.integers(1, 300), st.integers(0, 4))
+def test_a_plan_keeps_the_invariant(
+    residents: list[Resident], need: int, budget: int, models_max: int
+) -> None:
+    """Start only when the load fits beside everyone (leaving ones too); choose only settled,
+    unpinned, not leaving models; idle ones are evicted and busy ones drained; and what is
+    chosen makes room once it is gone (or nothing is chosen at all)."""
+    plan = plan_admission(residents, need, budget, models_max)
+    used, count = sum(r.bytes for r in residents), len(residents)
+    fits_now = used + need <= budget and (models_max == 0 or count < models_max)
+    assert plan.start == fits_now
+    by_id = {r.id: r for r in residents}
+    chosen = [by_id[i] for i in plan.evict + plan.drain]
+    assert all(r.settled and not r.pinned and not r.leaving for r in chosen)
+    assert all(not by_id[i].busy for i in plan.evict)
+    assert all(by_id[i].busy for i in plan.drain)
+    if plan.start:
+        assert chosen == []
+    if chosen:
+        rest = [r for r in residents if not r.leaving and r not in chosen]
+        assert sum(r.bytes for r in rest) + need <= budget
+        assert models_max == 0 or len(rest) < models_max
+        # No busy model is drained while an idle one could have gone instead.
+        if plan.drain:
+            spare = [r for r in residents if r.settled and not r.pinned and not r.leaving
+                     and not r.busy and r.id not in plan.evict]  # fmt: skip
+            assert spare == []

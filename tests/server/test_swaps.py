@@ -1,26 +1,41 @@
-"""Model swaps on real GGUF files through the real server: the memory-budget case of
-llama.cpp PR #25326 scaled down, and a swap storm. No request may fail other than with a
-documented 429/503 carrying Retry-After; none may hang; no worker outlives the server."""
+"""Model swaps on real GGUF files through the real server, from a cold start: the storm that
+deadlocked the first scheduler (six clients looping over three models with `models_max` 2),
+the same under a memory budget, and the memory-budget cases of llama.cpp PR #25326 scaled
+down. No request may fail other than with a documented 429/503 carrying Retry-After; none may
+hang; never more models resident than allowed; no worker outlives the server."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
-from servers import GEMMA, SMOL, link_models, new_server
+from servers import GEMMA, SMOL, Server, link_models, new_server
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.real]
 MiB = 2**20
+RESIDENT = ("loading", "loaded", "unloading")
 
 
 def _models(tmp_path: Path, smollm2_gguf: Path, gemma_gguf: Path) -> Path:
     folder = link_models(tmp_path / "models", smollm2_gguf, gemma_gguf)
     os.link(folder / smollm2_gguf.name, folder / "smol-copy.gguf")
+    return folder
+
+
+def _copies(tmp_path: Path, smollm2_gguf: Path) -> Path:
+    """alpha, beta and gamma: three copies of SmolLM2 (hard links), as the issue's user had."""
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for name in ("alpha", "beta", "gamma"):
+        os.link(smollm2_gguf, folder / f"{name}.gguf")
     return folder
 
 
@@ -33,6 +48,94 @@ def _ask(url: str, model: str) -> httpx.Response:
 def _loaded(url: str) -> set[str]:
     data = httpx.get(url + "/models", timeout=10).json()["data"]
     return {m["id"] for m in data if m["status"]["value"] == "loaded"}
+
+
+@dataclass
+class Watch:
+    """Polls GET /models while a test runs: the most models resident at once, and the most
+    memory measured against the budget."""
+
+    url: str
+    max_resident: int = 0
+    over_budget: list[tuple[int, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> Watch:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self._stop.wait(0.1):
+                body = http.get(self.url + "/models").json()
+                resident = [m for m in body["data"] if m["status"]["value"] in RESIDENT]
+                self.max_resident = max(self.max_resident, len(resident))
+                if body["memory_over_budget"]:
+                    self.over_budget.append((body["memory_used_bytes"],
+                                             body["memory_budget_bytes"]))  # fmt: skip
+
+
+@dataclass
+class Storm:
+    statuses: list[int] = field(default_factory=list)
+    refused_without_retry_after: list[int] = field(default_factory=list)
+    slowest: float = 0.0
+
+
+async def _storm(url: str, models: list[str], clients: int, seconds: float) -> Storm:
+    """`clients` asyncio clients, each looping over `models` in turn (starting at a different
+    one) for `seconds`: an 8-token greedy completion, the next as soon as the last one ended."""
+    result = Storm()
+    stop_at = time.monotonic() + seconds
+
+    async def client(i: int, api: openai.AsyncOpenAI) -> None:
+        n = i
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            try:
+                await api.completions.create(model=models[n % len(models)], prompt="Hello",
+                                             max_tokens=8, temperature=0)  # fmt: skip
+                result.statuses.append(200)
+            except openai.APIStatusError as exc:
+                result.statuses.append(exc.status_code)
+                if exc.response.headers.get("retry-after") is None:
+                    result.refused_without_retry_after.append(exc.status_code)
+                await asyncio.sleep(0.2)
+            result.slowest = max(result.slowest, time.monotonic() - started)
+            n += 1
+
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                                  timeout=90) as api:  # fmt: skip
+        await asyncio.gather(*(client(i, api) for i in range(clients)))
+    return result
+
+
+def _check_storm(srv: Server, storm: Storm, watch: Watch, models_max: int) -> None:
+    assert storm.statuses.count(200) >= 30, storm.statuses
+    assert set(storm.statuses) <= {200, 429, 503}, storm.statuses
+    assert storm.refused_without_retry_after == []
+    assert storm.slowest < 60, f"a request took {storm.slowest:.1f} s"
+    assert watch.max_resident <= models_max
+    served = {m for m, e in srv.models().items() if e.get("load_seconds")}
+    assert served == {"alpha", "beta", "gamma"}, "every model was loaded at some point"
+
+
+def test_storm_from_a_cold_start(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The reported deadlock: six clients loop over three models from a cold start with
+    `models_max` 2, for 25 s."""
+    srv = new_server(tmp_path, models_dir=str(_copies(tmp_path, smollm2_gguf)), models_max=2)
+    try:
+        with Watch(srv.url) as watch:
+            storm = asyncio.run(_storm(srv.url, ["alpha", "beta", "gamma"], 6, 25))
+        _check_storm(srv, storm, watch, 2)
+    finally:
+        children = srv.stop()
+    _assert_gone(children)
 
 
 def test_memory_budget_big_or_two_small(
@@ -70,35 +173,7 @@ def test_memory_budget_big_or_two_small(
         srv.stop()
 
 
-def test_swap_storm(tmp_path: Path, smollm2_gguf: Path, gemma_gguf: Path) -> None:
-    """Six clients hit three models with models_max=2 and a small queue for 20 s."""
-    models = _models(tmp_path, smollm2_gguf, gemma_gguf)
-    srv = new_server(tmp_path, models_dir=str(models), models_max=2, queue_per_model=3,
-                     queue_total=5, queue_timeout=20,
-                     model_defaults={"parallel": 2, "context_size": 512})  # fmt: skip
-    outcomes: list[tuple[int, str | None]] = []
-    names = [SMOL, GEMMA, "smol-copy"]
-    stop_at = time.monotonic() + 20
-
-    def client(i: int) -> None:
-        n = i
-        with httpx.Client(timeout=60) as http:
-            while time.monotonic() < stop_at:
-                body = {"model": names[n % 3], "prompt": "Hi", "max_tokens": 3}
-                r = http.post(srv.url + "/v1/completions", json=body)
-                outcomes.append((r.status_code, r.headers.get("retry-after")))
-                n += 1
-
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            list(pool.map(client, range(6)))
-        statuses = {s for s, _ in outcomes}
-        assert 200 in statuses
-        assert statuses <= {200, 429, 503}, outcomes
-        assert all(ra is not None for s, ra in outcomes if s in (429, 503))
-        assert len(_loaded(srv.url)) <= 2
-    finally:
-        children = srv.stop()
+def _assert_gone(children: list[int]) -> None:
     time.sleep(0.5)
     assert [pid for pid in children if _alive(pid)] == []
 
@@ -109,3 +184,4 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+

@@ -1,45 +1,85 @@
-"""Pure scheduling decisions: which loaded models to evict to make room. No I/O, no clocks;
-the manager feeds snapshots in and carries the answer out."""
+"""Pure scheduling decisions: when a waiting load may start, and what must leave first. No I/O,
+no clocks; the manager feeds snapshots in and carries the answer out.
+
+The invariant these decisions keep (with the manager starting a load only on `Plan.start`):
+at most `models_max` models hold or are acquiring a worker (`loading`, `loaded`, `unloading`),
+and their bytes (measured, or estimated while loading) plus the one being admitted stay within
+the budget. A load that waits for room holds nothing, so waiting loads can never wait on each
+other: the circular wait of several models all `loading` at once cannot arise."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Resident", "Verdict", "choose_victims"]
+__all__ = ["Plan", "Resident", "plan_admission", "reconcile"]
 
 
 @dataclass(frozen=True, slots=True)
 class Resident:
+    """A model that holds (or is acquiring, or releasing) a worker, as the decisions see it."""
+
     id: str
     bytes: int
-    last_used: float
-    busy: bool  # serving, has waiters, or loading: never evicted
+    last_used: float  # any increasing measure of the last use: least recently used goes first
+    busy: bool  # serving, or has requests that will be served before it can go
     pinned: bool = False
+    settled: bool = True  # False while loading or unloading: it cannot be evicted now
+    leaving: bool = False  # unloading: counted until it is gone, but never planned on
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    victims: tuple[str, ...]  # evict these (least recently used first), then load
-    fits: bool  # False: not enough can be evicted now; wait for a busy model to go idle
+class Plan:
+    """What to do for the load at the head of the queue. `start`: load it now. Otherwise unload
+    `evict` (idle, least recently used first) and stop admitting new requests to `drain` (busy
+    models whose current requests finish first), then decide again once room changes. All
+    empty and no start: nothing can make room now (pinned or loading models fill it)."""
+
+    start: bool
+    evict: tuple[str, ...] = ()
+    drain: tuple[str, ...] = ()
 
 
-def choose_victims(residents: list[Resident], need: int, budget: int, models_max: int) -> Verdict:
-    """Evict least-recently-used idle models until one more model of `need` bytes fits in
-    `budget` and in `models_max` (0: no count limit). Busy and pinned models stay."""
+def _fits(used: int, count: int, need: int, budget: int, models_max: int) -> bool:
+    return used + need <= budget and (models_max == 0 or count + 1 <= models_max)
+
+
+def plan_admission(residents: list[Resident], need: int, budget: int, models_max: int) -> Plan:
+    """The next step for a load of `need` bytes. It starts only when it fits beside every
+    resident, leaving ones included. Otherwise idle models are chosen before busy ones (a busy
+    model is drained, never cut off), least recently used first; pinned, loading and leaving
+    models are never chosen."""
     used = sum(r.bytes for r in residents)
-    count = len(residents)
-    victims: list[str] = []
-
-    def fits() -> bool:
-        return used + need <= budget and (models_max == 0 or count + 1 <= models_max)
-
-    for r in sorted(residents, key=lambda r: r.last_used):
-        if fits():
+    if _fits(used, len(residents), need, budget, models_max):
+        return Plan(start=True)
+    staying = [r for r in residents if not r.leaving]
+    used, count = sum(r.bytes for r in staying), len(staying)
+    candidates = [r for r in staying if r.settled and not r.pinned]
+    order = sorted(candidates, key=lambda r: (r.busy, r.last_used))
+    evict: list[str] = []
+    drain: list[str] = []
+    for r in order:
+        if _fits(used, count, need, budget, models_max):
             break
-        if r.busy or r.pinned:
+        (drain if r.busy else evict).append(r.id)
+        used -= r.bytes
+        count -= 1
+    if not _fits(used, count, need, budget, models_max):
+        return Plan(start=False)  # even all of them would not make room: wait, disturb nobody
+    return Plan(start=False, evict=tuple(evict), drain=tuple(drain))
+
+
+def reconcile(residents: list[Resident], budget: int) -> tuple[tuple[str, ...], bool]:
+    """After a measurement: the idle models to evict (least recently used first) so that the
+    residents fit in `budget` again, and whether they then fit. Busy, pinned, loading and
+    leaving models stay; leaving ones no longer count."""
+    staying = [r for r in residents if not r.leaving]
+    used = sum(r.bytes for r in staying)
+    victims: list[str] = []
+    for r in sorted(staying, key=lambda r: r.last_used):
+        if used <= budget:
+            break
+        if r.busy or r.pinned or not r.settled:
             continue
         victims.append(r.id)
         used -= r.bytes
-        count -= 1
-    ok = fits()
-    return Verdict(tuple(victims) if ok else (), ok)
+    return tuple(victims), used <= budget

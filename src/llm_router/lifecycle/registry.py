@@ -49,6 +49,7 @@ class Registry:
             elif state.source.identity != source.identity or state.source.error != source.error:
                 state.source = source
                 state.sticky = False
+                state.measured_bytes = state.model_bytes = None  # another file: measure again
                 if state.status in RESIDENT:
                     unload.append((state, "model file changed"))
                 _apply_source_error(state)

@@ -17,7 +17,11 @@ __all__ = ["EventBus", "ModelState", "Status"]
 
 
 class Status(StrEnum):
+    """llama.cpp's router values, plus `waiting` (a load queued for room: it holds nothing yet)
+    and `unloading` and `error`."""
+
     UNLOADED = "unloaded"
+    WAITING = "waiting"
     LOADING = "loading"
     LOADED = "loaded"
     UNLOADING = "unloading"
@@ -38,13 +42,19 @@ class ModelState:
     load_requested: bool = False  # explicit load (request_load): waits for room with no waiters
     active: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    last_used: float = 0.0
+    # Draining: a waiting load needs this model's room. Only the requests already queued
+    # when the drain began (`drain_allowed`) still get a slot; later ones wait for a reload.
+    draining: bool = False
+    drain_allowed: set[asyncio.Future[None]] = field(default_factory=set)
+    last_used: float = 0.0  # wall clock, for display
+    use_order: int = 0  # the manager's count of uses at the last one: least recently used first
     loaded_at: float | None = None
     load_seconds: float | None = None
     memory_bytes: int | None = None
     measured_bytes: int | None = None  # last measured footprint of this file, kept across unloads
+    model_bytes: int | None = None  # estimated from its metadata and engine options
+    estimated_bytes: int | None = None  # model_bytes plus an empty worker of its engine
     unload_handle: asyncio.TimerHandle | None = None
-    keep_alive_override: float | bool | None = False  # False: none; None: never; seconds
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -58,7 +68,18 @@ class ModelState:
 
     @property
     def busy(self) -> bool:
-        return self.active > 0 or bool(self.waiters) or self.status == Status.LOADING
+        """Serving, or holding requests that will be served before it can go (when draining,
+        only those queued before the drain began)."""
+        if self.active > 0:
+            return True
+        if self.draining:
+            return any(w in self.drain_allowed for w in self.waiters)
+        return bool(self.waiters)
+
+    @property
+    def wanted(self) -> bool:
+        """A load of it is still wanted: someone waits for it, or it was asked for."""
+        return bool(self.waiters) or self.load_requested
 
     def set_status(self, status: Status, error: str | None = None) -> None:
         self.status = status
@@ -70,11 +91,11 @@ class ModelState:
         self.changed = asyncio.Event()
 
     def estimate_bytes(self) -> int:
-        """Memory this model will take once loaded: measured last time, else file size plus
-        a margin for KV cache and buffers, reconciled after each load."""
+        """Memory this model will take once loaded: measured last time, else the estimate from
+        its metadata (lifecycle/estimate.py), reconciled after each load."""
         if self.measured_bytes is not None:
             return self.measured_bytes
-        return int(self.source.identity.size_bytes * 1.2) + 96 * 1024 * 1024
+        return self.estimated_bytes or self.source.identity.size_bytes
 
 
 class EventBus:

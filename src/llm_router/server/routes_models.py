@@ -35,6 +35,10 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
     status: dict[str, Any] = {"value": state.status.value}
     if state.error:
         status.update(error=state.error, failed=True)
+    if (position := manager.queue_position(state)) is not None:
+        status["queue_position"] = position  # waiting: 1 is the next load admitted
+    if state.draining:
+        status["draining"] = True  # serves what is queued for it, then makes room
     worker = state.worker
     output = "embedding" if source.task == "embed" else "text"
     return {
@@ -103,6 +107,8 @@ async def list_models(request: Request) -> dict[str, Any]:
         "data": data,
         "routes": [routing.route_status(r.name) for r in routing.routes()],
         "memory_budget_bytes": manager.budget,
+        "memory_used_bytes": manager.memory_used(),
+        "memory_over_budget": manager.over_budget,
         "queued_requests": manager.waiting,
     }
 

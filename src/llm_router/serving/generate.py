@@ -7,6 +7,7 @@ tells the caller which target served and why, for the response headers."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -68,9 +69,10 @@ class GenerationService:
         lease: dict[str, Any] = {"autoload": wire.autoload}
         if wire.keep_alive is not None:
             try:
-                lease["keep_alive"] = parse_duration(wire.keep_alive)
+                seconds = parse_duration(wire.keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
+            lease["keep_alive"] = math.inf if seconds is None else seconds
         kind = "chat" if request.messages is not None else "completion"
         body = wire.model_dump(exclude_unset=True, exclude=_NOT_FOR_UPSTREAM)
         call = Call(kind, request, body, lease, stream=wire.stream)

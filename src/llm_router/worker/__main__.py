@@ -2,9 +2,9 @@
 
 Imports ENGINE's backend library at once, then waits on the socket inherited as file
 descriptor FD for `{"op": "load", "engine", "spec"}`: so a spare worker can be started ahead of
-need and pay Python's start-up and the library import before anyone waits for it. Then it
-loads one model and serves it. A reader thread
-turns incoming lines into a queue; the main thread runs the engine loop, draining the queue
+need and pay Python's start-up and the library import before anyone waits for it; it says so
+with `{"op": "spare", "rss"}` (its memory before any model, the base of memory estimates).
+Then it loads one model and serves it. A reader thread turns incoming lines into a queue; the main thread runs the engine loop, draining the queue
 between decode steps and blocking on it when idle. When the router's end of the socket closes
 (router exited or killed us) the process exits: a worker never outlives its router."""
 
@@ -77,6 +77,21 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
     return True
 
 
+def _rss() -> int:
+    """This process's resident memory, in bytes."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+def _info(engine: Engine) -> dict[str, Any]:
+    return {**engine.info(), "rss": _rss()}
+
+
 def serve(engine: Engine, sock: socket.socket, stream: BinaryIO) -> None:
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_reader, args=(stream, inbox), daemon=True).start()
@@ -96,7 +111,7 @@ def serve(engine: Engine, sock: socket.socket, stream: BinaryIO) -> None:
                 sock.sendall(data)
         now = time.monotonic()
         if now >= next_info:
-            sock.sendall(encode({"op": "info", "info": engine.info()}))
+            sock.sendall(encode({"op": "info", "info": _info(engine)}))
             next_info = now + INFO_INTERVAL
 
 
@@ -109,6 +124,8 @@ def main(argv: list[str]) -> int:
         preload(engine_name)
     except Exception:  # reported properly by build() below
         pass
+    # Ready to load: what an empty worker of this engine holds, the base of every estimate.
+    sock.sendall(encode({"op": "spare", "rss": _rss()}))
     first = stream.readline()
     if not first:
         return 0  # an unused spare, let go
@@ -119,7 +136,7 @@ def main(argv: list[str]) -> int:
         err = exc if isinstance(exc, RouterError) else RouterError(f"{type(exc).__name__}: {exc}")
         sock.sendall(encode({"op": "load_failed", "error": error_to_wire(err)}))
         return 3
-    sock.sendall(encode({"op": "ready", "info": engine.info(), "pid": os.getpid()}))
+    sock.sendall(encode({"op": "ready", "info": _info(engine), "pid": os.getpid()}))
     try:
         serve(engine, sock, stream)
     except (BrokenPipeError, ConnectionResetError):

@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import psutil
+
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed, RouterError, WorkerDied
 from ..types import Embeddings, Finished, GenerationRequest, TextDelta
 from .protocol import decode, encode, error_from_wire, event_from_wire
 
-__all__ = ["Spare", "SparePool", "Worker"]
+__all__ = ["Spare", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,19 @@ def describe_exit(code: int | None) -> str:
 
 @dataclass(eq=False)
 class Spare:
-    """A started worker process that has imported (or is importing) an engine's library and
-    waits for the model to load."""
+    """A started worker process that has imported an engine's library and waits for the model
+    to load. `rss`: its memory then, what any worker of this engine holds before a model."""
 
     engine: str
     proc: asyncio.subprocess.Process
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    rss: int | None = None
 
     @classmethod
     async def spawn(cls, engine: str) -> Spare:
+        """Start a worker and wait until it has imported the engine's library. Raises OSError
+        when the process cannot start or dies first."""
         parent, child = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -68,7 +73,20 @@ class Spare:
             parent.close()
             await _kill(proc)
             raise
-        return cls(engine, proc, reader, writer)
+        try:
+            first = decode(await reader.readline() or b"{}")
+        except BaseException as exc:
+            writer.close()
+            await _kill(proc)
+            if isinstance(exc, ValueError):
+                raise OSError(f"worker process spoke garbage at start: {exc}") from None
+            raise
+        if first.get("op") != "spare":
+            writer.close()
+            code = await _kill(proc)
+            raise OSError(f"worker process failed to start: {describe_exit(code)}")
+        rss = first.get("rss")
+        return cls(engine, proc, reader, writer, rss if isinstance(rss, int) else None)
 
     async def discard(self) -> None:
         self.writer.close()  # an unused spare exits when its socket closes
@@ -76,38 +94,6 @@ class Spare:
             await asyncio.wait_for(self.proc.wait(), 2)
         except TimeoutError:
             await _kill(self.proc)
-
-
-class SparePool:
-    """At most one spare worker per engine, started ahead of need: a cold load then skips
-    Python's start-up and the engine library's import (a few hundred ms on a small model)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self._closed = False
-        self._spares: dict[str, asyncio.Task[Spare]] = {}
-
-    def refill(self, engine: str) -> None:
-        if self.enabled and not self._closed and engine not in self._spares:
-            self._spares[engine] = asyncio.create_task(Spare.spawn(engine))
-
-    async def take(self, engine: str) -> Spare | None:
-        task = self._spares.pop(engine, None)
-        if task is None:
-            return None
-        try:
-            spare = await task
-        except OSError:
-            return None
-        if spare.proc.returncode is not None:
-            return None
-        return spare
-
-    async def close(self) -> None:
-        self._closed = True
-        tasks, self._spares = list(self._spares.values()), {}
-        spares = await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(s.discard() for s in spares if isinstance(s, Spare)))
 
 
 class Worker:
@@ -128,6 +114,7 @@ class Worker:
         self._streams: dict[int, asyncio.Queue[Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._on_exit: Callable[[Worker, str], None] | None = None
+        self._on_info: Callable[[Worker], None] | None = None
         self.exited = asyncio.Event()
         self.stopping = False
 
@@ -142,18 +129,19 @@ class Worker:
     @classmethod
     async def start(
         cls,
-        engine: str,
+        spare: Spare,
         spec: LoadSpec,
         *,
         timeout: float,
         on_exit: Callable[[Worker, str], None] | None = None,
-        spare: Spare | None = None,
+        on_info: Callable[[Worker], None] | None = None,
     ) -> Worker:
-        """Load the model in `spare` (or a newly spawned worker) and wait until it is loaded.
-        Raises ModelLoadFailed (or the engine's own RouterError, e.g. EngineUnavailable) when
-        the load fails; the process is gone by then. Cancelling the call kills the process."""
-        if spare is None or spare.engine != engine:
-            spare = await Spare.spawn(engine)
+        """Load the model in `spare` and wait until it is loaded. Raises ModelLoadFailed (or
+        the engine's own RouterError, e.g. EngineUnavailable) when the load fails; the process
+        is gone by then. Cancelling the call kills the process. `on_exit(worker, reason)` is
+        called when the process ends by itself, `on_info(worker)` after each info snapshot
+        (every second or so: slots, counters, `rss`)."""
+        engine = spare.engine
         proc, reader, writer = spare.proc, spare.reader, spare.writer
         try:
             writer.write(encode({"op": "load", "engine": engine, "spec": asdict(spec)}))
@@ -176,6 +164,7 @@ class Worker:
             raise ModelLoadFailed(f"model failed to load: {describe_exit(code)}")
         worker = cls(proc, reader, writer, msg.get("info") or {})
         worker._on_exit = on_exit
+        worker._on_info = on_info
         worker._task = asyncio.create_task(worker._pump(), name=f"worker-{proc.pid}")
         return worker
 
@@ -235,6 +224,13 @@ class Worker:
             raise WorkerDied("the worker answered an embedding request with text")
         return event
 
+    def rss(self) -> int | None:
+        """The worker process's resident memory now, in bytes (None once it is gone)."""
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return None
+
     def set_threads(self, threads: int) -> None:
         """Tell the engine how many CPU threads it may use from its next step on."""
         if not self.exited.is_set() and not self.stopping:
@@ -270,8 +266,11 @@ class Worker:
                         stream.put_nowait(event_from_wire(msg))
                 elif msg.get("op") == "info":
                     self.info = msg.get("info") or self.info
+                    if self._on_info is not None:
+                        self._on_info(self)
         except (ConnectionError, ValueError) as exc:
-            log.warning("worker %s channel broke: %s", self.pid, exc)
+            if not self.stopping:  # a worker told to exit may reset the socket as it goes
+                log.warning("worker %s channel broke: %s", self.pid, exc)
         code = await self.proc.wait()
         reason = describe_exit(code)
         for stream in self._streams.values():

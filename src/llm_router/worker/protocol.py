@@ -2,7 +2,8 @@
 
 Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "embed", "id", "inputs"}`,
 `{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`. Worker ->
-router: `{"op": "ready", "info"}` or `{"op": "load_failed", "error"}` once, then per request
+router: `{"op": "spare", "rss"}` once its engine library is imported, then `{"op": "ready",
+"info"}` or `{"op": "load_failed", "error"}` once, then per request
 `{"id", "text"}` deltas, `{"id", "finish", "usage"}`, `{"id", "embeddings", "dim", "tokens"}`
 (the vectors as one base64 string of native-order float32, far smaller and faster than JSON
 numbers) or `{"id", "error"}`, and `{"op": "info", "info"}` snapshots. Errors travel as the name

@@ -1,0 +1,90 @@
+"""Starting model workers: from a spare started ahead of need when there is one, else from a
+new process. The pool also knows what an empty worker of each engine holds (its spare's
+measured memory), the base of every memory estimate, and what the spares hold now."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..engines import LoadSpec
+from ..errors import ModelLoadFailed
+from .client import Spare, Worker
+
+__all__ = ["WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """At most one spare worker per engine (with `spares` on), started ahead of need by
+    `refill`: a cold load then skips Python's start-up and the engine library's import (a few
+    hundred ms on a small model). The manager decides when to refill (memory permitting)."""
+
+    def __init__(self, spares: bool = True) -> None:
+        self.spares = spares
+        self.on_measured: Callable[[], None] | None = None  # an engine's base became known
+        self._closed = False
+        self._spares: dict[str, asyncio.Task[Spare]] = {}
+        self._base: dict[str, int] = {}
+
+    def refill(self, engine: str) -> None:
+        if self.spares and not self._closed and engine not in self._spares:
+            task = asyncio.create_task(Spare.spawn(engine))
+            task.add_done_callback(lambda t: self._measured(engine, t))
+            self._spares[engine] = task
+
+    def _measured(self, engine: str, task: asyncio.Task[Spare]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._note(task.result())
+
+    def _note(self, spare: Spare) -> None:
+        if spare.rss is not None:
+            known = spare.engine in self._base
+            self._base[spare.engine] = spare.rss
+            if not known and self.on_measured is not None:
+                self.on_measured()
+
+    def base(self, engine: str) -> int | None:
+        """Memory of an empty worker of `engine`, as the last one started measured it."""
+        return self._base.get(engine)
+
+    def memory(self, excluding: str | None = None) -> int:
+        """Memory the spares hold now (one still starting counts as its engine's base)."""
+        return sum(self._base.get(engine, 0) for engine in self._spares if engine != excluding)
+
+    async def start(
+        self, engine: str, spec: LoadSpec, *, timeout: float,
+        on_exit: Callable[[Worker, str], None] | None = None,
+        on_info: Callable[[Worker], None] | None = None,
+    ) -> Worker:  # fmt: skip
+        """A worker with `spec` loaded (see Worker.start for what it raises). Cancelling the
+        call kills the process."""
+        spare = await self._take(engine)
+        if spare is None:
+            try:
+                spare = await Spare.spawn(engine)
+            except OSError as exc:
+                raise ModelLoadFailed(f"worker process failed before loading: {exc}") from None
+            self._note(spare)
+        return await Worker.start(spare, spec, timeout=timeout, on_exit=on_exit, on_info=on_info)
+
+    async def _take(self, engine: str) -> Spare | None:
+        task = self._spares.pop(engine, None)
+        if task is None:
+            return None
+        try:
+            spare = await task
+        except OSError as exc:
+            log.warning("spare %s worker failed: %s", engine, exc)
+            return None
+        if spare.proc.returncode is not None:
+            return None
+        return spare
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks, self._spares = list(self._spares.values()), {}
+        spares = await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(s.discard() for s in spares if isinstance(s, Spare)))

@@ -1,0 +1,120 @@
+"""The lifecycle manager on simulated time: a virtual-clock event loop and in-process workers
+whose loads and tokens take simulated seconds, so a scheduling scenario of minutes runs in
+milliseconds and the same seed gives the same run.
+
+`SimWorker` has the interface the manager uses of `worker.client.Worker`; `SimPool` starts
+them from the fake engine's JSON "model" files (`load_seconds`, `fail_load`, `ballast_mb`,
+`token_seconds`, `parallel`), with memory as `lifecycle.estimate` predicts it, times `scale`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from llm_router.engines import LoadSpec
+from llm_router.errors import ModelLoadFailed, WorkerDied
+from llm_router.lifecycle.estimate import DEFAULT_BASE
+from llm_router.types import Embeddings, Finished, GenerationRequest, TextDelta, Usage
+from llm_router.worker.pool import WorkerPool
+
+T = TypeVar("T")
+MiB = 2**20
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps to the next timer whenever nothing is ready to run.
+    Only for code that does no real I/O while it runs (the simulated workers do none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._virtual = 0.0
+
+    def time(self) -> float:
+        return self._virtual
+
+    def _run_once(self) -> None:
+        ready: Any = getattr(self, "_ready")  # noqa: B009  # CPython's loop internals
+        scheduled: Any = getattr(self, "_scheduled")  # noqa: B009
+        if not ready and scheduled:
+            self._virtual = max(self._virtual, scheduled[0].when())
+        super()._run_once()  # type: ignore[misc]
+
+
+def run_virtual(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    loop = VirtualClockLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class SimWorker:
+    _pids = itertools.count(10_000_000)
+
+    def __init__(self, script: dict[str, Any], parallel: int, rss: int) -> None:
+        self.pid = next(self._pids)
+        self.info: dict[str, Any] = {"parallel": parallel, "threads": 1, "rss": rss}
+        self.exited = asyncio.Event()
+        self.stopping = False
+        self._rss = rss
+        self._token_seconds = float(script.get("token_seconds", 0.01))
+        self._on_exit: Callable[[Any, str], None] | None = None
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
+        n = request.params.max_tokens or 4
+        for i in range(n):
+            await asyncio.sleep(self._token_seconds)
+            if self.exited.is_set():
+                raise WorkerDied("the model's worker was killed during the request")
+            yield TextDelta(f"t{i} ")
+        yield Finished("length", Usage(2, n))
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        return Embeddings([[1.0] for _ in inputs], len(inputs))
+
+    def set_threads(self, threads: int) -> None:
+        self.info["threads"] = threads
+
+    def rss(self) -> int | None:
+        return None if self.exited.is_set() else self._rss
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self.stopping = True
+        await asyncio.sleep(0.01)  # a process takes a moment to go
+        self.exited.set()
+
+    def crash(self) -> None:
+        """The process dies by itself (as a SIGKILL would end it)."""
+        self.exited.set()
+        if self._on_exit is not None:
+            self._on_exit(self, "worker was killed by SIGKILL")
+
+
+class SimPool(WorkerPool):
+    """Starts SimWorkers; `scale` multiplies the memory a worker really takes against what
+    lifecycle.estimate predicts (1.0: the estimate is exact). No spares."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(spares=False)
+        self.scale = scale
+        self.started: list[SimWorker] = []
+
+    async def start(  # type: ignore[override]
+        self, engine: str, spec: LoadSpec, *, timeout: float, on_exit: Any = None,
+        on_info: Any = None,
+    ) -> SimWorker:  # fmt: skip
+        script = json.loads(Path(spec.path).read_text())  # noqa: ASYNC240  # a tiny file
+        await asyncio.sleep(float(script.get("load_seconds", 0.0)))
+        if script.get("fail_load"):
+            raise ModelLoadFailed(f"fake engine was told to fail loading {spec.path}")
+        estimate = DEFAULT_BASE + int(script.get("ballast_mb", 0)) * MiB
+        parallel = int(spec.options.get("parallel") or script.get("parallel") or 4)
+        worker = SimWorker(script, parallel, int(estimate * self.scale))
+        worker._on_exit = on_exit
+        self.started.append(worker)
+        return worker

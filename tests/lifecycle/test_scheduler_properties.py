@@ -1,0 +1,314 @@
+"""The scheduler under random schedules (hypothesis, derandomized so every run tries the same
+ones): 2-6 models, `models_max` 1-3, budgets that fit 1-3 of them, random load times and
+failures, requests arriving at random or all at once from a cold start, clients that give up.
+
+On simulated time (sim.py), the manager's real code with in-process workers. Checked on every
+status change: never more than `models_max` models hold a worker, and a load starts only when
+everything fits in the budget. Checked per request: it ends, served or refused the documented
+way, within its queue timeout plus its own generation. Checked at the end: nothing is left
+waiting or loading, and a schedule light enough to be served one request after another is
+served entirely (no request times out while the scheduler could have served it)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sim import SimPool, run_virtual
+
+from llm_router.config import ModelConfig, Settings
+from llm_router.errors import InsufficientMemory, ModelLoadFailed, QueueFull, ServerBusy
+from llm_router.lifecycle.estimate import DEFAULT_BASE
+from llm_router.lifecycle.manager import ModelManager
+from llm_router.lifecycle.registry import RESIDENT
+from llm_router.lifecycle.state import Status
+from llm_router.types import GenerationRequest, SamplingParams
+
+MiB = 2**20
+QUEUE_TIMEOUT = 30.0
+
+
+@dataclass
+class Model:
+    ballast_mb: int
+    load_seconds: float
+    token_seconds: float
+    parallel: int
+    fail_load: bool = False
+    pin: bool = False
+
+    @property
+    def bytes(self) -> int:
+        return DEFAULT_BASE + self.ballast_mb * MiB
+
+
+@dataclass
+class Request:
+    arrival: float
+    model: int
+    max_tokens: int
+    cancel_after: float | None
+
+
+@dataclass
+class Scenario:
+    models: list[Model]
+    models_max: int
+    fit: int  # the budget holds this many of the largest models
+    requests: list[Request]
+    queue_per_model: int
+    scale: float = 1.0  # real memory over the estimate
+    # Clients that loop for `loop_seconds`, each over its own list of models in turn, a new
+    # request as soon as the last one ended (the storm that deadlocked the first scheduler).
+    loops: list[list[int]] = field(default_factory=list)
+    loop_seconds: float = 0.0
+
+    @property
+    def budget(self) -> int:
+        sizes = sorted((m.bytes for m in self.models), reverse=True)
+        return sum(sizes[: self.fit])
+
+
+@dataclass
+class Outcome:
+    request: Request
+    result: str = "pending"
+    seconds: float = 0.0
+    retry_after: float | None = None
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    max_resident: int = 0
+    leftover: list[str] = field(default_factory=list)
+    final_measured: int = 0  # memory of the models loaded once everything is over
+
+
+def _models(draw: Any, n: int, *, failures: bool, pins: bool) -> list[Model]:
+    models = [
+        Model(
+            ballast_mb=draw(st.integers(10, 300)),
+            load_seconds=draw(st.sampled_from([0.0, 0.05, 0.3, 1.0, 2.5])),
+            token_seconds=draw(st.sampled_from([0.005, 0.02, 0.1])),
+            parallel=draw(st.integers(1, 4)),
+            fail_load=failures and draw(st.integers(0, 5)) == 0,
+        )
+        for _ in range(n)
+    ]
+    if pins and draw(st.integers(0, 3)) == 0:
+        models[0].pin = True
+    return models
+
+
+@st.composite
+def scenarios(draw: Any, *, failures: bool = True, pins: bool = True) -> Scenario:
+    n = draw(st.integers(2, 6))
+    models = _models(draw, n, failures=failures, pins=pins)
+    cold_burst = draw(st.booleans())  # everything at once, from a cold start
+    requests = [
+        Request(
+            arrival=0.0 if cold_burst else draw(st.floats(0, 20)),
+            model=draw(st.integers(0, n - 1)),
+            max_tokens=draw(st.integers(1, 30)),
+            cancel_after=draw(st.one_of(st.none(), st.none(), st.floats(0, 5))),
+        )
+        for _ in range(draw(st.integers(1, 30)))
+    ]
+    return Scenario(models, draw(st.integers(1, 3)), draw(st.integers(1, 3)), requests,
+                    draw(st.sampled_from([2, 8, 64])))  # fmt: skip
+
+
+async def _simulate(scenario: Scenario, folder: Path) -> Run:
+    configs = []
+    for i, m in enumerate(scenario.models):
+        path = folder / f"m{i}.json"
+        path.write_text(json.dumps({"ballast_mb": m.ballast_mb, "load_seconds": m.load_seconds,
+                                    "token_seconds": m.token_seconds, "parallel": m.parallel,
+                                    "fail_load": m.fail_load}))  # fmt: skip
+        configs.append(ModelConfig(id=f"m{i}", path=path, engine="fake", pin=m.pin))
+    settings_ = Settings(
+        models_dir=folder, models=configs, watch_interval=0, provision_default_models=False,
+        spare_workers=False, memory_budget=scenario.budget, models_max=scenario.models_max,
+        queue_timeout=QUEUE_TIMEOUT, queue_per_model=scenario.queue_per_model, keep_alive="5m",
+    )  # fmt: skip
+    manager = ModelManager(settings_, pool=SimPool(scenario.scale))
+    run = Run()
+    loop = asyncio.get_running_loop()
+
+    def check(event: dict[str, Any]) -> None:
+        resident = [s for s in manager.states() if s.status in RESIDENT]
+        run.max_resident = max(run.max_resident, len(resident))
+        if len(resident) > scenario.models_max:
+            run.violations.append(f"{len(resident)} resident at {event}")
+        if event["event"] == "loading":
+            held = sum(s.memory_bytes or s.estimate_bytes() for s in resident)
+            if held > scenario.budget:
+                run.violations.append(f"load started with {held} of {scenario.budget} held")
+        if scenario.scale <= 1.0:
+            measured = sum(s.memory_bytes or 0 for s in resident)
+            if measured > scenario.budget:
+                run.violations.append(f"{measured} measured over {scenario.budget}")
+
+    manager.events.add_listener(check)
+    await manager.start()
+
+    async def one(outcome: Outcome) -> None:
+        r = outcome.request
+        await asyncio.sleep(r.arrival)
+        started = loop.time()
+        request = GenerationRequest(SamplingParams(max_tokens=r.max_tokens), prompt="hi")
+        try:
+            async with manager.lease(f"m{r.model}") as worker:
+                async for _ in worker.generate(request):
+                    pass
+            outcome.result = "ok"
+        except (QueueFull, ServerBusy) as exc:
+            outcome.result, outcome.retry_after = type(exc).__name__, exc.retry_after
+        except ModelLoadFailed:
+            outcome.result = "load_failed"
+        except InsufficientMemory:
+            outcome.result = "insufficient_memory"
+        except asyncio.CancelledError:
+            outcome.result = "cancelled"
+        finally:
+            outcome.seconds = loop.time() - started
+
+    async def client(outcome: Outcome) -> None:
+        task = asyncio.create_task(one(outcome))
+        if outcome.request.cancel_after is not None:
+            await asyncio.sleep(outcome.request.arrival + outcome.request.cancel_after)
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled() and outcome.result == "pending":
+            outcome.result = "cancelled"  # before it even arrived
+
+    async def looper(models: list[int]) -> None:
+        stop = loop.time() + scenario.loop_seconds
+        for turn in itertools.count():
+            if loop.time() >= stop:
+                return
+            outcome = Outcome(Request(0.0, models[turn % len(models)], 8, None))
+            run.outcomes.append(outcome)
+            await one(outcome)
+
+    run.outcomes = [Outcome(r) for r in scenario.requests]
+    try:
+        work = [*(client(o) for o in run.outcomes), *(looper(m) for m in scenario.loops)]
+        await asyncio.wait_for(asyncio.gather(*work), 3600)
+        await asyncio.sleep(60)  # loads nobody waits for any more finish or are withdrawn
+        run.leftover = [f"{s.id}: {s.status.value}" for s in manager.states()
+                        if s.status in (Status.WAITING, Status.LOADING)]  # fmt: skip
+        if manager.waiting:
+            run.leftover.append(f"{manager.waiting} requests still waiting")
+        run.final_measured = sum(s.memory_bytes or 0 for s in manager.states()
+                                 if s.status == Status.LOADED)  # fmt: skip
+    finally:
+        await manager.close()
+    return run
+
+
+def simulate(scenario: Scenario) -> Run:
+    with tempfile.TemporaryDirectory() as folder:
+        return run_virtual(lambda: _simulate(scenario, Path(folder)))
+
+
+def _check_outcomes(scenario: Scenario, run: Run) -> None:
+    assert run.violations == []
+    assert run.leftover == []
+    for o in run.outcomes:
+        r, model = o.request, scenario.models[o.request.model]
+        assert o.result != "pending", o
+        generation = r.max_tokens * model.token_seconds
+        assert o.seconds <= QUEUE_TIMEOUT + generation + 0.5, o
+        if o.result in ("QueueFull", "ServerBusy"):
+            assert o.retry_after is not None and o.retry_after > 0
+        if o.result == "load_failed":
+            assert model.fail_load
+        if o.result == "insufficient_memory":  # measured bigger than the whole budget
+            assert model.bytes * scenario.scale > scenario.budget
+        if o.result == "cancelled":
+            assert r.cancel_after is not None
+
+
+SETTINGS = settings(
+    max_examples=150, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+
+
+@SETTINGS
+@given(scenarios())
+def test_every_request_ends_and_the_limits_hold(scenario: Scenario) -> None:
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+    assert run.max_resident <= scenario.models_max
+
+
+@SETTINGS
+@given(scenarios(failures=False, pins=False))
+def test_a_light_schedule_is_served_entirely(scenario: Scenario) -> None:
+    """When serving the requests one after another, each with a swap, would fit in the queue
+    timeout, nothing may time out or be refused: the scheduler never idles while a model waits
+    (no circular wait, no load starved behind busy models)."""
+    slowest_load = max(m.load_seconds for m in scenario.models)
+    serial = sum(r.max_tokens * scenario.models[r.model].token_seconds + slowest_load + 0.1
+                 for r in scenario.requests)  # fmt: skip
+    if serial >= QUEUE_TIMEOUT * 0.8 or scenario.queue_per_model < len(scenario.requests):
+        scenario.queue_per_model = 64
+        scenario.requests = scenario.requests[:3]
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+    assert [o.result for o in run.outcomes if o.result not in ("ok", "cancelled")] == []
+    assert scenario.scale == 1.0
+
+
+@SETTINGS
+@given(scenarios(failures=False, pins=False), st.sampled_from([0.6, 1.5, 2.5]))
+def test_a_wrong_estimate_is_reconciled(scenario: Scenario, scale: float) -> None:
+    """Workers that take more (or less) memory than estimated: once every request is over and
+    the models are idle, what stays loaded fits in the budget again."""
+    scenario.scale = scale
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+    assert run.final_measured <= scenario.budget
+
+
+@SETTINGS
+@given(scenarios(failures=False, pins=False), st.data())
+def test_looping_clients_are_all_served(scenario: Scenario, data: st.DataObject) -> None:
+    """Clients that keep some models busy all the time, from a cold start: a load waiting for
+    room still gets it (busy models are drained for it, in arrival order), so no request
+    waits out its queue timeout."""
+    n = len(scenario.models)
+    for m in scenario.models:  # swaps quick against the queue timeout
+        m.load_seconds, m.token_seconds = min(m.load_seconds, 0.3), min(m.token_seconds, 0.02)
+    scenario.requests, scenario.queue_per_model = [], 64
+    scenario.loops = data.draw(
+        st.lists(st.lists(st.integers(0, n - 1), min_size=1, max_size=4), min_size=1, max_size=6)
+    )
+    scenario.loop_seconds = 20.0
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+    assert [o.result for o in run.outcomes if o.result != "ok"] == []
+    used = {o.request.model for o in run.outcomes if o.result == "ok"}
+    assert used == {m for models in scenario.loops for m in models}
+
+
+def test_the_reported_deadlock_cold_start() -> None:
+    """The storm that deadlocked: three models, `models_max` 2, six clients' first requests
+    all at once from a cold start. Every one is served."""
+    models = [Model(80, 0.3, 0.01, 2) for _ in range(3)]
+    requests = [Request(0.0, i % 3, 8, None) for i in range(6)]
+    scenario = Scenario(models, models_max=2, fit=3, requests=requests, queue_per_model=64)
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+    assert [o.result for o in run.outcomes] == ["ok"] * 6
