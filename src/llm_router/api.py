@@ -63,6 +63,7 @@ class Router:
     ) -> None:
         from .lifecycle.manager import ModelManager
         from .metrics import Metrics
+        from .routing.ensemble import load_scorers
         from .routing.router import Router as Routing
         from .serving.embed import EmbeddingService
         from .serving.ensemble import EnsembleService
@@ -77,7 +78,9 @@ class Router:
         self.metrics.watch_routing(self.router)
         self.generation = GenerationService(self.router, self.metrics)
         self.embeddings = EmbeddingService(self.router, self.metrics)
-        self.ensembles = EnsembleService(self.generation)
+        self.ensembles = EnsembleService(
+            self.generation, load_scorers(self.settings.ensemble_scorers)
+        )
         self._started = False
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -227,6 +227,10 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     breaker: BreakerSettings = Field(default_factory=lambda: BreakerSettings())
+    ensemble_scorers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Best-of scorers a request may name: {name: 'package.module:function'}.",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     worker_start_timeout: float = Field(120.0, gt=0)
     models_max: int = Field(4, ge=0, description="Most models loaded at once; 0: no limit.")

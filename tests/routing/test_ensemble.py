@@ -1,11 +1,16 @@
-"""Combining answers: pure."""
+"""Combining answers (pure), and which scorers a request may name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from unittest.mock import Mock
+
 import pytest
 
-from llm_router.errors import BadRequest
-from llm_router.routing.ensemble import agreement, load_scorer, normalise, vote
+from llm_router.errors import BadRequest, ConfigError
+from llm_router.routing.ensemble import agreement, load_scorers, normalise, vote
+from llm_router.serving.ensemble import EnsembleRequest, EnsembleService
+from llm_router.serving.generate import GenerationService
 
 
 def test_normalise_ignores_case_punctuation_and_spacing() -> None:
@@ -32,8 +37,28 @@ def test_agreement_picks_the_consensus_answer() -> None:
     assert agreement("q", ["only one"]) == 0
 
 
-def test_custom_scorer_by_import_path() -> None:
-    assert load_scorer("agreement") is agreement
-    assert load_scorer("custom_strategy_mod:pick_last")("q", ["a", "b"]) == 1
-    with pytest.raises(BadRequest):
-        load_scorer("no.such.module:f")
+def test_custom_scorers_come_from_the_configuration_only() -> None:
+    scorers = load_scorers({"last": "custom_strategy_mod:pick_last"})
+    assert scorers["agreement"] is agreement
+    assert scorers["last"]("q", ["a", "b"]) == 1
+    with pytest.raises(ConfigError, match=r"ensemble_scorers\.bad"):
+        load_scorers({"bad": "no.such.module:f"})
+    with pytest.raises(ConfigError, match="built in"):
+        load_scorers({"judge": "custom_strategy_mod:pick_last"})
+
+
+async def test_a_request_cannot_name_code_to_run(tmp_path: Path) -> None:
+    """The critical finding: `"scorer": "shutil:rmtree"` with the last message naming a folder
+    deleted it. A request may name only agreement, judge or a configured scorer; anything else
+    is a 400 before any target is asked, and nothing is imported or run."""
+    victim = tmp_path / "keep-me"
+    victim.mkdir()
+    generation = Mock(spec=GenerationService)
+    service = EnsembleService(generation, load_scorers({}))
+    body = {"targets": ["a", "b"], "mode": "best-of", "scorer": "shutil:rmtree",
+            "messages": [{"role": "user", "content": str(victim)}]}  # fmt: skip
+    with pytest.raises(BadRequest, match="unknown scorer 'shutil:rmtree'") as caught:
+        await service.ensemble(EnsembleRequest.model_validate(body))
+    assert caught.value.param == "scorer"
+    assert victim.is_dir()
+    assert generation.mock_calls == []

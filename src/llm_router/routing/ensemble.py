@@ -2,8 +2,9 @@
 
 `vote` counts answers that say the same thing (after normalising case, punctuation and
 spacing), each weighted by its target's weight; `agreement` scores each answer by how much it
-agrees with the others (the best-of scorer that needs no judge); `load_scorer` resolves a
-custom `module:function(question, answers) -> index`."""
+agrees with the others (the best-of scorer that needs no judge); `load_scorers` resolves the
+custom `module:function(question, answers) -> index` scorers the configuration names, once, at
+start-up: a request can only pick one of those by name, never name code to import."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 
-from ..errors import BadRequest
+from ..errors import ConfigError
 
-__all__ = ["Scorer", "agreement", "load_scorer", "normalise", "vote"]
+__all__ = ["Scorer", "agreement", "import_scorer", "load_scorers", "normalise", "vote"]
 
 Scorer = Callable[[str, Sequence[str]], int]
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -52,16 +53,25 @@ def agreement(question: str, answers: Sequence[str]) -> int:
     return max(range(len(answers)), key=lambda i: (scores[i], -i))
 
 
-def load_scorer(spec: str) -> Scorer:
-    """'agreement' or an import path 'package.module:function'."""
-    if spec == "agreement":
-        return agreement
-    module, _, name = spec.partition(":")
+def import_scorer(name: str, path: str) -> Scorer:
+    """The scorer a config entry names by import path 'package.module:function'. Only the
+    configuration names code to run, never a request. Raises ConfigError."""
+    module, _, attr = path.partition(":")
     try:
-        scorer = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise BadRequest(f"unknown scorer {spec!r}: use 'agreement', 'judge' or "
-                         "'package.module:function'", param="scorer") from None  # fmt: skip
+        scorer = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"ensemble_scorers.{name}: cannot import {path!r} ({exc})") from None
     if not callable(scorer):
-        raise BadRequest(f"scorer {spec!r} is not callable", param="scorer")
+        raise ConfigError(f"ensemble_scorers.{name}: {path!r} is not callable")
     return scorer  # type: ignore[no-any-return]
+
+
+def load_scorers(configured: Mapping[str, str]) -> dict[str, Scorer]:
+    """The scorers a request may name: `agreement` and the configured ones (imported now,
+    at start-up). `judge` is not a function: the ensemble service asks a model."""
+    scorers: dict[str, Scorer] = {"agreement": agreement}
+    for name, path in configured.items():
+        if name in ("agreement", "judge"):
+            raise ConfigError(f"ensemble_scorers.{name}: that name is built in")
+        scorers[name] = import_scorer(name, path)
+    return scorers

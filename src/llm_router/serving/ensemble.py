@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ..errors import BadRequest, RouterError
 from ..protocol import ChatCompletionRequest
-from ..routing.ensemble import agreement, load_scorer, vote
+from ..routing.ensemble import Scorer, agreement, vote
 from .generate import GenerationService, RouteInfo
 
 __all__ = ["CompareRequest", "EnsembleRequest", "EnsembleService"]
@@ -30,13 +30,19 @@ class EnsembleRequest(CompareRequest):
     model: str = "ensemble"
     mode: Literal["vote", "best-of", "first"] = "vote"
     weights: dict[str, float] = Field(default_factory=dict)
-    scorer: str = Field("agreement", description="agreement, judge, or package.module:function")
+    scorer: str = Field(
+        "agreement", max_length=64,
+        description="agreement, judge, or a scorer the configuration names (ensemble_scorers)",
+    )  # fmt: skip
     judge: str | None = Field(None, description="Model that picks the best answer (scorer judge).")
 
 
 class EnsembleService:
-    def __init__(self, generation: GenerationService) -> None:
+    def __init__(
+        self, generation: GenerationService, scorers: dict[str, Scorer] | None = None
+    ) -> None:
         self.generation = generation
+        self.scorers = scorers or {"agreement": agreement}
 
     async def _ask(self, req: CompareRequest, target: str) -> dict[str, Any]:
         one = ChatCompletionRequest.model_validate(
@@ -63,6 +69,11 @@ class EnsembleService:
         return {"object": "list", "data": [_public(a) for a in answers]}
 
     async def ensemble(self, req: EnsembleRequest) -> dict[str, Any]:
+        if req.mode == "best-of" and req.scorer != "judge" and req.scorer not in self.scorers:
+            known = ", ".join(sorted([*self.scorers, "judge"]))
+            raise BadRequest(f"unknown scorer {req.scorer!r}: use one of {known} (custom "
+                             "scorers are named in the configuration's ensemble_scorers)",
+                             param="scorer")  # fmt: skip
         for t in req.targets:
             self.generation.router.resolve(t)  # unknown names fail before any work
         answers = await (self._first(req) if req.mode == "first" else self._all(req))
@@ -108,7 +119,7 @@ class EnsembleService:
         texts = [a["content"] for a in good]
         question = req.messages[-1].text()
         if req.scorer != "judge":
-            return load_scorer(req.scorer)(question, texts)
+            return self.scorers[req.scorer](question, texts)
         if not req.judge:
             raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
         listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
