@@ -232,6 +232,13 @@ class Settings(BaseSettings):
         description="Best-of scorers a request may name: {name: 'package.module:function'}.",
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names served besides loopback names and IP addresses; '*': any.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins whose web pages may call the API (CORS)."
+    )
     worker_start_timeout: float = Field(120.0, gt=0)
     models_max: int = Field(4, ge=0, description="Most models loaded at once; 0: no limit.")
     memory_budget: str | int = Field(

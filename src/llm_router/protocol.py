@@ -36,26 +36,34 @@ __all__ = [
 ]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+MAX_MODEL_NAME = 256
+MAX_TOKENS = 2**31 - 1  # the engines' token counts are C ints
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # any 64-bit seed, signed or not
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+
+class _Request(BaseModel):
+    """Fields every generation request shares. Numbers must be finite, and every sampling
+    value is bounded to what the engines' samplers take without overflow or NaN."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
     min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repeat_penalty: float | None = Field(None, gt=0)
+    repeat_penalty: float | None = Field(None, ge=0.01, le=10)
     ignore_eos: bool | None = None
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256)
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
     keep_alive: str | float | None = None
     autoload: bool | None = None
@@ -298,12 +306,12 @@ MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
 class EmbeddingRequest(BaseModel):
     """`input`: a string, a list of strings, a token array or a list of token arrays."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=65536)
     user: str | None = None
 
     @field_validator("input", mode="before")

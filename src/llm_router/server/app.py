@@ -1,71 +1,37 @@
-"""`create_app(settings)`: the one place the FastAPI application is assembled."""
+"""`create_app(settings)`: the one place the HTTP application is assembled.
+
+Every request, whatever its route, passes the same stack (outermost first): Starlette's
+server-error guard, the Host check and CORS and the body guard (server/asgi.py), any
+middleware added later with `app.add_middleware` (auth and limits go there), the app's
+exception handlers (server/errors.py), then the router. The hot OpenAI routes are plain
+Starlette routes in that router (routes_openai.py), not a path around it."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import Receive, Scope, Send
+from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..api import Router
 from ..config import Settings
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
-from . import errors, routes_models, routes_openai
+from . import errors, openapi, routes_models, routes_openai
+from .asgi import BodyGuard, HostGuard, UnexpectedErrors
 
-__all__ = ["App", "create_app"]
+__all__ = ["create_app"]
 
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class App(FastAPI):
-    """FastAPI, with two additions on every HTTP request:
-
-    - Bodies over `body_limit` bytes by their Content-Length are refused with a 413 envelope
-      (`parse_body` also counts the bytes of a body sent without one).
-    - The routes in `hot` (chat, completions, embeddings) are called straight from here, with
-      the app's own exception handlers (`errors.respond`). FastAPI's per-request stack (its
-      middleware, route matching, dependency solving) costs ~0.25 ms a request here, as much
-      as everything else the router does (BENCHMARKS.md). They stay registered with FastAPI,
-      for the OpenAPI schema. Middleware added with `add_middleware` turns this off, so it
-      applies to every route."""
-
-    def __init__(self, *, body_limit: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.body_limit = body_limit
-        self.hot: dict[tuple[str, str], Endpoint] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.body_limit:
-                await _over_limit(int(length), self.body_limit)(scope, receive, send)
-                return
-            endpoint = self.hot.get((scope["method"], scope["path"]))
-            if endpoint is not None and not self.user_middleware:
-                scope["app"] = self
-                request = Request(scope, receive)
-                try:
-                    response = await endpoint(request)
-                except Exception as exc:
-                    response = await errors.respond(request, exc)
-                await response(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
-
-
-def _over_limit(length: int, limit: int) -> Response:
-    message = f"request body of {length} bytes is over the limit of {limit} bytes"
-    return JSONResponse(errors.envelope(message, "invalid_request_error"), 413)
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
@@ -85,8 +51,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
                 task.cancel()
             await core.close()
 
-    app = App(title="llm-runner-router", version=__version__, lifespan=lifespan,
-              body_limit=settings.max_body_bytes)  # fmt: skip
+    app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = core.manager
     app.state.metrics = metrics = core.metrics
@@ -97,9 +62,9 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.embeddings = core.embeddings
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
+    app.router.routes.extend(routes_openai.HOT)
     app.include_router(routes_openai.router)
     app.include_router(routes_models.router)
-    app.hot.update(routes_openai.HOT)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
@@ -114,4 +79,19 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
             "loaded": sum(s.status == Status.LOADED for s in states),
         }
 
+    install_guards(app, settings)
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     return app
+
+
+def install_guards(app: FastAPI, settings: Settings) -> None:
+    """The guards every request passes (added innermost first: the last is outermost)."""
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-llm-router-model", "x-llm-router-route", "retry-after"],
+        )  # fmt: skip
+    app.add_middleware(HostGuard, allowed=settings.allowed_hosts)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from .. import errors as e
 from ..remote import UpstreamError, UpstreamUnavailable
 
-__all__ = ["ClientGone", "envelope", "install", "respond", "status_of"]
+__all__ = ["ClientGone", "envelope", "error_json", "install", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,14 @@ async def _on_validation(_: Request, exc: Exception) -> Response:
     return _validation_response(exc)
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
 async def _on_http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return JSONResponse(
-        envelope(str(exc.detail), type_), exc.status_code, getattr(exc, "headers", None)
-    )
+    body = envelope(str(exc.detail), type_, code=_HTTP_CODES.get(exc.status_code))
+    return JSONResponse(body, exc.status_code, getattr(exc, "headers", None))
 
 
 async def _on_client_gone(_: Request, exc: Exception) -> Response:
@@ -120,13 +122,6 @@ HANDLERS: dict[type[Exception], Handler] = {
 def install(app: FastAPI) -> None:
     for cls, handler in HANDLERS.items():
         app.add_exception_handler(cls, handler)
-
-
-async def respond(request: Request, exc: Exception) -> Response:
-    """The response the app's exception handlers give `exc`, for a route served outside the
-    framework's stack (server/app.py's hot routes)."""
-    handler = next(HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS)
-    return await handler(request, exc)
 
 
 def error_json(exc: BaseException) -> str:

@@ -1,0 +1,181 @@
+"""Guards every request passes before any route, as plain ASGI middleware (a few microseconds
+each; see BENCHMARKS.md): the Host header (DNS rebinding), the Content-Type of bodies (a web
+page's no-preflight form POST), and the body size, counted as it arrives whatever the route.
+
+Each answers its refusal itself, as the OpenAI error envelope, without calling the app; the
+body limit, which can only be known once the body is being read, raises `BodyTooLarge` into
+the route instead, which the app's exception handlers turn into the same envelope."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Iterable
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyGuard", "BodyTooLarge", "HostGuard", "UnexpectedErrors", "loopback_hosts"]
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def loopback_hosts() -> set[str]:
+    return set(LOOPBACK)
+
+
+class BodyTooLarge(HTTPException):
+    """A request body went over the limit while it was being read: a 413 (an HTTPException,
+    so that FastAPI's own body parsing passes it on instead of calling it a bad body)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the limit of {limit} bytes")
+        self.limit = limit
+
+
+async def _refuse(
+    send: Send, status: int, message: str, code: str | None = None,
+    type_: str = "invalid_request_error",
+) -> None:  # fmt: skip
+    body = json.dumps({"error": {"message": message, "type": type_, "param": None,
+                                 "code": code}}).encode()  # fmt: skip
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(value: str) -> str:
+    """The host part of a Host header: `[::1]:8080` -> `::1`, `Example.COM.:80` -> `example.com`."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") == 1 else value.rstrip(".")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostGuard:
+    """421 for a request whose Host header names a host other than a loopback name, an IP
+    address or one of `allowed` (`*` allows any): a page that re-points its own DNS name at
+    this server (DNS rebinding) reaches it with that name as Host, and is refused. An IP
+    address cannot be rebound (the page would have to come from this server itself)."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str] = ()) -> None:
+        self.app = app
+        names = {a.lower().rstrip(".") for a in allowed}
+        self.any = "*" in names
+        self.allowed = loopback_hosts() | names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = ""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = _host_name(value.decode("latin-1"))
+                break
+        if host in self.allowed or _is_ip(host):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await _refuse(send, 421, f"the Host {host or '(none)'!r} is not served here; to serve "
+                      "it, add it to `allowed_hosts` in the configuration", "host_not_allowed")  # fmt: skip
+
+
+class BodyGuard:
+    """For HTTP requests with a body: 415 unless the Content-Type is JSON (`application/json`
+    or `application/*+json`), 413 when the Content-Length says the body is over `limit`, and
+    for a body sent without one (chunked), BodyTooLarge raised from `receive` once the bytes
+    received go over it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        length = content_type = b""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"content-type":
+                content_type = value
+        if length.isdigit() and int(length) > self.limit:
+            await _refuse(send, 413, f"request body of {int(length)} bytes is over the limit "
+                          f"of {self.limit} bytes", "body_too_large")  # fmt: skip
+            return
+        if length != b"0" and not _is_json(content_type):
+            shown = content_type.decode("latin-1") or "none"
+            await _refuse(send, 415, f"request bodies must be JSON: Content-Type is {shown!r}, "
+                          "not 'application/json' (with curl: -H 'Content-Type: "
+                          "application/json')", "unsupported_media_type")  # fmt: skip
+            return
+        if length.isdigit():
+            await self.app(scope, receive, send)  # the server reads at most Content-Length
+            return
+        await self.app(scope, _counting(receive, self.limit), send)
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return counted
+
+
+class UnexpectedErrors:
+    """The innermost guard: an exception no handler took (a bug) is logged once, with its
+    traceback, and answered with a bare 500 envelope, the details kept from the client. If
+    the response had started (a stream), the connection is closed instead."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if not started:
+                await _refuse(send, 500, "internal server error", None, "server_error")

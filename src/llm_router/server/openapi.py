@@ -1,0 +1,147 @@
+"""The OpenAPI document at `/openapi.json` (and so `/docs`): FastAPI's description of its own
+routes, plus the hot OpenAI routes (plain Starlette routes, described here from the same
+pydantic models that parse them), plus every error status the server answers with, each with
+OpenAI's error envelope. Built once, on first request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from ..protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
+
+__all__ = ["document"]
+
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Hot:
+    path: str
+    summary: str
+    request: type[BaseModel]
+    response: type[BaseModel]
+    chunk: type[BaseModel] | None  # what `stream: true` sends, as server-sent events
+
+
+HOT = (
+    _Hot("/v1/chat/completions", "Chat completion", ChatCompletionRequest, ChatCompletion,
+         ChatCompletionChunk),
+    _Hot("/v1/completions", "Text completion", CompletionRequest, Completion, Completion),
+    _Hot("/v1/embeddings", "Embeddings", EmbeddingRequest, EmbeddingResponse, None),
+)  # fmt: skip
+
+# status -> what it means here (server/errors.py's table says which error gives which)
+_ERRORS = {
+    400: "Invalid request: malformed JSON, a value out of range (the envelope's `param` names "
+    "it), a prompt longer than the context, a model that cannot do this",
+    404: "No model, alias or route by that name",
+    413: "Request body over `max_body_bytes`",
+    415: "Request body that is not JSON (`Content-Type: application/json`)",
+    421: "Host header not served here (`allowed_hosts`)",
+    429: "Too many requests waiting for this model; retry after `Retry-After` seconds",
+    500: "Server error: a model failed to load, an engine failed",
+    502: "The remote target answered with an error",
+    503: "The server is full, a request waited too long, or a worker or remote target went "
+    "away; retry after `Retry-After` seconds",
+    507: "The model can never fit in the memory budget",
+}
+_EVERY = (400, 421, 500)
+_WITH_BODY = (413, 415)
+_MODELS = (404, 429, 502, 503, 507)
+_RETRY = (429, 503)
+
+
+def document(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                         description="OpenAI-compatible API, llama.cpp-router model management, "
+                         "routing across local and remote models.")  # fmt: skip
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    models = [(h.request, "validation") for h in HOT]
+    models += [(m, "serialization") for h in HOT for m in (h.response, h.chunk) if m is not None]
+    refs, defs = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    components.update(defs.get("$defs", {}))
+    for hot in HOT:
+        schema["paths"][hot.path] = {"post": _hot_operation(hot, refs)}
+    components["ErrorResponse"] = _ERROR_SCHEMA
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            _document_errors(path, method, operation)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _hot_operation(hot: _Hot, refs: dict[Any, Any]) -> dict[str, Any]:
+    body = refs[(hot.request, "validation")]
+    answer = refs[(hot.response, "serialization")]
+    content: dict[str, Any] = {"application/json": {"schema": answer}}
+    if hot.chunk is not None:
+        content["text/event-stream"] = {
+            "schema": {"type": "string", "description": "`data: <chunk JSON>` events, each "
+                       "chunk a " + hot.chunk.__name__ + ", then `data: [DONE]`"},
+        }  # fmt: skip
+    return {
+        "tags": ["openai"],
+        "summary": hot.summary,
+        "operationId": hot.path.strip("/").replace("/", "_"),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"200": {"description": "The answer (a stream of events when `stream` "
+                              "is true)", "content": content}},
+    }  # fmt: skip
+
+
+def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
+    responses.pop("422", None)  # invalid values are 400s here, as OpenAI's
+    statuses = list(_EVERY)
+    if method == "post":
+        statuses += _WITH_BODY
+    if (path.startswith("/v1/") and method == "post") or path in ("/models/load",):
+        statuses += _MODELS
+    if path == "/models/unload":
+        statuses.append(404)
+    for status in sorted(set(statuses)):
+        entry: dict[str, Any] = {
+            "description": _ERRORS[status],
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+        }  # fmt: skip
+        if status in _RETRY:
+            entry["headers"] = {"Retry-After": {"description": "Seconds to wait before trying "
+                                "again", "required": True, "schema": {"type": "integer"}}}  # fmt: skip
+        responses.setdefault(str(status), entry)
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "integer", "null"]},
+            },
+        }
+    },
+}

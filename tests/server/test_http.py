@@ -1,0 +1,244 @@
+"""HTTP behaviour in process (tests/inproc.py: the real app on the fake engine, milliseconds per
+test): error envelopes and statuses, the guards every request passes (Host, Content-Type, body
+size), CORS, and that the hot OpenAI routes pass the same middleware stack as every other."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inproc import app_client
+from openai_schema import validate
+
+HELLO = [{"role": "user", "content": "Hello"}]
+CHAT = {"model": "chat", "messages": HELLO, "max_tokens": 3}
+JSON = {"content-type": "application/json"}
+POSTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/ensemble",
+         "/v1/compare", "/models/load", "/models/unload")  # fmt: skip
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(tmp_path, max_body_bytes=4096) as c:
+        yield c
+
+
+def error(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    validate("ErrorResponse", r.json())
+    body: dict[str, object] = r.json()["error"]
+    return body
+
+
+async def test_a_chat_is_served_in_process(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200
+    validate("CreateChatCompletionResponse", r.json())
+    assert r.json()["choices"][0]["message"]["content"] == "hello from the"
+    assert r.headers["x-llm-router-model"] == "chat"
+
+
+@pytest.mark.parametrize("path", POSTS)
+async def test_malformed_json_is_400_on_every_route(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.post(path, content=b'{"model": "x", "messages": [', headers=JSON)
+    assert "JSON" in str(error(r, 400)["message"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_tokens", -5), ("temperature", "hot"), ("messages", "hi"), ("top_p", 3),
+     ("temperature", float("nan")), ("top_p", float("inf")), ("repeat_penalty", 1e-300),
+     ("model", "m" * 257), ("seed", 2**80)],
+)  # fmt: skip
+async def test_wrong_values_name_the_parameter(
+    client: httpx.AsyncClient, field: str, value: object
+) -> None:
+    """Non-finite numbers (JSON's NaN and Infinity, which Python's json writes), sampling values
+    that break the sampler (a repeat penalty of 1e-300 is 0 in C), model names past 256
+    characters: each a 400 naming the field."""
+    body = json.dumps({**CHAT, field: value}).encode()  # writes NaN and Infinity as Python does
+    r = await client.post("/v1/chat/completions", content=body, headers=JSON)
+    assert error(r, 400)["param"] == field
+
+
+async def test_missing_model_field(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/completions", json={"prompt": "x"})
+    assert error(r, 400)["param"] == "model"
+
+
+@pytest.mark.parametrize("path", POSTS)
+async def test_body_over_limit_is_413_on_every_route(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.post(path, content=b"x" * 8192, headers=JSON)
+    assert "over the limit of 4096 bytes" in str(error(r, 413)["message"])
+
+
+@pytest.mark.parametrize("path", POSTS)
+async def test_chunked_body_over_limit_is_413_on_every_route(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """A body without a Content-Length is counted as it arrives, on FastAPI's routes too."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"x" * 1024
+
+    r = await client.post(path, content=chunks(), headers=JSON)
+    assert "over the limit" in str(error(r, 413)["message"])
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+@pytest.mark.parametrize("path", POSTS)
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])  # fmt: skip
+async def test_a_body_that_is_not_json_is_415(
+    client: httpx.AsyncClient, path: str, content_type: str | None
+) -> None:
+    """The no-preflight POST any web page can send (a form, text/plain) is refused before it
+    reaches a route, so a page cannot drive the server."""
+    headers = {"content-type": content_type} if content_type else {}
+    r = await client.post(path, content=httpx.Request("POST", "/", json=CHAT).content,
+                          headers=headers)  # fmt: skip
+    assert "must be JSON" in str(error(r, 415)["message"])
+
+
+async def test_json_with_a_charset_or_a_json_suffix_is_accepted(client: httpx.AsyncClient) -> None:
+    body = httpx.Request("POST", "/", json=CHAT).content
+    for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        r = await client.post("/v1/chat/completions", content=body,
+                              headers={"content-type": content_type})  # fmt: skip
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "attacker.test:8080", "localhost.evil.example"])
+async def test_a_foreign_host_is_421(client: httpx.AsyncClient, host: str) -> None:
+    """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads answers;
+    the request carries its name as Host and is refused, on every route."""
+    for method, path in (("GET", "/v1/models"), ("GET", "/models"), ("POST", "/v1/chat/completions")):
+        r = await client.request(method, path, json=CHAT, headers={"host": host})
+        assert error(r, 421)["code"] == "host_not_allowed"
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1:9", "[::1]:8080",
+                                  "10.1.2.3:8080", "LOCALHOST."])  # fmt: skip
+async def test_loopback_names_and_addresses_are_served(
+    client: httpx.AsyncClient, host: str
+) -> None:
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"host": host})
+    assert r.status_code == 200
+
+
+async def test_allowed_hosts_extend_the_list(tmp_path: Path) -> None:
+    async with app_client(tmp_path, allowed_hosts=["gpu-box.lan"]) as c:
+        r = await c.get("/v1/models", headers={"host": "gpu-box.lan:8080"})
+        assert r.status_code == 200
+        assert (await c.get("/v1/models", headers={"host": "other.lan"})).status_code == 421
+
+
+async def test_cors_is_an_explicit_allow_list(tmp_path: Path) -> None:
+    """No CORS headers by default (a browser keeps other origins from reading answers); the
+    configured origins get them, preflight included, and others still do not."""
+    origin = {"origin": "http://localhost:3000"}
+    async with app_client(tmp_path) as c:
+        r = await c.post("/v1/chat/completions", json=CHAT, headers=origin)
+        assert "access-control-allow-origin" not in r.headers
+    async with app_client(tmp_path, cors_origins=["http://localhost:3000"]) as c:
+        r = await c.post("/v1/chat/completions", json=CHAT, headers=origin)
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        pre = await c.options("/v1/chat/completions", headers={
+            **origin, "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type,authorization"})  # fmt: skip
+        assert pre.status_code == 200
+        other = await c.post("/v1/chat/completions", json=CHAT,
+                             headers={"origin": "http://evil.example"})  # fmt: skip
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_unknown_routes_and_methods_have_envelopes(client: httpx.AsyncClient) -> None:
+    error(await client.get("/v1/nothing-here"), 404)
+    error(await client.get("/v1/chat/completions"), 405)
+
+
+async def test_an_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"})
+    assert error(r, 404)["code"] == "model_not_found"
+
+
+async def test_an_unexpected_error_is_logged_not_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(app: FastAPI) -> None:
+        async def fail(*_: object, **__: object) -> None:
+            raise RuntimeError("a bug with a secret")
+
+        app.state.generation.chat = fail
+
+    async with app_client(tmp_path, setup=broken) as c:
+        with caplog.at_level(logging.ERROR):
+            r = await c.post("/v1/chat/completions", json=CHAT)
+    assert error(r, 500)["message"] == "internal server error"
+    assert "a bug with a secret" in caplog.text
+
+
+class Stamp:
+    """A middleware added the documented way (`app.add_middleware`), as auth will be."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-stamp", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+async def test_middleware_added_to_the_app_runs_on_every_route(tmp_path: Path) -> None:
+    """The hot routes are not a side door: a middleware added with `app.add_middleware` sees
+    every route the app has, hot ones, FastAPI ones and unknown paths alike."""
+    async with app_client(tmp_path, setup=lambda app: app.add_middleware(Stamp)) as c:
+        app: FastAPI = c._transport.app  # type: ignore[attr-defined]
+        paths = {getattr(route, "path", "") for route in app.routes}
+        assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} <= paths
+        for path in sorted(paths - {""}):
+            method = "POST" if path in POSTS else "GET"
+            if path == "/models/events":
+                continue  # an endless stream; covered by the same stack
+            r = await c.request(method, path.replace("{", "").replace("}", ""), json=CHAT)
+            assert r.headers.get("x-stamp") == "1", (path, r.status_code)
+        assert (await c.get("/nowhere")).headers.get("x-stamp") == "1"
+
+
+async def test_the_api_document_resolves_and_documents_errors(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    refs: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            refs.update(v for k, v in node.items() if k == "$ref")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    schemas = doc["components"]["schemas"]
+    assert refs and all(r.split("/")[-1] in schemas for r in refs), refs
+    assert not any("$defs" in r for r in refs)
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert "messages" in schemas[body.split("/")[-1]]["properties"]
+    assert {"200", "400", "404", "413", "415", "421", "429", "503", "507"} <= set(chat["responses"])
+    assert chat["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+    for path in ("/v1/ensemble", "/v1/compare"):
+        op = doc["paths"][path]["post"]
+        assert "422" not in op["responses"] and "400" in op["responses"]
