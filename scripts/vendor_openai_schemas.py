@@ -3,7 +3,8 @@
 Usage: python scripts/vendor_openai_schemas.py [path/to/openai-openapi.yaml]
 
 Reads the published OpenAPI document (default: ``../shared/openai-openapi.yaml`` relative to the
-repository root), keeps the response components in ``ROOTS`` plus every component they reference,
+repository root), keeps the response components in ``ROOTS`` plus every component they reference, and the
+field names of the requests in ``REQUESTS``,
 drops OpenAPI-only annotations (``x-*``, ``example``, ``discriminator``, ...) and writes
 ``tests/data/openai_schemas.json``. The layout ``components/schemas/<Name>`` is kept so the
 document's own ``#/components/schemas/...`` references still resolve. ``nullable`` is left as
@@ -36,6 +37,8 @@ ROOTS = (
     "Model",
 )
 REF_PREFIX = "#/components/schemas/"
+# Requests whose field names are vendored (the router forwards only these to remote targets).
+REQUESTS = ("CreateChatCompletionRequest", "CreateCompletionRequest", "CreateEmbeddingRequest")
 
 # Keywords whose value is one subschema, a list of subschemas, or a name -> subschema map.
 # Everything else (enum, const, default, required, ...) is data and is copied untouched.
@@ -146,7 +149,21 @@ def vendor(source: Path) -> dict[str, Any]:
             "do not edit by hand, re-run the script."
         ),
         "components": {"schemas": closure(document["components"]["schemas"], ROOTS)},
+        "request_fields": {
+            name: sorted(fields(document["components"]["schemas"], name)) for name in REQUESTS
+        },
     }
+
+
+def fields(components: dict[str, Any], name: str) -> set[str]:
+    """The property names of component `name`, its allOf parts included."""
+    schema = components[name]
+    found = set(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        if "$ref" in part:
+            found |= fields(components, part["$ref"].removeprefix(REF_PREFIX))
+        found |= set(part.get("properties", {}))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

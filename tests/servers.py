@@ -104,6 +104,18 @@ class Server:
         except psutil.NoSuchProcess:
             return []
 
+    def worker_of(self, model_file: str) -> int | None:
+        """The pid of the worker that has `model_file` (a file name) mapped: the one serving it
+        (`GET /models` does not tell pids to clients)."""
+        for pid in self.descendants():
+            try:
+                maps = psutil.Process(pid).memory_maps()
+            except psutil.Error:
+                continue
+            if any(Path(m.path).name == model_file for m in maps):
+                return pid
+        return None
+
     def stop(self) -> list[int]:
         """Stop the server; returns the pids of its children that were alive before."""
         if self.proc is None or self.proc.poll() is not None:

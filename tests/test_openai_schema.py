@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llm_router.protocol import (
+    OPENAI_CHAT_FIELDS,
+    OPENAI_COMPLETION_FIELDS,
+    OPENAI_EMBEDDING_FIELDS,
+)
 from openai_schema import SCHEMAS_FILE, components, validate
 
 ROOTS = {
@@ -146,3 +152,13 @@ def test_embedding_response_passes() -> None:
 def test_unknown_component_is_a_key_error() -> None:
     with pytest.raises(KeyError, match="CreateChatCompletionResponse"):
         validate("NoSuchComponent", {})
+
+
+def test_the_fields_passed_on_upstream_are_openais() -> None:
+    """protocol.py's field lists (what reaches a remote target) match OpenAI's published
+    request schemas, vendored by scripts/vendor_openai_schemas.py."""
+    vendored = json.loads((Path(__file__).parent / "data" / "openai_schemas.json").read_text())
+    fields = vendored["request_fields"]
+    assert sorted(OPENAI_CHAT_FIELDS) == fields["CreateChatCompletionRequest"]
+    assert sorted(OPENAI_COMPLETION_FIELDS) == fields["CreateCompletionRequest"]
+    assert sorted(OPENAI_EMBEDDING_FIELDS) == fields["CreateEmbeddingRequest"]

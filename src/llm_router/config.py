@@ -227,6 +227,16 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     breaker: BreakerSettings = Field(default_factory=lambda: BreakerSettings())
+    send_timeout: float = Field(
+        30.0, gt=0, description="Seconds a stream may wait for a client that reads nothing."
+    )
+    forward_fields: list[str] = Field(
+        default_factory=list,
+        description="Request fields passed on to remote targets besides OpenAI's own.",
+    )
+    max_tokens_limit: int = Field(
+        32768, ge=1, description="Most tokens one answer may ask for (capped, not refused)."
+    )
     ensemble_scorers: dict[str, str] = Field(
         default_factory=dict,
         description="Best-of scorers a request may name: {name: 'package.module:function'}.",

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from .types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, Usage
 
 __all__ = [
+    "OPENAI_CHAT_FIELDS",
+    "OPENAI_COMPLETION_FIELDS",
+    "OPENAI_EMBEDDING_FIELDS",
+    "SAMPLING_EXTENSIONS",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -35,6 +39,27 @@ __all__ = [
     "dump_chunk",
 ]
 
+
+# Request fields OpenAI's API defines (tests/data/openai_schemas.json, vendored from its
+# openapi.yaml; a test keeps these equal), and the llama.cpp sampling fields this API models:
+# the only fields of a request passed on to a remote target (plus `forward_fields` from the
+# configuration), so that nothing unknown reaches a paid upstream.
+OPENAI_CHAT_FIELDS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model",
+    "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+    "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
+    "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+    "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+    "verbosity", "web_search_options",
+})  # fmt: skip
+OPENAI_COMPLETION_FIELDS = frozenset({
+    "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "model", "n",
+    "presence_penalty", "prompt", "seed", "stop", "stream", "stream_options", "suffix",
+    "temperature", "top_p", "user",
+})  # fmt: skip
+OPENAI_EMBEDDING_FIELDS = frozenset({"dimensions", "encoding_format", "input", "model", "user"})
+SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"})
 
 MAX_MODEL_NAME = 256
 MAX_TOKENS = 2**31 - 1  # the engines' token counts are C ints

@@ -23,6 +23,7 @@ what they stop reading."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,9 +45,12 @@ from .errors import (
     RouterError,
 )
 
-__all__ = ["RemoteTarget", "UpstreamError", "UpstreamUnavailable", "env_proxy", "status_error"]
+__all__ = ["RemoteTarget", "UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "env_proxy",
+           "status_error"]  # fmt: skip
 
+log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER = 1.0
+MAX_BODY = 64 * 2**20  # an upstream's whole answer, or one line of its stream: more is refused
 
 
 class UpstreamUnavailable(EngineError):
@@ -54,6 +58,12 @@ class UpstreamUnavailable(EngineError):
     connection dropped mid-answer). Another target, or a later retry, may work."""
 
     retryable = True
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream took longer than `timeout` to send its next bytes: maybe down, maybe only
+    busy with a long generation (a request's own size decides that): another target may
+    answer, but the target's breaker does not count it against it."""
 
 
 class UpstreamError(EngineError):
@@ -142,7 +152,7 @@ class RemoteTarget:
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         with _transport_errors(self.name):
             async with self._send(path, payload) as response:
-                answer = _Answer.of(response, await response.read())
+                answer = _Answer.of(response, await _read(self.name, response.content))
         if answer.status >= 400:
             raise status_error(self.name, answer)
         try:
@@ -157,10 +167,11 @@ class RemoteTarget:
         with _transport_errors(self.name):
             async with self._send(path, payload) as response:
                 if response.status >= 400:
-                    raise status_error(self.name, _Answer.of(response, await response.read()))
+                    body = await _read(self.name, response.content)
+                    raise status_error(self.name, _Answer.of(response, body))
                 events = _SseData()
                 done = False
-                async for line in _lines(response.content):
+                async for line in _lines(self.name, response.content):
                     # After [DONE], read on to the end so the connection goes back to the pool.
                     data = None if done else events.feed(line)
                     done = done or data == "[DONE]"
@@ -201,15 +212,30 @@ class _Answer:
         return cls(response.status, response.reason or "", response.headers, body)
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The body as lines (LF, CRLF or CR ends one), whatever their length and however the
-    bytes were split across reads."""
+async def _read(name: str, content: aiohttp.StreamReader) -> bytes:
+    """The whole body, refused past MAX_BODY (a broken or hostile upstream cannot fill the
+    router's memory)."""
+    parts, size = [], 0
+    async for block in content.iter_any():
+        size += len(block)
+        if size > MAX_BODY:
+            raise UpstreamError(f"upstream {name} answered more than {MAX_BODY} bytes", status=502)
+        parts.append(block)
+    return b"".join(parts)
+
+
+async def _lines(name: str, content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The body as lines (LF, CRLF or CR ends one), however the bytes were split across
+    reads; a line longer than MAX_BODY is refused."""
     rest = b""
     async for block in content.iter_any():
         rest += block
         *lines, rest = rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         for line in lines:
             yield line.decode(errors="replace")
+        if len(rest) > MAX_BODY:
+            raise UpstreamError(f"upstream {name} streamed a line of more than {MAX_BODY} bytes",
+                                status=502)  # fmt: skip
     if rest:
         yield rest.decode(errors="replace")
 
@@ -267,20 +293,26 @@ def _mid_stream_error(name: str, error: dict[str, Any]) -> RouterError:
 
 @contextlib.contextmanager
 def _transport_errors(name: str) -> Iterator[None]:
-    """Transport failures (connect, timeouts, dropped connections) -> UpstreamUnavailable."""
+    """Transport failures -> UpstreamTimeout (waiting for bytes) or UpstreamUnavailable
+    (connect errors and timeouts, dropped connections). The client's message names the
+    target only: the details (addresses, the library's text) go to the log."""
     try:
         yield
-    except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors too
-        raise UpstreamUnavailable(f"upstream {name} timed out ({type(exc).__name__})") from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        log.warning("upstream %s: connect timed out (%s)", name, exc)
+        raise UpstreamUnavailable(f"upstream {name} could not be reached (timed out)") from exc
+    except TimeoutError as exc:  # aiohttp's read timeouts, and any other wait for bytes
+        log.warning("upstream %s: no bytes within the read timeout (%s)", name, exc)
+        raise UpstreamTimeout(f"upstream {name} timed out waiting for its answer") from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(
-            f"upstream {name} is unreachable ({type(exc).__name__}: {exc})"
-        ) from exc
+        log.warning("upstream %s unreachable: %s: %s", name, type(exc).__name__, exc)
+        raise UpstreamUnavailable(f"upstream {name} could not be reached") from exc
 
 
 def status_error(name: str, answer: _Answer) -> RouterError:
-    """The domain error for an upstream's error response.
-    4xx keep the upstream's message and `param`; 5xx and credential refusals name the target."""
+    """The domain error for an upstream's error response. 4xx about the request keep the
+    upstream's message and `param` (they are the client's to fix); 5xx and refusals of the
+    router's own credentials name the target and status only, their text goes to the log."""
     status = answer.status
     message, param, code = _envelope(answer)
     if status == 429:
@@ -289,7 +321,9 @@ def status_error(name: str, answer: _Answer) -> RouterError:
             retry_after=_retry_after(answer.headers.get("retry-after")),
         )
     if status >= 500 or status in (401, 403, 407, 408):
-        return UpstreamError(f"upstream {name} answered {status}: {message}", status=status)
+        log.warning("upstream %s answered %d: %s", name, status, message)
+        what = "refused the router's credentials" if status in (401, 403, 407) else "failed"
+        return UpstreamError(f"upstream {name} {what} (HTTP {status})", status=status)
     if code == "context_length_exceeded":
         return ContextLengthExceeded(message, param=param)
     if status == 404:

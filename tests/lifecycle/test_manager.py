@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import os
 import re
 import signal
@@ -380,8 +381,23 @@ async def test_keep_alive_zero_unloads_after_the_request(harness: Harness, tmp_p
     await bounded(harness.generate(manager, "a", keep_alive=0))
     await bounded(until(lambda: state.status == Status.UNLOADED, 3.0))
     # The next request loads it again.
-    await bounded(harness.generate(manager, "a", keep_alive=-1))
+    await bounded(harness.generate(manager, "a", keep_alive=math.inf))
+    await asyncio.sleep(0.3)
     assert state.status == Status.LOADED
+
+
+async def test_a_requests_keep_alive_is_its_own_and_capped(harness: Harness, tmp_path: Path) -> None:
+    """A request's keep_alive applies after that request only (it used to stay as an override
+    for every later request), and never beyond `keep_alive_max`."""
+    manager = await harness.manager([fake_model(tmp_path, "a")], keep_alive="300ms",
+                                    keep_alive_max="2s")  # fmt: skip
+    state = manager.resolve("a")
+    await bounded(harness.generate(manager, "a", keep_alive=math.inf))  # capped at 2 s
+    await asyncio.sleep(0.5)
+    assert state.status == Status.LOADED
+    await bounded(until(lambda: state.status == Status.UNLOADED, 5.0))
+    await bounded(harness.generate(manager, "a"))  # no keep_alive: the server's 300 ms again
+    await bounded(until(lambda: state.status == Status.UNLOADED, 3.0))
 
 
 # -- queues ------------------------------------------------------------------------------------

@@ -85,7 +85,8 @@ def test_worker_killed_mid_stream(
     client = make_client(srv)
     try:
         client.completions.create(model=GEMMA, prompt="Hi", max_tokens=1)  # load it
-        pid = srv.models()[GEMMA]["pid"]
+        pid = srv.worker_of(GEMMA + ".gguf")
+        assert pid is not None
         stream = client.completions.create(
             model=GEMMA, prompt="Count: 1, 2, 3,", max_tokens=400, stream=True, temperature=0
         )
@@ -103,7 +104,7 @@ def test_worker_killed_mid_stream(
         assert client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=3)
         again = client.completions.create(model=GEMMA, prompt="Hi", max_tokens=2)
         assert again.choices[0].text is not None
-        assert srv.models()[GEMMA]["pid"] not in (None, pid)
+        assert srv.worker_of(GEMMA + ".gguf") not in (None, pid)
     finally:
         children = srv.stop()
     time.sleep(0.5)

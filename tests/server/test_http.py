@@ -4,6 +4,7 @@ size), CORS, and that the hot OpenAI routes pass the same middleware stack as ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,7 +15,10 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inproc import app_client
+from inproc import InProcessPool, app_client, fake_models
+from llm_router.config import Settings
+from llm_router.lifecycle.manager import ModelManager
+from llm_router.server.app import create_app
 from openai_schema import validate
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -242,3 +246,101 @@ async def test_the_api_document_resolves_and_documents_errors(client: httpx.Asyn
     for path in ("/v1/ensemble", "/v1/compare"):
         op = doc["paths"][path]["post"]
         assert "422" not in op["responses"] and "400" in op["responses"]
+
+
+async def test_client_chosen_names_never_become_metric_labels(client: httpx.AsyncClient) -> None:
+    """A loop of random model names must not grow /metrics (or the server's memory): requests
+    for unknown models are counted under `unknown`."""
+    for i in range(20):
+        r = await client.post("/v1/chat/completions", json={**CHAT, "model": f"no-such-{i}"})
+        assert r.status_code == 404
+    metrics = (await client.get("/metrics")).text
+    assert "no-such" not in metrics
+    assert 'model="unknown"' in metrics
+
+
+async def test_unknown_names_rescan_the_models_directory_at_most_once_an_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_router.discovery import Scanner
+
+    scans = 0
+    real = Scanner.scan
+
+    def counted(self: Scanner) -> object:
+        nonlocal scans
+        scans += 1
+        return real(self)
+
+    monkeypatch.setattr(Scanner, "scan", counted)
+    async with app_client(tmp_path, watch_interval=600) as c:
+        before = scans
+        for i in range(30):
+            await c.post("/v1/chat/completions", json={**CHAT, "model": f"no-such-{i}"})
+            await c.get("/models")
+        assert scans - before <= 1
+
+
+async def test_a_client_that_stops_reading_frees_its_slot(tmp_path: Path) -> None:
+    """A stream whose client reads nothing (its writes block once the socket's buffers are
+    full) held a model slot for ever. After `send_timeout` the stream counts as gone: the
+    generation is cancelled and the slot is free for others."""
+    models = fake_models(tmp_path, slow={"token_seconds": 0.005, "parallel": 1})
+    config = Settings(models_dir=tmp_path, watch_interval=0, provision_default_models=False,
+                      spare_workers=False, models=models, send_timeout=0.3)  # fmt: skip
+    manager = ModelManager(config, pool=InProcessPool())
+    app = create_app(config, manager)
+    body = json.dumps({"model": "slow", "prompt": "x", "max_tokens": 100_000, "stream": True})
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]}  # fmt: skip
+    messages = iter([{"type": "http.request", "body": body.encode(), "more_body": False}])
+    stuck = asyncio.Event()
+
+    async def receive() -> Message:
+        try:
+            return next(messages)
+        except StopIteration:
+            await asyncio.Event().wait()  # never disconnects
+            raise AssertionError from None
+
+    sent = 0
+
+    async def send(message: Message) -> None:
+        nonlocal sent
+        sent += 1
+        if sent >= 3:  # headers, a chunk or two: then the client reads no more
+            stuck.set()
+            await asyncio.Event().wait()
+
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        assert stuck.is_set()
+        state = manager.resolve("slow")
+        assert state.active == 0
+        worker = state.worker
+        assert worker is not None and not worker.engine.busy  # the sequence was cancelled
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://127.0.0.1") as c:  # fmt: skip
+            r = await c.post("/v1/completions", json={"model": "slow", "prompt": "x",
+                                                      "max_tokens": 2})  # fmt: skip
+            assert r.status_code == 200  # the only slot is free again
+
+
+async def test_a_pinned_model_is_unloaded_only_by_force(tmp_path: Path) -> None:
+    models = fake_models(tmp_path, keep={})
+    models[0] = models[0].model_copy(update={"pin": True})
+    async with app_client(tmp_path, models=models) as c:
+        r = await c.post("/models/unload", json={"model": "keep"})
+        assert "pinned" in str(error(r, 400)["message"])
+        r = await c.post("/models/unload", json={"model": "keep", "force": True})
+        assert r.status_code == 200 and r.json()["success"] is True
+
+
+async def test_a_requests_lifecycle_options_cannot_override_the_operator(tmp_path: Path) -> None:
+    """A request's `autoload: true` does not beat `autoload: false` in the configuration."""
+    async with app_client(tmp_path, autoload=False) as c:
+        r = await c.post("/v1/chat/completions", json={**CHAT, "autoload": True})
+        assert error(r, 400)["code"] == "model_not_loaded"

@@ -72,12 +72,13 @@ class ModelManager:
         self._pool = pool or WorkerPool(settings.spare_workers)
         self._pool.on_measured = self._room_changed  # estimates improve: decide again
         self._threads = ThreadBudget(settings.thread_budget or cores_present())
+        self._scanned = -math.inf  # monotonic time of the last scan
         self._uses = itertools.count(1)  # orders uses for LRU (wall clocks can tie or step back)
 
     # -- start, stop, discovery --------------------------------------------------------------
 
     async def start(self) -> None:
-        self.refresh()
+        self.refresh(force=True)
         if self.settings.watch_interval > 0:
             self._watcher = asyncio.create_task(self._watch(), name="models-watch")
         for engine in {s.source.engine for s in self.registry if not s.source.error}:
@@ -106,12 +107,18 @@ class ModelManager:
         while True:
             await asyncio.sleep(self.settings.watch_interval)
             try:
-                self.refresh()
+                self.refresh(force=True)
             except Exception:  # a scan error must never stop discovery
                 log.exception("models directory scan failed")
 
-    def refresh(self) -> None:
-        """Re-scan the models directory (registry.py); what changed or went away is unloaded."""
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-scan the models directory (registry.py); what changed or went away is unloaded.
+        Unless `force`d, at most once per `watch_interval` (and second): unknown names and
+        model listings, which any client can send in a loop, cost at most that."""
+        now = time.monotonic()
+        if not force and now - self._scanned < max(self.settings.watch_interval, 1.0):
+            return
+        self._scanned = now
         for state, reason in self.registry.refresh():
             self._spawn(self._unload(state, reason))
 

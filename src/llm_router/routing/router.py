@@ -33,7 +33,7 @@ from ..errors import (
     ServerBusy,
 )  # fmt: skip
 from ..lifecycle.manager import ModelManager
-from ..remote import RemoteTarget, env_proxy
+from ..remote import RemoteTarget, UpstreamTimeout, env_proxy
 from ..types import Finished, GenerationEvent
 from .breaker import BreakerConfig, CircuitBreaker
 from .stats import TargetStats
@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 Event = GenerationEvent
 # Worth another target: the target failed or is full, not the request.
 RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
+# Worth another target, but no sign the target is broken, so its breaker does not count them:
+# a full queue, a prompt too long for it, and a read timeout, which a client can cause for
+# everyone by asking for a generation longer than the timeout (health checks and connect
+# errors still count).
+NOT_THE_TARGETS = (QueueFull, ContextLengthExceeded, UpstreamTimeout)
 
 
 @dataclass(eq=False)
@@ -93,7 +98,8 @@ class Router:
                                   api_key=key, name=cfg.id, read_timeout=cfg.timeout,
                                   connect_timeout=min(10.0, cfg.timeout),
                                   proxy=env_proxy(cfg.base_url or ""))  # fmt: skip
-            target = Target(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker), remote)
+            target = Target(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker), remote,
+                            self.settings.max_tokens_limit)  # fmt: skip
             self._targets[cfg.id] = target
             if cfg.health_check_interval > 0:
                 self._health.append(asyncio.create_task(self._check_health(target)))
@@ -121,7 +127,8 @@ class Router:
         if state.id not in self._targets:
             cfg = state.source.config
             self._targets[state.id] = Target(state.id, cfg, TargetStats(),
-                                             CircuitBreaker(self._breaker))  # fmt: skip
+                                             CircuitBreaker(self._breaker),
+                                             token_limit=self.settings.max_tokens_limit)  # fmt: skip
         return self._targets[state.id]
 
     def price(self, name: str) -> Cost:
@@ -229,9 +236,7 @@ class Router:
             return first, events, started, ttft
         except BaseException as exc:
             await events.aclose()
-            if isinstance(exc, RETRYABLE) and not isinstance(
-                exc, (QueueFull, ContextLengthExceeded)
-            ):
+            if isinstance(exc, RETRYABLE) and not isinstance(exc, NOT_THE_TARGETS):
                 target.breaker.record_failure()
                 target.stats.record_failure()
             else:  # the client's doing (bad request, cancelled) or a full queue: not the target's
@@ -258,7 +263,7 @@ class Router:
                 if done:
                     return
                 event = await anext(events)
-        except (BadRequest, ModelNotFound):
+        except (BadRequest, ModelNotFound, UpstreamTimeout):
             target.breaker.record_cancelled()
             target.stats.record_cancelled()
             raise
@@ -285,8 +290,9 @@ class Router:
                 target.breaker.record_success()
 
     def route_status(self, name: str) -> dict[str, Any]:
-        """A route's config with its live state: each target's breaker (or "missing"), and the
-        order in which a plain chat request would try them now."""
+        """A route as clients may see it (its targets and strategy, not its tuning or import
+        paths) with its live state: each target's breaker (or "missing"), and the order in
+        which a plain chat request would try them now."""
         route = self._routes[name]
         states: dict[str, str] = {}
         for target_name in [*route.config.targets, *route.config.fallbacks]:
@@ -295,7 +301,10 @@ class Router:
             except ModelNotFound:
                 states[target_name] = "missing"
         ordered, _, _ = self.plan(name, RouteRequest())
-        return {**route.config.model_dump(),
+        cfg = route.config
+        strategy = cfg.strategy if ":" not in cfg.strategy else "custom"  # no import paths
+        return {"name": cfg.name, "strategy": strategy, "targets": cfg.targets,
+                "fallbacks": cfg.fallbacks,
                 "status": {"order": [t.id for t in ordered], "breakers": states}}  # fmt: skip
 
     def describe(self, target: Target) -> dict[str, Any]:

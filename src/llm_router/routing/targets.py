@@ -51,6 +51,7 @@ class Target:
     stats: TargetStats
     breaker: CircuitBreaker
     remote: RemoteTarget | None = None  # None: a local model
+    token_limit: int = 32768  # most tokens one answer may ask for (settings.max_tokens_limit)
 
     @property
     def is_remote(self) -> bool:
@@ -83,10 +84,24 @@ class Target:
         )  # fmt: skip
 
     def events(self, manager: ModelManager, call: Call) -> AsyncGenerator[Event, None]:
-        call = self.with_sampling(call)
+        call = self.capped(self.with_sampling(call))
         if self.remote is not None:
             return _remote_events(self.remote, call)
         return _local_events(manager, self, call)
+
+    def capped(self, call: Call) -> Call:
+        """`call` asking for at most `token_limit` tokens, and for a remote target no more than
+        its context (a client cannot make a paid upstream generate without bound)."""
+        cap = self.token_limit
+        if self.is_remote and self.config.context_length:
+            cap = min(cap, self.config.context_length)
+        asked = call.request.params.max_tokens
+        if (asked is None and self.is_remote) or (asked is not None and asked <= cap):
+            return call  # within bounds, or the upstream's own default applies
+        params = replace(call.request.params, max_tokens=min(asked or cap, cap))
+        body = {k: min(v, cap) if k in ("max_tokens", "max_completion_tokens") else v
+                for k, v in call.body.items()}  # fmt: skip
+        return replace(call, request=replace(call.request, params=params), body=body)
 
     def with_sampling(self, call: Call) -> Call:
         """`call` with this target's sampling defaults in the fields its request left out."""

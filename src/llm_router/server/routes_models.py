@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from ..errors import BadRequest
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import ModelState
+from ..protocol import MAX_MODEL_NAME
 from ..routing.router import Router
 from ..routing.targets import Target
 from .sse import events_response
@@ -22,7 +24,11 @@ router = APIRouter(tags=["models"])
 
 
 class ModelRef(BaseModel):
-    model: str
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
+
+
+class UnloadRequest(ModelRef):
+    force: bool = Field(False, description="Unload a pinned model too.")
 
 
 def _manager(request: Request) -> ModelManager:
@@ -52,7 +58,7 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
         "architecture": {"input_modalities": ["text"], "output_modalities": [output]},
         "source": source.origin,
         "can_remove": False,
-        "path": str(source.path),
+        "path": source.path.name,  # not the server's file system layout
         "format": source.format,
         "engine": source.engine,
         "task": source.task,
@@ -71,7 +77,6 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
         "load_seconds": state.load_seconds,
         "active_requests": state.active,
         "queued_requests": len(state.waiters),
-        "pid": worker.pid if worker else None,
         "runtime": worker.info if worker else None,
     }
 
@@ -120,9 +125,14 @@ async def load(ref: ModelRef, request: Request) -> dict[str, Any]:
 
 
 @router.post("/models/unload")
-async def unload(ref: ModelRef, request: Request) -> dict[str, Any]:
+async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
+    """Unload a model once its requests in flight end (up to `unload_grace`). A pinned model
+    needs `force`."""
     manager = _manager(request)
     state = manager.resolve(ref.model)
+    if state.source.config.pin and not ref.force:
+        raise BadRequest(f"model '{state.id}' is pinned; unload it with \"force\": true",
+                         param="force")  # fmt: skip
     task = asyncio.create_task(manager.unload(state.id))
     request.app.state.background.add(task)
     task.add_done_callback(request.app.state.background.discard)

@@ -51,6 +51,11 @@ def _service(request: Request) -> GenerationService:
     return service
 
 
+def _send_timeout(request: Request) -> float:
+    seconds: float = request.app.state.settings.send_timeout
+    return seconds
+
+
 def _json(result: BaseModel, headers: dict[str, str]) -> Response:
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
@@ -70,7 +75,8 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     service, route = _service(request), _route_info(request)
     if body.stream:
-        return await sse_response(service.chat_stream(body, route), lambda: _headers(route))
+        return await sse_response(service.chat_stream(body, route), lambda: _headers(route),
+                                  send_timeout=_send_timeout(request))  # fmt: skip
     result = await cancel_on_disconnect(request.receive, service.chat(body, route))
     return _json(result, _headers(route))
 
@@ -79,7 +85,8 @@ async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     service, route = _service(request), _route_info(request)
     if body.stream:
-        return await sse_response(service.complete_stream(body, route), lambda: _headers(route))
+        return await sse_response(service.complete_stream(body, route), lambda: _headers(route),
+                                  send_timeout=_send_timeout(request))  # fmt: skip
     result = await cancel_on_disconnect(request.receive, service.complete(body, route))
     return _json(result, _headers(route))
 

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..protocol import RenderedChunk, dump_chunk
 from .errors import ClientGone, error_json
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PING_SECONDS = 15.0
+SEND_TIMEOUT = 30.0  # settings.send_timeout
 _HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no", "connection": "keep-alive"}
 
 
@@ -48,33 +49,47 @@ class SSEResponse(StreamingResponse):
         frames: AsyncIterator[bytes],
         headers: Mapping[str, str] | None = None,
         ping: float = PING_SECONDS,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         super().__init__(frames, headers={**_HEADERS, **(headers or {})},
                          media_type="text/event-stream")  # fmt: skip
         self.ping = ping
         self.frames = frames
+        self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time()
         pending: list[bytes] = []
+        sending: float | None = None  # when the write in progress began
+
+        async def write(message: Message) -> None:
+            nonlocal sending
+            sending = loop.time()
+            await send(message)
+            sending = None
 
         async def flush() -> None:
             nonlocal last
             if pending:
                 body = b"".join(pending)
                 pending.clear()
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await write({"type": "http.response.body", "body": body, "more_body": True})
                 last = loop.time()
 
         async def ping() -> None:
-            if loop.time() - last >= self.ping:
-                await send({"type": "http.response.body", "body": b": ping\n\n",
-                            "more_body": True})  # fmt: skip
+            if sending is None and loop.time() - last >= self.ping:
+                async with asyncio.timeout(self.send_timeout):  # rare: a timer is cheap here
+                    await send({"type": "http.response.body", "body": b": ping\n\n",
+                                "more_body": True})  # fmt: skip
 
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})  # fmt: skip
-        watch = DisconnectWatch(receive, idle=ping, every=self.ping)
+        def stalled() -> bool:
+            return sending is not None and loop.time() - sending >= self.send_timeout
+
+        await write({"type": "http.response.start", "status": self.status_code,
+                     "headers": self.raw_headers})  # fmt: skip
+        watch = DisconnectWatch(receive, idle=ping, every=min(self.ping, self.send_timeout / 2),
+                                stalled=stalled)  # fmt: skip
         frames = self.frames
         try:
             # Frames that are ready together (an upstream's read holding several events, a
@@ -85,12 +100,15 @@ class SSEResponse(StreamingResponse):
                 except StopAsyncIteration:
                     break
             watch.stop()
-            await send({"type": "http.response.body", "body": b"".join(pending),
-                        "more_body": False})  # fmt: skip
+            await write({"type": "http.response.body", "body": b"".join(pending),
+                         "more_body": False})  # fmt: skip
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
             watch.forget()  # the client left: this request is over, the server is not
+            if watch.stalled:
+                log.warning("a client read nothing of its stream for %g s: abandoned it, "
+                            "its model slot is free", self.send_timeout)  # fmt: skip
         finally:
             watch.stop()
             aclose = getattr(frames, "aclose", None)
@@ -101,16 +119,20 @@ class SSEResponse(StreamingResponse):
 class DisconnectWatch:
     """Cancels the task that made it when the client disconnects (then `gone` is True), until
     `stop()`. With `idle`, awaits it after each `every` seconds without a message from the
-    client (the SSE ping). The request body must already be read: after that, `receive` only
-    ever reports the disconnect. One task per request, waiting in `receive`."""
+    client (the SSE ping); with `stalled`, asks it then too, and a True (a write to the client
+    stuck too long) counts as a disconnect (`gone` and `stalled` True). The request body must
+    already be read: after that, `receive` only ever reports the disconnect. One task per
+    request, waiting in `receive`."""
 
     def __init__(
         self, receive: Receive, idle: Callable[[], Awaitable[None]] | None = None,
-        every: float | None = None,
+        every: float | None = None, stalled: Callable[[], bool] | None = None,
     ) -> None:  # fmt: skip
         task = asyncio.current_task()
         assert task is not None
         self.gone = False
+        self.stalled = False
+        self._is_stalled = stalled
         self._task = task
         self._receive = receive
         self._idle = idle
@@ -124,14 +146,23 @@ class DisconnectWatch:
                 async with asyncio.timeout(self._every):  # no task per wait, as wait_for makes
                     message = await self._receive()
             except TimeoutError:
-                if not self._stopped and self._idle is not None:
-                    await self._idle()
+                if self._stopped:
+                    continue
+                if self._is_stalled is not None and self._is_stalled():
+                    return self._lost(stalled=True)
+                if self._idle is not None:
+                    try:
+                        await self._idle()
+                    except TimeoutError:  # the ping itself could not be written
+                        return self._lost(stalled=True)
                 continue
             if message["type"] == "http.disconnect":
-                if not self._stopped:
-                    self.gone = True
-                    self._task.cancel()
-                return
+                return self._lost(stalled=False)
+
+    def _lost(self, *, stalled: bool) -> None:
+        if not self._stopped:
+            self.gone, self.stalled = True, stalled
+            self._task.cancel()
 
     def forget(self) -> bool:
         """Take back the cancellation the disconnect caused; True if no other is pending."""
@@ -181,8 +212,10 @@ async def sse_response(
     stream: AsyncIterator[BaseModel | RenderedChunk],
     headers: Callable[[], Mapping[str, str]] | None = None,
     done: bool = True,
+    send_timeout: float = SEND_TIMEOUT,
 ) -> SSEResponse:
-    """`headers` is called once the first item exists (e.g. to name the target that serves)."""
+    """`headers` is called once the first item exists (e.g. to name the target that serves).
+    A client that reads nothing for `send_timeout` seconds is treated as gone."""
     try:
         first = await anext(stream)
     except BaseException:
@@ -202,7 +235,7 @@ async def sse_response(
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    return SSEResponse(frames(), headers() if headers else None)
+    return SSEResponse(frames(), headers() if headers else None, send_timeout=send_timeout)
 
 
 async def events_response(stream: AsyncIterator[str]) -> SSEResponse:

@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..errors import BadRequest, RouterError
 from ..protocol import ChatCompletionRequest
@@ -24,6 +24,15 @@ __all__ = ["CompareRequest", "EnsembleRequest", "EnsembleService"]
 class CompareRequest(ChatCompletionRequest):
     model: str = "compare"
     targets: list[str] = Field(min_length=2, max_length=16)
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, targets: list[str]) -> list[str]:
+        """Each target once: asking the same one twice only multiplies its cost."""
+        distinct = list(dict.fromkeys(targets))
+        if len(distinct) < 2:
+            raise ValueError("name at least two different targets")
+        return distinct
 
 
 class EnsembleRequest(CompareRequest):

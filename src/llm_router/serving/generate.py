@@ -17,6 +17,9 @@ from typing import Any, Literal
 from ..errors import BadRequest, RouterError
 from ..metrics import Metrics
 from ..protocol import (
+    OPENAI_CHAT_FIELDS,
+    OPENAI_COMPLETION_FIELDS,
+    SAMPLING_EXTENSIONS,
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -43,7 +46,6 @@ from ..units import parse_duration
 __all__ = ["GenerationService", "RouteInfo"]
 
 Event = GenerationEvent
-_NOT_FOR_UPSTREAM = {"keep_alive", "autoload", "stream", "stream_options", "ignore_eos"}
 
 
 @dataclass
@@ -61,6 +63,9 @@ class GenerationService:
     def __init__(self, router: Router, metrics: Metrics | None = None) -> None:
         self.router = router
         self.metrics = metrics or Metrics()
+        extra = SAMPLING_EXTENSIONS | set(router.settings.forward_fields)
+        self._forwarded = {"chat": OPENAI_CHAT_FIELDS | extra,
+                           "completion": OPENAI_COMPLETION_FIELDS | extra}  # fmt: skip
 
     async def route(
         self, wire: _Request, request: GenerationRequest, api_key_id: str | None = None
@@ -74,7 +79,8 @@ class GenerationService:
                 raise BadRequest(str(exc), param="keep_alive") from None
             lease["keep_alive"] = math.inf if seconds is None else seconds
         kind = "chat" if request.messages is not None else "completion"
-        body = wire.model_dump(exclude_unset=True, exclude=_NOT_FOR_UPSTREAM)
+        known = self._forwarded[kind]
+        body = {k: v for k, v in wire.model_dump(exclude_unset=True).items() if k in known}
         call = Call(kind, request, body, lease, stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")
@@ -82,7 +88,6 @@ class GenerationService:
         info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
                             max_tokens=request.params.max_tokens, user=wire.user,
                             api_key_id=api_key_id, tools=tools)  # fmt: skip
-        self.router.resolve(wire.model)
         return await self.router.open(wire.model, call, info)
 
     async def _events(
@@ -91,14 +96,15 @@ class GenerationService:
         """Events of the routed request, counted in the metrics as they pass."""
         endpoint = "chat" if request.messages is not None else "completion"
         started = time.perf_counter()
-        model = wire.model
+        model = "unknown"  # metric labels name known targets only, never a client's string
         outcome = "cancelled"
         try:
+            model = name = self.router.resolve(wire.model)  # raises ModelNotFound
             routed = await self.route(wire, request, route.api_key_id)
             model = route.target = routed.target
             route.reason = routed.reason
             for target, error in routed.failures:
-                self.metrics.fallbacks.labels(wire.model, target, error).inc()
+                self.metrics.fallbacks.labels(name, target, error).inc()
             first = True
             async with aclosing(routed.events) as events:
                 async for event in events:
