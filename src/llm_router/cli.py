@@ -63,7 +63,7 @@ def serve(
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port,
         log_level=settings.log_level, access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, limit_concurrency=settings.max_connections,
     )  # fmt: skip
 
 

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     breaker: BreakerSettings = Field(default_factory=lambda: BreakerSettings())
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections served at once; more are answered 503."
+    )
+    max_event_subscribers: int = Field(
+        64, ge=1, description="Clients of GET /models/events at once; more are answered 503."
+    )
     send_timeout: float = Field(
         30.0, gt=0, description="Seconds a stream may wait for a client that reads nothing."
     )

@@ -11,7 +11,8 @@ import pytest
 
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.llamacpp import LlamaCppEngine
-from llm_router.types import ChatMessage, GenerationRequest, SamplingParams
+from llm_router.errors import ContextLengthExceeded, EngineError
+from llm_router.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,53 @@ def test_a_gap_left_by_a_finished_request_is_closed_and_the_answers_are_kept(
     still, n_still = _run(engine, [0, 2, 3, 1], short=1)
     assert (n_moved, n_still) == (1, 0)
     assert moved == still and all(moved.values())
+
+
+def test_a_failing_sequence_fails_alone(engine: LlamaCppEngine) -> None:
+    """One sequence whose sampling raises ends with an error; the others decode on."""
+    for i in range(3):
+        engine.submit(100 + i, _request(i, 8))
+    engine.step()  # admitted, prompts evaluated, first tokens sampled
+
+    class Broken:
+        def sample(self, ctx: object, index: int) -> int:
+            raise RuntimeError("a sampler bug")
+
+        def free(self) -> None:
+            pass
+
+    engine._running[101].sampler = Broken()  # type: ignore[assignment]
+    finished: dict[int, object] = {}
+    while engine.busy:
+        for seq, event in engine.step():
+            if not isinstance(event, TextDelta):
+                finished[seq] = event
+    assert isinstance(finished[101], EngineError) and "a sampler bug" in finished[101].message
+    assert isinstance(finished[100], Finished) and finished[100].usage.completion_tokens == 8
+    assert isinstance(finished[102], Finished) and finished[102].usage.completion_tokens == 8
+    assert engine._free_slots and len(engine._free_slots) == engine.parallel
+
+
+def test_a_prompt_surely_too_long_is_refused_without_tokenizing(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Megabytes of prompt would be tokenized inside the decode loop, stalling every stream;
+    a prompt longer in bytes than the context holds even in the longest tokens is refused
+    first. Shorter ones are tokenized (and counted) as before."""
+    calls = 0
+    real = engine.tokenize
+
+    def counted(*args: object, **kwargs: object) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "tokenize", counted)
+    huge = GenerationRequest(prompt="apple " * 1_500_000, params=SamplingParams(max_tokens=1))
+    with pytest.raises(ContextLengthExceeded, match="at least") as caught:
+        engine.submit(500, huge)
+    assert calls == 0 and caught.value.param == "prompt"
+    long = GenerationRequest(prompt="apple " * 3000, params=SamplingParams(max_tokens=1))
+    with pytest.raises(ContextLengthExceeded, match="but the prompt has 3"):
+        engine.submit(501, long)
+    assert calls == 1

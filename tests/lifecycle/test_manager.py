@@ -22,6 +22,7 @@ import pytest
 
 from llm_router.config import ModelConfig, Settings
 from llm_router.errors import (
+    EngineError,
     InsufficientMemory,
     ModelLoadFailed,
     ModelNotLoaded,
@@ -30,8 +31,9 @@ from llm_router.errors import (
     WorkerDied,
 )  # fmt: skip
 from llm_router.lifecycle.manager import ModelManager
-from llm_router.lifecycle.state import ModelState, Status
+from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
+from llm_router.worker import client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -625,3 +627,46 @@ async def test_lifecycle_is_logged(
     assert logged(r"model a unloading \(evicted to make room for 'b'\)"), lines
     assert logged(r"model a unloaded in \d+\.\d+ s \(evicted to make room for 'b'\): \d+ MiB"), lines
     assert logged(r"model bad failed to load after \d+\.\d+ s: .*told to fail"), lines
+
+
+async def test_a_worker_whose_channel_breaks_is_killed(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply line past the channel's limit used to leave the model `loaded` with a worker
+    nobody could read any more. The worker is killed: its request fails, the model goes to
+    `error` and the next request loads it again."""
+    monkeypatch.setattr(client, "STREAM_LIMIT", 256 * 1024)
+    model = fake_model(tmp_path, "a", reply="short " + "x" * (512 * 1024))
+    manager = await harness.manager([model], spare_workers=False)
+    state = manager.resolve("a")
+    with pytest.raises(WorkerDied):
+        await bounded(harness.generate(manager, "a", 5))
+    await bounded(until(lambda: state.status == Status.ERROR))
+    assert [pid for pid in harness.pids if psutil.pid_exists(pid)] == []
+    text, _, _ = await bounded(harness.generate(manager, "a", 1))
+    assert text == "short"
+
+
+def test_event_subscribers_are_bounded() -> None:
+    bus = EventBus(max_subscribers=2)
+    bus.subscribe(), bus.subscribe()
+    with pytest.raises(ServerBusy) as caught:
+        bus.subscribe()
+    assert caught.value.retry_after > 0
+
+
+async def test_an_engine_failure_fails_its_requests_not_the_worker(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """An exception in an engine's step() used to kill the worker and every stream on it; it
+    fails the generations running and the worker serves on."""
+    manager = await harness.manager([fake_model(tmp_path, "a")])
+    _, _, pid = await bounded(harness.generate(manager, "a"))
+    request = GenerationRequest(SamplingParams(max_tokens=3), prompt="CRASH_STEP now")
+    async with manager.lease("a") as worker:
+        with pytest.raises(EngineError, match="told to crash"):
+            async for _ in worker.generate(request):
+                pass
+    text, _, again = await bounded(harness.generate(manager, "a"))
+    assert (text, again) == (expected(3), pid)
+    assert manager.resolve("a").status == Status.LOADED

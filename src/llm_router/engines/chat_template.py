@@ -4,7 +4,8 @@ fallbacks, llama-2 or ChatML, are wrong for it)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -14,7 +15,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ..errors import BadRequest, ModelLoadFailed
 from ..types import ChatMessage
 
-__all__ = ["KNOWN_TEMPLATES", "TURN_END_TOKENS", "ChatTemplate", "template_for"]
+__all__ = ["KNOWN_TEMPLATES", "TURN_END_TOKENS", "ChatTemplate", "Tokenize", "chat_tokens",
+           "template_for"]  # fmt: skip
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
@@ -82,7 +84,9 @@ class ChatTemplate:
     def __init__(
         self, source: str, *, bos_token: str = "", eos_token: str = "", stops: tuple[str, ...] = ()
     ) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # As transformers compiles chat templates: the same sandbox, options and extension.
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])  # fmt: skip
         env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
         try:
             self._template = env.from_string(source)
@@ -104,6 +108,58 @@ class ChatTemplate:
             )
         except (TemplateError, TypeError, ValueError) as exc:
             raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from None
+
+
+    def render_parts(self, messages: Sequence[ChatMessage], **extra: Any) -> list[tuple[str, bool]]:
+        """The rendered prompt in pieces: `(text, True)` where a message's content was placed,
+        `(text, False)` for the template's own text, so that an engine can tokenize only the
+        latter with special tokens parsed (`<|im_end|>` typed in a message is text, not a
+        turn end). Joined, the pieces are `render(messages)`; when the template changes the
+        contents in a way other than trimming them, one piece of template text is returned
+        (the caller then refuses contents that hold special tokens)."""
+        whole = self.render(messages, **extra)
+        nonce = secrets.token_hex(6)
+        opens = [f"\ue000{nonce}{i}\ue001" for i in range(len(messages))]
+        closes = [f"\ue002{nonce}{i}\ue003" for i in range(len(messages))]
+        marked = self.render(
+            [ChatMessage(m.role, opens[i] + m.content + closes[i]) for i, m in enumerate(messages)],
+            **extra,
+        )
+        pieces: list[tuple[str, bool]] = []
+        rest = marked
+        for i in range(len(messages)):
+            before, found, after = rest.partition(opens[i])
+            content, found2, rest = after.partition(closes[i])
+            if not (found and found2):
+                continue  # this message is not in the prompt (a template may leave one out)
+            pieces += [(before, False), (content, True)]
+        pieces.append((rest, False))
+        for trim in (False, True):
+            tried = [(t.strip() if trim and content else t, content) for t, content in pieces]
+            if "".join(t for t, _ in tried) == whole:
+                return [(t, c) for t, c in tried if t]
+        return [(whole, False)]
+
+
+Tokenize = Callable[[str, bool, bool], list[int]]
+"""(text, parse special tokens, first piece of the prompt) -> tokens."""
+
+
+def chat_tokens(template: ChatTemplate, messages: Sequence[ChatMessage], tokenize: Tokenize) -> list[int]:
+    """The tokens of a chat rendered by `template`, special tokens parsed only in the
+    template's own text. An ordinary chat is tokenized whole, as the template renders it; one
+    whose messages hold special-token text (a forged `<|im_end|>` turn, say) piece by piece
+    (`render_parts`), its contents as plain text. Raises BadRequest when the pieces cannot be
+    told apart."""
+    text = template.render(messages)
+    if not any(tokenize(m.content, True, False) != tokenize(m.content, False, False)
+               for m in messages):  # fmt: skip
+        return tokenize(text, True, True)
+    parts = template.render_parts(messages)
+    if len(parts) == 1:
+        raise BadRequest("a message contains a special token of this model's chat format",
+                         param="messages")  # fmt: skip
+    return [t for i, (piece, content) in enumerate(parts) for t in tokenize(piece, not content, i == 0)]
 
 
 def template_for(

@@ -35,6 +35,7 @@ class _Seq:
     max_tokens: int | None
     text: TextAssembler
     generated: int = 0
+    crash: bool = False  # a prompt saying CRASH_STEP makes step() raise (an engine bug)
 
 
 class FakeEngine:
@@ -83,7 +84,8 @@ class FakeEngine:
         n_prompt = len(prompt.split())
         check_prompt_fits(n_prompt, self.context_size, request)
         params = request.params
-        self._waiting.append(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop)))
+        self._waiting.append(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop),
+                                  crash="CRASH_STEP" in prompt))  # fmt: skip
 
     def cancel(self, seq: int) -> None:
         self._waiting = deque(s for s in self._waiting if s.seq != seq)
@@ -95,6 +97,8 @@ class FakeEngine:
             self._running[s.seq] = s
         if not self._running:
             return []
+        if any(s.crash for s in self._running.values()):
+            raise RuntimeError("the fake engine was told to crash in step()")
         time.sleep(self.token_seconds)
         events: _Events = []
         for s in list(self._running.values()):

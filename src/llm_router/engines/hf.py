@@ -15,14 +15,13 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import jinja2
 import numpy as np
 import torch
 
 from ..errors import BadRequest, EngineError
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 from .base import EngineEvent, LoadSpec, check_prompt_fits
-from .chat_template import TURN_END_TOKENS, ChatTemplate, template_for
+from .chat_template import TURN_END_TOKENS, ChatTemplate, chat_tokens, template_for
 from .detok import IncrementalDetokenizer
 from .hf_load import load
 from .pooling import embed_in_batches, read_pooling
@@ -198,20 +197,22 @@ class TransformersEngine:
                 "for it in the configuration",
                 param="messages",
             )
-        if isinstance(self._template, ChatTemplate):
-            text = self._template.render(request.messages)
-        else:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            try:
-                text = self._tok.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-            except (jinja2.TemplateError, TypeError, ValueError) as exc:
-                raise BadRequest(
-                    f"cannot apply the chat template: {exc}", param="messages"
-                ) from None
         # The template writes any BOS itself, as transformers' own apply_chat_template assumes.
-        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+        return chat_tokens(self._chat_template(), request.messages, self._tokenize)
+
+    def _chat_template(self) -> ChatTemplate:
+        if isinstance(self._template, ChatTemplate):
+            return self._template
+        # The tokenizer's own template, compiled here as every other (transformers renders
+        # it the same way: a sandboxed Jinja environment with the same helpers).
+        source = str(self._tok.chat_template)
+        self._template = ChatTemplate(source, bos_token=self._tok.bos_token or "",
+                                      eos_token=self._tok.eos_token or "")  # fmt: skip
+        return self._template
+
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        encoded = self._tok(text, add_special_tokens=False, split_special_tokens=not special)
+        return list(encoded["input_ids"])
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))

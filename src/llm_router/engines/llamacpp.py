@@ -16,10 +16,10 @@ from typing import Any
 
 import llama_cpp as lc
 
-from ..errors import BadRequest, EngineError, ModelLoadFailed
+from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFailed
 from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 from .base import EngineEvent, LoadSpec, check_prompt_fits
-from .chat_template import ChatTemplate, template_for
+from .chat_template import ChatTemplate, chat_tokens, template_for
 from .llamacpp_sampler import Sampler, make_sampler
 from .slots import choose_slot, closing_move, prefix_source
 from .text import TextAssembler
@@ -108,6 +108,7 @@ class LlamaCppEngine:
         self._mem = lc.llama_get_memory(ctx)
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
         self._piece_cache: dict[int, bytes] = {}
+        self._longest_piece: int | None = None  # bytes of the longest token, once needed
         self._eog: list[int] | None = None
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
@@ -148,6 +149,7 @@ class LlamaCppEngine:
         return bool(self._running or self._waiting)
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
+        self._refuse_surely_too_long(request)
         tokens = self._prompt_tokens(request)
         check_prompt_fits(len(tokens), self.context_size, request)
         params = request.params
@@ -179,7 +181,11 @@ class LlamaCppEngine:
         events: list[tuple[int, EngineEvent]] = []
         for s in batch_seqs:
             if s.logits_index >= 0:
-                self._sample(s, events)
+                try:
+                    self._sample(s, events)
+                except Exception as exc:  # this sequence fails, the others go on
+                    events.append((s.seq, EngineError(f"sampling failed: {exc}")))
+                    self.cancel(s.seq)
         return events
 
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
@@ -237,21 +243,48 @@ class LlamaCppEngine:
                 "for it in the configuration",
                 param="messages",
             )
-        text = self._template.render(request.messages)
-        starts_with_bos = bool(self._template.bos_token) and text.startswith(
-            self._template.bos_token
-        )
-        return self.tokenize(text, add_bos=self._add_bos and not starts_with_bos)
+        bos = self._template.bos_token
 
-    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        def tokenize(text: str, special: bool, first: bool) -> list[int]:
+            starts_with_bos = bool(bos) and text.startswith(bos)
+            add_bos = first and self._add_bos and not starts_with_bos
+            return self.tokenize(text, add_bos=add_bos, special=special)
+
+        return chat_tokens(self._template, request.messages, tokenize)
+
+    def _refuse_surely_too_long(self, request: GenerationRequest) -> None:
+        """A prompt so long in bytes that even with the vocabulary's longest tokens it would
+        not fit is refused before it is tokenized: tokenizing megabytes would stall every
+        stream of this model (tokenization runs in the decode loop)."""
+        text = request.prompt if request.messages is None else None
+        size = len(text.encode()) if text is not None else sum(
+            len(m.content.encode()) for m in request.messages or ())  # fmt: skip
+        if size <= 64 * self.context_size:
+            return  # the common case: no token is 64 bytes long, tokenize it
+        if self._longest_piece is None:
+            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+            self._longest_piece = max(
+                (len(lc.llama_vocab_get_text(self._vocab, t) or b"") for t in range(n_vocab)),
+                default=1,
+            )
+        at_least = size // max(self._longest_piece, 1)
+        if at_least >= self.context_size:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_size} tokens, but the "
+                f"prompt has at least {at_least} tokens.",
+                param="messages" if request.messages is not None else "prompt",
+            )
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        """Tokens of `text`; with `special`, special tokens written in it are parsed."""
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
         if n < 0:
             cap = -n
             buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
         return list(buf[:n])
 
     def _piece(self, token: int, *, special: bool = False) -> bytes:

@@ -24,7 +24,7 @@ from ..errors import BadRequest, EngineError, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
 from ..types import Finished, GenerationRequest, TextDelta, Usage
 from .base import EngineEvent, LoadSpec, check_prompt_fits
-from .chat_template import ChatTemplate, template_for
+from .chat_template import ChatTemplate, chat_tokens, template_for
 from .detok import IncrementalDetokenizer
 from .sampling import Sampler
 from .text import TextAssembler
@@ -197,8 +197,14 @@ class OnnxGenaiEngine:
                 "for it in the configuration",
                 param="messages",
             )
-        text = self._template.render(request.messages)
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return chat_tokens(self._template, request.messages, self._tokenize)
+
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        self._tok.encode_special_tokens = not special  # special tokens written as plain text
+        try:
+            return list(self._tok.encode(text, add_special_tokens=False).ids)
+        finally:
+            self._tok.encode_special_tokens = False
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))

@@ -60,7 +60,7 @@ class ModelManager:
         pool: WorkerPool | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
-        self.events = EventBus()
+        self.events = EventBus(max_subscribers=settings.max_event_subscribers)
         self.budget = parse_bytes(settings.memory_budget, psutil.virtual_memory().available)
         self._default_keep_alive = parse_duration(settings.keep_alive)
         self.registry = Registry(scanner or Scanner(settings), self.events)

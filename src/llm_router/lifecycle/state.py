@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..discovery import ModelSource
+from ..errors import ServerBusy
 from ..worker.client import Worker
 
 __all__ = ["EventBus", "ModelState", "Status"]
@@ -102,10 +103,11 @@ class EventBus:
     """Fan-out of status events to SSE subscribers. A slow subscriber loses old events, never
     blocks the manager."""
 
-    def __init__(self, backlog: int = 256) -> None:
+    def __init__(self, backlog: int = 256, max_subscribers: int = 64) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._backlog = backlog
+        self.max_subscribers = max_subscribers
 
     def publish(self, event: str, model: str, **fields: Any) -> None:
         message = {"event": event, "model": model, "time": time.time(), **fields}
@@ -121,6 +123,12 @@ class EventBus:
         self._listeners.append(listener)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of the events from now on. Raises ServerBusy past `max_subscribers`."""
+        if len(self._subscribers) >= self.max_subscribers:
+            raise ServerBusy(
+                f"too many event subscribers ({len(self._subscribers)}); retry later",
+                retry_after=5.0,
+            )
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._backlog)
         self._subscribers.add(queue)
         return queue

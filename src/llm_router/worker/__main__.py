@@ -17,11 +17,12 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
 from ..engines import Engine, LoadSpec, build, preload
-from ..errors import RouterError
+from ..errors import EngineError, RouterError
 from ..types import Finished, GenerationRequest, TextDelta
 from .protocol import decode, embeddings_to_wire, encode, error_to_wire
 
@@ -52,12 +53,13 @@ def _events_to_wire(events: list[tuple[int, Any]]) -> bytes:
     return b"".join(out)
 
 
-def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
-    """Apply one router message; False means shut down."""
+def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket, live: set[int]) -> bool:
+    """Apply one router message; False means shut down. `live`: the generations running."""
     op = msg.get("op")
     if op == "generate":
         try:
             engine.submit(msg["id"], GenerationRequest.from_wire(msg["request"]))
+            live.add(msg["id"])
         except Exception as exc:  # any refusal goes back to that request only
             sock.sendall(encode({"id": msg["id"], "error": error_to_wire(exc)}))
     elif op == "embed":
@@ -70,6 +72,7 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket) -> bool:
         sock.sendall(encode(reply))
     elif op == "cancel":
         engine.cancel(msg["id"])
+        live.discard(msg["id"])
     elif op == "threads":
         engine.set_threads(int(msg["threads"]))
     elif op == "shutdown":
@@ -92,21 +95,40 @@ def _info(engine: Engine) -> dict[str, Any]:
     return {**engine.info(), "rss": _rss()}
 
 
+def _step(engine: Engine, live: set[int]) -> list[tuple[int, Any]]:
+    """One engine step. An engine bug fails the generations running now, not the worker (and
+    so not the model's other requests to come): the engine fails only the sequence at fault
+    where it can (engines/llamacpp.py), this is the last resort."""
+    try:
+        events = engine.step()
+    except Exception as exc:
+        traceback.print_exc()
+        error = EngineError(f"the engine failed: {type(exc).__name__}: {exc}")
+        events = [(seq, error) for seq in live]
+        for seq in live:
+            engine.cancel(seq)
+    for seq, event in events:
+        if not isinstance(event, TextDelta):
+            live.discard(seq)
+    return events
+
+
 def serve(engine: Engine, sock: socket.socket, stream: BinaryIO) -> None:
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_reader, args=(stream, inbox), daemon=True).start()
     next_info = 0.0
+    live: set[int] = set()
     while True:
         try:
             msg = inbox.get_nowait() if engine.busy else inbox.get(timeout=INFO_INTERVAL)
         except queue.Empty:
             msg = {}
-        if msg is None or (msg and not _handle(engine, msg, sock)):
+        if msg is None or (msg and not _handle(engine, msg, sock, live)):
             return
         if msg:
             continue  # drain everything queued before the next step
         if engine.busy:
-            data = _events_to_wire(engine.step())
+            data = _events_to_wire(_step(engine, live))
             if data:
                 sock.sendall(data)
         now = time.monotonic()

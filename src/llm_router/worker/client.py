@@ -270,7 +270,10 @@ class Worker:
                         self._on_info(self)
         except (ConnectionError, ValueError) as exc:
             if not self.stopping:  # a worker told to exit may reset the socket as it goes
-                log.warning("worker %s channel broke: %s", self.pid, exc)
+                log.warning("worker %s channel broke (%s): killing it", self.pid, exc)
+            # A channel that cannot be read (a line past STREAM_LIMIT, garbage) is never read
+            # again: the worker must go, or its model would look loaded and answer nothing.
+            await _kill(self.proc)
         code = await self.proc.wait()
         reason = describe_exit(code)
         for stream in self._streams.values():
