@@ -233,6 +233,8 @@ def test_built_file(tmp_path: Path, version: int) -> None:
         bos_token="[CLS]",
         eos_token="x" * 300,
         pooling_type=1,
+        vocab_size=5,
+        tensor_bytes=10 * 34 + 64 * 4 + 2 * 256 * 34 + 3 * 144,  # blocks x bytes, per tensor
     )
 
 

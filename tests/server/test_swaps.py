@@ -138,6 +138,52 @@ def test_storm_from_a_cold_start(tmp_path: Path, smollm2_gguf: Path) -> None:
     _assert_gone(children)
 
 
+def test_storm_under_a_memory_budget(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The same storm with a budget that fits one and a half models (and no count limit): the
+    budget decides, and holds once loads are measured."""
+    models = _copies(tmp_path, smollm2_gguf)
+    srv = new_server(tmp_path, models_dir=str(models), spare_workers=False)
+    try:  # one load, measured, tells the size of a model here
+        assert _ask(srv.url, "alpha").status_code == 200
+        one = srv.models()["alpha"]["memory_bytes"]
+    finally:
+        srv.stop()
+    budget = int(one * 1.5)
+    srv = new_server(tmp_path, models_dir=str(models), models_max=0, memory_budget=budget,
+                     spare_workers=False)  # fmt: skip
+    try:
+        with Watch(srv.url) as watch:
+            storm = asyncio.run(_storm(srv.url, ["alpha", "beta", "gamma"], 6, 25))
+        _check_storm(srv, storm, watch, 1)
+        assert watch.over_budget == []
+    finally:
+        children = srv.stop()
+    _assert_gone(children)
+
+
+def test_alternating_under_a_budget_for_one(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The issue's second finding: with a budget that fits one model, a request for alpha then
+    one for beta left both loaded (the first load's plan was a guess, and nothing evicted after
+    the measurement). Every request is served, and after each at most one is resident."""
+    models = _copies(tmp_path, smollm2_gguf)
+    srv = new_server(tmp_path, models_dir=str(models), spare_workers=False)
+    try:
+        assert _ask(srv.url, "alpha").status_code == 200
+        one = srv.models()["alpha"]["memory_bytes"]
+    finally:
+        srv.stop()
+    srv = new_server(tmp_path, models_dir=str(models), models_max=3,
+                     memory_budget=int(one * 1.6))  # fmt: skip
+    try:
+        for model in ["alpha", "beta"] * 3:
+            r = _ask(srv.url, model)
+            assert r.status_code == 200, r.text
+            resident = {m for m, e in srv.models().items() if e["status"]["value"] in RESIDENT}
+            assert resident == {model}
+    finally:
+        srv.stop()
+
+
 def test_memory_budget_big_or_two_small(
     tmp_path: Path, smollm2_gguf: Path, gemma_gguf: Path
 ) -> None:

@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 from llm_router.errors import InvalidModelFile
 
-from .gguf import is_gguf, read_gguf_info
+from .gguf import GGUFInfo, is_gguf, read_gguf_info
 from .hf import (
+    MemoryFacts,
     ModelMeta,
     declares_matryoshka,
     find_weights,
+    hf_memory,
     hf_task,
     read_chat_template,
     read_hf_meta,
@@ -150,7 +152,8 @@ def read_meta(found: Detected) -> ModelMeta:
         g = read_gguf_info(path)
         return ModelMeta(g.architecture, g.name, g.parameters, g.quantization, g.context_length,
                          g.embedding_length, g.chat_template, g.size_bytes,
-                         "embed" if g.pooling_type else "generate", g.finetune)  # fmt: skip
+                         "embed" if g.pooling_type else "generate", g.finetune,
+                         memory=_gguf_memory(g))  # fmt: skip
     if found.format in ("safetensors", "pytorch"):
         if not (path.parent / "config.json").is_file():
             return _bare(found)
@@ -175,6 +178,7 @@ def read_meta(found: Detected) -> ModelMeta:
         limit if isinstance(limit, int) else None, hidden if isinstance(hidden, int) else None,
         None,
         _tree_size(path), "embed", matryoshka=declares_matryoshka(folder),
+        memory=hf_memory(config, _onnx_bytes(onnx_file), info.dtype, folder),
     )  # fmt: skip
 
 
@@ -198,6 +202,12 @@ def _genai_meta(folder: Path) -> ModelMeta:
         raise InvalidModelFile(f"{folder}: genai_config.json names {filename}, which is missing")
     info = read_onnx_meta(graph)
     context, hidden = model.get("context_length"), decoder.get("hidden_size")
+    genai = {"num_hidden_layers": decoder.get("num_hidden_layers"), "hidden_size": hidden,
+             "num_attention_heads": decoder.get("num_attention_heads"),
+             "num_key_value_heads": decoder.get("num_key_value_heads"),
+             "head_dim": decoder.get("head_size"), "vocab_size": model.get("vocab_size")}  # fmt: skip
+    # genai keeps its KV cache in the activations' type: float32 on CPU, even for int4 weights.
+    activations = info.dtype if info.dtype in ("float16", "bfloat16") else "float32"
     return ModelMeta(
         architecture=str(model.get("type")) if model.get("type") else None,
         name=None,
@@ -208,7 +218,26 @@ def _genai_meta(folder: Path) -> ModelMeta:
         chat_template=read_chat_template(folder),
         size_bytes=_tree_size(folder),
         task="generate",
+        memory=hf_memory(genai, _onnx_bytes(graph), activations, folder),
     )
+
+
+def _gguf_memory(g: GGUFInfo) -> MemoryFacts:
+    heads = g.head_count or 0
+    key_length = g.key_length or ((g.embedding_length or 0) // heads if heads else 0)
+    return MemoryFacts(
+        weight_bytes=g.tensor_bytes, layers=g.block_count or 0, embedding=g.embedding_length or 0,
+        feed_forward=g.feed_forward_length or 0, heads=heads, kv_heads=g.head_count_kv,
+        key_length=key_length, value_length=g.value_length or key_length,
+        vocab=g.vocab_size or 0, merges=g.merges, sliding_window=g.sliding_window or 0,
+        windowed=g.swa_layers, repack_bytes=g.repack_bytes,
+    )  # fmt: skip
+
+
+def _onnx_bytes(graph: Path) -> int:
+    """The graph and its external data files (`<graph>.data`, as exporters name them)."""
+    return sum(p.stat().st_size for p in (graph, graph.with_name(graph.name + ".data"))
+               if p.is_file())  # fmt: skip
 
 
 def _dict(value: object) -> dict[str, Any]:

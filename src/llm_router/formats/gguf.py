@@ -3,7 +3,9 @@ the tensor data the header announces is all there (a truncated download is caugh
 by the engine). Little-endian GGUF v2 and v3 only.
 
 Big arrays (a 262,144-token vocabulary) are skipped by size; of string arrays only the
-lengths are read, except for the tokens asked for."""
+lengths are read, except for the tokens asked for. The shape facts (heads, KV heads, window,
+vocabulary and merge counts, tensor bytes) are what a memory estimate needs, read as llama.cpp
+reads them (`llama-model.cpp`'s hparams)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from llm_router.errors import InvalidModelFile
 
@@ -23,6 +25,7 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 8
 _MAX_ARRAY_NESTING = 8
+_MAX_LAYERS = 4096
 _STRING, _ARRAY = 8, 9
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -57,6 +60,14 @@ _FILE_TYPES: dict[int, str] = {
     27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
     33: "Q4_0_4_4", 34: "Q4_0_4_8", 35: "Q4_0_8_8", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
 }
+# Layers with sliding-window attention when the header gives a window but no
+# `attention.sliding_window_pattern`: the period llama.cpp's loader sets per architecture
+# (`hparams.set_swa_pattern(n)`: in each period of n layers the last one attends to everything).
+_SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "gemma-embedding": 6, "gemma3n": 5, "cohere2": 4,
+               "gpt-oss": 2, "exaone4": 4}
+# Types the CPU backend copies into an interleaved layout when repacking is on (ggml-cpu
+# repack.cpp, x86 with AVX2/AVX-512), for matrices whose rows come in multiples of 8.
+_REPACKED = {2, 10, 12, 20}  # Q4_0, Q2_K, Q4_K, IQ4_NL
 # fmt: on
 _FTYPE_GUESSED = 1024
 
@@ -79,6 +90,17 @@ class GGUFInfo:
     eos_token: str | None
     pooling_type: int | None
     finetune: str | None = None  # `general.finetune`, e.g. "Instruct" or "it"
+    feed_forward_length: int | None = None  # the largest layer's, when it varies
+    head_count: int | None = None  # the largest layer's, when it varies
+    head_count_kv: tuple[int, ...] = ()  # per layer (0: no attention there); () if unsaid
+    key_length: int | None = None  # per head; llama.cpp's default is embedding / heads
+    value_length: int | None = None
+    vocab_size: int | None = None  # tokens in the vocabulary
+    merges: int = 0  # BPE merge rules
+    sliding_window: int | None = None
+    swa_layers: tuple[bool, ...] = ()  # per layer: attends within the window only
+    tensor_bytes: int = 0  # tensor data, all of it (what llama.cpp maps)
+    repack_bytes: int = 0  # of which the CPU backend copies when it repacks weights
 
 
 def is_gguf(path: Path) -> bool:
@@ -176,6 +198,14 @@ class _Parser:
             raise _Short(pos, size)
         self.pos = pos
 
+    def numbers(self, arr: _Array) -> list[int]:
+        """The elements of a numeric array already validated by `array` (bools as 0/1)."""
+        scalar = _SCALARS.get(arr.etype)
+        if scalar is None or arr.etype in (6, 12):  # strings, arrays, floats: not counts
+            return []
+        raw = self.buf[arr.start : arr.start + arr.length * scalar.size]
+        return [int(v[0]) for v in scalar.iter_unpack(raw)]
+
     def strings_at(self, arr: _Array, wanted: set[int]) -> dict[int, str]:
         """Elements `wanted` of a string array already validated by `skip_strings`."""
         wanted = {i for i in wanted if 0 <= i < arr.length}
@@ -233,8 +263,9 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
         raise _Corrupt(f"general.alignment is {alignment!r}, not a power of two")
 
     parameters, data_size, types = 0, 0, Counter[int]()
+    tensor_bytes = repack_bytes = 0
     for index in range(n_tensors):
-        p.skip_string()
+        name = p.string()
         n_dims = p.u32()
         if n_dims > _MAX_DIMS:
             raise _Corrupt(f"tensor #{index} claims {n_dims} dimensions")
@@ -250,7 +281,11 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
         type_name, block, block_bytes = known
         if dims and dims[0] % block:
             raise _Corrupt(f"tensor #{index}: {dims[0]} columns are not whole {type_name} blocks")
-        data_size = max(data_size, offset + n_elements // block * block_bytes)
+        nbytes = n_elements // block * block_bytes
+        data_size = max(data_size, offset + nbytes)
+        tensor_bytes += nbytes
+        if ttype in _REPACKED and n_dims == 2 and dims[1] % 8 == 0 and "token_embd" not in name:
+            repack_bytes += nbytes  # a matrix multiplied (never the embedding rows looked up)
 
     data_start = -(-p.pos // alignment) * alignment
     if n_tensors and data_start + data_size > size:
@@ -283,7 +318,52 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
         eos_token=found.get(eos_id) if eos_id is not None else None,
         pooling_type=_int(meta.get(f"{arch}.pooling_type")),
         finetune=_str(meta.get("general.finetune")),
+        **_shape(p, meta, arch),
+        tensor_bytes=tensor_bytes,
+        repack_bytes=repack_bytes,
     )
+
+
+def _shape(p: _Parser, meta: dict[str, object], arch: str) -> dict[str, Any]:
+    """The attention and vocabulary facts, per layer where the header says so per layer."""
+
+    def numbers(key: str) -> list[int]:
+        value = meta.get(f"{arch}.{key}")
+        if isinstance(value, _Array):
+            return p.numbers(value)
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+    layers = _int(meta.get(f"{arch}.block_count")) or 0
+    layers = layers if 0 < layers <= _MAX_LAYERS else 0  # per-layer facts for sane counts only
+    kv = numbers("attention.head_count_kv") or numbers("attention.head_count")
+    tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
+    window = _int(meta.get(f"{arch}.attention.sliding_window"))
+    return {
+        "feed_forward_length": max(numbers("feed_forward_length"), default=None),
+        "head_count": max(numbers("attention.head_count"), default=None),
+        "head_count_kv": tuple(kv * layers if len(kv) == 1 else kv),
+        "key_length": _int(meta.get(f"{arch}.attention.key_length")),
+        "value_length": _int(meta.get(f"{arch}.attention.value_length")),
+        "vocab_size": tokens.length if isinstance(tokens, _Array)
+        else _int(meta.get(f"{arch}.vocab_size")),
+        "merges": merges.length if isinstance(merges, _Array) else 0,
+        "sliding_window": window,
+        "swa_layers": _swa_layers(arch, layers, numbers("attention.sliding_window_pattern"))
+        if window else (),
+    }  # fmt: skip
+
+
+def _swa_layers(arch: str, layers: int, pattern: list[int]) -> tuple[bool, ...]:
+    """Which layers attend within the window: a per-layer pattern as the header gives it,
+    else llama.cpp's period rule (period n: in each n layers all but the last are windowed;
+    0: all are). An architecture with a window but no known period gets () (llama.cpp keeps
+    a full-size cache for it)."""
+    if len(pattern) == layers and layers > 1:
+        return tuple(bool(v) for v in pattern)
+    period = pattern[0] if len(pattern) == 1 else _SWA_PERIOD.get(arch)
+    if period is None:
+        return ()
+    return tuple(period == 0 or il % period < period - 1 for il in range(layers))
 
 
 def _quantization(file_type: int | None, types: Counter[int]) -> str | None:

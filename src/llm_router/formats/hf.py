@@ -18,12 +18,38 @@ from llm_router.errors import InvalidModelFile
 from .pytorch import read_torch_meta
 from .safetensors import read_safetensors_meta
 
-__all__ = ["ModelMeta", "declares_matryoshka", "find_weights", "hf_task", "read_chat_template",
-           "read_hf_meta", "read_json", "transformer_dir"]  # fmt: skip
+__all__ = ["MemoryFacts", "ModelMeta", "declares_matryoshka", "find_weights", "hf_memory", "hf_task",
+           "read_chat_template", "read_hf_meta", "read_json", "transformer_dir"]  # fmt: skip
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                  "max_sequence_length", "n_ctx")  # fmt: skip
 _GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+# Bytes per element of the dtype names safetensors headers and configs use.
+DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1,
+               "U8": 1, "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFacts:
+    """What a loaded model's memory depends on, read from its header or config without
+    loading weights; `lifecycle.estimate` does the arithmetic. Zero or empty: the files do
+    not say. Per-layer tuples have one entry per layer."""
+
+    weight_bytes: int  # the weights' data as stored
+    layers: int = 0
+    embedding: int = 0  # hidden size
+    feed_forward: int = 0  # the largest layer's
+    heads: int = 0
+    kv_heads: tuple[int, ...] = ()  # per layer; 0 where a layer keeps no KV cache
+    key_length: int = 0  # per head (0: embedding / heads)
+    value_length: int = 0
+    vocab: int = 0
+    merges: int = 0  # BPE merge rules (llama.cpp holds them in a map)
+    sliding_window: int = 0  # tokens a windowed layer attends to; 0: no window
+    windowed: tuple[bool, ...] = ()  # per layer: attends within the window only
+    repack_bytes: int = 0  # GGUF: weights llama.cpp's CPU backend copies when repacking
+    element_bytes: int = 0  # bytes per weight and KV element as saved (HF, ONNX); 0: n/a
+    tokenizer_bytes: int = 0  # tokenizer.json's size (the tokenizers' memory follows it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +70,48 @@ class ModelMeta:
     finetune: str | None = None  # GGUF's `general.finetune` ("Instruct", "it"...); an HF
     # folder made by `convert` keeps it in config.json
     matryoshka: bool = False  # embeddings may be cut to fewer dimensions (Matryoshka training)
+    memory: MemoryFacts | None = None  # what the memory estimate needs
+
+
+def hf_memory(
+    config: dict[str, Any], weight_bytes: int, dtype: str | None, folder: Path
+) -> MemoryFacts:
+    """Memory facts from a transformers `config.json` (its `text_config` for a multimodal
+    one): KV heads and head size, sliding-window layers (`layer_types`), vocabulary; and the
+    size of `folder`'s tokenizer.json. `dtype`: the weights' dtype as saved (a safetensors or
+    torch name)."""
+    text = config.get("text_config")
+    scope: dict[str, Any] = {**config, **text} if isinstance(text, dict) else config
+
+    def num(*keys: str) -> int:
+        for key in keys:
+            value = scope.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return 0
+
+    layers, hidden = num("num_hidden_layers", "n_layer"), num("hidden_size", "n_embd")
+    heads = num("num_attention_heads", "n_head")
+    head_dim = num("head_dim") or (hidden // heads if heads else 0)
+    kinds = scope.get("layer_types")
+    windowed = tuple(k == "sliding_attention" for k in kinds) if isinstance(kinds, list) else ()
+    saved = dtype or scope.get("dtype") or scope.get("torch_dtype")
+    tokenizer = folder / "tokenizer.json"
+    return MemoryFacts(
+        weight_bytes=weight_bytes,
+        layers=layers,
+        embedding=hidden,
+        feed_forward=num("intermediate_size", "n_inner"),
+        heads=heads,
+        kv_heads=(num("num_key_value_heads") or heads,) * layers,
+        key_length=head_dim,
+        value_length=head_dim,
+        vocab=num("vocab_size"),
+        sliding_window=num("sliding_window") if any(windowed) else 0,
+        windowed=windowed,
+        element_bytes=DTYPE_BYTES.get(str(saved), 4),
+        tokenizer_bytes=tokenizer.stat().st_size if tokenizer.is_file() else 0,
+    )
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -193,6 +261,8 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
     hidden = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
     name = config.get("_name_or_path") or config.get("_model_name_or_path")
     finetune = config.get("finetune")  # written by `convert` from a GGUF's general.finetune
+    weight_bytes = sum(p.stat().st_size for p in weights)
+    saved = dtypes.most_common(1)[0][0] if dtypes else None
     return ModelMeta(
         architecture=_architecture(config),
         name=str(name) if name else None,
@@ -201,10 +271,11 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
         context_length=context,
         embedding_length=hidden if isinstance(hidden, int) else None,
         chat_template=read_chat_template(model_dir) if task == "generate" else None,
-        size_bytes=sum(p.stat().st_size for p in weights) if bare else _size(folder),
+        size_bytes=weight_bytes if bare else _size(folder),
         task=task,
         finetune=finetune if isinstance(finetune, str) and finetune else None,
         matryoshka=task == "embed" and declares_matryoshka(folder),
+        memory=hf_memory(config, weight_bytes, saved, model_dir),
     )
 
 

@@ -42,7 +42,7 @@ from ..errors import (
 from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
-from .estimate import DEFAULT_BASE, estimate_model_bytes
+from .estimate import default_base, estimate_model_bytes
 from .policy import Resident, plan_admission, reconcile
 from .registry import RESIDENT, Registry
 from .state import EventBus, ModelState, Status
@@ -371,8 +371,8 @@ class ModelManager:
         an empty worker of its engine has been measured)."""
         if state.model_bytes is None:
             state.model_bytes = estimate_model_bytes(state.source, self._options(state.source))
-        base = self._pool.base(state.source.engine)
-        state.estimated_bytes = state.model_bytes + (DEFAULT_BASE if base is None else base)
+        base = self._pool.base(state.source.engine) or default_base(state.source.engine)
+        state.estimated_bytes = state.model_bytes + base
         return state.estimate_bytes()
 
     # -- load, unload --------------------------------------------------------------------------
