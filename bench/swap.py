@@ -127,14 +127,16 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.2, help="idle seconds before each round")
     parser.add_argument("--storm-seconds", type=float, default=25.0)
     parser.add_argument("--skip-swaps", action="store_true", help="only the storm")
+    parser.add_argument("--skip-storm", action="store_true", help="only the swaps")
     args = parser.parse_args()
     work = workdir()
     models = bundled_models(work / "models")
-    stormed = run_storm(work, models, args.threads, args.storm_seconds)
-    write_result("swap-storm", stormed)
-    for name in ("llm-router", "llama-server"):
-        print(f"storm {name}:", {k: round(v, 3) for k, v in stormed[name].items()})
-    print(f"storm ratio served/s ours/llama-server: {stormed['ratio_served_per_s']:.2f}")
+    if not args.skip_storm:
+        stormed = run_storm(work, models, args.threads, args.storm_seconds)
+        write_result("swap-storm", stormed)
+        for name in ("llm-router", "llama-server"):
+            print(f"storm {name}:", {k: round(v, 3) for k, v in stormed[name].items()})
+        print(f"storm ratio served/s ours/llama-server: {stormed['ratio_served_per_s']:.2f}")
     if args.skip_swaps:
         return
     results = {}

@@ -269,6 +269,10 @@ class Settings(BaseSettings):
     queue_total: int = Field(512, ge=0, description="Requests waiting in all; over: 503.")
     queue_timeout: float = Field(300.0, gt=0, description="Seconds a request may wait; then 503.")
     unload_grace: float = Field(10.0, ge=0, description="Seconds in-flight requests get on unload.")
+    drain_after: float = Field(
+        1.0, ge=0,
+        description="Seconds a load waits for room before busy models stop taking new requests.",
+    )  # fmt: skip
     spare_workers: bool = Field(
         True, description="Keep a started worker per engine ready, so a cold load skips start-up."
     )

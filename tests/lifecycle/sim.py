@@ -40,7 +40,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         ready: Any = getattr(self, "_ready")  # noqa: B009  # CPython's loop internals
         scheduled: Any = getattr(self, "_scheduled")  # noqa: B009
         if not ready and scheduled:
-            self._virtual = max(self._virtual, scheduled[0].when())
+            live = [h.when() for h in scheduled if not h.cancelled()]
+            if live:
+                self._virtual = max(self._virtual, min(live))
         super()._run_once()  # type: ignore[misc]
 
 

@@ -34,6 +34,7 @@ from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from llm_router.worker import client
+from llm_router.worker.pool import WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -260,14 +261,15 @@ async def test_busy_model_is_not_evicted(harness: Harness, tmp_path: Path) -> No
     """llama.cpp #21678: a request for another model must not evict one that is serving; it
     waits until the first request finishes, then evicts it."""
     models = [fake_model(tmp_path, "a"), fake_model(tmp_path, "b")]
-    manager = await harness.manager(models, models_max=1)
+    manager = await harness.manager(models, models_max=1, drain_after=0)
     events = Events(manager)
     first = await hold(harness, manager, "a")
     second = asyncio.create_task(harness.generate(manager, "b"))
     a, b = manager.resolve("a"), manager.resolve("b")
     await bounded(until(lambda: b.status == Status.WAITING))
     await asyncio.sleep(0.2)
-    # b waits for room holding nothing; a, busy, is drained (not cut off).
+    # b waits for room holding nothing; a, busy, is drained (not cut off) at once, as
+    # drain_after is 0 here.
     assert (a.status, b.status) == (Status.LOADED, Status.WAITING)
     assert a.draining
     assert events.count("unloading", "a") == 0
@@ -670,3 +672,40 @@ async def test_an_engine_failure_fails_its_requests_not_the_worker(
     text, _, again = await bounded(harness.generate(manager, "a"))
     assert (text, again) == (expected(3), pid)
     assert manager.resolve("a").status == Status.LOADED
+
+
+async def test_a_spare_started_before_the_loop_is_adopted(harness: Harness, tmp_path: Path) -> None:
+    """`llm-router serve` starts the spares before importing the server (they import their
+    engine libraries meanwhile); the manager's first load uses that very process."""
+    pool = WorkerPool(spares=True)
+    pool.start_early({"fake"})
+    early = pool._early["fake"].pid
+    harness.pids.add(early)
+    options: dict[str, Any] = {"models_dir": tmp_path, "models": [fake_model(tmp_path, "a")],
+                               "watch_interval": 0, "provision_default_models": False}  # fmt: skip
+    manager = ModelManager(Settings(**options), pool=pool)
+    harness.managers.append(manager)
+    await manager.start()
+    _, _, pid = await bounded(harness.generate(manager, "a"))
+    assert pid == early
+    assert pool.base("fake")  # measured from the adopted spare
+
+
+async def test_busy_models_serve_on_for_drain_after_then_drain(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A load waiting for room lets busy models take new requests for `drain_after` (a model
+    swapped out after every request or two spends the machine on loads), then drains them."""
+    models = [fake_model(tmp_path, "a", parallel=4), fake_model(tmp_path, "b")]
+    manager = await harness.manager(models, models_max=1, drain_after=2.0)
+    a, b = manager.resolve("a"), manager.resolve("b")
+    held = await hold(harness, manager, "a")
+    waiting = asyncio.create_task(harness.generate(manager, "b"))
+    await bounded(until(lambda: b.status == Status.WAITING))
+    assert not a.draining
+    text, _, _ = await bounded(harness.generate(manager, "a"))  # a still takes new requests
+    assert text == expected(3)
+    await bounded(until(lambda: a.draining, 5.0))
+    await held.finish()
+    await bounded(waiting)
+    assert (a.status, b.status) == (Status.UNLOADED, Status.LOADED)

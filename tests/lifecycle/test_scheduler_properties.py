@@ -33,6 +33,7 @@ from llm_router.types import GenerationRequest, SamplingParams
 
 MiB = 2**20
 QUEUE_TIMEOUT = 30.0
+DRAIN_AFTER = 1.0  # the default: a load waits this long before busy models drain for it
 
 
 @dataclass
@@ -139,6 +140,7 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
         models_dir=folder, models=configs, watch_interval=0, provision_default_models=False,
         spare_workers=False, memory_budget=scenario.budget, models_max=scenario.models_max,
         queue_timeout=QUEUE_TIMEOUT, queue_per_model=scenario.queue_per_model, keep_alive="5m",
+        drain_after=DRAIN_AFTER,
     )  # fmt: skip
     manager = ModelManager(settings_, pool=SimPool(scenario.scale))
     run = Run()
@@ -261,7 +263,7 @@ def test_a_light_schedule_is_served_entirely(scenario: Scenario) -> None:
     (no circular wait, no load starved behind busy models)."""
     slowest_load = max(m.load_seconds for m in scenario.models)
     serial = sum(r.max_tokens * scenario.models[r.model].token_seconds + slowest_load + 0.1
-                 for r in scenario.requests)  # fmt: skip
+                 + DRAIN_AFTER for r in scenario.requests)  # fmt: skip
     if serial >= QUEUE_TIMEOUT * 0.8 or scenario.queue_per_model < len(scenario.requests):
         scenario.queue_per_model = 64
         scenario.requests = scenario.requests[:3]

@@ -73,6 +73,7 @@ class ModelManager:
         self._pool.on_measured = self._room_changed  # estimates improve: decide again
         self._threads = ThreadBudget(settings.thread_budget or cores_present())
         self._scanned = -math.inf  # monotonic time of the last scan
+        self._patience: asyncio.TimerHandle | None = None  # see _patience_over
         self._uses = itertools.count(1)  # orders uses for LRU (wall clocks can tie or step back)
 
     # -- start, stop, discovery --------------------------------------------------------------
@@ -92,6 +93,8 @@ class ModelManager:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._patience is not None:
+            self._patience.cancel()
         self._admission.clear()
         loads = [s.load_task for s in self.registry if s.load_task is not None]
         for task in [*loads, *self._tasks]:
@@ -295,6 +298,7 @@ class ModelManager:
     def _queue_load(self, state: ModelState) -> None:
         check_available(state.source.engine)
         state.set_status(Status.WAITING)
+        state.waiting_since = asyncio.get_running_loop().time()
         self._admission.append(state)
         position = len(self._admission)
         self._admit()
@@ -331,9 +335,28 @@ class ModelManager:
                 continue
             for victim in plan.evict:
                 self._begin_unload(self.registry[victim], f"evicted to make room for '{head.id}'")
-            drain = plan.drain
+            drain = plan.drain if self._patience_over(head) else ()
             break
         self._set_draining(drain)
+
+    def _patience_over(self, head: ModelState) -> bool:
+        """Whether the load at the head has waited `drain_after` for room: until then busy
+        models go on serving new requests (a model swapped out after every request or two
+        would spend the machine on loads); then they are drained for it. Sets a timer to
+        decide again when the wait is over."""
+        loop = asyncio.get_running_loop()
+        due = head.waiting_since + self.settings.drain_after
+        if loop.time() >= due:
+            return True
+        if self._patience is None or self._patience.when() > due:
+            if self._patience is not None:
+                self._patience.cancel()
+            self._patience = loop.call_at(due, self._patience_due)
+        return False
+
+    def _patience_due(self) -> None:
+        self._patience = None
+        self._admit()
 
     def _withdraw(self, state: ModelState, reason: str = "load cancelled") -> None:
         """Take a load that has not started out of the admission queue."""

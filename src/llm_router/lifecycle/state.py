@@ -45,6 +45,7 @@ class ModelState:
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     # Draining: a waiting load needs this model's room. Only the requests already queued
     # when the drain began (`drain_allowed`) still get a slot; later ones wait for a reload.
+    waiting_since: float = 0.0  # event-loop time its load was queued for room
     draining: bool = False
     drain_allowed: set[asyncio.Future[None]] = field(default_factory=set)
     last_used: float = 0.0  # wall clock, for display

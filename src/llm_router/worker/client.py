@@ -13,10 +13,11 @@ import itertools
 import logging
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -25,7 +26,7 @@ from ..errors import ModelLoadFailed, RouterError, WorkerDied
 from ..types import Embeddings, Finished, GenerationRequest, TextDelta
 from .protocol import decode, encode, error_from_wire, event_from_wire
 
-__all__ = ["Spare", "Worker"]
+__all__ = ["Early", "Process", "Spare", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +45,92 @@ def describe_exit(code: int | None) -> str:
     return f"worker exited with code {code}"
 
 
+class Process(Protocol):
+    """What is used of a worker's process: asyncio's, or a started one adopted (`Early`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class Early:
+    """A worker process started before the event loop runs (`Early.start`, from the CLI
+    before the server's own imports, so both import at once), adopted later as a Spare."""
+
+    def __init__(self, engine: str, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.engine = engine
+        self.popen = popen
+        self.sock = sock
+
+    @classmethod
+    def start(cls, engine: str) -> Early:
+        parent, child = socket.socketpair()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            child.close()
+        return cls(engine, popen, parent)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        return await asyncio.to_thread(self.popen.wait)
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def discard(self) -> None:
+        """Let it go unused (it exits when its socket closes)."""
+        self.sock.close()
+        try:
+            self.popen.wait(2)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
 @dataclass(eq=False)
 class Spare:
     """A started worker process that has imported an engine's library and waits for the model
     to load. `rss`: its memory then, what any worker of this engine holds before a model."""
 
     engine: str
-    proc: asyncio.subprocess.Process
+    proc: Process
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     rss: int | None = None
 
     @classmethod
-    async def spawn(cls, engine: str) -> Spare:
-        """Start a worker and wait until it has imported the engine's library. Raises OSError
-        when the process cannot start or dies first."""
-        parent, child = socket.socketpair()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine,
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-        finally:
-            child.close()
+    async def spawn(cls, engine: str, early: Early | None = None) -> Spare:
+        """Start a worker (or adopt `early`) and wait until it has imported the engine's
+        library. Raises OSError when the process cannot start or dies first."""
+        proc: Process
+        if early is not None:
+            proc, parent = early, early.sock
+        else:
+            parent, child = socket.socketpair()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine,
+                    pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+            finally:
+                child.close()
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent, limit=STREAM_LIMIT)
         except BaseException:  # cancelled or failed right after spawn: leave no process
@@ -101,7 +165,7 @@ class Worker:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: Process,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         info: dict[str, Any],
@@ -296,7 +360,7 @@ def _coalesce(first: TextDelta, events: asyncio.Queue[Event]) -> tuple[TextDelta
     return TextDelta("".join(parts)), None
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> int | None:
+async def _kill(proc: Process) -> int | None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed
-from .client import Spare, Worker
+from .client import Early, Spare, Worker
 
 __all__ = ["WorkerPool"]
 
@@ -28,10 +28,19 @@ class WorkerPool:
         self._closed = False
         self._spares: dict[str, asyncio.Task[Spare]] = {}
         self._base: dict[str, int] = {}
+        self._early: dict[str, Early] = {}
+
+    def start_early(self, engines: set[str]) -> None:
+        """Start a spare of each engine now, before any event loop runs: the CLI calls it
+        before importing the server, so the spares import their engine libraries while the
+        server imports its own, and the first load finds one ready. `refill` adopts them."""
+        if self.spares:
+            for engine in engines - set(self._early):
+                self._early[engine] = Early.start(engine)
 
     def refill(self, engine: str) -> None:
         if self.spares and not self._closed and engine not in self._spares:
-            task = asyncio.create_task(Spare.spawn(engine))
+            task = asyncio.create_task(Spare.spawn(engine, self._early.pop(engine, None)))
             task.add_done_callback(lambda t: self._measured(engine, t))
             self._spares[engine] = task
 
@@ -85,6 +94,9 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closed = True
+        for early in self._early.values():
+            early.discard()
+        self._early.clear()
         tasks, self._spares = list(self._spares.values()), {}
         spares = await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(s.discard() for s in spares if isinstance(s, Spare)))
