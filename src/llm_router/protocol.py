@@ -10,9 +10,16 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_serializer,
+)
 
 from .types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, Usage
 
@@ -62,8 +69,21 @@ OPENAI_EMBEDDING_FIELDS = frozenset({"dimensions", "encoding_format", "input", "
 SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"})
 
 MAX_MODEL_NAME = 256
+EXAMPLE_MODEL = "SmolLM2-135M-Instruct.Q4_1"  # the bundled chat model, for the API document
 MAX_TOKENS = 2**31 - 1  # the engines' token counts are C ints
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # any 64-bit seed, signed or not
+SEED_MIN, SEED_MAX = -(2**53), 2**53  # integers every JSON parser reads exactly
+MAX_TOKEN_ID = 2**31 - 1  # token ids are C ints (an engine checks its own vocabulary)
+
+
+def _not_bool(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class _Request(BaseModel):
@@ -72,33 +92,26 @@ class _Request(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=1_000_000)
-    min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    stop: str | list[str] | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repeat_penalty: float | None = Field(None, ge=0.01, le=10)
-    ignore_eos: bool | None = None
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, examples=[EXAMPLE_MODEL])
+    max_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: Float | None = Field(None, ge=0, le=2)
+    top_p: Float | None = Field(None, gt=0, le=1)
+    top_k: Int | None = Field(None, ge=0, le=1_000_000)
+    min_p: Float | None = Field(None, ge=0, le=1)
+    seed: Int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    presence_penalty: Float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: Float | None = Field(None, ge=-2, le=2)
+    repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
+    ignore_eos: StrictBool | None = None
+    n: Int = Field(1, ge=1, le=1)
+    stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
-    keep_alive: str | float | None = None
-    autoload: bool | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
+    keep_alive: str | Float | None = None
+    autoload: StrictBool | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -123,21 +136,25 @@ class _Request(BaseModel):
         )
 
 
+class TextPart(BaseModel):
+    """A content part of a message: text (the only kind served; images are not)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text":
-                raise ValueError(f"content part type {part.get('type')!r} is not supported")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
+        return "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(_Request):
@@ -154,16 +171,11 @@ class ChatCompletionRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-    echo: bool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt per request is supported")
-        return value
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="One prompt (a string, or a list of one)."
+    )
+    max_tokens: Int | None = Field(16, ge=1, le=MAX_TOKENS)  # OpenAI's default for completions
+    echo: StrictBool = False
 
     def to_request(self) -> GenerationRequest:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -326,6 +338,16 @@ class ModelList(BaseModel):
 # -- embeddings -----------------------------------------------------------------------------
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
+def _token_id(value: object) -> object:
+    """A token id: an integer (JSON's 5.0 is one too), never a boolean."""
+    if isinstance(value, bool):
+        raise ValueError("a token id is an integer, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+TokenId = Annotated[int, BeforeValidator(_token_id), Field(ge=0, le=MAX_TOKEN_ID)]
 
 
 class EmbeddingRequest(BaseModel):
@@ -333,28 +355,16 @@ class EmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
-    input: str | list[str] | list[int] | list[list[int]]
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, examples=["all-MiniLM-L6-v2"])
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    )  # fmt: skip
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, le=65536)
+    dimensions: Int | None = Field(None, ge=1, le=65536)
     user: str | None = None
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _inputs(cls, value: Any) -> Any:
-        shape = "a string, a list of strings, a token array or a list of token arrays"
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise ValueError(f"input must be {shape}")
-        if not items:
-            raise ValueError("input must not be empty")
-        tokens = all(_token(t) for t in items)
-        if not tokens and not all(isinstance(i, str) and i for i in items):
-            if not all(isinstance(r, list) and r and all(_token(t) for t in r) for r in items):
-                raise ValueError(f"input must be {shape}, with no empty string or array")
-        if len(items) > MAX_EMBEDDING_INPUTS and not tokens:
-            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
-        return value
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list of texts or a list of token arrays."""
@@ -368,8 +378,6 @@ class EmbeddingRequest(BaseModel):
         return [[int(t) for t in row] for row in value if isinstance(row, list)]
 
 
-def _token(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class EmbeddingData(BaseModel):

@@ -39,12 +39,12 @@ def test_every_input_shape(value: object, inputs: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [[], [""], "", ["a", 1], [1.5], [-1], [[]], [[1, "a"]], [True], 3]
+    "value", [[], [""], "", ["a", 1], [1.5], [-1], [[]], [[1, "a"]], [2**31], 3]
 )
 def test_bad_inputs_are_refused_naming_input(value: object) -> None:
     with pytest.raises(ValidationError) as err:
         EmbeddingRequest(model="m", input=value)
-    assert err.value.errors()[0]["loc"] == ("input",)
+    assert {e["loc"][0] for e in err.value.errors()} == {"input"}
 
 
 def test_encoding_format_and_dimensions_are_checked() -> None:

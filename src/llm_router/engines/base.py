@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import ContextLengthExceeded, RouterError
+from ..errors import BadRequest, ContextLengthExceeded, RouterError
 from ..types import Finished, GenerationRequest, TextDelta
 
 __all__ = ["Engine", "EngineEvent", "LoadSpec", "check_prompt_fits"]
@@ -33,7 +33,11 @@ class LoadSpec:
 
 
 def check_prompt_fits(n_tokens: int, context_size: int | None, request: GenerationRequest) -> None:
-    """Raise ContextLengthExceeded (a 400) when a prompt leaves no room to generate."""
+    """Raise ContextLengthExceeded (a 400) when a prompt leaves no room to generate, and
+    BadRequest when it has no token at all (nothing to continue from)."""
+    if n_tokens == 0:
+        raise BadRequest("the prompt is empty: there is nothing to continue from",
+                         param="messages" if request.messages is not None else "prompt")  # fmt: skip
     if context_size is not None and n_tokens >= context_size:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_size} tokens, "

@@ -224,6 +224,9 @@ class TransformersEngine:
                             return_tensors="pt")  # fmt: skip
             return enc["input_ids"], enc["attention_mask"]
         rows = [list(map(int, r))[:limit] for r in inputs]
+        n_vocab = len(self._tok)
+        if any(not 0 <= t < n_vocab for r in rows for t in r):
+            raise BadRequest(f"token ids must be in [0, {n_vocab})", param="input")
         width = max((len(r) for r in rows), default=0)
         pad = int(self._tok.pad_token_id or 0)
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)

@@ -151,6 +151,8 @@ class LlamaCppEngine:
     def submit(self, seq: int, request: GenerationRequest) -> None:
         self._refuse_surely_too_long(request)
         tokens = self._prompt_tokens(request)
+        if not tokens and self._bos >= 0:
+            tokens = [self._bos]  # an empty prompt continues from the start of a text
         check_prompt_fits(len(tokens), self.context_size, request)
         params = request.params
         transcript = bool(request.messages is not None and self._template and self._template.stops)

@@ -154,6 +154,9 @@ class OnnxEmbeddingEngine:
             masks = [e.attention_mask for e in encs]
         else:
             rows = [[int(t) for t in r][: self.max_length] for r in batch]
+            n_vocab = self._tok.get_vocab_size()
+            if any(not 0 <= t < n_vocab for r in rows for t in r):
+                raise BadRequest(f"token ids must be in [0, {n_vocab})", param="input")
             width = max((len(r) for r in rows), default=0)
             ids = [r + [0] * (width - len(r)) for r in rows]
             types = [[0] * width for _ in rows]

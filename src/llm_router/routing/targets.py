@@ -30,6 +30,7 @@ __all__ = ["Call", "Target"]
 
 Event = GenerationEvent
 DEFAULT_LOCAL_CONTEXT = 2048
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ class Target:
         if (asked is None and self.is_remote) or (asked is not None and asked <= cap):
             return call  # within bounds, or the upstream's own default applies
         params = replace(call.request.params, max_tokens=min(asked or cap, cap))
-        body = {k: min(v, cap) if k in ("max_tokens", "max_completion_tokens") else v
+        body = {k: min(v, cap) if k in _TOKEN_FIELDS and isinstance(v, int) else v
                 for k, v in call.body.items()}  # fmt: skip
         return replace(call, request=replace(call.request, params=params), body=body)
 

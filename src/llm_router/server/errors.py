@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,14 +65,35 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 
 
+def _path(loc: Sequence[Any]) -> list[str]:
+    """The request field an error is about, as ["messages", "0", "content"]: pydantic's
+    location without the body and without the names it gives a union's members
+    (`constrained-str`, `list[int]`, `str`), which are no field of the request."""
+    return [str(p) for p in loc
+            if isinstance(p, int) or (p != "body" and p not in _TAGS and _FIELD.fullmatch(p))]  # fmt: skip
+
+
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    errors = exc.errors()
+    first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         message = f"We could not parse the JSON body of your request: {first.get('msg')}"
         return JSONResponse(envelope(message, "invalid_request_error"), 400)
-    param = ".".join(loc) or None
-    message = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+    # A value that matches none of a union's shapes fails each of them: one message naming
+    # the field they share.
+    paths = [_path(e.get("loc", ())) for e in errors if _path(e.get("loc", ()))[:1] ==
+             _path(first.get("loc", ()))[:1]]  # fmt: skip
+    common = paths[0] if paths else []
+    for path in paths[1:]:
+        common = [a for a, b in zip(common, path, strict=False) if a == b][: len(common)]
+    param = ".".join(common) or None
+    reasons = list(dict.fromkeys(str(e.get("msg")) for e in errors))[:3]
+    why = reasons[0] if len(reasons) == 1 else "; ".join(reasons)
+    message = f"Invalid value for '{param}': {why}" if param else why
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)
 
 

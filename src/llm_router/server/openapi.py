@@ -84,6 +84,9 @@ def document(app: FastAPI) -> dict[str, Any]:
             _document_errors(path, method, operation)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    scorer = components.get("EnsembleRequest", {}).get("properties", {}).get("scorer")
+    if scorer is not None:  # the names this server's configuration allows
+        scorer["enum"] = sorted([*app.state.ensemble.scorers, "judge"])
     app.openapi_schema = schema
     return schema
 
@@ -93,10 +96,12 @@ def _hot_operation(hot: _Hot, refs: dict[Any, Any]) -> dict[str, Any]:
     answer = refs[(hot.response, "serialization")]
     content: dict[str, Any] = {"application/json": {"schema": answer}}
     if hot.chunk is not None:
-        content["text/event-stream"] = {
-            "schema": {"type": "string", "description": "`data: <chunk JSON>` events, each "
-                       "chunk a " + hot.chunk.__name__ + ", then `data: [DONE]`"},
-        }  # fmt: skip
+        chunk = refs[(hot.chunk, "serialization")]["$ref"]
+        content["text/event-stream"] = {"schema": {  # one server-sent event
+            "type": "object", "required": ["data"],
+            "properties": {"data": {"type": "string", "description": (
+                f"A chunk as JSON (`{chunk}`); the last event's data is `[DONE]`")}},
+        }}  # fmt: skip
     return {
         "tags": ["openai"],
         "summary": hot.summary,

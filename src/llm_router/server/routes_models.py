@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, StrictBool
 
 from ..errors import BadRequest
 from ..lifecycle.manager import ModelManager
@@ -28,7 +29,7 @@ class ModelRef(BaseModel):
 
 
 class UnloadRequest(ModelRef):
-    force: bool = Field(False, description="Unload a pinned model too.")
+    force: StrictBool = Field(False, description="Unload a pinned model too.")
 
 
 def _manager(request: Request) -> ModelManager:
@@ -139,7 +140,16 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
     return {"success": True, "model": state.id}
 
 
-@router.get("/models/events")
+@router.get(
+    "/models/events",
+    response_class=StreamingResponse,
+    responses={200: {"description": "Server-sent events, one JSON object each: `event` (added, "
+                     "waiting, loading, loaded, unloading, unloaded, error, removed), `model`, "
+                     "`time`, and the event's details",
+                     "content": {"text/event-stream": {"schema": {
+                         "type": "object", "required": ["data"],
+                         "properties": {"data": {"type": "string"}}}}}}},
+)  # fmt: skip
 async def events(request: Request) -> Any:
     manager = _manager(request)
     queue = manager.events.subscribe()

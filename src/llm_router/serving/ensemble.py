@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from ..errors import BadRequest, RouterError
-from ..protocol import ChatCompletionRequest
+from ..protocol import MAX_MODEL_NAME, ChatCompletionRequest, Float
 from ..routing.ensemble import Scorer, agreement, vote
 from .generate import GenerationService, RouteInfo
 
@@ -23,7 +23,9 @@ __all__ = ["CompareRequest", "EnsembleRequest", "EnsembleService"]
 
 class CompareRequest(ChatCompletionRequest):
     model: str = "compare"
-    targets: list[str] = Field(min_length=2, max_length=16)
+    targets: list[Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME)]] = Field(
+        min_length=2, max_length=16, json_schema_extra={"uniqueItems": True}
+    )
 
     @field_validator("targets")
     @classmethod
@@ -38,7 +40,7 @@ class CompareRequest(ChatCompletionRequest):
 class EnsembleRequest(CompareRequest):
     model: str = "ensemble"
     mode: Literal["vote", "best-of", "first"] = "vote"
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, Float] = Field(default_factory=dict)
     scorer: str = Field(
         "agreement", max_length=64,
         description="agreement, judge, or a scorer the configuration names (ensemble_scorers)",
