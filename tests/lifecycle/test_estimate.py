@@ -191,7 +191,7 @@ async def test_estimate_within_15_percent_of_a_real_worker(
 ) -> None:
     """Base + estimate against the worker's RSS after load and two short generations (the
     estimate aims a little higher: the steady state after full-batch prompts, see
-    bench/memory-results.md)."""
+    BENCHMARKS.md)."""
     path: Path = request.getfixturevalue(model)
     source = _source(path)
     pool = WorkerPool(spares=False)

@@ -7,7 +7,7 @@ The target is resident memory (RSS, what the manager measures) at its most in st
 prompts of a full micro-batch on every slot. For llama.cpp that is 10-40 MiB above the RSS after
 load and short requests; base + estimate came within -1% to +4% of it for the bundled GGUF models
 in every setting measured, +3 to +9% of the RSS after short requests
-(bench/memory.py, bench/memory-results.md).
+(bench/memory.py; the table is in BENCHMARKS.md).
 
 llama.cpp (GGUF), as engines/llamacpp.py creates its context, following llama-context.cpp,
 llama-kv-cache(-iswa).cpp and ggml-cpu's repack.cpp:
