@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,11 @@ def test_file_added_and_removed_at_run_time(
         assert {m.id for m in client.models.list()} == {SMOL}
         link_models(models / "sub", smollm2_gguf)
         (models / "sub" / smollm2_gguf.name).rename(models / "copy-of-smol.gguf")
-        assert "copy-of-smol" in {m.id for m in client.models.list()}
+        until(lambda: "copy-of-smol" in {m.id for m in client.models.list()})
         out = client.completions.create(model="copy-of-smol", prompt="Hi", max_tokens=2)
         assert out.model == "copy-of-smol"
         (models / "copy-of-smol.gguf").unlink()
-        assert "copy-of-smol" not in {m.id for m in client.models.list()}
+        until(lambda: "copy-of-smol" not in {m.id for m in client.models.list()})
     finally:
         srv.stop()
 
@@ -114,3 +115,11 @@ def test_prometheus_metrics(client: openai.OpenAI, server: Any) -> None:
         assert f'llm_router_engine_{counter}_total{{model="{SMOL}"}}' in text
     assert "llm_router_time_to_first_token_seconds_bucket" in text
     assert f'llm_router_model_memory_bytes{{model="{SMOL}"}}' in text
+
+
+def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll `condition` (the models directory is watched every `watch_interval`)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)

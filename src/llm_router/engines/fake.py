@@ -81,7 +81,7 @@ class FakeEngine:
             prompt = " ".join(m.content for m in request.messages)
         else:
             prompt = request.prompt or ""
-        n_prompt = len(prompt.split())
+        n_prompt = len(prompt.split()) or 1  # an empty prompt starts from a BOS, as llama.cpp's
         check_prompt_fits(n_prompt, self.context_size, request)
         params = request.params
         self._waiting.append(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop),

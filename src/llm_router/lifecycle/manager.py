@@ -95,6 +95,8 @@ class ModelManager:
             self._watcher.cancel()
         if self._patience is not None:
             self._patience.cancel()
+        for state in self._admission:
+            state.set_status(Status.UNLOADED)
         self._admission.clear()
         loads = [s.load_task for s in self.registry if s.load_task is not None]
         for task in [*loads, *self._tasks]:
@@ -119,7 +121,7 @@ class ModelManager:
         Unless `force`d, at most once per `watch_interval` (and second): unknown names and
         model listings, which any client can send in a loop, cost at most that."""
         now = time.monotonic()
-        if not force and now - self._scanned < max(self.settings.watch_interval, 1.0):
+        if not force and now - self._scanned < (self.settings.watch_interval or 1.0):
             return
         self._scanned = now
         for state, reason in self.registry.refresh():
@@ -360,7 +362,8 @@ class ModelManager:
 
     def _withdraw(self, state: ModelState, reason: str = "load cancelled") -> None:
         """Take a load that has not started out of the admission queue."""
-        self._admission.remove(state)
+        if state in self._admission:
+            self._admission.remove(state)
         state.load_requested = False
         state.set_status(Status.UNLOADED)
         self.events.publish("unloaded", state.id, reason=reason)
