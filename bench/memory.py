@@ -29,9 +29,9 @@ from common import ROOT, bundled_models
 
 from llm_router import defaults
 from llm_router.config import ModelConfig
-from llm_router.discovery import ModelSource, identity_of
 from llm_router.engines import LoadSpec
 from llm_router.formats.detect import describe
+from llm_router.lifecycle.discovery import ModelSource, identity_of
 from llm_router.lifecycle.estimate import estimate_model_bytes
 from llm_router.types import Finished, GenerationRequest, SamplingParams
 from llm_router.worker.client import Worker

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_router.config import ModelConfig, Settings
-from llm_router.discovery import Scanner, identity_of
+from llm_router.lifecycle.discovery import Scanner, identity_of
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
          "max_position_embeddings": 4096, "hidden_size": 8}  # fmt: skip
@@ -100,7 +100,7 @@ def test_unchanged_models_are_not_read_again(
     scanner = _scan(tmp_path)
     scanner.scan()
     reads: list[Path] = []
-    monkeypatch.setattr("llm_router.discovery.describe", lambda p: reads.append(p))
+    monkeypatch.setattr("llm_router.lifecycle.discovery.describe", lambda p: reads.append(p))
     scanner.scan()
     assert reads == []  # the model from the cache, the non-model folder from the ignore list
     (tmp_path / "other" / "config.json").write_text(json.dumps(LLAMA))

@@ -63,8 +63,8 @@ class Router:
     ) -> None:
         from .lifecycle.manager import ModelManager
         from .metrics import Metrics
+        from .routing.dispatcher import Dispatcher
         from .routing.ensemble import load_scorers
-        from .routing.router import Router as Routing
         from .serving.embed import EmbeddingService
         from .serving.ensemble import EnsembleService
         from .serving.generate import GenerationService
@@ -72,12 +72,12 @@ class Router:
         self.settings = settings or load_config(config, overrides)
         # The one place the parts are put together; the HTTP app (server.app) serves these.
         self.manager = manager or ModelManager(self.settings)
-        self.router = Routing(self.settings, self.manager)
+        self.dispatcher = Dispatcher(self.settings, self.manager)
         self.metrics = Metrics()
         self.metrics.watch(self.manager)
-        self.metrics.watch_routing(self.router)
-        self.generation = GenerationService(self.router, self.metrics)
-        self.embeddings = EmbeddingService(self.router, self.metrics)
+        self.metrics.watch_routing(self.dispatcher)
+        self.generation = GenerationService(self.dispatcher, self.metrics)
+        self.embeddings = EmbeddingService(self.dispatcher, self.metrics)
         self.ensembles = EnsembleService(
             self.generation, load_scorers(self.settings.ensemble_scorers)
         )
@@ -90,12 +90,12 @@ class Router:
         the router; models load on first use."""
         if self._started:
             return self
-        from .discovery import ensure_models
+        from .lifecycle.discovery import ensure_models
 
         ensure_models(self.settings)
         await self.manager.start()
         try:
-            await self.router.start()
+            await self.dispatcher.start()
         except BaseException:
             await self.manager.close()
             raise
@@ -107,7 +107,7 @@ class Router:
             return
         self._started = False
         try:
-            await self.router.close()
+            await self.dispatcher.close()
         finally:
             await self.manager.close()
 
@@ -126,8 +126,8 @@ class Router:
         """Every name a call can use: local models, remote targets and routes."""
         self._check()
         self.manager.refresh()
-        return ([s.id for s in self.manager.states()] + [t.id for t in self.router.remotes()]
-                + [r.name for r in self.router.routes()])  # fmt: skip
+        return ([s.id for s in self.manager.states()] + [t.id for t in self.dispatcher.remotes()]
+                + [r.name for r in self.dispatcher.routes()])  # fmt: skip
 
     def default_model(self) -> str:
         """The model used when a call names none: the bundled chat model (SmolLM2) when it is

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Settings, load_config
-from .discovery import Scanner
 from .errors import ConfigError, RouterError
+from .lifecycle.discovery import Scanner
 from .logs import setup_logging
 
 __all__ = ["app", "main"]

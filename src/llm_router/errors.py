@@ -7,6 +7,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "ContextLengthExceeded",
+    "ConversionError",
     "EngineError",
     "EngineUnavailable",
     "InsufficientMemory",
@@ -14,9 +15,13 @@ __all__ = [
     "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotLoaded",
+    "OutputExists",
     "QueueFull",
     "RouterError",
     "ServerBusy",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
     "WorkerDied",
 ]
 
@@ -87,3 +92,34 @@ class QueueFull(RouterError):
 
 class ServerBusy(QueueFull):
     """The server as a whole is over its queue limit, or a request waited past its deadline."""
+
+
+class UpstreamUnavailable(EngineError):
+    """The upstream could not be reached or did not answer in time (connect error, timeout,
+    connection dropped mid-answer). Another target, or a later retry, may work."""
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream took longer than `timeout` to send its next bytes: maybe down, maybe only
+    busy with a long generation (a request's own size decides that): another target may
+    answer, but the target's breaker does not count it against it."""
+
+
+class UpstreamError(EngineError):
+    """The upstream answered with a server error (5xx) or refused our credentials (401/403);
+    `status` is its HTTP status. Another target may work."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- conversion tools (tools/) --------------------------------------------------------------
+
+
+class ConversionError(RouterError):
+    """A conversion or quantization failed; the message says at which step and why."""
+
+
+class OutputExists(ConversionError):
+    """The output path exists and `force` was not given."""

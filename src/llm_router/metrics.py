@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .config import Cost
     from .lifecycle.manager import ModelManager
-    from .routing.router import Router
+    from .routing.dispatcher import Dispatcher
     from .types import Usage
 
 __all__ = ["Metrics"]
@@ -74,7 +74,7 @@ class Metrics:
         manager.events.add_listener(self._on_event)
         self.registry.register(_ModelCollector(manager))
 
-    def watch_routing(self, router: Router) -> None:
+    def watch_routing(self, router: Dispatcher) -> None:
         """Expose each target's breaker state, read at scrape time."""
         self.registry.register(_BreakerCollector(router))
 
@@ -138,7 +138,7 @@ class _ModelCollector(Collector):
 
 
 class _BreakerCollector(Collector):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Dispatcher) -> None:
         self._router = router
 
     def collect(self) -> Iterator[Any]:

@@ -14,10 +14,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from llm_router.config import ModelConfig
-from llm_router.discovery import Identity, ModelSource, identity_of
 from llm_router.engines import LoadSpec
 from llm_router.formats.detect import describe
 from llm_router.lifecycle import estimate
+from llm_router.lifecycle.discovery import Identity, ModelSource, identity_of
 from llm_router.lifecycle.estimate import breakdown, estimate_model_bytes
 from llm_router.types import GenerationRequest, SamplingParams
 from llm_router.worker.pool import WorkerPool

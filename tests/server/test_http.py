@@ -262,7 +262,7 @@ async def test_client_chosen_names_never_become_metric_labels(client: httpx.Asyn
 async def test_unknown_names_rescan_the_models_directory_at_most_once_an_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_router.discovery import Scanner
+    from llm_router.lifecycle.discovery import Scanner
 
     scans = 0
     real = Scanner.scan

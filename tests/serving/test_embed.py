@@ -21,7 +21,7 @@ from llm_router.config import ModelConfig, RouteConfig, Settings
 from llm_router.errors import BadRequest, WorkerDied
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.protocol import EmbeddingRequest
-from llm_router.routing.router import Router
+from llm_router.routing.dispatcher import Dispatcher
 from llm_router.serving.embed import EmbeddingService, fit_dimensions, to_base64
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,7 +90,7 @@ async def service(tmp_path: Path) -> AsyncIterator[EmbeddingService]:
         routes=[RouteConfig(name="auto", targets=["fake"])],
     )  # fmt: skip
     manager = ModelManager(settings)
-    router = Router(settings, manager)
+    router = Dispatcher(settings, manager)
     await manager.start()
     await router.start()
     yield EmbeddingService(router)
@@ -121,7 +121,7 @@ async def test_a_route_name_is_refused(service: EmbeddingService) -> None:
 
 
 async def test_a_worker_that_dies_is_a_worker_died(service: EmbeddingService) -> None:
-    manager = service.router.manager
+    manager = service.dispatcher.manager
     async with manager.lease("fake") as worker:
         os.kill(worker.pid, signal.SIGKILL)
         await asyncio.wait_for(worker.exited.wait(), 10)

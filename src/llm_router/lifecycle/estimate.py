@@ -45,8 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..discovery import ModelSource
 from ..formats.hf import DTYPE_BYTES, MemoryFacts, ModelMeta
+from .discovery import ModelSource
 
 __all__ = ["DEFAULT_BASE", "Breakdown", "breakdown", "default_base", "estimate_model_bytes",
            "kv_bytes"]  # fmt: skip

@@ -28,7 +28,6 @@ from typing import Any
 import psutil
 
 from ..config import Settings
-from ..discovery import ModelSource, Scanner
 from ..engines import LoadSpec, check_available
 from ..errors import (
     InsufficientMemory,
@@ -42,6 +41,7 @@ from ..errors import (
 from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
+from .discovery import ModelSource, Scanner
 from .estimate import default_base, estimate_model_bytes
 from .policy import Resident, plan_admission, reconcile
 from .registry import RESIDENT, Registry

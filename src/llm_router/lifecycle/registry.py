@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..discovery import Scanner
+from .discovery import Scanner
 from .state import EventBus, ModelState, Status
 
 __all__ = ["Registry"]

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ..discovery import ModelSource
 from ..errors import ServerBusy
 from ..worker.client import Worker
+from .discovery import ModelSource
 
 __all__ = ["EventBus", "ModelState", "Status"]
 

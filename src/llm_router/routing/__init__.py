@@ -1,4 +1,4 @@
-"""Routing: the router (`router.Router`, `targets.Target`: the effects) and the pure pieces it
+"""Routing: the dispatcher (`dispatcher.Dispatcher`, `targets.Target`: the effects) and the pure pieces it
 is built from, exported here:
 
 - `stats`: live per-target measurements (`TargetStats`) and their frozen `TargetSnapshot`.

@@ -11,7 +11,6 @@ from typing import Any, get_args
 from ..config import ModelConfig
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
-from ..remote import RemoteTarget
 from ..types import (
     ChatMessage,
     Finished,
@@ -25,10 +24,10 @@ from ..types import (
 from .breaker import CircuitBreaker
 from .stats import TargetStats
 from .strategies import Candidate, Capabilities
+from .upstream import Upstream
 
 __all__ = ["Call", "Target"]
 
-Event = GenerationEvent
 DEFAULT_LOCAL_CONTEXT = 2048
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -51,7 +50,7 @@ class Target:
     config: ModelConfig
     stats: TargetStats
     breaker: CircuitBreaker
-    remote: RemoteTarget | None = None  # None: a local model
+    remote: Upstream | None = None  # None: a local model
     token_limit: int = 32768  # most tokens one answer may ask for (settings.max_tokens_limit)
 
     @property
@@ -84,7 +83,7 @@ class Target:
             stats=self.stats.snapshot(), breaker_open=self.breaker.state == "open",
         )  # fmt: skip
 
-    def events(self, manager: ModelManager, call: Call) -> AsyncGenerator[Event, None]:
+    def events(self, manager: ModelManager, call: Call) -> AsyncGenerator[GenerationEvent, None]:
         call = self.capped(self.with_sampling(call))
         if self.remote is not None:
             return _remote_events(self.remote, call)
@@ -117,7 +116,7 @@ class Target:
 
 async def _local_events(
     manager: ModelManager, target: Target, call: Call
-) -> AsyncGenerator[Event, None]:
+) -> AsyncGenerator[GenerationEvent, None]:
     request = call.request
     system = target.config.system_prompt
     if (
@@ -131,7 +130,7 @@ async def _local_events(
             yield event
 
 
-async def _remote_events(remote: RemoteTarget, call: Call) -> AsyncGenerator[Event, None]:
+async def _remote_events(remote: Upstream, call: Call) -> AsyncGenerator[GenerationEvent, None]:
     """Streams upstream when the client streams (asking for usage in the last chunk), else one
     plain request; either way cancelling the caller cancels the upstream request. What the
     upstream's message carries besides text (tool calls, refusals, reasoning) is passed on as

@@ -55,7 +55,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.settings = settings
     app.state.manager = core.manager
     app.state.metrics = metrics = core.metrics
-    app.state.router = core.router
+    app.state.dispatcher = core.dispatcher
     app.state.started = time.time()
     app.state.generation = core.generation
     app.state.ensemble = core.ensembles
@@ -63,8 +63,8 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
     app.router.routes.extend(routes_openai.HOT)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_models.router)
+    app.include_router(routes_openai.routes)
+    app.include_router(routes_models.routes)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from .. import errors as e
-from ..remote import UpstreamError, UpstreamUnavailable
 
 __all__ = ["ClientGone", "envelope", "error_json", "install", "status_of"]
 
@@ -37,8 +36,8 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.EngineError: (500, "server_error", "engine_error"),
     e.WorkerDied: (503, "server_error", "worker_died"),
     e.ConfigError: (500, "server_error", "config_error"),
-    UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),
-    UpstreamError: (502, "server_error", "upstream_error"),
+    e.UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),
+    e.UpstreamError: (502, "server_error", "upstream_error"),
 }
 
 
@@ -60,7 +59,7 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     headers = {}
     if isinstance(exc, e.QueueFull):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    if isinstance(exc, e.WorkerDied | UpstreamUnavailable):
+    if isinstance(exc, e.WorkerDied | e.UpstreamUnavailable):
         headers["Retry-After"] = "1"
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 

@@ -17,11 +17,11 @@ from ..errors import BadRequest
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import ModelState
 from ..protocol import MAX_MODEL_NAME
-from ..routing.router import Router
+from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Target
 from .sse import events_response
 
-router = APIRouter(tags=["models"])
+routes = APIRouter(tags=["models"])
 
 
 class ModelRef(BaseModel):
@@ -82,7 +82,7 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
     }
 
 
-def describe_remote(target: Target, router: Router, started: int) -> dict[str, Any]:
+def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[str, Any]:
     cfg = target.config
     return {
         "id": target.id, "aliases": [], "tags": [], "object": "model",
@@ -96,10 +96,10 @@ def describe_remote(target: Target, router: Router, started: int) -> dict[str, A
     }  # fmt: skip
 
 
-@router.get("/models")
+@routes.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
     manager = _manager(request)
-    routing: Router = request.app.state.router
+    routing: Dispatcher = request.app.state.dispatcher
     manager.refresh()
     started = int(request.app.state.started)
     data = []
@@ -119,13 +119,13 @@ async def list_models(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/models/load")
+@routes.post("/models/load")
 async def load(ref: ModelRef, request: Request) -> dict[str, Any]:
     state = _manager(request).request_load(ref.model)
     return {"success": True, "model": state.id, "status": state.status.value}
 
 
-@router.post("/models/unload")
+@routes.post("/models/unload")
 async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
     """Unload a model once its requests in flight end (up to `unload_grace`). A pinned model
     needs `force`."""
@@ -140,7 +140,7 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
     return {"success": True, "model": state.id}
 
 
-@router.get(
+@routes.get(
     "/models/events",
     response_class=StreamingResponse,
     responses={200: {"description": "Server-sent events, one JSON object each: `event` (added, "

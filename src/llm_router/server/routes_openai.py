@@ -31,9 +31,9 @@ from ..serving.ensemble import CompareRequest, EnsembleRequest, EnsembleService
 from ..serving.generate import GenerationService, RouteInfo
 from .sse import cancel_on_disconnect, sse_response
 
-__all__ = ["HOT", "parse_body", "router"]
+__all__ = ["HOT", "parse_body", "routes"]
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+routes = APIRouter(prefix="/v1", tags=["openai"])
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -106,7 +106,7 @@ HOT = [
 ]
 
 
-@router.post("/ensemble")
+@routes.post("/ensemble")
 async def ensemble(body: EnsembleRequest, request: Request) -> Response:
     """One question to several targets; the answers combined by vote, best-of or first."""
     service: EnsembleService = request.app.state.ensemble
@@ -115,21 +115,21 @@ async def ensemble(body: EnsembleRequest, request: Request) -> Response:
                                          "x-llm-router-route": f"ensemble={body.mode}"})  # fmt: skip
 
 
-@router.post("/compare")
+@routes.post("/compare")
 async def compare(body: CompareRequest, request: Request) -> Response:
     """One question to several targets; every answer with latency, tokens and cost."""
     service: EnsembleService = request.app.state.ensemble
     return JSONResponse(await cancel_on_disconnect(request.receive, service.compare(body)))
 
 
-@router.get("/models")
+@routes.get("/models")
 async def list_models(request: Request) -> ModelList:
     manager = request.app.state.manager
-    router = request.app.state.router
+    dispatcher = request.app.state.dispatcher
     manager.refresh()
     started = int(request.app.state.started)
     cards = [ModelCard(id=s.id, created=s.source.identity.created)
              for s in manager.states()]  # fmt: skip
-    cards += [ModelCard(id=t.id, created=started) for t in router.remotes()]
-    cards += [ModelCard(id=r.name, created=started) for r in router.routes()]
+    cards += [ModelCard(id=t.id, created=started) for t in dispatcher.remotes()]
+    cards += [ModelCard(id=r.name, created=started) for r in dispatcher.routes()]
     return ModelList(data=cards)

@@ -16,31 +16,31 @@ from array import array
 
 from pydantic import ValidationError
 
-from ..discovery import ModelSource
-from ..errors import BadRequest, RouterError
+from ..errors import BadRequest, RouterError, UpstreamError
+from ..lifecycle.discovery import ModelSource
 from ..metrics import Metrics
 from ..protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from ..remote import RemoteTarget, UpstreamError
-from ..routing.router import Router
+from ..routing.dispatcher import Dispatcher
+from ..routing.upstream import Upstream
 
 __all__ = ["EmbeddingService", "fit_dimensions", "to_base64"]
 
 
 class EmbeddingService:
-    def __init__(self, router: Router, metrics: Metrics | None = None) -> None:
-        self.router = router
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
+        self.dispatcher = dispatcher
         self.metrics = metrics or Metrics()
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResponse:
         """Raises ModelNotFound, BadRequest (a text model, `dimensions` it cannot give, inputs
         over its context), the lifecycle's errors (queue full, load failed...) or the
         upstream's for a remote target."""
-        if req.model in {r.name for r in self.router.routes()}:
+        if req.model in {r.name for r in self.dispatcher.routes()}:
             raise BadRequest(
                 f"'{req.model}' is a route, which serves chat and completions; embeddings need "
                 "a model id or alias", param="model",
             )  # fmt: skip
-        target = self.router.target(req.model)
+        target = self.dispatcher.target(req.model)
         started = time.perf_counter()
         outcome = "cancelled"
         try:
@@ -61,7 +61,7 @@ class EmbeddingService:
             )
 
     async def _local(self, model_id: str, req: EmbeddingRequest) -> EmbeddingResponse:
-        manager = self.router.manager
+        manager = self.dispatcher.manager
         source = manager.resolve(model_id).source
         _check(source, req.dimensions)
         async with manager.lease(model_id) as worker:
@@ -77,7 +77,7 @@ class EmbeddingService:
         return EmbeddingResponse(data=data, model=model_id, usage=usage)
 
 
-async def _remote(remote: RemoteTarget, name: str, req: EmbeddingRequest) -> EmbeddingResponse:
+async def _remote(remote: Upstream, name: str, req: EmbeddingRequest) -> EmbeddingResponse:
     data = await remote.embed(req.model_dump(exclude_unset=True))
     try:
         return EmbeddingResponse.model_validate({**data, "model": name})

@@ -67,7 +67,7 @@ class EnsembleService:
         except RouterError as exc:
             return {"model": target, "content": None, "error": exc.message,
                     "latency_ms": _ms(started)}  # fmt: skip
-        cost = self.generation.router.price(route.target).spend(
+        cost = self.generation.dispatcher.price(route.target).spend(
             done.usage.prompt_tokens, done.usage.completion_tokens
         )
         return {"model": route.target, "content": done.choices[0].message.content or "",
@@ -86,7 +86,7 @@ class EnsembleService:
                              "scorers are named in the configuration's ensemble_scorers)",
                              param="scorer")  # fmt: skip
         for t in req.targets:
-            self.generation.router.resolve(t)  # unknown names fail before any work
+            self.generation.dispatcher.resolve(t)  # unknown names fail before any work
         answers = await (self._first(req) if req.mode == "first" else self._all(req))
         good = [a for a in answers if a["error"] is None]
         if not good:

@@ -37,7 +37,7 @@ from ..protocol import (
     new_id,
     now,
 )  # fmt: skip
-from ..routing.router import Routed, Router
+from ..routing.dispatcher import Dispatcher, Routed
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call
 from ..types import Finished, GenerationEvent, GenerationRequest, MessageFields, TextDelta
@@ -45,7 +45,6 @@ from ..units import parse_duration
 
 __all__ = ["GenerationService", "RouteInfo"]
 
-Event = GenerationEvent
 
 
 @dataclass
@@ -60,10 +59,10 @@ class RouteInfo:
 
 
 class GenerationService:
-    def __init__(self, router: Router, metrics: Metrics | None = None) -> None:
-        self.router = router
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
+        self.dispatcher = dispatcher
         self.metrics = metrics or Metrics()
-        extra = SAMPLING_EXTENSIONS | set(router.settings.forward_fields)
+        extra = SAMPLING_EXTENSIONS | set(dispatcher.settings.forward_fields)
         self._forwarded = {"chat": OPENAI_CHAT_FIELDS | extra,
                            "completion": OPENAI_COMPLETION_FIELDS | extra}  # fmt: skip
 
@@ -88,18 +87,18 @@ class GenerationService:
         info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
                             max_tokens=request.params.max_tokens, user=wire.user,
                             api_key_id=api_key_id, tools=tools)  # fmt: skip
-        return await self.router.open(wire.model, call, info)
+        return await self.dispatcher.open(wire.model, call, info)
 
     async def _events(
         self, wire: _Request, request: GenerationRequest, route: RouteInfo
-    ) -> AsyncGenerator[Event, None]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """Events of the routed request, counted in the metrics as they pass."""
         endpoint = "chat" if request.messages is not None else "completion"
         started = time.perf_counter()
         model = "unknown"  # metric labels name known targets only, never a client's string
         outcome = "cancelled"
         try:
-            model = name = self.router.resolve(wire.model)  # raises ModelNotFound
+            model = name = self.dispatcher.resolve(wire.model)  # raises ModelNotFound
             routed = await self.route(wire, request, route.api_key_id)
             model = route.target = routed.target
             route.reason = routed.reason
@@ -117,7 +116,7 @@ class GenerationService:
                         self.metrics.tokens.labels(model, "completion").inc(
                             event.usage.completion_tokens
                         )
-                        self.metrics.count_cost(model, event.usage, self.router.price(model))
+                        self.metrics.count_cost(model, event.usage, self.dispatcher.price(model))
                     yield event
         except RouterError as exc:
             outcome = type(exc).__name__
@@ -226,7 +225,7 @@ class GenerationService:
                     yield Completion(**head, choices=[], usage=UsageOut.of(event.usage))
 
 
-async def _collect(events: AsyncGenerator[Event, None]) -> tuple[str, dict[str, Any], Finished]:
+async def _collect(events: AsyncGenerator[GenerationEvent, None]) -> tuple[str, dict[str, Any], Finished]:
     """Drain the stream to its end (so the lease is released here, not at garbage collection):
     the text, the message's other fields, the finish."""
     parts: list[str] = []

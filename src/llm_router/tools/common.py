@@ -9,20 +9,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import RouterError
+from ..errors import ConversionError, OutputExists
 
 __all__ = ["ConversionError", "OutputExists", "Progress", "staged_output"]
 
 Progress = Callable[[str], None]
 """Called with one line of human-readable progress at a time."""
-
-
-class ConversionError(RouterError):
-    """A conversion or quantization failed; the message says at which step and why."""
-
-
-class OutputExists(ConversionError):
-    """The output path exists and `force` was not given."""
 
 
 def _remove(path: Path) -> None:

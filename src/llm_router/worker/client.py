@@ -31,7 +31,7 @@ __all__ = ["Early", "Process", "Spare", "Worker"]
 log = logging.getLogger(__name__)
 
 STREAM_LIMIT = 64 * 1024 * 1024
-Event = TextDelta | Finished | Embeddings | RouterError
+WorkerEvent = TextDelta | Finished | Embeddings | RouterError  # what the worker sends one request
 
 
 def describe_exit(code: int | None) -> str:
@@ -175,7 +175,7 @@ class Worker:
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
-        self._streams: dict[int, asyncio.Queue[Event]] = {}
+        self._streams: dict[int, asyncio.Queue[WorkerEvent]] = {}
         self._task: asyncio.Task[None] | None = None
         self._on_exit: Callable[[Worker, str], None] | None = None
         self._on_info: Callable[[Worker], None] | None = None
@@ -238,7 +238,7 @@ class Worker:
         if self.exited.is_set() or self.stopping:
             raise WorkerDied("the model's worker is stopping; retry")
         seq = next(self._ids)
-        events: asyncio.Queue[Event] = asyncio.Queue()
+        events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
         self._streams[seq] = events
         done = False
         try:
@@ -275,7 +275,7 @@ class Worker:
         if self.exited.is_set() or self.stopping:
             raise WorkerDied("the model's worker is stopping; retry")
         seq = next(self._ids)
-        answer: asyncio.Queue[Event] = asyncio.Queue()
+        answer: asyncio.Queue[WorkerEvent] = asyncio.Queue()
         self._streams[seq] = answer
         try:
             self._send({"op": "embed", "id": seq, "inputs": inputs})
@@ -347,7 +347,9 @@ class Worker:
             self._on_exit(self, reason)
 
 
-def _coalesce(first: TextDelta, events: asyncio.Queue[Event]) -> tuple[TextDelta, Event | None]:
+def _coalesce(
+    first: TextDelta, events: asyncio.Queue[WorkerEvent]
+) -> tuple[TextDelta, WorkerEvent | None]:
     """Merge the text already waiting behind `first` into one delta. A consumer that keeps up
     sees one token per chunk; one that falls behind (a busy server) gets fewer, larger chunks
     instead of a growing backlog. Returns the merged text and the non-text event after it."""

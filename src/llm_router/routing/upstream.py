@@ -1,7 +1,7 @@
 """An OpenAI-compatible upstream (vLLM, llama-server, Ollama, OpenAI, another llm-router) as a
 routing target.
 
-Every `RemoteTarget` shares one `aiohttp.ClientSession` that its caller owns and closes, so
+Every `Upstream` shares one `aiohttp.ClientSession` that its caller owns and closes, so
 connections are pooled across targets and requests. aiohttp rather than httpx: its client path
 costs about a third of httpx's CPU per request (measured against the overhead benchmark's
 stub: ~220 us vs ~720 us), and that difference was most of the latency the router added.
@@ -36,16 +36,18 @@ from urllib.request import getproxies_environment, proxy_bypass
 import aiohttp
 from pydantic_core import from_json, to_json
 
-from .errors import (
+from ..errors import (
     BadRequest,
     ContextLengthExceeded,
-    EngineError,
     ModelNotFound,
     QueueFull,
     RouterError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 
-__all__ = ["RemoteTarget", "UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "env_proxy",
+__all__ = ["Upstream", "UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "env_proxy",
            "status_error"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -53,31 +55,7 @@ DEFAULT_RETRY_AFTER = 1.0
 MAX_BODY = 64 * 2**20  # an upstream's whole answer, or one line of its stream: more is refused
 
 
-class UpstreamUnavailable(EngineError):
-    """The upstream could not be reached or did not answer in time (connect error, timeout,
-    connection dropped mid-answer). Another target, or a later retry, may work."""
-
-    retryable = True
-
-
-class UpstreamTimeout(UpstreamUnavailable):
-    """The upstream took longer than `timeout` to send its next bytes: maybe down, maybe only
-    busy with a long generation (a request's own size decides that): another target may
-    answer, but the target's breaker does not count it against it."""
-
-
-class UpstreamError(EngineError):
-    """The upstream answered with a server error (5xx) or refused our credentials (401/403);
-    `status` is its HTTP status. Another target may work."""
-
-    retryable = True
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteTarget:
+class Upstream:
     """One upstream model. `chat`/`complete`/`embed` may be called concurrently; each request
     holds one pooled connection for its duration. `read_timeout` bounds every wait for bytes,
     including the wait for the first token and the gap between two streamed chunks."""
@@ -109,7 +87,7 @@ class RemoteTarget:
 
     def __repr__(self) -> str:
         return (
-            f"RemoteTarget(name={self.name!r}, base_url={_redact(self.base_url)!r}, "
+            f"Upstream(name={self.name!r}, base_url={_redact(self.base_url)!r}, "
             f"model={self.model!r})"
         )
 

@@ -31,19 +31,19 @@ from ..errors import (
     QueueFull,
     RouterError,
     ServerBusy,
+    UpstreamTimeout,
 )  # fmt: skip
 from ..lifecycle.manager import ModelManager
-from ..remote import RemoteTarget, UpstreamTimeout, env_proxy
 from ..types import Finished, GenerationEvent
 from .breaker import BreakerConfig, CircuitBreaker
 from .stats import TargetStats
 from .strategies import RouteRequest, Strategy, ab_split, load_strategy, rank
 from .targets import Call, Target
+from .upstream import Upstream, env_proxy
 
-__all__ = ["Routed", "Router"]
+__all__ = ["Dispatcher", "Routed"]
 
 log = logging.getLogger(__name__)
-Event = GenerationEvent
 # Worth another target: the target failed or is full, not the request.
 RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
 # Worth another target, but no sign the target is broken, so its breaker does not count them:
@@ -60,7 +60,7 @@ class Routed:
 
     target: str
     reason: str
-    events: AsyncGenerator[Event, None]
+    events: AsyncGenerator[GenerationEvent, None]
     failures: tuple[tuple[str, str], ...] = ()
 
 
@@ -70,7 +70,7 @@ class _Route:
     strategy: Strategy
 
 
-class Router:
+class Dispatcher:
     def __init__(self, settings: Settings, manager: ModelManager) -> None:
         self.settings = settings
         self.manager = manager
@@ -94,7 +94,7 @@ class Router:
                 log.warning(
                     "target %s: environment variable %s is not set", cfg.id, cfg.api_key_env
                 )
-            remote = RemoteTarget(self._session, base_url=cfg.base_url or "", model=cfg.model or cfg.id,
+            remote = Upstream(self._session, base_url=cfg.base_url or "", model=cfg.model or cfg.id,
                                   api_key=key, name=cfg.id, read_timeout=cfg.timeout,
                                   connect_timeout=min(10.0, cfg.timeout),
                                   proxy=env_proxy(cfg.base_url or ""))  # fmt: skip
@@ -225,7 +225,7 @@ class Router:
 
     async def _first(
         self, target: Target, call: Call
-    ) -> tuple[Event, AsyncGenerator[Event, None], float, float]:
+    ) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None], float, float]:
         target.stats.record_start()
         started = time.perf_counter()
         events = target.events(self.manager, call)
@@ -245,13 +245,13 @@ class Router:
             raise
 
     async def _watch(
-        self, target: Target, first: Event, events: AsyncGenerator[Event, None], started: float,
+        self, target: Target, first: GenerationEvent, events: AsyncGenerator[GenerationEvent, None], started: float,
         ttft: float,
-    ) -> AsyncGenerator[Event, None]:  # fmt: skip
+    ) -> AsyncGenerator[GenerationEvent, None]:  # fmt: skip
         """Pass the events on; the outcome goes to the target's stats and breaker."""
         done = False
         try:
-            event: Event = first
+            event: GenerationEvent = first
             while True:
                 if isinstance(event, Finished):
                     done = True

@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import defaults
-from .config import ModelConfig, Settings
-from .defaults import PRESETS
-from .errors import InvalidModelFile
-from .formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
+from .. import defaults
+from ..config import ModelConfig, Settings
+from ..defaults import PRESETS
+from ..errors import InvalidModelFile
+from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
 
 __all__ = ["Identity", "ModelSource", "Scanner", "ensure_models", "identity_of"]
 
