@@ -118,3 +118,20 @@ async def test_compare_asks_each_target_once(tmp_path: Path) -> None:
             assert len(up.bodies) == 2
             r = await c.post("/v1/compare", json={"targets": ["box", "box"], "messages": HELLO})
             assert r.status_code == 400 and r.json()["error"]["param"] == "targets"
+
+
+async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None:
+    """Embeddings used to bypass the dispatcher: no breaker, no stats. A failing remote target
+    now opens its breaker for embeddings as for chats, and is then refused at once."""
+    async with upstream() as (up, url):
+        async with app_client(tmp_path, models=[remote("box", url)],
+                              breaker={"failure_threshold": 2, "cooldown": 60}) as c:  # fmt: skip
+            up.mode = "error"
+            body = {"model": "box", "input": ["a cat"]}
+            for _ in range(2):
+                assert (await c.post("/v1/embeddings", json=body)).status_code == 502
+            assert await breaker(c, "box") == "open"
+            seen = len(up.bodies)
+            r = await c.post("/v1/embeddings", json=body)
+            assert r.status_code == 503 and "retry-after" in r.headers
+            assert len(up.bodies) == seen  # not even asked

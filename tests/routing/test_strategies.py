@@ -316,6 +316,7 @@ def test_routing_package_exports_exactly_its_all() -> None:
     import llm_router.routing as routing
 
     public = {name for name in vars(routing) if not name.startswith("_")}
-    modules = {"breaker", "stats", "strategies", "annotations", "router", "targets", "ensemble"}
+    modules = {"breaker", "stats", "strategies", "annotations", "dispatcher", "targets", "ensemble",
+               "local", "remote", "upstream"}
     assert public - modules == set(routing.__all__)
     assert routing.__all__ == sorted(routing.__all__, key=lambda n: (not n.isupper(), n))

@@ -22,7 +22,8 @@ from llm_router.errors import BadRequest, WorkerDied
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.protocol import EmbeddingRequest
 from llm_router.routing.dispatcher import Dispatcher
-from llm_router.serving.embed import EmbeddingService, fit_dimensions, to_base64
+from llm_router.routing.local import fit_dimensions
+from llm_router.serving.embed import EmbeddingService, to_base64
 
 pytestmark = pytest.mark.timeout(60)
 

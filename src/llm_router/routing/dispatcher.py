@@ -34,11 +34,13 @@ from ..errors import (
     UpstreamTimeout,
 )  # fmt: skip
 from ..lifecycle.manager import ModelManager
-from ..types import Finished, GenerationEvent
+from ..types import Embeddings, Finished, GenerationEvent
 from .breaker import BreakerConfig, CircuitBreaker
+from .local import LocalTarget
+from .remote import RemoteTarget
 from .stats import TargetStats
 from .strategies import RouteRequest, Strategy, ab_split, load_strategy, rank
-from .targets import Call, Target
+from .targets import Call, EmbedCall, Target
 from .upstream import Upstream, env_proxy
 
 __all__ = ["Dispatcher", "Routed"]
@@ -75,9 +77,8 @@ class Dispatcher:
         self.settings = settings
         self.manager = manager
         self._session: aiohttp.ClientSession | None = None
-        b = settings.breaker
-        self._breaker = BreakerConfig(b.failure_threshold, b.error_rate_threshold, b.window,
-                                      b.min_requests, b.cooldown, b.half_open_probes)  # fmt: skip
+        # breaker.py is pure and knows no settings: its config is built from them here.
+        self._breaker = BreakerConfig(**settings.breaker.model_dump())
         self._targets: dict[str, Target] = {}
         self._routes = {r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
                         for r in settings.routes}  # fmt: skip
@@ -94,12 +95,12 @@ class Dispatcher:
                 log.warning(
                     "target %s: environment variable %s is not set", cfg.id, cfg.api_key_env
                 )
-            remote = Upstream(self._session, base_url=cfg.base_url or "", model=cfg.model or cfg.id,
-                                  api_key=key, name=cfg.id, read_timeout=cfg.timeout,
-                                  connect_timeout=min(10.0, cfg.timeout),
-                                  proxy=env_proxy(cfg.base_url or ""))  # fmt: skip
-            target = Target(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker), remote,
-                            self.settings.max_tokens_limit)  # fmt: skip
+            upstream = Upstream(self._session, base_url=cfg.base_url or "",
+                                model=cfg.model or cfg.id, api_key=key, name=cfg.id,
+                                read_timeout=cfg.timeout, connect_timeout=min(10.0, cfg.timeout),
+                                proxy=env_proxy(cfg.base_url or ""))  # fmt: skip
+            target = RemoteTarget(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker),
+                                  self.settings.max_tokens_limit, upstream=upstream)  # fmt: skip
             self._targets[cfg.id] = target
             if cfg.health_check_interval > 0:
                 self._health.append(asyncio.create_task(self._check_health(target)))
@@ -116,8 +117,8 @@ class Dispatcher:
     def routes(self) -> list[RouteConfig]:
         return [r.config for r in self._routes.values()]
 
-    def remotes(self) -> list[Target]:
-        return [t for t in self._targets.values() if t.is_remote]
+    def remotes(self) -> list[RemoteTarget]:
+        return [t for t in self._targets.values() if isinstance(t, RemoteTarget)]
 
     def target(self, name: str) -> Target:
         """The target called `name` (a remote id, or a local model id or alias)."""
@@ -126,9 +127,10 @@ class Dispatcher:
         state = self.manager.resolve(name)
         if state.id not in self._targets:
             cfg = state.source.config
-            self._targets[state.id] = Target(state.id, cfg, TargetStats(),
-                                             CircuitBreaker(self._breaker),
-                                             token_limit=self.settings.max_tokens_limit)  # fmt: skip
+            self._targets[state.id] = LocalTarget(
+                state.id, cfg, TargetStats(), CircuitBreaker(self._breaker),
+                self.settings.max_tokens_limit, manager=self.manager,
+            )  # fmt: skip
         return self._targets[state.id]
 
     def price(self, name: str) -> Cost:
@@ -164,7 +166,7 @@ class Dispatcher:
                 log.warning("route %s: target %s does not exist", name, target_name)
                 continue
             targets.append(t)
-            candidates.append(t.candidate(self.manager))
+            candidates.append(t.candidate())
         by_id = {t.id: t for t in targets}
         ordered = [by_id[c.id] for c in rank(route.strategy, request, candidates)]
         why = f"route={name} strategy={route.config.strategy}"
@@ -228,7 +230,7 @@ class Dispatcher:
     ) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None], float, float]:
         target.stats.record_start()
         started = time.perf_counter()
-        events = target.events(self.manager, call)
+        events = target.events(call)
         try:
             first = await anext(events)
             ttft = _since(started)
@@ -279,11 +281,40 @@ class Dispatcher:
         finally:
             await events.aclose()
 
+    async def embed(self, name: str, call: EmbedCall) -> tuple[str, Embeddings]:
+        """Embeddings from the target called `name` (routes serve chat and completions only):
+        its breaker is asked first and told the outcome, its stats count it. Returns the
+        target's id and the vectors. Raises ModelNotFound, BadRequest for a route or a model
+        that makes no embeddings, ServerBusy when its breaker is open, or the target's error."""
+        if name in self._routes:
+            raise BadRequest(
+                f"'{name}' is a route, which serves chat and completions; embeddings need a model "
+                "id or alias", param="model",
+            )  # fmt: skip
+        target = self.target(name)
+        if not target.breaker.allow():
+            raise ServerBusy(f"target '{target.id}' is failing (its breaker is open); retry later",
+                             retry_after=self._breaker.cooldown or 1.0)  # fmt: skip
+        target.stats.record_start()
+        started = time.perf_counter()
+        try:
+            result = await target.embed(call)
+        except BaseException as exc:
+            if isinstance(exc, RETRYABLE) and not isinstance(exc, NOT_THE_TARGETS):
+                target.breaker.record_failure()
+                target.stats.record_failure()
+            else:
+                target.breaker.record_cancelled()
+                target.stats.record_cancelled()
+            raise
+        target.breaker.record_success()
+        target.stats.record_success(_since(started), 0)
+        return target.id, result
+
     async def _check_health(self, target: Target) -> None:
-        assert target.remote is not None
         while True:
             await asyncio.sleep(target.config.health_check_interval)
-            ok = await target.remote.health()
+            ok = await target.health()
             if not ok:
                 target.breaker.record_failure()
             elif target.breaker.state != "closed" and target.breaker.allow():

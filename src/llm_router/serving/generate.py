@@ -39,7 +39,7 @@ from ..protocol import (
 )  # fmt: skip
 from ..routing.dispatcher import Dispatcher, Routed
 from ..routing.strategies import RouteRequest
-from ..routing.targets import Call
+from ..routing.targets import Call, Lease
 from ..types import Finished, GenerationEvent, GenerationRequest, MessageFields, TextDelta
 from ..units import parse_duration
 
@@ -70,21 +70,22 @@ class GenerationService:
         self, wire: _Request, request: GenerationRequest, api_key_id: str | None = None
     ) -> Routed:
         """Commit the request to a target (falling back as the route allows)."""
-        lease: dict[str, Any] = {"autoload": wire.autoload}
+        keep_alive = None
         if wire.keep_alive is not None:
             try:
                 seconds = parse_duration(wire.keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-            lease["keep_alive"] = math.inf if seconds is None else seconds
-        kind = "chat" if request.messages is not None else "completion"
+            keep_alive = math.inf if seconds is None else seconds
+        kind: Literal["chat", "completion"] = (
+            "chat" if request.messages is not None else "completion")  # fmt: skip
         known = self._forwarded[kind]
         body = {k: v for k, v in wire.model_dump(exclude_unset=True).items() if k in known}
-        call = Call(kind, request, body, lease, stream=wire.stream)
+        call = Call(kind, request, body, Lease(wire.autoload, keep_alive), stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")
         tools = bool(offered) and body.get("tool_choice") != "none"  # "none": no call is made
-        info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,  # type: ignore[arg-type]
+        info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,
                             max_tokens=request.params.max_tokens, user=wire.user,
                             api_key_id=api_key_id, tools=tools)  # fmt: skip
         return await self.dispatcher.open(wire.model, call, info)

@@ -1,0 +1,121 @@
+"""A local model as a target: its lifecycle is the ModelManager's (a lease per request, loading
+on demand); generations and embeddings run in its worker process."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
+
+from ..errors import BadRequest
+from ..lifecycle.discovery import ModelSource
+from ..lifecycle.manager import ModelManager
+from ..lifecycle.state import Status
+from ..types import ChatMessage, Embeddings, GenerationEvent
+from .targets import Call, EmbedCall, Target
+
+__all__ = ["LocalTarget", "fit_dimensions"]
+
+DEFAULT_CONTEXT = 2048
+
+
+@dataclass(eq=False)
+class LocalTarget(Target):
+    manager: ModelManager | None = None
+
+    @property
+    def lifecycle(self) -> ModelManager:
+        assert self.manager is not None, "a local target needs the model manager"
+        return self.manager
+
+    @property
+    def makes_tool_calls(self) -> bool:
+        return False  # not yet: routes send requests with tools elsewhere
+
+    def context_length(self) -> int | None:
+        """The context per slot its worker reports, else the configured or default one; the
+        lifecycle facts (loaded, queued, cold-load time) go into its stats meanwhile."""
+        state = self.lifecycle.resolve(self.id)
+        self.stats.set_loaded(state.status == Status.LOADED)
+        self.stats.set_queued(len(state.waiters))
+        if state.load_seconds is not None:
+            self.stats.record_cold_load(state.load_seconds)
+        info = state.worker.info if state.worker else {}
+        trained = state.source.info.context_length if state.source.info else None
+        context: int | None = info.get("context_size") or self.config.context_size or min(
+            trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)  # fmt: skip
+        return context
+
+    async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
+        request = call.request
+        system = self.config.system_prompt
+        if system and request.messages is not None and all(
+            m.role != "system" for m in request.messages
+        ):
+            request = replace(request, messages=(ChatMessage("system", system), *request.messages))
+        lease = call.lease
+        async with self.lifecycle.lease(self.id, autoload=lease.autoload,
+                                        keep_alive=lease.keep_alive) as worker:  # fmt: skip
+            async for event in worker.generate(request):
+                yield event
+
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """Refused before anything loads when the model's files say it cannot: it generates
+        text, or cannot give `dimensions`."""
+        source = self.lifecycle.resolve(self.id).source
+        _check(source, call.dimensions)
+        async with self.lifecycle.lease(self.id) as worker:
+            out = await worker.embed(call.inputs)
+        matryoshka = bool(source.info and source.info.matryoshka)
+        vectors = fit_dimensions(out.vectors, call.dimensions, matryoshka=matryoshka,
+                                 model=self.id)  # fmt: skip
+        return Embeddings(vectors, out.prompt_tokens)
+
+    async def health(self) -> bool:
+        state = self.lifecycle.resolve(self.id)
+        return not (state.status == Status.ERROR and state.sticky)
+
+
+def _check(source: ModelSource, dimensions: int | None) -> None:
+    """What the model's files already tell: it generates text, or cannot give `dimensions`."""
+    info = source.info
+    if info is None:
+        return  # an engine that reads the file itself decides
+    if info.task != "embed":
+        raise BadRequest(
+            f"model '{source.id}' generates text and makes no embeddings; ask it through "
+            "/v1/chat/completions or /v1/completions, or pick an embedding model",
+            param="model",
+        )
+    if dimensions is not None and info.embedding_length:
+        _fits(dimensions, info.embedding_length, matryoshka=info.matryoshka, model=source.id)
+
+
+def _fits(wanted: int, native: int, *, matryoshka: bool, model: str) -> None:
+    if wanted == native:
+        return
+    if not matryoshka:
+        raise BadRequest(
+            f"model '{model}' makes {native}-dimensional embeddings and declares no Matryoshka "
+            f"training, so they cannot be shortened: leave `dimensions` out or set it to {native}",
+            param="dimensions",
+        )
+    if wanted > native:
+        raise BadRequest(
+            f"`dimensions` is {wanted}, but model '{model}' makes {native}-dimensional embeddings",
+            param="dimensions",
+        )
+
+
+def fit_dimensions(
+    vectors: list[list[float]], wanted: int | None, *, matryoshka: bool, model: str
+) -> list[list[float]]:
+    """`vectors` cut to their first `wanted` dimensions and renormalized (Matryoshka models
+    only; any model for its own size). Raises BadRequest otherwise."""
+    if wanted is None or not vectors:
+        return vectors
+    _fits(wanted, len(vectors[0]), matryoshka=matryoshka, model=model)
+    if wanted == len(vectors[0]):
+        return vectors
+    cut = [v[:wanted] for v in vectors]
+    return [[x / (math.sqrt(sum(y * y for y in v)) or 1.0) for x in v] for v in cut]
