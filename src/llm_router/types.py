@@ -1,11 +1,11 @@
 """Internal value types shared by every layer: what a generation asks for and what it yields.
 
-They are plain frozen dataclasses that cross the worker channel as dicts (`to_wire`/`from_wire`),
-so they carry no pydantic and no HTTP."""
+They are plain frozen dataclasses, with no pydantic and no HTTP; worker/protocol.py turns them
+into the worker channel's JSON and back."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
@@ -58,20 +58,6 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> GenerationRequest:
-        params = dict(data["params"])
-        params["stop"] = tuple(params.get("stop") or ())
-        messages = data.get("messages")
-        return cls(
-            params=SamplingParams(**params),
-            messages=tuple(ChatMessage(**m) for m in messages) if messages is not None else None,
-            prompt=data.get("prompt"),
-        )
 
 
 @dataclass(frozen=True, slots=True)

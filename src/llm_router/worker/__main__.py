@@ -18,13 +18,19 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict
 from typing import Any, BinaryIO
 
 from ..engines import Engine, LoadSpec, build, preload
 from ..errors import EngineError, RouterError
-from ..types import Finished, GenerationRequest, TextDelta
-from .protocol import decode, embeddings_to_wire, encode, error_to_wire
+from ..types import TextDelta
+from .protocol import (
+    decode,
+    embeddings_to_wire,
+    encode,
+    error_to_wire,
+    events_to_wire,
+    request_from_wire,
+)
 
 INFO_INTERVAL = 1.0
 
@@ -39,26 +45,12 @@ def _reader(stream: BinaryIO, inbox: queue.Queue[dict[str, Any] | None]) -> None
     inbox.put(None)
 
 
-def _events_to_wire(events: list[tuple[int, Any]]) -> bytes:
-    out = []
-    for seq, event in events:
-        if isinstance(event, TextDelta):
-            out.append(encode({"id": seq, "text": event.text}))
-        elif isinstance(event, Finished):
-            out.append(
-                encode({"id": seq, "finish": event.finish_reason, "usage": asdict(event.usage)})
-            )
-        else:
-            out.append(encode({"id": seq, "error": error_to_wire(event)}))
-    return b"".join(out)
-
-
 def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket, live: set[int]) -> bool:
     """Apply one router message; False means shut down. `live`: the generations running."""
     op = msg.get("op")
     if op == "generate":
         try:
-            engine.submit(msg["id"], GenerationRequest.from_wire(msg["request"]))
+            engine.submit(msg["id"], request_from_wire(msg["request"]))
             live.add(msg["id"])
         except Exception as exc:  # any refusal goes back to that request only
             sock.sendall(encode({"id": msg["id"], "error": error_to_wire(exc)}))
@@ -128,7 +120,7 @@ def serve(engine: Engine, sock: socket.socket, stream: BinaryIO) -> None:
         if msg:
             continue  # drain everything queued before the next step
         if engine.busy:
-            data = _events_to_wire(_step(engine, live))
+            data = events_to_wire(_step(engine, live))
             if data:
                 sock.sendall(data)
         now = time.monotonic()

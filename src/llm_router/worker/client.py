@@ -24,7 +24,7 @@ import psutil
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed, RouterError, WorkerDied
 from ..types import Embeddings, Finished, GenerationRequest, TextDelta
-from .protocol import decode, encode, error_from_wire, event_from_wire
+from .protocol import decode, encode, error_from_wire, event_from_wire, request_to_wire
 
 __all__ = ["Early", "Process", "Spare", "Worker"]
 
@@ -242,7 +242,7 @@ class Worker:
         self._streams[seq] = events
         done = False
         try:
-            self._send({"op": "generate", "id": seq, "request": request.to_wire()})
+            self._send({"op": "generate", "id": seq, "request": request_to_wire(request)})
             while True:
                 event = await events.get()
                 if isinstance(event, RouterError):

@@ -14,13 +14,22 @@ from __future__ import annotations
 import base64
 import json
 from array import array
+from dataclasses import asdict
 from typing import Any
 
 from .. import errors
-from ..types import Embeddings, Finished, TextDelta, Usage
+from ..types import (
+    ChatMessage,
+    Embeddings,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
 
 __all__ = ["decode", "embeddings_to_wire", "encode", "error_from_wire", "error_to_wire",
-           "event_from_wire"]  # fmt: skip
+           "event_from_wire", "events_to_wire", "request_from_wire", "request_to_wire"]  # fmt: skip
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -75,3 +84,33 @@ def event_from_wire(msg: dict[str, Any]) -> TextDelta | Finished | Embeddings | 
     if "embeddings" in msg:
         return _embeddings_from_wire(msg)
     return error_from_wire(msg.get("error") or {})
+
+
+def request_to_wire(request: GenerationRequest) -> dict[str, Any]:
+    return asdict(request)
+
+
+def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
+    params = dict(data["params"])
+    params["stop"] = tuple(params.get("stop") or ())
+    messages = data.get("messages")
+    return GenerationRequest(
+        params=SamplingParams(**params),
+        messages=tuple(ChatMessage(**m) for m in messages) if messages is not None else None,
+        prompt=data.get("prompt"),
+    )
+
+
+def events_to_wire(events: list[tuple[int, TextDelta | Finished | errors.RouterError]]) -> bytes:
+    """A step's events for several requests, as lines (the worker sends them in one write)."""
+    out = []
+    for seq, event in events:
+        if isinstance(event, TextDelta):
+            out.append(encode({"id": seq, "text": event.text}))
+        elif isinstance(event, Finished):
+            out.append(
+                encode({"id": seq, "finish": event.finish_reason, "usage": asdict(event.usage)})
+            )
+        else:
+            out.append(encode({"id": seq, "error": error_to_wire(event)}))
+    return b"".join(out)
