@@ -80,16 +80,23 @@ async def test_embed_returns_one_vector_per_input(router: Router) -> None:
     dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
     assert dot(cat, kitten) > dot(cat, stocks)
     assert len(await router.embed("one", model=defaults.MINILM_ID)) == 1
+    # vectors of floats even when base64 is asked (it used to be a list of characters)
+    (floats,) = await router.embed("a cat", model=defaults.MINILM_ID, encoding_format="base64")
+    assert floats == cat
+    base64 = await router.embeddings_response("a cat", model=defaults.MINILM_ID,
+                                              encoding_format="base64")  # fmt: skip
+    assert isinstance(base64.data[0].embedding, str)
 
 
 async def test_ensemble_and_compare_on_two_local_models(router: Router) -> None:
     voted = await router.ensemble(PARIS, targets=[SMOL, GEMMA, SMOL], mode="vote", **GREEDY)
-    assert sum(voted["ensemble"]["votes"].values()) == 2.0  # each target asked once
-    assert voted["ensemble"]["chosen"] == voted["model"]
-    assert "Paris" in voted["choices"][0]["message"]["content"]
+    assert voted.ensemble.votes is not None
+    assert sum(voted.ensemble.votes.values()) == 2.0  # each target asked once
+    assert voted.ensemble.chosen == voted.model
+    assert "Paris" in (voted.choices[0].message.content or "")
     rows = await router.compare(PARIS, targets=[SMOL, GEMMA], **GREEDY)
-    assert [r["model"] for r in rows] == [SMOL, GEMMA]
-    assert all(r["error"] is None and r["latency_ms"] > 0 for r in rows)
+    assert [r.model for r in rows] == [SMOL, GEMMA]
+    assert all(r.error is None and r.latency_ms > 0 for r in rows)
 
 
 async def test_bad_input_raises_the_servers_errors(router: Router) -> None:

@@ -39,6 +39,7 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .lifecycle.manager import ModelManager
+    from .serving.ensemble import Answer, EnsembleResult
 
 __all__ = ["Router"]
 
@@ -201,9 +202,11 @@ class Router:
 
     async def embed(self, inputs: str | Sequence[str], *, model: str,
                     **params: Any) -> list[list[float]]:  # fmt: skip
-        """One vector per input (a string gives a list of one)."""
+        """One vector per input (a string gives a list of one), as floats whatever
+        `encoding_format` says (`embeddings_response` gives base64 when asked)."""
+        params = {**params, "encoding_format": "float"}
         response = await self.embeddings_response(inputs, model=model, **params)
-        return [list(d.embedding) for d in response.data]  # type: ignore[arg-type]
+        return [d.embedding for d in response.data if isinstance(d.embedding, list)]
 
     async def embeddings_response(self, inputs: str | Sequence[str], *, model: str,
                                   **params: Any) -> EmbeddingResponse:  # fmt: skip
@@ -219,7 +222,7 @@ class Router:
     # -- several targets -----------------------------------------------------------------------
 
     async def ensemble(self, messages: Messages, *, targets: Sequence[str], mode: str = "vote",
-                       **params: Any) -> dict[str, Any]:  # fmt: skip
+                       **params: Any) -> EnsembleResult:  # fmt: skip
         """One question to several targets, the answers combined (`mode`: vote, best-of,
         first; `weights`, `scorer`, `judge` as for `POST /v1/ensemble`): the chosen chat
         completion, with the details under "ensemble"."""
@@ -229,13 +232,13 @@ class Router:
         return await self.ensembles.ensemble(_validated(EnsembleRequest, body))
 
     async def compare(self, messages: Messages, *, targets: Sequence[str],
-                      **params: Any) -> list[dict[str, Any]]:  # fmt: skip
+                      **params: Any) -> list[Answer]:  # fmt: skip
         """Every target's answer side by side: model, content, latency, tokens, cost, error."""
         from .serving.ensemble import CompareRequest
 
         body = self._body(messages, params) | {"targets": list(targets)}
         result = await self.ensembles.compare(_validated(CompareRequest, body))
-        return list(result["data"])
+        return result.data
 
     # -- plumbing ------------------------------------------------------------------------------
 

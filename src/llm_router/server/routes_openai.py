@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
 
@@ -27,7 +27,13 @@ from ..protocol import (
 )
 from ..routing.strategies import api_key_id
 from ..serving.embed import EmbeddingService
-from ..serving.ensemble import CompareRequest, EnsembleRequest, EnsembleService
+from ..serving.ensemble import (
+    CompareRequest,
+    CompareResult,
+    EnsembleRequest,
+    EnsembleResult,
+    EnsembleService,
+)
 from ..serving.generate import GenerationService, RouteInfo
 from .sse import cancel_on_disconnect, sse_response
 
@@ -106,20 +112,20 @@ HOT = [
 ]
 
 
-@routes.post("/ensemble")
+@routes.post("/ensemble", response_model=EnsembleResult)
 async def ensemble(body: EnsembleRequest, request: Request) -> Response:
     """One question to several targets; the answers combined by vote, best-of or first."""
     service: EnsembleService = request.app.state.ensemble
     result = await cancel_on_disconnect(request.receive, service.ensemble(body))
-    return JSONResponse(result, headers={"x-llm-router-model": result["model"],
-                                         "x-llm-router-route": f"ensemble={body.mode}"})  # fmt: skip
+    return _json(result, {"x-llm-router-model": result.model,
+                          "x-llm-router-route": f"ensemble={body.mode}"})  # fmt: skip
 
 
-@routes.post("/compare")
+@routes.post("/compare", response_model=CompareResult)
 async def compare(body: CompareRequest, request: Request) -> Response:
     """One question to several targets; every answer with latency, tokens and cost."""
     service: EnsembleService = request.app.state.ensemble
-    return JSONResponse(await cancel_on_disconnect(request.receive, service.compare(body)))
+    return _json(await cancel_on_disconnect(request.receive, service.compare(body)), {})
 
 
 @routes.get("/models")

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from ..errors import BadRequest, RouterError
-from ..protocol import MAX_MODEL_NAME, ChatCompletionRequest, Float
+from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Float, UsageOut
 from ..routing.ensemble import Scorer, agreement, vote
 from .generate import GenerationService, RouteInfo
 
-__all__ = ["CompareRequest", "EnsembleRequest", "EnsembleService"]
+__all__ = ["Answer", "CompareRequest", "CompareResult", "EnsembleDetails", "EnsembleRequest",
+           "EnsembleResult", "EnsembleService"]  # fmt: skip
 
 
 class CompareRequest(ChatCompletionRequest):
@@ -48,6 +50,43 @@ class EnsembleRequest(CompareRequest):
     judge: str | None = Field(None, description="Model that picks the best answer (scorer judge).")
 
 
+class Answer(BaseModel):
+    """One target's answer in /v1/compare and /v1/ensemble: the text, or why there is none."""
+
+    model: str
+    content: str | None
+    finish_reason: str | None = None
+    usage: UsageOut | None = None
+    latency_ms: float
+    cost: float | None = None
+    error: str | None = None
+
+
+class CompareResult(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Answer]
+
+
+class EnsembleDetails(BaseModel):
+    mode: str
+    chosen: str
+    answers: list[Answer]
+    votes: dict[str, float] | None = None  # vote: each normalised answer's weight
+    scorer: str | None = None  # best-of
+
+
+class EnsembleResult(ChatCompletion):
+    """The chosen target's chat completion, with how it was chosen."""
+
+    ensemble: EnsembleDetails
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    answer: Answer
+    completion: ChatCompletion | None  # None: the target failed
+
+
 class EnsembleService:
     def __init__(
         self, generation: GenerationService, scorers: dict[str, Scorer] | None = None
@@ -55,7 +94,7 @@ class EnsembleService:
         self.generation = generation
         self.scorers = scorers or {"agreement": agreement}
 
-    async def _ask(self, req: CompareRequest, target: str) -> dict[str, Any]:
+    async def _ask(self, req: CompareRequest, target: str) -> _Asked:
         one = ChatCompletionRequest.model_validate(
             {**req.model_dump(exclude={"targets", "mode", "weights", "scorer", "judge"}),
              "model": target, "stream": False}
@@ -65,21 +104,23 @@ class EnsembleService:
         try:
             done = await self.generation.chat(one, route)
         except RouterError as exc:
-            return {"model": target, "content": None, "error": exc.message,
-                    "latency_ms": _ms(started)}  # fmt: skip
+            failed = Answer(model=target, content=None, error=exc.message,
+                            latency_ms=_ms(started))  # fmt: skip
+            return _Asked(failed, None)
         cost = self.generation.dispatcher.price(route.target).spend(
             done.usage.prompt_tokens, done.usage.completion_tokens
         )
-        return {"model": route.target, "content": done.choices[0].message.content or "",
-                "finish_reason": done.choices[0].finish_reason, "usage": done.usage.model_dump(),
-                "latency_ms": _ms(started), "cost": cost, "error": None,
-                "completion": done}  # fmt: skip
+        choice = done.choices[0]
+        answer = Answer(model=route.target, content=choice.message.content or "",
+                        finish_reason=choice.finish_reason, usage=done.usage,
+                        latency_ms=_ms(started), cost=cost)  # fmt: skip
+        return _Asked(answer, done)
 
-    async def compare(self, req: CompareRequest) -> dict[str, Any]:
-        answers = await asyncio.gather(*(self._ask(req, t) for t in req.targets))
-        return {"object": "list", "data": [_public(a) for a in answers]}
+    async def compare(self, req: CompareRequest) -> CompareResult:
+        asked = await asyncio.gather(*(self._ask(req, t) for t in req.targets))
+        return CompareResult(data=[a.answer for a in asked])
 
-    async def ensemble(self, req: EnsembleRequest) -> dict[str, Any]:
+    async def ensemble(self, req: EnsembleRequest) -> EnsembleResult:
         if req.mode == "best-of" and req.scorer != "judge" and req.scorer not in self.scorers:
             known = ", ".join(sorted([*self.scorers, "judge"]))
             raise BadRequest(f"unknown scorer {req.scorer!r}: use one of {known} (custom "
@@ -87,37 +128,39 @@ class EnsembleService:
                              param="scorer")  # fmt: skip
         for t in req.targets:
             self.generation.dispatcher.resolve(t)  # unknown names fail before any work
-        answers = await (self._first(req) if req.mode == "first" else self._all(req))
-        good = [a for a in answers if a["error"] is None]
+        asked = await (self._first(req) if req.mode == "first" else self._all(req))
+        good = [a for a in asked if a.completion is not None]
         if not good:
             raise BadRequest("no target answered: " + "; ".join(
-                f"{a['model']}: {a['error']}" for a in answers), param="targets")  # fmt: skip
-        details: dict[str, Any] = {"mode": req.mode}
+                f"{a.answer.model}: {a.answer.error}" for a in asked), param="targets")  # fmt: skip
+        votes: dict[str, float] | None = None
         if req.mode == "vote":
-            index, tally = vote([(a["model"], a["content"]) for a in good], req.weights)
-            details["votes"] = tally
+            index, votes = vote([(a.answer.model, a.answer.content or "") for a in good],
+                                req.weights)  # fmt: skip
         elif req.mode == "best-of":
-            index = await self._best(req, good)
-            details["scorer"] = req.scorer
+            index = await self._best(req, [a.answer.content or "" for a in good])
         else:
             index = 0
         chosen = good[index]
-        details.update(chosen=chosen["model"], answers=[_public(a) for a in answers])
-        result: dict[str, Any] = chosen["completion"].model_dump()
-        return {**result, "ensemble": details}
+        assert chosen.completion is not None
+        details = EnsembleDetails(
+            mode=req.mode, chosen=chosen.answer.model, answers=[a.answer for a in asked],
+            votes=votes, scorer=req.scorer if req.mode == "best-of" else None,
+        )  # fmt: skip
+        return EnsembleResult(**chosen.completion.model_dump(), ensemble=details)
 
-    async def _all(self, req: EnsembleRequest) -> list[dict[str, Any]]:
+    async def _all(self, req: EnsembleRequest) -> list[_Asked]:
         return list(await asyncio.gather(*(self._ask(req, t) for t in req.targets)))
 
-    async def _first(self, req: EnsembleRequest) -> list[dict[str, Any]]:
+    async def _first(self, req: EnsembleRequest) -> list[_Asked]:
         """The fastest good answer; the others are cancelled (their targets see it)."""
         pending = {asyncio.ensure_future(self._ask(req, t)) for t in req.targets}
-        failed: list[dict[str, Any]] = []
+        failed: list[_Asked] = []
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    if task.result()["error"] is None:
+                    if task.result().completion is not None:
                         return [task.result(), *failed]
                     failed.append(task.result())
             return failed
@@ -126,25 +169,21 @@ class EnsembleService:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _best(self, req: EnsembleRequest, good: list[dict[str, Any]]) -> int:
-        texts = [a["content"] for a in good]
+    async def _best(self, req: EnsembleRequest, texts: list[str]) -> int:
         question = req.messages[-1].text()
         if req.scorer != "judge":
             return self.scorers[req.scorer](question, texts)
         if not req.judge:
             raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
         listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
-        ask = ChatCompletionRequest(model=req.judge, temperature=0, max_tokens=8, messages=[
-            {"role": "user", "content": f"Question: {question}\nAnswers:\n{listing}\n"
-             "Reply with the number of the best answer only."}])  # fmt: skip
+        ask = ChatCompletionRequest.model_validate({
+            "model": req.judge, "temperature": 0, "max_tokens": 8,
+            "messages": [{"role": "user", "content": f"Question: {question}\nAnswers:\n{listing}\n"
+                          "Reply with the number of the best answer only."}]})  # fmt: skip
         verdict = (await self.generation.chat(ask)).choices[0].message.content or ""
         match = re.search(r"\d+", verdict)
         pick = int(match.group()) - 1 if match else -1
         return pick if 0 <= pick < len(texts) else agreement(question, texts)
-
-
-def _public(answer: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in answer.items() if k != "completion"}
 
 
 def _ms(started: float) -> float:
