@@ -96,7 +96,7 @@ class _ModelCollector(Collector):
         self._manager = manager
 
     def collect(self) -> Iterator[Any]:
-        states = self._manager.states()
+        states = self._manager.snapshots()
         status = GaugeMetricFamily(
             "llm_router_model_status",
             "1 for the model's current status",
@@ -122,10 +122,10 @@ class _ModelCollector(Collector):
         for s in states:
             status.add_metric([s.id, s.status.value], 1)
             active.add_metric([s.id], s.active)
-            queued.add_metric([s.id], len(s.waiters))
+            queued.add_metric([s.id], s.queued)
             if s.memory_bytes is not None:
                 memory.add_metric([s.id], s.memory_bytes)
-            info = s.worker.info if s.worker else {}
+            info = s.runtime or {}
             for k, family in gauges.items():
                 if isinstance(info.get(k), int):
                     family.add_metric([s.id], info[k])

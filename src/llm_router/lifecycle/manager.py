@@ -45,7 +45,7 @@ from .discovery import ModelSource, Scanner
 from .estimate import default_base, estimate_model_bytes
 from .policy import Resident, plan_admission, reconcile
 from .registry import RESIDENT, Registry
-from .state import EventBus, ModelState, Status
+from .state import EventBus, ModelSnapshot, ModelState, Status
 from .threads import ThreadBudget, cores_present
 
 __all__ = ["ModelManager"]
@@ -145,6 +145,19 @@ class ModelManager:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    def snapshots(self) -> list[ModelSnapshot]:
+        """Every model's state now, by id."""
+        return [self.snapshot(s) for s in self.registry.sorted()]
+
+    def snapshot(self, state: ModelState) -> ModelSnapshot:
+        worker = state.worker
+        return ModelSnapshot(
+            state.source, state.status, state.error, self.queue_position(state), state.draining,
+            state.memory_bytes, self._estimate(state), state.last_used or None, state.loaded_at,
+            state.load_seconds, state.active, len(state.waiters),
+            dict(worker.info) if worker else None,
+        )  # fmt: skip
 
     def queue_position(self, state: ModelState) -> int | None:
         """1 for the load admitted next; None when `state` is not waiting for room."""

@@ -14,7 +14,7 @@ from ..errors import ServerBusy
 from ..worker.client import Worker
 from .discovery import ModelSource
 
-__all__ = ["EventBus", "ModelState", "Status"]
+__all__ = ["EventBus", "ModelSnapshot", "ModelState", "Status"]
 
 
 class Status(StrEnum):
@@ -98,6 +98,30 @@ class ModelState:
         if self.measured_bytes is not None:
             return self.measured_bytes
         return self.estimated_bytes or self.source.identity.size_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    """What a model's state is at one moment, for readers outside the lifecycle (the HTTP
+    listing, metrics): a copy, so nothing outside can change the manager's state through it."""
+
+    source: ModelSource
+    status: Status
+    error: str | None
+    queue_position: int | None  # waiting for room: 1 is the next load admitted
+    draining: bool  # serves what is queued for it, then makes room
+    memory_bytes: int | None
+    estimate_bytes: int
+    last_used: float | None
+    loaded_at: float | None
+    load_seconds: float | None
+    active: int
+    queued: int
+    runtime: dict[str, Any] | None  # the worker's last info snapshot
+
+    @property
+    def id(self) -> str:
+        return self.source.id
 
 
 class EventBus:

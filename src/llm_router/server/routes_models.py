@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, StrictBool
 
 from ..errors import BadRequest
 from ..lifecycle.manager import ModelManager
-from ..lifecycle.state import ModelState
+from ..lifecycle.state import ModelSnapshot
 from ..protocol import MAX_MODEL_NAME
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Target
@@ -37,32 +37,24 @@ def _manager(request: Request) -> ModelManager:
     return manager
 
 
-def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
-    source, info = state.source, state.source.info
-    status: dict[str, Any] = {"value": state.status.value}
-    if state.error:
-        status.update(error=state.error, failed=True)
-    if (position := manager.queue_position(state)) is not None:
-        status["queue_position"] = position  # waiting: 1 is the next load admitted
-    if state.draining:
-        status["draining"] = True  # serves what is queued for it, then makes room
-    worker = state.worker
+def describe(snap: ModelSnapshot) -> dict[str, Any]:
+    """A model in llama.cpp router's `GET /models` shape (fields added, never renamed)."""
+    source, info = snap.source, snap.source.info
+    status: dict[str, Any] = {"value": snap.status.value}
+    if snap.error:
+        status.update(error=snap.error, failed=True)
+    if snap.queue_position is not None:
+        status["queue_position"] = snap.queue_position
+    if snap.draining:
+        status["draining"] = True
     output = "embedding" if source.task == "embed" else "text"
     return {
-        "id": state.id,
-        "aliases": source.config.aliases,
-        "tags": [],
-        "object": "model",
-        "owned_by": "llm-runner-router",
-        "created": source.identity.created,
-        "status": status,
+        "id": snap.id, "aliases": source.config.aliases, "tags": [], "object": "model",
+        "owned_by": "llm-runner-router", "created": source.identity.created, "status": status,
         "architecture": {"input_modalities": ["text"], "output_modalities": [output]},
-        "source": source.origin,
-        "can_remove": False,
+        "source": source.origin, "can_remove": False,
         "path": source.path.name,  # not the server's file system layout
-        "format": source.format,
-        "engine": source.engine,
-        "task": source.task,
+        "format": source.format, "engine": source.engine, "task": source.task,
         "size_bytes": source.identity.size_bytes,
         "model_architecture": info.architecture if info else None,
         "parameters": info.parameters if info else None,
@@ -70,16 +62,11 @@ def describe(state: ModelState, manager: ModelManager) -> dict[str, Any]:
         "context_length": info.context_length if info else None,
         "dimensions": info.embedding_length if info and info.task == "embed" else None,
         "has_chat_template": bool(info and info.chat_template) or None,
-        "pinned": source.config.pin,
-        "memory_bytes": state.memory_bytes,
-        "memory_estimate_bytes": state.estimate_bytes(),
-        "last_used": state.last_used or None,
-        "loaded_at": state.loaded_at,
-        "load_seconds": state.load_seconds,
-        "active_requests": state.active,
-        "queued_requests": len(state.waiters),
-        "runtime": worker.info if worker else None,
-    }
+        "pinned": source.config.pin, "memory_bytes": snap.memory_bytes,
+        "memory_estimate_bytes": snap.estimate_bytes, "last_used": snap.last_used,
+        "loaded_at": snap.loaded_at, "load_seconds": snap.load_seconds,
+        "active_requests": snap.active, "queued_requests": snap.queued, "runtime": snap.runtime,
+    }  # fmt: skip
 
 
 def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[str, Any]:
@@ -103,9 +90,9 @@ async def list_models(request: Request) -> dict[str, Any]:
     manager.refresh()
     started = int(request.app.state.started)
     data = []
-    for s in manager.states():
-        entry = describe(s, manager)
-        entry.update(routing.describe(routing.target(s.id)))
+    for snap in manager.snapshots():
+        entry = describe(snap)
+        entry.update(routing.describe(routing.target(snap.id)))
         data.append(entry)
     data += [describe_remote(t, routing, started) for t in routing.remotes()]
     return {
