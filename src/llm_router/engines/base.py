@@ -7,13 +7,14 @@ advances one sequence per step."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import BadRequest, ContextLengthExceeded, RouterError
 from ..types import Finished, GenerationRequest, TextDelta
 
-__all__ = ["Engine", "EngineEvent", "LoadSpec", "check_prompt_fits"]
+__all__ = ["Engine", "EngineEvent", "LoadSpec", "check_prompt_fits", "cpu_cores"]
 
 EngineEvent = TextDelta | Finished | RouterError
 """A RouterError ends its sequence with that error."""
@@ -30,6 +31,12 @@ class LoadSpec:
     options: dict[str, Any] = field(default_factory=dict)
     architecture: str | None = None
     finetune: str | None = None
+
+
+def cpu_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one): the default
+    thread count of every engine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def check_prompt_fits(n_tokens: int, context_size: int | None, request: GenerationRequest) -> None:

@@ -11,13 +11,13 @@ import json
 import math
 import time
 import zlib
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelLoadFailed
-from ..types import Finished, FinishReason, GenerationRequest, TextDelta, Usage
-from .base import EngineEvent, LoadSpec, check_prompt_fits
+from ..types import FinishReason, GenerationRequest, Usage
+from .base import LoadSpec, check_prompt_fits
+from .sequences import Events, Sequences, emit, finish_text, out_of_room
 from .text import TextAssembler
 
 __all__ = ["FakeEngine"]
@@ -25,7 +25,6 @@ __all__ = ["FakeEngine"]
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
 EMBED_DIM = 8
-_Events = list[tuple[int, EngineEvent]]
 
 
 @dataclass(slots=True)
@@ -59,8 +58,7 @@ class FakeEngine:
         self.parallel = int(opts.get("parallel") or script.get("parallel") or DEFAULT_PARALLEL)
         self.context_size = int(opts.get("context_size") or DEFAULT_CONTEXT)
         self.threads = int(opts.get("threads") or 1)
-        self._waiting: deque[_Seq] = deque()
-        self._running: dict[int, _Seq] = {}
+        self._seqs: Sequences[_Seq] = Sequences(self.parallel, "fake")
 
     def info(self) -> dict[str, Any]:
         return {
@@ -68,13 +66,13 @@ class FakeEngine:
             "context_size": self.context_size,
             "parallel": self.parallel,
             "threads": self.threads,
-            "slots_busy": len(self._running),
+            "slots_busy": len(self._seqs.running),
             "ballast_bytes": len(self._ballast),
         }
 
     @property
     def busy(self) -> bool:
-        return bool(self._running or self._waiting)
+        return self._seqs.busy
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
         if request.messages is not None:
@@ -84,26 +82,20 @@ class FakeEngine:
         n_prompt = len(prompt.split()) or 1  # an empty prompt starts from a BOS, as llama.cpp's
         check_prompt_fits(n_prompt, self.context_size, request)
         params = request.params
-        self._waiting.append(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop),
-                                  crash="CRASH_STEP" in prompt))  # fmt: skip
+        self._seqs.add(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop),
+                            crash="CRASH_STEP" in prompt))  # fmt: skip
 
     def cancel(self, seq: int) -> None:
-        self._waiting = deque(s for s in self._waiting if s.seq != seq)
-        self._running.pop(seq, None)
+        self._seqs.cancel(seq)
 
-    def step(self) -> _Events:
-        while self._waiting and len(self._running) < self.parallel:
-            s = self._waiting.popleft()
-            self._running[s.seq] = s
-        if not self._running:
+    def step(self) -> Events:
+        running = self._seqs.admit()
+        if not running:
             return []
-        if any(s.crash for s in self._running.values()):
+        if any(s.crash for s in running):
             raise RuntimeError("the fake engine was told to crash in step()")
         time.sleep(self.token_seconds)
-        events: _Events = []
-        for s in list(self._running.values()):
-            self._advance(s, events)
-        return events
+        return self._seqs.advance(running, self._advance)
 
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         """Deterministic unit vectors: words (or token ids) hashed into EMBED_DIM buckets."""
@@ -123,26 +115,19 @@ class FakeEngine:
         self.threads = threads
 
     def close(self) -> None:
-        self._waiting.clear()
-        self._running.clear()
+        self._seqs.clear()
         self._ballast = b""
 
-    def _advance(self, s: _Seq, events: _Events) -> None:
+    def _advance(self, s: _Seq, events: Events) -> None:
         word = self.words[s.generated % len(self.words)]
         piece = word if s.generated == 0 else " " + word
         s.generated += 1
-        text, stopped = s.text.feed(piece.encode())
-        if text:
-            events.append((s.seq, TextDelta(text)))
-        if stopped:
+        if emit(events, s.seq, s.text, piece.encode()):
             return self._finish(s, "stop", events, flush=False)
-        at_limit = s.max_tokens is not None and s.generated >= s.max_tokens
-        if at_limit or s.prompt_tokens + s.generated >= self.context_size:
+        if out_of_room(s.prompt_tokens, s.generated, s.max_tokens, self.context_size):
             self._finish(s, "length", events)
 
-    def _finish(self, s: _Seq, reason: FinishReason, events: _Events, flush: bool = True) -> None:
-        tail = s.text.finish() if flush else ""
-        if tail:
-            events.append((s.seq, TextDelta(tail)))
-        events.append((s.seq, Finished(reason, Usage(s.prompt_tokens, s.generated))))
-        del self._running[s.seq]
+    def _finish(self, s: _Seq, reason: FinishReason, events: Events, flush: bool = True) -> None:
+        self._seqs.end(s)
+        usage = Usage(s.prompt_tokens, s.generated)
+        finish_text(events, s.seq, s.text, reason, usage, flush=flush)

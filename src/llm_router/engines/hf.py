@@ -10,44 +10,24 @@ here, against ~25 tok/s for one stream: the next step if this engine needs throu
 from __future__ import annotations
 
 import inspect
-import os
-from collections import deque
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import BadRequest, EngineError
-from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
-from .base import EngineEvent, LoadSpec, check_prompt_fits
+from ..errors import BadRequest
+from ..types import GenerationRequest
+from .base import LoadSpec, cpu_cores
 from .chat_template import TURN_END_TOKENS, ChatTemplate, chat_tokens, template_for
-from .detok import IncrementalDetokenizer
 from .hf_load import load
 from .pooling import embed_in_batches, read_pooling
-from .sampling import Sampler
-from .text import TextAssembler
+from .sequences import Events
+from .token_seqs import TokenSeq, TokenSequences
 
 __all__ = ["TransformersEngine"]
 
 DEFAULT_PARALLEL = 4
 EMBED_BATCH = 32
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@dataclass(slots=True)
-class _Seq:
-    seq: int
-    prompt: list[int]
-    params: SamplingParams
-    text: TextAssembler
-    detok: IncrementalDetokenizer
-    sampler: Sampler
-    cache: Any = None
-    generated: list[int] = field(default_factory=list)
 
 
 class TransformersEngine:
@@ -58,7 +38,7 @@ class TransformersEngine:
 
     def __init__(self, spec: LoadSpec) -> None:
         opts = spec.options
-        self.threads = int(opts.get("threads") or _cores())
+        self.threads = int(opts.get("threads") or cpu_cores())
         torch.set_num_threads(self.threads)
         loaded = load(spec.path, opts)
         self._model, self._tok, self.task = loaded.model, loaded.tokenizer, loaded.task
@@ -67,18 +47,23 @@ class TransformersEngine:
         asked = opts.get("context_size")
         self.context_size: int | None = min(asked, limit) if asked and limit else asked or limit
         self.parallel = int(opts.get("parallel") or DEFAULT_PARALLEL)
-        self._waiting: deque[_Seq] = deque()
-        self._running: dict[int, _Seq] = {}
-        self._stats = {"forward_calls": 0, "prompt_tokens_evaluated": 0, "tokens_generated": 0}
+        self._stats = {"forward_calls": 0, "prompt_tokens_evaluated": 0}
+        self._eos: set[int] = set()
+        self._stops: tuple[str, ...] = ()
         if self.task == "embed":
             self._pooling = read_pooling(loaded.folder)
-            return
-        self._eos = self._eos_ids()
-        self._template, self._stops = self._load_template(spec)
-        accepts = inspect.signature(self._model.forward).parameters
-        self._keep_logits = "logits_to_keep" in accepts
-        # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns).
-        self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
+        else:
+            self._eos = self._eos_ids()
+            self._template, self._stops = self._load_template(spec)
+            accepts = inspect.signature(self._model.forward).parameters
+            self._keep_logits = "logits_to_keep" in accepts
+            # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns).
+            self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
+        self._seqs = TokenSequences(
+            self.parallel, "transformers", (RuntimeError, ValueError, IndexError),
+            eos=self._eos, context_size=self.context_size, decode=self._decode,
+            transcript_stops=self._stops,
+        )  # fmt: skip
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -91,9 +76,9 @@ class TransformersEngine:
             "parallel": self.parallel,
             "threads": self.threads,
             "chat_template": self.task == "generate" and self._template is not None,
-            "slots_busy": len(self._running),
-            "requests_waiting": len(self._waiting),
+            **self._seqs.counts(),
             **self._stats,
+            "tokens_generated": self._seqs.tokens_generated,
         }
 
     def set_threads(self, threads: int) -> None:
@@ -102,45 +87,18 @@ class TransformersEngine:
 
     @property
     def busy(self) -> bool:
-        return bool(self._running or self._waiting)
+        return self._seqs.busy
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
         if self.task != "generate":
             raise BadRequest("this model only makes embeddings", param="model")
-        tokens = self._prompt_tokens(request)
-        check_prompt_fits(len(tokens), self.context_size, request)
-        params = request.params
-        transcript = bool(request.messages is not None and self._stops)
-        if transcript:
-            params = replace(params, stop=(*params.stop, *self._stops))
-        detok = IncrementalDetokenizer(self._decode, tokens)
-        self._waiting.append(
-            _Seq(
-                seq,
-                tokens,
-                params,
-                TextAssembler(params.stop, lstrip=transcript),
-                detok,
-                Sampler(params, self._eos),
-            )
-        )
+        self._seqs.submit(seq, request, self._prompt_tokens(request))
 
     def cancel(self, seq: int) -> None:
-        self._waiting = deque(s for s in self._waiting if s.seq != seq)
-        self._running.pop(seq, None)
+        self._seqs.cancel(seq)
 
-    def step(self) -> list[tuple[int, EngineEvent]]:
-        while self._waiting and len(self._running) < self.parallel:
-            s = self._waiting.popleft()
-            self._running[s.seq] = s
-        events: list[tuple[int, EngineEvent]] = []
-        for s in list(self._running.values()):
-            try:
-                self._advance(s, events)
-            except (RuntimeError, ValueError, IndexError) as exc:
-                del self._running[s.seq]
-                events.append((s.seq, EngineError(f"transformers failed: {exc}")))
-        return events
+    def step(self) -> Events:
+        return self._seqs.step(self._advance)
 
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         if self.task != "embed":
@@ -155,8 +113,7 @@ class TransformersEngine:
         return self._pooling(states, mask.numpy().astype(np.int64)).tolist(), int(mask.sum())
 
     def close(self) -> None:
-        self._waiting.clear()
-        self._running.clear()
+        self._seqs.clear()
         self._model = None
 
     # -- prompt ----------------------------------------------------------------------------
@@ -235,43 +192,19 @@ class TransformersEngine:
 
     # -- decoding --------------------------------------------------------------------------
 
-    def _advance(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
-        first = s.cache is None
+    def _advance(self, s: TokenSeq, events: Events) -> None:
+        """One forward of `s` (its whole prompt the first time, its KV cache in `s.state`
+        then); blocks for it."""
+        first = s.state is None
         feed = s.prompt if first else s.generated[-1:]
-        kwargs: dict[str, Any] = {"use_cache": True, self._cache_arg: s.cache}
+        kwargs: dict[str, Any] = {"use_cache": True, self._cache_arg: s.state}
         if self._keep_logits:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
             out = self._model(input_ids=torch.tensor([feed]), **kwargs)
-        s.cache = getattr(out, self._cache_arg)
+        s.state = getattr(out, self._cache_arg)
         self._stats["forward_calls"] += 1
         if first:
             self._stats["prompt_tokens_evaluated"] += len(feed)
         token = s.sampler(out.logits[0, -1].float().numpy(), s.generated)
-        if token in self._eos:
-            return self._finish(s, "stop", events)
-        s.generated.append(token)
-        self._stats["tokens_generated"] += 1
-        text, stopped = s.text.feed(s.detok.feed(token).encode("utf-8"))
-        if text:
-            events.append((s.seq, TextDelta(text)))
-        if stopped:
-            return self._finish(s, "stop", events, flush=False)
-        limit = s.params.max_tokens
-        full = (
-            self.context_size is not None and len(s.prompt) + len(s.generated) >= self.context_size
-        )
-        if full or (limit is not None and len(s.generated) >= limit):
-            self._finish(s, "length", events)
-
-    def _finish(
-        self, s: _Seq, reason: str, events: list[tuple[int, EngineEvent]], flush: bool = True
-    ) -> None:
-        if flush:
-            text, stopped = s.text.feed(s.detok.finish().encode("utf-8"))
-            tail = text if stopped else text + s.text.finish()
-            if tail:
-                events.append((s.seq, TextDelta(tail)))
-        usage = Usage(len(s.prompt), len(s.generated))
-        events.append((s.seq, Finished("stop" if reason == "stop" else "length", usage)))
-        del self._running[s.seq]
+        self._seqs.take(s, token, events)

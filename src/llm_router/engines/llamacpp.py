@@ -9,18 +9,19 @@ The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python p
 from __future__ import annotations
 
 import ctypes
-import os
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
 
-from ..errors import BadRequest, ContextLengthExceeded, EngineError, ModelLoadFailed
-from ..types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
-from .base import EngineEvent, LoadSpec, check_prompt_fits
+from ..errors import BadRequest, ContextLengthExceeded, EngineError
+from ..types import FinishReason, GenerationRequest, SamplingParams, TextDelta, Usage
+from .base import EngineEvent, LoadSpec, check_prompt_fits, cpu_cores
 from .chat_template import ChatTemplate, chat_tokens, template_for
+from .llamacpp_load import context_params, load_model, model_params, new_context, tokenize
 from .llamacpp_sampler import Sampler, make_sampler
+from .sequences import Events, finish_text, reply_text
 from .slots import choose_slot, closing_move, prefix_source
 from .text import TextAssembler
 
@@ -29,27 +30,6 @@ __all__ = ["LlamaCppEngine", "model_params"]
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
 DEFAULT_BATCH = 512
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def model_params(repack: bool | None) -> Any:
-    """llama.cpp model parameters. `repack`: whether weights go to the extra (repacked) buffer
-    types; by default not where those would include the AMX buffer, whose matmul segfaults on
-    Sapphire Rapids class CPUs (llama.cpp#20824, seen here on Q4_K_M and Q4_1 files)."""
-    params = lc.llama_model_default_params()
-    if repack is None:
-        repack = b"AMX_INT8 = 1" not in lc.llama_print_system_info()
-    params.use_extra_bufts = repack
-    return params
-
-
-@lc.llama_log_callback  # type: ignore[untyped-decorator]
-def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if os.environ.get("LLM_ROUTER_ENGINE_LOG") and text:
-        os.write(2, text)
 
 
 @dataclass(slots=True)
@@ -79,33 +59,21 @@ class LlamaCppEngine:
 
     def __init__(self, spec: LoadSpec) -> None:
         opts = spec.options
-        lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
-        lc.llama_backend_init()
-        mparams = model_params(opts.get("repack"))
-        model = lc.llama_model_load_from_file(spec.path.encode(), mparams)
-        if not model:
-            raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
-        self._model = model
+        self._model = model = load_model(spec)
         self._vocab = lc.llama_model_get_vocab(model)
         n_train = lc.llama_model_n_ctx_train(model)
         self.context_size = min(opts.get("context_size") or min(n_train, DEFAULT_CONTEXT), n_train)
         self.parallel = opts.get("parallel") or DEFAULT_PARALLEL
-        self.threads = opts.get("threads") or _cores()
+        self.threads = opts.get("threads") or cpu_cores()
         self.batch_size = opts.get("batch_size") or DEFAULT_BATCH
-        cparams = lc.llama_context_default_params()
+        cparams = context_params(self.threads)
         cparams.n_ctx = self.context_size * self.parallel
         cparams.n_batch = cparams.n_ubatch = self.batch_size
         cparams.n_seq_max = self.parallel
-        cparams.n_threads = cparams.n_threads_batch = self.threads
         # Per-slot KV streams: attention cost follows the slot's length, not the total.
         cparams.kv_unified = False
-        cparams.no_perf = True
-        ctx = lc.llama_init_from_model(model, cparams)
-        if not ctx:
-            lc.llama_model_free(model)
-            raise ModelLoadFailed(f"llama.cpp could not create a context for {spec.path}")
-        self._ctx = ctx
-        self._mem = lc.llama_get_memory(ctx)
+        self._ctx = new_context(model, cparams, spec.path)
+        self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
         self._piece_cache: dict[int, bytes] = {}
         self._longest_piece: int | None = None  # bytes of the longest token, once needed
@@ -154,14 +122,8 @@ class LlamaCppEngine:
         if not tokens and self._bos >= 0:
             tokens = [self._bos]  # an empty prompt continues from the start of a text
         check_prompt_fits(len(tokens), self.context_size, request)
-        params = request.params
-        transcript = bool(request.messages is not None and self._template and self._template.stops)
-        if transcript and self._template:
-            params = replace(params, stop=(*params.stop, *self._template.stops))
-        self._waiting.append(
-            _Seq(seq, tokens, params, self._make_sampler(params),
-                 TextAssembler(params.stop, lstrip=transcript))
-        )  # fmt: skip
+        params, text = reply_text(request, self._template.stops if self._template else ())
+        self._waiting.append(_Seq(seq, tokens, params, self._make_sampler(params), text))
 
     def cancel(self, seq: int) -> None:
         for s in list(self._waiting):
@@ -279,15 +241,7 @@ class LlamaCppEngine:
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         """Tokens of `text`; with `special`, special tokens written in it are parsed."""
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (lc.llama_token * cap)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
-        if n < 0:
-            cap = -n
-            buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
-        return list(buf[:n])
+        return tokenize(self._vocab, text, add_bos=add_bos, special=special)
 
     def _piece(self, token: int, *, special: bool = False) -> bytes:
         if not special and token in self._piece_cache:
@@ -413,6 +367,9 @@ class LlamaCppEngine:
         b.logits[i] = logits
 
     def _sample(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
+        """Written out rather than through sequences.emit/out_of_room: it runs once per token
+        in the decode loop. The context is full when `n_past` (the sampled token not yet
+        evaluated) reaches it."""
         token = s.sampler.sample(self._ctx, s.logits_index)
         if lc.llama_vocab_is_eog(self._vocab, token):
             return self._finish(s, "stop", events)
@@ -428,14 +385,9 @@ class LlamaCppEngine:
         if (limit is not None and s.generated >= limit) or s.n_past >= self.context_size:
             self._finish(s, "length", events)
 
-    def _finish(
-        self, s: _Seq, reason: str, events: list[tuple[int, EngineEvent]], flush: bool = True
-    ) -> None:
-        tail = s.text.finish() if flush else ""
-        if tail:
-            events.append((s.seq, TextDelta(tail)))
+    def _finish(self, s: _Seq, reason: FinishReason, events: Events, flush: bool = True) -> None:
         usage = Usage(len(s.tokens), s.generated, s.cached)
-        events.append((s.seq, Finished("stop" if reason == "stop" else "length", usage)))
+        finish_text(events, s.seq, s.text, reason, usage, flush=flush)
         del self._running[s.seq]
         self._release(s)
 

@@ -9,9 +9,7 @@ sentence-transformers give them."""
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,9 @@ import llama_cpp as lc
 from ..errors import BadRequest, EngineError, InvalidModelFile, ModelLoadFailed
 from ..formats.gguf import read_gguf_info
 from ..types import GenerationRequest
-from .base import Engine, EngineEvent, LoadSpec
-from .llamacpp import LlamaCppEngine, _quiet_log, model_params
+from .base import Engine, EngineEvent, LoadSpec, cpu_cores
+from .llamacpp import LlamaCppEngine
+from .llamacpp_load import context_params, load_model, new_context, tokenize
 
 __all__ = ["LlamaCppEmbeddingEngine", "open_gguf"]
 
@@ -41,41 +40,24 @@ def open_gguf(spec: LoadSpec) -> Engine:
     return LlamaCppEngine(spec)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class LlamaCppEmbeddingEngine:
     """Engine for GGUF embedding models. Options read: `threads`, `context_size` (tokens kept
     per input; default the model's), `batch_size` (tokens per decode). Generation is refused."""
 
     def __init__(self, spec: LoadSpec) -> None:
         opts = spec.options
-        lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
-        lc.llama_backend_init()
-        model = lc.llama_model_load_from_file(
-            spec.path.encode(), model_params(spec.options.get("repack"))
-        )
-        if not model:
-            raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
-        self._model = model
+        self._model = model = load_model(spec)
         self._vocab = lc.llama_model_get_vocab(model)
         n_train = lc.llama_model_n_ctx_train(model)
         self.context_size = min(int(opts.get("context_size") or n_train), n_train)
-        self.threads = int(opts.get("threads") or _cores())
+        self.threads = int(opts.get("threads") or cpu_cores())
         self.batch_size = max(int(opts.get("batch_size") or MIN_BATCH), self.context_size)
-        cparams = lc.llama_context_default_params()
+        cparams = context_params(self.threads)
         cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = self.batch_size
         cparams.n_seq_max = MAX_SEQS
-        cparams.n_threads = cparams.n_threads_batch = self.threads
         cparams.embeddings = True
         cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own
-        cparams.no_perf = True
-        ctx = lc.llama_init_from_model(model, cparams)
-        if not ctx:
-            lc.llama_model_free(model)
-            raise ModelLoadFailed(f"llama.cpp could not create a context for {spec.path}")
-        self._ctx = ctx
+        self._ctx = new_context(model, cparams, spec.path)
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
         self._dim = lc.llama_model_n_embd(model)
         self._encoder = bool(lc.llama_model_has_encoder(model)) and not bool(
@@ -129,18 +111,10 @@ class LlamaCppEmbeddingEngine:
     # -- internals -------------------------------------------------------------------------
 
     def _tokens(self, item: str | list[int]) -> list[int]:
-        if not isinstance(item, str):
-            tokens = [int(t) for t in item]
+        if isinstance(item, str):
+            tokens = tokenize(self._vocab, item, add_bos=True, special=False)
         else:
-            data = item.encode("utf-8")
-            cap = len(data) + 8
-            buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
-            if n < 0:
-                cap = -n
-                buf = (lc.llama_token * cap)()
-                n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
-            tokens = list(buf[:n])
+            tokens = [int(t) for t in item]
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         if any(not 0 <= t < n_vocab for t in tokens):
             raise BadRequest(f"token ids must be in [0, {n_vocab})", param="input")

@@ -6,7 +6,6 @@ sentence-transformers on the same model, with the same vectors."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,13 @@ from tokenizers import Tokenizer
 from ..errors import BadRequest, InvalidModelFile, ModelLoadFailed
 from ..formats.onnx import read_onnx_meta
 from ..types import GenerationRequest
-from .base import EngineEvent, LoadSpec
+from .base import EngineEvent, LoadSpec, cpu_cores
 from .pooling import Pooling, embed_in_batches, read_pooling
 
 __all__ = ["OnnxEmbeddingEngine"]
 
 BATCH = 32
 _TEXT_ONLY = "this model only makes embeddings"
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -82,7 +77,7 @@ class OnnxEmbeddingEngine:
         # tokenizer.json may pin a fixed padding length (MiniLM's says 128): pad to the longest.
         self._tok.enable_padding(pad_id=int(pad.get("pad_id", 0)),
                                  pad_token=str(pad.get("pad_token", "[PAD]")))  # fmt: skip
-        self.threads = int(spec.options.get("threads") or _cores())
+        self.threads = int(spec.options.get("threads") or cpu_cores())
         self._session = self._open(self.threads)
         self._inputs = {i.name for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]

@@ -10,9 +10,6 @@ what they mean on the other engines."""
 from __future__ import annotations
 
 import json
-import os
-from collections import deque
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +17,13 @@ import numpy as np
 import onnxruntime_genai as og
 from tokenizers import Tokenizer
 
-from ..errors import BadRequest, EngineError, ModelLoadFailed
+from ..errors import BadRequest, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
-from ..types import Finished, GenerationRequest, TextDelta, Usage
-from .base import EngineEvent, LoadSpec, check_prompt_fits
+from ..types import GenerationRequest
+from .base import LoadSpec, cpu_cores
 from .chat_template import ChatTemplate, chat_tokens, template_for
-from .detok import IncrementalDetokenizer
-from .sampling import Sampler
-from .text import TextAssembler
+from .sequences import Events
+from .token_seqs import TokenSeq, TokenSequences
 
 __all__ = ["OnnxGenaiEngine"]
 
@@ -36,26 +32,11 @@ MIN_MAX_LENGTH = 512  # genai misbehaves with a smaller KV buffer (measured-here
 DEFAULT_PARALLEL = 4
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _token_text(value: object) -> str:
     """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else ""
-
-
-@dataclass(slots=True)
-class _Seq:
-    seq: int
-    prompt: list[int]
-    text: TextAssembler
-    detok: IncrementalDetokenizer
-    sampler: Sampler
-    generator: Any = None
-    generated: list[int] = field(default_factory=list)
 
 
 class OnnxGenaiEngine:
@@ -72,7 +53,7 @@ class OnnxGenaiEngine:
             )
         opts = spec.options
         self._folder = folder
-        self.threads = int(opts.get("threads") or _cores())
+        self.threads = int(opts.get("threads") or cpu_cores())
         self._model = self._open(self.threads)
         self._pending_threads: int | None = None
         genai = read_json(folder / "genai_config.json").get("model") or {}
@@ -88,9 +69,13 @@ class OnnxGenaiEngine:
         eos = genai.get("eos_token_id")
         self._eos = set(eos) if isinstance(eos, list) else {int(eos)} if eos is not None else set()
         self._template, self._stops = self._load_template(spec, str(genai.get("type") or ""))
-        self._waiting: deque[_Seq] = deque()
-        self._running: dict[int, _Seq] = {}
-        self._stats = {"prompt_tokens_evaluated": 0, "tokens_generated": 0}
+        # genai raises RuntimeError or its own errors: any Exception fails the one sequence.
+        self._seqs = TokenSequences(
+            self.parallel, "onnxruntime-genai", (Exception,),
+            eos=self._eos, context_size=self.context_size, decode=self._decode,
+            transcript_stops=self._stops,
+        )  # fmt: skip
+        self._stats = {"prompt_tokens_evaluated": 0}
 
     def _open(self, threads: int) -> Any:
         if hasattr(og, "disable_telemetry_events"):
@@ -125,8 +110,8 @@ class OnnxGenaiEngine:
     def info(self) -> dict[str, Any]:
         return {"engine": "onnxruntime-genai", "task": "generate", "threads": self.threads,
                 "context_size": self.context_size, "parallel": self.parallel,
-                "chat_template": self._template is not None, "slots_busy": len(self._running),
-                "requests_waiting": len(self._waiting), **self._stats}  # fmt: skip
+                "chat_template": self._template is not None, **self._seqs.counts(),
+                **self._stats, "tokens_generated": self._seqs.tokens_generated}  # fmt: skip
 
     def set_threads(self, threads: int) -> None:
         self._pending_threads = threads if threads != self.threads else None
@@ -134,57 +119,30 @@ class OnnxGenaiEngine:
 
     @property
     def busy(self) -> bool:
-        return bool(self._running or self._waiting)
+        return self._seqs.busy
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
-        tokens = self._prompt_tokens(request)
-        check_prompt_fits(len(tokens), self.context_size, request)
-        params = request.params
-        transcript = bool(request.messages is not None and self._stops)
-        if transcript:
-            params = replace(params, stop=(*params.stop, *self._stops))
-        detok = IncrementalDetokenizer(self._decode, tokens)
-        self._waiting.append(
-            _Seq(
-                seq,
-                tokens,
-                TextAssembler(params.stop, lstrip=transcript),
-                detok,
-                Sampler(params, self._eos),
-            )
-        )
+        self._seqs.submit(seq, request, self._prompt_tokens(request))
 
     def cancel(self, seq: int) -> None:
-        self._waiting = deque(s for s in self._waiting if s.seq != seq)
-        self._running.pop(seq, None)
+        self._seqs.cancel(seq)
         self._reopen_if_idle()
 
-    def step(self) -> list[tuple[int, EngineEvent]]:
+    def step(self) -> Events:
         self._reopen_if_idle()
-        while self._waiting and len(self._running) < self.parallel:
-            s = self._waiting.popleft()
-            self._running[s.seq] = s
-        events: list[tuple[int, EngineEvent]] = []
-        for s in list(self._running.values()):
-            try:
-                self._advance(s, events)
-            except Exception as exc:  # genai raises RuntimeError or its own errors
-                del self._running[s.seq]
-                events.append((s.seq, EngineError(f"onnxruntime-genai failed: {exc}")))
-        return events
+        return self._seqs.step(self._advance)
 
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         raise BadRequest("this model makes text, not embeddings", param="model")
 
     def close(self) -> None:
-        self._waiting.clear()
-        self._running.clear()
+        self._seqs.clear()
         self._model = None
 
     # -- internals -------------------------------------------------------------------------
 
     def _reopen_if_idle(self) -> None:
-        if self._pending_threads is not None and not self._running:
+        if self._pending_threads is not None and not self._seqs.running:
             self._model = self._open(self._pending_threads)
             self.threads, self._pending_threads = self._pending_threads, None
 
@@ -209,42 +167,20 @@ class OnnxGenaiEngine:
     def _decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
 
-    def _advance(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
-        if s.generator is None:
+    def _advance(self, s: TokenSeq, events: Events) -> None:
+        """Append one token to `s` (its whole prompt the first time) through its genai
+        Generator, kept in `s.state` while it runs; blocks for it."""
+        if s.state is None:
             params = og.GeneratorParams(self._model)
             budget = len(s.prompt) + (s.sampler.params.max_tokens or self.context_size)
             max_length = max(min(budget, self.context_size), MIN_MAX_LENGTH)
             params.set_search_options(max_length=max_length)
-            s.generator = og.Generator(self._model, params)
-            s.generator.append_tokens(s.prompt)
+            generator = s.state = og.Generator(self._model, params)
+            generator.append_tokens(s.prompt)
             self._stats["prompt_tokens_evaluated"] += len(s.prompt)
         else:
-            s.generator.append_tokens(s.generated[-1:])
-        token = s.sampler(np.asarray(s.generator.get_logits()), s.generated)
-        if token in self._eos:
-            return self._finish(s, "stop", events)
-        s.generated.append(token)
-        self._stats["tokens_generated"] += 1
-        text, stopped = s.text.feed(s.detok.feed(token).encode("utf-8"))
-        if text:
-            events.append((s.seq, TextDelta(text)))
-        if stopped:
-            return self._finish(s, "stop", events, flush=False)
-        limit = s.sampler.params.max_tokens
-        if len(s.prompt) + len(s.generated) >= self.context_size or (
-            limit is not None and len(s.generated) >= limit
-        ):
-            self._finish(s, "length", events)
-
-    def _finish(
-        self, s: _Seq, reason: str, events: list[tuple[int, EngineEvent]], flush: bool = True
-    ) -> None:
-        if flush:
-            text, stopped = s.text.feed(s.detok.finish().encode("utf-8"))
-            tail = text if stopped else text + s.text.finish()
-            if tail:
-                events.append((s.seq, TextDelta(tail)))
-        events.append((s.seq, Finished("stop" if reason == "stop" else "length",
-                                       Usage(len(s.prompt), len(s.generated)))))  # fmt: skip
-        del self._running[s.seq]
-        s.generator = None
+            generator = s.state
+            generator.append_tokens(s.generated[-1:])
+        token = s.sampler(np.asarray(generator.get_logits()), s.generated)
+        if not self._seqs.take(s, token, events):
+            s.state = None

@@ -1,0 +1,78 @@
+"""Opening a GGUF with llama.cpp's low-level API, for the generative and the embedding engine
+alike: the model, a context on it, and tokenization. Everything here blocks for its whole
+duration (loading, for one, reads the whole file)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import llama_cpp as lc
+
+from ..errors import ModelLoadFailed
+from .base import LoadSpec
+
+__all__ = ["context_params", "load_model", "model_params", "new_context", "tokenize"]
+
+
+def model_params(repack: bool | None) -> Any:
+    """llama.cpp model parameters. `repack`: whether weights go to the extra (repacked) buffer
+    types; by default not where those would include the AMX buffer, whose matmul segfaults on
+    Sapphire Rapids class CPUs (llama.cpp#20824, seen here on Q4_K_M and Q4_1 files)."""
+    params = lc.llama_model_default_params()
+    if repack is None:
+        repack = b"AMX_INT8 = 1" not in lc.llama_print_system_info()
+    params.use_extra_bufts = repack
+    return params
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if os.environ.get("LLM_ROUTER_ENGINE_LOG") and text:
+        os.write(2, text)
+
+
+def load_model(spec: LoadSpec) -> Any:
+    """The llama.cpp model of `spec.path` (option `repack`: see model_params), with
+    llama.cpp's log silenced unless LLM_ROUTER_ENGINE_LOG is set. Raises ModelLoadFailed."""
+    lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+    lc.llama_backend_init()
+    model = lc.llama_model_load_from_file(
+        spec.path.encode(), model_params(spec.options.get("repack"))
+    )
+    if not model:
+        raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
+    return model
+
+
+def context_params(threads: int) -> Any:
+    """llama.cpp's default context parameters, on `threads` threads, without its timings."""
+    cparams = lc.llama_context_default_params()
+    cparams.n_threads = cparams.n_threads_batch = threads
+    cparams.no_perf = True
+    return cparams
+
+
+def new_context(model: Any, cparams: Any, path: str) -> Any:
+    """A context on `model`; when llama.cpp cannot make one, `model` is freed and
+    ModelLoadFailed raised (naming `path`)."""
+    ctx = lc.llama_init_from_model(model, cparams)
+    if not ctx:
+        lc.llama_model_free(model)
+        raise ModelLoadFailed(f"llama.cpp could not create a context for {path}")
+    return ctx
+
+
+def tokenize(vocab: Any, text: str, *, add_bos: bool, special: bool) -> list[int]:
+    """Tokens of `text` in llama.cpp vocabulary `vocab`; with `special`, special tokens
+    written in it are parsed."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (lc.llama_token * cap)()
+    n = lc.llama_tokenize(vocab, data, len(data), buf, cap, add_bos, special)
+    if n < 0:  # the buffer was too small: -n is the count
+        cap = -n
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(vocab, data, len(data), buf, cap, add_bos, special)
+    return list(buf[:n])

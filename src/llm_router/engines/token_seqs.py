@@ -1,0 +1,88 @@
+"""Sequences of the engines that sample from logits and decode whole id lists (transformers,
+onnxruntime-genai): a sequence's state, and what a sampled token does to it. Runs on the
+worker's loop thread, as the engine does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import FinishReason, GenerationRequest, Usage
+from .base import check_prompt_fits
+from .detok import IncrementalDetokenizer
+from .sampling import Sampler
+from .sequences import Events, Sequences, emit, finish_text, out_of_room, reply_text
+from .text import TextAssembler
+
+__all__ = ["TokenSeq", "TokenSequences"]
+
+
+@dataclass(slots=True)
+class TokenSeq:
+    seq: int
+    prompt: list[int]
+    text: TextAssembler
+    detok: IncrementalDetokenizer
+    sampler: Sampler
+    generated: list[int] = field(default_factory=list)
+    state: Any = None  # the engine's own, from its first step: a KV cache, a genai Generator
+
+
+class TokenSequences(Sequences[TokenSeq]):
+    """The engine's sequences, and what a sampled token does to one: an `eos` token ends it
+    ("stop"); any other is appended and its text emitted, and it ends at a stop string
+    ("stop"), at `max_tokens` or when the prompt and the tokens fill `context_size`
+    ("length"). `decode` turns ids into text (for the detokenizer); a chat through a template
+    with `transcript_stops` also stops at those (see `reply_text`). `tokens_generated` counts
+    the appended tokens of every sequence."""
+
+    def __init__(
+        self,
+        parallel: int,
+        engine: str,
+        errors: tuple[type[Exception], ...],
+        *,
+        eos: set[int],
+        context_size: int | None,
+        decode: Callable[[list[int]], str],
+        transcript_stops: tuple[str, ...],
+    ) -> None:
+        super().__init__(parallel, engine, errors)
+        self._eos = eos
+        self._context_size = context_size
+        self._decode = decode
+        self._transcript_stops = transcript_stops
+        self.tokens_generated = 0
+
+    def submit(self, seq: int, request: GenerationRequest, prompt: list[int]) -> None:
+        """Queue `request` under `seq` with its `prompt` tokens; raises ContextLengthExceeded
+        or BadRequest as check_prompt_fits."""
+        check_prompt_fits(len(prompt), self._context_size, request)
+        params, text = reply_text(request, self._transcript_stops)
+        detok = IncrementalDetokenizer(self._decode, prompt)
+        self.add(TokenSeq(seq, prompt, text, detok, Sampler(params, self._eos)))
+
+    def take(self, s: TokenSeq, token: int, events: Events) -> bool:
+        """Add `token` to running sequence `s`; False when that ended it."""
+        if token in self._eos:
+            self._finish(s, "stop", events)
+            return False
+        s.generated.append(token)
+        self.tokens_generated += 1
+        if emit(events, s.seq, s.text, s.detok.feed(token).encode("utf-8")):
+            self._finish(s, "stop", events, flush=False)
+            return False
+        limit = s.sampler.params.max_tokens
+        if out_of_room(len(s.prompt), len(s.generated), limit, self._context_size):
+            self._finish(s, "length", events)
+            return False
+        return True
+
+    def _finish(
+        self, s: TokenSeq, reason: FinishReason, events: Events, flush: bool = True
+    ) -> None:
+        self.end(s)
+        held = s.detok.finish() if flush else ""
+        usage = Usage(len(s.prompt), len(s.generated))
+        finish_text(events, s.seq, s.text, reason, usage, flush=flush, held=held)
