@@ -60,3 +60,17 @@ def make_client() -> Iterator[MakeClient]:
 @pytest.fixture
 def client(server: Server, make_client: MakeClient) -> openai.OpenAI:
     return make_client(server)
+
+
+# Fixtures that bring a real model (or a real server on one): a test using any is `real`, so
+# `pytest -m "not real"` runs what needs no model, in well under a minute.
+REAL_FIXTURES = frozenset({
+    "smollm2_gguf", "gemma_gguf", "models_dir", "server", "client", "hf_engine", "gguf_engine",
+    "smollm2_hf", "gemma_hf", "smollm2_onnx_fp32", "smollm2_onnx_int4", "minilm", "minilm_onnx",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)

@@ -80,7 +80,7 @@ async def test_embed_returns_one_vector_per_input(router: Router) -> None:
     dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
     assert dot(cat, kitten) > dot(cat, stocks)
     assert len(await router.embed("one", model=defaults.MINILM_ID)) == 1
-    # vectors of floats even when base64 is asked (it used to be a list of characters)
+    # vectors of floats even when base64 is asked (embeddings_response gives the base64)
     (floats,) = await router.embed("a cat", model=defaults.MINILM_ID, encoding_format="base64")
     assert floats == cat
     base64 = await router.embeddings_response("a cat", model=defaults.MINILM_ID,

@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import openai
+import pytest
 
 from llm_router.formats.gguf import read_gguf_info
 from model_cache import minilm_folder, smollm2_hf  # noqa: F401  (fixtures)
 from servers import GEMMA, SMOL, link_models, new_server
+
+pytestmark = pytest.mark.real  # real models, conversions or processes
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from .errors import RouterError
@@ -10,7 +11,10 @@ if TYPE_CHECKING:
     from .api import Router
     from .config import ModelConfig, Settings, load_config
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("llm-runner-router")  # the one in pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
 
 __all__ = ["ModelConfig", "Router", "RouterError", "Settings", "__version__", "load_config"]
 

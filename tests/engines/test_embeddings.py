@@ -22,6 +22,8 @@ from llm_router.engines.onnx_embed import OnnxEmbeddingEngine
 from llm_router.errors import BadRequest, ModelLoadFailed
 from llm_router.formats.detect import describe
 
+pytestmark = pytest.mark.real  # real models, conversions or processes
+
 SENTENCES = [
     "The cat sits on the mat.",
     "A cat is sitting on a rug.",

@@ -36,7 +36,7 @@ from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDe
 from llm_router.worker import client
 from llm_router.worker.pool import WorkerPool
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.real]  # real worker processes (the fake engine)
 
 MiB = 2**20
 T = TypeVar("T")
@@ -391,8 +391,8 @@ async def test_keep_alive_zero_unloads_after_the_request(harness: Harness, tmp_p
 
 
 async def test_a_requests_keep_alive_is_its_own_and_capped(harness: Harness, tmp_path: Path) -> None:
-    """A request's keep_alive applies after that request only (it used to stay as an override
-    for every later request), and never beyond `keep_alive_max`."""
+    """A request's keep_alive applies after that request only, not to the requests after it,
+    and never beyond `keep_alive_max`."""
     manager = await harness.manager([fake_model(tmp_path, "a")], keep_alive="300ms",
                                     keep_alive_max="2s")  # fmt: skip
     state = manager.resolve("a")
@@ -634,9 +634,9 @@ async def test_lifecycle_is_logged(
 async def test_a_worker_whose_channel_breaks_is_killed(
     harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reply line past the channel's limit used to leave the model `loaded` with a worker
-    nobody could read any more. The worker is killed: its request fails, the model goes to
-    `error` and the next request loads it again."""
+    """A worker whose reply line is past the channel's limit can never be read again: it is
+    killed, its request fails, the model goes to `error` and the next request loads it again
+    (rather than staying `loaded` behind a dead channel)."""
     monkeypatch.setattr(client, "STREAM_LIMIT", 256 * 1024)
     model = fake_model(tmp_path, "a", reply="short " + "x" * (512 * 1024))
     manager = await harness.manager([model], spare_workers=False)
@@ -660,8 +660,8 @@ def test_event_subscribers_are_bounded() -> None:
 async def test_an_engine_failure_fails_its_requests_not_the_worker(
     harness: Harness, tmp_path: Path
 ) -> None:
-    """An exception in an engine's step() used to kill the worker and every stream on it; it
-    fails the generations running and the worker serves on."""
+    """An exception in an engine's step() fails the generations running, not the worker: the
+    model's next request is served by the same process."""
     manager = await harness.manager([fake_model(tmp_path, "a")])
     _, _, pid = await bounded(harness.generate(manager, "a"))
     request = GenerationRequest(SamplingParams(max_tokens=3), prompt="CRASH_STEP now")

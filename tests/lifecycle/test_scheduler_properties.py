@@ -242,7 +242,7 @@ def _check_outcomes(scenario: Scenario, run: Run) -> None:
 
 
 SETTINGS = settings(
-    max_examples=150, derandomize=True, deadline=None,
+    max_examples=80, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
 

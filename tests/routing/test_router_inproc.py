@@ -121,8 +121,8 @@ async def test_compare_asks_each_target_once(tmp_path: Path) -> None:
 
 
 async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None:
-    """Embeddings used to bypass the dispatcher: no breaker, no stats. A failing remote target
-    now opens its breaker for embeddings as for chats, and is then refused at once."""
+    """Embeddings pass the dispatcher like chats: a failing remote target opens its breaker
+    for them, and is then refused at once, without being asked."""
     async with upstream() as (up, url):
         async with app_client(tmp_path, models=[remote("box", url)],
                               breaker={"failure_threshold": 2, "cooldown": 60}) as c:  # fmt: skip

@@ -17,6 +17,8 @@ from llm_router.tools import ConversionError, OutputExists
 from llm_router.tools.bert_onnx import build_bert_onnx, is_bert
 from model_cache import minilm_folder
 
+pytestmark = pytest.mark.real  # real models, conversions or processes
+
 TEXTS = ["The cat sits on the mat.", "A longer sentence, with punctuation; and more words.",
          "short", "word " * 400]  # fmt: skip
 

@@ -15,6 +15,8 @@ from llm_router.engines.llamacpp import LlamaCppEngine
 from llm_router.formats.gguf import read_gguf_info
 from llm_router.tools import ConversionError, OutputExists, convert, quantize, quantize_types
 
+pytestmark = pytest.mark.real  # real models, conversions or processes
+
 
 def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".partial-" in p.name]

@@ -20,6 +20,8 @@ from llm_router.formats.detect import detect, read_meta
 from llm_router.formats.gguf import read_gguf_info
 from llm_router.tools import ConversionError, OutputExists, convert, quantize
 
+pytestmark = pytest.mark.real  # real models, conversions or processes
+
 PROMPTS = ("The capital of France is", "Once upon a time", "def fibonacci(n):",
            "The three primary colours are")  # fmt: skip
 TOKENS = 16
