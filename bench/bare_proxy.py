@@ -25,11 +25,20 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = await read_body(receive)
     if _session is None:
         _session = aiohttp.ClientSession()
-    async with _session.request(scope["method"], UPSTREAM + scope["path"], data=body,
-                                headers={"content-type": "application/json"}) as upstream:  # fmt: skip
+    async with _session.request(
+        scope["method"],
+        UPSTREAM + scope["path"],
+        data=body,
+        headers={"content-type": "application/json"},
+    ) as upstream:
         kind = upstream.headers.get("content-type", "application/json").encode()
-        await send({"type": "http.response.start", "status": upstream.status,
-                    "headers": [(b"content-type", kind)]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": [(b"content-type", kind)],
+            }
+        )
         async for block in upstream.content.iter_any():
             await send({"type": "http.response.body", "body": block, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

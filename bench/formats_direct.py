@@ -19,10 +19,13 @@ from typing import Any
 import psutil
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
-WORDS = ("the quick brown fox jumps over a lazy dog while seven tired engineers measure "
-         "how long each library takes to load and answer small questions").split()  # fmt: skip
-TEXTS = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(4 + (i * 13) % 48))
-         for i in range(256)]  # fmt: skip  # 4-51 words each
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven tired engineers measure "
+    "how long each library takes to load and answer small questions"
+).split()
+TEXTS = [
+    " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(4 + (i * 13) % 48)) for i in range(256)
+]  # 4-51 words each
 EMBED_BATCH = 32  # sentence-transformers' default batch size, and our engines'
 GEN_KV = 512  # onnxruntime-genai KV buffer: what our engine asks for (its MIN_MAX_LENGTH)
 
@@ -102,8 +105,9 @@ def _llama_high(path: str, threads: int) -> Generate:
     params = _model_params(lc)
     lc.llama_model_default_params = lambda: params
 
-    llm = Llama(path, n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                verbose=False)  # fmt: skip
+    llm = Llama(
+        path, n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
 
     def generate(prompt: str, n: int, on_token: Callable[[], None]) -> tuple[str, int]:
         text = ""
@@ -142,8 +146,13 @@ def _transformers(path: str, threads: int) -> Generate:
     def generate(prompt: str, n: int, on_token: Callable[[], None]) -> tuple[str, int]:
         enc = tok(prompt, return_tensors="pt")
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=n, do_sample=False,
-                                 pad_token_id=tok.eos_token_id, streamer=Clock(on_token))  # fmt: skip
+            out = model.generate(
+                **enc,
+                max_new_tokens=n,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+                streamer=Clock(on_token),
+            )
         width = enc["input_ids"].shape[1]
         return tok.decode(out[0, width:], skip_special_tokens=True), width
 
@@ -182,9 +191,11 @@ def _genai(path: str, threads: int) -> Generate:
 
 
 GENERATORS: dict[str, Callable[[str, int], Generate]] = {
-    "llama.cpp": _llama_low, "llama-cpp-python": _llama_high,
-    "transformers": _transformers, "onnxruntime-genai": _genai,
-}  # fmt: skip
+    "llama.cpp": _llama_low,
+    "llama-cpp-python": _llama_high,
+    "transformers": _transformers,
+    "onnxruntime-genai": _genai,
+}
 
 
 def _rss() -> int:
@@ -195,8 +206,13 @@ def _timed_generation(generate: Generate, n: int) -> dict[str, Any]:
     stamps: list[float] = []
     start = time.perf_counter()
     text, prompt_tokens = generate(PROMPT, n, lambda: stamps.append(time.perf_counter()))
-    return {"ttft": stamps[0] - start, "total": stamps[-1] - start, "tokens": len(stamps),
-            "prompt_tokens": prompt_tokens, "text": text}  # fmt: skip
+    return {
+        "ttft": stamps[0] - start,
+        "total": stamps[-1] - start,
+        "tokens": len(stamps),
+        "prompt_tokens": prompt_tokens,
+        "text": text,
+    }
 
 
 def direct(kind: str, path: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -28,10 +28,8 @@ from typing import Any
 from common import ROOT, bundled_models
 
 from llm_router import defaults
-from llm_router.config import ModelConfig
 from llm_router.engines import LoadSpec
-from llm_router.formats.detect import describe
-from llm_router.lifecycle.discovery import ModelSource, identity_of
+from llm_router.lifecycle.discovery import ModelSource, source_of
 from llm_router.lifecycle.estimate import estimate_model_bytes
 from llm_router.types import Finished, GenerationRequest, SamplingParams
 from llm_router.worker.client import Worker
@@ -87,19 +85,10 @@ class Run:
     peak: int  # the most seen while they ran (sampled every 20 ms), or after
 
 
-def source_for(path: Path) -> ModelSource:
-    """What discovery makes of `path`, without a models directory."""
-    described = describe(path)
-    identity = identity_of(path)
-    assert described is not None and identity is not None, f"{path}: not a model"
-    found, meta = described
-    return ModelSource(path.name, path, found.format, found.engine, ModelConfig(id=path.name),
-                       identity, "config", meta)  # fmt: skip
-
-
 async def _generate(worker: Worker, prompt: str) -> None:
-    async for event in worker.generate(GenerationRequest(SamplingParams(max_tokens=8),
-                                                         prompt=prompt)):  # fmt: skip
+    async for event in worker.generate(
+        GenerationRequest(SamplingParams(max_tokens=8), prompt=prompt)
+    ):
         if isinstance(event, Finished):
             return
 
@@ -118,16 +107,21 @@ async def _peak(worker: Worker, work: Any) -> tuple[int, int]:
 
 async def measure(pool: WorkerPool, source: ModelSource, options: dict[str, Any]) -> Run:
     info = source.info
-    spec = LoadSpec(str(source.path), options, info.architecture if info else None,
-                    info.finetune if info else None)  # fmt: skip
+    spec = LoadSpec(
+        str(source.path),
+        options,
+        info.architecture if info else None,
+        info.finetune if info else None,
+    )
     worker = await pool.start(source.engine, spec, timeout=120)
     try:
         base, loaded = pool.base(source.engine) or 0, worker.rss() or 0
         if source.task == "embed":
             await worker.embed(["Hello"])
             short = worker.rss() or 0
-            busy, peak = await _peak(worker, worker.embed([f"{i} " + SENTENCE * 40
-                                                           for i in range(32)]))  # fmt: skip
+            busy, peak = await _peak(
+                worker, worker.embed([f"{i} " + SENTENCE * 40 for i in range(32)])
+            )
         else:
             for _ in range(2):
                 await _generate(worker, "Hello")
@@ -149,8 +143,12 @@ def _pct(estimate: int, measured: int) -> str:
 async def main(repeat: int, extra: bool, only: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = bundled_models(Path(tmp))
-        cases = [(p, name, opts) for p in sorted(models.iterdir()) if p.suffix == ".gguf"
-                 for name, opts in SETTINGS]  # fmt: skip
+        cases = [
+            (p, name, opts)
+            for p in sorted(models.iterdir())
+            if p.suffix == ".gguf"
+            for name, opts in SETTINGS
+        ]
         cases += [(p, "defaults", {}) for p in models.iterdir() if p.suffix != ".gguf"]
         if extra:
             cases += converted() + bert_gguf(Path(tmp))
@@ -160,15 +158,21 @@ async def main(repeat: int, extra: bool, only: str | None) -> None:
             label = path.parent.name.rsplit("-", 1)[0] if path.name == "model" else path.stem
             if only and not re.search(only, f"{label} {name}"):
                 continue
-            source = source_for(path)
+            source = source_of(path)
             runs = [await measure(pool, source, options) for _ in range(repeat)]
-            med = {k: int(statistics.median(getattr(r, k) for r in runs))
-                   for k in ("base", "loaded", "short", "busy", "peak")}  # fmt: skip
+            med = {
+                k: int(statistics.median(getattr(r, k) for r in runs))
+                for k in ("base", "loaded", "short", "busy", "peak")
+            }
             estimate = med["base"] + estimate_model_bytes(source, options)
             spread = max(r.peak for r in runs) - min(r.peak for r in runs)
-            print(f"# {label} {name}: " + ", ".join(
-                f"{k} {v / MiB:.0f}" for k, v in med.items()) + f", peak spread {spread / MiB:.1f}"
-                f", estimate {estimate / MiB:.0f}", flush=True)  # fmt: skip
+            print(
+                f"# {label} {name}: "
+                + ", ".join(f"{k} {v / MiB:.0f}" for k, v in med.items())
+                + f", peak spread {spread / MiB:.1f}"
+                f", estimate {estimate / MiB:.0f}",
+                flush=True,
+            )
             rows.append(
                 f"| {label} | {source.engine} | {name} | {med['base'] / MiB:.0f} | "
                 f"{estimate / MiB:.0f} | {med['loaded'] / MiB:.0f} | "

@@ -35,8 +35,15 @@ HERE = Path(__file__).resolve().parent
 BODY = {"model": "stub", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
 
 
-async def load(url: str, concurrency: int, count: int, stream: bool, headers: dict[str, str],
-               limit_s: float = 60.0, model: str = "stub") -> dict[str, float]:  # fmt: skip
+async def load(
+    url: str,
+    concurrency: int,
+    count: int,
+    stream: bool,
+    headers: dict[str, str],
+    limit_s: float = 60.0,
+    model: str = "stub",
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     body = {**BODY, "model": model, "stream": stream}
@@ -61,28 +68,59 @@ async def load(url: str, concurrency: int, count: int, stream: bool, headers: di
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"rps": len(latencies) / wall, "p50_ms": pct(latencies, 0.5) * 1000,
-            "p99_ms": pct(latencies, 0.99) * 1000, "n": len(latencies), "errors": errors}  # fmt: skip
+    return {
+        "rps": len(latencies) / wall,
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "n": len(latencies),
+        "errors": errors,
+    }
 
 
-def wrk(url: str, concurrency: int, stream: bool, headers: dict[str, str], seconds: int,
-        work: Path, model: str = "stub") -> dict[str, float]:  # fmt: skip
+def wrk(
+    url: str,
+    concurrency: int,
+    stream: bool,
+    headers: dict[str, str],
+    seconds: int,
+    work: Path,
+    model: str = "stub",
+) -> dict[str, float]:
     """The same measurement with wrk (C, one thread): at high concurrency a Python client
     becomes the bottleneck and flattens every server to the same number."""
     script = work / f"post-{stream}-{model}.lua"
     body = {**BODY, "model": model, "stream": stream}
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
-             'wrk.headers["Content-Type"] = "application/json"']  # fmt: skip
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps(body))}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
-                          str(script), url + "/v1/chat/completions"],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout  # fmt: skip
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pcts = {p: _ms(v, unit) for p, v, unit in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)", out)}
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": pcts["50"], "p99_ms": pcts["99"],
-            "errors": float(bad.group(1)) if bad else 0.0}  # fmt: skip
+    return {
+        "rps": rps,
+        "p50_ms": pcts["50"],
+        "p99_ms": pcts["99"],
+        "errors": float(bad.group(1)) if bad else 0.0,
+    }
 
 
 def _ms(value: str, unit: str) -> float:
@@ -91,45 +129,91 @@ def _ms(value: str, unit: str) -> float:
 
 def start_stub(work: Path, delay_ms: float = 0) -> Proc:
     port = free_port()
-    return Proc([sys.executable, str(HERE / "stub_server.py"), str(port), str(delay_ms)],
-                f"http://127.0.0.1:{port}", "/v1/models", work / f"stub-{port}.log")  # fmt: skip
+    return Proc(
+        [sys.executable, str(HERE / "stub_server.py"), str(port), str(delay_ms)],
+        f"http://127.0.0.1:{port}",
+        "/v1/models",
+        work / f"stub-{port}.log",
+    )
 
 
 def start_bare_proxy(upstream: str, work: Path) -> Proc:
     port = free_port()
-    return Proc([sys.executable, str(HERE / "bare_proxy.py"), str(port), upstream],
-                f"http://127.0.0.1:{port}", "/v1/models", work / f"bare-{port}.log")  # fmt: skip
+    return Proc(
+        [sys.executable, str(HERE / "bare_proxy.py"), str(port), upstream],
+        f"http://127.0.0.1:{port}",
+        "/v1/models",
+        work / f"bare-{port}.log",
+    )
 
 
 def start_litellm(binary: str, stubs: dict[str, str], work: Path) -> Proc:
     port = free_port()
     cfg = work / "litellm.yaml"
-    cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": name, "litellm_params": {
-        "model": "openai/stub", "api_base": url + "/v1", "api_key": "unused"}}
-        for name, url in stubs.items()]}))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": name,
+                        "litellm_params": {
+                            "model": "openai/stub",
+                            "api_base": url + "/v1",
+                            "api_key": "unused",
+                        },
+                    }
+                    for name, url in stubs.items()
+                ]
+            }
+        )
+    )
     os.environ.update(LITELLM_MASTER_KEY="sk-bench", LITELLM_LOCAL_MODEL_COST_MAP="True")
-    return Proc([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
-                f"http://127.0.0.1:{port}", "/health/liveliness", work / "litellm.log")  # fmt: skip
+    return Proc(
+        [binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}",
+        "/health/liveliness",
+        work / "litellm.log",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--litellm", help="the litellm command in its own venv")
     parser.add_argument("--count", type=int, default=1500)
-    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument(
+        "--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
+    )
     parser.add_argument("--seconds", type=int, default=5, help="per measurement, with wrk")
-    parser.add_argument("--delay-ms", type=float, default=50,
-                        help="the slow stub's time to answer (0: no second pass)")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=50,
+        help="the slow stub's time to answer (0: no second pass)",
+    )
     args = parser.parse_args()
     work = workdir()
     stubs = {"stub": start_stub(work)}  # model name -> stub
     if args.delay_ms:
         stubs["stub-slow"] = start_stub(work, args.delay_ms)
-    router = ours({"models_dir": str(work / "empty"), "provision_default_models": False,
-                   "spare_workers": False, "watch_interval": 0,
-                   "models": [{"id": name, "provider": "openai", "base_url": stub.url + "/v1",
-                               "model": "stub", "health_check_interval": 0}
-                              for name, stub in stubs.items()]}, work)  # fmt: skip
+    router = ours(
+        {
+            "models_dir": str(work / "empty"),
+            "provision_default_models": False,
+            "spare_workers": False,
+            "watch_interval": 0,
+            "models": [
+                {
+                    "id": name,
+                    "provider": "openai",
+                    "base_url": stub.url + "/v1",
+                    "model": "stub",
+                    "health_check_interval": 0,
+                }
+                for name, stub in stubs.items()
+            ],
+        },
+        work,
+    )
     # name -> (process, url for each model, headers)
     targets: dict[str, tuple[Proc | None, dict[str, str], dict[str, str]]] = {
         "direct": (None, {name: stub.url for name, stub in stubs.items()}, {}),
@@ -139,8 +223,11 @@ def main() -> None:
     targets["bare-proxy"] = (None, {name: proxy.url for name, proxy in bare.items()}, {})
     if args.litellm:
         lite = start_litellm(args.litellm, {name: stub.url for name, stub in stubs.items()}, work)
-        targets["litellm"] = (lite, dict.fromkeys(stubs, lite.url),
-                              {"Authorization": "Bearer sk-bench"})  # fmt: skip
+        targets["litellm"] = (
+            lite,
+            dict.fromkeys(stubs, lite.url),
+            {"Authorization": "Bearer sk-bench"},
+        )
     results: dict[str, Any] = {}
     try:
         for name, (_, urls, headers) in targets.items():
@@ -150,13 +237,17 @@ def main() -> None:
                 for stream in (False, True):
                     for c in (1, 16, 64):
                         count = args.count // 3 if c == 1 else args.count
-                        r = (wrk(url, c, stream, headers, args.seconds, work, model)
-                             if args.client == "wrk"
-                             else asyncio.run(load(url, c, count, stream, headers, model=model)))  # fmt: skip
+                        r = (
+                            wrk(url, c, stream, headers, args.seconds, work, model)
+                            if args.client == "wrk"
+                            else asyncio.run(load(url, c, count, stream, headers, model=model))
+                        )
                         key = f"{'stream' if stream else 'plain'}_c{c}{suffix}"
                         results.setdefault(name, {})[key] = r
-                        print(f"{name:10} {key:16} " +
-                              " ".join(f"{k}={v:.1f}" for k, v in r.items()), flush=True)  # fmt: skip
+                        print(
+                            f"{name:10} {key:16} " + " ".join(f"{k}={v:.1f}" for k, v in r.items()),
+                            flush=True,
+                        )
     finally:
         for proc, _, _ in targets.values():
             if proc is not None:
@@ -165,16 +256,34 @@ def main() -> None:
             proc.stop()
     summary = {}
     for key in results["direct"]:
-        row = {"added_p50_ms": results["llm-router"][key]["p50_ms"] - results["direct"][key]["p50_ms"],
-               "added_p99_ms": results["llm-router"][key]["p99_ms"] - results["direct"][key]["p99_ms"]}
-        row["bare_proxy_added_p50_ms"] = results["bare-proxy"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
+        row = {
+            "added_p50_ms": results["llm-router"][key]["p50_ms"] - results["direct"][key]["p50_ms"],
+            "added_p99_ms": results["llm-router"][key]["p99_ms"] - results["direct"][key]["p99_ms"],
+        }
+        row["bare_proxy_added_p50_ms"] = (
+            results["bare-proxy"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
+        )
         if "litellm" in results:
-            row["rps_ours_over_litellm"] = results["llm-router"][key]["rps"] / results["litellm"][key]["rps"]
-            row["litellm_added_p50_ms"] = results["litellm"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
+            row["rps_ours_over_litellm"] = (
+                results["llm-router"][key]["rps"] / results["litellm"][key]["rps"]
+            )
+            row["litellm_added_p50_ms"] = (
+                results["litellm"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
+            )
         summary[key] = row
     print(yaml.safe_dump(summary))
-    print("written", write_result("overhead", {"client": args.client, "delay_ms": args.delay_ms,
-                                               "results": results, "summary": summary}))  # fmt: skip
+    print(
+        "written",
+        write_result(
+            "overhead",
+            {
+                "client": args.client,
+                "delay_ms": args.delay_ms,
+                "results": results,
+                "summary": summary,
+            },
+        ),
+    )
 
 
 if __name__ == "__main__":

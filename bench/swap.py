@@ -43,8 +43,12 @@ def measure(url: str, rounds: int, ours: bool = False, gap: float = 0.2) -> dict
             entry = {m["id"]: m for m in httpx.get(url + "/models").json()["data"]}[current]
             loads.append((current, entry["load_seconds"]))
         time.sleep(0.2)
-    out = {"cold_ttft_s": cold, "warm_ttft_p50_s": statistics.median(warm),
-           "swap_ttft_p50_s": statistics.median(swap), "swap_ttft_max_s": max(swap)}  # fmt: skip
+    out = {
+        "cold_ttft_s": cold,
+        "warm_ttft_p50_s": statistics.median(warm),
+        "swap_ttft_p50_s": statistics.median(swap),
+        "swap_ttft_max_s": max(swap),
+    }
     for model, name in ((SMOL, "smollm2"), (GEMMA, "gemma")):
         mine = [seconds for m, seconds in loads if m == model]
         if mine:
@@ -62,8 +66,12 @@ async def storm(url: str, models: list[str], clients: int, seconds: float) -> di
         nonlocal served, refused, lost
         n = i
         while time.monotonic() < stop_at:
-            body = {"model": models[n % len(models)], "prompt": "Hello", "max_tokens": 8,
-                    "temperature": 0}  # fmt: skip
+            body = {
+                "model": models[n % len(models)],
+                "prompt": "Hello",
+                "max_tokens": 8,
+                "temperature": 0,
+            }
             t0 = time.monotonic()
             try:
                 r = await http.post(url + "/v1/completions", json=body)
@@ -83,9 +91,14 @@ async def storm(url: str, models: list[str], clients: int, seconds: float) -> di
     async with httpx.AsyncClient(timeout=90) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     wall = time.monotonic() - started_at
-    return {"served": served, "refused": refused, "lost": lost,
-            "served_per_s": served / wall, "worst_latency_s": max(latencies, default=0.0),
-            "p50_latency_s": statistics.median(latencies) if latencies else 0.0}  # fmt: skip
+    return {
+        "served": served,
+        "refused": refused,
+        "lost": lost,
+        "served_per_s": served / wall,
+        "worst_latency_s": max(latencies, default=0.0),
+        "p50_latency_s": statistics.median(latencies) if latencies else 0.0,
+    }
 
 
 def storm_models(work: Path, models: Path) -> Path:
@@ -102,21 +115,41 @@ def run_storm(work: Path, models: Path, threads: int, seconds: float) -> dict[st
     folder = storm_models(work, models)
     names = ["alpha", "beta", "gamma"]
     out: dict[str, Any] = {}
-    srv = ours({"models_dir": str(folder), "models_max": 2,
-                "model_defaults": {"threads": threads, "parallel": 4,
-                                   "context_size": 2048}}, work)  # fmt: skip
+    srv = ours(
+        {
+            "models_dir": str(folder),
+            "models_max": 2,
+            "model_defaults": {"threads": threads, "parallel": 4, "context_size": 2048},
+        },
+        work,
+    )
     try:
         out["llm-router"] = asyncio.run(storm(srv.url, names, 6, seconds))
     finally:
         srv.stop()
-    peer = llama_server(["--models-dir", str(folder), "--models-max", "2", "-t", str(threads),
-                         "-np", "4", "-c", str(2048 * 4), "--no-webui"], work)  # fmt: skip
+    peer = llama_server(
+        [
+            "--models-dir",
+            str(folder),
+            "--models-max",
+            "2",
+            "-t",
+            str(threads),
+            "-np",
+            "4",
+            "-c",
+            str(2048 * 4),
+            "--no-webui",
+        ],
+        work,
+    )
     try:
         out["llama-server"] = asyncio.run(storm(peer.url, names, 6, seconds))
     finally:
         peer.stop()
-    out["ratio_served_per_s"] = (out["llm-router"]["served_per_s"]
-                                 / max(out["llama-server"]["served_per_s"], 1e-9))  # fmt: skip
+    out["ratio_served_per_s"] = out["llm-router"]["served_per_s"] / max(
+        out["llama-server"]["served_per_s"], 1e-9
+    )
     return out
 
 
@@ -140,15 +173,34 @@ def main() -> None:
     if args.skip_swaps:
         return
     results = {}
-    srv = ours({"models_dir": str(models), "models_max": 1,
-                "model_defaults": {"threads": args.threads, "parallel": 4,
-                                   "context_size": 2048}}, work)  # fmt: skip
+    srv = ours(
+        {
+            "models_dir": str(models),
+            "models_max": 1,
+            "model_defaults": {"threads": args.threads, "parallel": 4, "context_size": 2048},
+        },
+        work,
+    )
     try:
         results["llm-router"] = measure(srv.url, args.rounds, ours=True, gap=args.gap)
     finally:
         srv.stop()
-    peer = llama_server(["--models-dir", str(models), "--models-max", "1", "-t", str(args.threads),
-                         "-np", "4", "-c", str(2048 * 4), "--no-webui"], work)  # fmt: skip
+    peer = llama_server(
+        [
+            "--models-dir",
+            str(models),
+            "--models-max",
+            "1",
+            "-t",
+            str(args.threads),
+            "-np",
+            "4",
+            "-c",
+            str(2048 * 4),
+            "--no-webui",
+        ],
+        work,
+    )
     try:
         results["llama-server"] = measure(peer.url, args.rounds, gap=args.gap)
     finally:

@@ -44,10 +44,19 @@ REQUESTS = ("CreateChatCompletionRequest", "CreateCompletionRequest", "CreateEmb
 # Everything else (enum, const, default, required, ...) is data and is copied untouched.
 SCHEMA_KEYWORDS = frozenset(
     {
-        "items", "additionalProperties", "not", "contains", "propertyNames", "if", "then",
-        "else", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
+        "items",
+        "additionalProperties",
+        "not",
+        "contains",
+        "propertyNames",
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "additionalItems",
     }
-)  # fmt: skip
+)
 SCHEMA_LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
 SCHEMA_MAP_KEYWORDS = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}

@@ -48,8 +48,9 @@ def make_client() -> Iterator[MakeClient]:
     made: list[openai.OpenAI] = []
 
     def make(srv: Server) -> openai.OpenAI:
-        made.append(openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0,
-                                  timeout=120))  # fmt: skip
+        made.append(
+            openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        )
         return made[-1]
 
     yield make
@@ -64,10 +65,23 @@ def client(server: Server, make_client: MakeClient) -> openai.OpenAI:
 
 # Fixtures that bring a real model (or a real server on one): a test using any is `real`, so
 # `pytest -m "not real"` runs what needs no model, in well under a minute.
-REAL_FIXTURES = frozenset({
-    "smollm2_gguf", "gemma_gguf", "models_dir", "server", "client", "hf_engine", "gguf_engine",
-    "smollm2_hf", "gemma_hf", "smollm2_onnx_fp32", "smollm2_onnx_int4", "minilm", "minilm_onnx",
-})  # fmt: skip
+REAL_FIXTURES = frozenset(
+    {
+        "smollm2_gguf",
+        "gemma_gguf",
+        "models_dir",
+        "server",
+        "client",
+        "hf_engine",
+        "gguf_engine",
+        "smollm2_hf",
+        "gemma_hf",
+        "smollm2_onnx_fp32",
+        "smollm2_onnx_int4",
+        "minilm",
+        "minilm_onnx",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

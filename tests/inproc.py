@@ -98,9 +98,14 @@ class InProcessPool(WorkerPool):
         super().__init__(spares=False)
 
     async def start(  # type: ignore[override]
-        self, engine: str, spec: LoadSpec, *, timeout: float, on_exit: Any = None,
+        self,
+        engine: str,
+        spec: LoadSpec,
+        *,
+        timeout: float,
+        on_exit: Any = None,
         on_info: Any = None,
-    ) -> InProcessWorker:  # fmt: skip
+    ) -> InProcessWorker:
         assert engine == "fake", "the in-process pool runs the fake engine only"
         return InProcessWorker(FakeEngine(spec))
 
@@ -122,9 +127,13 @@ async def app_client(
     """A client of the app, started (lifespan) and stopped around the block. The models are
     `fake_models(folder, chat={})` unless `models` is given. `setup(app)` runs before start."""
     options: dict[str, Any] = {
-        "models_dir": folder, "watch_interval": 0, "provision_default_models": False,
-        "spare_workers": False, "models": fake_models(folder, chat={}), **settings,
-    }  # fmt: skip
+        "models_dir": folder,
+        "watch_interval": 0,
+        "provision_default_models": False,
+        "spare_workers": False,
+        "models": fake_models(folder, chat={}),
+        **settings,
+    }
     config = Settings(**options)
     app = create_app(config, ModelManager(config, pool=InProcessPool()))
     if setup is not None:

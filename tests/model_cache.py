@@ -72,20 +72,27 @@ def gemma_hf(gemma_gguf: Path) -> Path:
     """Gemma 3 270M (base, Q4_K_M) dequantized to an HF safetensors folder in bfloat16: the
     dtype Gemma was trained in, twice as fast as float32 here and as close to llama.cpp (see
     tests/server/test_gemma_hf.py); about a minute and 2.6 GB peak to make."""
-    return cached(gemma_gguf, "gemma3-hf-bf16",
-                  lambda out: convert(gemma_gguf, "hf", out, dtype="bfloat16"))  # fmt: skip
+    return cached(
+        gemma_gguf, "gemma3-hf-bf16", lambda out: convert(gemma_gguf, "hf", out, dtype="bfloat16")
+    )
 
 
 @pytest.fixture(scope="session")
 def smollm2_onnx_fp32(smollm2_hf: Path) -> Path:
-    return cached(smollm2_hf, "smollm2-onnx-fp32",
-                  lambda out: convert(smollm2_hf, "onnx", out, precision="fp32"))  # fmt: skip
+    return cached(
+        smollm2_hf,
+        "smollm2-onnx-fp32",
+        lambda out: convert(smollm2_hf, "onnx", out, precision="fp32"),
+    )
 
 
 @pytest.fixture(scope="session")
 def smollm2_onnx_int4(smollm2_hf: Path) -> Path:
-    return cached(smollm2_hf, "smollm2-onnx-int4",
-                  lambda out: convert(smollm2_hf, "onnx", out, precision="int4"))  # fmt: skip
+    return cached(
+        smollm2_hf,
+        "smollm2-onnx-int4",
+        lambda out: convert(smollm2_hf, "onnx", out, precision="int4"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +121,8 @@ def hf_engine(smollm2_hf: Path) -> Iterator[TransformersEngine]:
 def gguf_engine(smollm2_gguf: Path) -> Iterator[LlamaCppEngine]:
     """The same SmolLM2, Q4_1, through llama.cpp (per module, as hf_engine; closing it
     unmaps the file, which tests/formats/test_gguf.py checks is not held)."""
-    engine = LlamaCppEngine(LoadSpec(str(smollm2_gguf), {"threads": THREADS, "parallel": 2},
-                                     "llama"))  # fmt: skip
+    engine = LlamaCppEngine(
+        LoadSpec(str(smollm2_gguf), {"threads": THREADS, "parallel": 2}, "llama")
+    )
     yield engine
     engine.close()

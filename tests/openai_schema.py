@@ -28,10 +28,18 @@ _MAX_MESSAGE = 300
 # Keywords whose value is one subschema, a list of them, or a name -> subschema map.
 _SCHEMA_KEYWORDS = frozenset(
     {
-        "items", "additionalProperties", "not", "contains", "propertyNames", "if", "then",
-        "else", "unevaluatedItems", "unevaluatedProperties",
+        "items",
+        "additionalProperties",
+        "not",
+        "contains",
+        "propertyNames",
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+        "unevaluatedProperties",
     }
-)  # fmt: skip
+)
 _SCHEMA_LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
 _SCHEMA_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
 # Keywords that constrain a value whatever its type, so a `null` must bypass them via anyOf.

@@ -20,7 +20,16 @@ import openai
 import psutil
 import yaml
 
-__all__ = ["GEMMA", "SMOL", "MakeClient", "Server", "free_port", "link_models", "new_server"]
+__all__ = [
+    "GEMMA",
+    "SMOL",
+    "MakeClient",
+    "Server",
+    "alive",
+    "free_port",
+    "link_models",
+    "new_server",
+]
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 GEMMA = "gemma-3-270m-q4_k_m"
@@ -64,8 +73,11 @@ class Server:
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llm_router", "serve", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -142,19 +154,33 @@ def chat_both_ways(
 ) -> tuple[str, tuple[int, int]]:
     """One greedy chat, plain and streamed (with usage); asserts both give the same text and
     usage, and returns them: the answer and (prompt_tokens, completion_tokens)."""
-    chat = client.chat.completions.create(model=model, messages=messages, temperature=0,
-                                          max_tokens=max_tokens)  # fmt: skip
+    chat = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=max_tokens
+    )
     assert chat.model == model and chat.choices[0].finish_reason == "stop"
     assert chat.usage is not None
     answer = chat.choices[0].message.content or ""
     usage = (chat.usage.prompt_tokens, chat.usage.completion_tokens)
     stream = client.chat.completions.create(
-        model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True,
+        model=model,
+        messages=messages,
+        temperature=0,
+        max_tokens=max_tokens,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == answer, model
     last = chunks[-1].usage
     assert last is not None and (last.prompt_tokens, last.completion_tokens) == usage
     return answer, usage
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

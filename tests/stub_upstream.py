@@ -22,8 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-state: dict[str, Any] = {"mode": "ok", "delay": 0.0, "reply": "stub says hello",
-                         "requests": 0, "disconnects": 0, "completed": 0}  # fmt: skip
+state: dict[str, Any] = {
+    "mode": "ok",
+    "delay": 0.0,
+    "reply": "stub says hello",
+    "requests": 0,
+    "disconnects": 0,
+    "completed": 0,
+}
 
 
 async def control(request: Request) -> Response:
@@ -38,20 +44,32 @@ async def stats(_: Request) -> Response:
 async def models(_: Request) -> Response:
     if state["mode"] == "500":
         return JSONResponse({"error": {"message": "down"}}, 500)
-    return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model",
-                                                      "created": 0, "owned_by": "stub"}]})  # fmt: skip
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "stub"}],
+        }
+    )
 
 
 def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> dict[str, Any]:
     if kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text else {},
-                                  "finish_reason": finish}  # fmt: skip
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": {"content": text} if text else {},
+            "finish_reason": finish,
+        }
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish}
         obj = "text_completion"
-    return {"id": "stub-1", "object": obj, "created": int(time.time()), "model": model,
-            "choices": [choice]}  # fmt: skip
+    return {
+        "id": "stub-1",
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
 
 
 async def _client_left(request: Request, seconds: float) -> bool:
@@ -78,12 +96,30 @@ async def answer(request: Request) -> Response:
     kind = "chat" if request.url.path.endswith("chat/completions") else "completion"
     mode = state["mode"]
     if mode == "500":
-        return JSONResponse({"error": {"message": "injected failure", "type": "server_error",
-                                       "param": None, "code": None}}, 500)  # fmt: skip
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "injected failure",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            500,
+        )
     if mode == "429":
-        return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error",
-                                       "param": None, "code": None}}, 429,
-                            headers={"Retry-After": "1"})  # fmt: skip
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "slow down",
+                    "type": "rate_limit_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            429,
+            headers={"Retry-After": "1"},
+        )
     if mode == "hang" and not body.get("stream") and await _client_left(request, 3600):
         state["disconnects"] += 1
         return Response(status_code=499)
@@ -99,12 +135,21 @@ async def answer(request: Request) -> Response:
             return Response(status_code=499)
         state["completed"] += 1
         text = "".join(pieces)
-        choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
-                                   "finish_reason": "stop"} if kind == "chat" else
-                                  {"index": 0, "text": text, "finish_reason": "stop"})  # fmt: skip
-        return JSONResponse({"id": "stub-1", "object": "chat.completion" if kind == "chat"
-                             else "text_completion", "created": 0, "model": model,
-                             "choices": [choice], "usage": usage})  # fmt: skip
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            if kind == "chat"
+            else {"index": 0, "text": text, "finish_reason": "stop"}
+        )
+        return JSONResponse(
+            {
+                "id": "stub-1",
+                "object": "chat.completion" if kind == "chat" else "text_completion",
+                "created": 0,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -129,23 +174,55 @@ def _tool_call(body: dict[str, Any], model: str, usage: dict[str, int]) -> Respo
     name = body["tools"][0]["function"]["name"]
     args = ['{"city": ', '"Paris"}']
     if not body.get("stream"):
-        call = {"id": "call_1", "type": "function",
-                "function": {"name": name, "arguments": "".join(args)}}  # fmt: skip
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": name, "arguments": "".join(args)},
+        }
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
-        return JSONResponse({"id": "stub-1", "object": "chat.completion", "created": 0,
-                             "model": model, "usage": usage, "choices": [
-                                 {"index": 0, "message": message, "finish_reason": "tool_calls"}]})  # fmt: skip
-    deltas = [{"role": "assistant", "content": None, "tool_calls": [
-        {"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}]}]
+        return JSONResponse(
+            {
+                "id": "stub-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "usage": usage,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+            }
+        )
+    deltas = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }
+            ],
+        }
+    ]
     deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in args]
 
     async def stream() -> AsyncIterator[bytes]:
         for delta in deltas:
-            chunk = {"id": "stub-1", "object": "chat.completion.chunk", "created": 0, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+            chunk = {
+                "id": "stub-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
             yield f"data: {json.dumps(chunk)}\n\n".encode()
-        final = {"id": "stub-1", "object": "chat.completion.chunk", "created": 0, "model": model,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}  # fmt: skip
+        final = {
+            "id": "stub-1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+        }
         yield f"data: {json.dumps(final)}\n\n".encode()
         yield f"data: {json.dumps({**final, 'choices': [], 'usage': usage})}\n\n".encode()
         yield b"data: [DONE]\n\n"
@@ -153,11 +230,15 @@ def _tool_call(body: dict[str, Any], model: str, usage: dict[str, int]) -> Respo
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-app = Starlette(routes=[
-    Route("/control", control, methods=["POST"]), Route("/stats", stats),
-    Route("/v1/models", models), Route("/v1/chat/completions", answer, methods=["POST"]),
-    Route("/v1/completions", answer, methods=["POST"]),
-])  # fmt: skip
+app = Starlette(
+    routes=[
+        Route("/control", control, methods=["POST"]),
+        Route("/stats", stats),
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", answer, methods=["POST"]),
+        Route("/v1/completions", answer, methods=["POST"]),
+    ]
+)
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

@@ -22,8 +22,9 @@ GREEDY = {"temperature": 0, "max_tokens": 24}
 
 
 @pytest.fixture(scope="module")
-def api_models(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path,
-               gemma_gguf: Path) -> Path:  # fmt: skip
+def api_models(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path
+) -> Path:
     folder = link_models(tmp_path_factory.mktemp("api-models"), smollm2_gguf, gemma_gguf)
     assert defaults.place_minilm(folder) is not None
     return folder
@@ -31,8 +32,12 @@ def api_models(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path,
 
 @pytest.fixture
 async def router(api_models: Path) -> AsyncIterator[Router]:
-    async with Router(models_dir=str(api_models), watch_interval=0, spare_workers=False,
-                      model_defaults={"threads": 2}) as r:  # fmt: skip
+    async with Router(
+        models_dir=str(api_models),
+        watch_interval=0,
+        spare_workers=False,
+        model_defaults={"threads": 2},
+    ) as r:
         yield r
 
 
@@ -44,8 +49,9 @@ async def test_quick_chat_and_generate_answer_with_the_real_model(router: Router
     assert isinstance(done, ChatCompletion) and done.model == SMOL
     assert "Paris" in (done.choices[0].message.content or "")
     assert done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 5
-    text = await router.generate("The capital of France is", model=GEMMA, max_tokens=8,
-                                 temperature=0)  # fmt: skip
+    text = await router.generate(
+        "The capital of France is", model=GEMMA, max_tokens=8, temperature=0
+    )
     assert isinstance(text, Completion) and text.model == GEMMA
     assert text.choices[0].text.strip()
 
@@ -54,8 +60,12 @@ async def test_stream_gives_the_same_text_as_chat_and_stops_when_left(router: Ro
     whole = await router.quick(PARIS, **GREEDY)
     pieces = [p async for p in router.stream(PARIS, **GREEDY)]
     assert len(pieces) > 1 and "".join(pieces) == whole
-    raw = [p async for p in router.stream("Once upon a time", model=GEMMA, raw=True,
-                                          max_tokens=6, temperature=0)]  # fmt: skip
+    raw = [
+        p
+        async for p in router.stream(
+            "Once upon a time", model=GEMMA, raw=True, max_tokens=6, temperature=0
+        )
+    ]
     assert "".join(raw).strip()
     stream = router.stream("Tell me a very long story.", max_tokens=400)
     async for _ in stream:
@@ -73,8 +83,9 @@ async def test_batch_answers_in_order(router: Router) -> None:
 
 
 async def test_embed_returns_one_vector_per_input(router: Router) -> None:
-    vectors = await router.embed(["a cat", "a kitten", "the stock market"],
-                                 model=defaults.MINILM_ID)  # fmt: skip
+    vectors = await router.embed(
+        ["a cat", "a kitten", "the stock market"], model=defaults.MINILM_ID
+    )
     assert [len(v) for v in vectors] == [384, 384, 384]
     cat, kitten, stocks = vectors
     dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
@@ -83,8 +94,9 @@ async def test_embed_returns_one_vector_per_input(router: Router) -> None:
     # vectors of floats even when base64 is asked (embeddings_response gives the base64)
     (floats,) = await router.embed("a cat", model=defaults.MINILM_ID, encoding_format="base64")
     assert floats == cat
-    base64 = await router.embeddings_response("a cat", model=defaults.MINILM_ID,
-                                              encoding_format="base64")  # fmt: skip
+    base64 = await router.embeddings_response(
+        "a cat", model=defaults.MINILM_ID, encoding_format="base64"
+    )
     assert isinstance(base64.data[0].embedding, str)
 
 

@@ -18,9 +18,12 @@ pytestmark = pytest.mark.real  # real models, conversions or processes
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "llm_router", *args], capture_output=True, text=True,
-        timeout=120, cwd=cwd,
-    )  # fmt: skip
+        [sys.executable, "-m", "llm_router", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def test_ls_shows_format_size_quant_context(models_dir: Path) -> None:
@@ -31,15 +34,34 @@ def test_ls_shows_format_size_quant_context(models_dir: Path) -> None:
 
 
 def test_run_streams_an_answer(models_dir: Path) -> None:
-    out = _cli("run", SMOL, "What is the capital of France?", "--models-dir", str(models_dir),
-               "--temperature", "0", "--max-tokens", "30")  # fmt: skip
+    out = _cli(
+        "run",
+        SMOL,
+        "What is the capital of France?",
+        "--models-dir",
+        str(models_dir),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+    )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
 
 
 def test_run_raw_completion(models_dir: Path) -> None:
-    out = _cli("run", GEMMA, "The capital of France is", "--raw", "--models-dir",
-               str(models_dir), "--temperature", "0", "--max-tokens", "8")  # fmt: skip
+    out = _cli(
+        "run",
+        GEMMA,
+        "The capital of France is",
+        "--raw",
+        "--models-dir",
+        str(models_dir),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
 
@@ -56,8 +78,11 @@ def test_serve_provisions_bundled_models_into_empty_dir(tmp_path: Path) -> None:
     out = _cli("run", SMOL, "Hi", "--models-dir", str(empty), "--max-tokens", "2")
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in empty.iterdir())
-    assert names == ["SmolLM2-135M-Instruct.Q4_1.gguf", "all-MiniLM-L6-v2",
-                     "gemma-3-270m-q4_k_m.gguf"]  # fmt: skip
+    assert names == [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "all-MiniLM-L6-v2",
+        "gemma-3-270m-q4_k_m.gguf",
+    ]
     assert (empty / "all-MiniLM-L6-v2" / "model.onnx").is_file()  # served without torch
 
 
@@ -107,10 +132,14 @@ def test_quantize_then_serve(tmp_path: Path, smollm2_gguf: Path) -> None:
     try:
         with openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0) as client:
             chat = client.chat.completions.create(
-                model="smol-q8", temperature=0, max_tokens=30,
-                messages=[{"role": "system", "content": "You are a helpful assistant."},
-                          {"role": "user", "content": "What is the capital of France?"}],
-            )  # fmt: skip
+                model="smol-q8",
+                temperature=0,
+                max_tokens=30,
+                messages=[
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "What is the capital of France?"},
+                ],
+            )
         assert "Paris" in (chat.choices[0].message.content or "")
         assert srv.models()["smol-q8"]["quantization"] == "Q8_0"
     finally:

@@ -13,8 +13,12 @@ import pytest
 from llm_router.config import ModelConfig, Settings
 from llm_router.lifecycle.discovery import Scanner, identity_of
 
-LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-         "max_position_embeddings": 4096, "hidden_size": 8}  # fmt: skip
+LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "max_position_embeddings": 4096,
+    "hidden_size": 8,
+}
 
 
 def _safetensors(path: Path, shape: tuple[int, int] = (8, 8)) -> Path:
@@ -59,9 +63,10 @@ def test_broken_models_are_listed_with_the_reason(tmp_path: Path) -> None:
     (tmp_path / "x").unlink()
     found = _scan(tmp_path).scan()
     assert {k: (v.format, v.engine) for k, v in found.items()} == {
-        "no-weights": ("hf", "transformers"), "text": ("onnx", "onnxruntime"),
+        "no-weights": ("hf", "transformers"),
+        "text": ("onnx", "onnxruntime"),
         "cut": ("safetensors", "transformers"),
-    }  # fmt: skip
+    }
     assert "config.json but no weights" in (found["no-weights"].error or "")
     assert "not an ONNX model" in (found["text"].error or "")
     assert "truncated" in (found["cut"].error or "")
@@ -110,12 +115,16 @@ def test_unchanged_models_are_not_read_again(
 
 def test_configured_folder_with_options_and_explicit_engine(tmp_path: Path) -> None:
     folder = _hf(tmp_path / "elsewhere" / "weights")
-    models = [ModelConfig(id="mine", path=folder, allow_pickle=True, dtype="bfloat16"),
-              ModelConfig(id="script", path=tmp_path / "fake.json", engine="fake")]  # fmt: skip
+    models = [
+        ModelConfig(id="mine", path=folder, allow_pickle=True, dtype="bfloat16"),
+        ModelConfig(id="script", path=tmp_path / "fake.json", engine="fake"),
+    ]
     (tmp_path / "fake.json").write_text("{}")
     found = _scan(tmp_path / "empty", models=models).scan()
     assert found["mine"].origin == "config" and found["mine"].format == "hf"
     assert found["mine"].config.engine_options().model_dump(exclude_none=True) == {
-        "allow_pickle": True, "dtype": "bfloat16"}  # fmt: skip
+        "allow_pickle": True,
+        "dtype": "bfloat16",
+    }
     assert (found["script"].format, found["script"].engine) == ("unknown", "fake")
     assert found["script"].error is None

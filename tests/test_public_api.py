@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_package_exports_exactly_its_all() -> None:
     assert llm_router.__all__ == [
-        "ModelConfig", "Router", "RouterError", "Settings", "__version__", "load_config",
-    ]  # fmt: skip
+        "ModelConfig",
+        "Router",
+        "RouterError",
+        "Settings",
+        "__version__",
+        "load_config",
+    ]
     for name in llm_router.__all__:
         assert getattr(llm_router, name) is not None
 

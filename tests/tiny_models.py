@@ -17,10 +17,18 @@ def tiny_llama(folder: Path, tokenizer_from: Path, weights: str = "safetensors")
     """A 1-layer random llama with the tokenizer of the HF folder `tokenizer_from`, saved as
     `weights`: "safetensors", "bin" (a plain state dict) or "pickle" (a checkpoint that also
     stores an argparse.Namespace, so torch's weights-only loader refuses it)."""
-    config = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=32, bos_token_id=1, eos_token_id=2,
-                         tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     folder.mkdir()

@@ -35,7 +35,7 @@ from .protocol import (
     CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
-)  # fmt: skip
+)
 
 if TYPE_CHECKING:
     from .lifecycle.manager import ModelManager
@@ -116,9 +116,11 @@ class Router:
         return await self.start()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         await self.close()
 
     # -- names ---------------------------------------------------------------------------------
@@ -127,8 +129,11 @@ class Router:
         """Every name a call can use: local models, remote targets and routes."""
         self._check()
         self.manager.refresh()
-        return ([s.id for s in self.manager.states()] + [t.id for t in self.dispatcher.remotes()]
-                + [r.name for r in self.dispatcher.routes()])  # fmt: skip
+        return (
+            [s.id for s in self.manager.states()]
+            + [t.id for t in self.dispatcher.remotes()]
+            + [r.name for r in self.dispatcher.routes()]
+        )
 
     def default_model(self) -> str:
         """The model used when a call names none: the bundled chat model (SmolLM2) when it is
@@ -147,22 +152,23 @@ class Router:
 
     # -- generation ----------------------------------------------------------------------------
 
-    async def chat(self, messages: Messages, *, model: str | None = None,
-                   **params: Any) -> ChatCompletion:  # fmt: skip
+    async def chat(
+        self, messages: Messages, *, model: str | None = None, **params: Any
+    ) -> ChatCompletion:
         """A chat completion. `messages` is a list of {"role", "content"} or one user message
         as a string; `params` are the OpenAI request's fields (max_tokens, temperature, seed,
         stop, ...)."""
         request = self._chat(messages, model, params)  # first: it checks the router started
         return await self.generation.chat(request)
 
-    async def generate(self, prompt: str, *, model: str | None = None,
-                       **params: Any) -> Completion:  # fmt: skip
+    async def generate(self, prompt: str, *, model: str | None = None, **params: Any) -> Completion:
         """A plain text completion of `prompt`: no chat template."""
         request = self._completion(prompt, model, params)
         return await self.generation.complete(request)
 
-    async def stream(self, messages: Messages, *, model: str | None = None, raw: bool = False,
-                     **params: Any) -> AsyncIterator[str]:  # fmt: skip
+    async def stream(
+        self, messages: Messages, *, model: str | None = None, raw: bool = False, **params: Any
+    ) -> AsyncIterator[str]:
         """The answer's text as it is generated (a chat; `raw=True`: a plain completion of a
         string prompt). Leaving the loop early cancels the generation."""
         if raw:
@@ -185,8 +191,14 @@ class Router:
         done = await self.chat(question, model=model, **params)
         return done.choices[0].message.content or ""
 
-    async def batch(self, prompts: Sequence[Messages], *, model: str | None = None,
-                    concurrency: int = 8, **params: Any) -> list[str]:  # fmt: skip
+    async def batch(
+        self,
+        prompts: Sequence[Messages],
+        *,
+        model: str | None = None,
+        concurrency: int = 8,
+        **params: Any,
+    ) -> list[str]:
         """Many questions at once (at most `concurrency` in flight; a local model decodes them
         together in its slots); the answers' texts in the order asked."""
         gate = asyncio.Semaphore(concurrency)
@@ -200,16 +212,18 @@ class Router:
 
     # -- embeddings ----------------------------------------------------------------------------
 
-    async def embed(self, inputs: str | Sequence[str], *, model: str,
-                    **params: Any) -> list[list[float]]:  # fmt: skip
+    async def embed(
+        self, inputs: str | Sequence[str], *, model: str, **params: Any
+    ) -> list[list[float]]:
         """One vector per input (a string gives a list of one), as floats whatever
         `encoding_format` says (`embeddings_response` gives base64 when asked)."""
         params = {**params, "encoding_format": "float"}
         response = await self.embeddings_response(inputs, model=model, **params)
         return [d.embedding for d in response.data if isinstance(d.embedding, list)]
 
-    async def embeddings_response(self, inputs: str | Sequence[str], *, model: str,
-                                  **params: Any) -> EmbeddingResponse:  # fmt: skip
+    async def embeddings_response(
+        self, inputs: str | Sequence[str], *, model: str, **params: Any
+    ) -> EmbeddingResponse:
         """The full `/v1/embeddings` answer (usage, `dimensions`, base64 when asked)."""
         self._check()
         body = {
@@ -221,8 +235,9 @@ class Router:
 
     # -- several targets -----------------------------------------------------------------------
 
-    async def ensemble(self, messages: Messages, *, targets: Sequence[str], mode: str = "vote",
-                       **params: Any) -> EnsembleResult:  # fmt: skip
+    async def ensemble(
+        self, messages: Messages, *, targets: Sequence[str], mode: str = "vote", **params: Any
+    ) -> EnsembleResult:
         """One question to several targets, the answers combined (`mode`: vote, best-of,
         first; `weights`, `scorer`, `judge` as for `POST /v1/ensemble`): the chosen chat
         completion, with the details under "ensemble"."""
@@ -231,8 +246,9 @@ class Router:
         body = self._body(messages, params) | {"targets": list(targets), "mode": mode}
         return await self.ensembles.ensemble(_validated(EnsembleRequest, body))
 
-    async def compare(self, messages: Messages, *, targets: Sequence[str],
-                      **params: Any) -> list[Answer]:  # fmt: skip
+    async def compare(
+        self, messages: Messages, *, targets: Sequence[str], **params: Any
+    ) -> list[Answer]:
         """Every target's answer side by side: model, content, latency, tokens, cost, error."""
         from .serving.ensemble import CompareRequest
 
@@ -252,14 +268,16 @@ class Router:
             messages = [{"role": "user", "content": messages}]
         return {**params, "messages": list(messages)}
 
-    def _chat(self, messages: Messages, model: str | None,
-              params: Mapping[str, Any]) -> ChatCompletionRequest:  # fmt: skip
+    def _chat(
+        self, messages: Messages, model: str | None, params: Mapping[str, Any]
+    ) -> ChatCompletionRequest:
         body = self._body(messages, params)
         body["model"] = model or self.default_model()
         return _validated(ChatCompletionRequest, body)
 
-    def _completion(self, prompt: str, model: str | None,
-                    params: Mapping[str, Any]) -> CompletionRequest:  # fmt: skip
+    def _completion(
+        self, prompt: str, model: str | None, params: Mapping[str, Any]
+    ) -> CompletionRequest:
         self._check()
         body = {**params, "prompt": prompt, "model": model or self.default_model()}
         return _validated(CompletionRequest, body)
@@ -272,5 +290,6 @@ def _validated(model: type[T], body: dict[str, Any]) -> T:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"]) or None
-        raise BadRequest(f"{field}: {error['msg']}" if field else error["msg"],
-                         param=field) from None  # fmt: skip
+        raise BadRequest(
+            f"{field}: {error['msg']}" if field else error["msg"], param=field
+        ) from None

@@ -20,8 +20,11 @@ from .logs import setup_logging
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="Run and route LLMs of any format behind one OpenAI-compatible endpoint.",
-                  no_args_is_help=True, add_completion=False)  # fmt: skip
+app = typer.Typer(
+    help="Run and route LLMs of any format behind one OpenAI-compatible endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 err = Console(stderr=True)
 T = TypeVar("T")
 log = logging.getLogger("llm_router")
@@ -51,9 +54,15 @@ def serve(
 ) -> None:
     """Serve every model in the models directory over the OpenAI API."""
     settings = _settings(
-        config, host=host, port=port, models_dir=models_dir, log_level=log_level,
-        models_max=models_max, memory_budget=memory_budget, autoload=autoload,
-    )  # fmt: skip
+        config,
+        host=host,
+        port=port,
+        models_dir=models_dir,
+        log_level=log_level,
+        models_max=models_max,
+        memory_budget=memory_budget,
+        autoload=autoload,
+    )
     setup_logging(settings.log_level)
     pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel
     import uvicorn
@@ -63,11 +72,14 @@ def serve(
 
     log.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
     uvicorn.run(
-        create_app(settings, ModelManager(settings, pool=pool)), host=settings.host,
+        create_app(settings, ModelManager(settings, pool=pool)),
+        host=settings.host,
         port=settings.port,
-        log_level=settings.log_level, access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5, limit_concurrency=settings.max_connections,
-    )  # fmt: skip
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=5,
+        limit_concurrency=settings.max_connections,
+    )
 
 
 def _early_spares(settings: Settings) -> Any:
@@ -88,20 +100,24 @@ def _early_spares(settings: Settings) -> Any:
 def ls(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
     """List the models found, with format, engine, size, quantization and context length."""
     settings = _settings(config, models_dir=models_dir)
-    table = Table("id", "format", "engine", "task", "arch", "params", "quant", "context", "size",
-                  "note")  # fmt: skip
+    table = Table(
+        "id", "format", "engine", "task", "arch", "params", "quant", "context", "size", "note"
+    )
     for source in Scanner(settings).scan().values():
         info = source.info
         params = info.parameters if info else None
         table.add_row(
-            source.id, source.format, source.engine, source.task or "-",
+            source.id,
+            source.format,
+            source.engine,
+            source.task or "-",
             (info.architecture or "-") if info else "-",
             f"{params / 1e6:.0f}M" if params else "-",
             (info.quantization or "-") if info else "-",
             str(info.context_length or "-") if info else "-",
             f"{source.identity.size_bytes / 2**20:.1f} MiB",
             (source.error or "").removeprefix(f"{source.path}: "),
-        )  # fmt: skip
+        )
     # Piped output gets room for every column rather than the 80 a terminal-less console assumes.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
 
@@ -128,9 +144,14 @@ def run(
 
 
 async def _run_once(
-    settings: Settings, model: str, prompt: str, max_tokens: int,
-    temperature: float | None, seed: int | None, raw: bool,
-) -> None:  # fmt: skip
+    settings: Settings,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    temperature: float | None,
+    seed: int | None,
+    raw: bool,
+) -> None:
     from .api import Router
 
     params: dict[str, Any] = {"max_tokens": max_tokens, "seed": seed}
@@ -154,15 +175,17 @@ def convert(
     """Convert SRC to another format: GGUF -> HF safetensors, GGUF or HF -> ONNX, HF -> GGUF."""
     from .tools import convert as run_convert
 
-    targets: dict[str, Literal["hf", "onnx", "gguf"]] = {"hf": "hf", "onnx": "onnx",
-                                                         "gguf": "gguf"}  # fmt: skip
+    targets: dict[str, Literal["hf", "onnx", "gguf"]] = {"hf": "hf", "onnx": "onnx", "gguf": "gguf"}
     target = targets.get(to)
     if target is None:
         err.print(f"[red]error:[/red] --to must be hf, onnx or gguf, not {to!r}")
         raise typer.Exit(2)
     before = _size(src)
-    _tool(lambda: run_convert(src, target, out, force=force, progress=_progress,
-                              precision=precision, outtype=outtype))  # fmt: skip
+    _tool(
+        lambda: run_convert(
+            src, target, out, force=force, progress=_progress, precision=precision, outtype=outtype
+        )
+    )
     print(f"{src} ({_mib(before)}) -> {out} ({_mib(_size(out))}, {to})")
 
 
@@ -177,8 +200,10 @@ def quantize(
     from .tools import quantize as run_quantize
 
     result = _tool(lambda: run_quantize(src, out, type_name, force=force, progress=_progress))
-    print(f"{src} ({_mib(result.size_before)}) -> {out} ({_mib(result.size_after)}, "
-          f"{result.type_name}) in {result.seconds:.1f} s")  # fmt: skip
+    print(
+        f"{src} ({_mib(result.size_before)}) -> {out} ({_mib(result.size_after)}, "
+        f"{result.type_name}) in {result.seconds:.1f} s"
+    )
 
 
 def _tool(work: Callable[[], T]) -> T:

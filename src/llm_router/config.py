@@ -20,7 +20,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
-)  # fmt: skip
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -270,9 +270,10 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(300.0, gt=0, description="Seconds a request may wait; then 503.")
     unload_grace: float = Field(10.0, ge=0, description="Seconds in-flight requests get on unload.")
     drain_after: float = Field(
-        1.0, ge=0,
+        1.0,
+        ge=0,
         description="Seconds a load waits for room before busy models stop taking new requests.",
-    )  # fmt: skip
+    )
     spare_workers: bool = Field(
         True, description="Keep a started worker per engine ready, so a cold load skips start-up."
     )
@@ -354,9 +355,11 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _read_env(environ: dict[str, str] | None) -> dict[str, Any]:
     source = EnvSettingsSource(Settings)
     source.env_vars = parse_env_vars(
-        os.environ if environ is None else environ, False, source.env_ignore_empty,
+        os.environ if environ is None else environ,
+        False,
+        source.env_ignore_empty,
         source.env_parse_none_str,
-    )  # fmt: skip
+    )
     try:
         return source()
     except Exception as exc:  # pydantic-settings raises SettingsError on unparsable JSON values

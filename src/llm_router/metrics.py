@@ -45,29 +45,44 @@ class Metrics:
             "llm_router_tokens", "Tokens processed", ["model", "kind"], registry=r
         )
         self.ttft = Histogram(
-            "llm_router_time_to_first_token_seconds", "Time to first token", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "llm_router_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.duration = Histogram(
-            "llm_router_request_duration_seconds", "Request duration", ["model", "endpoint"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "llm_router_request_duration_seconds",
+            "Request duration",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.lifecycle = Counter(
-            "llm_router_model_events", "Model lifecycle events (loaded, unloaded, error...)",
-            ["model", "event"], registry=r,
-        )  # fmt: skip
+            "llm_router_model_events",
+            "Model lifecycle events (loaded, unloaded, error...)",
+            ["model", "event"],
+            registry=r,
+        )
         self.fallbacks = Counter(
-            "llm_router_fallbacks", "Failed attempts a route moved past (then served)",
-            ["route", "target", "error"], registry=r,
-        )  # fmt: skip
+            "llm_router_fallbacks",
+            "Failed attempts a route moved past (then served)",
+            ["route", "target", "error"],
+            registry=r,
+        )
         self.cost = Counter(
-            "llm_router_cost", "Spend at the configured prices (cost per 1M tokens), in their "
-            "currency", ["model"], registry=r,
-        )  # fmt: skip
+            "llm_router_cost",
+            "Spend at the configured prices (cost per 1M tokens), in their currency",
+            ["model"],
+            registry=r,
+        )
         self.load_seconds = Histogram(
-            "llm_router_model_load_seconds", "Model load time", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "llm_router_model_load_seconds",
+            "Model load time",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def watch(self, manager: ModelManager) -> None:
         """Count lifecycle events and expose per-model gauges read at scrape time."""
@@ -143,9 +158,10 @@ class _BreakerCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         state = GaugeMetricFamily(
-            "llm_router_breaker_state", "1 for the target's circuit breaker state",
+            "llm_router_breaker_state",
+            "1 for the target's circuit breaker state",
             labels=["model", "state"],
-        )  # fmt: skip
+        )
         for target in self._router.targets():
             state.add_metric([target.id, str(target.breaker.state)], 1)
         yield state

@@ -7,8 +7,17 @@ from llm_router.engines.detok import IncrementalDetokenizer
 
 # A toy byte-level vocabulary: ids map to byte strings; decode joins and decodes them, and
 # (like SentencePiece decoders) drops the space a sequence starts with.
-VOCAB = {1: b"Hello", 2: b" world", 3: b"\xe6\x97", 4: b"\xa5", 5: b"!", 6: b" caf", 7: b"\xc3",
-         8: b"\xa9", 9: b" ok"}  # fmt: skip
+VOCAB = {
+    1: b"Hello",
+    2: b" world",
+    3: b"\xe6\x97",
+    4: b"\xa5",
+    5: b"!",
+    6: b" caf",
+    7: b"\xc3",
+    8: b"\xa9",
+    9: b" ok",
+}
 
 
 def decode(ids: list[int]) -> str:

@@ -25,8 +25,14 @@ from llm_router.formats.gguf import read_gguf_info
 from llm_router.types import GenerationRequest, SamplingParams
 from tiny_models import tiny_llama
 
-PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
-           "The three primary colors are", "Water boils at", "My favourite food is"]  # fmt: skip
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at",
+    "My favourite food is",
+]
 
 
 # -- SmolLM2, converted ---------------------------------------------------------------------------

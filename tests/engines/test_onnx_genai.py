@@ -35,8 +35,11 @@ def test_the_build_is_detected_with_its_metadata(
     smollm2_onnx_fp32: Path, smollm2_onnx_int4: Path
 ) -> None:
     found, fp32 = describe(smollm2_onnx_fp32) or pytest.fail("not detected")
-    assert (found.format, found.engine, found.task) == ("onnx-genai", "onnxruntime-genai",
-                                                         "generate")  # fmt: skip
+    assert (found.format, found.engine, found.task) == (
+        "onnx-genai",
+        "onnxruntime-genai",
+        "generate",
+    )
     _, int4 = describe(smollm2_onnx_int4) or pytest.fail("not detected")
     assert (fp32.architecture, fp32.context_length) == ("llama", 8192)
     assert (fp32.quantization, int4.quantization) == ("float32", "int4")

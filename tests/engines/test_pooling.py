@@ -21,9 +21,15 @@ def test_mean_ignores_padding_then_normalizes() -> None:
     np.testing.assert_allclose(Pooling("mean", True)(STATES, MASK), [[2**-0.5, 2**-0.5]], rtol=1e-6)
 
 
-@pytest.mark.parametrize(("mode", "expected"), [("cls", [1.0, 0.0]), ("max", [3.0, 4.0]),
-                                                ("lasttoken", [3.0, 4.0]),
-                                                ("mean_sqrt_len", [4 / 2**0.5, 4 / 2**0.5])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("cls", [1.0, 0.0]),
+        ("max", [3.0, 4.0]),
+        ("lasttoken", [3.0, 4.0]),
+        ("mean_sqrt_len", [4 / 2**0.5, 4 / 2**0.5]),
+    ],
+)
 def test_other_modes(mode: str, expected: list[float]) -> None:
     np.testing.assert_allclose(Pooling(mode, False)(STATES, MASK)[0], expected, rtol=1e-6)
 
@@ -37,8 +43,10 @@ def test_plain_encoder_folder_defaults_to_mean_normalized(tmp_path: Path) -> Non
 
 
 def test_a_module_it_cannot_reproduce_is_refused(tmp_path: Path) -> None:
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]  # fmt: skip
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
     (tmp_path / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelLoadFailed, match="'Dense' is not supported"):
         read_pooling(tmp_path)

@@ -155,11 +155,23 @@ def _decode(ids: list[int]) -> str:
     return "".join(VOCAB[i] for i in ids)
 
 
-def _run(tokens: list[int], params: SamplingParams, *, chat: bool = False,
-         context_size: int | None = None) -> tuple[str, Finished, int]:  # fmt: skip
+def _run(
+    tokens: list[int],
+    params: SamplingParams,
+    *,
+    chat: bool = False,
+    context_size: int | None = None,
+) -> tuple[str, Finished, int]:
     """Feed `tokens` as if sampled, one step each, until the sequence ends."""
-    seqs = TokenSequences(1, "test", (), eos={EOS}, context_size=context_size, decode=_decode,
-                          transcript_stops=("\nUser:",))  # fmt: skip
+    seqs = TokenSequences(
+        1,
+        "test",
+        (),
+        eos={EOS},
+        context_size=context_size,
+        decode=_decode,
+        transcript_stops=("\nUser:",),
+    )
     messages = (ChatMessage("user", "hi"),) if chat else None
     seqs.submit(7, GenerationRequest(params, messages=messages, prompt=None if chat else "x"), [1])
     feed = iter(tokens)

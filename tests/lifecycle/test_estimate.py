@@ -15,22 +15,13 @@ from safetensors.numpy import save_file
 
 from llm_router.config import ModelConfig
 from llm_router.engines import LoadSpec
-from llm_router.formats.detect import describe
 from llm_router.lifecycle import estimate
-from llm_router.lifecycle.discovery import Identity, ModelSource, identity_of
+from llm_router.lifecycle.discovery import Identity, ModelSource, source_of
 from llm_router.lifecycle.estimate import breakdown, estimate_model_bytes
 from llm_router.types import GenerationRequest, SamplingParams
 from llm_router.worker.pool import WorkerPool
 
 MiB = 2**20
-
-
-def _source(path: Path) -> ModelSource:
-    described, identity = describe(path), identity_of(path)
-    assert described is not None and identity is not None
-    found, meta = described
-    return ModelSource(path.name, path, found.format, found.engine, ModelConfig(id=path.name),
-                       identity, "config", meta)  # fmt: skip
 
 
 # -- GGUF headers built here ---------------------------------------------------------------------
@@ -68,26 +59,32 @@ def _gguf(
 
 def _gemma_like(tmp_path: Path, layers: int = 6, **extra: str | int | list[int]) -> Path:
     meta: dict[str, str | int | list[int]] = {
-        "general.architecture": "gemma3", "gemma3.block_count": layers,
-        "gemma3.context_length": 32768, "gemma3.embedding_length": 640,
-        "gemma3.feed_forward_length": 2048, "gemma3.attention.head_count": 4,
-        "gemma3.attention.head_count_kv": 1, "gemma3.attention.key_length": 256,
-        "gemma3.attention.value_length": 256, "gemma3.attention.sliding_window": 512,
-        "gemma3.vocab_size": 1000, **extra,
-    }  # fmt: skip
+        "general.architecture": "gemma3",
+        "gemma3.block_count": layers,
+        "gemma3.context_length": 32768,
+        "gemma3.embedding_length": 640,
+        "gemma3.feed_forward_length": 2048,
+        "gemma3.attention.head_count": 4,
+        "gemma3.attention.head_count_kv": 1,
+        "gemma3.attention.key_length": 256,
+        "gemma3.attention.value_length": 256,
+        "gemma3.attention.sliding_window": 512,
+        "gemma3.vocab_size": 1000,
+        **extra,
+    }
     return _gguf(tmp_path / "gemma-like.gguf", meta, [("blk.0.attn_norm.weight", [640], 0)])
 
 
 def test_window_layers_follow_llama_cpp_s_pattern(tmp_path: Path) -> None:
-    facts = _source(_gemma_like(tmp_path, layers=12)).info
+    facts = source_of(_gemma_like(tmp_path, layers=12)).info
     assert facts is not None and facts.memory is not None
     assert facts.memory.windowed == (True,) * 5 + (False,) + (True,) * 5 + (False,)
-    given = _source(_gemma_like(tmp_path, 3, **{"gemma3.attention.sliding_window_pattern": 3}))
+    given = source_of(_gemma_like(tmp_path, 3, **{"gemma3.attention.sliding_window_pattern": 3}))
     assert given.info and given.info.memory and given.info.memory.windowed == (True, True, False)
 
 
 def test_kv_cache_of_windowed_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _source(_gemma_like(tmp_path))  # 5 windowed layers, 1 global; 512 bytes a cell
+    source = source_of(_gemma_like(tmp_path))  # 5 windowed layers, 1 global; 512 bytes a cell
     options = {"context_size": 4096, "parallel": 2}
     cell = 1 * (256 + 256) * 2
     # The engine keeps llama.cpp's default swa_full: windowed layers hold the whole context.
@@ -99,7 +96,7 @@ def test_kv_cache_of_windowed_layers(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_context_is_padded_per_slot_as_llama_cpp_does(tmp_path: Path) -> None:
-    source = _source(_gemma_like(tmp_path))
+    source = source_of(_gemma_like(tmp_path))
     cell = 6 * (256 + 256) * 2
     # n_ctx = pad(1000 x 3, 256) = 3072; n_ctx_seq = pad(3072 / 3, 256) = 1024.
     assert breakdown(source, {"context_size": 1000, "parallel": 3}).kv == 3 * 1024 * cell
@@ -109,20 +106,22 @@ def test_context_is_padded_per_slot_as_llama_cpp_does(tmp_path: Path) -> None:
 
 def test_per_layer_kv_heads(tmp_path: Path) -> None:
     kv = {"gemma3.attention.head_count_kv": [0, 2, 2], "gemma3.attention.sliding_window": 0}
-    source = _source(_gemma_like(tmp_path, 3, **kv))
+    source = source_of(_gemma_like(tmp_path, 3, **kv))
     assert breakdown(source, {"context_size": 512, "parallel": 1}).kv == 512 * 4 * 512 * 2
 
 
 def test_repacked_matrices_count_twice_unless_repack_is_off(tmp_path: Path) -> None:
-    meta: dict[str, str | int | list[int]] = {"general.architecture": "llama",
-                                              "llama.block_count": 1}  # fmt: skip
+    meta: dict[str, str | int | list[int]] = {
+        "general.architecture": "llama",
+        "llama.block_count": 1,
+    }
     tensors = [
         ("token_embd.weight", [256, 16], 12),  # looked up by row: never repacked
         ("blk.0.ffn_up.weight", [256, 16], 12),  # 16 Q4_K blocks: repacked
         ("blk.0.attn_k.weight", [256, 4], 12),  # rows not a multiple of 8
         ("blk.0.ffn_down.weight", [32, 8], 8),  # Q8_0: not repacked on x86
     ]
-    source = _source(_gguf(tmp_path / "repack.gguf", meta, tensors))
+    source = source_of(_gguf(tmp_path / "repack.gguf", meta, tensors))
     data = 16 * 144 + 16 * 144 + 4 * 144 + 8 * 34
     assert breakdown(source, {}).weights == data + 16 * 144
     assert breakdown(source, {"repack": False}).weights == data
@@ -132,7 +131,7 @@ def test_repacked_matrices_count_twice_unless_repack_is_off(tmp_path: Path) -> N
 
 
 def test_smollm2_weights_and_kv_cache_as_llama_cpp_logs_them(smollm2_gguf: Path) -> None:
-    source = _source(smollm2_gguf)
+    source = source_of(smollm2_gguf)
     default = breakdown(source, {})
     assert default.weights == 96_576_768  # "CPU_Mapped model buffer size = 92.10 MiB"
     assert default.kv == 180 * MiB  # "KV buffer size = 180.00 MiB" (2048 cells x 4 seqs)
@@ -151,13 +150,21 @@ def test_smollm2_weights_and_kv_cache_as_llama_cpp_logs_them(smollm2_gguf: Path)
 def test_transformers_weights_in_the_loaded_dtype_and_kv_at_its_ceiling(tmp_path: Path) -> None:
     folder = tmp_path / "tiny-hf"
     folder.mkdir()
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 256,
-              "torch_dtype": "float32"}  # fmt: skip
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+        "max_position_embeddings": 256,
+        "torch_dtype": "float32",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     save_file({"w": np.zeros((100, 10), np.float32)}, str(folder / "model.safetensors"))
-    source = _source(folder)
+    source = source_of(folder)
     as_saved, bf16 = breakdown(source, {}), breakdown(source, {"dtype": "bfloat16"})
     assert as_saved.weights == (folder / "model.safetensors").stat().st_size
     assert bf16.weights == 1000 * 2
@@ -169,14 +176,22 @@ def test_transformers_weights_in_the_loaded_dtype_and_kv_at_its_ceiling(tmp_path
 def test_fake_engine_holds_its_ballast(tmp_path: Path) -> None:
     script = tmp_path / "model.fake.json"
     script.write_text(json.dumps({"ballast_mb": 50}))
-    source = ModelSource("f", script, "fake", "fake", ModelConfig(id="f"), Identity(10, 0),
-                         "config")  # fmt: skip
+    source = ModelSource(
+        "f", script, "fake", "fake", ModelConfig(id="f"), Identity(10, 0), "config"
+    )
     assert estimate_model_bytes(source, {"parallel": 8}) == 50 * MiB
 
 
 def test_without_metadata_the_files_size_and_a_fifth(tmp_path: Path) -> None:
-    source = ModelSource("x", tmp_path / "x.gguf", "gguf", "llama.cpp", ModelConfig(id="x"),
-                         Identity(1000, 0), "config")  # fmt: skip
+    source = ModelSource(
+        "x",
+        tmp_path / "x.gguf",
+        "gguf",
+        "llama.cpp",
+        ModelConfig(id="x"),
+        Identity(1000, 0),
+        "config",
+    )
     assert estimate_model_bytes(source, {}) == 1200
 
 
@@ -184,8 +199,9 @@ def test_without_metadata_the_files_size_and_a_fifth(tmp_path: Path) -> None:
 
 
 @pytest.mark.real
-@pytest.mark.parametrize(("model", "options"), [("smollm2_gguf", {}),
-                                                ("gemma_gguf", {"parallel": 8})])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "options"), [("smollm2_gguf", {}), ("gemma_gguf", {"parallel": 8})]
+)
 async def test_estimate_within_15_percent_of_a_real_worker(
     request: pytest.FixtureRequest, model: str, options: dict[str, Any]
 ) -> None:
@@ -193,7 +209,7 @@ async def test_estimate_within_15_percent_of_a_real_worker(
     estimate aims a little higher: the steady state after full-batch prompts, see
     BENCHMARKS.md)."""
     path: Path = request.getfixturevalue(model)
-    source = _source(path)
+    source = source_of(path)
     pool = WorkerPool(spares=False)
     worker = await pool.start("llama.cpp", LoadSpec(str(path), options), timeout=120)
     try:

@@ -29,7 +29,7 @@ from llm_router.errors import (
     QueueFull,
     ServerBusy,
     WorkerDied,
-)  # fmt: skip
+)
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
@@ -84,9 +84,13 @@ class Harness:
 
     async def manager(self, models: list[ModelConfig], **settings: Any) -> ModelManager:
         options: dict[str, Any] = {
-            "models_dir": self.tmp_path, "models": models, "watch_interval": 0,
-            "provision_default_models": False, "memory_budget": "2GiB", **settings,
-        }  # fmt: skip
+            "models_dir": self.tmp_path,
+            "models": models,
+            "watch_interval": 0,
+            "provision_default_models": False,
+            "memory_budget": "2GiB",
+            **settings,
+        }
         manager = ModelManager(Settings(**options))
         self.managers.append(manager)
         await manager.start()
@@ -390,11 +394,14 @@ async def test_keep_alive_zero_unloads_after_the_request(harness: Harness, tmp_p
     assert state.status == Status.LOADED
 
 
-async def test_a_requests_keep_alive_is_its_own_and_capped(harness: Harness, tmp_path: Path) -> None:
+async def test_a_requests_keep_alive_is_its_own_and_capped(
+    harness: Harness, tmp_path: Path
+) -> None:
     """A request's keep_alive applies after that request only, not to the requests after it,
     and never beyond `keep_alive_max`."""
-    manager = await harness.manager([fake_model(tmp_path, "a")], keep_alive="300ms",
-                                    keep_alive_max="2s")  # fmt: skip
+    manager = await harness.manager(
+        [fake_model(tmp_path, "a")], keep_alive="300ms", keep_alive_max="2s"
+    )
     state = manager.resolve("a")
     await bounded(harness.generate(manager, "a", keep_alive=math.inf))  # capped at 2 s
     await asyncio.sleep(0.5)
@@ -609,8 +616,11 @@ async def test_lifecycle_is_logged(
     """Loads, waits for room, evictions with their reason, unloads and failed loads each leave
     one INFO/WARNING line naming the model, with sizes and durations."""
     caplog.set_level("INFO", logger="llm_router.lifecycle")
-    models = [fake_model(tmp_path, "a"), fake_model(tmp_path, "b"),
-              fake_model(tmp_path, "bad", fail_load=True)]  # fmt: skip
+    models = [
+        fake_model(tmp_path, "a"),
+        fake_model(tmp_path, "b"),
+        fake_model(tmp_path, "bad", fail_load=True),
+    ]
     manager = await harness.manager(models, models_max=1)
     held = await hold(harness, manager, "a")
     waiting = asyncio.create_task(harness.generate(manager, "b"))
@@ -627,7 +637,9 @@ async def test_lifecycle_is_logged(
     assert logged(r"model a loaded in \d+\.\d+ s: \d+ MiB measured, \d+ MiB estimated"), lines
     assert logged(r"model b waits for room to load \(position 1; \d+ MiB needed"), lines
     assert logged(r"model a unloading \(evicted to make room for 'b'\)"), lines
-    assert logged(r"model a unloaded in \d+\.\d+ s \(evicted to make room for 'b'\): \d+ MiB"), lines
+    assert logged(r"model a unloaded in \d+\.\d+ s \(evicted to make room for 'b'\): \d+ MiB"), (
+        lines
+    )
     assert logged(r"model bad failed to load after \d+\.\d+ s: .*told to fail"), lines
 
 
@@ -681,8 +693,12 @@ async def test_a_spare_started_before_the_loop_is_adopted(harness: Harness, tmp_
     pool.start_early({"fake"})
     early = pool._early["fake"].pid
     harness.pids.add(early)
-    options: dict[str, Any] = {"models_dir": tmp_path, "models": [fake_model(tmp_path, "a")],
-                               "watch_interval": 0, "provision_default_models": False}  # fmt: skip
+    options: dict[str, Any] = {
+        "models_dir": tmp_path,
+        "models": [fake_model(tmp_path, "a")],
+        "watch_interval": 0,
+        "provision_default_models": False,
+    }
     manager = ModelManager(Settings(**options), pool=pool)
     harness.managers.append(manager)
     await manager.start()

@@ -187,6 +187,13 @@ def test_a_plan_keeps_the_invariant(
         assert models_max == 0 or len(rest) < models_max
         # No busy model is drained while an idle one could have gone instead.
         if plan.drain:
-            spare = [r for r in residents if r.settled and not r.pinned and not r.leaving
-                     and not r.busy and r.id not in plan.evict]  # fmt: skip
+            spare = [
+                r
+                for r in residents
+                if r.settled
+                and not r.pinned
+                and not r.leaving
+                and not r.busy
+                and r.id not in plan.evict
+            ]
             assert spare == []

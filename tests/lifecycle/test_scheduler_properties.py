@@ -124,24 +124,44 @@ def scenarios(draw: Any, *, failures: bool = True, pins: bool = True) -> Scenari
         )
         for _ in range(draw(st.integers(1, 30)))
     ]
-    return Scenario(models, draw(st.integers(1, 3)), draw(st.integers(1, 3)), requests,
-                    draw(st.sampled_from([2, 8, 64])))  # fmt: skip
+    return Scenario(
+        models,
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 3)),
+        requests,
+        draw(st.sampled_from([2, 8, 64])),
+    )
 
 
 async def _simulate(scenario: Scenario, folder: Path) -> Run:
     configs = []
     for i, m in enumerate(scenario.models):
         path = folder / f"m{i}.json"
-        path.write_text(json.dumps({"ballast_mb": m.ballast_mb, "load_seconds": m.load_seconds,
-                                    "token_seconds": m.token_seconds, "parallel": m.parallel,
-                                    "fail_load": m.fail_load}))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "ballast_mb": m.ballast_mb,
+                    "load_seconds": m.load_seconds,
+                    "token_seconds": m.token_seconds,
+                    "parallel": m.parallel,
+                    "fail_load": m.fail_load,
+                }
+            )
+        )
         configs.append(ModelConfig(id=f"m{i}", path=path, engine="fake", pin=m.pin))
     settings_ = Settings(
-        models_dir=folder, models=configs, watch_interval=0, provision_default_models=False,
-        spare_workers=False, memory_budget=scenario.budget, models_max=scenario.models_max,
-        queue_timeout=QUEUE_TIMEOUT, queue_per_model=scenario.queue_per_model, keep_alive="5m",
+        models_dir=folder,
+        models=configs,
+        watch_interval=0,
+        provision_default_models=False,
+        spare_workers=False,
+        memory_budget=scenario.budget,
+        models_max=scenario.models_max,
+        queue_timeout=QUEUE_TIMEOUT,
+        queue_per_model=scenario.queue_per_model,
+        keep_alive="5m",
         drain_after=DRAIN_AFTER,
-    )  # fmt: skip
+    )
     manager = ModelManager(settings_, pool=SimPool(scenario.scale))
     run = Run()
     loop = asyncio.get_running_loop()
@@ -207,12 +227,16 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
         work = [*(client(o) for o in run.outcomes), *(looper(m) for m in scenario.loops)]
         await asyncio.wait_for(asyncio.gather(*work), 3600)
         await asyncio.sleep(60)  # loads nobody waits for any more finish or are withdrawn
-        run.leftover = [f"{s.id}: {s.status.value}" for s in manager.states()
-                        if s.status in (Status.WAITING, Status.LOADING)]  # fmt: skip
+        run.leftover = [
+            f"{s.id}: {s.status.value}"
+            for s in manager.states()
+            if s.status in (Status.WAITING, Status.LOADING)
+        ]
         if manager.waiting:
             run.leftover.append(f"{manager.waiting} requests still waiting")
-        run.final_measured = sum(s.memory_bytes or 0 for s in manager.states()
-                                 if s.status == Status.LOADED)  # fmt: skip
+        run.final_measured = sum(
+            s.memory_bytes or 0 for s in manager.states() if s.status == Status.LOADED
+        )
     finally:
         await manager.close()
     return run
@@ -242,9 +266,11 @@ def _check_outcomes(scenario: Scenario, run: Run) -> None:
 
 
 SETTINGS = settings(
-    max_examples=80, derandomize=True, deadline=None,
+    max_examples=80,
+    derandomize=True,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
-)  # fmt: skip
+)
 
 
 @SETTINGS
@@ -262,8 +288,10 @@ def test_a_light_schedule_is_served_entirely(scenario: Scenario) -> None:
     timeout, nothing may time out or be refused: the scheduler never idles while a model waits
     (no circular wait, no load starved behind busy models)."""
     slowest_load = max(m.load_seconds for m in scenario.models)
-    serial = sum(r.max_tokens * scenario.models[r.model].token_seconds + slowest_load + 0.1
-                 + DRAIN_AFTER for r in scenario.requests)  # fmt: skip
+    serial = sum(
+        r.max_tokens * scenario.models[r.model].token_seconds + slowest_load + 0.1 + DRAIN_AFTER
+        for r in scenario.requests
+    )
     if serial >= QUEUE_TIMEOUT * 0.8 or scenario.queue_per_model < len(scenario.requests):
         scenario.queue_per_model = 64
         scenario.requests = scenario.requests[:3]

@@ -31,8 +31,12 @@ def test_weights_can_outvote_a_majority() -> None:
 
 
 def test_agreement_picks_the_consensus_answer() -> None:
-    answers = ["The capital of France is Paris.", "Paris is the capital of France.",
-               "I like turtles.", "The capital of France is Paris!"]  # fmt: skip
+    answers = [
+        "The capital of France is Paris.",
+        "Paris is the capital of France.",
+        "I like turtles.",
+        "The capital of France is Paris!",
+    ]
     assert agreement("q", answers) in (0, 3)
     assert agreement("q", ["only one"]) == 0
 
@@ -55,8 +59,12 @@ async def test_a_request_cannot_name_code_to_run(tmp_path: Path) -> None:
     victim.mkdir()
     generation = Mock(spec=GenerationService)
     service = EnsembleService(generation, load_scorers({}))
-    body = {"targets": ["a", "b"], "mode": "best-of", "scorer": "shutil:rmtree",
-            "messages": [{"role": "user", "content": str(victim)}]}  # fmt: skip
+    body = {
+        "targets": ["a", "b"],
+        "mode": "best-of",
+        "scorer": "shutil:rmtree",
+        "messages": [{"role": "user", "content": str(victim)}],
+    }
     with pytest.raises(BadRequest, match="unknown scorer 'shutil:rmtree'") as caught:
         await service.ensemble(EnsembleRequest.model_validate(body))
     assert caught.value.param == "scorer"

@@ -18,10 +18,16 @@ from aiohttp.test_utils import TestServer
 from inproc import app_client, fake_models
 
 HELLO = [{"role": "user", "content": "Hi"}]
-REPLY = {"id": "x", "object": "chat.completion", "created": 1, "model": "up",
-         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
-                      "finish_reason": "stop"}],
-         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}  # fmt: skip
+REPLY = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "up",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
 
 
 class Upstream:
@@ -51,8 +57,15 @@ async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
 
 
 def remote(target_id: str, url: str, **extra: Any) -> dict[str, Any]:
-    return {"id": target_id, "provider": "openai", "base_url": url, "timeout": 0.3, "model": "up-model",
-            "health_check_interval": 0, **extra}  # fmt: skip
+    return {
+        "id": target_id,
+        "provider": "openai",
+        "base_url": url,
+        "timeout": 0.3,
+        "model": "up-model",
+        "health_check_interval": 0,
+        **extra,
+    }
 
 
 async def breaker(c: httpx.AsyncClient, target: str) -> str:
@@ -67,8 +80,9 @@ async def test_long_generations_that_time_out_do_not_open_the_breaker(tmp_path: 
     async with upstream() as (up, url):
         models = [*fake_models(tmp_path, local={}), remote("box", url)]
         routes = [{"name": "auto", "targets": ["box"], "fallbacks": ["local"]}]
-        async with app_client(tmp_path, models=models, routes=routes,
-                              breaker={"failure_threshold": 2}) as c:  # fmt: skip
+        async with app_client(
+            tmp_path, models=models, routes=routes, breaker={"failure_threshold": 2}
+        ) as c:
             up.mode = "slow"
             for _ in range(4):
                 r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
@@ -84,15 +98,31 @@ async def test_only_known_fields_reach_a_remote_target(tmp_path: Path) -> None:
     """Unknown fields of a request are not passed on to a (paid) upstream; OpenAI's fields,
     the modelled sampling extensions and the configured `forward_fields` are."""
     async with upstream() as (up, url):
-        async with app_client(tmp_path, models=[remote("box", url)],
-                              forward_fields=["chat_template_kwargs"]) as c:  # fmt: skip
-            body = {"model": "box", "messages": HELLO, "temperature": 0.5, "top_k": 5,
-                    "logit_bias": {"1": 2}, "chat_template_kwargs": {"x": 1},
-                    "evil_field": "x" * 1000, "keep_alive": "1h", "autoload": True}  # fmt: skip
+        async with app_client(
+            tmp_path, models=[remote("box", url)], forward_fields=["chat_template_kwargs"]
+        ) as c:
+            body = {
+                "model": "box",
+                "messages": HELLO,
+                "temperature": 0.5,
+                "top_k": 5,
+                "logit_bias": {"1": 2},
+                "chat_template_kwargs": {"x": 1},
+                "evil_field": "x" * 1000,
+                "keep_alive": "1h",
+                "autoload": True,
+            }
             assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
     sent = up.bodies[-1]
-    assert set(sent) == {"model", "messages", "temperature", "top_k", "logit_bias",
-                         "chat_template_kwargs", "stream"}  # fmt: skip
+    assert set(sent) == {
+        "model",
+        "messages",
+        "temperature",
+        "top_k",
+        "logit_bias",
+        "chat_template_kwargs",
+        "stream",
+    }
     assert sent["model"] == "up-model"
 
 
@@ -100,8 +130,11 @@ async def test_max_tokens_is_capped_at_the_limit_and_the_targets_context(tmp_pat
     async with upstream() as (up, url):
         models = [remote("box", url, context_length=4096), remote("wide", url)]
         async with app_client(tmp_path, models=models, max_tokens_limit=8192) as c:
-            for model, asked, sent in (("box", 10**9, 4096), ("wide", 10**9, 8192),
-                                       ("box", 100, 100)):  # fmt: skip
+            for model, asked, sent in (
+                ("box", 10**9, 4096),
+                ("wide", 10**9, 8192),
+                ("box", 100, 100),
+            ):
                 body = {"model": model, "messages": HELLO, "max_tokens": asked}
                 assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
                 assert up.bodies[-1]["max_tokens"] == sent
@@ -124,8 +157,9 @@ async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None
     """Embeddings pass the dispatcher like chats: a failing remote target opens its breaker
     for them, and is then refused at once, without being asked."""
     async with upstream() as (up, url):
-        async with app_client(tmp_path, models=[remote("box", url)],
-                              breaker={"failure_threshold": 2, "cooldown": 60}) as c:  # fmt: skip
+        async with app_client(
+            tmp_path, models=[remote("box", url)], breaker={"failure_threshold": 2, "cooldown": 60}
+        ) as c:
             up.mode = "error"
             body = {"model": "box", "input": ["a cat"]}
             for _ in range(2):

@@ -27,8 +27,11 @@ class Stub:
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, str(STUB), str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, str(STUB), str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -70,12 +73,23 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
 
 
 def remote(target_id: str, url: str, **extra: Any) -> dict[str, Any]:
-    return {"id": target_id, "provider": "openai", "base_url": url + "/v1", "timeout": 5,
-            "health_check_interval": 0, **extra}  # fmt: skip
+    return {
+        "id": target_id,
+        "provider": "openai",
+        "base_url": url + "/v1",
+        "timeout": 5,
+        "health_check_interval": 0,
+        **extra,
+    }
 
 
-def router_server(tmp_path: Path, models_dir: Path, models: list[dict[str, Any]],
-                  routes: list[dict[str, Any]], **extra: Any) -> Server:  # fmt: skip
+def router_server(
+    tmp_path: Path,
+    models_dir: Path,
+    models: list[dict[str, Any]],
+    routes: list[dict[str, Any]],
+    **extra: Any,
+) -> Server:
     return new_server(tmp_path, models_dir=str(models_dir), models=models, routes=routes, **extra)
 
 
@@ -91,14 +105,20 @@ def test_fallback_on_500_429_timeout_and_dead_upstream(
     tmp_path: Path, models_dir: Path, upstream: Server, stub: Stub, make_client: MakeClient
 ) -> None:
     # "real" is a real model on a shared 2-core box: its timeout is not what is under test
-    models = [remote("flaky", stub.url, timeout=1),
-              remote("real", upstream.url, model=SMOL, timeout=30,
-                     cost={"input": 100, "output": 200})]  # fmt: skip
-    routes = [{"name": "auto", "strategy": "quality-first", "targets": ["flaky", "real"],
-               "fallbacks": [GEMMA]}]  # fmt: skip
+    models = [
+        remote("flaky", stub.url, timeout=1),
+        remote("real", upstream.url, model=SMOL, timeout=30, cost={"input": 100, "output": 200}),
+    ]
+    routes = [
+        {
+            "name": "auto",
+            "strategy": "quality-first",
+            "targets": ["flaky", "real"],
+            "fallbacks": [GEMMA],
+        }
+    ]
     models[0]["quality"] = 0.9
-    srv = router_server(tmp_path, models_dir, models, routes,
-                        breaker={"failure_threshold": 100})  # fmt: skip
+    srv = router_server(tmp_path, models_dir, models, routes, breaker={"failure_threshold": 100})
     client = make_client(srv)
     try:
         assert chat(client, "auto")[0] == "flaky"
@@ -108,14 +128,17 @@ def test_fallback_on_500_429_timeout_and_dead_upstream(
             assert model == "real", (mode, why)
             assert "flaky" in why and text
         stub.set(mode="500")
-        stream = client.chat.completions.create(model="auto", messages=HELLO, max_tokens=5,
-                                                stream=True, temperature=0)  # fmt: skip
+        stream = client.chat.completions.create(
+            model="auto", messages=HELLO, max_tokens=5, stream=True, temperature=0
+        )
         chunks = list(stream)
         assert {c.model for c in chunks} == {"real"}
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         seen = Samples(srv)
-        fell = {e: seen.get("llm_router_fallbacks_total", route="auto", target="flaky", error=e)
-                for e in ("UpstreamError", "QueueFull", "UpstreamTimeout")}  # fmt: skip
+        fell = {
+            e: seen.get("llm_router_fallbacks_total", route="auto", target="flaky", error=e)
+            for e in ("UpstreamError", "QueueFull", "UpstreamTimeout")
+        }
         # two 500s (one streaming), a 429, a hang (a read timeout)
         assert fell == {"UpstreamError": 2, "QueueFull": 1, "UpstreamTimeout": 1}
         prompt = seen.get("llm_router_tokens_total", model="real", kind="prompt")
@@ -147,10 +170,17 @@ class Samples:
 def test_breaker_opens_skips_and_closes(
     tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
 ) -> None:
-    routes = [{"name": "auto", "strategy": "quality-first", "targets": ["flaky"],
-               "fallbacks": [SMOL]}]  # fmt: skip
-    srv = router_server(tmp_path, models_dir, [remote("flaky", stub.url, quality=0.9)], routes,
-                        breaker={"failure_threshold": 2, "cooldown": 8}, preload=[SMOL])  # fmt: skip
+    routes = [
+        {"name": "auto", "strategy": "quality-first", "targets": ["flaky"], "fallbacks": [SMOL]}
+    ]
+    srv = router_server(
+        tmp_path,
+        models_dir,
+        [remote("flaky", stub.url, quality=0.9)],
+        routes,
+        breaker={"failure_threshold": 2, "cooldown": 8},
+        preload=[SMOL],
+    )
     srv.wait_status(SMOL, "loaded")
     client = make_client(srv)
     try:
@@ -182,10 +212,12 @@ def test_ab_split_is_sticky_per_user_and_per_api_key(
 ) -> None:
     a, b = Stub(), Stub()
     weights = {"arm-a": 1.0, "arm-b": 1.0}
-    routes = [{"name": "ab", "strategy": "quality-first", "targets": list(weights),
-               "split": weights}]  # fmt: skip
-    srv = router_server(tmp_path, models_dir, [remote("arm-a", a.url), remote("arm-b", b.url)],
-                        routes)  # fmt: skip
+    routes = [
+        {"name": "ab", "strategy": "quality-first", "targets": list(weights), "split": weights}
+    ]
+    srv = router_server(
+        tmp_path, models_dir, [remote("arm-a", a.url), remote("arm-b", b.url)], routes
+    )
 
     def one_per_arm(make_key: Callable[[int], str], key_id: Callable[[str], str]) -> list[str]:
         by_arm: dict[str, str] = {}
@@ -217,9 +249,14 @@ def test_a_models_sampling_fills_what_the_request_leaves_out(
     tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
 ) -> None:
     """As an Ollama Modelfile's PARAMETER lines: a local and a remote entry's `sampling`."""
-    models = [{"id": SMOL, "system_prompt": "You are a helpful assistant.",
-               "sampling": {"max_tokens": 5, "temperature": 0}},
-              remote("box", stub.url, sampling={"temperature": 0.2, "stop": ["END"]})]  # fmt: skip
+    models = [
+        {
+            "id": SMOL,
+            "system_prompt": "You are a helpful assistant.",
+            "sampling": {"max_tokens": 5, "temperature": 0},
+        },
+        remote("box", stub.url, sampling={"temperature": 0.2, "stop": ["END"]}),
+    ]
     srv = router_server(tmp_path, models_dir, models, [])
     try:
         client = make_client(srv)
@@ -246,8 +283,9 @@ def test_speed_priority_prefers_the_faster_target(
     fast.set(delay=0.0)
     slow.set(delay=0.15)
     routes = [{"name": "quick", "strategy": "speed-priority", "targets": ["slow", "fast"]}]
-    srv = router_server(tmp_path, models_dir, [remote("slow", slow.url), remote("fast", fast.url)],
-                        routes)  # fmt: skip
+    srv = router_server(
+        tmp_path, models_dir, [remote("slow", slow.url), remote("fast", fast.url)], routes
+    )
     client = make_client(srv)
     try:
         for target in ("slow", "fast"):  # one measurement each
@@ -260,10 +298,18 @@ def test_speed_priority_prefers_the_faster_target(
         slow.stop()
 
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}  # fmt: skip
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 def test_tool_calls_from_a_remote_target_reach_the_client(
@@ -284,8 +330,9 @@ def test_tool_calls_from_a_remote_target_reach_the_client(
         assert call.function.arguments == '{"city": "Paris"}'
         assert stub.stats()["last_body"]["tools"] == [WEATHER_TOOL]
 
-        stream = client.chat.completions.create(model="box", messages=ask, tools=[WEATHER_TOOL],
-                                                stream=True)  # fmt: skip
+        stream = client.chat.completions.create(
+            model="box", messages=ask, tools=[WEATHER_TOOL], stream=True
+        )
         name, arguments, finish = "", "", None
         for chunk in stream:
             for c in chunk.choices:
@@ -295,8 +342,11 @@ def test_tool_calls_from_a_remote_target_reach_the_client(
                 finish = c.finish_reason or finish
         assert (name, arguments, finish) == ("get_weather", '{"city": "Paris"}', "tool_calls")
 
-        turn = [*ask, choice.message.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]
+        turn = [
+            *ask,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+        ]
         stub.set(reply="It is sunny in Paris.")
         answer = client.chat.completions.create(model="box", messages=turn)
         assert answer.choices[0].message.content == "It is sunny in Paris."
@@ -312,9 +362,15 @@ def test_requests_with_tools_go_only_where_tool_calls_are_made(
 ) -> None:
     """A route prefers the local model, but a request with tools goes to the remote target;
     a local model asked directly says it makes no tool calls, instead of ignoring the tools."""
-    routes = [{"name": "auto", "strategy": "quality-first", "targets": [SMOL, "box"]},
-              {"name": "local-only", "strategy": "quality-first", "targets": [SMOL],
-               "fallbacks": [GEMMA]}]  # fmt: skip
+    routes = [
+        {"name": "auto", "strategy": "quality-first", "targets": [SMOL, "box"]},
+        {
+            "name": "local-only",
+            "strategy": "quality-first",
+            "targets": [SMOL],
+            "fallbacks": [GEMMA],
+        },
+    ]
     models = [remote("box", stub.url, quality=0.1), {"id": SMOL, "quality": 0.9}]
     srv = router_server(tmp_path, models_dir, models, routes)
     try:
@@ -324,13 +380,15 @@ def test_requests_with_tools_go_only_where_tool_calls_are_made(
         done = client.chat.completions.create(model="auto", messages=ask, tools=[WEATHER_TOOL])
         assert done.model == "box" and done.choices[0].finish_reason == "tool_calls"
         # tool_choice "none": the tools will not be called, so the local model may answer
-        plain = client.chat.completions.create(model="auto", messages=ask, max_tokens=4,
-                                               tools=[WEATHER_TOOL], tool_choice="none")  # fmt: skip
+        plain = client.chat.completions.create(
+            model="auto", messages=ask, max_tokens=4, tools=[WEATHER_TOOL], tool_choice="none"
+        )
         assert plain.model == SMOL
         for model in (SMOL, "local-only"):
             with pytest.raises(openai.BadRequestError) as info:
-                client.chat.completions.create(model=model, messages=ask, tools=[WEATHER_TOOL],
-                                               stream=True)  # fmt: skip
+                client.chat.completions.create(
+                    model=model, messages=ask, tools=[WEATHER_TOOL], stream=True
+                )
             assert info.value.param == "tools" and "tool calls" in info.value.message
         assert chat(client, SMOL)[0] == SMOL  # and the server serves on
     finally:
@@ -360,7 +418,9 @@ def test_client_disconnect_cancels_upstream(
             time.sleep(0.1)
         assert stub.stats()["completed"] == 0
         time.sleep(0.3)
-        assert "Traceback" not in srv.log_path.read_text()  # a client leaving is normal, not a server error
+        assert (
+            "Traceback" not in srv.log_path.read_text()
+        )  # a client leaving is normal, not a server error
         assert httpx.get(srv.url + "/health").status_code == 200
     finally:
         srv.stop()
@@ -369,10 +429,16 @@ def test_client_disconnect_cancels_upstream(
 def test_ensemble_vote_and_compare_on_two_local_models(
     server: Server, client: openai.OpenAI
 ) -> None:
-    question = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-                "temperature": 0, "max_tokens": 24}  # fmt: skip
-    r = httpx.post(server.url + "/v1/ensemble", timeout=120,
-                   json={**question, "targets": [SMOL, GEMMA, SMOL], "mode": "vote"})  # fmt: skip
+    question = {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 24,
+    }
+    r = httpx.post(
+        server.url + "/v1/ensemble",
+        timeout=120,
+        json={**question, "targets": [SMOL, GEMMA, SMOL], "mode": "vote"},
+    )
     assert r.status_code == 200, r.text
     data = r.json()
     # each target asked once (a duplicate would only multiply its cost), each answer counted once
@@ -380,15 +446,19 @@ def test_ensemble_vote_and_compare_on_two_local_models(
     assert [a["model"] for a in data["ensemble"]["answers"]] == [SMOL, GEMMA]
     assert data["ensemble"]["chosen"] == data["model"]
     assert "Paris" in data["choices"][0]["message"]["content"]
-    r = httpx.post(server.url + "/v1/compare", timeout=120,
-                   json={**question, "targets": [SMOL, GEMMA]})  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/compare", timeout=120, json={**question, "targets": [SMOL, GEMMA]}
+    )
     rows = r.json()["data"]
     assert [row["model"] for row in rows] == [SMOL, GEMMA]
     for row in rows:
         assert row["error"] is None and row["latency_ms"] > 0
         assert row["usage"]["completion_tokens"] > 0 and "Paris" in row["content"]
-    best = httpx.post(server.url + "/v1/ensemble", timeout=120,
-                      json={**question, "targets": [SMOL, GEMMA], "mode": "best-of"})  # fmt: skip
+    best = httpx.post(
+        server.url + "/v1/ensemble",
+        timeout=120,
+        json={**question, "targets": [SMOL, GEMMA], "mode": "best-of"},
+    )
     assert best.status_code == 200 and best.json()["ensemble"]["scorer"] == "agreement"
     missing = httpx.post(server.url + "/v1/ensemble", json={**question, "targets": [SMOL, "nope"]})
     assert missing.status_code == 404

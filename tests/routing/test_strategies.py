@@ -221,9 +221,13 @@ def test_round_robin_state_is_per_instance() -> None:
 
 def test_builtin_names() -> None:
     assert set(STRATEGIES) == {
-        "quality-first", "cost-optimized", "speed-priority", "balanced", "round-robin",
+        "quality-first",
+        "cost-optimized",
+        "speed-priority",
+        "balanced",
+        "round-robin",
         "least-loaded",
-    }  # fmt: skip
+    }
 
 
 def test_custom_function_by_import_path_is_ranked_with_the_rules_enforced() -> None:
@@ -316,7 +320,17 @@ def test_routing_package_exports_exactly_its_all() -> None:
     import llm_router.routing as routing
 
     public = {name for name in vars(routing) if not name.startswith("_")}
-    modules = {"breaker", "stats", "strategies", "annotations", "dispatcher", "targets", "ensemble",
-               "local", "remote", "upstream"}
+    modules = {
+        "breaker",
+        "stats",
+        "strategies",
+        "annotations",
+        "dispatcher",
+        "targets",
+        "ensemble",
+        "local",
+        "remote",
+        "upstream",
+    }
     assert public - modules == set(routing.__all__)
     assert routing.__all__ == sorted(routing.__all__, key=lambda n: (not n.isupper(), n))

@@ -80,8 +80,12 @@ async def unreachable(**kw: Any) -> AsyncIterator[Upstream]:
 
 def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=status, body=json.dumps(body).encode(), headers=headers,
-                            content_type="application/json")  # fmt: skip
+        return web.Response(
+            status=status,
+            body=json.dumps(body).encode(),
+            headers=headers,
+            content_type="application/json",
+        )
 
     return handle
 
@@ -259,6 +263,7 @@ async def test_refused_connection_is_upstream_unavailable(
 
 async def test_silence_past_the_read_timeout_is_upstream_timeout() -> None:
     """A read timeout is its own class: the router does not count it against the breaker."""
+
     async def slow(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(5)
         return web.json_response({})
@@ -362,7 +367,9 @@ async def test_garbage_from_the_upstream_is_upstream_error() -> None:
 
 
 async def test_an_error_page_that_is_not_json_is_an_upstream_error() -> None:
-    async with target(answer_bytes(b"Bad Gateway from nginx", status=502, content_type="text/html")) as t:
+    async with target(
+        answer_bytes(b"Bad Gateway from nginx", status=502, content_type="text/html")
+    ) as t:
         with pytest.raises(UpstreamError, match=r"failed \(HTTP 502\)"):
             await t.chat(BODY)
 
@@ -495,9 +502,13 @@ async def upstream() -> AsyncIterator[tuple[StubUpstream, str]]:
     sock.bind(("127.0.0.1", 0))
     sock.listen()  # clients may connect at once; they wait in the backlog until uvicorn runs
     config = uvicorn.Config(
-        app, lifespan="off", log_level="warning", ws="none", http="h11",
+        app,
+        lifespan="off",
+        log_level="warning",
+        ws="none",
+        http="h11",
         timeout_graceful_shutdown=2,
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -570,7 +581,8 @@ async def test_an_endless_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     async with target(answer_bytes(b"x" * (200 * 1024), status=200)) as t:
         with pytest.raises(UpstreamError, match="more than 65536 bytes"):
             await t.chat(BODY)
-    async with target(answer_bytes(b"data: " + b"x" * (200 * 1024), status=200,
-                                   content_type="text/event-stream")) as t:  # fmt: skip
+    async with target(
+        answer_bytes(b"data: " + b"x" * (200 * 1024), status=200, content_type="text/event-stream")
+    ) as t:
         with pytest.raises(UpstreamError, match="line of more than 65536 bytes"):
             await anext(t.stream_chat(BODY))

@@ -20,8 +20,9 @@ PROMPTS = [f"Write a sentence about the number {i}." for i in range(8)]
 
 @pytest.fixture(scope="module")
 def batch_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
-    srv = new_server(tmp_path_factory.mktemp("batch"), models_dir=str(models_dir),
-                     model_defaults={"parallel": 8})  # fmt: skip
+    srv = new_server(
+        tmp_path_factory.mktemp("batch"), models_dir=str(models_dir), model_defaults={"parallel": 8}
+    )
     yield srv
     srv.stop()
 
@@ -59,8 +60,11 @@ def test_second_turn_reuses_the_prompt_cache(batch_server: Server, make_client: 
     client = make_client(batch_server)
     turn1 = [{"role": "user", "content": "Name a fruit."}]
     first = client.chat.completions.create(model=SMOL, messages=turn1, temperature=0, max_tokens=16)
-    turn2 = [*turn1, {"role": "assistant", "content": first.choices[0].message.content or ""},
-             {"role": "user", "content": "And a vegetable?"}]  # fmt: skip
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "And a vegetable?"},
+    ]
     warm = client.chat.completions.create(model=SMOL, messages=turn2, temperature=0, max_tokens=16)
     assert warm.usage is not None and warm.usage.prompt_tokens_details is not None
     assert warm.usage.prompt_tokens_details.cached_tokens > 0
@@ -80,8 +84,9 @@ def test_seeds_and_stops_hold_under_concurrency(
     jobs += [{"temperature": 0, "max_tokens": 40, "stop": [" the", "."]} for _ in range(4)]
     alone = [_stream_text(client, PROMPTS[i], **j) for i, j in enumerate(jobs)]
     with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda ij: _stream_text(client, PROMPTS[ij[0]], **ij[1]),
-                                 enumerate(jobs)))  # fmt: skip
+        together = list(
+            pool.map(lambda ij: _stream_text(client, PROMPTS[ij[0]], **ij[1]), enumerate(jobs))
+        )
     assert together == alone
     for text in together[4:]:
         assert " the" not in text and "." not in text
@@ -90,8 +95,13 @@ def test_seeds_and_stops_hold_under_concurrency(
 def test_disconnects_free_their_slots(batch_server: Server) -> None:
     """Eight long streams fill the eight slots; four clients hang up; four new requests start
     at once, while the four survivors are still generating."""
-    body = {"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 400, "stream": True,
-            "temperature": 0.8}  # fmt: skip
+    body = {
+        "model": GEMMA,
+        "prompt": "Once upon a time",
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0.8,
+    }
     url = batch_server.url + "/v1/completions"
     stop_after = [threading.Event() for _ in range(8)]
     firsts: list[float] = []

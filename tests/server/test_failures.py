@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from openai_schema import validate
-from servers import GEMMA, SMOL, MakeClient, Server, link_models, new_server
+from servers import GEMMA, SMOL, MakeClient, Server, alive, link_models, new_server
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -44,13 +44,20 @@ def test_body_over_limit_without_content_length_is_413(server: Server) -> None:
         for _ in range(9):
             yield b"x" * (1024 * 1024)
 
-    r = _post(server, "/v1/chat/completions", content=chunks(),
-              headers={"content-type": "application/json"})  # fmt: skip
+    r = _post(
+        server,
+        "/v1/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
     validate("ErrorResponse", r.json())
     assert "over the limit" in r.json()["error"]["message"]
-    ok = _post(server, "/v1/chat/completions", json={
-        "model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})  # fmt: skip
+    ok = _post(
+        server,
+        "/v1/chat/completions",
+        json={"model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+    )
     assert ok.status_code == 200
 
 
@@ -108,14 +115,19 @@ def test_worker_killed_mid_stream(
     finally:
         children = srv.stop()
     time.sleep(0.5)
-    assert not [p for p in children if _alive(p)], "worker processes left behind"
+    assert not [p for p in children if alive(p)], "worker processes left behind"
 
 
 def test_disconnect_stops_generation(tmp_path: Path, models_dir: Path) -> None:
     srv = new_server(tmp_path, models_dir=str(models_dir))
     try:
-        body = {"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 2000,
-                "stream": True, "temperature": 0.9}  # fmt: skip
+        body = {
+            "model": GEMMA,
+            "prompt": "Once upon a time",
+            "max_tokens": 2000,
+            "stream": True,
+            "temperature": 0.9,
+        }
         with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i > 6:
@@ -130,11 +142,3 @@ def test_disconnect_stops_generation(tmp_path: Path, models_dir: Path) -> None:
         assert entry["runtime"]["slots_busy"] == 0
     finally:
         srv.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

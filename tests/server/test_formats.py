@@ -38,8 +38,10 @@ pytestmark = pytest.mark.real
 
 MINILM = defaults.MINILM_ID
 SMOLS = [SMOL, "smol-hf", "smol-onnx"]
-QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}]  # fmt: skip
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 SENTENCES = [
     "The cat sits on the mat.",
     "A cat is sitting on a rug.",
@@ -72,9 +74,11 @@ def _matryoshka_copy(source: Path, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def formats_dir(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, smollm2_hf: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2_gguf: Path,
+    smollm2_hf: Path,  # noqa: F811
     smollm2_onnx_fp32: Path,  # noqa: F811
-) -> Path:  # fmt: skip
+) -> Path:
     models = link_models(tmp_path_factory.mktemp("formats"), smollm2_gguf)
     (models / "smol-hf").symlink_to(smollm2_hf)
     (models / "smol-onnx").symlink_to(smollm2_onnx_fp32)
@@ -95,10 +99,12 @@ def formats_dir(
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, formats_dir: Path) -> Iterator[Server]:
     server = new_server(
-        tmp_path_factory.mktemp("formats-server"), models_dir=str(formats_dir), models_max=0,
+        tmp_path_factory.mktemp("formats-server"),
+        models_dir=str(formats_dir),
+        models_max=0,
         models=[{"id": "pickled-allowed", "allow_pickle": True}],
         model_defaults={"threads": 2},
-    )  # fmt: skip
+    )
     yield server
     server.stop()
 
@@ -109,8 +115,9 @@ def oai(srv: Server, make_client: MakeClient) -> openai.OpenAI:
 
 
 def _embed(client: openai.OpenAI, model: str, **kwargs: Any) -> list[list[float]]:
-    return [d.embedding for d in client.embeddings.create(model=model, input=SENTENCES,
-                                                          **kwargs).data]  # fmt: skip
+    return [
+        d.embedding for d in client.embeddings.create(model=model, input=SENTENCES, **kwargs).data
+    ]
 
 
 # -- discovery ------------------------------------------------------------------------------
@@ -150,8 +157,9 @@ def test_broken_models_are_errors_with_the_reason(srv: Server, oai: openai.OpenA
         with pytest.raises(openai.InternalServerError) as err:
             oai.completions.create(model=model, prompt="Hi", max_tokens=2)
         assert err.value.code == "model_load_failed" and reason in err.value.message
-    answer = oai.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0,
-                                         max_tokens=30)  # fmt: skip
+    answer = oai.chat.completions.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=30
+    )
     assert "Paris" in (answer.choices[0].message.content or "")
 
 
@@ -167,9 +175,14 @@ def test_same_greedy_chat_in_every_format(oai: openai.OpenAI) -> None:
 
 
 def test_plain_completion_in_every_format(oai: openai.OpenAI) -> None:
-    texts = {m: oai.completions.create(model=m, prompt="The capital of France is",
-                                       temperature=0, max_tokens=6).choices[0].text
-             for m in SMOLS}  # fmt: skip
+    texts = {
+        m: oai.completions.create(
+            model=m, prompt="The capital of France is", temperature=0, max_tokens=6
+        )
+        .choices[0]
+        .text
+        for m in SMOLS
+    }
     assert all(t.startswith(" Paris") for t in texts.values()), texts
 
 
@@ -209,8 +222,9 @@ def test_base64_decodes_to_the_same_floats(srv: Server, oai: openai.OpenAI) -> N
         decoded = np.frombuffer(base64.b64decode(b), dtype="<f4")
         assert np.array_equal(decoded, np.array(f, dtype=np.float32))
     # The openai client asks for base64 by default and decodes it itself.
-    assert np.array_equal(np.array(_embed(oai, "minilm-hf"), dtype=np.float32),
-                          np.array(floats, dtype=np.float32))  # fmt: skip
+    assert np.array_equal(
+        np.array(_embed(oai, "minilm-hf"), dtype=np.float32), np.array(floats, dtype=np.float32)
+    )
 
 
 def test_token_arrays_embed_like_their_text(oai: openai.OpenAI) -> None:

@@ -34,20 +34,33 @@ pytestmark = pytest.mark.real
 
 HF = "gemma-hf"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
-           "The three primary colors are", "Water boils at", "My favourite food is",
-           "The largest planet in the solar system is", "1, 2, 3, 4, 5,"]  # fmt: skip
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at",
+    "My favourite food is",
+    "The largest planet in the solar system is",
+    "1, 2, 3, 4, 5,",
+]
 TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def srv(
-    tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path, gemma_hf: Path  # noqa: F811
-) -> Iterator[Server]:  # fmt: skip
+    tmp_path_factory: pytest.TempPathFactory,
+    gemma_gguf: Path,
+    gemma_hf: Path,  # noqa: F811
+) -> Iterator[Server]:
     models = link_models(tmp_path_factory.mktemp("gemma-models"), gemma_gguf)
     (models / HF).symlink_to(gemma_hf)
-    server = new_server(tmp_path_factory.mktemp("gemma-server"), models_dir=str(models),
-                        models_max=2, model_defaults={"threads": 2})  # fmt: skip
+    server = new_server(
+        tmp_path_factory.mktemp("gemma-server"),
+        models_dir=str(models),
+        models_max=2,
+        model_defaults={"threads": 2},
+    )
     yield server
     server.stop()
 
@@ -107,14 +120,16 @@ def test_greedy_completions_agree_with_llama_cpp(oai: openai.OpenAI, gemma_hf: P
     for model in (GEMMA, HF):
         texts[model] = []
         for prompt in PROMPTS:
-            done = oai.completions.create(model=model, prompt=prompt, temperature=0,
-                                          max_tokens=TOKENS)  # fmt: skip
+            done = oai.completions.create(
+                model=model, prompt=prompt, temperature=0, max_tokens=TOKENS
+            )
             assert done.usage is not None and done.usage.completion_tokens == TOKENS
             texts[model].append(done.choices[0].text)
     tokenizer = AutoTokenizer.from_pretrained(str(gemma_hf), local_files_only=True)
     agree = [common_tokens(tokenizer, a, b) for a, b in zip(texts[HF], texts[GEMMA], strict=True)]
     assert min(agree) >= 2, (agree, texts)
     assert sum(n >= TOKENS for n in agree) >= 4, (agree, texts)
-    streamed = oai.completions.create(model=HF, prompt=PROMPTS[0], temperature=0,
-                                      max_tokens=TOKENS, stream=True)  # fmt: skip
+    streamed = oai.completions.create(
+        model=HF, prompt=PROMPTS[0], temperature=0, max_tokens=TOKENS, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == texts[HF][0]

@@ -24,8 +24,15 @@ from openai_schema import validate
 HELLO = [{"role": "user", "content": "Hello"}]
 CHAT = {"model": "chat", "messages": HELLO, "max_tokens": 3}
 JSON = {"content-type": "application/json"}
-POSTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/ensemble",
-         "/v1/compare", "/models/load", "/models/unload")  # fmt: skip
+POSTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/ensemble",
+    "/v1/compare",
+    "/models/load",
+    "/models/unload",
+)
 
 
 @pytest.fixture
@@ -57,10 +64,18 @@ async def test_malformed_json_is_400_on_every_route(client: httpx.AsyncClient, p
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_tokens", -5), ("temperature", "hot"), ("messages", "hi"), ("top_p", 3),
-     ("temperature", float("nan")), ("top_p", float("inf")), ("repeat_penalty", 1e-300),
-     ("model", "m" * 257), ("seed", 2**80)],
-)  # fmt: skip
+    [
+        ("max_tokens", -5),
+        ("temperature", "hot"),
+        ("messages", "hi"),
+        ("top_p", 3),
+        ("temperature", float("nan")),
+        ("top_p", float("inf")),
+        ("repeat_penalty", 1e-300),
+        ("model", "m" * 257),
+        ("seed", 2**80),
+    ],
+)
 async def test_wrong_values_name_the_parameter(
     client: httpx.AsyncClient, field: str, value: object
 ) -> None:
@@ -99,24 +114,28 @@ async def test_chunked_body_over_limit_is_413_on_every_route(
 
 
 @pytest.mark.parametrize("path", POSTS)
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", None])  # fmt: skip
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
 async def test_a_body_that_is_not_json_is_415(
     client: httpx.AsyncClient, path: str, content_type: str | None
 ) -> None:
     """The no-preflight POST any web page can send (a form, text/plain) is refused before it
     reaches a route, so a page cannot drive the server."""
     headers = {"content-type": content_type} if content_type else {}
-    r = await client.post(path, content=httpx.Request("POST", "/", json=CHAT).content,
-                          headers=headers)  # fmt: skip
+    r = await client.post(
+        path, content=httpx.Request("POST", "/", json=CHAT).content, headers=headers
+    )
     assert "must be JSON" in str(error(r, 415)["message"])
 
 
 async def test_json_with_a_charset_or_a_json_suffix_is_accepted(client: httpx.AsyncClient) -> None:
     body = httpx.Request("POST", "/", json=CHAT).content
     for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
-        r = await client.post("/v1/chat/completions", content=body,
-                              headers={"content-type": content_type})  # fmt: skip
+        r = await client.post(
+            "/v1/chat/completions", content=body, headers={"content-type": content_type}
+        )
         assert r.status_code == 200
 
 
@@ -124,13 +143,19 @@ async def test_json_with_a_charset_or_a_json_suffix_is_accepted(client: httpx.As
 async def test_a_foreign_host_is_421(client: httpx.AsyncClient, host: str) -> None:
     """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads answers;
     the request carries its name as Host and is refused, on every route."""
-    for method, path in (("GET", "/v1/models"), ("GET", "/models"), ("POST", "/v1/chat/completions")):
+    for method, path in (
+        ("GET", "/v1/models"),
+        ("GET", "/models"),
+        ("POST", "/v1/chat/completions"),
+    ):
         r = await client.request(method, path, json=CHAT, headers={"host": host})
         assert error(r, 421)["code"] == "host_not_allowed"
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1:9", "[::1]:8080",
-                                  "10.1.2.3:8080", "LOCALHOST."])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "localhost:8080", "127.0.0.1:9", "[::1]:8080", "10.1.2.3:8080", "LOCALHOST."],
+)
 async def test_loopback_names_and_addresses_are_served(
     client: httpx.AsyncClient, host: str
 ) -> None:
@@ -155,12 +180,18 @@ async def test_cors_is_an_explicit_allow_list(tmp_path: Path) -> None:
     async with app_client(tmp_path, cors_origins=["http://localhost:3000"]) as c:
         r = await c.post("/v1/chat/completions", json=CHAT, headers=origin)
         assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
-        pre = await c.options("/v1/chat/completions", headers={
-            **origin, "access-control-request-method": "POST",
-            "access-control-request-headers": "content-type,authorization"})  # fmt: skip
+        pre = await c.options(
+            "/v1/chat/completions",
+            headers={
+                **origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type,authorization",
+            },
+        )
         assert pre.status_code == 200
-        other = await c.post("/v1/chat/completions", json=CHAT,
-                             headers={"origin": "http://evil.example"})  # fmt: skip
+        other = await c.post(
+            "/v1/chat/completions", json=CHAT, headers={"origin": "http://evil.example"}
+        )
         assert "access-control-allow-origin" not in other.headers
 
 
@@ -286,16 +317,31 @@ async def test_a_client_that_stops_reading_frees_its_slot(tmp_path: Path) -> Non
     full) held a model slot for ever. After `send_timeout` the stream counts as gone: the
     generation is cancelled and the slot is free for others."""
     models = fake_models(tmp_path, slow={"token_seconds": 0.005, "parallel": 1})
-    config = Settings(models_dir=tmp_path, watch_interval=0, provision_default_models=False,
-                      spare_workers=False, models=models, send_timeout=0.3)  # fmt: skip
+    config = Settings(
+        models_dir=tmp_path,
+        watch_interval=0,
+        provision_default_models=False,
+        spare_workers=False,
+        models=models,
+        send_timeout=0.3,
+    )
     manager = ModelManager(config, pool=InProcessPool())
     app = create_app(config, manager)
     body = json.dumps({"model": "slow", "prompt": "x", "max_tokens": 100_000, "stream": True})
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
-             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80),
-             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]}  # fmt: skip
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+    }
     messages = iter([{"type": "http.request", "body": body.encode(), "more_body": False}])
     stuck = asyncio.Event()
 
@@ -322,10 +368,12 @@ async def test_a_client_that_stops_reading_frees_its_slot(tmp_path: Path) -> Non
         assert state.active == 0
         worker = state.worker
         assert worker is not None and not worker.engine.busy  # the sequence was cancelled
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://127.0.0.1") as c:  # fmt: skip
-            r = await c.post("/v1/completions", json={"model": "slow", "prompt": "x",
-                                                      "max_tokens": 2})  # fmt: skip
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as c:
+            r = await c.post(
+                "/v1/completions", json={"model": "slow", "prompt": "x", "max_tokens": 2}
+            )
             assert r.status_code == 200  # the only slot is free again
 
 

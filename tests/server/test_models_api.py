@@ -83,8 +83,11 @@ def test_file_added_and_removed_at_run_time(
 
 
 def test_aliases_and_no_autoload(tmp_path: Path, models_dir: Path, make_client: MakeClient) -> None:
-    config = {"models_dir": str(models_dir), "autoload": False,
-              "models": [{"id": SMOL, "aliases": ["smol"]}]}  # fmt: skip
+    config = {
+        "models_dir": str(models_dir),
+        "autoload": False,
+        "models": [{"id": SMOL, "aliases": ["smol"]}],
+    }
     srv = new_server(tmp_path, **config)
     client = make_client(srv)
     try:

@@ -93,12 +93,18 @@ def test_stop_sequence_cuts_output(client: openai.OpenAI) -> None:
 
 
 def test_seed_reproducible(client: openai.OpenAI) -> None:
-    kwargs = {"model": SMOL, "messages": [{"role": "user", "content": "Tell me a story."}],
-              "temperature": 1.0, "max_tokens": 24}  # fmt: skip
+    kwargs = {
+        "model": SMOL,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "temperature": 1.0,
+        "max_tokens": 24,
+    }
     first = client.chat.completions.create(**kwargs, seed=1234).choices[0].message.content
     again = client.chat.completions.create(**kwargs, seed=1234).choices[0].message.content
-    other = [client.chat.completions.create(**kwargs, seed=s).choices[0].message.content
-             for s in (1, 2, 3)]  # fmt: skip
+    other = [
+        client.chat.completions.create(**kwargs, seed=s).choices[0].message.content
+        for s in (1, 2, 3)
+    ]
     assert first == again
     assert any(o != first for o in other)
 

@@ -26,12 +26,31 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     srv = new_server(tmp_path, models_dir=str(models), max_tokens_limit=16, watch_interval=0)
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "run", srv.url + "/openapi.json",
-             "--checks", "all", "--max-examples", "15", "--seed", "1", "--no-color",
-             "--request-timeout", "60", "--exclude-path", "/models/events",
-             "--generation-database", "none"],
-            cwd=ROOT, capture_output=True, text=True, timeout=800,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "run",
+                srv.url + "/openapi.json",
+                "--checks",
+                "all",
+                "--max-examples",
+                "15",
+                "--seed",
+                "1",
+                "--no-color",
+                "--request-timeout",
+                "60",
+                "--exclude-path",
+                "/models/events",
+                "--generation-database",
+                "none",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=800,
+        )
     finally:
         srv.stop()
     tail = run.stdout[-6000:]

@@ -59,8 +59,7 @@ async def test_what_is_ready_is_sent_before_the_producer_waits() -> None:
 
     await SSEResponse(frames())({"type": "http"}, client.receive, client.send)
     assert seen_while_waiting == [b"data: one\n\ndata: two\n\n"]
-    assert client.bodies() == [b"data: one\n\ndata: two\n\n", b"data: three\n\n",
-                               b"data: four\n\n"]  # fmt: skip
+    assert client.bodies() == [b"data: one\n\ndata: two\n\n", b"data: three\n\n", b"data: four\n\n"]
     assert b"".join(client.bodies()) == b"".join(frame(t) for t in ("one", "two", "three", "four"))
 
 

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from servers import GEMMA, SMOL, Server, link_models, new_server
+from servers import GEMMA, SMOL, Server, alive, link_models, new_server
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.real]
 MiB = 2**20
@@ -40,8 +40,7 @@ def _copies(tmp_path: Path, smollm2_gguf: Path) -> Path:
 
 
 def _ask(url: str, model: str) -> httpx.Response:
-    body = {"model": model, "prompt": "The capital of France is", "max_tokens": 4,
-            "temperature": 0}  # fmt: skip
+    body = {"model": model, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
     return httpx.post(url + "/v1/completions", json=body, timeout=120)
 
 
@@ -76,8 +75,9 @@ class Watch:
                 resident = [m for m in body["data"] if m["status"]["value"] in RESIDENT]
                 self.max_resident = max(self.max_resident, len(resident))
                 if body["memory_over_budget"]:
-                    self.over_budget.append((body["memory_used_bytes"],
-                                             body["memory_budget_bytes"]))  # fmt: skip
+                    self.over_budget.append(
+                        (body["memory_used_bytes"], body["memory_budget_bytes"])
+                    )
 
 
 @dataclass
@@ -98,8 +98,9 @@ async def _storm(url: str, models: list[str], clients: int, seconds: float) -> S
         while time.monotonic() < stop_at:
             started = time.monotonic()
             try:
-                await api.completions.create(model=models[n % len(models)], prompt="Hello",
-                                             max_tokens=8, temperature=0)  # fmt: skip
+                await api.completions.create(
+                    model=models[n % len(models)], prompt="Hello", max_tokens=8, temperature=0
+                )
                 result.statuses.append(200)
             except openai.APIStatusError as exc:
                 result.statuses.append(exc.status_code)
@@ -109,8 +110,9 @@ async def _storm(url: str, models: list[str], clients: int, seconds: float) -> S
             result.slowest = max(result.slowest, time.monotonic() - started)
             n += 1
 
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                  timeout=90) as api:  # fmt: skip
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="unused", max_retries=0, timeout=90
+    ) as api:
         await asyncio.gather(*(client(i, api) for i in range(clients)))
     return result
 
@@ -149,8 +151,9 @@ def test_storm_under_a_memory_budget(tmp_path: Path, smollm2_gguf: Path) -> None
     finally:
         srv.stop()
     budget = int(one * 1.5)
-    srv = new_server(tmp_path, models_dir=str(models), models_max=0, memory_budget=budget,
-                     spare_workers=False)  # fmt: skip
+    srv = new_server(
+        tmp_path, models_dir=str(models), models_max=0, memory_budget=budget, spare_workers=False
+    )
     try:
         with Watch(srv.url) as watch:
             storm = asyncio.run(_storm(srv.url, ["alpha", "beta", "gamma"], 6, 25))
@@ -172,8 +175,7 @@ def test_alternating_under_a_budget_for_one(tmp_path: Path, smollm2_gguf: Path) 
         one = srv.models()["alpha"]["memory_bytes"]
     finally:
         srv.stop()
-    srv = new_server(tmp_path, models_dir=str(models), models_max=3,
-                     memory_budget=int(one * 1.6))  # fmt: skip
+    srv = new_server(tmp_path, models_dir=str(models), models_max=3, memory_budget=int(one * 1.6))
     try:
         for model in ["alpha", "beta"] * 3:
             r = _ask(srv.url, model)
@@ -189,8 +191,13 @@ def test_memory_budget_big_or_two_small(
 ) -> None:
     """The budget holds the big model alone or the two small ones, never big + small."""
     models = _models(tmp_path, smollm2_gguf, gemma_gguf)
-    srv = new_server(tmp_path, models_dir=str(models), models_max=0, spare_workers=False,
-                     model_defaults={"parallel": 1, "context_size": 512})  # fmt: skip
+    srv = new_server(
+        tmp_path,
+        models_dir=str(models),
+        models_max=0,
+        spare_workers=False,
+        model_defaults={"parallel": 1, "context_size": 512},
+    )
     try:
         sizes = {}
         for model in (GEMMA, SMOL):  # measure each alone (no budget pressure yet)
@@ -204,8 +211,14 @@ def test_memory_budget_big_or_two_small(
         assert budget < big + small, "the files are too alike for this test"
     finally:
         srv.stop()
-    srv = new_server(tmp_path, models_dir=str(models), models_max=0, spare_workers=False,
-                     memory_budget=budget, model_defaults={"parallel": 1, "context_size": 512})  # fmt: skip
+    srv = new_server(
+        tmp_path,
+        models_dir=str(models),
+        models_max=0,
+        spare_workers=False,
+        memory_budget=budget,
+        model_defaults={"parallel": 1, "context_size": 512},
+    )
     try:
         for model in (GEMMA, SMOL, "smol-copy", GEMMA, SMOL, "smol-copy", GEMMA):
             r = _ask(srv.url, model)
@@ -221,13 +234,4 @@ def test_memory_budget_big_or_two_small(
 
 def _assert_gone(children: list[int]) -> None:
     time.sleep(0.5)
-    assert [pid for pid in children if _alive(pid)] == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
+    assert [pid for pid in children if alive(pid)] == []

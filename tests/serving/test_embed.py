@@ -86,10 +86,12 @@ def test_base64_is_little_endian_float32() -> None:
 async def service(tmp_path: Path) -> AsyncIterator[EmbeddingService]:
     (tmp_path / "fake.json").write_text(json.dumps({"reply": "a b"}))
     settings = Settings(
-        models_dir=tmp_path / "none", watch_interval=0, provision_default_models=False,
+        models_dir=tmp_path / "none",
+        watch_interval=0,
+        provision_default_models=False,
         models=[ModelConfig(id="fake", path=tmp_path / "fake.json", engine="fake")],
         routes=[RouteConfig(name="auto", targets=["fake"])],
-    )  # fmt: skip
+    )
     manager = ModelManager(settings)
     router = Dispatcher(settings, manager)
     await manager.start()

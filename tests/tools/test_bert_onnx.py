@@ -19,8 +19,12 @@ from model_cache import minilm_folder
 
 pytestmark = pytest.mark.real  # real models, conversions or processes
 
-TEXTS = ["The cat sits on the mat.", "A longer sentence, with punctuation; and more words.",
-         "short", "word " * 400]  # fmt: skip
+TEXTS = [
+    "The cat sits on the mat.",
+    "A longer sentence, with punctuation; and more words.",
+    "short",
+    "word " * 400,
+]
 
 
 def test_the_graph_gives_the_vectors_of_transformers(tmp_path: Path) -> None:

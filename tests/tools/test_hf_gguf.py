@@ -22,8 +22,12 @@ from llm_router.tools import ConversionError, OutputExists, convert, quantize
 
 pytestmark = pytest.mark.real  # real models, conversions or processes
 
-PROMPTS = ("The capital of France is", "Once upon a time", "def fibonacci(n):",
-           "The three primary colours are")  # fmt: skip
+PROMPTS = (
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The three primary colours are",
+)
 TOKENS = 16
 # Keys that must hold the same values in the original and the round trip: every hyperparameter
 # and the whole tokenizer. Not compared: general.* naming, file_type (Q4_1 vs F16) and
@@ -31,15 +35,29 @@ TOKENS = 16
 # ByteLevel pre-tokenizer, which is "gpt-2": the same split for this vocabulary, whose digits
 # are single tokens anyway, as the tokenization check below shows).
 SAME_KEYS = (
-    "general.architecture", "general.finetune", "llama.block_count", "llama.context_length",
-    "llama.embedding_length", "llama.feed_forward_length", "llama.attention.head_count",
-    "llama.attention.head_count_kv", "llama.rope.freq_base", "llama.rope.dimension_count",
-    "llama.attention.layer_norm_rms_epsilon", "llama.vocab_size", "tokenizer.ggml.model",
-    "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-    "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-    "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
-    "tokenizer.ggml.add_bos_token", "tokenizer.chat_template",
-)  # fmt: skip
+    "general.architecture",
+    "general.finetune",
+    "llama.block_count",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.rope.freq_base",
+    "llama.rope.dimension_count",
+    "llama.attention.layer_norm_rms_epsilon",
+    "llama.vocab_size",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.chat_template",
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +104,12 @@ def test_requantized_the_round_trip_is_the_original_bit_for_bit(
     ours = {t.name: t for t in gguf.GGUFReader(again).tensors}
     theirs = {t.name: t for t in gguf.GGUFReader(smollm2_gguf).tensors}
     assert sorted(ours) == sorted(theirs)
-    differ = [n for n, t in theirs.items()
-              if (ours[n].tensor_type, list(ours[n].shape)) != (t.tensor_type, list(t.shape))
-              or not np.array_equal(ours[n].data, t.data)]  # fmt: skip
+    differ = [
+        n
+        for n, t in theirs.items()
+        if (ours[n].tensor_type, list(ours[n].shape)) != (t.tensor_type, list(t.shape))
+        or not np.array_equal(ours[n].data, t.data)
+    ]
     assert differ == []
 
 
@@ -106,19 +127,23 @@ SAMPLE = "Hello world, 12345 tokens!\n\tdef f(x): return x ** 2  # café, naïve
 def answers(round_trip: Path, smollm2_gguf: Path) -> dict[str, Answers]:
     """What the original and the round trip answer, one request at a time on one thread: two
     threads on two busy cores wait on each other's barriers (80 s here instead of 5)."""
-    requests = [chat("What is the capital of France?", max_tokens=30),
-                *(greedy(p, max_tokens=TOKENS) for p in PROMPTS)]  # fmt: skip
+    requests = [
+        chat("What is the capital of France?", max_tokens=30),
+        *(greedy(p, max_tokens=TOKENS) for p in PROMPTS),
+    ]
     made = {}
     for name, path in (("original", smollm2_gguf), ("round trip", round_trip)):
-        engine = LlamaCppEngine(LoadSpec(str(path), {"threads": 1, "parallel": 1,
-                                                     "context_size": 256}, "llama"))  # fmt: skip
+        engine = LlamaCppEngine(
+            LoadSpec(str(path), {"threads": 1, "parallel": 1, "context_size": 256}, "llama")
+        )
         try:
             results = [run(engine, r) for r in requests]
             assert all(r.error is None and r.finished for r in results)
             made[name] = Answers(
-                results[0].text, [engine.tokenize(r.text, add_bos=False) for r in results[1:]],
+                results[0].text,
+                [engine.tokenize(r.text, add_bos=False) for r in results[1:]],
                 engine.tokenize(SAMPLE, add_bos=False),
-            )  # fmt: skip
+            )
         finally:
             engine.close()
     return made
@@ -158,13 +183,21 @@ def _variant(hf: Path, folder: Path, **config: object) -> Path:
 
 
 def test_convert_to_gguf_refusals(smollm2_hf: Path, smollm2_gguf: Path, tmp_path: Path) -> None:
-    gemma = _variant(smollm2_hf, tmp_path / "gemma-like", architectures=["Gemma3ForCausalLM"],
-                     model_type="gemma3_text")  # fmt: skip
-    with pytest.raises(ConversionError, match=r"architecture Gemma3ForCausalLM cannot be "
-                                              r"converted to GGUF yet \(supported: "):  # fmt: skip
+    gemma = _variant(
+        smollm2_hf,
+        tmp_path / "gemma-like",
+        architectures=["Gemma3ForCausalLM"],
+        model_type="gemma3_text",
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"architecture Gemma3ForCausalLM cannot be "
+        r"converted to GGUF yet \(supported: ",
+    ):
         convert(gemma, "gguf", tmp_path / "a.gguf")
-    llama3 = _variant(smollm2_hf, tmp_path / "llama3-rope",
-                      rope_parameters={"rope_type": "llama3", "factor": 8.0})  # fmt: skip
+    llama3 = _variant(
+        smollm2_hf, tmp_path / "llama3-rope", rope_parameters={"rope_type": "llama3", "factor": 8.0}
+    )
     with pytest.raises(ConversionError, match="RoPE scaling 'llama3' cannot be converted"):
         convert(llama3, "gguf", tmp_path / "a.gguf")
     with pytest.raises(ConversionError, match=r"converts HF folders; this is gguf.*quantize"):

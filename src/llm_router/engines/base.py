@@ -43,8 +43,10 @@ def check_prompt_fits(n_tokens: int, context_size: int | None, request: Generati
     """Raise ContextLengthExceeded (a 400) when a prompt leaves no room to generate, and
     BadRequest when it has no token at all (nothing to continue from)."""
     if n_tokens == 0:
-        raise BadRequest("the prompt is empty: there is nothing to continue from",
-                         param="messages" if request.messages is not None else "prompt")  # fmt: skip
+        raise BadRequest(
+            "the prompt is empty: there is nothing to continue from",
+            param="messages" if request.messages is not None else "prompt",
+        )
     if context_size is not None and n_tokens >= context_size:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_size} tokens, "

@@ -15,8 +15,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ..errors import BadRequest, ModelLoadFailed
 from ..types import ChatMessage
 
-__all__ = ["KNOWN_TEMPLATES", "TURN_END_TOKENS", "ChatTemplate", "Tokenize", "chat_tokens",
-           "template_for"]  # fmt: skip
+__all__ = [
+    "KNOWN_TEMPLATES",
+    "TURN_END_TOKENS",
+    "ChatTemplate",
+    "Tokenize",
+    "chat_tokens",
+    "template_for",
+]
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
@@ -85,8 +91,9 @@ class ChatTemplate:
         self, source: str, *, bos_token: str = "", eos_token: str = "", stops: tuple[str, ...] = ()
     ) -> None:
         # As transformers compiles chat templates: the same sandbox, options and extension.
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])  # fmt: skip
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
         try:
             self._template = env.from_string(source)
@@ -108,7 +115,6 @@ class ChatTemplate:
             )
         except (TemplateError, TypeError, ValueError) as exc:
             raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from None
-
 
     def render_parts(self, messages: Sequence[ChatMessage], **extra: Any) -> list[tuple[str, bool]]:
         """The rendered prompt in pieces: `(text, True)` where a message's content was placed,
@@ -145,21 +151,27 @@ Tokenize = Callable[[str, bool, bool], list[int]]
 """(text, parse special tokens, first piece of the prompt) -> tokens."""
 
 
-def chat_tokens(template: ChatTemplate, messages: Sequence[ChatMessage], tokenize: Tokenize) -> list[int]:
+def chat_tokens(
+    template: ChatTemplate, messages: Sequence[ChatMessage], tokenize: Tokenize
+) -> list[int]:
     """The tokens of a chat rendered by `template`, special tokens parsed only in the
     template's own text. An ordinary chat is tokenized whole, as the template renders it; one
     whose messages hold special-token text (a forged `<|im_end|>` turn, say) piece by piece
     (`render_parts`), its contents as plain text. Raises BadRequest when the pieces cannot be
     told apart."""
     text = template.render(messages)
-    if not any(tokenize(m.content, True, False) != tokenize(m.content, False, False)
-               for m in messages):  # fmt: skip
+    if not any(
+        tokenize(m.content, True, False) != tokenize(m.content, False, False) for m in messages
+    ):
         return tokenize(text, True, True)
     parts = template.render_parts(messages)
     if len(parts) == 1:
-        raise BadRequest("a message contains a special token of this model's chat format",
-                         param="messages")  # fmt: skip
-    return [t for i, (piece, content) in enumerate(parts) for t in tokenize(piece, not content, i == 0)]
+        raise BadRequest(
+            "a message contains a special token of this model's chat format", param="messages"
+        )
+    return [
+        t for i, (piece, content) in enumerate(parts) for t in tokenize(piece, not content, i == 0)
+    ]
 
 
 def template_for(

@@ -82,8 +82,15 @@ class FakeEngine:
         n_prompt = len(prompt.split()) or 1  # an empty prompt starts from a BOS, as llama.cpp's
         check_prompt_fits(n_prompt, self.context_size, request)
         params = request.params
-        self._seqs.add(_Seq(seq, n_prompt, params.max_tokens, TextAssembler(params.stop),
-                            crash="CRASH_STEP" in prompt))  # fmt: skip
+        self._seqs.add(
+            _Seq(
+                seq,
+                n_prompt,
+                params.max_tokens,
+                TextAssembler(params.stop),
+                crash="CRASH_STEP" in prompt,
+            )
+        )
 
     def cancel(self, seq: int) -> None:
         self._seqs.cancel(seq)

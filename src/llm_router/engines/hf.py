@@ -60,10 +60,14 @@ class TransformersEngine:
             # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns).
             self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
         self._seqs = TokenSequences(
-            self.parallel, "transformers", (RuntimeError, ValueError, IndexError),
-            eos=self._eos, context_size=self.context_size, decode=self._decode,
+            self.parallel,
+            "transformers",
+            (RuntimeError, ValueError, IndexError),
+            eos=self._eos,
+            context_size=self.context_size,
+            decode=self._decode,
             transcript_stops=self._stops,
-        )  # fmt: skip
+        )
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -121,8 +125,11 @@ class TransformersEngine:
     def _eos_ids(self) -> set[int]:
         found: set[int] = set()
         gen = getattr(self._model, "generation_config", None)
-        for source in (getattr(gen, "eos_token_id", None), self._model.config.eos_token_id,
-                       self._tok.eos_token_id):  # fmt: skip
+        for source in (
+            getattr(gen, "eos_token_id", None),
+            self._model.config.eos_token_id,
+            self._tok.eos_token_id,
+        ):
             if isinstance(source, int):
                 found.add(source)
             elif isinstance(source, list | tuple):
@@ -137,8 +144,9 @@ class TransformersEngine:
         override = spec.options.get("chat_template")
         if not override and getattr(self._tok, "chat_template", None):
             return "tokenizer", ()
-        chosen = template_for(spec.architecture or self._model.config.model_type, None,
-                              override, spec.finetune)  # fmt: skip
+        chosen = template_for(
+            spec.architecture or self._model.config.model_type, None, override, spec.finetune
+        )
         if chosen is None:
             return None, ()
         source, stops = chosen
@@ -163,8 +171,9 @@ class TransformersEngine:
         # The tokenizer's own template, compiled here as every other (transformers renders
         # it the same way: a sandboxed Jinja environment with the same helpers).
         source = str(self._tok.chat_template)
-        self._template = ChatTemplate(source, bos_token=self._tok.bos_token or "",
-                                      eos_token=self._tok.eos_token or "")  # fmt: skip
+        self._template = ChatTemplate(
+            source, bos_token=self._tok.bos_token or "", eos_token=self._tok.eos_token or ""
+        )
         return self._template
 
     def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
@@ -177,8 +186,9 @@ class TransformersEngine:
     def _encode(self, inputs: list[str] | list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         limit = self._pooling.max_length or self.context_size
         if inputs and isinstance(inputs[0], str):
-            enc = self._tok(list(inputs), padding=True, truncation=True, max_length=limit,
-                            return_tensors="pt")  # fmt: skip
+            enc = self._tok(
+                list(inputs), padding=True, truncation=True, max_length=limit, return_tensors="pt"
+            )
             return enc["input_ids"], enc["attention_mask"]
         rows = [list(map(int, r))[:limit] for r in inputs]
         n_vocab = len(self._tok)

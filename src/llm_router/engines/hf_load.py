@@ -24,9 +24,13 @@ from ..formats.safetensors import read_safetensors_meta
 __all__ = ["DTYPES", "Loaded", "load"]
 
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-}  # fmt: skip
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,11 @@ One decode loop per model: every `step()` gathers one token from each generating
 prompt chunks of newly admitted ones into one `llama_batch` (a `seq_id` per slot) and calls
 `llama_decode` once. Sampling runs in C through llama.cpp's sampler chains, one per sequence,
 except plain greedy decoding: an argmax over the logits (see llamacpp_sampler).
-The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python per token."""
+The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python per token.
+
+Over the ~400-line guide on purpose: it is one concept, the decode loop and what feeds it
+(prompt, slots, batch, sampling, finishing), kept in one place because its per-token path is
+the hot path and reads best inline; its decisions are in slots.py and llamacpp_sampler.py."""
 
 from __future__ import annotations
 
@@ -85,9 +89,15 @@ class LlamaCppEngine:
         self._slot_tokens: list[list[int]] = [[] for _ in range(self.parallel)]
         self._waiting: deque[_Seq] = deque()
         self._running: dict[int, _Seq] = {}
-        self._stats = {"decode_steps": 0, "batch_sequences": 0, "prompt_tokens_evaluated": 0,
-                       "prompt_tokens_reused": 0, "prompt_prefix_copies": 0,
-                       "slot_moves": 0, "tokens_generated": 0}  # fmt: skip
+        self._stats = {
+            "decode_steps": 0,
+            "batch_sequences": 0,
+            "prompt_tokens_evaluated": 0,
+            "prompt_tokens_reused": 0,
+            "prompt_prefix_copies": 0,
+            "slot_moves": 0,
+            "tokens_generated": 0,
+        }
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -172,9 +182,11 @@ class LlamaCppEngine:
         raw = lc.llama_model_chat_template(self._model, None)
         embedded = raw.decode("utf-8", "replace") if raw else None
         chosen = template_for(
-            spec.architecture, embedded, spec.options.get("chat_template"),
+            spec.architecture,
+            embedded,
+            spec.options.get("chat_template"),
             self._meta("general.finetune"),
-        )  # fmt: skip
+        )
         if chosen is None:
             return None
         source, stops = chosen
@@ -221,8 +233,11 @@ class LlamaCppEngine:
         not fit is refused before it is tokenized: tokenizing megabytes would stall every
         stream of this model (tokenization runs in the decode loop)."""
         text = request.prompt if request.messages is None else None
-        size = len(text.encode()) if text is not None else sum(
-            len(m.content.encode()) for m in request.messages or ())  # fmt: skip
+        size = (
+            len(text.encode())
+            if text is not None
+            else sum(len(m.content.encode()) for m in request.messages or ())
+        )
         if size <= 64 * self.context_size:
             return  # the common case: no token is 64 bytes long, tokenize it
         if self._longest_piece is None:

@@ -67,9 +67,14 @@ class LlamaCppEmbeddingEngine:
     # -- Engine protocol -------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"engine": "llama.cpp", "task": "embed", "context_size": self.context_size,
-                "threads": self.threads, "batch_size": self.batch_size,
-                "dimensions": self._dim}  # fmt: skip
+        return {
+            "engine": "llama.cpp",
+            "task": "embed",
+            "context_size": self.context_size,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "dimensions": self._dim,
+        }
 
     def set_threads(self, threads: int) -> None:
         self.threads = threads

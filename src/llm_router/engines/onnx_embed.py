@@ -75,8 +75,9 @@ class OnnxEmbeddingEngine:
         self._tok.enable_truncation(self.max_length)
         pad = self._tok.padding or {}
         # tokenizer.json may pin a fixed padding length (MiniLM's says 128): pad to the longest.
-        self._tok.enable_padding(pad_id=int(pad.get("pad_id", 0)),
-                                 pad_token=str(pad.get("pad_token", "[PAD]")))  # fmt: skip
+        self._tok.enable_padding(
+            pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]"))
+        )
         self.threads = int(spec.options.get("threads") or cpu_cores())
         self._session = self._open(self.threads)
         self._inputs = {i.name for i in self._session.get_inputs()}
@@ -99,9 +100,14 @@ class OnnxEmbeddingEngine:
     # -- Engine protocol -------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"engine": "onnxruntime", "task": "embed", "threads": self.threads,
-                "context_size": self.max_length, "pooling": self._pooling.mode,
-                "normalize": self._pooling.normalize}  # fmt: skip
+        return {
+            "engine": "onnxruntime",
+            "task": "embed",
+            "threads": self.threads,
+            "context_size": self.max_length,
+            "pooling": self._pooling.mode,
+            "normalize": self._pooling.normalize,
+        }
 
     def set_threads(self, threads: int) -> None:
         """onnxruntime fixes threads per session: a new session is opened (~0.2 s)."""

@@ -71,10 +71,14 @@ class OnnxGenaiEngine:
         self._template, self._stops = self._load_template(spec, str(genai.get("type") or ""))
         # genai raises RuntimeError or its own errors: any Exception fails the one sequence.
         self._seqs = TokenSequences(
-            self.parallel, "onnxruntime-genai", (Exception,),
-            eos=self._eos, context_size=self.context_size, decode=self._decode,
+            self.parallel,
+            "onnxruntime-genai",
+            (Exception,),
+            eos=self._eos,
+            context_size=self.context_size,
+            decode=self._decode,
             transcript_stops=self._stops,
-        )  # fmt: skip
+        )
         self._stats = {"prompt_tokens_evaluated": 0}
 
     def _open(self, threads: int) -> Any:
@@ -94,24 +98,39 @@ class OnnxGenaiEngine:
     def _load_template(
         self, spec: LoadSpec, arch: str
     ) -> tuple[ChatTemplate | None, tuple[str, ...]]:
-        chosen = template_for(spec.architecture or arch, read_chat_template(self._folder),
-                              spec.options.get("chat_template"), spec.finetune)  # fmt: skip
+        chosen = template_for(
+            spec.architecture or arch,
+            read_chat_template(self._folder),
+            spec.options.get("chat_template"),
+            spec.finetune,
+        )
         if chosen is None:
             return None, ()
         config_file = self._folder / "tokenizer_config.json"
         config = read_json(config_file) if config_file.is_file() else {}
         source, stops = chosen
-        template = ChatTemplate(source, bos_token=_token_text(config.get("bos_token")),
-                                eos_token=_token_text(config.get("eos_token")), stops=stops)  # fmt: skip
+        template = ChatTemplate(
+            source,
+            bos_token=_token_text(config.get("bos_token")),
+            eos_token=_token_text(config.get("eos_token")),
+            stops=stops,
+        )
         return template, stops
 
     # -- Engine protocol -------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"engine": "onnxruntime-genai", "task": "generate", "threads": self.threads,
-                "context_size": self.context_size, "parallel": self.parallel,
-                "chat_template": self._template is not None, **self._seqs.counts(),
-                **self._stats, "tokens_generated": self._seqs.tokens_generated}  # fmt: skip
+        return {
+            "engine": "onnxruntime-genai",
+            "task": "generate",
+            "threads": self.threads,
+            "context_size": self.context_size,
+            "parallel": self.parallel,
+            "chat_template": self._template is not None,
+            **self._seqs.counts(),
+            **self._stats,
+            "tokens_generated": self._seqs.tokens_generated,
+        }
 
     def set_threads(self, threads: int) -> None:
         self._pending_threads = threads if threads != self.threads else None

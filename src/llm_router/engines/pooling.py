@@ -20,10 +20,12 @@ __all__ = ["Pooling", "embed_in_batches", "read_pooling"]
 
 Array = npt.NDArray[np.float32]
 _MODES = {
-    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
     "pooling_mode_lasttoken": "lasttoken",
-}  # fmt: skip
+}
 _SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
 

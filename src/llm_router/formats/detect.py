@@ -25,24 +25,42 @@ from .hf import (
     read_chat_template,
     read_hf_meta,
     read_json,
-)  # fmt: skip
+)
 from .hf import transformer_dir as _transformer_dir
 from .onnx import read_onnx_meta
 from .pytorch import is_torch_checkpoint, read_torch_meta
 from .safetensors import is_safetensors, read_safetensors_meta
 
-__all__ = ["ENGINE_FOR", "Detected", "ModelMeta", "describe", "detect", "read_hf_meta", "read_meta",
-           "read_safetensors_meta"]  # fmt: skip
+__all__ = [
+    "ENGINE_FOR",
+    "Detected",
+    "ModelMeta",
+    "describe",
+    "detect",
+    "read_hf_meta",
+    "read_meta",
+    "read_safetensors_meta",
+]
 
 Format = Literal["gguf", "safetensors", "pytorch", "hf", "onnx", "onnx-genai"]
 Task = Literal["generate", "embed"]
 # Default engine per format (names of the engines table).
 ENGINE_FOR: dict[str, str] = {
-    "gguf": "llama.cpp", "safetensors": "transformers", "pytorch": "transformers",
-    "hf": "transformers", "onnx": "onnxruntime", "onnx-genai": "onnxruntime-genai",
-}  # fmt: skip
-_NAMED = {".gguf": "gguf", ".safetensors": "safetensors", ".onnx": "onnx", ".bin": "pytorch",
-          ".pt": "pytorch", ".pth": "pytorch"}  # fmt: skip
+    "gguf": "llama.cpp",
+    "safetensors": "transformers",
+    "pytorch": "transformers",
+    "hf": "transformers",
+    "onnx": "onnxruntime",
+    "onnx-genai": "onnxruntime-genai",
+}
+_NAMED = {
+    ".gguf": "gguf",
+    ".safetensors": "safetensors",
+    ".onnx": "onnx",
+    ".bin": "pytorch",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+}
 ONNX_PROTO_START = b"\x08"  # the ir_version field's tag
 
 
@@ -103,8 +121,12 @@ def _is_onnx(path: Path) -> bool:
 
 def _why_not(path: Path, fmt: str) -> str:
     """The reader's own reason why `path` is not a `fmt` file."""
-    reader = {"gguf": read_gguf_info, "safetensors": read_safetensors_meta,
-              "onnx": read_onnx_meta, "pytorch": read_torch_meta}[fmt]  # fmt: skip
+    reader = {
+        "gguf": read_gguf_info,
+        "safetensors": read_safetensors_meta,
+        "onnx": read_onnx_meta,
+        "pytorch": read_torch_meta,
+    }[fmt]
     try:
         reader(path)
     except InvalidModelFile as exc:
@@ -150,10 +172,19 @@ def read_meta(found: Detected) -> ModelMeta:
     path = found.path
     if found.format == "gguf":
         g = read_gguf_info(path)
-        return ModelMeta(g.architecture, g.name, g.parameters, g.quantization, g.context_length,
-                         g.embedding_length, g.chat_template, g.size_bytes,
-                         "embed" if g.pooling_type else "generate", g.finetune,
-                         memory=_gguf_memory(g))  # fmt: skip
+        return ModelMeta(
+            g.architecture,
+            g.name,
+            g.parameters,
+            g.quantization,
+            g.context_length,
+            g.embedding_length,
+            g.chat_template,
+            g.size_bytes,
+            "embed" if g.pooling_type else "generate",
+            g.finetune,
+            memory=_gguf_memory(g),
+        )
     if found.format in ("safetensors", "pytorch"):
         if not (path.parent / "config.json").is_file():
             return _bare(found)
@@ -174,23 +205,29 @@ def read_meta(found: Detected) -> ModelMeta:
     limit = read_json(st_config).get("max_seq_length") if st_config.is_file() else None
     limit = limit if isinstance(limit, int) else config.get("max_position_embeddings")
     return ModelMeta(
-        str(arch) if arch else None, info.metadata.get("name"), info.parameters, info.dtype,
-        limit if isinstance(limit, int) else None, hidden if isinstance(hidden, int) else None,
+        str(arch) if arch else None,
+        info.metadata.get("name"),
+        info.parameters,
+        info.dtype,
+        limit if isinstance(limit, int) else None,
+        hidden if isinstance(hidden, int) else None,
         None,
-        _tree_size(path), "embed", matryoshka=declares_matryoshka(folder),
+        _tree_size(path),
+        "embed",
+        matryoshka=declares_matryoshka(folder),
         memory=hf_memory(config, _onnx_bytes(onnx_file), info.dtype, folder),
-    )  # fmt: skip
+    )
 
 
 def _bare(found: Detected) -> ModelMeta:
     """Weights without a config.json beside them: counts only (the engine will refuse it)."""
     if found.format == "safetensors":
         s = read_safetensors_meta(found.path)
-        return ModelMeta(None, None, s.parameters, s.dtype, None, None, None, s.size_bytes,
-                         "generate")  # fmt: skip
+        return ModelMeta(
+            None, None, s.parameters, s.dtype, None, None, None, s.size_bytes, "generate"
+        )
     t = read_torch_meta(found.path)
-    return ModelMeta(None, None, t.parameters, t.dtype, None, None, None, t.size_bytes,
-                     "generate")  # fmt: skip
+    return ModelMeta(None, None, t.parameters, t.dtype, None, None, None, t.size_bytes, "generate")
 
 
 def _genai_meta(folder: Path) -> ModelMeta:
@@ -202,10 +239,14 @@ def _genai_meta(folder: Path) -> ModelMeta:
         raise InvalidModelFile(f"{folder}: genai_config.json names {filename}, which is missing")
     info = read_onnx_meta(graph)
     context, hidden = model.get("context_length"), decoder.get("hidden_size")
-    genai = {"num_hidden_layers": decoder.get("num_hidden_layers"), "hidden_size": hidden,
-             "num_attention_heads": decoder.get("num_attention_heads"),
-             "num_key_value_heads": decoder.get("num_key_value_heads"),
-             "head_dim": decoder.get("head_size"), "vocab_size": model.get("vocab_size")}  # fmt: skip
+    genai = {
+        "num_hidden_layers": decoder.get("num_hidden_layers"),
+        "hidden_size": hidden,
+        "num_attention_heads": decoder.get("num_attention_heads"),
+        "num_key_value_heads": decoder.get("num_key_value_heads"),
+        "head_dim": decoder.get("head_size"),
+        "vocab_size": model.get("vocab_size"),
+    }
     # genai keeps its KV cache in the activations' type: float32 on CPU, even for int4 weights.
     activations = info.dtype if info.dtype in ("float16", "bfloat16") else "float32"
     return ModelMeta(
@@ -226,18 +267,27 @@ def _gguf_memory(g: GGUFInfo) -> MemoryFacts:
     heads = g.head_count or 0
     key_length = g.key_length or ((g.embedding_length or 0) // heads if heads else 0)
     return MemoryFacts(
-        weight_bytes=g.tensor_bytes, layers=g.block_count or 0, embedding=g.embedding_length or 0,
-        feed_forward=g.feed_forward_length or 0, heads=heads, kv_heads=g.head_count_kv,
-        key_length=key_length, value_length=g.value_length or key_length,
-        vocab=g.vocab_size or 0, merges=g.merges, sliding_window=g.sliding_window or 0,
-        windowed=g.swa_layers, repack_bytes=g.repack_bytes,
-    )  # fmt: skip
+        weight_bytes=g.tensor_bytes,
+        layers=g.block_count or 0,
+        embedding=g.embedding_length or 0,
+        feed_forward=g.feed_forward_length or 0,
+        heads=heads,
+        kv_heads=g.head_count_kv,
+        key_length=key_length,
+        value_length=g.value_length or key_length,
+        vocab=g.vocab_size or 0,
+        merges=g.merges,
+        sliding_window=g.sliding_window or 0,
+        windowed=g.swa_layers,
+        repack_bytes=g.repack_bytes,
+    )
 
 
 def _onnx_bytes(graph: Path) -> int:
     """The graph and its external data files (`<graph>.data`, as exporters name them)."""
-    return sum(p.stat().st_size for p in (graph, graph.with_name(graph.name + ".data"))
-               if p.is_file())  # fmt: skip
+    return sum(
+        p.stat().st_size for p in (graph, graph.with_name(graph.name + ".data")) if p.is_file()
+    )
 
 
 def _dict(value: object) -> dict[str, Any]:

@@ -5,7 +5,10 @@ by the engine). Little-endian GGUF v2 and v3 only.
 Big arrays (a 262,144-token vocabulary) are skipped by size; of string arrays only the
 lengths are read, except for the tokens asked for. The shape facts (heads, KV heads, window,
 vocabulary and merge counts, tensor bytes) are what a memory estimate needs, read as llama.cpp
-reads them (`llama-model.cpp`'s hparams)."""
+reads them (`llama-model.cpp`'s hparams).
+
+Over the ~400-line guide on purpose: one reader of one format, the binary parser with the
+facts read from it; its tables (value and tensor types) take a fifth of it."""
 
 from __future__ import annotations
 
@@ -29,46 +32,119 @@ _MAX_LAYERS = 4096
 _STRING, _ARRAY = 8, 9
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-# fmt: off
 # GGUF metadata value types (gguf.h) other than string (8) and array (9).
 _SCALARS: dict[int, struct.Struct] = {
-    t: struct.Struct(f) for t, f in ((0, "<B"), (1, "<b"), (2, "<H"), (3, "<h"), (4, "<I"),
-                                     (5, "<i"), (6, "<f"), (7, "<?"), (10, "<Q"), (11, "<q"),
-                                     (12, "<d"))
+    t: struct.Struct(f)
+    for t, f in (
+        (0, "<B"),
+        (1, "<b"),
+        (2, "<H"),
+        (3, "<h"),
+        (4, "<I"),
+        (5, "<i"),
+        (6, "<f"),
+        (7, "<?"),
+        (10, "<Q"),
+        (11, "<q"),
+        (12, "<d"),
+    )
 }
 # ggml_type id -> (name, elements per block, bytes per block), per ggml.h / gguf-py.
 _GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36),
-    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
-    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2), 31: ("Q4_0_4_4", 32, 18), 32: ("Q4_0_4_8", 32, 18),
-    33: ("Q4_0_8_8", 32, 18), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-    36: ("IQ4_NL_4_4", 32, 18), 37: ("IQ4_NL_4_8", 32, 18), 38: ("IQ4_NL_8_8", 32, 18),
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 36),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    31: ("Q4_0_4_4", 32, 18),
+    32: ("Q4_0_4_8", 32, 18),
+    33: ("Q4_0_8_8", 32, 18),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    36: ("IQ4_NL_4_4", 32, 18),
+    37: ("IQ4_NL_4_8", 32, 18),
+    38: ("IQ4_NL_8_8", 32, 18),
     39: ("MXFP4", 32, 17),
 }
 # llama_ftype (llama.h) -> name, for `general.file_type`.
 _FILE_TYPES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0", 8: "Q5_0",
-    9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S",
-    15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS",
-    21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S",
-    27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-    33: "Q4_0_4_4", 34: "Q4_0_4_8", 35: "Q4_0_8_8", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    4: "Q4_1_SOME_F16",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    33: "Q4_0_4_4",
+    34: "Q4_0_4_8",
+    35: "Q4_0_8_8",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
 }
 # Layers with sliding-window attention when the header gives a window but no
 # `attention.sliding_window_pattern`: the period llama.cpp's loader sets per architecture
 # (`hparams.set_swa_pattern(n)`: in each period of n layers the last one attends to everything).
-_SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "gemma-embedding": 6, "gemma3n": 5, "cohere2": 4,
-               "gpt-oss": 2, "exaone4": 4}
+_SWA_PERIOD = {
+    "gemma2": 2,
+    "gemma3": 6,
+    "gemma-embedding": 6,
+    "gemma3n": 5,
+    "cohere2": 4,
+    "gpt-oss": 2,
+    "exaone4": 4,
+}
 # Types the CPU backend copies into an interleaved layout when repacking is on (ggml-cpu
 # repack.cpp, x86 with AVX2/AVX-512), for matrices whose rows come in multiples of 8.
 _REPACKED = {2, 10, 12, 20}  # Q4_0, Q2_K, Q4_K, IQ4_NL
-# fmt: on
 _FTYPE_GUESSED = 1024
 
 
@@ -344,13 +420,15 @@ def _shape(p: _Parser, meta: dict[str, object], arch: str) -> dict[str, Any]:
         "head_count_kv": tuple(kv * layers if len(kv) == 1 else kv),
         "key_length": _int(meta.get(f"{arch}.attention.key_length")),
         "value_length": _int(meta.get(f"{arch}.attention.value_length")),
-        "vocab_size": tokens.length if isinstance(tokens, _Array)
+        "vocab_size": tokens.length
+        if isinstance(tokens, _Array)
         else _int(meta.get(f"{arch}.vocab_size")),
         "merges": merges.length if isinstance(merges, _Array) else 0,
         "sliding_window": window,
         "swa_layers": _swa_layers(arch, layers, numbers("attention.sliding_window_pattern"))
-        if window else (),
-    }  # fmt: skip
+        if window
+        else (),
+    }
 
 
 def _swa_layers(arch: str, layers: int, pattern: list[int]) -> tuple[bool, ...]:

@@ -18,15 +18,43 @@ from llm_router.errors import InvalidModelFile
 from .pytorch import read_torch_meta
 from .safetensors import read_safetensors_meta
 
-__all__ = ["MemoryFacts", "ModelMeta", "declares_matryoshka", "find_weights", "hf_memory", "hf_task",
-           "read_chat_template", "read_hf_meta", "read_json", "transformer_dir"]  # fmt: skip
+__all__ = [
+    "MemoryFacts",
+    "ModelMeta",
+    "declares_matryoshka",
+    "find_weights",
+    "hf_memory",
+    "hf_task",
+    "read_chat_template",
+    "read_hf_meta",
+    "read_json",
+    "transformer_dir",
+]
 
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
-                 "max_sequence_length", "n_ctx")  # fmt: skip
+_CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_sequence_length",
+    "n_ctx",
+)
 _GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 # Bytes per element of the dtype names safetensors headers and configs use.
-DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1,
-               "U8": 1, "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}  # fmt: skip
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I8": 1,
+    "U8": 1,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+}
 
 
 @dataclass(frozen=True, slots=True)

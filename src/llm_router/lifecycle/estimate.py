@@ -48,20 +48,31 @@ from typing import Any
 from ..formats.hf import DTYPE_BYTES, MemoryFacts, ModelMeta
 from .discovery import ModelSource
 
-__all__ = ["DEFAULT_BASE", "Breakdown", "breakdown", "default_base", "estimate_model_bytes",
-           "kv_bytes"]  # fmt: skip
+__all__ = [
+    "DEFAULT_BASE",
+    "Breakdown",
+    "breakdown",
+    "default_base",
+    "estimate_model_bytes",
+    "kv_bytes",
+]
 
 MiB = 2**20
 # An empty worker when no spare has measured one yet: Python, the router's modules and the
 # engine library (measured here: 44 MiB for llama.cpp, 47-53 for onnxruntime, 250 with torch).
 DEFAULT_BASE = 96 * MiB
-BASES = {"llama.cpp": 48 * MiB, "onnxruntime": 56 * MiB, "onnxruntime-genai": 56 * MiB,
-         "transformers": 256 * MiB}  # fmt: skip
+BASES = {
+    "llama.cpp": 48 * MiB,
+    "onnxruntime": 56 * MiB,
+    "onnxruntime-genai": 56 * MiB,
+    "transformers": 256 * MiB,
+}
 
 
 def default_base(engine: str) -> int:
     """What an empty worker of `engine` holds, before one has been measured here."""
     return BASES.get(engine, DEFAULT_BASE)
+
 
 # engines/llamacpp.py's and llamacpp_embed.py's defaults (not imported from there: those
 # modules load llama.cpp's library).

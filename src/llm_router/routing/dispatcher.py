@@ -32,7 +32,7 @@ from ..errors import (
     RouterError,
     ServerBusy,
     UpstreamTimeout,
-)  # fmt: skip
+)
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, Finished, GenerationEvent
 from .breaker import BreakerConfig, CircuitBreaker
@@ -80,8 +80,10 @@ class Dispatcher:
         # breaker.py is pure and knows no settings: its config is built from them here.
         self._breaker = BreakerConfig(**settings.breaker.model_dump())
         self._targets: dict[str, Target] = {}
-        self._routes = {r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
-                        for r in settings.routes}  # fmt: skip
+        self._routes = {
+            r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
+            for r in settings.routes
+        }
         self._health: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -95,12 +97,24 @@ class Dispatcher:
                 log.warning(
                     "target %s: environment variable %s is not set", cfg.id, cfg.api_key_env
                 )
-            upstream = Upstream(self._session, base_url=cfg.base_url or "",
-                                model=cfg.model or cfg.id, api_key=key, name=cfg.id,
-                                read_timeout=cfg.timeout, connect_timeout=min(10.0, cfg.timeout),
-                                proxy=env_proxy(cfg.base_url or ""))  # fmt: skip
-            target = RemoteTarget(cfg.id, cfg, TargetStats(), CircuitBreaker(self._breaker),
-                                  self.settings.max_tokens_limit, upstream=upstream)  # fmt: skip
+            upstream = Upstream(
+                self._session,
+                base_url=cfg.base_url or "",
+                model=cfg.model or cfg.id,
+                api_key=key,
+                name=cfg.id,
+                read_timeout=cfg.timeout,
+                connect_timeout=min(10.0, cfg.timeout),
+                proxy=env_proxy(cfg.base_url or ""),
+            )
+            target = RemoteTarget(
+                cfg.id,
+                cfg,
+                TargetStats(),
+                CircuitBreaker(self._breaker),
+                self.settings.max_tokens_limit,
+                upstream=upstream,
+            )
             self._targets[cfg.id] = target
             if cfg.health_check_interval > 0:
                 self._health.append(asyncio.create_task(self._check_health(target)))
@@ -128,9 +142,13 @@ class Dispatcher:
         if state.id not in self._targets:
             cfg = state.source.config
             self._targets[state.id] = LocalTarget(
-                state.id, cfg, TargetStats(), CircuitBreaker(self._breaker),
-                self.settings.max_tokens_limit, manager=self.manager,
-            )  # fmt: skip
+                state.id,
+                cfg,
+                TargetStats(),
+                CircuitBreaker(self._breaker),
+                self.settings.max_tokens_limit,
+                manager=self.manager,
+            )
         return self._targets[state.id]
 
     def price(self, name: str) -> Cost:
@@ -194,8 +212,11 @@ class Dispatcher:
         event. Raises the last target's error when every attempt failed, or ServerBusy when
         every target's breaker is open."""
         ordered, why, route = self.plan(name, request)
-        attempts = len(ordered) if route is None or route.config.retries is None else (
-            route.config.retries + 1)  # fmt: skip
+        attempts = (
+            len(ordered)
+            if route is None or route.config.retries is None
+            else (route.config.retries + 1)
+        )
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
         last: RouterError | None = None
@@ -218,12 +239,15 @@ class Dispatcher:
                     raise
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
-            return Routed(target.id, reason, self._watch(target, first, events, started, ttft),
-                          tuple(failed))  # fmt: skip
+            return Routed(
+                target.id, reason, self._watch(target, first, events, started, ttft), tuple(failed)
+            )
         if last is not None:
             raise last
-        raise ServerBusy(f"no target of '{name}' is available ({'; '.join(failures) or 'none'})",
-                         retry_after=self._breaker.cooldown or 1.0)  # fmt: skip
+        raise ServerBusy(
+            f"no target of '{name}' is available ({'; '.join(failures) or 'none'})",
+            retry_after=self._breaker.cooldown or 1.0,
+        )
 
     async def _first(
         self, target: Target, call: Call
@@ -247,9 +271,13 @@ class Dispatcher:
             raise
 
     async def _watch(
-        self, target: Target, first: GenerationEvent, events: AsyncGenerator[GenerationEvent, None], started: float,
+        self,
+        target: Target,
+        first: GenerationEvent,
+        events: AsyncGenerator[GenerationEvent, None],
+        started: float,
         ttft: float,
-    ) -> AsyncGenerator[GenerationEvent, None]:  # fmt: skip
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """Pass the events on; the outcome goes to the target's stats and breaker."""
         done = False
         try:
@@ -289,12 +317,15 @@ class Dispatcher:
         if name in self._routes:
             raise BadRequest(
                 f"'{name}' is a route, which serves chat and completions; embeddings need a model "
-                "id or alias", param="model",
-            )  # fmt: skip
+                "id or alias",
+                param="model",
+            )
         target = self.target(name)
         if not target.breaker.allow():
-            raise ServerBusy(f"target '{target.id}' is failing (its breaker is open); retry later",
-                             retry_after=self._breaker.cooldown or 1.0)  # fmt: skip
+            raise ServerBusy(
+                f"target '{target.id}' is failing (its breaker is open); retry later",
+                retry_after=self._breaker.cooldown or 1.0,
+            )
         target.stats.record_start()
         started = time.perf_counter()
         try:
@@ -334,17 +365,27 @@ class Dispatcher:
         ordered, _, _ = self.plan(name, RouteRequest())
         cfg = route.config
         strategy = cfg.strategy if ":" not in cfg.strategy else "custom"  # no import paths
-        return {"name": cfg.name, "strategy": strategy, "targets": cfg.targets,
-                "fallbacks": cfg.fallbacks,
-                "status": {"order": [t.id for t in ordered], "breakers": states}}  # fmt: skip
+        return {
+            "name": cfg.name,
+            "strategy": strategy,
+            "targets": cfg.targets,
+            "fallbacks": cfg.fallbacks,
+            "status": {"order": [t.id for t in ordered], "breakers": states},
+        }
 
     def describe(self, target: Target) -> dict[str, Any]:
         snap = target.stats.snapshot()
         b = target.breaker.snapshot()
-        return {"breaker": {"state": str(b.state), "failures": b.failures, "retry_in": b.retry_in},
-                "stats": {"latency_s": snap.latency, "ttft_s": snap.ttft,
-                          "tokens_per_second": snap.tokens_per_second,
-                          "error_rate": snap.error_rate, "in_flight": snap.in_flight}}  # fmt: skip
+        return {
+            "breaker": {"state": str(b.state), "failures": b.failures, "retry_in": b.retry_in},
+            "stats": {
+                "latency_s": snap.latency,
+                "ttft_s": snap.ttft,
+                "tokens_per_second": snap.tokens_per_second,
+                "error_rate": snap.error_rate,
+                "in_flight": snap.in_flight,
+            },
+        }
 
 
 def _since(started: float) -> float:

@@ -42,20 +42,26 @@ class LocalTarget(Target):
             self.stats.record_cold_load(state.load_seconds)
         info = state.worker.info if state.worker else {}
         trained = state.source.info.context_length if state.source.info else None
-        context: int | None = info.get("context_size") or self.config.context_size or min(
-            trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)  # fmt: skip
+        context: int | None = (
+            info.get("context_size")
+            or self.config.context_size
+            or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        )
         return context
 
     async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
         request = call.request
         system = self.config.system_prompt
-        if system and request.messages is not None and all(
-            m.role != "system" for m in request.messages
+        if (
+            system
+            and request.messages is not None
+            and all(m.role != "system" for m in request.messages)
         ):
             request = replace(request, messages=(ChatMessage("system", system), *request.messages))
         lease = call.lease
-        async with self.lifecycle.lease(self.id, autoload=lease.autoload,
-                                        keep_alive=lease.keep_alive) as worker:  # fmt: skip
+        async with self.lifecycle.lease(
+            self.id, autoload=lease.autoload, keep_alive=lease.keep_alive
+        ) as worker:
             async for event in worker.generate(request):
                 yield event
 
@@ -67,8 +73,7 @@ class LocalTarget(Target):
         async with self.lifecycle.lease(self.id) as worker:
             out = await worker.embed(call.inputs)
         matryoshka = bool(source.info and source.info.matryoshka)
-        vectors = fit_dimensions(out.vectors, call.dimensions, matryoshka=matryoshka,
-                                 model=self.id)  # fmt: skip
+        vectors = fit_dimensions(out.vectors, call.dimensions, matryoshka=matryoshka, model=self.id)
         return Embeddings(vectors, out.prompt_tokens)
 
     async def health(self) -> bool:

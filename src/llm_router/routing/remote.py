@@ -59,13 +59,19 @@ class RemoteTarget(Target):
         try:
             answer = EmbeddingResponse.model_validate({**data, "model": self.id})
         except ValidationError as exc:
-            raise UpstreamError(f"upstream {self.id} answered with no embeddings response: "
-                                f"{exc.errors()[0]['msg']}", status=502) from None  # fmt: skip
+            raise UpstreamError(
+                f"upstream {self.id} answered with no embeddings response: "
+                f"{exc.errors()[0]['msg']}",
+                status=502,
+            ) from None
         rows = sorted(answer.data, key=lambda d: d.index)
         vectors = [r.embedding for r in rows if isinstance(r.embedding, list)]
         if len(vectors) != len(call.inputs):
-            raise UpstreamError(f"upstream {self.id} answered {len(vectors)} embeddings for "
-                                f"{len(call.inputs)} inputs", status=502)  # fmt: skip
+            raise UpstreamError(
+                f"upstream {self.id} answered {len(vectors)} embeddings for "
+                f"{len(call.inputs)} inputs",
+                status=502,
+            )
         return Embeddings(vectors, answer.usage.prompt_tokens)
 
     async def health(self) -> bool:

@@ -124,10 +124,16 @@ class TargetStats:
         """A frozen copy; later records do not change it."""
         rate, count = self.error_rate()
         return TargetSnapshot(
-            latency=self._latency, ttft=self._ttft, tokens_per_second=self._tps,
-            error_rate=rate, outcomes=count, in_flight=self.in_flight, queued=self.queued,
-            loaded=self.loaded, cold_load_seconds=self.cold_load_seconds,
-        )  # fmt: skip
+            latency=self._latency,
+            ttft=self._ttft,
+            tokens_per_second=self._tps,
+            error_rate=rate,
+            outcomes=count,
+            in_flight=self.in_flight,
+            queued=self.queued,
+            loaded=self.loaded,
+            cold_load_seconds=self.cold_load_seconds,
+        )
 
     def _finish(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)

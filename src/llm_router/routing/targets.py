@@ -89,12 +89,16 @@ class Target(ABC):
     def candidate(self) -> Candidate:
         """This target as a strategy sees it (a snapshot of its stats)."""
         return Candidate(
-            id=self.id, quality=self.config.quality, cost_input=self.config.cost.input,
+            id=self.id,
+            quality=self.config.quality,
+            cost_input=self.config.cost.input,
             cost_output=self.config.cost.output,
-            capabilities=Capabilities(context_length=self.context_length(),
-                                      tools=self.makes_tool_calls),
-            stats=self.stats.snapshot(), breaker_open=self.breaker.state == "open",
-        )  # fmt: skip
+            capabilities=Capabilities(
+                context_length=self.context_length(), tools=self.makes_tool_calls
+            ),
+            stats=self.stats.snapshot(),
+            breaker_open=self.breaker.state == "open",
+        )
 
     def events(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
         """The events of `call` with this target's sampling defaults and token cap applied."""
@@ -114,8 +118,10 @@ class Target(ABC):
         if (asked is None and self.keeps_its_default) or (asked is not None and asked <= cap):
             return call  # within bounds, or the upstream's own default applies
         params = replace(call.request.params, max_tokens=min(asked or cap, cap))
-        body = {k: min(v, cap) if k in _TOKEN_FIELDS and isinstance(v, int) else v
-                for k, v in call.body.items()}  # fmt: skip
+        body = {
+            k: min(v, cap) if k in _TOKEN_FIELDS and isinstance(v, int) else v
+            for k, v in call.body.items()
+        }
         return replace(call, request=replace(call.request, params=params), body=body)
 
     def with_sampling(self, call: Call) -> Call:
@@ -125,5 +131,6 @@ class Target(ABC):
             return call
         values: dict[str, Any] = {k: tuple(v) if k == "stop" else v for k, v in fill.items()}
         params = replace(call.request.params, **values)
-        return replace(call, request=replace(call.request, params=params),
-                       body={**call.body, **fill})  # fmt: skip
+        return replace(
+            call, request=replace(call.request, params=params), body={**call.body, **fill}
+        )

@@ -47,8 +47,14 @@ from ..errors import (
     UpstreamUnavailable,
 )
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "env_proxy",
-           "status_error"]  # fmt: skip
+__all__ = [
+    "Upstream",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "env_proxy",
+    "status_error",
+]
 
 log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER = 1.0
@@ -162,9 +168,12 @@ class Upstream:
         self, path: str, payload: dict[str, Any]
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self._session.post(
-            self.base_url + path, data=to_json(payload), headers=self._headers,
-            timeout=self._timeout, proxy=self._proxy,
-        )  # fmt: skip
+            self.base_url + path,
+            data=to_json(payload),
+            headers=self._headers,
+            timeout=self._timeout,
+            proxy=self._proxy,
+        )
 
 
 def env_proxy(url: str) -> str | None:
@@ -212,8 +221,9 @@ async def _lines(name: str, content: aiohttp.StreamReader) -> AsyncIterator[str]
         for line in lines:
             yield line.decode(errors="replace")
         if len(rest) > MAX_BODY:
-            raise UpstreamError(f"upstream {name} streamed a line of more than {MAX_BODY} bytes",
-                                status=502)  # fmt: skip
+            raise UpstreamError(
+                f"upstream {name} streamed a line of more than {MAX_BODY} bytes", status=502
+            )
     if rest:
         yield rest.decode(errors="replace")
 

@@ -90,8 +90,10 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
             expose_headers=["x-llm-router-model", "x-llm-router-route", "retry-after"],
-        )  # fmt: skip
+        )
     app.add_middleware(HostGuard, allowed=settings.allowed_hosts)

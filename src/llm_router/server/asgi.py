@@ -37,14 +37,25 @@ class BodyTooLarge(HTTPException):
 
 
 async def _refuse(
-    send: Send, status: int, message: str, code: str | None = None,
+    send: Send,
+    status: int,
+    message: str,
+    code: str | None = None,
     type_: str = "invalid_request_error",
-) -> None:  # fmt: skip
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None,
-                                 "code": code}}).encode()  # fmt: skip
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+) -> None:
+    body = json.dumps(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -91,8 +102,13 @@ class HostGuard:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        await _refuse(send, 421, f"the Host {host or '(none)'!r} is not served here; to serve "
-                      "it, add it to `allowed_hosts` in the configuration", "host_not_allowed")  # fmt: skip
+        await _refuse(
+            send,
+            421,
+            f"the Host {host or '(none)'!r} is not served here; to serve "
+            "it, add it to `allowed_hosts` in the configuration",
+            "host_not_allowed",
+        )
 
 
 class BodyGuard:
@@ -116,14 +132,23 @@ class BodyGuard:
             elif key == b"content-type":
                 content_type = value
         if length.isdigit() and int(length) > self.limit:
-            await _refuse(send, 413, f"request body of {int(length)} bytes is over the limit "
-                          f"of {self.limit} bytes", "body_too_large")  # fmt: skip
+            await _refuse(
+                send,
+                413,
+                f"request body of {int(length)} bytes is over the limit of {self.limit} bytes",
+                "body_too_large",
+            )
             return
         if length != b"0" and not _is_json(content_type):
             shown = content_type.decode("latin-1") or "none"
-            await _refuse(send, 415, f"request bodies must be JSON: Content-Type is {shown!r}, "
-                          "not 'application/json' (with curl: -H 'Content-Type: "
-                          "application/json')", "unsupported_media_type")  # fmt: skip
+            await _refuse(
+                send,
+                415,
+                f"request bodies must be JSON: Content-Type is {shown!r}, "
+                "not 'application/json' (with curl: -H 'Content-Type: "
+                "application/json')",
+                "unsupported_media_type",
+            )
             return
         if length.isdigit():
             await self.app(scope, receive, send)  # the server reads at most Content-Length

@@ -68,8 +68,11 @@ def _path(loc: Sequence[Any]) -> list[str]:
     """The request field an error is about, as ["messages", "0", "content"]: pydantic's
     location without the body and without the names it gives a union's members
     (`constrained-str`, `list[int]`, `str`), which are no field of the request."""
-    return [str(p) for p in loc
-            if isinstance(p, int) or (p != "body" and p not in _TAGS and _FIELD.fullmatch(p))]  # fmt: skip
+    return [
+        str(p)
+        for p in loc
+        if isinstance(p, int) or (p != "body" and p not in _TAGS and _FIELD.fullmatch(p))
+    ]
 
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -84,8 +87,11 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(envelope(message, "invalid_request_error"), 400)
     # A value that matches none of a union's shapes fails each of them: one message naming
     # the field they share.
-    paths = [_path(e.get("loc", ())) for e in errors if _path(e.get("loc", ()))[:1] ==
-             _path(first.get("loc", ()))[:1]]  # fmt: skip
+    paths = [
+        _path(e.get("loc", ()))
+        for e in errors
+        if _path(e.get("loc", ()))[:1] == _path(first.get("loc", ()))[:1]
+    ]
     common = paths[0] if paths else []
     for path in paths[1:]:
         common = [a for a, b in zip(common, path, strict=False) if a == b][: len(common)]

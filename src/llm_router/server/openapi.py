@@ -38,11 +38,16 @@ class _Hot:
 
 
 HOT = (
-    _Hot("/v1/chat/completions", "Chat completion", ChatCompletionRequest, ChatCompletion,
-         ChatCompletionChunk),
+    _Hot(
+        "/v1/chat/completions",
+        "Chat completion",
+        ChatCompletionRequest,
+        ChatCompletion,
+        ChatCompletionChunk,
+    ),
     _Hot("/v1/completions", "Text completion", CompletionRequest, Completion, Completion),
     _Hot("/v1/embeddings", "Embeddings", EmbeddingRequest, EmbeddingResponse, None),
-)  # fmt: skip
+)
 
 # status -> what it means here (server/errors.py's table says which error gives which)
 _ERRORS = {
@@ -68,9 +73,13 @@ _RETRY = (429, 503)
 def document(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                         description="OpenAI-compatible API, llama.cpp-router model management, "
-                         "routing across local and remote models.")  # fmt: skip
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        routes=app.routes,
+        description="OpenAI-compatible API, llama.cpp-router model management, "
+        "routing across local and remote models.",
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     models = [(h.request, "validation") for h in HOT]
     models += [(m, "serialization") for h in HOT for m in (h.response, h.chunk) if m is not None]
@@ -97,19 +106,32 @@ def _hot_operation(hot: _Hot, refs: dict[Any, Any]) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": answer}}
     if hot.chunk is not None:
         chunk = refs[(hot.chunk, "serialization")]["$ref"]
-        content["text/event-stream"] = {"schema": {  # one server-sent event
-            "type": "object", "required": ["data"],
-            "properties": {"data": {"type": "string", "description": (
-                f"A chunk as JSON (`{chunk}`); the last event's data is `[DONE]`")}},
-        }}  # fmt: skip
+        content["text/event-stream"] = {
+            "schema": {  # one server-sent event
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": (
+                            f"A chunk as JSON (`{chunk}`); the last event's data is `[DONE]`"
+                        ),
+                    }
+                },
+            }
+        }
     return {
         "tags": ["openai"],
         "summary": hot.summary,
         "operationId": hot.path.strip("/").replace("/", "_"),
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-        "responses": {"200": {"description": "The answer (a stream of events when `stream` "
-                              "is true)", "content": content}},
-    }  # fmt: skip
+        "responses": {
+            "200": {
+                "description": "The answer (a stream of events when `stream` is true)",
+                "content": content,
+            }
+        },
+    }
 
 
 def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
@@ -125,11 +147,18 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     for status in sorted(set(statuses)):
         entry: dict[str, Any] = {
             "description": _ERRORS[status],
-            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
-        }  # fmt: skip
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}
+            },
+        }
         if status in _RETRY:
-            entry["headers"] = {"Retry-After": {"description": "Seconds to wait before trying "
-                                "again", "required": True, "schema": {"type": "integer"}}}  # fmt: skip
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                }
+            }
         responses.setdefault(str(status), entry)
 
 

@@ -49,12 +49,20 @@ def describe(snap: ModelSnapshot) -> dict[str, Any]:
         status["draining"] = True
     output = "embedding" if source.task == "embed" else "text"
     return {
-        "id": snap.id, "aliases": source.config.aliases, "tags": [], "object": "model",
-        "owned_by": "llm-runner-router", "created": source.identity.created, "status": status,
+        "id": snap.id,
+        "aliases": source.config.aliases,
+        "tags": [],
+        "object": "model",
+        "owned_by": "llm-runner-router",
+        "created": source.identity.created,
+        "status": status,
         "architecture": {"input_modalities": ["text"], "output_modalities": [output]},
-        "source": source.origin, "can_remove": False,
+        "source": source.origin,
+        "can_remove": False,
         "path": source.path.name,  # not the server's file system layout
-        "format": source.format, "engine": source.engine, "task": source.task,
+        "format": source.format,
+        "engine": source.engine,
+        "task": source.task,
         "size_bytes": source.identity.size_bytes,
         "model_architecture": info.architecture if info else None,
         "parameters": info.parameters if info else None,
@@ -62,25 +70,38 @@ def describe(snap: ModelSnapshot) -> dict[str, Any]:
         "context_length": info.context_length if info else None,
         "dimensions": info.embedding_length if info and info.task == "embed" else None,
         "has_chat_template": bool(info and info.chat_template) or None,
-        "pinned": source.config.pin, "memory_bytes": snap.memory_bytes,
-        "memory_estimate_bytes": snap.estimate_bytes, "last_used": snap.last_used,
-        "loaded_at": snap.loaded_at, "load_seconds": snap.load_seconds,
-        "active_requests": snap.active, "queued_requests": snap.queued, "runtime": snap.runtime,
-    }  # fmt: skip
+        "pinned": source.config.pin,
+        "memory_bytes": snap.memory_bytes,
+        "memory_estimate_bytes": snap.estimate_bytes,
+        "last_used": snap.last_used,
+        "loaded_at": snap.loaded_at,
+        "load_seconds": snap.load_seconds,
+        "active_requests": snap.active,
+        "queued_requests": snap.queued,
+        "runtime": snap.runtime,
+    }
 
 
 def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[str, Any]:
     cfg = target.config
     return {
-        "id": target.id, "aliases": [], "tags": [], "object": "model",
-        "owned_by": "llm-runner-router", "created": started,
+        "id": target.id,
+        "aliases": [],
+        "tags": [],
+        "object": "model",
+        "owned_by": "llm-runner-router",
+        "created": started,
         "status": {"value": "loaded" if target.breaker.state == "closed" else "error"},
         "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
-        "source": "remote", "can_remove": False, "provider": cfg.provider,
-        "upstream_model": cfg.model or cfg.id, "quality": cfg.quality,
-        "cost": cfg.cost.model_dump(), "context_length": cfg.context_length,
+        "source": "remote",
+        "can_remove": False,
+        "provider": cfg.provider,
+        "upstream_model": cfg.model or cfg.id,
+        "quality": cfg.quality,
+        "cost": cfg.cost.model_dump(),
+        "context_length": cfg.context_length,
         **router.describe(target),
-    }  # fmt: skip
+    }
 
 
 @routes.get("/models")
@@ -119,8 +140,9 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
     manager = _manager(request)
     state = manager.resolve(ref.model)
     if state.source.config.pin and not ref.force:
-        raise BadRequest(f"model '{state.id}' is pinned; unload it with \"force\": true",
-                         param="force")  # fmt: skip
+        raise BadRequest(
+            f"model '{state.id}' is pinned; unload it with \"force\": true", param="force"
+        )
     task = asyncio.create_task(manager.unload(state.id))
     request.app.state.background.add(task)
     task.add_done_callback(request.app.state.background.discard)
@@ -130,13 +152,23 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
 @routes.get(
     "/models/events",
     response_class=StreamingResponse,
-    responses={200: {"description": "Server-sent events, one JSON object each: `event` (added, "
-                     "waiting, loading, loaded, unloading, unloaded, error, removed), `model`, "
-                     "`time`, and the event's details",
-                     "content": {"text/event-stream": {"schema": {
-                         "type": "object", "required": ["data"],
-                         "properties": {"data": {"type": "string"}}}}}}},
-)  # fmt: skip
+    responses={
+        200: {
+            "description": "Server-sent events, one JSON object each: `event` (added, "
+            "waiting, loading, loaded, unloading, unloaded, error, removed), `model`, "
+            "`time`, and the event's details",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"data": {"type": "string"}},
+                    }
+                }
+            },
+        }
+    },
+)
 async def events(request: Request) -> Any:
     manager = _manager(request)
     queue = manager.events.subscribe()

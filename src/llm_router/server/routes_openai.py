@@ -81,8 +81,11 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     service, route = _service(request), _route_info(request)
     if body.stream:
-        return await sse_response(service.chat_stream(body, route), lambda: _headers(route),
-                                  send_timeout=_send_timeout(request))  # fmt: skip
+        return await sse_response(
+            service.chat_stream(body, route),
+            lambda: _headers(route),
+            send_timeout=_send_timeout(request),
+        )
     result = await cancel_on_disconnect(request.receive, service.chat(body, route))
     return _json(result, _headers(route))
 
@@ -91,8 +94,11 @@ async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     service, route = _service(request), _route_info(request)
     if body.stream:
-        return await sse_response(service.complete_stream(body, route), lambda: _headers(route),
-                                  send_timeout=_send_timeout(request))  # fmt: skip
+        return await sse_response(
+            service.complete_stream(body, route),
+            lambda: _headers(route),
+            send_timeout=_send_timeout(request),
+        )
     result = await cancel_on_disconnect(request.receive, service.complete(body, route))
     return _json(result, _headers(route))
 
@@ -117,8 +123,9 @@ async def ensemble(body: EnsembleRequest, request: Request) -> Response:
     """One question to several targets; the answers combined by vote, best-of or first."""
     service: EnsembleService = request.app.state.ensemble
     result = await cancel_on_disconnect(request.receive, service.ensemble(body))
-    return _json(result, {"x-llm-router-model": result.model,
-                          "x-llm-router-route": f"ensemble={body.mode}"})  # fmt: skip
+    return _json(
+        result, {"x-llm-router-model": result.model, "x-llm-router-route": f"ensemble={body.mode}"}
+    )
 
 
 @routes.post("/compare", response_model=CompareResult)
@@ -134,8 +141,7 @@ async def list_models(request: Request) -> ModelList:
     dispatcher = request.app.state.dispatcher
     manager.refresh()
     started = int(request.app.state.started)
-    cards = [ModelCard(id=s.id, created=s.source.identity.created)
-             for s in manager.states()]  # fmt: skip
+    cards = [ModelCard(id=s.id, created=s.source.identity.created) for s in manager.states()]
     cards += [ModelCard(id=t.id, created=started) for t in dispatcher.remotes()]
     cards += [ModelCard(id=r.name, created=started) for r in dispatcher.routes()]
     return ModelList(data=cards)

@@ -26,8 +26,12 @@ from ..protocol import RenderedChunk, dump_chunk
 from .errors import ClientGone, error_json
 
 __all__ = [
-    "DisconnectWatch", "SSEResponse", "cancel_on_disconnect", "events_response", "sse_response",
-]  # fmt: skip
+    "DisconnectWatch",
+    "SSEResponse",
+    "cancel_on_disconnect",
+    "events_response",
+    "sse_response",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,8 +55,9 @@ class SSEResponse(StreamingResponse):
         ping: float = PING_SECONDS,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
-        super().__init__(frames, headers={**_HEADERS, **(headers or {})},
-                         media_type="text/event-stream")  # fmt: skip
+        super().__init__(
+            frames, headers={**_HEADERS, **(headers or {})}, media_type="text/event-stream"
+        )
         self.ping = ping
         self.frames = frames
         self.send_timeout = send_timeout
@@ -80,16 +85,19 @@ class SSEResponse(StreamingResponse):
         async def ping() -> None:
             if sending is None and loop.time() - last >= self.ping:
                 async with asyncio.timeout(self.send_timeout):  # rare: a timer is cheap here
-                    await send({"type": "http.response.body", "body": b": ping\n\n",
-                                "more_body": True})  # fmt: skip
+                    await send(
+                        {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+                    )
 
         def stalled() -> bool:
             return sending is not None and loop.time() - sending >= self.send_timeout
 
-        await write({"type": "http.response.start", "status": self.status_code,
-                     "headers": self.raw_headers})  # fmt: skip
-        watch = DisconnectWatch(receive, idle=ping, every=min(self.ping, self.send_timeout / 2),
-                                stalled=stalled)  # fmt: skip
+        await write(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        watch = DisconnectWatch(
+            receive, idle=ping, every=min(self.ping, self.send_timeout / 2), stalled=stalled
+        )
         frames = self.frames
         try:
             # Frames that are ready together (an upstream's read holding several events, a
@@ -100,15 +108,19 @@ class SSEResponse(StreamingResponse):
                 except StopAsyncIteration:
                     break
             watch.stop()
-            await write({"type": "http.response.body", "body": b"".join(pending),
-                         "more_body": False})  # fmt: skip
+            await write(
+                {"type": "http.response.body", "body": b"".join(pending), "more_body": False}
+            )
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
             watch.forget()  # the client left: this request is over, the server is not
             if watch.stalled:
-                log.warning("a client read nothing of its stream for %g s: abandoned it, "
-                            "its model slot is free", self.send_timeout)  # fmt: skip
+                log.warning(
+                    "a client read nothing of its stream for %g s: abandoned it, "
+                    "its model slot is free",
+                    self.send_timeout,
+                )
         finally:
             watch.stop()
             aclose = getattr(frames, "aclose", None)
@@ -125,9 +137,12 @@ class DisconnectWatch:
     request, waiting in `receive`."""
 
     def __init__(
-        self, receive: Receive, idle: Callable[[], Awaitable[None]] | None = None,
-        every: float | None = None, stalled: Callable[[], bool] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        receive: Receive,
+        idle: Callable[[], Awaitable[None]] | None = None,
+        every: float | None = None,
+        stalled: Callable[[], bool] | None = None,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.gone = False

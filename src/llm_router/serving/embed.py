@@ -43,9 +43,7 @@ class EmbeddingService:
             raise
         finally:
             self.metrics.requests.labels(model, "embeddings", outcome).inc()
-            self.metrics.duration.labels(model, "embeddings").observe(
-                time.perf_counter() - started
-            )
+            self.metrics.duration.labels(model, "embeddings").observe(time.perf_counter() - started)
         data = [
             EmbeddingData(index=i, embedding=to_base64(v) if req.encoding_format == "base64" else v)
             for i, v in enumerate(out.vectors)

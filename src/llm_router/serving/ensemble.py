@@ -19,8 +19,15 @@ from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Fl
 from ..routing.ensemble import Scorer, agreement, vote
 from .generate import GenerationService, RouteInfo
 
-__all__ = ["Answer", "CompareRequest", "CompareResult", "EnsembleDetails", "EnsembleRequest",
-           "EnsembleResult", "EnsembleService"]  # fmt: skip
+__all__ = [
+    "Answer",
+    "CompareRequest",
+    "CompareResult",
+    "EnsembleDetails",
+    "EnsembleRequest",
+    "EnsembleResult",
+    "EnsembleService",
+]
 
 
 class CompareRequest(ChatCompletionRequest):
@@ -44,9 +51,10 @@ class EnsembleRequest(CompareRequest):
     mode: Literal["vote", "best-of", "first"] = "vote"
     weights: dict[str, Float] = Field(default_factory=dict)
     scorer: str = Field(
-        "agreement", max_length=64,
+        "agreement",
+        max_length=64,
         description="agreement, judge, or a scorer the configuration names (ensemble_scorers)",
-    )  # fmt: skip
+    )
     judge: str | None = Field(None, description="Model that picks the best answer (scorer judge).")
 
 
@@ -96,24 +104,31 @@ class EnsembleService:
 
     async def _ask(self, req: CompareRequest, target: str) -> _Asked:
         one = ChatCompletionRequest.model_validate(
-            {**req.model_dump(exclude={"targets", "mode", "weights", "scorer", "judge"}),
-             "model": target, "stream": False}
-        )  # fmt: skip
+            {
+                **req.model_dump(exclude={"targets", "mode", "weights", "scorer", "judge"}),
+                "model": target,
+                "stream": False,
+            }
+        )
         started = time.perf_counter()
         route = RouteInfo()
         try:
             done = await self.generation.chat(one, route)
         except RouterError as exc:
-            failed = Answer(model=target, content=None, error=exc.message,
-                            latency_ms=_ms(started))  # fmt: skip
+            failed = Answer(model=target, content=None, error=exc.message, latency_ms=_ms(started))
             return _Asked(failed, None)
         cost = self.generation.dispatcher.price(route.target).spend(
             done.usage.prompt_tokens, done.usage.completion_tokens
         )
         choice = done.choices[0]
-        answer = Answer(model=route.target, content=choice.message.content or "",
-                        finish_reason=choice.finish_reason, usage=done.usage,
-                        latency_ms=_ms(started), cost=cost)  # fmt: skip
+        answer = Answer(
+            model=route.target,
+            content=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            usage=done.usage,
+            latency_ms=_ms(started),
+            cost=cost,
+        )
         return _Asked(answer, done)
 
     async def compare(self, req: CompareRequest) -> CompareResult:
@@ -123,20 +138,26 @@ class EnsembleService:
     async def ensemble(self, req: EnsembleRequest) -> EnsembleResult:
         if req.mode == "best-of" and req.scorer != "judge" and req.scorer not in self.scorers:
             known = ", ".join(sorted([*self.scorers, "judge"]))
-            raise BadRequest(f"unknown scorer {req.scorer!r}: use one of {known} (custom "
-                             "scorers are named in the configuration's ensemble_scorers)",
-                             param="scorer")  # fmt: skip
+            raise BadRequest(
+                f"unknown scorer {req.scorer!r}: use one of {known} (custom "
+                "scorers are named in the configuration's ensemble_scorers)",
+                param="scorer",
+            )
         for t in req.targets:
             self.generation.dispatcher.resolve(t)  # unknown names fail before any work
         asked = await (self._first(req) if req.mode == "first" else self._all(req))
         good = [a for a in asked if a.completion is not None]
         if not good:
-            raise BadRequest("no target answered: " + "; ".join(
-                f"{a.answer.model}: {a.answer.error}" for a in asked), param="targets")  # fmt: skip
+            raise BadRequest(
+                "no target answered: "
+                + "; ".join(f"{a.answer.model}: {a.answer.error}" for a in asked),
+                param="targets",
+            )
         votes: dict[str, float] | None = None
         if req.mode == "vote":
-            index, votes = vote([(a.answer.model, a.answer.content or "") for a in good],
-                                req.weights)  # fmt: skip
+            index, votes = vote(
+                [(a.answer.model, a.answer.content or "") for a in good], req.weights
+            )
         elif req.mode == "best-of":
             index = await self._best(req, [a.answer.content or "" for a in good])
         else:
@@ -144,9 +165,12 @@ class EnsembleService:
         chosen = good[index]
         assert chosen.completion is not None
         details = EnsembleDetails(
-            mode=req.mode, chosen=chosen.answer.model, answers=[a.answer for a in asked],
-            votes=votes, scorer=req.scorer if req.mode == "best-of" else None,
-        )  # fmt: skip
+            mode=req.mode,
+            chosen=chosen.answer.model,
+            answers=[a.answer for a in asked],
+            votes=votes,
+            scorer=req.scorer if req.mode == "best-of" else None,
+        )
         return EnsembleResult(**chosen.completion.model_dump(), ensemble=details)
 
     async def _all(self, req: EnsembleRequest) -> list[_Asked]:
@@ -176,10 +200,20 @@ class EnsembleService:
         if not req.judge:
             raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
         listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
-        ask = ChatCompletionRequest.model_validate({
-            "model": req.judge, "temperature": 0, "max_tokens": 8,
-            "messages": [{"role": "user", "content": f"Question: {question}\nAnswers:\n{listing}\n"
-                          "Reply with the number of the best answer only."}]})  # fmt: skip
+        ask = ChatCompletionRequest.model_validate(
+            {
+                "model": req.judge,
+                "temperature": 0,
+                "max_tokens": 8,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f"Question: {question}\nAnswers:\n{listing}\n"
+                        "Reply with the number of the best answer only.",
+                    }
+                ],
+            }
+        )
         verdict = (await self.generation.chat(ask)).choices[0].message.content or ""
         match = re.search(r"\d+", verdict)
         pick = int(match.group()) - 1 if match else -1

@@ -36,7 +36,7 @@ from ..protocol import (
     _Request,
     new_id,
     now,
-)  # fmt: skip
+)
 from ..routing.dispatcher import Dispatcher, Routed
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call, Lease
@@ -44,7 +44,6 @@ from ..types import Finished, GenerationEvent, GenerationRequest, MessageFields,
 from ..units import parse_duration
 
 __all__ = ["GenerationService", "RouteInfo"]
-
 
 
 @dataclass
@@ -63,8 +62,10 @@ class GenerationService:
         self.dispatcher = dispatcher
         self.metrics = metrics or Metrics()
         extra = SAMPLING_EXTENSIONS | set(dispatcher.settings.forward_fields)
-        self._forwarded = {"chat": OPENAI_CHAT_FIELDS | extra,
-                           "completion": OPENAI_COMPLETION_FIELDS | extra}  # fmt: skip
+        self._forwarded = {
+            "chat": OPENAI_CHAT_FIELDS | extra,
+            "completion": OPENAI_COMPLETION_FIELDS | extra,
+        }
 
     async def route(
         self, wire: _Request, request: GenerationRequest, api_key_id: str | None = None
@@ -78,16 +79,22 @@ class GenerationService:
                 raise BadRequest(str(exc), param="keep_alive") from None
             keep_alive = math.inf if seconds is None else seconds
         kind: Literal["chat", "completion"] = (
-            "chat" if request.messages is not None else "completion")  # fmt: skip
+            "chat" if request.messages is not None else "completion"
+        )
         known = self._forwarded[kind]
         body = {k: v for k, v in wire.model_dump(exclude_unset=True).items() if k in known}
         call = Call(kind, request, body, Lease(wire.autoload, keep_alive), stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")
         tools = bool(offered) and body.get("tool_choice") != "none"  # "none": no call is made
-        info = RouteRequest(kind=kind, prompt_tokens=len(text) // 4,
-                            max_tokens=request.params.max_tokens, user=wire.user,
-                            api_key_id=api_key_id, tools=tools)  # fmt: skip
+        info = RouteRequest(
+            kind=kind,
+            prompt_tokens=len(text) // 4,
+            max_tokens=request.params.max_tokens,
+            user=wire.user,
+            api_key_id=api_key_id,
+            tools=tools,
+        )
         return await self.dispatcher.open(wire.model, call, info)
 
     async def _events(
@@ -136,8 +143,11 @@ class GenerationService:
         self, req: ChatCompletionRequest | CompletionRequest, route: RouteInfo | None = None
     ) -> AsyncIterator[str]:
         """The generated text as it comes, for callers that want no wire types (the CLI)."""
-        gen = self._chat_request(req) if isinstance(req, ChatCompletionRequest) else (
-            req.to_request())  # fmt: skip
+        gen = (
+            self._chat_request(req)
+            if isinstance(req, ChatCompletionRequest)
+            else (req.to_request())
+        )
         async with aclosing(self._events(req, gen, route or RouteInfo())) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -150,11 +160,17 @@ class GenerationService:
         text, extra, finished = await _collect(self._events(req, self._chat_request(req), route))
         content = None if not text and extra.get("tool_calls") else text  # OpenAI's shape
         return ChatCompletion(
-            id=new_id("chatcmpl"), created=now(), model=route.target,
-            choices=[ChatChoice(message=AssistantMessage(content=content, **extra),
-                                finish_reason=finished.finish_reason)],
+            id=new_id("chatcmpl"),
+            created=now(),
+            model=route.target,
+            choices=[
+                ChatChoice(
+                    message=AssistantMessage(content=content, **extra),
+                    finish_reason=finished.finish_reason,
+                )
+            ],
             usage=UsageOut.of(finished.usage),
-        )  # fmt: skip
+        )
 
     async def chat_stream(
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
@@ -166,8 +182,12 @@ class GenerationService:
             async for event in events:
                 if texts is None:
                     head["model"] = route.target
-                    texts = TextChunks(ChatCompletionChunk(
-                        **head, choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))]))  # fmt: skip
+                    texts = TextChunks(
+                        ChatCompletionChunk(
+                            **head,
+                            choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))],
+                        )
+                    )
                     yield ChatCompletionChunk(
                         **head,
                         choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))],
@@ -194,10 +214,12 @@ class GenerationService:
         if req.echo:
             text = (gen.prompt or "") + text
         return Completion(
-            id=new_id("cmpl"), created=now(), model=route.target,
+            id=new_id("cmpl"),
+            created=now(),
+            model=route.target,
             choices=[CompletionChoice(text=text, finish_reason=_text_finish(finished))],
             usage=UsageOut.of(finished.usage),
-        )  # fmt: skip
+        )
 
     async def complete_stream(
         self, req: CompletionRequest, route: RouteInfo | None = None
@@ -210,8 +232,12 @@ class GenerationService:
             async for event in events:
                 if texts is None:
                     head["model"] = route.target
-                    texts = TextChunks(Completion(
-                        **head, choices=[CompletionChoice(text=TextChunks.MARK, finish_reason=None)]))  # fmt: skip
+                    texts = TextChunks(
+                        Completion(
+                            **head,
+                            choices=[CompletionChoice(text=TextChunks.MARK, finish_reason=None)],
+                        )
+                    )
                     if req.echo:
                         yield texts.chunk(gen.prompt or "")
                 if isinstance(event, TextDelta):
@@ -226,7 +252,9 @@ class GenerationService:
                     yield Completion(**head, choices=[], usage=UsageOut.of(event.usage))
 
 
-async def _collect(events: AsyncGenerator[GenerationEvent, None]) -> tuple[str, dict[str, Any], Finished]:
+async def _collect(
+    events: AsyncGenerator[GenerationEvent, None],
+) -> tuple[str, dict[str, Any], Finished]:
     """Drain the stream to its end (so the lease is released here, not at garbage collection):
     the text, the message's other fields, the finish."""
     parts: list[str] = []

@@ -8,5 +8,12 @@ from .common import ConversionError, OutputExists
 from .convert import convert, converter_version
 from .quantize import QuantizeResult, quantize, quantize_types
 
-__all__ = ["ConversionError", "OutputExists", "QuantizeResult", "convert", "converter_version",
-           "quantize", "quantize_types"]  # fmt: skip
+__all__ = [
+    "ConversionError",
+    "OutputExists",
+    "QuantizeResult",
+    "convert",
+    "converter_version",
+    "quantize",
+    "quantize_types",
+]

@@ -28,9 +28,17 @@ __all__ = ["EMBED_FILES", "build_bert_onnx", "is_bert"]
 Array = npt.NDArray[Any]
 OPSET = 17
 # Files an embedding folder needs beside model.onnx (tokenizer, pooling, limits, model card).
-EMBED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-               "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
-               "config_sentence_transformers.json", "README.md")  # fmt: skip
+EMBED_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "README.md",
+)
 _NUMPY = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64}
 
 
@@ -105,8 +113,14 @@ class _Graph:
         return self.op("Add", y, self.weight(f"{prefix}.bias"))
 
     def norm(self, x: str, prefix: str, eps: float) -> str:
-        return self.op("LayerNormalization", x, self.weight(f"{prefix}.weight"),
-                       self.weight(f"{prefix}.bias"), axis=-1, epsilon=eps)  # fmt: skip
+        return self.op(
+            "LayerNormalization",
+            x,
+            self.weight(f"{prefix}.weight"),
+            self.weight(f"{prefix}.bias"),
+            axis=-1,
+            epsilon=eps,
+        )
 
 
 def _layer(g: _Graph, x: str, mask: str, i: int, heads: int, hidden: int, eps: float) -> str:
@@ -124,8 +138,11 @@ def _layer(g: _Graph, x: str, mask: str, i: int, heads: int, hidden: int, eps: f
     scale = g.const(np.array(1 / math.sqrt(size), dtype=np.float32))
     scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), mask)
     context = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
-    merged = g.op("Reshape", g.op("Transpose", context, perm=[0, 2, 1, 3]),
-                  g.const(np.array([0, 0, hidden], dtype=np.int64)))  # fmt: skip
+    merged = g.op(
+        "Reshape",
+        g.op("Transpose", context, perm=[0, 2, 1, 3]),
+        g.const(np.array([0, 0, hidden], dtype=np.int64)),
+    )
     attn = g.linear(merged, f"{p}.attention.output.dense")
     x = g.norm(g.op("Add", attn, x), f"{p}.attention.output.LayerNorm", eps)
     h = g.linear(x, f"{p}.intermediate.dense")
@@ -157,13 +174,17 @@ def _model(config: dict[str, Any], weights: dict[str, Array]) -> Any:
     for i in range(int(config["num_hidden_layers"])):
         x = _layer(g, x, mask, i, heads, hidden, eps)
     g.nodes.append(oh.make_node("Identity", [x], ["last_hidden_state"]))
-    ids = [oh.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "tokens"])
-           for n in ("input_ids", "attention_mask", "token_type_ids")]  # fmt: skip
-    out = oh.make_tensor_value_info("last_hidden_state", onnx.TensorProto.FLOAT,
-                                    ["batch", "tokens", hidden])  # fmt: skip
+    ids = [
+        oh.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "tokens"])
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    out = oh.make_tensor_value_info(
+        "last_hidden_state", onnx.TensorProto.FLOAT, ["batch", "tokens", hidden]
+    )
     graph = oh.make_graph(g.nodes, "bert", ids, [out], initializer=g.inits)
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)],
-                          producer_name="llm-router")  # fmt: skip
+    model = oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", OPSET)], producer_name="llm-router"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model

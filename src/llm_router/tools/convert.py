@@ -37,9 +37,16 @@ __all__ = ["ONNX_PRECISIONS", "convert", "converter_version"]
 
 ONNX_PRECISIONS = ("fp32", "int8", "int4")
 # Files an embedding folder needs beside model.onnx (tokenizer, pooling, limits).
-_EMBED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
-                "config_sentence_transformers.json")  # fmt: skip
+_EMBED_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
 _BACKENDS = ("transformers", "torch", "onnxruntime-genai", "onnxruntime", "gguf")
 
 
@@ -94,8 +101,7 @@ def convert(
             hf_dir = Path(scratch) / "hf"
             hf_dir.mkdir()
             _gguf_to_hf(src, hf_dir, "float32", report)
-            return convert(hf_dir, "onnx", out, force=force, progress=progress,
-                           precision=precision)  # fmt: skip
+            return convert(hf_dir, "onnx", out, force=force, progress=progress, precision=precision)
     if found.format != "hf":
         raise ConversionError(
             f"{src}: --to onnx converts HF folders or GGUF; this is {found.format}"
@@ -147,9 +153,11 @@ def _gguf_to_hf(src: Path, stage: Path, dtype: str, report: Progress) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(src.parent), **where)
         report(f"dequantizing {src.name} to {dtype}")
         model = AutoModelForCausalLM.from_pretrained(
-            str(src.parent), dtype=torch_dtype,
-            quantization_config=GgufConfig(dequantize=True), **where,
-        )  # fmt: skip
+            str(src.parent),
+            dtype=torch_dtype,
+            quantization_config=GgufConfig(dequantize=True),
+            **where,
+        )
         report(f"saving safetensors to {stage.name}")
         model.save_pretrained(str(stage))
         tokenizer.save_pretrained(str(stage))
@@ -176,12 +184,31 @@ def _keep_finetune(src: Path, config: Path) -> None:
 def _build_genai(src: Path, stage: Path, precision: str, report: Progress) -> None:
     """onnxruntime-genai's model builder, in a subprocess (its memory comes back at exit)."""
     with tempfile.TemporaryDirectory(prefix="llm-router-genai-") as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src),
-               "-o", str(stage), "-p", precision, "-e", "cpu", "-c", cache]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(src),
+            "-o",
+            str(stage),
+            "-p",
+            precision,
+            "-e",
+            "cpu",
+            "-c",
+            cache,
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
         report(f"building {precision} ONNX with onnxruntime-genai")
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                              text=True, errors="replace") as proc:  # fmt: skip
+        with subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            errors="replace",
+        ) as proc:
             tail: list[str] = []
             assert proc.stdout is not None
             for raw in proc.stdout:
@@ -210,8 +237,9 @@ class _Encoder:
                 self.model = model
 
             def forward(self, ids: Any, mask: Any, types: Any) -> Any:
-                return self.model(input_ids=ids, attention_mask=mask,
-                                  token_type_ids=types).last_hidden_state  # fmt: skip
+                return self.model(
+                    input_ids=ids, attention_mask=mask, token_type_ids=types
+                ).last_hidden_state
 
         self.module = Wrapped().eval()
 
@@ -229,8 +257,9 @@ def _export_encoder(src: Path, stage: Path, report: Progress) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise ConversionError(f"transformers could not load {src}: {exc}") from exc
-    sample = tokenizer(["a short one", "and a somewhat longer sentence"], padding=True,
-                       return_tensors="pt")  # fmt: skip
+    sample = tokenizer(
+        ["a short one", "and a somewhat longer sentence"], padding=True, return_tensors="pt"
+    )
     types = sample.get("token_type_ids")
     if types is None:
         types = torch.zeros_like(sample["input_ids"])
@@ -246,11 +275,15 @@ def _export_encoder(src: Path, stage: Path, report: Progress) -> None:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                _Encoder(model).module, (sample["input_ids"], sample["attention_mask"], types),
-                str(stage / "model.onnx"), input_names=names,
-                output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
+                _Encoder(model).module,
+                (sample["input_ids"], sample["attention_mask"], types),
+                str(stage / "model.onnx"),
+                input_names=names,
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
                 dynamo=False,
-            )  # fmt: skip
+            )
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ConversionError(f"torch.onnx could not export {src}: {exc}") from exc
     for name in _EMBED_FILES:

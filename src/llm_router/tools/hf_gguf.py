@@ -92,8 +92,10 @@ def hf_to_gguf(src: Path, out: Path, outtype: str, report: Progress) -> None:
         plan = _plan(src, weights, config, arch, outtype)
         writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch.gguf_name]])
         try:
-            report(f"writing {config['architectures'][0]} as GGUF "
-                   f"{arch.gguf_name.lower()}, {len(plan)} tensors in {outtype}")  # fmt: skip
+            report(
+                f"writing {config['architectures'][0]} as GGUF "
+                f"{arch.gguf_name.lower()}, {len(plan)} tensors in {outtype}"
+            )
             _add_params(writer, src, config, outtype)
             vocab.add_to(writer)
             _write_tensors(writer, plan, config, arch, report)
@@ -106,13 +108,17 @@ def hf_to_gguf(src: Path, out: Path, outtype: str, report: Progress) -> None:
 
 
 def _write_tensors(
-    writer: gguf.GGUFWriter, plan: list[_Tensor], config: dict[str, Any], arch: _Arch,
+    writer: gguf.GGUFWriter,
+    plan: list[_Tensor],
+    config: dict[str, Any],
+    arch: _Arch,
     report: Progress,
-) -> None:  # fmt: skip
+) -> None:
     """The header from the plan, then each tensor as it is converted (one in memory at once)."""
     for t in plan:
-        writer.add_tensor_info(t.gguf_name, _byte_shape(t), _np_dtype(t), _nbytes(t),
-                               raw_dtype=t.qtype)  # fmt: skip
+        writer.add_tensor_info(
+            t.gguf_name, _byte_shape(t), _np_dtype(t), _nbytes(t), raw_dtype=t.qtype
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -151,8 +157,10 @@ def _rope(src: Path, config: dict[str, Any]) -> tuple[float | None, float | None
         raise ConversionError(f"{src}: RoPE scaling {kind!r} cannot be converted to GGUF yet")
     theta = config.get("rope_theta", params.get("rope_theta"))
     factor = params.get("factor") if kind == "linear" else None
-    return (float(theta) if theta is not None else None,
-            float(factor) if factor is not None else None)  # fmt: skip
+    return (
+        float(theta) if theta is not None else None,
+        float(factor) if factor is not None else None,
+    )
 
 
 def _add_params(writer: gguf.GGUFWriter, src: Path, config: dict[str, Any], outtype: str) -> None:
@@ -196,8 +204,7 @@ def _ftype(name: str) -> Callable[[], gguf.LlamaFileType]:
     return get
 
 
-_FILE_TYPES = {"f32": _ftype("ALL_F32"), "f16": _ftype("MOSTLY_F16"),
-               "bf16": _ftype("MOSTLY_BF16")}  # fmt: skip
+_FILE_TYPES = {"f32": _ftype("ALL_F32"), "f16": _ftype("MOSTLY_F16"), "bf16": _ftype("MOSTLY_BF16")}
 
 
 def _plan(
@@ -208,8 +215,9 @@ def _plan(
     from safetensors import safe_open
 
     tied = bool(config.get("tie_word_embeddings", False))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.gguf_name],
-                                     int(config["num_hidden_layers"]))  # fmt: skip
+    names = gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH[arch.gguf_name], int(config["num_hidden_layers"])
+    )
     wide = gguf.GGMLQuantizationType[outtype.upper()]
     plan: list[_Tensor] = []
     for file in weights:
@@ -219,8 +227,9 @@ def _plan(
                     continue
                 gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
-                    raise ConversionError(f"{src}: tensor {hf_name} has no GGUF name for "
-                                          f"{arch.gguf_name.lower()}")  # fmt: skip
+                    raise ConversionError(
+                        f"{src}: tensor {hf_name} has no GGUF name for {arch.gguf_name.lower()}"
+                    )
                 shape = tuple(f.get_slice(hf_name).get_shape())
                 small = len(shape) <= 1 or gguf_name.endswith("_norm.weight")
                 qtype = gguf.GGMLQuantizationType.F32 if small else wide
@@ -286,20 +295,31 @@ class _Vocab:
         model = data.get("model") or {}
         if model.get("type") != "BPE" or model.get("byte_fallback"):
             kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
-            raise ConversionError(f"{src}: a {kind} tokenizer cannot be converted to GGUF yet "
-                                  "(byte-level BPE only)")  # fmt: skip
+            raise ConversionError(
+                f"{src}: a {kind} tokenizer cannot be converted to GGUF yet (byte-level BPE only)"
+            )
         tokens, types = _tokens(src, data, int(config.get("vocab_size") or 0))
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-        settings = _read(src / "tokenizer_config.json") if (
-            src / "tokenizer_config.json").is_file() else {}  # fmt: skip
+        settings = (
+            _read(src / "tokenizer_config.json")
+            if (src / "tokenizer_config.json").is_file()
+            else {}
+        )
         ids = {tok: i for i, tok in enumerate(tokens)}
         special = {}
         for kind in ("bos", "eos", "unk", "pad"):
             found = _special_id(settings.get(f"{kind}_token"), ids, config.get(f"{kind}_token_id"))
             if found is not None:
                 special[kind] = found
-        return cls(tokens, types, merges, _pre_tokenizer(src, data), special,
-                   _adds_bos(settings, data), read_chat_template(src))  # fmt: skip
+        return cls(
+            tokens,
+            types,
+            merges,
+            _pre_tokenizer(src, data),
+            special,
+            _adds_bos(settings, data),
+            read_chat_template(src),
+        )
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model("gpt2")
@@ -323,12 +343,13 @@ def _tokens(src: Path, data: dict[str, Any], vocab_size: int) -> tuple[list[str]
     for added in data.get("added_tokens") or []:
         by_id[int(added["id"])] = str(added["content"])
         special = added.get("special")
-        kinds[int(added["id"])] = (gguf.TokenType.CONTROL if special
-                                   else gguf.TokenType.USER_DEFINED)  # fmt: skip
+        kinds[int(added["id"])] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
     size = max(vocab_size, max(by_id) + 1)
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
-    types = [int(kinds.get(i, gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED))
-             for i in range(size)]  # fmt: skip
+    types = [
+        int(kinds.get(i, gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED))
+        for i in range(size)
+    ]
     return tokens, types
 
 
@@ -366,10 +387,11 @@ def _pre_tokenizer(src: Path, data: dict[str, Any]) -> str:
     pre = data.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     shape = "+".join(
-        "Digits(individual)" if s.get("type") == "Digits" and s.get("individual_digits")
+        "Digits(individual)"
+        if s.get("type") == "Digits" and s.get("individual_digits")
         else str(s.get("type")) + ("" if s.get("use_regex", True) else "(no regex)")
         for s in steps
-    )  # fmt: skip
+    )
     if shape not in _PRE:
         raise ConversionError(
             f"{src}: pre-tokenizer {shape or 'none'} has no known llama.cpp equivalent "

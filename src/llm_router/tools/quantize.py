@@ -87,5 +87,10 @@ def quantize(
             read_gguf_info(stage)
         except InvalidModelFile as exc:
             raise ConversionError(f"the quantized file is unreadable: {exc.message}") from exc
-    return QuantizeResult(out, type_name.upper(), src.stat().st_size, out.stat().st_size,
-                          time.perf_counter() - started)  # fmt: skip
+    return QuantizeResult(
+        out,
+        type_name.upper(),
+        src.stat().st_size,
+        out.stat().st_size,
+        time.perf_counter() - started,
+    )

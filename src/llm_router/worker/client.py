@@ -74,8 +74,9 @@ class Early:
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             child.close()
         return cls(engine, popen, parent)
@@ -126,9 +127,14 @@ class Spare:
             parent, child = socket.socketpair()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine,
-                    pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                )  # fmt: skip
+                    sys.executable,
+                    "-m",
+                    "llm_router.worker",
+                    str(child.fileno()),
+                    engine,
+                    pass_fds=(child.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
             finally:
                 child.close()
         try:

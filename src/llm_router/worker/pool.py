@@ -64,10 +64,14 @@ class WorkerPool:
         return sum(self._base.get(engine, 0) for engine in self._spares if engine != excluding)
 
     async def start(
-        self, engine: str, spec: LoadSpec, *, timeout: float,
+        self,
+        engine: str,
+        spec: LoadSpec,
+        *,
+        timeout: float,
         on_exit: Callable[[Worker, str], None] | None = None,
         on_info: Callable[[Worker], None] | None = None,
-    ) -> Worker:  # fmt: skip
+    ) -> Worker:
         """A worker with `spec` loaded (see Worker.start for what it raises). Cancelling the
         call kills the process."""
         spare = await self._take(engine)

@@ -28,8 +28,17 @@ from ..types import (
     Usage,
 )
 
-__all__ = ["decode", "embeddings_to_wire", "encode", "error_from_wire", "error_to_wire",
-           "event_from_wire", "events_to_wire", "request_from_wire", "request_to_wire"]  # fmt: skip
+__all__ = [
+    "decode",
+    "embeddings_to_wire",
+    "encode",
+    "error_from_wire",
+    "error_to_wire",
+    "event_from_wire",
+    "events_to_wire",
+    "request_from_wire",
+    "request_to_wire",
+]
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -63,8 +72,12 @@ def embeddings_to_wire(seq: int, vectors: list[list[float]], tokens: int) -> dic
     if any(len(v) != dim for v in vectors):
         raise errors.EngineError("the engine returned vectors of different lengths")
     flat = array("f", [x for v in vectors for x in v])
-    return {"id": seq, "embeddings": base64.b64encode(flat.tobytes()).decode("ascii"),
-            "dim": dim, "tokens": tokens}  # fmt: skip
+    return {
+        "id": seq,
+        "embeddings": base64.b64encode(flat.tobytes()).decode("ascii"),
+        "dim": dim,
+        "tokens": tokens,
+    }
 
 
 def _embeddings_from_wire(msg: dict[str, Any]) -> Embeddings:

@@ -1,0 +1,233 @@
+"""ModelManager's admission (a part of it, as a mixin): how a load gets room. A model that
+must load goes to `waiting` at the back of the admission queue, holding nothing. `_admit`
+looks at the head only (arrival order: no starvation) and starts it as soon as it fits beside
+every resident; until then it evicts idle models, and after `drain_after` drains busy ones
+(they serve what was queued for them, take no new requests, and are evicted once idle). Any
+change of room calls `_admit` again. The decisions are policy.py's (pure); measured memory is
+reconciled with the budget here. Runs on the event loop, as the whole manager does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..engines import check_available
+from ..errors import InsufficientMemory, ModelLoadFailed
+from ..worker.client import Worker
+from .estimate import default_base, estimate_model_bytes
+from .policy import Resident, plan_admission, reconcile
+from .registry import RESIDENT
+from .state import ModelState, Status
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..config import Settings
+    from ..worker.pool import WorkerPool
+    from .discovery import ModelSource
+    from .registry import Registry
+    from .state import EventBus
+
+__all__ = ["Admission"]
+
+log = logging.getLogger(__name__)
+MiB = 2**20
+
+
+class Admission:
+    if TYPE_CHECKING:  # the manager's state and its other parts, for the type checker
+        settings: Settings
+        registry: Registry
+        events: EventBus
+        budget: int
+        over_budget: bool
+        _admission: deque[ModelState]
+        _pool: WorkerPool
+        _patience: asyncio.TimerHandle | None
+
+        def resolve(self, name: str) -> ModelState: ...
+        def memory_used(self) -> int: ...
+        def _options(self, source: ModelSource) -> dict[str, Any]: ...
+        def _begin_unload(self, state: ModelState, reason: str) -> None: ...
+        async def _load(self, state: ModelState) -> Worker: ...
+
+    def _check_fits(self, state: ModelState) -> None:
+        """Refuse what surely cannot fit: measured, or estimated with an empty worker's memory
+        only once one has been measured."""
+        self._estimate(state)
+        base = self._pool.base(state.source.engine) or 0
+        need = state.measured_bytes or (state.model_bytes or 0) + base
+        if need > self.budget:
+            raise InsufficientMemory(
+                f"model '{state.id}' needs about {need / MiB:.0f} MiB but the memory budget "
+                f"is {self.budget / MiB:.0f} MiB"
+            )
+
+    def request_load(self, name: str) -> ModelState:
+        """Start loading `name` unless it is loaded, loading or waiting; returns at once. An
+        explicit load also retries a model whose earlier load failed."""
+        state = self.resolve(name)
+        if state.source.error is not None:
+            raise ModelLoadFailed(f"model '{state.id}' cannot be loaded: {state.source.error}")
+        if state.status in (Status.UNLOADED, Status.ERROR, Status.WAITING, Status.LOADING):
+            state.load_requested = True
+        if state.status in (Status.UNLOADED, Status.ERROR):
+            self._check_fits(state)
+            state.sticky = False
+            self._queue_load(state)
+        return state
+
+    def _queue_load(self, state: ModelState) -> None:
+        check_available(state.source.engine)
+        state.set_status(Status.WAITING)
+        state.waiting_since = asyncio.get_running_loop().time()
+        self._admission.append(state)
+        position = len(self._admission)
+        self._admit()
+        if state.status == Status.WAITING:  # it did not start at once: say why
+            self.events.publish("waiting", state.id, position=position)
+            log.info(
+                "model %s waits for room to load (position %d; %.0f MiB needed, %.0f MiB "
+                "of %.0f MiB in use)",
+                state.id,
+                position,
+                self._estimate(state) / MiB,
+                self.memory_used() / MiB,
+                self.budget / MiB,
+            )
+
+    def _residents(self) -> list[Resident]:
+        return [
+            Resident(
+                s.id,
+                s.memory_bytes or self._estimate(s),
+                s.use_order,
+                s.busy,
+                s.source.config.pin,
+                settled=s.status == Status.LOADED,
+                leaving=s.status == Status.UNLOADING,
+            )
+            for s in self.registry
+            if s.status in RESIDENT
+        ]
+
+    def _admit(self) -> None:
+        """Start the loads at the head of the admission queue that fit now; for the first that
+        does not, evict and drain what policy.plan_admission says. Called on every change of
+        room: a load ends, a worker stops or dies, a lease is released, a waiter leaves."""
+        drain: tuple[str, ...] = ()
+        while self._admission:
+            head = self._admission[0]
+            # The head's own spare becomes its worker: only the other engines' spares count.
+            budget = self.budget - self._pool.memory(excluding=head.source.engine)
+            plan = plan_admission(
+                self._residents(), self._estimate(head), budget, self.settings.models_max
+            )
+            if plan.start or not any(s.status in RESIDENT for s in self.registry):
+                # Alone it may still fit (its estimate has a margin, `_check_fits` let it
+                # through): waiting could not help, so try; the measurement decides after.
+                self._admission.popleft()
+                self._start_load(head)
+                continue
+            for victim in plan.evict:
+                self._begin_unload(self.registry[victim], f"evicted to make room for '{head.id}'")
+            drain = plan.drain if self._patience_over(head) else ()
+            break
+        self._set_draining(drain)
+
+    def _patience_over(self, head: ModelState) -> bool:
+        """Whether the load at the head has waited `drain_after` for room: until then busy
+        models go on serving new requests (a model swapped out after every request or two
+        would spend the machine on loads); then they are drained for it. Sets a timer to
+        decide again when the wait is over."""
+        loop = asyncio.get_running_loop()
+        due = head.waiting_since + self.settings.drain_after
+        if loop.time() >= due:
+            return True
+        if self._patience is None or self._patience.when() > due:
+            if self._patience is not None:
+                self._patience.cancel()
+            self._patience = loop.call_at(due, self._patience_due)
+        return False
+
+    def _patience_due(self) -> None:
+        self._patience = None
+        self._admit()
+
+    def _withdraw(self, state: ModelState, reason: str = "load cancelled") -> None:
+        """Take a load that has not started out of the admission queue."""
+        if state in self._admission:
+            self._admission.remove(state)
+        state.load_requested = False
+        state.set_status(Status.UNLOADED)
+        self.events.publish("unloaded", state.id, reason=reason)
+        log.info("model %s: load withdrawn (%s)", state.id, reason)
+        self._admit()
+
+    def _set_draining(self, ids: tuple[str, ...]) -> None:
+        for state in self.registry:
+            drain = state.id in ids and state.status == Status.LOADED
+            if drain and not state.draining:
+                state.draining = True
+                state.drain_allowed = set(state.waiters)
+                log.info(
+                    "model %s drains: it serves its %d queued request(s), then makes room for %s",
+                    state.id,
+                    len(state.waiters),
+                    self._admission[0].id if self._admission else "a load",
+                )
+            elif not drain and state.draining:
+                state.draining = False
+                state.drain_allowed.clear()
+                state.notify()
+
+    def _start_load(self, state: ModelState) -> None:
+        state.set_status(Status.LOADING)
+        self.events.publish("loading", state.id)
+        state.load_task = asyncio.create_task(self._load(state), name=f"load-{state.id}")
+        # Nobody awaits a load task: its outcome is in `state`; retrieve it so a failure does
+        # not log "Task exception was never retrieved".
+        state.load_task.add_done_callback(_outcome_seen)
+
+    def _estimate(self, state: ModelState) -> int:
+        """What `state` will hold once loaded: measured last time, else estimated (again once
+        an empty worker of its engine has been measured)."""
+        if state.model_bytes is None:
+            state.model_bytes = estimate_model_bytes(state.source, self._options(state.source))
+        base = self._pool.base(state.source.engine) or default_base(state.source.engine)
+        state.estimated_bytes = state.model_bytes + base
+        return state.estimate_bytes()
+
+    def _reconcile(self, why: str) -> None:
+        """Evict least recently used idle models while the measured use is over the budget;
+        when nothing idle can go, say so (`over_budget`; admission waits meanwhile)."""
+        budget = self.budget - self._pool.memory()
+        victims, fits = reconcile(self._residents(), budget)
+        for victim in victims:
+            self._begin_unload(self.registry[victim], f"evicted: over the memory budget ({why})")
+        if not fits and not self.over_budget:
+            log.warning(
+                "memory in use (%.0f MiB) is over the budget (%.0f MiB) and no idle "
+                "model can be evicted; loads wait until it fits (%s)",
+                self.memory_used() / MiB,
+                self.budget / MiB,
+                why,
+            )
+        self.over_budget = not fits
+
+    def _room_changed(self) -> None:
+        if self.over_budget:
+            self._reconcile("a model went idle or away")
+        self._admit()
+
+    def _refill_spare(self, engine: str) -> None:
+        """Start the next spare worker of `engine` if its memory fits beside what is held."""
+        if self.memory_used() + (self._pool.base(engine) or 0) <= self.budget:
+            self._pool.refill(engine)
+
+
+def _outcome_seen(task: asyncio.Task[Worker]) -> None:
+    if not task.cancelled():
+        task.exception()

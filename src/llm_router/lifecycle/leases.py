@@ -1,0 +1,192 @@
+"""ModelManager's leases (a part of it, as a mixin): a request holds one slot of a model for
+its duration; requests wait in a bounded FIFO queue per model while it has no free slot, with
+a deadline; the first waiter moves the model towards `loaded` (admission.py). After a lease,
+the idle timer (keep_alive) is set. Runs on the event loop, as the whole manager does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelLoadFailed, ModelNotLoaded, QueueFull, ServerBusy
+from ..units import parse_duration
+from ..worker.client import Worker
+from .state import ModelState, Status
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .registry import Registry
+    from .threads import ThreadBudget
+
+__all__ = ["Leases"]
+
+
+class Leases:
+    if TYPE_CHECKING:  # the manager's state and its other parts, for the type checker
+        settings: Settings
+        registry: Registry
+        over_budget: bool
+        _waiting: int
+        _admission: deque[ModelState]
+        _threads: ThreadBudget
+        _uses: itertools.count[int]
+        _default_keep_alive: float | None
+
+        def resolve(self, name: str) -> ModelState: ...
+        def _room_changed(self) -> None: ...
+        def _admit(self) -> None: ...
+        def _withdraw(self, state: ModelState, reason: str = ...) -> None: ...
+        def _check_fits(self, state: ModelState) -> None: ...
+        def _queue_load(self, state: ModelState) -> None: ...
+        def _spawn(self, coro: Any) -> None: ...
+        async def _unload(self, state: ModelState, reason: str) -> None: ...
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, name: str, *, autoload: bool | None = None, keep_alive: float | None = None
+    ) -> AsyncIterator[Worker]:
+        """Hold one slot of model `name` for the duration of the block, loading it first if
+        needed. `autoload=False` refuses to load (a request may turn autoload off, never on);
+        `keep_alive` is this request's idle time before unload (math.inf: never), capped by
+        the configured maximum. Raises ModelNotFound, ModelNotLoaded, ModelLoadFailed,
+        InsufficientMemory, QueueFull (429) or ServerBusy (503). Cancelling while queued gives
+        the place up; a load nobody waits for any more is withdrawn if it has not started."""
+        state = self.resolve(name)
+        worker = await self._acquire(state, self.settings.autoload and autoload is not False)
+        try:
+            yield worker
+        finally:
+            state.active -= 1
+            state.last_used, state.use_order = time.time(), next(self._uses)
+            state.notify()
+            self._schedule_idle_unload(state, keep_alive)
+            self._share_threads()
+            if self._admission or self.over_budget:
+                self._room_changed()
+
+    def _can_take(self, state: ModelState, ticket: asyncio.Future[None] | None = None) -> bool:
+        worker = state.worker
+        return (
+            state.status == Status.LOADED
+            and worker is not None
+            and not worker.exited.is_set()
+            and state.active < state.slots
+            and (not state.draining or ticket in state.drain_allowed)
+        )
+
+    def _take(self, state: ModelState) -> Worker:
+        assert state.worker is not None
+        state.active += 1
+        state.last_used, state.use_order = time.time(), next(self._uses)
+        if state.unload_handle is not None:
+            state.unload_handle.cancel()
+            state.unload_handle = None
+        self._share_threads()
+        return state.worker
+
+    def _share_threads(self) -> None:
+        """Split the cores among the models generating now (see lifecycle/threads.py)."""
+        default = self.settings.model_defaults.threads
+        busy = [
+            (s.worker, s.source.config.threads or default)
+            for s in self.registry
+            if s.active > 0 and s.worker is not None
+        ]
+        self._threads.apply(busy)
+
+    async def _acquire(self, state: ModelState, autoload: bool) -> Worker:
+        if not state.waiters and self._can_take(state):
+            return self._take(state)
+        self._check_queue(state)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.queue_timeout
+        ticket: asyncio.Future[None] = loop.create_future()
+        state.waiters.append(ticket)
+        self._waiting += 1
+        try:
+            while True:
+                if state.waiters[0] is ticket:
+                    if self._can_take(state, ticket):
+                        return self._take(state)
+                    self._progress(state, autoload)
+                changed = state.changed
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise ServerBusy(
+                        f"request waited {self.settings.queue_timeout:g}s for model "
+                        f"'{state.id}' without getting a slot",
+                        retry_after=5.0,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+        finally:
+            state.waiters.remove(ticket)
+            state.drain_allowed.discard(ticket)
+            self._waiting -= 1
+            state.notify()
+            if state.status == Status.WAITING and not state.wanted:
+                self._withdraw(state)  # nobody waits for this load any more
+            elif self._admission:
+                self._admit()  # a draining model may be idle now
+
+    def _check_queue(self, state: ModelState) -> None:
+        retry = 1.0 if state.status == Status.LOADED else 5.0
+        if len(state.waiters) >= self.settings.queue_per_model:
+            raise QueueFull(
+                f"too many requests are waiting for model '{state.id}' "
+                f"({len(state.waiters)}); retry later",
+                retry_after=retry,
+            )
+        if self._waiting >= self.settings.queue_total:
+            raise ServerBusy(
+                f"the server is full ({self._waiting} requests waiting); retry later",
+                retry_after=retry,
+            )
+
+    def _progress(self, state: ModelState, autoload: bool) -> None:
+        """Move the model at the head of its queue towards `loaded`, or raise why it cannot."""
+        if state.status == Status.ERROR and state.sticky:
+            raise ModelLoadFailed(f"model '{state.id}' failed to load: {state.error}")
+        if state.status in (Status.UNLOADED, Status.ERROR):
+            if not autoload:
+                raise ModelNotLoaded(
+                    f"model '{state.id}' is not loaded and autoload is off; "
+                    "load it with POST /models/load",
+                    param="model",
+                )
+            self._check_fits(state)
+            self._queue_load(state)
+
+    def _keep_alive(self, state: ModelState, requested: float | None) -> float | None:
+        """Seconds idle before unload, None for never: pinned models never go; a request's own
+        value (capped by `keep_alive_max`) applies after that request; else the model's, else
+        the server's."""
+        if state.source.config.pin:
+            return None
+        if requested is not None:
+            cap = parse_duration(self.settings.keep_alive_max)
+            seconds = requested if cap is None else min(requested, cap)
+            return None if math.isinf(seconds) else seconds
+        if state.source.config.keep_alive is not None:
+            return parse_duration(state.source.config.keep_alive)
+        return self._default_keep_alive
+
+    def _schedule_idle_unload(self, state: ModelState, requested: float | None) -> None:
+        if state.active or state.waiters or state.status != Status.LOADED:
+            return
+        seconds = self._keep_alive(state, requested)
+        if state.unload_handle is not None:
+            state.unload_handle.cancel()
+            state.unload_handle = None
+        if seconds is None:
+            return
+        loop = asyncio.get_running_loop()
+        state.unload_handle = loop.call_later(
+            seconds, lambda: self._spawn(self._unload(state, "idle (keep_alive)"))
+        )

@@ -1,0 +1,203 @@
+"""Requests of chat and text completions: validated on the way in (a 400 names the field),
+converted to the internal request (`to_request()`). Unknown fields are accepted and ignored
+(clients send many); only OpenAI's own are ever passed on to a remote target."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+)
+
+from ..types import ChatMessage, GenerationRequest, SamplingParams
+
+# Request fields OpenAI's API defines (tests/data/openai_schemas.json, vendored from its
+# openapi.yaml; a test keeps these equal), and the llama.cpp sampling fields this API models:
+# the only fields of a request passed on to a remote target (plus `forward_fields` from the
+# configuration), so that nothing unknown reaches a paid upstream.
+OPENAI_CHAT_FIELDS = frozenset(
+    {
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "messages",
+        "metadata",
+        "modalities",
+        "model",
+        "moderation",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
+OPENAI_COMPLETION_FIELDS = frozenset(
+    {
+        "best_of",
+        "echo",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "max_tokens",
+        "model",
+        "n",
+        "presence_penalty",
+        "prompt",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "suffix",
+        "temperature",
+        "top_p",
+        "user",
+    }
+)
+OPENAI_EMBEDDING_FIELDS = frozenset({"dimensions", "encoding_format", "input", "model", "user"})
+SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"})
+
+MAX_MODEL_NAME = 256
+EXAMPLE_MODEL = "SmolLM2-135M-Instruct.Q4_1"  # the bundled chat model, for the API document
+MAX_TOKENS = 2**31 - 1  # the engines' token counts are C ints
+SEED_MIN, SEED_MAX = -(2**53), 2**53  # integers every JSON parser reads exactly
+MAX_TOKEN_ID = 2**31 - 1  # token ids are C ints (an engine checks its own vocabulary)
+
+
+def _not_bool(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+class _Request(BaseModel):
+    """Fields every generation request shares. Numbers must be finite, and every sampling
+    value is bounded to what the engines' samplers take without overflow or NaN."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, examples=[EXAMPLE_MODEL])
+    max_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: Float | None = Field(None, ge=0, le=2)
+    top_p: Float | None = Field(None, gt=0, le=1)
+    top_k: Int | None = Field(None, ge=0, le=1_000_000)
+    min_p: Float | None = Field(None, ge=0, le=1)
+    seed: Int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    presence_penalty: Float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: Float | None = Field(None, ge=-2, le=2)
+    repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
+    ignore_eos: StrictBool | None = None
+    n: Int = Field(1, ge=1, le=1)
+    stream: StrictBool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = Field(None, max_length=256)
+    # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
+    keep_alive: str | Float | None = None
+    autoload: StrictBool | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+    def sampling(self) -> SamplingParams:
+        given: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "top_k": self.top_k,
+                "min_p": self.min_p,
+                "seed": self.seed,
+                "presence_penalty": self.presence_penalty,
+                "frequency_penalty": self.frequency_penalty,
+                "repeat_penalty": self.repeat_penalty,
+                "ignore_eos": self.ignore_eos,
+            }.items()
+            if v is not None
+        }
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens, stop=tuple(stop), **given
+        )
+
+
+class TextPart(BaseModel):
+    """A content part of a message: text (the only kind served; images are not)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+
+    def to_request(self, system_prompt: str | None = None) -> GenerationRequest:
+        messages = [
+            ChatMessage("system" if m.role == "developer" else m.role, m.text())
+            for m in self.messages
+        ]
+        if system_prompt and not any(m.role == "system" for m in messages):
+            messages.insert(0, ChatMessage("system", system_prompt))
+        return GenerationRequest(params=self.sampling(), messages=tuple(messages))
+
+
+class CompletionRequest(_Request):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="One prompt (a string, or a list of one)."
+    )
+    max_tokens: Int | None = Field(16, ge=1, le=MAX_TOKENS)  # OpenAI's default for completions
+    echo: StrictBool = False
+
+    def to_request(self) -> GenerationRequest:
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return GenerationRequest(params=self.sampling(), prompt=prompt)
