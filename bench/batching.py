@@ -98,23 +98,27 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="another checkout's src/ directory, run as llm-router@base in the same rounds",
+    )
     args = parser.parse_args()
     work = workdir()
     models = bundled_models(work / "models")
     model = FILES[args.model]
     repack = llama_repack_default()
-    srv: Proc = ours(
-        {
-            "models_dir": str(models),
-            "model_defaults": {
-                "threads": args.threads,
-                "parallel": args.slots,
-                "context_size": args.ctx,
-                "repack": repack,
-            },
+    config = {
+        "models_dir": str(models),
+        "model_defaults": {
+            "threads": args.threads,
+            "parallel": args.slots,
+            "context_size": args.ctx,
+            "repack": repack,
         },
-        work,
-    )
+    }
+    srv: Proc = ours(config, work)
+    base = ours(config, work, src=args.baseline) if args.baseline else None
     peer_args = [
         "-m",
         str(models / f"{model}.gguf"),
@@ -133,6 +137,9 @@ def main() -> None:
     try:
         peer = llama_server(peer_args, work)
         servers = {"llm-router": srv.url, "llama-server": peer.url}
+        if base is not None:
+            servers["llm-router@base"] = base.url
+            rounds["llm-router@base"] = []
         for url in servers.values():
             workload(url, model, 8)  # warm: model loaded, caches touched
         for i in range(args.rounds):
@@ -145,8 +152,9 @@ def main() -> None:
         two = two_models(srv.url, args.tokens)
     finally:
         srv.stop()
-        if peer is not None:
-            peer.stop()
+        for proc in (peer, base):
+            if proc is not None:
+                proc.stop()
     results = {name: median_rows(rows) for name, rows in rounds.items()}
     results["llm-router"]["two_models_c4_each"] = two
     ratios = {
@@ -157,6 +165,11 @@ def main() -> None:
         }
         for key in results["llama-server"]
     }
+    if base is not None:
+        for key in results["llm-router@base"]:
+            ratios[key]["tok_s_ours_over_base"] = (
+                results["llm-router"][key]["tok_s"] / results["llm-router@base"][key]["tok_s"]
+            )
     path = write_result(
         f"batching-{args.model}",
         {
@@ -171,7 +184,8 @@ def main() -> None:
         for key, row in rows.items():
             print(f"{name:13} {key:20} " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))
     for key, r in ratios.items():
-        print(f"ratio {key:20} tok/s x{r['tok_s']:.2f}  ttft_p50 x{r['ttft_p50']:.2f}")
+        base_ratio = f"  over base x{r['tok_s_ours_over_base']:.2f}" if base is not None else ""
+        print(f"ratio {key:20} tok/s x{r['tok_s']:.2f}  ttft_p50 x{r['ttft_p50']:.2f}{base_ratio}")
     print("written", path)
 
 

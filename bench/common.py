@@ -36,11 +36,22 @@ def bundled_models(target: Path) -> Path:
 
 
 class Proc:
-    def __init__(self, args: list[str], url: str, health: str, log: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        url: str,
+        health: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.url = url
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
             )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -65,14 +76,17 @@ class Proc:
                 self.proc.wait()
 
 
-def ours(config: dict[str, Any], workdir: Path) -> Proc:
+def ours(config: dict[str, Any], workdir: Path, src: str | None = None) -> Proc:
+    """Our server on a free port. `src`: another checkout's `src/` directory, to run that
+    version instead of this one (an A/B in one run; its workers import it too)."""
     port = free_port()
     cfg = workdir / f"ours-{port}.yaml"
     cfg.write_text(
         yaml.safe_dump({"host": "127.0.0.1", "port": port, "log_level": "warning", **config})
     )
     args = [sys.executable, "-m", "llm_router", "serve", "--config", str(cfg)]
-    return Proc(args, f"http://127.0.0.1:{port}", "/health", workdir / f"ours-{port}.log")
+    env = {"PYTHONPATH": str(Path(src).resolve())} if src else None
+    return Proc(args, f"http://127.0.0.1:{port}", "/health", workdir / f"ours-{port}.log", env)
 
 
 def llama_repack_default() -> bool:

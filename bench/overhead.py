@@ -190,35 +190,41 @@ def main() -> None:
         default=50,
         help="the slow stub's time to answer (0: no second pass)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="another checkout's src/ directory, measured as llm-router@base in the same run",
+    )
     args = parser.parse_args()
     work = workdir()
     stubs = {"stub": start_stub(work)}  # model name -> stub
     if args.delay_ms:
         stubs["stub-slow"] = start_stub(work, args.delay_ms)
-    router = ours(
-        {
-            "models_dir": str(work / "empty"),
-            "provision_default_models": False,
-            "spare_workers": False,
-            "watch_interval": 0,
-            "models": [
-                {
-                    "id": name,
-                    "provider": "openai",
-                    "base_url": stub.url + "/v1",
-                    "model": "stub",
-                    "health_check_interval": 0,
-                }
-                for name, stub in stubs.items()
-            ],
-        },
-        work,
-    )
+    config = {
+        "models_dir": str(work / "empty"),
+        "provision_default_models": False,
+        "spare_workers": False,
+        "watch_interval": 0,
+        "models": [
+            {
+                "id": name,
+                "provider": "openai",
+                "base_url": stub.url + "/v1",
+                "model": "stub",
+                "health_check_interval": 0,
+            }
+            for name, stub in stubs.items()
+        ],
+    }
+    router = ours(config, work)
     # name -> (process, url for each model, headers)
     targets: dict[str, tuple[Proc | None, dict[str, str], dict[str, str]]] = {
         "direct": (None, {name: stub.url for name, stub in stubs.items()}, {}),
         "llm-router": (router, dict.fromkeys(stubs, router.url), {}),
     }
+    if args.baseline:
+        base = ours(config, work, src=args.baseline)
+        targets["llm-router@base"] = (base, dict.fromkeys(stubs, base.url), {})
     bare = {name: start_bare_proxy(stub.url, work) for name, stub in stubs.items()}
     targets["bare-proxy"] = (None, {name: proxy.url for name, proxy in bare.items()}, {})
     if args.litellm:
@@ -270,6 +276,13 @@ def main() -> None:
             row["litellm_added_p50_ms"] = (
                 results["litellm"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
             )
+        if "llm-router@base" in results:
+            row["rps_ours_over_base"] = (
+                results["llm-router"][key]["rps"] / results["llm-router@base"][key]["rps"]
+            )
+            row["base_added_p50_ms"] = (
+                results["llm-router@base"][key]["p50_ms"] - results["direct"][key]["p50_ms"]
+            )
         summary[key] = row
     print(yaml.safe_dump(summary))
     print(
@@ -279,6 +292,7 @@ def main() -> None:
             {
                 "client": args.client,
                 "delay_ms": args.delay_ms,
+                "baseline": args.baseline,
                 "results": results,
                 "summary": summary,
             },
