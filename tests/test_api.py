@@ -3,6 +3,7 @@ the same services as the server, so the same answers, errors and cancellation.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -73,6 +74,30 @@ async def test_stream_gives_the_same_text_as_chat_and_stops_when_left(router: Ro
     await stream.aclose()  # type: ignore[attr-defined]
     state = router.manager.resolve(SMOL)
     assert state.active == 0  # the slot was given back, not held until 400 tokens
+
+
+async def test_tools_and_a_schema_through_the_python_api(router: Router) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+            },
+        },
+    }
+    done = await router.chat(
+        "Weather in Rome?", model=SMOL, tools=[tool], tool_choice="required", max_tokens=60
+    )
+    (call,) = done.choices[0].message.model_dump()["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    answer = await router.quick("Pick a number.", model=SMOL, response_format=fmt, max_tokens=30)
+    assert isinstance(json.loads(answer)["n"], int)
 
 
 async def test_batch_answers_in_order(router: Router) -> None:

@@ -144,9 +144,9 @@ def test_model_without_id_is_an_error(tmp_path: Path) -> None:
     assert "models.0.id" in _error(tmp_path, "models: [{context_size: 2048}]\n")
 
 
-def test_a_local_model_cannot_claim_tool_calls(tmp_path: Path) -> None:
-    message = _error(tmp_path, "models: [{id: smol, tools: true}]\n")
-    assert "smol" in message and "tool calls" in message
+def test_tool_calls_can_be_switched_off_for_a_local_model(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, "models: [{id: smol, tools: false}]\n"), environ={})
+    assert settings.models[0].tools is False
 
 
 def test_sampling_defaults_fill_only_what_the_request_leaves_out() -> None:

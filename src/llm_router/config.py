@@ -183,7 +183,7 @@ class ModelConfig(EngineOptions):
     tools: bool | None = Field(
         None,
         description="Makes tool calls: routes send requests with `tools` only to such targets. "
-        "Default: yes for remote targets; local models do not make tool calls yet.",
+        "Default: yes (local chat models call tools through a constrained JSON answer).",
     )
 
     @model_validator(mode="after")
@@ -192,8 +192,6 @@ class ModelConfig(EngineOptions):
             raise ValueError(f"model {self.id!r}: provider openai needs base_url")
         if self.provider == "openai" and self.path is not None:
             raise ValueError(f"model {self.id!r}: a remote target has no path")
-        if self.provider == "local" and self.tools:
-            raise ValueError(f"model {self.id!r}: local models do not make tool calls yet")
         return self
 
     @field_validator("keep_alive")

@@ -10,14 +10,18 @@ from typing import Any, Literal
 
 __all__ = [
     "ChatMessage",
+    "Constraint",
     "Embeddings",
     "FinishReason",
     "Finished",
+    "Function",
     "GenerationEvent",
     "GenerationRequest",
     "MessageFields",
     "SamplingParams",
     "TextDelta",
+    "ToolCall",
+    "Tools",
     "Usage",
 ]
 
@@ -27,9 +31,56 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "functi
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call an assistant made earlier in the conversation."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """A turn. An assistant's turn may hold `tool_calls`; a `tool` turn answers the call
+    `tool_call_id`."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """What the generated text must match. `kind` "json": `source` is a JSON schema (as JSON
+    text); "regex"; "lark": a Lark grammar (llguidance's dialect). `strict`: a schema the
+    compiler cannot honour in full is refused, not read leniently. `param`: the request field
+    it came from, named by a 400."""
+
+    kind: Literal["json", "regex", "lark"]
+    source: str
+    strict: bool = False
+    param: str = "response_format"
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A tool the model may call: `parameters` is its arguments' JSON schema, as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """The tools a chat request offers. `choice`: "auto", "required", "none", or the name of
+    the one function to call; `parallel`: more than one call in an answer."""
+
+    functions: tuple[Function, ...]
+    choice: str = "auto"
+    parallel: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +104,15 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """Exactly one of `messages` (chat) and `prompt` (plain completion) is set."""
+    """Exactly one of `messages` (chat) and `prompt` (plain completion) is set. `constraint`:
+    the answer's shape; `tools`: what a chat may call (tool_calls.prepare turns them into
+    messages and a constraint before a local engine sees the request)."""
 
     params: SamplingParams = field(default_factory=SamplingParams)
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    constraint: Constraint | None = None
+    tools: Tools | None = None
 
 
 @dataclass(frozen=True, slots=True)

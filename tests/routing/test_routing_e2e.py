@@ -360,8 +360,9 @@ def test_tool_calls_from_a_remote_target_reach_the_client(
 def test_requests_with_tools_go_only_where_tool_calls_are_made(
     tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
 ) -> None:
-    """A route prefers the local model, but a request with tools goes to the remote target;
-    a local model asked directly says it makes no tool calls, instead of ignoring the tools."""
+    """A route prefers the local model, but a request with tools goes to a target that makes
+    tool calls: here not SMOL (`tools: false` in its config), which asked directly says so
+    instead of ignoring the tools; a route falls back to Gemma, which makes them."""
     routes = [
         {"name": "auto", "strategy": "quality-first", "targets": [SMOL, "box"]},
         {
@@ -371,7 +372,7 @@ def test_requests_with_tools_go_only_where_tool_calls_are_made(
             "fallbacks": [GEMMA],
         },
     ]
-    models = [remote("box", stub.url, quality=0.1), {"id": SMOL, "quality": 0.9}]
+    models = [remote("box", stub.url, quality=0.1), {"id": SMOL, "quality": 0.9, "tools": False}]
     srv = router_server(tmp_path, models_dir, models, routes)
     try:
         client = make_client(srv)
@@ -384,12 +385,15 @@ def test_requests_with_tools_go_only_where_tool_calls_are_made(
             model="auto", messages=ask, max_tokens=4, tools=[WEATHER_TOOL], tool_choice="none"
         )
         assert plain.model == SMOL
-        for model in (SMOL, "local-only"):
-            with pytest.raises(openai.BadRequestError) as info:
-                client.chat.completions.create(
-                    model=model, messages=ask, tools=[WEATHER_TOOL], stream=True
-                )
-            assert info.value.param == "tools" and "tool calls" in info.value.message
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model=SMOL, messages=ask, tools=[WEATHER_TOOL], stream=True
+            )
+        assert info.value.param == "tools" and "tool calls" in info.value.message
+        local = client.chat.completions.create(
+            model="local-only", messages=ask, tools=[WEATHER_TOOL], tool_choice="required"
+        )
+        assert local.model == GEMMA and local.choices[0].finish_reason == "tool_calls"
         assert chat(client, SMOL)[0] == SMOL  # and the server serves on
     finally:
         srv.stop()

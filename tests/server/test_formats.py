@@ -16,6 +16,7 @@ rest keep serving."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,69 @@ def test_plain_completion_in_every_format(oai: openai.OpenAI) -> None:
         for m in SMOLS
     }
     assert all(t.startswith(" Paris") for t in texts.values()), texts
+
+
+def test_structured_output_and_tool_calls_in_every_format(oai: openai.OpenAI) -> None:
+    """Each engine (llama.cpp, transformers, onnxruntime-genai) constrains its answers: a
+    schema holds streaming and not, and a required tool call comes back valid."""
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "population": {"type": "integer", "minimum": 0, "maximum": 50_000_000},
+            "tags": {"type": "array", "items": {"enum": ["big", "old", "coastal"]}, "maxItems": 2},
+        },
+        "required": ["city", "population", "tags"],
+        "additionalProperties": False,
+    }
+    fmt: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "c", "schema": schema, "strict": True},
+    }
+    tool: Any = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "maxLength": 30}},
+                "required": ["query"],
+            },
+        },
+    }
+    for model in SMOLS:
+        for stream in (False, True):
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": QUESTION,
+                "temperature": 0,
+                "max_tokens": 100,
+                "response_format": fmt,
+            }
+            if stream:
+                chunks = oai.chat.completions.create(**body, stream=True)
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            else:
+                text = oai.chat.completions.create(**body).choices[0].message.content or ""
+            jsonschema.validate(json.loads(text), schema)
+        done = oai.chat.completions.create(
+            model=model, messages=QUESTION, tools=[tool], tool_choice="required", max_tokens=100
+        )
+        (call,) = done.choices[0].message.tool_calls or []
+        assert call.function.name == "lookup" and done.choices[0].finish_reason == "tool_calls"
+        jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+
+def test_tools_or_a_schema_on_an_embedding_model_is_a_400(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(
+            model=MINILM,
+            messages=QUESTION,
+            tools=[{"type": "function", "function": {"name": "f"}}],
+        )
+    assert "embeddings" in info.value.message or "generates" in info.value.message
 
 
 # -- embeddings -----------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class TransformersEngine:
             context_size=self.context_size,
             decode=self._decode,
             transcript_stops=self._stops,
+            tokenizer_json=self._tokenizer_json,
         )
 
     # -- Engine protocol -------------------------------------------------------------------
@@ -121,6 +122,9 @@ class TransformersEngine:
         self._model = None
 
     # -- prompt ----------------------------------------------------------------------------
+
+    def _tokenizer_json(self) -> str:
+        return str(self._tok.backend_tokenizer.to_str())
 
     def _eos_ids(self) -> set[int]:
         found: set[int] = set()
@@ -216,5 +220,5 @@ class TransformersEngine:
         self._stats["forward_calls"] += 1
         if first:
             self._stats["prompt_tokens_evaluated"] += len(feed)
-        token = s.sampler(out.logits[0, -1].float().numpy(), s.generated)
+        token = self._seqs.pick(s, out.logits[0, -1].float().numpy())
         self._seqs.take(s, token, events)

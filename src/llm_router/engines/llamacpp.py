@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import ctypes
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from ..errors import BadRequest, ContextLengthExceeded, EngineError
 from ..types import FinishReason, GenerationRequest, SamplingParams, TextDelta, Usage
 from .base import EngineEvent, LoadSpec, check_prompt_fits, cpu_cores
 from .chat_template import ChatTemplate, chat_tokens, template_for
-from .llamacpp_load import context_params, load_model, model_params, new_context, tokenize
-from .llamacpp_sampler import Sampler, make_sampler
+from .constraints import Grammars, Matcher
+from .llamacpp_load import (
+    context_params,
+    lltokenizer,
+    load_model,
+    model_params,
+    new_context,
+    tokenize,
+)
+from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
 from .sequences import Events, finish_text, reply_text
 from .slots import choose_slot, closing_move, prefix_source
 from .text import TextAssembler
@@ -49,6 +58,7 @@ class _Seq:
     next_token: int = -1
     logits_index: int = -1
     cached: int = 0
+    matcher: Matcher | None = None  # the answer's constraint, if the request has one
 
 
 def _by_slot(s: _Seq) -> int:
@@ -85,6 +95,8 @@ class LlamaCppEngine:
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
         self._template = self._load_template(spec)
+        self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self._grammars = Grammars(self._lltokenizer)
         self._free_slots = list(range(self.parallel))
         self._slot_tokens: list[list[int]] = [[] for _ in range(self.parallel)]
         self._waiting: deque[_Seq] = deque()
@@ -133,7 +145,12 @@ class LlamaCppEngine:
             tokens = [self._bos]  # an empty prompt continues from the start of a text
         check_prompt_fits(len(tokens), self.context_size, request)
         params, text = reply_text(request, self._template.stops if self._template else ())
-        self._waiting.append(_Seq(seq, tokens, params, self._make_sampler(params), text))
+        matcher = None
+        if request.constraint is not None:
+            matcher = self._grammars.matcher(request.constraint)
+            params = replace(params, ignore_eos=False)  # the constraint says when it ends
+        sampler = self._make_sampler(params)
+        self._waiting.append(_Seq(seq, tokens, params, sampler, text, matcher=matcher))
 
     def cancel(self, seq: int) -> None:
         for s in list(self._waiting):
@@ -274,6 +291,10 @@ class LlamaCppEngine:
     def _make_sampler(self, p: SamplingParams) -> Sampler:
         return make_sampler(p, self._vocab, self._eog_tokens)
 
+    def _lltokenizer(self) -> Any:
+        """Built once, on the first constrained request."""
+        return lltokenizer(self._vocab, self._eog_tokens())
+
     # -- the decode loop -------------------------------------------------------------------
 
     def _admit(self) -> None:
@@ -385,9 +406,15 @@ class LlamaCppEngine:
         """Written out rather than through sequences.emit/out_of_room: it runs once per token
         in the decode loop. The context is full when `n_past` (the sampled token not yet
         evaluated) reaches it."""
-        token = s.sampler.sample(self._ctx, s.logits_index)
+        m = s.matcher
+        if m is None:
+            token = s.sampler.sample(self._ctx, s.logits_index)
+        else:
+            token = self._sample_constrained(s, m)
         if lc.llama_vocab_is_eog(self._vocab, token):
             return self._finish(s, "stop", events)
+        if m is not None:
+            m.accept(token)
         s.generated += 1
         self._stats["tokens_generated"] += 1
         s.next_token = token
@@ -396,9 +423,23 @@ class LlamaCppEngine:
             events.append((s.seq, TextDelta(text)))
         if stopped:
             return self._finish(s, "stop", events, flush=False)
+        if m is not None and m.done:
+            return self._finish(s, "stop", events)
         limit = s.params.max_tokens
         if (limit is not None and s.generated >= limit) or s.n_past >= self.context_size:
             self._finish(s, "length", events)
+
+    def _sample_constrained(self, s: _Seq, m: Matcher) -> int:
+        """Greedy: the argmax when the constraint allows it (most tokens), else the argmax of
+        the masked logits. Sampling: the chain runs on the masked logits (see constraints)."""
+        m.prepare()
+        if isinstance(s.sampler, GreedySampler):
+            token = s.sampler.sample(self._ctx, s.logits_index)
+            if m.allows(token):
+                return token
+        ptr = lc.llama_get_logits_ith(self._ctx, s.logits_index)
+        m.apply(np.ctypeslib.as_array(ptr, (self._n_vocab,)))  # llama.cpp's buffer, in place
+        return s.sampler.sample(self._ctx, s.logits_index)
 
     def _finish(self, s: _Seq, reason: FinishReason, events: Events, flush: bool = True) -> None:
         usage = Usage(len(s.tokens), s.generated, s.cached)

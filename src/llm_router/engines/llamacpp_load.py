@@ -76,3 +76,16 @@ def tokenize(vocab: Any, text: str, *, add_bos: bool, special: bool) -> list[int
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(vocab, data, len(data), buf, cap, add_bos, special)
     return list(buf[:n])
+
+
+def lltokenizer(vocab: Any, eog: list[int]) -> Any:
+    """llguidance's tokenizer for a llama.cpp vocabulary (~0.3 s for 49k tokens, ~1.9 s for
+    262k): every end-of-generation token in `eog` may end a constrained answer. llguidance
+    calls a llama.cpp function that warns it is deprecated; the warning is not ours to fix."""
+    import warnings
+
+    from llguidance.llamacpp import lltokenizer_from_vocab
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(vocab, eos_token=eog)

@@ -78,6 +78,7 @@ class OnnxGenaiEngine:
             context_size=self.context_size,
             decode=self._decode,
             transcript_stops=self._stops,
+            tokenizer_json=self._tok.to_str,
         )
         self._stats = {"prompt_tokens_evaluated": 0}
 
@@ -200,6 +201,6 @@ class OnnxGenaiEngine:
         else:
             generator = s.state
             generator.append_tokens(s.generated[-1:])
-        token = s.sampler(np.asarray(generator.get_logits()), s.generated)
+        token = self._seqs.pick(s, np.asarray(generator.get_logits()))
         if not self._seqs.take(s, token, events):
             s.state = None

@@ -5,11 +5,15 @@ worker's loop thread, as the engine does."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+from ..errors import BadRequest
 from ..types import FinishReason, GenerationRequest, Usage
 from .base import check_prompt_fits
+from .constraints import Grammars, Matcher
 from .detok import IncrementalDetokenizer
 from .sampling import Sampler
 from .sequences import Events, Sequences, emit, finish_text, out_of_room, reply_text
@@ -27,6 +31,7 @@ class TokenSeq:
     sampler: Sampler
     generated: list[int] = field(default_factory=list)
     state: Any = None  # the engine's own, from its first step: a KV cache, a genai Generator
+    matcher: Matcher | None = None  # the answer's constraint, if the request has one
 
 
 class TokenSequences(Sequences[TokenSeq]):
@@ -35,7 +40,8 @@ class TokenSequences(Sequences[TokenSeq]):
     ("stop"), at `max_tokens` or when the prompt and the tokens fill `context_size`
     ("length"). `decode` turns ids into text (for the detokenizer); a chat through a template
     with `transcript_stops` also stops at those (see `reply_text`). `tokens_generated` counts
-    the appended tokens of every sequence."""
+    the appended tokens of every sequence. `tokenizer_json` gives the model's tokenizer.json
+    text, for constrained decoding (read on the first constrained request)."""
 
     def __init__(
         self,
@@ -47,8 +53,11 @@ class TokenSequences(Sequences[TokenSeq]):
         context_size: int | None,
         decode: Callable[[list[int]], str],
         transcript_stops: tuple[str, ...],
+        tokenizer_json: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(parallel, engine, errors)
+        self._grammars = Grammars(self._lltokenizer)
+        self._tokenizer_json = tokenizer_json
         self._eos = eos
         self._context_size = context_size
         self._decode = decode
@@ -60,18 +69,52 @@ class TokenSequences(Sequences[TokenSeq]):
         or BadRequest as check_prompt_fits."""
         check_prompt_fits(len(prompt), self._context_size, request)
         params, text = reply_text(request, self._transcript_stops)
+        matcher = None
+        if request.constraint is not None:
+            matcher = self._grammars.matcher(request.constraint)
+            params = replace(params, ignore_eos=False)  # the constraint says when it ends
         detok = IncrementalDetokenizer(self._decode, prompt)
-        self.add(TokenSeq(seq, prompt, text, detok, Sampler(params, self._eos)))
+        self.add(TokenSeq(seq, prompt, text, detok, Sampler(params, self._eos), matcher=matcher))
+
+    def _lltokenizer(self) -> Any:
+        from llguidance import LLTokenizer
+
+        try:
+            assert self._tokenizer_json is not None, "no tokenizer.json"
+            return LLTokenizer(self._tokenizer_json(), eos_token=sorted(self._eos))
+        except Exception as exc:  # a slow tokenizer, a format llguidance does not read
+            raise BadRequest(f"this model's tokenizer cannot constrain answers ({exc})") from None
+
+    def pick(self, s: TokenSeq, logits: Any) -> int:
+        """The next token of `s` from its logits ([vocab]), within its constraint if any: the
+        greedy choice when the constraint allows it, else a choice among the allowed tokens
+        (see constraints)."""
+        m = s.matcher
+        if m is None:
+            return s.sampler(logits, s.generated)
+        m.prepare()
+        if s.sampler.params.temperature <= 0:
+            token = s.sampler(logits, s.generated)
+            if m.allows(token):
+                return token
+        scores = np.array(logits, dtype=np.float32).reshape(-1)  # a copy: masked in place
+        m.apply(scores)
+        return s.sampler(scores, s.generated)
 
     def take(self, s: TokenSeq, token: int, events: Events) -> bool:
         """Add `token` to running sequence `s`; False when that ended it."""
         if token in self._eos:
             self._finish(s, "stop", events)
             return False
+        if s.matcher is not None:
+            s.matcher.accept(token)
         s.generated.append(token)
         self.tokens_generated += 1
         if emit(events, s.seq, s.text, s.detok.feed(token).encode("utf-8")):
             self._finish(s, "stop", events, flush=False)
+            return False
+        if s.matcher is not None and s.matcher.done:
+            self._finish(s, "stop", events)
             return False
         limit = s.sampler.params.max_tokens
         if out_of_room(len(s.prompt), len(s.generated), limit, self._context_size):

@@ -15,6 +15,15 @@ from pydantic import (
 )
 
 from ..types import ChatMessage, GenerationRequest, SamplingParams
+from .structured import (
+    ShapeFields,
+    ToolCallIn,
+    ToolChoice,
+    ToolList,
+    constraint_of,
+    tool_calls_of,
+    tools_of,
+)
 
 # Request fields OpenAI's API defines (tests/data/openai_schemas.json, vendored from its
 # openapi.yaml; a test keeps these equal), and the llama.cpp sampling fields this API models:
@@ -104,8 +113,8 @@ Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 
 
-class _Request(BaseModel):
-    """Fields every generation request shares. Numbers must be finite, and every sampling
+class _Request(ShapeFields):
+    """Fields every generation request shares (with the answer's shape, ShapeFields). Numbers must be finite, and every sampling
     value is bounded to what the engines' samplers take without overflow or NaN."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
@@ -171,6 +180,8 @@ class ChatMessageIn(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=128)] | None = None
+    tool_call_id: str | None = Field(None, max_length=256)
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -180,15 +191,28 @@ class ChatMessageIn(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessageIn] = Field(min_length=1)
+    tools: ToolList | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     def to_request(self, system_prompt: str | None = None) -> GenerationRequest:
         messages = [
-            ChatMessage("system" if m.role == "developer" else m.role, m.text())
+            ChatMessage(
+                "system" if m.role == "developer" else m.role,
+                m.text(),
+                tool_calls_of(m.tool_calls),
+                m.tool_call_id,
+            )
             for m in self.messages
         ]
         if system_prompt and not any(m.role == "system" for m in messages):
             messages.insert(0, ChatMessage("system", system_prompt))
-        return GenerationRequest(params=self.sampling(), messages=tuple(messages))
+        return GenerationRequest(
+            params=self.sampling(),
+            messages=tuple(messages),
+            constraint=constraint_of(self),
+            tools=tools_of(self.tools, self.tool_choice, self.parallel_tool_calls),
+        )
 
 
 class CompletionRequest(_Request):
@@ -200,4 +224,6 @@ class CompletionRequest(_Request):
 
     def to_request(self) -> GenerationRequest:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        return GenerationRequest(params=self.sampling(), prompt=prompt)
+        return GenerationRequest(
+            params=self.sampling(), prompt=prompt, constraint=constraint_of(self)
+        )

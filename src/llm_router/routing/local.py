@@ -11,7 +11,8 @@ from ..errors import BadRequest
 from ..lifecycle.discovery import ModelSource
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
-from ..types import ChatMessage, Embeddings, GenerationEvent
+from ..tool_calls import ToolParser, finish_reason_for, prepare
+from ..types import ChatMessage, Embeddings, Finished, GenerationEvent, TextDelta
 from .targets import Call, EmbedCall, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
@@ -30,7 +31,8 @@ class LocalTarget(Target):
 
     @property
     def makes_tool_calls(self) -> bool:
-        return False  # not yet: routes send requests with tools elsewhere
+        """Every local chat model does (tool_calls.py), unless the config says `tools: false`."""
+        return self.config.tools is not False
 
     def context_length(self) -> int | None:
         """The context per slot its worker reports, else the configured or default one; the
@@ -58,12 +60,28 @@ class LocalTarget(Target):
             and all(m.role != "system" for m in request.messages)
         ):
             request = replace(request, messages=(ChatMessage("system", system), *request.messages))
+        tools = request.tools
+        parser = None
+        if tools is not None and tools.choice != "none" and tools.functions:
+            parser = ToolParser(stream=call.stream)
+        request = prepare(request)
         lease = call.lease
         async with self.lifecycle.lease(
             self.id, autoload=lease.autoload, keep_alive=lease.keep_alive
         ) as worker:
             async for event in worker.generate(request):
-                yield event
+                if parser is None:
+                    yield event
+                elif isinstance(event, TextDelta):
+                    for out in parser.feed(event.text):
+                        yield out
+                elif isinstance(event, Finished):
+                    for out in parser.finish():
+                        yield out
+                    reason = finish_reason_for(parser, event.finish_reason)
+                    yield Finished(reason, event.usage)
+                else:
+                    yield event
 
     async def embed(self, call: EmbedCall) -> Embeddings:
         """Refused before anything loads when the model's files say it cannot: it generates

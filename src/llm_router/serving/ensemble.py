@@ -105,7 +105,9 @@ class EnsembleService:
     async def _ask(self, req: CompareRequest, target: str) -> _Asked:
         one = ChatCompletionRequest.model_validate(
             {
-                **req.model_dump(exclude={"targets", "mode", "weights", "scorer", "judge"}),
+                **req.model_dump(
+                    exclude={"targets", "mode", "weights", "scorer", "judge"}, by_alias=True
+                ),
                 "model": target,
                 "stream": False,
             }

@@ -82,7 +82,11 @@ class GenerationService:
             "chat" if request.messages is not None else "completion"
         )
         known = self._forwarded[kind]
-        body = {k: v for k, v in wire.model_dump(exclude_unset=True).items() if k in known}
+        body = {
+            k: v
+            for k, v in wire.model_dump(exclude_unset=True, by_alias=True).items()
+            if k in known
+        }
         call = Call(kind, request, body, Lease(wire.autoload, keep_alive), stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")

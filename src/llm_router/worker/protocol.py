@@ -20,11 +20,15 @@ from typing import Any
 from .. import errors
 from ..types import (
     ChatMessage,
+    Constraint,
     Embeddings,
     Finished,
+    Function,
     GenerationRequest,
     SamplingParams,
     TextDelta,
+    ToolCall,
+    Tools,
     Usage,
 )
 
@@ -107,11 +111,26 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
     params = dict(data["params"])
     params["stop"] = tuple(params.get("stop") or ())
     messages = data.get("messages")
+    constraint = data.get("constraint")
+    tools = data.get("tools")
     return GenerationRequest(
         params=SamplingParams(**params),
-        messages=tuple(ChatMessage(**m) for m in messages) if messages is not None else None,
+        messages=tuple(_message(m) for m in messages) if messages is not None else None,
         prompt=data.get("prompt"),
+        constraint=Constraint(**constraint) if constraint else None,
+        tools=(
+            Tools(
+                tuple(Function(**f) for f in tools["functions"]), tools["choice"], tools["parallel"]
+            )
+            if tools
+            else None
+        ),
     )
+
+
+def _message(m: dict[str, Any]) -> ChatMessage:
+    calls = tuple(ToolCall(**c) for c in m.get("tool_calls") or ())
+    return ChatMessage(m["role"], m["content"], calls, m.get("tool_call_id"))
 
 
 def events_to_wire(events: list[tuple[int, TextDelta | Finished | errors.RouterError]]) -> bytes:
