@@ -1,10 +1,10 @@
 """`create_app(settings)`: the one place the HTTP application is assembled.
 
-Every request, whatever its route, passes the same stack (outermost first): Starlette's
-server-error guard, the Host check and CORS and the body guard (server/asgi.py), any
-middleware added later with `app.add_middleware` (auth and limits go there), the app's
-exception handlers (server/errors.py), then the router. The hot OpenAI routes are plain
-Starlette routes in that router (routes_openai.py), not a path around it."""
+Every request, whatever its route, passes the same stack (outermost first): the Host check,
+CORS and the body guard (server/asgi.py), then any middleware added later with
+`app.add_middleware` (auth and limits go there). Then the hot OpenAI routes (plain Starlette
+routes, routes_openai.py) go to their handler through the app's exception handlers
+(server/errors.py), and every other route through FastAPI's own stack (asgi.ServerApp)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ..config import Settings
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from . import errors, openapi, routes_models, routes_openai
-from .asgi import BodyGuard, HostGuard, UnexpectedErrors
+from .asgi import BodyGuard, HostGuard, ServerApp, UnexpectedErrors
 
 __all__ = ["create_app"]
 
@@ -51,7 +51,9 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
                 task.cancel()
             await core.close()
 
-    app = FastAPI(title="llm-runner-router", version=__version__, lifespan=lifespan)
+    app = ServerApp(
+        title="llm-runner-router", version=__version__, lifespan=lifespan, hot=routes_openai.HOT
+    )
     app.state.settings = settings
     app.state.manager = core.manager
     app.state.metrics = metrics = core.metrics
@@ -62,7 +64,6 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.embeddings = core.embeddings
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
-    app.router.routes.extend(routes_openai.HOT)
     app.include_router(routes_openai.routes)
     app.include_router(routes_models.routes)
 
