@@ -15,6 +15,7 @@ So a slow minute on this shared machine falls on both sides instead of on whiche
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,12 +51,19 @@ def run_concurrent(url: str, bodies: list[dict[str, Any]], path: str) -> dict[st
     }
 
 
-def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
+def workload(url: str, model: str, tokens: int, temperature: float = 0) -> dict[str, Any]:
+    """Greedy, or sampled at `temperature` (llama.cpp's default top-k/top-p/min-p on both
+    sides) with a fresh random seed per request, as OpenAI clients send."""
     out: dict[str, Any] = {}
-    body = {"model": model, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": tokens,
+        "temperature": temperature,
+        "ignore_eos": True,
+    }
     stream_timing(url, {**body, "prompt": "warm up", "max_tokens": 4})
     for n in (1, 4, 8):
-        bodies = [{**body, "prompt": f"Story {i}: once upon a time"} for i in range(n)]
+        bodies = [{**body, "prompt": f"Story {i}: once upon a time", **_seed()} for i in range(n)]
         out[f"c{n}"] = run_concurrent(url, bodies, "/v1/completions")
     # 8 streams that end at different times (as real answers do): every other one stops at a
     # quarter of the length, so the busy slots are left with gaps for the rest of the run.
@@ -64,6 +72,7 @@ def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
             **body,
             "prompt": f"Story {i}: once upon a time",
             "max_tokens": tokens if i % 2 == 0 else tokens // 4,
+            **_seed(),
         }
         for i in range(8)
     ]
@@ -83,6 +92,10 @@ def workload(url: str, model: str, tokens: int) -> dict[str, Any]:
     return out
 
 
+def _seed() -> dict[str, int]:
+    return {"seed": random.getrandbits(31)}
+
+
 def median_rows(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         key: {field: statistics.median(r[key][field] for r in rounds) for field in rounds[0][key]}
@@ -98,6 +111,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--temperature", type=float, default=0, help="0: greedy; else sampled, a seed each"
+    )
     parser.add_argument(
         "--baseline",
         metavar="SRC",
@@ -145,7 +161,7 @@ def main() -> None:
         for i in range(args.rounds):
             order = list(servers) if i % 2 == 0 else list(reversed(servers))
             for name in order:
-                rounds[name].append(workload(servers[name], model, args.tokens))
+                rounds[name].append(workload(servers[name], model, args.tokens, args.temperature))
                 print(f"round {i} {name}: c8 {rounds[name][-1]['c8']['tok_s']:.1f} tok/s")
         peer.stop()
         peer = None
@@ -171,7 +187,7 @@ def main() -> None:
                 results["llm-router"][key]["tok_s"] / results["llm-router@base"][key]["tok_s"]
             )
     path = write_result(
-        f"batching-{args.model}",
+        f"batching-{args.model}" + (f"-t{args.temperature:g}" if args.temperature else ""),
         {
             "args": vars(args),
             "repack": repack,

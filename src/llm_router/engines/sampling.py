@@ -14,9 +14,34 @@ import numpy.typing as npt
 
 from ..types import SamplingParams
 
-__all__ = ["PENALTY_WINDOW", "Sampler"]
+__all__ = ["PENALTY_WINDOW", "Sampler", "top_k"]
 
 PENALTY_WINDOW = 64  # llama.cpp's penalty_last_n, as the llama.cpp engine uses
+MARGINS = (4.0, 10.0, 24.0)  # logits this far below the maximum, tried in turn (see top_k)
+
+
+def top_k(scores: npt.NDArray[Any], k: int) -> npt.NDArray[np.intp]:
+    """The ids of the `k` largest scores (all, when `k` is 0 or the vocabulary's size), in no
+    order; tokens at -inf (banned, or outside a constraint) only when fewer remain, where they
+    weigh nothing anyway. Exactly llama.cpp's top-k set, found without touching the whole
+    vocabulary twice: the tokens within a few logits of the maximum are nearly always more than
+    `k` (0.05 ms for Gemma's 262k, where a partition of all of them costs ~1 ms), and the `k`
+    largest of those are the `k` largest of all."""
+    n = scores.shape[0]
+    if not 0 < k < n:
+        return np.arange(n)
+    best = scores.max()
+    for margin in MARGINS:
+        ids = np.flatnonzero(scores >= best - margin)
+        if ids.size >= k:
+            break
+    else:
+        ids = np.flatnonzero(scores > -np.inf)  # few finite scores: a constraint's mask
+        if ids.size <= k:
+            return ids if ids.size else np.arange(n)
+    if ids.size > k:
+        ids = ids[np.argpartition(-scores[ids], k - 1)[:k]]
+    return ids
 
 
 class Sampler:
@@ -41,9 +66,7 @@ class Sampler:
             scores[self._banned[self._banned < scores.shape[0]]] = -np.inf
         if self._rng is None:
             return int(np.argmax(scores))
-        n = scores.shape[0]
-        k = p.top_k if 0 < p.top_k < n else n
-        ids = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        ids = top_k(scores, p.top_k)
         ids = ids[np.argsort(-scores[ids], kind="stable")]
         values = scores[ids].astype(np.float64)
         if p.top_p < 1.0:

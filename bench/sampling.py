@@ -1,0 +1,109 @@
+"""Where the time of a decode step goes, in-process (no server): the llama.cpp engine on Gemma 3
+270M with 8 sequences of `--tokens` tokens, greedy, sampled in numpy (the engine's path for a
+top-k, llama.cpp's default 40) and sampled through llama.cpp's sampler chain in C (the path
+before; forced here). Per step: `llama_decode`, the samplers, and the rest (batch filling,
+detokenizing, events). Same prompts, same process, modes interleaved, medians of `--rounds`.
+
+    .venv/bin/python bench/sampling.py [--tokens 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import llama_cpp as lc
+from common import bundled_models, llama_repack_default, workdir, write_result
+
+from llm_router.engines import llamacpp_sampler
+from llm_router.engines.base import LoadSpec
+from llm_router.engines.llamacpp import LlamaCppEngine
+from llm_router.types import GenerationRequest, SamplingParams
+
+MODES = {"greedy": 0.0, "sampled-numpy": 0.8, "sampled-chain": 0.8}  # mode -> temperature
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn: Any) -> Any:
+        def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
+
+
+def run(engine: LlamaCppEngine, mode: str, tokens: int) -> dict[str, float]:
+    decode, sample = Timer(), Timer()
+    real_decode = lc.llama_decode  # the engine calls it through the module: patched there
+    limit = llamacpp_sampler.MAX_NUMPY_TOP_K
+    llamacpp_sampler.MAX_NUMPY_TOP_K = 0 if mode == "sampled-chain" else limit
+    make = engine._make_sampler
+
+    def make_timed(p: SamplingParams) -> Any:
+        sampler = make(p)
+        sampler.sample = sample.wrap(sampler.sample)  # type: ignore[method-assign]
+        return sampler
+
+    engine._make_sampler = make_timed  # type: ignore[method-assign]
+    setattr(lc, "llama_decode", decode.wrap(real_decode))  # noqa: B010
+    try:
+        for i in range(8):
+            params = SamplingParams(
+                max_tokens=tokens, ignore_eos=True, seed=i, temperature=MODES[mode]
+            )
+            engine.submit(i, GenerationRequest(params, prompt=f"Story {i}: once upon a time"))
+        steps = 0
+        started = time.perf_counter()
+        while engine.busy:
+            engine.step()
+            steps += 1
+        wall = time.perf_counter() - started
+    finally:
+        setattr(lc, "llama_decode", real_decode)  # noqa: B010
+        llamacpp_sampler.MAX_NUMPY_TOP_K = limit
+        engine._make_sampler = make  # type: ignore[method-assign]
+    return {
+        "tok_s": 8 * tokens / wall,
+        "ms_per_step": wall / steps * 1000,
+        "decode_ms": decode.seconds / steps * 1000,
+        "sample_ms": sample.seconds / steps * 1000,
+        "rest_ms": (wall - decode.seconds - sample.seconds) / steps * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    models = bundled_models(workdir() / "models")
+    spec = LoadSpec(
+        str(models / "gemma-3-270m-q4_k_m.gguf"),
+        {"parallel": 8, "context_size": 1024, "threads": 2, "repack": llama_repack_default()},
+    )
+    engine = LlamaCppEngine(spec)
+    run(engine, "greedy", 8)  # warm
+    rounds: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    for i in range(args.rounds):
+        for mode in MODES if i % 2 == 0 else reversed(MODES):
+            rounds[mode].append(run(engine, mode, args.tokens))
+    engine.close()
+    results = {
+        mode: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        for mode, rows in rounds.items()
+    }
+    for mode, row in results.items():
+        print(f"{mode:14} " + " ".join(f"{k}={v:.2f}" for k, v in row.items()))
+    print("written", write_result("sampling", {"args": vars(args), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
