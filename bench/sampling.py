@@ -1,8 +1,10 @@
 """Where the time of a decode step goes, in-process (no server): the llama.cpp engine on Gemma 3
-270M with 8 sequences of `--tokens` tokens, greedy, sampled in numpy (the engine's path for a
-top-k, llama.cpp's default 40) and sampled through llama.cpp's sampler chain in C (the path
-before; forced here). Per step: `llama_decode`, the samplers, and the rest (batch filling,
-detokenizing, events). Same prompts, same process, modes interleaved, medians of `--rounds`.
+270M with 8 sequences of `--tokens` tokens, greedy (the engine's argmax), sampled through
+llama.cpp's sampler chain in C (the engine's path), and sampled in numpy with the same
+semantics (engines/sampling.Sampler, whose top-k skips the chain's copy of all 262k logits;
+an alternative measured here, not used by the engine: it is no faster). Per step:
+`llama_decode`, the samplers, and the rest (batch filling, detokenizing, events). Same
+prompts, same process, modes interleaved, medians of `--rounds`.
 
     .venv/bin/python bench/sampling.py [--tokens 64] [--rounds 3]
 """
@@ -15,14 +17,34 @@ import time
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 from common import bundled_models, llama_repack_default, workdir, write_result
 
-from llm_router.engines import llamacpp_sampler
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.llamacpp import LlamaCppEngine
+from llm_router.engines.sampling import Sampler
 from llm_router.types import GenerationRequest, SamplingParams
 
 MODES = {"greedy": 0.0, "sampled-numpy": 0.8, "sampled-chain": 0.8}  # mode -> temperature
+
+
+class NumpySampler:
+    """engines/sampling.Sampler over llama.cpp's logits in place, as a llama.cpp engine
+    sampler (`sample(ctx, index)`)."""
+
+    def __init__(self, p: SamplingParams, n_vocab: int) -> None:
+        self._n_vocab = n_vocab
+        self._sampler = Sampler(p)
+        self._history: list[int] = []
+
+    def sample(self, ctx: Any, index: int) -> int:
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+        token = self._sampler(logits, self._history)
+        self._history.append(token)
+        return token
+
+    def free(self) -> None:
+        pass
 
 
 class Timer:
@@ -43,12 +65,11 @@ class Timer:
 def run(engine: LlamaCppEngine, mode: str, tokens: int) -> dict[str, float]:
     decode, sample = Timer(), Timer()
     real_decode = lc.llama_decode  # the engine calls it through the module: patched there
-    limit = llamacpp_sampler.MAX_NUMPY_TOP_K
-    llamacpp_sampler.MAX_NUMPY_TOP_K = 0 if mode == "sampled-chain" else limit
     make = engine._make_sampler
+    n_vocab = lc.llama_vocab_n_tokens(engine._vocab)
 
     def make_timed(p: SamplingParams) -> Any:
-        sampler = make(p)
+        sampler = NumpySampler(p, n_vocab) if mode == "sampled-numpy" else make(p)
         sampler.sample = sample.wrap(sampler.sample)  # type: ignore[method-assign]
         return sampler
 
@@ -68,7 +89,6 @@ def run(engine: LlamaCppEngine, mode: str, tokens: int) -> dict[str, float]:
         wall = time.perf_counter() - started
     finally:
         setattr(lc, "llama_decode", real_decode)  # noqa: B010
-        llamacpp_sampler.MAX_NUMPY_TOP_K = limit
         engine._make_sampler = make  # type: ignore[method-assign]
     return {
         "tok_s": 8 * tokens / wall,

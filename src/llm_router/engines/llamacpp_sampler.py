@@ -1,15 +1,11 @@
-"""Per-sequence samplers built from the project's SamplingParams: a direct argmax over the logits
-for plain greedy decoding, numpy for sampling with a top-k (the common case: llama.cpp's default
-is 40), and llama.cpp's sampler chains in C for the rest (no top-k, or a very large one).
+"""Per-sequence samplers built from the project's SamplingParams: llama.cpp sampler chains
+(sampling in C), and a direct argmax over the logits for plain greedy decoding.
 
-Why not the chain for everything: `llama_sampler_sample` first copies every token of the
-vocabulary into a candidate array, whatever the chain. With Gemma 3's 262k tokens that is
-~1 ms a token, 11% of the wall time of 8 streams decoding together (measured in-process). An
-argmax over the same logits takes a tenth of that and picks the same token (the first of
-equal maxima, like llama.cpp's greedy sampler); a top-k found among the tokens within a few
-logits of the maximum (engines/sampling.top_k) takes ~0.05 ms and is the same set, after
-which penalties, top-p, min-p, temperature and the draw run on k tokens, with the chain's
-semantics (tests/engines/test_sampling_distribution.py compares the frequencies)."""
+Why the second: `llama_sampler_sample` first fills a candidate array with every token of the
+vocabulary, whatever the chain. With Gemma 3's 262k tokens that is ~1 ms a token, 11% of the
+wall time of 8 streams decoding together (measured in-process); an argmax over the same logits
+takes a tenth of that and picks the same token (the first of equal maxima, like llama.cpp's
+greedy sampler)."""
 
 from __future__ import annotations
 
@@ -21,9 +17,6 @@ import llama_cpp as lc
 import numpy as np
 
 from ..types import SamplingParams
-from .sampling import Sampler as NpSampler
-
-MAX_NUMPY_TOP_K = 1000  # past it (or top_k 0: the whole vocabulary) the chain in C sorts faster
 
 __all__ = ["Sampler", "make_sampler"]
 
@@ -68,28 +61,6 @@ class GreedySampler:
         pass
 
 
-class NumpySampler:
-    """Sampling with llama.cpp's chain semantics (penalties, top-k, top-p, min-p, temperature,
-    a seeded draw: engines/sampling.Sampler) over the logits in place, where the chain in C
-    would first copy all of them into a candidate array (~0.5 ms a token for Gemma's 262k);
-    only the top-k survivors are sorted and weighed. `history` (for penalties) is the tokens
-    this sampler chose, as the chain's own accepted history."""
-
-    def __init__(self, p: SamplingParams, n_vocab: int, banned: list[int]) -> None:
-        self._n_vocab = n_vocab
-        self._sampler = NpSampler(p, banned)
-        self._history: list[int] = []
-
-    def sample(self, ctx: Any, index: int) -> int:
-        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), (self._n_vocab,))
-        token = self._sampler(logits, self._history)
-        self._history.append(token)
-        return token
-
-    def free(self) -> None:
-        pass
-
-
 def plain_greedy(p: SamplingParams) -> bool:
     """Greedy with nothing that needs the token history (penalties): a pure argmax."""
     return (
@@ -106,9 +77,6 @@ def make_sampler(p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[in
     calls `free()` when the sequence ends."""
     if plain_greedy(p):
         return GreedySampler(lc.llama_vocab_n_tokens(vocab), eog_tokens() if p.ignore_eos else [])
-    if p.temperature > 0 and 0 < p.top_k <= MAX_NUMPY_TOP_K:
-        n_vocab = lc.llama_vocab_n_tokens(vocab)
-        return NumpySampler(p, n_vocab, eog_tokens() if p.ignore_eos else [])
     return ChainSampler(_chain(p, vocab, eog_tokens))
 
 
