@@ -25,7 +25,7 @@ from llm_router.engines.fake import FakeEngine
 from llm_router.errors import RouterError
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.server.app import create_app
-from llm_router.types import Embeddings, Finished, GenerationRequest, TextDelta
+from llm_router.types import ChatMessage, Embeddings, Finished, GenerationRequest, TextDelta
 from llm_router.worker.pool import WorkerPool
 
 __all__ = ["InProcessPool", "InProcessWorker", "app_client", "fake_models"]
@@ -78,6 +78,18 @@ class InProcessWorker:
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         vectors, tokens = self.engine.embed(inputs)
         return Embeddings(vectors, tokens)
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return self.engine.token_ids(text, add_special=add_special, parse_special=parse_special)
+
+    async def pieces(self, tokens: list[int]) -> list[bytes]:
+        return self.engine.token_pieces(tokens)
+
+    async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        return self.engine.chat_prompt(messages)
+
+    async def template_info(self) -> dict[str, str]:
+        return self.engine.template_info()
 
     def set_threads(self, threads: int) -> None:
         self.engine.set_threads(threads)

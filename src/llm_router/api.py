@@ -69,6 +69,7 @@ class Router:
         from .serving.embed import EmbeddingService
         from .serving.ensemble import EnsembleService
         from .serving.generate import GenerationService
+        from .serving.llama import LlamaService
 
         self.settings = settings or load_config(config, overrides)
         # The one place the parts are put together; the HTTP app (server.app) serves these.
@@ -79,6 +80,7 @@ class Router:
         self.metrics.watch_routing(self.dispatcher)
         self.generation = GenerationService(self.dispatcher, self.metrics)
         self.embeddings = EmbeddingService(self.dispatcher, self.metrics)
+        self.llama = LlamaService(self.dispatcher)  # llama-server's /tokenize, /props...
         self.ensembles = EnsembleService(
             self.generation, load_scorers(self.settings.ensemble_scorers)
         )

@@ -24,6 +24,7 @@ from .errors import BadRequest
 from .types import (
     ChatMessage,
     Constraint,
+    Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
@@ -32,7 +33,7 @@ from .types import (
     Tools,
 )
 
-__all__ = ["ToolParser", "finish_reason_for", "prepare", "render_history"]
+__all__ = ["ToolParser", "as_function_call", "finish_reason_for", "prepare", "render_history"]
 
 INSTRUCTION = (
     "You can call any of the following tools to satisfy the user's requests: {tools}\n\n"
@@ -337,3 +338,22 @@ def _complete_object(text: str) -> bool:
 def finish_reason_for(parser: ToolParser, reason: FinishReason) -> FinishReason:
     """A generation that made calls and ended on its own ended for them."""
     return "tool_calls" if parser.made_calls and reason == "stop" else reason
+
+
+def as_function_call(event: GenerationEvent) -> GenerationEvent:
+    """An event of an answer to OpenAI's deprecated `functions`, as OpenAI gave it: the (one)
+    call as `function_call` ({"name", "arguments"}; streamed, the name first, then argument
+    fragments) instead of `tool_calls`, and `finish_reason` "function_call". Other events,
+    and an upstream's own `function_call`, pass as they are."""
+    if isinstance(event, Finished):
+        if event.finish_reason == "tool_calls":
+            return Finished("function_call", event.usage)
+        return event
+    if not isinstance(event, MessageFields) or "tool_calls" not in event.fields:
+        return event
+    fields = dict(event.fields)
+    calls = fields.pop("tool_calls") or []
+    function = calls[0].get("function") if calls and isinstance(calls[0], dict) else None
+    if isinstance(function, dict) and calls[0].get("index", 0) == 0:
+        fields["function_call"] = {k: v for k, v in function.items() if k in ("name", "arguments")}
+    return MessageFields(fields)

@@ -32,6 +32,9 @@ POSTS = (
     "/v1/compare",
     "/models/load",
     "/models/unload",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
 )
 
 

@@ -12,9 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import BadRequest, ContextLengthExceeded, RouterError
-from ..types import Finished, GenerationRequest, TextDelta
+from ..types import ChatMessage, Finished, GenerationRequest, TextDelta
 
-__all__ = ["Engine", "EngineEvent", "LoadSpec", "check_prompt_fits", "cpu_cores"]
+__all__ = [
+    "Engine",
+    "EngineEvent",
+    "LoadSpec",
+    "check_prompt_fits",
+    "check_token_ids",
+    "cpu_cores",
+    "no_chat_template",
+]
 
 EngineEvent = TextDelta | Finished | RouterError
 """A RouterError ends its sequence with that error."""
@@ -55,6 +63,21 @@ def check_prompt_fits(n_tokens: int, context_size: int | None, request: Generati
         )
 
 
+def check_token_ids(tokens: list[int], n_vocab: int) -> None:
+    """Raise BadRequest (naming `tokens`) unless every id is in the vocabulary."""
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param="tokens")
+
+
+def no_chat_template() -> BadRequest:
+    return BadRequest(
+        "this model has no chat template: use /v1/completions, or set `chat_template` "
+        "for it in the configuration",
+        param="messages",
+    )
+
+
 class Engine(Protocol):
     def info(self) -> dict[str, Any]:
         """A snapshot of facts for `GET /models`: context per slot, slots, threads..."""
@@ -81,6 +104,32 @@ class Engine(Protocol):
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         """Embedding vectors for `inputs` (texts or token arrays) and the number of input
         tokens. Blocks for the whole batch. Engines without embeddings raise BadRequest."""
+        ...
+
+    # llama-server's /tokenize, /detokenize, /apply-template and /props. Each runs on the
+    # worker's loop thread between decode steps, as `submit` does, and blocks the model's
+    # streams for its duration (the request sizes are bounded in protocol/llama.py).
+
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """The tokens of `text`: with `add_special`, the BOS/EOS the model's tokenizer adds;
+        with `parse_special`, special tokens written in the text are parsed as such."""
+        ...
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes, special tokens written out; joined, the detokenized text.
+        Raises BadRequest (param `tokens`) for an id not in the vocabulary."""
+        ...
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        """The chat template rendered for `messages` with the generation prompt, as
+        llama-server's /apply-template gives it: without the template's leading BOS text when
+        tokenizing with `add_special` adds one, so that `token_ids(prompt, add_special=True,
+        parse_special=True)` are the tokens a chat of these messages evaluates. Raises
+        BadRequest when the model has no template or the template refuses them."""
+        ...
+
+    def template_info(self) -> dict[str, str]:
+        """`chat_template` (its source, "" for none), `bos_token` and `eos_token` (as text)."""
         ...
 
     def set_threads(self, threads: int) -> None:

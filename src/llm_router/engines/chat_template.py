@@ -21,6 +21,7 @@ __all__ = [
     "ChatTemplate",
     "Tokenize",
     "chat_tokens",
+    "prompt_text",
     "template_for",
 ]
 
@@ -172,6 +173,15 @@ def chat_tokens(
     return [
         t for i, (piece, content) in enumerate(parts) for t in tokenize(piece, not content, i == 0)
     ]
+
+
+def prompt_text(template: ChatTemplate, messages: Sequence[ChatMessage], *, adds_bos: bool) -> str:
+    """The prompt `template` renders for `messages`, as llama-server's /apply-template gives
+    it: without its leading BOS text when the tokenizer adds a BOS itself (`adds_bos`), so
+    that tokenizing it with special tokens added gives one BOS, as the chat does."""
+    text = template.render(messages)
+    bos = template.bos_token
+    return text[len(bos) :] if adds_bos and bos and text.startswith(bos) else text
 
 
 def template_for(

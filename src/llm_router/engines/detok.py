@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["IncrementalDetokenizer"]
+__all__ = ["IncrementalDetokenizer", "decoded_pieces"]
 
 CONTEXT_TOKENS = 6
 REPLACEMENT = "\ufffd"
@@ -56,3 +56,13 @@ class IncrementalDetokenizer:
             self._read -= self._prefix
             self._prefix = 0
         return after[len(before) :]
+
+
+def decoded_pieces(decode: Callable[[list[int]], str], tokens: list[int]) -> list[bytes]:
+    """Each token's share of `decode(tokens)`, as UTF-8: a token that ends inside a character
+    gets b"" and the one completing it the whole character, so the pieces join to the text."""
+    detok = IncrementalDetokenizer(decode)
+    pieces = [detok.feed(t).encode() for t in tokens]
+    if pieces:
+        pieces[-1] += detok.finish().encode()
+    return pieces

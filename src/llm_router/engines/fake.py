@@ -3,7 +3,8 @@
 `{"load_seconds", "token_seconds", "reply", "parallel", "fail_load", "ballast_mb"}`: it sleeps
 to load, optionally fails or holds `ballast_mb` MiB of touched memory (so the worker's RSS is
 real), then batches like the real engine: one sleep per step advances every running sequence
-by one word of `reply`, cycling."""
+by one word of `reply`, cycling. Its vocabulary (for /tokenize) is the 256 byte values and a
+BOS, id 256, written `<s>`; its chat template a plain `role: content` transcript."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelLoadFailed
-from ..types import FinishReason, GenerationRequest, Usage
-from .base import LoadSpec, check_prompt_fits
+from ..types import ChatMessage, FinishReason, GenerationRequest, Usage
+from .base import LoadSpec, check_prompt_fits, check_token_ids
 from .sequences import Events, Sequences, emit, finish_text, out_of_room
 from .text import TextAssembler
 
@@ -25,6 +26,8 @@ __all__ = ["FakeEngine"]
 DEFAULT_CONTEXT = 2048
 DEFAULT_PARALLEL = 4
 EMBED_DIM = 8
+BOS, BOS_TEXT = 256, "<s>"
+TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
 
 
 @dataclass(slots=True)
@@ -117,6 +120,26 @@ class FakeEngine:
             norm = math.sqrt(sum(v * v for v in vec)) or 1.0
             vectors.append([v / norm for v in vec])
         return vectors, n_tokens
+
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode()
+        if parse_special:
+            parts = data.split(BOS_TEXT.encode())
+            tokens = [t for i, p in enumerate(parts) for t in ([BOS] if i else []) + list(p)]
+        else:
+            tokens = list(data)
+        return [BOS, *tokens] if add_special else tokens
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        check_token_ids(tokens, BOS + 1)
+        return [BOS_TEXT.encode() if t == BOS else bytes([t]) for t in tokens]
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        lines = "".join(f"{m.role}: {m.content}\n" for m in messages)
+        return lines + "assistant:"
+
+    def template_info(self) -> dict[str, str]:
+        return {"chat_template": TEMPLATE, "bos_token": BOS_TEXT, "eos_token": ""}
 
     def set_threads(self, threads: int) -> None:
         self.threads = threads

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import BadRequest
-from ..types import GenerationRequest
-from .base import LoadSpec, cpu_cores
-from .chat_template import TURN_END_TOKENS, ChatTemplate, chat_tokens, template_for
+from ..types import ChatMessage, GenerationRequest
+from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
+from .chat_template import TURN_END_TOKENS, ChatTemplate, chat_tokens, prompt_text, template_for
+from .detok import decoded_pieces
 from .hf_load import load
 from .pooling import embed_in_batches, read_pooling
 from .sequences import Events
@@ -117,6 +118,34 @@ class TransformersEngine:
         states = out.last_hidden_state.float().numpy()
         return self._pooling(states, mask.numpy().astype(np.int64)).tolist(), int(mask.sum())
 
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        encoded = self._tok(
+            text, add_special_tokens=add_special, split_special_tokens=not parse_special
+        )
+        return list(encoded["input_ids"])
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        check_token_ids(tokens, len(self._tok))
+        return decoded_pieces(lambda ids: str(self._tok.decode(ids)), tokens)
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        if self.task != "generate":
+            raise BadRequest("this model makes embeddings and has no chat template", param="model")
+        if self._template is None:
+            raise no_chat_template()
+        bos = self._tok.bos_token_id
+        added = self.token_ids("", add_special=True, parse_special=True)
+        adds_bos = bos is not None and added[:1] == [bos]
+        return prompt_text(self._chat_template(), messages, adds_bos=adds_bos)
+
+    def template_info(self) -> dict[str, str]:
+        chat = self.task == "generate" and self._template is not None
+        return {
+            "chat_template": self._chat_template().source if chat else "",
+            "bos_token": str(self._tok.bos_token or ""),
+            "eos_token": str(self._tok.eos_token or ""),
+        }
+
     def close(self) -> None:
         self._seqs.clear()
         self._model = None
@@ -161,11 +190,7 @@ class TransformersEngine:
         if request.messages is None:
             return list(self._tok(request.prompt or "")["input_ids"])
         if self._template is None:
-            raise BadRequest(
-                "this model has no chat template: use /v1/completions, or set `chat_template` "
-                "for it in the configuration",
-                param="messages",
-            )
+            raise no_chat_template()
         # The template writes any BOS itself, as transformers' own apply_chat_template assumes.
         return chat_tokens(self._chat_template(), request.messages, self._tokenize)
 

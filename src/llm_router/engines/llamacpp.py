@@ -21,9 +21,16 @@ import llama_cpp as lc
 import numpy as np
 
 from ..errors import BadRequest, ContextLengthExceeded, EngineError
-from ..types import FinishReason, GenerationRequest, SamplingParams, TextDelta, Usage
-from .base import EngineEvent, LoadSpec, check_prompt_fits, cpu_cores
-from .chat_template import ChatTemplate, chat_tokens, template_for
+from ..types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, TextDelta, Usage
+from .base import (
+    EngineEvent,
+    LoadSpec,
+    check_prompt_fits,
+    check_token_ids,
+    cpu_cores,
+    no_chat_template,
+)
+from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
 from .constraints import Grammars, Matcher
 from .llamacpp_load import (
     context_params,
@@ -31,6 +38,7 @@ from .llamacpp_load import (
     load_model,
     model_params,
     new_context,
+    token_piece,
     tokenize,
 )
 from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
@@ -184,6 +192,25 @@ class LlamaCppEngine:
         header) get LlamaCppEmbeddingEngine instead (see `open_gguf`)."""
         raise BadRequest("this model does not make embeddings", param="model")
 
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return tokenize(self._vocab, text, add_bos=add_special, special=parse_special)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        check_token_ids(tokens, self._n_vocab)
+        return [self._piece(t, special=True) for t in tokens]
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        if self._template is None:
+            raise no_chat_template()
+        return prompt_text(self._template, messages, adds_bos=self._add_bos)
+
+    def template_info(self) -> dict[str, str]:
+        return {
+            "chat_template": self._template.source if self._template else "",
+            "bos_token": self._special_text(self._bos),
+            "eos_token": self._special_text(lc.llama_vocab_eos(self._vocab)),
+        }
+
     def close(self) -> None:
         for s in [*self._waiting, *self._running.values()]:
             s.sampler.free()
@@ -207,14 +234,13 @@ class LlamaCppEngine:
         if chosen is None:
             return None
         source, stops = chosen
-        bos = (
-            self._piece(self._bos, special=True).decode("utf-8", "replace")
-            if self._bos >= 0
-            else ""
-        )
-        eos_id = lc.llama_vocab_eos(self._vocab)
-        eos = self._piece(eos_id, special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
+        bos = self._special_text(self._bos)
+        eos = self._special_text(lc.llama_vocab_eos(self._vocab))
         return ChatTemplate(source, bos_token=bos, eos_token=eos, stops=stops)
+
+    def _special_text(self, token: int) -> str:
+        """A special token (BOS, EOS) as text; "" for a vocabulary without it (-1)."""
+        return self._piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
     def _eog_tokens(self) -> list[int]:
         if self._eog is None:
@@ -231,11 +257,7 @@ class LlamaCppEngine:
         if request.messages is None:
             return self.tokenize(request.prompt or "", add_bos=self._add_bos)
         if self._template is None:
-            raise BadRequest(
-                "this model has no chat template: use /v1/completions, or set `chat_template` "
-                "for it in the configuration",
-                param="messages",
-            )
+            raise no_chat_template()
         bos = self._template.bos_token
 
         def tokenize(text: str, special: bool, first: bool) -> list[int]:
@@ -278,12 +300,7 @@ class LlamaCppEngine:
     def _piece(self, token: int, *, special: bool = False) -> bytes:
         if not special and token in self._piece_cache:
             return self._piece_cache[token]
-        buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-        piece = buf.raw[:n]
+        piece = token_piece(self._vocab, token, special=special)
         if not special:
             self._piece_cache[token] = piece
         return piece

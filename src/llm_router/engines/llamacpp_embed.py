@@ -17,10 +17,10 @@ import llama_cpp as lc
 
 from ..errors import BadRequest, EngineError, InvalidModelFile, ModelLoadFailed
 from ..formats.gguf import read_gguf_info
-from ..types import GenerationRequest
-from .base import Engine, EngineEvent, LoadSpec, cpu_cores
+from ..types import ChatMessage, GenerationRequest
+from .base import Engine, EngineEvent, LoadSpec, check_token_ids, cpu_cores
 from .llamacpp import LlamaCppEngine
-from .llamacpp_load import context_params, load_model, new_context, tokenize
+from .llamacpp_load import context_params, load_model, new_context, token_piece, tokenize
 
 __all__ = ["LlamaCppEmbeddingEngine", "open_gguf"]
 
@@ -107,6 +107,27 @@ class LlamaCppEmbeddingEngine:
             vectors.extend(self._decode(rows[start:end]))
             start = end
         return vectors, sum(len(r) for r in rows)
+
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return tokenize(self._vocab, text, add_bos=add_special, special=parse_special)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        check_token_ids(tokens, lc.llama_vocab_n_tokens(self._vocab))
+        return [token_piece(self._vocab, t, special=True) for t in tokens]
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        raise BadRequest("this model makes embeddings and has no chat template", param="model")
+
+    def template_info(self) -> dict[str, str]:
+        def text(token: int) -> str:
+            piece = token_piece(self._vocab, token, special=True) if token >= 0 else b""
+            return piece.decode("utf-8", "replace")
+
+        return {
+            "chat_template": "",
+            "bos_token": text(lc.llama_vocab_bos(self._vocab)),
+            "eos_token": text(lc.llama_vocab_eos(self._vocab)),
+        }
 
     def close(self) -> None:
         lc.llama_batch_free(self._batch)

@@ -13,7 +13,14 @@ import llama_cpp as lc
 from ..errors import ModelLoadFailed
 from .base import LoadSpec
 
-__all__ = ["context_params", "load_model", "model_params", "new_context", "tokenize"]
+__all__ = [
+    "context_params",
+    "load_model",
+    "model_params",
+    "new_context",
+    "token_piece",
+    "tokenize",
+]
 
 
 def model_params(repack: bool | None) -> Any:
@@ -76,6 +83,16 @@ def tokenize(vocab: Any, text: str, *, add_bos: bool, special: bool) -> list[int
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(vocab, data, len(data), buf, cap, add_bos, special)
     return list(buf[:n])
+
+
+def token_piece(vocab: Any, token: int, *, special: bool) -> bytes:
+    """The bytes of `token` (an id in `vocab`); with `special`, special tokens written out."""
+    buf = ctypes.create_string_buffer(64)
+    n = lc.llama_token_to_piece(vocab, token, buf, 64, 0, special)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = lc.llama_token_to_piece(vocab, token, buf, -n, 0, special)
+    return buf.raw[:n]
 
 
 def lltokenizer(vocab: Any, eog: list[int]) -> Any:

@@ -15,9 +15,11 @@ from tokenizers import Tokenizer
 
 from ..errors import BadRequest, InvalidModelFile, ModelLoadFailed
 from ..formats.onnx import read_onnx_meta
-from ..types import GenerationRequest
-from .base import EngineEvent, LoadSpec, cpu_cores
+from ..types import ChatMessage, GenerationRequest
+from .base import EngineEvent, LoadSpec, check_token_ids, cpu_cores
+from .detok import decoded_pieces
 from .pooling import Pooling, embed_in_batches, read_pooling
+from .vocab import plain_tokens
 
 __all__ = ["OnnxEmbeddingEngine"]
 
@@ -143,6 +145,21 @@ class OnnxEmbeddingEngine:
         else:
             pooled = self._pooling(states, mask)
         return pooled.tolist(), int(mask.sum())
+
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return plain_tokens(self._tok, text, add_special=add_special, parse_special=parse_special)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        check_token_ids(tokens, self._tok.get_vocab_size())
+        return decoded_pieces(
+            lambda ids: str(self._tok.decode(ids, skip_special_tokens=False)), tokens
+        )
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        raise BadRequest("this model makes embeddings and has no chat template", param="model")
+
+    def template_info(self) -> dict[str, str]:
+        return {"chat_template": "", "bos_token": "", "eos_token": ""}
 
     def close(self) -> None:
         del self._session

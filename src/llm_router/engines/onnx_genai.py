@@ -19,11 +19,13 @@ from tokenizers import Tokenizer
 
 from ..errors import BadRequest, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
-from ..types import GenerationRequest
-from .base import LoadSpec, cpu_cores
-from .chat_template import ChatTemplate, chat_tokens, template_for
+from ..types import ChatMessage, GenerationRequest
+from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
+from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
+from .detok import decoded_pieces
 from .sequences import Events
 from .token_seqs import TokenSeq, TokenSequences
+from .vocab import plain_tokens
 
 __all__ = ["OnnxGenaiEngine"]
 
@@ -155,6 +157,31 @@ class OnnxGenaiEngine:
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         raise BadRequest("this model makes text, not embeddings", param="model")
 
+    def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return plain_tokens(self._tok, text, add_special=add_special, parse_special=parse_special)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        check_token_ids(tokens, self._tok.get_vocab_size())
+        return decoded_pieces(
+            lambda ids: str(self._tok.decode(ids, skip_special_tokens=False)), tokens
+        )
+
+    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        if self._template is None:
+            raise no_chat_template()
+        bos = self._tok.token_to_id(self._template.bos_token) if self._template.bos_token else None
+        added = self.token_ids("", add_special=True, parse_special=True)
+        adds_bos = bos is not None and added[:1] == [bos]
+        return prompt_text(self._template, messages, adds_bos=adds_bos)
+
+    def template_info(self) -> dict[str, str]:
+        t = self._template
+        return {
+            "chat_template": t.source if t else "",
+            "bos_token": t.bos_token if t else "",
+            "eos_token": t.eos_token if t else "",
+        }
+
     def close(self) -> None:
         self._seqs.clear()
         self._model = None
@@ -170,11 +197,7 @@ class OnnxGenaiEngine:
         if request.messages is None:
             return list(self._tok.encode(request.prompt or "").ids)
         if self._template is None:
-            raise BadRequest(
-                "this model has no chat template: use /v1/completions, or set `chat_template` "
-                "for it in the configuration",
-                param="messages",
-            )
+            raise no_chat_template()
         return chat_tokens(self._template, request.messages, self._tokenize)
 
     def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:

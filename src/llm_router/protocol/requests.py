@@ -14,13 +14,18 @@ from pydantic import (
     StrictBool,
 )
 
-from ..types import ChatMessage, GenerationRequest, SamplingParams
+from ..errors import BadRequest
+from ..types import ChatMessage, GenerationRequest, SamplingParams, ToolCall
 from .structured import (
+    FunctionCallChoice,
+    FunctionCallIn,
+    FunctionList,
     ShapeFields,
     ToolCallIn,
     ToolChoice,
     ToolList,
     constraint_of,
+    functions_of,
     tool_calls_of,
     tools_of,
 )
@@ -176,17 +181,34 @@ class TextPart(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
+    """A turn. OpenAI's deprecated function calling: an assistant's `function_call`, and a
+    `function` turn with the result of the function `name`."""
+
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     tool_calls: Annotated[list[ToolCallIn], Field(max_length=128)] | None = None
     tool_call_id: str | None = Field(None, max_length=256)
+    function_call: FunctionCallIn | None = None
+    name: str | None = Field(None, max_length=256)
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
         return "".join(part.text for part in self.content)
+
+    def to_message(self) -> ChatMessage:
+        """The internal turn. A legacy call's id is its function's name, which is what a
+        `function` turn answering it names."""
+        calls = tool_calls_of(self.tool_calls)
+        fc = self.function_call
+        if fc is not None and not calls:
+            calls = (ToolCall(fc.name, fc.name, fc.arguments),)
+        if self.role == "function":
+            return ChatMessage("tool", self.text(), (), self.name or "")
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role, self.text(), calls, self.tool_call_id)
 
 
 class ChatCompletionRequest(_Request):
@@ -194,24 +216,37 @@ class ChatCompletionRequest(_Request):
     tools: ToolList | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
+    functions: FunctionList | None = Field(
+        None,
+        description="Deprecated by OpenAI for `tools`: the answer's one call comes as "
+        "`message.function_call`, with `finish_reason` `function_call`.",
+    )
+    function_call: FunctionCallChoice | None = Field(
+        None, description="Deprecated by OpenAI for `tool_choice`."
+    )
+
+    @property
+    def legacy_functions(self) -> bool:
+        """Tools offered the deprecated way (`functions`): answered with `function_call`."""
+        return bool(self.functions)
 
     def to_request(self, system_prompt: str | None = None) -> GenerationRequest:
-        messages = [
-            ChatMessage(
-                "system" if m.role == "developer" else m.role,
-                m.text(),
-                tool_calls_of(m.tool_calls),
-                m.tool_call_id,
-            )
-            for m in self.messages
-        ]
+        messages = [m.to_message() for m in self.messages]
         if system_prompt and not any(m.role == "system" for m in messages):
             messages.insert(0, ChatMessage("system", system_prompt))
+        if self.functions and self.tools:
+            raise BadRequest(
+                "offer tools in `tools` or in the deprecated `functions`, not both",
+                param="functions",
+            )
+        tools = functions_of(self.functions, self.function_call)
+        if tools is None:
+            tools = tools_of(self.tools, self.tool_choice, self.parallel_tool_calls)
         return GenerationRequest(
             params=self.sampling(),
             messages=tuple(messages),
             constraint=constraint_of(self),
-            tools=tools_of(self.tools, self.tool_choice, self.parallel_tool_calls),
+            tools=tools,
         )
 
 

@@ -1,6 +1,7 @@
 """What a request may ask of the answer's shape: `response_format` (OpenAI), llama-server's
 `json_schema`, and the `regex` and Lark `grammar` extensions; and the tools it offers
-(`tools`, `tool_choice`, `parallel_tool_calls`), with the tool history in its messages.
+(`tools`, `tool_choice`, `parallel_tool_calls`, or OpenAI's deprecated `functions` and
+`function_call`), with the tool history in its messages.
 Validated here (a 400 names the field); turned into the internal `Constraint` and `Tools`."""
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from ..errors import BadRequest
 from ..types import Constraint, Function, ToolCall, Tools
 
 __all__ = [
+    "FunctionCallChoice",
     "FunctionCallIn",
+    "FunctionIn",
+    "FunctionList",
+    "NamedFunction",
     "NamedToolChoice",
     "ResponseFormat",
     "ShapeFields",
@@ -23,6 +28,7 @@ __all__ = [
     "ToolIn",
     "ToolList",
     "constraint_of",
+    "functions_of",
     "tool_calls_of",
     "tools_of",
 ]
@@ -113,6 +119,8 @@ class ShapeFields(BaseModel):
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 ToolList = Annotated[list[ToolIn], Field(max_length=MAX_TOOLS)]
+FunctionCallChoice = Literal["none", "auto"] | NamedFunction
+FunctionList = Annotated[list[FunctionIn], Field(max_length=MAX_TOOLS)]
 
 
 def constraint_of(fields: ShapeFields) -> Constraint | None:
@@ -152,18 +160,8 @@ def tools_of(
                 param="tool_choice",
             )
         return None
-    functions = tuple(
-        Function(
-            name=t.function.name,
-            description=t.function.description or "",
-            parameters=json.dumps(t.function.parameters or {"type": "object", "properties": {}}),
-            strict=bool(t.function.strict),
-        )
-        for t in tools
-    )
+    functions = _functions([t.function for t in tools], "tools")
     names = [f.name for f in functions]
-    if len(set(names)) != len(names):
-        raise BadRequest("two tools have the same function name", param="tools")
     picked: str = (
         "auto"
         if choice is None
@@ -174,6 +172,45 @@ def tools_of(
             f"tool_choice names function '{picked}', which is not in `tools`", param="tool_choice"
         )
     return Tools(functions, picked, parallel is not False)
+
+
+def functions_of(
+    functions: list[FunctionIn] | None, choice: FunctionCallChoice | None
+) -> Tools | None:
+    """OpenAI's deprecated `functions` and `function_call` as tools. At most one call is made
+    (a legacy answer carries one `function_call`); BadRequest for a `function_call` that names
+    no offered function."""
+    named = choice.name if isinstance(choice, NamedFunction) else None
+    if not functions:
+        if named is not None:
+            raise BadRequest(
+                "function_call names a function, but the request offers no functions",
+                param="function_call",
+            )
+        return None
+    offered = _functions(functions, "functions")
+    if named is not None and named not in {f.name for f in offered}:
+        raise BadRequest(
+            f"function_call names function '{named}', which is not in `functions`",
+            param="function_call",
+        )
+    picked = named or ("auto" if choice is None else str(choice))
+    return Tools(offered, picked, parallel=False)
+
+
+def _functions(functions: list[FunctionIn], param: str) -> tuple[Function, ...]:
+    out = tuple(
+        Function(
+            name=f.name,
+            description=f.description or "",
+            parameters=json.dumps(f.parameters or {"type": "object", "properties": {}}),
+            strict=bool(f.strict),
+        )
+        for f in functions
+    )
+    if len({f.name for f in out}) != len(out):
+        raise BadRequest("two functions offered have the same name", param=param)
+    return out
 
 
 def tool_calls_of(calls: list[ToolCallIn] | None) -> tuple[ToolCall, ...]:

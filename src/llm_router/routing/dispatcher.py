@@ -151,6 +151,20 @@ class Dispatcher:
             )
         return self._targets[state.id]
 
+    def local(self, name: str, what: str) -> LocalTarget:
+        """The local model called `name` (id or alias). Raises ModelNotFound, or BadRequest
+        for a route or a remote target: `what` (e.g. "/tokenize") needs a model of our own."""
+        kind = "a route" if name in self._routes else None
+        if kind is None:
+            target = self.target(name)
+            if isinstance(target, LocalTarget):
+                return target
+            kind = "a remote target"
+        raise BadRequest(
+            f"'{name}' is {kind}; {what} needs a local model: name one by its id or alias",
+            param="model",
+        )
+
     def price(self, name: str) -> Cost:
         """The configured price per 1M tokens of the target called `name`."""
         return self.target(name).config.cost

@@ -3,8 +3,9 @@ on demand); generations and embeddings run in its worker process."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 
 from ..errors import BadRequest
@@ -12,8 +13,16 @@ from ..lifecycle.discovery import ModelSource
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
 from ..tool_calls import ToolParser, finish_reason_for, prepare
-from ..types import ChatMessage, Embeddings, Finished, GenerationEvent, TextDelta
-from .targets import Call, EmbedCall, Target
+from ..types import (
+    ChatMessage,
+    Embeddings,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+)
+from ..worker.client import Worker
+from .targets import Call, EmbedCall, Lease, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
 
@@ -51,8 +60,9 @@ class LocalTarget(Target):
         )
         return context
 
-    async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
-        request = call.request
+    def prepared(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` as the engine gets it: the configured system prompt in a chat that brings
+        none, the tools and tool history written into the messages (tool_calls.prepare)."""
         system = self.config.system_prompt
         if (
             system
@@ -60,15 +70,24 @@ class LocalTarget(Target):
             and all(m.role != "system" for m in request.messages)
         ):
             request = replace(request, messages=(ChatMessage("system", system), *request.messages))
-        tools = request.tools
-        parser = None
-        if tools is not None and tools.choice != "none" and tools.functions:
-            parser = ToolParser(stream=call.stream)
-        request = prepare(request)
-        lease = call.lease
+        return prepare(request)
+
+    @contextlib.asynccontextmanager
+    async def worker(self, lease: Lease) -> AsyncIterator[Worker]:
+        """The model's worker, loaded if needed, held for the block (one lease, as a
+        generation holds: the lifecycle manager's queue, autoload and keep-alive apply)."""
         async with self.lifecycle.lease(
             self.id, autoload=lease.autoload, keep_alive=lease.keep_alive
         ) as worker:
+            yield worker
+
+    async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
+        tools = call.request.tools
+        parser = None
+        if tools is not None and tools.choice != "none" and tools.functions:
+            parser = ToolParser(stream=call.stream)
+        request = self.prepared(call.request)
+        async with self.worker(call.lease) as worker:
             async for event in worker.generate(request):
                 if parser is None:
                     yield event

@@ -26,7 +26,7 @@ from ..api import Router
 from ..config import Settings
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
-from . import errors, openapi, routes_models, routes_openai
+from . import errors, openapi, routes_llama, routes_models, routes_openai
 from .asgi import BodyGuard, HostGuard, ServerApp, UnexpectedErrors
 
 __all__ = ["create_app"]
@@ -62,10 +62,12 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.generation = core.generation
     app.state.ensemble = core.ensembles
     app.state.embeddings = core.embeddings
+    app.state.llama = core.llama
     app.state.background = set[asyncio.Task[Any]]()
     errors.install(app)
     app.include_router(routes_openai.routes)
     app.include_router(routes_models.routes)
+    app.include_router(routes_llama.routes)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

@@ -68,6 +68,8 @@ _EVERY = (400, 421, 500)
 _WITH_BODY = (413, 415)
 _MODELS = (404, 429, 502, 503, 507)
 _RETRY = (429, 503)
+# llama-server's endpoints (routes_llama.py): each names a model, which may have to load.
+_LLAMA = ("/tokenize", "/detokenize", "/apply-template", "/props")
 
 
 def document(app: FastAPI) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     statuses = list(_EVERY)
     if method == "post":
         statuses += _WITH_BODY
-    if (path.startswith("/v1/") and method == "post") or path in ("/models/load",):
+    if (path.startswith("/v1/") and method == "post") or path in ("/models/load", *_LLAMA):
         statuses += _MODELS
     if path == "/models/unload":
         statuses.append(404)

@@ -40,6 +40,7 @@ from ..protocol import (
 from ..routing.dispatcher import Dispatcher, Routed
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call, Lease
+from ..tool_calls import as_function_call
 from ..types import Finished, GenerationEvent, GenerationRequest, MessageFields, TextDelta
 from ..units import parse_duration
 
@@ -90,7 +91,8 @@ class GenerationService:
         call = Call(kind, request, body, Lease(wire.autoload, keep_alive), stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")
-        tools = bool(offered) and body.get("tool_choice") != "none"  # "none": no call is made
+        choice = body.get("tool_choice", body.get("function_call"))
+        tools = bool(offered) and choice != "none"  # "none": no call is made
         info = RouteRequest(
             kind=kind,
             prompt_tokens=len(text) // 4,
@@ -106,6 +108,7 @@ class GenerationService:
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Events of the routed request, counted in the metrics as they pass."""
         endpoint = "chat" if request.messages is not None else "completion"
+        legacy = isinstance(wire, ChatCompletionRequest) and wire.legacy_functions
         started = time.perf_counter()
         model = "unknown"  # metric labels name known targets only, never a client's string
         outcome = "cancelled"
@@ -129,7 +132,7 @@ class GenerationService:
                             event.usage.completion_tokens
                         )
                         self.metrics.count_cost(model, event.usage, self.dispatcher.price(model))
-                    yield event
+                    yield as_function_call(event) if legacy else event
         except RouterError as exc:
             outcome = type(exc).__name__
             raise
@@ -162,7 +165,8 @@ class GenerationService:
     ) -> ChatCompletion:
         route = route or RouteInfo()
         text, extra, finished = await _collect(self._events(req, self._chat_request(req), route))
-        content = None if not text and extra.get("tool_calls") else text  # OpenAI's shape
+        calls = extra.get("tool_calls") or extra.get("function_call")
+        content = None if not text and calls else text  # OpenAI's shape
         return ChatCompletion(
             id=new_id("chatcmpl"),
             created=now(),

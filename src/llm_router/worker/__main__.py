@@ -24,11 +24,14 @@ from ..engines import Engine, LoadSpec, build, preload
 from ..errors import EngineError, RouterError
 from ..types import TextDelta
 from .protocol import (
+    TEXT_OPS,
     decode,
     embeddings_to_wire,
     encode,
     error_to_wire,
     events_to_wire,
+    messages_from_wire,
+    pieces_to_wire,
     request_from_wire,
 )
 
@@ -62,6 +65,13 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket, live: set[
         except Exception as exc:  # any refusal goes back to that request only
             reply = {"id": msg["id"], "error": error_to_wire(exc)}
         sock.sendall(encode(reply))
+    elif op in TEXT_OPS:
+        # Synchronous too: tokenizing a request body costs about as much as a prompt's.
+        try:
+            reply = {"id": msg["id"], "result": _text_op(engine, msg)}
+        except Exception as exc:  # any refusal goes back to that request only
+            reply = {"id": msg["id"], "error": error_to_wire(exc)}
+        sock.sendall(encode(reply))
     elif op == "cancel":
         engine.cancel(msg["id"])
         live.discard(msg["id"])
@@ -70,6 +80,22 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket, live: set[
     elif op == "shutdown":
         return False
     return True
+
+
+def _text_op(engine: Engine, msg: dict[str, Any]) -> Any:
+    """One of TEXT_OPS (llama-server's tokenizer and template endpoints), as JSON."""
+    op = msg["op"]
+    if op == "tokenize":
+        return engine.token_ids(
+            str(msg["text"]),
+            add_special=bool(msg["add_special"]),
+            parse_special=bool(msg["parse_special"]),
+        )
+    if op == "pieces":
+        return pieces_to_wire(engine.token_pieces([int(t) for t in msg["tokens"]]))
+    if op == "chat_prompt":
+        return engine.chat_prompt(messages_from_wire(msg["messages"]))
+    return engine.template_info()
 
 
 def _rss() -> int:

@@ -23,15 +23,25 @@ import psutil
 
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed, RouterError, WorkerDied
-from ..types import Embeddings, Finished, GenerationRequest, TextDelta
-from .protocol import decode, encode, error_from_wire, event_from_wire, request_to_wire
+from ..types import ChatMessage, Embeddings, Finished, GenerationRequest, TextDelta
+from .protocol import (
+    Reply,
+    decode,
+    encode,
+    error_from_wire,
+    event_from_wire,
+    messages_to_wire,
+    pieces_from_wire,
+    request_to_wire,
+)
 
 __all__ = ["Early", "Process", "Spare", "Worker"]
 
 log = logging.getLogger(__name__)
 
 STREAM_LIMIT = 64 * 1024 * 1024
-WorkerEvent = TextDelta | Finished | Embeddings | RouterError  # what the worker sends one request
+# What the worker sends one request.
+WorkerEvent = TextDelta | Finished | Embeddings | Reply | RouterError
 
 
 def describe_exit(code: int | None) -> str:
@@ -262,8 +272,8 @@ class Worker:
                         if isinstance(event, RouterError):
                             done = True
                             raise event
-                if isinstance(event, Embeddings):  # not an answer to a generation
-                    raise WorkerDied("the worker answered a generation with embeddings")
+                if isinstance(event, Embeddings | Reply):  # not an answer to a generation
+                    raise WorkerDied("the worker answered a generation with something else")
                 yield event
                 if isinstance(event, Finished):
                     done = True
@@ -293,6 +303,50 @@ class Worker:
         if not isinstance(event, Embeddings):
             raise WorkerDied("the worker answered an embedding request with text")
         return event
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """The model's tokens of `text` (see Engine.token_ids)."""
+        value = await self._ask(
+            {
+                "op": "tokenize",
+                "text": text,
+                "add_special": add_special,
+                "parse_special": parse_special,
+            }
+        )
+        return [int(t) for t in value]
+
+    async def pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes, special tokens written out (see Engine.token_pieces)."""
+        return pieces_from_wire(await self._ask({"op": "pieces", "tokens": tokens}))
+
+    async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+        """The chat template applied to `messages` (see Engine.chat_prompt)."""
+        return str(await self._ask({"op": "chat_prompt", "messages": messages_to_wire(messages)}))
+
+    async def template_info(self) -> dict[str, str]:
+        """The chat template's source and the BOS and EOS tokens (see Engine.template_info)."""
+        value = await self._ask({"op": "template_info"})
+        return {str(k): str(v) for k, v in value.items()}
+
+    async def _ask(self, message: dict[str, Any]) -> Any:
+        """Send a text operation and wait for its result. Raises the engine's RouterError, or
+        WorkerDied when the process exits meanwhile. Cancelling only drops the answer."""
+        if self.exited.is_set() or self.stopping:
+            raise WorkerDied("the model's worker is stopping; retry")
+        seq = next(self._ids)
+        answer: asyncio.Queue[WorkerEvent] = asyncio.Queue()
+        self._streams[seq] = answer
+        try:
+            self._send({**message, "id": seq})
+            event = await answer.get()
+        finally:
+            self._streams.pop(seq, None)
+        if isinstance(event, RouterError):
+            raise event
+        if not isinstance(event, Reply):
+            raise WorkerDied(f"the worker answered {message['op']} with something else")
+        return event.value
 
     def rss(self) -> int | None:
         """The worker process's resident memory now, in bytes (None once it is gone)."""

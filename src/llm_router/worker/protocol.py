@@ -1,20 +1,25 @@
 """The channel between the router and a worker: newline-delimited JSON over a Unix socket pair.
 
 Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "embed", "id", "inputs"}`,
-`{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`. Worker ->
-router: `{"op": "spare", "rss"}` once its engine library is imported, then `{"op": "ready",
-"info"}` or `{"op": "load_failed", "error"}` once, then per request
-`{"id", "text"}` deltas, `{"id", "finish", "usage"}`, `{"id", "embeddings", "dim", "tokens"}`
-(the vectors as one base64 string of native-order float32, far smaller and faster than JSON
-numbers) or `{"id", "error"}`, and `{"op": "info", "info"}` snapshots. Errors travel as the name
-of a class in `llm_router.errors` plus message and param, and are rebuilt on the other side."""
+`{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`, and the text
+operations behind llama-server's endpoints (TEXT_OPS): `{"op": "tokenize", "id", "text",
+"add_special", "parse_special"}`, `{"op": "pieces", "id", "tokens"}`, `{"op": "chat_prompt",
+"id", "messages"}`, `{"op": "template_info", "id"}`. Worker -> router: `{"op": "spare", "rss"}`
+once its engine library is imported, then `{"op": "ready", "info"}` or `{"op": "load_failed",
+"error"}` once, then per request `{"id", "text"}` deltas, `{"id", "finish", "usage"}`,
+`{"id", "embeddings", "dim", "tokens"}` (the vectors as one base64 string of native-order
+float32, far smaller and faster than JSON numbers), `{"id", "result"}` (a text operation's
+answer; token pieces as one base64 string and their lengths) or `{"id", "error"}`, and
+`{"op": "info", "info"}` snapshots. Errors travel as the name of a class in
+`llm_router.errors` plus message and param, and are rebuilt on the other side."""
 
 from __future__ import annotations
 
 import base64
 import json
 from array import array
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import errors
@@ -33,6 +38,8 @@ from ..types import (
 )
 
 __all__ = [
+    "TEXT_OPS",
+    "Reply",
     "decode",
     "embeddings_to_wire",
     "encode",
@@ -40,9 +47,22 @@ __all__ = [
     "error_to_wire",
     "event_from_wire",
     "events_to_wire",
+    "messages_from_wire",
+    "messages_to_wire",
+    "pieces_from_wire",
+    "pieces_to_wire",
     "request_from_wire",
     "request_to_wire",
 ]
+
+TEXT_OPS = frozenset({"tokenize", "pieces", "chat_prompt", "template_info"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The worker's answer to a text operation (TEXT_OPS): its JSON value."""
+
+    value: Any
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -93,14 +113,42 @@ def _embeddings_from_wire(msg: dict[str, Any]) -> Embeddings:
     return Embeddings(vectors, int(msg["tokens"]))
 
 
-def event_from_wire(msg: dict[str, Any]) -> TextDelta | Finished | Embeddings | errors.RouterError:
+def event_from_wire(
+    msg: dict[str, Any],
+) -> TextDelta | Finished | Embeddings | Reply | errors.RouterError:
     if "text" in msg:
         return TextDelta(msg["text"])
     if "finish" in msg:
         return Finished(msg["finish"], Usage(**msg["usage"]))
     if "embeddings" in msg:
         return _embeddings_from_wire(msg)
+    if "result" in msg:
+        return Reply(msg["result"])
     return error_from_wire(msg.get("error") or {})
+
+
+def pieces_to_wire(pieces: list[bytes]) -> dict[str, Any]:
+    return {
+        "bytes": base64.b64encode(b"".join(pieces)).decode("ascii"),
+        "lengths": [len(p) for p in pieces],
+    }
+
+
+def pieces_from_wire(data: dict[str, Any]) -> list[bytes]:
+    raw = base64.b64decode(data["bytes"])
+    pieces, start = [], 0
+    for n in data["lengths"]:
+        pieces.append(raw[start : start + n])
+        start += n
+    return pieces
+
+
+def messages_to_wire(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    return [asdict(m) for m in messages]
+
+
+def messages_from_wire(data: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    return tuple(_message(m) for m in data)
 
 
 def request_to_wire(request: GenerationRequest) -> dict[str, Any]:
@@ -115,7 +163,7 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
     tools = data.get("tools")
     return GenerationRequest(
         params=SamplingParams(**params),
-        messages=tuple(_message(m) for m in messages) if messages is not None else None,
+        messages=messages_from_wire(messages) if messages is not None else None,
         prompt=data.get("prompt"),
         constraint=Constraint(**constraint) if constraint else None,
         tools=(

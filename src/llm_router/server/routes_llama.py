@@ -1,0 +1,67 @@
+"""llama-server's own endpoints, per model as in its router mode: `POST /tokenize`,
+`/detokenize`, `/apply-template` and `GET /props?model=`. Thin: parse, one service call, JSON.
+Bodies pass the same guards as every route (server/asgi.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from ..protocol import (
+    MAX_MODEL_NAME,
+    ApplyTemplateRequest,
+    ApplyTemplateResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelProps,
+    RouterProps,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from ..serving.llama import LlamaService
+from .sse import cancel_on_disconnect
+
+__all__ = ["routes"]
+
+routes = APIRouter(tags=["llama.cpp"])
+
+
+def _service(request: Request) -> LlamaService:
+    service: LlamaService = request.app.state.llama
+    return service
+
+
+def _json(result: BaseModel) -> Response:
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+@routes.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+    """The model's tokens of `content` (with `with_pieces`, each with its text)."""
+    return _json(await cancel_on_disconnect(request.receive, _service(request).tokenize(body)))
+
+
+@routes.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
+    """The text of `tokens`."""
+    return _json(await cancel_on_disconnect(request.receive, _service(request).detokenize(body)))
+
+
+@routes.post("/apply-template", response_model=ApplyTemplateResponse)
+async def apply_template(body: ApplyTemplateRequest, request: Request) -> Response:
+    """The prompt the model's chat template makes of a chat completion request."""
+    work = _service(request).apply_template(body)
+    return _json(await cancel_on_disconnect(request.receive, work))
+
+
+@routes.get("/props", response_model=ModelProps | RouterProps)
+async def props(
+    request: Request,
+    model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
+    autoload: bool | None = Query(None),
+) -> Response:
+    """A model's properties (context per slot, slots, chat template...); without `model`,
+    the router's."""
+    work = _service(request).props(model, autoload)
+    return _json(await cancel_on_disconnect(request.receive, work))

@@ -1,0 +1,482 @@
+"""llama-server's own endpoints (/tokenize, /detokenize, /apply-template, /props) per model, and
+OpenAI's deprecated `functions` / `function_call` on chat completions.
+
+On the bundled models through a real server: tokens as llama.cpp's own tokenizer gives them
+(llama-cpp-python's bindings on the same GGUF, loaded vocabulary only) and, when it has been
+built (bench/build_llama_server.sh), as llama-server built from the same source answers; the
+template's prompt is what a chat evaluates. Status codes and envelopes in process, on the
+fake engine (tests/inproc.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from inproc import app_client, fake_models
+from llm_router.config import ModelConfig, RouteConfig
+from openai_schema import validate
+from servers import GEMMA, SMOL, Server, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXTS = [
+    "What is the capital of France?",
+    "héllo wörld 🌍, 東京 and  two  spaces\n\ttab",
+    "<|im_start|>user\nhi<|im_end|>\n<start_of_turn>model\n",
+    "",
+]
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def post(srv: Server, path: str, body: dict[str, Any]) -> Any:
+    r = httpx.post(srv.url + path, json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def piece_bytes(piece: str | list[int]) -> bytes:
+    return piece.encode() if isinstance(piece, str) else bytes(piece)
+
+
+# -- tokenize, detokenize ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_tokenize_then_detokenize_gives_the_text_back(server: Server, model: str) -> None:
+    for text in TEXTS:
+        for parse_special in (True, False):
+            body = {"model": model, "content": text, "parse_special": parse_special}
+            tokens = post(server, "/tokenize", body)["tokens"]
+            assert all(isinstance(t, int) for t in tokens)
+            back = post(server, "/detokenize", {"model": model, "tokens": tokens})
+            assert back == {"content": text}
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_pieces_join_to_the_text(server: Server, model: str) -> None:
+    for text in TEXTS:
+        plain = post(server, "/tokenize", {"model": model, "content": text})["tokens"]
+        body = {"model": model, "content": text, "with_pieces": True}
+        pieces = post(server, "/tokenize", body)["tokens"]
+        assert [p["id"] for p in pieces] == plain
+        assert b"".join(piece_bytes(p["piece"]) for p in pieces) == text.encode()
+    # A piece that is part of a character comes as its bytes (llama-server's shape).
+    body = {"model": SMOL, "content": "🌍", "with_pieces": True}
+    pieces = [p["piece"] for p in post(server, "/tokenize", body)["tokens"]]
+    assert any(isinstance(p, list) for p in pieces)
+
+
+def test_add_special_adds_what_the_model_adds(server: Server) -> None:
+    """Gemma's tokenizer adds a BOS, SmolLM2's adds nothing."""
+    for model, bos in ((GEMMA, "<bos>"), (SMOL, None)):
+        plain = post(server, "/tokenize", {"model": model, "content": "Hi"})["tokens"]
+        special = post(server, "/tokenize", {"model": model, "content": "Hi", "add_special": True})
+        if bos is None:
+            assert special["tokens"] == plain
+        else:
+            assert special["tokens"][1:] == plain
+            first = post(server, "/detokenize", {"model": model, "tokens": special["tokens"][:1]})
+            assert first == {"content": bos}
+
+
+class Vocab:
+    """llama.cpp's tokenizer on a GGUF, through llama-cpp-python's own bindings, vocabulary
+    only (no weights, no context): the reference the server's answers are checked against."""
+
+    def __init__(self, path: Path) -> None:
+        import llama_cpp as lc
+
+        self.lc = lc
+        params = lc.llama_model_default_params()
+        params.vocab_only = True
+        self.model = lc.llama_model_load_from_file(str(path).encode(), params)
+        assert self.model, path
+        self.vocab = lc.llama_model_get_vocab(self.model)
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode()
+        buf = (self.lc.llama_token * (len(data) + 8))()
+        n = self.lc.llama_tokenize(
+            self.vocab, data, len(data), buf, len(buf), add_special, parse_special
+        )
+        assert n >= 0
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
+        assert n >= 0
+        return buf.raw[:n]
+
+    def close(self) -> None:
+        self.lc.llama_model_free(self.model)
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_tokens_are_llama_cpps(server: Server, model: str, models_dir: Path) -> None:
+    """Every combination of `add_special` and `parse_special`, and every piece, as llama.cpp's
+    tokenizer gives them; and as llama-server gives them, when it has been built."""
+    vocab = Vocab(next(models_dir.glob(f"{model}*.gguf")))
+    try:
+        for text in TEXTS:
+            for add_special in (False, True):
+                for parse_special in (False, True):
+                    body = {
+                        "model": model,
+                        "content": text,
+                        "add_special": add_special,
+                        "parse_special": parse_special,
+                        "with_pieces": True,
+                    }
+                    got = post(server, "/tokenize", body)["tokens"]
+                    want = vocab.tokenize(text, add_special, parse_special)
+                    assert [p["id"] for p in got] == want, (text, add_special, parse_special)
+                    assert [piece_bytes(p["piece"]) for p in got] == [vocab.piece(t) for t in want]
+    finally:
+        vocab.close()
+
+
+def llama_server_binary() -> Path | None:
+    """llama-server as bench/build_llama_server.sh builds it from the source llama-cpp-python
+    vendors, if it has been built on this machine."""
+    import llama_cpp
+
+    path = (
+        ROOT / "bench" / ".llama-server" / f"build-{llama_cpp.__version__}" / "bin" / "llama-server"
+    )
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+@contextmanager
+def llama_server(binary: Path, model: Path, workdir: Path) -> Iterator[str]:
+    """llama-server on `model`, on 127.0.0.1 and a free port; stopped by its pid."""
+    from llm_router.engines.llamacpp import model_params
+
+    port = free_port()
+    repack = bool(model_params(None).use_extra_bufts)  # as our engine (llama.cpp#20824)
+    args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    args += ["-c", "2048", "-np", "1", "--jinja", "--no-warmup"]
+    args += [] if repack else ["--no-repack"]
+    log = workdir / f"llama-server-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_answers_are_llama_servers_when_it_is_built(
+    server: Server, models_dir: Path, tmp_path: Path, model: str
+) -> None:
+    """The same requests to llama-server built from the same llama.cpp source, if
+    bench/build_llama_server.sh has built it on this machine (else this test compares nothing;
+    test_tokens_are_llama_cpps always runs): the same tokens, pieces and text, the same names
+    in /props, and for SmolLM2 (whose file carries its template; Gemma's carries none, which
+    llama-server replaces by another) the same template and /apply-template prompt."""
+    binary = llama_server_binary()
+    if binary is None:
+        return
+    messages = [{"role": "system", "content": "Be brief."}, *QUESTION]
+    with llama_server(binary, next(models_dir.glob(f"{model}*.gguf")), tmp_path) as peer:
+        for text in TEXTS:
+            for add_special in (False, True):
+                for with_pieces in (False, True):
+                    body = {"content": text, "add_special": add_special, "with_pieces": with_pieces}
+                    ours = post(server, "/tokenize", {"model": model, **body})
+                    theirs = httpx.post(peer + "/tokenize", json=body, timeout=60).json()
+                    assert ours == theirs, body
+                ids = [p["id"] for p in ours["tokens"]]
+                mine = post(server, "/detokenize", {"model": model, "tokens": ids})
+                assert mine == httpx.post(peer + "/detokenize", json={"tokens": ids}).json()
+        props = httpx.get(peer + "/props").json()
+        ours_props = httpx.get(server.url + "/props", params={"model": model}).json()
+        assert set(ours_props) <= set(props)  # llama-server's names, nothing of our own
+        assert ours_props["bos_token"] == props["bos_token"]
+        assert ours_props["eos_token"] == props["eos_token"]
+        assert props["total_slots"] == 1 and ours_props["total_slots"] == 4  # as started
+        if model == SMOL:
+            assert ours_props["chat_template"] == props["chat_template"]
+            mine = post(server, "/apply-template", {"model": model, "messages": messages})
+            theirs = httpx.post(peer + "/apply-template", json={"messages": messages}).json()
+            assert mine == {"prompt": theirs["prompt"]}
+
+
+# -- apply-template ---------------------------------------------------------------------------
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"tools": [{"type": "function", "function": WEATHER}], "tool_choice": "required"},
+        {"functions": [WEATHER], "function_call": {"name": "get_weather"}},
+    ],
+    ids=["plain", "tools", "functions"],
+)
+def test_the_template_prompt_is_what_the_chat_evaluates(
+    server: Server, client: openai.OpenAI, model: str, extra: dict[str, Any]
+) -> None:
+    """Its tokens (with `add_special`, as llama-server's chat tokenizes it) are as many as the
+    chat's `usage.prompt_tokens`, for a conversation of several turns, with tools or without."""
+    messages = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi. How can I help?"},
+        *QUESTION,
+    ]
+    prompt = post(server, "/apply-template", {"model": model, "messages": messages, **extra})
+    assert prompt["prompt"].rstrip().endswith(("assistant", "Assistant:", "model"))
+    body = {"model": model, "content": prompt["prompt"], "add_special": True}
+    tokens = post(server, "/tokenize", body)["tokens"]
+    chat = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=1, temperature=0, **extra
+    )
+    assert chat.usage is not None and chat.usage.prompt_tokens == len(tokens)
+    if extra:
+        assert "get_weather" in prompt["prompt"]  # the tools are written into the prompt
+
+
+def test_the_template_prompt_has_the_configured_system_prompt(server: Server) -> None:
+    prompt = post(server, "/apply-template", {"model": SMOL, "messages": QUESTION})["prompt"]
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+# -- props ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_props_show_the_context_and_slots_models_reports(server: Server, model: str) -> None:
+    r = httpx.get(server.url + "/props", params={"model": model}, timeout=120)
+    assert r.status_code == 200, r.text
+    props = r.json()
+    runtime = server.models()[model]["runtime"]
+    assert props["default_generation_settings"]["n_ctx"] == runtime["context_size"] == 2048
+    assert props["total_slots"] == runtime["parallel"]
+    assert props["model_alias"] == model
+    assert props["modalities"]["vision"] is False
+    assert props["build_info"].startswith("llm-router ")
+    assert props["chat_template"] and props["bos_token"] and props["eos_token"]
+    assert "model_path" not in props and str(server.config_path.parent) not in r.text
+
+
+def test_props_without_a_model_are_the_routers(server: Server) -> None:
+    props = httpx.get(server.url + "/props", timeout=10).json()
+    assert props["role"] == "router" and props["models_autoload"] is True
+    assert props["build_info"].startswith("llm-router ")
+
+
+# -- legacy functions -------------------------------------------------------------------------
+
+
+def test_functions_are_answered_with_a_function_call(client: openai.OpenAI) -> None:
+    done = client.chat.completions.create(
+        model=SMOL,
+        messages=QUESTION,
+        functions=[WEATHER],
+        function_call={"name": "get_weather"},
+        temperature=0,
+        max_tokens=200,
+    )
+    validate("CreateChatCompletionResponse", done.model_dump(exclude_unset=True))
+    choice = done.choices[0]
+    assert choice.finish_reason == "function_call"
+    message = choice.message
+    assert message.tool_calls is None and message.content is None
+    assert message.function_call is not None and message.function_call.name == "get_weather"
+    jsonschema.validate(json.loads(message.function_call.arguments), WEATHER["parameters"])
+
+    name, arguments, finish = "", "", None
+    first: list[str] = []
+    for chunk in client.chat.completions.create(
+        model=SMOL,
+        messages=QUESTION,
+        functions=[WEATHER],
+        function_call={"name": "get_weather"},
+        temperature=0,
+        max_tokens=200,
+        stream=True,
+    ):
+        delta = chunk.choices[0].delta
+        assert not delta.tool_calls
+        if delta.function_call is not None:
+            first = first or [delta.function_call.name or ""]
+            name += delta.function_call.name or ""
+            arguments += delta.function_call.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert first == ["get_weather"] and name == "get_weather"  # the name first, once
+    assert finish == "function_call"
+    assert arguments == message.function_call.arguments
+
+
+def test_function_call_none_and_a_function_history(client: openai.OpenAI) -> None:
+    done = client.chat.completions.create(
+        model=SMOL,
+        messages=QUESTION,
+        functions=[WEATHER],
+        function_call="none",
+        temperature=0,
+        max_tokens=20,
+    )
+    assert done.choices[0].message.function_call is None and done.choices[0].message.content
+    history: list[Any] = [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"role": "function", "name": "get_weather", "content": "Sunny and 21 degrees."},
+    ]
+    answer = client.chat.completions.create(
+        model=SMOL, messages=history, functions=[WEATHER], temperature=0, max_tokens=40
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length", "function_call")
+
+
+# -- errors, in process -----------------------------------------------------------------------
+
+ROUTES = ("/tokenize", "/detokenize", "/apply-template")
+BODIES: dict[str, dict[str, Any]] = {
+    "/tokenize": {"content": "hello"},
+    "/detokenize": {"tokens": [104, 105]},
+    "/apply-template": {"messages": [{"role": "user", "content": "hi"}]},
+}
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on a fake model `chat` (alias `chatty`), a remote target `box` (never asked)
+    and a route `auto`."""
+    (chat,) = fake_models(tmp_path, chat={})
+    remote = ModelConfig(
+        id="box", provider="openai", base_url="http://127.0.0.1:9/v1", health_check_interval=0
+    )
+    async with app_client(
+        tmp_path,
+        models=[chat.model_copy(update={"aliases": ["chatty"]}), remote],
+        routes=[RouteConfig(name="auto", targets=["chat"])],
+    ) as c:
+        yield c
+
+
+def error(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    validate("ErrorResponse", r.json())
+    body: dict[str, Any] = r.json()["error"]
+    return body
+
+
+async def test_each_endpoint_answers_for_a_model_or_its_alias(app: httpx.AsyncClient) -> None:
+    for name in ("chat", "chatty"):
+        r = await app.post("/tokenize", json={"model": name, "content": "hi", "add_special": True})
+        assert r.json() == {"tokens": [256, 104, 105]}
+        r = await app.post("/detokenize", json={"model": name, "tokens": [256, 104, 105]})
+        assert r.json() == {"content": "<s>hi"}
+        r = await app.post("/apply-template", json={"model": name, **BODIES["/apply-template"]})
+        assert r.json() == {"prompt": "user: hi\nassistant:"}
+        r = await app.get("/props", params={"model": name})
+        assert r.json()["model_alias"] == "chat" and r.json()["total_slots"] == 4
+
+
+async def test_unknown_models_are_404(app: httpx.AsyncClient) -> None:
+    for path in ROUTES:
+        r = await app.post(path, json={"model": "nope", **BODIES[path]})
+        assert error(r, 404)["code"] == "model_not_found"
+    r = await app.get("/props", params={"model": "nope"})
+    assert error(r, 404)["param"] == "model"
+
+
+async def test_routes_and_remote_targets_are_400(app: httpx.AsyncClient) -> None:
+    for name, kind in (("auto", "a route"), ("box", "a remote target")):
+        for path in ROUTES:
+            r = await app.post(path, json={"model": name, **BODIES[path]})
+            err = error(r, 400)
+            assert err["param"] == "model" and kind in err["message"] and path in err["message"]
+        assert error(await app.get("/props", params={"model": name}), 400)["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/tokenize", {"content": "x"}, "model"),
+        ("/tokenize", {"model": "chat"}, "content"),
+        ("/tokenize", {"model": "chat", "content": 5}, "content"),
+        ("/tokenize", {"model": "chat", "content": "x" * 1_000_001}, "content"),
+        ("/tokenize", {"model": "chat", "content": "x", "add_special": "yes"}, "add_special"),
+        ("/tokenize", {"model": "chat", "content": "x", "with_pieces": 1}, "with_pieces"),
+        ("/detokenize", {"model": "chat"}, "tokens"),
+        ("/detokenize", {"model": "chat", "tokens": [-1]}, "tokens.0"),
+        ("/detokenize", {"model": "chat", "tokens": ["a"]}, "tokens.0"),
+        ("/detokenize", {"model": "chat", "tokens": [70000]}, "tokens"),  # not in its vocabulary
+        ("/apply-template", {"model": "chat"}, "messages"),
+        ("/apply-template", {"model": "chat", "messages": []}, "messages"),
+        ("/apply-template", {"model": "m" * 257, "messages": [{"role": "user"}]}, "model"),
+    ],
+)
+async def test_missing_and_wrong_fields_name_the_parameter(
+    app: httpx.AsyncClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    assert error(await app.post(path, json=body), 400)["param"] == param
+
+
+async def test_bad_legacy_function_requests_are_400s(app: httpx.AsyncClient) -> None:
+    chat = {"model": "chat", "messages": QUESTION}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"functions": [WEATHER], "function_call": {"name": "nope"}}, "function_call"),
+        ({"function_call": {"name": "get_weather"}}, "function_call"),
+        ({"functions": [WEATHER, WEATHER]}, "functions"),
+        (
+            {"functions": [WEATHER], "tools": [{"type": "function", "function": WEATHER}]},
+            "functions",
+        ),
+        ({"functions": [{**WEATHER, "name": "bad name!"}]}, "functions.0.name"),
+    ]
+    for extra, param in cases:
+        r = await app.post("/v1/chat/completions", json={**chat, **extra})
+        assert error(r, 400)["param"] == param, extra
