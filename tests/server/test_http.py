@@ -39,7 +39,7 @@ POSTS = (
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def inproc(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(tmp_path, max_body_bytes=4096) as c:
         yield c
 
@@ -51,8 +51,8 @@ def error(r: httpx.Response, status: int) -> dict[str, object]:
     return body
 
 
-async def test_a_chat_is_served_in_process(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/chat/completions", json=CHAT)
+async def test_a_chat_is_served_in_process(inproc: httpx.AsyncClient) -> None:
+    r = await inproc.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 200
     validate("CreateChatCompletionResponse", r.json())
     assert r.json()["choices"][0]["message"]["content"] == "hello from the"
@@ -60,8 +60,8 @@ async def test_a_chat_is_served_in_process(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("path", POSTS)
-async def test_malformed_json_is_400_on_every_route(client: httpx.AsyncClient, path: str) -> None:
-    r = await client.post(path, content=b'{"model": "x", "messages": [', headers=JSON)
+async def test_malformed_json_is_400_on_every_route(inproc: httpx.AsyncClient, path: str) -> None:
+    r = await inproc.post(path, content=b'{"model": "x", "messages": [', headers=JSON)
     assert "JSON" in str(error(r, 400)["message"])
 
 
@@ -80,30 +80,30 @@ async def test_malformed_json_is_400_on_every_route(client: httpx.AsyncClient, p
     ],
 )
 async def test_wrong_values_name_the_parameter(
-    client: httpx.AsyncClient, field: str, value: object
+    inproc: httpx.AsyncClient, field: str, value: object
 ) -> None:
     """Non-finite numbers (JSON's NaN and Infinity, which Python's json writes), sampling values
     that break the sampler (a repeat penalty of 1e-300 is 0 in C), model names past 256
     characters: each a 400 naming the field."""
     body = json.dumps({**CHAT, field: value}).encode()  # writes NaN and Infinity as Python does
-    r = await client.post("/v1/chat/completions", content=body, headers=JSON)
+    r = await inproc.post("/v1/chat/completions", content=body, headers=JSON)
     assert error(r, 400)["param"] == field
 
 
-async def test_missing_model_field(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/completions", json={"prompt": "x"})
+async def test_missing_model_field(inproc: httpx.AsyncClient) -> None:
+    r = await inproc.post("/v1/completions", json={"prompt": "x"})
     assert error(r, 400)["param"] == "model"
 
 
 @pytest.mark.parametrize("path", POSTS)
-async def test_body_over_limit_is_413_on_every_route(client: httpx.AsyncClient, path: str) -> None:
-    r = await client.post(path, content=b"x" * 8192, headers=JSON)
+async def test_body_over_limit_is_413_on_every_route(inproc: httpx.AsyncClient, path: str) -> None:
+    r = await inproc.post(path, content=b"x" * 8192, headers=JSON)
     assert "over the limit of 4096 bytes" in str(error(r, 413)["message"])
 
 
 @pytest.mark.parametrize("path", POSTS)
 async def test_chunked_body_over_limit_is_413_on_every_route(
-    client: httpx.AsyncClient, path: str
+    inproc: httpx.AsyncClient, path: str
 ) -> None:
     """A body without a Content-Length is counted as it arrives, on FastAPI's routes too."""
 
@@ -111,9 +111,9 @@ async def test_chunked_body_over_limit_is_413_on_every_route(
         for _ in range(8):
             yield b"x" * 1024
 
-    r = await client.post(path, content=chunks(), headers=JSON)
+    r = await inproc.post(path, content=chunks(), headers=JSON)
     assert "over the limit" in str(error(r, 413)["message"])
-    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    assert (await inproc.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
 @pytest.mark.parametrize("path", POSTS)
@@ -122,28 +122,28 @@ async def test_chunked_body_over_limit_is_413_on_every_route(
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
 )
 async def test_a_body_that_is_not_json_is_415(
-    client: httpx.AsyncClient, path: str, content_type: str | None
+    inproc: httpx.AsyncClient, path: str, content_type: str | None
 ) -> None:
     """The no-preflight POST any web page can send (a form, text/plain) is refused before it
     reaches a route, so a page cannot drive the server."""
     headers = {"content-type": content_type} if content_type else {}
-    r = await client.post(
+    r = await inproc.post(
         path, content=httpx.Request("POST", "/", json=CHAT).content, headers=headers
     )
     assert "must be JSON" in str(error(r, 415)["message"])
 
 
-async def test_json_with_a_charset_or_a_json_suffix_is_accepted(client: httpx.AsyncClient) -> None:
+async def test_json_with_a_charset_or_a_json_suffix_is_accepted(inproc: httpx.AsyncClient) -> None:
     body = httpx.Request("POST", "/", json=CHAT).content
     for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
-        r = await client.post(
+        r = await inproc.post(
             "/v1/chat/completions", content=body, headers={"content-type": content_type}
         )
         assert r.status_code == 200
 
 
 @pytest.mark.parametrize("host", ["evil.example", "attacker.test:8080", "localhost.evil.example"])
-async def test_a_foreign_host_is_421(client: httpx.AsyncClient, host: str) -> None:
+async def test_a_foreign_host_is_421(inproc: httpx.AsyncClient, host: str) -> None:
     """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads answers;
     the request carries its name as Host and is refused, on every route."""
     for method, path in (
@@ -151,7 +151,7 @@ async def test_a_foreign_host_is_421(client: httpx.AsyncClient, host: str) -> No
         ("GET", "/models"),
         ("POST", "/v1/chat/completions"),
     ):
-        r = await client.request(method, path, json=CHAT, headers={"host": host})
+        r = await inproc.request(method, path, json=CHAT, headers={"host": host})
         assert error(r, 421)["code"] == "host_not_allowed"
 
 
@@ -160,9 +160,9 @@ async def test_a_foreign_host_is_421(client: httpx.AsyncClient, host: str) -> No
     ["localhost", "localhost:8080", "127.0.0.1:9", "[::1]:8080", "10.1.2.3:8080", "LOCALHOST."],
 )
 async def test_loopback_names_and_addresses_are_served(
-    client: httpx.AsyncClient, host: str
+    inproc: httpx.AsyncClient, host: str
 ) -> None:
-    r = await client.post("/v1/chat/completions", json=CHAT, headers={"host": host})
+    r = await inproc.post("/v1/chat/completions", json=CHAT, headers={"host": host})
     assert r.status_code == 200
 
 
@@ -198,13 +198,13 @@ async def test_cors_is_an_explicit_allow_list(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in other.headers
 
 
-async def test_unknown_routes_and_methods_have_envelopes(client: httpx.AsyncClient) -> None:
-    error(await client.get("/v1/nothing-here"), 404)
-    error(await client.get("/v1/chat/completions"), 405)
+async def test_unknown_routes_and_methods_have_envelopes(inproc: httpx.AsyncClient) -> None:
+    error(await inproc.get("/v1/nothing-here"), 404)
+    error(await inproc.get("/v1/chat/completions"), 405)
 
 
-async def test_an_unknown_model_is_404(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"})
+async def test_an_unknown_model_is_404(inproc: httpx.AsyncClient) -> None:
+    r = await inproc.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"})
     assert error(r, 404)["code"] == "model_not_found"
 
 
@@ -255,8 +255,8 @@ async def test_middleware_added_to_the_app_runs_on_every_route(tmp_path: Path) -
         assert (await c.get("/nowhere")).headers.get("x-stamp") == "1"
 
 
-async def test_the_api_document_resolves_and_documents_errors(client: httpx.AsyncClient) -> None:
-    doc = (await client.get("/openapi.json")).json()
+async def test_the_api_document_resolves_and_documents_errors(inproc: httpx.AsyncClient) -> None:
+    doc = (await inproc.get("/openapi.json")).json()
     refs: set[str] = set()
 
     def walk(node: object) -> None:
@@ -282,13 +282,13 @@ async def test_the_api_document_resolves_and_documents_errors(client: httpx.Asyn
         assert "422" not in op["responses"] and "400" in op["responses"]
 
 
-async def test_client_chosen_names_never_become_metric_labels(client: httpx.AsyncClient) -> None:
+async def test_client_chosen_names_never_become_metric_labels(inproc: httpx.AsyncClient) -> None:
     """A loop of random model names must not grow /metrics (or the server's memory): requests
     for unknown models are counted under `unknown`."""
     for i in range(20):
-        r = await client.post("/v1/chat/completions", json={**CHAT, "model": f"no-such-{i}"})
+        r = await inproc.post("/v1/chat/completions", json={**CHAT, "model": f"no-such-{i}"})
         assert r.status_code == 404
-    metrics = (await client.get("/metrics")).text
+    metrics = (await inproc.get("/metrics")).text
     assert "no-such" not in metrics
     assert 'model="unknown"' in metrics
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Route
@@ -231,7 +232,16 @@ class ServerApp(FastAPI):
     def __init__(self, *args: Any, hot: Iterable[Route] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hot_routes = list(hot)
+        self._hot_paths = frozenset(r.path for r in self.hot_routes)
         self.router.routes.extend(self.hot_routes)  # listed and documented like any other
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self._hot_paths:
+            # FastAPI's own __call__ asks OpenTelemetry (3 environment lookups) on every
+            # request whether to trace it; the hot routes do not go through its tracing.
+            await Starlette.__call__(self, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
     def build_middleware_stack(self) -> ASGIApp:
         user, self.user_middleware = self.user_middleware, []
