@@ -89,14 +89,26 @@ async def test_tools_and_a_schema_through_the_python_api(router: Router) -> None
         },
     }
     done = await router.chat(
-        "Weather in Rome?", model=SMOL, tools=[tool], tool_choice="required", max_tokens=60
+        "Weather in Rome?",
+        model=SMOL,
+        tools=[tool],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=60,
     )
     (call,) = done.choices[0].message.model_dump()["tool_calls"]
     assert call["function"]["name"] == "get_weather"
     assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
-    answer = await router.quick("Pick a number.", model=SMOL, response_format=fmt, max_tokens=30)
+    answer = await router.quick(
+        "Pick a number.", model=SMOL, response_format=fmt, max_tokens=30, temperature=0
+    )
     assert isinstance(json.loads(answer)["n"], int)
 
 

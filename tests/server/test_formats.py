@@ -214,6 +214,7 @@ def test_structured_output_and_tool_calls_in_every_format(oai: openai.OpenAI) ->
                 "type": "object",
                 "properties": {"query": {"type": "string", "maxLength": 30}},
                 "required": ["query"],
+                "additionalProperties": False,
             },
         },
     }
@@ -233,7 +234,13 @@ def test_structured_output_and_tool_calls_in_every_format(oai: openai.OpenAI) ->
                 text = oai.chat.completions.create(**body).choices[0].message.content or ""
             jsonschema.validate(json.loads(text), schema)
         done = oai.chat.completions.create(
-            model=model, messages=QUESTION, tools=[tool], tool_choice="required", max_tokens=100
+            model=model,
+            messages=QUESTION,
+            tools=[tool],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=100,
         )
         (call,) = done.choices[0].message.tool_calls or []
         assert call.function.name == "lookup" and done.choices[0].finish_reason == "tool_calls"

@@ -177,11 +177,13 @@ def test_bad_schemas_are_400s_and_lenient_ones_are_read(client: openai.OpenAI) -
         "type": "object",
         "properties": {"id": {"type": "string", "format": "no-such-format", "maxLength": 8}},
         "required": ["id"],
+        "additionalProperties": False,
     }
     done = client.chat.completions.create(
         model=SMOL,
         messages=ask,
         max_tokens=60,
+        temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": lenient}},
     )
     jsonschema.validate(json.loads(done.choices[0].message.content or ""), lenient)
