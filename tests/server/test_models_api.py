@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from servers import GEMMA, SMOL, MakeClient, link_models, new_server
 
@@ -101,6 +102,39 @@ def test_aliases_and_no_autoload(tmp_path: Path, models_dir: Path, make_client: 
         out = client.completions.create(model="smol", prompt="Hi", max_tokens=2)
         assert out.model == SMOL
         assert srv.models()[SMOL]["aliases"] == ["smol"]
+    finally:
+        srv.stop()
+
+
+def test_openai_model_names_map_to_a_local_model(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
+    """The README's recipe for apps that hard-code OpenAI's names: aliases on a local model."""
+    srv = new_server(
+        tmp_path,
+        models_dir=str(models_dir),
+        models=[{"id": SMOL, "aliases": ["gpt-4o-mini", "gpt-4o"]}],
+    )
+    client = make_client(srv)
+    try:
+        done = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+            temperature=0,
+            max_tokens=12,
+        )
+        assert done.model == SMOL and "Paris" in (done.choices[0].message.content or "")
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True
+        )
+        assert {chunk.model for chunk in stream} == {SMOL}
+        with pytest.raises(openai.NotFoundError):  # only the names given, nothing guessed
+            client.chat.completions.create(
+                model="gpt-4.1", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
     finally:
         srv.stop()
 
