@@ -29,7 +29,10 @@ err = Console(stderr=True)
 T = TypeVar("T")
 log = logging.getLogger("llm_router")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-F", help="YAML or JSON config file (-c is llama-server's -c)."),
+]
 ModelsDirOpt = Annotated[Path | None, typer.Option("--models-dir", help="Directory of models.")]
 
 
@@ -50,18 +53,60 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     models_max: Annotated[int | None, typer.Option(help="Most models loaded at once.")] = None,
     memory_budget: Annotated[str | None, typer.Option(help="e.g. 8GiB or 75%.")] = None,
-    autoload: Annotated[bool | None, typer.Option("--autoload/--no-autoload")] = None,
+    autoload: Annotated[
+        bool | None,
+        typer.Option(
+            "--autoload/--no-autoload",
+            "--models-autoload/--no-models-autoload",
+            help="Load a model when a request names it (llama-server's names too).",
+        ),
+    ] = None,
+    ctx_size: Annotated[
+        int | None,
+        typer.Option("--ctx-size", "-c", help="llama-server's: context of all slots together."),
+    ] = None,
+    parallel: Annotated[
+        int | None, typer.Option("--parallel", "-np", help="Slots per model (llama-server's).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", help="CPU threads per model.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="Most tokens per decode step.")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Serve this one model file (llama-server's)."),
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", "-a", help="The name --model is served under.")
+    ] = None,
 ) -> None:
-    """Serve every model in the models directory over the OpenAI API."""
+    """Serve every model in the models directory over the OpenAI API. llama-server's router
+    flags mean what they mean there (README: "Coming from llama-server or Ollama")."""
+    from .compat import llama_overrides
+
+    llama = llama_overrides(
+        ctx_size=ctx_size,
+        parallel=parallel,
+        threads=threads,
+        batch_size=batch_size,
+        model=str(model) if model else None,
+        alias=alias,
+        models_dir=models_dir,
+    )
     settings = _settings(
         config,
-        host=host,
-        port=port,
-        models_dir=models_dir,
-        log_level=log_level,
-        models_max=models_max,
-        memory_budget=memory_budget,
-        autoload=autoload,
+        **{
+            **llama,
+            "host": host,
+            "port": port,
+            "log_level": log_level,
+            "models_max": models_max,
+            "memory_budget": memory_budget,
+            "autoload": autoload,
+            **({"models_dir": models_dir} if models_dir else {}),
+        },
     )
     setup_logging(settings.log_level)
     pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel

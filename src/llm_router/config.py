@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from .compat import foreign_env
 from .errors import ConfigError
 from .units import parse_bytes, parse_duration
 
@@ -322,10 +323,12 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> Settings:
-    """Build the settings: defaults < file < environment < `overrides` (the CLI flags).
+    """Build the settings: defaults < llama-server's and Ollama's variables (compat.py) < file
+    < LLM_ROUTER_* variables < `overrides` (the CLI flags).
 
     Raises ConfigError naming the key when the file is unreadable or a value is invalid."""
-    merged = _read_file(Path(path)) if path else {}
+    merged = foreign_env(os.environ if environ is None else environ)
+    _deep_merge(merged, _read_file(Path(path)) if path else {})
     _deep_merge(merged, _read_env(environ))
     _deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:

@@ -1,0 +1,136 @@
+"""llama-server's and Ollama's flags and variables, read as they mean there (compat.py), and
+where they stand against the config file, our own variables and the command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from llm_router.compat import foreign_env, llama_overrides
+from llm_router.config import load_config
+from llm_router.errors import ConfigError
+from servers import free_port
+
+
+def test_llama_servers_variables() -> None:
+    env = {
+        "LLAMA_ARG_CTX_SIZE": "8192",
+        "LLAMA_ARG_N_PARALLEL": "2",
+        "LLAMA_ARG_THREADS": "3",
+        "LLAMA_ARG_BATCH": "256",
+        "LLAMA_ARG_HOST": "127.0.0.2",
+        "LLAMA_ARG_PORT": "9001",
+        "LLAMA_ARG_MODELS_DIR": "/srv/models",
+        "LLAMA_ARG_MODELS_MAX": "3",
+        "LLAMA_ARG_MODELS_AUTOLOAD": "0",
+    }
+    s = load_config(environ=env)
+    assert (s.host, s.port, str(s.models_dir), s.models_max, s.autoload) == (
+        "127.0.0.2",
+        9001,
+        "/srv/models",
+        3,
+        False,
+    )
+    d = s.model_defaults
+    # -c is the context of all slots together: each of the 2 slots gets half
+    assert (d.context_size, d.parallel, d.threads, d.batch_size) == (4096, 2, 3, 256)
+
+
+def test_ollamas_variables() -> None:
+    env = {
+        "OLLAMA_MODELS": "/var/ollama",
+        "OLLAMA_KEEP_ALIVE": "10m",
+        "OLLAMA_MAX_LOADED_MODELS": "2",
+        "OLLAMA_NUM_PARALLEL": "6",
+        "OLLAMA_HOST": "127.0.0.1:11434",
+    }
+    s = load_config(environ=env)
+    assert (str(s.models_dir), s.keep_alive, s.models_max, s.port) == (
+        "/var/ollama",
+        "10m",
+        2,
+        11434,
+    )
+    assert s.model_defaults.parallel == 6 and s.host == "127.0.0.1"
+    for value, host, port in [
+        ("[::1]:8081", "::1", 8081),
+        ("localhost", "localhost", None),
+        ("http://127.0.0.1:7000", "127.0.0.1", 7000),
+    ]:
+        found = foreign_env({"OLLAMA_HOST": value})
+        assert (found["host"], found.get("port")) == (host, port and str(port))
+
+
+def test_precedence_file_then_our_variables_then_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models_max: 5\nport: 9100\nmodel_defaults: {threads: 1}\n")
+    env = {
+        "LLAMA_ARG_MODELS_MAX": "3",
+        "LLAMA_ARG_PORT": "9001",
+        "LLAMA_ARG_THREADS": "4",
+        "LLAMA_ARG_N_PARALLEL": "2",
+        "LLM_ROUTER_PORT": "9200",
+    }
+    s = load_config(cfg, {"models_max": 7}, environ=env)
+    assert s.models_max == 7  # the command line over everything
+    assert s.port == 9200  # LLM_ROUTER_* over the file and over LLAMA_ARG_*
+    assert s.model_defaults.threads == 1  # the file over LLAMA_ARG_*
+    assert s.model_defaults.parallel == 2  # what the file leaves out
+
+
+def test_a_bad_variable_names_itself() -> None:
+    with pytest.raises(ConfigError, match="LLAMA_ARG_CTX_SIZE"):
+        load_config(environ={"LLAMA_ARG_CTX_SIZE": "lots"})
+    with pytest.raises(ConfigError, match="models_max"):
+        load_config(environ={"OLLAMA_MAX_LOADED_MODELS": "many"})
+
+
+def test_one_model_flag_serves_that_file_alone() -> None:
+    out = llama_overrides(model="/m/chat.gguf", alias="chat", ctx_size=1000)
+    assert out["models"] == [{"id": "chat", "path": "/m/chat.gguf"}]
+    assert out["provision_default_models"] is False
+    assert Path(out["models_dir"]).is_dir() and not any(Path(out["models_dir"]).iterdir())
+    assert out["model_defaults"] == {"context_size": 250}  # 4 slots by default, as llama-server
+    assert "models_dir" not in llama_overrides(model="/m/x.gguf", models_dir="/m")
+
+
+@pytest.mark.real
+def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
+    """`llm-router serve -m FILE -a NAME -c 4096 -np 2 -t 2 --port N`, as a llama-server user
+    types it: that one model, under that name, 2 slots of 2048."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "OLLAMA_"))}
+    cmd = [sys.executable, "-m", "llm_router", "serve", "-m", str(smollm2_gguf), "-a", "chat"]
+    cmd += ["-c", "4096", "-np", "2", "-t", "2", "--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        try:
+            assert [m.id for m in client.models.list()] == ["chat"]
+            done = client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+            assert done.model == "chat" and done.choices[0].message.content
+        finally:
+            client.close()
+        runtime = httpx.get(url + "/models").json()["data"][0]["runtime"]
+        assert (runtime["context_size"], runtime["parallel"], runtime["threads"]) == (2048, 2, 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
