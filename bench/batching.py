@@ -28,6 +28,8 @@ from common import (
     llama_server,
     ours,
     pct,
+    peer_flags,
+    slot_defaults,
     stream_timing,
     workdir,
     write_result,
@@ -126,27 +128,15 @@ def main() -> None:
     repack = llama_repack_default()
     config = {
         "models_dir": str(models),
-        "model_defaults": {
-            "threads": args.threads,
-            "parallel": args.slots,
-            "context_size": args.ctx,
-            "repack": repack,
-        },
+        "model_defaults": slot_defaults(args.threads, args.slots, args.ctx, repack),
     }
     srv: Proc = ours(config, work)
     base = ours(config, work, src=args.baseline) if args.baseline else None
     peer_args = [
         "-m",
         str(models / f"{model}.gguf"),
-        "-t",
-        str(args.threads),
-        "-np",
-        str(args.slots),
-        "-c",
-        str(args.ctx * args.slots),
-        "--no-webui",
         "--jinja",
-        *([] if repack else ["--no-repack"]),
+        *peer_flags(args.threads, args.slots, args.ctx, repack=repack),
     ]
     peer: Proc | None = None
     rounds: dict[str, list[dict[str, Any]]] = {"llm-router": [], "llama-server": []}

@@ -100,6 +100,18 @@ def llama_repack_default() -> bool:
     return bool(model_params(None).use_extra_bufts)
 
 
+def peer_flags(threads: int, slots: int, ctx: int, *, repack: bool = True) -> list[str]:
+    """llama-server's flags for our `model_defaults` (`slot_defaults`): the same threads,
+    slots and context per slot (`-c` is all slots together there), the same weight layout."""
+    flags = ["-t", str(threads), "-np", str(slots), "-c", str(ctx * slots), "--no-webui"]
+    return flags if repack else [*flags, "--no-repack"]
+
+
+def slot_defaults(threads: int, slots: int, ctx: int, repack: bool) -> dict[str, Any]:
+    """Our `model_defaults` matching `peer_flags`."""
+    return {"threads": threads, "parallel": slots, "context_size": ctx, "repack": repack}
+
+
 def llama_server_binary() -> Path:
     out = subprocess.run(
         [str(ROOT / "bench" / "build_llama_server.sh"), sys.executable],

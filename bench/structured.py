@@ -16,6 +16,7 @@ a new schema pays it (later ones hit the model's cache).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -30,6 +31,8 @@ from common import (
     llama_server,
     ours,
     pct,
+    peer_flags,
+    slot_defaults,
     workdir,
     write_result,
 )
@@ -70,7 +73,7 @@ def compile_times() -> dict[str, dict[str, float]]:
     import llama_cpp as lc
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from json_schemas import SCHEMAS
+    from json_schemas import SCHEMAS  # type: ignore[import-not-found]
     from llm_router import defaults
     from llm_router.engines.constraints import Grammars
     from llm_router.engines.llamacpp_load import lltokenizer
@@ -87,7 +90,7 @@ def compile_times() -> dict[str, dict[str, float]]:
         n = lc.llama_vocab_n_tokens(vocab)
         eog = [t for t in range(n) if lc.llama_vocab_is_eog(vocab, t)]
         started = time.perf_counter()
-        grammars = Grammars(lambda v=vocab, e=eog: lltokenizer(v, e))
+        grammars = Grammars(functools.partial(lltokenizer, vocab, eog))
         _ = grammars.tokenizer
         tokenizer_s = time.perf_counter() - started
         times = []
@@ -119,26 +122,14 @@ def main() -> None:
     srv: Proc = ours(
         {
             "models_dir": str(models),
-            "model_defaults": {
-                "threads": args.threads,
-                "parallel": args.slots,
-                "context_size": args.ctx,
-                "repack": repack,
-            },
+            "model_defaults": slot_defaults(args.threads, args.slots, args.ctx, repack),
         },
         work,
     )
     peer_args = [
         "-m",
         str(models / f"{MODEL}.gguf"),
-        "-t",
-        str(args.threads),
-        "-np",
-        str(args.slots),
-        "-c",
-        str(args.ctx * args.slots),
-        "--no-webui",
-        *([] if repack else ["--no-repack"]),
+        *peer_flags(args.threads, args.slots, args.ctx, repack=repack),
     ]
     peer: Proc | None = None
     rounds: dict[str, list[dict[str, Any]]] = {

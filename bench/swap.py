@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import bundled_models, llama_server, ours, stream_timing, workdir, write_result
+from common import (
+    bundled_models,
+    llama_server,
+    ours,
+    peer_flags,
+    stream_timing,
+    workdir,
+    write_result,
+)
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
 GEMMA = "gemma-3-270m-q4_k_m"
@@ -133,13 +141,7 @@ def run_storm(work: Path, models: Path, threads: int, seconds: float) -> dict[st
             str(folder),
             "--models-max",
             "2",
-            "-t",
-            str(threads),
-            "-np",
-            "4",
-            "-c",
-            str(2048 * 4),
-            "--no-webui",
+            *peer_flags(threads, 4, 2048),
         ],
         work,
     )
@@ -191,13 +193,7 @@ def main() -> None:
             str(models),
             "--models-max",
             "1",
-            "-t",
-            str(args.threads),
-            "-np",
-            "4",
-            "-c",
-            str(2048 * 4),
-            "--no-webui",
+            *peer_flags(args.threads, 4, 2048),
         ],
         work,
     )

@@ -205,3 +205,20 @@ SCHEMAS: list[dict[str, Any]] = [
         }
     ),
 ]
+
+
+# A function the tool-calling tests offer (OpenAI's `function` object; wrap it as
+# {"type": "function", "function": WEATHER} for `tools`).
+WEATHER: dict[str, Any] = {
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}

@@ -26,6 +26,7 @@ import openai
 import pytest
 
 from inproc import app_client, fake_models
+from json_schemas import WEATHER
 from llm_router.config import ModelConfig, RouteConfig
 from openai_schema import validate
 from servers import GEMMA, SMOL, Server, free_port
@@ -233,20 +234,6 @@ def test_answers_are_llama_servers_when_it_is_built(
 
 
 # -- apply-template ---------------------------------------------------------------------------
-
-WEATHER = {
-    "name": "get_weather",
-    "description": "The current weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 40},
-            "unit": {"enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-}
 
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA])

@@ -16,6 +16,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from pydantic import BaseModel, Field
 
 from json_schemas import SCHEMAS
+from json_schemas import WEATHER as FUNCTION
 from servers import GEMMA, SMOL
 
 ASK = "Answer with an example that fits the requested format."
@@ -191,22 +192,7 @@ def test_bad_schemas_are_400s_and_lenient_ones_are_read(client: openai.OpenAI) -
 
 # -- tool calls ---------------------------------------------------------------------------------
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 40},
-                "unit": {"enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
+WEATHER = {"type": "function", "function": FUNCTION}
 TIME = {
     "type": "function",
     "function": {
