@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import llama_cpp as lc
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,8 +19,6 @@ from hypothesis import strategies as st
 from llm_router.engines.constraints import Grammars, bounded_numbers
 from llm_router.errors import BadRequest
 from llm_router.types import Constraint
-
-lc = pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")

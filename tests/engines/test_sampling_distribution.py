@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+import llama_cpp as lc
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,8 +16,6 @@ from hypothesis import strategies as st
 
 from llm_router.engines.sampling import Sampler, top_k
 from llm_router.types import SamplingParams
-
-lc = pytest.importorskip("llama_cpp")
 
 
 @settings(max_examples=200, deadline=None)

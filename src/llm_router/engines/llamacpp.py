@@ -8,7 +8,9 @@ The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python p
 
 Over the ~400-line guide on purpose: it is one concept, the decode loop and what feeds it
 (prompt, slots, batch, sampling, finishing), kept in one place because its per-token path is
-the hot path and reads best inline; its decisions are in slots.py and llamacpp_sampler.py."""
+the hot path and reads best inline; its decisions are in slots.py, llamacpp_sampler.py and
+constraints.py, and the Engine protocol's text operations (tokenize, pieces, template) are
+one-line delegations to llamacpp_load.py and chat_template.py."""
 
 from __future__ import annotations
 

@@ -16,10 +16,9 @@ from tokenizers import Tokenizer
 from ..errors import BadRequest, InvalidModelFile, ModelLoadFailed
 from ..formats.onnx import read_onnx_meta
 from ..types import ChatMessage, GenerationRequest
-from .base import EngineEvent, LoadSpec, check_token_ids, cpu_cores
-from .detok import decoded_pieces
+from .base import EngineEvent, LoadSpec, cpu_cores
 from .pooling import Pooling, embed_in_batches, read_pooling
-from .vocab import plain_tokens
+from .vocab import plain_pieces, plain_tokens
 
 __all__ = ["OnnxEmbeddingEngine"]
 
@@ -150,10 +149,7 @@ class OnnxEmbeddingEngine:
         return plain_tokens(self._tok, text, add_special=add_special, parse_special=parse_special)
 
     def token_pieces(self, tokens: list[int]) -> list[bytes]:
-        check_token_ids(tokens, self._tok.get_vocab_size())
-        return decoded_pieces(
-            lambda ids: str(self._tok.decode(ids, skip_special_tokens=False)), tokens
-        )
+        return plain_pieces(self._tok, tokens)
 
     def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
         raise BadRequest("this model makes embeddings and has no chat template", param="model")

@@ -20,12 +20,11 @@ from tokenizers import Tokenizer
 from ..errors import BadRequest, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
 from ..types import ChatMessage, GenerationRequest
-from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
+from .base import LoadSpec, cpu_cores, no_chat_template
 from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
-from .detok import decoded_pieces
 from .sequences import Events
 from .token_seqs import TokenSeq, TokenSequences
-from .vocab import plain_tokens
+from .vocab import plain_pieces, plain_tokens
 
 __all__ = ["OnnxGenaiEngine"]
 
@@ -161,10 +160,7 @@ class OnnxGenaiEngine:
         return plain_tokens(self._tok, text, add_special=add_special, parse_special=parse_special)
 
     def token_pieces(self, tokens: list[int]) -> list[bytes]:
-        check_token_ids(tokens, self._tok.get_vocab_size())
-        return decoded_pieces(
-            lambda ids: str(self._tok.decode(ids, skip_special_tokens=False)), tokens
-        )
+        return plain_pieces(self._tok, tokens)
 
     def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
         if self._template is None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["plain_tokens"]
+from .base import check_token_ids
+from .detok import decoded_pieces
+
+__all__ = ["plain_pieces", "plain_tokens"]
 
 
 def plain_tokens(tok: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -24,3 +27,10 @@ def plain_tokens(tok: Any, text: str, *, add_special: bool, parse_special: bool)
             tok.enable_truncation(**truncation)
         if padding:
             tok.enable_padding(**padding)
+
+
+def plain_pieces(tok: Any, tokens: list[int]) -> list[bytes]:
+    """Each token's share of the decoded text, special tokens written out (a 400 for an id
+    outside the vocabulary)."""
+    check_token_ids(tokens, tok.get_vocab_size())
+    return decoded_pieces(lambda ids: str(tok.decode(ids, skip_special_tokens=False)), tokens)

@@ -4,7 +4,10 @@ A name is a route (virtual model: strategy, fallbacks, A/B split), a remote targ
 model. The plan comes from the route's strategy (pure); the effects live here: breakers are
 asked before sending, stats are recorded, and on a retryable failure before the first token
 the next target is tried after a short backoff. Once a target has produced its first event the
-stream is committed to it: a token a client has seen is never taken back."""
+stream is committed to it: a token a client has seen is never taken back.
+
+Just over the ~400-line guide: one concept, the Dispatcher (resolve, plan, try in order,
+account), whose generation, embedding and local-only paths share the same resolution."""
 
 from __future__ import annotations
 

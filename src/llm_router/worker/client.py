@@ -3,7 +3,11 @@
 `Worker.start` spawns `python -m llm_router.worker` with one end of a socket pair and waits for
 it to report ready. One reader task dispatches the worker's messages to per-request queues;
 when the worker dies every in-flight request gets a WorkerDied error at once and `on_exit` is
-called, so nothing waits on a dead process."""
+called, so nothing waits on a dead process.
+
+Just over the ~400-line guide: one concept, the Worker handle (start, the reader, one method
+per operation of worker/protocol.py, stop); every one-answer operation goes through
+`_request`."""
 
 from __future__ import annotations
 
@@ -288,18 +292,7 @@ class Worker:
         """Embed `inputs` in one batch. Raises the engine's RouterError (BadRequest for a model
         that makes no embeddings), or WorkerDied when the process exits meanwhile. Cancelling
         only drops the answer: the worker finishes the batch (it cannot be interrupted)."""
-        if self.exited.is_set() or self.stopping:
-            raise WorkerDied("the model's worker is stopping; retry")
-        seq = next(self._ids)
-        answer: asyncio.Queue[WorkerEvent] = asyncio.Queue()
-        self._streams[seq] = answer
-        try:
-            self._send({"op": "embed", "id": seq, "inputs": inputs})
-            event = await answer.get()
-        finally:
-            self._streams.pop(seq, None)
-        if isinstance(event, RouterError):
-            raise event
+        event = await self._request({"op": "embed", "inputs": inputs})
         if not isinstance(event, Embeddings):
             raise WorkerDied("the worker answered an embedding request with text")
         return event
@@ -330,8 +323,16 @@ class Worker:
         return {str(k): str(v) for k, v in value.items()}
 
     async def _ask(self, message: dict[str, Any]) -> Any:
-        """Send a text operation and wait for its result. Raises the engine's RouterError, or
-        WorkerDied when the process exits meanwhile. Cancelling only drops the answer."""
+        """Send a text operation and return its result (see `_request`)."""
+        event = await self._request(message)
+        if not isinstance(event, Reply):
+            raise WorkerDied(f"the worker answered {message['op']} with something else")
+        return event.value
+
+    async def _request(self, message: dict[str, Any]) -> WorkerEvent:
+        """Send a one-answer operation (embed, a text operation) and wait for its answer.
+        Raises the engine's RouterError, or WorkerDied when the process exits meanwhile.
+        Cancelling only drops the answer: the worker finishes the operation."""
         if self.exited.is_set() or self.stopping:
             raise WorkerDied("the model's worker is stopping; retry")
         seq = next(self._ids)
@@ -344,9 +345,7 @@ class Worker:
             self._streams.pop(seq, None)
         if isinstance(event, RouterError):
             raise event
-        if not isinstance(event, Reply):
-            raise WorkerDied(f"the worker answered {message['op']} with something else")
-        return event.value
+        return event
 
     def rss(self) -> int | None:
         """The worker process's resident memory now, in bytes (None once it is gone)."""
