@@ -279,5 +279,13 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _register_commands() -> None:
+    """Command groups that live in modules of their own (each has `register(app)`)."""
+    # One import and one call per module: cli_keys, cli_models, ... (added as they land).
+
+
+_register_commands()
+
+
 def main() -> None:
     app()
