@@ -6,13 +6,23 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test lint install-run install-test clean
+.PHONY: run test lint install-run install-test system-packages clean
+# Debian packages the tests start for real (Redis, PostgreSQL; chromium, which Playwright
+# drives for the dashboard's tests), installed when missing.
+APT_PACKAGES := redis-server postgresql chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 run: $(VENV)/.run-installed
 	$(BIN)/llm-router serve $(ARGS)
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench scripts

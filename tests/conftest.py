@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,23 @@ import pytest
 
 from llm_router import defaults
 from servers import MakeClient, Server, link_models
+
+# Real Redis and PostgreSQL (tests/services.py): fixtures `redis_url`, `postgres_url`.
+pytest_plugins = ["services"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every server, CLI and app the tests start keeps its state (API keys, usage) under a
+    temporary XDG_DATA_HOME, never in the user's own ~/.local/share/llm-router: a key made
+    there by a test would turn auth on for every server after it."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
 
 
 @pytest.fixture(scope="session")

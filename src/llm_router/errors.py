@@ -4,6 +4,7 @@ OpenAI error `type`/`code` in one table. Errors are classified by class, never b
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "BadRequest",
     "ConfigError",
     "ContextLengthExceeded",
@@ -16,7 +17,10 @@ __all__ = [
     "ModelNotFound",
     "ModelNotLoaded",
     "OutputExists",
+    "PermissionDenied",
     "QueueFull",
+    "QuotaExceeded",
+    "RateLimited",
     "RouterError",
     "ServerBusy",
     "UpstreamError",
@@ -92,6 +96,25 @@ class QueueFull(RouterError):
 
 class ServerBusy(QueueFull):
     """The server as a whole is over its queue limit, or a request waited past its deadline."""
+
+
+class RateLimited(QueueFull):
+    """An API key went over one of its limits (requests or tokens per minute, requests at once)."""
+
+
+class QuotaExceeded(RateLimited):
+    """An API key spent its budget for the period; `retry_after` is when the period ends."""
+
+
+# -- the gateway (API keys) ---------------------------------------------------------------
+
+
+class AuthenticationFailed(RouterError):
+    """No API key, an unknown one, a revoked one or an expired one."""
+
+
+class PermissionDenied(RouterError):
+    """The API key is valid but lacks the scope this operation needs."""
 
 
 class UpstreamUnavailable(EngineError):

@@ -19,11 +19,21 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.real]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models = tmp_path / "models"
     defaults.provision(models)
+    # Keys on, with the master key: every operation is reached (admin ones too), and keys the
+    # fuzzer creates cannot lock it out of the rest.
+    master = "sk-llmr-schemathesis-master"
+    monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", master)
     # Answers capped at 16 tokens: the fuzzer asks for thousands, which would only be slow.
-    srv = new_server(tmp_path, models_dir=str(models), max_tokens_limit=16, watch_interval=0)
+    srv = new_server(
+        tmp_path,
+        models_dir=str(models),
+        max_tokens_limit=16,
+        watch_interval=0,
+        data_dir=str(tmp_path / "data"),
+    )
     try:
         run = subprocess.run(
             [
@@ -34,6 +44,11 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 srv.url + "/openapi.json",
                 "--checks",
                 "all",
+                # DELETE /admin/keys/{name} revokes the key: it stays listed, `status: revoked`,
+                # so its usage and the audit log still name it (a deleted name could be made
+                # again and mix two keys' history): not a resource that disappears.
+                "--exclude-checks",
+                "use_after_free",
                 "--max-examples",
                 "15",
                 "--seed",
@@ -45,6 +60,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 "/models/events",
                 "--generation-database",
                 "none",
+                "-H",
+                f"Authorization: Bearer {master}",
             ],
             cwd=ROOT,
             capture_output=True,

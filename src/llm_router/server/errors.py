@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from .. import errors as e
 
@@ -29,6 +30,10 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     e.QueueFull: (429, "rate_limit_error", "rate_limit_exceeded"),
     e.ServerBusy: (503, "server_error", "server_busy"),
+    e.RateLimited: (429, "rate_limit_error", "rate_limit_exceeded"),
+    e.QuotaExceeded: (429, "insufficient_quota", "insufficient_quota"),
+    e.AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),
+    e.PermissionDenied: (403, "invalid_request_error", "insufficient_permissions"),
     e.InsufficientMemory: (507, "server_error", "insufficient_memory"),
     e.ModelLoadFailed: (500, "server_error", "model_load_failed"),
     e.InvalidModelFile: (500, "server_error", "invalid_model_file"),
@@ -120,11 +125,25 @@ async def _on_validation(_: Request, exc: Exception) -> Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-async def _on_http(_: Request, exc: Exception) -> Response:
+async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
     body = envelope(str(exc.detail), type_, code=_HTTP_CODES.get(exc.status_code))
-    return JSONResponse(body, exc.status_code, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed(request))
+    return JSONResponse(body, exc.status_code, headers or None)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette names only the first route's,
+    where a path has one route per method (GET and POST /admin/keys)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": ""})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _on_client_gone(_: Request, exc: Exception) -> Response:

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ..gateway.keys import required_scope
 from ..protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -53,15 +54,17 @@ HOT = (
 _ERRORS = {
     400: "Invalid request: malformed JSON, a value out of range (the envelope's `param` names "
     "it), a prompt longer than the context, a model that cannot do this",
-    404: "No model, alias or route by that name",
+    401: "No API key, or one that is unknown, revoked or expired (when keys are on)",
+    403: "The API key lacks the scope this route needs",
+    404: "No model, alias or route (or API key, on /admin/keys) by that name",
     413: "Request body over `max_body_bytes`",
     415: "Request body that is not JSON (`Content-Type: application/json`)",
     421: "Host header not served here (`allowed_hosts`)",
     429: "Too many requests waiting for this model; retry after `Retry-After` seconds",
     500: "Server error: a model failed to load, an engine failed",
     502: "The remote target answered with an error",
-    503: "The server is full, a request waited too long, or a worker or remote target went "
-    "away; retry after `Retry-After` seconds",
+    503: "The server is full or draining (SIGTERM), a request waited too long, or a worker or "
+    "remote target went away; retry after `Retry-After` seconds",
     507: "The model can never fit in the memory budget",
 }
 _EVERY = (400, 421, 500)
@@ -140,11 +143,14 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     responses = operation.setdefault("responses", {})
     responses.pop("422", None)  # invalid values are 400s here, as OpenAI's
     statuses = list(_EVERY)
+    statuses.append(503)  # a draining server refuses every new request
+    if required_scope(method.upper(), path) is not None:
+        statuses += (401, 403)
     if method == "post":
         statuses += _WITH_BODY
     if (path.startswith("/v1/") and method == "post") or path in ("/models/load", *_LLAMA):
         statuses += _MODELS
-    if path == "/models/unload":
+    if path in ("/models/unload", "/admin/keys/{name}"):
         statuses.append(404)
     for status in sorted(set(statuses)):
         entry: dict[str, Any] = {

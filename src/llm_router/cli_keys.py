@@ -1,0 +1,218 @@
+"""`llm-router keys create|ls|show|revoke` and `llm-router usage`: the gateway's state, read and
+written in its database (the config's `data_dir` or `database_url`) directly, whether or not a
+server runs. A running server sees a new or revoked key within `gateway.refresh_interval`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import Settings, load_config
+from .errors import ConfigError, RouterError
+
+if TYPE_CHECKING:
+    from .gateway.store import Store
+
+__all__ = ["register"]
+
+T = TypeVar("T")
+err = Console(stderr=True)
+keys_app = typer.Typer(help="API keys: create, list, show, revoke.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-F", help="YAML or JSON config file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the database (migrated to the current schema), do `work`, close it."""
+    from .gateway.store import Store
+
+    async def main() -> T:
+        store = Store.for_settings(settings)
+        try:
+            await store.migrate()
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except (RouterError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="A name for the key (letters, digits, _.@:-).")],
+    config: ConfigOpt = None,
+    scopes: Annotated[str, typer.Option(help="inference, read, admin; comma-separated.")] = (
+        "inference,read"
+    ),
+    models: Annotated[str | None, typer.Option(help="Models it may use, comma-separated.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="Requests at once.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Spend allowed per period.")] = None,
+    period: Annotated[str, typer.Option(help="Budget period: day or month.")] = "month",
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h.")] = None,
+) -> None:
+    """Create a key. The key itself is printed once, alone on the last line."""
+    from pydantic import ValidationError
+
+    from .gateway.keys import KeySpec, make_key
+
+    try:
+        spec = KeySpec(
+            name=name,
+            scopes=_split(scopes) or [],
+            models=_split(models),
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            budget=budget,
+            period=period,
+            expires=expires,
+        )
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err.print(f"[red]error:[/red] {why}", highlight=False)
+        raise typer.Exit(2) from None
+    secret, key = make_key(spec)
+
+    async def work(store: Store) -> None:
+        await store.add_key(key)
+        await store.add_audit("cli", "key.created", key.name, {"scopes": sorted(key.scopes)})
+
+    _run(_settings(config), work)
+    err.print(f"created key {key.name!r} ({', '.join(sorted(key.scopes))}); it is shown only once:")
+    print(secret)
+
+
+@keys_app.command("ls")
+def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List the keys (never their secrets)."""
+    rows = [k.public() for k in _run(_settings(config), lambda s: s.keys())]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "key", "scopes", "models", "rpm", "tpm", "budget", "expires", "status")
+    for r in rows:
+        table.add_row(
+            str(r["name"]),
+            str(r["key_hint"]),
+            ",".join(r["scopes"]),  # type: ignore[arg-type]
+            ",".join(r["models"]) if r["models"] else "any",  # type: ignore[arg-type]
+            _opt(r["rpm"]),
+            _opt(r["tpm"]),
+            f"{r['budget']}/{r['period']}" if r["budget"] is not None else "-",
+            _when(r["expires_at"]),
+            str(r["status"]),
+        )
+    Console(width=200).print(table)
+
+
+@keys_app.command("show")
+def show(name: str, config: ConfigOpt = None) -> None:
+    """One key's settings, as JSON."""
+    key = _run(_settings(config), lambda s: s.key(name))
+    if key is None:
+        err.print(f"[red]error:[/red] no key named {name!r}", highlight=False)
+        raise typer.Exit(1)
+    print(json.dumps(key.public(), indent=2))
+
+
+@keys_app.command("revoke")
+def revoke(name: str, config: ConfigOpt = None) -> None:
+    """Revoke a key: servers refuse it within a second."""
+
+    async def work(store: Store) -> bool:
+        done = await store.revoke(name)
+        if done:
+            await store.add_audit("cli", "key.revoked", name, {})
+        return done or await store.key(name) is not None
+
+    if not _run(_settings(config), work):
+        err.print(f"[red]error:[/red] no key named {name!r}", highlight=False)
+        raise typer.Exit(1)
+    print(f"revoked {name}")
+
+
+def usage(
+    config: ConfigOpt = None,
+    start: Annotated[str | None, typer.Option(help="ISO date or Unix time; default 30d ago.")] = (
+        None
+    ),
+    end: Annotated[str | None, typer.Option(help="ISO date or Unix time; default now.")] = None,
+    group_by: Annotated[str, typer.Option(help="key, model, target, route, day.")] = (
+        "key,model,target,day"
+    ),
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Requests, tokens and spend per key, model, target and day (as GET /admin/usage)."""
+    from .gateway.usage import COLUMNS, GROUPS, parse_range
+    from .server.routes_admin import to_csv
+
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    if any(g not in GROUPS for g in groups):
+        err.print(f"[red]error:[/red] --group-by takes {', '.join(GROUPS)}", highlight=False)
+        raise typer.Exit(2)
+    try:
+        begin, finish = parse_range(start, end, time.time())
+    except RouterError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    rows = _run(_settings(config), lambda s: s.usage(begin, finish, groups))
+    if csv_out:
+        sys.stdout.write(to_csv(rows, groups))
+        return
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(*groups, *COLUMNS)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in (*groups, *COLUMNS)))
+    Console(width=220).print(table)
+
+
+def _opt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _when(value: Any) -> str:
+    if value is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(value)))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.command("usage")(usage)

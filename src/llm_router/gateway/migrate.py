@@ -1,0 +1,65 @@
+"""Alembic migrations of the gateway's schema, run at start-up (and by the CLI) without an
+`alembic.ini`: the revisions live in gateway/migrations/versions.
+
+Several routers may start at once on one database: on PostgreSQL an advisory lock, on SQLite a
+lock file beside the database, makes them migrate one after the other (the later ones find the
+schema current and do nothing)."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+__all__ = ["MIGRATIONS", "upgrade"]
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_ID = 0x6C6C6D72  # "llmr"
+
+
+@contextmanager
+def _locked(conn: Connection) -> Iterator[None]:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
+            conn.commit()
+        return
+    database = conn.engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(Path(database).with_suffix(".migrate.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def upgrade(conn: Connection) -> None:
+    """Run every migration the database has not had yet (blocks: call through `run_sync`)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    script = ScriptDirectory.from_config(config)
+
+    def steps(revision: Any, _context: Any) -> Any:
+        return script._upgrade_revs("head", revision)
+
+    with _locked(conn):
+        with EnvironmentContext(config, script, fn=steps, destination_rev="head") as env:
+            env.configure(connection=conn)
+            with env.begin_transaction():
+                env.run_migrations()
+        conn.commit()

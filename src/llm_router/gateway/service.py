@@ -1,0 +1,292 @@
+"""The gateway as the server holds it: the keys in memory, the limits, the usage gathered in
+memory, and one background task that keeps them in step with the database.
+
+The request path never waits on the database: `authenticate` is a dictionary lookup, budgets
+are checked against spend held in memory, usage is appended to a list. Every
+`refresh_interval` the task writes the gathered usage (when `flush_interval` has passed),
+re-reads the keys (so a key revoked by another router or by the CLI stops working within about
+a second) and each budgeted key's spend. `close` writes what is left: a SIGTERM loses nothing,
+a crash loses at most one flush interval of usage.
+
+With `auth: auto`, no key and no master key, the gateway is off (the server serves loopback
+clients only) and no database is opened; the task only watches for the SQLite file, so a key
+made with `llm-router keys create` turns it on while the server runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Settings
+from ..errors import AuthenticationFailed, ConfigError, QuotaExceeded, RouterError
+from .keys import MASTER_ENV, ApiKey, KeySpec, hash_key, make_key, master_key, period_end
+from .keys import period_start as _period_start
+from .limits import Limiter
+from .store import Store, database_url, sqlite_path
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "ts",
+    "key_name",
+    "model",
+    "target",
+    "route",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost",
+    "status",
+    "latency",
+    "ttft",
+)
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+Cost = Callable[[str, int, int], float]  # (target, prompt tokens, completion tokens) -> spend
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        environ: dict[str, str] | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.settings = settings
+        self.mode = settings.auth
+        self.url = database_url(settings)
+        self.master = master_key(env[MASTER_ENV]) if env.get(MASTER_ENV) else None
+        self.limiter = Limiter(settings.gateway, settings.redis_url)
+        prices = {m.id: m.cost for m in settings.models}
+        self.cost: Cost = cost or (
+            lambda target, p, c: prices[target].spend(p, c) if target in prices else 0.0
+        )
+        self.keys: dict[str, ApiKey] = {}  # by hash, the revoked and expired ones too
+        self.store: Store | None = None
+        self.active = self.mode == "on" or (self.mode == "auto" and self.master is not None)
+        # Rows as tuples of numbers and strings: the garbage collector does not track them,
+        # so thousands waiting for the next flush cost its collections nothing.
+        self._pending: list[tuple[Any, ...]] = []
+        self._spent_db: dict[str, float] = {}
+        self._spent_flushing: dict[str, float] = {}
+        self._spent_local: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_flush = time.monotonic()
+
+    # -- life ---------------------------------------------------------------------------------
+
+    def needs_store(self) -> bool:
+        """Whether there is state to read: a database named, the SQLite file present, or a
+        mode that records usage."""
+        if self.mode == "off":
+            return False
+        path = sqlite_path(self.url)
+        return self.active or path is None or path.exists()
+
+    async def start(self, host: str | None = None) -> None:
+        """Open the database (if there is state) and start the refresh task; with `host`,
+        refuse (ConfigError) to serve it openly (see `check_bind`)."""
+        if self.needs_store():
+            await self._open()
+        if host is not None:
+            try:
+                self.check_bind(host)
+            except ConfigError:
+                await self.close()
+                raise
+        if self.mode != "off":
+            self._task = asyncio.create_task(self._loop(), name="gateway-refresh")
+
+    def check_bind(self, host: str) -> None:
+        """Refuse to listen beyond this machine with nobody's key required (`auth: auto` and
+        no key yet): raises ConfigError, after saying why in the log."""
+        if self.mode == "auto" and not self.active and host not in _LOOPBACK:
+            message = (
+                f"refusing to listen on {host}: no API key exists, so anyone who reaches the "
+                "port could do anything. Create a key (`llm-router keys create NAME`), set "
+                f"{MASTER_ENV}, or set `auth: off` to serve without keys."
+            )
+            log.error(message)
+            raise ConfigError(message)
+
+    async def _open(self) -> None:
+        self.store = Store(self.url)
+        await self.store.migrate()
+        await self.refresh()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.store is not None:
+            try:
+                await self.flush()
+            finally:
+                await self.store.close()
+        await self.limiter.close()
+
+    async def _loop(self) -> None:
+        interval = self.settings.gateway.refresh_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.store is None:
+                    if self.needs_store():
+                        await self._open()
+                    continue
+                if time.monotonic() - self._last_flush >= self.settings.gateway.flush_interval:
+                    await self.flush()
+                await self.refresh()
+            except Exception:  # the database may be down for a while: keep what we have
+                log.exception("gateway: could not refresh from the database")
+
+    async def refresh(self) -> None:
+        """Re-read the keys and the spend of keys with a budget."""
+        assert self.store is not None
+        records = await self.store.keys()
+        self.keys = {k.hash: k for k in records}
+        if self.mode == "auto":
+            self.active = self.master is not None or bool(records)
+        since = {k.name: _period_start(k.period) for k in records if k.budget is not None}
+        spent = await self.store.spend_since(since)
+        self._spent_db, self._spent_flushing = spent, {}
+
+    async def flush(self) -> None:
+        """Write the usage gathered since the last flush (one batch, one transaction)."""
+        if self.store is None:
+            return
+        rows, self._pending = self._pending, []
+        self._spent_flushing, self._spent_local = self._spent_local, {}
+        self._last_flush = time.monotonic()
+        try:
+            await self.store.add_requests([dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+        except Exception:
+            self._pending[:0] = rows  # tried again at the next flush
+            for name, cost in self._spent_flushing.items():
+                self._spent_local[name] = self._spent_local.get(name, 0.0) + cost
+            self._spent_flushing = {}
+            raise
+
+    # -- the request path (no database) -------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> ApiKey:
+        if not token:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)"
+            )
+        digest = hash_key(token)
+        if self.master is not None and digest == self.master.hash:
+            return self.master
+        key = self.keys.get(digest)
+        shown = token[:12] + "..." if len(token) > 12 else "***"
+        if key is None:
+            raise AuthenticationFailed(f"Incorrect API key provided: {shown}")
+        if key.revoked_at is not None:
+            raise AuthenticationFailed(f"The API key {shown} ('{key.name}') has been revoked")
+        if key.expired():
+            raise AuthenticationFailed(f"The API key {shown} ('{key.name}') has expired")
+        return key
+
+    def spent(self, name: str) -> float:
+        return (
+            self._spent_db.get(name, 0.0)
+            + self._spent_flushing.get(name, 0.0)
+            + self._spent_local.get(name, 0.0)
+        )
+
+    def check_budget(self, key: ApiKey) -> None:
+        if key.budget is not None and self.spent(key.name) >= key.budget:
+            now = time.time()
+            raise QuotaExceeded(
+                f"Key '{key.name}' has spent its budget of {key.budget} for this "
+                f"{key.period}; it renews at the start of the next {key.period} (UTC)",
+                retry_after=max(1.0, period_end(key.period, now) - now),
+            )
+
+    def record(
+        self,
+        key: ApiKey,
+        *,
+        model: str,
+        target: str,
+        route: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        status: int,
+        latency: float,
+        ttft: float | None,
+    ) -> float:
+        """Keep one request's usage for the next flush; returns its cost."""
+        cost = self.cost(target, prompt_tokens, completion_tokens) if target else 0.0
+        if cost:
+            self._spent_local[key.name] = self._spent_local.get(key.name, 0.0) + cost
+        self._pending.append(
+            (
+                time.time(),
+                key.name,
+                model[:256],
+                target,
+                route[:128],
+                prompt_tokens,
+                completion_tokens,
+                cached_tokens,
+                cost,
+                status,
+                latency,
+                ttft,
+            )
+        )
+        return cost
+
+    # -- administration -----------------------------------------------------------------------
+
+    def _need_store(self) -> Store:
+        if self.store is None:
+            raise RouterError("the gateway's database is not open (auth: off)")
+        return self.store
+
+    async def ensure_store(self) -> Store:
+        if self.store is None:
+            if self.mode == "off":
+                return self._need_store()
+            await self._open()
+        return self._need_store()
+
+    async def create_key(self, spec: KeySpec, actor: str | None) -> tuple[str, ApiKey]:
+        store = await self.ensure_store()
+        secret, key = make_key(spec)
+        await store.add_key(key)
+        await store.add_audit(actor, "key.created", key.name, _audit_detail(key))
+        self.keys[key.hash] = key
+        if self.mode == "auto":
+            self.active = True
+        return secret, key
+
+    async def revoke_key(self, name: str, actor: str | None) -> bool:
+        store = await self.ensure_store()
+        done = await store.revoke(name)
+        if done:
+            await store.add_audit(actor, "key.revoked", name, {})
+            await self.refresh()
+        return done
+
+    async def audit(self, actor: str | None, action: str, subject: str, **detail: Any) -> None:
+        if self.store is not None:
+            await self.store.add_audit(actor, action, subject, detail)
+
+
+def _audit_detail(key: ApiKey) -> dict[str, Any]:
+    detail = key.public()
+    for name in ("key_hint", "status", "revoked_at"):
+        detail.pop(name, None)
+    return detail

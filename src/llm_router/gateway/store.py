@@ -1,0 +1,316 @@
+"""The gateway's state in a database: keys, the usage of every request, the audit log.
+
+One code path through SQLAlchemy 2's async engine: SQLite (aiosqlite) in the data directory
+by default, PostgreSQL (asyncpg) when `database_url` says so. The schema is Alembic's
+(gateway/migrations), brought up to date by `migrate()` at start-up, under a lock so that
+several routers starting at once on one database migrate it once.
+
+Nothing here runs on a request's path: the server reads keys into memory (gateway/service.py)
+and writes usage in batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ..config import Settings
+from ..errors import BadRequest, ConfigError
+from .keys import ApiKey
+
+__all__ = ["Store", "database_url", "default_data_dir", "metadata"]
+
+metadata = MetaData()
+
+keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("hint", String(32), nullable=False),
+    Column("scopes", String(64), nullable=False),
+    Column("models", Text, nullable=True),  # JSON list, or NULL: any model
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("max_concurrent", Integer, nullable=True),
+    Column("budget", Float, nullable=True),
+    Column("period", String(8), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("key_name", String(128), nullable=True),
+    Column("model", String(256), nullable=False),  # what the client asked for
+    Column("target", String(256), nullable=False),  # what served it ('' if nothing did)
+    Column("route", String(128), nullable=False),  # the HTTP path
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("latency", Float, nullable=False),
+    Column("ttft", Float, nullable=True),
+    Index("ix_requests_ts", "ts"),
+    Index("ix_requests_key_ts", "key_name", "ts"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(128), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(256), nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_audit_ts", "ts"),
+)
+
+DB_FILE = "llm-router.db"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llm-router"
+
+
+def database_url(settings: Settings) -> str:
+    """The async SQLAlchemy URL of the state database."""
+    url = settings.database_url
+    if url is None:
+        data_dir = settings.data_dir or default_data_dir()
+        return f"sqlite+aiosqlite:///{data_dir.expanduser().resolve() / DB_FILE}"
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise ConfigError(f"database_url: {url!r} is neither postgresql://... nor sqlite://...")
+
+
+def sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite+aiosqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+
+
+def _row_key(row: Any) -> ApiKey:
+    return ApiKey(
+        name=row.name,
+        hash=row.key_hash,
+        scopes=frozenset(row.scopes.split(",")),
+        models=frozenset(json.loads(row.models)) if row.models is not None else None,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        max_concurrent=row.max_concurrent,
+        budget=row.budget,
+        period=row.period,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        hint=row.hint,
+    )
+
+
+class Store:
+    """The database behind the gateway. Every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=path is None)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Store:
+        return cls(database_url(settings))
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from .migrate import upgrade
+
+        async with self.engine.connect() as conn:
+            await conn.run_sync(upgrade)
+            await conn.commit()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    async def add_key(self, key: ApiKey) -> None:
+        async with self.engine.begin() as conn:
+            found = await conn.execute(select(keys.c.id).where(keys.c.name == key.name))
+            if found.first() is not None:
+                raise BadRequest(f"a key named {key.name!r} exists already", param="name")
+            await conn.execute(
+                insert(keys).values(
+                    name=key.name,
+                    key_hash=key.hash,
+                    hint=key.hint,
+                    scopes=",".join(sorted(key.scopes)),
+                    models=json.dumps(sorted(key.models)) if key.models is not None else None,
+                    rpm=key.rpm,
+                    tpm=key.tpm,
+                    max_concurrent=key.max_concurrent,
+                    budget=key.budget,
+                    period=key.period,
+                    created_at=key.created_at,
+                    expires_at=key.expires_at,
+                    revoked_at=None,
+                )
+            )
+
+    async def keys(self) -> list[ApiKey]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(keys).order_by(keys.c.name))
+            return [_row_key(r) for r in rows]
+
+    async def key(self, name: str) -> ApiKey | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(keys).where(keys.c.name == name))).first()
+            return _row_key(row) if row is not None else None
+
+    async def revoke(self, name: str, now: float | None = None) -> bool:
+        """Mark the key revoked; False if there is no such key (or it was revoked already)."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(keys)
+                .where(keys.c.name == name, keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time() if now is None else now)
+            )
+            return bool(done.rowcount)
+
+    async def delete_key(self, name: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(keys).where(keys.c.name == name))
+
+    # -- usage --------------------------------------------------------------------------------
+
+    async def add_requests(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(requests), list(rows))
+
+    async def spend_since(self, since: dict[str, float]) -> dict[str, float]:
+        """Each key's spend from its own start time (its budget period): {key name: cost}."""
+        by_start: dict[float, list[str]] = {}
+        for name, start in since.items():
+            by_start.setdefault(start, []).append(name)
+        spent: dict[str, float] = {}
+        async with self.engine.connect() as conn:
+            for start, names in by_start.items():
+                rows = await conn.execute(
+                    select(requests.c.key_name, func.sum(requests.c.cost))
+                    .where(requests.c.ts >= start, requests.c.key_name.in_(names))
+                    .group_by(requests.c.key_name)
+                )
+                spent.update({name: float(cost or 0) for name, cost in rows})
+        return spent
+
+    async def usage(
+        self, start: float, end: float, group_by: Iterable[str] = ("key", "model", "target", "day")
+    ) -> list[dict[str, Any]]:
+        """Usage in [start, end) summed per group: requests, tokens, cost, errors, latency."""
+        columns = {
+            "key": requests.c.key_name.label("key"),
+            "model": requests.c.model,
+            "target": requests.c.target,
+            "route": requests.c.route,
+            "day": func.floor(requests.c.ts / 86400).label("day"),
+        }
+        groups = [columns[g] for g in group_by]
+        query = (
+            select(*groups)
+            .add_columns(
+                func.count().label("requests"),
+                func.sum(requests.c.prompt_tokens).label("prompt_tokens"),
+                func.sum(requests.c.completion_tokens).label("completion_tokens"),
+                func.sum(requests.c.cached_tokens).label("cached_tokens"),
+                func.sum(requests.c.cost).label("cost"),
+                func.sum((requests.c.status >= 400).cast(Integer)).label("errors"),
+                func.avg(requests.c.latency).label("avg_latency"),
+                func.avg(requests.c.ttft).label("avg_ttft"),
+            )
+            .where(requests.c.ts >= start, requests.c.ts < end)
+            .group_by(*groups)
+            .order_by(*groups)
+        )
+        async with self.engine.connect() as conn:
+            out = []
+            for row in await conn.execute(query):
+                item = dict(row._mapping)
+                if "day" in item:
+                    day = int(item["day"])
+                    item["day"] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+                for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "errors"):
+                    item[name] = int(item[name] or 0)
+                item["cost"] = float(item["cost"] or 0)
+                out.append(item)
+            return out
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def add_audit(
+        self, actor: str | None, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(audit).values(
+                    ts=time.time(),
+                    actor=actor,
+                    action=action,
+                    subject=subject,
+                    detail=json.dumps(detail, sort_keys=True),
+                )
+            )
+
+    async def audit_log(self, start: float, end: float, limit: int = 1000) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(audit)
+                .where(audit.c.ts >= start, audit.c.ts < end)
+                .order_by(audit.c.ts.desc(), audit.c.id.desc())
+                .limit(limit)
+            )
+            return [
+                {
+                    "time": r.ts,
+                    "actor": r.actor,
+                    "action": r.action,
+                    "subject": r.subject,
+                    "detail": json.loads(r.detail) if r.detail else {},
+                }
+                for r in rows
+            ]

@@ -1,0 +1,348 @@
+"""The gateway's ASGI middleware: API keys, scopes, model allow-lists, budgets and rate limits
+for every route (the hot OpenAI routes included: they pass user middleware, asgi.ServerApp),
+then usage accounting once the response is done.
+
+Per request with auth on: one header scan, one SHA-256, one dictionary lookup, the limiter
+(memory or Redis) for keys with limits, and an append to the usage batch. The body is read
+here only for a key with a model allow-list (to see the `model` it asks for) and for the
+audited admin routes; it is then replayed to the route unchanged.
+
+The authenticated key's name goes on the scope's state (`scope["state"]["key_name"]`, as
+`request.state.key_name`) for request logs; the route leaves its record (serving/generate.py's
+`RouteInfo`) at `scope["state"]["route"]`, read here after the response."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import ModelNotFound, PermissionDenied, RateLimited, RouterError
+from ..gateway.keys import ApiKey, required_scope
+from ..gateway.service import Gateway
+from .asgi import BodyTooLarge, loopback_hosts
+from .errors import envelope, status_of
+
+__all__ = ["GatewayMiddleware", "KeyMetrics", "visible"]
+
+Header = tuple[bytes, bytes]
+_AUDITED = {"/models/load": "model.load", "/models/unload": "model.unload"}
+_MODEL_BODIES = frozenset({"POST"})
+_HOT_ROUTES = (
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+)
+_UNKNOWN: Any = object()
+
+
+class KeyMetrics:
+    """Per-key counters on the app's registry (key names are chosen by admins, so the label
+    set stays bounded)."""
+
+    def count(self, key: str, status: int, prompt: int, completion: int, cost: float) -> None:
+        """Count one request (the label children cached: a key's are looked up once)."""
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.tokens.labels(key, "prompt"),
+                self.tokens.labels(key, "completion"),
+                self.spend.labels(key),
+            )
+        done = self._done.get((key, status))
+        if done is None:
+            done = self._done[(key, status)] = self.requests.labels(key, str(status))
+        done.inc()
+        if prompt:
+            children[0].inc(prompt)
+        if completion:
+            children[1].inc(completion)
+        if cost:
+            children[2].inc(cost)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[str, tuple[Any, Any, Any]] = {}
+        self._done: dict[tuple[str, int], Any] = {}
+        self.tokens = Counter(
+            "llm_router_key_tokens", "Tokens used per API key", ["key", "kind"], registry=registry
+        )
+        self.spend = Counter(
+            "llm_router_key_spend", "Spend per API key (config prices)", ["key"], registry=registry
+        )
+        self.requests = Counter(
+            "llm_router_key_requests", "Requests per API key", ["key", "status"], registry=registry
+        )
+
+
+class GatewayMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        gateway: Gateway,
+        resolve: Callable[[str], str] | None = None,
+        metrics: KeyMetrics | None = None,
+    ) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.resolve = resolve
+        self.metrics = metrics
+        self.metrics_public = gateway.settings.gateway.metrics_public
+        self.loopback = loopback_hosts() | {"testclient", "127.0.0.1"}
+        self._scopes = {  # the hot routes' scopes, looked up without string tests
+            (m, p): required_scope(m, p, self.metrics_public) for m, p in _HOT_ROUTES
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gateway
+        if not gw.active or scope["type"] not in ("http", "websocket"):
+            if gw.mode == "auto" and scope["type"] in ("http", "websocket"):
+                client = scope.get("client")
+                if client and not (client[0] in self.loopback or client[0].startswith("127.")):
+                    await _refuse(scope, send, _no_keys())
+                    return
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        path = scope["path"]
+        need = self._scopes.get((method, path), _UNKNOWN)
+        if need is _UNKNOWN:
+            need = required_scope(method, path, self.metrics_public)
+        if need is None:
+            await self.app(scope, receive, send)
+            return
+        key: ApiKey | None = None
+        try:
+            key = gw.authenticate(_bearer(scope["headers"]))
+            if need not in key.scopes:
+                raise PermissionDenied(
+                    f"The API key '{key.name}' lacks the '{need}' scope this operation needs "
+                    f"(it has: {', '.join(sorted(key.scopes))})"
+                )
+            state = scope.setdefault("state", {})
+            state["key_name"] = key.name
+            if key.models is not None:  # listings show only what the key may use (`visible`)
+                state["model_allowed"] = lambda name, allowed=key.models: self._allowed(
+                    allowed, name
+                )
+            body: bytes | None = None
+            if method in _MODEL_BODIES and (
+                (key.models is not None and need == "inference") or path in _AUDITED
+            ):
+                try:
+                    body, receive = await _buffer(receive)
+                except BodyTooLarge as exc:  # a chunked body over `max_body_bytes`
+                    await _refuse_raw(send, 413, str(exc.detail), "body_too_large")
+                    return
+                if key.models is not None and need == "inference":
+                    self._check_models(key, body)
+            if need != "inference":
+                await self._call_admin(scope, receive, send, key, body)
+                return
+            gw.check_budget(key)
+            admission = await gw.limiter.admit(key)
+        except RouterError as exc:
+            await _refuse(scope, send, exc)
+            if key is not None and need == "inference":  # a refusal is usage too (no tokens)
+                self._record_refusal(key, path, status_of(exc)[0])
+            return
+        await self._call_inference(scope, receive, send, key, admission)
+
+    async def _call_admin(
+        self, scope: Scope, receive: Receive, send: Send, key: ApiKey, body: bytes | None
+    ) -> None:
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        action = _AUDITED.get(scope["path"])
+        if action and status == 200 and body is not None:
+            model = _field(body, "model")
+            await self.gateway.audit(key.name, action, model if isinstance(model, str) else "")
+
+    async def _call_inference(
+        self, scope: Scope, receive: Receive, send: Send, key: ApiKey, admission: Any
+    ) -> None:
+        gw = self.gateway
+        started = time.perf_counter()
+        status = 0
+        extra: list[Header] = admission.headers
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            gw.limiter.release(admission)
+            route = scope.get("state", {}).get("route")
+            usage = getattr(route, "usage", None)
+            prompt = usage.prompt_tokens if usage else 0
+            completion = usage.completion_tokens if usage else 0
+            target = getattr(route, "target", "") or ""
+            cost = gw.record(
+                key,
+                model=getattr(route, "model", "") or "",
+                target=target,
+                route=scope["path"],
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                status=status or 499,
+                latency=time.perf_counter() - started,
+                ttft=getattr(route, "ttft", None),
+            )
+            if self.metrics is not None:
+                self.metrics.count(key.name, status or 499, prompt, completion, cost)
+            if prompt + completion:
+                await gw.limiter.charge(admission, prompt + completion)
+
+    def _record_refusal(self, key: ApiKey, path: str, status: int) -> None:
+        self.gateway.record(
+            key,
+            model="",
+            target="",
+            route=path,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached_tokens=0,
+            status=status,
+            latency=0.0,
+            ttft=None,
+        )
+        if self.metrics is not None:
+            self.metrics.count(key.name, status, 0, 0, 0.0)
+
+    def _check_models(self, key: ApiKey, body: bytes) -> None:
+        """404 for a model the key may not use, as if it did not exist."""
+        assert key.models is not None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return  # the route answers the malformed body
+        if not isinstance(data, dict):
+            return
+        asked = [data["model"]] if isinstance(data.get("model"), str) else []
+        if isinstance(data.get("targets"), list):
+            asked += [t for t in data["targets"] if isinstance(t, str)]
+        for name in asked:
+            if not self._allowed(key.models, name):
+                raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+
+    def _allowed(self, allowed: frozenset[str], name: str) -> bool:
+        if name in allowed:
+            return True
+        if self.resolve is None:
+            return False
+        try:
+            canonical = self.resolve(name)
+        except RouterError:
+            return False
+        for entry in allowed:
+            try:
+                if self.resolve(entry) == canonical:
+                    return True
+            except RouterError:
+                continue
+        return False
+
+
+def visible(request: Any, name: str) -> bool:
+    """Whether the request's API key may see the model `name` (any, for a key with no
+    allow-list or with auth off): model listings leave out the others."""
+    allowed = getattr(request.state, "model_allowed", None)
+    return allowed is None or bool(allowed(name))
+
+
+def _no_keys() -> RouterError:
+    return PermissionDenied(
+        "This server has no API keys yet, so it serves clients on this machine only. Create "
+        "one (`llm-router keys create NAME`) or set LLM_ROUTER_MASTER_KEY, or set `auth: off`."
+    )
+
+
+def _bearer(headers: list[Header]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _field(body: bytes, name: str) -> Any:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data.get(name) if isinstance(data, dict) else None
+
+
+async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole body, and a `receive` that gives it again, then what follows (a disconnect)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+async def _refuse_raw(send: Send, status: int, message: str, code: str) -> None:
+    payload = json.dumps(envelope(message, "invalid_request_error", None, code)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    status, type_, code = status_of(exc)
+    payload = json.dumps(envelope(exc.message, type_, exc.param, code)).encode()
+    headers: list[Header] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if isinstance(exc, RateLimited):
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+        headers += getattr(exc, "headers", [])
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

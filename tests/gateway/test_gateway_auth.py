@@ -1,0 +1,273 @@
+"""Auth on every route (the hot OpenAI ones included, which skip FastAPI's routing): no key, a
+bad key, a revoked key, an expired key, a key without the scope, a key whose allow-list
+excludes the model; and what a server with no key at all serves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gw_helpers import CHAT_BODY, MASTER, Gw, bearer, gateway_app
+
+from llm_router.errors import ConfigError
+from openai_schema import validate
+
+# (method, path, body, scope needed, whether the body names a model)
+ROUTES: list[tuple[str, str, dict[str, Any] | None, str, bool]] = [
+    ("POST", "/v1/chat/completions", CHAT_BODY, "inference", True),
+    (
+        "POST",
+        "/v1/completions",
+        {"model": "chat", "prompt": "Hi", "max_tokens": 2},
+        "inference",
+        True,
+    ),
+    ("POST", "/v1/embeddings", {"model": "chat", "input": "Hi"}, "inference", True),
+    (
+        "POST",
+        "/v1/ensemble",
+        {"targets": ["chat", "other"], "messages": CHAT_BODY["messages"], "max_tokens": 2},
+        "inference",
+        True,
+    ),
+    (
+        "POST",
+        "/v1/compare",
+        {"targets": ["chat", "other"], "messages": CHAT_BODY["messages"], "max_tokens": 2},
+        "inference",
+        True,
+    ),
+    ("POST", "/tokenize", {"model": "chat", "content": "Hi"}, "inference", True),
+    ("POST", "/detokenize", {"model": "chat", "tokens": [72]}, "inference", True),
+    (
+        "POST",
+        "/apply-template",
+        {"model": "chat", "messages": CHAT_BODY["messages"]},
+        "inference",
+        True,
+    ),
+    ("GET", "/v1/models", None, "read", False),
+    ("GET", "/models", None, "read", False),
+    ("GET", "/models/events", None, "read", False),
+    ("GET", "/props", None, "read", False),
+    ("POST", "/models/load", {"model": "chat"}, "admin", False),
+    ("POST", "/models/unload", {"model": "chat"}, "admin", False),
+    ("GET", "/metrics", None, "admin", False),
+    ("GET", "/admin/keys", None, "admin", False),
+    ("POST", "/admin/keys", {"name": "made-by-test"}, "admin", False),
+    ("GET", "/admin/usage", None, "admin", False),
+    ("GET", "/admin/audit", None, "admin", False),
+]
+IDS = [f"{m} {p}" for m, p, *_ in ROUTES]
+LACKING = {"inference": ["read", "admin"], "read": ["inference"], "admin": ["inference", "read"]}
+
+
+async def call(
+    gw: Gw, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+) -> httpx.Response:
+    return await gw.client.request(method, path, json=body, headers=headers)
+
+
+def refused(r: httpx.Response, status: int, code: str) -> str:
+    assert r.status_code == status, r.text
+    validate("ErrorResponse", r.json())
+    assert r.json()["error"]["code"] == code
+    message: str = r.json()["error"]["message"]
+    return message
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope", "_model"), ROUTES, ids=IDS)
+async def test_every_route_refuses_requests_without_a_valid_key(
+    gw: Gw, method: str, path: str, body: dict[str, Any] | None, scope: str, _model: bool
+) -> None:
+    revoked = await gw.key("revoked-one", scopes=["inference", "read", "admin"])
+    assert (await gw.client.delete("/admin/keys/revoked-one", headers=bearer(MASTER))).is_success
+    expired = await gw.expired_key("expired-one")
+
+    r = await call(gw, method, path, body, {})
+    assert "didn't provide an API key" in refused(r, 401, "invalid_api_key")
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await call(gw, method, path, body, bearer("sk-llmr-not-a-key"))
+    assert "Incorrect API key" in refused(r, 401, "invalid_api_key")
+    r = await call(gw, method, path, body, {"authorization": f"Basic {MASTER}"})
+    refused(r, 401, "invalid_api_key")
+    r = await call(gw, method, path, body, bearer(revoked))
+    assert "revoked" in refused(r, 401, "invalid_api_key")
+    r = await call(gw, method, path, body, bearer(expired))
+    assert "expired" in refused(r, 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope", "_model"), ROUTES, ids=IDS)
+async def test_every_route_needs_its_scope(
+    gw: Gw, method: str, path: str, body: dict[str, Any] | None, scope: str, _model: bool
+) -> None:
+    lacking = await gw.key("lacking", scopes=LACKING[scope])
+    holding = await gw.key("holding", scopes=[scope])
+
+    r = await call(gw, method, path, body, bearer(lacking))
+    assert f"lacks the '{scope}' scope" in refused(r, 403, "insufficient_permissions")
+    if path == "/models/events":
+        return  # an endless stream, which the in-process transport cannot end early
+    r = await call(gw, method, path, body, bearer(holding))
+    assert r.status_code < 400, r.text
+
+
+MODEL_ROUTES = [r for r in ROUTES if r[4]]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "scope", "_model"), MODEL_ROUTES, ids=[r[1] for r in MODEL_ROUTES]
+)
+async def test_a_model_outside_the_allow_list_does_not_exist_for_the_key(
+    gw: Gw, method: str, path: str, body: dict[str, Any] | None, scope: str, _model: bool
+) -> None:
+    only_other = await gw.key("only-other", models=["other"])
+    only_chat = await gw.key("only-chat", models=["chat", "other"])
+
+    r = await call(gw, method, path, body, bearer(only_other))
+    assert refused(r, 404, "model_not_found") == "The model 'chat' does not exist"
+    r = await call(gw, method, path, body, bearer(only_chat))
+    assert r.status_code == 200, r.text
+
+
+async def test_the_allow_list_matches_aliases_and_routes(tmp_path: Path, master_env: str) -> None:
+    from inproc import fake_models
+
+    models = fake_models(tmp_path, chat={}, other={})
+    models[0].aliases = ["talker"]
+    routes = [{"name": "auto", "targets": ["chat"]}]
+    async with gateway_app(tmp_path, models=models, routes=routes) as gw:
+        by_alias = await gw.key("by-alias", models=["talker"])
+        by_route = await gw.key("by-route", models=["auto"])
+        ask = {**CHAT_BODY}
+        assert (
+            await gw.client.post("/v1/chat/completions", json=ask, headers=bearer(by_alias))
+        ).status_code == 200
+        r = await gw.client.post("/v1/chat/completions", json=ask, headers=bearer(by_route))
+        refused(r, 404, "model_not_found")  # the route's target is not the route
+        r = await gw.client.post(
+            "/v1/chat/completions", json={**ask, "model": "auto"}, headers=bearer(by_route)
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_public_routes_need_no_key(gw: Gw) -> None:
+    assert (await gw.client.get("/health")).status_code == 200
+    assert (await gw.client.get("/openapi.json")).status_code == 200
+
+
+async def test_metrics_can_be_made_public(tmp_path: Path, master_env: str) -> None:
+    async with gateway_app(tmp_path, gateway={"metrics_public": True}) as gw:
+        assert (await gw.client.get("/metrics")).status_code == 200
+        refused(await gw.client.get("/admin/keys"), 401, "invalid_api_key")
+
+
+async def test_the_route_sees_the_key_name_on_its_state(gw: Gw) -> None:
+    secret = await gw.key("named")
+    seen: list[Any] = []
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    inner: ASGIApp = gw.app.middleware_stack  # type: ignore[assignment]
+
+    async def spy(scope: Scope, receive: Receive, send: Send) -> None:
+        await inner(scope, receive, send)
+        seen.append(scope.get("state", {}).get("key_name"))
+
+    gw.app.middleware_stack = spy  # type: ignore[assignment]
+    r = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+    assert r.status_code == 200
+    assert seen == ["named"]
+
+
+# -- a server with no key ----------------------------------------------------------------------
+
+
+async def test_without_keys_loopback_clients_are_served_and_others_refused(tmp_path: Path) -> None:
+    async with gateway_app(tmp_path) as gw:
+        assert not gw.gateway.active
+        assert (await gw.client.post("/v1/chat/completions", json=CHAT_BODY)).status_code == 200
+        assert not (tmp_path / "data").exists()  # nothing to store: no database made
+        remote = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gw.app, client=("192.0.2.7", 5000)),
+            base_url="http://127.0.0.1",
+        )
+        async with remote:
+            r = await remote.post("/v1/chat/completions", json=CHAT_BODY)
+        assert "no API keys yet" in refused(r, 403, "insufficient_permissions")
+
+
+async def test_auth_off_serves_anyone(tmp_path: Path, master_env: str) -> None:
+    async with gateway_app(tmp_path, auth="off", host="0.0.0.0") as gw:
+        remote = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gw.app, client=("192.0.2.7", 5000)),
+            base_url="http://127.0.0.1",
+        )
+        async with remote:
+            assert (await remote.post("/v1/chat/completions", json=CHAT_BODY)).status_code == 200
+
+
+async def test_without_keys_a_public_address_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth: off"):
+        async with gateway_app(tmp_path, host="0.0.0.0"):
+            pass
+
+
+async def test_a_public_address_is_served_once_a_master_key_exists(
+    tmp_path: Path, master_env: str
+) -> None:
+    async with gateway_app(tmp_path, host="0.0.0.0") as gw:
+        refused(
+            await gw.client.post("/v1/chat/completions", json=CHAT_BODY), 401, "invalid_api_key"
+        )
+
+
+async def test_auth_on_without_any_key_refuses_everyone(tmp_path: Path) -> None:
+    async with gateway_app(tmp_path, auth="on") as gw:
+        refused(
+            await gw.client.post("/v1/chat/completions", json=CHAT_BODY), 401, "invalid_api_key"
+        )
+        refused(await gw.client.get("/v1/models", headers=bearer("sk-x")), 401, "invalid_api_key")
+
+
+async def test_a_key_made_while_serving_turns_auth_on(tmp_path: Path) -> None:
+    async with gateway_app(tmp_path) as gw:
+        r = await gw.client.post("/admin/keys", json={"name": "first", "scopes": ["admin"]})
+        assert r.status_code == 201, r.text
+        secret = r.json()["key"]
+        assert secret.startswith("sk-llmr-")
+        refused(await gw.client.get("/admin/keys"), 401, "invalid_api_key")
+        listed = await gw.client.get("/admin/keys", headers=bearer(secret))
+        assert [k["name"] for k in listed.json()["data"]] == ["first"]
+        assert "key" not in listed.json()["data"][0]  # the secret is shown once only
+
+
+async def test_listings_show_only_the_models_a_key_may_use(gw: Gw) -> None:
+    narrow = await gw.key("narrow", models=["other"])
+    wide = await gw.key("wide")
+    for path in ("/v1/models", "/models"):
+        seen = await gw.client.get(path, headers=bearer(narrow))
+        assert [m["id"] for m in seen.json()["data"]] == ["other"], path
+        everything = await gw.client.get(path, headers=bearer(wide))
+        assert {m["id"] for m in everything.json()["data"]} == {"chat", "other"}, path
+
+
+async def test_a_chunked_body_over_the_limit_is_413_for_a_key_with_an_allow_list(
+    tmp_path: Path, master_env: str
+) -> None:
+    async with gateway_app(tmp_path, max_body_bytes=4096) as gw:
+        narrow = await gw.key("narrow", models=["chat"])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(8):
+                yield b"x" * 1024
+
+        r = await gw.client.post(
+            "/v1/chat/completions",
+            content=chunks(),
+            headers={**bearer(narrow), "content-type": "application/json"},
+        )
+        assert "over the limit" in refused(r, 413, "body_too_large")

@@ -1,0 +1,105 @@
+"""Keys as values: their form, what each route needs, budget periods."""
+
+from __future__ import annotations
+
+import calendar
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llm_router.config import load_config
+from llm_router.gateway.keys import (
+    PREFIX,
+    KeySpec,
+    hash_key,
+    make_key,
+    period_end,
+    period_start,
+    required_scope,
+)
+
+
+def test_a_key_is_prefixed_random_and_stored_as_its_hash() -> None:
+    secret, key = make_key(KeySpec(name="a"))
+    other, _ = make_key(KeySpec(name="a"))
+    assert secret.startswith(PREFIX) and len(secret) > len(PREFIX) + 40
+    assert secret != other
+    assert key.hash == hash_key(secret) and secret not in repr(key)
+    assert key.scopes == {"inference", "read"}
+    assert "hash" not in key.public()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("POST", "/v1/chat/completions", "inference"),
+        ("POST", "/v1/embeddings", "inference"),
+        ("GET", "/v1/models", "read"),
+        ("GET", "/v1/models/SmolLM2", "read"),
+        ("GET", "/models", "read"),
+        ("GET", "/models/events", "read"),
+        ("POST", "/models/load", "admin"),
+        ("POST", "/models/unload", "admin"),
+        ("GET", "/admin/usage", "admin"),
+        ("DELETE", "/admin/keys/x", "admin"),
+        ("GET", "/metrics", "admin"),
+        ("POST", "/tokenize", "inference"),
+        ("GET", "/props", "read"),
+        ("GET", "/health", None),
+        ("GET", "/", None),
+        ("GET", "/dashboard/app.js", None),
+        ("POST", "/something-new", "admin"),
+        ("GET", "/something-new", "read"),
+    ],
+)
+def test_each_route_needs_one_scope(method: str, path: str, scope: str | None) -> None:
+    assert required_scope(method, path) == scope
+
+
+def test_metrics_can_be_public() -> None:
+    assert required_scope("GET", "/metrics", metrics_public=True) is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": ""},
+        {"name": "has space"},
+        {"name": "a", "scopes": []},
+        {"name": "a", "scopes": ["root"]},
+        {"name": "a", "rpm": 0},
+        {"name": "a", "budget": -1},
+        {"name": "a", "period": "week"},
+        {"name": "a", "expires": "soon"},
+        {"name": "a", "expires": "-1"},
+        {"name": "a", "colour": "red"},
+    ],
+)
+def test_bad_specs_are_refused(spec: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        KeySpec.model_validate(spec)
+
+
+def test_expiry_takes_days_and_weeks() -> None:
+    assert KeySpec(name="a", expires="30d").expires_at(0) == 30 * 86400
+    assert KeySpec(name="a", expires="2w").expires_at(0) == 14 * 86400
+    assert KeySpec(name="a", expires="12h").expires_at(0) == 12 * 3600
+    assert KeySpec(name="a").expires_at(0) is None
+
+
+def test_budget_periods_are_utc_days_and_months() -> None:
+    now = calendar.timegm((2026, 12, 31, 15, 30, 0, 0, 0, 0))
+    assert period_start("day", now) == calendar.timegm((2026, 12, 31, 0, 0, 0, 0, 0, 0))
+    assert period_start("month", now) == calendar.timegm((2026, 12, 1, 0, 0, 0, 0, 0, 0))
+    assert period_end("month", now) == calendar.timegm((2027, 1, 1, 0, 0, 0, 0, 0, 0))
+    assert period_end("day", now) == calendar.timegm((2027, 1, 1, 0, 0, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(("text", "mode"), [("off", "off"), ("on", "on"), ("auto", "auto")])
+def test_yaml_auth_off_and_on_are_the_words_not_booleans(
+    tmp_path: Path, text: str, mode: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"auth: {text}\n")
+    assert load_config(path, environ={}).auth == mode

@@ -1,0 +1,99 @@
+"""The gateway end to end: a real server on the bundled model, driven by the official `openai`
+client with API keys: each refusal is the exception the client raises for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from gw_helpers import MASTER, bearer
+
+from servers import SMOL, Server
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("gated")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_ROUTER_MASTER_KEY", MASTER)
+        server = Server(
+            workdir, {"models_dir": str(models_dir), "data_dir": str(workdir / "data")}
+        ).start()
+    yield server
+    server.stop()
+
+
+def make_key(server: Server, name: str, **spec: object) -> str:
+    r = httpx.post(
+        server.url + "/admin/keys", json={"name": name, **spec}, headers=bearer(MASTER), timeout=10
+    )
+    assert r.status_code == 201, r.text
+    secret: str = r.json()["key"]
+    return secret
+
+
+def client(server: Server, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_a_key_serves_chat_plain_and_streamed_and_its_usage_is_counted(gated: Server) -> None:
+    key = make_key(gated, "app")
+    with client(gated, key) as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model=SMOL,
+            messages=HELLO,
+            max_tokens=8,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        chat = raw.parse()
+        assert chat.usage is not None and chat.choices[0].message.content
+        stream = c.chat.completions.create(
+            model=SMOL,
+            messages=HELLO,  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        assert chunks[-1].usage is not None
+    r = httpx.get(
+        gated.url + "/admin/usage", params={"group_by": "key,model,target"}, headers=bearer(MASTER)
+    )
+    [row] = [row for row in r.json()["data"] if row["key"] == "app"]
+    assert (row["model"], row["target"], row["requests"]) == (SMOL, SMOL, 2)
+    assert row["prompt_tokens"] == chat.usage.prompt_tokens + chunks[-1].usage.prompt_tokens
+    assert row["completion_tokens"] == (
+        chat.usage.completion_tokens + chunks[-1].usage.completion_tokens
+    )
+
+
+def test_refusals_are_the_clients_own_exceptions(gated: Server) -> None:
+    with client(gated, "sk-llmr-wrong") as c, pytest.raises(openai.AuthenticationError):
+        c.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    reader = make_key(gated, "reader", scopes=["read"])
+    with client(gated, reader) as c:
+        assert SMOL in {m.id for m in c.models.list()}
+        with pytest.raises(openai.PermissionDeniedError):
+            c.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    narrow = make_key(gated, "narrow", models=["gemma-3-270m-q4_k_m"])
+    with client(gated, narrow) as c, pytest.raises(openai.NotFoundError) as info:
+        c.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    assert info.value.code == "model_not_found"
+
+
+def test_over_the_limit_is_a_rate_limit_error_with_openais_headers(gated: Server) -> None:
+    key = make_key(gated, "limited", rpm=1)
+    with client(gated, key) as c:
+        raw = c.completions.with_raw_response.create(model=SMOL, prompt="Hi", max_tokens=2)
+        assert raw.headers["x-ratelimit-limit-requests"] == "1"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError) as info:
+            c.completions.create(model=SMOL, prompt="Hi", max_tokens=2)
+    assert info.value.code == "rate_limit_exceeded"
+    assert int(info.value.response.headers["retry-after"]) >= 1

@@ -1,0 +1,165 @@
+"""Usage accounting and the audit log, in process: every request recorded (streams once done,
+errors too), `GET /admin/usage` as JSON and CSV, per-key Prometheus counters, nothing lost at
+shutdown, and admin actions in `GET /admin/audit`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+from gw_helpers import CHAT_BODY, MASTER, Gw, bearer, gateway_app
+
+from inproc import fake_models
+from llm_router.config import Settings
+from llm_router.gateway.store import Store
+
+
+async def test_every_request_is_recorded_with_its_tokens_target_and_status(gw: Gw) -> None:
+    secret = await gw.key("counted")
+    auth = bearer(secret)
+    plain = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=auth)
+    streamed = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT_BODY, "stream": True}, headers=auth
+    )
+    missing = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT_BODY, "model": "nope"}, headers=auth
+    )
+    assert (plain.status_code, streamed.status_code, missing.status_code) == (200, 200, 404)
+
+    r = await gw.client.get(
+        "/admin/usage", params={"group_by": "key,model,target"}, headers=bearer(MASTER)
+    )
+    assert r.status_code == 200, r.text
+    rows = {(row["key"], row["model"], row["target"]): row for row in r.json()["data"]}
+    served = rows[("counted", "chat", "chat")]
+    assert served["requests"] == 2 and served["errors"] == 0
+    assert served["prompt_tokens"] == 2 * plain.json()["usage"]["prompt_tokens"]
+    assert served["completion_tokens"] == 2 * plain.json()["usage"]["completion_tokens"]
+    assert served["avg_ttft"] is not None and served["avg_latency"] > 0
+    failed = rows[("counted", "nope", "")]
+    assert failed["requests"] == failed["errors"] == 1
+
+
+async def test_usage_as_csv_and_by_day(gw: Gw) -> None:
+    secret = await gw.key("csv-user")
+    await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+    r = await gw.client.get("/admin/usage", headers={**bearer(MASTER), "accept": "text/csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    [row] = [row for row in csv.DictReader(io.StringIO(r.text)) if row["key"] == "csv-user"]
+    assert row["day"] == time.strftime("%Y-%m-%d", time.gmtime())
+    assert row["requests"] == "1" and row["model"] == "chat"
+
+
+async def test_usage_range_and_grouping_are_checked(gw: Gw) -> None:
+    admin = bearer(MASTER)
+    r = await gw.client.get("/admin/usage", params={"group_by": "colour"}, headers=admin)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "group_by"
+    r = await gw.client.get("/admin/usage", params={"start": "yesterday"}, headers=admin)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "start"
+    secret = await gw.key("ranged")
+    await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+    future = await gw.client.get(
+        "/admin/usage", params={"start": "2999-01-01", "end": "2999-02-01"}, headers=admin
+    )
+    assert future.json()["data"] == []
+
+
+async def test_prometheus_counts_tokens_and_spend_per_key(tmp_path: Path, master_env: str) -> None:
+    models = fake_models(tmp_path, chat={}, other={})
+    models[0].cost.output = 2_000_000.0  # 2 per completion token
+    async with gateway_app(tmp_path, models=models) as gw:
+        secret = await gw.key("metered")
+        r = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+        completion = r.json()["usage"]["completion_tokens"]
+        text = (await gw.client.get("/metrics", headers=bearer(MASTER))).text
+        assert (
+            f'llm_router_key_tokens_total{{key="metered",kind="completion"}} {completion}.0' in text
+        )
+        assert f'llm_router_key_spend_total{{key="metered"}} {2.0 * completion}' in text
+        assert 'llm_router_key_requests_total{key="metered",status="200"} 1.0' in text
+
+
+async def test_usage_gathered_in_memory_is_written_at_shutdown(
+    tmp_path: Path, master_env: str
+) -> None:
+    async with gateway_app(tmp_path, gateway={"flush_interval": 3600}) as gw:
+        secret = await gw.key("last-words")
+        for _ in range(3):
+            await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+        url = gw.gateway.url
+    store = Store(url)
+    try:
+        rows = await store.usage(0, time.time() + 1, ["key"])
+    finally:
+        await store.close()
+    assert [(r["key"], r["requests"]) for r in rows] == [("last-words", 3)]
+
+
+async def test_admin_actions_are_audited_with_who_and_what(gw: Gw) -> None:
+    admin_key = await gw.key("ops", scopes=["admin"])
+    ops = bearer(admin_key)
+    assert (await gw.client.post("/models/load", json={"model": "chat"}, headers=ops)).is_success
+    assert (await gw.client.post("/models/unload", json={"model": "chat"}, headers=ops)).is_success
+    assert (await gw.client.delete("/admin/keys/ops", headers=bearer(MASTER))).is_success
+
+    r = await gw.client.get("/admin/audit", headers=bearer(MASTER))
+    events = [(e["actor"], e["action"], e["subject"]) for e in reversed(r.json()["data"])]
+    assert events == [
+        ("master", "key.created", "ops"),
+        ("ops", "model.load", "chat"),
+        ("ops", "model.unload", "chat"),
+        ("master", "key.revoked", "ops"),
+    ]
+    created = r.json()["data"][-1]
+    assert created["detail"]["scopes"] == ["admin"]
+    assert "key" not in created["detail"] and "hash" not in str(created["detail"])
+
+
+async def test_unknown_keys_revoked_twice_and_shown(gw: Gw) -> None:
+    admin = bearer(MASTER)
+    assert (await gw.client.delete("/admin/keys/ghost", headers=admin)).status_code == 404
+    await gw.key("shown", rpm=5, budget=1.5, period="day", expires="30d", models=["chat"])
+    r = await gw.client.get("/admin/keys/shown", headers=admin)
+    body = r.json()
+    assert (body["rpm"], body["budget"], body["period"], body["models"]) == (
+        5,
+        1.5,
+        "day",
+        ["chat"],
+    )
+    assert body["status"] == "active" and body["spent"] == 0
+    assert body["expires_at"] - body["created_at"] == 30 * 86400
+    assert (await gw.client.delete("/admin/keys/shown", headers=admin)).status_code == 200
+    assert (await gw.client.delete("/admin/keys/shown", headers=admin)).status_code == 200
+    assert (await gw.client.get("/admin/keys/shown", headers=admin)).json()["status"] == "revoked"
+    r = await gw.client.post("/admin/keys", json={"name": "shown"}, headers=admin)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+    r = await gw.client.post("/admin/keys", json={"name": "x", "scopes": ["root"]}, headers=admin)
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("scopes")
+
+
+def test_the_database_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    from llm_router.gateway.store import database_url
+
+    assert (
+        database_url(Settings(data_dir=tmp_path)) == f"sqlite+aiosqlite:///{tmp_path}/llm-router.db"
+    )
+    pg = Settings(database_url="postgresql://u:p@db:5432/x")
+    assert database_url(pg) == "postgresql+asyncpg://u:p@db:5432/x"
+
+
+async def test_embeddings_are_recorded_with_their_prompt_tokens(gw: Gw) -> None:
+    secret = await gw.key("embedder")
+    r = await gw.client.post(
+        "/v1/embeddings", json={"model": "chat", "input": "Hello there"}, headers=bearer(secret)
+    )
+    assert r.status_code == 200, r.text
+    usage = await gw.client.get(
+        "/admin/usage", params={"group_by": "key,model,route"}, headers=bearer(MASTER)
+    )
+    [row] = [row for row in usage.json()["data"] if row["key"] == "embedder"]
+    assert (row["model"], row["route"]) == ("chat", "/v1/embeddings")
+    assert row["prompt_tokens"] == r.json()["usage"]["prompt_tokens"] > 0
+    assert row["completion_tokens"] == 0
