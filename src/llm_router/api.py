@@ -38,6 +38,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    from .cache import ResponseCache
     from .lifecycle.manager import ModelManager
     from .serving.ensemble import Answer, EnsembleResult
 
@@ -78,8 +79,18 @@ class Router:
         self.metrics = Metrics()
         self.metrics.watch(self.manager)
         self.metrics.watch_routing(self.dispatcher)
-        self.generation = GenerationService(self.dispatcher, self.metrics)
-        self.embeddings = EmbeddingService(self.dispatcher, self.metrics)
+        self.cache: ResponseCache | None = None
+        self.generation: GenerationService
+        self.embeddings: EmbeddingService
+        if self.settings.cache.enabled:
+            from .cache import build_cache
+
+            self.cache, self.generation, self.embeddings = build_cache(
+                self.settings, self.dispatcher, self.metrics
+            )
+        else:
+            self.generation = GenerationService(self.dispatcher, self.metrics)
+            self.embeddings = EmbeddingService(self.dispatcher, self.metrics)
         self.llama = LlamaService(self.dispatcher)  # llama-server's /tokenize, /props...
         self.ensembles = EnsembleService(
             self.generation, load_scorers(self.settings.ensemble_scorers)
@@ -99,7 +110,10 @@ class Router:
         await self.manager.start()
         try:
             await self.dispatcher.start()
+            if self.cache is not None:
+                await self.cache.start()
         except BaseException:
+            await self.dispatcher.close()
             await self.manager.close()
             raise
         self._started = True
@@ -110,6 +124,8 @@ class Router:
             return
         self._started = False
         try:
+            if self.cache is not None:
+                await self.cache.close()
             await self.dispatcher.close()
         finally:
             await self.manager.close()

@@ -6,6 +6,7 @@ snapshot and cost nothing between scrapes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,18 @@ _ENGINE_COUNTERS = {
     "slot_moves": "sequences moved to close a gap in the busy slots",
     "tokens_generated": "tokens generated",
 }
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
+_UNLOAD_REASONS = ("idle", "evicted", "requested")
+
+
+def unload_reason(reason: object) -> str:
+    """A bounded label for an unload's reason (the reason's text names other models)."""
+    text = str(reason or "").lower()
+    if "cancel" in text:
+        return "cancelled"
+    return next((r for r in _UNLOAD_REASONS if text.startswith(r)), "other")
+
+
 _ENGINE_GAUGES = ("slots_busy", "slots_idle", "tokens_cached", "threads", "parallel")
 
 
@@ -76,6 +89,41 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.tpot = Histogram(
+            "llm_router_time_per_output_token_seconds",
+            "Time per generated token after the first",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "llm_router_queue_wait_seconds",
+            "Time a request waited for a slot of its local model (including its load)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.unloads = Counter(
+            "llm_router_model_unloads",
+            "Models unloaded, by reason (idle, evicted, requested, cancelled: a load given up, other)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.unload_seconds = Histogram(
+            "llm_router_model_unload_seconds",
+            "Time from the start of an unload to the memory freed",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._unloading: dict[str, float] = {}
+        self.cache_lookups = Counter(
+            "llm_router_cache_lookups",
+            "Response cache lookups by tier (memory, disk, redis; flight: a wait for an identical "
+            "request in progress; semantic) and result (hit, miss, near_miss)",
+            ["tier", "result"],
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "llm_router_model_load_seconds",
             "Model load time",
@@ -87,6 +135,7 @@ class Metrics:
     def watch(self, manager: ModelManager) -> None:
         """Count lifecycle events and expose per-model gauges read at scrape time."""
         manager.events.add_listener(self._on_event)
+        manager.observe_wait = self._on_wait
         self.registry.register(_ModelCollector(manager))
 
     def watch_routing(self, router: Dispatcher) -> None:
@@ -97,10 +146,26 @@ class Metrics:
         if spent := price.spend(usage.prompt_tokens, usage.completion_tokens):
             self.cost.labels(model).inc(spent)
 
+    def count_decode(self, model: str, usage: Usage, ttft: float | None, elapsed: float) -> None:
+        """Time per output token after the first (vLLM's and llama.cpp's TPOT)."""
+        if ttft is not None and usage.completion_tokens > 1:
+            self.tpot.labels(model).observe((elapsed - ttft) / (usage.completion_tokens - 1))
+
     def _on_event(self, event: dict[str, Any]) -> None:
-        self.lifecycle.labels(event["model"], event["event"]).inc()
-        if event["event"] == "loaded" and event.get("load_seconds") is not None:
-            self.load_seconds.labels(event["model"]).observe(event["load_seconds"])
+        model, kind = event["model"], event["event"]
+        self.lifecycle.labels(model, kind).inc()
+        if kind == "loaded" and event.get("load_seconds") is not None:
+            self.load_seconds.labels(model).observe(event["load_seconds"])
+        elif kind == "unloading":
+            self._unloading[model] = time.monotonic()
+        elif kind == "unloaded":
+            self.unloads.labels(model, unload_reason(event.get("reason"))).inc()
+            began = self._unloading.pop(model, None)
+            if began is not None:
+                self.unload_seconds.labels(model).observe(time.monotonic() - began)
+
+    def _on_wait(self, model: str, seconds: float) -> None:
+        self.queue_wait.labels(model).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -162,6 +227,13 @@ class _BreakerCollector(Collector):
             "1 for the target's circuit breaker state",
             labels=["model", "state"],
         )
+        in_flight = GaugeMetricFamily(
+            "llm_router_target_in_flight_requests",
+            "Requests in flight at the target (local or remote)",
+            labels=["model"],
+        )
         for target in self._router.targets():
             state.add_metric([target.id, str(target.breaker.state)], 1)
+            in_flight.add_metric([target.id], target.stats.in_flight)
         yield state
+        yield in_flight

@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadFailed, ModelNotLoaded, QueueFull, ServerBusy
@@ -37,6 +37,7 @@ class Leases:
         _threads: ThreadBudget
         _uses: itertools.count[int]
         _default_keep_alive: float | None
+        observe_wait: Callable[[str, float], None]
 
         def resolve(self, name: str) -> ModelState: ...
         def _room_changed(self) -> None: ...
@@ -102,10 +103,12 @@ class Leases:
 
     async def _acquire(self, state: ModelState, autoload: bool) -> Worker:
         if not state.waiters and self._can_take(state):
+            self.observe_wait(state.id, 0.0)
             return self._take(state)
         self._check_queue(state)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.queue_timeout
+        began = loop.time()
+        deadline = began + self.settings.queue_timeout
         ticket: asyncio.Future[None] = loop.create_future()
         state.waiters.append(ticket)
         self._waiting += 1
@@ -126,6 +129,7 @@ class Leases:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), left)
         finally:
+            self.observe_wait(state.id, loop.time() - began)
             state.waiters.remove(ticket)
             state.drain_allowed.discard(ticket)
             self._waiting -= 1

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from .. import tracing
 from ..config import Cost, RouteConfig, Settings
 from ..errors import (
     BadRequest,
@@ -228,6 +229,15 @@ class Dispatcher:
         """Send `call` along the plan for `name`; returns once a target produced its first
         event. Raises the last target's error when every attempt failed, or ServerBusy when
         every target's breaker is open."""
+        with tracing.span("llm_router.route", {"gen_ai.request.model": name}) as span:
+            routed = await self._open(name, call, request)
+            if span is not None:
+                span.set_attributes(
+                    {"llm_router.target": routed.target, "llm_router.route": routed.reason}
+                )
+            return routed
+
+    async def _open(self, name: str, call: Call, request: RouteRequest) -> Routed:
         ordered, why, route = self.plan(name, request)
         attempts = (
             len(ordered)
@@ -273,7 +283,8 @@ class Dispatcher:
         started = time.perf_counter()
         events = target.events(call)
         try:
-            first = await anext(events)
+            with tracing.span("llm_router.attempt", {"llm_router.target": target.id}):
+                first = await anext(events)  # a failed attempt's span says why
             ttft = _since(started)
             target.stats.record_first_token(ttft)
             return first, events, started, ttft

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
+from .. import tracing
 from ..errors import BadRequest
 from ..lifecycle.discovery import ModelSource
 from ..lifecycle.manager import ModelManager
@@ -25,6 +28,8 @@ from ..worker.client import Worker
 from .targets import Call, EmbedCall, Lease, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
+
+E = TypeVar("E")
 
 DEFAULT_CONTEXT = 2048
 
@@ -76,10 +81,25 @@ class LocalTarget(Target):
     async def worker(self, lease: Lease) -> AsyncIterator[Worker]:
         """The model's worker, loaded if needed, held for the block (one lease, as a
         generation holds: the lifecycle manager's queue, autoload and keep-alive apply)."""
+        began = time.perf_counter()
         async with self.lifecycle.lease(
             self.id, autoload=lease.autoload, keep_alive=lease.keep_alive
         ) as worker:
+            if tracing.current() is not None:
+                self._trace_wait(began)
             yield worker
+
+    def _trace_wait(self, began: float) -> None:
+        """Spans of the wait for a slot and, if the model loaded meanwhile, of its load."""
+        start = tracing.perf_to_ns(began)
+        tracing.record("llm_router.queue", start, time.time_ns(), {"llm_router.target": self.id})
+        state = self.lifecycle.resolve(self.id)
+        if state.loaded_at is not None and state.loaded_at * 1e9 >= start:
+            loaded = int(state.loaded_at * 1e9)
+            took = int((state.load_seconds or 0.0) * 1e9)
+            tracing.record(
+                "llm_router.model_load", loaded - took, loaded, {"llm_router.target": self.id}
+            )
 
     async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
         tools = call.request.tools
@@ -88,7 +108,10 @@ class LocalTarget(Target):
             parser = ToolParser(stream=call.stream)
         request = self.prepared(call.request)
         async with self.worker(call.lease) as worker:
-            async for event in worker.generate(request):
+            events = worker.generate(request)
+            if tracing.current() is not None:
+                events = _timed(events, time.perf_counter())
+            async for event in events:
                 if parser is None:
                     yield event
                 elif isinstance(event, TextDelta):
@@ -116,6 +139,28 @@ class LocalTarget(Target):
     async def health(self) -> bool:
         state = self.lifecycle.resolve(self.id)
         return not (state.status == Status.ERROR and state.sticky)
+
+
+async def _timed(events: AsyncIterator[E], since: float) -> AsyncIterator[E]:
+    """`events`, recording the worker's prefill (until the first event) and decode spans."""
+    first: int | None = None
+    try:
+        async for event in events:
+            if first is None:
+                first = time.time_ns()
+                tracing.record("llm_router.prefill", tracing.perf_to_ns(since), first)
+            if isinstance(event, Finished):
+                attributes = {
+                    "gen_ai.usage.input_tokens": event.usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": event.usage.completion_tokens,
+                    "gen_ai.response.finish_reasons": (event.finish_reason,),
+                }
+                tracing.record("llm_router.decode", first, time.time_ns(), attributes)
+            yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _check(source: ModelSource, dimensions: int | None) -> None:

@@ -36,6 +36,7 @@ from urllib.request import getproxies_environment, proxy_bypass
 import aiohttp
 from pydantic_core import from_json, to_json
 
+from .. import tracing
 from ..errors import (
     BadRequest,
     ContextLengthExceeded,
@@ -134,9 +135,15 @@ class Upstream:
             return False
 
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        with _transport_errors(self.name):
-            async with self._send(path, payload) as response:
-                answer = _Answer.of(response, await _read(self.name, response.content))
+        span = self._span(path)
+        try:
+            with _transport_errors(self.name):
+                async with self._send(path, payload, span) as response:
+                    answer = _Answer.of(response, await _read(self.name, response.content))
+        except BaseException as exc:
+            tracing.end(span, error=exc)
+            raise
+        tracing.end(span, {"http.response.status_code": answer.status})
         if answer.status >= 400:
             raise status_error(self.name, answer)
         try:
@@ -147,9 +154,39 @@ class Upstream:
             raise UpstreamError(f"upstream {self.name} answered with no JSON object", status=502)
         return data
 
-    async def _stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def _stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        span = self._span(path)
+        if span is None:
+            return self._chunks(path, payload, None)
+        return self._traced(self._chunks(path, payload, span), span)
+
+    @staticmethod
+    async def _traced(
+        chunks: AsyncIterator[dict[str, Any]], span: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except BaseException as exc:
+            tracing.end(span, error=exc)
+            raise
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        tracing.end(span)
+
+    def _span(self, path: str) -> Any:
+        """The client span of one upstream call (None when tracing is off)."""
+        return tracing.start(
+            f"POST {path}",
+            {"server.address": self.base_url, "gen_ai.request.model": self.model},
+            client=True,
+        )
+
+    async def _chunks(
+        self, path: str, payload: dict[str, Any], span: Any
+    ) -> AsyncIterator[dict[str, Any]]:
         with _transport_errors(self.name):
-            async with self._send(path, payload) as response:
+            async with self._send(path, payload, span) as response:
                 if response.status >= 400:
                     body = await _read(self.name, response.content)
                     raise status_error(self.name, _Answer.of(response, body))
@@ -165,12 +202,13 @@ class Upstream:
                     yield _chunk(self.name, data)
 
     def _send(
-        self, path: str, payload: dict[str, Any]
+        self, path: str, payload: dict[str, Any], span: Any = None
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """POST `payload`; with a span, its W3C `traceparent` goes along."""
         return self._session.post(
             self.base_url + path,
             data=to_json(payload),
-            headers=self._headers,
+            headers=self._headers if span is None else tracing.inject(self._headers, span),
             timeout=self._timeout,
             proxy=self._proxy,
         )

@@ -17,6 +17,8 @@ from ..metrics import Metrics
 from ..protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import EmbedCall
+from ..types import Usage
+from .generate import RouteInfo
 
 __all__ = ["EmbeddingService", "to_base64"]
 
@@ -26,10 +28,13 @@ class EmbeddingService:
         self.dispatcher = dispatcher
         self.metrics = metrics or Metrics()
 
-    async def embed(self, req: EmbeddingRequest) -> EmbeddingResponse:
-        """Raises ModelNotFound, BadRequest (a route, a text model, `dimensions` it cannot
-        give, inputs over its context), the lifecycle's errors (queue full, load failed...),
-        ServerBusy (its breaker is open) or the upstream's for a remote target."""
+    async def embed(
+        self, req: EmbeddingRequest, route: RouteInfo | None = None
+    ) -> EmbeddingResponse:
+        """`route`, when given, is filled in as for a generation (target, usage). Raises
+        ModelNotFound, BadRequest (a route, a text model, `dimensions` it cannot give, inputs
+        over its context), the lifecycle's errors (queue full, load failed...), ServerBusy (its
+        breaker is open) or the upstream's for a remote target."""
         started = time.perf_counter()
         outcome, model = "cancelled", "unknown"
         try:
@@ -37,6 +42,9 @@ class EmbeddingService:
             call = EmbedCall(req.inputs(), req.dimensions, req.model_dump(exclude_unset=True))
             model, out = await self.dispatcher.embed(req.model, call)
             outcome = "ok"
+            if route is not None:
+                route.model, route.target, route.reason = req.model, model, "direct"
+                route.usage = Usage(out.prompt_tokens, 0)
             self.metrics.tokens.labels(model, "prompt").inc(out.prompt_tokens)
         except RouterError as exc:
             outcome = type(exc).__name__

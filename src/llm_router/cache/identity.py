@@ -1,0 +1,133 @@
+"""The identity of what serves a name, for cache keys: a changed model never serves a stale
+answer.
+
+A local model: its file's size and a content hash (blake2b of every byte; of every file of a
+folder model), plus its configuration (engine options, sampling defaults, system prompt), but
+not its path or mtime, so routers sharing a Redis share answers of copies of one file. The
+file is `stat`-ed on every cacheable request (a few microseconds); the content hash is
+computed again whenever its size or mtime changed, once, in a thread, shared by concurrent
+requests. A remote target: its name, base URL, upstream model and configuration. A route:
+its configuration and the identities of all its targets, since any of them may answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import stat
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..routing.dispatcher import Dispatcher
+from ..routing.local import LocalTarget
+from ..routing.remote import RemoteTarget
+from .keys import digest
+
+__all__ = ["Identities", "StaleModel", "hash_content"]
+
+_CHUNK = 1 << 20
+
+
+def hash_content(path: Path) -> str:
+    """blake2b of the file's bytes (of a folder: of each file's relative path and bytes).
+    Blocks: reads every byte."""
+    h = hashlib.blake2b(digest_size=20)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if file != path:
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class StaleModel(Exception):
+    """A loaded model's file changed since its worker read it: its answers are not cached."""
+
+
+class Identities:
+    """Identities of names, for one dispatcher. Content hashes are memoized per file state."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self._hashes: dict[tuple[Path, int, int], asyncio.Future[str]] = {}
+        self._mtimes: dict[Path, int] = {}  # the newest mtime seen (ns) of each model file
+        self._configs: dict[int, tuple[ModelConfig, str]] = {}  # id(config) -> its JSON
+
+    async def of(self, name: str) -> str:
+        """The identity of what serves `name`. Raises ModelNotFound for an unknown name."""
+        routes = {r.name: r for r in self.dispatcher.routes()}
+        route = routes.get(name)
+        if route is None:
+            return await self._target(name)
+        parts = [route.model_dump_json()]
+        for target in (*route.targets, *route.fallbacks):
+            try:
+                parts.append(await self._target(target))
+            except StaleModel:
+                raise
+            except Exception:  # a missing target serves nothing: it cannot change an answer
+                parts.append(f"missing:{target}")
+        return digest(parts)
+
+    async def _target(self, name: str) -> str:
+        target = self.dispatcher.target(name)
+        config = self._configs.get(id(target.config))
+        if config is None or config[0] is not target.config:  # a config is never changed
+            config = (target.config, target.config.model_dump_json(exclude={"path"}))
+            self._configs[id(target.config)] = config  # where it is is not what it is
+        if isinstance(target, RemoteTarget):
+            upstream = target.config.model or target.id
+            return digest(["remote", target.id, target.config.base_url, upstream, config[1]])
+        assert isinstance(target, LocalTarget)
+        state = target.lifecycle.resolve(target.id)
+        content = await self.content(state.source.path)
+        if state.worker is not None and state.loaded_at is not None:
+            read_at = state.loaded_at - (state.load_seconds or 0.0)
+            if self._mtimes.get(state.source.path, 0) > read_at * 1e9:
+                # the file changed under a running worker: until the manager has reloaded it,
+                # answers come from the old weights, and are neither served nor stored
+                target.lifecycle.refresh(force=True)
+                raise StaleModel(f"model '{target.id}' changed on disk since it was loaded")
+        return digest(["local", target.id, content, config[1]])
+
+    async def content(self, path: Path) -> str:
+        """`size:hash` of the file as it is now; the hash computed once per (size, mtime)."""
+        size, mtime = await _state(path)
+        self._mtimes[path] = mtime
+        key = (path, size, mtime)
+        future = self._hashes.get(key)
+        if future is None:
+            future = asyncio.ensure_future(asyncio.to_thread(hash_content, path))
+            self._hashes = {k: v for k, v in self._hashes.items() if k[0] != path}
+            self._hashes[key] = future
+        try:
+            content = await asyncio.shield(future)
+        except Exception:
+            self._hashes.pop(key, None)
+            raise
+        return f"{size}:{content}"  # not the mtime: replicas with copies of a file share
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """Size and mtime of a file (a `stat`: microseconds, done on the loop); None for a folder."""
+    st = path.stat()
+    return None if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+
+
+async def _state(path: Path) -> tuple[int, int]:
+    """Size and newest mtime: one `stat` for a file; a folder's files are walked in a thread."""
+    state = _file_state(path)
+    if state is not None:
+        return state
+
+    def walk() -> tuple[int, int]:
+        size = newest = 0
+        for file in path.rglob("*"):
+            if file.is_file():
+                st = file.stat()
+                size += st.st_size
+                newest = max(newest, st.st_mtime_ns)
+        return size, newest
+
+    return await asyncio.to_thread(walk)

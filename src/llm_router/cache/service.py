@@ -1,0 +1,216 @@
+"""The cache in front of the generation and embedding services (which it extends): a
+deterministic request (temperature 0 or a seed; an embedding always) is looked up by its key
+(keys.py, identity.py) before it is routed, and its answer stored after.
+
+A cached answer is replayed as the events the model produced, so a streamed hit has the same
+chunk shape as a computed stream (a role chunk, one text chunk, the finish, the usage) and
+a whole answer the same body. Concurrent identical requests share one computation: the first
+computes (streaming to its own client), the others wait for its answer; if it fails they
+compute their own. Requests that are not cacheable pay one comparison."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ..errors import RouterError
+from ..metrics import Metrics
+from ..protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, _Request
+from ..routing.dispatcher import Dispatcher
+from ..serving.embed import EmbeddingService
+from ..serving.generate import GenerationService, RouteInfo
+from ..types import Finished, GenerationEvent, GenerationRequest
+from .entries import Recorder, decode
+from .identity import Identities, StaleModel
+from .keys import cache_flag, canonical, deterministic, digest
+from .semantic import SemanticCache
+from .store import ResponseCache
+
+__all__ = ["CachedEmbeddingService", "CachedGenerationService"]
+
+log = logging.getLogger(__name__)
+
+
+class CachedGenerationService(GenerationService):
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None,
+        cache: ResponseCache,
+        identities: Identities,
+        semantic: SemanticCache | None = None,
+    ) -> None:
+        super().__init__(dispatcher, metrics)
+        self.cache = cache
+        self.identities = identities
+        self.semantic = semantic
+
+    def _events(
+        self,
+        wire: _Request,
+        request: GenerationRequest,
+        route: RouteInfo,
+        fields: dict[str, Any] | None = None,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        seed = request.params.seed
+        if not deterministic(wire.temperature, seed) or getattr(wire, "logprobs", None):
+            return super()._events(wire, request, route, fields)
+        return self._cached_events(wire, request, route, fields)
+
+    async def _body(
+        self, wire: _Request, kind: str, fields: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The canonical request (keys.py), None when it cannot be cached now."""
+        try:
+            served_by = await self.identities.of(wire.model)
+        except (RouterError, StaleModel):
+            return None  # unknown model (the service raises the error), or one being reloaded
+        body = canonical(wire, kind, served_by)
+        body.update(fields or {})  # one choice of several: its own prompt, seed
+        return body
+
+    async def _cached_events(
+        self,
+        wire: _Request,
+        request: GenerationRequest,
+        route: RouteInfo,
+        fields: dict[str, Any] | None,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        started = time.perf_counter()
+        read = route.cache_read and cache_flag(wire)
+        kind = "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
+        body = await self._body(wire, kind, fields)
+        if body is None or not (read or route.cache_write):
+            async for event in super()._events(wire, request, route, fields):
+                yield event
+            return
+        key = "gen:" + digest(body)
+        flight = match = None
+        group = ""
+        if read:
+            hit = await self.cache.get(key)
+            reason = "cache"
+            if hit is None and self.semantic is not None:
+                group = digest({k: v for k, v in body.items() if k not in ("messages", "prompt")})
+                match = await self.semantic.lookup(group, _text(request))
+                if match is not None and match.key is not None:
+                    hit = await self.cache.get(match.key)
+                    reason = f"cache semantic distance={match.distance:.4f}"
+            if hit is None and route.cache_write:
+                flight = self.cache.flight(key)
+                if not flight.leader:
+                    hit = await flight.wait()
+                    if hit is not None:
+                        self.metrics.cache_lookups.labels("flight", "hit").inc()
+                    flight = None
+            if hit is not None:
+                replay = self._replay(hit, route, wire, kind, started, reason)
+                if replay is not None:
+                    for event in replay:
+                        yield event
+                    return
+        route.cache = "miss"
+        record: Recorder | None = None
+        if flight is None and route.cache_write:
+            flight = self.cache.flight(key)  # no-cache: this answer replaces the stored one
+            if not flight.leader:
+                flight = None
+        try:
+            async for event in super()._events(wire, request, route, fields):
+                if record is None:
+                    record = Recorder(route.target)
+                record.add(event)
+                yield event
+        finally:
+            value = record.encode() if record is not None and route.cache_write else None
+            if value is not None:
+                self.cache.put(key, value)
+                if match is not None and self.semantic is not None:
+                    self.semantic.add(group, match.vector, key)
+            if flight is not None:
+                self.cache.land(key, flight, value)
+
+    def _replay(
+        self,
+        value: bytes,
+        route: RouteInfo,
+        wire: _Request,
+        kind: str,
+        started: float,
+        reason: str = "cache",
+    ) -> list[GenerationEvent] | None:
+        try:
+            target, events = decode(value)
+        except ValueError as exc:
+            log.warning("cache: unreadable entry ignored: %s", exc)
+            return None
+        route.model = wire.model
+        route.target, route.reason, route.cache = target, reason, "hit"
+        route.ttft = time.perf_counter() - started
+        for event in events:
+            if isinstance(event, Finished):
+                route.usage = event.usage
+                self.metrics.requests.labels(target, kind, "cache_hit").inc()
+        return events
+
+
+class CachedEmbeddingService(EmbeddingService):
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None,
+        cache: ResponseCache,
+        identities: Identities,
+    ) -> None:
+        super().__init__(dispatcher, metrics)
+        self.cache = cache
+        self.identities = identities
+
+    async def embed(
+        self, req: EmbeddingRequest, route: RouteInfo | None = None
+    ) -> EmbeddingResponse:
+        route = route or RouteInfo()
+        read = route.cache_read and cache_flag(req)
+        if not (read or route.cache_write):
+            return await super().embed(req, route)
+        try:
+            served_by = await self.identities.of(req.model)
+        except (RouterError, StaleModel):
+            return await super().embed(req, route)
+        key = "emb:" + digest(canonical(req, "embeddings", served_by))
+        flight = None
+        if read:
+            hit = await self.cache.get(key)
+            if hit is None and route.cache_write:
+                flight = self.cache.flight(key)
+                if not flight.leader:
+                    hit = await flight.wait()
+                    flight = None
+            if hit is not None:
+                result = EmbeddingResponse.model_validate_json(hit)
+                route.model, route.target, route.reason = req.model, result.model, "cache"
+                route.cache = "hit"
+                self.metrics.requests.labels(result.model, "embeddings", "cache_hit").inc()
+                return result
+        route.cache = "miss"
+        value = None
+        try:
+            result = await super().embed(req, route)
+            value = result.model_dump_json().encode() if route.cache_write else None
+            return result
+        finally:
+            if flight is not None:
+                if value is not None:
+                    self.cache.put(key, value)
+                self.cache.land(key, flight, value)
+            elif value is not None:
+                self.cache.put(key, value)
+
+
+def _text(request: GenerationRequest) -> str:
+    """What a request says, for its embedding: the turns of a chat, or the prompt."""
+    if request.messages is not None:
+        return "\n".join(f"{m.role}: {m.content}" for m in request.messages)
+    return request.prompt or ""

@@ -1,0 +1,191 @@
+"""One log line per request, and its request id.
+
+The id is the client's `x-request-id` when it sends a sane one (up to 128 characters of
+letters, digits and `-_.:`), else a new one; it is returned in the response's `x-request-id`
+and kept at `scope["state"]["request_id"]`. When the response is done, one line goes to the
+`llm_router.requests` logger: method, path, status, duration, and for the OpenAI routes what
+their record (`RouteInfo` at `scope["state"]["route"]`) says: the model asked, the target
+that served, the route decision, tokens, time to first token, cache. The API key's name is
+logged when the gateway put one at `scope["state"]["key_name"]`; never a key, a header or,
+unless `log_prompts`, a prompt or an answer. Plain ASGI: a few microseconds a request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RequestLog", "request_fields"]
+
+log = logging.getLogger("llm_router.requests")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TEXT_LIMIT = 64 * 1024  # most bytes of a body kept for `log_prompts`
+
+
+def request_fields(state: dict[str, Any]) -> dict[str, Any]:
+    """What an OpenAI route's record says about the request (empty for other routes)."""
+    route = state.get("route")
+    out: dict[str, Any] = {}
+    if route is not None:
+        out["model"] = route.model or None
+        out["target"] = route.target or None
+        out["route"] = route.reason or None
+        if route.usage is not None:
+            out["prompt_tokens"] = route.usage.prompt_tokens
+            out["completion_tokens"] = route.usage.completion_tokens
+        if route.ttft is not None:
+            out["ttft_ms"] = round(route.ttft * 1000, 2)
+        out["cache"] = route.cache or None
+    if state.get("key_name"):
+        out["key"] = state["key_name"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+class RequestLog:
+    """Request ids for every HTTP request; a log line for each when `enabled`."""
+
+    def __init__(self, app: ASGIApp, enabled: bool = True, log_prompts: bool = False) -> None:
+        self.app = app
+        self.enabled = enabled
+        self.log_prompts = log_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                text = value.decode("latin-1")
+                if _SANE_ID.fullmatch(text):
+                    request_id = text
+                break
+        request_id = request_id or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        raw_id = request_id.encode()
+        started = time.perf_counter()
+        status = 0
+        texts = _Texts() if self.log_prompts else None
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message["headers"], (b"x-request-id", raw_id)]}
+            elif texts is not None and message["type"] == "http.response.body":
+                texts.answer(message.get("body", b""))
+            await send(message)
+
+        async def receiving() -> Message:
+            message = await receive()
+            if texts is not None and message["type"] == "http.request":
+                texts.request(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, receiving if texts is not None else receive, sending)
+        finally:
+            if self.enabled:
+                self._log(scope, state, status, started, request_id, texts)
+
+    def _log(
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        status: int,
+        started: float,
+        request_id: str,
+        texts: _Texts | None,
+    ) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        duration = round((time.perf_counter() - started) * 1000, 2)
+        fields: dict[str, Any] = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status or None,  # None: the client left before any response
+            "duration_ms": duration,
+            **request_fields(state),
+            "request_id": request_id,
+        }
+        if texts is not None:
+            fields.update(texts.fields())
+        log.info(_Line(fields), extra={"fields": fields})
+
+
+class _Line:
+    """The human-readable line, written only by a text formatter (the JSON one writes the
+    fields, with `summary` as its message)."""
+
+    __slots__ = ("fields", "summary")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self.summary = f"{fields['method']} {fields['path']} {fields['status'] or '-'}"
+
+    def __str__(self) -> str:
+        rest = " ".join(
+            f"{k}={v}" for k, v in self.fields.items() if k not in ("method", "path", "status")
+        )
+        return f"{self.summary} {rest}"
+
+
+class _Texts:
+    """The prompt and the answer, read from the bodies as they pass (`log_prompts` only)."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.got = bytearray()
+
+    def request(self, body: bytes) -> None:
+        self.sent += body[: _TEXT_LIMIT - len(self.sent)]
+
+    def answer(self, body: bytes) -> None:
+        self.got += body[: _TEXT_LIMIT - len(self.got)]
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            body = json.loads(self.sent)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            for name in ("messages", "prompt", "input"):
+                if name in body:
+                    out["prompt"] = body[name]
+        answer = _answer_text(bytes(self.got))
+        if answer:
+            out["answer"] = answer
+        return out
+
+
+def _answer_text(body: bytes) -> str:
+    """The generated text of a JSON answer or an SSE stream of chunks."""
+    docs: list[Any] = []
+    if body.startswith(b"data: ") or b"\ndata: " in body:
+        for line in body.split(b"\n"):
+            if line.startswith(b"data: {"):
+                try:
+                    docs.append(json.loads(line[6:]))
+                except ValueError:
+                    continue
+    else:
+        try:
+            docs.append(json.loads(body))
+        except ValueError:
+            return ""
+    parts: list[str] = []
+    for doc in docs:
+        for choice in doc.get("choices") or () if isinstance(doc, dict) else ():
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get("message") or choice.get("delta") or {}
+            text = message.get("content") if isinstance(message, dict) else None
+            parts.append(text or choice.get("text") or "")
+    return "".join(parts)

@@ -1,0 +1,93 @@
+"""One OpenTelemetry span per HTTP request (server kind), continuing the client's W3C
+`traceparent` when it sends one, and made current for the request's task so the layers below
+add their child spans (llm_router/tracing.py). Installed only when tracing is on; once the
+response is done, the span gets what the OpenAI routes' record says (GenAI conventions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..tracing import Tracing, activate
+
+__all__ = ["TraceMiddleware"]
+
+_OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+}
+
+
+class TraceMiddleware:
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t = self.tracing
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        parent = t.propagate.extract(carrier)
+        operation = _OPERATIONS.get(scope["path"])
+        attributes: dict[str, Any] = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+        }
+        if operation:
+            attributes["gen_ai.operation.name"] = operation
+        name = f"{scope['method']} {scope['path']}"
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        state = scope.setdefault("state", {})
+        with (
+            t.tracer.start_as_current_span(
+                name,
+                context=parent,
+                kind=t.trace.SpanKind.SERVER,
+                attributes=attributes,
+                record_exception=True,
+            ) as span,
+            activate(t),
+        ):
+            try:
+                await self.app(scope, receive, sending)
+            finally:
+                span.set_attributes(_route_attributes(state))
+                if status:
+                    span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.set_status(Status(StatusCode.ERROR))
+                    span.set_attribute("error.type", str(status))
+
+
+def _route_attributes(state: dict[str, Any]) -> dict[str, Any]:
+    route = state.get("route")
+    out: dict[str, Any] = {}
+    if state.get("request_id"):
+        out["llm_router.request_id"] = state["request_id"]
+    if route is None:
+        return out
+    if route.model:
+        out["gen_ai.request.model"] = route.model
+    if route.target:
+        out["gen_ai.response.model"] = route.target
+    if route.reason:
+        out["llm_router.route"] = route.reason
+    if route.cache:
+        out["llm_router.cache"] = route.cache
+    if route.usage is not None:
+        out["gen_ai.usage.input_tokens"] = route.usage.prompt_tokens
+        out["gen_ai.usage.output_tokens"] = route.usage.completion_tokens
+    return out

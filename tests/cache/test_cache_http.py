@@ -1,0 +1,183 @@
+"""The response cache through the in-process app on the fake engine: hits, misses, headers,
+Cache-Control, the body's `cache` field, streaming hits, single flight, model identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from inproc import app_client, fake_models
+
+CHAT = {
+    "model": "chat",
+    "messages": [{"role": "user", "content": "hi"}],
+    "temperature": 0,
+    "max_tokens": 8,
+}
+
+
+def _computed(metrics: str) -> float:
+    """Requests the fake model actually computed (finished with a finish reason)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("llm_router_requests_total{") and 'model="chat"' in line:
+            if 'outcome="cache_hit"' not in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _post(client: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> httpx.Response:
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def test_a_repeated_greedy_chat_is_served_from_cache(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        first = await _post(client, CHAT)
+        second = await _post(client, CHAT)
+        metrics = (await client.get("/metrics")).text
+    assert first.headers["x-llm-router-cache"] == "miss"
+    assert second.headers["x-llm-router-cache"] == "hit"
+    a, b = first.json(), second.json()
+    assert a["choices"] == b["choices"] and a["usage"] == b["usage"]
+    assert b["model"] == "chat" and second.headers["x-llm-router-model"] == "chat"
+    assert a["id"] != b["id"]
+    assert _computed(metrics) == 1
+    assert 'llm_router_cache_lookups_total{result="hit",tier="memory"} 1.0' in metrics
+
+
+async def test_sampled_requests_are_not_cached(tmp_path: Path) -> None:
+    body = {**CHAT, "temperature": 0.7}
+    async with app_client(tmp_path) as client:
+        first = await _post(client, body)
+        second = await _post(client, body)
+    assert "x-llm-router-cache" not in first.headers
+    assert "x-llm-router-cache" not in second.headers
+
+
+async def test_a_fixed_seed_is_cached_per_seed(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        one = await _post(client, {**CHAT, "temperature": 0.9, "seed": 1})
+        again = await _post(client, {**CHAT, "temperature": 0.9, "seed": 1})
+        other = await _post(client, {**CHAT, "temperature": 0.9, "seed": 2})
+    assert [r.headers["x-llm-router-cache"] for r in (one, again, other)] == ["miss", "hit", "miss"]
+
+
+async def test_fields_that_do_not_change_the_answer_share_an_entry(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        await _post(client, CHAT)
+        same = await _post(client, {**CHAT, "user": "someone", "top_p": None, "n": 1})
+        different = await _post(client, {**CHAT, "max_tokens": 3})
+    assert same.headers["x-llm-router-cache"] == "hit"
+    assert different.headers["x-llm-router-cache"] == "miss"
+
+
+async def test_no_cache_skips_reading_and_no_store_skips_writing(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        stored_not = await _post(client, CHAT, **{"Cache-Control": "no-store"})
+        still_miss = await _post(client, CHAT)
+        fresh = await _post(client, CHAT, **{"Cache-Control": "no-cache"})
+        body_flag = await _post(client, {**CHAT, "cache": False})
+        hit = await _post(client, CHAT)
+        bad = await client.post("/v1/chat/completions", json={**CHAT, "cache": "yes"})
+    assert stored_not.headers["x-llm-router-cache"] == "miss"
+    assert still_miss.headers["x-llm-router-cache"] == "miss"
+    assert fresh.headers["x-llm-router-cache"] == "miss"
+    assert body_flag.headers["x-llm-router-cache"] == "miss"
+    assert hit.headers["x-llm-router-cache"] == "hit"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache"
+
+
+def _sse(text: str) -> list[dict[str, Any]]:
+    lines = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+async def test_a_stream_is_served_from_the_entry_of_a_whole_answer(tmp_path: Path) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    async with app_client(tmp_path) as client:
+        whole = (await _post(client, CHAT)).json()
+        streamed = await _post(client, body)
+    assert streamed.headers["x-llm-router-cache"] == "hit"
+    chunks = _sse(streamed.text)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["usage"] == whole["usage"]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+async def test_completions_and_embeddings_are_cached(tmp_path: Path) -> None:
+    models = fake_models(tmp_path, chat={})
+    completion = {"model": "chat", "prompt": "once", "temperature": 0, "max_tokens": 4}
+    embedding = {"model": "chat", "input": ["a", "b"]}
+    async with app_client(tmp_path, models=models) as client:
+        c1 = await client.post("/v1/completions", json=completion)
+        c2 = await client.post("/v1/completions", json=completion)
+        e1 = await client.post("/v1/embeddings", json=embedding)
+        e2 = await client.post("/v1/embeddings", json=embedding)
+        e3 = await client.post("/v1/embeddings", json={**embedding, "input": ["c"]})
+    assert [c1.headers["x-llm-router-cache"], c2.headers["x-llm-router-cache"]] == ["miss", "hit"]
+    assert c1.json()["choices"] == c2.json()["choices"]
+    assert e1.status_code == 200, e1.text
+    assert [r.headers["x-llm-router-cache"] for r in (e1, e2, e3)] == ["miss", "hit", "miss"]
+    assert e1.json()["data"] == e2.json()["data"]
+
+
+async def test_concurrent_identical_requests_share_one_computation(tmp_path: Path) -> None:
+    models = fake_models(tmp_path, chat={"token_seconds": 0.01})
+    async with app_client(tmp_path, models=models) as client:
+        responses = await asyncio.gather(*(_post(client, CHAT) for _ in range(6)))
+        metrics = (await client.get("/metrics")).text
+    assert len({json.dumps(r.json()["choices"]) for r in responses}) == 1
+    assert _computed(metrics) == 1
+    assert sorted(r.headers["x-llm-router-cache"] for r in responses) == ["hit"] * 5 + ["miss"]
+
+
+async def test_a_changed_model_file_never_serves_a_stale_answer(tmp_path: Path) -> None:
+    models = fake_models(tmp_path, changing={"reply": "old answer"})
+    body = {**CHAT, "model": "changing"}
+    async with app_client(tmp_path, models=models) as client:
+        old = await _post(client, body)
+        path = tmp_path / "changing.json"
+        path.write_text(json.dumps({"reply": "new answer"}))
+        await client.post("/models/unload", json={"model": "changing"})
+        new = await _post(client, body)
+    assert old.json()["choices"][0]["message"]["content"].startswith("old")
+    assert new.headers["x-llm-router-cache"] == "miss"
+    assert new.json()["choices"][0]["message"]["content"].startswith("new")
+
+
+async def test_cache_off_serves_without_the_header(tmp_path: Path) -> None:
+    async with app_client(tmp_path, cache={"enabled": False}) as client:
+        first = await _post(client, CHAT)
+        second = await _post(client, CHAT)
+    assert "x-llm-router-cache" not in first.headers
+    assert "x-llm-router-cache" not in second.headers
+
+
+async def test_a_model_changed_while_loaded_is_not_cached_until_reloaded(tmp_path: Path) -> None:
+    models = fake_models(tmp_path, loaded={"reply": "old answer"})
+    body = {**CHAT, "model": "loaded"}
+    async with app_client(tmp_path, models=models) as client:
+        await _post(client, body)
+        path = tmp_path / "loaded.json"
+        path.write_text(json.dumps({"reply": "new answer"}))
+        during = await _post(client, body)  # the old worker may still answer: not from cache
+        assert during.headers.get("x-llm-router-cache") != "hit"
+        for _ in range(100):  # until the new file is loaded and its answer stored
+            after = await _post(client, body)
+            assert after.headers.get("x-llm-router-cache") != "hit"
+            if after.headers.get("x-llm-router-cache") == "miss":
+                break
+            await asyncio.sleep(0.02)
+        again = await _post(client, body)
+    assert after.json()["choices"][0]["message"]["content"].startswith("new")
+    assert again.headers["x-llm-router-cache"] == "hit"
+    assert again.json()["choices"] == after.json()["choices"]

@@ -1,0 +1,99 @@
+"""The semantic cache: in-process on the fake engine (the plumbing: any distance within the
+threshold is a hit, parameters must match) and on the real all-MiniLM-L6-v2 through a real
+server (a paraphrase is a hit, another question is not)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inproc import app_client
+from llm_router import defaults
+from servers import SMOL, MakeClient, Server, link_models
+
+
+def _chat(text: str, **extra: object) -> dict[str, object]:
+    return {
+        "model": "chat",
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        "max_tokens": 4,
+        **extra,
+    }
+
+
+async def _post(client: httpx.AsyncClient, body: dict[str, object]) -> httpx.Response:
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def test_a_near_request_with_the_same_parameters_gets_the_cached_answer(
+    tmp_path: Path,
+) -> None:
+    cache = {"semantic": {"model": "chat", "threshold": 2.0}}  # every distance is near
+    async with app_client(tmp_path, cache=cache) as client:
+        first = await _post(client, _chat("one question"))
+        near = await _post(client, _chat("another question"))
+        other_params = await _post(client, _chat("another question", max_tokens=2))
+        metrics = (await client.get("/metrics")).text
+    assert first.headers["x-llm-router-cache"] == "miss"
+    assert near.headers["x-llm-router-cache"] == "hit"
+    assert near.headers["x-llm-router-route"].startswith("cache semantic distance=")
+    assert near.json()["choices"] == first.json()["choices"]
+    assert other_params.headers["x-llm-router-cache"] == "miss"
+    assert 'llm_router_cache_lookups_total{result="hit",tier="semantic"} 1.0' in metrics
+
+
+async def test_off_by_default_and_a_far_request_is_a_miss(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        await _post(client, _chat("one question"))
+        plain = await _post(client, _chat("another question"))
+    assert plain.headers["x-llm-router-cache"] == "miss"
+    cache = {"semantic": {"model": "chat", "threshold": 0.0}}
+    async with app_client(tmp_path, cache=cache) as client:
+        await _post(client, _chat("one question"))
+        far = await _post(client, _chat("a different question entirely"))
+    assert far.headers["x-llm-router-cache"] == "miss"
+
+
+@pytest.fixture(scope="module")
+def semantic_server(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
+) -> Iterator[Server]:
+    folder = link_models(tmp_path_factory.mktemp("semantic-models"), smollm2_gguf)
+    assert defaults.place_minilm(folder) is not None
+    config = {
+        "models_dir": str(folder),
+        "cache": {"enabled": True, "semantic": {"model": defaults.MINILM_ID, "threshold": 0.1}},
+    }
+    srv = Server(tmp_path_factory.mktemp("semantic-server"), config).start()
+    yield srv
+    srv.stop()
+
+
+def test_a_paraphrase_is_served_from_the_semantic_cache(
+    semantic_server: Server, make_client: MakeClient
+) -> None:
+    client = make_client(semantic_server)
+    answers = []
+    for question in (
+        "What is the capital of France?",
+        "What's the capital city of France?",
+        "Write a short poem about the sea.",
+    ):
+        raw = client.chat.completions.with_raw_response.create(
+            model=SMOL,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=12,
+        )
+        answers.append((raw.headers["x-llm-router-cache"], raw.parse().choices[0].message.content))
+    (first, text), (paraphrase, same), (other, _) = answers
+    assert (first, paraphrase, other) == ("miss", "hit", "miss")
+    assert same == text
+    metrics = httpx.get(semantic_server.url + "/metrics", timeout=10).text
+    assert 'llm_router_cache_lookups_total{result="hit",tier="semantic"} 1.0' in metrics

@@ -1,0 +1,124 @@
+"""The request log and request ids, in-process on the fake engine: one line per request with
+what served it, the client's x-request-id kept (or one made), no prompt or key unless asked."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inproc import app_client
+from llm_router.logs import JsonFormatter
+from servers import SMOL, MakeClient, Server
+
+CHAT = {
+    "model": "chat",
+    "messages": [{"role": "user", "content": "a secret prompt"}],
+    "max_tokens": 4,
+    "temperature": 0,
+}
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The request log's records as the JSON formatter writes them."""
+    formatter = JsonFormatter()
+    return [
+        json.loads(formatter.format(r)) for r in caplog.records if r.name == "llm_router.requests"
+    ]
+
+
+async def test_one_json_line_per_request_with_what_served_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    async with app_client(tmp_path) as client:
+        first = await client.post("/v1/chat/completions", json=CHAT)
+        second = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-request-id": "client-id-1"}
+        )
+        await client.get("/health")
+    one, two, health = _lines(caplog)
+    assert one["request_id"] == first.headers["x-request-id"] and len(one["request_id"]) == 32
+    assert two["request_id"] == second.headers["x-request-id"] == "client-id-1"
+    assert one["method"] == "POST" and one["path"] == "/v1/chat/completions"
+    assert one["status"] == 200 and one["model"] == "chat" and one["target"] == "chat"
+    assert one["route"] == "direct" and one["cache"] == "miss" and two["cache"] == "hit"
+    assert one["completion_tokens"] == 4 and one["prompt_tokens"] > 0
+    assert one["ttft_ms"] >= 0 and one["duration_ms"] >= one["ttft_ms"]
+    assert one["level"] == "info" and one["logger"] == "llm_router.requests"
+    assert "POST /v1/chat/completions 200" in one["message"]
+    assert health["path"] == "/health" and health["status"] == 200 and "model" not in health
+
+
+async def test_a_strange_request_id_is_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    async with app_client(tmp_path) as client:
+        response = await client.get("/health", headers={"x-request-id": "bad id\twith space"})
+    assert response.headers["x-request-id"] != "bad id\twith space"
+    assert _lines(caplog)[0]["request_id"] == response.headers["x-request-id"]
+
+
+async def test_no_prompt_answer_or_key_in_the_log_by_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with app_client(tmp_path) as client:
+        response = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-very-secret"}
+        )
+    answer = response.json()["choices"][0]["message"]["content"]
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert "a secret prompt" not in text and answer not in text
+    assert "sk-very-secret" not in text
+
+
+async def test_log_prompts_puts_the_prompt_and_answer_in_the_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    async with app_client(tmp_path, log_prompts=True) as client:
+        whole = await client.post("/v1/chat/completions", json=CHAT)
+        await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    one, streamed = _lines(caplog)
+    assert one["prompt"] == CHAT["messages"]
+    assert one["answer"] == whole.json()["choices"][0]["message"]["content"]
+    assert streamed["answer"] == one["answer"]
+
+
+async def test_log_requests_off_keeps_the_request_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    async with app_client(tmp_path, log_requests=False) as client:
+        response = await client.get("/health")
+    assert response.headers["x-request-id"]
+    assert _lines(caplog) == []
+
+
+def test_a_real_server_writes_json_lines_with_the_request_id(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
+    srv = Server(tmp_path, {"models_dir": str(models_dir), "log_format": "json"}).start()
+    try:
+        client = make_client(srv)
+        done = client.chat.completions.with_raw_response.create(
+            model=SMOL,
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=4,
+            extra_headers={"x-request-id": "trace-me-42", "authorization": "Bearer sk-secret-1"},
+        )
+        assert done.headers["x-request-id"] == "trace-me-42"
+    finally:
+        srv.stop()
+    lines = [json.loads(line) for line in srv.log_path.read_text().splitlines() if line.strip()]
+    [line] = [x for x in lines if x.get("request_id") == "trace-me-42"]
+    assert line["logger"] == "llm_router.requests" and line["status"] == 200
+    assert line["model"] == line["target"] == SMOL and line["completion_tokens"] > 0
+    assert any(x.get("logger") == "llm_router.lifecycle.manager" for x in lines)  # loads too
+    assert "sk-secret-1" not in srv.log_path.read_text()
+    assert "Say hi" not in srv.log_path.read_text()

@@ -1,0 +1,67 @@
+"""/metrics follows Prometheus naming (counters `_total`, times `_seconds`, sizes `_bytes`),
+keeps labels bounded, and counts what vLLM and llama-server users look for: time per output
+token, queue wait, unloads by reason with their duration, requests in flight per target."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from inproc import app_client
+from llm_router.metrics import unload_reason
+
+LABELS = {"model", "endpoint", "outcome", "kind", "event", "route", "target", "error", "tier"}
+LABELS |= {"result", "reason", "status", "state", "le"}
+
+
+def _value(text: str, series: str) -> float:
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, flags=re.MULTILINE)
+    assert match, f"{series} is not in /metrics"
+    return float(match.group(1))
+
+
+async def test_names_and_labels_follow_prometheus_conventions(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        text = (await client.get("/metrics")).text
+    types = dict(re.findall(r"^# TYPE (llm_router_\w+) (\w+)$", text, flags=re.MULTILINE))
+    assert len(types) > 30
+    for name, kind in types.items():
+        if kind == "counter":
+            assert name.endswith("_total"), name
+        if kind == "histogram":
+            assert name.endswith("_seconds"), name  # every histogram here is a time
+        if "memory" in name or "budget" in name:
+            assert name.endswith("_bytes"), name
+    for labels in re.findall(r"^llm_router_\w+\{([^}]*)\}", text, flags=re.MULTILINE):
+        names = set(re.findall(r'(\w+)="', labels))
+        assert names <= LABELS, names - LABELS  # no client-chosen label (user, key, prompt)
+
+
+async def test_decode_queue_and_unload_metrics_are_counted(tmp_path: Path) -> None:
+    async with app_client(tmp_path) as client:
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert (await client.post("/models/unload", json={"model": "chat"})).status_code < 300
+        for _ in range(100):
+            text = (await client.get("/metrics")).text
+            if 'llm_router_model_unloads_total{model="chat",reason="requested"}' in text:
+                break
+            await asyncio.sleep(0.02)  # the unload finishes in the background
+    assert _value(text, 'llm_router_time_per_output_token_seconds_count{model="chat"}') == 1
+    assert _value(text, 'llm_router_queue_wait_seconds_count{model="chat"}') == 1
+    assert _value(text, 'llm_router_model_unloads_total{model="chat",reason="requested"}') == 1
+    assert _value(text, 'llm_router_model_unload_seconds_count{model="chat"}') == 1
+    assert _value(text, 'llm_router_target_in_flight_requests{model="chat"}') == 0
+
+
+def test_unload_reasons_are_a_closed_set() -> None:
+    assert unload_reason("evicted to make room for 'some-client-named-model'") == "evicted"
+    assert unload_reason("evicted: over the memory budget (x)") == "evicted"
+    assert unload_reason("idle (keep_alive)") == "idle"
+    assert unload_reason("load cancelled") == "cancelled"
+    assert unload_reason("requested") == "requested"
+    assert unload_reason("file changed on disk: /some/path") == "other"
+    assert unload_reason(None) == "other"

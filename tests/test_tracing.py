@@ -1,0 +1,248 @@
+"""OpenTelemetry traces, with the SDK's in-memory exporter: one server span per request with
+its children (routing, each attempt with the failed one visible, queue, load, prefill, decode,
+the upstream call), GenAI attributes, the client's traceparent continued and passed on."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from aiohttp import web
+from fastapi import FastAPI
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from inproc import app_client
+from llm_router.config import ModelConfig, RouteConfig, Settings
+from llm_router.server.tracing import TraceMiddleware
+from llm_router.tracing import Tracing
+from servers import SMOL, MakeClient, Server
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+def _tracing(exporter: InMemorySpanExporter) -> Any:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def setup(app: FastAPI) -> None:
+        app.add_middleware(TraceMiddleware, tracing=Tracing(provider))
+
+    return setup
+
+
+def _by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]:
+    out: dict[str, list[ReadableSpan]] = {}
+    for s in spans:
+        out.setdefault(s.name, []).append(s)
+    return out
+
+
+def _parent(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent else None
+
+
+async def test_a_local_request_has_its_spans_under_one_server_span(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    async with app_client(tmp_path, setup=_tracing(exporter)) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "chat", **CHAT},
+            headers={"traceparent": TRACEPARENT},
+        )
+    assert response.status_code == 200
+    spans = _by_name(exporter.get_finished_spans())
+    [server] = spans["POST /v1/chat/completions"]
+    assert f"{server.context.trace_id:032x}" == TRACE_ID  # the client's trace, continued
+    attrs = server.attributes or {}
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == attrs["gen_ai.response.model"] == "chat"
+    assert attrs["gen_ai.usage.output_tokens"] == 3 and attrs["gen_ai.usage.input_tokens"] > 0
+    assert attrs["http.response.status_code"] == 200
+    [route] = spans["llm_router.route"]
+    [attempt] = spans["llm_router.attempt"]
+    assert _parent(route) == server.context.span_id
+    assert _parent(attempt) == route.context.span_id
+    for name in ("llm_router.queue", "llm_router.model_load", "llm_router.prefill"):
+        [child] = spans[name]
+        assert _parent(child) == attempt.context.span_id, name
+    [decode] = spans["llm_router.decode"]
+    assert _parent(decode) == server.context.span_id
+    assert (decode.attributes or {})["gen_ai.usage.output_tokens"] == 3
+    assert all(s.context.trace_id == server.context.trace_id for s in exporter.get_finished_spans())
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[tuple[str, str, list[dict[str, str]]]]:
+    """Two OpenAI-compatible upstreams on 127.0.0.1: one failing (500), one answering; the
+    headers of every request they got."""
+    seen: list[dict[str, str]] = []
+
+    async def failing(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"error": {"message": "down"}}, status=500)
+
+    async def answering(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        body = await request.json()
+        return web.json_response(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hello"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+            }
+        )
+
+    runners = []
+    urls = []
+    for handler in (failing, answering):
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{port}/v1")
+    yield urls[0], urls[1], seen
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_a_fallback_shows_both_attempts_and_the_upstream_gets_the_traceparent(
+    tmp_path: Path,
+    exporter: InMemorySpanExporter,
+    upstreams: tuple[str, str, list[dict[str, str]]],
+) -> None:
+    down, up, seen = upstreams
+    models = [
+        ModelConfig(id="down", provider="openai", base_url=down, health_check_interval=0),
+        ModelConfig(id="up", provider="openai", base_url=up, health_check_interval=0),
+    ]
+    routes = [RouteConfig(name="pair", strategy="round-robin", targets=["down"], fallbacks=["up"])]
+    async with app_client(
+        tmp_path, setup=_tracing(exporter), models=models, routes=routes
+    ) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "pair", **CHAT})
+    assert response.status_code == 200, response.text
+    spans = _by_name(exporter.get_finished_spans())
+    [server] = spans["POST /v1/chat/completions"]
+    failed, served = sorted(spans["llm_router.attempt"], key=lambda s: s.start_time or 0)
+    assert (failed.attributes or {})["llm_router.target"] == "down"
+    assert not failed.status.is_ok and (served.attributes or {})["llm_router.target"] == "up"
+    assert served.status.is_ok
+    calls = spans["POST /chat/completions"]
+    assert len(calls) == 2 and {_parent(c) for c in calls} == {
+        failed.context.span_id,
+        served.context.span_id,
+    }
+    trace_id = f"{server.context.trace_id:032x}"
+    assert [h["traceparent"].split("-")[1] for h in seen] == [trace_id, trace_id]
+    sent = {h["traceparent"].split("-")[2] for h in seen}
+    assert sent == {f"{c.context.span_id:016x}" for c in calls}  # each call's own span
+    assert (server.attributes or {})["gen_ai.response.model"] == "up"
+
+
+async def test_tracing_is_off_without_an_endpoint(tmp_path: Path) -> None:
+    assert Tracing.from_settings(Settings()) is None
+    async with app_client(tmp_path) as client:
+        assert client._transport.app.state.tracing is None  # type: ignore[attr-defined]
+
+
+def test_an_endpoint_in_the_environment_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "my-router")
+    tracing = Tracing.from_settings(Settings())
+    assert tracing is not None
+    try:
+        assert tracing.provider.resource.attributes["service.name"] == "my-router"
+    finally:
+        tracing.shutdown()
+
+
+class _OtlpReceiver(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP traces endpoint (POST /v1/traces, protobuf) keeping what it receives."""
+
+    received: ClassVar[list[ExportTraceServiceRequest]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(body)
+        self.received.append(message)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+        self.wfile.write(b"")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_real_server_exports_its_spans_over_otlp(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpReceiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.server_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "router-under-test")
+    srv = Server(tmp_path, {"models_dir": str(models_dir)}).start()
+    try:
+        client = make_client(srv)
+        done = client.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert done.choices[0].message.content is not None
+    finally:
+        srv.stop()  # the server exports what is left as it stops
+        receiver.shutdown()
+        receiver.server_close()
+    spans = [
+        (span.name, resource.resource)
+        for message in _OtlpReceiver.received
+        for resource in message.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    names = {name for name, _ in spans}
+    assert {
+        "POST /v1/chat/completions",
+        "llm_router.route",
+        "llm_router.attempt",
+        "llm_router.model_load",
+        "llm_router.prefill",
+        "llm_router.decode",
+    } <= names
+    services = {
+        a.value.string_value
+        for _, resource in spans
+        for a in resource.attributes
+        if a.key == "service.name"
+    }
+    assert services == {"router-under-test"}
