@@ -27,15 +27,17 @@ from ..errors import (
     ModelNotFound,
     RouterError,
 )
+from ..machine import Machine, detect
 from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
 from .admission import Admission
 from .discovery import ModelSource, Scanner
+from .fit import Fitted, fit
 from .leases import Leases
 from .registry import Registry
 from .state import EventBus, ModelSnapshot, ModelState, Status
-from .threads import ThreadBudget, cores_present
+from .threads import ThreadBudget
 
 __all__ = ["ModelManager"]
 
@@ -57,6 +59,8 @@ class ModelManager(Leases, Admission):
     ) -> None:
         self.settings = settings
         self.events = EventBus(max_subscribers=settings.max_event_subscribers)
+        # Told how long each lease waited for its slot (and load): the queue-wait metric.
+        self.observe_wait: Callable[[str, float], None] = lambda model, seconds: None
         self.budget = parse_bytes(settings.memory_budget, psutil.virtual_memory().available)
         self._default_keep_alive = parse_duration(settings.keep_alive)
         self.registry = Registry(scanner or Scanner(settings), self.events)
@@ -67,7 +71,9 @@ class ModelManager(Leases, Admission):
         self._watcher: asyncio.Task[None] | None = None
         self._pool = pool or WorkerPool(settings.spare_workers)
         self._pool.on_measured = self._room_changed  # estimates improve: decide again
-        self._threads = ThreadBudget(settings.thread_budget or cores_present())
+        self.machine: Machine = detect()  # cores, memory, CPU features: lifecycle/fit.py
+        log.info("machine: %s", self.machine.summary())
+        self._threads = ThreadBudget(settings.thread_budget or self.machine.physical_cores)
         self._scanned = -math.inf  # monotonic time of the last scan
         self._patience: asyncio.TimerHandle | None = None  # see _patience_over
         self._uses = itertools.count(1)  # orders uses for LRU (wall clocks can tie or step back)
@@ -162,6 +168,7 @@ class ModelManager(Leases, Admission):
             state.active,
             len(state.waiters),
             dict(worker.info) if worker else None,
+            unload_at=_unload_at(state.unload_handle),
         )
 
     def queue_position(self, state: ModelState) -> int | None:
@@ -241,8 +248,12 @@ class ModelManager(Leases, Admission):
         return worker
 
     def _options(self, source: ModelSource) -> dict[str, Any]:
+        return self.fitted(source).options
+
+    def fitted(self, source: ModelSource) -> Fitted:
+        """The engine options for `source`: configured, else derived from the machine."""
         options = self.settings.model_defaults.merged(source.config.engine_options())
-        return options.model_dump(exclude_none=True)
+        return fit(source, options.model_dump(exclude_none=True), self.budget, self.machine)
 
     def _spec(self, source: ModelSource) -> LoadSpec:
         info = source.info
@@ -360,6 +371,13 @@ class ModelManager(Leases, Admission):
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _unload_at(handle: asyncio.TimerHandle | None) -> float | None:
+    """The wall-clock time an idle-unload timer fires (timers run on the monotonic clock)."""
+    if handle is None or handle.cancelled():
+        return None
+    return time.time() + handle.when() - time.monotonic()
 
 
 def _mib(value: int | None) -> str:

@@ -118,6 +118,7 @@ class ModelSnapshot:
     active: int
     queued: int
     runtime: dict[str, Any] | None  # the worker's last info snapshot
+    unload_at: float | None = None  # wall-clock time its keep_alive ends, if idle
 
     @property
     def id(self) -> str:

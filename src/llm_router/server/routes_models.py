@@ -19,6 +19,7 @@ from ..lifecycle.state import ModelSnapshot
 from ..protocol import MAX_MODEL_NAME
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Target
+from .gateway import visible
 from .sse import events_response
 
 routes = APIRouter(tags=["models"])
@@ -79,6 +80,7 @@ def describe(snap: ModelSnapshot) -> dict[str, Any]:
         "active_requests": snap.active,
         "queued_requests": snap.queued,
         "runtime": snap.runtime,
+        "keep_alive_until": snap.unload_at,
     }
 
 
@@ -118,8 +120,10 @@ async def list_models(request: Request) -> dict[str, Any]:
     data += [describe_remote(t, routing, started) for t in routing.remotes()]
     return {
         "object": "list",
-        "data": data,
-        "routes": [routing.route_status(r.name) for r in routing.routes()],
+        "data": [m for m in data if visible(request, m["id"])],  # the key's allow-list
+        "routes": [
+            routing.route_status(r.name) for r in routing.routes() if visible(request, r.name)
+        ],
         "memory_budget_bytes": manager.budget,
         "memory_used_bytes": manager.memory_used(),
         "memory_over_budget": manager.over_budget,

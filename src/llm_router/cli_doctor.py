@@ -1,0 +1,113 @@
+"""`llm-router doctor`: what was detected on this machine, the settings derived from it for each
+model and why, the engines installed, and any problem found (an engine missing its extra, a
+models directory that cannot be written, a model that cannot be served). Exit status 1 when
+there is a problem."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli import ConfigOpt, ModelsDirOpt, _settings
+from .engines import ENGINES, check_available
+from .errors import RouterError
+from .lifecycle.discovery import Scanner
+from .lifecycle.fit import fit
+from .machine import detect
+from .units import parse_bytes
+
+__all__ = ["register"]
+
+
+def _writable(settings_dir: os.PathLike[str]) -> str | None:
+    """None when a file can be created in the directory (or it can be made), else why not."""
+    path = os.fspath(settings_dir)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return f"the models directory {path} cannot be written: {exc.strerror}"
+    return None
+
+
+def doctor(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
+    """Print the machine, the derived settings and why, the engines, and any problem."""
+    settings = _settings(config, models_dir=models_dir)
+    out = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    machine = detect()
+    problems: list[str] = []
+
+    out.print("[bold]Machine[/bold]")
+    out.print(f"  cores        {machine.physical_cores} physical, {machine.logical_cores} logical")
+    out.print(
+        f"  memory       {machine.memory_total / 2**30:.1f} GiB, "
+        f"{machine.memory_available / 2**30:.1f} GiB available"
+    )
+    out.print(
+        f"  CPU          {machine.arch}: {', '.join(machine.features) or 'no known features'}"
+    )
+    budget = parse_bytes(settings.memory_budget, machine.memory_available)
+    out.print(f"  budget       {budget / 2**30:.1f} GiB (memory_budget: {settings.memory_budget})")
+    threads = settings.thread_budget or machine.physical_cores
+    why = "thread_budget" if settings.thread_budget else "the physical cores"
+    out.print(f"  threads      {threads}, shared by busy models ({why})")
+
+    engines = Table("engine", "extra", "status", title="Engines", title_justify="left")
+    available = set()
+    for name, info in sorted(ENGINES.items()):
+        if name == "fake":
+            continue
+        try:
+            check_available(name)
+        except RouterError:
+            engines.add_row(name, info.extra, "[red]missing[/red]")
+        else:
+            available.add(name)
+            engines.add_row(name, info.extra, "installed")
+    out.print(engines)
+
+    if problem := _writable(settings.models_dir):
+        problems.append(problem)
+    sources = Scanner(settings).scan().values() if settings.models_dir.is_dir() else []
+    table = Table(
+        "model", "engine", "threads", "slots", "context/slot", "batch", "why",
+        title=f"Models in {settings.models_dir}", title_justify="left",
+    )  # fmt: skip
+    for source in sources:
+        if source.error:
+            problems.append(f"{source.id}: {source.error}")
+            continue
+        if source.engine not in available and source.engine != "fake":
+            extra = ENGINES[source.engine].extra if source.engine in ENGINES else "?"
+            problems.append(
+                f"{source.id} needs the {source.engine} engine: "
+                f"pip install 'llm-runner-router[{extra}]'"
+            )
+        options = settings.model_defaults.merged(source.config.engine_options())
+        fitted = fit(source, options.model_dump(exclude_none=True), budget, machine)
+        v = fitted.values
+        reasons = sorted(
+            {fitted.reasons[k] for k in ("context_size", "parallel") if k in fitted.reasons}
+        )
+        table.add_row(
+            source.id, source.engine, str(v.get("threads", "-")), str(v.get("parallel", "-")),
+            str(v.get("context_size", "-")), str(v.get("batch_size", "-")),
+            "; ".join(reasons) or "the engine allocates as tokens come",
+        )  # fmt: skip
+    out.print(table)
+    if problems:
+        out.print("[bold red]Problems[/bold red]")
+        for p in problems:
+            out.print(f"  - {p}")
+        raise typer.Exit(1)
+    out.print("[green]No problems found.[/green]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(doctor)

@@ -1,0 +1,62 @@
+"""How the commands find and talk to a running server: `--url`, else the configured host and
+port if a server answers there (a quick `GET /health`), else none and the command works in
+this process where it can. `LLM_ROUTER_API_KEY` is sent as the bearer key when set."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from .config import Settings
+
+__all__ = ["UrlOpt", "auth_headers", "client", "find_server", "server_error"]
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="A running server, e.g. http://127.0.0.1:8080 (default: the configured host and "
+        "port when a server answers there, else work in this process).",
+    ),
+]
+
+
+def auth_headers() -> dict[str, str]:
+    key = os.environ.get("LLM_ROUTER_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def client(url: str, timeout: float | None = 30.0) -> httpx.Client:
+    return httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(), timeout=timeout)
+
+
+def _answers(url: str) -> bool:
+    try:
+        res = httpx.get(url.rstrip("/") + "/health", timeout=0.5, headers=auth_headers())
+        return res.status_code == 200 and res.json().get("status") == "ok"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def find_server(url: str | None, settings: Settings) -> str | None:
+    """The server to talk to: `url` (which must answer: else typer.BadParameter), or the
+    configured address when a server answers there, else None."""
+    if url:
+        if not _answers(url):
+            raise typer.BadParameter(f"no llm-router server answers at {url}", param_hint="--url")
+        return url.rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    default = f"http://{host}:{settings.port}"
+    return default if _answers(default) else None
+
+
+def server_error(res: httpx.Response) -> str:
+    """The message of an error answer (the OpenAI envelope), else its status line."""
+    try:
+        body: Any = res.json()
+        return str(body["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"{res.status_code} {res.reason_phrase}"

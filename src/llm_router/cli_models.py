@@ -1,0 +1,313 @@
+"""Ollama's everyday commands: `ps`, `show`, `rm`, `chat`. Each talks to a running server when
+one is given with `--url` or answers on the configured port, and works in this process
+otherwise where that makes sense (`ps` needs a server: a new process has nothing loaded)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli import ConfigOpt, ModelsDirOpt, _settings, err
+from .cli_http import UrlOpt, client, find_server, server_error
+from .config import Settings
+from .errors import RouterError
+from .lifecycle.discovery import ModelSource, Scanner
+from .logs import setup_logging
+
+__all__ = ["register"]
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+def _mib(value: Any) -> str:
+    return f"{value / 2**20:.0f} MiB" if isinstance(value, int | float) else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def ps(config: ConfigOpt = None, url: UrlOpt = None) -> None:
+    """Loaded models of a running server: memory, slots, idle time, keep-alive left."""
+    settings = _settings(config)
+    server = find_server(url, settings)
+    if server is None:
+        raise _fail(f"no server answers on port {settings.port}; start one or give --url")
+    with client(server) as http:
+        res = http.get("/models")
+    if res.status_code != 200:
+        raise _fail(server_error(res))
+    body = res.json()
+    table = Table("model", "status", "memory", "slots", "queue", "idle", "keep-alive left")
+    now = time.time()
+    for m in body["data"]:
+        status = m["status"]["value"]
+        if m.get("source") == "remote" or status in ("unloaded", "error"):
+            continue
+        runtime = m.get("runtime") or {}
+        busy = m.get("active_requests") or 0
+        idle = "busy" if busy else _duration(now - m["last_used"] if m.get("last_used") else None)
+        until = m.get("keep_alive_until")
+        left = _duration(max(0.0, until - now)) if until else ("never" if m.get("pinned") else "-")
+        slots = (
+            f"{runtime.get('slots_busy', busy)}/{runtime['parallel']}"
+            if "parallel" in runtime
+            else "-"
+        )
+        table.add_row(
+            m["id"], status, _mib(m.get("memory_bytes")), slots,
+            str(m.get("queued_requests", 0)), idle, left,
+        )  # fmt: skip
+    out = _console()
+    out.print(table)
+    out.print(
+        f"memory {_mib(body.get('memory_used_bytes'))} of {_mib(body.get('memory_budget_bytes'))}"
+    )
+
+
+def _find(settings: Settings, model: str) -> ModelSource:
+    sources = Scanner(settings).scan()
+    for source in sources.values():
+        if model == source.id or model in source.config.aliases:
+            return source
+    known = ", ".join(sorted(sources)) or "none"
+    raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {known})")
+
+
+def show(
+    model: Annotated[str, typer.Argument(help="Model id or alias.")],
+    config: ConfigOpt = None,
+    models_dir: ModelsDirOpt = None,
+    url: UrlOpt = None,
+    template: Annotated[bool, typer.Option("--template", help="Only the chat template.")] = False,
+) -> None:
+    """A model's metadata, chat template, parameters and the configuration that applies;
+    its live status too when a server runs."""
+    from .lifecycle.fit import fit
+    from .machine import detect
+    from .units import parse_bytes
+
+    settings = _settings(config, models_dir=models_dir)
+    source = _find(settings, model)
+    info = source.info
+    if template:
+        print(info.chat_template if info and info.chat_template else "(no chat template)")
+        return
+    out = _console()
+    rows: list[tuple[str, Any]] = [
+        ("id", source.id),
+        ("file", source.path.name),
+        ("format", source.format),
+        ("engine", source.engine),
+        ("task", source.task),
+        ("size", _mib(source.identity.size_bytes)),
+    ]
+    if info:
+        rows += [
+            ("architecture", info.architecture),
+            ("parameters", f"{info.parameters / 1e6:.0f}M" if info.parameters else None),
+            ("quantization", info.quantization),
+            ("context length", info.context_length),
+            ("embedding length", info.embedding_length),
+        ]
+    if source.error:
+        rows.append(("error", source.error))
+    server = find_server(url, settings)
+    if server:
+        with client(server) as http:
+            listed = {m["id"]: m for m in http.get("/models").json()["data"]}
+        live = listed.get(source.id, {})
+        rows.append(("status", live.get("status", {}).get("value", "not on that server")))
+        rows.append(("memory", _mib(live.get("memory_bytes"))))
+    _section(out, "Model", rows)
+    cfg = source.config
+    params = {k: v for k, v in cfg.sampling.model_dump(exclude_none=True).items()}
+    _section(
+        out,
+        "Parameters",
+        [
+            ("system prompt", cfg.system_prompt),
+            *params.items(),
+            ("keep_alive", cfg.keep_alive),
+            ("pinned", cfg.pin),
+            ("aliases", ", ".join(cfg.aliases) or None),
+        ],
+    )
+    options = settings.model_defaults.merged(cfg.engine_options()).model_dump(exclude_none=True)
+    budget = parse_bytes(settings.memory_budget, detect().memory_available)
+    fitted = fit(source, options, budget, detect())
+    _section(
+        out,
+        "Engine settings (configured, else derived from this machine)",
+        [(k, f"{v}  ({fitted.reasons.get(k, 'configured')})")
+         for k, v in {**fitted.options, **fitted.values}.items()],
+    )  # fmt: skip
+    if info and info.chat_template:
+        out.print("[bold]Chat template[/bold] (--template prints it alone)")
+        print(info.chat_template[:2000] + (" ..." if len(info.chat_template) > 2000 else ""))
+
+
+def _section(out: Console, title: str, rows: list[tuple[str, Any]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
+    for key, value in rows:
+        if value is not None and value != "":
+            table.add_row(key, str(value))
+    out.print(table)
+
+
+def rm(
+    model: Annotated[str, typer.Argument(help="Model id or alias.")],
+    config: ConfigOpt = None,
+    models_dir: ModelsDirOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Delete a model from the models directory (unloading it first from a running server).
+    A link is removed, never what it points to."""
+    settings = _settings(config, models_dir=models_dir)
+    source = _find(settings, model)
+    root = settings.models_dir.resolve()
+    if source.origin != "models_dir" or source.path.parent.resolve() != root:
+        raise _fail(f"{source.id} is not a file of {root}; remove its `models:` entry instead")
+    server = find_server(url, settings)
+    if server:
+        with client(server) as http:
+            res = http.post("/models/unload", json={"model": source.id, "force": True})
+        if res.status_code not in (200, 404):
+            raise _fail(server_error(res))
+    path = source.path
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    print(f"deleted {source.id} ({path.name})")
+
+
+def chat(
+    model: Annotated[str, typer.Argument(help="Model or route.")],
+    config: ConfigOpt = None,
+    models_dir: ModelsDirOpt = None,
+    url: UrlOpt = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 for greedy.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 512,
+) -> None:
+    """An interactive chat with history and streaming, as `ollama run`: `/bye` quits,
+    `/clear` forgets the history."""
+    settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
+    setup_logging(settings.log_level)
+    server = find_server(url, settings)
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
+    try:
+        if server:
+            _chat_http(server, model, system, params)
+        else:
+            asyncio.run(_chat_local(settings, model, system, params))
+    except RouterError as exc:
+        raise _fail(exc.message) from None
+    except KeyboardInterrupt:
+        print()
+
+
+def _lines() -> Iterator[str]:
+    """The user's messages until `/bye` or end of input; `/clear` comes through as itself."""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print(">>> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/bye", "/exit", "/quit"):
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _chat_http(server: str, model: str, system: str | None, params: dict[str, Any]) -> None:
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    with client(server, timeout=None) as http:
+        for line in _lines():
+            if line == "/clear":
+                del history[1 if system else 0 :]
+                continue
+            history.append({"role": "user", "content": line})
+            body = {"model": model, "messages": history, "stream": True, **params}
+            answer = ""
+            with http.stream("POST", "/v1/chat/completions", json=body) as res:
+                if res.status_code != 200:
+                    res.read()
+                    history.pop()
+                    err.print(f"[red]error:[/red] {server_error(res)}", highlight=False)
+                    continue
+                for data in res.iter_lines():
+                    if not data.startswith("data: ") or data == "data: [DONE]":
+                        continue
+                    chunk = json.loads(data[6:])
+                    if "error" in chunk:
+                        err.print(f"[red]error:[/red] {chunk['error']['message']}")
+                        break
+                    for choice in chunk.get("choices", []):
+                        piece = choice.get("delta", {}).get("content") or ""
+                        answer += piece
+                        _write(piece)
+            _write("\n\n")
+            history.append({"role": "assistant", "content": answer})
+
+
+async def _chat_local(
+    settings: Settings, model: str, system: str | None, params: dict[str, Any]
+) -> None:
+    from .api import Router
+
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    loop = asyncio.get_running_loop()
+    async with Router(settings=settings) as router:
+        lines = _lines()
+        while (line := await loop.run_in_executor(None, next, lines, None)) is not None:
+            if line == "/clear":
+                del history[1 if system else 0 :]
+                continue
+            history.append({"role": "user", "content": line})
+            answer = ""
+            try:
+                async for piece in router.stream(history, model=model, **params):
+                    answer += piece
+                    _write(piece)
+            except RouterError as exc:
+                history.pop()
+                err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+                continue
+            _write("\n\n")
+            history.append({"role": "assistant", "content": answer})
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(ps)
+    app.command()(show)
+    app.command()(rm)
+    app.command()(chat)

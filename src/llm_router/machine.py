@@ -1,0 +1,101 @@
+"""What the machine has: cores (physical and logical, within this process's CPU affinity),
+memory, and the CPU features the engines' kernels care about (AVX2, AVX-512, AMX, NEON).
+
+Read once at start-up (`detect()`: psutil and /proc/cpuinfo, a few milliseconds) and logged
+once by `serve`; lifecycle/fit.py derives the default engine settings from it and `doctor`
+prints it. A snapshot: nothing here watches for hot-plugged CPUs or memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+__all__ = ["FEATURES", "Machine", "cpu_features", "detect"]
+
+# Feature names as /proc/cpuinfo spells them -> the name we report. On ARM, `asimd` is NEON.
+FEATURES = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "amx_tile": "AMX",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+    "asimd": "NEON",
+    "neon": "NEON",
+    "sve": "SVE",
+    "f16c": "F16C",
+    "fma": "FMA",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    logical_cores: int  # CPUs this process may run on
+    physical_cores: int  # cores behind them (hyper-threads counted once)
+    memory_total: int  # bytes
+    memory_available: int  # bytes, at detection
+    features: tuple[str, ...]
+    arch: str
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (
+            f"{self.physical_cores} physical / {self.logical_cores} logical cores, "
+            f"{self.memory_total / 2**30:.1f} GiB memory ({self.memory_available / 2**30:.1f} "
+            f"available), {self.arch}, CPU features: {', '.join(self.features) or 'none known'}"
+        )
+
+
+def cpu_features(cpuinfo: str, arch: str) -> tuple[str, ...]:
+    """The features named in FEATURES found in /proc/cpuinfo's `flags` (x86) or `Features`
+    (ARM) lines; NEON on any 64-bit ARM (it is part of AArch64)."""
+    found: list[str] = []
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):
+            for flag in value.split():
+                label = FEATURES.get(flag.lower())
+                if label and label not in found:
+                    found.append(label)
+            break  # every core lists the same
+    if arch in ("aarch64", "arm64") and "NEON" not in found:
+        found.append("NEON")
+    return tuple(found)
+
+
+def _logical() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _physical(logical: int) -> int:
+    """Physical cores usable by this process: the machine's, scaled by the share of its logical
+    CPUs our affinity allows (a container pinned to 4 of 16 hyper-threads gets 2)."""
+    total_logical = psutil.cpu_count(logical=True) or logical
+    total_physical = psutil.cpu_count(logical=False) or total_logical
+    per_core = max(1, round(total_logical / total_physical))
+    return max(1, min(total_physical, logical // per_core or 1))
+
+
+def detect(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> Machine:
+    arch = platform.machine().lower()
+    try:
+        cpuinfo = cpuinfo_path.read_text(errors="replace")
+    except OSError:
+        cpuinfo = ""
+    logical = _logical()
+    memory = psutil.virtual_memory()
+    return Machine(
+        logical_cores=logical,
+        physical_cores=_physical(logical),
+        memory_total=memory.total,
+        memory_available=memory.available,
+        features=cpu_features(cpuinfo, arch),
+        arch=arch,
+    )

@@ -1,0 +1,238 @@
+"""`pull`: put a model into the models directory from an http(s) URL or the Hugging Face Hub.
+
+A download is written to `.<name>.part` in the models directory (dot files are never models,
+so a half download never appears in `GET /models`), resumed from where it stopped with an HTTP
+Range request (by the next `pull`, or at once when the connection drops mid-way), checked
+against a sha256 (given with `--sha256`, or the Hub's LFS metadata) and only then renamed to
+its name: the rename is atomic, so the watcher sees the whole file or nothing. A file whose
+sha256 differs is deleted and the pull fails.
+
+Hub sources go through `huggingface_hub` (the `hub` extra): `hf_hub_download` honours
+`HF_ENDPOINT`, `HF_TOKEN` and its cache (resuming there itself); the file is then hashed and
+linked (or copied) into the models directory the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from ..errors import RouterError
+
+__all__ = ["HubSource", "Progress", "PullError", "hub_file", "parse_source", "pull", "pull_url"]
+
+CHUNK = 1 << 20
+RETRIES = 5
+# (bytes so far, total or None): called as bytes arrive.
+Progress = Callable[[int, int | None], None]
+
+
+class PullError(RouterError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HubSource:
+    repo: str  # org/name
+    filename: str | None = None
+    quant: str | None = None  # e.g. Q4_K_M: the .gguf whose name has it
+    revision: str | None = None
+
+
+_REPO = r"[\w.-]+/[\w.-]+"
+
+
+def parse_source(text: str) -> str | HubSource:
+    """An https:// or http:// URL as itself; else a Hub reference: `org/repo/file.gguf`,
+    `org/repo:Q4_K_M` (Ollama's and llama.cpp's `-hf` form), `org/repo@revision/...`, with an
+    optional `hf://`, `hf.co/` or `huggingface.co/` prefix."""
+    if re.match(r"^https?://", text) and not re.match(r"^https?://(hf\.co|huggingface\.co)/", text):
+        return text
+    ref = re.sub(r"^(hf://|https?://|)(hf\.co/|huggingface\.co/)?", "", text)
+    m = re.fullmatch(rf"({_REPO})(?:@([\w.-]+))?(?::([\w.-]+)|/(.+))?", ref)
+    if m is None:
+        raise PullError(
+            f"{text!r} is neither a URL nor a Hub reference (org/repo/file.gguf, org/repo:Q4_K_M)"
+        )
+    repo, revision, quant, filename = m.groups()
+    if filename and filename.startswith("resolve/"):  # a pasted download link
+        revision, _, filename = filename.removeprefix("resolve/").partition("/")
+    return HubSource(repo, filename or None, quant, revision)
+
+
+def hub_file(source: HubSource, files: list[str]) -> str:
+    """The file of `source` among the repository's `files`: its filename, else the one .gguf
+    whose name has the quantization (case-insensitive), else the only .gguf there is."""
+    if source.filename:
+        if source.filename not in files:
+            raise PullError(f"{source.repo} has no file {source.filename!r}")
+        return source.filename
+    every = [f for f in files if f.lower().endswith(".gguf")]
+    found = every
+    if source.quant:
+        q = re.escape(source.quant.lower())
+        found = [f for f in every if re.search(rf"(^|[^a-z0-9]){q}([^a-z0-9_]|$)", f.lower())]
+    if len(found) == 1:
+        return found[0]
+    choices = ", ".join(every[:20]) or "none"
+    if source.quant and not found:
+        raise PullError(f"{source.repo} has no .gguf of {source.quant}; its .gguf files: {choices}")
+    raise PullError(
+        f"{source.repo}: name one file (org/repo/FILE) or a quantization (org/repo:Q4_K_M); "
+        f"its .gguf files: {choices}"
+    )
+
+
+def _name_of(url: str) -> str:
+    name = Path(unquote(urlparse(url).path)).name
+    if not name or name.startswith("."):
+        raise PullError(f"cannot tell a file name from {url}; give --name")
+    return name
+
+
+def pull_url(
+    url: str,
+    models_dir: Path,
+    *,
+    name: str | None = None,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+    headers: dict[str, str] | None = None,
+) -> Path:
+    """Download `url` into `models_dir/name`, resuming a `.name.part` left by an earlier try.
+    Raises PullError (the partial file kept, to resume) on HTTP errors, and on a sha256
+    mismatch (the file deleted)."""
+    import httpx
+
+    name = name or _name_of(url)
+    target, part = models_dir / name, models_dir / f".{name}.part"
+    if target.exists():
+        raise PullError(f"{target} exists; `llm-router rm` it first")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0), headers=headers) as http:
+        for attempt in range(RETRIES + 1):
+            try:
+                _fetch(http, url, part, progress)
+                break
+            except (httpx.TransportError, _Incomplete) as exc:
+                if attempt == RETRIES:
+                    raise PullError(
+                        f"download of {url} failed after {RETRIES + 1} tries ({exc}); "
+                        "run pull again to resume"
+                    ) from None
+                time.sleep(min(2.0**attempt * 0.2, 5.0))
+    _verify(part, sha256)
+    os.replace(part, target)
+    return target
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _fetch(http: httpx.Client, url: str, part: Path, progress: Progress | None) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with http.stream("GET", url, headers=headers) as res:
+        if res.status_code == 416 and have:  # nothing past what we have: it is complete
+            return
+        if res.status_code not in (200, 206):
+            raise PullError(f"{url}: HTTP {res.status_code} {res.reason_phrase}")
+        if res.status_code == 200:
+            have = 0  # the server ignored the Range: start again
+        length = res.headers.get("content-length")
+        total = have + int(length) if length and length.isdigit() else None
+        with part.open("ab" if have else "wb") as out:
+            got = have
+            for chunk in res.iter_bytes(CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+                if progress:
+                    progress(got, total)
+        if total is not None and got < total:
+            raise _Incomplete(f"{got} of {total} bytes")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    actual = _sha256(path)
+    if actual != expected.lower():
+        path.unlink(missing_ok=True)
+        raise PullError(
+            f"sha256 mismatch: expected {expected.lower()}, got {actual}; the download was deleted"
+        )
+
+
+def pull_hub(
+    source: HubSource,
+    models_dir: Path,
+    *,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Download from the Hub with huggingface_hub (its cache, HF_ENDPOINT, HF_TOKEN), check
+    the sha256 (given, else the LFS metadata) and link or copy it into `models_dir`."""
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        raise PullError(
+            "pulling from the Hugging Face Hub needs the `hub` extra: "
+            "pip install 'llm-runner-router[hub]'"
+        ) from None
+    try:
+        info = HfApi().model_info(source.repo, revision=source.revision, files_metadata=True)
+        siblings = {s.rfilename: s for s in info.siblings or []}
+        filename = hub_file(source, list(siblings))
+        lfs = siblings[filename].lfs
+        expected = sha256 or (lfs.sha256 if lfs is not None else None)
+        target = models_dir / Path(filename).name
+        if target.exists():
+            raise PullError(f"{target} exists; `llm-router rm` it first")
+        cached = Path(hf_hub_download(source.repo, filename, revision=source.revision))
+    except HfHubHTTPError as exc:
+        raise PullError(f"{source.repo}: {exc}") from None
+    if expected and _sha256(cached) != expected.lower():
+        raise PullError(f"sha256 mismatch for {filename} in the Hub cache ({cached})")
+    if progress:
+        size = cached.stat().st_size
+        progress(size, size)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    part = models_dir / f".{target.name}.part"
+    try:
+        os.link(cached.resolve(), part)
+    except OSError:
+        shutil.copyfile(cached, part)
+    os.replace(part, target)
+    return target
+
+
+def pull(
+    text: str,
+    models_dir: Path,
+    *,
+    name: str | None = None,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    source = parse_source(text)
+    if isinstance(source, HubSource):
+        return pull_hub(source, models_dir, sha256=sha256, progress=progress)
+    return pull_url(source, models_dir, name=name, sha256=sha256, progress=progress)

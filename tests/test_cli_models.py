@@ -1,0 +1,150 @@
+"""`ps`, `show`, `rm`, `chat`, `bench` and `doctor` as a user types them: against a running
+server (`--url`) and, where that makes sense, in the command's own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servers import GEMMA, SMOL, Server, free_port, link_models
+
+pytestmark = pytest.mark.real  # real models and processes
+
+
+def _cli(
+    *args: str, stdin: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    # The default port is one nobody listens on: "no server found" means in-process here,
+    # whatever else runs on this machine.
+    env = {**os.environ, "LLM_ROUTER_PORT": str(free_port())}
+    return subprocess.run(
+        [sys.executable, "-m", "llm_router", *args],
+        capture_output=True, text=True, timeout=timeout, input=stdin, env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def srv(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path
+) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("cli")
+    models = link_models(root / "models", smollm2_gguf, gemma_gguf)
+    server = Server(root, {"models_dir": str(models), "watch_interval": 0.3}).start()
+    yield server
+    server.stop()
+
+
+def _models_dir(srv: Server) -> str:
+    import yaml
+
+    return str(yaml.safe_load(srv.config_path.read_text())["models_dir"])
+
+
+def test_ps_lists_what_a_running_server_has_loaded(srv: Server) -> None:
+    httpx.post(srv.url + "/models/load", json={"model": SMOL}).raise_for_status()
+    srv.wait_status(SMOL, "loaded")
+    out = _cli("ps", "--url", srv.url)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if SMOL in line)
+    assert "loaded" in row and "MiB" in row and "0/4" in row
+    assert " min" in row or " s " in row  # keep-alive left (5 min by default)
+    assert GEMMA not in out.stdout  # not loaded
+    assert srv.log().count("machine: ") == 1 and "physical" in srv.log()  # logged at start
+
+
+def test_ps_without_a_server_says_so() -> None:
+    out = _cli("ps")
+    assert out.returncode == 1 and "no server answers" in out.stderr
+    bad = _cli("ps", "--url", f"http://127.0.0.1:{free_port()}")
+    assert bad.returncode == 2 and "no llm-router server answers" in bad.stderr
+
+
+def test_show_metadata_parameters_config_and_template(srv: Server) -> None:
+    out = _cli("show", SMOL, "--models-dir", _models_dir(srv))
+    assert out.returncode == 0, out.stderr
+    for text in ("llama", "Q4_1", "8192", "135M", "You are a helpful assistant.",
+                 "physical cores", "context_size", "<|im_start|>"):  # fmt: skip
+        assert text in out.stdout, text
+    live = _cli("show", SMOL, "--url", srv.url, "--models-dir", _models_dir(srv))
+    assert "status" in live.stdout
+    template = _cli("show", SMOL, "--template", "--models-dir", _models_dir(srv))
+    assert template.returncode == 0 and template.stdout.startswith("{% for message in messages")
+    base = _cli("show", GEMMA, "--template", "--models-dir", _models_dir(srv))
+    assert base.stdout.strip() == "(no chat template)"  # a base model
+    missing = _cli("show", "nope", "--models-dir", _models_dir(srv))
+    assert missing.returncode == 1 and SMOL in missing.stderr  # names what there is
+
+
+def test_chat_against_a_server_keeps_the_history(srv: Server) -> None:
+    out = _cli(
+        "chat", SMOL, "--url", srv.url, "--temperature", "0", "--max-tokens", "30",
+        stdin="What is the capital of France?\nAnd of Italy?\n/bye\nnever sent\n",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().split("\n\n")[:2]
+    assert "Paris" in first and "Rome" in second
+
+
+def test_chat_in_process(srv: Server) -> None:
+    out = _cli(
+        "chat", SMOL, "--models-dir", _models_dir(srv), "--temperature", "0",
+        "--max-tokens", "30", stdin="What is the capital of France?\n",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+    unknown = _cli("chat", "nope", "--models-dir", _models_dir(srv), stdin="hi\n")
+    assert "does not exist" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_bench_against_a_server_and_in_process(srv: Server) -> None:
+    out = _cli("bench", SMOL, "--url", srv.url, "--streams", "2", "--max-tokens", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["streams"] for r in rows] == [1, 2]
+    assert [r["tokens"] for r in rows] == [8, 16]
+    assert all(r["tokens_per_second"] > 0 and r["ttft_ms"] > 0 for r in rows)
+    local = _cli("bench", SMOL, "--models-dir", _models_dir(srv), "--streams", "2",
+                 "--max-tokens", "4")  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert "in process" in local.stdout and "TTFT" in local.stdout
+
+
+def test_rm_unloads_then_deletes(srv: Server, tmp_path: Path) -> None:
+    models = Path(_models_dir(srv))
+    extra = models / "extra.gguf"
+    os.link(models / f"{GEMMA}.gguf", extra)
+    srv.wait_status("extra", "unloaded", timeout=10)
+    httpx.post(srv.url + "/models/load", json={"model": "extra"}).raise_for_status()
+    srv.wait_status("extra", "loaded")
+    out = _cli("rm", "extra", "--url", srv.url, "--models-dir", str(models))
+    assert out.returncode == 0, out.stderr
+    assert not extra.exists() and (models / f"{GEMMA}.gguf").exists()
+    deadline = time.monotonic() + 10
+    while "extra" in srv.models() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "extra" not in srv.models()
+    assert _cli("rm", "extra", "--models-dir", str(models)).returncode == 1
+
+
+def test_doctor_prints_the_machine_the_settings_and_problems(tmp_path: Path, srv: Server) -> None:
+    out = _cli("doctor", "--models-dir", _models_dir(srv))
+    assert out.returncode == 0, out.stderr
+    for text in ("physical", "logical", "GiB", "llama.cpp", "installed", SMOL, "2048",
+                 "No problems found"):  # fmt: skip
+        assert text in out.stdout, text
+    (tmp_path / "file").write_text("")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    bad = _cli("doctor", "--models-dir", str(broken))
+    assert bad.returncode == 1 and "bad" in bad.stdout
+    unwritable = _cli("doctor", "--models-dir", str(tmp_path / "file" / "models"))
+    assert unwritable.returncode == 1 and "cannot be written" in unwritable.stdout

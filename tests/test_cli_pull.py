@@ -1,0 +1,113 @@
+"""`llm-router pull` as a user runs it, against a loopback file server with Range support."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from file_server import serve_files
+from servers import SMOL
+
+pytestmark = pytest.mark.real  # subprocesses
+
+PAYLOAD = os.urandom(3 * 2**20 + 123)
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llm_router", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with serve_files({"files/model.gguf": PAYLOAD}) as srv:
+        srv.cut_after = 2**20  # the connection drops after 1 MiB
+        out = _cli("pull", f"{srv.url}/files/model.gguf", "--models-dir", str(models),
+                   "--sha256", SHA)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert srv.ranges[0] is None and srv.ranges[1] == f"bytes={2**20}-"
+    assert (models / "model.gguf").read_bytes() == PAYLOAD
+    assert sorted(p.name for p in models.iterdir()) == ["model.gguf"]  # no .part left
+    assert "pulled model.gguf" in out.stdout
+
+
+def test_a_part_left_by_an_earlier_pull_is_resumed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / ".model.gguf.part").write_bytes(PAYLOAD[:12345])
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--sha256", SHA)
+        assert out.returncode == 0, out.stderr
+        assert srv.ranges == ["bytes=12345-"]  # only the rest was sent
+    assert (models / "model.gguf").read_bytes() == PAYLOAD
+
+
+def test_a_corrupted_download_is_refused_and_removed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with serve_files({"model.gguf": PAYLOAD[:-1] + b"\0"}) as srv:
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--sha256", SHA)
+    assert out.returncode == 1
+    assert "sha256 mismatch" in out.stderr and "Traceback" not in out.stderr
+    assert list(models.iterdir()) == []  # neither the file nor a .part
+
+
+def test_http_errors_and_existing_files_are_clear_errors(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        out = _cli("pull", f"{srv.url}/nothing.gguf", "--models-dir", str(models))
+        assert out.returncode == 1 and "HTTP 404" in out.stderr
+        assert _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models)).returncode == 0
+        again = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models))
+    assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_a_half_download_never_appears_as_a_model(tmp_path: Path, smollm2_gguf: Path) -> None:
+    models = tmp_path / "models"
+    data = smollm2_gguf.read_bytes()
+    with serve_files({f"{SMOL}.gguf": data}) as srv:
+        srv.stall_after = len(data) // 2
+        pull = subprocess.Popen(
+            [sys.executable, "-m", "llm_router", "pull", f"{srv.url}/{SMOL}.gguf",
+             "--models-dir", str(models)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert srv.stalled.wait(60)
+            during = _cli("ls", "--models-dir", str(models))
+            assert during.returncode == 0 and SMOL not in during.stdout
+            srv.release.set()
+            assert pull.wait(60) == 0
+        finally:
+            pull.kill()
+            pull.communicate()
+    after = _cli("ls", "--models-dir", str(models))
+    assert SMOL in after.stdout and "Q4_1" in after.stdout
+
+
+def test_pull_from_the_hub_by_quantization(tmp_path: Path) -> None:
+    """HF_ENDPOINT points huggingface_hub at the loopback server; its cache is HF_HOME."""
+    models = tmp_path / "models"
+    files = {"org/tiny-GGUF/tiny-Q4_K_M.gguf": PAYLOAD, "org/tiny-GGUF/tiny-Q8_0.gguf": b"x" * 10}
+    with serve_files(files) as srv:
+        env = {"HF_ENDPOINT": srv.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        out = _cli("pull", "org/tiny-GGUF:Q4_K_M", "--models-dir", str(models), env=env)
+        assert out.returncode == 0, out.stderr
+        assert (models / "tiny-Q4_K_M.gguf").read_bytes() == PAYLOAD
+        # a file whose bytes differ from the Hub's sha256 is refused
+        srv.hub_sha["tiny-Q8_0.gguf"] = "0" * 64
+        bad = _cli("pull", "hf.co/org/tiny-GGUF:q8_0", "--models-dir", str(models), env=env)
+        assert bad.returncode == 1 and "sha256 mismatch" in bad.stderr
+        assert not (models / "tiny-Q8_0.gguf").exists()
+        unknown = _cli("pull", "org/tiny-GGUF:Q2_K", "--models-dir", str(models), env=env)
+        assert unknown.returncode == 1 and "tiny-Q4_K_M.gguf" in unknown.stderr
