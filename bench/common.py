@@ -76,15 +76,18 @@ class Proc:
                 self.proc.wait()
 
 
-def ours(config: dict[str, Any], workdir: Path, src: str | None = None) -> Proc:
+def ours(
+    config: dict[str, Any], workdir: Path, src: str | None = None, serve_args: tuple[str, ...] = ()
+) -> Proc:
     """Our server on a free port. `src`: another checkout's `src/` directory, to run that
-    version instead of this one (an A/B in one run; its workers import it too)."""
+    version instead of this one (an A/B in one run; its workers import it too). `serve_args`:
+    more flags for `llm-router serve` (e.g. `--workers 2`)."""
     port = free_port()
     cfg = workdir / f"ours-{port}.yaml"
     cfg.write_text(
         yaml.safe_dump({"host": "127.0.0.1", "port": port, "log_level": "warning", **config})
     )
-    args = [sys.executable, "-m", "llm_router", "serve", "--config", str(cfg)]
+    args = [sys.executable, "-m", "llm_router", "serve", "--config", str(cfg), *serve_args]
     env = {"PYTHONPATH": str(Path(src).resolve())} if src else None
     return Proc(args, f"http://127.0.0.1:{port}", "/health", workdir / f"ours-{port}.log", env)
 

@@ -60,8 +60,13 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / f"config-{self.port}.yaml"
+        # The response cache is off unless a test turns it on: most tests measure the models
+        # (batching, prompt caches, crashes, loads), and a cached answer would skip them.
+        # drain_grace: stop() (SIGTERM, a drain: server/run.py) waits at most this long for
+        # requests still in flight, as long as uvicorn's own shutdown waited before.
+        defaults = {"cache": {"enabled": False}, "drain_grace": 5}
         self.config_path.write_text(
-            yaml.safe_dump({"host": "127.0.0.1", "port": self.port, **config})
+            yaml.safe_dump({"host": "127.0.0.1", "port": self.port, **defaults, **config})
         )
         self.log_path = workdir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None

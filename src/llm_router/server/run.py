@@ -1,0 +1,244 @@
+"""Running the server: one process (`run_one`), or several router processes on one port
+(`run_many`, `llm-router serve --workers N`), each draining on SIGTERM (server/drain.py).
+
+Drain: the first SIGTERM makes `/health` answer 503 and new requests 503 with `Retry-After`
+at once; the requests in flight (streams included) go on until they end or `drain_grace`
+seconds pass; then uvicorn's own shutdown runs (listeners closed, what is left cancelled after
+a second), then the app's (model workers stopped). A second SIGTERM, or SIGINT (Ctrl-C),
+skips the wait. As uvicorn does, the process then ends by the signal it was sent.
+
+Several processes: each gets its own listening socket on the same address (SO_REUSEPORT: the
+kernel spreads new connections over them), bound and held by the parent, so that connections
+queued on the socket of a process that died wait for its replacement. The parent forwards
+SIGTERM/SIGINT, restarts a process that dies (not one that failed to start: then it stops
+them all), and exits once they have. Only for a gateway with no local models (check_workers):
+each process would otherwise load every model itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from ..config import Settings
+from ..errors import ConfigError
+from .drain import Drain
+
+__all__ = ["DrainingServer", "check_workers", "run_many", "run_one"]
+
+log = logging.getLogger(__name__)
+
+STARTUP_FAILED = 3  # a process's exit status when its server never started (as uvicorn's)
+AFTER_DRAIN = 1  # seconds uvicorn's shutdown gives what is left once the drain is over
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain on the first SIGTERM (see the module's docstring).
+
+    uvicorn calls `handle_exit` from a signal handler on the event loop's thread, between
+    two bytecodes of whatever runs: it only schedules the drain onto the loop."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.grace = grace
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if (
+            sig == signal.SIGTERM
+            and self.started
+            and self._loop is not None
+            and not (self.drain.draining or self.should_exit)
+        ):
+            self._captured_signals.append(sig)
+            self._loop.call_soon_threadsafe(self._begin_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _begin_drain(self) -> None:
+        if self.should_exit or self.drain.draining:
+            return
+        log.info(
+            "SIGTERM: draining (%d requests in flight, at most %g s); new requests get 503",
+            self.drain.in_flight,
+            self.grace,
+        )
+        self.drain.begin()
+        self._drainer = asyncio.create_task(self._drain_then_exit(), name="drain")
+
+    async def _drain_then_exit(self) -> None:
+        if not await self.drain.idle(self.grace):
+            log.warning(
+                "drain grace of %g s is over with %d requests in flight: stopping them",
+                self.grace,
+                self.drain.in_flight,
+            )
+        else:
+            log.info("drained: no request in flight; stopping")
+        self.config.timeout_graceful_shutdown = AFTER_DRAIN
+        self.should_exit = True
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # our request log (server/request_log.py) replaces uvicorn's access log; with JSON
+        # logs uvicorn's own lines go through the root logger's JSON handler too
+        access_log=settings.log_level == "debug" and not settings.log_requests,
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        timeout_graceful_shutdown=5,
+        limit_concurrency=settings.max_connections,
+    )
+
+
+def run_one(
+    settings: Settings, pool: Any = None, sockets: list[socket.socket] | None = None
+) -> bool:
+    """Serve in this process until a signal stops it; False when the server never started.
+    `pool`: a WorkerPool whose spares the CLI started early."""
+    from ..lifecycle.manager import ModelManager
+    from .app import create_app
+
+    app = create_app(settings, ModelManager(settings, pool=pool))
+    server = DrainingServer(uvicorn_config(app, settings), app.state.drain, settings.drain_grace)
+    server.run(sockets)
+    return bool(server.started)
+
+
+def check_workers(settings: Settings, workers: int) -> None:
+    """Raise ConfigError, saying why, when `workers` router processes cannot serve `settings`:
+    local models (each process would load its own copy of every model, and the memory budget,
+    LRU and queues would be per process), or no `redis_url` (limits, breakers, usage and the
+    cache would be per process, so N processes would allow N times the configured limits)."""
+    if workers <= 1:
+        return
+    from ..lifecycle.discovery import Scanner
+
+    local = sorted(Scanner(settings).scan())
+    if local or settings.provision_default_models:
+        what = (
+            f"local models ({', '.join(local[:5])}{', ...' if len(local) > 5 else ''})"
+            if local
+            else "the bundled models (provision_default_models is on)"
+        )
+        raise ConfigError(
+            f"--workers {workers}: this configuration serves {what}, and each router process "
+            "would load its own copy of every model. Several processes are for a gateway of "
+            "remote targets and routes only: serve the local models from one `llm-router "
+            "serve` (the model host) and name it as a remote target (provider: openai, "
+            "base_url: http://HOST:PORT/v1) in the gateway's config, with "
+            "provision_default_models: false and no models in its models_dir."
+        )
+    if not settings.redis_url:
+        raise ConfigError(
+            f"--workers {workers}: redis_url is not set. Rate limits, circuit breakers, usage "
+            "and the response cache are kept per process without it, so N processes would "
+            "let through N times the configured limits. Set redis_url (e.g. "
+            "redis://127.0.0.1:6379/0, or LLM_ROUTER_REDIS_URL) or serve with --workers 1."
+        )
+
+
+def run_many(settings: Settings, workers: int) -> int:
+    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status for the command."""
+    check_workers(settings, workers)
+    sockets = _bind(settings.host, settings.port, workers)
+    port = sockets[0].getsockname()[1]
+    settings = settings.model_copy(update={"port": port, "watch_interval": 0.0})
+    ctx = multiprocessing.get_context("spawn")
+    stop: list[int] = []  # the signal that stops everything, once received
+    signal.signal(signal.SIGTERM, lambda sig, _: stop.append(sig))
+    signal.signal(signal.SIGINT, lambda sig, _: stop.append(sig))
+
+    def start(sock: socket.socket) -> Any:
+        proc = ctx.Process(target=_child, args=(settings, sock, os.getpid()), daemon=False)
+        proc.start()
+        return proc
+
+    procs = [start(s) for s in sockets]
+    log.info(
+        "serving on http://%s:%d with %d router processes (%s)",
+        settings.host,
+        port,
+        workers,
+        ", ".join(str(p.pid) for p in procs),
+    )
+    status = forwarded = 0
+    while any(p.is_alive() for p in procs):
+        for sig in stop[forwarded:]:  # each signal once: a second SIGTERM skips the drain
+            forwarded += 1
+            for proc in procs:
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, sig)
+        for i, proc in enumerate(procs):
+            if stop or proc.is_alive():
+                continue
+            if proc.exitcode == STARTUP_FAILED:
+                log.error("router process %s failed to start: stopping all of them", proc.pid)
+                stop.append(signal.SIGTERM)
+                status = 1
+                break
+            log.warning(
+                "router process %s ended (status %s): restarting it", proc.pid, proc.exitcode
+            )
+            procs[i] = start(sockets[i])
+        time.sleep(0.2)
+    for sock in sockets:
+        sock.close()
+    return status
+
+
+def _bind(host: str, port: int, count: int) -> list[socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the first's
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets
+
+
+def _child(settings: Settings, sock: socket.socket, parent: int) -> None:
+    """One router process (spawned: a fresh interpreter). It has a process group of its own,
+    so that a Ctrl-C reaches it once, through the parent; it drains when the parent dies."""
+    os.setpgid(0, 0)
+    from ..logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format == "json")
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if not run_one(settings, sockets=[sock]):
+        sys.exit(STARTUP_FAILED)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)

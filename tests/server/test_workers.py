@@ -1,0 +1,210 @@
+"""`llm-router serve --workers N` (server/run.py): several router processes on one port for a
+gateway of remote targets, with Redis; refused, saying why, for anything else."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+import yaml
+
+from servers import alive, free_port, link_models
+
+STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def _serve(config: dict[str, Any], workdir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`llm-router serve` with `config`; its output (and its children's) in workdir/serve.log."""
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump({"host": "127.0.0.1", "log_level": "warning", **config}))
+    with (workdir / "serve.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llm_router", "serve", "--config", str(path), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _refusal(config: dict[str, Any], workdir: Path) -> str:
+    proc = _serve(config, workdir, "--workers", "2")
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    output = (workdir / "serve.log").read_text()
+    assert proc.returncode == 2, output
+    return " ".join(output.split())  # the console wraps long lines
+
+
+def _gateway_config(tmp_path: Path, upstream: str, **extra: Any) -> dict[str, Any]:
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    return {
+        "port": free_port(),
+        "models_dir": str(tmp_path / "empty"),
+        "provision_default_models": False,
+        "watch_interval": 0,
+        "spare_workers": False,
+        "models": [
+            {
+                "id": "stub",
+                "provider": "openai",
+                "base_url": upstream + "/v1",
+                "health_check_interval": 0,
+            }
+        ],
+        **extra,
+    }
+
+
+@pytest.mark.real
+def test_workers_refused_with_local_models(tmp_path: Path, smollm2_gguf: Path) -> None:
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    config = {"models_dir": str(models), "redis_url": "redis://127.0.0.1:1/0"}
+    message = _refusal(config, tmp_path)
+    assert "--workers 2: this configuration serves local models" in message
+    assert smollm2_gguf.stem in message
+    assert "remote target" in message
+
+
+@pytest.mark.real
+def test_workers_refused_when_bundled_models_would_be_provisioned(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    config = {"models_dir": str(tmp_path / "empty"), "redis_url": "redis://127.0.0.1:1/0"}
+    message = _refusal(config, tmp_path)
+    assert "the bundled models (provision_default_models is on)" in message
+
+
+@pytest.mark.real
+def test_workers_refused_without_redis(tmp_path: Path) -> None:
+    message = _refusal(_gateway_config(tmp_path, "http://127.0.0.1:9"), tmp_path)
+    assert "--workers 2: redis_url is not set" in message
+    assert "N times the configured limits" in message
+
+
+class _Stub:
+    def __init__(self) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, str(STUB), port],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(lambda: httpx.get(self.url + "/stats", timeout=1).status_code == 200)
+
+    def requests(self) -> int:
+        return int(httpx.get(self.url + "/stats", timeout=5).json()["requests"])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def stub() -> Iterator[_Stub]:
+    s = _Stub()
+    yield s
+    s.stop()
+
+
+def _wait(ready: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ready():
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.1)
+
+
+def _routers(parent: int) -> set[int]:
+    """The router processes (not multiprocessing's resource tracker, also a child)."""
+    children = psutil.Process(parent).children()
+    return {c.pid for c in children if "spawn_main" in " ".join(c.cmdline())}
+
+
+def _pids(url: str, count: int) -> list[int]:
+    """The processes that answer `count` /health requests, each on a connection of its own
+    (the kernel picks a process per connection), several at once."""
+
+    def one(_: int) -> int:
+        r = httpx.get(url + "/health", timeout=30, headers={"connection": "close"})
+        assert r.status_code == 200
+        return int(r.json()["pid"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+@pytest.mark.real
+def test_two_router_processes_serve_one_port(tmp_path: Path, redis_url: str, stub: _Stub) -> None:
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url)
+    url = f"http://127.0.0.1:{config['port']}"
+    proc = _serve(config, tmp_path, "--workers", "2")
+    try:
+        _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
+        children = _routers(proc.pid)
+        _wait(lambda: set(_pids(url, 8)) == children)  # both started (imports take a while)
+        pids = set(_pids(url, 40))
+        assert pids == children and len(pids) == 2 and proc.pid not in pids
+
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        with client, ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(
+                    lambda _: client.chat.completions.create(model="stub", messages=HELLO),
+                    range(16),
+                )
+            )
+        assert {r.choices[0].message.content for r in replies} == {"stub says hello"}
+        assert stub.requests() == 16
+
+        # A process that dies is replaced; connections meanwhile wait on its socket, which
+        # the parent holds, so no request fails.
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        while not seen - {victim, *pids}:
+            seen.update(_pids(url, 8))
+            assert time.monotonic() < deadline, f"no new process; answered by {seen}"
+        assert victim not in _routers(proc.pid)
+
+        # SIGTERM: every process drains; a stream in flight runs to its end.
+        httpx.post(stub.url + "/control", json={"delay": 0.5, "reply": "one two three four"})
+        routers = _routers(proc.pid)
+        children = psutil.Process(proc.pid).children()
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        with client, ThreadPoolExecutor(1) as pool:
+            stream = client.chat.completions.create(model="stub", messages=HELLO, stream=True)
+            first = next(iter(stream))
+            proc.send_signal(signal.SIGTERM)
+            rest = pool.submit(lambda: list(stream)).result(60)
+        text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
+        assert text == "one two three four"
+        assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
+        assert proc.wait(60) == 0
+        assert not any(alive(pid) for pid in routers)  # the parent waited for them
+        _, left = psutil.wait_procs(children, timeout=10)  # the resource tracker, on its own
+        assert not left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
