@@ -18,8 +18,10 @@ __all__ = [
     "GenerationEvent",
     "GenerationRequest",
     "MessageFields",
+    "PromptLogprobs",
     "SamplingParams",
     "TextDelta",
+    "TokenLogprob",
     "ToolCall",
     "Tools",
     "Usage",
@@ -100,6 +102,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
     ignore_eos: bool = False  # llama.cpp's extension: never end on end-of-generation tokens
+    # Log-probabilities of each generated token and of this many likeliest alternatives
+    # (None: none at all; 0: the chosen token's only).
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,8 @@ class GenerationRequest:
     prompt: str | None = None
     constraint: Constraint | None = None
     tools: Tools | None = None
+    prompt_tokens: tuple[int, ...] | None = None  # a completion's prompt given as token ids
+    echo_logprobs: bool = False  # also the prompt tokens' log-probabilities (PromptLogprobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +134,31 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token's log-probability (natural log) under the distribution it was sampled from
+    (after temperature, before truncation), and the likeliest alternatives' (`top`, most
+    likely first). `logprob` is None for a prompt's first token (nothing predicts it)."""
+
+    token: bytes
+    logprob: float | None
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A piece of generated text (whole UTF-8 characters, stop strings already cut)."""
+    """A piece of generated text (whole UTF-8 characters, stop strings already cut), and, when
+    asked for, the log-probabilities of the tokens it completes."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """The prompt's tokens and their log-probabilities (a completion's `echo` with
+    `logprobs`): sent once, before the first generated text."""
+
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +177,7 @@ class Finished:
 
 
 # What a generation yields, in order: text and message fields, then one Finished.
-GenerationEvent = TextDelta | MessageFields | Finished
+GenerationEvent = TextDelta | MessageFields | PromptLogprobs | Finished
 
 
 @dataclass(frozen=True, slots=True)

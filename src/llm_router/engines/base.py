@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import BadRequest, ContextLengthExceeded, RouterError
-from ..types import ChatMessage, Finished, GenerationRequest, TextDelta
+from ..types import ChatMessage, Finished, GenerationRequest, PromptLogprobs, TextDelta
 
 __all__ = [
     "Engine",
@@ -24,7 +24,7 @@ __all__ = [
     "no_chat_template",
 ]
 
-EngineEvent = TextDelta | Finished | RouterError
+EngineEvent = TextDelta | PromptLogprobs | Finished | RouterError
 """A RouterError ends its sequence with that error."""
 
 
@@ -63,11 +63,11 @@ def check_prompt_fits(n_tokens: int, context_size: int | None, request: Generati
         )
 
 
-def check_token_ids(tokens: list[int], n_vocab: int) -> None:
-    """Raise BadRequest (naming `tokens`) unless every id is in the vocabulary."""
+def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> None:
+    """Raise BadRequest (naming `param`) unless every id is in the vocabulary."""
     bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
     if bad is not None:
-        raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param="tokens")
+        raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param=param)
 
 
 def no_chat_template() -> BadRequest:

@@ -187,6 +187,10 @@ class TransformersEngine:
         return ChatTemplate(source, bos_token=bos, eos_token=eos, stops=stops), stops
 
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_tokens is not None:
+            tokens = list(request.prompt_tokens)
+            check_token_ids(tokens, len(self._tok), param="prompt")
+            return tokens
         if request.messages is None:
             return list(self._tok(request.prompt or "")["input_ids"])
         if self._template is None:

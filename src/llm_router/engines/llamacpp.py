@@ -23,7 +23,16 @@ import llama_cpp as lc
 import numpy as np
 
 from ..errors import BadRequest, ContextLengthExceeded, EngineError
-from ..types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, TextDelta, Usage
+from ..types import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    PromptLogprobs,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 from .base import (
     EngineEvent,
     LoadSpec,
@@ -44,6 +53,7 @@ from .llamacpp_load import (
     tokenize,
 )
 from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
+from .logprobs import PROMPT_CHUNK, prompt_entry, token_entry
 from .sequences import Events, finish_text, reply_text
 from .slots import choose_slot, closing_move, prefix_source
 from .text import TextAssembler
@@ -69,6 +79,10 @@ class _Seq:
     logits_index: int = -1
     cached: int = 0
     matcher: Matcher | None = None  # the answer's constraint, if the request has one
+    logprobs: list[TokenLogprob] | None = None  # asked for: the entries not yet sent
+    echo: list[TokenLogprob] | None = None  # a prompt's entries, while it is evaluated
+    chunk: tuple[int, int] = (-1, 0)  # this step's prompt chunk: batch index, position
+    prior: Any = None  # the logits before the next prompt chunk's first token (echo)
 
 
 def _by_slot(s: _Seq) -> int:
@@ -150,7 +164,11 @@ class LlamaCppEngine:
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
         self._refuse_surely_too_long(request)
-        tokens = self._prompt_tokens(request)
+        if request.prompt_tokens is not None:
+            tokens = list(request.prompt_tokens)
+            check_token_ids(tokens, self._n_vocab, param="prompt")
+        else:
+            tokens = self._prompt_tokens(request)
         if not tokens and self._bos >= 0:
             tokens = [self._bos]  # an empty prompt continues from the start of a text
         check_prompt_fits(len(tokens), self.context_size, request)
@@ -160,7 +178,12 @@ class LlamaCppEngine:
             matcher = self._grammars.matcher(request.constraint)
             params = replace(params, ignore_eos=False)  # the constraint says when it ends
         sampler = self._make_sampler(params)
-        self._waiting.append(_Seq(seq, tokens, params, sampler, text, matcher=matcher))
+        s = _Seq(seq, tokens, params, sampler, text, matcher=matcher)
+        if params.logprobs is not None:
+            s.logprobs = []
+            if request.echo_logprobs:
+                s.echo = []
+        self._waiting.append(s)
 
     def cancel(self, seq: int) -> None:
         for s in list(self._waiting):
@@ -181,6 +204,8 @@ class LlamaCppEngine:
             return self._fail_all(f"llama_decode failed with code {rc}")
         events: list[tuple[int, EngineEvent]] = []
         for s in batch_seqs:
+            if s.echo is not None and s.chunk[0] >= 0:
+                self._echo_chunk(s, events)
             if s.logits_index >= 0:
                 try:
                     self._sample(s, events)
@@ -321,7 +346,10 @@ class LlamaCppEngine:
             s = self._waiting.popleft()
             slot, common = choose_slot(self._free_slots, self._slot_tokens, s.tokens)
             self._free_slots.remove(slot)
-            common = self._share_prefix(slot, common, s.tokens)
+            if s.echo is not None:
+                common = 0  # every prompt token's logits are needed: nothing is reused
+            else:
+                common = self._share_prefix(slot, common, s.tokens)
             keep = min(common, len(s.tokens) - 1)  # the last prompt token is always evaluated
             if keep <= 0 or not lc.llama_memory_seq_rm(self._mem, slot, keep, -1):
                 lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
@@ -392,14 +420,18 @@ class LlamaCppEngine:
             if room <= 0:
                 break
             take = min(room, len(s.tokens) - s.n_past)
+            if s.echo is not None:
+                take = min(take, PROMPT_CHUNK)
             chunks.append((s, take))
             room -= take
         chunks.sort(key=lambda c: c[0].slot)
         for s, take in chunks:
             chunk = s.tokens[s.n_past : s.n_past + take]
             last = s.n_past + take == len(s.tokens)
+            every = s.echo is not None
+            s.chunk = (n, s.n_past) if every else (-1, 0)
             for i, tok in enumerate(chunk):
-                self._put(b, n, tok, s.n_past + i, s.slot, last and i == take - 1)
+                self._put(b, n, tok, s.n_past + i, s.slot, every or (last and i == take - 1))
                 n += 1
             self._slot_tokens[s.slot].extend(chunk)
             self._stats["prompt_tokens_evaluated"] += take
@@ -438,7 +470,12 @@ class LlamaCppEngine:
         self._stats["tokens_generated"] += 1
         s.next_token = token
         text, stopped = s.text.feed(self._piece(token))
-        if text:
+        if s.logprobs is not None:
+            s.logprobs.append(self._entry(s, token))
+            if text:
+                events.append((s.seq, TextDelta(text, tuple(s.logprobs))))
+                s.logprobs.clear()
+        elif text:
             events.append((s.seq, TextDelta(text)))
         if stopped:
             return self._finish(s, "stop", events, flush=False)
@@ -447,6 +484,41 @@ class LlamaCppEngine:
         limit = s.params.max_tokens
         if (limit is not None and s.generated >= limit) or s.n_past >= self.context_size:
             self._finish(s, "length", events)
+
+    def _logits(self, index: int) -> Any:
+        """The logits of batch output `index`: llama.cpp's buffer, valid until the next decode."""
+        ptr = lc.llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(ptr, (self._n_vocab,))
+
+    def _entry(self, s: _Seq, token: int) -> TokenLogprob:
+        k = s.params.logprobs or 0
+        return token_entry(
+            self._logits(s.logits_index), s.params.temperature, token, k, self._piece_special
+        )
+
+    def _piece_special(self, token: int) -> bytes:
+        return self._piece(token, special=True)
+
+    def _echo_chunk(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
+        """The entries of the prompt tokens this step evaluated (each from the logits of the
+        position before it; the chunk's first from those the last chunk kept), sent once the
+        whole prompt is in. A prompt's first token has no entry when it is the BOS, and no
+        log-probability otherwise (nothing predicts it)."""
+        assert s.echo is not None
+        index, pos = s.chunk
+        k = s.params.logprobs or 0
+        for i in range(pos, s.n_past):
+            if i == 0 and s.tokens[0] == self._bos:
+                continue  # the BOS is not the prompt's text; what it predicts is
+            before = s.prior if i == pos else self._logits(index + i - pos - 1)
+            s.echo.append(prompt_entry(before, s.tokens[i], k, self._piece_special))
+        s.chunk = (-1, 0)
+        if s.n_past < len(s.tokens):
+            s.prior = np.array(self._logits(index + s.n_past - pos - 1))
+            return
+        s.prior = None
+        events.append((s.seq, PromptLogprobs(tuple(s.echo))))
+        s.echo = None
 
     def _sample_constrained(self, s: _Seq, m: Matcher) -> int:
         """Greedy: the argmax when the constraint allows it (most tokens), else the argmax of
@@ -462,7 +534,8 @@ class LlamaCppEngine:
 
     def _finish(self, s: _Seq, reason: FinishReason, events: Events, flush: bool = True) -> None:
         usage = Usage(len(s.tokens), s.generated, s.cached)
-        finish_text(events, s.seq, s.text, reason, usage, flush=flush)
+        pending = tuple(s.logprobs or ()) if flush else ()
+        finish_text(events, s.seq, s.text, reason, usage, flush=flush, logprobs=pending)
         del self._running[s.seq]
         self._release(s)
 

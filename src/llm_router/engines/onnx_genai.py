@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from ..errors import BadRequest, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
 from ..types import ChatMessage, GenerationRequest
-from .base import LoadSpec, cpu_cores, no_chat_template
+from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
 from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
 from .sequences import Events
 from .token_seqs import TokenSeq, TokenSequences
@@ -190,6 +190,10 @@ class OnnxGenaiEngine:
             self.threads, self._pending_threads = self._pending_threads, None
 
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_tokens is not None:
+            tokens = list(request.prompt_tokens)
+            check_token_ids(tokens, self._tok.get_vocab_size(), param="prompt")
+            return tokens
         if request.messages is None:
             return list(self._tok.encode(request.prompt or "").ids)
         if self._template is None:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from ..types import SamplingParams
 
-__all__ = ["PENALTY_WINDOW", "Sampler", "top_k"]
+__all__ = ["PENALTY_WINDOW", "Sampler", "token_logprobs", "top_k"]
 
 PENALTY_WINDOW = 64  # llama.cpp's penalty_last_n, as the llama.cpp engine uses
 MARGINS = (4.0, 10.0, 24.0)  # logits this far below the maximum, tried in turn (see top_k)
@@ -42,6 +42,31 @@ def top_k(scores: npt.NDArray[Any], k: int) -> npt.NDArray[np.intp]:
     if ids.size > k:
         ids = ids[np.argpartition(-scores[ids], k - 1)[:k]]
     return ids
+
+
+# Logits this many temperature-scaled units below the maximum weigh less than e^-30 each: all
+# of a 262k vocabulary's together move a log-probability by less than 1e-7, so they are left
+# out of the normalising sum (one comparison pass instead of an exp over every token).
+_NEGLIGIBLE = 30.0
+
+
+def token_logprobs(
+    logits: npt.NDArray[Any], temperature: float, token: int, k: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of `token` under softmax(logits / temperature) (temperature 0, a
+    greedy pick, reads as 1: the model's own distribution), and the `k` likeliest tokens with
+    theirs, most likely first. Logits at -inf (a constraint's mask) count as impossible."""
+    t = temperature if temperature > 0 else 1.0
+    best = float(logits.max())
+    near = logits[logits >= best - _NEGLIGIBLE * t]
+    lse = best / t + float(np.log(np.exp((near.astype(np.float64) - best) / t).sum()))
+    chosen = float(logits[token]) / t - lse
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        ids = top_k(logits, k)
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        top = [(int(i), float(logits[i]) / t - lse) for i in ids]
+    return chosen, top
 
 
 class Sampler:

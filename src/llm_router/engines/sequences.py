@@ -15,7 +15,15 @@ from dataclasses import replace
 from typing import Generic, Protocol, TypeVar
 
 from ..errors import EngineError
-from ..types import Finished, FinishReason, GenerationRequest, SamplingParams, TextDelta, Usage
+from ..types import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 from .base import EngineEvent
 from .text import TextAssembler
 
@@ -140,12 +148,14 @@ def finish_text(
     *,
     flush: bool = True,
     held: str = "",
+    logprobs: tuple[TokenLogprob, ...] = (),
 ) -> None:
     """Add the end of a sequence: the text still held back (`held`, a detokenizer's tail,
-    then what `text` holds) unless a stop string cut it (`flush` False), then Finished."""
+    then what `text` holds) unless a stop string cut it (`flush` False), with the entries of
+    the tokens it completes (`logprobs`), then Finished."""
     if flush:
         out, stopped = text.feed(held.encode("utf-8"))
         tail = out if stopped else out + text.finish()
-        if tail:
-            events.append((seq, TextDelta(tail)))
+        if tail or logprobs:
+            events.append((seq, TextDelta(tail, logprobs)))
     events.append((seq, Finished(reason, usage)))

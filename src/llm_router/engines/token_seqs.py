@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadRequest
-from ..types import FinishReason, GenerationRequest, Usage
+from ..types import FinishReason, GenerationRequest, TextDelta, TokenLogprob, Usage
 from .base import check_prompt_fits
 from .constraints import Grammars, Matcher
 from .detok import IncrementalDetokenizer
+from .logprobs import token_entry
 from .sampling import Sampler
 from .sequences import Events, Sequences, emit, finish_text, out_of_room, reply_text
 from .text import TextAssembler
@@ -32,6 +33,7 @@ class TokenSeq:
     generated: list[int] = field(default_factory=list)
     state: Any = None  # the engine's own, from its first step: a KV cache, a genai Generator
     matcher: Matcher | None = None  # the answer's constraint, if the request has one
+    logprobs: list[TokenLogprob] | None = None  # asked for: the entries not yet sent
 
 
 class TokenSequences(Sequences[TokenSeq]):
@@ -73,8 +75,17 @@ class TokenSequences(Sequences[TokenSeq]):
         if request.constraint is not None:
             matcher = self._grammars.matcher(request.constraint)
             params = replace(params, ignore_eos=False)  # the constraint says when it ends
+        if request.echo_logprobs:
+            raise BadRequest(
+                "`echo` with `logprobs` (the prompt's log-probabilities) is served by GGUF "
+                "models (llama.cpp) only",
+                param="echo",
+            )
         detok = IncrementalDetokenizer(self._decode, prompt)
-        self.add(TokenSeq(seq, prompt, text, detok, Sampler(params, self._eos), matcher=matcher))
+        s = TokenSeq(seq, prompt, text, detok, Sampler(params, self._eos), matcher=matcher)
+        if params.logprobs is not None:
+            s.logprobs = []
+        self.add(s)
 
     def _lltokenizer(self) -> Any:
         from llguidance import LLTokenizer
@@ -91,15 +102,29 @@ class TokenSequences(Sequences[TokenSeq]):
         (see constraints)."""
         m = s.matcher
         if m is None:
-            return s.sampler(logits, s.generated)
+            return self._note(s, logits, s.sampler(logits, s.generated))
         m.prepare()
         if s.sampler.params.temperature <= 0:
             token = s.sampler(logits, s.generated)
             if m.allows(token):
-                return token
+                return self._note(s, logits, token)
         scores = np.array(logits, dtype=np.float32).reshape(-1)  # a copy: masked in place
         m.apply(scores)
-        return s.sampler(scores, s.generated)
+        return self._note(s, scores, s.sampler(scores, s.generated))
+
+    def _note(self, s: TokenSeq, logits: Any, token: int) -> int:
+        """Keep the entry of `token` when `s` asked for log-probabilities (an end token's
+        is dropped with it, as the text it ends has none)."""
+        if s.logprobs is not None and token not in self._eos:
+            params = s.sampler.params
+            scores = np.asarray(logits, dtype=np.float32).reshape(-1)
+            s.logprobs.append(
+                token_entry(scores, params.temperature, token, params.logprobs or 0, self._piece)
+            )
+        return token
+
+    def _piece(self, token: int) -> bytes:
+        return self._decode([token]).encode("utf-8")
 
     def take(self, s: TokenSeq, token: int, events: Events) -> bool:
         """Add `token` to running sequence `s`; False when that ended it."""
@@ -110,7 +135,14 @@ class TokenSequences(Sequences[TokenSeq]):
             s.matcher.accept(token)
         s.generated.append(token)
         self.tokens_generated += 1
-        if emit(events, s.seq, s.text, s.detok.feed(token).encode("utf-8")):
+        if s.logprobs is not None:
+            out, stopped = s.text.feed(s.detok.feed(token).encode("utf-8"))
+            if out:
+                events.append((s.seq, TextDelta(out, tuple(s.logprobs))))
+                s.logprobs.clear()
+        else:
+            stopped = emit(events, s.seq, s.text, s.detok.feed(token).encode("utf-8"))
+        if stopped:
             self._finish(s, "stop", events, flush=False)
             return False
         if s.matcher is not None and s.matcher.done:
@@ -128,4 +160,5 @@ class TokenSequences(Sequences[TokenSeq]):
         self.end(s)
         held = s.detok.finish() if flush else ""
         usage = Usage(len(s.prompt), len(s.generated))
-        finish_text(events, s.seq, s.text, reason, usage, flush=flush, held=held)
+        pending = tuple(s.logprobs or ()) if flush else ()
+        finish_text(events, s.seq, s.text, reason, usage, flush=flush, held=held, logprobs=pending)

@@ -105,6 +105,9 @@ EXAMPLE_MODEL = "SmolLM2-135M-Instruct.Q4_1"  # the bundled chat model, for the 
 MAX_TOKENS = 2**31 - 1  # the engines' token counts are C ints
 SEED_MIN, SEED_MAX = -(2**53), 2**53  # integers every JSON parser reads exactly
 MAX_TOKEN_ID = 2**31 - 1  # token ids are C ints (an engine checks its own vocabulary)
+MAX_N = 128  # the schema's bound on `n`; the configuration's `max_n` (default 8) is lower
+MAX_PROMPTS = 128  # prompts in one completion request
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 
 
 def _not_bool(value: object) -> object:
@@ -137,7 +140,12 @@ class _Request(ShapeFields):
     frequency_penalty: Float | None = Field(None, ge=-2, le=2)
     repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
     ignore_eos: StrictBool | None = None
-    n: Int = Field(1, ge=1, le=1)
+    n: Int = Field(
+        1,
+        ge=1,
+        le=MAX_N,
+        description="Answers to generate (at most the server's `max_n`, 8 by default).",
+    )
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
@@ -148,6 +156,10 @@ class _Request(ShapeFields):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+    def logprobs_asked(self) -> int | None:
+        """Alternatives per token the answer reports (0: the chosen token only), or None."""
+        return None
 
     def sampling(self) -> SamplingParams:
         given: dict[str, Any] = {
@@ -167,7 +179,10 @@ class _Request(ShapeFields):
         }
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens, stop=tuple(stop), **given
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            stop=tuple(stop),
+            logprobs=self.logprobs_asked(),
+            **given,
         )
 
 
@@ -224,6 +239,20 @@ class ChatCompletionRequest(_Request):
     function_call: FunctionCallChoice | None = Field(
         None, description="Deprecated by OpenAI for `tool_choice`."
     )
+    logprobs: StrictBool | None = Field(
+        None, description="Report each answer token's log-probability."
+    )
+    top_logprobs: Int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="With `logprobs`: also this many likeliest tokens at each position.",
+    )
+
+    def logprobs_asked(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise BadRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def legacy_functions(self) -> bool:
@@ -250,15 +279,55 @@ class ChatCompletionRequest(_Request):
         )
 
 
+TokenId = Annotated[Int, Field(ge=0, le=MAX_TOKEN_ID)]
+TokenList = Annotated[list[TokenId], Field(min_length=1)]
+
+
 class CompletionRequest(_Request):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
-        description="One prompt (a string, or a list of one)."
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenList
+        | Annotated[list[TokenList], Field(min_length=1, max_length=MAX_PROMPTS)]
+    ) = Field(
+        description="A prompt, a list of prompts (one answer each, times `n`), a prompt as "
+        "token ids, or a list of those."
     )
     max_tokens: Int | None = Field(16, ge=1, le=MAX_TOKENS)  # OpenAI's default for completions
     echo: StrictBool = False
+    logprobs: Int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Report each token's log-probability and this many likeliest alternatives.",
+    )
+
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each a text or a list of token ids."""
+        p: Any = self.prompt
+        if isinstance(p, str) or isinstance(p[0], int):
+            return [p]  # one prompt: a text, or token ids
+        return list(p)
+
+    def to_requests(self) -> list[GenerationRequest]:
+        """One request per prompt."""
+        params = self.sampling()
+        constraint = constraint_of(self)
+        echo = self.echo and params.logprobs is not None
+        return [
+            GenerationRequest(
+                params=params,
+                prompt=p if isinstance(p, str) else None,
+                prompt_tokens=None if isinstance(p, str) else tuple(p),
+                constraint=constraint,
+                echo_logprobs=echo,
+            )
+            for p in self.prompts()
+        ]
 
     def to_request(self) -> GenerationRequest:
-        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        return GenerationRequest(
-            params=self.sampling(), prompt=prompt, constraint=constraint_of(self)
-        )
+        """The request of the first prompt (callers that take one)."""
+        return self.to_requests()[0]

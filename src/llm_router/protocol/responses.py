@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from ..types import FinishReason, Usage
+from .logprobs import ChatLogprobs, CompletionLogprobs
 
 
 class PromptTokensDetails(BaseModel):
@@ -62,7 +63,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: ChatFinish
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -85,7 +86,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: ChatFinish | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
     @field_serializer("delta")
     def _delta(self, delta: ChatDelta) -> dict[str, Any]:
@@ -105,7 +106,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length", "content_filter"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BadRequest, RouterError
@@ -37,25 +37,44 @@ from ..protocol import (
     new_id,
     now,
 )
+from ..protocol.logprobs import CompletionLogprobs, chat_logprobs, completion_logprobs
 from ..routing.dispatcher import Dispatcher, Routed
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call, Lease
 from ..tool_calls import as_function_call
-from ..types import Finished, GenerationEvent, GenerationRequest, MessageFields, TextDelta
+from ..types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    MessageFields,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 from ..units import parse_duration
+from .choices import Choice, merge, plan, total_usage
 
 __all__ = ["GenerationService", "RouteInfo"]
 
 
 @dataclass
 class RouteInfo:
-    """The caller's side of routing: who asks (`api_key_id`, the sticky key of A/B splits when
-    the request names no `user`), and, filled in once the request is committed to a target,
-    which target serves and why."""
+    """The record of one request, created by the route and filled in as the request runs: who
+    asks (`api_key_id`, the sticky key of A/B splits when the request names no `user`), then,
+    once committed to a target, which target serves and why, then the usage and the time to the
+    first event. The route keeps it on the ASGI scope (`scope["state"]["route"]`), so
+    middleware (usage accounting, request logs) can read it once the response is done."""
 
     api_key_id: str | None = None
     target: str = ""
     reason: str = ""
+    model: str = ""  # the name the client asked for (client-chosen: never a metric label)
+    usage: Usage | None = None
+    ttft: float | None = None  # seconds from the start of routing to the first event
+    cache: str = ""  # "hit" | "miss", "" when not looked up (cache/service.py)
+    cache_read: bool = True  # False: the client asked for a fresh answer (no-cache)
+    cache_write: bool = True  # False: the answer must not be stored (no-store)
 
 
 class GenerationService:
@@ -69,7 +88,11 @@ class GenerationService:
         }
 
     async def route(
-        self, wire: _Request, request: GenerationRequest, api_key_id: str | None = None
+        self,
+        wire: _Request,
+        request: GenerationRequest,
+        api_key_id: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> Routed:
         """Commit the request to a target (falling back as the route allows)."""
         keep_alive = None
@@ -88,6 +111,9 @@ class GenerationService:
             for k, v in wire.model_dump(exclude_unset=True, by_alias=True).items()
             if k in known
         }
+        if fields:
+            body.update(fields)  # one choice of several: its own prompt, seed, n=1
+        body.pop("echo", None)  # echoed here, whatever the target
         call = Call(kind, request, body, Lease(wire.autoload, keep_alive), stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")
@@ -95,7 +121,7 @@ class GenerationService:
         tools = bool(offered) and choice != "none"  # "none": no call is made
         info = RouteRequest(
             kind=kind,
-            prompt_tokens=len(text) // 4,
+            prompt_tokens=len(request.prompt_tokens or ()) or len(text) // 4,
             max_tokens=request.params.max_tokens,
             user=wire.user,
             api_key_id=api_key_id,
@@ -104,7 +130,11 @@ class GenerationService:
         return await self.dispatcher.open(wire.model, call, info)
 
     async def _events(
-        self, wire: _Request, request: GenerationRequest, route: RouteInfo
+        self,
+        wire: _Request,
+        request: GenerationRequest,
+        route: RouteInfo,
+        fields: dict[str, Any] | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Events of the routed request, counted in the metrics as they pass."""
         endpoint = "chat" if request.messages is not None else "completion"
@@ -112,9 +142,10 @@ class GenerationService:
         started = time.perf_counter()
         model = "unknown"  # metric labels name known targets only, never a client's string
         outcome = "cancelled"
+        route.model = wire.model
         try:
             model = name = self.dispatcher.resolve(wire.model)  # raises ModelNotFound
-            routed = await self.route(wire, request, route.api_key_id)
+            routed = await self.route(wire, request, route.api_key_id, fields)
             model = route.target = routed.target
             route.reason = routed.reason
             for target, error in routed.failures:
@@ -124,14 +155,19 @@ class GenerationService:
                 async for event in events:
                     if first:
                         first = False
-                        self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
+                        route.ttft = time.perf_counter() - started
+                        self.metrics.ttft.labels(model).observe(route.ttft)
                     if isinstance(event, Finished):
                         outcome = event.finish_reason
+                        route.usage = event.usage
                         self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
                         self.metrics.tokens.labels(model, "completion").inc(
                             event.usage.completion_tokens
                         )
                         self.metrics.count_cost(model, event.usage, self.dispatcher.price(model))
+                        self.metrics.count_decode(
+                            model, event.usage, route.ttft, time.perf_counter() - started
+                        )
                     yield as_function_call(event) if legacy else event
         except RouterError as exc:
             outcome = type(exc).__name__
@@ -160,125 +196,266 @@ class GenerationService:
                 if isinstance(event, TextDelta):
                     yield event.text
 
+    def _plan(self, req: _Request, requests: list[GenerationRequest]) -> list[Choice]:
+        limit = self.dispatcher.settings.max_n
+        if req.n > limit:
+            raise BadRequest(f"`n` is at most {limit} on this server", param="n")
+        if isinstance(req, CompletionRequest) and len(requests) > 1:
+            prompts = [(r, {"prompt": p}) for r, p in zip(requests, req.prompts(), strict=True)]
+        else:
+            prompts = [(r, {}) for r in requests]
+        return plan(prompts, req.n)
+
+    async def _choices(
+        self, wire: _Request, choices: list[Choice], route: RouteInfo
+    ) -> AsyncGenerator[tuple[int, GenerationEvent], None]:
+        """The events of every choice, tagged with its index. One choice (nearly every
+        request) runs as it is; several run side by side (see choices.merge), and `route`
+        ends up with the first's target and everyone's usage."""
+        if len(choices) == 1:
+            c = choices[0]
+            async with aclosing(self._events(wire, c.request, route, c.body)) as events:
+                async for event in events:
+                    yield c.index, event
+            return
+        routes = [RouteInfo(api_key_id=route.api_key_id) for _ in choices]
+        finished: dict[int, Finished] = {}
+        streams = [
+            self._events(wire, c.request, r, c.body) for c, r in zip(choices, routes, strict=True)
+        ]
+        try:
+            async with aclosing(merge(streams)) as events:
+                async for i, event in events:
+                    if not route.target:
+                        route.target, route.reason = routes[i].target, routes[i].reason
+                        route.ttft = routes[i].ttft
+                    if isinstance(event, Finished):
+                        finished[choices[i].index] = event
+                    yield choices[i].index, event
+        finally:
+            route.model = wire.model
+            if finished:
+                route.usage = total_usage(choices, finished)
+
+    def _chat_choices(self, req: ChatCompletionRequest) -> list[Choice]:
+        return self._plan(req, [self._chat_request(req)])
+
     async def chat(
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
     ) -> ChatCompletion:
         route = route or RouteInfo()
-        text, extra, finished = await _collect(self._events(req, self._chat_request(req), route))
-        calls = extra.get("tool_calls") or extra.get("function_call")
-        content = None if not text and calls else text  # OpenAI's shape
+        choices = self._chat_choices(req)
+        answers = await _collect(self._choices(req, choices, route))
+        out = []
+        for c in choices:
+            a = answers[c.index]
+            calls = a.extra.get("tool_calls") or a.extra.get("function_call")
+            content = None if not a.text and calls else a.text  # OpenAI's shape
+            out.append(
+                ChatChoice(
+                    index=c.index,
+                    message=AssistantMessage(content=content, **a.extra),
+                    finish_reason=a.finished.finish_reason,
+                    logprobs=chat_logprobs(a.logprobs) if req.logprobs else None,
+                )
+            )
         return ChatCompletion(
             id=new_id("chatcmpl"),
             created=now(),
             model=route.target,
-            choices=[
-                ChatChoice(
-                    message=AssistantMessage(content=content, **extra),
-                    finish_reason=finished.finish_reason,
-                )
-            ],
-            usage=UsageOut.of(finished.usage),
+            choices=out,
+            usage=UsageOut.of(total_usage(choices, {i: a.finished for i, a in answers.items()})),
         )
 
     async def chat_stream(
         self, req: ChatCompletionRequest, route: RouteInfo | None = None
     ) -> AsyncIterator[ChatCompletionChunk | RenderedChunk]:
         route = route or RouteInfo()
+        choices = self._chat_choices(req)
         head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now()}
-        texts: TextChunks | None = None
-        async with aclosing(self._events(req, self._chat_request(req), route)) as events:
-            async for event in events:
-                if texts is None:
+        texts: dict[int, TextChunks] = {}
+        finished: dict[int, Finished] = {}
+        async with aclosing(self._choices(req, choices, route)) as events:
+            async for i, event in events:
+                if i not in texts:
                     head["model"] = route.target
-                    texts = TextChunks(
+                    texts[i] = TextChunks(
                         ChatCompletionChunk(
                             **head,
-                            choices=[ChatChunkChoice(delta=ChatDelta(content=TextChunks.MARK))],
+                            choices=[
+                                ChatChunkChoice(index=i, delta=ChatDelta(content=TextChunks.MARK))
+                            ],
                         )
                     )
+                    delta = ChatDelta(role="assistant", content="")
                     yield ChatCompletionChunk(
-                        **head,
-                        choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))],
+                        **head, choices=[ChatChunkChoice(index=i, delta=delta)]
                     )
                 if isinstance(event, TextDelta):
-                    yield texts.chunk(event.text)
+                    if event.logprobs and req.logprobs:
+                        yield ChatCompletionChunk(
+                            **head,
+                            choices=[
+                                ChatChunkChoice(
+                                    index=i,
+                                    delta=ChatDelta(content=event.text),
+                                    logprobs=chat_logprobs(event.logprobs),
+                                )
+                            ],
+                        )
+                    else:
+                        yield texts[i].chunk(event.text)
                     continue
                 if isinstance(event, MessageFields):
                     yield ChatCompletionChunk(
-                        **head, choices=[ChatChunkChoice(delta=ChatDelta(**event.fields))]
+                        **head, choices=[ChatChunkChoice(index=i, delta=ChatDelta(**event.fields))]
                     )
                     continue
+                if isinstance(event, PromptLogprobs):
+                    continue  # a chat echoes no prompt
+                finished[i] = event
                 yield ChatCompletionChunk(
                     **head,
-                    choices=[ChatChunkChoice(delta=ChatDelta(), finish_reason=event.finish_reason)],
+                    choices=[
+                        ChatChunkChoice(
+                            index=i, delta=ChatDelta(), finish_reason=event.finish_reason
+                        )
+                    ],
                 )
-                if req.include_usage:
-                    yield ChatCompletionChunk(**head, choices=[], usage=UsageOut.of(event.usage))
+        if req.include_usage and finished:
+            usage = UsageOut.of(total_usage(choices, finished))
+            yield ChatCompletionChunk(**head, choices=[], usage=usage)
 
     async def complete(self, req: CompletionRequest, route: RouteInfo | None = None) -> Completion:
         route = route or RouteInfo()
-        gen = req.to_request()
-        text, _, finished = await _collect(self._events(req, gen, route))
-        if req.echo:
-            text = (gen.prompt or "") + text
+        requests = req.to_requests()
+        choices = self._plan(req, requests)
+        answers = await _collect(self._choices(req, choices, route))
+        out = []
+        for c in choices:
+            a = answers[c.index]
+            text, logprobs = a.text, None
+            if a.prompt_logprobs:
+                text = _joined(a.prompt_logprobs) + text
+            elif req.echo:
+                text = await self._echo(c.request, route) + text
+            if req.logprobs is not None:
+                logprobs, _ = completion_logprobs([*a.prompt_logprobs, *a.logprobs])
+            out.append(
+                CompletionChoice(
+                    index=c.index,
+                    text=text,
+                    finish_reason=_text_finish(a.finished),
+                    logprobs=logprobs,
+                )
+            )
         return Completion(
             id=new_id("cmpl"),
             created=now(),
             model=route.target,
-            choices=[CompletionChoice(text=text, finish_reason=_text_finish(finished))],
-            usage=UsageOut.of(finished.usage),
+            choices=out,
+            usage=UsageOut.of(total_usage(choices, {i: a.finished for i, a in answers.items()})),
         )
+
+    async def _echo(self, request: GenerationRequest, route: RouteInfo) -> str:
+        """The prompt as text, for `echo`: as given, or its token ids' text (from the model
+        that served it)."""
+        if request.prompt_tokens is None:
+            return request.prompt or ""
+        target = self.dispatcher.local(route.target, "`echo` of token ids")
+        async with target.worker(Lease(None)) as worker:
+            pieces = await worker.pieces(list(request.prompt_tokens))
+        return b"".join(pieces).decode("utf-8", "replace")
 
     async def complete_stream(
         self, req: CompletionRequest, route: RouteInfo | None = None
     ) -> AsyncIterator[Completion | RenderedChunk]:
         route = route or RouteInfo()
-        gen = req.to_request()
+        requests = req.to_requests()
+        choices = self._plan(req, requests)
+        by_index = {c.index: c for c in choices}
         head: dict[str, Any] = {"id": new_id("cmpl"), "created": now()}
-        texts: TextChunks | None = None
-        async with aclosing(self._events(req, gen, route)) as events:
-            async for event in events:
-                if texts is None:
+        texts: dict[int, TextChunks] = {}
+        offsets: dict[int, int] = {}
+        finished: dict[int, Finished] = {}
+
+        def chunk(i: int, text: str, logprobs: CompletionLogprobs | None = None) -> Completion:
+            choice = CompletionChoice(index=i, text=text, finish_reason=None, logprobs=logprobs)
+            return Completion(**head, choices=[choice])
+
+        async with aclosing(self._choices(req, choices, route)) as events:
+            async for i, event in events:
+                if i not in texts:
                     head["model"] = route.target
-                    texts = TextChunks(
-                        Completion(
-                            **head,
-                            choices=[CompletionChoice(text=TextChunks.MARK, finish_reason=None)],
-                        )
-                    )
-                    if req.echo:
-                        yield texts.chunk(gen.prompt or "")
-                if isinstance(event, TextDelta):
-                    yield texts.chunk(event.text)
-                    continue
-                if isinstance(event, MessageFields):
-                    continue  # a text completion has no message to carry them
-                yield Completion(
-                    **head, choices=[CompletionChoice(text="", finish_reason=_text_finish(event))]
-                )
-                if req.include_usage:
-                    yield Completion(**head, choices=[], usage=UsageOut.of(event.usage))
+                    texts[i] = TextChunks(chunk(i, TextChunks.MARK))
+                    offsets[i] = 0
+                    if req.echo and req.logprobs is None:
+                        yield texts[i].chunk(await self._echo(by_index[i].request, route))
+                if isinstance(event, PromptLogprobs):
+                    lp, offsets[i] = completion_logprobs(event.tokens)
+                    yield chunk(i, _joined(event.tokens), lp)
+                elif isinstance(event, TextDelta):
+                    if req.logprobs is not None:
+                        lp, offsets[i] = completion_logprobs(event.logprobs, offsets[i])
+                        yield chunk(i, event.text, lp)
+                    else:
+                        yield texts[i].chunk(event.text)
+                elif isinstance(event, Finished):
+                    finished[i] = event
+                    choice = CompletionChoice(index=i, text="", finish_reason=_text_finish(event))
+                    yield Completion(**head, choices=[choice])
+                # MessageFields: a text completion has no message to carry them
+        if req.include_usage and finished:
+            usage = UsageOut.of(total_usage(choices, finished))
+            yield Completion(**head, choices=[], usage=usage)
+
+
+def _joined(tokens: tuple[TokenLogprob, ...]) -> str:
+    return b"".join(t.token for t in tokens).decode("utf-8", "replace")
+
+
+@dataclass
+class _Answer:
+    """One choice's answer, collected: text, the message's other fields, log-probabilities
+    (the prompt's, for echo, then the answer's), and the finish."""
+
+    parts: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    done: Finished | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def finished(self) -> Finished:
+        assert self.done is not None
+        return self.done
 
 
 async def _collect(
-    events: AsyncGenerator[GenerationEvent, None],
-) -> tuple[str, dict[str, Any], Finished]:
-    """Drain the stream to its end (so the lease is released here, not at garbage collection):
-    the text, the message's other fields, the finish."""
-    parts: list[str] = []
-    extra: dict[str, Any] = {}
-    finished: Finished | None = None
+    events: AsyncGenerator[tuple[int, GenerationEvent], None],
+) -> dict[int, _Answer]:
+    """Drain the streams to their end (so the leases are released here, not at garbage
+    collection): each choice's answer by index."""
+    answers: dict[int, _Answer] = {}
     async with aclosing(events) as closing:
-        async for event in closing:
+        async for i, event in closing:
+            a = answers.setdefault(i, _Answer())
             if isinstance(event, TextDelta):
-                parts.append(event.text)
+                a.parts.append(event.text)
+                a.logprobs.extend(event.logprobs)
             elif isinstance(event, MessageFields):
-                extra.update(event.fields)
+                a.extra.update(event.fields)
+            elif isinstance(event, PromptLogprobs):
+                a.prompt_logprobs = event.tokens
             else:
-                finished = event
-    if finished is None:
+                a.done = event
+    if not answers or any(a.done is None for a in answers.values()):
         raise RuntimeError("generation ended without a finish event")
-    return "".join(parts), extra, finished
+    return answers
 
 
 def _text_finish(finished: Finished) -> Literal["stop", "length", "content_filter"]:

@@ -27,7 +27,14 @@ import psutil
 
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed, RouterError, WorkerDied
-from ..types import ChatMessage, Embeddings, Finished, GenerationRequest, TextDelta
+from ..types import (
+    ChatMessage,
+    Embeddings,
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    TextDelta,
+)
 from .protocol import (
     Reply,
     decode,
@@ -45,7 +52,7 @@ log = logging.getLogger(__name__)
 
 STREAM_LIMIT = 64 * 1024 * 1024
 # What the worker sends one request.
-WorkerEvent = TextDelta | Finished | Embeddings | Reply | RouterError
+WorkerEvent = TextDelta | PromptLogprobs | Finished | Embeddings | Reply | RouterError
 
 
 def describe_exit(code: int | None) -> str:
@@ -252,7 +259,9 @@ class Worker:
         worker._task = asyncio.create_task(worker._pump(), name=f"worker-{proc.pid}")
         return worker
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
+    async def generate(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | PromptLogprobs | Finished]:
         """Stream one generation. Raises the engine's RouterError, or WorkerDied when the
         process exits mid-way. Closing the iterator early cancels the sequence in the worker."""
         if self.exited.is_set() or self.stopping:
@@ -413,12 +422,14 @@ def _coalesce(
     sees one token per chunk; one that falls behind (a busy server) gets fewer, larger chunks
     instead of a growing backlog. Returns the merged text and the non-text event after it."""
     parts = [first.text]
+    logprobs = list(first.logprobs)
     while not events.empty():
         event = events.get_nowait()
         if not isinstance(event, TextDelta):
-            return TextDelta("".join(parts)), event
+            return TextDelta("".join(parts), tuple(logprobs)), event
         parts.append(event.text)
-    return TextDelta("".join(parts)), None
+        logprobs.extend(event.logprobs)
+    return TextDelta("".join(parts), tuple(logprobs)), None
 
 
 async def _kill(proc: Process) -> int | None:

@@ -6,7 +6,8 @@ operations behind llama-server's endpoints (TEXT_OPS): `{"op": "tokenize", "id",
 "add_special", "parse_special"}`, `{"op": "pieces", "id", "tokens"}`, `{"op": "chat_prompt",
 "id", "messages"}`, `{"op": "template_info", "id"}`. Worker -> router: `{"op": "spare", "rss"}`
 once its engine library is imported, then `{"op": "ready", "info"}` or `{"op": "load_failed",
-"error"}` once, then per request `{"id", "text"}` deltas, `{"id", "finish", "usage"}`,
+"error"}` once, then per request `{"id", "text"}` deltas (with `"lp"`, the tokens' log-probabilities, when asked
+for; `{"id", "prompt_lp"}` once before them for a prompt's), `{"id", "finish", "usage"}`,
 `{"id", "embeddings", "dim", "tokens"}` (the vectors as one base64 string of native-order
 float32, far smaller and faster than JSON numbers), `{"id", "result"}` (a text operation's
 answer; token pieces as one base64 string and their lengths) or `{"id", "error"}`, and
@@ -30,8 +31,10 @@ from ..types import (
     Finished,
     Function,
     GenerationRequest,
+    PromptLogprobs,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     Tools,
     Usage,
@@ -113,11 +116,29 @@ def _embeddings_from_wire(msg: dict[str, Any]) -> Embeddings:
     return Embeddings(vectors, int(msg["tokens"]))
 
 
+def _logprobs_to_wire(tokens: Sequence[TokenLogprob]) -> list[Any]:
+    """Token bytes as latin-1 text (any byte, one code point, reversible), compact lists."""
+    return [
+        [t.token.decode("latin-1"), t.logprob, [[b.decode("latin-1"), lp] for b, lp in t.top]]
+        for t in tokens
+    ]
+
+
+def _logprobs_from_wire(data: list[Any]) -> tuple[TokenLogprob, ...]:
+    return tuple(
+        TokenLogprob(token.encode("latin-1"), lp, tuple((b.encode("latin-1"), v) for b, v in top))
+        for token, lp, top in data
+    )
+
+
 def event_from_wire(
     msg: dict[str, Any],
-) -> TextDelta | Finished | Embeddings | Reply | errors.RouterError:
+) -> TextDelta | PromptLogprobs | Finished | Embeddings | Reply | errors.RouterError:
     if "text" in msg:
-        return TextDelta(msg["text"])
+        lp = msg.get("lp")
+        return TextDelta(msg["text"], _logprobs_from_wire(lp)) if lp else TextDelta(msg["text"])
+    if "prompt_lp" in msg:
+        return PromptLogprobs(_logprobs_from_wire(msg["prompt_lp"]))
     if "finish" in msg:
         return Finished(msg["finish"], Usage(**msg["usage"]))
     if "embeddings" in msg:
@@ -165,6 +186,8 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
         params=SamplingParams(**params),
         messages=messages_from_wire(messages) if messages is not None else None,
         prompt=data.get("prompt"),
+        prompt_tokens=tuple(data["prompt_tokens"]) if data.get("prompt_tokens") else None,
+        echo_logprobs=bool(data.get("echo_logprobs")),
         constraint=Constraint(**constraint) if constraint else None,
         tools=(
             Tools(
@@ -181,12 +204,20 @@ def _message(m: dict[str, Any]) -> ChatMessage:
     return ChatMessage(m["role"], m["content"], calls, m.get("tool_call_id"))
 
 
-def events_to_wire(events: list[tuple[int, TextDelta | Finished | errors.RouterError]]) -> bytes:
+def events_to_wire(
+    events: list[tuple[int, TextDelta | PromptLogprobs | Finished | errors.RouterError]],
+) -> bytes:
     """A step's events for several requests, as lines (the worker sends them in one write)."""
     out = []
     for seq, event in events:
         if isinstance(event, TextDelta):
-            out.append(encode({"id": seq, "text": event.text}))
+            if event.logprobs:
+                lp = _logprobs_to_wire(event.logprobs)
+                out.append(encode({"id": seq, "text": event.text, "lp": lp}))
+            else:
+                out.append(encode({"id": seq, "text": event.text}))
+        elif isinstance(event, PromptLogprobs):
+            out.append(encode({"id": seq, "prompt_lp": _logprobs_to_wire(event.tokens)}))
         elif isinstance(event, Finished):
             out.append(
                 encode({"id": seq, "finish": event.finish_reason, "usage": asdict(event.usage)})

@@ -1,0 +1,80 @@
+"""Log-probabilities in OpenAI's two shapes: a chat choice's `logprobs.content` (one entry per
+token: `token`, `logprob`, `bytes`, `top_logprobs`) and a text completion's `logprobs`
+(parallel lists `tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`:
+each token's character offset in the choice's text, the echoed prompt included)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydantic import BaseModel
+
+from ..types import TokenLogprob
+
+__all__ = [
+    "ChatLogprobs",
+    "CompletionLogprobs",
+    "TopLogprob",
+    "chat_logprobs",
+    "completion_logprobs",
+]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+def _text(token: bytes) -> str:
+    return token.decode("utf-8", "replace")
+
+
+def chat_logprobs(tokens: Iterable[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=_text(t.token),
+                logprob=t.logprob if t.logprob is not None else 0.0,
+                bytes=list(t.token),
+                top_logprobs=[
+                    TopLogprob(token=_text(b), logprob=lp, bytes=list(b)) for b, lp in t.top
+                ],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def completion_logprobs(
+    tokens: Iterable[TokenLogprob], offset: int = 0
+) -> tuple[CompletionLogprobs, int]:
+    """The entries, their text offsets counted from `offset` (the characters of the choice's
+    text before them), and the offset after them."""
+    out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    for t in tokens:
+        text = _text(t.token)
+        out.tokens.append(text)
+        out.token_logprobs.append(t.logprob)
+        out.top_logprobs.append(
+            {_text(b): lp for b, lp in t.top} if t.logprob is not None else None
+        )
+        out.text_offset.append(offset)
+        offset += len(text)
+    return out, offset
