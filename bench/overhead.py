@@ -195,7 +195,39 @@ def main() -> None:
         metavar="SRC",
         help="another checkout's src/ directory, measured as llm-router@base in the same run",
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="instead: auth + limits off / in memory / in Redis, alternated (gateway_setup.py)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="instead: c=64 through 1 router process and through `serve --workers N` (workers.py)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --workers: alternations")
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="instead: JSON request logs and tracing on vs off, c=1 and c=64 (observability.py)",
+    )
     args = parser.parse_args()
+    if args.observability:
+        from observability import compare as observe
+
+        observe(args)
+        return
+    if args.workers:
+        from workers import compare
+
+        compare(args)
+        return
+    if args.auth:
+        from gateway_setup import compare as compare_auth
+
+        compare_auth(args)
+        return
     work = workdir()
     stubs = {"stub": start_stub(work)}  # model name -> stub
     if args.delay_ms:

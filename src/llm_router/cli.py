@@ -81,6 +81,12 @@ def serve(
     alias: Annotated[
         str | None, typer.Option("--alias", "-a", help="The name --model is served under.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Router processes on the port (a gateway of remote targets, with Redis)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve every model in the models directory over the OpenAI API. llama-server's router
     flags mean what they mean there (README: "Coming from llama-server or Ollama")."""
@@ -108,23 +114,27 @@ def serve(
             **({"models_dir": models_dir} if models_dir else {}),
         },
     )
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format == "json")
+    if workers > 1:
+        _serve_many(settings, workers)
+        return
     pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel
-    import uvicorn
-
-    from .lifecycle.manager import ModelManager
-    from .server.app import create_app
+    from .server.run import run_one
 
     log.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
-    uvicorn.run(
-        create_app(settings, ModelManager(settings, pool=pool)),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
-        limit_concurrency=settings.max_connections,
-    )
+    if not run_one(settings, pool):
+        raise typer.Exit(3)
+
+
+def _serve_many(settings: Settings, workers: int) -> None:
+    from .server.run import run_many
+
+    try:
+        status = run_many(settings, workers)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    raise typer.Exit(status)
 
 
 def _early_spares(settings: Settings) -> Any:
@@ -282,6 +292,15 @@ def _print(text: str) -> None:
 def _register_commands() -> None:
     """Command groups that live in modules of their own (each has `register(app)`)."""
     # One import and one call per module: cli_keys, cli_models, ... (added as they land).
+    from . import cli_bench, cli_doctor, cli_models, cli_pull
+
+    cli_models.register(app)
+    cli_pull.register(app)
+    cli_bench.register(app)
+    cli_doctor.register(app)
+    from . import cli_keys
+
+    cli_keys.register(app)
 
 
 _register_commands()

@@ -30,8 +30,10 @@ from .units import parse_bytes, parse_duration
 
 __all__ = [
     "BreakerSettings",
+    "CacheSettings",
     "Cost",
     "EngineOptions",
+    "GatewaySettings",
     "ModelConfig",
     "RouteConfig",
     "Settings",
@@ -113,6 +115,53 @@ class SamplingDefaults(BaseModel):
         return {k: v for k, v in values.items() if given.get(k) is None}
 
 
+class SemanticCacheSettings(BaseModel):
+    """Answers for requests that mean the same (cache/semantic.py): off unless `model` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None, description="Embedding model (id or alias) that embeds requests; null: off."
+    )
+    threshold: float = Field(
+        0.05, ge=0, le=2, description="Largest cosine distance (1 - similarity) that is a hit."
+    )
+    max_entries: int = Field(10000, ge=1, description="Vectors kept (oldest dropped first).")
+
+
+class CacheSettings(BaseModel):
+    """Response cache of deterministic requests (temperature 0 or a seed): src/llm_router/cache/."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Serve repeated deterministic requests from cache.")
+    memory_bytes: str | int = Field(
+        "64MiB", description="Size of the in-memory LRU tier (bytes, '64MiB'); 0: no memory tier."
+    )
+    disk_path: Path | None = Field(
+        None, description="SQLite file of the on-disk tier (survives restarts); null: none."
+    )
+    redis: bool = Field(False, description="A Redis tier at `redis_url`, shared by replicas.")
+    ttl: str | float = Field("1h", description="Time an answer is kept; -1: until evicted.")
+    memory_ttl: str | float | None = Field(None, description="Memory tier's TTL; null: `ttl`.")
+    disk_ttl: str | float | None = Field(None, description="Disk tier's TTL; null: `ttl`.")
+    redis_ttl: str | float | None = Field(None, description="Redis tier's TTL; null: `ttl`.")
+    semantic: SemanticCacheSettings = Field(default_factory=lambda: SemanticCacheSettings())
+
+    @field_validator("ttl", "memory_ttl", "disk_ttl", "redis_ttl")
+    @classmethod
+    def _check_ttl(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("memory_bytes")
+    @classmethod
+    def _check_bytes(cls, value: str | int) -> str | int:
+        parse_bytes(value, 0)
+        return value
+
+
 class RouteConfig(BaseModel):
     """A virtual model: requests name it like a model and the strategy picks the target."""
 
@@ -143,6 +192,25 @@ class BreakerSettings(BaseModel):
     min_requests: int = Field(10, ge=1)
     cooldown: float = Field(30.0, ge=0)
     half_open_probes: int = Field(1, ge=1)
+
+
+class GatewaySettings(BaseModel):
+    """API keys, limits and usage accounting (the gateway: src/llm_router/gateway/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, description="Default requests per minute of every key.")
+    tpm: int | None = Field(None, ge=1, description="Default tokens per minute of every key.")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Default requests in flight at once per key."
+    )
+    metrics_public: bool = Field(False, description="Serve /metrics without an admin key.")
+    flush_interval: float = Field(
+        2.0, gt=0, description="Seconds between writes of the usage gathered in memory."
+    )
+    refresh_interval: float = Field(
+        1.0, gt=0, description="Seconds between re-reads of the keys (revocations, new keys)."
+    )
 
 
 class ModelConfig(EngineOptions):
@@ -242,6 +310,7 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(
         32768, ge=1, description="Most tokens one answer may ask for (capped, not refused)."
     )
+    max_n: int = Field(8, ge=1, le=128, description="Most answers (`n`) one request may ask for.")
     ensemble_scorers: dict[str, str] = Field(
         default_factory=dict,
         description="Best-of scorers a request may name: {name: 'package.module:function'}.",
@@ -276,9 +345,52 @@ class Settings(BaseSettings):
     spare_workers: bool = Field(
         True, description="Keep a started worker per engine ready, so a cold load skips start-up."
     )
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish after SIGTERM (new ones: 503).",
+    )
     thread_budget: int | None = Field(
         None, ge=1, description="CPU threads shared by busy models (default: cores present)."
     )
+    data_dir: Path | None = Field(
+        None,
+        description="Directory of the server's state (keys, usage: llm-router.db); "
+        "default: $XDG_DATA_HOME/llm-router, else ~/.local/share/llm-router.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the state database, e.g. postgresql://...; "
+        "default: SQLite in data_dir.",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis shared by several routers for rate limits and key revocations."
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="API keys: 'auto' is on once a key or LLM_ROUTER_MASTER_KEY exists, else "
+        "loopback clients only; 'off' serves anyone.",
+    )
+    gateway: GatewaySettings = Field(default_factory=lambda: GatewaySettings())
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object each."
+    )
+    log_requests: bool = Field(True, description="One log line per request (access log).")
+    log_prompts: bool = Field(
+        False, description="Put prompt and answer text into the request log lines."
+    )
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP endpoint for OpenTelemetry traces (the `otel` extra); "
+        "default: OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing.",
+    )
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_words(cls, value: Any) -> Any:
+        """YAML reads a bare `auth: off` as false (and `on` as true): the same words."""
+        return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("keep_alive", "keep_alive_max")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,10 +25,24 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..api import Router
 from ..config import Settings
+from ..gateway.service import Gateway
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
-from . import errors, openapi, routes_llama, routes_models, routes_openai
+from ..tracing import Tracing
+from . import (
+    errors,
+    openapi,
+    routes_admin,
+    routes_dashboard,
+    routes_llama,
+    routes_models,
+    routes_openai,
+)
 from .asgi import BodyGuard, HostGuard, ServerApp, UnexpectedErrors
+from .drain import Drain, DrainGuard
+from .gateway import GatewayMiddleware, KeyMetrics
+from .request_log import RequestLog
+from .tracing import TraceMiddleware
 
 __all__ = ["create_app"]
 
@@ -39,6 +54,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start(settings.host)  # keys, limits, usage; refuses an open public bind
         await core.start()
         # What is alive now (modules, the app, settings) lives as long as the server; frozen,
         # a full collection under load walks only what requests made (see BENCHMARKS.md).
@@ -50,11 +66,15 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
             for task in list(app.state.background):
                 task.cancel()
             await core.close()
+            await gateway.close()  # writes the usage gathered since the last flush
+            if app.state.tracing is not None:
+                await asyncio.to_thread(app.state.tracing.shutdown)  # exports what is left
 
     app = ServerApp(
         title="llm-runner-router", version=__version__, lifespan=lifespan, hot=routes_openai.HOT
     )
     app.state.settings = settings
+    app.state.tracing = Tracing.from_settings(settings)  # None unless an endpoint is set
     app.state.manager = core.manager
     app.state.metrics = metrics = core.metrics
     app.state.dispatcher = core.dispatcher
@@ -64,10 +84,13 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.embeddings = core.embeddings
     app.state.llama = core.llama
     app.state.background = set[asyncio.Task[Any]]()
+    app.state.gateway = gateway = Gateway(settings)
     errors.install(app)
     app.include_router(routes_openai.routes)
+    app.include_router(routes_admin.routes)
     app.include_router(routes_models.routes)
     app.include_router(routes_llama.routes)
+    app.include_router(routes_dashboard.routes)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
@@ -78,6 +101,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         states = core.manager.states()
         return {
             "status": "ok",
+            "pid": os.getpid(),  # which process answered, behind `serve --workers N`
             "models": len(states),
             "loaded": sum(s.status == Status.LOADED for s in states),
         }
@@ -90,13 +114,31 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
 def install_guards(app: FastAPI, settings: Settings) -> None:
     """The guards every request passes (added innermost first: the last is outermost)."""
     app.add_middleware(UnexpectedErrors)
+    if gateway := getattr(app.state, "gateway", None):  # API keys, scopes, limits, usage
+        app.add_middleware(
+            GatewayMiddleware,
+            gateway=gateway,
+            resolve=app.state.dispatcher.resolve,
+            metrics=KeyMetrics(app.state.metrics.registry),
+        )
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
+    app.state.drain = Drain()  # SIGTERM: 503s and a wait for requests in flight (run.py)
+    app.add_middleware(DrainGuard, drain=app.state.drain)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-llm-router-model", "x-llm-router-route", "retry-after"],
+            expose_headers=[
+                "x-llm-router-model",
+                "x-llm-router-route",
+                "x-llm-router-cache",
+                "x-request-id",
+                "retry-after",
+            ],
         )
     app.add_middleware(HostGuard, allowed=settings.allowed_hosts)
+    if tracing := getattr(app.state, "tracing", None):  # OpenTelemetry, when configured
+        app.add_middleware(TraceMiddleware, tracing=tracing)
+    app.add_middleware(RequestLog, enabled=settings.log_requests, log_prompts=settings.log_prompts)

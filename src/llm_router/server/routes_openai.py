@@ -35,6 +35,7 @@ from ..serving.ensemble import (
     EnsembleService,
 )
 from ..serving.generate import GenerationService, RouteInfo
+from .gateway import visible
 from .sse import cancel_on_disconnect, sse_response
 
 __all__ = ["HOT", "parse_body", "routes"]
@@ -67,14 +68,25 @@ def _json(result: BaseModel, headers: dict[str, str]) -> Response:
 
 
 def _route_info(request: Request) -> RouteInfo:
-    """Who asks: the bearer token's id (a hash), the sticky key of A/B splits."""
+    """Who asks: the bearer token's id (a hash), the sticky key of A/B splits. The record is
+    kept on the request's state for the middleware that reads it after the response."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    return RouteInfo(api_key_id=api_key_id(token) if scheme.lower() == "bearer" and token else None)
+    info = RouteInfo(api_key_id=api_key_id(token) if scheme.lower() == "bearer" and token else None)
+    control = request.headers.get("cache-control")
+    if control:  # no-cache: do not answer from the cache; no-store: do not keep the answer
+        directives = {d.strip().lower() for d in control.split(",")}
+        info.cache_read = "no-cache" not in directives
+        info.cache_write = "no-store" not in directives
+    request.state.route = info
+    return info
 
 
 def _headers(route: RouteInfo) -> dict[str, str]:
-    return {"x-llm-router-model": route.target, "x-llm-router-route": route.reason}
+    headers = {"x-llm-router-model": route.target, "x-llm-router-route": route.reason}
+    if route.cache:
+        headers["x-llm-router-cache"] = route.cache
+    return headers
 
 
 async def chat_completions(request: Request) -> Response:
@@ -106,9 +118,9 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = await parse_body(request, EmbeddingRequest)
     service: EmbeddingService = request.app.state.embeddings
-    result = await cancel_on_disconnect(request.receive, service.embed(body))
-    headers = {"x-llm-router-model": result.model, "x-llm-router-route": "direct"}
-    return _json(result, headers)
+    route = _route_info(request)
+    result = await cancel_on_disconnect(request.receive, service.embed(body, route))
+    return _json(result, _headers(route))
 
 
 HOT = [
@@ -144,4 +156,4 @@ async def list_models(request: Request) -> ModelList:
     cards = [ModelCard(id=s.id, created=s.source.identity.created) for s in manager.states()]
     cards += [ModelCard(id=t.id, created=started) for t in dispatcher.remotes()]
     cards += [ModelCard(id=r.name, created=started) for r in dispatcher.routes()]
-    return ModelList(data=cards)
+    return ModelList(data=[c for c in cards if visible(request, c.id)])  # the key's allow-list
