@@ -171,3 +171,36 @@ def test_a_prompt_surely_too_long_is_refused_without_tokenizing(
     with pytest.raises(ContextLengthExceeded, match="but the prompt has 3"):
         engine.submit(501, long)
     assert calls == 1
+
+
+def test_one_prompt_arriving_many_times_at_once_is_evaluated_once(
+    engine: LlamaCppEngine,
+) -> None:
+    """The `n` answers of one request (or the same long prompt sent at once): the first
+    evaluates it, the others wait for it and copy its KV cache, with the same answers."""
+    story = "Once more: " + SYSTEM
+    for i in range(4):  # the slots hold something else
+        engine.submit(600 + i, GenerationRequest(prompt=f"Unrelated {i}.", params=SamplingParams()))
+    while engine.busy:
+        engine.step()
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    texts = {700: ""}
+    engine.submit(700, GenerationRequest(prompt=story, params=params))
+    while engine.busy:
+        for seq, event in engine.step():
+            texts[seq] += getattr(event, "text", "")
+    for i in range(4):
+        engine.submit(600 + i, GenerationRequest(prompt=f"Other {i}.", params=SamplingParams()))
+    while engine.busy:
+        engine.step()
+    evaluated = engine.info()["prompt_tokens_evaluated"]
+    together = {800 + i: "" for i in range(4)}
+    for seq in together:
+        engine.submit(seq, GenerationRequest(prompt=story, params=params))
+    while engine.busy:
+        for seq, event in engine.step():
+            together[seq] += getattr(event, "text", "")
+    prompt_len = len(engine.tokenize(story, add_bos=True))
+    assert set(together.values()) == {texts[700]}
+    # once, plus the last token of each of the three that copied it
+    assert engine.info()["prompt_tokens_evaluated"] - evaluated <= prompt_len + 3

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from llm_router.engines.sampling import Sampler
+from llm_router.engines.sampling import Sampler, token_logprobs
 from llm_router.types import SamplingParams
 
 LOGITS = np.array([1.0, 3.0, 2.9, -1.0, 0.5], dtype=np.float32)
@@ -69,3 +70,25 @@ def test_ignore_eos_never_draws_an_end_token() -> None:
     sampler = Sampler(hot, eos)
     assert 1 not in {sampler(LOGITS, []) for _ in range(300)}
     assert LOGITS[1] == 3.0  # the caller's logits are left as they were
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 1.7])
+def test_token_logprobs_match_an_exact_log_softmax(temperature: float) -> None:
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(262_144) * 4).astype(np.float32)
+    logits[:1000] = -np.inf  # a constraint's mask: impossible tokens
+    t = temperature or 1.0
+    exact = logits.astype(np.float64) / t
+    finite = exact[np.isfinite(exact)]
+    lse = finite.max() + np.log(np.exp(finite - finite.max()).sum())
+    token = int(np.argmax(logits))
+    chosen, top = token_logprobs(logits, temperature, token, 5)
+    assert chosen == pytest.approx(exact[token] - lse, abs=1e-5)
+    assert [i for i, _ in top] == list(np.argsort(-exact)[:5])
+    for i, lp in top:
+        assert lp == pytest.approx(exact[i] - lse, abs=1e-5)
+    assert token_logprobs(logits, temperature, 0, 0) == (-np.inf, [])
+    allowed = np.full_like(logits, -np.inf)
+    allowed[[5, 9]] = (1.0, 2.0)  # a constraint allowing two tokens: only they are listed
+    chosen, top = token_logprobs(allowed, temperature, 9, 5)
+    assert [i for i, _ in top] == [9, 5] and chosen == top[0][1]

@@ -262,3 +262,20 @@ def test_bad_values_are_400_naming_the_parameter(
     assert r.status_code == 400, r.text
     validate("ErrorResponse", r.json())
     assert r.json()["error"]["param"] == param, r.text
+
+
+def test_logprobs_of_a_constrained_answer_list_only_allowed_tokens(client: openai.OpenAI) -> None:
+    """Under a JSON schema the mask is part of the distribution: where it allows few tokens,
+    fewer than `top_logprobs` are listed, and every one is finite."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    done = chat(
+        client,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    )
+    content = done.choices[0].logprobs.content
+    assert done.choices[0].message.content.startswith('{"ok":')
+    assert any(len(t.top_logprobs) < 20 for t in content)  # e.g. after '{"ok":', two tokens
+    assert all(math.isfinite(x.logprob) for t in content for x in t.top_logprobs)

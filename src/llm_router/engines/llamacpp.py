@@ -55,7 +55,7 @@ from .llamacpp_load import (
 from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
 from .logprobs import PROMPT_CHUNK, prompt_entry, token_entry
 from .sequences import Events, finish_text, reply_text
-from .slots import choose_slot, closing_move, prefix_source
+from .slots import MIN_SHARED_PREFIX, choose_slot, closing_move, common_prefix, prefix_source
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "model_params"]
@@ -342,8 +342,12 @@ class LlamaCppEngine:
     # -- the decode loop -------------------------------------------------------------------
 
     def _admit(self) -> None:
+        deferred: list[_Seq] = []
         while self._waiting and self._free_slots:
             s = self._waiting.popleft()
+            if s.echo is None and self._twin_prefilling(s):
+                deferred.append(s)
+                continue
             slot, common = choose_slot(self._free_slots, self._slot_tokens, s.tokens)
             self._free_slots.remove(slot)
             if s.echo is not None:
@@ -358,6 +362,19 @@ class LlamaCppEngine:
             del self._slot_tokens[slot][keep:]
             self._stats["prompt_tokens_reused"] += keep
             self._running[s.seq] = s
+        self._waiting.extendleft(reversed(deferred))
+
+    def _twin_prefilling(self, s: _Seq) -> bool:
+        """Whether a sequence still evaluating its prompt shares at least MIN_SHARED_PREFIX
+        more of `s`'s prompt than any slot holds now (the `n` answers of one request, or the
+        same system prompt arriving at once): `s` then waits the step or two until that
+        prompt is in, and copies it (see _share_prefix) instead of evaluating it again."""
+        held = max(common_prefix(t, s.tokens) for t in self._slot_tokens)
+        return any(
+            r.n_past < len(r.tokens)
+            and common_prefix(r.tokens, s.tokens) - held >= MIN_SHARED_PREFIX
+            for r in self._running.values()
+        )
 
     def _share_prefix(self, slot: int, kept: int, tokens: list[int]) -> int:
         """Copy into `slot` the KV stream of a slot holding more of `tokens`, if one is worth

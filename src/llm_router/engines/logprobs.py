@@ -2,9 +2,9 @@
 completion's `echo`): per token, from the distribution it was sampled from (softmax of the
 logits after temperature, before top-k/top-p/min-p truncation; a constraint's mask included).
 
-Pure functions over a logits vector and a piece lookup, shared by the engines; the cost is one
-comparison pass over the vocabulary and an exp over the tokens near the maximum (see
-sampling.token_logprobs), paid only by requests that ask."""
+Pure functions over a logits vector and a piece lookup, shared by the engines; the cost is a
+float32 exp over the vocabulary (see sampling.token_logprobs), paid only by requests that
+ask."""
 
 from __future__ import annotations
 

@@ -44,28 +44,28 @@ def top_k(scores: npt.NDArray[Any], k: int) -> npt.NDArray[np.intp]:
     return ids
 
 
-# Logits this many temperature-scaled units below the maximum weigh less than e^-30 each: all
-# of a 262k vocabulary's together move a log-probability by less than 1e-7, so they are left
-# out of the normalising sum (one comparison pass instead of an exp over every token).
-_NEGLIGIBLE = 30.0
-
-
 def token_logprobs(
     logits: npt.NDArray[Any], temperature: float, token: int, k: int
 ) -> tuple[float, list[tuple[int, float]]]:
     """The log-probability of `token` under softmax(logits / temperature) (temperature 0, a
     greedy pick, reads as 1: the model's own distribution), and the `k` likeliest tokens with
-    theirs, most likely first. Logits at -inf (a constraint's mask) count as impossible."""
+    theirs, most likely first. Logits at -inf (a constraint's mask) count as impossible, and
+    are never listed among the likeliest (JSON has no -inf)."""
     t = temperature if temperature > 0 else 1.0
     best = float(logits.max())
-    near = logits[logits >= best - _NEGLIGIBLE * t]
-    lse = best / t + float(np.log(np.exp((near.astype(np.float64) - best) / t).sum()))
+    # One pass of float32 arithmetic in place over a scratch copy (numpy sums float32
+    # pairwise: ~1e-7 relative): 0.2 ms for Gemma's 262k logits, where selecting the tokens
+    # near the maximum first, in float64, took 2 ms.
+    scaled = np.subtract(logits, np.float32(best), dtype=np.float32)
+    scaled *= np.float32(1 / t)
+    np.exp(scaled, out=scaled)
+    lse = best / t + float(np.log(scaled.sum()))
     chosen = float(logits[token]) / t - lse
     top: list[tuple[int, float]] = []
     if k > 0:
         ids = top_k(logits, k)
         ids = ids[np.argsort(-logits[ids], kind="stable")]
-        top = [(int(i), float(logits[i]) / t - lse) for i in ids]
+        top = [(int(i), float(logits[i]) / t - lse) for i in ids if logits[i] > -np.inf]
     return chosen, top
 
 
