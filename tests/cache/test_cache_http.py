@@ -181,3 +181,22 @@ async def test_a_model_changed_while_loaded_is_not_cached_until_reloaded(tmp_pat
     assert after.json()["choices"][0]["message"]["content"].startswith("new")
     assert again.headers["x-llm-router-cache"] == "hit"
     assert again.json()["choices"] == after.json()["choices"]
+
+
+async def test_several_answers_are_cached_each_and_honour_cache_control(tmp_path: Path) -> None:
+    """`n` with a seed: each answer is its own entry (seed + j); the response says hit only
+    when every answer came from the cache, and no-store / no-cache hold for all of them."""
+    body = {**CHAT, "n": 3, "seed": 11, "temperature": 0.7}
+    async with app_client(tmp_path) as client:
+        not_stored = await _post(client, body, **{"Cache-Control": "no-store"})
+        first = await _post(client, body)
+        second = await _post(client, body)
+        fresh = await _post(client, body, **{"Cache-Control": "no-cache"})
+        wider = await _post(client, {**body, "n": 4})
+    assert not_stored.headers["x-llm-router-cache"] == "miss"
+    assert first.headers["x-llm-router-cache"] == "miss"
+    assert second.headers["x-llm-router-cache"] == "hit"
+    assert fresh.headers["x-llm-router-cache"] == "miss"
+    assert wider.headers["x-llm-router-cache"] == "miss"  # the fourth answer is new
+    assert first.json()["choices"] == second.json()["choices"]
+    assert [c["index"] for c in wider.json()["choices"]] == [0, 1, 2, 3]

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import BadRequest, RouterError
@@ -218,7 +218,7 @@ class GenerationService:
                 async for event in events:
                     yield c.index, event
             return
-        routes = [RouteInfo(api_key_id=route.api_key_id) for _ in choices]
+        routes = [replace(route) for _ in choices]  # who asks, and the cache directives
         finished: dict[int, Finished] = {}
         streams = [
             self._events(wire, c.request, r, c.body) for c, r in zip(choices, routes, strict=True)
@@ -236,6 +236,8 @@ class GenerationService:
             route.model = wire.model
             if finished:
                 route.usage = total_usage(choices, finished)
+            caches = {r.cache for r in routes}
+            route.cache = "hit" if caches == {"hit"} else "miss" if caches & {"hit", "miss"} else ""
 
     def _chat_choices(self, req: ChatCompletionRequest) -> list[Choice]:
         return self._plan(req, [self._chat_request(req)])
