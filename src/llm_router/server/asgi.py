@@ -28,6 +28,7 @@ __all__ = [
     "ServerApp",
     "UnexpectedErrors",
     "loopback_hosts",
+    "send_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,11 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
-async def _refuse(
-    send: Send,
-    status: int,
-    message: str,
-    code: str | None = None,
-    type_: str = "invalid_request_error",
+async def send_json(
+    send: Send, status: int, payload: object, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    body = json.dumps(
-        {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    ).encode()
+    """A whole JSON response, sent by a guard that answers without calling the app."""
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
@@ -65,10 +61,22 @@ async def _refuse(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    message: str,
+    code: str | None = None,
+    type_: str = "invalid_request_error",
+) -> None:
+    error = {"message": message, "type": type_, "param": None, "code": code}
+    await send_json(send, status, {"error": error})
 
 
 def _host_name(value: str) -> str:

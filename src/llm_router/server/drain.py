@@ -12,10 +12,11 @@ for: they end when the server stops."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .asgi import send_json
 
 __all__ = ["Drain", "DrainGuard"]
 
@@ -102,17 +103,8 @@ class DrainGuard:
                     "code": "server_draining",
                 }
             }
-        body = json.dumps(payload).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.drain.retry_after).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        headers = [
+            (b"retry-after", str(self.drain.retry_after).encode()),
+            (b"connection", b"close"),
+        ]
+        await send_json(send, 503, payload, headers)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import ModelNotFound, PermissionDenied, RateLimited, RouterError
 from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
-from .asgi import BodyTooLarge, loopback_hosts
+from .asgi import BodyTooLarge, loopback_hosts, send_json
 from .errors import envelope, status_of
 
 __all__ = ["GatewayMiddleware", "KeyMetrics", "visible"]
@@ -315,18 +315,7 @@ async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
 
 
 async def _refuse_raw(send: Send, status: int, message: str, code: str) -> None:
-    payload = json.dumps(envelope(message, "invalid_request_error", None, code)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_json(send, status, envelope(message, "invalid_request_error", None, code))
 
 
 async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
@@ -334,15 +323,10 @@ async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
         await send({"type": "websocket.close", "code": 1008})
         return
     status, type_, code = status_of(exc)
-    payload = json.dumps(envelope(exc.message, type_, exc.param, code)).encode()
-    headers: list[Header] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
+    headers: list[Header] = []
     if isinstance(exc, RateLimited):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
         headers += getattr(exc, "headers", [])
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    await send_json(send, status, envelope(exc.message, type_, exc.param, code), headers)
