@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test lint install-run install-test system-packages clean
+.PHONY: run test lint install-run install-test system-packages llama-server clean
 # Debian packages the tests start for real (Redis, PostgreSQL; chromium, which Playwright
 # drives for the dashboard's tests), installed when missing.
 APT_PACKAGES := redis-server postgresql chromium
@@ -15,8 +15,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: $(VENV)/.run-installed
 	$(BIN)/llm-router serve $(ARGS)
 
-test: $(VENV)/.test-installed system-packages
+test: $(VENV)/.test-installed system-packages llama-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# llama.cpp's own llama-server, built once from the very source llama-cpp-python vendors
+# (~10 min on two cores): the tests compare /tokenize, /detokenize, /apply-template and /props
+# with it, and the benchmarks measure against it.
+llama-server: $(VENV)/.test-installed
+	bench/build_llama_server.sh $(BIN)/python > /dev/null
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

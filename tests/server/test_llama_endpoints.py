@@ -2,8 +2,8 @@
 OpenAI's deprecated `functions` / `function_call` on chat completions.
 
 On the bundled models through a real server: tokens as llama.cpp's own tokenizer gives them
-(llama-cpp-python's bindings on the same GGUF, loaded vocabulary only) and, when it has been
-built (bench/build_llama_server.sh), as llama-server built from the same source answers; the
+(llama-cpp-python's bindings on the same GGUF, loaded vocabulary only) and as llama-server
+built from the same source answers (`make test` builds it: bench/build_llama_server.sh); the
 template's prompt is what a chat evaluates. Status codes and envelopes in process, on the
 fake engine (tests/inproc.py)."""
 
@@ -197,17 +197,15 @@ def llama_server(binary: Path, model: Path, workdir: Path) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA])
-def test_answers_are_llama_servers_when_it_is_built(
+def test_answers_are_llama_servers(
     server: Server, models_dir: Path, tmp_path: Path, model: str
 ) -> None:
-    """The same requests to llama-server built from the same llama.cpp source, if
-    bench/build_llama_server.sh has built it on this machine (else this test compares nothing;
-    test_tokens_are_llama_cpps always runs): the same tokens, pieces and text, the same names
+    """The same requests to llama-server built from the same llama.cpp source (`make test`
+    builds it: bench/build_llama_server.sh): the same tokens, pieces and text, the same names
     in /props, and for SmolLM2 (whose file carries its template; Gemma's carries none, which
     llama-server replaces by another) the same template and /apply-template prompt."""
     binary = llama_server_binary()
-    if binary is None:
-        return
+    assert binary is not None, "llama-server is not built: run `make test` (make llama-server)"
     messages = [{"role": "system", "content": "Be brief."}, *QUESTION]
     with llama_server(binary, next(models_dir.glob(f"{model}*.gguf")), tmp_path) as peer:
         for text in TEXTS:
