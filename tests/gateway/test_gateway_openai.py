@@ -3,6 +3,9 @@ client with API keys: each refusal is the exception the client raises for it."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import openai
 import pytest
 from gw_helpers import MASTER, bearer
 
-from servers import SMOL, Server
+from servers import GEMMA, SMOL, Server
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -97,3 +100,49 @@ def test_over_the_limit_is_a_rate_limit_error_with_openais_headers(gated: Server
             c.completions.create(model=SMOL, prompt="Hi", max_tokens=2)
     assert info.value.code == "rate_limit_exceeded"
     assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+def _events(server: Server, key: str, until: str, seen: list[dict[str, object]]) -> None:
+    """Collect /models/events as `key` sees them until `until` is loaded (or 60 s)."""
+    deadline = time.monotonic() + 60
+    with httpx.stream("GET", server.url + "/models/events", headers=bearer(key), timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                seen.append(event)
+                if event.get("model") == until and event.get("event") == "loaded":
+                    return
+            if time.monotonic() > deadline:
+                return
+
+
+def test_model_events_show_only_the_models_a_key_may_use(gated: Server) -> None:
+    key = make_key(gated, "smol-watcher", scopes=["read"], models=[SMOL])
+    for model in (SMOL, GEMMA):
+        httpx.post(gated.url + "/models/unload", json={"model": model}, headers=bearer(MASTER))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # both unloaded (the master may list them)
+        data = httpx.get(gated.url + "/models", headers=bearer(MASTER), timeout=10).json()
+        if all(
+            m["status"]["value"] == "unloaded" for m in data["data"] if m["id"] in (SMOL, GEMMA)
+        ):
+            break
+        time.sleep(0.1)
+    mine: list[dict[str, object]] = []
+    everyone: list[dict[str, object]] = []
+    watchers = [
+        threading.Thread(target=_events, args=(gated, key, SMOL, mine)),
+        threading.Thread(target=_events, args=(gated, MASTER, SMOL, everyone)),
+    ]
+    for w in watchers:
+        w.start()
+    time.sleep(1)  # both subscribed
+    for model in (GEMMA, SMOL):
+        r = httpx.post(gated.url + "/models/load", json={"model": model}, headers=bearer(MASTER))
+        assert r.status_code == 200, r.text
+    for w in watchers:
+        w.join(90)
+    assert any(e["model"] == GEMMA for e in everyone)  # the master sees Gemma load
+    assert {e["model"] for e in mine} == {SMOL}  # the key sees SMOL's events only
+    assert any(e["event"] == "loaded" for e in mine)

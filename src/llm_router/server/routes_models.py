@@ -174,13 +174,16 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
     },
 )
 async def events(request: Request) -> Any:
+    """Events of the models the request's API key may use (all, without an allow-list)."""
     manager = _manager(request)
     queue = manager.events.subscribe()
 
     async def stream() -> AsyncIterator[str]:
         try:
             while True:
-                yield json.dumps(await queue.get())
+                event = await queue.get()
+                if visible(request, str(event.get("model", ""))):
+                    yield json.dumps(event)
         finally:
             manager.events.unsubscribe(queue)
 
