@@ -108,21 +108,7 @@ def compare(args: argparse.Namespace) -> None:
     work = workdir()
     stub = overhead.start_stub(work)
     redis, redis_url = start_redis(work)
-    (work / "empty").mkdir()
-    config = {
-        "models_dir": str(work / "empty"),
-        "provision_default_models": False,
-        "spare_workers": False,
-        "watch_interval": 0,
-        "models": [
-            {
-                "id": "stub",
-                "provider": "openai",
-                "base_url": stub.url + "/v1",
-                "health_check_interval": 0,
-            }
-        ],
-    }
+    config = overhead.stub_only(work, stub.url)
     routers: dict[str, tuple[Proc, dict[str, str]]] = {"auth off": (ours(config, work), {})}
     for name, url, limits in (
         ("auth only", None, False),

@@ -66,23 +66,9 @@ def _measure(url: str, c: int, args: argparse.Namespace, work: Path) -> dict[str
 
 def compare(args: argparse.Namespace) -> None:
     work = workdir()
-    (work / "empty").mkdir()
     stub = overhead.start_stub(work)
     sink = start_sink(work)
-    base = {
-        "models_dir": str(work / "empty"),
-        "provision_default_models": False,
-        "spare_workers": False,
-        "watch_interval": 0,
-        "models": [
-            {
-                "id": "stub",
-                "provider": "openai",
-                "base_url": stub.url + "/v1",
-                "health_check_interval": 0,
-            }
-        ],
-    }
+    base = overhead.stub_only(work, stub.url)
     routers = {
         "all off": ours({**base, "log_requests": False}, work),
         "json logs": ours(

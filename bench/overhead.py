@@ -137,6 +137,27 @@ def start_stub(work: Path, delay_ms: float = 0) -> Proc:
     )
 
 
+def stub_only(work: Path, stub_url: str, **more: Any) -> dict[str, Any]:
+    """A router configuration that serves the stub upstream as model `stub` and nothing else:
+    no local models, spares, directory scans or health checks (what costs only the router)."""
+    (work / "empty").mkdir(exist_ok=True)
+    return {
+        "models_dir": str(work / "empty"),
+        "provision_default_models": False,
+        "spare_workers": False,
+        "watch_interval": 0,
+        "models": [
+            {
+                "id": "stub",
+                "provider": "openai",
+                "base_url": stub_url + "/v1",
+                "health_check_interval": 0,
+            }
+        ],
+        **more,
+    }
+
+
 def start_bare_proxy(upstream: str, work: Path) -> Proc:
     port = free_port()
     return Proc(

@@ -67,22 +67,7 @@ def compare(args: argparse.Namespace) -> None:
     work = workdir()
     stub = overhead.start_stub(work)
     redis, redis_url = start_redis(work)
-    config = {
-        "models_dir": str(work / "empty"),
-        "provision_default_models": False,
-        "spare_workers": False,
-        "watch_interval": 0,
-        "redis_url": redis_url,
-        "models": [
-            {
-                "id": "stub",
-                "provider": "openai",
-                "base_url": stub.url + "/v1",
-                "health_check_interval": 0,
-            }
-        ],
-    }
-    (work / "empty").mkdir()
+    config = overhead.stub_only(work, stub.url, redis_url=redis_url)
     routers = {
         "1 process": ours(config, work),
         f"{args.workers} processes": ours(
