@@ -369,12 +369,11 @@ class LlamaCppEngine:
         more of `s`'s prompt than any slot holds now (the `n` answers of one request, or the
         same system prompt arriving at once): `s` then waits the step or two until that
         prompt is in, and copies it (see _share_prefix) instead of evaluating it again."""
+        prefilling = [r.tokens for r in self._running.values() if r.n_past < len(r.tokens)]
+        if not prefilling:
+            return False  # the common case: nothing to wait for, no prefix compared
         held = max(common_prefix(t, s.tokens) for t in self._slot_tokens)
-        return any(
-            r.n_past < len(r.tokens)
-            and common_prefix(r.tokens, s.tokens) - held >= MIN_SHARED_PREFIX
-            for r in self._running.values()
-        )
+        return any(common_prefix(t, s.tokens) - held >= MIN_SHARED_PREFIX for t in prefilling)
 
     def _share_prefix(self, slot: int, kept: int, tokens: list[int]) -> int:
         """Copy into `slot` the KV stream of a slot holding more of `tokens`, if one is worth

@@ -9,7 +9,8 @@ for its j-th answer), so `n` answers with a seed differ from each other and repr
 `merge` runs the choices' event streams concurrently into one, tagged with the choice's
 index. It holds its first item back until every choice has produced its first event (or
 failed): a refusal of any of them (unknown model, full queue, prompt too long) is raised
-before a streaming response starts, as for one choice."""
+before a streaming response starts, as for one choice. `collect` drains them into one
+`Answer` per choice, for the responses that are not streamed."""
 
 from __future__ import annotations
 
@@ -20,9 +21,18 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..types import Finished, GenerationEvent, GenerationRequest, Usage
+from ..types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    MessageFields,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 
-__all__ = ["Choice", "merge", "plan", "total_usage"]
+__all__ = ["Answer", "Choice", "collect", "joined_tokens", "merge", "plan", "total_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +132,52 @@ async def merge(
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+def joined_tokens(tokens: tuple[TokenLogprob, ...]) -> str:
+    """The text of a prompt's tokens (an echo with log-probabilities)."""
+    return b"".join(t.token for t in tokens).decode("utf-8", "replace")
+
+
+@dataclass
+class Answer:
+    """One choice's answer, collected: text, the message's other fields, log-probabilities
+    (the prompt's, for echo, then the answer's), and the finish."""
+
+    parts: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    done: Finished | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def finished(self) -> Finished:
+        assert self.done is not None
+        return self.done
+
+
+async def collect(
+    events: AsyncGenerator[tuple[int, GenerationEvent], None],
+) -> dict[int, Answer]:
+    """Drain the streams to their end (so the leases are released here, not at garbage
+    collection): each choice's answer by index."""
+    answers: dict[int, Answer] = {}
+    async with aclosing(events) as closing:
+        async for i, event in closing:
+            a = answers.setdefault(i, Answer())
+            if isinstance(event, TextDelta):
+                a.parts.append(event.text)
+                a.logprobs.extend(event.logprobs)
+            elif isinstance(event, MessageFields):
+                a.extra.update(event.fields)
+            elif isinstance(event, PromptLogprobs):
+                a.prompt_logprobs = event.tokens
+            else:
+                a.done = event
+    if not answers or any(a.done is None for a in answers.values()):
+        raise RuntimeError("generation ended without a finish event")
+    return answers

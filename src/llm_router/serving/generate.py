@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ..errors import BadRequest, RouterError
@@ -49,11 +49,10 @@ from ..types import (
     MessageFields,
     PromptLogprobs,
     TextDelta,
-    TokenLogprob,
     Usage,
 )
 from ..units import parse_duration
-from .choices import Choice, merge, plan, total_usage
+from .choices import Choice, collect, joined_tokens, merge, plan, total_usage
 
 __all__ = ["GenerationService", "RouteInfo"]
 
@@ -247,7 +246,7 @@ class GenerationService:
     ) -> ChatCompletion:
         route = route or RouteInfo()
         choices = self._chat_choices(req)
-        answers = await _collect(self._choices(req, choices, route))
+        answers = await collect(self._choices(req, choices, route))
         out = []
         for c in choices:
             a = answers[c.index]
@@ -332,13 +331,13 @@ class GenerationService:
         route = route or RouteInfo()
         requests = req.to_requests()
         choices = self._plan(req, requests)
-        answers = await _collect(self._choices(req, choices, route))
+        answers = await collect(self._choices(req, choices, route))
         out = []
         for c in choices:
             a = answers[c.index]
             text, logprobs = a.text, None
             if a.prompt_logprobs:
-                text = _joined(a.prompt_logprobs) + text
+                text = joined_tokens(a.prompt_logprobs) + text
             elif req.echo:
                 text = await self._echo(c.request, route) + text
             if req.logprobs is not None:
@@ -395,7 +394,7 @@ class GenerationService:
                         yield texts[i].chunk(await self._echo(by_index[i].request, route))
                 if isinstance(event, PromptLogprobs):
                     lp, offsets[i] = completion_logprobs(event.tokens)
-                    yield chunk(i, _joined(event.tokens), lp)
+                    yield chunk(i, joined_tokens(event.tokens), lp)
                 elif isinstance(event, TextDelta):
                     if req.logprobs is not None:
                         lp, offsets[i] = completion_logprobs(event.logprobs, offsets[i])
@@ -410,54 +409,6 @@ class GenerationService:
         if req.include_usage and finished:
             usage = UsageOut.of(total_usage(choices, finished))
             yield Completion(**head, choices=[], usage=usage)
-
-
-def _joined(tokens: tuple[TokenLogprob, ...]) -> str:
-    return b"".join(t.token for t in tokens).decode("utf-8", "replace")
-
-
-@dataclass
-class _Answer:
-    """One choice's answer, collected: text, the message's other fields, log-probabilities
-    (the prompt's, for echo, then the answer's), and the finish."""
-
-    parts: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    prompt_logprobs: tuple[TokenLogprob, ...] = ()
-    done: Finished | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    @property
-    def finished(self) -> Finished:
-        assert self.done is not None
-        return self.done
-
-
-async def _collect(
-    events: AsyncGenerator[tuple[int, GenerationEvent], None],
-) -> dict[int, _Answer]:
-    """Drain the streams to their end (so the leases are released here, not at garbage
-    collection): each choice's answer by index."""
-    answers: dict[int, _Answer] = {}
-    async with aclosing(events) as closing:
-        async for i, event in closing:
-            a = answers.setdefault(i, _Answer())
-            if isinstance(event, TextDelta):
-                a.parts.append(event.text)
-                a.logprobs.extend(event.logprobs)
-            elif isinstance(event, MessageFields):
-                a.extra.update(event.fields)
-            elif isinstance(event, PromptLogprobs):
-                a.prompt_logprobs = event.tokens
-            else:
-                a.done = event
-    if not answers or any(a.done is None for a in answers.values()):
-        raise RuntimeError("generation ended without a finish event")
-    return answers
 
 
 def _text_finish(finished: Finished) -> Literal["stop", "length", "content_filter"]:
