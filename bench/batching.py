@@ -10,6 +10,7 @@ them round after round, the order flipped each round; each cell is the median of
 So a slow minute on this shared machine falls on both sides instead of on whichever ran then.
 
     .venv/bin/python bench/batching.py [--model gemma|smol] [--tokens 96] [--rounds 3]
+        [--temperature 0.8] [--slots 16 --streams 1,8,16]
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def run_concurrent(url: str, bodies: list[dict[str, Any]], path: str) -> dict[st
     }
 
 
-def workload(url: str, model: str, tokens: int, temperature: float = 0) -> dict[str, Any]:
+def workload(
+    url: str, model: str, tokens: int, temperature: float = 0, streams: tuple[int, ...] = (1, 4, 8)
+) -> dict[str, Any]:
     """Greedy, or sampled at `temperature` (llama.cpp's default top-k/top-p/min-p on both
     sides) with a fresh random seed per request, as OpenAI clients send."""
     out: dict[str, Any] = {}
@@ -64,7 +67,7 @@ def workload(url: str, model: str, tokens: int, temperature: float = 0) -> dict[
         "ignore_eos": True,
     }
     stream_timing(url, {**body, "prompt": "warm up", "max_tokens": 4})
-    for n in (1, 4, 8):
+    for n in streams:
         bodies = [{**body, "prompt": f"Story {i}: once upon a time", **_seed()} for i in range(n)]
         out[f"c{n}"] = run_concurrent(url, bodies, "/v1/completions")
     # 8 streams that end at different times (as real answers do): every other one stops at a
@@ -114,14 +117,19 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--streams", default="1,4,8", help="concurrent streams per row (at most --slots)"
+    )
+    parser.add_argument(
         "--temperature", type=float, default=0, help="0: greedy; else sampled, a seed each"
     )
+    parser.add_argument("--one-model", action="store_true", help="skip the two-models row")
     parser.add_argument(
         "--baseline",
         metavar="SRC",
         help="another checkout's src/ directory, run as llm-router@base in the same rounds",
     )
     args = parser.parse_args()
+    streams = tuple(int(n) for n in args.streams.split(","))
     work = workdir()
     models = bundled_models(work / "models")
     model = FILES[args.model]
@@ -151,11 +159,14 @@ def main() -> None:
         for i in range(args.rounds):
             order = list(servers) if i % 2 == 0 else list(reversed(servers))
             for name in order:
-                rounds[name].append(workload(servers[name], model, args.tokens, args.temperature))
-                print(f"round {i} {name}: c8 {rounds[name][-1]['c8']['tok_s']:.1f} tok/s")
+                rounds[name].append(
+                    workload(servers[name], model, args.tokens, args.temperature, streams)
+                )
+                top = f"c{max(streams)}"
+                print(f"round {i} {name}: {top} {rounds[name][-1][top]['tok_s']:.1f} tok/s")
         peer.stop()
         peer = None
-        two = two_models(srv.url, args.tokens)
+        two = two_models(srv.url, args.tokens) if not args.one_model else {}
     finally:
         srv.stop()
         for proc in (peer, base):
@@ -177,7 +188,9 @@ def main() -> None:
                 results["llm-router"][key]["tok_s"] / results["llm-router@base"][key]["tok_s"]
             )
     path = write_result(
-        f"batching-{args.model}" + (f"-t{args.temperature:g}" if args.temperature else ""),
+        f"batching-{args.model}"
+        + (f"-t{args.temperature:g}" if args.temperature else "")
+        + (f"-s{args.slots}" if args.slots != 8 else ""),
         {
             "args": vars(args),
             "repack": repack,

@@ -12,7 +12,12 @@ import pytest
 from llm_router.engines import llamacpp_sampler as sampling
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.llamacpp import LlamaCppEngine
-from llm_router.engines.llamacpp_sampler import ChainSampler, GreedySampler, make_sampler
+from llm_router.engines.llamacpp_sampler import (
+    ChainSampler,
+    GreedySampler,
+    TopKFirstSampler,
+    make_sampler,
+)
 from llm_router.types import GenerationRequest, SamplingParams, TextDelta
 
 
@@ -82,4 +87,4 @@ def test_only_plain_greedy_takes_the_argmax(engine: LlamaCppEngine) -> None:
     assert kind(temperature=0, ignore_eos=True) is GreedySampler
     assert kind(temperature=0, repeat_penalty=1.1) is ChainSampler  # needs the token history
     assert kind(temperature=0, presence_penalty=0.5) is ChainSampler
-    assert kind(temperature=0.7) is ChainSampler
+    assert kind(temperature=0.7) is TopKFirstSampler  # a top-k: the chain on its candidates

@@ -1,15 +1,21 @@
 """Per-sequence samplers built from the project's SamplingParams: llama.cpp sampler chains
-(sampling in C), and a direct argmax over the logits for plain greedy decoding.
+(sampling in C), a direct argmax over the logits for plain greedy decoding, and the same chain
+handed only the tokens that can survive its top-k when it has one.
 
-Why the second: `llama_sampler_sample` first fills a candidate array with every token of the
-vocabulary, whatever the chain. With Gemma 3's 262k tokens that is ~1 ms a token, 11% of the
-wall time of 8 streams decoding together (measured in-process); an argmax over the same logits
-takes a tenth of that and picks the same token (the first of equal maxima, like llama.cpp's
-greedy sampler)."""
+Why the last two: `llama_sampler_sample` first fills a candidate array with every token of the
+vocabulary, whatever the chain, and its top-k then sorts through all of them. With Gemma 3's
+262k tokens that is ~0.3-0.6 ms a token, 5-11% of the wall time of 8 streams decoding together
+(measured in-process, bench/sampling.py). An argmax over the same logits picks the greedy
+token in a tenth of that; for sampling, a threshold pass over the logits finds the few tokens
+near the maximum, a superset of what the top-k keeps, and the unchanged chain (penalties,
+top-k, top-p, min-p, temperature, the seeded draw) runs on those alone: the same candidates,
+in the same order, the same draws from the same seed (see TopKFirstSampler)."""
 
 from __future__ import annotations
 
+import ctypes
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +25,11 @@ import numpy as np
 from ..types import SamplingParams
 
 __all__ = ["Sampler", "make_sampler"]
+
+PENALTY_WINDOW = 64  # the last tokens the penalties look at (llama.cpp's `penalty_last_n`)
+SPANS = (8.0, 16.0, 32.0)  # logit distances below the maximum tried for the candidates
+MAX_CANDIDATES = 4096  # at most this many candidates go to the chain: the highest
+MAX_TOP_K = 1024  # a wider top-k takes the whole vocabulary too
 
 
 class Sampler(Protocol):
@@ -61,41 +72,141 @@ class GreedySampler:
         pass
 
 
+class TopKFirstSampler:
+    """llama.cpp's chain, applied to the tokens that can survive its top-k instead of all.
+
+    With the chain's order (penalties, then top-k of `k`), the tokens it keeps are among the
+    `k + h` of highest raw logit, `h` being how many distinct tokens the penalty window holds
+    (penalties touch only those), together with those `h` (a negative penalty can raise them).
+    Every token at least as high as a threshold below the maximum is taken, the threshold
+    widened until there are `k + h`; the chain's top-k then sorts that short array as it would
+    the whole vocabulary, so the rest of the chain sees the same tokens in the same order
+    (equal logits aside: their order is the sort's choice) and the same seed draws the same
+    token. Banned tokens (`ignore_eos`) are written as -inf into
+    llama.cpp's logits first, as the greedy sampler does. When even the widest threshold finds
+    too few (a constraint masked nearly everything), the whole chain runs on the whole
+    vocabulary as before."""
+
+    def __init__(
+        self, chain: Any, top_k: int, n_vocab: int, banned: list[int], penalized: bool
+    ) -> None:
+        self._chain = chain
+        self._k = top_k
+        self._n_vocab = n_vocab
+        self._banned = np.asarray(banned, dtype=np.intp) if banned else None
+        self._recent: deque[int] | None = deque(maxlen=PENALTY_WINDOW) if penalized else None
+        self._data = (lc.llama_token_data * (MAX_CANDIDATES + PENALTY_WINDOW))()
+        self._view = np.ctypeslib.as_array(self._data)
+        self._array = lc.llama_token_data_array(data=self._data, size=0, selected=-1, sorted=False)
+        self._array_ref = ctypes.byref(self._array)
+        self.whole_vocabulary = 0  # tokens sampled the slow way, over every token
+
+    def sample(self, ctx: Any, index: int) -> int:
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+        token = self.pick(logits)  # llama.cpp's output buffer, rewritten by the next decode
+        if token is None:
+            self.whole_vocabulary += 1
+            token = int(lc.llama_sampler_sample(self._chain, ctx, index))
+            self._accepted(token)
+        return token
+
+    def pick(self, logits: np.ndarray) -> int | None:
+        """The chain's token from `logits` (banned ones set to -inf in place), or None when
+        the candidates are not found near the maximum (nothing drawn, nothing accepted)."""
+        if self._banned is not None:
+            logits[self._banned] = -np.inf
+        ids = self._candidates(logits)
+        if ids is None:
+            return None
+        n = len(ids)
+        view = self._view[:n]
+        view["id"] = ids
+        view["logit"] = logits[ids]
+        a = self._array
+        a.data, a.size, a.selected, a.sorted = self._data, n, -1, False
+        lc.llama_sampler_apply(self._chain, self._array_ref)
+        token = int(self._data[a.selected].id)
+        self.accept(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        """`token` joins the history the penalties count (as after every draw)."""
+        lc.llama_sampler_accept(self._chain, token)
+        self._accepted(token)
+
+    def _accepted(self, token: int) -> None:
+        if self._recent is not None:
+            self._recent.append(token)
+
+    def _candidates(self, logits: np.ndarray) -> np.ndarray | None:
+        """Token ids that hold the chain's top-k whatever the penalties do, or None."""
+        top = float(logits.max())
+        if not np.isfinite(top):
+            return None
+        touched = np.unique(np.fromiter(self._recent, np.int64)) if self._recent else None
+        need = self._k + (len(touched) if touched is not None else 0)
+        for span in SPANS:
+            mask = logits >= top - span
+            count = int(np.count_nonzero(mask))
+            if count >= need:
+                break
+        else:
+            return None
+        ids = np.flatnonzero(mask)
+        if count > MAX_CANDIDATES:  # the highest of them (need <= MAX_TOP_K + the window)
+            cut = count - MAX_CANDIDATES
+            ids = ids[np.argpartition(logits[ids], cut)[cut:]]
+        return ids if touched is None else np.union1d(ids, touched)
+
+    def free(self) -> None:
+        if self._chain is not None:
+            lc.llama_sampler_free(self._chain)
+            self._chain = None
+
+
 def plain_greedy(p: SamplingParams) -> bool:
     """Greedy with nothing that needs the token history (penalties): a pure argmax."""
-    return (
-        p.temperature <= 0
-        and p.repeat_penalty == 1.0
-        and not (p.frequency_penalty or p.presence_penalty)
-    )
+    return p.temperature <= 0 and not penalized(p)
 
 
 def make_sampler(p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]]) -> Sampler:
     """The sampler for one sequence: an argmax for plain greedy, else a chain of
     end-of-generation tokens banned for `ignore_eos`, penalties, then greedy, or top-k, top-p,
-    min-p, temperature and a seeded draw (a fresh seed when `p.seed` is None). The caller
-    calls `free()` when the sequence ends."""
+    min-p, temperature and a seeded draw (a fresh seed when `p.seed` is None), run on the
+    top-k's candidates alone when it has a top-k (TopKFirstSampler). The caller calls `free()`
+    when the sequence ends."""
+    n_vocab = lc.llama_vocab_n_tokens(vocab)
+    banned = eog_tokens() if p.ignore_eos else []
     if plain_greedy(p):
-        return GreedySampler(lc.llama_vocab_n_tokens(vocab), eog_tokens() if p.ignore_eos else [])
+        return GreedySampler(n_vocab, banned)
+    if p.temperature > 0 and 0 < p.top_k <= MAX_TOP_K:
+        chain = _chain(p, vocab, eog_tokens, bias=False)  # banned: -inf in the logits
+        return TopKFirstSampler(chain, p.top_k, n_vocab, banned, penalized(p))
     return ChainSampler(_chain(p, vocab, eog_tokens))
 
 
-def _chain(p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]]) -> Any:
+def penalized(p: SamplingParams) -> bool:
+    return p.repeat_penalty != 1.0 or bool(p.frequency_penalty or p.presence_penalty)
+
+
+def _chain(
+    p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]], *, bias: bool = True
+) -> Any:
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lc.llama_sampler_chain_add
-    if p.ignore_eos:
+    if p.ignore_eos and bias:
         eog = eog_tokens()
         biases = (lc.llama_logit_bias * len(eog))()
         for i, token in enumerate(eog):
             biases[i].token, biases[i].bias = token, float("-inf")  # type: ignore[assignment]
         n_vocab = lc.llama_vocab_n_tokens(vocab)
         add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(eog), biases))
-    if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+    if penalized(p):
         n_vocab = lc.llama_vocab_n_tokens(vocab)
         add(
             chain,
             lc.llama_sampler_init_penalties(
-                n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                n_vocab, PENALTY_WINDOW, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
             ),
         )
     if p.temperature <= 0:
