@@ -1,6 +1,7 @@
 """`llm-router keys create|ls|show|revoke` and `llm-router usage`: the gateway's state, read and
 written in its database (the config's `data_dir` or `database_url`) directly, whether or not a
-server runs. A running server sees a new or revoked key within `gateway.refresh_interval`."""
+server runs. A running server sees a new or revoked key within `gateway.refresh_interval`, or at
+once when the config sets `redis_url` (the command publishes the change, gateway/events.py)."""
 
 from __future__ import annotations
 
@@ -105,7 +106,9 @@ def create(
         await store.add_key(key)
         await store.add_audit("cli", "key.created", key.name, {"scopes": sorted(key.scopes)})
 
-    _run(_settings(config), work)
+    settings = _settings(config)
+    _run(settings, work)
+    _tell_routers(settings, "created", key.name)
     err.print(f"created key {key.name!r} ({', '.join(sorted(key.scopes))}); it is shown only once:")
     print(secret)
 
@@ -153,10 +156,20 @@ def revoke(name: str, config: ConfigOpt = None) -> None:
             await store.add_audit("cli", "key.revoked", name, {})
         return done or await store.key(name) is not None
 
-    if not _run(_settings(config), work):
+    settings = _settings(config)
+    if not _run(settings, work):
         err.print(f"[red]error:[/red] no key named {name!r}", highlight=False)
         raise typer.Exit(1)
+    _tell_routers(settings, "revoked", name)
     print(f"revoked {name}")
+
+
+def _tell_routers(settings: Settings, event: str, name: str) -> None:
+    """With `redis_url`, the running routers hear of the change at once (else they poll)."""
+    if settings.redis_url:
+        from .gateway.events import publish_once
+
+        asyncio.run(publish_once(settings.redis_url, event, name))
 
 
 def usage(
@@ -193,6 +206,8 @@ def usage(
         return
     table = Table(*groups, *COLUMNS)
     for row in rows:
+        if "key" in row and row["key"] is None:  # served without a key (auth off, loopback)
+            row = {**row, "key": "(no key)"}
         table.add_row(*(_cell(row.get(c)) for c in (*groups, *COLUMNS)))
     Console(width=220).print(table)
 

@@ -190,7 +190,11 @@ async def test_without_keys_loopback_clients_are_served_and_others_refused(tmp_p
     async with gateway_app(tmp_path) as gw:
         assert not gw.gateway.active
         assert (await gw.client.post("/v1/chat/completions", json=CHAT_BODY)).status_code == 200
-        assert not (tmp_path / "data").exists()  # nothing to store: no database made
+        # Recorded all the same, with no key name (the config names a data directory).
+        assert gw.gateway.store is not None
+        await gw.gateway.flush()
+        rows = await gw.gateway.store.usage(0, 2**40, ["key"])
+        assert [(row["key"], row["requests"]) for row in rows] == [(None, 1)]
         remote = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=gw.app, client=("192.0.2.7", 5000)),
             base_url="http://127.0.0.1",
@@ -271,3 +275,26 @@ async def test_a_chunked_body_over_the_limit_is_413_for_a_key_with_an_allow_list
             headers={**bearer(narrow), "content-type": "application/json"},
         )
         assert "over the limit" in refused(r, 413, "body_too_large")
+
+
+async def test_a_revocation_heard_from_another_router_applies_at_once(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a router does with a `revoked` message (gateway/events.py; with Redis in
+    test_gateway_redis.py): the key is refused before the database is read again."""
+    from llm_router.errors import AuthenticationFailed
+
+    secret = await gw.key("elsewhere")
+    other = await gw.key("bystander")
+    assert gw.gateway.authenticate(secret).name == "elsewhere"
+    reads: list[bool] = []
+
+    async def refresh() -> None:  # the database still says the key is fine
+        reads.append(True)
+
+    monkeypatch.setattr(gw.gateway, "refresh", refresh)
+    await gw.gateway._on_key_event({"event": "revoked", "name": "elsewhere"})
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        gw.gateway.authenticate(secret)
+    assert gw.gateway.authenticate(other).name == "bystander"
+    assert reads == [True]  # then the keys are read again, to be sure

@@ -7,7 +7,15 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from gw_helpers import CHAT_BODY, MASTER, Gw, bearer, gateway_app
+from gw_helpers import (
+    CHAT_BODY,
+    MASTER,
+    Gw,
+    bearer,
+    gateway_app,
+    window_total,
+    within_one_minute_window,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,19 +70,44 @@ async def test_requests_per_minute_then_429_with_headers_on_every_answer(gw: Gw)
 
 
 async def test_tokens_per_minute_count_prompt_and_completion(gw: Gw) -> None:
-    secret = await gw.key("tpm", tpm=10)
+    """The prompt is counted by the model's tokenizer (the fake engine's: bytes of the chat
+    template's text) before it runs; the completion once the answer is done, corrected to the
+    usage the answer reports (the fake engine's: words)."""
+    within_one_minute_window(5)
+    secret = await gw.key("tpm", tpm=200)
     first = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
-    assert first.status_code == 200
-    assert first.headers["x-ratelimit-remaining-tokens"] == "10"  # before it ran
+    assert first.status_code == 200, first.text
+    counted = len("user: Hello\nassistant:") + 1  # the fake tokenizer: bytes and a BOS
+    assert first.headers["x-ratelimit-remaining-tokens"] == str(200 - counted)
     used = first.json()["usage"]["total_tokens"]
-    assert used > 0
+    assert 0 < used < counted
 
     second = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
-    if used >= 10:
-        assert_refused(second, "rate_limit_exceeded")
-        assert second.headers["x-ratelimit-remaining-tokens"] == "0"
-    else:
-        assert second.headers["x-ratelimit-remaining-tokens"] == str(10 - used)
+    assert second.status_code == 200
+    assert second.headers["x-ratelimit-remaining-tokens"] == str(200 - used - counted)
+
+    total = used + second.json()["usage"]["total_tokens"]
+    assert await window_total(gw.gateway.limiter, 200, "tpm") == total  # the usage, exactly
+
+
+async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: Gw) -> None:
+    secret = await gw.key("short-tpm", tpm=100)
+    long_body = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 40}]}
+    for stream in (False, True):
+        r = await gw.client.post(
+            "/v1/chat/completions", json={**long_body, "stream": stream}, headers=bearer(secret)
+        )
+        message = str(assert_refused(r, "rate_limit_exceeded")["message"])
+        assert "tokens per minute" in message and "prompt has" in message
+        assert r.headers["x-ratelimit-limit-tokens"] == "100"
+        assert r.headers["x-ratelimit-remaining-tokens"] == "100"  # nothing was charged
+    # A short prompt still fits, and nothing of the refused ones was generated or charged.
+    ok = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+    assert ok.status_code == 200, ok.text
+    usage = await gw.client.get("/admin/usage?group_by=key", headers=bearer(MASTER))
+    [row] = [r for r in usage.json()["data"] if r["key"] == "short-tpm"]
+    assert (row["requests"], row["errors"]) == (3, 2)
+    assert row["prompt_tokens"] + row["completion_tokens"] == ok.json()["usage"]["total_tokens"]
 
 
 async def test_requests_at_once(tmp_path: Path, master_env: str) -> None:
@@ -206,4 +239,68 @@ async def test_tokens_past_the_limit_fill_the_window(tokens: int) -> None:
             again = await limiter.admit(key)
             remaining = dict(again.headers)[b"x-ratelimit-remaining-tokens"]
             assert remaining == str(10 - tokens).encode(), sent
+    await limiter.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.lists(st.integers(1, 400), min_size=0, max_size=3),  # prompts counted (attempts)
+            st.integers(0, 400),  # the prompt's usage
+            st.integers(0, 400),  # the completion's
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_token_window_ends_up_holding_exactly_the_usage(
+    requests: list[tuple[list[int], int, int]],
+) -> None:
+    """Whatever the prompt counts were (an estimate above or below the usage, a fallback that
+    counted it twice, none at all) and whether the first was refused, once every answer is
+    charged the window holds the sum of the usage of the requests served."""
+
+    async def run() -> None:
+        tpm = 100_000
+        limiter = Limiter(GatewaySettings())
+        key = ApiKey(name="w", hash="h", scopes=frozenset(), tpm=tpm)
+        used = 0
+        for counts, prompt, completion in requests:
+            admission = await limiter.admit(key)
+            try:
+                for count in counts:
+                    await admission.admit_prompt(count)
+            except RateLimited:  # cannot happen under this limit
+                raise AssertionError("refused under a generous limit") from None
+            await limiter.charge(admission, prompt + completion)
+            used += prompt + completion
+            assert admission.prompt_charged == 0
+        assert await window_total(limiter, tpm, "w") == used
+        await limiter.close()
+
+    asyncio.run(run())
+
+
+async def test_a_refused_prompt_charges_nothing_and_says_what_is_left() -> None:
+    limiter = Limiter(GatewaySettings())
+    key = ApiKey(name="p", hash="h", scopes=frozenset(), tpm=100)
+    first = await limiter.admit(key)
+    await first.admit_prompt(60)
+    assert dict(first.headers)[b"x-ratelimit-remaining-tokens"] == b"40"
+    second = await limiter.admit(key)
+    with pytest.raises(RateLimited, match="prompt has 50 tokens and 40 of its 100") as info:
+        await second.admit_prompt(50)
+    assert info.value.retry_after >= 1
+    assert dict(second.headers)[b"x-ratelimit-remaining-tokens"] == b"40"
+    assert second.prompt_charged == 0
+    await limiter.charge(second, 0)  # its (empty) usage: nothing given back, nothing charged
+    await first.admit_prompt(30)  # a later attempt of an admitted request is not refused
+    await limiter.charge(first, 70)  # the usage: 20 of the 90 charged come back
+    await limiter.send_charges()
+    limiter.stats_ttl = 0
+    third = await limiter.admit(key)
+    assert dict(third.headers)[b"x-ratelimit-remaining-tokens"] == b"30"
+    with pytest.raises(RateLimited, match="more than the 100 tokens per minute"):
+        await third.admit_prompt(101)
     await limiter.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gw_helpers import MASTER, bearer
+from gw_helpers import MASTER, bearer, within_one_minute_window
 
 from servers import GEMMA, SMOL, Server
 
@@ -146,3 +146,56 @@ def test_model_events_show_only_the_models_a_key_may_use(gated: Server) -> None:
     assert any(e["model"] == GEMMA for e in everyone)  # the master sees Gemma load
     assert {e["model"] for e in mine} == {SMOL}  # the key sees SMOL's events only
     assert any(e["event"] == "loaded" for e in mine)
+
+
+def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Server) -> None:
+    """A key with a small tokens-per-minute limit: the prompt is charged (exactly, with the
+    model's own tokenizer) before it runs, a prompt longer than what is left is refused before
+    anything is generated, and the window holds exactly the usage of what was served."""
+    tpm = 300
+    within_one_minute_window(20)  # exact header values: no window slides meanwhile
+    key = make_key(gated, "tpm-small", tpm=tpm)
+    with client(gated, key) as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model=SMOL,
+            messages=HELLO,
+            max_tokens=4,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        first = raw.parse()
+        assert first.usage is not None
+        # Counted before it ran: the header says what was left once its prompt was charged.
+        assert raw.headers["x-ratelimit-remaining-tokens"] == str(tpm - first.usage.prompt_tokens)
+        assert raw.headers["x-ratelimit-limit-tokens"] == str(tpm)
+
+        long_prompt = [{"role": "user", "content": "Tell me about the sea. " * 60}]
+        with pytest.raises(openai.RateLimitError) as info:
+            c.chat.completions.create(
+                model=SMOL,
+                messages=long_prompt,  # type: ignore[arg-type]
+                max_tokens=4,
+                stream=True,
+            )
+        refused = info.value.response
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "prompt has" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        left = tpm - first.usage.total_tokens
+        assert refused.headers["x-ratelimit-remaining-tokens"] == str(left)
+
+        raw = c.chat.completions.with_raw_response.create(
+            model=SMOL,
+            messages=HELLO,
+            max_tokens=4,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        third = raw.parse()
+        assert third.usage is not None
+        # The window holds the first request's usage exactly, and this one's prompt.
+        assert raw.headers["x-ratelimit-remaining-tokens"] == str(left - third.usage.prompt_tokens)
+
+    r = httpx.get(gated.url + "/admin/usage", params={"group_by": "key"}, headers=bearer(MASTER))
+    [row] = [row for row in r.json()["data"] if row["key"] == "tpm-small"]
+    assert (row["requests"], row["errors"]) == (3, 1)
+    assert row["completion_tokens"] == first.usage.completion_tokens + third.usage.completion_tokens
+    assert row["prompt_tokens"] == first.usage.prompt_tokens + third.usage.prompt_tokens

@@ -133,12 +133,14 @@ def test_the_cli_on_sqlite_while_a_server_runs(tmp_path: Path) -> None:
         made = cli(path, "keys", "create", "cli-key", "--scopes", "inference", "--models", "chat")
         assert made.returncode == 0, made.stderr
         secret = made.stdout.splitlines()[-1]
-        eventually(
-            lambda: (
-                httpx.post(server.url + "/v1/chat/completions", json=CHAT_BODY).status_code == 401
-            ),
-            "the server turns auth on once a key exists",
-        )
+        keyless = [1]  # requests served with no key: the one above, and any until auth is on
+
+        def auth_on() -> bool:
+            status = httpx.post(server.url + "/v1/chat/completions", json=CHAT_BODY).status_code
+            keyless[0] += status == 200
+            return status == 401
+
+        eventually(auth_on, "the server turns auth on once a key exists")
         r = httpx.post(server.url + "/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
         assert r.status_code == 200, r.text
         listed = cli(path, "keys", "ls", "--json")
@@ -168,7 +170,10 @@ def test_the_cli_on_sqlite_while_a_server_runs(tmp_path: Path) -> None:
     # SIGTERM: the usage still in memory was written on the way out.
     usage = cli(server.config_path, "usage", "--group-by", "key", "--json")
     rows = {r["key"]: r["requests"] for r in json.loads(usage.stdout)}
-    assert rows == {"cli-key": served[0]}
+    # the first request, served before any key existed, is recorded with no key name
+    assert rows == {None: keyless[0], "cli-key": served[0]}
+    table = cli(server.config_path, "usage", "--group-by", "key")
+    assert "(no key)" in table.stdout and "cli-key" in table.stdout
 
 
 def test_a_public_address_without_keys_is_refused_with_the_reason(tmp_path: Path) -> None:

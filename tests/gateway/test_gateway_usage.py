@@ -163,3 +163,27 @@ async def test_embeddings_are_recorded_with_their_prompt_tokens(gw: Gw) -> None:
     assert (row["model"], row["route"]) == ("chat", "/v1/embeddings")
     assert row["prompt_tokens"] == r.json()["usage"]["prompt_tokens"] > 0
     assert row["completion_tokens"] == 0
+
+
+async def test_requests_without_a_key_are_recorded_with_no_key_name(tmp_path: Path) -> None:
+    """`auth: off` (and loopback clients before any key exists) serve requests that carry no
+    key: they are recorded too, as `null` in JSON and an empty key in CSV; no keyed row
+    holds them."""
+    async with gateway_app(tmp_path, auth="off") as gw:
+        ok = await gw.client.post("/v1/chat/completions", json=CHAT_BODY)
+        streamed = await gw.client.post("/v1/chat/completions", json={**CHAT_BODY, "stream": True})
+        missing = await gw.client.post("/v1/chat/completions", json={**CHAT_BODY, "model": "x"})
+        assert (ok.status_code, streamed.status_code, missing.status_code) == (200, 200, 404)
+        assert (await gw.client.get("/v1/models")).status_code == 200  # not inference: not usage
+        r = await gw.client.get("/admin/usage", params={"group_by": "key,model"})
+        rows = {(row["key"], row["model"]): row for row in r.json()["data"]}
+        assert set(rows) == {(None, "chat"), (None, "x")}
+        served = rows[(None, "chat")]
+        assert (served["requests"], served["errors"]) == (2, 0)
+        assert served["completion_tokens"] == 2 * ok.json()["usage"]["completion_tokens"]
+        assert rows[(None, "x")]["errors"] == 1
+        r = await gw.client.get(
+            "/admin/usage", params={"group_by": "key"}, headers={"accept": "text/csv"}
+        )
+        [row] = list(csv.DictReader(io.StringIO(r.text)))
+        assert (row["key"], row["requests"]) == ("", "3")

@@ -331,6 +331,8 @@ def test_routing_package_exports_exactly_its_all() -> None:
         "local",
         "remote",
         "upstream",
+        "admission",
+        "shared_breakers",
     }
     assert public - modules == set(routing.__all__)
     assert routing.__all__ == sorted(routing.__all__, key=lambda n: (not n.isupper(), n))

@@ -1,9 +1,13 @@
 """Per-key rate limits: requests and tokens per minute through the `limits` library (its
 sliding-window counter; in memory, or in Redis when several routers share the limits), and
-requests in flight at once, counted in this process.
+requests in flight at once, counted in this process, or across every router sharing Redis
+(leases that expire when a router dies: gateway/concurrency.py).
 
 `admit` runs before a request (one request counted; the token window checked, not charged),
-`charge` after it (its tokens). Both return OpenAI's `x-ratelimit-*` headers."""
+`admit_prompt` when a target is about to run the prompt (routing/admission.py: its tokens
+charged, or the request refused while nothing is generated), `charge` after it (the rest of
+its usage: the completion, and the difference between the prompt's count and its usage).
+The `x-ratelimit-*` headers are those of `Admission.headers`, kept current as it goes."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from ..config import GatewaySettings
 from ..errors import RateLimited
+from .concurrency import SharedSlots
 from .keys import ApiKey
 
 __all__ = ["Admission", "Limiter", "reset_text"]
@@ -47,12 +52,22 @@ class Effective:
 
 @dataclass
 class Admission:
-    """A request let in: what it holds (a concurrency slot) and the headers to answer."""
+    """A request let in: what it holds (a concurrency slot), the headers to answer, and the
+    prompt tokens charged so far (`admit_prompt`). The headers list is updated in place."""
 
     key: ApiKey
     limits: Effective
     headers: list[Header]
     holds_slot: bool = False
+    lease: str | None = None  # the shared slot (Redis) this request holds
+    limiter: Limiter | None = None
+    prompt_charged: int = 0
+    prompt_decided: bool = False
+
+    async def admit_prompt(self, tokens: int) -> None:
+        """routing/admission.py's PromptGate: see Limiter.admit_prompt."""
+        if self.limiter is not None:
+            await self.limiter.admit_prompt(self, tokens)
 
 
 class Limiter:
@@ -66,6 +81,7 @@ class Limiter:
     ) -> None:
         self.defaults = defaults
         self._pool: redis.ConnectionPool | None = None
+        self.slots: SharedSlots | None = None
         self.storage: Storage
         if redis_url:
             # Blocking: at most 64 connections; a request waits for one rather than failing.
@@ -78,6 +94,7 @@ class Limiter:
                 key_prefix="llm-router-limits",
                 connection_pool=self._pool,  # type: ignore[arg-type]
             )
+            self.slots = SharedSlots(self._pool)
         else:
             self.storage = MemoryStorage()
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
@@ -121,23 +138,36 @@ class Limiter:
         on `exc.headers`) when it is over one. If the storage (Redis) fails, the request is
         let in without limits, and that is logged: limits must not take the service down."""
         lim = self.effective(key)
+        lease: str | None = None
+        full = False
+        if lim.max_concurrent is not None:
+            if self.slots is None:
+                full = self.in_flight.get(key.name, 0) >= lim.max_concurrent
+            else:
+                try:
+                    lease = await self.slots.acquire(key.name, lim.max_concurrent)
+                    full = lease is None
+                except Exception as exc:
+                    self._warn(exc)
         try:
-            headers = await self._check(key, lim)
+            headers = await self._check(key, lim, full)
         except RateLimited:
+            if lease is not None and self.slots is not None:
+                self.slots.release(key.name, lease)
             raise
         except Exception as exc:  # redis errors, connection refused, timeouts
             self._warn(exc)
             headers = []
-        admission = Admission(key, lim, headers)
+        admission = Admission(key, lim, headers, lease=lease, limiter=self)
         if lim.max_concurrent is not None:
             self.in_flight[key.name] = self.in_flight.get(key.name, 0) + 1
             admission.holds_slot = True
         return admission
 
-    async def _check(self, key: ApiKey, lim: Effective) -> list[Header]:
+    async def _check(self, key: ApiKey, lim: Effective, full: bool) -> list[Header]:
         headers: list[Header] = []
         refused: tuple[str, float] | None = None
-        if lim.max_concurrent is not None and self.in_flight.get(key.name, 0) >= lim.max_concurrent:
+        if full:
             refused = (f"{lim.max_concurrent} requests at once", 1.0)
         if lim.tpm is not None:
             remaining, reset = await self._window(self._item(lim.tpm), key.name, "tokens")
@@ -187,24 +217,80 @@ class Limiter:
     def release(self, admission: Admission) -> None:
         if admission.holds_slot:
             admission.holds_slot = False
+            if admission.lease is not None and self.slots is not None:
+                self.slots.release(admission.key.name, admission.lease)
+                admission.lease = None
             left = self.in_flight.get(admission.key.name, 1) - 1
             if left > 0:
                 self.in_flight[admission.key.name] = left
             else:
                 self.in_flight.pop(admission.key.name, None)
 
-    async def charge(self, admission: Admission, tokens: int) -> None:
-        """Count `tokens` against the key's tokens per minute. Tokens past the limit fill
-        the window (the next request waits for it to slide) rather than being lost. A key's
-        charges are summed and sent together every `send_interval` (one storage call for many
-        requests; other routers sharing Redis see them that much later)."""
+    async def admit_prompt(self, admission: Admission, tokens: int) -> None:
+        """Charge a prompt's `tokens` before it runs, or raise RateLimited (x-ratelimit-*
+        headers on `exc.headers`) when they are more than what is left of the key's tokens
+        this minute: one atomic check-and-charge in the storage (Redis when shared), so two
+        routers cannot both spend the last tokens. The first prompt of a request decides;
+        later ones (another of `n` choices, a fallback target) are charged without refusal,
+        and `charge` at the end makes the total the request's usage. A storage failure lets
+        the prompt through, as `admit` does."""
         tpm = admission.limits.tpm
         if tpm is None or tokens <= 0:
+            return
+        name = admission.key.name
+        admission.prompt_charged += tokens
+        if admission.prompt_decided:
+            self._batch(tpm, name, tokens)
+            return
+        admission.prompt_decided = True
+        item = self._item(tpm)
+        try:
+            if self._unsent.get((tpm, name)):  # this router's own charges first
+                await self._charge(tpm, name, self._unsent.pop((tpm, name)), counted=True)
+            ok = await self.strategy.hit(item, name, cost=tokens)
+            stats = await self.strategy.get_window_stats(item, name)
+        except Exception as exc:
+            self._warn(exc)
+            return
+        now = time.monotonic()
+        self._stats[("tokens", name)] = [now, stats.remaining, stats.reset_time, 0]
+        reset = max(0.0, stats.reset_time - self.clock())
+        _replace(admission.headers, _headers("tokens", tpm, stats.remaining, reset))
+        if ok:
+            return
+        admission.prompt_charged -= tokens
+        what = (
+            f"the prompt has {tokens} tokens, more than the {tpm} tokens per minute it may use"
+            if tokens > tpm
+            else f"the prompt has {tokens} tokens and {stats.remaining} of its {tpm} tokens "
+            "per minute are left"
+        )
+        refusal = RateLimited(
+            f"Rate limit reached for key '{name}': {what}; try again in {reset_text(reset)}",
+            retry_after=max(1.0, reset),
+        )
+        refusal.headers = list(admission.headers)  # type: ignore[attr-defined]
+        raise refusal
+
+    async def charge(self, admission: Admission, tokens: int) -> None:
+        """Count a finished request's `tokens` (its usage: prompt and completion) against the
+        key's tokens per minute, less the prompt tokens `admit_prompt` charged already (when
+        they were more, the difference is given back). Tokens past the limit fill the window
+        (the next request waits for it to slide) rather than being lost. A key's charges are
+        summed and sent together every `send_interval` (one storage call for many requests;
+        other routers sharing Redis see them that much later)."""
+        tpm = admission.limits.tpm
+        tokens -= admission.prompt_charged
+        admission.prompt_charged = 0
+        if tpm is None or tokens == 0:
             return
         name = admission.key.name
         if not self.batched:
             await self._charge(tpm, name, tokens)
             return
+        self._batch(tpm, name, tokens)
+
+    def _batch(self, tpm: int, name: str, tokens: int) -> None:
         self._count("tokens", name, tokens)
         self._unsent[(tpm, name)] = self._unsent.get((tpm, name), 0) + tokens
         if self._sender is None or self._sender.done():
@@ -222,6 +308,13 @@ class Limiter:
 
     async def _charge(self, tpm: int, name: str, tokens: int, counted: bool = False) -> None:
         item = self._item(tpm)
+        if tokens <= 0:  # tokens given back (a prompt counted higher than its usage)
+            if tokens < 0:
+                try:
+                    await self.strategy.hit(item, name, cost=tokens)
+                except Exception as exc:
+                    self._warn(exc)
+            return
         try:
             if await self.strategy.hit(item, name, cost=min(tokens, tpm)) and tokens <= tpm:
                 if not counted:
@@ -240,6 +333,8 @@ class Limiter:
         if self._sender is not None:
             self._sender.cancel()
         await self.send_charges()
+        if self.slots is not None:
+            await self.slots.close()
         if self._pool is not None:
             await self._pool.disconnect()
 
@@ -248,6 +343,12 @@ _NAMES = {
     kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
     for kind in ("requests", "tokens")
 }
+
+
+def _replace(headers: list[Header], new: list[Header]) -> None:
+    """`headers` with `new`'s names set to `new`'s values (in place)."""
+    names = {name for name, _ in new}
+    headers[:] = [h for h in headers if h[0] not in names] + new
 
 
 def _headers(kind: str, limit: int, remaining: int, reset: float) -> list[Header]:

@@ -9,8 +9,10 @@ a second) and each budgeted key's spend. `close` writes what is left: a SIGTERM 
 a crash loses at most one flush interval of usage.
 
 With `auth: auto`, no key and no master key, the gateway is off (the server serves loopback
-clients only) and no database is opened; the task only watches for the SQLite file, so a key
-made with `llm-router keys create` turns it on while the server runs."""
+clients only) and no database is created; the task watches for the SQLite file, so a key
+made with `llm-router keys create` turns it on while the server runs. Whenever a database is
+open, requests served without a key (that mode, or `auth: off`) are recorded too, with no key
+name (see server/gateway.py and gateway/accounting.py)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..config import Settings
 from ..errors import AuthenticationFailed, ConfigError, QuotaExceeded, RouterError
+from .events import KeyEvents
 from .keys import MASTER_ENV, ApiKey, KeySpec, hash_key, make_key, master_key, period_end
 from .keys import period_start as _period_start
 from .limits import Limiter
@@ -79,16 +83,18 @@ class Gateway:
         self._spent_local: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_flush = time.monotonic()
+        self.events: KeyEvents | None = None  # Redis pub/sub of key changes (redis_url)
 
     # -- life ---------------------------------------------------------------------------------
 
     def needs_store(self) -> bool:
-        """Whether there is state to read: a database named, the SQLite file present, or a
-        mode that records usage."""
-        if self.mode == "off":
-            return False
+        """Whether there is state to read or usage to record: auth on, a database the config
+        names (`database_url`, or `data_dir` for SQLite), or the default SQLite file present.
+        Without keys (`auth: off`, or `auto` before any key exists) the requests are then
+        recorded with no key name; the default data directory is never created for them."""
         path = sqlite_path(self.url)
-        return self.active or path is None or path.exists()
+        named = self.settings.database_url is not None or self.settings.data_dir is not None
+        return self.active or named or (path is not None and path.exists())
 
     async def start(self, host: str | None = None) -> None:
         """Open the database (if there is state) and start the refresh task; with `host`,
@@ -101,8 +107,26 @@ class Gateway:
             except ConfigError:
                 await self.close()
                 raise
-        if self.mode != "off":
+        if self.mode != "off" or self.store is not None:
             self._task = asyncio.create_task(self._loop(), name="gateway-refresh")
+        if self.settings.redis_url and self.mode != "off":
+            self.events = KeyEvents(self.settings.redis_url, self._on_key_event)
+            await self.events.start()
+
+    async def _on_key_event(self, event: dict[str, Any]) -> None:
+        """A key made or revoked by another router or the CLI (gateway/events.py): a
+        revocation applies at once to the keys in memory, then the database is re-read."""
+        name = event.get("name")
+        if event.get("event") == "revoked" and isinstance(name, str):
+            now = time.time()
+            self.keys = {
+                h: replace(k, revoked_at=now) if k.name == name and not k.revoked_at else k
+                for h, k in self.keys.items()
+            }
+        if self.store is not None:
+            await self.refresh()
+        elif self.needs_store() or event.get("event") == "created":
+            await self._open()
 
     def check_bind(self, host: str) -> None:
         """Refuse to listen beyond this machine with nobody's key required (`auth: auto` and
@@ -122,6 +146,8 @@ class Gateway:
         await self.refresh()
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -214,7 +240,7 @@ class Gateway:
 
     def record(
         self,
-        key: ApiKey,
+        key: ApiKey | None,
         *,
         model: str,
         target: str,
@@ -226,14 +252,17 @@ class Gateway:
         latency: float,
         ttft: float | None,
     ) -> float:
-        """Keep one request's usage for the next flush; returns its cost."""
+        """Keep one request's usage for the next flush; returns its cost. `key` None: a
+        request served without a key (auth off, or loopback clients before any key exists),
+        recorded with no key name (NULL; `null` in reports)."""
         cost = self.cost(target, prompt_tokens, completion_tokens) if target else 0.0
-        if cost:
-            self._spent_local[key.name] = self._spent_local.get(key.name, 0.0) + cost
+        name = key.name if key is not None else None
+        if cost and name is not None:
+            self._spent_local[name] = self._spent_local.get(name, 0.0) + cost
         self._pending.append(
             (
                 time.time(),
-                key.name,
+                name,
                 model[:256],
                 target,
                 route[:128],
@@ -270,6 +299,8 @@ class Gateway:
         self.keys[key.hash] = key
         if self.mode == "auto":
             self.active = True
+        if self.events is not None:
+            await self.events.publish("created", key.name)
         return secret, key
 
     async def revoke_key(self, name: str, actor: str | None) -> bool:
@@ -277,6 +308,8 @@ class Gateway:
         done = await store.revoke(name)
         if done:
             await store.add_audit(actor, "key.revoked", name, {})
+            if self.events is not None:  # the other routers refuse it at once
+                await self.events.publish("revoked", name)
             await self.refresh()
         return done
 

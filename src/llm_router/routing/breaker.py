@@ -66,7 +66,11 @@ class CircuitBreaker:
     In half-open at most `half_open_probes` admitted requests run at once. Any outcome that
     arrives in half-open decides, including one from a request admitted before the breaker
     opened: a success is evidence the target works, a failure that it does not. Outcomes that
-    arrive while open are ignored (they belong to requests sent before it opened)."""
+    arrive while open are ignored (they belong to requests sent before it opened).
+
+    Shared state (routing/shared_breakers.py): `on_change` is called with the new state when
+    this breaker opens or closes by its own outcomes; `adopt_open` and `adopt_closed` apply
+    another process's verdict without calling it."""
 
     def __init__(
         self, config: BreakerConfig | None = None, *, clock: Callable[[], float] = time.monotonic
@@ -78,6 +82,22 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._probes = 0
         self._outcomes: deque[tuple[float, bool]] = deque()
+        self._hold = 0.0  # added to the cooldown of an adopted open (see adopt_open)
+        self.on_change: Callable[[BreakerState], None] | None = None
+
+    def adopt_open(self, hold: float = 0.0) -> None:
+        """Open now because another process's breaker of the same target opened; half-open
+        `hold` seconds later than the cooldown says, so that the process that opened it
+        probes first (its verdict reaches this one before it would probe itself)."""
+        if self.state is BreakerState.OPEN:
+            return
+        self._open(notify=False)
+        self._hold = hold
+
+    def adopt_closed(self) -> None:
+        """Close because another process's probe found the target working."""
+        if self._state is not BreakerState.CLOSED:
+            self._close(notify=False)
 
     @property
     def state(self) -> BreakerState:
@@ -144,22 +164,27 @@ class CircuitBreaker:
         rate, count = self.error_rate()
         return count >= self.config.min_requests and rate > self.config.error_rate_threshold
 
-    def _open(self) -> None:
+    def _open(self, notify: bool = True) -> None:
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
         self._probes = 0
+        self._hold = 0.0
         self._outcomes.clear()
+        if notify and self.on_change is not None:
+            self.on_change(BreakerState.OPEN)
 
-    def _close(self) -> None:
+    def _close(self, notify: bool = True) -> None:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = None
         self._probes = 0
         self._outcomes.clear()
+        if notify and self.on_change is not None:
+            self.on_change(BreakerState.CLOSED)
 
     def _retry_at(self) -> float:
         assert self._opened_at is not None
-        return self._opened_at + self.config.cooldown
+        return self._opened_at + self.config.cooldown + self._hold
 
     def _remember(self, *, ok: bool) -> None:
         self._outcomes.append((self._clock(), ok))

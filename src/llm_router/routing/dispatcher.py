@@ -42,6 +42,7 @@ from ..types import Embeddings, Finished, GenerationEvent
 from .breaker import BreakerConfig, CircuitBreaker
 from .local import LocalTarget
 from .remote import RemoteTarget
+from .shared_breakers import BreakerSync
 from .stats import TargetStats
 from .strategies import RouteRequest, Strategy, ab_split, load_strategy, rank
 from .targets import Call, EmbedCall, Target
@@ -89,8 +90,13 @@ class Dispatcher:
             for r in settings.routes
         }
         self._health: list[asyncio.Task[None]] = []
+        self._shared: BreakerSync | None = None  # remote targets' breakers, through Redis
 
     async def start(self) -> None:
+        if self.settings.redis_url:
+            cooldown = self._breaker.cooldown
+            self._shared = BreakerSync(self.settings.redis_url, min(5.0, cooldown / 2), cooldown)
+            await self._shared.start()
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
         self._session = aiohttp.ClientSession(connector=connector)
         for cfg in self.settings.models:
@@ -120,13 +126,19 @@ class Dispatcher:
                 upstream=upstream,
             )
             self._targets[cfg.id] = target
+            if self._shared is not None:
+                self._shared.attach(cfg.id, target.breaker)
             if cfg.health_check_interval > 0:
                 self._health.append(asyncio.create_task(self._check_health(target)))
+        if self._shared is not None:
+            await self._shared.catch_up()  # the breakers open in other routers now
 
     async def close(self) -> None:
         for task in self._health:
             task.cancel()
         await asyncio.gather(*self._health, return_exceptions=True)
+        if self._shared is not None:
+            await self._shared.close()
         if self._session is not None:
             await self._session.close()
 

@@ -25,6 +25,7 @@ from ..types import (
     TextDelta,
 )
 from ..worker.client import Worker
+from .admission import count_local, prompt_gate
 from .targets import Call, EmbedCall, Lease, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
@@ -108,6 +109,10 @@ class LocalTarget(Target):
             parser = ToolParser(stream=call.stream)
         request = self.prepared(call.request)
         async with self.worker(call.lease) as worker:
+            gate = prompt_gate.get()
+            if gate is not None:  # a limit counts the prompt's tokens before it runs
+                context = self.context_length()
+                await gate.admit_prompt(await count_local(worker, request, context))
             events = worker.generate(request)
             if tracing.current() is not None:
                 events = _timed(events, time.perf_counter())

@@ -19,6 +19,7 @@ from ..types import (
     TextDelta,
     Usage,
 )
+from .admission import estimate, prompt_gate
 from .targets import Call, EmbedCall, Target
 from .upstream import Upstream
 
@@ -83,6 +84,9 @@ async def _remote_events(remote: Upstream, call: Call) -> AsyncGenerator[Generat
     plain request; either way cancelling the caller cancels the upstream request. What the
     upstream's message carries besides text (tool calls, refusals, reasoning) is passed on as
     MessageFields, and its finish reason as it said it."""
+    gate = prompt_gate.get()
+    if gate is not None:  # a limit counts the prompt's tokens (an estimate) before it is sent
+        await gate.admit_prompt(estimate(call.request))
     if not call.stream:
         done = await (remote.chat(call.body) if call.kind == "chat" else remote.complete(call.body))
         choice = (done.get("choices") or [{}])[0]

@@ -22,8 +22,10 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ModelNotFound, PermissionDenied, RateLimited, RouterError
+from ..gateway.accounting import serve_keyless
 from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
+from ..routing.admission import prompt_gate
 from .asgi import BodyTooLarge, loopback_hosts, send_json
 from .errors import envelope, status_of
 
@@ -105,6 +107,9 @@ class GatewayMiddleware:
                 if client and not (client[0] in self.loopback or client[0].startswith("127.")):
                     await _refuse(scope, send, _no_keys())
                     return
+            if gw.store is not None and scope["type"] == "http" and self._inference(scope):
+                await serve_keyless(gw, self.app, scope, receive, send)  # usage, no key
+                return
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET")
@@ -185,9 +190,12 @@ class GatewayMiddleware:
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
+        # a key with tokens per minute: the target counts the prompt before it runs it
+        gate = prompt_gate.set(admission if admission.limits.tpm is not None else None)
         try:
             await self.app(scope, receive, sending)
         finally:
+            prompt_gate.reset(gate)
             gw.limiter.release(admission)
             route = scope.get("state", {}).get("route")
             usage = getattr(route, "usage", None)
@@ -208,7 +216,7 @@ class GatewayMiddleware:
             )
             if self.metrics is not None:
                 self.metrics.count(key.name, status or 499, prompt, completion, cost)
-            if prompt + completion:
+            if prompt + completion or admission.prompt_charged:
                 await gw.limiter.charge(admission, prompt + completion)
 
     def _record_refusal(self, key: ApiKey, path: str, status: int) -> None:
@@ -226,6 +234,13 @@ class GatewayMiddleware:
         )
         if self.metrics is not None:
             self.metrics.count(key.name, status, 0, 0, 0.0)
+
+    def _inference(self, scope: Scope) -> bool:
+        method, path = scope.get("method", "GET"), scope["path"]
+        need = self._scopes.get((method, path), _UNKNOWN)
+        if need is _UNKNOWN:
+            need = required_scope(method, path, self.metrics_public)
+        return bool(need == "inference")
 
     def _check_models(self, key: ApiKey, body: bytes) -> None:
         """404 for a model the key may not use, as if it did not exist."""

@@ -1,0 +1,103 @@
+"""Key changes told to every router at once through Redis pub/sub (`redis_url`).
+
+A router that creates or revokes a key, and `llm-router keys create|revoke`, write the database
+first, then publish `{"event": "revoked"|"created", "name": ...}` on one channel. Every router
+subscribed to it applies a revocation to the keys it holds in memory as soon as the message
+arrives (well under a second), then re-reads the keys from the database. Polling
+(`gateway.refresh_interval`) stays as it was: it is what works without Redis, and what
+catches a message lost while a router was disconnected from Redis.
+
+Nothing here is on a request's path: the subscriber is one background task, reconnecting with
+a backoff when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as redis
+
+__all__ = ["CHANNEL", "KeyEvents", "publish", "publish_once"]
+
+log = logging.getLogger(__name__)
+CHANNEL = "llm-router:keys"
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def publish(client: redis.Redis, event: str, name: str) -> None:
+    await client.publish(CHANNEL, json.dumps({"event": event, "name": name}))
+
+
+async def publish_once(redis_url: str, event: str, name: str) -> None:
+    """Publish one event from a short-lived process (the CLI); a Redis that is down is
+    logged, not raised: the routers' polling still sees the change."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await publish(client, event, name)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("could not tell the routers through Redis (%r); they poll for it", exc)
+    finally:
+        await client.aclose()
+
+
+class KeyEvents:
+    """The subscription of one router: `handler` is awaited for each event (in the
+    subscriber's task; its errors are logged)."""
+
+    def __init__(self, redis_url: str, handler: Handler) -> None:
+        self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
+        self.handler = handler
+        self.subscribed = asyncio.Event()  # set once listening (tests and start-up wait)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, wait: float = 2.0) -> None:
+        """Start listening; waits up to `wait` seconds for the subscription (a Redis that is
+        down does not hold the start up: the task keeps trying)."""
+        self._task = asyncio.create_task(self._listen(), name="gateway-key-events")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), wait)
+
+    async def publish(self, event: str, name: str) -> None:
+        try:
+            await publish(self.client, event, name)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not tell the other routers through Redis (%r); they poll", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.client.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    self.subscribed.set()
+                    delay = 0.1
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await self._handle(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or restarting: try again, slower each time
+                self.subscribed.clear()
+                log.warning("key events: Redis subscription lost (%r); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _handle(self, data: Any) -> None:
+        try:
+            event = json.loads(data)
+            if not isinstance(event, dict):
+                return
+            await self.handler(event)
+        except Exception:
+            log.exception("key events: could not apply %r", data)
