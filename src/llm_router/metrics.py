@@ -44,7 +44,15 @@ def unload_reason(reason: object) -> str:
     return next((r for r in _UNLOAD_REASONS if text.startswith(r)), "other")
 
 
-_ENGINE_GAUGES = ("slots_busy", "slots_idle", "tokens_cached", "threads", "parallel")
+# tokens_cached over context_total: how full the KV cache is (what vLLM calls cache usage)
+_ENGINE_GAUGES = (
+    "slots_busy",
+    "slots_idle",
+    "tokens_cached",
+    "context_total",
+    "threads",
+    "parallel",
+)
 
 
 class Metrics:
@@ -122,6 +130,13 @@ class Metrics:
             "Response cache lookups by tier (memory, disk, redis; flight: a wait for an identical "
             "request in progress; semantic) and result (hit, miss, near_miss)",
             ["tier", "result"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "llm_router_cache_evictions",
+            "Response cache entries removed by tier (memory, disk) and reason (size: least "
+            "recently used, to stay under the tier's bytes; expired: past the TTL)",
+            ["tier", "reason"],
             registry=r,
         )
         self.load_seconds = Histogram(
@@ -232,8 +247,16 @@ class _BreakerCollector(Collector):
             "Requests in flight at the target (local or remote)",
             labels=["model"],
         )
+        failures = CounterMetricFamily(
+            "llm_router_target_failures",
+            "Attempts that failed because of the target (transport error, timeout, 5xx, crash, "
+            "a failed load), whether a fallback or retry then served or not",
+            labels=["model"],
+        )
         for target in self._router.targets():
             state.add_metric([target.id, str(target.breaker.state)], 1)
             in_flight.add_metric([target.id], target.stats.in_flight)
+            failures.add_metric([target.id], target.stats.failures)
         yield state
         yield in_flight
+        yield failures

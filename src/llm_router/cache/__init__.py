@@ -10,7 +10,9 @@ from ..routing.dispatcher import Dispatcher
 from .identity import Identities
 from .semantic import SemanticCache
 from .service import CachedEmbeddingService, CachedGenerationService
+from .shared import SharedVectors
 from .store import ResponseCache
+from .tiers import RedisTier
 
 __all__ = [
     "CachedEmbeddingService",
@@ -31,7 +33,17 @@ def build_cache(
     semantic = None
     cfg = settings.cache.semantic
     if cfg.model:
-        semantic = SemanticCache(dispatcher, cfg.model, cfg.threshold, cfg.max_entries, metrics)
+        redis = next((t for t in cache.tiers if isinstance(t, RedisTier)), None)
+        shared = SharedVectors(redis, cfg.model, cfg.max_entries) if redis else None
+        semantic = SemanticCache(
+            dispatcher,
+            cfg.model,
+            cfg.threshold,
+            cfg.max_entries,
+            metrics,
+            shared=shared,
+            spawn=cache.background,
+        )
     return (
         cache,
         CachedGenerationService(dispatcher, metrics, cache, identities, semantic),

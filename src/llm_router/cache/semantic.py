@@ -4,17 +4,20 @@ gets that answer. Off unless `cache.semantic.model` names an embedding model (e.
 all-MiniLM-L6-v2). Only requests the exact cache would cache are looked up.
 
 The vectors live in this process (numpy, up to `max_entries`, the oldest dropped first); they
-point at exact cache keys, so the answers themselves are in the tiers. A lookup embeds the
-request's text once (a few milliseconds on a small local model), reused to remember it if it
-is computed. Lookups are counted as `tier="semantic"`: hit, near_miss (within twice the
-threshold), miss."""
+point at exact cache keys, so the answers themselves are in the tiers. With the Redis tier on,
+they are shared with every router on that Redis too (shared.py): a lookup first takes in what
+the others added. A lookup embeds the request's text once (a few milliseconds on a small local
+model), reused to remember it if it is computed. Lookups are counted as `tier="semantic"`:
+hit, near_miss (within twice the threshold), miss."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from ..routing.targets import EmbedCall
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
+    from .shared import SharedVectors
 
 __all__ = ["SemanticCache", "SemanticMatch"]
 
@@ -45,7 +49,9 @@ class _Group:
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+        self.seen: set[str] = set()
         self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.last_id = "-"  # of the shared stream: the last entry taken in
 
 
 class SemanticCache:
@@ -56,8 +62,14 @@ class SemanticCache:
         threshold: float,
         max_entries: int,
         metrics: Metrics | None = None,
+        shared: SharedVectors | None = None,
+        spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
+        """`shared`: the vectors of other routers (and theirs of ours); `spawn` runs its
+        writes in the background (the response cache's, awaited at close)."""
         self.dispatcher = dispatcher
+        self.shared = shared
+        self.spawn = spawn
         self.model = model
         self.threshold = threshold
         self.max_entries = max_entries
@@ -68,14 +80,12 @@ class SemanticCache:
     async def lookup(self, group: str, text: str) -> SemanticMatch | None:
         """The nearest cached request of `group` (a digest of model and parameters) to `text`.
         None when the embedding model failed (logged; the request is served uncached)."""
-        try:
-            _, out = await self.dispatcher.embed(self.model, EmbedCall([text]))
-        except RouterError as exc:
-            log.warning("semantic cache: embedding with %s failed: %s", self.model, exc)
+        if self.shared is None:
+            vector = await self._embed(text)
+        else:
+            vector, _ = await asyncio.gather(self._embed(text), self._take_in(group, self.shared))
+        if vector is None:
             return None
-        vector = np.asarray(out.vectors[0], dtype=np.float32)
-        norm = float(np.linalg.norm(vector))
-        vector = vector / norm if norm else vector
         entries = self._groups.get(group)
         if entries is None or not entries.keys:
             self._count_result("miss")
@@ -89,10 +99,40 @@ class SemanticCache:
         self._count_result("near_miss" if distance <= 2 * self.threshold else "miss")
         return SemanticMatch(None, distance, vector)
 
+    async def _embed(self, text: str) -> np.ndarray | None:
+        try:
+            _, out = await self.dispatcher.embed(self.model, EmbedCall([text]))
+        except RouterError as exc:
+            log.warning("semantic cache: embedding with %s failed: %s", self.model, exc)
+            return None
+        vector = np.asarray(out.vectors[0], dtype=np.float32)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm else vector
+
+    async def _take_in(self, group: str, shared: SharedVectors) -> None:
+        """What other routers added to `group` since this one last looked."""
+        entries = self._groups.get(group)
+        last, rows = await shared.since(group, entries.last_id if entries else "-")
+        for key, vector in rows:
+            self._append(group, vector, key)
+        entries = self._groups.get(group)
+        if entries is not None:
+            entries.last_id = last
+
     def add(self, group: str, vector: np.ndarray, key: str) -> None:
-        """Remember that `vector`'s request is cached under `key`."""
+        """Remember that `vector`'s request is cached under `key` (and tell the others)."""
+        self._append(group, vector, key)
+        if self.shared is not None and self.spawn is not None:
+            self.spawn(self.shared.publish(group, key, vector))
+
+    def _append(self, group: str, vector: np.ndarray, key: str) -> None:
         entries = self._groups.setdefault(group, _Group())
         self._groups.move_to_end(group)
+        if key in entries.seen:
+            return  # ours coming back from Redis, or an answer computed again
+        if entries.matrix.size and entries.matrix.shape[1] != vector.shape[0]:
+            return  # another embedding model's vector
+        entries.seen.add(key)
         if entries.matrix.size == 0:
             entries.matrix = vector[None, :].copy()
         else:
@@ -104,7 +144,7 @@ class SemanticCache:
 
     def _drop_oldest(self) -> None:
         group, entries = next(iter(self._groups.items()))
-        entries.keys.pop(0)
+        entries.seen.discard(entries.keys.pop(0))
         entries.matrix = entries.matrix[1:]
         self._count -= 1
         if not entries.keys:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from ..config import Settings
 from ..errors import ConfigError
@@ -58,14 +61,19 @@ class ResponseCache:
 
         memory = parse_bytes(cfg.memory_bytes, 0)
         if memory > 0:
-            tiers.append(MemoryTier(memory, ttl(cfg.memory_ttl)))
+            tiers.append(MemoryTier(memory, ttl(cfg.memory_ttl), _evictions(metrics, "memory")))
         if cfg.disk_path is not None:
-            tiers.append(SqliteTier(cfg.disk_path, ttl(cfg.disk_ttl)))
+            disk = parse_bytes(cfg.disk_bytes, 0)
+            evicted = _evictions(metrics, "disk")
+            tiers.append(SqliteTier(cfg.disk_path, ttl(cfg.disk_ttl), disk, evicted=evicted))
         if cfg.redis:
             if not settings.redis_url:
                 raise ConfigError("cache.redis is true but redis_url is not set")
             tiers.append(RedisTier(settings.redis_url, ttl(cfg.redis_ttl)))
-        return cls(tiers, metrics)
+        cache = cls(tiers, metrics)
+        if metrics is not None:
+            metrics.registry.register(_SizeCollector(cache))
+        return cache
 
     async def start(self) -> None:
         for tier in self.tiers:
@@ -90,6 +98,8 @@ class ResponseCache:
                 continue
             self._count(tier.name, "hit")
             self._store(self.tiers[:i], key, value)
+            for behind in self.tiers[i + 1 :]:
+                behind.touch(key)  # used: not the least recently used behind this tier either
             return value
         return None
 
@@ -102,9 +112,13 @@ class ResponseCache:
             if isinstance(tier, MemoryTier):
                 tier.set_now(key, value)
                 continue
-            task = asyncio.create_task(tier.set(key, value))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            self.background(tier.set(key, value))
+
+    def background(self, write: Coroutine[Any, Any, None]) -> None:
+        """Run `write` (to a slower tier) in the background; `close` waits for it."""
+        task = asyncio.create_task(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def flight(self, key: str) -> Flight:
         """Join the computation of `key` in progress, or lead a new one (then `land` it)."""
@@ -134,3 +148,32 @@ class ResponseCache:
             if value is not None:
                 self.put(key, value)
             self.land(key, flight, value)
+
+
+def _evictions(metrics: Metrics | None, tier: str) -> Callable[[str, int], None] | None:
+    """A tier's eviction callback: counts on `llm_router_cache_evictions_total`."""
+    if metrics is None:
+        return None
+    counter = metrics.cache_evictions
+
+    def evicted(reason: str, rows: int) -> None:
+        counter.labels(tier, reason).inc(rows)
+
+    return evicted
+
+
+class _SizeCollector(Collector):
+    """`llm_router_cache_bytes{tier}`: what the memory and disk tiers hold (read at scrape
+    time; the disk tier's as of its last write)."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "llm_router_cache_bytes", "Bytes held by a response cache tier", labels=["tier"]
+        )
+        for tier in self._cache.tiers:
+            if isinstance(tier, (MemoryTier, SqliteTier)):
+                family.add_metric([tier.name], tier.bytes)
+        yield family

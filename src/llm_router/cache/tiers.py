@@ -1,22 +1,19 @@
 """Cache tiers: where answers are kept, by key, as bytes, each with its own TTL.
 
-`MemoryTier`: an LRU bounded in bytes, in this process. `SqliteTier`: one SQLite file
-(survives restarts), used through the standard library's `sqlite3` on one thread of its own:
-a key-value table needs no ORM or async driver, one connection on one thread needs no
-locking, and the memory tier in front takes the hot keys. `RedisTier`: shared by every router
-on the same Redis (`redis_url`). A tier that fails (Redis down, disk full) is a miss and a
-warning, never a failed request."""
+`MemoryTier`: an LRU bounded in bytes, in this process. `SqliteTier` (sqlite.py): one SQLite
+file (survives restarts), bounded in bytes, least recently used first out. `RedisTier`: shared
+by every router on the same Redis (`redis_url`). A tier that fails (Redis down, disk full) is
+a miss and a warning, never a failed request."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from .sqlite import SqliteTier
 
 __all__ = ["MemoryTier", "RedisTier", "SqliteTier", "Tier"]
 
@@ -31,6 +28,9 @@ class Tier(Protocol):
 
     async def set(self, key: str, value: bytes) -> None: ...
 
+    def touch(self, key: str) -> None:
+        """`key` was served by a tier in front of this one (for this tier's recency)."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -42,9 +42,12 @@ class MemoryTier:
 
     name = "memory"
 
-    def __init__(self, max_bytes: int, ttl: float | None) -> None:
+    def __init__(
+        self, max_bytes: int, ttl: float | None, evicted: Callable[[str, int], None] | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.ttl = ttl
+        self.evicted = evicted  # called with ("size", 1) for each entry evicted to make room
         self.bytes = 0
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
@@ -73,6 +76,8 @@ class MemoryTier:
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
+            if self.evicted is not None:
+                self.evicted("size", 1)
 
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
@@ -84,90 +89,15 @@ class MemoryTier:
     async def set(self, key: str, value: bytes) -> None:
         self.set_now(key, value)
 
+    def touch(self, key: str) -> None:
+        pass
+
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         self._entries.clear()
         self.bytes = 0
-
-
-class SqliteTier:
-    """A table `cache(key, value, expires)` in the file at `path`, in WAL mode. Expired rows
-    are deleted at start and every `prune_every` writes."""
-
-    name = "disk"
-
-    def __init__(self, path: Path, ttl: float | None, prune_every: int = 1000) -> None:
-        self.path = path
-        self.ttl = ttl
-        self.prune_every = prune_every
-        self._writes = 0
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="cache-sqlite")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    async def start(self) -> None:
-        await self._run(self._open)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, "
-            "expires REAL NOT NULL)"
-        )
-        self._db = db
-        self._prune()
-
-    def _prune(self) -> None:
-        assert self._db is not None
-        self._db.execute("DELETE FROM cache WHERE expires > 0 AND expires < ?", (time.time(),))
-
-    def _get(self, key: str) -> bytes | None:
-        assert self._db is not None
-        row = self._db.execute("SELECT value, expires FROM cache WHERE key = ?", (key,)).fetchone()
-        if row is None or (row[1] and row[1] < time.time()):
-            return None
-        return bytes(row[0])
-
-    def _set(self, key: str, value: bytes) -> None:
-        assert self._db is not None
-        expires = time.time() + self.ttl if self.ttl is not None else 0.0
-        self._db.execute(
-            "INSERT OR REPLACE INTO cache (key, value, expires) VALUES (?, ?, ?)",
-            (key, value, expires),
-        )
-        self._writes += 1
-        if self._writes % self.prune_every == 0:
-            self._prune()
-
-    async def get(self, key: str) -> bytes | None:
-        try:
-            value: bytes | None = await self._run(self._get, key)
-        except sqlite3.Error as exc:
-            log.warning("cache: disk tier %s failed to read: %s", self.path, exc)
-            return None
-        return value
-
-    async def set(self, key: str, value: bytes) -> None:
-        try:
-            await self._run(self._set, key, value)
-        except sqlite3.Error as exc:
-            log.warning("cache: disk tier %s failed to write: %s", self.path, exc)
-
-    async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(close)
-        self._thread.shutdown(wait=True)
 
 
 class RedisTier:
@@ -204,6 +134,14 @@ class RedisTier:
             await self._client.set(self.prefix + key, value, ex=ex)
         except Exception as exc:
             log.warning("cache: redis tier failed to write: %s", exc)
+
+    def touch(self, key: str) -> None:
+        pass  # Redis' own policy (maxmemory-policy) decides what goes when it is full
+
+    @property
+    def client(self) -> Any:
+        """The `redis.asyncio` client, once started (shared with the semantic index)."""
+        return self._client
 
     async def close(self) -> None:
         if self._client is not None:

@@ -64,6 +64,7 @@ class TargetStats:
         self.cold_load_seconds = cold_load_seconds
         self.in_flight = 0
         self.queued = 0
+        self.failures = 0  # since the start, retried or not (a counter for /metrics)
         self._clock = clock
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=window_size)
         self._latency: float | None = None
@@ -91,6 +92,7 @@ class TargetStats:
 
     def record_failure(self) -> None:
         """A request failed because of the target (transport error, timeout, 5xx, crash)."""
+        self.failures += 1
         self._finish()
         self._outcomes.append((self._clock(), False))
 
