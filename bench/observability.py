@@ -5,7 +5,9 @@ traced (OTEL_TRACES_SAMPLER=parentbased_traceidratio); metrics are always on. In
 alternated round by round so the machine's noise hits both alike. Reported: the p50 added at
 c=1 (a sequential client) and the requests/s ratio at c=64.
 
-    python bench/overhead.py --observability [--rounds 3] [--seconds 5]
+    python bench/overhead.py --observability [--rounds 3] [--seconds 5] [--baseline SRC]
+
+`--baseline SRC`: another checkout's `src/` too (all off, and logs+tracing), in the same run.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import os
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import overhead
+import psutil
 from common import Proc, free_port, ours, workdir, write_result
+from workers import tree_cpu
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -58,10 +63,25 @@ def start_sink(work: Path) -> Proc:
     )
 
 
-def _measure(url: str, c: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def _measure(router: Proc, c: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """One measurement, then `--settle` seconds for the router's exporter process to export
+    what it was sent (so that the next router measured does not share the machine with it).
+    The CPU per request, over both: the router process's own, and its exporter process's."""
+    main = psutil.Process(router.proc.pid)
+    before, tree_before = sum(main.cpu_times()[:2]), tree_cpu(router.proc.pid)
     if args.client == "wrk":
-        return overhead.wrk(url, c, False, {}, args.seconds, work)
-    return asyncio.run(overhead.load(url, c, 1500 if c > 1 else 500, False, {}))
+        r = overhead.wrk(router.url, c, False, {}, args.seconds, work)
+        served = r["rps"] * args.seconds
+    else:
+        r = asyncio.run(overhead.load(router.url, c, 1500 if c > 1 else 500, False, {}))
+        served = r["n"]
+    time.sleep(getattr(args, "settle", 3.0))  # overhead.py --observability: 3 s
+    own = sum(main.cpu_times()[:2]) - before
+    r["router_cpu_us_per_request"] = own / served * 1e6
+    r["exporter_cpu_us_per_request"] = (
+        (tree_cpu(router.proc.pid) - tree_before - own) / served * 1e6
+    )
+    return r
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -101,6 +121,19 @@ def compare(args: argparse.Namespace) -> None:
         )
     finally:
         del os.environ["OTEL_TRACES_SAMPLER"], os.environ["OTEL_TRACES_SAMPLER_ARG"]
+    if getattr(args, "baseline", None):  # another checkout's src/, the same configurations
+        configs = {
+            "all off": {**base, "log_requests": False},
+            "logs+tracing": {
+                **base,
+                "log_level": "info",
+                "log_format": "json",
+                "log_requests": True,
+                "otel_endpoint": sink.url,
+            },
+        }
+        for name, config in configs.items():
+            routers[f"{name}@base"] = ours(config, work, src=args.baseline)
     rounds: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
         for router in routers.values():
@@ -108,7 +141,7 @@ def compare(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             for name, router in routers.items():
                 for c in (1, 64):
-                    r = _measure(router.url, c, args, work)
+                    r = _measure(router, c, args, work)
                     rounds.setdefault(name, {}).setdefault(f"plain_c{c}", []).append(r)
                     print(
                         f"{name:13} c={c:<3} " + " ".join(f"{k}={v:.2f}" for k, v in r.items()),
@@ -137,6 +170,19 @@ def compare(args: argparse.Namespace) -> None:
             "added_p50_ms_c1": part["plain_c1"]["p50_ms"] - off["plain_c1"]["p50_ms"],
             "rps_ratio_c64": part["plain_c64"]["rps"] / off["plain_c64"]["rps"],
         }
+    if "all off@base" in median:
+        base_off, base_on = median["all off@base"], median["logs+tracing@base"]
+        summary["logs+tracing@base"] = {
+            "added_p50_ms_c1": base_on["plain_c1"]["p50_ms"] - base_off["plain_c1"]["p50_ms"],
+            "rps_ratio_c64": base_on["plain_c64"]["rps"] / base_off["plain_c64"]["rps"],
+        }
+    # the ratio of each round (the rounds alternate, so each shares its moment's noise)
+    summary["rps_ratio_c64_per_round"] = [
+        round(a["rps"] / b["rps"], 3)
+        for a, b in zip(
+            rounds["logs+tracing"]["plain_c64"], rounds["all off"]["plain_c64"], strict=True
+        )
+    ]
     print(summary)
     print("wrote", write_result("observability", {"rounds": rounds, "median": median, **summary}))
 
@@ -145,6 +191,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--baseline", metavar="SRC", help="another checkout's src/, beside")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds after each run")
     parser.add_argument(
         "--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
     )

@@ -9,11 +9,25 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 __all__ = ["setup_logging"]
 
 
 class JsonFormatter(logging.Formatter):
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The stdlib's time format, its `strftime` done once a second (one line a request)."""
+        if datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._stamp, record.msecs)
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
             "time": self.formatTime(record),

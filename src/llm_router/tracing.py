@@ -1,31 +1,42 @@
 """OpenTelemetry tracing, when the `otel` extra is installed and an endpoint is configured
 (`otel_endpoint`, or the standard OTEL_EXPORTER_OTLP_ENDPOINT / _TRACES_ENDPOINT; the protocol
 from OTEL_EXPORTER_OTLP_PROTOCOL, `http/protobuf` by default or `grpc`; the service name from
-OTEL_SERVICE_NAME, `llm-runner-router` by default).
+OTEL_SERVICE_NAME, `llm-runner-router` by default; the sampler from OTEL_TRACES_SAMPLER).
 
 Off, nothing of OpenTelemetry is imported and every helper here is one context-variable read
-returning None. On, the server's middleware (server/tracing.py) opens one span per request and
-makes this process's `Tracing` current for the request's task; the layers below add child
-spans through the helpers: routing, each target attempt, queue wait, model load, prefill and
-decode (recorded with explicit start and end times: the worker is another process, and a span
-kept open across a generator's yields would be attached to whatever the consumer runs), and
-the upstream HTTP call, whose W3C `traceparent` goes to the remote target. Attributes follow
-the GenAI semantic conventions (`gen_ai.*`)."""
+returning None. On, the server's middleware (server/front.py) opens one span per request and
+makes it current for the request's task; the layers below add child spans through the helpers:
+routing, each target attempt, queue wait, model load, prefill and decode (recorded with explicit
+start and end times: the worker is another process, and a span kept open across a generator's
+yields would be attached to whatever the consumer runs), and the upstream HTTP call, whose W3C
+`traceparent` goes to the remote target. Attributes follow the GenAI semantic conventions.
+
+The spans of the request path are this module's own `Span` records, not the SDK's: ids, times,
+attributes, status and events, and nothing else (an SDK span costs ~25 us to make and ~22 us
+to encode, a request has 4-8 of them, and at c=64 that was half the router's CPU, see
+BENCHMARKS.md). Sampling is the SDK's sampler, asked once per request at its server span; the
+children follow it. A finished span goes to a sink: `Tracing(provider)` turns it into the SDK
+span at once, with the same ids, times and parent (the in-memory exporter of the tests sees it
+as the SDK made it); `Tracing.from_settings` batches them to an exporter process
+(trace_export.py) that does the same and exports over OTLP, on another core."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import random
 import time
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+import traceback
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .trace_export import Record
 
 __all__ = [
+    "Span",
     "Tracing",
     "current",
     "end",
@@ -37,22 +48,40 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_current: ContextVar[Tracing | None] = ContextVar("llm_router_tracing", default=None)
 AttributeValue = Any  # str, bool, int, float, or a sequence of one of them
+INTERNAL, SERVER, CLIENT = 0, 1, 2  # opentelemetry.trace.SpanKind's values
+_SAMPLED = 0x01
+_RANDOM = 0x02  # W3C trace-context level 2: the trace id is random (the SDK sets it too)
+_ERROR = 2  # StatusCode.ERROR
+_span: ContextVar[Span | None] = ContextVar("llm_router_span", default=None)
 
 
 class Tracing:
-    """A tracer from `provider` (an SDK TracerProvider), and its shutdown."""
+    """The sampler, the propagator and where finished spans go (`provider`: an SDK
+    TracerProvider; its span processors get every sampled span, see the module's docstring)."""
 
-    def __init__(self, provider: Any) -> None:
+    def __init__(self, provider: Any, sink: Any = None) -> None:
         from opentelemetry import propagate, trace
 
-        from . import __version__
-
         self.provider = provider
-        self.tracer = provider.get_tracer("llm_router", __version__)
+        self.sampler = provider.sampler
         self.trace = trace
         self.propagate = propagate
+        fields = propagate.get_global_textmap().fields  # the headers it reads: traceparent...
+        self.fields = frozenset(f.lower().encode("latin-1") for f in fields)
+        # W3C trace context (and baggage, which no span here carries): `inject` writes the
+        # header itself, as the propagator would; any other propagator is asked.
+        self.w3c = fields <= {"traceparent", "tracestate", "baggage"}
+        # The SDK's default sampler samples every root span: not asked when no parent came.
+        description = self.sampler.get_description()
+        self.roots_sampled = description == "AlwaysOnSampler" or description.startswith(
+            "ParentBased{root:AlwaysOnSampler,"
+        )
+        if sink is None:
+            from .trace_export import InProcess
+
+            sink = InProcess(provider)
+        self.sink = sink
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tracing | None:
@@ -68,7 +97,8 @@ class Tracing:
         try:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            from .trace_export import ExporterProcess
         except ImportError:
             log.warning(
                 "tracing: an OTLP endpoint is set but OpenTelemetry is not installed: "
@@ -78,60 +108,211 @@ class Tracing:
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
             "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
         )
-        exporter = _exporter(protocol, settings.otel_endpoint)
         name = env.get("OTEL_SERVICE_NAME", "llm-runner-router")
         provider = TracerProvider(resource=Resource.create({"service.name": name}))
-        provider.add_span_processor(BatchSpanProcessor(exporter))
         log.info("tracing: OTLP (%s) to %s as %s", protocol, endpoint, name)
-        return cls(provider)
+        return cls(provider, ExporterProcess(settings.otel_endpoint))
+
+    def root(
+        self, name: str, attributes: dict[str, AttributeValue], headers: list[tuple[bytes, bytes]]
+    ) -> Span:
+        """The server span of a request, continuing the client's trace when its headers carry
+        one (W3C `traceparent`), sampled by the SDK's sampler; not made current."""
+        fields = self.fields
+        parent = None
+        if any(k in fields for k, _ in headers):
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in fields}
+            parent = self.propagate.extract(carrier)
+        remote = self.trace.get_current_span(parent).get_span_context() if parent else None
+        if remote is not None and remote.is_valid:
+            trace_id, flags = remote.trace_id, remote.trace_flags & _RANDOM
+        else:
+            trace_id, flags, remote = random.getrandbits(128) or 1, _RANDOM, None
+        if remote is None and self.roots_sampled:
+            s = Span(self, name, SERVER, trace_id, attributes)
+            s.flags = flags | _SAMPLED
+            return s
+        result = self.sampler.should_sample(
+            parent, trace_id, name, self.trace.SpanKind.SERVER, attributes
+        )
+        if result.attributes:
+            attributes = {**attributes, **result.attributes}
+        s = Span(self, name, SERVER, trace_id, attributes)
+        s.flags = flags | (_SAMPLED if result.decision.is_sampled() else 0)
+        s.state = result.trace_state.to_header() if result.trace_state else ""
+        if remote is not None:
+            s.parent_id, s.remote = remote.span_id, True
+        return s
 
     def shutdown(self) -> None:
         """Export what is pending, then stop (blocks for the export)."""
+        self.sink.shutdown()
         self.provider.shutdown()
 
 
-def _exporter(protocol: str, endpoint: str | None) -> Any:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+class Span:
+    """One span: made by `Tracing.root` or as a child of the current one (`start`, `span`,
+    `record`); `end` hands a sampled one to the sink. Not thread-safe (one request's task)."""
 
-        return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
+    __slots__ = (
+        "attributes",
+        "end_ns",
+        "events",
+        "flags",
+        "kind",
+        "name",
+        "parent_id",
+        "remote",
+        "span_id",
+        "start_ns",
+        "state",
+        "status",
+        "trace_id",
+        "tracing",
     )
 
-    if endpoint is None:
-        return HttpExporter()  # reads the OTEL_* variables, appends /v1/traces itself
-    url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/")
-    return HttpExporter(endpoint=url if url.endswith("/v1/traces") else url + "/v1/traces")
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        kind: int,
+        trace_id: int,
+        attributes: Mapping[str, AttributeValue] | None,
+        start_ns: int | None = None,
+    ) -> None:
+        self.tracing = tracing
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = random.getrandbits(64) or 1
+        self.parent_id = 0
+        self.remote = False
+        self.flags = 0
+        self.state = ""
+        self.attributes = dict(attributes) if attributes else {}
+        self.start_ns = time.time_ns() if start_ns is None else start_ns
+        self.end_ns = 0
+        self.status: tuple[int, str | None] | None = None
+        self.events: list[tuple[str, dict[str, AttributeValue], int]] | None = None
+
+    def child(
+        self,
+        name: str,
+        attributes: Mapping[str, AttributeValue] | None,
+        kind: int = INTERNAL,
+        start_ns: int | None = None,
+    ) -> Span:
+        s = Span(self.tracing, name, kind, self.trace_id, attributes, start_ns)
+        s.parent_id, s.flags, s.state = self.span_id, self.flags, self.state
+        return s
+
+    def is_recording(self) -> bool:
+        return bool(self.flags & _SAMPLED) and not self.end_ns
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.attributes.update(attributes)
+
+    def set_error(self, description: str | None) -> None:
+        self.status = (_ERROR, description)
+
+    def record_exception(self, exc: BaseException) -> None:
+        """The SDK's `exception` event and ERROR status, as its spans record an exception
+        that leaves their block."""
+        module, qualname = type(exc).__module__, type(exc).__qualname__
+        event = {
+            "exception.type": qualname if module in ("builtins", "") else f"{module}.{qualname}",
+            "exception.message": str(exc),
+            "exception.stacktrace": "".join(traceback.format_exception(exc)),
+            "exception.escaped": "False",
+        }
+        if self.events is None:
+            self.events = []
+        self.events.append(("exception", event, time.time_ns()))
+        if self.status is None:
+            self.status = (_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def end(self, end_ns: int | None = None) -> None:
+        if self.end_ns:
+            return
+        self.end_ns = time.time_ns() if end_ns is None else end_ns
+        if self.flags & _SAMPLED:
+            self.tracing.sink.put(self.as_record())
+
+    def as_record(self) -> Record:
+        return (
+            self.name,
+            self.kind,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.remote,
+            self.flags,
+            self.state,
+            self.start_ns,
+            self.end_ns,
+            self.attributes,
+            self.status,
+            tuple(self.events) if self.events else (),
+        )
 
 
 def current() -> Tracing | None:
     """This request's tracing, None when off."""
-    return _current.get()
+    s = _span.get()
+    return None if s is None else s.tracing
 
 
-@contextlib.contextmanager
-def activate(tracing: Tracing) -> Iterator[None]:
-    token = _current.set(tracing)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class _Block:
+    """A span current inside a `with` block, ended at its exit; an exception leaving the
+    block is recorded on it (as the SDK's `start_as_current_span` does)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, s: Span) -> None:
+        self.span = s
+        self.token: Token[Span | None] | None = None
+
+    def __enter__(self) -> Span:
+        self.token = _span.set(self.span)
+        return self.span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, Exception):
+            self.span.record_exception(exc)
+        self.span.end()
+        if self.token is not None:
+            _span.reset(self.token)
 
 
-_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+class _Off:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
-def span(
-    name: str, attributes: Mapping[str, AttributeValue] | None = None
-) -> contextlib.AbstractContextManager[Any]:
+_OFF = _Off()
+
+
+def activate(s: Span) -> _Block:
+    """`s` current for the block, ended at its exit (the server span of a request)."""
+    return _Block(s)
+
+
+def span(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Any:
     """A child span of the current one, current inside the block (for coroutines: never across
     a generator's yield); the block gets None when tracing is off, at the cost of one
     context-variable read."""
-    tracing = _current.get()
-    if tracing is None:
+    parent = _span.get()
+    if parent is None:
         return _OFF
-    return tracing.tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
+    return _Block(parent.child(name, attributes))
 
 
 def start(
@@ -140,17 +321,16 @@ def start(
     *,
     client: bool = False,
     start_ns: int | None = None,
-) -> Any:
+) -> Span | None:
     """A child span of the current one, not made current (end it with `end`); None when off."""
-    tracing = _current.get()
-    if tracing is None:
+    parent = _span.get()
+    if parent is None:
         return None
-    kind = tracing.trace.SpanKind.CLIENT if client else tracing.trace.SpanKind.INTERNAL
-    return tracing.tracer.start_span(name, kind=kind, attributes=attributes, start_time=start_ns)
+    return parent.child(name, attributes, CLIENT if client else INTERNAL, start_ns)
 
 
 def end(
-    s: Any,
+    s: Span | None,
     attributes: Mapping[str, AttributeValue] | None = None,
     *,
     error: BaseException | None = None,
@@ -159,13 +339,11 @@ def end(
     if s is None:
         return
     if attributes:
-        s.set_attributes(attributes)
+        s.attributes.update(attributes)
     if error is not None:
-        from opentelemetry.trace import Status, StatusCode
-
-        s.set_attribute("error.type", type(error).__name__)
-        s.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-    s.end(end_time=end_ns)
+        s.attributes["error.type"] = type(error).__name__
+        s.set_error(str(error)[:200])
+    s.end(end_ns)
 
 
 def record(
@@ -175,13 +353,22 @@ def record(
     end(start(name, attributes, start_ns=start_ns), end_ns=end_ns)
 
 
-def inject(headers: dict[str, str], s: Any) -> dict[str, str]:
+def inject(headers: dict[str, str], s: Span | None) -> dict[str, str]:
     """`headers` with the W3C `traceparent` of span `s` (the same dict when tracing is off)."""
-    tracing = _current.get()
-    if tracing is None or s is None:
+    if s is None:
         return headers
+    t = s.tracing
+    if t.w3c:
+        out = {**headers, "traceparent": f"00-{s.trace_id:032x}-{s.span_id:016x}-{s.flags:02x}"}
+        if s.state:
+            out["tracestate"] = s.state
+        return out
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    state = TraceState.from_header([s.state]) if s.state else None
+    context = SpanContext(s.trace_id, s.span_id, False, TraceFlags(s.flags), state)
     out = dict(headers)
-    tracing.propagate.inject(out, context=tracing.trace.set_span_in_context(s))
+    t.propagate.inject(out, context=t.trace.set_span_in_context(NonRecordingSpan(context)))
     return out
 
 

@@ -1,8 +1,8 @@
 """`create_app(settings)`: the one place the HTTP application is assembled.
 
-Every request, whatever its route, passes the same stack (outermost first): the Host check,
-CORS and the body guard (server/asgi.py), then any middleware added later with
-`app.add_middleware` (auth and limits go there). Then the hot OpenAI routes (plain Starlette
+Every request, whatever its route, passes the same stack (outermost first): its id, the Host
+check, its trace span and log line (server/front.py), CORS, the drain and body guards, then
+the gateway's auth and limits (`install_guards`). Then the hot OpenAI routes (plain Starlette
 routes, routes_openai.py) go to their handler through the app's exception handlers
 (server/errors.py), and every other route through FastAPI's own stack (asgi.ServerApp)."""
 
@@ -38,11 +38,10 @@ from . import (
     routes_models,
     routes_openai,
 )
-from .asgi import BodyGuard, HostGuard, ServerApp, UnexpectedErrors
+from .asgi import BodyGuard, ServerApp, UnexpectedErrors
 from .drain import Drain, DrainGuard
+from .front import Front
 from .gateway import GatewayMiddleware, KeyMetrics
-from .request_log import RequestLog
-from .tracing import TraceMiddleware
 
 __all__ = ["create_app"]
 
@@ -138,7 +137,5 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
                 "retry-after",
             ],
         )
-    app.add_middleware(HostGuard, allowed=settings.allowed_hosts)
-    if tracing := getattr(app.state, "tracing", None):  # OpenTelemetry, when configured
-        app.add_middleware(TraceMiddleware, tracing=tracing)
-    app.add_middleware(RequestLog, enabled=settings.log_requests, log_prompts=settings.log_prompts)
+    # request id, Host check, trace span (when configured) and log line: one layer (front.py)
+    app.add_middleware(Front, **Front.options(settings, getattr(app.state, "tracing", None)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -111,24 +111,28 @@ class HostGuard:
         if self.any or scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = ""
-        for key, value in scope["headers"]:
-            if key == b"host":
-                host = _host_name(value.decode("latin-1"))
-                break
-        if host in self.allowed or _is_ip(host):
+        value = next((v for k, v in scope["headers"] if k == b"host"), None)
+        refusal = self.refusal(value)
+        if refusal is None:
             await self.app(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
+        elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
-            return
-        await _refuse(
-            send,
-            421,
+        else:
+            await refusal(send)
+
+    def refusal(self, value: bytes | None) -> Callable[[Send], Awaitable[None]] | None:
+        """None when a request with this Host header (its first; None: none) is served,
+        else what answers it (server/front.py checks it in its own pass over the headers)."""
+        if self.any:
+            return None
+        host = _host_name(value.decode("latin-1")) if value is not None else ""
+        if host in self.allowed or _is_ip(host):
+            return None
+        message = (
             f"the Host {host or '(none)'!r} is not served here; to serve "
-            "it, add it to `allowed_hosts` in the configuration",
-            "host_not_allowed",
+            "it, add it to `allowed_hosts` in the configuration"
         )
+        return lambda send: _refuse(send, 421, message, "host_not_allowed")
 
 
 class BodyGuard:

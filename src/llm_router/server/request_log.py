@@ -1,4 +1,4 @@
-"""One log line per request, and its request id.
+"""One log line per request, and its request id (written by server/front.py).
 
 The id is the client's `x-request-id` when it sends a sane one (up to 128 characters of
 letters, digits and `-_.:`), else a new one; it is returned in the response's `x-request-id`
@@ -7,7 +7,7 @@ and kept at `scope["state"]["request_id"]`. When the response is done, one line 
 their record (`RouteInfo` at `scope["state"]["route"]`) says: the model asked, the target
 that served, the route decision, tokens, time to first token, cache. The API key's name is
 logged when the gateway put one at `scope["state"]["key_name"]`; never a key, a header or,
-unless `log_prompts`, a prompt or an answer. Plain ASGI: a few microseconds a request."""
+unless `log_prompts`, a prompt or an answer."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ import json
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-__all__ = ["RequestLog", "request_fields"]
+__all__ = ["SANE_ID", "Texts", "request_fields", "write_line"]
 
 log = logging.getLogger("llm_router.requests")
-_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TEXT_LIMIT = 64 * 1024  # most bytes of a body kept for `log_prompts`
 
 
@@ -46,77 +45,34 @@ def request_fields(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-class RequestLog:
-    """Request ids for every HTTP request; a log line for each when `enabled`."""
-
-    def __init__(self, app: ASGIApp, enabled: bool = True, log_prompts: bool = False) -> None:
-        self.app = app
-        self.enabled = enabled
-        self.log_prompts = log_prompts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                text = value.decode("latin-1")
-                if _SANE_ID.fullmatch(text):
-                    request_id = text
-                break
-        request_id = request_id or uuid.uuid4().hex
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        raw_id = request_id.encode()
-        started = time.perf_counter()
-        status = 0
-        texts = _Texts() if self.log_prompts else None
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message["headers"], (b"x-request-id", raw_id)]}
-            elif texts is not None and message["type"] == "http.response.body":
-                texts.answer(message.get("body", b""))
-            await send(message)
-
-        async def receiving() -> Message:
-            message = await receive()
-            if texts is not None and message["type"] == "http.request":
-                texts.request(message.get("body", b""))
-            return message
-
-        try:
-            await self.app(scope, receiving if texts is not None else receive, sending)
-        finally:
-            if self.enabled:
-                self._log(scope, state, status, started, request_id, texts)
-
-    def _log(
-        self,
-        scope: Scope,
-        state: dict[str, Any],
-        status: int,
-        started: float,
-        request_id: str,
-        texts: _Texts | None,
-    ) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        duration = round((time.perf_counter() - started) * 1000, 2)
-        fields: dict[str, Any] = {
-            "method": scope["method"],
-            "path": scope["path"],
-            "status": status or None,  # None: the client left before any response
-            "duration_ms": duration,
-            **request_fields(state),
-            "request_id": request_id,
-        }
-        if texts is not None:
-            fields.update(texts.fields())
-        log.info(_Line(fields), extra={"fields": fields})
+def write_line(
+    scope: Scope,
+    state: dict[str, Any],
+    status: int,
+    started: float,
+    request_id: str,
+    texts: Texts | None,
+) -> None:
+    """The request's line, to the `llm_router.requests` logger at INFO (server/front.py calls
+    it once the response is done). The record is made without the logger's search of the
+    stack for the caller (`findCaller`: the line says where it is from, this function)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    duration = round((time.perf_counter() - started) * 1000, 2)
+    fields: dict[str, Any] = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status or None,  # None: the client left before any response
+        "duration_ms": duration,
+        **request_fields(state),
+        "request_id": request_id,
+    }
+    if texts is not None:
+        fields.update(texts.fields())
+    extra = {"fields": fields}
+    log.handle(
+        log.makeRecord(log.name, logging.INFO, __file__, 0, _Line(fields), (), None, None, extra)
+    )
 
 
 class _Line:
@@ -136,7 +92,7 @@ class _Line:
         return f"{self.summary} {rest}"
 
 
-class _Texts:
+class Texts:
     """The prompt and the answer, read from the bodies as they pass (`log_prompts` only)."""
 
     def __init__(self) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..tracing import Tracing, activate
+from ..tracing import Span, Tracing, activate
 
-__all__ = ["TraceMiddleware"]
+__all__ = ["TraceMiddleware", "finish_span", "open_span"]
 
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -20,7 +20,30 @@ _OPERATIONS = {
 }
 
 
+def open_span(tracing: Tracing, scope: Scope) -> Span:
+    """The request's server span, not yet current (`activate` makes it so)."""
+    method, path = scope["method"], scope["path"]
+    attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+    operation = _OPERATIONS.get(path)
+    if operation:
+        attributes["gen_ai.operation.name"] = operation
+    return tracing.root(f"{method} {path}", attributes, scope["headers"])
+
+
+def finish_span(span: Span, state: dict[str, Any], status: int) -> None:
+    """What the response and the route's record say, on the span (before it ends)."""
+    span.set_attributes(_route_attributes(state))
+    if status:
+        span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_error(None)
+        span.set_attribute("error.type", str(status))
+
+
 class TraceMiddleware:
+    """The span alone, as its own middleware (the server puts it in server/front.py's layer;
+    this is for an app assembled otherwise, as the tests do)."""
+
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app = app
         self.tracing = tracing
@@ -29,17 +52,7 @@ class TraceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t = self.tracing
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        parent = t.propagate.extract(carrier)
-        operation = _OPERATIONS.get(scope["path"])
-        attributes: dict[str, Any] = {
-            "http.request.method": scope["method"],
-            "url.path": scope["path"],
-        }
-        if operation:
-            attributes["gen_ai.operation.name"] = operation
-        name = f"{scope['method']} {scope['path']}"
+        span = open_span(self.tracing, scope)
         status = 0
 
         async def sending(message: Message) -> None:
@@ -49,27 +62,11 @@ class TraceMiddleware:
             await send(message)
 
         state = scope.setdefault("state", {})
-        with (
-            t.tracer.start_as_current_span(
-                name,
-                context=parent,
-                kind=t.trace.SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=True,
-            ) as span,
-            activate(t),
-        ):
+        with activate(span):
             try:
                 await self.app(scope, receive, sending)
             finally:
-                span.set_attributes(_route_attributes(state))
-                if status:
-                    span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    from opentelemetry.trace import Status, StatusCode
-
-                    span.set_status(Status(StatusCode.ERROR))
-                    span.set_attribute("error.type", str(status))
+                finish_span(span, state, status)
 
 
 def _route_attributes(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""The front layer (server/front.py) as the server assembles it: one request's id, Host check,
+trace span and log line agree with one another; and the exporter process (trace_export.py)
+exports the spans the request path recorded, with their ids, parents, attributes and status."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from inproc import app_client
+from llm_router import tracing
+from llm_router.trace_export import ExporterProcess
+from llm_router.tracing import Tracing
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """Tracing on for the apps the test makes, into an in-memory exporter."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(Tracing, "from_settings", classmethod(lambda cls, s: cls(provider)))
+    return memory
+
+
+def _named(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+async def test_the_id_the_span_and_the_line_of_a_request_agree(
+    tmp_path: Path, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    async with app_client(tmp_path) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"},
+        )
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    spans = exporter.get_finished_spans()
+    [server] = _named(spans, "POST /v1/chat/completions")
+    attrs = server.attributes or {}
+    assert attrs["llm_router.request_id"] == request_id
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.response.model"] == "chat"
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None and server.parent.span_id == 0xB7AD6B7169203331
+    [route] = _named(spans, "llm_router.route")
+    assert route.parent is not None and route.parent.span_id == server.context.span_id
+    assert all(s.context.trace_id == server.context.trace_id for s in spans)
+    [line] = [r for r in caplog.records if r.name == "llm_router.requests"]
+    assert line.fields["request_id"] == request_id and line.fields["status"] == 200  # type: ignore[attr-defined]
+
+
+async def test_a_refused_host_is_answered_logged_and_traced(
+    tmp_path: Path, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    async with app_client(tmp_path) as client:
+        response = await client.get("/health", headers={"host": "rebound.example"})
+    assert response.status_code == 421
+    assert response.json()["error"]["code"] == "host_not_allowed"
+    [server] = _named(exporter.get_finished_spans(), "GET /health")
+    assert (server.attributes or {})["http.response.status_code"] == 421
+    [line] = [r for r in caplog.records if r.name == "llm_router.requests"]
+    assert line.fields["status"] == 421  # type: ignore[attr-defined]
+    assert line.fields["request_id"] == response.headers["x-request-id"]  # type: ignore[attr-defined]
+
+
+async def test_a_trace_the_client_does_not_sample_is_not_exported(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    async with app_client(tmp_path) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-00"},
+        )
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[ExportTraceServiceRequest]] = []
+
+    def do_POST(self) -> None:
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(self.rfile.read(int(self.headers["content-length"])))
+        self.received.append(message)
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    """An OTLP/HTTP endpoint on 127.0.0.1 keeping what it receives."""
+    _Receiver.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_exporter_process_exports_the_spans_as_recorded(
+    receiver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "exported")
+    t = Tracing(TracerProvider(), ExporterProcess(receiver))
+    root = t.root("POST /v1/chat/completions", {"url.path": "/v1/chat/completions"}, [])
+    with tracing.activate(root):
+        with tracing.span("llm_router.route", {"gen_ai.request.model": "m"}) as route:
+            call = tracing.start("POST /chat/completions", client=True)
+            headers = tracing.inject({}, call)
+            tracing.end(call, error=ConnectionError("refused"))
+            route.set_attribute("llm_router.target", "t")
+        tracing.record("llm_router.decode", 1_000, 2_000, {"gen_ai.usage.output_tokens": 3})
+    t.shutdown()  # waits for the exporter process's last export
+    assert call is not None
+    spans = {
+        s.name: (s, r.resource)
+        for m in _Receiver.received
+        for r in m.resource_spans
+        for scope in r.scope_spans
+        for s in scope.spans
+    }
+    server, resource = spans["POST /v1/chat/completions"]
+    assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "exported"
+    assert server.span_id == root.span_id.to_bytes(8, "big") and server.parent_span_id == b""
+    got_route, _ = spans["llm_router.route"]
+    assert got_route.parent_span_id == server.span_id
+    assert {a.key: a.value.string_value for a in got_route.attributes} == {
+        "gen_ai.request.model": "m",
+        "llm_router.target": "t",
+    }
+    upstream, _ = spans["POST /chat/completions"]
+    assert upstream.parent_span_id == got_route.span_id and upstream.kind == 3  # client
+    assert upstream.status.code == 2 and upstream.status.message == "refused"
+    trace_id, span_id = headers["traceparent"].split("-")[1:3]
+    assert bytes.fromhex(trace_id) == upstream.trace_id == server.trace_id
+    assert bytes.fromhex(span_id) == upstream.span_id
+    decode, _ = spans["llm_router.decode"]
+    assert (decode.start_time_unix_nano, decode.end_time_unix_nano) == (1_000, 2_000)
+    assert decode.attributes[0].value.int_value == 3
