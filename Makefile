@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # llama-cpp-python compiles from source; its multimodal part is not needed here.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PHOENIX := $(VENV)/phoenix/bin/phoenix
 
 .PHONY: run test lint install-run install-test system-packages llama-server clean
 # Debian packages the tests start for real (Redis, PostgreSQL; chromium, which Playwright
@@ -15,8 +16,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: $(VENV)/.run-installed
 	$(BIN)/llm-router serve $(ARGS)
 
-test: $(VENV)/.test-installed system-packages llama-server
+test: $(VENV)/.test-installed system-packages llama-server $(PHOENIX)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Arize Phoenix, a real OpenTelemetry collector (OTLP over HTTP and gRPC; what it stored is read
+# back from its REST API) for tests/test_tracing_collector.py: from PyPI (~1 min), in a venv of
+# its own, since its many dependencies are not the project's.
+$(PHOENIX): | $(VENV)/bin/python
+	$(BIN)/python -m venv $(VENV)/phoenix
+	$(VENV)/phoenix/bin/python -m pip install --quiet --disable-pip-version-check 'arize-phoenix>=20.26,<21'
 
 # llama.cpp's own llama-server, built once from the very source llama-cpp-python vendors
 # (~10 min on two cores): the tests compare /tokenize, /detokenize, /apply-template and /props

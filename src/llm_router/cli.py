@@ -87,6 +87,15 @@ def serve(
             min=1, help="Router processes on the port (a gateway of remote targets, with Redis)."
         ),
     ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Deploy onto the Ray cluster at ADDRESS ('auto': ray.address, RAY_ADDRESS or "
+            "the local one) and serve until stopped (the ray extra).",
+        ),
+    ] = None,
 ) -> None:
     """Serve every model in the models directory over the OpenAI API. llama-server's router
     flags mean what they mean there (README: "Coming from llama-server or Ollama")."""
@@ -115,6 +124,11 @@ def serve(
         },
     )
     setup_logging(settings.log_level, settings.log_format == "json")
+    if ray is not None:
+        from .cli_ray import serve_on_ray
+
+        serve_on_ray(settings, ray)
+        return
     if workers > 1:
         _serve_many(settings, workers)
         return
@@ -301,6 +315,9 @@ def _register_commands() -> None:
     from . import cli_keys
 
     cli_keys.register(app)
+    from . import cli_ray
+
+    cli_ray.register(app)
 
 
 _register_commands()

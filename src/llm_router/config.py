@@ -141,6 +141,10 @@ class CacheSettings(BaseModel):
     disk_path: Path | None = Field(
         None, description="SQLite file of the on-disk tier (survives restarts); null: none."
     )
+    disk_bytes: str | int = Field(
+        "1GiB",
+        description="Cap of the on-disk tier's entries (bytes, '1GiB'); least recently used out.",
+    )
     redis: bool = Field(False, description="A Redis tier at `redis_url`, shared by replicas.")
     ttl: str | float = Field("1h", description="Time an answer is kept; -1: until evicted.")
     memory_ttl: str | float | None = Field(None, description="Memory tier's TTL; null: `ttl`.")
@@ -159,6 +163,13 @@ class CacheSettings(BaseModel):
     @classmethod
     def _check_bytes(cls, value: str | int) -> str | int:
         parse_bytes(value, 0)
+        return value
+
+    @field_validator("disk_bytes")
+    @classmethod
+    def _check_disk_bytes(cls, value: str | int) -> str | int:
+        if parse_bytes(value, 0) <= 0:
+            raise ValueError("disk_bytes must be a size above 0 (e.g. '1GiB')")
         return value
 
 
@@ -211,6 +222,72 @@ class GatewaySettings(BaseModel):
     refresh_interval: float = Field(
         1.0, gt=0, description="Seconds between re-reads of the keys (revocations, new keys)."
     )
+
+
+class AutoscalingSettings(BaseModel):
+    """Ray Serve autoscaling of the model replicas on the requests each one is serving or has
+    queued (Ray's `autoscaling_config`); off unless `max_replicas` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept.")
+    max_replicas: int | None = Field(
+        None, ge=1, description="Most replicas; null: no autoscaling (`replicas` fixed)."
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Requests running or queued per replica that autoscaling aims at."
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="Seconds over target before adding.")
+    downscale_delay_s: float = Field(
+        120.0, ge=0, description="Seconds under target before removing."
+    )
+
+
+class RaySettings(BaseModel):
+    """`llm-router serve --ray` / `llm-router ray deploy`: the router as Ray Serve's ingress,
+    local models on model replicas (see src/llm_router/ray_serve/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None, description="Ray cluster to join, e.g. 'auto' or 'ray://head:10001'; null: auto."
+    )
+    app_name: str = Field("llm-router", min_length=1, description="The Serve application's name.")
+    replicas: int = Field(1, ge=1, description="Model replicas (the start, with autoscaling).")
+    autoscaling: AutoscalingSettings = Field(default_factory=lambda: AutoscalingSettings())
+    models_per_replica: int = Field(
+        2, ge=1, description="Models one replica keeps loaded (its LRU, Serve multiplexing)."
+    )
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="Requests one model replica serves at once; more queue in Ray."
+    )
+    num_cpus: float = Field(
+        1.0, ge=0, description="CPUs a model replica reserves; its models' threads by default."
+    )
+    memory: str | int | None = Field(
+        None, description="Memory a model replica reserves (bytes or '2GiB'); null: none."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources a model replica needs."
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Most model replicas on one node (spreads them); null: any."
+    )
+    ingress_replicas: int = Field(1, ge=1, description="Router (HTTP ingress) replicas.")
+    ingress_num_cpus: float = Field(0.5, ge=0, description="CPUs a router replica reserves.")
+    proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        "HeadOnly", description="Where Ray's HTTP proxy listens on `host`:`port`."
+    )
+    retry_window: float = Field(
+        30.0, gt=0, description="Seconds a request not yet started is retried on other replicas."
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _check_memory(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_bytes(value, 1)
+        return value
 
 
 class ModelConfig(EngineOptions):
@@ -364,7 +441,9 @@ class Settings(BaseSettings):
         "default: SQLite in data_dir.",
     )
     redis_url: str | None = Field(
-        None, description="Redis shared by several routers for rate limits and key revocations."
+        None,
+        description="Redis shared by several routers: rate limits, requests at once, key "
+        "revocations (pub/sub) and remote targets' circuit breakers.",
     )
     auth: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -372,6 +451,10 @@ class Settings(BaseSettings):
         "loopback clients only; 'off' serves anyone.",
     )
     gateway: GatewaySettings = Field(default_factory=lambda: GatewaySettings())
+    ray: RaySettings = Field(
+        default_factory=lambda: RaySettings(),
+        description="Ray Serve deployment (`serve --ray`, `ray deploy`); unused otherwise.",
+    )
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as one JSON object each."
