@@ -12,14 +12,14 @@ a backoff when Redis goes away."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as redis
+
+from ..redis_channel import Subscription
 
 __all__ = ["CHANNEL", "KeyEvents", "publish", "publish_once"]
 
@@ -51,15 +51,11 @@ class KeyEvents:
     def __init__(self, redis_url: str, handler: Handler) -> None:
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
         self.handler = handler
-        self.subscribed = asyncio.Event()  # set once listening (tests and start-up wait)
-        self._task: asyncio.Task[None] | None = None
+        self._subscription = Subscription(self.client, CHANNEL, self._handle, "key events")
+        self.subscribed = self._subscription.subscribed  # set once listening
 
     async def start(self, wait: float = 2.0) -> None:
-        """Start listening; waits up to `wait` seconds for the subscription (a Redis that is
-        down does not hold the start up: the task keeps trying)."""
-        self._task = asyncio.create_task(self._listen(), name="gateway-key-events")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.subscribed.wait(), wait)
+        await self._subscription.start(wait)
 
     async def publish(self, event: str, name: str) -> None:
         try:
@@ -68,30 +64,8 @@ class KeyEvents:
             log.warning("could not tell the other routers through Redis (%r); they poll", exc)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._subscription.stop()
         await self.client.aclose()
-
-    async def _listen(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self.client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    self.subscribed.set()
-                    delay = 0.1
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            await self._handle(message.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down or restarting: try again, slower each time
-                self.subscribed.clear()
-                log.warning("key events: Redis subscription lost (%r); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _handle(self, data: Any) -> None:
         try:

@@ -20,7 +20,6 @@ Local models are not shared: each router process has its own workers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -28,6 +27,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from ..redis_channel import Subscription
 from .breaker import BreakerState, CircuitBreaker
 
 __all__ = ["CHANNEL", "BreakerSync"]
@@ -46,8 +46,8 @@ class BreakerSync:
         self.cooldown = cooldown
         self.me = uuid.uuid4().hex
         self.breakers: dict[str, CircuitBreaker] = {}
-        self.subscribed = asyncio.Event()
-        self._listener: asyncio.Task[None] | None = None
+        self._subscription = Subscription(self.client, CHANNEL, self.apply, "breaker sync")
+        self.subscribed = self._subscription.subscribed
         self._sends: set[asyncio.Task[None]] = set()
 
     def attach(self, target: str, breaker: CircuitBreaker) -> None:
@@ -56,9 +56,7 @@ class BreakerSync:
         breaker.on_change = lambda state: self._publish(target, state)
 
     async def start(self, wait: float = 2.0) -> None:
-        self._listener = asyncio.create_task(self._listen(), name="breaker-sync")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.subscribed.wait(), wait)
+        await self._subscription.start(wait)
 
     async def catch_up(self) -> None:
         """Adopt the breakers open in other routers now (one read, at start-up)."""
@@ -75,10 +73,7 @@ class BreakerSync:
                 self.breakers[name].adopt_open(self.hold)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self._subscription.stop()
         if self._sends:
             await asyncio.gather(*self._sends, return_exceptions=True)
         await self.client.aclose()
@@ -103,25 +98,6 @@ class BreakerSync:
                 await pipe.execute()
         except Exception as exc:  # the others decide alone meanwhile
             log.warning("could not share a breaker's state through Redis: %r", exc)
-
-    async def _listen(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self.client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    self.subscribed.set()
-                    delay = 0.1
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self.apply(message.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.subscribed.clear()
-                log.warning("breaker sync: Redis subscription lost (%r); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def apply(self, data: Any) -> None:
         """Apply another router's verdict (a message of this channel)."""
