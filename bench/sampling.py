@@ -23,7 +23,7 @@ from common import bundled_models, llama_repack_default, workdir, write_result
 
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.llamacpp import LlamaCppEngine
-from llm_router.engines.llamacpp_sampler import ChainSampler, _chain
+from llm_router.engines.llamacpp_sampler import ChainSampler, build_chain
 from llm_router.engines.sampling import Sampler
 from llm_router.types import GenerationRequest, SamplingParams
 
@@ -79,7 +79,8 @@ def run(engine: LlamaCppEngine, mode: str, tokens: int, streams: int) -> dict[st
         if mode == "sampled-numpy":
             sampler: Any = NumpySampler(p, n_vocab)
         elif mode == "sampled-whole-chain":
-            sampler = ChainSampler(_chain(p, engine._vocab, engine._eog_tokens))
+            banned = engine._eog_tokens() if p.ignore_eos else []
+            sampler = ChainSampler(build_chain(p, n_vocab, banned))
         else:
             sampler = make(p)
         sampler.sample = sample.wrap(sampler.sample)  # type: ignore[method-assign]

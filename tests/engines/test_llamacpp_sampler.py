@@ -33,8 +33,9 @@ class BothAgree:
 
     def __init__(self, engine: LlamaCppEngine, params: SamplingParams, banned: list[int]) -> None:
         vocab = engine._vocab
-        self.chain = ChainSampler(sampling._chain(params, vocab, lambda: banned))
-        self.greedy = GreedySampler(sampling.lc.llama_vocab_n_tokens(vocab), banned)
+        n_vocab = sampling.lc.llama_vocab_n_tokens(vocab)
+        self.chain = ChainSampler(sampling.build_chain(params, n_vocab, banned))
+        self.greedy = GreedySampler(n_vocab, banned)
         self.picks: list[tuple[int, int]] = []
 
     def sample(self, ctx: Any, index: int) -> int:
@@ -46,8 +47,15 @@ class BothAgree:
         self.chain.free()
 
 
-def _generate(engine: LlamaCppEngine, seq: int, params: SamplingParams, sampler: Any) -> str:
-    engine.submit(seq, GenerationRequest(prompt="The three primary colors are", params=params))
+def generate_with(
+    engine: LlamaCppEngine,
+    seq: int,
+    params: SamplingParams,
+    sampler: Any,
+    prompt: str = "The three primary colors are",
+) -> str:
+    """The text of one request whose sampler is replaced by `sampler`."""
+    engine.submit(seq, GenerationRequest(prompt=prompt, params=params))
     engine._waiting[-1].sampler.free()
     engine._waiting[-1].sampler = sampler
     text = ""
@@ -59,7 +67,7 @@ def _generate(engine: LlamaCppEngine, seq: int, params: SamplingParams, sampler:
 def test_the_argmax_picks_llama_cpps_greedy_token_at_every_step(engine: LlamaCppEngine) -> None:
     params = SamplingParams(max_tokens=24, temperature=0)
     both = BothAgree(engine, params, [])
-    text = _generate(engine, 1, params, both)
+    text = generate_with(engine, 1, params, both)
     assert len(both.picks) == 24 and text.strip()
     assert [g for _, g in both.picks] == [c for c, _ in both.picks]
 
@@ -68,11 +76,11 @@ def test_banned_tokens_are_never_picked_and_the_next_best_is(engine: LlamaCppEng
     """Ban what greedy would say first: both must agree on the runner-up, step after step."""
     params = SamplingParams(max_tokens=1, temperature=0)
     first = BothAgree(engine, params, [])
-    _generate(engine, 2, params, first)
+    generate_with(engine, 2, params, first)
     ((favourite, _),) = first.picks
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     both = BothAgree(engine, params, [favourite, *engine._eog_tokens()])
-    _generate(engine, 3, params, both)
+    generate_with(engine, 3, params, both)
     assert [g for _, g in both.picks] == [c for c, _ in both.picks]
     assert favourite not in [g for _, g in both.picks]
 

@@ -6,6 +6,7 @@ statistical bound."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 from typing import Any
 
 import llama_cpp as lc
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llm_router.engines.llamacpp_sampler import build_chain
 from llm_router.engines.sampling import Sampler, top_k
 from llm_router.types import SamplingParams
 
@@ -39,23 +41,8 @@ def test_top_k_is_the_k_largest(seed: int, k: int, spread: float, masked: float)
 
 
 def _chain(p: SamplingParams, seed: int, history: list[int], n_vocab: int) -> Any:
-    """llama.cpp's chain in the engine's order (llamacpp_sampler._chain)."""
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    add = lc.llama_sampler_chain_add
-    if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-        add(
-            chain,
-            lc.llama_sampler_init_penalties(
-                n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-            ),
-        )
-    add(chain, lc.llama_sampler_init_top_k(p.top_k))
-    if p.top_p < 1.0:
-        add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
-    if p.min_p > 0:
-        add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
-    add(chain, lc.llama_sampler_init_temp(p.temperature))
-    add(chain, lc.llama_sampler_init_dist(seed))
+    """llama.cpp's chain as the engine builds it, `history` already accepted."""
+    chain = build_chain(replace(p, seed=seed), n_vocab)
     for token in history:
         lc.llama_sampler_accept(chain, token)
     return chain

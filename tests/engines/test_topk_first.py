@@ -23,7 +23,9 @@ from llm_router.engines import llamacpp_sampler as sampling
 from llm_router.engines.base import LoadSpec
 from llm_router.engines.llamacpp import LlamaCppEngine
 from llm_router.engines.llamacpp_sampler import ChainSampler, TopKFirstSampler, make_sampler
-from llm_router.types import GenerationRequest, SamplingParams, TextDelta
+from llm_router.types import SamplingParams
+
+from .test_llamacpp_sampler import generate_with
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,9 @@ class Both:
     both picks and goes on with the whole chain's."""
 
     def __init__(self, engine: LlamaCppEngine, params: SamplingParams) -> None:
-        self.whole = ChainSampler(sampling._chain(params, engine._vocab, engine._eog_tokens))
+        banned = engine._eog_tokens() if params.ignore_eos else []
+        whole = sampling.build_chain(params, engine._n_vocab, banned)
+        self.whole = ChainSampler(whole)
         self.ours = make_sampler(params, engine._vocab, engine._eog_tokens)
         self.picks: list[tuple[int, int]] = []
 
@@ -51,16 +55,6 @@ class Both:
     def free(self) -> None:
         self.whole.free()
         self.ours.free()
-
-
-def _generate(engine: LlamaCppEngine, prompt: str, params: SamplingParams, both: Both) -> str:
-    engine.submit(0, GenerationRequest(prompt=prompt, params=params))
-    engine._waiting[-1].sampler.free()
-    engine._waiting[-1].sampler = both
-    text = ""
-    while engine.busy:
-        text += "".join(e.text for _, e in engine.step() if isinstance(e, TextDelta))
-    return text
 
 
 def _random_params(rng: random.Random) -> SamplingParams:
@@ -92,7 +86,7 @@ def test_same_token_as_the_whole_chain_at_every_step(engine: LlamaCppEngine, cas
     rng = random.Random(1000 + case)
     params = _random_params(rng)
     both = Both(engine, params)
-    _generate(engine, rng.choice(PROMPTS), params, both)
+    generate_with(engine, 0, params, both, rng.choice(PROMPTS))
     assert both.picks, params
     assert [o for _, o in both.picks] == [w for w, _ in both.picks], params
 
@@ -108,7 +102,7 @@ def test_the_shortcut_is_taken_and_the_defaults_repeat_per_seed(engine: LlamaCpp
         both = Both(engine, params)
         ours = both.ours
         assert isinstance(ours, TopKFirstSampler)
-        _generate(engine, "My favourite animal is the", params, both)
+        generate_with(engine, 0, params, both, "My favourite animal is the")
         ((whole, mine),) = both.picks
         assert mine == whole, seed
         assert ours.whole_vocabulary == 0
@@ -128,31 +122,6 @@ def test_which_sampler_each_request_gets(engine: LlamaCppEngine) -> None:
     assert kind(temperature=0.8, top_k=0) is ChainSampler  # no top-k: every token is a candidate
     assert kind(temperature=0.8, top_k=5000) is ChainSampler
     assert kind(temperature=0, repeat_penalty=1.2) is ChainSampler  # greedy with history
-
-
-def _bare_chain(p: SamplingParams, n_vocab: int) -> Any:
-    """The engine's chain without a vocabulary: what `_chain` builds, banned tokens apart."""
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    add = lc.llama_sampler_chain_add
-    if sampling.penalized(p):
-        add(
-            chain,
-            lc.llama_sampler_init_penalties(
-                n_vocab,
-                sampling.PENALTY_WINDOW,
-                p.repeat_penalty,
-                p.frequency_penalty,
-                p.presence_penalty,
-            ),
-        )
-    add(chain, lc.llama_sampler_init_top_k(p.top_k))
-    if p.top_p < 1.0:
-        add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
-    if p.min_p > 0:
-        add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
-    add(chain, lc.llama_sampler_init_temp(p.temperature))
-    add(chain, lc.llama_sampler_init_dist(p.seed))
-    return chain
 
 
 def _whole(chain: Any, logits: np.ndarray) -> int:
@@ -186,8 +155,8 @@ def test_penalties_cannot_trip_the_shortcut(case: int) -> None:
         seed=int(rng.integers(2**32)),
     )
     history = rng.choice(n_vocab, 30, replace=False)
-    whole = _bare_chain(params, n_vocab)
-    ours = TopKFirstSampler(_bare_chain(params, n_vocab), k, n_vocab, [], True)
+    whole = sampling.build_chain(params, n_vocab)
+    ours = TopKFirstSampler(sampling.build_chain(params, n_vocab), k, n_vocab, [], True)
     try:
         for t in rng.choice(history, 60):  # each seen twice on average: counts matter
             lc.llama_sampler_accept(whole, int(t))

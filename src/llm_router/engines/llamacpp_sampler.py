@@ -170,39 +170,35 @@ def plain_greedy(p: SamplingParams) -> bool:
 
 
 def make_sampler(p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]]) -> Sampler:
-    """The sampler for one sequence: an argmax for plain greedy, else a chain of
-    end-of-generation tokens banned for `ignore_eos`, penalties, then greedy, or top-k, top-p,
-    min-p, temperature and a seeded draw (a fresh seed when `p.seed` is None), run on the
-    top-k's candidates alone when it has a top-k (TopKFirstSampler). The caller calls `free()`
-    when the sequence ends."""
+    """The sampler for one sequence: an argmax for plain greedy, else llama.cpp's chain
+    (build_chain), run on the top-k's candidates alone when it has a top-k (TopKFirstSampler).
+    The caller calls `free()` when the sequence ends."""
     n_vocab = lc.llama_vocab_n_tokens(vocab)
     banned = eog_tokens() if p.ignore_eos else []
     if plain_greedy(p):
         return GreedySampler(n_vocab, banned)
     if p.temperature > 0 and 0 < p.top_k <= MAX_TOP_K:
-        chain = _chain(p, vocab, eog_tokens, bias=False)  # banned: -inf in the logits
+        chain = build_chain(p, n_vocab)  # banned: -inf in the logits
         return TopKFirstSampler(chain, p.top_k, n_vocab, banned, penalized(p))
-    return ChainSampler(_chain(p, vocab, eog_tokens))
+    return ChainSampler(build_chain(p, n_vocab, banned))
 
 
 def penalized(p: SamplingParams) -> bool:
     return p.repeat_penalty != 1.0 or bool(p.frequency_penalty or p.presence_penalty)
 
 
-def _chain(
-    p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]], *, bias: bool = True
-) -> Any:
+def build_chain(p: SamplingParams, n_vocab: int, banned: list[int] | tuple[int, ...] = ()) -> Any:
+    """llama.cpp's sampler chain for `p`: `banned` tokens (end-of-generation, for
+    `ignore_eos`) biased to -inf, penalties, then greedy, or top-k, top-p, min-p, temperature
+    and a seeded draw (a fresh seed when `p.seed` is None)."""
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lc.llama_sampler_chain_add
-    if p.ignore_eos and bias:
-        eog = eog_tokens()
-        biases = (lc.llama_logit_bias * len(eog))()
-        for i, token in enumerate(eog):
+    if banned:
+        biases = (lc.llama_logit_bias * len(banned))()
+        for i, token in enumerate(banned):
             biases[i].token, biases[i].bias = token, float("-inf")  # type: ignore[assignment]
-        n_vocab = lc.llama_vocab_n_tokens(vocab)
-        add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(eog), biases))
+        add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
     if penalized(p):
-        n_vocab = lc.llama_vocab_n_tokens(vocab)
         add(
             chain,
             lc.llama_sampler_init_penalties(
