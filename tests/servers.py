@@ -189,3 +189,42 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+STUB_UPSTREAM = Path(__file__).resolve().parent / "stub_upstream.py"
+
+
+class Stub:
+    """tests/stub_upstream.py in its own process (fault injection: POST /control)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(STUB_UPSTREAM), str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(self.url + "/stats", timeout=1)
+                return
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "stub did not start"
+                time.sleep(0.05)
+
+    def set(self, **state: Any) -> None:
+        httpx.post(self.url + "/control", json=state, timeout=5)
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.url + "/stats", timeout=5).json()
+        return data
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # uvicorn waits for open connections; don't
+            self.proc.kill()
+            self.proc.wait(5)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from inproc import app_client, fake_models
 from llm_router.gateway.keys import KeySpec, make_key
 from llm_router.gateway.service import Gateway
+from servers import Server
 
 MASTER = "sk-master-for-tests"
 CHAT_BODY = {"model": "chat", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3}
@@ -86,3 +88,17 @@ async def window_total(limiter: Any, tpm: int, name: str) -> int:
     key = limiter._item(tpm).key_for(name)
     previous, _, current, _ = await limiter.storage.get_sliding_window(key, 60)
     return int(previous + current)
+
+
+@contextmanager
+def two_routers(tmp_path: Path, config: dict[str, Any]) -> Iterator[tuple[Server, Server, Path]]:
+    """Two router processes on one config (one database, one Redis), and the config's path;
+    the first starts alone, so it is the one that migrates a fresh database."""
+    first = Server(tmp_path, config).start()
+    second = Server(tmp_path, config)
+    try:
+        second.start()
+        yield first, second, first.config_path
+    finally:
+        second.stop()
+        first.stop()

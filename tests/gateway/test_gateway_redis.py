@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,14 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from gw_helpers import CHAT_BODY, MASTER, bearer
+from gw_helpers import CHAT_BODY, MASTER, bearer, two_routers
 from test_gateway_shared import cli, eventually
 
 from llm_router.config import GatewaySettings
 from llm_router.errors import RateLimited
 from llm_router.gateway.keys import ApiKey
 from llm_router.gateway.limits import Limiter
-from servers import Server, free_port
+from servers import Server, Stub
 
 pytestmark = pytest.mark.real
 
@@ -132,43 +130,7 @@ async def test_a_router_that_starts_later_begins_with_the_open_breakers(redis_ur
 
 # -- two real router processes on one Redis and one PostgreSQL -------------------------------
 
-STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
 SLOW_REPLY = " ".join(f"word{i}" for i in range(64))
-
-
-class Stub:
-    """tests/stub_upstream.py in its own process (fault injection: POST /control)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(STUB), str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        eventually(self._up, "the stub upstream listens", timeout=20)
-
-    def _up(self) -> bool:
-        try:
-            httpx.get(self.url + "/stats", timeout=1)
-        except httpx.HTTPError:
-            return False
-        return True
-
-    def set(self, **state: Any) -> None:
-        httpx.post(self.url + "/control", json=state, timeout=5)
-
-    def requests(self) -> int:
-        return int(httpx.get(self.url + "/stats", timeout=5).json()["requests"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 @pytest.fixture
@@ -211,14 +173,8 @@ def routers(
         "redis_url": redis_url,
         "gateway": {"refresh_interval": 60},
     }
-    first = Server(tmp_path, config).start()  # migrates the fresh database
-    second = Server(tmp_path, config)
-    try:
-        second.start()
-        yield first, second, first.config_path
-    finally:
-        second.stop()
-        first.stop()
+    with two_routers(tmp_path, config) as routers:
+        yield routers
 
 
 def _chat(server: Server, secret: str, **body: Any) -> httpx.Response:
@@ -307,11 +263,11 @@ def test_a_breaker_that_opens_in_one_router_opens_in_the_other(
         assert r.headers["x-llm-router-model"] == "chat", r.text
     assert breaker(first) == "open"
     eventually(lambda: breaker(second) == "open", "the second router's breaker opens too")
-    seen = stub.requests()
+    seen = stub.stats()["requests"]
     r = _chat(second, MASTER, model="auto")  # skipped: the upstream is not even asked
     assert r.headers["x-llm-router-model"] == "chat"
     assert "flaky: breaker open" in r.headers["x-llm-router-route"]
-    assert stub.requests() == seen
+    assert stub.stats()["requests"] == seen
 
     # The target recovers; after the cooldown the first router's probe closes it for both.
     stub.set(mode="ok")
@@ -338,12 +294,12 @@ def test_a_remote_targets_prompt_is_estimated_before_it_is_sent(
         timeout=10,
     )
     secret = r.json()["key"]
-    seen = stub.requests()
+    seen = stub.stats()["requests"]
     long_prompt = [{"role": "user", "content": "x" * 400}]  # estimated 107 tokens
     refused = _chat(first, secret, model="flaky", messages=long_prompt)
     assert refused.status_code == 429, refused.text
     assert "more than the 60 tokens per minute" in refused.json()["error"]["message"]
-    assert stub.requests() == seen  # nothing was sent upstream
+    assert stub.stats()["requests"] == seen  # nothing was sent upstream
 
     estimate = 3 + 4 + 2  # "Hello": one message of 5 characters
     served = _chat(first, secret, model="flaky")

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gw_helpers import CHAT_BODY, MASTER, bearer
+from gw_helpers import CHAT_BODY, MASTER, bearer, two_routers
 
 from servers import Server
 
@@ -59,14 +59,8 @@ def pair(
         "gateway": {"flush_interval": 0.2, "refresh_interval": 0.2},
     }
     (tmp_path / "models").mkdir()
-    first = Server(tmp_path, config).start()  # migrates the fresh database
-    second = Server(tmp_path, config)
-    try:
-        second.start()
-        yield first, second, first.config_path
-    finally:
-        second.stop()
-        first.stop()
+    with two_routers(tmp_path, config) as routers:
+        yield routers
 
 
 def test_two_routers_share_limits_usage_and_revocations(pair: tuple[Server, Server, Path]) -> None:

@@ -4,8 +4,6 @@ served (the `model` field and `x-llm-router-model`) and that no request was lost
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,44 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.routing.strategies import ab_split, api_key_id
-from servers import GEMMA, SMOL, MakeClient, Server, free_port, new_server
+from servers import GEMMA, SMOL, MakeClient, Server, Stub, new_server
 
-STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
 HELLO = [{"role": "user", "content": "Say hello."}]
-
-
-class Stub:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(STUB), str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.url + "/stats", timeout=1)
-                return
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "stub did not start"
-                time.sleep(0.05)
-
-    def set(self, **state: Any) -> None:
-        httpx.post(self.url + "/control", json=state, timeout=5)
-
-    def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(self.url + "/stats", timeout=5).json()
-        return data
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:  # uvicorn waits for open connections; don't
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 @pytest.fixture
