@@ -81,6 +81,29 @@ def test_sequences_decoded_together_equal_each_alone(hf_engine: TransformersEngi
     assert all(r.finished and r.finished.usage.completion_tokens == 6 for r in together)
 
 
+def test_kv_use_is_reported_as_llama_cpps_engine_reports_it(
+    hf_engine: TransformersEngine,
+) -> None:
+    """`info()` (what /metrics' `llm_router_engine_tokens_cached` and `_context_total` read)
+    counts the tokens the running sequences hold, prompt and answer so far, against the room
+    of every slot; nothing once they are done (this engine keeps no cache between requests)."""
+    info = hf_engine.info()
+    assert info["tokens_cached"] == 0
+    assert info["context_total"] == hf_engine.context_size * hf_engine.parallel
+    hf_engine.submit(0, greedy(PROMPTS[0], 6))
+    hf_engine.submit(1, greedy(PROMPTS[1], 6))
+    held = []
+    while hf_engine.busy:
+        hf_engine.step()
+        held.append(hf_engine.info()["tokens_cached"])
+    prompts = sum(
+        len(hf_engine.token_ids(p, add_special=True, parse_special=True)) for p in PROMPTS[:2]
+    )
+    assert max(held) >= prompts + 2  # both prompts and at least a token of each
+    assert max(held) <= prompts + 12
+    assert held[-1] == 0
+
+
 def test_seed_reproduces_a_sampled_completion(hf_engine: TransformersEngine) -> None:
     def sampled(seed: int) -> str:
         params = SamplingParams(max_tokens=8, temperature=1.0, seed=seed)

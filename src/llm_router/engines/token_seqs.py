@@ -66,6 +66,17 @@ class TokenSequences(Sequences[TokenSeq]):
         self._transcript_stops = transcript_stops
         self.tokens_generated = 0
 
+    def counts(self) -> dict[str, int]:
+        """A snapshot for the engine's `info()`, with the KV cache's use as llama.cpp's engine
+        reports it: the tokens the running sequences hold (prompt and answer so far; these
+        engines keep nothing after a request ends) and, with a context size, the room of all
+        slots together."""
+        out = super().counts()
+        out["tokens_cached"] = sum(len(s.prompt) + len(s.generated) for s in self.running.values())
+        if self._context_size:
+            out["context_total"] = self._context_size * self.parallel
+        return out
+
     def submit(self, seq: int, request: GenerationRequest, prompt: list[int]) -> None:
         """Queue `request` under `seq` with its `prompt` tokens; raises ContextLengthExceeded
         or BadRequest as check_prompt_fits."""
