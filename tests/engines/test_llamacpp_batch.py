@@ -145,7 +145,7 @@ def test_a_failing_sequence_fails_alone(engine: LlamaCppEngine) -> None:
     assert isinstance(finished[101], EngineError) and "a sampler bug" in finished[101].message
     assert isinstance(finished[100], Finished) and finished[100].usage.completion_tokens == 8
     assert isinstance(finished[102], Finished) and finished[102].usage.completion_tokens == 8
-    assert engine._free_slots and len(engine._free_slots) == engine.parallel
+    assert engine._slots.free and len(engine._slots.free) == engine.parallel
 
 
 def test_a_prompt_surely_too_long_is_refused_without_tokenizing(

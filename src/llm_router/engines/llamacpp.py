@@ -8,9 +8,10 @@ The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python p
 
 Over the ~400-line guide on purpose: it is one concept, the decode loop and what feeds it
 (prompt, slots, batch, sampling, finishing), kept in one place because its per-token path is
-the hot path and reads best inline; its decisions are in slots.py, llamacpp_sampler.py and
-constraints.py, and the Engine protocol's text operations (tokenize, pieces, template) are
-one-line delegations to llamacpp_load.py and chat_template.py."""
+the hot path and reads best inline; its decisions are in slots.py (applied to llama.cpp's
+memory by llamacpp_slots.py), llamacpp_sampler.py and constraints.py, and the Engine
+protocol's text operations (tokenize, pieces, template) are one-line delegations to
+llamacpp_load.py and chat_template.py."""
 
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ from .llamacpp_load import (
     tokenize,
 )
 from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
+from .llamacpp_slots import KvSlots
 from .logprobs import PROMPT_CHUNK, prompt_entry, token_entry
 from .sequences import Events, finish_text, reply_text
-from .slots import MIN_SHARED_PREFIX, choose_slot, closing_move, common_prefix, prefix_source
+from .slots import MIN_SHARED_PREFIX, common_prefix
 from .text import TextAssembler
 
 __all__ = ["LlamaCppEngine", "model_params"]
@@ -111,7 +113,6 @@ class LlamaCppEngine:
         # Per-slot KV streams: attention cost follows the slot's length, not the total.
         cparams.kv_unified = False
         self._ctx = new_context(model, cparams, spec.path)
-        self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
         self._piece_cache: dict[int, bytes] = {}
         self._longest_piece: int | None = None  # bytes of the longest token, once needed
@@ -121,8 +122,6 @@ class LlamaCppEngine:
         self._template = self._load_template(spec)
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self._grammars = Grammars(self._lltokenizer)
-        self._free_slots = list(range(self.parallel))
-        self._slot_tokens: list[list[int]] = [[] for _ in range(self.parallel)]
         self._waiting: deque[_Seq] = deque()
         self._running: dict[int, _Seq] = {}
         self._stats = {
@@ -134,6 +133,7 @@ class LlamaCppEngine:
             "slot_moves": 0,
             "tokens_generated": 0,
         }
+        self._slots = KvSlots(lc.llama_get_memory(self._ctx), self.parallel, self._stats)
 
     # -- Engine protocol -------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class LlamaCppEngine:
             "slots_busy": len(self._running),
             "slots_idle": self.parallel - len(self._running),
             "requests_waiting": len(self._waiting),
-            "tokens_cached": sum(len(t) for t in self._slot_tokens),
+            "tokens_cached": sum(len(t) for t in self._slots.tokens),
             **self._stats,
         }
 
@@ -343,24 +343,14 @@ class LlamaCppEngine:
 
     def _admit(self) -> None:
         deferred: list[_Seq] = []
-        while self._waiting and self._free_slots:
+        while self._waiting and self._slots.free:
             s = self._waiting.popleft()
             if s.echo is None and self._twin_prefilling(s):
                 deferred.append(s)
                 continue
-            slot, common = choose_slot(self._free_slots, self._slot_tokens, s.tokens)
-            self._free_slots.remove(slot)
-            if s.echo is not None:
-                common = 0  # every prompt token's logits are needed: nothing is reused
-            else:
-                common = self._share_prefix(slot, common, s.tokens)
-            keep = min(common, len(s.tokens) - 1)  # the last prompt token is always evaluated
-            if keep <= 0 or not lc.llama_memory_seq_rm(self._mem, slot, keep, -1):
-                lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
-                keep = 0
-            s.slot, s.n_past, s.cached = slot, keep, keep
-            del self._slot_tokens[slot][keep:]
-            self._stats["prompt_tokens_reused"] += keep
+            # with echo every prompt token's logits are needed: nothing is reused
+            s.slot, s.n_past = self._slots.take(s.tokens, reuse=s.echo is None)
+            s.cached = s.n_past
             self._running[s.seq] = s
         self._waiting.extendleft(reversed(deferred))
 
@@ -368,47 +358,23 @@ class LlamaCppEngine:
         """Whether a sequence still evaluating its prompt shares at least MIN_SHARED_PREFIX
         more of `s`'s prompt than any slot holds now (the `n` answers of one request, or the
         same system prompt arriving at once): `s` then waits the step or two until that
-        prompt is in, and copies it (see _share_prefix) instead of evaluating it again."""
+        prompt is in, and gets it copied (KvSlots.take) instead of evaluating it again."""
         prefilling = [r.tokens for r in self._running.values() if r.n_past < len(r.tokens)]
         if not prefilling:
             return False  # the common case: nothing to wait for, no prefix compared
-        held = max(common_prefix(t, s.tokens) for t in self._slot_tokens)
+        held = self._slots.held(s.tokens)
         return any(common_prefix(t, s.tokens) - held >= MIN_SHARED_PREFIX for t in prefilling)
 
-    def _share_prefix(self, slot: int, kept: int, tokens: list[int]) -> int:
-        """Copy into `slot` the KV stream of a slot holding more of `tokens`, if one is worth
-        it (see slots.prefix_source); returns the prefix `slot` now holds. llama.cpp queues
-        the copy and does it at the start of the next decode, before the batch writes, so a
-        busy source gives exactly the tokens it had evaluated by now."""
-        found = prefix_source(slot, kept, self._slot_tokens, tokens)
-        if found is None:
-            return kept
-        src, shared = found
-        self._copy_stream(src, slot)
-        self._stats["prompt_prefix_copies"] += 1
-        return shared
-
-    def _copy_stream(self, src: int, dst: int) -> None:
-        """Slot `dst`'s KV stream becomes a copy of `src`'s, whole (llama.cpp copies across
-        streams only whole); queued, it happens before the next decode writes."""
-        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
-        self._slot_tokens[dst] = list(self._slot_tokens[src])
-
     def _close_gaps(self) -> None:
-        """Keep the busy slots consecutive (see slots.closing_move): the highest busy sequence
-        moves into the gap, its KV stream copied whole before the next decode writes. The slot
-        it leaves keeps a copy of its tokens so far, a cache like any other; the gap's own
-        cache (the request that just ended there) is what this costs."""
+        """Busy slots kept consecutive (KvSlots.close_gaps): llama.cpp splits a batch where
+        its sequence ids stop being consecutive and runs the model once per piece."""
+        if not self._slots.free:
+            return
         by_slot = {s.slot: s for s in self._running.values()}
-        while (move := closing_move(list(by_slot), self._free_slots)) is not None:
-            src, dst = move
-            self._copy_stream(src, dst)
+        for src, dst in self._slots.close_gaps(list(by_slot)):
             s = by_slot.pop(src)
             s.slot = dst
             by_slot[dst] = s
-            self._free_slots.remove(dst)
-            self._free_slots.append(src)
-            self._stats["slot_moves"] += 1
 
     def _fill_batch(self) -> list[_Seq]:
         """Decode tokens first (one per generating sequence), then prompt chunks in the room
@@ -417,6 +383,7 @@ class LlamaCppEngine:
         llama.cpp decodes a batch whose sequences are out of order ~2.4x slower (measured
         here: 133 ms against 55 ms a step at 8 sequences)."""
         b = self._batch
+        held = self._slots.tokens
         n = 0
         decoding: list[_Seq] = []
         prefilling: list[_Seq] = []
@@ -426,7 +393,7 @@ class LlamaCppEngine:
         decoding.sort(key=_by_slot)
         for s in decoding:
             self._put(b, n, s.next_token, s.n_past, s.slot, True)
-            self._slot_tokens[s.slot].append(s.next_token)
+            held[s.slot].append(s.next_token)
             s.logits_index = n
             s.n_past += 1
             n += 1
@@ -449,7 +416,7 @@ class LlamaCppEngine:
             for i, tok in enumerate(chunk):
                 self._put(b, n, tok, s.n_past + i, s.slot, every or (last and i == take - 1))
                 n += 1
-            self._slot_tokens[s.slot].extend(chunk)
+            held[s.slot].extend(chunk)
             self._stats["prompt_tokens_evaluated"] += take
             s.n_past += take
             if last:
@@ -558,13 +525,12 @@ class LlamaCppEngine:
     def _release(self, s: _Seq) -> None:
         """Free the slot; its KV cells stay, for the next request sharing the prefix."""
         s.sampler.free()
-        self._free_slots.append(s.slot)
+        self._slots.release(s.slot)
 
     def _fail_all(self, message: str) -> list[tuple[int, EngineEvent]]:
         failed = list(self._running.values())
         for s in failed:
             del self._running[s.seq]
             self._release(s)
-            lc.llama_memory_seq_rm(self._mem, s.slot, -1, -1)
-            self._slot_tokens[s.slot].clear()
+            self._slots.clear(s.slot)
         return [(s.seq, EngineError(message)) for s in failed]
