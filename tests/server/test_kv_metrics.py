@@ -5,6 +5,7 @@ slots)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -26,8 +27,11 @@ def test_the_kv_cache_in_use_grows_with_a_prompt_and_is_read_against_its_size(
     # a prompt no other test sends: its tokens are new to every slot
     prompt = "Count the sheep: " + " ".join(f"sheep {i}," for i in range(60))
     done = client.completions.create(model=SMOL, prompt=prompt, max_tokens=2, temperature=0)
-    after = _gauge(server, "llm_router_engine_tokens_cached")
-    total = _gauge(server, "llm_router_engine_context_total")
     assert done.usage is not None and done.usage.prompt_tokens > 100
-    assert after >= done.usage.prompt_tokens  # the slot that served holds its prompt
+    # the worker sends its engine's numbers every second (worker INFO_INTERVAL): a snapshot
+    deadline = time.monotonic() + 10
+    while (after := _gauge(server, "llm_router_engine_tokens_cached")) < done.usage.prompt_tokens:
+        assert time.monotonic() < deadline, after  # the slot that served holds its prompt
+        time.sleep(0.2)
+    total = _gauge(server, "llm_router_engine_context_total")
     assert 0 < after <= total
