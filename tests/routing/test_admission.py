@@ -12,7 +12,7 @@ from llm_router.types import ChatMessage, GenerationRequest
 
 
 class Worker:
-    """The two text operations count_local uses, recorded."""
+    """The worker's text operation count_local uses, recorded with what it does."""
 
     def __init__(self, template: bool = True) -> None:
         self.template = template
@@ -27,6 +27,15 @@ class Worker:
     async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         self.asked.append(f"tokenize {add_special} {parse_special}")
         return list(range(len(text.split(">"))))
+
+    async def prompt_tokens(
+        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+    ) -> int:
+        """As the worker does it: the template, then the tokens, in one operation."""
+        self.asked.append("prompt_tokens")
+        if messages is not None:
+            text = await self.chat_prompt(messages)
+        return len(await self.tokenize(text, add_special=True, parse_special=True))
 
 
 CHAT = GenerationRequest(messages=(ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")))
@@ -43,11 +52,11 @@ async def test_a_local_count_is_the_template_applied_then_tokenized() -> None:
     worker = Worker()
     count = await count_local(cast(Any, worker), CHAT, context=2048)
     assert count == 4  # "<system>Be brief.<user>Hi<assistant>" split on ">"
-    assert worker.asked == ["chat_prompt", "tokenize True True"]
+    assert worker.asked == ["prompt_tokens", "chat_prompt", "tokenize True True"]  # one trip
 
     worker = Worker()
     assert await count_local(cast(Any, worker), GenerationRequest(prompt="a>b"), context=2048) == 2
-    assert worker.asked == ["tokenize True True"]  # a completion's prompt: no template
+    assert worker.asked == ["prompt_tokens", "tokenize True True"]  # a prompt: no template
     ids = GenerationRequest(prompt_tokens=(7, 8, 9))
     assert await count_local(cast(Any, Worker()), ids) == 3
 

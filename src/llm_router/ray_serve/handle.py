@@ -145,6 +145,12 @@ class DeploymentWorker(Worker):
     async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
         return str(await self._text("chat_prompt", {"messages": messages_to_wire(messages)}))
 
+    async def prompt_tokens(
+        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+    ) -> int:
+        wire = None if messages is None else messages_to_wire(messages)
+        return int(await self._text("prompt_tokens", {"text": text, "messages": wire}))
+
     async def template_info(self) -> dict[str, str]:
         value = await self._text("template_info", {})
         return {str(k): str(v) for k, v in value.items()}

@@ -119,8 +119,8 @@ class ReplicaBase:
         return embeddings_to_wire(0, out.vectors, out.prompt_tokens)
 
     async def text(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """One of llama-server's text operations (tokenize, pieces, chat_prompt,
-        template_info) on the multiplexed model: `{"result"}` or `{"error"}`."""
+        """One of the text operations (llama-server's tokenize, pieces, chat_prompt,
+        template_info, and prompt_tokens for routing/admission.py) on the multiplexed model: `{"result"}` or `{"error"}`."""
         try:
             model_id = (await self._held()).model_id
             async with self.manager.lease(model_id) as worker:
@@ -131,6 +131,10 @@ class ReplicaBase:
                     result = pieces_to_wire(await worker.pieces(args["tokens"]))
                 elif op == "chat_prompt":
                     result = await worker.chat_prompt(messages_from_wire(args["messages"]))
+                elif op == "prompt_tokens":
+                    wire = args["messages"]
+                    messages = None if wire is None else messages_from_wire(wire)
+                    result = await worker.prompt_tokens(text=args["text"], messages=messages)
                 else:
                     result = await worker.template_info()
         except RouterError as exc:

@@ -56,8 +56,8 @@ def estimate(request: GenerationRequest) -> int:
 async def count_local(
     worker: Worker, request: GenerationRequest, context: int | None = None
 ) -> int:
-    """The prompt's tokens by the model's own tokenizer (two short round trips to its worker,
-    each waiting for the decode step under way). `request` as the engine gets it (prepared).
+    """The prompt's tokens by the model's own tokenizer (one short round trip to its worker,
+    which waits for the decode step under way). `request` as the engine gets it (prepared).
     A prompt too long in bytes to fit a `context` of tokens even at 64 bytes a token is not
     tokenized (that would stall the model's streams; the engine refuses it unread), and an
     engine that cannot tell (no chat template: the generation refuses it anyway) gets the
@@ -71,10 +71,7 @@ async def count_local(
         if size > MAX_TOKEN_BYTES * context:
             return estimate(request)
     try:
-        if request.messages is not None:
-            text = await worker.chat_prompt(request.messages)
-        else:
-            text = request.prompt or ""
-        return max(1, len(await worker.tokenize(text, add_special=True, parse_special=True)))
+        counted = await worker.prompt_tokens(text=request.prompt or "", messages=request.messages)
+        return max(1, counted)
     except Exception:  # the engine's refusal comes again, clearer, from the generation
         return estimate(request)

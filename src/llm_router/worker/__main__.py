@@ -95,6 +95,14 @@ def _text_op(engine: Engine, msg: dict[str, Any]) -> Any:
         return pieces_to_wire(engine.token_pieces([int(t) for t in msg["tokens"]]))
     if op == "chat_prompt":
         return engine.chat_prompt(messages_from_wire(msg["messages"]))
+    if op == "prompt_tokens":  # a chat's template applied, then tokenized: one round trip
+        messages = msg.get("messages")
+        text = (
+            str(msg["text"])
+            if messages is None
+            else engine.chat_prompt(messages_from_wire(messages))
+        )
+        return len(engine.token_ids(text, add_special=True, parse_special=True))
     return engine.template_info()
 
 

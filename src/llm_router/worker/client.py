@@ -326,6 +326,14 @@ class Worker:
         """The chat template applied to `messages` (see Engine.chat_prompt)."""
         return str(await self._ask({"op": "chat_prompt", "messages": messages_to_wire(messages)}))
 
+    async def prompt_tokens(
+        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+    ) -> int:
+        """How many tokens `messages` through the chat template (else `text`) make, special
+        tokens added and parsed: `chat_prompt` then `tokenize` in one round trip."""
+        wire = None if messages is None else messages_to_wire(messages)
+        return int(await self._ask({"op": "prompt_tokens", "text": text, "messages": wire}))
+
     async def template_info(self) -> dict[str, str]:
         """The chat template's source and the BOS and EOS tokens (see Engine.template_info)."""
         value = await self._ask({"op": "template_info"})

@@ -4,7 +4,8 @@ Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "embed", "id", 
 `{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`, and the text
 operations behind llama-server's endpoints (TEXT_OPS): `{"op": "tokenize", "id", "text",
 "add_special", "parse_special"}`, `{"op": "pieces", "id", "tokens"}`, `{"op": "chat_prompt",
-"id", "messages"}`, `{"op": "template_info", "id"}`. Worker -> router: `{"op": "spare", "rss"}`
+"id", "messages"}`, `{"op": "template_info", "id"}`, and `{"op": "prompt_tokens", "id", "text",
+"messages"}` (a prompt's count, for limits: routing/admission.py). Worker -> router: `{"op": "spare", "rss"}`
 once its engine library is imported, then `{"op": "ready", "info"}` or `{"op": "load_failed",
 "error"}` once, then per request `{"id", "text"}` deltas (with `"lp"`, the tokens' log-probabilities, when asked
 for; `{"id", "prompt_lp"}` once before them for a prompt's), `{"id", "finish", "usage"}`,
@@ -58,7 +59,7 @@ __all__ = [
     "request_to_wire",
 ]
 
-TEXT_OPS = frozenset({"tokenize", "pieces", "chat_prompt", "template_info"})
+TEXT_OPS = frozenset({"tokenize", "pieces", "chat_prompt", "prompt_tokens", "template_info"})
 
 
 @dataclass(frozen=True, slots=True)
