@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from llm_router.config import ModelConfig, Settings
 from llm_router.engines import LoadSpec
+from llm_router.engines.base import prompt_token_count
 from llm_router.engines.fake import FakeEngine
 from llm_router.errors import RouterError
 from llm_router.lifecycle.manager import ModelManager
@@ -87,6 +88,11 @@ class InProcessWorker:
 
     async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
         return self.engine.chat_prompt(messages)
+
+    async def prompt_tokens(
+        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+    ) -> int:
+        return prompt_token_count(self.engine, text, messages)
 
     async def template_info(self) -> dict[str, str]:
         return self.engine.template_info()

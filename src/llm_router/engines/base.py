@@ -22,6 +22,7 @@ __all__ = [
     "check_token_ids",
     "cpu_cores",
     "no_chat_template",
+    "prompt_token_count",
 ]
 
 EngineEvent = TextDelta | PromptLogprobs | Finished | RouterError
@@ -68,6 +69,16 @@ def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> N
     bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
     if bad is not None:
         raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param=param)
+
+
+def prompt_token_count(
+    engine: Engine, text: str, messages: tuple[ChatMessage, ...] | None = None
+) -> int:
+    """How many tokens `messages` through the chat template (else `text`) make, with the
+    special tokens added and parsed: a prompt's count for limits (routing/admission.py)."""
+    if messages is not None:
+        text = engine.chat_prompt(messages)
+    return len(engine.token_ids(text, add_special=True, parse_special=True))
 
 
 def no_chat_template() -> BadRequest:

@@ -21,6 +21,7 @@ import traceback
 from typing import Any, BinaryIO
 
 from ..engines import Engine, LoadSpec, build, preload
+from ..engines.base import prompt_token_count
 from ..errors import EngineError, RouterError
 from ..types import TextDelta
 from .protocol import (
@@ -96,13 +97,9 @@ def _text_op(engine: Engine, msg: dict[str, Any]) -> Any:
     if op == "chat_prompt":
         return engine.chat_prompt(messages_from_wire(msg["messages"]))
     if op == "prompt_tokens":  # a chat's template applied, then tokenized: one round trip
-        messages = msg.get("messages")
-        text = (
-            str(msg["text"])
-            if messages is None
-            else engine.chat_prompt(messages_from_wire(messages))
-        )
-        return len(engine.token_ids(text, add_special=True, parse_special=True))
+        wire = msg.get("messages")
+        messages = None if wire is None else messages_from_wire(wire)
+        return prompt_token_count(engine, str(msg["text"]), messages)
     return engine.template_info()
 
 
