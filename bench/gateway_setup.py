@@ -7,7 +7,10 @@ check: the hash lookup, the limiter, the usage record, the per-key counters. Mea
 requests/s at concurrency 64, and the router's CPU per request (its process tree's user +
 system time over the requests it served; the least noisy of the three on a shared machine).
 
-    python bench/overhead.py --auth [--rounds 3] [--seconds 5]
+    python bench/overhead.py --auth [--rounds 3] [--seconds 5] [--baseline OTHER/src]
+
+With `--baseline`, the four are measured again on another checkout's code (named `... @base`),
+alternated with these in the same run: a before/after of a change in one run.
 """
 
 from __future__ import annotations
@@ -109,14 +112,17 @@ def compare(args: argparse.Namespace) -> None:
     stub = overhead.start_stub(work)
     redis, redis_url = start_redis(work)
     config = overhead.stub_only(work, stub.url)
-    routers: dict[str, tuple[Proc, dict[str, str]]] = {"auth off": (ours(config, work), {})}
-    for name, url, limits in (
-        ("auth only", None, False),
-        ("auth+limits memory", None, True),
-        ("auth+limits redis", redis_url, True),
-    ):
-        gated, key = gated_config(config, work, name.replace(" ", "-"), url, limits)
-        routers[name] = (ours(gated, work), {"Authorization": f"Bearer {key}"})
+    routers: dict[str, tuple[Proc, dict[str, str]]] = {}
+    for suffix, src in [("", None)] + ([(" @base", args.baseline)] if args.baseline else []):
+        routers["auth off" + suffix] = (ours(config, work, src), {})
+        for name, url, limits in (
+            ("auth only", None, False),
+            ("auth+limits memory", None, True),
+            ("auth+limits redis", redis_url, True),
+        ):
+            dirname = (name + suffix).replace(" ", "-").replace("@", "")
+            gated, key = gated_config(config, work, dirname, url, limits)
+            routers[name + suffix] = (ours(gated, work, src), {"Authorization": f"Bearer {key}"})
     if args.litellm:
         routers["litellm"] = (
             start_litellm(args.litellm, stub.url, redis_url, work),
@@ -155,9 +161,9 @@ def _summary(rounds: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, 
     def med(name: str, key: str, field: str) -> float:
         return statistics.median(r[field] for r in rounds[name][key])
 
-    base = "auth off"
     out: dict[str, Any] = {}
     for name in rounds:
+        base = "auth off @base" if name.endswith(" @base") else "auth off"
         out[name] = {
             "p50_ms_c1": med(name, "plain_c1", "p50_ms"),
             "rps_c64": med(name, "plain_c64", "rps"),

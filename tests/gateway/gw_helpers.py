@@ -85,8 +85,8 @@ async def window_total(limiter: Any, tpm: int, name: str) -> int:
     """Tokens counted in a key's window of its tokens per minute (this one and the previous,
     unweighted: exact whenever the test started less than a minute ago)."""
     await limiter.send_charges()
-    key = limiter._item(tpm).key_for(name)
-    previous, _, current, _ = await limiter.storage.get_sliding_window(key, 60)
+    key = limiter.windows.item("tokens", tpm).key_for(name)
+    previous, _, current, _ = await limiter.windows.storage.get_sliding_window(key, 60)
     return int(previous + current)
 
 

@@ -183,6 +183,29 @@ async def test_the_route_sees_the_key_name_on_its_state(gw: Gw) -> None:
     assert seen == ["named"]
 
 
+async def test_an_ab_split_is_as_sticky_per_key_with_the_gateway_as_without(
+    tmp_path: Path, master_env: str
+) -> None:
+    """With auth on the route knows a key by the hash the gateway made of it: the same id,
+    so the same arm, as a server without the gateway gives it (routing's `api_key_id`)."""
+    from llm_router.routing.strategies import ab_split, api_key_id
+
+    weights = {"chat": 1.0, "other": 1.0}
+    routes = [{"name": "ab", "targets": list(weights), "split": weights}]
+    async with gateway_app(tmp_path, routes=routes) as gw:
+        for i in range(6):
+            secret = await gw.key(f"ab-{i}")
+            arm = ab_split(weights, api_key_id(secret), salt="ab")
+            for _ in range(2):
+                r = await gw.client.post(
+                    "/v1/chat/completions",
+                    json={**CHAT_BODY, "model": "ab"},
+                    headers=bearer(secret),
+                )
+                assert r.status_code == 200, r.text
+                assert r.headers["x-llm-router-model"] == arm
+
+
 # -- a server with no key ----------------------------------------------------------------------
 
 

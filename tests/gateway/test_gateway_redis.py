@@ -308,3 +308,35 @@ def test_a_remote_targets_prompt_is_estimated_before_it_is_sent(
     used = served.json()["usage"]["total_tokens"]  # the stub's count: 5 + 3
     again = _chat(first, secret, model="flaky")
     assert again.headers["x-ratelimit-remaining-tokens"] == str(60 - used - estimate)
+
+
+async def test_two_routers_near_a_token_limit_cannot_both_spend_the_last_tokens(
+    redis_url: str,
+) -> None:
+    """Far from the limit each router lets prompts in on its own view; near it, each prompt
+    is one atomic check-and-charge in Redis: of two prompts that each fit what is left but
+    not together, sent at once through two routers, one is let in and one refused."""
+    key = _key(tpm=100)
+    one, two = Limiter(GatewaySettings(), redis_url), Limiter(GatewaySettings(), redis_url)
+    try:
+        first, second = await one.admit(key), await two.admit(key)
+        await first.admit_prompt(30)
+        await second.admit_prompt(30)
+        for limiter, admission in ((one, first), (two, second)):
+            await limiter.charge(admission, 30)
+            await limiter.send_charges()
+        third, fourth = await one.admit(key), await two.admit(key)
+        results = await asyncio.gather(
+            third.admit_prompt(25), fourth.admit_prompt(25), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, RateLimited)]
+        assert len(refused) == 1 and results.count(None) == 1, results
+        assert "25 tokens and 15 of its 100" in refused[0].message
+        last = await two.admit(key)
+        await last.admit_prompt(15)  # what is left, let in through either router
+        assert dict(last.headers)[b"x-ratelimit-remaining-tokens"] == b"0"
+        with pytest.raises(RateLimited, match="tokens per minute"):
+            await (await one.admit(key)).admit_prompt(1)
+    finally:
+        await one.close()
+        await two.close()

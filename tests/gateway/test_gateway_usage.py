@@ -187,3 +187,57 @@ async def test_requests_without_a_key_are_recorded_with_no_key_name(tmp_path: Pa
         )
         [row] = list(csv.DictReader(io.StringIO(r.text)))
         assert (row["key"], row["requests"]) == ("", "3")
+
+
+async def test_a_shutdown_during_a_flush_waits_for_it_and_loses_nothing(tmp_path: Path) -> None:
+    """The periodic flush is under way (its write held back here) when the server stops: the
+    stop waits for it, then writes what came after; every row arrives."""
+    import asyncio
+
+    from llm_router.gateway.service import Gateway
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        auth="on",
+        models=[],
+        provision_default_models=False,
+        gateway={"refresh_interval": 0.01, "flush_interval": 0.01},
+    )
+    gateway = Gateway(settings, environ={})
+    await gateway.start()
+    store = gateway.store
+    assert store is not None
+    write, entered, release = store.add_requests, asyncio.Event(), asyncio.Event()
+
+    async def held_write(rows: object) -> None:
+        entered.set()
+        await release.wait()
+        await write(rows)  # type: ignore[arg-type]
+
+    store.add_requests = held_write  # type: ignore[method-assign]
+    row = {
+        "model": "chat",
+        "target": "chat",
+        "route": "/v1/chat/completions",
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "cached_tokens": 0,
+        "status": 200,
+        "latency": 0.01,
+        "ttft": None,
+    }
+    gateway.record(None, **row)  # type: ignore[arg-type]
+    await asyncio.wait_for(entered.wait(), 10)  # the periodic flush holds the first row
+    gateway.record(None, **row)  # type: ignore[arg-type]
+    closing = asyncio.create_task(gateway.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waiting for the flush under way, not cutting it
+    release.set()
+    await asyncio.wait_for(closing, 10)
+
+    again = Store(gateway.url)
+    try:
+        [usage] = await again.usage(0, time.time() + 1, group_by=("key",))
+    finally:
+        await again.close()
+    assert (usage["requests"], usage["prompt_tokens"]) == (2, 6)

@@ -37,20 +37,6 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (
-    "ts",
-    "key_name",
-    "model",
-    "target",
-    "route",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cost",
-    "status",
-    "latency",
-    "ttft",
-)
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 Cost = Callable[[str, int, int], float]  # (target, prompt tokens, completion tokens) -> spend
 
@@ -75,13 +61,15 @@ class Gateway:
         self.keys: dict[str, ApiKey] = {}  # by hash, the revoked and expired ones too
         self.store: Store | None = None
         self.active = self.mode == "on" or (self.mode == "auto" and self.master is not None)
-        # Rows as tuples of numbers and strings: the garbage collector does not track them,
-        # so thousands waiting for the next flush cost its collections nothing.
+        # Rows as tuples of numbers and strings (store.REQUEST_COLUMNS): the garbage collector
+        # does not track them, so thousands waiting for the next flush cost its collections
+        # nothing, and the store hands them to the driver as they are.
         self._pending: list[tuple[Any, ...]] = []
         self._spent_db: dict[str, float] = {}
         self._spent_flushing: dict[str, float] = {}
         self._spent_local: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Future[None] | None = None
         self._last_flush = time.monotonic()
         self.events: KeyEvents | None = None  # Redis pub/sub of key changes (redis_url)
 
@@ -152,6 +140,8 @@ class Gateway:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            if self._tick_task is not None:
+                await asyncio.wait([self._tick_task])
         if self.store is not None:
             try:
                 await self.flush()
@@ -160,19 +150,26 @@ class Gateway:
         await self.limiter.close()
 
     async def _loop(self) -> None:
+        """Every `refresh_interval`, one `_tick`, shielded: `close` stops the loop between
+        ticks or waits for the tick under way (a flush cut in the middle would lose its rows
+        and could leave SQLite's write lock held)."""
         interval = self.settings.gateway.refresh_interval
         while True:
             await asyncio.sleep(interval)
-            try:
-                if self.store is None:
-                    if self.needs_store():
-                        await self._open()
-                    continue
-                if time.monotonic() - self._last_flush >= self.settings.gateway.flush_interval:
-                    await self.flush()
-                await self.refresh()
-            except Exception:  # the database may be down for a while: keep what we have
-                log.exception("gateway: could not refresh from the database")
+            self._tick_task = asyncio.ensure_future(self._tick())
+            await asyncio.shield(self._tick_task)
+
+    async def _tick(self) -> None:
+        try:
+            if self.store is None:
+                if self.needs_store():
+                    await self._open()
+                return
+            if time.monotonic() - self._last_flush >= self.settings.gateway.flush_interval:
+                await self.flush()
+            await self.refresh()
+        except Exception:  # the database may be down for a while: keep what we have
+            log.exception("gateway: could not refresh from the database")
 
     async def refresh(self) -> None:
         """Re-read the keys and the spend of keys with a budget."""
@@ -193,7 +190,7 @@ class Gateway:
         self._spent_flushing, self._spent_local = self._spent_local, {}
         self._last_flush = time.monotonic()
         try:
-            await self.store.add_requests([dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+            await self.store.add_requests(rows)
         except Exception:
             self._pending[:0] = rows  # tried again at the next flush
             for name, cost in self._spent_flushing.items():
@@ -213,14 +210,14 @@ class Gateway:
         if self.master is not None and digest == self.master.hash:
             return self.master
         key = self.keys.get(digest)
+        if key is not None and key.revoked_at is None and not key.expired():
+            return key
         shown = token[:12] + "..." if len(token) > 12 else "***"
         if key is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {shown}")
         if key.revoked_at is not None:
             raise AuthenticationFailed(f"The API key {shown} ('{key.name}') has been revoked")
-        if key.expired():
-            raise AuthenticationFailed(f"The API key {shown} ('{key.name}') has expired")
-        return key
+        raise AuthenticationFailed(f"The API key {shown} ('{key.name}') has expired")
 
     def spent(self, name: str) -> float:
         return (

@@ -2,23 +2,29 @@
 for every route (the hot OpenAI routes included: they pass user middleware, asgi.ServerApp),
 then usage accounting once the response is done.
 
-Per request with auth on: one header scan, one SHA-256, one dictionary lookup, the limiter
-(memory or Redis) for keys with limits, and an append to the usage batch. The body is read
+Per request with auth on: one header scan, the key's SHA-256 (cached for recent keys), one
+dictionary lookup, the limiter (gateway/limits.py) for keys with limits, and an append to the
+usage batch. The body is read
 here only for a key with a model allow-list (to see the `model` it asks for) and for the
 audited admin routes; it is then replayed to the route unchanged.
 
 The authenticated key's name goes on the scope's state (`scope["state"]["key_name"]`, as
-`request.state.key_name`) for request logs; the route leaves its record (serving/generate.py's
-`RouteInfo`) at `scope["state"]["route"]`, read here after the response."""
+`request.state.key_name`) for request logs, and its id for A/B splits (`api_key_id`: what
+routing's `api_key_id` makes of the bearer token, the key's digest cut short, so the route does
+not hash it again); the route leaves its record (serving/generate.py's `RouteInfo`) at
+`scope["state"]["route"]`, read here after the response. Per-key counters are plain sums,
+read by Prometheus at scrape time (`KeyMetrics`)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ModelNotFound, PermissionDenied, RateLimited, RouterError
@@ -43,42 +49,45 @@ _HOT_ROUTES = (
 _UNKNOWN: Any = object()
 
 
-class KeyMetrics:
+class KeyMetrics(Collector):
     """Per-key counters on the app's registry (key names are chosen by admins, so the label
-    set stays bounded)."""
-
-    def count(self, key: str, status: int, prompt: int, completion: int, cost: float) -> None:
-        """Count one request (the label children cached: a key's are looked up once)."""
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.tokens.labels(key, "prompt"),
-                self.tokens.labels(key, "completion"),
-                self.spend.labels(key),
-            )
-        done = self._done.get((key, status))
-        if done is None:
-            done = self._done[(key, status)] = self.requests.labels(key, str(status))
-        done.inc()
-        if prompt:
-            children[0].inc(prompt)
-        if completion:
-            children[1].inc(completion)
-        if cost:
-            children[2].inc(cost)
+    set stays bounded): `llm_router_key_tokens{key,kind}`, `llm_router_key_spend{key}` and
+    `llm_router_key_requests{key,status}`. Summed in plain dictionaries as requests end, and
+    turned into Prometheus counters at scrape time (a snapshot; a request costs no locks)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._children: dict[str, tuple[Any, Any, Any]] = {}
-        self._done: dict[tuple[str, int], Any] = {}
-        self.tokens = Counter(
-            "llm_router_key_tokens", "Tokens used per API key", ["key", "kind"], registry=registry
+        self._keys: dict[str, list[float]] = {}  # key -> [prompt, completion, spend]
+        self._done: dict[tuple[str, int], int] = {}  # (key, status) -> requests
+        registry.register(self)
+
+    def count(self, key: str, status: int, prompt: int, completion: int, cost: float) -> None:
+        """Count one request."""
+        sums = self._keys.get(key)
+        if sums is None:
+            sums = self._keys[key] = [0, 0, 0.0]
+        sums[0] += prompt
+        sums[1] += completion
+        sums[2] += cost
+        done = (key, status)
+        self._done[done] = self._done.get(done, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        tokens = CounterMetricFamily(
+            "llm_router_key_tokens", "Tokens used per API key", labels=["key", "kind"]
         )
-        self.spend = Counter(
-            "llm_router_key_spend", "Spend per API key (config prices)", ["key"], registry=registry
+        spend = CounterMetricFamily(
+            "llm_router_key_spend", "Spend per API key (config prices)", labels=["key"]
         )
-        self.requests = Counter(
-            "llm_router_key_requests", "Requests per API key", ["key", "status"], registry=registry
+        requests = CounterMetricFamily(
+            "llm_router_key_requests", "Requests per API key", labels=["key", "status"]
         )
+        for key, (prompt, completion, spent) in list(self._keys.items()):
+            tokens.add_metric([key, "prompt"], prompt)
+            tokens.add_metric([key, "completion"], completion)
+            spend.add_metric([key], spent)
+        for (key, status), count in list(self._done.items()):
+            requests.add_metric([key, str(status)], count)
+        yield from (tokens, spend, requests)
 
 
 class GatewayMiddleware:
@@ -130,6 +139,7 @@ class GatewayMiddleware:
                 )
             state = scope.setdefault("state", {})
             state["key_name"] = key.name
+            state["api_key_id"] = key.hash[:16]  # routing's id of the key (A/B): its hash
             if key.models is not None:  # listings show only what the key may use (`visible`)
                 state["model_allowed"] = lambda name, allowed=key.models: self._allowed(
                     allowed, name
@@ -216,7 +226,9 @@ class GatewayMiddleware:
             )
             if self.metrics is not None:
                 self.metrics.count(key.name, status or 499, prompt, completion, cost)
-            if prompt + completion or admission.prompt_charged:
+            if admission.limits.tpm is not None and (
+                prompt + completion or admission.prompt_charged
+            ):
                 await gw.limiter.charge(admission, prompt + completion)
 
     def _record_refusal(self, key: ApiKey, path: str, status: int) -> None:

@@ -68,11 +68,15 @@ def _json(result: BaseModel, headers: dict[str, str]) -> Response:
 
 
 def _route_info(request: Request) -> RouteInfo:
-    """Who asks: the bearer token's id (a hash), the sticky key of A/B splits. The record is
+    """Who asks: the bearer token's id (a hash), the sticky key of A/B splits; the gateway's
+    when it checked the key (server/gateway.py: the same hash, made once). The record is
     kept on the request's state for the middleware that reads it after the response."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    info = RouteInfo(api_key_id=api_key_id(token) if scheme.lower() == "bearer" and token else None)
+    key_id = request.scope.get("state", {}).get("api_key_id")
+    if key_id is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        key_id = api_key_id(token) if scheme.lower() == "bearer" and token else None
+    info = RouteInfo(api_key_id=key_id)
     control = request.headers.get("cache-control")
     if control:  # no-cache: do not answer from the cache; no-store: do not keep the answer
         directives = {d.strip().lower() for d in control.split(",")}

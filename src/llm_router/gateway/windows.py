@@ -1,0 +1,207 @@
+"""Per-key sliding windows (requests or tokens per minute) in the `limits` library's storage,
+as this process sees them: exact near the limit, batched far from it.
+
+The storage (in memory, or Redis shared by several routers) holds each window; the library's
+sliding-window counter decides an atomic check-and-charge there (`take`). This process keeps
+a view of each window (`view`): the storage's count, read at most `stats_ttl` (0.1 s) ago,
+less what this process counted since, its charges not yet stored included. While the view
+leaves at least `local_share` (half) of the limit after a charge, the charge is taken on the
+view (`local`): counted at once here, and stored with the other batched charges (`add`)
+within `send_interval` (0.05 s), one storage call per window for many requests. Nearer the
+limit every charge is a `take`, after this process's own unsent charges of that window.
+
+So one process alone never passes a limit (its view never shows more than is left: the
+sliding window's older half only weighs less as time goes). Processes sharing Redis each see
+the others' charges up to about 0.15 s late (a view's age and the batching), so together they
+can pass a limit only when the others charge more than half of it within those 0.15 s, and
+then by at most what they charged in them. Charges may also be given back (negative) or be
+more than is left (they fill the window, `fill`): that is usage known after the fact.
+
+Nothing here blocks but the storage calls; `take` and `view` may raise the storage's errors
+(Redis down), which the caller decides about; the batched sends log them and drop the
+charges (limits must not take the service down)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+__all__ = ["Kind", "Windows"]
+
+Kind = Literal["requests", "tokens"]
+# The storage keys of a key's windows: the library's own namespace for requests (as before);
+# tokens apart, so a key whose two limits are equal does not count both in one window.
+_NAMESPACES: dict[str, str] = {"requests": "LIMITER", "tokens": "TOKENS"}
+log = logging.getLogger(__name__)
+
+
+class Windows:
+    def __init__(self, storage: Storage, clock: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self.strategy = SlidingWindowCounterRateLimiter(storage)
+        self.clock = clock
+        self.stats_ttl = 0.1
+        self.local_share = 0.5
+        self.send_interval = 0.05
+        self._items: dict[tuple[str, int], RateLimitItem] = {}
+        # A window is (kind, limit, key name): its storage key names the limit too. Its view:
+        # [read at (monotonic), remaining, reset time, base], meaning `remaining - (counted -
+        # base)`, `counted` being all this process ever counted in it (`_counted`) and `base`
+        # what of that the read held. `_unsent`: charges counted here and not yet stored;
+        # `_sending`: taken from `_unsent` by a send under way.
+        self._stats: dict[tuple[str, int, str], list[float]] = {}
+        self._counted: dict[tuple[str, int, str], int] = {}
+        self._unsent: dict[tuple[str, int, str], int] = {}
+        self._sending: dict[tuple[str, int, str], int] = {}
+        self._sender: asyncio.Task[None] | None = None
+        self._warned = 0.0
+
+    def item(self, kind: str, limit: int) -> RateLimitItem:
+        item = self._items.get((kind, limit))
+        if item is None:
+            item = RateLimitItemPerMinute(limit, namespace=_NAMESPACES[kind])
+            self._items[(kind, limit)] = item
+        return item
+
+    # -- the view ----------------------------------------------------------------------------
+
+    async def view(
+        self, kind: str, limit: int, name: str, fresh: bool = False
+    ) -> tuple[int, float]:
+        """(remaining, seconds to reset) of a window as this process sees it; read from the
+        storage when the view is older than `stats_ttl` (or `fresh`)."""
+        window = (kind, limit, name)
+        cached = self._stats.get(window)
+        if cached is None or fresh or time.monotonic() - cached[0] > self.stats_ttl:
+            cached = await self._read(window)
+        return self._left(cached, window), max(0.0, cached[2] - self.clock())
+
+    def local(self, kind: str, limit: int, name: str, amount: int) -> tuple[int, float] | None:
+        """Charge `amount` on this process's view, if the view is fresh and leaves at least
+        `local_share` of the limit after it: (remaining, seconds to reset); else None (nothing
+        charged: ask the storage, `take`)."""
+        window = (kind, limit, name)
+        cached = self._stats.get(window)
+        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+            return None
+        left = self._left(cached, window) - amount
+        if left < limit * self.local_share:
+            return None
+        self.add(kind, limit, name, amount)
+        return left, max(0.0, cached[2] - self.clock())
+
+    def forget(self, kind: str, limit: int, name: str) -> None:
+        """Drop a window's view: the next look reads the storage."""
+        self._stats.pop((kind, limit, name), None)
+
+    def _left(self, cached: list[float], window: tuple[str, int, str]) -> int:
+        return int(cached[1] - (self._counted.get(window, 0) - cached[3]))
+
+    async def _read(self, window: tuple[str, int, str]) -> list[float]:
+        """Read a window from the storage into the view. What this process counted that the
+        read may not hold is left out of it: its charges not stored yet, and whatever it counts
+        while the read is under way (counted twice if the read holds it: the view errs on the
+        side of less left, until the next read)."""
+        kind, limit, name = window
+        base = self._counted.get(window, 0)
+        base -= self._unsent.get(window, 0) + self._sending.get(window, 0)
+        stats = await self.strategy.get_window_stats(self.item(kind, limit), name)
+        cached = [time.monotonic(), stats.remaining, stats.reset_time, base]
+        self._stats[window] = cached
+        return cached
+
+    def _count(self, window: tuple[str, int, str], amount: int) -> None:
+        self._counted[window] = self._counted.get(window, 0) + amount
+
+    # -- the storage -------------------------------------------------------------------------
+
+    async def take(self, kind: str, limit: int, name: str, amount: int) -> tuple[bool, int, float]:
+        """One atomic check-and-charge of `amount` in the storage (this process's unsent
+        charges of the window stored first), then the window read afresh: (whether it was
+        charged, remaining, seconds to reset)."""
+        window = (kind, limit, name)
+        unsent = self._unsent.pop(window, 0)
+        if unsent:
+            await self._send({window: unsent})
+        ok = await self.strategy.hit(self.item(kind, limit), name, cost=amount)
+        cached = await self._read(window)
+        return ok, self._left(cached, window), max(0.0, cached[2] - self.clock())
+
+    async def hit(self, kind: str, limit: int, name: str, amount: int) -> bool:
+        """One atomic check-and-charge in the storage, counted in the view if it was made
+        (the view is not read again: see `take` for that)."""
+        ok = await self.strategy.hit(self.item(kind, limit), name, cost=amount)
+        if ok:
+            self._count((kind, limit, name), amount)
+        return ok
+
+    def add(self, kind: str, limit: int, name: str, amount: int) -> None:
+        """Count `amount` at once (negative: given back) and store it with the next batch."""
+        window = (kind, limit, name)
+        self._count(window, amount)
+        self._unsent[window] = self._unsent.get(window, 0) + amount
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_later())
+
+    async def fill(self, kind: str, limit: int, name: str, amount: int) -> None:
+        """Store `amount` now, counted in the view; what is past the limit fills the window."""
+        await self._store(kind, limit, name, amount)
+        self._count((kind, limit, name), amount)
+
+    async def _send_later(self) -> None:
+        await asyncio.sleep(self.send_interval)
+        await self.send()
+
+    async def send(self) -> None:
+        """Store the batched charges now."""
+        unsent, self._unsent = self._unsent, {}
+        await self._send(unsent)
+
+    async def _send(self, charges: dict[tuple[str, int, str], int]) -> None:
+        for key, amount in charges.items():
+            self._sending[key] = self._sending.get(key, 0) + amount
+        for (kind, limit, name), amount in charges.items():
+            try:
+                await self._store(kind, limit, name, amount)
+            finally:
+                left = self._sending.pop((kind, limit, name)) - amount
+                if left:
+                    self._sending[(kind, limit, name)] = left
+
+    async def _store(self, kind: str, limit: int, name: str, amount: int) -> None:
+        """Charge `amount` (counted already) in the storage: given back when negative; when
+        more than is left, the window is filled (the rest is known usage, not lost: the window
+        waits to slide)."""
+        item = self.item(kind, limit)
+        try:
+            if amount < 0:
+                await self.strategy.hit(item, name, cost=amount)
+                return
+            if amount == 0 or (
+                amount <= limit and await self.strategy.hit(item, name, cost=amount)
+            ):
+                return
+            stats = await self.strategy.get_window_stats(item, name)
+            if stats.remaining > 0:
+                await self.strategy.hit(item, name, cost=stats.remaining)
+            self.forget(kind, limit, name)
+        except Exception as exc:
+            self.warn(exc)
+
+    def warn(self, exc: Exception) -> None:
+        if time.monotonic() - self._warned > 10:
+            self._warned = time.monotonic()
+            log.warning("rate limits not applied: the limits storage failed: %r", exc)
+
+    async def close(self) -> None:
+        """Store what is unsent (a send under way is finished, not cut)."""
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait([self._sender])
+        await self.send()
