@@ -110,6 +110,26 @@ async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: G
     assert row["prompt_tokens"] + row["completion_tokens"] == ok.json()["usage"]["total_tokens"]
 
 
+async def test_embedding_inputs_longer_than_what_is_left_are_refused_before_they_run(
+    gw: Gw,
+) -> None:
+    """Embeddings are charged before they run too (an estimate, 4 characters a token, that
+    the usage corrects): inputs over what is left of the minute get the 429 and cost
+    nothing; short ones pass and the window then holds their usage."""
+    secret = await gw.key("embed-tpm", tpm=50)
+    long_input = {"model": "chat", "input": ["word " * 30, "word " * 30]}  # ~76 tokens
+    r = await gw.client.post("/v1/embeddings", json=long_input, headers=bearer(secret))
+    message = str(assert_refused(r, "rate_limit_exceeded")["message"])
+    assert "prompt has" in message and "tokens per minute" in message
+    assert r.headers["x-ratelimit-remaining-tokens"] == "50"  # nothing was charged
+    ok = await gw.client.post(
+        "/v1/embeddings", json={"model": "chat", "input": "Hello there"}, headers=bearer(secret)
+    )
+    assert ok.status_code == 200, ok.text
+    used = ok.json()["usage"]["prompt_tokens"]
+    assert await window_total(gw.gateway.limiter, 50, "embed-tpm") == used  # corrected
+
+
 async def test_requests_at_once(tmp_path: Path, master_env: str) -> None:
     models = fake_models(tmp_path, chat={"token_seconds": 0.05}, other={})
     async with gateway_app(tmp_path, models=models) as gw:
@@ -231,7 +251,7 @@ async def test_tokens_past_the_limit_fill_the_window(tokens: int) -> None:
     for sent in (False, True):
         if sent:
             await limiter.send_charges()
-            limiter.stats_ttl = 0  # read the storage itself from now on
+            limiter.windows.stats_ttl = 0  # read the storage itself from now on
         if tokens >= 10:
             with pytest.raises(RateLimited):
                 await limiter.admit(key)
@@ -298,9 +318,118 @@ async def test_a_refused_prompt_charges_nothing_and_says_what_is_left() -> None:
     await first.admit_prompt(30)  # a later attempt of an admitted request is not refused
     await limiter.charge(first, 70)  # the usage: 20 of the 90 charged come back
     await limiter.send_charges()
-    limiter.stats_ttl = 0
+    limiter.windows.stats_ttl = 0
     third = await limiter.admit(key)
     assert dict(third.headers)[b"x-ratelimit-remaining-tokens"] == b"30"
     with pytest.raises(RateLimited, match="more than the 100 tokens per minute"):
         await third.admit_prompt(101)
+    await limiter.close()
+
+
+# -- tokens: on this router's view far from the limit, by the storage near it -----------------
+
+
+def _remaining_tokens(headers: list[tuple[bytes, bytes]]) -> int:
+    return int(dict(headers)[b"x-ratelimit-remaining-tokens"])
+
+
+async def test_a_prompt_far_from_the_limit_skips_the_storage_and_near_it_is_exact() -> None:
+    """Far from the limit a prompt is let in on this router's view of the window, with no
+    storage call; near it, by the storage: the prompt that would go over is refused, though
+    the earlier prompts were let in on the view and had not reached the storage yet."""
+    within_one_minute_window(2)
+    limiter = Limiter(GatewaySettings())
+    hits: list[int] = []
+    hit = limiter.windows.strategy.hit
+
+    async def counted_hit(*args: object, cost: int = 1) -> bool:
+        hits.append(cost)
+        return await hit(*args, cost=cost)  # type: ignore[arg-type]
+
+    limiter.windows.strategy.hit = counted_hit  # type: ignore[method-assign]
+    key = ApiKey(name="near", hash="h", scopes=frozenset(), tpm=100)
+    first = await limiter.admit(key)
+    await first.admit_prompt(30)  # 70 left after it: at least half the limit
+    assert hits == [] and _remaining_tokens(first.headers) == 70
+    await limiter.charge(first, 30)
+
+    second = await limiter.admit(key)
+    assert _remaining_tokens(second.headers) == 70
+    await second.admit_prompt(25)  # 45 left after it: the storage decides
+    assert hits == [30, 25]  # this router's unsent charge first, then the prompt
+    assert _remaining_tokens(second.headers) == 45
+
+    third = await limiter.admit(key)
+    with pytest.raises(RateLimited, match="prompt has 46 tokens and 45 of its 100"):
+        await third.admit_prompt(46)
+    await limiter.charge(third, 0)
+    fourth = await limiter.admit(key)
+    await fourth.admit_prompt(45)  # exactly what is left
+    assert _remaining_tokens(fourth.headers) == 0
+    with pytest.raises(RateLimited, match="tokens per minute"):
+        await limiter.admit(key)
+    await limiter.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tpm=st.integers(1, 400),
+    steps=st.lists(
+        st.tuples(st.integers(1, 250), st.sampled_from(["", "send", "read"])),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_prompts_are_never_let_past_the_token_limit_nor_refused_under_it(
+    tpm: int, steps: list[tuple[int, str]]
+) -> None:
+    """Each step a request whose prompt of `tokens` is also its usage; after it, this router
+    sends its charges, or reads the storage afresh, or neither. All at one instant (a cold
+    start with everything at once): whether a prompt was let in on the view or by the
+    storage, those let in never add up to more than the limit, a prompt is refused only when
+    it would go over, and the headers say exactly what is left."""
+
+    async def run() -> None:
+        within_one_minute_window(1)
+        limiter = Limiter(GatewaySettings())
+        key = ApiKey(name="i", hash="h", scopes=frozenset(), tpm=tpm)
+        used = 0
+        for tokens, then in steps:
+            try:
+                admission = await limiter.admit(key)
+            except RateLimited:
+                assert used >= tpm  # refused at the door only when nothing is left
+                continue
+            try:
+                await admission.admit_prompt(tokens)
+            except RateLimited:
+                assert used + tokens > tpm
+                await limiter.charge(admission, 0)
+            else:
+                used += tokens
+                assert used <= tpm
+                assert _remaining_tokens(admission.headers) == tpm - used
+                await limiter.charge(admission, tokens)
+            if then == "send":
+                await limiter.send_charges()
+            elif then == "read":
+                limiter.windows.forget("tokens", tpm, "i")  # the next request reads the storage
+        assert await window_total(limiter, tpm, "i") == used
+        await limiter.close()
+
+    asyncio.run(run())
+
+
+async def test_a_keys_requests_and_tokens_are_counted_apart_when_their_limits_are_equal() -> None:
+    within_one_minute_window(2)
+    limiter = Limiter(GatewaySettings())
+    key = ApiKey(name="eq", hash="h", scopes=frozenset(), rpm=50, tpm=50)
+    first = await limiter.admit(key)
+    await first.admit_prompt(40)
+    await limiter.charge(first, 40)
+    await limiter.send_charges()
+    limiter.windows.stats_ttl = 0  # from the storage itself
+    headers = dict((await limiter.admit(key)).headers)
+    assert headers[b"x-ratelimit-remaining-requests"] == b"48"
+    assert headers[b"x-ratelimit-remaining-tokens"] == b"10"
     await limiter.close()

@@ -13,7 +13,9 @@ How a prompt is counted:
   tokenizes it, so the count is the prompt's usage;
 - a remote target: an estimate (`estimate`), OpenAI's rule of thumb of 4 characters a token
   plus 4 tokens of framing per message and 3 to prime the answer; the upstream's own count,
-  known at the end, corrects it."""
+  known at the end, corrects it;
+- embedding inputs: the same estimate, for local models too (counting them exactly would
+  tokenize every input once more in the model's worker), corrected by the usage."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..types import GenerationRequest
 if TYPE_CHECKING:
     from ..worker.client import Worker
 
-__all__ = ["PromptGate", "count_local", "estimate", "prompt_gate"]
+__all__ = ["PromptGate", "count_local", "estimate", "estimate_inputs", "prompt_gate"]
 
 CHARS_PER_TOKEN = 4
 PER_MESSAGE = 4
@@ -50,6 +52,15 @@ def estimate(request: GenerationRequest) -> int:
         return math.ceil(len(request.prompt or "") / CHARS_PER_TOKEN)
     return ANSWER_PRIMING + sum(
         PER_MESSAGE + math.ceil(len(m.content) / CHARS_PER_TOKEN) for m in request.messages
+    )
+
+
+def estimate_inputs(inputs: list[str] | list[list[int]]) -> int:
+    """The tokens embedding `inputs` will likely count (exact for token ids): charged before
+    they are embedded, local or remote; the usage the answer reports corrects it."""
+    return sum(
+        len(item) if isinstance(item, list) else math.ceil(len(item) / CHARS_PER_TOKEN)
+        for item in inputs
     )
 
 

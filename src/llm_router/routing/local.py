@@ -25,7 +25,7 @@ from ..types import (
     TextDelta,
 )
 from ..worker.client import Worker
-from .admission import count_local, prompt_gate
+from .admission import count_local, estimate_inputs, prompt_gate
 from .targets import Call, EmbedCall, Lease, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
@@ -135,6 +135,9 @@ class LocalTarget(Target):
         text, or cannot give `dimensions`."""
         source = self.lifecycle.resolve(self.id).source
         _check(source, call.dimensions)
+        gate = prompt_gate.get()
+        if gate is not None:  # a limit counts the inputs' tokens before they are embedded
+            await gate.admit_prompt(estimate_inputs(call.inputs))
         async with self.lifecycle.lease(self.id) as worker:
             out = await worker.embed(call.inputs)
         matryoshka = bool(source.info and source.info.matryoshka)

@@ -19,7 +19,7 @@ from ..types import (
     TextDelta,
     Usage,
 )
-from .admission import estimate, prompt_gate
+from .admission import estimate, estimate_inputs, prompt_gate
 from .targets import Call, EmbedCall, Target
 from .upstream import Upstream
 
@@ -55,6 +55,9 @@ class RemoteTarget(Target):
 
     async def embed(self, call: EmbedCall) -> Embeddings:
         """The server's vectors (asked as floats), whatever encoding the client wants."""
+        gate = prompt_gate.get()
+        if gate is not None:  # a limit counts the inputs' tokens before they are sent
+            await gate.admit_prompt(estimate_inputs(call.inputs))
         body = {**call.body, "encoding_format": "float"}
         data = await self.client.embed(body)
         try:
