@@ -1,18 +1,21 @@
 """Where the spans of tracing.py go: into an SDK TracerProvider, as the SDK's own spans with the
-same ids, times, parents, attributes, status and events, either at once in this process
-(`InProcess`, for a provider given in code: the tests' in-memory exporter) or in an exporter
-process (`ExporterProcess`, for the server: `python -m llm_router.trace_export`), which makes
-them and exports them over OTLP with the SDK's BatchSpanProcessor.
+same ids, times, parents, attributes, status and events, at once in this process (`InProcess`,
+for a provider given in code: the tests' in-memory exporter), or over OTLP from an exporter
+process (`ExporterProcess`, for the server: `python -m llm_router.trace_export`).
 
 The exporter process gets the spans as plain tuples (`Record`), `marshal`led in batches down a
-pipe by a thread of this process every 200 ms: ~2 us a span here, where making and encoding
-the SDK's span costs ~45 us, now on another core. Spans wait at most that long; if the
-exporter process falls behind, up to `MAX_PENDING` spans queue here, then new ones are dropped
-(logged once). It exits when its pipe closes: at `shutdown`, which waits for its last export,
-or when this process dies."""
+pipe by a thread of this process every 200 ms: ~2 us a span here. It encodes them into OTLP
+requests itself (trace_encode.py: the bytes the SDK's encoder makes of the same spans) and
+sends them with the SDK's OTLP exporter (HTTP or gRPC, configured by the OTEL_* variables);
+where an exporter version gives no way in for encoded requests, it makes the SDK's spans and
+exports them through the BatchSpanProcessor instead (`_Processed`, ~4x the CPU). Spans wait
+at most 200 ms here; if the exporter process falls behind, up to `MAX_PENDING` spans queue
+here, then new ones are dropped (logged once). It exits when its pipe closes: at `shutdown`,
+which waits for its last export, or when this process dies."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import marshal
 import os
@@ -25,7 +28,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["MAX_PENDING", "ExporterProcess", "InProcess", "Record", "emit"]
+__all__ = ["MAX_PENDING", "ExporterProcess", "InProcess", "Record", "exporting"]
 
 log = logging.getLogger(__name__)
 # name, kind, trace id, span id, parent span id (0: none), parent is remote, trace flags,
@@ -166,13 +169,6 @@ class _Direct:
         )
 
 
-def emit(provider: Any, records: list[Record]) -> None:
-    """Make the SDK spans of `records` in `provider` (a one-off; sinks keep their emitter)."""
-    one = _Emitter(provider)
-    for rec in records:
-        one(rec)
-
-
 class InProcess:
     """Each span into the SDK as it ends, in this process."""
 
@@ -247,29 +243,35 @@ class ExporterProcess:
                 self.proc.wait()
 
 
-def _processor(endpoint: str | None) -> tuple[Any, Any]:
-    """The OTLP exporter's BatchSpanProcessor and the resource (configured as the SDK is,
-    from the OTEL_* variables)."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
+def _protocol() -> str:
     env = os.environ
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+    return env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
     )
-    name = env.get("OTEL_SERVICE_NAME", "llm-runner-router")
-    resource = Resource.create({"service.name": name})
+
+
+def _resource() -> Any:
+    """The resource, made as the SDK makes it (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES)."""
+    from opentelemetry.sdk.resources import Resource
+
+    name = os.environ.get("OTEL_SERVICE_NAME", "llm-runner-router")
+    return Resource.create({"service.name": name})
+
+
+def _processor(exporter: Any) -> Any:
+    """The SDK's way: a BatchSpanProcessor fed `ReadableSpan`s (`_Direct`)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     # Spans come in batches of a few thousand (every 200 ms at a few thousand requests/s):
     # the SDK's default queue of 2048 would drop some of each.
-    queue = int(env.get("OTEL_BSP_MAX_QUEUE_SIZE") or MAX_PENDING)
-    return BatchSpanProcessor(_exporter(protocol, endpoint), max_queue_size=queue), resource
+    queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or MAX_PENDING)
+    return BatchSpanProcessor(exporter, max_queue_size=queue)
 
 
 def _exporter(protocol: str, endpoint: str | None) -> Any:
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+        cls = _grpc_requests()
+        return cls(endpoint=endpoint) if endpoint else cls()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpExporter,
     )
@@ -278,6 +280,89 @@ def _exporter(protocol: str, endpoint: str | None) -> Any:
         return HttpExporter()  # reads the OTEL_* variables, appends /v1/traces itself
     url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/")
     return HttpExporter(endpoint=url if url.endswith("/v1/traces") else url + "/v1/traces")
+
+
+def _grpc_requests() -> Any:
+    """The SDK's OTLP/gRPC span exporter, which also exports a request already made (an
+    `ExportTraceServiceRequest`) through its channel, headers, timeout and retries."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    class GrpcExporter(OTLPSpanExporter):
+        def _translate_data(self, data: Any) -> Any:
+            return data if hasattr(data, "resource_spans") else super()._translate_data(data)
+
+        def _count_data(self, data: Any) -> int:
+            if not hasattr(data, "resource_spans"):
+                return len(data)
+            return sum(len(s.spans) for r in data.resource_spans for s in r.scope_spans)
+
+    return GrpcExporter
+
+
+class _Encoded:
+    """Batches of records encoded here (trace_encode.py) and sent by the SDK's OTLP exporter:
+    its endpoint, headers, compression, timeout, retries and TLS settings, with no SDK span,
+    span processor or protobuf message made per span. A request carries up to 1 MiB of spans
+    (trace_encode.MAX_BYTES), and at most OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans when it is set
+    (the BatchSpanProcessor's 512 a request made it half this process's CPU)."""
+
+    def __init__(self, exporter: Any, resource: Any, send: Any) -> None:
+        from . import __version__
+        from .trace_encode import Encoder
+
+        self.exporter = exporter
+        self.send = send
+        self.encoder = Encoder(
+            resource.attributes, "llm_router", __version__, resource.schema_url or ""
+        )
+        size = os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+        self.size = int(size) if size else None
+
+    @classmethod
+    def make(cls, protocol: str, exporter: Any, resource: Any) -> _Encoded | None:
+        """None when this version of the exporter has no way in for encoded bytes."""
+        if protocol == "grpc":
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceRequest,
+            )
+
+            parse = ExportTraceServiceRequest.FromString
+            return cls(exporter, resource, lambda data: exporter.export(parse(data)))
+        client = getattr(exporter, "_client", None)  # opentelemetry-exporter-otlp >= 1.40
+        if client is None or not callable(getattr(client, "export", None)):
+            return None
+        return cls(exporter, resource, client.export)
+
+    def __call__(self, records: list[Record]) -> None:
+        for request in self.encoder.requests(records, self.size):
+            self.send(request)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+class _Processed:
+    """The SDK's way, where `_Encoded` cannot be: `ReadableSpan`s into a BatchSpanProcessor."""
+
+    def __init__(self, exporter: Any, resource: Any) -> None:
+        self.processor = _processor(exporter)
+        self.put = _Direct(self.processor, resource)
+
+    def __call__(self, records: list[Record]) -> None:
+        for rec in records:
+            self.put(rec)
+
+    def shutdown(self) -> None:
+        self.processor.shutdown()
+
+
+def exporting(endpoint: str | None, *, encode: bool = True) -> _Encoded | _Processed:
+    """What the exporter process hands its batches to (configured, as the SDK is, from the
+    OTEL_* variables); `encode=False`: the SDK's way (a test compares the two)."""
+    protocol, resource = _protocol(), _resource()
+    exporter = _exporter(protocol, endpoint)
+    encoded = _Encoded.make(protocol, exporter, resource) if encode else None
+    return encoded or _Processed(exporter, resource)
 
 
 def _frames(pipe: IO[bytes]) -> Iterator[list[Record]]:
@@ -294,14 +379,13 @@ def main() -> None:
     """The exporter process: batches of records on stdin until it closes, then a last export
     (Ctrl-C is for the server, which closes the pipe as it stops)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    processor, resource = _processor(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
-    put = _Direct(processor, resource)
+    export = exporting(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
+    gc.freeze()  # what the imports made: not walked by every collection of the batches'
     try:
         for batch in _frames(sys.stdin.buffer):
-            for rec in batch:
-                put(rec)
+            export(batch)
     finally:
-        processor.shutdown()
+        export.shutdown()
 
 
 if __name__ == "__main__":

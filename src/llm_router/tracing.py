@@ -18,7 +18,8 @@ BENCHMARKS.md). Sampling is the SDK's sampler, asked once per request at its ser
 children follow it. A finished span goes to a sink: `Tracing(provider)` turns it into the SDK
 span at once, with the same ids, times and parent (the in-memory exporter of the tests sees it
 as the SDK made it); `Tracing.from_settings` batches them to an exporter process
-(trace_export.py) that does the same and exports over OTLP, on another core."""
+(trace_export.py) that encodes them to OTLP as the SDK would and exports them, on another
+core."""
 
 from __future__ import annotations
 

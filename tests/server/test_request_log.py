@@ -3,15 +3,18 @@ what served it, the client's x-request-id kept (or one made), no prompt or key u
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inproc import app_client
-from llm_router.logs import JsonFormatter
+from llm_router.logs import JsonFormatter, JsonLines, sole_json_handler
+from llm_router.server import request_log
 from servers import SMOL, MakeClient, Server
 
 CHAT = {
@@ -122,3 +125,45 @@ def test_a_real_server_writes_json_lines_with_the_request_id(
     assert any(x.get("logger") == "llm_router.lifecycle.manager" for x in lines)  # loads too
     assert "sk-secret-1" not in srv.log_path.read_text()
     assert "Say hi" not in srv.log_path.read_text()
+
+
+def test_the_json_handler_alone_writes_the_same_line_without_a_record(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's case (the JSON handler is the only one): the line written without a
+    `LogRecord` is the one the formatter writes of the record, but for the time of day."""
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    logger = logging.getLogger("llm_router.requests")
+    monkeypatch.setattr(logger, "propagate", False)
+    scope = {"method": "POST", "path": "/v1/chat/completions"}
+    state = {"key_name": "team-a"}
+    out: dict[str, str] = {}
+    for name, handler in {
+        "fast": JsonLines(io.StringIO()),
+        "record": logging.StreamHandler(io.StringIO()),
+    }.items():
+        handler.setFormatter(JsonFormatter())
+        monkeypatch.setattr(logger, "handlers", [handler])
+        assert (sole_json_handler(logger) is handler) == (name == "fast")
+        request_log.write_line(scope, state, 200, 0.0, "id-1", None)
+        out[name] = handler.stream.getvalue()  # type: ignore[attr-defined]
+    fast, record = (json.loads(line) for line in (out["fast"], out["record"]))
+    assert out["fast"].endswith("}\n") and out["fast"].count("\n") == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", fast.pop("time"))
+    record.pop("time")
+    fast.pop("duration_ms"), record.pop("duration_ms")
+    assert list(fast) == list(record) and fast == record
+    assert fast["message"] == "POST /v1/chat/completions 200" and fast["key"] == "team-a"
+
+
+def test_another_handler_or_a_filter_takes_the_usual_way() -> None:
+    logger = logging.Logger("solo")
+    handler = JsonLines(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    assert sole_json_handler(logger) is handler
+    handler.addFilter(lambda r: True)
+    assert sole_json_handler(logger) is None
+    handler.filters.clear()
+    logger.addHandler(logging.StreamHandler(io.StringIO()))
+    assert sole_json_handler(logger) is None

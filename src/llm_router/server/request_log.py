@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.types import Scope
 
+from ..logs import sole_json_handler
+
 __all__ = ["SANE_ID", "Texts", "request_fields", "write_line"]
 
 log = logging.getLogger("llm_router.requests")
@@ -55,7 +57,8 @@ def write_line(
 ) -> None:
     """The request's line, to the `llm_router.requests` logger at INFO (server/front.py calls
     it once the response is done). The record is made without the logger's search of the
-    stack for the caller (`findCaller`: the line says where it is from, this function)."""
+    stack for the caller (`findCaller`: the line says where it is from, this function), and
+    not at all when the JSON handler alone would write it (logs.py)."""
     if not log.isEnabledFor(logging.INFO):
         return
     duration = round((time.perf_counter() - started) * 1000, 2)
@@ -69,10 +72,13 @@ def write_line(
     }
     if texts is not None:
         fields.update(texts.fields())
+    line = _Line(fields)
+    handler = sole_json_handler(log)
+    if handler is not None:  # the server's JSON log: the same line, without the record
+        handler.line(log.name, line.summary, fields)
+        return
     extra = {"fields": fields}
-    log.handle(
-        log.makeRecord(log.name, logging.INFO, __file__, 0, _Line(fields), (), None, None, extra)
-    )
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None, None, extra))
 
 
 class _Line:

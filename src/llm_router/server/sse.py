@@ -153,7 +153,7 @@ class DisconnectWatch:
         self._idle = idle
         self._every = every if idle is not None else None
         self._stopped = False
-        self._watcher = asyncio.ensure_future(self._watch())
+        self._watcher: asyncio.Future[None] | None = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -186,7 +186,12 @@ class DisconnectWatch:
     def stop(self) -> None:
         """From now on a disconnect cancels nothing and no ping is sent."""
         self._stopped = True
-        self._watcher.cancel()
+        if self._watcher is not None:
+            # let go: the cancelled task keeps its CancelledError, whose traceback holds the
+            # frame of `_watch` and so this object: a cycle that left the whole request (its
+            # task, context, spans) to the garbage collector instead of being freed at once
+            self._watcher.cancel()
+            self._watcher = None
 
 
 class _FlushBeforeWait(Generic[T]):
