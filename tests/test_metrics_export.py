@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
-from inproc import app_client
+from inproc import app_client, fake_models
 from llm_router.metrics import unload_reason
 
 LABELS = {"model", "endpoint", "outcome", "kind", "event", "route", "target", "error", "tier"}
@@ -53,8 +54,35 @@ async def test_decode_queue_and_unload_metrics_are_counted(tmp_path: Path) -> No
     assert _value(text, 'llm_router_time_per_output_token_seconds_count{model="chat"}') == 1
     assert _value(text, 'llm_router_queue_wait_seconds_count{model="chat"}') == 1
     assert _value(text, 'llm_router_model_unloads_total{model="chat",reason="requested"}') == 1
+    assert _value(text, 'llm_router_model_loads_total{model="chat",reason="request"}') == 1
     assert _value(text, 'llm_router_model_unload_seconds_count{model="chat"}') == 1
     assert _value(text, 'llm_router_target_in_flight_requests{model="chat"}') == 0
+
+
+async def _wait_for(client: Any, series: str) -> str:
+    """/metrics once `series` is in it (loads and unloads finish in the background)."""
+    for _ in range(250):
+        text = str((await client.get("/metrics")).text)
+        if series in text:
+            return text
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{series} is not in /metrics")
+
+
+async def test_loads_are_counted_by_what_asked_for_them(tmp_path: Path) -> None:
+    """At start for `preload`, by POST /models/load, by a request naming the model."""
+    models = fake_models(tmp_path, chat={}, other={})
+    async with app_client(tmp_path, models=models, preload=["other"]) as client:
+        await _wait_for(client, 'llm_router_model_loads_total{model="other",reason="preload"} 1')
+        assert (await client.post("/models/load", json={"model": "chat"})).status_code == 200
+        await _wait_for(client, 'llm_router_model_loads_total{model="chat",reason="requested"} 1')
+        assert (await client.post("/models/unload", json={"model": "chat"})).status_code < 300
+        await _wait_for(client, 'llm_router_model_unloads_total{model="chat",reason="requested"} 1')
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        text = (await client.get("/metrics")).text
+    assert _value(text, 'llm_router_model_loads_total{model="chat",reason="request"}') == 1
+    assert _value(text, 'llm_router_model_loads_total{model="chat",reason="requested"}') == 1
 
 
 def test_unload_reasons_are_a_closed_set() -> None:

@@ -34,6 +34,7 @@ _ENGINE_COUNTERS = {
 }
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 _UNLOAD_REASONS = ("idle", "evicted", "requested")
+_LOAD_REASONS = frozenset({"request", "preload", "requested"})
 
 
 def unload_reason(reason: object) -> str:
@@ -111,6 +112,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loads = Counter(
+            "llm_router_model_loads",
+            "Models loaded, by reason (request: a request named it; preload: at start, for "
+            "`preload` or `pin`; requested: POST /models/load)",
+            ["model", "reason"],
+            registry=r,
+        )
         self.unloads = Counter(
             "llm_router_model_unloads",
             "Models unloaded, by reason (idle, evicted, requested, cancelled: a load given up, other)",
@@ -169,8 +177,11 @@ class Metrics:
     def _on_event(self, event: dict[str, Any]) -> None:
         model, kind = event["model"], event["event"]
         self.lifecycle.labels(model, kind).inc()
-        if kind == "loaded" and event.get("load_seconds") is not None:
-            self.load_seconds.labels(model).observe(event["load_seconds"])
+        if kind == "loaded":
+            reason = event.get("reason")
+            self.loads.labels(model, reason if reason in _LOAD_REASONS else "other").inc()
+            if event.get("load_seconds") is not None:
+                self.load_seconds.labels(model).observe(event["load_seconds"])
         elif kind == "unloading":
             self._unloading[model] = time.monotonic()
         elif kind == "unloaded":

@@ -65,9 +65,11 @@ class Admission:
                 f"is {self.budget / MiB:.0f} MiB"
             )
 
-    def request_load(self, name: str) -> ModelState:
+    def request_load(self, name: str, reason: str = "requested") -> ModelState:
         """Start loading `name` unless it is loaded, loading or waiting; returns at once. An
-        explicit load also retries a model whose earlier load failed."""
+        explicit load also retries a model whose earlier load failed. `reason`: "requested"
+        (POST /models/load) or "preload" (at start: `preload`, `pin`), on the load's events
+        and metrics."""
         state = self.resolve(name)
         if state.source.error is not None:
             raise ModelLoadFailed(f"model '{state.id}' cannot be loaded: {state.source.error}")
@@ -76,11 +78,12 @@ class Admission:
         if state.status in (Status.UNLOADED, Status.ERROR):
             self._check_fits(state)
             state.sticky = False
-            self._queue_load(state)
+            self._queue_load(state, reason)
         return state
 
-    def _queue_load(self, state: ModelState) -> None:
+    def _queue_load(self, state: ModelState, reason: str) -> None:
         check_available(state.source.engine)
+        state.load_reason = reason
         state.set_status(Status.WAITING)
         state.waiting_since = asyncio.get_running_loop().time()
         self._admission.append(state)
@@ -185,7 +188,7 @@ class Admission:
 
     def _start_load(self, state: ModelState) -> None:
         state.set_status(Status.LOADING)
-        self.events.publish("loading", state.id)
+        self.events.publish("loading", state.id, reason=state.load_reason)
         state.load_task = asyncio.create_task(self._load(state), name=f"load-{state.id}")
         # Nobody awaits a load task: its outcome is in `state`; retrieve it so a failure does
         # not log "Task exception was never retrieved".

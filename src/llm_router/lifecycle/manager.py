@@ -90,7 +90,7 @@ class ModelManager(Leases, Admission):
                 self._refill_spare(engine)
         for state in self.registry:
             if state.source.config.pin or state.id in self.settings.preload:
-                self.request_load(state.id)
+                self.request_load(state.id, reason="preload")
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -232,6 +232,7 @@ class ModelManager(Leases, Admission):
             state.id,
             load_seconds=round(state.load_seconds, 3),
             memory_bytes=state.memory_bytes,
+            reason=state.load_reason,
         )
         log.info(
             "model %s loaded in %.2f s: %s MiB measured, %.0f MiB estimated (%s, %s)",

@@ -41,6 +41,7 @@ class ModelState:
     worker: Worker | None = None
     load_task: asyncio.Task[Worker] | None = None
     load_requested: bool = False  # explicit load (request_load): waits for room with no waiters
+    load_reason: str = "request"  # what queued the load under way: request, preload, requested
     active: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     # Draining: a waiting load needs this model's room. Only the requests already queued
