@@ -105,7 +105,7 @@ async def test_expired_entries_are_deleted_and_the_file_shrinks(tmp_path: Path) 
     evicted: dict[str, int] = {}
     disk = SqliteTier(
         path,
-        ttl=0.2,
+        ttl=1.0,  # longer than writing the 100 entries takes, even on a busy machine
         max_bytes=1 << 30,
         prune_interval=0.05,
         evicted=lambda reason, rows: evicted.update({reason: evicted.get(reason, 0) + rows}),
@@ -115,11 +115,11 @@ async def test_expired_entries_are_deleted_and_the_file_shrinks(tmp_path: Path) 
         for i in range(100):
             await disk.set(f"k{i}", bytes(20_000))
         full = _file_bytes(path)
-        for _ in range(200):  # the timer prunes while nothing is written
+        for _ in range(400):  # the timer prunes while nothing is written (20 s at most)
             await asyncio.sleep(0.05)
-            if _file_bytes(path) < full // 10:
+            keys, size, total = _stored(path)
+            if not keys and _file_bytes(path) < full // 10:
                 break
-        keys, size, total = _stored(path)
         emptied = _file_bytes(path)
     finally:
         await disk.close()
