@@ -9,7 +9,6 @@ routes, routes_openai.py) go to their handler through the app's exception handle
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -54,11 +53,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start(settings.host)  # keys, limits, usage; refuses an open public bind
-        await core.start()
-        # What is alive now (modules, the app, settings) lives as long as the server; frozen,
-        # a full collection under load walks only what requests made (see BENCHMARKS.md).
-        gc.collect()
-        gc.freeze()
+        await core.start()  # the server process then tunes its collector (run.tune_gc)
         try:
             yield
         finally:
