@@ -8,9 +8,10 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .keys import ApiKey
 from .service import Gateway
 
-__all__ = ["serve_keyless"]
+__all__ = ["record_route", "serve_keyless"]
 
 
 async def serve_keyless(
@@ -30,17 +31,29 @@ async def serve_keyless(
     try:
         await app(scope, receive, sending)
     finally:
-        route = scope.get("state", {}).get("route")
-        usage = getattr(route, "usage", None)
-        gateway.record(
-            None,
-            model=getattr(route, "model", "") or "",
-            target=getattr(route, "target", "") or "",
-            route=scope["path"],
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            status=status or 499,
-            latency=time.perf_counter() - started,
-            ttft=getattr(route, "ttft", None),
-        )
+        record_route(gateway, None, scope, status, started)
+
+
+def record_route(
+    gateway: Gateway, key: ApiKey | None, scope: Scope, status: int, started: float
+) -> tuple[int, int, float]:
+    """Record one finished inference request from the route's record (serving/generate.py's
+    `RouteInfo` at `scope["state"]["route"]`; none for a request refused before the route):
+    its (prompt tokens, completion tokens, cost). No status: the client left (499)."""
+    route = scope.get("state", {}).get("route")
+    usage = getattr(route, "usage", None)
+    prompt = usage.prompt_tokens if usage else 0
+    completion = usage.completion_tokens if usage else 0
+    cost = gateway.record(
+        key,
+        model=getattr(route, "model", "") or "",
+        target=getattr(route, "target", "") or "",
+        route=scope["path"],
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=usage.cached_tokens if usage else 0,
+        status=status or 499,
+        latency=time.perf_counter() - started,
+        ttft=getattr(route, "ttft", None),
+    )
+    return prompt, completion, cost

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ModelNotFound, PermissionDenied, RateLimited, RouterError
-from ..gateway.accounting import serve_keyless
+from ..gateway.accounting import record_route, serve_keyless
 from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
 from ..routing.admission import prompt_gate
@@ -207,23 +207,7 @@ class GatewayMiddleware:
         finally:
             prompt_gate.reset(gate)
             gw.limiter.release(admission)
-            route = scope.get("state", {}).get("route")
-            usage = getattr(route, "usage", None)
-            prompt = usage.prompt_tokens if usage else 0
-            completion = usage.completion_tokens if usage else 0
-            target = getattr(route, "target", "") or ""
-            cost = gw.record(
-                key,
-                model=getattr(route, "model", "") or "",
-                target=target,
-                route=scope["path"],
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                cached_tokens=usage.cached_tokens if usage else 0,
-                status=status or 499,
-                latency=time.perf_counter() - started,
-                ttft=getattr(route, "ttft", None),
-            )
+            prompt, completion, cost = record_route(gw, key, scope, status, started)
             if self.metrics is not None:
                 self.metrics.count(key.name, status or 499, prompt, completion, cost)
             if admission.limits.tpm is not None and (
