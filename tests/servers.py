@@ -138,13 +138,19 @@ class Server:
         if self.proc is None or self.proc.poll() is not None:
             return []
         children = self.descendants()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, 15)
         return children
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to a process this test started, wait up to `timeout` s, then kill it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 MakeClient = Callable[[Server], openai.OpenAI]

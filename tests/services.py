@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import stop_process
+
 __all__ = [
     "Postgres",
     "Redis",
@@ -47,16 +49,6 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{proc.args[0]} did not listen in {timeout}s")
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 class Redis:
@@ -93,7 +85,7 @@ class Redis:
         _wait_port(self.port, self.proc, self.log, 20)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc, 10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -196,7 +188,7 @@ class Postgres:
         return self.url.rsplit("/", 1)[0] + "/" + name
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGINT)
+        stop_process(self.proc, 10, signal.SIGINT)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from servers import SMOL, MakeClient, Server, free_port
+from servers import SMOL, MakeClient, Server, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,13 +97,7 @@ class Phoenix:
         return found
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from ray_cluster import RayCluster, wait_until
-from servers import GEMMA, SMOL, free_port
+from servers import GEMMA, SMOL, free_port, stop_process
 
 pytestmark = [pytest.mark.ray, pytest.mark.real, pytest.mark.timeout(240)]
 
@@ -82,13 +82,7 @@ class RayServer:
         return list((entry.get("runtime") or {}).get("replicas") or [])
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 60)
         return self.proc.returncode
 
 
