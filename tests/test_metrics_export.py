@@ -46,11 +46,9 @@ async def test_decode_queue_and_unload_metrics_are_counted(tmp_path: Path) -> No
         body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
         assert (await client.post("/models/unload", json={"model": "chat"})).status_code < 300
-        for _ in range(100):
-            text = (await client.get("/metrics")).text
-            if 'llm_router_model_unloads_total{model="chat",reason="requested"}' in text:
-                break
-            await asyncio.sleep(0.02)  # the unload finishes in the background
+        text = await _wait_for(
+            client, 'llm_router_model_unloads_total{model="chat",reason="requested"}'
+        )
     assert _value(text, 'llm_router_time_per_output_token_seconds_count{model="chat"}') == 1
     assert _value(text, 'llm_router_queue_wait_seconds_count{model="chat"}') == 1
     assert _value(text, 'llm_router_model_unloads_total{model="chat",reason="requested"}') == 1
