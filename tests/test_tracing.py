@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
-from fastapi import FastAPI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,7 +19,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from inproc import app_client
 from llm_router.config import ModelConfig, RouteConfig, Settings
-from llm_router.server.tracing import TraceMiddleware
 from llm_router.tracing import Tracing
 from servers import SMOL, MakeClient, Server
 
@@ -30,18 +28,14 @@ TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 
 
 @pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-def _tracing(exporter: InMemorySpanExporter) -> Any:
+def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """Tracing on for the apps the test makes, into an in-memory exporter: the server's own
+    path (create_app asks `Tracing.from_settings`, its front layer opens the spans)."""
+    memory = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-
-    def setup(app: FastAPI) -> None:
-        app.add_middleware(TraceMiddleware, tracing=Tracing(provider))
-
-    return setup
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(Tracing, "from_settings", classmethod(lambda cls, s: cls(provider)))
+    return memory
 
 
 def _by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]:
@@ -58,7 +52,7 @@ def _parent(span: ReadableSpan) -> int | None:
 async def test_a_local_request_has_its_spans_under_one_server_span(
     tmp_path: Path, exporter: InMemorySpanExporter
 ) -> None:
-    async with app_client(tmp_path, setup=_tracing(exporter)) as client:
+    async with app_client(tmp_path) as client:
         response = await client.post(
             "/v1/chat/completions",
             json={"model": "chat", **CHAT},
@@ -144,9 +138,7 @@ async def test_a_fallback_shows_both_attempts_and_the_upstream_gets_the_tracepar
         ModelConfig(id="up", provider="openai", base_url=up, health_check_interval=0),
     ]
     routes = [RouteConfig(name="pair", strategy="round-robin", targets=["down"], fallbacks=["up"])]
-    async with app_client(
-        tmp_path, setup=_tracing(exporter), models=models, routes=routes
-    ) as client:
+    async with app_client(tmp_path, models=models, routes=routes) as client:
         response = await client.post("/v1/chat/completions", json={"model": "pair", **CHAT})
     assert response.status_code == 200, response.text
     spans = _by_name(exporter.get_finished_spans())

@@ -33,7 +33,7 @@ from llm_router.errors import (
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
-from llm_router.worker import client
+from llm_router.worker import spawn
 from llm_router.worker.pool import WorkerPool
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.real]  # real worker processes (the fake engine)
@@ -649,7 +649,7 @@ async def test_a_worker_whose_channel_breaks_is_killed(
     """A worker whose reply line is past the channel's limit can never be read again: it is
     killed, its request fails, the model goes to `error` and the next request loads it again
     (rather than staying `loaded` behind a dead channel)."""
-    monkeypatch.setattr(client, "STREAM_LIMIT", 256 * 1024)
+    monkeypatch.setattr(spawn, "STREAM_LIMIT", 256 * 1024)
     model = fake_model(tmp_path, "a", reply="short " + "x" * (512 * 1024))
     manager = await harness.manager([model], spare_workers=False)
     state = manager.resolve("a")

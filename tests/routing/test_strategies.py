@@ -331,6 +331,7 @@ def test_routing_package_exports_exactly_its_all() -> None:
         "local",
         "remote",
         "upstream",
+        "upstream_errors",
         "admission",
         "shared_breakers",
     }

@@ -13,7 +13,7 @@ import pytest
 from llm_router.engines import LoadSpec
 from llm_router.errors import BadRequest
 from llm_router.types import ChatMessage, GenerationRequest, SamplingParams, TextDelta
-from llm_router.worker.client import Spare, Worker
+from llm_router.worker.client import Worker
 from llm_router.worker.protocol import (
     Reply,
     decode,
@@ -24,6 +24,7 @@ from llm_router.worker.protocol import (
     pieces_from_wire,
     pieces_to_wire,
 )
+from llm_router.worker.spawn import Spare
 
 
 def test_pieces_and_messages_cross_the_channel_unchanged() -> None:

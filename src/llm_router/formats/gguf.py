@@ -3,12 +3,9 @@ the tensor data the header announces is all there (a truncated download is caugh
 by the engine). Little-endian GGUF v2 and v3 only.
 
 Big arrays (a 262,144-token vocabulary) are skipped by size; of string arrays only the
-lengths are read, except for the tokens asked for. The shape facts (heads, KV heads, window,
-vocabulary and merge counts, tensor bytes) are what a memory estimate needs, read as llama.cpp
-reads them (`llama-model.cpp`'s hparams).
-
-Over the ~400-line guide on purpose: one reader of one format, the binary parser with the
-facts read from it; its tables (value and tensor types) take a fifth of it."""
+lengths are read, except for the tokens asked for (the byte layer is gguf_parse.py). The
+shape facts (heads, KV heads, window, vocabulary and merge counts, tensor bytes) are what a
+memory estimate needs, read as llama.cpp reads them (`llama-model.cpp`'s hparams)."""
 
 from __future__ import annotations
 
@@ -18,37 +15,18 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from llm_router.errors import InvalidModelFile
+
+from .gguf_parse import Array, Corrupt, Parser
 
 __all__ = ["GGUF_MAGIC", "GGUFInfo", "is_gguf", "read_gguf_info"]
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 8
-_MAX_ARRAY_NESTING = 8
 _MAX_LAYERS = 4096
-_STRING, _ARRAY = 8, 9
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-# GGUF metadata value types (gguf.h) other than string (8) and array (9).
-_SCALARS: dict[int, struct.Struct] = {
-    t: struct.Struct(f)
-    for t, f in (
-        (0, "<B"),
-        (1, "<b"),
-        (2, "<H"),
-        (3, "<h"),
-        (4, "<I"),
-        (5, "<i"),
-        (6, "<f"),
-        (7, "<?"),
-        (10, "<Q"),
-        (11, "<q"),
-        (12, "<d"),
-    )
-}
 # ggml_type id -> (name, elements per block, bytes per block), per ggml.h / gguf-py.
 _GGML_TYPES: dict[int, tuple[str, int, int]] = {
     0: ("F32", 1, 4),
@@ -189,113 +167,6 @@ def is_gguf(path: Path) -> bool:
         return False
 
 
-class _Corrupt(Exception):
-    """Why the file cannot be read (internal; becomes InvalidModelFile naming the path)."""
-
-
-class _Short(_Corrupt):
-    """The header runs past the end of the file."""
-
-    def __init__(self, needed: int, size: int) -> None:
-        super().__init__(f"header ends early: it needs {needed:,} bytes, the file has {size:,}")
-
-
-class _Array(NamedTuple):
-    etype: int
-    length: int
-    start: int  # offset of the first element
-
-
-class _Parser:
-    __slots__ = ("buf", "pos", "size")
-
-    def __init__(self, buf: mmap.mmap, size: int) -> None:
-        self.buf = buf
-        self.size = size
-        self.pos = 0
-
-    def take(self, n: int) -> int:
-        """Advance past `n` bytes that must exist; return where they start."""
-        start = self.pos
-        if start + n > self.size:
-            raise _Short(start + n, self.size)
-        self.pos = start + n
-        return start
-
-    def u32(self) -> int:
-        return int(_U32.unpack_from(self.buf, self.take(4))[0])
-
-    def u64(self) -> int:
-        return int(_U64.unpack_from(self.buf, self.take(8))[0])
-
-    def string(self) -> str:
-        n = self.u64()
-        start = self.take(n)
-        return self.buf[start : start + n].decode("utf-8", "replace")
-
-    def skip_string(self) -> None:
-        self.take(self.u64())
-
-    def value(self, vtype: int, depth: int = 0) -> object:
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY:
-            return self.array(depth)
-        scalar = _SCALARS.get(vtype)
-        if scalar is None:
-            raise _Corrupt(f"unknown metadata value type {vtype} at byte {self.pos}")
-        return scalar.unpack_from(self.buf, self.take(scalar.size))[0]
-
-    def array(self, depth: int) -> _Array:
-        if depth >= _MAX_ARRAY_NESTING:
-            raise _Corrupt(f"metadata arrays nested too deep at byte {self.pos}")
-        etype, count = self.u32(), self.u64()
-        arr = _Array(etype, count, self.pos)
-        if etype == _STRING:
-            self.skip_strings(count)
-        elif etype == _ARRAY:
-            for _ in range(count):
-                self.array(depth + 1)
-        else:
-            scalar = _SCALARS.get(etype)
-            if scalar is None:
-                raise _Corrupt(f"unknown metadata array type {etype} at byte {self.pos}")
-            self.take(count * scalar.size)
-        return arr
-
-    def skip_strings(self, count: int) -> None:
-        # The hot loop on a big vocabulary: locals only, one bounds check per element.
-        buf, size, pos, unpack = self.buf, self.size, self.pos, _U64.unpack_from
-        for _ in range(count):
-            if pos + 8 > size:
-                raise _Short(pos + 8, size)
-            pos += 8 + unpack(buf, pos)[0]
-        if pos > size:
-            raise _Short(pos, size)
-        self.pos = pos
-
-    def numbers(self, arr: _Array) -> list[int]:
-        """The elements of a numeric array already validated by `array` (bools as 0/1)."""
-        scalar = _SCALARS.get(arr.etype)
-        if scalar is None or arr.etype in (6, 12):  # strings, arrays, floats: not counts
-            return []
-        raw = self.buf[arr.start : arr.start + arr.length * scalar.size]
-        return [int(v[0]) for v in scalar.iter_unpack(raw)]
-
-    def strings_at(self, arr: _Array, wanted: set[int]) -> dict[int, str]:
-        """Elements `wanted` of a string array already validated by `skip_strings`."""
-        wanted = {i for i in wanted if 0 <= i < arr.length}
-        if arr.etype != _STRING or not wanted:
-            return {}
-        buf, pos, unpack, found = self.buf, arr.start, _U64.unpack_from, {}
-        for index in range(max(wanted) + 1):
-            n: int = unpack(buf, pos)[0]
-            if index in wanted:
-                found[index] = buf[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
-            pos += 8 + n
-        return found
-
-
 def read_gguf_info(path: Path) -> GGUFInfo:
     """Read the header of a GGUF file. Raises InvalidModelFile, naming the reason, when the
     file is not GGUF, has an unsupported version, is corrupt or truncated."""
@@ -303,10 +174,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         with open(path, "rb") as file:
             magic = file.read(len(GGUF_MAGIC))
             if magic != GGUF_MAGIC:
-                raise _Corrupt("not a GGUF file (" + ("bad magic" if magic else "empty") + ")")
+                raise Corrupt("not a GGUF file (" + ("bad magic" if magic else "empty") + ")")
             with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _read(_Parser(buf, len(buf)), len(buf))
-    except _Corrupt as exc:
+                return _read(Parser(buf, len(buf)), len(buf))
+    except Corrupt as exc:
         reason = str(exc)
     except OSError as exc:
         raise InvalidModelFile(f"{path}: cannot read: {exc.strerror or exc}") from exc
@@ -315,17 +186,17 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     raise InvalidModelFile(f"{path}: {reason}")
 
 
-def _read(p: _Parser, size: int) -> GGUFInfo:
+def _read(p: Parser, size: int) -> GGUFInfo:
     p.take(len(GGUF_MAGIC))
     version = p.u32()
     if version not in (2, 3):
         swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
         hint = " (big-endian GGUF is not supported)" if swapped in (2, 3) else ""
-        raise _Corrupt(f"unsupported GGUF version {version}{hint}")
+        raise Corrupt(f"unsupported GGUF version {version}{hint}")
     n_tensors, n_kv = p.u64(), p.u64()
     # A tensor info takes at least 24 bytes, a key/value 12: reject absurd counts up front.
     if n_tensors * 24 + n_kv * 12 > size:
-        raise _Corrupt(
+        raise Corrupt(
             f"header ends early: {n_tensors:,} tensors and {n_kv:,} metadata entries "
             f"cannot fit in {size:,} bytes"
         )
@@ -336,7 +207,7 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise _Corrupt(f"general.alignment is {alignment!r}, not a power of two")
+        raise Corrupt(f"general.alignment is {alignment!r}, not a power of two")
 
     parameters, data_size, types = 0, 0, Counter[int]()
     tensor_bytes = repack_bytes = 0
@@ -344,7 +215,7 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
         name = p.string()
         n_dims = p.u32()
         if n_dims > _MAX_DIMS:
-            raise _Corrupt(f"tensor #{index} claims {n_dims} dimensions")
+            raise Corrupt(f"tensor #{index} claims {n_dims} dimensions")
         dims = [p.u64() for _ in range(n_dims)]
         ttype, offset = p.u32(), p.u64()
         n_elements = math.prod(dims)
@@ -356,7 +227,7 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
             continue
         type_name, block, block_bytes = known
         if dims and dims[0] % block:
-            raise _Corrupt(f"tensor #{index}: {dims[0]} columns are not whole {type_name} blocks")
+            raise Corrupt(f"tensor #{index}: {dims[0]} columns are not whole {type_name} blocks")
         nbytes = n_elements // block * block_bytes
         data_size = max(data_size, offset + nbytes)
         tensor_bytes += nbytes
@@ -365,7 +236,7 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
 
     data_start = -(-p.pos // alignment) * alignment
     if n_tensors and data_start + data_size > size:
-        raise _Corrupt(
+        raise Corrupt(
             f"truncated: tensor data needs {data_size:,} bytes past offset {data_start:,} "
             f"but the file has {max(size - data_start, 0):,} there "
             f"({size:,} bytes in all, {data_start + data_size - size:,} missing)"
@@ -373,12 +244,12 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
 
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise _Corrupt("general.architecture is missing")
+        raise Corrupt("general.architecture is missing")
     bos_id = _int(meta.get("tokenizer.ggml.bos_token_id"))
     eos_id = _int(meta.get("tokenizer.ggml.eos_token_id"))
     tokens = meta.get("tokenizer.ggml.tokens")
     wanted = {i for i in (bos_id, eos_id) if i is not None}
-    found = p.strings_at(tokens, wanted) if isinstance(tokens, _Array) else {}
+    found = p.strings_at(tokens, wanted) if isinstance(tokens, Array) else {}
     return GGUFInfo(
         architecture=arch,
         name=_str(meta.get("general.name")),
@@ -400,12 +271,12 @@ def _read(p: _Parser, size: int) -> GGUFInfo:
     )
 
 
-def _shape(p: _Parser, meta: dict[str, object], arch: str) -> dict[str, Any]:
+def _shape(p: Parser, meta: dict[str, object], arch: str) -> dict[str, Any]:
     """The attention and vocabulary facts, per layer where the header says so per layer."""
 
     def numbers(key: str) -> list[int]:
         value = meta.get(f"{arch}.{key}")
-        if isinstance(value, _Array):
+        if isinstance(value, Array):
             return p.numbers(value)
         return [value] if isinstance(value, int) and not isinstance(value, bool) else []
 
@@ -421,9 +292,9 @@ def _shape(p: _Parser, meta: dict[str, object], arch: str) -> dict[str, Any]:
         "key_length": _int(meta.get(f"{arch}.attention.key_length")),
         "value_length": _int(meta.get(f"{arch}.attention.value_length")),
         "vocab_size": tokens.length
-        if isinstance(tokens, _Array)
+        if isinstance(tokens, Array)
         else _int(meta.get(f"{arch}.vocab_size")),
-        "merges": merges.length if isinstance(merges, _Array) else 0,
+        "merges": merges.length if isinstance(merges, Array) else 0,
         "sliding_window": window,
         "swa_layers": _swa_layers(arch, layers, numbers("attention.sliding_window_pattern"))
         if window

@@ -8,10 +8,10 @@ stub: ~220 us vs ~720 us), and that difference was most of the latency the route
 Bodies are passed through untouched except `model` (replaced by the upstream's own name) and
 `stream`; streamed chunks are handed on one by one as the upstream sends them, never buffered.
 
-Errors leave in one error tree, translated in one place (`_transport_errors`, `status_error`)
-by transport exception class, HTTP status and the structured `code` of the upstream's error
-envelope; never by message text. The API key is only ever put in the Authorization header: it
-is not logged, not in `repr`, not in any error message.
+Errors leave in one error tree, translated in one place (upstream_errors.py) by transport
+exception class, HTTP status and the structured `code` of the upstream's error envelope; never
+by message text. The API key is only ever put in the Authorization header: it is not logged,
+not in `repr`, not in any error message.
 
 Cancellation: the HTTP request lives inside `async with session.post(...)`, so cancelling an
 awaiting `chat()` or closing a `stream_chat()` iterator (`aclose()`, or leaving an
@@ -23,12 +23,7 @@ what they stop reading."""
 from __future__ import annotations
 
 import contextlib
-import logging
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from http import HTTPStatus
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import getproxies_environment, proxy_bypass
@@ -37,16 +32,8 @@ import aiohttp
 from pydantic_core import from_json, to_json
 
 from .. import tracing
-from ..errors import (
-    BadRequest,
-    ContextLengthExceeded,
-    ModelNotFound,
-    QueueFull,
-    RouterError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .upstream_errors import Answer, mid_stream_error, status_error, transport_errors
 
 __all__ = [
     "Upstream",
@@ -57,8 +44,6 @@ __all__ = [
     "status_error",
 ]
 
-log = logging.getLogger(__name__)
-DEFAULT_RETRY_AFTER = 1.0
 MAX_BODY = 64 * 2**20  # an upstream's whole answer, or one line of its stream: more is refused
 
 
@@ -137,9 +122,9 @@ class Upstream:
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         span = self._span(path)
         try:
-            with _transport_errors(self.name):
+            with transport_errors(self.name):
                 async with self._send(path, payload, span) as response:
-                    answer = _Answer.of(response, await _read(self.name, response.content))
+                    answer = Answer.of(response, await _read(self.name, response.content))
         except BaseException as exc:
             tracing.end(span, error=exc)
             raise
@@ -185,11 +170,11 @@ class Upstream:
     async def _chunks(
         self, path: str, payload: dict[str, Any], span: Any
     ) -> AsyncIterator[dict[str, Any]]:
-        with _transport_errors(self.name):
+        with transport_errors(self.name):
             async with self._send(path, payload, span) as response:
                 if response.status >= 400:
                     body = await _read(self.name, response.content)
-                    raise status_error(self.name, _Answer.of(response, body))
+                    raise status_error(self.name, Answer.of(response, body))
                 events = _SseData()
                 done = False
                 async for line in _lines(self.name, response.content):
@@ -221,20 +206,6 @@ def env_proxy(url: str) -> str | None:
     if parts.hostname is None or proxy_bypass(parts.netloc.rsplit("@", 1)[-1]):
         return None
     return getproxies_environment().get(parts.scheme)
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """An upstream's complete response: what error mapping needs, with no connection attached."""
-
-    status: int
-    reason: str
-    headers: Mapping[str, str]
-    body: bytes
-
-    @classmethod
-    def of(cls, response: aiohttp.ClientResponse, body: bytes) -> _Answer:
-        return cls(response.status, response.reason or "", response.headers, body)
 
 
 async def _read(name: str, content: aiohttp.StreamReader) -> bytes:
@@ -306,99 +277,8 @@ def _chunk(name: str, data: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise UpstreamError(f"upstream {name} streamed an event that is no JSON object", status=502)
     if isinstance(chunk.get("error"), dict) and "choices" not in chunk:
-        raise _mid_stream_error(name, chunk["error"])
+        raise mid_stream_error(name, chunk["error"])
     return chunk
-
-
-def _mid_stream_error(name: str, error: dict[str, Any]) -> RouterError:
-    message = str(error.get("message") or "error during streaming")
-    if error.get("code") == "context_length_exceeded":
-        return ContextLengthExceeded(message, param=_str_or_none(error.get("param")))
-    return UpstreamError(f"upstream {name} failed while streaming: {message}", status=502)
-
-
-@contextlib.contextmanager
-def _transport_errors(name: str) -> Iterator[None]:
-    """Transport failures -> UpstreamTimeout (waiting for bytes) or UpstreamUnavailable
-    (connect errors and timeouts, dropped connections). The client's message names the
-    target only: the details (addresses, the library's text) go to the log."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        log.warning("upstream %s: connect timed out (%s)", name, exc)
-        raise UpstreamUnavailable(f"upstream {name} could not be reached (timed out)") from exc
-    except TimeoutError as exc:  # aiohttp's read timeouts, and any other wait for bytes
-        log.warning("upstream %s: no bytes within the read timeout (%s)", name, exc)
-        raise UpstreamTimeout(f"upstream {name} timed out waiting for its answer") from exc
-    except aiohttp.ClientError as exc:
-        log.warning("upstream %s unreachable: %s: %s", name, type(exc).__name__, exc)
-        raise UpstreamUnavailable(f"upstream {name} could not be reached") from exc
-
-
-def status_error(name: str, answer: _Answer) -> RouterError:
-    """The domain error for an upstream's error response. 4xx about the request keep the
-    upstream's message and `param` (they are the client's to fix); 5xx and refusals of the
-    router's own credentials name the target and status only, their text goes to the log."""
-    status = answer.status
-    message, param, code = _envelope(answer)
-    if status == 429:
-        return QueueFull(
-            f"upstream {name} is rate limited: {message}",
-            retry_after=_retry_after(answer.headers.get("retry-after")),
-        )
-    if status >= 500 or status in (401, 403, 407, 408):
-        log.warning("upstream %s answered %d: %s", name, status, message)
-        what = "refused the router's credentials" if status in (401, 403, 407) else "failed"
-        return UpstreamError(f"upstream {name} {what} (HTTP {status})", status=status)
-    if code == "context_length_exceeded":
-        return ContextLengthExceeded(message, param=param)
-    if status == 404:
-        return ModelNotFound(message)
-    return BadRequest(message, param=param)
-
-
-def _envelope(answer: _Answer) -> tuple[str, str | None, str | None]:
-    """(message, param, code) from the OpenAI envelope, or the best the body offers."""
-    reason = answer.reason or _phrase(answer.status)
-    try:
-        data = from_json(answer.body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict):
-            message = error.get("message") or reason
-            return str(message), _str_or_none(error.get("param")), _str_or_none(error.get("code"))
-        for key in ("error", "detail", "message"):
-            if isinstance(data.get(key), str):
-                return data[key], None, None
-    text = answer.body.decode(errors="replace").strip()[:500]
-    return text or reason or f"HTTP {answer.status}", None, None
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-def _retry_after(value: str | None) -> float:
-    """Retry-After as seconds (a number or an HTTP date); 1 s when absent or unreadable."""
-    if not value:
-        return DEFAULT_RETRY_AFTER
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return DEFAULT_RETRY_AFTER
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def _redact(url: str) -> str:

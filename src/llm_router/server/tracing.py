@@ -1,17 +1,18 @@
 """One OpenTelemetry span per HTTP request (server kind), continuing the client's W3C
-`traceparent` when it sends one, and made current for the request's task so the layers below
-add their child spans (llm_router/tracing.py). Installed only when tracing is on; once the
-response is done, the span gets what the OpenAI routes' record says (GenAI conventions)."""
+`traceparent` when it sends one. The server's front layer (front.py), when tracing is on, opens
+it, makes it current for the request's task so the layers below add their child spans
+(llm_router/tracing.py), and once the response is done gives it what the OpenAI routes' record
+says (GenAI conventions)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from ..tracing import Span, Tracing, activate
+from ..tracing import Span, Tracing
 
-__all__ = ["TraceMiddleware", "finish_span", "open_span"]
+__all__ = ["finish_span", "open_span"]
 
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -38,35 +39,6 @@ def finish_span(span: Span, state: dict[str, Any], status: int) -> None:
     if status >= 500:
         span.set_error(None)
         span.set_attribute("error.type", str(status))
-
-
-class TraceMiddleware:
-    """The span alone, as its own middleware (the server puts it in server/front.py's layer;
-    this is for an app assembled otherwise, as the tests do)."""
-
-    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
-        self.app = app
-        self.tracing = tracing
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        span = open_span(self.tracing, scope)
-        status = 0
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        state = scope.setdefault("state", {})
-        with activate(span):
-            try:
-                await self.app(scope, receive, sending)
-            finally:
-                finish_span(span, state, status)
 
 
 def _route_attributes(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,10 @@
 """The router's handle on one worker process.
 
-`Worker.start` spawns `python -m llm_router.worker` with one end of a socket pair and waits for
-it to report ready. One reader task dispatches the worker's messages to per-request queues;
-when the worker dies every in-flight request gets a WorkerDied error at once and `on_exit` is
-called, so nothing waits on a dead process.
-
-Just over the ~400-line guide: one concept, the Worker handle (start, the reader, one method
-per operation of worker/protocol.py, stop); every one-answer operation goes through
-`_request`."""
+`Worker.start` loads a model into a started worker (a Spare, spawn.py) and waits for it to
+report ready. One reader task dispatches the worker's messages to per-request queues; when the
+worker dies every in-flight request gets a WorkerDied error at once and `on_exit` is called, so
+nothing waits on a dead process. One method per operation of worker/protocol.py; every
+one-answer operation goes through `_request`."""
 
 from __future__ import annotations
 
@@ -15,13 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Any
 
 import psutil
 
@@ -45,146 +38,14 @@ from .protocol import (
     pieces_from_wire,
     request_to_wire,
 )
+from .spawn import Process, Spare, describe_exit, kill_and_wait
 
-__all__ = ["Early", "Process", "Spare", "Worker"]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 
-STREAM_LIMIT = 64 * 1024 * 1024
 # What the worker sends one request.
 WorkerEvent = TextDelta | PromptLogprobs | Finished | Embeddings | Reply | RouterError
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "worker is gone"
-    if code < 0:
-        try:
-            return f"worker was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"worker was killed by signal {-code}"
-    return f"worker exited with code {code}"
-
-
-class Process(Protocol):
-    """What is used of a worker's process: asyncio's, or a started one adopted (`Early`)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
-
-    def kill(self) -> None: ...
-
-
-class Early:
-    """A worker process started before the event loop runs (`Early.start`, from the CLI
-    before the server's own imports, so both import at once), adopted later as a Spare."""
-
-    def __init__(self, engine: str, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
-        self.engine = engine
-        self.popen = popen
-        self.sock = sock
-
-    @classmethod
-    def start(cls, engine: str) -> Early:
-        parent, child = socket.socketpair()
-        try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "llm_router.worker", str(child.fileno()), engine],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            child.close()
-        return cls(engine, popen, parent)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.poll()
-
-    async def wait(self) -> int:
-        return await asyncio.to_thread(self.popen.wait)
-
-    def kill(self) -> None:
-        self.popen.kill()
-
-    def discard(self) -> None:
-        """Let it go unused (it exits when its socket closes)."""
-        self.sock.close()
-        try:
-            self.popen.wait(2)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-
-
-@dataclass(eq=False)
-class Spare:
-    """A started worker process that has imported an engine's library and waits for the model
-    to load. `rss`: its memory then, what any worker of this engine holds before a model."""
-
-    engine: str
-    proc: Process
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    rss: int | None = None
-
-    @classmethod
-    async def spawn(cls, engine: str, early: Early | None = None) -> Spare:
-        """Start a worker (or adopt `early`) and wait until it has imported the engine's
-        library. Raises OSError when the process cannot start or dies first."""
-        proc: Process
-        if early is not None:
-            proc, parent = early, early.sock
-        else:
-            parent, child = socket.socketpair()
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "llm_router.worker",
-                    str(child.fileno()),
-                    engine,
-                    pass_fds=(child.fileno(),),
-                    stdin=asyncio.subprocess.DEVNULL,
-                )
-            finally:
-                child.close()
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=parent, limit=STREAM_LIMIT)
-        except BaseException:  # cancelled or failed right after spawn: leave no process
-            parent.close()
-            await _kill(proc)
-            raise
-        try:
-            first = decode(await reader.readline() or b"{}")
-        except BaseException as exc:
-            writer.close()
-            await _kill(proc)
-            if isinstance(exc, ValueError):
-                raise OSError(f"worker process spoke garbage at start: {exc}") from None
-            raise
-        if first.get("op") != "spare":
-            writer.close()
-            code = await _kill(proc)
-            raise OSError(f"worker process failed to start: {describe_exit(code)}")
-        rss = first.get("rss")
-        return cls(engine, proc, reader, writer, rss if isinstance(rss, int) else None)
-
-    async def discard(self) -> None:
-        self.writer.close()  # an unused spare exits when its socket closes
-        try:
-            await asyncio.wait_for(self.proc.wait(), 2)
-        except TimeoutError:
-            await _kill(self.proc)
 
 
 class Worker:
@@ -238,7 +99,7 @@ class Worker:
             writer.write(encode({"op": "load", "engine": engine, "spec": asdict(spec)}))
             first = await asyncio.wait_for(reader.readline(), timeout)
         except BaseException as exc:
-            await _kill(proc)
+            await kill_and_wait(proc)
             writer.close()
             if isinstance(exc, OSError):
                 raise ModelLoadFailed(f"worker process failed before loading: {exc}") from None
@@ -246,7 +107,7 @@ class Worker:
         msg = decode(first) if first else {}
         if msg.get("op") != "ready":
             writer.close()
-            code = await _kill(proc)
+            code = await kill_and_wait(proc)
             if msg.get("op") == "load_failed":
                 err = error_from_wire(msg.get("error") or {})
                 if type(err) is RouterError:
@@ -386,7 +247,7 @@ class Worker:
             try:
                 await asyncio.wait_for(self.proc.wait(), timeout)
             except TimeoutError:
-                await _kill(self.proc)
+                await kill_and_wait(self.proc)
         if self._task is not None:
             await self._task
         self._writer.close()
@@ -411,9 +272,9 @@ class Worker:
         except (ConnectionError, ValueError) as exc:
             if not self.stopping:  # a worker told to exit may reset the socket as it goes
                 log.warning("worker %s channel broke (%s): killing it", self.pid, exc)
-            # A channel that cannot be read (a line past STREAM_LIMIT, garbage) is never read
-            # again: the worker must go, or its model would look loaded and answer nothing.
-            await _kill(self.proc)
+            # A channel that cannot be read (a line past spawn.STREAM_LIMIT, garbage) is never
+            # read again: the worker must go, or its model would look loaded and answer nothing.
+            await kill_and_wait(self.proc)
         code = await self.proc.wait()
         reason = describe_exit(code)
         for stream in self._streams.values():
@@ -438,10 +299,3 @@ def _coalesce(
         parts.append(event.text)
         logprobs.extend(event.logprobs)
     return TextDelta("".join(parts), tuple(logprobs)), None
-
-
-async def _kill(proc: Process) -> int | None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    return await proc.wait()

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from ..engines import LoadSpec
 from ..errors import ModelLoadFailed
-from .client import Early, Spare, Worker
+from .client import Worker
+from .spawn import Early, Spare
 
 __all__ = ["WorkerPool"]
 

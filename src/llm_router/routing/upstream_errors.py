@@ -1,0 +1,139 @@
+"""An upstream's failures as the router's errors, translated in one place: transport exceptions
+by class (`transport_errors`), error responses by HTTP status and the structured `code` of
+the upstream's OpenAI envelope (`status_error`, `mid_stream_error`); never by message text."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+from pydantic_core import from_json
+
+from ..errors import (
+    BadRequest,
+    ContextLengthExceeded,
+    ModelNotFound,
+    QueueFull,
+    RouterError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = ["DEFAULT_RETRY_AFTER", "Answer", "mid_stream_error", "status_error", "transport_errors"]
+
+log = logging.getLogger("llm_router.routing.upstream")  # the upstream client's (upstream.py)
+DEFAULT_RETRY_AFTER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An upstream's complete response: what error mapping needs, with no connection attached."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    @classmethod
+    def of(cls, response: aiohttp.ClientResponse, body: bytes) -> Answer:
+        return cls(response.status, response.reason or "", response.headers, body)
+
+
+def mid_stream_error(name: str, error: dict[str, Any]) -> RouterError:
+    """The domain error for an error event in the middle of a stream."""
+    message = str(error.get("message") or "error during streaming")
+    if error.get("code") == "context_length_exceeded":
+        return ContextLengthExceeded(message, param=_str_or_none(error.get("param")))
+    return UpstreamError(f"upstream {name} failed while streaming: {message}", status=502)
+
+
+@contextlib.contextmanager
+def transport_errors(name: str) -> Iterator[None]:
+    """Transport failures -> UpstreamTimeout (waiting for bytes) or UpstreamUnavailable
+    (connect errors and timeouts, dropped connections). The client's message names the
+    target only: the details (addresses, the library's text) go to the log."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        log.warning("upstream %s: connect timed out (%s)", name, exc)
+        raise UpstreamUnavailable(f"upstream {name} could not be reached (timed out)") from exc
+    except TimeoutError as exc:  # aiohttp's read timeouts, and any other wait for bytes
+        log.warning("upstream %s: no bytes within the read timeout (%s)", name, exc)
+        raise UpstreamTimeout(f"upstream {name} timed out waiting for its answer") from exc
+    except aiohttp.ClientError as exc:
+        log.warning("upstream %s unreachable: %s: %s", name, type(exc).__name__, exc)
+        raise UpstreamUnavailable(f"upstream {name} could not be reached") from exc
+
+
+def status_error(name: str, answer: Answer) -> RouterError:
+    """The domain error for an upstream's error response. 4xx about the request keep the
+    upstream's message and `param` (they are the client's to fix); 5xx and refusals of the
+    router's own credentials name the target and status only, their text goes to the log."""
+    status = answer.status
+    message, param, code = _envelope(answer)
+    if status == 429:
+        return QueueFull(
+            f"upstream {name} is rate limited: {message}",
+            retry_after=_retry_after(answer.headers.get("retry-after")),
+        )
+    if status >= 500 or status in (401, 403, 407, 408):
+        log.warning("upstream %s answered %d: %s", name, status, message)
+        what = "refused the router's credentials" if status in (401, 403, 407) else "failed"
+        return UpstreamError(f"upstream {name} {what} (HTTP {status})", status=status)
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(message, param=param)
+    if status == 404:
+        return ModelNotFound(message)
+    return BadRequest(message, param=param)
+
+
+def _envelope(answer: Answer) -> tuple[str, str | None, str | None]:
+    """(message, param, code) from the OpenAI envelope, or the best the body offers."""
+    reason = answer.reason or _phrase(answer.status)
+    try:
+        data = from_json(answer.body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            message = error.get("message") or reason
+            return str(message), _str_or_none(error.get("param")), _str_or_none(error.get("code"))
+        for key in ("error", "detail", "message"):
+            if isinstance(data.get(key), str):
+                return data[key], None, None
+    text = answer.body.decode(errors="replace").strip()[:500]
+    return text or reason or f"HTTP {answer.status}", None, None
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _retry_after(value: str | None) -> float:
+    """Retry-After as seconds (a number or an HTTP date); 1 s when absent or unreadable."""
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return DEFAULT_RETRY_AFTER
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
