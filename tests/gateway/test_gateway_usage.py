@@ -241,3 +241,45 @@ async def test_a_shutdown_during_a_flush_waits_for_it_and_loses_nothing(tmp_path
     finally:
         await again.close()
     assert (usage["requests"], usage["prompt_tokens"]) == (2, 6)
+
+
+async def test_a_large_flush_writes_every_row_as_it_was(tmp_path: Path) -> None:
+    """SQLite gets usage in multi-row statements of several sizes: whatever the count, every
+    row lands once with its values (no key and no time to first token as NULL)."""
+    import random
+
+    from sqlalchemy import select
+
+    from llm_router.gateway.store import REQUEST_COLUMNS, requests
+
+    rng = random.Random(20)
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
+    await store.migrate()
+    try:
+        written: list[tuple[object, ...]] = []
+        for count in (1, 3, 1024, 2500, rng.randrange(1, 3000)):
+            rows = [
+                (
+                    1e9 + rng.random() * 1e6,
+                    rng.choice([None, "team-a", "ключ"]),
+                    rng.choice(["chat", "gpt-4o"]),
+                    rng.choice(["", "chat"]),
+                    "/v1/chat/completions",
+                    rng.randrange(5000),
+                    rng.randrange(5000),
+                    rng.randrange(100),
+                    rng.random(),
+                    rng.choice([200, 429, 500]),
+                    rng.random(),
+                    rng.choice([None, rng.random()]),
+                )
+                for _ in range(count)
+            ]
+            await store.add_requests(rows)
+            written += rows
+        async with store.engine.connect() as conn:
+            columns = [requests.c[name] for name in REQUEST_COLUMNS]
+            read = [tuple(r) for r in await conn.execute(select(*columns))]
+        assert sorted(read, key=repr) == sorted(written, key=repr)
+    finally:
+        await store.close()

@@ -70,7 +70,7 @@ class Admission:
 
     async def admit_prompt(self, tokens: int) -> None:
         """routing/admission.py's PromptGate: see Limiter.admit_prompt."""
-        if self.limiter is not None:
+        if self.limiter is not None and not self.limiter.prompt_now(self, tokens):
             await self.limiter.admit_prompt(self, tokens)
 
 
@@ -120,6 +120,34 @@ class Limiter:
         )
         self._effective[key.hash] = (key, limits)  # replaced when the key's record is
         return limits
+
+    def admit_now(self, key: ApiKey) -> Admission | None:
+        """`admit` when this process's fresh views decide it alone, far from every limit and
+        with no storage call (in memory, or a Redis key's tokens): the Admission; else None,
+        nothing counted (then `admit`, which asks the storage). Most requests are let in
+        here, without the coroutines of the storage path."""
+        lim = self.effective(key)
+        if lim.max_concurrent is not None and (
+            self.slots is not None or self.in_flight.get(key.name, 0) >= lim.max_concurrent
+        ):
+            return None
+        headers: list[Header] = []
+        windows, name = self.windows, key.name
+        if lim.tpm is not None:
+            seen = windows.seen("tokens", lim.tpm, name)
+            if seen is None or seen[0] <= 0:
+                return None
+            headers += _headers("tokens", lim.tpm, *seen)
+        if lim.rpm is not None:  # last: the only one that counts
+            taken = None if self.shared else windows.local("requests", lim.rpm, name, 1)
+            if taken is None:
+                return None
+            headers += _headers("requests", lim.rpm, *taken)
+        admission = Admission(key, lim, headers, limiter=self)
+        if lim.max_concurrent is not None:
+            self.in_flight[name] = self.in_flight.get(name, 0) + 1
+            admission.holds_slot = True
+        return admission
 
     async def admit(self, key: ApiKey) -> Admission:
         """Count one request against `key`'s limits, or raise RateLimited (with the headers
@@ -206,6 +234,26 @@ class Limiter:
                 self.in_flight[admission.key.name] = left
             else:
                 self.in_flight.pop(admission.key.name, None)
+
+    def prompt_now(self, admission: Admission, tokens: int) -> bool:
+        """`admit_prompt` when no storage call is needed (nothing to charge, a later prompt of
+        the request, or far from the limit on this process's view): True, charged; else
+        False, nothing charged."""
+        tpm = admission.limits.tpm
+        if tpm is None or tokens <= 0:
+            return True
+        windows, name = self.windows, admission.key.name
+        if admission.prompt_decided:
+            admission.prompt_charged += tokens
+            windows.add("tokens", tpm, name, tokens)
+            return True
+        taken = windows.local("tokens", tpm, name, tokens)
+        if taken is None:
+            return False
+        admission.prompt_charged += tokens
+        admission.prompt_decided = True
+        _set(admission.headers, "tokens", tpm, *taken)
+        return True
 
     async def admit_prompt(self, admission: Admission, tokens: int) -> None:
         """Charge a prompt's `tokens` before it runs, or raise RateLimited (x-ratelimit-*
@@ -300,9 +348,16 @@ def _set(headers: list[Header], kind: str, limit: int, remaining: int, reset: fl
 
 
 def _headers(kind: str, limit: int, remaining: int, reset: float) -> list[Header]:
-    limit_name, remaining_name, reset_name = _NAMES[kind]
-    return [
-        (limit_name, b"%d" % limit),
-        (remaining_name, b"%d" % max(0, remaining)),
-        (reset_name, reset_text(reset).encode()),
-    ]
+    """The three `kind` headers; the limit's header and whole seconds' reset texts made once
+    (three of these a request, on the request path)."""
+    limit_header = _LIMIT_HEADERS.get((kind, limit))
+    if limit_header is None:
+        limit_header = _LIMIT_HEADERS[(kind, limit)] = (_NAMES[kind][0], b"%d" % limit)
+    _, remaining_name, reset_name = _NAMES[kind]
+    whole = round(reset)
+    text = _RESET_SECONDS[whole] if 1 <= reset and whole < 120 else reset_text(reset).encode()
+    return [limit_header, (remaining_name, b"%d" % max(0, remaining)), (reset_name, text)]
+
+
+_LIMIT_HEADERS: dict[tuple[str, int], Header] = {}
+_RESET_SECONDS = [reset_text(float(s)).encode() for s in range(120)]

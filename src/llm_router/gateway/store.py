@@ -10,10 +10,12 @@ and writes usage in batches."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,16 @@ REQUEST_COLUMNS = (
     "latency",
     "ttft",
 )
+
+MAX_ROWS_PER_INSERT = 1024  # SQLite allows 32766 parameters a statement; 12 a row
+
+
+@functools.cache
+def _sqlite_insert(rows: int) -> str:
+    """SQLite's INSERT of `rows` usage rows in one statement (qmark parameters)."""
+    row = "(" + ", ".join("?" * len(REQUEST_COLUMNS)) + ")"
+    return f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES " + ", ".join([row] * rows)
+
 
 audit = Table(
     "audit",
@@ -238,35 +250,31 @@ class Store:
     async def add_requests(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert usage rows, tuples in `REQUEST_COLUMNS` order, in one transaction.
 
-        SQLite gets them as one JSON array in one statement (`json_each`): the driver's
+        SQLite gets them as multi-row INSERTs of up to 1024 rows (chunks of power-of-two
+        sizes, so that at most 11 statement texts are ever compiled): the driver's
         `executemany` hands each row to SQLite on its own, giving up and taking back the
-        interpreter lock around every one, and with the event loop running requests on the
-        other side of that lock a flush cost ~16 us of CPU a row, a twentieth of a request's
-        whole cost (bench/overhead.py --auth). PostgreSQL's driver pipelines `executemany` in
-        the event loop already: there the statement is compiled once for the dialect and the
-        rows given to it as they are."""
+        interpreter lock around every one, and with the event loop on the other side of that
+        lock a flush cost ~10-25 us of CPU a request at c=64 (bench/overhead.py --auth).
+        PostgreSQL's driver pipelines `executemany` in the event loop already: there the
+        statement is compiled once for the dialect and the rows given to it as they are."""
         if not rows:
             return
-        if self._insert_requests is None:
-            self._insert_requests = self._requests_statement()
         async with self.engine.begin() as conn:
-            if self.engine.dialect.name == "sqlite":
-                await conn.exec_driver_sql(self._insert_requests, (json.dumps(rows),))
-            else:
+            if self.engine.dialect.name != "sqlite":
+                if self._insert_requests is None:
+                    self._insert_requests = str(
+                        insert(requests)
+                        .inline()
+                        .compile(dialect=self.engine.dialect, column_keys=list(REQUEST_COLUMNS))
+                    )
                 await conn.exec_driver_sql(self._insert_requests, list(rows))
-
-    def _requests_statement(self) -> str:
-        columns = ", ".join(REQUEST_COLUMNS)
-        if self.engine.dialect.name == "sqlite":
-            values = ", ".join(
-                f"json_extract(value, '$[{i}]')" for i in range(len(REQUEST_COLUMNS))
-            )
-            return f"INSERT INTO requests ({columns}) SELECT {values} FROM json_each(?)"
-        return str(
-            insert(requests)
-            .inline()
-            .compile(dialect=self.engine.dialect, column_keys=list(REQUEST_COLUMNS))
-        )
+                return
+            at = 0
+            while at < len(rows):
+                size = min(MAX_ROWS_PER_INSERT, 1 << ((len(rows) - at).bit_length() - 1))
+                values = tuple(chain.from_iterable(rows[at : at + size]))
+                await conn.exec_driver_sql(_sqlite_insert(size), values)
+                at += size
 
     async def spend_since(self, since: dict[str, float]) -> dict[str, float]:
         """Each key's spend from its own start time (its budget period): {key name: cost}."""

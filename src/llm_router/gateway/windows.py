@@ -83,6 +83,15 @@ class Windows:
             cached = await self._read(window)
         return self._left(cached, window), max(0.0, cached[2] - self.clock())
 
+    def seen(self, kind: str, limit: int, name: str) -> tuple[int, float] | None:
+        """`view` without a storage read: (remaining, seconds to reset) when the view is
+        fresh, else None."""
+        window = (kind, limit, name)
+        cached = self._stats.get(window)
+        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+            return None
+        return self._left(cached, window), max(0.0, cached[2] - self.clock())
+
     def local(self, kind: str, limit: int, name: str, amount: int) -> tuple[int, float] | None:
         """Charge `amount` on this process's view, if the view is fresh and leaves at least
         `local_share` of the limit after it: (remaining, seconds to reset); else None (nothing

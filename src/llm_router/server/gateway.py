@@ -159,7 +159,7 @@ class GatewayMiddleware:
                 await self._call_admin(scope, receive, send, key, body)
                 return
             gw.check_budget(key)
-            admission = await gw.limiter.admit(key)
+            admission = gw.limiter.admit_now(key) or await gw.limiter.admit(key)
         except RouterError as exc:
             await _refuse(scope, send, exc)
             if key is not None and need == "inference":  # a refusal is usage too (no tokens)
