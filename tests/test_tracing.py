@@ -238,3 +238,45 @@ def test_a_real_server_exports_its_spans_over_otlp(
         if a.key == "service.name"
     }
     assert services == {"router-under-test"}
+
+
+async def test_a_trace_not_sampled_makes_no_spans_but_goes_on_to_the_upstream(
+    tmp_path: Path,
+    exporter: InMemorySpanExporter,
+    upstreams: tuple[str, str, list[dict[str, str]]],
+) -> None:
+    """The client's trace, not sampled (flags 00): nothing is exported, and the upstream gets
+    the same trace id with the same decision, so it does not start a trace of its own."""
+    _, up, seen = upstreams
+    models = [ModelConfig(id="up", provider="openai", base_url=up, health_check_interval=0)]
+    async with app_client(tmp_path, models=models) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "up", **CHAT},
+            headers={"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-00"},
+        )
+    assert response.status_code == 200, response.text
+    assert exporter.get_finished_spans() == ()
+    [sent] = [h["traceparent"] for h in seen]
+    version, trace_id, parent, flags = sent.split("-")
+    assert (version, trace_id) == ("00", TRACE_ID)
+    assert parent != "b7ad6b7169203331" and int(flags, 16) & 0x01 == 0
+
+
+@pytest.mark.parametrize("rate", [0.0, 1e-05, 0.1, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("parent_based", [True, False])
+def test_a_ratio_sampler_decides_roots_as_the_sdk_does(rate: float, parent_based: bool) -> None:
+    """OTEL_TRACES_SAMPLER=(parentbased_)traceidratio: the roots decided without the SDK's
+    sampler objects are the ones it would sample, trace by trace."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    ratio = TraceIdRatioBased(rate)
+    sampler = ParentBased(ratio) if parent_based else ratio
+    tracing = Tracing(TracerProvider(sampler=sampler), sink=object())
+    assert tracing.root_bound is not None
+    decided = [tracing.root("GET /", {}, []) for _ in range(2000)]
+    for s in decided:
+        sdk = sampler.should_sample(None, s.trace_id, "GET /").decision.is_sampled()
+        assert bool(s.flags & 0x01) == sdk
+    sampled = sum(bool(s.flags & 0x01) for s in decided)
+    assert abs(sampled / len(decided) - rate) < 0.05

@@ -14,18 +14,20 @@ yields would be attached to whatever the consumer runs), and the upstream HTTP c
 The spans of the request path are this module's own `Span` records, not the SDK's: ids, times,
 attributes, status and events, and nothing else (an SDK span costs ~25 us to make and ~22 us
 to encode, a request has 4-8 of them, and at c=64 that was half the router's CPU, see
-BENCHMARKS.md). Sampling is the SDK's sampler, asked once per request at its server span; the
-children follow it. A finished span goes to a sink: `Tracing(provider)` turns it into the SDK
-span at once, with the same ids, times and parent (the in-memory exporter of the tests sees it
-as the SDK made it); `Tracing.from_settings` batches them to an exporter process
-(trace_export.py) that encodes them to OTLP as the SDK would and exports them, on another
-core."""
+BENCHMARKS.md). Sampling is the SDK's sampler, asked once per request at its server span; a
+request it does not sample makes no child spans (the helpers answer as when tracing is off),
+and its upstream calls carry its server span's `traceparent`, not sampled. A finished span
+goes to a sink: `Tracing(provider)` turns it into the SDK span at once, with the same ids,
+times and parent (the in-memory exporter of the tests sees it as the SDK made it);
+`Tracing.from_settings` batches them to an exporter process (trace_export.py) that encodes
+them to OTLP as the SDK would and exports them, on another core."""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+import re
 import time
 import traceback
 from collections.abc import Mapping
@@ -55,6 +57,8 @@ _SAMPLED = 0x01
 _RANDOM = 0x02  # W3C trace-context level 2: the trace id is random (the SDK sets it too)
 _ERROR = 2  # StatusCode.ERROR
 _span: ContextVar[Span | None] = ContextVar("llm_router_span", default=None)
+_ID_LOW = (1 << 64) - 1  # the bits of a trace id TraceIdRatioBased decides on
+_RATIO_ROOT = re.compile(r"(?:ParentBased\{root:)?TraceIdRatioBased\{([^}]*)\}")
 
 
 class Tracing:
@@ -78,6 +82,10 @@ class Tracing:
         self.roots_sampled = description == "AlwaysOnSampler" or description.startswith(
             "ParentBased{root:AlwaysOnSampler,"
         )
+        # A trace-id ratio for roots (OTEL_TRACES_SAMPLER=traceidratio or its parent-based
+        # form): decided here as that sampler decides, on the trace id's low 64 bits, without
+        # its objects (~15 us a request in the server, sampled or not).
+        self.root_bound = _ratio_bound(description)
         if sink is None:
             from .trace_export import InProcess
 
@@ -133,6 +141,10 @@ class Tracing:
             s = Span(self, name, SERVER, trace_id, attributes)
             s.flags = flags | _SAMPLED
             return s
+        if remote is None and self.root_bound is not None:
+            s = Span(self, name, SERVER, trace_id, attributes)
+            s.flags = flags | (_SAMPLED if trace_id & _ID_LOW < self.root_bound else 0)
+            return s
         result = self.sampler.should_sample(
             parent, trace_id, name, self.trace.SpanKind.SERVER, attributes
         )
@@ -149,6 +161,20 @@ class Tracing:
         """Export what is pending, then stop (blocks for the export)."""
         self.sink.shutdown()
         self.provider.shutdown()
+
+
+def _ratio_bound(description: str) -> int | None:
+    """The bound TraceIdRatioBased compares trace ids with, when `description` is a sampler
+    whose roots it decides; else None."""
+    found = _RATIO_ROOT.match(description)
+    if found is None:
+        return None
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    try:
+        return TraceIdRatioBased.get_bound_for_rate(float(found.group(1)))
+    except ValueError:
+        return None
 
 
 class Span:
@@ -261,9 +287,10 @@ class Span:
 
 
 def current() -> Tracing | None:
-    """This request's tracing, None when off."""
+    """This request's tracing, None when off or when the request is not sampled (what would
+    be recorded is not)."""
     s = _span.get()
-    return None if s is None else s.tracing
+    return None if s is None or not s.flags & _SAMPLED else s.tracing
 
 
 class _Block:
@@ -311,7 +338,7 @@ def span(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> A
     a generator's yield); the block gets None when tracing is off, at the cost of one
     context-variable read."""
     parent = _span.get()
-    if parent is None:
+    if parent is None or not parent.flags & _SAMPLED:
         return _OFF
     return _Block(parent.child(name, attributes))
 
@@ -323,9 +350,10 @@ def start(
     client: bool = False,
     start_ns: int | None = None,
 ) -> Span | None:
-    """A child span of the current one, not made current (end it with `end`); None when off."""
+    """A child span of the current one, not made current (end it with `end`); None when off
+    or not sampled."""
     parent = _span.get()
-    if parent is None:
+    if parent is None or not parent.flags & _SAMPLED:
         return None
     return parent.child(name, attributes, CLIENT if client else INTERNAL, start_ns)
 
@@ -355,9 +383,13 @@ def record(
 
 
 def inject(headers: dict[str, str], s: Span | None) -> dict[str, str]:
-    """`headers` with the W3C `traceparent` of span `s` (the same dict when tracing is off)."""
+    """`headers` with the W3C `traceparent` of span `s`, or when `s` is None of the current
+    span (a request not sampled has no child spans, but its trace and its decision go on);
+    the same dict when tracing is off."""
     if s is None:
-        return headers
+        s = _span.get()
+        if s is None:
+            return headers
     t = s.tracing
     if t.w3c:
         out = {**headers, "traceparent": f"00-{s.trace_id:032x}-{s.span_id:016x}-{s.flags:02x}"}

@@ -189,11 +189,12 @@ class Upstream:
     def _send(
         self, path: str, payload: dict[str, Any], span: Any = None
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """POST `payload`; with a span, its W3C `traceparent` goes along."""
+        """POST `payload`; with tracing on, the W3C `traceparent` of `span` (or of the request's
+        span, when it is not sampled) goes along."""
         return self._session.post(
             self.base_url + path,
             data=to_json(payload),
-            headers=self._headers if span is None else tracing.inject(self._headers, span),
+            headers=tracing.inject(self._headers, span),
             timeout=self._timeout,
             proxy=self._proxy,
         )
