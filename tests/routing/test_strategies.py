@@ -326,6 +326,7 @@ def test_routing_package_exports_exactly_its_all() -> None:
         "strategies",
         "annotations",
         "dispatcher",
+        "attempt",
         "targets",
         "ensemble",
         "local",

@@ -20,7 +20,8 @@ from ..metrics import Metrics
 from ..protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, _Request
 from ..routing.dispatcher import Dispatcher
 from ..serving.embed import EmbeddingService
-from ..serving.generate import GenerationService, RouteInfo
+from ..serving.generate import GenerationService
+from ..serving.route_info import RouteInfo
 from ..types import Finished, GenerationEvent, GenerationRequest
 from .entries import Recorder, decode
 from .identity import Identities, StaleModel

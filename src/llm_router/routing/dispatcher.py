@@ -6,8 +6,8 @@ asked before sending, stats are recorded, and on a retryable failure before the 
 the next target is tried after a short backoff. Once a target has produced its first event the
 stream is committed to it: a token a client has seen is never taken back.
 
-Just over the ~400-line guide: one concept, the Dispatcher (resolve, plan, try in order,
-account), whose generation, embedding and local-only paths share the same resolution."""
+One concept, the Dispatcher (resolve, plan, try in order), whose generation, embedding and
+local-only paths share the same resolution; each attempt's accounting is in attempt.py."""
 
 from __future__ import annotations
 
@@ -25,20 +25,10 @@ import aiohttp
 
 from .. import tracing
 from ..config import Cost, RouteConfig, Settings
-from ..errors import (
-    BadRequest,
-    ContextLengthExceeded,
-    EngineError,
-    InsufficientMemory,
-    ModelLoadFailed,
-    ModelNotFound,
-    QueueFull,
-    RouterError,
-    ServerBusy,
-    UpstreamTimeout,
-)
+from ..errors import BadRequest, ModelNotFound, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
-from ..types import Embeddings, Finished, GenerationEvent
+from ..types import Embeddings, GenerationEvent
+from .attempt import NOT_THE_TARGETS, RETRYABLE, first_event, since, watch
 from .breaker import BreakerConfig, CircuitBreaker
 from .local import LocalTarget
 from .remote import RemoteTarget
@@ -51,13 +41,6 @@ from .upstream import Upstream, env_proxy
 __all__ = ["Dispatcher", "Routed"]
 
 log = logging.getLogger(__name__)
-# Worth another target: the target failed or is full, not the request.
-RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
-# Worth another target, but no sign the target is broken, so its breaker does not count them:
-# a full queue, a prompt too long for it, and a read timeout, which a client can cause for
-# everyone by asking for a generation longer than the timeout (health checks and connect
-# errors still count).
-NOT_THE_TARGETS = (QueueFull, ContextLengthExceeded, UpstreamTimeout)
 
 
 @dataclass(eq=False)
@@ -269,7 +252,7 @@ class Dispatcher:
                 await asyncio.sleep(route.config.backoff * 2 ** (len(failures) - 1))
             attempts -= 1
             try:
-                first, events, started, ttft = await self._first(target, call)
+                first, events, started, ttft = await first_event(target, call)
             except RETRYABLE as exc:
                 last = exc
                 failures.append(f"{target.id}: {type(exc).__name__}")
@@ -279,7 +262,7 @@ class Dispatcher:
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
             return Routed(
-                target.id, reason, self._watch(target, first, events, started, ttft), tuple(failed)
+                target.id, reason, watch(target, first, events, started, ttft), tuple(failed)
             )
         if last is not None:
             raise last
@@ -287,67 +270,6 @@ class Dispatcher:
             f"no target of '{name}' is available ({'; '.join(failures) or 'none'})",
             retry_after=self._breaker.cooldown or 1.0,
         )
-
-    async def _first(
-        self, target: Target, call: Call
-    ) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None], float, float]:
-        target.stats.record_start()
-        started = time.perf_counter()
-        events = target.events(call)
-        try:
-            with tracing.span("llm_router.attempt", {"llm_router.target": target.id}):
-                first = await anext(events)  # a failed attempt's span says why
-            ttft = _since(started)
-            target.stats.record_first_token(ttft)
-            return first, events, started, ttft
-        except BaseException as exc:
-            await events.aclose()
-            if isinstance(exc, RETRYABLE) and not isinstance(exc, NOT_THE_TARGETS):
-                target.breaker.record_failure()
-                target.stats.record_failure()
-            else:  # the client's doing (bad request, cancelled) or a full queue: not the target's
-                target.breaker.record_cancelled()
-                target.stats.record_cancelled()
-            raise
-
-    async def _watch(
-        self,
-        target: Target,
-        first: GenerationEvent,
-        events: AsyncGenerator[GenerationEvent, None],
-        started: float,
-        ttft: float,
-    ) -> AsyncGenerator[GenerationEvent, None]:
-        """Pass the events on; the outcome goes to the target's stats and breaker."""
-        done = False
-        try:
-            event: GenerationEvent = first
-            while True:
-                if isinstance(event, Finished):
-                    done = True
-                    target.stats.record_success(
-                        _since(started), event.usage.completion_tokens, ttft=ttft
-                    )
-                    target.breaker.record_success()
-                yield event
-                if done:
-                    return
-                event = await anext(events)
-        except (BadRequest, ModelNotFound, UpstreamTimeout):
-            target.breaker.record_cancelled()
-            target.stats.record_cancelled()
-            raise
-        except RouterError:
-            target.breaker.record_failure()
-            target.stats.record_failure()
-            raise
-        except BaseException:
-            if not done:
-                target.breaker.record_cancelled()
-                target.stats.record_cancelled()
-            raise
-        finally:
-            await events.aclose()
 
     async def embed(self, name: str, call: EmbedCall) -> tuple[str, Embeddings]:
         """Embeddings from the target called `name` (routes serve chat and completions only):
@@ -379,7 +301,7 @@ class Dispatcher:
                 target.stats.record_cancelled()
             raise
         target.breaker.record_success()
-        target.stats.record_success(_since(started), 0)
+        target.stats.record_success(since(started), 0)
         return target.id, result
 
     async def _check_health(self, target: Target) -> None:
@@ -426,7 +348,3 @@ class Dispatcher:
                 "in_flight": snap.in_flight,
             },
         }
-
-
-def _since(started: float) -> float:
-    return time.perf_counter() - started

@@ -11,7 +11,7 @@ audited admin routes; it is then replayed to the route unchanged.
 The authenticated key's name goes on the scope's state (`scope["state"]["key_name"]`, as
 `request.state.key_name`) for request logs, and its id for A/B splits (`api_key_id`: what
 routing's `api_key_id` makes of the bearer token, the key's digest cut short, so the route does
-not hash it again); the route leaves its record (serving/generate.py's `RouteInfo`) at
+not hash it again); the route leaves its record (serving/route_info.py's `RouteInfo`) at
 `scope["state"]["route"]`, read here after the response. Per-key counters are plain sums,
 read by Prometheus at scrape time (`KeyMetrics`)."""
 

@@ -18,7 +18,7 @@ from ..protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, Embed
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import EmbedCall
 from ..types import Usage
-from .generate import RouteInfo
+from .route_info import RouteInfo
 
 __all__ = ["EmbeddingService", "to_base64"]
 

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field, field_validator
 from ..errors import BadRequest, RouterError
 from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Float, UsageOut
 from ..routing.ensemble import Scorer, agreement, vote
-from .generate import GenerationService, RouteInfo
+from .generate import GenerationService
+from .route_info import RouteInfo
 
 __all__ = [
     "Answer",

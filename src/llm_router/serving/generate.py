@@ -3,7 +3,7 @@
 Knows nothing of HTTP. The router picks the target; a stream's first item is produced only
 after a target has produced its first event, so every refusal (unknown model, full queue,
 prompt too long, every target down) is raised before a streaming response starts. `RouteInfo`
-tells the caller which target served and why, for the response headers."""
+(route_info.py) tells the caller which target served and why, for the response headers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 from ..errors import BadRequest, RouterError
@@ -49,31 +49,12 @@ from ..types import (
     MessageFields,
     PromptLogprobs,
     TextDelta,
-    Usage,
 )
 from ..units import parse_duration
 from .choices import Choice, collect, joined_tokens, merge, plan, total_usage
+from .route_info import RouteInfo
 
 __all__ = ["GenerationService", "RouteInfo"]
-
-
-@dataclass
-class RouteInfo:
-    """The record of one request, created by the route and filled in as the request runs: who
-    asks (`api_key_id`, the sticky key of A/B splits when the request names no `user`), then,
-    once committed to a target, which target serves and why, then the usage and the time to the
-    first event. The route keeps it on the ASGI scope (`scope["state"]["route"]`), so
-    middleware (usage accounting, request logs) can read it once the response is done."""
-
-    api_key_id: str | None = None
-    target: str = ""
-    reason: str = ""
-    model: str = ""  # the name the client asked for (client-chosen: never a metric label)
-    usage: Usage | None = None
-    ttft: float | None = None  # seconds from the start of routing to the first event
-    cache: str = ""  # "hit" | "miss", "" when not looked up (cache/service.py)
-    cache_read: bool = True  # False: the client asked for a fresh answer (no-cache)
-    cache_write: bool = True  # False: the answer must not be stored (no-store)
 
 
 class GenerationService:

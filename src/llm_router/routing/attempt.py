@@ -1,0 +1,102 @@
+"""One attempt at one target: its first event awaited, then the rest passed on, the outcome told
+to the target's breaker and stats. Also which failures are worth another target
+(`RETRYABLE`) and which of those are no sign the target is broken (`NOT_THE_TARGETS`).
+
+The dispatcher (dispatcher.py) decides which targets to try, in which order; this module
+accounts for each try."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+
+from .. import tracing
+from ..errors import (
+    BadRequest,
+    ContextLengthExceeded,
+    EngineError,
+    InsufficientMemory,
+    ModelLoadFailed,
+    ModelNotFound,
+    QueueFull,
+    RouterError,
+    UpstreamTimeout,
+)
+from ..types import Finished, GenerationEvent
+from .targets import Call, Target
+
+__all__ = ["NOT_THE_TARGETS", "RETRYABLE", "first_event", "since", "watch"]
+
+# Worth another target: the target failed or is full, not the request.
+RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
+# Worth another target, but no sign the target is broken, so its breaker does not count them:
+# a full queue, a prompt too long for it, and a read timeout, which a client can cause for
+# everyone by asking for a generation longer than the timeout (health checks and connect
+# errors still count).
+NOT_THE_TARGETS = (QueueFull, ContextLengthExceeded, UpstreamTimeout)
+
+
+async def first_event(
+    target: Target, call: Call
+) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None], float, float]:
+    target.stats.record_start()
+    started = time.perf_counter()
+    events = target.events(call)
+    try:
+        with tracing.span("llm_router.attempt", {"llm_router.target": target.id}):
+            first = await anext(events)  # a failed attempt's span says why
+        ttft = since(started)
+        target.stats.record_first_token(ttft)
+        return first, events, started, ttft
+    except BaseException as exc:
+        await events.aclose()
+        if isinstance(exc, RETRYABLE) and not isinstance(exc, NOT_THE_TARGETS):
+            target.breaker.record_failure()
+            target.stats.record_failure()
+        else:  # the client's doing (bad request, cancelled) or a full queue: not the target's
+            target.breaker.record_cancelled()
+            target.stats.record_cancelled()
+        raise
+
+
+async def watch(
+    target: Target,
+    first: GenerationEvent,
+    events: AsyncGenerator[GenerationEvent, None],
+    started: float,
+    ttft: float,
+) -> AsyncGenerator[GenerationEvent, None]:
+    """Pass the events on; the outcome goes to the target's stats and breaker."""
+    done = False
+    try:
+        event: GenerationEvent = first
+        while True:
+            if isinstance(event, Finished):
+                done = True
+                target.stats.record_success(
+                    since(started), event.usage.completion_tokens, ttft=ttft
+                )
+                target.breaker.record_success()
+            yield event
+            if done:
+                return
+            event = await anext(events)
+    except (BadRequest, ModelNotFound, UpstreamTimeout):
+        target.breaker.record_cancelled()
+        target.stats.record_cancelled()
+        raise
+    except RouterError:
+        target.breaker.record_failure()
+        target.stats.record_failure()
+        raise
+    except BaseException:
+        if not done:
+            target.breaker.record_cancelled()
+            target.stats.record_cancelled()
+        raise
+    finally:
+        await events.aclose()
+
+
+def since(started: float) -> float:
+    return time.perf_counter() - started

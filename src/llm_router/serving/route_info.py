@@ -1,0 +1,29 @@
+"""`RouteInfo`: the record of one request, shared by the services (generate.py, embed.py, the
+cache) and the middleware that reads it once the response is done (usage accounting, logs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..types import Usage
+
+__all__ = ["RouteInfo"]
+
+
+@dataclass
+class RouteInfo:
+    """The record of one request, created by the route and filled in as the request runs: who
+    asks (`api_key_id`, the sticky key of A/B splits when the request names no `user`), then,
+    once committed to a target, which target serves and why, then the usage and the time to the
+    first event. The route keeps it on the ASGI scope (`scope["state"]["route"]`), so
+    middleware (usage accounting, request logs) can read it once the response is done."""
+
+    api_key_id: str | None = None
+    target: str = ""
+    reason: str = ""
+    model: str = ""  # the name the client asked for (client-chosen: never a metric label)
+    usage: Usage | None = None
+    ttft: float | None = None  # seconds from the start of routing to the first event
+    cache: str = ""  # "hit" | "miss", "" when not looked up (cache/service.py)
+    cache_read: bool = True  # False: the client asked for a fresh answer (no-cache)
+    cache_write: bool = True  # False: the answer must not be stored (no-store)
