@@ -3,10 +3,11 @@ library (in memory, or in Redis when several routers share the limits: gateway/w
 and requests in flight at once, counted in this process, or across every router sharing Redis
 (leases that expire when a router dies: gateway/concurrency.py).
 
-`admit` runs before a request (one request counted; the token window checked, not charged),
-`admit_prompt` when a target is about to run the prompt (routing/admission.py: its tokens
-charged, or the request refused while nothing is generated), `charge` after it (the rest of
-its usage: the completion, and the difference between the prompt's count and its usage).
+`admit_now`, else `admit`, runs before a request (one request counted; the token window
+checked, not charged), `Admission.admit_prompt` when a target is about to run the prompt
+(routing/admission.py: `prompt_now`, else `take_prompt`: its tokens charged, or the request
+refused while nothing is generated), `charge` after it (the rest of its usage: the
+completion, and the difference between the prompt's count and its usage).
 The `x-ratelimit-*` headers are those of `Admission.headers`, kept current as it goes.
 
 Exact near the limit, batched far from it (gateway/windows.py): a prompt's tokens are charged
@@ -69,9 +70,9 @@ class Admission:
     prompt_decided: bool = False
 
     async def admit_prompt(self, tokens: int) -> None:
-        """routing/admission.py's PromptGate: see Limiter.admit_prompt."""
+        """routing/admission.py's PromptGate: Limiter.prompt_now, else Limiter.take_prompt."""
         if self.limiter is not None and not self.limiter.prompt_now(self, tokens):
-            await self.limiter.admit_prompt(self, tokens)
+            await self.limiter.take_prompt(self, tokens)
 
 
 class Limiter:
@@ -236,9 +237,12 @@ class Limiter:
                 self.in_flight.pop(admission.key.name, None)
 
     def prompt_now(self, admission: Admission, tokens: int) -> bool:
-        """`admit_prompt` when no storage call is needed (nothing to charge, a later prompt of
-        the request, or far from the limit on this process's view): True, charged; else
-        False, nothing charged."""
+        """Charge a prompt's `tokens` before it runs, when no storage call is needed: True,
+        charged; else False, nothing charged, and `take_prompt` decides. The first prompt of
+        a request decides: far from the limit on this router's view of the window (no
+        storage call), near it in the storage; later ones (another of `n` choices, a
+        fallback target) are charged without refusal, and `charge` at the end makes the
+        total the request's usage."""
         tpm = admission.limits.tpm
         if tpm is None or tokens <= 0:
             return True
@@ -255,28 +259,17 @@ class Limiter:
         _set(admission.headers, "tokens", tpm, *taken)
         return True
 
-    async def admit_prompt(self, admission: Admission, tokens: int) -> None:
-        """Charge a prompt's `tokens` before it runs, or raise RateLimited (x-ratelimit-*
-        headers on `exc.headers`) when they are more than what is left of the key's tokens
-        this minute. Far from the limit on this router's view of the window (no storage
-        call); near it, one atomic check-and-charge in the storage (Redis when shared), so two
-        routers cannot both spend the last tokens. The first prompt of a request decides;
-        later ones (another of `n` choices, a fallback target) are charged without refusal,
-        and `charge` at the end makes the total the request's usage. A storage failure lets
-        the prompt through, as `admit` does."""
+    async def take_prompt(self, admission: Admission, tokens: int) -> None:
+        """A first prompt `prompt_now` could not decide: one atomic check-and-charge in the
+        storage (Redis when shared), so two routers cannot both spend the last tokens; or
+        RateLimited (x-ratelimit-* headers on `exc.headers`) when `tokens` are more than what
+        is left of the key's tokens this minute. A storage failure lets the prompt through, as
+        `admit` does."""
         tpm = admission.limits.tpm
-        if tpm is None or tokens <= 0:
-            return
+        assert tpm is not None
         windows, name = self.windows, admission.key.name
         admission.prompt_charged += tokens
-        if admission.prompt_decided:
-            windows.add("tokens", tpm, name, tokens)
-            return
         admission.prompt_decided = True
-        taken = windows.local("tokens", tpm, name, tokens)
-        if taken is not None:
-            _set(admission.headers, "tokens", tpm, *taken)
-            return
         try:
             ok, remaining, reset = await windows.take("tokens", tpm, name, tokens)
         except Exception as exc:
