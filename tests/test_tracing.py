@@ -286,3 +286,15 @@ def test_a_ratio_sampler_decides_roots_as_the_sdk_does(rate: float, parent_based
         assert bool(s.flags & 0x01) == sdk
     sampled = sum(bool(s.flags & 0x01) for s in decided)
     assert abs(sampled / len(decided) - rate) < 0.05
+
+
+def test_always_on_roots_are_sampled_and_other_samplers_are_asked() -> None:
+    """The SDK's default sampler (parent-based, always on) samples every root without being
+    asked; a sampler that does not decide on the trace id alone is asked for each."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    default = Tracing(TracerProvider(), sink=object())
+    assert all(default.root("GET /", {}, []).flags & 0x01 for _ in range(100))
+    asked = Tracing(TracerProvider(sampler=ParentBased(ALWAYS_OFF)), sink=object())
+    assert asked.root_bound is None
+    assert not any(asked.root("GET /", {}, []).flags & 0x01 for _ in range(100))

@@ -58,7 +58,7 @@ _RANDOM = 0x02  # W3C trace-context level 2: the trace id is random (the SDK set
 _ERROR = 2  # StatusCode.ERROR
 _span: ContextVar[Span | None] = ContextVar("llm_router_span", default=None)
 _ID_LOW = (1 << 64) - 1  # the bits of a trace id TraceIdRatioBased decides on
-_RATIO_ROOT = re.compile(r"(?:ParentBased\{root:)?TraceIdRatioBased\{([^}]*)\}")
+_RATIO_ROOT = re.compile(r"TraceIdRatioBased\{([^}]*)\}")
 
 
 class Tracing:
@@ -77,15 +77,10 @@ class Tracing:
         # W3C trace context (and baggage, which no span here carries): `inject` writes the
         # header itself, as the propagator would; any other propagator is asked.
         self.w3c = fields <= {"traceparent", "tracestate", "baggage"}
-        # The SDK's default sampler samples every root span: not asked when no parent came.
-        description = self.sampler.get_description()
-        self.roots_sampled = description == "AlwaysOnSampler" or description.startswith(
-            "ParentBased{root:AlwaysOnSampler,"
-        )
-        # A trace-id ratio for roots (OTEL_TRACES_SAMPLER=traceidratio or its parent-based
-        # form): decided here as that sampler decides, on the trace id's low 64 bits, without
-        # its objects (~15 us a request in the server, sampled or not).
-        self.root_bound = _ratio_bound(description)
+        # Roots (no parent came) decided here when the sampler decides them on the trace id
+        # alone: always on (the SDK's default) or a trace-id ratio, compared as the ratio
+        # sampler compares, without its objects (~15 us a request in the server).
+        self.root_bound = _root_bound(self.sampler.get_description())
         if sink is None:
             from .trace_export import InProcess
 
@@ -137,10 +132,6 @@ class Tracing:
             trace_id, flags = remote.trace_id, remote.trace_flags & _RANDOM
         else:
             trace_id, flags, remote = random.getrandbits(128) or 1, _RANDOM, None
-        if remote is None and self.roots_sampled:
-            s = Span(self, name, SERVER, trace_id, attributes)
-            s.flags = flags | _SAMPLED
-            return s
         if remote is None and self.root_bound is not None:
             s = Span(self, name, SERVER, trace_id, attributes)
             s.flags = flags | (_SAMPLED if trace_id & _ID_LOW < self.root_bound else 0)
@@ -163,10 +154,14 @@ class Tracing:
         self.provider.shutdown()
 
 
-def _ratio_bound(description: str) -> int | None:
-    """The bound TraceIdRatioBased compares trace ids with, when `description` is a sampler
-    whose roots it decides; else None."""
-    found = _RATIO_ROOT.match(description)
+def _root_bound(description: str) -> int | None:
+    """What the low 64 bits of a root's trace id must be under to be sampled, when the
+    sampler `description` names decides roots on the trace id alone (always on: every id; a
+    trace-id ratio: TraceIdRatioBased's bound); else None (the sampler is asked)."""
+    root = description.removeprefix("ParentBased{root:")
+    if root.startswith("AlwaysOnSampler"):
+        return _ID_LOW + 1
+    found = _RATIO_ROOT.match(root)
     if found is None:
         return None
     from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
