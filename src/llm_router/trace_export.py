@@ -28,7 +28,15 @@ from collections import deque
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["MAX_PENDING", "ExporterProcess", "InProcess", "Record", "exporting"]
+__all__ = [
+    "MAX_PENDING",
+    "ExporterProcess",
+    "InProcess",
+    "Record",
+    "exporting",
+    "otlp_protocol",
+    "service_resource",
+]
 
 log = logging.getLogger(__name__)
 # name, kind, trace id, span id, parent span id (0: none), parent is remote, trace flags,
@@ -243,14 +251,15 @@ class ExporterProcess:
                 self.proc.wait()
 
 
-def _protocol() -> str:
+def otlp_protocol() -> str:
+    """The OTLP protocol the OTEL_* variables ask for (`http/protobuf` by default)."""
     env = os.environ
     return env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
     )
 
 
-def _resource() -> Any:
+def service_resource() -> Any:
     """The resource, made as the SDK makes it (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES)."""
     from opentelemetry.sdk.resources import Resource
 
@@ -359,7 +368,7 @@ class _Processed:
 def exporting(endpoint: str | None, *, encode: bool = True) -> _Encoded | _Processed:
     """What the exporter process hands its batches to (configured, as the SDK is, from the
     OTEL_* variables); `encode=False`: the SDK's way (a test compares the two)."""
-    protocol, resource = _protocol(), _resource()
+    protocol, resource = otlp_protocol(), service_resource()
     exporter = _exporter(protocol, endpoint)
     encoded = _Encoded.make(protocol, exporter, resource) if encode else None
     return encoded or _Processed(exporter, resource)

@@ -99,22 +99,19 @@ class Tracing:
         if not endpoint:
             return None
         try:
-            from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
 
-            from .trace_export import ExporterProcess
+            from .trace_export import ExporterProcess, otlp_protocol, service_resource
         except ImportError:
             log.warning(
                 "tracing: an OTLP endpoint is set but OpenTelemetry is not installed: "
                 "pip install 'llm-runner-router[otel]'"
             )
             return None
-        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-        )
-        name = env.get("OTEL_SERVICE_NAME", "llm-runner-router")
-        provider = TracerProvider(resource=Resource.create({"service.name": name}))
-        log.info("tracing: OTLP (%s) to %s as %s", protocol, endpoint, name)
+        resource = service_resource()  # as the exporter process makes it
+        provider = TracerProvider(resource=resource)
+        name = resource.attributes.get("service.name")
+        log.info("tracing: OTLP (%s) to %s as %s", otlp_protocol(), endpoint, name)
         return cls(provider, ExporterProcess(settings.otel_endpoint))
 
     def root(
