@@ -78,8 +78,8 @@ class Windows:
         """(remaining, seconds to reset) of a window as this process sees it; read from the
         storage when the view is older than `stats_ttl` (or `fresh`)."""
         window = (kind, limit, name)
-        cached = self._stats.get(window)
-        if cached is None or fresh or time.monotonic() - cached[0] > self.stats_ttl:
+        cached = None if fresh else self._fresh(window)
+        if cached is None:
             cached = await self._read(window)
         return self._left(cached, window), max(0.0, cached[2] - self.clock())
 
@@ -87,8 +87,8 @@ class Windows:
         """`view` without a storage read: (remaining, seconds to reset) when the view is
         fresh, else None."""
         window = (kind, limit, name)
-        cached = self._stats.get(window)
-        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+        cached = self._fresh(window)
+        if cached is None:
             return None
         return self._left(cached, window), max(0.0, cached[2] - self.clock())
 
@@ -97,14 +97,21 @@ class Windows:
         `local_share` of the limit after it: (remaining, seconds to reset); else None (nothing
         charged: ask the storage, `take`)."""
         window = (kind, limit, name)
-        cached = self._stats.get(window)
-        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+        cached = self._fresh(window)
+        if cached is None:
             return None
         left = self._left(cached, window) - amount
         if left < limit * self.local_share:
             return None
         self.add(kind, limit, name, amount)
         return left, max(0.0, cached[2] - self.clock())
+
+    def _fresh(self, window: tuple[str, int, str]) -> list[float] | None:
+        """The window's view when it was read at most `stats_ttl` ago, else None."""
+        cached = self._stats.get(window)
+        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+            return None
+        return cached
 
     def forget(self, kind: str, limit: int, name: str) -> None:
         """Drop a window's view: the next look reads the storage."""
