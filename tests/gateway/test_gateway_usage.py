@@ -151,17 +151,22 @@ def test_the_database_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None
 
 
 async def test_embeddings_are_recorded_with_their_prompt_tokens(gw: Gw) -> None:
+    """The second, identical request is answered from the response cache: it is recorded with
+    the tokens its answer reports too, as a chat answered from the cache is."""
     secret = await gw.key("embedder")
-    r = await gw.client.post(
-        "/v1/embeddings", json={"model": "chat", "input": "Hello there"}, headers=bearer(secret)
-    )
+    body = {"model": "chat", "input": "Hello there"}
+    r = await gw.client.post("/v1/embeddings", json=body, headers=bearer(secret))
     assert r.status_code == 200, r.text
+    again = await gw.client.post("/v1/embeddings", json=body, headers=bearer(secret))
+    assert again.headers["x-llm-router-cache"] == "hit"
+    assert again.json()["usage"] == r.json()["usage"]
     usage = await gw.client.get(
         "/admin/usage", params={"group_by": "key,model,route"}, headers=bearer(MASTER)
     )
     [row] = [row for row in usage.json()["data"] if row["key"] == "embedder"]
     assert (row["model"], row["route"]) == ("chat", "/v1/embeddings")
-    assert row["prompt_tokens"] == r.json()["usage"]["prompt_tokens"] > 0
+    assert row["requests"] == 2
+    assert row["prompt_tokens"] == 2 * r.json()["usage"]["prompt_tokens"] > 0
     assert row["completion_tokens"] == 0
 
 

@@ -22,7 +22,7 @@ from ..routing.dispatcher import Dispatcher
 from ..serving.embed import EmbeddingService
 from ..serving.generate import GenerationService
 from ..serving.route_info import RouteInfo
-from ..types import Finished, GenerationEvent, GenerationRequest
+from ..types import Finished, GenerationEvent, GenerationRequest, Usage
 from .entries import Recorder, decode
 from .identity import Identities, StaleModel
 from .keys import cache_flag, canonical, deterministic, digest
@@ -193,6 +193,7 @@ class CachedEmbeddingService(EmbeddingService):
                 result = EmbeddingResponse.model_validate_json(hit)
                 route.model, route.target, route.reason = req.model, result.model, "cache"
                 route.cache = "hit"
+                route.usage = Usage(result.usage.prompt_tokens, 0)  # as a computed answer's
                 self.metrics.requests.labels(result.model, "embeddings", "cache_hit").inc()
                 return result
         route.cache = "miss"
