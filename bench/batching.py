@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import (
     Proc,
     bundled_models,
+    concurrent_timings,
     llama_repack_default,
     llama_server,
     ours,
@@ -41,10 +40,7 @@ SYSTEM = " ".join(f"Rule {i}: answer briefly and precisely." for i in range(70))
 
 
 def run_concurrent(url: str, bodies: list[dict[str, Any]], path: str) -> dict[str, float]:
-    start = time.perf_counter()
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        results = list(pool.map(lambda b: stream_timing(url, b, path), bodies))
-    wall = time.perf_counter() - start
+    results, wall = concurrent_timings(url, bodies, path)
     ttfts = [r["ttft"] for r in results]
     return {
         "tok_s": sum(r["tokens"] for r in results) / wall,

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import (
     Proc,
     bundled_models,
+    concurrent_timings,
     llama_repack_default,
     ours,
     slot_defaults,
-    stream_timing,
     workdir,
     write_result,
 )
@@ -33,10 +31,7 @@ LONG = " ".join(f"Rule {i}: answer briefly and precisely." for i in range(70))  
 
 
 def concurrent(url: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
-    start = time.perf_counter()
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        results = list(pool.map(lambda b: stream_timing(url, b), bodies))
-    wall = time.perf_counter() - start
+    results, wall = concurrent_timings(url, bodies)
     return {
         "wall_s": wall,
         "ttft_s": statistics.median(r["ttft"] for r in results),

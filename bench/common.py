@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +133,19 @@ def llama_server(args: list[str], workdir: Path) -> Proc:
 
 
 def stream_timing(
-    url: str, body: dict[str, Any], path: str = "/v1/completions"
+    url: str,
+    body: dict[str, Any],
+    path: str = "/v1/completions",
+    client: httpx.Client | None = None,
 ) -> dict[str, float]:
-    """Send one streaming request; seconds to first token, total, and tokens received."""
+    """Send one streaming request; seconds to first token, total, and tokens received.
+    `client`: one made before the clock starts (concurrent streams each get their own, see
+    `concurrent_timings`); without it a client is made inside the measurement."""
     start = time.perf_counter()
     first = None
     tokens = chunks = 0
     payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", url + path, json=payload, timeout=300) as r:
+    with (client or httpx).stream("POST", url + path, json=payload, timeout=300) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -177,3 +183,25 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps({"machine": {"cores": os.cpu_count()}, **data}, indent=1))
     return path
+
+
+def concurrent_timings(
+    url: str, bodies: list[dict[str, Any]], path: str = "/v1/completions"
+) -> tuple[list[dict[str, float]], float]:
+    """`stream_timing` of every body at once, one thread and one HTTP client each, and the
+    wall time from the first request sent to the last stream ended. The clients are made
+    before the clock starts: making one (an SSL context, ~20 ms of CPU) for each of 16
+    streams inside the measurement was ~300 ms of the client's CPU on this 2-core machine
+    while the servers answered the first requests, and it showed in their time to first
+    token more than either server did (BENCHMARKS.md, issue 20's 16-stream TTFT)."""
+    clients = [httpx.Client(timeout=300) for _ in bodies]
+    try:
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            start = time.perf_counter()
+            pairs = zip(clients, bodies, strict=True)
+            results = list(pool.map(lambda cb: stream_timing(url, cb[1], path, cb[0]), pairs))
+            wall = time.perf_counter() - start
+    finally:
+        for c in clients:
+            c.close()
+    return results, wall
