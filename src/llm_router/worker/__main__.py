@@ -37,6 +37,8 @@ from .protocol import (
 )
 
 INFO_INTERVAL = 1.0
+GATHER_QUIET_S = 0.003  # an idle engine's first step waits for this long a pause...
+GATHER_MAX_S = 0.015  # ...or this long in all (see serve)
 
 
 def _reader(stream: BinaryIO, inbox: queue.Queue[dict[str, Any] | None]) -> None:
@@ -136,19 +138,39 @@ def _step(engine: Engine, live: set[int]) -> list[tuple[int, Any]]:
     return events
 
 
-def serve(engine: Engine, sock: socket.socket, stream: BinaryIO) -> None:
+def serve(
+    engine: Engine,
+    sock: socket.socket,
+    stream: BinaryIO,
+    gather: tuple[float, float] = (GATHER_QUIET_S, GATHER_MAX_S),
+) -> None:
+    """The engine loop. When a request wakes an idle engine, the first step waits until no
+    message came for `gather[0]` seconds (at most `gather[1]` in all): requests sent together
+    reach the worker a millisecond or so apart, and a step started on the first alone made
+    the others wait for it to end before their prompts began (first tokens at 4 streams
+    ~1.4x llama-server's, which takes them together: BENCHMARKS.md)."""
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_reader, args=(stream, inbox), daemon=True).start()
     next_info = 0.0
     live: set[int] = set()
+    gather_until = 0.0  # while gathering a burst: when the gathering ends at the latest
     while True:
+        busy = engine.busy
         try:
-            msg = inbox.get_nowait() if engine.busy else inbox.get(timeout=INFO_INTERVAL)
+            if not busy:
+                msg = inbox.get(timeout=INFO_INTERVAL)
+            elif gather_until:
+                wait = min(gather[0], gather_until - time.monotonic())
+                msg = inbox.get(timeout=max(wait, 0.0))
+            else:
+                msg = inbox.get_nowait()
         except queue.Empty:
-            msg = {}
+            msg, gather_until = {}, 0.0
         if msg is None or (msg and not _handle(engine, msg, sock, live)):
             return
         if msg:
+            if not busy and engine.busy:
+                gather_until = time.monotonic() + gather[1]
             continue  # drain everything queued before the next step
         if engine.busy:
             data = events_to_wire(_step(engine, live))
