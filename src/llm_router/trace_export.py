@@ -243,7 +243,10 @@ class ExporterProcess:
             self.thread.join(30)
         if self.proc is not None:
             assert self.proc.stdin is not None
-            self.proc.stdin.close()
+            try:
+                self.proc.stdin.close()
+            except OSError:  # the process is gone, with what was left unwritten
+                pass
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

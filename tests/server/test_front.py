@@ -4,8 +4,10 @@ exports the spans the request path recorded, with their ids, parents, attributes
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import logging
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from inproc import app_client
-from llm_router import tracing
+from llm_router import trace_export, tracing
 from llm_router.trace_export import ExporterProcess
 from llm_router.tracing import Tracing
 
@@ -162,3 +164,33 @@ def test_the_exporter_process_exports_the_spans_as_recorded(
     decode, _ = spans["llm_router.decode"]
     assert (decode.start_time_unix_nano, decode.end_time_unix_nano) == (1_000, 2_000)
     assert decode.attributes[0].value.int_value == 3
+
+
+async def test_an_exporter_process_that_stops_reading_costs_spans_not_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipe fills and the export thread blocks on it: the loop goes on, and once
+    MAX_PENDING spans wait, new ones are dropped (this process does not grow). Shutting down
+    after the process died returns."""
+    monkeypatch.setattr(trace_export, "MAX_PENDING", 5_000)
+    monkeypatch.setattr(trace_export, "_FLUSH_S", 0.01)
+    sink = ExporterProcess(None)
+
+    def stuck() -> subprocess.Popen[bytes]:  # a process that never reads its stdin
+        sink.proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE)
+        return sink.proc
+
+    monkeypatch.setattr(sink, "_start", stuck)  # the export thread starts it
+    record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v" * 40}, None, ())
+    try:
+        for _ in range(40):
+            for _ in range(500):
+                sink.put(record)  # type: ignore[arg-type]
+            await asyncio.sleep(0.02)  # the export thread's flushes run meanwhile
+        assert sink.dropped > 0
+        assert len(sink.pending) <= 5_000
+    finally:
+        if sink.proc is not None:  # the blocked write fails, and shutdown returns
+            sink.proc.kill()
+            await asyncio.to_thread(sink.proc.wait)
+        await asyncio.to_thread(sink.shutdown)
