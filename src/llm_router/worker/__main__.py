@@ -4,9 +4,11 @@ Imports ENGINE's backend library at once, then waits on the socket inherited as 
 descriptor FD for `{"op": "load", "engine", "spec"}`: so a spare worker can be started ahead of
 need and pay Python's start-up and the library import before anyone waits for it; it says so
 with `{"op": "spare", "rss"}` (its memory before any model, the base of memory estimates).
-Then it loads one model and serves it. A reader thread turns incoming lines into a queue; the main thread runs the engine loop, draining the queue
-between decode steps and blocking on it when idle. When the router's end of the socket closes
-(router exited or killed us) the process exits: a worker never outlives its router."""
+Then it loads one model and serves it. A reader thread turns incoming lines into a queue; the
+main thread runs the engine loop (`serve`), draining the queue between decode steps and
+blocking on it when idle (requests that wake it together start in one step). When the
+router's end of the socket closes (router exited or killed us) the process exits: a worker
+never outlives its router."""
 
 from __future__ import annotations
 

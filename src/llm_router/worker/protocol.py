@@ -6,9 +6,10 @@ operations behind llama-server's endpoints (TEXT_OPS): `{"op": "tokenize", "id",
 "add_special", "parse_special"}`, `{"op": "pieces", "id", "tokens"}`, `{"op": "chat_prompt",
 "id", "messages"}`, `{"op": "template_info", "id"}`, and `{"op": "prompt_tokens", "id", "text",
 "messages"}` (a prompt's count, for limits: routing/admission.py). Worker -> router:
-`{"op": "spare", "rss"}` once its engine library is imported, then `{"op": "ready", "info"}` or `{"op": "load_failed",
-"error"}` once, then per request `{"id", "text"}` deltas (with `"lp"`, the tokens' log-probabilities, when asked
-for; `{"id", "prompt_lp"}` once before them for a prompt's), `{"id", "finish", "usage"}`,
+`{"op": "spare", "rss"}` once its engine library is imported, then `{"op": "ready", "info"}`
+or `{"op": "load_failed", "error"}` once, then per request `{"id", "text"}` deltas (with
+`"lp"`, the tokens' log-probabilities, when asked for; `{"id", "prompt_lp"}` once before them
+for a prompt's), `{"id", "finish", "usage"}`,
 `{"id", "embeddings", "dim", "tokens"}` (the vectors as one base64 string of native-order
 float32, far smaller and faster than JSON numbers), `{"id", "result"}` (a text operation's
 answer; token pieces as one base64 string and their lengths) or `{"id", "error"}`, and
