@@ -264,10 +264,19 @@ class _BreakerCollector(Collector):
             "a failed load), whether a fallback or retry then served or not",
             labels=["model"],
         )
+        retries = CounterMetricFamily(
+            "llm_router_retries",
+            "Attempts a route sent to the target after an earlier attempt of the same request "
+            "failed, whether that attempt then served or not",
+            labels=["route", "target"],
+        )
         for target in self._router.targets():
             state.add_metric([target.id, str(target.breaker.state)], 1)
             in_flight.add_metric([target.id], target.stats.in_flight)
             failures.add_metric([target.id], target.stats.failures)
+        for (route, target_id), count in list(self._router.retries.items()):
+            retries.add_metric([route, target_id], count)
         yield state
         yield in_flight
         yield failures
+        yield retries

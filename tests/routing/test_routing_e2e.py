@@ -104,6 +104,7 @@ def test_fallback_on_500_429_timeout_and_dead_upstream(
         }
         # two 500s (one streaming), a 429, a hang (a read timeout)
         assert fell == {"UpstreamError": 2, "QueueFull": 1, "UpstreamTimeout": 1}
+        assert seen.get("llm_router_retries_total", route="auto", target="real") == 4
         prompt = seen.get("llm_router_tokens_total", model="real", kind="prompt")
         completion = seen.get("llm_router_tokens_total", model="real", kind="completion")
         spent = (prompt * 100 + completion * 200) / 1e6

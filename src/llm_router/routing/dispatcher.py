@@ -12,6 +12,7 @@ local-only paths share the same resolution; each attempt's accounting is in atte
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -74,6 +75,9 @@ class Dispatcher:
         }
         self._health: list[asyncio.Task[None]] = []
         self._shared: BreakerSync | None = None  # remote targets' breakers, through Redis
+        # (route, target) -> attempts a route sent to `target` after an earlier attempt of the
+        # same request failed: served or not (the fallbacks counter has only the served ones).
+        self.retries: collections.Counter[tuple[str, str]] = collections.Counter()
 
     async def start(self) -> None:
         if self.settings.redis_url:
@@ -250,6 +254,8 @@ class Dispatcher:
                 continue
             if failures and route is not None:
                 await asyncio.sleep(route.config.backoff * 2 ** (len(failures) - 1))
+            if failed:  # not after a target skipped for its open breaker alone
+                self.retries[name, target.id] += 1
             attempts -= 1
             try:
                 first, events, started, ttft = await first_event(target, call)
