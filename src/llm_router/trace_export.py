@@ -11,7 +11,9 @@ where an exporter version gives no way in for encoded requests, it makes the SDK
 exports them through the BatchSpanProcessor instead (`_Processed`, ~4x the CPU). Spans wait
 at most 200 ms here; if the exporter process falls behind, up to `MAX_PENDING` spans queue
 here, then new ones are dropped (logged once). It exits when its pipe closes: at `shutdown`,
-which waits for its last export, or when this process dies."""
+which gives its last exports `DRAIN_S` and then has it drop the rest (a collector that is down
+would otherwise hold up the server's stop for its exporter's retries), or when this process
+dies."""
 
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import IO, Any
 
 __all__ = [
+    "DRAIN_S",
     "MAX_PENDING",
     "ExporterProcess",
     "InProcess",
@@ -58,6 +62,7 @@ Record = tuple[
     tuple[tuple[str, dict[str, Any], int], ...],
 ]
 MAX_PENDING = 100_000
+DRAIN_S = 5.0  # at shutdown, how long the exporter process may take to send what is left
 _FLUSH_S = 0.2
 _FRAME = struct.Struct("<I")
 
@@ -236,22 +241,35 @@ class ExporterProcess:
         )
         return self.proc
 
-    def shutdown(self) -> None:
-        """Send what is pending and wait (up to 30 s) for the process to export it."""
+    def shutdown(self, drain: float = DRAIN_S) -> None:
+        """Send what is pending and give the process `drain` seconds to export it. Then it is
+        told to drop the rest (SIGTERM: it stops its exporter's retries and reads its pipe to
+        the end, which also frees a write blocked on the pipe) and killed if it still runs
+        5 s later."""
         self.stop.set()
+        deadline = time.monotonic() + drain
         if self.thread is not None:
-            self.thread.join(30)
-        if self.proc is not None:
-            assert self.proc.stdin is not None
+            self.thread.join(drain)
+        proc = self.proc
+        if proc is None:
+            return
+        if self.thread is not None and self.thread.is_alive():  # blocked on a full pipe
+            proc.terminate()
+            self.thread.join(5)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.close()
+        except OSError:  # the process is gone, with what was left unwritten
+            pass
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
             try:
-                self.proc.stdin.close()
-            except OSError:  # the process is gone, with what was left unwritten
-                pass
-            try:
-                self.proc.wait(30)
+                proc.wait(5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
 def otlp_protocol() -> str:
@@ -329,6 +347,7 @@ class _Encoded:
         )
         size = os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
         self.size = int(size) if size else None
+        self.aborted = False
 
     @classmethod
     def make(cls, protocol: str, exporter: Any, resource: Any) -> _Encoded | None:
@@ -347,22 +366,35 @@ class _Encoded:
 
     def __call__(self, records: list[Record]) -> None:
         for request in self.encoder.requests(records, self.size):
+            if self.aborted:
+                return
             self.send(request)
 
-    def shutdown(self) -> None:
+    def abort(self) -> None:
+        """No more sending: the exporter's retries stop (from a signal handler)."""
+        self.aborted = True
         self.exporter.shutdown()
+
+    def shutdown(self) -> None:
+        if not self.aborted:
+            self.exporter.shutdown()
 
 
 class _Processed:
     """The SDK's way, where `_Encoded` cannot be: `ReadableSpan`s into a BatchSpanProcessor."""
 
     def __init__(self, exporter: Any, resource: Any) -> None:
+        self.exporter = exporter
         self.processor = _processor(exporter)
         self.put = _Direct(self.processor, resource)
 
     def __call__(self, records: list[Record]) -> None:
         for rec in records:
             self.put(rec)
+
+    def abort(self) -> None:
+        """No more sending: the exporter fails what it is given from now on, at once."""
+        self.exporter.shutdown()
 
     def shutdown(self) -> None:
         self.processor.shutdown()
@@ -389,15 +421,32 @@ def _frames(pipe: IO[bytes]) -> Iterator[list[Record]]:
 
 def main() -> None:
     """The exporter process: batches of records on stdin until it closes, then a last export
-    (Ctrl-C is for the server, which closes the pipe as it stops)."""
+    (Ctrl-C is for the server, which closes the pipe as it stops). SIGTERM: the server stops
+    and its time for the last export is up; what is still unsent is dropped and counted."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     export = exporting(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
+    dropped: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not dropped:
+            dropped.append(0)
+            export.abort()
+
+    signal.signal(signal.SIGTERM, stop)
     gc.freeze()  # what the imports made: not walked by every collection of the batches'
     try:
         for batch in _frames(sys.stdin.buffer):
-            export(batch)
+            if not dropped:
+                export(batch)
+            if dropped:  # stopped before or while this batch was sent
+                dropped[0] += len(batch)
     finally:
         export.shutdown()
+        if dropped:
+            log.warning(
+                "tracing: stopped before the collector took every span; up to %d dropped",
+                dropped[0],
+            )
 
 
 if __name__ == "__main__":

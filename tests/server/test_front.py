@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import logging
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -194,3 +195,20 @@ async def test_an_exporter_process_that_stops_reading_costs_spans_not_the_loop(
             sink.proc.kill()
             await asyncio.to_thread(sink.proc.wait)
         await asyncio.to_thread(sink.shutdown)
+
+
+def test_a_collector_that_is_down_does_not_hold_up_shutdown(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The exporter retries a refused collector for 10 s a batch; at shutdown it gets `drain`
+    seconds, then drops what is left, says so, and exits by itself (it was killed after 30 s)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again: connections to it are refused
+    sink = ExporterProcess(f"http://127.0.0.1:{port}")
+    record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
+    for _ in range(300):
+        sink.put(record)  # type: ignore[arg-type]
+    sink.shutdown(drain=0.5)
+    assert sink.proc is not None and sink.proc.returncode == 0
+    assert "up to 300 dropped" in capfd.readouterr().err
