@@ -76,6 +76,13 @@ class EngineOptions(BaseModel):
         description="llama.cpp: repack weights for the CPU's kernels (extra buffer types). "
         "Default: on, off where llama.cpp would use its AMX kernels (they crash, llama.cpp#20824).",
     )
+    load_mode: Literal["auto", "none", "mmap", "mlock", "mmap+mlock", "dio"] | None = Field(
+        None,
+        description="llama.cpp: how the weights are loaded (llama-server's --load-mode): auto "
+        "(mmap where the device can), none (read into memory), mmap, mlock or mmap+mlock (kept "
+        "in RAM, never paged out: needs `ulimit -l` above the model's size, or CAP_IPC_LOCK), "
+        "dio (direct I/O). Default: auto.",
+    )
 
     def merged(self, override: EngineOptions) -> EngineOptions:
         """`override`'s set fields win over this one's."""

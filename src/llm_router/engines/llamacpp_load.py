@@ -5,7 +5,9 @@ duration (loading, for one, reads the whole file)."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import resource
 from typing import Any
 
 import llama_cpp as lc
@@ -14,6 +16,7 @@ from ..errors import ModelLoadFailed
 from .base import LoadSpec
 
 __all__ = [
+    "LOAD_MODES",
     "context_params",
     "load_model",
     "model_params",
@@ -21,6 +24,18 @@ __all__ = [
     "token_piece",
     "tokenize",
 ]
+
+log = logging.getLogger(__name__)
+# The config's `load_mode` names (llama-server's --load-mode), to llama.cpp's values: its own
+# llama_load_mode_from_str aborts the process on a name it does not know.
+LOAD_MODES = {
+    "auto": lc.LLAMA_LOAD_MODE_AUTO,
+    "none": lc.LLAMA_LOAD_MODE_NONE,
+    "mmap": lc.LLAMA_LOAD_MODE_MMAP,
+    "mlock": lc.LLAMA_LOAD_MODE_MLOCK,
+    "mmap+mlock": lc.LLAMA_LOAD_MODE_MMAP_MLOCK,
+    "dio": lc.LLAMA_LOAD_MODE_DIRECT_IO,
+}
 
 
 def model_params(repack: bool | None) -> Any:
@@ -41,16 +56,36 @@ def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 
 def load_model(spec: LoadSpec) -> Any:
-    """The llama.cpp model of `spec.path` (option `repack`: see model_params), with
-    llama.cpp's log silenced unless LLM_ROUTER_ENGINE_LOG is set. Raises ModelLoadFailed."""
+    """The llama.cpp model of `spec.path` (options `repack`: see model_params; `load_mode`:
+    llama.cpp's, by its name), with llama.cpp's log silenced unless LLM_ROUTER_ENGINE_LOG is
+    set. Raises ModelLoadFailed."""
     lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
     lc.llama_backend_init()
-    model = lc.llama_model_load_from_file(
-        spec.path.encode(), model_params(spec.options.get("repack"))
-    )
+    params = model_params(spec.options.get("repack"))
+    mode = spec.options.get("load_mode")
+    if mode is not None:
+        params.load_mode = LOAD_MODES[mode]
+        if "mlock" in mode:
+            _warn_unlockable(spec.path)
+    model = lc.llama_model_load_from_file(spec.path.encode(), params)
     if not model:
         raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
     return model
+
+
+def _warn_unlockable(path: str) -> None:
+    """A warning when this process may not lock `path`'s size of memory (llama.cpp then loads
+    the model anyway, its weights pageable, and says so only in its own silenced log)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    size = os.path.getsize(path)
+    if soft != resource.RLIM_INFINITY and soft < size and os.geteuid() != 0:
+        log.warning(
+            "mlock: %s is %d MiB but this process may lock only %d MiB (ulimit -l); its "
+            "weights stay pageable",
+            os.path.basename(path),
+            size >> 20,
+            soft >> 20,
+        )
 
 
 def context_params(threads: int) -> Any:
