@@ -94,6 +94,9 @@ class InProcessWorker:
     ) -> int:
         return prompt_token_count(self.engine, text, messages)
 
+    async def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        return self.engine.embedding_tokens(inputs)
+
     async def template_info(self) -> dict[str, str]:
         return self.engine.template_info()
 

@@ -107,6 +107,20 @@ def test_token_arrays_equal_their_text(engine_name: str, request: pytest.Fixture
 
 
 @pytest.mark.parametrize("engine_name", ENGINES)
+def test_the_count_before_embedding_is_the_one_embedding_reports(
+    engine_name: str, request: pytest.FixtureRequest
+) -> None:
+    """What a tokens-per-minute limit charges before the inputs run (Engine.embedding_tokens)
+    is the usage their embedding then reports: texts, a text past the model's length (cut
+    where embedding cuts it) and token arrays, short and past the length."""
+    engine = request.getfixturevalue(engine_name)
+    texts = [*SENTENCES, "word " * 1000, "a b c d e f g h i j k l m n o p"]
+    arrays = [[101, 2023, 102], [2773] * 1000]
+    for inputs in (texts, arrays, texts[:1]):
+        assert engine.embedding_tokens(inputs) == engine.embed(inputs)[1] > 0
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
 def test_generation_is_refused(engine_name: str, request: pytest.FixtureRequest) -> None:
     engine = request.getfixturevalue(engine_name)
     with pytest.raises(BadRequest, match="only makes embeddings"):
@@ -130,6 +144,8 @@ def test_a_generative_gguf_makes_no_embeddings(smollm2_gguf: Path) -> None:
         assert isinstance(engine, LlamaCppEngine)
         with pytest.raises(BadRequest, match="does not make embeddings"):
             engine.embed(["hello"])
+        with pytest.raises(BadRequest, match="does not make embeddings"):
+            engine.embedding_tokens(["hello"])
     finally:
         engine.close()
 

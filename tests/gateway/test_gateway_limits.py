@@ -113,21 +113,22 @@ async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: G
 async def test_embedding_inputs_longer_than_what_is_left_are_refused_before_they_run(
     gw: Gw,
 ) -> None:
-    """Embeddings are charged before they run too (an estimate, 4 characters a token, that
-    the usage corrects): inputs over what is left of the minute get the 429 and cost
-    nothing; short ones pass and the window then holds their usage."""
-    secret = await gw.key("embed-tpm", tpm=50)
-    long_input = {"model": "chat", "input": ["word " * 30, "word " * 30]}  # ~76 tokens
+    """Embeddings are charged before they run too, with the model's own count (the fake
+    engine's: one token a word): inputs over what is left of the minute get the 429 and cost
+    nothing, though the 4-characters-a-token estimate would have let these in; short ones
+    pass and the window then holds their usage."""
+    secret = await gw.key("embed-tpm", tpm=30)
+    long_input = {"model": "chat", "input": ["a " * 20, "b " * 20]}  # 40 words, 80 characters
     r = await gw.client.post("/v1/embeddings", json=long_input, headers=bearer(secret))
     message = str(assert_refused(r, "rate_limit_exceeded")["message"])
-    assert "prompt has" in message and "tokens per minute" in message
-    assert r.headers["x-ratelimit-remaining-tokens"] == "50"  # nothing was charged
+    assert "the prompt has 40 tokens" in message and "tokens per minute" in message
+    assert r.headers["x-ratelimit-remaining-tokens"] == "30"  # nothing was charged
     ok = await gw.client.post(
         "/v1/embeddings", json={"model": "chat", "input": "Hello there"}, headers=bearer(secret)
     )
     assert ok.status_code == 200, ok.text
     used = ok.json()["usage"]["prompt_tokens"]
-    assert await window_total(gw.gateway.limiter, 50, "embed-tpm") == used  # corrected
+    assert await window_total(gw.gateway.limiter, 30, "embed-tpm") == used
 
 
 async def test_requests_at_once(tmp_path: Path, master_env: str) -> None:

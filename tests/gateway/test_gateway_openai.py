@@ -14,18 +14,24 @@ import openai
 import pytest
 from gw_helpers import MASTER, bearer, within_one_minute_window
 
-from servers import GEMMA, SMOL, Server
+from llm_router import defaults
+from servers import GEMMA, SMOL, Server, link_models
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+def gated(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path
+) -> Iterator[Server]:
+    """The bundled models as `make run` serves them: SmolLM2, Gemma and all-MiniLM-L6-v2."""
     workdir = tmp_path_factory.mktemp("gated")
+    models = link_models(workdir / "models", smollm2_gguf, gemma_gguf)
+    assert defaults.place_minilm(models) is not None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLM_ROUTER_MASTER_KEY", MASTER)
         server = Server(
-            workdir, {"models_dir": str(models_dir), "data_dir": str(workdir / "data")}
+            workdir, {"models_dir": str(models), "data_dir": str(workdir / "data")}
         ).start()
     yield server
     server.stop()
@@ -199,3 +205,30 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
     assert (row["requests"], row["errors"]) == (3, 1)
     assert row["completion_tokens"] == first.usage.completion_tokens + third.usage.completion_tokens
     assert row["prompt_tokens"] == first.usage.prompt_tokens + third.usage.prompt_tokens
+
+
+def test_embedding_inputs_are_counted_by_the_models_tokenizer_before_they_run(
+    gated: Server,
+) -> None:
+    """A key with a small tokens-per-minute limit embeds on all-MiniLM-L6-v2: the inputs are
+    charged with the model's own count before they run. 40 one-letter words (79 characters,
+    ~20 tokens at 4 characters a token) are 42 WordPiece tokens with [CLS] and [SEP]: over the
+    key's 30, refused before anything is embedded; a short input then passes, and the window
+    holds exactly its usage."""
+    tpm = 30
+    within_one_minute_window(20)  # exact header values: no window slides meanwhile
+    key = make_key(gated, "embed-tpm", tpm=tpm)
+    letters = " ".join("abcdefghijklmnopqrstuvwxyzabcdefghijklmn")
+    with client(gated, key) as c:
+        with pytest.raises(openai.RateLimitError) as info:
+            c.embeddings.create(model=defaults.MINILM_ID, input=letters)
+        refused = info.value.response
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "the prompt has 42 tokens" in refused.json()["error"]["message"]
+        assert refused.headers["x-ratelimit-remaining-tokens"] == str(tpm)  # nothing charged
+        raw = c.embeddings.with_raw_response.create(model=defaults.MINILM_ID, input="Hello there")
+        done = raw.parse()
+        assert len(done.data[0].embedding) == 384
+        assert done.usage.prompt_tokens == 4  # [CLS] hello there [SEP]
+        left = tpm - done.usage.prompt_tokens
+        assert raw.headers["x-ratelimit-remaining-tokens"] == str(left)

@@ -117,6 +117,12 @@ class Engine(Protocol):
         tokens. Blocks for the whole batch. Engines without embeddings raise BadRequest."""
         ...
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        """The input tokens `embed` counts for `inputs` (each cut where `embed` cuts it),
+        without embedding them: a request's count for limits (routing/admission.py).
+        Engines without embeddings raise BadRequest."""
+        ...
+
     # llama-server's /tokenize, /detokenize, /apply-template and /props. Each runs on the
     # worker's loop thread between decode steps, as `submit` does, and blocks the model's
     # streams for its duration (the request sizes are bounded in protocol/llama.py).

@@ -121,6 +121,9 @@ class FakeEngine:
             vectors.append([v / norm for v in vec])
         return vectors, n_tokens
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        return sum(len(item.split()) if isinstance(item, str) else len(item) for item in inputs)
+
     def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode()
         if parse_special:

@@ -111,6 +111,15 @@ class TransformersEngine:
             raise BadRequest("this model makes text, not embeddings", param="model")
         return embed_in_batches(inputs, EMBED_BATCH, self._embed_batch)
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        if self.task != "embed":
+            raise BadRequest("this model makes text, not embeddings", param="model")
+        limit = self._pooling.max_length or self.context_size
+        if inputs and isinstance(inputs[0], str):
+            ids = self._tok(list(inputs), truncation=True, max_length=limit)["input_ids"]
+            return sum(len(row) for row in ids)
+        return sum(len(row[:limit]) for row in inputs)
+
     def _embed_batch(self, batch: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         ids, mask = self._encode(batch)
         with torch.inference_mode():

@@ -219,6 +219,9 @@ class LlamaCppEngine:
         header) get LlamaCppEmbeddingEngine instead (see `open_gguf`)."""
         raise BadRequest("this model does not make embeddings", param="model")
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        return self.embed(inputs)[1]  # refused, as `embed` is
+
     def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         return tokenize(self._vocab, text, add_bos=add_special, special=parse_special)
 

@@ -108,6 +108,9 @@ class LlamaCppEmbeddingEngine:
             start = end
         return vectors, sum(len(r) for r in rows)
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        return sum(len(self._tokens(item)) for item in inputs)
+
     def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         return tokenize(self._vocab, text, add_bos=add_special, special=parse_special)
 

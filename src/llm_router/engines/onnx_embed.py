@@ -132,6 +132,12 @@ class OnnxEmbeddingEngine:
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         return embed_in_batches(inputs, BATCH, self._embed_batch)
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        if inputs and isinstance(inputs[0], str):
+            encodings = self._tok.encode_batch([str(t) for t in inputs])
+            return sum(sum(e.attention_mask) for e in encodings)
+        return sum(min(len(r), self.max_length) for r in inputs)
+
     def _embed_batch(self, batch: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         feed = self._encode(batch)
         mask = feed["attention_mask"]

@@ -156,6 +156,9 @@ class OnnxGenaiEngine:
     def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         raise BadRequest("this model makes text, not embeddings", param="model")
 
+    def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        return self.embed(inputs)[1]  # refused, as `embed` is
+
     def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         return plain_tokens(self._tok, text, add_special=add_special, parse_special=parse_special)
 

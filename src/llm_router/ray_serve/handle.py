@@ -151,6 +151,9 @@ class DeploymentWorker(Worker):
         wire = None if messages is None else messages_to_wire(messages)
         return int(await self._text("prompt_tokens", {"text": text, "messages": wire}))
 
+    async def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        return int(await self._text("embedding_tokens", {"inputs": inputs}))
+
     async def template_info(self) -> dict[str, str]:
         value = await self._text("template_info", {})
         return {str(k): str(v) for k, v in value.items()}

@@ -120,7 +120,7 @@ class ReplicaBase:
 
     async def text(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """One of the text operations (llama-server's tokenize, pieces, chat_prompt,
-        template_info, and prompt_tokens for routing/admission.py) on the multiplexed model:
+        template_info, and prompt_tokens and embedding_tokens for routing/admission.py) on the multiplexed model:
         `{"result"}` or `{"error"}`."""
         try:
             model_id = (await self._held()).model_id
@@ -136,6 +136,8 @@ class ReplicaBase:
                     wire = args["messages"]
                     messages = None if wire is None else messages_from_wire(wire)
                     result = await worker.prompt_tokens(text=args["text"], messages=messages)
+                elif op == "embedding_tokens":
+                    result = await worker.embedding_tokens(args["inputs"])
                 else:
                     result = await worker.template_info()
         except RouterError as exc:

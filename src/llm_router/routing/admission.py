@@ -14,8 +14,10 @@ How a prompt is counted:
 - a remote target: an estimate (`estimate`), OpenAI's rule of thumb of 4 characters a token
   plus 4 tokens of framing per message and 3 to prime the answer; the upstream's own count,
   known at the end, corrects it;
-- embedding inputs: the same estimate, for local models too (counting them exactly would
-  tokenize every input once more in the model's worker), corrected by the usage."""
+- embedding inputs: a local model's own count (`Worker.embedding_tokens`: its tokenizer, and
+  its cut at the model's length, in one round trip to its worker; the inputs are tokenized
+  again to embed them, which costs little beside the embedding); a remote target's, the
+  estimate (`estimate_inputs`), corrected by the usage."""
 
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ def estimate(request: GenerationRequest) -> int:
 
 
 def estimate_inputs(inputs: list[str] | list[list[int]]) -> int:
-    """The tokens embedding `inputs` will likely count (exact for token ids): charged before
-    they are embedded, local or remote; the usage the answer reports corrects it."""
+    """The tokens embedding `inputs` on a remote target will likely count (exact for token
+    ids): charged before they are sent; the usage the answer reports corrects it."""
     return sum(
         len(item) if isinstance(item, list) else math.ceil(len(item) / CHARS_PER_TOKEN)
         for item in inputs

@@ -25,7 +25,7 @@ from ..types import (
     TextDelta,
 )
 from ..worker.client import Worker
-from .admission import count_local, estimate_inputs, prompt_gate
+from .admission import count_local, prompt_gate
 from .targets import Call, EmbedCall, Lease, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
@@ -136,9 +136,9 @@ class LocalTarget(Target):
         source = self.lifecycle.resolve(self.id).source
         _check(source, call.dimensions)
         gate = prompt_gate.get()
-        if gate is not None:  # a limit counts the inputs' tokens before they are embedded
-            await gate.admit_prompt(estimate_inputs(call.inputs))
         async with self.lifecycle.lease(self.id) as worker:
+            if gate is not None:  # a limit counts the inputs' tokens before they are embedded
+                await gate.admit_prompt(await worker.embedding_tokens(call.inputs))
             out = await worker.embed(call.inputs)
         matryoshka = bool(source.info and source.info.matryoshka)
         vectors = fit_dimensions(out.vectors, call.dimensions, matryoshka=matryoshka, model=self.id)

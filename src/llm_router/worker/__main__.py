@@ -104,6 +104,8 @@ def _text_op(engine: Engine, msg: dict[str, Any]) -> Any:
         wire = msg.get("messages")
         messages = None if wire is None else messages_from_wire(wire)
         return prompt_token_count(engine, str(msg["text"]), messages)
+    if op == "embedding_tokens":
+        return engine.embedding_tokens(msg["inputs"])
     return engine.template_info()
 
 

@@ -195,6 +195,10 @@ class Worker:
         wire = None if messages is None else messages_to_wire(messages)
         return int(await self._ask({"op": "prompt_tokens", "text": text, "messages": wire}))
 
+    async def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
+        """The input tokens embedding `inputs` counts (see Engine.embedding_tokens)."""
+        return int(await self._ask({"op": "embedding_tokens", "inputs": inputs}))
+
     async def template_info(self) -> dict[str, str]:
         """The chat template's source and the BOS and EOS tokens (see Engine.template_info)."""
         value = await self._ask({"op": "template_info"})

@@ -60,7 +60,9 @@ __all__ = [
     "request_to_wire",
 ]
 
-TEXT_OPS = frozenset({"tokenize", "pieces", "chat_prompt", "prompt_tokens", "template_info"})
+TEXT_OPS = frozenset(
+    {"tokenize", "pieces", "chat_prompt", "prompt_tokens", "embedding_tokens", "template_info"}
+)
 
 
 @dataclass(frozen=True, slots=True)
