@@ -114,7 +114,7 @@ class TransformersEngine:
     def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
         if self.task != "embed":
             raise BadRequest("this model makes text, not embeddings", param="model")
-        limit = self._pooling.max_length or self.context_size
+        limit = self._embed_limit()
         if inputs and isinstance(inputs[0], str):
             ids = self._tok(list(inputs), truncation=True, max_length=limit)["input_ids"]
             return sum(len(row) for row in ids)
@@ -225,8 +225,12 @@ class TransformersEngine:
     def _decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
 
+    def _embed_limit(self) -> int | None:
+        """Where embedding inputs are cut: the pooling config's length, else the context."""
+        return self._pooling.max_length or self.context_size
+
     def _encode(self, inputs: list[str] | list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        limit = self._pooling.max_length or self.context_size
+        limit = self._embed_limit()
         if inputs and isinstance(inputs[0], str):
             enc = self._tok(
                 list(inputs), padding=True, truncation=True, max_length=limit, return_tensors="pt"

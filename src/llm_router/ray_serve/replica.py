@@ -120,8 +120,8 @@ class ReplicaBase:
 
     async def text(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """One of the text operations (llama-server's tokenize, pieces, chat_prompt,
-        template_info, and prompt_tokens and embedding_tokens for routing/admission.py) on the multiplexed model:
-        `{"result"}` or `{"error"}`."""
+        template_info, and prompt_tokens and embedding_tokens for routing/admission.py) on the
+        multiplexed model: `{"result"}` or `{"error"}`."""
         try:
             model_id = (await self._held()).model_id
             async with self.manager.lease(model_id) as worker:

@@ -4,8 +4,9 @@ Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "embed", "id", 
 `{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`, and the text
 operations behind llama-server's endpoints (TEXT_OPS): `{"op": "tokenize", "id", "text",
 "add_special", "parse_special"}`, `{"op": "pieces", "id", "tokens"}`, `{"op": "chat_prompt",
-"id", "messages"}`, `{"op": "template_info", "id"}`, and `{"op": "prompt_tokens", "id", "text",
-"messages"}` (a prompt's count, for limits: routing/admission.py). Worker -> router:
+"id", "messages"}`, `{"op": "template_info", "id"}`, `{"op": "prompt_tokens", "id", "text",
+"messages"}` and `{"op": "embedding_tokens", "id", "inputs"}` (a prompt's count and embedding
+inputs' count, for limits: routing/admission.py). Worker -> router:
 `{"op": "spare", "rss"}` once its engine library is imported, then `{"op": "ready", "info"}`
 or `{"op": "load_failed", "error"}` once, then per request `{"id", "text"}` deltas (with
 `"lp"`, the tokens' log-probabilities, when asked for; `{"id", "prompt_lp"}` once before them
