@@ -19,12 +19,13 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from llm_router.config import ModelConfig, Settings
+from llm_router.config import ModelConfig
 from llm_router.engines import LoadSpec
 from llm_router.engines.base import prompt_token_count
 from llm_router.engines.fake import FakeEngine
 from llm_router.errors import RouterError
 from llm_router.lifecycle.manager import ModelManager
+from llm_router.reload import ConfigSource
 from llm_router.server.app import create_app
 from llm_router.types import ChatMessage, Embeddings, Finished, GenerationRequest, TextDelta
 from llm_router.worker.pool import WorkerPool
@@ -155,8 +156,9 @@ async def app_client(
         "models": fake_models(folder, chat={}),
         **settings,
     }
-    config = Settings(**options)
-    app = create_app(config, ModelManager(config, pool=InProcessPool()))
+    source = ConfigSource(None, options)  # a reload reads these options (and the env) again
+    config = source.load()
+    app = create_app(config, ModelManager(config, pool=InProcessPool()), source=source)
     if setup is not None:
         setup(app)
     async with app.router.lifespan_context(app):

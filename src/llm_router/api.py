@@ -130,6 +130,17 @@ class Router:
         finally:
             await self.manager.close()
 
+    def reconfigure(self, settings: Settings) -> list[str]:
+        """Run with `settings` from now on: their model entries, routes, remote targets and
+        lifecycle limits apply at once (reload.py: `LIVE`; the other fields must equal the
+        running ones, reload.plan makes such settings). Returns the local models unloaded
+        because their file or options changed; the next request loads them again. Raises
+        ConfigError, changing nothing, for a route whose strategy cannot be loaded."""
+        self._check()
+        unloaded = self.dispatcher.reconfigure(settings)
+        self.settings = settings
+        return unloaded
+
     async def __aenter__(self) -> Router:
         return await self.start()
 

@@ -17,6 +17,7 @@ from .config import Settings, load_config
 from .errors import ConfigError, RouterError
 from .lifecycle.discovery import Scanner
 from .logs import setup_logging
+from .reload import ConfigSource
 
 __all__ = ["app", "main"]
 
@@ -110,19 +111,19 @@ def serve(
         alias=alias,
         models_dir=models_dir,
     )
-    settings = _settings(
-        config,
-        **{
-            **llama,
-            "host": host,
-            "port": port,
-            "log_level": log_level,
-            "models_max": models_max,
-            "memory_budget": memory_budget,
-            "autoload": autoload,
-            **({"models_dir": models_dir} if models_dir else {}),
-        },
-    )
+    overrides = {
+        **llama,
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "models_max": models_max,
+        "memory_budget": memory_budget,
+        "autoload": autoload,
+        **({"models_dir": models_dir} if models_dir else {}),
+    }
+    source = ConfigSource(config, {k: v for k, v in overrides.items() if v is not None})
+    settings = _settings(config, **overrides)
+    source.first = settings  # what a reload (SIGHUP, POST /admin/reload) compares against
     setup_logging(settings.log_level, settings.log_format == "json")
     if ray is not None:
         from .cli_ray import serve_on_ray
@@ -130,21 +131,21 @@ def serve(
         serve_on_ray(settings, ray)
         return
     if workers > 1:
-        _serve_many(settings, workers)
+        _serve_many(settings, workers, source)
         return
     pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel
     from .server.run import run_one
 
     log.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
-    if not run_one(settings, pool):
+    if not run_one(settings, pool, source=source):
         raise typer.Exit(3)
 
 
-def _serve_many(settings: Settings, workers: int) -> None:
+def _serve_many(settings: Settings, workers: int, source: ConfigSource) -> None:
     from .server.run import run_many
 
     try:
-        status = run_many(settings, workers)
+        status = run_many(settings, workers, source)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None

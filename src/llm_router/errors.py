@@ -21,6 +21,7 @@ __all__ = [
     "QueueFull",
     "QuotaExceeded",
     "RateLimited",
+    "ReloadRejected",
     "RouterError",
     "ServerBusy",
     "UpstreamError",
@@ -43,6 +44,11 @@ class RouterError(Exception):
 
 class ConfigError(RouterError):
     """The configuration is invalid; the message names the offending key."""
+
+
+class ReloadRejected(ConfigError):
+    """A reload was asked for and not done: the configuration read is invalid, or there is
+    none to read again. The server goes on with the settings it had."""
 
 
 class BadRequest(RouterError):

@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str, bool]] = [
     ("POST", "/admin/keys", {"name": "made-by-test"}, "admin", False),
     ("GET", "/admin/usage", None, "admin", False),
     ("GET", "/admin/audit", None, "admin", False),
+    ("POST", "/admin/reload", None, "admin", False),
 ]
 IDS = [f"{m} {p}" for m, p, *_ in ROUTES]
 LACKING = {"inference": ["read", "admin"], "read": ["inference"], "admin": ["inference", "read"]}

@@ -122,6 +122,7 @@ class SimPool(WorkerPool):
         estimate = DEFAULT_BASE + int(script.get("ballast_mb", 0)) * MiB
         parallel = int(spec.options.get("parallel") or script.get("parallel") or 4)
         worker = SimWorker(script, parallel, int(estimate * self.scale))
+        worker.info["context_size"] = spec.options.get("context_size")
         worker._on_exit = on_exit
         self.started.append(worker)
         return worker

@@ -145,6 +145,16 @@ def test_reconcile_evicts_idle_lru_until_under_budget() -> None:
     assert reconcile([leaving("a", 500), idle("b", 10)], budget=20) == ((), True)
 
 
+def test_reconcile_evicts_idle_lru_down_to_a_lower_models_max() -> None:
+    """A reload that lowers `models_max`: the least recently used idle models go until the
+    count fits; busy and pinned ones stay even if that leaves it over."""
+    residents = [idle("a", 1, 1), busy("b", 1, 0), idle("c", 1, 3), idle("d", 1, 2)]
+    assert reconcile(residents, BIG, models_max=2) == (("a", "d"), True)
+    assert reconcile(residents, BIG, models_max=0) == ((), True)
+    pinned = [busy("b", 1, 0), idle("p", 1, 1, pinned=True)]
+    assert reconcile(pinned, BIG, models_max=1) == ((), False)
+
+
 # -- properties over random snapshots ----------------------------------------------------------
 
 residents_st = st.lists(
@@ -197,3 +207,27 @@ def test_a_plan_keeps_the_invariant(
                 and r.id not in plan.evict
             ]
             assert spare == []
+
+
+@settings(max_examples=400, derandomize=True)
+@given(residents_st, st.integers(1, 300), st.integers(0, 4))
+def test_reconcile_evicts_only_idle_settled_models_and_only_as_many_as_needed(
+    residents: list[Resident], budget: int, models_max: int
+) -> None:
+    """Victims are idle, settled, unpinned and staying; once they are gone the rest fits
+    exactly when `fits` says so; and every victim but the last was not yet enough (least
+    recently used first: no more evicted than needed)."""
+    victims, fits = reconcile(residents, budget, models_max)
+    by_id = {r.id: r for r in residents}
+    assert len(set(victims)) == len(victims)
+    chosen = [by_id[i] for i in victims]
+    assert all(r.settled and not r.pinned and not r.leaving and not r.busy for r in chosen)
+    assert [r.last_used for r in chosen] == sorted(r.last_used for r in chosen)
+
+    def fit(rest: list[Resident]) -> bool:
+        return sum(r.bytes for r in rest) <= budget and (models_max == 0 or len(rest) <= models_max)
+
+    staying = [r for r in residents if not r.leaving]
+    assert fit([r for r in staying if r.id not in victims]) == fits
+    for n in range(len(victims)):
+        assert not fit([r for r in staying if r.id not in victims[:n]])

@@ -70,6 +70,9 @@ class Scenario:
     # request as soon as the last one ended (the storm that deadlocked the first scheduler).
     loops: list[list[int]] = field(default_factory=list)
     loop_seconds: float = 0.0
+    # Reloads of the configuration while serving: (time, models_max, models whose engine
+    # options change and so are unloaded and loaded again with the new ones).
+    reloads: list[tuple[float, int, list[int]]] = field(default_factory=list)
 
     @property
     def budget(self) -> int:
@@ -92,6 +95,7 @@ class Run:
     max_resident: int = 0
     leftover: list[str] = field(default_factory=list)
     final_measured: int = 0  # memory of the models loaded once everything is over
+    final_resident: int = 0  # and how many they are
 
 
 def _models(draw: Any, n: int, *, failures: bool, pins: bool) -> list[Model]:
@@ -165,11 +169,14 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
     manager = ModelManager(settings_, pool=SimPool(scenario.scale))
     run = Run()
     loop = asyncio.get_running_loop()
+    limit = [scenario.models_max]  # as the last reload set it
 
     def check(event: dict[str, Any]) -> None:
         resident = [s for s in manager.states() if s.status in RESIDENT]
         run.max_resident = max(run.max_resident, len(resident))
-        if len(resident) > scenario.models_max:
+        # A reload that lowers models_max leaves busy models resident until they go idle;
+        # no load may start over the limit in force, and without reloads none is ever over.
+        if len(resident) > limit[0] and (event["event"] == "loading" or not scenario.reloads):
             run.violations.append(f"{len(resident)} resident at {event}")
         if event["event"] == "loading":
             held = sum(s.memory_bytes or s.estimate_bytes() for s in resident)
@@ -222,9 +229,24 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
             run.outcomes.append(outcome)
             await one(outcome)
 
+    async def reloader() -> None:
+        for at, models_max, changed in scenario.reloads:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            for i in changed:  # another context size: an engine option, so a reload
+                configs[i] = configs[i].model_copy(
+                    update={"context_size": (configs[i].context_size or 512) + 256}
+                )
+            limit[0] = models_max
+            new = {"models": list(configs), "models_max": models_max}
+            manager.reconfigure(settings_.model_copy(update=new))
+
     run.outcomes = [Outcome(r) for r in scenario.requests]
     try:
-        work = [*(client(o) for o in run.outcomes), *(looper(m) for m in scenario.loops)]
+        work = [
+            *(client(o) for o in run.outcomes),
+            *(looper(m) for m in scenario.loops),
+            reloader(),
+        ]
         await asyncio.wait_for(asyncio.gather(*work), 3600)
         await asyncio.sleep(60)  # loads nobody waits for any more finish or are withdrawn
         run.leftover = [
@@ -234,9 +256,13 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
         ]
         if manager.waiting:
             run.leftover.append(f"{manager.waiting} requests still waiting")
-        run.final_measured = sum(
-            s.memory_bytes or 0 for s in manager.states() if s.status == Status.LOADED
-        )
+        loaded = [s for s in manager.states() if s.status == Status.LOADED]
+        run.final_measured = sum(s.memory_bytes or 0 for s in loaded)
+        run.final_resident = len(loaded)
+        for s in loaded:  # each serves with the options its entry has now
+            assert s.worker is not None
+            if s.worker.info["context_size"] != s.source.config.context_size:
+                run.violations.append(f"{s.id} runs {s.worker.info} for {s.source.config}")
     finally:
         await manager.close()
     return run
@@ -342,3 +368,29 @@ def test_the_reported_deadlock_cold_start() -> None:
     run = simulate(scenario)
     _check_outcomes(scenario, run)
     assert [o.result for o in run.outcomes] == ["ok"] * 6
+
+
+@SETTINGS
+@given(scenarios(failures=False), st.data())
+def test_reloads_while_serving_keep_the_limits_and_end_every_request(
+    scenario: Scenario, data: st.DataObject
+) -> None:
+    """Configuration reloads at random times under the same traffic: `models_max` going up
+    and down, models whose engine options change (unloaded after their requests in flight,
+    loaded again by the next). Every request still ends the documented way, no load starts
+    over the limit in force, and once all is idle the residents fit the last limit."""
+    n = len(scenario.models)
+    scenario.reloads = data.draw(
+        st.lists(
+            st.tuples(
+                st.floats(0, 20),
+                st.integers(1, 3),
+                st.lists(st.integers(0, n - 1), max_size=n, unique=True),
+            ),
+            min_size=1,
+            max_size=4,
+        ).map(sorted)
+    )
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+    assert run.final_resident <= scenario.reloads[-1][1]

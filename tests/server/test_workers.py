@@ -208,3 +208,45 @@ def test_two_router_processes_serve_one_port(tmp_path: Path, redis_url: str, stu
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def _models_seen(url: str, count: int) -> set[frozenset[str]]:
+    """The model lists `count` requests got, each on a connection of its own (so from both
+    processes, as the kernel spreads them)."""
+
+    def one(_: int) -> frozenset[str]:
+        r = httpx.get(url + "/v1/models", timeout=30, headers={"connection": "close"})
+        return frozenset(m["id"] for m in r.json()["data"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return set(pool.map(one, range(count)))
+
+
+@pytest.mark.real
+def test_every_router_process_reloads(tmp_path: Path, redis_url: str, stub: _Stub) -> None:
+    """A SIGHUP to the parent reaches every router process, and so does a reload over HTTP,
+    which only one of them answers."""
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url)
+    url = f"http://127.0.0.1:{config['port']}"
+    proc = _serve(config, tmp_path, "--workers", "2")
+    try:
+        _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
+        _wait(lambda: set(_pids(url, 8)) == _routers(proc.pid))
+        second = {**config["models"][0], "id": "stub-two", "model": "stub"}
+        path = tmp_path / "config.yaml"
+        written = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**written, "models": [*config["models"], second]}))
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub", "stub-two"})})
+
+        path.write_text(yaml.safe_dump(written))
+        r = httpx.post(url + "/admin/reload", timeout=30)
+        assert r.status_code == 200 and r.json()["applied"] == ["models"], r.text
+        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub"})})
+        assert proc.poll() is None and len(_routers(proc.pid)) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

@@ -204,18 +204,22 @@ class Admission:
         return state.estimate_bytes()
 
     def _reconcile(self, why: str) -> None:
-        """Evict least recently used idle models while the measured use is over the budget;
-        when nothing idle can go, say so (`over_budget`; admission waits meanwhile)."""
+        """Evict least recently used idle models while the measured use is over the budget,
+        or more models are resident than `models_max` (lowered by a reload); when nothing idle
+        can go, say so (`over_budget`; admission waits meanwhile, and each model going idle
+        decides again)."""
         budget = self.budget - self._pool.memory()
-        victims, fits = reconcile(self._residents(), budget)
+        victims, fits = reconcile(self._residents(), budget, self.settings.models_max)
         for victim in victims:
-            self._begin_unload(self.registry[victim], f"evicted: over the memory budget ({why})")
+            self._begin_unload(self.registry[victim], f"evicted: over the limits ({why})")
         if not fits and not self.over_budget:
             log.warning(
-                "memory in use (%.0f MiB) is over the budget (%.0f MiB) and no idle "
-                "model can be evicted; loads wait until it fits (%s)",
+                "memory in use (%.0f MiB of a %.0f MiB budget) or models loaded (models_max "
+                "%d) over the limits and no idle model can be evicted; loads wait until it "
+                "fits (%s)",
                 self.memory_used() / MiB,
                 self.budget / MiB,
+                self.settings.models_max,
                 why,
             )
         self.over_budget = not fits

@@ -93,13 +93,13 @@ class Scanner:
     event loop (a scan is a listdir and a stat per file; new or changed models are read)."""
 
     def __init__(self, settings: Settings, presets: dict[str, ModelConfig] | None = None) -> None:
-        self._settings = settings
+        self.settings = settings
         self._presets = PRESETS if presets is None else presets
         self._cache: dict[Path, _Found] = {}
         self._ignored: dict[Path, Identity] = {}
 
     def scan(self) -> dict[str, ModelSource]:
-        configured = {m.id: m for m in self._settings.models}
+        configured = {m.id: m for m in self.settings.models}
         found: dict[str, ModelSource] = {}
         for path in self._entries():
             model_id = path.name if path.is_dir() else path.stem
@@ -117,10 +117,10 @@ class Scanner:
             source = self._source(model_id, path, cfg, "models_dir")
             if source is not None:
                 found[model_id] = source
-        for cfg in self._settings.models:
+        for cfg in self.settings.models:
             if cfg.path is None:
                 continue
-            path = cfg.path if cfg.path.is_absolute() else self._settings.models_dir / cfg.path
+            path = cfg.path if cfg.path.is_absolute() else self.settings.models_dir / cfg.path
             source = self._source(cfg.id, path, cfg, "config")
             if source is None:
                 source = ModelSource(
@@ -142,7 +142,7 @@ class Scanner:
         return found
 
     def _entries(self) -> list[Path]:
-        folder = self._settings.models_dir
+        folder = self.settings.models_dir
         try:
             entries = sorted(folder.iterdir())
         except (FileNotFoundError, NotADirectoryError):

@@ -68,18 +68,26 @@ def plan_admission(residents: list[Resident], need: int, budget: int, models_max
     return Plan(start=False, evict=tuple(evict), drain=tuple(drain))
 
 
-def reconcile(residents: list[Resident], budget: int) -> tuple[tuple[str, ...], bool]:
-    """After a measurement: the idle models to evict (least recently used first) so that the
-    residents fit in `budget` again, and whether they then fit. Busy, pinned, loading and
+def reconcile(
+    residents: list[Resident], budget: int, models_max: int = 0
+) -> tuple[tuple[str, ...], bool]:
+    """After a measurement, or a lower `models_max` or budget: the idle models to evict
+    (least recently used first) so that the residents fit in `budget` and number at most
+    `models_max` (0: any) again, and whether they then fit. Busy, pinned, loading and
     leaving models stay; leaving ones no longer count."""
     staying = [r for r in residents if not r.leaving]
-    used = sum(r.bytes for r in staying)
+    used, count = sum(r.bytes for r in staying), len(staying)
+
+    def fits() -> bool:
+        return used <= budget and (models_max == 0 or count <= models_max)
+
     victims: list[str] = []
     for r in sorted(staying, key=lambda r: r.last_used):
-        if used <= budget:
+        if fits():
             break
         if r.busy or r.pinned or not r.settled:
             continue
         victims.append(r.id)
         used -= r.bytes
-    return tuple(victims), used <= budget
+        count -= 1
+    return tuple(victims), fits()

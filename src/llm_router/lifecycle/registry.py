@@ -17,7 +17,7 @@ RESIDENT = (Status.LOADED, Status.LOADING, Status.UNLOADING)
 
 class Registry:
     def __init__(self, scanner: Scanner, events: EventBus) -> None:
-        self._scanner = scanner
+        self.scanner = scanner
         self._events = events
         self._states: dict[str, ModelState] = {}
         self._aliases: dict[str, str] = {}
@@ -38,7 +38,7 @@ class Registry:
     def refresh(self) -> list[tuple[ModelState, str]]:
         """Re-scan: new files appear, removed ones are dropped, changed ones lose any sticky
         load error. Returns the (state, reason) pairs to unload."""
-        found = self._scanner.scan()
+        found = self.scanner.scan()
         unload: list[tuple[ModelState, str]] = []
         for model_id, source in found.items():
             state = self._states.get(model_id)

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from .. import tracing
-from ..config import Cost, RouteConfig, Settings
+from ..config import Cost, ModelConfig, RouteConfig, Settings
 from ..errors import BadRequest, ModelNotFound, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
@@ -73,7 +73,7 @@ class Dispatcher:
             r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
             for r in settings.routes
         }
-        self._health: list[asyncio.Task[None]] = []
+        self._health: dict[str, asyncio.Task[None]] = {}  # remote target -> its checks
         self._shared: BreakerSync | None = None  # remote targets' breakers, through Redis
         # (route, target) -> attempts a route sent to `target` after an earlier attempt of the
         # same request failed: served or not (the fallbacks counter has only the served ones).
@@ -87,43 +87,85 @@ class Dispatcher:
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
         self._session = aiohttp.ClientSession(connector=connector)
         for cfg in self.settings.models:
-            if cfg.provider != "openai":
-                continue
-            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-            if cfg.api_key_env and key is None:
-                log.warning(
-                    "target %s: environment variable %s is not set", cfg.id, cfg.api_key_env
-                )
-            upstream = Upstream(
-                self._session,
-                base_url=cfg.base_url or "",
-                model=cfg.model or cfg.id,
-                api_key=key,
-                name=cfg.id,
-                read_timeout=cfg.timeout,
-                connect_timeout=min(10.0, cfg.timeout),
-                proxy=env_proxy(cfg.base_url or ""),
-            )
-            target = RemoteTarget(
-                cfg.id,
-                cfg,
-                TargetStats(),
-                CircuitBreaker(self._breaker),
-                self.settings.max_tokens_limit,
-                upstream=upstream,
-            )
-            self._targets[cfg.id] = target
-            if self._shared is not None:
-                self._shared.attach(cfg.id, target.breaker)
-            if cfg.health_check_interval > 0:
-                self._health.append(asyncio.create_task(self._check_health(target)))
+            if cfg.provider == "openai":
+                self._add_remote(cfg)
         if self._shared is not None:
             await self._shared.catch_up()  # the breakers open in other routers now
 
-    async def close(self) -> None:
-        for task in self._health:
+    def _add_remote(self, cfg: ModelConfig) -> None:
+        assert self._session is not None, "start() first"
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if cfg.api_key_env and key is None:
+            log.warning("target %s: environment variable %s is not set", cfg.id, cfg.api_key_env)
+        upstream = Upstream(
+            self._session,
+            base_url=cfg.base_url or "",
+            model=cfg.model or cfg.id,
+            api_key=key,
+            name=cfg.id,
+            read_timeout=cfg.timeout,
+            connect_timeout=min(10.0, cfg.timeout),
+            proxy=env_proxy(cfg.base_url or ""),
+        )
+        target = RemoteTarget(
+            cfg.id,
+            cfg,
+            TargetStats(),
+            CircuitBreaker(self._breaker),
+            self.settings.max_tokens_limit,
+            upstream=upstream,
+        )
+        self._targets[cfg.id] = target
+        if self._shared is not None:
+            self._shared.attach(cfg.id, target.breaker)
+        if cfg.health_check_interval > 0:
+            self._health[cfg.id] = asyncio.create_task(self._check_health(target))
+
+    def _drop(self, name: str) -> None:
+        """Forget the target called `name` (requests already sent to it go on)."""
+        self._targets.pop(name, None)
+        if (task := self._health.pop(name, None)) is not None:
             task.cancel()
-        await asyncio.gather(*self._health, return_exceptions=True)
+        if self._shared is not None:
+            self._shared.breakers.pop(name, None)
+
+    def reconfigure(self, settings: Settings) -> list[str]:
+        """Serve `settings` from now on (a reload, reload.py): the model manager takes the
+        local models' entries (ModelManager.reconfigure: the ids it unloads for a change are
+        returned), then the routes and remote targets are replaced. A remote target whose
+        address, upstream model, key variable, timeout or health checks changed starts afresh
+        (a closed breaker, no stats); one whose other fields changed (prices, quality...)
+        keeps its breaker and stats. Requests already routed finish where they were sent.
+        Raises ConfigError for a route whose strategy cannot be loaded, before anything
+        changed."""
+        routes = {
+            r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
+            for r in settings.routes
+        }
+        unloaded = self.manager.reconfigure(settings)
+        self.settings = settings
+        self._routes = routes
+        remotes = {cfg.id: cfg for cfg in settings.models if cfg.provider == "openai"}
+        for name, target in list(self._targets.items()):
+            if isinstance(target, RemoteTarget):
+                cfg = remotes.get(name)
+                if cfg is not None and _reach(cfg) == _reach(target.config):
+                    target.config = cfg
+                    del remotes[name]
+                else:
+                    self._drop(name)
+            elif (state := self.manager.registry.get(name)) is not None and state.id == name:
+                target.config = state.source.config
+            else:
+                self._drop(name)  # gone, or now a remote target or an alias
+        for cfg in remotes.values():
+            self._add_remote(cfg)
+        return unloaded
+
+    async def close(self) -> None:
+        for task in self._health.values():
+            task.cancel()
+        await asyncio.gather(*self._health.values(), return_exceptions=True)
         if self._shared is not None:
             await self._shared.close()
         if self._session is not None:
@@ -354,3 +396,8 @@ class Dispatcher:
                 "in_flight": snap.in_flight,
             },
         }
+
+
+def _reach(cfg: ModelConfig) -> tuple[object, ...]:
+    """The fields of a remote target's entry its connection and checks are made from."""
+    return (cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout, cfg.health_check_interval)

@@ -27,6 +27,7 @@ from ..config import Settings
 from ..gateway.service import Gateway
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
+from ..reload import ConfigSource
 from ..tracing import Tracing
 from . import (
     errors,
@@ -41,13 +42,22 @@ from .asgi import BodyGuard, ServerApp, UnexpectedErrors
 from .drain import Drain, DrainGuard
 from .front import Front
 from .gateway import GatewayMiddleware, KeyMetrics
+from .reload import Reloader
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    manager: ModelManager | None = None,
+    *,
+    source: ConfigSource | None = None,
+    parent: int | None = None,
+) -> FastAPI:
+    """`source`: where `settings` were read, for reloads (server/reload.py; None: no reload);
+    `parent`: the pid of `serve --workers N`'s parent, told of reloads."""
     core = Router(settings=settings, manager=manager)  # the parts, assembled once (api.py)
 
     @asynccontextmanager
@@ -79,6 +89,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.llama = core.llama
     app.state.background = set[asyncio.Task[Any]]()
     app.state.gateway = gateway = Gateway(settings)
+    app.state.reloader = Reloader(core, gateway, app.state, source, parent)
     errors.install(app)
     app.include_router(routes_openai.routes)
     app.include_router(routes_admin.routes)

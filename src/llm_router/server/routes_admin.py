@@ -1,6 +1,7 @@
-"""Gateway administration over HTTP (the `admin` scope, checked by server/gateway.py): API
-keys (`/admin/keys`), usage (`/admin/usage`, JSON or CSV) and the audit log (`/admin/audit`).
-The same operations as `llm-router keys` / `llm-router usage`, on the same database."""
+"""Administration over HTTP (the `admin` scope, checked by server/gateway.py): API keys
+(`/admin/keys`), usage (`/admin/usage`, JSON or CSV), the audit log (`/admin/audit`): the same
+operations as `llm-router keys` / `llm-router usage`, on the same database; and reloading the
+configuration (`/admin/reload`, server/reload.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..errors import BadRequest
 from ..gateway.keys import KeySpec
 from ..gateway.service import Gateway
 from ..gateway.usage import GROUPS, parse_range
+from .reload import Reloader
 
 __all__ = ["routes"]
 
@@ -63,6 +65,16 @@ async def revoke_key(name: str, request: Request) -> dict[str, Any]:
         if await store.key(name) is None:
             raise HTTPException(404, f"no API key named {name!r}")
     return {"name": name, "revoked": True}
+
+
+@routes.post("/reload")
+async def reload(request: Request) -> dict[str, Any]:
+    """Read the configuration again and apply what can change while serving: `applied` (the
+    fields changed now), `unloaded` (models whose file or options changed; the next request
+    loads them again), `restart_required` (changed fields read only at start). An invalid
+    configuration is a 400 and changes nothing."""
+    reloader: Reloader = request.app.state.reloader
+    return await reloader.reload(_actor(request))
 
 
 @routes.get("/usage", response_model=None)

@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -33,6 +34,7 @@ import uvicorn
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..reload import ConfigSource
 from .drain import Drain
 
 __all__ = ["DrainingServer", "check_workers", "run_many", "run_one", "tune_gc"]
@@ -50,10 +52,17 @@ class DrainingServer(uvicorn.Server):
     uvicorn calls `handle_exit` from a signal handler on the event loop's thread, between
     two bytecodes of whatever runs: it only schedules the drain onto the loop."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain: Drain,
+        grace: float,
+        on_hangup: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.drain = drain
         self.grace = grace
+        self.on_hangup = on_hangup  # SIGHUP, once started: a reload (server/reload.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drainer: asyncio.Task[None] | None = None
 
@@ -65,6 +74,8 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             tune_gc()
+            if self.on_hangup is not None and threading.current_thread() is threading.main_thread():
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_hangup)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if (
@@ -133,15 +144,26 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
 
 
 def run_one(
-    settings: Settings, pool: Any = None, sockets: list[socket.socket] | None = None
+    settings: Settings,
+    pool: Any = None,
+    sockets: list[socket.socket] | None = None,
+    source: ConfigSource | None = None,
+    parent: int | None = None,
 ) -> bool:
     """Serve in this process until a signal stops it; False when the server never started.
-    `pool`: a WorkerPool whose spares the CLI started early."""
+    `pool`: a WorkerPool whose spares the CLI started early; `source`: where `settings` were
+    read, read again on SIGHUP and `POST /admin/reload`; `parent`: see run_many."""
     from ..lifecycle.manager import ModelManager
     from .app import create_app
 
-    app = create_app(settings, ModelManager(settings, pool=pool))
-    server = DrainingServer(uvicorn_config(app, settings), app.state.drain, settings.drain_grace)
+    manager = ModelManager(settings, pool=pool)
+    app = create_app(settings, manager, source=source, parent=parent)
+    server = DrainingServer(
+        uvicorn_config(app, settings),
+        app.state.drain,
+        settings.drain_grace,
+        app.state.reloader.on_signal if source is not None else None,
+    )
     server.run(sockets)
     return bool(server.started)
 
@@ -179,8 +201,10 @@ def check_workers(settings: Settings, workers: int) -> None:
         )
 
 
-def run_many(settings: Settings, workers: int) -> int:
-    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status for the command."""
+def run_many(settings: Settings, workers: int, source: ConfigSource | None = None) -> int:
+    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status for the command.
+    SIGHUP is forwarded to every process (each reloads `source`); a process reloaded over
+    HTTP sends it here, so that the others follow."""
     check_workers(settings, workers)
     sockets = _bind(settings.host, settings.port, workers)
     port = sockets[0].getsockname()[1]
@@ -189,9 +213,13 @@ def run_many(settings: Settings, workers: int) -> int:
     stop: list[int] = []  # the signal that stops everything, once received
     signal.signal(signal.SIGTERM, lambda sig, _: stop.append(sig))
     signal.signal(signal.SIGINT, lambda sig, _: stop.append(sig))
+    hangups: list[int] = []
+    if source is not None:
+        signal.signal(signal.SIGHUP, lambda sig, _: hangups.append(sig))
 
     def start(sock: socket.socket) -> Any:
-        proc = ctx.Process(target=_child, args=(settings, sock, os.getpid()), daemon=False)
+        args = (settings, sock, os.getpid(), source)
+        proc = ctx.Process(target=_child, args=args, daemon=False)
         proc.start()
         return proc
 
@@ -210,6 +238,11 @@ def run_many(settings: Settings, workers: int) -> int:
             for proc in procs:
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, sig)
+        if hangups and not stop:  # several SIGHUPs in one turn: one reload is enough
+            hangups.clear()
+            for proc in procs:
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signal.SIGHUP)
         for i, proc in enumerate(procs):
             if stop or proc.is_alive():
                 continue
@@ -248,15 +281,18 @@ def _bind(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def _child(settings: Settings, sock: socket.socket, parent: int) -> None:
+def _child(
+    settings: Settings, sock: socket.socket, parent: int, source: ConfigSource | None
+) -> None:
     """One router process (spawned: a fresh interpreter). It has a process group of its own,
     so that a Ctrl-C reaches it once, through the parent; it drains when the parent dies."""
     os.setpgid(0, 0)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its server handles it: a reload
     from ..logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format == "json")
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    if not run_one(settings, sockets=[sock]):
+    if not run_one(settings, sockets=[sock], source=source, parent=parent):
         sys.exit(STARTUP_FAILED)
 
 

@@ -1,0 +1,296 @@
+"""Reloading the configuration while serving (`POST /admin/reload`; server/reload.py), in
+process on the fake engine: what a reload applies, what it unloads, what waits for a restart,
+and that an invalid file changes nothing. SIGHUP and `--workers` are tested on real servers
+(test_reload_e2e.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from inproc import InProcessPool, fake_models
+from llm_router.lifecycle.manager import ModelManager
+from llm_router.reload import LIVE, ConfigSource, plan
+from llm_router.server.app import create_app
+from openai_schema import validate
+
+
+class Reloadable:
+    """An app served from a YAML file the test rewrites (`write`), and its client."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / "config.yaml"
+        self.models = {m.id: m for m in fake_models(folder, chat={}, other={}, third={})}
+        self.client: httpx.AsyncClient
+        self.app: FastAPI
+
+    def write(self, models: dict[str, dict[str, Any]], **settings: Any) -> None:
+        """The config: the fake models named in `models` (with extra fields each) and
+        `settings`, on top of what every test here needs."""
+        entries = [
+            {**self.models[name].model_dump(mode="json", exclude_unset=True), **extra}
+            for name, extra in models.items()
+        ]
+        base = {
+            "models_dir": str(self.folder / "empty"),
+            "watch_interval": 0,
+            "provision_default_models": False,
+            "spare_workers": False,
+            "cache": {"enabled": False},
+        }
+        self.path.write_text(yaml.safe_dump({**base, "models": entries, **settings}))
+
+    async def reload(self, status: int = 200) -> dict[str, Any]:
+        r = await self.client.post("/admin/reload")
+        assert r.status_code == status, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def chat(self, model: str) -> httpx.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+        return await self.client.post("/v1/chat/completions", json=body)
+
+    async def names(self) -> set[str]:
+        r = await self.client.get("/v1/models")
+        return {m["id"] for m in r.json()["data"]}
+
+    async def status(self, model: str) -> str:
+        r = await self.client.get("/models")
+        by_id = {m["id"]: m for m in r.json()["data"]}
+        value: str = by_id[model]["status"]["value"]
+        return value
+
+    async def wait_status(self, model: str, value: str) -> None:
+        for _ in range(200):
+            if await self.status(model) == value:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{model} never became {value}: {await self.status(model)}")
+
+
+@asynccontextmanager
+async def served(r: Reloadable) -> AsyncIterator[Reloadable]:
+    source = ConfigSource(r.path)
+    settings = source.load()
+    r.app = create_app(settings, ModelManager(settings, pool=InProcessPool()), source=source)
+    async with r.app.router.lifespan_context(r.app):
+        transport = httpx.ASGITransport(app=r.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            r.client = client
+            yield r
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Reloadable:
+    (tmp_path / "empty").mkdir()
+    return Reloadable(tmp_path)
+
+
+async def test_a_reload_adds_models_aliases_and_routes_and_drops_what_went(
+    conf: Reloadable,
+) -> None:
+    conf.write({"chat": {}, "third": {}})
+    async with served(conf) as r:
+        assert await r.names() == {"chat", "third"}
+        assert (await r.chat("third")).status_code == 200
+        conf.write(
+            {"chat": {"aliases": ["c"]}, "other": {}},
+            routes=[{"name": "auto", "targets": ["other", "chat"], "strategy": "quality-first"}],
+        )
+        body = await r.reload()
+        assert body["applied"] == ["models", "routes"]
+        assert body["unloaded"] == ["third"]  # gone from the config, it was loaded
+        assert body["restart_required"] == []
+        assert await r.names() == {"chat", "other", "auto"}  # ids and routes (not aliases)
+        for name in ("c", "other", "auto"):
+            response = await r.chat(name)
+            assert response.status_code == 200, response.text
+            validate("CreateChatCompletionResponse", response.json())
+        assert (await r.chat("auto")).headers["x-llm-router-route"].startswith("route=auto")
+        gone = await r.chat("third")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+async def test_changed_engine_options_reload_the_model_with_them(conf: Reloadable) -> None:
+    conf.write({"chat": {"context_size": 512}, "other": {}})
+    async with served(conf) as r:
+        assert (await r.chat("chat")).status_code == 200
+        assert (await r.chat("other")).status_code == 200
+        manager = r.app.state.manager
+        assert manager.resolve("chat").worker.info["context_size"] == 512
+
+        # aliases, prices and quality are not engine options: nothing is unloaded
+        conf.write({"chat": {"context_size": 512, "aliases": ["c"], "quality": 0.9}, "other": {}})
+        assert (await r.reload())["unloaded"] == []
+        assert await r.status("chat") == "loaded" and await r.status("other") == "loaded"
+
+        conf.write({"chat": {"context_size": 1024, "aliases": ["c"]}, "other": {}})
+        body = await r.reload()
+        assert body["applied"] == ["models"] and body["unloaded"] == ["chat"]
+        await r.wait_status("chat", "unloaded")
+        assert await r.status("other") == "loaded"
+        assert (await r.chat("c")).status_code == 200  # loads it again, with the new options
+        assert manager.resolve("chat").worker.info["context_size"] == 1024
+
+        # model_defaults reach every model that does not set the option itself
+        conf.write(
+            {"chat": {"context_size": 1024}, "other": {}}, model_defaults={"context_size": 256}
+        )
+        body = await r.reload()
+        assert body["applied"] == ["model_defaults", "models"] and body["unloaded"] == ["other"]
+
+
+async def test_an_invalid_configuration_changes_nothing(conf: Reloadable) -> None:
+    conf.write({"chat": {}})
+    async with served(conf) as r:
+        conf.write({"chat": {}, "other": {}}, models_max=-1)
+        r400 = await r.client.post("/admin/reload")
+        assert r400.status_code == 400
+        validate("ErrorResponse", r400.json())
+        error = r400.json()["error"]
+        assert error["code"] == "config_error" and "models_max" in error["message"]
+
+        conf.path.write_text("models: [unclosed")
+        assert "not valid YAML" in (await r.reload(400))["error"]["message"]
+
+        conf.write({"chat": {}}, routes=[{"name": "x", "targets": ["chat"], "strategy": "no:pe"}])
+        assert "strategy 'no:pe'" in (await r.reload(400))["error"]["message"]
+        assert await r.names() == {"chat"}  # the routes were not half applied either
+        assert (await r.chat("chat")).status_code == 200
+
+
+async def test_fields_read_at_start_are_reported_and_not_applied(conf: Reloadable) -> None:
+    conf.write({"chat": {}})
+    async with served(conf) as r:
+        port = r.app.state.settings.port
+        conf.write({"chat": {}}, port=port + 1, log_format="json", max_n=2, queue_total=7)
+        body = await r.reload()
+        assert body["applied"] == ["max_n", "queue_total"]
+        assert body["restart_required"] == ["log_format", "port"]
+        settings = r.app.state.settings
+        assert (settings.port, settings.log_format) == (port, "text")
+        assert (settings.max_n, settings.queue_total) == (2, 7)
+        assert r.app.state.manager.settings is settings
+        # still pending at the next reload, even if nothing else changed
+        again = await r.reload()
+        assert again["applied"] == [] and again["restart_required"] == ["log_format", "port"]
+        many = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "n": 3}
+        assert (await r.client.post("/v1/chat/completions", json=many)).status_code == 400
+
+
+async def test_a_lower_models_max_evicts_the_least_recently_used_idle_models(
+    conf: Reloadable,
+) -> None:
+    conf.write({"chat": {}, "other": {}, "third": {}}, models_max=3)
+    async with served(conf) as r:
+        for name in ("other", "chat", "third"):
+            assert (await r.chat(name)).status_code == 200
+        conf.write({"chat": {}, "other": {}, "third": {}}, models_max=1)
+        assert (await r.reload())["applied"] == ["models_max"]
+        await r.wait_status("other", "unloaded")
+        await r.wait_status("chat", "unloaded")
+        assert await r.status("third") == "loaded"
+
+
+async def test_new_pins_and_preloads_load_and_keep_alive_applies_from_now(
+    conf: Reloadable,
+) -> None:
+    conf.write({"chat": {}, "other": {}, "third": {}})
+    async with served(conf) as r:
+        assert (await r.chat("third")).status_code == 200
+        conf.write({"chat": {"pin": True}, "other": {}, "third": {}}, preload=["other"])
+        await r.reload()
+        await r.wait_status("chat", "loaded")
+        await r.wait_status("other", "loaded")
+        conf.write({"chat": {}, "other": {}, "third": {"keep_alive": 0.05}}, preload=["other"])
+        await r.reload()
+        await r.wait_status("third", "unloaded")  # idle, and its new keep-alive is over
+        assert await r.status("other") == "loaded"  # preloaded before: not loaded again
+
+
+async def test_remote_targets_keep_their_breaker_unless_their_address_changes(
+    conf: Reloadable,
+) -> None:
+    remote = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    conf.write({"chat": {}})
+    text = yaml.safe_load(conf.path.read_text())
+    text["models"].append({"id": "far", **remote})
+    conf.path.write_text(yaml.safe_dump(text))
+    async with served(conf) as r:
+        dispatcher = r.app.state.dispatcher
+        first = dispatcher.target("far")
+        assert "far" in await r.names()
+
+        text["models"][-1]["cost"] = {"input": 1.0, "output": 2.0}
+        conf.path.write_text(yaml.safe_dump(text))
+        await r.reload()
+        assert dispatcher.target("far") is first and first.config.cost.output == 2.0
+
+        text["models"][-1]["base_url"] = "http://127.0.0.1:10/v1"
+        conf.path.write_text(yaml.safe_dump(text))
+        await r.reload()
+        second = dispatcher.target("far")
+        assert second is not first and second.upstream.base_url.startswith("http://127.0.0.1:10")
+
+        text["models"].pop()
+        conf.path.write_text(yaml.safe_dump(text))
+        await r.reload()
+        assert await r.names() == {"chat"}
+        assert (await r.chat("far")).status_code == 404
+
+
+async def test_reloads_are_audited_with_who_and_what(
+    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", "sk-master-for-tests")
+    conf.write({"chat": {}}, data_dir=str(conf.folder / "data"))
+    async with served(conf) as r:
+        master = {"authorization": "Bearer sk-master-for-tests"}
+        assert (await r.client.post("/admin/reload")).status_code == 401
+        conf.write({"chat": {}, "other": {}}, data_dir=str(conf.folder / "data"), port=1)
+        r200 = await r.client.post("/admin/reload", headers=master)
+        assert r200.status_code == 200, r200.text
+        audit = await r.client.get("/admin/audit", headers=master)
+        (event,) = [e for e in audit.json()["data"] if e["action"] == "config.reloaded"]
+        assert (event["actor"], event["subject"]) == ("master", str(conf.path))
+        assert event["detail"] == {
+            "applied": ["models"],
+            "unloaded": [],
+            "restart_required": ["port"],
+        }
+
+
+async def test_a_server_made_in_code_says_it_has_nothing_to_reload(tmp_path: Path) -> None:
+    from llm_router.config import Settings
+
+    settings = Settings(models_dir=tmp_path, provision_default_models=False, watch_interval=0)
+    app = create_app(settings, ModelManager(settings, pool=InProcessPool()))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            r = await client.post("/admin/reload")
+    assert r.status_code == 400 and "no configuration to read again" in r.text
+
+
+def test_a_plan_takes_only_the_live_fields_and_compares_the_rest_to_the_first_reading(
+    tmp_path: Path,
+) -> None:
+    from llm_router.config import Settings
+
+    first = Settings(port=0, watch_interval=2.0, models_dir=tmp_path)
+    running = first.model_copy(update={"port": 43210, "watch_interval": 0.0})  # as --workers
+    new = Settings(port=0, watch_interval=2.0, models_dir=tmp_path, models_max=2, host="0.0.0.0")
+    change = plan(running, first, new)
+    assert change.applied == ("models_max",) and change.restart_required == ("host",)
+    assert (change.settings.port, change.settings.models_max) == (43210, 2)
+    assert change.settings.host == "127.0.0.1"
+    assert LIVE <= set(Settings.model_fields)

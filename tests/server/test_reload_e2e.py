@@ -1,0 +1,88 @@
+"""Reloading a real server's configuration (server/reload.py): SIGHUP and `POST /admin/reload`
+on `llm-router serve --config FILE` with the bundled SmolLM2, driven by the openai client.
+(What a reload applies, in detail and on the fake engine: test_reload.py; under `--workers`:
+test_workers.py.)"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from servers import SMOL, MakeClient, Server, link_models
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def _rewrite(srv: Server, **changes: Any) -> None:
+    config = yaml.safe_load(srv.config_path.read_text())
+    srv.config_path.write_text(yaml.safe_dump({**config, **changes}))
+
+
+def _n_ctx(srv: Server, model: str) -> int:
+    r = httpx.get(srv.url + "/props", params={"model": model}, timeout=30)
+    assert r.status_code == 200, r.text
+    return int(r.json()["default_generation_settings"]["n_ctx"])
+
+
+def _until(check: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.1)
+
+
+def test_sighup_and_admin_reload_apply_a_new_configuration(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = Server(
+        tmp_path,
+        {"models_dir": str(models), "models": [{"id": SMOL, "context_size": 1024}]},
+    ).start()
+    try:
+        client = make_client(srv)
+        first = client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=8)
+        assert first.choices[0].message.content
+        assert _n_ctx(srv, SMOL) == 1024
+
+        # SIGHUP: an alias, another context size (the model loads again with it) and a route
+        _rewrite(
+            srv,
+            models=[{"id": SMOL, "context_size": 2048, "aliases": ["smol"]}],
+            routes=[{"name": "assistant", "targets": [SMOL]}],
+        )
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGHUP)
+        _until(lambda: "assistant" in {m.id for m in client.models.list()})
+        srv.wait_status(SMOL, "unloaded")
+        for name in ("smol", "assistant"):
+            chat = client.chat.completions.create(model=name, messages=HELLO, max_tokens=8)
+            assert chat.choices[0].message.content, name
+        assert _n_ctx(srv, SMOL) == 2048
+        assert "configuration reloaded (SIGHUP)" in srv.log()
+
+        # POST /admin/reload: the route goes; a bad file changes nothing and says why
+        _rewrite(srv, routes=[], models_max="many")
+        r = httpx.post(srv.url + "/admin/reload", timeout=30)
+        assert r.status_code == 400 and "models_max" in r.json()["error"]["message"]
+        assert "assistant" in {m.id for m in client.models.list()}
+        _rewrite(srv, models_max=2, port=srv.port + 1)
+        r = httpx.post(srv.url + "/admin/reload", timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["applied"] == ["models_max", "routes"]
+        assert r.json()["restart_required"] == ["port"]
+        assert r.json()["unloaded"] == []
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="assistant", messages=HELLO, max_tokens=8)
+        chat = client.chat.completions.create(model="smol", messages=HELLO, max_tokens=8)
+        assert chat.choices[0].message.content
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
