@@ -55,8 +55,9 @@ class Reloadable:
         body: dict[str, Any] = r.json()
         return body
 
-    async def chat(self, model: str) -> httpx.Response:
+    async def chat(self, model: str, **extra: Any) -> httpx.Response:
         body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+        body.update(extra)
         return await self.client.post("/v1/chat/completions", json=body)
 
     async def names(self) -> set[str]:
@@ -294,3 +295,28 @@ def test_a_plan_takes_only_the_live_fields_and_compares_the_rest_to_the_first_re
     assert (change.settings.port, change.settings.models_max) == (43210, 2)
     assert change.settings.host == "127.0.0.1"
     assert LIVE <= set(Settings.model_fields)
+
+
+async def test_a_reloaded_model_configuration_never_serves_a_cached_answer_of_the_old(
+    conf: Reloadable,
+) -> None:
+    cache = {"enabled": True}
+    conf.write({"chat": {}}, cache=cache)
+    async with served(conf) as r:
+
+        async def cached() -> str:
+            response = await r.chat("chat", temperature=0)
+            assert response.status_code == 200
+            return response.headers["x-llm-router-cache"]
+
+        assert [await cached(), await cached()] == ["miss", "hit"]
+        conf.write({"chat": {"system_prompt": "Be brief."}}, cache=cache)
+        await r.reload()
+        assert [await cached(), await cached()] == ["miss", "hit"]
+        conf.write(
+            {"chat": {"system_prompt": "Be brief."}},
+            cache=cache,
+            model_defaults={"context_size": 4096},
+        )
+        await r.reload()
+        assert [await cached(), await cached()] == ["miss", "hit"]

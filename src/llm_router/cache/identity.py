@@ -2,8 +2,8 @@
 answer.
 
 A local model: its file's size and a content hash (blake2b of every byte; of every file of a
-folder model), plus its configuration (engine options, sampling defaults, system prompt), but
-not its path or mtime, so routers sharing a Redis share answers of copies of one file. The
+folder model), plus its configuration (engine options, sampling defaults, system prompt) and
+the server's `model_defaults` (engine options it leaves unset), but not its path or mtime, so routers sharing a Redis share answers of copies of one file. The
 file is `stat`-ed on every cacheable request (a few microseconds); the content hash is
 computed again whenever its size or mtime changed, once, in a thread, shared by concurrent
 requests. A remote target: its name, base URL, upstream model and configuration. A route:
@@ -53,6 +53,7 @@ class Identities:
         self._hashes: dict[tuple[Path, int, int], asyncio.Future[str]] = {}
         self._mtimes: dict[Path, int] = {}  # the newest mtime seen (ns) of each model file
         self._configs: dict[int, tuple[ModelConfig, str]] = {}  # id(config) -> its JSON
+        self._defaults: tuple[object, str] = (None, "")  # model_defaults and its JSON
 
     async def of(self, name: str) -> str:
         """The identity of what serves `name`. Raises ModelNotFound for an unknown name."""
@@ -89,7 +90,10 @@ class Identities:
                 # answers come from the old weights, and are neither served nor stored
                 target.lifecycle.refresh(force=True)
                 raise StaleModel(f"model '{target.id}' changed on disk since it was loaded")
-        return digest(["local", target.id, content, config[1]])
+        defaults = self.dispatcher.settings.model_defaults  # options a model leaves unset
+        if self._defaults[0] is not defaults:  # (a reload replaces it)
+            self._defaults = (defaults, defaults.model_dump_json())
+        return digest(["local", target.id, content, config[1], self._defaults[1]])
 
     async def content(self, path: Path) -> str:
         """`size:hash` of the file as it is now; the hash computed once per (size, mtime)."""

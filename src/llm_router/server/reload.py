@@ -12,6 +12,7 @@ SIGHUP so that the others follow (for it, that second reading changes nothing)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -54,7 +55,8 @@ class Reloader:
         async with self._lock:
             result = await self._reload(actor)
         if actor != SIGNALLED and self.parent is not None:
-            os.kill(self.parent, signal.SIGHUP)  # the other router processes follow
+            with contextlib.suppress(ProcessLookupError):  # a parent gone: we drain anyway
+                os.kill(self.parent, signal.SIGHUP)  # the other router processes follow
         return result
 
     def on_signal(self) -> None:
@@ -68,6 +70,8 @@ class Reloader:
             await self.reload(SIGNALLED)
         except ReloadRejected as exc:
             log.error("SIGHUP: %s", exc.message)
+        except Exception:  # nobody awaits this task: say what went wrong, keep serving
+            log.exception("SIGHUP: the reload failed")
 
     async def _reload(self, actor: str | None) -> dict[str, Any]:
         if self.source is None:
