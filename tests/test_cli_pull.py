@@ -55,7 +55,8 @@ def test_a_part_left_by_an_earlier_pull_is_resumed(tmp_path: Path) -> None:
 
 def test_a_corrupted_download_is_refused_and_removed(tmp_path: Path) -> None:
     models = tmp_path / "models"
-    with serve_files({"model.gguf": PAYLOAD[:-1] + b"\0"}) as srv:
+    corrupted = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF])  # (a random last byte may be 0)
+    with serve_files({"model.gguf": corrupted}) as srv:
         out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--sha256", SHA)
     assert out.returncode == 1
     assert "sha256 mismatch" in out.stderr and "Traceback" not in out.stderr
