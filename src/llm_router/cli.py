@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import Settings, load_config
+from .config import Settings
 from .errors import ConfigError, RouterError
 from .lifecycle.discovery import Scanner
 from .logs import setup_logging
@@ -38,8 +38,12 @@ ModelsDirOpt = Annotated[Path | None, typer.Option("--models-dir", help="Directo
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
+    return _read(ConfigSource(config, {k: v for k, v in overrides.items() if v is not None}))
+
+
+def _read(source: ConfigSource) -> Settings:
     try:
-        return load_config(config, overrides)
+        return source.load()
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from None
@@ -121,9 +125,9 @@ def serve(
         "autoload": autoload,
         **({"models_dir": models_dir} if models_dir else {}),
     }
+    # read again by a reload (SIGHUP, POST /admin/reload, watch_config): server/reload.py
     source = ConfigSource(config, {k: v for k, v in overrides.items() if v is not None})
-    settings = _settings(config, **overrides)
-    source.first = settings  # what a reload (SIGHUP, POST /admin/reload) compares against
+    settings = _read(source)
     setup_logging(settings.log_level, settings.log_format == "json")
     if ray is not None:
         from .cli_ray import serve_on_ray

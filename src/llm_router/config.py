@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     provision_default_models: bool = True
     watch_interval: float = Field(2.0, ge=0, description="Seconds between directory scans; 0: off.")
+    watch_config: bool = Field(
+        False, description="Reload when the --config file changes (llama-swap's --watch-config)."
+    )
     autoload: bool = True
     model_defaults: EngineOptions = Field(default_factory=EngineOptions)
     models: list[ModelConfig] = Field(default_factory=list)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Settings, load_config
 
-__all__ = ["LIVE", "ConfigSource", "Plan", "plan"]
+__all__ = ["LIVE", "ConfigSource", "Plan", "plan", "stamp"]
 
 LIVE = frozenset(
     {
@@ -45,14 +45,18 @@ LIVE = frozenset(
 class ConfigSource:
     """Where the settings were read from: the file and the command line's overrides (the
     environment is read again as it is then). `first`: the first reading, what the server
-    started from. Picklable: `serve --workers N` sends it to each router process."""
+    started from; `read`: see `load`. Picklable: `serve --workers N` sends it to each router process."""
 
     path: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     first: Settings | None = field(default=None, repr=False, compare=False)
+    read: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
 
     def load(self) -> Settings:
-        """A fresh reading; raises ConfigError naming the key when it is invalid."""
+        """A fresh reading; raises ConfigError naming the key when it is invalid. `read`:
+        the file's `stamp` as it was read (or tried)."""
+        if self.path is not None:
+            self.read = stamp(self.path)
         settings = load_config(self.path, self.overrides)
         if self.first is None:
             self.first = settings
@@ -80,3 +84,13 @@ def plan(running: Settings, read: Settings, new: Settings) -> Plan:
     waiting = tuple(f for f in fields if f not in LIVE and getattr(new, f) != getattr(read, f))
     update = {f: getattr(new, f) for f in applied}
     return Plan(running.model_copy(update=update), applied, waiting)
+
+
+def stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is written or replaced (its inode, size, mtime); None
+    while it is missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -320,3 +320,32 @@ async def test_a_reloaded_model_configuration_never_serves_a_cached_answer_of_th
         )
         await r.reload()
         assert [await cached(), await cached()] == ["miss", "hit"]
+
+
+async def test_watch_config_reloads_when_the_file_changes(
+    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llm_router.server.reload as reload_module
+
+    monkeypatch.setattr(reload_module, "WATCH_EVERY", 0.02)
+
+    async def until(names: set[str]) -> None:
+        for _ in range(250):
+            if await r.names() == names:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{await r.names()} never became {names}")
+
+    conf.write({"chat": {}}, watch_config=True)
+    async with served(conf) as r:
+        conf.write({"chat": {}, "other": {}}, watch_config=True)
+        await until({"chat", "other"})
+        conf.path.write_text("models: [")  # half written, as an editor might leave it
+        await asyncio.sleep(0.2)
+        assert await r.names() == {"chat", "other"}  # refused: nothing changed
+        conf.write({"other": {}}, watch_config=True)
+        await until({"other"})
+        assert (await r.chat("other")).status_code == 200
+        conf.path.unlink()  # gone: nothing to read, nothing changes
+        await asyncio.sleep(0.2)
+        assert await r.names() == {"other"}

@@ -86,3 +86,24 @@ def test_sighup_and_admin_reload_apply_a_new_configuration(
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+def test_watch_config_reloads_an_edited_file(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = Server(tmp_path, {"models_dir": str(models), "watch_config": True}).start()
+    try:
+        client = make_client(srv)
+        assert "gpt-4o-mini" not in {m.id for m in client.models.list()}
+        _rewrite(
+            srv,
+            models=[{"id": SMOL, "aliases": ["gpt-4o-mini"]}],
+            routes=[{"name": "assistant", "targets": ["gpt-4o-mini"]}],
+        )
+        _until(lambda: "assistant" in {m.id for m in client.models.list()}, timeout=15)
+        chat = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=8)
+        assert chat.model == SMOL and chat.choices[0].message.content
+        assert "configuration reloaded (config file changed)" in srv.log()
+    finally:
+        srv.stop()

@@ -250,3 +250,27 @@ def test_every_router_process_reloads(tmp_path: Path, redis_url: str, stub: _Stu
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.real
+def test_watch_config_reloads_every_router_process(
+    tmp_path: Path, redis_url: str, stub: _Stub
+) -> None:
+    """Under `--workers`, the parent watches the file and signals every process."""
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url, watch_config=True)
+    url = f"http://127.0.0.1:{config['port']}"
+    proc = _serve(config, tmp_path, "--workers", "2")
+    try:
+        _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
+        _wait(lambda: set(_pids(url, 8)) == _routers(proc.pid))
+        path = tmp_path / "config.yaml"
+        written = yaml.safe_load(path.read_text())
+        second = {**config["models"][0], "id": "stub-two", "model": "stub"}
+        path.write_text(yaml.safe_dump({**written, "models": [*config["models"], second]}))
+        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub", "stub-two"})}, timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

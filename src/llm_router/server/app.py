@@ -64,9 +64,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start(settings.host)  # keys, limits, usage; refuses an open public bind
         await core.start()  # the server process then tunes its collector (run.tune_gc)
+        if settings.watch_config:
+            app.state.reloader.watch()
         try:
             yield
         finally:
+            await app.state.reloader.close()
             for task in list(app.state.background):
                 task.cancel()
             await core.close()

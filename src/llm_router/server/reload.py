@@ -7,7 +7,10 @@ naming the key, a SIGHUP logs it. Every reload done over HTTP, and every signall
 changed something, goes into the audit log as `config.reloaded` (who: the key's name, or
 "SIGHUP"). Under `serve --workers N` each router process reloads itself: a SIGHUP to the
 parent is forwarded to all of them, and a process reloaded over HTTP sends its parent a
-SIGHUP so that the others follow (for it, that second reading changes nothing)."""
+SIGHUP so that the others follow (for it, that second reading changes nothing).
+
+`watch_config: true` reloads whenever the file changes (its inode, size or mtime, looked at
+every second), as llama-swap's `--watch-config` (under `--workers`, the parent looks)."""
 
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ from ..api import Router
 from ..config import Settings
 from ..errors import ConfigError, ReloadRejected
 from ..gateway.service import Gateway
-from ..reload import ConfigSource, plan
+from ..reload import ConfigSource, plan, stamp
 
 __all__ = ["Reloader"]
 
 log = logging.getLogger(__name__)
 SIGNALLED = "SIGHUP"  # the audit log's actor for a reload by signal
+WATCHED = "config file changed"  # and for one by `watch_config`
+WATCH_EVERY = 1.0  # seconds between looks at the file (`watch_config`)
 
 
 class Reloader:
@@ -54,24 +59,49 @@ class Reloader:
         """Read the configuration again and apply it; what changed. Raises ReloadRejected."""
         async with self._lock:
             result = await self._reload(actor)
-        if actor != SIGNALLED and self.parent is not None:
+        if actor not in (SIGNALLED, WATCHED) and self.parent is not None:
             with contextlib.suppress(ProcessLookupError):  # a parent gone: we drain anyway
                 os.kill(self.parent, signal.SIGHUP)  # the other router processes follow
         return result
 
     def on_signal(self) -> None:
         """SIGHUP (on the event loop, from `loop.add_signal_handler`)."""
-        task = asyncio.create_task(self._signalled(), name="reload")
+        task = asyncio.create_task(self._unattended(SIGNALLED), name="reload")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _signalled(self) -> None:
+    def watch(self) -> None:
+        """Reload whenever the config file changes (`watch_config`), until `close`. Not in a
+        process of `serve --workers N`: its parent watches and signals them all."""
+        if self.source is None or self.source.path is None or self.parent is not None:
+            return
+        task = asyncio.create_task(self._watch(self.source), name="watch-config")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _watch(self, source: ConfigSource) -> None:
+        assert source.path is not None
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            # Against the file as last read: a change since, even before this task started,
+            # reloads. An editor's write in two steps reloads twice, the first one refused
+            # (a half-written file changes nothing); a file gone is not read.
+            now = stamp(source.path)
+            if now is not None and now != source.read:
+                await self._unattended(WATCHED)
+
+    async def _unattended(self, actor: str) -> None:
         try:
-            await self.reload(SIGNALLED)
+            await self.reload(actor)
         except ReloadRejected as exc:
-            log.error("SIGHUP: %s", exc.message)
-        except Exception:  # nobody awaits this task: say what went wrong, keep serving
-            log.exception("SIGHUP: the reload failed")
+            log.error("%s: %s", actor, exc.message)
+        except Exception:  # nobody awaits this: say what went wrong, keep serving
+            log.exception("%s: the reload failed", actor)
 
     async def _reload(self, actor: str | None) -> dict[str, Any]:
         if self.source is None:
@@ -106,6 +136,6 @@ class Reloader:
             if change.restart_required
             else "",
         )
-        if actor != SIGNALLED or change.applied or unloaded:
+        if actor not in (SIGNALLED, WATCHED) or change.applied or unloaded:
             await self.gateway.audit(actor, "config.reloaded", path, **detail)
         return {"reloaded": True, "config": path or None, **detail}

@@ -34,7 +34,7 @@ import uvicorn
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..reload import ConfigSource
+from ..reload import ConfigSource, stamp
 from .drain import Drain
 
 __all__ = ["DrainingServer", "check_workers", "run_many", "run_one", "tune_gc"]
@@ -216,6 +216,8 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
     hangups: list[int] = []
     if source is not None:
         signal.signal(signal.SIGHUP, lambda sig, _: hangups.append(sig))
+    watched = source.path if source is not None and settings.watch_config else None
+    seen = stamp(watched) if watched is not None else None
 
     def start(sock: socket.socket) -> Any:
         args = (settings, sock, os.getpid(), source)
@@ -238,6 +240,9 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
             for proc in procs:
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, sig)
+        if watched is not None and (now := stamp(watched)) != seen:
+            seen = now
+            hangups.append(signal.SIGHUP)  # the config file changed: watch_config
         if hangups and not stop:  # several SIGHUPs in one turn: one reload is enough
             hangups.clear()
             for proc in procs:
