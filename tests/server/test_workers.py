@@ -3,6 +3,7 @@ gateway of remote targets, with Redis; refused, saying why, for anything else.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -222,27 +223,15 @@ def _models_seen(url: str, count: int) -> set[frozenset[str]]:
         return set(pool.map(one, range(count)))
 
 
-@pytest.mark.real
-def test_every_router_process_reloads(tmp_path: Path, redis_url: str, stub: _Stub) -> None:
-    """A SIGHUP to the parent reaches every router process, and so does a reload over HTTP,
-    which only one of them answers."""
-    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url)
+@contextlib.contextmanager
+def _two_routers(config: dict[str, Any], workdir: Path) -> Iterator[tuple[Any, str]]:
+    """`serve --workers 2` with `config`, both processes answering; stopped by SIGTERM."""
     url = f"http://127.0.0.1:{config['port']}"
-    proc = _serve(config, tmp_path, "--workers", "2")
+    proc = _serve(config, workdir, "--workers", "2")
     try:
         _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
         _wait(lambda: set(_pids(url, 8)) == _routers(proc.pid))
-        second = {**config["models"][0], "id": "stub-two", "model": "stub"}
-        path = tmp_path / "config.yaml"
-        written = yaml.safe_load(path.read_text())
-        path.write_text(yaml.safe_dump({**written, "models": [*config["models"], second]}))
-        proc.send_signal(signal.SIGHUP)
-        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub", "stub-two"})})
-
-        path.write_text(yaml.safe_dump(written))
-        r = httpx.post(url + "/admin/reload", timeout=30)
-        assert r.status_code == 200 and r.json()["applied"] == ["models"], r.text
-        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub"})})
+        yield proc, url
         assert proc.poll() is None and len(_routers(proc.pid)) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -252,25 +241,37 @@ def test_every_router_process_reloads(tmp_path: Path, redis_url: str, stub: _Stu
             proc.wait(5)
 
 
+def _add_stub_two(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite the config file with a second remote target; what it held before."""
+    path = workdir / "config.yaml"
+    written: dict[str, Any] = yaml.safe_load(path.read_text())
+    second = {**config["models"][0], "id": "stub-two", "model": "stub"}
+    path.write_text(yaml.safe_dump({**written, "models": [*config["models"], second]}))
+    return written
+
+
+@pytest.mark.real
+def test_every_router_process_reloads(tmp_path: Path, redis_url: str, stub: _Stub) -> None:
+    """A SIGHUP to the parent reaches every router process, and so does a reload over HTTP,
+    which only one of them answers."""
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url)
+    with _two_routers(config, tmp_path) as (proc, url):
+        written = _add_stub_two(tmp_path, config)
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub", "stub-two"})})
+
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+        r = httpx.post(url + "/admin/reload", timeout=30)
+        assert r.status_code == 200 and r.json()["applied"] == ["models"], r.text
+        _wait(lambda: _models_seen(url, 16) == {frozenset({"stub"})})
+
+
 @pytest.mark.real
 def test_watch_config_reloads_every_router_process(
     tmp_path: Path, redis_url: str, stub: _Stub
 ) -> None:
     """Under `--workers`, the parent watches the file and signals every process."""
     config = _gateway_config(tmp_path, stub.url, redis_url=redis_url, watch_config=True)
-    url = f"http://127.0.0.1:{config['port']}"
-    proc = _serve(config, tmp_path, "--workers", "2")
-    try:
-        _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
-        _wait(lambda: set(_pids(url, 8)) == _routers(proc.pid))
-        path = tmp_path / "config.yaml"
-        written = yaml.safe_load(path.read_text())
-        second = {**config["models"][0], "id": "stub-two", "model": "stub"}
-        path.write_text(yaml.safe_dump({**written, "models": [*config["models"], second]}))
+    with _two_routers(config, tmp_path) as (_, url):
+        _add_stub_two(tmp_path, config)
         _wait(lambda: _models_seen(url, 16) == {frozenset({"stub", "stub-two"})}, timeout=15)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
