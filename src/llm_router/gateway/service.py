@@ -54,10 +54,8 @@ class Gateway:
         self.url = database_url(settings)
         self.master = master_key(env[MASTER_ENV]) if env.get(MASTER_ENV) else None
         self.limiter = Limiter(settings.gateway, settings.redis_url)
-        prices = {m.id: m.cost for m in settings.models}
-        self.cost: Cost = cost or (
-            lambda target, p, c: prices[target].spend(p, c) if target in prices else 0.0
-        )
+        self.prices = {m.id: m.cost for m in settings.models}  # a reload replaces them
+        self.cost: Cost = cost or self._spend
         self.keys: dict[str, ApiKey] = {}  # by hash, the revoked and expired ones too
         self.store: Store | None = None
         self.active = self.mode == "on" or (self.mode == "auto" and self.master is not None)
@@ -309,6 +307,10 @@ class Gateway:
                 await self.events.publish("revoked", name)
             await self.refresh()
         return done
+
+    def _spend(self, target: str, prompt_tokens: int, completion_tokens: int) -> float:
+        price = self.prices.get(target)
+        return price.spend(prompt_tokens, completion_tokens) if price is not None else 0.0
 
     async def audit(self, actor: str | None, action: str, subject: str, **detail: Any) -> None:
         if self.store is not None:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelLoadFailed, ModelNotLoaded, QueueFull, ServerBusy
+from ..errors import ModelLoadFailed, ModelNotFound, ModelNotLoaded, QueueFull, ServerBusy
 from ..units import parse_duration
 from ..worker.client import Worker
 from .state import ModelState, Status
@@ -114,6 +114,8 @@ class Leases:
         self._waiting += 1
         try:
             while True:
+                if not self.registry.holds(state):  # gone: a reload, a file removed
+                    raise ModelNotFound(f"The model '{state.id}' does not exist", param="model")
                 if state.waiters[0] is ticket:
                     if self._can_take(state, ticket):
                         return self._take(state)

@@ -35,7 +35,8 @@ from .admission import Admission
 from .discovery import ModelSource, Scanner
 from .fit import Fitted, fit
 from .leases import Leases
-from .registry import RESIDENT, Registry
+from .reconfigure import Reconfiguration
+from .registry import Registry, apply_source_error
 from .state import EventBus, ModelSnapshot, ModelState, Status
 from .threads import ThreadBudget
 
@@ -45,9 +46,10 @@ log = logging.getLogger(__name__)
 MiB = 2**20
 
 
-class ModelManager(Leases, Admission):
+class ModelManager(Leases, Admission, Reconfiguration):
     """Owns every model's state and worker. Its parts: leases.py (slots, queues, keep-alive),
-    admission.py (room, eviction, draining, the memory budget); here, start and stop,
+    admission.py (room, eviction, draining, the memory budget), reconfigure.py (new settings
+    while serving); here, start and stop,
     discovery, loads and unloads, and what workers report."""
 
     def __init__(
@@ -128,50 +130,6 @@ class ModelManager(Leases, Admission):
         self._scanned = now
         for state, reason in self.registry.refresh():
             self._spawn(self._unload(state, reason))
-
-    def reconfigure(self, settings: Settings) -> list[str]:
-        """Run with `settings` from now on (a reload, reload.py): the models directory and the
-        entries are scanned again with them. A resident model whose file, engine or engine
-        options changed is unloaded (its requests in flight finish first; the next request
-        loads it with the new options), as is one whose entry is gone. Lower limits evict idle
-        models at once (busy ones when they go idle); new pins and preloads load; idle models
-        get their keep-alive again from now. Returns the ids unloaded for a change."""
-        before = {s.id: self._load_key(s.source) for s in self.registry if s.status in RESIDENT}
-        wanted = {s.id for s in self.registry if s.source.config.pin} | set(self.settings.preload)
-        self.settings = settings
-        self.registry.scanner.settings = settings
-        self.budget = parse_bytes(settings.memory_budget, psutil.virtual_memory().available)
-        self._default_keep_alive = parse_duration(settings.keep_alive)
-        self._scanned = time.monotonic()
-        changed = self.registry.refresh()
-        for state in self.registry:
-            key = before.get(state.id)
-            if key is not None and key != self._load_key(state.source):
-                if all(state is not s for s, _ in changed):
-                    changed.append((state, "configuration changed"))
-        for state, reason in changed:
-            if state.status == Status.LOADED:
-                self._begin_unload(state, reason)  # leaving now: the limits below see it
-            else:
-                self._spawn(self._unload(state, reason))
-        self._reconcile(f"reloaded configuration: models_max {settings.models_max}")
-        self._room_changed()
-        for state in self.registry:
-            if state.status == Status.LOADED:
-                self._schedule_idle_unload(state, None)
-            elif (
-                state.id not in wanted
-                and not state.sticky
-                and (state.source.config.pin or state.id in settings.preload)
-            ):
-                with contextlib.suppress(RouterError):
-                    self.request_load(state.id, reason="preload")
-        return sorted(state.id for state, _ in changed)
-
-    def _load_key(self, source: ModelSource) -> tuple[object, ...]:
-        """What a worker was started from: a change means loading again."""
-        options = self.settings.model_defaults.merged(source.config.engine_options())
-        return (source.path, source.identity, source.engine, options)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -354,9 +312,13 @@ class ModelManager(Leases, Admission):
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.settings.unload_grace
-        while state.active > 0 and (left := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.changed.wait(), left)
+        try:
+            while state.active > 0 and (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.changed.wait(), left)
+        except asyncio.CancelledError:  # close(): never leave a worker behind
+            await worker.stop()
+            raise
         freed = state.memory_bytes
         await worker.stop()
         self._threads.forget(worker)
@@ -366,6 +328,7 @@ class ModelManager(Leases, Admission):
         state.draining = False
         state.drain_allowed.clear()
         state.set_status(Status.UNLOADED)
+        apply_source_error(state)  # its files changed into something unservable meanwhile
         self.events.publish("unloaded", state.id, reason=reason)
         log.info(
             "model %s unloaded in %.2f s (%s): %s MiB freed",

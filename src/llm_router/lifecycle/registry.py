@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from .discovery import Scanner
 from .state import EventBus, ModelState, Status
 
-__all__ = ["Registry"]
+__all__ = ["RESIDENT", "Registry", "apply_source_error"]
 
 RESIDENT = (Status.LOADED, Status.LOADING, Status.UNLOADING)
 
@@ -32,6 +32,10 @@ class Registry:
         """The model called `name` (id or alias), as last scanned."""
         return self._states.get(self._aliases.get(name, name))
 
+    def holds(self, state: ModelState) -> bool:
+        """Whether `state` is still the model of its id (not dropped by a scan)."""
+        return self._states.get(state.id) is state
+
     def sorted(self) -> list[ModelState]:
         return sorted(self._states.values(), key=lambda s: s.id)
 
@@ -44,15 +48,16 @@ class Registry:
             state = self._states.get(model_id)
             if state is None:
                 self._states[model_id] = state = ModelState(source)
-                _apply_source_error(state)
+                apply_source_error(state)
                 self._events.publish("added", model_id, status=state.status.value)
             elif state.source.identity != source.identity or state.source.error != source.error:
                 state.source = source
                 state.sticky = False
                 state.measured_bytes = state.model_bytes = None  # another file: measure again
-                if state.status in RESIDENT:
+                if state.status in RESIDENT:  # its error (if any) once its worker is gone
                     unload.append((state, "model file changed"))
-                _apply_source_error(state)
+                else:
+                    apply_source_error(state)
             else:
                 state.source = source
         for model_id in set(self._states) - set(found):
@@ -66,7 +71,8 @@ class Registry:
         return unload
 
 
-def _apply_source_error(state: ModelState) -> None:
+def apply_source_error(state: ModelState) -> None:
+    """A model whose files cannot be served is in `error` (sticky) until they change."""
     if state.source.error is not None:
         state.sticky = True
         state.set_status(Status.ERROR, state.source.error)

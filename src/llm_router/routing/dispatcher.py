@@ -122,8 +122,11 @@ class Dispatcher:
             self._health[cfg.id] = asyncio.create_task(self._check_health(target))
 
     def _drop(self, name: str) -> None:
-        """Forget the target called `name` (requests already sent to it go on)."""
-        self._targets.pop(name, None)
+        """Forget the target called `name` (requests already sent to it go on; their outcome
+        no longer reaches the routers sharing breakers, where the name may be another's)."""
+        target = self._targets.pop(name, None)
+        if target is not None:
+            target.breaker.on_change = None
         if (task := self._health.pop(name, None)) is not None:
             task.cancel()
         if self._shared is not None:

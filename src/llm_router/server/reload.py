@@ -70,6 +70,16 @@ class Reloader:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def catch_up(self) -> None:
+        """Once the server handles SIGHUP: a process of `serve --workers N` ignored the
+        SIGHUPs that came while it started, so it reloads if the file changed since it was
+        read."""
+        source = self.source
+        if self.parent is None or source is None or source.path is None:
+            return
+        if stamp(source.path) != source.read:
+            self.on_signal()
+
     def watch(self) -> None:
         """Reload whenever the config file changes (`watch_config`), until `close`. Not in a
         process of `serve --workers N`: its parent watches and signals them all."""
@@ -121,6 +131,7 @@ class Reloader:
         except ConfigError as exc:
             raise ReloadRejected(f"configuration not reloaded: {exc.message}") from None
         self.state.settings = change.settings
+        self.gateway.prices = {m.id: m.cost for m in change.settings.models}  # keys' spend
         path = str(self.source.path) if self.source.path else ""
         detail = {
             "applied": list(change.applied),

@@ -17,6 +17,7 @@ each process would otherwise load every model itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -26,15 +27,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..reload import ConfigSource, stamp
+from ..reload import ConfigSource, plan, stamp
+
+if TYPE_CHECKING:
+    from .reload import Reloader
 from .drain import Drain
 
 __all__ = ["DrainingServer", "check_workers", "run_many", "run_one", "tune_gc"]
@@ -57,12 +60,12 @@ class DrainingServer(uvicorn.Server):
         config: uvicorn.Config,
         drain: Drain,
         grace: float,
-        on_hangup: Callable[[], None] | None = None,
+        reloader: Reloader | None = None,
     ) -> None:
         super().__init__(config)
         self.drain = drain
         self.grace = grace
-        self.on_hangup = on_hangup  # SIGHUP, once started: a reload (server/reload.py)
+        self.reloader = reloader  # SIGHUP, once started: a reload (server/reload.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drainer: asyncio.Task[None] | None = None
 
@@ -74,8 +77,11 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             tune_gc()
-            if self.on_hangup is not None and threading.current_thread() is threading.main_thread():
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_hangup)
+            if self.reloader is not None and threading.current_thread() is threading.main_thread():
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, self.reloader.on_signal
+                )
+                self.reloader.catch_up()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if (
@@ -162,7 +168,7 @@ def run_one(
         uvicorn_config(app, settings),
         app.state.drain,
         settings.drain_grace,
-        app.state.reloader.on_signal if source is not None else None,
+        app.state.reloader if source is not None else None,
     )
     server.run(sockets)
     return bool(server.started)
@@ -297,6 +303,10 @@ def _child(
 
     setup_logging(settings.log_level, settings.log_format == "json")
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if source is not None and source.first is not None:
+        # a process started again after a reload (one died) serves what the others do
+        with contextlib.suppress(ConfigError):
+            settings = plan(settings, source.first, source.load()).settings
     if not run_one(settings, sockets=[sock], source=source, parent=parent):
         sys.exit(STARTUP_FAILED)
 
