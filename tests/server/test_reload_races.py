@@ -383,3 +383,22 @@ async def test_a_model_reloaded_with_smaller_options_is_not_refused_by_its_old_s
         response = await r.chat("chat")
         assert response.status_code == 200, response.text
         assert r.app.state.manager.resolve("chat").worker.info["context_size"] == 512
+
+
+async def test_a_removed_model_still_serving_counts_against_the_limits_until_it_is_gone(
+    conf: Reloadable,
+) -> None:
+    """`models_max: 1`: a reload removes `chat` while a request holds it. Its worker serves
+    on until that request ends, so `other` waits for it instead of loading beside it."""
+    conf.write({"chat": {}, "other": {}}, models_max=1)
+    async with served(conf) as r:
+        manager = r.app.state.manager
+        async with manager.lease("chat"):
+            conf.write({"other": {}}, models_max=1)
+            assert (await r.reload())["unloaded"] == ["chat"]
+            other = asyncio.create_task(r.chat("other"))
+            await r.wait_status("other", "waiting")
+            await asyncio.sleep(0.05)
+            assert await r.status("other") == "waiting"
+        assert (await asyncio.wait_for(other, 5)).status_code == 200
+        assert manager.registry.leaving == set()  # chat's worker is gone, no longer counted

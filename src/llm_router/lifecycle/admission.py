@@ -18,7 +18,7 @@ from ..errors import InsufficientMemory, ModelLoadFailed
 from ..worker.client import Worker
 from .estimate import default_base, estimate_model_bytes
 from .policy import Resident, plan_admission, reconcile
-from .registry import RESIDENT
+from .registry import RESIDENT, apply_source_error
 from .state import ModelState, Status
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class Admission:
             )
 
     def _residents(self) -> list[Resident]:
+        gone = self.registry.leaving  # dropped from the registry, their workers still running
         return [
             Resident(
                 s.id,
@@ -110,9 +111,9 @@ class Admission:
                 s.busy,
                 s.source.config.pin,
                 settled=s.status == Status.LOADED,
-                leaving=s.status == Status.UNLOADING,
+                leaving=s.status == Status.UNLOADING or s in gone,
             )
-            for s in self.registry
+            for s in (*self.registry, *gone)
             if s.status in RESIDENT
         ]
 
@@ -125,10 +126,9 @@ class Admission:
             head = self._admission[0]
             # The head's own spare becomes its worker: only the other engines' spares count.
             budget = self.budget - self._pool.memory(excluding=head.source.engine)
-            plan = plan_admission(
-                self._residents(), self._estimate(head), budget, self.settings.models_max
-            )
-            if plan.start or not any(s.status in RESIDENT for s in self.registry):
+            residents = self._residents()
+            plan = plan_admission(residents, self._estimate(head), budget, self.settings.models_max)
+            if plan.start or not residents:
                 # Alone it may still fit (its estimate has a margin, `_check_fits` let it
                 # through): waiting could not help, so try; the measurement decides after.
                 self._admission.popleft()
@@ -165,6 +165,7 @@ class Admission:
             self._admission.remove(state)
         state.load_requested = False
         state.set_status(Status.UNLOADED)
+        apply_source_error(state)
         self.events.publish("unloaded", state.id, reason=reason)
         log.info("model %s: load withdrawn (%s)", state.id, reason)
         self._admit()

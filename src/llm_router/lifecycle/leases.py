@@ -186,6 +186,7 @@ class Leases:
     def _schedule_idle_unload(self, state: ModelState, requested: float | None) -> None:
         if state.active or state.waiters or state.status != Status.LOADED:
             return
+        state.keep_alive_asked = requested
         seconds = self._keep_alive(state, requested)
         if state.unload_handle is not None:
             state.unload_handle.cancel()

@@ -63,7 +63,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
         self.events = EventBus(max_subscribers=settings.max_event_subscribers)
         # Told how long each lease waited for its slot (and load): the queue-wait metric.
         self.observe_wait: Callable[[str, float], None] = lambda model, seconds: None
-        self.budget = parse_bytes(settings.memory_budget, psutil.virtual_memory().available)
+        self.memory_base = psutil.virtual_memory().available  # what a percentage is of
+        self.budget = parse_bytes(settings.memory_budget, self.memory_base)
         self._default_keep_alive = parse_duration(settings.keep_alive)
         self.registry = Registry(scanner or Scanner(settings), self.events)
         self.over_budget = False  # measured use is over the budget and nothing idle can go
@@ -108,7 +109,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
         # Cancelled loads are awaited too: a starting worker is killed when its load task
         # handles the cancellation, which must happen before close() returns.
         await asyncio.gather(*loads, *self._tasks, return_exceptions=True)
-        workers = [s.worker for s in self.registry if s.worker is not None]
+        states = (*self.registry, *self.registry.leaving)
+        workers = [s.worker for s in states if s.worker is not None]
         await asyncio.gather(*(w.stop(timeout=2.0) for w in workers), return_exceptions=True)
         await self._pool.close()
 
@@ -202,6 +204,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 self._refill_spare(source.engine)
         except asyncio.CancelledError:
             state.set_status(Status.UNLOADED)
+            self.registry.leaving.discard(state)
+            apply_source_error(state)  # cancelled as its files broke (registry.refresh)
             self.events.publish("unloaded", state.id, reason="load cancelled")
             log.info("model %s: load cancelled", state.id)
             self._room_changed()
@@ -328,6 +332,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         state.draining = False
         state.drain_allowed.clear()
         state.set_status(Status.UNLOADED)
+        self.registry.leaving.discard(state)
         apply_source_error(state)  # its files changed into something unservable meanwhile
         self.events.publish("unloaded", state.id, reason=reason)
         log.info(
@@ -347,6 +352,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             # (the socket would otherwise leak until garbage collection).
             self._spawn(worker.stop())
             self._threads.forget(worker)
+            self.registry.leaving.discard(state)
             state.worker = None
             state.memory_bytes = None
             state.draining = False

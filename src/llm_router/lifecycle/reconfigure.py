@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
-
-import psutil
 
 from ..errors import RouterError
 from ..units import parse_bytes, parse_duration
@@ -34,6 +31,7 @@ class Reconfiguration:
         registry: Registry
         events: EventBus
         budget: int
+        memory_base: int
         _default_keep_alive: float | None
         _scanned: float
 
@@ -61,17 +59,19 @@ class Reconfiguration:
         self.settings = settings
         self.registry.scanner.settings = settings
         if settings.memory_budget != old.memory_budget:
-            # a share of what the models could have: free now, and what they hold
-            room = psutil.virtual_memory().available + self.memory_used()
-            self.budget = parse_bytes(settings.memory_budget, room)
+            # of the memory available at start, as the first budget (available now plus
+            # the models' RSS would count their mapped weights twice: page cache is available)
+            self.budget = parse_bytes(settings.memory_budget, self.memory_base)
         self._default_keep_alive = parse_duration(settings.keep_alive)
         self._scanned = time.monotonic()
         changed = self.registry.refresh()
+        rekeyed: set[str] = set()
         for state in self.registry:
             key = keys.get(state.id)
             if key is None or key == self._load_key(state.source):
                 continue
             state.measured_bytes = state.model_bytes = None  # other options: other memory
+            rekeyed.add(state.id)
             if state.source.error is None:
                 state.sticky = False  # a load that failed with the old options may work
             if state.status in RESIDENT and all(state is not s for s, _ in changed):
@@ -82,9 +82,9 @@ class Reconfiguration:
         self._room_changed()
         for state in self.registry:
             if state.status == Status.LOADED and rules.get(state.id) != self._idle_rule(state):
-                self._schedule_idle_unload(state, None)
+                self._schedule_idle_unload(state, state.keep_alive_asked)
             elif state.status in (Status.UNLOADED, Status.ERROR) and not state.sticky:
-                if state.id in self._wanted() - wanted:
+                if state.id in (self._wanted() - wanted) | (self._wanted() & rekeyed):
                     with contextlib.suppress(RouterError):
                         self.request_load(state.id, reason="preload")
         return sorted(state.id for state, _ in changed)
@@ -97,7 +97,8 @@ class Reconfiguration:
     def _idle_rule(self, state: ModelState) -> tuple[object, ...]:
         """What its idle unload follows (lifecycle/leases.py `_keep_alive`)."""
         config = state.source.config
-        return (self._default_keep_alive, config.keep_alive, config.pin)
+        cap = self.settings.keep_alive_max
+        return (self._default_keep_alive, config.keep_alive, config.pin, cap)
 
     def _wanted(self) -> set[str]:
         """The models kept loaded by the settings: pinned or preloaded."""
@@ -106,20 +107,17 @@ class Reconfiguration:
     def _replace(self, state: ModelState, reason: str) -> None:
         """Unload `state` for a change. A loaded one is marked leaving now (the limits
         decided right after see it go); a pinned or preloaded one that stays loads again."""
-        done: Awaitable[None]
-        if state.status == Status.LOADED and state.worker is not None:
+        stop = state.status == Status.LOADED and state.worker is not None
+        if stop:
             if state.unload_handle is not None:
                 state.unload_handle.cancel()
                 state.unload_handle = None
             state.set_status(Status.UNLOADING)
             self.events.publish("unloading", state.id, reason=reason)
-            done = self._stop(state, reason)
-        else:
-            done = self._unload(state, reason)
-        self._spawn(self._then_reload(state, done))
+        self._spawn(self._then_reload(state, reason, stop))
 
-    async def _then_reload(self, state: ModelState, done: Awaitable[None]) -> None:
-        await done
+    async def _then_reload(self, state: ModelState, reason: str, stop: bool) -> None:
+        await (self._stop(state, reason) if stop else self._unload(state, reason))
         if self.registry.holds(state) and state.id in self._wanted():
             if not state.sticky and state.status in (Status.UNLOADED, Status.ERROR):
                 with contextlib.suppress(RouterError):

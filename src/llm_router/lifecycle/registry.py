@@ -21,6 +21,9 @@ class Registry:
         self._events = events
         self._states: dict[str, ModelState] = {}
         self._aliases: dict[str, str] = {}
+        # Dropped by a scan while holding a worker: still in memory until their worker stops
+        # (the manager discards them then), so admission still counts them.
+        self.leaving: set[ModelState] = set()
 
     def __iter__(self) -> Iterator[ModelState]:
         return iter(self._states.values())
@@ -54,7 +57,8 @@ class Registry:
                 state.source = source
                 state.sticky = False
                 state.measured_bytes = state.model_bytes = None  # another file: measure again
-                if state.status in RESIDENT:  # its error (if any) once its worker is gone
+                waiting = state.status == Status.WAITING and source.error is not None
+                if state.status in RESIDENT or waiting:  # its error once its worker is gone
                     unload.append((state, "model file changed"))
                 else:
                     apply_source_error(state)
@@ -62,6 +66,8 @@ class Registry:
                 state.source = source
         for model_id in set(self._states) - set(found):
             state = self._states.pop(model_id)
+            if state.status in RESIDENT:
+                self.leaving.add(state)
             unload.append((state, "model file removed"))
             self._events.publish("removed", model_id)
             state.notify()

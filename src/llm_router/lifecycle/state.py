@@ -58,6 +58,7 @@ class ModelState:
     model_bytes: int | None = None  # estimated from its metadata and engine options
     estimated_bytes: int | None = None  # model_bytes plus an empty worker of its engine
     unload_handle: asyncio.TimerHandle | None = None
+    keep_alive_asked: float | None = None  # the last request's own keep_alive, for reloads
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property

@@ -54,6 +54,7 @@ class Reloader:
         self.parent = parent
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     async def reload(self, actor: str | None) -> dict[str, Any]:
         """Read the configuration again and apply it; what changed. Raises ReloadRejected."""
@@ -65,7 +66,10 @@ class Reloader:
         return result
 
     def on_signal(self) -> None:
-        """SIGHUP (on the event loop, from `loop.add_signal_handler`)."""
+        """SIGHUP (on the event loop, from `loop.add_signal_handler`); ignored once the
+        server is stopping."""
+        if self._closed:
+            return
         task = asyncio.create_task(self._unattended(SIGNALLED), name="reload")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -90,6 +94,7 @@ class Reloader:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
