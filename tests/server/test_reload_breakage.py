@@ -47,6 +47,16 @@ class GatedPool(InProcessPool):
         return await super().start(engine, spec, **kwargs)
 
 
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> GatedPool:
+    """The app's pool is a GatedPool whose loads wait (`gate` closed) until the test opens
+    it."""
+    gated = GatedPool()
+    gated.gate.clear()
+    monkeypatch.setattr("server.test_reload.InProcessPool", lambda: gated)
+    return gated
+
+
 async def _settle() -> None:
     """Let the tasks the manager spawned run (a cancelled load, an unload, a new load)."""
     for _ in range(20):
@@ -58,14 +68,11 @@ async def _models(r: Reloadable) -> dict[str, Any]:
 
 
 async def test_a_model_whose_file_goes_while_it_loads_shows_its_error(
-    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+    conf: Reloadable, pool: GatedPool
 ) -> None:
     # The models-directory watch (no reload): `chat` is loading (POST /models/load) when its
     # file is deleted. Its load is cancelled; it must then show the file's error, as a loaded
     # or an unloaded model does, not `unloaded` (which invites another load of nothing).
-    pool = GatedPool()
-    pool.gate.clear()
-    monkeypatch.setattr("server.test_reload.InProcessPool", lambda: pool)
     conf.write({"chat": {}})
     async with served(conf) as r:
         manager = r.app.state.manager
@@ -82,14 +89,11 @@ async def test_a_model_whose_file_goes_while_it_loads_shows_its_error(
 
 
 async def test_a_pinned_model_whose_path_breaks_while_it_loads_shows_its_error(
-    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+    conf: Reloadable, pool: GatedPool
 ) -> None:
     # The same through a reload: a pinned `chat`, loading, gets a typo in its path. Its load
     # is cancelled and _then_reload's request_load refuses the broken path (suppressed): it
     # stays `unloaded` with no word of the typo.
-    pool = GatedPool()
-    pool.gate.clear()
-    monkeypatch.setattr("server.test_reload.InProcessPool", lambda: pool)
     conf.write({"chat": {"pin": True}})
     async with served(conf) as r:
         await r.wait_status("chat", "loading")
@@ -103,13 +107,10 @@ async def test_a_pinned_model_whose_path_breaks_while_it_loads_shows_its_error(
 
 
 async def test_a_request_waiting_for_a_load_whose_file_goes_is_told_so_without_a_new_load(
-    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+    conf: Reloadable, pool: GatedPool
 ) -> None:
     # A request waits for `chat`'s load when the file is deleted (the watch). It must get the
     # file's error; the manager must not start a second load of a path that does not exist.
-    pool = GatedPool()
-    pool.gate.clear()
-    monkeypatch.setattr("server.test_reload.InProcessPool", lambda: pool)
     conf.write({"chat": {}})
     async with served(conf) as r:
         manager = r.app.state.manager
@@ -126,14 +127,13 @@ async def test_a_request_waiting_for_a_load_whose_file_goes_is_told_so_without_a
 
 
 async def test_a_model_waiting_for_room_whose_file_goes_is_not_loaded_later(
-    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+    conf: Reloadable, pool: GatedPool
 ) -> None:
     # models_max 1: `chat` is busy, `other` waits for room (admission queue). `other`'s file is
     # deleted (the watch): it shows its error, and the waiting request fails. Once `chat` is
     # idle, the manager must not evict it to start a load of the file that is gone.
     # (Not new in 1fad797: registry.refresh applies the error to a `waiting` model in place.)
-    pool = GatedPool()
-    monkeypatch.setattr("server.test_reload.InProcessPool", lambda: pool)
+    pool.gate.set()
     conf.write({"chat": {}, "other": {}}, models_max=1, drain_after=3600)
     async with served(conf) as r:
         manager = r.app.state.manager
@@ -276,13 +276,10 @@ async def test_a_percentage_budget_set_by_a_reload_does_not_count_mapped_weights
 
 
 async def test_a_request_waiting_for_a_load_the_reload_removes_gets_a_404(
-    conf: Reloadable, monkeypatch: pytest.MonkeyPatch
+    conf: Reloadable, pool: GatedPool
 ) -> None:
     # Checked correct: the load is cancelled, the waiting request is told the model is gone
     # (ModelNotFound from _acquire's new `holds` check), nothing loads it again.
-    pool = GatedPool()
-    pool.gate.clear()
-    monkeypatch.setattr("server.test_reload.InProcessPool", lambda: pool)
     conf.write({"chat": {"aliases": ["c"]}, "other": {}})
     async with served(conf) as r:
         waiting = asyncio.create_task(r.chat("c"))
