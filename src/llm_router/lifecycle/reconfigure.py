@@ -78,7 +78,7 @@ class Reconfiguration:
                 changed.append((state, "configuration changed"))
         for state, reason in changed:
             self._replace(state, reason)
-        self._reconcile(f"reloaded configuration: models_max {settings.models_max}")
+        self._reconcile("reloaded configuration")
         self._room_changed()
         for state in self.registry:
             if state.status == Status.LOADED and rules.get(state.id) != self._idle_rule(state):

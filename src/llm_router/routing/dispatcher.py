@@ -26,7 +26,7 @@ import aiohttp
 
 from .. import tracing
 from ..config import Cost, ModelConfig, RouteConfig, Settings
-from ..errors import BadRequest, ModelNotFound, RouterError, ServerBusy
+from ..errors import BadRequest, ConfigError, ModelNotFound, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, first_event, since, watch
@@ -78,8 +78,10 @@ class Dispatcher:
         # (route, target) -> attempts a route sent to `target` after an earlier attempt of the
         # same request failed: served or not (the fallbacks counter has only the served ones).
         self.retries: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._gone: dict[str, Cost] = {}  # the prices of targets a reload removed
 
     async def start(self) -> None:
+        self._check_route_names(self.settings.routes)
         if self.settings.redis_url:
             cooldown = self._breaker.cooldown
             self._shared = BreakerSync(self.settings.redis_url, min(5.0, cooldown / 2), cooldown)
@@ -121,12 +123,25 @@ class Dispatcher:
         if cfg.health_check_interval > 0:
             self._health[cfg.id] = asyncio.create_task(self._check_health(target))
 
+    def _check_route_names(self, routes: list[RouteConfig]) -> None:
+        """Refuse a route named like a model of the models directory (the settings refuse
+        one named like a `models:` entry): it would hide the model."""
+        found = {s.id for s in self.manager.registry if s.source.origin == "models_dir"}
+        for route in routes:
+            if route.name in found:
+                raise ConfigError(
+                    f"routes: route name {route.name!r} is already the name of a model in "
+                    "models_dir; name the route otherwise"
+                )
+
     def _drop(self, name: str) -> None:
         """Forget the target called `name` (requests already sent to it go on; their outcome
-        no longer reaches the routers sharing breakers, where the name may be another's)."""
+        no longer reaches the routers sharing breakers, where the name may be another's; its
+        price stays known to them)."""
         target = self._targets.pop(name, None)
         if target is not None:
             target.breaker.on_change = None
+            self._gone[name] = target.config.cost
         if (task := self._health.pop(name, None)) is not None:
             task.cancel()
         if self._shared is not None:
@@ -141,12 +156,14 @@ class Dispatcher:
         keeps its breaker and stats. Requests already routed finish where they were sent.
         Raises ConfigError for a route whose strategy cannot be loaded, before anything
         changed."""
+        self._check_route_names(settings.routes)
         routes = {
             r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
             for r in settings.routes
         }
         unloaded = self.manager.reconfigure(settings)
         self.settings = settings
+        before = {*self._routes, *(t.id for t in self.remotes())}
         self._routes = routes
         remotes = {cfg.id: cfg for cfg in settings.models if cfg.provider == "openai"}
         for name, target in list(self._targets.items()):
@@ -163,6 +180,11 @@ class Dispatcher:
                 self._drop(name)  # gone, or now a remote target or an alias
         for cfg in remotes.values():
             self._add_remote(cfg)
+        after = {*self._routes, *(t.id for t in self.remotes())}
+        for name in sorted(after - before):  # GET /models/events: the dashboard follows them
+            self.manager.events.publish("added", name)
+        for name in sorted(before - after):
+            self.manager.events.publish("removed", name)
         return unloaded
 
     async def close(self) -> None:
@@ -214,8 +236,14 @@ class Dispatcher:
         )
 
     def price(self, name: str) -> Cost:
-        """The configured price per 1M tokens of the target called `name`."""
-        return self.target(name).config.cost
+        """The configured price per 1M tokens of the target called `name` (of one a reload
+        removed while a request was on it: its last price)."""
+        try:
+            return self.target(name).config.cost
+        except ModelNotFound:
+            if name in self._gone:
+                return self._gone[name]
+            raise
 
     def targets(self) -> list[Target]:
         """Every target known so far: remote ones, and local ones once requested."""

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from ..api import Router
@@ -107,7 +108,10 @@ class Reloader:
             # reloads. An editor's write in two steps reloads twice, the first one refused
             # (a half-written file changes nothing); a file gone is not read.
             now = stamp(source.path)
-            if now is not None and now != source.read:
+            if now is None or now == source.read:
+                continue
+            await asyncio.sleep(WATCH_EVERY / 4)  # a write in several steps: its end
+            if stamp(source.path) == now:
                 await self._unattended(WATCHED)
 
     async def _unattended(self, actor: str) -> None:
@@ -126,6 +130,12 @@ class Reloader:
             )
         running: Settings = self.state.settings
         first = self.source.first or running  # the reading the server started from
+        if self.source.path is not None and await asyncio.to_thread(_blank, self.source.path):
+            self.source.read = stamp(self.source.path)  # the watch waits for the next write
+            raise ReloadRejected(
+                f"configuration not reloaded: {self.source.path} is empty (an editor in the "
+                "middle of writing it?); to go back to the defaults, write `{}` in it"
+            )
         try:
             new = await asyncio.to_thread(self.source.load)
         except ConfigError as exc:
@@ -155,3 +165,11 @@ class Reloader:
         if actor not in (SIGNALLED, WATCHED) or change.applied or unloaded:
             await self.gateway.audit(actor, "config.reloaded", path, **detail)
         return {"reloaded": True, "config": path or None, **detail}
+
+
+def _blank(path: Path) -> bool:
+    """Whether the file holds nothing but white space (a missing file is an error later)."""
+    try:
+        return not path.read_text().strip()
+    except OSError:
+        return False
