@@ -335,6 +335,7 @@ def test_routing_package_exports_exactly_its_all() -> None:
         "upstream_errors",
         "admission",
         "shared_breakers",
+        "configured",
     }
     assert public - modules == set(routing.__all__)
     assert routing.__all__ == sorted(routing.__all__, key=lambda n: (not n.isupper(), n))

@@ -7,7 +7,8 @@ the next target is tried after a short backoff. Once a target has produced its f
 stream is committed to it: a token a client has seen is never taken back.
 
 One concept, the Dispatcher (resolve, plan, try in order), whose generation, embedding and
-local-only paths share the same resolution; each attempt's accounting is in attempt.py."""
+local-only paths share the same resolution; each attempt's accounting is in attempt.py, the
+targets and routes the settings make (and a reload replaces) in configured.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -25,19 +25,19 @@ from typing import Any
 import aiohttp
 
 from .. import tracing
-from ..config import Cost, ModelConfig, RouteConfig, Settings
-from ..errors import BadRequest, ConfigError, ModelNotFound, RouterError, ServerBusy
+from ..config import Cost, RouteConfig, Settings
+from ..errors import BadRequest, ModelNotFound, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, first_event, since, watch
 from .breaker import BreakerConfig, CircuitBreaker
+from .configured import Route, Targets
 from .local import LocalTarget
 from .remote import RemoteTarget
 from .shared_breakers import BreakerSync
 from .stats import TargetStats
-from .strategies import RouteRequest, Strategy, ab_split, load_strategy, rank
+from .strategies import RouteRequest, ab_split, load_strategy, rank
 from .targets import Call, EmbedCall, Target
-from .upstream import Upstream, env_proxy
 
 __all__ = ["Dispatcher", "Routed"]
 
@@ -55,13 +55,7 @@ class Routed:
     failures: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(eq=False)
-class _Route:
-    config: RouteConfig
-    strategy: Strategy
-
-
-class Dispatcher:
+class Dispatcher(Targets):
     def __init__(self, settings: Settings, manager: ModelManager) -> None:
         self.settings = settings
         self.manager = manager
@@ -70,8 +64,7 @@ class Dispatcher:
         self._breaker = BreakerConfig(**settings.breaker.model_dump())
         self._targets: dict[str, Target] = {}
         self._routes = {
-            r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
-            for r in settings.routes
+            r.name: Route(r, load_strategy(r.strategy, r.strategy_options)) for r in settings.routes
         }
         self._health: dict[str, asyncio.Task[None]] = {}  # remote target -> its checks
         self._shared: BreakerSync | None = None  # remote targets' breakers, through Redis
@@ -93,99 +86,6 @@ class Dispatcher:
                 self._add_remote(cfg)
         if self._shared is not None:
             await self._shared.catch_up()  # the breakers open in other routers now
-
-    def _add_remote(self, cfg: ModelConfig) -> None:
-        assert self._session is not None, "start() first"
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if cfg.api_key_env and key is None:
-            log.warning("target %s: environment variable %s is not set", cfg.id, cfg.api_key_env)
-        upstream = Upstream(
-            self._session,
-            base_url=cfg.base_url or "",
-            model=cfg.model or cfg.id,
-            api_key=key,
-            name=cfg.id,
-            read_timeout=cfg.timeout,
-            connect_timeout=min(10.0, cfg.timeout),
-            proxy=env_proxy(cfg.base_url or ""),
-        )
-        target = RemoteTarget(
-            cfg.id,
-            cfg,
-            TargetStats(),
-            CircuitBreaker(self._breaker),
-            self.settings.max_tokens_limit,
-            upstream=upstream,
-        )
-        self._targets[cfg.id] = target
-        if self._shared is not None:
-            self._shared.attach(cfg.id, target.breaker)
-        if cfg.health_check_interval > 0:
-            self._health[cfg.id] = asyncio.create_task(self._check_health(target))
-
-    def _check_route_names(self, routes: list[RouteConfig]) -> None:
-        """Refuse a route named like a model of the models directory (the settings refuse
-        one named like a `models:` entry): it would hide the model."""
-        found = {s.id for s in self.manager.registry if s.source.origin == "models_dir"}
-        for route in routes:
-            if route.name in found:
-                raise ConfigError(
-                    f"routes: route name {route.name!r} is already the name of a model in "
-                    "models_dir; name the route otherwise"
-                )
-
-    def _drop(self, name: str) -> None:
-        """Forget the target called `name` (requests already sent to it go on; their outcome
-        no longer reaches the routers sharing breakers, where the name may be another's; its
-        price stays known to them)."""
-        target = self._targets.pop(name, None)
-        if target is not None:
-            target.breaker.on_change = None
-            self._gone[name] = target.config.cost
-        if (task := self._health.pop(name, None)) is not None:
-            task.cancel()
-        if self._shared is not None:
-            self._shared.breakers.pop(name, None)
-
-    def reconfigure(self, settings: Settings) -> list[str]:
-        """Serve `settings` from now on (a reload, reload.py): the model manager takes the
-        local models' entries (ModelManager.reconfigure: the ids it unloads for a change are
-        returned), then the routes and remote targets are replaced. A remote target whose
-        address, upstream model, key variable, timeout or health checks changed starts afresh
-        (a closed breaker, no stats); one whose other fields changed (prices, quality...)
-        keeps its breaker and stats. Requests already routed finish where they were sent.
-        Raises ConfigError for a route whose strategy cannot be loaded, before anything
-        changed."""
-        self._check_route_names(settings.routes)
-        routes = {
-            r.name: _Route(r, load_strategy(r.strategy, r.strategy_options))
-            for r in settings.routes
-        }
-        unloaded = self.manager.reconfigure(settings)
-        self.settings = settings
-        before = {*self._routes, *(t.id for t in self.remotes())}
-        self._routes = routes
-        remotes = {cfg.id: cfg for cfg in settings.models if cfg.provider == "openai"}
-        for name, target in list(self._targets.items()):
-            if isinstance(target, RemoteTarget):
-                cfg = remotes.get(name)
-                if cfg is not None and _reach(cfg) == _reach(target.config):
-                    target.config = cfg
-                    del remotes[name]
-                else:
-                    self._drop(name)
-            elif (state := self.manager.registry.get(name)) is not None and state.id == name:
-                target.config = state.source.config
-            else:
-                self._drop(name)  # gone, or now a remote target or an alias
-        for cfg in remotes.values():
-            self._add_remote(cfg)
-        after = {*self._routes, *(t.id for t in self.remotes())}
-        for name in sorted(after - before):  # GET /models/events: the dashboard follows them
-            self.manager.events.publish("added", name)
-        for name in sorted(before - after):
-            self.manager.events.publish("removed", name)
-        return unloaded
 
     async def close(self) -> None:
         for task in self._health.values():
@@ -255,7 +155,7 @@ class Dispatcher:
 
     # -- planning ------------------------------------------------------------------------------
 
-    def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, _Route | None]:
+    def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, Route | None]:
         route = self._routes.get(name)
         if route is None:
             target = self.target(name)
@@ -427,8 +327,3 @@ class Dispatcher:
                 "in_flight": snap.in_flight,
             },
         }
-
-
-def _reach(cfg: ModelConfig) -> tuple[object, ...]:
-    """The fields of a remote target's entry its connection and checks are made from."""
-    return (cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout, cfg.health_check_interval)
