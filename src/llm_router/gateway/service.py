@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from ..config import Cost as Price
 from ..config import Settings
 from ..errors import AuthenticationFailed, ConfigError, QuotaExceeded, RouterError
 from .events import KeyEvents
@@ -54,7 +55,8 @@ class Gateway:
         self.url = database_url(settings)
         self.master = master_key(env[MASTER_ENV]) if env.get(MASTER_ENV) else None
         self.limiter = Limiter(settings.gateway, settings.redis_url)
-        self.prices = {m.id: m.cost for m in settings.models}  # a reload replaces them
+        self.prices: dict[str, Price] = {}
+        self.set_prices(settings)
         self.cost: Cost = cost or self._spend
         self.keys: dict[str, ApiKey] = {}  # by hash, the revoked and expired ones too
         self.store: Store | None = None
@@ -307,6 +309,10 @@ class Gateway:
                 await self.events.publish("revoked", name)
             await self.refresh()
         return done
+
+    def set_prices(self, settings: Settings) -> None:
+        """The targets' prices that keys' spend is counted at (again on a reload)."""
+        self.prices = {m.id: m.cost for m in settings.models}
 
     def _spend(self, target: str, prompt_tokens: int, completion_tokens: int) -> float:
         price = self.prices.get(target)

@@ -69,11 +69,8 @@ class Reloader:
     def on_signal(self) -> None:
         """SIGHUP (on the event loop, from `loop.add_signal_handler`); ignored once the
         server is stopping."""
-        if self._closed:
-            return
-        task = asyncio.create_task(self._unattended(SIGNALLED), name="reload")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if not self._closed:
+            self._spawn(self._unattended(SIGNALLED), "reload")
 
     def catch_up(self) -> None:
         """Once the server handles SIGHUP: a process of `serve --workers N` ignored the
@@ -90,7 +87,10 @@ class Reloader:
         process of `serve --workers N`: its parent watches and signals them all."""
         if self.source is None or self.source.path is None or self.parent is not None:
             return
-        task = asyncio.create_task(self._watch(self.source), name="watch-config")
+        self._spawn(self._watch(self.source), "watch-config")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -146,7 +146,7 @@ class Reloader:
         except ConfigError as exc:
             raise ReloadRejected(f"configuration not reloaded: {exc.message}") from None
         self.state.settings = change.settings
-        self.gateway.prices = {m.id: m.cost for m in change.settings.models}  # keys' spend
+        self.gateway.set_prices(change.settings)  # keys' spend
         path = str(self.source.path) if self.source.path else ""
         detail = {
             "applied": list(change.applied),
