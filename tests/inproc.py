@@ -23,7 +23,7 @@ from llm_router.config import ModelConfig
 from llm_router.engines import LoadSpec
 from llm_router.engines.base import prompt_token_count
 from llm_router.engines.fake import FakeEngine
-from llm_router.errors import RouterError
+from llm_router.errors import RouterError, WorkerDied
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.reload import ConfigSource
 from llm_router.server.app import create_app
@@ -107,12 +107,15 @@ class InProcessWorker:
     def rss(self) -> int | None:
         return 0
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
+        """As the real worker's: requests still in flight fail with WorkerDied(`why`)."""
         self.stopping = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self.engine.close()
         self.exited.set()
+        for queue in self._streams.values():
+            queue.put_nowait(WorkerDied(why or "the model's worker exited during the request"))
 
 
 class InProcessPool(WorkerPool):

@@ -66,13 +66,14 @@ class SimWorker:
         self._rss = rss
         self._token_seconds = float(script.get("token_seconds", 0.01))
         self._on_exit: Callable[[Any, str], None] | None = None
+        self._why = "the model's worker was killed during the request"
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
         n = request.params.max_tokens or 4
         for i in range(n):
             await asyncio.sleep(self._token_seconds)
             if self.exited.is_set():
-                raise WorkerDied("the model's worker was killed during the request")
+                raise WorkerDied(self._why)
             yield TextDelta(f"t{i} ")
         yield Finished("length", Usage(2, n))
 
@@ -85,8 +86,9 @@ class SimWorker:
     def rss(self) -> int | None:
         return None if self.exited.is_set() else self._rss
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
         self.stopping = True
+        self._why = why or self._why
         await asyncio.sleep(0.01)  # a process takes a moment to go
         self.exited.set()
 

@@ -5,6 +5,7 @@ test_workers.py.)"""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -105,5 +106,63 @@ def test_watch_config_reloads_an_edited_file(
         chat = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=8)
         assert chat.model == SMOL and chat.choices[0].message.content
         assert "configuration reloaded (config file changed)" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_a_stream_that_outlives_unload_grace_is_told_why_it_ended(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    """A reload that changes a busy model's options waits `unload_grace` for its requests,
+    then stops the worker: a stream still running ends with an error event saying so (not a
+    bare "worker exited"), and its log line and metrics name the error, though its status
+    was 200."""
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = Server(
+        tmp_path,
+        {
+            "models_dir": str(models),
+            "models": [{"id": SMOL, "context_size": 1024}],
+            "unload_grace": 0.5,
+            "log_format": "json",
+        },
+    ).start()
+    try:
+        client = make_client(srv)
+        stream = client.chat.completions.create(
+            model=SMOL,
+            messages=HELLO,
+            max_tokens=1000,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        text = []
+        with pytest.raises(openai.APIError) as failed:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text.append(chunk.choices[0].delta.content)
+                if len(text) == 3:  # streaming: now change its options
+                    _rewrite(srv, models=[{"id": SMOL, "context_size": 2048}])
+                    r = httpx.post(srv.url + "/admin/reload", timeout=30)
+                    assert r.json()["unloaded"] == [SMOL], r.text
+        message = str(failed.value)
+        assert "unloaded (configuration changed)" in message, message
+        assert "unload_grace (0.5 s)" in message, message
+        assert len(text) < 900  # cut short, not run to its end
+
+        def logged() -> list[dict[str, Any]]:
+            lines = [json.loads(s) for s in srv.log_path.read_text().splitlines() if s[:1] == "{"]
+            return [x for x in lines if x.get("path") == "/v1/chat/completions"]
+
+        _until(logged, timeout=10)  # written once the response has ended
+        assert logged()[-1]["status"] == 200 and logged()[-1]["error"] == "WorkerDied", logged()
+        metrics = httpx.get(srv.url + "/metrics", timeout=30).text
+        labels = f'endpoint="chat",model="{SMOL}",outcome="WorkerDied"'
+        counted = [x for x in metrics.splitlines() if x.startswith("llm_router_requests_total")]
+        assert f"llm_router_requests_total{{{labels}}} 1.0" in counted, counted
+
+        chat = client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=8)
+        assert chat.choices[0].message.content  # loaded again, with the new options
+        assert _n_ctx(srv, SMOL) == 2048
     finally:
         srv.stop()

@@ -111,7 +111,10 @@ class ModelManager(Leases, Admission, Reconfiguration):
         await asyncio.gather(*loads, *self._tasks, return_exceptions=True)
         states = (*self.registry, *self.registry.leaving)
         workers = [s.worker for s in states if s.worker is not None]
-        await asyncio.gather(*(w.stop(timeout=2.0) for w in workers), return_exceptions=True)
+        why = "the server is shutting down; retry on another server"
+        await asyncio.gather(
+            *(w.stop(timeout=2.0, why=why) for w in workers), return_exceptions=True
+        )
         await self._pool.close()
 
     async def _watch(self) -> None:
@@ -321,10 +324,14 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.changed.wait(), left)
         except asyncio.CancelledError:  # close(): never leave a worker behind
-            await worker.stop()
+            await worker.stop(why="the server is shutting down; retry on another server")
             raise
         freed = state.memory_bytes
-        await worker.stop()
+        grace = self.settings.unload_grace
+        await worker.stop(
+            why=f"the model was unloaded ({reason}) before this request finished: "
+            f"requests in flight get unload_grace ({grace:g} s); retry"
+        )
         self._threads.forget(worker)
         state.worker = None
         state.memory_bytes = None

@@ -197,8 +197,9 @@ class DeploymentWorker(Worker):
     def set_threads(self, threads: int) -> None:
         pass  # each replica shares its own CPUs among its models
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Close the route; the replicas keep the model until their own LRU lets it go."""
+    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
+        """Close the route; the replicas keep the model until their own LRU lets it go (and
+        finish the requests in flight: none is cut, so `why` is never told)."""
         self.stopping = True
 
 

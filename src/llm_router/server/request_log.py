@@ -42,6 +42,7 @@ def request_fields(state: dict[str, Any]) -> dict[str, Any]:
         if route.ttft is not None:
             out["ttft_ms"] = round(route.ttft * 1000, 2)
         out["cache"] = route.cache or None
+        out["error"] = route.error or None  # a stream cut after its 200 says so here
     if state.get("key_name"):
         out["key"] = state["key_name"]
     return {k: v for k, v in out.items() if v is not None}

@@ -36,9 +36,13 @@ def finish_span(span: Span, state: dict[str, Any], status: int) -> None:
     span.set_attributes(_route_attributes(state))
     if status:
         span.set_attribute("http.response.status_code", status)
+    route = state.get("route")
     if status >= 500:
         span.set_error(None)
         span.set_attribute("error.type", str(status))
+    elif status < 400 and route is not None and route.error:  # a stream cut after its 200
+        span.set_error(None)
+        span.set_attribute("error.type", route.error)
 
 
 def _route_attributes(state: dict[str, Any]) -> dict[str, Any]:

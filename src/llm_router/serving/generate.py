@@ -150,7 +150,7 @@ class GenerationService:
                         )
                     yield as_function_call(event) if legacy else event
         except RouterError as exc:
-            outcome = type(exc).__name__
+            outcome = route.error = type(exc).__name__
             raise
         finally:
             self.metrics.requests.labels(model, endpoint, outcome).inc()

@@ -25,5 +25,6 @@ class RouteInfo:
     usage: Usage | None = None
     ttft: float | None = None  # seconds from the start of routing to the first event
     cache: str = ""  # "hit" | "miss", "" when not looked up (cache/service.py)
+    error: str = ""  # the error class that ended it, even after a 200 (a stream cut short)
     cache_read: bool = True  # False: the client asked for a fresh answer (no-cache)
     cache_write: bool = True  # False: the answer must not be stored (no-store)

@@ -69,6 +69,7 @@ class Worker:
         self._on_info: Callable[[Worker], None] | None = None
         self.exited = asyncio.Event()
         self.stopping = False
+        self._why: str | None = None  # what requests still in flight are told when stopped
 
     @property
     def pid(self) -> int:
@@ -242,9 +243,11 @@ class Worker:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._send({"op": "threads", "threads": threads})
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to exit, kill it after `timeout`; returns when it is gone."""
+    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
+        """Ask the worker to exit, kill it after `timeout`; returns when it is gone. Requests
+        still in flight fail with WorkerDied saying `why` (else that the worker exited)."""
         self.stopping = True
+        self._why = why
         if not self.exited.is_set():
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._send({"op": "shutdown"})
@@ -281,8 +284,9 @@ class Worker:
             await kill_and_wait(self.proc)
         code = await self.proc.wait()
         reason = describe_exit(code)
+        why = self._why or f"the model's {reason} during the request"
         for stream in self._streams.values():
-            stream.put_nowait(WorkerDied(f"the model's {reason} during the request"))
+            stream.put_nowait(WorkerDied(why))
         self.exited.set()
         if self._on_exit is not None:
             self._on_exit(self, reason)
