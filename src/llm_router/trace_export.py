@@ -65,6 +65,7 @@ MAX_PENDING = 100_000
 DRAIN_S = 5.0  # at shutdown, how long the exporter process may take to send what is left
 _FLUSH_S = 0.2
 _FRAME = struct.Struct("<I")
+_HELD = {signal.SIGTERM, signal.SIGINT}  # held while the exporter process starts
 
 
 class _Ids:
@@ -216,6 +217,10 @@ class ExporterProcess:
             self.thread.start()
 
     def _run(self) -> None:
+        # The exporter process is started from this thread and inherits its signal mask:
+        # with SIGTERM and SIGINT blocked it keeps a stop that comes while it starts, until
+        # main() can handle it (blocked here only: the main thread still gets them).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
         while not self.stop.wait(_FLUSH_S):
             self._flush()
         self._flush()
@@ -424,15 +429,23 @@ def main() -> None:
     (Ctrl-C is for the server, which closes the pipe as it stops). SIGTERM: the server stops
     and its time for the last export is up; what is still unsent is dropped and counted."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    export = exporting(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
     dropped: list[int] = []
+    export: _Encoded | _Processed | None = None
 
     def stop(signum: int, frame: Any) -> None:
         if not dropped:
             dropped.append(0)
-            export.abort()
+            if export is not None:
+                export.abort()
 
+    # Handled before the SDK's imports (~1 s on a busy machine), and a SIGTERM sent while
+    # this process started was held (ExporterProcess._run) and comes now: a server stopping
+    # right after its first spans does not kill it before it can say what it dropped.
     signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+    export = exporting(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
+    if dropped:  # told to stop while it was starting
+        export.abort()
     gc.freeze()  # what the imports made: not walked by every collection of the batches'
     try:
         for batch in _frames(sys.stdin.buffer):
