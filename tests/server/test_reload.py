@@ -196,7 +196,8 @@ async def test_a_lower_models_max_evicts_the_least_recently_used_idle_models(
         for name in ("other", "chat", "third"):
             assert (await r.chat(name)).status_code == 200
         conf.write({"chat": {}, "other": {}, "third": {}}, models_max=1)
-        assert (await r.reload())["applied"] == ["models_max"]
+        body = await r.reload()
+        assert body["applied"] == ["models_max"] and body["unloaded"] == ["chat", "other"]
         await r.wait_status("other", "unloaded")
         await r.wait_status("chat", "unloaded")
         assert await r.status("third") == "loaded"

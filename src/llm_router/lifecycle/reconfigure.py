@@ -51,9 +51,11 @@ class Reconfiguration:
         once, for a pinned or preloaded one) loads it with the new options. Requests waiting
         for a model that is gone get a 404. Lower limits evict idle models at once; new pins
         and preloads load; an idle model's unload timer starts again only when its keep-alive
-        rule changed. Returns the ids unloaded."""
+        rule changed. Returns the ids unloaded now: changed, gone or evicted (a busy model over
+        lower limits goes once idle, later)."""
         keys = {s.id: self._load_key(s.source) for s in self.registry}
         rules = {s.id: self._idle_rule(s) for s in self.registry}
+        loaded = {s.id for s in self.registry if s.status == Status.LOADED}
         wanted = self._wanted()
         old = self.settings
         self.settings = settings
@@ -79,6 +81,7 @@ class Reconfiguration:
         for state, reason in changed:
             self._replace(state, reason)
         self._reconcile("reloaded configuration")
+        evicted = {s.id for s in self.registry if s.id in loaded and s.status == Status.UNLOADING}
         self._room_changed()
         for state in self.registry:
             if state.status == Status.LOADED and rules.get(state.id) != self._idle_rule(state):
@@ -87,7 +90,7 @@ class Reconfiguration:
                 if state.id in (self._wanted() - wanted) | (self._wanted() & rekeyed):
                     with contextlib.suppress(RouterError):
                         self.request_load(state.id, reason="preload")
-        return sorted(state.id for state, _ in changed)
+        return sorted({state.id for state, _ in changed} | evicted)
 
     def _load_key(self, source: ModelSource) -> tuple[object, ...]:
         """What a worker is started from: a change means loading again."""
