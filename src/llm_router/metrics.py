@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -154,6 +154,33 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # as Prometheus's own prometheus_config_last_reload_successful: alert on 0
+        self.reloads = Counter(
+            "llm_router_config_reloads",
+            "Configuration reloads (SIGHUP, POST /admin/reload, watch_config) by result "
+            "(applied; rejected: the file was invalid and nothing changed)",
+            ["result"],
+            registry=r,
+        )
+        self.reload_ok = Gauge(
+            "llm_router_config_last_reload_successful",
+            "1 when the last configuration reload was applied (or none was tried), 0 when it "
+            "was rejected",
+            registry=r,
+        )
+        self.reload_ok.set(1)
+        self.reload_time = Gauge(
+            "llm_router_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last read and applied (at start, then each reload)",
+            registry=r,
+        )
+        self.reload_time.set_to_current_time()
+
+    def count_reload(self, applied: bool) -> None:
+        self.reloads.labels("applied" if applied else "rejected").inc()
+        self.reload_ok.set(1 if applied else 0)
+        if applied:
+            self.reload_time.set_to_current_time()
 
     def watch(self, manager: ModelManager) -> None:
         """Count lifecycle events and expose per-model gauges read at scrape time."""

@@ -167,6 +167,21 @@ async def test_an_invalid_configuration_changes_nothing(conf: Reloadable) -> Non
         assert "strategy 'no:pe'" in (await r.reload(400))["error"]["message"]
         assert await r.names() == {"chat"}  # the routes were not half applied either
         assert (await r.chat("chat")).status_code == 200
+        # what Prometheus says of its own config: a rejected reload shows until one applies
+        assert await metric(r, "llm_router_config_reloads_total", 'result="rejected"') == 3
+        assert await metric(r, "llm_router_config_last_reload_successful") == 0
+        conf.write({"chat": {}})
+        await r.reload()
+        assert await metric(r, "llm_router_config_reloads_total", 'result="applied"') == 1
+        assert await metric(r, "llm_router_config_last_reload_successful") == 1
+
+
+async def metric(r: Reloadable, name: str, labels: str = "") -> float:
+    text = (await r.client.get("/metrics")).text
+    sample = f"{name}{{{labels}}} " if labels else f"{name} "
+    values = [float(x.split()[-1]) for x in text.splitlines() if x.startswith(sample)]
+    assert len(values) == 1, (sample, text[:2000])
+    return values[0]
 
 
 async def test_fields_read_at_start_are_reported_and_not_applied(conf: Reloadable) -> None:

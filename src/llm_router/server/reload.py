@@ -60,7 +60,12 @@ class Reloader:
     async def reload(self, actor: str | None) -> dict[str, Any]:
         """Read the configuration again and apply it; what changed. Raises ReloadRejected."""
         async with self._lock:
-            result = await self._reload(actor)
+            try:
+                result = await self._reload(actor)
+            except Exception:  # rejected (or failed): nothing changed
+                self.core.metrics.count_reload(applied=False)
+                raise
+            self.core.metrics.count_reload(applied=True)
         if actor not in (SIGNALLED, WATCHED) and self.parent is not None:
             with contextlib.suppress(ProcessLookupError):  # a parent gone: we drain anyway
                 os.kill(self.parent, signal.SIGHUP)  # the other router processes follow
