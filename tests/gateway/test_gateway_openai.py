@@ -82,6 +82,45 @@ def test_a_key_serves_chat_plain_and_streamed_and_its_usage_is_counted(gated: Se
     )
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_stream_the_client_leaves_is_still_counted(gated: Server, n: int) -> None:
+    """A client that reads part of a stream and hangs up used tokens all the same: its key's
+    usage counts them (estimated from the text sent: the target never reported a usage), so
+    leaving before the end is no way around a budget or a tokens-per-minute limit."""
+    name = f"leaver-{n}"
+    key = make_key(gated, name, tpm=1_000_000)
+    texts = []
+    with client(gated, key) as c:
+        stream = c.chat.completions.create(
+            model=SMOL,
+            messages=HELLO,  # type: ignore[arg-type]
+            max_tokens=400,
+            temperature=0,
+            stream=True,
+            n=n,
+            extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                texts.append(chunk.choices[0].delta.content)
+            if len(texts) == 20:
+                break
+        stream.close()  # hangs up with ~380 tokens to go
+    sent = len("".join(texts))
+    rows: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.2)
+        r = httpx.get(gated.url + "/admin/usage", headers=bearer(MASTER), timeout=10)
+        rows = [row for row in r.json()["data"] if row["key"] == name]
+    assert len(rows) == 1, "the request was not recorded"
+    row = rows[0]
+    assert row["requests"] == 1 and row["model"] == SMOL
+    assert isinstance(row["prompt_tokens"], int) and row["prompt_tokens"] > 0
+    assert isinstance(row["completion_tokens"], int)
+    assert sent // 4 <= row["completion_tokens"] < 400 * n, (row, sent)
+
+
 def test_refusals_are_the_clients_own_exceptions(gated: Server) -> None:
     with client(gated, "sk-llmr-wrong") as c, pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=2)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,17 +65,18 @@ def plan(prompts: Sequence[tuple[GenerationRequest, dict[str, Any]]], n: int) ->
     return out
 
 
-def total_usage(choices: Sequence[Choice], finished: dict[int, Finished]) -> Usage:
+def total_usage(choices: Sequence[Choice], finished: Mapping[int, Finished | Usage]) -> Usage:
     """The request's usage: each prompt counted once, every answer's tokens."""
     prompt = completion = cached = 0
     for c in choices:
         done = finished.get(c.index)
         if done is None:
             continue
-        completion += done.usage.completion_tokens
+        usage = done.usage if isinstance(done, Finished) else done
+        completion += usage.completion_tokens
         if c.first:
-            prompt += done.usage.prompt_tokens
-            cached += done.usage.cached_tokens
+            prompt += usage.prompt_tokens
+            cached += usage.cached_tokens
     return Usage(prompt, completion, cached)
 
 

@@ -38,6 +38,7 @@ from ..protocol import (
     now,
 )
 from ..protocol.logprobs import CompletionLogprobs, chat_logprobs, completion_logprobs
+from ..routing.admission import CHARS_PER_TOKEN, estimate
 from ..routing.dispatcher import Dispatcher, Routed
 from ..routing.strategies import RouteRequest
 from ..routing.targets import Call, Lease
@@ -49,6 +50,7 @@ from ..types import (
     MessageFields,
     PromptLogprobs,
     TextDelta,
+    Usage,
 )
 from ..units import parse_duration
 from .choices import Choice, collect, joined_tokens, merge, plan, total_usage
@@ -116,12 +118,16 @@ class GenerationService:
         route: RouteInfo,
         fields: dict[str, Any] | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Events of the routed request, counted in the metrics as they pass."""
+        """Events of the routed request, counted in the metrics as they pass. A request cut
+        after its first event (the client left, the worker or upstream failed) has no usage
+        from its target: `route.usage` is then estimated (OpenAI's 4 characters a token for
+        the prompt and the text sent), so keys' spend and token limits still count it."""
         endpoint = "chat" if request.messages is not None else "completion"
         legacy = isinstance(wire, ChatCompletionRequest) and wire.legacy_functions
         started = time.perf_counter()
         model = "unknown"  # metric labels name known targets only, never a client's string
         outcome = "cancelled"
+        sent = 0  # characters of text generated
         route.model = wire.model
         try:
             model = name = self.dispatcher.resolve(wire.model)  # raises ModelNotFound
@@ -137,7 +143,9 @@ class GenerationService:
                         first = False
                         route.ttft = time.perf_counter() - started
                         self.metrics.ttft.labels(model).observe(route.ttft)
-                    if isinstance(event, Finished):
+                    if isinstance(event, TextDelta):
+                        sent += len(event.text)
+                    elif isinstance(event, Finished):
                         outcome = event.finish_reason
                         route.usage = event.usage
                         self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
@@ -153,6 +161,8 @@ class GenerationService:
             outcome = route.error = type(exc).__name__
             raise
         finally:
+            if route.usage is None and route.ttft is not None:  # cut after it started
+                route.usage = Usage(estimate(request), math.ceil(sent / CHARS_PER_TOKEN))
             self.metrics.requests.labels(model, endpoint, outcome).inc()
             self.metrics.duration.labels(model, endpoint).observe(time.perf_counter() - started)
 
@@ -199,7 +209,6 @@ class GenerationService:
                     yield c.index, event
             return
         routes = [replace(route) for _ in choices]  # who asks, and the cache directives
-        finished: dict[int, Finished] = {}
         streams = [
             self._events(wire, c.request, r, c.body) for c, r in zip(choices, routes, strict=True)
         ]
@@ -209,13 +218,13 @@ class GenerationService:
                     if not route.target:
                         route.target, route.reason = routes[i].target, routes[i].reason
                         route.ttft = routes[i].ttft
-                    if isinstance(event, Finished):
-                        finished[choices[i].index] = event
                     yield choices[i].index, event
         finally:
             route.model = wire.model
-            if finished:
-                route.usage = total_usage(choices, finished)
+            route.error = next((r.error for r in routes if r.error), "")
+            usages = {c.index: r.usage for c, r in zip(choices, routes, strict=True) if r.usage}
+            if usages:  # the finished ones', and the estimates of those cut short
+                route.usage = total_usage(choices, usages)
             caches = {r.cache for r in routes}
             route.cache = "hit" if caches == {"hit"} else "miss" if caches & {"hit", "miss"} else ""
 
