@@ -93,9 +93,10 @@ class InsufficientMemory(RouterError):
 
 
 class QueueFull(RouterError):
-    """Too many requests wait for this model; retry after `retry_after` seconds."""
+    """Too many requests wait for this model; retry after `retry_after` seconds (None: no
+    retry can pass, e.g. a prompt larger than a whole minute of its key's tokens)."""
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

@@ -155,6 +155,29 @@ async def test_the_allow_list_matches_aliases_and_routes(tmp_path: Path, master_
         assert r.status_code == 200, r.text
 
 
+async def test_an_ensembles_judge_and_a_props_model_are_held_to_the_allow_list(
+    tmp_path: Path, master_env: str
+) -> None:
+    from inproc import fake_models
+
+    models = fake_models(tmp_path, chat={}, other={}, third={})
+    async with gateway_app(tmp_path, models=models) as gw:
+        two = await gw.key("two", models=["chat", "other"])
+        ask = {"targets": ["chat", "other"], "messages": CHAT_BODY["messages"], "max_tokens": 2}
+        judged = {**ask, "mode": "best-of", "scorer": "judge", "judge": "third"}
+        r = await gw.client.post("/v1/ensemble", json=judged, headers=bearer(two))
+        assert refused(r, 404, "model_not_found") == "The model 'third' does not exist"
+        r = await gw.client.post(
+            "/v1/ensemble", json={**judged, "judge": "chat"}, headers=bearer(two)
+        )
+        assert r.status_code == 200, r.text
+
+        r = await gw.client.get("/props", params={"model": "third"}, headers=bearer(two))
+        assert refused(r, 404, "model_not_found") == "The model 'third' does not exist"
+        r = await gw.client.get("/props", params={"model": "chat"}, headers=bearer(two))
+        assert r.status_code == 200, r.text
+
+
 async def test_public_routes_need_no_key(gw: Gw) -> None:
     assert (await gw.client.get("/health")).status_code == 200
     assert (await gw.client.get("/openapi.json")).status_code == 200

@@ -91,23 +91,35 @@ async def test_tokens_per_minute_count_prompt_and_completion(gw: Gw) -> None:
 
 
 async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: Gw) -> None:
+    """The fake engine counts a prompt a byte a token before it runs (16 words: 98 tokens
+    through its template) and reports 1 prompt token and 3 completion tokens for "Hello".
+    With 100 tokens a minute, the 98 fit a minute but not the 96 the first request left: a 429
+    with Retry-After; 40 words (218 tokens) never fit: a 429 without it (OpenAI's "Request
+    too large")."""
+    within_one_minute_window(20)  # exact header values: no window slides meanwhile
     secret = await gw.key("short-tpm", tpm=100)
-    long_body = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 40}]}
+    first = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] == 4, first.text
+    long_body = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 16}]}
     for stream in (False, True):
         r = await gw.client.post(
             "/v1/chat/completions", json={**long_body, "stream": stream}, headers=bearer(secret)
         )
         message = str(assert_refused(r, "rate_limit_exceeded")["message"])
-        assert "tokens per minute" in message and "prompt has" in message
+        assert "the prompt has 98 tokens and 96 of its 100 tokens per minute" in message
         assert r.headers["x-ratelimit-limit-tokens"] == "100"
-        assert r.headers["x-ratelimit-remaining-tokens"] == "100"  # nothing was charged
+        assert r.headers["x-ratelimit-remaining-tokens"] == "96"  # nothing was charged
+    huge = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 40}]}
+    r = await gw.client.post("/v1/chat/completions", json=huge, headers=bearer(secret))
+    assert r.status_code == 429 and "retry-after" not in r.headers, r.headers
+    assert "limit 100, the prompt has 218" in r.json()["error"]["message"]
     # A short prompt still fits, and nothing of the refused ones was generated or charged.
     ok = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
     assert ok.status_code == 200, ok.text
     usage = await gw.client.get("/admin/usage?group_by=key", headers=bearer(MASTER))
     [row] = [r for r in usage.json()["data"] if r["key"] == "short-tpm"]
-    assert (row["requests"], row["errors"]) == (3, 2)
-    assert row["prompt_tokens"] + row["completion_tokens"] == ok.json()["usage"]["total_tokens"]
+    assert (row["requests"], row["errors"]) == (5, 3)
+    assert row["prompt_tokens"] + row["completion_tokens"] == 2 * ok.json()["usage"]["total_tokens"]
 
 
 async def test_embedding_inputs_longer_than_what_is_left_are_refused_before_they_run(
@@ -117,17 +129,18 @@ async def test_embedding_inputs_longer_than_what_is_left_are_refused_before_they
     engine's: one token a word): inputs over what is left of the minute get the 429 and cost
     nothing, though the 4-characters-a-token estimate would have let these in; short ones
     pass and the window then holds their usage."""
+    within_one_minute_window(20)
     secret = await gw.key("embed-tpm", tpm=30)
-    long_input = {"model": "chat", "input": ["a " * 20, "b " * 20]}  # 40 words, 80 characters
-    r = await gw.client.post("/v1/embeddings", json=long_input, headers=bearer(secret))
-    message = str(assert_refused(r, "rate_limit_exceeded")["message"])
-    assert "the prompt has 40 tokens" in message and "tokens per minute" in message
-    assert r.headers["x-ratelimit-remaining-tokens"] == "30"  # nothing was charged
-    ok = await gw.client.post(
-        "/v1/embeddings", json={"model": "chat", "input": "Hello there"}, headers=bearer(secret)
-    )
+    short = {"model": "chat", "input": "Hello there"}
+    ok = await gw.client.post("/v1/embeddings", json=short, headers=bearer(secret))
     assert ok.status_code == 200, ok.text
     used = ok.json()["usage"]["prompt_tokens"]
+    assert used == 2
+    long_input = {"model": "chat", "input": ["a " * 15, "b " * 14]}  # 29 words, 58 characters
+    r = await gw.client.post("/v1/embeddings", json=long_input, headers=bearer(secret))
+    message = str(assert_refused(r, "rate_limit_exceeded")["message"])
+    assert "the prompt has 29 tokens and 28 of its 30 tokens per minute" in message
+    assert r.headers["x-ratelimit-remaining-tokens"] == "28"  # nothing was charged
     assert await window_total(gw.gateway.limiter, 30, "embed-tpm") == used
 
 
@@ -328,8 +341,9 @@ async def test_a_refused_prompt_charges_nothing_and_says_what_is_left() -> None:
     limiter.windows.stats_ttl = 0
     third = await limiter.admit(key)
     assert dict(third.headers)[b"x-ratelimit-remaining-tokens"] == b"30"
-    with pytest.raises(RateLimited, match="more than the 100 tokens per minute"):
+    with pytest.raises(RateLimited, match="limit 100, the prompt has 101") as too_large:
         await third.admit_prompt(101)
+    assert too_large.value.retry_after is None  # no wait makes it fit: no Retry-After
     await limiter.close()
 
 

@@ -197,7 +197,21 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
     """A key with a small tokens-per-minute limit: the prompt is charged (exactly, with the
     model's own tokenizer) before it runs, a prompt longer than what is left is refused before
     anything is generated, and the window holds exactly the usage of what was served."""
-    tpm = 300
+    long_prompt = [{"role": "user", "content": "Tell me about the sea. " * 40}]
+    rendered = httpx.post(
+        gated.url + "/apply-template",
+        json={"model": SMOL, "messages": long_prompt},
+        headers=bearer(MASTER),
+        timeout=30,
+    ).json()["prompt"]
+    tokenized = httpx.post(
+        gated.url + "/tokenize",
+        json={"model": SMOL, "content": rendered, "add_special": True},
+        headers=bearer(MASTER),
+        timeout=30,
+    ).json()["tokens"]
+    # the long prompt fits in a minute's tokens, but not in what the first request leaves
+    tpm = len(tokenized) + 10
     within_one_minute_window(20)  # exact header values: no window slides meanwhile
     key = make_key(gated, "tpm-small", tpm=tpm)
     with client(gated, key) as c:
@@ -213,7 +227,7 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
         assert raw.headers["x-ratelimit-remaining-tokens"] == str(tpm - first.usage.prompt_tokens)
         assert raw.headers["x-ratelimit-limit-tokens"] == str(tpm)
 
-        long_prompt = [{"role": "user", "content": "Tell me about the sea. " * 60}]
+        assert first.usage.total_tokens > 10
         with pytest.raises(openai.RateLimitError) as info:
             c.chat.completions.create(
                 model=SMOL,
@@ -223,10 +237,21 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
             )
         refused = info.value.response
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        assert "prompt has" in refused.json()["error"]["message"]
+        message = refused.json()["error"]["message"]
+        assert f"the prompt has {len(tokenized)} tokens and" in message, message
         assert int(refused.headers["retry-after"]) >= 1
         left = tpm - first.usage.total_tokens
         assert refused.headers["x-ratelimit-remaining-tokens"] == str(left)
+
+        # one larger than a whole minute's tokens: no wait makes it fit, so no Retry-After
+        with pytest.raises(openai.RateLimitError) as info:
+            c.chat.completions.create(
+                model=SMOL,
+                messages=[{"role": "user", "content": "Tell me about the sea. " * 80}],
+                max_tokens=4,
+            )
+        assert "Request too large" in info.value.message
+        assert "retry-after" not in info.value.response.headers
 
         raw = c.chat.completions.with_raw_response.create(
             model=SMOL,
@@ -241,7 +266,7 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
 
     r = httpx.get(gated.url + "/admin/usage", params={"group_by": "key"}, headers=bearer(MASTER))
     [row] = [row for row in r.json()["data"] if row["key"] == "tpm-small"]
-    assert (row["requests"], row["errors"]) == (3, 1)
+    assert (row["requests"], row["errors"]) == (4, 2)
     assert row["completion_tokens"] == first.usage.completion_tokens + third.usage.completion_tokens
     assert row["prompt_tokens"] == first.usage.prompt_tokens + third.usage.prompt_tokens
 
@@ -263,7 +288,8 @@ def test_embedding_inputs_are_counted_by_the_models_tokenizer_before_they_run(
             c.embeddings.create(model=defaults.MINILM_ID, input=letters)
         refused = info.value.response
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        assert "the prompt has 42 tokens" in refused.json()["error"]["message"]
+        assert "limit 30, the prompt has 42" in refused.json()["error"]["message"]
+        assert "retry-after" not in refused.headers  # larger than a whole minute of tokens
         assert refused.headers["x-ratelimit-remaining-tokens"] == str(tpm)  # nothing charged
         raw = c.embeddings.with_raw_response.create(model=defaults.MINILM_ID, input="Hello there")
         done = raw.parse()

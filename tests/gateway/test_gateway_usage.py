@@ -9,6 +9,7 @@ import io
 import time
 from pathlib import Path
 
+import pytest
 from gw_helpers import CHAT_BODY, MASTER, Gw, bearer, gateway_app
 
 from inproc import fake_models
@@ -288,3 +289,41 @@ async def test_a_large_flush_writes_every_row_as_it_was(tmp_path: Path) -> None:
         assert sorted(read, key=repr) == sorted(written, key=repr)
     finally:
         await store.close()
+
+
+async def test_compare_and_ensemble_charge_every_target_they_ask(
+    tmp_path: Path, master_env: str
+) -> None:
+    """/v1/compare and /v1/ensemble ask several targets: a usage row each (the judge's too),
+    at each target's prices, and the key's spend is their sum (it was one row of 0 tokens:
+    fanning out got around budgets)."""
+    models = fake_models(tmp_path, chat={}, other={}, judge={})
+    for model, price in zip(models, (1_000_000.0, 2_000_000.0, 4_000_000.0), strict=True):
+        model.cost.output = price  # 1, 2 and 4 per completion token
+    async with gateway_app(tmp_path, models=models) as gw:
+        secret = await gw.key("fan-out", budget=1000)
+        ask = {"targets": ["chat", "other"], "messages": CHAT_BODY["messages"], "max_tokens": 3}
+        r = await gw.client.post("/v1/compare", json=ask, headers=bearer(secret))
+        assert r.status_code == 200, r.text
+        answers = {a["model"]: a for a in r.json()["data"]}
+        best = {**ask, "mode": "best-of", "scorer": "judge", "judge": "judge"}
+        r = await gw.client.post("/v1/ensemble", json=best, headers=bearer(secret))
+        assert r.status_code == 200, r.text
+
+        r = await gw.client.get(
+            "/admin/usage", params={"group_by": "key,model,target"}, headers=bearer(MASTER)
+        )
+        rows = {row["target"]: row for row in r.json()["data"] if row["key"] == "fan-out"}
+        assert set(rows) == {"chat", "other", "judge"}
+        assert rows["chat"]["requests"] == rows["other"]["requests"] == 2  # compare + ensemble
+        assert rows["judge"]["requests"] == 1
+        for name in ("chat", "other"):
+            used = answers[name]["usage"]
+            assert rows[name]["completion_tokens"] == 2 * used["completion_tokens"] > 0
+            assert rows[name]["prompt_tokens"] == 2 * used["prompt_tokens"] > 0
+        spent = sum(
+            rows[t]["completion_tokens"] * p for t, p in (("chat", 1), ("other", 2), ("judge", 4))
+        )
+        assert rows["judge"]["completion_tokens"] > 0
+        r = await gw.client.get("/admin/keys/fan-out", headers=bearer(MASTER))
+        assert r.json()["spent"] == pytest.approx(spent), r.json()

@@ -5,6 +5,7 @@ database. No limits apply to them; the request path adds one wrapped `send` and 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,8 +40,18 @@ def record_route(
 ) -> tuple[int, int, float]:
     """Record one finished inference request from the route's record (serving/generate.py's
     `RouteInfo` at `scope["state"]["route"]`; none for a request refused before the route):
-    its (prompt tokens, completion tokens, cost). No status: the client left (499)."""
+    its (prompt tokens, completion tokens, cost). No status: the client left (499). A request
+    asked of several targets (compare, ensemble: `RouteInfo.parts`) is a row per target."""
     route = scope.get("state", {}).get("route")
+    if route is not None and route.parts:  # asked of several targets: each at its prices
+        sums = [_record(gateway, key, part, scope, status, started) for part in route.parts]
+        return sum(x[0] for x in sums), sum(x[1] for x in sums), sum(x[2] for x in sums)
+    return _record(gateway, key, route, scope, status, started)
+
+
+def _record(
+    gateway: Gateway, key: ApiKey | None, route: Any, scope: Scope, status: int, started: float
+) -> tuple[int, int, float]:
     usage = getattr(route, "usage", None)
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else 0

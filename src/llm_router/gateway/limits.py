@@ -279,16 +279,19 @@ class Limiter:
         if ok:
             return
         admission.prompt_charged -= tokens
-        what = (
-            f"the prompt has {tokens} tokens, more than the {tpm} tokens per minute it may use"
-            if tokens > tpm
-            else f"the prompt has {tokens} tokens and {max(0, remaining)} of its {tpm} tokens "
-            "per minute are left"
-        )
-        refusal = RateLimited(
-            f"Rate limit reached for key '{name}': {what}; try again in {reset_text(reset)}",
-            retry_after=max(1.0, reset),
-        )
+        if tokens > tpm:  # as OpenAI's "Request too large": no wait makes it fit
+            refusal = RateLimited(
+                f"Request too large for key '{name}' on tokens per minute: limit {tpm}, the "
+                f"prompt has {tokens}; make the prompt shorter (waiting will not help)",
+                retry_after=None,
+            )
+        else:
+            refusal = RateLimited(
+                f"Rate limit reached for key '{name}': the prompt has {tokens} tokens and "
+                f"{max(0, remaining)} of its {tpm} tokens per minute are left; try again in "
+                f"{reset_text(reset)}",
+                retry_after=max(1.0, reset),
+            )
         refusal.headers = list(admission.headers)  # type: ignore[attr-defined]
         raise refusal
 

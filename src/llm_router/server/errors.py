@@ -63,7 +63,7 @@ def envelope(
 def router_error_response(exc: e.RouterError) -> JSONResponse:
     status, type_, code = status_of(exc)
     headers = {}
-    if isinstance(exc, e.QueueFull):
+    if isinstance(exc, e.QueueFull) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, e.WorkerDied | e.UpstreamUnavailable):
         headers["Retry-After"] = "1"

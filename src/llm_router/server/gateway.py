@@ -247,8 +247,8 @@ class GatewayMiddleware:
             return  # the route answers the malformed body
         if not isinstance(data, dict):
             return
-        asked = [data["model"]] if isinstance(data.get("model"), str) else []
-        if isinstance(data.get("targets"), list):
+        asked = [data[f] for f in ("model", "judge") if isinstance(data.get(f), str)]
+        if isinstance(data.get("targets"), list):  # /v1/compare, /v1/ensemble
             asked += [t for t in data["targets"] if isinstance(t, str)]
         for name in asked:
             if not self._allowed(key.models, name):
@@ -336,7 +336,8 @@ async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
     status, type_, code = status_of(exc)
     headers: list[Header] = []
     if isinstance(exc, RateLimited):
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
         headers += getattr(exc, "headers", [])
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))

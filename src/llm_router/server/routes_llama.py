@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from ..errors import ModelNotFound
 from ..protocol import (
     MAX_MODEL_NAME,
     ApplyTemplateRequest,
@@ -20,6 +21,7 @@ from ..protocol import (
     TokenizeResponse,
 )
 from ..serving.llama import LlamaService
+from .gateway import visible
 from .sse import cancel_on_disconnect
 
 __all__ = ["routes"]
@@ -62,6 +64,8 @@ async def props(
     autoload: bool | None = Query(None),
 ) -> Response:
     """A model's properties (context per slot, slots, chat template...); without `model`,
-    the router's."""
+    the router's. A model the API key may not use does not exist for it (404)."""
+    if model is not None and not visible(request, model):
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
     work = _service(request).props(model, autoload)
     return _json(await cancel_on_disconnect(request.receive, work))

@@ -138,7 +138,8 @@ HOT = [
 async def ensemble(body: EnsembleRequest, request: Request) -> Response:
     """One question to several targets; the answers combined by vote, best-of or first."""
     service: EnsembleService = request.app.state.ensemble
-    result = await cancel_on_disconnect(request.receive, service.ensemble(body))
+    route = _route_info(request)  # a record per target asked, for usage accounting
+    result = await cancel_on_disconnect(request.receive, service.ensemble(body, route))
     return _json(
         result, {"x-llm-router-model": result.model, "x-llm-router-route": f"ensemble={body.mode}"}
     )
@@ -148,7 +149,8 @@ async def ensemble(body: EnsembleRequest, request: Request) -> Response:
 async def compare(body: CompareRequest, request: Request) -> Response:
     """One question to several targets; every answer with latency, tokens and cost."""
     service: EnsembleService = request.app.state.ensemble
-    return _json(await cancel_on_disconnect(request.receive, service.compare(body)), {})
+    route = _route_info(request)
+    return _json(await cancel_on_disconnect(request.receive, service.compare(body, route)), {})
 
 
 @routes.get("/models")

@@ -103,7 +103,7 @@ class EnsembleService:
         self.generation = generation
         self.scorers = scorers or {"agreement": agreement}
 
-    async def _ask(self, req: CompareRequest, target: str) -> _Asked:
+    async def _ask(self, req: CompareRequest, target: str, route: RouteInfo) -> _Asked:
         one = ChatCompletionRequest.model_validate(
             {
                 **req.model_dump(
@@ -114,18 +114,18 @@ class EnsembleService:
             }
         )
         started = time.perf_counter()
-        route = RouteInfo()
+        part = route.part()
         try:
-            done = await self.generation.chat(one, route)
+            done = await self.generation.chat(one, part)
         except RouterError as exc:
             failed = Answer(model=target, content=None, error=exc.message, latency_ms=_ms(started))
             return _Asked(failed, None)
-        cost = self.generation.dispatcher.price(route.target).spend(
+        cost = self.generation.dispatcher.price(part.target).spend(
             done.usage.prompt_tokens, done.usage.completion_tokens
         )
         choice = done.choices[0]
         answer = Answer(
-            model=route.target,
+            model=part.target,
             content=choice.message.content or "",
             finish_reason=choice.finish_reason,
             usage=done.usage,
@@ -134,11 +134,20 @@ class EnsembleService:
         )
         return _Asked(answer, done)
 
-    async def compare(self, req: CompareRequest) -> CompareResult:
-        asked = await asyncio.gather(*(self._ask(req, t) for t in req.targets))
+    async def compare(self, req: CompareRequest, route: RouteInfo | None = None) -> CompareResult:
+        """`route`, when given, gets a record per target asked (`parts`: usage accounting)."""
+        route = route or RouteInfo()
+        route.model = req.model
+        asked = await asyncio.gather(*(self._ask(req, t, route) for t in req.targets))
+        route.sum_parts()
         return CompareResult(data=[a.answer for a in asked])
 
-    async def ensemble(self, req: EnsembleRequest) -> EnsembleResult:
+    async def ensemble(
+        self, req: EnsembleRequest, route: RouteInfo | None = None
+    ) -> EnsembleResult:
+        """`route`, when given, gets a record per target asked, the judge's included."""
+        route = route or RouteInfo()
+        route.model = req.model
         if req.mode == "best-of" and req.scorer != "judge" and req.scorer not in self.scorers:
             known = ", ".join(sorted([*self.scorers, "judge"]))
             raise BadRequest(
@@ -148,7 +157,7 @@ class EnsembleService:
             )
         for t in req.targets:
             self.generation.dispatcher.resolve(t)  # unknown names fail before any work
-        asked = await (self._first(req) if req.mode == "first" else self._all(req))
+        asked = await (self._first(req, route) if req.mode == "first" else self._all(req, route))
         good = [a for a in asked if a.completion is not None]
         if not good:
             raise BadRequest(
@@ -162,11 +171,13 @@ class EnsembleService:
                 [(a.answer.model, a.answer.content or "") for a in good], req.weights
             )
         elif req.mode == "best-of":
-            index = await self._best(req, [a.answer.content or "" for a in good])
+            index = await self._best(req, [a.answer.content or "" for a in good], route)
         else:
             index = 0
         chosen = good[index]
         assert chosen.completion is not None
+        route.target = chosen.answer.model
+        route.sum_parts()
         details = EnsembleDetails(
             mode=req.mode,
             chosen=chosen.answer.model,
@@ -176,12 +187,12 @@ class EnsembleService:
         )
         return EnsembleResult(**chosen.completion.model_dump(), ensemble=details)
 
-    async def _all(self, req: EnsembleRequest) -> list[_Asked]:
-        return list(await asyncio.gather(*(self._ask(req, t) for t in req.targets)))
+    async def _all(self, req: EnsembleRequest, route: RouteInfo) -> list[_Asked]:
+        return list(await asyncio.gather(*(self._ask(req, t, route) for t in req.targets)))
 
-    async def _first(self, req: EnsembleRequest) -> list[_Asked]:
+    async def _first(self, req: EnsembleRequest, route: RouteInfo) -> list[_Asked]:
         """The fastest good answer; the others are cancelled (their targets see it)."""
-        pending = {asyncio.ensure_future(self._ask(req, t)) for t in req.targets}
+        pending = {asyncio.ensure_future(self._ask(req, t, route)) for t in req.targets}
         failed: list[_Asked] = []
         try:
             while pending:
@@ -196,7 +207,7 @@ class EnsembleService:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _best(self, req: EnsembleRequest, texts: list[str]) -> int:
+    async def _best(self, req: EnsembleRequest, texts: list[str], route: RouteInfo) -> int:
         question = req.messages[-1].text()
         if req.scorer != "judge":
             return self.scorers[req.scorer](question, texts)
@@ -217,7 +228,7 @@ class EnsembleService:
                 ],
             }
         )
-        verdict = (await self.generation.chat(ask)).choices[0].message.content or ""
+        verdict = (await self.generation.chat(ask, route.part())).choices[0].message.content or ""
         match = re.search(r"\d+", verdict)
         pick = int(match.group()) - 1 if match else -1
         return pick if 0 <= pick < len(texts) else agreement(question, texts)

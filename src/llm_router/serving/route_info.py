@@ -3,7 +3,7 @@ cache) and the middleware that reads it once the response is done (usage account
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..types import Usage
 
@@ -28,3 +28,23 @@ class RouteInfo:
     error: str = ""  # the error class that ended it, even after a 200 (a stream cut short)
     cache_read: bool = True  # False: the client asked for a fresh answer (no-cache)
     cache_write: bool = True  # False: the answer must not be stored (no-store)
+    # a request asked of several targets (/v1/compare, /v1/ensemble and its judge): one
+    # record each, which usage accounting charges at each target's prices
+    parts: list[RouteInfo] = field(default_factory=list)
+
+    def part(self) -> RouteInfo:
+        """A new record for one of the targets this request asks: who asks, and the cache
+        directives, as this one's."""
+        one = RouteInfo(self.api_key_id, cache_read=self.cache_read, cache_write=self.cache_write)
+        self.parts.append(one)
+        return one
+
+    def sum_parts(self) -> None:
+        """This request's usage: its parts' together (the request log's tokens)."""
+        used = [p.usage for p in self.parts if p.usage is not None]
+        if used:
+            self.usage = Usage(
+                sum(u.prompt_tokens for u in used),
+                sum(u.completion_tokens for u in used),
+                sum(u.cached_tokens for u in used),
+            )
