@@ -37,7 +37,9 @@ def srv(
 ) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("cli")
     models = link_models(root / "models", smollm2_gguf, gemma_gguf)
-    server = Server(root, {"models_dir": str(models), "watch_interval": 0.3}).start()
+    config = {"models_dir": str(models), "watch_interval": 0.3,
+              "models": [{"id": GEMMA, "aliases": ["gem"]}]}  # fmt: skip
+    server = Server(root, config).start()
     yield server
     server.stop()
 
@@ -100,8 +102,25 @@ def test_chat_in_process(srv: Server) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
-    unknown = _cli("chat", "nope", "--models-dir", _models_dir(srv), stdin="hi\n")
-    assert "does not exist" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_chat_with_an_unknown_model_fails_before_the_first_message(
+    srv: Server, tmp_path: Path
+) -> None:
+    """As `ollama run nope`: the error at once, the models there are, a non-zero exit."""
+    for where in (["--url", srv.url], ["--models-dir", _models_dir(srv)]):
+        out = _cli("chat", "nope", *where, stdin="hi\n")
+        assert out.returncode == 1, (where, out.stderr)
+        assert out.stderr.count("does not exist") == 1 and "Traceback" not in out.stderr
+        assert SMOL in out.stderr and GEMMA in out.stderr  # the hint
+        assert out.stdout == ""
+    # an alias is a model's name too: no message, no error, exit 0
+    assert _cli("chat", "gem", "--url", srv.url, stdin="").returncode == 0
+    config = tmp_path / "alias.yaml"
+    config.write_text(json.dumps({"models_dir": _models_dir(srv),
+                                  "models": [{"id": SMOL, "aliases": ["smol"]}]}))  # fmt: skip
+    local = _cli("chat", "smol", "--config", str(config), stdin="")
+    assert local.returncode == 0, local.stderr
 
 
 def test_bench_against_a_server_and_in_process(srv: Server) -> None:
@@ -115,6 +134,54 @@ def test_bench_against_a_server_and_in_process(srv: Server) -> None:
                  "--max-tokens", "4")  # fmt: skip
     assert local.returncode == 0, local.stderr
     assert "in process" in local.stdout and "TTFT" in local.stdout
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+def test_bench_decodes_every_answer_past_the_response_cache(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """The bench's requests are greedy with one prompt: the kind the response cache answers
+    and concurrent identical requests share. Run after run, each must be decoded."""
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    server = Server(tmp_path, {"models_dir": str(models), "cache": {"enabled": True}}).start()
+    try:
+        reported = 0
+        for _ in range(2):
+            out = _cli("bench", SMOL, "--url", server.url, "--streams", "2", "--max-tokens",
+                       "16", "--json")  # fmt: skip
+            assert out.returncode == 0, out.stderr
+            rows = json.loads(out.stdout)
+            assert [(r["streams"], r["tokens"]) for r in rows] == [(1, 16), (2, 32)]
+            reported += 4 + 16 + 32  # the warm-up's 4 tokens, then 1 and 2 streams
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        assert _sample(metrics, "llm_router_cache_lookups_total", result="hit") == 0
+        assert _sample(metrics, "llm_router_requests_total", outcome="cache_hit") == 0
+        generated = _sample(metrics, "llm_router_tokens_total", model=SMOL, kind="completion")
+        assert generated == reported  # the model decoded every token the bench counted
+        assert "cache=hit" not in server.log()
+        # the control: the cache is on, and answers the same request sent without the header
+        body = {"model": SMOL, "messages": [{"role": "user", "content": "Hi"}],
+                "temperature": 0, "max_tokens": 4}  # fmt: skip
+        caches = [
+            httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).headers.get(
+                "x-llm-router-cache"
+            )
+            for _ in range(2)
+        ]
+        assert caches == ["miss", "hit"]
+    finally:
+        server.stop()
 
 
 def test_rm_unloads_then_deletes(srv: Server, tmp_path: Path) -> None:

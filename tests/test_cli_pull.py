@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from file_server import serve_files
-from servers import SMOL
+from servers import SMOL, free_port
 
 pytestmark = pytest.mark.real  # subprocesses
 
@@ -112,3 +112,16 @@ def test_pull_from_the_hub_by_quantization(tmp_path: Path) -> None:
         assert not (models / "tiny-Q8_0.gguf").exists()
         unknown = _cli("pull", "org/tiny-GGUF:Q2_K", "--models-dir", str(models), env=env)
         assert unknown.returncode == 1 and "tiny-Q4_K_M.gguf" in unknown.stderr
+
+
+def test_an_unreachable_hub_is_one_clear_error(tmp_path: Path) -> None:
+    """No network: the error names where the Hub was looked for and why, without a traceback."""
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    out = _cli("pull", "org/tiny-GGUF:Q4_K_M", "--models-dir", str(tmp_path / "m"), env=env)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "╭" not in out.stderr  # no (rich) traceback
+    text = " ".join(out.stderr.split())  # the console wraps long lines
+    assert text.startswith(f"error: cannot reach the Hugging Face Hub at {endpoint} (HF_ENDPOINT)")
+    assert "Connection refused" in text
+    assert len(out.stderr.strip().splitlines()) <= 3  # one message (wrapped at 80 columns)

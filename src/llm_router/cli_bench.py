@@ -1,7 +1,11 @@
 """`llm-router bench MODEL`: tokens/s and time to first token at 1 stream and at N streams at
 once, against a running server (`--url`, or one on the configured port) or, without one, a
 server started in this process on a free loopback port (so both paths measure the same thing:
-HTTP streaming through the router). Numbers are one run's: compare them within a run."""
+HTTP streaming through the router). Numbers are one run's: compare them within a run.
+
+Every request says `Cache-Control: no-cache, no-store`: the response cache neither answers
+nor keeps it, and identical requests in flight at once are not shared as one computation
+(cache/service.py), so each stream is decoded by the model."""
 
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from .config import Settings
 __all__ = ["register"]
 
 PROMPT = "Write a short story about a robot who learns to paint."
+# Neither read nor write the response cache; without a cache read or write nothing is
+# single-flighted either: every request is computed.
+NO_CACHE = {"Cache-Control": "no-cache, no-store"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +72,7 @@ async def _measure(url: str, body: dict[str, Any], streams: list[int]) -> list[d
     rows = []
     limits = httpx.Limits(max_connections=max(streams) + 2)
     async with httpx.AsyncClient(
-        base_url=url, headers=auth_headers(), timeout=None, limits=limits
+        base_url=url, headers={**auth_headers(), **NO_CACHE}, timeout=None, limits=limits
     ) as http:
         await _one(http, {**body, "max_tokens": 4})  # loads the model; not counted
         for n in streams:
@@ -133,7 +140,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
 ) -> None:
     """Tokens/s and time to first token at 1 stream and at --streams at once (greedy, fixed
-    length: the answers may not stop early)."""
+    length: the answers may not stop early), past the response cache: every answer is
+    decoded."""
     settings = _settings(config, models_dir=models_dir, log_level="warning")
     body = {
         "model": model,

@@ -12,7 +12,7 @@ import typer
 
 from .config import Settings
 
-__all__ = ["UrlOpt", "auth_headers", "client", "find_server", "server_error"]
+__all__ = ["ServerUrlOpt", "UrlOpt", "auth_headers", "client", "find_server", "server_error"]
 
 UrlOpt = Annotated[
     str | None,
@@ -20,6 +20,15 @@ UrlOpt = Annotated[
         "--url",
         help="A running server, e.g. http://127.0.0.1:8080 (default: the configured host and "
         "port when a server answers there, else work in this process).",
+    ),
+]
+# For the commands that need a server (`ps`): there is no "in this process" for them.
+ServerUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="The running server, e.g. http://127.0.0.1:8080 (default: the one on the "
+        "configured host and port; this command needs a running server).",
     ),
 ]
 

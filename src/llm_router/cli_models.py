@@ -12,14 +12,15 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .cli import ConfigOpt, ModelsDirOpt, _settings, err
-from .cli_http import UrlOpt, client, find_server, server_error
+from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
 from .config import Settings
-from .errors import RouterError
+from .errors import ModelNotFound, RouterError
 from .lifecycle.discovery import ModelSource, Scanner
 from .logs import setup_logging
 
@@ -47,7 +48,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def ps(config: ConfigOpt = None, url: UrlOpt = None) -> None:
+def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
     """Loaded models of a running server: memory, slots, idle time, keep-alive left."""
     settings = _settings(config)
     server = find_server(url, settings)
@@ -212,7 +213,7 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 512,
 ) -> None:
     """An interactive chat with history and streaming, as `ollama run`: `/bye` quits,
-    `/clear` forgets the history."""
+    `/clear` forgets the history. A model the server does not have is an error at once."""
     settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
     setup_logging(settings.log_level)
     server = find_server(url, settings)
@@ -243,9 +244,29 @@ def _lines() -> Iterator[str]:
             yield line.strip()
 
 
+def _unknown(model: str, names: list[str]) -> typer.Exit:
+    known = ", ".join(sorted(names)) or "none"
+    return _fail(f"The model '{model}' does not exist (models: {known})")
+
+
+def _check_http(http: httpx.Client, model: str) -> None:
+    """Raise typer.Exit when the server's model list (`GET /models`: ids, aliases, remote
+    targets, routes; those the API key may use) does not have `model`. Unchecked when the
+    key may not read the list: the first answer then tells."""
+    res = http.get("/models")
+    if res.status_code != 200:
+        return
+    body = res.json()
+    ids = [m["id"] for m in body["data"]] + [r["name"] for r in body.get("routes", [])]
+    aliases = {a for m in body["data"] for a in m.get("aliases") or []}
+    if model not in ids and model not in aliases:
+        raise _unknown(model, ids)
+
+
 def _chat_http(server: str, model: str, system: str | None, params: dict[str, Any]) -> None:
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     with client(server, timeout=None) as http:
+        _check_http(http, model)
         for line in _lines():
             if line == "/clear":
                 del history[1 if system else 0 :]
@@ -282,6 +303,10 @@ async def _chat_local(
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     loop = asyncio.get_running_loop()
     async with Router(settings=settings) as router:
+        try:
+            router.dispatcher.resolve(model)  # an id, alias, remote target or route
+        except ModelNotFound:
+            raise _unknown(model, router.models()) from None
         lines = _lines()
         while (line := await loop.run_in_executor(None, next, lines, None)) is not None:
             if line == "/clear":

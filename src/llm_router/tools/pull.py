@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,8 +208,10 @@ def pull_hub(
         if target.exists():
             raise PullError(f"{target} exists; `llm-router rm` it first")
         cached = Path(hf_hub_download(source.repo, filename, revision=source.revision))
-    except HfHubHTTPError as exc:
+    except HfHubHTTPError as exc:  # the Hub answered: an HTTP error (404, 401...)
         raise PullError(f"{source.repo}: {exc}") from None
+    except _unreachable() as exc:
+        raise PullError(_no_hub(exc)) from None
     if expected and _sha256(cached) != expected.lower():
         raise PullError(f"sha256 mismatch for {filename} in the Hub cache ({cached})")
     if progress:
@@ -222,6 +225,36 @@ def pull_hub(
         shutil.copyfile(cached, part)
     os.replace(part, target)
     return target
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """The errors that say the Hub did not answer, whichever HTTP client this
+    huggingface_hub uses (requests before 1.0, httpx, httpx2 from 2.0; imported by then):
+    its transport errors (refused, unresolved, timed out, TLS), and the builtin
+    ConnectionError (HF_HUB_OFFLINE's OfflineModeIsEnabled); and LocalEntryNotFoundError (no
+    answer and no cached copy: in huggingface_hub.errors from 0.25, an HfHubHTTPError before)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (
+        ("huggingface_hub.errors", ("LocalEntryNotFoundError",)),
+        ("httpx", ("TransportError",)),
+        ("httpx2", ("TransportError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
+        found = sys.modules.get(module)
+        errors += [e for n in names if isinstance(e := getattr(found, n, None), type)]
+    return tuple(errors)
+
+
+def _no_hub(exc: BaseException) -> str:
+    """One line: where the Hub was looked for, and why it did not answer."""
+    from huggingface_hub import constants
+
+    reason = exc.__cause__ or exc  # a LocalEntryNotFoundError's cause is the network error
+    via = " (HF_ENDPOINT)" if os.environ.get("HF_ENDPOINT") else ""
+    return (
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT}{via}: "
+        f"{str(reason) or type(reason).__name__}"
+    )
 
 
 def pull(

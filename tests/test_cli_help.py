@@ -1,0 +1,24 @@
+"""The commands' `--help`, in process (typer's CliRunner): what it promises is what they do."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from llm_router.cli import app
+
+
+def _help(*command: str) -> str:
+    out = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    return " ".join(out.output.replace("│", " ").split())  # one line, without the boxes
+
+
+def test_ps_help_says_it_needs_a_server() -> None:
+    text = _help("ps")
+    assert "this process" not in text  # ps has nothing to show without a server
+    assert "needs a running server" in text
+
+
+def test_commands_that_can_work_alone_say_so() -> None:
+    for command in ("show", "rm", "chat", "bench"):
+        assert "else work in this process" in _help(command), command
