@@ -80,6 +80,12 @@ class ModelLoadFailed(RouterError):
     load is asked for explicitly."""
 
 
+class LoadInterrupted(ModelLoadFailed):
+    """A load that did not fail by itself: its worker was killed (the OOM killer, a person) or
+    it ran past `worker_start_timeout` on a busy machine. Not held against the model: the next
+    request loads it again."""
+
+
 class EngineError(RouterError):
     """The engine failed while serving a request."""
 

@@ -24,6 +24,7 @@ from llm_router.config import ModelConfig, Settings
 from llm_router.errors import (
     EngineError,
     InsufficientMemory,
+    LoadInterrupted,
     ModelLoadFailed,
     ModelNotLoaded,
     QueueFull,
@@ -381,6 +382,68 @@ async def test_idle_unload_after_keep_alive(harness: Harness, tmp_path: Path) ->
     await bounded(until(lambda: state.status == Status.UNLOADED, 6.0), 7.0)
     assert [e["reason"] for e in events.all("unloaded", "a")] == ["idle (keep_alive)"]
     assert not psutil.pid_exists(pid)
+
+
+async def test_an_evicted_models_keep_alive_ends_with_it(harness: Harness, tmp_path: Path) -> None:
+    """Evicted before its keep-alive ran out, a model waits for room again past the old
+    deadline: that timer is gone with the eviction, so it neither withdraws the waiting load
+    (back of the queue) nor cancels a running one (found in a cold-start storm)."""
+    models = [
+        fake_model(tmp_path, "a", config={"keep_alive": "1s"}),
+        fake_model(tmp_path, "b", token_seconds=0.05),
+    ]
+    manager = await harness.manager(models, models_max=1)
+    events = Events(manager)
+    a = manager.resolve("a")
+    await bounded(harness.generate(manager, "a"))
+    await bounded(harness.generate(manager, "b"))  # evicts a, 1 s before its keep-alive ends
+    assert a.status == Status.UNLOADED and a.unload_handle is None
+    started = asyncio.Event()
+    busy = asyncio.create_task(harness.generate(manager, "b", 60, started=started))  # ~3 s
+    await bounded(started.wait())
+    waiting = asyncio.create_task(harness.generate(manager, "a"))
+    await bounded(until(lambda: a.status == Status.WAITING))
+    await asyncio.sleep(1.5)  # past a's old deadline
+    assert a.status == Status.WAITING
+    assert len(events.all("unloaded", "a")) == 1, events.all("unloaded", "a")  # the eviction
+    await bounded(busy)
+    text, _, _ = await bounded(waiting)
+    assert text == expected(3)
+    assert len(events.all("unloaded", "a")) == 1  # the eviction, nothing after it
+    assert events.count("loading", "a") == 2
+
+
+async def test_a_load_killed_from_outside_is_not_held_against_the_model(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A worker killed while it loads (the OOM killer, a person) or a load past
+    worker_start_timeout says so, and the next request loads the model again; a load that
+    fails by itself stays failed (test_failed_load_is_sticky_until_loaded_explicitly)."""
+    manager = await harness.manager(
+        [fake_model(tmp_path, "a", load_seconds=1.0)], spare_workers=False
+    )
+    events = Events(manager)
+    state = manager.resolve("a")
+    first = asyncio.create_task(harness.generate(manager, "a"))
+    await bounded(until(lambda: state.status == Status.LOADING and bool(_worker_children())))
+    await asyncio.sleep(0.5)  # most likely in the engine's load by now (it takes 1 s)
+    for child in _worker_children():
+        child.kill()
+    with pytest.raises(LoadInterrupted, match=r"SIGKILL.*; the next request loads it again"):
+        await bounded(first)
+    assert state.status == Status.ERROR and not state.sticky
+    text, _, _ = await bounded(harness.generate(manager, "a"))
+    assert text == expected(3) and events.count("loading", "a") == 2
+
+    slow = await harness.manager(
+        [fake_model(tmp_path, "s", load_seconds=3.0)],
+        spare_workers=False,
+        worker_start_timeout=0.3,
+    )
+    with pytest.raises(LoadInterrupted, match=r"within worker_start_timeout \(0.3 s\)"):
+        await bounded(harness.generate(slow, "s"))
+    with pytest.raises(LoadInterrupted):  # tried again, not refused from the last error
+        await bounded(harness.generate(slow, "s"))
 
 
 async def test_keep_alive_zero_unloads_after_the_request(harness: Harness, tmp_path: Path) -> None:

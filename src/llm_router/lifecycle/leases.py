@@ -14,7 +14,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelLoadFailed, ModelNotFound, ModelNotLoaded, QueueFull, ServerBusy
+from ..errors import (
+    LoadInterrupted,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelNotLoaded,
+    QueueFull,
+    ServerBusy,
+)
 from ..units import parse_duration
 from ..worker.client import Worker
 from .state import ModelState, Status
@@ -85,9 +92,7 @@ class Leases:
         assert state.worker is not None
         state.active += 1
         state.last_used, state.use_order = time.time(), next(self._uses)
-        if state.unload_handle is not None:
-            state.unload_handle.cancel()
-            state.unload_handle = None
+        state.cancel_idle_unload()
         self._share_threads()
         return state.worker
 
@@ -119,7 +124,7 @@ class Leases:
                 if state.waiters[0] is ticket:
                     if self._can_take(state, ticket):
                         return self._take(state)
-                    self._progress(state, autoload)
+                    self._progress(state, autoload, began)
                 changed = state.changed
                 left = deadline - loop.time()
                 if left <= 0:
@@ -155,10 +160,15 @@ class Leases:
                 retry_after=retry,
             )
 
-    def _progress(self, state: ModelState, autoload: bool) -> None:
-        """Move the model at the head of its queue towards `loaded`, or raise why it cannot."""
+    def _progress(self, state: ModelState, autoload: bool, since: float) -> None:
+        """Move the model at the head of its queue towards `loaded`, or raise why it cannot:
+        a load that failed by itself fails every request until its file changes (sticky);
+        one interrupted from outside fails the requests that waited for it (`since`: when
+        this one began waiting), and the next ones load it again."""
         if state.status == Status.ERROR and state.sticky:
             raise ModelLoadFailed(f"model '{state.id}' failed to load: {state.error}")
+        if state.status == Status.ERROR and state.failed_at >= since:
+            raise LoadInterrupted(f"model '{state.id}' failed to load: {state.error}")
         if state.status in (Status.UNLOADED, Status.ERROR):
             if not autoload:
                 raise ModelNotLoaded(
@@ -188,12 +198,14 @@ class Leases:
             return
         state.keep_alive_asked = requested
         seconds = self._keep_alive(state, requested)
-        if state.unload_handle is not None:
-            state.unload_handle.cancel()
-            state.unload_handle = None
+        state.cancel_idle_unload()
         if seconds is None:
             return
         loop = asyncio.get_running_loop()
-        state.unload_handle = loop.call_later(
-            seconds, lambda: self._spawn(self._unload(state, "idle (keep_alive)"))
-        )
+        state.unload_handle = loop.call_later(seconds, self._idle_expired, state)
+
+    def _idle_expired(self, state: ModelState) -> None:
+        """Its keep-alive ran out: unload it if it is still loaded and idle."""
+        state.unload_handle = None
+        if state.status == Status.LOADED and not state.active and not state.waiters:
+            self._spawn(self._unload(state, "idle (keep_alive)"))

@@ -24,6 +24,7 @@ import psutil
 from ..config import Settings
 from ..engines import LoadSpec, check_available
 from ..errors import (
+    LoadInterrupted,
     ModelNotFound,
     RouterError,
 )
@@ -214,7 +215,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
             self._room_changed()
             raise
         except RouterError as exc:
-            state.sticky = True
+            state.sticky = not isinstance(exc, LoadInterrupted)  # no autoload retry: its file
+            state.failed_at = asyncio.get_running_loop().time()
             state.set_status(Status.ERROR, exc.message)
             self.events.publish("error", state.id, error=exc.message)
             log.warning(
@@ -290,9 +292,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         """Stop the model's worker after in-flight requests finish (up to `unload_grace`).
         Requests arriving meanwhile wait and then load it again. A waiting load is withdrawn,
         a running one cancelled."""
-        if state.unload_handle is not None:
-            state.unload_handle.cancel()
-            state.unload_handle = None
+        state.cancel_idle_unload()
         if state.status == Status.WAITING:
             self._withdraw(state, reason)
             return
@@ -310,6 +310,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
     async def _stop(self, state: ModelState, reason: str) -> None:
         worker = state.worker
         assert worker is not None
+        state.cancel_idle_unload()  # evicted or replaced: its keep-alive is over
         log.info(
             "model %s unloading (%s)%s",
             state.id,
@@ -359,6 +360,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             # (the socket would otherwise leak until garbage collection).
             self._spawn(worker.stop())
             self._threads.forget(worker)
+            state.cancel_idle_unload()
             self.registry.leaving.discard(state)
             state.worker = None
             state.memory_bytes = None

@@ -112,9 +112,7 @@ class Reconfiguration:
         decided right after see it go); a pinned or preloaded one that stays loads again."""
         stop = state.status == Status.LOADED and state.worker is not None
         if stop:
-            if state.unload_handle is not None:
-                state.unload_handle.cancel()
-                state.unload_handle = None
+            state.cancel_idle_unload()
             state.set_status(Status.UNLOADING)
             self.events.publish("unloading", state.id, reason=reason)
         self._spawn(self._then_reload(state, reason, stop))

@@ -38,6 +38,7 @@ class ModelState:
     status: Status = Status.UNLOADED
     error: str | None = None
     sticky: bool = False  # a load failure: no autoload retry until the file changes
+    failed_at: float = 0.0  # event-loop time of its last failed load
     worker: Worker | None = None
     load_task: asyncio.Task[Worker] | None = None
     load_requested: bool = False  # explicit load (request_load): waits for room with no waiters
@@ -84,6 +85,13 @@ class ModelState:
     def wanted(self) -> bool:
         """A load of it is still wanted: someone waits for it, or it was asked for."""
         return bool(self.waiters) or self.load_requested
+
+    def cancel_idle_unload(self) -> None:
+        """Stop its keep-alive timer: it is in use, unloading or gone, and a timer left to run
+        would unload (or withdraw, or cancel) whatever the model does by then."""
+        if self.unload_handle is not None:
+            self.unload_handle.cancel()
+            self.unload_handle = None
 
     def set_status(self, status: Status, error: str | None = None) -> None:
         self.status = status

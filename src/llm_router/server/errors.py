@@ -36,6 +36,7 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.PermissionDenied: (403, "invalid_request_error", "insufficient_permissions"),
     e.InsufficientMemory: (507, "server_error", "insufficient_memory"),
     e.ModelLoadFailed: (500, "server_error", "model_load_failed"),
+    e.LoadInterrupted: (503, "server_error", "model_load_interrupted"),
     e.InvalidModelFile: (500, "server_error", "invalid_model_file"),
     e.EngineUnavailable: (501, "server_error", "engine_unavailable"),
     e.EngineError: (500, "server_error", "engine_error"),
@@ -65,7 +66,7 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     headers = {}
     if isinstance(exc, e.QueueFull) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    if isinstance(exc, e.WorkerDied | e.UpstreamUnavailable):
+    if isinstance(exc, e.WorkerDied | e.UpstreamUnavailable | e.LoadInterrupted):
         headers["Retry-After"] = "1"
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 

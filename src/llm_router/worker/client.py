@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import psutil
 
 from ..engines import LoadSpec
-from ..errors import ModelLoadFailed, RouterError, WorkerDied
+from ..errors import LoadInterrupted, ModelLoadFailed, RouterError, WorkerDied
 from ..types import (
     ChatMessage,
     Embeddings,
@@ -43,6 +44,9 @@ from .spawn import Process, Spare, describe_exit, kill_and_wait
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
+# Signals that stop a loading worker from outside (the OOM killer's SIGKILL, a person's
+# SIGTERM or Ctrl-C): the file is not to blame. A crash (SIGSEGV, SIGABRT) is held against it.
+_INTERRUPTED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
 
 # What the worker sends one request.
 WorkerEvent = TextDelta | PromptLogprobs | Finished | Embeddings | Reply | RouterError
@@ -102,8 +106,16 @@ class Worker:
         except BaseException as exc:
             await kill_and_wait(proc)
             writer.close()
-            if isinstance(exc, OSError):
-                raise ModelLoadFailed(f"worker process failed before loading: {exc}") from None
+            if isinstance(exc, TimeoutError):  # an OSError too: first
+                raise LoadInterrupted(
+                    f"it did not load within worker_start_timeout ({timeout:g} s); the next "
+                    "request loads it again"
+                ) from None
+            if isinstance(exc, OSError):  # its process went before it read the load
+                raise LoadInterrupted(
+                    f"its worker process failed before loading ({exc}); the next request loads "
+                    "it again"
+                ) from None
             raise
         msg = decode(first) if first else {}
         if msg.get("op") != "ready":
@@ -114,7 +126,11 @@ class Worker:
                 if type(err) is RouterError:
                     err = ModelLoadFailed(err.message)
                 raise err
-            raise ModelLoadFailed(f"model failed to load: {describe_exit(code)}")
+            if code is not None and -code in _INTERRUPTED:  # killed by someone, not by its file
+                raise LoadInterrupted(
+                    f"its {describe_exit(code)} while loading; the next request loads it again"
+                )
+            raise ModelLoadFailed(f"its {describe_exit(code)} while loading")
         worker = cls(proc, reader, writer, msg.get("info") or {})
         worker._on_exit = on_exit
         worker._on_info = on_info

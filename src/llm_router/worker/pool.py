@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 
 from ..engines import LoadSpec
-from ..errors import ModelLoadFailed
+from ..errors import LoadInterrupted
 from .client import Worker
 from .spawn import Early, Spare
 
@@ -79,8 +79,10 @@ class WorkerPool:
         if spare is None:
             try:
                 spare = await Spare.spawn(engine)
-            except OSError as exc:
-                raise ModelLoadFailed(f"worker process failed before loading: {exc}") from None
+            except OSError as exc:  # the machine's doing (killed, out of processes), not the file's
+                raise LoadInterrupted(
+                    f"its worker process failed to start ({exc}); the next request loads it again"
+                ) from None
             self._note(spare)
         return await Worker.start(spare, spec, timeout=timeout, on_exit=on_exit, on_info=on_info)
 
