@@ -4,13 +4,16 @@ against one real server on the bundled models."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
 from servers import GEMMA, SMOL, Server, link_models
 
@@ -171,6 +174,101 @@ def test_with_api_keys_on_the_page_asks_for_one(
         expect(row.locator("[data-role=status]")).to_have_text("loaded", timeout=60_000)
     finally:
         srv.stop()
+
+
+def test_a_key_without_admin_is_told_why_load_unload_and_metrics_are_refused(
+    page: Page, tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key with `inference` and `read` only: Load and Unload answer 403, and the page says so
+    (the server's message, naming the scope) instead of throwing (the `page` fixture fails on
+    any uncaught error); the Metrics tab says what /metrics needs and asks less and less often."""
+    master = "sk-dashboard-master"
+    monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", master)
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = Server(tmp_path, {"models_dir": str(models), "data_dir": str(tmp_path / "data")})
+    srv.start()
+    admin = {"authorization": f"Bearer {master}"}
+
+    def status() -> str:
+        data = httpx.get(srv.url + "/models", headers=admin, timeout=10).json()["data"]
+        return str(next(m for m in data if m["id"] == SMOL)["status"]["value"])
+
+    try:
+        made = httpx.post(
+            srv.url + "/admin/keys",
+            json={"name": "app", "scopes": ["inference", "read"]},
+            headers=admin,
+            timeout=10,
+        )
+        assert made.status_code == 201, made.text
+        secret = made.json()["key"]
+        asked: list[float] = []  # when the page asked for /metrics with this key
+
+        def seen(request: Request) -> None:
+            if request.url.endswith("/metrics") and secret in (
+                request.headers.get("authorization") or ""
+            ):
+                asked.append(time.monotonic())
+
+        page.on("request", seen)
+        page.goto(srv.url)
+        page.fill("#key-input", secret)
+        page.get_by_role("button", name="Use key").click()
+        row = page.locator(f"tr[data-model='{SMOL}']")
+        state = row.locator("[data-role=status]")
+        expect(state).to_have_text("unloaded")
+        notice = page.locator("#notice")
+        row.get_by_role("button", name="Load", exact=True).click()
+        expect(notice).to_contain_text("lacks the 'admin' scope")
+        assert status() == "unloaded"
+
+        load = httpx.post(srv.url + "/models/load", json={"model": SMOL}, headers=admin)
+        assert load.status_code == 200, load.text
+        expect(state).to_have_text("loaded", timeout=60_000)  # the key may watch it
+        expect(notice).to_be_hidden()  # the listing read again after the event
+        row.get_by_role("button", name="Unload").click()
+        expect(notice).to_contain_text("The API key 'app' lacks the 'admin' scope")
+        assert status() == "loaded"
+
+        page.get_by_role("button", name="Metrics").click()
+        told = page.locator("#metrics-notice")
+        expect(told).to_be_visible()
+        expect(told).to_contain_text("lacks the 'admin' scope")
+        expect(told).to_contain_text("gateway.metrics_public")
+        deadline = time.monotonic() + 30
+        while len(asked) < 3 and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        gaps = [b - a for a, b in itertools.pairwise(asked)]
+        assert len(gaps) >= 2 and gaps[0] >= 3 and gaps[1] >= 1.5 * gaps[0], gaps  # backs off
+        expect(page.locator("#v-rps")).to_have_text("-")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "operation"),
+    [
+        ("/docs", ".opblock-summary-path[data-path='/v1/chat/completions']"),
+        ("/redoc", "[data-section-id='tag/openai/operation/v1_chat_completions']"),
+    ],
+)
+def test_the_api_docs_render_with_nothing_from_elsewhere(
+    page: Page, dash: Server, path: str, operation: str
+) -> None:
+    """Swagger UI and ReDoc, scripts and styles included, come from the server itself: the
+    machines may have no internet (FastAPI's own pages load them from a CDN). ReDoc's badge
+    asks cdn.redoc.ly for its logo; the page's Content-Security-Policy refuses it in the
+    browser, so that request never leaves."""
+    urls: list[str] = []
+    refused: set[str] = set()
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("requestfailed", lambda r: refused.add(r.url) if r.failure == "csp" else None)
+    page.goto(dash.url + path)
+    expect(page.locator(operation).first).to_be_visible(timeout=30_000)
+    page.wait_for_load_state("networkidle")  # ReDoc's badge asks for its logo once rendered
+    here = (f"{dash.url}/", f"blob:{dash.url}/", "data:")  # blob: ReDoc's search worker
+    assert any(url.startswith(f"{dash.url}/docs/assets/") for url in urls), urls
+    assert [url for url in urls if not url.startswith(here) and url not in refused] == []
 
 
 def test_unloading_a_pinned_model_asks_first(page: Page, dash: Server) -> None:

@@ -176,13 +176,16 @@ def master_key(secret: str) -> ApiKey:
 
 # (method, path) -> scope. Paths not listed: GET/HEAD need `read`, anything else `admin`.
 _PUBLIC = frozenset({"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+_PUBLIC_PREFIX = "/docs/assets/"  # the API docs' scripts and styles (server/routes_docs.py)
 _READ_PATHS = frozenset({"/v1/models", "/models", "/models/events", "/props"})
 _INFERENCE_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template"})
 
 
 def required_scope(method: str, path: str, metrics_public: bool = False) -> Scope | None:
     """The scope a request needs; None: anyone (health, API docs, the dashboard's page)."""
-    if path in _PUBLIC or (metrics_public and path == "/metrics"):
+    if path in _PUBLIC or path.startswith(_PUBLIC_PREFIX):
+        return None
+    if metrics_public and path == "/metrics":
         return None
     if path.startswith("/v1/"):
         return (

@@ -34,6 +34,7 @@ from . import (
     openapi,
     routes_admin,
     routes_dashboard,
+    routes_docs,
     routes_llama,
     routes_models,
     routes_openai,
@@ -78,7 +79,12 @@ def create_app(
                 await asyncio.to_thread(app.state.tracing.shutdown)  # exports what is left
 
     app = ServerApp(
-        title="llm-runner-router", version=__version__, lifespan=lifespan, hot=routes_openai.HOT
+        title="llm-runner-router",
+        version=__version__,
+        lifespan=lifespan,
+        hot=routes_openai.HOT,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: routes_docs serves them
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tracing = Tracing.from_settings(settings)  # None unless an endpoint is set
@@ -99,6 +105,7 @@ def create_app(
     app.include_router(routes_models.routes)
     app.include_router(routes_llama.routes)
     app.include_router(routes_dashboard.routes)
+    routes_docs.install(app)  # /docs and /redoc, their assets from the package
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

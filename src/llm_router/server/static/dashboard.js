@@ -4,7 +4,8 @@
 // so the API key can be sent) drives every status change; each event also schedules one
 // re-read of /models for the details it does not carry (memory, load time). Occupancy
 // (slots, queue, memory) and the charts come from /metrics every 2 s. Every call sends
-// `Authorization: Bearer <key>` when a key is stored; a 401 asks for one.
+// `Authorization: Bearer <key>` when a key is stored; a 401 asks for one, a 403 (the key lacks
+// a scope) shows the server's reason where the action was: no call throws past its handler.
 "use strict";
 
 const KEY_STORE = "llm-router-key";
@@ -60,24 +61,28 @@ function ago(seconds) {
 
 // -- API calls, with the key --------------------------------------------------------------
 
-class AuthNeeded extends Error {}
+class AuthNeeded extends Error {} // 401: no key, or not one the server knows
+class Forbidden extends AuthNeeded {} // 403: the key lacks the scope (the message says which)
 
 function key() {
   return localStorage.getItem(KEY_STORE) || "";
 }
 
-async function api(path, options = {}) {
+// Throws AuthNeeded on a 401 (after asking for a key, unless `ask` is false) and Forbidden on a
+// 403, with the server's message; other answers are returned as they are.
+async function api(path, { json, ask = true, ...options } = {}) {
   const headers = { ...(options.headers || {}) };
   if (key()) headers.Authorization = `Bearer ${key()}`;
-  if (options.json !== undefined) {
+  if (json !== undefined) {
     headers["Content-Type"] = "application/json";
-    options = { ...options, body: JSON.stringify(options.json) };
+    options.body = JSON.stringify(json);
   }
   const res = await fetch(path, { ...options, headers });
   if (res.status === 401 || res.status === 403) {
     const body = await res.json().catch(() => ({}));
-    const message = (body.error && body.error.message) || res.statusText;
-    if (res.status === 401) askKey(message);
+    const message = (body.error && body.error.message) || `${res.status} ${res.statusText}`;
+    if (res.status === 403) throw new Forbidden(message);
+    if (ask) askKey(message);
     throw new AuthNeeded(message);
   }
   return res;
@@ -103,7 +108,10 @@ function setupKey() {
     if (action === "save") localStorage.setItem(KEY_STORE, $("key-input").value.trim());
     if (action === "forget") localStorage.removeItem(KEY_STORE);
     $("key-dialog").close();
-    if (action !== "cancel") restartEvents();
+    if (action !== "cancel") {
+      restartEvents();
+      wakeMetrics(); // a new key may read /metrics: ask at once, not after the back-off
+    }
   });
 }
 
@@ -172,6 +180,11 @@ async function followEvents(signal) {
       }
     } catch (err) {
       if (signal.aborted) return;
+      if (err instanceof Forbidden) {
+        notice(err.message);
+        setLive(false, "not allowed");
+        return; // another key (the key dialog) restarts the stream
+      }
       if (err instanceof AuthNeeded) {
         setLive(false, "key needed");
         return; // the key dialog restarts the stream
@@ -194,19 +207,28 @@ function notice(text) {
   $("notice").textContent = text || "";
 }
 
-async function loadModel(id) {
-  const res = await api("/models/load", { method: "POST", json: { model: id } });
-  if (!res.ok) notice(await errorText(res));
+// A button's action: whatever fails (a refusal, a 403 for a key without `admin`, the network)
+// is shown in the notice, never thrown into the page.
+async function modelAction(path, body) {
+  try {
+    const res = await api(path, { method: "POST", json: body });
+    if (!res.ok) notice(await errorText(res));
+  } catch (err) {
+    notice(err.message);
+  }
 }
 
-async function unloadModel(entry) {
+function loadModel(id) {
+  return modelAction("/models/load", { model: id });
+}
+
+function unloadModel(entry) {
   let force = false;
   if (entry.pinned) {
-    if (!confirm(`${entry.id} is pinned. Unload it anyway?`)) return;
+    if (!confirm(`${entry.id} is pinned. Unload it anyway?`)) return Promise.resolve();
     force = true;
   }
-  const res = await api("/models/unload", { method: "POST", json: { model: entry.id, force } });
-  if (!res.ok) notice(await errorText(res));
+  return modelAction("/models/unload", { model: entry.id, force });
 }
 
 // -- rendering ------------------------------------------------------------------------------
@@ -428,11 +450,38 @@ function renderCharts() {
   draw($("c-err"), state.series.err, "#d0453f");
 }
 
+function metricsNotice(text) {
+  $("metrics-notice").hidden = !text;
+  $("metrics-notice").textContent = text || "";
+}
+
+let wakeMetrics = () => {};
+
+// Waits `ms`, or less if the key changes (wakeMetrics): then resolves true.
+function metricsPause(ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    wakeMetrics = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+  });
+}
+
+const METRICS_SCOPE_HINT =
+  "The charts read /metrics, which needs a key with the 'admin' scope unless the server's " +
+  "configuration sets gateway.metrics_public: true.";
+
+// Every SAMPLE_MS while /metrics answers; refused (401, 403), the notice says why and the page
+// asks again less and less often (up to once a minute), at once when the key changes.
 async function followMetrics() {
+  let pause = SAMPLE_MS;
   for (;;) {
     try {
-      const res = await api("/metrics");
+      const res = await api("/metrics", { ask: false }); // the events stream asks for a key
       if (res.ok) {
+        pause = SAMPLE_MS;
+        metricsNotice("");
         sample(summarize(parseMetrics(await res.text())));
         renderCharts();
         renderMemory();
@@ -440,9 +489,14 @@ async function followMetrics() {
         renderRoutes();
       }
     } catch (err) {
-      // the events stream reports the connection; the charts just wait
+      if (err instanceof AuthNeeded) {
+        const reason = err.message.replace(/\.?$/, ".");
+        metricsNotice(err instanceof Forbidden ? `${reason} ${METRICS_SCOPE_HINT}` : reason);
+        pause = Math.min(pause * 2, 60000);
+      }
+      // otherwise the events stream reports the connection; the charts just wait
     }
-    await sleep(SAMPLE_MS);
+    if (await metricsPause(pause)) pause = SAMPLE_MS;
   }
 }
 
