@@ -115,6 +115,16 @@ def test_list_models(client: openai.OpenAI, server: Server) -> None:
     validate("ListModelsResponse", httpx.get(server.url + "/v1/models").json())
 
 
+def test_retrieve_a_model(client: openai.OpenAI, server: Server) -> None:
+    """OpenAI's `models.retrieve` (GET /v1/models/{id}): LiteLLM and OpenAI serve it."""
+    model = client.models.retrieve(SMOL)
+    assert model.id == SMOL and model.object == "model" and model.created > 0
+    validate("Model", httpx.get(server.url + f"/v1/models/{GEMMA}").json())
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert info.value.response.json()["error"]["code"] == "model_not_found"
+
+
 def test_unknown_model_is_404_never_a_fallback(client: openai.OpenAI, server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=QUESTION)

@@ -150,7 +150,7 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
         statuses += _WITH_BODY
     if (path.startswith("/v1/") and method == "post") or path in ("/models/load", *_LLAMA):
         statuses += _MODELS
-    if path in ("/models/unload", "/admin/keys/{name}"):
+    if path in ("/models/unload", "/admin/keys/{name}", "/v1/models/{model}"):
         statuses.append(404)
     for status in sorted(set(statuses)):
         entry: dict[str, Any] = {

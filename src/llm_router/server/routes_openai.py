@@ -10,6 +10,7 @@ description is written in server/openapi.py. The other `/v1` routes are ordinary
 
 from __future__ import annotations
 
+import contextlib
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
 
+from ..errors import ModelNotFound, RouterError
 from ..protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -155,6 +157,25 @@ async def compare(body: CompareRequest, request: Request) -> Response:
 
 @routes.get("/models")
 async def list_models(request: Request) -> ModelList:
+    return ModelList(data=_cards(request))
+
+
+@routes.get("/models/{model:path}")
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    """One model (OpenAI's `models.retrieve`): an id, a remote target or a route, or an alias
+    (answered with the id it names); a 404 for any other name."""
+    cards = {c.id: c for c in _cards(request)}
+    card = cards.get(model)
+    if card is None:
+        with contextlib.suppress(RouterError):
+            card = cards.get(request.app.state.dispatcher.resolve(model))
+    if card is None:
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+    return card
+
+
+def _cards(request: Request) -> list[ModelCard]:
+    """Every model, remote target and route the request's API key may see."""
     manager = request.app.state.manager
     dispatcher = request.app.state.dispatcher
     manager.refresh()
@@ -162,4 +183,4 @@ async def list_models(request: Request) -> ModelList:
     cards = [ModelCard(id=s.id, created=s.source.identity.created) for s in manager.states()]
     cards += [ModelCard(id=t.id, created=started) for t in dispatcher.remotes()]
     cards += [ModelCard(id=r.name, created=started) for r in dispatcher.routes()]
-    return ModelList(data=[c for c in cards if visible(request, c.id)])  # the key's allow-list
+    return [c for c in cards if visible(request, c.id)]  # the key's allow-list
