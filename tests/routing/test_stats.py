@@ -57,6 +57,17 @@ def test_tokens_per_second_without_ttft_uses_the_whole_latency() -> None:
     assert stats.snapshot().tokens_per_second == pytest.approx(25.0)
 
 
+def test_an_answer_that_came_all_at_once_leaves_speed_as_it_was() -> None:
+    """A constrained tool call is held until whole: its first event is nearly its end, and
+    64 tokens in 10 ms is no decode speed (the next request would be routed by it)."""
+    stats = TargetStats()
+    stats.record_start()
+    stats.record_success(3.0, 100, ttft=1.0)
+    stats.record_start()
+    stats.record_success(2.0, 64, ttft=1.99)
+    assert stats.snapshot().tokens_per_second == pytest.approx(50.0)
+
+
 def test_no_tokens_leaves_speed_unmeasured() -> None:
     stats = TargetStats()
     stats.record_start()

@@ -33,6 +33,9 @@ class TargetSnapshot:
     cold_load_seconds: float = 0.0
 
 
+_MEASURED = 0.25  # decode speed counts when the tokens came over this share of the latency
+
+
 class TargetStats:
     """EWMA latency, time-to-first-token and decode speed, a sliding error window, and the
     target's current load. The router calls, per request:
@@ -82,11 +85,14 @@ class TargetStats:
         self, latency: float, completion_tokens: int, *, ttft: float | None = None
     ) -> None:
         """A request finished well after `latency` seconds. Decode speed is measured over the
-        time after the first token when `ttft` is given, over the whole latency otherwise."""
+        time after the first token when `ttft` is given, over the whole latency otherwise. An
+        answer whose text came nearly all at once at the end (a constrained tool call, held
+        until it is whole) says nothing of the decode speed: not counted (it read 77,000
+        tokens/s, and speed-priority routes by this)."""
         self._finish()
         self._latency = self._ewma(self._latency, latency)
         decode = latency - ttft if ttft is not None else latency
-        if completion_tokens > 0 and decode > 0:
+        if completion_tokens > 0 and decode > _MEASURED * latency:
             self._tps = self._ewma(self._tps, completion_tokens / decode)
         self._outcomes.append((self._clock(), True))
 
