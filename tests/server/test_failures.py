@@ -72,6 +72,7 @@ def test_truncated_model_reports_error_others_serve(
         (models / "notes.txt").write_text("not a model")
         entry = srv.wait_status("broken", "error", timeout=10)
         assert "truncated" in entry["status"]["error"]
+        assert str(models) not in entry["status"]["error"]  # GET /models shows no paths
         assert "notes" not in srv.models()
         client = make_client(srv)
         started = time.monotonic()
