@@ -395,3 +395,15 @@ async def test_a_requests_lifecycle_options_cannot_override_the_operator(tmp_pat
     async with app_client(tmp_path, autoload=False) as c:
         r = await c.post("/v1/chat/completions", json={**CHAT, "autoload": True})
         assert error(r, 400)["code"] == "model_not_loaded"
+
+
+async def test_ensemble_and_compare_refuse_a_stream_they_would_not_send(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """Their answers come together in one JSON body: `stream: true` is a 400 naming it, not a
+    JSON body an SSE client waits on for events."""
+    ask = {"targets": ["chat", "chat2"], "messages": CHAT["messages"], "stream": True}
+    for path in ("/v1/ensemble", "/v1/compare"):
+        r = await inproc.post(path, json=ask)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "stream" and "one JSON body" in r.text

@@ -46,6 +46,15 @@ class CompareRequest(ChatCompletionRequest):
             raise ValueError("name at least two different targets")
         return distinct
 
+    @field_validator("stream")
+    @classmethod
+    def _whole(cls, stream: bool) -> bool:
+        """The answers come together, in one JSON body: a stream asked for is refused rather
+        than silently not sent (the client would wait for events that never come)."""
+        if stream:
+            raise ValueError("the answers come in one JSON body: `stream` must be false here")
+        return stream
+
 
 class EnsembleRequest(CompareRequest):
     model: str = "ensemble"
