@@ -128,3 +128,22 @@ def test_configured_folder_with_options_and_explicit_engine(tmp_path: Path) -> N
     }
     assert (found["script"].format, found["script"].engine) == ("unknown", "fake")
     assert found["script"].error is None
+
+
+def test_an_entry_for_a_bundled_model_adds_to_its_preset(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """As a Modelfile FROM a library model: an entry that only adds aliases keeps the bundled
+    model's system prompt (the README's alias example dropped it, and SmolLM2 rambled); a
+    field the entry sets, even to null, wins."""
+    (tmp_path / "smol.gguf").symlink_to(smollm2_gguf)
+    presets = {"smol": ModelConfig(id="smol", system_prompt="Be brief.")}
+
+    def scanned(entry: dict[str, object]) -> ModelConfig:
+        settings = Settings(models_dir=tmp_path, models=[ModelConfig(id="smol", **entry)])
+        return Scanner(settings, presets=presets).scan()["smol"].config
+
+    aliased = scanned({"aliases": ["gpt-4o-mini"]})
+    assert aliased.system_prompt == "Be brief." and aliased.aliases == ["gpt-4o-mini"]
+    assert scanned({"system_prompt": "Answer in French."}).system_prompt == "Answer in French."
+    assert scanned({"system_prompt": None}).system_prompt is None

@@ -33,7 +33,7 @@ GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 MINILM_ID = "all-MiniLM-L6-v2"
 
 # Settings for the bundled models, as a Modelfile ships with a library model; a `models:` entry
-# with the same id replaces them. SmolLM2's own template injects "You are a helpful AI assistant
+# with the same id adds to them (what it sets wins). SmolLM2's own template injects "You are a helpful AI assistant
 # named SmolLM..." when a chat has no system message, and with it the 135M model rambles
 # (greedy: "L'Étoile, la Cité, ..." for the capital of France); a plain system prompt keeps it
 # on task ("The capital of France is Paris.").

@@ -111,9 +111,7 @@ class Scanner:
                     model_id,
                 )
                 continue
-            cfg = (
-                configured.get(model_id) or self._presets.get(model_id) or ModelConfig(id=model_id)
-            )
+            cfg = self._with_preset(configured.get(model_id), model_id)
             source = self._source(model_id, path, cfg, "models_dir")
             if source is not None:
                 found[model_id] = source
@@ -148,6 +146,18 @@ class Scanner:
         except (FileNotFoundError, NotADirectoryError):
             return []
         return [p for p in entries if not p.name.startswith(".") and (p.is_file() or p.is_dir())]
+
+    def _with_preset(self, entry: ModelConfig | None, model_id: str) -> ModelConfig:
+        """A bundled model's settings (`defaults.PRESETS`, as a library model's Modelfile),
+        with what its `models:` entry sets on top: an entry that adds aliases keeps the
+        preset's system prompt (it dropped it, and SmolLM2 rambled without it); a field the
+        entry sets, even to null, wins."""
+        preset = self._presets.get(model_id)
+        if preset is None or entry is None:
+            return entry or preset or ModelConfig(id=model_id)
+        return ModelConfig.model_validate(
+            {**preset.model_dump(exclude_unset=True), **entry.model_dump(exclude_unset=True)}
+        )
 
     def _source(
         self, model_id: str, path: Path, cfg: ModelConfig, origin: str
