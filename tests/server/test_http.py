@@ -407,3 +407,16 @@ async def test_ensemble_and_compare_refuse_a_stream_they_would_not_send(
         r = await inproc.post(path, json=ask)
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "stream" and "one JSON body" in r.text
+
+
+async def test_a_route_whose_targets_do_not_exist_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """Not a 503 with Retry-After (no wait makes a target appear): a 500 naming the route and
+    its targets."""
+    routes = [{"name": "bad", "targets": ["nope-model", "nope-two"]}]
+    async with app_client(tmp_path, routes=routes) as client:
+        r = await client.post("/v1/chat/completions", json={**CHAT, "model": "bad"})
+        assert r.status_code == 500 and "retry-after" not in r.headers, r.text
+        error = r.json()["error"]
+        assert error["code"] == "config_error" and "nope-model, nope-two" in error["message"]

@@ -26,7 +26,7 @@ import aiohttp
 
 from .. import tracing
 from ..config import Cost, RouteConfig, Settings
-from ..errors import BadRequest, ModelNotFound, RouterError, ServerBusy
+from ..errors import BadRequest, ConfigError, ModelNotFound, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, first_event, since, watch
@@ -191,6 +191,11 @@ class Dispatcher(Targets):
                 t = self.target(fallback)
                 if t not in ordered and (t.makes_tool_calls or not request.tools):
                     ordered.append(t)
+        if not ordered and not targets:  # not one name exists: no retry can help
+            raise ConfigError(
+                f"route '{name}' has no target that exists "
+                f"({', '.join(route.config.targets)}): check its targets in the configuration"
+            )
         if request.tools and not ordered and not any(t.makes_tool_calls for t in targets):
             raise BadRequest(f"no target of route '{name}' makes tool calls", param="tools")
         return ordered, why, route
