@@ -327,3 +327,16 @@ async def test_compare_and_ensemble_charge_every_target_they_ask(
         assert rows["judge"]["completion_tokens"] > 0
         r = await gw.client.get("/admin/keys/fan-out", headers=bearer(MASTER))
         assert r.json()["spent"] == pytest.approx(spent), r.json()
+
+
+async def test_loads_and_unloads_without_a_key_are_audited_with_no_actor(tmp_path: Path) -> None:
+    """`auth: off` (or loopback before any key): a load and an unload are in the audit log
+    all the same, with no actor (`null`, as a reload's), and a refused one is not."""
+    async with gateway_app(tmp_path, auth="off") as gw:
+        assert (await gw.client.post("/models/load", json={"model": "chat"})).status_code == 200
+        assert (await gw.client.post("/models/unload", json={"model": "chat"})).status_code == 200
+        missing = await gw.client.post("/models/load", json={"model": "nope"})
+        assert missing.status_code == 404
+        r = await gw.client.get("/admin/audit")
+        events = [(e["actor"], e["action"], e["subject"]) for e in reversed(r.json()["data"])]
+        assert events == [(None, "model.load", "chat"), (None, "model.unload", "chat")]

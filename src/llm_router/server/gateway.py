@@ -116,9 +116,13 @@ class GatewayMiddleware:
                 if client and not (client[0] in self.loopback or client[0].startswith("127.")):
                     await _refuse(scope, send, _no_keys())
                     return
-            if gw.store is not None and scope["type"] == "http" and self._inference(scope):
-                await serve_keyless(gw, self.app, scope, receive, send)  # usage, no key
-                return
+            if gw.store is not None and scope["type"] == "http":
+                if self._inference(scope):
+                    await serve_keyless(gw, self.app, scope, receive, send)  # usage, no key
+                    return
+                if scope.get("method") == "POST" and scope["path"] in _AUDITED:
+                    await self._audited_keyless(scope, receive, send)  # audit, no key
+                    return
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET")
@@ -156,7 +160,7 @@ class GatewayMiddleware:
                 if key.models is not None and need == "inference":
                     self._check_models(key, body)
             if need != "inference":
-                await self._call_admin(scope, receive, send, key, body)
+                await self._call_admin(scope, receive, send, key.name, body)
                 return
             gw.check_budget(key)
             admission = gw.limiter.admit_now(key) or await gw.limiter.admit(key)
@@ -167,8 +171,18 @@ class GatewayMiddleware:
             return
         await self._call_inference(scope, receive, send, key, admission)
 
+    async def _audited_keyless(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A load or unload served without a key (auth off, or a loopback client before any
+        key exists) is audited as a keyed one, with no actor (`null`, as a reload's)."""
+        try:
+            body, receive = await _buffer(receive)
+        except BodyTooLarge as exc:
+            await _refuse_raw(send, 413, str(exc.detail), "body_too_large")
+            return
+        await self._call_admin(scope, receive, send, None, body)
+
     async def _call_admin(
-        self, scope: Scope, receive: Receive, send: Send, key: ApiKey, body: bytes | None
+        self, scope: Scope, receive: Receive, send: Send, actor: str | None, body: bytes | None
     ) -> None:
         status = 0
 
@@ -182,7 +196,7 @@ class GatewayMiddleware:
         action = _AUDITED.get(scope["path"])
         if action and status == 200 and body is not None:
             model = _field(body, "model")
-            await self.gateway.audit(key.name, action, model if isinstance(model, str) else "")
+            await self.gateway.audit(actor, action, model if isinstance(model, str) else "")
 
     async def _call_inference(
         self, scope: Scope, receive: Receive, send: Send, key: ApiKey, admission: Any
