@@ -45,6 +45,7 @@ __all__ = ["ModelManager"]
 
 log = logging.getLogger(__name__)
 MiB = 2**20
+_SHUTDOWN = "the server is shutting down; retry on another server"  # told to requests cut
 
 
 class ModelManager(Leases, Admission, Reconfiguration):
@@ -112,9 +113,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
         await asyncio.gather(*loads, *self._tasks, return_exceptions=True)
         states = (*self.registry, *self.registry.leaving)
         workers = [s.worker for s in states if s.worker is not None]
-        why = "the server is shutting down; retry on another server"
         await asyncio.gather(
-            *(w.stop(timeout=2.0, why=why) for w in workers), return_exceptions=True
+            *(w.stop(timeout=2.0, why=_SHUTDOWN) for w in workers), return_exceptions=True
         )
         await self._pool.close()
 
@@ -325,7 +325,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.changed.wait(), left)
         except asyncio.CancelledError:  # close(): never leave a worker behind
-            await worker.stop(why="the server is shutting down; retry on another server")
+            await worker.stop(why=_SHUTDOWN)
             raise
         freed = state.memory_bytes
         grace = self.settings.unload_grace
