@@ -173,3 +173,43 @@ def test_penalties_cannot_trip_the_shortcut(case: int) -> None:
     finally:
         lc.llama_sampler_free(whole)
         ours.free()
+
+
+def _near_top_by_passes(logits: np.ndarray, need: int) -> np.ndarray | None:
+    """What near_top replaced: passes over the whole vocabulary for each threshold."""
+    top = float(logits.max())
+    if not np.isfinite(top):
+        return None
+    for span in sampling.SPANS:
+        ids = np.flatnonzero(logits >= top - span)
+        if len(ids) >= need:
+            return ids
+    return None
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_near_top_finds_what_a_pass_over_every_logit_finds(seed: int) -> None:
+    """Any vocabulary size (below one row, whole rows, a partial last row), logits spread
+    wide or narrow, ties, banned (-inf) and NaN logits, the maximum in the last partial row:
+    the same ids in the same order as thresholds over the whole array, or None alike."""
+    rng = np.random.default_rng(seed)
+    n_vocab = int(rng.choice([7, 300, 4096, 20000, 49152, 65536 + 11, 262144]))
+    width = min(int(rng.choice([64, 512, sampling.COLUMNS])), n_vocab)
+    logits = (rng.standard_normal(n_vocab) * rng.choice([1.0, 4.0, 20.0])).astype(np.float32)
+    if rng.random() < 0.3:
+        logits = np.round(logits)  # many equal logits
+    if rng.random() < 0.3:
+        logits[rng.choice(n_vocab, n_vocab // 2)] = -np.inf  # a mask, or banned tokens
+    if rng.random() < 0.2:
+        logits[-1] = logits.max() + rng.uniform(0, 40)  # the top in the partial last row
+    if rng.random() < 0.05:
+        logits[rng.integers(n_vocab)] = rng.choice([np.nan, np.inf, -np.inf])
+    if rng.random() < 0.03:
+        logits[:] = -np.inf
+    need = int(rng.choice([1, 40, 104, 1100, 5000]))
+    expected = _near_top_by_passes(logits, need)
+    found = sampling.near_top(logits, need, width)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None and found.tolist() == expected.tolist()

@@ -30,6 +30,7 @@ PENALTY_WINDOW = 64  # the last tokens the penalties look at (llama.cpp's `penal
 SPANS = (8.0, 16.0, 32.0)  # logit distances below the maximum tried for the candidates
 MAX_CANDIDATES = 4096  # at most this many candidates go to the chain: the highest
 MAX_TOP_K = 1024  # a wider top-k takes the whole vocabulary too
+COLUMNS = 32768  # near_top reads the logits as rows of this many
 
 
 class Sampler(Protocol):
@@ -99,6 +100,7 @@ class TopKFirstSampler:
         self._view = np.ctypeslib.as_array(self._data)
         self._array = lc.llama_token_data_array(data=self._data, size=0, selected=-1, sorted=False)
         self._array_ref = ctypes.byref(self._array)
+        self._width = min(COLUMNS, n_vocab)
         self.whole_vocabulary = 0  # tokens sampled the slow way, over every token
 
     def sample(self, ctx: Any, index: int) -> int:
@@ -140,21 +142,13 @@ class TopKFirstSampler:
 
     def _candidates(self, logits: np.ndarray) -> np.ndarray | None:
         """Token ids that hold the chain's top-k whatever the penalties do, or None."""
-        top = float(logits.max())
-        if not np.isfinite(top):
-            return None
         touched = np.unique(np.fromiter(self._recent, np.int64)) if self._recent else None
         need = self._k + (len(touched) if touched is not None else 0)
-        for span in SPANS:
-            mask = logits >= top - span
-            count = int(np.count_nonzero(mask))
-            if count >= need:
-                break
-        else:
+        ids = near_top(logits, need, self._width)
+        if ids is None:
             return None
-        ids = np.flatnonzero(mask)
-        if count > MAX_CANDIDATES:  # the highest of them (need <= MAX_TOP_K + the window)
-            cut = count - MAX_CANDIDATES
+        if len(ids) > MAX_CANDIDATES:  # the highest of them (need <= MAX_TOP_K + the window)
+            cut = len(ids) - MAX_CANDIDATES
             ids = ids[np.argpartition(logits[ids], cut)[cut:]]
         return ids if touched is None else np.union1d(ids, touched)
 
@@ -162,6 +156,37 @@ class TopKFirstSampler:
         if self._chain is not None:
             lc.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def near_top(logits: np.ndarray, need: int, width: int) -> np.ndarray | None:
+    """The ids, ascending, of the logits at least as high as the maximum less the first of
+    SPANS that takes `need` of them; None when the maximum is not finite or even the widest
+    takes fewer.
+
+    The logits are read as rows of `width` (a partial last row apart): one pass takes each
+    column's maximum, and only the columns whose maximum is near the top are looked at
+    again. Passes over the whole vocabulary (its maximum, the threshold, the count, the ids)
+    were most of a sampled token's cost, each reading the logits the decode has just written
+    from memory: on Gemma's 262k real logits this takes 114 us where they took 163 (a plain
+    maximum alone: 66), and sampling 8 streams 1.78 ms a step instead of 2.00
+    (bench/sampling.py). Narrower rows gather more scattered columns and are slower."""
+    end = len(logits) - len(logits) % width
+    rows = logits[:end].reshape(-1, width)
+    peaks = rows.max(axis=0)
+    tail = logits[end:]
+    top = np.maximum(peaks.max(), tail.max()) if len(tail) else peaks.max()
+    if not np.isfinite(top):
+        return None
+    for span in SPANS:
+        floor = float(top) - span
+        hot = np.flatnonzero(peaks >= floor)
+        row, col = np.nonzero(np.take(rows, hot, axis=1) >= floor)
+        ids = row * width + hot[col]  # row by row, each row's columns ascending: ascending
+        if len(tail):
+            ids = np.concatenate((ids, np.flatnonzero(tail >= floor) + end))
+        if len(ids) >= need:
+            return ids
+    return None
 
 
 def plain_greedy(p: SamplingParams) -> bool:
