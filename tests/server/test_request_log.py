@@ -167,3 +167,24 @@ def test_another_handler_or_a_filter_takes_the_usual_way() -> None:
     handler.filters.clear()
     logger.addHandler(logging.StreamHandler(io.StringIO()))
     assert sole_json_handler(logger) is None
+
+
+def test_the_text_line_names_each_field_once() -> None:
+    """The human-readable line (log_format: text): a route's decision already reads
+    "route=auto strategy=...", and is not written "route=route=auto"; other fields are
+    name=value."""
+    fields = {
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "duration_ms": 3.5,
+        "model": "auto",
+        "route": "route=auto strategy=balanced",
+        "request_id": "r1",
+    }
+    line = str(request_log._Line(fields))
+    assert line == (
+        "POST /v1/chat/completions 200 duration_ms=3.5 model=auto "
+        "route=auto strategy=balanced request_id=r1"
+    )
+    assert str(request_log._Line({**fields, "route": "direct"})).count("route=direct") == 1

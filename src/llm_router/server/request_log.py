@@ -94,9 +94,16 @@ class _Line:
 
     def __str__(self) -> str:
         rest = " ".join(
-            f"{k}={v}" for k, v in self.fields.items() if k not in ("method", "path", "status")
+            _pair(k, v) for k, v in self.fields.items() if k not in ("method", "path", "status")
         )
         return f"{self.summary} {rest}"
+
+
+def _pair(name: str, value: Any) -> str:
+    """`name=value`, or the value alone when it starts with `name=` already (a route's
+    decision, "route=auto strategy=balanced ...", is not written "route=route=auto")."""
+    text = str(value)
+    return text if text.startswith(f"{name}=") else f"{name}={text}"
 
 
 class Texts:
