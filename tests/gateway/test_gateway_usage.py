@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -340,3 +341,20 @@ async def test_loads_and_unloads_without_a_key_are_audited_with_no_actor(tmp_pat
         r = await gw.client.get("/admin/audit")
         events = [(e["actor"], e["action"], e["subject"]) for e in reversed(r.json()["data"])]
         assert events == [(None, "model.load", "chat"), (None, "model.unload", "chat")]
+
+
+async def test_start_up_says_once_what_the_migration_did(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh database: one line of ours naming the revisions run, none of Alembic's INFO
+    lines (they came at every start and from every `keys` command); an up-to-date one:
+    nothing at INFO."""
+    caplog.set_level(logging.INFO)
+    for _ in range(2):
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+        await store.migrate()
+        await store.close()
+    lines = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [n for n, _ in lines if n.startswith("alembic")], lines
+    migrated = [m for _, m in lines if "migrated" in m]
+    assert len(migrated) == 1 and "-> 0001" in migrated[0], lines

@@ -8,14 +8,12 @@ schema current and do nothing)."""
 from __future__ import annotations
 
 import fcntl
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -23,6 +21,7 @@ __all__ = ["MIGRATIONS", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_ID = 0x6C6C6D72  # "llmr"
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -50,16 +49,39 @@ def _locked(conn: Connection) -> Iterator[None]:
 
 def upgrade(conn: Connection) -> None:
     """Run every migration the database has not had yet (blocks: call through `run_sync`)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    script = ScriptDirectory.from_config(config)
+    ran: list[str] = []
+    with _quiet(logging.getLogger("alembic")):  # its imports log too
+        from alembic.config import Config
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.script import ScriptDirectory
 
-    def steps(revision: Any, _context: Any) -> Any:
-        return script._upgrade_revs("head", revision)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        script = ScriptDirectory.from_config(config)
 
-    with _locked(conn):
-        with EnvironmentContext(config, script, fn=steps, destination_rev="head") as env:
-            env.configure(connection=conn)
-            with env.begin_transaction():
-                env.run_migrations()
-        conn.commit()
+        def steps(revision: Any, _context: Any) -> Any:
+            todo = script._upgrade_revs("head", revision)
+            ran.extend(step.short_log for step in todo)
+            return todo
+
+        with _locked(conn):
+            with EnvironmentContext(config, script, fn=steps, destination_rev="head") as env:
+                env.configure(connection=conn)
+                with env.begin_transaction():
+                    env.run_migrations()
+            conn.commit()
+    if ran:
+        log.info("gateway database migrated: %s", "; ".join(ran))
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Alembic's INFO lines ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.",
+    its plugins) came at every start and from every `keys` command; one line of ours says
+    what ran."""
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
