@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import math
 import os
 import re
@@ -218,10 +219,15 @@ async def test_failed_load_is_sticky_until_loaded_explicitly(
     manager = await harness.manager([cfg])
     events = Events(manager)
     state = manager.resolve("a")
-    with pytest.raises(ModelLoadFailed, match="told to fail"):
+    caplog.set_level(logging.WARNING, logger="llm_router")
+    with pytest.raises(ModelLoadFailed, match="told to fail") as raised:
         await bounded(harness.generate(manager, "a"))
     assert state.status == Status.ERROR
     assert state.error is not None and "told to fail" in state.error
+    # Clients read the file's name, not where it is; the operator's log has the whole path.
+    assert cfg.path is not None and cfg.path.name in state.error
+    assert str(cfg.path.parent) not in state.error + raised.value.message
+    assert any(str(cfg.path) in r.getMessage() for r in caplog.records)
     assert events.count("error", "a") == 1
     # Later requests fail at once from the recorded error: no second load is attempted.
     for _ in range(3):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,12 @@ class ModelSource:
     def task(self) -> str | None:
         """The task, "generate" or "embed"; None when unknown (the engine decides)."""
         return self.info.task if self.info else None
+
+    def public(self, text: str) -> str:
+        """`text` (an error) without the directory the model is in: clients read the file's
+        name, not where it is (README's Security table: no paths); the server's log keeps
+        the whole path for its operator."""
+        return text.replace(f"{self.path.parent}{os.sep}", "")
 
 
 @dataclass(frozen=True, slots=True)

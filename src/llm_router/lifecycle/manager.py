@@ -218,7 +218,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             state.sticky = not isinstance(exc, LoadInterrupted)  # no autoload retry: its file
             state.failed_at = asyncio.get_running_loop().time()
             state.set_status(Status.ERROR, exc.message)
-            self.events.publish("error", state.id, error=exc.message)
+            self.events.publish("error", state.id, error=state.error)
             log.warning(
                 "model %s failed to load after %.2f s: %s",
                 state.id,
@@ -368,7 +368,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             state.drain_allowed.clear()
             message = f"{reason}; the next request loads it again"
             state.set_status(Status.ERROR, message)
-            self.events.publish("error", state.id, error=message)
+            self.events.publish("error", state.id, error=state.error)
             log.warning("model %s: %s", state.id, message)
             self._room_changed()
 

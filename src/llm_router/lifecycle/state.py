@@ -94,8 +94,9 @@ class ModelState:
             self.unload_handle = None
 
     def set_status(self, status: Status, error: str | None = None) -> None:
+        """`error` is kept as clients may read it (ModelSource.public)."""
         self.status = status
-        self.error = error
+        self.error = None if error is None else self.source.public(error)
         self.notify()
 
     def notify(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,11 +42,8 @@ def describe(snap: ModelSnapshot) -> dict[str, Any]:
     """A model in llama.cpp router's `GET /models` shape (fields added, never renamed)."""
     source, info = snap.source, snap.source.info
     status: dict[str, Any] = {"value": snap.status.value}
-    if snap.error:  # the file's name, not where it is (no paths: README's Security table)
-        error = (
-            snap.error.replace(f"{source.path.parent}{os.sep}", "") if source.path else snap.error
-        )
-        status.update(error=error, failed=True)
+    if snap.error:  # the file's name, not where it is (ModelSource.public)
+        status.update(error=snap.error, failed=True)
     if snap.queue_position is not None:
         status["queue_position"] = snap.queue_position
     if snap.draining:
