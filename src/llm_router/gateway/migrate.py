@@ -61,7 +61,7 @@ def upgrade(conn: Connection) -> None:
 
         def steps(revision: Any, _context: Any) -> Any:
             todo = script._upgrade_revs("head", revision)
-            ran.extend(step.short_log for step in todo)
+            ran.extend(" ".join(step.short_log.split()) for step in todo)
             return todo
 
         with _locked(conn):

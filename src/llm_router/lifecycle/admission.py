@@ -177,8 +177,10 @@ class Admission:
                 state.draining = True
                 state.drain_allowed = set(state.waiters)
                 log.info(
-                    "model %s drains: it serves its %d queued request(s), then makes room for %s",
+                    "model %s drains: it finishes its %d running and %d queued request(s), "
+                    "then makes room for %s",
                     state.id,
+                    state.active,
                     len(state.waiters),
                     self._admission[0].id if self._admission else "a load",
                 )
