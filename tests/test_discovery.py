@@ -147,3 +147,24 @@ def test_an_entry_for_a_bundled_model_adds_to_its_preset(
     assert aliased.system_prompt == "Be brief." and aliased.aliases == ["gpt-4o-mini"]
     assert scanned({"system_prompt": "Answer in French."}).system_prompt == "Answer in French."
     assert scanned({"system_prompt": None}).system_prompt is None
+
+
+def test_an_unusable_model_is_logged_once_by_the_scan_that_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The look before the server's own scan (provisioning, early spare workers) is quiet:
+    at start the same warning came three times. The serving scan warns once, and not again
+    while the file stays as it is."""
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text(json.dumps(LLAMA))
+    settings = Settings(models_dir=tmp_path, provision_default_models=False)
+    caplog.set_level("WARNING", logger="llm_router")
+    assert Scanner(settings, quiet=True).scan()["no-weights"].error
+    assert not caplog.records
+    scanner = Scanner(settings)
+    scanner.scan()
+    scanner.scan()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model {tmp_path / 'no-weights'} is unusable: config.json but no weights "
+        "(*.safetensors or pytorch_model.bin)"
+    ]

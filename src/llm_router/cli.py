@@ -163,7 +163,7 @@ def _early_spares(settings: Settings) -> Any:
 
     pool = WorkerPool(settings.spare_workers)
     try:
-        engines = {s.engine for s in Scanner(settings).scan().values() if not s.error}
+        engines = {s.engine for s in Scanner(settings, quiet=True).scan().values() if not s.error}
         pool.start_early(engines)
     except OSError as exc:  # a best effort: the pool starts spares later anyway
         log.warning("could not start spare workers early: %s", exc)

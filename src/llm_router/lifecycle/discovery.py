@@ -97,10 +97,18 @@ class _Found:
 
 class Scanner:
     """Scans the models directory and the configured entries. Not thread-safe; call from the
-    event loop (a scan is a listdir and a stat per file; new or changed models are read)."""
+    event loop (a scan is a listdir and a stat per file; new or changed models are read).
+    `quiet`: an unusable model is not logged (a look before the server's own scan, which
+    says it: the same warning came three times at every start)."""
 
-    def __init__(self, settings: Settings, presets: dict[str, ModelConfig] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        presets: dict[str, ModelConfig] | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.settings = settings
+        self.quiet = quiet
         self._presets = PRESETS if presets is None else presets
         self._cache: dict[Path, _Found] = {}
         self._ignored: dict[Path, Identity] = {}
@@ -178,6 +186,10 @@ class Scanner:
         cached = self._cache.get(path)
         if cached is None or cached.identity != identity:
             cached = self._read(path, identity)
+            if cached.error is not None and not self.quiet:
+                log.warning(
+                    "model %s is unusable: %s", path, cached.error.removeprefix(f"{path}: ")
+                )
             self._cache[path] = cached
         if cached.detected is None and cached.error is None:
             if not explicit:
@@ -200,7 +212,6 @@ class Scanner:
         try:
             described = describe(path)
         except InvalidModelFile as exc:
-            log.warning("model %s is unusable: %s", path, exc.message.removeprefix(f"{path}: "))
             return _Found(identity, None, None, exc.message)
         except OSError as exc:  # vanished or unreadable between the stat and the read
             return _Found(identity, None, None, f"{path}: cannot read: {exc}")
@@ -229,7 +240,7 @@ def _format_by_name(path: Path) -> str:
 def ensure_models(settings: Settings) -> None:
     """Provision the bundled models when the models directory holds none (and the settings
     allow it): what `serve`, `run` and the Python API do before they start."""
-    if not settings.provision_default_models or Scanner(settings).scan():
+    if not settings.provision_default_models or Scanner(settings, quiet=True).scan():
         return
     log.info("no model in %s: provisioning the bundled models", settings.models_dir)
     if not defaults.provision(settings.models_dir):
