@@ -420,3 +420,19 @@ async def test_a_route_whose_targets_do_not_exist_is_a_configuration_error(
         assert r.status_code == 500 and "retry-after" not in r.headers, r.text
         error = r.json()["error"]
         assert error["code"] == "config_error" and "nope-model, nope-two" in error["message"]
+
+
+async def test_loading_a_broken_file_names_the_file_not_its_directory(tmp_path: Path) -> None:
+    """POST /models/load of a model whose file is broken: the answer names the file and why,
+    not the directory it is in (README's Security table: no paths)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    async with app_client(models) as client:
+        r = await client.post("/models/load", json={"model": "broken"})
+        message = r.json()["error"]["message"]
+        assert r.status_code >= 400 and "broken.safetensors" in message, message
+        assert str(models) not in message
+        listed = (await client.get("/models")).json()["data"]
+        error = next(m for m in listed if m["id"] == "broken")["status"]["error"]
+        assert "broken.safetensors" in error and str(models) not in error

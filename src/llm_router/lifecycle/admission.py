@@ -72,7 +72,8 @@ class Admission:
         and metrics."""
         state = self.resolve(name)
         if state.source.error is not None:
-            raise ModelLoadFailed(f"model '{state.id}' cannot be loaded: {state.source.error}")
+            reason = state.source.public(state.source.error)  # no paths for clients
+            raise ModelLoadFailed(f"model '{state.id}' cannot be loaded: {reason}")
         if state.status in (Status.UNLOADED, Status.ERROR, Status.WAITING, Status.LOADING):
             state.load_requested = True
         if state.status in (Status.UNLOADED, Status.ERROR):
