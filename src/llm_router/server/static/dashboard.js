@@ -202,19 +202,27 @@ function setLive(on, text) {
   el.textContent = text || (on ? "live" : "reconnecting");
 }
 
-function notice(text) {
-  $("notice").hidden = !text;
-  $("notice").textContent = text || "";
+// The notice line holds one text of each kind: the listing's ("listing": memory over the
+// budget, a refused listing or events stream) and the last button's refusal ("action"). The
+// listing's is rewritten at every model event; an action's stays until the next action.
+const notices = new Map();
+function notice(text, kind = "listing") {
+  if (text) notices.set(kind, text);
+  else notices.delete(kind);
+  const all = [...notices.values()];
+  $("notice").hidden = all.length === 0;
+  $("notice").textContent = all.join(" ");
 }
 
 // A button's action: whatever fails (a refusal, a 403 for a key without `admin`, the network)
 // is shown in the notice, never thrown into the page.
 async function modelAction(path, body) {
+  notice("", "action");
   try {
     const res = await api(path, { method: "POST", json: body });
-    if (!res.ok) notice(await errorText(res));
+    if (!res.ok) notice(await errorText(res), "action");
   } catch (err) {
-    notice(err.message);
+    notice(err.message, "action");
   }
 }
 
@@ -222,7 +230,9 @@ function loadModel(id) {
   return modelAction("/models/load", { model: id });
 }
 
-function unloadModel(entry) {
+function unloadModel(id) {
+  const entry = state.models.get(id);
+  if (!entry) return Promise.resolve();
   let force = false;
   if (entry.pinned) {
     if (!confirm(`${entry.id} is pinned. Unload it anyway?`)) return Promise.resolve();
@@ -274,7 +284,7 @@ function modelRow(m) {
         "span",
         { class: "actions" },
         h("button", { type: "button", class: "load", disabled: live || status === "unloading", onclick: () => loadModel(m.id) }, "Load"),
-        h("button", { type: "button", class: "unload", disabled: !live, onclick: () => unloadModel(m) }, "Unload"),
+        h("button", { type: "button", class: "unload", disabled: !live, onclick: () => unloadModel(m.id) }, "Unload"),
       );
   const facts = remote
     ? [m.provider, m.upstream_model]
@@ -300,8 +310,24 @@ function modelRow(m) {
   );
 }
 
+// Redrawn at every metrics sample (2 s) and model event: a row's cells are replaced only where
+// they changed, so a button pressed or a text selected across a redraw is still there.
 function renderModels() {
-  $("models").replaceChildren(...[...state.models.values()].map(modelRow));
+  const table = $("models");
+  const old = new Map([...table.children].map((tr) => [tr.dataset.model, tr]));
+  const rows = [...state.models.values()].map((m) => {
+    const row = modelRow(m);
+    const kept = old.get(m.id);
+    if (!kept || kept.children.length !== row.children.length) return row;
+    [...row.children].forEach((cell, i) => {
+      if (!kept.children[i].isEqualNode(cell)) kept.children[i].replaceWith(cell);
+    });
+    return kept;
+  });
+  rows.forEach((row, i) => {
+    if (table.children[i] !== row) table.insertBefore(row, table.children[i] || null);
+  });
+  while (table.children.length > rows.length) table.lastChild.remove();
 }
 
 function renderRoutes() {
