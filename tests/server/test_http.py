@@ -280,6 +280,12 @@ async def test_the_api_document_resolves_and_documents_errors(inproc: httpx.Asyn
     for path in ("/v1/ensemble", "/v1/compare"):
         op = doc["paths"][path]["post"]
         assert "422" not in op["responses"] and "400" in op["responses"]
+    # /docs offers "Authorize" (a bearer key) and sends it with the guarded operations only
+    schemes = doc["components"]["securitySchemes"]
+    assert [(s["type"], s["scheme"]) for s in schemes.values()] == [("http", "bearer")]
+    guarded = [doc["paths"][p][m] for p, m in [("/v1/models", "get"), ("/models/load", "post")]]
+    assert all(op["security"] == [{name: []} for name in schemes] for op in [chat, *guarded])
+    assert "security" not in doc["paths"]["/health"]["get"]
 
 
 async def test_client_chosen_names_never_become_metric_labels(inproc: httpx.AsyncClient) -> None:

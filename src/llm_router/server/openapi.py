@@ -27,6 +27,14 @@ from ..protocol import (
 __all__ = ["document"]
 
 REF = "#/components/schemas/{model}"
+BEARER = "apiKey"
+_BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key (`sk-llmr-...`, `llm-router keys create`) or the master key "
+    "(`LLM_ROUTER_MASTER_KEY`), as `Authorization: Bearer KEY`. Needed once a key exists; "
+    "without any, clients on this machine are served without one.",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ def document(app: FastAPI) -> dict[str, Any]:
     for hot in HOT:
         schema["paths"][hot.path] = {"post": _hot_operation(hot, refs)}
     components["ErrorResponse"] = _ERROR_SCHEMA
+    schema["components"]["securitySchemes"] = {BEARER: _BEARER_SCHEME}
     for path, item in schema["paths"].items():
         for method, operation in item.items():
             _document_errors(path, method, operation)
@@ -146,6 +155,7 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     statuses.append(503)  # a draining server refuses every new request
     if required_scope(method.upper(), path) is not None:
         statuses += (401, 403)
+        operation["security"] = [{BEARER: []}]  # /docs: "Authorize", then "Try it out"
     if method == "post":
         statuses += _WITH_BODY
     if (path.startswith("/v1/") and method == "post") or path in ("/models/load", *_LLAMA):
