@@ -267,7 +267,14 @@ class _ModelCollector(Collector):
                     counter.add_metric([s.id], info[k])
         budget = GaugeMetricFamily("llm_router_memory_budget_bytes", "Memory budget")
         budget.add_metric([], self._manager.budget)
-        yield from (status, memory, active, queued, budget, *gauges.values(), *counters.values())
+        used = GaugeMetricFamily(
+            "llm_router_memory_used_bytes",
+            "Memory counted against the budget: the models' workers (measured, or estimated "
+            "while loading) and the spare workers",
+        )
+        used.add_metric([], self._manager.memory_used())
+        yield from (status, memory, active, queued, budget, used)
+        yield from (*gauges.values(), *counters.values())
 
 
 class _BreakerCollector(Collector):

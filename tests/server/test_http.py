@@ -442,3 +442,18 @@ async def test_loading_a_broken_file_names_the_file_not_its_directory(tmp_path: 
         listed = (await client.get("/models")).json()["data"]
         error = next(m for m in listed if m["id"] == "broken")["status"]["error"]
         assert "broken.safetensors" in error and str(models) not in error
+
+
+async def test_metrics_count_memory_as_the_budget_does(inproc: httpx.AsyncClient) -> None:
+    """`llm_router_memory_used_bytes` is what GET /models says is used (the models' workers
+    and the spare workers: what the budget counts); the dashboard's memory bar reads it, and
+    showed the models' sum alone to an admin, the whole to a key without `admin`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert (await inproc.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    listing = (await inproc.get("/models")).json()
+    families = {
+        f.name: f for f in text_string_to_metric_families((await inproc.get("/metrics")).text)
+    }
+    [used] = families["llm_router_memory_used_bytes"].samples
+    assert used.value == listing["memory_used_bytes"] > 0

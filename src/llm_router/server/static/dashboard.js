@@ -251,7 +251,7 @@ function render() {
 }
 
 function renderMemory() {
-  const used = sumGauge("memory_bytes") ?? state.used;
+  const used = state.used; // what the budget counts (spare workers too), as GET /models says
   const pct = state.budget ? Math.min(100, (100 * used) / state.budget) : 0;
   $("memory-fill").style.width = `${pct}%`;
   $("memory-fill").className = pct > 90 ? "fill hot" : "fill";
@@ -261,11 +261,6 @@ function renderMemory() {
 function gauge(name, model) {
   const g = state.gauges[name];
   return g && model in g ? g[model] : undefined;
-}
-
-function sumGauge(name) {
-  const g = state.gauges[name];
-  return g ? Object.values(g).reduce((a, b) => a + b, 0) : undefined;
 }
 
 function modelRow(m) {
@@ -396,6 +391,7 @@ function summarize(samples) {
     ttftSum: sum("llm_router_time_to_first_token_seconds_sum"),
     ttftCount: sum("llm_router_time_to_first_token_seconds_count"),
     fallbacks: samples.filter((s) => s.name === "llm_router_fallbacks_total"),
+    memoryUsed: samples.find((s) => s.name === "llm_router_memory_used_bytes")?.value,
     gauges: {
       slots_busy: byModel("llm_router_engine_slots_busy"),
       parallel: byModel("llm_router_engine_parallel"),
@@ -414,6 +410,7 @@ function sample(now) {
   const prev = state.last;
   state.last = now;
   state.gauges = now.gauges;
+  if (now.memoryUsed !== undefined) state.used = now.memoryUsed; // as GET /models counts it
   if (!prev) return;
   const dt = (now.time - prev.time) / 1000;
   const rate = (k) => Math.max(0, now[k] - prev[k]) / dt;
