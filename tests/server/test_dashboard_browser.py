@@ -167,6 +167,36 @@ def test_a_401_asks_for_a_key_then_every_call_sends_it(page: Page, dash: Server)
     assert page.evaluate("localStorage.getItem('llm-router-key')") == "sk-test"
 
 
+def test_a_refused_turn_leaves_the_playground_history(page: Page, dash: Server) -> None:
+    """A question the server refused is not sent again as history with the next one (the
+    next request carried both, one unanswered user turn after another)."""
+    sent: list[list[dict[str, str]]] = []
+
+    def refuse_first(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}")["messages"])
+        if len(sent) > 1:
+            route.continue_()
+            return
+        error = {"message": "try later", "type": "server_error", "param": None,
+                 "code": "server_busy"}  # fmt: skip
+        route.fulfill(
+            status=503, content_type="application/json", body=json.dumps({"error": error})
+        )
+
+    page.route("**/v1/chat/completions", refuse_first)
+    page.goto(dash.url + "/#playground")
+    expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
+    page.select_option("#pg-model", SMOL)
+    page.fill("#pg-max-tokens", "4")
+    page.fill("#pg-input", "First question")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#pg-messages")).to_contain_text("error: try later")
+    page.fill("#pg-input", "Second question")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("[data-role=served-by]")).to_be_visible(timeout=60_000)
+    assert [m["content"] for m in sent[1] if m["role"] == "user"] == ["Second question"]
+
+
 def _models_dir(srv: Server) -> str:
     import yaml
 

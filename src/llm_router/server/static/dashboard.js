@@ -558,6 +558,10 @@ async function send(ev) {
   ev.preventDefault();
   const text = $("pg-input").value.trim();
   if (!text || state.abort) return;
+  if (!$("pg-model").value) {
+    $("pg-stats").textContent = "No model to ask: the list of models needs a key with the 'read' scope.";
+    return;
+  }
   $("pg-input").value = "";
   state.chat.push({ role: "user", content: text });
   addMessage("user", text);
@@ -611,7 +615,10 @@ async function send(ev) {
     }
     $("pg-stats").textContent = err.name === "AbortError" ? "stopped" : "";
   } finally {
+    // a turn without an answer (refused, failed, stopped at once) leaves the history: the
+    // next question would follow the unanswered one
     if (answer) state.chat.push({ role: "assistant", content: answer });
+    else state.chat.pop();
     state.abort = null;
     $("pg-send").disabled = false;
     $("pg-stop").disabled = true;
