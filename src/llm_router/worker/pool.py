@@ -81,7 +81,7 @@ class WorkerPool:
                 spare = await Spare.spawn(engine)
             except OSError as exc:  # the machine's doing (killed, out of processes), not the file's
                 raise LoadInterrupted(
-                    f"its worker process failed to start ({exc}); the next request loads it again"
+                    f"its worker process failed to start: {exc}; the next request loads it again"
                 ) from None
             self._note(spare)
         return await Worker.start(spare, spec, timeout=timeout, on_exit=on_exit, on_info=on_info)

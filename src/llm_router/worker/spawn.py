@@ -136,12 +136,12 @@ class Spare:
             writer.close()
             await kill_and_wait(proc)
             if isinstance(exc, ValueError):
-                raise OSError(f"worker process spoke garbage at start: {exc}") from None
+                raise OSError(f"it wrote garbage at start: {exc}") from None
             raise
         if first.get("op") != "spare":
             writer.close()
             code = await kill_and_wait(proc)
-            raise OSError(f"worker process failed to start: {describe_exit(code)}")
+            raise OSError(describe_exit(code))  # the pool says it was the worker's start
         rss = first.get("rss")
         return cls(engine, proc, reader, writer, rss if isinstance(rss, int) else None)
 
