@@ -394,3 +394,51 @@ def test_reloads_while_serving_keep_the_limits_and_end_every_request(
     run = simulate(scenario)
     _check_outcomes(scenario, run)
     assert run.final_resident <= scenario.reloads[-1][1]
+
+
+def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None:
+    """An unload waits for a request in flight (unload_grace); the worker dies meanwhile, and
+    the next request loads the model again. When the unload's wait ends, the new worker stays
+    the model's: it was taken for the old one's and lost (a process nobody tracked, the model
+    `unloaded` while it ran)."""
+
+    async def main() -> None:
+        folder = Path(tempfile.mkdtemp())
+        path = folder / "a.json"
+        path.write_text(json.dumps({"load_seconds": 0.5, "token_seconds": 0.01}))
+        manager = ModelManager(
+            Settings(
+                models_dir=folder,
+                models=[ModelConfig(id="a", path=path, engine="fake")],
+                watch_interval=0,
+                provision_default_models=False,
+                spare_workers=False,
+                unload_grace=10,
+            ),
+            pool=SimPool(),
+        )
+        await manager.start()
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def in_flight() -> None:
+            async with manager.lease("a"):
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(in_flight())
+        await held.wait()
+        state = manager.resolve("a")
+        first = state.worker
+        assert first is not None
+        unloading = asyncio.create_task(manager.unload("a"))
+        await asyncio.sleep(0.1)  # in its grace, for the request in flight
+        first.crash()  # type: ignore[attr-defined]
+        async with manager.lease("a") as second:  # the next request loads it again
+            assert second is not first
+        release.set()
+        await holder
+        await unloading
+        assert state.worker is second and state.status == Status.LOADED
+        await manager.close()
+
+    run_virtual(main)

@@ -334,6 +334,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
             f"requests in flight get unload_grace ({grace:g} s); retry"
         )
         self._threads.forget(worker)
+        if state.worker is not worker and (state.worker is not None or state.load_task):
+            return  # it died in the grace and is loading or loaded again: that is the model
         state.worker = None
         state.memory_bytes = None
         state.loaded_at = None
