@@ -435,7 +435,8 @@ async def test_a_load_killed_from_outside_is_not_held_against_the_model(
     await asyncio.sleep(0.5)  # most likely in the engine's load by now (it takes 1 s)
     for child in _worker_children():
         child.kill()
-    with pytest.raises(LoadInterrupted, match=r"SIGKILL.*; the next request loads it again"):
+    # (code 255: asyncio lost the killed process's exit status, seen once under load)
+    with pytest.raises(LoadInterrupted, match=r"(SIGKILL|code 255).*; the next request loads it"):
         await bounded(first)
     assert state.status == Status.ERROR and not state.sticky
     text, _, _ = await bounded(harness.generate(manager, "a"))

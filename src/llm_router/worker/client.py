@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 # Signals that stop a loading worker from outside (the OOM killer's SIGKILL, a person's
 # SIGTERM or Ctrl-C): the file is not to blame. A crash (SIGSEGV, SIGABRT) is held against it.
 _INTERRUPTED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
+# asyncio's child watcher reports 255 for a child whose exit status it could not collect
+# ("Unknown child process pid N, will report returncode 255"): seen once for a worker
+# SIGKILLed while loading, on a busy machine. No more the file's doing than a kill.
+_STATUS_LOST = 255
 
 # What the worker sends one request.
 WorkerEvent = TextDelta | PromptLogprobs | Finished | Embeddings | Reply | RouterError
@@ -126,7 +130,7 @@ class Worker:
                 if type(err) is RouterError:
                     err = ModelLoadFailed(err.message)
                 raise err
-            if code is not None and -code in _INTERRUPTED:  # killed by someone, not by its file
+            if code is not None and (-code in _INTERRUPTED or code == _STATUS_LOST):  # not its file
                 raise LoadInterrupted(
                     f"its {describe_exit(code)} while loading; the next request loads it again"
                 )
