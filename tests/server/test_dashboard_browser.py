@@ -139,6 +139,12 @@ def test_a_model_added_to_the_directory_appears(page: Page, dash: Server, gemma_
     expect(row).to_contain_text("Q4_K_M")
 
 
+def _refuse(route: Route, status: int, message: str, type_: str, code: str) -> None:
+    """Answer `route` as the server refuses: OpenAI's error envelope."""
+    error = {"message": message, "type": type_, "param": None, "code": code}
+    route.fulfill(status=status, content_type="application/json", body=json.dumps({"error": error}))
+
+
 def test_a_401_asks_for_a_key_then_every_call_sends_it(page: Page, dash: Server) -> None:
     """Stands in for the API-key gateway: /models answers 401 without the right key."""
     seen: list[str | None] = []
@@ -149,11 +155,7 @@ def test_a_401_asks_for_a_key_then_every_call_sends_it(page: Page, dash: Server)
         if auth == "Bearer sk-test":
             route.continue_()
             return
-        error = {"message": "a key is needed", "type": "invalid_request_error", "param": None,
-                 "code": "invalid_api_key"}  # fmt: skip
-        route.fulfill(
-            status=401, content_type="application/json", body=json.dumps({"error": error})
-        )
+        _refuse(route, 401, "a key is needed", "invalid_request_error", "invalid_api_key")
 
     page.route("**/models", gate)
     page.goto(dash.url)
@@ -177,11 +179,7 @@ def test_a_refused_turn_leaves_the_playground_history(page: Page, dash: Server) 
         if len(sent) > 1:
             route.continue_()
             return
-        error = {"message": "try later", "type": "server_error", "param": None,
-                 "code": "server_busy"}  # fmt: skip
-        route.fulfill(
-            status=503, content_type="application/json", body=json.dumps({"error": error})
-        )
+        _refuse(route, 503, "try later", "server_error", "server_busy")
 
     page.route("**/v1/chat/completions", refuse_first)
     page.goto(dash.url + "/#playground")
