@@ -195,6 +195,34 @@ def test_a_refused_turn_leaves_the_playground_history(page: Page, dash: Server) 
     assert [m["content"] for m in sent[1] if m["role"] == "user"] == ["Second question"]
 
 
+def test_empty_settings_leave_the_model_its_defaults(page: Page, dash: Server) -> None:
+    """An emptied temperature or max-tokens field is left out of the request (it was sent as
+    0: greedy decoding, and a max_tokens the server refuses), and the answer still streams."""
+    bodies: list[dict[str, object]] = []
+
+    def watch(route: Route) -> None:
+        bodies.append(json.loads(route.request.post_data or "{}"))
+        route.continue_()
+
+    page.route("**/v1/chat/completions", watch)
+    page.goto(dash.url + "/#playground")
+    expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
+    page.select_option("#pg-model", SMOL)
+    page.fill("#pg-temperature", "")
+    page.fill("#pg-max-tokens", "")
+    page.fill("#pg-input", "Say hello.")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("[data-role=served-by]")).to_be_visible(timeout=60_000)
+    expect(page.locator(".msg.assistant .text")).not_to_be_empty()
+    assert "temperature" not in bodies[0] and "max_tokens" not in bodies[0]
+    page.fill("#pg-temperature", "0.3")
+    page.fill("#pg-max-tokens", "5")
+    page.fill("#pg-input", "Again.")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#pg-stats")).to_contain_text("tok/s", timeout=60_000)
+    assert len(bodies) == 2 and (bodies[1]["temperature"], bodies[1]["max_tokens"]) == (0.3, 5)
+
+
 def _models_dir(srv: Server) -> str:
     import yaml
 

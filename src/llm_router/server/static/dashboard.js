@@ -573,9 +573,12 @@ async function send(ev) {
     messages,
     stream: true,
     stream_options: { include_usage: true },
-    temperature: Number($("pg-temperature").value),
-    max_tokens: Number($("pg-max-tokens").value),
   };
+  // an empty field is left out: the model's own default, not 0 (greedy, or no tokens at all)
+  const temperature = $("pg-temperature").value.trim();
+  const maxTokens = $("pg-max-tokens").value.trim();
+  if (temperature !== "") body.temperature = Number(temperature);
+  if (maxTokens !== "") body.max_tokens = Number(maxTokens);
   state.abort = new AbortController();
   $("pg-send").disabled = true;
   $("pg-stop").disabled = false;
