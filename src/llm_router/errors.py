@@ -95,7 +95,7 @@ class WorkerDied(EngineError):
 
 
 class InsufficientMemory(RouterError):
-    """The model can never fit in the memory budget."""
+    """The model can never fit in the memory budget, or beside the pinned models."""
 
 
 class QueueFull(RouterError):

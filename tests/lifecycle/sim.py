@@ -25,9 +25,24 @@ T = TypeVar("T")
 MiB = 2**20
 
 
+class NoWhen:
+    """What uvloop, the server's loop, returns for a timer due in under half a millisecond: a
+    plain `Handle`, which can be cancelled but has no `when()`."""
+
+    def __init__(self, timer: asyncio.TimerHandle) -> None:
+        self._timer = timer
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def cancelled(self) -> bool:
+        return self._timer.cancelled()
+
+
 class VirtualClockLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock jumps to the next timer whenever nothing is ready to run.
-    Only for code that does no real I/O while it runs (the simulated workers do none)."""
+    Only for code that does no real I/O while it runs (the simulated workers do none). Its
+    timers due within half a millisecond have no `when()`, as uvloop's."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,6 +50,13 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._virtual
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        timer = super().call_at(when, callback, *args, context=context)
+        return NoWhen(timer) if when - self._virtual < 0.0005 else timer
+
+    def call_later(self, delay: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        return self.call_at(self._virtual + delay, callback, *args, context=context)
 
     def _run_once(self) -> None:
         ready: Any = getattr(self, "_ready")  # noqa: B009  # CPython's loop internals

@@ -322,31 +322,42 @@ async def test_memory_budget_one_big_or_two_small(harness: Harness, tmp_path: Pa
 
 
 async def test_pinned_model_survives_pressure(harness: Harness, tmp_path: Path) -> None:
-    """With room for one model and that one pinned, another model cannot come in: its request
-    waits in the queue (the pinned model keeps serving meanwhile) and gets ServerBusy at its
-    queue deadline."""
+    """With room for one model and that one pinned, another model can never come in: its
+    request and an explicit load of it are refused at once, saying why (they waited out the
+    queue timeout for room that only a configuration change can make, an explicit load for
+    ever), and the pinned model keeps serving."""
     models = [fake_model(tmp_path, "a", config={"pin": True}), fake_model(tmp_path, "b")]
-    manager = await harness.manager(models, models_max=1, queue_timeout=2.0)
+    manager = await harness.manager(models, models_max=1, queue_timeout=30.0)
     events = Events(manager)
     a = manager.resolve("a")
     await bounded(until(lambda: a.status == Status.LOADED))  # pinned: loaded at start
     pid = a.worker.pid if a.worker else 0
-    waiting_for_b = asyncio.create_task(harness.generate(manager, "b"))
-    await bounded(until(lambda: manager.waiting == 1))
-    # No head-of-line blocking: the pinned model serves while b waits.
+    with pytest.raises(InsufficientMemory, match=r"beside the pinned models \(a\)"):
+        await bounded(harness.generate(manager, "b"), 5.0)
+    with pytest.raises(InsufficientMemory, match="models_max"):
+        manager.request_load("b")
     text, _, served_by = await bounded(harness.generate(manager, "a"))
     assert (text, served_by) == (expected(3), pid)
-    assert not waiting_for_b.done()
-    with pytest.raises(ServerBusy) as caught:
-        await bounded(waiting_for_b, 5.0)
-    assert caught.value.retry_after > 0
     assert a.status == Status.LOADED and a.worker is not None and a.worker.pid == pid
     assert events.count("unloading", "a") == 0
-    assert manager.waiting == 0
-    # b's load, wanted by nobody now, is given up instead of staying `loading` for ever.
-    b = manager.resolve("b")
-    await bounded(until(lambda: b.status == Status.UNLOADED))
-    assert [e["reason"] for e in events.all("unloaded", "b")] == ["load cancelled"]
+    assert manager.waiting == 0 and manager.resolve("b").status == Status.UNLOADED
+
+
+async def test_an_unload_in_the_same_turn_as_the_load_it_cancels(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """An unload asked before the load's task first ran (the same turn of the event loop):
+    the model goes back to `unloaded`, where it stayed `loading` for ever, and the next
+    request loads it."""
+    manager = await harness.manager([fake_model(tmp_path, "a")])
+    events = Events(manager)
+    a = manager.request_load("a")
+    assert a.status == Status.LOADING
+    await manager.unload("a")  # inline: the load's task has not run yet
+    assert a.status == Status.UNLOADED and a.load_task is None
+    assert [e["reason"] for e in events.all("unloaded", "a")] == ["load cancelled"]
+    text, _, _ = await bounded(harness.generate(manager, "a"))
+    assert text == expected(3) and a.status == Status.LOADED
 
 
 async def test_explicit_load_waits_for_room(harness: Harness, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ served entirely (no request times out while the scheduler could have served it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import tempfile
@@ -19,12 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from sim import SimPool, run_virtual
 
 from llm_router.config import ModelConfig, Settings
-from llm_router.errors import InsufficientMemory, ModelLoadFailed, QueueFull, ServerBusy
+from llm_router.errors import (
+    InsufficientMemory,
+    ModelLoadFailed,
+    QueueFull,
+    RouterError,
+    ServerBusy,
+    WorkerDied,
+)
 from llm_router.lifecycle.estimate import DEFAULT_BASE
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.registry import RESIDENT
@@ -73,6 +82,11 @@ class Scenario:
     # Reloads of the configuration while serving: (time, models_max, models whose engine
     # options change and so are unloaded and loaded again with the new ones).
     reloads: list[tuple[float, int, list[int]]] = field(default_factory=list)
+    drain_after: float = DRAIN_AFTER
+    keep_alive: str = "5m"
+    # What the storm does from outside: (time, "kill" | "unload" | "load", model). A kill
+    # ends the model's worker process as a SIGKILL would, whatever it is doing.
+    chaos: list[tuple[float, str, int]] = field(default_factory=list)
 
     @property
     def budget(self) -> int:
@@ -96,6 +110,7 @@ class Run:
     leftover: list[str] = field(default_factory=list)
     final_measured: int = 0  # memory of the models loaded once everything is over
     final_resident: int = 0  # and how many they are
+    strays: list[str] = field(default_factory=list)  # live workers no model holds, at the end
 
 
 def _models(draw: Any, n: int, *, failures: bool, pins: bool) -> list[Model]:
@@ -134,6 +149,9 @@ def scenarios(draw: Any, *, failures: bool = True, pins: bool = True) -> Scenari
         draw(st.integers(1, 3)),
         requests,
         draw(st.sampled_from([2, 8, 64])),
+        # timers due at once too: under uvloop those have no `when()` (sim.NoWhen)
+        drain_after=draw(st.sampled_from([DRAIN_AFTER, DRAIN_AFTER, 0.0002])),
+        keep_alive=draw(st.sampled_from(["5m", "5m", "0.0003"])),
     )
 
 
@@ -163,10 +181,11 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
         models_max=scenario.models_max,
         queue_timeout=QUEUE_TIMEOUT,
         queue_per_model=scenario.queue_per_model,
-        keep_alive="5m",
-        drain_after=DRAIN_AFTER,
+        keep_alive=scenario.keep_alive,
+        drain_after=scenario.drain_after,
     )
-    manager = ModelManager(settings_, pool=SimPool(scenario.scale))
+    pool = SimPool(scenario.scale)
+    manager = ModelManager(settings_, pool=pool)
     run = Run()
     loop = asyncio.get_running_loop()
     limit = [scenario.models_max]  # as the last reload set it
@@ -204,6 +223,8 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
             outcome.result, outcome.retry_after = type(exc).__name__, exc.retry_after
         except ModelLoadFailed:
             outcome.result = "load_failed"
+        except WorkerDied:
+            outcome.result = "worker_died"
         except InsufficientMemory:
             outcome.result = "insufficient_memory"
         except asyncio.CancelledError:
@@ -216,9 +237,11 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
         if outcome.request.cancel_after is not None:
             await asyncio.sleep(outcome.request.arrival + outcome.request.cancel_after)
             task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        (error,) = await asyncio.gather(task, return_exceptions=True)
         if task.cancelled() and outcome.result == "pending":
             outcome.result = "cancelled"  # before it even arrived
+        elif isinstance(error, Exception):  # not an answer a client can be given
+            outcome.result = f"raised {error!r}"
 
     async def looper(models: list[int]) -> None:
         stop = loop.time() + scenario.loop_seconds
@@ -228,6 +251,8 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
             outcome = Outcome(Request(0.0, models[turn % len(models)], 8, None))
             run.outcomes.append(outcome)
             await one(outcome)
+            if outcome.result != "ok":  # refused or failed at once: a client waits a little
+                await asyncio.sleep(0.2)
 
     async def reloader() -> None:
         for at, models_max, changed in scenario.reloads:
@@ -240,12 +265,25 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
             new = {"models": list(configs), "models_max": models_max}
             manager.reconfigure(settings_.model_copy(update=new))
 
+    async def chaos() -> None:
+        for at, action, i in scenario.chaos:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            state = manager.resolve(f"m{i}")
+            if action == "kill" and state.worker is not None:
+                state.worker.crash()  # type: ignore[attr-defined]
+            elif action == "unload":
+                manager._spawn(manager.unload(state.id))
+            elif action == "load":
+                with contextlib.suppress(RouterError):  # POST /models/load answers the error
+                    manager.request_load(state.id)
+
     run.outcomes = [Outcome(r) for r in scenario.requests]
     try:
         work = [
             *(client(o) for o in run.outcomes),
             *(looper(m) for m in scenario.loops),
             reloader(),
+            chaos(),
         ]
         await asyncio.wait_for(asyncio.gather(*work), 3600)
         await asyncio.sleep(60)  # loads nobody waits for any more finish or are withdrawn
@@ -256,6 +294,10 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
         ]
         if manager.waiting:
             run.leftover.append(f"{manager.waiting} requests still waiting")
+        held = {id(s.worker) for s in manager.states()}
+        run.strays = [
+            f"worker {w.pid}" for w in pool.started if not w.exited.is_set() and id(w) not in held
+        ]
         loaded = [s for s in manager.states() if s.status == Status.LOADED]
         run.final_measured = sum(s.memory_bytes or 0 for s in loaded)
         run.final_resident = len(loaded)
@@ -269,6 +311,8 @@ async def _simulate(scenario: Scenario, folder: Path) -> Run:
 
 
 def simulate(scenario: Scenario) -> Run:
+    with contextlib.suppress(InvalidArgument):  # outside a hypothesis test
+        note(repr(scenario))  # a failing example is reported as it ran, after the test's changes
     with tempfile.TemporaryDirectory() as folder:
         return run_virtual(lambda: _simulate(scenario, Path(folder)))
 
@@ -276,6 +320,7 @@ def simulate(scenario: Scenario) -> Run:
 def _check_outcomes(scenario: Scenario, run: Run) -> None:
     assert run.violations == []
     assert run.leftover == []
+    assert run.strays == []  # every process started is stopped or is a model's worker
     for o in run.outcomes:
         r, model = o.request, scenario.models[o.request.model]
         assert o.result != "pending", o
@@ -285,10 +330,13 @@ def _check_outcomes(scenario: Scenario, run: Run) -> None:
             assert o.retry_after is not None and o.retry_after > 0
         if o.result == "load_failed":
             assert model.fail_load
-        if o.result == "insufficient_memory":  # measured bigger than the whole budget
-            assert model.bytes * scenario.scale > scenario.budget
+        if o.result == "insufficient_memory":  # bigger than the budget, or than pins leave
+            pins = any(m.pin for m in scenario.models)
+            assert model.bytes * scenario.scale > scenario.budget or pins
         if o.result == "cancelled":
             assert r.cancel_after is not None
+        if o.result == "worker_died":  # killed, or unloaded past its grace
+            assert scenario.chaos or scenario.reloads
 
 
 SETTINGS = settings(
@@ -396,6 +444,46 @@ def test_reloads_while_serving_keep_the_limits_and_end_every_request(
     assert run.final_resident <= scenario.reloads[-1][1]
 
 
+@settings(SETTINGS, max_examples=500)  # the rare interleavings need many tries
+@given(scenarios(), st.data())
+def test_kills_unloads_and_loads_from_outside_leave_no_worker_behind(
+    scenario: Scenario, data: st.DataObject
+) -> None:
+    """The cold-start storm on simulated time: clients looping over the models (some also
+    sending single requests), and from outside, at random times, workers killed (in a request,
+    in an unload's grace, idle), unloads and loads asked over HTTP. Every request still ends
+    the documented way (a killed worker's requests with its error), no load starts over the
+    limits, nothing is left waiting, and every worker process started is stopped or is the one
+    its model holds (none runs untracked)."""
+    n = len(scenario.models)
+    for m in scenario.models:  # swaps quick against the queue timeout
+        m.load_seconds, m.token_seconds = min(m.load_seconds, 0.3), min(m.token_seconds, 0.02)
+    scenario.loops = data.draw(
+        st.lists(st.lists(st.integers(0, n - 1), min_size=1, max_size=4), max_size=6)
+    )
+    scenario.loop_seconds = 20.0
+    scenario.queue_per_model = 64
+    episodes = data.draw(
+        st.lists(
+            st.tuples(
+                st.floats(0, 20),
+                st.sampled_from(["kill", "unload", "load"]),
+                st.integers(0, n - 1),
+                st.one_of(st.none(), st.floats(0, 0.5)),  # then kill it this much later
+            ),
+            min_size=1,
+            max_size=10,
+        )
+    )
+    scenario.chaos = sorted(
+        [(at, action, i) for at, action, i, _ in episodes]
+        + [(at + later, "kill", i) for at, _, i, later in episodes if later is not None]
+    )
+    scenario.drain_after = data.draw(st.sampled_from([DRAIN_AFTER, 0.0002]))
+    run = simulate(scenario)
+    _check_outcomes(scenario, run)
+
+
 def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None:
     """An unload waits for a request in flight (unload_grace); the worker dies meanwhile, and
     the next request loads the model again. When the unload's wait ends, the new worker stays
@@ -439,6 +527,72 @@ def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None
         await holder
         await unloading
         assert state.worker is second and state.status == Status.LOADED
+        await manager.close()
+
+    run_virtual(main)
+
+
+def test_a_worker_dying_in_an_unloads_grace_while_its_next_load_waits_for_room() -> None:
+    """As above, but the next request's load has to wait for room (the other two models hold
+    `models_max`) when the unload's wait ends. The unload left it queued and marked it
+    `unloaded`, so the request after queued it a second time: two loads, and the first
+    worker ran on untracked (the cold-start storm's seed 212, with real processes)."""
+
+    async def main() -> None:
+        folder = Path(tempfile.mkdtemp())
+        configs = []
+        for name in "abc":
+            path = folder / f"{name}.json"
+            path.write_text(json.dumps({"load_seconds": 0.2, "token_seconds": 0.01}))
+            configs.append(ModelConfig(id=name, path=path, engine="fake"))
+        pool = SimPool()
+        manager = ModelManager(
+            Settings(
+                models_dir=folder,
+                models=configs,
+                watch_interval=0,
+                provision_default_models=False,
+                spare_workers=False,
+                models_max=2,
+                unload_grace=10,
+            ),
+            pool=pool,
+        )
+        await manager.start()
+        release = {name: asyncio.Event() for name in ("a", "b", "c", "a again")}
+
+        async def hold(name: str, until: str | None = None) -> None:
+            async with manager.lease(name):
+                await release[until or name].wait()
+
+        holders = [asyncio.create_task(hold("a")), asyncio.create_task(hold("b"))]
+        await asyncio.sleep(1)  # both loaded (0.2 s each), each serving its request
+        assert manager.resolve("a").active == manager.resolve("b").active == 1
+        a = manager.resolve("a")
+        first = a.worker
+        assert first is not None
+        unloading = asyncio.create_task(manager.unload("a"))  # a waits for its request
+        await asyncio.sleep(0.1)
+        holders.append(asyncio.create_task(hold("c")))  # c waits for room, then loads
+        await asyncio.sleep(0.1)
+        first.crash()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)
+        assert manager.resolve("c").status == Status.LOADED
+        again = asyncio.create_task(hold("a", "a again"))  # b and c hold both places: a waits
+        await asyncio.sleep(0.1)
+        assert a.status == Status.WAITING
+        release["a"].set()  # the first request on a ends: the unload's wait is over
+        await asyncio.gather(holders[0], unloading)
+        assert a.status == Status.WAITING  # still the next request's load, not `unloaded`
+        later = asyncio.create_task(hold("a", "a again"))  # queues behind it, not a second load
+        release["b"].set()
+        release["c"].set()
+        await asyncio.sleep(2)  # room for a, and its load
+        assert a.status == Status.LOADED and a.active == 2
+        release["a again"].set()
+        await asyncio.gather(again, later, *holders)
+        held = {id(s.worker) for s in manager.states()}
+        assert [w.pid for w in pool.started if not w.exited.is_set() and id(w) not in held] == []
         await manager.close()
 
     run_virtual(main)

@@ -9,6 +9,7 @@ reconciled with the budget here. Runs on the event loop, as the whole manager do
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -17,9 +18,9 @@ from ..engines import check_available
 from ..errors import InsufficientMemory, ModelLoadFailed
 from ..worker.client import Worker
 from .estimate import default_base, estimate_model_bytes
-from .policy import Resident, plan_admission, reconcile
+from .policy import Resident, pinned_out, plan_admission, reconcile
 from .registry import RESIDENT, apply_source_error
-from .state import ModelState, Status
+from .state import ModelState, Status, Timer
 
 if TYPE_CHECKING:
     from typing import Any
@@ -45,12 +46,13 @@ class Admission:
         over_budget: bool
         _admission: deque[ModelState]
         _pool: WorkerPool
-        _patience: asyncio.TimerHandle | None
+        _patience: Timer | None
 
         def resolve(self, name: str) -> ModelState: ...
         def memory_used(self) -> int: ...
         def _options(self, source: ModelSource) -> dict[str, Any]: ...
         def _begin_unload(self, state: ModelState, reason: str) -> None: ...
+        def _load_cancelled(self, state: ModelState) -> None: ...
         async def _load(self, state: ModelState) -> Worker: ...
 
     def _check_fits(self, state: ModelState) -> None:
@@ -63,6 +65,16 @@ class Admission:
             raise InsufficientMemory(
                 f"model '{state.id}' needs about {need / MiB:.0f} MiB but the memory budget "
                 f"is {self.budget / MiB:.0f} MiB"
+            )
+        pins = [r for r in self._residents() if r.pinned and r.id != state.id]
+        if pins and pinned_out(pins, need, self.budget, self.settings.models_max):
+            slots = self.settings.models_max or "any"
+            raise InsufficientMemory(
+                f"model '{state.id}' cannot load beside the pinned models "
+                f"({', '.join(r.id for r in pins)}): they hold "
+                f"{sum(r.bytes for r in pins) / MiB:.0f} of the {self.budget / MiB:.0f} MiB "
+                f"budget and {len(pins)} of {slots} models (models_max); unpin one or raise "
+                "the limit"
             )
 
     def request_load(self, name: str, reason: str = "requested") -> ModelState:
@@ -150,10 +162,10 @@ class Admission:
         due = head.waiting_since + self.settings.drain_after
         if loop.time() >= due:
             return True
-        if self._patience is None or self._patience.when() > due:
+        if self._patience is None or self._patience.when > due:
             if self._patience is not None:
                 self._patience.cancel()
-            self._patience = loop.call_at(due, self._patience_due)
+            self._patience = Timer.at(due, self._patience_due)
         return False
 
     def _patience_due(self) -> None:
@@ -197,6 +209,16 @@ class Admission:
         # Nobody awaits a load task: its outcome is in `state`; retrieve it so a failure does
         # not log "Task exception was never retrieved".
         state.load_task.add_done_callback(_outcome_seen)
+        state.load_task.add_done_callback(functools.partial(self._load_done, state))
+
+    def _load_done(self, state: ModelState, task: asyncio.Task[Worker]) -> None:
+        """A load cancelled before its task first ran never reached `_load`'s own handling
+        (an unload in the same turn of the loop as the request that queued it): it would
+        stay `loading` for ever, its requests waiting out their queue timeout."""
+        if task.cancelled() and state.load_task is task:
+            state.load_task = None
+            state.load_requested = False
+            self._load_cancelled(state)
 
     def _estimate(self, state: ModelState) -> int:
         """What `state` will hold once loaded: measured last time, else estimated (again once

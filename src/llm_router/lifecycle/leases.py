@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..units import parse_duration
 from ..worker.client import Worker
-from .state import ModelState, Status
+from .state import ModelState, Status, Timer
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -117,12 +117,14 @@ class Leases:
         ticket: asyncio.Future[None] = loop.create_future()
         state.waiters.append(ticket)
         self._waiting += 1
+        taken = False
         try:
             while True:
                 if not self.registry.holds(state):  # gone: a reload, a file removed
                     raise ModelNotFound(f"The model '{state.id}' does not exist", param="model")
                 if state.waiters[0] is ticket:
                     if self._can_take(state, ticket):
+                        taken = True
                         return self._take(state)
                     self._progress(state, autoload, began)
                 changed = state.changed
@@ -141,10 +143,16 @@ class Leases:
             state.drain_allowed.discard(ticket)
             self._waiting -= 1
             state.notify()
-            if state.status == Status.WAITING and not state.wanted:
-                self._withdraw(state)  # nobody waits for this load any more
-            elif self._admission:
-                self._admit()  # a draining model may be idle now
+            try:
+                if state.status == Status.WAITING and not state.wanted:
+                    self._withdraw(state)  # nobody waits for this load any more
+                elif self._admission:
+                    self._admit()  # a draining model may be idle now
+            except BaseException:
+                if taken:  # the caller never gets the slot to give back: a slot lost for good
+                    state.active -= 1  # would keep the model busy, never evicted or drained
+                    state.notify()
+                raise
 
     def _check_queue(self, state: ModelState) -> None:
         retry = 1.0 if state.status == Status.LOADED else 5.0
@@ -201,8 +209,8 @@ class Leases:
         state.cancel_idle_unload()
         if seconds is None:
             return
-        loop = asyncio.get_running_loop()
-        state.unload_handle = loop.call_later(seconds, self._idle_expired, state)
+        due = asyncio.get_running_loop().time() + seconds
+        state.unload_handle = Timer.at(due, self._idle_expired, state)
 
     def _idle_expired(self, state: ModelState) -> None:
         """Its keep-alive ran out: unload it if it is still loaded and idle."""

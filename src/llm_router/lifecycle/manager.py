@@ -38,7 +38,7 @@ from .fit import Fitted, fit
 from .leases import Leases
 from .reconfigure import Reconfiguration
 from .registry import Registry, apply_source_error
-from .state import EventBus, ModelSnapshot, ModelState, Status
+from .state import EventBus, ModelSnapshot, ModelState, Status, Timer
 from .threads import ThreadBudget
 
 __all__ = ["ModelManager"]
@@ -80,7 +80,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         log.info("machine: %s", self.machine.summary())
         self._threads = ThreadBudget(settings.thread_budget or self.machine.physical_cores)
         self._scanned = -math.inf  # monotonic time of the last scan
-        self._patience: asyncio.TimerHandle | None = None  # see _patience_over
+        self._patience: Timer | None = None  # see _patience_over
         self._uses = itertools.count(1)  # orders uses for LRU (wall clocks can tie or step back)
 
     # -- start, stop, discovery --------------------------------------------------------------
@@ -95,7 +95,10 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 self._refill_spare(engine)
         for state in self.registry:
             if state.source.config.pin or state.id in self.settings.preload:
-                self.request_load(state.id, reason="preload")
+                try:
+                    self.request_load(state.id, reason="preload")
+                except RouterError as exc:  # the server serves the rest; its status says why
+                    log.warning("model %s is not preloaded: %s", state.id, exc.message)
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -207,12 +210,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             finally:
                 self._refill_spare(source.engine)
         except asyncio.CancelledError:
-            state.set_status(Status.UNLOADED)
-            self.registry.leaving.discard(state)
-            apply_source_error(state)  # cancelled as its files broke (registry.refresh)
-            self.events.publish("unloaded", state.id, reason="load cancelled")
-            log.info("model %s: load cancelled", state.id)
-            self._room_changed()
+            self._load_cancelled(state)
             raise
         except RouterError as exc:
             state.sticky = not isinstance(exc, LoadInterrupted)  # no autoload retry: its file
@@ -258,6 +256,14 @@ class ModelManager(Leases, Admission, Reconfiguration):
         self._reconcile(f"'{state.id}' measured {_mib(measured)} MiB after its load")
         self._room_changed()
         return worker
+
+    def _load_cancelled(self, state: ModelState) -> None:
+        state.set_status(Status.UNLOADED)
+        self.registry.leaving.discard(state)
+        apply_source_error(state)  # cancelled as its files broke (registry.refresh)
+        self.events.publish("unloaded", state.id, reason="load cancelled")
+        log.info("model %s: load cancelled", state.id)
+        self._room_changed()
 
     def _options(self, source: ModelSource) -> dict[str, Any]:
         return self.fitted(source).options
@@ -334,8 +340,10 @@ class ModelManager(Leases, Admission, Reconfiguration):
             f"requests in flight get unload_grace ({grace:g} s); retry"
         )
         self._threads.forget(worker)
-        if state.worker is not worker and (state.worker is not None or state.load_task):
-            return  # it died in the grace and is loading or loaded again: that is the model
+        if state.worker is not worker and (state.status != Status.ERROR or state.sticky):
+            # It died in the grace, and a request has queued, started or finished a load of
+            # it since (a failed one is sticky): that is the model now.
+            return
         state.worker = None
         state.memory_bytes = None
         state.loaded_at = None
@@ -398,11 +406,11 @@ class ModelManager(Leases, Admission, Reconfiguration):
         task.add_done_callback(self._tasks.discard)
 
 
-def _unload_at(handle: asyncio.TimerHandle | None) -> float | None:
+def _unload_at(timer: Timer | None) -> float | None:
     """The wall-clock time an idle-unload timer fires (timers run on the monotonic clock)."""
-    if handle is None or handle.cancelled():
+    if timer is None or timer.cancelled():
         return None
-    return time.time() + handle.when() - time.monotonic()
+    return time.time() + timer.when - time.monotonic()
 
 
 def _mib(value: int | None) -> str:

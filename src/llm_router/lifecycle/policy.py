@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Plan", "Resident", "plan_admission", "reconcile"]
+__all__ = ["Plan", "Resident", "pinned_out", "plan_admission", "reconcile"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,13 @@ class Plan:
 
 def _fits(used: int, count: int, need: int, budget: int, models_max: int) -> bool:
     return used + need <= budget and (models_max == 0 or count + 1 <= models_max)
+
+
+def pinned_out(residents: list[Resident], need: int, budget: int, models_max: int) -> bool:
+    """Whether a load of `need` bytes can never start beside the pinned models (they never
+    leave): waiting for room would wait until the configuration changes."""
+    pins = [r for r in residents if r.pinned and not r.leaving]
+    return not _fits(sum(r.bytes for r in pins), len(pins), need, budget, models_max)
 
 
 def plan_admission(residents: list[Resident], need: int, budget: int, models_max: int) -> Plan:

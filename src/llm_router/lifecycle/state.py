@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from ..errors import ServerBusy
 from ..worker.client import Worker
 from .discovery import ModelSource
 
-__all__ = ["EventBus", "ModelSnapshot", "ModelState", "Status"]
+__all__ = ["EventBus", "ModelSnapshot", "ModelState", "Status", "Timer"]
 
 
 class Status(StrEnum):
@@ -30,6 +31,26 @@ class Status(StrEnum):
 
 
 @dataclass(eq=False)
+class Timer:
+    """A callback due at event-loop time `when`. The loop's own handle cannot say when: uvloop
+    (what the server runs on) answers a delay under half a millisecond with a plain `Handle`,
+    which has no `when()`, where asyncio's loop gives a `TimerHandle`."""
+
+    when: float
+    handle: asyncio.Handle
+
+    @classmethod
+    def at(cls, when: float, callback: Callable[..., object], *args: Any) -> Timer:
+        return cls(when, asyncio.get_running_loop().call_at(when, callback, *args))
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+    def cancelled(self) -> bool:
+        return self.handle.cancelled()
+
+
+@dataclass(eq=False)
 class ModelState:
     """Mutable state of one model; touched only from the event loop. `changed` is set and
     replaced on every transition, so waiters re-check after any change."""
@@ -38,7 +59,7 @@ class ModelState:
     status: Status = Status.UNLOADED
     error: str | None = None
     sticky: bool = False  # a load failure: no autoload retry until the file changes
-    failed_at: float = 0.0  # event-loop time of its last failed load
+    failed_at: float = -math.inf  # event-loop time of its last failed load
     worker: Worker | None = None
     load_task: asyncio.Task[Worker] | None = None
     load_requested: bool = False  # explicit load (request_load): waits for room with no waiters
@@ -58,7 +79,7 @@ class ModelState:
     measured_bytes: int | None = None  # last measured footprint of this file, kept across unloads
     model_bytes: int | None = None  # estimated from its metadata and engine options
     estimated_bytes: int | None = None  # model_bytes plus an empty worker of its engine
-    unload_handle: asyncio.TimerHandle | None = None
+    unload_handle: Timer | None = None
     keep_alive_asked: float | None = None  # the last request's own keep_alive, for reloads
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -122,6 +122,9 @@ class Spare:
                     pass_fds=(child.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
                 )
+            except BaseException:  # cancelled (a close) or could not start: no socket left
+                parent.close()
+                raise
             finally:
                 child.close()
         try:
