@@ -105,14 +105,20 @@ def test_the_rows_outlive_the_redraws_of_live_metrics(page: Page, dash: Server) 
     assert SMOL in page.evaluate("getSelection().toString()")
 
 
-def test_the_playground_streams_an_answer(page: Page, dash: Server) -> None:
+def _ask(page: Page, dash: Server, question: str, **fields: str) -> None:
+    """Open the playground on SmolLM2, fill its settings (`temperature`, `max_tokens`: "" empties
+    the field) and send `question`."""
     page.goto(dash.url + "/#playground")
     expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
     page.select_option("#pg-model", SMOL)
-    page.fill("#pg-temperature", "0")
-    page.fill("#pg-max-tokens", "30")
-    page.fill("#pg-input", "What is the capital of France?")
+    for name, value in fields.items():
+        page.fill(f"#pg-{name.replace('_', '-')}", value)
+    page.fill("#pg-input", question)
     page.get_by_role("button", name="Send").click()
+
+
+def test_the_playground_streams_an_answer(page: Page, dash: Server) -> None:
+    _ask(page, dash, "What is the capital of France?", temperature="0", max_tokens="30")
     answer = page.locator(".msg.assistant .text")
     expect(answer).to_contain_text("Paris", timeout=60_000)
     expect(page.locator("[data-role=served-by]")).to_have_text(  # once the stream ends
@@ -182,12 +188,7 @@ def test_a_refused_turn_leaves_the_playground_history(page: Page, dash: Server) 
         _refuse(route, 503, "try later", "server_error", "server_busy")
 
     page.route("**/v1/chat/completions", refuse_first)
-    page.goto(dash.url + "/#playground")
-    expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
-    page.select_option("#pg-model", SMOL)
-    page.fill("#pg-max-tokens", "4")
-    page.fill("#pg-input", "First question")
-    page.get_by_role("button", name="Send").click()
+    _ask(page, dash, "First question", max_tokens="4")
     expect(page.locator("#pg-messages")).to_contain_text("error: try later")
     page.fill("#pg-input", "Second question")
     page.get_by_role("button", name="Send").click()
@@ -205,13 +206,7 @@ def test_empty_settings_leave_the_model_its_defaults(page: Page, dash: Server) -
         route.continue_()
 
     page.route("**/v1/chat/completions", watch)
-    page.goto(dash.url + "/#playground")
-    expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
-    page.select_option("#pg-model", SMOL)
-    page.fill("#pg-temperature", "")
-    page.fill("#pg-max-tokens", "")
-    page.fill("#pg-input", "Say hello.")
-    page.get_by_role("button", name="Send").click()
+    _ask(page, dash, "Say hello.", temperature="", max_tokens="")
     expect(page.locator("[data-role=served-by]")).to_be_visible(timeout=60_000)
     expect(page.locator(".msg.assistant .text")).not_to_be_empty()
     assert "temperature" not in bodies[0] and "max_tokens" not in bodies[0]
