@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +27,16 @@ PINNED = "smol-pinned"
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Server]:
     """A server whose models directory starts with SmolLM2 alone (tests add to it), a pinned
-    copy of it from the configuration, and a route."""
+    copy of it from the configuration (answers of 12 tokens at most unless a request says
+    otherwise), and a route."""
     root = tmp_path_factory.mktemp("dash")
     models = link_models(root / "models", smollm2_gguf)
     config = {
         "models_dir": str(models),
         "watch_interval": 0.3,
-        "models": [{"id": PINNED, "path": str(smollm2_gguf), "pin": True}],
+        "models": [
+            {"id": PINNED, "path": str(smollm2_gguf), "pin": True, "sampling": {"max_tokens": 12}}
+        ],
         "routes": [{"name": "auto", "strategy": "quality-first", "targets": [SMOL, PINNED]}],
     }
     srv = Server(root, config).start()
@@ -105,12 +109,12 @@ def test_the_rows_outlive_the_redraws_of_live_metrics(page: Page, dash: Server) 
     assert SMOL in page.evaluate("getSelection().toString()")
 
 
-def _ask(page: Page, dash: Server, question: str, **fields: str) -> None:
-    """Open the playground on SmolLM2, fill its settings (`temperature`, `max_tokens`: "" empties
-    the field) and send `question`."""
+def _ask(page: Page, dash: Server, question: str, model: str = SMOL, **fields: str) -> None:
+    """Open the playground on `model`, fill its settings (`temperature`, `max_tokens`: ""
+    empties the field) and send `question`."""
     page.goto(dash.url + "/#playground")
-    expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
-    page.select_option("#pg-model", SMOL)
+    expect(page.locator(f"#pg-model option[value='{model}']")).to_have_count(1)
+    page.select_option("#pg-model", model)
     for name, value in fields.items():
         page.fill(f"#pg-{name.replace('_', '-')}", value)
     page.fill("#pg-input", question)
@@ -198,7 +202,8 @@ def test_a_refused_turn_leaves_the_playground_history(page: Page, dash: Server) 
 
 def test_empty_settings_leave_the_model_its_defaults(page: Page, dash: Server) -> None:
     """An emptied temperature or max-tokens field is left out of the request (it was sent as
-    0: greedy decoding, and a max_tokens the server refuses), and the answer still streams."""
+    0: greedy decoding, and a max_tokens the server refuses), so the model's configured
+    defaults apply: here an answer of 12 tokens at most."""
     bodies: list[dict[str, object]] = []
 
     def watch(route: Route) -> None:
@@ -206,16 +211,24 @@ def test_empty_settings_leave_the_model_its_defaults(page: Page, dash: Server) -
         route.continue_()
 
     page.route("**/v1/chat/completions", watch)
-    _ask(page, dash, "Say hello.", temperature="", max_tokens="")
-    expect(page.locator("[data-role=served-by]")).to_be_visible(timeout=60_000)
-    expect(page.locator(".msg.assistant .text")).not_to_be_empty()
+    _ask(page, dash, "Say hello.", model=PINNED, temperature="", max_tokens="")
+    stats = page.locator("#pg-stats")
+    expect(stats).to_contain_text("tok/s", timeout=60_000)
     assert "temperature" not in bodies[0] and "max_tokens" not in bodies[0]
+    assert 1 <= _tokens(stats.inner_text()) <= 12
     page.fill("#pg-temperature", "0.3")
-    page.fill("#pg-max-tokens", "5")
-    page.fill("#pg-input", "Again.")
-    page.get_by_role("button", name="Send").click()
-    expect(page.locator("#pg-stats")).to_contain_text("tok/s", timeout=60_000)
-    assert len(bodies) == 2 and (bodies[1]["temperature"], bodies[1]["max_tokens"]) == (0.3, 5)
+    page.fill("#pg-max-tokens", "3")
+    page.fill("#pg-input", "Now tell me a long story about a dragon.")
+    page.get_by_role("button", name="Send").click()  # the line reads "waiting..." at once
+    expect(stats).to_contain_text(" 3 tokens", timeout=60_000)  # the request's own value wins
+    assert len(bodies) == 2 and (bodies[1]["temperature"], bodies[1]["max_tokens"]) == (0.3, 3)
+
+
+def _tokens(stats: str) -> int:
+    """The answer's length in the playground's statistics line ("... · 7 tokens · ...")."""
+    match = re.search(r"(\d+) tokens", stats)
+    assert match, stats
+    return int(match.group(1))
 
 
 def _models_dir(srv: Server) -> str:
