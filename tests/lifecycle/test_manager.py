@@ -343,6 +343,44 @@ async def test_pinned_model_survives_pressure(harness: Harness, tmp_path: Path) 
     assert manager.waiting == 0 and manager.resolve("b").status == Status.UNLOADED
 
 
+async def test_a_load_queued_while_the_pinned_model_was_away_is_refused_once_it_is_back(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """With room for one model and that one pinned: while the pinned model's worker is dead,
+    another model fits and queues. Once the pinned one is back, the queued load is dropped
+    and its request refused at once (it waited out the queue timeout, then a 503 saying to
+    retry), and an explicit load of it no longer waits for good."""
+    models = [
+        fake_model(tmp_path, "a", config={"pin": True}),
+        fake_model(tmp_path, "b"),
+        fake_model(tmp_path, "c"),
+    ]
+    manager = await harness.manager(models, models_max=1, queue_timeout=30.0)
+    events = Events(manager)
+    a, c = manager.resolve("a"), manager.resolve("c")
+    await bounded(until(lambda: a.status == Status.LOADED))  # pinned: loaded at start
+    assert a.worker is not None
+    os.kill(a.worker.pid, signal.SIGKILL)
+    await bounded(until(lambda: a.status != Status.LOADED))
+    held = await hold(harness, manager, "b")  # in the pinned model's place, busy
+    back = asyncio.create_task(harness.generate(manager, "a"))
+    await bounded(until(lambda: a.status == Status.WAITING))
+    manager.request_load("c")  # fits while the pinned model is away: it queues behind a
+    refused = asyncio.create_task(harness.generate(manager, "c"))
+    await bounded(until(lambda: bool(c.waiters)))
+    assert c.status == Status.WAITING
+    await held.finish()  # b goes for a; then c can never come in
+    with pytest.raises(InsufficientMemory, match=r"beside the pinned models \(a\)"):
+        await bounded(refused, 5.0)
+    text, _, _ = await bounded(back)
+    assert text == expected(3) and a.status == Status.LOADED
+    assert c.status == Status.UNLOADED and not c.wanted and manager.waiting == 0
+    assert events.count("loading", "c") == 0
+    with pytest.raises(InsufficientMemory, match="models_max"):
+        manager.request_load("c")
+    assert not c.load_requested  # a refused explicit load leaves nothing behind
+
+
 async def test_an_unload_in_the_same_turn_as_the_load_it_cancels(
     harness: Harness, tmp_path: Path
 ) -> None:

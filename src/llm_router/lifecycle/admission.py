@@ -59,15 +59,14 @@ class Admission:
         """Refuse what surely cannot fit: measured, or estimated with an empty worker's memory
         only once one has been measured."""
         self._estimate(state)
-        base = self._pool.base(state.source.engine) or 0
-        need = state.measured_bytes or (state.model_bytes or 0) + base
+        need = self._least_need(state)
         if need > self.budget:
             raise InsufficientMemory(
                 f"model '{state.id}' needs about {need / MiB:.0f} MiB but the memory budget "
                 f"is {self.budget / MiB:.0f} MiB"
             )
-        pins = [r for r in self._residents() if r.pinned and r.id != state.id]
-        if pins and pinned_out(pins, need, self.budget, self.settings.models_max):
+        pins = self._pinned_out(state)
+        if pins:
             slots = self.settings.models_max or "any"
             raise InsufficientMemory(
                 f"model '{state.id}' cannot load beside the pinned models "
@@ -76,6 +75,21 @@ class Admission:
                 f"budget and {len(pins)} of {slots} models (models_max); unpin one or raise "
                 "the limit"
             )
+
+    def _least_need(self, state: ModelState) -> int:
+        """What `state` needs at least: measured, else its file with an empty worker's memory
+        once one of its engine has been measured."""
+        base = self._pool.base(state.source.engine) or 0
+        return state.measured_bytes or (state.model_bytes or 0) + base
+
+    def _pinned_out(self, state: ModelState) -> list[Resident]:
+        """The pinned models beside which `state` can never load (empty when it can): waiting
+        for room would wait until the configuration changes."""
+        pins = [r for r in self._residents() if r.pinned and not r.leaving and r.id != state.id]
+        need = self._least_need(state)
+        if pins and pinned_out(pins, need, self.budget, self.settings.models_max):
+            return pins
+        return []
 
     def request_load(self, name: str, reason: str = "requested") -> ModelState:
         """Start loading `name` unless it is loaded, loading or waiting; returns at once. An
@@ -86,10 +100,12 @@ class Admission:
         if state.source.error is not None:
             reason = state.source.public(state.source.error)  # no paths for clients
             raise ModelLoadFailed(f"model '{state.id}' cannot be loaded: {reason}")
-        if state.status in (Status.UNLOADED, Status.ERROR, Status.WAITING, Status.LOADING):
+        queue = state.status in (Status.UNLOADED, Status.ERROR)
+        if queue:
+            self._check_fits(state)  # before anything changes: a refused load leaves no trace
+        if queue or state.status in (Status.WAITING, Status.LOADING):
             state.load_requested = True
-        if state.status in (Status.UNLOADED, Status.ERROR):
-            self._check_fits(state)
+        if queue:
             state.sticky = False
             self._queue_load(state, reason)
         return state
@@ -137,6 +153,12 @@ class Admission:
         drain: tuple[str, ...] = ()
         while self._admission:
             head = self._admission[0]
+            if self._pinned_out(head):
+                # Queued while a pinned model was away (its worker died, it was unloaded):
+                # now that it is back, the wait could only end with a configuration change.
+                self._admission.popleft()
+                self._drop(head, "it cannot load beside the pinned models")
+                continue
             # The head's own spare becomes its worker: only the other engines' spares count.
             budget = self.budget - self._pool.memory(excluding=head.source.engine)
             residents = self._residents()
@@ -176,12 +198,17 @@ class Admission:
         """Take a load that has not started out of the admission queue."""
         if state in self._admission:
             self._admission.remove(state)
+        self._drop(state, reason)
+        self._admit()
+
+    def _drop(self, state: ModelState, reason: str) -> None:
+        """A load taken out of the queue goes back to `unloaded`; its waiters wake up and ask
+        again (and are told why it cannot load, if it cannot)."""
         state.load_requested = False
         state.set_status(Status.UNLOADED)
         apply_source_error(state)
         self.events.publish("unloaded", state.id, reason=reason)
         log.info("model %s: load withdrawn (%s)", state.id, reason)
-        self._admit()
 
     def _set_draining(self, ids: tuple[str, ...]) -> None:
         for state in self.registry:

@@ -45,7 +45,8 @@ def _fits(used: int, count: int, need: int, budget: int, models_max: int) -> boo
 
 def pinned_out(residents: list[Resident], need: int, budget: int, models_max: int) -> bool:
     """Whether a load of `need` bytes can never start beside the pinned models (they never
-    leave): waiting for room would wait until the configuration changes."""
+    leave; one leaving, for a reload, does not count): waiting for room would wait until the
+    configuration changes."""
     pins = [r for r in residents if r.pinned and not r.leaving]
     return not _fits(sum(r.bytes for r in pins), len(pins), need, budget, models_max)
 
