@@ -174,7 +174,11 @@ class ModelConfig(EngineOptions):
         None,
         description="Idle time before unload: '5m', '30s', 0 (after each request), -1 (never).",
     )
-    pin: bool = Field(False, description="Never evict or idle-unload this model.")
+    pin: bool = Field(
+        False,
+        description="Load at start, never evict or idle-unload this model, and load it again "
+        "when its worker dies.",
+    )
     # -- routing profile and remote targets ---------------------------------------------------
     provider: Literal["local", "openai"] = Field(
         "local", description="local: a model file we run; openai: any OpenAI-compatible server."

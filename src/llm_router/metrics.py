@@ -34,7 +34,7 @@ _ENGINE_COUNTERS = {
 }
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 _UNLOAD_REASONS = ("idle", "evicted", "requested")
-_LOAD_REASONS = frozenset({"request", "preload", "requested"})
+_LOAD_REASONS = frozenset({"request", "preload", "requested", "restart"})
 
 
 def unload_reason(reason: object) -> str:

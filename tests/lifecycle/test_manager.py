@@ -32,7 +32,7 @@ from llm_router.errors import (
     ServerBusy,
     WorkerDied,
 )
-from llm_router.lifecycle.manager import ModelManager
+from llm_router.lifecycle.manager import RESTART_AFTER, ModelManager
 from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from llm_router.worker import spawn
@@ -689,6 +689,34 @@ async def test_killed_worker_fails_its_request_and_reloads(
     assert new_pid != pid
     assert state.status == Status.LOADED
     assert events.count("loading", "a") == 2
+
+
+async def test_a_pinned_models_dead_worker_is_replaced_at_once(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Pinned: meant to stay loaded. When its worker dies after serving a while, it loads
+    again by itself (it waited for the next request, which paid the load); one that dies
+    soon after loading is left to the next request, so a crashing model does not loop."""
+    manager = await harness.manager([fake_model(tmp_path, "a", config={"pin": True})])
+    events = Events(manager)
+    a = manager.resolve("a")
+    await bounded(until(lambda: a.status == Status.LOADED))  # pinned: loaded at start
+    assert a.worker is not None
+    first = a.worker.pid
+    os.kill(first, signal.SIGKILL)  # within RESTART_AFTER of its load
+    await bounded(until(lambda: a.status == Status.ERROR))
+    await asyncio.sleep(0.3)
+    assert a.status == Status.ERROR and "the next request loads it again" in (a.error or "")
+    _, _, second = await bounded(harness.generate(manager, "a"))
+    assert second != first
+    a.up_since -= RESTART_AFTER  # as if it had served that long
+    os.kill(second, signal.SIGKILL)
+    await bounded(until(lambda: a.worker is not None and a.worker.pid != second))
+    await bounded(until(lambda: a.status == Status.LOADED))
+    assert a.worker is not None and a.worker.pid != first
+    assert [e["reason"] for e in events.all("loading", "a")] == ["request", "restart"]
+    assert "pinned: it loads again" in events.all("error", "a")[-1]["error"]
+    harness.pids.add(a.worker.pid)
 
 
 # -- CPU threads and spare workers ---------------------------------------------------------------

@@ -119,6 +119,40 @@ def test_worker_killed_mid_stream(
     assert not [p for p in children if alive(p)], "worker processes left behind"
 
 
+def test_a_pinned_models_worker_that_dies_is_replaced_without_a_request(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    """Pinned: meant to stay loaded. Its worker killed after serving a while, the server
+    loads it again by itself: the next request finds it loaded, not paying the load."""
+    pinned = {"id": "smol-pinned", "path": str(smollm2_gguf), "pin": True}
+    srv = new_server(  # the pinned model alone
+        tmp_path,
+        models_dir=str(tmp_path / "models"),
+        provision_default_models=False,
+        models=[pinned],
+    )
+    client = make_client(srv)
+    try:
+        entry = srv.wait_status("smol-pinned", "loaded")  # pinned: loaded at start
+        pid = srv.worker_of(smollm2_gguf.name)
+        assert pid is not None
+        time.sleep(max(0.0, entry["loaded_at"] + 10.5 - time.time()))  # served 10 s: restarts
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while srv.worker_of(smollm2_gguf.name) in (None, pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        entry = srv.wait_status("smol-pinned", "loaded")
+        assert "SIGKILL" not in str(entry["status"])
+        assert srv.worker_of(smollm2_gguf.name) not in (None, pid)
+        chat = client.chat.completions.create(model="smol-pinned", messages=HELLO, max_tokens=3)
+        assert chat.choices[0].message.content
+        assert srv.worker_of(smollm2_gguf.name) not in (None, pid)
+    finally:
+        children = srv.stop()
+    time.sleep(0.5)
+    assert not [p for p in children if alive(p)], "worker processes left behind"
+
+
 def test_disconnect_stops_generation(tmp_path: Path, models_dir: Path) -> None:
     srv = new_server(tmp_path, models_dir=str(models_dir))
     try:

@@ -45,6 +45,9 @@ __all__ = ["ModelManager"]
 
 log = logging.getLogger(__name__)
 MiB = 2**20
+# A pinned model whose worker dies is loaded again at once if it had served this long; one
+# that dies sooner (a model that crashes its worker) waits for a request, so no loop of loads.
+RESTART_AFTER = 10.0
 _SHUTDOWN = "the server is shutting down; retry on another server"  # told to requests cut
 
 
@@ -231,6 +234,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         state.worker = worker
         state.load_seconds = time.monotonic() - started
         state.loaded_at = state.last_used = time.time()
+        state.up_since = asyncio.get_running_loop().time()
         state.use_order = next(self._uses)
         measured = worker.rss()
         state.memory_bytes = measured
@@ -374,15 +378,35 @@ class ModelManager(Leases, Admission, Reconfiguration):
             self.registry.leaving.discard(state)
             state.worker = None
             state.memory_bytes = None
+            state.loaded_at = None
             state.draining = False
             state.drain_allowed.clear()
-            message = f"{reason}; the next request loads it again"
+            lived = asyncio.get_running_loop().time() - state.up_since
+            restart = state.source.config.pin and lived >= RESTART_AFTER
+            if restart:
+                message = f"{reason}; pinned: it loads again"
+            elif state.source.config.pin:
+                message = (
+                    f"{reason} {lived:.0f} s after loading; pinned, but not loaded again by "
+                    "itself before it has served a while: the next request loads it again"
+                )
+            else:
+                message = f"{reason}; the next request loads it again"
             state.set_status(Status.ERROR, message)
             self.events.publish("error", state.id, error=state.error)
             log.warning("model %s: %s", state.id, message)
+            if restart:
+                self._restart(state)
             self._room_changed()
 
         return on_exit
+
+    def _restart(self, state: ModelState) -> None:
+        """Load a pinned model again after its worker died (pinned: meant to stay loaded)."""
+        try:
+            self.request_load(state.id, reason="restart")
+        except RouterError as exc:  # e.g. other pinned models now fill what it needs
+            log.warning("model %s is pinned but cannot load again: %s", state.id, exc.message)
 
     def _worker_info(self, state: ModelState) -> Callable[[Worker], None]:
         """Keep the model's memory figure live from the worker's snapshots (it grows as the

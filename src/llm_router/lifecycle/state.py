@@ -63,7 +63,9 @@ class ModelState:
     worker: Worker | None = None
     load_task: asyncio.Task[Worker] | None = None
     load_requested: bool = False  # explicit load (request_load): waits for room with no waiters
-    load_reason: str = "request"  # what queued the load under way: request, preload, requested
+    # What queued the load under way: request, preload, requested, restart (a pinned model's
+    # worker died)
+    load_reason: str = "request"
     active: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     # Draining: a waiting load needs this model's room. Only the requests already queued
@@ -74,6 +76,7 @@ class ModelState:
     last_used: float = 0.0  # wall clock, for display
     use_order: int = 0  # the manager's count of uses at the last one: least recently used first
     loaded_at: float | None = None
+    up_since: float = 0.0  # event-loop time its worker last finished loading
     load_seconds: float | None = None
     memory_bytes: int | None = None
     measured_bytes: int | None = None  # last measured footprint of this file, kept across unloads
