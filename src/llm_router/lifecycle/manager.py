@@ -77,6 +77,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         self._admission: deque[ModelState] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
         self._pool = pool or WorkerPool(settings.spare_workers)
         self._pool.on_measured = self._room_changed  # estimates improve: decide again
         self.machine: Machine = detect()  # cores, memory, CPU features: lifecycle/fit.py
@@ -104,6 +105,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
                     log.warning("model %s is not preloaded: %s", state.id, exc.message)
 
     async def close(self) -> None:
+        self._closing = True  # a worker dying now (stopped with the others) is not restarted
         if self._watcher is not None:
             self._watcher.cancel()
         if self._patience is not None:
@@ -382,10 +384,11 @@ class ModelManager(Leases, Admission, Reconfiguration):
             state.draining = False
             state.drain_allowed.clear()
             lived = asyncio.get_running_loop().time() - state.up_since
-            restart = state.source.config.pin and lived >= RESTART_AFTER
+            pinned = state.source.config.pin and not self._closing
+            restart = pinned and lived >= RESTART_AFTER
             if restart:
                 message = f"{reason}; pinned: it loads again"
-            elif state.source.config.pin:
+            elif pinned:
                 message = (
                     f"{reason} {lived:.0f} s after loading; pinned, but not loaded again by "
                     "itself before it has served a while: the next request loads it again"
