@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -84,6 +86,8 @@ class Watch:
 class Storm:
     statuses: list[int] = field(default_factory=list)
     refused_without_retry_after: list[int] = field(default_factory=list)
+    refused_without_envelope: list[int] = field(default_factory=list)
+    codes: set[str] = field(default_factory=set)
     slowest: float = 0.0
 
 
@@ -106,6 +110,10 @@ async def _storm(url: str, models: list[str], clients: int, seconds: float) -> S
                 result.statuses.append(exc.status_code)
                 if exc.response.headers.get("retry-after") is None:
                     result.refused_without_retry_after.append(exc.status_code)
+                if not isinstance(exc.code, str):  # OpenAI's error envelope carries a code
+                    result.refused_without_envelope.append(exc.status_code)
+                else:
+                    result.codes.add(exc.code)
                 await asyncio.sleep(0.2)
             result.slowest = max(result.slowest, time.monotonic() - started)
             n += 1
@@ -117,10 +125,13 @@ async def _storm(url: str, models: list[str], clients: int, seconds: float) -> S
     return result
 
 
-def _check_storm(srv: Server, storm: Storm, watch: Watch, models_max: int) -> None:
-    assert storm.statuses.count(200) >= 30, storm.statuses
+def _check_storm(
+    srv: Server, storm: Storm, watch: Watch, models_max: int, answered: int = 30
+) -> None:
+    assert storm.statuses.count(200) >= answered, storm.statuses
     assert set(storm.statuses) <= {200, 429, 503}, storm.statuses
     assert storm.refused_without_retry_after == []
+    assert storm.refused_without_envelope == []
     assert storm.slowest < 60, f"a request took {storm.slowest:.1f} s"
     assert watch.max_resident <= models_max
     served = {m for m, e in srv.models().items() if e.get("load_seconds")}
@@ -138,6 +149,87 @@ def test_storm_from_a_cold_start(tmp_path: Path, smollm2_gguf: Path) -> None:
     finally:
         children = srv.stop()
     _assert_gone(children)
+
+
+def test_storm_with_kills_unloads_and_loads(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The cold-start storm with the outside world in it, seeded (the seed is printed with a
+    failure; STORM_SEED=... replays it): at random times a worker is killed (as the OOM
+    killer would), a model unloaded or loaded over HTTP, under a random keep-alive, unload
+    grace and spare-worker setting. Every request ends with an answer or a refusal in OpenAI's
+    envelope with Retry-After (a killed worker's requests too: 503), never more models are
+    resident than allowed, every model answers afterwards, and no worker process runs that no
+    model holds."""
+    seed = int(os.environ.get("STORM_SEED") or random.randrange(1 << 32))
+    print(f"STORM_SEED={seed}")
+    rng = random.Random(seed)
+    models = ["alpha", "beta", "gamma"]
+    spare = rng.random() < 0.7
+    srv = new_server(
+        tmp_path,
+        models_dir=str(_copies(tmp_path, smollm2_gguf)),
+        models_max=2,
+        keep_alive=rng.choice(["5m", "2s"]),
+        unload_grace=rng.choice([1.0, 5.0]),
+        spare_workers=spare,
+    )
+    plan = sorted(
+        (rng.uniform(1, 22), rng.choice(["kill", "unload", "load"]), rng.choice(models))
+        for _ in range(rng.randint(3, 8))
+    )
+    try:
+        with Watch(srv.url) as watch, _Chaos(srv, plan) as chaos:
+            storm = asyncio.run(_storm(srv.url, models, 6, 25))
+        print("chaos:", chaos.done)
+        _check_storm(srv, storm, watch, 2, answered=10)
+        for model in models:
+            r = _ask(srv.url, model)
+            assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30  # unloads still in their grace end
+        while time.monotonic() < deadline:
+            held = {m for m, e in srv.models().items() if e["status"]["value"] in RESIDENT}
+            workers = srv.descendants()
+            if len(workers) <= len(held) + spare:
+                break
+            time.sleep(0.5)
+        assert len(workers) <= len(held) + spare, (workers, held)
+    finally:
+        children = srv.stop()
+    _assert_gone(children)
+
+
+class _Chaos:
+    """Carries out `plan` ((seconds from the start, action, model), in order) on a thread
+    while the storm runs: SIGKILL to the model's worker (if it has one; only this server's
+    children), or POST /models/unload or /models/load."""
+
+    def __init__(self, srv: Server, plan: list[tuple[float, str, str]]) -> None:
+        self.srv, self.plan = srv, plan
+        self.done: list[tuple[float, str, str, object]] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _Chaos:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for at, action, model in self.plan:
+            if self._stop.wait(max(0.0, start + at - time.monotonic())):
+                return
+            outcome: object
+            if action == "kill":
+                outcome = pid = self.srv.worker_of(f"{model}.gguf")
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+            else:
+                r = httpx.post(f"{self.srv.url}/models/{action}", json={"model": model}, timeout=30)
+                outcome = r.status_code
+            self.done.append((round(at, 1), action, model, outcome))
 
 
 def test_storm_under_a_memory_budget(tmp_path: Path, smollm2_gguf: Path) -> None:
