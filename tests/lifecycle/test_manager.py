@@ -719,6 +719,30 @@ async def test_a_pinned_models_dead_worker_is_replaced_at_once(
     harness.pids.add(a.worker.pid)
 
 
+async def test_a_pinned_model_dying_while_it_is_unloaded_stays_unloaded(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """An unload of a pinned model (forced over HTTP, or a reload's change) waits for the
+    request in flight; the worker dies meanwhile. It was going away on purpose: it is not
+    loaded again by itself (the restart undid the unload)."""
+    manager = await harness.manager([fake_model(tmp_path, "a", config={"pin": True})])
+    events = Events(manager)
+    a = manager.resolve("a")
+    await bounded(until(lambda: a.status == Status.LOADED))  # pinned: loaded at start
+    a.up_since -= RESTART_AFTER  # as if it had served that long
+    held = await hold(harness, manager, "a")
+    unloading = asyncio.create_task(manager.unload("a"))
+    await bounded(until(lambda: a.status == Status.UNLOADING))
+    assert a.worker is not None
+    os.kill(a.worker.pid, signal.SIGKILL)
+    with pytest.raises(EngineError):  # its request had the worker die under it
+        await held.finish()
+    await bounded(unloading)
+    await asyncio.sleep(0.3)
+    assert a.status == Status.UNLOADED and a.worker is None
+    assert events.count("loading", "a") == 0
+
+
 # -- CPU threads and spare workers ---------------------------------------------------------------
 
 

@@ -372,6 +372,9 @@ class ModelManager(Leases, Admission, Reconfiguration):
         def on_exit(worker: Worker, reason: str) -> None:
             if worker.stopping or state.worker is not worker:
                 return
+            # Being unloaded on purpose (an unload, an eviction, a reload's change): not a
+            # pinned model to load again.
+            leaving = state.status == Status.UNLOADING or state in self.registry.leaving
             # Nobody else will stop a worker that died on its own: stop() closes its channel
             # (the socket would otherwise leak until garbage collection).
             self._spawn(worker.stop())
@@ -384,7 +387,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             state.draining = False
             state.drain_allowed.clear()
             lived = asyncio.get_running_loop().time() - state.up_since
-            pinned = state.source.config.pin and not self._closing
+            pinned = state.source.config.pin and not self._closing and not leaving
             restart = pinned and lived >= RESTART_AFTER
             if restart:
                 message = f"{reason}; pinned: it loads again"
