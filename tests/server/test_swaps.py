@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 import openai
@@ -51,8 +52,27 @@ def _loaded(url: str) -> set[str]:
     return {m["id"] for m in data if m["status"]["value"] == "loaded"}
 
 
+class _Background:
+    """Runs `_run` on a thread for the duration of a `with` block; `_stop` says it ended."""
+
+    _stop: threading.Event
+    _join_seconds = 10.0
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self._join_seconds)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class Watch:
+class Watch(_Background):
     """Polls GET /models while a test runs: the most models resident at once, and the most
     memory measured against the budget."""
 
@@ -60,15 +80,6 @@ class Watch:
     max_resident: int = 0
     over_budget: list[tuple[int, int]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Watch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         with httpx.Client(timeout=10) as http:
@@ -197,24 +208,17 @@ def test_storm_with_kills_unloads_and_loads(tmp_path: Path, smollm2_gguf: Path) 
     _assert_gone(children)
 
 
-class _Chaos:
+class _Chaos(_Background):
     """Carries out `plan` ((seconds from the start, action, model), in order) on a thread
     while the storm runs: SIGKILL to the model's worker (if it has one; only this server's
     children), or POST /models/unload or /models/load."""
+
+    _join_seconds = 30.0  # an unload answers once its grace is over
 
     def __init__(self, srv: Server, plan: list[tuple[float, str, str]]) -> None:
         self.srv, self.plan = srv, plan
         self.done: list[tuple[float, str, str, object]] = []
         self._stop = threading.Event()
-
-    def __enter__(self) -> _Chaos:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def _run(self) -> None:
         start = time.monotonic()
