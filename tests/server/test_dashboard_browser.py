@@ -240,7 +240,8 @@ def _models_dir(srv: Server) -> str:
 def test_with_api_keys_on_the_page_asks_for_one(
     page: Page, tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real gateway: without a key the page shows no model, with the master key it does."""
+    """The real gateway: without a key the page shows no model, with the master key it does;
+    once the key is forgotten, what it read is gone (its rows stayed on the page)."""
     monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", "sk-dashboard-master")
     models = link_models(tmp_path / "models", smollm2_gguf)
     srv = Server(tmp_path, {"models_dir": str(models), "data_dir": str(tmp_path / "data")})
@@ -259,6 +260,11 @@ def test_with_api_keys_on_the_page_asks_for_one(
         expect(page.locator("#live")).to_have_text("live")
         row.get_by_role("button", name="Load", exact=True).click()  # an admin action
         expect(row.locator("[data-role=status]")).to_have_text("loaded", timeout=60_000)
+        page.get_by_role("button", name="API key").click()
+        page.get_by_role("button", name="Forget key").click()
+        expect(page.locator("#key-dialog")).to_be_visible()  # asked again
+        expect(page.locator(f"tr[data-model='{SMOL}']")).to_have_count(0)
+        expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(0)
     finally:
         srv.stop()
 

@@ -105,14 +105,33 @@ function setupKey() {
   $("key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const action = ev.submitter ? ev.submitter.value : "save";
+    const before = key();
     if (action === "save") localStorage.setItem(KEY_STORE, $("key-input").value.trim());
     if (action === "forget") localStorage.removeItem(KEY_STORE);
     $("key-dialog").close();
+    if (key() !== before) forgetWhatWasRead();
     if (action !== "cancel") {
       restartEvents();
       wakeMetrics(); // a new key may read /metrics: ask at once, not after the back-off
     }
   });
+}
+
+// What the page read with the previous key is not shown under another one (or none): the
+// next reads with the new key fill it again, if it may read it.
+function forgetWhatWasRead() {
+  Object.assign(state, {
+    models: new Map(),
+    routes: [],
+    budget: 0,
+    used: 0,
+    gauges: {},
+    series: { rps: [], tps: [], ttft: [], err: [] },
+    last: null,
+    fallbacks: [],
+  });
+  render();
+  renderCharts();
 }
 
 // -- models: listing and events -------------------------------------------------------------
