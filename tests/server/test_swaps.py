@@ -7,6 +7,7 @@ hang; never more models resident than allowed; no worker outlives the server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -229,7 +230,8 @@ class _Chaos(_Background):
             if action == "kill":
                 outcome = pid = self.srv.worker_of(f"{model}.gguf")
                 if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                        os.kill(pid, signal.SIGKILL)
             else:
                 r = httpx.post(f"{self.srv.url}/models/{action}", json={"model": model}, timeout=30)
                 outcome = r.status_code
