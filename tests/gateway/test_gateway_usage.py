@@ -358,3 +358,16 @@ async def test_start_up_says_once_what_the_migration_did(
     assert not [n for n, _ in lines if n.startswith("alembic")], lines
     migrated = [m for _, m in lines if "migrated" in m]
     assert len(migrated) == 1 and "-> 0001" in migrated[0], lines
+
+
+def test_the_revision_start_up_trusts_is_alembics_head() -> None:
+    """A database at `migrate.HEAD` is taken as current without asking Alembic: that must be
+    the newest revision there is, or a new migration would never run."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from llm_router.gateway.migrate import HEAD, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD]
