@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as redis
+if TYPE_CHECKING:  # imported where used: not every server talks to Redis (start-up time)
+    import redis.asyncio as redis
 
 __all__ = ["Subscription"]
 

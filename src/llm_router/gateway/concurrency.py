@@ -17,8 +17,10 @@ import contextlib
 import itertools
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
-import redis.asyncio as redis
+if TYPE_CHECKING:  # imported where used: not every server talks to Redis (start-up time)
+    import redis.asyncio as redis
 
 __all__ = ["SharedSlots"]
 
@@ -55,6 +57,8 @@ class SharedSlots:
     def __init__(
         self, pool: redis.ConnectionPool, prefix: str = "llm-router-slots", ttl: float = 15.0
     ) -> None:
+        import redis.asyncio as redis
+
         self.client = redis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.ttl = ttl

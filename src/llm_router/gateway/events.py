@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import redis.asyncio as redis
+from typing import TYPE_CHECKING, Any
 
 from ..redis_channel import Subscription
+
+if TYPE_CHECKING:  # imported where used: not every server talks to Redis (start-up time)
+    import redis.asyncio as redis
 
 __all__ = ["CHANNEL", "KeyEvents", "publish", "publish_once"]
 
@@ -35,6 +36,8 @@ async def publish(client: redis.Redis, event: str, name: str) -> None:
 async def publish_once(redis_url: str, event: str, name: str) -> None:
     """Publish one event from a short-lived process (the CLI); a Redis that is down is
     logged, not raised: the routers' polling still sees the change."""
+    import redis.asyncio as redis
+
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         await publish(client, event, name)
@@ -49,6 +52,8 @@ class KeyEvents:
     subscriber's task; its errors are logged)."""
 
     def __init__(self, redis_url: str, handler: Handler) -> None:
+        import redis.asyncio as redis
+
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
         self.handler = handler
         self._subscription = Subscription(self.client, CHANNEL, self._handle, "key events")
@@ -58,6 +63,8 @@ class KeyEvents:
         await self._subscription.start(wait)
 
     async def publish(self, event: str, name: str) -> None:
+        import redis.asyncio as redis
+
         try:
             await publish(self.client, event, name)
         except (redis.RedisError, OSError) as exc:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import redis.asyncio as redis
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 
 from ..config import GatewaySettings
@@ -32,6 +32,9 @@ from ..errors import RateLimited
 from .concurrency import SharedSlots
 from .keys import ApiKey
 from .windows import Windows
+
+if TYPE_CHECKING:  # imported where used: not every server talks to Redis (start-up time)
+    import redis.asyncio as redis
 
 __all__ = ["Admission", "Limiter", "reset_text"]
 
@@ -90,6 +93,8 @@ class Limiter:
         storage: Storage
         if redis_url:
             # Blocking: at most 64 connections; a request waits for one rather than failing.
+            import redis.asyncio as redis
+
             self._pool = redis.BlockingConnectionPool.from_url(
                 redis_url, max_connections=64, timeout=5
             )

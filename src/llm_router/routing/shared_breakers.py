@@ -25,8 +25,6 @@ import logging
 import uuid
 from typing import Any
 
-import redis.asyncio as redis
-
 from ..redis_channel import Subscription
 from .breaker import BreakerState, CircuitBreaker
 
@@ -41,6 +39,8 @@ class BreakerSync:
     """The breakers of this router's remote targets, told to and from the others."""
 
     def __init__(self, redis_url: str, hold: float = 1.0, cooldown: float = 30.0) -> None:
+        import redis.asyncio as redis
+
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
         self.hold = hold
         self.cooldown = cooldown
