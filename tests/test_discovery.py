@@ -113,6 +113,26 @@ def test_unchanged_models_are_not_read_again(
     assert reads == [tmp_path / "other"]  # changed: read again
 
 
+def test_scanners_of_one_process_share_what_they_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start scans three times (provisioning, the early spares, the registry): a model's
+    files are read once for all of them, and again by each when they change."""
+    import llm_router.lifecycle.discovery as discovery
+
+    _hf(tmp_path / "m")
+    reads: list[Path] = []
+    real = discovery.describe
+    monkeypatch.setattr(discovery, "describe", lambda p: reads.append(p) or real(p))
+    first, second = _scan(tmp_path).scan(), _scan(tmp_path).scan()
+    assert reads == [tmp_path / "m"] and first["m"] == second["m"]
+    (tmp_path / "m" / "config.json").write_text(
+        json.dumps({**LLAMA, "max_position_embeddings": 8192})
+    )
+    assert _scan(tmp_path).scan()["m"].info != first["m"].info
+    assert reads == [tmp_path / "m"] * 2
+
+
 def test_configured_folder_with_options_and_explicit_engine(tmp_path: Path) -> None:
     folder = _hf(tmp_path / "elsewhere" / "weights")
     models = [

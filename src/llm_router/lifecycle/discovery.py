@@ -4,10 +4,12 @@ config.
 Detection is by content (formats/detect.py: GGUF magic, safetensors header, ONNX protobuf, HF
 and onnxruntime-genai folders), metadata is read without loading weights, and results are
 cached by identity (sizes and modification times of every file of the model), so a rescan
-costs one `stat` per file and a changed file inside a folder is noticed."""
+costs one `stat` per file and a changed file inside a folder is noticed. The reads are shared
+by every Scanner of the process."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -208,7 +210,12 @@ class Scanner:
         )
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)
     def _read(path: Path, identity: Identity) -> _Found:
+        """What the files at `path` say, read once a process for each identity: shared by
+        every Scanner (a start makes three: `ensure_models`, the early spares, the manager's
+        registry; each read of a big GGUF vocabulary costs ~0.1 s). A cached error stays
+        until the identity changes, as in each Scanner's own cache."""
         try:
             described = describe(path)
         except InvalidModelFile as exc:
