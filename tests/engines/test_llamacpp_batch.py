@@ -173,6 +173,39 @@ def test_a_prompt_surely_too_long_is_refused_without_tokenizing(
     assert calls == 1
 
 
+def test_a_chat_of_many_short_messages_is_refused_before_it_is_tokenized(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp parses the special tokens written in a text in time growing with the square
+    of their count: 20,000 one-letter messages (a few hundred KB) took ~7 s to tokenize, and
+    200,000 minutes, in the decode loop, while every other stream of the model waited. Each
+    turn marker is a token, so a chat holding more of them than the context is refused before
+    it is tokenized; a chat that fits is tokenized and answered as before."""
+    tokenized: list[int] = []
+    real = engine.tokenize
+
+    def counted(text: str, **kwargs: bool) -> list[int]:
+        tokenized.append(len(text))
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(engine, "tokenize", counted)
+    turns = engine.context_size  # one-letter messages: each far shorter than its markers
+    many = GenerationRequest(
+        messages=(ChatMessage("user", "h"),) * turns, params=SamplingParams(max_tokens=1)
+    )
+    with pytest.raises(ContextLengthExceeded, match="at least") as caught:
+        engine.submit(600, many)
+    assert caught.value.param == "messages"
+    assert max(tokenized, default=0) < 1000  # at most the template's one-message sample
+    fits = GenerationRequest(
+        messages=(ChatMessage("user", "h"),) * 20, params=SamplingParams(max_tokens=2)
+    )
+    engine.submit(601, fits)
+    while engine.busy:
+        engine.step()
+    assert max(tokenized) > 200  # the whole chat, tokenized at once
+
+
 def test_one_prompt_arriving_many_times_at_once_is_evaluated_once(
     engine: LlamaCppEngine,
 ) -> None:

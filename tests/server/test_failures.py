@@ -36,6 +36,23 @@ def test_prompt_longer_than_context(client: openai.OpenAI) -> None:
     assert client.completions.create(model=SMOL, prompt="Hi", max_tokens=2).choices[0].text
 
 
+def test_a_chat_of_a_hundred_thousand_short_messages_is_refused_at_once(
+    server: Server, client: openai.OpenAI
+) -> None:
+    """3 MB of one-letter messages, under the body limit: llama.cpp's tokenizer took minutes
+    over their turn markers, in the model's decode loop, and every request to the model
+    waited (found from outside). Now a 400 before tokenizing, and the model serves on. (Sent
+    with httpx: the openai client itself takes a minute to prepare 100,000 messages.)"""
+    messages = [{"role": "user", "content": "h"}] * 100_000
+    r = _post(server, "/v1/chat/completions", json={"model": SMOL, "messages": messages})
+    assert r.status_code == 400, r.text
+    validate("ErrorResponse", r.json())
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert "at least" in r.json()["error"]["message"]
+    answer = client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
+
+
 def test_body_over_limit_without_content_length_is_413(server: Server) -> None:
     """Through uvicorn: a chunked body carries no Content-Length and is counted as it arrives
     (the in-process tests in test_http.py cover every route and status)."""

@@ -12,7 +12,16 @@ import pytest
 
 from llm_router.engines import LoadSpec
 from llm_router.errors import BadRequest
-from llm_router.types import ChatMessage, GenerationRequest, SamplingParams, TextDelta
+from llm_router.types import (
+    ChatMessage,
+    Constraint,
+    Function,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    ToolCall,
+    Tools,
+)
 from llm_router.worker.client import Worker
 from llm_router.worker.protocol import (
     Reply,
@@ -23,6 +32,8 @@ from llm_router.worker.protocol import (
     messages_to_wire,
     pieces_from_wire,
     pieces_to_wire,
+    request_from_wire,
+    request_to_wire,
 )
 from llm_router.worker.spawn import Spare
 
@@ -32,8 +43,20 @@ def test_pieces_and_messages_cross_the_channel_unchanged() -> None:
     wire = decode(encode({"id": 1, "result": pieces_to_wire(pieces)}))
     event = event_from_wire(wire)
     assert isinstance(event, Reply) and pieces_from_wire(event.value) == pieces
-    messages = (ChatMessage("system", "Be brief."), ChatMessage("tool", "21", (), "call_1"))
+    messages = (
+        ChatMessage("system", "Be brief."),
+        ChatMessage("assistant", "", (ToolCall("call_1", "add", '{"a": 1}'),)),
+        ChatMessage("tool", "21", (), "call_1"),
+    )
     assert messages_from_wire(decode(encode({"m": messages_to_wire(messages)}))["m"]) == messages
+    request = GenerationRequest(
+        params=SamplingParams(max_tokens=3, stop=("x",)),
+        messages=messages,
+        constraint=Constraint("json", '{"type": "object"}'),
+        tools=Tools((Function("add", "adds", '{"type": "object"}'),), "auto", True),
+    )
+    wire = decode(encode({"op": "generate", "request": request_to_wire(request)}))
+    assert request_from_wire(wire["request"]) == request
 
 
 @pytest.mark.real  # a worker process

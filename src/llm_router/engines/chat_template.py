@@ -153,14 +153,20 @@ Tokenize = Callable[[str, bool, bool], list[int]]
 
 
 def chat_tokens(
-    template: ChatTemplate, messages: Sequence[ChatMessage], tokenize: Tokenize
+    template: ChatTemplate,
+    messages: Sequence[ChatMessage],
+    tokenize: Tokenize,
+    check: Callable[[str], None] | None = None,
 ) -> list[int]:
     """The tokens of a chat rendered by `template`, special tokens parsed only in the
     template's own text. An ordinary chat is tokenized whole, as the template renders it; one
     whose messages hold special-token text (a forged `<|im_end|>` turn, say) piece by piece
     (`render_parts`), its contents as plain text. Raises BadRequest when the pieces cannot be
-    told apart."""
+    told apart. `check(text)` sees the rendered chat before anything is tokenized (and may
+    refuse it: engines/prompt_bounds.py)."""
     text = template.render(messages)
+    if check is not None:
+        check(text)
     if not any(
         tokenize(m.content, True, False) != tokenize(m.content, False, False) for m in messages
     ):

@@ -56,6 +56,7 @@ from .llamacpp_load import (
 from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
 from .llamacpp_slots import KvSlots
 from .logprobs import PROMPT_CHUNK, prompt_entry, token_entry
+from .prompt_bounds import TurnMarkers
 from .sequences import Events, finish_text, reply_text
 from .slots import MIN_SHARED_PREFIX, common_prefix
 from .text import TextAssembler
@@ -116,6 +117,7 @@ class LlamaCppEngine:
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
         self._piece_cache: dict[int, bytes] = {}
         self._longest_piece: int | None = None  # bytes of the longest token, once needed
+        self._markers: TurnMarkers | None = None  # the chat template's turn markers, once needed
         self._eog: list[int] | None = None
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
@@ -295,7 +297,7 @@ class LlamaCppEngine:
             add_bos = first and self._add_bos and not starts_with_bos
             return self.tokenize(text, add_bos=add_bos, special=special)
 
-        return chat_tokens(self._template, request.messages, tokenize)
+        return chat_tokens(self._template, request.messages, tokenize, self._refuse_rendered)
 
     def _refuse_surely_too_long(self, request: GenerationRequest) -> None:
         """A prompt so long in bytes that even with the vocabulary's longest tokens it would
@@ -307,21 +309,52 @@ class LlamaCppEngine:
             if text is not None
             else sum(len(m.content.encode()) for m in request.messages or ())
         )
+        self._refuse_at_least(size // self._longest(size), request.messages is not None)
+
+    def _refuse_rendered(self, text: str) -> None:
+        """A rendered chat: by its bytes (the template's text counts too), then by its turn
+        markers (engines/prompt_bounds.py: a chat of many short messages)."""
+        size = len(text.encode())
+        self._refuse_at_least(size // self._longest(size), True)
+        if self._markers is None:
+            self._markers = TurnMarkers(self._marker_texts())
+        self._refuse_at_least(self._markers.at_least(text, self.context_size), True)
+
+    def _refuse_at_least(self, at_least: int, chat: bool) -> None:
+        if at_least >= self.context_size:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_size} tokens, but the "
+                f"prompt has at least {at_least} tokens.",
+                param="messages" if chat else "prompt",
+            )
+
+    def _longest(self, size: int) -> int:
+        """Bytes of the vocabulary's longest token (read once needed: prompts of at most 64
+        bytes a context token are tokenized without asking, no token is that long)."""
         if size <= 64 * self.context_size:
-            return  # the common case: no token is 64 bytes long, tokenize it
+            return 64
         if self._longest_piece is None:
             n_vocab = lc.llama_vocab_n_tokens(self._vocab)
             self._longest_piece = max(
                 (len(lc.llama_vocab_get_text(self._vocab, t) or b"") for t in range(n_vocab)),
                 default=1,
             )
-        at_least = size // max(self._longest_piece, 1)
-        if at_least >= self.context_size:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_size} tokens, but the "
-                f"prompt has at least {at_least} tokens.",
-                param="messages" if request.messages is not None else "prompt",
-            )
+        return max(self._longest_piece, 1)
+
+    def _marker_texts(self) -> list[str]:
+        """The control tokens the template writes for a one-message chat, as text."""
+        assert self._template is not None
+        try:
+            text = self._template.render([ChatMessage("user", "x")])
+        except BadRequest:  # a template that wants more than one message: no markers known
+            return []
+        tokens = self.tokenize(text, add_bos=False, special=True)
+        control = [
+            t
+            for t in tokens
+            if lc.llama_vocab_get_attr(self._vocab, t) & lc.LLAMA_TOKEN_ATTR_CONTROL
+        ]
+        return [self._piece(t, special=True).decode("utf-8", "replace") for t in control]
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         """Tokens of `text`; with `special`, special tokens written in it are parsed."""

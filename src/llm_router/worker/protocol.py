@@ -23,7 +23,7 @@ import base64
 import json
 from array import array
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .. import errors
@@ -170,7 +170,21 @@ def pieces_from_wire(data: dict[str, Any]) -> list[bytes]:
 
 
 def messages_to_wire(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    return [asdict(m) for m in messages]
+    """By hand, not `asdict` (which copies deeply: 15 us a message, so a chat of 100,000
+    held the router's event loop for 1.5 s)."""
+    return [
+        {"role": m.role, "content": m.content}
+        if not m.tool_calls and m.tool_call_id is None
+        else {
+            "role": m.role,
+            "content": m.content,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls
+            ],
+            "tool_call_id": m.tool_call_id,
+        }
+        for m in messages
+    ]
 
 
 def messages_from_wire(data: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
@@ -178,7 +192,10 @@ def messages_from_wire(data: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
 
 
 def request_to_wire(request: GenerationRequest) -> dict[str, Any]:
-    return asdict(request)
+    data = asdict(replace(request, messages=None))  # all but the messages: a few fields
+    if request.messages is not None:
+        data["messages"] = messages_to_wire(request.messages)
+    return data
 
 
 def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
