@@ -77,6 +77,9 @@ async def test_malformed_json_is_400_on_every_route(inproc: httpx.AsyncClient, p
         ("repeat_penalty", 1e-300),
         ("model", "m" * 257),
         ("seed", 2**80),
+        ("max_tokens", "3"),  # a number in a string: OpenAI refuses it, pydantic took it
+        ("n", "2"),
+        ("temperature", "0"),
     ],
 )
 async def test_wrong_values_name_the_parameter(
@@ -88,6 +91,20 @@ async def test_wrong_values_name_the_parameter(
     body = json.dumps({**CHAT, field: value}).encode()  # writes NaN and Infinity as Python does
     r = await inproc.post("/v1/chat/completions", content=body, headers=JSON)
     assert error(r, 400)["param"] == field
+
+
+async def test_null_is_the_default_where_openai_allows_null(inproc: httpx.AsyncClient) -> None:
+    """OpenAI's schema makes `n`, `stream`, `echo` and a completion's `max_tokens` nullable:
+    null means the default (one answer, no stream, 16 tokens), never "no limit"."""
+    nulls = {"n": None, "stream": None}
+    r = await inproc.post("/v1/chat/completions", json={**CHAT, **nulls})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 1
+    completion = {"model": "chat", "prompt": "x", "max_tokens": None, "echo": None, **nulls}
+    r = await inproc.post("/v1/completions", json=completion)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 16
+    assert r.headers["content-type"].startswith("application/json")
 
 
 async def test_missing_model_field(inproc: httpx.AsyncClient) -> None:

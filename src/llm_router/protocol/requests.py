@@ -110,15 +110,23 @@ MAX_PROMPTS = 128  # prompts in one completion request
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 
 
-def _not_bool(value: object) -> object:
-    """JSON's true and false are not numbers (pydantic would read them as 1 and 0)."""
+def _number(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic would read them as 1 and 0), nor is a
+    string of digits (pydantic would read "3" as 3; OpenAI refuses it)."""
     if isinstance(value, bool):
         raise ValueError("a number is expected, not a boolean")
+    if isinstance(value, str):
+        raise ValueError("a number is expected, not a string")
     return value
 
 
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Float = Annotated[float, BeforeValidator(_not_bool)]
+def null_is(default: object) -> BeforeValidator:
+    """A field OpenAI's schema makes nullable, where null means its default (`"n": null`)."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+Int = Annotated[int, BeforeValidator(_number)]
+Float = Annotated[float, BeforeValidator(_number)]
 
 
 class _Request(ShapeFields):
@@ -140,13 +148,13 @@ class _Request(ShapeFields):
     frequency_penalty: Float | None = Field(None, ge=-2, le=2)
     repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
     ignore_eos: StrictBool | None = None
-    n: Int = Field(
+    n: Annotated[Int, null_is(1)] = Field(
         1,
         ge=1,
         le=MAX_N,
         description="Answers to generate (at most the server's `max_n`, 8 by default).",
     )
-    stream: StrictBool = False
+    stream: Annotated[StrictBool, null_is(False)] = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
@@ -293,8 +301,9 @@ class CompletionRequest(_Request):
         description="A prompt, a list of prompts (one answer each, times `n`), a prompt as "
         "token ids, or a list of those."
     )
-    max_tokens: Int | None = Field(16, ge=1, le=MAX_TOKENS)  # OpenAI's default for completions
-    echo: StrictBool = False
+    # OpenAI's default for completions; null means it too (not "no limit")
+    max_tokens: Annotated[Int, null_is(16)] = Field(16, ge=1, le=MAX_TOKENS)
+    echo: Annotated[StrictBool, null_is(False)] = False
     logprobs: Int | None = Field(
         None,
         ge=0,
