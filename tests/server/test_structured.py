@@ -174,6 +174,24 @@ def test_bad_schemas_are_400s_and_lenient_ones_are_read(client: openai.OpenAI) -
             extra_body={"regex": "a"},
         )
     assert "one answer shape" in info.value.message
+    # no finite JSON satisfies it: the parser gave up at the first token, a 500 with a page
+    # of its state; now a 400 on the field, in one line, streamed or not
+    endless = {
+        "$defs": {
+            "n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"]}
+        },
+        "$ref": "#/$defs/n",
+    }
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model=SMOL,
+                messages=ask,
+                response_format=_format(endless),
+                stream=stream,  # type: ignore[arg-type]
+            )
+        assert info.value.param == "response_format", info.value
+        assert "cannot be followed" in info.value.message and "\n" not in info.value.message
     lenient = {
         "type": "object",
         "properties": {"id": {"type": "string", "format": "no-such-format", "maxLength": 8}},

@@ -130,8 +130,15 @@ class Grammars:
 
         m = LLMatcher(self.tokenizer, self.grammar(c), log_level=0)
         if m.is_error():
-            raise BadRequest(f"invalid constraint: {m.get_error()}", param=c.param)
-        return Matcher(m, int(self.tokenizer.vocab_size))
+            raise BadRequest(f"invalid constraint: {_reason(m.get_error())}", param=c.param)
+        return Matcher(m, int(self.tokenizer.vocab_size), c.param)
+
+
+def _reason(error: str | None, default: str = "no token allowed") -> str:
+    """llguidance's error without the parser state it dumps after the first line (a page of
+    rows and items that means nothing to a client)."""
+    first = (error or "").strip().split("\n", 1)[0]
+    return first[:300] if first else default
 
 
 _TABLE = np.array([-np.inf, 0.0], dtype=np.float32)  # bit -> additive bias
@@ -142,16 +149,20 @@ class Matcher:
     `apply` use it, `accept` advances past the chosen token. `done` when the constraint is
     complete and only an end-of-generation token may follow."""
 
-    def __init__(self, m: Any, vocab: int) -> None:
+    def __init__(self, m: Any, vocab: int, param: str | None = None) -> None:
         self._m = m
         self._vocab = vocab  # tokens the mask covers; logits past it are never allowed
+        self._param = param  # the request field of the constraint, for a 400
         self._mask = np.zeros((vocab + 31) // 32, dtype=np.int32)
         self._bias: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
 
     def prepare(self) -> None:
+        """Raises BadRequest when the parser gives up on the grammar (a schema no finite
+        answer satisfies exhausts its items, say): the request's fault, a 400 naming its
+        field when nothing was sent yet."""
         self._m.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
         if self._m.is_error():
-            raise EngineError(f"constraint failed: {self._m.get_error()}")
+            raise self._gave_up()
 
     def allows(self, token: int) -> bool:
         if not 0 <= token < self._vocab:
@@ -169,8 +180,18 @@ class Matcher:
         logits[n:] = -np.inf
 
     def accept(self, token: int) -> None:
+        """Raises BadRequest when the parser gives up past a token the mask allowed (as in
+        `prepare`), EngineError for a token it did not allow (the engine's fault)."""
         if not self._m.consume_token(token):
-            raise EngineError(f"constraint failed: {self._m.get_error() or 'token not allowed'}")
+            if self.allows(token):
+                raise self._gave_up()
+            raise EngineError(
+                f"constraint failed: {_reason(self._m.get_error(), 'token not allowed')}"
+            )
+
+    def _gave_up(self) -> BadRequest:
+        reason = _reason(self._m.get_error())
+        return BadRequest(f"the constraint cannot be followed: {reason}", param=self._param)
 
     @property
     def done(self) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from ..errors import BadRequest, ContextLengthExceeded, EngineError
+from ..errors import BadRequest, ContextLengthExceeded, EngineError, RouterError
 from ..types import (
     ChatMessage,
     FinishReason,
@@ -212,7 +212,8 @@ class LlamaCppEngine:
                 try:
                     self._sample(s, events)
                 except Exception as exc:  # this sequence fails, the others go on
-                    events.append((s.seq, EngineError(f"sampling failed: {exc}")))
+                    failed = exc if isinstance(exc, RouterError) else None
+                    events.append((s.seq, failed or EngineError(f"sampling failed: {exc}")))
                     self.cancel(s.seq)
         return events
 
