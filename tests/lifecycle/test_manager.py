@@ -778,6 +778,27 @@ async def test_cold_load_uses_the_spare_worker(harness: Harness, tmp_path: Path)
         harness.pids.add(child.pid)
 
 
+async def test_a_dropped_spare_stops_and_counts_no_more() -> None:
+    """The pool's `drop` (a load that needs a spare's memory): the spare's memory counts no
+    more at once, its process exits, the engine asked to keep its own keeps it, and `refill`
+    starts one again."""
+    pool = WorkerPool(spares=True)
+    try:
+        pool.refill("fake")
+        await bounded(until(lambda: pool.base("fake") is not None, 20))
+        (spare,) = _worker_children()
+        assert pool.memory() > 0
+        assert pool.drop(excluding="fake") == [] and pool.memory() > 0
+        assert pool.drop() == ["fake"] and pool.memory() == 0
+        await bounded(until(lambda: not spare.is_running() or spare.status() == "zombie"))
+        pool.refill("fake")
+        await bounded(until(lambda: len(_worker_children()) == 1, 20))
+        assert pool.memory() > 0
+    finally:
+        await pool.close()
+    assert _worker_children() == []
+
+
 # -- logs --------------------------------------------------------------------------------------
 
 

@@ -596,3 +596,61 @@ def test_a_worker_dying_in_an_unloads_grace_while_its_next_load_waits_for_room()
         await manager.close()
 
     run_virtual(main)
+
+
+class SparesOfAnotherEngine(SimPool):
+    """A SimPool whose other engine ("other") holds a spare worker of `spare` bytes."""
+
+    def __init__(self, spare: int) -> None:
+        super().__init__()
+        self.spare = {"other": spare}
+
+    def memory(self, excluding: str | None = None) -> int:
+        return sum(v for engine, v in self.spare.items() if engine != excluding)
+
+    def drop(self, excluding: str | None = None) -> list[str]:
+        dropped = [engine for engine in self.spare if engine != excluding]
+        for engine in dropped:
+            del self.spare[engine]
+        return dropped
+
+
+def test_a_spare_of_another_engine_never_keeps_a_model_from_loading() -> None:
+    """Spare workers are a cache. With a budget just above one model, the other engines'
+    spares left too little room even with every idle model evicted, so the load waited, with
+    nothing to wait for, until `queue_timeout` (found from outside with SmolLM2, Gemma and
+    the embedding model's spare). Now the spares are stopped and the idle model evicted; the
+    spares of the head's own engine were never counted (its spare becomes its worker)."""
+
+    async def main() -> None:
+        folder = Path(tempfile.mkdtemp())
+        configs = []
+        for name, ballast in (("a", 0), ("b", 30)):
+            path = folder / f"{name}.json"
+            script = {"load_seconds": 0.2, "token_seconds": 0.01, "ballast_mb": ballast}
+            path.write_text(json.dumps(script))
+            configs.append(ModelConfig(id=name, path=path, engine="fake"))
+        pool = SparesOfAnotherEngine(20 * MiB)  # fits beside a, not beside b
+        manager = ModelManager(
+            Settings(
+                models_dir=folder,
+                models=configs,
+                watch_interval=0,
+                provision_default_models=False,
+                memory_budget=DEFAULT_BASE + 40 * MiB,  # one model at a time
+                queue_timeout=30,
+            ),
+            pool=pool,
+        )
+        await manager.start()
+        async with manager.lease("a"):
+            pass
+        assert manager.resolve("a").status == Status.LOADED and pool.spare
+        started = asyncio.get_running_loop().time()
+        async with manager.lease("b"):
+            waited = asyncio.get_running_loop().time() - started
+        assert waited < 5, waited  # virtual time: the load's 0.2 s and a's unload, not 30 s
+        assert manager.resolve("a").status == Status.UNLOADED and not pool.spare
+        await manager.close()
+
+    run_virtual(main)

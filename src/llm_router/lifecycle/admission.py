@@ -159,10 +159,19 @@ class Admission:
                 self._admission.popleft()
                 self._drop(head, "it cannot load beside the pinned models")
                 continue
-            # The head's own spare becomes its worker: only the other engines' spares count.
-            budget = self.budget - self._pool.memory(excluding=head.source.engine)
+            # The head's own spare becomes its worker: only the other engines' spares count,
+            # and only while they are in nobody's way (they are a cache; models come first).
+            engine = head.source.engine
             residents = self._residents()
-            plan = plan_admission(residents, self._estimate(head), budget, self.settings.models_max)
+            need, models_max = self._estimate(head), self.settings.models_max
+            plan = plan_admission(
+                residents, need, self.budget - self._pool.memory(engine), models_max
+            )
+            if not plan.start and self._pool.memory(engine):
+                without = plan_admission(residents, need, self.budget, models_max)
+                if without.start or without.evict or without.drain:
+                    self._drop_spares(engine, f"to make room for '{head.id}'")
+                    plan = without
             if plan.start or not residents:
                 # Alone it may still fit (its estimate has a margin, `_check_fits` let it
                 # through): waiting could not help, so try; the measurement decides after.
@@ -261,8 +270,11 @@ class Admission:
         or more models are resident than `models_max` (lowered by a reload); when nothing idle
         can go, say so (`over_budget`; admission waits meanwhile, and each model going idle
         decides again)."""
-        budget = self.budget - self._pool.memory()
-        victims, fits = reconcile(self._residents(), budget, self.settings.models_max)
+        residents, models_max = self._residents(), self.settings.models_max
+        victims, fits = reconcile(residents, self.budget - self._pool.memory(), models_max)
+        if (victims or not fits) and self._pool.memory():  # the spares go first
+            self._drop_spares(None, f"over the limits ({why})")
+            victims, fits = reconcile(residents, self.budget, models_max)
         for victim in victims:
             self._begin_unload(self.registry[victim], f"evicted: over the limits ({why})")
         if not fits and not self.over_budget:
@@ -281,6 +293,11 @@ class Admission:
         if self.over_budget:
             self._reconcile("a model went idle or away")
         self._admit()
+
+    def _drop_spares(self, excluding: str | None, why: str) -> None:
+        dropped = self._pool.drop(excluding)
+        if dropped:
+            log.info("stopped the spare workers of %s %s", ", ".join(sorted(dropped)), why)
 
     def _refill_spare(self, engine: str) -> None:
         """Start the next spare worker of `engine` if its memory fits beside what is held."""

@@ -30,6 +30,7 @@ class WorkerPool:
         self._spares: dict[str, asyncio.Task[Spare]] = {}
         self._base: dict[str, int] = {}
         self._early: dict[str, Early] = {}
+        self._dropping: set[asyncio.Task[None]] = set()
 
     def start_early(self, engines: set[str]) -> None:
         """Start a spare of each engine now, before any event loop runs: the CLI calls it
@@ -63,6 +64,18 @@ class WorkerPool:
     def memory(self, excluding: str | None = None) -> int:
         """Memory the spares hold now (one still starting counts as its engine's base)."""
         return sum(self._base.get(engine, 0) for engine in self._spares if engine != excluding)
+
+    def drop(self, excluding: str | None = None) -> list[str]:
+        """Stop the spares of every engine but `excluding`: a spare is a cache, and a model
+        that needs its memory comes first. Their memory no longer counts from now on (the
+        processes end in the background); the engines dropped. `refill` starts them again
+        once there is room."""
+        dropped = [engine for engine in self._spares if engine != excluding]
+        for engine in dropped:
+            task = asyncio.create_task(_discard(self._spares.pop(engine)))
+            self._dropping.add(task)
+            task.add_done_callback(self._dropping.discard)
+        return dropped
 
     async def start(
         self,
@@ -107,3 +120,13 @@ class WorkerPool:
         tasks, self._spares = list(self._spares.values()), {}
         spares = await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(s.discard() for s in spares if isinstance(s, Spare)))
+        await asyncio.gather(*self._dropping)
+
+
+async def _discard(task: asyncio.Task[Spare]) -> None:
+    """A spare let go (`drop`) once it has started: it exits when its socket closes."""
+    try:
+        spare = await task
+    except (OSError, asyncio.CancelledError):
+        return
+    await spare.discard()
