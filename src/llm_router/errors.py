@@ -111,6 +111,11 @@ class ServerBusy(QueueFull):
     """The server as a whole is over its queue limit, or a request waited past its deadline."""
 
 
+class ServerStopping(ServerBusy):
+    """The server stopped (its drain grace ran out, or a second signal came) before the
+    request ended."""
+
+
 class RateLimited(QueueFull):
     """An API key went over one of its limits (requests or tokens per minute, requests at once)."""
 

@@ -7,6 +7,7 @@ In process: the guard around a tiny app, and the real app's stack (the hot route
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 from pathlib import Path
@@ -19,6 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from inproc import app_client
 from llm_router.server.drain import Drain, DrainGuard
+from llm_router.server.front import Front
+from openai_schema import validate
 from servers import SMOL, MakeClient, Server, alive
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -93,6 +96,51 @@ async def test_untracked_subscriptions_do_not_hold_the_drain() -> None:
         assert await drain.idle(timeout=30) is True
         release.set()
         await slow
+
+
+async def test_what_is_in_flight_when_the_server_stops_is_answered_in_the_envelope() -> None:
+    """The grace is over (or a second signal came): a request not answered yet gets a 503
+    `server_shutting_down` with Retry-After, a stream its last event in the envelope, another
+    started body its end, and a subscription (/models/events) a clean end. uvicorn cancelled
+    them: a plain-text 500, streams cut mid-body."""
+    release, all_started = asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+    paths = ("/wait", "/stream", "/text", "/models/events")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if path == "/wait":
+            started.append(path)
+            await release.wait()
+        kind = b"text/event-stream" if path in ("/stream", "/models/events") else b"text/plain"
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
+        )
+        await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+        started.append(path)
+        if len(started) == len(paths):
+            all_started.set()
+        await release.wait()
+
+    drain = Drain()
+    front = Front(DrainGuard(app, drain), log_requests=False)
+    transport = httpx.ASGITransport(app=front)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        calls = [asyncio.create_task(client.get(path)) for path in paths]
+        await all_started.wait()
+        assert drain.in_flight == 3  # the subscription is not waited for
+        await drain.stop_all(timeout=5)
+        wait, stream, text, events = await asyncio.gather(*calls)
+    assert wait.status_code == 503 and wait.headers["retry-after"] == "1"
+    validate("ErrorResponse", wait.json())
+    assert wait.json()["error"]["code"] == "server_shutting_down"
+    assert stream.status_code == 200
+    last = stream.text.strip().split("\n\n")[-1]
+    assert json.loads(last.removeprefix("data: "))["error"]["code"] == "server_shutting_down"
+    assert text.text == "data: {}\n\n" and events.text == "data: {}\n\n"
+    assert drain.in_flight == 0 and drain.draining
+    refused = await httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1").get("/x")
+    assert refused.status_code == 503
 
 
 async def test_the_app_refuses_on_every_route_while_draining(tmp_path: Path) -> None:
@@ -177,6 +225,64 @@ def test_sigterm_lets_a_stream_finish_refuses_new_requests_then_exits(
         assert len(text) > 100
         assert srv.proc.wait(60) == -signal.SIGTERM  # by itself, as uvicorn ends on a signal
         assert not any(alive(pid) for pid in workers), "the model's worker stopped too"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.real
+def test_ctrl_c_while_draining_answers_what_is_in_flight_and_stops_at_once(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
+    """A second signal skips the drain's wait (README): a stream in flight ends with the
+    `server_shutting_down` error event, an answer not sent yet is a 503 in the envelope, and
+    the process exits without waiting for them (it waited uvicorn's 5 s, after cutting them:
+    a plain-text 500 and a stream cut mid-body, found from outside)."""
+    srv = Server(tmp_path, {"models_dir": str(models_dir), "drain_grace": 450}).start()
+    try:
+        client = make_client(srv).with_options(max_retries=0, timeout=120)
+        client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=1)  # loaded
+        workers = srv.descendants()
+        long = {
+            "model": SMOL,
+            "messages": HELLO,
+            "max_tokens": 1500,
+            "extra_body": {"ignore_eos": True},
+        }
+        got: dict[str, Any] = {}
+        first = threading.Event()
+
+        def stream() -> None:
+            try:
+                for _ in client.chat.completions.create(stream=True, **long):  # type: ignore[call-overload]
+                    first.set()
+            except BaseException as exc:
+                got["stream"] = exc
+            first.set()
+
+        def answer() -> None:
+            try:
+                got["answer"] = client.chat.completions.create(**long)  # type: ignore[call-overload]
+            except BaseException as exc:
+                got["answer"] = exc
+
+        readers = [threading.Thread(target=stream), threading.Thread(target=answer)]
+        for reader in readers:
+            reader.start()
+        assert first.wait(60)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        _poll_draining(srv.url)
+        srv.proc.send_signal(signal.SIGINT)
+        for reader in readers:
+            reader.join(60)
+        assert isinstance(got["stream"], openai.APIError), got
+        assert "stopped before this request ended" in str(got["stream"])
+        assert isinstance(got["answer"], openai.InternalServerError), got
+        assert got["answer"].status_code == 503 and got["answer"].code == "server_shutting_down"
+        assert got["answer"].response.headers["retry-after"] == "1"
+        # not after the 450 s of the grace; by a signal it was sent, as uvicorn ends
+        assert srv.proc.wait(30) in (-signal.SIGTERM, -signal.SIGINT)
+        assert not any(alive(pid) for pid in workers)
     finally:
         srv.stop()
 

@@ -6,51 +6,81 @@ send elsewhere), and the requests already in flight, streams included, go on to 
 `Drain.idle()` waits for them; the runner (server/run.py) stops the server after that or
 after the grace, whichever comes first.
 
+What is still in flight when the grace is over (or at a second SIGTERM, or Ctrl-C) is ended
+by `Drain.stop_all()`: each request is cancelled where it waits (its model's sequence with
+it, as for a client that leaves) and answered 503 `server_shutting_down` with `Retry-After`
+in the OpenAI envelope, or, for a stream already started, with that envelope as its last
+event. Before, uvicorn cancelled them: a plain-text 500, or a stream cut mid-body.
+
 Long-lived subscriptions that never end on their own (`GET /models/events`) are not waited
-for: they end when the server stops."""
+for: `stop_all` ends them too (their body closes cleanly)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..errors import ServerStopping
 from .asgi import send_json
+from .errors import envelope, error_json, status_of
 
 __all__ = ["Drain", "DrainGuard"]
 
 UNTRACKED = ("/models/events",)
+STOPPING = ServerStopping(
+    "the server stopped before this request ended; retry, and the request goes to a server "
+    "that is running"
+)
 
 
 class Drain:
-    """Whether the server is draining, and how many requests are in flight. Lives on the
+    """Whether the server is draining, and the requests in flight (their tasks). Lives on the
     event loop's thread; `begin` may be called from a signal handler scheduled onto it."""
 
     def __init__(self, retry_after: int = 1) -> None:
         self.draining = False
-        self.in_flight = 0
+        self.stopping = False  # `stop_all` cancelled what was in flight
         self.retry_after = retry_after
         self._idle: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[object]] = set()  # the requests in flight
+        self._untracked: set[asyncio.Task[object]] = set()  # subscriptions, not waited for
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def begin(self) -> None:
         self.draining = True
         self._check()
 
-    def enter(self) -> None:
-        self.in_flight += 1
+    def enter(self, task: asyncio.Task[object], *, tracked: bool = True) -> None:
+        (self._tasks if tracked else self._untracked).add(task)
 
-    def leave(self) -> None:
-        self.in_flight -= 1
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        self._untracked.discard(task)
         self._check()
 
     def _check(self) -> None:
-        if self.draining and self.in_flight == 0 and self._idle is not None:
+        if self.draining and not self._tasks and self._idle is not None:
             self._idle.set()
+
+    async def stop_all(self, timeout: float) -> None:
+        """Cancel every request in flight and every subscription (DrainGuard answers each),
+        and wait at most `timeout` seconds for them to be gone."""
+        self.draining = self.stopping = True
+        tasks = self._tasks | self._untracked
+        for task in tasks:
+            task.cancel("the server is stopping")
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     async def idle(self, timeout: float) -> bool:
         """Wait until no request is in flight (True), or `timeout` seconds (False)."""
-        if self.in_flight == 0:
+        if not self._tasks:
             return True
         self._idle = asyncio.Event()
         try:
@@ -78,14 +108,18 @@ class DrainGuard:
         if drain.draining:
             await self._refuse(scope, send)
             return
-        if scope["path"] in self.untracked:
-            await self.app(scope, receive, send)
-            return
-        drain.enter()
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        drain.enter(task, tracked=scope["path"] not in self.untracked)
         try:
             await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not drain.stopping:
+                raise
+            task.uncancel()  # ours (`stop_all`): answered here, the task ends normally
+            with contextlib.suppress(Exception):  # a client gone meanwhile
+                await _end(scope, send, scope["path"] not in self.untracked)
         finally:
-            drain.leave()
+            drain.leave(task)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -108,3 +142,31 @@ class DrainGuard:
             (b"connection", b"close"),
         ]
         await send_json(send, 503, payload, headers)
+
+
+async def _end(scope: Scope, send: Send, tracked: bool) -> None:
+    """What a request cut by `stop_all` gets: the 503 if its answer has not started (server/
+    front.py keeps the start at `scope["state"]["response"]`), else the envelope as a last
+    event of a stream (not of a subscription: its body just ends), or the end of the body."""
+    if scope["type"] != "http":
+        await send({"type": "websocket.close", "code": 1012})  # "service restart"
+        return
+    started = scope.get("state", {}).get("response")
+    if started is None:
+        status, type_, code = status_of(STOPPING)
+        headers = [
+            (b"retry-after", b"%d" % max(1, round(STOPPING.retry_after or 1))),
+            (b"connection", b"close"),
+        ]
+        await send_json(send, status, envelope(STOPPING.message, type_, None, code), headers)
+        return
+    sse = any(
+        k == b"content-type" and v.startswith(b"text/event-stream")
+        for k, v in started.get("headers", ())
+    )
+    body = (
+        b"data: " + error_json(STOPPING).encode() + b"\n\n"
+        if sse and scope["path"] not in UNTRACKED
+        else b""
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -30,6 +30,7 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     e.QueueFull: (429, "rate_limit_error", "rate_limit_exceeded"),
     e.ServerBusy: (503, "server_error", "server_busy"),
+    e.ServerStopping: (503, "server_error", "server_shutting_down"),
     e.RateLimited: (429, "rate_limit_error", "rate_limit_exceeded"),
     e.QuotaExceeded: (429, "insufficient_quota", "insufficient_quota"),
     e.AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),

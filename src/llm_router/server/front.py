@@ -71,6 +71,7 @@ class Front:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message = {**message, "headers": [*message["headers"], (b"x-request-id", raw_id)]}
+                state["response"] = message  # for what must end it (server/drain.py)
             elif texts is not None and message["type"] == "http.response.body":
                 texts.answer(message.get("body", b""))
             await send(message)

@@ -3,9 +3,10 @@
 
 Drain: the first SIGTERM makes `/health` answer 503 and new requests 503 with `Retry-After`
 at once; the requests in flight (streams included) go on until they end or `drain_grace`
-seconds pass; then uvicorn's own shutdown runs (listeners closed, what is left cancelled after
-a second), then the app's (model workers stopped). A second SIGTERM, or SIGINT (Ctrl-C),
-skips the wait. As uvicorn does, the process then ends by the signal it was sent.
+seconds pass; what is left then is answered 503 (or its stream ended with that error event:
+`Drain.stop_all`), then uvicorn's own shutdown runs (listeners closed), then the app's (model
+workers stopped). A second SIGTERM, or SIGINT (Ctrl-C), skips the wait: what is in flight is
+answered so at once. As uvicorn does, the process then ends by the signal it was sent.
 
 Several processes: each gets its own listening socket on the same address (SO_REUSEPORT: the
 kernel spreads new connections over them), bound and held by the parent, so that connections
@@ -68,6 +69,7 @@ class DrainingServer(uvicorn.Server):
         self.reloader = reloader  # SIGHUP, once started: a reload (server/reload.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -93,7 +95,15 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.append(sig)
             self._loop.call_soon_threadsafe(self._begin_drain)
             return
+        if self.started and self._loop is not None and not self.should_exit:
+            # a second SIGTERM, or Ctrl-C: what is in flight is answered now, not waited for
+            self.config.timeout_graceful_shutdown = AFTER_DRAIN
+            self._loop.call_soon_threadsafe(self._stop_now)
         super().handle_exit(sig, frame)
+
+    def _stop_now(self) -> None:
+        log.info("stopping now: %d requests in flight are answered 503", self.drain.in_flight)
+        self._stopper = asyncio.create_task(self.drain.stop_all(AFTER_DRAIN), name="stop")
 
     def _begin_drain(self) -> None:
         if self.should_exit or self.drain.draining:
@@ -109,12 +119,13 @@ class DrainingServer(uvicorn.Server):
     async def _drain_then_exit(self) -> None:
         if not await self.drain.idle(self.grace):
             log.warning(
-                "drain grace of %g s is over with %d requests in flight: stopping them",
+                "drain grace of %g s is over with %d requests in flight: answering them 503",
                 self.grace,
                 self.drain.in_flight,
             )
         else:
             log.info("drained: no request in flight; stopping")
+        await self.drain.stop_all(AFTER_DRAIN)  # and the subscriptions (/models/events)
         self.config.timeout_graceful_shutdown = AFTER_DRAIN
         self.should_exit = True
 
