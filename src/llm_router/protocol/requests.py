@@ -108,6 +108,7 @@ MAX_TOKEN_ID = 2**31 - 1  # token ids are C ints (an engine checks its own vocab
 MAX_N = 128  # the schema's bound on `n`; the configuration's `max_n` (default 8) is lower
 MAX_PROMPTS = 128  # prompts in one completion request
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
+MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
 
 
 def _number(value: object) -> object:
@@ -121,8 +122,16 @@ def _number(value: object) -> object:
 
 
 def null_is(default: object) -> BeforeValidator:
-    """A field OpenAI's schema makes nullable, where null means its default (`"n": null`)."""
+    """A field OpenAI's schema makes nullable, where null means its default (`"n": null`);
+    its Field takes `json_schema_extra=nullable`, so the API document says so too."""
     return BeforeValidator(lambda value: default if value is None else value)
+
+
+def nullable(schema: dict[str, Any]) -> None:
+    """A field's JSON schema, null allowed besides (see `null_is`)."""
+    kept = ("title", "description", "default", "examples")
+    inner = {k: schema.pop(k) for k in [k for k in schema if k not in kept]}
+    schema["anyOf"] = [inner, {"type": "null"}]
 
 
 Int = Annotated[int, BeforeValidator(_number)]
@@ -148,13 +157,19 @@ class _Request(ShapeFields):
     frequency_penalty: Float | None = Field(None, ge=-2, le=2)
     repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
     ignore_eos: StrictBool | None = None
+    logit_bias: Annotated[dict[str, Float], Field(max_length=MAX_BIASED)] | None = Field(
+        None,
+        description="Token ids (as strings) mapped to a bias from -100 to 100, added to "
+        "their logits before sampling (-100 bans a token, 100 all but forces it).",
+    )
     n: Annotated[Int, null_is(1)] = Field(
         1,
+        json_schema_extra=nullable,
         ge=1,
         le=MAX_N,
         description="Answers to generate (at most the server's `max_n`, 8 by default).",
     )
-    stream: Annotated[StrictBool, null_is(False)] = False
+    stream: Annotated[StrictBool, null_is(False)] = Field(False, json_schema_extra=nullable)
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
@@ -190,8 +205,21 @@ class _Request(ShapeFields):
             max_tokens=self.max_completion_tokens or self.max_tokens,
             stop=tuple(stop),
             logprobs=self.logprobs_asked(),
+            logit_bias=self._logit_bias(),
             **given,
         )
+
+    def _logit_bias(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as sorted (token id, bias) pairs; BadRequest for a key that is not a
+        token id or a bias outside [-100, 100] (OpenAI's bounds)."""
+        pairs: dict[int, float] = {}
+        for key, bias in (self.logit_bias or {}).items():
+            if not (key.isascii() and key.isdigit()) or int(key) > MAX_TOKEN_ID:
+                raise BadRequest(f"'{key[:32]}' is not a token id", param="logit_bias")
+            if not -100 <= bias <= 100:
+                raise BadRequest(f"bias {bias} is outside [-100, 100]", param="logit_bias")
+            pairs[int(key)] = float(bias)
+        return tuple(sorted(pairs.items()))
 
 
 class TextPart(BaseModel):
@@ -302,8 +330,10 @@ class CompletionRequest(_Request):
         "token ids, or a list of those."
     )
     # OpenAI's default for completions; null means it too (not "no limit")
-    max_tokens: Annotated[Int, null_is(16)] = Field(16, ge=1, le=MAX_TOKENS)
-    echo: Annotated[StrictBool, null_is(False)] = False
+    max_tokens: Annotated[Int, null_is(16)] = Field(
+        16, ge=1, le=MAX_TOKENS, json_schema_extra=nullable
+    )
+    echo: Annotated[StrictBool, null_is(False)] = Field(False, json_schema_extra=nullable)
     logprobs: Int | None = Field(
         None,
         ge=0,
