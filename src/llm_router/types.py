@@ -105,6 +105,9 @@ class SamplingParams:
     # Log-probabilities of each generated token and of this many likeliest alternatives
     # (None: none at all; 0: the chosen token's only).
     logprobs: int | None = None
+    # OpenAI's logit_bias: (token id, added to its logit) pairs, applied to the logits before
+    # anything else, as llama.cpp's chain applies its logit-bias sampler first.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,17 @@ def test_ignore_eos_never_draws_an_end_token() -> None:
     assert LOGITS[1] == 3.0  # the caller's logits are left as they were
 
 
+def test_logit_bias_bans_and_forces_before_anything_else() -> None:
+    """The HF and ONNX engines' sampler: `logit_bias` is added to the logits first (a copy:
+    the caller's logits are read again when a constraint masks them), greedy and sampled."""
+    logits = np.array([5.0, 1.0, 0.0, -1.0], dtype=np.float32)
+    ban = Sampler(SamplingParams(temperature=0, logit_bias=((0, -100.0),)))
+    assert ban(logits, []) == 1
+    force = SamplingParams(temperature=1.0, top_k=2, seed=3, logit_bias=((3, 100.0),))
+    assert {Sampler(force)(logits, []) for _ in range(20)} == {3}
+    assert logits.tolist() == [5.0, 1.0, 0.0, -1.0]
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 1.7])
 def test_token_logprobs_match_an_exact_log_softmax(temperature: float) -> None:
     rng = np.random.default_rng(3)

@@ -109,6 +109,43 @@ def test_seed_reproducible(client: openai.OpenAI) -> None:
     assert any(o != first for o in other)
 
 
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_logit_bias_bans_and_forces_tokens(
+    client: openai.OpenAI, server: Server, model: str
+) -> None:
+    """OpenAI's `logit_bias` (it was accepted and ignored, found from outside): -100 keeps the
+    greedy first token out, +100 makes a chosen token the answer, greedy and sampled (the
+    top-k path), chat and completions; a key that is no token id or a bias past 100 is a 400
+    naming the field, as is an id outside the vocabulary."""
+
+    def token_of(text: str) -> int:
+        body = {"model": model, "content": text}
+        tokens = httpx.post(server.url + "/tokenize", json=body, timeout=60).json()["tokens"]
+        assert len(tokens) == 1, (text, tokens)
+        return int(tokens[0])
+
+    # completions: their text is the tokens' (a chat's answer may be trimmed)
+    ask = {"model": model, "prompt": "The capital of France is", "max_tokens": 1, "temperature": 0}
+    first = client.completions.create(**ask).choices[0].text  # type: ignore[call-overload]
+    banned = client.completions.create(**ask, logit_bias={str(token_of(first)): -100})  # type: ignore[call-overload]
+    assert banned.choices[0].text not in ("", first)
+    forced = {str(token_of(" banana")): 100}
+    for temperature, seed in ((0, None), (1.0, 1), (1.0, 2)):
+        answer = client.completions.create(  # type: ignore[call-overload]
+            **{**ask, "temperature": temperature}, seed=seed, logit_bias=forced
+        )
+        assert answer.choices[0].text == " banana", (temperature, answer)
+    chat = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=1, logit_bias=forced
+    )
+    assert (chat.choices[0].message.content or "").strip() == "banana"
+    chat_ask = {"model": model, "messages": QUESTION, "max_tokens": 1}
+    for bad in ({"abc": 5}, {"5": 500}, {"999999999": 1}):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(**chat_ask, logit_bias=bad)  # type: ignore[call-overload]
+        assert info.value.param == "logit_bias", bad
+
+
 def test_list_models(client: openai.OpenAI, server: Server) -> None:
     ids = {m.id for m in client.models.list()}
     assert {SMOL, GEMMA} <= ids

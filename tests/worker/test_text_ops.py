@@ -50,7 +50,7 @@ def test_pieces_and_messages_cross_the_channel_unchanged() -> None:
     )
     assert messages_from_wire(decode(encode({"m": messages_to_wire(messages)}))["m"]) == messages
     request = GenerationRequest(
-        params=SamplingParams(max_tokens=3, stop=("x",)),
+        params=SamplingParams(max_tokens=3, stop=("x",), logit_bias=((5, -100.0), (7, 2.5))),
         messages=messages,
         constraint=Constraint("json", '{"type": "object"}'),
         tools=Tools((Function("add", "adds", '{"type": "object"}'),), "auto", True),

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import BadRequest, ContextLengthExceeded, RouterError
-from ..types import ChatMessage, Finished, GenerationRequest, PromptLogprobs, TextDelta
+from ..types import (
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    SamplingParams,
+    TextDelta,
+)
 
 __all__ = [
     "Engine",
@@ -69,6 +76,19 @@ def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> N
     bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
     if bad is not None:
         raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param=param)
+
+
+def logit_bias(params: SamplingParams, n_vocab: int) -> tuple[Any, Any] | None:
+    """A request's `logit_bias` as (ids, values) arrays to add to the logits; None when it
+    has none. Raises BadRequest (naming `logit_bias`) for an id outside the vocabulary."""
+    if not params.logit_bias:
+        return None
+    import numpy as np
+
+    ids = [t for t, _ in params.logit_bias]
+    check_token_ids(ids, n_vocab, param="logit_bias")
+    values = np.array([b for _, b in params.logit_bias], dtype=np.float32)
+    return np.array(ids, dtype=np.intp), values
 
 
 def prompt_token_count(

@@ -40,6 +40,7 @@ from .base import (
     check_prompt_fits,
     check_token_ids,
     cpu_cores,
+    logit_bias,
     no_chat_template,
 )
 from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
@@ -86,6 +87,7 @@ class _Seq:
     echo: list[TokenLogprob] | None = None  # a prompt's entries, while it is evaluated
     chunk: tuple[int, int] = (-1, 0)  # this step's prompt chunk: batch index, position
     prior: Any = None  # the logits before the next prompt chunk's first token (echo)
+    bias: tuple[Any, Any] | None = None  # logit_bias: ids and what is added to their logits
 
 
 def _by_slot(s: _Seq) -> int:
@@ -179,8 +181,9 @@ class LlamaCppEngine:
         if request.constraint is not None:
             matcher = self._grammars.matcher(request.constraint)
             params = replace(params, ignore_eos=False)  # the constraint says when it ends
+        bias = logit_bias(params, self._n_vocab)
         sampler = self._make_sampler(params)
-        s = _Seq(seq, tokens, params, sampler, text, matcher=matcher)
+        s = _Seq(seq, tokens, params, sampler, text, matcher=matcher, bias=bias)
         if params.logprobs is not None:
             s.logprobs = []
             if request.echo_logprobs:
@@ -477,6 +480,9 @@ class LlamaCppEngine:
         """Written out rather than through sequences.emit/out_of_room: it runs once per token
         in the decode loop. The context is full when `n_past` (the sampled token not yet
         evaluated) reaches it."""
+        if s.bias is not None:  # once, before any sampler or mask reads the logits
+            ids, values = s.bias
+            self._logits(s.logits_index)[ids] += values
         m = s.matcher
         if m is None:
             token = s.sampler.sample(self._ctx, s.logits_index)

@@ -77,6 +77,8 @@ class Sampler:
     def __init__(self, params: SamplingParams, eos: Collection[int] = ()) -> None:
         self.params = params
         self._banned = np.array(sorted(eos), dtype=np.int64) if params.ignore_eos else None
+        self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
+        self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float32)
         self._rng: np.random.Generator | None = None
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -85,7 +87,12 @@ class Sampler:
     def __call__(self, logits: npt.NDArray[Any], history: list[int]) -> int:
         """The next token from `logits` ([vocab]) given the tokens generated so far."""
         p = self.params
-        scores = self._penalize(np.asarray(logits, dtype=np.float32).reshape(-1), history)
+        scores = np.asarray(logits, dtype=np.float32).reshape(-1)
+        if self._bias.size:  # logit_bias first, as llama.cpp's chain (on a copy: the
+            scores = scores.copy()  # caller's logits may be read again, masked)
+            inside = self._bias_ids < scores.shape[0]
+            scores[self._bias_ids[inside]] += self._bias[inside]
+        scores = self._penalize(scores, history)
         if self._banned is not None and self._banned.size:
             scores = scores.copy()  # may be a view of the caller's logits
             scores[self._banned[self._banned < scores.shape[0]]] = -np.inf

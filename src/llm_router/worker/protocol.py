@@ -201,6 +201,7 @@ def request_to_wire(request: GenerationRequest) -> dict[str, Any]:
 def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
     params = dict(data["params"])
     params["stop"] = tuple(params.get("stop") or ())
+    params["logit_bias"] = tuple((int(t), float(b)) for t, b in params.get("logit_bias") or ())
     messages = data.get("messages")
     constraint = data.get("constraint")
     tools = data.get("tools")
