@@ -1,8 +1,9 @@
-"""tool_calls.as_function_call: an answer to OpenAI's deprecated `functions`, in its shape."""
+"""tool_calls.as_function_call: an answer to OpenAI's deprecated `functions`, in its shape;
+ToolParser: the constrained answer read as content and calls."""
 
 from __future__ import annotations
 
-from llm_router.tool_calls import as_function_call
+from llm_router.tool_calls import ToolParser, as_function_call
 from llm_router.types import Finished, MessageFields, TextDelta, Usage
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
@@ -36,3 +37,15 @@ def test_other_events_pass_as_they_are() -> None:
     upstream = MessageFields({"function_call": {"name": "f", "arguments": "{}"}})
     for event in (TextDelta("hi"), upstream, MessageFields({"refusal": "no"})):
         assert as_function_call(event) is event
+
+
+def test_an_answer_cut_inside_the_wrapper_leaks_none_of_it() -> None:
+    """`max_tokens` ending the answer before it says whether it calls or answers: no content
+    (it was '{"tool' or '{"response": ' as the message's content, found from outside)."""
+    for stream in (False, True):
+        for cut in ('{"tool', '{"tool_calls', '{"resp', '{"response": ', "{"):
+            parser = ToolParser(stream=stream)
+            assert parser.feed(cut) == []
+            assert parser.finish() == [], (stream, cut)
+    text = ToolParser(stream=False)
+    assert text.feed("Hi") == [TextDelta("Hi")] and text.finish() == []

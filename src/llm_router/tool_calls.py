@@ -218,9 +218,9 @@ class ToolParser:
 
     def finish(self) -> list[GenerationEvent]:
         """At the end of the text: anything held back, and the calls when not streaming."""
+        # Still undecided (`max_tokens` cut the answer inside '{"tool_calls": [' or
+        # '{"response": '): that is the constraint's wrapper, not content; nothing to pass on.
         events: list[GenerationEvent] = []
-        if not self._mode and self.text:
-            events.append(TextDelta(self.text))  # a cut-off prefix: it is all there is
         if self.stream or not self.calls:
             return events
         calls = [

@@ -257,6 +257,19 @@ def test_required_gives_exactly_one_valid_call(client: openai.OpenAI, model: str
     assert name == "get_weather"
 
 
+def test_a_call_cut_by_max_tokens_leaks_no_wrapper_into_content(client: openai.OpenAI) -> None:
+    """Cut before the answer says it calls: no content (it was '{"tool' as the message's
+    text, streamed or not; found from outside), finish_reason `length`."""
+    ask = {"model": SMOL, "messages": QUESTION, "tools": [WEATHER], "tool_choice": "required"}
+    for max_tokens in (2, 4):
+        done = client.chat.completions.create(**ask, max_tokens=max_tokens, temperature=0)  # type: ignore[call-overload]
+        assert done.choices[0].finish_reason == "length"
+        assert not done.choices[0].message.content, done
+        chunks = client.chat.completions.create(**ask, max_tokens=max_tokens, stream=True)  # type: ignore[call-overload]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "", text
+
+
 def test_none_gives_text_and_no_call(client: openai.OpenAI) -> None:
     done = client.chat.completions.create(
         model=SMOL,
