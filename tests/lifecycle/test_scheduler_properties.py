@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -654,3 +655,46 @@ def test_a_spare_of_another_engine_never_keeps_a_model_from_loading() -> None:
         await manager.close()
 
     run_virtual(main)
+
+
+def test_preload_past_models_max_loads_the_first_ones_in_its_order_and_evicts_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`preload` naming more models than `models_max` loaded each, evicting the one before
+    (three loads for one model kept, in the registry's order; found from outside). Now the
+    first `models_max` in the list's order (an alias counts as its model), with a warning;
+    an unknown name is a warning too."""
+
+    async def main() -> None:
+        folder = Path(tempfile.mkdtemp())
+        configs = []
+        for name in "abc":
+            path = folder / f"{name}.json"
+            path.write_text(json.dumps({"load_seconds": 0.2}))
+            aliases = ["see"] if name == "c" else []
+            configs.append(ModelConfig(id=name, path=path, engine="fake", aliases=aliases))
+        pool = SimPool()
+        manager = ModelManager(
+            Settings(
+                models_dir=folder,
+                models=configs,
+                watch_interval=0,
+                provision_default_models=False,
+                spare_workers=False,
+                models_max=2,
+                preload=["see", "nope", "a", "b"],
+            ),
+            pool=pool,
+        )
+        await manager.start()
+        await asyncio.sleep(2)
+        loaded = {s.id for s in manager.states() if s.status == Status.LOADED}
+        assert loaded == {"c", "a"}
+        assert len(pool.started) == 2  # nothing loaded only to be evicted
+        await manager.close()
+
+    caplog.set_level("WARNING", logger="llm_router.lifecycle")
+    run_virtual(main)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("'nope'" in line for line in lines), lines
+    assert any("models_max is 2: preloading c, a" in line for line in lines), lines

@@ -97,12 +97,36 @@ class ModelManager(Leases, Admission, Reconfiguration):
             with contextlib.suppress(RouterError):
                 check_available(engine)
                 self._refill_spare(engine)
-        for state in self.registry:
-            if state.source.config.pin or state.id in self.settings.preload:
-                try:
-                    self.request_load(state.id, reason="preload")
-                except RouterError as exc:  # the server serves the rest; its status says why
-                    log.warning("model %s is not preloaded: %s", state.id, exc.message)
+        for state in self._preloads():
+            try:
+                self.request_load(state.id, reason="preload")
+            except RouterError as exc:  # the server serves the rest; its status says why
+                log.warning("model %s is not preloaded: %s", state.id, exc.message)
+
+    def _preloads(self) -> list[ModelState]:
+        """The pinned models, then `preload` in its order (ids or aliases), at most
+        `models_max` of them: more would load only to evict each other (found from outside:
+        three loads for one model kept, in no particular order)."""
+        wanted = [s for s in self.registry if s.source.config.pin]
+        for name in self.settings.preload:
+            try:
+                state = self.resolve(name)
+            except RouterError:
+                log.warning("preload names %r, which is not a model here", name)
+                continue
+            if state not in wanted:
+                wanted.append(state)
+        most = self.settings.models_max
+        if most and len(wanted) > most:
+            log.warning(
+                "preload and pin name %d models but models_max is %d: preloading %s; the "
+                "others load on their first request",
+                len(wanted),
+                most,
+                ", ".join(s.id for s in wanted[:most]),
+            )
+            wanted = wanted[:most]
+        return wanted
 
     async def close(self) -> None:
         self._closing = True  # a worker dying now (stopped with the others) is not restarted
