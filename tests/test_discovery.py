@@ -188,3 +188,21 @@ def test_an_unusable_model_is_logged_once_by_the_scan_that_serves(
         f"model {tmp_path / 'no-weights'} is unusable: config.json but no weights "
         "(*.safetensors or pytorch_model.bin)"
     ]
+
+
+def test_a_model_gone_says_whether_its_file_or_its_entry_went(tmp_path: Path) -> None:
+    """A reload that drops a `models:` entry unloaded its model "model file removed" (the
+    file was there all along; found from outside): each reason says what went."""
+    import shutil
+
+    from llm_router.lifecycle.registry import Registry
+    from llm_router.lifecycle.state import EventBus
+
+    _hf(tmp_path / "in-dir")
+    entry = ModelConfig(id="entry", path=_hf(tmp_path / "elsewhere" / "m"))
+    registry = Registry(_scan(tmp_path, [entry]), EventBus())
+    assert registry.refresh() == [] and {s.id for s in registry} == {"in-dir", "entry"}
+    shutil.rmtree(tmp_path / "in-dir")
+    registry.scanner = _scan(tmp_path)  # the reloaded configuration, without the entry
+    reasons = {state.id: why for state, why in registry.refresh()}
+    assert reasons == {"in-dir": "model file removed", "entry": "removed from the configuration"}

@@ -68,7 +68,10 @@ class Registry:
             state = self._states.pop(model_id)
             if state.status in RESIDENT:
                 self.leaving.add(state)
-            unload.append((state, "model file removed"))
+            gone = not state.source.path.exists()  # else its `models:` entry went
+            unload.append(
+                (state, "model file removed" if gone else "removed from the configuration")
+            )
             self._events.publish("removed", model_id)
             state.notify()
         self._aliases = {
