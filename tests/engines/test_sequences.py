@@ -217,3 +217,18 @@ def test_max_tokens_and_the_context_end_with_length() -> None:
     )
     text, finished, _ = _run([2, 3, 2], GREEDY, context_size=3)
     assert (text, finished.finish_reason) == (" world!", "length")
+
+
+def test_a_prompt_filling_the_context_is_refused_saying_why() -> None:
+    """A prompt of exactly the context's length fits, but leaves no room to answer: the
+    400 said "maximum context length is 2048 tokens, but the prompt has 2048 tokens"."""
+    from llm_router.engines.base import check_prompt_fits
+    from llm_router.errors import ContextLengthExceeded
+    from llm_router.types import GenerationRequest
+
+    request = GenerationRequest(prompt="x")
+    with pytest.raises(ContextLengthExceeded, match="has 2048 tokens, which leaves no room"):
+        check_prompt_fits(2048, 2048, request)
+    with pytest.raises(ContextLengthExceeded, match=r"has 2049 tokens\.$"):
+        check_prompt_fits(2049, 2048, request)
+    check_prompt_fits(2047, 2048, request)

@@ -66,7 +66,8 @@ def check_prompt_fits(n_tokens: int, context_size: int | None, request: Generati
     if context_size is not None and n_tokens >= context_size:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_size} tokens, "
-            f"but the prompt has {n_tokens} tokens.",
+            f"but the prompt has {n_tokens} tokens"
+            + (", which leaves no room for the answer." if n_tokens == context_size else "."),
             param="messages" if request.messages is not None else "prompt",
         )
 
