@@ -164,9 +164,5 @@ async def _end(scope: Scope, send: Send, tracked: bool) -> None:
         k == b"content-type" and v.startswith(b"text/event-stream")
         for k, v in started.get("headers", ())
     )
-    body = (
-        b"data: " + error_json(STOPPING).encode() + b"\n\n"
-        if sse and scope["path"] not in UNTRACKED
-        else b""
-    )
+    body = b"data: " + error_json(STOPPING).encode() + b"\n\n" if sse and tracked else b""
     await send({"type": "http.response.body", "body": body, "more_body": False})
