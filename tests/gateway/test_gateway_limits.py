@@ -122,6 +122,32 @@ async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: G
     assert row["prompt_tokens"] + row["completion_tokens"] == 2 * ok.json()["usage"]["total_tokens"]
 
 
+async def test_a_prompt_the_key_cannot_afford_is_not_run_by_another_target(
+    tmp_path: Path, master_env: str
+) -> None:
+    """A key's refusal is not the target's failure: through a route it fell back to the next
+    target, and /v1/compare ran the others, each without a check (the key's first refusal
+    marked the prompt decided), so any prompt got past tokens per minute (found from
+    outside). Now the route answers the 429, and so does every target of a comparison."""
+    routes = [{"name": "auto", "strategy": "round-robin", "targets": ["chat", "other"]}]
+    models = fake_models(tmp_path, chat={}, other={})
+    async with gateway_app(tmp_path, models=models, routes=routes) as gw:
+        secret = await gw.key("tight", tpm=100)
+        huge = [{"role": "user", "content": "word " * 40}]  # 218 tokens: never fits
+        for _ in range(3):  # each target first, in turn
+            body = {**CHAT_BODY, "model": "auto", "messages": huge}
+            r = await gw.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
+            assert r.status_code == 429, r.text
+            assert "limit 100, the prompt has 218" in r.json()["error"]["message"]
+        ask = {"targets": ["chat", "other"], "messages": huge, "max_tokens": 3}
+        r = await gw.client.post("/v1/compare", json=ask, headers=bearer(secret))
+        answered = [a for a in r.json().get("data", []) if a.get("choices")]
+        assert r.status_code == 429 or not answered, r.text
+        usage = await gw.client.get("/admin/usage?group_by=key", headers=bearer(MASTER))
+        [row] = [x for x in usage.json()["data"] if x["key"] == "tight"]
+        assert row["completion_tokens"] == 0, row  # nothing was generated for the key
+
+
 async def test_embedding_inputs_longer_than_what_is_left_are_refused_before_they_run(
     gw: Gw,
 ) -> None:

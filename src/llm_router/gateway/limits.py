@@ -284,6 +284,7 @@ class Limiter:
         if ok:
             return
         admission.prompt_charged -= tokens
+        admission.prompt_decided = False  # refused: the next prompt (another target) decides
         if tokens > tpm:  # as OpenAI's "Request too large": no wait makes it fit
             refusal = RateLimited(
                 f"Request too large for key '{name}' on tokens per minute: limit {tpm}, the "

@@ -26,7 +26,7 @@ import aiohttp
 
 from .. import tracing
 from ..config import Cost, RouteConfig, Settings
-from ..errors import BadRequest, ConfigError, ModelNotFound, RouterError, ServerBusy
+from ..errors import BadRequest, ConfigError, ModelNotFound, RateLimited, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, first_event, since, watch
@@ -238,6 +238,8 @@ class Dispatcher(Targets):
             try:
                 first, events, started, ttft = await first_event(target, call)
             except RETRYABLE as exc:
+                if isinstance(exc, RateLimited):  # the API key's limit: no target passes it
+                    raise
                 last = exc
                 failures.append(f"{target.id}: {type(exc).__name__}")
                 failed.append((target.id, type(exc).__name__))
