@@ -126,7 +126,7 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             str(r["name"]),
             str(r["key_hint"]),
             ",".join(r["scopes"]),  # type: ignore[arg-type]
-            ",".join(r["models"]) if r["models"] else "any",  # type: ignore[arg-type]
+            ",".join(r["models"]) if r["models"] is not None else "any",  # type: ignore[arg-type]
             _opt(r["rpm"]),
             _opt(r["tpm"]),
             f"{r['budget']}/{r['period']}" if r["budget"] is not None else "-",

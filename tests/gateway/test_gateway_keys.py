@@ -78,6 +78,15 @@ def test_metrics_can_be_public() -> None:
         {"name": "a", "expires": "soon"},
         {"name": "a", "expires": "-1"},
         {"name": "a", "colour": "red"},
+        # found from outside: a key that may use nothing (listed as "any"), a key sharing the
+        # master key's or the CLI's name in usage, budgets and the audit log, a name no URL
+        # can hold (clients normalize /admin/keys/.. away)
+        {"name": "a", "models": []},
+        {"name": "a", "models": [" ", ""]},
+        {"name": "master"},
+        {"name": "cli"},
+        {"name": ".."},
+        {"name": "."},
     ],
 )
 def test_bad_specs_are_refused(spec: dict[str, object]) -> None:

@@ -66,6 +66,10 @@ async def test_usage_range_and_grouping_are_checked(gw: Gw) -> None:
         "/admin/usage", params={"start": "2999-01-01", "end": "2999-02-01"}, headers=admin
     )
     assert future.json()["data"] == []
+    # a group named twice is one group (it was a 500: an ambiguous column; found from outside)
+    twice = await gw.client.get("/admin/usage", params={"group_by": "key,key"}, headers=admin)
+    assert twice.status_code == 200, twice.text
+    assert [row["requests"] for row in twice.json()["data"] if row["key"] == "ranged"] == [1]
 
 
 async def test_prometheus_counts_tokens_and_spend_per_key(tmp_path: Path, master_env: str) -> None:

@@ -18,7 +18,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import BadRequest
 from ..protocol.requests import Float, Int
 from ..units import parse_duration
 
@@ -65,6 +64,9 @@ _recent_digest = functools.lru_cache(maxsize=1024)(_digest)
 
 
 MAX_LIMIT = 2**31 - 1  # limits are stored as database integers
+# Names usage and the audit log give to what is not a stored key: a key of that name would
+# share its spend, its budget and its rows.
+RESERVED_NAMES = {"master": "the master key (LLM_ROUTER_MASTER_KEY)", "cli": "the command line"}
 
 
 class KeySpec(BaseModel):
@@ -83,6 +85,23 @@ class KeySpec(BaseModel):
     budget: Float | None = Field(None, ge=0, le=1e15, description="Spend allowed per period.")
     period: Period = "month"
     expires: str | Float | None = Field(None, description="Lifetime, e.g. '30d' or '12h'.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(
+                f"'{value}' names {RESERVED_NAMES[value]} in usage and the audit log; "
+                "choose another name"
+            )
+        if value in (".", ".."):
+            raise ValueError("'.' and '..' cannot be named in a URL path; choose another name")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str] | None) -> list[str] | None:
+        return parse_models(value)
 
     @field_validator("expires")
     @classmethod
@@ -224,6 +243,6 @@ def parse_models(value: Iterable[str] | str | None) -> list[str] | None:
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
     names = [v.strip() for v in items if v.strip()]
-    if not names:
-        raise BadRequest("models must name at least one model", param="models")
+    if not names:  # a key that may use nothing; leave the list out for every model
+        raise ValueError("models must name at least one model (leave it out for all of them)")
     return names

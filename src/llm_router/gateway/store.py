@@ -303,7 +303,7 @@ class Store:
             "route": requests.c.route,
             "day": func.floor(requests.c.ts / 86400).label("day"),
         }
-        groups = [columns[g] for g in group_by]
+        groups = [columns[g] for g in dict.fromkeys(group_by)]  # "key,key": one column
         query = (
             select(*groups)
             .add_columns(
