@@ -169,3 +169,23 @@ async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None
             r = await c.post("/v1/embeddings", json=body)
             assert r.status_code == 503 and "retry-after" in r.headers
             assert len(up.bodies) == seen  # not even asked
+
+
+async def test_a_remote_targets_aliases_name_it(tmp_path: Path) -> None:
+    """`aliases` on a remote target were accepted, checked for uniqueness, and ignored: a
+    404 for `model: "gpt-4o-mini"`, and `GET /models` listed none (found from outside)."""
+    async with upstream() as (up, url):
+        models = [remote("box", url, aliases=["gpt-4o-mini", "boxy"])]
+        async with app_client(tmp_path, models=models) as c:
+            for name in ("gpt-4o-mini", "boxy", "box"):
+                body = {"model": name, "messages": HELLO}
+                r = await c.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+                assert r.headers["x-llm-router-model"] == "box"
+            assert [b["model"] for b in up.bodies] == ["up-model"] * 3
+            listed = (await c.get("/models")).json()["data"]
+            assert next(m for m in listed if m["id"] == "box")["aliases"] == ["gpt-4o-mini", "boxy"]
+            missing = await c.post(
+                "/v1/chat/completions", json={"model": "nope", "messages": HELLO}
+            )
+            assert missing.status_code == 404

@@ -105,9 +105,12 @@ class Dispatcher(Targets):
         return [t for t in self._targets.values() if isinstance(t, RemoteTarget)]
 
     def target(self, name: str) -> Target:
-        """The target called `name` (a remote id, or a local model id or alias)."""
+        """The target called `name` (a remote id or alias, or a local model id or alias)."""
         if name in self._targets:
             return self._targets[name]
+        for remote in self.remotes():  # few; the config keeps every alias unique
+            if name in remote.config.aliases:
+                return remote
         state = self.manager.resolve(name)
         if state.id not in self._targets:
             cfg = state.source.config

@@ -88,7 +88,7 @@ def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[st
     cfg = target.config
     return {
         "id": target.id,
-        "aliases": [],
+        "aliases": cfg.aliases,
         "tags": [],
         "object": "model",
         "owned_by": "llm-runner-router",
