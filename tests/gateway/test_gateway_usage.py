@@ -375,3 +375,30 @@ def test_the_revision_start_up_trusts_is_alembics_head() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     assert ScriptDirectory.from_config(config).get_heads() == [HEAD]
+
+
+async def test_an_answer_from_the_response_cache_costs_nothing(
+    tmp_path: Path, master_env: str
+) -> None:
+    """A cache hit spends nothing upstream: it was charged in full against the key's budget
+    (three identical greedy chats, $24 where $8 were spent; found from outside). Its tokens
+    are still counted, its prompt as cached."""
+    models = fake_models(tmp_path, chat={})
+    models[0].cost.output = 1_000_000.0  # 1 a completion token
+    async with gateway_app(tmp_path, models=models) as gw:
+        secret = await gw.key("cached", budget=100)
+        body = {**CHAT_BODY, "temperature": 0}
+        hits = []
+        for _ in range(3):
+            r = await gw.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
+            assert r.status_code == 200, r.text
+            hits.append(r.headers["x-llm-router-cache"])
+        assert hits == ["miss", "hit", "hit"]
+        completion = r.json()["usage"]["completion_tokens"]
+        spent = (await gw.client.get("/admin/keys/cached", headers=bearer(MASTER))).json()["spent"]
+        assert spent == pytest.approx(completion)  # the miss alone
+        r = await gw.client.get("/admin/usage", params={"group_by": "key"}, headers=bearer(MASTER))
+        [row] = [x for x in r.json()["data"] if x["key"] == "cached"]
+        assert row["requests"] == 3 and row["completion_tokens"] == 3 * completion
+        prompt = row["prompt_tokens"] // 3
+        assert prompt > 0 and row["cached_tokens"] == 2 * prompt  # the hits' prompts

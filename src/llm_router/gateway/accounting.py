@@ -55,6 +55,7 @@ def _record(
     usage = getattr(route, "usage", None)
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else 0
+    hit = getattr(route, "cache", None) == "hit"  # the response cache's: nothing spent
     cost = gateway.record(
         key,
         model=getattr(route, "model", "") or "",
@@ -62,9 +63,10 @@ def _record(
         route=scope["path"],
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cached_tokens=usage.cached_tokens if usage else 0,
+        cached_tokens=prompt if hit else usage.cached_tokens if usage else 0,
         status=status or 499,
         latency=time.perf_counter() - started,
         ttft=getattr(route, "ttft", None),
+        free=hit,
     )
     return prompt, completion, cost

@@ -248,11 +248,13 @@ class Gateway:
         status: int,
         latency: float,
         ttft: float | None,
+        free: bool = False,
     ) -> float:
         """Keep one request's usage for the next flush; returns its cost. `key` None: a
         request served without a key (auth off, or loopback clients before any key exists),
-        recorded with no key name (NULL; `null` in reports)."""
-        cost = self.cost(target, prompt_tokens, completion_tokens) if target else 0.0
+        recorded with no key name (NULL; `null` in reports). `free`: answered from the
+        response cache, so nothing was spent (its tokens are still counted)."""
+        cost = self.cost(target, prompt_tokens, completion_tokens) if target and not free else 0.0
         name = key.name if key is not None else None
         if cost and name is not None:
             self._spent_local[name] = self._spent_local.get(name, 0.0) + cost
