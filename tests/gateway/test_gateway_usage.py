@@ -66,6 +66,9 @@ async def test_usage_range_and_grouping_are_checked(gw: Gw) -> None:
         "/admin/usage", params={"start": "2999-01-01", "end": "2999-02-01"}, headers=admin
     )
     assert future.json()["data"] == []
+    # a query parameter is named as the client wrote it (it read `query.limit`)
+    bad = await gw.client.get("/admin/audit", params={"limit": "many"}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit", bad.text
     # a group named twice is one group (it was a 500: an ambiguous column; found from outside)
     twice = await gw.client.get("/admin/usage", params={"group_by": "key,key"}, headers=admin)
     assert twice.status_code == 200, twice.text

@@ -72,14 +72,19 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 
 
+_WHERE = frozenset({"body", "query", "path", "header", "cookie"})  # FastAPI's first loc
+
+
 def _path(loc: Sequence[Any]) -> list[str]:
     """The request field an error is about, as ["messages", "0", "content"]: pydantic's
-    location without the body and without the names it gives a union's members
-    (`constrained-str`, `list[int]`, `str`), which are no field of the request."""
+    location without where it was (the body, the query string: `limit`, not `query.limit`)
+    and without the names it gives a union's members (`constrained-str`, `list[int]`,
+    `str`), which are no field of the request."""
     return [
         str(p)
-        for p in loc
-        if isinstance(p, int) or (p != "body" and p not in _TAGS and _FIELD.fullmatch(p))
+        for i, p in enumerate(loc)
+        if isinstance(p, int)
+        or (not (i == 0 and p in _WHERE) and p not in _TAGS and _FIELD.fullmatch(p))
     ]
 
 
