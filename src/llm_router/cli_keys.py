@@ -104,7 +104,7 @@ def create(
 
     async def work(store: Store) -> None:
         await store.add_key(key)
-        await store.add_audit("cli", "key.created", key.name, {"scopes": sorted(key.scopes)})
+        await store.add_audit("cli", "key.created", key.name, key.audit_detail())
 
     settings = _settings(config)
     _run(settings, work)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from gw_helpers import CHAT_BODY, MASTER, bearer, two_routers
 
+from llm_router.gateway.store import DB_FILE
 from servers import Server
 
 pytestmark = pytest.mark.real
@@ -145,6 +147,12 @@ def test_the_cli_on_sqlite_while_a_server_runs(tmp_path: Path) -> None:
             ["chat"],
         )
         assert secret not in listed.stdout
+        # the audit keeps what the CLI made as it keeps what HTTP makes (it kept the scopes)
+        with sqlite3.connect(tmp_path / "data" / DB_FILE) as db:
+            [(actor, detail)] = db.execute(
+                "SELECT actor, detail FROM audit WHERE action = 'key.created'"
+            ).fetchall()
+        assert actor == "cli" and json.loads(detail)["models"] == ["chat"], detail
         assert cli(path, "keys", "revoke", "cli-key").returncode == 0
         served = [1]  # the key's requests answered: the one above, and any before the revocation
 

@@ -149,6 +149,13 @@ class ApiKey:
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
 
+    def audit_detail(self) -> dict[str, object]:
+        """What the audit log keeps of a key created (over HTTP or by the CLI alike)."""
+        detail = self.public()
+        for name in ("key_hint", "status", "revoked_at"):
+            detail.pop(name, None)
+        return detail
+
     def public(self) -> dict[str, object]:
         """What listings show: everything but the hash."""
         return {

@@ -294,7 +294,7 @@ class Gateway:
         store = await self.ensure_store()
         secret, key = make_key(spec)
         await store.add_key(key)
-        await store.add_audit(actor, "key.created", key.name, _audit_detail(key))
+        await store.add_audit(actor, "key.created", key.name, key.audit_detail())
         self.keys[key.hash] = key
         if self.mode == "auto":
             self.active = True
@@ -323,10 +323,3 @@ class Gateway:
     async def audit(self, actor: str | None, action: str, subject: str, **detail: Any) -> None:
         if self.store is not None:
             await self.store.add_audit(actor, action, subject, detail)
-
-
-def _audit_detail(key: ApiKey) -> dict[str, Any]:
-    detail = key.public()
-    for name in ("key_hint", "status", "revoked_at"):
-        detail.pop(name, None)
-    return detail
