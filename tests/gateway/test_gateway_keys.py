@@ -116,3 +116,17 @@ def test_yaml_auth_off_and_on_are_the_words_not_booleans(
     path = tmp_path / "c.yaml"
     path.write_text(f"auth: {text}\n")
     assert load_config(path, environ={}).auth == mode
+
+
+def test_a_short_master_key_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """LLM_ROUTER_MASTER_KEY=x was taken without a word (found from outside): it holds every
+    scope, so a short one is logged; a long one is not."""
+    from llm_router.config import Settings
+    from llm_router.gateway.service import Gateway
+
+    caplog.set_level("WARNING", logger="llm_router.gateway")
+    Gateway(Settings(), environ={"LLM_ROUTER_MASTER_KEY": "x"})
+    assert any("is 1 characters long" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    Gateway(Settings(), environ={"LLM_ROUTER_MASTER_KEY": "sk-" + "a1" * 20})
+    assert not caplog.records

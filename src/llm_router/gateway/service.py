@@ -42,6 +42,9 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 Cost = Callable[[str, int, int], float]  # (target, prompt tokens, completion tokens) -> spend
 
 
+MASTER_MIN = 16  # characters below which the master key is warned about
+
+
 class Gateway:
     def __init__(
         self,
@@ -54,6 +57,14 @@ class Gateway:
         self.mode = settings.auth
         self.url = database_url(settings)
         self.master = master_key(env[MASTER_ENV]) if env.get(MASTER_ENV) else None
+        if self.master is not None and len(env[MASTER_ENV]) < MASTER_MIN:
+            log.warning(
+                "%s is %d characters long: a key with every scope should be long and random "
+                "(at least %d characters; `llm-router keys create` makes 43)",
+                MASTER_ENV,
+                len(env[MASTER_ENV]),
+                MASTER_MIN,
+            )
         self.limiter = Limiter(settings.gateway, settings.redis_url)
         self.prices: dict[str, Price] = {}
         self.set_prices(settings)
