@@ -485,6 +485,32 @@ def test_kills_unloads_and_loads_from_outside_leave_no_worker_behind(
     _check_outcomes(scenario, run)
 
 
+def sim_manager(
+    scripts: dict[str, dict[str, Any]],
+    pool: SimPool,
+    aliases: dict[str, list[str]] | None = None,
+    **options: Any,
+) -> ModelManager:
+    """A manager on `pool` over fake models, each `name: script` (engines/fake.py), in a
+    folder of its own; no spares (unless `options` say), no watching."""
+    folder = Path(tempfile.mkdtemp())
+    configs = []
+    for name, script in scripts.items():
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(script))
+        more = (aliases or {}).get(name, [])
+        configs.append(ModelConfig(id=name, path=path, engine="fake", aliases=more))
+    settings = {
+        "models_dir": folder,
+        "models": configs,
+        "watch_interval": 0,
+        "provision_default_models": False,
+        "spare_workers": False,
+        **options,
+    }
+    return ModelManager(Settings(**settings), pool=pool)
+
+
 def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None:
     """An unload waits for a request in flight (unload_grace); the worker dies meanwhile, and
     the next request loads the model again. When the unload's wait ends, the new worker stays
@@ -492,20 +518,8 @@ def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None
     `unloaded` while it ran)."""
 
     async def main() -> None:
-        folder = Path(tempfile.mkdtemp())
-        path = folder / "a.json"
-        path.write_text(json.dumps({"load_seconds": 0.5, "token_seconds": 0.01}))
-        manager = ModelManager(
-            Settings(
-                models_dir=folder,
-                models=[ModelConfig(id="a", path=path, engine="fake")],
-                watch_interval=0,
-                provision_default_models=False,
-                spare_workers=False,
-                unload_grace=10,
-            ),
-            pool=SimPool(),
-        )
+        script = {"load_seconds": 0.5, "token_seconds": 0.01}
+        manager = sim_manager({"a": script}, SimPool(), unload_grace=10)
         await manager.start()
         held, release = asyncio.Event(), asyncio.Event()
 
@@ -540,25 +554,10 @@ def test_a_worker_dying_in_an_unloads_grace_while_its_next_load_waits_for_room()
     worker ran on untracked (the cold-start storm's seed 212, with real processes)."""
 
     async def main() -> None:
-        folder = Path(tempfile.mkdtemp())
-        configs = []
-        for name in "abc":
-            path = folder / f"{name}.json"
-            path.write_text(json.dumps({"load_seconds": 0.2, "token_seconds": 0.01}))
-            configs.append(ModelConfig(id=name, path=path, engine="fake"))
+        script = {"load_seconds": 0.2, "token_seconds": 0.01}
         pool = SimPool()
-        manager = ModelManager(
-            Settings(
-                models_dir=folder,
-                models=configs,
-                watch_interval=0,
-                provision_default_models=False,
-                spare_workers=False,
-                models_max=2,
-                unload_grace=10,
-            ),
-            pool=pool,
-        )
+        scripts = {name: script for name in "abc"}
+        manager = sim_manager(scripts, pool, models_max=2, unload_grace=10)
         await manager.start()
         release = {name: asyncio.Event() for name in ("a", "b", "c", "a again")}
 
@@ -624,24 +623,17 @@ def test_a_spare_of_another_engine_never_keeps_a_model_from_loading() -> None:
     spares of the head's own engine were never counted (its spare becomes its worker)."""
 
     async def main() -> None:
-        folder = Path(tempfile.mkdtemp())
-        configs = []
-        for name, ballast in (("a", 0), ("b", 30)):
-            path = folder / f"{name}.json"
-            script = {"load_seconds": 0.2, "token_seconds": 0.01, "ballast_mb": ballast}
-            path.write_text(json.dumps(script))
-            configs.append(ModelConfig(id=name, path=path, engine="fake"))
+        scripts = {
+            name: {"load_seconds": 0.2, "token_seconds": 0.01, "ballast_mb": ballast}
+            for name, ballast in (("a", 0), ("b", 30))
+        }
         pool = SparesOfAnotherEngine(20 * MiB)  # fits beside a, not beside b
-        manager = ModelManager(
-            Settings(
-                models_dir=folder,
-                models=configs,
-                watch_interval=0,
-                provision_default_models=False,
-                memory_budget=DEFAULT_BASE + 40 * MiB,  # one model at a time
-                queue_timeout=30,
-            ),
-            pool=pool,
+        manager = sim_manager(
+            scripts,
+            pool,
+            spare_workers=True,
+            memory_budget=DEFAULT_BASE + 40 * MiB,  # one model at a time
+            queue_timeout=30,
         )
         await manager.start()
         async with manager.lease("a"):
@@ -666,26 +658,10 @@ def test_preload_past_models_max_loads_the_first_ones_in_its_order_and_evicts_no
     an unknown name is a warning too."""
 
     async def main() -> None:
-        folder = Path(tempfile.mkdtemp())
-        configs = []
-        for name in "abc":
-            path = folder / f"{name}.json"
-            path.write_text(json.dumps({"load_seconds": 0.2}))
-            aliases = ["see"] if name == "c" else []
-            configs.append(ModelConfig(id=name, path=path, engine="fake", aliases=aliases))
         pool = SimPool()
-        manager = ModelManager(
-            Settings(
-                models_dir=folder,
-                models=configs,
-                watch_interval=0,
-                provision_default_models=False,
-                spare_workers=False,
-                models_max=2,
-                preload=["see", "nope", "a", "b"],
-            ),
-            pool=pool,
-        )
+        scripts = {name: {"load_seconds": 0.2} for name in "abc"}
+        preload = ["see", "nope", "a", "b"]
+        manager = sim_manager(scripts, pool, aliases={"c": ["see"]}, models_max=2, preload=preload)
         await manager.start()
         await asyncio.sleep(2)
         loaded = {s.id for s in manager.states() if s.status == Status.LOADED}
