@@ -102,7 +102,8 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     def _stop_now(self) -> None:
-        log.info("stopping now: %d requests in flight are answered 503", self.drain.in_flight)
+        if self.drain.in_flight:
+            log.info("stopping now: %d requests in flight answered 503", self.drain.in_flight)
         self._stopper = asyncio.create_task(self.drain.stop_all(AFTER_DRAIN), name="stop")
 
     def _begin_drain(self) -> None:
