@@ -88,14 +88,15 @@ class Sampler:
         """The next token from `logits` ([vocab]) given the tokens generated so far."""
         p = self.params
         scores = np.asarray(logits, dtype=np.float32).reshape(-1)
-        if self._bias.size:  # logit_bias first, as llama.cpp's chain (on a copy: the
-            scores = scores.copy()  # caller's logits may be read again, masked)
+        banned = self._banned is not None and self._banned.size
+        if self._bias.size or banned:  # one copy: the caller's logits may be read again
+            scores = scores.copy()
             inside = self._bias_ids < scores.shape[0]
-            scores[self._bias_ids[inside]] += self._bias[inside]
+            scores[self._bias_ids[inside]] += self._bias[inside]  # first, as llama.cpp's chain
+            if banned:  # -inf stays -inf through the penalties
+                assert self._banned is not None
+                scores[self._banned[self._banned < scores.shape[0]]] = -np.inf
         scores = self._penalize(scores, history)
-        if self._banned is not None and self._banned.size:
-            scores = scores.copy()  # may be a view of the caller's logits
-            scores[self._banned[self._banned < scores.shape[0]]] = -np.inf
         if self._rng is None:
             return int(np.argmax(scores))
         ids = top_k(scores, p.top_k)

@@ -1,6 +1,7 @@
 """One attempt at one target: its first event awaited, then the rest passed on, the outcome told
 to the target's breaker and stats. Also which failures are worth another target
-(`RETRYABLE`) and which of those are no sign the target is broken (`NOT_THE_TARGETS`).
+(`RETRYABLE`, less the API key's own limits: `THE_KEYS`) and which of those are no sign the
+target is broken (`NOT_THE_TARGETS`).
 
 The dispatcher (dispatcher.py) decides which targets to try, in which order; this module
 accounts for each try."""
@@ -19,16 +20,20 @@ from ..errors import (
     ModelLoadFailed,
     ModelNotFound,
     QueueFull,
+    RateLimited,
     RouterError,
     UpstreamTimeout,
 )
 from ..types import Finished, GenerationEvent
 from .targets import Call, Target
 
-__all__ = ["NOT_THE_TARGETS", "RETRYABLE", "first_event", "since", "watch"]
+__all__ = ["NOT_THE_TARGETS", "RETRYABLE", "THE_KEYS", "first_event", "since", "watch"]
 
 # Worth another target: the target failed or is full, not the request.
 RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
+# A full queue that is the API key's (the gateway's limits, server/gateway.py): every target
+# would refuse the same, so it is the request's answer, not a reason to try another.
+THE_KEYS = (RateLimited,)
 # Worth another target, but no sign the target is broken, so its breaker does not count them:
 # a full queue, a prompt too long for it, and a read timeout, which a client can cause for
 # everyone by asking for a generation longer than the timeout (health checks and connect

@@ -26,10 +26,10 @@ import aiohttp
 
 from .. import tracing
 from ..config import Cost, RouteConfig, Settings
-from ..errors import BadRequest, ConfigError, ModelNotFound, RateLimited, RouterError, ServerBusy
+from ..errors import BadRequest, ConfigError, ModelNotFound, RouterError, ServerBusy
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
-from .attempt import NOT_THE_TARGETS, RETRYABLE, first_event, since, watch
+from .attempt import NOT_THE_TARGETS, RETRYABLE, THE_KEYS, first_event, since, watch
 from .breaker import BreakerConfig, CircuitBreaker
 from .configured import Route, Targets
 from .local import LocalTarget
@@ -241,7 +241,7 @@ class Dispatcher(Targets):
             try:
                 first, events, started, ttft = await first_event(target, call)
             except RETRYABLE as exc:
-                if isinstance(exc, RateLimited):  # the API key's limit: no target passes it
+                if isinstance(exc, THE_KEYS):
                     raise
                 last = exc
                 failures.append(f"{target.id}: {type(exc).__name__}")

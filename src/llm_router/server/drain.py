@@ -21,11 +21,12 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ServerStopping
 from .asgi import send_json
-from .errors import envelope, error_json, status_of
+from .errors import error_json, router_error_response
+from .sse import frame
 
 __all__ = ["Drain", "DrainGuard"]
 
@@ -153,16 +154,17 @@ async def _end(scope: Scope, send: Send, tracked: bool) -> None:
         return
     started = scope.get("state", {}).get("response")
     if started is None:
-        status, type_, code = status_of(STOPPING)
-        headers = [
-            (b"retry-after", b"%d" % max(1, round(STOPPING.retry_after or 1))),
-            (b"connection", b"close"),
-        ]
-        await send_json(send, status, envelope(STOPPING.message, type_, None, code), headers)
+        response = router_error_response(STOPPING)
+        response.headers["connection"] = "close"
+        await response(scope, _nothing, send)
         return
     sse = any(
         k == b"content-type" and v.startswith(b"text/event-stream")
         for k, v in started.get("headers", ())
     )
-    body = b"data: " + error_json(STOPPING).encode() + b"\n\n" if sse and tracked else b""
+    body = frame(error_json(STOPPING)) if sse and tracked else b""
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
