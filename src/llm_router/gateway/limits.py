@@ -8,7 +8,8 @@ checked, not charged), `Admission.admit_prompt` when a target is about to run th
 (routing/admission.py: `prompt_now`, else `take_prompt`: its tokens charged, or the request
 refused while nothing is generated), `charge` after it (the rest of its usage: the
 completion, and the difference between the prompt's count and its usage).
-The `x-ratelimit-*` headers are those of `Admission.headers`, kept current as it goes.
+The `x-ratelimit-*` headers are those of `Admission.headers`: made once, when the response
+starts, from what the admission last saw of each window (`Admission.views`).
 
 Exact near the limit, batched far from it (gateway/windows.py): a prompt's tokens are charged
 on this router's view of the key's window while it leaves half the limit after them, else by
@@ -58,14 +59,17 @@ class Effective:
     max_concurrent: int | None
 
 
-@dataclass
+View = tuple[int, int, float]  # a window as a request last saw it: (limit, remaining, reset)
+
+
+@dataclass(slots=True)
 class Admission:
-    """A request let in: what it holds (a concurrency slot), the headers to answer, and the
-    prompt tokens charged so far (`admit_prompt`). The headers list is updated in place."""
+    """A request let in: what it holds (a concurrency slot), what it saw of its windows (for
+    the headers it answers), and the prompt tokens charged so far (`admit_prompt`)."""
 
     key: ApiKey
     limits: Effective
-    headers: list[Header]
+    views: dict[str, View]  # "tokens", "requests" -> View, in the headers' order
     holds_slot: bool = False
     lease: str | None = None  # the shared slot (Redis) this request holds
     limiter: Limiter | None = None
@@ -76,6 +80,11 @@ class Admission:
         """routing/admission.py's PromptGate: Limiter.prompt_now, else Limiter.take_prompt."""
         if self.limiter is not None and not self.limiter.prompt_now(self, tokens):
             await self.limiter.take_prompt(self, tokens)
+
+    @property
+    def headers(self) -> list[Header]:
+        """The `x-ratelimit-*` headers of what the request saw last."""
+        return _headers(self.views)
 
 
 class Limiter:
@@ -137,19 +146,19 @@ class Limiter:
             self.slots is not None or self.in_flight.get(key.name, 0) >= lim.max_concurrent
         ):
             return None
-        headers: list[Header] = []
+        views: dict[str, View] = {}
         windows, name = self.windows, key.name
         if lim.tpm is not None:
             seen = windows.seen("tokens", lim.tpm, name)
-            if seen is None or seen[0] <= 0:
+            if seen is None or seen[1] <= 0:
                 return None
-            headers += _headers("tokens", lim.tpm, *seen)
+            views["tokens"] = seen
         if lim.rpm is not None:  # last: the only one that counts
             taken = None if self.shared else windows.local("requests", lim.rpm, name, 1)
             if taken is None:
                 return None
-            headers += _headers("requests", lim.rpm, *taken)
-        admission = Admission(key, lim, headers, limiter=self)
+            views["requests"] = taken
+        admission = Admission(key, lim, views, limiter=self)
         if lim.max_concurrent is not None:
             self.in_flight[name] = self.in_flight.get(name, 0) + 1
             admission.holds_slot = True
@@ -161,7 +170,7 @@ class Limiter:
         let in without limits, and that is logged: limits must not take the service down."""
         lim = self.effective(key)
         if lim.rpm is None and lim.tpm is None and lim.max_concurrent is None:
-            return Admission(key, lim, [])
+            return Admission(key, lim, {})
         lease: str | None = None
         full = False
         if lim.max_concurrent is not None:
@@ -174,34 +183,34 @@ class Limiter:
                 except Exception as exc:
                     self.windows.warn(exc)
         try:
-            headers = await self._check(key, lim, full)
+            views = await self._check(key, lim, full)
         except RateLimited:
             if lease is not None and self.slots is not None:
                 self.slots.release(key.name, lease)
             raise
         except Exception as exc:  # redis errors, connection refused, timeouts
             self.windows.warn(exc)
-            headers = []
-        admission = Admission(key, lim, headers, lease=lease, limiter=self)
+            views = {}
+        admission = Admission(key, lim, views, lease=lease, limiter=self)
         if lim.max_concurrent is not None:
             self.in_flight[key.name] = self.in_flight.get(key.name, 0) + 1
             admission.holds_slot = True
         return admission
 
-    async def _check(self, key: ApiKey, lim: Effective, full: bool) -> list[Header]:
-        headers: list[Header] = []
+    async def _check(self, key: ApiKey, lim: Effective, full: bool) -> dict[str, View]:
+        views: dict[str, View] = {}
         refused: tuple[str, float] | None = None
         windows, name = self.windows, key.name
         if full:
             refused = (f"{lim.max_concurrent} requests at once", 1.0)
         if lim.tpm is not None:
             remaining, reset = await windows.view("tokens", lim.tpm, name)
-            headers += _headers("tokens", lim.tpm, remaining, reset)
+            views["tokens"] = (lim.tpm, remaining, reset)
             if remaining <= 0 and refused is None:
                 refused = (f"{lim.tpm} tokens per minute", reset)
         if lim.rpm is not None:
             ok, remaining, reset = await self._request(lim.rpm, name, refused is None)
-            headers += _headers("requests", lim.rpm, remaining, reset)
+            views["requests"] = (lim.rpm, remaining, reset)
             if not ok and refused is None:
                 refused = (f"{lim.rpm} requests per minute", reset)
         if refused is not None:
@@ -210,9 +219,9 @@ class Limiter:
                 f"Rate limit reached for key '{name}': {what}; try again in {reset_text(wait)}",
                 retry_after=max(1.0, wait),
             )
-            exc.headers = headers  # type: ignore[attr-defined]
+            exc.headers = _headers(views)  # type: ignore[attr-defined]
             raise exc
-        return headers
+        return views
 
     async def _request(self, rpm: int, name: str, wanted: bool) -> tuple[bool, int, float]:
         """Count one request if `wanted`: (whether it was counted, remaining, reset). Shared
@@ -226,7 +235,7 @@ class Limiter:
             return (ok, *await windows.view("requests", rpm, name, fresh=not ok))
         taken = windows.local("requests", rpm, name, 1)
         if taken is not None:
-            return (True, *taken)
+            return (True, taken[1], taken[2])
         return await windows.take("requests", rpm, name, 1)
 
     def release(self, admission: Admission) -> None:
@@ -261,7 +270,7 @@ class Limiter:
             return False
         admission.prompt_charged += tokens
         admission.prompt_decided = True
-        _set(admission.headers, "tokens", tpm, *taken)
+        admission.views["tokens"] = taken
         return True
 
     async def take_prompt(self, admission: Admission, tokens: int) -> None:
@@ -280,7 +289,7 @@ class Limiter:
         except Exception as exc:
             windows.warn(exc)
             return
-        _set(admission.headers, "tokens", tpm, remaining, reset)
+        admission.views["tokens"] = (tpm, remaining, reset)
         if ok:
             return
         admission.prompt_charged -= tokens
@@ -338,27 +347,19 @@ _NAMES = {
 }
 
 
-def _set(headers: list[Header], kind: str, limit: int, remaining: int, reset: float) -> None:
-    """Set the three `kind` headers in `headers` (in place: the list the response sends)."""
-    new = _headers(kind, limit, remaining, reset)
-    first = new[0][0]
-    for i, (name, _) in enumerate(headers):
-        if name == first:
-            headers[i : i + 3] = new
-            return
-    headers += new
-
-
-def _headers(kind: str, limit: int, remaining: int, reset: float) -> list[Header]:
-    """The three `kind` headers; the limit's header and whole seconds' reset texts made once
-    (three of these a request, on the request path)."""
-    limit_header = _LIMIT_HEADERS.get((kind, limit))
-    if limit_header is None:
-        limit_header = _LIMIT_HEADERS[(kind, limit)] = (_NAMES[kind][0], b"%d" % limit)
-    _, remaining_name, reset_name = _NAMES[kind]
-    whole = round(reset)
-    text = _RESET_SECONDS[whole] if 1 <= reset and whole < 120 else reset_text(reset).encode()
-    return [limit_header, (remaining_name, b"%d" % max(0, remaining)), (reset_name, text)]
+def _headers(views: dict[str, View]) -> list[Header]:
+    """The three headers of each window in `views`; the limit's header and whole seconds'
+    reset texts made once (on the request path: once a response)."""
+    headers: list[Header] = []
+    for kind, (limit, remaining, reset) in views.items():
+        limit_header = _LIMIT_HEADERS.get((kind, limit))
+        if limit_header is None:
+            limit_header = _LIMIT_HEADERS[(kind, limit)] = (_NAMES[kind][0], b"%d" % limit)
+        names = _NAMES[kind]
+        whole = round(reset)
+        text = _RESET_SECONDS[whole] if 1 <= reset and whole < 120 else reset_text(reset).encode()
+        headers += (limit_header, (names[1], b"%d" % max(0, remaining)), (names[2], text))
+    return headers
 
 
 _LIMIT_HEADERS: dict[tuple[str, int], Header] = {}

@@ -204,14 +204,16 @@ class GatewayMiddleware:
         gw = self.gateway
         started = time.perf_counter()
         status = 0
-        extra: list[Header] = admission.headers
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if extra:
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                if admission.views:  # the x-ratelimit-* headers, as the prompt's charge left them
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", ()), *admission.headers],
+                    }
             await send(message)
 
         # a key with tokens per minute: the target counts the prompt before it runs it
