@@ -137,7 +137,12 @@ class PermissionDenied(RouterError):
 
 class UpstreamUnavailable(EngineError):
     """The upstream could not be reached or did not answer in time (connect error, timeout,
-    connection dropped mid-answer). Another target, or a later retry, may work."""
+    connection dropped mid-answer), or said it is unavailable (503). Another target, or a
+    retry after `retry_after` seconds, may work."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamTimeout(UpstreamUnavailable):

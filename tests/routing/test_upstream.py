@@ -24,7 +24,6 @@ from llm_router.errors import (
     BadRequest,
     ContextLengthExceeded,
     EngineError,
-    ModelNotFound,
     QueueFull,
     UpstreamError,
     UpstreamTimeout,
@@ -122,7 +121,7 @@ CHUNK_B = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"delta": 
 
 async def test_chat_rewrites_model_sends_bearer_and_returns_the_json() -> None:
     seen: list[Seen] = []
-    reply = {"id": "x", "model": "upstream-m", "choices": []}
+    reply = {"id": "x", "model": "upstream-m", "choices": [{"index": 0, "message": {}}]}
     body = {**BODY, "stream": True, "stream_options": {"include_usage": True}, "seed": 3}
     async with target(answer(200, reply), seen) as t:
         assert await t.chat(body) == reply
@@ -137,7 +136,7 @@ async def test_chat_rewrites_model_sends_bearer_and_returns_the_json() -> None:
 
 async def test_complete_and_embed_use_their_paths() -> None:
     seen: list[Seen] = []
-    async with target(answer(200, {"ok": True}), seen) as t:
+    async with target(answer(200, {"choices": [{"text": ""}]}), seen) as t:
         await t.complete({"model": "x", "prompt": "p", "stream": True})
         await t.embed({"model": "x", "input": "p"})
     assert [r.path for r in seen] == ["/v1/completions", "/v1/embeddings"]
@@ -174,14 +173,14 @@ async def test_stream_parses_sse_framing() -> None:
         b'event: message\r\nid: 1\r\ndata: {"a":\r\ndata: 1}\r\n\r\n'
         b'data:{"b":2}\n\n'
         b'data: {"c":3}\r\r'  # CR alone ends a line too
-        b'data: {"d":4}\n'  # the last event ends without a blank line or [DONE]
+        b'data: {"choices":[{"finish_reason":"stop"}]}\n'  # no blank line or [DONE] after
     )
     async with target(answer_bytes(raw)) as t:
         assert [c async for c in t.stream_complete({"prompt": "x"})] == [
             {"a": 1},
             {"b": 2},
             {"c": 3},
-            {"d": 4},
+            {"choices": [{"finish_reason": "stop"}]},
         ]
 
 
@@ -328,11 +327,15 @@ async def test_message_text_alone_never_classifies() -> None:
 
 
 async def test_other_4xx() -> None:
+    # A 404 is the target's configuration at fault (its `model` or `base_url`), not the
+    # client's model name: a failure another target may not have.
     async with target(
         answer(404, envelope("The model `x` does not exist", "model_not_found"))
     ) as t:
-        with pytest.raises(ModelNotFound, match="does not exist"):
+        with pytest.raises(UpstreamError) as found:
             await t.chat(BODY)
+        assert found.value.status == 404
+        assert found.value.message == "upstream box does not know its model (HTTP 404)"
     async with target(answer(401, envelope("Incorrect API key provided: sk-abc***"))) as t:
         with pytest.raises(UpstreamError) as info:
             await t.chat(BODY)
@@ -366,6 +369,70 @@ async def test_garbage_from_the_upstream_is_upstream_error() -> None:
             await anext(t.stream_chat(BODY))
 
 
+async def test_a_200_without_choices_is_no_answer() -> None:
+    """An error envelope or an empty object in a 200 is the upstream's failure, not an empty
+    answer (which would be cached and served again)."""
+    async with target(answer(200, envelope("overloaded", "server_error"))) as t:
+        with pytest.raises(UpstreamError, match="answered 200 with an error: overloaded"):
+            await t.chat(BODY)
+    for body in ({}, {"choices": []}, {"choices": "x"}):
+        async with target(answer(200, body)) as t:
+            with pytest.raises(UpstreamError, match="answered with no choices") as info:
+                await t.complete(BODY)
+            assert info.value.status == 502
+    async with target(answer(200, envelope("too long", "context_length_exceeded"))) as t:
+        with pytest.raises(ContextLengthExceeded):
+            await t.chat(BODY)
+
+
+async def test_a_stream_answered_with_a_whole_json_answer_is_one_chunk() -> None:
+    """An upstream that ignores `stream` and answers JSON: its answer as one chunk, its
+    message as the chunk's delta; an error in it raises."""
+    whole = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    async with target(answer(200, whole)) as t:
+        chunks = [c async for c in t.stream_chat(BODY)]
+    assert len(chunks) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"}
+    assert chunks[0]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[0]["usage"]["total_tokens"] == 4
+    async with target(answer(200, envelope("boom"))) as t:
+        with pytest.raises(UpstreamError, match="boom"):
+            await anext(t.stream_chat(BODY))
+
+
+async def test_a_stream_that_ends_unfinished_is_an_error() -> None:
+    """A stream that ends with neither a finish_reason nor [DONE] was cut: an error after the
+    chunks it had, never a whole answer (a page that is no event stream has no chunks)."""
+    raw = sse(json.dumps(CHUNK_A), json.dumps(CHUNK_B))
+    async with target(answer_bytes(raw)) as t:
+        chunks = t.stream_chat(BODY)
+        assert [await anext(chunks), await anext(chunks)] == [CHUNK_A, CHUNK_B]
+        with pytest.raises(UpstreamError, match="ended its stream before the answer was done"):
+            await anext(chunks)
+    async with target(answer_bytes(b"<html>login</html>", content_type="text/html")) as t:
+        with pytest.raises(UpstreamError, match="ended its stream"):
+            await anext(t.stream_chat(BODY))
+    # A finish_reason without [DONE], or [DONE] without a finish_reason, ends it properly.
+    last = {**CHUNK_B, "choices": [{"delta": {}, "finish_reason": "length"}]}
+    for raw in (sse(json.dumps(CHUNK_A), json.dumps(last)), sse(json.dumps(CHUNK_A), "[DONE]")):
+        async with target(answer_bytes(raw)) as t:
+            assert len([c async for c in t.stream_chat(BODY)]) in (1, 2)
+
+
+async def test_503_is_unavailable_with_the_upstreams_retry_after() -> None:
+    async with target(answer(503, envelope("maintenance"), {"Retry-After": "30"})) as t:
+        with pytest.raises(UpstreamUnavailable, match=r"unavailable \(HTTP 503\)") as info:
+            await t.chat(BODY)
+    assert info.value.retry_after == 30
+
+
 async def test_an_error_page_that_is_not_json_is_an_upstream_error() -> None:
     async with target(
         answer_bytes(b"Bad Gateway from nginx", status=502, content_type="text/html")
@@ -389,7 +456,7 @@ async def test_no_key_sends_no_authorization() -> None:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         seen.append(Seen(request.method, request.path, dict(request.headers), b""))
-        return web.json_response({})
+        return web.json_response({"choices": [{"index": 0, "message": {}}]})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -485,7 +552,9 @@ class StubUpstream:
             await asyncio.wait_for(self.disconnected.wait(), self.delay)
         if not self.disconnected.is_set():
             self._complete = True
-            await _send_json(send, {"object": "chat.completion", "model": payload["model"]})
+            answer = {"index": 0, "message": {"role": "assistant", "content": "hi"}}
+            reply = {"object": "chat.completion", "model": payload["model"], "choices": [answer]}
+            await _send_json(send, reply)
 
 
 async def _send_json(send: Any, data: dict[str, Any]) -> None:

@@ -84,8 +84,10 @@ class Upstream:
         )
 
     async def chat(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /chat/completions without streaming; the upstream's JSON response."""
-        return await self._call("/chat/completions", _body(body, self.model, stream=False))
+        """POST /chat/completions without streaming; the upstream's JSON response (an
+        UpstreamError when it holds no choices: a 200 carrying an error, or nothing)."""
+        data = await self._call("/chat/completions", _body(body, self.model, stream=False))
+        return _with_choices(self.name, data)
 
     def stream_chat(self, body: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST /chat/completions streaming; yields each chunk's JSON. Nothing is sent until
@@ -93,8 +95,9 @@ class Upstream:
         return self._stream("/chat/completions", _body(body, self.model, stream=True))
 
     async def complete(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /completions without streaming."""
-        return await self._call("/completions", _body(body, self.model, stream=False))
+        """POST /completions without streaming; as `chat`."""
+        data = await self._call("/completions", _body(body, self.model, stream=False))
+        return _with_choices(self.name, data)
 
     def stream_complete(self, body: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST /completions streaming; as `stream_chat`."""
@@ -131,13 +134,7 @@ class Upstream:
         tracing.end(span, {"http.response.status_code": answer.status})
         if answer.status >= 400:
             raise status_error(self.name, answer)
-        try:
-            data = from_json(answer.body)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise UpstreamError(f"upstream {self.name} answered with no JSON object", status=502)
-        return data
+        return _json_object(self.name, answer.body)
 
     def _stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         span = self._span(path)
@@ -175,16 +172,30 @@ class Upstream:
                 if response.status >= 400:
                     body = await _read(self.name, response.content)
                     raise status_error(self.name, Answer.of(response, body))
+                if _is_json(response.content_type):  # the upstream ignored `stream`
+                    whole = _json_object(self.name, await _read(self.name, response.content))
+                    yield _as_chunk(_with_choices(self.name, whole))
+                    return
                 events = _SseData()
-                done = False
+                done = finished = False
                 async for line in _lines(self.name, response.content):
                     # After [DONE], read on to the end so the connection goes back to the pool.
                     data = None if done else events.feed(line)
                     done = done or data == "[DONE]"
                     if data is not None and not done:
-                        yield _chunk(self.name, data)
+                        chunk = _chunk(self.name, data)
+                        finished = finished or _has_finish_reason(chunk)
+                        yield chunk
                 if not done and (data := events.flush()) not in (None, "[DONE]"):
-                    yield _chunk(self.name, data)
+                    chunk = _chunk(self.name, data)
+                    finished = finished or _has_finish_reason(chunk)
+                    yield chunk
+                if not (done or finished):  # a cut answer must not pass for a whole one
+                    raise UpstreamError(
+                        f"upstream {self.name} ended its stream before the answer was done "
+                        "(no finish_reason and no [DONE])",
+                        status=502,
+                    )
 
     def _send(
         self, path: str, payload: dict[str, Any], span: Any = None
@@ -268,6 +279,49 @@ class _SseData:
             return None
         data, self._lines = "\n".join(self._lines), []
         return data
+
+
+def _json_object(name: str, body: bytes) -> dict[str, Any]:
+    """An upstream's whole answer as a JSON object, else an UpstreamError."""
+    try:
+        data = from_json(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamError(f"upstream {name} answered with no JSON object", status=502)
+    return data
+
+
+def _with_choices(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """`data`, a completion with at least one choice; else the error it carries (a 200 with an
+    error envelope), or an UpstreamError: an empty answer must not pass for a real one (it
+    would be cached, and outvote real answers in an ensemble)."""
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and all(isinstance(c, dict) for c in choices):
+        return data
+    if isinstance(data.get("error"), dict):
+        raise mid_stream_error(name, data["error"], streaming=False)
+    raise UpstreamError(f"upstream {name} answered with no choices", status=502)
+
+
+def _as_chunk(data: dict[str, Any]) -> dict[str, Any]:
+    """A whole completion as the one chunk of a stream (an upstream that does not stream)."""
+    choices = [
+        {**c, "delta": c["message"]} if isinstance(c.get("message"), dict) else c
+        for c in data["choices"]
+    ]
+    return {**data, "choices": choices}
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _has_finish_reason(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") for c in choices
+    )
 
 
 def _chunk(name: str, data: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from pydantic_core import from_json
 from ..errors import (
     BadRequest,
     ContextLengthExceeded,
-    ModelNotFound,
     QueueFull,
     RouterError,
     UpstreamError,
@@ -47,12 +46,14 @@ class Answer:
         return cls(response.status, response.reason or "", response.headers, body)
 
 
-def mid_stream_error(name: str, error: dict[str, Any]) -> RouterError:
-    """The domain error for an error event in the middle of a stream."""
-    message = str(error.get("message") or "error during streaming")
+def mid_stream_error(name: str, error: dict[str, Any], streaming: bool = True) -> RouterError:
+    """The domain error for an error event in the middle of a stream (or, not `streaming`, an
+    error envelope in a 200 answer)."""
+    message = str(error.get("message") or "no message")
     if error.get("code") == "context_length_exceeded":
         return ContextLengthExceeded(message, param=_str_or_none(error.get("param")))
-    return UpstreamError(f"upstream {name} failed while streaming: {message}", status=502)
+    where = "failed while streaming" if streaming else "answered 200 with an error"
+    return UpstreamError(f"upstream {name} {where}: {message}", status=502)
 
 
 @contextlib.contextmanager
@@ -84,15 +85,25 @@ def status_error(name: str, answer: Answer) -> RouterError:
             f"upstream {name} is rate limited: {message}",
             retry_after=_retry_after(answer.headers.get("retry-after")),
         )
-    if status >= 500 or status in (401, 403, 407, 408):
+    if status == 503:  # down for now: another target, or this one after its Retry-After
+        log.warning("upstream %s answered 503: %s", name, message)
+        return UpstreamUnavailable(
+            f"upstream {name} is unavailable (HTTP 503)",
+            retry_after=_retry_after(answer.headers.get("retry-after")),
+        )
+    if status >= 500 or status in (401, 403, 404, 407, 408):
+        # 404: the target's `model` or `base_url` is wrong, a fault of its configuration (the
+        # model the client named exists here), so another target may serve it
         log.warning("upstream %s answered %d: %s", name, status, message)
-        what = "refused the router's credentials" if status in (401, 403, 407) else "failed"
-        return UpstreamError(f"upstream {name} {what} (HTTP {status})", status=status)
+        text = _WHAT.get(status, "failed")
+        return UpstreamError(f"upstream {name} {text} (HTTP {status})", status=status)
     if code == "context_length_exceeded":
         return ContextLengthExceeded(message, param=param)
-    if status == 404:
-        return ModelNotFound(message)
     return BadRequest(message, param=param)
+
+
+_CREDENTIALS = "refused the router's credentials"
+_WHAT = {401: _CREDENTIALS, 403: _CREDENTIALS, 407: _CREDENTIALS, 404: "does not know its model"}
 
 
 def _envelope(answer: Answer) -> tuple[str, str | None, str | None]:

@@ -67,7 +67,9 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     headers = {}
     if isinstance(exc, e.QueueFull) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    if isinstance(exc, e.WorkerDied | e.UpstreamUnavailable | e.LoadInterrupted):
+    if isinstance(exc, e.UpstreamUnavailable):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    elif isinstance(exc, e.WorkerDied | e.LoadInterrupted):
         headers["Retry-After"] = "1"
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 
