@@ -94,6 +94,22 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     assert "models.0.context_size" in out.stderr
 
 
+def test_a_route_the_router_cannot_build_is_a_clear_error(tmp_path: Path) -> None:
+    """Found while the app is built (not by the settings' own checks): the same two lines and
+    exit code as any other configuration error, no traceback."""
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        f"port: 8080\nmodels_dir: {tmp_path}\nprovision_default_models: false\n"
+        "spare_workers: false\nmodels:\n"
+        "  - {id: t1, provider: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "routes:\n  - {name: r1, targets: [t1], strategy: nosuch}\n"
+    )
+    out = _cli("serve", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "unknown strategy 'nosuch'" in out.stderr
+    assert "Traceback" not in out.stderr and "│" not in out.stderr
+
+
 def test_models_dir_untouched_when_it_has_models(tmp_path: Path, smollm2_gguf: Path) -> None:
     models = link_models(tmp_path / "m", smollm2_gguf)
     out = _cli("run", SMOL, "Hi", "--models-dir", str(models), "--max-tokens", "2")

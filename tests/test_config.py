@@ -208,3 +208,26 @@ def test_json_config_file(tmp_path: Path) -> None:
 def test_json_syntax_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config\.json"):
         load_config(_write(tmp_path, '{"port": 9001,}', "config.json"), environ={})
+
+
+_ROUTE_MODELS = "models:\n  - {id: a, path: a.gguf}\n  - {id: b, path: b.gguf}\nroutes:\n"
+
+
+@pytest.mark.parametrize(
+    ("routes", "says"),
+    [
+        ("  - {name: r, targets: [a, b], split: {a: -1, b: 1}}", "the weight of 'a' is negative"),
+        ("  - {name: r, targets: [a, b], split: {a: 0, b: 0}}", "one weight must be positive"),
+        ("  - {name: r, targets: [a], split: {zz: 1}}", "'zz' is not one of the route's targets"),
+        ("  - {name: r, targets: [a]}\n  - {name: r, targets: [b]}", "'r' is used twice"),
+        ("  - {name: r, targets: [a]}\n  - {name: s, targets: [r]}", "names the route 'r'"),
+        ("  - {name: r, targets: [a], fallbacks: [r]}", "routes do not nest"),
+        ("  - {name: a, targets: [b]}", "'a' is already a model name"),
+    ],
+)
+def test_a_route_that_could_never_work_as_written_is_an_error(
+    tmp_path: Path, routes: str, says: str
+) -> None:
+    """Checked when the configuration loads (at start and at a reload), not found at the first
+    request, nor skipped without a word (a route named as a target was never tried)."""
+    assert says in _error(tmp_path, _ROUTE_MODELS + routes)

@@ -141,7 +141,12 @@ def serve(
     from .server.run import run_one
 
     log.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
-    if not run_one(settings, pool, source=source):
+    try:
+        served = run_one(settings, pool, source=source)
+    except ConfigError as exc:  # found while building the app: a route's strategy, say
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    if not served:
         raise typer.Exit(3)
 
 

@@ -138,12 +138,29 @@ class RouteConfig(BaseModel):
     targets: list[str] = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list, description="Tried in order after.")
     retries: int | None = Field(
-        None, ge=0, description="Extra attempts after the first; default: every target once."
+        None,
+        ge=0,
+        description="Extra attempts after the first, round the targets again when they are "
+        "more than the targets; default: every target once.",
     )
     backoff: float = Field(0.05, ge=0, description="Seconds before a retry, doubled each time.")
     split: dict[str, float] | None = Field(
         None, description="A/B weights by target, sticky per `user` or API key."
     )
+
+    @model_validator(mode="after")
+    def _check_split(self) -> RouteConfig:
+        """Weights of the route's own targets, none negative, one at least positive."""
+        if self.split is None:
+            return self
+        for name, weight in self.split.items():
+            if name not in self.targets:
+                raise ValueError(f"split: {name!r} is not one of the route's targets")
+            if weight < 0:
+                raise ValueError(f"split: the weight of {name!r} is negative")
+        if not any(w > 0 for w in self.split.values()):
+            raise ValueError("split: at least one weight must be positive")
+        return self
 
 
 class BreakerSettings(BaseModel):
@@ -376,11 +393,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _route_names(self) -> Settings:
+        """Route names are unique and no model's; a route's targets and fallbacks are models,
+        not routes (routes do not nest: a route named there would never be tried)."""
         names = {n for m in self.models for n in (m.id, *m.aliases)}
-        for route in self.routes:
+        routes = [r.name for r in self.routes]
+        for i, route in enumerate(self.routes):
             if route.name in names:
                 raise ValueError(f"route name {route.name!r} is already a model name")
-            names.add(route.name)
+            if route.name in routes[:i]:
+                raise ValueError(f"route name {route.name!r} is used twice")
+            for name in (*route.targets, *route.fallbacks):
+                if name in routes:
+                    raise ValueError(
+                        f"route {route.name!r} names the route {name!r} as a target: a route's "
+                        "targets and fallbacks are models (routes do not nest)"
+                    )
         return self
 
     @classmethod

@@ -32,7 +32,8 @@ REPLY = {
 
 class Upstream:
     """An OpenAI-compatible upstream whose behaviour the test sets: `mode` "ok", "slow" (no
-    answer within the router's timeout) or "error" (500). Records every body it receives."""
+    answer within the router's timeout), "error" (500) or "error200" (an error envelope with
+    status 200). Records every body it receives."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -44,6 +45,8 @@ class Upstream:
             await asyncio.sleep(2)
         if self.mode == "error":
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        if self.mode == "error200":  # an error envelope with a 200 (some proxies do this)
+            return web.json_response({"error": {"message": "overloaded"}})
         return web.json_response(REPLY)
 
 
@@ -189,3 +192,125 @@ async def test_a_remote_targets_aliases_name_it(tmp_path: Path) -> None:
                 "/v1/chat/completions", json={"model": "nope", "messages": HELLO}
             )
             assert missing.status_code == 404
+
+
+async def test_a_route_with_no_target_that_exists_does_not_break_the_listing(
+    tmp_path: Path,
+) -> None:
+    """Its targets may be model files still to come, so it loads; its requests are a 500 that
+    says why, and `GET /models` lists it with that error beside every other model (it was a
+    500 for the whole listing, the dashboard's and `ps`'s too)."""
+    async with upstream() as (_, url):
+        models = [remote("box", url)]
+        routes = [{"name": "later", "targets": ["not-yet"]}, {"name": "r", "targets": ["box"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            listing = await c.get("/models")
+            assert listing.status_code == 200, listing.text
+            rows = {m["name"]: m for m in listing.json()["routes"]}
+            assert rows["r"]["status"]["order"] == ["box"]
+            later = rows["later"]["status"]
+            assert later["order"] == [] and later["breakers"] == {"not-yet": "missing"}
+            assert "no target that exists" in later["error"]
+            r = await c.post("/v1/chat/completions", json={"model": "later", "messages": HELLO})
+            assert r.status_code == 500 and "no target that exists" in r.json()["error"]["message"]
+            ok = await c.post("/v1/chat/completions", json={"model": "r", "messages": HELLO})
+            assert ok.status_code == 200
+
+
+async def test_an_error_answered_with_200_is_a_failure_not_an_empty_answer(tmp_path: Path) -> None:
+    """It was a 200 with empty content, cached, and never fell back (found from outside)."""
+    async with upstream() as (up, url), upstream() as (_, other_url):
+        models = [remote("box", url), remote("spare", other_url)]
+        routes = [{"name": "auto", "targets": ["box"], "fallbacks": ["spare"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            up.mode = "error200"
+            body = {"model": "box", "messages": HELLO, "temperature": 0}
+            direct = await c.post("/v1/chat/completions", json=body)
+            assert direct.status_code == 502, direct.text
+            assert "answered 200 with an error: overloaded" in direct.json()["error"]["message"]
+            routed = await c.post("/v1/chat/completions", json={**body, "model": "auto"})
+            assert routed.status_code == 200 and routed.headers["x-llm-router-model"] == "spare"
+            up.mode = "ok"  # nothing of the failure was cached
+            again = await c.post("/v1/chat/completions", json=body)
+            assert again.status_code == 200 and again.headers["x-llm-router-cache"] == "miss"
+            assert again.json()["choices"][0]["message"]["content"] == "hello"
+
+
+async def test_a_prompt_too_long_for_every_target_is_the_clients_to_shorten(
+    tmp_path: Path,
+) -> None:
+    """A 400 context_length_exceeded, not a 503 "server busy" the OpenAI client retries."""
+    async with upstream() as (up, url):
+        models = [remote("small", url, context_length=20)]
+        routes = [{"name": "auto", "targets": ["small"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            long = [{"role": "user", "content": "word " * 200}]
+            r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": long})
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+            assert "small: context 20 tokens" in error["message"]
+            assert up.bodies == []
+            ok = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+            assert ok.status_code == 200
+
+
+async def test_every_breaker_open_says_so_and_when_to_retry(tmp_path: Path) -> None:
+    """The 503 names the open breakers (it said "(none)") and its Retry-After is the time
+    left before one lets a request through, not the whole cooldown."""
+    async with upstream() as (up, url):
+        models = [remote("box", url)]
+        routes = [{"name": "auto", "targets": ["box"]}]
+        breaker_settings = {"failure_threshold": 1, "cooldown": 30}
+        async with app_client(
+            tmp_path, models=models, routes=routes, breaker=breaker_settings
+        ) as c:
+            up.mode = "error"
+            body = {"model": "auto", "messages": HELLO}
+            assert (await c.post("/v1/chat/completions", json=body)).status_code == 502
+            await asyncio.sleep(2.2)
+            r = await c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 503
+            assert "(box: breaker open)" in r.json()["error"]["message"]
+            assert 1 <= int(r.headers["retry-after"]) <= 28
+
+
+async def test_retries_ask_the_same_target_again_with_backoff(tmp_path: Path) -> None:
+    """`retries: 2` on a route of one failing target asks it three times (it asked once: the
+    retries only capped how many different targets were tried), and counts two retries."""
+    async with upstream() as (up, url):
+        models = [remote("box", url)]
+        routes = [{"name": "auto", "targets": ["box"], "retries": 2, "backoff": 0.01}]
+        async with app_client(
+            tmp_path, models=models, routes=routes, breaker={"failure_threshold": 10}
+        ) as c:
+            up.mode = "error"
+            r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+            assert r.status_code == 502
+            assert len(up.bodies) == 3
+            metrics = (await c.get("/metrics")).text
+            assert 'llm_router_retries_total{route="auto",target="box"} 2.0' in metrics
+            up.mode = "ok"  # a retry that succeeds is the answer
+            up.bodies.clear()
+            r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+            assert r.status_code == 200 and len(up.bodies) == 1
+
+
+async def test_an_ensemble_whose_every_target_fails_is_not_the_clients_fault(
+    tmp_path: Path,
+) -> None:
+    """It was a 400 on `targets`; upstream failures are the upstreams' (a 502 naming each
+    target's reason); only targets that all refuse the request make it a 400."""
+    async with upstream() as (one, url_one), upstream() as (two, url_two):
+        models = [remote("a", url_one), remote("b", url_two)]
+        async with app_client(tmp_path, models=models) as c:
+            one.mode = two.mode = "error"
+            body = {"targets": ["a", "b"], "messages": HELLO}
+            r = await c.post("/v1/ensemble", json=body)
+            assert r.status_code == 502, r.text
+            message = r.json()["error"]["message"]
+            assert message.startswith("no target answered: a: ") and "; b: " in message
+            refused = await c.post("/v1/ensemble", json={**body, "targets": ["a", "nope"]})
+            assert refused.status_code == 404  # an unknown target, before any work
+            negative = await c.post("/v1/ensemble", json={**body, "weights": {"a": -1}})
+            assert negative.status_code == 400 and "weights" in str(negative.json()["error"])

@@ -26,7 +26,14 @@ import aiohttp
 
 from .. import tracing
 from ..config import Cost, RouteConfig, Settings
-from ..errors import BadRequest, ConfigError, ModelNotFound, RouterError, ServerBusy
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    ContextLengthExceeded,
+    ModelNotFound,
+    RouterError,
+    ServerBusy,
+)
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, THE_KEYS, first_event, since, watch
@@ -36,7 +43,7 @@ from .local import LocalTarget
 from .remote import RemoteTarget
 from .shared_breakers import BreakerSync
 from .stats import TargetStats
-from .strategies import RouteRequest, ab_split, load_strategy, rank
+from .strategies import Candidate, RouteRequest, ab_split, load_strategy, rank
 from .targets import Call, EmbedCall, Target
 
 __all__ = ["Dispatcher", "Routed"]
@@ -181,9 +188,10 @@ class Dispatcher(Targets):
         by_id = {t.id: t for t in targets}
         ordered = [by_id[c.id] for c in rank(route.strategy, request, candidates)]
         why = f"route={name} strategy={route.config.strategy}"
-        skipped = [c.id for c in candidates if c.breaker_open]
+        kept = {t.id for t in ordered}
+        skipped = {c.id: _left_out(request, c) for c in candidates if c.id not in kept}
         if skipped:
-            why += f" skipped=[{', '.join(f'{t}: breaker open' for t in skipped)}]"
+            why += f" skipped=[{'; '.join(f'{t}: {r}' for t, r in skipped.items())}]"
         if route.config.split and ordered:
             key = request.sticky_key or uuid.uuid4().hex
             arm = ab_split(route.config.split, key, salt=name)
@@ -201,6 +209,13 @@ class Dispatcher(Targets):
             )
         if request.tools and not ordered and not any(t.makes_tool_calls for t in targets):
             raise BadRequest(f"no target of route '{name}' makes tool calls", param="tools")
+        if not ordered and skipped and all(r.startswith("context") for r in skipped.values()):
+            held = "; ".join(f"{t}: {r}" for t, r in skipped.items())
+            raise ContextLengthExceeded(  # no wait helps: the client's to make shorter
+                f"The prompt and max_tokens need about {request.needed_context} tokens, more "
+                f"than any target of '{name}' holds ({held})",
+                param="messages" if request.kind == "chat" else "prompt",
+            )
         return ordered, why, route
 
     # -- sending -------------------------------------------------------------------------------
@@ -227,14 +242,18 @@ class Dispatcher(Targets):
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
         last: RouterError | None = None
-        for target in ordered:
+        # More attempts than targets go round them again: `retries: 2` on a route of one
+        # target asks it three times, as LiteLLM's `num_retries` does (breakers permitting).
+        rounds = -(-attempts // len(ordered)) if ordered else 0
+        for target in ordered * rounds:
             if attempts <= 0:
                 break
             if route is not None and not target.breaker.allow():
-                failures.append(f"{target.id}: breaker open")
+                if (note := f"{target.id}: breaker open") not in failures:
+                    failures.append(note)
                 continue
-            if failures and route is not None:
-                await asyncio.sleep(route.config.backoff * 2 ** (len(failures) - 1))
+            if failed and route is not None:  # a backoff after a failure, not after a skip
+                await asyncio.sleep(route.config.backoff * 2 ** (len(failed) - 1))
             if failed:  # not after a target skipped for its open breaker alone
                 self.retries[name, target.id] += 1
             attempts -= 1
@@ -255,9 +274,10 @@ class Dispatcher(Targets):
             )
         if last is not None:
             raise last
+        skipped = why.partition(" skipped=[")[2].rstrip("]")
         raise ServerBusy(
-            f"no target of '{name}' is available ({'; '.join(failures) or 'none'})",
-            retry_after=self._breaker.cooldown or 1.0,
+            f"no target of '{name}' is available ({'; '.join(failures) or skipped or 'none'})",
+            retry_after=self._retry_after([t.id for t in ordered] or list(self._route_ids(name))),
         )
 
     async def embed(self, name: str, call: EmbedCall) -> tuple[str, Embeddings]:
@@ -302,6 +322,21 @@ class Dispatcher(Targets):
             elif target.breaker.state != "closed" and target.breaker.allow():
                 target.breaker.record_success()
 
+    def _route_ids(self, name: str) -> list[str]:
+        route = self._routes.get(name)
+        return [] if route is None else [*route.config.targets, *route.config.fallbacks]
+
+    def _retry_after(self, names: list[str]) -> float:
+        """When the first of these targets' open breakers lets a request through again (the
+        cooldown when none says)."""
+        waits = []
+        for target_name in names:
+            with contextlib.suppress(ModelNotFound):
+                retry_in = self.target(target_name).breaker.snapshot().retry_in
+                if retry_in is not None:
+                    waits.append(retry_in)
+        return max(1.0, min(waits)) if waits else (self._breaker.cooldown or 1.0)
+
     def route_status(self, name: str) -> dict[str, Any]:
         """A route as clients may see it (its targets and strategy, not its tuning or import
         paths) with its live state: each target's breaker (or "missing"), and the order in
@@ -313,7 +348,11 @@ class Dispatcher(Targets):
                 states[target_name] = str(self.target(target_name).breaker.state)
             except ModelNotFound:
                 states[target_name] = "missing"
-        ordered, _, _ = self.plan(name, RouteRequest())
+        status: dict[str, Any] = {"order": [], "breakers": states}
+        try:
+            status["order"] = [t.id for t in self.plan(name, RouteRequest())[0]]
+        except RouterError as exc:  # this route's trouble, not the listing's (no target exists)
+            status["error"] = exc.message
         cfg = route.config
         strategy = cfg.strategy if ":" not in cfg.strategy else "custom"  # no import paths
         return {
@@ -321,7 +360,7 @@ class Dispatcher(Targets):
             "strategy": strategy,
             "targets": cfg.targets,
             "fallbacks": cfg.fallbacks,
-            "status": {"order": [t.id for t in ordered], "breakers": states},
+            "status": status,
         }
 
     def describe(self, target: Target) -> dict[str, Any]:
@@ -337,3 +376,15 @@ class Dispatcher(Targets):
                 "in_flight": snap.in_flight,
             },
         }
+
+
+def _left_out(request: RouteRequest, candidate: Candidate) -> str:
+    """Why a route's target is not among those tried (for the route's reason and errors)."""
+    caps = candidate.capabilities
+    if candidate.breaker_open:
+        return "breaker open"
+    if not caps.can(request):
+        return f"does not serve {request.kind}"
+    if caps.context_length is not None and request.needed_context > caps.context_length:
+        return f"context {caps.context_length} tokens"
+    return "left out by the strategy"

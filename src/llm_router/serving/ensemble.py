@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from ..errors import BadRequest, RouterError
+from ..errors import BadRequest, ModelNotFound, RouterError
 from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Float, UsageOut
 from ..routing.ensemble import Scorer, agreement, vote
 from .generate import GenerationService
@@ -59,7 +59,7 @@ class CompareRequest(ChatCompletionRequest):
 class EnsembleRequest(CompareRequest):
     model: str = "ensemble"
     mode: Literal["vote", "best-of", "first"] = "vote"
-    weights: dict[str, Float] = Field(default_factory=dict)
+    weights: dict[str, Annotated[Float, Field(ge=0)]] = Field(default_factory=dict)
     scorer: str = Field(
         "agreement",
         max_length=64,
@@ -103,6 +103,22 @@ class EnsembleResult(ChatCompletion):
 class _Asked:
     answer: Answer
     completion: ChatCompletion | None  # None: the target failed
+    error: RouterError | None = None  # why
+
+
+def _none_answered(asked: list[_Asked]) -> RouterError:
+    """Every target failed: the request's fault when each refused it (a 400), else the first
+    other failure (an upstream's 502, a busy model's 503 with its Retry-After...) with every
+    target's reason."""
+    message = "no target answered: " + "; ".join(
+        f"{a.answer.model}: {a.answer.error}" for a in asked
+    )
+    theirs = [a.error for a in asked if not isinstance(a.error, BadRequest | ModelNotFound)]
+    if not theirs or theirs[0] is None:
+        return BadRequest(message, param="targets")
+    failure = theirs[0]
+    failure.message, failure.args = message, (message,)
+    return failure
 
 
 class EnsembleService:
@@ -128,7 +144,7 @@ class EnsembleService:
             done = await self.generation.chat(one, part)
         except RouterError as exc:
             failed = Answer(model=target, content=None, error=exc.message, latency_ms=_ms(started))
-            return _Asked(failed, None)
+            return _Asked(failed, None, exc)
         cost = self.generation.dispatcher.price(part.target).spend(
             done.usage.prompt_tokens, done.usage.completion_tokens
         )
@@ -169,11 +185,7 @@ class EnsembleService:
         asked = await (self._first(req, route) if req.mode == "first" else self._all(req, route))
         good = [a for a in asked if a.completion is not None]
         if not good:
-            raise BadRequest(
-                "no target answered: "
-                + "; ".join(f"{a.answer.model}: {a.answer.error}" for a in asked),
-                param="targets",
-            )
+            raise _none_answered(asked)
         votes: dict[str, float] | None = None
         if req.mode == "vote":
             index, votes = vote(
