@@ -110,6 +110,22 @@ def test_a_route_the_router_cannot_build_is_a_clear_error(tmp_path: Path) -> Non
     assert "Traceback" not in out.stderr and "│" not in out.stderr
 
 
+def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """`keys`, `usage` and `serve` with a data directory under a file (or unwritable): they
+    printed tracebacks (NotADirectoryError), `serve` three of them and exit 3."""
+    (tmp_path / "afile").write_text("")
+    cfg = tmp_path / "dd.yaml"
+    cfg.write_text(
+        f"port: 8080\nmodels_dir: {tmp_path}\nprovision_default_models: false\n"
+        f"spare_workers: false\ndata_dir: {tmp_path / 'afile' / 'sub'}\n"
+    )
+    for args, code in ((["keys", "ls"], 1), (["usage"], 1), (["serve"], 2)):
+        out = _cli(*args, "--config", str(cfg))
+        assert out.returncode == code, (args, out.stderr)
+        assert "as the data directory (data_dir): Not a directory" in " ".join(out.stderr.split())
+        assert "Traceback" not in out.stderr and "│" not in out.stderr
+
+
 def test_models_dir_untouched_when_it_has_models(tmp_path: Path, smollm2_gguf: Path) -> None:
     models = link_models(tmp_path / "m", smollm2_gguf)
     out = _cli("run", SMOL, "Hi", "--models-dir", str(models), "--max-tokens", "2")

@@ -214,4 +214,7 @@ def test_doctor_prints_the_machine_the_settings_and_problems(tmp_path: Path, srv
     bad = _cli("doctor", "--models-dir", str(broken))
     assert bad.returncode == 1 and "bad" in bad.stdout
     unwritable = _cli("doctor", "--models-dir", str(tmp_path / "file" / "models"))
-    assert unwritable.returncode == 1 and "cannot be written" in unwritable.stdout
+    assert unwritable.returncode == 1 and "is a file" in unwritable.stdout
+    # A look only: a directory still to be made is not made (it was, by the check itself).
+    later = _cli("doctor", "--models-dir", str(tmp_path / "not" / "yet"))
+    assert "cannot be" not in later.stdout and not (tmp_path / "not").exists()

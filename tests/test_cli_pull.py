@@ -73,6 +73,21 @@ def test_http_errors_and_existing_files_are_clear_errors(tmp_path: Path) -> None
     assert again.returncode == 1 and "exists" in again.stderr
 
 
+def test_a_name_that_would_leave_the_models_directory_is_refused(tmp_path: Path) -> None:
+    """`--name ../evil.gguf` wrote outside the models directory when the path existed (and
+    crashed when not); an absolute name wrote where it said."""
+    models = tmp_path / "models"
+    (models / "sub").mkdir(parents=True)
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        for name in ("../evil.gguf", "sub/../../evil.gguf", str(tmp_path / "abs.gguf"), ".."):
+            out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--name", name)
+            assert out.returncode == 1, (name, out.stderr)
+            assert "must be a plain file name" in " ".join(out.stderr.split()), out.stderr
+            assert "Traceback" not in out.stderr
+        assert srv.ranges == []  # refused before any download
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["models", "sub"]
+
+
 def test_a_half_download_never_appears_as_a_model(tmp_path: Path, smollm2_gguf: Path) -> None:
     models = tmp_path / "models"
     data = smollm2_gguf.read_bytes()

@@ -94,13 +94,30 @@ def test_a_bad_variable_names_itself() -> None:
         load_config(environ={"OLLAMA_MAX_LOADED_MODELS": "many"})
 
 
-def test_one_model_flag_serves_that_file_alone() -> None:
-    out = llama_overrides(model="/m/chat.gguf", alias="chat", ctx_size=1000)
-    assert out["models"] == [{"id": "chat", "path": "/m/chat.gguf"}]
+def test_one_model_flag_serves_that_file_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "chat.gguf").write_bytes(b"GGUF")
+    out = llama_overrides(model=str(tmp_path / "chat.gguf"), alias="chat", ctx_size=1000)
+    assert out["models"] == [{"id": "chat", "path": str(tmp_path / "chat.gguf")}]
     assert out["provision_default_models"] is False
     assert Path(out["models_dir"]).is_dir() and not any(Path(out["models_dir"]).iterdir())
     assert out["model_defaults"] == {"context_size": 250}  # 4 slots by default, as llama-server
-    assert "models_dir" not in llama_overrides(model="/m/x.gguf", models_dir="/m")
+    assert "models_dir" not in llama_overrides(model=str(tmp_path / "chat.gguf"), models_dir="/m")
+    # A relative path is the working directory's, as llama-server reads it (it was looked up
+    # in the empty models directory: `-m ./x.gguf` never worked).
+    monkeypatch.chdir(tmp_path)
+    out = llama_overrides(model="chat.gguf")
+    assert out["models"] == [{"id": "chat", "path": str(tmp_path / "chat.gguf")}]
+
+
+def test_a_missing_model_file_is_an_error_and_ctx_0_is_the_models_own(tmp_path: Path) -> None:
+    """llama-server exits on a missing -m; it started serving one broken model. `-c 0` (and
+    LLAMA_ARG_CTX_SIZE=0) means the model's context there; it gave 16 tokens a slot."""
+    with pytest.raises(ConfigError, match=r"'nope\.gguf' does not exist"):
+        llama_overrides(model="nope.gguf")
+    assert llama_overrides(ctx_size=0) == {}
+    assert load_config(environ={"LLAMA_ARG_CTX_SIZE": "0"}).model_defaults.context_size is None
 
 
 @pytest.mark.real
@@ -109,9 +126,11 @@ def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
     types it: that one model, under that name, 2 slots of 2048."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "OLLAMA_"))}
-    cmd = [sys.executable, "-m", "llm_router", "serve", "-m", str(smollm2_gguf), "-a", "chat"]
+    cmd = [sys.executable, "-m", "llm_router", "serve", "-m", smollm2_gguf.name, "-a", "chat"]
     cmd += ["-c", "4096", "-np", "2", "-t", "2", "--port", str(port), "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(  # the file named relative to the working directory
+        cmd, env=env, cwd=smollm2_gguf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):

@@ -106,15 +106,19 @@ def serve(
     flags mean what they mean there (README: "Coming from llama-server or Ollama")."""
     from .compat import llama_overrides
 
-    llama = llama_overrides(
-        ctx_size=ctx_size,
-        parallel=parallel,
-        threads=threads,
-        batch_size=batch_size,
-        model=str(model) if model else None,
-        alias=alias,
-        models_dir=models_dir,
-    )
+    try:
+        llama = llama_overrides(
+            ctx_size=ctx_size,
+            parallel=parallel,
+            threads=threads,
+            batch_size=batch_size,
+            model=str(model) if model else None,
+            alias=alias,
+            models_dir=models_dir,
+        )
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
     overrides = {
         **llama,
         "host": host,
@@ -138,10 +142,12 @@ def serve(
         _serve_many(settings, workers, source)
         return
     pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel
+    from .gateway.store import check_data_dir
     from .server.run import run_one
 
     log.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
     try:
+        check_data_dir(settings)
         served = run_one(settings, pool, source=source)
     except ConfigError as exc:  # found while building the app: a route's strategy, say
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)

@@ -25,11 +25,17 @@ __all__ = ["register"]
 
 
 def _writable(settings_dir: os.PathLike[str]) -> str | None:
-    """None when a file can be created in the directory (or it can be made), else why not."""
-    path = os.fspath(settings_dir)
+    """None when a file can be created in the directory (or, when it does not exist yet, in
+    the nearest folder above it that does: the server makes it), else why not. A look only:
+    nothing is left made (it made the directory it checked)."""
+    path = os.path.abspath(os.fspath(settings_dir))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"the models directory {path} cannot be made: {existing} is a file"
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".doctor-"):
             pass
     except OSError as exc:
         return f"the models directory {path} cannot be written: {exc.strerror}"

@@ -6,6 +6,9 @@ command line take precedence over them (config.load_config)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +38,7 @@ def llama_overrides(
     defaults: dict[str, Any] = {}
     if parallel is not None:
         defaults["parallel"] = parallel
-    if ctx_size is not None:
+    if ctx_size is not None and ctx_size > 0:  # 0: the model's own, as in llama-server
         defaults["context_size"] = max(ctx_size // (parallel or LLAMA_DEFAULT_PARALLEL), 16)
     if threads is not None:
         defaults["threads"] = threads
@@ -43,13 +46,24 @@ def llama_overrides(
         defaults["batch_size"] = batch_size
     out: dict[str, Any] = {"model_defaults": defaults} if defaults else {}
     if model is not None:
-        path = Path(model)
+        # From the working directory, as llama-server reads it (a relative `path:` in the
+        # configuration is the models directory's, which here is an empty one).
+        path = Path(model).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"model file {model!r} does not exist (-m, LLAMA_ARG_MODEL)")
         entry: dict[str, Any] = {"id": alias or path.stem, "path": str(path)}
         out["models"] = [entry]
         out["provision_default_models"] = False
         if models_dir is None:  # one model, as llama-server -m: an empty directory beside it
-            out["models_dir"] = tempfile.mkdtemp(prefix="llm-router-single-")
+            empty = tempfile.mkdtemp(prefix="llm-router-single-")
+            atexit.register(_remove_if_empty, empty)
+            out["models_dir"] = empty
     return out
+
+
+def _remove_if_empty(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
 
 
 def foreign_env(environ: Mapping[str, str]) -> dict[str, Any]:

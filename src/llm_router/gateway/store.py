@@ -34,6 +34,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..config import Settings
@@ -147,6 +149,24 @@ def database_url(settings: Settings) -> str:
     raise ConfigError(f"database_url: {url!r} is neither postgresql://... nor sqlite://...")
 
 
+def make_data_dir(folder: Path) -> None:
+    """Create the SQLite file's directory, or say (ConfigError) why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {folder} as the data directory (data_dir): {exc.strerror or exc}"
+        ) from None
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Before a server starts: the data directory the configuration names can be made (a
+    ConfigError, said in one line, rather than a failed start-up's traceback)."""
+    path = sqlite_path(database_url(settings))
+    if path is not None and (settings.data_dir is not None or settings.database_url):
+        make_data_dir(path.parent)
+
+
 def sqlite_path(url: str) -> Path | None:
     prefix = "sqlite+aiosqlite:///"
     return Path(url[len(prefix) :]) if url.startswith(prefix) else None
@@ -177,7 +197,7 @@ class Store:
         self.url = url
         path = sqlite_path(url)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_data_dir(path.parent)
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=path is None)
         self._insert_requests: str | None = None
 
@@ -189,9 +209,15 @@ class Store:
         """Bring the schema to the newest Alembic revision."""
         from .migrate import upgrade
 
-        async with self.engine.connect() as conn:
-            await conn.run_sync(upgrade)
-            await conn.commit()
+        try:
+            async with self.engine.connect() as conn:
+                await conn.run_sync(upgrade)
+                await conn.commit()
+        except (OSError, SQLAlchemyError) as exc:  # the first connection: say which database
+            cause = getattr(exc, "orig", None) or exc
+            raise ConfigError(
+                f"cannot open the database {_redacted(self.url)}: {type(cause).__name__}: {cause}"
+            ) from None
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -367,3 +393,11 @@ class Store:
                 }
                 for r in rows
             ]
+
+
+def _redacted(url: str) -> str:
+    """A database URL as it may be shown: its password left out."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(unreadable URL)"

@@ -114,10 +114,17 @@ def pull_url(
     import httpx
 
     name = name or _name_of(url)
+    if name != Path(name).name or name in (".", "..") or name.startswith(".") or "\\" in name:
+        raise PullError(
+            f"--name {name!r} must be a plain file name (the file goes in {models_dir})"
+        )
     target, part = models_dir / name, models_dir / f".{name}.part"
     if target.exists():
         raise PullError(f"{target} exists; `llm-router rm` it first")
-    models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PullError(f"cannot make the models directory {models_dir}: {exc.strerror}") from None
     with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0), headers=headers) as http:
         for attempt in range(RETRIES + 1):
             try:
