@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -255,9 +256,12 @@ async def test_a_prompt_too_long_for_every_target_is_the_clients_to_shorten(
             assert ok.status_code == 200
 
 
-async def test_every_breaker_open_says_so_and_when_to_retry(tmp_path: Path) -> None:
+async def test_every_breaker_open_says_so_and_when_to_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The 503 names the open breakers (it said "(none)") and its Retry-After is the time
-    left before one lets a request through, not the whole cooldown."""
+    left before one lets a request through, not the whole cooldown; `GET /models` says why
+    the target is in error, and the log that its breaker opened (neither said a word)."""
     async with upstream() as (up, url):
         models = [remote("box", url)]
         routes = [{"name": "auto", "targets": ["box"]}]
@@ -273,6 +277,10 @@ async def test_every_breaker_open_says_so_and_when_to_retry(tmp_path: Path) -> N
             assert r.status_code == 503
             assert "(box: breaker open)" in r.json()["error"]["message"]
             assert 1 <= int(r.headers["retry-after"]) <= 28
+            listed = next(m for m in (await c.get("/models")).json()["data"] if m["id"] == "box")
+            assert listed["status"]["value"] == "error"
+            assert "circuit breaker is open" in listed["status"]["error"]
+            assert "target box: circuit breaker open" in caplog.text
 
 
 async def test_retries_ask_the_same_target_again_with_backoff(tmp_path: Path) -> None:

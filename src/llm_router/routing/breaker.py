@@ -7,11 +7,14 @@ event loop owns a breaker. Times in snapshots are in the clock's time base."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BreakerConfig", "BreakerSnapshot", "BreakerState", "CircuitBreaker"]
 
@@ -73,9 +76,14 @@ class CircuitBreaker:
     another process's verdict without calling it."""
 
     def __init__(
-        self, config: BreakerConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        config: BreakerConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "",
     ) -> None:
         self.config = config or BreakerConfig()
+        self.name = name  # the target's, for the log lines of its own openings and closings
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
@@ -165,6 +173,12 @@ class CircuitBreaker:
         return count >= self.config.min_requests and rate > self.config.error_rate_threshold
 
     def _open(self, notify: bool = True) -> None:
+        if notify and self.name:
+            log.warning(
+                "target %s: circuit breaker open after its failures; tried again in %g s",
+                self.name,
+                self.config.cooldown,
+            )
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
         self._probes = 0
@@ -174,6 +188,8 @@ class CircuitBreaker:
             self.on_change(BreakerState.OPEN)
 
     def _close(self, notify: bool = True) -> None:
+        if notify and self.name and self._state is not BreakerState.CLOSED:
+            log.info("target %s: circuit breaker closed (it answers again)", self.name)
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = None

@@ -71,7 +71,7 @@ class Targets:
             cfg.id,
             cfg,
             TargetStats(),
-            CircuitBreaker(self._breaker),
+            CircuitBreaker(self._breaker, name=cfg.id),
             self.settings.max_tokens_limit,
             upstream=upstream,
         )

@@ -125,7 +125,7 @@ class Dispatcher(Targets):
                 state.id,
                 cfg,
                 TargetStats(),
-                CircuitBreaker(self._breaker),
+                CircuitBreaker(self._breaker, name=state.id),
                 self.settings.max_tokens_limit,
                 manager=self.manager,
             )

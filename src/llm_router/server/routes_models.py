@@ -93,7 +93,7 @@ def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[st
         "object": "model",
         "owned_by": "llm-runner-router",
         "created": started,
-        "status": {"value": "loaded" if target.breaker.state == "closed" else "error"},
+        "status": _remote_status(target),
         "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
         "source": "remote",
         "can_remove": False,
@@ -188,3 +188,17 @@ async def events(request: Request) -> Any:
             manager.events.unsubscribe(queue)
 
     return await events_response(stream())
+
+
+def _remote_status(target: Target) -> dict[str, Any]:
+    """ "loaded" while its breaker lets requests through, else "error" and why (the README's
+    "error + message", as a local model's)."""
+    b = target.breaker.snapshot()
+    if b.state == "closed":
+        return {"value": "loaded"}
+    if b.state == "half_open":
+        why = "failing: its circuit breaker is half-open, trying a request to see if it answers"
+    else:
+        wait = f"; tried again in {b.retry_in:.0f} s" if b.retry_in is not None else ""
+        why = f"failing: its circuit breaker is open after repeated failures{wait}"
+    return {"value": "error", "error": why}
