@@ -85,6 +85,18 @@ def test_show_metadata_parameters_config_and_template(srv: Server) -> None:
     assert missing.returncode == 1 and SMOL in missing.stderr  # names what there is
 
 
+def test_show_with_url_shows_the_servers_model_from_anywhere(srv: Server, tmp_path: Path) -> None:
+    """`show MODEL --url URL` from a directory other than the server's models directory: what
+    the server says of it, found by id or alias (it failed: "not in models (models: none)")."""
+    elsewhere = str(tmp_path / "empty")
+    out = _cli("show", "gem", "--url", srv.url, "--models-dir", elsewhere)
+    assert out.returncode == 0, out.stderr
+    for text in (GEMMA, "gguf", "gemma3", "Q4_K_M", "32768", "status"):
+        assert text in out.stdout, text
+    missing = _cli("show", "nope", "--url", srv.url, "--models-dir", elsewhere)
+    assert missing.returncode == 1 and "neither on" in missing.stderr
+
+
 def test_chat_against_a_server_keeps_the_history(srv: Server) -> None:
     out = _cli(
         "chat", SMOL, "--url", srv.url, "--temperature", "0", "--max-tokens", "30",

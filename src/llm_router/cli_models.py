@@ -87,12 +87,40 @@ def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
 
 
 def _find(settings: Settings, model: str) -> ModelSource:
+    found = _look_up(settings, model)
+    if isinstance(found, ModelSource):
+        return found
+    raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {found})")
+
+
+def _look_up(settings: Settings, model: str) -> ModelSource | str:
+    """The model of that id or alias in the models directory, else the ids there are."""
     sources = Scanner(settings).scan()
     for source in sources.values():
         if model == source.id or model in source.config.aliases:
             return source
-    known = ", ".join(sorted(sources)) or "none"
-    raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {known})")
+    return ", ".join(sorted(sources)) or "none"
+
+
+def _show_served(server: str, model: str, settings: Settings) -> None:
+    """`show` of a model the server at `--url` serves from a directory not this one's: what
+    its `GET /models` says (the file's metadata and its live state)."""
+    with client(server) as http:
+        res = http.get("/models")
+    if res.status_code != 200:
+        raise _fail(server_error(res))
+    for entry in res.json()["data"]:
+        if model == entry["id"] or model in entry.get("aliases", ()):
+            break
+    else:
+        raise _fail(f"model {model!r} is neither on {server} nor in {settings.models_dir}")
+    names = ["path", "format", "engine", "task", "model_architecture", "parameters"]
+    names += ["quantization", "context_length", "upstream_model", "provider"]
+    rows: list[tuple[str, Any]] = [("id", entry["id"]), ("server", server)]
+    rows += [(n.replace("_", " "), entry.get(n)) for n in names]
+    rows += [("size", _mib(entry.get("size_bytes"))), ("status", entry["status"]["value"])]
+    rows += [("error", entry["status"].get("error")), ("memory", _mib(entry.get("memory_bytes")))]
+    _section(_console(), "Model", rows)
 
 
 def show(
@@ -109,7 +137,13 @@ def show(
     from .units import parse_bytes
 
     settings = _settings(config, models_dir=models_dir)
-    source = _find(settings, model)
+    found = _look_up(settings, model)
+    if not isinstance(found, ModelSource):
+        if url and not template:  # the server's model, wherever its directory is
+            _show_served(find_server(url, settings) or url, model, settings)
+            return
+        raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {found})")
+    source = found
     info = source.info
     if template:
         print(info.chat_template if info and info.chat_template else "(no chat template)")
