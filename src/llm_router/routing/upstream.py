@@ -281,14 +281,15 @@ class _SseData:
         return data
 
 
-def _json_object(name: str, body: bytes) -> dict[str, Any]:
-    """An upstream's whole answer as a JSON object, else an UpstreamError."""
+def _json_object(name: str, body: bytes | str, what: str = "answered with") -> dict[str, Any]:
+    """An upstream's whole answer (or one streamed event) as a JSON object, else an
+    UpstreamError."""
     try:
         data = from_json(body)
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        raise UpstreamError(f"upstream {name} answered with no JSON object", status=502)
+        raise UpstreamError(f"upstream {name} {what} no JSON object", status=502)
     return data
 
 
@@ -325,12 +326,7 @@ def _has_finish_reason(chunk: dict[str, Any]) -> bool:
 
 
 def _chunk(name: str, data: str) -> dict[str, Any]:
-    try:
-        chunk = from_json(data)
-    except ValueError:
-        chunk = None
-    if not isinstance(chunk, dict):
-        raise UpstreamError(f"upstream {name} streamed an event that is no JSON object", status=502)
+    chunk = _json_object(name, data, "streamed an event that is")
     if isinstance(chunk.get("error"), dict) and "choices" not in chunk:
         raise mid_stream_error(name, chunk["error"])
     return chunk
