@@ -22,3 +22,11 @@ def test_ps_help_says_it_needs_a_server() -> None:
 def test_commands_that_can_work_alone_say_so() -> None:
     for command in ("show", "rm", "chat", "bench"):
         assert "else work in this process" in _help(command), command
+
+
+def test_version() -> None:
+    from llm_router import __version__
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.strip() == f"llm-router {__version__}"
+    assert __version__ != "0.0.0"  # the installed package's, from pyproject.toml

@@ -28,6 +28,28 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 T = TypeVar("T")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"llm-router {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Run and route LLMs of any format behind one OpenAI-compatible endpoint."""
+
+
 log = logging.getLogger("llm_router")
 
 ConfigOpt = Annotated[

@@ -150,16 +150,20 @@ def show(name: str, config: ConfigOpt = None) -> None:
 def revoke(name: str, config: ConfigOpt = None) -> None:
     """Revoke a key: servers refuse it within a second."""
 
-    async def work(store: Store) -> bool:
-        done = await store.revoke(name)
-        if done:
+    async def work(store: Store) -> str | None:
+        if await store.revoke(name):
             await store.add_audit("cli", "key.revoked", name, {})
-        return done or await store.key(name) is not None
+            return "revoked"
+        return "already" if await store.key(name) is not None else None
 
     settings = _settings(config)
-    if not _run(settings, work):
+    done = _run(settings, work)
+    if done is None:
         err.print(f"[red]error:[/red] no key named {name!r}", highlight=False)
         raise typer.Exit(1)
+    if done == "already":  # nothing to do, and said so (exit 0: the key is revoked)
+        print(f"{name} was revoked already")
+        return
     _tell_routers(settings, "revoked", name)
     print(f"revoked {name}")
 

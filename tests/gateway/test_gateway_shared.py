@@ -164,6 +164,8 @@ def test_the_cli_on_sqlite_while_a_server_runs(tmp_path: Path) -> None:
             return status == 401
 
         eventually(refused, "the server refuses the key revoked by the CLI")
+        again = cli(path, "keys", "revoke", "cli-key")  # said so, not "revoked" again
+        assert again.returncode == 0 and again.stdout.strip() == "cli-key was revoked already"
         assert cli(path, "keys", "revoke", "nobody").returncode == 1
     finally:
         server.stop()

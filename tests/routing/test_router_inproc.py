@@ -46,6 +46,11 @@ class Upstream:
             await asyncio.sleep(2)
         if self.mode == "error":
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        if self.mode.startswith("429:"):  # rate limited, retry after the seconds given
+            headers = {"Retry-After": self.mode[4:]}
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=429, headers=headers
+            )
         if self.mode == "error200":  # an error envelope with a 200 (some proxies do this)
             return web.json_response({"error": {"message": "overloaded"}})
         return web.json_response(REPLY)
@@ -322,3 +327,18 @@ async def test_an_ensemble_whose_every_target_fails_is_not_the_clients_fault(
             assert refused.status_code == 404  # an unknown target, before any work
             negative = await c.post("/v1/ensemble", json={**body, "weights": {"a": -1}})
             assert negative.status_code == 400 and "weights" in str(negative.json()["error"])
+
+
+async def test_when_every_target_is_rate_limited_the_soonest_retry_after_is_said(
+    tmp_path: Path,
+) -> None:
+    """The request's 429 carries the shortest wait any target asked for (it was the last
+    target's, whatever the others said)."""
+    async with upstream() as (one, url_one), upstream() as (two, url_two):
+        models = [remote("a", url_one), remote("b", url_two)]
+        routes = [{"name": "auto", "strategy": "round-robin", "targets": ["a", "b"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            one.mode, two.mode = "429:2", "429:9"
+            for _ in range(2):  # whichever the strategy asks first
+                r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+                assert r.status_code == 429 and r.headers["retry-after"] == "2", r.headers

@@ -31,6 +31,7 @@ from ..errors import (
     ConfigError,
     ContextLengthExceeded,
     ModelNotFound,
+    QueueFull,
     RouterError,
     ServerBusy,
 )
@@ -241,7 +242,7 @@ class Dispatcher(Targets):
         )
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
-        last: RouterError | None = None
+        errors: list[RouterError] = []
         # More attempts than targets go round them again: `retries: 2` on a route of one
         # target asks it three times, as LiteLLM's `num_retries` does (breakers permitting).
         rounds = -(-attempts // len(ordered)) if ordered else 0
@@ -262,7 +263,7 @@ class Dispatcher(Targets):
             except RETRYABLE as exc:
                 if isinstance(exc, THE_KEYS):
                     raise
-                last = exc
+                errors.append(exc)
                 failures.append(f"{target.id}: {type(exc).__name__}")
                 failed.append((target.id, type(exc).__name__))
                 if route is None:
@@ -272,8 +273,8 @@ class Dispatcher(Targets):
             return Routed(
                 target.id, reason, watch(target, first, events, started, ttft), tuple(failed)
             )
-        if last is not None:
-            raise last
+        if errors:
+            raise _answer_of(errors)
         skipped = why.partition(" skipped=[")[2].rstrip("]")
         raise ServerBusy(
             f"no target of '{name}' is available ({'; '.join(failures) or skipped or 'none'})",
@@ -388,3 +389,12 @@ def _left_out(request: RouteRequest, candidate: Candidate) -> str:
     if caps.context_length is not None and request.needed_context > caps.context_length:
         return f"context {caps.context_length} tokens"
     return "left out by the strategy"
+
+
+def _answer_of(errors: list[RouterError]) -> RouterError:
+    """The error a request gets when every attempt failed: the last one, but when each target
+    was full (429s, busy models), the one whose Retry-After is the soonest."""
+    waits = [e for e in errors if isinstance(e, QueueFull) and e.retry_after is not None]
+    if len(waits) == len(errors):
+        return min(waits, key=lambda e: e.retry_after or 0.0)
+    return errors[-1]
