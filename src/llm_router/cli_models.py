@@ -140,7 +140,7 @@ def show(
     found = _look_up(settings, model)
     if not isinstance(found, ModelSource):
         if url and not template:  # the server's model, wherever its directory is
-            _show_served(find_server(url, settings) or url, model, settings)
+            _show_served(url.rstrip("/"), model, settings)
             return
         raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {found})")
     source = found

@@ -87,29 +87,23 @@ class Windows:
         """`view` without a storage read: (limit, remaining, seconds to reset) when the view
         is fresh, else None."""
         window = (kind, limit, name)
-        cached = self._stats.get(window)
-        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+        cached = self._fresh(window)
+        if cached is None:
             return None
-        left = int(cached[1] - (self._counted.get(window, 0) - cached[3]))
-        return limit, left, max(0.0, cached[2] - self.clock())
+        return limit, self._left(cached, window), max(0.0, cached[2] - self.clock())
 
     def local(self, kind: str, limit: int, name: str, amount: int) -> tuple[int, int, float] | None:
         """Charge `amount` on this process's view, if the view is fresh and leaves at least
         `local_share` of the limit after it: (limit, remaining, seconds to reset); else None
-        (nothing charged: ask the storage, `take`). On the request path: `_fresh`, `_left`
-        and `add` written out."""
+        (nothing charged: ask the storage, `take`)."""
         window = (kind, limit, name)
-        cached = self._stats.get(window)
-        if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
+        cached = self._fresh(window)
+        if cached is None:
             return None
-        counted = self._counted.get(window, 0)
-        left = int(cached[1] - (counted - cached[3])) - amount
+        left = self._left(cached, window) - amount
         if left < limit * self.local_share:
             return None
-        self._counted[window] = counted + amount
-        self._unsent[window] = self._unsent.get(window, 0) + amount
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_later())
+        self.add(kind, limit, name, amount)
         return limit, left, max(0.0, cached[2] - self.clock())
 
     def _fresh(self, window: tuple[str, int, str]) -> list[float] | None:
@@ -167,7 +161,7 @@ class Windows:
     def add(self, kind: str, limit: int, name: str, amount: int) -> None:
         """Count `amount` at once (negative: given back) and store it with the next batch."""
         window = (kind, limit, name)
-        self._counted[window] = self._counted.get(window, 0) + amount
+        self._count(window, amount)
         self._unsent[window] = self._unsent.get(window, 0) + amount
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_later())

@@ -166,7 +166,7 @@ class Dispatcher(Targets):
 
     # -- planning ------------------------------------------------------------------------------
 
-    def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, Route | None]:
+    def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, Route | None, str]:
         route = self._routes.get(name)
         if route is None:
             target = self.target(name)
@@ -176,7 +176,7 @@ class Dispatcher(Targets):
                     "requests with tools to a remote target or a route that has one",
                     param="tools",
                 )
-            return [target], "direct", None
+            return [target], "direct", None, ""
         targets, candidates = [], []
         for target_name in route.config.targets:
             try:
@@ -191,8 +191,9 @@ class Dispatcher(Targets):
         why = f"route={name} strategy={route.config.strategy}"
         kept = {t.id for t in ordered}
         skipped = {c.id: _left_out(request, c) for c in candidates if c.id not in kept}
+        left_out = "; ".join(f"{t}: {r}" for t, r in skipped.items())
         if skipped:
-            why += f" skipped=[{'; '.join(f'{t}: {r}' for t, r in skipped.items())}]"
+            why += f" skipped=[{left_out}]"
         if route.config.split and ordered:
             key = request.sticky_key or uuid.uuid4().hex
             arm = ab_split(route.config.split, key, salt=name)
@@ -211,13 +212,12 @@ class Dispatcher(Targets):
         if request.tools and not ordered and not any(t.makes_tool_calls for t in targets):
             raise BadRequest(f"no target of route '{name}' makes tool calls", param="tools")
         if not ordered and skipped and all(r.startswith("context") for r in skipped.values()):
-            held = "; ".join(f"{t}: {r}" for t, r in skipped.items())
             raise ContextLengthExceeded(  # no wait helps: the client's to make shorter
                 f"The prompt and max_tokens need about {request.needed_context} tokens, more "
-                f"than any target of '{name}' holds ({held})",
+                f"than any target of '{name}' holds ({left_out})",
                 param="messages" if request.kind == "chat" else "prompt",
             )
-        return ordered, why, route
+        return ordered, why, route, left_out
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class Dispatcher(Targets):
             return routed
 
     async def _open(self, name: str, call: Call, request: RouteRequest) -> Routed:
-        ordered, why, route = self.plan(name, request)
+        ordered, why, route, left_out = self.plan(name, request)
         attempts = (
             len(ordered)
             if route is None or route.config.retries is None
@@ -275,10 +275,12 @@ class Dispatcher(Targets):
             )
         if errors:
             raise _answer_of(errors)
-        skipped = why.partition(" skipped=[")[2].rstrip("]")
+        names = [t.id for t in ordered]
+        if not names and route is not None:
+            names = [*route.config.targets, *route.config.fallbacks]
         raise ServerBusy(
-            f"no target of '{name}' is available ({'; '.join(failures) or skipped or 'none'})",
-            retry_after=self._retry_after([t.id for t in ordered] or list(self._route_ids(name))),
+            f"no target of '{name}' is available ({'; '.join(failures) or left_out or 'none'})",
+            retry_after=self._retry_after(names),
         )
 
     async def embed(self, name: str, call: EmbedCall) -> tuple[str, Embeddings]:
@@ -322,10 +324,6 @@ class Dispatcher(Targets):
                 target.breaker.record_failure()
             elif target.breaker.state != "closed" and target.breaker.allow():
                 target.breaker.record_success()
-
-    def _route_ids(self, name: str) -> list[str]:
-        route = self._routes.get(name)
-        return [] if route is None else [*route.config.targets, *route.config.fallbacks]
 
     def _retry_after(self, names: list[str]) -> float:
         """When the first of these targets' open breakers lets a request through again (the
