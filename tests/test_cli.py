@@ -110,6 +110,35 @@ def test_a_route_the_router_cannot_build_is_a_clear_error(tmp_path: Path) -> Non
     assert "Traceback" not in out.stderr and "│" not in out.stderr
 
 
+def test_an_error_is_one_whole_line_with_its_brackets(tmp_path: Path) -> None:
+    """rich read a message's `[...]` as markup and dropped it (`pip install
+    'llm-runner-router[ray]'` lost its `[ray]`, a route's `skipped=[...]` its list) and wrapped
+    errors at 80 columns in a pipe."""
+    cfg = tmp_path / "dd.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    name = "team[a]-" + "x" * 80
+    out = _cli("keys", "show", name, "--config", str(cfg))
+    assert out.returncode == 1
+    assert out.stderr == f"error: no key named '{name}'\n"
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """uvicorn found the port taken only once the models were provisioned: an ERROR line
+    after the startup's, exit 3. The socket is now bound first."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"data_dir: {tmp_path / 'data'}\nmodels_dir: {tmp_path / 'models'}\n")
+        out = _cli("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port))
+    assert out.returncode == 2
+    assert out.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
 def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     """`keys`, `usage` and `serve` with a data directory under a file (or unwritable): they
     printed tracebacks (NotADirectoryError), `serve` three of them and exit 3."""

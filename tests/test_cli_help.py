@@ -30,3 +30,11 @@ def test_version() -> None:
     out = CliRunner().invoke(app, ["--version"])
     assert out.exit_code == 0 and out.output.strip() == f"llm-router {__version__}"
     assert __version__ != "0.0.0"  # the installed package's, from pyproject.toml
+
+
+def test_bench_refuses_no_streams_or_no_tokens() -> None:
+    """`--streams 0` measured one stream as if it were asked for."""
+    for flag in ("--streams", "--max-tokens"):
+        out = CliRunner().invoke(app, ["bench", "m", flag, "0"], env={"COLUMNS": "200"})
+        assert out.exit_code == 2, out.output
+        assert f"Invalid value for '{flag}'" in out.output

@@ -88,6 +88,36 @@ def test_a_name_that_would_leave_the_models_directory_is_refused(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["models", "sub"]
 
 
+def test_a_malformed_sha256_is_refused_before_any_download(tmp_path: Path) -> None:
+    """It was found out only after the whole download, as a 'mismatch'."""
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(tmp_path / "m"),
+                   "--sha256", SHA[:-1])  # fmt: skip
+        assert srv.ranges == []
+    assert out.returncode == 1
+    assert out.stderr == f"error: --sha256 must be 64 hexadecimal digits, not '{SHA[:-1]}'\n"
+
+
+def test_a_host_that_does_not_exist_is_not_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name the resolver says does not exist was retried 6 times (~11 s) before failing."""
+    import socket
+
+    from llm_router.tools.pull import PullError, pull
+
+    asked: list[str] = []
+
+    def unknown(host: str, *args: object, **kwargs: object) -> None:
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    with pytest.raises(PullError, match=r"no such host \(models\.example\.invalid\)"):
+        pull("https://models.example.invalid/m.gguf", tmp_path)
+    assert asked == ["models.example.invalid"]
+
+
 def test_a_half_download_never_appears_as_a_model(tmp_path: Path, smollm2_gguf: Path) -> None:
     models = tmp_path / "models"
     data = smollm2_gguf.read_bytes()

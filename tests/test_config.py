@@ -157,9 +157,17 @@ def test_sampling_defaults_fill_only_what_the_request_leaves_out() -> None:
     assert SamplingDefaults().fill({}) == {}
 
 
-def test_yaml_syntax_error(tmp_path: Path) -> None:
-    message = _error(tmp_path, "port: [8080\nhost: x\n")
-    assert "config.yaml" in message
+def test_yaml_syntax_error_says_where_on_one_line(tmp_path: Path) -> None:
+    message = _error(tmp_path, "port: 8080\nroutes:\n  - name: a\n   targets: [b]\n")
+    assert message.startswith(f"{tmp_path / 'config.yaml'}:4:4: not valid YAML: ")
+    assert "from line 3" in message and "\n" not in message and "unicode string" not in message
+
+
+def test_json_syntax_error_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"port": 8080,}')
+    with pytest.raises(ConfigError, match=r"config\.json:1:15: not valid JSON: Expecting"):
+        load_config(path, environ={})
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
@@ -231,3 +239,21 @@ def test_a_route_that_could_never_work_as_written_is_an_error(
     """Checked when the configuration loads (at start and at a reload), not found at the first
     request, nor skipped without a word (a route named as a target was never tried)."""
     assert says in _error(tmp_path, _ROUTE_MODELS + routes)
+
+
+def test_a_bad_value_from_a_variable_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"LLM_ROUTER_MODEL_DEFAULTS__THREADS": "x"})
+    assert "model_defaults.threads (from LLM_ROUTER_MODEL_DEFAULTS__THREADS):" in info.value.message
+    with pytest.raises(ConfigError) as info:  # a CLI flag is not a variable
+        load_config(overrides={"port": "x"}, environ={"LLM_ROUTER_PORT": "x"})
+    assert info.value.message.startswith("invalid configuration: port: ")
+
+
+def test_variables_that_name_no_setting_are_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"LLM_ROUTER_MODEL_MAX": "3", "LLM_ROUTER_MASTER_KEY": "k", "LLM_ROUTER_PORT": "9"}
+    with caplog.at_level("WARNING", logger="llm_router.config"):
+        assert load_config(environ=env).port == 9
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring environment variables that name no setting: LLM_ROUTER_MODEL_MAX"
+    ]

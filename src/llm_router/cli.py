@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_console import error
 from .config import Settings
 from .errors import ConfigError, RouterError
 from .lifecycle.discovery import Scanner
@@ -26,7 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err = Console(stderr=True)
 T = TypeVar("T")
 
 
@@ -67,7 +67,7 @@ def _read(source: ConfigSource) -> Settings:
     try:
         return source.load()
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        error(exc.message)
         raise typer.Exit(2) from None
 
 
@@ -139,7 +139,7 @@ def serve(
             models_dir=models_dir,
         )
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        error(exc.message)
         raise typer.Exit(2) from None
     overrides = {
         **llama,
@@ -163,16 +163,22 @@ def serve(
     if workers > 1:
         _serve_many(settings, workers, source)
         return
-    pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel
     from .gateway.store import check_data_dir
-    from .server.run import run_one
+    from .server.run import listen, run_one
 
+    try:
+        sock = listen(settings.host, settings.port)
+        check_data_dir(settings)
+    except ConfigError as exc:
+        error(exc.message)
+        raise typer.Exit(2) from None
+    settings = settings.model_copy(update={"port": sock.getsockname()[1]})  # --port 0
+    pool = _early_spares(settings)  # before the server's own imports (~0.9 s): in parallel
     log.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
     try:
-        check_data_dir(settings)
-        served = run_one(settings, pool, source=source)
+        served = run_one(settings, pool, [sock], source=source)
     except ConfigError as exc:  # found while building the app: a route's strategy, say
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(2) from None
     if not served:
         raise typer.Exit(3)
@@ -184,7 +190,7 @@ def _serve_many(settings: Settings, workers: int, source: ConfigSource) -> None:
     try:
         status = run_many(settings, workers, source)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(2) from None
     raise typer.Exit(status)
 
@@ -246,7 +252,7 @@ def run(
     try:
         asyncio.run(_run_once(settings, model, prompt, max_tokens, temperature, seed, raw))
     except RouterError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        error(exc.message)
         raise typer.Exit(1) from None
 
 
@@ -285,7 +291,7 @@ def convert(
     targets: dict[str, Literal["hf", "onnx", "gguf"]] = {"hf": "hf", "onnx": "onnx", "gguf": "gguf"}
     target = targets.get(to)
     if target is None:
-        err.print(f"[red]error:[/red] --to must be hf, onnx or gguf, not {to!r}")
+        error(f"--to must be hf, onnx or gguf, not {to!r}")
         raise typer.Exit(2)
     before = _size(src)
     _tool(
@@ -318,7 +324,7 @@ def _tool(work: Callable[[], T]) -> T:
     try:
         return work()
     except RouterError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(1) from None
 
 

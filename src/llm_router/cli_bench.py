@@ -23,7 +23,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from .cli import ConfigOpt, ModelsDirOpt, _settings, err
+from .cli import ConfigOpt, ModelsDirOpt, _settings
+from .cli_console import error
 from .cli_http import UrlOpt, auth_headers, find_server, server_error
 from .config import Settings
 
@@ -134,8 +135,8 @@ def bench(
     config: ConfigOpt = None,
     models_dir: ModelsDirOpt = None,
     url: UrlOpt = None,
-    streams: Annotated[int, typer.Option(help="Concurrent streams of the second run.")] = 4,
-    max_tokens: Annotated[int, typer.Option(help="Tokens each answer generates.")] = 64,
+    streams: Annotated[int, typer.Option(min=1, help="Concurrent streams of the second run.")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens each answer generates.")] = 64,
     prompt: Annotated[str, typer.Option(help="The user message.")] = PROMPT,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
 ) -> None:
@@ -151,7 +152,7 @@ def bench(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    counts = sorted({1, max(1, streams)})
+    counts = sorted({1, streams})
     server = find_server(url, settings)
     try:
         if server:
@@ -160,7 +161,7 @@ def bench(
             with _local_server(settings) as local:
                 rows, where = asyncio.run(_measure(local, body, counts)), "in process"
     except BenchError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        error(exc)
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(rows))

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_console import err, error
 from .config import Settings, load_config
 from .errors import ConfigError, RouterError
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 T = TypeVar("T")
-err = Console(stderr=True)
 keys_app = typer.Typer(help="API keys: create, list, show, revoke.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-F", help="YAML or JSON config file.")]
@@ -37,7 +37,7 @@ def _settings(config: Path | None) -> Settings:
     try:
         return load_config(config)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(2) from None
 
 
@@ -56,7 +56,7 @@ def _run(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except (RouterError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}", highlight=False)
+        error(getattr(exc, "message", exc))
         raise typer.Exit(1) from None
 
 
@@ -98,7 +98,7 @@ def create(
         )
     except ValidationError as exc:
         why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        err.print(f"[red]error:[/red] {why}", highlight=False)
+        error(why)
         raise typer.Exit(2) from None
     secret, key = make_key(spec)
 
@@ -141,7 +141,7 @@ def show(name: str, config: ConfigOpt = None) -> None:
     """One key's settings, as JSON."""
     key = _run(_settings(config), lambda s: s.key(name))
     if key is None:
-        err.print(f"[red]error:[/red] no key named {name!r}", highlight=False)
+        error(f"no key named {name!r}")
         raise typer.Exit(1)
     print(json.dumps(key.public(), indent=2))
 
@@ -159,7 +159,7 @@ def revoke(name: str, config: ConfigOpt = None) -> None:
     settings = _settings(config)
     done = _run(settings, work)
     if done is None:
-        err.print(f"[red]error:[/red] no key named {name!r}", highlight=False)
+        error(f"no key named {name!r}")
         raise typer.Exit(1)
     if done == "already":  # nothing to do, and said so (exit 0: the key is revoked)
         print(f"{name} was revoked already")
@@ -194,12 +194,12 @@ def usage(
 
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     if any(g not in GROUPS for g in groups):
-        err.print(f"[red]error:[/red] --group-by takes {', '.join(GROUPS)}", highlight=False)
+        error(f"--group-by takes {', '.join(GROUPS)}")
         raise typer.Exit(2)
     try:
         begin, finish = parse_range(start, end, time.time())
     except RouterError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(2) from None
     rows = _run(_settings(config), lambda s: s.usage(begin, finish, groups))
     if csv_out:

@@ -17,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli import ConfigOpt, ModelsDirOpt, _settings, err
+from .cli import ConfigOpt, ModelsDirOpt, _settings
+from .cli_console import error
 from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
 from .config import Settings
 from .errors import ModelNotFound, RouterError
@@ -44,7 +45,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    error(message)
     return typer.Exit(code)
 
 
@@ -312,14 +313,14 @@ def _chat_http(server: str, model: str, system: str | None, params: dict[str, An
                 if res.status_code != 200:
                     res.read()
                     history.pop()
-                    err.print(f"[red]error:[/red] {server_error(res)}", highlight=False)
+                    error(server_error(res))
                     continue
                 for data in res.iter_lines():
                     if not data.startswith("data: ") or data == "data: [DONE]":
                         continue
                     chunk = json.loads(data[6:])
                     if "error" in chunk:
-                        err.print(f"[red]error:[/red] {chunk['error']['message']}")
+                        error(chunk["error"]["message"])
                         break
                     for choice in chunk.get("choices", []):
                         piece = choice.get("delta", {}).get("content") or ""
@@ -354,7 +355,7 @@ async def _chat_local(
                     _write(piece)
             except RouterError as exc:
                 history.pop()
-                err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+                error(exc.message)
                 continue
             _write("\n\n")
             history.append({"role": "assistant", "content": answer})

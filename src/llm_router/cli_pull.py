@@ -16,7 +16,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .cli import ConfigOpt, ModelsDirOpt, _settings, err
+from .cli import ConfigOpt, ModelsDirOpt, _settings
+from .cli_console import err, error
 from .tools.pull import PullError, pull
 
 __all__ = ["register"]
@@ -58,7 +59,7 @@ def pull_command(
         with bar:
             path = pull(source, settings.models_dir, name=name, sha256=sha256, progress=progress)
     except PullError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(1) from None
     size = path.stat().st_size
     print(f"pulled {path.name} ({size / 2**20:.1f} MiB) into {settings.models_dir}")

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from .cli import _settings, err, log
+from .cli import _settings, log
+from .cli_console import error
 from .config import Settings
 from .errors import ConfigError
 
@@ -34,10 +35,7 @@ def _ray_settings(config: Path | None, host: str | None, port: int | None) -> Se
     try:
         import ray  # noqa: F401
     except ImportError:
-        err.print(
-            "[red]error:[/red] Ray is not installed: pip install 'llm-runner-router[ray]'",
-            highlight=False,
-        )
+        error("Ray is not installed: pip install 'llm-runner-router[ray]'")
         raise typer.Exit(2) from None
     return settings
 
@@ -48,7 +46,7 @@ def _deploy(settings: Settings, address: str | None) -> str:
     try:
         return deploy(settings, None if address == "auto" else address)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(2) from None
 
 
@@ -77,7 +75,7 @@ def delete_command(
     try:
         connect(settings, None if address == "auto" else address)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        error(exc.message)
         raise typer.Exit(2) from None
     undeploy(settings)
     print(f"deleted '{settings.ray.app_name}'")
@@ -88,7 +86,7 @@ def serve_on_ray(settings: Settings, address: str) -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        err.print("[red]error:[/red] --ray needs Ray: pip install 'llm-runner-router[ray]'")
+        error("--ray needs Ray: pip install 'llm-runner-router[ray]'")
         raise typer.Exit(2) from None
     from .ray_serve.deploy import undeploy
 

@@ -7,6 +7,7 @@ error names the offending key."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,17 @@ __all__ = [
 ]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+log = logging.getLogger("llm_router.config")
+# LLM_ROUTER_* variables that are not settings: the master key, the CLI's key for a server,
+# the engines' log switch, and the test suite's model cache.
+_OTHER_VARIABLES = frozenset(
+    {
+        "LLM_ROUTER_MASTER_KEY",
+        "LLM_ROUTER_API_KEY",
+        "LLM_ROUTER_ENGINE_LOG",
+        "LLM_ROUTER_TEST_CACHE",
+    }
+)
 
 
 class EngineOptions(BaseModel):
@@ -425,14 +437,16 @@ def load_config(
     < LLM_ROUTER_* variables < `overrides` (the CLI flags).
 
     Raises ConfigError naming the key when the file is unreadable or a value is invalid."""
-    merged = foreign_env(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    merged = foreign_env(env)
     _deep_merge(merged, _read_file(Path(path)) if path else {})
     _deep_merge(merged, _read_env(environ))
-    _deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _deep_merge(merged, flags)
     try:
         return Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, env, flags)) from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -442,13 +456,27 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line, as a compiler says it: `FILE:LINE:COLUMN: not valid YAML: what (while what,
+    from line N)`."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML: {exc}"
+    problem = getattr(exc, "problem", None) or "invalid"
+    context, begun = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f" ({context}, from line {begun.line + 1})" if context and begun is not None else ""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{where}"
 
 
 def _read_env(environ: dict[str, str] | None) -> dict[str, Any]:
@@ -459,6 +487,18 @@ def _read_env(environ: dict[str, str] | None) -> dict[str, Any]:
         source.env_ignore_empty,
         source.env_parse_none_str,
     )
+    unknown = sorted(
+        name
+        for name in source.env_vars
+        if name.startswith("llm_router_")
+        and name.upper() not in _OTHER_VARIABLES
+        and name[len("llm_router_") :].split("__")[0] not in Settings.model_fields
+    )
+    if unknown:  # a typo would otherwise change nothing, silently
+        log.warning(
+            "ignoring environment variables that name no setting: %s",
+            ", ".join(n.upper() for n in unknown),
+        )
     try:
         return source()
     except Exception as exc:  # pydantic-settings raises SettingsError on unparsable JSON values
@@ -473,10 +513,29 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
-def _describe(exc: ValidationError, path: str | Path | None) -> str:
+def _describe(
+    exc: ValidationError,
+    path: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> str:
     where = f" in {path}" if path else ""
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"{key}: {err['msg']}")
+        variable = _variable_of(err["loc"], environ or {}, flags or {})
+        lines.append(f"{key}{f' (from {variable})' if variable else ''}: {err['msg']}")
     return f"invalid configuration{where}: " + "; ".join(lines)
+
+
+def _variable_of(loc: tuple[Any, ...], environ: Mapping[str, str], flags: dict[str, Any]) -> str:
+    """The LLM_ROUTER_* variable a bad value came from (none when a flag or the file gave it):
+    `LLM_ROUTER_MODEL_DEFAULTS__THREADS` for `model_defaults.threads`, or the whole section's."""
+    if not loc or loc[0] in flags:
+        return ""
+    names = {name.upper(): name for name in environ if name.upper().startswith("LLM_ROUTER_")}
+    for end in range(len(loc), 0, -1):
+        name = "LLM_ROUTER_" + "__".join(str(part) for part in loc[:end]).upper()
+        if name in names:
+            return names[name]
+    return ""

@@ -284,7 +284,16 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
     return status
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The one process's listening socket, bound before anything starts (a port in use is
+    then a one-line error at once, not uvicorn's after the models were provisioned). Raises
+    ConfigError."""
+    return _bind(host, port, 1)[0]
+
+
 def _bind(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets on one address; several share it (SO_REUSEPORT, one per router
+    process), one does not (a second server on its port is refused, as uvicorn's would be)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
@@ -292,7 +301,8 @@ def _bind(host: str, port: int, count: int) -> list[socket.socket]:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             port = sock.getsockname()[1]  # port 0: the others join the first's
             sock.listen(2048)

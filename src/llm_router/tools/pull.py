@@ -131,6 +131,9 @@ def pull_url(
                 _fetch(http, url, part, progress)
                 break
             except (httpx.TransportError, _Incomplete) as exc:
+                if isinstance(exc, httpx.ConnectError) and _UNKNOWN_HOST in str(exc):
+                    host = urlparse(url).hostname
+                    raise PullError(f"{url}: no such host ({host})") from None
                 if attempt == RETRIES:
                     raise PullError(
                         f"download of {url} failed after {RETRIES + 1} tries ({exc}); "
@@ -140,6 +143,11 @@ def pull_url(
     _verify(part, sha256)
     os.replace(part, target)
     return target
+
+
+# getaddrinfo's EAI_NONAME: the name does not exist (no retry helps; EAI_AGAIN, a resolver
+# that could not answer, is retried as any transport error)
+_UNKNOWN_HOST = "Name or service not known"
 
 
 class _Incomplete(Exception):
@@ -272,6 +280,8 @@ def pull(
     sha256: str | None = None,
     progress: Progress | None = None,
 ) -> Path:
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise PullError(f"--sha256 must be 64 hexadecimal digits, not {sha256!r}")
     source = parse_source(text)
     if isinstance(source, HubSource):
         return pull_hub(source, models_dir, sha256=sha256, progress=progress)
