@@ -139,6 +139,24 @@ def test_serve_on_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Pat
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
 
 
+def test_ls_show_and_doctor_say_when_the_models_directory_is_missing(tmp_path: Path) -> None:
+    """They showed an empty table, 'models: none' and 'No problems found' for a typo."""
+    gone = tmp_path / "modles"
+    said = f"the models directory {gone} does not exist: `llm-router serve` makes it"
+    ls = _cli("ls", "--models-dir", str(gone))
+    assert ls.returncode == 0 and said in ls.stderr
+    show = _cli("show", "m", "--models-dir", str(gone))
+    assert show.returncode == 1 and said in show.stderr
+    doctor = _cli("doctor", "--models-dir", str(gone))
+    assert said in doctor.stdout
+    (tmp_path / "empty").mkdir()
+    assert (
+        f"no models in {tmp_path / 'empty'}"
+        in _cli("ls", "--models-dir", str(tmp_path / "empty")).stderr
+    )
+    assert not gone.exists()
+
+
 def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     """`keys`, `usage` and `serve` with a data directory under a file (or unwritable): they
     printed tracebacks (NotADirectoryError), `serve` three of them and exit 3."""

@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .cli_console import error
+from .cli_console import err, error
 from .config import Settings
 from .errors import ConfigError, RouterError
 from .lifecycle.discovery import Scanner
@@ -61,6 +62,21 @@ ModelsDirOpt = Annotated[Path | None, typer.Option("--models-dir", help="Directo
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     return _read(ConfigSource(config, {k: v for k, v in overrides.items() if v is not None}))
+
+
+def missing_models_dir(settings: Settings) -> str | None:
+    """Why the models directory holds no model, when it is not there to hold any."""
+    where = settings.models_dir
+    if where.is_dir():
+        return None
+    if where.exists():
+        return f"the models directory {where} is not a directory"
+    then = (
+        ": `llm-router serve` makes it and puts the bundled models in it"
+        if settings.provision_default_models
+        else ""
+    )
+    return f"the models directory {where} does not exist{then}"
 
 
 def _read(source: ConfigSource) -> Settings:
@@ -233,6 +249,8 @@ def ls(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
         )
     # Piped output gets room for every column rather than the 80 a terminal-less console assumes.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
+    if not table.row_count:
+        err.print(escape(missing_models_dir(settings) or f"no models in {settings.models_dir}"))
 
 
 @app.command()

@@ -11,9 +11,10 @@ import tempfile
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .cli import ConfigOpt, ModelsDirOpt, _settings
+from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
 from .engines import ENGINES, check_available
 from .errors import RouterError
 from .lifecycle.discovery import Scanner
@@ -107,6 +108,8 @@ def doctor(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
             "; ".join(reasons) or "the engine allocates as tokens come",
         )  # fmt: skip
     out.print(table)
+    if note := missing_models_dir(settings):
+        out.print(f"  {escape(note)}")
     if problems:
         out.print("[bold red]Problems[/bold red]")
         for p in problems:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli import ConfigOpt, ModelsDirOpt, _settings
+from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
 from .cli_console import error
 from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
 from .config import Settings
@@ -100,7 +100,7 @@ def _look_up(settings: Settings, model: str) -> ModelSource | str:
     for source in sources.values():
         if model == source.id or model in source.config.aliases:
             return source
-    return ", ".join(sorted(sources)) or "none"
+    return ", ".join(sorted(sources)) or missing_models_dir(settings) or "none"
 
 
 def _show_served(server: str, model: str, settings: Settings) -> None:
