@@ -193,6 +193,10 @@ async def test_several_answers_are_cached_each_and_honour_cache_control(tmp_path
         second = await _post(client, body)
         fresh = await _post(client, body, **{"Cache-Control": "no-cache"})
         wider = await _post(client, {**body, "n": 4})
+        streamed = await _post(client, {**body, "stream": True})  # its headers go first
+        streamed_new = await _post(client, {**body, "stream": True, "seed": 40})
+    assert streamed.headers["x-llm-router-cache"] == "hit"  # it had none (found from outside)
+    assert streamed_new.headers["x-llm-router-cache"] == "miss"
     assert not_stored.headers["x-llm-router-cache"] == "miss"
     assert first.headers["x-llm-router-cache"] == "miss"
     assert second.headers["x-llm-router-cache"] == "hit"
@@ -200,3 +204,25 @@ async def test_several_answers_are_cached_each_and_honour_cache_control(tmp_path
     assert wider.headers["x-llm-router-cache"] == "miss"  # the fourth answer is new
     assert first.json()["choices"] == second.json()["choices"]
     assert [c["index"] for c in wider.json()["choices"]] == [0, 1, 2, 3]
+
+
+async def test_a_split_route_caches_each_arm_apart(tmp_path: Path) -> None:
+    """The first user's answer was served to every user of an A/B route, whichever arm they
+    were given: the second arm never saw a deterministic request again (found from outside)."""
+    from llm_router.routing.strategies import ab_split
+
+    weights = {"a": 0.5, "b": 0.5}
+    models = fake_models(tmp_path, a={"reply": "from a"}, b={"reply": "from b"})
+    route = {"name": "ab", "targets": ["a", "b"], "split": weights}
+    users = [f"user-{i}" for i in range(12)]
+    async with app_client(tmp_path, models=models, routes=[route]) as client:
+        for _ in range(2):  # a miss, then a hit, for each user: always the user's own arm
+            for user in users:
+                r = await _post(client, {**CHAT, "model": "ab", "user": user})
+                arm = ab_split(weights, user, salt="ab")
+                assert r.headers["x-llm-router-model"] == arm
+                assert r.json()["choices"][0]["message"]["content"].startswith(f"from {arm}")
+        assert r.headers["x-llm-router-cache"] == "hit"
+        anonymous = [await _post(client, {**CHAT, "model": "ab"}) for _ in range(2)]
+    assert {ab_split(weights, u, salt="ab") for u in users} == {"a", "b"}
+    assert [r.headers.get("x-llm-router-cache") for r in anonymous] == [None, None]  # random arm

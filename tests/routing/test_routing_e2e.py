@@ -142,7 +142,7 @@ def test_breaker_opens_skips_and_closes(
         models_dir,
         [remote("flaky", stub.url, quality=0.9)],
         routes,
-        breaker={"failure_threshold": 2, "cooldown": 8},
+        breaker={"failure_threshold": 2, "cooldown": 20},  # > the skipped chats on a busy CI
         preload=[SMOL],
     )
     srv.wait_status(SMOL, "loaded")
@@ -163,7 +163,8 @@ def test_breaker_opens_skips_and_closes(
             assert model == SMOL and "breaker open" in why
         assert stub.stats()["requests"] == seen
         stub.set(mode="ok")
-        time.sleep(8.2)  # cooldown over: one probe goes through and closes it
+        entry = {m["id"]: m for m in httpx.get(srv.url + "/models").json()["data"]}["flaky"]
+        time.sleep(entry["breaker"]["retry_in"] + 0.2)  # over: one probe goes, closes it
         assert chat(client, "auto")[0] == "flaky"
         entry = {m["id"]: m for m in httpx.get(srv.url + "/models").json()["data"]}["flaky"]
         assert entry["breaker"]["state"] == "closed"

@@ -61,14 +61,21 @@ class CachedGenerationService(GenerationService):
         return self._cached_events(wire, request, route, fields)
 
     async def _body(
-        self, wire: _Request, kind: str, fields: dict[str, Any] | None
+        self, wire: _Request, kind: str, fields: dict[str, Any] | None, route: RouteInfo
     ) -> dict[str, Any] | None:
-        """The canonical request (keys.py), None when it cannot be cached now."""
+        """The canonical request (keys.py), None when it cannot be cached now. A route with
+        an A/B split keys its answers by the arm the request goes to (sticky per `user` or
+        API key); a request to it without either goes to a random arm, and is not cached."""
         try:
             served_by = await self.identities.of(wire.model)
         except (RouterError, StaleModel):
             return None  # unknown model (the service raises the error), or one being reloaded
+        arm = self.dispatcher.split_arm(wire.model, wire.user or route.api_key_id)
+        if arm == "":
+            return None
         body = canonical(wire, kind, served_by)
+        if arm is not None:
+            body["split_arm"] = arm
         body.update(fields or {})  # one choice of several: its own prompt, seed
         return body
 
@@ -82,7 +89,7 @@ class CachedGenerationService(GenerationService):
         started = time.perf_counter()
         read = route.cache_read and cache_flag(wire)
         kind = "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
-        body = await self._body(wire, kind, fields)
+        body = await self._body(wire, kind, fields, route)
         if body is None or not (read or route.cache_write):
             async for event in super()._events(wire, request, route, fields):
                 yield event

@@ -164,6 +164,14 @@ class Dispatcher(Targets):
         """Canonical name of a route or target; raises ModelNotFound."""
         return name if name in self._routes else self.target(name).id
 
+    def split_arm(self, name: str, sticky_key: str | None) -> str | None:
+        """The A/B arm a request to `name` goes to first, as `plan` picks it: None when `name`
+        is no route with a split, "" when the request has no sticky key (its arm is random)."""
+        route = self._routes.get(name)
+        if route is None or not route.config.split:
+            return None
+        return ab_split(route.config.split, sticky_key, salt=name) if sticky_key else ""
+
     # -- planning ------------------------------------------------------------------------------
 
     def plan(self, name: str, request: RouteRequest) -> tuple[list[Target], str, Route | None, str]:

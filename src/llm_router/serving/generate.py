@@ -218,6 +218,9 @@ class GenerationService:
                     if not route.target:
                         route.target, route.reason = routes[i].target, routes[i].reason
                         route.ttft = routes[i].ttft
+                        # a stream's headers go with its first event: a choice not answered
+                        # from the cache by then counts as a miss (the final value is logged)
+                        route.cache = _cache_of(routes)
                     yield choices[i].index, event
         finally:
             route.model = wire.model
@@ -225,8 +228,7 @@ class GenerationService:
             usages = {c.index: r.usage for c, r in zip(choices, routes, strict=True) if r.usage}
             if usages:  # the finished ones', and the estimates of those cut short
                 route.usage = total_usage(choices, usages)
-            caches = {r.cache for r in routes}
-            route.cache = "hit" if caches == {"hit"} else "miss" if caches & {"hit", "miss"} else ""
+            route.cache = _cache_of(routes)
 
     def _chat_choices(self, req: ChatCompletionRequest) -> list[Choice]:
         return self._plan(req, [self._chat_request(req)])
@@ -404,3 +406,10 @@ class GenerationService:
 def _text_finish(finished: Finished) -> Literal["stop", "length", "content_filter"]:
     reason = finished.finish_reason
     return reason if reason in ("length", "content_filter") else "stop"
+
+
+def _cache_of(routes: list[RouteInfo]) -> str:
+    """The response cache's word for several choices: a hit when every one was, a miss when
+    any was looked up (or, while others were, is not yet); "" when none was (not cacheable)."""
+    caches = {r.cache for r in routes}
+    return "hit" if caches == {"hit"} else "miss" if caches & {"hit", "miss"} else ""
