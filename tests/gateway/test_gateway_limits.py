@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 from gw_helpers import (
     CHAT_BODY,
@@ -71,13 +72,14 @@ async def test_requests_per_minute_then_429_with_headers_on_every_answer(gw: Gw)
 
 async def test_tokens_per_minute_count_prompt_and_completion(gw: Gw) -> None:
     """The prompt is counted by the model's tokenizer (the fake engine's: bytes of the chat
-    template's text) before it runs; the completion once the answer is done, corrected to the
-    usage the answer reports (the fake engine's: words)."""
+    template's text) before it runs, with the max_tokens it may generate (as OpenAI counts
+    them); the window then holds the usage the answer reports (the fake engine's: words),
+    the unused part of max_tokens given back."""
     within_one_minute_window(5)
     secret = await gw.key("tpm", tpm=200)
     first = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
     assert first.status_code == 200, first.text
-    counted = len("user: Hello\nassistant:") + 1  # the fake tokenizer: bytes and a BOS
+    counted = len("user: Hello\nassistant:") + 1 + 3  # bytes, a BOS, and max_tokens
     assert first.headers["x-ratelimit-remaining-tokens"] == str(200 - counted)
     used = first.json()["usage"]["total_tokens"]
     assert 0 < used < counted
@@ -90,6 +92,39 @@ async def test_tokens_per_minute_count_prompt_and_completion(gw: Gw) -> None:
     assert await window_total(gw.gateway.limiter, 200, "tpm") == total  # the usage, exactly
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_requests_at_once_never_pass_tokens_per_minute_together(
+    tmp_path: Path, master_env: str, seed: int
+) -> None:
+    """Only the prompt was counted before a request ran, so 20 requests at once each fitted
+    and together used 10x a key's tokens per minute (found from outside). A request's
+    max_tokens is now counted with its prompt and what it did not use given back: requests
+    sent at once, of random prompts and max_tokens on a slow model, never hold more than the
+    limit between them, and the window ends holding their usage exactly."""
+    import random
+
+    rng = random.Random(seed)
+    tpm = rng.randint(150, 400)
+    models = fake_models(tmp_path, chat={"token_seconds": 0.02, "reply": "w " * 40})
+    async with gateway_app(tmp_path, models=models) as gw:
+        within_one_minute_window(10)
+        secret = await gw.key("burst", tpm=tpm)
+
+        async def ask() -> httpx.Response:
+            words = " ".join(["hi"] * rng.randint(1, 12))
+            body = {**CHAT_BODY, "messages": [{"role": "user", "content": words}]}
+            body["max_tokens"] = rng.randint(1, 40)
+            return await gw.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
+
+        answers = await asyncio.gather(*(ask() for _ in range(20)))
+        served = [r for r in answers if r.status_code == 200]
+        assert served and len(served) < 20, [r.status_code for r in answers]
+        assert all(r.status_code == 429 for r in answers if r.status_code != 200)
+        used = sum(r.json()["usage"]["total_tokens"] for r in served)
+        assert used <= tpm
+        assert await window_total(gw.gateway.limiter, tpm, "burst") == used
+
+
 async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: Gw) -> None:
     """The fake engine counts a prompt a byte a token before it runs (16 words: 98 tokens
     through its template) and reports 1 prompt token and 3 completion tokens for "Hello".
@@ -100,7 +135,8 @@ async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: G
     secret = await gw.key("short-tpm", tpm=100)
     first = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
     assert first.status_code == 200 and first.json()["usage"]["total_tokens"] == 4, first.text
-    long_body = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 16}]}
+    unbounded = {k: v for k, v in CHAT_BODY.items() if k != "max_tokens"}  # the prompt alone
+    long_body = {**unbounded, "messages": [{"role": "user", "content": "word " * 16}]}
     for stream in (False, True):
         r = await gw.client.post(
             "/v1/chat/completions", json={**long_body, "stream": stream}, headers=bearer(secret)
@@ -109,9 +145,10 @@ async def test_a_prompt_longer_than_what_is_left_is_refused_before_it_runs(gw: G
         assert "the prompt has 98 tokens and 96 of its 100 tokens per minute" in message
         assert r.headers["x-ratelimit-limit-tokens"] == "100"
         assert r.headers["x-ratelimit-remaining-tokens"] == "96"  # nothing was charged
-    huge = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 40}]}
+    huge = {**unbounded, "messages": [{"role": "user", "content": "word " * 40}]}
     r = await gw.client.post("/v1/chat/completions", json=huge, headers=bearer(secret))
     assert r.status_code == 429 and "retry-after" not in r.headers, r.headers
+    assert r.headers["x-should-retry"] == "false"
     assert "limit 100, the prompt has 218" in r.json()["error"]["message"]
     # A short prompt still fits, and nothing of the refused ones was generated or charged.
     ok = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
@@ -138,7 +175,8 @@ async def test_a_prompt_the_key_cannot_afford_is_not_run_by_another_target(
             body = {**CHAT_BODY, "model": "auto", "messages": huge}
             r = await gw.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
             assert r.status_code == 429, r.text
-            assert "limit 100, the prompt has 218" in r.json()["error"]["message"]
+            message = r.json()["error"]["message"]
+            assert "limit 100, the prompt (218 tokens) and max_tokens (3) need 221" in message
         ask = {"targets": ["chat", "other"], "messages": huge, "max_tokens": 3}
         r = await gw.client.post("/v1/compare", json=ask, headers=bearer(secret))
         answered = [a for a in r.json().get("data", []) if a.get("choices")]

@@ -223,8 +223,10 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
         )
         first = raw.parse()
         assert first.usage is not None
-        # Counted before it ran: the header says what was left once its prompt was charged.
-        assert raw.headers["x-ratelimit-remaining-tokens"] == str(tpm - first.usage.prompt_tokens)
+        # Counted before it ran: the header says what was left once its prompt and its
+        # max_tokens were charged (the 4 it may generate, as OpenAI counts them).
+        left_then = tpm - first.usage.prompt_tokens - 4
+        assert raw.headers["x-ratelimit-remaining-tokens"] == str(left_then)
         assert raw.headers["x-ratelimit-limit-tokens"] == str(tpm)
 
         assert first.usage.total_tokens > 10
@@ -238,7 +240,7 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
         refused = info.value.response
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         message = refused.json()["error"]["message"]
-        assert f"the prompt has {len(tokenized)} tokens and" in message, message
+        assert f"the prompt ({len(tokenized)} tokens) and max_tokens (4) need" in message
         assert int(refused.headers["retry-after"]) >= 1
         left = tpm - first.usage.total_tokens
         assert refused.headers["x-ratelimit-remaining-tokens"] == str(left)
@@ -252,6 +254,7 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
             )
         assert "Request too large" in info.value.message
         assert "retry-after" not in info.value.response.headers
+        assert info.value.response.headers["x-should-retry"] == "false"  # the client gave up
 
         raw = c.chat.completions.with_raw_response.create(
             model=SMOL,
@@ -261,8 +264,10 @@ def test_the_prompt_is_counted_by_the_models_tokenizer_before_it_runs(gated: Ser
         )
         third = raw.parse()
         assert third.usage is not None
-        # The window holds the first request's usage exactly, and this one's prompt.
-        assert raw.headers["x-ratelimit-remaining-tokens"] == str(left - third.usage.prompt_tokens)
+        # The window holds the first request's usage exactly, and this one's prompt and
+        # max_tokens.
+        left_now = left - third.usage.prompt_tokens - 4
+        assert raw.headers["x-ratelimit-remaining-tokens"] == str(left_now)
 
     r = httpx.get(gated.url + "/admin/usage", params={"group_by": "key"}, headers=bearer(MASTER))
     [row] = [row for row in r.json()["data"] if row["key"] == "tpm-small"]

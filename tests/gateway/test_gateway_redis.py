@@ -298,11 +298,12 @@ def test_a_remote_targets_prompt_is_estimated_before_it_is_sent(
     long_prompt = [{"role": "user", "content": "x" * 400}]  # estimated 107 tokens
     refused = _chat(first, secret, model="flaky", messages=long_prompt)
     assert refused.status_code == 429, refused.text
-    assert "tokens per minute: limit 60, the prompt has 107" in refused.json()["error"]["message"]
+    message = refused.json()["error"]["message"]
+    assert "tokens per minute: limit 60, the prompt (107 tokens) and max_tokens (3)" in message
     assert "retry-after" not in refused.headers  # waiting cannot make it fit
     assert stub.stats()["requests"] == seen  # nothing was sent upstream
 
-    estimate = 3 + 4 + 2  # "Hello": one message of 5 characters
+    estimate = 3 + 4 + 2 + 3  # "Hello": one message of 5 characters; and max_tokens
     served = _chat(first, secret, model="flaky")
     assert served.status_code == 200 and served.headers["x-llm-router-model"] == "flaky"
     assert served.headers["x-ratelimit-remaining-tokens"] == str(60 - estimate)

@@ -5,9 +5,10 @@ and requests in flight at once, counted in this process, or across every router 
 
 `admit_now`, else `admit`, runs before a request (one request counted; the token window
 checked, not charged), `Admission.admit_prompt` when a target is about to run the prompt
-(routing/admission.py: `prompt_now`, else `take_prompt`: its tokens charged, or the request
-refused while nothing is generated), `charge` after it (the rest of its usage: the
-completion, and the difference between the prompt's count and its usage).
+(routing/admission.py: `prompt_now`, else `take_prompt`: its tokens and its `max_tokens`
+charged, or the request refused while nothing is generated), `charge` after it (its usage
+less what was charged: the unused part of `max_tokens` given back, a completion without
+`max_tokens` charged).
 The `x-ratelimit-*` headers are those of `Admission.headers`: made once, when the response
 starts, from what the admission last saw of each window (`Admission.views`).
 
@@ -76,10 +77,11 @@ class Admission:
     prompt_charged: int = 0
     prompt_decided: bool = False
 
-    async def admit_prompt(self, tokens: int) -> None:
-        """routing/admission.py's PromptGate: Limiter.prompt_now, else Limiter.take_prompt."""
-        if self.limiter is not None and not self.limiter.prompt_now(self, tokens):
-            await self.limiter.take_prompt(self, tokens)
+    async def admit_prompt(self, tokens: int, completion: int = 0) -> None:
+        """routing/admission.py's PromptGate: Limiter.prompt_now, else Limiter.take_prompt,
+        for the prompt's `tokens` and the `completion` tokens reserved with it."""
+        if self.limiter is not None and not self.limiter.prompt_now(self, tokens + completion):
+            await self.limiter.take_prompt(self, tokens, completion)
 
     @property
     def headers(self) -> list[Header]:
@@ -273,7 +275,7 @@ class Limiter:
         admission.views["tokens"] = taken
         return True
 
-    async def take_prompt(self, admission: Admission, tokens: int) -> None:
+    async def take_prompt(self, admission: Admission, prompt: int, completion: int = 0) -> None:
         """A first prompt `prompt_now` could not decide: one atomic check-and-charge in the
         storage (Redis when shared), so two routers cannot both spend the last tokens; or
         RateLimited (x-ratelimit-* headers on `exc.headers`) when `tokens` are more than what
@@ -282,6 +284,7 @@ class Limiter:
         tpm = admission.limits.tpm
         assert tpm is not None
         windows, name = self.windows, admission.key.name
+        tokens = prompt + completion
         admission.prompt_charged += tokens
         admission.prompt_decided = True
         try:
@@ -294,17 +297,22 @@ class Limiter:
             return
         admission.prompt_charged -= tokens
         admission.prompt_decided = False  # refused: the next prompt (another target) decides
+        asked = (
+            f"the prompt ({prompt} tokens) and max_tokens ({completion}) need {tokens} tokens"
+            if completion
+            else f"the prompt has {prompt} tokens"
+        )
         if tokens > tpm:  # as OpenAI's "Request too large": no wait makes it fit
             refusal = RateLimited(
-                f"Request too large for key '{name}' on tokens per minute: limit {tpm}, the "
-                f"prompt has {tokens}; make the prompt shorter (waiting will not help)",
+                f"Request too large for key '{name}' on tokens per minute: limit {tpm}, "
+                f"{asked}; make the prompt{' or max_tokens' if completion else ''} smaller "
+                "(waiting will not help)",
                 retry_after=None,
             )
         else:
             refusal = RateLimited(
-                f"Rate limit reached for key '{name}': the prompt has {tokens} tokens and "
-                f"{max(0, remaining)} of its {tpm} tokens per minute are left; try again in "
-                f"{reset_text(reset)}",
+                f"Rate limit reached for key '{name}': {asked} and {max(0, remaining)} of "
+                f"its {tpm} tokens per minute are left; try again in {reset_text(reset)}",
                 retry_after=max(1.0, reset),
             )
         refusal.headers = list(admission.headers)  # type: ignore[attr-defined]

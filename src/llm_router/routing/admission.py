@@ -5,7 +5,9 @@ Whoever limits tokens (server/gateway.py, for a key with a TPM limit) puts a `Pr
 `prompt_gate` for the request; the target that is about to run the prompt counts it and awaits
 `gate.admit_prompt(tokens)`, which may raise RateLimited: nothing has been generated yet, and
 a stream has sent nothing, so the client gets a plain 429. No gate (the default): nothing is
-counted and nothing waits.
+counted and nothing waits. A generation's `max_tokens` is counted with its prompt, as OpenAI
+counts it (requests running at once must fit together), and what it did not generate is given
+back when it ends (the gateway charges the usage).
 
 How a prompt is counted:
 - a local model: with its own tokenizer, in its worker (`count_local`): the chat template
@@ -22,15 +24,23 @@ How a prompt is counted:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..types import GenerationRequest
 
 if TYPE_CHECKING:
     from ..worker.client import Worker
 
-__all__ = ["PromptGate", "count_local", "estimate", "estimate_inputs", "prompt_gate"]
+__all__ = [
+    "PromptGate",
+    "completion_reserve",
+    "count_local",
+    "estimate",
+    "estimate_inputs",
+    "prompt_gate",
+]
 
 CHARS_PER_TOKEN = 4
 PER_MESSAGE = 4
@@ -39,11 +49,20 @@ MAX_TOKEN_BYTES = 64  # no token of a real vocabulary is longer (engines/llamacp
 
 
 class PromptGate(Protocol):
-    async def admit_prompt(self, tokens: int) -> None:
-        """Count `tokens` of prompt against the limits, or raise RateLimited."""
+    async def admit_prompt(self, tokens: int, completion: int = 0) -> None:
+        """Count `tokens` of prompt, and the `completion` tokens the request may generate
+        (its `max_tokens`), against the limits, or raise RateLimited."""
 
 
 prompt_gate: ContextVar[PromptGate | None] = ContextVar("llm_router_prompt_gate", default=None)
+
+
+def completion_reserve(body: Mapping[str, Any]) -> int:
+    """The completion tokens a request asks for at most (its body's `max_completion_tokens`,
+    else `max_tokens`, as the target's cap left them), counted ahead with its prompt; 0 when
+    it names none (a local model's cap, its context, is not counted ahead)."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    return asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
 
 
 def estimate(request: GenerationRequest) -> int:

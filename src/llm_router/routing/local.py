@@ -25,7 +25,7 @@ from ..types import (
     TextDelta,
 )
 from ..worker.client import Worker
-from .admission import count_local, prompt_gate
+from .admission import completion_reserve, count_local, prompt_gate
 from .targets import Call, EmbedCall, Lease, Target
 
 __all__ = ["LocalTarget", "fit_dimensions"]
@@ -112,7 +112,8 @@ class LocalTarget(Target):
             gate = prompt_gate.get()
             if gate is not None:  # a limit counts the prompt's tokens before it runs
                 context = self.context_length()
-                await gate.admit_prompt(await count_local(worker, request, context))
+                prompt = await count_local(worker, request, context)
+                await gate.admit_prompt(prompt, completion_reserve(call.body))
             events = worker.generate(request)
             if tracing.current() is not None:
                 events = _timed(events, time.perf_counter())

@@ -19,7 +19,7 @@ from ..types import (
     TextDelta,
     Usage,
 )
-from .admission import estimate, estimate_inputs, prompt_gate
+from .admission import completion_reserve, estimate, estimate_inputs, prompt_gate
 from .targets import Call, EmbedCall, Target
 from .upstream import Upstream
 
@@ -89,7 +89,7 @@ async def _remote_events(remote: Upstream, call: Call) -> AsyncGenerator[Generat
     MessageFields, and its finish reason as it said it."""
     gate = prompt_gate.get()
     if gate is not None:  # a limit counts the prompt's tokens (an estimate) before it is sent
-        await gate.admit_prompt(estimate(call.request))
+        await gate.admit_prompt(estimate(call.request), completion_reserve(call.body))
     if not call.stream:
         done = await (remote.chat(call.body) if call.kind == "chat" else remote.complete(call.body))
         choice = (done.get("choices") or [{}])[0]

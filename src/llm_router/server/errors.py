@@ -65,8 +65,11 @@ def envelope(
 def router_error_response(exc: e.RouterError) -> JSONResponse:
     status, type_, code = status_of(exc)
     headers = {}
-    if isinstance(exc, e.QueueFull) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, e.QueueFull):
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        else:  # no wait helps (a request too large): OpenAI's clients then do not retry
+            headers["x-should-retry"] = "false"
     if isinstance(exc, e.UpstreamUnavailable):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif isinstance(exc, e.WorkerDied | e.LoadInterrupted):
