@@ -518,3 +518,46 @@ async def test_a_keys_requests_and_tokens_are_counted_apart_when_their_limits_ar
     assert headers[b"x-ratelimit-remaining-requests"] == b"48"
     assert headers[b"x-ratelimit-remaining-tokens"] == b"10"
     await limiter.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_a_client_that_waits_its_retry_after_fits_then(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Retry-After was the sliding window's time until its next unit freed, and the
+    x-ratelimit-reset-* headers said 0ms on a window just charged: a client that waited
+    42 s got another 429, then Retry-After: 1 twice (found from outside). Over random
+    charges at random times (a clock of the test's own, in the limits library's memory
+    storage too): waiting `wait(amount)` leaves at least `amount`, and the reset of a
+    window with anything counted is when it is whole again."""
+    import random
+    import types
+
+    from limits.aio.storage import MemoryStorage
+
+    from llm_router.gateway import windows as windows_module
+
+    rng = random.Random(seed)
+    now = [1_800_000_000.0 + rng.uniform(0, 60)]
+    fake = types.SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0])
+    import limits.aio.storage.memory as memory_module
+
+    monkeypatch.setattr(memory_module, "time", fake)
+    monkeypatch.setattr(windows_module, "time", fake)
+    w = windows_module.Windows(MemoryStorage(), clock=fake.time)
+    limit = rng.randint(5, 300)
+    for _ in range(40):
+        now[0] += rng.choice([0.0, rng.uniform(0, 5), rng.uniform(0, 70)])
+        amount = rng.randint(1, limit)
+        _, left, reset = await w.take("tokens", limit, "k", amount)
+        assert (reset > 0) == (left < limit), (left, reset)
+        assert reset <= 120
+        wanted = rng.randint(1, limit)
+        wait = w.wait("tokens", limit, "k", wanted)
+        assert 0 <= wait <= 120
+        if left < wanted:
+            assert wait > 0
+        later = now[0] + wait + 0.001
+        now[0] = later
+        remaining, _ = await w.view("tokens", limit, "k", fresh=True)
+        assert remaining >= wanted, (limit, wanted, wait, remaining)

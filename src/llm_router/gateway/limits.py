@@ -209,12 +209,13 @@ class Limiter:
             remaining, reset = await windows.view("tokens", lim.tpm, name)
             views["tokens"] = (lim.tpm, remaining, reset)
             if remaining <= 0 and refused is None:
-                refused = (f"{lim.tpm} tokens per minute", reset)
+                refused = (f"{lim.tpm} tokens per minute", windows.wait("tokens", lim.tpm, name, 1))
         if lim.rpm is not None:
             ok, remaining, reset = await self._request(lim.rpm, name, refused is None)
             views["requests"] = (lim.rpm, remaining, reset)
             if not ok and refused is None:
-                refused = (f"{lim.rpm} requests per minute", reset)
+                wait = windows.wait("requests", lim.rpm, name, 1)
+                refused = (f"{lim.rpm} requests per minute", wait)
         if refused is not None:
             what, wait = refused
             exc = RateLimited(
@@ -309,11 +310,12 @@ class Limiter:
                 "(waiting will not help)",
                 retry_after=None,
             )
-        else:
+        else:  # the wait until they fit, not the window's full reset
+            wait = windows.wait("tokens", tpm, name, tokens)
             refusal = RateLimited(
                 f"Rate limit reached for key '{name}': {asked} and {max(0, remaining)} of "
-                f"its {tpm} tokens per minute are left; try again in {reset_text(reset)}",
-                retry_after=max(1.0, reset),
+                f"its {tpm} tokens per minute are left; try again in {reset_text(wait)}",
+                retry_after=max(1.0, wait),
             )
         refusal.headers = list(admission.headers)  # type: ignore[attr-defined]
         raise refusal

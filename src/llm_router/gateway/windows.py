@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import Storage
@@ -39,6 +40,7 @@ Kind = Literal["requests", "tokens"]
 # The storage keys of a key's windows: the library's own namespace for requests (as before);
 # tokens apart, so a key whose two limits are equal does not count both in one window.
 _NAMESPACES: dict[str, str] = {"requests": "LIMITER", "tokens": "TOKENS"}
+_EXPIRY = 60  # seconds: every window is per minute
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +54,8 @@ class Windows:
         self.send_interval = 0.05
         self._items: dict[tuple[str, int], RateLimitItem] = {}
         # A window is (kind, limit, key name): its storage key names the limit too. Its view:
-        # [read at (monotonic), remaining, reset time, base], meaning `remaining - (counted -
+        # [read at (monotonic), remaining, end of the current fixed window (clock time), base,
+        # previous window's count, current window's count], meaning `remaining - (counted -
         # base)`, `counted` being all this process ever counted in it (`_counted`) and `base`
         # what of that the read held. `_unsent`: charges counted here and not yet stored;
         # `_sending`: taken from `_unsent` by a send under way.
@@ -81,7 +84,7 @@ class Windows:
         cached = None if fresh else self._fresh(window)
         if cached is None:
             cached = await self._read(window)
-        return self._left(cached, window), max(0.0, cached[2] - self.clock())
+        return self._left(cached, window), self._reset(cached, window, limit)
 
     def seen(self, kind: str, limit: int, name: str) -> tuple[int, int, float] | None:
         """`view` without a storage read: (limit, remaining, seconds to reset) when the view
@@ -90,7 +93,7 @@ class Windows:
         cached = self._fresh(window)
         if cached is None:
             return None
-        return limit, self._left(cached, window), max(0.0, cached[2] - self.clock())
+        return limit, self._left(cached, window), self._reset(cached, window, limit)
 
     def local(self, kind: str, limit: int, name: str, amount: int) -> tuple[int, int, float] | None:
         """Charge `amount` on this process's view, if the view is fresh and leaves at least
@@ -104,7 +107,7 @@ class Windows:
         if left < limit * self.local_share:
             return None
         self.add(kind, limit, name, amount)
-        return limit, left, max(0.0, cached[2] - self.clock())
+        return limit, left, self._reset(cached, window, limit)
 
     def _fresh(self, window: tuple[str, int, str]) -> list[float] | None:
         """The window's view when it was read at most `stats_ttl` ago, else None."""
@@ -120,6 +123,32 @@ class Windows:
     def _left(self, cached: list[float], window: tuple[str, int, str]) -> int:
         return int(cached[1] - (self._counted.get(window, 0) - cached[3]))
 
+    def wait(self, kind: str, limit: int, name: str, amount: int) -> float:
+        """Seconds until the window, as last read, has `amount` left (for a Retry-After): no
+        sooner, so a client that waits that long is not refused again for the same reason
+        (others' charges meanwhile aside). `amount` over the limit: the full reset."""
+        window = (kind, limit, name)
+        cached = self._stats.get(window)
+        if cached is None:
+            return _EXPIRY
+        return self._reset(cached, window, min(amount, limit))
+
+    def _reset(self, cached: list[float], window: tuple[str, int, str], amount: int) -> float:
+        """Seconds until the window has `amount` left; `amount` = the limit: until it is
+        whole again (OpenAI's `x-ratelimit-reset-*`). The library's sliding window counter
+        weighs the previous fixed window's count by the part of the current one still to
+        come, and counts the current one whole until it ends; then that one is the previous,
+        fading over the next minute."""
+        room = window[1] - amount  # the weighted count at most, for `amount` to be left
+        previous = cached[4]
+        current = cached[5] + max(0, self._counted.get(window, 0) - cached[3])
+        ends_in = max(0.0, cached[2] - self.clock())
+        if current <= room:
+            if previous <= 0:
+                return 0.0
+            return max(0.0, ends_in - (room - current) * _EXPIRY / previous)
+        return ends_in + _EXPIRY - max(0, room) * _EXPIRY / current
+
     async def _read(self, window: tuple[str, int, str]) -> list[float]:
         """Read a window from the storage into the view. What this process counted that the
         read may not hold is left out of it: its charges not stored yet, and whatever it counts
@@ -128,8 +157,17 @@ class Windows:
         kind, limit, name = window
         base = self._counted.get(window, 0)
         base -= self._unsent.get(window, 0) + self._sending.get(window, 0)
-        stats = await self.strategy.get_window_stats(self.item(kind, limit), name)
-        cached = [time.monotonic(), stats.remaining, stats.reset_time, base]
+        item = self.item(kind, limit)
+        storage: Any = self.storage  # the sliding window counter's own read, raw
+        previous, previous_ttl, current, current_ttl = await storage.get_sliding_window(
+            item.key_for(name), _EXPIRY
+        )
+        weighted = previous * previous_ttl / _EXPIRY + current  # as the library weighs it
+        remaining = max(0, limit - math.floor(weighted))
+        # when the current fixed window ends: the previous one's weight is gone then; a window
+        # with no count yet (in Redis) starts at its first charge, a minute from now at most
+        ends_in = previous_ttl if previous else current_ttl - _EXPIRY if current else _EXPIRY
+        cached = [time.monotonic(), remaining, self.clock() + ends_in, base, previous, current]
         self._stats[window] = cached
         return cached
 
@@ -148,7 +186,7 @@ class Windows:
             await self._send({window: unsent})
         ok = await self.strategy.hit(self.item(kind, limit), name, cost=amount)
         cached = await self._read(window)
-        return ok, self._left(cached, window), max(0.0, cached[2] - self.clock())
+        return ok, self._left(cached, window), self._reset(cached, window, limit)
 
     async def hit(self, kind: str, limit: int, name: str, amount: int) -> bool:
         """One atomic check-and-charge in the storage, counted in the view if it was made
