@@ -188,3 +188,50 @@ def test_the_text_line_names_each_field_once() -> None:
         "route=auto strategy=balanced request_id=r1"
     )
     assert str(request_log._Line({**fields, "route": "direct"})).count("route=direct") == 1
+
+
+async def test_failures_and_streams_cut_short_say_so_in_their_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An embeddings 404 logged neither the model asked nor the error (chat's did), and a
+    stream the client left after its 200 was a plain 200 line (the metrics said cancelled;
+    both found from outside)."""
+    import asyncio
+
+    from inproc import fake_models
+
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    models = fake_models(tmp_path, chat={"token_seconds": 0.05, "reply": "w " * 50})
+    apps: list[Any] = []
+    async with app_client(tmp_path, models=models, setup=apps.append) as client:
+        r = await client.post("/v1/embeddings", json={"model": "nope", "input": "x"})
+        assert r.status_code == 404
+        body = json.dumps({**CHAT, "max_tokens": 40, "stream": True}).encode()
+        got_body = asyncio.Event()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if not sent:
+                sent.append({})
+                return {"type": "http.request", "body": body, "more_body": False}
+            await got_body.wait()  # the client leaves once the first event came
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                got_body.set()
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        await asyncio.wait_for(apps[0](scope, receive, send), 30)
+        assert sent[1]["status"] == 200
+    missing, cut = _lines(caplog)
+    assert missing["model"] == "nope" and missing["error"] == "ModelNotFound"
+    assert cut["status"] == 200 and cut["error"] == "cancelled"
+    assert cut["completion_tokens"] < 40

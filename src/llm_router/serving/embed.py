@@ -37,6 +37,8 @@ class EmbeddingService:
         breaker is open) or the upstream's for a remote target."""
         started = time.perf_counter()
         outcome, model = "cancelled", "unknown"
+        if route is not None:
+            route.model = req.model  # the log names the model asked, whatever happens next
         try:
             model = self.dispatcher.resolve(req.model)  # raises ModelNotFound
             call = EmbedCall(req.inputs(), req.dimensions, req.model_dump(exclude_unset=True))
@@ -50,6 +52,8 @@ class EmbeddingService:
             outcome = type(exc).__name__
             raise
         finally:
+            if route is not None and outcome != "ok":
+                route.error = outcome
             self.metrics.requests.labels(model, "embeddings", outcome).inc()
             self.metrics.duration.labels(model, "embeddings").observe(time.perf_counter() - started)
         data = [

@@ -161,6 +161,8 @@ class GenerationService:
             outcome = route.error = type(exc).__name__
             raise
         finally:
+            if outcome == "cancelled" and not route.error:  # the client left, or the server
+                route.error = "cancelled"  # stopped it: the log says so of a 200 stream too
             if route.usage is None and route.ttft is not None:  # cut after it started
                 route.usage = Usage(estimate(request), math.ceil(sent / CHARS_PER_TOKEN))
             self.metrics.requests.labels(model, endpoint, outcome).inc()
