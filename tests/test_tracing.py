@@ -298,3 +298,28 @@ def test_always_on_roots_are_sampled_and_other_samplers_are_asked() -> None:
     asked = Tracing(TracerProvider(sampler=ParentBased(ALWAYS_OFF)), sink=object())
     assert asked.root_bound is None
     assert not any(asked.root("GET /", {}, []).flags & 0x01 for _ in range(100))
+
+
+async def test_server_spans_are_named_by_route_never_by_a_clients_path(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    """Named `{method} {path}`, every random path a client tried made a new span name (an
+    unbounded set for the trace backend; found from outside): a matched route names it by
+    its template, anything else by the method alone."""
+    async with app_client(tmp_path) as client:
+        for i in range(3):
+            assert (await client.get(f"/v1/nope-{i}")).status_code == 404
+        assert (await client.get("/v1/models/chat")).status_code == 200
+        assert (
+            await client.post("/v1/chat/completions", json={"model": "chat", **CHAT})
+        ).is_success
+    names = sorted(s.name for s in exporter.get_finished_spans() if s.parent is None)
+    assert names == [
+        "GET",
+        "GET",
+        "GET",
+        "GET /v1/models/{model:path}",
+        "POST /v1/chat/completions",
+    ]
+    [listed] = [s for s in exporter.get_finished_spans() if s.name.startswith("GET /v1/models")]
+    assert (listed.attributes or {})["http.route"] == "/v1/models/{model:path}"

@@ -95,7 +95,7 @@ class Front:
                             self.app(scope, inner, sending) if refusal is None else refusal(sending)
                         )
                     finally:
-                        finish_span(span, state, status)
+                        finish_span(span, state, status, scope)
         finally:
             if self.log_requests:
                 write_line(scope, state, status, started, request_id, texts)

@@ -19,20 +19,30 @@ _OPERATIONS = {
     "/v1/completions": "text_completion",
     "/v1/embeddings": "embeddings",
 }
+_HOT = frozenset({*_OPERATIONS, "/v1/models"})  # served without the router (server/asgi.py)
 
 
 def open_span(tracing: Tracing, scope: Scope) -> Span:
-    """The request's server span, not yet current (`activate` makes it so)."""
+    """The request's server span, not yet current (`activate` makes it so); named when it
+    finishes."""
     method, path = scope["method"], scope["path"]
     attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
     operation = _OPERATIONS.get(path)
     if operation:
         attributes["gen_ai.operation.name"] = operation
-    return tracing.root(f"{method} {path}", attributes, scope["headers"])
+    return tracing.root(method, attributes, scope["headers"])
 
 
-def finish_span(span: Span, state: dict[str, Any], status: int) -> None:
-    """What the response and the route's record say, on the span (before it ends)."""
+def finish_span(span: Span, state: dict[str, Any], status: int, scope: Scope) -> None:
+    """What the response and the route's record say, on the span (before it ends). Its name
+    is the method and the route's template once routing matched one (`GET /models/{id}`),
+    the method alone for a path that matched nothing (as the HTTP conventions say: a
+    client's paths would make the names unbounded)."""
+    method, path = scope["method"], scope["path"]
+    template = getattr(scope.get("route"), "path", None) or (path if path in _HOT else None)
+    span.name = f"{method} {template}" if template else method
+    if template:
+        span.set_attribute("http.route", template)
     span.set_attributes(_route_attributes(state))
     if status:
         span.set_attribute("http.response.status_code", status)
