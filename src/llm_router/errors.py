@@ -9,6 +9,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthExceeded",
     "ConversionError",
+    "DatabaseUnavailable",
     "EngineError",
     "EngineUnavailable",
     "InsufficientMemory",
@@ -133,6 +134,13 @@ class AuthenticationFailed(RouterError):
 
 class PermissionDenied(RouterError):
     """The API key is valid but lacks the scope this operation needs."""
+
+
+class DatabaseUnavailable(RouterError):
+    """The gateway's database (keys, usage, audit) cannot be reached now; the request path
+    does not need it, the administration does. Retry after `retry_after` seconds."""
+
+    retry_after = 5.0
 
 
 class UpstreamUnavailable(EngineError):

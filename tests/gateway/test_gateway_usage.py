@@ -405,3 +405,40 @@ async def test_an_answer_from_the_response_cache_costs_nothing(
         assert row["requests"] == 3 and row["completion_tokens"] == 3 * completion
         prompt = row["prompt_tokens"] // 3
         assert prompt > 0 and row["cached_tokens"] == 2 * prompt  # the hits' prompts
+
+
+async def test_a_database_that_is_down_is_a_503_and_one_log_line(
+    gw: Gw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With PostgreSQL stopped, the admin routes were a bare 500 "internal server error" and
+    the log took a ~100-line traceback every second of the outage (found from outside). Now:
+    a 503 `database_unavailable` naming the database (no password) with Retry-After, one
+    warning while it is down, one line when it is back; requests are served meanwhile."""
+    from llm_router.gateway.store import Store
+
+    gateway = gw.gateway
+    working = gateway.store
+    dead = Store("postgresql+asyncpg://llmr:s3cret@127.0.0.1:1/gone")  # nothing listens there
+    gateway.store = dead
+    try:
+        r = await gw.client.get("/admin/keys", headers=bearer(MASTER))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        error = r.json()["error"]
+        assert error["code"] == "database_unavailable" and "127.0.0.1:1/gone" in error["message"]
+        assert "s3cret" not in r.text
+        served = await gw.client.post(
+            "/v1/chat/completions", json=CHAT_BODY, headers=bearer(MASTER)
+        )
+        assert served.status_code == 200
+        with caplog.at_level("INFO", logger="llm_router.gateway.service"):
+            for _ in range(3):
+                await gateway._tick()
+            gateway.store = working
+            await gateway._tick()
+    finally:
+        gateway.store = working
+        await dead.close()
+    lines = [r for r in caplog.records if r.name == "llm_router.gateway.service"]
+    assert [r.levelname for r in lines] == ["WARNING", "INFO"], [r.getMessage() for r in lines]
+    assert all(r.exc_info is None for r in lines)
+    assert "reachable again" in lines[1].getMessage()

@@ -27,7 +27,13 @@ from typing import Any
 
 from ..config import Cost as Price
 from ..config import Settings
-from ..errors import AuthenticationFailed, ConfigError, QuotaExceeded, RouterError
+from ..errors import (
+    AuthenticationFailed,
+    ConfigError,
+    DatabaseUnavailable,
+    QuotaExceeded,
+    RouterError,
+)
 from .events import KeyEvents
 from .keys import MASTER_ENV, ApiKey, KeySpec, hash_key, make_key, master_key, period_end
 from .keys import period_start as _period_start
@@ -82,6 +88,7 @@ class Gateway:
         self._task: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Future[None] | None = None
         self._last_flush = time.monotonic()
+        self._db_down = False  # the database failed at the last tick (said once, in the log)
         self.events: KeyEvents | None = None  # Redis pub/sub of key changes (redis_url)
 
     # -- life ---------------------------------------------------------------------------------
@@ -179,8 +186,17 @@ class Gateway:
             if time.monotonic() - self._last_flush >= self.settings.gateway.flush_interval:
                 await self.flush()
             await self.refresh()
-        except Exception:  # the database may be down for a while: keep what we have
+        except DatabaseUnavailable as exc:  # down for a while: keep what we have, say it once
+            if not self._db_down:
+                self._db_down = True
+                log.warning("gateway: %s; usage is kept in memory until it is back", exc)
+            return
+        except Exception:
             log.exception("gateway: could not refresh from the database")
+            return
+        if self._db_down:
+            self._db_down = False
+            log.info("gateway: the database is reachable again; the usage kept meanwhile is in")
 
     async def refresh(self) -> None:
         """Re-read the keys and the spend of keys with a budget."""

@@ -10,11 +10,12 @@ and writes usage in batches."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..config import Settings
-from ..errors import BadRequest, ConfigError
+from ..errors import BadRequest, ConfigError, DatabaseUnavailable
 from .keys import ApiKey
 
 __all__ = ["REQUEST_COLUMNS", "Store", "database_url", "default_data_dir", "metadata"]
@@ -222,10 +223,36 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection; DatabaseUnavailable when the database cannot be reached."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise self._unavailable(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction; DatabaseUnavailable when the database cannot be reached."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        cause = getattr(exc, "orig", None) or exc
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return DatabaseUnavailable(
+            f"the gateway's database {_redacted(self.url)} cannot be reached: "
+            f"{type(cause).__name__}{': ' + text if text else ''}"
+        )
+
     # -- keys ---------------------------------------------------------------------------------
 
     async def add_key(self, key: ApiKey) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             found = await conn.execute(select(keys.c.id).where(keys.c.name == key.name))
             if found.first() is not None:
                 raise BadRequest(f"a key named {key.name!r} exists already", param="name")
@@ -248,18 +275,18 @@ class Store:
             )
 
     async def keys(self) -> list[ApiKey]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(select(keys).order_by(keys.c.name))
             return [_row_key(r) for r in rows]
 
     async def key(self, name: str) -> ApiKey | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(select(keys).where(keys.c.name == name))).first()
             return _row_key(row) if row is not None else None
 
     async def revoke(self, name: str, now: float | None = None) -> bool:
         """Mark the key revoked; False if there is no such key (or it was revoked already)."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             done = await conn.execute(
                 update(keys)
                 .where(keys.c.name == name, keys.c.revoked_at.is_(None))
@@ -268,7 +295,7 @@ class Store:
             return bool(done.rowcount)
 
     async def delete_key(self, name: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(delete(keys).where(keys.c.name == name))
 
     # -- usage --------------------------------------------------------------------------------
@@ -285,7 +312,7 @@ class Store:
         statement is compiled once for the dialect and the rows given to it as they are."""
         if not rows:
             return
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             if self.engine.dialect.name != "sqlite":
                 if self._insert_requests is None:
                     self._insert_requests = str(
@@ -308,7 +335,7 @@ class Store:
         for name, start in since.items():
             by_start.setdefault(start, []).append(name)
         spent: dict[str, float] = {}
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             for start, names in by_start.items():
                 rows = await conn.execute(
                     select(requests.c.key_name, func.sum(requests.c.cost))
@@ -346,7 +373,7 @@ class Store:
             .group_by(*groups)
             .order_by(*groups)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             out = []
             for row in await conn.execute(query):
                 item = dict(row._mapping)
@@ -364,7 +391,7 @@ class Store:
     async def add_audit(
         self, actor: str | None, action: str, subject: str | None, detail: dict[str, Any]
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 insert(audit).values(
                     ts=time.time(),
@@ -376,7 +403,7 @@ class Store:
             )
 
     async def audit_log(self, start: float, end: float, limit: int = 1000) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 select(audit)
                 .where(audit.c.ts >= start, audit.c.ts < end)

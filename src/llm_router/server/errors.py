@@ -45,6 +45,7 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.ConfigError: (500, "server_error", "config_error"),
     e.ReloadRejected: (400, "invalid_request_error", "config_error"),
     e.UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),
+    e.DatabaseUnavailable: (503, "server_error", "database_unavailable"),
     e.UpstreamError: (502, "server_error", "upstream_error"),
 }
 
@@ -70,7 +71,7 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         else:  # no wait helps (a request too large): OpenAI's clients then do not retry
             headers["x-should-retry"] = "false"
-    if isinstance(exc, e.UpstreamUnavailable):
+    if isinstance(exc, e.UpstreamUnavailable | e.DatabaseUnavailable):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif isinstance(exc, e.WorkerDied | e.LoadInterrupted):
         headers["Retry-After"] = "1"
