@@ -96,7 +96,7 @@ class Identities:
         return digest(["local", target.id, content, config[1], self._defaults[1]])
 
     async def content(self, path: Path) -> str:
-        """`size:hash` of the file as it is now; the hash computed once per (size, mtime)."""
+        """`size:hash` of the file as it is now; the hash computed once per (size, change)."""
         size, mtime = await _state(path)
         self._mtimes[path] = mtime
         key = (path, size, mtime)
@@ -114,9 +114,11 @@ class Identities:
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
-    """Size and mtime of a file (a `stat`: microseconds, done on the loop); None for a folder."""
+    """Size and last change of a file (a `stat`: microseconds, done on the loop); None for a
+    folder. The change is the newer of mtime and ctime: a file written in place with its
+    mtime put back (`rsync --inplace -t`) still has a new ctime, which no one can set."""
     st = path.stat()
-    return None if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+    return None if stat.S_ISDIR(st.st_mode) else (st.st_size, max(st.st_mtime_ns, st.st_ctime_ns))
 
 
 async def _state(path: Path) -> tuple[int, int]:
@@ -131,7 +133,7 @@ async def _state(path: Path) -> tuple[int, int]:
             if file.is_file():
                 st = file.stat()
                 size += st.st_size
-                newest = max(newest, st.st_mtime_ns)
+                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
         return size, newest
 
     return await asyncio.to_thread(walk)
