@@ -32,6 +32,8 @@ async def test_names_and_labels_follow_prometheus_conventions(tmp_path: Path) ->
     for name, kind in types.items():
         if kind == "counter":
             assert name.endswith("_total"), name
+        else:  # `_total` is the counters' suffix alone
+            assert not name.endswith("_total"), name
         if kind == "histogram":
             assert name.endswith("_seconds"), name  # every histogram here is a time
         if "memory" in name or "budget" in name:
@@ -39,6 +41,29 @@ async def test_names_and_labels_follow_prometheus_conventions(tmp_path: Path) ->
     for labels in re.findall(r"^llm_router_\w+\{([^}]*)\}", text, flags=re.MULTILINE):
         names = set(re.findall(r'(\w+)="', labels))
         assert names <= LABELS, names - LABELS  # no client-chosen label (user, key, prompt)
+
+
+async def test_errors_are_counted_by_route_and_status_with_bounded_labels(tmp_path: Path) -> None:
+    """A 400 (malformed JSON, a bad parameter) and a client's random paths reached no metric
+    at all (found from outside): every error answer is counted by the route template it
+    matched, or 'unmatched', and its status."""
+    async with app_client(tmp_path) as client:
+        bad = await client.post(
+            "/v1/chat/completions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert bad.status_code == 400
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 400
+        for i in range(3):
+            assert (await client.get(f"/v1/nope-{i}")).status_code == 404
+        assert (await client.get("/health")).status_code == 200
+        text = (await client.get("/metrics")).text
+    series = 'llm_router_http_errors_total{route="/v1/chat/completions",status="400"}'
+    assert _value(text, series) == 2
+    assert _value(text, 'llm_router_http_errors_total{route="unmatched",status="404"}') == 3
+    assert "nope" not in text and 'status="200"' not in text
 
 
 async def test_decode_queue_and_unload_metrics_are_counted(tmp_path: Path) -> None:

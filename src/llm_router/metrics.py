@@ -45,15 +45,16 @@ def unload_reason(reason: object) -> str:
     return next((r for r in _UNLOAD_REASONS if text.startswith(r)), "other")
 
 
-# tokens_cached over context_total: how full the KV cache is (what vLLM calls cache usage)
-_ENGINE_GAUGES = (
-    "slots_busy",
-    "slots_idle",
-    "tokens_cached",
-    "context_total",
-    "threads",
-    "parallel",
-)
+# What the engines report, as gauges: the stat's key -> (the metric's name, its help).
+# tokens_cached over context_tokens: how full the KV cache is (what vLLM calls cache usage).
+_ENGINE_GAUGES = {
+    "slots_busy": ("slots_busy", "Slots generating for a request"),
+    "slots_idle": ("slots_idle", "Slots free for a request"),
+    "tokens_cached": ("tokens_cached", "Tokens held in the KV cache, all slots"),
+    "context_total": ("context_tokens", "Tokens the KV cache holds at most, all slots"),
+    "threads": ("threads", "Threads the engine decodes with"),
+    "parallel": ("parallel", "Slots (sequences decoded at once)"),
+}
 
 
 class Metrics:
@@ -65,6 +66,13 @@ class Metrics:
         )
         self.tokens = Counter(
             "llm_router_tokens", "Tokens processed", ["model", "kind"], registry=r
+        )
+        self.http_errors = Counter(
+            "llm_router_http_errors",
+            "HTTP answers with an error status (499: the client left before any), by the route "
+            "template the request matched ('unmatched' for none)",
+            ["route", "status"],
+            registry=r,
         )
         self.ttft = Histogram(
             "llm_router_time_to_first_token_seconds",
@@ -245,8 +253,8 @@ class _ModelCollector(Collector):
             "llm_router_model_queued_requests", "Requests waiting", labels=["model"]
         )
         gauges = {
-            k: GaugeMetricFamily(f"llm_router_engine_{k}", k.replace("_", " "), labels=["model"])
-            for k in _ENGINE_GAUGES
+            k: GaugeMetricFamily(f"llm_router_engine_{name}", doc, labels=["model"])
+            for k, (name, doc) in _ENGINE_GAUGES.items()
         }
         counters = {
             k: CounterMetricFamily(f"llm_router_engine_{k}", doc, labels=["model"])

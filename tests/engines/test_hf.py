@@ -84,7 +84,7 @@ def test_sequences_decoded_together_equal_each_alone(hf_engine: TransformersEngi
 def test_kv_use_is_reported_as_llama_cpps_engine_reports_it(
     hf_engine: TransformersEngine,
 ) -> None:
-    """`info()` (what /metrics' `llm_router_engine_tokens_cached` and `_context_total` read)
+    """`info()` (what /metrics' `llm_router_engine_tokens_cached` and `_context_tokens` read)
     counts the tokens the running sequences hold, prompt and answer so far, against the room
     of every slot; nothing once they are done (this engine keeps no cache between requests)."""
     info = hf_engine.info()

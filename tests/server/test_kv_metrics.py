@@ -1,6 +1,6 @@
 """How full a model's KV cache is, on /metrics of a real server on the bundled SmolLM2: the
 tokens its slots hold (`llm_router_engine_tokens_cached`) include a request's prompt, read
-against the KV cache's size (`llm_router_engine_context_total`: context per slot times
+against the KV cache's size (`llm_router_engine_context_tokens`: context per slot times
 slots)."""
 
 from __future__ import annotations
@@ -33,5 +33,5 @@ def test_the_kv_cache_in_use_grows_with_a_prompt_and_is_read_against_its_size(
     while (after := _gauge(server, "llm_router_engine_tokens_cached")) < done.usage.prompt_tokens:
         assert time.monotonic() < deadline, after  # the slot that served holds its prompt
         time.sleep(0.2)
-    total = _gauge(server, "llm_router_engine_context_total")
+    total = _gauge(server, "llm_router_engine_context_tokens")
     assert 0 < after <= total

@@ -143,7 +143,7 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],  # DELETE: /admin/keys/{name}
             allow_headers=["authorization", "content-type", "x-request-id"],
             expose_headers=[
                 "x-llm-router-model",
@@ -151,7 +151,14 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
                 "x-llm-router-cache",
                 "x-request-id",
                 "retry-after",
+                *(
+                    f"x-ratelimit-{what}-{kind}"
+                    for kind in ("requests", "tokens")
+                    for what in ("limit", "remaining", "reset")
+                ),
             ],
         )
     # request id, Host check, trace span (when configured) and log line: one layer (front.py)
-    app.add_middleware(Front, **Front.options(settings, getattr(app.state, "tracing", None)))
+    app.add_middleware(
+        Front, **Front.options(settings, getattr(app.state, "tracing", None), app.state.metrics)
+    )

@@ -22,10 +22,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..metrics import Metrics
 from ..tracing import Tracing, activate
 from .asgi import HostGuard
 from .request_log import SANE_ID, Texts, write_line
-from .tracing import finish_span, open_span
+from .tracing import finish_span, open_span, route_template
 
 __all__ = ["Front"]
 
@@ -39,12 +40,14 @@ class Front:
         log_requests: bool = True,
         log_prompts: bool = False,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.hosts = HostGuard(app, allowed_hosts)
         self.log_requests = log_requests
         self.log_prompts = log_prompts
         self.tracing = tracing
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,13 +102,19 @@ class Front:
         finally:
             if self.log_requests:
                 write_line(scope, state, status, started, request_id, texts)
+            if (status >= 400 or not status) and self.metrics is not None:
+                route = route_template(scope) or "unmatched"  # bounded: never a client's path
+                self.metrics.http_errors.labels(route, str(status or 499)).inc()
 
     @staticmethod
-    def options(settings: Any, tracing: Tracing | None) -> dict[str, Any]:
+    def options(
+        settings: Any, tracing: Tracing | None, metrics: Metrics | None = None
+    ) -> dict[str, Any]:
         """The keyword arguments for `app.add_middleware(Front, ...)` from the settings."""
         return {
             "allowed_hosts": settings.allowed_hosts,
             "log_requests": settings.log_requests,
             "log_prompts": settings.log_prompts,
             "tracing": tracing,
+            "metrics": metrics,
         }

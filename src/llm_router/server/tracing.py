@@ -12,7 +12,7 @@ from starlette.types import Scope
 
 from ..tracing import Span, Tracing
 
-__all__ = ["finish_span", "open_span"]
+__all__ = ["finish_span", "open_span", "route_template"]
 
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -33,13 +33,20 @@ def open_span(tracing: Tracing, scope: Scope) -> Span:
     return tracing.root(method, attributes, scope["headers"])
 
 
+def route_template(scope: Scope) -> str | None:
+    """The template of the route a request matched (`/v1/models/{model:path}`), None when it
+    matched none: a bounded name for it, never the client's path."""
+    path = scope["path"]
+    return getattr(scope.get("route"), "path", None) or (path if path in _HOT else None)
+
+
 def finish_span(span: Span, state: dict[str, Any], status: int, scope: Scope) -> None:
     """What the response and the route's record say, on the span (before it ends). Its name
     is the method and the route's template once routing matched one (`GET /models/{id}`),
     the method alone for a path that matched nothing (as the HTTP conventions say: a
     client's paths would make the names unbounded)."""
-    method, path = scope["method"], scope["path"]
-    template = getattr(scope.get("route"), "path", None) or (path if path in _HOT else None)
+    method = scope["method"]
+    template = route_template(scope)
     span.name = f"{method} {template}" if template else method
     if template:
         span.set_attribute("http.route", template)
