@@ -87,6 +87,31 @@ def test_precedence_file_then_our_variables_then_flags(tmp_path: Path) -> None:
     assert s.model_defaults.parallel == 2  # what the file leaves out
 
 
+@pytest.mark.parametrize(
+    ("env", "flags", "file", "each", "slots"),
+    [
+        ({}, {"ctx_size": 4096, "parallel": 2}, "", 2048, 2),
+        ({"LLAMA_ARG_N_PARALLEL": "2"}, {"ctx_size": 4096}, "", 2048, 2),
+        ({"LLAMA_ARG_CTX_SIZE": "4096"}, {"parallel": 2}, "", 2048, 2),
+        ({}, {"ctx_size": 4096}, "model_defaults: {parallel: 2}\n", 2048, 2),
+        ({"LLAMA_ARG_CTX_SIZE": "4096"}, {}, "model_defaults: {context_size: 900}\n", 900, 4),
+        ({}, {"ctx_size": 4096}, "model_defaults: {context_size: 900}\n", 1024, 4),
+        ({"OLLAMA_NUM_PARALLEL": "8", "LLAMA_ARG_CTX_SIZE": "8192"}, {}, "", 1024, 8),
+    ],
+)
+def test_ctx_size_is_shared_by_the_slots_from_whichever_source(
+    tmp_path: Path, env: dict[str, str], flags: dict[str, int], file: str, each: int, slots: int
+) -> None:
+    """`-c` was divided by the command line's `-np` alone: with the slots from
+    LLAMA_ARG_N_PARALLEL or the config, each got a quarter (found from outside). It is now
+    divided once every source is read; a context given per slot by a later source wins over
+    `-c` from an earlier one, and the other way round."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(file or "{}\n")
+    s = load_config(cfg, llama_overrides(**flags), environ=env)
+    assert (s.model_defaults.context_size, s.model_defaults.parallel or 4) == (each, slots)
+
+
 def test_a_bad_variable_names_itself() -> None:
     with pytest.raises(ConfigError, match="LLAMA_ARG_CTX_SIZE"):
         load_config(environ={"LLAMA_ARG_CTX_SIZE": "lots"})
@@ -102,7 +127,8 @@ def test_one_model_flag_serves_that_file_alone(
     assert out["models"] == [{"id": "chat", "path": str(tmp_path / "chat.gguf")}]
     assert out["provision_default_models"] is False
     assert Path(out["models_dir"]).is_dir() and not any(Path(out["models_dir"]).iterdir())
-    assert out["model_defaults"] == {"context_size": 250}  # 4 slots by default, as llama-server
+    # 4 slots by default, as llama-server: 250 tokens each
+    assert load_config(overrides=out, environ={}).model_defaults.context_size == 250
     assert "models_dir" not in llama_overrides(model=str(tmp_path / "chat.gguf"), models_dir="/m")
     # A relative path is the working directory's, as llama-server reads it (it was looked up
     # in the empty models directory: `-m ./x.gguf` never worked).
@@ -120,14 +146,32 @@ def test_a_missing_model_file_is_an_error_and_ctx_0_is_the_models_own(tmp_path: 
     assert load_config(environ={"LLAMA_ARG_CTX_SIZE": "0"}).model_defaults.context_size is None
 
 
+KEY = "sk-llama-server-style-key-0123456789"
+
+
+def test_llama_servers_api_key_variable_is_the_master_key() -> None:
+    from llm_router.gateway.service import Gateway
+
+    gateway = Gateway(load_config(environ={}), environ={"LLAMA_API_KEY": KEY})
+    assert gateway.active and gateway.authenticate(KEY).name == "master"
+    ours = Gateway(
+        load_config(environ={}), environ={"LLAMA_API_KEY": KEY, "LLM_ROUTER_MASTER_KEY": KEY + "x"}
+    )
+    assert ours.authenticate(KEY + "x").name == "master"  # ours first
+
+
 @pytest.mark.real
 def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
-    """`llm-router serve -m FILE -a NAME -c 4096 -np 2 -t 2 --port N`, as a llama-server user
-    types it: that one model, under that name, 2 slots of 2048."""
+    """`llm-router serve -m FILE -a NAME -c 4096 -np 2 -t 2 --api-key KEY --port N`, as a
+    llama-server user types it: that one model, under that name, 2 slots of 2048, and that
+    key required (`--api-key` did not exist and LLAMA_API_KEY was ignored: the server ran
+    open; found from outside)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "OLLAMA_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "OLLAMA_"))}
+    env.pop("LLM_ROUTER_MASTER_KEY", None)
     cmd = [sys.executable, "-m", "llm_router", "serve", "-m", smollm2_gguf.name, "-a", "chat"]
     cmd += ["-c", "4096", "-np", "2", "-t", "2", "--port", str(port), "--host", "127.0.0.1"]
+    cmd += ["--api-key", KEY]
     proc = subprocess.Popen(  # the file named relative to the working directory
         cmd, env=env, cwd=smollm2_gguf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -139,8 +183,9 @@ def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         try:
+            assert httpx.get(url + "/v1/models").status_code == 401
             assert [m.id for m in client.models.list()] == ["chat"]
             done = client.chat.completions.create(
                 model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
@@ -148,7 +193,8 @@ def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
             assert done.model == "chat" and done.choices[0].message.content
         finally:
             client.close()
-        runtime = httpx.get(url + "/models").json()["data"][0]["runtime"]
+        listing = httpx.get(url + "/models", headers={"authorization": f"Bearer {KEY}"})
+        runtime = listing.json()["data"][0]["runtime"]
         assert (runtime["context_size"], runtime["parallel"], runtime["threads"]) == (2048, 2, 2)
     finally:
         proc.send_signal(signal.SIGTERM)

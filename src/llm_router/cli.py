@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +125,13 @@ def serve(
     alias: Annotated[
         str | None, typer.Option("--alias", "-a", help="The name --model is served under.")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="A key with every scope (llama-server's; as LLM_ROUTER_MASTER_KEY).",
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -143,6 +151,10 @@ def serve(
     """Serve every model in the models directory over the OpenAI API. llama-server's router
     flags mean what they mean there (README: "Coming from llama-server or Ollama")."""
     from .compat import llama_overrides
+    from .gateway.keys import MASTER_ENV
+
+    if api_key and not os.environ.get(MASTER_ENV):  # read by the gateway (its processes too)
+        os.environ[MASTER_ENV] = api_key
 
     try:
         llama = llama_overrides(

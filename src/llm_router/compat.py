@@ -16,9 +16,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["LLAMA_DEFAULT_PARALLEL", "foreign_env", "llama_overrides"]
+__all__ = ["CONTEXT_TOTAL", "LLAMA_DEFAULT_PARALLEL", "foreign_env", "llama_overrides"]
 
 LLAMA_DEFAULT_PARALLEL = 4  # llama-server's slots when -np is not given (and ours)
+CONTEXT_TOTAL = "_context_total"  # llama-server's -c under model_defaults, until it is divided
 _TRUE = {"1", "true", "on", "yes", "enabled"}
 
 
@@ -39,7 +40,9 @@ def llama_overrides(
     if parallel is not None:
         defaults["parallel"] = parallel
     if ctx_size is not None and ctx_size > 0:  # 0: the model's own, as in llama-server
-        defaults["context_size"] = max(ctx_size // (parallel or LLAMA_DEFAULT_PARALLEL), 16)
+        # shared by the slots once every source is read (`-np` may come from another one):
+        # config.load_config makes it each slot's `context_size`
+        defaults[CONTEXT_TOTAL] = ctx_size
     if threads is not None:
         defaults["threads"] = threads
     if batch_size is not None:

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-from .compat import foreign_env
+from .compat import CONTEXT_TOTAL, LLAMA_DEFAULT_PARALLEL, foreign_env
 from .config_sections import (
     CacheSettings,
     GatewaySettings,
@@ -438,11 +438,16 @@ def load_config(
 
     Raises ConfigError naming the key when the file is unreadable or a value is invalid."""
     env = os.environ if environ is None else environ
-    merged = foreign_env(env)
-    _deep_merge(merged, _read_file(Path(path)) if path else {})
-    _deep_merge(merged, _read_env(environ))
+    merged: dict[str, Any] = {}
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _deep_merge(merged, flags)
+    for source in (
+        foreign_env(env),
+        _read_file(Path(path)) if path else {},
+        _read_env(environ),
+        flags,
+    ):
+        _merge_source(merged, source)
+    _divide_context(merged)
     try:
         return Settings(**merged)
     except ValidationError as exc:
@@ -503,6 +508,32 @@ def _read_env(environ: dict[str, str] | None) -> dict[str, Any]:
         return source()
     except Exception as exc:  # pydantic-settings raises SettingsError on unparsable JSON values
         raise ConfigError(f"invalid LLM_ROUTER_* environment variable: {exc}") from None
+
+
+def _merge_source(merged: dict[str, Any], source: dict[str, Any]) -> None:
+    """`source` over `merged`; a context given one way (each slot's `context_size`, or
+    llama-server's `-c` for all slots) replaces one given the other way before it."""
+    given = source.get("model_defaults")
+    if isinstance(given, dict) and isinstance(merged.get("model_defaults"), dict):
+        for one, other in (("context_size", CONTEXT_TOTAL), (CONTEXT_TOTAL, "context_size")):
+            if one in given:
+                merged["model_defaults"].pop(other, None)
+    _deep_merge(merged, source)
+
+
+def _divide_context(merged: dict[str, Any]) -> None:
+    """llama-server's `-c` / LLAMA_ARG_CTX_SIZE is the context of all slots together: each of
+    the slots (`-np`, LLAMA_ARG_N_PARALLEL, `parallel:`, from whichever source) gets its share,
+    as there."""
+    defaults = merged.get("model_defaults")
+    if not isinstance(defaults, dict) or CONTEXT_TOTAL not in defaults:
+        return
+    total = defaults.pop(CONTEXT_TOTAL)
+    try:
+        slots = int(defaults.get("parallel") or LLAMA_DEFAULT_PARALLEL)
+    except (TypeError, ValueError):
+        slots = LLAMA_DEFAULT_PARALLEL  # the parallel's own error is reported
+    defaults["context_size"] = max(int(total) // max(slots, 1), 16)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -49,6 +49,7 @@ Cost = Callable[[str, int, int], float]  # (target, prompt tokens, completion to
 
 
 MASTER_MIN = 16  # characters below which the master key is warned about
+LLAMA_KEY_ENV = "LLAMA_API_KEY"  # llama-server's variable for its one key
 
 
 class Gateway:
@@ -62,13 +63,16 @@ class Gateway:
         self.settings = settings
         self.mode = settings.auth
         self.url = database_url(settings)
-        self.master = master_key(env[MASTER_ENV]) if env.get(MASTER_ENV) else None
-        if self.master is not None and len(env[MASTER_ENV]) < MASTER_MIN:
+        # llama-server's LLAMA_API_KEY (and `serve --api-key`) means the same: every scope
+        named = MASTER_ENV if env.get(MASTER_ENV) else LLAMA_KEY_ENV
+        secret = env.get(named)
+        self.master = master_key(secret) if secret else None
+        if secret and len(secret) < MASTER_MIN:
             log.warning(
                 "%s is %d characters long: a key with every scope should be long and random "
                 "(at least %d characters; `llm-router keys create` makes 43)",
-                MASTER_ENV,
-                len(env[MASTER_ENV]),
+                named,
+                len(secret),
                 MASTER_MIN,
             )
         self.limiter = Limiter(settings.gateway, settings.redis_url)
