@@ -333,9 +333,13 @@ def test_embeddings_from_a_chat_model_is_a_clear_400(srv: Server, oai: openai.Op
     with pytest.raises(openai.BadRequestError) as err:
         oai.embeddings.create(model="smol-onnx", input="hello")
     assert err.value.param == "model" and "makes no embeddings" in err.value.message
+    httpx.post(srv.url + "/models/unload", json={"model": MINILM}, timeout=60)
     with pytest.raises(openai.BadRequestError) as err:
         oai.chat.completions.create(model=MINILM, messages=QUESTION, max_tokens=4)
-    assert "only makes embeddings" in err.value.message
+    assert "only makes embeddings" in err.value.message and err.value.param == "model"
+    # refused from its files: it was loaded first (evicting another model) then refused
+    status = {m["id"]: m["status"]["value"] for m in httpx.get(srv.url + "/models").json()["data"]}
+    assert status[MINILM] == "unloaded"
     r = httpx.post(srv.url + "/v1/embeddings", json={"model": MINILM, "input": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
 

@@ -103,6 +103,13 @@ class LocalTarget(Target):
             )
 
     async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
+        info = self.lifecycle.resolve(self.id).source.info
+        if info is not None and info.task == "embed":  # before it loads (and evicts another)
+            raise BadRequest(
+                f"model '{self.id}' only makes embeddings; ask it through /v1/embeddings, or "
+                "pick a model that generates text",
+                param="model",
+            )
         tools = call.request.tools
         parser = None
         if tools is not None and tools.choice != "none" and tools.functions:
