@@ -228,30 +228,34 @@ async def test_a_split_route_caches_each_arm_apart(tmp_path: Path) -> None:
     assert [r.headers.get("x-llm-router-cache") for r in anonymous] == [None, None]  # random arm
 
 
-async def test_a_file_rewritten_in_place_with_its_mtime_put_back_is_another_model(
+async def test_a_file_rewritten_in_place_with_its_mtime_put_back_is_never_a_hit(
     tmp_path: Path,
 ) -> None:
-    """Same size, mtime restored (`rsync --inplace -t`): the cache served the old answer and
-    the model was not reloaded, while the worker read the new bytes (found from outside). The
-    change time, which no one can set back, now counts."""
+    """Same size, mtime restored (`rsync --inplace -t`): the cache served the answer of the
+    old bytes (found from outside). Its ctime, which no one can set back, has the file hashed
+    again: other bytes are another identity. A hard link or a chmod moves the ctime too: the
+    same bytes, the same identity, so the answer is still a hit and the model stays loaded
+    (the first version of this reloaded every model whose file another server linked)."""
     import os
 
     models = fake_models(tmp_path, edited={"reply": "old answer"})
     body = {**CHAT, "model": "edited"}
     path = tmp_path / "edited.json"
     async with app_client(tmp_path, models=models) as client:
-        old = await _post(client, body)
-        before = path.stat()
+        await _post(client, body)
         await asyncio.sleep(0.05)  # a ctime the clock can tell apart
+        os.link(path, tmp_path / "linked.json.bak")
+        path.chmod(0o600)
+        linked = await _post(client, body)
+        listing = (await client.get("/models")).json()["data"]
+        before = path.stat()
+        await asyncio.sleep(0.05)
         path.write_text(json.dumps({"reply": "new answer"}))  # the same size
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         assert path.stat().st_size == before.st_size
         assert path.stat().st_mtime_ns == before.st_mtime_ns
-        for _ in range(100):  # until the file is seen as changed and the model reloaded
-            after = await _post(client, body)
-            assert after.headers.get("x-llm-router-cache") != "hit"
-            if after.headers.get("x-llm-router-cache") == "miss":
-                break
-            await asyncio.sleep(0.02)
-    assert old.json()["choices"][0]["message"]["content"].startswith("old")
-    assert after.json()["choices"][0]["message"]["content"].startswith("new")
+        edited = await _post(client, body)
+    assert linked.headers["x-llm-router-cache"] == "hit"
+    [state] = [m for m in listing if m["id"] == "edited"]
+    assert state["status"]["value"] == "loaded"
+    assert edited.headers["x-llm-router-cache"] == "miss"

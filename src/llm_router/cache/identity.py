@@ -50,7 +50,7 @@ class Identities:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self._hashes: dict[tuple[Path, int, int], asyncio.Future[str]] = {}
+        self._hashes: dict[tuple[Path, int, int, int], asyncio.Future[str]] = {}
         self._mtimes: dict[Path, int] = {}  # the newest mtime seen (ns) of each model file
         self._configs: dict[int, tuple[ModelConfig, str]] = {}  # id(config) -> its JSON
         self._defaults: tuple[object, str] = (None, "")  # model_defaults and its JSON
@@ -96,10 +96,14 @@ class Identities:
         return digest(["local", target.id, content, config[1], self._defaults[1]])
 
     async def content(self, path: Path) -> str:
-        """`size:hash` of the file as it is now; the hash computed once per (size, change)."""
-        size, mtime = await _state(path)
+        """`size:hash` of the file as it is now; the hash computed once per (size, mtime,
+        ctime). The ctime moves when a file is written in place with its mtime put back
+        (`rsync --inplace -t`), and also for a new hard link or a chmod: it only asks for the
+        hash again (the same bytes are the same identity), never for a reload, which the
+        mtime alone decides."""
+        size, mtime, ctime = await _state(path)
         self._mtimes[path] = mtime
-        key = (path, size, mtime)
+        key = (path, size, mtime, ctime)
         future = self._hashes.get(key)
         if future is None:
             future = asyncio.ensure_future(asyncio.to_thread(hash_content, path))
@@ -113,27 +117,30 @@ class Identities:
         return f"{size}:{content}"  # not the mtime: replicas with copies of a file share
 
 
-def _file_state(path: Path) -> tuple[int, int] | None:
-    """Size and last change of a file (a `stat`: microseconds, done on the loop); None for a
-    folder. The change is the newer of mtime and ctime: a file written in place with its
-    mtime put back (`rsync --inplace -t`) still has a new ctime, which no one can set."""
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """Size, mtime and ctime of a file (a `stat`: microseconds, done on the loop); None for a
+    folder."""
     st = path.stat()
-    return None if stat.S_ISDIR(st.st_mode) else (st.st_size, max(st.st_mtime_ns, st.st_ctime_ns))
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-async def _state(path: Path) -> tuple[int, int]:
-    """Size and newest mtime: one `stat` for a file; a folder's files are walked in a thread."""
+async def _state(path: Path) -> tuple[int, int, int]:
+    """Size, newest mtime and newest ctime: one `stat` for a file; a folder's files are walked
+    in a thread."""
     state = _file_state(path)
     if state is not None:
         return state
 
-    def walk() -> tuple[int, int]:
-        size = newest = 0
+    def walk() -> tuple[int, int, int]:
+        size = newest = changed = 0
         for file in path.rglob("*"):
             if file.is_file():
                 st = file.stat()
                 size += st.st_size
-                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-        return size, newest
+                newest = max(newest, st.st_mtime_ns)
+                changed = max(changed, st.st_ctime_ns)
+        return size, newest, changed
 
     return await asyncio.to_thread(walk)

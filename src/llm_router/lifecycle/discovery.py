@@ -31,8 +31,7 @@ _UNKNOWN_ENGINE = "llama.cpp"
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What changes whenever a file of the model does: bytes in all, the newest modification
-    time, and a file's inode and change time (for a folder, a digest of every file's relative
-    path, size, modification time, inode and change time)."""
+    time, and a digest of every file's relative path, size and modification time."""
 
     size_bytes: int
     mtime_ns: int
@@ -46,21 +45,18 @@ class Identity:
 
 def identity_of(path: Path) -> Identity | None:
     """The identity of a file, or of a folder from the files inside it (never the folder's own
-    mtime, which a rewrite of a file in place does not change). Each file's inode and change
-    time count too: a file replaced, or written in place with its mtime put back (`rsync
-    --inplace -t`), is another file. None when `path` is gone."""
+    mtime, which a rewrite of a file in place does not change). None when `path` is gone."""
     try:
         if not path.is_dir():
             st = path.stat()
-            return Identity(st.st_size, st.st_mtime_ns, f"{st.st_ino}:{st.st_ctime_ns}")
+            return Identity(st.st_size, st.st_mtime_ns)
         digest = hashlib.blake2b(digest_size=12)
         size = newest = 0
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             st = file.stat()
             size += st.st_size
             newest = max(newest, st.st_mtime_ns)
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}"
-            digest.update(f"{file.relative_to(path)}\0{stamp}\n".encode())
+            digest.update(f"{file.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     except OSError:
         return None
     return Identity(size, newest, digest.hexdigest())
