@@ -93,6 +93,30 @@ async def test_wrong_values_name_the_parameter(
     assert error(r, 400)["param"] == field
 
 
+@pytest.mark.parametrize(
+    ("path", "extra", "param"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages.[0].content"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]},
+         "messages.[0].content"),
+        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]},
+         "messages.[0].tool_call_id"),
+        ("/v1/chat/completions", {"stream_options": {"include_usage": True}}, "stream_options"),
+        ("/v1/completions", {"prompt": "def f():", "suffix": "return 1"}, "suffix"),
+        ("/v1/completions", {"prompt": "x", "best_of": 3}, "best_of"),
+        ("/v1/completions", {"prompt": "x", "best_of": 1, "n": 2}, "best_of"),
+    ],
+)  # fmt: skip
+async def test_what_openai_refuses_is_refused_not_ignored(
+    inproc: httpx.AsyncClient, path: str, extra: dict[str, object], param: str
+) -> None:
+    """Accepted and ignored (or rendered as an empty turn) before, where OpenAI answers a 400:
+    `suffix` and `best_of` did nothing, a turn without content was an empty one, a tool turn
+    answered no call, `stream_options` applied to no stream (found from outside)."""
+    r = await inproc.post(path, json={**CHAT, **extra})
+    assert error(r, 400)["param"] == param, r.text
+
+
 async def test_null_is_the_default_where_openai_allows_null(inproc: httpx.AsyncClient) -> None:
     """OpenAI's schema makes `n`, `stream`, `echo` and a completion's `max_tokens` nullable:
     null means the default (one answer, no stream, 16 tokens), never "no limit"."""

@@ -180,11 +180,18 @@ class _Request(ShapeFields):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
+    def _check_stream_options(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise BadRequest(
+                "`stream_options` is only allowed when `stream` is true", param="stream_options"
+            )
+
     def logprobs_asked(self) -> int | None:
         """Alternatives per token the answer reports (0: the chosen token only), or None."""
         return None
 
     def sampling(self) -> SamplingParams:
+        self._check_stream_options()
         given: dict[str, Any] = {
             k: v
             for k, v in {
@@ -249,9 +256,20 @@ class ChatMessageIn(BaseModel):
             return self.content or ""
         return "".join(part.text for part in self.content)
 
-    def to_message(self) -> ChatMessage:
+    def to_message(self, index: int = 0) -> ChatMessage:
         """The internal turn. A legacy call's id is its function's name, which is what a
-        `function` turn answering it names."""
+        `function` turn answering it names. Raises BadRequest for what OpenAI refuses: a
+        user, system or tool turn without `content`, a tool turn without `tool_call_id`."""
+        if self.content is None and self.role in ("system", "developer", "user", "tool"):
+            raise BadRequest(
+                f"messages[{index}]: a '{self.role}' message needs `content`",
+                param=f"messages.[{index}].content",
+            )
+        if self.role == "tool" and not self.tool_call_id:
+            raise BadRequest(
+                f"messages[{index}]: a 'tool' message needs the `tool_call_id` it answers",
+                param=f"messages.[{index}].tool_call_id",
+            )
         calls = tool_calls_of(self.tool_calls)
         fc = self.function_call
         if fc is not None and not calls:
@@ -296,7 +314,7 @@ class ChatCompletionRequest(_Request):
         return bool(self.functions)
 
     def to_request(self, system_prompt: str | None = None) -> GenerationRequest:
-        messages = [m.to_message() for m in self.messages]
+        messages = [m.to_message(i) for i, m in enumerate(self.messages)]
         if system_prompt and not any(m.role == "system" for m in messages):
             messages.insert(0, ChatMessage("system", system_prompt))
         if self.functions and self.tools:
@@ -351,8 +369,30 @@ class CompletionRequest(_Request):
             return [p]  # one prompt: a text, or token ids
         return list(p)
 
+    def _check_unsupported(self) -> None:
+        """OpenAI's `suffix` (text after the insertion) and `best_of` (answers ranked on the
+        server) are not done here: refused rather than ignored."""
+        extra = self.model_extra or {}
+        if extra.get("suffix"):
+            raise BadRequest(
+                "`suffix` (text to insert before) is not supported: put the text before the "
+                "insertion point in `prompt`",
+                param="suffix",
+            )
+        best_of = extra.get("best_of")
+        if best_of is None or best_of == self.n:
+            return
+        if not isinstance(best_of, int) or isinstance(best_of, bool) or best_of < self.n:
+            raise BadRequest("`best_of` must be an integer at least `n`", param="best_of")
+        raise BadRequest(
+            "`best_of` above `n` is not supported (answers are not ranked on the server): ask "
+            "for `n` answers with `logprobs` and rank them",
+            param="best_of",
+        )
+
     def to_requests(self) -> list[GenerationRequest]:
         """One request per prompt."""
+        self._check_unsupported()
         params = self.sampling()
         constraint = constraint_of(self)
         echo = self.echo and params.logprobs is not None
