@@ -240,8 +240,19 @@ async def test_cors_is_an_explicit_allow_list(tmp_path: Path) -> None:
 
 
 async def test_unknown_routes_and_methods_have_envelopes(inproc: httpx.AsyncClient) -> None:
-    error(await inproc.get("/v1/nothing-here"), 404)
+    assert "the API is at /v1" in error(await inproc.get("/v1/nothing-here"), 404)["message"]
     error(await inproc.get("/v1/chat/completions"), 405)
+
+
+async def test_other_servers_apis_are_404s_that_say_what_to_use(inproc: httpx.AsyncClient) -> None:
+    """Ollama's client read a bare 'Not Found' on /api/tags as "model not found" (found from
+    outside): the 404 of another server's API says so and names ours."""
+    tags = error(await inproc.get("/api/tags"), 404)["message"]
+    assert "Ollama's native API" in tags and "/v1" in tags
+    chat = error(await inproc.post("/api/chat", json={"model": "chat"}), 404)["message"]
+    assert "Ollama's native API" in chat
+    native = error(await inproc.post("/completion", json={"prompt": "x"}), 404)["message"]
+    assert "/v1/completions" in native and "n_predict" in native
 
 
 async def test_an_unknown_model_is_404(inproc: httpx.AsyncClient) -> None:

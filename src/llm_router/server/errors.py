@@ -142,11 +142,36 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
 async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    body = envelope(str(exc.detail), type_, code=_HTTP_CODES.get(exc.status_code))
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = _not_served(request.url.path)
+    body = envelope(detail, type_, code=_HTTP_CODES.get(exc.status_code))
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         headers["Allow"] = ", ".join(_allowed(request))
     return JSONResponse(body, exc.status_code, headers or None)
+
+
+# Other servers' APIs a client may try here, and what to use instead.
+_ELSEWHERE = (
+    ("/api/", "Ollama's native API (/api/*) is not served here: use the OpenAI API at /v1 "
+     "(Ollama's /v1 clients work as they are)"),
+    ("/completion", "llama-server's native /completion is not served here: use "
+     "/v1/completions (n_predict is max_tokens)"),
+    ("/infill", "infill is not served here"),
+    ("/slots", "llama-server's /slots is not served here: GET /models shows each model's slots"),
+    ("/embedding", "llama-server's native /embedding is not served here: use /v1/embeddings"),
+    ("/v1/messages", "Anthropic's Messages API is not served here: use /v1/chat/completions"),
+    ("/v1/responses", "OpenAI's Responses API is not served here: use /v1/chat/completions"),
+)  # fmt: skip
+
+
+def _not_served(path: str) -> str:
+    """The 404 of a path nothing serves, naming what to use when it is another server's."""
+    for prefix, hint in _ELSEWHERE:
+        if path == prefix.rstrip("/") or path.startswith(prefix):
+            return f"Not Found: {hint}"
+    return f"Not Found: nothing is served at {path[:200]} (the API is at /v1; /docs lists it)"
 
 
 def _allowed(request: Request) -> list[str]:
