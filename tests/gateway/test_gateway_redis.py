@@ -342,3 +342,58 @@ async def test_two_routers_near_a_token_limit_cannot_both_spend_the_last_tokens(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_budget_holds_across_routers_within_a_fraction_of_a_second(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Two routers, one Redis, each its own database: spend was only shared through the
+    database (a refresh every ~2 s), so requests alternating between two routers spent 0.228
+    of a 0.1 budget (found from outside). With the spend in Redis, what one router spends
+    counts in the other's budget check within about its sync interval."""
+    from dataclasses import replace as changed
+
+    from llm_router.config import Settings
+    from llm_router.errors import QuotaExceeded
+    from llm_router.gateway.service import Gateway
+
+    gateways = []
+    for i in range(2):
+        settings = Settings(
+            data_dir=tmp_path / f"data-{i}",
+            auth="on",
+            redis_url=redis_url,
+            models=[],
+            provision_default_models=False,
+            gateway={"refresh_interval": 60},  # the database's view never helps here
+        )
+        gateway = Gateway(settings, environ={}, cost=lambda target, p, c: 0.04)
+        await gateway.start()
+        gateways.append(gateway)
+    one, two = gateways
+    key = changed(_key(), budget=0.1, period="day")
+    try:
+        for g in gateways:
+            g.keys[key.hash] = key
+        record = dict(model="m", target="t", route="/v1/chat/completions", prompt_tokens=1,
+                      completion_tokens=1, cached_tokens=0, status=200, latency=0.01, ttft=None)  # fmt: skip
+        one.check_budget(key)
+        one.record(key, **record)  # 0.04
+        two.record(key, **record)  # 0.08: both routers under the budget still
+        one.check_budget(key)
+        two.record(key, **record)  # 0.12: over it
+
+        async def refused_by_one() -> bool:
+            try:
+                one.check_budget(key)
+            except QuotaExceeded:
+                return True
+            return False
+
+        started = time.monotonic()
+        await _eventually(refused_by_one, "router one sees router two's spend", timeout=5)
+        assert time.monotonic() - started < 1.0
+        assert abs(one.spent(key.name) - 0.12) < 1e-9
+    finally:
+        for g in gateways:
+            await g.close()

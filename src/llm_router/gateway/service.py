@@ -38,6 +38,7 @@ from .events import KeyEvents
 from .keys import MASTER_ENV, ApiKey, KeySpec, hash_key, make_key, master_key, period_end
 from .keys import period_start as _period_start
 from .limits import Limiter
+from .spend import SharedSpend
 from .store import Store, database_url, sqlite_path
 
 __all__ = ["Gateway"]
@@ -94,6 +95,7 @@ class Gateway:
         self._last_flush = time.monotonic()
         self._db_down = False  # the database failed at the last tick (said once, in the log)
         self.events: KeyEvents | None = None  # Redis pub/sub of key changes (redis_url)
+        self.shared_spend: SharedSpend | None = None  # budgets across routers (redis_url)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -122,6 +124,16 @@ class Gateway:
         if self.settings.redis_url and self.mode != "off":
             self.events = KeyEvents(self.settings.redis_url, self._on_key_event)
             await self.events.start()
+            self.shared_spend = SharedSpend(self.settings.redis_url, self._budgeted)
+            self.shared_spend.start()
+
+    def _budgeted(self) -> dict[str, float]:
+        """Each key with a budget: its period's start (what SharedSpend reads back)."""
+        return {
+            k.name: _period_start(k.period)
+            for k in self.keys.values()
+            if k.budget is not None and k.revoked_at is None
+        }
 
     async def _on_key_event(self, event: dict[str, Any]) -> None:
         """A key made or revoked by another router or the CLI (gateway/events.py): a
@@ -158,6 +170,8 @@ class Gateway:
     async def close(self) -> None:
         if self.events is not None:
             await self.events.close()
+        if self.shared_spend is not None:
+            await self.shared_spend.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,11 +265,16 @@ class Gateway:
         raise AuthenticationFailed(f"The API key {shown} ('{key.name}') has expired")
 
     def spent(self, name: str) -> float:
-        return (
+        """The key's spend this period: what the database holds (read every refresh) and this
+        router's since; with Redis, what every router spent, when that is more."""
+        here = (
             self._spent_db.get(name, 0.0)
             + self._spent_flushing.get(name, 0.0)
             + self._spent_local.get(name, 0.0)
         )
+        if self.shared_spend is None:
+            return here
+        return max(here, self.shared_spend.spent(name))
 
     def check_budget(self, key: ApiKey) -> None:
         if key.budget is not None and self.spent(key.name) >= key.budget:
@@ -289,6 +308,8 @@ class Gateway:
         name = key.name if key is not None else None
         if cost and name is not None:
             self._spent_local[name] = self._spent_local.get(name, 0.0) + cost
+            if self.shared_spend is not None and key is not None and key.budget is not None:
+                self.shared_spend.add(name, _period_start(key.period), cost)
         self._pending.append(
             (
                 time.time(),
