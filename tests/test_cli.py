@@ -49,6 +49,26 @@ def test_run_streams_an_answer(models_dir: Path) -> None:
     assert "Paris" in out.stdout
 
 
+def test_run_a_model_of_ollamas_store(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """OLLAMA_MODELS at Ollama's store: its models answer under their Ollama names."""
+    import os
+
+    from test_discovery import _ollama_store
+
+    store = _ollama_store(tmp_path / "ollama", smollm2_gguf)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "OLLAMA_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_router", "run", "smollm2", "What is the capital of France?",
+         "--temperature", "0", "--max-tokens", "12"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**env, "OLLAMA_MODELS": str(store)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.split()) >= 3  # SmolLM2's answer (without our preset's system prompt)
+    assert sorted(p.name for p in store.iterdir()) == ["blobs", "manifests"]  # nothing added
+    assert not (tmp_path / "models").exists()
+
+
 def test_run_raw_completion(models_dir: Path) -> None:
     out = _cli(
         "run",

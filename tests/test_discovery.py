@@ -206,3 +206,59 @@ def test_a_model_gone_says_whether_its_file_or_its_entry_went(tmp_path: Path) ->
     registry.scanner = _scan(tmp_path)  # the reloaded configuration, without the entry
     reasons = {state.id: why for state, why in registry.refresh()}
     assert reasons == {"in-dir": "model file removed", "entry": "removed from the configuration"}
+
+
+def _ollama_store(
+    folder: Path, gguf: Path, name: str = "library/smollm2", tag: str = "latest"
+) -> Path:
+    """An Ollama store as `ollama pull` leaves it: the weights as a blob, a manifest naming it."""
+    digest = "sha256:" + "ab" * 32
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    (folder / "blobs" / digest.replace(":", "-")).symlink_to(gguf)
+    config = {
+        "mediaType": "application/vnd.docker.container.image.v1+json",
+        "digest": "sha256:" + "cd" * 32,
+    }
+    manifest = folder / "manifests" / "registry.ollama.ai" / name / tag
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "config": config,
+                "layers": [
+                    {"mediaType": "application/vnd.ollama.image.model", "digest": digest},
+                    {
+                        "mediaType": "application/vnd.ollama.image.template",
+                        "digest": "sha256:" + "ef" * 32,
+                    },
+                ],
+            }
+        )
+    )
+    return folder
+
+
+def test_ollamas_store_is_served_as_it_is(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """OLLAMA_MODELS pointed at Ollama's store found no model (its weights are blobs named by
+    their hash), and serve then provisioned ~430 MB of bundled models into it (found from
+    outside). Each manifest is now a model, named as `ollama list` names it, its blob read in
+    place; nothing is provisioned into the store."""
+    from llm_router.lifecycle.discovery import ensure_models
+
+    store = _ollama_store(tmp_path / "ollama", smollm2_gguf)
+    found = Scanner(Settings(models_dir=store, models=[])).scan()
+    assert list(found) == ["smollm2:latest"]
+    model = found["smollm2:latest"]
+    assert (model.format, model.engine, model.origin, model.error) == (
+        "gguf",
+        "llama.cpp",
+        "ollama",
+        None,
+    )
+    assert model.config.aliases == ["smollm2"]  # as `ollama run smollm2` names it
+    empty = tmp_path / "empty-store"
+    (empty / "blobs").mkdir(parents=True)
+    (empty / "manifests").mkdir()
+    ensure_models(Settings(models_dir=empty, models=[]))
+    assert sorted(p.name for p in empty.iterdir()) == ["blobs", "manifests"]

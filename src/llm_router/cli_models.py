@@ -222,6 +222,8 @@ def rm(
     settings = _settings(config, models_dir=models_dir)
     source = _find(settings, model)
     root = settings.models_dir.resolve()
+    if source.origin == "ollama":
+        raise _fail(f"{source.id} is a model of Ollama's store: remove it with `ollama rm`")
     if source.origin != "models_dir" or source.path.parent.resolve() != root:
         raise _fail(f"{source.id} is not a file of {root}; remove its `models:` entry instead")
     server = find_server(url, settings)

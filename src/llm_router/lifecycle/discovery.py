@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class ModelSource:
     engine: str
     config: ModelConfig
     identity: Identity
-    origin: str  # "models_dir" | "config"
+    origin: str  # "models_dir" | "config" | "ollama" (Ollama's store as the models_dir)
     info: ModelMeta | None = None
     error: str | None = None
 
@@ -132,6 +133,13 @@ class Scanner:
             source = self._source(model_id, path, cfg, "models_dir")
             if source is not None:
                 found[model_id] = source
+        for model_id, blob in ollama_models(self.settings.models_dir):
+            if model_id in found:
+                continue
+            cfg = configured.get(model_id) or ModelConfig(id=model_id, aliases=_short(model_id))
+            source = self._source(model_id, blob, cfg, "ollama")
+            if source is not None:
+                found[model_id] = source
         for cfg in self.settings.models:
             if cfg.path is None:
                 continue
@@ -162,7 +170,14 @@ class Scanner:
             entries = sorted(folder.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return [p for p in entries if not p.name.startswith(".") and (p.is_file() or p.is_dir())]
+        store = is_ollama_store(folder)  # its blobs/ and manifests/ are read as Ollama's
+        return [
+            p
+            for p in entries
+            if not p.name.startswith(".")
+            and (p.is_file() or p.is_dir())
+            and not (store and p.name in _OLLAMA_DIRS)
+        ]
 
     def _with_preset(self, entry: ModelConfig | None, model_id: str) -> ModelConfig:
         """A bundled model's settings (`defaults.PRESETS`, as a library model's Modelfile),
@@ -244,10 +259,66 @@ def _format_by_name(path: Path) -> str:
     }.get(path.suffix, "unknown")
 
 
+_OLLAMA_DIRS = ("blobs", "manifests")
+_OLLAMA_WEIGHTS = "application/vnd.ollama.image.model"
+
+
+def is_ollama_store(folder: Path) -> bool:
+    """Whether `folder` is Ollama's models store (OLLAMA_MODELS): `blobs/` and `manifests/`."""
+    return all((folder / name).is_dir() for name in _OLLAMA_DIRS)
+
+
+def ollama_models(folder: Path) -> list[tuple[str, Path]]:
+    """The models of Ollama's store in `folder`, as `ollama list` names them (`llama3.2:latest`,
+    `hf.co/org/repo:Q4_K_M`), each with the blob of its weights (a GGUF file): served as
+    they are, nothing copied. Their Modelfile's template and parameters are not read (the
+    GGUF's own chat template applies). None when `folder` is no Ollama store."""
+    if not is_ollama_store(folder):
+        return []
+    manifests, out = folder / "manifests", []
+    for manifest in sorted(p for p in manifests.rglob("*") if p.is_file()):
+        try:
+            layers = json.loads(manifest.read_text()).get("layers") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        digest = next(
+            (
+                layer.get("digest")
+                for layer in layers
+                if isinstance(layer, dict) and layer.get("mediaType") == _OLLAMA_WEIGHTS
+            ),
+            None,
+        )
+        if not isinstance(digest, str):
+            continue
+        blob = folder / "blobs" / digest.replace(":", "-")
+        parts = manifest.relative_to(manifests).parts  # host / namespace... / model / tag
+        if blob.is_file() and len(parts) >= 3:
+            host, *path, tag = parts
+            if host == "registry.ollama.ai" and path[0] == "library":
+                path = path[1:]  # `ollama list` names the library's models without it
+            name = "/".join(path if host == "registry.ollama.ai" else [host, *path])
+            out.append((f"{name}:{tag}", blob))
+    return out
+
+
+def _short(model_id: str) -> list[str]:
+    """An Ollama model's name without `:latest`, as `ollama run llama3.2` names it."""
+    return [model_id.removesuffix(":latest")] if model_id.endswith(":latest") else []
+
+
 def ensure_models(settings: Settings) -> None:
     """Provision the bundled models when the models directory holds none (and the settings
-    allow it): what `serve`, `run` and the Python API do before they start."""
+    allow it): what `serve`, `run` and the Python API do before they start. Never into
+    Ollama's store (OLLAMA_MODELS): another tool's data."""
     if not settings.provision_default_models or Scanner(settings, quiet=True).scan():
+        return
+    if is_ollama_store(settings.models_dir):
+        log.warning(
+            "%s is Ollama's models store and holds no model this server can read: nothing is "
+            "provisioned into it (pull a model with Ollama, or name another models_dir)",
+            settings.models_dir,
+        )
         return
     log.info("no model in %s: provisioning the bundled models", settings.models_dir)
     if not defaults.provision(settings.models_dir):

@@ -84,7 +84,7 @@ class Targets:
     def _check_route_names(self, routes: list[RouteConfig]) -> None:
         """Refuse a route named like a model of the models directory (the settings refuse
         one named like a `models:` entry): it would hide the model."""
-        found = {s.id for s in self.manager.registry if s.source.origin == "models_dir"}
+        found = {s.id for s in self.manager.registry if s.source.origin in ("models_dir", "ollama")}
         for route in routes:
             if route.name in found:
                 raise ConfigError(
