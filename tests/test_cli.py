@@ -69,6 +69,15 @@ def test_run_a_model_of_ollamas_store(tmp_path: Path, smollm2_gguf: Path) -> Non
     assert not (tmp_path / "models").exists()
 
 
+def test_run_says_when_it_makes_the_models_directory(tmp_path: Path) -> None:
+    """`run` from any directory made ./models with ~430 MB of bundled models, silently."""
+    out = _cli("run", SMOL, "Hi", "--max-tokens", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    made = tmp_path / "models"
+    assert f"the models directory {made} does not exist: making it" in out.stderr
+    assert (made / f"{SMOL}.gguf").exists()
+
+
 def test_run_raw_completion(models_dir: Path) -> None:
     out = _cli(
         "run",

