@@ -191,6 +191,13 @@ def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
                 model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
             )
             assert done.model == "chat" and done.choices[0].message.content
+            unnamed = httpx.post(  # as llama-server's clients send it: no model
+                url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+                headers={"authorization": f"Bearer {KEY}"},
+                timeout=60,
+            )
+            assert unnamed.status_code == 200 and unnamed.json()["model"] == "chat", unnamed.text
         finally:
             client.close()
         listing = httpx.get(url + "/models", headers={"authorization": f"Bearer {KEY}"})

@@ -56,6 +56,7 @@ def llama_overrides(
             raise ConfigError(f"model file {model!r} does not exist (-m, LLAMA_ARG_MODEL)")
         entry: dict[str, Any] = {"id": alias or path.stem, "path": str(path)}
         out["models"] = [entry]
+        out["default_model"] = entry["id"]  # a request naming none gets it, as there
         out["provision_default_models"] = False
         if models_dir is None:  # one model, as llama-server -m: an empty directory beside it
             empty = tempfile.mkdtemp(prefix="llm-router-single-")

@@ -272,6 +272,12 @@ class Settings(BaseSettings):
         False, description="Reload when the --config file changes (llama-swap's --watch-config)."
     )
     autoload: bool = True
+    default_model: str | None = Field(
+        None,
+        max_length=256,
+        description="The model (id, alias or route) of a request that names none; "
+        "`serve -m FILE` sets it to that model, as llama-server serves its one model.",
+    )
     model_defaults: EngineOptions = Field(default_factory=EngineOptions)
     models: list[ModelConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)

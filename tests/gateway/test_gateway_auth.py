@@ -345,3 +345,20 @@ async def test_a_revocation_heard_from_another_router_applies_at_once(
         gw.gateway.authenticate(secret)
     assert gw.gateway.authenticate(other).name == "bystander"
     assert reads == [True]  # then the keys are read again, to be sure
+
+
+async def test_the_default_model_is_behind_a_keys_allow_list_too(
+    tmp_path: Path, master_env: str
+) -> None:
+    """A request naming no model gets `default_model`: a key that may not use that model
+    must not reach it that way."""
+    async with gateway_app(tmp_path, default_model="chat") as gw:
+        secret = await gw.key("only-other", models=["other"])
+        unnamed = {k: v for k, v in CHAT_BODY.items() if k != "model"}
+        r = await gw.client.post("/v1/chat/completions", json=unnamed, headers=bearer(secret))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+        allowed = {**unnamed, "model": "other"}
+        ok = await gw.client.post("/v1/chat/completions", json=allowed, headers=bearer(secret))
+        assert ok.status_code == 200
+        mine = await gw.client.post("/v1/chat/completions", json=unnamed, headers=bearer(MASTER))
+        assert mine.status_code == 200 and mine.json()["model"] == "chat"

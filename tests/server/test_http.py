@@ -136,6 +136,26 @@ async def test_missing_model_field(inproc: httpx.AsyncClient) -> None:
     assert error(r, 400)["param"] == "model"
 
 
+async def test_a_request_without_model_gets_the_default_model(tmp_path: Path) -> None:
+    """llama-server's clients (and `serve -m FILE`'s) send no `model`: it was a 400 "Field
+    required" (found from outside). With `default_model` they get that model; a name they do
+    give still has to exist."""
+    async with app_client(tmp_path, default_model="chat") as client:
+        chat = await client.post(
+            "/v1/chat/completions", json={k: v for k, v in CHAT.items() if k != "model"}
+        )
+        assert chat.status_code == 200 and chat.json()["model"] == "chat", chat.text
+        text = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert text.status_code == 200 and text.json()["model"] == "chat"
+        assert error(
+            await client.post("/v1/completions", json={"prompt": "x", "model": "gpt-9"}), 404
+        )
+        assert (
+            error(await client.post("/v1/completions", json={"prompt": 5}), 400)["param"]
+            == "prompt"
+        )
+
+
 @pytest.mark.parametrize("path", POSTS)
 async def test_body_over_limit_is_413_on_every_route(inproc: httpx.AsyncClient, path: str) -> None:
     r = await inproc.post(path, content=b"x" * 8192, headers=JSON)

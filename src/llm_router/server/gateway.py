@@ -264,6 +264,9 @@ class GatewayMiddleware:
         if not isinstance(data, dict):
             return
         asked = [data[f] for f in ("model", "judge") if isinstance(data.get(f), str)]
+        default = self.gateway.settings.default_model
+        if "model" not in data and default:  # the route will serve the default model
+            asked.append(default)
         if isinstance(data.get("targets"), list):  # /v1/compare, /v1/ensemble
             asked += [t for t in data["targets"] if isinstance(t, str)]
         for name in asked:

@@ -11,6 +11,7 @@ description is written in server/openapi.py. The other `/v1` routes are ordinary
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
@@ -48,11 +49,20 @@ T = TypeVar("T", bound=BaseModel)
 
 async def parse_body(request: Request, model: type[T]) -> T:
     """The JSON body as `model`. Its Content-Type and size were checked on the way in
-    (server/asgi.py's BodyGuard); a value that does not validate is a 400 naming the field."""
+    (server/asgi.py's BodyGuard); a value that does not validate is a 400 naming the field.
+    A body without `model` gets the configured `default_model`, when there is one."""
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(body)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+        errors = exc.errors()
+        default = request.app.state.settings.default_model
+        if default and any(e["type"] == "missing" and e["loc"] == ("model",) for e in errors):
+            try:
+                return model.model_validate({**json.loads(body), "model": default})
+            except ValidationError as again:
+                errors = again.errors()
+        raise RequestValidationError(errors) from None
 
 
 def _service(request: Request) -> GenerationService:
