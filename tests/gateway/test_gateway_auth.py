@@ -267,6 +267,39 @@ async def test_without_keys_a_public_address_is_refused_at_start(tmp_path: Path)
             pass
 
 
+async def test_every_loopback_address_is_this_machine_alone(tmp_path: Path) -> None:
+    """127.0.0.2 was refused as public (a fixed list of three names): all of 127.0.0.0/8 and
+    ::1 serve without keys, as any other loopback client is (found from outside)."""
+    from llm_router.gateway.service import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "127.1.2.3", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "::", "example.com"))
+    async with gateway_app(tmp_path, host="127.0.0.2") as gw:
+        assert (await gw.client.post("/v1/chat/completions", json=CHAT_BODY)).status_code == 200
+
+
+def test_serve_refuses_a_public_address_in_one_line_before_it_starts(tmp_path: Path) -> None:
+    """The refusal came out of uvicorn's start-up as a ~70-line traceback (found from
+    outside): `serve` now asks first, and says why in one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LLM_ROUTER_MASTER_KEY", "LLAMA_API_KEY")
+    }
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nmodels_dir: {tmp_path / 'models'}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_router", "serve", "--config", str(cfg), "--host", "0.0.0.0",
+         "--port", "0"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "error: refusing to listen on 0.0.0.0: no API key exists" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "models").exists()
+
+
 async def test_a_public_address_is_served_once_a_master_key_exists(
     tmp_path: Path, master_env: str
 ) -> None:

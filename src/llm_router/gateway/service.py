@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import time
@@ -41,11 +42,21 @@ from .limits import Limiter
 from .spend import SharedSpend
 from .store import Store, database_url, sqlite_path
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "check_open_bind", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address of this machine alone (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 Cost = Callable[[str, int, int], float]  # (target, prompt tokens, completion tokens) -> spend
 
 
@@ -153,7 +164,7 @@ class Gateway:
     def check_bind(self, host: str) -> None:
         """Refuse to listen beyond this machine with nobody's key required (`auth: auto` and
         no key yet): raises ConfigError, after saying why in the log."""
-        if self.mode == "auto" and not self.active and host not in _LOOPBACK:
+        if self.mode == "auto" and not self.active and not is_loopback(host):
             message = (
                 f"refusing to listen on {host}: no API key exists, so anyone who reaches the "
                 "port could do anything. Create a key (`llm-router keys create NAME`), set "
@@ -375,3 +386,13 @@ class Gateway:
     async def audit(self, actor: str | None, action: str, subject: str, **detail: Any) -> None:
         if self.store is not None:
             await self.store.add_audit(actor, action, subject, detail)
+
+
+async def check_open_bind(settings: Settings) -> None:
+    """What the server's start refuses, asked before it starts (`serve`): ConfigError when it
+    would listen beyond this machine with nobody's key required."""
+    gateway = Gateway(settings)
+    try:
+        await gateway.start(settings.host)
+    finally:
+        await gateway.close()
