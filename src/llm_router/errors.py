@@ -7,6 +7,7 @@ __all__ = [
     "AuthenticationFailed",
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "ContextLengthExceeded",
     "ConversionError",
     "DatabaseUnavailable",
@@ -134,6 +135,10 @@ class AuthenticationFailed(RouterError):
 
 class PermissionDenied(RouterError):
     """The API key is valid but lacks the scope this operation needs."""
+
+
+class Conflict(BadRequest):
+    """What the request would make exists already (a key of that name)."""
 
 
 class DatabaseUnavailable(RouterError):

@@ -218,7 +218,7 @@ async def test_requests_at_once(tmp_path: Path, master_env: str) -> None:
             gw.client.post("/v1/chat/completions", json=slow, headers=bearer(secret)),
         )
         assert first.status_code == 200, first.text
-        assert "1 requests at once" in str(assert_refused(second, "rate_limit_exceeded")["message"])
+        assert "1 request at once" in str(assert_refused(second, "rate_limit_exceeded")["message"])
         # The slot is given back once the first is done.
         again = await gw.client.post("/v1/chat/completions", json=slow, headers=bearer(secret))
         assert again.status_code == 200

@@ -34,7 +34,7 @@ async def _admitted(limiter: Limiter, key: ApiKey) -> bool:
     try:
         admission = await limiter.admit(key)
     except RateLimited as exc:
-        assert "requests at once" in exc.message
+        assert " at once" in exc.message
         return False
     limiter.release(admission)
     return True
@@ -238,7 +238,7 @@ def test_requests_at_once_hold_across_routers(routers: tuple[Server, Server, Pat
         assert next(line for line in lines if line.startswith("data:"))  # in flight on `first`
         refused = _chat(second, secret)
         assert refused.status_code == 429, refused.text
-        assert "1 requests at once" in refused.json()["error"]["message"]
+        assert "1 request at once" in refused.json()["error"]["message"]
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert int(refused.headers["retry-after"]) >= 1
         assert any("[DONE]" in line for line in lines)  # the stream ends: its slot is given back
@@ -308,6 +308,7 @@ def test_a_remote_targets_prompt_is_estimated_before_it_is_sent(
     assert served.status_code == 200 and served.headers["x-llm-router-model"] == "flaky"
     assert served.headers["x-ratelimit-remaining-tokens"] == str(60 - estimate)
     used = served.json()["usage"]["total_tokens"]  # the stub's count: 5 + 3
+    time.sleep(0.3)  # what max_tokens left unused is given back in the next batch (50 ms)
     again = _chat(first, secret, model="flaky")
     assert again.headers["x-ratelimit-remaining-tokens"] == str(60 - used - estimate)
 

@@ -144,7 +144,7 @@ async def test_unknown_keys_revoked_twice_and_shown(gw: Gw) -> None:
     assert (await gw.client.delete("/admin/keys/shown", headers=admin)).status_code == 200
     assert (await gw.client.get("/admin/keys/shown", headers=admin)).json()["status"] == "revoked"
     r = await gw.client.post("/admin/keys", json={"name": "shown"}, headers=admin)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+    assert r.status_code == 409 and r.json()["error"]["param"] == "name"  # exists already
     r = await gw.client.post("/admin/keys", json={"name": "x", "scopes": ["root"]}, headers=admin)
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("scopes")
 

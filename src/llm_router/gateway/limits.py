@@ -204,7 +204,8 @@ class Limiter:
         refused: tuple[str, float] | None = None
         windows, name = self.windows, key.name
         if full:
-            refused = (f"{lim.max_concurrent} requests at once", 1.0)
+            at_once = lim.max_concurrent
+            refused = (f"{at_once} request{'s' if at_once != 1 else ''} at once", 1.0)
         if lim.tpm is not None:
             remaining, reset = await windows.view("tokens", lim.tpm, name)
             views["tokens"] = (lim.tpm, remaining, reset)

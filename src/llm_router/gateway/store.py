@@ -40,7 +40,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..config import Settings
-from ..errors import BadRequest, ConfigError, DatabaseUnavailable
+from ..errors import ConfigError, Conflict, DatabaseUnavailable
 from .keys import ApiKey
 
 __all__ = ["REQUEST_COLUMNS", "Store", "database_url", "default_data_dir", "metadata"]
@@ -255,7 +255,7 @@ class Store:
         async with self._begin() as conn:
             found = await conn.execute(select(keys.c.id).where(keys.c.name == key.name))
             if found.first() is not None:
-                raise BadRequest(f"a key named {key.name!r} exists already", param="name")
+                raise Conflict(f"a key named {key.name!r} exists already", param="name")
             await conn.execute(
                 insert(keys).values(
                     name=key.name,
@@ -382,7 +382,7 @@ class Store:
                     item["day"] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
                 for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "errors"):
                     item[name] = int(item[name] or 0)
-                item["cost"] = float(item["cost"] or 0)
+                item["cost"] = round(float(item["cost"] or 0), 9)  # no float noise in sums
                 out.append(item)
             return out
 

@@ -46,6 +46,7 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.ReloadRejected: (400, "invalid_request_error", "config_error"),
     e.UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),
     e.DatabaseUnavailable: (503, "server_error", "database_unavailable"),
+    e.Conflict: (409, "invalid_request_error", "conflict"),
     e.UpstreamError: (502, "server_error", "upstream_error"),
 }
 

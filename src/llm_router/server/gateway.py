@@ -263,15 +263,15 @@ class GatewayMiddleware:
             return  # the route answers the malformed body
         if not isinstance(data, dict):
             return
-        asked = [data[f] for f in ("model", "judge") if isinstance(data.get(f), str)]
+        asked = [(data[f], f) for f in ("model", "judge") if isinstance(data.get(f), str)]
         default = self.gateway.settings.default_model
         if "model" not in data and default:  # the route will serve the default model
-            asked.append(default)
+            asked.append((default, "model"))
         if isinstance(data.get("targets"), list):  # /v1/compare, /v1/ensemble
-            asked += [t for t in data["targets"] if isinstance(t, str)]
-        for name in asked:
+            asked += [(t, "targets") for t in data["targets"] if isinstance(t, str)]
+        for name, field in asked:
             if not self._allowed(key.models, name):
-                raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+                raise ModelNotFound(f"The model '{name}' does not exist", param=field)
 
     def _allowed(self, allowed: frozenset[str], name: str) -> bool:
         if name in allowed:
