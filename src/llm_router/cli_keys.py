@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -109,8 +109,30 @@ def create(
     settings = _settings(config)
     _run(settings, work)
     _tell_routers(settings, "created", key.name)
-    err.print(f"created key {key.name!r} ({', '.join(sorted(key.scopes))}); it is shown only once:")
+    if unknown := _unknown_models(settings, key.models or ()):
+        err.print(
+            f"warning: {', '.join(repr(n) for n in unknown)} is no model, alias, route or remote "
+            "target of this configuration (yet): the key may use it once it exists",
+            markup=False,
+        )
+    err.print(
+        f"created key {key.name!r} ({', '.join(sorted(key.scopes))}); it is shown only once:",
+        markup=False,
+    )
     print(secret)
+
+
+def _unknown_models(settings: Settings, names: Iterable[str]) -> list[str]:
+    """The names of a key's allow-list that nothing of `settings` (its models directory
+    included) answers to: a typo gives a key that can use nothing, silently."""
+    from .lifecycle.discovery import Scanner
+
+    known = {r.name for r in settings.routes}
+    for m in settings.models:
+        known |= {m.id, *m.aliases}
+    for source in Scanner(settings, quiet=True).scan().values():
+        known |= {source.id, *source.config.aliases}
+    return [n for n in names if n not in known]
 
 
 @keys_app.command("ls")

@@ -442,3 +442,24 @@ async def test_a_database_that_is_down_is_a_503_and_one_log_line(
     assert [r.levelname for r in lines] == ["WARNING", "INFO"], [r.getMessage() for r in lines]
     assert all(r.exc_info is None for r in lines)
     assert "reachable again" in lines[1].getMessage()
+
+
+async def test_a_keys_allow_list_names_what_does_not_exist(gw: Gw, tmp_path: Path) -> None:
+    """`--models nonexist` made a key that could use nothing, silently (found from outside):
+    the answer names what no model, alias, route or target answers to, and so does the CLI."""
+    import subprocess
+    import sys
+
+    r = await gw.client.post(
+        "/admin/keys", json={"name": "typo", "models": ["chat", "caht"]}, headers=bearer(MASTER)
+    )
+    assert r.status_code == 201 and r.json()["unknown_models"] == ["caht"]
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'cli-data'}\nmodels_dir: {tmp_path / 'none'}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_router", "keys", "create", "k2", "--models", "smollm2,gpt-9",
+         "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().startswith("sk-llmr-"), out.stderr
+    assert "warning: 'gpt-9', 'smollm2' is no model" in out.stderr  # an empty models dir

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from ..errors import BadRequest
+from ..errors import BadRequest, RouterError
 from ..gateway.keys import KeySpec
 from ..gateway.service import Gateway
 from ..gateway.usage import GROUPS, parse_range
@@ -36,9 +36,17 @@ def _actor(request: Request) -> str | None:
 
 @routes.post("/keys", status_code=201)
 async def create_key(spec: KeySpec, request: Request) -> dict[str, Any]:
-    """A new key; the secret (`key`) is in this answer only."""
+    """A new key; the secret (`key`) is in this answer only. `unknown_models`: names of its
+    allow-list that no model, alias, route or remote target answers to now (a typo)."""
     secret, key = await _gateway(request).create_key(spec, _actor(request))
-    return {"key": secret, **key.public()}
+    resolve = request.app.state.dispatcher.resolve
+    unknown = []
+    for name in key.models or ():
+        try:
+            resolve(name)
+        except RouterError:
+            unknown.append(name)
+    return {"key": secret, **key.public(), "unknown_models": unknown}
 
 
 @routes.get("/keys")
