@@ -132,7 +132,7 @@ def _unknown_models(settings: Settings, names: Iterable[str]) -> list[str]:
         known |= {m.id, *m.aliases}
     for source in Scanner(settings, quiet=True).scan().values():
         known |= {source.id, *source.config.aliases}
-    return [n for n in names if n not in known]
+    return sorted(n for n in names if n not in known)
 
 
 @keys_app.command("ls")

@@ -41,7 +41,7 @@ async def create_key(spec: KeySpec, request: Request) -> dict[str, Any]:
     secret, key = await _gateway(request).create_key(spec, _actor(request))
     resolve = request.app.state.dispatcher.resolve
     unknown = []
-    for name in key.models or ():
+    for name in sorted(key.models or ()):
         try:
             resolve(name)
         except RouterError:
