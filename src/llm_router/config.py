@@ -415,11 +415,14 @@ class Settings(BaseSettings):
         not routes (routes do not nest: a route named there would never be tried)."""
         names = {n for m in self.models for n in (m.id, *m.aliases)}
         routes = [r.name for r in self.routes]
-        for i, route in enumerate(self.routes):
+        for i, route in enumerate(self.routes):  # names first: they explain what follows
             if route.name in names:
-                raise ValueError(f"route name {route.name!r} is already a model name")
+                raise ValueError(
+                    f"route name {route.name!r} is already a model name: name the route otherwise"
+                )
             if route.name in routes[:i]:
                 raise ValueError(f"route name {route.name!r} is used twice")
+        for route in self.routes:
             for name in (*route.targets, *route.fallbacks):
                 if name in routes:
                     raise ValueError(

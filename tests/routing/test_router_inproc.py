@@ -342,3 +342,62 @@ async def test_when_every_target_is_rate_limited_the_soonest_retry_after_is_said
             for _ in range(2):  # whichever the strategy asks first
                 r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
                 assert r.status_code == 429 and r.headers["retry-after"] == "2", r.headers
+
+
+async def test_a_probe_cancelled_in_its_backoff_frees_the_half_open_breaker(tmp_path: Path) -> None:
+    """A request cancelled while it waited out the backoff before a half-open target kept
+    the probe it had taken: the breaker stayed half-open for good and every route skipped the
+    healthy target as 'breaker open' (found from outside)."""
+    async with upstream() as (bad, bad_url), upstream() as (good, good_url):
+        models = [remote("b", bad_url), remote("a", good_url)]
+        routes = [{"name": "fba", "targets": ["b"], "fallbacks": ["a"], "backoff": 0.5}]
+        settings = {"breaker": {"failure_threshold": 2, "cooldown": 0.3}}
+        async with app_client(tmp_path, models=models, routes=routes, **settings) as c:
+            bad.mode = good.mode = "error"
+            for _ in range(2):  # a's breaker opens
+                await c.post("/v1/chat/completions", json={"model": "a", "messages": HELLO})
+            assert await breaker(c, "a") == "open"
+            good.mode = "ok"
+            await asyncio.sleep(0.35)
+            assert await breaker(c, "a") == "half_open"
+            ask = c.post("/v1/chat/completions", json={"model": "fba", "messages": HELLO})
+            with pytest.raises(TimeoutError):  # the client leaves during the 0.5 s backoff
+                await asyncio.wait_for(ask, 0.25)
+            r = await c.post("/v1/chat/completions", json={"model": "fba", "messages": HELLO})
+            assert r.status_code == 200 and r.headers["x-llm-router-model"] == "a", r.text
+            assert await breaker(c, "a") == "closed"
+
+
+async def test_listing_the_routes_does_not_turn_round_robin(tmp_path: Path) -> None:
+    """GET /models asked the strategy for the order, which turned round-robin's counter: a
+    polling dashboard pinned or skewed the traffic (found from outside)."""
+    models = fake_models(tmp_path, x={}, y={})
+    routes = [{"name": "rr", "strategy": "round-robin", "targets": ["x", "y"]}]
+    async with app_client(tmp_path, models=models, routes=routes) as c:
+        served = []
+        for _ in range(4):
+            for _ in range(2):
+                assert (await c.get("/models")).status_code == 200
+            r = await c.post("/v1/chat/completions", json={"model": "rr", "messages": HELLO})
+            served.append(r.headers["x-llm-router-model"])
+    assert served in (["x", "y", "x", "y"], ["y", "x", "y", "x"])
+
+
+@pytest.mark.parametrize(("retries", "asked_b"), [(0, 1), (2, 3), (None, 1)])
+async def test_fallbacks_come_after_the_retries_whatever_their_number(
+    tmp_path: Path, retries: int | None, asked_b: int
+) -> None:
+    """`retries: 0` left the fallbacks out (a 502 after one try), and `retries: 2` went
+    round target and fallback together (b, c, b: b's 502). The targets get `retries + 1`
+    tries, then each fallback one (found from outside)."""
+    async with upstream() as (b, b_url), upstream() as (c_up, c_url):
+        models = [remote("b", b_url), remote("c", c_url)]
+        routes = [{"name": "r", "targets": ["b"], "fallbacks": ["c"], "retries": retries,
+                   "backoff": 0}]  # fmt: skip
+        async with app_client(
+            tmp_path, models=models, routes=routes, breaker={"failure_threshold": 10}
+        ) as client:
+            b.mode = "error"
+            r = await client.post("/v1/chat/completions", json={"model": "r", "messages": HELLO})
+    assert r.status_code == 200 and r.headers["x-llm-router-model"] == "c", r.text
+    assert (len(b.bodies), len(c_up.bodies)) == (asked_b, 1)

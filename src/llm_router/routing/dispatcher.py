@@ -180,8 +180,8 @@ class Dispatcher(Targets):
             target = self.target(name)
             if request.tools and not target.makes_tool_calls:
                 raise BadRequest(
-                    f"model '{name}' does not make tool calls (local models do not yet); send "
-                    "requests with tools to a remote target or a route that has one",
+                    f"model '{name}' makes no tool calls (its configuration says `tools: "
+                    "false`); send requests with tools to a model or route that makes them",
                     param="tools",
                 )
             return [target], "direct", None, ""
@@ -243,29 +243,22 @@ class Dispatcher(Targets):
 
     async def _open(self, name: str, call: Call, request: RouteRequest) -> Routed:
         ordered, why, route, left_out = self.plan(name, request)
-        attempts = (
-            len(ordered)
-            if route is None or route.config.retries is None
-            else (route.config.retries + 1)
-        )
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
         errors: list[RouterError] = []
-        # More attempts than targets go round them again: `retries: 2` on a route of one
-        # target asks it three times, as LiteLLM's `num_retries` does (breakers permitting).
-        rounds = -(-attempts // len(ordered)) if ordered else 0
-        for target in ordered * rounds:
-            if attempts <= 0:
-                break
+        for target in _attempts(ordered, route):
             if route is not None and not target.breaker.allow():
                 if (note := f"{target.id}: breaker open") not in failures:
                     failures.append(note)
                 continue
             if failed and route is not None:  # a backoff after a failure, not after a skip
-                await asyncio.sleep(route.config.backoff * 2 ** (len(failed) - 1))
+                try:
+                    await asyncio.sleep(route.config.backoff * 2 ** (len(failed) - 1))
+                except BaseException:  # cancelled meanwhile: the probe `allow` kept is free
+                    target.breaker.record_cancelled()
+                    raise
             if failed:  # not after a target skipped for its open breaker alone
                 self.retries[name, target.id] += 1
-            attempts -= 1
             try:
                 first, events, started, ttft = await first_event(target, call)
             except RETRYABLE as exc:
@@ -357,7 +350,8 @@ class Dispatcher(Targets):
                 states[target_name] = "missing"
         status: dict[str, Any] = {"order": [], "breakers": states}
         try:
-            status["order"] = [t.id for t in self.plan(name, RouteRequest())[0]]
+            look = RouteRequest(peek=True)  # a look: a stateful strategy does not advance
+            status["order"] = [t.id for t in self.plan(name, look)[0]]
         except RouterError as exc:  # this route's trouble, not the listing's (no target exists)
             status["error"] = exc.message
         cfg = route.config
@@ -385,13 +379,31 @@ class Dispatcher(Targets):
         }
 
 
+def _attempts(ordered: list[Target], route: Route | None) -> list[Target]:
+    """The targets to try, in order: the strategy's `retries + 1` times, round them again
+    when that is more than they are (`retries: 2` on a route of one target asks it three
+    times, as LiteLLM's `num_retries`), every one once by default; then each fallback once,
+    whatever `retries` says (`retries: 0` left the fallbacks out, and retries went round them
+    with the targets)."""
+    if route is None:
+        return ordered
+    primary = set(route.config.targets)
+    firsts = [t for t in ordered if t.id in primary]
+    backups = [t for t in ordered if t.id not in primary]
+    tries = len(firsts) if route.config.retries is None else route.config.retries + 1
+    rounds = -(-tries // len(firsts)) if firsts else 0
+    return (firsts * rounds)[:tries] + backups
+
+
 def _left_out(request: RouteRequest, candidate: Candidate) -> str:
     """Why a route's target is not among those tried (for the route's reason and errors)."""
     caps = candidate.capabilities
     if candidate.breaker_open:
         return "breaker open"
-    if not caps.can(request):
+    if not caps.serves(request.kind):
         return f"does not serve {request.kind}"
+    if request.tools and not caps.tools:
+        return "makes no tool calls"
     if caps.context_length is not None and request.needed_context > caps.context_length:
         return f"context {caps.context_length} tokens"
     return "left out by the strategy"

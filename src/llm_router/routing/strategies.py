@@ -95,6 +95,7 @@ class RouteRequest:
     user: str | None = None
     api_key_id: str | None = None
     tools: bool = False  # the request offers tools the model may call
+    peek: bool = False  # a look at the order (GET /models), not a request: no state moves
 
     @property
     def output_tokens(self) -> int:
@@ -247,7 +248,8 @@ class RoundRobin:
         if not pool:
             return []
         start = self._turn % len(pool)
-        self._turn += 1
+        if not request.peek:
+            self._turn += 1
         return pool[start:] + pool[:start]
 
 
