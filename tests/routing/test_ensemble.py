@@ -70,3 +70,43 @@ async def test_a_request_cannot_name_code_to_run(tmp_path: Path) -> None:
     assert caught.value.param == "scorer"
     assert victim.is_dir()
     assert generation.mock_calls == []
+
+
+async def test_vote_weights_count_by_alias_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    """Weights keyed by an alias (or a route) were matched against the target's id and
+    silently ignored; a weight naming no target was accepted (found from outside)."""
+    from inproc import app_client, fake_models
+    from llm_router.config import ModelConfig
+
+    models = fake_models(tmp_path, a={"reply": "yes"}, b={"reply": "no"}, c={"reply": "no"})
+    models[0] = ModelConfig(id="a", path=models[0].path, engine="fake", aliases=["alpha"])
+    body = {"targets": ["alpha", "b", "c"], "mode": "vote", "temperature": 0, "max_tokens": 3,
+            "messages": [{"role": "user", "content": "?"}]}  # fmt: skip
+    async with app_client(tmp_path, models=models) as client:
+        plain = (await client.post("/v1/ensemble", json=body)).json()
+        weighed = await client.post("/v1/ensemble", json={**body, "weights": {"alpha": 5}})
+        unknown = await client.post("/v1/ensemble", json={**body, "weights": {"nope": 1}})
+    assert plain["ensemble"]["chosen"] in ("b", "c")  # two against one
+    assert weighed.status_code == 200 and weighed.json()["ensemble"]["chosen"] == "a"
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "weights"
+
+
+async def test_a_judge_is_checked_first_and_its_failure_is_not_the_ensembles(
+    tmp_path: Path,
+) -> None:
+    """best-of with scorer judge and no judge asked (and paid) every target before its 400;
+    a judge that failed failed the ensemble though every answer was in (found from outside)."""
+    from inproc import app_client, fake_models
+
+    models = fake_models(tmp_path, a={"reply": "yes"}, b={"reply": "yes sure"},
+                         broken={"fail_load": True})  # fmt: skip
+    body = {"targets": ["a", "b"], "mode": "best-of", "scorer": "judge", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "?"}]}  # fmt: skip
+    async with app_client(tmp_path, models=models) as client:
+        none = await client.post("/v1/ensemble", json=body)
+        metrics = (await client.get("/metrics")).text
+        failed = await client.post("/v1/ensemble", json={**body, "judge": "broken"})
+    assert none.status_code == 400 and none.json()["error"]["param"] == "judge"
+    assert "llm_router_requests_total{" not in metrics  # nothing was asked
+    assert failed.status_code == 200, failed.text
+    assert failed.json()["ensemble"]["scorer"].startswith("agreement (the judge failed")

@@ -7,8 +7,10 @@ apply); a target that fails is reported, not fatal, as long as one answers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -19,6 +21,8 @@ from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Fl
 from ..routing.ensemble import Scorer, agreement, vote
 from .generate import GenerationService
 from .route_info import RouteInfo
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Answer",
@@ -180,19 +184,26 @@ class EnsembleService:
                 "scorers are named in the configuration's ensemble_scorers)",
                 param="scorer",
             )
-        for t in req.targets:
-            self.generation.dispatcher.resolve(t)  # unknown names fail before any work
+        if req.mode == "best-of" and req.scorer == "judge" and not req.judge:
+            raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
+        resolve = self.generation.dispatcher.resolve
+        asked_as = [resolve(t) for t in req.targets]  # unknown names fail before any work
+        weights = _weights(req.weights, asked_as, resolve)
         asked = await (self._first(req, route) if req.mode == "first" else self._all(req, route))
         good = [a for a in asked if a.completion is not None]
         if not good:
             raise _none_answered(asked)
         votes: dict[str, float] | None = None
-        if req.mode == "vote":
-            index, votes = vote(
-                [(a.answer.model, a.answer.content or "") for a in good], req.weights
-            )
+        scorer = req.scorer if req.mode == "best-of" else None
+        if req.mode == "vote":  # each answer weighs as the name it was asked by (an alias too)
+            ballots = [
+                (asked_as[i], a.answer.content or "")
+                for i, a in enumerate(asked)
+                if a.completion is not None
+            ]
+            index, votes = vote(ballots, weights)
         elif req.mode == "best-of":
-            index = await self._best(req, [a.answer.content or "" for a in good], route)
+            index, scorer = await self._best(req, [a.answer.content or "" for a in good], route)
         else:
             index = 0
         chosen = good[index]
@@ -204,7 +215,7 @@ class EnsembleService:
             chosen=chosen.answer.model,
             answers=[a.answer for a in asked],
             votes=votes,
-            scorer=req.scorer if req.mode == "best-of" else None,
+            scorer=scorer,
         )
         return EnsembleResult(**chosen.completion.model_dump(), ensemble=details)
 
@@ -228,12 +239,16 @@ class EnsembleService:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _best(self, req: EnsembleRequest, texts: list[str], route: RouteInfo) -> int:
+    async def _best(
+        self, req: EnsembleRequest, texts: list[str], route: RouteInfo
+    ) -> tuple[int, str]:
+        """The best answer's index, and the scorer that chose it: the judge's verdict, or
+        agreement when the judge failed (every answer is in; the judge's error is said) or
+        named no answer."""
         question = req.messages[-1].text()
         if req.scorer != "judge":
-            return self.scorers[req.scorer](question, texts)
-        if not req.judge:
-            raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
+            return self.scorers[req.scorer](question, texts), req.scorer
+        assert req.judge
         listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
         ask = ChatCompletionRequest.model_validate(
             {
@@ -249,10 +264,36 @@ class EnsembleService:
                 ],
             }
         )
-        verdict = (await self.generation.chat(ask, route.part())).choices[0].message.content or ""
+        try:
+            judged = await self.generation.chat(ask, route.part())
+        except RouterError as exc:
+            log.warning("ensemble: the judge %s failed (%s); agreement picks", req.judge, exc)
+            return agreement(question, texts), f"agreement (the judge failed: {exc.message})"
+        verdict = judged.choices[0].message.content or ""
         match = re.search(r"\d+", verdict)
         pick = int(match.group()) - 1 if match else -1
-        return pick if 0 <= pick < len(texts) else agreement(question, texts)
+        if 0 <= pick < len(texts):
+            return pick, "judge"
+        return agreement(question, texts), "agreement (the judge named no answer)"
+
+
+def _weights(
+    given: dict[str, float], asked_as: list[str], resolve: Callable[[str], str]
+) -> dict[str, float]:
+    """Vote weights by the name each target resolves to (an alias weighs for its model, a
+    route for its answers); a weight for no target asked is a 400, not ignored."""
+    out: dict[str, float] = {}
+    for name, weight in given.items():
+        try:
+            canonical = resolve(name)
+        except RouterError:
+            canonical = None
+        if canonical not in asked_as:
+            raise BadRequest(
+                f"`weights` names {name!r}, which is none of `targets`", param="weights"
+            )
+        out[canonical] = weight
+    return out
 
 
 def _ms(started: float) -> float:
