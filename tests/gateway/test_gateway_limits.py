@@ -561,3 +561,26 @@ async def test_a_client_that_waits_its_retry_after_fits_then(
         now[0] = later
         remaining, _ = await w.view("tokens", limit, "k", fresh=True)
         assert remaining >= wanted, (limit, wanted, wait, remaining)
+
+
+async def test_cache_hits_at_once_never_pass_tokens_per_minute_together(gw: Gw) -> None:
+    """Hits of the response cache (and a single flight's followers) were let in on
+    `remaining > 0` and charged when done: 10 at once used 2.9x a key's limit (found from
+    outside). A hit's tokens, known exactly, are now admitted as a prompt's are."""
+    within_one_minute_window(10)
+    secret = await gw.key("hits", tpm=40)
+    body = {**CHAT_BODY, "temperature": 0}
+    first = await gw.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
+    assert first.status_code == 200 and first.headers["x-llm-router-cache"] == "miss"
+    each = first.json()["usage"]["total_tokens"]
+    left = 40 - each
+    answers = await asyncio.gather(
+        *(
+            gw.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
+            for _ in range(12)
+        )
+    )
+    hits = [r for r in answers if r.status_code == 200]
+    assert all(r.headers["x-llm-router-cache"] == "hit" for r in hits)
+    assert len(hits) == left // each and all(r.status_code == 429 for r in answers if r not in hits)
+    assert await window_total(gw.gateway.limiter, 40, "hits") == each * (1 + len(hits))

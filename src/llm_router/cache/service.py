@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import RouterError
 from ..metrics import Metrics
 from ..protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, _Request
+from ..routing.admission import prompt_gate
 from ..routing.dispatcher import Dispatcher
 from ..serving.embed import EmbeddingService
 from ..serving.generate import GenerationService
@@ -116,6 +117,7 @@ class CachedGenerationService(GenerationService):
             if hit is not None:
                 replay = self._replay(hit, route, wire, kind, started, reason)
                 if replay is not None:
+                    await _admit(route)  # a key's tokens per minute count a hit's tokens too
                     for event in replay:
                         yield event
                     return
@@ -201,6 +203,7 @@ class CachedEmbeddingService(EmbeddingService):
                 route.model, route.target, route.reason = req.model, result.model, "cache"
                 route.cache = "hit"
                 route.usage = Usage(result.usage.prompt_tokens, 0)  # as a computed answer's
+                await _admit(route)
                 self.metrics.requests.labels(result.model, "embeddings", "cache_hit").inc()
                 return result
         route.cache = "miss"
@@ -216,6 +219,21 @@ class CachedEmbeddingService(EmbeddingService):
                 self.cache.land(key, flight, value)
             elif value is not None:
                 self.cache.put(key, value)
+
+
+async def _admit(route: RouteInfo) -> None:
+    """A hit's tokens (its usage, known exactly) against a key's tokens per minute before it
+    is served, as a computed answer's prompt and max_tokens are (routing/admission.py): hits
+    at once could pass the limit together, and a single flight's followers did. Refused: a
+    429 before anything is sent, and nothing charged (the record's usage is dropped)."""
+    gate = prompt_gate.get()
+    if gate is None or route.usage is None:
+        return
+    try:
+        await gate.admit_prompt(route.usage.prompt_tokens, route.usage.completion_tokens)
+    except BaseException:
+        route.usage, route.cache = None, ""
+        raise
 
 
 def _text(request: GenerationRequest) -> str:
