@@ -262,3 +262,16 @@ def test_ollamas_store_is_served_as_it_is(tmp_path: Path, smollm2_gguf: Path) ->
     (empty / "manifests").mkdir()
     ensure_models(Settings(models_dir=empty, models=[]))
     assert sorted(p.name for p in empty.iterdir()) == ["blobs", "manifests"]
+
+
+def test_a_bundled_model_served_by_its_path_keeps_its_preset(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """`serve -m SmolLM2-...gguf` (a `models:` entry with a path, the same id) lost the
+    bundled model's system prompt, and the README's question got a rambling answer (found
+    from outside)."""
+    presets = {"smol": ModelConfig(id="smol", system_prompt="Be brief.")}
+    entry = ModelConfig(id="smol", path=smollm2_gguf)
+    settings = Settings(models_dir=tmp_path / "empty", models=[entry])
+    found = Scanner(settings, presets=presets).scan()["smol"]
+    assert found.config.system_prompt == "Be brief." and found.path == smollm2_gguf

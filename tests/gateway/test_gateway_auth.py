@@ -395,3 +395,34 @@ async def test_the_default_model_is_behind_a_keys_allow_list_too(
         assert ok.status_code == 200
         mine = await gw.client.post("/v1/chat/completions", json=unnamed, headers=bearer(MASTER))
         assert mine.status_code == 200 and mine.json()["model"] == "chat"
+
+
+async def test_a_path_nothing_serves_is_a_404_for_any_key(gw: Gw) -> None:
+    """POST /api/chat (Ollama's) with an inference key was a 403 "lacks the 'admin' scope":
+    unknown paths count as admin ones; one that no route serves is now told so, whatever the
+    key's scopes. A real admin route still needs the scope."""
+    secret = await gw.key("user-key", scopes=["inference", "read"])
+    r = await gw.client.post("/api/chat", json={"model": "chat"}, headers=bearer(secret))
+    assert r.status_code == 404 and "Ollama's native API" in r.json()["error"]["message"]
+    load = await gw.client.post("/models/load", json={"model": "chat"}, headers=bearer(secret))
+    assert load.status_code == 403
+    assert (await gw.client.post("/api/chat", json={})).status_code == 401  # still a key
+
+
+async def test_compare_is_not_checked_against_the_default_model(
+    tmp_path: Path, master_env: str
+) -> None:
+    """With `default_model` set, /v1/compare (no `model`, its `targets`) was checked against
+    the default model, so a key without it could not compare anything (found from outside)."""
+    from inproc import fake_models
+
+    models = fake_models(tmp_path, chat={}, other={}, third={})
+    async with gateway_app(tmp_path, default_model="chat", models=models) as gw:
+        secret = await gw.key("not-chat", models=["other", "third"])
+        ask = {
+            "targets": ["other", "third"],
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        }
+        r = await gw.client.post("/v1/compare", json=ask, headers=bearer(secret))
+        assert r.status_code == 200, r.text

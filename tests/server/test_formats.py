@@ -338,6 +338,8 @@ def test_embeddings_from_a_chat_model_is_a_clear_400(srv: Server, oai: openai.Op
         oai.chat.completions.create(model=MINILM, messages=QUESTION, max_tokens=4)
     assert "only makes embeddings" in err.value.message and err.value.param == "model"
     # refused from its files: it was loaded first (evicting another model) then refused
+    template = httpx.post(srv.url + "/apply-template", json={"model": MINILM, "messages": QUESTION})
+    assert template.status_code == 400 and "only makes embeddings" in template.text
     status = {m["id"]: m["status"]["value"] for m in httpx.get(srv.url + "/models").json()["data"]}
     assert status[MINILM] == "unloaded"
     r = httpx.post(srv.url + "/v1/embeddings", json={"model": MINILM, "input": []})

@@ -140,10 +140,11 @@ class Scanner:
             source = self._source(model_id, blob, cfg, "ollama")
             if source is not None:
                 found[model_id] = source
-        for cfg in self.settings.models:
-            if cfg.path is None:
+        for entry in self.settings.models:
+            if entry.path is None:
                 continue
-            path = cfg.path if cfg.path.is_absolute() else self.settings.models_dir / cfg.path
+            cfg = self._with_preset(entry, entry.id)  # `serve -m` of a bundled file: its preset
+            path = entry.path if entry.path.is_absolute() else self.settings.models_dir / entry.path
             source = self._source(cfg.id, path, cfg, "config")
             if source is None:
                 source = ModelSource(

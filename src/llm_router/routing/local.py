@@ -102,14 +102,19 @@ class LocalTarget(Target):
                 "llm_router.model_load", loaded - took, loaded, {"llm_router.target": self.id}
             )
 
-    async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
+    def check_generates(self) -> None:
+        """BadRequest, from the model's files, before it loads (and evicts another), when it
+        only makes embeddings."""
         info = self.lifecycle.resolve(self.id).source.info
-        if info is not None and info.task == "embed":  # before it loads (and evicts another)
+        if info is not None and info.task == "embed":
             raise BadRequest(
                 f"model '{self.id}' only makes embeddings; ask it through /v1/embeddings, or "
                 "pick a model that generates text",
                 param="model",
             )
+
+    async def stream(self, call: Call) -> AsyncGenerator[GenerationEvent, None]:
+        self.check_generates()
         tools = call.request.tools
         parser = None
         if tools is not None and tools.choice != "none" and tools.functions:

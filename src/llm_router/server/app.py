@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match
 
 from .. import __version__
 from ..api import Router
@@ -135,6 +136,9 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
             gateway=gateway,
             resolve=app.state.dispatcher.resolve,
             metrics=KeyMetrics(app.state.metrics.registry),
+            served=lambda scope: any(
+                r.matches(scope)[0] is not Match.NONE for r in app.router.routes
+            ),
         )
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
     app.state.drain = Drain()  # SIGTERM: 503s and a wait for requests in flight (run.py)

@@ -145,7 +145,7 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
     detail = str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
-        detail = _not_served(request.url.path)
+        detail = not_served(request.url.path)
     body = envelope(detail, type_, code=_HTTP_CODES.get(exc.status_code))
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
@@ -167,7 +167,7 @@ _ELSEWHERE = (
 )  # fmt: skip
 
 
-def _not_served(path: str) -> str:
+def not_served(path: str) -> str:
     """The 404 of a path nothing serves, naming what to use when it is another server's."""
     for prefix, hint in _ELSEWHERE:
         if path == prefix.rstrip("/") or path.startswith(prefix):

@@ -33,7 +33,7 @@ from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
 from ..routing.admission import prompt_gate
 from .asgi import BodyTooLarge, loopback_hosts, send_json
-from .errors import envelope, status_of
+from .errors import envelope, not_served, status_of
 
 __all__ = ["GatewayMiddleware", "KeyMetrics", "visible"]
 
@@ -97,11 +97,13 @@ class GatewayMiddleware:
         gateway: Gateway,
         resolve: Callable[[str], str] | None = None,
         metrics: KeyMetrics | None = None,
+        served: Callable[[Scope], bool] | None = None,
     ) -> None:
         self.app = app
         self.gateway = gateway
         self.resolve = resolve
         self.metrics = metrics
+        self.served = served  # whether a route serves this path (a 404 is not an admin's)
         self.metrics_public = gateway.settings.gateway.metrics_public
         self.loopback = loopback_hosts() | {"testclient", "127.0.0.1"}
         self._scopes = {  # the hot routes' scopes, looked up without string tests
@@ -137,6 +139,10 @@ class GatewayMiddleware:
         try:
             key = gw.authenticate(_bearer(scope["headers"]))
             if need not in key.scopes:
+                if need == "admin" and self.served is not None and not self.served(scope):
+                    # a path nothing serves (Ollama's /api/chat...) needs no admin to be told so
+                    await _refuse_raw(send, 404, not_served(path), "not_found")
+                    return
                 raise PermissionDenied(
                     f"The API key '{key.name}' lacks the '{need}' scope this operation needs "
                     f"(it has: {', '.join(sorted(key.scopes))})"
@@ -265,7 +271,7 @@ class GatewayMiddleware:
             return
         asked = [(data[f], f) for f in ("model", "judge") if isinstance(data.get(f), str)]
         default = self.gateway.settings.default_model
-        if "model" not in data and default:  # the route will serve the default model
+        if "model" not in data and "targets" not in data and default:  # served the default
             asked.append((default, "model"))
         if isinstance(data.get("targets"), list):  # /v1/compare, /v1/ensemble
             asked += [(t, "targets") for t in data["targets"] if isinstance(t, str)]

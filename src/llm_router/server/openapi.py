@@ -66,6 +66,7 @@ _ERRORS = {
     403: "The API key lacks the scope this route needs",
     404: "No model, alias or route (or API key, on /admin/keys) by that name",
     413: "Request body over `max_body_bytes`",
+    409: "An API key by that name exists already",
     415: "Request body that is not JSON (`Content-Type: application/json`)",
     421: "Host header not served here (`allowed_hosts`)",
     429: "Too many requests waiting for this model; retry after `Retry-After` seconds",
@@ -162,6 +163,8 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
         statuses += _MODELS
     if path in ("/models/unload", "/admin/keys/{name}", "/v1/models/{model}"):
         statuses.append(404)
+    if path == "/admin/keys" and method == "post":
+        statuses.append(409)
     for status in sorted(set(statuses)):
         entry: dict[str, Any] = {
             "description": _ERRORS[status],

@@ -68,6 +68,7 @@ class LlamaService:
         and the tools in it as for a generation. As `tokenize`; BadRequest for a model without
         a chat template and a conversation the template refuses."""
         target = self.dispatcher.local(req.model, "/apply-template")
+        target.check_generates()  # an embedding model has no chat template: said unloaded
         try:
             request = target.prepared(req.to_request())
         except ValueError as exc:
