@@ -152,8 +152,9 @@ class RouteConfig(BaseModel):
     retries: int | None = Field(
         None,
         ge=0,
-        description="Extra attempts after the first, round the targets again when they are "
-        "more than the targets; default: every target once.",
+        description="Extra attempts at the targets after the first, round them again when "
+        "they are more than the targets; default: every target once. The fallbacks come "
+        "after, once each.",
     )
     backoff: float = Field(0.05, ge=0, description="Seconds before a retry, doubled each time.")
     split: dict[str, float] | None = Field(

@@ -224,22 +224,17 @@ class Store:
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection; DatabaseUnavailable when the database cannot be reached."""
+    async def _connect(self, begin: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection (a transaction with `begin`); DatabaseUnavailable when the database
+        cannot be reached."""
         try:
-            async with self.engine.connect() as conn:
+            async with self.engine.begin() if begin else self.engine.connect() as conn:
                 yield conn
         except (OSError, OperationalError, InterfaceError) as exc:
             raise self._unavailable(exc) from exc
 
-    @contextlib.asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; DatabaseUnavailable when the database cannot be reached."""
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except (OSError, OperationalError, InterfaceError) as exc:
-            raise self._unavailable(exc) from exc
+    def _begin(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return self._connect(begin=True)
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         cause = getattr(exc, "orig", None) or exc
