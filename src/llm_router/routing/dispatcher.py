@@ -202,9 +202,8 @@ class Dispatcher(Targets):
         left_out = "; ".join(f"{t}: {r}" for t, r in skipped.items())
         if skipped:
             why += f" skipped=[{left_out}]"
-        if route.config.split and ordered:
-            key = request.sticky_key or uuid.uuid4().hex
-            arm = ab_split(route.config.split, key, salt=name)
+        if route.config.split and ordered:  # the arm the cache keys by too (`split_arm`)
+            arm = self.split_arm(name, request.sticky_key or uuid.uuid4().hex)
             ordered.sort(key=lambda t: t.id != arm)
             why += f" split={arm}"
         for fallback in route.config.fallbacks:
