@@ -401,3 +401,24 @@ async def test_fallbacks_come_after_the_retries_whatever_their_number(
             r = await client.post("/v1/chat/completions", json={"model": "r", "messages": HELLO})
     assert r.status_code == 200 and r.headers["x-llm-router-model"] == "c", r.text
     assert (len(b.bodies), len(c_up.bodies)) == (asked_b, 1)
+
+
+async def test_a_route_naming_nothing_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in a route's targets or fallbacks was skipped on every request without a word
+    (targets only said so per request, fallbacks never): the start says which entry names
+    nothing, and the route still serves from the rest."""
+    async with upstream() as (_, url):
+        models = [remote("box", url)]
+        routes = [
+            {"name": "auto", "targets": ["box", "bxo"], "fallbacks": ["backup"]},
+            {"name": "other", "targets": ["box"]},
+        ]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            text = caplog.text
+            assert "route auto: targets entry 'bxo' names no model or target" in text
+            assert "route auto: fallbacks entry 'backup' names no model or target" in text
+            assert "'box'" not in text and "route other" not in text
+            ok = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+            assert ok.status_code == 200

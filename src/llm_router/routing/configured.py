@@ -92,6 +92,29 @@ class Targets:
                     "models_dir; name the route otherwise"
                 )
 
+    def _warn_unknown_targets(self) -> None:
+        """Say at start and on a reload which names of a route's `targets` and `fallbacks`
+        name nothing served: a typo the route would skip on every request without a word.
+        Not an error: a model file dropped into the models directory later makes the name
+        valid. (A route named there is refused by the settings.)"""
+        for route in self._routes.values():
+            cfg = route.config
+            for field, names in (("targets", cfg.targets), ("fallbacks", cfg.fallbacks)):
+                for name in names:
+                    if not self._serves(name):
+                        log.warning(
+                            "route %s: %s entry %r names no model or target (a typo?); it is "
+                            "skipped until one exists",
+                            cfg.name,
+                            field,
+                            name,
+                        )
+
+    def _serves(self, name: str) -> bool:
+        if name in self._targets or any(name in r.config.aliases for r in self.remotes()):
+            return True
+        return self.manager.registry.get(name) is not None  # scanned at start and reload
+
     def _drop(self, name: str) -> None:
         """Forget the target called `name` (requests already sent to it go on; their outcome
         no longer reaches the routers sharing breakers, where the name may be another's; its
@@ -137,6 +160,7 @@ class Targets:
                 self._drop(name)  # gone, or now a remote target or an alias
         for cfg in remotes.values():
             self._add_remote(cfg)
+        self._warn_unknown_targets()
         after = {*self._routes, *(t.id for t in self.remotes())}
         for name in sorted(after - before):  # GET /models/events: the dashboard follows them
             self.manager.events.publish("added", name)
