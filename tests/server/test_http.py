@@ -101,6 +101,11 @@ async def test_wrong_values_name_the_parameter(
          "messages.[0].content"),
         ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]},
          "messages.[0].tool_call_id"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": []}]},
+         "messages.[0].content"),
+        ("/v1/chat/completions", {"messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": []}]},
+         "messages.[1].content"),
         ("/v1/chat/completions", {"stream_options": {"include_usage": True}}, "stream_options"),
         ("/v1/completions", {"prompt": "def f():", "suffix": "return 1"}, "suffix"),
         ("/v1/completions", {"prompt": "x", "best_of": 3}, "best_of"),
@@ -111,8 +116,8 @@ async def test_what_openai_refuses_is_refused_not_ignored(
     inproc: httpx.AsyncClient, path: str, extra: dict[str, object], param: str
 ) -> None:
     """Accepted and ignored (or rendered as an empty turn) before, where OpenAI answers a 400:
-    `suffix` and `best_of` did nothing, a turn without content was an empty one, a tool turn
-    answered no call, `stream_options` applied to no stream (found from outside)."""
+    `suffix` and `best_of` did nothing, a turn without content (or with an empty list of
+    parts) was an empty one, a tool turn answered no call, `stream_options` applied to no stream (found from outside)."""
     r = await inproc.post(path, json={**CHAT, **extra})
     assert error(r, 400)["param"] == param, r.text
 
@@ -262,6 +267,28 @@ async def test_cors_is_an_explicit_allow_list(tmp_path: Path) -> None:
 async def test_unknown_routes_and_methods_have_envelopes(inproc: httpx.AsyncClient) -> None:
     assert "the API is at /v1" in error(await inproc.get("/v1/nothing-here"), 404)["message"]
     error(await inproc.get("/v1/chat/completions"), 405)
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/models", "/metrics", "/"])
+async def test_head_is_answered_wherever_get_is(inproc: httpx.AsyncClient, path: str) -> None:
+    """`curl -I`, uptime monitors and Ollama's clients' `HEAD /` got a 405 on every FastAPI
+    route: HEAD answers the GET's status and headers, without the body."""
+    got, head = await inproc.get(path), await inproc.head(path)
+    assert head.status_code == got.status_code == 200
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.content == b""
+    assert (await inproc.head("/v1/chat/completions")).status_code == 405  # POST only
+
+
+async def test_head_needs_the_scope_get_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", "sk-master-0123456789")
+    async with app_client(tmp_path) as c:
+        assert (await c.head("/v1/models")).status_code == 401
+        assert (await c.head("/health")).status_code == 200
+        key = {"authorization": "Bearer sk-master-0123456789"}
+        assert (await c.head("/v1/models", headers=key)).status_code == 200
 
 
 async def test_other_servers_apis_are_404s_that_say_what_to_use(inproc: httpx.AsyncClient) -> None:

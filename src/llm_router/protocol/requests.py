@@ -259,10 +259,17 @@ class ChatMessageIn(BaseModel):
     def to_message(self, index: int = 0) -> ChatMessage:
         """The internal turn. A legacy call's id is its function's name, which is what a
         `function` turn answering it names. Raises BadRequest for what OpenAI refuses: a
-        user, system or tool turn without `content`, a tool turn without `tool_call_id`."""
+        user, system or tool turn without `content`, an empty list of content parts, a tool
+        turn without `tool_call_id`."""
         if self.content is None and self.role in ("system", "developer", "user", "tool"):
             raise BadRequest(
                 f"messages[{index}]: a '{self.role}' message needs `content`",
+                param=f"messages.[{index}].content",
+            )
+        if self.content == []:
+            raise BadRequest(
+                f"messages[{index}]: `content` is an empty list; give at least one part "
+                "(or a string)",
                 param=f"messages.[{index}].content",
             )
         if self.role == "tool" and not self.tool_call_id:

@@ -278,4 +278,20 @@ class _HotSwitch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.hot.get(scope["path"]) if scope["type"] == "http" else None
+        if app is None and scope["type"] == "http" and scope["method"] == "HEAD":
+            await self.rest({**scope, "method": "GET"}, receive, _headers_only(send))
+            return
         await (app or self.rest)(scope, receive, send)
+
+
+def _headers_only(send: Send) -> Send:
+    """HEAD wherever GET is served (FastAPI's routes answer GET only; `curl -I`, uptime
+    monitors and Ollama's clients' `HEAD /` got a 405): the GET's status and headers, its
+    body dropped here (the server drops it too, but not every ASGI client does)."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
