@@ -27,6 +27,7 @@ __all__ = [
     "RouterError",
     "ServerBusy",
     "UpstreamError",
+    "UpstreamRateLimited",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "WorkerDied",
@@ -116,6 +117,11 @@ class ServerBusy(QueueFull):
 class ServerStopping(ServerBusy):
     """The server stopped (its drain grace ran out, or a second signal came) before the
     request ended."""
+
+
+class UpstreamRateLimited(QueueFull):
+    """A remote target answered 429 (its own rate limit): another target, or this one after
+    `retry_after`, may serve. Apart from a full local queue in route reasons and metrics."""
 
 
 class RateLimited(QueueFull):

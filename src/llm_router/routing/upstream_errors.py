@@ -19,9 +19,9 @@ from pydantic_core import from_json
 from ..errors import (
     BadRequest,
     ContextLengthExceeded,
-    QueueFull,
     RouterError,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -81,7 +81,7 @@ def status_error(name: str, answer: Answer) -> RouterError:
     status = answer.status
     message, param, code = _envelope(answer)
     if status == 429:
-        return QueueFull(
+        return UpstreamRateLimited(
             f"upstream {name} is rate limited: {message}",
             retry_after=_retry_after(answer.headers.get("retry-after")),
         )
