@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from llm_router.compat import foreign_env, llama_overrides
-from llm_router.config import load_config
+from llm_router.config_load import load_config
 from llm_router.errors import ConfigError
 from servers import free_port
 

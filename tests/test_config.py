@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_router.config import EngineOptions, ModelConfig, SamplingDefaults, Settings, load_config
+from llm_router.config import EngineOptions, ModelConfig, SamplingDefaults, Settings
+from llm_router.config_load import load_config
 from llm_router.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from llm_router.config import Settings, load_config
+from llm_router.config import Settings
+from llm_router.config_load import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -26,7 +26,8 @@ def test_the_package_exports_exactly_its_all() -> None:
 
 def test_the_lazy_names_are_the_real_ones() -> None:
     from llm_router.api import Router
-    from llm_router.config import ModelConfig, Settings, load_config
+    from llm_router.config import ModelConfig, Settings
+    from llm_router.config_load import load_config
 
     assert (llm_router.Router, llm_router.Settings) == (Router, Settings)
     assert (llm_router.ModelConfig, llm_router.load_config) == (ModelConfig, load_config)

@@ -9,7 +9,8 @@ from .errors import RouterError
 
 if TYPE_CHECKING:
     from .api import Router
-    from .config import ModelConfig, Settings, load_config
+    from .config import ModelConfig, Settings
+    from .config_load import load_config
 
 try:
     __version__ = version("llm-runner-router")  # the one in pyproject.toml
@@ -27,8 +28,12 @@ def __getattr__(name: str) -> object:
         from .api import Router
 
         return Router
-    if name in ("ModelConfig", "Settings", "load_config"):
+    if name in ("ModelConfig", "Settings"):
         from . import config
 
         return getattr(config, name)
+    if name == "load_config":
+        from .config_load import load_config
+
+        return load_config
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

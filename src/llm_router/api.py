@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .config import Settings, load_config
+from .config import Settings
+from .config_load import load_config
 from .errors import BadRequest
 from .protocol import (
     ChatCompletion,

@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_console import err, error
-from .config import Settings, load_config
+from .config import Settings
+from .config_load import load_config
 from .errors import ConfigError, RouterError
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 llama-server router's flags (`llm-router serve -c 8192 -np 4 --models-max 2 ...`, mapped in
 cli.py) and environment variables (`LLAMA_ARG_*`), and Ollama's (`OLLAMA_*`). They mean what
 they mean there. Our own `LLM_ROUTER_*` variables, the config file's explicit values and the
-command line take precedence over them (config.load_config)."""
+command line take precedence over them (config_load.load_config)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def llama_overrides(
         defaults["parallel"] = parallel
     if ctx_size is not None and ctx_size > 0:  # 0: the model's own, as in llama-server
         # shared by the slots once every source is read (`-np` may come from another one):
-        # config.load_config makes it each slot's `context_size`
+        # config_load.load_config makes it each slot's `context_size`
         defaults[CONTEXT_TOTAL] = ctx_size
     if threads is not None:
         defaults["threads"] = threads

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_config
+from .config import Settings
+from .config_load import load_config
 
 __all__ = ["LIVE", "ConfigSource", "Plan", "plan", "stamp"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from llm_router.config import load_config
+from llm_router.config_load import load_config
 from llm_router.gateway.keys import (
     PREFIX,
     KeySpec,

@@ -64,7 +64,7 @@ def test_autoscaling_on_ongoing_requests() -> None:
 
 
 def test_bad_ray_settings_name_the_key(tmp_path: Path) -> None:
-    from llm_router.config import load_config
+    from llm_router.config_load import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text("ray: {memory: lots}\n")
