@@ -514,6 +514,16 @@ async def test_ensemble_and_compare_refuse_a_stream_they_would_not_send(
         assert r.json()["error"]["param"] == "stream" and "one JSON body" in r.text
 
 
+async def test_ensemble_and_compare_refuse_n_answers_they_would_drop(tmp_path: Path) -> None:
+    """Each target's answer is one text: `n: 3` was generated (and charged) three times and
+    all but the first choice dropped."""
+    ask = {"targets": ["chat", "chat2"], "messages": CHAT["messages"]}
+    async with app_client(tmp_path, models=fake_models(tmp_path, chat={}, chat2={})) as c:
+        for path in ("/v1/ensemble", "/v1/compare"):
+            assert error(await c.post(path, json={**ask, "n": 3}), 400)["param"] == "n"
+            assert (await c.post(path, json={**ask, "n": 1})).status_code == 200
+
+
 async def test_a_route_whose_targets_do_not_exist_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:

@@ -59,6 +59,15 @@ class CompareRequest(ChatCompletionRequest):
             raise ValueError("the answers come in one JSON body: `stream` must be false here")
         return stream
 
+    @field_validator("n")
+    @classmethod
+    def _one(cls, n: int | None) -> int | None:
+        """One answer a target: `n` > 1 was asked for, paid for, and all but the first
+        dropped."""
+        if n is not None and n > 1:
+            raise ValueError("each target gives one answer here: `n` must be 1")
+        return n
+
 
 class EnsembleRequest(CompareRequest):
     model: str = "ensemble"
