@@ -1,6 +1,7 @@
 """A loopback HTTP server of files with Range support, for `pull`'s tests (these machines cannot
 reach the Hub). It can cut a response short (`cut_after` bytes, once), or stall mid-way until
-`release` is set; it records each request's Range header. It also answers the two Hub calls
+`release` is set; it records each request's Range and If-Range headers (an If-Range that is
+not the file's ETag gets the whole file). It also answers the two Hub calls
 `huggingface_hub` makes (`/api/models/{repo}/revision/{rev}` and `/{repo}/resolve/{rev}/{file}`),
 so HF_ENDPOINT can point at it."""
 
@@ -25,6 +26,7 @@ class FileServer:
     files: dict[str, bytes]  # path (no leading /) -> content
     url: str = ""
     ranges: list[str | None] = field(default_factory=list)  # Range header of each GET
+    if_ranges: list[str | None] = field(default_factory=list)  # If-Range header of each GET
     cut_after: int | None = None  # close the first GET of a file after this many bytes
     stall_after: int | None = None  # wait for `release` after this many bytes, once
     release: threading.Event = field(default_factory=threading.Event)
@@ -97,7 +99,10 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             path, data = found
             header = self.headers.get("Range")
             state.ranges.append(header)
+            state.if_ranges.append(self.headers.get("If-Range"))
             start = int(m.group(1)) if header and (m := re.match(r"bytes=(\d+)-", header)) else 0
+            if self.headers.get("If-Range") not in (None, f'"{hashlib.sha256(data).hexdigest()}"'):
+                start = 0  # changed since: the whole file (RFC 9110's If-Range)
             if start >= len(data) and start:
                 self.send_response(416)
                 self.send_header("Content-Length", "0")

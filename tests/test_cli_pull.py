@@ -6,16 +6,37 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from file_server import serve_files
+from file_server import FileServer, serve_files
 from servers import SMOL, free_port
 
 pytestmark = pytest.mark.real  # subprocesses
 
-PAYLOAD = os.urandom(3 * 2**20 + 123)
+
+def _tiny_gguf() -> bytes:
+    """A whole GGUF of ~3 MiB (one random tensor): `pull` checks a download is a model."""
+    import gguf
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "tiny.gguf"
+        writer = gguf.GGUFWriter(str(out), "llama")
+        writer.add_context_length(64)
+        weights = np.random.default_rng().standard_normal((768, 1024)).astype(np.float32)
+        writer.add_tensor("token_embd.weight", weights)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return out.read_bytes()
+
+
+PAYLOAD = _tiny_gguf()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -42,15 +63,97 @@ def test_an_interrupted_download_resumes_where_it_stopped(tmp_path: Path) -> Non
     assert "pulled model.gguf" in out.stdout
 
 
+def _stalled_pull(srv: FileServer, models: Path, after: int) -> subprocess.Popen[str]:
+    """A pull of `model.gguf` that has written `after` bytes and waits for the rest."""
+    srv.stall_after = after
+    pull = subprocess.Popen(
+        [sys.executable, "-m", "llm_router", "pull", f"{srv.url}/model.gguf",
+         "--models-dir", str(models)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert srv.stalled.wait(60)
+    part = models / ".model.gguf.part"
+    deadline = time.monotonic() + 30
+    while (not part.exists() or part.stat().st_size < after) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pull
+
+
 def test_a_part_left_by_an_earlier_pull_is_resumed(tmp_path: Path) -> None:
+    """Only the rest is asked for, and only of the same file: If-Range names the ETag the
+    first pull saw."""
     models = tmp_path / "models"
-    models.mkdir()
-    (models / ".model.gguf.part").write_bytes(PAYLOAD[:12345])
     with serve_files({"model.gguf": PAYLOAD}) as srv:
+        first = _stalled_pull(srv, models, 2**20)
+        first.kill()  # a crash, or the machine going down
+        first.communicate()
         out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--sha256", SHA)
         assert out.returncode == 0, out.stderr
-        assert srv.ranges == ["bytes=12345-"]  # only the rest was sent
+        assert srv.ranges == [None, f"bytes={2**20}-"]  # only the rest was sent
+        assert srv.if_ranges == [None, f'"{SHA}"']
     assert (models / "model.gguf").read_bytes() == PAYLOAD
+    assert sorted(p.name for p in models.iterdir()) == ["model.gguf"]
+
+
+def test_a_part_of_another_file_is_never_completed_with_this_one(tmp_path: Path) -> None:
+    """A `.part` was completed with whatever the URL served now: a file changed on the
+    server, or a `.part` of unknown origin, made a corrupt model that pulled with exit 0."""
+    models = tmp_path / "models"
+    changed = _tiny_gguf()
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        first = _stalled_pull(srv, models, 2**20)
+        first.kill()
+        first.communicate()
+        srv.files["model.gguf"] = changed  # a new upload under the same URL
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models))
+        assert out.returncode == 0, out.stderr
+    assert (models / "model.gguf").read_bytes() == changed
+    (models / "model.gguf").unlink()
+    (models / ".model.gguf.part").write_bytes(changed[: 2**20])  # whose? nobody says
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models))
+        assert out.returncode == 0, out.stderr
+        assert srv.ranges == [None]  # started again
+    assert (models / "model.gguf").read_bytes() == PAYLOAD
+
+
+def test_a_second_pull_of_the_same_file_is_refused_while_one_runs(tmp_path: Path) -> None:
+    """Both appended to one `.part`: the first ended with exit 0 and a corrupt model, the
+    second with a traceback."""
+    models = tmp_path / "models"
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        first = _stalled_pull(srv, models, 2**20)
+        try:
+            second = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models))
+            assert second.returncode == 1
+            assert "another pull is writing model.gguf" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr
+            srv.release.set()
+            assert first.wait(60) == 0
+        finally:
+            first.kill()
+            first.communicate()
+    assert (models / "model.gguf").read_bytes() == PAYLOAD
+
+
+def test_a_file_that_is_no_model_is_refused_and_removed(tmp_path: Path) -> None:
+    """A web page (a login wall, a wrong link) or a truncated GGUF pulled with exit 0, and
+    then sat in the models directory as an error or as nothing at all."""
+    models = tmp_path / "models"
+    page = b"<!doctype html><html><body>Sign in to download</body></html>"
+    files = {"page.html": page, "fake.gguf": page, "cut.gguf": PAYLOAD[:-1000]}
+    with serve_files(files) as srv:
+        for name, why in (
+            ("page.html", "it is no model file"),
+            ("fake.gguf", "not a GGUF"),
+            ("cut.gguf", "truncated"),
+        ):
+            out = _cli("pull", f"{srv.url}/{name}", "--models-dir", str(models))
+            assert out.returncode == 1, (name, out.stderr)
+            text = " ".join(out.stderr.split())
+            assert "is not a usable model" in text and why in text, text
+            assert "the download was deleted" in text
+    assert list(models.iterdir()) == []
 
 
 def test_a_corrupted_download_is_refused_and_removed(tmp_path: Path) -> None:

@@ -79,10 +79,12 @@ def _found(path: Path, fmt: Format, task: Task = "generate") -> Detected:
     return Detected(path, fmt, ENGINE_FOR[fmt], task)
 
 
-def detect(path: Path) -> Detected | None:
+def detect(path: Path, suffix: str | None = None) -> Detected | None:
     """Classify `path` (a file or a folder) by content. Reads a few bytes of a file, or the
     JSON files of a folder. Raises InvalidModelFile for a file named like a model that is not
-    one and for a folder with `config.json` but no weights."""
+    one and for a folder with `config.json` but no weights. `suffix`: the name's, when the
+    file is checked under another name (a download's `.part`)."""
+    suffix = path.suffix if suffix is None else suffix
     if path.is_dir():
         return _detect_dir(path)
     if not path.is_file():
@@ -92,12 +94,12 @@ def detect(path: Path) -> Detected | None:
     if is_safetensors(path):
         return _found(path, "safetensors")
     head = _head(path)
-    if head == ONNX_PROTO_START and (path.suffix == ".onnx" or _is_onnx(path)):
+    if head == ONNX_PROTO_START and (suffix == ".onnx" or _is_onnx(path)):
         read_onnx_meta(path)  # raises with the reason for a .onnx file that is not a model
         return _found(path, "onnx", "embed")
-    if path.suffix in (".bin", ".pt", ".pth") and is_torch_checkpoint(path):
+    if suffix in (".bin", ".pt", ".pth") and is_torch_checkpoint(path):
         return _found(path, "pytorch")
-    named = _NAMED.get(path.suffix)
+    named = _NAMED.get(suffix)
     if named is not None:
         raise InvalidModelFile(f"{path}: named like a {named} model, but {_why_not(path, named)}")
     return None
@@ -300,10 +302,10 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def describe(path: Path) -> tuple[Detected, ModelMeta] | None:
+def describe(path: Path, suffix: str | None = None) -> tuple[Detected, ModelMeta] | None:
     """`detect` then `read_meta`: None for a path that is no model; InvalidModelFile for one
     that is a broken model."""
-    found = detect(path)
+    found = detect(path, suffix)
     if found is None:
         return None
     meta = read_meta(found)

@@ -3,9 +3,16 @@
 A download is written to `.<name>.part` in the models directory (dot files are never models,
 so a half download never appears in `GET /models`), resumed from where it stopped with an HTTP
 Range request (by the next `pull`, or at once when the connection drops mid-way), checked
-against a sha256 (given with `--sha256`, or the Hub's LFS metadata) and only then renamed to
-its name: the rename is atomic, so the watcher sees the whole file or nothing. A file whose
-sha256 differs is deleted and the pull fails.
+against a sha256 (given with `--sha256`, or the Hub's LFS metadata) and by its content (a
+model of a format this router reads, whole), and only then renamed to its name: the rename is
+atomic, so the watcher sees the whole file or nothing. A file that fails a check is deleted
+and the pull fails.
+
+One pull at a time writes a `.part`: it holds an exclusive lock on it (a second pull of the
+same name is refused, where both appended to one file). A resume asks for the rest only of
+the same file: `.<name>.part.json` keeps the URL and the server's validator (ETag or
+Last-Modified), sent as `If-Range`, so a file changed on the server meanwhile is downloaded
+again from the start; a `.part` of unknown origin is started again too.
 
 Hub sources go through `huggingface_hub` (the `hub` extra): `hf_hub_download` honours
 `HF_ENDPOINT`, `HF_TOKEN` and its cache (resuming there itself); the file is then hashed and
@@ -13,13 +20,16 @@ linked (or copied) into the models directory the same way."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -125,7 +135,12 @@ def pull_url(
         models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PullError(f"cannot make the models directory {models_dir}: {exc.strerror}") from None
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0), headers=headers) as http:
+    with (
+        _locked(part),
+        httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0), headers=headers) as http,
+    ):
+        if target.exists():  # the pull that held the lock made it meanwhile
+            raise PullError(f"{target} exists; `llm-router rm` it first")
         for attempt in range(RETRIES + 1):
             try:
                 _fetch(http, url, part, progress)
@@ -140,9 +155,47 @@ def pull_url(
                         "run pull again to resume"
                     ) from None
                 time.sleep(min(2.0**attempt * 0.2, 5.0))
-    _verify(part, sha256)
-    os.replace(part, target)
+        _verify(part, sha256)
+        _check_model(part, name, url)
+        os.replace(part, target)
+        _origin(part).unlink(missing_ok=True)
     return target
+
+
+@contextlib.contextmanager
+def _locked(part: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `part` (made if missing) while the block runs; PullError at
+    once when another pull holds it."""
+    with part.open("ab") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PullError(
+                f"another pull is writing {part.name[1:-5]} (it holds {part}); wait for it to end"
+            ) from None
+        try:
+            yield
+        finally:  # nothing to resume from: no litter (a 404, a refused name)
+            if part.exists() and part.stat().st_size == 0:
+                part.unlink()
+                _origin(part).unlink(missing_ok=True)
+
+
+def _check_model(part: Path, name: str, url: str) -> None:
+    """Delete the download and raise PullError unless it is a whole model of a format this
+    router reads, by content (as discovery will read it under `name`)."""
+    from ..errors import InvalidModelFile
+    from ..formats.detect import describe
+
+    try:
+        found = describe(part, Path(name).suffix)
+        why = None if found is not None else "it is no model file this router reads"
+    except InvalidModelFile as exc:
+        why = exc.message.removeprefix(f"{part}: ")
+    if why is not None:
+        part.unlink(missing_ok=True)
+        _origin(part).unlink(missing_ok=True)
+        raise PullError(f"{url} is not a usable model ({why}); the download was deleted")
 
 
 # getaddrinfo's EAI_NONAME: the name does not exist (no retry helps; EAI_AGAIN, a resolver
@@ -154,16 +207,43 @@ class _Incomplete(Exception):
     pass
 
 
-def _fetch(http: httpx.Client, url: str, part: Path, progress: Progress | None) -> None:
+def _origin(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _resume_headers(url: str, part: Path) -> dict[str, str] | None:
+    """The Range (and If-Range) headers that ask for the rest of `part`, or None when it
+    must start again: empty, or of another URL or an unknown origin."""
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with http.stream("GET", url, headers=headers) as res:
+    try:
+        origin = json.loads(_origin(part).read_text())
+    except (OSError, ValueError):
+        origin = None
+    if not have or not isinstance(origin, dict) or origin.get("url") != url:
+        return None
+    headers = {"Range": f"bytes={have}-"}
+    if validator := origin.get("etag") or origin.get("last_modified"):
+        headers["If-Range"] = validator  # changed on the server: a 200 with all of it
+    return headers
+
+
+def _fetch(http: httpx.Client, url: str, part: Path, progress: Progress | None) -> None:
+    headers = _resume_headers(url, part)
+    have = part.stat().st_size if headers else 0
+    with http.stream("GET", url, headers=headers or {}) as res:
         if res.status_code == 416 and have:  # nothing past what we have: it is complete
             return
         if res.status_code not in (200, 206):
             raise PullError(f"{url}: HTTP {res.status_code} {res.reason_phrase}")
         if res.status_code == 200:
-            have = 0  # the server ignored the Range: start again
+            have = 0  # the server ignored the Range, or the file changed: start again
+            weak = res.headers.get("etag", "").startswith("W/")  # If-Range needs a strong one
+            origin = {
+                "url": url,
+                "etag": None if weak else res.headers.get("etag"),
+                "last_modified": res.headers.get("last-modified"),
+            }
+            _origin(part).write_text(json.dumps(origin))
         length = res.headers.get("content-length")
         total = have + int(length) if length and length.isdigit() else None
         with part.open("ab" if have else "wb") as out:
@@ -191,6 +271,7 @@ def _verify(path: Path, expected: str | None) -> None:
     actual = _sha256(path)
     if actual != expected.lower():
         path.unlink(missing_ok=True)
+        _origin(path).unlink(missing_ok=True)
         raise PullError(
             f"sha256 mismatch: expected {expected.lower()}, got {actual}; the download was deleted"
         )
@@ -234,10 +315,12 @@ def pull_hub(
         progress(size, size)
     models_dir.mkdir(parents=True, exist_ok=True)
     part = models_dir / f".{target.name}.part"
+    part.unlink(missing_ok=True)
     try:
         os.link(cached.resolve(), part)
     except OSError:
         shutil.copyfile(cached, part)
+    _check_model(part, target.name, f"{source.repo}/{filename}")
     os.replace(part, target)
     return target
 
