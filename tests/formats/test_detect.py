@@ -228,6 +228,26 @@ def test_pickle_needing_checkpoint_names_what_it_imports(tmp_path: Path) -> None
     assert "argparse.Namespace" in read_torch_meta(path).other_globals
 
 
+def test_a_crafted_checkpoint_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    """A 1.5 MB zip whose data.pkl inflates to 1.5 GB of opcodes froze the server's event
+    loop for minutes (the scan read and walked all of it): it is an error, found at once."""
+    import zipfile
+
+    path = tmp_path / "bomb.bin"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data.pkl", "w", force_zip64=True) as pickled:
+            pickled.write(b"\x80\x02")
+            for _ in range(40):  # MiB
+                pickled.write(b"N" * 2**20)
+    with pytest.raises(InvalidModelFile, match=r"data\.pkl is over 32 MiB"):
+        describe(path)
+    dense = tmp_path / "dense.bin"  # under the size limit: the opcode count stops it
+    with zipfile.ZipFile(dense, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + b"N" * 1_200_000)
+    with pytest.raises(InvalidModelFile, match="more than 1,000,000 opcodes"):
+        describe(dense)
+
+
 def test_hf_folder_with_a_pytorch_checkpoint(tmp_path: Path) -> None:
     folder = _hf_folder(tmp_path / "m")
     torch.save({"w": torch.zeros(8, 8, dtype=torch.float16)}, folder / "pytorch_model.bin")

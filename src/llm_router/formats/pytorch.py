@@ -39,6 +39,11 @@ _INTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
 _PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
 _GETS = {"BINGET", "LONG_BINGET", "GET"}
 PICKLE_PROTO = b"\x80"
+# A checkpoint's data.pkl lists its tensors (~100 bytes, ~20 opcodes each: a few MiB for the
+# largest models); it is read when the models directory is scanned, on the event loop, so a
+# crafted one (a 1.5 MB zip of a 1.5 GB pickle froze a server for minutes) stops here.
+MAX_PICKLE_BYTES = 32 << 20
+MAX_PICKLE_OPS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,13 @@ def read_torch_meta(path: Path) -> TorchInfo:
             names = [n for n in archive.namelist() if n.endswith("data.pkl")]
             if not names:
                 raise InvalidModelFile(f"{path}: a zip file without data.pkl, not a checkpoint")
-            data = archive.read(names[0])
+            with archive.open(names[0]) as pickled:  # declared sizes can lie: read at most
+                data = pickled.read(MAX_PICKLE_BYTES + 1)
+            if len(data) > MAX_PICKLE_BYTES:
+                raise InvalidModelFile(
+                    f"{path}: its data.pkl is over {MAX_PICKLE_BYTES >> 20} MiB, far more than "
+                    "a checkpoint's list of tensors: not read"
+                )
     except (OSError, zipfile.BadZipFile) as exc:
         raise InvalidModelFile(f"{path}: cannot read the checkpoint: {exc}") from exc
     try:
@@ -94,7 +105,9 @@ def _scan(data: bytes, size: int) -> TorchInfo:
     key: str | None = None
     last_global: str | None = None
     memo_count = 0
-    for op, raw, _ in pickletools.genops(data):
+    for count, (op, raw, _) in enumerate(pickletools.genops(data)):
+        if count > MAX_PICKLE_OPS:
+            raise ValueError(f"more than {MAX_PICKLE_OPS:,} opcodes, not a list of tensors")
         name, arg = op.name, str(raw)
         if name in ("GLOBAL", "STACK_GLOBAL"):
             last_global = arg if name == "GLOBAL" else None
