@@ -230,3 +230,139 @@ def test_doctor_prints_the_machine_the_settings_and_problems(tmp_path: Path, srv
     # A look only: a directory still to be made is not made (it was, by the check itself).
     later = _cli("doctor", "--models-dir", str(tmp_path / "not" / "yet"))
     assert "cannot be" not in later.stdout and not (tmp_path / "not").exists()
+
+
+def test_a_refused_key_is_one_line_that_says_what_to_set(
+    tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`show` crashed (KeyError) on a server that refused its key; `chat` printed the same
+    refusal for every line and exited 0; all three quoted the HTTP envelope ("an
+    Authorization header"), which is no help at a shell."""
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", "sk-master-cli-test-0123456789")
+    keyed = Server(tmp_path, {"models_dir": str(models), "watch_interval": 0}).start()
+    monkeypatch.delenv("LLM_ROUTER_MASTER_KEY")
+    try:
+        shown = _cli("show", SMOL, "--url", keyed.url, "--models-dir", str(models))
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert "set LLM_ROUTER_API_KEY" in " ".join(shown.stdout.split())
+        assert "Q4_1" in shown.stdout  # what the files say is still shown
+        chatted = _cli("chat", SMOL, "--url", keyed.url, stdin="hi\nhello\n")
+        assert chatted.returncode == 1 and chatted.stderr.count("error:") == 1
+        assert "set LLM_ROUTER_API_KEY" in " ".join(chatted.stderr.split())
+        listed = _cli("ps", "--url", keyed.url)
+        assert listed.returncode == 1 and "LLM_ROUTER_API_KEY" in listed.stderr
+    finally:
+        keyed.stop()
+
+
+def test_piped_chat_stops_at_the_first_failed_turn(srv: Server) -> None:
+    """A script piping into chat saw an error per line and exit 0 (it could not tell)."""
+    too_long = "word " * 20000
+    out = _cli("chat", SMOL, "--url", srv.url, stdin=f"{too_long}\nWhat is 2+2?\n")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("error:") == 1 and "Traceback" not in out.stderr
+    assert out.stdout.strip() == ""  # the second line was never sent
+
+
+def test_chat_says_once_that_the_server_went_away(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """A server killed mid-chat made a ~230-line traceback."""
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    gone = Server(tmp_path, {"models_dir": str(models), "watch_interval": 0}).start()
+    env = {**os.environ, "LLM_ROUTER_PORT": str(free_port())}
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "llm_router", "chat", SMOL, "--url", gone.url,
+         "--max-tokens", "4", "--temperature", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert chat.stdin is not None and chat.stdout is not None
+        chat.stdin.write("Hi\n")
+        chat.stdin.flush()
+        assert chat.stdout.readline().strip()  # the first answer came
+        gone.stop()
+        chat.stdin.write("And again?\n")
+        chat.stdin.close()
+        assert chat.wait(60) == 1
+        err = chat.stderr.read() if chat.stderr else ""
+        assert "lost the server at" in err and "Traceback" not in err, err
+    finally:
+        chat.kill()
+        chat.wait()
+        for stream in (chat.stdin, chat.stdout, chat.stderr):
+            if stream is not None:
+                stream.close()
+        gone.stop()
+
+
+def test_chat_stops_an_answer_on_ctrl_c_and_goes_on(srv: Server) -> None:
+    """At a terminal, Ctrl-C mid-answer ended the whole chat (exit 0, history lost); as in
+    `ollama run` it stops that answer and gives the prompt back."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "LLM_ROUTER_PORT": str(free_port()), "NO_COLOR": "1"}
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "llm_router", "chat", SMOL, "--url", srv.url,
+         "--max-tokens", "400", "--temperature", "0"],
+        stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 120) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(leader, 4096)
+                except OSError:
+                    break
+        assert text in seen, seen[-500:]
+
+    try:
+        read_until(b">>> ")
+        os.write(leader, b"Tell me a very long story about a dragon.\n")
+        start = len(seen)
+        deadline = time.monotonic() + 120
+        while len(seen) < start + 80 and time.monotonic() < deadline:  # the answer streams
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 4096)
+        before = seen.count(b">>> ")
+        os.write(leader, b"\x03")  # Ctrl-C, through the terminal: SIGINT
+        deadline = time.monotonic() + 60
+        while seen.count(b">>> ") == before and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 4096)
+        assert seen.count(b">>> ") > before, seen[-500:]  # the prompt is back
+        os.write(leader, b"/bye\n")
+        assert chat.wait(30) == 0
+    finally:
+        chat.kill()
+        os.close(leader)
+
+
+def test_rm_and_show_template_of_a_model_only_the_server_sees_say_what_to_give(
+    srv: Server, tmp_path: Path
+) -> None:
+    """They looked in ./models and said the model was not there ("models directory models
+    does not exist"), though the server named with --url has it."""
+    elsewhere = str(tmp_path / "empty")
+    for args in (["rm", "gem"], ["show", "gem", "--template"]):
+        out = _cli(*args, "--url", srv.url, "--models-dir", elsewhere)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        text = " ".join(out.stderr.split())
+        assert f"is on {srv.url}" in text and "--models-dir" in text, text
+    assert GEMMA in srv.models()  # nothing was deleted
+
+
+def test_run_reads_the_prompt_from_the_input(srv: Server) -> None:
+    """As `echo hi | ollama run MODEL`: it said "Missing argument 'prompt'"."""
+    args = ["run", SMOL, "--models-dir", _models_dir(srv), "--temperature", "0",
+            "--max-tokens", "12"]  # fmt: skip
+    piped = _cli(*args, stdin="What is the capital of France?\n")
+    assert piped.returncode == 0 and "Paris" in piped.stdout, piped.stderr
+    empty = _cli(*args, stdin="")
+    assert empty.returncode == 2 and "no prompt" in empty.stderr

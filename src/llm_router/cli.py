@@ -28,6 +28,7 @@ app = typer.Typer(
     help="Run and route LLMs of any format behind one OpenAI-compatible endpoint.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # as llama.cpp and Ollama
 )
 T = TypeVar("T")
 
@@ -271,7 +272,10 @@ def ls(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
 @app.command()
 def run(
     model: Annotated[str, typer.Argument(help="Model id or alias.")],
-    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="The user message (none, or -: read from the standard input)."),
+    ] = None,
     config: ConfigOpt = None,
     models_dir: ModelsDirOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
@@ -279,7 +283,16 @@ def run(
     seed: Annotated[int | None, typer.Option()] = None,
     raw: Annotated[bool, typer.Option(help="Plain completion, no chat template.")] = False,
 ) -> None:
-    """Load MODEL, answer PROMPT once, streaming to the terminal."""
+    """Load MODEL, answer PROMPT once, streaming to the terminal (`echo hi | llm-router run
+    MODEL` reads it from the input, as `ollama run`)."""
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty():
+            error("give a PROMPT, or pipe one in")
+            raise typer.Exit(2)
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            error("the standard input held no prompt")
+            raise typer.Exit(2)
     settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
     setup_logging(settings.log_level)
     try:

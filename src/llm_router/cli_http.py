@@ -63,9 +63,17 @@ def find_server(url: str | None, settings: Settings) -> str | None:
 
 
 def server_error(res: httpx.Response) -> str:
-    """The message of an error answer (the OpenAI envelope), else its status line."""
+    """The message of an error answer (the OpenAI envelope), else its status line; for a
+    refused key, what to set (the envelope speaks to HTTP clients: "an Authorization
+    header")."""
     try:
         body: Any = res.json()
-        return str(body["error"]["message"])
+        message = str(body["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        return f"{res.status_code} {res.reason_phrase}"
+        message = f"{res.status_code} {res.reason_phrase}"
+    if res.status_code == 401:
+        have = "the key in LLM_ROUTER_API_KEY" if auth_headers() else "no key"
+        return f"{message} (the CLI sent {have}: set LLM_ROUTER_API_KEY to a key of this server)"
+    if res.status_code == 403:
+        return f"{message} (set LLM_ROUTER_API_KEY to a key with that scope)"
+    return message

@@ -5,6 +5,7 @@ otherwise where that makes sense (`ps` needs a server: a new process has nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -87,11 +88,32 @@ def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
     )
 
 
-def _find(settings: Settings, model: str) -> ModelSource:
+def _find(settings: Settings, model: str, server: str | None = None) -> ModelSource:
     found = _look_up(settings, model)
     if isinstance(found, ModelSource):
         return found
-    raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {found})")
+    raise _not_here(settings, model, found, server)
+
+
+def _not_here(settings: Settings, model: str, there: str, server: str | None) -> typer.Exit:
+    """The error for a model not in this models directory: when `server` serves it, that
+    its files are in the server's directory, which the command needs (`rm` deletes a file,
+    `show --template` reads one; the server tells no paths)."""
+    if server is not None and _served(server, model):
+        return _fail(
+            f"model {model!r} is on {server} but not in {settings.models_dir}: give "
+            "--models-dir the server's models directory (this command reads its files)"
+        )
+    return _fail(f"model {model!r} is not in {settings.models_dir} (models: {there})")
+
+
+def _served(server: str, model: str) -> bool:
+    with client(server) as http:
+        res = http.get("/models")
+    if res.status_code != 200:
+        return False
+    entries = res.json().get("data", [])
+    return any(model == m["id"] or model in (m.get("aliases") or ()) for m in entries)
 
 
 def _look_up(settings: Settings, model: str) -> ModelSource | str:
@@ -143,7 +165,7 @@ def show(
         if url and not template:  # the server's model, wherever its directory is
             _show_served(url.rstrip("/"), model, settings)
             return
-        raise _fail(f"model {model!r} is not in {settings.models_dir} (models: {found})")
+        raise _not_here(settings, model, found, url.rstrip("/") if url else None)
     source = found
     info = source.info
     if template:
@@ -171,10 +193,13 @@ def show(
     server = find_server(url, settings)
     if server:
         with client(server) as http:
-            listed = {m["id"]: m for m in http.get("/models").json()["data"]}
-        live = listed.get(source.id, {})
-        rows.append(("status", live.get("status", {}).get("value", "not on that server")))
-        rows.append(("memory", _mib(live.get("memory_bytes"))))
+            res = http.get("/models")
+        if res.status_code == 200:
+            live = {m["id"]: m for m in res.json()["data"]}.get(source.id, {})
+            rows.append(("status", live.get("status", {}).get("value", "not on that server")))
+            rows.append(("memory", _mib(live.get("memory_bytes"))))
+        else:  # the files still say the rest
+            rows.append(("status", f"unknown: {server} says {server_error(res)}"))
     _section(out, "Model", rows)
     cfg = source.config
     params = {k: v for k, v in cfg.sampling.model_dump(exclude_none=True).items()}
@@ -220,13 +245,13 @@ def rm(
     """Delete a model from the models directory (unloading it first from a running server).
     A link is removed, never what it points to."""
     settings = _settings(config, models_dir=models_dir)
-    source = _find(settings, model)
+    server = find_server(url, settings)
+    source = _find(settings, model, server)
     root = settings.models_dir.resolve()
     if source.origin == "ollama":
         raise _fail(f"{source.id} is a model of Ollama's store: remove it with `ollama rm`")
     if source.origin != "models_dir" or source.path.parent.resolve() != root:
         raise _fail(f"{source.id} is not a file of {root}; remove its `models:` entry instead")
-    server = find_server(url, settings)
     if server:
         with client(server) as http:
             res = http.post("/models/unload", json={"model": source.id, "force": True})
@@ -250,7 +275,10 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 512,
 ) -> None:
     """An interactive chat with history and streaming, as `ollama run`: `/bye` quits,
-    `/clear` forgets the history. A model the server does not have is an error at once."""
+    `/clear` forgets the history, Ctrl-C stops an answer of a server (in this process: ends
+    the chat). A model the server does not have,
+    or one that makes no text, is an error at once; with the input piped, so is any failed
+    turn (exit status 1)."""
     settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
     setup_logging(settings.log_level)
     server = find_server(url, settings)
@@ -264,8 +292,19 @@ def chat(
             asyncio.run(_chat_local(settings, model, system, params))
     except RouterError as exc:
         raise _fail(exc.message) from None
+    except httpx.HTTPError as exc:  # the server went away mid-chat
+        raise _fail(f"lost the server at {server}: {exc or type(exc).__name__}") from None
     except KeyboardInterrupt:
         print()
+        raise typer.Exit(130) from None
+
+
+def _turn_failed(message: str) -> None:
+    """Say why a turn failed; with the input piped, end there (a script sees exit 1, where
+    it saw the same error for every line and exit 0)."""
+    if not sys.stdin.isatty():
+        raise _fail(message)
+    error(message)
 
 
 def _lines() -> Iterator[str]:
@@ -287,16 +326,24 @@ def _unknown(model: str, names: list[str]) -> typer.Exit:
 
 
 def _check_http(http: httpx.Client, model: str) -> None:
-    """Raise typer.Exit when the server's model list (`GET /models`: ids, aliases, remote
-    targets, routes; those the API key may use) does not have `model`. Unchecked when the
-    key may not read the list: the first answer then tells."""
+    """Raise typer.Exit when the server refuses the key, or its model list (`GET /models`:
+    ids, aliases, remote targets, routes; those the API key may use) does not have `model`,
+    or has it as an embedding model. Unchecked when the key may not read the list (an
+    inference-only key): the first answer then tells."""
     res = http.get("/models")
+    if res.status_code == 401:
+        raise _fail(server_error(res))
     if res.status_code != 200:
         return
     body = res.json()
     ids = [m["id"] for m in body["data"]] + [r["name"] for r in body.get("routes", [])]
-    aliases = {a for m in body["data"] for a in m.get("aliases") or []}
-    if model not in ids and model not in aliases:
+    for entry in body["data"]:
+        if model == entry["id"] or model in (entry.get("aliases") or ()):
+            if entry.get("task") == "embed":
+                raise _fail(f"model '{entry['id']}' only makes embeddings: chat with a model "
+                            "that generates text")  # fmt: skip
+            return
+    if model not in ids:
         raise _unknown(model, ids)
 
 
@@ -311,18 +358,22 @@ def _chat_http(server: str, model: str, system: str | None, params: dict[str, An
             history.append({"role": "user", "content": line})
             body = {"model": model, "messages": history, "stream": True, **params}
             answer = ""
-            with http.stream("POST", "/v1/chat/completions", json=body) as res:
+            with (
+                _stopped_by_ctrl_c(),
+                http.stream("POST", "/v1/chat/completions", json=body) as res,
+            ):
                 if res.status_code != 200:
                     res.read()
                     history.pop()
-                    error(server_error(res))
+                    _turn_failed(server_error(res))
                     continue
                 for data in res.iter_lines():
                     if not data.startswith("data: ") or data == "data: [DONE]":
                         continue
                     chunk = json.loads(data[6:])
                     if "error" in chunk:
-                        error(chunk["error"]["message"])
+                        _write("\n")
+                        _turn_failed(chunk["error"]["message"])
                         break
                     for choice in chunk.get("choices", []):
                         piece = choice.get("delta", {}).get("content") or ""
@@ -330,6 +381,19 @@ def _chat_http(server: str, model: str, system: str | None, params: dict[str, An
                         _write(piece)
             _write("\n\n")
             history.append({"role": "assistant", "content": answer})
+
+
+@contextlib.contextmanager
+def _stopped_by_ctrl_c() -> Iterator[None]:
+    """Ctrl-C while an answer streams stops that answer (the request is closed, so the
+    server stops generating) and the chat goes on, as in `ollama run`; what was shown stays
+    in the history. Piped input: Ctrl-C ends the chat."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not sys.stdin.isatty():
+            raise
+        _write("\n")
 
 
 async def _chat_local(
@@ -344,6 +408,8 @@ async def _chat_local(
             router.dispatcher.resolve(model)  # an id, alias, remote target or route
         except ModelNotFound:
             raise _unknown(model, router.models()) from None
+        if (local := _local_target(router, model)) is not None:
+            local.check_generates()  # an embedding model: RouterError, at once
         lines = _lines()
         while (line := await loop.run_in_executor(None, next, lines, None)) is not None:
             if line == "/clear":
@@ -357,10 +423,21 @@ async def _chat_local(
                     _write(piece)
             except RouterError as exc:
                 history.pop()
-                error(exc.message)
+                _turn_failed(exc.message)
                 continue
             _write("\n\n")
             history.append({"role": "assistant", "content": answer})
+
+
+def _local_target(router: Any, model: str) -> Any:
+    """The local model `model` names (None for a route or a remote target)."""
+    from .routing.local import LocalTarget
+
+    try:
+        target = router.dispatcher.target(model)
+    except ModelNotFound:  # a route
+        return None
+    return target if isinstance(target, LocalTarget) else None
 
 
 def _write(text: str) -> None:

@@ -373,6 +373,18 @@ class Settings(BaseSettings):
         parse_duration(value)
         return value
 
+    @field_validator("models_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        """A file given as the directory (llama-server's `-m FILE` habit) was found out at
+        start-up, as a traceback from provisioning into it."""
+        if value.exists() and not value.is_dir():
+            raise ValueError(
+                f"{value} is a file, not a directory of models: give its directory, or serve "
+                "that one file with `llm-router serve -m FILE`"
+            )
+        return value
+
     @field_validator("memory_budget")
     @classmethod
     def _check_budget(cls, value: str | int) -> str | int:
