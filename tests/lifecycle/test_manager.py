@@ -33,6 +33,7 @@ from llm_router.errors import (
     WorkerDied,
 )
 from llm_router.lifecycle.manager import RESTART_AFTER, ModelManager
+from llm_router.lifecycle.registry import RESIDENT
 from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from llm_router.worker import spawn
@@ -291,6 +292,37 @@ async def test_busy_model_is_not_evicted(harness: Harness, tmp_path: Path) -> No
     evicted = events.all("unloaded", "a")
     assert [e["reason"] for e in evicted] == ["evicted to make room for 'b'"]
     assert (a.status, b.status) == (Status.UNLOADED, Status.LOADED)
+
+
+async def test_a_lowered_models_max_holds_under_steady_traffic(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A reload to `models_max: 1` evicted only idle models: two models that always had a
+    request in flight both stayed loaded, serving new requests, for as long as the traffic
+    went on (found from outside). The least recently used busy one drains: it finishes what
+    it has, takes nothing new, and goes once idle; its next request loads it back in turn."""
+    models = [fake_model(tmp_path, "a"), fake_model(tmp_path, "b")]
+    manager = await harness.manager(models, models_max=2)
+    events = Events(manager)
+    first_a = await hold(harness, manager, "a")
+    first_b = await hold(harness, manager, "b")
+    a, b = manager.resolve("a"), manager.resolve("b")
+    manager.reconfigure(manager.settings.model_copy(update={"models_max": 1}))
+    assert a.draining and not b.draining  # a was used first: least recently
+    later_a = asyncio.create_task(harness.generate(manager, "a"))
+    later_b = await hold(harness, manager, "b")  # b still serves new requests
+    await asyncio.sleep(0.2)
+    assert not later_a.done()  # a takes nothing new
+    await first_a.finish()  # a idle: evicted (and waits to load again, for later_a)
+    await bounded(until(lambda: events.count("unloaded", "a") == 1))
+    assert a.status == Status.WAITING
+    reasons = [e["reason"] for e in events.all("unloaded", "a")]
+    assert reasons == ["evicted: over the limits (a model went idle or away)"]
+    await first_b.finish()
+    await later_b.finish()
+    text, _, _ = await bounded(later_a)  # then b gives way in turn
+    assert text == expected(3)
+    assert sum(s.status in RESIDENT for s in manager.states()) == 1
 
 
 async def test_memory_budget_one_big_or_two_small(harness: Harness, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_router.lifecycle.policy import Plan, Resident, plan_admission, reconcile
+from llm_router.lifecycle.policy import Plan, Reconciled, Resident, plan_admission, reconcile
 
 MiB = 2**20
 BIG = 1000
@@ -140,19 +140,24 @@ def test_one_big_or_two_small() -> None:
 
 def test_reconcile_evicts_idle_lru_until_under_budget() -> None:
     residents = [idle("a", 40, 1), busy("b", 40, 0), idle("c", 40, 3)]
-    assert reconcile(residents, budget=90) == (("a",), True)
-    assert reconcile(residents, budget=30) == (("a", "c"), False)
-    assert reconcile([leaving("a", 500), idle("b", 10)], budget=20) == ((), True)
+    assert reconcile(residents, budget=90) == Reconciled(("a",), True)
+    # not enough with the idle ones gone: the busy one drains, then goes once idle
+    assert reconcile(residents, budget=30) == Reconciled(("a", "c"), False, ("b",))
+    assert reconcile([leaving("a", 500), idle("b", 10)], budget=20) == Reconciled((), True)
 
 
 def test_reconcile_evicts_idle_lru_down_to_a_lower_models_max() -> None:
     """A reload that lowers `models_max`: the least recently used idle models go until the
-    count fits; busy and pinned ones stay even if that leaves it over."""
+    count fits; then busy ones drain (under steady traffic they were never idle, and the
+    lower limit never held); pinned ones stay even if that leaves it over."""
     residents = [idle("a", 1, 1), busy("b", 1, 0), idle("c", 1, 3), idle("d", 1, 2)]
-    assert reconcile(residents, BIG, models_max=2) == (("a", "d"), True)
-    assert reconcile(residents, BIG, models_max=0) == ((), True)
+    assert reconcile(residents, BIG, models_max=2) == Reconciled(("a", "d"), True)
+    assert reconcile(residents, BIG, models_max=0) == Reconciled((), True)
     pinned = [busy("b", 1, 0), idle("p", 1, 1, pinned=True)]
-    assert reconcile(pinned, BIG, models_max=1) == ((), False)
+    assert reconcile(pinned, BIG, models_max=1) == Reconciled((), False, ("b",))
+    assert reconcile([busy("b", 1, 0), busy("c", 1, 1)], BIG, 1).drain == ("b",)
+    both_pinned = [idle("p", 1, 0, pinned=True), idle("q", 1, 1, pinned=True)]
+    assert reconcile(both_pinned, BIG, 1) == Reconciled((), False)  # nothing would help
 
 
 # -- properties over random snapshots ----------------------------------------------------------
@@ -216,8 +221,10 @@ def test_reconcile_evicts_only_idle_settled_models_and_only_as_many_as_needed(
 ) -> None:
     """Victims are idle, settled, unpinned and staying; once they are gone the rest fits
     exactly when `fits` says so; and every victim but the last was not yet enough (least
-    recently used first: no more evicted than needed)."""
-    victims, fits = reconcile(residents, budget, models_max)
+    recently used first: no more evicted than needed). Drained models are busy, settled and
+    unpinned, only when the victims are not enough, and with them gone too it fits."""
+    done = reconcile(residents, budget, models_max)
+    victims, fits = done.evict, done.fits
     by_id = {r.id: r for r in residents}
     assert len(set(victims)) == len(victims)
     chosen = [by_id[i] for i in victims]
@@ -231,3 +238,8 @@ def test_reconcile_evicts_only_idle_settled_models_and_only_as_many_as_needed(
     assert fit([r for r in staying if r.id not in victims]) == fits
     for n in range(len(victims)):
         assert not fit([r for r in staying if r.id not in victims[:n]])
+    drained = [by_id[i] for i in done.drain]
+    assert all(r.busy and r.settled and not r.pinned and not r.leaving for r in drained)
+    assert not (fits and drained)
+    if drained:
+        assert fit([r for r in staying if r.id not in (*victims, *done.drain)])

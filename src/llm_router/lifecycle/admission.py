@@ -45,6 +45,7 @@ class Admission:
         budget: int
         over_budget: bool
         _admission: deque[ModelState]
+        _limits_drain: tuple[str, ...]  # busy models draining for lowered limits (_reconcile)
         _pool: WorkerPool
         _patience: Timer | None
 
@@ -182,7 +183,7 @@ class Admission:
                 self._begin_unload(self.registry[victim], f"evicted to make room for '{head.id}'")
             drain = plan.drain if self._patience_over(head) else ()
             break
-        self._set_draining(drain)
+        self._set_draining((*drain, *self._limits_drain))
 
     def _patience_over(self, head: ModelState) -> bool:
         """Whether the load at the head has waited `drain_after` for room: until then busy
@@ -231,7 +232,11 @@ class Admission:
                     state.id,
                     state.active,
                     len(state.waiters),
-                    self._admission[0].id if self._admission else "a load",
+                    "the lowered limits"
+                    if state.id in self._limits_drain
+                    else self._admission[0].id
+                    if self._admission
+                    else "a load",
                 )
             elif not drain and state.draining:
                 state.draining = False
@@ -269,12 +274,15 @@ class Admission:
         """Evict least recently used idle models while the measured use is over the budget,
         or more models are resident than `models_max` (lowered by a reload); when nothing idle
         can go, say so (`over_budget`; admission waits meanwhile, and each model going idle
-        decides again)."""
+        decides again) and drain busy ones (least recently used first) until they would fit:
+        under steady traffic a busy model is never idle, and the limit never held."""
         residents, models_max = self._residents(), self.settings.models_max
-        victims, fits = reconcile(residents, self.budget - self._pool.memory(), models_max)
-        if (victims or not fits) and self._pool.memory():  # the spares go first
+        done = reconcile(residents, self.budget - self._pool.memory(), models_max)
+        if (done.evict or not done.fits) and self._pool.memory():  # the spares go first
             self._drop_spares(None, f"over the limits ({why})")
-            victims, fits = reconcile(residents, self.budget, models_max)
+            done = reconcile(residents, self.budget, models_max)
+        victims, fits = done.evict, done.fits
+        self._limits_drain = done.drain
         for victim in victims:
             self._begin_unload(self.registry[victim], f"evicted: over the limits ({why})")
         if not fits and not self.over_budget:

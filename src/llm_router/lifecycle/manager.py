@@ -73,6 +73,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         self._default_keep_alive = parse_duration(settings.keep_alive)
         self.registry = Registry(scanner or Scanner(settings), self.events)
         self.over_budget = False  # measured use is over the budget and nothing idle can go
+        self._limits_drain: tuple[str, ...] = ()  # busy models drained for it (admission.py)
         self._waiting = 0
         self._admission: deque[ModelState] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Plan", "Resident", "pinned_out", "plan_admission", "reconcile"]
+__all__ = ["Plan", "Reconciled", "Resident", "pinned_out", "plan_admission", "reconcile"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +76,22 @@ def plan_admission(residents: list[Resident], need: int, budget: int, models_max
     return Plan(start=False, evict=tuple(evict), drain=tuple(drain))
 
 
-def reconcile(
-    residents: list[Resident], budget: int, models_max: int = 0
-) -> tuple[tuple[str, ...], bool]:
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """`evict`: idle models to unload now; `fits`: whether the rest then fit; `drain`: when
+    they do not, busy models (least recently used first) to take no new requests, so that
+    they go idle and can be evicted (empty when even that would not make them fit)."""
+
+    evict: tuple[str, ...]
+    fits: bool
+    drain: tuple[str, ...] = ()
+
+
+def reconcile(residents: list[Resident], budget: int, models_max: int = 0) -> Reconciled:
     """After a measurement, or a lower `models_max` or budget: the idle models to evict
     (least recently used first) so that the residents fit in `budget` and number at most
-    `models_max` (0: any) again, and whether they then fit. Busy, pinned, loading and
-    leaving models stay; leaving ones no longer count."""
+    `models_max` (0: any) again, whether they then fit, and if not, which busy models to
+    drain for it. Pinned, loading and leaving models stay; leaving ones no longer count."""
     staying = [r for r in residents if not r.leaving]
     used, count = sum(r.bytes for r in staying), len(staying)
 
@@ -98,4 +107,14 @@ def reconcile(
         victims.append(r.id)
         used -= r.bytes
         count -= 1
-    return tuple(victims), fits()
+    if fits():
+        return Reconciled(tuple(victims), True)
+    drain: list[str] = []
+    for r in sorted(staying, key=lambda r: r.last_used):
+        if fits():
+            break
+        if r.busy and r.settled and not r.pinned:
+            drain.append(r.id)
+            used -= r.bytes
+            count -= 1
+    return Reconciled(tuple(victims), False, tuple(drain) if fits() else ())
