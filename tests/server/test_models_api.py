@@ -67,11 +67,46 @@ def test_autoload_and_status_fields(client: openai.OpenAI, server: Any) -> None:
 def test_file_added_and_removed_at_run_time(
     tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
 ) -> None:
+    """Files come and go without a restart, and `GET /models/events` tells each change in an
+    order a client can follow: a loaded model's file removed said `removed` before its
+    `unloading` and `unloaded` (the client ended holding a model the listing no longer had);
+    a broken file fixed in place, or broken while unloaded, said nothing at all."""
     models = link_models(tmp_path / "models", smollm2_gguf)
     srv = new_server(tmp_path, models_dir=str(models), watch_interval=0.2)
     client = make_client(srv)
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", srv.url + "/models/events", timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                if stop.is_set():
+                    return
+
+    def of(model: str) -> list[tuple[str, str]]:
+        return [(e["event"], e.get("reason") or e.get("error", "")) for e in events
+                if e["model"] == model]  # fmt: skip
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
     try:
         assert {m.id for m in client.models.list()} == {SMOL}
+        data = smollm2_gguf.read_bytes()
+        (models / ".broken.tmp").write_bytes(data[: len(data) // 2])
+        (models / ".broken.tmp").rename(models / "broken.gguf")
+        until(lambda: ("added", "") in of("broken"))
+        assert srv.models()["broken"]["status"]["value"] == "error"
+        (models / ".broken.tmp").write_bytes(data)
+        (models / ".broken.tmp").rename(models / "broken.gguf")  # fixed
+        until(lambda: any(e == "unloaded" for e, _ in of("broken")))
+        assert of("broken")[-1] == ("unloaded", "its files can be served again")
+        assert srv.models()["broken"]["status"]["value"] == "unloaded"
+        (models / "broken.gguf").write_bytes(data[:1000])  # broken again, while unloaded
+        until(lambda: of("broken")[-1][0] == "error")
+        assert "header ends early" in of("broken")[-1][1]
+
         link_models(models / "sub", smollm2_gguf)
         (models / "sub" / smollm2_gguf.name).rename(models / "copy-of-smol.gguf")
         until(lambda: "copy-of-smol" in {m.id for m in client.models.list()})
@@ -79,7 +114,11 @@ def test_file_added_and_removed_at_run_time(
         assert out.model == "copy-of-smol"
         (models / "copy-of-smol.gguf").unlink()
         until(lambda: "copy-of-smol" not in {m.id for m in client.models.list()})
+        until(lambda: of("copy-of-smol")[-1][0] == "removed")
+        told = [e for e, _ in of("copy-of-smol")]
+        assert told[-3:] == ["unloading", "unloaded", "removed"], told
     finally:
+        stop.set()
         srv.stop()
 
 

@@ -216,8 +216,8 @@ class Admission:
         again (and are told why it cannot load, if it cannot)."""
         state.load_requested = False
         state.set_status(Status.UNLOADED)
-        apply_source_error(state)
         self.events.publish("unloaded", state.id, reason=reason)
+        apply_source_error(state, self.events)
         log.info("model %s: load withdrawn (%s)", state.id, reason)
 
     def _set_draining(self, ids: tuple[str, ...]) -> None:

@@ -290,9 +290,11 @@ class ModelManager(Leases, Admission, Reconfiguration):
 
     def _load_cancelled(self, state: ModelState) -> None:
         state.set_status(Status.UNLOADED)
-        self.registry.leaving.discard(state)
-        apply_source_error(state)  # cancelled as its files broke (registry.refresh)
+        removed = self.registry.forget(state)
         self.events.publish("unloaded", state.id, reason="load cancelled")
+        apply_source_error(state, self.events)  # cancelled as its files broke (registry.refresh)
+        if removed:
+            self.events.publish("removed", state.id)
         log.info("model %s: load cancelled", state.id)
         self._room_changed()
 
@@ -381,9 +383,11 @@ class ModelManager(Leases, Admission, Reconfiguration):
         state.draining = False
         state.drain_allowed.clear()
         state.set_status(Status.UNLOADED)
-        self.registry.leaving.discard(state)
-        apply_source_error(state)  # its files changed into something unservable meanwhile
+        removed = self.registry.forget(state)
         self.events.publish("unloaded", state.id, reason=reason)
+        apply_source_error(state, self.events)  # its files changed into something unservable
+        if removed:
+            self.events.publish("removed", state.id)
         log.info(
             "model %s unloaded in %.2f s (%s): %s MiB freed",
             state.id,
@@ -405,7 +409,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
             self._spawn(worker.stop())
             self._threads.forget(worker)
             state.cancel_idle_unload()
-            self.registry.leaving.discard(state)
+            removed = self.registry.forget(state)
             state.worker = None
             state.memory_bytes = None
             state.loaded_at = None
@@ -425,6 +429,8 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 message = f"{reason}; the next request loads it again"
             state.set_status(Status.ERROR, message)
             self.events.publish("error", state.id, error=state.error)
+            if removed:
+                self.events.publish("removed", state.id)
             log.warning("model %s: %s", state.id, message)
             if restart:
                 self._restart(state)

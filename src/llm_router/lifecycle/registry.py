@@ -39,6 +39,15 @@ class Registry:
         """Whether `state` is still the model of its id (not dropped by a scan)."""
         return self._states.get(state.id) is state
 
+    def forget(self, state: ModelState) -> bool:
+        """`state`'s worker stopped: if a scan had dropped it, it is gone now; True when no
+        model of its id is left (the caller then says `removed`, after its `unloaded`: a
+        client following the events ended with a model the listing no longer had)."""
+        if state not in self.leaving:
+            return False
+        self.leaving.discard(state)
+        return state.id not in self._states
+
     def sorted(self) -> list[ModelState]:
         return sorted(self._states.values(), key=lambda s: s.id)
 
@@ -60,19 +69,20 @@ class Registry:
                 waiting = state.status == Status.WAITING and source.error is not None
                 if state.status in RESIDENT or waiting:  # its error once its worker is gone
                     unload.append((state, "model file changed"))
-                else:
-                    apply_source_error(state)
+                else:  # broken, or fixed: told (a client following the events saw neither)
+                    apply_source_error(state, self._events)
             else:
                 state.source = source
         for model_id in set(self._states) - set(found):
             state = self._states.pop(model_id)
-            if state.status in RESIDENT:
+            if state.status in RESIDENT:  # `removed` once its worker stopped (`forget`)
                 self.leaving.add(state)
+            else:
+                self._events.publish("removed", model_id)
             gone = not state.source.path.exists()  # else its `models:` entry went
             unload.append(
                 (state, "model file removed" if gone else "removed from the configuration")
             )
-            self._events.publish("removed", model_id)
             state.notify()
         self._aliases = {
             alias: s.id for s in self._states.values() for alias in s.source.config.aliases
@@ -80,10 +90,17 @@ class Registry:
         return unload
 
 
-def apply_source_error(state: ModelState) -> None:
-    """A model whose files cannot be served is in `error` (sticky) until they change."""
+def apply_source_error(state: ModelState, events: EventBus | None = None) -> None:
+    """A model whose files cannot be served is in `error` (sticky) until they change.
+    `events`: told of the change this makes (`error`, or `unloaded` once the files are
+    fixed); call it after the caller's own event, so that the last one says the status."""
     if state.source.error is not None:
+        told = state.status == Status.ERROR and state.error == state.source.error
         state.sticky = True
         state.set_status(Status.ERROR, state.source.error)
+        if events is not None and not told:
+            events.publish("error", state.id, error=state.error)
     elif state.status == Status.ERROR:
         state.set_status(Status.UNLOADED)
+        if events is not None:
+            events.publish("unloaded", state.id, reason="its files can be served again")
