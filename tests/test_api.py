@@ -166,3 +166,43 @@ async def test_a_router_must_be_started(api_models: Path) -> None:
         await r.quick("hi")
     with pytest.raises(RuntimeError, match="not started"):
         r.models()
+
+
+async def test_a_closed_router_refuses_to_start_again(api_models: Path) -> None:
+    """Started again after close(), it said it was running and the next request waited for
+    ever (its manager had stopped for good; found from outside)."""
+    r = Router(models_dir=str(api_models), watch_interval=0, spare_workers=False)
+    async with r:
+        assert r.models()
+    with pytest.raises(RuntimeError, match="make a new Router"):
+        await r.start()
+    with pytest.raises(RuntimeError, match="not started"):
+        await r.quick("hi")
+
+
+async def test_a_failed_batch_cancels_the_rest(router: Router) -> None:
+    """One prompt too long for the context: the error came at once, and the other prompts
+    went on generating in the background, their answers thrown away."""
+    prompts = ["word " * 20_000] + [f"Count to {i}." for i in range(6)]
+    with pytest.raises(ContextLengthExceeded):
+        await router.batch(prompts, model=SMOL, concurrency=2, max_tokens=200, temperature=0)
+    state = router.manager.resolve(SMOL)
+    assert state.active == 0 and not state.waiters  # nothing left running or queued
+    with pytest.raises(ValueError, match="concurrency"):
+        await router.batch([PARIS], concurrency=0)  # it waited for ever
+
+
+async def test_stream_refuses_what_it_cannot_yield(router: Router) -> None:
+    """Tool calls and n > 1 streamed nothing, or one answer of n, without a word; an
+    embeddings error was pydantic's, not the API's RouterError."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(BadRequest, match="use chat"):
+        [t async for t in router.stream(PARIS, model=SMOL, tools=[tool])]
+    with pytest.raises(BadRequest, match="use chat"):
+        [t async for t in router.stream(PARIS, model=SMOL, n=2)]
+    usage = {"include_usage": True}  # a stream's option: accepted by stream()
+    text = "".join([t async for t in router.stream(PARIS, stream_options=usage, **GREEDY)])
+    assert "Paris" in text
+    with pytest.raises(BadRequest) as info:
+        await router.embed([], model=defaults.MINILM_ID)
+    assert info.value.param == "input"

@@ -37,6 +37,7 @@ from .protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
+from .protocol.invalid import describe_invalid
 
 if TYPE_CHECKING:
     from .cache import ResponseCache
@@ -97,17 +98,21 @@ class Router:
             self.generation, load_scorers(self.settings.ensemble_scorers)
         )
         self._started = False
+        self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> Router:
-        """Find the models (provisioning the bundled ones into an empty directory) and start
-        the router; models load on first use."""
+        """Find the models (provisioning the bundled ones into an empty directory, in a
+        thread: the event loop goes on meanwhile) and start the router; models load on first
+        use. A closed Router cannot start again (RuntimeError): make a new one."""
         if self._started:
             return self
+        if self._closed:  # its manager stopped for good: a request would wait for ever
+            raise RuntimeError("this Router was closed; make a new Router to start again")
         from .lifecycle.discovery import ensure_models
 
-        ensure_models(self.settings)
+        await asyncio.to_thread(ensure_models, self.settings)
         await self.manager.start()
         try:
             await self.dispatcher.start()
@@ -121,9 +126,12 @@ class Router:
         return self
 
     async def close(self) -> None:
+        """Stop the router: requests in flight end with an error, the model workers stop
+        (their memory comes back). Final: a closed Router does not start again."""
         if not self._started:
             return
         self._started = False
+        self._closed = True
         try:
             if self.cache is not None:
                 await self.cache.close()
@@ -200,7 +208,13 @@ class Router:
         self, messages: Messages, *, model: str | None = None, raw: bool = False, **params: Any
     ) -> AsyncIterator[str]:
         """The answer's text as it is generated (a chat; `raw=True`: a plain completion of a
-        string prompt). Leaving the loop early cancels the generation."""
+        string prompt), an async generator. Leaving the loop early cancels the generation.
+        One answer of text: `tools` and `n` > 1 are refused (BadRequest; use `chat`)."""
+        if params.get("tools") or params.get("functions"):
+            raise BadRequest("stream() yields text; for tool calls use chat()", param="tools")
+        if isinstance(n := params.get("n"), int) and n > 1:
+            raise BadRequest("stream() yields one answer's text; for n > 1 use chat()", param="n")
+        params = {**params, "stream": True}
         if raw:
             if not isinstance(messages, str):
                 raise BadRequest("raw=True takes a string prompt", param="prompt")
@@ -230,7 +244,10 @@ class Router:
         **params: Any,
     ) -> list[str]:
         """Many questions at once (at most `concurrency` in flight; a local model decodes them
-        together in its slots); the answers' texts in the order asked."""
+        together in its slots); the answers' texts in the order asked. The first failure is
+        raised, and the questions still running or waiting are cancelled then."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         gate = asyncio.Semaphore(concurrency)
 
         async def one(messages: Messages) -> str:
@@ -238,7 +255,12 @@ class Router:
                 done = await self.chat(messages, model=model, **params)
                 return done.choices[0].message.content or ""
 
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(p)) for p in prompts]
+        except BaseExceptionGroup as failed:  # the first failure, as a plain call raises it
+            raise failed.exceptions[0] from None
+        return [t.result() for t in tasks]
 
     # -- embeddings ----------------------------------------------------------------------------
 
@@ -261,7 +283,7 @@ class Router:
             "model": model,
             "input": inputs if isinstance(inputs, str) else list(inputs),
         }
-        return await self.embeddings.embed(EmbeddingRequest.model_validate(body))
+        return await self.embeddings.embed(_validated(EmbeddingRequest, body))
 
     # -- several targets -----------------------------------------------------------------------
 
@@ -318,8 +340,5 @@ def _validated(model: type[T], body: dict[str, Any]) -> T:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"]) or None
-        raise BadRequest(
-            f"{field}: {error['msg']}" if field else error["msg"], param=field
-        ) from None
+        param, message = describe_invalid(exc.errors())
+        raise BadRequest(message, param=param) from None

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from .. import errors as e
+from ..protocol.invalid import describe_invalid
 
 __all__ = ["ClientGone", "envelope", "error_json", "install", "status_of"]
 
@@ -79,46 +79,13 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 
 
-_WHERE = frozenset({"body", "query", "path", "header", "cookie"})  # FastAPI's first loc
-
-
-def _path(loc: Sequence[Any]) -> list[str]:
-    """The request field an error is about, as ["messages", "0", "content"]: pydantic's
-    location without where it was (the body, the query string: `limit`, not `query.limit`)
-    and without the names it gives a union's members (`constrained-str`, `list[int]`,
-    `str`), which are no field of the request."""
-    return [
-        str(p)
-        for i, p in enumerate(loc)
-        if isinstance(p, int)
-        or (not (i == 0 and p in _WHERE) and p not in _TAGS and _FIELD.fullmatch(p))
-    ]
-
-
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
-
-
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         message = f"We could not parse the JSON body of your request: {first.get('msg')}"
         return JSONResponse(envelope(message, "invalid_request_error"), 400)
-    # A value that matches none of a union's shapes fails each of them: one message naming
-    # the field they share.
-    paths = [
-        _path(e.get("loc", ()))
-        for e in errors
-        if _path(e.get("loc", ()))[:1] == _path(first.get("loc", ()))[:1]
-    ]
-    common = paths[0] if paths else []
-    for path in paths[1:]:
-        common = [a for a, b in zip(common, path, strict=False) if a == b][: len(common)]
-    param = ".".join(common) or None
-    reasons = list(dict.fromkeys(str(e.get("msg")) for e in errors))[:3]
-    why = reasons[0] if len(reasons) == 1 else "; ".join(reasons)
-    message = f"Invalid value for '{param}': {why}" if param else why
+    param, message = describe_invalid(errors)
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)
 
 

@@ -1,0 +1,46 @@
+"""What a request that does not validate is told: the field it is about and why, from
+pydantic's errors, the same for the server's 400 (server/errors.py) and the Python API's
+BadRequest (api.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["describe_invalid"]
+
+_WHERE = frozenset({"body", "query", "path", "header", "cookie"})  # FastAPI's first loc
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
+def _path(loc: Sequence[Any]) -> list[str]:
+    """The request field an error is about, as ["messages", "0", "content"]: pydantic's
+    location without where it was (the body, the query string: `limit`, not `query.limit`)
+    and without the names it gives a union's members (`constrained-str`, `list[int]`,
+    `str`), which are no field of the request."""
+    return [
+        str(p)
+        for i, p in enumerate(loc)
+        if isinstance(p, int)
+        or (not (i == 0 and p in _WHERE) and p not in _TAGS and _FIELD.fullmatch(p))
+    ]
+
+
+def describe_invalid(errors: Sequence[Any]) -> tuple[str | None, str]:
+    """(param, message) for pydantic's `errors()`: a value that matches none of a union's
+    shapes fails each of them, so the message names the field they share."""
+    first = errors[0] if errors else {}
+    paths = [
+        _path(e.get("loc", ()))
+        for e in errors
+        if _path(e.get("loc", ()))[:1] == _path(first.get("loc", ()))[:1]
+    ]
+    common = paths[0] if paths else []
+    for path in paths[1:]:
+        common = [a for a, b in zip(common, path, strict=False) if a == b][: len(common)]
+    param = ".".join(common) or None
+    reasons = list(dict.fromkeys(str(e.get("msg")) for e in errors))[:3]
+    why = reasons[0] if len(reasons) == 1 else "; ".join(reasons)
+    return param, f"Invalid value for '{param}': {why}" if param else why
