@@ -158,6 +158,8 @@ def test_broken_models_are_errors_with_the_reason(srv: Server, oai: openai.OpenA
         with pytest.raises(openai.InternalServerError) as err:
             oai.completions.create(model=model, prompt="Hi", max_tokens=2)
         assert err.value.code == "model_load_failed" and reason in err.value.message
+        # the same answer until the file changes: the client asked twice more, for nothing
+        assert err.value.response.headers["x-should-retry"] == "false"
     answer = oai.chat.completions.create(
         model=SMOL, messages=QUESTION, temperature=0, max_tokens=30
     )

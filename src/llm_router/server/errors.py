@@ -76,6 +76,9 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif isinstance(exc, e.WorkerDied | e.LoadInterrupted):
         headers["Retry-After"] = "1"
+    elif isinstance(exc, e.ModelLoadFailed | e.InvalidModelFile):
+        # sticky until its files change: OpenAI's clients asked twice more for the same 500
+        headers["x-should-retry"] = "false"
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 
 
