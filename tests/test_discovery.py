@@ -169,6 +169,22 @@ def test_an_entry_for_a_bundled_model_adds_to_its_preset(
     assert scanned({"system_prompt": None}).system_prompt is None
 
 
+def test_of_files_sharing_an_id_one_that_can_be_served_wins_and_it_is_said_once(
+    tmp_path: Path, smollm2_gguf: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`dup.bin` (broken) hid `dup.gguf` (good): the first name in order won whatever it
+    was, and the warning came again at every scan (every 2 s)."""
+    (tmp_path / "dup.bin").write_bytes(os.urandom(4096))
+    (tmp_path / "dup.gguf").symlink_to(smollm2_gguf)
+    caplog.set_level("WARNING", logger="llm_router")
+    scanner = _scan(tmp_path)
+    for _ in range(3):
+        found = scanner.scan()
+        assert found["dup"].path.name == "dup.gguf" and found["dup"].error is None
+    shared = [r.getMessage() for r in caplog.records if "share the id" in r.getMessage()]
+    assert len(shared) == 1 and "serving " + str(tmp_path / "dup.gguf") in shared[0]
+
+
 def test_an_unusable_model_is_logged_once_by_the_scan_that_serves(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -115,24 +115,38 @@ class Scanner:
         self._presets = PRESETS if presets is None else presets
         self._cache: dict[Path, _Found] = {}
         self._ignored: dict[Path, Identity] = {}
+        self._shared: dict[str, tuple[Path, ...]] = {}  # ids of several files, as last said
+
+    def _say_shared(self, shared: dict[str, list[Path]], found: dict[str, ModelSource]) -> None:
+        """Warn once (not at every scan) of each id several files share, naming the one
+        served."""
+        now = {i: tuple(paths) for i, paths in shared.items() if len(paths) > 1}
+        for model_id, paths in now.items():
+            if self._shared.get(model_id) != paths and not self.quiet:
+                log.warning(
+                    "%s share the id %r: serving %s (rename one to serve both)",
+                    ", ".join(str(p) for p in paths),
+                    model_id,
+                    found[model_id].path,
+                )
+        self._shared = now
 
     def scan(self) -> dict[str, ModelSource]:
         configured = {m.id: m for m in self.settings.models}
         found: dict[str, ModelSource] = {}
+        shared: dict[str, list[Path]] = {}
         for path in self._entries():
             model_id = path.name if path.is_dir() else path.stem
-            if model_id in found:
-                log.warning(
-                    "%s and %s share the id %r; serving the first",
-                    found[model_id].path,
-                    path,
-                    model_id,
-                )
-                continue
             cfg = self._with_preset(configured.get(model_id), model_id)
             source = self._source(model_id, path, cfg, "models_dir")
-            if source is not None:
+            if source is None:
+                continue
+            shared.setdefault(model_id, []).append(path)
+            # two files of one id (x.gguf, x.bin): the first that can be served (a broken
+            # one hid a good one)
+            if model_id not in found or (found[model_id].error and not source.error):
                 found[model_id] = source
+        self._say_shared(shared, found)
         for model_id, blob in ollama_models(self.settings.models_dir):
             if model_id in found:
                 continue
