@@ -10,6 +10,7 @@ most on all 8; the chat answer is identical."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,19 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path: Path, smollm
     engine = TransformersEngine(LoadSpec(str(folder), {"threads": 1, "allow_pickle": True}))
     result = run(engine, greedy("Hello", 3))
     assert result.finished is not None and result.error is None
+
+
+def test_a_config_naming_weights_the_checkpoint_lacks_is_refused(
+    tmp_path: Path, smollm2_hf: Path
+) -> None:
+    """transformers initialises missing weights at random and only logs it: a config.json
+    naming more layers than the checkpoint holds was served, answering noise (found from
+    outside)."""
+    folder = tiny_llama(tmp_path / "tiny", smollm2_hf)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(ModelLoadFailed, match=r"lacks \d+ weights .*layers\.1\."):
+        TransformersEngine(LoadSpec(str(folder), {"threads": 1}))
 
 
 def test_broken_folders_fail_to_load_with_the_reason(tmp_path: Path, smollm2_hf: Path) -> None:

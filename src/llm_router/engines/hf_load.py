@@ -114,7 +114,11 @@ def load(spec_path: str, options: dict[str, Any]) -> Loaded:
     dtype = _dtype(options.get("dtype"))
     try:
         if path.is_dir() and all(w.suffix == ".safetensors" for w in weights):
-            model = auto.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+            loaded: Any = auto.from_pretrained(
+                str(model_dir), dtype=dtype, local_files_only=True, output_loading_info=True
+            )
+            model, report = loaded
+            _check_complete(report)
         else:
             model = _from_state_dict(auto, model_dir, weights, dtype, options)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -124,6 +128,21 @@ def load(spec_path: str, options: dict[str, Any]) -> Loaded:
         raise ModelLoadFailed(f"transformers could not load {path}: {exc}") from exc
     model.eval()
     return Loaded(model, tokenizer, task, root, config)
+
+
+def _check_complete(report: dict[str, Any]) -> None:
+    """ModelLoadFailed when the weights do not fill the model: transformers initialises the
+    missing ones at random (a config.json naming more layers than the checkpoint holds was
+    served, answering noise) and only logs it."""
+    lacking = list(report.get("missing_keys") or []) + [
+        str(m[0]) if isinstance(m, tuple) else str(m) for m in report.get("mismatched_keys") or []
+    ]
+    if lacking:
+        shown = ", ".join(sorted(lacking)[:3]) + (" ..." if len(lacking) > 3 else "")
+        raise ModelLoadFailed(
+            f"the checkpoint lacks {len(lacking)} weights the model needs (or holds them in "
+            f"another shape): {shown}; its config.json and weights do not match"
+        )
 
 
 def _from_state_dict(
