@@ -51,6 +51,7 @@ def _safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], *, cut: 
 def _hf_folder(folder: Path, **files: str) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    (folder / "tokenizer.json").write_text("{}")
     for name, text in files.items():
         (folder / name.replace("__", ".")).write_text(text)
     return folder
@@ -246,6 +247,26 @@ def test_a_crafted_checkpoint_is_refused_without_reading_it_all(tmp_path: Path) 
         archive.writestr("archive/data.pkl", b"\x80\x02" + b"N" * 1_200_000)
     with pytest.raises(InvalidModelFile, match="more than 1,000,000 opcodes"):
         describe(dense)
+
+
+def test_what_can_never_load_is_an_error_from_its_files(tmp_path: Path) -> None:
+    """Listed as a model that could load, each failed only when asked (found from outside):
+    weights without a config.json, an index naming a shard that is not there, a folder
+    without tokenizer files."""
+    bare = _safetensors(tmp_path / "weights.safetensors", {"a": ("F32", [2, 2])})
+    with pytest.raises(InvalidModelFile, match=r"without a config\.json beside them"):
+        describe(bare)
+    sharded = _hf_folder(tmp_path / "sharded")
+    _safetensors(sharded / "model-00001-of-00002.safetensors", {"a": ("F32", [2, 2])})
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(InvalidModelFile, match="names missing shards: model-00002-of-00002"):
+        describe(sharded)
+    untokenized = _hf_folder(tmp_path / "untokenized")
+    (untokenized / "tokenizer.json").unlink()
+    _safetensors(untokenized / "model.safetensors", {"a": ("F32", [2, 2])})
+    with pytest.raises(InvalidModelFile, match="no tokenizer files"):
+        describe(untokenized)
 
 
 def test_hf_folder_with_a_pytorch_checkpoint(tmp_path: Path) -> None:

@@ -163,6 +163,7 @@ def test_transformers_weights_in_the_loaded_dtype_and_kv_at_its_ceiling(tmp_path
         "torch_dtype": "float32",
     }
     (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.json").write_text("{}")
     save_file({"w": np.zeros((100, 10), np.float32)}, str(folder / "model.safetensors"))
     source = source_of(folder)
     as_saved, bf16 = breakdown(source, {}), breakdown(source, {"dtype": "bfloat16"})

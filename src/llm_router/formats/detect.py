@@ -222,14 +222,17 @@ def read_meta(found: Detected) -> ModelMeta:
 
 
 def _bare(found: Detected) -> ModelMeta:
-    """Weights without a config.json beside them: counts only (the engine will refuse it)."""
+    """Weights without a config.json beside them: read (a corrupt file says so), then
+    refused, as the engine would refuse them on the first request (they were listed as a
+    model that could load)."""
     if found.format == "safetensors":
-        s = read_safetensors_meta(found.path)
-        return ModelMeta(
-            None, None, s.parameters, s.dtype, None, None, None, s.size_bytes, "generate"
-        )
-    t = read_torch_meta(found.path)
-    return ModelMeta(None, None, t.parameters, t.dtype, None, None, None, t.size_bytes, "generate")
+        read_safetensors_meta(found.path)
+    else:
+        read_torch_meta(found.path)
+    raise InvalidModelFile(
+        f"{found.path}: weights without a config.json beside them, so the model cannot be "
+        "built: put them in a folder with the model's config.json and tokenizer files"
+    )
 
 
 def _genai_meta(folder: Path) -> ModelMeta:

@@ -170,6 +170,30 @@ def transformer_dir(folder: Path) -> Path:
     return folder
 
 
+# What transformers' tokenizers load from: one of these beside config.json.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer_config.json",
+)
+
+
+def _check_shards(folder: Path, model_dir: Path) -> None:
+    """InvalidModelFile when a weights index names a shard that is not there (listed as a
+    usable model, it failed only when asked)."""
+    for index in model_dir.glob("*.index.json"):
+        weight_map = read_json(index).get("weight_map")
+        files = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+        missing = sorted(str(f) for f in files if not (model_dir / str(f)).is_file())
+        if missing:
+            shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise InvalidModelFile(f"{folder}: {index.name} names missing shards: {shown}")
+
+
 def find_weights(folder: Path) -> list[Path]:
     """The weight files of an HF folder: safetensors if any, else PyTorch checkpoints."""
     found = sorted(folder.glob("*.safetensors"))
@@ -259,6 +283,12 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
     if not weights:
         raise InvalidModelFile(
             f"{folder}: config.json but no weights (*.safetensors or pytorch_model.bin)"
+        )
+    _check_shards(folder, model_dir)
+    if not any((d / name).is_file() for d in {folder, model_dir} for name in _TOKENIZER_FILES):
+        raise InvalidModelFile(
+            f"{folder}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}...) beside its "
+            "config.json, so no text can go in or out"
         )
     parameters: int | None = 0
     dtypes = Counter[str]()
