@@ -32,6 +32,7 @@ class FileServer:
     release: threading.Event = field(default_factory=threading.Event)
     stalled: threading.Event = field(default_factory=threading.Event)
     hub_sha: dict[str, str] = field(default_factory=dict)  # sha256 the Hub API reports
+    etags: bool = True  # False: no ETag (nor Last-Modified), nothing to tell files apart
 
 
 def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
@@ -77,7 +78,8 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(data) - start))
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("ETag", f'"{etag}"')
+            if state.etags:
+                self.send_header("ETag", f'"{etag}"')
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()

@@ -117,6 +117,23 @@ def test_a_part_of_another_file_is_never_completed_with_this_one(tmp_path: Path)
     assert (models / "model.gguf").read_bytes() == PAYLOAD
 
 
+def test_a_part_from_a_server_without_validators_starts_again(tmp_path: Path) -> None:
+    """No ETag, no Last-Modified: nothing tells the same file from a new upload, and a
+    resume spliced the two into a well-formed model of neither (exit 0)."""
+    models = tmp_path / "models"
+    changed = _tiny_gguf()
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        srv.etags = False
+        first = _stalled_pull(srv, models, 2**20)
+        first.kill()
+        first.communicate()
+        srv.files["model.gguf"] = changed
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models))
+        assert out.returncode == 0, out.stderr
+        assert srv.ranges == [None, None]  # the whole file again
+    assert (models / "model.gguf").read_bytes() == changed
+
+
 def test_a_second_pull_of_the_same_file_is_refused_while_one_runs(tmp_path: Path) -> None:
     """Both appended to one `.part`: the first ended with exit 0 and a corrupt model, the
     second with a traceback."""

@@ -99,7 +99,10 @@ def _not_here(settings: Settings, model: str, there: str, server: str | None) ->
     """The error for a model not in this models directory: when `server` serves it, that
     its files are in the server's directory, which the command needs (`rm` deletes a file,
     `show --template` reads one; the server tells no paths)."""
-    if server is not None and _served(server, model):
+    served = _served(server, model) if server is not None else False
+    if isinstance(served, str):  # the server would not say
+        return _fail(f"model {model!r} is not in {settings.models_dir}; {server}: {served}")
+    if served:
         return _fail(
             f"model {model!r} is on {server} but not in {settings.models_dir}: give "
             "--models-dir the server's models directory (this command reads its files)"
@@ -107,11 +110,12 @@ def _not_here(settings: Settings, model: str, there: str, server: str | None) ->
     return _fail(f"model {model!r} is not in {settings.models_dir} (models: {there})")
 
 
-def _served(server: str, model: str) -> bool:
+def _served(server: str, model: str) -> bool | str:
+    """Whether the server lists `model`; its refusal's message when it will not list."""
     with client(server) as http:
         res = http.get("/models")
     if res.status_code != 200:
-        return False
+        return server_error(res)
     entries = res.json().get("data", [])
     return any(model == m["id"] or model in (m.get("aliases") or ()) for m in entries)
 
@@ -293,6 +297,7 @@ def chat(
     except RouterError as exc:
         raise _fail(exc.message) from None
     except httpx.HTTPError as exc:  # the server went away mid-chat
+        _write("\n")  # not on the line of a half-shown answer
         raise _fail(f"lost the server at {server}: {exc or type(exc).__name__}") from None
     except KeyboardInterrupt:
         print()

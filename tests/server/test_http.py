@@ -521,6 +521,8 @@ async def test_ensemble_and_compare_refuse_n_answers_they_would_drop(tmp_path: P
     async with app_client(tmp_path, models=fake_models(tmp_path, chat={}, chat2={})) as c:
         for path in ("/v1/ensemble", "/v1/compare"):
             assert error(await c.post(path, json={**ask, "n": 3}), 400)["param"] == "n"
+            empty = {**ask, "messages": [{"role": "user", "content": []}]}  # each target's error
+            assert error(await c.post(path, json=empty), 400)["param"] == "messages.[0].content"
             assert (await c.post(path, json={**ask, "n": 1})).status_code == 200
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..errors import BadRequest, ModelNotFound, RouterError
 from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Float, UsageOut
@@ -58,6 +58,14 @@ class CompareRequest(ChatCompletionRequest):
         if stream:
             raise ValueError("the answers come in one JSON body: `stream` must be false here")
         return stream
+
+    @model_validator(mode="after")
+    def _turns(self) -> CompareRequest:
+        """A turn a chat refuses (BadRequest) is refused before any target is asked: each
+        target's answer carried the same error, under a 200."""
+        for index, message in enumerate(self.messages):
+            message.to_message(index)
+        return self
 
     @field_validator("n")
     @classmethod

@@ -10,9 +10,10 @@ and the pull fails.
 
 One pull at a time writes a `.part`: it holds an exclusive lock on it (a second pull of the
 same name is refused, where both appended to one file). A resume asks for the rest only of
-the same file: `.<name>.part.json` keeps the URL and the server's validator (ETag or
-Last-Modified), sent as `If-Range`, so a file changed on the server meanwhile is downloaded
-again from the start; a `.part` of unknown origin is started again too.
+the same file: `.<name>.part.json` keeps the URL and the server's validator (a strong ETag,
+else Last-Modified), sent as `If-Range`, so a file changed on the server meanwhile is
+downloaded again from the start; a `.part` of unknown origin, or from a server that gave no
+validator, is started again too.
 
 Hub sources go through `huggingface_hub` (the `hub` extra): `hf_hub_download` honours
 `HF_ENDPOINT`, `HF_TOKEN` and its cache (resuming there itself); the file is then hashed and
@@ -221,10 +222,10 @@ def _resume_headers(url: str, part: Path) -> dict[str, str] | None:
         origin = None
     if not have or not isinstance(origin, dict) or origin.get("url") != url:
         return None
-    headers = {"Range": f"bytes={have}-"}
-    if validator := origin.get("etag") or origin.get("last_modified"):
-        headers["If-Range"] = validator  # changed on the server: a 200 with all of it
-    return headers
+    validator = origin.get("etag") or origin.get("last_modified")
+    if not validator:  # nothing tells the same file from a new one: splicing them would
+        return None  # make a well-formed model of neither
+    return {"Range": f"bytes={have}-", "If-Range": validator}  # changed: a 200, all of it
 
 
 def _fetch(http: httpx.Client, url: str, part: Path, progress: Progress | None) -> None:

@@ -12,6 +12,7 @@ never outlives its router."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -44,7 +45,9 @@ GATHER_MAX_S = 0.015  # ...or this long in all (see serve)
 
 
 def _reader(stream: BinaryIO, inbox: queue.Queue[dict[str, Any] | None]) -> None:
-    with stream:
+    """The router's messages into `inbox`; None once the router is gone (an end of file,
+    or a reset connection when it was killed: the worker stops, quietly)."""
+    with contextlib.suppress(ConnectionError), stream:
         for line in stream:
             try:
                 inbox.put(decode(line))
