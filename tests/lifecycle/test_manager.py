@@ -949,3 +949,19 @@ async def test_busy_models_serve_on_for_drain_after_then_drain(
     await held.finish()
     await bounded(waiting)
     assert (a.status, b.status) == (Status.UNLOADED, Status.LOADED)
+
+
+async def test_files_fixed_since_the_last_scan_are_read_when_asked_for(
+    harness: Harness, tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """A model copied in was scanned half-written (an error: truncated); a load asked right
+    after the copy finished failed on that stale scan until the next one (found from
+    outside). Asked for, its changed files are read at once."""
+    data = await asyncio.to_thread(smollm2_gguf.read_bytes)
+    copied = tmp_path / "copied.gguf"
+    await asyncio.to_thread(copied.write_bytes, data[: len(data) // 3])
+    manager = await harness.manager([], watch_interval=3600)
+    assert "truncated" in (manager.resolve("copied").source.error or "")
+    await asyncio.to_thread(copied.write_bytes, data)  # the copy finished
+    assert manager.resolve("copied").source.error is None
+    assert manager.resolve("copied").status == Status.UNLOADED

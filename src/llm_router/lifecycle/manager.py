@@ -33,7 +33,7 @@ from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
 from .admission import Admission
-from .discovery import ModelSource, Scanner
+from .discovery import ModelSource, Scanner, identity_of
 from .fit import Fitted, fit
 from .leases import Leases
 from .reconfigure import Reconfiguration
@@ -176,11 +176,20 @@ class ModelManager(Leases, Admission, Reconfiguration):
         return self.registry.sorted()
 
     def resolve(self, name: str) -> ModelState:
-        """The model called `name` (id or alias); re-scans once before giving up."""
+        """The model called `name` (id or alias); re-scans once before giving up, and at
+        once when its files were unusable at the last scan and have changed since (a copy
+        that finished in between: a load right after it failed on the stale scan)."""
         for attempt in range(2):
             state = self.registry.get(name)
             if state is not None:
-                return state
+                source = state.source
+                if attempt or source.error is None:
+                    return state
+                now = identity_of(source.path)
+                if now is None or now == source.identity:  # gone, or as it was read
+                    return state
+                self.refresh(force=True)
+                continue
             if attempt == 0:
                 self.refresh()
         raise ModelNotFound(f"The model '{name}' does not exist", param="model")
