@@ -33,6 +33,8 @@ class FileServer:
     stalled: threading.Event = field(default_factory=threading.Event)
     hub_sha: dict[str, str] = field(default_factory=dict)  # sha256 the Hub API reports
     etags: bool = True  # False: no ETag (nor Last-Modified), nothing to tell files apart
+    cut_every: int | None = None  # close every GET of a file after this many bytes
+    fail_first: list[int] = field(default_factory=list)  # statuses the next GETs answer
 
 
 def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
@@ -99,6 +101,10 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             path, data = found
+            if state.fail_first:
+                state.ranges.append(self.headers.get("Range"))
+                self.send_error(state.fail_first.pop(0))
+                return
             header = self.headers.get("Range")
             state.ranges.append(header)
             state.if_ranges.append(self.headers.get("If-Range"))
@@ -112,6 +118,11 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             self._headers(data, start, path)
             body = data[start:]
+            if state.cut_every is not None and len(body) > state.cut_every:
+                self.wfile.write(body[: state.cut_every])
+                self.wfile.flush()
+                self.close_connection = True
+                return
             if state.cut_after is not None and not start:
                 cut, state.cut_after = state.cut_after, None
                 self.wfile.write(body[:cut])

@@ -79,6 +79,19 @@ def _stalled_pull(srv: FileServer, models: Path, after: int) -> subprocess.Popen
     return pull
 
 
+def test_cuts_that_make_progress_and_passing_5xx_are_retried(tmp_path: Path) -> None:
+    """Tries that brought bytes counted against the 6-try cap (a server cutting every 10 MB
+    failed a 94 MiB pull); a CDN's 503 was not retried at all."""
+    models = tmp_path / "models"
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        srv.cut_every = 2**19  # 7 cuts for the ~3 MiB file
+        srv.fail_first = [503, 502]
+        out = _cli("pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--sha256", SHA)
+        assert out.returncode == 0, out.stderr
+        assert len(srv.ranges) > 8
+    assert (models / "model.gguf").read_bytes() == PAYLOAD
+
+
 def test_a_part_left_by_an_earlier_pull_is_resumed(tmp_path: Path) -> None:
     """Only the rest is asked for, and only of the same file: If-Range names the ETag the
     first pull saw."""

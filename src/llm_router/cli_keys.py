@@ -215,6 +215,9 @@ def usage(
     from .gateway.usage import COLUMNS, GROUPS, parse_range
     from .server.routes_admin import to_csv
 
+    if csv_out and as_json:
+        error("--csv and --json: give one")
+        raise typer.Exit(2)
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     if any(g not in GROUPS for g in groups):
         error(f"--group-by takes {', '.join(GROUPS)}")

@@ -43,7 +43,7 @@ def pull_command(
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),  # MiB, as the last line says
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=err,

@@ -142,15 +142,18 @@ def pull_url(
     ):
         if target.exists():  # the pull that held the lock made it meanwhile
             raise PullError(f"{target} exists; `llm-router rm` it first")
-        for attempt in range(RETRIES + 1):
+        attempt = 0  # tries in a row that brought nothing: one that did starts afresh
+        while True:
+            had = part.stat().st_size if part.exists() else 0
             try:
                 _fetch(http, url, part, progress)
                 break
-            except (httpx.TransportError, _Incomplete) as exc:
+            except (httpx.TransportError, _Incomplete, _Transient) as exc:
                 if isinstance(exc, httpx.ConnectError) and _UNKNOWN_HOST in str(exc):
                     host = urlparse(url).hostname
                     raise PullError(f"{url}: no such host ({host})") from None
-                if attempt == RETRIES:
+                attempt = 0 if part.exists() and part.stat().st_size > had else attempt + 1
+                if attempt > RETRIES:
                     raise PullError(
                         f"download of {url} failed after {RETRIES + 1} tries ({exc}); "
                         "run pull again to resume"
@@ -208,6 +211,10 @@ class _Incomplete(Exception):
     pass
 
 
+class _Transient(Exception):
+    """A 5xx a retry may cure (a CDN's 502/503/504, a server restarting)."""
+
+
 def _origin(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
@@ -234,6 +241,8 @@ def _fetch(http: httpx.Client, url: str, part: Path, progress: Progress | None) 
     with http.stream("GET", url, headers=headers or {}) as res:
         if res.status_code == 416 and have:  # nothing past what we have: it is complete
             return
+        if res.status_code in (500, 502, 503, 504):
+            raise _Transient(f"HTTP {res.status_code} {res.reason_phrase}")
         if res.status_code not in (200, 206):
             raise PullError(f"{url}: HTTP {res.status_code} {res.reason_phrase}")
         if res.status_code == 200:
@@ -249,7 +258,7 @@ def _fetch(http: httpx.Client, url: str, part: Path, progress: Progress | None) 
         total = have + int(length) if length and length.isdigit() else None
         with part.open("ab" if have else "wb") as out:
             got = have
-            for chunk in res.iter_bytes(CHUNK):
+            for chunk in res.iter_bytes():  # as it comes: a cut loses nothing received
                 out.write(chunk)
                 got += len(chunk)
                 if progress:
