@@ -4,6 +4,7 @@ excludes the model; and what a server with no key at all serves."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -426,3 +427,17 @@ async def test_compare_is_not_checked_against_the_default_model(
         }
         r = await gw.client.post("/v1/compare", json=ask, headers=bearer(secret))
         assert r.status_code == 200, r.text
+
+
+async def test_an_events_stream_ends_when_its_key_is_revoked(gw: Gw) -> None:
+    """The key was checked only when the stream opened: a revoked key went on receiving
+    every model's events, and a dashboard on it stayed live (found from outside)."""
+    reader = await gw.key("reader", scopes=["read"])
+    stream = asyncio.create_task(gw.client.get("/models/events", headers=bearer(reader)))
+    await asyncio.sleep(0.3)
+    assert not stream.done()  # an open stream
+    r = await gw.client.delete("/admin/keys/reader", headers=bearer(MASTER))
+    assert r.status_code == 200, r.text
+    ended = await asyncio.wait_for(stream, 5)  # within about a second
+    assert ended.status_code == 200
+    refused(await gw.client.get("/models", headers=bearer(reader)), 401, "invalid_api_key")

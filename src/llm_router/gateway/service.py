@@ -256,6 +256,14 @@ class Gateway:
 
     # -- the request path (no database) -------------------------------------------------------
 
+    def still_valid(self, key: ApiKey) -> bool:
+        """Whether `key`, authenticated earlier, is still neither revoked nor expired (for a
+        request that lasts: an events stream)."""
+        if self.master is not None and key.hash == self.master.hash:
+            return True
+        now = self.keys.get(key.hash)
+        return now is not None and now.revoked_at is None and not now.expired()
+
     def authenticate(self, token: str | None) -> ApiKey:
         if not token:
             raise AuthenticationFailed(

@@ -150,6 +150,7 @@ class GatewayMiddleware:
             state = scope.setdefault("state", {})
             state["key_name"] = key.name
             state["api_key_id"] = key.hash[:16]  # routing's id of the key (A/B): its hash
+            state["key_valid"] = lambda key=key: gw.still_valid(key)  # long requests ask again
             if key.models is not None:  # listings show only what the key may use (`visible`)
                 state["model_allowed"] = lambda name, allowed=key.models: self._allowed(
                     allowed, name
@@ -295,6 +296,13 @@ class GatewayMiddleware:
             except RouterError:
                 continue
         return False
+
+
+def key_still_valid(request: Any) -> bool:
+    """Whether the request's API key is still good (True without one): a stream that lasts
+    stops serving a key revoked or expired since it began."""
+    valid = getattr(request.state, "key_valid", None)
+    return valid is None or bool(valid())
 
 
 def visible(request: Any, name: str) -> bool:

@@ -19,7 +19,7 @@ from ..lifecycle.state import ModelSnapshot
 from ..protocol import MAX_MODEL_NAME
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Target
-from .gateway import visible
+from .gateway import key_still_valid, visible
 from .sse import events_response
 
 routes = APIRouter(tags=["models"])
@@ -181,8 +181,13 @@ async def events(request: Request) -> Any:
     async def stream() -> AsyncIterator[str]:
         try:
             while True:
-                event = await queue.get()
-                if visible(request, str(event.get("model", ""))):
+                try:
+                    event = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    event = None
+                if not key_still_valid(request):  # revoked meanwhile: within about a second
+                    return
+                if event is not None and visible(request, str(event.get("model", ""))):
                     yield json.dumps(event)
         finally:
             manager.events.unsubscribe(queue)
