@@ -393,3 +393,58 @@ def test_routes_show_strategy_order_and_breakers(page: Page, dash: Server) -> No
     expect(row).to_contain_text(f"1. {SMOL}")
     expect(row).to_contain_text(f"{PINNED}: closed")
     expect(row).to_contain_text("none")  # no fallback yet
+
+
+def test_many_tabs_share_one_events_stream(browser: Browser, dash: Server) -> None:
+    """Each tab held an endless /models/events connection, and a browser holds 6 to a host:
+    the 6th tab showed no models, the 7th did not load, and a chat in the first waited for
+    ever (found from outside). One tab follows the stream for all; every tab stays live,
+    sees a load as it happens, and chats."""
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    errors: list[str] = []
+    try:
+        pages = []
+        for _ in range(8):
+            pg = context.new_page()
+            pg.on("pageerror", lambda exc: errors.append(str(exc)))
+            pg.goto(dash.url, timeout=20_000)
+            pages.append(pg)
+        for pg in pages:
+            expect(pg.locator(f"tr[data-model='{SMOL}']")).to_be_visible()
+            expect(pg.locator("#live")).to_have_text("live")
+        httpx.post(dash.url + "/models/load", json={"model": SMOL}).raise_for_status()
+        for pg in pages:  # the event reached every tab
+            status = pg.locator(f"tr[data-model='{SMOL}'] [data-role=status]")
+            expect(status).to_have_text("loaded", timeout=60_000)
+        last = pages[-1]
+        last.get_by_role("button", name="Playground").click()
+        last.select_option("#pg-model", SMOL)
+        last.fill("#pg-input", "What is the capital of France?")
+        last.get_by_role("button", name="Send").click()
+        expect(last.locator("[data-role=served-by]")).to_have_text(
+            f"served by {SMOL}", timeout=60_000
+        )
+        pages[0].close()  # the tab that followed the stream, maybe: another takes over
+        httpx.post(dash.url + "/models/unload", json={"model": SMOL}).raise_for_status()
+        for pg in pages[1:]:
+            status = pg.locator(f"tr[data-model='{SMOL}'] [data-role=status]")
+            expect(status).to_have_text("unloaded", timeout=30_000)
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_on_a_phone_the_page_fits_the_screen(browser: Browser, dash: Server) -> None:
+    """At 375 px the layout was 1200 px wide: the header and tabs stopped at the screen's
+    edge, Load and Unload were a sideways scroll away, the chat column was ~80 px."""
+    context = browser.new_context(viewport={"width": 375, "height": 740})
+    try:
+        pg = context.new_page()
+        pg.goto(dash.url)
+        expect(pg.locator(f"tr[data-model='{SMOL}']")).to_be_visible()
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 375 + 1
+        pg.get_by_role("button", name="Playground").click()
+        box = pg.locator(".chat").bounding_box()
+        assert box is not None and box["width"] >= 300
+    finally:
+        context.close()

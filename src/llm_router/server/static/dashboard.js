@@ -2,13 +2,19 @@
 //
 // Data flow: GET /models once, then GET /models/events (server-sent events, read with fetch()
 // so the API key can be sent) drives every status change; each event also schedules one
-// re-read of /models for the details it does not carry (memory, load time). Occupancy
+// re-read of /models for the details it does not carry (memory, load time). One tab of the
+// browser follows the stream for all (a lock) and passes the events on (a BroadcastChannel):
+// a browser holds 6 connections to a host, and an endless stream per tab used them up. Occupancy
 // (slots, queue, memory) and the charts come from /metrics every 2 s. Every call sends
 // `Authorization: Bearer <key>` when a key is stored; a 401 asks for one, a 403 (the key lacks
 // a scope) shows the server's reason where the action was: no call throws past its handler.
 "use strict";
 
 const KEY_STORE = "llm-router-key";
+const CLIENT_ERRORS = new Set([
+  "BadRequest", "ContextLengthExceeded", "ModelNotFound", "ModelNotLoaded",
+  "AuthenticationFailed", "PermissionDenied", "RateLimited", "QuotaExceeded",
+]);
 const SAMPLE_MS = 2000;
 const HISTORY = 150; // samples: 5 minutes
 
@@ -166,11 +172,46 @@ function onEvent(ev) {
 }
 
 let eventsAbort = null;
+let leading = false; // this tab follows the stream for the others
+let liveNow = [false, undefined];
+const channel = "BroadcastChannel" in window ? new BroadcastChannel("llm-router-events") : null;
+
 function restartEvents() {
   if (eventsAbort) eventsAbort.abort();
   eventsAbort = new AbortController();
-  followEvents(eventsAbort.signal);
+  const signal = eventsAbort.signal;
+  refreshModels().catch(() => {}); // the listing, whether or not this tab follows the stream
+  if (!channel || !navigator.locks) return followEvents(signal);
+  // The tab holding the lock follows the stream until it closes or stops; another then does.
+  navigator.locks
+    .request("llm-router-events", { signal }, async () => {
+      leading = true;
+      try {
+        await followEvents(signal);
+      } finally {
+        leading = false;
+      }
+    })
+    .catch(() => {}); // aborted while waiting: a new key restarts it
+  channel.postMessage({ hello: true }); // the tab that follows says how the stream is
 }
+
+if (channel) {
+  channel.onmessage = (msg) => {
+    const data = msg.data || {};
+    if (data.ev && !leading) onEvent(data.ev);
+    if (data.live && !leading) showLive(...data.live);
+    if (data.hello && leading) channel.postMessage({ live: liveNow });
+  };
+}
+
+// Another tab stored or forgot a key: the stream follows it.
+window.addEventListener("storage", (ev) => {
+  if (ev.key === KEY_STORE) {
+    forgetWhatWasRead();
+    restartEvents();
+  }
+});
 
 async function followEvents(signal) {
   let backoff = 500;
@@ -179,6 +220,7 @@ async function followEvents(signal) {
       const res = await api("/models/events", { signal, headers: { Accept: "text/event-stream" } });
       if (!res.ok) throw new Error(await errorText(res));
       setLive(true);
+      notice("", "events");
       backoff = 500;
       await refreshModels(); // after subscribing: nothing between the two is missed
       const reader = res.body.getReader();
@@ -193,7 +235,10 @@ async function followEvents(signal) {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
           for (const line of block.split("\n")) {
-            if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
+            if (!line.startsWith("data: ")) continue;
+            const ev = JSON.parse(line.slice(6));
+            onEvent(ev);
+            if (channel) channel.postMessage({ ev });
           }
         }
       }
@@ -208,6 +253,7 @@ async function followEvents(signal) {
         setLive(false, "key needed");
         return; // the key dialog restarts the stream
       }
+      notice(`live updates: ${err.message}`, "events"); // e.g. too many subscribers: say so
     }
     setLive(false);
     await sleep(backoff);
@@ -216,6 +262,12 @@ async function followEvents(signal) {
 }
 
 function setLive(on, text) {
+  liveNow = [on, text];
+  if (channel && leading) channel.postMessage({ live: liveNow });
+  showLive(on, text);
+}
+
+function showLive(on, text) {
   const el = $("live");
   el.className = on ? "live on" : "live off";
   el.textContent = text || (on ? "live" : "reconnecting");
@@ -365,16 +417,19 @@ function renderRoutes() {
 }
 
 function renderModelChoices() {
+  const label = (id) => (state.models.get(id)?.status.value === "error" ? `${id} (error)` : id);
   const choose = (select, items) => {
     const current = select.value;
     select.replaceChildren(...items.map(([group, ids]) =>
-      ids.length ? h("optgroup", { label: group }, ids.map((id) => h("option", { value: id }, id))) : null));
+      ids.length ? h("optgroup", { label: group }, ids.map((id) => h("option", { value: id }, label(id)))) : null));
     if ([...select.options].some((o) => o.value === current)) select.value = current;
   };
   const all = [...state.models.values()];
   const local = all.filter((m) => m.source !== "remote");
+  // a model in error stays (marked): the next request loads it again, or says why it cannot;
+  // dropping it switched the chat to another model without a word
   choose($("pg-model"), [
-    ["models", local.filter((m) => m.task !== "embed" && m.status.value !== "error").map((m) => m.id)],
+    ["models", local.filter((m) => m.task !== "embed").map((m) => m.id)],
     ["routes", state.routes.map((r) => r.name)],
     ["remote", all.filter((m) => m.source === "remote").map((m) => m.id)],
   ]);
@@ -404,8 +459,9 @@ function summarize(samples) {
   return {
     time: Date.now(),
     requests: sum("llm_router_requests_total"),
-    // outcomes: ok, cancelled, a finish reason (stop, length...) or an error's class name
-    errors: sum("llm_router_requests_total", (l) => /^[A-Z]/.test(l.outcome || "")),
+    // outcomes: ok, cancelled, a finish reason (stop, length...) or an error's class name;
+    // a client's mistakes (a wrong model, a bad field, a refused key) are not the server's
+    errors: sum("llm_router_requests_total", (l) => /^[A-Z]/.test(l.outcome || "") && !CLIENT_ERRORS.has(l.outcome)),
     tokens: sum("llm_router_tokens_total", (l) => l.kind === "completion"),
     ttftSum: sum("llm_router_time_to_first_token_seconds_sum"),
     ttftCount: sum("llm_router_time_to_first_token_seconds_count"),
@@ -667,7 +723,7 @@ async function embed() {
 function setupPlayground() {
   $("pg-form").addEventListener("submit", send);
   $("pg-input").addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && !ev.shiftKey) send(ev);
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) send(ev); // not mid-IME
   });
   $("pg-stop").addEventListener("click", () => state.abort && state.abort.abort());
   $("pg-clear").addEventListener("click", () => {
