@@ -39,6 +39,7 @@ from . import (
     routes_llama,
     routes_models,
     routes_openai,
+    routes_ws,
 )
 from .asgi import BodyGuard, ServerApp, UnexpectedErrors
 from .drain import Drain, DrainGuard
@@ -106,6 +107,7 @@ def create_app(
     app.include_router(routes_models.routes)
     app.include_router(routes_llama.routes)
     app.include_router(routes_dashboard.routes)
+    app.include_router(routes_ws.routes)  # /v1/ws: the same requests, over one WebSocket
     routes_docs.install(app)  # /docs and /redoc, their assets from the package
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)

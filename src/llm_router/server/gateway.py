@@ -155,6 +155,9 @@ class GatewayMiddleware:
                 state["model_allowed"] = lambda name, allowed=key.models: self._allowed(
                     allowed, name
                 )
+            if scope["type"] == "websocket":  # /v1/ws: each message comes back here as a
+                await self.app(scope, receive, send)  # request, limited and counted then
+                return
             body: bytes | None = None
             if method in _MODEL_BODIES and (
                 (key.models is not None and need == "inference") or path in _AUDITED
