@@ -366,3 +366,16 @@ def test_run_reads_the_prompt_from_the_input(srv: Server) -> None:
     assert piped.returncode == 0 and "Paris" in piped.stdout, piped.stderr
     empty = _cli(*args, stdin="")
     assert empty.returncode == 2 and "no prompt" in empty.stderr
+
+
+def test_chat_commands_and_messages_of_several_lines(srv: Server) -> None:
+    """As `ollama run`: `/?` lists the commands, a mistyped `/command` is refused (it was sent
+    to the model as a question), and a message between two \"\"\" keeps its lines."""
+    out = _cli(
+        "chat", SMOL, "--url", srv.url, "--temperature", "0", "--max-tokens", "20",
+        stdin='/?\n/sett temperature 0\n"""What is the capital\nof France?"""\n',
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Available commands" in out.stdout and "/clear" in out.stdout
+    assert "Unknown command '/sett'" in out.stderr
+    assert "Paris" in out.stdout

@@ -312,17 +312,59 @@ def _turn_failed(message: str) -> None:
     error(message)
 
 
-def _lines() -> Iterator[str]:
-    """The user's messages until `/bye` or end of input; `/clear` comes through as itself."""
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            print(">>> ", end="", flush=True)
+CHAT_HELP = """Available commands:
+  /clear          Forget the conversation so far
+  /bye            Exit (also /exit, /quit, Ctrl-D)
+  /?, /help       This help
+Use \"\"\" to begin and end a message of several lines.
+Ctrl-C stops an answer."""
+
+
+def _read(prompt: str, interactive: bool) -> str | None:
+    """One line without its newline; None at the end of input. At a terminal, with line
+    editing and history (readline), as `ollama run`."""
+    if not interactive:
         line = sys.stdin.readline()
-        if not line or line.strip() in ("/bye", "/exit", "/quit"):
+        return line.rstrip("\n") if line else None
+    try:
+        return input(prompt)
+    except EOFError:
+        print()
+        return None
+
+
+def _lines() -> Iterator[str]:
+    """The user's messages until `/bye` or end of input: a line, or the lines between two
+    `\"\"\"`; `/clear` comes through as itself, `/?` prints the commands, another `/word`
+    is refused (a typo was sent to the model as a question)."""
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (input() then edits lines and keeps a history)
+    while True:
+        line = _read(">>> ", interactive)
+        if line is None:
             return
-        if line.strip():
-            yield line.strip()
+        text = line.strip()
+        if text.startswith('"""'):
+            parts, rest = [], text[3:]
+            while not rest.rstrip().endswith('"""'):
+                parts.append(rest)
+                more = _read("... ", interactive)
+                if more is None:
+                    return
+                rest = more
+            parts.append(rest.rstrip()[:-3])
+            text = "\n".join(parts).strip()
+        elif text in ("/bye", "/exit", "/quit"):
+            return
+        elif text in ("/?", "/help"):
+            print(CHAT_HELP)
+            continue
+        elif text.startswith("/") and text != "/clear":
+            error(f"Unknown command '{text.split()[0]}'. Type /? for help")
+            continue
+        if text:
+            yield text
 
 
 def _unknown(model: str, names: list[str]) -> typer.Exit:
