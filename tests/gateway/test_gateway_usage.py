@@ -4,8 +4,10 @@ shutdown, and admin actions in `GET /admin/audit`."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -466,3 +468,39 @@ def test_keys_create_warns_of_an_allow_list_name_that_does_not_exist(tmp_path: P
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip().startswith("sk-llmr-"), out.stderr
     assert "warning: 'gpt-9', 'smollm2' is no model" in out.stderr  # an empty models dir
+
+
+async def test_a_stream_cut_after_its_200_is_an_error_in_usage(
+    tmp_path: Path, master_env: str
+) -> None:
+    """A stream that failed mid-way (the upstream dropped it, a worker died) was recorded as
+    served, status 200, `errors: 0` (found from outside)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await answer.prepare(request)
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                 "choices": [{"index": 0, "delta": {"content": "partial"}}]}  # fmt: skip
+        await answer.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await asyncio.sleep(0.3)  # the router has it (the stream is committed), then:
+        assert request.transport is not None
+        request.transport.close()  # dropped mid-answer
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", cut)
+    async with TestServer(app, host="127.0.0.1") as upstream:
+        remote = {"id": "flaky", "provider": "openai", "base_url": str(upstream.make_url("/v1")),
+                  "health_check_interval": 0}  # fmt: skip
+        async with gateway_app(tmp_path, models=[remote]) as g:
+            secret = await g.key("streamer")
+            body = {**CHAT_BODY, "model": "flaky", "stream": True}
+            r = await g.client.post("/v1/chat/completions", json=body, headers=bearer(secret))
+            assert r.status_code == 200 and "partial" in r.text and '"error"' in r.text
+            usage = await g.client.get(
+                "/admin/usage", params={"group_by": "key"}, headers=bearer(MASTER)
+            )
+            [row] = [row for row in usage.json()["data"] if row["key"] == "streamer"]
+            assert row["requests"] == row["errors"] == 1

@@ -53,6 +53,9 @@ def _record(
     gateway: Gateway, key: ApiKey | None, route: Any, scope: Scope, status: int, started: float
 ) -> tuple[int, int, float]:
     usage = getattr(route, "usage", None)
+    failed: str = getattr(route, "error", None) or ""
+    if status == 200 and failed:  # a stream that failed after its 200 was counted as served
+        status = 499 if failed == "cancelled" else 500
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else 0
     hit = getattr(route, "cache", None) == "hit"  # the response cache's: nothing spent
