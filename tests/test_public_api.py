@@ -33,6 +33,11 @@ def test_the_lazy_names_are_the_real_ones() -> None:
     assert (llm_router.ModelConfig, llm_router.load_config) == (ModelConfig, load_config)
 
 
+def test_dir_lists_the_lazy_names() -> None:
+    """A notebook's completion (dir) did not offer `Router` before its first use."""
+    assert {"Router", "Settings", "load_config"} <= set(dir(llm_router))
+
+
 def test_the_version_is_pyprojects() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert llm_router.__version__ == declared

@@ -20,6 +20,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = ["ModelConfig", "Router", "RouterError", "Settings", "__version__", "load_config"]
 
 
+def __dir__() -> list[str]:
+    """The lazy names too: a notebook's completion offers `Router` before its first use."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> object:
     # Imported on first use: `import llm_router` stays light for the CLI and above all for the
     # worker processes, whose start-up every cold load waits for (config pulls in pydantic-

@@ -448,3 +448,13 @@ def test_on_a_phone_the_page_fits_the_screen(browser: Browser, dash: Server) -> 
         assert box is not None and box["width"] >= 300
     finally:
         context.close()
+
+
+def test_rows_are_dimmed_while_the_page_cannot_follow_the_server(page: Page, dash: Server) -> None:
+    """Down or restarted, the server's old statuses were shown as if live (a restart that
+    unloaded a model still showed it loaded); only the small pill said otherwise."""
+    page.route("**/models/events", lambda route: route.abort())
+    page.goto(dash.url)
+    expect(page.locator(f"tr[data-model='{SMOL}']")).to_be_visible()  # the listing still loads
+    expect(page.locator("#live")).to_have_text("reconnecting")
+    expect(page.locator("body")).to_have_class("stale")

@@ -268,6 +268,8 @@ function setLive(on, text) {
 }
 
 function showLive(on, text) {
+  // Not following the server: what is shown may be out of date (a restart unloaded models).
+  document.body.classList.toggle("stale", !on);
   const el = $("live");
   el.className = on ? "live on" : "live off";
   el.textContent = text || (on ? "live" : "reconnecting");
