@@ -270,6 +270,21 @@ def test_a_call_cut_by_max_tokens_leaks_no_wrapper_into_content(client: openai.O
         assert text == "", text
 
 
+def test_a_streamed_call_has_no_content_as_a_whole_one(client: openai.OpenAI) -> None:
+    """The openai client's stream helper assembled `content: ""` (the first delta's) where
+    the same request unstreamed gave None (found from outside)."""
+    ask = {"model": SMOL, "messages": QUESTION, "tools": [WEATHER], "tool_choice": "required"}
+    whole = client.chat.completions.create(**ask, max_tokens=200, temperature=0)  # type: ignore[call-overload]
+    with client.chat.completions.stream(**ask, max_tokens=200, temperature=0) as stream:  # type: ignore[arg-type]
+        streamed = stream.get_final_completion()
+    assert whole.choices[0].message.content is None
+    assert streamed.choices[0].message.content is None
+    assert streamed.choices[0].message.tool_calls and whole.choices[0].message.tool_calls
+    assert [c.function.name for c in streamed.choices[0].message.tool_calls] == [
+        c.function.name for c in whole.choices[0].message.tool_calls
+    ]
+
+
 def test_none_gives_text_and_no_call(client: openai.OpenAI) -> None:
     done = client.chat.completions.create(
         model=SMOL,

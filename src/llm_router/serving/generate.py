@@ -282,7 +282,10 @@ class GenerationService:
                             ],
                         )
                     )
-                    delta = ChatDelta(role="assistant", content="")
+                    calls = isinstance(event, MessageFields) and "tool_calls" in event.fields
+                    # an answer of tool calls has no content (null, as OpenAI's: the openai
+                    # client's stream helper assembled "" where a plain request gave None)
+                    delta = ChatDelta(role="assistant", content=None if calls else "")
                     yield ChatCompletionChunk(
                         **head, choices=[ChatChunkChoice(index=i, delta=delta)]
                     )
