@@ -5,6 +5,7 @@ keys and their limits included: each message is an ordinary request through the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from servers import SMOL, Server, link_models
 
@@ -84,7 +85,44 @@ async def test_a_cancelled_stream_stops_and_says_so(srv: Server) -> None:
         assert seen["s"]["last"] == {"id": "s", "cancelled": True}
         await socket.send(json.dumps({"id": "s", "body": {**story, "max_tokens": 3}}))
         assert (await _collect(socket, {"s"}))["s"]["last"]["done"]  # the id is free again
+        await socket.send(json.dumps({"id": "s", "cancel": True}))  # nothing runs: said so
+        assert (await _collect(socket, {"s"}))["s"]["last"]["error"]["code"] == "unknown_id"
     assert "error=cancelled" in srv.log()  # the generation stopped, as for HTTP
+
+
+async def test_a_message_that_breaks_the_parser_loses_nothing_else(srv: Server) -> None:
+    """A JSON nested past the parser's depth raised out of the socket's handler: every
+    stream on it was cut. Two requests under one socket get their own request ids (the
+    handshake's was copied to all)."""
+    chat = {"model": SMOL, "messages": PARIS, "max_tokens": 12, "temperature": 0}
+    headers = {"x-request-id": "from-the-handshake"}
+    async with websockets.connect(_url(srv), additional_headers=headers) as socket:
+        await socket.send(json.dumps({"id": "a", "body": chat}))
+        await socket.send("[" * 100_000)
+        await socket.send(json.dumps({"id": "b", "body": chat}))
+        seen = await _collect(socket, {"a", "b", None})  # type: ignore[arg-type]
+    assert seen[None]["last"]["status"] == 400  # type: ignore[index]
+    assert seen["a"]["last"]["done"] and seen["b"]["last"]["done"]
+    ids = {seen[r]["last"]["headers"]["x-request-id"] for r in ("a", "b")}
+    assert len(ids) == 2 and "from-the-handshake" not in ids
+
+
+def test_an_idle_socket_does_not_hold_a_drain(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The socket counted as a request in flight: any connected client held every SIGTERM
+    for the whole drain grace. Its requests are what a drain waits for."""
+    server = Server(tmp_path, {"models_dir": str(link_models(tmp_path / "m", smollm2_gguf))})
+    server.start()
+
+    async def connect_then_stop() -> None:
+        async with websockets.connect(_url(server)):
+            server.stop()
+
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            asyncio.run(connect_then_stop())
+        assert "drained: no request in flight" in server.log(), server.log()
+    finally:
+        server.stop()
 
 
 async def test_keys_and_their_limits_hold_on_the_socket(
@@ -93,13 +131,17 @@ async def test_keys_and_their_limits_hold_on_the_socket(
     """Each message is a request through the gateway: the handshake needs a key, and a key's
     requests per minute count every message."""
     monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", MASTER)
-    keyed = Server(tmp_path, {"models_dir": str(link_models(tmp_path / "m", smollm2_gguf))})
+    models = str(link_models(tmp_path / "m", smollm2_gguf))
+    # its own state: a key in the session's data dir would turn auth on for later servers
+    keyed = Server(tmp_path, {"models_dir": models, "data_dir": str(tmp_path / "data")})
     keyed.start()
     monkeypatch.delenv("LLM_ROUTER_MASTER_KEY")
     try:
-        with pytest.raises(InvalidStatus):
+        with pytest.raises(InvalidStatus) as refused_socket:  # a 401 saying why, as HTTP's
             async with websockets.connect(_url(keyed)):
                 pass
+        answer = refused_socket.value.response
+        assert answer.status_code == 401 and b"invalid_api_key" in answer.body
         async with httpx.AsyncClient() as http:
             made = await http.post(
                 keyed.url + "/admin/keys",
@@ -117,5 +159,15 @@ async def test_keys_and_their_limits_hold_on_the_socket(
             refused = (await _collect(socket, {"second"}))["second"]["last"]
         assert refused["status"] == 429 and refused["error"]["code"] == "rate_limit_exceeded"
         assert int(refused["headers"]["retry-after"]) >= 1
+        async with websockets.connect(_url(keyed), additional_headers=auth) as socket:
+            async with httpx.AsyncClient() as http:
+                gone = await http.delete(
+                    keyed.url + "/admin/keys/one-a-minute",
+                    headers={"authorization": f"Bearer {MASTER}"},
+                )
+            assert gone.status_code == 200
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), 10)  # closed within about a second
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     finally:
         keyed.stop()

@@ -50,13 +50,26 @@ class BodyTooLarge(HTTPException):
 
 
 async def send_json(
-    send: Send, status: int, payload: object, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Send,
+    status: int,
+    payload: object,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    scope: Scope | None = None,
 ) -> None:
-    """A whole JSON response, sent by a guard that answers without calling the app."""
+    """A whole JSON response, sent by a guard that answers without calling the app. For a
+    WebSocket handshake (`scope`), the same answer in place of the upgrade where the server
+    can send one (ASGI's websocket.http.response); else the socket is closed (uvicorn then
+    answers a bare 403, whatever the reason)."""
     body = json.dumps(payload).encode()
+    prefix = "http."
+    if scope is not None and scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1013 if status == 503 else 1008})
+            return
+        prefix = "websocket.http."
     await send(
         {
-            "type": "http.response.start",
+            "type": prefix + "response.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -65,7 +78,7 @@ async def send_json(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": prefix + "response.body", "body": body})
 
 
 async def _refuse(

@@ -30,7 +30,10 @@ from .sse import frame
 
 __all__ = ["Drain", "DrainGuard"]
 
-UNTRACKED = ("/models/events",)
+# Not waited for by a drain: subscriptions that never end by themselves, and /v1/ws, whose
+# socket is only a transport (each of its requests comes back through here as a POST, waited
+# for; an idle socket held every SIGTERM for the whole grace).
+UNTRACKED = ("/models/events", "/v1/ws")
 STOPPING = ServerStopping(
     "the server stopped before this request ended; retry, and the request goes to a server "
     "that is running"
@@ -123,9 +126,6 @@ class DrainGuard:
             drain.leave(task)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1013})  # "try again later"
-            return
         if scope["path"] == "/health":
             payload: object = {"status": "draining", "in_flight": self.drain.in_flight}
         else:
@@ -142,7 +142,7 @@ class DrainGuard:
             (b"retry-after", str(self.drain.retry_after).encode()),
             (b"connection", b"close"),
         ]
-        await send_json(send, 503, payload, headers)
+        await send_json(send, 503, payload, headers, scope)
 
 
 async def _end(scope: Scope, send: Send, tracked: bool) -> None:

@@ -176,7 +176,8 @@ class GatewayMiddleware:
             admission = gw.limiter.admit_now(key) or await gw.limiter.admit(key)
         except RouterError as exc:
             await _refuse(scope, send, exc)
-            if key is not None and need == "inference":  # a refusal is usage too (no tokens)
+            if key is not None and need == "inference" and scope["type"] == "http":
+                # a refusal is usage too (no tokens); a socket's handshake is none
                 self._record_refusal(key, path, status_of(exc)[0])
             return
         await self._call_inference(scope, receive, send, key, admission)
@@ -366,9 +367,6 @@ async def _refuse_raw(send: Send, status: int, message: str, code: str) -> None:
 
 
 async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
     status, type_, code = status_of(exc)
     headers: list[Header] = []
     if isinstance(exc, RateLimited):
@@ -377,4 +375,4 @@ async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
         headers += getattr(exc, "headers", [])
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    await send_json(send, status, envelope(exc.message, type_, exc.param, code), headers)
+    await send_json(send, status, envelope(exc.message, type_, exc.param, code), headers, scope)

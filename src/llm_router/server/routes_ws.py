@@ -15,7 +15,9 @@ Server -> client:
     {"id": "r1", "chunk": {...}}   each chunk, as the HTTP stream's `data:` events
     {"id": "r1", "done": true, "headers": {...}}   the `x-llm-router-*` headers
     {"id": "r1", "status": 429, "error": {...}, "headers": {...}}   OpenAI's error object,
-        the status and headers (`Retry-After`) the HTTP answer had; nothing more for "r1"
+        the status and headers (`Retry-After`) the HTTP answer had; nothing more for "r1",
+        except after a refusal whose code is `duplicate_id` (the running "r1" goes on) or
+        `unknown_id` (a cancel of nothing)
 At most `MAX_IN_FLIGHT` requests run at once on a socket; ids are the client's, unique among
 those running."""
 
@@ -31,6 +33,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.types import Message, Scope
 
 from .errors import ERROR_TABLE, envelope
+from .gateway import key_still_valid
 
 __all__ = ["MAX_IN_FLIGHT", "routes"]
 
@@ -38,9 +41,17 @@ routes = APIRouter()
 
 PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 MAX_IN_FLIGHT = 16
-# Headers of the handshake that are not the inner request's (it is a POST of a JSON body).
+# Headers of the handshake that are not the inner request's (it is a POST of a JSON body;
+# each gets its own request id).
 _NOT_PASSED = frozenset(
-    {b"content-length", b"content-type", b"upgrade", b"connection", b"transfer-encoding"}
+    {
+        b"content-length",
+        b"content-type",
+        b"upgrade",
+        b"connection",
+        b"transfer-encoding",
+        b"x-request-id",
+    }
 )
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # The status an error of a started stream would have had as an answer (its `code` says).
@@ -52,6 +63,7 @@ async def stream_socket(socket: WebSocket) -> None:
     await socket.accept()
     lock = asyncio.Lock()
     running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+    watch = asyncio.create_task(_close_when_revoked(socket))
 
     async def send(message: dict[str, Any]) -> None:
         async with lock:  # one frame at a time, from every request's task
@@ -65,9 +77,21 @@ async def stream_socket(socket: WebSocket) -> None:
                 return
             await _on_message(socket.scope, message, running, send)
     finally:
+        watch.cancel()
         for _, gone in running.values():
             gone.set()  # each request sees its client gone: generation stops
-        await asyncio.gather(*(task for task, _ in running.values()), return_exceptions=True)
+        await asyncio.gather(watch, *(t for t, _ in running.values()), return_exceptions=True)
+
+
+async def _close_when_revoked(socket: WebSocket) -> None:
+    """Close the socket (1008) within about a second of its key being revoked or expiring:
+    its requests are refused then anyway, but a client should not hold a dead socket."""
+    while True:  # a poll: a revocation comes as a refreshed key table, not an event here
+        await asyncio.sleep(1.0)
+        if not key_still_valid(socket):
+            break
+    with contextlib.suppress(Exception):
+        await socket.close(code=1008, reason="the API key was revoked or has expired")
 
 
 async def _on_message(
@@ -78,7 +102,7 @@ async def _on_message(
 ) -> None:
     try:
         asked = json.loads(message.get("text") or message.get("bytes") or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         asked = None
     rid = asked.get("id") if isinstance(asked, dict) else None
     if not isinstance(asked, dict) or not isinstance(rid, str) or not rid:
@@ -87,17 +111,29 @@ async def _on_message(
     if asked.get("cancel"):
         if rid in running:
             running[rid][1].set()
+        else:  # nothing to cancel: said, so a client waiting for the end does not hang
+            await _refuse(
+                send, rid, 400, f"no request {rid!r} runs on this socket", "id", "unknown_id"
+            )
         return
     path, body = asked.get("path", "/v1/chat/completions"), asked.get("body")
     if path not in PATHS:
         await _refuse(send, rid, 400, f"`path` is one of {', '.join(sorted(PATHS))}", "path")
     elif not isinstance(body, dict):
         await _refuse(send, rid, 400, "`body` is the request's JSON object", "body")
-    elif rid in running:
-        await _refuse(send, rid, 400, f"id {rid!r} is already running on this socket", "id")
+    elif rid in running:  # not the running one's end: its code says so
+        await _refuse(
+            send, rid, 400, f"id {rid!r} is already running on this socket", "id", "duplicate_id"
+        )
     elif len(running) >= MAX_IN_FLIGHT:
         await _refuse(
-            send, rid, 429, f"at most {MAX_IN_FLIGHT} requests run at once on a socket", None
+            send,
+            rid,
+            429,
+            f"at most {MAX_IN_FLIGHT} requests run at once on a socket",
+            None,
+            "rate_limit_exceeded",
+            {"retry-after": "1"},
         )
     else:
         gone = asyncio.Event()
@@ -111,9 +147,18 @@ async def _on_message(
         task.add_done_callback(forget)
 
 
-async def _refuse(send: Send, rid: Any, status: int, message: str, param: str | None) -> None:
-    error = envelope(message, "invalid_request_error", param)["error"]
-    await send({"id": rid, "status": status, "error": error})
+async def _refuse(
+    send: Send,
+    rid: Any,
+    status: int,
+    message: str,
+    param: str | None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+    error = envelope(message, kind, param, code)["error"]
+    await send({"id": rid, "status": status, "error": error, "headers": headers or {}})
 
 
 async def _one(

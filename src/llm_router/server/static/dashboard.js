@@ -208,8 +208,11 @@ if (channel) {
 // Another tab stored or forgot a key: the stream follows it.
 window.addEventListener("storage", (ev) => {
   if (ev.key === KEY_STORE) {
+    const dialog = $("key-dialog");
+    if (dialog.open) dialog.close(); // asked here too: answered there ("Use key" here stored "")
     forgetWhatWasRead();
     restartEvents();
+    wakeMetrics();
   }
 });
 
