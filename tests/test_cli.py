@@ -259,6 +259,12 @@ def test_quantize_then_serve(tmp_path: Path, smollm2_gguf: Path) -> None:
         assert srv.models()["smol-q8"]["quantization"] == "Q8_0"
     finally:
         srv.stop()
+    # in place: the size before is the source's as it was (it read the replaced file's)
+    before = out_file.stat().st_size
+    inplace = _cli("quantize", str(out_file), str(out_file), "--type", "Q4_0", "--force")
+    assert inplace.returncode == 0, inplace.stderr
+    assert f"({before / 2**20:.1f} MiB) ->" in inplace.stdout
+    assert out_file.stat().st_size < before
 
 
 def test_convert_refuses_to_overwrite_without_force(tmp_path: Path, smollm2_gguf: Path) -> None:

@@ -107,6 +107,8 @@ async def test_wrong_values_name_the_parameter(
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": []}]},
          "messages.[1].content"),
         ("/v1/chat/completions", {"stream_options": {"include_usage": True}}, "stream_options"),
+        ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": "yes"}},
+         "stream_options.include_usage"),
         ("/v1/completions", {"prompt": "def f():", "suffix": "return 1"}, "suffix"),
         ("/v1/completions", {"prompt": "x", "best_of": 3}, "best_of"),
         ("/v1/completions", {"prompt": "x", "best_of": 1, "n": 2}, "best_of"),

@@ -138,6 +138,15 @@ Int = Annotated[int, BeforeValidator(_number)]
 Float = Annotated[float, BeforeValidator(_number)]
 
 
+class StreamOptions(BaseModel):
+    """`stream_options`: `include_usage` a boolean, as OpenAI's schema says ("yes" was
+    taken as true); other options pass (a remote target may know them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool | None = None
+
+
 class _Request(ShapeFields):
     """Fields every generation request shares (with the answer's shape, ShapeFields). Numbers must be finite, and every sampling
     value is bounded to what the engines' samplers take without overflow or NaN."""
@@ -170,7 +179,7 @@ class _Request(ShapeFields):
         description="Answers to generate (at most the server's `max_n`, 8 by default).",
     )
     stream: Annotated[StrictBool, null_is(False)] = Field(False, json_schema_extra=nullable)
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
     keep_alive: str | Float | None = None
@@ -178,7 +187,7 @@ class _Request(ShapeFields):
 
     @property
     def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     def _check_stream_options(self) -> None:
         if self.stream_options is not None and not self.stream:

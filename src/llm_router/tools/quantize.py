@@ -74,7 +74,7 @@ def quantize(
     params.nthread = threads or (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     )
-    started = time.perf_counter()
+    started, before = time.perf_counter(), src.stat().st_size  # before: OUT may be SRC
     if progress:
         progress(f"quantizing {src.name} to {type_name.upper()}")
     with staged_output(out, force=force, folder=False) as stage:
@@ -90,7 +90,7 @@ def quantize(
     return QuantizeResult(
         out,
         type_name.upper(),
-        src.stat().st_size,
+        before,
         out.stat().st_size,
         time.perf_counter() - started,
     )
