@@ -27,6 +27,7 @@ __all__ = [
     "HostGuard",
     "ServerApp",
     "UnexpectedErrors",
+    "body_once",
     "loopback_hosts",
     "send_json",
 ]
@@ -47,6 +48,21 @@ class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is over the limit of {limit} bytes")
         self.limit = limit
+
+
+def body_once(body: bytes, then: Receive) -> Receive:
+    """A `receive` that gives `body` whole as the request's, then waits on `then` (the
+    client's own receive, for its disconnect; or another end)."""
+    given = False
+
+    async def receive() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 async def send_json(

@@ -32,7 +32,7 @@ from ..gateway.accounting import record_route, serve_keyless
 from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
 from ..routing.admission import prompt_gate
-from .asgi import BodyTooLarge, loopback_hosts, send_json
+from .asgi import BodyTooLarge, body_once, loopback_hosts, send_json
 from .errors import envelope, not_served, status_of
 
 __all__ = ["GatewayMiddleware", "KeyMetrics", "visible"]
@@ -350,16 +350,7 @@ async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
         if not message.get("more_body", False):
             break
     body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replay
+    return body, body_once(body, receive)
 
 
 async def _refuse_raw(send: Send, status: int, message: str, code: str) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.types import Message, Scope
 
+from .asgi import body_once
 from .errors import ERROR_TABLE, envelope
 from .gateway import key_still_valid
 
@@ -185,18 +186,13 @@ async def _one(
         "client": socket_scope.get("client"),
         "server": socket_scope.get("server"),
     }
-    asked = False
 
-    async def receive() -> Message:
-        nonlocal asked
-        if not asked:
-            asked = True
-            return {"type": "http.request", "body": raw, "more_body": False}
+    async def disconnect() -> Message:  # when the socket closes or the client cancels
         await gone.wait()
         return {"type": "http.disconnect"}
 
     answer = _Answer(rid, send)
-    await socket_scope["app"](scope, receive, answer.take)
+    await socket_scope["app"](scope, body_once(raw, disconnect), answer.take)
     if gone.is_set() and not answer.finished:  # cancelled: its last message says so
         await send({"id": rid, "cancelled": True})
         return
