@@ -458,3 +458,20 @@ def test_rows_are_dimmed_while_the_page_cannot_follow_the_server(page: Page, das
     expect(page.locator(f"tr[data-model='{SMOL}']")).to_be_visible()  # the listing still loads
     expect(page.locator("#live")).to_have_text("reconnecting")
     expect(page.locator("body")).to_have_class("stale")
+
+
+def test_a_question_stopped_before_its_answer_is_shown_as_left_out(
+    page: Page, dash: Server
+) -> None:
+    """Stop before the first token took the question out of the history but left it on screen
+    as if asked: the next turn went without it, and nothing said so."""
+    held: list[Route] = []
+    page.route("**/v1/chat/completions", lambda route: held.append(route))  # never answered
+    _ask(page, dash, "What is the capital of France?")
+    expect(page.get_by_role("button", name="Stop")).to_be_enabled()
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".msg.user").last).to_have_class("msg user left-out")
+    expect(page.locator(".msg.assistant .text").last).to_contain_text(
+        "left out of the conversation"
+    )
+    assert page.evaluate("state.chat.length") == 0

@@ -644,7 +644,7 @@ async function send(ev) {
   }
   $("pg-input").value = "";
   state.chat.push({ role: "user", content: text });
-  addMessage("user", text);
+  const asked = addMessage("user", text);
   const out = addMessage("assistant", "");
   const system = $("pg-system").value.trim();
   const messages = system ? [{ role: "system", content: system }, ...state.chat] : [...state.chat];
@@ -701,7 +701,11 @@ async function send(ev) {
     // a turn without an answer (refused, failed, stopped at once) leaves the history: the
     // next question would follow the unanswered one
     if (answer) state.chat.push({ role: "assistant", content: answer });
-    else state.chat.pop();
+    else {
+      state.chat.pop(); // and the screen says so: it showed the question as asked
+      asked.parentElement.classList.add("left-out");
+      if (!out.textContent) out.textContent = "stopped before an answer: this question is left out of the conversation";
+    }
     state.abort = null;
     $("pg-send").disabled = false;
     $("pg-stop").disabled = true;
