@@ -214,10 +214,16 @@ def test_requests_spread_over_two_replicas(
 ) -> None:
     results = _load(ray_client, 6)
     assert all(r["error"] is None and r["chunks"] > 0 for r in results), results
-    wait_until(lambda: len(ray_server.replicas(GEMMA)) == 2, 15, "gemma on both replicas")
+    # listed as soon as its load is asked for: the second replica's may still wait for its
+    # SmolLM2 to finish and go (models_max 1), so wait for both loaded
+    wait_until(
+        lambda: [r["status"] for r in ray_server.replicas(GEMMA)] == ["loaded", "loaded"],
+        30,
+        "gemma loaded on both replicas",
+    )
     replicas = ray_server.replicas(GEMMA)
     assert len({r["node_id"] for r in replicas}) == 2  # one replica on each node
-    assert all(r["status"] == "loaded" and r["pid"] for r in replicas)
+    assert all(r["pid"] for r in replicas)
     # one model per replica: Gemma's second replica let SmolLM2 go (its LRU)
     wait_until(lambda: ray_server.replicas(SMOL) == [], 15, "SmolLM2 evicted")
 
