@@ -150,14 +150,11 @@ class GatewayMiddleware:
             state = scope.setdefault("state", {})
             state["key_name"] = key.name
             state["api_key_id"] = key.hash[:16]  # routing's id of the key (A/B): its hash
-            state["key_valid"] = lambda key=key: gw.still_valid(key)  # long requests ask again
+            state["api_key"] = key  # a request that lasts asks again (key_still_valid)
             if key.models is not None:  # listings show only what the key may use (`visible`)
                 state["model_allowed"] = lambda name, allowed=key.models: self._allowed(
                     allowed, name
                 )
-            if scope["type"] == "websocket":  # /v1/ws: each message comes back here as a
-                await self.app(scope, receive, send)  # request, limited and counted then
-                return
             body: bytes | None = None
             if method in _MODEL_BODIES and (
                 (key.models is not None and need == "inference") or path in _AUDITED
@@ -173,12 +170,16 @@ class GatewayMiddleware:
                 await self._call_admin(scope, receive, send, key.name, body)
                 return
             gw.check_budget(key)
-            admission = gw.limiter.admit_now(key) or await gw.limiter.admit(key)
+            socket = scope["type"] == "websocket"  # /v1/ws: its handshake is no request; each
+            # of its messages comes back here as one, limited and counted then
+            admission = None if socket else gw.limiter.admit_now(key) or await gw.limiter.admit(key)
         except RouterError as exc:
             await _refuse(scope, send, exc)
             if key is not None and need == "inference" and scope["type"] == "http":
-                # a refusal is usage too (no tokens); a socket's handshake is none
-                self._record_refusal(key, path, status_of(exc)[0])
+                self._record_refusal(key, path, status_of(exc)[0])  # a refusal is usage too
+            return
+        if admission is None:
+            await self.app(scope, receive, send)
             return
         await self._call_inference(scope, receive, send, key, admission)
 
@@ -305,8 +306,8 @@ class GatewayMiddleware:
 def key_still_valid(request: Any) -> bool:
     """Whether the request's API key is still good (True without one): a stream that lasts
     stops serving a key revoked or expired since it began."""
-    valid = getattr(request.state, "key_valid", None)
-    return valid is None or bool(valid())
+    key = getattr(request.state, "api_key", None)
+    return key is None or bool(request.app.state.gateway.still_valid(key))
 
 
 def visible(request: Any, name: str) -> bool:
