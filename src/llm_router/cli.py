@@ -396,9 +396,10 @@ def _print(text: str) -> None:
 def _register_commands() -> None:
     """Command groups that live in modules of their own (each has `register(app)`)."""
     # One import and one call per module: cli_keys, cli_models, ... (added as they land).
-    from . import cli_bench, cli_doctor, cli_models, cli_pull
+    from . import cli_bench, cli_chat, cli_doctor, cli_models, cli_pull
 
     cli_models.register(app)
+    cli_chat.register(app)
     cli_pull.register(app)
     cli_bench.register(app)
     cli_doctor.register(app)

@@ -1,19 +1,15 @@
-"""Ollama's everyday commands: `ps`, `show`, `rm`, `chat`. Each talks to a running server when
-one is given with `--url` or answers on the configured port, and works in this process
-otherwise where that makes sense (`ps` needs a server: a new process has nothing loaded)."""
+"""Ollama's everyday commands: `ps`, `show`, `rm` (`chat`: cli_chat.py). Each talks to a
+running server when one is given with `--url` or answers on the configured port, and works in
+this process otherwise where that makes sense (`ps` needs a server: a new process has nothing
+loaded)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,11 +18,9 @@ from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
 from .cli_console import error
 from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
 from .config import Settings
-from .errors import ModelNotFound, RouterError
 from .lifecycle.discovery import ModelSource, Scanner
-from .logs import setup_logging
 
-__all__ = ["register"]
+__all__ = ["entry_of", "fail", "register"]
 
 
 def _console() -> Console:
@@ -45,7 +39,7 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = 1) -> typer.Exit:
     error(message)
     return typer.Exit(code)
 
@@ -55,11 +49,11 @@ def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
     settings = _settings(config)
     server = find_server(url, settings)
     if server is None:
-        raise _fail(f"no server answers on port {settings.port}; start one or give --url")
+        raise fail(f"no server answers on port {settings.port}; start one or give --url")
     with client(server) as http:
         res = http.get("/models")
     if res.status_code != 200:
-        raise _fail(server_error(res))
+        raise fail(server_error(res))
     body = res.json()
     table = Table("model", "status", "memory", "slots", "queue", "idle", "keep-alive left")
     now = time.time()
@@ -101,13 +95,13 @@ def _not_here(settings: Settings, model: str, there: str, server: str | None) ->
     `show --template` reads one; the server tells no paths)."""
     served = _served(server, model) if server is not None else False
     if isinstance(served, str):  # the server would not say
-        return _fail(f"model {model!r} is not in {settings.models_dir}; {server}: {served}")
+        return fail(f"model {model!r} is not in {settings.models_dir}; {server}: {served}")
     if served:
-        return _fail(
+        return fail(
             f"model {model!r} is on {server} but not in {settings.models_dir}: give "
             "--models-dir the server's models directory (this command reads its files)"
         )
-    return _fail(f"model {model!r} is not in {settings.models_dir} (models: {there})")
+    return fail(f"model {model!r} is not in {settings.models_dir} (models: {there})")
 
 
 def _served(server: str, model: str) -> bool | str:
@@ -116,8 +110,15 @@ def _served(server: str, model: str) -> bool | str:
         res = http.get("/models")
     if res.status_code != 200:
         return server_error(res)
-    entries = res.json().get("data", [])
-    return any(model == m["id"] or model in (m.get("aliases") or ()) for m in entries)
+    return entry_of(res.json().get("data", []), model) is not None
+
+
+def entry_of(entries: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """The entry of `GET /models` called `model`, by id or alias."""
+    for entry in entries:
+        if model == entry["id"] or model in (entry.get("aliases") or ()):
+            return entry
+    return None
 
 
 def _look_up(settings: Settings, model: str) -> ModelSource | str:
@@ -135,12 +136,10 @@ def _show_served(server: str, model: str, settings: Settings) -> None:
     with client(server) as http:
         res = http.get("/models")
     if res.status_code != 200:
-        raise _fail(server_error(res))
-    for entry in res.json()["data"]:
-        if model == entry["id"] or model in entry.get("aliases", ()):
-            break
-    else:
-        raise _fail(f"model {model!r} is neither on {server} nor in {settings.models_dir}")
+        raise fail(server_error(res))
+    entry = entry_of(res.json()["data"], model)
+    if entry is None:
+        raise fail(f"model {model!r} is neither on {server} nor in {settings.models_dir}")
     names = ["path", "format", "engine", "task", "model_architecture", "parameters"]
     names += ["quantization", "context_length", "upstream_model", "provider"]
     rows: list[tuple[str, Any]] = [("id", entry["id"]), ("server", server)]
@@ -253,14 +252,14 @@ def rm(
     source = _find(settings, model, server)
     root = settings.models_dir.resolve()
     if source.origin == "ollama":
-        raise _fail(f"{source.id} is a model of Ollama's store: remove it with `ollama rm`")
+        raise fail(f"{source.id} is a model of Ollama's store: remove it with `ollama rm`")
     if source.origin != "models_dir" or source.path.parent.resolve() != root:
-        raise _fail(f"{source.id} is not a file of {root}; remove its `models:` entry instead")
+        raise fail(f"{source.id} is not a file of {root}; remove its `models:` entry instead")
     if server:
         with client(server) as http:
             res = http.post("/models/unload", json={"model": source.id, "force": True})
         if res.status_code not in (200, 404):
-            raise _fail(server_error(res))
+            raise fail(server_error(res))
     path = source.path
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -269,231 +268,7 @@ def rm(
     print(f"deleted {source.id} ({path.name})")
 
 
-def chat(
-    model: Annotated[str, typer.Argument(help="Model or route.")],
-    config: ConfigOpt = None,
-    models_dir: ModelsDirOpt = None,
-    url: UrlOpt = None,
-    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 for greedy.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 512,
-) -> None:
-    """An interactive chat with history and streaming, as `ollama run`: `/bye` quits,
-    `/clear` forgets the history, Ctrl-C stops an answer of a server (in this process: ends
-    the chat). A model the server does not have,
-    or one that makes no text, is an error at once; with the input piped, so is any failed
-    turn (exit status 1)."""
-    settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
-    setup_logging(settings.log_level)
-    server = find_server(url, settings)
-    params: dict[str, Any] = {"max_tokens": max_tokens}
-    if temperature is not None:
-        params["temperature"] = temperature
-    try:
-        if server:
-            _chat_http(server, model, system, params)
-        else:
-            asyncio.run(_chat_local(settings, model, system, params))
-    except RouterError as exc:
-        raise _fail(exc.message) from None
-    except httpx.HTTPError as exc:  # the server went away mid-chat
-        _write("\n")  # not on the line of a half-shown answer
-        raise _fail(f"lost the server at {server}: {exc or type(exc).__name__}") from None
-    except KeyboardInterrupt:
-        print()
-        raise typer.Exit(130) from None
-
-
-def _turn_failed(message: str) -> None:
-    """Say why a turn failed; with the input piped, end there (a script sees exit 1, where
-    it saw the same error for every line and exit 0)."""
-    if not sys.stdin.isatty():
-        raise _fail(message)
-    error(message)
-
-
-CHAT_HELP = """Available commands:
-  /clear          Forget the conversation so far
-  /bye            Exit (also /exit, /quit, Ctrl-D)
-  /?, /help       This help
-Use \"\"\" to begin and end a message of several lines.
-Ctrl-C stops an answer."""
-
-
-def _read(prompt: str, interactive: bool) -> str | None:
-    """One line without its newline; None at the end of input. At a terminal, with line
-    editing and history (readline), as `ollama run`."""
-    if not interactive:
-        line = sys.stdin.readline()
-        return line.rstrip("\n") if line else None
-    try:
-        return input(prompt)
-    except EOFError:
-        print()
-        return None
-
-
-def _lines() -> Iterator[str]:
-    """The user's messages until `/bye` or end of input: a line, or the lines between two
-    `\"\"\"`; `/clear` comes through as itself, `/?` prints the commands, another `/word`
-    is refused (a typo was sent to the model as a question)."""
-    interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401  (input() then edits lines and keeps a history)
-    while True:
-        line = _read(">>> ", interactive)
-        if line is None:
-            return
-        text = line.strip()
-        if text.startswith('"""'):
-            parts, rest = [], text[3:]
-            while not rest.rstrip().endswith('"""'):
-                parts.append(rest)
-                more = _read("... ", interactive)
-                if more is None:
-                    return
-                rest = more
-            parts.append(rest.rstrip()[:-3])
-            text = "\n".join(parts).strip()
-        elif text in ("/bye", "/exit", "/quit"):
-            return
-        elif text in ("/?", "/help"):
-            print(CHAT_HELP)
-            continue
-        elif text.startswith("/") and text != "/clear":
-            error(f"Unknown command '{text.split()[0]}'. Type /? for help")
-            continue
-        if text:
-            yield text
-
-
-def _unknown(model: str, names: list[str]) -> typer.Exit:
-    known = ", ".join(sorted(names)) or "none"
-    return _fail(f"The model '{model}' does not exist (models: {known})")
-
-
-def _check_http(http: httpx.Client, model: str) -> None:
-    """Raise typer.Exit when the server refuses the key, or its model list (`GET /models`:
-    ids, aliases, remote targets, routes; those the API key may use) does not have `model`,
-    or has it as an embedding model. Unchecked when the key may not read the list (an
-    inference-only key): the first answer then tells."""
-    res = http.get("/models")
-    if res.status_code == 401:
-        raise _fail(server_error(res))
-    if res.status_code != 200:
-        return
-    body = res.json()
-    ids = [m["id"] for m in body["data"]] + [r["name"] for r in body.get("routes", [])]
-    for entry in body["data"]:
-        if model == entry["id"] or model in (entry.get("aliases") or ()):
-            if entry.get("task") == "embed":
-                raise _fail(f"model '{entry['id']}' only makes embeddings: chat with a model "
-                            "that generates text")  # fmt: skip
-            return
-    if model not in ids:
-        raise _unknown(model, ids)
-
-
-def _chat_http(server: str, model: str, system: str | None, params: dict[str, Any]) -> None:
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    with client(server, timeout=None) as http:
-        _check_http(http, model)
-        for line in _lines():
-            if line == "/clear":
-                del history[1 if system else 0 :]
-                continue
-            history.append({"role": "user", "content": line})
-            body = {"model": model, "messages": history, "stream": True, **params}
-            answer = ""
-            with (
-                _stopped_by_ctrl_c(),
-                http.stream("POST", "/v1/chat/completions", json=body) as res,
-            ):
-                if res.status_code != 200:
-                    res.read()
-                    history.pop()
-                    _turn_failed(server_error(res))
-                    continue
-                for data in res.iter_lines():
-                    if not data.startswith("data: ") or data == "data: [DONE]":
-                        continue
-                    chunk = json.loads(data[6:])
-                    if "error" in chunk:
-                        _write("\n")
-                        _turn_failed(chunk["error"]["message"])
-                        break
-                    for choice in chunk.get("choices", []):
-                        piece = choice.get("delta", {}).get("content") or ""
-                        answer += piece
-                        _write(piece)
-            _write("\n\n")
-            history.append({"role": "assistant", "content": answer})
-
-
-@contextlib.contextmanager
-def _stopped_by_ctrl_c() -> Iterator[None]:
-    """Ctrl-C while an answer streams stops that answer (the request is closed, so the
-    server stops generating) and the chat goes on, as in `ollama run`; what was shown stays
-    in the history. Piped input: Ctrl-C ends the chat."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if not sys.stdin.isatty():
-            raise
-        _write("\n")
-
-
-async def _chat_local(
-    settings: Settings, model: str, system: str | None, params: dict[str, Any]
-) -> None:
-    from .api import Router
-
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    loop = asyncio.get_running_loop()
-    async with Router(settings=settings) as router:
-        try:
-            router.dispatcher.resolve(model)  # an id, alias, remote target or route
-        except ModelNotFound:
-            raise _unknown(model, router.models()) from None
-        if (local := _local_target(router, model)) is not None:
-            local.check_generates()  # an embedding model: RouterError, at once
-        lines = _lines()
-        while (line := await loop.run_in_executor(None, next, lines, None)) is not None:
-            if line == "/clear":
-                del history[1 if system else 0 :]
-                continue
-            history.append({"role": "user", "content": line})
-            answer = ""
-            try:
-                async for piece in router.stream(history, model=model, **params):
-                    answer += piece
-                    _write(piece)
-            except RouterError as exc:
-                history.pop()
-                _turn_failed(exc.message)
-                continue
-            _write("\n\n")
-            history.append({"role": "assistant", "content": answer})
-
-
-def _local_target(router: Any, model: str) -> Any:
-    """The local model `model` names (None for a route or a remote target)."""
-    from .routing.local import LocalTarget
-
-    try:
-        target = router.dispatcher.target(model)
-    except ModelNotFound:  # a route
-        return None
-    return target if isinstance(target, LocalTarget) else None
-
-
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def register(app: typer.Typer) -> None:
     app.command()(ps)
     app.command()(show)
     app.command()(rm)
-    app.command()(chat)
