@@ -232,16 +232,18 @@ class Admission:
                     state.id,
                     state.active,
                     len(state.waiters),
-                    "the lowered limits"
-                    if state.id in self._limits_drain
-                    else self._admission[0].id
-                    if self._admission
-                    else "a load",
+                    self._drained_for(state),
                 )
             elif not drain and state.draining:
                 state.draining = False
                 state.drain_allowed.clear()
                 state.notify()
+
+    def _drained_for(self, state: ModelState) -> str:
+        """What a draining model makes room for, for its log line."""
+        if state.id in self._limits_drain:
+            return "the lowered limits"
+        return self._admission[0].id if self._admission else "a load"
 
     def _start_load(self, state: ModelState) -> None:
         state.set_status(Status.LOADING)

@@ -181,8 +181,7 @@ def _locked(part: Path) -> Iterator[None]:
             yield
         finally:  # nothing to resume from: no litter (a 404, a refused name)
             if part.exists() and part.stat().st_size == 0:
-                part.unlink()
-                _origin(part).unlink(missing_ok=True)
+                _discard(part)
 
 
 def _check_model(part: Path, name: str, url: str) -> None:
@@ -197,8 +196,7 @@ def _check_model(part: Path, name: str, url: str) -> None:
     except InvalidModelFile as exc:
         why = exc.message.removeprefix(f"{part}: ")
     if why is not None:
-        part.unlink(missing_ok=True)
-        _origin(part).unlink(missing_ok=True)
+        _discard(part)
         raise PullError(f"{url} is not a usable model ({why}); the download was deleted")
 
 
@@ -217,6 +215,12 @@ class _Transient(Exception):
 
 def _origin(part: Path) -> Path:
     return part.with_name(part.name + ".json")
+
+
+def _discard(part: Path) -> None:
+    """A download that is to be started again, and where it came from."""
+    part.unlink(missing_ok=True)
+    _origin(part).unlink(missing_ok=True)
 
 
 def _resume_headers(url: str, part: Path) -> dict[str, str] | None:
@@ -280,8 +284,7 @@ def _verify(path: Path, expected: str | None) -> None:
         return
     actual = _sha256(path)
     if actual != expected.lower():
-        path.unlink(missing_ok=True)
-        _origin(path).unlink(missing_ok=True)
+        _discard(path)
         raise PullError(
             f"sha256 mismatch: expected {expected.lower()}, got {actual}; the download was deleted"
         )
