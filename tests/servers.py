@@ -29,6 +29,7 @@ __all__ = [
     "free_port",
     "link_models",
     "new_server",
+    "within_one_minute_window",
 ]
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1"
@@ -234,3 +235,13 @@ class Stub:
         except subprocess.TimeoutExpired:  # uvicorn waits for open connections; don't
             self.proc.kill()
             self.proc.wait(5)
+
+
+def within_one_minute_window(needed: float) -> None:
+    """Wait, if need be, until `needed` seconds are left in the current minute: the limits'
+    sliding windows are aligned on minutes, and one that slides in the middle of a test
+    weighs what came before by the time gone, so exact header values would shift by one (and
+    a limit of 1 request lets a second through just after the turn of a minute)."""
+    left = 60 - time.time() % 60
+    if left < needed:
+        time.sleep(left + 0.05)

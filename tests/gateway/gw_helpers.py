@@ -72,15 +72,6 @@ def gateway_app(tmp_path: Path, **settings: Any) -> Any:
     return make()
 
 
-def within_one_minute_window(needed: float) -> None:
-    """Wait, if need be, until `needed` seconds are left in the current minute: the limits'
-    sliding windows are aligned on minutes, and one that slides in the middle of a test
-    weighs what came before by the time gone, so exact header values would shift by one."""
-    left = 60 - time.time() % 60
-    if left < needed:
-        time.sleep(left + 0.05)
-
-
 async def window_total(limiter: Any, tpm: int, name: str) -> int:
     """Tokens counted in a key's window of its tokens per minute (this one and the previous,
     unweighted: exact whenever the test started less than a minute ago)."""

@@ -15,7 +15,6 @@ from gw_helpers import (
     bearer,
     gateway_app,
     window_total,
-    within_one_minute_window,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +25,7 @@ from llm_router.errors import RateLimited
 from llm_router.gateway.keys import ApiKey
 from llm_router.gateway.limits import Admission, Limiter, reset_text
 from openai_schema import validate
+from servers import within_one_minute_window
 
 HEADERS = ("limit", "remaining", "reset")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gw_helpers import MASTER, bearer, within_one_minute_window
+from gw_helpers import MASTER, bearer
 
 from llm_router import defaults
-from servers import GEMMA, SMOL, Server, link_models
+from servers import GEMMA, SMOL, Server, link_models, within_one_minute_window
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 

@@ -16,7 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from servers import SMOL, Server, link_models
+from servers import SMOL, Server, link_models, within_one_minute_window
 
 pytestmark = pytest.mark.real
 
@@ -151,6 +151,7 @@ async def test_keys_and_their_limits_hold_on_the_socket(
         key = made.json()["key"]
         chat = {"model": SMOL, "messages": PARIS, "max_tokens": 3}
         auth = {"authorization": f"Bearer {key}"}
+        await asyncio.to_thread(within_one_minute_window, 20)  # rpm 1: no turn of a minute
         async with websockets.connect(_url(keyed), additional_headers=auth) as socket:
             await socket.send(json.dumps({"id": "first", "body": chat}))
             first = (await _collect(socket, {"first"}))["first"]["last"]
