@@ -107,15 +107,18 @@ class InProcessWorker:
     def rss(self) -> int | None:
         return 0
 
-    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
-        """As the real worker's: requests still in flight fail with WorkerDied(`why`)."""
+    async def stop(
+        self, timeout: float = 5.0, cut: Callable[[], RouterError] | None = None
+    ) -> None:
+        """As the real worker's: requests still in flight fail with what `cut` makes."""
         self.stopping = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self.engine.close()
         self.exited.set()
         for queue in self._streams.values():
-            queue.put_nowait(WorkerDied(why or "the model's worker exited during the request"))
+            died = WorkerDied("the model's worker exited during the request")
+            queue.put_nowait(cut() if cut is not None else died)
 
 
 class InProcessPool(WorkerPool):

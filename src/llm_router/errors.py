@@ -18,6 +18,7 @@ __all__ = [
     "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotLoaded",
+    "ModelUnloaded",
     "OutputExists",
     "PermissionDenied",
     "QueueFull",
@@ -95,6 +96,11 @@ class EngineError(RouterError):
 
 class WorkerDied(EngineError):
     """The worker process of a model exited while requests were in flight."""
+
+
+class ModelUnloaded(WorkerDied):
+    """The model was unloaded on purpose (an unload, an eviction, a reload's change) while the
+    request was in flight, after `unload_grace`: its worker did not die, it was stopped."""
 
 
 class InsufficientMemory(RouterError):

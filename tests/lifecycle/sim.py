@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llm_router.engines import LoadSpec
-from llm_router.errors import ModelLoadFailed, WorkerDied
+from llm_router.errors import ModelLoadFailed, RouterError, WorkerDied
 from llm_router.lifecycle.estimate import DEFAULT_BASE
 from llm_router.types import Embeddings, Finished, GenerationRequest, TextDelta, Usage
 from llm_router.worker.pool import WorkerPool
@@ -88,14 +88,15 @@ class SimWorker:
         self._rss = rss
         self._token_seconds = float(script.get("token_seconds", 0.01))
         self._on_exit: Callable[[Any, str], None] | None = None
-        self._why = "the model's worker was killed during the request"
+        self._cut: Callable[[], RouterError] | None = None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
         n = request.params.max_tokens or 4
         for i in range(n):
             await asyncio.sleep(self._token_seconds)
             if self.exited.is_set():
-                raise WorkerDied(self._why)
+                cut = self._cut
+                raise cut() if cut else WorkerDied("the model's worker was killed mid-request")
             yield TextDelta(f"t{i} ")
         yield Finished("length", Usage(2, n))
 
@@ -108,9 +109,11 @@ class SimWorker:
     def rss(self) -> int | None:
         return None if self.exited.is_set() else self._rss
 
-    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
+    async def stop(
+        self, timeout: float = 5.0, cut: Callable[[], RouterError] | None = None
+    ) -> None:
         self.stopping = True
-        self._why = why or self._why
+        self._cut = cut or self._cut
         await asyncio.sleep(0.01)  # a process takes a moment to go
         self.exited.set()
 

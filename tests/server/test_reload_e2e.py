@@ -146,6 +146,7 @@ def test_a_stream_that_outlives_unload_grace_is_told_why_it_ended(
                     r = httpx.post(srv.url + "/admin/reload", timeout=30)
                     assert r.json()["unloaded"] == [SMOL], r.text
         message = str(failed.value)
+        assert failed.value.code == "model_unloaded", message  # not a worker that died
         assert "unloaded (configuration changed)" in message, message
         assert "unload_grace (0.5 s)" in message, message
         assert len(text) < 900  # cut short, not run to its end
@@ -155,9 +156,9 @@ def test_a_stream_that_outlives_unload_grace_is_told_why_it_ended(
             return [x for x in lines if x.get("path") == "/v1/chat/completions"]
 
         _until(logged, timeout=10)  # written once the response has ended
-        assert logged()[-1]["status"] == 200 and logged()[-1]["error"] == "WorkerDied", logged()
+        assert logged()[-1]["status"] == 200 and logged()[-1]["error"] == "ModelUnloaded", logged()
         metrics = httpx.get(srv.url + "/metrics", timeout=30).text
-        labels = f'endpoint="chat",model="{SMOL}",outcome="WorkerDied"'
+        labels = f'endpoint="chat",model="{SMOL}",outcome="ModelUnloaded"'
         counted = [x for x in metrics.splitlines() if x.startswith("llm_router_requests_total")]
         assert f"llm_router_requests_total{{{labels}}} 1.0" in counted, counted
 

@@ -26,7 +26,9 @@ from ..engines import LoadSpec, check_available
 from ..errors import (
     LoadInterrupted,
     ModelNotFound,
+    ModelUnloaded,
     RouterError,
+    ServerStopping,
 )
 from ..machine import Machine, detect
 from ..units import parse_bytes, parse_duration
@@ -48,7 +50,10 @@ MiB = 2**20
 # A pinned model whose worker dies is loaded again at once if it had served this long; one
 # that dies sooner (a model that crashes its worker) waits for a request, so no loop of loads.
 RESTART_AFTER = 10.0
-_SHUTDOWN = "the server is shutting down; retry on another server"  # told to requests cut
+
+
+def _shutdown() -> RouterError:  # what requests cut by the server's shutdown are told
+    return ServerStopping("the server is shutting down; retry on another server")
 
 
 class ModelManager(Leases, Admission, Reconfiguration):
@@ -147,7 +152,7 @@ class ModelManager(Leases, Admission, Reconfiguration):
         states = (*self.registry, *self.registry.leaving)
         workers = [s.worker for s in states if s.worker is not None]
         await asyncio.gather(
-            *(w.stop(timeout=2.0, why=_SHUTDOWN) for w in workers), return_exceptions=True
+            *(w.stop(timeout=2.0, cut=_shutdown) for w in workers), return_exceptions=True
         )
         await self._pool.close()
 
@@ -373,14 +378,15 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.changed.wait(), left)
         except asyncio.CancelledError:  # close(): never leave a worker behind
-            await worker.stop(why=_SHUTDOWN)
+            await worker.stop(cut=_shutdown)
             raise
         freed = state.memory_bytes
         grace = self.settings.unload_grace
-        await worker.stop(
-            why=f"the model was unloaded ({reason}) before this request finished: "
+        why = (
+            f"the model was unloaded ({reason}) before this request finished: "
             f"requests in flight get unload_grace ({grace:g} s); retry"
         )
+        await worker.stop(cut=lambda: ModelUnloaded(why))
         self._threads.forget(worker)
         if state.worker is not worker and (state.status != Status.ERROR or state.sticky):
             # It died in the grace, and a request has queued, started or finished a load of

@@ -197,9 +197,11 @@ class DeploymentWorker(Worker):
     def set_threads(self, threads: int) -> None:
         pass  # each replica shares its own CPUs among its models
 
-    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
+    async def stop(
+        self, timeout: float = 5.0, cut: Callable[[], RouterError] | None = None
+    ) -> None:
         """Close the route; the replicas keep the model until their own LRU lets it go (and
-        finish the requests in flight: none is cut, so `why` is never told)."""
+        finish the requests in flight: none is cut, so `cut` is never made)."""
         self.stopping = True
 
 

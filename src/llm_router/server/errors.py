@@ -42,6 +42,7 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.EngineUnavailable: (501, "server_error", "engine_unavailable"),
     e.EngineError: (500, "server_error", "engine_error"),
     e.WorkerDied: (503, "server_error", "worker_died"),
+    e.ModelUnloaded: (503, "server_error", "model_unloaded"),
     e.ConfigError: (500, "server_error", "config_error"),
     e.ReloadRejected: (400, "invalid_request_error", "config_error"),
     e.UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),

@@ -77,7 +77,8 @@ class Worker:
         self._on_info: Callable[[Worker], None] | None = None
         self.exited = asyncio.Event()
         self.stopping = False
-        self._why: str | None = None  # what requests still in flight are told when stopped
+        # what requests in flight get when the worker is stopped (else WorkerDied)
+        self._cut: Callable[[], RouterError] | None = None
 
     @property
     def pid(self) -> int:
@@ -147,7 +148,7 @@ class Worker:
         """Stream one generation. Raises the engine's RouterError, or WorkerDied when the
         process exits mid-way. Closing the iterator early cancels the sequence in the worker."""
         if self.exited.is_set() or self.stopping:
-            raise WorkerDied("the model's worker is stopping; retry")
+            raise self._stopping()
         seq = next(self._ids)
         events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
         self._streams[seq] = events
@@ -237,7 +238,7 @@ class Worker:
         Raises the engine's RouterError, or WorkerDied when the process exits meanwhile.
         Cancelling only drops the answer: the worker finishes the operation."""
         if self.exited.is_set() or self.stopping:
-            raise WorkerDied("the model's worker is stopping; retry")
+            raise self._stopping()
         seq = next(self._ids)
         answer: asyncio.Queue[WorkerEvent] = asyncio.Queue()
         self._streams[seq] = answer
@@ -263,11 +264,13 @@ class Worker:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._send({"op": "threads", "threads": threads})
 
-    async def stop(self, timeout: float = 5.0, why: str | None = None) -> None:
+    async def stop(
+        self, timeout: float = 5.0, cut: Callable[[], RouterError] | None = None
+    ) -> None:
         """Ask the worker to exit, kill it after `timeout`; returns when it is gone. Requests
-        still in flight fail with WorkerDied saying `why` (else that the worker exited)."""
+        still in flight fail with the error `cut` makes (else WorkerDied: it exited)."""
         self.stopping = True
-        self._why = why
+        self._cut = cut
         if not self.exited.is_set():
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._send({"op": "shutdown"})
@@ -278,6 +281,14 @@ class Worker:
         if self._task is not None:
             await self._task
         self._writer.close()
+
+    def _stopping(self) -> RouterError:
+        """What a request sent to a worker already told to stop gets."""
+        return (
+            self._cut()
+            if self._cut is not None
+            else WorkerDied("the model's worker is stopping; retry")
+        )
 
     def _send(self, message: dict[str, Any]) -> None:
         if self._writer.is_closing():
@@ -304,9 +315,9 @@ class Worker:
             await kill_and_wait(self.proc)
         code = await self.proc.wait()
         reason = describe_exit(code)
-        why = self._why or f"the model's {reason} during the request"
         for stream in self._streams.values():
-            stream.put_nowait(WorkerDied(why))
+            died = WorkerDied(f"the model's {reason} during the request")
+            stream.put_nowait(self._cut() if self._cut is not None else died)
         self.exited.set()
         if self._on_exit is not None:
             self._on_exit(self, reason)
