@@ -189,18 +189,20 @@ def serve(
 
         serve_on_ray(settings, ray)
         return
-    if workers > 1:
-        _serve_many(settings, workers, source)
-        return
     from .gateway.service import check_open_bind, is_loopback
     from .gateway.store import check_data_dir
     from .server.run import listen, run_one
 
     try:
-        sock = listen(settings.host, settings.port)
         check_data_dir(settings)
         if settings.auth == "auto" and not is_loopback(settings.host):
-            asyncio.run(check_open_bind(settings))  # refused at once, not after start-up
+            # refused at once, and before the port opens: nothing listens beyond this
+            # machine, not even for the moment the check takes
+            asyncio.run(check_open_bind(settings))
+        if workers > 1:
+            _serve_many(settings, workers, source)
+            return
+        sock = listen(settings.host, settings.port)
     except ConfigError as exc:
         error(exc.message)
         raise typer.Exit(2) from None

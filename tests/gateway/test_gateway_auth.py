@@ -301,6 +301,31 @@ def test_serve_refuses_a_public_address_in_one_line_before_it_starts(tmp_path: P
     assert "Traceback" not in out.stderr and not (tmp_path / "models").exists()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_refused_public_address_never_opens_its_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """The refusal came after the socket was bound and listening (~2 s on 0.0.0.0, and with
+    `--workers N` until every process had refused; found from outside): nothing binds now."""
+    from typer.testing import CliRunner
+
+    from llm_router import cli
+    from llm_router.server import run
+
+    def bound(*args: object) -> None:
+        raise AssertionError("a port was opened before the refusal")
+
+    monkeypatch.setattr(run, "_bind", bound)
+    monkeypatch.delenv("LLM_ROUTER_MASTER_KEY", raising=False)
+    monkeypatch.delenv("LLAMA_API_KEY", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nmodels_dir: {tmp_path / 'models'}\n")
+    args = ["serve", "--config", str(cfg), "--host", "0.0.0.0", "--port", "0"]
+    out = CliRunner().invoke(cli.app, [*args, "--workers", workers])
+    assert out.exit_code == 2, out.output
+    assert "refusing to listen on 0.0.0.0" in out.output
+
+
 async def test_a_public_address_is_served_once_a_master_key_exists(
     tmp_path: Path, master_env: str
 ) -> None:
