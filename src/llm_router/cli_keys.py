@@ -143,7 +143,9 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("name", "key", "scopes", "models", "rpm", "tpm", "budget", "expires", "status")
+    table = Table(
+        "name", "key", "scopes", "models", "rpm", "tpm", "at once", "budget", "expires", "status"
+    )
     for r in rows:
         table.add_row(
             str(r["name"]),
@@ -152,6 +154,7 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             ",".join(r["models"]) if r["models"] is not None else "any",  # type: ignore[arg-type]
             _opt(r["rpm"]),
             _opt(r["tpm"]),
+            _opt(r["max_concurrent"]),
             f"{r['budget']}/{r['period']}" if r["budget"] is not None else "-",
             _when(r["expires_at"]),
             str(r["status"]),

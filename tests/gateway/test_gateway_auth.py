@@ -135,6 +135,21 @@ async def test_a_model_outside_the_allow_list_does_not_exist_for_the_key(
     assert r.status_code == 200, r.text
 
 
+async def test_a_body_nested_too_deep_is_the_routes_400_for_a_key_with_an_allow_list(
+    gw: Gw,
+) -> None:
+    """The allow-list's look at the body raised RecursionError: a bare 500 (found from
+    outside); it is the 400 every other key gets."""
+    only_chat = await gw.key("nested", models=["chat"])
+    body = b'{"model": "chat", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    r = await gw.client.post(
+        "/v1/chat/completions",
+        content=body,
+        headers={**bearer(only_chat), "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+
+
 async def test_the_allow_list_matches_aliases_and_routes(tmp_path: Path, master_env: str) -> None:
     from inproc import fake_models
 

@@ -94,6 +94,13 @@ def test_bad_specs_are_refused(spec: dict[str, object]) -> None:
         KeySpec.model_validate(spec)
 
 
+@pytest.mark.parametrize("expires", ["-5s", -1, "0"])
+def test_an_expiry_not_in_the_future_says_so(expires: object) -> None:
+    """A negative one said "not a finite duration" (found from outside)."""
+    with pytest.raises(ValidationError, match="expires must be a positive duration"):
+        KeySpec.model_validate({"name": "a", "expires": expires})
+
+
 def test_expiry_takes_days_and_weeks() -> None:
     assert KeySpec(name="a", expires="30d").expires_at(0) == 30 * 86400
     assert KeySpec(name="a", expires="2w").expires_at(0) == 14 * 86400

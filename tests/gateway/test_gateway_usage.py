@@ -62,6 +62,9 @@ async def test_usage_range_and_grouping_are_checked(gw: Gw) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "group_by"
     r = await gw.client.get("/admin/usage", params={"start": "yesterday"}, headers=admin)
     assert r.status_code == 400 and r.json()["error"]["param"] == "start"
+    for param, value in [("start", "nan"), ("end", "1e400"), ("start", "-inf")]:
+        r = await gw.client.get("/admin/usage", params={param: value}, headers=admin)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text  # nan: 500
     secret = await gw.key("ranged")
     await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer(secret))
     future = await gw.client.get(
@@ -468,6 +471,18 @@ def test_keys_create_warns_of_an_allow_list_name_that_does_not_exist(tmp_path: P
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip().startswith("sk-llmr-"), out.stderr
     assert "warning: 'gpt-9', 'smollm2' is no model" in out.stderr  # an empty models dir
+    made = subprocess.run(
+        [sys.executable, "-m", "llm_router", "keys", "create", "k3", "--max-concurrent", "7",
+         "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "llm_router", "keys", "ls", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    row = next(line for line in listed.stdout.splitlines() if line.strip("│ ").startswith("k3"))
+    assert " 7 " in row, listed.stdout  # max_concurrent was in `--json` only
 
 
 async def test_a_stream_cut_after_its_200_is_an_error_in_usage(

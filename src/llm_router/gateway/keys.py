@@ -122,8 +122,8 @@ def _seconds(value: str | float) -> float:
         seconds = parse_duration(value)
     except Exception as exc:
         raise ValueError(f"not a duration: {value!r}") from exc
-    if seconds is None:
-        raise ValueError(f"not a finite duration: {value!r}")
+    if seconds is None:  # a negative one ('never' elsewhere): no key is made expired
+        raise ValueError(f"expires must be a positive duration such as '30d', not {value!r}")
     return seconds
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from ..errors import BadRequest
@@ -26,9 +27,13 @@ DEFAULT_DAYS = 30
 def parse_time(value: str, param: str) -> float:
     """A Unix time, or an ISO date / date-time (UTC unless it says otherwise)."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):  # nan made an empty range, and 1e400 a misleading one
+            raise BadRequest(f"{param}: {value!r} is not a time", param=param)
+        return number
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

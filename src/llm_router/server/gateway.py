@@ -271,7 +271,7 @@ class GatewayMiddleware:
         assert key.models is not None
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: a 500 was
             return  # the route answers the malformed body
         if not isinstance(data, dict):
             return
@@ -335,7 +335,7 @@ def _bearer(headers: list[Header]) -> str | None:
 def _field(body: bytes, name: str) -> Any:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return data.get(name) if isinstance(data, dict) else None
 
