@@ -146,9 +146,14 @@ def test_speed_priority_counts_queue_depth_as_cost() -> None:
     assert expected_seconds(CHAT, busy) == 4.0
 
 
-def test_unmeasured_targets_get_the_median_of_the_measured() -> None:
-    pool = [cand("slow", latency=3.0), cand("new"), cand("fast", latency=1.0)]
-    assert order("speed-priority", pool) == ["fast", "new", "slow"]
+@pytest.mark.parametrize("name", ["speed-priority", "balanced"])
+def test_an_unmeasured_target_is_tried_once_then_given_the_median(name: str) -> None:
+    """With one target measured, the other got its time exactly, and the tie kept the config's
+    order: a faster target listed second was never tried (found from outside)."""
+    pool = [cand("slow", latency=1.0), cand("new")]
+    assert order(name, pool) == ["new", "slow"]  # nothing in flight to it: tried
+    trying = [cand("slow", latency=3.0), cand("new", in_flight=1), cand("fast", latency=1.0)]
+    assert order("speed-priority", trying) == ["fast", "new", "slow"]  # meanwhile: the median
     # nothing measured: only cold load and queue tell them apart
     pool = [cand("cold", loaded=False, cold_load_seconds=2.0), cand("warm")]
     assert order("speed-priority", pool) == ["warm", "cold"]

@@ -8,8 +8,11 @@ stably, so ties keep the configured target order.
 
 Time estimates (`expected_seconds`) count a cold load (an unloaded local model adds its
 `cold_load_seconds`) and queue depth (each queued request ahead adds one service time) as cost;
-speed-priority, balanced and least-loaded use them. A target with no measurement yet is given
-the median service time of the measured candidates, so it is neither favoured nor shunned."""
+speed-priority, balanced and least-loaded use them. A target with no measurement yet is tried:
+while nothing is in flight to it, its service time counts as 0, so one request goes there and
+measures it (a target listed after a measured one was never tried, ties keeping the config's
+order). While that request runs, it is given the median service time of the measured
+candidates, neither favoured nor shunned, so a burst does not all go to an unknown target."""
 
 from __future__ import annotations
 
@@ -154,10 +157,12 @@ def _prior(request: RouteRequest, candidates: list[Candidate]) -> float:
 
 
 def expected_seconds(request: RouteRequest, candidate: Candidate, prior: float = 0.0) -> float:
-    """Service time (or `prior` when unmeasured) + queue wait + cold load if not loaded."""
+    """Service time + queue wait + cold load if not loaded. Unmeasured, the service time is 0
+    while nothing is in flight to the target (it is tried), else `prior`."""
     snap = candidate.stats
     service = _service(request, snap)
-    service = prior if service is None else service
+    if service is None:
+        service = prior if snap.in_flight or snap.queued else 0.0
     wait = snap.queued * (snap.latency if snap.latency is not None else service)
     cold = 0.0 if snap.loaded else snap.cold_load_seconds
     return service + wait + cold
