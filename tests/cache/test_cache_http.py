@@ -93,6 +93,40 @@ async def test_no_cache_skips_reading_and_no_store_skips_writing(tmp_path: Path)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache"
 
 
+async def test_what_http_clients_send_for_a_fresh_answer_is_no_cache_too(tmp_path: Path) -> None:
+    """`max-age=0` and HTTP/1.0's `Pragma: no-cache` got a hit (found from outside)."""
+    async with app_client(tmp_path) as client:
+        await _post(client, CHAT)
+        asked = [
+            {"Cache-Control": "max-age=0"},
+            {"Cache-Control": "private, max-age = 0"},
+            {"Pragma": "no-cache"},
+        ]
+        fresh = [await _post(client, CHAT, **headers) for headers in asked]
+        hit = await _post(client, CHAT, **{"Cache-Control": "max-age=60", "Pragma": "no-cache"})
+    assert [r.headers["x-llm-router-cache"] for r in fresh] == ["miss"] * 3
+    assert hit.headers["x-llm-router-cache"] == "hit"  # Cache-Control says; Pragma is ignored
+
+
+async def test_a_bad_cache_field_is_a_400_whatever_the_temperature(tmp_path: Path) -> None:
+    """It was checked only on requests the cache could answer (found from outside)."""
+    async with app_client(tmp_path) as client:
+        for temperature in (0, 0.9):
+            body = {**CHAT, "temperature": temperature, "cache": "x"}
+            bad = await client.post("/v1/chat/completions", json=body)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache", bad.text
+
+
+async def test_completions_asking_for_logprobs_0_are_not_cached(tmp_path: Path) -> None:
+    """`logprobs: 0` (the chosen token's alone) read as false: a `miss` every time that
+    waited for the identical request in flight, then computed its own (found from outside)."""
+    body = {"model": "chat", "prompt": "hi", "temperature": 0, "max_tokens": 5, "logprobs": 0}
+    async with app_client(tmp_path) as client:
+        answers = [await client.post("/v1/completions", json=body) for _ in range(2)]
+    assert all(r.status_code == 200 for r in answers)
+    assert all("x-llm-router-cache" not in r.headers for r in answers)
+
+
 def _sse(text: str) -> list[dict[str, Any]]:
     lines = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"

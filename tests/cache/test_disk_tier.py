@@ -52,7 +52,7 @@ async def test_filling_past_the_cap_keeps_the_entries_under_it_oldest_used_out_f
 ) -> None:
     for i in range(4):
         await tier.set(f"k{i}", VALUE)
-    assert await tier.get("k0") == VALUE  # k0 used after k1: k1 is now the least recent
+    assert await tier.get("k0") == (VALUE, 0.0)  # k0 used after k1: k1 is now the least recent
     await tier.set("k4", VALUE)
     assert _stored(tier.path)[0] == {"k0", "k2", "k3", "k4"}
     for i in range(5, 10):
@@ -60,9 +60,9 @@ async def test_filling_past_the_cap_keeps_the_entries_under_it_oldest_used_out_f
         keys, size, total = _stored(tier.path)
         assert size == total <= tier.max_bytes == 4 * ENTRY
     assert keys == {"k6", "k7", "k8", "k9"} and tier.bytes == 4 * ENTRY
-    assert await tier.get("k1") is None and await tier.get("k9") == VALUE
+    assert await tier.get("k1") is None and await tier.get("k9") == (VALUE, 0.0)
     await tier.set("huge", bytes(5 * ENTRY))  # larger than the whole tier: kept nowhere
-    assert await tier.get("huge") is None and await tier.get("k9") == VALUE
+    assert await tier.get("huge") is None and await tier.get("k9") == (VALUE, 0.0)
 
 
 async def test_a_read_keeps_an_entry_and_its_use_survives_a_restart(tmp_path: Path) -> None:
@@ -71,13 +71,13 @@ async def test_a_read_keeps_an_entry_and_its_use_survives_a_restart(tmp_path: Pa
     await first.start()
     for i in range(3):
         await first.set(f"k{i}", VALUE)
-    assert await first.get("k0") == VALUE  # the only use after k2 was written: not yet on disk
+    assert await first.get("k0") == (VALUE, 0.0)  # the only use after k2 was written: not yet on disk
     await first.close()  # ...written at close
     second = SqliteTier(path, ttl=None, max_bytes=3 * ENTRY)
     await second.start()
     try:
         await second.set("k3", VALUE)
-        assert await second.get("k0") == VALUE and await second.get("k1") is None
+        assert await second.get("k0") == (VALUE, 0.0) and await second.get("k1") is None
     finally:
         await second.close()
 
@@ -139,7 +139,7 @@ async def test_a_file_of_the_earlier_schema_is_carried_over(tmp_path: Path) -> N
     try:
         carried, size, total = _stored(path)  # the cap holds from the start
         assert len(carried) == 3 and size == total <= 3 * ENTRY
-        assert all([await disk.get(key) == VALUE for key in carried])
+        assert all([await disk.get(key) == (VALUE, 0.0) for key in carried])
         await disk.set("k9", VALUE)
         keys, size, total = _stored(path)
     finally:

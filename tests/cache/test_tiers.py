@@ -53,9 +53,30 @@ async def test_the_sqlite_tier_keeps_answers_across_instances(tmp_path: Path) ->
     second = SqliteTier(path, ttl=None)
     await second.start()
     try:
-        assert await second.get("k") == b"value" and await second.get("other") is None
+        assert await second.get("k") == (b"value", 0.0) and await second.get("other") is None
     finally:
         await second.close()
+
+
+async def test_a_hit_copied_to_the_memory_tier_keeps_the_time_it_had_left(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A disk or Redis hit copied into memory got a whole new TTL there: an answer cached
+    with `ttl: 30s` was served 39 s later (found from outside). The copy now expires when the
+    entry it came from does."""
+    for slow in (SqliteTier(tmp_path / "c.db", ttl=0.6), RedisTier(redis_url, ttl=0.6)):
+        await slow.start()
+        memory = MemoryTier(max_bytes=10_000, ttl=0.6)
+        cache = ResponseCache([memory, slow])
+        key = uuid.uuid4().hex
+        try:
+            await slow.set(key, b"answer")
+            await asyncio.sleep(0.35)  # a while in the slow tier: its copy gets what is left
+            assert await cache.get(key) == b"answer" and memory.get_now(key) is not None
+            await asyncio.sleep(0.4)  # past the entry's TTL, within the copy's own
+            assert await cache.get(key) is None, slow.name
+        finally:
+            await cache.close()
 
 
 async def test_a_failing_redis_is_a_miss_not_an_error() -> None:

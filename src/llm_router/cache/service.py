@@ -56,9 +56,12 @@ class CachedGenerationService(GenerationService):
         route: RouteInfo,
         fields: dict[str, Any] | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
-        seed = request.params.seed
-        if not deterministic(wire.temperature, seed) or getattr(wire, "logprobs", None):
+        read = cache_flag(wire)  # checked on every request, not only the cacheable ones
+        # log-probabilities are not kept; completions' `logprobs: 0` asks for them too
+        logprobs = wire.logprobs_asked() is not None
+        if logprobs or not deterministic(wire.temperature, request.params.seed):
             return super()._events(wire, request, route, fields)
+        route.cache_read = route.cache_read and read
         return self._cached_events(wire, request, route, fields)
 
     async def _body(
@@ -88,7 +91,7 @@ class CachedGenerationService(GenerationService):
         fields: dict[str, Any] | None,
     ) -> AsyncGenerator[GenerationEvent, None]:
         started = time.perf_counter()
-        read = route.cache_read and cache_flag(wire)
+        read = route.cache_read
         kind = "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
         body = await self._body(wire, kind, fields, route)
         if body is None or not (read or route.cache_write):

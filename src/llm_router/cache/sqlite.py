@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .lifetime import Stored, expiry
+
 __all__ = ["QUERIES", "ROW_OVERHEAD", "SqliteTier"]
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class SqliteTier:
         Cheap (a dict write on the event loop); written with the next write."""
         self._touched[key] = time.time_ns()
 
-    def _get(self, key: str) -> bytes | None:
+    def _get(self, key: str) -> Stored | None:
         assert self._db is not None
         row = self._db.execute(QUERIES["get"], (key,)).fetchone()
         if row is None or (row[1] and row[1] < time.time()):
@@ -150,7 +152,7 @@ class SqliteTier:
         self._read[key] = time.time_ns()
         if len(self._read) >= _MAX_PENDING_USES:  # a long run of reads and no writes
             self._write()
-        return bytes(row[0])
+        return bytes(row[0]), float(row[1])
 
     def _write(
         self,
@@ -208,13 +210,12 @@ class SqliteTier:
         self.bytes = total
         return len(victims)
 
-    def _set(self, key: str, value: bytes, touched: dict[str, int]) -> None:
+    def _set(self, key: str, value: bytes, until: float, touched: dict[str, int]) -> None:
         size = len(key) + len(value) + ROW_OVERHEAD
         if size > self.max_bytes:  # larger than the whole tier: not kept, nothing evicted for it
             self._write(touched=touched)
             return
-        expires = time.time() + self.ttl if self.ttl is not None else 0.0
-        row = (key, size, time.time_ns(), expires, value)
+        row = (key, size, time.time_ns(), expiry(self.ttl, until), value)
         self._write(lambda db: db.execute(QUERIES["put"], row), touched=touched)
 
     def _take_touched(self) -> dict[str, int]:
@@ -229,17 +230,17 @@ class SqliteTier:
             with contextlib.suppress(sqlite3.Error):
                 await self._run(self._write, None, True, self._take_touched())
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> Stored | None:
         try:
-            value: bytes | None = await self._run(self._get, key)
+            value: Stored | None = await self._run(self._get, key)
         except sqlite3.Error as exc:
             log.warning("cache: disk tier %s failed to read: %s", self.path, exc)
             return None
         return value
 
-    async def set(self, key: str, value: bytes) -> None:
+    async def set(self, key: str, value: bytes, until: float = 0.0) -> None:
         try:
-            await self._run(self._set, key, value, self._take_touched())
+            await self._run(self._set, key, value, until, self._take_touched())
         except sqlite3.Error as exc:
             log.warning("cache: disk tier %s failed to write: %s", self.path, exc)
 

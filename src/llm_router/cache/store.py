@@ -92,12 +92,13 @@ class ResponseCache:
     async def get(self, key: str) -> bytes | None:
         """The answer stored under `key` (copied into the tiers before the one that had it)."""
         for i, tier in enumerate(self.tiers):
-            value = await tier.get(key)
-            if value is None:
+            stored = await tier.get(key)
+            if stored is None:
                 self._count(tier.name, "miss")
                 continue
             self._count(tier.name, "hit")
-            self._store(self.tiers[:i], key, value)
+            value, expires = stored
+            self._store(self.tiers[:i], key, value, expires)  # with the time it has left
             for behind in self.tiers[i + 1 :]:
                 behind.touch(key)  # used: not the least recently used behind this tier either
             return value
@@ -107,12 +108,12 @@ class ResponseCache:
         """Store `value` in the memory tier now, in the others in the background."""
         self._store(self.tiers, key, value)
 
-    def _store(self, tiers: list[Tier], key: str, value: bytes) -> None:
+    def _store(self, tiers: list[Tier], key: str, value: bytes, until: float = 0.0) -> None:
         for tier in tiers:
             if isinstance(tier, MemoryTier):
-                tier.set_now(key, value)
+                tier.set_now(key, value, until)
                 continue
-            self.background(tier.set(key, value))
+            self.background(tier.set(key, value, until))
 
     def background(self, write: Coroutine[Any, Any, None]) -> None:
         """Run `write` (to a slower tier) in the background; `close` waits for it."""

@@ -13,9 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .lifetime import Stored, expiry
 from .sqlite import SqliteTier
 
-__all__ = ["MemoryTier", "RedisTier", "SqliteTier", "Tier"]
+__all__ = ["MemoryTier", "RedisTier", "SqliteTier", "Stored", "Tier", "expiry"]
 
 log = logging.getLogger(__name__)
 _ENTRY_OVERHEAD = 120  # bytes an entry costs besides its key and value (dict slot, tuple...)
@@ -24,9 +25,10 @@ _ENTRY_OVERHEAD = 120  # bytes an entry costs besides its key and value (dict sl
 class Tier(Protocol):
     name: str
 
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, key: str) -> Stored | None: ...
 
-    async def set(self, key: str, value: bytes) -> None: ...
+    async def set(self, key: str, value: bytes, until: float = 0.0) -> None:
+        """Store `value`, expiring after this tier's TTL, or at `until` if sooner."""
 
     def touch(self, key: str) -> None:
         """`key` was served by a tier in front of this one (for this tier's recency)."""
@@ -54,25 +56,24 @@ class MemoryTier:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get_now(self, key: str) -> bytes | None:
+    def get_now(self, key: str) -> Stored | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
         expires, value = entry
-        if expires and expires < time.monotonic():
+        if expires and expires < time.time():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return value
+        return value, expires
 
-    def set_now(self, key: str, value: bytes) -> None:
+    def set_now(self, key: str, value: bytes, until: float = 0.0) -> None:
         size = len(key) + len(value) + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
         if key in self._entries:
             self._drop(key)
-        expires = time.monotonic() + self.ttl if self.ttl is not None else 0.0
-        self._entries[key] = (expires, value)
+        self._entries[key] = (expiry(self.ttl, until), value)
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
@@ -83,11 +84,11 @@ class MemoryTier:
         _, value = self._entries.pop(key)
         self.bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> Stored | None:
         return self.get_now(key)
 
-    async def set(self, key: str, value: bytes) -> None:
-        self.set_now(key, value)
+    async def set(self, key: str, value: bytes, until: float = 0.0) -> None:
+        self.set_now(key, value, until)
 
     def touch(self, key: str) -> None:
         pass
@@ -120,18 +121,22 @@ class RedisTier:
             ) from None
         self._client = redis.asyncio.from_url(self.url)
 
-    async def get(self, key: str) -> bytes | None:
-        try:
-            value: bytes | None = await self._client.get(self.prefix + key)
+    async def get(self, key: str) -> Stored | None:
+        try:  # the value and its time left, in one round trip
+            pipe = self._client.pipeline(transaction=False)
+            value, left = await pipe.get(self.prefix + key).pttl(self.prefix + key).execute()
         except Exception as exc:  # redis' errors, OSError: a miss, never a failed request
             log.warning("cache: redis tier failed to read: %s", exc)
             return None
-        return value
+        if value is None:
+            return None
+        return bytes(value), time.time() + left / 1000 if left > 0 else 0.0
 
-    async def set(self, key: str, value: bytes) -> None:
-        ex = max(1, round(self.ttl)) if self.ttl is not None else None
+    async def set(self, key: str, value: bytes, until: float = 0.0) -> None:
+        expires = expiry(self.ttl, until)
+        px = max(1, round((expires - time.time()) * 1000)) if expires else None
         try:
-            await self._client.set(self.prefix + key, value, ex=ex)
+            await self._client.set(self.prefix + key, value, px=px)
         except Exception as exc:
             log.warning("cache: redis tier failed to write: %s", exc)
 

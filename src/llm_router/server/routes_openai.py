@@ -79,6 +79,9 @@ def _json(result: BaseModel, headers: dict[str, str]) -> Response:
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
 
+_FRESH = frozenset({b"no-cache", b"max-age=0"})  # Cache-Control directives asking for a new answer
+
+
 def _route_info(request: Request) -> RouteInfo:
     """Who asks: the bearer token's id (a hash), the sticky key of A/B splits; the gateway's
     when it checked the key (server/gateway.py: the same hash, made once). The record is
@@ -89,11 +92,18 @@ def _route_info(request: Request) -> RouteInfo:
         token = token.strip()
         key_id = api_key_id(token) if scheme.lower() == "bearer" and token else None
     info = RouteInfo(api_key_id=key_id)
-    control = request.headers.get("cache-control")
-    if control:  # no-cache: do not answer from the cache; no-store: do not keep the answer
-        directives = {d.strip().lower() for d in control.split(",")}
-        info.cache_read = "no-cache" not in directives
-        info.cache_write = "no-store" not in directives
+    control = pragma = None
+    for name, value in request.scope["headers"]:
+        if name == b"cache-control":
+            control = value
+        elif name == b"pragma":
+            pragma = value
+    if control:  # no-cache (or max-age=0): not answered from the cache; no-store: not kept
+        directives = {d.strip().lower().replace(b" ", b"") for d in control.split(b",")}
+        info.cache_read = not directives & _FRESH
+        info.cache_write = b"no-store" not in directives
+    elif pragma and pragma.strip().lower() == b"no-cache":  # HTTP/1.0's no-cache
+        info.cache_read = False
     request.state.route = info
     return info
 
