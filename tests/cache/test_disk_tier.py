@@ -71,7 +71,10 @@ async def test_a_read_keeps_an_entry_and_its_use_survives_a_restart(tmp_path: Pa
     await first.start()
     for i in range(3):
         await first.set(f"k{i}", VALUE)
-    assert await first.get("k0") == (VALUE, 0.0)  # the only use after k2 was written: not yet on disk
+    assert await first.get("k0") == (
+        VALUE,
+        0.0,
+    )  # the only use after k2 was written: not yet on disk
     await first.close()  # ...written at close
     second = SqliteTier(path, ttl=None, max_bytes=3 * ENTRY)
     await second.start()
