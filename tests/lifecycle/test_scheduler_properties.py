@@ -511,6 +511,42 @@ def sim_manager(
     return ModelManager(Settings(**settings), pool=pool)
 
 
+def test_a_load_asked_for_while_the_model_unloads_loads_it_once_the_unload_is_over() -> None:
+    """POST /models/load on a model `unloading` (waiting out its grace for a request in
+    flight) answered success and was dropped: the model ended `unloaded` (found from
+    outside). It loads again once the unload is over, with a new worker."""
+
+    async def main() -> None:
+        manager = sim_manager({"a": {"load_seconds": 0.2}}, SimPool(), unload_grace=10)
+        await manager.start()
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def in_flight() -> None:
+            async with manager.lease("a"):
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(in_flight())
+        await held.wait()
+        state = manager.resolve("a")
+        first = state.worker
+        unloading = asyncio.create_task(manager.unload("a"))
+        await asyncio.sleep(0.1)
+        assert state.status == Status.UNLOADING
+        assert manager.request_load("a") is state  # answered at once, as before
+        release.set()
+        await holder
+        await unloading
+        for _ in range(100):
+            if state.status == Status.LOADED:
+                break
+            await asyncio.sleep(0.05)
+        assert state.status == Status.LOADED and state.worker is not first
+        await manager.close()
+
+    run_virtual(main)
+
+
 def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None:
     """An unload waits for a request in flight (unload_grace); the worker dies meanwhile, and
     the next request loads the model again. When the unload's wait ends, the new worker stays

@@ -94,7 +94,8 @@ class Admission:
 
     def request_load(self, name: str, reason: str = "requested") -> ModelState:
         """Start loading `name` unless it is loaded, loading or waiting; returns at once. An
-        explicit load also retries a model whose earlier load failed. `reason`: "requested"
+        explicit load also retries a model whose earlier load failed, and one being unloaded
+        loads again once the unload is over (it was dropped). `reason`: "requested"
         (POST /models/load) or "preload" (at start: `preload`, `pin`), on the load's events
         and metrics."""
         state = self.resolve(name)
@@ -104,8 +105,8 @@ class Admission:
         queue = state.status in (Status.UNLOADED, Status.ERROR)
         if queue:
             self._check_fits(state)  # before anything changes: a refused load leaves no trace
-        if queue or state.status in (Status.WAITING, Status.LOADING):
-            state.load_requested = True
+        if queue or state.status in (Status.WAITING, Status.LOADING, Status.UNLOADING):
+            state.load_requested = True  # unloading: loaded again once it is over (_stop)
         if queue:
             state.sticky = False
             self._queue_load(state, reason)

@@ -410,6 +410,9 @@ class ModelManager(Leases, Admission, Reconfiguration):
             reason,
             _mib(freed),
         )
+        if state.load_requested and not removed:  # POST /models/load while it unloaded
+            state.load_requested = False
+            self._load_again(state, "requested")
         self._room_changed()
 
     def _worker_exited(self, state: ModelState) -> Callable[[Worker, str], None]:
@@ -448,17 +451,18 @@ class ModelManager(Leases, Admission, Reconfiguration):
                 self.events.publish("removed", state.id)
             log.warning("model %s: %s", state.id, message)
             if restart:
-                self._restart(state)
+                self._load_again(state, "restart")
             self._room_changed()
 
         return on_exit
 
-    def _restart(self, state: ModelState) -> None:
-        """Load a pinned model again after its worker died (pinned: meant to stay loaded)."""
+    def _load_again(self, state: ModelState, reason: str) -> None:
+        """Load a model again: a pinned one after its worker died ("restart": meant to stay
+        loaded), one asked for while it was unloading ("requested")."""
         try:
-            self.request_load(state.id, reason="restart")
+            self.request_load(state.id, reason=reason)
         except RouterError as exc:  # e.g. other pinned models now fill what it needs
-            log.warning("model %s is pinned but cannot load again: %s", state.id, exc.message)
+            log.warning("model %s cannot load again (%s): %s", state.id, reason, exc.message)
 
     def _worker_info(self, state: ModelState) -> Callable[[Worker], None]:
         """Keep the model's memory figure live from the worker's snapshots (it grows as the
