@@ -122,6 +122,35 @@ def test_serve_provisions_bundled_models_into_empty_dir(tmp_path: Path) -> None:
     assert placed.stat().st_size == bundled.stat().st_size
 
 
+def test_a_provisioning_cut_short_leaves_no_model_and_the_next_start_does_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while Gemma was written, a start left a truncated Gemma and no MiniLM, and
+    since the directory then held a model nothing ever finished them (found from outside).
+    Provisioning now makes everything aside and moves it in at the end."""
+    from llm_router import defaults
+
+    models = tmp_path / "models"
+    real = defaults.bundled_gemma
+
+    def killed(target: Path) -> Path:
+        target.write_bytes(b"GGUF" + bytes(4096))  # half written, then the process ends
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(defaults, "bundled_gemma", killed)
+    with pytest.raises(KeyboardInterrupt):
+        defaults.provision(models)
+    assert [p.name for p in models.iterdir() if not p.name.startswith(".")] == []
+    monkeypatch.setattr(defaults, "bundled_gemma", real)
+    defaults.provision(models)
+    assert sorted(p.name for p in models.iterdir()) == [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "all-MiniLM-L6-v2",
+        "gemma-3-270m-q4_k_m.gguf",
+    ]
+    assert (models / "gemma-3-270m-q4_k_m.gguf").stat().st_size > 200_000_000
+
+
 def test_bad_config_names_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("port: 8080\nmodels:\n  - id: x\n    context_size: 3\n")

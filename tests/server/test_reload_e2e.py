@@ -89,6 +89,47 @@ def test_sighup_and_admin_reload_apply_a_new_configuration(
         srv.stop()
 
 
+def test_a_sighup_while_the_server_starts_is_held_and_applied_once_it_has(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    """A SIGHUP during start-up (seconds, with provisioning) ended the process silently, its
+    port already taking requests (found from outside). It is held: once started, the server
+    reloads the file, which changed meanwhile."""
+    import os
+    import threading
+
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    srv = Server(tmp_path, {"models_dir": str(models)})
+
+    def edit_and_hang_up() -> None:
+        import socket
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the port opens before the server has started
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", srv.port)) == 0:
+                    break
+            time.sleep(0.01)
+        assert srv.proc is not None
+        _rewrite(srv, routes=[{"name": "assistant", "targets": [SMOL]}])
+        time.sleep(0.05)
+        os.kill(srv.proc.pid, signal.SIGHUP)
+
+    hangup = threading.Thread(target=edit_and_hang_up)
+    hangup.start()
+    try:
+        srv.start()
+        hangup.join()
+        client = make_client(srv)
+        _until(lambda: "assistant" in {m.id for m in client.models.list()}, timeout=30)
+        chat = client.chat.completions.create(model="assistant", messages=HELLO, max_tokens=8)
+        assert chat.choices[0].message.content
+        assert srv.proc is not None and srv.proc.poll() is None
+    finally:
+        hangup.join()
+        srv.stop()
+
+
 def test_watch_config_reloads_an_edited_file(
     tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
 ) -> None:

@@ -78,11 +78,11 @@ class Reloader:
             self._spawn(self._unattended(SIGNALLED), "reload")
 
     def catch_up(self) -> None:
-        """Once the server handles SIGHUP: a process of `serve --workers N` ignored the
-        SIGHUPs that came while it started, so it reloads if the file changed since it was
-        read."""
+        """Once the server handles SIGHUP: the SIGHUPs that came while it started were held
+        (`serve`, and each process of `serve --workers N`), so it reloads if the file changed
+        since it was read."""
         source = self.source
-        if self.parent is None or source is None or source.path is None:
+        if source is None or source.path is None:
             return
         if stamp(source.path) != source.read:
             self.on_signal()
