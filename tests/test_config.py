@@ -113,6 +113,10 @@ def test_unrelated_environment_is_ignored() -> None:
         ('memory_budget: "150%"\n', "memory_budget"),
         ("log_level: verbose\n", "log_level"),
         ("model_defaults: {parallel: 0}\n", "model_defaults.parallel"),
+        # accepted, then every request to them was a 503 "could not be reached"
+        ('models: [{id: r, provider: openai, base_url: "127.0.0.1:9/v1"}]\n', "models.0.base_url"),
+        ('models: [{id: r, provider: openai, base_url: "htp:/bad url"}]\n', "models.0.base_url"),
+        ('models: [{id: r, provider: openai, base_url: "http://"}]\n', "models.0.base_url"),
     ],
 )
 def test_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -222,6 +223,21 @@ class ModelConfig(EngineOptions):
         if self.provider == "openai" and self.path is not None:
             raise ValueError(f"model {self.id!r}: a remote target has no path")
         return self
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        """An http(s) URL with a host: anything else was accepted, then every request to it
+        was a 503 "could not be reached" (found from outside)."""
+        if value is None:
+            return value
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL with a host, such as "
+                "'http://127.0.0.1:8000/v1'"
+            )
+        return value.strip()
 
     @field_validator("keep_alive")
     @classmethod
