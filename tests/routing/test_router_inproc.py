@@ -422,3 +422,49 @@ async def test_a_route_naming_nothing_is_said_at_start(
             assert "'box'" not in text and "route other" not in text
             ok = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
             assert ok.status_code == 200
+
+
+async def test_an_upstream_that_reports_no_usage_is_counted_by_an_estimate(
+    tmp_path: Path,
+) -> None:
+    """An upstream that ignores `stream_options.include_usage` (older servers do) or sends no
+    `usage` made the answer's usage 0/0: keys' token limits, budgets and the token metrics
+    never counted it (found from outside). It is estimated instead."""
+    pieces = ["Hello", " there", ", how", " are", " you", " today?"]
+
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        if not body.get("stream"):
+            return web.json_response({k: v for k, v in REPLY.items() if k != "usage"})
+        answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await answer.prepare(request)
+        for i, text in enumerate(pieces):
+            last = i == len(pieces) - 1
+            choice = {
+                "index": 0,
+                "delta": {"content": text},
+                "finish_reason": "stop" if last else None,
+            }
+            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                     "choices": [choice]}  # fmt: skip
+            await answer.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await answer.write(b"data: [DONE]\n\n")
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", streamed)
+    async with TestServer(app, host="127.0.0.1") as server:
+        models = [remote("box", str(server.make_url("/v1")))]
+        async with app_client(tmp_path, models=models) as c:
+            body = {"model": "box", "messages": HELLO, "stream": True,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            r = await c.post("/v1/chat/completions", json=body)
+            chunks = [json.loads(x[6:]) for x in r.text.splitlines() if x[6:].startswith("{")]
+            usage = chunks[-1]["usage"]
+            assert usage["completion_tokens"] >= len(pieces), usage  # a token a piece at least
+            assert usage["prompt_tokens"] > 0, usage
+            whole = await c.post("/v1/chat/completions", json={"model": "box", "messages": HELLO})
+            assert whole.json()["usage"]["completion_tokens"] >= 1, whole.text
+            assert whole.json()["usage"]["prompt_tokens"] > 0, whole.text
+            metrics = (await c.get("/metrics")).text
+    assert 'llm_router_tokens_total{kind="completion",model="box"}' in metrics

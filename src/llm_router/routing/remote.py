@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -19,7 +20,13 @@ from ..types import (
     TextDelta,
     Usage,
 )
-from .admission import completion_reserve, estimate, estimate_inputs, prompt_gate
+from .admission import (
+    CHARS_PER_TOKEN,
+    completion_reserve,
+    estimate,
+    estimate_inputs,
+    prompt_gate,
+)
 from .targets import Call, EmbedCall, Target
 from .upstream import Upstream
 
@@ -99,18 +106,23 @@ async def _remote_events(remote: Upstream, call: Call) -> AsyncGenerator[Generat
             yield TextDelta(text)
         if extra := _extra_fields(message):
             yield MessageFields(extra)
-        yield Finished(_finish(choice.get("finish_reason")), _usage(done.get("usage")))
+        reported = _usage(done.get("usage"))
+        guessed = reported or _guess(call, len(text or ""), 1 if text else 0)
+        yield Finished(_finish(choice.get("finish_reason")), guessed)
         return
     body = {**call.body, "stream_options": {"include_usage": True}}
     stream = remote.stream_chat(body) if call.kind == "chat" else remote.stream_complete(body)
     reason: str | None = None
-    usage = Usage(0, 0)
+    usage: Usage | None = None
+    sent = pieces = 0  # the text streamed: what the usage is guessed from when none comes
     try:
         async for chunk in stream:
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
                 text = choice.get("text") if call.kind == "completion" else delta.get("content")
                 if text:
+                    sent += len(text)
+                    pieces += 1
                     yield TextDelta(text)
                 if extra := _extra_fields(delta):
                     yield MessageFields(extra)
@@ -119,7 +131,7 @@ async def _remote_events(remote: Upstream, call: Call) -> AsyncGenerator[Generat
                 usage = _usage(chunk["usage"])
     finally:
         await stream.aclose()  # type: ignore[attr-defined]  # closes the upstream request
-    yield Finished(_finish(reason), usage)
+    yield Finished(_finish(reason), usage or _guess(call, sent, pieces))
 
 
 _FINISH = frozenset(get_args(FinishReason))
@@ -137,8 +149,17 @@ def _extra_fields(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _usage(u: dict[str, Any] | None) -> Usage:
+def _usage(u: dict[str, Any] | None) -> Usage | None:
+    """The usage the upstream reported; None when it reported none."""
     if not u:
-        return Usage(0, 0)
+        return None
     cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), cached)
+
+
+def _guess(call: Call, chars: int, pieces: int) -> Usage:
+    """The usage of an answer whose upstream reported none (a server that ignores
+    `stream_options.include_usage`): the prompt as estimated for the token limits, the answer
+    at 4 characters a token, or a token a streamed piece when that is more. Reported as 0/0,
+    it kept keys' token limits, budgets and the token metrics from counting it."""
+    return Usage(estimate(call.request), max(pieces, math.ceil(chars / CHARS_PER_TOKEN)))
