@@ -344,6 +344,25 @@ async def test_when_every_target_is_rate_limited_the_soonest_retry_after_is_said
                 assert r.status_code == 429 and r.headers["retry-after"] == "2", r.headers
 
 
+async def test_a_target_that_said_429_rests_for_its_retry_after(tmp_path: Path) -> None:
+    """A route asked a rate-limited target first on every request, each paying its round
+    trip before the fallback (found from outside). It is left out for its Retry-After, and
+    its breaker does not count the 429s."""
+    async with upstream() as (limited, url_one), upstream() as (spare, url_two):
+        models = [remote("a", url_one), remote("b", url_two)]
+        routes = [{"name": "auto", "targets": ["a"], "fallbacks": ["b"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            limited.mode = "429:30"
+            for _ in range(4):
+                r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+                assert r.status_code == 200 and r.headers["x-llm-router-model"] == "b"
+            assert len(limited.bodies) == 1, "asked again while it rests"
+            assert "a: rate limited" in r.headers["x-llm-router-route"]
+            assert await breaker(c, "a") == "closed"
+            direct = await c.post("/v1/chat/completions", json={"model": "a", "messages": HELLO})
+            assert direct.status_code == 429  # asked by name: the upstream answers for itself
+
+
 async def test_a_probe_cancelled_in_its_backoff_frees_the_half_open_breaker(tmp_path: Path) -> None:
     """A request cancelled while it waited out the backoff before a half-open target kept
     the probe it had taken: the breaker stayed half-open for good and every route skipped the

@@ -90,6 +90,8 @@ def test_fallback_on_500_429_timeout_and_dead_upstream(
             model, why, text = chat(client, "auto")
             assert model == "real", (mode, why)
             assert "flaky" in why and text
+            if mode == "429":
+                time.sleep(1.1)  # the route leaves flaky out for its Retry-After (1 s)
         stub.set(mode="500")
         stream = client.chat.completions.create(
             model="auto", messages=HELLO, max_tokens=5, stream=True, temperature=0

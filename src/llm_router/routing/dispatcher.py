@@ -34,6 +34,7 @@ from ..errors import (
     QueueFull,
     RouterError,
     ServerBusy,
+    UpstreamRateLimited,
 )
 from ..lifecycle.manager import ModelManager
 from ..types import Embeddings, GenerationEvent
@@ -45,7 +46,7 @@ from .remote import RemoteTarget
 from .shared_breakers import BreakerSync
 from .stats import TargetStats
 from .strategies import Candidate, RouteRequest, ab_split, load_strategy, rank
-from .targets import Call, EmbedCall, Target
+from .targets import DEFAULT_REST, Call, EmbedCall, Target
 
 __all__ = ["Dispatcher", "Routed"]
 
@@ -246,7 +247,18 @@ class Dispatcher(Targets):
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
         errors: list[RouterError] = []
+        resting = [t for t in ordered if t.resting()] if route is not None else []
+        if resting and len(resting) == len(ordered):  # each said 429: the soonest's wait
+            soonest = min(t.resting() for t in resting)
+            raise UpstreamRateLimited(
+                f"every target of '{name}' is rate limited by its upstream; retry later",
+                retry_after=soonest,
+            )
         for target in _attempts(ordered, route):
+            if target in resting:
+                if (note := f"{target.id}: rate limited") not in failures:
+                    failures.append(note)
+                continue
             if route is not None and not target.breaker.allow():
                 if (note := f"{target.id}: breaker open") not in failures:
                     failures.append(note)
@@ -264,6 +276,8 @@ class Dispatcher(Targets):
             except RETRYABLE as exc:
                 if isinstance(exc, THE_KEYS):
                     raise
+                if isinstance(exc, UpstreamRateLimited):  # routes leave it out for a while
+                    target.rest(exc.retry_after or DEFAULT_REST)
                 errors.append(exc)
                 failures.append(f"{target.id}: {type(exc).__name__}")
                 failed.append((target.id, type(exc).__name__))

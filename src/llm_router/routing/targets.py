@@ -6,6 +6,7 @@ answers a health check, and carries its live stats and breaker. The dispatcher
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ from .strategies import Candidate, Capabilities
 __all__ = ["Call", "EmbedCall", "Lease", "Target"]
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+MAX_REST = 60.0  # seconds at most a 429's Retry-After keeps a target out of routes
+DEFAULT_REST = 1.0  # ... when it names no wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,17 @@ class Target(ABC):
     stats: TargetStats = field(default_factory=TargetStats)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     token_limit: int = 32768  # most tokens one answer may ask for (settings.max_tokens_limit)
+    # A 429 from it (its own rate limit): routes leave it out until then (time.monotonic()),
+    # as its Retry-After says, instead of asking it again first on every request.
+    rests_until: float = 0.0
+
+    def rest(self, seconds: float) -> None:
+        """Leave this target out of routes for `seconds` (at most MAX_REST)."""
+        self.rests_until = max(self.rests_until, time.monotonic() + min(seconds, MAX_REST))
+
+    def resting(self) -> float:
+        """Seconds this target still rests after a 429 (0: it does not)."""
+        return max(0.0, self.rests_until - time.monotonic())
 
     @property
     @abstractmethod
