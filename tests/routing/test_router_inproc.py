@@ -348,7 +348,7 @@ async def test_a_target_that_said_429_rests_for_its_retry_after(tmp_path: Path) 
     """A route asked a rate-limited target first on every request, each paying its round
     trip before the fallback (found from outside). It is left out for its Retry-After, and
     its breaker does not count the 429s."""
-    async with upstream() as (limited, url_one), upstream() as (spare, url_two):
+    async with upstream() as (limited, url_one), upstream() as (_spare, url_two):
         models = [remote("a", url_one), remote("b", url_two)]
         routes = [{"name": "auto", "targets": ["a"], "fallbacks": ["b"]}]
         async with app_client(tmp_path, models=models, routes=routes) as c:
