@@ -164,7 +164,7 @@ async def test_compare_asks_each_target_once(tmp_path: Path) -> None:
 
 async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None:
     """Embeddings pass the dispatcher like chats: a failing remote target opens its breaker
-    for them, and is then refused at once, without being asked."""
+    for them, and is then refused at once, without being asked, chats to it by name too."""
     async with upstream() as (up, url):
         async with app_client(
             tmp_path, models=[remote("box", url)], breaker={"failure_threshold": 2, "cooldown": 60}
@@ -178,6 +178,11 @@ async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None
             r = await c.post("/v1/embeddings", json=body)
             assert r.status_code == 503 and "retry-after" in r.headers
             assert len(up.bodies) == seen  # not even asked
+            # a chat to it by name: the same rule (it went to the upstream; found from outside)
+            chat = await c.post("/v1/chat/completions", json={"model": "box", "messages": HELLO})
+            assert chat.status_code == 503 and "breaker is open" in chat.text
+            assert int(chat.headers["retry-after"]) > 1
+            assert len(up.bodies) == seen
 
 
 async def test_a_remote_targets_aliases_name_it(tmp_path: Path) -> None:

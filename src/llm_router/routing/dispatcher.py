@@ -259,7 +259,9 @@ class Dispatcher(Targets):
                 if (note := f"{target.id}: rate limited") not in failures:
                     failures.append(note)
                 continue
-            if route is not None and not target.breaker.allow():
+            if route is None:
+                self._check_breaker(target)
+            elif not target.breaker.allow():
                 if (note := f"{target.id}: breaker open") not in failures:
                     failures.append(note)
                 continue
@@ -310,11 +312,7 @@ class Dispatcher(Targets):
                 param="model",
             )
         target = self.target(name)
-        if not target.breaker.allow():
-            raise ServerBusy(
-                f"target '{target.id}' is failing (its breaker is open); retry later",
-                retry_after=self._breaker.cooldown or 1.0,
-            )
+        self._check_breaker(target)
         target.stats.record_start()
         started = time.perf_counter()
         try:
@@ -330,6 +328,18 @@ class Dispatcher(Targets):
         target.breaker.record_success()
         target.stats.record_success(since(started), 0)
         return target.id, result
+
+    def _check_breaker(self, target: Target) -> None:
+        """A request to a remote `target` by name while its breaker is open is refused at once
+        (ServerBusy, Retry-After the breaker's wait): one rule for chat, completions and
+        embeddings (chats went to the upstream, embeddings did not). A local model by name is
+        not: its own answer says more (why its load failed, that its worker died), and the
+        next request loads it again."""
+        if isinstance(target, RemoteTarget) and not target.breaker.allow():
+            raise ServerBusy(
+                f"target '{target.id}' is failing (its breaker is open); retry later",
+                retry_after=self._retry_after([target.id]),
+            )
 
     async def _check_health(self, target: Target) -> None:
         while True:
