@@ -111,6 +111,7 @@ async def test_a_reload_adds_models_aliases_and_routes_and_drops_what_went(
         assert body["applied"] == ["models", "routes"]
         assert body["unloaded"] == ["third"]  # gone from the config, it was loaded
         assert body["restart_required"] == []
+        assert body["warnings"] == []
         assert await r.names() == {"chat", "other", "auto"}  # ids and routes (not aliases)
         for name in ("c", "other", "auto"):
             response = await r.chat(name)
@@ -119,6 +120,23 @@ async def test_a_reload_adds_models_aliases_and_routes_and_drops_what_went(
         assert (await r.chat("auto")).headers["x-llm-router-route"].startswith("route=auto")
         gone = await r.chat("third")
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_reload_answer_names_a_route_entry_that_names_nothing(conf: Reloadable) -> None:
+    """A typo in a route's fallbacks was a log line only: the reload answered 200 `applied`
+    and the operator learnt of it at the outage (found from outside)."""
+    conf.write({"chat": {}})
+    async with served(conf) as r:
+        conf.write(
+            {"chat": {}}, routes=[{"name": "auto", "targets": ["chat"], "fallbacks": ["caht"]}]
+        )
+        body = await r.reload()
+        assert body["applied"] == ["routes"]
+        assert body["warnings"] == [
+            "route auto: fallbacks entry 'caht' names no model or target (a typo?); it is "
+            "skipped until one exists"
+        ]
+        assert (await r.chat("auto")).status_code == 200
 
 
 async def test_changed_engine_options_reload_the_model_with_them(conf: Reloadable) -> None:

@@ -92,23 +92,27 @@ class Targets:
                     "models_dir; name the route otherwise"
                 )
 
+    def unknown_targets(self) -> list[str]:
+        """The names of routes' `targets` and `fallbacks` that name nothing served, each as a
+        sentence: a typo the route would skip on every request without a word. Not an error:
+        a model file dropped into the models directory later makes the name valid. (A route
+        named there is refused by the settings.)"""
+        return [
+            f"route {route.config.name}: {field} entry {name!r} names no model or target "
+            "(a typo?); it is skipped until one exists"
+            for route in self._routes.values()
+            for field, names in (
+                ("targets", route.config.targets),
+                ("fallbacks", route.config.fallbacks),
+            )
+            for name in names
+            if not self._serves(name)
+        ]
+
     def _warn_unknown_targets(self) -> None:
-        """Say at start and on a reload which names of a route's `targets` and `fallbacks`
-        name nothing served: a typo the route would skip on every request without a word.
-        Not an error: a model file dropped into the models directory later makes the name
-        valid. (A route named there is refused by the settings.)"""
-        for route in self._routes.values():
-            cfg = route.config
-            for field, names in (("targets", cfg.targets), ("fallbacks", cfg.fallbacks)):
-                for name in names:
-                    if not self._serves(name):
-                        log.warning(
-                            "route %s: %s entry %r names no model or target (a typo?); it is "
-                            "skipped until one exists",
-                            cfg.name,
-                            field,
-                            name,
-                        )
+        """Said at start and on a reload (whose answer lists them too: `warnings`)."""
+        for warning in self.unknown_targets():
+            log.warning("%s", warning)
 
     def _serves(self, name: str) -> bool:
         if name in self._targets or any(name in r.config.aliases for r in self.remotes()):

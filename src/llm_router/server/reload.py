@@ -158,6 +158,7 @@ class Reloader:
             "unloaded": unloaded,
             "restart_required": list(change.restart_required),
         }
+        warnings = self.core.dispatcher.unknown_targets()  # served as configured, but said
         log.info(
             "configuration reloaded (%s): applied %s; models unloaded %s%s",
             actor or "loopback",
@@ -169,7 +170,7 @@ class Reloader:
         )
         if actor not in (SIGNALLED, WATCHED) or change.applied or unloaded:
             await self.gateway.audit(actor, "config.reloaded", path, **detail)
-        return {"reloaded": True, "config": path or None, **detail}
+        return {"reloaded": True, "config": path or None, **detail, "warnings": warnings}
 
 
 def _blank(path: Path) -> bool:
