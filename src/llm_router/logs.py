@@ -16,13 +16,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["JsonFormatter", "JsonLines", "setup_logging", "sole_json_handler"]
+__all__ = ["JsonFormatter", "JsonLines", "redact", "setup_logging", "sole_json_handler"]
+
+_SECRET = re.compile(r"(sk-(?:llmr-|proj-|ant-)?)[A-Za-z0-9_-]{6,}")
+
+
+def redact(text: str) -> str:
+    """`text` with what looks like an API key (`sk-...`) cut to its prefix: a client that
+    put its key in `model` or in the URL had it written to the logs and traces, which never
+    hold a key. Cheap when there is none (a substring test), as nearly always."""
+    return _SECRET.sub(r"\1...", text) if "sk-" in text else text
 
 
 class JsonFormatter(logging.Formatter):

@@ -150,6 +150,22 @@ async def test_a_body_nested_too_deep_is_the_routes_400_for_a_key_with_an_allow_
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
 
 
+async def test_a_refusal_for_a_missing_scope_names_the_key_in_its_log_line(
+    gw: Gw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 and 404 lines named the key, a 403 for its scope did not (found from outside)."""
+    import logging
+
+    from llm_router.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    secret = await gw.key("app", scopes=["inference"])
+    r = await gw.client.get("/metrics", headers=bearer(secret))
+    assert r.status_code == 403
+    lines = [JsonFormatter().format(x) for x in caplog.records if x.name == "llm_router.requests"]
+    assert '"key":"app"' in lines[-1] and '"status":403' in lines[-1], lines
+
+
 async def test_the_allow_list_matches_aliases_and_routes(tmp_path: Path, master_env: str) -> None:
     from inproc import fake_models
 

@@ -80,6 +80,21 @@ async def test_no_prompt_answer_or_key_in_the_log_by_default(
     assert "sk-very-secret" not in text
 
 
+async def test_a_key_sent_where_a_model_or_path_goes_is_not_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key put in `model` or in the URL by mistake was written to the log line (and the
+    spans): the log never holds a key (found from outside)."""
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    secret = "sk-llmr-Zx81kq0Pp2mNs7aBc9dE"
+    async with app_client(tmp_path) as client:
+        wrong = await client.post("/v1/chat/completions", json={**CHAT, "model": secret})
+        await client.get(f"/v1/{secret}")
+    assert wrong.status_code == 404
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert secret not in text and "sk-llmr-..." in text
+
+
 async def test_log_prompts_puts_the_prompt_and_answer_in_the_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

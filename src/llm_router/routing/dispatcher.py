@@ -37,6 +37,7 @@ from ..errors import (
     UpstreamRateLimited,
 )
 from ..lifecycle.manager import ModelManager
+from ..logs import redact
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, THE_KEYS, first_event, since, watch
 from .breaker import BreakerConfig, CircuitBreaker
@@ -234,7 +235,7 @@ class Dispatcher(Targets):
         """Send `call` along the plan for `name`; returns once a target produced its first
         event. Raises the last target's error when every attempt failed, or ServerBusy when
         every target's breaker is open."""
-        with tracing.span("llm_router.route", {"gen_ai.request.model": name}) as span:
+        with tracing.span("llm_router.route", {"gen_ai.request.model": redact(name)}) as span:
             routed = await self._open(name, call, request)
             if span is not None:
                 span.set_attributes(

@@ -138,6 +138,8 @@ class GatewayMiddleware:
         key: ApiKey | None = None
         try:
             key = gw.authenticate(_bearer(scope["headers"]))
+            state = scope.setdefault("state", {})
+            state["key_name"] = key.name  # in the log line of a refusal for its scope too
             if need not in key.scopes:
                 if need == "admin" and self.served is not None and not self.served(scope):
                     # a path nothing serves (Ollama's /api/chat...) needs no admin to be told so
@@ -147,8 +149,6 @@ class GatewayMiddleware:
                     f"The API key '{key.name}' lacks the '{need}' scope this operation needs "
                     f"(it has: {', '.join(sorted(key.scopes))})"
                 )
-            state = scope.setdefault("state", {})
-            state["key_name"] = key.name
             state["api_key_id"] = key.hash[:16]  # routing's id of the key (A/B): its hash
             state["api_key"] = key  # a request that lasts asks again (key_still_valid)
             if key.models is not None:  # listings show only what the key may use (`visible`)

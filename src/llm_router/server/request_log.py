@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.types import Scope
 
-from ..logs import sole_json_handler
+from ..logs import redact, sole_json_handler
 
 __all__ = ["SANE_ID", "Texts", "request_fields", "write_line"]
 
@@ -33,7 +33,7 @@ def request_fields(state: dict[str, Any]) -> dict[str, Any]:
     route = state.get("route")
     out: dict[str, Any] = {}
     if route is not None:
-        out["model"] = route.model or None
+        out["model"] = redact(route.model) or None
         out["target"] = route.target or None
         out["route"] = route.reason or None
         if route.usage is not None:
@@ -65,7 +65,7 @@ def write_line(
     duration = round((time.perf_counter() - started) * 1000, 2)
     fields: dict[str, Any] = {
         "method": scope["method"],
-        "path": scope["path"],
+        "path": redact(scope["path"]),
         "status": status or None,  # None: the client left before any response
         "duration_ms": duration,
         **request_fields(state),

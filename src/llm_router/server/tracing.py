@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.types import Scope
 
+from ..logs import redact
 from ..tracing import Span, Tracing
 
 __all__ = ["finish_span", "open_span", "route_template"]
@@ -26,7 +27,7 @@ def open_span(tracing: Tracing, scope: Scope) -> Span:
     """The request's server span, not yet current (`activate` makes it so); named when it
     finishes."""
     method, path = scope["method"], scope["path"]
-    attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+    attributes: dict[str, Any] = {"http.request.method": method, "url.path": redact(path)}
     operation = _OPERATIONS.get(path)
     if operation:
         attributes["gen_ai.operation.name"] = operation
@@ -70,7 +71,7 @@ def _route_attributes(state: dict[str, Any]) -> dict[str, Any]:
     if route is None:
         return out
     if route.model:
-        out["gen_ai.request.model"] = route.model
+        out["gen_ai.request.model"] = redact(route.model)
     if route.target:
         out["gen_ai.response.model"] = route.target
     if route.reason:
