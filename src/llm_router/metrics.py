@@ -151,7 +151,8 @@ class Metrics:
         self.cache_evictions = Counter(
             "llm_router_cache_evictions",
             "Response cache entries removed by tier (memory, disk) and reason (size: least "
-            "recently used, to stay under the tier's bytes; expired: past the TTL)",
+            "recently used, to stay under the tier's bytes; expired: past the TTL; too_large: "
+            "an answer larger than the whole tier, never stored)",
             ["tier", "reason"],
             registry=r,
         )

@@ -25,7 +25,8 @@ CHAT = {
 
 
 async def test_the_memory_tier_keeps_at_most_its_bytes_least_recently_used_first() -> None:
-    tier = MemoryTier(max_bytes=1000, ttl=None)
+    evicted: list[tuple[str, int]] = []
+    tier = MemoryTier(max_bytes=1000, ttl=None, evicted=lambda *e: evicted.append(e))
     for i in range(10):
         await tier.set(f"k{i}", bytes(200))
         assert tier.bytes <= 1000
@@ -35,6 +36,7 @@ async def test_the_memory_tier_keeps_at_most_its_bytes_least_recently_used_first
     assert tier.get_now(survivor) is not None
     await tier.set("huge", bytes(5000))  # larger than the whole tier: not kept, nothing lost
     assert await tier.get("huge") is None and tier.get_now(survivor) is not None
+    assert evicted[-1] == ("too_large", 1) and ("size", 1) in evicted  # it was silent
 
 
 async def test_an_expired_entry_is_a_miss() -> None:

@@ -214,6 +214,8 @@ class SqliteTier:
         size = len(key) + len(value) + ROW_OVERHEAD
         if size > self.max_bytes:  # larger than the whole tier: not kept, nothing evicted for it
             self._write(touched=touched)
+            if self.evicted is not None:
+                self.evicted("too_large", 1)
             return
         row = (key, size, time.time_ns(), expiry(self.ttl, until), value)
         self._write(lambda db: db.execute(QUERIES["put"], row), touched=touched)

@@ -49,7 +49,7 @@ class MemoryTier:
     ) -> None:
         self.max_bytes = max_bytes
         self.ttl = ttl
-        self.evicted = evicted  # called with ("size", 1) for each entry evicted to make room
+        self.evicted = evicted  # ("size", 1) for each entry evicted to make room, ("too_large", 1)
         self.bytes = 0
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
@@ -69,7 +69,9 @@ class MemoryTier:
 
     def set_now(self, key: str, value: bytes, until: float = 0.0) -> None:
         size = len(key) + len(value) + _ENTRY_OVERHEAD
-        if size > self.max_bytes:
+        if size > self.max_bytes:  # said, or a low hit ratio has no explanation
+            if self.evicted is not None:
+                self.evicted("too_large", 1)
             return
         if key in self._entries:
             self._drop(key)
