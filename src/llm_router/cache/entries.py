@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..tool_calls import new_call_id
 from ..types import Finished, GenerationEvent, MessageFields, TextDelta, Usage
 
 __all__ = ["Recorder", "decode"]
@@ -57,15 +58,18 @@ class Recorder:
 
 
 def decode(value: bytes) -> tuple[str, list[GenerationEvent]]:
-    """The target and the events of a stored answer. Raises ValueError if it is not one."""
+    """The target and the events of a stored answer. Raises ValueError if it is not one. Its
+    tool calls get new ids (the same new id for every delta of one call): every hit repeated
+    the stored ones, and clients keep tool-call ids apart across conversations."""
     try:
         data = json.loads(value)
         events: list[GenerationEvent] = []
+        fresh: dict[str, str] = {}
         for item in data["events"]:
             if item[0] == "text":
                 events.append(TextDelta(item[1]))
             elif item[0] == "fields":
-                events.append(MessageFields(item[1]))
+                events.append(MessageFields(_fresh_call_ids(item[1], fresh)))
             elif item[0] == "finish":
                 events.append(Finished(item[1], Usage(item[2], item[3], item[4])))
             else:
@@ -73,3 +77,16 @@ def decode(value: bytes) -> tuple[str, list[GenerationEvent]]:
         return str(data["target"]), events
     except (KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"not a cache entry: {exc}") from None
+
+
+def _fresh_call_ids(fields: dict[str, Any], fresh: dict[str, str]) -> dict[str, Any]:
+    calls = fields.get("tool_calls")
+    if not isinstance(calls, list):
+        return fields
+    renamed = [
+        {**c, "id": fresh.setdefault(c["id"], new_call_id())}
+        if isinstance(c, dict) and isinstance(c.get("id"), str)
+        else c
+        for c in calls
+    ]
+    return {**fields, "tool_calls": renamed}
