@@ -320,6 +320,30 @@ class _Off:
 _OFF = _Off()
 
 
+class _Within:
+    """A span current inside a `with` block, not ended at its exit."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, s: Span) -> None:
+        self.span = s
+        self.token: Token[Span | None] | None = None
+
+    def __enter__(self) -> Span:
+        self.token = _span.set(self.span)
+        return self.span
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _span.reset(self.token)
+
+
+def within(s: Span | None) -> Any:
+    """`s` current inside the block and not ended at its exit (a span that lasts across
+    several steps, such as a target's attempt across its events); nothing when None."""
+    return _OFF if s is None else _Within(s)
+
+
 def activate(s: Span) -> _Block:
     """`s` current for the block, ended at its exit (the server span of a request)."""
     return _Block(s)

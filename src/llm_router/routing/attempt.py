@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from .. import tracing
 from ..errors import (
@@ -27,7 +28,7 @@ from ..errors import (
 from ..types import Finished, GenerationEvent
 from .targets import Call, Target
 
-__all__ = ["NOT_THE_TARGETS", "RETRYABLE", "THE_KEYS", "first_event", "since", "watch"]
+__all__ = ["NOT_THE_TARGETS", "RETRYABLE", "THE_KEYS", "Attempt", "first_event", "since", "watch"]
 
 # Worth another target: the target failed or is full, not the request.
 RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, ContextLengthExceeded)
@@ -41,19 +42,32 @@ THE_KEYS = (RateLimited,)
 NOT_THE_TARGETS = (QueueFull, ContextLengthExceeded, UpstreamTimeout)
 
 
-async def first_event(
-    target: Target, call: Call
-) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None], float, float]:
+@dataclass(slots=True)
+class Attempt:
+    """An attempt that produced its first event: the rest are `events`. Its span (None when
+    not traced) lasts until `watch` has passed the last event on, so the work the target
+    did after its first token (the decode) is in it."""
+
+    first: GenerationEvent
+    events: AsyncGenerator[GenerationEvent, None]
+    started: float
+    ttft: float
+    span: tracing.Span | None
+
+
+async def first_event(target: Target, call: Call) -> Attempt:
     target.stats.record_start()
     started = time.perf_counter()
+    span = tracing.start("llm_router.attempt", {"llm_router.target": target.id})
     events = target.events(call)
     try:
-        with tracing.span("llm_router.attempt", {"llm_router.target": target.id}):
-            first = await anext(events)  # a failed attempt's span says why
+        with tracing.within(span):
+            first = await anext(events)
         ttft = since(started)
         target.stats.record_first_token(ttft)
-        return first, events, started, ttft
+        return Attempt(first, events, started, ttft, span)
     except BaseException as exc:
+        tracing.end(span, error=exc if isinstance(exc, Exception) else None)  # says why
         await events.aclose()
         if isinstance(exc, RETRYABLE) and not isinstance(exc, NOT_THE_TARGETS):
             target.breaker.record_failure()
@@ -64,33 +78,33 @@ async def first_event(
         raise
 
 
-async def watch(
-    target: Target,
-    first: GenerationEvent,
-    events: AsyncGenerator[GenerationEvent, None],
-    started: float,
-    ttft: float,
-) -> AsyncGenerator[GenerationEvent, None]:
-    """Pass the events on; the outcome goes to the target's stats and breaker."""
+async def watch(target: Target, attempt: Attempt) -> AsyncGenerator[GenerationEvent, None]:
+    """Pass the events on; the outcome goes to the target's stats and breaker, and ends the
+    attempt's span."""
     done = False
+    events, span = attempt.events, attempt.span
+    failed: BaseException | None = None
     try:
-        event: GenerationEvent = first
+        event: GenerationEvent = attempt.first
         while True:
             if isinstance(event, Finished):
                 done = True
                 target.stats.record_success(
-                    since(started), event.usage.completion_tokens, ttft=ttft
+                    since(attempt.started), event.usage.completion_tokens, ttft=attempt.ttft
                 )
                 target.breaker.record_success()
             yield event
             if done:
                 return
-            event = await anext(events)
-    except (BadRequest, ModelNotFound, UpstreamTimeout):
+            with tracing.within(span):  # what the target records now is the attempt's
+                event = await anext(events)
+    except (BadRequest, ModelNotFound, UpstreamTimeout) as exc:
+        failed = exc
         target.breaker.record_cancelled()
         target.stats.record_cancelled()
         raise
-    except RouterError:
+    except RouterError as exc:
+        failed = exc
         target.breaker.record_failure()
         target.stats.record_failure()
         raise
@@ -100,6 +114,7 @@ async def watch(
             target.stats.record_cancelled()
         raise
     finally:
+        tracing.end(span, error=failed)
         await events.aclose()
 
 

@@ -275,7 +275,7 @@ class Dispatcher(Targets):
             if failed:  # not after a target skipped for its open breaker alone
                 self.retries[name, target.id] += 1
             try:
-                first, events, started, ttft = await first_event(target, call)
+                attempt = await first_event(target, call)
             except RETRYABLE as exc:
                 if isinstance(exc, THE_KEYS):
                     raise
@@ -288,9 +288,7 @@ class Dispatcher(Targets):
                     raise
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
-            return Routed(
-                target.id, reason, watch(target, first, events, started, ttft), tuple(failed)
-            )
+            return Routed(target.id, reason, watch(target, attempt), tuple(failed))
         if errors:
             raise _answer_of(errors)
         names = [t.id for t in ordered]
