@@ -285,41 +285,6 @@ def current() -> Tracing | None:
     return None if s is None or not s.flags & _SAMPLED else s.tracing
 
 
-class _Block:
-    """A span current inside a `with` block, ended at its exit; an exception leaving the
-    block is recorded on it (as the SDK's `start_as_current_span` does)."""
-
-    __slots__ = ("span", "token")
-
-    def __init__(self, s: Span) -> None:
-        self.span = s
-        self.token: Token[Span | None] | None = None
-
-    def __enter__(self) -> Span:
-        self.token = _span.set(self.span)
-        return self.span
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, Exception):
-            self.span.record_exception(exc)
-        self.span.end()
-        if self.token is not None:
-            _span.reset(self.token)
-
-
-class _Off:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_OFF = _Off()
-
-
 class _Within:
     """A span current inside a `with` block, not ended at its exit."""
 
@@ -333,9 +298,35 @@ class _Within:
         self.token = _span.set(self.span)
         return self.span
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         if self.token is not None:
             _span.reset(self.token)
+
+
+class _Block(_Within):
+    """A span current inside a `with` block, ended at its exit; an exception leaving the
+    block is recorded on it (as the SDK's `start_as_current_span` does)."""
+
+    __slots__ = ()
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, Exception):
+            self.span.record_exception(exc)
+        self.span.end()
+        super().__exit__(kind, exc, tb)
+
+
+class _Off:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_OFF = _Off()
 
 
 def within(s: Span | None) -> Any:

@@ -32,9 +32,10 @@ from llm_router.errors import (
     ServerBusy,
     WorkerDied,
 )
-from llm_router.lifecycle.manager import RESTART_AFTER, ModelManager
+from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.registry import RESIDENT
 from llm_router.lifecycle.state import EventBus, ModelState, Status
+from llm_router.lifecycle.stops import RESTART_AFTER
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from llm_router.worker import spawn
 from llm_router.worker.pool import WorkerPool

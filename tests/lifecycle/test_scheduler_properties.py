@@ -511,6 +511,20 @@ def sim_manager(
     return ModelManager(Settings(**settings), pool=pool)
 
 
+async def _hold(manager: ModelManager, name: str) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A request in flight on `name` (its slot held) until the event returned is set."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def in_flight() -> None:
+        async with manager.lease(name):
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(in_flight())
+    await held.wait()
+    return holder, release
+
+
 def test_a_load_asked_for_while_the_model_unloads_loads_it_once_the_unload_is_over() -> None:
     """POST /models/load on a model `unloading` (waiting out its grace for a request in
     flight) answered success and was dropped: the model ended `unloaded` (found from
@@ -519,15 +533,7 @@ def test_a_load_asked_for_while_the_model_unloads_loads_it_once_the_unload_is_ov
     async def main() -> None:
         manager = sim_manager({"a": {"load_seconds": 0.2}}, SimPool(), unload_grace=10)
         await manager.start()
-        held, release = asyncio.Event(), asyncio.Event()
-
-        async def in_flight() -> None:
-            async with manager.lease("a"):
-                held.set()
-                await release.wait()
-
-        holder = asyncio.create_task(in_flight())
-        await held.wait()
+        holder, release = await _hold(manager, "a")
         state = manager.resolve("a")
         first = state.worker
         unloading = asyncio.create_task(manager.unload("a"))
@@ -557,15 +563,7 @@ def test_a_worker_dying_in_an_unloads_grace_leaves_the_next_load_alone() -> None
         script = {"load_seconds": 0.5, "token_seconds": 0.01}
         manager = sim_manager({"a": script}, SimPool(), unload_grace=10)
         await manager.start()
-        held, release = asyncio.Event(), asyncio.Event()
-
-        async def in_flight() -> None:
-            async with manager.lease("a"):
-                held.set()
-                await release.wait()
-
-        holder = asyncio.create_task(in_flight())
-        await held.wait()
+        holder, release = await _hold(manager, "a")
         state = manager.resolve("a")
         first = state.worker
         assert first is not None
