@@ -200,7 +200,6 @@ def serve(
     from .server.run import listen, run_one
 
     try:
-        check_data_dir(settings)
         if settings.auth == "auto" and not is_loopback(settings.host):
             # refused at once, and before the port opens: nothing listens beyond this
             # machine, not even for the moment the check takes
@@ -208,7 +207,8 @@ def serve(
         if workers > 1:
             _serve_many(settings, workers, source)
             return
-        sock = listen(settings.host, settings.port)
+        sock = listen(settings.host, settings.port)  # a port in use: before anything is made
+        check_data_dir(settings)
     except ConfigError as exc:
         error(exc.message)
         raise typer.Exit(2) from None
