@@ -155,14 +155,14 @@ def test_a_prompt_surely_too_long_is_refused_without_tokenizing(
     a prompt longer in bytes than the context holds even in the longest tokens is refused
     first. Shorter ones are tokenized (and counted) as before."""
     calls = 0
-    real = engine.tokenize
+    real = engine._text.tokenize
 
     def counted(*args: object, **kwargs: object) -> list[int]:
         nonlocal calls
         calls += 1
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine, "tokenize", counted)
+    monkeypatch.setattr(engine._text, "tokenize", counted)
     huge = GenerationRequest(prompt="apple " * 1_500_000, params=SamplingParams(max_tokens=1))
     with pytest.raises(ContextLengthExceeded, match="at least") as caught:
         engine.submit(500, huge)
@@ -182,13 +182,13 @@ def test_a_chat_of_many_short_messages_is_refused_before_it_is_tokenized(
     turn marker is a token, so a chat holding more of them than the context is refused before
     it is tokenized; a chat that fits is tokenized and answered as before."""
     tokenized: list[int] = []
-    real = engine.tokenize
+    real = engine._text.tokenize
 
     def counted(text: str, **kwargs: bool) -> list[int]:
         tokenized.append(len(text))
         return real(text, **kwargs)
 
-    monkeypatch.setattr(engine, "tokenize", counted)
+    monkeypatch.setattr(engine._text, "tokenize", counted)
     turns = engine.context_size  # one-letter messages: each far shorter than its markers
     many = GenerationRequest(
         messages=(ChatMessage("user", "h"),) * turns, params=SamplingParams(max_tokens=1)
@@ -233,7 +233,7 @@ def test_one_prompt_arriving_many_times_at_once_is_evaluated_once(
     while engine.busy:
         for seq, event in engine.step():
             together[seq] += getattr(event, "text", "")
-    prompt_len = len(engine.tokenize(story, add_bos=True))
+    prompt_len = len(engine._text.tokenize(story, add_bos=True))
     assert set(together.values()) == {texts[700]}
     # once, plus the last token of each of the three that copied it
     assert engine.info()["prompt_tokens_evaluated"] - evaluated <= prompt_len + 3

@@ -6,16 +6,14 @@ prompt chunks of newly admitted ones into one `llama_batch` (a `seq_id` per slot
 except plain greedy decoding: an argmax over the logits (see llamacpp_sampler).
 The high-level `Llama.create_completion` is not used: it costs ~5 ms of Python per token.
 
-Over the ~400-line guide on purpose: it is one concept, the decode loop and what feeds it
-(prompt, slots, batch, sampling, finishing), kept in one place because its per-token path is
-the hot path and reads best inline; its decisions are in slots.py (applied to llama.cpp's
-memory by llamacpp_slots.py), llamacpp_sampler.py and constraints.py, and the Engine
-protocol's text operations (tokenize, pieces, template) are one-line delegations to
-llamacpp_load.py and chat_template.py."""
+This module is the decode loop and what feeds it (slots, batch, sampling, finishing), kept in
+one place because its per-token path is the hot path and reads best inline; its decisions are
+in slots.py (applied to llama.cpp's memory by llamacpp_slots.py), llamacpp_sampler.py and
+constraints.py; the model's text side (vocabulary, chat template, a request's prompt tokens,
+prompts refused as too long) is llamacpp_text.py's."""
 
 from __future__ import annotations
 
-import ctypes
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from ..errors import BadRequest, ContextLengthExceeded, EngineError, RouterError
+from ..errors import BadRequest, EngineError, RouterError
 from ..types import (
     ChatMessage,
     FinishReason,
@@ -41,23 +39,18 @@ from .base import (
     check_token_ids,
     cpu_cores,
     logit_bias,
-    no_chat_template,
 )
-from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
 from .constraints import Grammars, Matcher
 from .llamacpp_load import (
     context_params,
-    lltokenizer,
     load_model,
     model_params,
     new_context,
-    token_piece,
-    tokenize,
 )
 from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
 from .llamacpp_slots import KvSlots
+from .llamacpp_text import LlamaText
 from .logprobs import PROMPT_CHUNK, prompt_entry, token_entry
-from .prompt_bounds import TurnMarkers
 from .sequences import Events, finish_text, reply_text
 from .slots import MIN_SHARED_PREFIX, common_prefix
 from .text import TextAssembler
@@ -103,7 +96,7 @@ class LlamaCppEngine:
     def __init__(self, spec: LoadSpec) -> None:
         opts = spec.options
         self._model = model = load_model(spec)
-        self._vocab = lc.llama_model_get_vocab(model)
+        self._vocab = lc.llama_model_get_vocab(model)  # read per token (end of generation)
         n_train = lc.llama_model_n_ctx_train(model)
         self.context_size = min(opts.get("context_size") or min(n_train, DEFAULT_CONTEXT), n_train)
         self.parallel = opts.get("parallel") or DEFAULT_PARALLEL
@@ -117,15 +110,12 @@ class LlamaCppEngine:
         cparams.kv_unified = False
         self._ctx = new_context(model, cparams, spec.path)
         self._batch = lc.llama_batch_init(self.batch_size, 0, 1)
-        self._piece_cache: dict[int, bytes] = {}
-        self._longest_piece: int | None = None  # bytes of the longest token, once needed
-        self._markers: TurnMarkers | None = None  # the chat template's turn markers, once needed
-        self._eog: list[int] | None = None
-        self._bos = lc.llama_vocab_bos(self._vocab)
-        self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
-        self._template = self._load_template(spec)
-        self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        self._grammars = Grammars(self._lltokenizer)
+        self._text = text = LlamaText(model, spec, self.context_size)  # vocabulary, prompts
+        self._bos, self._n_vocab, self._template = text.bos, text.n_vocab, text.template
+        self._piece, self._piece_special = text.piece, text.special_piece  # per token: bound
+        self._eog_tokens = text.eog_tokens
+        self._prompt_tokens = text.prompt_tokens  # as the other engines name it
+        self._grammars = Grammars(text.lltokenizer)
         self._waiting: deque[_Seq] = deque()
         self._running: dict[int, _Seq] = {}
         self._stats = {
@@ -167,7 +157,7 @@ class LlamaCppEngine:
         return bool(self._running or self._waiting)
 
     def submit(self, seq: int, request: GenerationRequest) -> None:
-        self._refuse_surely_too_long(request)
+        self._text.refuse_surely_too_long(request)
         if request.prompt_tokens is not None:
             tokens = list(request.prompt_tokens)
             check_token_ids(tokens, self._n_vocab, param="prompt")
@@ -229,23 +219,17 @@ class LlamaCppEngine:
         return self.embed(inputs)[1]  # refused, as `embed` is
 
     def token_ids(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return tokenize(self._vocab, text, add_bos=add_special, special=parse_special)
+        return self._text.tokenize(text, add_bos=add_special, special=parse_special)
 
     def token_pieces(self, tokens: list[int]) -> list[bytes]:
         check_token_ids(tokens, self._n_vocab)
         return [self._piece(t, special=True) for t in tokens]
 
     def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
-        if self._template is None:
-            raise no_chat_template()
-        return prompt_text(self._template, messages, adds_bos=self._add_bos)
+        return self._text.chat_prompt(messages)
 
     def template_info(self) -> dict[str, str]:
-        return {
-            "chat_template": self._template.source if self._template else "",
-            "bos_token": self._special_text(self._bos),
-            "eos_token": self._special_text(lc.llama_vocab_eos(self._vocab)),
-        }
+        return self._text.template_info()
 
     def close(self) -> None:
         for s in [*self._waiting, *self._running.values()]:
@@ -256,128 +240,10 @@ class LlamaCppEngine:
         lc.llama_free(self._ctx)
         lc.llama_model_free(self._model)
 
-    # -- prompt ----------------------------------------------------------------------------
-
-    def _load_template(self, spec: LoadSpec) -> ChatTemplate | None:
-        raw = lc.llama_model_chat_template(self._model, None)
-        embedded = raw.decode("utf-8", "replace") if raw else None
-        chosen = template_for(
-            spec.architecture,
-            embedded,
-            spec.options.get("chat_template"),
-            self._meta("general.finetune"),
-        )
-        if chosen is None:
-            return None
-        source, stops = chosen
-        bos = self._special_text(self._bos)
-        eos = self._special_text(lc.llama_vocab_eos(self._vocab))
-        return ChatTemplate(source, bos_token=bos, eos_token=eos, stops=stops)
-
-    def _special_text(self, token: int) -> str:
-        """A special token (BOS, EOS) as text; "" for a vocabulary without it (-1)."""
-        return self._piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
-
-    def _eog_tokens(self) -> list[int]:
-        if self._eog is None:
-            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-            self._eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
-        return self._eog
-
-    def _meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(256)
-        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, 256)
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
-    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        if request.messages is None:
-            return self.tokenize(request.prompt or "", add_bos=self._add_bos)
-        if self._template is None:
-            raise no_chat_template()
-        bos = self._template.bos_token
-
-        def tokenize(text: str, special: bool, first: bool) -> list[int]:
-            starts_with_bos = bool(bos) and text.startswith(bos)
-            add_bos = first and self._add_bos and not starts_with_bos
-            return self.tokenize(text, add_bos=add_bos, special=special)
-
-        return chat_tokens(self._template, request.messages, tokenize, self._refuse_rendered)
-
-    def _refuse_surely_too_long(self, request: GenerationRequest) -> None:
-        """A prompt so long in bytes that even with the vocabulary's longest tokens it would
-        not fit is refused before it is tokenized: tokenizing megabytes would stall every
-        stream of this model (tokenization runs in the decode loop)."""
-        text = request.prompt if request.messages is None else None
-        size = (
-            len(text.encode())
-            if text is not None
-            else sum(len(m.content.encode()) for m in request.messages or ())
-        )
-        self._refuse_at_least(size // self._longest(size), request.messages is not None)
-
-    def _refuse_rendered(self, text: str) -> None:
-        """A rendered chat: by its bytes (the template's text counts too), then by its turn
-        markers (engines/prompt_bounds.py: a chat of many short messages)."""
-        size = len(text.encode())
-        self._refuse_at_least(size // self._longest(size), True)
-        if self._markers is None:
-            self._markers = TurnMarkers(self._marker_texts())
-        self._refuse_at_least(self._markers.at_least(text, self.context_size), True)
-
-    def _refuse_at_least(self, at_least: int, chat: bool) -> None:
-        if at_least >= self.context_size:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_size} tokens, but the "
-                f"prompt has at least {at_least} tokens.",
-                param="messages" if chat else "prompt",
-            )
-
-    def _longest(self, size: int) -> int:
-        """Bytes of the vocabulary's longest token (read once needed: prompts of at most 64
-        bytes a context token are tokenized without asking, no token is that long)."""
-        if size <= 64 * self.context_size:
-            return 64
-        if self._longest_piece is None:
-            n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-            self._longest_piece = max(
-                (len(lc.llama_vocab_get_text(self._vocab, t) or b"") for t in range(n_vocab)),
-                default=1,
-            )
-        return max(self._longest_piece, 1)
-
-    def _marker_texts(self) -> list[str]:
-        """The control tokens the template writes for a one-message chat, as text."""
-        assert self._template is not None
-        try:
-            text = self._template.render([ChatMessage("user", "x")])
-        except BadRequest:  # a template that wants more than one message: no markers known
-            return []
-        tokens = self.tokenize(text, add_bos=False, special=True)
-        control = [
-            t
-            for t in tokens
-            if lc.llama_vocab_get_attr(self._vocab, t) & lc.LLAMA_TOKEN_ATTR_CONTROL
-        ]
-        return [self._piece(t, special=True).decode("utf-8", "replace") for t in control]
-
-    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
-        """Tokens of `text`; with `special`, special tokens written in it are parsed."""
-        return tokenize(self._vocab, text, add_bos=add_bos, special=special)
-
-    def _piece(self, token: int, *, special: bool = False) -> bytes:
-        if not special and token in self._piece_cache:
-            return self._piece_cache[token]
-        piece = token_piece(self._vocab, token, special=special)
-        if not special:
-            self._piece_cache[token] = piece
-        return piece
+    # -- sampling --------------------------------------------------------------------------
 
     def _make_sampler(self, p: SamplingParams) -> Sampler:
         return make_sampler(p, self._vocab, self._eog_tokens)
-
-    def _lltokenizer(self) -> Any:
-        """Built once, on the first constrained request."""
-        return lltokenizer(self._vocab, self._eog_tokens())
 
     # -- the decode loop -------------------------------------------------------------------
 
@@ -521,9 +387,6 @@ class LlamaCppEngine:
         return token_entry(
             self._logits(s.logits_index), s.params.temperature, token, k, self._piece_special
         )
-
-    def _piece_special(self, token: int) -> bytes:
-        return self._piece(token, special=True)
 
     def _echo_chunk(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
         """The entries of the prompt tokens this step evaluated (each from the logits of the
