@@ -68,6 +68,17 @@ async def test_a_fixed_seed_is_cached_per_seed(tmp_path: Path) -> None:
     assert [r.headers["x-llm-router-cache"] for r in (one, again, other)] == ["miss", "hit", "miss"]
 
 
+async def test_llama_cpps_random_seed_is_not_a_fixed_one(tmp_path: Path) -> None:
+    """`seed: -1` (and 4294967295, LLAMA_DEFAULT_SEED) is llama.cpp's random seed: its
+    random answer was stored and replayed as if the seed fixed it (found from outside)."""
+    async with app_client(tmp_path) as client:
+        for seed in (-1, 2**32 - 1):
+            answers = [
+                await _post(client, {**CHAT, "temperature": 0.9, "seed": seed}) for _ in range(2)
+            ]
+            assert all("x-llm-router-cache" not in r.headers for r in answers), seed
+
+
 async def test_fields_that_do_not_change_the_answer_share_an_entry(tmp_path: Path) -> None:
     async with app_client(tmp_path) as client:
         await _post(client, CHAT)

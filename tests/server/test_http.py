@@ -138,6 +138,27 @@ async def test_null_is_the_default_where_openai_allows_null(inproc: httpx.AsyncC
     assert r.headers["content-type"].startswith("application/json")
 
 
+async def test_llama_cpp_clients_no_limit_and_n_predict_are_understood(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """llama.cpp's web UI sends `max_tokens: -1` (no limit) by default and got a 400, so it
+    could not chat; `n_predict` was ignored on /v1, a chat running to the context's end
+    (found from outside, beside a real llama-server)."""
+    unlimited = await inproc.post("/v1/chat/completions", json={**CHAT, "max_tokens": -1})
+    assert unlimited.status_code == 200, unlimited.text
+    body = {"model": "chat", "prompt": "x", "max_tokens": -1}
+    completion = await inproc.post("/v1/completions", json=body)
+    assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] > 16
+    for path, extra in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", {})):
+        body = {"model": "chat", "messages": HELLO, **extra, "n_predict": 5}
+        if "prompt" in extra:
+            del body["messages"]
+        r = await inproc.post(path, json=body)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5, r.text
+    zero = await inproc.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0})
+    assert zero.status_code == 400  # OpenAI's floor is kept
+
+
 async def test_missing_model_field(inproc: httpx.AsyncClient) -> None:
     r = await inproc.post("/v1/completions", json={"prompt": "x"})
     assert error(r, 400)["param"] == "model"

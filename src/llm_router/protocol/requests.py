@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    model_validator,
 )
 
 from ..errors import BadRequest
@@ -184,6 +185,28 @@ class _Request(ShapeFields):
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
     keep_alive: str | Float | None = None
     autoload: StrictBool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _llama_cpp_values(cls, data: Any) -> Any:
+        """llama.cpp's ways of saying "no limit" and "a random seed", which its clients send
+        (its web UI sends `max_tokens: -1` by default, and was refused): `max_tokens` or
+        `n_predict` -1 is no limit (the context's end), `n_predict` is `max_tokens`, and `seed`
+        -1 (or 4294967295, llama.cpp's LLAMA_DEFAULT_SEED) is a random seed, which the cache
+        must not take for a fixed one."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "n_predict" in data and data.get("max_tokens") is None:
+            data["max_tokens"] = data["n_predict"]
+        for field in ("max_tokens", "max_completion_tokens"):
+            if data.get(field) == -1 and type(data[field]) is int:
+                # no limit: what leaving it out means where that is no limit (chat), else
+                # the most there is (completions' default is 16); the context ends it
+                data[field] = None if cls.model_fields[field].default is None else MAX_TOKENS
+        if data.get("seed") in (-1, 2**32 - 1) and type(data["seed"]) is int:
+            data["seed"] = None
+        return data
 
     @property
     def include_usage(self) -> bool:
