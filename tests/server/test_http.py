@@ -159,6 +159,21 @@ async def test_llama_cpp_clients_no_limit_and_n_predict_are_understood(
     assert zero.status_code == 400  # OpenAI's floor is kept
 
 
+async def test_v1_models_carries_llama_cpp_routers_status_and_aliases(tmp_path: Path) -> None:
+    """llama.cpp's web UI, told `role: router` by /props, reads `status.value` of each entry
+    of /v1/models, which had OpenAI's four fields only (found from outside)."""
+    chat, other = fake_models(tmp_path, chat={}, other={})
+    models = [chat.model_copy(update={"aliases": ["c"]}), other]
+    async with app_client(tmp_path, models=models) as c:
+        assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        listed = {m["id"]: m for m in (await c.get("/v1/models")).json()["data"]}
+        props = (await c.get("/props")).json()
+    assert props["role"] == "router"
+    assert listed["chat"]["status"] == {"value": "loaded"} and listed["chat"]["aliases"] == ["c"]
+    assert listed["other"]["status"] == {"value": "unloaded"}
+    validate("ListModelsResponse", {"object": "list", "data": list(listed.values())})
+
+
 async def test_missing_model_field(inproc: httpx.AsyncClient) -> None:
     r = await inproc.post("/v1/completions", json={"prompt": "x"})
     assert error(r, 400)["param"] == "model"

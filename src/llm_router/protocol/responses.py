@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     field_serializer,
 )
 
@@ -156,11 +157,21 @@ class TextChunks:
         return RenderedChunk(self._head + json.dumps(text, ensure_ascii=False) + self._tail)
 
 
+class ModelStatus(BaseModel):
+    value: str  # llama.cpp router's: unloaded, loading, loaded, unloading, error (+ waiting)
+
+
 class ModelCard(BaseModel):
+    """OpenAI's model object, with llama.cpp router mode's `status` and `aliases` (its web UI
+    reads `status.value` from `/v1/models` once `/props` says `role: router`). A remote
+    target or a route is always `loaded`: nothing loads it here."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "llm-runner-router"
+    aliases: list[str] = Field(default_factory=list)
+    status: ModelStatus = Field(default_factory=lambda: ModelStatus(value="loaded"))
 
 
 class ModelList(BaseModel):

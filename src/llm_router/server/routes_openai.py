@@ -27,6 +27,7 @@ from ..protocol import (
     EmbeddingRequest,
     ModelCard,
     ModelList,
+    ModelStatus,
 )
 from ..routing.strategies import api_key_id
 from ..serving.embed import EmbeddingService
@@ -200,7 +201,17 @@ def _cards(request: Request) -> list[ModelCard]:
     dispatcher = request.app.state.dispatcher
     manager.refresh()
     started = int(request.app.state.started)
-    cards = [ModelCard(id=s.id, created=s.source.identity.created) for s in manager.states()]
-    cards += [ModelCard(id=t.id, created=started) for t in dispatcher.remotes()]
+    cards = [
+        ModelCard(
+            id=s.id,
+            created=s.source.identity.created,
+            aliases=s.source.config.aliases,
+            status=ModelStatus(value=s.status.value),
+        )
+        for s in manager.states()
+    ]
+    cards += [
+        ModelCard(id=t.id, created=started, aliases=t.config.aliases) for t in dispatcher.remotes()
+    ]
     cards += [ModelCard(id=r.name, created=started) for r in dispatcher.routes()]
     return [c for c in cards if visible(request, c.id)]  # the key's allow-list
