@@ -135,6 +135,11 @@ def test_one_model_flag_serves_that_file_alone(
     monkeypatch.chdir(tmp_path)
     out = llama_overrides(model="chat.gguf")
     assert out["models"] == [{"id": "chat", "path": str(tmp_path / "chat.gguf")}]
+    # `-a a,b`: llama-server's comma-separated names (it was one model called "a,b")
+    out = llama_overrides(model="chat.gguf", alias="smol, smollm2")
+    assert out["models"] == [
+        {"id": "smol", "path": str(tmp_path / "chat.gguf"), "aliases": ["smollm2"]}
+    ]
 
 
 def test_a_missing_model_file_is_an_error_and_ctx_0_is_the_models_own(tmp_path: Path) -> None:

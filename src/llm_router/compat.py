@@ -54,7 +54,11 @@ def llama_overrides(
         path = Path(model).expanduser().resolve()
         if not path.exists():
             raise ConfigError(f"model file {model!r} does not exist (-m, LLAMA_ARG_MODEL)")
-        entry: dict[str, Any] = {"id": alias or path.stem, "path": str(path)}
+        # `-a a,b`: names, comma-separated, as llama-server reads them; the first is the id
+        names = [n.strip() for n in (alias or "").split(",") if n.strip()] or [path.stem]
+        entry: dict[str, Any] = {"id": names[0], "path": str(path)}
+        if names[1:]:
+            entry["aliases"] = names[1:]
         out["models"] = [entry]
         out["default_model"] = entry["id"]  # a request naming none gets it, as there
         out["provision_default_models"] = False
