@@ -126,6 +126,8 @@ async def test_a_bad_cache_field_is_a_400_whatever_the_temperature(tmp_path: Pat
             body = {**CHAT, "temperature": temperature, "cache": "x"}
             bad = await client.post("/v1/chat/completions", json=body)
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache", bad.text
+        unset = await client.post("/v1/chat/completions", json={**CHAT, "cache": None})
+        assert unset.status_code == 200, unset.text  # null: the default, as elsewhere
 
 
 async def test_completions_asking_for_logprobs_0_are_not_cached(tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ def cache_flag(wire: BaseModel) -> bool:
     BadRequest when it is not a boolean."""
     extra = wire.model_extra
     value = extra.get("cache", True) if extra else True
+    if value is None:  # a client sending its unset fields as null: the default
+        return True
     if not isinstance(value, bool):
         raise BadRequest("`cache` must be true or false", param="cache")
     return value
