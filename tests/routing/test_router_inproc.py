@@ -368,6 +368,22 @@ async def test_a_target_that_said_429_rests_for_its_retry_after(tmp_path: Path) 
             assert direct.status_code == 429  # asked by name: the upstream answers for itself
 
 
+async def test_a_429_answer_counts_the_wait_of_a_target_left_out_to_rest(tmp_path: Path) -> None:
+    """With one target resting (2 s left) and the other answering 429 with 9 s, the answer
+    said 9 (found from outside): the soonest any target can serve is said."""
+    async with upstream() as (one, url_one), upstream() as (two, url_two):
+        models = [remote("a", url_one), remote("b", url_two)]
+        routes = [{"name": "auto", "targets": ["a", "b"], "strategy": "quality-first"}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            one.mode, two.mode = "429:2", "ok"
+            body = {"model": "auto", "messages": HELLO}
+            assert (await c.post("/v1/chat/completions", json=body)).status_code == 200  # a rests
+            two.mode = "429:9"
+            r = await c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 429 and r.headers["retry-after"] == "2", r.headers
+            assert len(one.bodies) == 1  # the resting one was not asked again
+
+
 async def test_a_probe_cancelled_in_its_backoff_frees_the_half_open_breaker(tmp_path: Path) -> None:
     """A request cancelled while it waited out the backoff before a half-open target kept
     the probe it had taken: the breaker stayed half-open for good and every route skipped the

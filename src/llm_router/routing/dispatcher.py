@@ -290,7 +290,7 @@ class Dispatcher(Targets):
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
             return Routed(target.id, reason, watch(target, attempt), tuple(failed))
         if errors:
-            raise _answer_of(errors)
+            raise _answer_of(errors, [t.resting() for t in resting])
         names = [t.id for t in ordered]
         if not names and route is not None:
             names = [*route.config.targets, *route.config.fallbacks]
@@ -432,10 +432,16 @@ def _left_out(request: RouteRequest, candidate: Candidate) -> str:
     return "left out by the strategy"
 
 
-def _answer_of(errors: list[RouterError]) -> RouterError:
+def _answer_of(errors: list[RouterError], rests: list[float]) -> RouterError:
     """The error a request gets when every attempt failed: the last one, but when each target
-    was full (429s, busy models), the one whose Retry-After is the soonest."""
+    was full (429s, busy models), the one whose Retry-After is the soonest, counting the
+    targets left out as they rest after a 429 of theirs (`rests`: seconds each has left)."""
     waits = [e for e in errors if isinstance(e, QueueFull) and e.retry_after is not None]
-    if len(waits) == len(errors):
-        return min(waits, key=lambda e: e.retry_after or 0.0)
-    return errors[-1]
+    if len(waits) < len(errors):
+        return errors[-1]
+    soonest = min(waits, key=lambda e: e.retry_after or 0.0)
+    if rests and min(rests) < (soonest.retry_after or 0.0):
+        return UpstreamRateLimited(
+            "every target is rate limited by its upstream; retry later", retry_after=min(rests)
+        )
+    return soonest
