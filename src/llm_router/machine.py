@@ -1,8 +1,8 @@
 """What the machine has: cores (physical and logical, within this process's CPU affinity),
 memory, and the CPU features the engines' kernels care about (AVX2, AVX-512, AMX, NEON).
 
-Read once at start-up (`detect()`: psutil and /proc/cpuinfo, a few milliseconds) and logged
-once by `serve`; lifecycle/fit.py derives the default engine settings from it and `doctor`
+Read once at start-up (`detect()`: psutil, /proc/cpuinfo and the cgroup's memory limit, a
+few milliseconds) and logged once by `serve`; lifecycle/fit.py derives the default engine settings from it and `doctor`
 prints it. A snapshot: nothing here watches for hot-plugged CPUs or memory."""
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["FEATURES", "Machine", "cpu_features", "detect"]
+__all__ = ["FEATURES", "Machine", "available_memory", "cpu_features", "detect", "memory_limit"]
+
+# cgroup v2's and v1's memory limit and use; v1 reads a huge number for "no limit"
+_CGROUP_FILES = (
+    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+    (
+        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+        Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ),
+)
 
 # Feature names as /proc/cpuinfo spells them -> the name we report. On ARM, `asimd` is NEON.
 FEATURES = {
@@ -83,6 +92,38 @@ def _physical(logical: int) -> int:
     return max(1, min(total_physical, logical // per_core or 1))
 
 
+def memory_limit(files: tuple[tuple[Path, Path], ...] = _CGROUP_FILES) -> tuple[int, int] | None:
+    """This process's cgroup memory limit and what the cgroup uses now, in bytes; None when it
+    has none (or none below the machine's memory): a container's `-m 2g`, a pod's limit."""
+    for limit_file, usage_file in files:
+        try:
+            text = limit_file.read_text().strip()
+            usage = int(usage_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if text == "max":
+            return None
+        try:
+            limit = int(text)
+        except ValueError:
+            return None
+        return (limit, usage) if limit < psutil.virtual_memory().total else None
+    return None
+
+
+def available_memory() -> tuple[int, int]:
+    """The memory there is, and of it what is available now: the machine's, or within the
+    cgroup's limit when it has a lower one (a budget of 80% of the host's memory, inside a
+    container limited to 2 GiB, had it killed for running out of memory)."""
+    memory = psutil.virtual_memory()
+    total, available = memory.total, memory.available
+    limited = memory_limit()
+    if limited is not None:
+        limit, usage = limited
+        total, available = limit, max(0, min(available, limit - usage))
+    return total, available
+
+
 def detect(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> Machine:
     arch = platform.machine().lower()
     try:
@@ -90,12 +131,12 @@ def detect(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> Machine:
     except OSError:
         cpuinfo = ""
     logical = _logical()
-    memory = psutil.virtual_memory()
+    total, available = available_memory()
     return Machine(
         logical_cores=logical,
         physical_cores=_physical(logical),
-        memory_total=memory.total,
-        memory_available=memory.available,
+        memory_total=total,
+        memory_available=available,
         features=cpu_features(cpuinfo, arch),
         arch=arch,
     )

@@ -19,8 +19,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from ..config import Settings
 from ..engines import LoadSpec, check_available
 from ..errors import (
@@ -28,7 +26,7 @@ from ..errors import (
     ModelNotFound,
     RouterError,
 )
-from ..machine import Machine, detect
+from ..machine import Machine, available_memory, detect
 from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
@@ -64,7 +62,8 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
         self.events = EventBus(max_subscribers=settings.max_event_subscribers)
         # Told how long each lease waited for its slot (and load): the queue-wait metric.
         self.observe_wait: Callable[[str, float], None] = lambda model, seconds: None
-        self.memory_base = psutil.virtual_memory().available  # what a percentage is of
+        # what a percentage is of: available memory, within a container's limit if lower
+        self.memory_base = available_memory()[1]
         self.budget = parse_bytes(settings.memory_budget, self.memory_base)
         self._default_keep_alive = parse_duration(settings.keep_alive)
         self.registry = Registry(scanner or Scanner(settings), self.events)
