@@ -232,6 +232,10 @@ def _serve_many(settings: Settings, workers: int, source: ConfigSource) -> None:
     except ConfigError as exc:
         error(exc.message)
         raise typer.Exit(2) from None
+    if status < 0:  # stopped by a signal: end by it, as one process does (143 after SIGTERM)
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+        status = 128 - status
     raise typer.Exit(status)
 
 

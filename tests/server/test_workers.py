@@ -201,7 +201,7 @@ def test_two_router_processes_serve_one_port(tmp_path: Path, redis_url: str, stu
         text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
         assert text == "one two three four"
         assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
-        assert proc.wait(60) == 0
+        assert proc.wait(60) == -signal.SIGTERM  # ended by it, as one process is (143)
         assert not any(alive(pid) for pid in routers)  # the parent waited for them
         _, left = psutil.wait_procs(children, timeout=10)  # the resource tracker, on its own
         assert not left
@@ -234,7 +234,7 @@ def _two_routers(config: dict[str, Any], workdir: Path) -> Iterator[tuple[Any, s
         yield proc, url
         assert proc.poll() is None and len(_routers(proc.pid)) == 2
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert proc.wait(60) == -signal.SIGTERM  # ended by it, as one process is (143)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -275,3 +275,25 @@ def test_watch_config_reloads_every_router_process(
     with _two_routers(config, tmp_path) as (_, url):
         _add_stub_two(tmp_path, config)
         _wait(lambda: _models_seen(url, 16) == {frozenset({"stub", "stub-two"})}, timeout=15)
+
+
+@pytest.mark.real
+def test_ctrl_c_stops_every_router_process_without_a_traceback(
+    tmp_path: Path, redis_url: str, stub: _Stub
+) -> None:
+    """A Ctrl-C made each router process print a KeyboardInterrupt traceback (58 lines that
+    are no JSON in a JSON log), and the command ended 0 (found from outside)."""
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url, log_format="json")
+    url = f"http://127.0.0.1:{config['port']}"
+    proc = _serve(config, tmp_path, "--workers", "2")
+    try:
+        _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
+        _wait(lambda: set(_pids(url, 8)) == _routers(proc.pid))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == -signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    output = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output

@@ -220,7 +220,8 @@ def check_workers(settings: Settings, workers: int) -> None:
 
 
 def run_many(settings: Settings, workers: int, source: ConfigSource | None = None) -> int:
-    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status for the command.
+    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status for the command,
+    or minus the signal that stopped it (the caller ends by it, as one process does).
     SIGHUP is forwarded to every process (each reloads `source`); a process reloaded over
     HTTP sends it here, so that the others follow."""
     check_workers(settings, workers)
@@ -281,6 +282,8 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
         time.sleep(0.2)
     for sock in sockets:
         sock.close()
+    if stop and not status:
+        return -stop[0]  # as one process does, the command ends by the signal it was sent
     return status
 
 
@@ -329,7 +332,11 @@ def _child(
         # a process started again after a reload (one died) serves what the others do
         with contextlib.suppress(ConfigError):
             settings = plan(settings, source.first, source.load()).settings
-    if not run_one(settings, sockets=[sock], source=source, parent=parent):
+    try:
+        served = run_one(settings, sockets=[sock], source=source, parent=parent)
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it drained for again: no traceback
+        sys.exit(128 + signal.SIGINT)  # in a JSON log, nor once per process
+    if not served:
         sys.exit(STARTUP_FAILED)
 
 
