@@ -151,6 +151,17 @@ def test_a_provisioning_cut_short_leaves_no_model_and_the_next_start_does_it_all
     assert (models / "gemma-3-270m-q4_k_m.gguf").stat().st_size > 200_000_000
 
 
+def test_a_models_dir_that_cannot_be_made_is_one_line_before_the_start(tmp_path: Path) -> None:
+    """A models directory under a file was a traceback from provisioning, 'Application
+    startup failed' and exit 3, the port already taken (found from outside)."""
+    (tmp_path / "afile").write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nmodels_dir: {tmp_path / 'afile' / 'models'}\n")
+    out = _cli("serve", "--config", str(cfg), "--port", "0")
+    assert out.returncode == 2, out.stderr
+    assert "cannot be made" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_bad_config_names_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("port: 8080\nmodels:\n  - id: x\n    context_size: 3\n")

@@ -209,6 +209,11 @@ def serve(
             return
         sock = listen(settings.host, settings.port)  # a port in use: before anything is made
         check_data_dir(settings)
+        if settings.provision_default_models and not settings.models_dir.is_dir():
+            from .cli_doctor import models_dir_problem
+
+            if problem := models_dir_problem(settings.models_dir):  # a traceback at start-up
+                raise ConfigError(problem)
     except ConfigError as exc:
         error(exc.message)
         raise typer.Exit(2) from None

@@ -22,10 +22,10 @@ from .lifecycle.fit import fit
 from .machine import detect
 from .units import parse_bytes
 
-__all__ = ["register"]
+__all__ = ["models_dir_problem", "register"]
 
 
-def _writable(settings_dir: os.PathLike[str]) -> str | None:
+def models_dir_problem(settings_dir: os.PathLike[str]) -> str | None:
     """None when a file can be created in the directory (or, when it does not exist yet, in
     the nearest folder above it that does: the server makes it), else why not. A look only:
     nothing is left made (it made the directory it checked)."""
@@ -79,7 +79,7 @@ def doctor(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
             engines.add_row(name, info.extra, "installed")
     out.print(engines)
 
-    if problem := _writable(settings.models_dir):
+    if problem := models_dir_problem(settings.models_dir):
         problems.append(problem)
     sources = Scanner(settings).scan().values() if settings.models_dir.is_dir() else []
     table = Table(

