@@ -268,9 +268,14 @@ class Worker:
         self, timeout: float = 5.0, cut: Callable[[], RouterError] | None = None
     ) -> None:
         """Ask the worker to exit, kill it after `timeout`; returns when it is gone. Requests
-        still in flight fail with the error `cut` makes (else WorkerDied: it exited)."""
+        still in flight fail with the error `cut` makes, told at once (an unload's grace is
+        over: they ended ~3 s later, when the process had exited), else with WorkerDied when
+        it has exited."""
         self.stopping = True
         self._cut = cut
+        if cut is not None:
+            for stream in self._streams.values():
+                stream.put_nowait(cut())
         if not self.exited.is_set():
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._send({"op": "shutdown"})
