@@ -197,6 +197,18 @@ async def test_a_request_without_model_gets_the_default_model(tmp_path: Path) ->
             error(await client.post("/v1/completions", json={"prompt": 5}), 400)["param"]
             == "prompt"
         )
+        # llama.cpp's own routes too (they required a model; found beside a real llama-server)
+        for path, body in (
+            ("/tokenize", {"content": "hi"}),
+            ("/detokenize", {"tokens": [1, 2]}),
+            ("/apply-template", {"messages": HELLO}),
+        ):
+            r = await client.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+    async with app_client(tmp_path) as client:  # no default: said so
+        assert (
+            error(await client.post("/tokenize", json={"content": "hi"}), 400)["param"] == "model"
+        )
 
 
 @pytest.mark.parametrize("path", POSTS)

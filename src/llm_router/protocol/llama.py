@@ -36,7 +36,13 @@ MAX_TOKENIZE = 1_000_000
 class _ModelRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, examples=[EXAMPLE_MODEL])
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MODEL_NAME,
+        examples=[EXAMPLE_MODEL],
+        description="Left out: the server's `default_model` (with `serve -m`, its one model).",
+    )
     autoload: StrictBool | None = Field(
         None, description="false: answer only if the model is loaded (never load it for this)."
     )
@@ -77,6 +83,13 @@ class DetokenizeResponse(BaseModel):
 class ApplyTemplateRequest(ChatCompletionRequest):
     """A chat completion request: its messages, with the configured system prompt and any
     tools, rendered as the model's chat template renders them for a generation."""
+
+    model: str | None = Field(  # type: ignore[assignment]
+        None,
+        min_length=1,
+        max_length=MAX_MODEL_NAME,
+        description="Left out: the server's `default_model` (with `serve -m`, its one model).",
+    )
 
 
 class ApplyTemplateResponse(BaseModel):

@@ -39,10 +39,18 @@ class LlamaService:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
+    def _named(self, model: str | None) -> str:
+        """The model a request names, else the server's `default_model` (llama-server's `-m`
+        serves its one model to requests naming none; these routes required one)."""
+        named = model or self.dispatcher.settings.default_model
+        if not named:
+            raise BadRequest("`model` is required: this server has no default_model", param="model")
+        return named
+
     async def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
         """Raises ModelNotFound, BadRequest (a route or remote target), or what leasing the
         model raises (ModelNotLoaded, QueueFull, ModelLoadFailed...)."""
-        target = self.dispatcher.local(req.model, "/tokenize")
+        target = self.dispatcher.local(self._named(req.model), "/tokenize")
         async with target.worker(Lease(req.autoload)) as worker:
             tokens = await worker.tokenize(
                 req.content, add_special=req.add_special, parse_special=req.parse_special
@@ -58,7 +66,7 @@ class LlamaService:
 
     async def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
         """As `tokenize`; BadRequest (param `tokens`) for an id not in the vocabulary."""
-        target = self.dispatcher.local(req.model, "/detokenize")
+        target = self.dispatcher.local(self._named(req.model), "/detokenize")
         async with target.worker(Lease(req.autoload)) as worker:
             pieces = await worker.pieces(list(req.tokens))
         return DetokenizeResponse(content=b"".join(pieces).decode("utf-8", "replace"))
@@ -67,7 +75,7 @@ class LlamaService:
         """The prompt a chat completion with this body evaluates: the configured system prompt
         and the tools in it as for a generation. As `tokenize`; BadRequest for a model without
         a chat template and a conversation the template refuses."""
-        target = self.dispatcher.local(req.model, "/apply-template")
+        target = self.dispatcher.local(self._named(req.model), "/apply-template")
         target.check_generates()  # an embedding model has no chat template: said unloaded
         try:
             request = target.prepared(req.to_request())
