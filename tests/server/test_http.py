@@ -552,6 +552,21 @@ async def test_a_requests_lifecycle_options_cannot_override_the_operator(tmp_pat
         assert error(r, 400)["code"] == "model_not_loaded"
 
 
+async def test_autoload_false_in_the_query_string_holds_on_every_route(tmp_path: Path) -> None:
+    """llama-server's router reads `?autoload=false` on every route; it was read on GET
+    /props only, and a POST loaded the model (found from outside)."""
+    async with app_client(tmp_path) as c:
+        for path, body in (
+            ("/v1/chat/completions", CHAT),
+            ("/v1/completions", {"model": "chat", "prompt": "x", "max_tokens": 2}),
+            ("/tokenize", {"model": "chat", "content": "hi"}),
+            ("/detokenize", {"model": "chat", "tokens": [1]}),
+        ):
+            r = await c.post(path + "?autoload=false", json=body)
+            assert error(r, 400)["code"] == "model_not_loaded", path
+        assert (await c.post("/v1/chat/completions?autoload=true", json=CHAT)).status_code == 200
+
+
 async def test_ensemble_and_compare_refuse_a_stream_they_would_not_send(
     inproc: httpx.AsyncClient,
 ) -> None:

@@ -22,6 +22,7 @@ from ..protocol import (
 )
 from ..serving.llama import LlamaService
 from .gateway import visible
+from .routes_openai import no_autoload_asked
 from .sse import cancel_on_disconnect
 
 __all__ = ["routes"]
@@ -41,19 +42,21 @@ def _json(result: BaseModel) -> Response:
 @routes.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     """The model's tokens of `content` (with `with_pieces`, each with its text)."""
-    return _json(await cancel_on_disconnect(request.receive, _service(request).tokenize(body)))
+    work = _service(request).tokenize(no_autoload_asked(request, body))
+    return _json(await cancel_on_disconnect(request.receive, work))
 
 
 @routes.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
     """The text of `tokens`."""
-    return _json(await cancel_on_disconnect(request.receive, _service(request).detokenize(body)))
+    work = _service(request).detokenize(no_autoload_asked(request, body))
+    return _json(await cancel_on_disconnect(request.receive, work))
 
 
 @routes.post("/apply-template", response_model=ApplyTemplateResponse)
 async def apply_template(body: ApplyTemplateRequest, request: Request) -> Response:
     """The prompt the model's chat template makes of a chat completion request."""
-    work = _service(request).apply_template(body)
+    work = _service(request).apply_template(no_autoload_asked(request, body))
     return _json(await cancel_on_disconnect(request.receive, work))
 
 

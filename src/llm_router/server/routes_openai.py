@@ -42,7 +42,7 @@ from ..serving.generate import GenerationService, RouteInfo
 from .gateway import visible
 from .sse import cancel_on_disconnect, sse_response
 
-__all__ = ["HOT", "parse_body", "routes"]
+__all__ = ["HOT", "no_autoload_asked", "parse_body", "routes"]
 
 routes = APIRouter(prefix="/v1", tags=["openai"])
 T = TypeVar("T", bound=BaseModel)
@@ -54,16 +54,29 @@ async def parse_body(request: Request, model: type[T]) -> T:
     A body without `model` gets the configured `default_model`, when there is one."""
     body = await request.body()
     try:
-        return model.model_validate_json(body)
+        return no_autoload_asked(request, model.model_validate_json(body))
     except ValidationError as exc:
         errors = exc.errors()
         default = request.app.state.settings.default_model
         if default and any(e["type"] == "missing" and e["loc"] == ("model",) for e in errors):
             try:
-                return model.model_validate({**json.loads(body), "model": default})
+                parsed = model.model_validate({**json.loads(body), "model": default})
+                return no_autoload_asked(request, parsed)
             except ValidationError as again:
                 errors = again.errors()
         raise RequestValidationError(errors) from None
+
+
+def no_autoload_asked(request: Request, body: T) -> T:
+    """`body` with `autoload` false when the query string says `?autoload=false` (or 0), as
+    llama-server's router reads it on every route (it was read on GET /props only). A
+    request may turn autoload off, never on."""
+    if b"autoload" not in request.scope.get("query_string", b""):
+        return body  # nearly every request: no query string parsed
+    asked = request.query_params.get("autoload")
+    if asked is not None and asked.lower() in ("false", "0") and hasattr(body, "autoload"):
+        body.autoload = False
+    return body
 
 
 def _service(request: Request) -> GenerationService:
