@@ -166,6 +166,19 @@ async def test_a_refusal_for_a_missing_scope_names_the_key_in_its_log_line(
     assert '"key":"app"' in lines[-1] and '"status":403' in lines[-1], lines
 
 
+async def test_a_key_is_taken_as_llama_server_takes_it_too(gw: Gw) -> None:
+    """llama-server also takes its key bare in Authorization or in X-Api-Key; those got a
+    401 here (found from outside). Another scheme is still no key."""
+    secret = await gw.key("llama-client")
+    for headers in ({"authorization": secret}, {"x-api-key": secret}, bearer(secret)):
+        r = await gw.client.post("/v1/chat/completions", json=CHAT_BODY, headers=headers)
+        assert r.status_code == 200, (headers, r.text)
+    basic = await gw.client.post(
+        "/v1/chat/completions", json=CHAT_BODY, headers={"authorization": f"Basic {secret}"}
+    )
+    refused(basic, 401, "invalid_api_key")
+
+
 async def test_the_allow_list_matches_aliases_and_routes(tmp_path: Path, master_env: str) -> None:
     from inproc import fake_models
 

@@ -133,7 +133,22 @@ def test_a_short_master_key_is_warned_about(caplog: pytest.LogCaptureFixture) ->
 
     caplog.set_level("WARNING", logger="llm_router.gateway")
     Gateway(Settings(), environ={"LLM_ROUTER_MASTER_KEY": "x"})
-    assert any("is 1 characters long" in r.getMessage() for r in caplog.records)
+    assert any("a key 1 characters long" in r.getMessage() for r in caplog.records)
     caplog.clear()
     Gateway(Settings(), environ={"LLM_ROUTER_MASTER_KEY": "sk-" + "a1" * 20})
     assert not caplog.records
+
+
+def test_several_master_keys_comma_separated_as_llama_server_takes_them() -> None:
+    """`--api-key k1,k2` (and LLAMA_API_KEY) was one key "k1,k2": llama-server's help says
+    several, comma-separated (found from outside)."""
+    from llm_router.config import Settings
+    from llm_router.errors import AuthenticationFailed
+    from llm_router.gateway.service import Gateway
+
+    one, two = "sk-" + "a1" * 20, "sk-" + "b2" * 20
+    gateway = Gateway(Settings(), environ={"LLAMA_API_KEY": f"{one}, {two}"})
+    assert gateway.authenticate(one).name == gateway.authenticate(two).name == "master"
+    assert gateway.still_valid(gateway.authenticate(two))
+    with pytest.raises(AuthenticationFailed):
+        gateway.authenticate(f"{one},{two}")

@@ -76,17 +76,21 @@ class Gateway:
         self.mode = settings.auth
         self.url = database_url(settings)
         # llama-server's LLAMA_API_KEY (and `serve --api-key`) means the same: every scope
+        # several, comma-separated, as llama-server's --api-key takes them: each a master key
         named = MASTER_ENV if env.get(MASTER_ENV) else LLAMA_KEY_ENV
-        secret = env.get(named)
-        self.master = master_key(secret) if secret else None
-        if secret and len(secret) < MASTER_MIN:
-            log.warning(
-                "%s is %d characters long: a key with every scope should be long and random "
-                "(at least %d characters; `llm-router keys create` makes 43)",
-                named,
-                len(secret),
-                MASTER_MIN,
-            )
+        secrets = [k.strip() for k in (env.get(named) or "").split(",") if k.strip()]
+        masters = [master_key(secret) for secret in secrets]
+        self.masters = {key.hash: key for key in masters}
+        self.master = masters[0] if masters else None
+        for secret in secrets:
+            if len(secret) < MASTER_MIN:
+                log.warning(
+                    "%s holds a key %d characters long: a key with every scope should be long "
+                    "and random (at least %d characters; `llm-router keys create` makes 43)",
+                    named,
+                    len(secret),
+                    MASTER_MIN,
+                )
         self.limiter = Limiter(settings.gateway, settings.redis_url)
         self.prices: dict[str, Price] = {}
         self.set_prices(settings)
@@ -259,7 +263,7 @@ class Gateway:
     def still_valid(self, key: ApiKey) -> bool:
         """Whether `key`, authenticated earlier, is still neither revoked nor expired (for a
         request that lasts: an events stream)."""
-        if self.master is not None and key.hash == self.master.hash:
+        if key.hash in self.masters:
             return True
         now = self.keys.get(key.hash)
         return now is not None and now.revoked_at is None and not now.expired()
@@ -271,8 +275,9 @@ class Gateway:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)"
             )
         digest = hash_key(token)
-        if self.master is not None and digest == self.master.hash:
-            return self.master
+        master = self.masters.get(digest)
+        if master is not None:
+            return master
         key = self.keys.get(digest)
         if key is not None and key.revoked_at is None and not key.expired():
             return key

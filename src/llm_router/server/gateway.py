@@ -325,10 +325,16 @@ def _no_keys() -> RouterError:
 
 
 def _bearer(headers: list[Header]) -> str | None:
+    """The key a request carries: `Authorization: Bearer KEY` (OpenAI's), or as llama-server
+    also takes it, the bare key as the Authorization header or an `X-Api-Key` header."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+            return scheme if not token else None  # a bare key; another scheme is no key
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
     return None
 
 
