@@ -131,3 +131,19 @@ def test_jinja_error_while_rendering_is_a_bad_request(source: str) -> None:
 def test_strftime_now_is_available() -> None:
     text = ChatTemplate("{{ strftime_now('%Y') }}").render(_msgs(("user", "hi")))
     assert text.isdigit() and len(text) == 4
+
+
+def test_a_chat_ending_with_an_assistant_message_is_continued_from_it() -> None:
+    """A trailing assistant message was closed and a new turn begun; llama-server and Ollama
+    continue from it (a prefill), and so does this now (found from outside)."""
+    from llm_router.engines.chat_template import CHATML_TEMPLATE, ChatTemplate
+    from llm_router.types import ChatMessage, ToolCall
+
+    t = ChatTemplate(CHATML_TEMPLATE)
+    asked = [ChatMessage("user", "Say hello"), ChatMessage("assistant", "Hel")]
+    assert t.render(asked) == t.render(asked[:1]) + "Hel"
+    assert t.render(asked).endswith("<|im_start|>assistant\nHel")
+    parts = t.render_parts(asked)  # its text is content, not the template's
+    assert parts[-1] == ("Hel", True) and "".join(p for p, _ in parts) == t.render(asked)
+    called = ChatMessage("assistant", "", (ToolCall("c1", "f", "{}"),))
+    assert t.render([asked[0], called]).endswith("<|im_start|>assistant\n")  # not a prefill

@@ -106,6 +106,15 @@ class ChatTemplate:
         self.stops = stops
 
     def render(self, messages: Sequence[ChatMessage], **extra: Any) -> str:
+        """The prompt for `messages`, the generation prompt added. A chat ending with an
+        assistant message (with text, no tool calls) is continued from it, as llama-server
+        and Ollama do (a prefill): the turns before it, then its text, with no end of turn."""
+        last = messages[-1] if len(messages) > 1 else None  # a chat of one: as it is
+        if last is not None and last.role == "assistant" and last.content and not last.tool_calls:
+            return self._render(messages[:-1], **extra) + last.content
+        return self._render(messages, **extra)
+
+    def _render(self, messages: Sequence[ChatMessage], **extra: Any) -> str:
         try:
             return self._template.render(
                 messages=[{"role": m.role, "content": m.content} for m in messages],
