@@ -110,6 +110,16 @@ def test_lark_grammar(vocab: tuple[Grammars, set[int]]) -> None:
         assert all(part.isdigit() and len(part) == 1 for part in text[1:-1].split("+"))
 
 
+def test_a_gbnf_grammar_is_taken_as_llama_server_takes_it(
+    vocab: tuple[Grammars, set[int]],
+) -> None:
+    """llama-server's `grammar` is GBNF; it was a Lark parse error here (found from outside)."""
+    grammars, eog = vocab
+    gbnf = 'root ::= answer "!"\nanswer ::= "yes" | "no"'
+    for seed in range(5):
+        assert walk(grammars, eog, Constraint("lark", gbnf, strict=True), seed) in ("yes!", "no!")
+
+
 def test_mask_and_allows_agree(vocab: tuple[Grammars, set[int]]) -> None:
     grammars, _ = vocab
     m = grammars.matcher(Constraint("json", '{"type": "boolean"}', strict=True))

@@ -62,7 +62,20 @@ def compile_grammar(c: Constraint) -> str:
             raise BadRequest(f"invalid JSON schema: {exc}", param=c.param) from None
     if c.kind == "regex":
         return str(LLMatcher.grammar_from_regex(c.source))
-    return str(LLMatcher.grammar_from_lark(c.source))
+    return str(LLMatcher.grammar_from_lark(_lark(c.source)))
+
+
+def _lark(source: str) -> str:
+    """A `grammar` as Lark: llama.cpp's GBNF (`root ::= ...`, what llama-server's `grammar`
+    field takes) is converted by llguidance's own converter; it was a Lark parse error."""
+    if "::=" not in source:
+        return source
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    try:
+        return str(gbnf_to_lark(source))
+    except Exception:  # not GBNF after all ("::=" in a Lark string): read as Lark
+        return source
 
 
 NUMBER_LIMIT = 1e15  # at most 15 integer digits...

@@ -113,7 +113,8 @@ class ShapeFields(BaseModel):
     grammar: str | None = Field(
         None,
         max_length=1_000_000,
-        description="Extension: the answer is derived from this Lark grammar (llguidance's).",
+        description="Extension: the answer is derived from this Lark grammar (llguidance's), "
+        "or llama.cpp's GBNF (`root ::= ...`).",
     )
 
 
