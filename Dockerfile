@@ -51,6 +51,6 @@ EXPOSE 8080
 # seconds (default 30) to finish; give `docker stop -t` / the orchestrator more than that.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LLM_ROUTER_PORT', '8080'), timeout=2)"]
 ENTRYPOINT ["llm-router"]
 CMD ["serve"]
