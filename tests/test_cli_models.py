@@ -230,6 +230,18 @@ def test_doctor_prints_the_machine_the_settings_and_problems(tmp_path: Path, srv
     # A look only: a directory still to be made is not made (it was, by the check itself).
     later = _cli("doctor", "--models-dir", str(tmp_path / "not" / "yet"))
     assert "cannot be" not in later.stdout and not (tmp_path / "not").exists()
+    # what `serve` refuses: a public address without a key (it said "No problems found")
+    public = tmp_path / "public.yaml"
+    public.write_text(f"host: 0.0.0.0\ndata_dir: {tmp_path / 'data'}\n")
+    keyless = {
+        k: v for k, v in os.environ.items() if k not in ("LLM_ROUTER_MASTER_KEY", "LLAMA_API_KEY")
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "llm_router", "doctor", "--config", str(public), "--models-dir",
+         _models_dir(srv)],
+        capture_output=True, text=True, timeout=180, env=keyless,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "refusing to listen on 0.0.0.0" in refused.stdout
 
 
 def test_a_refused_key_is_one_line_that_says_what_to_set(

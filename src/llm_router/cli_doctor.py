@@ -5,6 +5,7 @@ there is a problem."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -15,8 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
+from .config import Settings
 from .engines import ENGINES, check_available
-from .errors import RouterError
+from .errors import ConfigError, RouterError
 from .lifecycle.discovery import Scanner
 from .lifecycle.fit import fit
 from .machine import detect
@@ -81,6 +83,8 @@ def doctor(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
 
     if problem := models_dir_problem(settings.models_dir):
         problems.append(problem)
+    if problem := _open_bind_problem(settings):
+        problems.append(problem)
     sources = Scanner(settings).scan().values() if settings.models_dir.is_dir() else []
     table = Table(
         "model", "engine", "threads", "slots", "context/slot", "batch", "why",
@@ -120,3 +124,17 @@ def doctor(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command()(doctor)
+
+
+def _open_bind_problem(settings: Settings) -> str | None:
+    """What `serve` refuses before it starts: a public address with nobody's key required
+    (the doctor said "No problems found" to it; found from outside)."""
+    from .gateway.service import check_open_bind, is_loopback
+
+    if settings.auth != "auto" or is_loopback(settings.host):
+        return None
+    try:
+        asyncio.run(check_open_bind(settings))
+    except ConfigError as exc:
+        return exc.message
+    return None
