@@ -11,12 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
 from inproc import InProcessPool, InProcessWorker
 from llm_router.engines import LoadSpec
 from llm_router.errors import ModelLoadFailed
-from llm_router.lifecycle import manager as manager_module
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.reload import ConfigSource
 from server.test_reload import Reloadable, served
@@ -261,7 +261,7 @@ async def test_a_percentage_budget_set_by_a_reload_does_not_count_mapped_weights
     # takes 50% of available + memory_used(), i.e. of 16 + 4 GiB: a 10 GiB budget that
     # the machine does not have.
     monkeypatch.setattr(
-        manager_module.psutil,
+        psutil,
         "virtual_memory",
         lambda: SimpleNamespace(available=16 * GiB, total=32 * GiB),
     )

@@ -23,7 +23,6 @@ import yaml
 
 from inproc import InProcessPool, InProcessWorker
 from llm_router.engines import LoadSpec
-from llm_router.lifecycle import manager as manager_module
 from llm_router.routing.breaker import BreakerConfig
 from llm_router.routing.shared_breakers import STATE
 from server.test_reload import Reloadable, served
@@ -59,7 +58,7 @@ async def test_a_reload_that_leaves_memory_budget_alone_keeps_the_budget(
     # loaded models hold part of it: a reload that changes only a route must not shrink the
     # budget by 80% of what the models hold (each reload again), evicting them.
     available = [16 * GiB]
-    monkeypatch.setattr(manager_module.psutil, "virtual_memory", _available(available))
+    monkeypatch.setattr(psutil, "virtual_memory", _available(available))
     conf.write({"chat": {}, "other": {}}, memory_budget="80%")
     async with served(conf) as r:
         before = (await r.client.get("/models")).json()["memory_budget_bytes"]

@@ -141,8 +141,8 @@ def answers(round_trip: Path, smollm2_gguf: Path) -> dict[str, Answers]:
             assert all(r.error is None and r.finished for r in results)
             made[name] = Answers(
                 results[0].text,
-                [engine.tokenize(r.text, add_bos=False) for r in results[1:]],
-                engine.tokenize(SAMPLE, add_bos=False),
+                [engine._text.tokenize(r.text, add_bos=False) for r in results[1:]],
+                engine._text.tokenize(SAMPLE, add_bos=False),
             )
         finally:
             engine.close()
