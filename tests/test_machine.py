@@ -46,10 +46,10 @@ def test_a_containers_memory_limit_is_the_memory_there_is(tmp_path: Path) -> Non
     v1 = (tmp_path / "limit_in_bytes", tmp_path / "usage_in_bytes")
     v2[0].write_text("2147483648\n")
     v2[1].write_text("536870912\n")
-    assert memory_limit((v2, v1)) == (2**31, 2**29)
+    assert memory_limit(2**40, (v2, v1)) == (2**31, 2**29)
     v2[0].write_text("max\n")
-    assert memory_limit((v2, v1)) is None  # no limit
+    assert memory_limit(2**40, (v2, v1)) is None  # no limit
     v1[0].write_text(f"{2**63 - 4096}\n")  # v1's "no limit": more than the machine has
     v1[1].write_text("1\n")
-    assert memory_limit(((tmp_path / "absent", tmp_path / "absent2"), v1)) is None
-    assert memory_limit(((tmp_path / "absent", tmp_path / "absent2"),)) is None
+    assert memory_limit(2**40, ((tmp_path / "absent", tmp_path / "absent2"), v1)) is None
+    assert memory_limit(2**40, ((tmp_path / "absent", tmp_path / "absent2"),)) is None

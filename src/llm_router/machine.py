@@ -2,8 +2,8 @@
 memory, and the CPU features the engines' kernels care about (AVX2, AVX-512, AMX, NEON).
 
 Read once at start-up (`detect()`: psutil, /proc/cpuinfo and the cgroup's memory limit, a
-few milliseconds) and logged once by `serve`; lifecycle/fit.py derives the default engine settings from it and `doctor`
-prints it. A snapshot: nothing here watches for hot-plugged CPUs or memory."""
+few milliseconds) and logged once by `serve`; lifecycle/fit.py derives the default engine
+settings from it and `doctor` prints it. A snapshot: nothing here watches for hot-plugged CPUs or memory."""
 
 from __future__ import annotations
 
@@ -92,9 +92,11 @@ def _physical(logical: int) -> int:
     return max(1, min(total_physical, logical // per_core or 1))
 
 
-def memory_limit(files: tuple[tuple[Path, Path], ...] = _CGROUP_FILES) -> tuple[int, int] | None:
+def memory_limit(
+    total: int, files: tuple[tuple[Path, Path], ...] = _CGROUP_FILES
+) -> tuple[int, int] | None:
     """This process's cgroup memory limit and what the cgroup uses now, in bytes; None when it
-    has none (or none below the machine's memory): a container's `-m 2g`, a pod's limit."""
+    has none below the machine's `total`: a container's `-m 2g`, a pod's limit."""
     for limit_file, usage_file in files:
         try:
             text = limit_file.read_text().strip()
@@ -107,7 +109,7 @@ def memory_limit(files: tuple[tuple[Path, Path], ...] = _CGROUP_FILES) -> tuple[
             limit = int(text)
         except ValueError:
             return None
-        return (limit, usage) if limit < psutil.virtual_memory().total else None
+        return (limit, usage) if limit < total else None
     return None
 
 
@@ -117,7 +119,7 @@ def available_memory() -> tuple[int, int]:
     container limited to 2 GiB, had it killed for running out of memory)."""
     memory = psutil.virtual_memory()
     total, available = memory.total, memory.available
-    limited = memory_limit()
+    limited = memory_limit(total)
     if limited is not None:
         limit, usage = limited
         total, available = limit, max(0, min(available, limit - usage))

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from .lifetime import Stored, expiry
 from .sqlite import SqliteTier
 
-__all__ = ["MemoryTier", "RedisTier", "SqliteTier", "Stored", "Tier", "expiry"]
+__all__ = ["MemoryTier", "RedisTier", "SqliteTier", "Tier"]
 
 log = logging.getLogger(__name__)
 _ENTRY_OVERHEAD = 120  # bytes an entry costs besides its key and value (dict slot, tuple...)

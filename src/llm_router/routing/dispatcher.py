@@ -249,12 +249,6 @@ class Dispatcher(Targets):
         failed: list[tuple[str, str]] = []
         errors: list[RouterError] = []
         resting = [t for t in ordered if t.resting()] if route is not None else []
-        if resting and len(resting) == len(ordered):  # each said 429: the soonest's wait
-            soonest = min(t.resting() for t in resting)
-            raise UpstreamRateLimited(
-                f"every target of '{name}' is rate limited by its upstream; retry later",
-                retry_after=soonest,
-            )
         for target in _attempts(ordered, route):
             if target in resting:
                 if (note := f"{target.id}: rate limited") not in failures:
@@ -289,8 +283,8 @@ class Dispatcher(Targets):
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
             return Routed(target.id, reason, watch(target, attempt), tuple(failed))
-        if errors:
-            raise _answer_of(errors, [t.resting() for t in resting])
+        if errors or (resting and len(resting) == len(ordered)):  # all resting: no attempt
+            raise _answer_of(name, errors, [t.resting() for t in resting])
         names = [t.id for t in ordered]
         if not names and route is not None:
             names = [*route.config.targets, *route.config.fallbacks]
@@ -432,16 +426,19 @@ def _left_out(request: RouteRequest, candidate: Candidate) -> str:
     return "left out by the strategy"
 
 
-def _answer_of(errors: list[RouterError], rests: list[float]) -> RouterError:
-    """The error a request gets when every attempt failed: the last one, but when each target
-    was full (429s, busy models), the one whose Retry-After is the soonest, counting the
-    targets left out as they rest after a 429 of theirs (`rests`: seconds each has left)."""
+def _answer_of(name: str, errors: list[RouterError], rests: list[float]) -> RouterError:
+    """The error a request to `name` gets when no target served it: the last attempt's, but
+    when each target was full (429s, busy models), the one whose Retry-After is the soonest,
+    counting the targets left out as they rest after a 429 of theirs (`rests`: seconds each
+    has left; every target may be resting, and none was asked)."""
     waits = [e for e in errors if isinstance(e, QueueFull) and e.retry_after is not None]
     if len(waits) < len(errors):
         return errors[-1]
-    soonest = min(waits, key=lambda e: e.retry_after or 0.0)
-    if rests and min(rests) < (soonest.retry_after or 0.0):
+    soonest = min(waits, key=lambda e: e.retry_after or 0.0, default=None)
+    if rests and (soonest is None or min(rests) < (soonest.retry_after or 0.0)):
         return UpstreamRateLimited(
-            "every target is rate limited by its upstream; retry later", retry_after=min(rests)
+            f"every target of '{name}' is rate limited by its upstream; retry later",
+            retry_after=min(rests),
         )
+    assert soonest is not None  # errors, all waits
     return soonest
