@@ -129,10 +129,8 @@ def register(app: typer.Typer) -> None:
 def _open_bind_problem(settings: Settings) -> str | None:
     """What `serve` refuses before it starts: a public address with nobody's key required
     (the doctor said "No problems found" to it; found from outside)."""
-    from .gateway.service import check_open_bind, is_loopback
+    from .gateway.service import check_open_bind
 
-    if settings.auth != "auto" or is_loopback(settings.host):
-        return None
     try:
         asyncio.run(check_open_bind(settings))
     except ConfigError as exc:

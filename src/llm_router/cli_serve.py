@@ -32,15 +32,14 @@ def start(settings: Settings, source: ConfigSource, workers: int, ray: str | Non
 
         serve_on_ray(settings, ray)
         return
-    from .gateway.service import check_open_bind, is_loopback
+    from .gateway.service import check_open_bind
     from .gateway.store import check_data_dir
     from .server.run import listen, run_one
 
     try:
-        if settings.auth == "auto" and not is_loopback(settings.host):
-            # refused at once, and before the port opens: nothing listens beyond this
-            # machine, not even for the moment the check takes
-            asyncio.run(check_open_bind(settings))
+        # refused at once, and before the port opens: nothing listens beyond this machine
+        # without a key, not even for the moment the check takes
+        asyncio.run(check_open_bind(settings))
         if workers > 1:
             _serve_many(settings, workers, source)
             return

@@ -402,8 +402,11 @@ class Gateway:
 
 
 async def check_open_bind(settings: Settings) -> None:
-    """What the server's start refuses, asked before it starts (`serve`): ConfigError when it
-    would listen beyond this machine with nobody's key required."""
+    """What the server's start refuses, asked before it starts (`serve`, `doctor`):
+    ConfigError when it would listen beyond this machine with nobody's key required. Nothing
+    is opened for a loopback address or an explicit `auth`."""
+    if settings.auth != "auto" or is_loopback(settings.host):
+        return
     gateway = Gateway(settings)
     try:
         await gateway.start(settings.host)
