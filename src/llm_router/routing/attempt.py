@@ -96,8 +96,11 @@ async def watch(target: Target, attempt: Attempt) -> AsyncGenerator[GenerationEv
             yield event
             if done:
                 return
-            with tracing.within(span):  # what the target records now is the attempt's
+            if span is None:  # not traced: nothing to make current, on each streamed event
                 event = await anext(events)
+            else:
+                with tracing.within(span):  # what the target records now is the attempt's
+                    event = await anext(events)
     except (BadRequest, ModelNotFound, UpstreamTimeout) as exc:
         failed = exc
         target.breaker.record_cancelled()
