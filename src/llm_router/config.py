@@ -325,7 +325,9 @@ class Settings(BaseSettings):
     drain_after: float = Field(
         1.0,
         ge=0,
-        description="Seconds a load waits for room before busy models stop taking new requests.",
+        description="Seconds a load waits for room before busy models stop taking new "
+        "requests; also the least a model serves once loaded before it is evicted or drained "
+        "for another's load (two models taking turns in one place swap at most this often).",
     )
     spare_workers: bool = Field(
         True, description="Keep a started worker per engine ready, so a cold load skips start-up."

@@ -376,6 +376,33 @@ async def test_pinned_model_survives_pressure(harness: Harness, tmp_path: Path) 
     assert manager.waiting == 0 and manager.resolve("b").status == Status.UNLOADED
 
 
+async def test_a_load_that_cannot_fit_beside_a_pin_is_refused_with_other_models_loaded(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Found from outside: with an unpinned model loaded beside the pinned one, a model that
+    fits the budget beside the pin by its file but not by its estimate queued, waited until
+    the other model's keep-alive ran out, and held every load queued behind it (503s saying
+    to retry). It is refused at once, saying the memory budget is what is short."""
+    models = [
+        fake_model(tmp_path, "a", ballast_mb=100, config={"pin": True}),
+        fake_model(tmp_path, "b", ballast_mb=100),
+        fake_model(tmp_path, "c", ballast_mb=300),
+    ]
+    manager = await harness.manager(
+        models, memory_budget=384 * MiB, models_max=0, queue_timeout=30.0
+    )
+    a = manager.resolve("a")
+    await bounded(until(lambda: a.status == Status.LOADED))  # pinned: loaded at start
+    await bounded(harness.generate(manager, "b"))  # loaded beside it, then idle
+    with pytest.raises(InsufficientMemory, match=r"pinned models \(a\).*memory_budget"):
+        await bounded(harness.generate(manager, "c"), 5.0)
+    with pytest.raises(InsufficientMemory, match="memory_budget"):
+        manager.request_load("c")
+    text, _, _ = await bounded(harness.generate(manager, "b"))
+    assert text == expected(3) and manager.waiting == 0
+    assert manager.resolve("c").status == Status.UNLOADED
+
+
 async def test_a_load_queued_while_the_pinned_model_was_away_is_refused_once_it_is_back(
     harness: Harness, tmp_path: Path
 ) -> None:
@@ -950,6 +977,31 @@ async def test_busy_models_serve_on_for_drain_after_then_drain(
     await held.finish()
     await bounded(waiting)
     assert (a.status, b.status) == (Status.UNLOADED, Status.LOADED)
+
+
+async def test_a_model_just_loaded_serves_drain_after_before_it_gives_way(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Two models taking turns in one place (found from outside: 4 clients, two per model,
+    swapped 51 times in 45 s, nearly once a request): the model that has just loaded keeps
+    its place for `drain_after`, idle or not, and its clients' next requests are served by
+    it; then it gives way."""
+    models = [fake_model(tmp_path, "a", parallel=4), fake_model(tmp_path, "b")]
+    manager = await harness.manager(models, models_max=1, drain_after=1.5)
+    a, b = manager.resolve("a"), manager.resolve("b")
+    loads: list[str] = []
+    manager.events.add_listener(
+        lambda e: loads.append(e["model"]) if e["event"] == "loaded" else None
+    )
+    await bounded(harness.generate(manager, "a"))  # a loads, serves, and is idle
+    waiting = asyncio.create_task(harness.generate(manager, "b"))
+    await bounded(until(lambda: b.status == Status.WAITING))
+    for _ in range(3):  # a's client goes on: a is idle between its requests, and stays
+        await bounded(harness.generate(manager, "a"))
+        assert (a.status, b.status) == (Status.LOADED, Status.WAITING)
+    await bounded(waiting)  # then a gives way, without a request of b's being lost
+    assert (a.status, b.status) == (Status.UNLOADED, Status.LOADED)
+    assert loads == ["a", "b"]
 
 
 async def test_files_fixed_since_the_last_scan_are_read_when_asked_for(

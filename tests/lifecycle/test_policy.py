@@ -243,3 +243,12 @@ def test_reconcile_evicts_only_idle_settled_models_and_only_as_many_as_needed(
     assert not (fits and drained)
     if drained:
         assert fit([r for r in staying if r.id not in (*victims, *done.drain)])
+
+
+def test_a_model_just_loaded_is_not_given_up_for_a_waiting_load() -> None:
+    """Idle or busy, a model loaded less than `drain_after` ago stays (the load waits, and
+    nobody else is disturbed for it), so two models taking turns do not swap per request."""
+    new = [Resident("a", 10, 5, busy=False, new=True), Resident("b", 10, 1, busy=True, new=True)]
+    assert plan_admission(new, 10, 100, models_max=2) == Plan(start=False)
+    mixed = [Resident("a", 10, 5, busy=False, new=True), idle("old", 10, 9)]
+    assert plan_admission(mixed, 10, 100, models_max=2) == Plan(start=False, evict=("old",))

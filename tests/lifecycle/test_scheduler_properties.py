@@ -525,6 +525,29 @@ async def _hold(manager: ModelManager, name: str) -> tuple[asyncio.Task[None], a
     return holder, release
 
 
+def test_a_load_that_cannot_fit_beside_the_pinned_models_by_its_estimate_is_refused() -> None:
+    """Found by the property test below: a load asked for beside a pinned model, which its
+    least need (its file, no worker measured yet) fits beside but its estimate does not,
+    was queued and waited for ever (nothing but the pinned model was resident, and it never
+    leaves). Now it is refused, 507 at once, as one the pins surely leave no room for."""
+    models = [
+        Model(ballast_mb=10, load_seconds=0.0, token_seconds=0.005, parallel=1, pin=True),
+        Model(ballast_mb=20, load_seconds=0.0, token_seconds=0.005, parallel=1),
+        Model(ballast_mb=10, load_seconds=0.0, token_seconds=0.005, parallel=1),
+    ]
+    scenario = Scenario(
+        models=models,
+        models_max=2,
+        fit=1,
+        requests=[Request(arrival=0.0, model=0, max_tokens=1, cancel_after=None)],
+        queue_per_model=64,
+        chaos=[(0.0, "load", 2)],
+    )
+    run = simulate(scenario)
+    assert run.leftover == [] and run.violations == [] and run.strays == []
+    _check_outcomes(scenario, run)
+
+
 def test_a_load_asked_for_while_the_model_unloads_loads_it_once_the_unload_is_over() -> None:
     """POST /models/load on a model `unloading` (waiting out its grace for a request in
     flight) answered success and was dropped: the model ended `unloaded` (found from

@@ -25,6 +25,7 @@ class Resident:
     pinned: bool = False
     settled: bool = True  # False while loading or unloading: it cannot be evicted now
     leaving: bool = False  # unloading: counted until it is gone, but never planned on
+    new: bool = False  # loaded less than `drain_after` ago: not given up for a waiting load yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +56,14 @@ def plan_admission(residents: list[Resident], need: int, budget: int, models_max
     """The next step for a load of `need` bytes. It starts only when it fits beside every
     resident, leaving ones included. Otherwise idle models are chosen before busy ones (a busy
     model is drained, never cut off), least recently used first; pinned, loading and leaving
-    models are never chosen."""
+    models are never chosen, nor new ones (each load serves a while: two models taking turns
+    in one place would otherwise swap for every request, the load's cost each time)."""
     used = sum(r.bytes for r in residents)
     if _fits(used, len(residents), need, budget, models_max):
         return Plan(start=True)
     staying = [r for r in residents if not r.leaving]
     used, count = sum(r.bytes for r in staying), len(staying)
-    candidates = [r for r in staying if r.settled and not r.pinned]
+    candidates = [r for r in staying if r.settled and not r.pinned and not r.new]
     order = sorted(candidates, key=lambda r: (r.busy, r.last_used))
     evict: list[str] = []
     drain: list[str] = []
