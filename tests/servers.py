@@ -72,7 +72,9 @@ class Server:
         self.log_path = workdir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> Server:
+    def start(self, timeout: float = 60.0, *, own_group: bool = False) -> Server:
+        """`own_group`: the server leads a process group of its own (its workers join it),
+        which a test may signal whole, as systemd or `kill -TERM -PGID` would."""
         if self.proc is not None and self.proc.poll() is None:
             return self  # running: a second process would orphan this one (and fail to bind)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -83,6 +85,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                start_new_session=own_group,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

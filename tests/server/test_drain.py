@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -58,9 +59,10 @@ async def test_a_request_in_flight_finishes_and_new_ones_get_503() -> None:
         error = refused.json()["error"]
         assert error["code"] == "server_draining" and error["type"] == "server_error"
         assert set(error) == {"message", "type", "param", "code"}
-        health = await client.get("/health")
-        assert health.status_code == 503
-        assert health.json() == {"status": "draining", "in_flight": 1}
+        for path in ("/health", "/v1/health"):  # llama-server's name for it too
+            health = await client.get(path)
+            assert health.status_code == 503
+            assert health.json() == {"status": "draining", "in_flight": 1}
         assert not idle.done()
 
         release.set()
@@ -166,10 +168,15 @@ async def test_the_app_refuses_on_every_route_while_draining(tmp_path: Path) -> 
 
 
 @pytest.mark.real
+@pytest.mark.parametrize("to", ["process", "group"])
 def test_sigterm_lets_a_stream_finish_refuses_new_requests_then_exits(
-    tmp_path: Path, models_dir: Path, make_client: MakeClient
+    tmp_path: Path, models_dir: Path, make_client: MakeClient, to: str
 ) -> None:
-    srv = Server(tmp_path, {"models_dir": str(models_dir), "drain_grace": 450}).start()
+    """SIGTERM to the server, or to its whole process group as systemd sends it (its control
+    group) and `kill -TERM -PGID`: the workers got it too and died, cutting the stream with
+    `worker_died` (found from outside); the router alone decides when they stop."""
+    config = {"models_dir": str(models_dir), "drain_grace": 450}
+    srv = Server(tmp_path, config).start(own_group=to == "group")
     try:
         client = make_client(srv)
         client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=1)  # loaded
@@ -199,7 +206,10 @@ def test_sigterm_lets_a_stream_finish_refuses_new_requests_then_exits(
         reader.start()
         assert first.wait(60) and not failure
         assert srv.proc is not None
-        srv.proc.send_signal(signal.SIGTERM)
+        if to == "group":
+            os.killpg(srv.proc.pid, signal.SIGTERM)
+        else:
+            srv.proc.send_signal(signal.SIGTERM)
 
         health = _poll_draining(srv.url)
         assert health.json()["status"] == "draining"

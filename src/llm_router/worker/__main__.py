@@ -190,8 +190,18 @@ def serve(
 
 
 def main(argv: list[str]) -> int:
-    fd, engine_name = int(argv[0]), argv[1]
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides when we stop
+    # The router decides when we stop (it closes our socket, or kills us). A SIGTERM or
+    # Ctrl-C sent to the whole process group (systemd's control group, `kill -TERM -PGID`,
+    # a terminal) is the router's to drain for: taken here, it cut the streams in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        return _run(int(argv[0]), argv[1])
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the router is gone (killed): nothing to report, no one to report to
+
+
+def _run(fd: int, engine_name: str) -> int:
     sock = socket.socket(fileno=fd)
     stream = sock.makefile("rb")
     try:
@@ -214,7 +224,7 @@ def main(argv: list[str]) -> int:
     try:
         serve(engine, sock, stream)
     except (BrokenPipeError, ConnectionResetError):
-        pass
+        pass  # the router is gone
     # Exit without running the engine's destructors: the OS reclaims everything at once.
     os._exit(0)
 
