@@ -90,6 +90,7 @@ def test_kv_use_is_reported_as_llama_cpps_engine_reports_it(
     of every slot; nothing once they are done (this engine keeps no cache between requests)."""
     info = hf_engine.info()
     assert info["tokens_cached"] == 0
+    assert hf_engine.context_size == 2048  # min(SmolLM2's 8192, 2048), as llama.cpp's engine
     assert info["context_total"] == hf_engine.context_size * hf_engine.parallel
     hf_engine.submit(0, greedy(PROMPTS[0], 6))
     hf_engine.submit(1, greedy(PROMPTS[1], 6))

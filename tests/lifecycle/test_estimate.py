@@ -172,6 +172,13 @@ def test_transformers_weights_in_the_loaded_dtype_and_kv_at_its_ceiling(tmp_path
     # 4 slots x 256 tokens x 2 layers x 2 KV heads x (16 + 16) x element bytes
     assert as_saved.kv == 4 * 256 * 2 * 2 * 32 * 4
     assert bf16.kv == as_saved.kv // 2
+    # A longer trained context: 2048 tokens a slot unless configured, as the engine takes
+    # (SmolLM2's 8192 made a 135M model's estimate 2.6 GiB, found from outside)
+    config["max_position_embeddings"] = 8192
+    (folder / "config.json").write_text(json.dumps(config))
+    source = source_of(folder)
+    assert breakdown(source, {}).kv == 4 * 2048 * 2 * 2 * 32 * 4
+    assert breakdown(source, {"context_size": 4096}).kv == 4 * 4096 * 2 * 2 * 32 * 4
 
 
 def test_fake_engine_holds_its_ballast(tmp_path: Path) -> None:

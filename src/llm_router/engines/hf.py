@@ -28,6 +28,7 @@ from .token_seqs import TokenSeq, TokenSequences
 __all__ = ["TransformersEngine"]
 
 DEFAULT_PARALLEL = 4
+DEFAULT_CONTEXT = 2048  # a text model's context unless configured: min(model's, this)
 EMBED_BATCH = 32
 
 
@@ -46,6 +47,8 @@ class TransformersEngine:
         cfg = self._model.config
         limit = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
         asked = opts.get("context_size")
+        if not asked and limit and self.task != "embed":  # as llama.cpp's: min(model's, 2048)
+            asked = DEFAULT_CONTEXT  # (it took SmolLM2's 8192, and its estimate 2.6 GiB)
         self.context_size: int | None = min(asked, limit) if asked and limit else asked or limit
         self.parallel = int(opts.get("parallel") or DEFAULT_PARALLEL)
         self._stats = {"forward_calls": 0, "prompt_tokens_evaluated": 0}

@@ -87,6 +87,7 @@ VOCAB_BYTES, MERGE_BYTES, SLOT_VOCAB_BYTES, LLAMA_FIXED = 200, 110, 8, 8 * MiB
 # (measured beyond the weights: ~190 MiB with SmolLM2's 3.5 MB tokenizer.json, ~480 MiB with
 # Gemma's 33 MB one), onnxruntime's and genai's sessions.
 HF_PARALLEL, HF_OVERHEAD, HF_PER_TOKENIZER_BYTE = 4, 140 * MiB, 10
+HF_CONTEXT = 2048  # a text model's context unless configured (engines/hf.py), as llama.cpp's
 EMBED_BATCH, ONNX_CONTEXT, ONNX_OVERHEAD = 32, 512, 30 * MiB  # batch: both engines'
 GENAI_CONTEXT, GENAI_MIN_LENGTH, GENAI_PARALLEL, GENAI_OVERHEAD = 2048, 512, 4, 130 * MiB
 
@@ -174,7 +175,8 @@ def _transformers(f: MemoryFacts, info: ModelMeta, o: dict[str, Any]) -> Breakdo
     weights = (info.parameters or 0) * element or f.weight_bytes
     element = element or f.element_bytes or 4
     train = info.context_length or 0
-    context = min(o.get("context_size") or train, train) if train else o.get("context_size") or 0
+    asked = o.get("context_size") or (min(train, HF_CONTEXT) if info.task != "embed" else train)
+    context = min(asked, train) if train else o.get("context_size") or 0
     runtime = HF_OVERHEAD + f.tokenizer_bytes * HF_PER_TOKENIZER_BYTE
     if info.task == "embed":
         return Breakdown(weights, 0, _activations(f, EMBED_BATCH * (context or 512)), runtime)
