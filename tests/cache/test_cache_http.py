@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from inproc import app_client, fake_models
 
@@ -209,13 +211,23 @@ async def test_cache_off_serves_without_the_header(tmp_path: Path) -> None:
     assert "x-llm-router-cache" not in second.headers
 
 
-async def test_a_model_changed_while_loaded_is_not_cached_until_reloaded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["now", "before the load began"])
+async def test_a_model_changed_while_loaded_is_not_cached_until_reloaded(
+    tmp_path: Path, when: str
+) -> None:
+    """`before the load began`: a file's time comes from the kernel's coarse clock, a few ms
+    behind the one the load was timed with, so a file rewritten within that of a load was
+    taken for one the worker had read, and the old worker's answer was stored under the new
+    file's identity (a CI run failed so): the file is compared with the one the worker read."""
     models = fake_models(tmp_path, loaded={"reply": "old answer"})
     body = {**CHAT, "model": "loaded"}
     async with app_client(tmp_path, models=models) as client:
         await _post(client, body)
         path = tmp_path / "loaded.json"
+        read = path.stat().st_mtime_ns
         path.write_text(json.dumps({"reply": "new answer"}))
+        if when != "now":  # newer than what was read, older than the load's start
+            os.utime(path, ns=(read + 1_000_000, read + 1_000_000))
         during = await _post(client, body)  # the old worker may still answer: not from cache
         assert during.headers.get("x-llm-router-cache") != "hit"
         for _ in range(100):  # until the new file is loaded and its answer stored

@@ -84,8 +84,11 @@ class Identities:
         state = target.lifecycle.resolve(target.id)
         content = await self.content(state.source.path)
         if state.worker is not None and state.loaded_at is not None:
-            read_at = state.loaded_at - (state.load_seconds or 0.0)
-            if self._mtimes.get(state.source.path, 0) > read_at * 1e9:
+            # newer than the files its worker read (not than the clock when it read them: a
+            # file's time is the kernel's coarse clock, a few ms behind, so a file rewritten
+            # within that of the load looked older than it, and its old answers were stored
+            # under the new file's identity, then served: found by a CI run)
+            if self._mtimes.get(state.source.path, 0) > state.loaded_mtime_ns:
                 # the file changed under a running worker: until the manager has reloaded it,
                 # answers come from the old weights, and are neither served nor stored
                 target.lifecycle.refresh(force=True)

@@ -263,6 +263,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             state.load_task = None
             state.load_requested = False
         state.worker = worker
+        state.loaded_mtime_ns = source.identity.mtime_ns  # the files as this worker read them
         state.load_seconds = time.monotonic() - started
         state.loaded_at = state.last_used = time.time()
         state.up_since = asyncio.get_running_loop().time()

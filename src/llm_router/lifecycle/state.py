@@ -76,6 +76,7 @@ class ModelState:
     last_used: float = 0.0  # wall clock, for display
     use_order: int = 0  # the manager's count of uses at the last one: least recently used first
     loaded_at: float | None = None
+    loaded_mtime_ns: int = 0  # the newest modification time of its files when its worker loaded
     up_since: float = 0.0  # event-loop time its worker last finished loading
     load_seconds: float | None = None
     memory_bytes: int | None = None
