@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_ORDER",
+    "LLAMA_DEFAULTS",
     "ChatMessage",
     "Constraint",
     "Embeddings",
@@ -17,6 +19,7 @@ __all__ = [
     "Function",
     "GenerationEvent",
     "GenerationRequest",
+    "LlamaSampling",
     "MessageFields",
     "PromptLogprobs",
     "SamplingParams",
@@ -85,6 +88,63 @@ class Tools:
     parallel: bool = True
 
 
+# llama-server's sampler chain, in its default order (common/common.h); a request's `samplers`
+# gives another order, or fewer of them
+DEFAULT_ORDER = (
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "typ_p",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaSampling:
+    """llama.cpp's samplers beyond the common ones, as llama-server takes them in a request
+    (its field names and defaults; `dry_penalty_last_n` -1: the whole context, as its older
+    versions read it). Each default switches its sampler off. Only the llama.cpp engine has
+    them: the others refuse a request that sets one (they would sample otherwise)."""
+
+    typical_p: float = 1.0
+    top_n_sigma: float = -1.0
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
+    mirostat: int = 0  # 1: Mirostat, 2: Mirostat 2.0 (then only temperature applies before it)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    min_keep: int = 0
+    samplers: tuple[str, ...] | None = None  # the chain's order (names of DEFAULT_ORDER)
+
+    @property
+    def default_order(self) -> bool:
+        """Whether the chain is llama-server's default (no `samplers`, or those in order)."""
+        return self.samplers is None or self.samplers == DEFAULT_ORDER
+
+    @property
+    def dry(self) -> bool:
+        return self.dry_multiplier != 0 and self.dry_base >= 1 and self.dry_penalty_last_n != 0
+
+    def set_fields(self) -> list[str]:
+        """The fields that differ from their defaults (what another engine would ignore)."""
+        default = LLAMA_DEFAULTS
+        return [f for f in self.__slots__ if getattr(self, f) != getattr(default, f)]
+
+
+LLAMA_DEFAULTS = LlamaSampling()
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Sampling parameters of one sequence. `temperature == 0` means greedy; `top_k == 0`,
@@ -101,6 +161,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    # llama-server's `repeat_last_n`: how many of the last tokens (the prompt's, then the
+    # answer's) the penalties count; 0 switches them off, -1 is the whole context
+    penalty_last_n: int = 64
     ignore_eos: bool = False  # llama.cpp's extension: never end on end-of-generation tokens
     # Log-probabilities of each generated token and of this many likeliest alternatives
     # (None: none at all; 0: the chosen token's only).
@@ -108,6 +171,7 @@ class SamplingParams:
     # OpenAI's logit_bias: (token id, added to its logit) pairs, applied to the logits before
     # anything else, as llama.cpp's chain applies its logit-bias sampler first.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    llama: LlamaSampling | None = None  # llama.cpp's other samplers, when a request sets any
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,9 @@ def test_banned_tokens_are_never_picked_and_the_next_best_is(engine: LlamaCppEng
 
 def test_only_plain_greedy_takes_the_argmax(engine: LlamaCppEngine) -> None:
     def kind(**kw: Any) -> type:
-        s = make_sampler(SamplingParams(**kw), engine._vocab, engine._eog_tokens)
+        s = make_sampler(
+            SamplingParams(**kw), engine._vocab, engine._eog_tokens, engine.context_size
+        )
         s.free()
         return type(s)
 

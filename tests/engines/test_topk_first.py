@@ -44,7 +44,7 @@ class Both:
         banned = engine._eog_tokens() if params.ignore_eos else []
         whole = sampling.build_chain(params, engine._n_vocab, banned)
         self.whole = ChainSampler(whole)
-        self.ours = make_sampler(params, engine._vocab, engine._eog_tokens)
+        self.ours = make_sampler(params, engine._vocab, engine._eog_tokens, engine.context_size)
         self.picks: list[tuple[int, int]] = []
 
     def sample(self, ctx: Any, index: int) -> int:
@@ -113,7 +113,9 @@ def test_the_shortcut_is_taken_and_the_defaults_repeat_per_seed(engine: LlamaCpp
 @pytest.mark.real
 def test_which_sampler_each_request_gets(engine: LlamaCppEngine) -> None:
     def kind(**kw: Any) -> type:
-        s = make_sampler(SamplingParams(**kw), engine._vocab, engine._eog_tokens)
+        s = make_sampler(
+            SamplingParams(**kw), engine._vocab, engine._eog_tokens, engine.context_size
+        )
         s.free()
         return type(s)
 
@@ -156,7 +158,7 @@ def test_penalties_cannot_trip_the_shortcut(case: int) -> None:
     )
     history = rng.choice(n_vocab, 30, replace=False)
     whole = sampling.build_chain(params, n_vocab)
-    ours = TopKFirstSampler(sampling.build_chain(params, n_vocab), k, n_vocab, [], True)
+    ours = TopKFirstSampler(sampling.build_chain(params, n_vocab), k, n_vocab, [], 64)
     try:
         for t in rng.choice(history, 60):  # each seen twice on average: counts matter
             lc.llama_sampler_accept(whole, int(t))

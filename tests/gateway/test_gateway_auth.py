@@ -225,6 +225,7 @@ async def test_an_ensembles_judge_and_a_props_model_are_held_to_the_allow_list(
 
 async def test_public_routes_need_no_key(gw: Gw) -> None:
     assert (await gw.client.get("/health")).status_code == 200
+    assert (await gw.client.get("/v1/health")).status_code == 200  # llama-server's name
     assert (await gw.client.get("/openapi.json")).status_code == 200
 
 

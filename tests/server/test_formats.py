@@ -177,6 +177,49 @@ def test_same_greedy_chat_in_every_format(oai: openai.OpenAI) -> None:
     assert len(set(usages.values())) == 1, usages
 
 
+def test_penalties_count_the_prompt_in_every_format(oai: openai.OpenAI) -> None:
+    """The penalties look at the prompt's last tokens, then the answer's, as llama.cpp's
+    chain is fed them (llama-server does so): greedy with a strong repeat penalty gives one
+    text in every format, and another than without the penalty, from its first word (the
+    prompt's "." is the likeliest next token, and penalized)."""
+    prompt = "Write the word cat. cat cat cat cat"
+    texts = {
+        (m, penalty): oai.completions.create(
+            model=m,
+            prompt=prompt,
+            temperature=0,
+            max_tokens=12,
+            extra_body={"repeat_penalty": penalty, "repeat_last_n": 16},
+        )
+        .choices[0]
+        .text
+        for m in SMOLS
+        for penalty in (1.0, 1.8)
+    }
+    plain = {texts[m, 1.0] for m in SMOLS}
+    penalized = {texts[m, 1.8] for m in SMOLS}
+    assert len(plain) == 1 and len(penalized) == 1, texts
+    assert plain != penalized, texts
+
+
+def test_llama_cpps_own_samplers_are_refused_by_the_other_engines(oai: openai.OpenAI) -> None:
+    """`mirostat`, `typical_p`, `dry_*`... are llama.cpp's: the GGUF samples with them, the
+    other engines answer a 400 naming the field rather than sample otherwise."""
+    for field, value in (("mirostat", 2), ("typical_p", 0.5), ("dry_multiplier", 0.8)):
+        done = oai.completions.create(
+            model=SMOL, prompt="Once", max_tokens=4, seed=1, extra_body={field: value}
+        )
+        assert done.choices[0].text
+        for model in SMOLS[1:]:
+            with pytest.raises(openai.BadRequestError) as info:
+                oai.completions.create(
+                    model=model, prompt="Once", max_tokens=4, seed=1, extra_body={field: value}
+                )
+            error = info.value.body
+            assert isinstance(error, dict) and error["param"] == field, error
+            assert "llama.cpp" in error["message"], error
+
+
 def test_plain_completion_in_every_format(oai: openai.OpenAI) -> None:
     texts = {
         m: oai.completions.create(

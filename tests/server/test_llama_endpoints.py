@@ -231,6 +231,72 @@ def test_answers_are_llama_servers(
             assert mine == {"prompt": theirs["prompt"]}
 
 
+# llama-server's sampler fields, each on its own and together: with the same seed the same text
+# as llama-server's (the same chain in the same order, fed the prompt first)
+SAMPLERS: list[dict[str, Any]] = [
+    {},
+    {"repeat_penalty": 1.3},
+    {"presence_penalty": 1.0, "frequency_penalty": 0.5, "repeat_last_n": 8},
+    {"typical_p": 0.7},
+    {"top_n_sigma": 1.0},
+    {"xtc_probability": 0.9, "xtc_threshold": 0.05},
+    {"dry_multiplier": 0.8, "dry_allowed_length": 1, "dry_sequence_breakers": ["\n"]},
+    {"dynatemp_range": 0.5, "dynatemp_exponent": 2},
+    {"mirostat": 1, "mirostat_tau": 3},
+    {"mirostat": 2, "mirostat_eta": 0.2, "temperature": 1.2},
+    {"top_k": 0, "top_p": 0.9, "min_p": 0, "min_keep": 3, "typical_p": 0.9},
+    {"temperature": 0, "repeat_penalty": 1.5},
+    {"temperature": 0, "dry_multiplier": 1.0, "dry_allowed_length": 1},
+    {"temperature": 0, "xtc_probability": 1.0, "xtc_threshold": 0.05},
+    # `samplers`: the chain's order, and only those (top-p and min-p left out here)
+    {"samplers": ["top_k", "temperature"]},
+    {"samplers": "kmt", "min_p": 0.2},
+    {"samplers": ["temperature", "top-k", "nucleus", "min_p"], "repeat_penalty": 1.3},
+    {"samplers": ["penalties", "top_k", "typical_p", "temperature"], "repeat_penalty": 1.3},
+    {"samplers": [], "temperature": 0},
+    {"samplers": ["xtc", "temperature"], "temperature": 0, "xtc_probability": 1.0},
+]
+
+
+def test_sampled_answers_are_llama_servers(
+    server: Server, models_dir: Path, tmp_path: Path
+) -> None:
+    binary = llama_server_binary()
+    assert binary is not None, "llama-server is not built: run `make test` (make llama-server)"
+    prompt = "The history of the city of Paris is long. The city of Paris"
+    with llama_server(binary, next(models_dir.glob(f"{SMOL}*.gguf")), tmp_path) as peer:
+        for extra in SAMPLERS:
+            for seed in (7, 1234):
+                body = {"prompt": prompt, "max_tokens": 32, "seed": seed, **extra}
+                ours = post(server, "/v1/completions", {"model": SMOL, **body})
+                theirs = httpx.post(peer + "/v1/completions", json=body, timeout=120)
+                assert theirs.status_code == 200, theirs.text
+                text = theirs.json()["choices"][0]["text"]
+                assert ours["choices"][0]["text"] == text, (extra, seed)
+
+
+async def test_llama_sampler_values_out_of_bounds_are_400s(tmp_path: Path) -> None:
+    bad = {
+        "mirostat": 3,
+        "typical_p": 1.5,
+        "xtc_probability": "0.5",
+        "dry_sequence_breakers": [],
+        "dry_allowed_length": -1,
+        "repeat_last_n": -2,
+        "min_keep": True,
+        "samplers": ["top_k", "infill"],
+    }
+    async with app_client(tmp_path) as client:
+        for field, value in bad.items():
+            body = {"model": "chat", "prompt": "hi", field: value}
+            r = await client.post("/v1/completions", json=body)
+            assert r.status_code == 400, (field, r.text)
+            error = r.json()["error"]
+            assert error["param"] == field and field in error["message"], error
+        ok = {"model": "chat", "prompt": "hi", "mirostat": 2, "dry_penalty_last_n": -1}
+        assert (await client.post("/v1/completions", json=ok)).status_code == 200
+
+
 # -- apply-template ---------------------------------------------------------------------------
 
 
@@ -436,8 +502,8 @@ async def test_routes_and_remote_targets_are_400(app: httpx.AsyncClient) -> None
         ("/tokenize", {"model": "chat", "content": "x", "add_special": "yes"}, "add_special"),
         ("/tokenize", {"model": "chat", "content": "x", "with_pieces": 1}, "with_pieces"),
         ("/detokenize", {"model": "chat"}, "tokens"),
-        ("/detokenize", {"model": "chat", "tokens": [-1]}, "tokens.0"),
-        ("/detokenize", {"model": "chat", "tokens": ["a"]}, "tokens.0"),
+        ("/detokenize", {"model": "chat", "tokens": [-1]}, "tokens.[0]"),
+        ("/detokenize", {"model": "chat", "tokens": ["a"]}, "tokens.[0]"),
         ("/detokenize", {"model": "chat", "tokens": [70000]}, "tokens"),  # not in its vocabulary
         ("/apply-template", {"model": "chat"}, "messages"),
         ("/apply-template", {"model": "chat", "messages": []}, "messages"),
@@ -460,7 +526,7 @@ async def test_bad_legacy_function_requests_are_400s(app: httpx.AsyncClient) -> 
             {"functions": [WEATHER], "tools": [{"type": "function", "function": WEATHER}]},
             "functions",
         ),
-        ({"functions": [{**WEATHER, "name": "bad name!"}]}, "functions.0.name"),
+        ({"functions": [{**WEATHER, "name": "bad name!"}]}, "functions.[0].name"),
     ]
     for extra, param in cases:
         r = await app.post("/v1/chat/completions", json={**chat, **extra})

@@ -173,6 +173,7 @@ class LlamaCppEngine:
             params = replace(params, ignore_eos=False)  # the constraint says when it ends
         bias = logit_bias(params, self._n_vocab)
         sampler = self._make_sampler(params)
+        sampler.prime(tokens)
         s = _Seq(seq, tokens, params, sampler, text, matcher=matcher, bias=bias)
         if params.logprobs is not None:
             s.logprobs = []
@@ -243,7 +244,7 @@ class LlamaCppEngine:
     # -- sampling --------------------------------------------------------------------------
 
     def _make_sampler(self, p: SamplingParams) -> Sampler:
-        return make_sampler(p, self._vocab, self._eog_tokens)
+        return make_sampler(p, self._vocab, self._eog_tokens, self.context_size)
 
     # -- the decode loop -------------------------------------------------------------------
 

@@ -22,11 +22,12 @@ from typing import Any, Protocol
 import llama_cpp as lc
 import numpy as np
 
-from ..types import SamplingParams
+from ..types import DEFAULT_ORDER, LLAMA_DEFAULTS, LlamaSampling, SamplingParams
 
 __all__ = ["Sampler", "make_sampler"]
 
-PENALTY_WINDOW = 64  # the last tokens the penalties look at (llama.cpp's `penalty_last_n`)
+# a longer penalty window takes the whole vocabulary (its tokens join the candidates)
+MAX_WINDOW = 256
 SPANS = (8.0, 16.0, 32.0)  # logit distances below the maximum tried for the candidates
 MAX_CANDIDATES = 4096  # at most this many candidates go to the chain: the highest
 MAX_TOP_K = 1024  # a wider top-k takes the whole vocabulary too
@@ -38,17 +39,27 @@ class Sampler(Protocol):
         """The next token from the logits of batch position `index` of the last decode."""
         ...
 
+    def prime(self, tokens: list[int]) -> None:
+        """The prompt's tokens join the history the penalties and DRY look at, as
+        llama-server feeds a prompt to its sampler before the first draw."""
+        ...
+
     def free(self) -> None: ...
 
 
 class ChainSampler:
     """A llama.cpp sampler chain; `free` releases it (once)."""
 
-    def __init__(self, chain: Any) -> None:
+    def __init__(self, chain: Any, history: int = 0) -> None:
         self._chain = chain
+        self._history = history  # the prompt's last tokens the chain looks at
 
     def sample(self, ctx: Any, index: int) -> int:
         return int(lc.llama_sampler_sample(self._chain, ctx, index))
+
+    def prime(self, tokens: list[int]) -> None:
+        for token in tokens[-self._history :] if self._history else ():
+            lc.llama_sampler_accept(self._chain, token)
 
     def free(self) -> None:
         if self._chain is not None:
@@ -68,6 +79,9 @@ class GreedySampler:
         if self._banned is not None:
             logits[self._banned] = -np.inf  # llama.cpp's output buffer, rewritten next decode
         return int(logits.argmax())
+
+    def prime(self, tokens: list[int]) -> None:
+        pass
 
     def free(self) -> None:
         pass
@@ -89,14 +103,14 @@ class TopKFirstSampler:
     vocabulary as before."""
 
     def __init__(
-        self, chain: Any, top_k: int, n_vocab: int, banned: list[int], penalized: bool
+        self, chain: Any, top_k: int, n_vocab: int, banned: list[int], window: int
     ) -> None:
         self._chain = chain
         self._k = top_k
         self._n_vocab = n_vocab
         self._banned = np.asarray(banned, dtype=np.intp) if banned else None
-        self._recent: deque[int] | None = deque(maxlen=PENALTY_WINDOW) if penalized else None
-        self._data = (lc.llama_token_data * (MAX_CANDIDATES + PENALTY_WINDOW))()
+        self._recent: deque[int] | None = deque(maxlen=window) if window else None
+        self._data = (lc.llama_token_data * (MAX_CANDIDATES + window))()
         self._view = np.ctypeslib.as_array(self._data)
         self._array = lc.llama_token_data_array(data=self._data, size=0, selected=-1, sorted=False)
         self._array_ref = ctypes.byref(self._array)
@@ -127,9 +141,14 @@ class TopKFirstSampler:
         a = self._array
         a.data, a.size, a.selected, a.sorted = self._data, n, -1, False
         lc.llama_sampler_apply(self._chain, self._array_ref)
-        token = int(self._data[a.selected].id)
+        token = int(a.data[a.selected].id)  # XTC moves the array's start past what it cuts
         self.accept(token)
         return token
+
+    def prime(self, tokens: list[int]) -> None:
+        if self._recent is not None:
+            for token in tokens[-(self._recent.maxlen or 0) :]:
+                self.accept(token)
 
     def accept(self, token: int) -> None:
         """`token` joins the history the penalties count (as after every draw)."""
@@ -190,56 +209,146 @@ def near_top(logits: np.ndarray, need: int, width: int) -> np.ndarray | None:
 
 
 def plain_greedy(p: SamplingParams) -> bool:
-    """Greedy with nothing that needs the token history (penalties): a pure argmax."""
-    return p.temperature <= 0 and not penalized(p)
+    """Greedy with nothing that needs the token history (penalties, DRY) or can take the
+    most likely token away (XTC): a pure argmax."""
+    x = p.llama
+    return (
+        p.temperature <= 0
+        and not penalized(p)
+        and (
+            x is None
+            or (
+                not (x.dry or x.xtc_probability or x.mirostat)
+                and x.default_order  # another order is run as it is
+            )
+        )
+    )
 
 
-def make_sampler(p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]]) -> Sampler:
+def make_sampler(
+    p: SamplingParams, vocab: Any, eog_tokens: Callable[[], list[int]], n_ctx: int
+) -> Sampler:
     """The sampler for one sequence: an argmax for plain greedy, else llama.cpp's chain
-    (build_chain), run on the top-k's candidates alone when it has a top-k (TopKFirstSampler).
-    The caller calls `free()` when the sequence ends."""
+    (build_chain), run on the top-k's candidates alone when its other samplers allow
+    (TopKFirstSampler). The caller primes it with the prompt (`prime`) and calls `free()`
+    when the sequence ends."""
     n_vocab = lc.llama_vocab_n_tokens(vocab)
     banned = eog_tokens() if p.ignore_eos else []
     if plain_greedy(p):
         return GreedySampler(n_vocab, banned)
-    if p.temperature > 0 and 0 < p.top_k <= MAX_TOP_K:
-        chain = build_chain(p, n_vocab)  # banned: -inf in the logits
-        return TopKFirstSampler(chain, p.top_k, n_vocab, banned, penalized(p))
-    return ChainSampler(build_chain(p, n_vocab, banned))
+    x = p.llama or LLAMA_DEFAULTS
+    window = penalty_window(p, n_ctx) if penalized(p) else 0
+    if (
+        p.temperature > 0
+        and 0 < p.top_k <= MAX_TOP_K
+        and window <= MAX_WINDOW
+        and not (x.mirostat or x.dry or x.top_n_sigma > 0)  # these read the whole vocabulary
+        and x.default_order  # top-k first after the penalties
+    ):
+        chain = build_chain(p, n_vocab, vocab=vocab, n_ctx=n_ctx)  # banned: -inf in the logits
+        return TopKFirstSampler(chain, p.top_k, n_vocab, banned, window)
+    history = 0 if x.mirostat else max(window, dry_window(x, n_ctx) if x.dry else 0)
+    return ChainSampler(build_chain(p, n_vocab, banned, vocab=vocab, n_ctx=n_ctx), history)
 
 
 def penalized(p: SamplingParams) -> bool:
-    return p.repeat_penalty != 1.0 or bool(p.frequency_penalty or p.presence_penalty)
+    return p.penalty_last_n != 0 and (
+        p.repeat_penalty != 1.0 or bool(p.frequency_penalty or p.presence_penalty)
+    )
 
 
-def build_chain(p: SamplingParams, n_vocab: int, banned: list[int] | tuple[int, ...] = ()) -> Any:
-    """llama.cpp's sampler chain for `p`: `banned` tokens (end-of-generation, for
-    `ignore_eos`) biased to -inf, penalties, then greedy, or top-k, top-p, min-p, temperature
-    and a seeded draw (a fresh seed when `p.seed` is None)."""
+def penalty_window(p: SamplingParams, n_ctx: int) -> int:
+    return n_ctx if p.penalty_last_n < 0 else p.penalty_last_n
+
+
+def dry_window(x: LlamaSampling, n_ctx: int) -> int:
+    return n_ctx if x.dry_penalty_last_n < 0 else x.dry_penalty_last_n
+
+
+def build_chain(
+    p: SamplingParams,
+    n_vocab: int,
+    banned: list[int] | tuple[int, ...] = (),
+    *,
+    vocab: Any = None,
+    n_ctx: int = 0,
+) -> Any:
+    """llama.cpp's sampler chain for `p`, as llama-server builds it (common/sampling.cpp),
+    leaving out what is switched off: `banned` tokens (end-of-generation, for `ignore_eos`)
+    biased to -inf; then with Mirostat only temperature and Mirostat; else the request's
+    `samplers` in their order, by default penalties, DRY, top-n-sigma, top-k, typical, top-p,
+    min-p, XTC, temperature (dynamic with a range); then a seeded draw (a fresh seed when
+    `p.seed` is None). Greedy (temperature 0) in the default order ends in an argmax after
+    the penalties and DRY. DRY needs the model's `vocab`; a window of -1 is `n_ctx` tokens."""
+    x = p.llama or LLAMA_DEFAULTS
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lc.llama_sampler_chain_add
+    seed = (p.seed if p.seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
     if banned:
         biases = (lc.llama_logit_bias * len(banned))()
         for i, token in enumerate(banned):
             biases[i].token, biases[i].bias = token, float("-inf")  # type: ignore[assignment]
         add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
-    if penalized(p):
-        add(
-            chain,
-            lc.llama_sampler_init_penalties(
-                n_vocab, PENALTY_WINDOW, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-            ),
-        )
-    if p.temperature <= 0:
+    if x.mirostat:
+        add(chain, lc.llama_sampler_init_temp(p.temperature))
+        if x.mirostat == 1:
+            add(
+                chain,
+                lc.llama_sampler_init_mirostat(n_vocab, seed, x.mirostat_tau, x.mirostat_eta, 100),
+            )
+        else:
+            add(chain, lc.llama_sampler_init_mirostat_v2(seed, x.mirostat_tau, x.mirostat_eta))
+        return chain
+    # greedy in the default order: the argmax after the penalties and DRY, which every later
+    # filter but XTC keeps (another order is run as it is, as llama-server runs it)
+    greedy = p.temperature <= 0 and x.default_order and not x.xtc_probability
+    order = ("penalties", "dry") if greedy else DEFAULT_ORDER if x.samplers is None else x.samplers
+    for name in order:
+        sampler = _sampler(name, p, x, vocab, n_vocab, n_ctx, seed)
+        if sampler is not None:
+            add(chain, sampler)
+    if greedy:
         add(chain, lc.llama_sampler_init_greedy())
         return chain
-    if p.top_k > 0:
-        add(chain, lc.llama_sampler_init_top_k(p.top_k))
-    if p.top_p < 1.0:
-        add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
-    if p.min_p > 0:
-        add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
-    add(chain, lc.llama_sampler_init_temp(p.temperature))
-    seed = p.seed if p.seed is not None else random.getrandbits(32)
-    add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    add(chain, lc.llama_sampler_init_dist(seed))
     return chain
+
+
+def _sampler(
+    name: str, p: SamplingParams, x: LlamaSampling, vocab: Any, n_vocab: int, n_ctx: int, seed: int
+) -> Any:
+    """llama.cpp's sampler called `name` (llama-server's names) for `p`, or None when its
+    values switch it off."""
+    if name == "penalties":
+        if not penalized(p):
+            return None
+        window = penalty_window(p, n_ctx)
+        return lc.llama_sampler_init_penalties(
+            n_vocab, window, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+        )
+    if name == "dry":
+        if not x.dry:
+            return None
+        assert vocab is not None, "DRY needs the model's vocabulary"
+        breakers = [b.encode() for b in x.dry_sequence_breakers]
+        array = (ctypes.c_char_p * len(breakers))(*breakers)
+        last_n = dry_window(x, n_ctx)
+        return lc.llama_sampler_init_dry(
+            vocab, x.dry_multiplier, x.dry_base, x.dry_allowed_length, last_n, array, len(breakers)
+        )
+    if name == "top_n_sigma":
+        return lc.llama_sampler_init_top_n_sigma(x.top_n_sigma) if x.top_n_sigma > 0 else None
+    if name == "top_k":
+        return lc.llama_sampler_init_top_k(p.top_k) if p.top_k > 0 else None
+    if name == "typ_p":
+        return lc.llama_sampler_init_typical(x.typical_p, x.min_keep) if x.typical_p < 1 else None
+    if name == "top_p":
+        return lc.llama_sampler_init_top_p(p.top_p, x.min_keep) if p.top_p < 1 else None
+    if name == "min_p":
+        return lc.llama_sampler_init_min_p(p.min_p, x.min_keep) if p.min_p > 0 else None
+    if name == "xtc":
+        if not x.xtc_probability:
+            return None
+        return lc.llama_sampler_init_xtc(x.xtc_probability, x.xtc_threshold, x.min_keep, seed)
+    assert name == "temperature", name
+    return lc.llama_sampler_init_temp_ext(p.temperature, x.dynatemp_range, x.dynatemp_exponent)

@@ -1,22 +1,22 @@
 """Sampling one token from a logits vector with numpy, in llama.cpp's order: penalties over the
-last 64 generated tokens, top-k, top-p, min-p, temperature, then a draw from the sequence's
+last 64 tokens (`repeat_last_n`; the prompt's, then the answer's), top-k, top-p, min-p, temperature, then a draw from the sequence's
 own seeded generator. Shared by the engines that hand out logits (transformers,
 onnxruntime-genai), so a request means the same on each of them."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import BadRequest
 from ..types import SamplingParams
 
-__all__ = ["PENALTY_WINDOW", "Sampler", "token_logprobs", "top_k"]
+__all__ = ["Sampler", "token_logprobs", "top_k"]
 
-PENALTY_WINDOW = 64  # llama.cpp's penalty_last_n, as the llama.cpp engine uses
 MARGINS = (4.0, 10.0, 24.0)  # logits this far below the maximum, tried in turn (see top_k)
 
 
@@ -74,8 +74,21 @@ class Sampler:
     generator seeded with `params.seed` (a fresh seed when None), so a seed reproduces.
     With `params.ignore_eos` the `eos` tokens are never drawn (as llama.cpp's logit bias)."""
 
-    def __init__(self, params: SamplingParams, eos: Collection[int] = ()) -> None:
+    def __init__(
+        self, params: SamplingParams, eos: Collection[int] = (), prompt: Sequence[int] = ()
+    ) -> None:
+        if params.llama is not None:  # sampling otherwise would not be what was asked
+            field = params.llama.set_fields()[0]
+            raise BadRequest(
+                f"`{field}` is one of llama.cpp's samplers, served by GGUF models (llama.cpp) only",
+                param=field,
+            )
         self.params = params
+        window = params.penalty_last_n
+        # the prompt's last tokens count for the penalties, as llama.cpp (llama-server) counts
+        # them: the history the penalties see begins with them
+        self._window = window if window >= 0 else None  # -1: all of it
+        self._prompt = list(prompt[-window:] if window > 0 else prompt if window < 0 else ())
         self._banned = np.array(sorted(eos), dtype=np.int64) if params.ignore_eos else None
         self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
         self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float32)
@@ -115,11 +128,15 @@ class Sampler:
 
     def _penalize(self, scores: npt.NDArray[np.float32], history: list[int]) -> npt.NDArray[Any]:
         p = self.params
-        if not history or (
+        if (
             p.repeat_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
-        ):
+        ) or self._window == 0:
             return scores
-        ids, counts = np.unique(np.array(history[-PENALTY_WINDOW:]), return_counts=True)
+        w = self._window
+        seen = (self._prompt + history[-w:])[-w:] if w else self._prompt + history
+        if not seen:
+            return scores
+        ids, counts = np.unique(np.array(seen), return_counts=True)
         scores = scores.copy()
         values = scores[ids]
         if p.repeat_penalty != 1.0:

@@ -93,7 +93,8 @@ class TokenSequences(Sequences[TokenSeq]):
                 param="echo",
             )
         detok = IncrementalDetokenizer(self._decode, prompt)
-        s = TokenSeq(seq, prompt, text, detok, Sampler(params, self._eos), matcher=matcher)
+        sampler = Sampler(params, self._eos, prompt)
+        s = TokenSeq(seq, prompt, text, detok, sampler, matcher=matcher)
         if params.logprobs is not None:
             s.logprobs = []
         self.add(s)

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..protocol.requests import Float, Int
+from ..protocol.numbers import Float, Int
 from ..units import parse_duration
 
 __all__ = [
@@ -201,7 +201,9 @@ def master_key(secret: str) -> ApiKey:
 
 
 # (method, path) -> scope. Paths not listed: GET/HEAD need `read`, anything else `admin`.
-_PUBLIC = frozenset({"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+_PUBLIC = frozenset(
+    {"/health", "/v1/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
+)
 _PUBLIC_PREFIX = "/docs/assets/"  # the API docs' scripts and styles (server/routes_docs.py)
 _READ_PATHS = frozenset({"/v1/models", "/models", "/models/events", "/props"})
 _INFERENCE_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template"})

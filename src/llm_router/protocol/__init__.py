@@ -25,6 +25,7 @@ from .llama import (
     TokenizeResponse,
     TokenPiece,
 )
+from .numbers import Float, Int
 from .requests import (
     EXAMPLE_MODEL,
     MAX_MODEL_NAME,
@@ -39,8 +40,6 @@ from .requests import (
     ChatCompletionRequest,
     ChatMessageIn,
     CompletionRequest,
-    Float,
-    Int,
     TextPart,
     _Request,
 )

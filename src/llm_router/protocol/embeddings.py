@@ -9,9 +9,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
 )
 
-from .requests import MAX_MODEL_NAME, MAX_TOKEN_ID, Int
+from .numbers import Float, Int
+from .requests import MAX_MODEL_NAME, MAX_TOKEN_ID
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -49,6 +51,10 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Int | None = Field(None, ge=1, le=65536)
     user: str | None = None
+    # the lifecycle controls of chat and completions (Ollama's `keep_alive` on its embed
+    # calls too; llama-server's `autoload`): they were ignored here, an invalid one as well
+    keep_alive: str | Float | None = None
+    autoload: StrictBool | None = None
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list of texts or a list of token arrays."""

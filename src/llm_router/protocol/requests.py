@@ -19,6 +19,8 @@ from pydantic import (
 
 from ..errors import BadRequest
 from ..types import ChatMessage, GenerationRequest, SamplingParams, ToolCall
+from .llama_sampling import LLAMA_SAMPLING_FIELDS, llama_sampling
+from .numbers import Float, Int
 from .structured import (
     FunctionCallChoice,
     FunctionCallIn,
@@ -101,7 +103,7 @@ OPENAI_COMPLETION_FIELDS = frozenset(
     }
 )
 OPENAI_EMBEDDING_FIELDS = frozenset({"dimensions", "encoding_format", "input", "model", "user"})
-SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"})
+SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"}) | LLAMA_SAMPLING_FIELDS
 
 MAX_MODEL_NAME = 256
 EXAMPLE_MODEL = "SmolLM2-135M-Instruct.Q4_1"  # the bundled chat model, for the API document
@@ -112,16 +114,7 @@ MAX_N = 128  # the schema's bound on `n`; the configuration's `max_n` (default 8
 MAX_PROMPTS = 128  # prompts in one completion request
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
-
-
-def _number(value: object) -> object:
-    """JSON's true and false are not numbers (pydantic would read them as 1 and 0), nor is a
-    string of digits (pydantic would read "3" as 3; OpenAI refuses it)."""
-    if isinstance(value, bool):
-        raise ValueError("a number is expected, not a boolean")
-    if isinstance(value, str):
-        raise ValueError("a number is expected, not a string")
-    return value
+MAX_STOPS = 64  # stop strings one request may give
 
 
 def null_is(default: object) -> BeforeValidator:
@@ -135,10 +128,6 @@ def nullable(schema: dict[str, Any]) -> None:
     kept = ("title", "description", "default", "examples")
     inner = {k: schema.pop(k) for k in [k for k in schema if k not in kept]}
     schema["anyOf"] = [inner, {"type": "null"}]
-
-
-Int = Annotated[int, BeforeValidator(_number)]
-Float = Annotated[float, BeforeValidator(_number)]
 
 
 class StreamOptions(BaseModel):
@@ -164,7 +153,8 @@ class _Request(ShapeFields):
     top_k: Int | None = Field(None, ge=0, le=1_000_000)
     min_p: Float | None = Field(None, ge=0, le=1)
     seed: Int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    # OpenAI takes 4; llama-server any number, and its clients (SillyTavern...) send more
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
     presence_penalty: Float | None = Field(None, ge=-2, le=2)
     frequency_penalty: Float | None = Field(None, ge=-2, le=2)
     repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
@@ -255,6 +245,10 @@ class _Request(ShapeFields):
             }.items()
             if v is not None
         }
+        if extra := self.model_extra:  # llama-server's other samplers (llama_sampling.py)
+            given["llama"], last_n = llama_sampling(extra)
+            if last_n is not None:
+                given["penalty_last_n"] = last_n
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
             max_tokens=self.max_completion_tokens or self.max_tokens,
@@ -430,8 +424,9 @@ class CompletionRequest(_Request):
         extra = self.model_extra or {}
         if extra.get("suffix"):
             raise BadRequest(
-                "`suffix` (text to insert before) is not supported: put the text before the "
-                "insertion point in `prompt`",
+                "`suffix` (the text after the insertion point, for filling in the middle) is "
+                "not supported: the answer continues `prompt` only, so leave `suffix` out and "
+                "give the text before the insertion point as `prompt`",
                 param="suffix",
             )
         best_of = extra.get("best_of")

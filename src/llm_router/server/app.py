@@ -115,6 +115,7 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", tags=["health"])
+    @app.get("/v1/health", tags=["health"], include_in_schema=False)  # llama-server's too
     async def health() -> dict[str, Any]:
         states = core.manager.states()
         return {

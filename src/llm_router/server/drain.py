@@ -34,6 +34,7 @@ __all__ = ["Drain", "DrainGuard"]
 # socket is only a transport (each of its requests comes back through here as a POST, waited
 # for; an idle socket held every SIGTERM for the whole grace).
 UNTRACKED = ("/models/events", "/v1/ws")
+HEALTH_PATHS = ("/health", "/v1/health")  # llama-server answers both
 STOPPING = ServerStopping(
     "the server stopped before this request ended; retry, and the request goes to a server "
     "that is running"
@@ -126,7 +127,7 @@ class DrainGuard:
             drain.leave(task)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        if scope["path"] == "/health":
+        if scope["path"] in HEALTH_PATHS:
             payload: object = {"status": "draining", "in_flight": self.drain.in_flight}
         else:
             payload = {

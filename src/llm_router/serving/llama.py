@@ -27,7 +27,7 @@ from ..protocol import (
 )
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Lease
-from ..types import SamplingParams
+from ..types import LLAMA_DEFAULTS, SamplingParams
 
 __all__ = ["BUILD_INFO", "LlamaService", "piece_json"]
 
@@ -123,8 +123,13 @@ def _params(p: SamplingParams) -> dict[str, Any]:
     """Sampling defaults under llama-server's names (`n_predict` -1: no limit)."""
     values = asdict(p)
     n_predict = -1 if p.max_tokens is None else p.max_tokens
+    llama = asdict(p.llama or LLAMA_DEFAULTS)
+    llama["dry_sequence_breakers"] = list(llama["dry_sequence_breakers"])
+    own = ("max_tokens", "stop", "seed", "llama", "penalty_last_n")
     return {
-        **{k: v for k, v in values.items() if k not in ("max_tokens", "stop", "seed")},
+        **{k: v for k, v in values.items() if k not in own},
+        **llama,
+        "repeat_last_n": p.penalty_last_n,
         "seed": LLAMA_DEFAULT_SEED if p.seed is None else p.seed,
         "n_predict": n_predict,
         "max_tokens": n_predict,

@@ -34,6 +34,7 @@ from ..types import (
     Finished,
     Function,
     GenerationRequest,
+    LlamaSampling,
     PromptLogprobs,
     SamplingParams,
     TextDelta,
@@ -202,6 +203,9 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
     params = dict(data["params"])
     params["stop"] = tuple(params.get("stop") or ())
     params["logit_bias"] = tuple((int(t), float(b)) for t, b in params.get("logit_bias") or ())
+    if llama := params.get("llama"):
+        breakers = tuple(llama["dry_sequence_breakers"])
+        params["llama"] = LlamaSampling(**{**llama, "dry_sequence_breakers": breakers})
     messages = data.get("messages")
     constraint = data.get("constraint")
     tools = data.get("tools")
