@@ -185,6 +185,27 @@ async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None
             assert len(up.bodies) == seen
 
 
+async def test_a_remote_target_is_sent_openais_embedding_fields_only(tmp_path: Path) -> None:
+    """Every field of the body went upstream (`keep_alive`, `cache`: unknown to OpenAI's
+    API, which refuses them); now OpenAI's and `forward_fields`, as for chats."""
+    async with upstream() as (up, url):
+        models = [remote("box", url)]
+        async with app_client(tmp_path, models=models, forward_fields=["truncate"]) as c:
+            body = {"model": "box", "input": ["a cat"], "dimensions": 8, "user": "u"}
+            extra = {"keep_alive": "5m", "cache": False, "truncate": True, "autoload": True}
+            await c.post("/v1/embeddings", json={**body, **extra})  # the stub makes no vectors
+            sent = up.bodies[-1]
+            assert set(sent) == {
+                "model",
+                "input",
+                "dimensions",
+                "user",
+                "truncate",
+                "encoding_format",
+            }
+            assert sent["model"] == "up-model"
+
+
 async def test_a_remote_targets_aliases_name_it(tmp_path: Path) -> None:
     """`aliases` on a remote target were accepted, checked for uniqueness, and ignored: a
     404 for `model: "gpt-4o-mini"`, and `GET /models` listed none (found from outside)."""

@@ -358,6 +358,21 @@ def test_token_arrays_embed_like_their_text(oai: openai.OpenAI) -> None:
         assert _cos(one.data[0].embedding, from_text.data[0].embedding) > 0.9999
 
 
+def test_embeddings_take_keep_alive_and_autoload_as_chats_do(srv: Server) -> None:
+    """Ollama's clients send `keep_alive` on embed calls too; it was ignored here, an
+    invalid one included, and `?autoload=false` as well (found from outside)."""
+    url = srv.url + "/v1/embeddings"
+    body = {"model": MINILM, "input": ["a cat"]}
+    bad = httpx.post(url, json={**body, "keep_alive": "abc"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
+    assert httpx.post(url, json={**body, "keep_alive": 0}, timeout=120).status_code == 200
+    srv.wait_status(MINILM, "unloaded", timeout=30)  # unloaded once it was answered
+    refused = httpx.post(url + "?autoload=false", json=body, timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "model_not_loaded"
+    assert srv.models()[MINILM]["status"]["value"] == "unloaded"
+
+
 def test_dimensions_only_where_the_model_allows(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         oai.embeddings.create(model=MINILM, input="hello", dimensions=128)

@@ -109,6 +109,8 @@ async def test_wrong_values_name_the_parameter(
         ("/v1/chat/completions", {"stream_options": {"include_usage": True}}, "stream_options"),
         ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": "yes"}},
          "stream_options.include_usage"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]},
+         "messages.[0].content"),  # pydantic's own errors name it the same way
         ("/v1/completions", {"prompt": "def f():", "suffix": "return 1"}, "suffix"),
         ("/v1/completions", {"prompt": "x", "best_of": 3}, "best_of"),
         ("/v1/completions", {"prompt": "x", "best_of": 1, "n": 2}, "best_of"),

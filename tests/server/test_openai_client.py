@@ -3,6 +3,8 @@ every response checked against OpenAI's published schema."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -59,6 +61,27 @@ def test_sse_wire_format(server: Server) -> None:
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith(("data: ", ":")) for line in lines)
     assert lines[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_with_include_usage_every_chunk_but_the_last_says_usage_null(
+    server: Server, path: str
+) -> None:
+    """As OpenAI's stream: a raw-JSON client reading `chunk["usage"]` failed on every chunk
+    but the last (found from outside); without `include_usage` no chunk has the key."""
+    ask = {"messages": QUESTION} if path.endswith("chat/completions") else {"prompt": "Hello"}
+    for include in (True, False):
+        body = {"model": SMOL, **ask, "max_tokens": 4, "stream": True, "temperature": 0}
+        if include:
+            body["stream_options"] = {"include_usage": True}
+        with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
+            data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        chunks = [json.loads(d) for d in data if d != "[DONE]"]
+        if include:
+            assert all("usage" in c and c["usage"] is None for c in chunks[:-1]), chunks
+            assert chunks[-1]["usage"]["total_tokens"] > 0 and chunks[-1]["choices"] == []
+        else:
+            assert not any("usage" in c for c in chunks), chunks
 
 
 def test_completion_and_max_tokens(client: openai.OpenAI, server: Server) -> None:

@@ -21,7 +21,7 @@ def _path(loc: Sequence[Any]) -> list[str]:
     and without the names it gives a union's members (`constrained-str`, `list[int]`,
     `str`), which are no field of the request."""
     return [
-        str(p)
+        f"[{p}]" if isinstance(p, int) else str(p)  # OpenAI's `messages.[0].content`
         for i, p in enumerate(loc)
         if isinstance(p, int)
         or (not (i == 0 and p in _WHERE) and p not in _TAGS and _FIELD.fullmatch(p))

@@ -123,10 +123,12 @@ CompletionChunk = Completion  # OpenAI streams completions as `text_completion` 
 
 
 def dump_chunk(chunk: BaseModel | RenderedChunk) -> str:
-    """A stream chunk's JSON; `usage` appears only in the chunk that carries it."""
+    """A stream chunk's JSON; `usage` appears only in the chunk that carries it, or as null
+    where it is set so (`stream_options.include_usage`: OpenAI's other chunks say null)."""
     if isinstance(chunk, RenderedChunk):
         return chunk.json
-    exclude = {"usage"} if getattr(chunk, "usage", 0) is None else None
+    unset = getattr(chunk, "usage", 0) is None and "usage" not in chunk.model_fields_set
+    exclude = {"usage"} if unset else None
     return chunk.model_dump_json(exclude=exclude)
 
 

@@ -149,7 +149,10 @@ class LocalTarget(Target):
         source = self.lifecycle.resolve(self.id).source
         _check(source, call.dimensions)
         gate = prompt_gate.get()
-        async with self.lifecycle.lease(self.id) as worker:
+        lease = call.lease
+        async with self.lifecycle.lease(
+            self.id, autoload=lease.autoload, keep_alive=lease.keep_alive
+        ) as worker:
             if gate is not None:  # a limit counts the inputs' tokens before they are embedded
                 await gate.admit_prompt(await worker.embedding_tokens(call.inputs))
             out = await worker.embed(call.inputs)

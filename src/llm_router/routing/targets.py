@@ -6,6 +6,7 @@ answers a health check, and carries its live stats and breaker. The dispatcher
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..config import ModelConfig
+from ..errors import BadRequest
 from ..types import Embeddings, GenerationEvent, GenerationRequest
+from ..units import parse_duration
 from .breaker import CircuitBreaker
 from .stats import TargetStats
 from .strategies import Candidate, Capabilities
@@ -32,6 +35,18 @@ class Lease:
 
     autoload: bool | None = None
     keep_alive: float | None = None
+
+    @classmethod
+    def of(cls, autoload: bool | None, keep_alive: str | float | None) -> Lease:
+        """A request's `autoload` and `keep_alive` (seconds, "5m", -1 or 0, as Ollama's);
+        raises BadRequest for a `keep_alive` that is no duration."""
+        if keep_alive is None:
+            return cls(autoload)
+        try:
+            seconds = parse_duration(keep_alive)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="keep_alive") from None
+        return cls(autoload, math.inf if seconds is None else seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +70,7 @@ class EmbedCall:
     inputs: list[str] | list[list[int]]
     dimensions: int | None = None
     body: dict[str, Any] = field(default_factory=dict)
+    lease: Lease = field(default_factory=Lease)
 
 
 @dataclass(eq=False)

@@ -14,9 +14,15 @@ from array import array
 
 from ..errors import RouterError
 from ..metrics import Metrics
-from ..protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from ..protocol import (
+    OPENAI_EMBEDDING_FIELDS,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
 from ..routing.dispatcher import Dispatcher
-from ..routing.targets import EmbedCall
+from ..routing.targets import EmbedCall, Lease
 from ..types import Usage
 from .route_info import RouteInfo
 
@@ -27,6 +33,9 @@ class EmbeddingService:
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
         self.dispatcher = dispatcher
         self.metrics = metrics or Metrics()
+        # what a remote target is sent: OpenAI's fields and `forward_fields` (it was every
+        # field, `keep_alive` and `cache` too, which OpenAI's API refuses as unknown)
+        self._forwarded = OPENAI_EMBEDDING_FIELDS | set(dispatcher.settings.forward_fields)
 
     async def embed(
         self, req: EmbeddingRequest, route: RouteInfo | None = None
@@ -41,7 +50,10 @@ class EmbeddingService:
             route.model = req.model  # the log names the model asked, whatever happens next
         try:
             model = self.dispatcher.resolve(req.model)  # raises ModelNotFound
-            call = EmbedCall(req.inputs(), req.dimensions, req.model_dump(exclude_unset=True))
+            dumped = req.model_dump(exclude_unset=True)
+            body = {k: v for k, v in dumped.items() if k in self._forwarded}
+            lease = Lease.of(req.autoload, req.keep_alive)  # BadRequest for a bad keep_alive
+            call = EmbedCall(req.inputs(), req.dimensions, body, lease)
             model, out = await self.dispatcher.embed(req.model, call)
             outcome = "ok"
             if route is not None:

@@ -52,7 +52,6 @@ from ..types import (
     TextDelta,
     Usage,
 )
-from ..units import parse_duration
 from .choices import Choice, collect, joined_tokens, merge, plan, total_usage
 from .route_info import RouteInfo
 
@@ -77,13 +76,7 @@ class GenerationService:
         fields: dict[str, Any] | None = None,
     ) -> Routed:
         """Commit the request to a target (falling back as the route allows)."""
-        keep_alive = None
-        if wire.keep_alive is not None:
-            try:
-                seconds = parse_duration(wire.keep_alive)
-            except ValueError as exc:
-                raise BadRequest(str(exc), param="keep_alive") from None
-            keep_alive = math.inf if seconds is None else seconds
+        lease = Lease.of(wire.autoload, wire.keep_alive)
         kind: Literal["chat", "completion"] = (
             "chat" if request.messages is not None else "completion"
         )
@@ -96,7 +89,7 @@ class GenerationService:
         if fields:
             body.update(fields)  # one choice of several: its own prompt, seed, n=1
         body.pop("echo", None)  # echoed here, whatever the target
-        call = Call(kind, request, body, Lease(wire.autoload, keep_alive), stream=wire.stream)
+        call = Call(kind, request, body, lease, stream=wire.stream)
         text = request.prompt or "".join(m.content for m in request.messages or ())
         offered = body.get("tools") or body.get("functions")
         choice = body.get("tool_choice", body.get("function_call"))
@@ -268,6 +261,8 @@ class GenerationService:
         route = route or RouteInfo()
         choices = self._chat_choices(req)
         head: dict[str, Any] = {"id": new_id("chatcmpl"), "created": now()}
+        if req.include_usage:  # as OpenAI's: `"usage": null` on every chunk but the last
+            head["usage"] = None
         texts: dict[int, TextChunks] = {}
         finished: dict[int, Finished] = {}
         async with aclosing(self._choices(req, choices, route)) as events:
@@ -322,7 +317,7 @@ class GenerationService:
                 )
         if req.include_usage and finished:
             usage = UsageOut.of(total_usage(choices, finished))
-            yield ChatCompletionChunk(**head, choices=[], usage=usage)
+            yield ChatCompletionChunk(**{**head, "usage": usage}, choices=[])
 
     async def complete(self, req: CompletionRequest, route: RouteInfo | None = None) -> Completion:
         route = route or RouteInfo()
@@ -373,6 +368,8 @@ class GenerationService:
         choices = self._plan(req, requests)
         by_index = {c.index: c for c in choices}
         head: dict[str, Any] = {"id": new_id("cmpl"), "created": now()}
+        if req.include_usage:  # as OpenAI's: `"usage": null` on every chunk but the last
+            head["usage"] = None
         texts: dict[int, TextChunks] = {}
         offsets: dict[int, int] = {}
         finished: dict[int, Finished] = {}
@@ -405,7 +402,7 @@ class GenerationService:
                 # MessageFields: a text completion has no message to carry them
         if req.include_usage and finished:
             usage = UsageOut.of(total_usage(choices, finished))
-            yield Completion(**head, choices=[], usage=usage)
+            yield Completion(**{**head, "usage": usage}, choices=[])
 
 
 def _text_finish(finished: Finished) -> Literal["stop", "length", "content_filter"]:
