@@ -225,6 +225,31 @@ def test_a_model_gone_says_whether_its_file_or_its_entry_went(tmp_path: Path) ->
     assert reasons == {"in-dir": "model file removed", "entry": "removed from the configuration"}
 
 
+def test_an_alias_that_is_another_models_id_hides_nothing_and_is_said(tmp_path: Path) -> None:
+    """Found from outside: an alias equal to the id of a model found in the models directory
+    took that id's requests (an embedding model's name was answered by a chat model), and
+    the reload said nothing. The model keeps its name; the alias is said, with an entry
+    naming no model (a typo, dropped without a word)."""
+    from llm_router.lifecycle.registry import Registry
+    from llm_router.lifecycle.state import EventBus
+
+    _hf(tmp_path / "chat")
+    _hf(tmp_path / "embed")
+    entries = [ModelConfig(id="chat", aliases=["embed", "c"]), ModelConfig(id="cht")]
+    registry = Registry(_scan(tmp_path, entries), EventBus())
+    registry.refresh()
+    assert registry.get("embed") is registry["embed"] and registry.get("c") is registry["chat"]
+    assert registry.warnings() == [
+        "model chat: alias 'embed' is the id of another model, which keeps that name; "
+        "rename the alias",
+        "models: entry 'cht' names no model in the models directory (a typo?); its settings "
+        "apply once a model of that id appears",
+    ]
+    slow = Settings(models_dir=tmp_path, drain_after=30, queue_timeout=8)
+    registry.scanner = Scanner(slow, presets={})
+    assert registry.warnings()[-1].startswith("drain_after (30 s) is not under queue_timeout")
+
+
 def _ollama_store(
     folder: Path, gguf: Path, name: str = "library/smollm2", tag: str = "latest"
 ) -> Path:

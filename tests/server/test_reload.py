@@ -33,13 +33,19 @@ class Reloadable:
         self.client: httpx.AsyncClient
         self.app: FastAPI
 
-    def write(self, models: dict[str, dict[str, Any]], **settings: Any) -> None:
-        """The config: the fake models named in `models` (with extra fields each) and
-        `settings`, on top of what every test here needs."""
+    def write(
+        self,
+        models: dict[str, dict[str, Any]],
+        *,
+        more: tuple[dict[str, Any], ...] = (),
+        **settings: Any,
+    ) -> None:
+        """The config: the fake models named in `models` (with extra fields each), the raw
+        `models:` entries `more`, and `settings`, on top of what every test here needs."""
         entries = [
             {**self.models[name].model_dump(mode="json", exclude_unset=True), **extra}
             for name, extra in models.items()
-        ]
+        ] + list(more)
         base = {
             "models_dir": str(self.folder / "empty"),
             "watch_interval": 0,
@@ -137,6 +143,20 @@ async def test_a_reload_answer_names_a_route_entry_that_names_nothing(conf: Relo
             "skipped until one exists"
         ]
         assert (await r.chat("auto")).status_code == 200
+
+
+async def test_a_reload_answer_names_an_entry_that_names_no_model(conf: Reloadable) -> None:
+    """A `models:` entry whose id has a typo was dropped without a word (found from outside:
+    its alias a 404, its pin nothing); the reload answered `warnings: []`."""
+    conf.write({"chat": {}})
+    async with served(conf) as r:
+        conf.write({"chat": {}}, more=({"id": "chta", "aliases": ["c"]},))
+        body = await r.reload()
+        assert body["warnings"] == [
+            "models: entry 'chta' names no model in the models directory (a typo?); its "
+            "settings apply once a model of that id appears",
+        ]
+        assert (await r.chat("chat")).status_code == 200
 
 
 async def test_changed_engine_options_reload_the_model_with_them(conf: Reloadable) -> None:

@@ -32,8 +32,36 @@ class Registry:
         return self._states[model_id]
 
     def get(self, name: str) -> ModelState | None:
-        """The model called `name` (id or alias), as last scanned."""
-        return self._states.get(self._aliases.get(name, name))
+        """The model called `name` (id or alias), as last scanned. An id comes first: an
+        alias that is another model's id would hide that model (`warnings` says so)."""
+        state = self._states.get(name)
+        return state if state is not None else self._states.get(self._aliases.get(name, name))
+
+    def warnings(self) -> list[str]:
+        """What the configuration says that names nothing, or hides something, each as a
+        sentence (said at start and on a reload, whose answer lists them): an alias that is
+        another model's id, a `models:` entry without a `path` naming no model found, a
+        `drain_after` that outlasts `queue_timeout`."""
+        said = [
+            f"model {owner}: alias {alias!r} is the id of another model, which keeps that "
+            "name; rename the alias"
+            for alias, owner in self._aliases.items()
+            if alias in self._states and alias != owner
+        ]
+        said += [
+            f"models: entry {entry.id!r} names no model in the models directory (a typo?); "
+            "its settings apply once a model of that id appears"
+            for entry in self.scanner.settings.models
+            if entry.provider == "local" and entry.path is None and entry.id not in self._states
+        ]
+        settings = self.scanner.settings
+        if settings.drain_after >= settings.queue_timeout:
+            said.append(
+                f"drain_after ({settings.drain_after:g} s) is not under queue_timeout "
+                f"({settings.queue_timeout:g} s): a request for a model that must wait for "
+                "another's room times out before that model gives it up"
+            )
+        return said
 
     def holds(self, state: ModelState) -> bool:
         """Whether `state` is still the model of its id (not dropped by a scan)."""

@@ -92,12 +92,13 @@ class Targets:
                     "models_dir; name the route otherwise"
                 )
 
-    def unknown_targets(self) -> list[str]:
-        """The names of routes' `targets` and `fallbacks` that name nothing served, each as a
-        sentence: a typo the route would skip on every request without a word. Not an error:
-        a model file dropped into the models directory later makes the name valid. (A route
-        named there is refused by the settings.)"""
-        return [
+    def warnings(self) -> list[str]:
+        """What the configuration names that is not there, or hides (the registry's
+        `warnings`), and the routes' `targets` and `fallbacks` that name nothing served, each
+        as a sentence: a typo the route would skip on every request without a word. Not
+        errors: a model file dropped into the models directory later makes the name valid.
+        (A route named like a model is refused by the settings.)"""
+        return self.manager.registry.warnings() + [
             f"route {route.config.name}: {field} entry {name!r} names no model or target "
             "(a typo?); it is skipped until one exists"
             for route in self._routes.values()
@@ -109,9 +110,9 @@ class Targets:
             if not self._serves(name)
         ]
 
-    def _warn_unknown_targets(self) -> None:
+    def _warn(self) -> None:
         """Said at start and on a reload (whose answer lists them too: `warnings`)."""
-        for warning in self.unknown_targets():
+        for warning in self.warnings():
             log.warning("%s", warning)
 
     def _serves(self, name: str) -> bool:
@@ -164,7 +165,7 @@ class Targets:
                 self._drop(name)  # gone, or now a remote target or an alias
         for cfg in remotes.values():
             self._add_remote(cfg)
-        self._warn_unknown_targets()
+        self._warn()
         after = {*self._routes, *(t.id for t in self.remotes())}
         for name in sorted(after - before):  # GET /models/events: the dashboard follows them
             self.manager.events.publish("added", name)

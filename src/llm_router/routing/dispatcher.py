@@ -94,7 +94,7 @@ class Dispatcher(Targets):
         for cfg in self.settings.models:
             if cfg.provider == "openai":
                 self._add_remote(cfg)
-        self._warn_unknown_targets()
+        self._warn()
         if self._shared is not None:
             await self._shared.catch_up()  # the breakers open in other routers now
 

@@ -158,7 +158,7 @@ class Reloader:
             "unloaded": unloaded,
             "restart_required": list(change.restart_required),
         }
-        warnings = self.core.dispatcher.unknown_targets()  # served as configured, but said
+        warnings = self.core.dispatcher.warnings()  # served as configured, but said
         log.info(
             "configuration reloaded (%s): applied %s; models unloaded %s%s",
             actor or "loopback",
