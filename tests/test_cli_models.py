@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -75,8 +76,13 @@ def test_show_metadata_parameters_config_and_template(srv: Server) -> None:
     for text in ("llama", "Q4_1", "8192", "135M", "You are a helpful assistant.",
                  "physical cores", "context_size", "<|im_start|>"):  # fmt: skip
         assert text in out.stdout, text
-    live = _cli("show", SMOL, "--url", srv.url, "--models-dir", _models_dir(srv))
+    live = _cli("show", GEMMA, "--url", srv.url, "--models-dir", _models_dir(srv))
     assert "status" in live.stdout
+    # the server's configuration (its alias) beside this one's (none): it printed this
+    # one's alone, as if it were the server's (found from outside)
+    row = next(line for line in live.stdout.splitlines() if "aliases on" in line)
+    assert row.split()[-2:] == ["gem", "│"] or row.rstrip().endswith("gem"), row
+    assert "of this configuration (defaults)" in " ".join(live.stdout.split())
     template = _cli("show", SMOL, "--template", "--models-dir", _models_dir(srv))
     assert template.returncode == 0 and template.stdout.startswith("{% for message in messages")
     base = _cli("show", GEMMA, "--template", "--models-dir", _models_dir(srv))
@@ -368,6 +374,23 @@ def test_rm_and_show_template_of_a_model_only_the_server_sees_say_what_to_give(
         text = " ".join(out.stderr.split())
         assert f"is on {srv.url}" in text and "--models-dir" in text, text
     assert GEMMA in srv.models()  # nothing was deleted
+
+
+def test_rm_of_a_copy_the_server_does_not_serve_deletes_and_unloads_nothing(
+    srv: Server, tmp_path: Path
+) -> None:
+    """Found from outside: `rm MODEL --url` with another models directory holding a copy
+    (`run` had provisioned one in ./models) deleted the copy and force-unloaded the
+    server's model, saying "deleted"."""
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    shutil.copyfile(Path(_models_dir(srv)) / f"{SMOL}.gguf", elsewhere / f"{SMOL}.gguf")
+    httpx.post(srv.url + "/models/load", json={"model": SMOL}, timeout=120).raise_for_status()
+    out = _cli("rm", SMOL, "--url", srv.url, "--models-dir", str(elsewhere))
+    assert out.returncode == 1, out.stdout
+    assert "another file" in " ".join(out.stderr.split()) and "--models-dir" in out.stderr
+    assert (elsewhere / f"{SMOL}.gguf").exists()
+    assert srv.models()[SMOL]["status"]["value"] == "loaded"
 
 
 def test_run_reads_the_prompt_from_the_input(srv: Server) -> None:

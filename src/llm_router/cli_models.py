@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -113,6 +114,16 @@ def _served(server: str, model: str) -> bool | str:
     return entry_of(res.json().get("data", []), model) is not None
 
 
+def _served_entry(server: str, model: str) -> dict[str, Any] | None:
+    """The server's `GET /models` entry of `model` (id or alias), None when it has none;
+    exits 1 with the server's refusal when it will not list."""
+    with client(server) as http:
+        res = http.get("/models")
+    if res.status_code != 200:
+        raise fail(server_error(res))
+    return entry_of(res.json().get("data", []), model)
+
+
 def entry_of(entries: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
     """The entry of `GET /models` called `model`, by id or alias."""
     for entry in entries:
@@ -133,11 +144,7 @@ def _look_up(settings: Settings, model: str) -> ModelSource | str:
 def _show_served(server: str, model: str, settings: Settings) -> None:
     """`show` of a model the server at `--url` serves from a directory not this one's: what
     its `GET /models` says (the file's metadata and its live state)."""
-    with client(server) as http:
-        res = http.get("/models")
-    if res.status_code != 200:
-        raise fail(server_error(res))
-    entry = entry_of(res.json()["data"], model)
+    entry = _served_entry(server, model)
     if entry is None:
         raise fail(f"model {model!r} is neither on {server} nor in {settings.models_dir}")
     names = ["path", "format", "engine", "task", "model_architecture", "parameters"]
@@ -201,14 +208,21 @@ def show(
             live = {m["id"]: m for m in res.json()["data"]}.get(source.id, {})
             rows.append(("status", live.get("status", {}).get("value", "not on that server")))
             rows.append(("memory", _mib(live.get("memory_bytes"))))
+            if live:  # what that server's configuration says, which may not be this one's
+                here = f"on {server}"
+                rows.append((f"pinned {here}", live.get("pinned")))
+                rows.append((f"aliases {here}", ", ".join(live.get("aliases") or []) or "none"))
+                context = (live.get("runtime") or {}).get("context_size")
+                rows.append((f"context size {here}", context))
         else:  # the files still say the rest
             rows.append(("status", f"unknown: {server} says {server_error(res)}"))
     _section(out, "Model", rows)
     cfg = source.config
     params = {k: v for k, v in cfg.sampling.model_dump(exclude_none=True).items()}
+    mine = f" of this configuration ({config or 'defaults'})" if server else ""
     _section(
         out,
-        "Parameters",
+        f"Parameters{mine}",
         [
             ("system prompt", cfg.system_prompt),
             *params.items(),
@@ -222,7 +236,7 @@ def show(
     fitted = fit(source, options, budget, detect())
     _section(
         out,
-        "Engine settings (configured, else derived from this machine)",
+        f"Engine settings{mine} (configured, else derived from this machine)",
         [(k, f"{v}  ({fitted.reasons.get(k, 'configured')})")
          for k, v in {**fitted.options, **fitted.values}.items()],
     )  # fmt: skip
@@ -256,6 +270,7 @@ def rm(
     if source.origin != "models_dir" or source.path.parent.resolve() != root:
         raise fail(f"{source.id} is not a file of {root}; remove its `models:` entry instead")
     if server:
+        _check_same_file(server, source, root)
         with client(server) as http:
             res = http.post("/models/unload", json={"model": source.id, "force": True})
         if res.status_code not in (200, 404):
@@ -266,6 +281,22 @@ def rm(
     else:
         path.unlink()
     print(f"deleted {source.id} ({path.name})")
+
+
+def _check_same_file(server: str, source: ModelSource, root: Path) -> None:
+    """Refuses (exit 1) when the server serves `source.id` from another file than this one
+    (another models directory: deleting here would unload the server's model and delete a
+    copy it does not use). The server tells no paths: its file's name, size and time."""
+    entry = _served_entry(server, source.id)
+    if entry is None:
+        return  # not served there: nothing to unload
+    ours = (source.path.name, source.identity.size_bytes, source.identity.created)
+    theirs = (entry.get("path"), entry.get("size_bytes"), entry.get("created"))
+    if ours != theirs:
+        raise fail(
+            f"{server} serves {source.id} from another file than {root / source.path.name}: "
+            "give --models-dir the server's models directory (nothing was deleted or unloaded)"
+        )
 
 
 def register(app: typer.Typer) -> None:
