@@ -335,6 +335,25 @@ def test_a_key_without_admin_is_told_why_load_unload_and_metrics_are_refused(
         gaps = [b - a for a, b in itertools.pairwise(asked)]
         assert len(gaps) >= 2 and gaps[0] >= 3 and gaps[1] >= 1.5 * gaps[0], gaps  # backs off
         expect(page.locator("#v-rps")).to_have_text("-")
+
+        # A request changes no status (no event): "last used" is read again all the same,
+        # for a key that cannot read /metrics too (it stayed at the old time; found from
+        # outside).
+        page.get_by_role("button", name="Models").click()
+        used = row.locator("td").nth(6)
+        expect(used).not_to_have_text(re.compile(r"^[0-7] s ago$"))  # loaded a while ago
+        body = {"model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        answered = httpx.post(
+            srv.url + "/v1/chat/completions", json=body, headers=admin, timeout=60
+        )
+        assert answered.status_code == 200, answered.text
+        expect(used).to_have_text(re.compile(r"^[0-7] s ago$"), timeout=15_000)
+
+        # The master key may load and unload: the old key's refusal is not shown under it
+        page.get_by_role("button", name="API key").click()
+        page.fill("#key-input", master)
+        page.get_by_role("button", name="Use key").click()
+        expect(notice).not_to_contain_text("lacks the 'admin' scope")
     finally:
         srv.stop()
 

@@ -136,6 +136,7 @@ function forgetWhatWasRead() {
     last: null,
     fallbacks: [],
   });
+  notice("", "action"); // a refusal of the old key's is not the new one's
   render();
   renderCharts();
 }
@@ -154,6 +155,7 @@ async function refreshModels() {
   render();
 }
 
+const LISTING_EVERY_MS = 5000;
 let refreshTimer = null;
 function refreshSoon() {
   clearTimeout(refreshTimer);
@@ -760,6 +762,12 @@ function start() {
   setupPlayground();
   restartEvents();
   followMetrics();
+  // Requests change no model's status, so no event says a model was used: the listing is
+  // read again every few seconds ("last used" stayed where the last event left it, and a
+  // key that may not read /metrics saw no slots or queue move; found from outside).
+  setInterval(() => {
+    if (!document.hidden) refreshModels().catch(() => {});
+  }, LISTING_EVERY_MS);
 }
 
 document.addEventListener("DOMContentLoaded", start);
