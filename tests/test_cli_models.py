@@ -39,7 +39,8 @@ def srv(
     root = tmp_path_factory.mktemp("cli")
     models = link_models(root / "models", smollm2_gguf, gemma_gguf)
     config = {"models_dir": str(models), "watch_interval": 0.3,
-              "models": [{"id": GEMMA, "aliases": ["gem"]}]}  # fmt: skip
+              "models": [{"id": GEMMA, "aliases": ["gem"]}],
+              "routes": [{"name": "smart", "targets": [SMOL], "fallbacks": [GEMMA]}]}  # fmt: skip
     server = Server(root, config).start()
     yield server
     server.stop()
@@ -101,6 +102,45 @@ def test_show_with_url_shows_the_servers_model_from_anywhere(srv: Server, tmp_pa
         assert text in out.stdout, text
     missing = _cli("show", "nope", "--url", srv.url, "--models-dir", elsewhere)
     assert missing.returncode == 1 and "neither on" in missing.stderr
+
+
+def test_show_of_a_route_or_a_remote_target_shows_its_configuration(
+    srv: Server, tmp_path: Path
+) -> None:
+    """`show ROUTE` and `show REMOTE` said "not in the models directory": a route and a remote
+    target are the configuration's, so that is what is shown, with the server's live view of
+    them when one is given (the route's order of targets now, the breakers)."""
+    import yaml
+
+    cfg = yaml.safe_load(srv.config_path.read_text())
+    cfg["models"].append(
+        {"id": "cloud", "aliases": ["gpt"], "provider": "openai", "model": "gpt-4o-mini",
+         "base_url": "http://127.0.0.1:9/v1", "api_key_env": "CLOUD_KEY",
+         "cost": {"input": 0.15, "output": 0.6}}
+    )  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    route = _cli("show", "smart", "--config", str(config), "--url", srv.url)
+    assert route.returncode == 0, route.stderr
+    rows = _rows(route.stdout)
+    assert rows["strategy"] == "balanced" and rows["fallbacks"] == GEMMA, rows
+    assert rows[f"order now on {srv.url}"] == f"{SMOL}, {GEMMA}", rows  # the server's plan
+    assert f"{SMOL}: closed" in rows["breakers"], rows
+    remote = _cli("show", "gpt", "--config", str(config))  # an alias, no server asked
+    assert remote.returncode == 0, remote.stderr
+    rows = _rows(remote.stdout)
+    assert rows["id"] == "cloud" and rows["upstream model"] == "gpt-4o-mini", rows
+    assert rows["base url"] == "http://127.0.0.1:9/v1" and rows["api key from"] == "CLOUD_KEY"
+    assert rows["cost per 1M tokens"] == "in 0.15, out 0.6", rows
+    not_there = _cli("show", "cloud", "--config", str(config), "--url", srv.url)
+    assert not_there.returncode == 0, not_there.stderr
+    assert _rows(not_there.stdout)[f"on {srv.url}"] == "not a target there"
+
+
+def _rows(table: str) -> dict[str, str]:
+    """The rows of `show`'s tables, name -> value."""
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines()]
+    return {c[0]: c[1] for c in cells if len(c) == 2}
 
 
 def test_chat_against_a_server_keeps_the_history(srv: Server) -> None:
@@ -316,15 +356,21 @@ def test_chat_says_once_that_the_server_went_away(tmp_path: Path, smollm2_gguf: 
 def test_chat_stops_an_answer_on_ctrl_c_and_goes_on(srv: Server) -> None:
     """At a terminal, Ctrl-C mid-answer ended the whole chat (exit 0, history lost); as in
     `ollama run` it stops that answer and gives the prompt back."""
+    import fcntl
     import pty
     import select
+    import termios
 
     leader, follower = pty.openpty()
     env = {**os.environ, "LLM_ROUTER_PORT": str(free_port()), "NO_COLOR": "1"}
     chat = subprocess.Popen(
         [sys.executable, "-m", "llm_router", "chat", SMOL, "--url", srv.url,
-         "--max-tokens", "400", "--temperature", "0"],
+         "--max-tokens", "4000", "--temperature", "0"],
         stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
+        # the pty becomes the chat's controlling terminal, so that ^C typed there is a SIGINT
+        # to it (without, the ^C reached nobody, and the test passed only when the answer
+        # ended by itself within the wait)
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )  # fmt: skip
     os.close(follower)
     seen = b""
@@ -348,13 +394,15 @@ def test_chat_stops_an_answer_on_ctrl_c_and_goes_on(srv: Server) -> None:
         while len(seen) < start + 80 and time.monotonic() < deadline:  # the answer streams
             if select.select([leader], [], [], 0.5)[0]:
                 seen += os.read(leader, 4096)
-        before = seen.count(b">>> ")
+        before, stopped_at = seen.count(b">>> "), len(seen)
         os.write(leader, b"\x03")  # Ctrl-C, through the terminal: SIGINT
         deadline = time.monotonic() + 60
         while seen.count(b">>> ") == before and time.monotonic() < deadline:
             if select.select([leader], [], [], 0.5)[0]:
                 seen += os.read(leader, 4096)
         assert seen.count(b">>> ") > before, seen[-500:]  # the prompt is back
+        # ... at once: not after the rest of the story (~2,000 tokens, to the context's end)
+        assert len(seen) - stopped_at < 1500, seen[stopped_at:]
         os.write(leader, b"/bye\n")
         assert chat.wait(30) == 0
     finally:

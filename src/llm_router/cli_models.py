@@ -18,7 +18,7 @@ from rich.table import Table
 from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
 from .cli_console import error
 from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
-from .config import Settings
+from .config import ModelConfig, RouteConfig, Settings
 from .lifecycle.discovery import ModelSource, Scanner
 
 __all__ = ["entry_of", "fail", "register"]
@@ -156,8 +156,61 @@ def _show_served(server: str, model: str, settings: Settings) -> None:
     _section(_console(), "Model", rows)
 
 
+def _configured(settings: Settings, name: str) -> RouteConfig | ModelConfig | None:
+    """The route, or the remote target (by id or alias), the configuration names `name`."""
+    for route in settings.routes:
+        if route.name == name:
+            return route
+    for cfg in settings.models:
+        if cfg.provider != "local" and (cfg.id == name or name in cfg.aliases):
+            return cfg
+    return None
+
+
+def _show_configured(cfg: RouteConfig | ModelConfig, server: str | None) -> None:
+    """`show` of a route or a remote target: what the configuration says of it, and with a
+    server, what that server says (a route's order of targets now and their breakers; a
+    remote target's status and breaker). No secrets: the key's variable's name only."""
+    rows: list[tuple[str, Any]]
+    if isinstance(cfg, RouteConfig):
+        title, name = "Route", cfg.name
+        rows = [("name", cfg.name), ("strategy", cfg.strategy)]
+        rows += [("targets", ", ".join(cfg.targets)), ("fallbacks", ", ".join(cfg.fallbacks))]
+        rows += [("retries", cfg.retries), ("split", cfg.split)]
+    else:
+        title, name = "Remote target", cfg.id
+        rows = [("id", cfg.id), ("aliases", ", ".join(cfg.aliases)), ("provider", cfg.provider)]
+        rows += [("base url", cfg.base_url), ("upstream model", cfg.model or cfg.id)]
+        rows += [("api key from", cfg.api_key_env), ("timeout", f"{cfg.timeout:g} s")]
+        rows += [("quality", cfg.quality), ("context length", cfg.context_length)]
+        rows += [("cost per 1M tokens", f"in {cfg.cost.input:g}, out {cfg.cost.output:g}")]
+    if server:
+        with client(server) as http:
+            res = http.get("/models")
+        if res.status_code != 200:
+            rows.append((f"on {server}", f"unknown: {server_error(res)}"))
+        elif isinstance(cfg, RouteConfig):
+            live = {r["name"]: r for r in res.json().get("routes", [])}.get(name)
+            if live is None:
+                rows.append((f"on {server}", "not a route there"))
+            else:
+                status = live["status"]
+                rows.append((f"order now on {server}", ", ".join(status["order"]) or "none"))
+                breakers = status.get("breakers", {}).items()
+                rows.append(("breakers", ", ".join(f"{t}: {s}" for t, s in breakers)))
+                rows.append(("error", status.get("error")))
+        else:
+            entry = entry_of(res.json().get("data", []), name)
+            if entry is None:
+                rows.append((f"on {server}", "not a target there"))
+            else:
+                rows.append((f"status on {server}", entry["status"].get("value")))
+                rows.append(("breaker", (entry.get("breaker") or {}).get("state")))
+    _section(_console(), title, rows)
+
+
 def show(
-    model: Annotated[str, typer.Argument(help="Model id or alias.")],
+    model: Annotated[str, typer.Argument(help="Model id or alias, a route or a remote target.")],
     config: ConfigOpt = None,
     models_dir: ModelsDirOpt = None,
     url: UrlOpt = None,
@@ -172,6 +225,10 @@ def show(
     settings = _settings(config, models_dir=models_dir)
     found = _look_up(settings, model)
     if not isinstance(found, ModelSource):
+        configured = _configured(settings, model)
+        if configured is not None and not template:
+            _show_configured(configured, url.rstrip("/") if url else None)
+            return
         if url and not template:  # the server's model, wherever its directory is
             _show_served(url.rstrip("/"), model, settings)
             return
