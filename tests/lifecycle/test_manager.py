@@ -403,6 +403,29 @@ async def test_a_load_that_cannot_fit_beside_a_pin_is_refused_with_other_models_
     assert manager.resolve("c").status == Status.UNLOADED
 
 
+async def test_a_pin_still_loading_does_not_refuse_by_its_estimate(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Found from outside at a cold start: a pinned model still loading counts at its
+    estimate (all-MiniLM: 461 MiB estimated, 191 measured), so a model that fits beside what
+    it really holds was refused with a 507 saying only a configuration change would help, and
+    loaded a second later. It waits for the pin's load, then loads."""
+    models = [
+        fake_model(
+            tmp_path, "a", load_seconds=1.5, ballast_mb=20, estimate_mb=300, config={"pin": True}
+        ),
+        fake_model(tmp_path, "c", ballast_mb=150),
+    ]
+    manager = await harness.manager(
+        models, memory_budget=400 * MiB, models_max=0, queue_timeout=30.0
+    )
+    a = manager.resolve("a")
+    await bounded(until(lambda: a.status == Status.LOADING))  # pinned: loading from start
+    text, _, _ = await bounded(harness.generate(manager, "c"), 30.0)
+    assert text == expected(3)
+    assert a.status == Status.LOADED and manager.resolve("c").status == Status.LOADED
+
+
 async def test_a_load_queued_while_the_pinned_model_was_away_is_refused_once_it_is_back(
     harness: Harness, tmp_path: Path
 ) -> None:

@@ -2,7 +2,7 @@
 
 `{"load_seconds", "token_seconds", "reply", "parallel", "fail_load", "ballast_mb"}`: it sleeps
 to load, optionally fails or holds `ballast_mb` MiB of touched memory (so the worker's RSS is
-real), then batches like the real engine: one sleep per step advances every running sequence
+real; `estimate_mb` makes the lifecycle's estimate of it another number), then batches like the real engine: one sleep per step advances every running sequence
 by one word of `reply`, cycling. Its vocabulary (for /tokenize) is the 256 byte values and a
 BOS, id 256, written `<s>`; its chat template a plain `role: content` transcript."""
 

@@ -212,9 +212,12 @@ _ENGINES: dict[str, Callable[[MemoryFacts, ModelMeta, dict[str, Any]], Breakdown
 
 
 def _fake(source: ModelSource) -> int:
-    """The fake engine's script says what it holds (`ballast_mb`)."""
+    """The fake engine's script says what it holds (`ballast_mb`), or what to estimate
+    otherwise (`estimate_mb`: an estimate that is off, as a real one can be)."""
     try:
         script = json.loads(source.path.read_text())
     except (OSError, ValueError):
         return 0
-    return int(script.get("ballast_mb", 0)) * MiB if isinstance(script, dict) else 0
+    if not isinstance(script, dict):
+        return 0
+    return int(script.get("estimate_mb", script.get("ballast_mb", 0))) * MiB
