@@ -613,6 +613,30 @@ async def test_a_requests_keep_alive_is_its_own_and_capped(
     await bounded(until(lambda: state.status == Status.UNLOADED, 3.0))
 
 
+@pytest.mark.parametrize("latest", [3600.0, 0.0])
+async def test_the_latest_requests_keep_alive_applies(
+    harness: Harness, tmp_path: Path, latest: float
+) -> None:
+    """As in Ollama, the keep_alive of the request that came last applies once the model is
+    idle, whichever request ends last: a short request asking for an hour, done while a stream
+    that asked for 0 went on, was forgotten and the model unloaded at the stream's end (found
+    from outside); and the other way round."""
+    manager = await harness.manager([fake_model(tmp_path, "a")], keep_alive="5m")
+    state = manager.resolve("a")
+    first = Hold(harness, manager, "a", keep_alive=3600.0 - latest)  # 0 or an hour
+    await bounded(first.acquired.wait())
+    await bounded(harness.generate(manager, "a", keep_alive=latest))  # comes later, ends first
+    assert state.status == Status.LOADED  # the stream goes on
+    await bounded(first.finish())
+    if latest:
+        await asyncio.sleep(0.5)
+        timer = state.unload_handle
+        assert state.status == Status.LOADED and timer is not None
+        assert timer.when - asyncio.get_running_loop().time() > 3000  # the hour, not 5 min
+    else:
+        await bounded(until(lambda: state.status == Status.UNLOADED, 5.0))
+
+
 # -- queues ------------------------------------------------------------------------------------
 
 
@@ -620,13 +644,21 @@ class Hold:
     """A request that holds one slot of a model until released (so tests depend on events,
     not on how long a generation takes); after release it generates on the same worker."""
 
-    def __init__(self, harness: Harness, manager: ModelManager, model: str) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        manager: ModelManager,
+        model: str,
+        keep_alive: float | None = None,
+    ) -> None:
         self.acquired = asyncio.Event()
         self.release = asyncio.Event()
-        self.task = asyncio.create_task(self._run(harness, manager, model))
+        self.task = asyncio.create_task(self._run(harness, manager, model, keep_alive))
 
-    async def _run(self, harness: Harness, manager: ModelManager, model: str) -> tuple[str, int]:
-        async with manager.lease(model) as worker:
+    async def _run(
+        self, harness: Harness, manager: ModelManager, model: str, keep_alive: float | None
+    ) -> tuple[str, int]:
+        async with manager.lease(model, keep_alive=keep_alive) as worker:
             harness.pids.add(worker.pid)
             self.acquired.set()
             await self.release.wait()

@@ -61,19 +61,22 @@ class Leases:
     ) -> AsyncIterator[Worker]:
         """Hold one slot of model `name` for the duration of the block, loading it first if
         needed. `autoload=False` refuses to load (a request may turn autoload off, never on);
-        `keep_alive` is this request's idle time before unload (math.inf: never), capped by
-        the configured maximum. Raises ModelNotFound, ModelNotLoaded, ModelLoadFailed,
+        `keep_alive` is this request's idle time before unload (math.inf: never; None: the
+        model's or the server's), capped by the configured maximum; the latest request to come
+        sets it, as in Ollama (it was the last to finish: a short request asking for an hour,
+        done while a stream that asked for 0 went on, was forgotten). Raises ModelNotFound, ModelNotLoaded, ModelLoadFailed,
         InsufficientMemory, QueueFull (429) or ServerBusy (503). Cancelling while queued gives
         the place up; a load nobody waits for any more is withdrawn if it has not started."""
         state = self.resolve(name)
         worker = await self._acquire(state, self.settings.autoload and autoload is not False)
+        state.keep_alive_asked = keep_alive  # the latest request's (in the order they got in)
         try:
             yield worker
         finally:
             state.active -= 1
             state.last_used, state.use_order = time.time(), next(self._uses)
             state.notify()
-            self._schedule_idle_unload(state, keep_alive)
+            self._schedule_idle_unload(state, state.keep_alive_asked)
             self._share_threads()
             if self._admission or self.over_budget:
                 self._room_changed()
@@ -204,7 +207,6 @@ class Leases:
     def _schedule_idle_unload(self, state: ModelState, requested: float | None) -> None:
         if state.active or state.waiters or state.status != Status.LOADED:
             return
-        state.keep_alive_asked = requested
         seconds = self._keep_alive(state, requested)
         state.cancel_idle_unload()
         if seconds is None:

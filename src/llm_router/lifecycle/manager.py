@@ -288,6 +288,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             source.engine,
             source.format,
         )
+        state.keep_alive_asked = None  # a new life: no request has asked anything of it yet
         self._schedule_idle_unload(state, None)
         self._reconcile(f"'{state.id}' measured {mib(measured)} MiB after its load")
         self._room_changed()
