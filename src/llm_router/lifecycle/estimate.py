@@ -220,4 +220,5 @@ def _fake(source: ModelSource) -> int:
         return 0
     if not isinstance(script, dict):
         return 0
-    return int(script.get("estimate_mb", script.get("ballast_mb", 0))) * MiB
+    mib = script.get("estimate_mb", script.get("ballast_mb", 0))
+    return int(mib) * MiB if isinstance(mib, int | float) else 0
