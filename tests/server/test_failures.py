@@ -103,6 +103,39 @@ def test_truncated_model_reports_error_others_serve(
         srv.stop()
 
 
+def test_a_model_llama_cpp_cannot_load_says_why(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    """A GGUF whose header reads well but whose tensors llama.cpp refuses (a shape swapped)
+    answered "llama.cpp could not load x.gguf" and nothing more: llama.cpp said why in its
+    log only, which the worker silences (found from outside). The answer says it, once: the
+    next request fails at once, without loading (and evicting) again."""
+    from gguf import GGUFReader
+
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    bad = tmp_path / "shape.gguf"
+    bad.write_bytes(smollm2_gguf.read_bytes())
+    reader = GGUFReader(bad, "r+")
+    dims = reader.tensors[0].field.parts[3]  # token_embd.weight's [576, 49152]
+    dims[0], dims[1] = dims[1], dims[0]
+    reader.data.flush()
+    del reader
+    os.replace(bad, models / "shape.gguf")
+    srv = new_server(tmp_path, models_dir=str(models), watch_interval=0.2)
+    try:
+        client = make_client(srv)
+        for _ in range(2):
+            with pytest.raises(openai.InternalServerError) as info:
+                client.completions.create(model="shape", prompt="Hi", max_tokens=2)
+            assert info.value.code == "model_load_failed"
+            assert "token_embd.weight' has wrong shape" in info.value.message, info.value.message
+        assert "wrong shape" in srv.models()["shape"]["status"]["error"]
+        ok = client.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=3)
+        assert ok.choices[0].message.content
+    finally:
+        srv.stop()
+
+
 def test_worker_killed_mid_stream(
     tmp_path: Path, models_dir: Path, make_client: MakeClient
 ) -> None:

@@ -4,6 +4,7 @@ duration (loading, for one, reads the whole file)."""
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -49,10 +50,34 @@ def model_params(repack: bool | None) -> Any:
     return params
 
 
+# llama.cpp says why a load failed in its log only ("llama_model_load: error loading model:
+# tensor 'token_embd.weight' has wrong shape; ..."): its last error lines are kept for the
+# answer (it said only "could not load", found from outside).
+_ERROR, _CONTINUED = 4, 5  # ggml_log_level's GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT
+_errors: collections.deque[str] = collections.deque(maxlen=4)
+_last_level = 0
+
+
 @lc.llama_log_callback  # type: ignore[untyped-decorator]
 def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
     if os.environ.get("LLM_ROUTER_ENGINE_LOG") and text:
         os.write(2, text)
+    if level == _CONTINUED and _last_level == _ERROR and _errors:
+        _errors[-1] += text.decode("utf-8", "replace")
+        return
+    _last_level = level
+    if level == _ERROR and text:
+        _errors.append(text.decode("utf-8", "replace"))
+
+
+def _load_error() -> str:
+    """What llama.cpp's log said of the load that just failed: the error's own words, without
+    the function names it prefixes them with; "" when it said nothing."""
+    said = [line.strip() for line in _errors if line.strip()]
+    _errors.clear()
+    why = next((line for line in said if "error loading model" in line), said[0] if said else "")
+    return " ".join(why.split("error loading model:", 1)[-1].split())
 
 
 def load_model(spec: LoadSpec) -> Any:
@@ -67,9 +92,11 @@ def load_model(spec: LoadSpec) -> Any:
         params.load_mode = LOAD_MODES[mode]
         if "mlock" in mode:
             _warn_unlockable(spec.path)
+    _errors.clear()
     model = lc.llama_model_load_from_file(spec.path.encode(), params)
     if not model:
-        raise ModelLoadFailed(f"llama.cpp could not load {spec.path}")
+        why = _load_error()
+        raise ModelLoadFailed(f"llama.cpp could not load {spec.path}" + (f": {why}" if why else ""))
     return model
 
 
