@@ -14,6 +14,7 @@ import math
 import os
 import re
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -991,6 +992,21 @@ async def test_an_engine_failure_fails_its_requests_not_the_worker(
     text, _, again = await bounded(harness.generate(manager, "a"))
     assert (text, again) == (expected(3), pid)
     assert manager.resolve("a").status == Status.LOADED
+
+
+async def test_closing_kills_a_spare_still_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spare still importing its engine's library when the server stops was waited for
+    until it had (a transformers spare: ~5 s past the drain's grace, found from outside); it
+    is killed instead. Its start is made slow by a sitecustomize that sleeps."""
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    pool = WorkerPool(spares=True)
+    pool.refill("fake")
+    await bounded(until(lambda: len(_worker_children()) == 1))
+    await bounded(pool.close(), 10.0)  # not the 60 s of the spare's start
+    assert _worker_children() == []
 
 
 async def test_a_spare_started_before_the_loop_is_adopted(harness: Harness, tmp_path: Path) -> None:

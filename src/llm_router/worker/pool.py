@@ -118,6 +118,8 @@ class WorkerPool:
             early.discard()
         self._early.clear()
         tasks, self._spares = list(self._spares.values()), {}
+        for task in tasks:  # one still starting is killed, not waited for: a transformers
+            task.cancel()  # spare imports torch for seconds, past the drain's grace
         spares = await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(s.discard() for s in spares if isinstance(s, Spare)))
         await asyncio.gather(*self._dropping)
