@@ -272,6 +272,35 @@ async def test_new_pins_and_preloads_load_and_keep_alive_applies_from_now(
         assert await r.status("other") == "loaded"  # preloaded before: not loaded again
 
 
+async def test_a_preload_by_alias_loads_on_a_reload_and_again_after_a_change(
+    conf: Reloadable,
+) -> None:
+    """`preload: [gemma]` (an alias) was answered `applied: ["preload"]` and loaded nothing
+    (found from outside: by id it loaded); a model preloaded by alias and reloaded for new
+    options stayed unloaded too. A preload naming nothing is said in the answer."""
+    conf.write({"chat": {"aliases": ["c"]}, "other": {}})
+    async with served(conf) as r:
+        conf.write({"chat": {"aliases": ["c"]}, "other": {}}, preload=["c"])
+        body = await r.reload()
+        assert body["applied"] == ["preload"] and body["warnings"] == []
+        await r.wait_status("chat", "loaded")
+        conf.write({"chat": {"aliases": ["c"], "context_size": 256}, "other": {}}, preload=["c"])
+        assert (await r.reload())["unloaded"] == ["chat"]
+        state = r.app.state.manager.resolve("chat")
+        for _ in range(200):  # preloaded: loads again with the new options, unasked
+            if state.worker is not None and state.worker.info["context_size"] == 256:
+                break
+            await asyncio.sleep(0.02)
+        await r.wait_status("chat", "loaded")
+        assert state.worker.info["context_size"] == 256
+        conf.write(
+            {"chat": {"aliases": ["c"], "context_size": 256}, "other": {}}, preload=["ohter"]
+        )
+        assert (await r.reload())["warnings"] == [
+            "preload names 'ohter', which is no model here (a typo?); it is not preloaded"
+        ]
+
+
 async def test_remote_targets_keep_their_breaker_unless_their_address_changes(
     conf: Reloadable,
 ) -> None:

@@ -100,18 +100,11 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
                 log.warning("model %s is not preloaded: %s", state.id, exc.message)
 
     def _preloads(self) -> list[ModelState]:
-        """The pinned models, then `preload` in its order (ids or aliases), at most
-        `models_max` of them: more would load only to evict each other (found from outside:
-        three loads for one model kept, in no particular order)."""
-        wanted = [s for s in self.registry if s.source.config.pin]
-        for name in self.settings.preload:
-            try:
-                state = self.resolve(name)
-            except RouterError:
-                log.warning("preload names %r, which is not a model here", name)
-                continue
-            if state not in wanted:
-                wanted.append(state)
+        """The pinned models, then `preload` in its order (ids or aliases: Registry.kept), at
+        most `models_max` of them: more would load only to evict each other (found from
+        outside: three loads for one model kept, in no particular order). A name that is no
+        model is said by the registry's `warnings`."""
+        wanted = self.registry.kept()
         most = self.settings.models_max
         if most and len(wanted) > most:
             log.warning(

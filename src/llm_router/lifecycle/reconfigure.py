@@ -104,8 +104,9 @@ class Reconfiguration:
         return (self._default_keep_alive, config.keep_alive, config.pin, cap)
 
     def _wanted(self) -> set[str]:
-        """The models kept loaded by the settings: pinned or preloaded."""
-        return {s.id for s in self.registry if s.source.config.pin} | set(self.settings.preload)
+        """The ids of the models kept loaded by the settings: pinned or preloaded (by id or
+        alias: Registry.kept)."""
+        return {s.id for s in self.registry.kept()}
 
     def _replace(self, state: ModelState, reason: str) -> None:
         """Unload `state` for a change. A loaded one is marked leaving now (the limits

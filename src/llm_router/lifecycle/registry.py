@@ -37,11 +37,22 @@ class Registry:
         state = self._states.get(name)
         return state if state is not None else self._states.get(self._aliases.get(name, name))
 
+    def kept(self) -> list[ModelState]:
+        """The models the settings keep loaded, as last scanned: the pinned ones, then those
+        `preload` names (by id or alias, as `get` finds them) in its order, each once. The one
+        reading of `preload`: at start, on a reload and when a replaced model loads again."""
+        kept = [s for s in self._states.values() if s.source.config.pin]
+        for name in self.scanner.settings.preload:
+            state = self.get(name)
+            if state is not None and state not in kept:
+                kept.append(state)
+        return kept
+
     def warnings(self) -> list[str]:
         """What the configuration says that names nothing, or hides something, each as a
         sentence (said at start and on a reload, whose answer lists them): an alias that is
         another model's id, a `models:` entry without a `path` naming no model found, a
-        `drain_after` that outlasts `queue_timeout`."""
+        `preload` name that is no model, a `drain_after` that outlasts `queue_timeout`."""
         said = [
             f"model {owner}: alias {alias!r} is the id of another model, which keeps that "
             "name; rename the alias"
@@ -55,6 +66,11 @@ class Registry:
             if entry.provider == "local" and entry.path is None and entry.id not in self._states
         ]
         settings = self.scanner.settings
+        said += [
+            f"preload names {name!r}, which is no model here (a typo?); it is not preloaded"
+            for name in settings.preload
+            if self.get(name) is None
+        ]
         if settings.drain_after >= settings.queue_timeout:
             said.append(
                 f"drain_after ({settings.drain_after:g} s) is not under queue_timeout "
