@@ -162,6 +162,41 @@ def test_chat_in_process(srv: Server) -> None:
     assert "Paris" in out.stdout
 
 
+def test_chat_and_run_leave_the_models_sampling_defaults(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """An option not given is not sent, so the model's `sampling` applies, as a Modelfile's in
+    `ollama run`: `chat` sent max_tokens 512 and `run` 256 whatever the model's entry said
+    (found from outside: `max_tokens: 40` on a model, about 480 tokens in `chat`)."""
+    import yaml
+
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    entry = {"id": SMOL, "sampling": {"temperature": 0, "max_tokens": 5}}
+    config = {"models_dir": str(models), "models": [entry]}
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump(config))
+    question = "Tell me about the sea."
+    asked = _cli("run", SMOL, question, "--config", str(local), "--max-tokens", "5",
+                 "--temperature", "0")  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    expected = asked.stdout.strip()
+    assert expected and len(expected.split()) <= 5
+    run = _cli("run", SMOL, question, "--config", str(local))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected
+    chat = _cli("chat", SMOL, "--config", str(local), stdin=question + "\n")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == expected
+    server = Server(tmp_path, config).start()
+    try:
+        chat = _cli("chat", SMOL, "--url", server.url, stdin=question + "\n")
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.strip() == expected
+        assert "completion_tokens=5 " in server.log()
+    finally:
+        server.stop()
+
+
 def test_chat_with_an_unknown_model_fails_before_the_first_message(
     srv: Server, tmp_path: Path
 ) -> None:

@@ -232,13 +232,18 @@ def run(
     ] = None,
     config: ConfigOpt = None,
     models_dir: ModelsDirOpt = None,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
-    temperature: Annotated[float | None, typer.Option(help="0 for greedy.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens to generate (default: the model's).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 for greedy (default: the model's).")
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     raw: Annotated[bool, typer.Option(help="Plain completion, no chat template.")] = False,
 ) -> None:
     """Load MODEL, answer PROMPT once, streaming to the terminal (`echo hi | llm-router run
-    MODEL` reads it from the input, as `ollama run`)."""
+    MODEL` reads it from the input, as `ollama run`). An option not given is not sent: the
+    model's `sampling` defaults apply."""
     if prompt is None or prompt == "-":
         if sys.stdin.isatty():
             error("give a PROMPT, or pipe one in")
@@ -260,16 +265,15 @@ async def _run_once(
     settings: Settings,
     model: str,
     prompt: str,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
     seed: int | None,
     raw: bool,
 ) -> None:
     from .api import Router
 
-    params: dict[str, Any] = {"max_tokens": max_tokens, "seed": seed}
-    if temperature is not None:
-        params["temperature"] = temperature
+    given = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    params = {k: v for k, v in given.items() if v is not None}
     async with Router(settings=settings) as router:
         async for text in router.stream(prompt, model=model, raw=raw, **params):
             _print(text)

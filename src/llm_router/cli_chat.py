@@ -30,20 +30,24 @@ def chat(
     models_dir: ModelsDirOpt = None,
     url: UrlOpt = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 for greedy.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 512,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 for greedy (default: the model's).")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Longest answer (default: the model's).")
+    ] = None,
 ) -> None:
     """An interactive chat with history and streaming, as `ollama run` (`/?` lists the
     commands). A model the server does not have, or one that makes no text, is an error at
-    once; with the input piped, so is any failed turn (exit status 1).
+    once; with the input piped, so is any failed turn (exit status 1). An option not given
+    is not sent: the model's `sampling` defaults apply, as a Modelfile's in `ollama run`.
 
     Ctrl-C stops a server's answer and the chat goes on (in this process: ends the chat)."""
     settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
     setup_logging(settings.log_level)
     server = find_server(url, settings)
-    params: dict[str, Any] = {"max_tokens": max_tokens}
-    if temperature is not None:
-        params["temperature"] = temperature
+    given = {"max_tokens": max_tokens, "temperature": temperature}
+    params = {k: v for k, v in given.items() if v is not None}
     try:
         if server:
             _chat_http(server, model, system, params)

@@ -200,10 +200,12 @@ def test_a_refused_turn_leaves_the_playground_history(page: Page, dash: Server) 
     assert [m["content"] for m in sent[1] if m["role"] == "user"] == ["Second question"]
 
 
-def test_empty_settings_leave_the_model_its_defaults(page: Page, dash: Server) -> None:
-    """An emptied temperature or max-tokens field is left out of the request (it was sent as
-    0: greedy decoding, and a max_tokens the server refuses), so the model's configured
-    defaults apply: here an answer of 12 tokens at most."""
+def test_untouched_settings_leave_the_model_its_defaults(page: Page, dash: Server) -> None:
+    """The temperature and max-tokens fields start empty ("model default") and an empty one
+    is left out of the request, so the model's configured `sampling` applies: here an answer
+    of 12 tokens at most. They were prefilled with 0.7 and 256 and sent, overriding it (found
+    from outside: a model's `max_tokens: 40` ignored in the playground); an emptied field was
+    sent as 0 before that."""
     bodies: list[dict[str, object]] = []
 
     def watch(route: Route) -> None:
@@ -211,7 +213,10 @@ def test_empty_settings_leave_the_model_its_defaults(page: Page, dash: Server) -
         route.continue_()
 
     page.route("**/v1/chat/completions", watch)
-    _ask(page, dash, "Say hello.", model=PINNED, temperature="", max_tokens="")
+    _ask(page, dash, "Say hello.", model=PINNED)
+    for field in ("#pg-temperature", "#pg-max-tokens"):
+        expect(page.locator(field)).to_have_value("")
+        expect(page.locator(field)).to_have_attribute("placeholder", "model default")
     stats = page.locator("#pg-stats")
     expect(stats).to_contain_text("tok/s", timeout=60_000)
     assert "temperature" not in bodies[0] and "max_tokens" not in bodies[0]
