@@ -256,6 +256,25 @@ async def test_a_lower_models_max_evicts_the_least_recently_used_idle_models(
         assert await r.status("third") == "loaded"
 
 
+async def test_the_answer_lists_the_models_the_reload_unloads_and_only_them(
+    conf: Reloadable,
+) -> None:
+    """`unloaded` listed a removed entry whose model was never loaded, and missed the model a
+    new pin evicted to make room (found from outside: `[]` while it was going). drain_after 0:
+    a model that has just loaded may give its room at once (else it is evicted later)."""
+    conf.write({"chat": {}, "other": {}, "third": {}}, models_max=1, drain_after=0)
+    async with served(conf) as r:
+        assert (await r.chat("chat")).status_code == 200
+        conf.write({"chat": {}, "other": {}}, models_max=1, drain_after=0)
+        body = await r.reload()
+        assert body["applied"] == ["models"] and body["unloaded"] == []  # third: not loaded
+        assert await r.status("chat") == "loaded"
+        conf.write({"chat": {}, "other": {"pin": True}}, models_max=1, drain_after=0)
+        assert (await r.reload())["unloaded"] == ["chat"]  # evicted for the pinned one
+        await r.wait_status("other", "loaded")
+        assert await r.status("chat") == "unloaded"
+
+
 async def test_new_pins_and_preloads_load_and_keep_alive_applies_from_now(
     conf: Reloadable,
 ) -> None:

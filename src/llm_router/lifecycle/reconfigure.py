@@ -51,8 +51,9 @@ class Reconfiguration:
         once, for a pinned or preloaded one) loads it with the new options. Requests waiting
         for a model that is gone get a 404. Lower limits evict idle models at once; new pins
         and preloads load; an idle model's unload timer starts again only when its keep-alive
-        rule changed. Returns the ids unloaded now: changed, gone or evicted (a busy model over
-        lower limits goes once idle, later)."""
+        rule changed. Returns the ids of the models it unloads now, of those loaded or loading:
+        changed, gone, or evicted for the lower limits or for a new pin or preload (a busy
+        model over the limits goes once idle, later, and is not among them)."""
         keys = {s.id: self._load_key(s.source) for s in self.registry}
         rules = {s.id: self._idle_rule(s) for s in self.registry}
         loaded = {s.id for s in self.registry if s.status == Status.LOADED}
@@ -78,10 +79,12 @@ class Reconfiguration:
                 state.sticky = False  # a load that failed with the old options may work
             if state.status in RESIDENT and all(state is not s for s, _ in changed):
                 changed.append((state, "configuration changed"))
+        # a model removed or changed that was not loaded is not unloaded (found from outside:
+        # removing an unloaded model's entry answered `unloaded: [it]`)
+        going = {s.id for s, _ in changed if s.status in (Status.LOADED, Status.LOADING)}
         for state, reason in changed:
             self._replace(state, reason)
         self._reconcile("reloaded configuration")
-        evicted = {s.id for s in self.registry if s.id in loaded and s.status == Status.UNLOADING}
         self._room_changed()
         for state in self.registry:
             if state.status == Status.LOADED and rules.get(state.id) != self._idle_rule(state):
@@ -90,7 +93,10 @@ class Reconfiguration:
                 if state.id in (self._wanted() - wanted) | (self._wanted() & rekeyed):
                     with contextlib.suppress(RouterError):
                         self.request_load(state.id, reason="preload")
-        return sorted({state.id for state, _ in changed} | evicted)
+        # after the new pins' and preloads' loads were queued: the room they take is evicted
+        # now too (found from outside: `pin: true` with models_max 1 answered `unloaded: []`)
+        evicted = {s.id for s in self.registry if s.id in loaded and s.status == Status.UNLOADING}
+        return sorted(going | evicted)
 
     def _load_key(self, source: ModelSource) -> tuple[object, ...]:
         """What a worker is started from: a change means loading again."""
