@@ -469,7 +469,8 @@ async def test_a_route_naming_nothing_is_said_at_start(
 ) -> None:
     """A typo in a route's targets or fallbacks was skipped on every request without a word
     (targets only said so per request, fallbacks never): the start says which entry names
-    nothing, and the route still serves from the rest."""
+    nothing, and the route still serves from the rest. Once: it was said again on every
+    routed request and every `GET /models` (found from outside)."""
     async with upstream() as (_, url):
         models = [remote("box", url)]
         routes = [
@@ -481,8 +482,12 @@ async def test_a_route_naming_nothing_is_said_at_start(
             assert "route auto: targets entry 'bxo' names no model or target" in text
             assert "route auto: fallbacks entry 'backup' names no model or target" in text
             assert "'box'" not in text and "route other" not in text
-            ok = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
-            assert ok.status_code == 200
+            caplog.clear()
+            for _ in range(3):
+                ok = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+                assert ok.status_code == 200
+                assert (await c.get("/models")).status_code == 200
+            assert "bxo" not in caplog.text
 
 
 async def test_an_upstream_that_reports_no_usage_is_counted_by_an_estimate(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -50,8 +49,6 @@ from .strategies import Candidate, RouteRequest, ab_split, load_strategy, rank
 from .targets import DEFAULT_REST, Call, EmbedCall, Target
 
 __all__ = ["Dispatcher", "Routed"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -192,8 +189,7 @@ class Dispatcher(Targets):
         for target_name in route.config.targets:
             try:
                 t = self.target(target_name)
-            except ModelNotFound:
-                log.warning("route %s: target %s does not exist", name, target_name)
+            except ModelNotFound:  # said once, at start and on a reload (`warnings`)
                 continue
             targets.append(t)
             candidates.append(t.candidate())
