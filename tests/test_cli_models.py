@@ -62,6 +62,10 @@ def test_ps_lists_what_a_running_server_has_loaded(srv: Server) -> None:
     assert " min" in row or " s " in row  # keep-alive left (5 min by default)
     assert GEMMA not in out.stdout  # not loaded
     assert srv.log().count("machine: ") == 1 and "physical" in srv.log()  # logged at start
+    # host:port without a scheme is http://, as OLLAMA_HOST (it said no server answered)
+    bare = _cli("ps", "--url", srv.url.removeprefix("http://"))
+    assert bare.returncode == 0, bare.stderr
+    assert "loaded" in next(line for line in bare.stdout.splitlines() if SMOL in line)
 
 
 def test_ps_without_a_server_says_so() -> None:

@@ -65,6 +65,7 @@ def test_ollamas_variables() -> None:
         ("[::1]:8081", "::1", 8081),
         ("localhost", "localhost", None),
         ("http://127.0.0.1:7000", "127.0.0.1", 7000),
+        ("https://0.0.0.0:7001/", "0.0.0.0", 7001),
     ]:
         found = foreign_env({"OLLAMA_HOST": value})
         assert (found["host"], found.get("port")) == (host, port and str(port))

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from .compat import http_url
 from .config import Settings
 
 __all__ = ["ServerUrlOpt", "UrlOpt", "auth_headers", "client", "find_server", "server_error"]
@@ -18,8 +19,8 @@ UrlOpt = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="A running server, e.g. http://127.0.0.1:8080 (default: the configured host and "
-        "port when a server answers there, else work in this process).",
+        help="A running server, e.g. http://127.0.0.1:8080 or 127.0.0.1:8080 (default: the "
+        "configured host and port when a server answers there, else work in this process).",
     ),
 ]
 # For the commands that need a server (`ps`): there is no "in this process" for them.
@@ -27,8 +28,8 @@ ServerUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="The running server, e.g. http://127.0.0.1:8080 (default: the one on the "
-        "configured host and port; this command needs a running server).",
+        help="The running server, e.g. http://127.0.0.1:8080 or 127.0.0.1:8080 (default: the "
+        "one on the configured host and port; this command needs a running server).",
     ),
 ]
 
@@ -51,12 +52,13 @@ def _answers(url: str) -> bool:
 
 
 def find_server(url: str | None, settings: Settings) -> str | None:
-    """The server to talk to: `url` (which must answer: else typer.BadParameter), or the
-    configured address when a server answers there, else None."""
+    """The server to talk to: `url` (http:// when it has no scheme, as OLLAMA_HOST; it must
+    answer: else typer.BadParameter), or the configured address when a server answers there,
+    else None."""
     if url:
-        if not _answers(url):
+        if not _answers(full := http_url(url)):
             raise typer.BadParameter(f"no llm-router server answers at {url}", param_hint="--url")
-        return url.rstrip("/")
+        return full
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     default = f"http://{host}:{settings.port}"
     return default if _answers(default) else None

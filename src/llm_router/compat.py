@@ -13,10 +13,17 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["CONTEXT_TOTAL", "LLAMA_DEFAULT_PARALLEL", "foreign_env", "llama_overrides"]
+__all__ = [
+    "CONTEXT_TOTAL",
+    "LLAMA_DEFAULT_PARALLEL",
+    "foreign_env",
+    "http_url",
+    "llama_overrides",
+]
 
 LLAMA_DEFAULT_PARALLEL = 4  # llama-server's slots when -np is not given (and ours)
 CONTEXT_TOTAL = "_context_total"  # llama-server's -c under model_defaults, until it is divided
@@ -88,7 +95,7 @@ def foreign_env(environ: Mapping[str, str]) -> dict[str, Any]:
     if parallel := get("OLLAMA_NUM_PARALLEL"):
         out.setdefault("model_defaults", {})["parallel"] = parallel
     if host := get("OLLAMA_HOST"):
-        _host_port(host.removeprefix("http://").removeprefix("https://"), out)
+        _host_port(urlsplit(http_url(host)).netloc, out)
     llama = llama_overrides(
         ctx_size=_int(environ, "LLAMA_ARG_CTX_SIZE"),
         parallel=_int(environ, "LLAMA_ARG_N_PARALLEL"),
@@ -122,6 +129,13 @@ def _int(environ: Mapping[str, str], name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name}: a whole number is expected, not {value!r}") from None
+
+
+def http_url(value: str) -> str:
+    """A server's address as Ollama takes it (`OLLAMA_HOST`, and our `--url`): a URL, or
+    `host[:port]` without a scheme, which means http://. Without a trailing slash."""
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"http://{value}"
 
 
 def _host_port(value: str, out: dict[str, Any]) -> None:
