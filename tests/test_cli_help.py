@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from llm_router.cli import app
@@ -38,3 +40,14 @@ def test_bench_refuses_no_streams_or_no_tokens() -> None:
         out = CliRunner().invoke(app, ["bench", "m", flag, "0"], env={"COLUMNS": "200"})
         assert out.exit_code == 2, out.output
         assert f"Invalid value for '{flag}'" in out.output
+
+
+def test_list_is_ls_as_in_ollama(tmp_path: Path) -> None:
+    """`llm-router list` (what `ollama list` taught) was "No such command"."""
+    ls, listed = (
+        CliRunner().invoke(app, [name, "--models-dir", str(tmp_path)], env={"COLUMNS": "200"})
+        for name in ("ls", "list")
+    )
+    assert listed.exit_code == ls.exit_code == 0, listed.output
+    assert listed.output == ls.output and "id" in ls.output
+    assert " list " not in _help()  # not a second line in the commands' list

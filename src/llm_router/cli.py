@@ -223,6 +223,9 @@ def ls(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
         err.print(escape(missing_models_dir(settings) or f"no models in {settings.models_dir}"))
 
 
+app.command("list", hidden=True)(ls)  # `ollama list`, in the fingers of Ollama's users
+
+
 @app.command()
 def run(
     model: Annotated[str, typer.Argument(help="Model id or alias.")],
