@@ -159,6 +159,30 @@ async def test_a_reload_answer_names_an_entry_that_names_no_model(conf: Reloadab
         assert (await r.chat("chat")).status_code == 200
 
 
+async def test_a_keep_alive_longer_than_keep_alive_max_is_said(conf: Reloadable) -> None:
+    """keep_alive_max caps a request's own keep_alive only: under `keep_alive: 2m` and
+    `keep_alive_max: 30s`, a request asking for 10m got 30 s, one asking nothing 2 min, and
+    nothing said so (found from outside)."""
+    conf.write({"chat": {}})
+    async with served(conf) as r:
+        conf.write(
+            {"chat": {}, "other": {"keep_alive": -1}, "third": {"keep_alive": "10s"}},
+            keep_alive="2m",
+            keep_alive_max="30s",
+        )
+        tail = (
+            "is longer than keep_alive_max (30s), which caps a request's own keep_alive only: "
+            "a request asking for more than keep_alive_max gets less than one asking nothing; "
+            "raise keep_alive_max or lower keep_alive"
+        )
+        assert (await r.reload())["warnings"] == [
+            f"keep_alive (2m) {tail}",
+            f"model other: keep_alive (-1) {tail}",
+        ]
+        conf.write({"chat": {}}, keep_alive="2m", keep_alive_max=-1)
+        assert (await r.reload())["warnings"] == []
+
+
 async def test_changed_engine_options_reload_the_model_with_them(conf: Reloadable) -> None:
     conf.write({"chat": {"context_size": 512}, "other": {}})
     async with served(conf) as r:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..units import parse_duration
 from .discovery import Scanner
 from .state import EventBus, ModelState, Status
 
@@ -52,7 +53,8 @@ class Registry:
         """What the configuration says that names nothing, or hides something, each as a
         sentence (said at start and on a reload, whose answer lists them): an alias that is
         another model's id, a `models:` entry without a `path` naming no model found, a
-        `preload` name that is no model, a `drain_after` that outlasts `queue_timeout`."""
+        `preload` name that is no model, a `drain_after` that outlasts `queue_timeout`, a
+        `keep_alive` longer than `keep_alive_max`."""
         said = [
             f"model {owner}: alias {alias!r} is the id of another model, which keeps that "
             "name; rename the alias"
@@ -71,6 +73,7 @@ class Registry:
             for name in settings.preload
             if self.get(name) is None
         ]
+        said += self._keep_alive_warnings()
         if settings.drain_after >= settings.queue_timeout:
             said.append(
                 f"drain_after ({settings.drain_after:g} s) is not under queue_timeout "
@@ -78,6 +81,27 @@ class Registry:
                 "another's room times out before that model gives it up"
             )
         return said
+
+    def _keep_alive_warnings(self) -> list[str]:
+        """`keep_alive_max` caps a request's own keep_alive only (leases.py `_keep_alive`):
+        under a longer configured one, asking for more gives less than asking nothing."""
+        settings = self.scanner.settings
+        cap = parse_duration(settings.keep_alive_max)
+        if cap is None:
+            return []
+        ours = [("", settings.keep_alive)] + [
+            (f"model {s.id}: ", s.source.config.keep_alive)
+            for s in self.sorted()
+            if s.source.config.keep_alive is not None and not s.source.config.pin
+        ]
+        return [
+            f"{who}keep_alive ({_shown(value)}) is longer than keep_alive_max "
+            f"({_shown(settings.keep_alive_max)}), which caps a request's own keep_alive only: a "
+            "request asking for more than keep_alive_max gets less than one asking nothing; "
+            "raise keep_alive_max or lower keep_alive"
+            for who, value in ours
+            if (seconds := parse_duration(value)) is None or seconds > cap
+        ]
 
     def holds(self, state: ModelState) -> bool:
         """Whether `state` is still the model of its id (not dropped by a scan)."""
@@ -132,6 +156,11 @@ class Registry:
             alias: s.id for s in self._states.values() for alias in s.source.config.aliases
         }
         return unload
+
+
+def _shown(duration: str | float) -> str:
+    """A duration as the configuration wrote it ("2m", or -1 rather than -1.0)."""
+    return duration if isinstance(duration, str) else f"{duration:g}"
 
 
 def apply_source_error(state: ModelState, events: EventBus | None = None) -> None:
