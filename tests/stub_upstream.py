@@ -2,8 +2,9 @@
 
     python tests/stub_upstream.py PORT
 
-POST /control {"mode": "ok" | "500" | "429" | "hang", "delay": seconds per chunk, "reply": str}
-changes how it answers; GET /stats says how many requests it saw, how many clients hung up
+POST /control {"mode": "ok" | "500" | "429" | "hang" | "frozen", "delay": seconds per chunk,
+"reply": str} changes how it answers ("hang": no answer to a plain request, a stream's headers
+and then nothing; "frozen": not even headers, on any path, /v1/models too); GET /stats says how many requests it saw, how many clients hung up
 before the answer was complete, and the last request's body. A chat request with `tools` is
 answered with a call of the first tool (streamed in three pieces, as OpenAI does)."""
 
@@ -41,7 +42,10 @@ async def stats(_: Request) -> Response:
     return JSONResponse(state)
 
 
-async def models(_: Request) -> Response:
+async def models(request: Request) -> Response:
+    if state["mode"] == "frozen":
+        await _client_left(request, 3600)
+        return Response(status_code=499)
     if state["mode"] == "500":
         return JSONResponse({"error": {"message": "down"}}, 500)
     return JSONResponse(
@@ -120,7 +124,8 @@ async def answer(request: Request) -> Response:
             429,
             headers={"Retry-After": "1"},
         )
-    if mode == "hang" and not body.get("stream") and await _client_left(request, 3600):
+    silent = mode == "frozen" or (mode == "hang" and not body.get("stream"))
+    if silent and await _client_left(request, 3600):
         state["disconnects"] += 1
         return Response(status_code=499)
     words = str(state["reply"]).split(" ")

@@ -173,7 +173,13 @@ class UpstreamUnavailable(EngineError):
 class UpstreamTimeout(UpstreamUnavailable):
     """The upstream took longer than `timeout` to send its next bytes: maybe down, maybe only
     busy with a long generation (a request's own size decides that): another target may
-    answer, but the target's breaker does not count it against it."""
+    answer, but the target's breaker does not count it against it by itself. `answered`:
+    the upstream's answer had begun (its status and headers came) before the wait ran out;
+    when it had not, the router checks the target's health (routing/dispatcher.py)."""
+
+    def __init__(self, message: str, *, answered: bool = True) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class UpstreamError(EngineError):

@@ -41,6 +41,8 @@ class Upstream:
         self.bodies: list[dict[str, Any]] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":  # /models: a slow upstream is busy, not dead
+            return web.json_response({"object": "list", "data": [{"id": "up-model"}]})
         self.bodies.append(json.loads(await request.read()))
         if self.mode == "slow":
             await asyncio.sleep(2)
@@ -85,7 +87,8 @@ async def breaker(c: httpx.AsyncClient, target: str) -> str:
 
 async def test_long_generations_that_time_out_do_not_open_the_breaker(tmp_path: Path) -> None:
     """A client could open a remote target's breaker for everyone by asking for generations
-    longer than its read timeout. Read timeouts do not count; 5xx still do."""
+    longer than its read timeout. Read timeouts of a target that answers its health check do
+    not count; 5xx still do."""
     async with upstream() as (up, url):
         models = [*fake_models(tmp_path, local={}), remote("box", url)]
         routes = [{"name": "auto", "targets": ["box"], "fallbacks": ["local"]}]

@@ -180,6 +180,51 @@ def test_breaker_opens_skips_and_closes(
         srv.stop()
 
 
+def test_a_target_that_never_answers_leaves_the_rotation_without_health_checks(
+    tmp_path: Path, models_dir: Path, stub: Stub, make_client: MakeClient
+) -> None:
+    """With health checks off, a target that takes connections and never sends even its
+    answer's headers opened no breaker: a round-robin route sent it every other request, each
+    waiting out its timeout. A timeout before the headers now has the target checked, and a
+    failed check counts; a timeout of a target that still answers (a long generation) does
+    not."""
+    good = Stub()
+    try:
+        models = [remote("hanger", stub.url, timeout=1), remote("good", good.url)]
+        routes = [{"name": "rr", "strategy": "round-robin", "targets": ["hanger", "good"]}]
+        srv = router_server(tmp_path, models_dir, models, routes, breaker={"failure_threshold": 2})
+        client = make_client(srv)
+
+        def hanger() -> dict[str, Any]:
+            listing = httpx.get(srv.url + "/models").json()["data"]
+            entry: dict[str, Any] = {m["id"]: m for m in listing}["hanger"]
+            return entry
+
+        try:
+            stub.set(mode="hang")  # busy, not dead: its /v1/models answers
+            for _ in range(3):
+                assert chat(client, "rr")[0] == "good"
+                stream = client.chat.completions.create(
+                    model="rr", messages=HELLO, max_tokens=4, stream=True
+                )
+                assert {c.model for c in stream} == {"good"}
+            assert hanger()["breaker"]["state"] == "closed"
+            stub.set(mode="frozen")
+            served = []
+            for _ in range(20):
+                served.append(chat(client, "rr")[0])
+                if (entry := hanger())["breaker"]["state"] == "open":
+                    break
+            assert entry["breaker"]["state"] == "open", entry
+            assert entry["stats"]["error_rate"] > 0
+            assert set(served) == {"good"}
+            assert chat(client, "rr")[0] == "good"
+        finally:
+            srv.stop()
+    finally:
+        good.stop()
+
+
 def test_ab_split_is_sticky_per_user_and_per_api_key(
     tmp_path: Path, models_dir: Path, make_client: MakeClient
 ) -> None:

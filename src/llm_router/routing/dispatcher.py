@@ -34,6 +34,7 @@ from ..errors import (
     RouterError,
     ServerBusy,
     UpstreamRateLimited,
+    UpstreamTimeout,
 )
 from ..lifecycle.manager import ModelManager
 from ..logs import redact
@@ -74,6 +75,7 @@ class Dispatcher(Targets):
             r.name: Route(r, load_strategy(r.strategy, r.strategy_options)) for r in settings.routes
         }
         self._health: dict[str, asyncio.Task[None]] = {}  # remote target -> its checks
+        self._suspects: dict[str, asyncio.Task[None]] = {}  # target -> a check after a timeout
         self._shared: BreakerSync | None = None  # remote targets' breakers, through Redis
         # (route, target) -> attempts a route sent to `target` after an earlier attempt of the
         # same request failed: served or not (the fallbacks counter has only the served ones).
@@ -96,9 +98,10 @@ class Dispatcher(Targets):
             await self._shared.catch_up()  # the breakers open in other routers now
 
     async def close(self) -> None:
-        for task in self._health.values():
+        tasks = [*self._health.values(), *self._suspects.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._health.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._shared is not None:
             await self._shared.close()
         if self._session is not None:
@@ -269,6 +272,7 @@ class Dispatcher(Targets):
             except RETRYABLE as exc:
                 if isinstance(exc, THE_KEYS):
                     raise
+                self._suspect(target, exc)
                 if isinstance(exc, UpstreamRateLimited):  # routes leave it out for a while
                     target.rest(exc.retry_after or DEFAULT_REST)
                 errors.append(exc)
@@ -313,6 +317,7 @@ class Dispatcher(Targets):
             else:
                 target.breaker.record_cancelled()
                 target.stats.record_cancelled()
+                self._suspect(target, exc)
             raise
         target.breaker.record_success()
         target.stats.record_success(since(started), 0)
@@ -329,6 +334,28 @@ class Dispatcher(Targets):
                 f"target '{target.id}' is failing (its breaker is open); retry later",
                 retry_after=self._retry_after([target.id]),
             )
+
+    def _suspect(self, target: Target, exc: BaseException) -> None:
+        """After a timeout before the upstream's answer began, check the target's health once
+        (one check a target at a time, in the background: the request moves on at once). The
+        timeout alone cannot tell: a non-streamed answer (and a stream from a server that
+        sends its headers with the first token) begins only once generated, so a long
+        generation looks the same as a target that hangs. A failed check counts as that
+        request's failure, for the breaker and the error rate the strategies read."""
+        if not isinstance(exc, UpstreamTimeout) or exc.answered or target.id in self._suspects:
+            return
+        task = asyncio.create_task(self._check_suspect(target))
+        self._suspects[target.id] = task
+        task.add_done_callback(lambda _: self._suspects.pop(target.id, None))
+
+    @staticmethod
+    async def _check_suspect(target: Target) -> None:
+        if not await target.health():
+            log.warning(
+                "target %s: no answer within its timeout, and its health check fails", target.id
+            )
+            target.breaker.record_failure()
+            target.stats.record_failure(finished=True)
 
     async def _check_health(self, target: Target) -> None:
         while True:

@@ -96,10 +96,13 @@ class TargetStats:
             self._tps = self._ewma(self._tps, completion_tokens / decode)
         self._outcomes.append((self._clock(), True))
 
-    def record_failure(self) -> None:
-        """A request failed because of the target (transport error, timeout, 5xx, crash)."""
+    def record_failure(self, *, finished: bool = False) -> None:
+        """A request failed because of the target (transport error, timeout, 5xx, crash).
+        `finished`: it was already recorded as cancelled (a timeout that a health check made
+        afterwards found to be the target's), so its slot is not freed again."""
         self.failures += 1
-        self._finish()
+        if not finished:
+            self._finish()
         self._outcomes.append((self._clock(), False))
 
     def record_cancelled(self) -> None:

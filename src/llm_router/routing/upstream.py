@@ -125,8 +125,9 @@ class Upstream:
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         span = self._span(path)
         try:
-            with transport_errors(self.name):
+            with transport_errors(self.name) as waiting:
                 async with self._send(path, payload, span) as response:
+                    waiting.answered()
                     answer = Answer.of(response, await _read(self.name, response.content))
         except BaseException as exc:
             tracing.end(span, error=exc)
@@ -167,8 +168,9 @@ class Upstream:
     async def _chunks(
         self, path: str, payload: dict[str, Any], span: Any
     ) -> AsyncIterator[dict[str, Any]]:
-        with transport_errors(self.name):
+        with transport_errors(self.name) as waiting:
             async with self._send(path, payload, span) as response:
+                waiting.answered()
                 if response.status >= 400:
                     body = await _read(self.name, response.content)
                     raise status_error(self.name, Answer.of(response, body))

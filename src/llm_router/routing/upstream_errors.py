@@ -26,7 +26,14 @@ from ..errors import (
     UpstreamUnavailable,
 )
 
-__all__ = ["DEFAULT_RETRY_AFTER", "Answer", "mid_stream_error", "status_error", "transport_errors"]
+__all__ = [
+    "DEFAULT_RETRY_AFTER",
+    "Answer",
+    "Waiting",
+    "mid_stream_error",
+    "status_error",
+    "transport_errors",
+]
 
 log = logging.getLogger("llm_router.routing.upstream")  # the upstream client's (upstream.py)
 DEFAULT_RETRY_AFTER = 1.0
@@ -56,18 +63,37 @@ def mid_stream_error(name: str, error: dict[str, Any], streaming: bool = True) -
     return UpstreamError(f"upstream {name} {where}: {message}", status=502)
 
 
+class Waiting:
+    """What `transport_errors` yields: the caller calls `answered()` once the upstream's
+    status and headers came, so that a timeout says whether the answer had begun."""
+
+    __slots__ = ("began",)
+
+    def __init__(self) -> None:
+        self.began = False
+
+    def answered(self) -> None:
+        self.began = True
+
+
 @contextlib.contextmanager
-def transport_errors(name: str) -> Iterator[None]:
-    """Transport failures -> UpstreamTimeout (waiting for bytes) or UpstreamUnavailable
-    (connect errors and timeouts, dropped connections). The client's message names the
-    target only: the details (addresses, the library's text) go to the log."""
+def transport_errors(name: str) -> Iterator[Waiting]:
+    """Transport failures -> UpstreamTimeout (waiting for bytes; `answered` says whether the
+    headers had come) or UpstreamUnavailable (connect errors and timeouts, dropped
+    connections). The client's message names the target only: the details (addresses, the
+    library's text) go to the log."""
+    waiting = Waiting()
     try:
-        yield
+        yield waiting
     except aiohttp.ConnectionTimeoutError as exc:
         log.warning("upstream %s: connect timed out (%s)", name, exc)
         raise UpstreamUnavailable(f"upstream {name} could not be reached (timed out)") from exc
     except TimeoutError as exc:  # aiohttp's read timeouts, and any other wait for bytes
         log.warning("upstream %s: no bytes within the read timeout (%s)", name, exc)
+        if not waiting.began:
+            raise UpstreamTimeout(
+                f"upstream {name} timed out before its answer began", answered=False
+            ) from exc
         raise UpstreamTimeout(f"upstream {name} timed out waiting for its answer") from exc
     except aiohttp.ClientError as exc:
         log.warning("upstream %s unreachable: %s: %s", name, type(exc).__name__, exc)
