@@ -519,3 +519,41 @@ async def test_a_stream_cut_after_its_200_is_an_error_in_usage(
             )
             [row] = [row for row in usage.json()["data"] if row["key"] == "streamer"]
             assert row["requests"] == row["errors"] == 1
+
+
+async def test_refusals_are_recorded_with_the_model_asked(tmp_path: Path, master_env: str) -> None:
+    """Requests refused for a key's requests per minute, its budget or its allow-list, and by
+    a draining server (SIGTERM), are usage rows naming the model asked, as a tokens-per-minute
+    refusal's was: the first ones had an empty model, a draining server's none at all."""
+    models = fake_models(tmp_path, chat={}, other={})
+    models[0].cost.input = models[0].cost.output = 1_000_000.0  # 1 per token
+    async with gateway_app(tmp_path, models=models) as gw:
+        rpm = bearer(await gw.key("rpm-user", rpm=1))
+        listed = bearer(await gw.key("listed-user", models=["chat"]))
+        broke = bearer(await gw.key("broke-user", budget=1.0))
+        other = {**CHAT_BODY, "model": "other"}
+        statuses = [
+            (await gw.client.post("/v1/chat/completions", json=body, headers=auth)).status_code
+            for body, auth in [
+                (other, rpm),
+                (other, rpm),  # over its requests per minute
+                (other, listed),  # not in its allow-list
+                (CHAT_BODY, broke),  # spends more than its budget
+                ({**CHAT_BODY, "model": "alias-of-nothing"}, broke),  # over its budget
+            ]
+        ]
+        assert statuses == [200, 429, 404, 200, 429]
+        gw.app.state.drain.begin()
+        draining = await gw.client.post("/v1/chat/completions", json=other, headers=listed)
+        assert draining.json()["error"]["code"] == "server_draining"
+        gw.app.state.drain.draining = False  # to read the usage back over HTTP
+        r = await gw.client.get(
+            "/admin/usage", params={"group_by": "key,model"}, headers=bearer(MASTER)
+        )
+        rows = {(row["key"], row["model"]): row["errors"] for row in r.json()["data"]}
+        assert rows == {
+            ("rpm-user", "other"): 1,
+            ("listed-user", "other"): 2,
+            ("broke-user", "chat"): 0,
+            ("broke-user", "alias-of-nothing"): 1,
+        }

@@ -44,7 +44,7 @@ from . import (
 from .asgi import BodyGuard, ServerApp, UnexpectedErrors
 from .drain import Drain, DrainGuard
 from .front import Front
-from .gateway import GatewayMiddleware, KeyMetrics
+from .gateway import GatewayMiddleware, KeyMetrics, Refusals
 from .reload import Reloader
 
 __all__ = ["create_app"]
@@ -133,19 +133,26 @@ def create_app(
 def install_guards(app: FastAPI, settings: Settings) -> None:
     """The guards every request passes (added innermost first: the last is outermost)."""
     app.add_middleware(UnexpectedErrors)
+    refusals = None
     if gateway := getattr(app.state, "gateway", None):  # API keys, scopes, limits, usage
+        refusals = Refusals(gateway, KeyMetrics(app.state.metrics.registry))
         app.add_middleware(
             GatewayMiddleware,
             gateway=gateway,
             resolve=app.state.dispatcher.resolve,
-            metrics=KeyMetrics(app.state.metrics.registry),
+            metrics=refusals.metrics,
             served=lambda scope: any(
                 r.matches(scope)[0] is not Match.NONE for r in app.router.routes
             ),
+            refusals=refusals,
         )
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
     app.state.drain = Drain()  # SIGTERM: 503s and a wait for requests in flight (run.py)
-    app.add_middleware(DrainGuard, drain=app.state.drain)
+    app.add_middleware(
+        DrainGuard,
+        drain=app.state.drain,
+        refused=refusals.drained if refusals is not None else None,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

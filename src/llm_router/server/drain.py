@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,10 +99,17 @@ class DrainGuard:
     """Counts the requests in flight and, once draining, refuses new ones (see the module's
     docstring). A plain ASGI middleware: it runs on the hot routes too."""
 
-    def __init__(self, app: ASGIApp, drain: Drain, untracked: Iterable[str] = UNTRACKED) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        drain: Drain,
+        untracked: Iterable[str] = UNTRACKED,
+        refused: Callable[[Scope, Receive, int], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         self.drain = drain
         self.untracked = frozenset(untracked)
+        self.refused = refused  # told of each refusal first (the gateway's usage record)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -111,6 +118,8 @@ class DrainGuard:
             return
         drain = self.drain
         if drain.draining:
+            if self.refused is not None and scope["path"] not in HEALTH_PATHS:
+                await self.refused(scope, receive, 503)
             await self._refuse(scope, send)
             return
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]

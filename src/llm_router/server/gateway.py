@@ -6,7 +6,10 @@ Per request with auth on: one header scan, the key's SHA-256 (cached for recent 
 dictionary lookup, the limiter (gateway/limits.py) for keys with limits, and an append to the
 usage batch. The body is read
 here only for a key with a model allow-list (to see the `model` it asks for) and for the
-audited admin routes; it is then replayed to the route unchanged.
+audited admin routes; it is then replayed to the route unchanged. A refused inference request
+(rate limits, budget, allow-list, scope; a draining server's 503, told by server/drain.py) has
+its body read for the model it asks, named in its usage row: the cost of one JSON parse of a
+body the client sent anyway, at most `max_body_bytes`.
 
 The authenticated key's name goes on the scope's state (`scope["state"]["key_name"]`, as
 `request.state.key_name`) for request logs, and its id for A/B splits (`api_key_id`: what
@@ -35,7 +38,7 @@ from ..routing.admission import prompt_gate
 from .asgi import BodyTooLarge, body_once, loopback_hosts, send_json
 from .errors import envelope, not_served, status_of
 
-__all__ = ["GatewayMiddleware", "KeyMetrics", "visible"]
+__all__ = ["GatewayMiddleware", "KeyMetrics", "Refusals", "visible"]
 
 Header = tuple[bytes, bytes]
 _AUDITED = {"/models/load": "model.load", "/models/unload": "model.unload"}
@@ -90,6 +93,55 @@ class KeyMetrics(Collector):
         yield from (tokens, spend, requests)
 
 
+class Refusals:
+    """Records refused inference requests as usage (status, the model asked, no tokens): the
+    gateway's own refusals, and an outer layer's (`drained`: a draining server's 503)."""
+
+    def __init__(self, gateway: Gateway, metrics: KeyMetrics | None) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.metrics_public = gateway.settings.gateway.metrics_public
+        self.limit = gateway.settings.max_body_bytes  # what is read of a body, for its model
+
+    async def drained(self, scope: Scope, receive: Receive, status: int) -> None:
+        """Record a request refused before the gateway saw it, when it is an inference request
+        with a valid key (keyless, when such requests are recorded at all: auth off with a
+        database). Reads the body for the model asked: call it before answering."""
+        gw = self.gateway
+        method, path = scope.get("method", "GET"), scope["path"]
+        if scope["type"] != "http" or required_scope(method, path, self.metrics_public) != (
+            "inference"
+        ):
+            return
+        key: ApiKey | None = None
+        if gw.active:
+            try:
+                key = gw.authenticate(_bearer(scope["headers"]))
+            except RouterError:
+                return  # no key of ours: nobody's usage
+            if "inference" not in key.scopes:
+                return
+        elif gw.store is None:
+            return
+        self.record(key, path, status, await _asked(receive, self.limit))
+
+    def record(self, key: ApiKey | None, path: str, status: int, model: str) -> None:
+        self.gateway.record(
+            key,
+            model=model,
+            target="",
+            route=path,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached_tokens=0,
+            status=status,
+            latency=0.0,
+            ttft=None,
+        )
+        if self.metrics is not None and key is not None:
+            self.metrics.count(key.name, status, 0, 0, 0.0)
+
+
 class GatewayMiddleware:
     def __init__(
         self,
@@ -98,11 +150,13 @@ class GatewayMiddleware:
         resolve: Callable[[str], str] | None = None,
         metrics: KeyMetrics | None = None,
         served: Callable[[Scope], bool] | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.app = app
         self.gateway = gateway
         self.resolve = resolve
         self.metrics = metrics
+        self.refusals = refusals or Refusals(gateway, metrics)
         self.served = served  # whether a route serves this path (a 404 is not an admin's)
         self.metrics_public = gateway.settings.gateway.metrics_public
         self.loopback = loopback_hosts() | {"testclient", "127.0.0.1"}
@@ -136,6 +190,7 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         key: ApiKey | None = None
+        body: bytes | None = None
         try:
             key = gw.authenticate(_bearer(scope["headers"]))
             state = scope.setdefault("state", {})
@@ -155,7 +210,6 @@ class GatewayMiddleware:
                 state["model_allowed"] = lambda name, allowed=key.models: self._allowed(
                     allowed, name
                 )
-            body: bytes | None = None
             if method in _MODEL_BODIES and (
                 (key.models is not None and need == "inference") or path in _AUDITED
             ):
@@ -174,9 +228,16 @@ class GatewayMiddleware:
             # of its messages comes back here as one, limited and counted then
             admission = None if socket else gw.limiter.admit_now(key) or await gw.limiter.admit(key)
         except RouterError as exc:
-            await _refuse(scope, send, exc)
             if key is not None and need == "inference" and scope["type"] == "http":
-                self._record_refusal(key, path, status_of(exc)[0])  # a refusal is usage too
+                # a refusal is usage too, with the model asked: the body is read for it (before
+                # the answer: the server takes no more of it after), when it was not yet
+                model = (
+                    await _asked(receive, self.refusals.limit) if body is None else _model_of(body)
+                )
+                await _refuse(scope, send, exc)
+                self._record_refusal(key, path, status_of(exc)[0], model)
+                return
+            await _refuse(scope, send, exc)
             return
         if admission is None:
             await self.app(scope, receive, send)
@@ -243,21 +304,8 @@ class GatewayMiddleware:
             ):
                 await gw.limiter.charge(admission, prompt + completion)
 
-    def _record_refusal(self, key: ApiKey, path: str, status: int) -> None:
-        self.gateway.record(
-            key,
-            model="",
-            target="",
-            route=path,
-            prompt_tokens=0,
-            completion_tokens=0,
-            cached_tokens=0,
-            status=status,
-            latency=0.0,
-            ttft=None,
-        )
-        if self.metrics is not None:
-            self.metrics.count(key.name, status, 0, 0, 0.0)
+    def _record_refusal(self, key: ApiKey, path: str, status: int, model: str) -> None:
+        self.refusals.record(key, path, status, model)
 
     def _inference(self, scope: Scope) -> bool:
         method, path = scope.get("method", "GET"), scope["path"]
@@ -344,6 +392,31 @@ def _field(body: bytes, name: str) -> Any:
     except (ValueError, RecursionError):
         return None
     return data.get(name) if isinstance(data, dict) else None
+
+
+async def _asked(receive: Receive, limit: int) -> str:
+    """The `model` a refused request's body names ("" for none, or a body over `limit`
+    bytes): read for its usage row; the request is refused whatever it says."""
+    chunks, size = [], 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return ""
+            if not message.get("more_body", False):
+                break
+    except BodyTooLarge:
+        return ""
+    return _model_of(b"".join(chunks))
+
+
+def _model_of(body: bytes) -> str:
+    model = _field(body, "model")
+    return model if isinstance(model, str) else ""
 
 
 async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
