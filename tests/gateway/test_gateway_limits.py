@@ -70,6 +70,29 @@ async def test_requests_per_minute_then_429_with_headers_on_every_answer(gw: Gw)
     )
 
 
+async def test_refusals_before_the_limits_carry_the_headers_too(
+    tmp_path: Path, master_env: str
+) -> None:
+    """A 404 of a key's allow-list and a 429 of its budget (refused before the limits count
+    the request) had no x-ratelimit-* headers, though every inference answer to a key with
+    a limit carries them: they say the windows as they are (the refusal not counted)."""
+    models = fake_models(tmp_path, chat={}, other={})
+    models[0].cost.input = models[0].cost.output = 1_000_000.0  # 1 per token
+    async with gateway_app(tmp_path, models=models) as gw:
+        auth = bearer(await gw.key("listed", rpm=5, models=["chat"], budget=1.0))
+        outside = {**CHAT_BODY, "model": "other"}
+        within_one_minute_window(5)
+        answers = [
+            await gw.client.post("/v1/chat/completions", json=body, headers=auth)
+            for body in (outside, CHAT_BODY, outside, CHAT_BODY)
+        ]
+        assert [r.status_code for r in answers] == [404, 200, 404, 429]
+        assert answers[3].json()["error"]["code"] == "insufficient_quota"
+        remaining = [r.headers.get("x-ratelimit-remaining-requests") for r in answers]
+        assert remaining == ["5", "4", "4", "4"]
+        assert {r.headers["x-ratelimit-limit-requests"] for r in answers} == {"5"}
+
+
 async def test_tokens_per_minute_count_prompt_and_completion(gw: Gw) -> None:
     """The prompt is counted by the model's tokenizer (the fake engine's: bytes of the chat
     template's text) before it runs, with the max_tokens it may generate (as OpenAI counts

@@ -199,6 +199,21 @@ class Limiter:
             admission.holds_slot = True
         return admission
 
+    async def look(self, key: ApiKey) -> list[Header]:
+        """The `x-ratelimit-*` headers of `key`'s windows as they are, nothing counted: for
+        an answer refused before its admission (an allow-list's 404, a budget's 429). None
+        when the storage fails (logged)."""
+        lim = self.effective(key)
+        views: dict[str, View] = {}
+        try:
+            for kind, limit in (("tokens", lim.tpm), ("requests", lim.rpm)):
+                if limit is not None:
+                    views[kind] = (limit, *await self.windows.view(kind, limit, key.name))
+        except Exception as exc:  # redis errors: no headers rather than no answer
+            self.windows.warn(exc)
+            return []
+        return _headers(views)
+
     async def _check(self, key: ApiKey, lim: Effective, full: bool) -> dict[str, View]:
         views: dict[str, View] = {}
         refused: tuple[str, float] | None = None

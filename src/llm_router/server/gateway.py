@@ -234,7 +234,10 @@ class GatewayMiddleware:
                 model = (
                     await _asked(receive, self.refusals.limit) if body is None else _model_of(body)
                 )
-                await _refuse(scope, send, exc)
+                # refused before its admission: the key's windows as they are (a 429 of a
+                # limit has them already)
+                seen = [] if hasattr(exc, "headers") else await gw.limiter.look(key)
+                await _refuse(scope, send, exc, seen)
                 self._record_refusal(key, path, status_of(exc)[0], model)
                 return
             await _refuse(scope, send, exc)
@@ -437,9 +440,11 @@ async def _refuse_raw(send: Send, status: int, message: str, code: str) -> None:
     await send_json(send, status, envelope(message, "invalid_request_error", None, code))
 
 
-async def _refuse(scope: Scope, send: Send, exc: RouterError) -> None:
+async def _refuse(
+    scope: Scope, send: Send, exc: RouterError, headers: list[Header] | None = None
+) -> None:
     status, type_, code = status_of(exc)
-    headers: list[Header] = []
+    headers = [*(headers or ())]
     if isinstance(exc, RateLimited):
         if exc.retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
