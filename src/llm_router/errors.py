@@ -38,7 +38,11 @@ __all__ = [
 class RouterError(Exception):
     """Base of every error this package raises on purpose.
 
-    `param` names the request field at fault, when there is one."""
+    `param` names the request field at fault, when there is one; `tried`, for a request a
+    route could not serve, what the route tried and why each failed (its answer's
+    `x-llm-router-route`, as a served request's names its plan)."""
+
+    tried = ""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

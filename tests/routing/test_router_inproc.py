@@ -106,6 +106,24 @@ async def test_long_generations_that_time_out_do_not_open_the_breaker(tmp_path: 
             assert await breaker(c, "box") == "open"
 
 
+async def test_a_route_whose_targets_all_fail_says_each_failure(tmp_path: Path) -> None:
+    """The answer named only the last target's failure, and no x-llm-router-route said what
+    was tried: now the message lists each target's failure and the header the attempts."""
+    async with upstream() as (up, url), upstream() as (slow, slow_url):
+        up.mode, slow.mode = "error", "slow"
+        models = [remote("broken", url, quality=0.9), remote("hanger", slow_url)]
+        routes = [{"name": "auto", "strategy": "quality-first", "targets": ["broken", "hanger"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 503, r.text  # the last failure's status (a timeout)
+    assert message.startswith("no target of 'auto' could answer")
+    assert "broken: upstream broken failed (HTTP 500)" in message
+    assert "hanger: upstream hanger timed out" in message
+    tried = r.headers["x-llm-router-route"]
+    assert "route=auto" in tried and "broken: UpstreamError; hanger: UpstreamTimeout" in tried
+
+
 async def test_only_known_fields_reach_a_remote_target(tmp_path: Path) -> None:
     """Unknown fields of a request are not passed on to a (paid) upstream; OpenAI's fields,
     the modelled sampling extensions and the configured `forward_fields` are."""

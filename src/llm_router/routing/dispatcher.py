@@ -247,17 +247,20 @@ class Dispatcher(Targets):
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
         errors: list[RouterError] = []
+        said: list[str] = []  # each target's failure, in the words of its error
         resting = [t for t in ordered if t.resting()] if route is not None else []
         for target in _attempts(ordered, route):
             if target in resting:
                 if (note := f"{target.id}: rate limited") not in failures:
                     failures.append(note)
+                    said.append(note)
                 continue
             if route is None:
                 self._check_breaker(target)
             elif not target.breaker.allow():
                 if (note := f"{target.id}: breaker open") not in failures:
                     failures.append(note)
+                    said.append(note)
                 continue
             if failed and route is not None:  # a backoff after a failure, not after a skip
                 try:
@@ -277,21 +280,32 @@ class Dispatcher(Targets):
                     target.rest(exc.retry_after or DEFAULT_REST)
                 errors.append(exc)
                 failures.append(f"{target.id}: {type(exc).__name__}")
+                said.append(f"{target.id}: {exc.message}")
                 failed.append((target.id, type(exc).__name__))
                 if route is None:
                     raise
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
             return Routed(target.id, reason, watch(target, attempt), tuple(failed))
+        tried = why + f" after [{'; '.join(failures)}]" if failures else why
         if errors or (resting and len(resting) == len(ordered)):  # all resting: no attempt
-            raise _answer_of(name, errors, [t.resting() for t in resting])
+            answer = _answer_of(name, errors, [t.resting() for t in resting])
+            if (
+                errors and answer is errors[-1] and len(said) > 1
+            ):  # not the last failure alone: each
+                answer.message = f"no target of '{name}' could answer ({'; '.join(said)})"
+                answer.args = (answer.message,)
+            answer.tried = tried
+            raise answer
         names = [t.id for t in ordered]
         if not names and route is not None:
             names = [*route.config.targets, *route.config.fallbacks]
-        raise ServerBusy(
+        busy = ServerBusy(
             f"no target of '{name}' is available ({'; '.join(failures) or left_out or 'none'})",
             retry_after=self._retry_after(names),
         )
+        busy.tried = tried
+        raise busy
 
     async def embed(self, name: str, call: EmbedCall) -> tuple[str, Embeddings]:
         """Embeddings from the target called `name` (routes serve chat and completions only):

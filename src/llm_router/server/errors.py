@@ -100,7 +100,10 @@ class ClientGone(Exception):
 
 async def _on_router_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, e.RouterError)
-    return router_error_response(exc)
+    response = router_error_response(exc)
+    if exc.tried:  # a route's targets all failed: what it tried, as a served answer says
+        response.headers["x-llm-router-route"] = exc.tried
+    return response
 
 
 async def _on_validation(_: Request, exc: Exception) -> Response:

@@ -124,7 +124,11 @@ class GenerationService:
         route.model = wire.model
         try:
             model = name = self.dispatcher.resolve(wire.model)  # raises ModelNotFound
-            routed = await self.route(wire, request, route.api_key_id, fields)
+            try:
+                routed = await self.route(wire, request, route.api_key_id, fields)
+            except RouterError as exc:
+                route.reason = exc.tried  # what a route tried, for x-llm-router-route
+                raise
             model = route.target = routed.target
             route.reason = routed.reason
             for target, error in routed.failures:
