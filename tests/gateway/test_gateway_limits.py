@@ -293,9 +293,10 @@ async def test_a_spent_budget_is_insufficient_quota(tmp_path: Path, master_env: 
 
 
 def test_reset_text_is_openais_format() -> None:
-    assert [reset_text(s) for s in (0.12, 1, 59.6, 61, 360)] == [
+    assert [reset_text(s) for s in (0.12, 1, 1.2, 59.6, 61, 360)] == [
         "120ms",
         "1s",
+        "2s",  # rounded up: the window is whole then, not a moment before
         "1m0s",
         "1m1s",
         "6m0s",

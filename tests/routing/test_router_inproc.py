@@ -206,6 +206,19 @@ async def test_embeddings_go_through_the_targets_breaker(tmp_path: Path) -> None
             assert len(up.bodies) == seen
 
 
+async def test_an_open_breakers_retry_after_is_rounded_up(tmp_path: Path) -> None:
+    """Retry-After was the breaker's wait rounded to the nearest second (9 of 9.06 s): a
+    client that waited that long was refused again. It is rounded up."""
+    async with upstream() as (up, url):
+        breaker_settings = {"failure_threshold": 1, "cooldown": 2.45}
+        async with app_client(tmp_path, models=[remote("box", url)], breaker=breaker_settings) as c:
+            up.mode = "error"
+            body = {"model": "box", "messages": HELLO}
+            assert (await c.post("/v1/chat/completions", json=body)).status_code == 502
+            r = await c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 503 and r.headers["retry-after"] == "3", r.headers
+
+
 async def test_a_remote_target_is_sent_openais_embedding_fields_only(tmp_path: Path) -> None:
     """Every field of the body went upstream (`keep_alive`, `cache`: unknown to OpenAI's
     API, which refuses them); now OpenAI's and `forward_fields`, as for chats."""

@@ -22,6 +22,7 @@ others' charges), and then by at most what they spent in those 0.15 s."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,10 +45,11 @@ Header = tuple[bytes, bytes]
 
 
 def reset_text(seconds: float) -> str:
-    """OpenAI's reset format: '1s', '6m0s', '120ms'."""
+    """OpenAI's reset format: '1s', '6m0s', '120ms'; rounded up (the window is whole then,
+    not a moment before)."""
     if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, secs = divmod(round(seconds), 60)
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    minutes, secs = divmod(math.ceil(seconds), 60)
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
@@ -382,7 +384,7 @@ def _headers(views: dict[str, View]) -> list[Header]:
         if limit_header is None:
             limit_header = _LIMIT_HEADERS[(kind, limit)] = (_NAMES[kind][0], b"%d" % limit)
         names = _NAMES[kind]
-        whole = round(reset)
+        whole = math.ceil(reset)
         text = _RESET_SECONDS[whole] if 1 <= reset and whole < 120 else reset_text(reset).encode()
         headers += (limit_header, (names[1], b"%d" % max(0, remaining)), (names[2], text))
     return headers

@@ -80,7 +80,7 @@ class Waiting:
 def transport_errors(name: str) -> Iterator[Waiting]:
     """Transport failures -> UpstreamTimeout (waiting for bytes; `answered` says whether the
     headers had come) or UpstreamUnavailable (connect errors and timeouts, dropped
-    connections). The client's message names the target only: the details (addresses, the
+    connections: before the answer began, "could not be reached"; after, "broke off"). The client's message names the target only: the details (addresses, the
     library's text) go to the log."""
     waiting = Waiting()
     try:
@@ -96,6 +96,9 @@ def transport_errors(name: str) -> Iterator[Waiting]:
             ) from exc
         raise UpstreamTimeout(f"upstream {name} timed out waiting for its answer") from exc
     except aiohttp.ClientError as exc:
+        if waiting.began:  # reached: its answer began, then the connection broke
+            log.warning("upstream %s broke off: %s: %s", name, type(exc).__name__, exc)
+            raise UpstreamUnavailable(f"upstream {name} broke off mid-answer") from exc
         log.warning("upstream %s unreachable: %s: %s", name, type(exc).__name__, exc)
         raise UpstreamUnavailable(f"upstream {name} could not be reached") from exc
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.routing import Match
 from .. import errors as e
 from ..protocol.invalid import describe_invalid
 
-__all__ = ["ClientGone", "envelope", "error_json", "install", "status_of"]
+__all__ = ["ClientGone", "envelope", "error_json", "install", "retry_after", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,22 @@ def envelope(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def retry_after(seconds: float) -> str:
+    """A `Retry-After` value: whole seconds, rounded up (a client that waits that long has
+    waited the whole wait: 9 s of a 9.06 s one was too soon), at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
 def router_error_response(exc: e.RouterError) -> JSONResponse:
     status, type_, code = status_of(exc)
     headers = {}
     if isinstance(exc, e.QueueFull):
         if exc.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            headers["Retry-After"] = retry_after(exc.retry_after)
         else:  # no wait helps (a request too large): OpenAI's clients then do not retry
             headers["x-should-retry"] = "false"
     if isinstance(exc, e.UpstreamUnavailable | e.DatabaseUnavailable):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        headers["Retry-After"] = retry_after(exc.retry_after)
     elif isinstance(exc, e.WorkerDied | e.LoadInterrupted):
         headers["Retry-After"] = "1"
     elif isinstance(exc, e.ModelLoadFailed | e.InvalidModelFile):

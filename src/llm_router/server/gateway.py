@@ -36,7 +36,7 @@ from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
 from ..routing.admission import prompt_gate
 from .asgi import BodyTooLarge, body_once, loopback_hosts, send_json
-from .errors import envelope, not_served, status_of
+from .errors import envelope, not_served, retry_after, status_of
 
 __all__ = ["GatewayMiddleware", "KeyMetrics", "Refusals", "visible"]
 
@@ -447,7 +447,7 @@ async def _refuse(
     headers = [*(headers or ())]
     if isinstance(exc, RateLimited):
         if exc.retry_after is not None:
-            headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+            headers.append((b"retry-after", retry_after(exc.retry_after).encode()))
         headers += getattr(exc, "headers", [])
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
