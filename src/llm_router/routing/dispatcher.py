@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -50,6 +51,8 @@ from .strategies import Candidate, RouteRequest, ab_split, load_strategy, rank
 from .targets import DEFAULT_REST, Call, EmbedCall, Target
 
 __all__ = ["Dispatcher", "Routed"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
