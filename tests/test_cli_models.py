@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -392,13 +393,24 @@ def test_chat_says_once_that_the_server_went_away(tmp_path: Path, smollm2_gguf: 
         gone.stop()
 
 
+def _terminal_child() -> None:
+    """In the child, before the chat starts: the pty becomes its controlling terminal, so
+    that ^C typed there is a SIGINT to it (without, the ^C reached nobody, and the test passed
+    only when the answer ended by itself within the wait); and SIGINT is the default again,
+    as at a terminal (a test run started in the background inherits it ignored, and Python
+    then raises no KeyboardInterrupt)."""
+    import fcntl
+    import termios
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def test_chat_stops_an_answer_on_ctrl_c_and_goes_on(srv: Server) -> None:
     """At a terminal, Ctrl-C mid-answer ended the whole chat (exit 0, history lost); as in
     `ollama run` it stops that answer and gives the prompt back."""
-    import fcntl
     import pty
     import select
-    import termios
 
     leader, follower = pty.openpty()
     env = {**os.environ, "LLM_ROUTER_PORT": str(free_port()), "NO_COLOR": "1"}
@@ -406,10 +418,7 @@ def test_chat_stops_an_answer_on_ctrl_c_and_goes_on(srv: Server) -> None:
         [sys.executable, "-m", "llm_router", "chat", SMOL, "--url", srv.url,
          "--max-tokens", "4000", "--temperature", "0"],
         stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
-        # the pty becomes the chat's controlling terminal, so that ^C typed there is a SIGINT
-        # to it (without, the ^C reached nobody, and the test passed only when the answer
-        # ended by itself within the wait)
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        preexec_fn=_terminal_child,
     )  # fmt: skip
     os.close(follower)
     seen = b""
