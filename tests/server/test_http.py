@@ -65,6 +65,27 @@ async def test_malformed_json_is_400_on_every_route(inproc: httpx.AsyncClient, p
     assert "JSON" in str(error(r, 400)["message"])
 
 
+async def test_a_lone_surrogate_is_invalid_json_on_every_route(inproc: httpx.AsyncClient) -> None:
+    """JSON's grammar allows an escaped lone UTF-16 surrogate, which no text holds. The hot
+    routes' parser refused it; FastAPI's routes took it, and /apply-template answered 500 when
+    the worker's request could not be encoded (found from outside). Every route that takes a
+    body, as the API document lists them, now refuses it as the hot routes do."""
+    doc = (await inproc.get("/openapi.json")).json()
+    taking = [
+        (method, path)
+        for path, operations in doc["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert {path for _, path in taking} >= set(POSTS)
+    lone = "\\ud800"  # the escape itself: JSON text a client may send
+    raw = f'{{"model":"chat","messages":[{{"role":"user","content":"{lone}"}}],"content":"{lone}"}}'
+    for method, path in taking:
+        r = await inproc.request(method, path, content=raw.encode(), headers=JSON)
+        message = str(error(r, 400)["message"])
+        assert message.startswith("We could not parse the JSON body"), (path, message)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -93,8 +93,9 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        message = f"We could not parse the JSON body of your request: {first.get('msg')}"
+    if first.get("type") == "json_invalid":  # the parser's own words: where, and what
+        why = (first.get("ctx") or {}).get("error") or first.get("msg")
+        message = f"We could not parse the JSON body of your request: {why}"
         return JSONResponse(envelope(message, "invalid_request_error"), 400)
     param, message = describe_invalid(errors)
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)

@@ -18,11 +18,12 @@ from ..errors import BadRequest, RouterError
 from ..gateway.keys import KeySpec
 from ..gateway.service import Gateway
 from ..gateway.usage import GROUPS, parse_range
+from .bodies import JSONRoute
 from .reload import Reloader
 
 __all__ = ["routes"]
 
-routes = APIRouter(prefix="/admin", tags=["admin"])
+routes = APIRouter(prefix="/admin", tags=["admin"], route_class=JSONRoute)
 
 
 def _gateway(request: Request) -> Gateway:

@@ -21,13 +21,14 @@ from ..protocol import (
     TokenizeResponse,
 )
 from ..serving.llama import LlamaService
+from .bodies import JSONRoute
 from .gateway import visible
 from .routes_openai import no_autoload_asked
 from .sse import cancel_on_disconnect
 
 __all__ = ["routes"]
 
-routes = APIRouter(tags=["llama.cpp"])
+routes = APIRouter(tags=["llama.cpp"], route_class=JSONRoute)
 
 
 def _service(request: Request) -> LlamaService:

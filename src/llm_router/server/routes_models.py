@@ -19,10 +19,11 @@ from ..lifecycle.state import ModelSnapshot
 from ..protocol import MAX_MODEL_NAME
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Target
+from .bodies import JSONRoute
 from .gateway import key_still_valid, visible
 from .sse import events_response
 
-routes = APIRouter(tags=["models"])
+routes = APIRouter(tags=["models"], route_class=JSONRoute)
 
 
 class ModelRef(BaseModel):

@@ -39,12 +39,13 @@ from ..serving.ensemble import (
     EnsembleService,
 )
 from ..serving.generate import GenerationService, RouteInfo
+from .bodies import JSONRoute
 from .gateway import visible
 from .sse import cancel_on_disconnect, sse_response
 
 __all__ = ["HOT", "no_autoload_asked", "parse_body", "routes"]
 
-routes = APIRouter(prefix="/v1", tags=["openai"])
+routes = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
 T = TypeVar("T", bound=BaseModel)
 
 
