@@ -168,6 +168,14 @@ def test_yaml_syntax_error_says_where_on_one_line(tmp_path: Path) -> None:
     assert "from line 3" in message and "\n" not in message and "unicode string" not in message
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """It was a UnicodeDecodeError: `serve` ended with a traceback (found from outside)."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"\x93\xffbinary")
+    with pytest.raises(ConfigError, match=r"config\.yaml is not UTF-8 text \(byte 0x93 at"):
+        load_config(path, environ={})
+
+
 def test_json_syntax_error_says_where(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"port": 8080,}')

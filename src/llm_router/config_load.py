@@ -64,9 +64,14 @@ def load_config(
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # YAML and JSON files are UTF-8 text
+        byte = exc.object[exc.start]
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})"
+        ) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:

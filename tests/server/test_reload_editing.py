@@ -44,6 +44,25 @@ async def test_an_empty_config_file_is_refused_and_changes_nothing(conf: Reloada
         assert (await r.chat("auto")).status_code == 200
 
 
+async def test_a_config_file_that_is_not_utf8_is_refused_and_changes_nothing(
+    conf: Reloadable, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A binary file written over the config (found from outside): the reload answered 500
+    and a SIGHUP logged a traceback. It is a 400 config_error saying so, and one log line."""
+    conf.write({"chat": {"aliases": ["c"]}})
+    async with served(conf) as r:
+        conf.path.write_bytes(b"\x93\xffbinary")
+        error = (await r.reload(400))["error"]
+        assert error["code"] == "config_error"
+        assert "is not UTF-8 text" in error["message"]
+        with caplog.at_level("WARNING", logger="llm_router.server.reload"):
+            await r.app.state.reloader._unattended("SIGHUP")
+        (record,) = [x for x in caplog.records if x.name == "llm_router.server.reload"]
+        assert "is not UTF-8 text" in record.getMessage() and record.exc_info is None
+        assert await r.names() == {"chat"}
+        assert (await r.chat("c")).status_code == 200
+
+
 async def test_watch_config_ignores_a_truncated_file_until_it_is_written(
     conf: Reloadable, monkeypatch: pytest.MonkeyPatch
 ) -> None:

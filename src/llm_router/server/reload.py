@@ -174,8 +174,9 @@ class Reloader:
 
 
 def _blank(path: Path) -> bool:
-    """Whether the file holds nothing but white space (a missing file is an error later)."""
+    """Whether the file holds nothing but white space (a missing file, or one that is no
+    UTF-8 text, is an error later, when it is read)."""
     try:
-        return not path.read_text().strip()
+        return not path.read_bytes().strip()
     except OSError:
         return False
