@@ -11,6 +11,7 @@ from typing import Any, Literal
 __all__ = [
     "DEFAULT_ORDER",
     "LLAMA_DEFAULTS",
+    "Answers",
     "ChatMessage",
     "Constraint",
     "Embeddings",
@@ -33,6 +34,16 @@ __all__ = [
 # Local engines end with "stop" or "length"; a remote target may also say why it stopped with
 # the others (OpenAI's values), passed on as they are.
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Answers:
+    """The answers one request asks for side by side (its `n`, times a completion's prompts),
+    each a generation holding a model slot of its own: how many, and this object, which they
+    share (compared by identity), so a model's queue tells a waiter's siblings from other
+    requests (lifecycle/leases.py)."""
+
+    count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -614,6 +614,22 @@ async def test_ensemble_and_compare_refuse_n_answers_they_would_drop(tmp_path: P
             assert (await c.post(path, json={**ask, "n": 1})).status_code == 200
 
 
+async def test_more_answers_than_a_model_can_ever_hold_is_a_400_naming_n(tmp_path: Path) -> None:
+    """Each of `n` answers takes a slot or a place in the model's queue. More than its slots
+    and queue hold together was a 429 "retry later" with Retry-After, on an idle model, which
+    the openai client retried for nothing (found from outside)."""
+    models = [m.model_copy(update={"parallel": 2}) for m in fake_models(tmp_path, chat={})]
+    async with app_client(tmp_path, models=models, queue_per_model=3) as c:
+        assert (await c.post("/models/load", json={"model": "chat"})).status_code == 200
+        ask = {**CHAT, "temperature": 0.7}
+        r = await c.post("/v1/chat/completions", json={**ask, "n": 8})
+        refused = error(r, 400)
+        assert refused["param"] == "n" and "retry-after" not in r.headers
+        assert "at most 5" in str(refused["message"]) and "queue_per_model" in str(refused)
+        r = await c.post("/v1/chat/completions", json={**ask, "n": 5})  # 2 slots + 3 waiting
+        assert r.status_code == 200 and len(r.json()["choices"]) == 5
+
+
 async def test_a_route_whose_targets_do_not_exist_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:

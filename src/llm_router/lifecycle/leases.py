@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    BadRequest,
     LoadInterrupted,
     ModelLoadFailed,
     ModelNotFound,
@@ -22,6 +23,7 @@ from ..errors import (
     QueueFull,
     ServerBusy,
 )
+from ..types import Answers
 from ..units import parse_duration
 from ..worker.client import Worker
 from .state import ModelState, Status, Timer
@@ -57,18 +59,27 @@ class Leases:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: str, *, autoload: bool | None = None, keep_alive: float | None = None
+        self,
+        name: str,
+        *,
+        autoload: bool | None = None,
+        keep_alive: float | None = None,
+        answers: Answers | None = None,
     ) -> AsyncIterator[Worker]:
         """Hold one slot of model `name` for the duration of the block, loading it first if
         needed. `autoload=False` refuses to load (a request may turn autoload off, never on);
         `keep_alive` is this request's idle time before unload (math.inf: never; None: the
         model's or the server's), capped by the configured maximum; the latest request to come
         sets it, as in Ollama (it was the last to finish: a short request asking for an hour,
-        done while a stream that asked for 0 went on, was forgotten). Raises ModelNotFound, ModelNotLoaded, ModelLoadFailed,
-        InsufficientMemory, QueueFull (429) or ServerBusy (503). Cancelling while queued gives
-        the place up; a load nobody waits for any more is withdrawn if it has not started."""
+        done while a stream that asked for 0 went on, was forgotten). `answers`: this is one
+        of a request's several answers, each leasing a slot. Raises ModelNotFound,
+        ModelNotLoaded, ModelLoadFailed, InsufficientMemory, QueueFull (429), ServerBusy (503),
+        or BadRequest when `answers` are more than the model's slots and queue can ever hold.
+        Cancelling while queued gives the place up; a load nobody waits for any more is
+        withdrawn if it has not started."""
         state = self.resolve(name)
-        worker = await self._acquire(state, self.settings.autoload and autoload is not False)
+        autoload = self.settings.autoload and autoload is not False
+        worker = await self._acquire(state, autoload, answers)
         state.keep_alive_asked = keep_alive  # the latest request's (in the order they got in)
         try:
             yield worker
@@ -109,11 +120,14 @@ class Leases:
         ]
         self._threads.apply(busy)
 
-    async def _acquire(self, state: ModelState, autoload: bool) -> Worker:
+    async def _acquire(
+        self, state: ModelState, autoload: bool, answers: Answers | None = None
+    ) -> Worker:
+        """A slot, after a wait in the model's queue of at most `queue_timeout`."""
         if not state.waiters and self._can_take(state):
             self.observe_wait(state.id, 0.0)
             return self._take(state)
-        self._check_queue(state)
+        self._check_queue(state, answers)
         loop = asyncio.get_running_loop()
         began = loop.time()
         deadline = began + self.settings.queue_timeout
@@ -157,9 +171,12 @@ class Leases:
                     state.notify()
                 raise
 
-    def _check_queue(self, state: ModelState) -> None:
+    def _check_queue(self, state: ModelState, answers: Answers | None = None) -> None:
         retry = 1.0 if state.status == Status.LOADED else 5.0
-        if len(state.waiters) >= self.settings.queue_per_model:
+        full = len(state.waiters) >= self.settings.queue_per_model
+        if answers is not None and (full or self._waiting >= self.settings.queue_total):
+            self._check_room(state, answers.count)  # a 400 when no wait can help
+        if full:
             raise QueueFull(
                 f"too many requests are waiting for model '{state.id}' "
                 f"({len(state.waiters)}); retry later",
@@ -170,6 +187,25 @@ class Leases:
                 f"the server is full ({self._waiting} requests waiting); retry later",
                 retry_after=retry,
             )
+
+    def _check_room(self, state: ModelState, count: int) -> None:
+        """BadRequest when a request's `count` answers are more than the model's slots and
+        its queue hold together: no retry can pass (it was a 429 that the openai client
+        retried). Unknown until it loads when no `parallel` is configured (the engine's own
+        default): a 429 then, and this once it has loaded."""
+        parallel = state.source.config.parallel or self.settings.model_defaults.parallel
+        slots = state.slots if state.worker is not None else parallel
+        queue = min(self.settings.queue_per_model, self.settings.queue_total)
+        if slots is None or count <= slots + queue:
+            return
+        setting = "queue_per_model" if queue == self.settings.queue_per_model else "queue_total"
+        raise BadRequest(
+            f"this request asks for {count} answers at once (`n`, times the prompts of a "
+            f"completion), but model '{state.id}' holds at most {slots + queue}: {slots} "
+            f"generating (its slots, `parallel`) and {queue} waiting (`{setting}`); ask for "
+            f"at most {slots + queue}, or raise `{setting}` or the model's `parallel`",
+            param="n",
+        )
 
     def _progress(self, state: ModelState, autoload: bool, since: float) -> None:
         """Move the model at the head of its queue towards `loaded`, or raise why it cannot:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ..config import ModelConfig
 from ..errors import BadRequest
-from ..types import Embeddings, GenerationEvent, GenerationRequest
+from ..types import Answers, Embeddings, GenerationEvent, GenerationRequest
 from ..units import parse_duration
 from .breaker import CircuitBreaker
 from .stats import TargetStats
@@ -31,22 +31,26 @@ DEFAULT_REST = 1.0  # ... when it names no wait
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A request's lifecycle options for a local model: `autoload` may only turn loading off;
-    `keep_alive` is this request's idle time before unload (math.inf: never)."""
+    `keep_alive` is this request's idle time before unload (math.inf: never); `answers`, when
+    this is one of several answers to the request, what they share."""
 
     autoload: bool | None = None
     keep_alive: float | None = None
+    answers: Answers | None = None
 
     @classmethod
-    def of(cls, autoload: bool | None, keep_alive: str | float | None) -> Lease:
+    def of(
+        cls, autoload: bool | None, keep_alive: str | float | None, answers: Answers | None = None
+    ) -> Lease:
         """A request's `autoload` and `keep_alive` (seconds, "5m", -1 or 0, as Ollama's);
         raises BadRequest for a `keep_alive` that is no duration."""
         if keep_alive is None:
-            return cls(autoload)
+            return cls(autoload, None, answers)
         try:
             seconds = parse_duration(keep_alive)
         except ValueError as exc:
             raise BadRequest(str(exc), param="keep_alive") from None
-        return cls(autoload, math.inf if seconds is None else seconds)
+        return cls(autoload, math.inf if seconds is None else seconds, answers)
 
 
 @dataclass(frozen=True, slots=True)

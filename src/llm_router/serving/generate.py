@@ -44,6 +44,7 @@ from ..routing.strategies import RouteRequest
 from ..routing.targets import Call, Lease
 from ..tool_calls import as_function_call
 from ..types import (
+    Answers,
     Finished,
     GenerationEvent,
     GenerationRequest,
@@ -74,9 +75,11 @@ class GenerationService:
         request: GenerationRequest,
         api_key_id: str | None = None,
         fields: dict[str, Any] | None = None,
+        answers: Answers | None = None,
     ) -> Routed:
-        """Commit the request to a target (falling back as the route allows)."""
-        lease = Lease.of(wire.autoload, wire.keep_alive)
+        """Commit the request to a target (falling back as the route allows). `answers`: the
+        request's answers this one runs beside, when there are several."""
+        lease = Lease.of(wire.autoload, wire.keep_alive, answers)
         kind: Literal["chat", "completion"] = (
             "chat" if request.messages is not None else "completion"
         )
@@ -125,7 +128,7 @@ class GenerationService:
         try:
             model = name = self.dispatcher.resolve(wire.model)  # raises ModelNotFound
             try:
-                routed = await self.route(wire, request, route.api_key_id, fields)
+                routed = await self.route(wire, request, route.api_key_id, fields, route.answers)
             except RouterError as exc:
                 route.reason = exc.tried  # what a route tried, for x-llm-router-route
                 raise
@@ -207,7 +210,9 @@ class GenerationService:
                 async for event in events:
                     yield c.index, event
             return
-        routes = [replace(route) for _ in choices]  # who asks, and the cache directives
+        together = Answers(len(choices))  # one slot each: the model's queue knows them
+        # who asks, and the cache directives
+        routes = [replace(route, answers=together) for _ in choices]
         streams = [
             self._events(wire, c.request, r, c.body) for c, r in zip(choices, routes, strict=True)
         ]
