@@ -630,6 +630,19 @@ async def test_more_answers_than_a_model_can_ever_hold_is_a_400_naming_n(tmp_pat
         assert r.status_code == 200 and len(r.json()["choices"]) == 5
 
 
+async def test_answers_waiting_for_their_own_others_do_not_time_out(tmp_path: Path) -> None:
+    """n=3 on a model with 2 slots: the third answer waits until one of the first two ends. It
+    counted that wait against `queue_timeout` and the request failed with a 503 when its own
+    first answers took longer than that, on an idle server (found from outside)."""
+    models = fake_models(tmp_path, slow={"token_seconds": 0.02})  # not `chat`: app_client
+    models = [m.model_copy(update={"parallel": 2}) for m in models]  # writes that one's file
+    async with app_client(tmp_path, models=models, queue_timeout=0.1) as c:
+        ask = {**CHAT, "model": "slow", "temperature": 0.7, "max_tokens": 20, "n": 3}
+        r = await c.post("/v1/chat/completions", json=ask)
+        assert r.status_code == 200, r.text
+        assert [x["index"] for x in r.json()["choices"]] == [0, 1, 2]
+
+
 async def test_a_route_whose_targets_do_not_exist_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:

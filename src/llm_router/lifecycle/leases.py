@@ -72,7 +72,7 @@ class Leases:
         model's or the server's), capped by the configured maximum; the latest request to come
         sets it, as in Ollama (it was the last to finish: a short request asking for an hour,
         done while a stream that asked for 0 went on, was forgotten). `answers`: this is one
-        of a request's several answers, each leasing a slot. Raises ModelNotFound,
+        of a request's several answers, each leasing a slot (see `_acquire`). Raises ModelNotFound,
         ModelNotLoaded, ModelLoadFailed, InsufficientMemory, QueueFull (429), ServerBusy (503),
         or BadRequest when `answers` are more than the model's slots and queue can ever hold.
         Cancelling while queued gives the place up; a load nobody waits for any more is
@@ -81,9 +81,16 @@ class Leases:
         autoload = self.settings.autoload and autoload is not False
         worker = await self._acquire(state, autoload, answers)
         state.keep_alive_asked = keep_alive  # the latest request's (in the order they got in)
+        if answers is not None:
+            state.held[answers] = state.held.get(answers, 0) + 1
         try:
             yield worker
         finally:
+            if answers is not None:
+                if state.held[answers] == 1:
+                    del state.held[answers]
+                else:
+                    state.held[answers] -= 1
             state.active -= 1
             state.last_used, state.use_order = time.time(), next(self._uses)
             state.notify()
@@ -123,7 +130,9 @@ class Leases:
     async def _acquire(
         self, state: ModelState, autoload: bool, answers: Answers | None = None
     ) -> Worker:
-        """A slot, after a wait in the model's queue of at most `queue_timeout`."""
+        """A slot, after a wait in the model's queue of at most `queue_timeout`. A request's
+        answers past the model's slots wait for its own others to end: that time does not
+        count (with n=3 on 2 slots, the third answer timed out behind the first two)."""
         if not state.waiters and self._can_take(state):
             self.observe_wait(state.id, 0.0)
             return self._take(state)
@@ -145,6 +154,8 @@ class Leases:
                         return self._take(state)
                     self._progress(state, autoload, began)
                 changed = state.changed
+                if answers is not None and answers in state.held:  # behind its own answers
+                    deadline = loop.time() + self.settings.queue_timeout
                 left = deadline - loop.time()
                 if left <= 0:
                     raise ServerBusy(

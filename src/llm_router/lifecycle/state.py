@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..errors import ServerBusy
+from ..types import Answers
 from ..worker.client import Worker
 from .discovery import ModelSource
 
@@ -67,6 +68,8 @@ class ModelState:
     # worker died)
     load_reason: str = "request"
     active: int = 0
+    # of `active`, the slots held by the answers of requests asking for several (their Answers)
+    held: dict[Answers, int] = field(default_factory=dict)
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     # Draining: a waiting load needs this model's room. Only the requests already queued
     # when the drain began (`drain_allowed`) still get a slot; later ones wait for a reload.
