@@ -301,6 +301,11 @@ class Settings(BaseSettings):
         description="Best-of scorers a request may name: {name: 'package.module:function'}.",
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request's body may take to arrive once its route reads it; then 408.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names served besides loopback names and IP addresses; '*': any.",

@@ -396,6 +396,80 @@ async def test_an_unexpected_error_is_logged_not_told(
     assert "a bug with a secret" in caplog.text
 
 
+async def _send_part_of_a_body(app: FastAPI, path: str, then: Message | None) -> list[Message]:
+    """POST `path` with a Content-Length of 100 and 9 bytes of body, then `then` (None: the
+    client sends nothing more and keeps the connection open); what the app sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+        ],
+    }
+    messages = iter([{"type": "http.request", "body": b'{"model":', "more_body": True}])
+
+    async def receive() -> Message:
+        for message in messages:
+            return message
+        if then is None:
+            await asyncio.Event().wait()
+        assert then is not None
+        return then
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    return sent
+
+
+async def test_a_client_gone_before_its_body_is_whole_is_a_quiet_499(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closed (or half-closed) the connection while sending its body was logged
+    as `ERROR unhandled error` with starlette's ClientDisconnect traceback, and counted a 500
+    in the request log and the metrics (found from outside). It is a client gone: 499, nginx's
+    "client closed request", as a client gone while its answer was made, and no error."""
+    apps: list[FastAPI] = []
+    async with app_client(tmp_path, setup=apps.append) as c:
+        with caplog.at_level(logging.INFO):
+            for path in POSTS:
+                sent = await _send_part_of_a_body(apps[0], path, {"type": "http.disconnect"})
+                assert [m["status"] for m in sent if "status" in m] == [499], path
+        metrics = (await c.get("/metrics")).text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    lines = [r.getMessage() for r in caplog.records if r.name == "llm_router.requests"]
+    assert len(lines) == len(POSTS) and all(" 499 " in line for line in lines), lines
+    errors = [x for x in metrics.splitlines() if x.startswith("llm_router_http_errors_total{")]
+    assert errors and all('status="499"' in x for x in errors), errors
+
+
+async def test_a_client_that_stalls_sending_its_body_gets_a_408(tmp_path: Path) -> None:
+    """Headers and part of a body, then nothing: the request was held open for good (found
+    from outside). `body_timeout` bounds the wait, answered with the OpenAI envelope."""
+    apps: list[FastAPI] = []
+    async with app_client(tmp_path, setup=apps.append, body_timeout=0.05):
+        for path in POSTS:
+            sent = await _send_part_of_a_body(apps[0], path, None)
+            assert sent[0]["status"] == 408, path
+            body = json.loads(sent[1]["body"])
+            validate("ErrorResponse", body)
+            assert body["error"]["code"] == "request_timeout" and "body_timeout" in str(body)
+
+
 class Stamp:
     """A middleware added the documented way (`app.add_middleware`), as auth will be."""
 

@@ -146,7 +146,7 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
             ),
             refusals=refusals,
         )
-    app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, limit=settings.max_body_bytes, timeout=settings.body_timeout)
     app.state.drain = Drain()  # SIGTERM: 503s and a wait for requests in flight (run.py)
     app.add_middleware(
         DrainGuard,

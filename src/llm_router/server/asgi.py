@@ -8,6 +8,7 @@ the route instead, which the app's exception handlers turn into the same envelop
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -21,8 +22,11 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import ClientGone
+
 __all__ = [
     "BodyGuard",
+    "BodyTimeout",
     "BodyTooLarge",
     "HostGuard",
     "ServerApp",
@@ -48,6 +52,18 @@ class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is over the limit of {limit} bytes")
         self.limit = limit
+
+
+class BodyTimeout(HTTPException):
+    """A request body had not all arrived `seconds` after its route began to read it (a
+    client that sent its headers and part of it, then stalled): a 408."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {seconds:g} s (`body_timeout`): "
+            "the client sent part of it and stopped",
+        )
 
 
 def body_once(body: bytes, then: Receive) -> Receive:
@@ -167,12 +183,18 @@ class HostGuard:
 class BodyGuard:
     """For HTTP requests with a body: 415 unless the Content-Type is JSON (`application/json`
     or `application/*+json`), 413 when the Content-Length says the body is over `limit`, and
-    for a body sent without one (chunked), BodyTooLarge raised from `receive` once the bytes
-    received go over it."""
+    from `receive`, while the body is being read: for a body sent without one (chunked),
+    BodyTooLarge once the bytes received go over it; BodyTimeout when it has not all come
+    `timeout` seconds after the first read; ClientGone when the client closes (or half-closes)
+    the connection before it is whole (it was starlette's ClientDisconnect: a 500 and a
+    traceback). Once the body is whole, `receive` is the server's own (a later disconnect is
+    the routes' to watch). Raised where the body is read: in a route, the app's handlers
+    answer them; in a middleware before it (the gateway buffers bodies), here."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -203,10 +225,18 @@ class BodyGuard:
                 "unsupported_media_type",
             )
             return
-        if length.isdigit():
-            await self.app(scope, receive, send)  # the server reads at most Content-Length
+        if length == b"0":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, _counting(receive, self.limit), send)
+        # the server reads at most a Content-Length: counted only without one
+        limit = None if length.isdigit() else self.limit
+        try:
+            await self.app(scope, _body_reader(receive, limit, self.timeout), send)
+        except ClientGone:  # as the app's handler answers it: 499, to no one
+            await send({"type": "http.response.start", "status": 499, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        except BodyTimeout as exc:  # the response has not begun: the body was not read yet
+            await _refuse(send, 408, str(exc.detail), "request_timeout")
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -216,19 +246,34 @@ def _is_json(content_type: bytes) -> bool:
     )
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
+def _body_reader(receive: Receive, limit: int | None, timeout: float) -> Receive:
+    """`receive` as BodyGuard says. One timer a read until the body is whole (mostly one
+    read): nothing after it."""
     received = 0
+    whole = False
+    deadline: float | None = None
 
-    async def counted() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
+    async def read() -> Message:
+        nonlocal received, whole, deadline
+        if whole:
+            return await receive()
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout(timeout) from None
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientGone
+        whole = not message.get("more_body", False)
+        if limit is not None:
             received += len(message.get("body", b""))
             if received > limit:
                 raise BodyTooLarge(limit)
         return message
 
-    return counted
+    return read
 
 
 class UnexpectedErrors:

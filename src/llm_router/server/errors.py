@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from .. import errors as e
@@ -101,9 +102,14 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)
 
 
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready: the work was cancelled and nobody
-    reads a response (the app answers 499 to no one, and logs nothing)."""
+class ClientGone(HTTPException):
+    """The client disconnected before its answer was ready, or before it had sent its whole
+    body: the work was cancelled (or never began) and nobody reads a response (the app
+    answers 499 to no one, nginx's "client closed request", and logs nothing but the request
+    line). An HTTPException, so that FastAPI's own body parsing passes it on, as BodyTooLarge."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the connection")
 
 
 async def _on_router_error(_: Request, exc: Exception) -> Response:
@@ -119,7 +125,12 @@ async def _on_validation(_: Request, exc: Exception) -> Response:
     return _validation_response(exc)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "body_too_large",
+}
 
 
 async def _on_http(request: Request, exc: Exception) -> Response:
@@ -183,6 +194,7 @@ HANDLERS: dict[type[Exception], Handler] = {
     RequestValidationError: _on_validation,
     HTTPException: _on_http,
     ClientGone: _on_client_gone,
+    ClientDisconnect: _on_client_gone,  # starlette's, from a body read past our guard
     Exception: _on_unexpected,
 }
 
