@@ -182,6 +182,32 @@ async def test_llama_cpp_clients_no_limit_and_n_predict_are_understood(
     assert zero.status_code == 400  # OpenAI's floor is kept
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param", "says"),
+    [
+        ("/v1/completions", {"prompt": "x", "n_predict": -2}, "n_predict", "-1 (no limit)"),
+        ("/v1/chat/completions", {"messages": HELLO, "n_predict": "5"}, "n_predict", "-1 (no"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": -2}, "max_tokens", "-1 (no limit)"),
+        ("/v1/chat/completions", {"messages": HELLO, "max_completion_tokens": 0},
+         "max_completion_tokens", "-1 (no limit)"),
+        ("/v1/completions", {"max_tokens": float("nan")}, "max_tokens", "finite number"),
+        ("/v1/chat/completions", {"messages": HELLO, "n": True}, "n", "not a boolean"),
+    ],
+)  # fmt: skip
+async def test_token_limits_and_validators_say_what_is_taken_and_name_their_field(
+    inproc: httpx.AsyncClient, path: str, body: dict[str, object], param: str, says: str
+) -> None:
+    """Found from outside: `n_predict` errors named no field and began "Value error, ", as
+    every validator's own did; `max_tokens: -2` said "should be >= 1", though -1 is taken;
+    `max_tokens: NaN` without a prompt said "finite number; Field required", the prompt's
+    reason read as max_tokens'."""
+    content = json.dumps({"model": "chat", **body}).encode()  # NaN as Python writes it
+    refused = error(await inproc.post(path, content=content, headers=JSON), 400)
+    message = str(refused["message"])
+    assert refused["param"] == param and says in message, message
+    assert "Value error" not in message and "required" not in message, message
+
+
 async def test_v1_models_carries_llama_cpp_routers_status_and_aliases(tmp_path: Path) -> None:
     """llama.cpp's web UI, told `role: router` by /props, reads `status.value` of each entry
     of /v1/models, which had OpenAI's four fields only (found from outside)."""

@@ -28,19 +28,27 @@ def _path(loc: Sequence[Any]) -> list[str]:
     ]
 
 
+def _reason(error: Any) -> str:
+    """pydantic's message, without the "Value error, " it puts before a validator's own."""
+    cause = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "value_error" and cause is not None:
+        return str(cause)
+    return str(error.get("msg"))
+
+
 def describe_invalid(errors: Sequence[Any]) -> tuple[str | None, str]:
-    """(param, message) for pydantic's `errors()`: a value that matches none of a union's
-    shapes fails each of them, so the message names the field they share."""
+    """(param, message) for pydantic's `errors()` about the first field that fails: a value
+    that matches none of a union's shapes fails each of them, so the message names the field
+    they share; other fields' errors are left to the next attempt (their reasons, joined,
+    read as the first field's)."""
     first = errors[0] if errors else {}
-    paths = [
-        _path(e.get("loc", ()))
-        for e in errors
-        if _path(e.get("loc", ()))[:1] == _path(first.get("loc", ()))[:1]
-    ]
+    field = _path(first.get("loc", ()))[:1]
+    about = [e for e in errors if _path(e.get("loc", ()))[:1] == field]
+    paths = [_path(e.get("loc", ())) for e in about]
     common = paths[0] if paths else []
     for path in paths[1:]:
         common = [a for a, b in zip(common, path, strict=False) if a == b][: len(common)]
     param = ".".join(common) or None
-    reasons = list(dict.fromkeys(str(e.get("msg")) for e in errors))[:3]
+    reasons = list(dict.fromkeys(_reason(e) for e in about))[:3]
     why = reasons[0] if len(reasons) == 1 else "; ".join(reasons)
     return param, f"Invalid value for '{param}': {why}" if param else why

@@ -12,10 +12,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..errors import BadRequest
 from ..types import ChatMessage, GenerationRequest, SamplingParams, ToolCall
@@ -115,6 +117,7 @@ MAX_PROMPTS = 128  # prompts in one completion request
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
 MAX_STOPS = 64  # stop strings one request may give
+_TOKENS = "Input should be -1 (no limit) or a number of tokens from 1"
 
 
 def null_is(default: object) -> BeforeValidator:
@@ -188,7 +191,9 @@ class _Request(ShapeFields):
     @field_validator("max_tokens", "max_completion_tokens", mode="before")
     @classmethod
     def _no_limit(cls, value: Any, info: ValidationInfo) -> Any:
-        if value == -1 and type(value) is int:
+        if type(value) is int and value < 1:
+            if value != -1:  # "should be >= 1" said nothing of the -1 it takes
+                raise PydanticCustomError("no_limit", _TOKENS)
             return cls._unlimited(info.field_name or "max_tokens")
         return value
 
@@ -210,7 +215,10 @@ class _Request(ShapeFields):
             return self
         n = extra["n_predict"]
         if type(n) is not int or not (n == -1 or 1 <= n <= MAX_TOKENS):
-            raise ValueError("`n_predict` is -1 (no limit) or a number of tokens from 1")
+            # about `n_predict`, not the whole body (a model validator's errors name no field)
+            error = PydanticCustomError("no_limit", _TOKENS)
+            detail = InitErrorDetails(type=error, loc=("n_predict",), input=n)
+            raise ValidationError.from_exception_data(type(self).__name__, [detail])
         self.max_tokens = self._unlimited("max_tokens") if n == -1 else n
         return self
 
