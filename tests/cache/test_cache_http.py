@@ -132,6 +132,21 @@ async def test_a_bad_cache_field_is_a_400_whatever_the_temperature(tmp_path: Pat
         assert unset.status_code == 200, unset.text  # null: the default, as elsewhere
 
 
+async def test_a_hit_is_refused_what_a_miss_is_refused(tmp_path: Path) -> None:
+    """`keep_alive` is no part of the key (it changes no answer), and it was checked only
+    when a model was leased: after a greedy chat, the same body with `"keep_alive":
+    "banana"` was answered 200 from the cache, a 400 on a miss (found from outside)."""
+    embedding = {"model": "chat", "input": ["a"]}
+    async with app_client(tmp_path) as client:
+        for path, body in (("/v1/chat/completions", CHAT), ("/v1/embeddings", embedding)):
+            assert (await client.post(path, json=body)).status_code == 200
+            hit = await client.post(path, json={**body, "keep_alive": "5m"})
+            assert hit.headers["x-llm-router-cache"] == "hit", hit.text
+            bad = await client.post(path, json={**body, "keep_alive": "banana"})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive", path
+            assert "not a duration" in bad.json()["error"]["message"]
+
+
 async def test_completions_asking_for_logprobs_0_are_not_cached(tmp_path: Path) -> None:
     """`logprobs: 0` (the chosen token's alone) read as false: a `miss` every time that
     waited for the identical request in flight, then computed its own (found from outside)."""

@@ -12,8 +12,8 @@ from pydantic import (
     StrictBool,
 )
 
-from .numbers import Float, Int
-from .requests import MAX_MODEL_NAME, MAX_TOKEN_ID
+from .numbers import Int
+from .requests import MAX_MODEL_NAME, MAX_TOKEN_ID, KeepAlive
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -53,7 +53,7 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
     # the lifecycle controls of chat and completions (Ollama's `keep_alive` on its embed
     # calls too; llama-server's `autoload`): they were ignored here, an invalid one as well
-    keep_alive: str | Float | None = None
+    keep_alive: KeepAlive = None
     autoload: StrictBool | None = None
 
     def inputs(self) -> list[str] | list[list[int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,6 +22,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..errors import BadRequest
 from ..types import ChatMessage, GenerationRequest, SamplingParams, ToolCall
+from ..units import parse_duration
 from .llama_sampling import LLAMA_SAMPLING_FIELDS, llama_sampling
 from .numbers import Float, Int
 from .structured import (
@@ -120,6 +122,17 @@ MAX_STOPS = 64  # stop strings one request may give
 _TOKENS = "Input should be -1 (no limit) or a number of tokens from 1"
 
 
+def _duration(value: str | float | None) -> str | float | None:
+    """A `keep_alive` (seconds, "5m", -1 or 0) is checked with the rest of the body: it was
+    checked as a model was leased, which a cached answer never is, so a hit took anything."""
+    if value is not None:
+        parse_duration(value)  # ValueError: a 400 naming the field
+    return value
+
+
+KeepAlive = Annotated[str | Float | None, AfterValidator(_duration)]
+
+
 def null_is(default: object) -> BeforeValidator:
     """A field OpenAI's schema makes nullable, where null means its default (`"n": null`);
     its Field takes `json_schema_extra=nullable`, so the API document says so too."""
@@ -178,7 +191,7 @@ class _Request(ShapeFields):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     # Ollama-style lifecycle controls: seconds / "5m" / -1 / 0, and llama-server's autoload.
-    keep_alive: str | Float | None = None
+    keep_alive: KeepAlive = None
     autoload: StrictBool | None = None
 
     # llama.cpp's ways of saying "no limit" and "a random seed", which its clients send (its
