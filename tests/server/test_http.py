@@ -785,3 +785,16 @@ async def test_metrics_count_memory_as_the_budget_does(inproc: httpx.AsyncClient
     }
     [used] = families["llm_router_memory_used_bytes"].samples
     assert used.value == listing["memory_used_bytes"] > 0
+
+
+async def test_a_model_over_the_memory_budget_is_a_507_no_client_retries(tmp_path: Path) -> None:
+    """The openai client retries anything from 500 up unless told not to: a 507 that no
+    retry can change was asked twice more (500 model_load_failed already said not to). Its
+    message says which setting would let the model load."""
+    models = fake_models(tmp_path, big={"ballast_mb": 300})
+    async with app_client(tmp_path, models=models, memory_budget="200MiB") as c:
+        r = await c.post("/v1/chat/completions", json={**CHAT, "model": "big"})
+        refused = error(r, 507)
+        assert refused["code"] == "insufficient_memory"
+        assert r.headers["x-should-retry"] == "false" and "retry-after" not in r.headers
+        assert "budget is 200 MiB; to load it, raise memory_budget" in str(refused["message"])

@@ -65,7 +65,7 @@ class Admission:
         if least > self.budget:
             raise InsufficientMemory(
                 f"model '{state.id}' needs about {least / MiB:.0f} MiB but the memory budget "
-                f"is {self.budget / MiB:.0f} MiB"
+                f"is {self.budget / MiB:.0f} MiB; to load it, raise memory_budget"
             )
         pins = self._pinned_out(state, need)
         if not pins:

@@ -85,8 +85,9 @@ def router_error_response(exc: e.RouterError) -> JSONResponse:
         headers["Retry-After"] = retry_after(exc.retry_after)
     elif isinstance(exc, e.WorkerDied | e.LoadInterrupted):
         headers["Retry-After"] = "1"
-    elif isinstance(exc, e.ModelLoadFailed | e.InvalidModelFile):
-        # sticky until its files change: OpenAI's clients asked twice more for the same 500
+    elif isinstance(exc, e.ModelLoadFailed | e.InvalidModelFile | e.InsufficientMemory):
+        # sticky until its files (or the budget, the pins) change: OpenAI's clients retry
+        # anything from 500 up, and asked twice more for the same answer
         headers["x-should-retry"] = "false"
     return JSONResponse(envelope(exc.message, type_, exc.param, code), status, headers)
 
