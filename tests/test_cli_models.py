@@ -137,6 +137,11 @@ def test_show_of_a_route_or_a_remote_target_shows_its_configuration(
     assert rows["id"] == "cloud" and rows["upstream model"] == "gpt-4o-mini", rows
     assert rows["base url"] == "http://127.0.0.1:9/v1" and rows["api key from"] == "CLOUD_KEY"
     assert rows["cost per 1M tokens"] == "in 0.15, out 0.6", rows
+    bare = srv.url.removeprefix("http://")  # as OLLAMA_HOST: http:// meant (it crashed)
+    route = _cli("show", "smart", "--config", str(config), "--url", bare)
+    assert route.returncode == 0 and "Traceback" not in route.stderr, route.stderr
+    assert _rows(route.stdout)[f"order now on {srv.url}"] == f"{SMOL}, {GEMMA}"
+    assert _cli("show", "gem", "--url", bare).returncode == 0  # the server's model
     not_there = _cli("show", "cloud", "--config", str(config), "--url", srv.url)
     assert not_there.returncode == 0, not_there.stderr
     assert _rows(not_there.stdout)[f"on {srv.url}"] == "not a target there"

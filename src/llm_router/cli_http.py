@@ -40,12 +40,12 @@ def auth_headers() -> dict[str, str]:
 
 
 def client(url: str, timeout: float | None = 30.0) -> httpx.Client:
-    return httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(), timeout=timeout)
+    return httpx.Client(base_url=http_url(url), headers=auth_headers(), timeout=timeout)
 
 
 def _answers(url: str) -> bool:
     try:
-        res = httpx.get(url.rstrip("/") + "/health", timeout=0.5, headers=auth_headers())
+        res = httpx.get(http_url(url) + "/health", timeout=0.5, headers=auth_headers())
         return res.status_code == 200 and res.json().get("status") == "ok"
     except (httpx.HTTPError, ValueError):
         return False

@@ -18,6 +18,7 @@ from rich.table import Table
 from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
 from .cli_console import error
 from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
+from .compat import http_url
 from .config import ModelConfig, RouteConfig, Settings
 from .lifecycle.discovery import ModelSource, Scanner
 
@@ -227,12 +228,12 @@ def show(
     if not isinstance(found, ModelSource):
         configured = _configured(settings, model)
         if configured is not None and not template:
-            _show_configured(configured, url.rstrip("/") if url else None)
+            _show_configured(configured, http_url(url) if url else None)
             return
         if url and not template:  # the server's model, wherever its directory is
-            _show_served(url.rstrip("/"), model, settings)
+            _show_served(http_url(url), model, settings)
             return
-        raise _not_here(settings, model, found, url.rstrip("/") if url else None)
+        raise _not_here(settings, model, found, http_url(url) if url else None)
     source = found
     info = source.info
     if template:
