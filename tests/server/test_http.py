@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -422,10 +423,9 @@ async def test_an_unexpected_error_is_logged_not_told(
     assert "a bug with a secret" in caplog.text
 
 
-async def _send_part_of_a_body(app: FastAPI, path: str, then: Message | None) -> list[Message]:
-    """POST `path` with a Content-Length of 100 and 9 bytes of body, then `then` (None: the
-    client sends nothing more and keeps the connection open); what the app sent."""
-    scope = {
+def _post_scope(path: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The ASGI scope of a JSON POST to `path` from a loopback client."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -437,12 +437,14 @@ async def _send_part_of_a_body(app: FastAPI, path: str, then: Message | None) ->
         "root_path": "",
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", b"100"),
-        ],
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), *headers],
     }
+
+
+async def _send_part_of_a_body(app: FastAPI, path: str, then: Message | None) -> list[Message]:
+    """POST `path` with a Content-Length of 100 and 9 bytes of body, then `then` (None: the
+    client sends nothing more and keeps the connection open); what the app sent."""
+    scope = _post_scope(path, (b"content-length", b"100"))
     messages = iter([{"type": "http.request", "body": b'{"model":', "more_body": True}])
 
     async def receive() -> Message:
@@ -609,20 +611,7 @@ async def test_a_client_that_stops_reading_frees_its_slot(tmp_path: Path) -> Non
     manager = ModelManager(config, pool=InProcessPool())
     app = create_app(config, manager)
     body = json.dumps({"model": "slow", "prompt": "x", "max_tokens": 100_000, "stream": True})
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "query_string": b"",
-        "root_path": "",
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-    }
+    scope = _post_scope("/v1/completions")
     messages = iter([{"type": "http.request", "body": body.encode(), "more_body": False}])
     stuck = asyncio.Event()
 
