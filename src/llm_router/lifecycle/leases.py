@@ -72,11 +72,11 @@ class Leases:
         model's or the server's), capped by the configured maximum; the latest request to come
         sets it, as in Ollama (it was the last to finish: a short request asking for an hour,
         done while a stream that asked for 0 went on, was forgotten). `answers`: this is one
-        of a request's several answers, each leasing a slot (see `_acquire`). Raises ModelNotFound,
-        ModelNotLoaded, ModelLoadFailed, InsufficientMemory, QueueFull (429), ServerBusy (503),
-        or BadRequest when `answers` are more than the model's slots and queue can ever hold.
-        Cancelling while queued gives the place up; a load nobody waits for any more is
-        withdrawn if it has not started."""
+        of a request's several answers, each leasing a slot (see `_acquire`). Raises
+        ModelNotFound, ModelNotLoaded, ModelLoadFailed, InsufficientMemory, QueueFull (429),
+        ServerBusy (503), or BadRequest when `answers` are more than the model's slots and
+        queue can ever hold. Cancelling while queued gives the place up; a load nobody waits
+        for any more is withdrawn if it has not started."""
         state = self.resolve(name)
         autoload = self.settings.autoload and autoload is not False
         worker = await self._acquire(state, autoload, answers)

@@ -20,6 +20,8 @@ read by Prometheus at scrape time (`KeyMetrics`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ from .errors import envelope, not_served, retry_after, status_of
 __all__ = ["GatewayMiddleware", "KeyMetrics", "Refusals", "visible"]
 
 Header = tuple[bytes, bytes]
+DRAINED_READ = 1.0  # seconds a draining server's refusal waits for the body's model name
 _AUDITED = {"/models/load": "model.load", "/models/unload": "model.unload"}
 _MODEL_BODIES = frozenset({"POST"})
 _HOT_ROUTES = (
@@ -123,7 +126,11 @@ class Refusals:
                 return
         elif gw.store is None:
             return
-        self.record(key, path, status, await _asked(receive, self.limit))
+        model = ""
+        with contextlib.suppress(TimeoutError):  # outside BodyGuard: its body_timeout is not
+            async with asyncio.timeout(DRAINED_READ):  # on this read; a stalled body costs
+                model = await _asked(receive, self.limit)  # its model's name, not the refusal
+        self.record(key, path, status, model)
 
     def record(self, key: ApiKey | None, path: str, status: int, model: str) -> None:
         self.gateway.record(
@@ -400,21 +407,27 @@ def _field(body: bytes, name: str) -> Any:
 async def _asked(receive: Receive, limit: int) -> str:
     """The `model` a refused request's body names ("" for none, or a body over `limit`
     bytes): read for its usage row; the request is refused whatever it says."""
-    chunks, size = [], 0
     try:
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return ""
-            if not message.get("more_body", False):
-                break
+        body = await _read(receive, limit)
     except BodyTooLarge:
         return ""
-    return _model_of(b"".join(chunks))
+    return "" if body is None else _model_of(body)
+
+
+async def _read(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole body (None once it is over `limit` bytes: the rest is left unread)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if limit is not None and size > limit:
+            return None
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 def _model_of(body: bytes) -> str:
@@ -424,15 +437,7 @@ def _model_of(body: bytes) -> str:
 
 async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
     """The whole body, and a `receive` that gives it again, then what follows (a disconnect)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
+    body = await _read(receive) or b""
     return body, body_once(body, receive)
 
 
