@@ -614,3 +614,33 @@ async def test_cache_hits_at_once_never_pass_tokens_per_minute_together(gw: Gw) 
     assert all(r.headers["x-llm-router-cache"] == "hit" for r in hits)
     assert len(hits) == left // each and all(r.status_code == 429 for r in answers if r not in hits)
     assert await window_total(gw.gateway.limiter, 40, "hits") == each * (1 + len(hits))
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_new_windows_reset_ends_where_the_memory_storage_ends_it(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """A window with nothing counted was seen as ending a minute from now, as a Redis window
+    (which starts at its first charge) does; the library's memory storage ends its windows
+    on the clock's minutes. So a new key's first answer said x-ratelimit-reset-tokens 1m58s
+    and the next, a second later, 1m30s (found from outside). Now the reset a first charge
+    answers is the one the storage gives right after it."""
+    import random
+    import types
+
+    import limits.aio.storage.memory as memory_module
+    from limits.aio.storage import MemoryStorage
+
+    from llm_router.gateway import windows as windows_module
+
+    now = [1_800_000_000.0 + random.Random(seed).uniform(0, 60)]
+    fake = types.SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0])
+    monkeypatch.setattr(memory_module, "time", fake)
+    monkeypatch.setattr(windows_module, "time", fake)
+    w = windows_module.Windows(MemoryStorage(), clock=fake.time)
+    await w.view("tokens", 1000, "k", fresh=True)  # nothing counted yet
+    taken = w.local("tokens", 1000, "k", 30)
+    assert taken is not None
+    await w.send()
+    _, stored = await w.view("tokens", 1000, "k", fresh=True)
+    assert taken[2] == pytest.approx(stored, abs=0.01), (taken, stored)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 __all__ = ["Kind", "Windows"]
@@ -48,6 +48,7 @@ class Windows:
     def __init__(self, storage: Storage, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.strategy = SlidingWindowCounterRateLimiter(storage)
+        self.aligned = isinstance(storage, MemoryStorage)  # its windows: the clock's minutes
         self.clock = clock
         self.stats_ttl = 0.1
         self.local_share = 0.5
@@ -167,9 +168,15 @@ class Windows:
         )
         weighted = previous * previous_ttl / _EXPIRY + current  # as the library weighs it
         remaining = max(0, limit - math.floor(weighted))
-        # when the current fixed window ends: the previous one's weight is gone then; a window
-        # with no count yet (in Redis) starts at its first charge, a minute from now at most
-        ends_in = previous_ttl if previous else current_ttl - _EXPIRY if current else _EXPIRY
+        # when the current fixed window ends: the previous one's weight is gone then. The
+        # memory storage's windows end on the clock's minutes, counted or not; a Redis window
+        # with no count yet starts at its first charge, a minute from now at most
+        if previous:
+            ends_in = previous_ttl
+        elif current or self.aligned:
+            ends_in = current_ttl - _EXPIRY
+        else:
+            ends_in = _EXPIRY
         cached = [time.monotonic(), remaining, self.clock() + ends_in, base, previous, current]
         self._stats[window] = cached
         return cached
