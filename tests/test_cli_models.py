@@ -76,6 +76,37 @@ def test_ps_without_a_server_says_so() -> None:
     assert bad.returncode == 2 and "no llm-router server answers" in bad.stderr
 
 
+def test_ps_of_a_draining_server_says_it_is_shutting_down() -> None:
+    """A server draining after SIGTERM answers /health 503 `draining`: the CLI said "no
+    llm-router server answers" (found from outside). A stand-in answers as the drain does
+    (tests/server/test_drain.py has the server's own answer)."""
+    import http.server
+    import threading
+
+    class Draining(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "draining", "in_flight": 2}'
+            self.send_response(503)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stand_in = http.server.HTTPServer(("127.0.0.1", 0), Draining)
+    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+    try:
+        out = _cli("ps", "--url", f"127.0.0.1:{stand_in.server_address[1]}")
+    finally:
+        stand_in.shutdown()
+        stand_in.server_close()
+    assert out.returncode == 2
+    said = " ".join(out.stderr.replace("│", " ").split())  # the error box wraps its lines
+    assert "is shutting down and takes no new requests" in said, out.stderr
+
+
 def test_show_metadata_parameters_config_and_template(srv: Server) -> None:
     out = _cli("show", SMOL, "--models-dir", _models_dir(srv))
     assert out.returncode == 0, out.stderr

@@ -43,12 +43,21 @@ def client(url: str, timeout: float | None = 30.0) -> httpx.Client:
     return httpx.Client(base_url=http_url(url), headers=auth_headers(), timeout=timeout)
 
 
-def _answers(url: str) -> bool:
+def _health(url: str) -> str | None:
+    """What `/health` at `url` says: "ok", "draining" (shutting down: it takes no new
+    requests), or None when no llm-router server answers there."""
     try:
         res = httpx.get(http_url(url) + "/health", timeout=0.5, headers=auth_headers())
-        return res.status_code == 200 and res.json().get("status") == "ok"
-    except (httpx.HTTPError, ValueError):
-        return False
+        status = res.json().get("status")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if res.status_code == 200 and status == "ok":
+        return "ok"
+    return "draining" if res.status_code == 503 and status == "draining" else None
+
+
+def _answers(url: str) -> bool:
+    return _health(url) == "ok"
 
 
 def find_server(url: str | None, settings: Settings) -> str | None:
@@ -56,7 +65,13 @@ def find_server(url: str | None, settings: Settings) -> str | None:
     answer: else typer.BadParameter), or the configured address when a server answers there,
     else None."""
     if url:
-        if not _answers(full := http_url(url)):
+        health = _health(full := http_url(url))
+        if health == "draining":
+            raise typer.BadParameter(
+                f"the server at {url} is shutting down and takes no new requests",
+                param_hint="--url",
+            )
+        if health is None:
             raise typer.BadParameter(f"no llm-router server answers at {url}", param_hint="--url")
         return full
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
