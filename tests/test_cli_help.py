@@ -22,7 +22,7 @@ def test_ps_help_says_it_needs_a_server() -> None:
 
 
 def test_commands_that_can_work_alone_say_so() -> None:
-    for command in ("show", "rm", "chat", "bench"):
+    for command in ("show", "rm", "chat", "run", "bench"):
         assert "else work in this process" in _help(command), command
 
 

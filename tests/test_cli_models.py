@@ -535,6 +535,22 @@ def test_run_reads_the_prompt_from_the_input(srv: Server) -> None:
     assert empty.returncode == 2 and "no prompt" in empty.stderr
 
 
+def test_run_asks_a_running_server(srv: Server) -> None:
+    """`run` loaded the model in its own process even with a server running (twice the
+    memory, and two processes' threads on the same cores); as `ollama run`, it now asks the
+    server. The route `smart` is the server's alone: in this process it would not exist."""
+    chat = _cli("run", "smart", "What is the capital of France?", "--url", srv.url,
+                "--temperature", "0", "--max-tokens", "12")  # fmt: skip
+    assert chat.returncode == 0 and "Paris" in chat.stdout, chat.stderr
+    raw = _cli("run", "gem", "The capital of France is", "--raw", "--url", srv.url,
+               "--temperature", "0", "--max-tokens", "4")  # fmt: skip
+    assert raw.returncode == 0 and raw.stdout.strip(), raw.stderr
+    unknown = _cli("run", "nope", "hi", "--url", srv.url)
+    assert (
+        unknown.returncode == 1 and "nope" in unknown.stderr and "Traceback" not in (unknown.stderr)
+    )
+
+
 def test_chat_commands_and_messages_of_several_lines(srv: Server) -> None:
     """As `ollama run`: `/?` lists the commands, a mistyped `/command` is refused (it was sent
     to the model as a question), and a message between two \"\"\" keeps its lines."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -227,63 +226,6 @@ app.command("list", hidden=True)(ls)  # `ollama list`, in the fingers of Ollama'
 
 
 @app.command()
-def run(
-    model: Annotated[str, typer.Argument(help="Model id or alias.")],
-    prompt: Annotated[
-        str | None,
-        typer.Argument(help="The user message (none, or -: read from the standard input)."),
-    ] = None,
-    config: ConfigOpt = None,
-    models_dir: ModelsDirOpt = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Most tokens to generate (default: the model's).")
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="0 for greedy (default: the model's).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    raw: Annotated[bool, typer.Option(help="Plain completion, no chat template.")] = False,
-) -> None:
-    """Load MODEL, answer PROMPT once, streaming to the terminal (`echo hi | llm-router run
-    MODEL` reads it from the input, as `ollama run`). An option not given is not sent: the
-    model's `sampling` defaults apply."""
-    if prompt is None or prompt == "-":
-        if sys.stdin.isatty():
-            error("give a PROMPT, or pipe one in")
-            raise typer.Exit(2)
-        prompt = sys.stdin.read().strip()
-        if not prompt:
-            error("the standard input held no prompt")
-            raise typer.Exit(2)
-    settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
-    setup_logging(settings.log_level)
-    try:
-        asyncio.run(_run_once(settings, model, prompt, max_tokens, temperature, seed, raw))
-    except RouterError as exc:
-        error(exc.message)
-        raise typer.Exit(1) from None
-
-
-async def _run_once(
-    settings: Settings,
-    model: str,
-    prompt: str,
-    max_tokens: int | None,
-    temperature: float | None,
-    seed: int | None,
-    raw: bool,
-) -> None:
-    from .api import Router
-
-    given = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-    params = {k: v for k, v in given.items() if v is not None}
-    async with Router(settings=settings) as router:
-        async for text in router.stream(prompt, model=model, raw=raw, **params):
-            _print(text)
-    _print("\n")
-
-
-@app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="A GGUF file, or an HF folder for --to onnx|gguf.")],
     out: Annotated[Path, typer.Argument(help="Where to write the converted model.")],
@@ -347,11 +289,6 @@ def _size(path: Path) -> int:
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
-
-
-def _print(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def _register_commands() -> None:

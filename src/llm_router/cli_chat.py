@@ -1,5 +1,6 @@
-"""`llm-router chat`: an interactive chat with history and streaming, as `ollama run`, against
-a running server (`--url`, or one on the configured port) or the models in this process."""
+"""`llm-router chat` (an interactive chat with history and streaming, as `ollama run`) and
+`llm-router run` (one answer), against a running server (`--url`, or one on the configured
+port) or the models in this process."""
 
 from __future__ import annotations
 
@@ -233,6 +234,88 @@ async def _chat_local(
             history.append({"role": "assistant", "content": answer})
 
 
+def run(
+    model: Annotated[str, typer.Argument(help="Model, alias or route.")],
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="The user message (none, or -: read from the standard input)."),
+    ] = None,
+    config: ConfigOpt = None,
+    models_dir: ModelsDirOpt = None,
+    url: UrlOpt = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens to generate (default: the model's).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 for greedy (default: the model's).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    raw: Annotated[bool, typer.Option(help="Plain completion, no chat template.")] = False,
+) -> None:
+    """Answer PROMPT once, streaming to the terminal (`echo hi | llm-router run MODEL` reads
+    it from the input, as `ollama run`): by a running server when one answers (`--url`, or
+    the configured port), else by MODEL loaded in this process. An option not given is not
+    sent: the model's `sampling` defaults apply."""
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty():
+            error("give a PROMPT, or pipe one in")
+            raise typer.Exit(2)
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            error("the standard input held no prompt")
+            raise typer.Exit(2)
+    settings = _settings(config, models_dir=models_dir, log_level="warning", watch_interval=0)
+    setup_logging(settings.log_level)
+    server = find_server(url, settings)
+    given = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    params = {k: v for k, v in given.items() if v is not None}
+    try:
+        if server:
+            _run_http(server, model, prompt, params, raw)
+        else:
+            asyncio.run(_run_local(settings, model, prompt, params, raw))
+    except RouterError as exc:
+        raise fail(exc.message) from None
+    except httpx.HTTPError as exc:  # the server went away mid-answer
+        _write("\n")
+        raise fail(f"lost the server at {server}: {exc or type(exc).__name__}") from None
+    _write("\n")
+
+
+def _run_http(server: str, model: str, prompt: str, params: dict[str, Any], raw: bool) -> None:
+    path, body = (
+        ("/v1/completions", {"prompt": prompt})
+        if raw
+        else ("/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]})
+    )
+    with (
+        client(server, timeout=None) as http,
+        http.stream("POST", path, json={"model": model, "stream": True, **body, **params}) as res,
+    ):
+        if res.status_code != 200:
+            res.read()
+            raise fail(server_error(res))
+        for data in res.iter_lines():
+            if not data.startswith("data: ") or data == "data: [DONE]":
+                continue
+            chunk = json.loads(data[6:])
+            if "error" in chunk:
+                _write("\n")
+                raise fail(chunk["error"]["message"])
+            for choice in chunk.get("choices", []):
+                _write(choice.get("text") or choice.get("delta", {}).get("content") or "")
+
+
+async def _run_local(
+    settings: Settings, model: str, prompt: str, params: dict[str, Any], raw: bool
+) -> None:
+    from .api import Router
+
+    async with Router(settings=settings) as router:
+        async for text in router.stream(prompt, model=model, raw=raw, **params):
+            _write(text)
+
+
 def _local_target(router: Any, model: str) -> Any:
     """The local model `model` names (None for a route or a remote target)."""
     from .routing.local import LocalTarget
@@ -251,3 +334,4 @@ def _write(text: str) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command()(chat)
+    app.command()(run)
