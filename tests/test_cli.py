@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,21 @@ import pytest
 
 from llm_router.formats.gguf import read_gguf_info
 from model_cache import minilm_folder, smollm2_hf  # noqa: F401  (fixtures)
-from servers import GEMMA, SMOL, link_models, new_server
+from servers import GEMMA, SMOL, free_port, link_models, new_server
 
 pytestmark = pytest.mark.real  # real models, conversions or processes
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # The default port is one nobody listens on: `run` asks a server when one answers there
+    # (a `make run` beside the tests), and these test it in its own process.
     return subprocess.run(
         [sys.executable, "-m", "llm_router", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=cwd,
+        env={**os.environ, "LLM_ROUTER_PORT": str(free_port())},
     )
 
 
@@ -51,8 +55,6 @@ def test_run_streams_an_answer(models_dir: Path) -> None:
 
 def test_run_a_model_of_ollamas_store(tmp_path: Path, smollm2_gguf: Path) -> None:
     """OLLAMA_MODELS at Ollama's store: its models answer under their Ollama names."""
-    import os
-
     from test_discovery import _ollama_store
 
     store = _ollama_store(tmp_path / "ollama", smollm2_gguf)
@@ -61,7 +63,7 @@ def test_run_a_model_of_ollamas_store(tmp_path: Path, smollm2_gguf: Path) -> Non
         [sys.executable, "-m", "llm_router", "run", "smollm2", "What is the capital of France?",
          "--temperature", "0", "--max-tokens", "12"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**env, "OLLAMA_MODELS": str(store)},
+        env={**env, "OLLAMA_MODELS": str(store), "LLM_ROUTER_PORT": str(free_port())},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.split()) >= 3  # SmolLM2's answer (without our preset's system prompt)
