@@ -24,6 +24,9 @@ from .logs import setup_logging
 
 __all__ = ["register"]
 
+TemperatureOpt = Annotated[float | None, typer.Option(help="0 for greedy (default: the model's).")]
+MaxTokensOpt = Annotated[int | None, typer.Option(help="Longest answer (default: the model's).")]
+
 
 def chat(
     model: Annotated[str, typer.Argument(help="Model or route.")],
@@ -31,12 +34,8 @@ def chat(
     models_dir: ModelsDirOpt = None,
     url: UrlOpt = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="0 for greedy (default: the model's).")
-    ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Longest answer (default: the model's).")
-    ] = None,
+    temperature: TemperatureOpt = None,
+    max_tokens: MaxTokensOpt = None,
 ) -> None:
     """An interactive chat with history and streaming, as `ollama run` (`/?` lists the
     commands). A model the server does not have, or one that makes no text, is an error at
@@ -172,20 +171,32 @@ def _chat_http(server: str, model: str, system: str | None, params: dict[str, An
                     history.pop()
                     _turn_failed(server_error(res))
                     continue
-                for data in res.iter_lines():
-                    if not data.startswith("data: ") or data == "data: [DONE]":
-                        continue
-                    chunk = json.loads(data[6:])
-                    if "error" in chunk:
-                        _write("\n")
-                        _turn_failed(chunk["error"]["message"])
-                        break
-                    for choice in chunk.get("choices", []):
-                        piece = choice.get("delta", {}).get("content") or ""
+                try:
+                    for piece in _pieces(res):
                         answer += piece
                         _write(piece)
+                except _StreamFailed as exc:
+                    _write("\n")
+                    _turn_failed(str(exc))
             _write("\n\n")
             history.append({"role": "assistant", "content": answer})
+
+
+class _StreamFailed(Exception):
+    """An error event in a streamed answer (its message)."""
+
+
+def _pieces(res: httpx.Response) -> Iterator[str]:
+    """The text of a streamed answer's events (chat's deltas, or a completion's text);
+    raises _StreamFailed at an error event."""
+    for data in res.iter_lines():
+        if not data.startswith("data: ") or data == "data: [DONE]":
+            continue
+        chunk = json.loads(data[6:])
+        if "error" in chunk:
+            raise _StreamFailed(chunk["error"]["message"])
+        for choice in chunk.get("choices", []):
+            yield choice.get("text") or choice.get("delta", {}).get("content") or ""
 
 
 @contextlib.contextmanager
@@ -243,12 +254,8 @@ def run(
     config: ConfigOpt = None,
     models_dir: ModelsDirOpt = None,
     url: UrlOpt = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Most tokens to generate (default: the model's).")
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="0 for greedy (default: the model's).")
-    ] = None,
+    max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
     seed: Annotated[int | None, typer.Option()] = None,
     raw: Annotated[bool, typer.Option(help="Plain completion, no chat template.")] = False,
 ) -> None:
@@ -295,15 +302,12 @@ def _run_http(server: str, model: str, prompt: str, params: dict[str, Any], raw:
         if res.status_code != 200:
             res.read()
             raise fail(server_error(res))
-        for data in res.iter_lines():
-            if not data.startswith("data: ") or data == "data: [DONE]":
-                continue
-            chunk = json.loads(data[6:])
-            if "error" in chunk:
-                _write("\n")
-                raise fail(chunk["error"]["message"])
-            for choice in chunk.get("choices", []):
-                _write(choice.get("text") or choice.get("delta", {}).get("content") or "")
+        try:
+            for piece in _pieces(res):
+                _write(piece)
+        except _StreamFailed as exc:
+            _write("\n")
+            raise fail(str(exc)) from None
 
 
 async def _run_local(
