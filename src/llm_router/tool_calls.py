@@ -140,23 +140,18 @@ def _object(key: str, value: dict[str, Any]) -> dict[str, Any]:
 
 def render_history(messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
     """Earlier calls and their results as plain turns: an assistant's calls as the JSON it
-    would have written, a `tool` message as a user turn holding the result."""
+    would have written (the constraint's shape, so no call `id`: a model shown one in a call
+    copies it into its next call's arguments), a `tool` message as a user turn holding the
+    result and the name of the tool that gave it (results follow their calls' order)."""
     names = {c.id: c.name for m in messages for c in m.tool_calls}
     out = []
     for m in messages:
         if m.tool_calls:
-            calls = [
-                {"name": c.name, "arguments": _arguments(c.arguments), "id": c.id}
-                for c in m.tool_calls
-            ]
+            calls = [{"name": c.name, "arguments": _arguments(c.arguments)} for c in m.tool_calls]
             text = json.dumps({"tool_calls": calls})
             out.append(ChatMessage("assistant", f"{m.content}\n{text}" if m.content else text))
         elif m.role == "tool":
-            result = {
-                "tool": names.get(m.tool_call_id or "", ""),
-                "content": m.content,
-                "tool_call_id": m.tool_call_id,
-            }
+            result = {"tool": names.get(m.tool_call_id or "", ""), "content": m.content}
             out.append(ChatMessage("user", json.dumps({"tool_response": result})))
         else:
             out.append(m)

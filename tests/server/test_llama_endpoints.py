@@ -338,6 +338,32 @@ def test_the_template_prompt_has_the_configured_system_prompt(server: Server) ->
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+def test_an_earlier_call_is_rendered_as_the_model_is_asked_to_call(server: Server) -> None:
+    """The call object holds only `name` and `arguments` (the answer's shape); its id, which
+    the models copied into their next call's arguments, is not in the prompt."""
+    history = [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+    ]
+    for extra in ({"tools": [{"type": "function", "function": WEATHER}]}, {}):
+        body = {"model": SMOL, "messages": history, **extra}
+        prompt = post(server, "/apply-template", body)["prompt"]
+        call = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+        assert call in prompt and "Sunny, 21 C" in prompt
+        assert "call_1" not in prompt
+
+
 # -- props ------------------------------------------------------------------------------------
 
 

@@ -381,6 +381,54 @@ def test_a_round_trip_call_result_answer(client: openai.OpenAI) -> None:
         assert message.content and not message.tool_calls
 
 
+# A tool whose arguments may hold more than its properties (no `additionalProperties: false`,
+# not strict), as clients commonly declare them.
+LOOSE_WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+CALLED_BEFORE: list[dict[str, Any]] = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+]
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_a_call_after_a_result_has_only_the_declared_arguments(
+    client: openai.OpenAI, model: str
+) -> None:
+    """Both models, shown an earlier call with its id inside the call object, copied that
+    `"id": "call_1"` into their next call's arguments (the loose schema let them)."""
+    done = client.chat.completions.create(
+        model=model,
+        messages=CALLED_BEFORE,  # type: ignore[arg-type]
+        tools=[LOOSE_WEATHER],  # type: ignore[list-item]
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=80,
+    )
+    (call,) = done.choices[0].message.tool_calls or []  # greedy, both call again
+    assert set(json.loads(call.function.arguments)) == {"city"}, call.function.arguments
+
+
 def test_bad_tool_requests_are_400s(client: openai.OpenAI) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         (
