@@ -177,7 +177,9 @@ def _run(
     feed = iter(tokens)
     events: Events = []
 
-    def advance(s: TokenSeq, out: Events) -> None:
+    def advance(s: TokenSeq, out: Events) -> None:  # as the engines' own
+        if seqs.asked_none(s, out):
+            return
         assert s.sampler(np.zeros(10, dtype=np.float32), s.generated) == 0  # greedy on zeros
         seqs.take(s, next(feed), out)
 
@@ -217,6 +219,9 @@ def test_max_tokens_and_the_context_end_with_length() -> None:
     )
     text, finished, _ = _run([2, 3, 2], GREEDY, context_size=3)
     assert (text, finished.finish_reason) == (" world!", "length")
+    text, finished, generated = _run([2], SamplingParams(temperature=0.0, max_tokens=0))
+    assert (text, finished.finish_reason, generated) == ("", "length", 0)
+    assert (finished.usage.prompt_tokens, finished.usage.completion_tokens) == (1, 0)
 
 
 def test_a_prompt_filling_the_context_is_refused_saying_why() -> None:

@@ -26,8 +26,8 @@ def chat(client: openai.OpenAI, **kw: Any) -> Any:
 
 
 def complete(client: openai.OpenAI, **kw: Any) -> Any:
-    kw.setdefault("max_tokens", 8)
-    raw = client.completions.with_raw_response.create(model=GEMMA, **kw)
+    kw = {"model": GEMMA, "max_tokens": 8, **kw}
+    raw = client.completions.with_raw_response.create(**kw)
     validate("CreateCompletionResponse", raw.http_response.json())
     return raw.parse()
 
@@ -241,6 +241,30 @@ def test_completion_echo_with_logprobs_covers_the_prompt(client: openai.OpenAI) 
                 streamed_tokens.extend(c.logprobs.tokens or [])
     assert streamed_text == choice.text
     assert streamed_tokens == lp.tokens
+
+
+def test_max_tokens_0_with_echo_and_logprobs_scores_the_prompt(client: openai.OpenAI) -> None:
+    """How lm-eval-harness scores a prompt; it was a 400 (max_tokens from 1), as OpenAI's
+    schema allows 0. Without echo, 0 is an empty answer, as OpenAI gives."""
+    prompt = "The capital of France is Paris"
+    kw: dict[str, Any] = {"model": GEMMA, "prompt": prompt, "max_tokens": 0, "logprobs": 1}
+    scored = complete(client, **kw, echo=True)
+    choice = scored.choices[0]
+    assert (choice.text, choice.finish_reason) == (prompt, "length")
+    assert "".join(choice.logprobs.tokens) == prompt
+    assert all(v <= 0 for v in choice.logprobs.token_logprobs)
+    assert scored.usage.completion_tokens == 0 and scored.usage.prompt_tokens > 0
+    longer = complete(client, **{**kw, "max_tokens": 2}, echo=True, temperature=0)
+    n = len(choice.logprobs.tokens)
+    assert longer.choices[0].logprobs.token_logprobs[:n] == pytest.approx(
+        choice.logprobs.token_logprobs
+    )
+    streamed = list(client.completions.create(**kw, echo=True, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == prompt
+    assert streamed[-1].choices[0].finish_reason == "length"
+    empty = complete(client, **kw)
+    assert (empty.choices[0].text, empty.choices[0].finish_reason) == ("", "length")
+    assert empty.usage.completion_tokens == 0
 
 
 # -- bad values -------------------------------------------------------------------------------

@@ -181,6 +181,17 @@ async def test_llama_cpp_clients_no_limit_and_n_predict_are_understood(
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5, r.text
     zero = await inproc.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0})
     assert zero.status_code == 400  # OpenAI's floor is kept
+    for limit in ("max_tokens", "n_predict"):  # completions take 0 (OpenAI's floor there)
+        body = {"model": "chat", "prompt": "x", limit: 0}
+        done = await inproc.post("/v1/completions", json=body)
+        assert done.status_code == 200, done.text
+        assert done.json()["usage"]["completion_tokens"] == 0
+        assert done.json()["choices"][0] | {"logprobs": None} == {
+            "index": 0,
+            "text": "",
+            "finish_reason": "length",
+            "logprobs": None,
+        }
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,8 @@ class FakeEngine:
         self._ballast = b""
 
     def _advance(self, s: _Seq, events: Events) -> None:
+        if s.max_tokens == 0:
+            return self._finish(s, "length", events)
         word = self.words[s.generated % len(self.words)]
         piece = word if s.generated == 0 else " " + word
         s.generated += 1

@@ -254,6 +254,8 @@ class TransformersEngine:
     def _advance(self, s: TokenSeq, events: Events) -> None:
         """One forward of `s` (its whole prompt the first time, its KV cache in `s.state`
         then); blocks for it."""
+        if self._seqs.asked_none(s, events):
+            return
         first = s.state is None
         feed = s.prompt if first else s.generated[-1:]
         kwargs: dict[str, Any] = {"use_cache": True, self._cache_arg: s.state}

@@ -346,7 +346,9 @@ class LlamaCppEngine:
     def _sample(self, s: _Seq, events: list[tuple[int, EngineEvent]]) -> None:
         """Written out rather than through sequences.emit/out_of_room: it runs once per token
         in the decode loop. The context is full when `n_past` (the sampled token not yet
-        evaluated) reaches it."""
+        evaluated) reaches it. `max_tokens` 0 ends with the prompt (and its echo), unsampled."""
+        if s.params.max_tokens == 0:
+            return self._finish(s, "length", events)
         if s.bias is not None:  # once, before any sampler or mask reads the logits
             ids, values = s.bias
             self._logits(s.logits_index)[ids] += values

@@ -216,6 +216,8 @@ class OnnxGenaiEngine:
     def _advance(self, s: TokenSeq, events: Events) -> None:
         """Append one token to `s` (its whole prompt the first time) through its genai
         Generator, kept in `s.state` while it runs; blocks for it."""
+        if self._seqs.asked_none(s, events):
+            return
         if s.state is None:
             params = og.GeneratorParams(self._model)
             budget = len(s.prompt) + (s.sampler.params.max_tokens or self.context_size)

@@ -138,6 +138,14 @@ class TokenSequences(Sequences[TokenSeq]):
     def _piece(self, token: int) -> bytes:
         return self._decode([token]).encode("utf-8")
 
+    def asked_none(self, s: TokenSeq, events: Events) -> bool:
+        """Whether `s` asked for no tokens (`max_tokens` 0): then it has ended ("length"),
+        before its prompt is evaluated (nothing of it is reported but its length)."""
+        if s.sampler.params.max_tokens != 0:
+            return False
+        self._finish(s, "length", events)
+        return True
+
     def take(self, s: TokenSeq, token: int, events: Events) -> bool:
         """Add `token` to running sequence `s`; False when that ended it."""
         if token in self._eos:

@@ -4,7 +4,7 @@ converted to the internal request (`to_request()`). Unknown fields are accepted 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -119,7 +119,7 @@ MAX_PROMPTS = 128  # prompts in one completion request
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
 MAX_STOPS = 64  # stop strings one request may give
-_TOKENS = "Input should be -1 (no limit) or a number of tokens from 1"
+_TOKENS = "Input should be -1 (no limit) or a number of tokens from {least}"
 
 
 def _duration(value: str | float | None) -> str | float | None:
@@ -160,6 +160,9 @@ class _Request(ShapeFields):
     value is bounded to what the engines' samplers take without overflow or NaN."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    # The fewest tokens an answer may ask for: OpenAI's chat refuses 0; its completions take
+    # it (an echo with logprobs and no answer scores a prompt).
+    least_tokens: ClassVar[int] = 1
 
     model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, examples=[EXAMPLE_MODEL])
     max_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS)
@@ -204,9 +207,9 @@ class _Request(ShapeFields):
     @field_validator("max_tokens", "max_completion_tokens", mode="before")
     @classmethod
     def _no_limit(cls, value: Any, info: ValidationInfo) -> Any:
-        if type(value) is int and value < 1:
+        if type(value) is int and value < cls.least_tokens:
             if value != -1:  # "should be >= 1" said nothing of the -1 it takes
-                raise PydanticCustomError("no_limit", _TOKENS)
+                raise PydanticCustomError("no_limit", _TOKENS.format(least=cls.least_tokens))
             return cls._unlimited(info.field_name or "max_tokens")
         return value
 
@@ -227,9 +230,9 @@ class _Request(ShapeFields):
         if not extra or "n_predict" not in extra or "max_tokens" in self.model_fields_set:
             return self
         n = extra["n_predict"]
-        if type(n) is not int or not (n == -1 or 1 <= n <= MAX_TOKENS):
+        if type(n) is not int or not (n == -1 or self.least_tokens <= n <= MAX_TOKENS):
             # about `n_predict`, not the whole body (a model validator's errors name no field)
-            error = PydanticCustomError("no_limit", _TOKENS)
+            error = PydanticCustomError("no_limit", _TOKENS.format(least=self.least_tokens))
             detail = InitErrorDetails(type=error, loc=("n_predict",), input=n)
             raise ValidationError.from_exception_data(type(self).__name__, [detail])
         self.max_tokens = self._unlimited("max_tokens") if n == -1 else n
@@ -417,9 +420,11 @@ class CompletionRequest(_Request):
         description="A prompt, a list of prompts (one answer each, times `n`), a prompt as "
         "token ids, or a list of those."
     )
-    # OpenAI's default for completions; null means it too (not "no limit")
+    least_tokens: ClassVar[int] = 0
+    # OpenAI's default for completions; null means it too (not "no limit"). 0: no answer,
+    # `finish_reason` "length" (with `echo` and `logprobs`, the prompt scored).
     max_tokens: Annotated[Int, null_is(16)] = Field(
-        16, ge=1, le=MAX_TOKENS, json_schema_extra=nullable
+        16, ge=0, le=MAX_TOKENS, json_schema_extra=nullable
     )
     echo: Annotated[StrictBool, null_is(False)] = Field(False, json_schema_extra=nullable)
     logprobs: Int | None = Field(

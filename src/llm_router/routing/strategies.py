@@ -104,7 +104,7 @@ class RouteRequest:
     def output_tokens(self) -> int:
         if self.kind == "embedding":
             return 0
-        return self.max_tokens or DEFAULT_OUTPUT_TOKENS
+        return DEFAULT_OUTPUT_TOKENS if self.max_tokens is None else self.max_tokens
 
     @property
     def needed_context(self) -> int:
