@@ -5,6 +5,7 @@ into the worker channel's JSON and back."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -183,6 +184,21 @@ class SamplingParams:
     # anything else, as llama.cpp's chain applies its logit-bias sampler first.
     logit_bias: tuple[tuple[int, float], ...] = ()
     llama: LlamaSampling | None = None  # llama.cpp's other samplers, when a request sets any
+
+    def seed32(self) -> int:
+        """The seed as the 32 bits the samplers take, a fresh one when `seed` is None. A
+        request may give any 64-bit seed: one that fits in 32 bits (signed or not) is its low
+        32 bits, as llama-server reads it; a wider one its two 32-bit halves xor-ed, so that
+        seeds differing only in their high bits still differ. Never 2^32 - 1, which llama.cpp
+        takes for "draw a random seed" (LLAMA_DEFAULT_SEED)."""
+        if self.seed is None:
+            return random.getrandbits(32)
+        if -(2**31) <= self.seed < 2**32:
+            bits = self.seed & 0xFFFFFFFF
+        else:
+            wide = self.seed & 0xFFFFFFFFFFFFFFFF
+            bits = (wide >> 32) ^ (wide & 0xFFFFFFFF)
+        return bits % 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

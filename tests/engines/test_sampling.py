@@ -20,6 +20,20 @@ def test_greedy_is_argmax_and_ignores_the_seed() -> None:
     assert Sampler(SamplingParams(temperature=0, seed=1))(LOGITS, []) == 1
 
 
+def test_a_64_bit_seed_is_32_bits_the_same_way_every_time() -> None:
+    """A seed that fits in 32 bits is llama-server's (its low 32 bits); a wider one folds its
+    halves, never into 2^32 - 1, which llama.cpp's samplers take for "a random seed" (the low
+    bits of 2^63 - 1 were just that)."""
+
+    def bits(seed: int) -> int:
+        return SamplingParams(seed=seed).seed32()
+
+    assert [bits(s) for s in (0, 5, 2**32 - 2, -2)] == [0, 5, 2**32 - 2, 2**32 - 2]
+    wide = [2**63 - 1, -(2**63), 2**64 - 1, 2**32 - 1 + 2**32, 7 << 40, 7 << 41]
+    assert all(0 <= bits(s) < 2**32 - 1 for s in wide)
+    assert bits(2**63 - 1) == bits(2**63 - 1) and bits(7 << 40) != bits(7 << 41)
+
+
 def test_same_seed_same_draws_other_seed_other_draws() -> None:
     base = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     assert draws(SamplingParams(**{**_fields(base), "seed": 5})) == draws(

@@ -98,7 +98,7 @@ async def test_a_lone_surrogate_is_invalid_json_on_every_route(inproc: httpx.Asy
         ("top_p", float("inf")),
         ("repeat_penalty", 1e-300),
         ("model", "m" * 257),
-        ("seed", 2**80),
+        ("seed", 2**64),  # 64 bits, signed or not, are taken
         ("max_tokens", "3"),  # a number in a string: OpenAI refuses it, pydantic took it
         ("n", "2"),
         ("temperature", "0"),

@@ -4,6 +4,7 @@ every response checked against OpenAI's published schema."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -130,6 +131,22 @@ def test_seed_reproducible(client: openai.OpenAI) -> None:
     ]
     assert first == again
     assert any(o != first for o in other)
+
+
+@pytest.mark.parametrize("seed", [2**63 - 1, 0x3C6EF372FE94F82B, -(2**63), 2**64 - 1])
+def test_a_64_bit_seed_is_taken_and_reproduces(client: openai.OpenAI, seed: int) -> None:
+    """Apps draw seeds with random.getrandbits(63) (OpenAI's schema: int64); above 2^53 they
+    were a 400. Each gives the same text twice, 2^63 - 1 too (its low 32 bits are what
+    llama.cpp takes for "a random seed")."""
+    kwargs: dict[str, Any] = {
+        "model": SMOL,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "temperature": 1.0,
+        "max_tokens": 24,
+        "seed": seed,
+    }
+    first = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert first and client.chat.completions.create(**kwargs).choices[0].message.content == first
 
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA])

@@ -14,7 +14,6 @@ in the same order, the same draws from the same seed (see TopKFirstSampler)."""
 from __future__ import annotations
 
 import ctypes
-import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -283,7 +282,7 @@ def build_chain(
     x = p.llama or LLAMA_DEFAULTS
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lc.llama_sampler_chain_add
-    seed = (p.seed if p.seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
+    seed = p.seed32()
     if banned:
         biases = (lc.llama_logit_bias * len(banned))()
         for i, token in enumerate(banned):

@@ -5,7 +5,6 @@ onnxruntime-genai), so a request means the same on each of them."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -94,8 +93,7 @@ class Sampler:
         self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float32)
         self._rng: np.random.Generator | None = None
         if params.temperature > 0:
-            seed = params.seed if params.seed is not None else random.getrandbits(32)
-            self._rng = np.random.default_rng(seed & 0xFFFFFFFF)
+            self._rng = np.random.default_rng(params.seed32())
 
     def __call__(self, logits: npt.NDArray[Any], history: list[int]) -> int:
         """The next token from `logits` ([vocab]) given the tokens generated so far."""

@@ -112,7 +112,9 @@ SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"}) | LLAMA_SA
 MAX_MODEL_NAME = 256
 EXAMPLE_MODEL = "SmolLM2-135M-Instruct.Q4_1"  # the bundled chat model, for the API document
 MAX_TOKENS = 2**31 - 1  # the engines' token counts are C ints
-SEED_MIN, SEED_MAX = -(2**53), 2**53  # integers every JSON parser reads exactly
+# any 64-bit seed, signed (OpenAI's int64) or not; the samplers take 32 bits of it
+# (SamplingParams.seed32)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MAX_TOKEN_ID = 2**31 - 1  # token ids are C ints (an engine checks its own vocabulary)
 MAX_N = 128  # the schema's bound on `n`; the configuration's `max_n` (default 8) is lower
 MAX_PROMPTS = 128  # prompts in one completion request
