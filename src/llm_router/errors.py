@@ -27,6 +27,7 @@ __all__ = [
     "ReloadRejected",
     "RouterError",
     "ServerBusy",
+    "Unsupported",
     "UpstreamError",
     "UpstreamRateLimited",
     "UpstreamTimeout",
@@ -61,6 +62,11 @@ class ReloadRejected(ConfigError):
 
 class BadRequest(RouterError):
     """The request is malformed or asks for something impossible."""
+
+
+class Unsupported(BadRequest):
+    """The request is valid for OpenAI's API but asks for what this server does not do (an
+    image, audio or a file as input)."""
 
 
 class ContextLengthExceeded(BadRequest):

@@ -220,6 +220,43 @@ async def test_token_limits_and_validators_say_what_is_taken_and_name_their_fiel
     assert "Value error" not in message and "required" not in message, message
 
 
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-1"}},
+    ],
+)
+async def test_an_image_audio_or_file_part_is_refused_saying_so(
+    inproc: httpx.AsyncClient, part: dict[str, object]
+) -> None:
+    """It was pydantic's words for a union none matched ("Input should be a valid string;
+    Input should be 'text'; Field required"), with no code (found with the openai SDK)."""
+    content = [{"type": "text", "text": "Describe this."}, part]
+    body = {**CHAT, "messages": [{"role": "user", "content": content}]}
+    refused = error(await inproc.post("/v1/chat/completions", json=body), 400)
+    assert refused["param"] == "messages.[0].content.[1].type"
+    assert refused["code"] == "unsupported_value"
+    message = str(refused["message"])
+    assert f"'{part['type']}'" in message and "not supported by this server" in message
+
+
+async def test_an_assistants_refusal_part_is_taken_as_its_text(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """OpenAI's schema allows a `refusal` part in an assistant's content; it was a 400."""
+    refusal = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}
+    body = {**CHAT, "messages": [*HELLO, refusal, {"role": "user", "content": "Why?"}]}
+    r = await inproc.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    prompt = await inproc.post("/apply-template", json={**body, "max_tokens": None})
+    assert "assistant: I cannot.\n" in prompt.json()["prompt"]
+    body["messages"] = [{"role": "user", "content": [{"type": "refusal", "refusal": "No."}]}]
+    refused = error(await inproc.post("/v1/chat/completions", json=body), 400)
+    assert refused["param"] == "messages.[0].content.[0].type"
+
+
 async def test_v1_models_carries_llama_cpp_routers_status_and_aliases(tmp_path: Path) -> None:
     """llama.cpp's web UI, told `role: router` by /props, reads `status.value` of each entry
     of /v1/models, which had OpenAI's four fields only (found from outside)."""

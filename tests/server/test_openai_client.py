@@ -210,3 +210,24 @@ def test_unknown_model_is_404_never_a_fallback(client: openai.OpenAI, server: Se
     assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=QUESTION, stream=True)
+
+
+def test_an_image_is_refused_and_a_refusal_in_history_is_taken(client: openai.OpenAI) -> None:
+    """Through the SDK: an image part is a BadRequestError with a code and a reason (it was
+    pydantic's union message, code null); an assistant's `refusal` part is its text."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=SMOL,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}, image]}],  # type: ignore[list-item]
+            max_tokens=2,
+        )
+    assert refused.value.code == "unsupported_value"
+    assert refused.value.param == "messages.[0].content.[1].type"
+    history: list[Any] = [
+        {"role": "user", "content": "Tell me a secret."},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]},
+        {"role": "user", "content": "Why not?"},
+    ]
+    done = client.chat.completions.create(model=SMOL, messages=history, max_tokens=2)
+    assert done.choices[0].message.content

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Unsupported
 from ..types import ChatMessage, GenerationRequest, SamplingParams, ToolCall
 from ..units import parse_duration
 from .llama_sampling import LLAMA_SAMPLING_FIELDS, llama_sampling
@@ -298,12 +298,42 @@ class _Request(ShapeFields):
 
 
 class TextPart(BaseModel):
-    """A content part of a message: text (the only kind served; images are not)."""
+    """A content part of a message: text (the only kind models here read)."""
 
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text"]
     text: str
+
+    def text_of(self) -> str:
+        return self.text
+
+
+class RefusalPart(BaseModel):
+    """An assistant's refusal, given back in a conversation's history: its text."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["refusal"]
+    refusal: str
+
+    def text_of(self) -> str:
+        return self.refusal
+
+
+class MediaPart(BaseModel):
+    """An image, audio or file part, which OpenAI's API takes and no model here reads: a
+    400 naming it (`to_message`), rather than pydantic's words for a union none matched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["image_url", "input_audio", "file"]
+
+    def text_of(self) -> str:
+        raise AssertionError("refused by ChatMessageIn.to_message")
+
+
+ContentPart = Annotated[TextPart | RefusalPart | MediaPart, Field(discriminator="type")]
 
 
 class ChatMessageIn(BaseModel):
@@ -313,7 +343,7 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     tool_calls: Annotated[list[ToolCallIn], Field(max_length=128)] | None = None
     tool_call_id: str | None = Field(None, max_length=256)
     function_call: FunctionCallIn | None = None
@@ -322,7 +352,26 @@ class ChatMessageIn(BaseModel):
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "".join(part.text for part in self.content)
+        return "".join(part.text_of() for part in self.content)
+
+    def _check_parts(self, index: int) -> None:
+        """Raises Unsupported for an image, audio or file part, BadRequest for a refusal
+        outside an assistant's message (OpenAI's API allows it there only)."""
+        for j, part in enumerate(self.content if isinstance(self.content, list) else ()):
+            where = f"messages.[{index}].content.[{j}].type"
+            if isinstance(part, MediaPart):
+                raise Unsupported(
+                    f"messages[{index}].content[{j}] is an '{part.type}' part: image, audio "
+                    "and file input is not supported by this server (its models read text); "
+                    "send the content as text parts",
+                    param=where,
+                )
+            if isinstance(part, RefusalPart) and self.role != "assistant":
+                raise BadRequest(
+                    f"messages[{index}].content[{j}]: a 'refusal' part is an assistant's; "
+                    f"a '{self.role}' message takes text parts",
+                    param=where,
+                )
 
     def to_message(self, index: int = 0) -> ChatMessage:
         """The internal turn. A legacy call's id is its function's name, which is what a
@@ -340,6 +389,7 @@ class ChatMessageIn(BaseModel):
                 "(or a string)",
                 param=f"messages.[{index}].content",
             )
+        self._check_parts(index)
         if self.role == "tool" and not self.tool_call_id:
             raise BadRequest(
                 f"messages[{index}]: a 'tool' message needs the `tool_call_id` it answers",

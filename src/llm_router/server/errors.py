@@ -28,6 +28,7 @@ ERROR_TABLE: dict[type[e.RouterError], tuple[int, str, str | None]] = {
     e.RouterError: (500, "server_error", None),
     e.BadRequest: (400, "invalid_request_error", None),
     e.ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
+    e.Unsupported: (400, "invalid_request_error", "unsupported_value"),
     e.ModelNotLoaded: (400, "invalid_request_error", "model_not_loaded"),
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     e.QueueFull: (429, "rate_limit_error", "rate_limit_exceeded"),
