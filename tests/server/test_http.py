@@ -417,6 +417,27 @@ async def test_unknown_routes_and_methods_have_envelopes(inproc: httpx.AsyncClie
     error(await inproc.get("/v1/chat/completions"), 405)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/v1/models/chat", "GET, HEAD"),
+        ("DELETE", "/v1/models", "GET, HEAD"),
+        ("DELETE", "/models", "GET, HEAD"),
+        ("DELETE", "/admin/keys", "GET, HEAD, POST"),
+        ("GET", "/v1/chat/completions", "POST"),
+        ("DELETE", "/health", "GET, HEAD"),
+    ],
+)
+async def test_a_405_allows_the_methods_the_path_serves(
+    inproc: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    """`DELETE /v1/models/{id}` (the openai SDK's `models.delete`) answered 405 with an empty
+    `Allow`: the routes FastAPI includes from a router name no methods of their own."""
+    r = await inproc.request(method, path)
+    error(r, 405)
+    assert r.headers["allow"] == allow
+
+
 @pytest.mark.parametrize("path", ["/health", "/v1/models", "/models", "/metrics", "/"])
 async def test_head_is_answered_wherever_get_is(inproc: httpx.AsyncClient, path: str) -> None:
     """`curl -I`, uptime monitors and Ollama's clients' `HEAD /` got a 405 on every FastAPI

@@ -231,3 +231,11 @@ def test_an_image_is_refused_and_a_refusal_in_history_is_taken(client: openai.Op
     ]
     done = client.chat.completions.create(model=SMOL, messages=history, max_tokens=2)
     assert done.choices[0].message.content
+
+
+def test_models_delete_is_a_405_that_says_what_is_allowed(client: openai.OpenAI) -> None:
+    """Its `Allow` header was empty."""
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.models.delete(SMOL)
+    assert refused.value.status_code == 405
+    assert refused.value.response.headers["allow"] == "GET, HEAD"

@@ -170,15 +170,25 @@ def not_served(path: str) -> str:
     return f"Not Found: nothing is served at {path[:200]} (the API is at /v1; /docs lists it)"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed(request: Request) -> list[str]:
     """Every method some route serves at this path: Starlette names only the first route's,
-    where a path has one route per method (GET and POST /admin/keys)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": ""})
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    where a path has one route per method (GET and POST /admin/keys). Asked of each route
+    by matching (a router FastAPI includes is one route that names no methods itself).
+    HEAD wherever GET is: asgi.py answers it so."""
+    served = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    }
+    if "GET" in served:
+        served.add("HEAD")
+    return sorted(served)
 
 
 async def _on_client_gone(_: Request, exc: Exception) -> Response:
