@@ -74,6 +74,30 @@ def test_schemas_alone_streamed_and_not_agree(client: openai.OpenAI, model: str)
         assert _ask(client, model, schema, stream=True) == (whole, "stop")
 
 
+def _whitespace_outside_strings(text: str) -> list[str]:
+    """The whitespace between a JSON text's tokens, each with the character before it."""
+    found, in_string, escaped = [], False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            in_string, escaped = (escaped or ch != '"'), (not escaped and ch == "\\")
+        elif ch == '"':
+            in_string = True
+        elif ch.isspace():
+            found.append(text[i - 1 : i + 1])
+    return found
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_json_has_fixed_separators_and_no_other_whitespace(
+    client: openai.OpenAI, model: str
+) -> None:
+    """As the README says: `", "` and `": "` (json.dumps' separators), no newline, indent or
+    other space the model could choose (and loop on)."""
+    for schema in SCHEMAS[::5]:
+        text, _ = _ask(client, model, schema, stream=False)
+        assert set(_whitespace_outside_strings(text)) <= {", ", ": "}, text
+
+
 class City(BaseModel):
     name: str = Field(max_length=30)
     country: str = Field(max_length=30)

@@ -29,8 +29,9 @@ from ..types import Constraint
 
 __all__ = ["Grammars", "Matcher", "compile_grammar"]
 
-# JSON written without free whitespace: a tiny model can otherwise loop on spaces and newlines
-# until max_tokens. Separators as Python's json.dumps writes them.
+# JSON written without free whitespace (none the model chooses): a tiny model can otherwise loop
+# on spaces and newlines until max_tokens. Separators as Python's json.dumps writes them, which
+# tool_calls.ToolParser reads.
 JSON_OPTIONS: dict[str, Any] = {
     "whitespace_flexible": False,
     "item_separator": ", ",
