@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inproc import InProcessPool, app_client, fake_models
 from llm_router.config import Settings
 from llm_router.lifecycle.manager import ModelManager
+from llm_router.protocol import OPENAI_CHAT_FIELDS
 from llm_router.server.app import create_app
 from openai_schema import validate
 
@@ -255,6 +257,37 @@ async def test_an_assistants_refusal_part_is_taken_as_its_text(
     body["messages"] = [{"role": "user", "content": [{"type": "refusal", "refusal": "No."}]}]
     refused = error(await inproc.post("/v1/chat/completions", json=body), 400)
     assert refused["param"] == "messages.[0].content.[0].type"
+
+
+IGNORED = {
+    "store": True,
+    "metadata": {"app": "test"},
+    "service_tier": "auto",
+    "safety_identifier": "user-1",
+    "prompt_cache_key": "k",
+    "prompt_cache_options": {},
+    "prompt_cache_retention": "24h",
+    "reasoning_effort": "low",
+    "verbosity": "low",
+    "prediction": {"type": "content", "content": "Hello"},
+    "modalities": ["text"],
+    "audio": {"voice": "alloy", "format": "wav"},
+    "web_search_options": {},
+    "moderation": {},
+}
+
+
+async def test_the_fields_the_readme_says_are_ignored_are(inproc: httpx.AsyncClient) -> None:
+    """The README's list of OpenAI fields accepted and ignored: OpenAI's own, each taken,
+    the answer the same with them all."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    listed = readme.partition("Accepted and ignored by local models")[2].partition("`user`")[0]
+    assert set(re.findall(r"`(\w+)`", listed)) == set(IGNORED) <= OPENAI_CHAT_FIELDS
+    plain = await inproc.post("/v1/chat/completions", json=CHAT)
+    r = await inproc.post("/v1/chat/completions", json={**CHAT, **IGNORED})
+    assert r.status_code == 200, r.text
+    answer = r.json()["choices"][0]["message"]
+    assert answer == plain.json()["choices"][0]["message"]
 
 
 async def test_v1_models_carries_llama_cpp_routers_status_and_aliases(tmp_path: Path) -> None:
