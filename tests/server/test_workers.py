@@ -297,3 +297,20 @@ def test_ctrl_c_stops_every_router_process_without_a_traceback(
             proc.wait(5)
     output = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+
+
+@pytest.mark.real
+def test_a_second_serve_with_workers_on_a_used_port_is_refused(
+    tmp_path: Path, redis_url: str, stub: _Stub
+) -> None:
+    """A second `serve --workers 2` on the port of a running one started without a word and
+    took part of its connections (SO_REUSEPORT lets any process of the user join); a plain
+    `serve` there said `cannot listen ... Address already in use` and ended 2, as it now does."""
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url)
+    (tmp_path / "second").mkdir()
+    with _two_routers(config, tmp_path) as (proc, url):
+        message = _refusal(config, tmp_path / "second")
+        assert (
+            message == f"error: cannot listen on 127.0.0.1:{config['port']}: Address already in use"
+        )
+        assert set(_pids(url, 16)) == _routers(proc.pid)  # the first one serves on, alone

@@ -296,10 +296,21 @@ def listen(host: str, port: int) -> socket.socket:
 
 def _bind(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` sockets on one address; several share it (SO_REUSEPORT, one per router
-    process), one does not (a second server on its port is refused, as uvicorn's would be)."""
+    process), one does not (a second server on its port is refused, as uvicorn's would be).
+
+    The kernel lets any process of the same user join sockets that have SO_REUSEPORT, so a
+    second `serve --workers N` on the port would start and take part of its connections.
+    Several sockets are therefore bound only after a probe without SO_REUSEPORT was bound
+    and closed: it fails on a port anyone listens on. A server that binds the port in the
+    moment between the probe's close and the first bind below is not seen."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
+        if count > 1:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+                port = probe.getsockname()[1]  # port 0: the sockets below share this one
         for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
