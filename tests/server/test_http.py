@@ -445,6 +445,54 @@ async def test_cors_is_an_explicit_allow_list(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in other.headers
 
 
+async def test_cors_lets_an_allowed_page_send_and_read_the_api_s_headers(tmp_path: Path) -> None:
+    """The preflight allowed only authorization, content-type and x-request-id: a page of an
+    allowed origin could not send X-Api-Key or `Cache-Control: no-cache` (both in the README)
+    nor the openai JS SDK's x-stainless-* headers (400 "Disallowed CORS headers")."""
+    origin = {"origin": "http://localhost:3000"}
+    sent = (
+        "authorization,content-type,x-api-key,cache-control,x-request-id,"
+        "x-stainless-arch,x-stainless-lang,x-stainless-os,x-stainless-package-version,"
+        "x-stainless-retry-count,x-stainless-runtime,x-stainless-runtime-version,"
+        "x-stainless-timeout"
+    )
+    async with app_client(tmp_path, cors_origins=["http://localhost:3000"]) as c:
+        pre = await c.options(
+            "/v1/chat/completions",
+            headers={
+                **origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": sent,
+            },
+        )
+        assert pre.status_code == 200, pre.text
+        allowed = {h.strip() for h in pre.headers["access-control-allow-headers"].split(",")}
+        assert set(sent.split(",")) <= allowed
+
+        r = await c.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={**origin, "cache-control": "no-cache", "x-stainless-os": "Linux"},
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        exposed = {h.strip() for h in r.headers["access-control-expose-headers"].split(",")}
+        ours = ("x-llm-router-", "x-ratelimit-", "x-request-id", "retry-after", "x-should")
+        assert {h for h in r.headers if h.startswith(ours)} <= exposed
+        limits = {
+            f"x-ratelimit-{w}-{k}"
+            for w in ("limit", "remaining", "reset")
+            for k in ("requests", "tokens")
+        }
+        assert {
+            "x-request-id",
+            "x-llm-router-model",
+            "retry-after",
+            "x-should-retry",
+            *limits,
+        } <= exposed
+
+
 async def test_unknown_routes_and_methods_have_envelopes(inproc: httpx.AsyncClient) -> None:
     assert "the API is at /v1" in error(await inproc.get("/v1/nothing-here"), 404)["message"]
     error(await inproc.get("/v1/chat/completions"), 405)

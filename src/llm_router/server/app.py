@@ -158,12 +158,17 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],  # DELETE: /admin/keys/{name}
-            allow_headers=["authorization", "content-type", "x-request-id"],
+            # any header a page asks for (echoed, so `authorization` is named, as the Fetch
+            # standard wants): the origins are the allow-list, and a list of headers kept
+            # pages of those origins from sending X-Api-Key, Cache-Control and the openai
+            # SDK's x-stainless-* ones, while anything outside a browser sends what it likes
+            allow_headers=["*"],
             expose_headers=[
                 "x-llm-router-model",
                 "x-llm-router-route",
                 "x-llm-router-cache",
                 "x-request-id",
+                "x-should-retry",  # the openai SDKs read it, with retry-after
                 "retry-after",
                 *(
                     f"x-ratelimit-{what}-{kind}"
