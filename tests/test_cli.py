@@ -184,8 +184,34 @@ def test_a_route_the_router_cannot_build_is_a_clear_error(tmp_path: Path) -> Non
     )
     out = _cli("serve", "--config", str(cfg))
     assert out.returncode == 2
-    assert "unknown strategy 'nosuch'" in out.stderr
     assert "Traceback" not in out.stderr and "│" not in out.stderr
+    # it named neither the route nor the key
+    assert out.stderr.splitlines()[-1] == (
+        "error: routes[0].strategy (route 'r1'): unknown strategy 'nosuch': use one of "
+        "quality-first, cost-optimized, speed-priority, balanced, round-robin, least-loaded "
+        "or 'package.module:function'"
+    )
+
+
+def test_a_route_named_like_a_model_is_one_line_at_start(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """Found once the models directory is scanned, in the server's start-up: ~50 lines of
+    uvicorn's lifespan traceback and exit 3, where every other configuration error is one
+    `error:` line and exit 2 (and a reload refuses it with a 400)."""
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\nmodels_dir: {models}\nprovision_default_models: false\n"
+        f"spare_workers: false\nroutes:\n  - {{name: {smollm2_gguf.stem}, targets: [x]}}\n"
+    )
+    out = _cli("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", "0")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"error: routes[0].name: route name '{smollm2_gguf.stem}' is already the name of a "
+        f"model in models_dir ({models}); name the route otherwise"
+    )
 
 
 def test_an_error_is_one_whole_line_with_its_brackets(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from ..lifecycle.manager import ModelManager
 
-__all__ = ["Route", "Targets"]
+__all__ = ["Route", "Targets", "load_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,21 @@ log = logging.getLogger(__name__)
 class Route:
     config: RouteConfig
     strategy: Strategy
+
+
+def load_routes(routes: list[RouteConfig]) -> dict[str, Route]:
+    """Name -> route, each with its strategy loaded (load_strategy: imports a strategy named
+    'package.module:function'). Raises ConfigError naming the route and its key."""
+    loaded: dict[str, Route] = {}
+    for i, route in enumerate(routes):
+        try:
+            strategy = load_strategy(route.strategy, route.strategy_options)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"routes[{i}].strategy (route {route.name!r}): {exc.message}"
+            ) from None
+        loaded[route.name] = Route(route, strategy)
+    return loaded
 
 
 class Targets:
@@ -85,11 +100,11 @@ class Targets:
         """Refuse a route named like a model of the models directory (the settings refuse
         one named like a `models:` entry): it would hide the model."""
         found = {s.id for s in self.manager.registry if s.source.origin in ("models_dir", "ollama")}
-        for route in routes:
+        for i, route in enumerate(routes):
             if route.name in found:
                 raise ConfigError(
-                    f"routes: route name {route.name!r} is already the name of a model in "
-                    "models_dir; name the route otherwise"
+                    f"routes[{i}].name: route name {route.name!r} is already the name of a model "
+                    f"in models_dir ({self.settings.models_dir}); name the route otherwise"
                 )
 
     def warnings(self) -> list[str]:
@@ -143,9 +158,7 @@ class Targets:
         Raises ConfigError for a route whose strategy cannot be loaded, before anything
         changed."""
         self._check_route_names(settings.routes)
-        routes = {
-            r.name: Route(r, load_strategy(r.strategy, r.strategy_options)) for r in settings.routes
-        }
+        routes = load_routes(settings.routes)
         unloaded = self.manager.reconfigure(settings)
         self.settings = settings
         before = {*self._routes, *(t.id for t in self.remotes())}

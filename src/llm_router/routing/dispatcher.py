@@ -42,12 +42,12 @@ from ..logs import redact
 from ..types import Embeddings, GenerationEvent
 from .attempt import NOT_THE_TARGETS, RETRYABLE, THE_KEYS, first_event, since, watch
 from .breaker import BreakerConfig, CircuitBreaker
-from .configured import Route, Targets
+from .configured import Route, Targets, load_routes
 from .local import LocalTarget
 from .remote import RemoteTarget
 from .shared_breakers import BreakerSync
 from .stats import TargetStats
-from .strategies import Candidate, RouteRequest, ab_split, load_strategy, rank
+from .strategies import Candidate, RouteRequest, ab_split, rank
 from .targets import DEFAULT_REST, Call, EmbedCall, Target
 
 __all__ = ["Dispatcher", "Routed"]
@@ -74,9 +74,7 @@ class Dispatcher(Targets):
         # breaker.py is pure and knows no settings: its config is built from them here.
         self._breaker = BreakerConfig(**settings.breaker.model_dump())
         self._targets: dict[str, Target] = {}
-        self._routes = {
-            r.name: Route(r, load_strategy(r.strategy, r.strategy_options)) for r in settings.routes
-        }
+        self._routes = load_routes(settings.routes)
         self._health: dict[str, asyncio.Task[None]] = {}  # remote target -> its checks
         self._suspects: dict[str, asyncio.Task[None]] = {}  # target -> a check after a timeout
         self._shared: BreakerSync | None = None  # remote targets' breakers, through Redis

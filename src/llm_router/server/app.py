@@ -25,6 +25,7 @@ from starlette.routing import Match
 from .. import __version__
 from ..api import Router
 from ..config import Settings
+from ..errors import ConfigError
 from ..gateway.service import Gateway
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
@@ -58,15 +59,19 @@ def create_app(
     *,
     source: ConfigSource | None = None,
     parent: int | None = None,
-) -> FastAPI:
+) -> ServerApp:
     """`source`: where `settings` were read, for reloads (server/reload.py; None: no reload);
     `parent`: the pid of `serve --workers N`'s parent, told of reloads."""
     core = Router(settings=settings, manager=manager)  # the parts, assembled once (api.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await gateway.start(settings.host)  # keys, limits, usage; refuses an open public bind
-        await core.start()  # the server process then tunes its collector (run.tune_gc)
+        try:
+            await gateway.start(settings.host)  # keys, limits, usage; refuses an open public bind
+            await core.start()  # the server process then tunes its collector (run.tune_gc)
+        except ConfigError as exc:  # a route named like a model found: run_one says it
+            app.state.refused = exc
+            raise
         if settings.watch_config:
             app.state.reloader.watch()
         try:

@@ -319,6 +319,7 @@ class ServerApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.hot_routes = list(hot)
         self._hot_paths = frozenset(r.path for r in self.hot_routes)
+        self.quiet_refusals = False  # see _refusal_untold
         self.router.routes.extend(self.hot_routes)  # listed and documented like any other
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -326,8 +327,23 @@ class ServerApp(FastAPI):
             # FastAPI's own __call__ asks OpenTelemetry (3 environment lookups) on every
             # request whether to trace it; the hot routes do not go through its tracing.
             await Starlette.__call__(self, scope, receive, send)
+        elif scope["type"] == "lifespan" and self.quiet_refusals:
+            await super().__call__(scope, receive, self._refusal_untold(send))
         else:
             await super().__call__(scope, receive, send)
+
+    def _refusal_untold(self, send: Send) -> Send:
+        """A start refused for the configuration (`state.refused`, a ConfigError the lifespan
+        raised) fails without starlette's traceback in the message uvicorn logs, when whoever
+        runs the app says the error itself (`quiet_refusals`: run.run_one raises it, and the
+        command says it in one line; a Ray Serve replica logs the message)."""
+
+        async def send_lifespan(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and hasattr(self.state, "refused"):
+                message = {"type": "lifespan.startup.failed"}
+            await send(message)
+
+        return send_lifespan
 
     def build_middleware_stack(self) -> ASGIApp:
         user, self.user_middleware = self.user_middleware, []

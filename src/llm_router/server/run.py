@@ -168,7 +168,8 @@ def run_one(
     source: ConfigSource | None = None,
     parent: int | None = None,
 ) -> bool:
-    """Serve in this process until a signal stops it; False when the server never started.
+    """Serve in this process until a signal stops it; False when the server never started,
+    ConfigError when the configuration was refused as it started (the lifespan's, asgi.py).
     `pool`: a WorkerPool whose spares the CLI started early; `source`: where `settings` were
     read, read again on SIGHUP and `POST /admin/reload`; `parent`: see run_many."""
     from ..lifecycle.manager import ModelManager
@@ -176,13 +177,19 @@ def run_one(
 
     manager = ModelManager(settings, pool=pool)
     app = create_app(settings, manager, source=source, parent=parent)
+    app.quiet_refusals = True  # a ConfigError at start-up: raised below, said by the caller
     server = DrainingServer(
         uvicorn_config(app, settings),
         app.state.drain,
         settings.drain_grace,
         app.state.reloader if source is not None else None,
     )
-    server.run(sockets)
+    try:
+        server.run(sockets)
+    except SystemExit:  # uvicorn's when the lifespan failed
+        if hasattr(app.state, "refused"):  # found at start-up: a route named like a model, say
+            raise app.state.refused from None
+        raise
     return bool(server.started)
 
 
@@ -347,6 +354,9 @@ def _child(
         served = run_one(settings, sockets=[sock], source=source, parent=parent)
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it drained for again: no traceback
         sys.exit(128 + signal.SIGINT)  # in a JSON log, nor once per process
+    except ConfigError as exc:
+        log.error("%s", exc.message)
+        sys.exit(STARTUP_FAILED)
     if not served:
         sys.exit(STARTUP_FAILED)
 
