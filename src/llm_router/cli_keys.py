@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli import ModelsDirOpt
 from .cli_console import err, error
 from .config import Settings
 from .config_load import load_config
@@ -34,9 +35,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-F", help="YAML or 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _settings(config: Path | None) -> Settings:
+def _settings(config: Path | None, models_dir: Path | None = None) -> Settings:
     try:
-        return load_config(config)
+        return load_config(config, {"models_dir": models_dir})
     except ConfigError as exc:
         error(exc.message)
         raise typer.Exit(2) from None
@@ -79,6 +80,7 @@ def create(
     budget: Annotated[float | None, typer.Option(help="Spend allowed per period.")] = None,
     period: Annotated[str, typer.Option(help="Budget period: day or month.")] = "month",
     expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h.")] = None,
+    models_dir: ModelsDirOpt = None,  # where --models names are looked for, as serve's
 ) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
     from pydantic import ValidationError
@@ -107,13 +109,14 @@ def create(
         await store.add_key(key)
         await store.add_audit("cli", "key.created", key.name, key.audit_detail())
 
-    settings = _settings(config)
+    settings = _settings(config, models_dir)
     _run(settings, work)
     _tell_routers(settings, "created", key.name)
     if unknown := _unknown_models(settings, key.models or ()):
         err.print(
             f"warning: {', '.join(repr(n) for n in unknown)} is no model, alias, route or remote "
-            "target of this configuration (yet): the key may use it once it exists",
+            f"target of this configuration, nor a model in {settings.models_dir} (yet): the key "
+            "may use it once it exists (a server given another --models-dir: give it here too)",
             markup=False,
         )
     err.print(

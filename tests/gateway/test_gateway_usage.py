@@ -485,6 +485,38 @@ def test_keys_create_warns_of_an_allow_list_name_that_does_not_exist(tmp_path: P
     assert " 7 " in row, listed.stdout  # max_concurrent was in `--json` only
 
 
+def test_keys_create_looks_for_models_where_models_dir_says(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """With the models directory given to `serve` as --models-dir only, `keys create --models`
+    warned that a model it served was 'no model ... of this configuration': it had no
+    --models-dir, and the warning did not say where it had looked."""
+    import subprocess
+    import sys
+
+    from servers import link_models
+
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'cli-data'}\nmodels_dir: {tmp_path / 'none'}\n")
+
+    def create(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = ["keys", "create", name, "--models", smollm2_gguf.stem, "--config", str(cfg)]
+        out = subprocess.run(
+            [sys.executable, "-m", "llm_router", *argv, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0 and out.stdout.strip().startswith("sk-llmr-"), out.stderr
+        return out
+
+    assert "warning" not in create("k1", "--models-dir", str(models)).stderr
+    said = " ".join(create("k2").stderr.split())
+    assert f"nor a model in {tmp_path / 'none'} (yet)" in said, said
+    assert "another --models-dir: give it here too" in said
+
+
 async def test_a_stream_cut_after_its_200_is_an_error_in_usage(
     tmp_path: Path, master_env: str
 ) -> None:
