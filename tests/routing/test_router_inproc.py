@@ -568,3 +568,33 @@ async def test_an_upstream_that_reports_no_usage_is_counted_by_an_estimate(
             assert whole.json()["usage"]["prompt_tokens"] > 0, whole.text
             metrics = (await c.get("/metrics")).text
     assert 'llm_router_tokens_total{kind="completion",model="box"}' in metrics
+
+
+async def test_unloads_in_flight_do_not_open_a_local_targets_breaker(tmp_path: Path) -> None:
+    """An operator's unload cutting a route's requests counted as the local model's failures:
+    after a few, its breaker opened and the route skipped a healthy model for the cooldown
+    (found from outside, after unloads and reloads of a storm). A cut by an unload is the
+    operator's doing, as a client's disconnect is the client's."""
+    models = fake_models(tmp_path, local={"token_seconds": 0.01})
+    routes = [{"name": "auto", "targets": ["local"]}]
+    async with app_client(
+        tmp_path, models=models, routes=routes, unload_grace=0, breaker={"failure_threshold": 2}
+    ) as c:
+        for _ in range(3):
+            body = {"model": "auto", "messages": HELLO, "max_tokens": 1000}
+            asked = asyncio.create_task(c.post("/v1/chat/completions", json=body))
+            while not await _active(c, "local"):  # generating
+                assert not asked.done(), asked.result().text
+                await asyncio.sleep(0.01)
+            await c.post("/models/unload", json={"model": "local"})
+            r = await asked
+            assert r.status_code == 503 and "unloaded" in r.json()["error"]["message"], r.text
+        assert await breaker(c, "local") == "closed"
+        r = await c.post("/v1/chat/completions", json={**body, "max_tokens": 3})
+        assert r.status_code == 200
+
+
+async def _active(c: httpx.AsyncClient, model: str) -> int:
+    models = (await c.get("/models")).json()["data"]
+    active: int = next(m for m in models if m["id"] == model)["active_requests"]
+    return active

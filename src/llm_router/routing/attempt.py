@@ -20,6 +20,7 @@ from ..errors import (
     InsufficientMemory,
     ModelLoadFailed,
     ModelNotFound,
+    ModelUnloaded,
     QueueFull,
     RateLimited,
     RouterError,
@@ -36,10 +37,19 @@ RETRYABLE = (EngineError, ModelLoadFailed, QueueFull, InsufficientMemory, Contex
 # would refuse the same, so it is the request's answer, not a reason to try another.
 THE_KEYS = (RateLimited,)
 # Worth another target, but no sign the target is broken, so its breaker does not count them:
-# a full queue, a prompt too long for it, and a read timeout, which a client can cause for
+# a full queue, a prompt too long for it, a read timeout, which a client can cause for
 # everyone by asking for a generation longer than the timeout (health checks and connect
-# errors still count).
-NOT_THE_TARGETS = (QueueFull, ContextLengthExceeded, UpstreamTimeout)
+# errors still count), an operator's unload or reload cutting a local model's requests (its
+# breaker opened after a few, and routes skipped a healthy model for the cooldown: found from
+# outside), and a load that cannot fit beside the pinned models (the memory's state, not the
+# model's health: the request still falls back, the next one may fit).
+NOT_THE_TARGETS = (
+    QueueFull,
+    ContextLengthExceeded,
+    UpstreamTimeout,
+    ModelUnloaded,
+    InsufficientMemory,
+)
 
 
 @dataclass(slots=True)
@@ -101,7 +111,7 @@ async def watch(target: Target, attempt: Attempt) -> AsyncGenerator[GenerationEv
             else:
                 with tracing.within(span):  # what the target records now is the attempt's
                     event = await anext(events)
-    except (BadRequest, ModelNotFound, UpstreamTimeout) as exc:
+    except (BadRequest, ModelNotFound, *NOT_THE_TARGETS) as exc:
         failed = exc
         target.breaker.record_cancelled()
         target.stats.record_cancelled()
