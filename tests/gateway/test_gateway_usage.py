@@ -18,6 +18,7 @@ from gw_helpers import CHAT_BODY, MASTER, Gw, bearer, gateway_app
 from inproc import fake_models
 from llm_router.config import Settings
 from llm_router.gateway.store import Store
+from llm_router.logs import JsonFormatter
 
 
 async def test_every_request_is_recorded_with_its_tokens_target_and_status(gw: Gw) -> None:
@@ -589,3 +590,53 @@ async def test_refusals_are_recorded_with_the_model_asked(tmp_path: Path, master
             ("broke-user", "chat"): 0,
             ("broke-user", "alias-of-nothing"): 1,
         }
+
+
+async def test_a_refused_multi_answer_request_charges_nothing_and_says_why(
+    tmp_path: Path, master_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`n=3` against one slot and a queue of one: the `n` that can never fit was found by the
+    third answer, after the first had generated (its tokens were charged to the key, for an
+    answer the client never got), and the request log said `error=cancelled` of that 400 (the
+    first answer's, cut by it); a 429 for a queue others fill said `cancelled` too (found from
+    outside)."""
+    caplog.set_level(logging.INFO, logger="llm_router.requests")
+    fake = fake_models(tmp_path, chat={"token_seconds": 0.01}, other={})
+    models = [fake[0].model_copy(update={"parallel": 1}), fake[1]]
+    async with gateway_app(tmp_path, models=models, queue_per_model=1) as gw:
+        body = {"model": "chat", "prompt": "Hi", "max_tokens": 4}
+        r = await gw.client.post(
+            "/v1/completions", json={**body, "n": 3}, headers=bearer(await gw.key("never"))
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+        # a 429: the slot held by another request, the queue by this one's first answer
+        long = asyncio.create_task(
+            gw.client.post(
+                "/v1/completions",
+                json={**body, "max_tokens": 300},
+                headers=bearer(await gw.key("long")),
+            )
+        )
+        state = gw.app.state.manager.registry["chat"]
+        while not state.active:  # told of each change (lifecycle/state.py `notify`)
+            await state.changed.wait()
+        r = await gw.client.post(
+            "/v1/completions", json={**body, "n": 2}, headers=bearer(await gw.key("full"))
+        )
+        assert r.status_code == 429, r.text
+        assert (await long).status_code == 200
+        usage = await gw.client.get(
+            "/admin/usage", params={"group_by": "key"}, headers=bearer(MASTER)
+        )
+    lines = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if r.name == "llm_router.requests" and r.getMessage().startswith("POST /v1/completions")
+    ]
+    refused = {line["status"]: line for line in lines if line["status"] != 200}
+    assert "completion_tokens" not in refused[400], refused[400]
+    assert refused[400]["error"] == "BadRequest" and refused[429]["error"] == "QueueFull", lines
+    rows = {row["key"]: row for row in usage.json()["data"]}
+    for key in ("never", "full"):
+        assert rows[key]["prompt_tokens"] == rows[key]["completion_tokens"] == 0, rows
+    assert rows["long"]["completion_tokens"] == 300

@@ -132,7 +132,12 @@ class Leases:
     ) -> Worker:
         """A slot, after a wait in the model's queue of at most `queue_timeout`. A request's
         answers past the model's slots wait for its own others to end: that time does not
-        count (with n=3 on 2 slots, the third answer timed out behind the first two)."""
+        count (with n=3 on 2 slots, the third answer timed out behind the first two). Answers
+        that can never fit are refused before any of them takes a slot (the third of n=3 on
+        one slot and a queue of one found it after the first had generated: found from
+        outside, its tokens charged for a 400)."""
+        if answers is not None:
+            self._check_room(state, answers.count)
         if not state.waiters and self._can_take(state):
             self.observe_wait(state.id, 0.0)
             return self._take(state)

@@ -228,7 +228,10 @@ class GenerationService:
                     yield choices[i].index, event
         finally:
             route.model = wire.model
-            route.error = next((r.error for r in routes if r.error), "")
+            # what ended the request: the others are cut by it (cancelled), unless the client
+            # left (a 400 for `n` was logged `cancelled`, its first answer's: found from outside)
+            errors = [r.error for r in routes if r.error]
+            route.error = next((e for e in errors if e != "cancelled"), errors[0] if errors else "")
             usages = {c.index: r.usage for c, r in zip(choices, routes, strict=True) if r.usage}
             if usages:  # the finished ones', and the estimates of those cut short
                 route.usage = total_usage(choices, usages)
