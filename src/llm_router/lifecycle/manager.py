@@ -148,15 +148,17 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
                 log.exception("models directory scan failed")
 
     def refresh(self, *, force: bool = False) -> None:
-        """Re-scan the models directory (registry.py); what changed or went away is unloaded.
-        Unless `force`d, at most once per `watch_interval` (and second): unknown names and
-        model listings, which any client can send in a loop, cost at most that."""
+        """Re-scan the models directory (registry.py); what changed or went away is unloaded,
+        and a pinned or preloaded model whose file changed loads again at once, as on a
+        reload (it stayed unloaded until a request came: found from outside). Unless
+        `force`d, at most once per `watch_interval` (and second): unknown names and model
+        listings, which any client can send in a loop, cost at most that."""
         now = time.monotonic()
         if not force and now - self._scanned < (self.settings.watch_interval or 1.0):
             return
         self._scanned = now
         for state, reason in self.registry.refresh():
-            self._spawn(self._unload(state, reason))
+            self._replace(state, reason)
 
     # -- lookups -------------------------------------------------------------------------------
 
