@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ from inproc import InProcessPool
 from llm_router.config import ModelConfig, Settings
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.state import ModelState, Status
+from llm_router.types import Finished, GenerationRequest, SamplingParams
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[ModelManager]:
-    (tmp_path / "m.json").write_text(json.dumps({"reply": "one two"}))
+    (tmp_path / "m.json").write_text(json.dumps({"reply": "one two", "token_seconds": 0.002}))
     entry = ModelConfig(id="m", path=tmp_path / "m.json", engine="fake", pin=True)
     options: dict[str, Any] = {
         "models_dir": tmp_path,
@@ -59,3 +61,62 @@ async def test_a_pinned_model_whose_file_changed_loads_the_new_one_at_once(
     await asyncio.wait_for(loaded(state), 10)
     assert state.worker is not first and state.load_reason == "preload"
     assert state.worker is not None and state.worker.engine.words == ["three", "four", "five"]
+
+
+async def compared(manager: ModelManager) -> None:
+    """Until the manager has compared the bytes of the touched files (in a thread)."""
+    for _ in range(1000):
+        if not manager.registry.touched:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the touched files were never compared")
+
+
+async def test_a_file_touched_with_the_same_bytes_keeps_its_model_serving(
+    manager: ModelManager, tmp_path: Path
+) -> None:
+    """`touch` (a new mtime, the same bytes: `rsync -t`, a backup tool) unloaded the model,
+    cutting its streams, and left a pinned one unloaded (found from outside). Its bytes are
+    compared with its worker's first: the same, and it serves on, with its new identity."""
+    path = tmp_path / "m.json"
+    state = manager.registry["m"]
+    await asyncio.wait_for(loaded(state), 10)
+    assert state.loaded_content is not None
+    await state.loaded_content  # hashed as loaded (a touch before then is taken for a change)
+    worker = state.worker
+    request = GenerationRequest(SamplingParams(max_tokens=40), prompt="go")
+    async with manager.lease("m") as leased:
+        events = leased.generate(request)
+        await anext(events)  # generating
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+        manager.refresh(force=True)
+        assert state.status == Status.LOADED
+        await compared(manager)
+        rest = [event async for event in events]
+    assert isinstance(rest[-1], Finished) and rest[-1].finish_reason == "length"
+    assert state.status == Status.LOADED and state.worker is worker
+    assert state.source.identity.mtime_ns == path.stat().st_mtime_ns
+    manager.refresh(force=True)  # the new identity is its own now: nothing to compare
+    assert not manager.registry.touched and state.worker is worker
+
+
+async def test_a_file_rewritten_to_the_same_size_is_a_change(
+    manager: ModelManager, tmp_path: Path
+) -> None:
+    """Same size, new mtime, other bytes (a fine-tune of the same shapes): unloaded, and the
+    pinned model loads the new bytes."""
+    path = tmp_path / "m.json"
+    state = manager.registry["m"]
+    await asyncio.wait_for(loaded(state), 10)
+    first = state.worker
+    stat = path.stat()
+    path.write_text(path.read_text().replace("one two", "six ten"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert path.stat().st_size == stat.st_size
+    manager.refresh(force=True)
+    assert state.status == Status.LOADED and state.worker is first  # compared first
+    await compared(manager)
+    await asyncio.wait_for(loaded(state), 10)
+    assert state.worker is not None and state.worker is not first
+    assert state.worker.engine.words == ["six", "ten"]

@@ -3,42 +3,26 @@ answer.
 
 A local model: its file's size and a content hash (blake2b of every byte; of every file of a
 folder model), plus its configuration (engine options, sampling defaults, system prompt) and
-the server's `model_defaults` (engine options it leaves unset), but not its path or mtime, so routers sharing a Redis share answers of copies of one file. The
-file is `stat`-ed on every cacheable request (a few microseconds); the content hash is
-computed again whenever its size or mtime changed, once, in a thread, shared by concurrent
-requests. A remote target: its name, base URL, upstream model and configuration. A route:
-its configuration and the identities of all its targets, since any of them may answer."""
+the server's `model_defaults` (engine options it leaves unset), but not its path or mtime, so
+routers sharing a Redis share answers of copies of one file. The file is `stat`-ed on every
+cacheable request (a few microseconds); the content hash is computed again whenever its size
+or mtime changed, once, in a thread, shared by concurrent requests and the manager
+(lifecycle/contents.py). A remote target: its name, base URL, upstream model and
+configuration. A route: its configuration and the identities of all its targets, since any of
+them may answer."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import stat
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..lifecycle.contents import hash_content
 from ..routing.dispatcher import Dispatcher
 from ..routing.local import LocalTarget
 from ..routing.remote import RemoteTarget
 from .keys import digest
 
 __all__ = ["Identities", "StaleModel", "hash_content"]
-
-_CHUNK = 1 << 20
-
-
-def hash_content(path: Path) -> str:
-    """blake2b of the file's bytes (of a folder: of each file's relative path and bytes).
-    Blocks: reads every byte."""
-    h = hashlib.blake2b(digest_size=20)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if file != path:
-            h.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 class StaleModel(Exception):
@@ -50,7 +34,6 @@ class Identities:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self._hashes: dict[tuple[Path, int, int, int], asyncio.Future[str]] = {}
         self._mtimes: dict[Path, int] = {}  # the newest mtime seen (ns) of each model file
         self._configs: dict[int, tuple[ModelConfig, str]] = {}  # id(config) -> its JSON
         self._defaults: tuple[object, str] = (None, "")  # model_defaults and its JSON
@@ -99,51 +82,9 @@ class Identities:
         return digest(["local", target.id, content, config[1], self._defaults[1]])
 
     async def content(self, path: Path) -> str:
-        """`size:hash` of the file as it is now; the hash computed once per (size, mtime,
-        ctime). The ctime moves when a file is written in place with its mtime put back
-        (`rsync --inplace -t`), and also for a new hard link or a chmod: it only asks for the
-        hash again (the same bytes are the same identity), never for a reload, which the
-        mtime alone decides."""
-        size, mtime, ctime = await _state(path)
+        """`size:hash` of the file as it is now, the hash computed once per file state and
+        shared with the manager (lifecycle/contents.py); the mtime seen is remembered. Any
+        change of the bytes is a new identity, never a reload, which the manager decides."""
+        size, mtime, content = await self.dispatcher.manager.contents.of(path)
         self._mtimes[path] = mtime
-        key = (path, size, mtime, ctime)
-        future = self._hashes.get(key)
-        if future is None:
-            future = asyncio.ensure_future(asyncio.to_thread(hash_content, path))
-            self._hashes = {k: v for k, v in self._hashes.items() if k[0] != path}
-            self._hashes[key] = future
-        try:
-            content = await asyncio.shield(future)
-        except Exception:
-            self._hashes.pop(key, None)
-            raise
         return f"{size}:{content}"  # not the mtime: replicas with copies of a file share
-
-
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    """Size, mtime and ctime of a file (a `stat`: microseconds, done on the loop); None for a
-    folder."""
-    st = path.stat()
-    if stat.S_ISDIR(st.st_mode):
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-async def _state(path: Path) -> tuple[int, int, int]:
-    """Size, newest mtime and newest ctime: one `stat` for a file; a folder's files are walked
-    in a thread."""
-    state = _file_state(path)
-    if state is not None:
-        return state
-
-    def walk() -> tuple[int, int, int]:
-        size = newest = changed = 0
-        for file in path.rglob("*"):
-            if file.is_file():
-                st = file.stat()
-                size += st.st_size
-                newest = max(newest, st.st_mtime_ns)
-                changed = max(changed, st.st_ctime_ns)
-        return size, newest, changed
-
-    return await asyncio.to_thread(walk)

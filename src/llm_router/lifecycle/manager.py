@@ -31,7 +31,8 @@ from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
 from .admission import Admission
-from .discovery import ModelSource, Scanner, identity_of
+from .contents import Contents
+from .discovery import Identity, ModelSource, Scanner, identity_of
 from .fit import Fitted, fit
 from .leases import Leases
 from .reconfigure import Reconfiguration
@@ -82,6 +83,8 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
         self._scanned = -math.inf  # monotonic time of the last scan
         self._patience: Timer | None = None  # see _patience_over
         self._uses = itertools.count(1)  # orders uses for LRU (wall clocks can tie or step back)
+        self.contents = Contents()  # content hashes, shared with the response cache
+        self._comparing: dict[ModelState, Identity] = {}  # touched files compared now
 
     # -- start, stop, discovery --------------------------------------------------------------
 
@@ -159,6 +162,56 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
         self._scanned = now
         for state, reason in self.registry.refresh():
             self._replace(state, reason)
+        self._compare_touched()
+
+    def _compare_touched(self) -> None:
+        """Compare the bytes of each loaded model's touched files (registry.py `touched`: a
+        new mtime, the same size) with its worker's, in the background, once for each
+        identity: a `touch`, `rsync -t` or a backup tool unloaded a busy model, cutting its
+        streams, for the same bytes (found from outside)."""
+        for state, identity in self.registry.touched.items():
+            if self._comparing.get(state) != identity:
+                self._comparing[state] = identity
+                self._spawn(self._compare(state, identity))
+
+    async def _compare(self, state: ModelState, identity: Identity) -> None:
+        """Hash `state`'s files at `identity` (in a thread, about a second per GB, once per
+        file state: lifecycle/contents.py) and settle: the same bytes keep it loaded, others
+        unload it as any change does. Meanwhile it serves on from the bytes its worker read:
+        the same ones when only touched; the old weights, for as long as the hash takes,
+        when they changed (as requests in flight get `unload_grace` of them)."""
+        loaded = state.loaded_content
+        same = False
+        try:
+            if loaded is not None:
+                was = await asyncio.shield(loaded)
+                size, mtime, now = await self.contents.of(state.source.path)
+                same = was == now and (size, mtime) == (identity.size_bytes, identity.mtime_ns)
+        except OSError:  # gone or unreadable: the next scan says which
+            pass
+        finally:
+            if self._comparing.get(state) == identity:
+                del self._comparing[state]
+        if same and self.registry.touched.get(state) == identity:
+            state.loaded_mtime_ns = identity.mtime_ns  # the files as its worker read them
+            log.info("model %s: its file was touched (new mtime, same bytes): kept", state.id)
+        for changed, reason in self.registry.settle(state, identity, same):
+            self._replace(changed, reason)
+
+    def _hash_loaded(self, source: ModelSource) -> asyncio.Task[str | None]:
+        """The content hash of the files a worker just loaded, in the background (the page
+        cache holds them now); None when they changed since they were scanned."""
+
+        async def hashed() -> str | None:
+            size, mtime, content = await self.contents.of(source.path)
+            same = (size, mtime) == (source.identity.size_bytes, source.identity.mtime_ns)
+            return content if same else None
+
+        task = asyncio.create_task(hashed())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read: not logged
+        return task
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -227,6 +280,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
     async def _load(self, state: ModelState) -> Worker:
         source = state.source
         started = time.monotonic()
+        state.loaded_content = None
         try:
             try:
                 worker = await self._pool.start(
@@ -259,6 +313,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             state.load_requested = False
         state.worker = worker
         state.loaded_mtime_ns = source.identity.mtime_ns  # the files as this worker read them
+        state.loaded_content = self._hash_loaded(source)
         state.load_seconds = time.monotonic() - started
         state.loaded_at = state.last_used = time.time()
         state.up_since = asyncio.get_running_loop().time()

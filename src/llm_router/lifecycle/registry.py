@@ -1,14 +1,17 @@
 """The models the manager knows: one `ModelState` per model in the models directory (and the
 config's entries), found by id or alias. `refresh()` re-scans and keeps the states in step
 with the files; it starts nothing itself, but says which resident models must be unloaded
-(their file changed or is gone), for the manager to do."""
+(their file changed or is gone), for the manager to do. A loaded model whose file has a new
+mtime but its old size may only have been touched: it is kept as it is (`touched`) until the
+manager has compared the bytes (`settle`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ..units import parse_duration
-from .discovery import Scanner
+from .discovery import Identity, ModelSource, Scanner
 from .state import EventBus, ModelState, Status
 
 __all__ = ["RESIDENT", "Registry", "apply_source_error"]
@@ -25,6 +28,11 @@ class Registry:
         # Dropped by a scan while holding a worker: still in memory until their worker stops
         # (the manager discards them then), so admission still counts them.
         self.leaving: set[ModelState] = set()
+        # Loaded models whose file has a new identity of the same size: the new one, kept
+        # aside until the manager has compared the bytes with its worker's (`settle`);
+        # `_differs`: those it found changed, unloaded as any other change.
+        self.touched: dict[ModelState, Identity] = {}
+        self._differs: dict[ModelState, Identity] = {}
 
     def __iter__(self) -> Iterator[ModelState]:
         return iter(self._states.values())
@@ -130,19 +138,17 @@ class Registry:
                 self._states[model_id] = state = ModelState(source)
                 apply_source_error(state)
                 self._events.publish("added", model_id, status=state.status.value)
+            elif self._maybe_touched(state, source):
+                self.touched[state] = source.identity
+                state.source = replace(source, identity=state.source.identity)  # its config
             elif state.source.identity != source.identity or state.source.error != source.error:
-                state.source = source
-                state.sticky = False
-                state.measured_bytes = state.model_bytes = None  # another file: measure again
-                waiting = state.status == Status.WAITING and source.error is not None
-                if state.status in RESIDENT or waiting:  # its error once its worker is gone
-                    unload.append((state, "model file changed"))
-                else:  # broken, or fixed: told (a client following the events saw neither)
-                    apply_source_error(state, self._events)
+                unload += self._changed(state, source)
             else:
+                self.touched.pop(state, None)  # touched, and put back as it was
                 state.source = source
         for model_id in set(self._states) - set(found):
             state = self._states.pop(model_id)
+            self.touched.pop(state, None)
             if state.status in RESIDENT:  # `removed` once its worker stopped (`forget`)
                 self.leaving.add(state)
             else:
@@ -156,6 +162,50 @@ class Registry:
             alias: s.id for s in self._states.values() for alias in s.source.config.aliases
         }
         return unload
+
+    def _maybe_touched(self, state: ModelState, source: ModelSource) -> bool:
+        """Whether a new identity of `state`'s files may be a touch alone, for the manager
+        to decide by their bytes: a loaded model (its worker's are hashed) whose files kept
+        their size, errors and place, and not found changed at this identity already."""
+        old = state.source
+        return (
+            state.status == Status.LOADED
+            and state.loaded_content is not None
+            and old.identity != source.identity
+            and old.identity.size_bytes == source.identity.size_bytes
+            and (old.path, old.error) == (source.path, source.error)
+            and self._differs.get(state) != source.identity
+        )
+
+    def _changed(self, state: ModelState, source: ModelSource) -> list[tuple[ModelState, str]]:
+        """`state`'s files changed (or broke, or were fixed): what to unload for it."""
+        self.touched.pop(state, None)
+        self._differs.pop(state, None)
+        state.source = source
+        state.sticky = False
+        state.measured_bytes = state.model_bytes = None  # another file: measure again
+        waiting = state.status == Status.WAITING and source.error is not None
+        if state.status in RESIDENT or waiting:  # its error once its worker is gone
+            return [(state, "model file changed")]
+        # broken, or fixed: told (a client following the events saw neither)
+        apply_source_error(state, self._events)
+        return []
+
+    def settle(
+        self, state: ModelState, identity: Identity, same: bool
+    ) -> list[tuple[ModelState, str]]:
+        """The manager compared the bytes of `state`'s touched files at `identity` with those
+        its worker read: the same, and that is its identity now (its model stays loaded);
+        else they changed, and a re-scan says so. Nothing when a scan since saw them change
+        again (or go): that scan decided. Returns the (state, reason) pairs to unload."""
+        if self.touched.get(state) != identity or not self.holds(state):
+            return []
+        del self.touched[state]
+        if same:
+            state.source = replace(state.source, identity=identity)
+            return []
+        self._differs[state] = identity
+        return self.refresh()
 
 
 def _shown(duration: str | float) -> str:

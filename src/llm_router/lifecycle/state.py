@@ -80,6 +80,9 @@ class ModelState:
     use_order: int = 0  # the manager's count of uses at the last one: least recently used first
     loaded_at: float | None = None
     loaded_mtime_ns: int = 0  # the newest modification time of its files when its worker loaded
+    # the content hash of its files, hashed once its worker loaded them (None: they changed
+    # meanwhile): files touched since (a new mtime, the same size) are compared with it
+    loaded_content: asyncio.Task[str | None] | None = None
     up_since: float = 0.0  # event-loop time its worker last finished loading
     load_seconds: float | None = None
     memory_bytes: int | None = None
