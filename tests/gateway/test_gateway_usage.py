@@ -605,24 +605,20 @@ async def test_a_refused_multi_answer_request_charges_nothing_and_says_why(
     models = [fake[0].model_copy(update={"parallel": 1}), fake[1]]
     async with gateway_app(tmp_path, models=models, queue_per_model=1) as gw:
         body = {"model": "chat", "prompt": "Hi", "max_tokens": 4}
-        r = await gw.client.post(
-            "/v1/completions", json={**body, "n": 3}, headers=bearer(await gw.key("never"))
-        )
+        keys = {name: bearer(await gw.key(name)) for name in ("never", "long", "full")}
+        r = await gw.client.post("/v1/completions", json={**body, "n": 3}, headers=keys["never"])
         assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
-        # a 429: the slot held by another request, the queue by this one's first answer
+        # a 429: the slot held by another request, the queue by this one's first answer (the
+        # keys made before: a key's database write under load outlasted the other request)
         long = asyncio.create_task(
             gw.client.post(
-                "/v1/completions",
-                json={**body, "max_tokens": 300},
-                headers=bearer(await gw.key("long")),
+                "/v1/completions", json={**body, "max_tokens": 300}, headers=keys["long"]
             )
         )
         state = gw.app.state.manager.registry["chat"]
         while not state.active:  # told of each change (lifecycle/state.py `notify`)
             await state.changed.wait()
-        r = await gw.client.post(
-            "/v1/completions", json={**body, "n": 2}, headers=bearer(await gw.key("full"))
-        )
+        r = await gw.client.post("/v1/completions", json={**body, "n": 2}, headers=keys["full"])
         assert r.status_code == 429, r.text
         assert (await long).status_code == 200
         usage = await gw.client.get(
