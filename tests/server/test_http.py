@@ -938,3 +938,23 @@ async def test_a_model_over_the_memory_budget_is_a_507_no_client_retries(tmp_pat
         assert refused["code"] == "insufficient_memory"
         assert r.headers["x-should-retry"] == "false" and "retry-after" not in r.headers
         assert "budget is 200 MiB; to load it, raise memory_budget" in str(refused["message"])
+
+
+@pytest.mark.parametrize("name", ["模型", "modèle", "50%-off"])
+async def test_a_model_named_outside_ascii_answers_and_says_its_name_in_the_headers(
+    tmp_path: Path, name: str
+) -> None:
+    """A model's id is its file's name: `模型.gguf` answered every request with a 500 after
+    generating it (its id in `x-llm-router-model` is no latin-1), and `modèle` sent a raw
+    0xE8 byte there (found from outside). The name goes percent-encoded now."""
+    from urllib.parse import unquote
+
+    async with app_client(tmp_path, models=fake_models(tmp_path, **{name: {}})) as c:
+        body = {"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+        for stream in (False, True):
+            r = await c.post("/v1/chat/completions", json={**body, "stream": stream})
+            assert r.status_code == 200, r.text
+            sent = r.headers.raw  # as the wire has them
+            model = next(v for k, v in sent if k.lower() == b"x-llm-router-model")
+            assert model.isascii() and unquote(model.decode()) == name, model
+            assert unquote(r.headers["x-llm-router-route"]).count(name) <= 1

@@ -19,6 +19,7 @@ from starlette.routing import Match
 
 from .. import errors as e
 from ..protocol.invalid import describe_invalid
+from .headers import header_text
 
 __all__ = ["ClientGone", "envelope", "error_json", "install", "retry_after", "status_of"]
 
@@ -118,7 +119,7 @@ async def _on_router_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, e.RouterError)
     response = router_error_response(exc)
     if exc.tried:  # a route's targets all failed: what it tried, as a served answer says
-        response.headers["x-llm-router-route"] = exc.tried
+        response.headers["x-llm-router-route"] = header_text(exc.tried)
     return response
 
 

@@ -41,6 +41,7 @@ from ..serving.ensemble import (
 from ..serving.generate import GenerationService, RouteInfo
 from .bodies import JSONRoute
 from .gateway import visible
+from .headers import header_text
 from .sse import cancel_on_disconnect, sse_response
 
 __all__ = ["HOT", "no_autoload_asked", "parse_body", "routes"]
@@ -124,7 +125,10 @@ def _route_info(request: Request) -> RouteInfo:
 
 
 def _headers(route: RouteInfo) -> dict[str, str]:
-    headers = {"x-llm-router-model": route.target, "x-llm-router-route": route.reason}
+    headers = {
+        "x-llm-router-model": header_text(route.target),
+        "x-llm-router-route": header_text(route.reason),
+    }
     if route.cache:
         headers["x-llm-router-cache"] = route.cache
     return headers
@@ -178,7 +182,11 @@ async def ensemble(body: EnsembleRequest, request: Request) -> Response:
     route = _route_info(request)  # a record per target asked, for usage accounting
     result = await cancel_on_disconnect(request.receive, service.ensemble(body, route))
     return _json(
-        result, {"x-llm-router-model": result.model, "x-llm-router-route": f"ensemble={body.mode}"}
+        result,
+        {
+            "x-llm-router-model": header_text(result.model),
+            "x-llm-router-route": f"ensemble={body.mode}",
+        },
     )
 
 
