@@ -329,7 +329,79 @@ async def test_a_file_rewritten_in_place_with_its_mtime_put_back_is_never_a_hit(
         assert path.stat().st_size == before.st_size
         assert path.stat().st_mtime_ns == before.st_mtime_ns
         edited = await _post(client, body)
+        again = await _post(client, body)
     assert linked.headers["x-llm-router-cache"] == "hit"
     [state] = [m for m in listing if m["id"] == "edited"]
     assert state["status"]["value"] == "loaded"
-    assert edited.headers["x-llm-router-cache"] == "miss"
+    # its worker still holds the old bytes (a scan cannot tell): its answers are not stored
+    # under the new bytes' identity (they were, and served on the next request)
+    assert edited.headers.get("x-llm-router-cache") != "hit"
+    assert again.headers.get("x-llm-router-cache") != "hit"
+
+
+def _replace(path: Path, reply: str, age_seconds: float) -> None:
+    """`mv` of another model file over `path`, its mtime `age_seconds` in the past (an earlier
+    download, `cp -p`, `rsync -t`, `tar x`)."""
+    incoming = path.with_name(".incoming")
+    incoming.write_text(json.dumps({"reply": reply}))
+    then = path.stat().st_mtime_ns - int(age_seconds * 1e9)
+    os.utime(incoming, ns=(then, then))
+    os.replace(incoming, path)
+
+
+async def _reloaded(client: httpx.AsyncClient, body: dict[str, Any], reply: str) -> None:
+    """Until the model serves `reply` (the manager reloaded it), asking past the cache."""
+    for _ in range(200):
+        r = await _post(client, {**body, "cache": False}, **{"Cache-Control": "no-store"})
+        if r.json()["choices"][0]["message"]["content"].startswith(reply):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never reloaded to {reply!r}")
+
+
+async def test_a_file_replaced_by_an_older_one_never_gets_the_old_models_answers(
+    tmp_path: Path,
+) -> None:
+    """A file replaced by one with an older mtime: the cache hashed the new file, the request
+    ran on the still-loaded old worker, and its answer was stored under the new file's
+    identity, then served once the new file was loaded (found from outside)."""
+    models = fake_models(tmp_path, swapped={"reply": "old answer"})
+    body = {**CHAT, "model": "swapped"}
+    async with app_client(tmp_path, models=models) as client:
+        await _post(client, {**body, "cache": False})  # loaded, its bytes hashed
+        _replace(tmp_path / "swapped.json", "new answer", age_seconds=3600)
+        during = await _post(client, body)  # the old worker may still answer: not stored
+        await _reloaded(client, body, "new")
+        after = await _post(client, body)
+    assert during.headers.get("x-llm-router-cache") != "hit"
+    assert after.json()["choices"][0]["message"]["content"].startswith("new")
+
+
+async def test_an_answer_is_not_stored_when_its_model_loaded_other_bytes_than_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file replaced between the hash of a request's key and the load that request caused:
+    the new file's answer was stored under the old file's identity, served once the old file
+    was back (a rollback)."""
+    from llm_router.cache import Identities
+
+    models = fake_models(tmp_path, cold={"reply": "old answer"})
+    body = {**CHAT, "model": "cold"}
+    path = tmp_path / "cold.json"
+    of = Identities.of
+    swaps = [lambda: _replace(path, "new answer", age_seconds=10)]
+
+    async def hashed_then_replaced(self: Identities, name: str) -> str:
+        identity = await of(self, name)
+        if name == "cold" and swaps:
+            swaps.pop()()  # after the key's hash, before the load
+        return identity
+
+    monkeypatch.setattr(Identities, "of", hashed_then_replaced)
+    async with app_client(tmp_path, models=models) as client:
+        first = await _post(client, body)  # keyed as the old file, computed by the new one
+        _replace(path, "old answer", age_seconds=20)  # rolled back
+        await _reloaded(client, body, "old")
+        again = await _post(client, body)
+    assert first.json()["choices"][0]["message"]["content"].startswith("new")
+    assert again.json()["choices"][0]["message"]["content"].startswith("old")

@@ -7,16 +7,20 @@ the server's `model_defaults` (engine options it leaves unset), but not its path
 routers sharing a Redis share answers of copies of one file. The file is `stat`-ed on every
 cacheable request (a few microseconds); the content hash is computed again whenever its size
 or mtime changed, once, in a thread, shared by concurrent requests and the manager
-(lifecycle/contents.py). A remote target: its name, base URL, upstream model and
+(lifecycle/contents.py). A loaded model whose file is not the bytes its worker read has no
+identity (StaleModel) until it is reloaded, and an answer is stored only if the identity it
+was keyed on is still that of what serves it. A remote target: its name, base URL, upstream model and
 configuration. A route: its configuration and the identities of all its targets, since any of
 them may answer."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from ..config import ModelConfig
 from ..lifecycle.contents import hash_content
+from ..lifecycle.state import ModelState
 from ..routing.dispatcher import Dispatcher
 from ..routing.local import LocalTarget
 from ..routing.remote import RemoteTarget
@@ -34,7 +38,7 @@ class Identities:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self._mtimes: dict[Path, int] = {}  # the newest mtime seen (ns) of each model file
+        self._stale: dict[Path, str] = {}  # the content last found not its worker's
         self._configs: dict[int, tuple[ModelConfig, str]] = {}  # id(config) -> its JSON
         self._defaults: tuple[object, str] = (None, "")  # model_defaults and its JSON
 
@@ -66,25 +70,54 @@ class Identities:
         assert isinstance(target, LocalTarget)
         state = target.lifecycle.resolve(target.id)
         content = await self.content(state.source.path)
-        if state.worker is not None and state.loaded_at is not None:
-            # newer than the files its worker read (not than the clock when it read them: a
-            # file's time is the kernel's coarse clock, a few ms behind, so a file rewritten
-            # within that of the load looked older than it, and its old answers were stored
-            # under the new file's identity, then served: found by a CI run)
-            if self._mtimes.get(state.source.path, 0) > state.loaded_mtime_ns:
-                # the file changed under a running worker: until the manager has reloaded it,
-                # answers come from the old weights, and are neither served nor stored
-                target.lifecycle.refresh(force=True)
-                raise StaleModel(f"model '{target.id}' changed on disk since it was loaded")
+        if state.worker is not None and await self._loaded(state) != content.split(":")[1]:
+            # the files are not the bytes its running worker read: until the manager has
+            # reloaded it, answers come from the old weights, and are neither served nor
+            # stored. Bytes, not a newer mtime: a file replaced by an older one (`mv` of an
+            # earlier download, `cp -p`, `ln -sfn` to an older release) had the old model's
+            # answers stored under the new file's identity, and served after the reload
+            # (found from outside); a file only touched is the same bytes, the same identity
+            self._rescan(target, state.source.path, content)
+            raise StaleModel(f"model '{target.id}' changed on disk since it was loaded")
         defaults = self.dispatcher.settings.model_defaults  # options a model leaves unset
         if self._defaults[0] is not defaults:  # (a reload replaces it)
             self._defaults = (defaults, defaults.model_dump_json())
         return digest(["local", target.id, content, config[1], self._defaults[1]])
 
+    async def _loaded(self, state: ModelState) -> str | None:
+        """The content hash of the files `state`'s worker read (lifecycle/manager.py hashes
+        them once it has loaded: at once when they are the file state just hashed here);
+        None when unknown (they changed while it loaded)."""
+        loaded = state.loaded_content
+        if loaded is None:
+            return None
+        try:
+            return await asyncio.shield(loaded)
+        except OSError:  # gone or unreadable when it was hashed
+            return None
+        except asyncio.CancelledError:
+            if loaded.cancelled():  # the manager stopped
+                return None
+            raise
+
+    async def holds(self, name: str, identity: str) -> bool:
+        """Whether `identity` is still that of what serves `name`, as an answer computed
+        under it is about to be stored: its worker may have been replaced meanwhile (a
+        model loaded by the request itself, from a file replaced since it was hashed)."""
+        try:
+            return await self.of(name) == identity
+        except Exception:  # unknown now, or changed under its worker: not stored
+            return False
+
+    def _rescan(self, target: LocalTarget, path: Path, content: str) -> None:
+        """Have the manager see the change at once, once per new content (its scan may not
+        see one: a file rewritten in place with its mtime put back); then at its pace."""
+        force = self._stale.get(path) != content
+        self._stale[path] = content
+        target.lifecycle.refresh(force=force)
+
     async def content(self, path: Path) -> str:
         """`size:hash` of the file as it is now, the hash computed once per file state and
-        shared with the manager (lifecycle/contents.py); the mtime seen is remembered. Any
-        change of the bytes is a new identity, never a reload, which the manager decides."""
-        size, mtime, content = await self.dispatcher.manager.contents.of(path)
-        self._mtimes[path] = mtime
+        shared with the manager (lifecycle/contents.py). Any change of the bytes is a new identity, never a reload, which the manager decides."""
+        size, _, content = await self.dispatcher.manager.contents.of(path)
         return f"{size}:{content}"  # not the mtime: replicas with copies of a file share

@@ -99,6 +99,7 @@ class CachedGenerationService(GenerationService):
                 yield event
             return
         key = "gen:" + digest(body)
+        served_by = body["served_by"]
         flight = match = None
         group = ""
         if read:
@@ -138,12 +139,16 @@ class CachedGenerationService(GenerationService):
                 yield event
         finally:
             value = record.encode() if record is not None and route.cache_write else None
-            if value is not None:
-                self.cache.put(key, value)
-                if match is not None and self.semantic is not None:
-                    self.semantic.add(group, match.vector, key)
-            if flight is not None:
-                self.cache.land(key, flight, value)
+            stored = None
+            try:
+                if value is not None and await self.identities.holds(wire.model, served_by):
+                    stored = value
+                    self.cache.put(key, value)
+                    if match is not None and self.semantic is not None:
+                        self.semantic.add(group, match.vector, key)
+            finally:
+                if flight is not None:
+                    self.cache.land(key, flight, stored)
 
     def _replay(
         self,
@@ -216,12 +221,14 @@ class CachedEmbeddingService(EmbeddingService):
             value = result.model_dump_json().encode() if route.cache_write else None
             return result
         finally:
-            if flight is not None:
-                if value is not None:
+            stored = None
+            try:
+                if value is not None and await self.identities.holds(req.model, served_by):
+                    stored = value
                     self.cache.put(key, value)
-                self.cache.land(key, flight, value)
-            elif value is not None:
-                self.cache.put(key, value)
+            finally:
+                if flight is not None:
+                    self.cache.land(key, flight, stored)
 
 
 async def _admit(route: RouteInfo) -> None:
