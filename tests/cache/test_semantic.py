@@ -60,6 +60,49 @@ async def test_off_by_default_and_a_far_request_is_a_miss(tmp_path: Path) -> Non
     assert far.headers["x-llm-router-cache"] == "miss"
 
 
+def _weather(city: str, result: str = "sunny, 25 C", call_id: str = "call_1") -> dict[str, object]:
+    """A conversation with a tool call: only its words are text; the call is data."""
+    return {
+        "model": "chat",
+        "temperature": 0,
+        "max_tokens": 4,
+        "messages": [
+            {"role": "user", "content": "What's the weather like?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call_id, "content": result},
+            {"role": "user", "content": "Summarize the weather and name the city."},
+        ],
+    }
+
+
+async def test_tool_calls_and_their_results_must_match_exactly(tmp_path: Path) -> None:
+    """Conversations that differed only in a tool call's arguments (Paris, Tokyo) were at
+    distance 0, their text being the same, and shared an answer (found from outside)."""
+    cache = {"semantic": {"model": "chat", "threshold": 2.0}}  # every distance is near
+    async with app_client(tmp_path, cache=cache) as client:
+        await _post(client, _weather("Paris"))
+        tokyo = await _post(client, _weather("Tokyo"))
+        rainy = await _post(client, _weather("Paris", result="rain, 9 C"))
+        other_id = await _post(client, _weather("Paris", call_id="call_xyz"))
+        reworded = _weather("Paris")
+        reworded["messages"][0]["content"] = "How is the weather?"  # type: ignore[index]
+        paraphrase = await _post(client, reworded)
+    assert tokyo.headers["x-llm-router-cache"] == "miss"
+    assert rainy.headers["x-llm-router-cache"] == "miss"
+    assert other_id.headers["x-llm-router-route"].startswith("cache semantic")  # ids are names
+    assert paraphrase.headers["x-llm-router-cache"] == "hit"
+
+
 @pytest.fixture(scope="module")
 def semantic_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
@@ -97,3 +140,14 @@ def test_a_paraphrase_is_served_from_the_semantic_cache(
     assert same == text
     metrics = httpx.get(semantic_server.url + "/metrics", timeout=10).text
     assert 'llm_router_cache_lookups_total{result="hit",tier="semantic"} 1.0' in metrics
+
+
+async def test_prompts_of_token_ids_must_match_exactly(tmp_path: Path) -> None:
+    """A prompt of token ids has no text to embed: every one was at distance 0 of the others."""
+    cache = {"semantic": {"model": "chat", "threshold": 2.0}}
+    body = {"model": "chat", "temperature": 0, "max_tokens": 4}
+    async with app_client(tmp_path, cache=cache) as client:
+        first = await client.post("/v1/completions", json={**body, "prompt": [72, 105]})
+        other = await client.post("/v1/completions", json={**body, "prompt": [66, 121, 101]})
+    assert first.status_code == other.status_code == 200, other.text
+    assert other.headers["x-llm-router-cache"] == "miss"

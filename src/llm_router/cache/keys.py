@@ -17,7 +17,14 @@ from pydantic import BaseModel
 
 from ..errors import BadRequest
 
-__all__ = ["NOT_THE_ANSWER", "cache_flag", "canonical", "deterministic", "digest"]
+__all__ = [
+    "NOT_THE_ANSWER",
+    "cache_flag",
+    "canonical",
+    "deterministic",
+    "digest",
+    "exact_part",
+]
 
 # Request fields that change who asks, how the answer travels or the model's lifecycle, never
 # the answer itself.
@@ -70,6 +77,40 @@ def canonical(wire: BaseModel, kind: str, served_by: str) -> dict[str, Any]:
     body["kind"] = kind
     body["served_by"] = served_by
     return body
+
+
+def exact_part(body: dict[str, Any]) -> dict[str, Any]:
+    """What a semantic hit must match exactly (cache/semantic.py): the canonical request but
+    for its free text, the prompt or each turn's `content`. A turn's role, an assistant's tool
+    calls with their arguments, which call a tool result answers, and a tool's result are data,
+    not paraphrasable text (two conversations that differed only in a call's arguments, Paris
+    or Tokyo, were at distance 0 and shared an answer: found from outside); so is a prompt of
+    token ids. Tool call ids count by their order of first use: random ids still match."""
+    rest = {k: v for k, v in body.items() if k not in ("messages", "prompt")}
+    prompt = body.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        rest["prompt"] = prompt
+    if "messages" in body:
+        ids: dict[str, int] = {}
+        rest["messages"] = [_turn_shape(m, ids) for m in body["messages"]]
+    return rest
+
+
+def _turn_shape(message: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
+    """A turn without its free text, its tool call ids replaced by their order of first use."""
+    data = message.get("role") in ("tool", "function")
+    turn = {k: v for k, v in message.items() if data or k != "content"}
+    if isinstance(turn.get("tool_call_id"), str):
+        turn["tool_call_id"] = ids.setdefault(turn["tool_call_id"], len(ids))
+    calls = turn.get("tool_calls")
+    if isinstance(calls, list):
+        turn["tool_calls"] = [
+            {**c, "id": ids.setdefault(c["id"], len(ids))}
+            if isinstance(c, dict) and isinstance(c.get("id"), str)
+            else c
+            for c in calls
+        ]
+    return turn
 
 
 def digest(value: Any) -> str:

@@ -1,6 +1,7 @@
 """The semantic cache: a request whose text means nearly the same as a cached one's (cosine
-distance of their embeddings within `threshold`), to the same model with the same parameters,
-gets that answer. Off unless `cache.semantic.model` names an embedding model (e.g. the bundled
+distance of their embeddings within `threshold`), to the same model with the same parameters
+and the same data in its turns (tool calls, tool results: keys.py `exact_part`), gets that
+answer. Off unless `cache.semantic.model` names an embedding model (e.g. the bundled
 all-MiniLM-L6-v2). Only requests the exact cache would cache are looked up.
 
 The vectors live in this process (numpy, up to `max_entries`, the oldest dropped first); they

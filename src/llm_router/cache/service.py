@@ -26,7 +26,7 @@ from ..serving.route_info import RouteInfo
 from ..types import Finished, GenerationEvent, GenerationRequest, Usage
 from .entries import Recorder, decode
 from .identity import Identities, StaleModel
-from .keys import cache_flag, canonical, deterministic, digest
+from .keys import cache_flag, canonical, deterministic, digest, exact_part
 from .semantic import SemanticCache
 from .store import ResponseCache
 
@@ -106,7 +106,7 @@ class CachedGenerationService(GenerationService):
             hit = await self.cache.get(key)
             reason = "cache"
             if hit is None and self.semantic is not None:
-                group = digest({k: v for k, v in body.items() if k not in ("messages", "prompt")})
+                group = digest(exact_part(body))
                 match = await self.semantic.lookup(group, _text(request))
                 if match is not None and match.key is not None:
                     hit = await self.cache.get(match.key)
