@@ -196,3 +196,47 @@ async def test_evictions_and_tier_sizes_are_on_the_metrics(tmp_path: Path) -> No
     assert evicted_disk > 0 and evicted_memory > 0
     assert 0 < float(samples['llm_router_cache_bytes{tier="disk"}']) <= 2048
     assert 0 < float(samples['llm_router_cache_bytes{tier="memory"}']) <= 2048
+
+
+async def test_a_server_with_another_max_tokens_limit_does_not_get_the_others_answers(
+    tmp_path: Path,
+) -> None:
+    """An answer of 8 words stored by a server was served whole by one restarted with
+    `max_tokens_limit: 2` on the same disk tier (found from outside), and the other way round."""
+    cache = {"disk_path": str(tmp_path / "c.db")}
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
+    answers = []
+    for limit in (32768, 2, 32768):
+        async with app_client(tmp_path, cache=cache, max_tokens_limit=limit) as client:
+            r = await client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            answers.append(
+                (r.headers["x-llm-router-cache"], r.json()["usage"]["completion_tokens"])
+            )
+    assert answers[1] == ("miss", 2)
+    assert answers[2][0] == "hit" and answers[2][1] == answers[0][1] > 2
+
+
+async def test_the_settings_a_remote_target_is_sent_with_are_part_of_its_identity(
+    tmp_path: Path,
+) -> None:
+    """`forward_fields` decides which of a request's fields a remote target gets: routers
+    sharing a tier with other lists would share answers to requests the upstream saw apart."""
+    from fastapi import FastAPI
+
+    from llm_router.cache import Identities
+    from llm_router.config import ModelConfig
+
+    remote = ModelConfig(id="up", provider="openai", base_url="http://127.0.0.1:9/v1")
+    identities = []
+    for settings in ({}, {"forward_fields": ["top_k"]}, {"max_tokens_limit": 5}, {}):
+        apps: list[FastAPI] = []
+        async with app_client(tmp_path, setup=apps.append, models=[remote], **settings):
+            identities.append(await Identities(apps[0].state.dispatcher).of("up"))
+    assert identities[0] == identities[3]
+    assert len(set(identities)) == 3

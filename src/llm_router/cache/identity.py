@@ -2,16 +2,16 @@
 answer.
 
 A local model: its file's size and a content hash (blake2b of every byte; of every file of a
-folder model), plus its configuration (engine options, sampling defaults, system prompt) and
-the server's `model_defaults` (engine options it leaves unset), but not its path or mtime, so
-routers sharing a Redis share answers of copies of one file. The file is `stat`-ed on every
-cacheable request (a few microseconds); the content hash is computed again whenever its size
-or mtime changed, once, in a thread, shared by concurrent requests and the manager
-(lifecycle/contents.py). A loaded model whose file is not the bytes its worker read has no
-identity (StaleModel) until it is reloaded, and an answer is stored only if the identity it
-was keyed on is still that of what serves it. A remote target: its name, base URL, upstream model and
-configuration. A route: its configuration and the identities of all its targets, since any of
-them may answer."""
+folder model), plus its configuration (engine options, sampling defaults, system prompt), the
+server's `model_defaults` (engine options it leaves unset) and `max_tokens_limit`, but not its
+path or mtime, so routers sharing a Redis share answers of copies of one file. The file is
+`stat`-ed on every cacheable request (a few microseconds); the content hash is computed again
+whenever its size or mtime changed, once, in a thread, shared by concurrent requests and the
+manager (lifecycle/contents.py). A loaded model whose file is not the bytes its worker read has
+no identity (StaleModel) until it is reloaded, and an answer is stored only if the identity it
+was keyed on is still that of what serves it. A remote target: its name, base URL, upstream
+model, configuration, `max_tokens_limit` and `forward_fields`. A route: its configuration and
+the identities of all its targets, since any of them may answer."""
 
 from __future__ import annotations
 
@@ -64,9 +64,16 @@ class Identities:
         if config is None or config[0] is not target.config:  # a config is never changed
             config = (target.config, target.config.model_dump_json(exclude={"path"}))
             self._configs[id(target.config)] = config  # where it is is not what it is
+        # the server's settings that change an answer count as the model's own: routers with
+        # other settings share the disk and Redis tiers (an answer capped at one router's
+        # max_tokens_limit was served whole by another's, and the other way round)
+        limit = target.token_limit
         if isinstance(target, RemoteTarget):
             upstream = target.config.model or target.id
-            return digest(["remote", target.id, target.config.base_url, upstream, config[1]])
+            forwarded = sorted(self.dispatcher.settings.forward_fields)  # what it is sent
+            return digest(
+                ["remote", target.id, target.config.base_url, upstream, config[1], limit, forwarded]
+            )
         assert isinstance(target, LocalTarget)
         state = target.lifecycle.resolve(target.id)
         content = await self.content(state.source.path)
@@ -82,7 +89,7 @@ class Identities:
         defaults = self.dispatcher.settings.model_defaults  # options a model leaves unset
         if self._defaults[0] is not defaults:  # (a reload replaces it)
             self._defaults = (defaults, defaults.model_dump_json())
-        return digest(["local", target.id, content, config[1], self._defaults[1]])
+        return digest(["local", target.id, content, config[1], self._defaults[1], limit])
 
     async def _loaded(self, state: ModelState) -> str | None:
         """The content hash of the files `state`'s worker read (lifecycle/manager.py hashes
