@@ -598,3 +598,25 @@ async def _active(c: httpx.AsyncClient, model: str) -> int:
     models = (await c.get("/models")).json()["data"]
     active: int = next(m for m in models if m["id"] == model)["active_requests"]
     return active
+
+
+async def test_a_fallbacks_answer_is_not_cached_for_the_route(tmp_path: Path) -> None:
+    """The target failed, the fallback answered, and its answer was cached: with the target
+    healthy again the route still served the fallback's answer for the whole TTL (found from
+    outside). An answer of a route's target, named by an alias, is cached as before."""
+    async with upstream() as (up, url):
+        models = [*fake_models(tmp_path, local={"reply": "from the fallback"})]
+        models.append(remote("box", url, aliases=["boxalias"], quality=0.9))
+        routes = [{"name": "auto", "targets": ["boxalias"], "fallbacks": ["local"]}]
+        body = {"model": "auto", "messages": HELLO, "temperature": 0}
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            up.mode = "error"
+            failing = await c.post("/v1/chat/completions", json=body)
+            up.mode = "ok"
+            healthy = await c.post("/v1/chat/completions", json=body)
+            again = await c.post("/v1/chat/completions", json=body)
+    assert failing.headers["x-llm-router-model"] == "local"
+    assert failing.json()["choices"][0]["message"]["content"].startswith("from the fallback")
+    assert healthy.headers["x-llm-router-cache"] == "miss"
+    assert healthy.json()["choices"][0]["message"]["content"] == "hello"
+    assert again.headers["x-llm-router-cache"] == "hit"

@@ -138,7 +138,8 @@ class CachedGenerationService(GenerationService):
                 record.add(event)
                 yield event
         finally:
-            value = record.encode() if record is not None and route.cache_write else None
+            storable = record is not None and route.cache_write and not route.fallback
+            value = record.encode() if storable and record is not None else None
             stored = None
             try:
                 if value is not None and await self.identities.holds(wire.model, served_by):

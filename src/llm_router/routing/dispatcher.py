@@ -58,12 +58,16 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class Routed:
     """A request committed to `target`; `events` starts with the first event already read.
-    `failures`: the (target, error class) of each attempt the route moved past first."""
+    `failures`: the (target, error class) of each attempt the route moved past first.
+    `fallback`: served by one of the route's fallbacks, as its targets failed, rest, have
+    their breaker open or cannot take the request (the response cache stores none of those:
+    a route's answer is its targets')."""
 
     target: str
     reason: str
     events: AsyncGenerator[GenerationEvent, None]
     failures: tuple[tuple[str, str], ...] = ()
+    fallback: bool = False
 
 
 class Dispatcher(Targets):
@@ -243,6 +247,14 @@ class Dispatcher(Targets):
                 )
             return routed
 
+    def _fallback(self, route: Route, target: Target) -> bool:
+        """Whether `target` is one of `route`'s fallbacks, not of its targets (by id or alias)."""
+        for name in route.config.targets:
+            with contextlib.suppress(ModelNotFound):
+                if name == target.id or self.target(name) is target:
+                    return False
+        return True
+
     async def _open(self, name: str, call: Call, request: RouteRequest) -> Routed:
         ordered, why, route, left_out = self.plan(name, request)
         failures: list[str] = []
@@ -287,7 +299,8 @@ class Dispatcher(Targets):
                     raise
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
-            return Routed(target.id, reason, watch(target, attempt), tuple(failed))
+            fallback = route is not None and self._fallback(route, target)
+            return Routed(target.id, reason, watch(target, attempt), tuple(failed), fallback)
         tried = why + f" after [{'; '.join(failures)}]" if failures else why
         if errors or (resting and len(resting) == len(ordered)):  # all resting: no attempt
             answer = _answer_of(name, errors, [t.resting() for t in resting])

@@ -133,7 +133,7 @@ class GenerationService:
                 route.reason = exc.tried  # what a route tried, for x-llm-router-route
                 raise
             model = route.target = routed.target
-            route.reason = routed.reason
+            route.reason, route.fallback = routed.reason, routed.fallback
             for target, error in routed.failures:
                 self.metrics.fallbacks.labels(name, target, error).inc()
             first = True

@@ -28,6 +28,7 @@ class RouteInfo:
     error: str = ""  # the error class that ended it, even after a 200 (a stream cut short)
     cache_read: bool = True  # False: the client asked for a fresh answer (no-cache)
     cache_write: bool = True  # False: the answer must not be stored (no-store)
+    fallback: bool = False  # served by a route's fallback (dispatcher.py `Routed`): not stored
     answers: Answers | None = None  # one of several answers to the request (serving/choices.py)
     # a request asked of several targets (/v1/compare, /v1/ensemble and its judge): one
     # record each, which usage accounting charges at each target's prices
