@@ -23,9 +23,33 @@ from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["JsonFormatter", "JsonLines", "redact", "setup_logging", "sole_json_handler"]
+__all__ = [
+    "JsonFormatter",
+    "JsonLines",
+    "Occasional",
+    "redact",
+    "setup_logging",
+    "sole_json_handler",
+]
 
 _SECRET = re.compile(r"(sk-(?:llmr-|proj-|ant-)?)[A-Za-z0-9_-]{6,}")
+
+
+class Occasional:
+    """A warning logged at most once per `every` seconds, the others dropped: a shared store
+    that is down fails every request the same way (two lines a request while Redis was down:
+    found from outside). Called from the event loop (not locked)."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self.logger = logger
+        self.every = every
+        self._last = -float("inf")  # monotonic time of the last line
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.logger.warning(message, *args)
 
 
 def redact(text: str) -> str:

@@ -123,3 +123,26 @@ async def _until_hit(client: httpx.AsyncClient, body: dict[str, object]) -> http
 def test_a_redis_tier_without_redis_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="redis_url"):
         ResponseCache.from_settings(Settings(cache={"redis": True}))  # type: ignore[arg-type]
+
+
+async def test_a_redis_that_is_down_is_one_warning_for_a_burst_not_one_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two warnings a request while Redis was down (the tier's read, the semantic index's):
+    each is logged once for a burst (found from outside)."""
+    from llm_router.cache.shared import SharedVectors
+
+    tier = RedisTier("redis://127.0.0.1:1/0", ttl=60)  # nothing listens on port 1
+    shared = SharedVectors(tier, "embedder", max_entries=10)
+    await tier.start()
+    try:
+        with caplog.at_level("WARNING"):
+            for _ in range(5):
+                assert await tier.get("k") is None
+                assert await shared.since("group", "-") == ("-", [])
+    finally:
+        await tier.close()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("cache: redis tier failed to read")
+    assert lines[1].startswith("semantic cache: reading shared vectors from redis failed")

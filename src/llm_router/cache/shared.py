@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..logs import Occasional
 from .keys import digest
 from .tiers import RedisTier
 
@@ -36,6 +37,7 @@ class SharedVectors:
         self.tier = tier
         self.model = model
         self.max_entries = max_entries
+        self.warn = Occasional(log)  # once per 10 s while Redis is down, not once a request
 
     def _stream(self, group: str) -> str:
         return self.prefix + digest([self.model, group])
@@ -54,7 +56,7 @@ class SharedVectors:
                     pipe.expire(stream, max(1, round(self.tier.ttl)))
                 await pipe.execute()
         except Exception as exc:  # redis' errors, OSError: this router's index still has it
-            log.warning("semantic cache: sharing a vector through redis failed: %s", exc)
+            self.warn.warning("semantic cache: sharing a vector through redis failed: %s", exc)
 
     async def since(self, group: str, after: str) -> tuple[str, list[tuple[str, np.ndarray]]]:
         """The entries of `group` added after id `after` ("-": all) and the last id read."""
@@ -75,5 +77,5 @@ class SharedVectors:
                 if len(rows) < _BATCH:
                     return after, out
         except Exception as exc:
-            log.warning("semantic cache: reading shared vectors from redis failed: %s", exc)
+            self.warn.warning("semantic cache: reading shared vectors from redis failed: %s", exc)
             return after, out

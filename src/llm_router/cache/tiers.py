@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..logs import Occasional
 from .lifetime import Stored, expiry
 from .sqlite import SqliteTier
 
@@ -113,6 +114,7 @@ class RedisTier:
         self.url = url
         self.ttl = ttl
         self._client: Any = None
+        self.warn = Occasional(log)  # once per 10 s while Redis is down, not once a request
 
     async def start(self) -> None:
         try:
@@ -128,7 +130,7 @@ class RedisTier:
             pipe = self._client.pipeline(transaction=False)
             value, left = await pipe.get(self.prefix + key).pttl(self.prefix + key).execute()
         except Exception as exc:  # redis' errors, OSError: a miss, never a failed request
-            log.warning("cache: redis tier failed to read: %s", exc)
+            self.warn.warning("cache: redis tier failed to read: %s", exc)
             return None
         if value is None:
             return None
@@ -140,7 +142,7 @@ class RedisTier:
         try:
             await self._client.set(self.prefix + key, value, px=px)
         except Exception as exc:
-            log.warning("cache: redis tier failed to write: %s", exc)
+            self.warn.warning("cache: redis tier failed to write: %s", exc)
 
     def touch(self, key: str) -> None:
         pass  # Redis' own policy (maxmemory-policy) decides what goes when it is full

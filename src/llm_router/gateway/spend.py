@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from ..logs import Occasional
 
 if TYPE_CHECKING:  # imported where used: not every server talks to Redis (start-up time)
     pass
@@ -38,7 +39,7 @@ class SharedSpend:
         self.totals: dict[str, float] = {}  # key name -> the period's spend, all routers
         self._unsent: dict[tuple[str, float], float] = {}
         self._task: asyncio.Task[None] | None = None
-        self._warned = 0.0
+        self._warned = Occasional(log, every=60)
 
     def add(self, name: str, period_start: float, cost: float) -> None:
         """This router's spend, sent with the next batch (and counted here at once)."""
@@ -59,9 +60,7 @@ class SharedSpend:
             try:
                 await self.sync()
             except Exception as exc:  # Redis down: the database's view still holds
-                if time.monotonic() - self._warned > 60:
-                    self._warned = time.monotonic()
-                    log.warning("budgets: the spend in Redis could not be synced: %r", exc)
+                self._warned.warning("budgets: the spend in Redis could not be synced: %r", exc)
 
     async def sync(self) -> None:
         """Send this router's spend, then read every budgeted key's total."""

@@ -34,6 +34,8 @@ from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
+from ..logs import Occasional
+
 __all__ = ["Kind", "Windows"]
 
 Kind = Literal["requests", "tokens"]
@@ -65,7 +67,7 @@ class Windows:
         self._unsent: dict[tuple[str, int, str], int] = {}
         self._sending: dict[tuple[str, int, str], int] = {}
         self._sender: asyncio.Task[None] | None = None
-        self._warned = 0.0
+        self._warned = Occasional(log)
 
     def item(self, kind: str, limit: int) -> RateLimitItem:
         item = self._items.get((kind, limit))
@@ -260,9 +262,7 @@ class Windows:
             self.warn(exc)
 
     def warn(self, exc: Exception) -> None:
-        if time.monotonic() - self._warned > 10:
-            self._warned = time.monotonic()
-            log.warning("rate limits not applied: the limits storage failed: %r", exc)
+        self._warned.warning("rate limits not applied: the limits storage failed: %r", exc)
 
     async def close(self) -> None:
         """Store what is unsent (a send under way is finished, not cut)."""
