@@ -25,6 +25,7 @@ from .llama import (
     TokenizeResponse,
     TokenPiece,
 )
+from .messages import ChatMessageIn, TextPart
 from .numbers import Float, Int
 from .requests import (
     EXAMPLE_MODEL,
@@ -38,9 +39,7 @@ from .requests import (
     SEED_MAX,
     SEED_MIN,
     ChatCompletionRequest,
-    ChatMessageIn,
     CompletionRequest,
-    TextPart,
     _Request,
 )
 from .responses import (
