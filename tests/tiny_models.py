@@ -15,8 +15,9 @@ __all__ = ["tiny_llama"]
 
 def tiny_llama(folder: Path, tokenizer_from: Path, weights: str = "safetensors") -> Path:
     """A 1-layer random llama with the tokenizer of the HF folder `tokenizer_from`, saved as
-    `weights`: "safetensors", "bin" (a plain state dict) or "pickle" (a checkpoint that also
-    stores an argparse.Namespace, so torch's weights-only loader refuses it)."""
+    `weights`: "safetensors", "bin" (a plain state dict), "legacy" (one in torch's pre-zip
+    format, `_use_new_zipfile_serialization=False`) or "pickle" (a checkpoint that also stores
+    an argparse.Namespace, so torch's weights-only loader refuses it)."""
     config = LlamaConfig(
         vocab_size=49152,
         hidden_size=16,
@@ -41,5 +42,6 @@ def tiny_llama(folder: Path, tokenizer_from: Path, weights: str = "safetensors")
     state: dict[str, object] = dict(model.state_dict())
     if weights == "pickle":
         state["training_args"] = argparse.Namespace(lr=0.1)
-    torch.save(state, folder / "pytorch_model.bin")
+    legacy = weights == "legacy"
+    torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
     return folder

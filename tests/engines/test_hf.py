@@ -155,6 +155,20 @@ def test_safe_pytorch_checkpoint_loads(tmp_path: Path, smollm2_hf: Path) -> None
     assert run(engine, greedy("Hello", 3)).finished is not None
 
 
+def test_legacy_pytorch_checkpoint_loads_and_is_counted(tmp_path: Path, smollm2_hf: Path) -> None:
+    """A checkpoint saved with `_use_new_zipfile_serialization=False` could never load, not
+    even with allow_pickle: it was read with mmap, which torch refuses for that format."""
+    folder = tiny_llama(tmp_path / "tiny", smollm2_hf, "legacy")
+    found, meta = describe(folder) or pytest.fail("not detected")
+    _, zipped = describe(tiny_llama(tmp_path / "zip", smollm2_hf, "bin")) or pytest.fail()
+    assert found.format == "hf" and meta.parameters == zipped.parameters
+    assert meta.parameters is not None and meta.parameters > 49152 * 16
+    for options in ({"threads": 1}, {"threads": 1, "allow_pickle": True}):
+        engine = TransformersEngine(LoadSpec(str(folder), options))
+        result = run(engine, greedy("Hello", 3))
+        assert result.finished is not None and result.error is None
+
+
 def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path: Path, smollm2_hf: Path) -> None:
     folder = tiny_llama(tmp_path / "tiny", smollm2_hf, "pickle")
     with pytest.raises(ModelLoadFailed, match="needs pickle") as err:

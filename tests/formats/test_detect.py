@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import shutil
 import struct
 from pathlib import Path
@@ -223,10 +224,28 @@ def test_pytorch_checkpoint_counted_from_its_pickle_opcodes(tmp_path: Path) -> N
     assert found is not None and (found.format, found.engine) == ("pytorch", "transformers")
 
 
+def test_legacy_checkpoint_counted_from_its_pickle_opcodes(tmp_path: Path) -> None:
+    """A pre-zip checkpoint (`_use_new_zipfile_serialization=False`) gave no counts; a pickle
+    that torch.save did not write is no checkpoint."""
+    shared = torch.zeros(3, 4)
+    path = tmp_path / "pytorch_model.bin"
+    state = {"a": shared, "tied": shared, "b": torch.zeros(5, dtype=torch.bfloat16)}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    info = read_torch_meta(path)
+    assert (info.parameters, info.dtype, info.other_globals) == (17, "F32", ())
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(InvalidModelFile, match=r"not one torch\.save wrote"):
+        read_torch_meta(plain)
+
+
 def test_pickle_needing_checkpoint_names_what_it_imports(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(2), "args": argparse.Namespace(lr=0.1)}, path)
     assert "argparse.Namespace" in read_torch_meta(path).other_globals
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1)}, legacy, _use_new_zipfile_serialization=False)
+    assert "argparse.Namespace" in read_torch_meta(legacy).other_globals
 
 
 def test_a_crafted_checkpoint_is_refused_without_reading_it_all(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ arbitrary code. A checkpoint that needs more is refused unless the model's optio
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,12 @@ def _dtype(name: object) -> torch.dtype | str:
 
 
 def _state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    """The tensors of a PyTorch checkpoint, loaded weights-only unless `allow_pickle`."""
+    """The tensors of a PyTorch checkpoint, loaded weights-only unless `allow_pickle`. A zip
+    checkpoint is mapped; a legacy one (`_use_new_zipfile_serialization=False`), which torch
+    cannot map, is read."""
+    mmap = zipfile.is_zipfile(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
             try:

@@ -1,9 +1,12 @@
-"""PyTorch checkpoints (`torch.save` zip files) read without torch and without unpickling:
-`pickletools.genops` lists the opcodes of `data.pkl`, from which the storages (dtype, element
-count) and the globals the pickle would import are collected. Nothing is executed."""
+"""PyTorch checkpoints read without torch and without unpickling: `pickletools.genops` lists
+the opcodes of the pickle that holds the tensors (`data.pkl` in a `torch.save` zip; the fourth
+of the pickles a legacy, `_use_new_zipfile_serialization=False`, file starts with), from which
+the storages (dtype, element count) and the globals the pickle would import are collected.
+Nothing is executed."""
 
 from __future__ import annotations
 
+import io
 import pickletools
 import zipfile
 from collections import Counter
@@ -39,6 +42,9 @@ _INTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
 _PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
 _GETS = {"BINGET", "LONG_BINGET", "GET"}
 PICKLE_PROTO = b"\x80"
+# A legacy file: pickles of this number, the protocol version and the system's sizes, then the
+# object's pickle, then the storages' keys and their raw bytes.
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # A checkpoint's data.pkl lists its tensors (~100 bytes, ~20 opcodes each: a few MiB for the
 # largest models); it is read when the models directory is scanned, on the event loop, so a
 # crafted one (a 1.5 MB zip of a 1.5 GB pickle froze a server for minutes) stops here.
@@ -70,13 +76,13 @@ def is_torch_checkpoint(path: Path) -> bool:
 
 
 def read_torch_meta(path: Path) -> TorchInfo:
-    """Read the storages of a checkpoint. A legacy (pre-zip) pickle gives no counts. Raises
-    InvalidModelFile for a file that is neither, or a corrupt pickle."""
+    """Read the storages of a checkpoint, a zip or a legacy one. Raises InvalidModelFile for a
+    file that is neither, or a corrupt pickle."""
     try:
         size = path.stat().st_size
         if not zipfile.is_zipfile(path):
             if is_torch_checkpoint(path):
-                return TorchInfo(None, None, (), size)
+                return _legacy(path, size)
             raise InvalidModelFile(f"{path}: not a PyTorch checkpoint (neither zip nor pickle)")
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith("data.pkl")]
@@ -95,6 +101,43 @@ def read_torch_meta(path: Path) -> TorchInfo:
         return _scan(data, size)
     except ValueError as exc:
         raise InvalidModelFile(f"{path}: corrupt checkpoint pickle: {exc}") from None
+
+
+def _legacy(path: Path, size: int) -> TorchInfo:
+    """A legacy checkpoint: its leading pickles checked, the object's pickle scanned."""
+    with open(path, "rb") as file:
+        head = io.BytesIO(file.read(MAX_PICKLE_BYTES + 1))
+    try:
+        if LEGACY_MAGIC not in _values(head):
+            raise InvalidModelFile(f"{path}: a pickle, but not one torch.save wrote (no magic)")
+        _values(head)  # the protocol version
+        _values(head)  # the system's sizes
+        start = head.tell()
+        _values(head)
+        data = head.getvalue()[start : head.tell()]
+    except ValueError as exc:
+        if head.tell() > MAX_PICKLE_BYTES:  # ran out of what was read
+            raise InvalidModelFile(
+                f"{path}: its pickle is over {MAX_PICKLE_BYTES >> 20} MiB, far more than a "
+                "checkpoint's list of tensors: not read"
+            ) from None
+        raise InvalidModelFile(f"{path}: corrupt checkpoint pickle: {exc}") from None
+    try:
+        return _scan(data, size)
+    except ValueError as exc:
+        raise InvalidModelFile(f"{path}: corrupt checkpoint pickle: {exc}") from None
+
+
+def _values(stream: io.BytesIO) -> set[object]:
+    """Walk one pickle of `stream` to its STOP; the integers it pushes. ValueError for a
+    corrupt one or one of more than MAX_PICKLE_OPS opcodes."""
+    found: set[object] = set()
+    for count, (op, raw, _) in enumerate(pickletools.genops(stream)):
+        if count > MAX_PICKLE_OPS:
+            raise ValueError(f"more than {MAX_PICKLE_OPS:,} opcodes, not a list of tensors")
+        if op.name in _INTS and len(found) < 16:
+            found.add(raw)
+    return found
 
 
 def _scan(data: bytes, size: int) -> TorchInfo:
