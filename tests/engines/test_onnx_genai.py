@@ -19,7 +19,9 @@ from llm_router.engines.hf import TransformersEngine
 from llm_router.engines.onnx_genai import OnnxGenaiEngine
 from llm_router.errors import BadRequest, ContextLengthExceeded, ModelLoadFailed
 from llm_router.formats.detect import describe
+from llm_router.tools import convert
 from llm_router.types import GenerationRequest, SamplingParams
+from model_cache import gemma_hf  # noqa: F401  (fixture)
 
 PROMPTS = ["The capital of France is", "Once upon a time", "The three primary colors are"]
 
@@ -83,3 +85,23 @@ def test_int4_build_makes_text(smollm2_onnx_int4: Path) -> None:
 def test_a_folder_without_genai_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadFailed, match=r"genai_config\.json"):
         OnnxGenaiEngine(LoadSpec(str(tmp_path), {}))
+
+
+def test_gemma3_builds_and_answers_as_transformers(gemma_hf: Path, tmp_path: Path) -> None:  # noqa: F811
+    """transformers 5 gives Gemma 3 its RoPE per layer type, which the builder's Gemma 3 does
+    not read: `convert --to onnx` of Gemma failed with KeyError 'rope_type' (found from
+    outside). fp32 ONNX of the bf16 folder computes what transformers fp32 computes on it,
+    so the greedy texts are equal; the two RoPE bases (full and sliding layers) both count."""
+    out = convert(gemma_hf, "onnx", tmp_path / "gemma-onnx", precision="fp32")
+    found, meta = describe(out) or pytest.fail("not detected")
+    assert (found.format, meta.architecture) == ("onnx-genai", "gemma3_text")
+    ours = OnnxGenaiEngine(LoadSpec(str(out), {"threads": 2}))
+    theirs = TransformersEngine(LoadSpec(str(gemma_hf), {"threads": 2, "dtype": "float32"}))
+    requests = [greedy(p, 12) for p in PROMPTS]
+    try:
+        assert [r.text for r in run_all(ours, requests)] == [
+            r.text for r in run_all(theirs, requests)
+        ]
+    finally:
+        ours.close()
+        theirs.close()

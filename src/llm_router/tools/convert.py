@@ -182,12 +182,13 @@ def _keep_finetune(src: Path, config: Path) -> None:
 
 
 def _build_genai(src: Path, stage: Path, precision: str, report: Progress) -> None:
-    """onnxruntime-genai's model builder, in a subprocess (its memory comes back at exit)."""
+    """onnxruntime-genai's model builder, in a subprocess (its memory comes back at exit),
+    through `genai_builder`, which hands it configs in the form it reads."""
     with tempfile.TemporaryDirectory(prefix="llm-router-genai-") as cache:
         cmd = [
             sys.executable,
             "-m",
-            "onnxruntime_genai.models.builder",
+            "llm_router.tools.genai_builder",
             "-i",
             str(src),
             "-o",
