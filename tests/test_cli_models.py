@@ -128,6 +128,42 @@ def test_show_metadata_parameters_config_and_template(srv: Server) -> None:
     assert missing.returncode == 1 and SMOL in missing.stderr  # names what there is
 
 
+def test_show_after_a_failed_load_says_why(smollm2_gguf: Path, tmp_path: Path) -> None:
+    """`show` printed `status error` and not the load's error (found from outside). A
+    stand-in answers as a server whose load of the model failed."""
+    import http.server
+    import threading
+
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    reason = "model 'x' could not load: the checkpoint lacks 2 weights the model needs"
+    listing = {"data": [{"id": SMOL, "status": {"value": "error", "error": reason}}]}
+
+    class Failed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer = listing if self.path == "/models" else {"status": "ok"}
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stand_in = http.server.HTTPServer(("127.0.0.1", 0), Failed)
+    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+    try:
+        url = f"127.0.0.1:{stand_in.server_address[1]}"
+        out = _cli("show", SMOL, "--url", url, "--models-dir", str(models))
+    finally:
+        stand_in.shutdown()
+        stand_in.server_close()
+    assert out.returncode == 0, out.stderr
+    said = " ".join(out.stdout.replace("│", " ").split())
+    assert "status error" in said and "lacks 2 weights the model needs" in said, out.stdout
+
+
 def test_show_with_url_shows_the_servers_model_from_anywhere(srv: Server, tmp_path: Path) -> None:
     """`show MODEL --url URL` from a directory other than the server's models directory: what
     the server says of it, found by id or alias (it failed: "not in models (models: none)")."""

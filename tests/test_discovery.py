@@ -317,3 +317,27 @@ def test_a_bundled_model_served_by_its_path_keeps_its_preset(
     settings = Settings(models_dir=tmp_path / "empty", models=[entry])
     found = Scanner(settings, presets=presets).scan()["smol"]
     assert found.config.system_prompt == "Be brief." and found.path == smollm2_gguf
+
+
+def test_a_checkpoint_only_pickle_loads_is_an_error_unless_allowed(tmp_path: Path) -> None:
+    """The scan read `posix.system` in a checkpoint and still listed the model `unloaded`,
+    with its parameters, until a request failed; doctor saw no problem."""
+    import argparse
+
+    import torch
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA))
+    (folder / "tokenizer.json").write_text("{}")
+    state = {"w": torch.zeros(2, 2), "args": argparse.Namespace(lr=0.1)}
+    torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    _hf(tmp_path / "plain")
+    error = _scan(tmp_path).scan()["pickled"].error or ""
+    for words in ("needs pickle", "argparse.Namespace", "allow_pickle: true"):
+        assert words in error
+    assert _scan(tmp_path).scan()["plain"].error is None
+    allowed = _scan(tmp_path, [ModelConfig(id="pickled", allow_pickle=True)]).scan()
+    assert allowed["pickled"].error is None and allowed["pickled"].info is not None
+    defaults = Settings(models_dir=tmp_path, model_defaults={"allow_pickle": True})
+    assert Scanner(defaults, presets={}).scan()["pickled"].error is None

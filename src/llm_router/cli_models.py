@@ -264,7 +264,10 @@ def show(
             res = http.get("/models")
         if res.status_code == 200:
             live = {m["id"]: m for m in res.json()["data"]}.get(source.id, {})
-            rows.append(("status", live.get("status", {}).get("value", "not on that server")))
+            status = live.get("status", {})
+            rows.append(("status", status.get("value", "not on that server")))
+            if status.get("error") and not source.error:  # a load's failure: the files are fine
+                rows.append(("error", status["error"]))
             rows.append(("memory", _mib(live.get("memory_bytes"))))
             if live:  # what that server's configuration says, which may not be this one's
                 here = f"on {server}"

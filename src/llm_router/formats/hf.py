@@ -15,7 +15,7 @@ import yaml
 
 from llm_router.errors import InvalidModelFile
 
-from .pytorch import read_torch_meta
+from .pytorch import read_torch_meta, refused_globals
 from .safetensors import read_safetensors_meta
 
 __all__ = [
@@ -99,6 +99,8 @@ class ModelMeta:
     # folder made by `convert` keeps it in config.json
     matryoshka: bool = False  # embeddings may be cut to fewer dimensions (Matryoshka training)
     memory: MemoryFacts | None = None  # what the memory estimate needs
+    needs_pickle: tuple[str, ...] = ()  # what its PyTorch checkpoints store that torch's
+    # weights-only loader refuses (`refused_globals`): only `allow_pickle` loads them
 
 
 def hf_memory(
@@ -292,6 +294,7 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
         )
     parameters: int | None = 0
     dtypes = Counter[str]()
+    needs_pickle: set[str] = set()
     for path in weights:
         count: int | None
         if path.suffix == ".safetensors":
@@ -300,6 +303,7 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
         else:
             tinfo = read_torch_meta(path)
             count, dtype = tinfo.parameters, tinfo.dtype
+            needs_pickle.update(refused_globals(tinfo.other_globals))
         parameters = None if parameters is None or count is None else parameters + count
         if dtype and count:
             dtypes[dtype] += count
@@ -334,6 +338,7 @@ def read_hf_meta(folder: Path, weights: list[Path] | None = None) -> ModelMeta:
         finetune=finetune if isinstance(finetune, str) and finetune else None,
         matryoshka=task == "embed" and declares_matryoshka(folder),
         memory=hf_memory(config, weight_bytes, saved, model_dir),
+        needs_pickle=tuple(sorted(needs_pickle)),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llm_router.errors import InvalidModelFile
 
-__all__ = ["TorchInfo", "is_torch_checkpoint", "read_torch_meta"]
+__all__ = ["TorchInfo", "is_torch_checkpoint", "read_torch_meta", "refused_globals"]
 
 _STORAGES = {
     "FloatStorage": "F32",
@@ -36,6 +36,16 @@ _PLAIN = {
     "torch._utils _rebuild_parameter",
     "collections OrderedDict",
     "torch._utils _rebuild_tensor",
+}
+# Outside torch's own names, all that torch.load(weights_only=True) imports (torch 2.x's
+# `_weights_only_unpickler` allow-list); a global outside torch and these is refused for sure.
+_WEIGHTS_ONLY_OTHERS = {
+    "collections.OrderedDict",
+    "collections.Counter",
+    "_codecs.encode",
+    "builtins.bytearray",
+    "builtins.set",
+    "builtins.complex",
 }
 _STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8"}
 _INTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
@@ -101,6 +111,15 @@ def read_torch_meta(path: Path) -> TorchInfo:
         return _scan(data, size)
     except ValueError as exc:
         raise InvalidModelFile(f"{path}: corrupt checkpoint pickle: {exc}") from None
+
+
+def refused_globals(other_globals: tuple[str, ...]) -> tuple[str, ...]:
+    """The globals among a checkpoint's `other_globals` that torch's weights-only loader
+    refuses for sure (`posix.system`, `argparse.Namespace`): the file loads only with
+    unpickling. torch's own names beyond a plain state dict's are left to the loader."""
+    return tuple(
+        g for g in other_globals if g.split(".")[0] != "torch" and g not in _WEIGHTS_ONLY_OTHERS
+    )
 
 
 def _legacy(path: Path, size: int) -> TorchInfo:

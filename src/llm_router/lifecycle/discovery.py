@@ -235,8 +235,22 @@ class Scanner:
         found = cached.detected
         fmt = found.format if found else _format_by_name(path)
         engine = cfg.engine or (found.engine if found else ENGINE_FOR.get(fmt, _UNKNOWN_ENGINE))
-        return ModelSource(
-            model_id, path, fmt, engine, cfg, identity, origin, cached.meta, cached.error
+        error = cached.error or self._pickle_refused(path, cfg, cached.meta)
+        return ModelSource(model_id, path, fmt, engine, cfg, identity, origin, cached.meta, error)
+
+    def _pickle_refused(self, path: Path, cfg: ModelConfig, meta: ModelMeta | None) -> str | None:
+        """Why the engine will refuse the model, known from its files: a PyTorch checkpoint
+        storing what only unpickling loads, without `allow_pickle` (it was listed `unloaded`,
+        with its parameters, until a request failed)."""
+        if meta is None or not meta.needs_pickle or cfg.engine not in (None, "transformers"):
+            return None
+        if self.settings.model_defaults.merged(cfg.engine_options()).allow_pickle:
+            return None
+        return (
+            f"{path}: a PyTorch checkpoint that needs pickle to load (it stores "
+            f"{', '.join(meta.needs_pickle)}), and unpickling can run arbitrary code, so it is "
+            "refused. Convert it to safetensors, or set `allow_pickle: true` for this model if "
+            "you trust the file."
         )
 
     @staticmethod
