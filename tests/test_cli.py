@@ -243,6 +243,26 @@ def test_serve_on_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Pat
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
 
 
+def test_doctor_lists_what_the_models_directory_holds_and_does_not_serve(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """A `.gguf` that lost its id to a folder, a `.gguf` in a folder of its own and a link to
+    nothing: doctor said 'No problems found' (found from outside)."""
+    models = link_models(tmp_path / "models", smollm2_gguf)
+    (models / f"{SMOL}.gguf").rename(models / "dup.gguf")
+    (models / "dup").mkdir()
+    (models / "dup" / f"{SMOL}.gguf").symlink_to(smollm2_gguf)
+    (models / "dangling.gguf").symlink_to(tmp_path / "gone.gguf")
+    out = _cli("doctor", "--models-dir", str(models))
+    said = " ".join(out.stdout.split())
+    assert out.returncode == 1, out.stdout
+    assert "dup/ holds models one level down" in said
+    assert "dangling: " in said and "which does not exist" in said
+    ls = _cli("ls", "--models-dir", str(models))
+    assert "dangling" in ls.stdout and "which does not exist" in ls.stdout  # its note
+    assert "dup/ holds models one level down" in " ".join(ls.stderr.split())  # the log's line
+
+
 def test_ls_show_and_doctor_say_when_the_models_directory_is_missing(tmp_path: Path) -> None:
     """They showed an empty table, 'models: none' and 'No problems found' for a typo."""
     gone = tmp_path / "modles"

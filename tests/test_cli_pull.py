@@ -221,6 +221,21 @@ def test_a_name_that_would_leave_the_models_directory_is_refused(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["models", "sub"]
 
 
+def test_a_name_whose_id_another_model_has_is_refused(tmp_path: Path) -> None:
+    """`pull --name smol-hf.gguf` beside a folder `smol-hf/` made a file that was never
+    served (the folder kept the id), said only in the server's log (found from outside)."""
+    models = tmp_path / "models"
+    (models / "taken").mkdir(parents=True)
+    with serve_files({"model.gguf": PAYLOAD}) as srv:
+        out = _cli(
+            "pull", f"{srv.url}/model.gguf", "--models-dir", str(models), "--name", "taken.gguf"
+        )
+        assert srv.ranges == []  # refused before any download
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 1 and "would share the id 'taken' with taken" in said, out.stderr
+    assert sorted(p.name for p in models.iterdir()) == ["taken"]
+
+
 def test_a_malformed_sha256_is_refused_before_any_download(tmp_path: Path) -> None:
     """It was found out only after the whole download, as a 'mismatch'."""
     with serve_files({"model.gguf": PAYLOAD}) as srv:

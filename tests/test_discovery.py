@@ -341,3 +341,40 @@ def test_a_checkpoint_only_pickle_loads_is_an_error_unless_allowed(tmp_path: Pat
     assert allowed["pickled"].error is None and allowed["pickled"].info is not None
     defaults = Settings(models_dir=tmp_path, model_defaults={"allow_pickle": True})
     assert Scanner(defaults, presets={}).scan()["pickled"].error is None
+
+
+def test_broken_links_are_errors_and_what_is_not_served_is_said(
+    tmp_path: Path, smollm2_gguf: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ignored without a word (found from outside): a link named like a model whose target
+    is gone, a loop of links, a `.gguf` in a folder of its own, an `org/repo` layout, and the
+    entry that lost an id to another (only the log said it)."""
+    (tmp_path / "dangling.gguf").symlink_to(tmp_path / "nope.gguf")
+    (tmp_path / "loop-a.gguf").symlink_to("loop-b.gguf")
+    (tmp_path / "loop-b.gguf").symlink_to("loop-a.gguf")
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not named like a model
+    (tmp_path / "ggufdir").mkdir()
+    (tmp_path / "ggufdir" / "inner.gguf").symlink_to(smollm2_gguf)
+    _hf(tmp_path / "TheOrg" / "repo")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.md").write_text("# hi")
+    (tmp_path / "dup.gguf").symlink_to(smollm2_gguf)
+    _hf(tmp_path / "dup")
+    caplog.set_level("WARNING", logger="llm_router")
+    scanner = _scan(tmp_path)
+    for _ in range(2):
+        found = scanner.scan()
+    assert sorted(found) == ["dangling", "dup", "loop-a", "loop-b"]
+    assert "symbolic link to " + str(tmp_path / "nope.gguf") in (found["dangling"].error or "")
+    assert found["dangling"].format == "gguf"
+    assert "loop of symbolic links" in (found["loop-a"].error or "")
+    problems = scanner.problems()
+    assert len(problems) == 3, problems
+    assert "dup.gguf is not served: it shares the id 'dup' with dup" in problems[0]
+    assert any("ggufdir/ holds models one level down (inner.gguf)" in p for p in problems)
+    assert any("TheOrg/ holds models one level down (repo)" in p for p in problems)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("one level down" in m for m in said) == 2 and sum("loop" in m for m in said) == 2
+    (tmp_path / "ggufdir" / "inner.gguf").rename(tmp_path / "inner.gguf")
+    scanner.scan()
+    assert not any("ggufdir" in p for p in scanner.problems())

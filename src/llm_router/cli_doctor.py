@@ -85,7 +85,9 @@ def doctor(config: ConfigOpt = None, models_dir: ModelsDirOpt = None) -> None:
         problems.append(problem)
     if problem := _open_bind_problem(settings):
         problems.append(problem)
-    sources = Scanner(settings).scan().values() if settings.models_dir.is_dir() else []
+    scanner = Scanner(settings)
+    sources = scanner.scan().values() if settings.models_dir.is_dir() else []
+    problems += scanner.problems()
     table = Table(
         "model", "engine", "threads", "slots", "context/slot", "batch", "why",
         title=f"Models in {settings.models_dir}", title_justify="left",

@@ -9,6 +9,7 @@ by every Scanner of the process."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ from .. import defaults
 from ..config import ModelConfig, Settings
 from ..defaults import PRESETS
 from ..errors import InvalidModelFile
-from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
+from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe, detect
 
 __all__ = ["Identity", "ModelSource", "Scanner", "ensure_models", "identity_of", "source_of"]
 
@@ -116,6 +117,9 @@ class Scanner:
         self._cache: dict[Path, _Found] = {}
         self._ignored: dict[Path, Identity] = {}
         self._shared: dict[str, tuple[Path, ...]] = {}  # ids of several files, as last said
+        self._nested: dict[Path, tuple[str, ...]] = {}  # folders of models one level down
+        self._said_links: set[str] = set()
+        self._served: dict[str, Path] = {}
 
     def _say_shared(self, shared: dict[str, list[Path]], found: dict[str, ModelSource]) -> None:
         """Warn once (not at every scan) of each id several files share, naming the one
@@ -130,6 +134,18 @@ class Scanner:
                     found[model_id].path,
                 )
         self._shared = now
+        self._served = {i: found[i].path for i in now}
+
+    def problems(self) -> list[str]:
+        """What the last scan found and does not serve, though it holds models: entries
+        that lose an id to another, and folders holding models one level down (`doctor`
+        lists them; the log said each once)."""
+        said = [
+            f"{', '.join(p.name for p in paths if p != self._served[i])} is not served: it "
+            f"shares the id {i!r} with {self._served[i].name} (rename one to serve both)"
+            for i, paths in self._shared.items()
+        ]
+        return said + [_nested_problem(path, names) for path, names in self._nested.items()]
 
     def scan(self) -> dict[str, ModelSource]:
         configured = {m.id: m for m in self.settings.models}
@@ -138,7 +154,10 @@ class Scanner:
         for path in self._entries():
             model_id = path.name if path.is_dir() else path.stem
             cfg = self._with_preset(configured.get(model_id), model_id)
-            source = self._source(model_id, path, cfg, "models_dir")
+            if path.is_symlink() and not path.exists():
+                source: ModelSource | None = self._broken_link(model_id, path, cfg)
+            else:
+                source = self._source(model_id, path, cfg, "models_dir")
             if source is None:
                 continue
             shared.setdefault(model_id, []).append(path)
@@ -177,7 +196,30 @@ class Scanner:
             del self._cache[stale]
         for gone in [p for p in self._ignored if not p.exists()]:
             del self._ignored[gone]
+        for gone in [p for p in self._nested if p not in self._ignored]:
+            del self._nested[gone]
         return found
+
+    def _broken_link(self, model_id: str, path: Path, cfg: ModelConfig) -> ModelSource:
+        """A symbolic link named like a model whose target is gone, or a loop: an `error`
+        entry with the reason (it was ignored without a word)."""
+        try:
+            path.stat()
+            why = "cannot be read"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                why = "is a loop of symbolic links"
+            else:
+                why = f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        error = f"{path}: {why}"
+        if error not in self._said_links and not self.quiet:
+            log.warning("model %s is unusable: %s", path, why)
+            self._said_links.add(error)
+        fmt = _format_by_name(path)
+        engine = cfg.engine or ENGINE_FOR.get(fmt, _UNKNOWN_ENGINE)
+        return ModelSource(
+            model_id, path, fmt, engine, cfg, Identity(0, 0), "models_dir", error=error
+        )
 
     def _entries(self) -> list[Path]:
         folder = self.settings.models_dir
@@ -190,7 +232,7 @@ class Scanner:
             p
             for p in entries
             if not p.name.startswith(".")
-            and (p.is_file() or p.is_dir())
+            and (p.is_file() or p.is_dir() or (p.is_symlink() and p.suffix in _MODEL_SUFFIXES))
             and not (store and p.name in _OLLAMA_DIRS)
         ]
 
@@ -215,6 +257,7 @@ class Scanner:
         explicit = cfg.engine is not None and cfg.path is not None
         if self._ignored.get(path) == identity and not explicit:
             return None
+        self._nested.pop(path, None)  # said again below if it still holds only those
         cached = self._cache.get(path)
         if cached is None or cached.identity != identity:
             cached = self._read(path, identity)
@@ -227,6 +270,10 @@ class Scanner:
             if not explicit:
                 log.debug("ignoring %s: not a model", path)
                 self._ignored[path] = identity
+                if origin == "models_dir" and (names := _models_inside(path)):
+                    self._nested[path] = names
+                    if not self.quiet:
+                        log.warning("%s", _nested_problem(path, names))
                 return None
             # An explicit engine for a configured file it alone knows how to read.
             return ModelSource(
@@ -270,6 +317,40 @@ class Scanner:
             return _Found(identity, None, None, None)
         detected, meta = described
         return _Found(identity, detected, meta, None)
+
+
+_MODEL_SUFFIXES = (".gguf", ".safetensors", ".onnx", ".bin", ".pt", ".pth")
+
+
+def _models_inside(folder: Path) -> tuple[str, ...]:
+    """The models one level down in `folder` (a folder that is no model itself): a `.gguf`
+    put in a folder of its own, an `org/repo` layout."""
+    if not folder.is_dir():
+        return ()
+    names = []
+    try:
+        children = sorted(c for c in folder.iterdir() if not c.name.startswith("."))
+    except OSError:
+        return ()
+    for child in children:
+        try:
+            model = detect(child) is not None
+        except InvalidModelFile:
+            model = True
+        except OSError:
+            model = False
+        if model:
+            names.append(child.name)
+    return tuple(names)
+
+
+def _nested_problem(folder: Path, names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return (
+        f"{folder.name}/ holds models one level down ({shown}), which are not served: models "
+        f"are read from the top of the models directory; move them up, or link them there "
+        f"(ln -s {folder.name}/{names[0]} .)"
+    )
 
 
 def _format_by_name(path: Path) -> str:

@@ -110,6 +110,24 @@ def _name_of(url: str) -> str:
     return name
 
 
+def _check_id_free(target: Path) -> None:
+    """PullError when another entry of the models directory has the id `target` would get
+    (`x.gguf` beside a folder `x/`): only one of them would be served, the other in silence."""
+    model_id = target.stem
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name == target.name:
+            continue
+        if (entry.name if entry.is_dir() else entry.stem) == model_id:
+            raise PullError(
+                f"{target.name} would share the id {model_id!r} with {entry.name}, which is in "
+                f"{target.parent}, and only one of them would be served: give another --name"
+            )
+
+
 def pull_url(
     url: str,
     models_dir: Path,
@@ -132,6 +150,7 @@ def pull_url(
     target, part = models_dir / name, models_dir / f".{name}.part"
     if target.exists():
         raise PullError(f"{target} exists; `llm-router rm` it first")
+    _check_id_free(target)
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -316,6 +335,7 @@ def pull_hub(
         target = models_dir / Path(filename).name
         if target.exists():
             raise PullError(f"{target} exists; `llm-router rm` it first")
+        _check_id_free(target)
         cached = Path(hf_hub_download(source.repo, filename, revision=source.revision))
     except HfHubHTTPError as exc:  # the Hub answered: an HTTP error (404, 401...)
         raise PullError(f"{source.repo}: {exc}") from None
