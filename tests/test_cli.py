@@ -366,6 +366,20 @@ def test_convert_refuses_to_overwrite_without_force(tmp_path: Path, smollm2_gguf
     assert wrong.returncode == 2 and "hf, onnx or gguf" in wrong.stderr
 
 
+def test_convert_says_what_is_wrong_with_its_input(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """A missing path was "not a model this tool knows"; a truncated GGUF got transformers'
+    raw reshape error (found from outside). They get what the server's reader says."""
+    gone = _cli("convert", str(tmp_path / "nonexistent.gguf"), "--to", "hf", str(tmp_path / "a"))
+    assert gone.returncode == 1 and "no such file or folder" in " ".join(gone.stderr.split())
+    cut = tmp_path / "cut.gguf"
+    with open(smollm2_gguf, "rb") as whole:
+        cut.write_bytes(whole.read(30_000_000))
+    out = _cli("convert", str(cut), "--to", "hf", str(tmp_path / "b"))
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 1 and "truncated: tensor data needs" in said, out.stderr
+    assert "missing" in said and not (tmp_path / "b").exists()
+
+
 def test_convert_with_force_replaces_the_output(tmp_path: Path) -> None:
     out_dir = tmp_path / "minilm-onnx"
     out_dir.mkdir()

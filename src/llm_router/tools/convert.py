@@ -126,8 +126,14 @@ def _to_gguf(found: Detected, out: Path, force: bool, outtype: str, report: Prog
 
 
 def _detect(src: Path) -> Detected:
+    """What `src` is, its header checked as the server checks it (a truncated GGUF got
+    transformers' raw reshape error)."""
+    if not src.exists():
+        raise ConversionError(f"{src}: no such file or folder")
     try:
         found = detect(src)
+        if found is not None and found.format == "gguf":
+            read_gguf_info(src)
     except InvalidModelFile as exc:
         raise ConversionError(exc.message) from exc
     if found is None:
