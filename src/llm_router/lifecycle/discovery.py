@@ -9,7 +9,6 @@ by every Scanner of the process."""
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import json
@@ -22,7 +21,8 @@ from .. import defaults
 from ..config import ModelConfig, Settings
 from ..defaults import PRESETS
 from ..errors import InvalidModelFile
-from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe, detect
+from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
+from .unserved import broken_link, models_inside, nested_problem
 
 __all__ = ["Identity", "ModelSource", "Scanner", "ensure_models", "identity_of", "source_of"]
 
@@ -145,7 +145,7 @@ class Scanner:
             f"shares the id {i!r} with {self._served[i].name} (rename one to serve both)"
             for i, paths in self._shared.items()
         ]
-        return said + [_nested_problem(path, names) for path, names in self._nested.items()]
+        return said + [nested_problem(path, names) for path, names in self._nested.items()]
 
     def scan(self) -> dict[str, ModelSource]:
         configured = {m.id: m for m in self.settings.models}
@@ -203,14 +203,7 @@ class Scanner:
     def _broken_link(self, model_id: str, path: Path, cfg: ModelConfig) -> ModelSource:
         """A symbolic link named like a model whose target is gone, or a loop: an `error`
         entry with the reason (it was ignored without a word)."""
-        try:
-            path.stat()
-            why = "cannot be read"
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                why = "is a loop of symbolic links"
-            else:
-                why = f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        why = broken_link(path)
         error = f"{path}: {why}"
         if error not in self._said_links and not self.quiet:
             log.warning("model %s is unusable: %s", path, why)
@@ -270,10 +263,10 @@ class Scanner:
             if not explicit:
                 log.debug("ignoring %s: not a model", path)
                 self._ignored[path] = identity
-                if origin == "models_dir" and (names := _models_inside(path)):
+                if origin == "models_dir" and (names := models_inside(path)):
                     self._nested[path] = names
                     if not self.quiet:
-                        log.warning("%s", _nested_problem(path, names))
+                        log.warning("%s", nested_problem(path, names))
                 return None
             # An explicit engine for a configured file it alone knows how to read.
             return ModelSource(
@@ -320,37 +313,6 @@ class Scanner:
 
 
 _MODEL_SUFFIXES = (".gguf", ".safetensors", ".onnx", ".bin", ".pt", ".pth")
-
-
-def _models_inside(folder: Path) -> tuple[str, ...]:
-    """The models one level down in `folder` (a folder that is no model itself): a `.gguf`
-    put in a folder of its own, an `org/repo` layout."""
-    if not folder.is_dir():
-        return ()
-    names = []
-    try:
-        children = sorted(c for c in folder.iterdir() if not c.name.startswith("."))
-    except OSError:
-        return ()
-    for child in children:
-        try:
-            model = detect(child) is not None
-        except InvalidModelFile:
-            model = True
-        except OSError:
-            model = False
-        if model:
-            names.append(child.name)
-    return tuple(names)
-
-
-def _nested_problem(folder: Path, names: tuple[str, ...]) -> str:
-    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-    return (
-        f"{folder.name}/ holds models one level down ({shown}), which are not served: models "
-        f"are read from the top of the models directory; move them up, or link them there "
-        f"(ln -s {folder.name}/{names[0]} .)"
-    )
 
 
 def _format_by_name(path: Path) -> str:
