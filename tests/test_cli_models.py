@@ -3,6 +3,7 @@ server (`--url`) and, where that makes sense, in the command's own process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,35 @@ def _cli(
         [sys.executable, "-m", "llm_router", *args],
         capture_output=True, text=True, timeout=timeout, input=stdin, env=env,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _stand_in(answer: Callable[[str], tuple[int, object]]) -> Iterator[str]:
+    """A server on a free loopback port that answers every GET with `answer(path)` (status,
+    JSON), for the CLI's side of answers a real server gives only in passing; its address."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, payload = answer(self.path)
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -80,28 +110,8 @@ def test_ps_of_a_draining_server_says_it_is_shutting_down() -> None:
     """A server draining after SIGTERM answers /health 503 `draining`: the CLI said "no
     llm-router server answers" (found from outside). A stand-in answers as the drain does
     (tests/server/test_drain.py has the server's own answer)."""
-    import http.server
-    import threading
-
-    class Draining(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b'{"status": "draining", "in_flight": 2}'
-            self.send_response(503)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    stand_in = http.server.HTTPServer(("127.0.0.1", 0), Draining)
-    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
-    try:
-        out = _cli("ps", "--url", f"127.0.0.1:{stand_in.server_address[1]}")
-    finally:
-        stand_in.shutdown()
-        stand_in.server_close()
+    with _stand_in(lambda _: (503, {"status": "draining", "in_flight": 2})) as url:
+        out = _cli("ps", "--url", url)
     assert out.returncode == 2
     said = " ".join(out.stderr.replace("│", " ").split())  # the error box wraps its lines
     assert "is shutting down and takes no new requests" in said, out.stderr
@@ -131,34 +141,11 @@ def test_show_metadata_parameters_config_and_template(srv: Server) -> None:
 def test_show_after_a_failed_load_says_why(smollm2_gguf: Path, tmp_path: Path) -> None:
     """`show` printed `status error` and not the load's error (found from outside). A
     stand-in answers as a server whose load of the model failed."""
-    import http.server
-    import threading
-
     models = link_models(tmp_path / "models", smollm2_gguf)
     reason = "model 'x' could not load: the checkpoint lacks 2 weights the model needs"
     listing = {"data": [{"id": SMOL, "status": {"value": "error", "error": reason}}]}
-
-    class Failed(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            answer = listing if self.path == "/models" else {"status": "ok"}
-            body = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    stand_in = http.server.HTTPServer(("127.0.0.1", 0), Failed)
-    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
-    try:
-        url = f"127.0.0.1:{stand_in.server_address[1]}"
+    with _stand_in(lambda path: (200, listing if path == "/models" else {"status": "ok"})) as url:
         out = _cli("show", SMOL, "--url", url, "--models-dir", str(models))
-    finally:
-        stand_in.shutdown()
-        stand_in.server_close()
     assert out.returncode == 0, out.stderr
     said = " ".join(out.stdout.replace("│", " ").split())
     assert "status error" in said and "lacks 2 weights the model needs" in said, out.stdout
