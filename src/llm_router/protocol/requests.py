@@ -146,6 +146,13 @@ def nullable(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [inner, {"type": "null"}]
 
 
+def nullable_or_no_limit(schema: dict[str, Any]) -> None:
+    """`nullable`, and -1 (no limit, as llama-server takes it) besides the token counts: a
+    schema whose minimum was 0 said a -1 it takes was invalid."""
+    nullable(schema)
+    schema["anyOf"][0]["minimum"] = -1
+
+
 class StreamOptions(BaseModel):
     """`stream_options`: `include_usage` a boolean, as OpenAI's schema says ("yes" was
     taken as true); other options pass (a remote target may know them)."""
@@ -275,7 +282,11 @@ class _Request(ShapeFields):
                 given["penalty_last_n"] = last_n
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens,
+            max_tokens=(
+                self.max_tokens
+                if self.max_completion_tokens is None
+                else self.max_completion_tokens
+            ),
             stop=tuple(stop),
             logprobs=self.logprobs_asked(),
             logit_bias=self._logit_bias(),
@@ -366,7 +377,7 @@ class CompletionRequest(_Request):
     # OpenAI's default for completions; null means it too (not "no limit"). 0: no answer,
     # `finish_reason` "length" (with `echo` and `logprobs`, the prompt scored).
     max_tokens: Annotated[Int, null_is(16)] = Field(
-        16, ge=0, le=MAX_TOKENS, json_schema_extra=nullable
+        16, ge=0, le=MAX_TOKENS, json_schema_extra=nullable_or_no_limit
     )
     echo: Annotated[StrictBool, null_is(False)] = Field(False, json_schema_extra=nullable)
     logprobs: Int | None = Field(
