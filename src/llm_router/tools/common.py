@@ -3,6 +3,7 @@ temporary sibling, renamed over the target only once complete)."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,6 +25,27 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _remove_stale(out: Path) -> None:
+    """Stages of earlier runs into `out` whose process is gone (killed, SIGKILL: no clean-up
+    ran; they were left beside it for good, a new run staging under its own pid). A stage of
+    a process still alive, or of a reused pid, is left alone."""
+    prefix = f".{out.name}.partial-"
+    for stage in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = stage.name[len(prefix) :]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(stage)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 @contextmanager
 def staged_output(out: Path, *, force: bool, folder: bool) -> Iterator[Path]:
     """Yield a temporary path beside `out` to write to (a fresh folder when `folder`). On a
@@ -32,6 +54,7 @@ def staged_output(out: Path, *, force: bool, folder: bool) -> Iterator[Path]:
     if out.exists() and not force:
         raise OutputExists(f"{out} exists; pass force (--force) to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     _remove(stage)
     if folder:
