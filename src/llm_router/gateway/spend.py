@@ -13,12 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..logs import Occasional
-
-if TYPE_CHECKING:  # imported where used: not every server talks to Redis (start-up time)
-    pass
 
 __all__ = ["SharedSpend"]
 

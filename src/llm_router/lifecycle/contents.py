@@ -43,13 +43,21 @@ class Contents:
 
     async def of(self, path: Path) -> tuple[int, int, str]:
         """(size, newest mtime in ns, hash) of the file or folder as it is now. Raises OSError
-        when it is gone or unreadable. Files written while they were hashed are hashed again:
-        the bytes read may be either state's (a file rewritten just after its model loaded
-        was taken for the loaded one, its new bytes under the old state)."""
+        when it is gone or unreadable. A state hashed before costs one `stat` (the response
+        cache asks on every cacheable request). Files written while they were hashed are hashed
+        again: the bytes read may be either state's (a file rewritten just after its model
+        loaded was taken for the loaded one, its new bytes under the old state)."""
         while True:
             size, mtime, ctime = await _state(path)
             key = (path, size, mtime, ctime)
             future = self._hashes.get(key)
+            if (
+                future is not None
+                and future.done()
+                and not future.cancelled()
+                and (future.exception() is None)
+            ):
+                return size, mtime, future.result()  # hashed at this state before: one stat
             if future is None:
                 future = asyncio.ensure_future(asyncio.to_thread(hash_content, path))
                 self._hashes = {k: v for k, v in self._hashes.items() if k[0] != path}
