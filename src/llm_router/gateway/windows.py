@@ -46,6 +46,23 @@ _EXPIRY = 60  # seconds: every window is per minute
 log = logging.getLogger(__name__)
 
 
+class _Window:
+    """A window as this process sees it. `view`: [read at (monotonic), remaining, end of the
+    current fixed window (clock time), base, previous window's count, current window's count],
+    meaning `remaining - (counted - base)`, `counted` being all this process ever counted in
+    it and `base` what of that the read held. `unsent`: charges counted here and not yet
+    stored; `sending`: taken from `unsent` by a send under way."""
+
+    __slots__ = ("counted", "key", "sending", "unsent", "view")
+
+    def __init__(self, key: tuple[str, int, str]) -> None:
+        self.key = key  # (kind, limit, key name): its storage key names the limit too
+        self.view: list[float] | None = None
+        self.counted = 0
+        self.unsent = 0
+        self.sending = 0
+
+
 class Windows:
     def __init__(self, storage: Storage, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
@@ -56,16 +73,9 @@ class Windows:
         self.local_share = 0.5
         self.send_interval = 0.05
         self._items: dict[tuple[str, int], RateLimitItem] = {}
-        # A window is (kind, limit, key name): its storage key names the limit too. Its view:
-        # [read at (monotonic), remaining, end of the current fixed window (clock time), base,
-        # previous window's count, current window's count], meaning `remaining - (counted -
-        # base)`, `counted` being all this process ever counted in it (`_counted`) and `base`
-        # what of that the read held. `_unsent`: charges counted here and not yet stored;
-        # `_sending`: taken from `_unsent` by a send under way.
-        self._stats: dict[tuple[str, int, str], list[float]] = {}
-        self._counted: dict[tuple[str, int, str], int] = {}
-        self._unsent: dict[tuple[str, int, str], int] = {}
-        self._sending: dict[tuple[str, int, str], int] = {}
+        # one object a window, found with one lookup (a request asks three or four times)
+        self._windows: dict[tuple[str, int, str], _Window] = {}
+        self._unsent: dict[tuple[str, int, str], _Window] = {}  # those with unsent charges
         self._sender: asyncio.Task[None] | None = None
         self._warned = Occasional(log)
 
@@ -76,6 +86,13 @@ class Windows:
             self._items[(kind, limit)] = item
         return item
 
+    def _window(self, kind: str, limit: int, name: str) -> _Window:
+        key = (kind, limit, name)
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(key)
+        return window
+
     # -- the view ----------------------------------------------------------------------------
 
     async def view(
@@ -83,60 +100,58 @@ class Windows:
     ) -> tuple[int, float]:
         """(remaining, seconds to reset) of a window as this process sees it; read from the
         storage when the view is older than `stats_ttl` (or `fresh`)."""
-        window = (kind, limit, name)
+        window = self._window(kind, limit, name)
         cached = None if fresh else self._fresh(window)
         if cached is None:
             cached = await self._read(window)
-        return self._left(cached, window), self._reset(cached, window, limit)
+        return _left(cached, window), self._reset(cached, window, limit)
 
     def seen(self, kind: str, limit: int, name: str) -> tuple[int, int, float] | None:
         """`view` without a storage read: (limit, remaining, seconds to reset) when the view
         is fresh, else None."""
-        window = (kind, limit, name)
-        cached = self._fresh(window)
+        window = self._windows.get((kind, limit, name))
+        cached = None if window is None else self._fresh(window)
         if cached is None:
             return None
-        return limit, self._left(cached, window), self._reset(cached, window, limit)
+        return limit, _left(cached, window), self._reset(cached, window, limit)  # type: ignore[arg-type]
 
     def local(self, kind: str, limit: int, name: str, amount: int) -> tuple[int, int, float] | None:
         """Charge `amount` on this process's view, if the view is fresh and leaves at least
         `local_share` of the limit after it: (limit, remaining, seconds to reset); else None
         (nothing charged: ask the storage, `take`)."""
-        window = (kind, limit, name)
-        cached = self._fresh(window)
+        window = self._windows.get((kind, limit, name))
+        cached = None if window is None else self._fresh(window)
         if cached is None:
             return None
-        left = self._left(cached, window) - amount
+        left = _left(cached, window) - amount  # type: ignore[arg-type]
         if left < limit * self.local_share:
             return None
-        self.add(kind, limit, name, amount)
-        return limit, left, self._reset(cached, window, limit)
+        self._add(window, amount)  # type: ignore[arg-type]
+        return limit, left, self._reset(cached, window, limit)  # type: ignore[arg-type]
 
-    def _fresh(self, window: tuple[str, int, str]) -> list[float] | None:
+    def _fresh(self, window: _Window) -> list[float] | None:
         """The window's view when it was read at most `stats_ttl` ago, else None."""
-        cached = self._stats.get(window)
+        cached = window.view
         if cached is None or time.monotonic() - cached[0] > self.stats_ttl:
             return None
         return cached
 
     def forget(self, kind: str, limit: int, name: str) -> None:
         """Drop a window's view: the next look reads the storage."""
-        self._stats.pop((kind, limit, name), None)
-
-    def _left(self, cached: list[float], window: tuple[str, int, str]) -> int:
-        return int(cached[1] - (self._counted.get(window, 0) - cached[3]))
+        window = self._windows.get((kind, limit, name))
+        if window is not None:
+            window.view = None
 
     def wait(self, kind: str, limit: int, name: str, amount: int) -> float:
         """Seconds until the window, as last read, has `amount` left (for a Retry-After): no
         sooner, so a client that waits that long is not refused again for the same reason
         (others' charges meanwhile aside). `amount` over the limit: the full reset."""
-        window = (kind, limit, name)
-        cached = self._stats.get(window)
-        if cached is None:
+        window = self._windows.get((kind, limit, name))
+        if window is None or window.view is None:
             return _EXPIRY
-        return self._reset(cached, window, min(amount, limit))
+        return self._reset(window.view, window, min(amount, limit))
 
-    def _reset(self, cached: list[float], window: tuple[str, int, str], amount: int) -> float:
+    def _reset(self, cached: list[float], window: _Window, amount: int) -> float:
         """Seconds until the window has `amount` left; `amount` = the limit: until it is
         whole again (OpenAI's `x-ratelimit-reset-*`). The library's sliding window counter
         weighs the previous fixed window's count by the part of the current one still to
@@ -145,24 +160,26 @@ class Windows:
         rounded down, is at most `room`: when the weighted previous count is under `room`
         less the current one, plus one (a wait taken from the exact weighted count was up to
         60 / previous seconds too long: 53 s where 34 s was enough)."""
-        room = window[1] - amount  # the weighted count, rounded down, at most
+        room = window.key[1] - amount  # the weighted count, rounded down, at most
         previous = cached[4]
-        current = cached[5] + max(0, self._counted.get(window, 0) - cached[3])
-        ends_in = max(0.0, cached[2] - self.clock())
+        counted = window.counted - cached[3]
+        current = cached[5] + counted if counted > 0 else cached[5]
+        ends_in = cached[2] - self.clock()
+        if ends_in < 0:
+            ends_in = 0.0
         if current <= room:
             if previous <= 0:
                 return 0.0
             return max(0.0, ends_in - (room - current + 1) * _EXPIRY / previous)
         return ends_in + _EXPIRY - (max(0, room) + 1) * _EXPIRY / current
 
-    async def _read(self, window: tuple[str, int, str]) -> list[float]:
+    async def _read(self, window: _Window) -> list[float]:
         """Read a window from the storage into the view. What this process counted that the
         read may not hold is left out of it: its charges not stored yet, and whatever it counts
         while the read is under way (counted twice if the read holds it: the view errs on the
         side of less left, until the next read)."""
-        kind, limit, name = window
-        base = self._counted.get(window, 0)
-        base -= self._unsent.get(window, 0) + self._sending.get(window, 0)
+        kind, limit, name = window.key
+        base = window.counted - window.unsent - window.sending
         item = self.item(kind, limit)
         storage: Any = self.storage  # the sliding window counter's own read, raw
         previous, previous_ttl, current, current_ttl = await storage.get_sliding_window(
@@ -180,11 +197,8 @@ class Windows:
         else:
             ends_in = _EXPIRY
         cached = [time.monotonic(), remaining, self.clock() + ends_in, base, previous, current]
-        self._stats[window] = cached
+        window.view = cached
         return cached
-
-    def _count(self, window: tuple[str, int, str], amount: int) -> None:
-        self._counted[window] = self._counted.get(window, 0) + amount
 
     # -- the storage -------------------------------------------------------------------------
 
@@ -192,34 +206,37 @@ class Windows:
         """One atomic check-and-charge of `amount` in the storage (this process's unsent
         charges of the window stored first), then the window read afresh: (whether it was
         charged, remaining, seconds to reset)."""
-        window = (kind, limit, name)
-        unsent = self._unsent.pop(window, 0)
-        if unsent:
+        window = self._window(kind, limit, name)
+        if self._unsent.pop(window.key, None) is not None and window.unsent:
+            unsent, window.unsent = window.unsent, 0
             await self._send({window: unsent})
         ok = await self.strategy.hit(self.item(kind, limit), name, cost=amount)
         cached = await self._read(window)
-        return ok, self._left(cached, window), self._reset(cached, window, limit)
+        return ok, _left(cached, window), self._reset(cached, window, limit)
 
     async def hit(self, kind: str, limit: int, name: str, amount: int) -> bool:
         """One atomic check-and-charge in the storage, counted in the view if it was made
         (the view is not read again: see `take` for that)."""
         ok = await self.strategy.hit(self.item(kind, limit), name, cost=amount)
         if ok:
-            self._count((kind, limit, name), amount)
+            self._window(kind, limit, name).counted += amount
         return ok
 
     def add(self, kind: str, limit: int, name: str, amount: int) -> None:
         """Count `amount` at once (negative: given back) and store it with the next batch."""
-        window = (kind, limit, name)
-        self._count(window, amount)
-        self._unsent[window] = self._unsent.get(window, 0) + amount
+        self._add(self._window(kind, limit, name), amount)
+
+    def _add(self, window: _Window, amount: int) -> None:
+        window.counted += amount
+        window.unsent += amount
+        self._unsent[window.key] = window
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_later())
 
     async def fill(self, kind: str, limit: int, name: str, amount: int) -> None:
         """Store `amount` now, counted in the view; what is past the limit fills the window."""
         await self._store(kind, limit, name, amount)
-        self._count((kind, limit, name), amount)
+        self._window(kind, limit, name).counted += amount
 
     async def _send_later(self) -> None:
         await asyncio.sleep(self.send_interval)
@@ -227,19 +244,23 @@ class Windows:
 
     async def send(self) -> None:
         """Store the batched charges now."""
-        unsent, self._unsent = self._unsent, {}
-        await self._send(unsent)
+        windows, self._unsent = self._unsent, {}
+        charges = {}
+        for window in windows.values():
+            if window.unsent:
+                charges[window] = window.unsent
+                window.unsent = 0
+        await self._send(charges)
 
-    async def _send(self, charges: dict[tuple[str, int, str], int]) -> None:
-        for key, amount in charges.items():
-            self._sending[key] = self._sending.get(key, 0) + amount
-        for (kind, limit, name), amount in charges.items():
+    async def _send(self, charges: dict[_Window, int]) -> None:
+        for window, amount in charges.items():
+            window.sending += amount
+        for window, amount in charges.items():
+            kind, limit, name = window.key
             try:
                 await self._store(kind, limit, name, amount)
             finally:
-                left = self._sending.pop((kind, limit, name)) - amount
-                if left:
-                    self._sending[(kind, limit, name)] = left
+                window.sending -= amount
 
     async def _store(self, kind: str, limit: int, name: str, amount: int) -> None:
         """Charge `amount` (counted already) in the storage: given back when negative; when
@@ -269,3 +290,7 @@ class Windows:
         if self._sender is not None and not self._sender.done():
             await asyncio.wait([self._sender])
         await self.send()
+
+
+def _left(cached: list[float], window: _Window) -> int:
+    return int(cached[1] - (window.counted - cached[3]))
