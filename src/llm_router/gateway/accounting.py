@@ -1,13 +1,13 @@
 """Usage of the requests served without a key (`auth: off`, or loopback clients while no key
 exists): recorded as every other request, with no key name, whenever the gateway has a
-database. No limits apply to them; the request path adds one wrapped `send` and an append."""
+database. No limits apply to them; the request path adds an append."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .keys import ApiKey
 from .service import Gateway
@@ -21,18 +21,11 @@ async def serve_keyless(
     """Run `app` for one inference request that carries no key, then record its usage (the
     route's record, `scope["state"]["route"]`, as for a keyed request)."""
     started = time.perf_counter()
-    status = 0
-
-    async def sending(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-
     try:
-        await app(scope, receive, sending)
+        await app(scope, receive, send)
     finally:
-        record_route(gateway, None, scope, status, started)
+        start = scope.get("state", {}).get("response")  # its start, kept by server/front.py
+        record_route(gateway, None, scope, start["status"] if start is not None else 0, started)
 
 
 def record_route(

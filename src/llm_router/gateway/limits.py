@@ -90,6 +90,10 @@ class Admission:
         """The `x-ratelimit-*` headers of what the request saw last."""
         return _headers(self.views)
 
+    def header_list(self) -> list[Header]:
+        """`headers`, as a callable (made when the response starts: server/front.py)."""
+        return _headers(self.views)
+
 
 class Limiter:
     """The limits of every key. `storage` is memory or Redis (`redis_url`)."""

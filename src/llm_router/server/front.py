@@ -7,6 +7,10 @@ observability costs"). What each does is unchanged:
 
 - the request id is the client's `x-request-id` when it is sane (request_log.py), else a new
   one, kept at `scope["state"]["request_id"]` and returned in the response's `x-request-id`;
+- the response's start is kept at `scope["state"]["response"]` (its status, for the layers
+  inside, which so need no `send` wrapper of their own), with the headers of
+  `scope["state"]["response_headers"]()` added when an inner layer set it (the gateway's
+  `x-ratelimit-*`);
 - a Host header naming a host other than a loopback name, an IP address or an allowed one is
   answered 421 (asgi.HostGuard: DNS rebinding);
 - with tracing on, the request's server span is current for the app (server/tracing.py), and
@@ -73,8 +77,16 @@ class Front:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message["headers"], (b"x-request-id", raw_id)]}
-                state["response"] = message  # for what must end it (server/drain.py)
+                more = state.get("response_headers")  # an inner layer's (server/gateway.py)
+                message = {
+                    **message,
+                    "headers": [
+                        *message["headers"],
+                        (b"x-request-id", raw_id),
+                        *(more() if more is not None else ()),
+                    ],
+                }
+                state["response"] = message  # its status for inner layers; what must end it
             elif texts is not None and message["type"] == "http.response.body":
                 texts.answer(message.get("body", b""))
             await send(message)

@@ -286,26 +286,17 @@ class GatewayMiddleware:
     ) -> None:
         gw = self.gateway
         started = time.perf_counter()
-        status = 0
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if admission.views:  # the x-ratelimit-* headers, as the prompt's charge left them
-                    message = {
-                        **message,
-                        "headers": [*message.get("headers", ()), *admission.headers],
-                    }
-            await send(message)
-
+        state = scope["state"]
+        if admission.views:  # the x-ratelimit-* headers, as the prompt's charge left them,
+            state["response_headers"] = admission.header_list  # added by server/front.py
         # a key with tokens per minute: the target counts the prompt before it runs it
         gate = prompt_gate.set(admission if admission.limits.tpm is not None else None)
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receive, send)
         finally:
             prompt_gate.reset(gate)
             gw.limiter.release(admission)
+            status = started_status(state)
             prompt, completion, cost = record_route(gw, key, scope, status, started)
             if self.metrics is not None:
                 self.metrics.count(key.name, status or 499, prompt, completion, cost)
@@ -380,6 +371,13 @@ def _no_keys() -> RouterError:
         "This server has no API keys yet, so it serves clients on this machine only. Create "
         "one (`llm-router keys create NAME`) or set LLM_ROUTER_MASTER_KEY, or set `auth: off`."
     )
+
+
+def started_status(state: dict[str, Any]) -> int:
+    """The status the response started with (server/front.py keeps its start); 0 when it did
+    not start (the client left first)."""
+    start = state.get("response")
+    return int(start["status"]) if start is not None else 0
 
 
 def _bearer(headers: list[Header]) -> str | None:
