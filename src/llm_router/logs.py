@@ -1,5 +1,10 @@
 """Logging set-up: one line per record on stderr, JSON when asked (`log_format: json`).
 
+A text line is one line whatever a client sent: the control characters of its message (a
+path, a model name, a prompt) are written as escapes (`\\n`, `\\r`, `\\x1b`), as JSON writes
+them in its strings; a path with `%0D%0A` in it wrote a line of the client's making (found from
+outside). A traceback still follows its message on lines of its own.
+
 The JSON formatter is ours, not python-json-logger: 20 lines of stdlib, and a record's
 structured fields (`extra={"fields": {...}}`, as the request log passes them) become
 top-level keys, beside time, level, logger and message.
@@ -27,12 +32,18 @@ __all__ = [
     "JsonFormatter",
     "JsonLines",
     "Occasional",
+    "TextFormatter",
+    "one_line",
     "redact",
     "setup_logging",
     "sole_json_handler",
 ]
 
 _SECRET = re.compile(r"(sk-(?:llmr-|proj-|ant-)?)[A-Za-z0-9_-]{6,}")
+# C0 and C1 control characters, DEL, and the line and paragraph separators (a line break to
+# `str.splitlines` and to some log viewers)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class Occasional:
@@ -57,6 +68,26 @@ def redact(text: str) -> str:
     put its key in `model` or in the URL had it written to the logs and traces, which never
     hold a key. Cheap when there is none (a substring test), as nearly always."""
     return _SECRET.sub(r"\1...", text) if "sk-" in text else text
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters as escapes (`\\n`, `\\x1b`, `\\u2028`), not removed:
+    what was sent stays readable. One C call when there is none, as nearly always."""
+    return text if text.isprintable() else _CONTROL.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    char = found.group()
+    code = ord(char)
+    return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+class TextFormatter(logging.Formatter):
+    """The text log's formatter: the stdlib's, with the message on one line (`one_line`)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -184,7 +215,7 @@ def setup_logging(level: str, json_logs: bool = False) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

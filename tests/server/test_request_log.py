@@ -10,10 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 
 from inproc import app_client
-from llm_router.logs import JsonFormatter, JsonLines, sole_json_handler
+from llm_router.logs import JsonFormatter, JsonLines, one_line, sole_json_handler
 from llm_router.server import request_log
 from servers import SMOL, MakeClient, Server
 
@@ -141,6 +143,39 @@ def test_a_real_server_writes_json_lines_with_the_request_id(
     assert any(x.get("logger") == "llm_router.lifecycle.manager" for x in lines)  # loads too
     assert "sk-secret-1" not in srv.log_path.read_text()
     assert "Say hi" not in srv.log_path.read_text()
+
+
+def test_a_text_log_line_is_one_line_whatever_a_client_sends(
+    tmp_path: Path, models_dir: Path, make_client: MakeClient
+) -> None:
+    """A path with %0D%0A (no key needed), a model name or a prompt with a newline, and the
+    answer, wrote lines of the client's making into the text log (found from outside): their
+    control characters are escapes now, on the request's own line."""
+    config = {"models_dir": str(models_dir), "log_prompts": True}
+    srv = Server(tmp_path, config).start()
+    forged = "2026-12-06 03:29:00,000 CRITICAL llm_router.security: FORGED"
+    try:
+        client = make_client(srv)
+        httpx.get(srv.url + "/x%0D%0A" + forged.replace(" ", "%20") + "-PATH", timeout=10)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(
+                model=f"zz\n{forged}-MODEL\x1b[31m", messages=[{"role": "user", "content": "x"}]
+            )
+        client.completions.create(model=SMOL, prompt=f"Hi\r\n{forged}-PROMPT", max_tokens=8)
+    finally:
+        srv.stop()
+    lines = srv.log_path.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("2026-12-06 03:29")]
+    requests = [line for line in lines if " INFO llm_router.requests: " in line]
+    assert any(f"GET /x\\r\\n{forged}-PATH 404 " in line for line in requests)
+    assert any(f"model=zz\\n{forged}-MODEL\\x1b[31m " in line for line in requests)
+    assert any(f"prompt=Hi\\r\\n{forged}-PROMPT " in line for line in requests)
+    assert not any("\x1b" in line for line in lines)
+
+
+def test_control_characters_are_escaped_not_removed() -> None:
+    assert one_line("plain, ünïcode") == "plain, ünïcode"
+    assert one_line("a\tb\x00c\x7fd\x85e\u2028f\\n") == "a\\tb\\x00c\\x7fd\\x85e\\u2028f\\n"
 
 
 def test_the_json_handler_alone_writes_the_same_line_without_a_record(
