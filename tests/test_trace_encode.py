@@ -133,15 +133,18 @@ def test_a_batch_goes_out_in_requests_of_at_most_the_export_batch_size(
         def shutdown(self) -> None:
             pass
 
-    export = trace_export._Encoded(Exporter(), RESOURCE, sent.append)
+    export = trace_export._Encoded(Exporter(), RESOURCE, lambda data: not sent.append(data))
     batch: list[Record] = [
         (f"span {i}", 0, 7, i + 1, 0, False, 1, "", i, i + 1, {"i": i}, None, ()) for i in range(10)
     ]
-    export(batch)
+    assert export(batch) == 0  # spans the collector did not take
     requests = [ExportTraceServiceRequest.FromString(data) for data in sent]
     spans = [s for r in requests for s in r.resource_spans[0].scope_spans[0].spans]
     assert [len(r.resource_spans[0].scope_spans[0].spans) for r in requests] == [4, 4, 2]
     assert [s.name for s in spans] == [f"span {i}" for i in range(10)]
+    refused = iter([True, False, True])  # the collector refuses the second request
+    export = trace_export._Encoded(Exporter(), RESOURCE, lambda data: next(refused))
+    assert export(batch) == 4
 
 
 def test_the_server_exporter_takes_encoded_requests_for_both_protocols(
@@ -165,12 +168,10 @@ def test_requests_are_cut_at_the_byte_bound_and_keep_every_span() -> None:
         for i in range(50)
     ]
     one = len(encoder.span(batch[0])) + 3  # as a field: its tag and its length (2 bytes)
-    requests = [
-        ExportTraceServiceRequest.FromString(data)
-        for data in encoder.requests(batch, None, max_bytes=10 * one)
-    ]
+    cut = list(encoder.requests(batch, None, max_bytes=10 * one))
+    requests = [ExportTraceServiceRequest.FromString(data) for data, _ in cut]
     counts = [len(r.resource_spans[0].scope_spans[0].spans) for r in requests]
-    assert counts == [10] * 5
+    assert counts == [count for _, count in cut] == [10] * 5
     spans = [s for r in requests for s in r.resource_spans[0].scope_spans[0].spans]
     assert [s.name for s in spans] == [f"span {i:02}" for i in range(50)]
     assert len(list(encoder.requests(batch, None))) == 1  # 1 MiB: all in one

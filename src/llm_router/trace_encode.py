@@ -116,20 +116,20 @@ class Encoder:
 
     def requests(
         self, records: Iterable[Record], max_spans: int | None, max_bytes: int = MAX_BYTES
-    ) -> Iterator[bytes]:
+    ) -> Iterator[tuple[bytes, int]]:
         """`records` in requests of at most `max_spans` spans (None: any number) and of
-        `max_bytes` bytes of spans (one span alone may be more)."""
+        `max_bytes` bytes of spans (one span alone may be more), each with its count of spans."""
         spans: list[bytes] = []
         size = 0
         for rec in records:
             span = _field(b"\x12", self.span(rec))
             if spans and (size + len(span) > max_bytes or len(spans) == max_spans):
-                yield self._wrap(spans)
+                yield self._wrap(spans), len(spans)
                 spans, size = [], 0
             spans.append(span)
             size += len(span)
         if spans:
-            yield self._wrap(spans)
+            yield self._wrap(spans), len(spans)
 
     def _wrap(self, spans: list[bytes]) -> bytes:
         scope_spans = _field(b"\x12", self.scope + b"".join(spans))

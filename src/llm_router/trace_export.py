@@ -12,8 +12,10 @@ exports them through the BatchSpanProcessor instead (`_Processed`, ~4x the CPU).
 at most 200 ms here; if the exporter process falls behind, up to `MAX_PENDING` spans queue
 here, then new ones are dropped (logged once). It exits when its pipe closes: at `shutdown`,
 which gives its last exports `DRAIN_S` and then has it drop the rest (a collector that is down
-would otherwise hold up the server's stop for its exporter's retries), or when this process
-dies."""
+would otherwise hold up the server's stop for its exporter's retries, and one that takes a
+request and never answers for its timeout), or when this process dies. As it exits it says
+how many spans the collector did not take. It logs as the server does (`log_format`: its
+lines were plain text in a JSON log)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ __all__ = [
     "service_resource",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("llm_router.trace_export")  # also when run as __main__
 # name, kind, trace id, span id, parent span id (0: none), parent is remote, trace flags,
 # tracestate header, start ns, end ns, attributes, (status code, description) | None,
 # events ((name, attributes, ns), ...)
@@ -197,8 +199,11 @@ class ExporterProcess:
     """Spans batched to the exporter process (see the module's docstring). `put` is called on
     the event loop; the thread and the process start with the first span."""
 
-    def __init__(self, endpoint: str | None) -> None:
+    def __init__(
+        self, endpoint: str | None, log_level: str = "info", json_logs: bool = False
+    ) -> None:
         self.endpoint = endpoint
+        self.logging = [log_level, "json" if json_logs else "text"]  # the process's arguments
         self.pending: deque[Record] = deque()  # appended on the loop, taken by the thread
         self.dropped = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -242,15 +247,15 @@ class ExporterProcess:
     def _start(self) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "llm_router.trace_export"]
         self.proc = subprocess.Popen(
-            [*args, self.endpoint or ""], stdin=subprocess.PIPE, env=dict(os.environ)
+            [*args, self.endpoint or "", *self.logging], stdin=subprocess.PIPE, env=dict(os.environ)
         )
         return self.proc
 
     def shutdown(self, drain: float = DRAIN_S) -> None:
         """Send what is pending and give the process `drain` seconds to export it. Then it is
-        told to drop the rest (SIGTERM: it stops its exporter's retries and reads its pipe to
-        the end, which also frees a write blocked on the pipe) and killed if it still runs
-        5 s later."""
+        told to drop the rest (SIGTERM: it stops its exporter's retries and a request the
+        collector has not answered, and reads its pipe to the end, which also frees a write
+        blocked on the pipe) and killed if it still runs 5 s later."""
         self.stop.set()
         deadline = time.monotonic() + drain
         if self.thread is not None:
@@ -339,7 +344,8 @@ class _Encoded:
     its endpoint, headers, compression, timeout, retries and TLS settings, with no SDK span,
     span processor or protobuf message made per span. A request carries up to 1 MiB of spans
     (trace_encode.MAX_BYTES), and at most OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans when it is set
-    (the BatchSpanProcessor's 512 a request made it half this process's CPU)."""
+    (the BatchSpanProcessor's 512 a request made it half this process's CPU). `send` says
+    whether the collector took a request (after the exporter's retries)."""
 
     def __init__(self, exporter: Any, resource: Any, send: Any) -> None:
         from . import __version__
@@ -361,19 +367,26 @@ class _Encoded:
             from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
                 ExportTraceServiceRequest,
             )
+            from opentelemetry.sdk.trace.export import SpanExportResult
 
-            parse = ExportTraceServiceRequest.FromString
-            return cls(exporter, resource, lambda data: exporter.export(parse(data)))
+            parse, ok = ExportTraceServiceRequest.FromString, SpanExportResult.SUCCESS
+            return cls(exporter, resource, lambda data: exporter.export(parse(data)) == ok)
         client = getattr(exporter, "_client", None)  # opentelemetry-exporter-otlp >= 1.40
         if client is None or not callable(getattr(client, "export", None)):
             return None
-        return cls(exporter, resource, client.export)
+        # its result says `success` (1.45); one that says nothing is taken as a success
+        return cls(exporter, resource, lambda data: getattr(client.export(data), "success", True))
 
-    def __call__(self, records: list[Record]) -> None:
-        for request in self.encoder.requests(records, self.size):
+    def __call__(self, records: list[Record]) -> int:
+        """The spans of `records` the collector did not take (not counting those left when
+        `abort` came: the caller counts the batch)."""
+        lost = 0
+        for request, spans in self.encoder.requests(records, self.size):
             if self.aborted:
-                return
-            self.send(request)
+                break
+            if not self.send(request):
+                lost += spans
+        return lost
 
     def abort(self) -> None:
         """No more sending: the exporter's retries stop (from a signal handler)."""
@@ -393,9 +406,11 @@ class _Processed:
         self.processor = _processor(exporter)
         self.put = _Direct(self.processor, resource)
 
-    def __call__(self, records: list[Record]) -> None:
+    def __call__(self, records: list[Record]) -> int:
+        """0: the processor exports later, and its failures are the SDK's own log lines."""
         for rec in records:
             self.put(rec)
+        return 0
 
     def abort(self) -> None:
         """No more sending: the exporter fails what it is given from now on, at once."""
@@ -424,12 +439,22 @@ def _frames(pipe: IO[bytes]) -> Iterator[list[Record]]:
         yield marshal.loads(data)
 
 
+class _Stopped(BaseException):
+    """Raised by the SIGTERM handler into a send the collector has not answered (a stalled
+    one: the exporter's `shutdown` stops its retries, not a request waiting for its timeout,
+    10 s by default). Not an Exception: the exporter's own `except Exception` lets it by."""
+
+
 def main() -> None:
     """The exporter process: batches of records on stdin until it closes, then a last export
     (Ctrl-C is for the server, which closes the pipe as it stops). SIGTERM: the server stops
-    and its time for the last export is up; what is still unsent is dropped and counted."""
+    and its time for the last export is up; what is still unsent is dropped and counted.
+    Arguments: the endpoint (empty: the OTEL_* variables'), the log level and format."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    args = [*sys.argv[1:], *["", "info", "text"][len(sys.argv) - 1 :]]
+    endpoint, level, log_format = args[:3]
     dropped: list[int] = []
+    sending = [False]
     export: _Encoded | _Processed | None = None
 
     def stop(signum: int, frame: Any) -> None:
@@ -437,29 +462,61 @@ def main() -> None:
             dropped.append(0)
             if export is not None:
                 export.abort()
+        if sending[0]:
+            raise _Stopped
 
     # Handled before the SDK's imports (~1 s on a busy machine), and a SIGTERM sent while
     # this process started was held (ExporterProcess._run) and comes now: a server stopping
     # right after its first spans does not kill it before it can say what it dropped.
     signal.signal(signal.SIGTERM, stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
-    export = exporting(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
+    from .logs import setup_logging
+
+    setup_logging(level, log_format == "json")
+    export = exporting(endpoint or None)
     if dropped:  # told to stop while it was starting
         export.abort()
     gc.freeze()  # what the imports made: not walked by every collection of the batches'
+
+    def send(batch: list[Record]) -> int:
+        assert export is not None
+        sending[0] = True
+        try:
+            return export(batch)
+        finally:
+            sending[0] = False
+
+    lost = 0  # spans the collector refused, or did not take in the exporter's time
     try:
         for batch in _frames(sys.stdin.buffer):
             if not dropped:
-                export(batch)
+                try:
+                    failed = send(batch)
+                except _Stopped:
+                    failed = 0
+                if not dropped:
+                    lost += failed
             if dropped:  # stopped before or while this batch was sent
                 dropped[0] += len(batch)
     finally:
         export.shutdown()
-        if dropped:
-            log.warning(
-                "tracing: stopped before the collector took every span; up to %d dropped",
-                dropped[0],
-            )
+        _say_lost(lost, dropped[0] if dropped else None)
+
+
+def _say_lost(lost: int, dropped: int | None) -> None:
+    if lost:
+        log.warning(
+            "tracing: the collector did not take %d spans (refused, or not reached in the "
+            "exporter's time)",
+            lost,
+            extra={"fields": {"spans_lost": lost}},
+        )
+    if dropped is not None:
+        log.warning(
+            "tracing: stopped before the collector took every span; up to %d dropped",
+            dropped,
+            extra={"fields": {"spans_dropped": dropped}},
+        )
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ class Tracing:
         provider = TracerProvider(resource=resource)
         name = resource.attributes.get("service.name")
         log.info("tracing: OTLP (%s) to %s as %s", otlp_protocol(), endpoint, name)
-        return cls(provider, ExporterProcess(settings.otel_endpoint))
+        json_logs = settings.log_format == "json"
+        return cls(provider, ExporterProcess(settings.otel_endpoint, settings.log_level, json_logs))
 
     def root(
         self, name: str, attributes: dict[str, AttributeValue], headers: list[tuple[bytes, bytes]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import logging
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -24,6 +26,7 @@ from inproc import app_client
 from llm_router import trace_export, tracing
 from llm_router.trace_export import ExporterProcess
 from llm_router.tracing import Tracing
+from servers import Server
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -212,3 +215,68 @@ def test_a_collector_that_is_down_does_not_hold_up_shutdown(
     sink.shutdown(drain=0.5)
     assert sink.proc is not None and sink.proc.returncode == 0
     assert "up to 300 dropped" in capfd.readouterr().err
+
+
+def test_a_collector_that_never_answers_does_not_hold_up_shutdown_either(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A collector that takes the connection and never answers: the exporter's request waited
+    for its timeout after SIGTERM, past the 5 s the process then gets, and it was killed
+    without saying what it dropped (the server's stop took 8 s: found from outside)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen()  # connections complete in the backlog; nothing reads or answers
+        sink = ExporterProcess(f"http://127.0.0.1:{stalled.getsockname()[1]}")
+        record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
+        for _ in range(300):
+            sink.put(record)  # type: ignore[arg-type]
+        sink.shutdown(drain=0.5)
+    assert sink.proc is not None and sink.proc.returncode == 0  # not killed
+    assert "up to 300 dropped" in capfd.readouterr().err
+
+
+def test_spans_a_collector_that_is_down_refused_are_counted(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The exporter gives up on a refused collector after its timeout: those spans were lost
+    with no count (only a stop cutting the retries short said how many)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "0.5")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again: connections to it are refused
+    sink = ExporterProcess(f"http://127.0.0.1:{port}")
+    record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
+    for _ in range(300):
+        sink.put(record)  # type: ignore[arg-type]
+    sink.shutdown(drain=60)  # returns once the process is done: its export failed by itself
+    assert sink.proc is not None and sink.proc.returncode == 0
+    err = capfd.readouterr().err
+    assert "the collector did not take 300 spans" in err and "dropped" not in err
+
+
+def test_the_exporter_process_logs_json_in_a_json_log(
+    tmp_path: Path, models_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`log_format: json`: the exporter process's lines (the SDK's retries, the spans it
+    dropped) were plain text in the server's JSON log (found from outside)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again: connections to it are refused
+    config = {
+        "models_dir": str(models_dir),
+        "log_format": "json",
+        "otel_endpoint": f"http://127.0.0.1:{port}",
+    }
+    srv = Server(tmp_path, config).start()
+    try:
+        for _ in range(3):
+            assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+    finally:
+        srv.stop()
+    lines = [json.loads(line) for line in srv.log_path.read_text().splitlines() if line.strip()]
+    exporter = [x for x in lines if x["logger"].startswith(("llm_router.trace_export", "opentel"))]
+    assert any(x["logger"].startswith("opentelemetry.exporter") for x in exporter)
+    said = [x for x in exporter if "spans_dropped" in x or "spans_lost" in x]
+    assert said and all(x["level"] == "warning" for x in said)
+    assert sum(x.get("spans_dropped", 0) + x.get("spans_lost", 0) for x in said) >= 3
