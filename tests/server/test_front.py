@@ -70,7 +70,11 @@ async def test_the_id_the_span_and_the_line_of_a_request_agree(
     assert route.parent is not None and route.parent.span_id == server.context.span_id
     assert all(s.context.trace_id == server.context.trace_id for s in spans)
     [line] = [r for r in caplog.records if r.name == "llm_router.requests"]
-    assert line.fields["request_id"] == request_id and line.fields["status"] == 200  # type: ignore[attr-defined]
+    fields = line.fields  # type: ignore[attr-defined]
+    assert fields["request_id"] == request_id and fields["status"] == 200
+    # from the log line to its trace: the server span's ids (the line had none)
+    assert fields["trace_id"] == TRACE_ID and fields["span_id"] == f"{server.context.span_id:016x}"
+    assert f"trace_id={TRACE_ID} span_id={fields['span_id']}" in line.getMessage()
 
 
 async def test_a_refused_host_is_answered_logged_and_traced(

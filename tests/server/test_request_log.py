@@ -56,6 +56,7 @@ async def test_one_json_line_per_request_with_what_served_it(
     assert one["level"] == "info" and one["logger"] == "llm_router.requests"
     assert "POST /v1/chat/completions 200" in one["message"]
     assert health["path"] == "/health" and health["status"] == 200 and "model" not in health
+    assert "trace_id" not in one  # tracing off
 
 
 async def test_a_strange_request_id_is_replaced(

@@ -15,7 +15,7 @@ observability costs"). What each does is unchanged:
   answered 421 (asgi.HostGuard: DNS rebinding);
 - with tracing on, the request's server span is current for the app (server/tracing.py), and
   gets the route's record and the status at the end;
-- with the request log on, one line at the end (request_log.py)."""
+- with the request log on, one line at the end (request_log.py), with the span's ids."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ class Front:
 
         refusal = self.hosts.refusal(host)
         inner = receiving if texts is not None else receive
+        span = None
         try:
             if self.tracing is None:
                 await (self.app(scope, inner, sending) if refusal is None else refusal(sending))
@@ -113,7 +114,7 @@ class Front:
                         finish_span(span, state, status, scope)
         finally:
             if self.log_requests:
-                write_line(scope, state, status, started, request_id, texts)
+                write_line(scope, state, status, started, request_id, texts, span)
             if (status >= 400 or not status) and self.metrics is not None:
                 route = route_template(scope) or "unmatched"  # bounded: never a client's path
                 self.metrics.http_errors.labels(route, str(status or 499)).inc()

@@ -7,7 +7,9 @@ and kept at `scope["state"]["request_id"]`. When the response is done, one line 
 their record (`RouteInfo` at `scope["state"]["route"]`) says: the model asked, the target
 that served, the route decision, tokens, time to first token, cache. The API key's name is
 logged when the gateway put one at `scope["state"]["key_name"]`; never a key, a header or,
-unless `log_prompts`, a prompt or an answer."""
+unless `log_prompts`, a prompt or an answer. With tracing on, the line ends with the trace and
+span ids of the request's server span (`trace_id`, `span_id`, as W3C `traceparent` writes them),
+also for a request the sampler left out: its upstream calls carried them on."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 from starlette.types import Scope
 
 from ..logs import redact, sole_json_handler
+from ..tracing import Span
 
 __all__ = ["SANE_ID", "Texts", "request_fields", "write_line"]
 
@@ -55,6 +58,7 @@ def write_line(
     started: float,
     request_id: str,
     texts: Texts | None,
+    span: Span | None = None,
 ) -> None:
     """The request's line, to the `llm_router.requests` logger at INFO (server/front.py calls
     it once the response is done). The record is made without the logger's search of the
@@ -71,6 +75,9 @@ def write_line(
         **request_fields(state),
         "request_id": request_id,
     }
+    if span is not None:
+        fields["trace_id"] = f"{span.trace_id:032x}"
+        fields["span_id"] = f"{span.span_id:016x}"
     if texts is not None:
         fields.update(texts.fields())
     line = _Line(fields)
