@@ -33,6 +33,7 @@ __all__ = [
     "JsonLines",
     "Occasional",
     "TextFormatter",
+    "fields",
     "one_line",
     "redact",
     "setup_logging",
@@ -68,6 +69,13 @@ def redact(text: str) -> str:
     put its key in `model` or in the URL had it written to the logs and traces, which never
     hold a key. Cheap when there is none (a substring test), as nearly always."""
     return _SECRET.sub(r"\1...", text) if "sk-" in text else text
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a log call whose JSON line carries `values` as keys of their own beside its
+    message (`model`, `reason`, `duration_s`...): what a text line says in its words, for a
+    query. Not `time`, `level`, `logger` or `message`."""
+    return {"fields": values}
 
 
 def one_line(text: str) -> str:

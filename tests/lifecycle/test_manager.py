@@ -37,6 +37,7 @@ from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.registry import RESIDENT
 from llm_router.lifecycle.state import EventBus, ModelState, Status
 from llm_router.lifecycle.stops import RESTART_AFTER
+from llm_router.logs import JsonFormatter
 from llm_router.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from llm_router.worker import spawn
 from llm_router.worker.pool import WorkerPool
@@ -943,12 +944,28 @@ async def test_lifecycle_is_logged(
         return any(re.search(pattern, line) for line in lines)
 
     assert logged(r"model a loaded in \d+\.\d+ s: \d+ MiB measured, \d+ MiB estimated"), lines
-    assert logged(r"model b waits for room to load \(position 1; \d+ MiB needed"), lines
+    # models_max is what b waits for, not memory (it was said in memory terms)
+    assert logged(r"model b waits for room to load \(position 1; models_max reached: 1 of 1 "), (
+        lines
+    )
+    assert not logged(r"model b waits .* MiB needed"), lines
     assert logged(r"model a unloading \(evicted to make room for 'b'\)"), lines
     assert logged(r"model a unloaded in \d+\.\d+ s \(evicted to make room for 'b'\): \d+ MiB"), (
         lines
     )
     assert logged(r"model bad failed to load after \d+\.\d+ s: .*told to fail"), lines
+    # in a JSON log, each line's facts are keys of their own beside its message
+    json_lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    by_event = {(x.get("event"), x.get("model")): x for x in json_lines}
+    loaded = by_event["loaded", "a"]
+    assert loaded["duration_s"] >= 0 and loaded["bytes"] > 0 and loaded["engine"] == "fake"
+    assert loaded["message"].startswith("model a loaded in ")
+    waiting = by_event["waiting", "b"]
+    assert waiting["reason"] == "models_max" and waiting["models_max"] == 1
+    assert by_event["unloading", "a"]["reason"] == "evicted to make room for 'b'"
+    unloaded = by_event["unloaded", "a"]
+    assert unloaded["reason"] == "evicted to make room for 'b'" and unloaded["duration_s"] >= 0
+    assert "told to fail" in by_event["load_failed", "bad"]["error"]
 
 
 async def test_a_worker_whose_channel_breaks_is_killed(

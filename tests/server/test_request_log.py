@@ -142,6 +142,8 @@ def test_a_real_server_writes_json_lines_with_the_request_id(
     assert line["logger"] == "llm_router.requests" and line["status"] == 200
     assert line["model"] == line["target"] == SMOL and line["completion_tokens"] > 0
     assert any(x.get("logger") == "llm_router.lifecycle.manager" for x in lines)  # loads too
+    [loaded] = [x for x in lines if x.get("event") == "loaded" and x.get("model") == SMOL]
+    assert loaded["duration_s"] > 0 and loaded["bytes"] > 0 and loaded["engine"] == "llama.cpp"
     assert "sk-secret-1" not in srv.log_path.read_text()
     assert "Say hi" not in srv.log_path.read_text()
 

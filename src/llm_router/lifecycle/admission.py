@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..engines import check_available
 from ..errors import InsufficientMemory, ModelLoadFailed
+from ..logs import fields
 from ..worker.client import Worker
 from .estimate import default_base, estimate_model_bytes
 from .policy import Resident, pinned_out, plan_admission, reconcile
@@ -35,6 +36,12 @@ __all__ = ["Admission"]
 
 log = logging.getLogger(__name__)
 MiB = 2**20
+# what holds a waiting load, by (models_max reached, memory short)
+_LIMITS = {
+    (True, False): "models_max",
+    (False, True): "memory",
+    (True, True): "models_max and memory",
+}
 
 
 class Admission:
@@ -138,15 +145,40 @@ class Admission:
         self._admit()
         if state.status == Status.WAITING:  # it did not start at once: say why
             self.events.publish("waiting", state.id, position=position)
-            log.info(
-                "model %s waits for room to load (position %d; %.0f MiB needed, %.0f MiB "
-                "of %.0f MiB in use)",
-                state.id,
-                position,
-                self._estimate(state) / MiB,
-                self.memory_used() / MiB,
-                self.budget / MiB,
-            )
+            self._say_waiting(state, position)
+
+    def _say_waiting(self, state: ModelState, position: int) -> None:
+        """The line of a load that waits for room, naming the limit that holds it: models_max,
+        the memory budget or both (a wait for models_max alone was told in memory terms;
+        "queue": it waits behind another load)."""
+        need, used, budget = self._estimate(state), self.memory_used(), self.budget
+        models, models_max = len(self._residents()), self.settings.models_max
+        full = bool(models_max) and models >= models_max
+        short = used + need > budget
+        reason = _LIMITS.get((full, short), "queue")
+        said = [
+            f"{need / MiB:.0f} MiB needed, {used / MiB:.0f} MiB of {budget / MiB:.0f} MiB in use"
+        ]
+        if full:
+            count = f"models_max reached: {models} of {models_max} models loaded or (un)loading"
+            said = [count, *said] if short else [count]
+        log.info(
+            "model %s waits for room to load (position %d; %s)",
+            state.id,
+            position,
+            "; ".join(said),
+            extra=fields(
+                event="waiting",
+                model=state.id,
+                position=position,
+                reason=reason,
+                needed_bytes=need,
+                used_bytes=used,
+                budget_bytes=budget,
+                models=models,
+                models_max=models_max or None,
+            ),
+        )
 
     def _residents(self) -> list[Resident]:
         gone = self.registry.leaving  # dropped from the registry, their workers still running
@@ -246,7 +278,12 @@ class Admission:
         state.set_status(Status.UNLOADED)
         self.events.publish("unloaded", state.id, reason=reason)
         apply_source_error(state, self.events)
-        log.info("model %s: load withdrawn (%s)", state.id, reason)
+        log.info(
+            "model %s: load withdrawn (%s)",
+            state.id,
+            reason,
+            extra=fields(event="withdrawn", model=state.id, reason=reason),
+        )
 
     def _set_draining(self, ids: tuple[str, ...]) -> None:
         for state in self.registry:
@@ -261,6 +298,12 @@ class Admission:
                     state.active,
                     len(state.waiters),
                     self._drained_for(state),
+                    extra=fields(
+                        event="draining",
+                        model=state.id,
+                        active=state.active,
+                        queued=len(state.waiters),
+                    ),
                 )
             elif not drain and state.draining:
                 state.draining = False

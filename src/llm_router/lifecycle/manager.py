@@ -26,6 +26,7 @@ from ..errors import (
     ModelNotFound,
     RouterError,
 )
+from ..logs import fields
 from ..machine import Machine, available_memory, detect
 from ..units import parse_bytes, parse_duration
 from ..worker.client import Worker
@@ -100,7 +101,12 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             try:
                 self.request_load(state.id, reason="preload")
             except RouterError as exc:  # the server serves the rest; its status says why
-                log.warning("model %s is not preloaded: %s", state.id, exc.message)
+                log.warning(
+                    "model %s is not preloaded: %s",
+                    state.id,
+                    exc.message,
+                    extra=fields(event="not_preloaded", model=state.id, error=exc.message),
+                )
 
     def _preloads(self) -> list[ModelState]:
         """The pinned models, then `preload` in its order (ids or aliases: Registry.kept), at
@@ -300,11 +306,19 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             state.failed_at = asyncio.get_running_loop().time()
             state.set_status(Status.ERROR, exc.message)
             self.events.publish("error", state.id, error=state.error)
+            took = time.monotonic() - started
             log.warning(
                 "model %s failed to load after %.2f s: %s",
                 state.id,
-                time.monotonic() - started,
+                took,
                 exc.message,
+                extra=fields(
+                    event="load_failed",
+                    model=state.id,
+                    duration_s=round(took, 3),
+                    error=exc.message,
+                    reason=state.load_reason,
+                ),
             )
             self._room_changed()
             raise
@@ -337,6 +351,16 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             (state.estimated_bytes or 0) / MiB,
             source.engine,
             source.format,
+            extra=fields(
+                event="loaded",
+                model=state.id,
+                duration_s=round(state.load_seconds, 3),
+                bytes=measured,
+                estimated_bytes=state.estimated_bytes,
+                engine=source.engine,
+                format=source.format,
+                reason=state.load_reason,
+            ),
         )
         state.keep_alive_asked = None  # a new life: no request has asked anything of it yet
         self._schedule_idle_unload(state, None)
@@ -351,7 +375,11 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
         apply_source_error(state, self.events)  # cancelled as its files broke (registry.refresh)
         if removed:
             self.events.publish("removed", state.id)
-        log.info("model %s: load cancelled", state.id)
+        log.info(
+            "model %s: load cancelled",
+            state.id,
+            extra=fields(event="load_cancelled", model=state.id),
+        )
         self._room_changed()
 
     def _options(self, source: ModelSource) -> dict[str, Any]:

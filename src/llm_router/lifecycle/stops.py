@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelUnloaded, RouterError, ServerStopping
+from ..logs import fields
 from ..worker.client import Worker
 from .registry import apply_source_error
 from .state import ModelState, Status
@@ -93,6 +94,7 @@ class Stops:
             state.id,
             reason,
             f", after its {state.active} request(s) in flight" if state.active else "",
+            extra=fields(event="unloading", model=state.id, reason=reason, active=state.active),
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -127,12 +129,20 @@ class Stops:
         apply_source_error(state, self.events)  # its files changed into something unservable
         if removed:
             self.events.publish("removed", state.id)
+        took = loop.time() - started
         log.info(
             "model %s unloaded in %.2f s (%s): %s MiB freed",
             state.id,
-            loop.time() - started,
+            took,
             reason,
             mib(freed),
+            extra=fields(
+                event="unloaded",
+                model=state.id,
+                reason=reason,
+                duration_s=round(took, 3),
+                bytes=freed,
+            ),
         )
         if state.load_requested and not removed:  # POST /models/load while it unloaded
             state.load_requested = False
@@ -173,7 +183,12 @@ class Stops:
             self.events.publish("error", state.id, error=state.error)
             if removed:
                 self.events.publish("removed", state.id)
-            log.warning("model %s: %s", state.id, message)
+            log.warning(
+                "model %s: %s",
+                state.id,
+                message,
+                extra=fields(event="exited", model=state.id, reason=reason, restart=restart),
+            )
             if restart:
                 self._load_again(state, "restart")
             self._room_changed()
@@ -186,7 +201,15 @@ class Stops:
         try:
             self.request_load(state.id, reason=reason)
         except RouterError as exc:  # e.g. other pinned models now fill what it needs
-            log.warning("model %s cannot load again (%s): %s", state.id, reason, exc.message)
+            log.warning(
+                "model %s cannot load again (%s): %s",
+                state.id,
+                reason,
+                exc.message,
+                extra=fields(
+                    event="load_refused", model=state.id, reason=reason, error=exc.message
+                ),
+            )
 
     def _worker_info(self, state: ModelState) -> Callable[[Worker], None]:
         """Keep the model's memory figure live from the worker's snapshots (it grows as the
