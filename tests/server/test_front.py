@@ -85,7 +85,8 @@ async def test_a_refused_host_is_answered_logged_and_traced(
         response = await client.get("/health", headers={"host": "rebound.example"})
     assert response.status_code == 421
     assert response.json()["error"]["code"] == "host_not_allowed"
-    [server] = _named(exporter.get_finished_spans(), "GET")  # never routed
+    # never routed: named by the route that would have served it
+    [server] = _named(exporter.get_finished_spans(), "GET /health")
     assert (server.attributes or {})["http.response.status_code"] == 421
     [line] = [r for r in caplog.records if r.name == "llm_router.requests"]
     assert line.fields["status"] == 421  # type: ignore[attr-defined]
@@ -284,3 +285,22 @@ def test_the_exporter_process_logs_json_in_a_json_log(
     said = [x for x in exporter if "spans_dropped" in x or "spans_lost" in x]
     assert said and all(x["level"] == "warning" for x in said)
     assert sum(x.get("spans_dropped", 0) + x.get("spans_lost", 0) for x in said) >= 3
+
+
+async def test_a_refusal_before_routing_is_named_by_its_route(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    """A 415 on `POST /admin/reload` (the body guard answers it before any routing) was counted
+    as route="unmatched" and its span named "POST" alone (found from outside); a path no
+    route serves is still "unmatched"."""
+    async with app_client(tmp_path) as client:
+        refused = await client.post(
+            "/admin/reload", content=b"x", headers={"content-type": "text/plain"}
+        )
+        assert refused.status_code == 415
+        assert (await client.post("/no/such/path", content=b"x")).status_code == 415
+        metrics = (await client.get("/metrics")).text
+    assert 'llm_router_http_errors_total{route="/admin/reload",status="415"} 1.0' in metrics
+    assert 'llm_router_http_errors_total{route="unmatched",status="415"} 1.0' in metrics
+    [server] = _named(exporter.get_finished_spans(), "POST /admin/reload")
+    assert (server.attributes or {})["http.route"] == "/admin/reload"

@@ -6,8 +6,10 @@ says (GenAI conventions)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from ..logs import redact
@@ -36,9 +38,35 @@ def open_span(tracing: Tracing, scope: Scope) -> Span:
 
 def route_template(scope: Scope) -> str | None:
     """The template of the route a request matched (`/v1/models/{model:path}`), None when it
-    matched none: a bounded name for it, never the client's path."""
+    matched none: a bounded name for it, never the client's path. A request a guard answered
+    before routing (a 415, 413 or 401: asgi.py, gateway.py) is named by the route that would
+    have served it (it was "unmatched", for `POST /admin/reload`: found from outside)."""
     path = scope["path"]
-    return getattr(scope.get("route"), "path", None) or (path if path in _HOT else None)
+    template = getattr(scope.get("route"), "path", None)
+    if template is not None:
+        return str(template)
+    return path if path in _HOT else _served_by(scope)
+
+
+def _served_by(scope: Scope) -> str | None:
+    """The template of the app's route that serves `scope`'s method and path, if any (the
+    routing a guard's answer skipped: only for those, and for the paths that match nothing)."""
+    return _template(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
+
+
+def _template(routes: Iterable[Any], scope: Scope) -> str | None:
+    for route in routes:
+        # a router included whole (FastAPI >= 0.16x lists it as one route), with no prefix
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            found = _template(inner, scope)
+        elif isinstance(route, BaseRoute) and route.matches(scope)[0] is Match.FULL:
+            found = getattr(route, "path", None)
+        else:
+            continue
+        if found:
+            return str(found)
+    return None
 
 
 def finish_span(span: Span, state: dict[str, Any], status: int, scope: Scope) -> None:
