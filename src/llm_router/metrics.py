@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .engines.base import COUNTERS as _ENGINE_COUNTERS
+
 if TYPE_CHECKING:
     from .config import Cost
     from .lifecycle.manager import ModelManager
@@ -23,15 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-_ENGINE_COUNTERS = {
-    "decode_steps": "llama_decode calls",
-    "batch_sequences": "sequences summed over decode steps (divide by steps: batch occupancy)",
-    "prompt_tokens_evaluated": "prompt tokens evaluated",
-    "prompt_tokens_reused": "prompt tokens reused from a slot's KV cache",
-    "prompt_prefix_copies": "prompt prefixes copied from another slot's KV cache",
-    "slot_moves": "sequences moved to close a gap in the busy slots",
-    "tokens_generated": "tokens generated",
-}
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 _UNLOAD_REASONS = ("idle", "evicted", "requested")
 _LOAD_REASONS = frozenset({"request", "preload", "requested", "restart"})
@@ -271,9 +264,8 @@ class _ModelCollector(Collector):
             for k, family in gauges.items():
                 if isinstance(info.get(k), int):
                     family.add_metric([s.id], info[k])
-            for k, counter in counters.items():
-                if isinstance(info.get(k), int):
-                    counter.add_metric([s.id], info[k])
+            for k, value in s.counters.items():  # its workers' before it too: never down
+                counters[k].add_metric([s.id], value)
         budget = GaugeMetricFamily("llm_router_memory_budget_bytes", "Memory budget")
         budget.add_metric([], self._manager.budget)
         used = GaugeMetricFamily(

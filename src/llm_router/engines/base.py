@@ -22,6 +22,7 @@ from ..types import (
 )
 
 __all__ = [
+    "COUNTERS",
     "Engine",
     "EngineEvent",
     "LoadSpec",
@@ -34,6 +35,19 @@ __all__ = [
 
 EngineEvent = TextDelta | PromptLogprobs | Finished | RouterError
 """A RouterError ends its sequence with that error."""
+
+# The fields of an engine's `info()` that only grow over its life (the llama.cpp engine's),
+# with what each counts. A model's totals go on across its workers (lifecycle/state.py): the
+# metrics built on them (metrics.py) never go down while the server runs.
+COUNTERS = {
+    "decode_steps": "llama_decode calls",
+    "batch_sequences": "sequences summed over decode steps (divide by steps: batch occupancy)",
+    "prompt_tokens_evaluated": "prompt tokens evaluated",
+    "prompt_tokens_reused": "prompt tokens reused from a slot's KV cache",
+    "prompt_prefix_copies": "prompt prefixes copied from another slot's KV cache",
+    "slot_moves": "sequences moved to close a gap in the busy slots",
+    "tokens_generated": "tokens generated",
+}
 
 
 @dataclass(frozen=True, slots=True)

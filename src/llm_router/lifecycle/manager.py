@@ -268,6 +268,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             len(state.waiters),
             dict(worker.info) if worker else None,
             unload_at=_unload_at(state.unload_handle),
+            counters=state.counters(),
         )
 
     def queue_position(self, state: ModelState) -> int | None:

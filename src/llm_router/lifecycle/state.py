@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ..engines.base import COUNTERS
 from ..errors import ServerBusy
 from ..types import Answers
 from ..worker.client import Worker
@@ -91,6 +92,9 @@ class ModelState:
     estimated_bytes: int | None = None  # model_bytes plus an empty worker of its engine
     unload_handle: Timer | None = None
     keep_alive_asked: float | None = None  # the last request's own keep_alive, for reloads
+    # the engine counters (engines.base.COUNTERS) of its workers gone before (unloaded,
+    # crashed), as each said last: its totals go on across its workers (`counters`)
+    retired: dict[str, int] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -116,6 +120,26 @@ class ModelState:
     def wanted(self) -> bool:
         """A load of it is still wanted: someone waits for it, or it was asked for."""
         return bool(self.waiters) or self.load_requested
+
+    def retire(self, worker: Worker) -> None:
+        """`worker`, this model's, is gone: its counters, as its last info snapshot said
+        them, are kept (a stopped worker sends one as it exits: exact; a crashed one's is
+        up to a snapshot interval old). Call it once per worker, before letting it go."""
+        for k in COUNTERS:
+            value = worker.info.get(k)
+            if isinstance(value, int):
+                self.retired[k] = self.retired.get(k, 0) + value
+
+    def counters(self) -> dict[str, int]:
+        """Each engine counter over the model's workers so far, the running one's included:
+        never smaller than at an earlier call (for as long as the model is known)."""
+        out = dict(self.retired)
+        info = self.worker.info if self.worker else {}
+        for k in COUNTERS:
+            value = info.get(k)
+            if isinstance(value, int):
+                out[k] = out.get(k, 0) + value
+        return out
 
     def cancel_idle_unload(self) -> None:
         """Stop its keep-alive timer: it is in use, unloading or gone, and a timer left to run
@@ -161,6 +185,8 @@ class ModelSnapshot:
     queued: int
     runtime: dict[str, Any] | None  # the worker's last info snapshot
     unload_at: float | None = None  # wall-clock time its keep_alive ends, if idle
+    # the engine counters over all its workers so far (ModelState.counters)
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

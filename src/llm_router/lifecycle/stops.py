@@ -118,6 +118,8 @@ class Stops:
             # It died in the grace, and a request has queued, started or finished a load of
             # it since (a failed one is sticky): that is the model now.
             return
+        if state.worker is worker:  # else it died in the grace: retired as it exited
+            state.retire(worker)
         state.worker = None
         state.memory_bytes = None
         state.loaded_at = None
@@ -162,6 +164,7 @@ class Stops:
             self._threads.forget(worker)
             state.cancel_idle_unload()
             removed = self.registry.forget(state)
+            state.retire(worker)
             state.worker = None
             state.memory_bytes = None
             state.loaded_at = None

@@ -85,7 +85,8 @@ def _handle(engine: Engine, msg: dict[str, Any], sock: socket.socket, live: set[
         live.discard(msg["id"])
     elif op == "threads":
         engine.set_threads(int(msg["threads"]))
-    elif op == "shutdown":
+    elif op == "shutdown":  # its counters as they end (the router adds them up per model)
+        sock.sendall(encode({"op": "info", "info": _info(engine)}))
         return False
     return True
 
