@@ -4,6 +4,8 @@ the upstream call), GenAI attributes, the client's traceparent continued and pas
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.server
 import random
 import threading
@@ -18,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from inproc import app_client
+from inproc import app_client, fake_models
 from llm_router.config import ModelConfig, RouteConfig, Settings
 from llm_router.tracing import Tracing
 from servers import SMOL, MakeClient, Server
@@ -327,3 +329,64 @@ async def test_server_spans_are_named_by_route_never_by_a_clients_path(
     ]
     [listed] = [s for s in exporter.get_finished_spans() if s.name.startswith("GET /v1/models")]
     assert (listed.attributes or {})["http.route"] == "/v1/models/{model:path}"
+
+
+async def test_the_route_span_lasts_to_the_answers_end(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    """The route span ended at the first token while its attempt ran on to the answer's end
+    (a parent ending before its child; found from outside)."""
+    async with app_client(tmp_path) as client:
+        body = {"model": "chat", **CHAT}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    spans = _by_name(exporter.get_finished_spans())
+    [route] = spans["llm_router.route"]
+    [attempt] = spans["llm_router.attempt"]
+    [decode] = spans["llm_router.decode"]
+    assert route.end_time is not None and attempt.end_time is not None
+    assert route.end_time >= attempt.end_time >= (decode.end_time or 0)
+
+
+async def test_an_embedding_that_loads_its_model_shows_the_load(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    """An embedding request was one server span, its model's cold load in it unseen: it has
+    the route, attempt, queue and model-load spans a generation has."""
+    async with app_client(tmp_path) as client:
+        done = await client.post("/v1/embeddings", json={"model": "chat", "input": "hi"})
+    assert done.status_code == 200, done.text
+    spans = _by_name(exporter.get_finished_spans())
+    [server] = spans["POST /v1/embeddings"]
+    [route] = spans["llm_router.route"]
+    [attempt] = spans["llm_router.attempt"]
+    assert _parent(route) == server.context.span_id
+    assert _parent(attempt) == route.context.span_id
+    for name in ("llm_router.queue", "llm_router.model_load"):
+        [child] = spans[name]
+        assert _parent(child) == attempt.context.span_id, name
+    assert (attempt.attributes or {})["llm_router.target"] == "chat"
+
+
+async def test_a_decode_cut_by_the_client_leaving_is_ended(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    """A client gone mid-stream left a prefill span and no decode span at all: the decode
+    ends where it was cut, as cancelled, inside its attempt."""
+    models = fake_models(tmp_path, slow={"token_seconds": 0.01})
+    async with app_client(tmp_path, models=models) as client:
+        body = {"model": "slow", **CHAT, "max_tokens": 1000, "stream": True}
+        asked = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        while not any(s.name == "llm_router.prefill" for s in exporter.get_finished_spans()):
+            assert not asked.done()
+            await asyncio.sleep(0.01)
+        asked.cancel()  # the client leaves
+        with contextlib.suppress(asyncio.CancelledError):
+            await asked
+    spans = _by_name(exporter.get_finished_spans())
+    [decode] = spans["llm_router.decode"]
+    [attempt] = spans["llm_router.attempt"]
+    [route] = spans["llm_router.route"]
+    assert _parent(decode) == attempt.context.span_id
+    assert decode.status.status_code.name == "ERROR"
+    assert (decode.attributes or {})["error.type"] == "cancelled"
+    assert (route.end_time or 0) >= (attempt.end_time or 0) >= (decode.end_time or 0) > 0

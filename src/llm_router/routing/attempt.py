@@ -88,9 +88,12 @@ async def first_event(target: Target, call: Call) -> Attempt:
         raise
 
 
-async def watch(target: Target, attempt: Attempt) -> AsyncGenerator[GenerationEvent, None]:
+async def watch(
+    target: Target, attempt: Attempt, route: tracing.Span | None = None
+) -> AsyncGenerator[GenerationEvent, None]:
     """Pass the events on; the outcome goes to the target's stats and breaker, and ends the
-    attempt's span."""
+    attempt's span, then `route`'s (the span of the routing it is part of: a parent does not
+    end before its child)."""
     done = False
     events, span = attempt.events, attempt.span
     failed: BaseException | None = None
@@ -127,8 +130,11 @@ async def watch(target: Target, attempt: Attempt) -> AsyncGenerator[GenerationEv
             target.stats.record_cancelled()
         raise
     finally:
-        tracing.end(span, error=failed)
-        await events.aclose()
+        try:
+            await events.aclose()  # what the target still records (a cut decode) is in it
+        finally:
+            tracing.end(span, error=failed)
+            tracing.end(route, error=failed)
 
 
 def since(started: float) -> float:

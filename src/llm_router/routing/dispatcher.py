@@ -239,13 +239,20 @@ class Dispatcher(Targets):
         """Send `call` along the plan for `name`; returns once a target produced its first
         event. Raises the last target's error when every attempt failed, or ServerBusy when
         every target's breaker is open."""
-        with tracing.span("llm_router.route", {"gen_ai.request.model": redact(name)}) as span:
-            routed = await self._open(name, call, request)
-            if span is not None:
-                span.set_attributes(
-                    {"llm_router.target": routed.target, "llm_router.route": routed.reason}
-                )
-            return routed
+        if tracing.current() is None:  # off, or not sampled: not a dict more
+            return await self._open(name, call, request, None)
+        span = tracing.start("llm_router.route", {"gen_ai.request.model": redact(name)})
+        assert span is not None  # sampled, as current() said
+        try:
+            with tracing.within(span):
+                routed = await self._open(name, call, request, span)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+            span.end()
+            raise
+        span.set_attributes({"llm_router.target": routed.target, "llm_router.route": routed.reason})
+        return routed
 
     def _fallback(self, route: Route, target: Target) -> bool:
         """Whether `target` is one of `route`'s fallbacks, not of its targets (by id or alias)."""
@@ -255,7 +262,11 @@ class Dispatcher(Targets):
                     return False
         return True
 
-    async def _open(self, name: str, call: Call, request: RouteRequest) -> Routed:
+    async def _open(
+        self, name: str, call: Call, request: RouteRequest, span: tracing.Span | None
+    ) -> Routed:
+        """`open`'s work; `span`, the route's (None when not traced), lasts as long as the
+        stream of the target that serves (ended by `watch`)."""
         ordered, why, route, left_out = self.plan(name, request)
         failures: list[str] = []
         failed: list[tuple[str, str]] = []
@@ -300,7 +311,8 @@ class Dispatcher(Targets):
                 continue
             reason = why + (f" after [{'; '.join(failures)}]" if failures else "")
             fallback = route is not None and self._fallback(route, target)
-            return Routed(target.id, reason, watch(target, attempt), tuple(failed), fallback)
+            events = watch(target, attempt, span)
+            return Routed(target.id, reason, events, tuple(failed), fallback)
         tried = why + f" after [{'; '.join(failures)}]" if failures else why
         if errors or (resting and len(resting) == len(ordered)):  # all resting: no attempt
             answer = _answer_of(name, errors, [t.resting() for t in resting])
@@ -332,13 +344,23 @@ class Dispatcher(Targets):
                 "id or alias",
                 param="model",
             )
-        target = self.target(name)
-        self._check_breaker(target)
+        # the spans of a generation's path: a cold load shows under the request's
+        with tracing.span("llm_router.route", {"gen_ai.request.model": redact(name)}) as span:
+            target = self.target(name)
+            if span is not None:
+                span.set_attributes({"llm_router.target": target.id, "llm_router.route": "direct"})
+            self._check_breaker(target)
+            return target.id, await self._embed(target, call)
+
+    async def _embed(self, target: Target, call: EmbedCall) -> Embeddings:
         target.stats.record_start()
         started = time.perf_counter()
+        span = tracing.start("llm_router.attempt", {"llm_router.target": target.id})
         try:
-            result = await target.embed(call)
+            with tracing.within(span):
+                result = await target.embed(call)
         except BaseException as exc:
+            tracing.end(span, error=exc if isinstance(exc, Exception) else None)
             if isinstance(exc, RETRYABLE) and not isinstance(exc, NOT_THE_TARGETS):
                 target.breaker.record_failure()
                 target.stats.record_failure()
@@ -347,9 +369,10 @@ class Dispatcher(Targets):
                 target.stats.record_cancelled()
                 self._suspect(target, exc)
             raise
+        tracing.end(span)
         target.breaker.record_success()
         target.stats.record_success(since(started), 0)
-        return target.id, result
+        return result
 
     def _check_breaker(self, target: Target) -> None:
         """A request to a remote `target` by name while its breaker is open is refused at once

@@ -149,10 +149,7 @@ class LocalTarget(Target):
         source = self.lifecycle.resolve(self.id).source
         _check(source, call.dimensions)
         gate = prompt_gate.get()
-        lease = call.lease
-        async with self.lifecycle.lease(
-            self.id, autoload=lease.autoload, keep_alive=lease.keep_alive
-        ) as worker:
+        async with self.worker(call.lease) as worker:  # traced: its queue wait, its load
             if gate is not None:  # a limit counts the inputs' tokens before they are embedded
                 await gate.admit_prompt(await worker.embedding_tokens(call.inputs))
             out = await worker.embed(call.inputs)
@@ -166,22 +163,35 @@ class LocalTarget(Target):
 
 
 async def _timed(events: AsyncIterator[E], since: float) -> AsyncIterator[E]:
-    """`events`, recording the worker's prefill (until the first event) and decode spans."""
-    first: int | None = None
+    """`events`, recording the worker's prefill (until the first event) and decode spans. A
+    decode cut short (the client left, the worker failed) ends where it was cut, with the
+    error, or `cancelled` (the close may come from outside the attempt's span: the decode's
+    is made at the first event, under it)."""
+    decode: tracing.Span | None = None
+    failed: BaseException | None = None
     try:
         async for event in events:
-            if first is None:
+            if decode is None:
                 first = time.time_ns()
                 tracing.record("llm_router.prefill", tracing.perf_to_ns(since), first)
-            if isinstance(event, Finished):
+                decode = tracing.start("llm_router.decode", start_ns=first)
+            if isinstance(event, Finished) and decode is not None:
                 attributes = {
                     "gen_ai.usage.input_tokens": event.usage.prompt_tokens,
                     "gen_ai.usage.output_tokens": event.usage.completion_tokens,
                     "gen_ai.response.finish_reasons": (event.finish_reason,),
                 }
-                tracing.record("llm_router.decode", first, time.time_ns(), attributes)
+                tracing.end(decode, attributes)
             yield event
+    except Exception as exc:
+        failed = exc
+        raise
     finally:
+        if decode is not None and not decode.end_ns:
+            if failed is None:
+                decode.attributes["error.type"] = "cancelled"
+                decode.set_error("cancelled")
+            tracing.end(decode, error=failed)
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
