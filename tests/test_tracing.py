@@ -331,20 +331,66 @@ async def test_server_spans_are_named_by_route_never_by_a_clients_path(
     assert (listed.attributes or {})["http.route"] == "/v1/models/{model:path}"
 
 
-async def test_the_route_span_lasts_to_the_answers_end(
+async def test_the_route_span_lasts_to_the_answers_end_and_says_the_inference(
     tmp_path: Path, exporter: InMemorySpanExporter
 ) -> None:
     """The route span ended at the first token while its attempt ran on to the answer's end
-    (a parent ending before its child; found from outside)."""
+    (a parent ending before its child), and the GenAI attributes of an inference were short:
+    no provider, no sampling asked, the finish reasons on the decode span only (found from
+    outside)."""
     async with app_client(tmp_path) as client:
-        body = {"model": "chat", **CHAT}
+        body = {"model": "chat", **CHAT, "temperature": 0.5, "top_p": 0.9}
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
     spans = _by_name(exporter.get_finished_spans())
+    [server] = spans["POST /v1/chat/completions"]
     [route] = spans["llm_router.route"]
     [attempt] = spans["llm_router.attempt"]
     [decode] = spans["llm_router.decode"]
     assert route.end_time is not None and attempt.end_time is not None
     assert route.end_time >= attempt.end_time >= (decode.end_time or 0)
+    assert (server.attributes or {})["gen_ai.provider.name"] == "llm_router"
+    asked = route.attributes or {}
+    assert asked["gen_ai.request.max_tokens"] == 3
+    assert asked["gen_ai.request.temperature"] == 0.5 and asked["gen_ai.request.top_p"] == 0.9
+    for s in (route, attempt):
+        assert (s.attributes or {})["gen_ai.response.finish_reasons"] == ("length",), s.name
+
+
+async def test_an_upstream_call_span_follows_the_http_client_conventions(
+    tmp_path: Path,
+    exporter: InMemorySpanExporter,
+    upstreams: tuple[str, str, list[dict[str, str]]],
+) -> None:
+    """An upstream's 500 left its client span UNSET (a client span is an error from 400
+    up), a streamed call had no status code, and `server.address` held the whole URL."""
+    down, up, _ = upstreams
+    models = [
+        ModelConfig(id="down", provider="openai", base_url=down, health_check_interval=0),
+        ModelConfig(id="up", provider="openai", base_url=up, health_check_interval=0),
+    ]
+    async with app_client(tmp_path, models=models) as client:
+        failed = await client.post("/v1/chat/completions", json={"model": "down", **CHAT})
+        streamed = await client.post(
+            "/v1/chat/completions", json={"model": "up", **CHAT, "stream": True}
+        )
+    assert failed.status_code >= 500 and streamed.status_code == 200
+    calls = {
+        (s.attributes or {})["gen_ai.request.model"]: s
+        for s in exporter.get_finished_spans()
+        if s.name == "POST /chat/completions"
+    }
+    bad, good = calls["down"], calls["up"]
+    assert not bad.status.is_ok and bad.status.status_code.name == "ERROR"
+    assert (bad.attributes or {})["http.response.status_code"] == 500
+    assert (bad.attributes or {})["error.type"] == "500"
+    assert (good.attributes or {})["http.response.status_code"] == 200
+    assert good.status.status_code.name == "UNSET"
+    for span, url in ((bad, down), (good, up)):
+        attrs = span.attributes or {}
+        assert attrs["server.address"] == "127.0.0.1"
+        assert attrs["server.port"] == int(url.rsplit(":", 1)[1].split("/")[0])
+        assert attrs["gen_ai.provider.name"] == "openai"
+        assert attrs["gen_ai.operation.name"] == "chat"
 
 
 async def test_an_embedding_that_loads_its_model_shows_the_load(

@@ -377,8 +377,8 @@ def end(
         return
     if attributes:
         s.attributes.update(attributes)
-    if error is not None:
-        s.attributes["error.type"] = type(error).__name__
+    if error is not None:  # a more precise error.type said before (an HTTP status) stays
+        s.attributes.setdefault("error.type", type(error).__name__)
         s.set_error(str(error)[:200])
     s.end(end_ns)
 

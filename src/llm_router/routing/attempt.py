@@ -106,6 +106,11 @@ async def watch(
                     since(attempt.started), event.usage.completion_tokens, ttft=attempt.ttft
                 )
                 target.breaker.record_success()
+                if span is not None:  # the inference's outcome (GenAI conventions)
+                    reasons = {"gen_ai.response.finish_reasons": (event.finish_reason,)}
+                    span.set_attributes(reasons)
+                    if route is not None:
+                        route.set_attributes(reasons)
             yield event
             if done:
                 return

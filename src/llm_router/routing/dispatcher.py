@@ -241,7 +241,7 @@ class Dispatcher(Targets):
         every target's breaker is open."""
         if tracing.current() is None:  # off, or not sampled: not a dict more
             return await self._open(name, call, request, None)
-        span = tracing.start("llm_router.route", {"gen_ai.request.model": redact(name)})
+        span = tracing.start("llm_router.route", _route_attributes(name, call.body))
         assert span is not None  # sampled, as current() said
         try:
             with tracing.within(span):
@@ -468,6 +468,25 @@ class Dispatcher(Targets):
                 "in_flight": snap.in_flight,
             },
         }
+
+
+_SAMPLING = (  # the request's fields its route span says (GenAI conventions)
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+)
+
+
+def _route_attributes(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The route span's attributes: the model asked and the sampling the request set (what
+    it left out is the target's default, which the router may not know)."""
+    out: dict[str, Any] = {"gen_ai.request.model": redact(name)}
+    for field, key in _SAMPLING:
+        value = body.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = value
+    return out
 
 
 def _attempts(ordered: list[Target], route: Route | None) -> list[Target]:

@@ -76,6 +76,15 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        parts = urlsplit(self.base_url)
+        # its client spans' attributes (HTTP and GenAI conventions), made once
+        self._traced_as = {
+            "http.request.method": "POST",
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+            "gen_ai.provider.name": "openai",  # its API, whoever serves it
+            "gen_ai.request.model": self.model,
+        }
 
     def __repr__(self) -> str:
         return (
@@ -132,7 +141,9 @@ class Upstream:
         except BaseException as exc:
             tracing.end(span, error=exc)
             raise
-        tracing.end(span, {"http.response.status_code": answer.status})
+        if span is not None:
+            _answered(span, answer.status)
+            span.end()
         if answer.status >= 400:
             raise status_error(self.name, answer)
         return _json_object(self.name, answer.body)
@@ -159,11 +170,10 @@ class Upstream:
 
     def _span(self, path: str) -> Any:
         """The client span of one upstream call (None when tracing is off)."""
-        return tracing.start(
-            f"POST {path}",
-            {"server.address": self.base_url, "gen_ai.request.model": self.model},
-            client=True,
-        )
+        span = tracing.start(f"POST {path}", self._traced_as, client=True)
+        if span is not None:
+            span.attributes["gen_ai.operation.name"] = _OPERATIONS[path]
+        return span
 
     async def _chunks(
         self, path: str, payload: dict[str, Any], span: Any
@@ -171,6 +181,8 @@ class Upstream:
         with transport_errors(self.name) as waiting:
             async with self._send(path, payload, span) as response:
                 waiting.answered()
+                if span is not None:
+                    _answered(span, response.status)
                 if response.status >= 400:
                     body = await _read(self.name, response.content)
                     raise status_error(self.name, Answer.of(response, body))
@@ -211,6 +223,22 @@ class Upstream:
             timeout=self._timeout,
             proxy=self._proxy,
         )
+
+
+_OPERATIONS = {
+    "/chat/completions": "chat",
+    "/completions": "text_completion",
+    "/embeddings": "embeddings",
+}
+
+
+def _answered(span: tracing.Span, status: int) -> None:
+    """The upstream's HTTP status on its client span: an error from 400 up, as the HTTP
+    conventions want of a client (a server span leaves 4xx unset)."""
+    span.attributes["http.response.status_code"] = status
+    if status >= 400:
+        span.attributes["error.type"] = str(status)
+        span.set_error(None)
 
 
 def env_proxy(url: str) -> str | None:

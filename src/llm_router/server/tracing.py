@@ -31,8 +31,9 @@ def open_span(tracing: Tracing, scope: Scope) -> Span:
     method, path = scope["method"], scope["path"]
     attributes: dict[str, Any] = {"http.request.method": method, "url.path": redact(path)}
     operation = _OPERATIONS.get(path)
-    if operation:
+    if operation:  # the router serves it: the provider is the router (GenAI conventions)
         attributes["gen_ai.operation.name"] = operation
+        attributes["gen_ai.provider.name"] = "llm_router"
     return tracing.root(method, attributes, scope["headers"])
 
 
