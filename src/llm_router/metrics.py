@@ -198,6 +198,21 @@ class Metrics:
         if spent := price.spend(usage.prompt_tokens, usage.completion_tokens):
             self.cost.labels(model).inc(spent)
 
+    def count_cache_hit(
+        self, model: str, endpoint: str, usage: Usage, ttft: float | None, elapsed: float
+    ) -> None:
+        """A request the response cache answered, counted as any answered request (outcome
+        `cache_hit`): in latency and time to first token (what the client waited), and in
+        tokens, those of the answer it got (as its key's usage counts them); not in time per
+        output token (nothing was decoded) nor in cost (a hit is free, as in the key's spend)."""
+        self.requests.labels(model, endpoint, "cache_hit").inc()
+        self.duration.labels(model, endpoint).observe(elapsed)
+        self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        if endpoint != "embeddings":
+            if ttft is not None:
+                self.ttft.labels(model).observe(ttft)
+            self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+
     def count_decode(self, model: str, usage: Usage, ttft: float | None, elapsed: float) -> None:
         """Time per output token after the first (vLLM's and llama.cpp's TPOT)."""
         if ttft is not None and usage.completion_tokens > 1:

@@ -122,6 +122,11 @@ class CachedGenerationService(GenerationService):
                 replay = self._replay(hit, route, wire, kind, started, reason)
                 if replay is not None:
                     await _admit(route)  # a key's tokens per minute count a hit's tokens too
+                    if route.usage is not None:
+                        elapsed = time.perf_counter() - started
+                        self.metrics.count_cache_hit(
+                            route.target, kind, route.usage, route.ttft, elapsed
+                        )
                     for event in replay:
                         yield event
                     return
@@ -171,7 +176,6 @@ class CachedGenerationService(GenerationService):
         for event in events:
             if isinstance(event, Finished):
                 route.usage = event.usage
-                self.metrics.requests.labels(target, kind, "cache_hit").inc()
         return events
 
 
@@ -190,6 +194,7 @@ class CachedEmbeddingService(EmbeddingService):
     async def embed(
         self, req: EmbeddingRequest, route: RouteInfo | None = None
     ) -> EmbeddingResponse:
+        started = time.perf_counter()
         route = route or RouteInfo()
         read = route.cache_read and cache_flag(req)
         if not (read or route.cache_write):
@@ -213,7 +218,8 @@ class CachedEmbeddingService(EmbeddingService):
                 route.cache = "hit"
                 route.usage = Usage(result.usage.prompt_tokens, 0)  # as a computed answer's
                 await _admit(route)
-                self.metrics.requests.labels(result.model, "embeddings", "cache_hit").inc()
+                usage, elapsed = route.usage, time.perf_counter() - started
+                self.metrics.count_cache_hit(result.model, "embeddings", usage, None, elapsed)
                 return result
         route.cache = "miss"
         value = None

@@ -7,6 +7,7 @@ prompt too long, every target down) is raised before a streaming response starts
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -14,7 +15,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, Literal
 
-from ..errors import BadRequest, RouterError
+from ..errors import BadRequest, ModelNotFound, RouterError
 from ..metrics import Metrics
 from ..protocol import (
     OPENAI_CHAT_FIELDS,
@@ -148,11 +149,7 @@ class GenerationService:
                     elif isinstance(event, Finished):
                         outcome = event.finish_reason
                         route.usage = event.usage
-                        self.metrics.tokens.labels(model, "prompt").inc(event.usage.prompt_tokens)
-                        self.metrics.tokens.labels(model, "completion").inc(
-                            event.usage.completion_tokens
-                        )
-                        self.metrics.count_cost(model, event.usage, self.dispatcher.price(model))
+                        self._count_tokens(model, event.usage)
                         self.metrics.count_decode(
                             model, event.usage, route.ttft, time.perf_counter() - started
                         )
@@ -164,9 +161,18 @@ class GenerationService:
             if outcome == "cancelled" and not route.error:  # the client left, or the server
                 route.error = "cancelled"  # stopped it: the log says so of a 200 stream too
             if route.usage is None and route.ttft is not None:  # cut after it started
-                route.usage = Usage(estimate(request), math.ceil(sent / CHARS_PER_TOKEN))
+                route.usage = cut = Usage(estimate(request), math.ceil(sent / CHARS_PER_TOKEN))
+                self._count_tokens(model, cut)  # as the key is charged: the same estimate
             self.metrics.requests.labels(model, endpoint, outcome).inc()
             self.metrics.duration.labels(model, endpoint).observe(time.perf_counter() - started)
+
+    def _count_tokens(self, model: str, usage: Usage) -> None:
+        """A computed answer's tokens and their cost, by the target that served (no cost for
+        a local model its files' removal made unknown meanwhile)."""
+        self.metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+        with contextlib.suppress(ModelNotFound):
+            self.metrics.count_cost(model, usage, self.dispatcher.price(model))
 
     def _chat_request(self, req: ChatCompletionRequest) -> GenerationRequest:
         try:
