@@ -6,7 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from inproc import app_client
+from prometheus_client.parser import text_string_to_metric_families
+
+from inproc import app_client, fake_models
+from llm_router.config import Cost
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json"
 _SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("",), "gauge": ("",)}
@@ -45,3 +48,29 @@ async def test_every_metric_of_the_dashboard_is_exported(tmp_path: Path) -> None
         for name, selector in re.findall(r"\b(llm_router_\w+)\{([^}]*)\}", expr):
             for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector):
                 assert label in exported[name] or not exported[name], (name, label)
+
+
+async def test_its_counters_read_zero_before_their_first_event(tmp_path: Path) -> None:
+    """Spend and cache evictions appeared only after the first priced request or eviction,
+    so their panels said "no data" where 0 was true (found from outside): their known
+    series are there at 0 from the start."""
+    [priced, free] = fake_models(tmp_path, priced={}, free={})
+    models = [priced.model_copy(update={"cost": Cost(input=1.0, output=2.0)}), free]
+    cache = {"disk_path": str(tmp_path / "cache.db")}
+    async with app_client(tmp_path, models=models, cache=cache) as client:
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families((await client.get("/metrics")).text)
+            for s in family.samples
+        }
+    assert samples[("llm_router_cost_total", (("model", "priced"),))] == 0
+    assert ("llm_router_cost_total", (("model", "free"),)) not in samples  # no price: no spend
+    evictions = {labels for name, labels in samples if name == "llm_router_cache_evictions_total"}
+    assert evictions == {
+        (("reason", reason), ("tier", tier))
+        for tier, reasons in (
+            ("memory", ("size", "too_large")),
+            ("disk", ("size", "expired", "too_large")),
+        )
+        for reason in reasons
+    }

@@ -134,6 +134,7 @@ class Metrics:
             registry=r,
         )
         self._unloading: dict[str, float] = {}
+        self._router: Dispatcher | None = None
         self.cache_lookups = Counter(
             "llm_router_cache_lookups",
             "Response cache lookups by tier (memory, disk, redis; flight: a wait for an identical "
@@ -183,6 +184,7 @@ class Metrics:
         self.reload_ok.set(1 if applied else 0)
         if applied:
             self.reload_time.set_to_current_time()
+            self._priced()
 
     def watch(self, manager: ModelManager) -> None:
         """Count lifecycle events and expose per-model gauges read at scrape time."""
@@ -193,6 +195,17 @@ class Metrics:
     def watch_routing(self, router: Dispatcher) -> None:
         """Expose each target's breaker state, read at scrape time."""
         self.registry.register(_BreakerCollector(router))
+        self._router = router
+        self._priced()
+
+    def _priced(self) -> None:
+        """`llm_router_cost_total` at 0 for every configured model with a price, from the
+        start (and each reload) on: a dashboard's spend reads 0 before the first request,
+        not "no data"."""
+        if self._router is not None:
+            for cfg in self._router.settings.models:
+                if cfg.cost.input or cfg.cost.output:
+                    self.cost.labels(cfg.id)
 
     def count_cost(self, model: str, usage: Usage, price: Cost) -> None:
         if spent := price.spend(usage.prompt_tokens, usage.completion_tokens):

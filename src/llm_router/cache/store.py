@@ -61,10 +61,11 @@ class ResponseCache:
 
         memory = parse_bytes(cfg.memory_bytes, 0)
         if memory > 0:
-            tiers.append(MemoryTier(memory, ttl(cfg.memory_ttl), _evictions(metrics, "memory")))
+            evicted = _evictions(metrics, "memory", ("size", "too_large"))
+            tiers.append(MemoryTier(memory, ttl(cfg.memory_ttl), evicted))
         if cfg.disk_path is not None:
             disk = parse_bytes(cfg.disk_bytes, 0)
-            evicted = _evictions(metrics, "disk")
+            evicted = _evictions(metrics, "disk", ("size", "expired", "too_large"))
             tiers.append(SqliteTier(cfg.disk_path, ttl(cfg.disk_ttl), disk, evicted=evicted))
         if cfg.redis:
             if not settings.redis_url:
@@ -151,11 +152,16 @@ class ResponseCache:
             self.land(key, flight, value)
 
 
-def _evictions(metrics: Metrics | None, tier: str) -> Callable[[str, int], None] | None:
-    """A tier's eviction callback: counts on `llm_router_cache_evictions_total`."""
+def _evictions(
+    metrics: Metrics | None, tier: str, reasons: tuple[str, ...]
+) -> Callable[[str, int], None] | None:
+    """A tier's eviction callback: counts on `llm_router_cache_evictions_total`, where the
+    `reasons` it evicts for show 0 from the start (a dashboard reads 0, not "no data")."""
     if metrics is None:
         return None
     counter = metrics.cache_evictions
+    for reason in reasons:
+        counter.labels(tier, reason)
 
     def evicted(reason: str, rows: int) -> None:
         counter.labels(tier, reason).inc(rows)
