@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llm_router.server.sse import SSEResponse, frame
+from llm_router.server.sse import DisconnectWatch, SSEResponse, frame
 
 
 class Client:
@@ -74,6 +74,23 @@ async def test_a_silent_stream_is_kept_alive_with_comment_pings() -> None:
     bodies = client.bodies()
     assert bodies[0] == b"data: first\n\n" and bodies[-1] == b"data: late\n\n"
     assert b": ping\n\n" in bodies[1:-1]
+
+
+async def test_the_watch_of_the_wait_for_the_first_item_pings_once_the_stream_begins() -> None:
+    """The watch made while the first item was awaited (sse_response) waits in `receive` with
+    no deadline; handed to the stream, it must wake to ping it."""
+    client = Client()
+    watch = DisconnectWatch(client.receive)
+    await asyncio.sleep(0.01)  # the watch waits in `receive`
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield frame("first")
+        await asyncio.sleep(0.35)
+        yield frame("late")
+
+    response = SSEResponse(frames(), ping=0.1, watch=watch)
+    await response({"type": "http"}, client.receive, client.send)
+    assert b": ping\n\n" in client.bodies()[1:-1]
 
 
 async def test_disconnect_cancels_the_producer_and_runs_its_cleanup() -> None:

@@ -140,6 +140,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         return await sse_response(
             service.chat_stream(body, route),
+            request.receive,
             lambda: _headers(route),
             send_timeout=_send_timeout(request),
         )
@@ -153,6 +154,7 @@ async def completions(request: Request) -> Response:
     if body.stream:
         return await sse_response(
             service.complete_stream(body, route),
+            request.receive,
             lambda: _headers(route),
             send_timeout=_send_timeout(request),
         )

@@ -3,7 +3,9 @@
 A stream is started only after its first item exists, so an error before that is an ordinary
 HTTP error response. An error after it is sent as a `data: {"error": ...}` event (what OpenAI
 clients raise on) and the stream ends. When the client goes away the producer is cancelled
-where it waits; closing our iterator releases the model slot and cancels the sequence.
+where it waits, the wait for the first item too (queued for a slot, a model loading, an
+upstream yet to answer: that is a 499, and no fallback is tried for no one); closing our
+iterator releases the model slot and cancels the sequence.
 
 `SSEResponse` is ours rather than sse-starlette's: every streamed token passes through it, and
 sse-starlette spends more per token (an anyio cancel scope around every send, a task group per
@@ -54,13 +56,17 @@ class SSEResponse(StreamingResponse):
         headers: Mapping[str, str] | None = None,
         ping: float = PING_SECONDS,
         send_timeout: float = SEND_TIMEOUT,
+        watch: DisconnectWatch | None = None,
     ) -> None:
+        """`watch`: the request's watch, already waiting for the disconnect (while the first
+        item was awaited); it is stopped with the response, and no second one is made."""
         super().__init__(
             frames, headers={**_HEADERS, **(headers or {})}, media_type="text/event-stream"
         )
         self.ping = ping
         self.frames = frames
         self.send_timeout = send_timeout
+        self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -92,14 +98,20 @@ class SSEResponse(StreamingResponse):
         def stalled() -> bool:
             return sending is not None and loop.time() - sending >= self.send_timeout
 
-        await write(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        watch = DisconnectWatch(
-            receive, idle=ping, every=min(self.ping, self.send_timeout / 2), stalled=stalled
-        )
+        every = min(self.ping, self.send_timeout / 2)
+        if self.watch is not None:  # let go of it: its ping holds this response
+            watch, self.watch = self.watch.keep_alive(ping, every, stalled), None
+        else:
+            watch = DisconnectWatch(receive, idle=ping, every=every, stalled=stalled)
         frames = self.frames
         try:
+            await write(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
             # Frames that are ready together (an upstream's read holding several events, a
             # finish with its usage and [DONE]) go out in one write; none waits for the next.
             while True:
@@ -153,14 +165,27 @@ class DisconnectWatch:
         self._idle = idle
         self._every = every if idle is not None else None
         self._stopped = False
+        self._timer: asyncio.Timeout | None = None  # the wait in `receive`, while in it
         self._watcher: asyncio.Future[None] | None = asyncio.ensure_future(self._watch())
+
+    def keep_alive(
+        self, idle: Callable[[], Awaitable[None]], every: float, stalled: Callable[[], bool]
+    ) -> DisconnectWatch:
+        """From now on as if made with these (a stream begins after its first item, awaited
+        under this watch). Returns itself."""
+        assert asyncio.current_task() is self._task
+        self._idle, self._every, self._is_stalled = idle, every, stalled
+        if self._timer is not None:  # waiting without a deadline: from now on with one
+            self._timer.reschedule(asyncio.get_running_loop().time() + every)
+        return self
 
     async def _watch(self) -> None:
         while True:
             try:
-                async with asyncio.timeout(self._every):  # no task per wait, as wait_for makes
+                async with asyncio.timeout(self._every) as self._timer:  # no task per wait
                     message = await self._receive()
             except TimeoutError:
+                self._timer = None
                 if self._stopped:
                     continue
                 if self._is_stalled is not None and self._is_stalled():
@@ -171,6 +196,7 @@ class DisconnectWatch:
                     except TimeoutError:  # the ping itself could not be written
                         return self._lost(stalled=True)
                 continue
+            self._timer = None
             if message["type"] == "http.disconnect":
                 return self._lost(stalled=False)
 
@@ -186,6 +212,7 @@ class DisconnectWatch:
     def stop(self) -> None:
         """From now on a disconnect cancels nothing and no ping is sent."""
         self._stopped = True
+        self._timer = None  # it holds the watcher's task too
         if self._watcher is not None:
             # let go: the cancelled task keeps its CancelledError, whose traceback holds the
             # frame of `_watch` and so this object: a cycle that left the whole request (its
@@ -230,16 +257,24 @@ class _FlushBeforeWait(Generic[T]):
 
 async def sse_response(
     stream: AsyncIterator[BaseModel | RenderedChunk],
+    receive: Receive,
     headers: Callable[[], Mapping[str, str]] | None = None,
     done: bool = True,
     send_timeout: float = SEND_TIMEOUT,
 ) -> SSEResponse:
     """`headers` is called once the first item exists (e.g. to name the target that serves).
-    A client that reads nothing for `send_timeout` seconds is treated as gone."""
+    A client that leaves before it cancels the wait (ClientGone); one that reads nothing for
+    `send_timeout` seconds once the stream began is treated as gone. The request body must
+    already be read: the watch made here waits in `receive` until the response ends."""
+    watch = DisconnectWatch(receive)
     try:
         first = await anext(stream)
-    except BaseException:
+    except BaseException as exc:
+        watch.stop()
+        gone = isinstance(exc, asyncio.CancelledError) and watch.gone and watch.forget()
         await stream.aclose()  # type: ignore[attr-defined]
+        if gone:
+            raise ClientGone from None
         raise
 
     async def frames() -> AsyncIterator[bytes]:
@@ -255,7 +290,12 @@ async def sse_response(
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    return SSEResponse(frames(), headers() if headers else None, send_timeout=send_timeout)
+    try:
+        head = headers() if headers else None
+    except BaseException:
+        watch.stop()
+        raise
+    return SSEResponse(frames(), head, send_timeout=send_timeout, watch=watch)
 
 
 async def events_response(stream: AsyncIterator[str]) -> SSEResponse:
