@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,8 @@ import pytest
 import uvicorn
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_router.errors import (
     BadRequest,
@@ -660,3 +663,62 @@ async def test_an_endless_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     ) as t:
         with pytest.raises(UpstreamError, match="line of more than 65536 bytes"):
             await anext(t.stream_chat(BODY))
+
+
+class Reads:
+    """What `_lines` reads of an aiohttp body: these blocks, one a read."""
+
+    def __init__(self, blocks: list[bytes]) -> None:
+        self.blocks = blocks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for block in self.blocks:
+            yield block
+
+
+async def lines_of(blocks: list[bytes]) -> list[str]:
+    return [line async for line in remote._lines("box", Reads(blocks))]  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.integers(0, 64), max_size=8))
+def test_lines_are_the_same_however_the_body_is_split_into_reads(
+    body: bytes, cuts: list[int]
+) -> None:
+    body = body.replace(b"\x00", b"\r")  # plenty of CRs, lone and before LFs
+    edges = [0, *sorted(c % (len(body) + 1) for c in cuts), len(body)]
+    blocks = [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    whole = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if not whole[-1]:
+        whole.pop()
+    assert asyncio.run(lines_of(blocks)) == [line.decode(errors="replace") for line in whole]
+
+
+class Counted(bytes):
+    """A read that counts the bytes handled by whatever is done with it (`touched`):
+    searched, split, or copied into a longer buffer (`buffer += block` comes here)."""
+
+    touched = 0
+
+    def replace(self, *args: Any) -> bytes:  # type: ignore[override]
+        Counted.touched += len(self)
+        return bytes(self).replace(*args)
+
+    def split(self, *args: Any) -> list[bytes]:  # type: ignore[override]
+        Counted.touched += len(self)
+        return bytes(self).split(*args)
+
+    def __radd__(self, other: bytes) -> bytes:
+        Counted.touched += len(other) + len(self)
+        return other + bytes(self)
+
+
+async def test_a_long_line_in_many_reads_costs_its_length_not_its_square() -> None:
+    """One 24 MiB line took 2.3 s of the event loop and stalled every other client (found
+    from outside): each read searched and copied the whole line so far. The work per read is
+    now that read's bytes (counted, not timed)."""
+    Counted.touched = 0
+    reads = [Counted(b"x" * 1024) for _ in range(1024)]  # a 1 MiB line in 1 KiB reads
+    lines = await lines_of([Counted(b"data: "), *reads, Counted(b"\n\n")])
+    assert [len(line) for line in lines] == [6 + 1024 * 1024, 0]
+    assert Counted.touched <= 4 * (1024 * 1024 + 8)

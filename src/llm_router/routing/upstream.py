@@ -264,19 +264,32 @@ async def _read(name: str, content: aiohttp.StreamReader) -> bytes:
 
 async def _lines(name: str, content: aiohttp.StreamReader) -> AsyncIterator[str]:
     """The body as lines (LF, CRLF or CR ends one), however the bytes were split across
-    reads; a line longer than MAX_BODY is refused."""
-    rest = b""
+    reads; a line longer than MAX_BODY is refused. Each read is searched once for line ends,
+    and a line's parts are joined once, when it ends: a line of n bytes costs O(n), however
+    many reads it takes (it was searched and copied whole at each one: quadratic)."""
+    parts: list[bytes] = []  # the line so far: no end in them
+    size = 0
+    cr = False  # the last read ended with a CR: an LF first in the next ends no other line
     async for block in content.iter_any():
-        rest += block
-        *lines, rest = rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        for line in lines:
-            yield line.decode(errors="replace")
-        if len(rest) > MAX_BODY:
+        if cr and block.startswith(b"\n"):
+            block = block[1:]
+        cr = block.endswith(b"\r")
+        *ended, tail = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if ended:
+            parts.append(ended[0])
+            yield b"".join(parts).decode(errors="replace")
+            for line in ended[1:]:
+                yield line.decode(errors="replace")
+            parts, size = [], 0
+        if tail:
+            parts.append(tail)
+            size += len(tail)
+        if size > MAX_BODY:
             raise UpstreamError(
                 f"upstream {name} streamed a line of more than {MAX_BODY} bytes", status=502
             )
-    if rest:
-        yield rest.decode(errors="replace")
+    if parts:
+        yield b"".join(parts).decode(errors="replace")
 
 
 def _body(body: Mapping[str, Any], model: str, *, stream: bool | None) -> dict[str, Any]:
