@@ -197,7 +197,12 @@ class ModelConfig(EngineOptions):
     base_url: str | None = Field(None, description="Remote server's API root, e.g. .../v1.")
     api_key_env: str | None = Field(None, description="Environment variable holding its key.")
     model: str | None = Field(None, description="The remote server's name for it (default: id).")
-    timeout: float = Field(60.0, gt=0, description="Seconds to wait for a remote's bytes.")
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds to wait for a remote's bytes, and for its first token and between "
+        "two on a stream (keep-alives do not count).",
+    )
     health_check_interval: float = Field(
         30.0, ge=0, description="Seconds between remote health checks; 0: off."
     )

@@ -33,8 +33,9 @@ REPLY = {
 
 class Upstream:
     """An OpenAI-compatible upstream whose behaviour the test sets: `mode` "ok", "slow" (no
-    answer within the router's timeout), "error" (500) or "error200" (an error envelope with
-    status 200). Records every body it receives."""
+    answer within the router's timeout), "pings" (a stream of keep-alives only), "error"
+    (500) or "error200" (an error envelope with status 200). Records every body it
+    receives."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -46,6 +47,14 @@ class Upstream:
         self.bodies.append(json.loads(await request.read()))
         if self.mode == "slow":
             await asyncio.sleep(2)
+        if self.mode == "pings":  # a stream of keep-alives (a gateway queueing), no token
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+            await response.write(f"data: {json.dumps(role)}\n\n".encode())
+            while True:
+                await response.write(b": ping\n\n")
+                await asyncio.sleep(0.05)
         if self.mode == "error":
             return web.json_response({"error": {"message": "boom"}}, status=500)
         if self.mode.startswith("429:"):  # rate limited, retry after the seconds given
@@ -620,3 +629,25 @@ async def test_a_fallbacks_answer_is_not_cached_for_the_route(tmp_path: Path) ->
     assert healthy.headers["x-llm-router-cache"] == "miss"
     assert healthy.json()["choices"][0]["message"]["content"] == "hello"
     assert again.headers["x-llm-router-cache"] == "hit"
+
+
+async def test_a_target_sending_keep_alives_only_times_out_and_the_route_falls_back(
+    tmp_path: Path,
+) -> None:
+    """SSE comments (and a role-only chunk) every 50 ms, never a token: they reset the read
+    timeout, so the client waited for good, with no headers and no fallback (found from
+    outside). Keep-alives do not count as the first token: after `timeout`, the fallback."""
+    async with upstream() as (pinger, url), upstream() as (_spare, spare_url):
+        pinger.mode = "pings"
+        models = [remote("gw", url), remote("spare", spare_url)]
+        routes = [{"name": "auto", "targets": ["gw"], "fallbacks": ["spare"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            body = {"model": "auto", "messages": HELLO, "stream": True}
+            async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                text = (await r.aread()).decode()
+            assert r.status_code == 200 and r.headers["x-llm-router-model"] == "spare", text
+            assert "gw: UpstreamTimeout" in r.headers["x-llm-router-route"]
+            assert '"content":"hello"' in text and text.endswith("data: [DONE]\n\n")
+            direct = await c.post("/v1/chat/completions", json={**body, "model": "gw"})
+            assert direct.status_code == 503, direct.text
+            assert "no token within its timeout" in direct.json()["error"]["message"]

@@ -722,3 +722,59 @@ async def test_a_long_line_in_many_reads_costs_its_length_not_its_square() -> No
     lines = await lines_of([Counted(b"data: "), *reads, Counted(b"\n\n")])
     assert [len(line) for line in lines] == [6 + 1024 * 1024, 0]
     assert Counted.touched <= 4 * (1024 * 1024 + 8)
+
+
+def keep_alives(*first: bytes) -> Handler:
+    """A stream that sends `first`, then only SSE comments, every 50 ms, for good."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = await stream_of(request)
+        for raw in first:
+            await response.write(raw)
+        while True:
+            await response.write(b": ping\n\n")
+            await asyncio.sleep(0.05)
+
+    return handle
+
+
+ROLE_ONLY = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+
+
+@pytest.mark.parametrize("first", [b"", sse(json.dumps(ROLE_ONLY))])
+async def test_keep_alives_alone_time_out_before_the_first_token(first: bytes) -> None:
+    """Comments (or a role-only chunk) kept resetting the read timeout: a gateway that sends
+    keep-alives while it queues held the request for good, with no fallback."""
+    got: list[dict[str, Any]] = []
+    async with target(keep_alives(first), read_timeout=0.3) as t:
+        with pytest.raises(UpstreamTimeout, match="no token within its timeout"):
+            async for chunk in t.stream_chat(BODY):
+                got.append(chunk)
+    assert got == ([ROLE_ONLY] if first else [])
+
+
+async def test_keep_alives_alone_time_out_between_chunks() -> None:
+    async with target(keep_alives(sse(json.dumps(CHUNK_A))), read_timeout=0.3) as t:
+        chunks = t.stream_chat(BODY)
+        assert await anext(chunks) == CHUNK_A
+        with pytest.raises(UpstreamTimeout, match="no token within its timeout"):
+            await anext(chunks)
+
+
+async def test_a_stream_that_progresses_is_not_timed_out_however_long_it_runs() -> None:
+    """Tokens, each well within the timeout, with keep-alives between: the answer is whole
+    though it takes longer than the timeout."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = await stream_of(request)
+        await response.write(b": queued\n\n" + sse(json.dumps(ROLE_ONLY)))
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            await response.write(b": ping\n\n")
+            await response.write(sse(json.dumps(CHUNK_A)))
+        await response.write(sse("[DONE]"))
+        return response
+
+    async with target(handle, read_timeout=0.5) as t:
+        chunks = [c async for c in t.stream_chat(BODY)]
+    assert chunks == [ROLE_ONLY, *[CHUNK_A] * 20]

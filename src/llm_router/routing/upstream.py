@@ -22,7 +22,9 @@ what they stop reading."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,13 +46,17 @@ __all__ = [
     "status_error",
 ]
 
+log = logging.getLogger(__name__)
+
 MAX_BODY = 64 * 2**20  # an upstream's whole answer, or one line of its stream: more is refused
 
 
 class Upstream:
     """One upstream model. `chat`/`complete`/`embed` may be called concurrently; each request
     holds one pooled connection for its duration. `read_timeout` bounds every wait for bytes,
-    including the wait for the first token and the gap between two streamed chunks."""
+    and on a stream the wait for its first event with content (text, a tool call, a finish
+    or usage) and the gap between two of them: keep-alives (SSE comments, empty or role-only
+    chunks) do not make it wait longer."""
 
     def __init__(
         self,
@@ -178,6 +184,7 @@ class Upstream:
     async def _chunks(
         self, path: str, payload: dict[str, Any], span: Any
     ) -> AsyncIterator[dict[str, Any]]:
+        patience = _Patience(self.name, self._timeout.sock_read)
         with transport_errors(self.name) as waiting:
             async with self._send(path, payload, span) as response:
                 waiting.answered()
@@ -192,13 +199,14 @@ class Upstream:
                     return
                 events = _SseData()
                 done = finished = False
-                async for line in _lines(self.name, response.content):
+                async for line in _lines(self.name, response.content, patience):
                     # After [DONE], read on to the end so the connection goes back to the pool.
                     data = None if done else events.feed(line)
                     done = done or data == "[DONE]"
                     if data is not None and not done:
                         chunk = _chunk(self.name, data)
                         finished = finished or _has_finish_reason(chunk)
+                        patience.moved = patience.moved or _carries(chunk)
                         yield chunk
                 if not done and (data := events.flush()) not in (None, "[DONE]"):
                     chunk = _chunk(self.name, data)
@@ -262,15 +270,71 @@ async def _read(name: str, content: aiohttp.StreamReader) -> bytes:
     return b"".join(parts)
 
 
-async def _lines(name: str, content: aiohttp.StreamReader) -> AsyncIterator[str]:
+class _Patience:
+    """How long a stream may go without progress: an event with content, a tool call, a
+    finish or usage (`moved`, set by the reader of the events). aiohttp's read timeout ends
+    at any byte, and SSE comments or empty and role-only chunks (the keep-alives of gateways
+    that queue a request) held a stream for ever with no token. A read after one that
+    brought progress is bounded by the read timeout alone (no timer of ours on the common
+    path); a read after one that brought none, by `seconds` from the last progress (or from
+    the request)."""
+
+    __slots__ = ("deadline", "moved", "name", "seconds")
+
+    def __init__(self, name: str, seconds: float | None) -> None:
+        self.name = name
+        self.seconds = seconds
+        self.moved = False
+        self.deadline = None if seconds is None else _now() + seconds
+
+    def bound(self) -> float | None:
+        """The loop time the next read must come by; None: the read timeout's alone."""
+        if self.seconds is None:
+            return None
+        if self.moved:
+            self.moved = False
+            self.deadline = _now() + self.seconds
+            return None
+        return self.deadline
+
+    def expired(self) -> UpstreamTimeout:
+        log.warning("upstream %s: no token within %g s, keep-alives only", self.name, self.seconds)
+        return UpstreamTimeout(
+            f"upstream {self.name} sent no token within its timeout ({self.seconds:g} s)"
+        )
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _lines(
+    name: str, content: aiohttp.StreamReader, patience: _Patience | None = None
+) -> AsyncIterator[str]:
     """The body as lines (LF, CRLF or CR ends one), however the bytes were split across
     reads; a line longer than MAX_BODY is refused. Each read is searched once for line ends,
     and a line's parts are joined once, when it ends: a line of n bytes costs O(n), however
-    many reads it takes (it was searched and copied whole at each one: quadratic)."""
+    many reads it takes (it was searched and copied whole at each one: quadratic). With
+    `patience`, each read is bounded by it."""
     parts: list[bytes] = []  # the line so far: no end in them
     size = 0
     cr = False  # the last read ended with a CR: an LF first in the next ends no other line
-    async for block in content.iter_any():
+    reads = aiter(content.iter_any())
+    while True:
+        deadline = patience.bound() if patience is not None else None
+        timer = None
+        try:
+            if deadline is None:
+                block = await anext(reads)
+            else:
+                async with asyncio.timeout_at(deadline) as timer:
+                    block = await anext(reads)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            if patience is not None and timer is not None and timer.expired():
+                raise patience.expired() from None
+            raise  # aiohttp's read timeout
         if cr and block.startswith(b"\n"):
             block = block[1:]
         cr = block.endswith(b"\r")
@@ -359,6 +423,24 @@ def _as_chunk(data: dict[str, Any]) -> dict[str, Any]:
 
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _carries(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chunk is progress (_Patience): usage, a finish, text, or a delta
+    field besides `role` that is not empty (a tool call, reasoning, a refusal)."""
+    if chunk.get("usage"):
+        return True
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason") or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for key, value in delta.items():
+                if key != "role" and value not in (None, "", [], {}):
+                    return True
+    return False
 
 
 def _has_finish_reason(chunk: dict[str, Any]) -> bool:
