@@ -18,8 +18,9 @@ from typing import Any
 from .config import Settings
 from .config_load import load_config
 
-__all__ = ["LIVE", "ConfigSource", "Plan", "plan", "stamp"]
+__all__ = ["LIVE", "SETTLE", "ConfigSource", "Plan", "Settling", "plan", "stamp"]
 
+SETTLE = 2.0  # seconds a changed file must stay unchanged before `watch_config` reads it
 LIVE = frozenset(
     {
         "models",
@@ -85,6 +86,29 @@ def plan(running: Settings, read: Settings, new: Settings) -> Plan:
     waiting = tuple(f for f in fields if f not in LIVE and getattr(new, f) != getattr(read, f))
     update = {f: getattr(new, f) for f in applied}
     return Plan(running.model_copy(update=update), applied, waiting)
+
+
+class Settling:
+    """When a watched file's change may be read (`watch_config`): once the file has stayed as
+    it is for `looks` looks after the one that saw the change. A file written in several
+    steps shows each part in turn, and a part can be a valid configuration (all but the
+    `routes:` of it, say: every route would go). Only time tells a finished file from one
+    whose writer paused; a pause longer than the settling is still read as it stands (the
+    README says so, and to rename a finished file over the old one instead). Pure: the
+    caller looks and says what it saw."""
+
+    def __init__(self, looks: int) -> None:
+        self.looks = looks
+        self._stamp: object = self  # nothing seen yet
+        self._same = 0
+
+    def settled(self, now: tuple[int, int, int] | None) -> bool:
+        """`now`: the file's stamp at this look (one that differs from what was read)."""
+        if now != self._stamp:
+            self._stamp, self._same = now, 0
+            return False
+        self._same += 1
+        return self._same >= self.looks
 
 
 def stamp(path: Path) -> tuple[int, int, int] | None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from llm_router.reload import Settling
 from server.test_reload import Reloadable, served
 from servers import SMOL, Server, link_models
 
@@ -75,6 +76,55 @@ async def test_watch_config_ignores_a_truncated_file_until_it_is_written(
         await asyncio.sleep(0.3)  # several looks of the watch
         assert await r.names() == {"chat", "auto"}
         assert (await r.chat("auto")).status_code == 200
+
+
+async def test_watch_config_waits_for_a_file_written_in_two_steps(
+    conf: Reloadable, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rewritten in place in two writes, the first ending just before `routes:` (a valid
+    configuration as it stands): the watch applied the first, and every route answered 404
+    until the second (found from outside). A change is read once the file stayed the same
+    for `SETTLE` seconds: here the first part stays for fewer looks than that."""
+    import llm_router.server.reload as reload_module
+
+    monkeypatch.setattr(reload_module, "WATCH_EVERY", 0.02)
+    monkeypatch.setattr(reload_module, "SETTLE", 0.06)  # 3 looks
+    conf.write({"chat": {}}, routes=[ROUTE], watch_config=True)
+    settings = yaml.safe_load(conf.path.read_text())
+    settings["models"][0]["aliases"] = ["c2"]
+    routes = settings.pop("routes")
+    prefix = yaml.safe_dump(settings, sort_keys=False)
+    full = prefix + yaml.safe_dump({"routes": routes}, sort_keys=False)
+    real_stamp = reload_module.stamp
+    looks = 0
+
+    def stamp(path: Path) -> tuple[int, int, int] | None:
+        nonlocal looks
+        looks += 1
+        if looks == 3:  # the first part has been seen twice before: the writer goes on
+            conf.path.write_text(full)
+        return real_stamp(path)
+
+    async with served(conf) as r:
+        with caplog.at_level("INFO", logger="llm_router.server.reload"):
+            conf.path.write_text(prefix)
+            monkeypatch.setattr(reload_module, "stamp", stamp)
+            for _ in range(500):
+                if (await r.chat("c2")).status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert await r.names() == {"chat", "auto"}
+            assert (await r.chat("auto")).status_code == 200
+    reloads = [x.getMessage() for x in caplog.records if "configuration reloaded" in x.getMessage()]
+    assert len(reloads) == 1 and "applied models;" in reloads[0], reloads
+
+
+def test_a_changed_file_is_taken_once_it_stays_the_same_for_the_looks_asked() -> None:
+    settling = Settling(2)
+    one, two = (1, 10, 100), (1, 20, 200)
+    assert [settling.settled(one) for _ in range(3)] == [False, False, True]
+    assert [settling.settled(s) for s in (two, two, one, one, one)] == [False] * 4 + [True]
+    assert not Settling(1).settled(None)  # a file gone is a change like another
 
 
 def _events(queue: asyncio.Queue[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -10,7 +10,8 @@ parent is forwarded to all of them, and a process reloaded over HTTP sends its p
 SIGHUP so that the others follow (for it, that second reading changes nothing).
 
 `watch_config: true` reloads whenever the file changes (its inode, size or mtime, looked at
-every second), as llama-swap's `--watch-config` (under `--workers`, the parent looks)."""
+every second), as llama-swap's `--watch-config` (under `--workers`, the parent looks), once
+it stayed unchanged for `SETTLE` seconds (reload.py's `Settling`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..api import Router
 from ..config import Settings
 from ..errors import ConfigError, ReloadRejected
 from ..gateway.service import Gateway
-from ..reload import ConfigSource, plan, stamp
+from ..reload import SETTLE, ConfigSource, Settling, plan, stamp
 
 __all__ = ["Reloader"]
 
@@ -107,16 +108,14 @@ class Reloader:
 
     async def _watch(self, source: ConfigSource) -> None:
         assert source.path is not None
+        settling = Settling(max(1, round(SETTLE / WATCH_EVERY)))
         while True:
             await asyncio.sleep(WATCH_EVERY)
             # Against the file as last read: a change since, even before this task started,
-            # reloads. An editor's write in two steps reloads twice, the first one refused
-            # (a half-written file changes nothing); a file gone is not read.
+            # reloads, once the file stayed as it is for a while (a write in several steps is
+            # read whole); a file gone is not read.
             now = stamp(source.path)
-            if now is None or now == source.read:
-                continue
-            await asyncio.sleep(WATCH_EVERY / 4)  # a write in several steps: its end
-            if stamp(source.path) == now:
+            if now is not None and now != source.read and settling.settled(now):
                 await self._unattended(WATCHED)
 
     async def _unattended(self, actor: str) -> None:

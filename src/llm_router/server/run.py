@@ -35,7 +35,7 @@ import uvicorn
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..reload import ConfigSource, plan, stamp
+from ..reload import SETTLE, ConfigSource, Settling, plan, stamp
 
 if TYPE_CHECKING:
     from .reload import Reloader
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 STARTUP_FAILED = 3  # a process's exit status when its server never started (as uvicorn's)
 AFTER_DRAIN = 1  # seconds uvicorn's shutdown gives what is left once the drain is over
+LOOK_EVERY = 0.2  # seconds between the parent's looks at its processes (and the config file)
 GC_GEN0 = 50_000  # the collector's first threshold in the server (Python's: 700), see tune_gc
 
 
@@ -244,6 +245,7 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
         signal.signal(signal.SIGHUP, lambda sig, _: hangups.append(sig))
     watched = source.path if source is not None and settings.watch_config else None
     seen = stamp(watched) if watched is not None else None
+    settling = Settling(round(SETTLE / LOOK_EVERY))  # watch_config: as one process's watch
 
     def start(sock: socket.socket) -> Any:
         args = (settings, sock, os.getpid(), source)
@@ -266,7 +268,7 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
             for proc in procs:
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, sig)
-        if watched is not None and (now := stamp(watched)) != seen:
+        if watched is not None and (now := stamp(watched)) != seen and settling.settled(now):
             seen = now
             hangups.append(signal.SIGHUP)  # the config file changed: watch_config
         if hangups and not stop:  # several SIGHUPs in one turn: one reload is enough
@@ -286,7 +288,7 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
                 "router process %s ended (status %s): restarting it", proc.pid, proc.exitcode
             )
             procs[i] = start(sockets[i])
-        time.sleep(0.2)
+        time.sleep(LOOK_EVERY)
     for sock in sockets:
         sock.close()
     if stop and not status:
