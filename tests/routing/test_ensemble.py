@@ -110,3 +110,26 @@ async def test_a_judge_is_checked_first_and_its_failure_is_not_the_ensembles(
     assert "llm_router_requests_total{" not in metrics  # nothing was asked
     assert failed.status_code == 200, failed.text
     assert failed.json()["ensemble"]["scorer"].startswith("agreement (the judge failed")
+
+
+async def test_first_lists_every_target_the_ones_cut_short_as_cancelled(tmp_path: Path) -> None:
+    """`first` listed in `answers` only the targets it had waited for; README says the answer
+    comes with every target's. Those still asked when the first answer came are there too,
+    cancelled, with no text (and in `targets` order, as vote and best-of list theirs)."""
+    from inproc import app_client, fake_models
+    from routing.test_router_inproc import remote, upstream
+
+    async with upstream() as (slow, url):
+        slow.mode = "slow"
+        models = [remote("far", url, timeout=30), *fake_models(tmp_path, near={"reply": "yes"})]
+        body = {"targets": ["far", "near"], "mode": "first", "max_tokens": 1,
+                "messages": [{"role": "user", "content": "?"}]}  # fmt: skip
+        async with app_client(tmp_path, models=models) as client:
+            r = await client.post("/v1/ensemble", json=body)
+    assert r.status_code == 200, r.text
+    details = r.json()["ensemble"]
+    assert details["chosen"] == "near"
+    far, near = details["answers"]
+    assert (near["model"], near["content"], near["error"]) == ("near", "yes", None)
+    assert (far["model"], far["content"]) == ("far", None)
+    assert far["error"] == "cancelled: another target answered first"

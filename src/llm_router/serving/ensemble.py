@@ -240,21 +240,32 @@ class EnsembleService:
         return list(await asyncio.gather(*(self._ask(req, t, route) for t in req.targets)))
 
     async def _first(self, req: EnsembleRequest, route: RouteInfo) -> list[_Asked]:
-        """The fastest good answer; the others are cancelled (their targets see it)."""
-        pending = {asyncio.ensure_future(self._ask(req, t, route)) for t in req.targets}
-        failed: list[_Asked] = []
+        """The fastest good answer, and every other target's in `targets` order: a failure,
+        or, for those still asked when it came, cancelled (their targets see it)."""
+        started = time.perf_counter()
+        tasks = [asyncio.ensure_future(self._ask(req, t, route)) for t in req.targets]
+        pending = set(tasks)
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.result().completion is not None:
-                        return [task.result(), *failed]
-                    failed.append(task.result())
-            return failed
+            while pending and not any(_answered(t) for t in tasks):
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        return [
+            task.result()
+            if task not in pending
+            else _Asked(
+                Answer(
+                    model=target,
+                    content=None,
+                    error="cancelled: another target answered first",
+                    latency_ms=_ms(started),
+                ),
+                None,
+            )
+            for target, task in zip(req.targets, tasks, strict=True)
+        ]
 
     async def _best(
         self, req: EnsembleRequest, texts: list[str], route: RouteInfo
@@ -311,6 +322,10 @@ def _weights(
             )
         out[canonical] = weight
     return out
+
+
+def _answered(task: asyncio.Future[_Asked]) -> bool:
+    return task.done() and not task.cancelled() and task.result().completion is not None
 
 
 def _ms(started: float) -> float:
