@@ -34,8 +34,8 @@ REPLY = {
 class Upstream:
     """An OpenAI-compatible upstream whose behaviour the test sets: `mode` "ok", "slow" (no
     answer within the router's timeout), "pings" (a stream of keep-alives only), "error"
-    (500) or "error200" (an error envelope with status 200). Records every body it
-    receives."""
+    (500), "error200" (an error envelope with status 200), "429:N" or "503:N" (with
+    Retry-After N). Records every body it receives."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -57,6 +57,9 @@ class Upstream:
                 await asyncio.sleep(0.05)
         if self.mode == "error":
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        if self.mode.startswith("503:"):  # down for now, back after the seconds given
+            headers = {"Retry-After": self.mode[4:]}
+            return web.json_response({"error": {"message": "down"}}, status=503, headers=headers)
         if self.mode.startswith("429:"):  # rate limited, retry after the seconds given
             headers = {"Retry-After": self.mode[4:]}
             return web.json_response(
@@ -445,6 +448,25 @@ async def test_a_429_answer_counts_the_wait_of_a_target_left_out_to_rest(tmp_pat
             two.mode = "429:9"
             r = await c.post("/v1/chat/completions", json=body)
             assert r.status_code == 429 and r.headers["retry-after"] == "2", r.headers
+            assert len(one.bodies) == 1  # the resting one was not asked again
+
+
+async def test_a_503_answer_says_when_a_resting_target_is_back_if_that_is_sooner(
+    tmp_path: Path,
+) -> None:
+    """A route's error says when to retry: the soonest any of its targets can serve. With
+    one target resting 9 s after its 429 and the other answering 503 with Retry-After 30,
+    the answer said 30. (One that timed out says 1: it may be asked again at once.)"""
+    async with upstream() as (one, url_one), upstream() as (two, url_two):
+        models = [remote("a", url_one), remote("b", url_two)]
+        routes = [{"name": "auto", "targets": ["a", "b"], "strategy": "quality-first"}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            one.mode, two.mode = "429:9", "ok"
+            body = {"model": "auto", "messages": HELLO}
+            assert (await c.post("/v1/chat/completions", json=body)).status_code == 200  # a rests
+            two.mode = "503:30"
+            r = await c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 503 and 1 < int(r.headers["retry-after"]) <= 9, r.headers
             assert len(one.bodies) == 1  # the resting one was not asked again
 
 

@@ -36,6 +36,7 @@ from ..errors import (
     ServerBusy,
     UpstreamRateLimited,
     UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from ..lifecycle.manager import ModelManager
 from ..logs import redact
@@ -523,10 +524,17 @@ def _answer_of(name: str, errors: list[RouterError], rests: list[float]) -> Rout
     """The error a request to `name` gets when no target served it: the last attempt's, but
     when each target was full (429s, busy models), the one whose Retry-After is the soonest,
     counting the targets left out as they rest after a 429 of theirs (`rests`: seconds each
-    has left; every target may be resting, and none was asked)."""
+    has left; every target may be resting, and none was asked). Its Retry-After is never
+    later than the soonest any target can serve again (a 503's said 30 while another target
+    rested 2 s more)."""
     waits = [e for e in errors if isinstance(e, QueueFull) and e.retry_after is not None]
     if len(waits) < len(errors):
-        return errors[-1]
+        last = errors[-1]
+        if isinstance(last, UpstreamUnavailable):  # its own wait, or another target's sooner
+            sooner = [e.retry_after for e in errors if isinstance(e, UpstreamUnavailable)]
+            sooner += [w.retry_after for w in waits if w.retry_after is not None]
+            last.retry_after = min([*sooner, *rests])
+        return last
     soonest = min(waits, key=lambda e: e.retry_after or 0.0, default=None)
     if rests and (soonest is None or min(rests) < (soonest.retry_after or 0.0)):
         return UpstreamRateLimited(
