@@ -456,6 +456,30 @@ def test_function_call_none_and_a_function_history(client: openai.OpenAI) -> Non
     assert answer.choices[0].finish_reason in ("stop", "length", "function_call")
 
 
+# -- llama-server's request fields on /v1 ------------------------------------------------------
+
+
+def test_n_probs_reports_the_alternatives(client: openai.OpenAI) -> None:
+    """llama-server's `n_probs` (it was accepted and ignored, `logprobs` null: found from
+    outside): chat gives what `logprobs: true` + `top_logprobs` give, completions what
+    `logprobs` gives; past 20 a 400 naming it."""
+    ask: dict[str, Any] = {"model": SMOL, "messages": QUESTION, "max_tokens": 4, "temperature": 0}
+    chat = client.chat.completions.create(**ask, extra_body={"n_probs": 3})
+    asked = client.chat.completions.create(**ask, logprobs=True, top_logprobs=3)
+    assert chat.choices[0].logprobs is not None and chat.choices[0].logprobs.content
+    assert all(len(t.top_logprobs) == 3 for t in chat.choices[0].logprobs.content)
+    assert chat.choices[0].logprobs == asked.choices[0].logprobs
+    prompt = {"model": SMOL, "prompt": "The capital of France is", "max_tokens": 4}
+    done = client.completions.create(**prompt, temperature=0, extra_body={"n_probs": 2})
+    logprobs = done.choices[0].logprobs
+    assert logprobs is not None and logprobs.top_logprobs and len(logprobs.top_logprobs) == 4
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+    for bad in (21, -1, "3"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(**prompt, extra_body={"n_probs": bad})
+        assert info.value.param == "n_probs", bad
+
+
 # -- errors, in process -----------------------------------------------------------------------
 
 ROUTES = ("/tokenize", "/detokenize", "/apply-template")

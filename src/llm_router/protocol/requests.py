@@ -4,7 +4,7 @@ converted to the internal request (`to_request()`). Unknown fields are accepted 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, NoReturn
 
 from pydantic import (
     AfterValidator,
@@ -120,6 +120,13 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
 MAX_STOPS = 64  # stop strings one request may give
 _TOKENS = "Input should be -1 (no limit) or a number of tokens from {least}"
+_N_PROBS = f"Input should be a number of alternatives from 0 to {MAX_TOP_LOGPROBS}"
+
+
+def _invalid(field: str, value: Any, error: PydanticCustomError, title: str) -> NoReturn:
+    """Raise a validation error about one field of the body."""
+    detail = InitErrorDetails(type=error, loc=(field,), input=value)
+    raise ValidationError.from_exception_data(title, [detail])
 
 
 def _duration(value: str | float | None) -> str | float | None:
@@ -232,18 +239,29 @@ class _Request(ShapeFields):
         return None if value in (-1, 2**32 - 1) else value
 
     @model_validator(mode="after")
-    def _n_predict(self) -> Any:
+    def _llama_fields(self) -> Any:
+        """llama-server's `n_predict` (`max_tokens`) and `n_probs` (the alternatives reported
+        per token: `top_logprobs` on chat, `logprobs` on completions, as llama-server reads
+        them); an error names the field (a model validator's errors name none)."""
         extra = self.model_extra
-        if not extra or "n_predict" not in extra or "max_tokens" in self.model_fields_set:
+        if not extra:
             return self
-        n = extra["n_predict"]
-        if type(n) is not int or not (n == -1 or self.least_tokens <= n <= MAX_TOKENS):
-            # about `n_predict`, not the whole body (a model validator's errors name no field)
-            error = PydanticCustomError("no_limit", _TOKENS.format(least=self.least_tokens))
-            detail = InitErrorDetails(type=error, loc=("n_predict",), input=n)
-            raise ValidationError.from_exception_data(type(self).__name__, [detail])
-        self.max_tokens = self._unlimited("max_tokens") if n == -1 else n
+        if "n_predict" in extra and "max_tokens" not in self.model_fields_set:
+            n = extra["n_predict"]
+            if type(n) is not int or not (n == -1 or self.least_tokens <= n <= MAX_TOKENS):
+                error = PydanticCustomError("no_limit", _TOKENS.format(least=self.least_tokens))
+                _invalid("n_predict", n, error, type(self).__name__)
+            self.max_tokens = self._unlimited("max_tokens") if n == -1 else n
+        if (n := extra.get("n_probs")) is not None:
+            if type(n) is not int or not 0 <= n <= MAX_TOP_LOGPROBS:
+                error = PydanticCustomError("n_probs", _N_PROBS)
+                _invalid("n_probs", n, error, type(self).__name__)
+            if n:
+                self._take_n_probs(n)
         return self
+
+    def _take_n_probs(self, n: int) -> None:
+        """Report `n` alternatives per token, as llama-server's `n_probs` does."""
 
     @property
     def include_usage(self) -> bool:
@@ -329,6 +347,11 @@ class ChatCompletionRequest(_Request):
         description="With `logprobs`: also this many likeliest tokens at each position.",
     )
 
+    def _take_n_probs(self, n: int) -> None:
+        # llama-server: `logprobs: true` reads `top_logprobs` (its `n_probs`), else `n_probs`
+        if not self.logprobs:
+            self.logprobs, self.top_logprobs = True, n
+
     def logprobs_asked(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
             raise BadRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
@@ -386,6 +409,9 @@ class CompletionRequest(_Request):
         le=MAX_TOP_LOGPROBS,
         description="Report each token's log-probability and this many likeliest alternatives.",
     )
+
+    def _take_n_probs(self, n: int) -> None:
+        self.logprobs = n  # llama-server reads `logprobs` only when `n_probs` is not given
 
     def logprobs_asked(self) -> int | None:
         return self.logprobs
