@@ -550,6 +550,9 @@ async def test_other_servers_apis_are_404s_that_say_what_to_use(inproc: httpx.As
     assert "Ollama's native API" in chat
     native = error(await inproc.post("/completion", json={"prompt": "x"}), 404)["message"]
     assert "/v1/completions" in native and "n_predict" in native
+    for path in ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking"):  # llama-server's
+        rerank = error(await inproc.post(path, json={"query": "q", "documents": ["d"]}), 404)
+        assert "reranking" in rerank["message"] and "/v1/embeddings" in rerank["message"], path
 
 
 async def test_an_unknown_model_is_404(inproc: httpx.AsyncClient) -> None:

@@ -149,6 +149,11 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, exc.status_code, headers or None)
 
 
+_RERANK = (
+    "reranking (llama-server's /rerank, /v1/rerank) is not served here: no reranker "
+    "model is served; /v1/embeddings gives vectors to rank documents by their cosine "
+    "similarity to the query"
+)
 # Other servers' APIs a client may try here, and what to use instead.
 _ELSEWHERE = (
     ("/api/", "Ollama's native API (/api/*) is not served here: use the OpenAI API at /v1 "
@@ -156,6 +161,8 @@ _ELSEWHERE = (
     ("/completion", "llama-server's native /completion is not served here: use "
      "/v1/completions (n_predict is max_tokens)"),
     ("/infill", "infill is not served here"),
+    ("/rerank", _RERANK),
+    ("/v1/rerank", _RERANK),
     ("/slots", "llama-server's /slots is not served here: GET /models shows each model's slots"),
     ("/embedding", "llama-server's native /embedding is not served here: use /v1/embeddings"),
     ("/v1/messages", "Anthropic's Messages API is not served here: use /v1/chat/completions"),
