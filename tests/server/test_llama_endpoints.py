@@ -223,6 +223,10 @@ def test_answers_are_llama_servers(
         assert set(ours_props) <= set(props)  # llama-server's names, nothing of our own
         assert ours_props["bos_token"] == props["bos_token"]
         assert ours_props["eos_token"] == props["eos_token"]
+        theirs_params = props["default_generation_settings"]["params"]
+        params = ours_props["default_generation_settings"]["params"]
+        for name in ("samplers", "n_probs", "n_keep", "stream", "top_k", "seed"):
+            assert params[name] == theirs_params[name], name  # samplers was null
         assert props["total_slots"] == 1 and ours_props["total_slots"] == 4  # as started
         if model == SMOL:
             assert ours_props["chat_template"] == props["chat_template"]

@@ -27,7 +27,7 @@ from ..protocol import (
 )
 from ..routing.dispatcher import Dispatcher
 from ..routing.targets import Lease
-from ..types import LLAMA_DEFAULTS, SamplingParams
+from ..types import DEFAULT_ORDER, LLAMA_DEFAULTS, SamplingParams
 
 __all__ = ["BUILD_INFO", "LlamaService", "piece_json"]
 
@@ -125,7 +125,8 @@ def _params(p: SamplingParams) -> dict[str, Any]:
     n_predict = -1 if p.max_tokens is None else p.max_tokens
     llama = asdict(p.llama or LLAMA_DEFAULTS)
     llama["dry_sequence_breakers"] = list(llama["dry_sequence_breakers"])
-    own = ("max_tokens", "stop", "seed", "llama", "penalty_last_n")
+    llama["samplers"] = list(llama["samplers"] or DEFAULT_ORDER)  # the chain, in its order
+    own = ("max_tokens", "stop", "seed", "llama", "penalty_last_n", "logprobs")
     return {
         **{k: v for k, v in values.items() if k not in own},
         **llama,
@@ -133,6 +134,9 @@ def _params(p: SamplingParams) -> dict[str, Any]:
         "seed": LLAMA_DEFAULT_SEED if p.seed is None else p.seed,
         "n_predict": n_predict,
         "max_tokens": n_predict,
+        "n_probs": p.logprobs or 0,
+        "n_keep": 0,  # the prompt's tokens kept when the context shifts: it never shifts here
+        "stream": False,
         "stop": list(p.stop),
     }
 
