@@ -183,6 +183,9 @@ class SamplingParams:
     # OpenAI's logit_bias: (token id, added to its logit) pairs, applied to the logits before
     # anything else, as llama.cpp's chain applies its logit-bias sampler first.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # llama-server's text keys of `logit_bias`: each text's tokens get its bias (the model's
+    # tokenizer, no special tokens; GGUF models only), after the ids' biases
+    logit_bias_text: tuple[tuple[str, float], ...] = ()
     llama: LlamaSampling | None = None  # llama.cpp's other samplers, when a request sets any
 
     def seed32(self) -> int:

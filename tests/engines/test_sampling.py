@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llm_router.engines.sampling import Sampler, token_logprobs
+from llm_router.errors import BadRequest
 from llm_router.types import SamplingParams
 
 LOGITS = np.array([1.0, 3.0, 2.9, -1.0, 0.5], dtype=np.float32)
@@ -95,6 +96,14 @@ def test_logit_bias_bans_and_forces_before_anything_else() -> None:
     force = SamplingParams(temperature=1.0, top_k=2, seed=3, logit_bias=((3, 100.0),))
     assert {Sampler(force)(logits, []) for _ in range(20)} == {3}
     assert logits.tolist() == [5.0, 1.0, 0.0, -1.0]
+
+
+def test_a_text_key_of_logit_bias_is_refused_by_the_other_engines() -> None:
+    """llama-server's text keys (their tokens biased) are a GGUF model's: the HF and ONNX
+    engines refuse them naming `logit_bias` rather than sample without the bias."""
+    with pytest.raises(BadRequest) as info:
+        Sampler(SamplingParams(temperature=0, logit_bias_text=((",", -100.0),)))
+    assert info.value.param == "logit_bias"
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 1.7])

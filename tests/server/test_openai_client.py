@@ -156,7 +156,8 @@ def test_logit_bias_bans_and_forces_tokens(
     """OpenAI's `logit_bias` (it was accepted and ignored, found from outside): -100 keeps the
     greedy first token out, +100 makes a chosen token the answer, greedy and sampled (the
     top-k path), chat and completions; a key that is no token id or a bias past 100 is a 400
-    naming the field, as is an id outside the vocabulary."""
+    naming the field, as is an id outside the vocabulary (a key of other text is its tokens:
+    test_logit_bias_takes_llama_servers_forms)."""
 
     def token_of(text: str) -> int:
         body = {"model": model, "content": text}
@@ -180,10 +181,32 @@ def test_logit_bias_bans_and_forces_tokens(
     )
     assert (chat.choices[0].message.content or "").strip() == "banana"
     chat_ask = {"model": model, "messages": QUESTION, "max_tokens": 1}
-    for bad in ({"abc": 5}, {"5": 500}, {"999999999": 1}):
+    for bad in ({"": 5}, {"5": 500}, {"999999999": 1}, [[-1, 5]], {"5": True}):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(**chat_ask, logit_bias=bad)  # type: ignore[call-overload]
         assert info.value.param == "logit_bias", bad
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_logit_bias_takes_llama_servers_forms(server: Server, model: str) -> None:
+    """llama-server's other `logit_bias` forms were a 400 (found from outside, beside
+    llama-server, which gives each the text of {"id": -100}): [[id, bias]], [[id, false]]
+    (false: never), and a text key (its tokens), in an object or a list."""
+    tokenize = {"model": model, "content": ","}
+    body = httpx.post(server.url + "/tokenize", json=tokenize, timeout=120).json()
+    (comma,) = body["tokens"]
+    ask = {"model": model, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
+
+    def text(logit_bias: Any) -> str:
+        body = {**ask, "logit_bias": logit_bias}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, (logit_bias, r.text)
+        return str(r.json()["choices"][0]["text"])
+
+    banned = text({str(comma): -100})
+    assert "," not in banned and banned != text(None)  # the comma came first
+    for form in ([[comma, -100]], [[comma, False]], {",": -100}, [[",", False]]):
+        assert text(form) == banned, form
 
 
 def test_list_models(client: openai.OpenAI, server: Server) -> None:

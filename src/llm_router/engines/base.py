@@ -8,6 +8,7 @@ advances one sequence per step."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ __all__ = [
     "cpu_cores",
     "no_chat_template",
     "prompt_token_count",
+    "text_bias_refused",
 ]
 
 EngineEvent = TextDelta | PromptLogprobs | Finished | RouterError
@@ -93,17 +95,34 @@ def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> N
         raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param=param)
 
 
-def logit_bias(params: SamplingParams, n_vocab: int) -> tuple[Any, Any] | None:
+def logit_bias(
+    params: SamplingParams, n_vocab: int, tokenize: Callable[[str], list[int]] | None = None
+) -> tuple[Any, Any] | None:
     """A request's `logit_bias` as (ids, values) arrays to add to the logits; None when it
-    has none. Raises BadRequest (naming `logit_bias`) for an id outside the vocabulary."""
-    if not params.logit_bias:
+    has none. A text key's tokens (`tokenize`, as llama-server) take its bias, over an id's.
+    Raises BadRequest (naming `logit_bias`) for an id outside the vocabulary, or for a text
+    key where there is no `tokenize`."""
+    pairs = dict(params.logit_bias)
+    for text, bias in params.logit_bias_text:
+        if tokenize is None:
+            raise text_bias_refused()
+        pairs.update((t, bias) for t in tokenize(text))
+    if not pairs:
         return None
     import numpy as np
 
-    ids = [t for t, _ in params.logit_bias]
+    ids = list(pairs)
     check_token_ids(ids, n_vocab, param="logit_bias")
-    values = np.array([b for _, b in params.logit_bias], dtype=np.float32)
+    values = np.array(list(pairs.values()), dtype=np.float32)
     return np.array(ids, dtype=np.intp), values
+
+
+def text_bias_refused() -> BadRequest:
+    return BadRequest(
+        "`logit_bias` with a text key (its tokens biased, as llama-server) is served by GGUF "
+        "models (llama.cpp) only: give token ids (POST /tokenize gives a text's)",
+        param="logit_bias",
+    )
 
 
 def prompt_token_count(

@@ -171,7 +171,7 @@ class LlamaCppEngine:
         if request.constraint is not None:
             matcher = self._grammars.matcher(request.constraint)
             params = replace(params, ignore_eos=False)  # the constraint says when it ends
-        bias = logit_bias(params, self._n_vocab)
+        bias = logit_bias(params, self._n_vocab, self._bias_tokens)
         sampler = self._make_sampler(params)
         sampler.prime(tokens)
         s = _Seq(seq, tokens, params, sampler, text, matcher=matcher, bias=bias)
@@ -245,6 +245,10 @@ class LlamaCppEngine:
 
     def _make_sampler(self, p: SamplingParams) -> Sampler:
         return make_sampler(p, self._vocab, self._eog_tokens, self.context_size)
+
+    def _bias_tokens(self, text: str) -> list[int]:
+        """A `logit_bias` text key's tokens, as llama-server takes them (no special tokens)."""
+        return self._text.tokenize(text, add_bos=False, special=False)
 
     # -- the decode loop -------------------------------------------------------------------
 

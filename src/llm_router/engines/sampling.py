@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from ..errors import BadRequest
 from ..types import SamplingParams
+from .base import text_bias_refused
 
 __all__ = ["Sampler", "token_logprobs", "top_k"]
 
@@ -82,6 +83,8 @@ class Sampler:
                 f"`{field}` is one of llama.cpp's samplers, served by GGUF models (llama.cpp) only",
                 param=field,
             )
+        if params.logit_bias_text:
+            raise text_bias_refused()
         self.params = params
         window = params.penalty_last_n
         # the prompt's last tokens count for the penalties, as llama.cpp (llama-server) counts

@@ -118,6 +118,7 @@ MAX_N = 128  # the schema's bound on `n`; the configuration's `max_n` (default 8
 MAX_PROMPTS = 128  # prompts in one completion request
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
+MAX_BIAS_TEXT = 256  # characters of a `logit_bias` text key (llama-server's: its tokens)
 MAX_STOPS = 64  # stop strings one request may give
 _TOKENS = "Input should be -1 (no limit) or a number of tokens from {least}"
 _N_PROBS = f"Input should be a number of alternatives from 0 to {MAX_TOP_LOGPROBS}"
@@ -138,6 +139,21 @@ def _duration(value: str | float | None) -> str | float | None:
 
 
 KeepAlive = Annotated[str | Float | None, AfterValidator(_duration)]
+
+
+def _never(value: object) -> object:
+    """llama-server's `false` bias (never this token): -100, OpenAI's ban."""
+    return -100.0 if value is False else value
+
+
+# `logit_bias`: OpenAI's {"token id": bias}, and llama-server's other forms: a text key (its
+# tokens), [[id or text, bias], ...], and `false` for a bias
+Bias = Annotated[Float, BeforeValidator(_never)]
+BiasKey = Annotated[str, Field(max_length=MAX_BIAS_TEXT)]
+LogitBias = (
+    Annotated[dict[BiasKey, Bias], Field(max_length=MAX_BIASED)]
+    | Annotated[list[tuple[Int | BiasKey, Bias]], Field(max_length=MAX_BIASED)]
+)
 
 
 def null_is(default: object) -> BeforeValidator:
@@ -192,10 +208,12 @@ class _Request(ShapeFields):
     frequency_penalty: Float | None = Field(None, ge=-2, le=2)
     repeat_penalty: Float | None = Field(None, ge=0.01, le=10)
     ignore_eos: StrictBool | None = None
-    logit_bias: Annotated[dict[str, Float], Field(max_length=MAX_BIASED)] | None = Field(
+    logit_bias: LogitBias | None = Field(
         None,
         description="Token ids (as strings) mapped to a bias from -100 to 100, added to "
-        "their logits before sampling (-100 bans a token, 100 all but forces it).",
+        "their logits before sampling (-100 bans a token, 100 all but forces it). As "
+        "llama-server also: a key that is text biases its tokens (GGUF models), a list of "
+        "[id or text, bias] pairs, and false for -100.",
     )
     n: Annotated[Int, null_is(1)] = Field(
         1,
@@ -299,6 +317,7 @@ class _Request(ShapeFields):
             if last_n is not None:
                 given["penalty_last_n"] = last_n
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        ids, texts = self._logit_bias()
         return SamplingParams(
             max_tokens=(
                 self.max_tokens
@@ -307,21 +326,35 @@ class _Request(ShapeFields):
             ),
             stop=tuple(stop),
             logprobs=self.logprobs_asked(),
-            logit_bias=self._logit_bias(),
+            logit_bias=ids,
+            logit_bias_text=texts,
             **given,
         )
 
-    def _logit_bias(self) -> tuple[tuple[int, float], ...]:
-        """`logit_bias` as sorted (token id, bias) pairs; BadRequest for a key that is not a
-        token id or a bias outside [-100, 100] (OpenAI's bounds)."""
-        pairs: dict[int, float] = {}
-        for key, bias in (self.logit_bias or {}).items():
-            if not (key.isascii() and key.isdigit()) or int(key) > MAX_TOKEN_ID:
-                raise BadRequest(f"'{key[:32]}' is not a token id", param="logit_bias")
-            if not -100 <= bias <= 100:
-                raise BadRequest(f"bias {bias} is outside [-100, 100]", param="logit_bias")
-            pairs[int(key)] = float(bias)
-        return tuple(sorted(pairs.items()))
+    def _logit_bias(self) -> tuple[tuple[tuple[int, float], ...], tuple[tuple[str, float], ...]]:
+        """`logit_bias` as sorted (token id, bias) pairs, and (text, bias) pairs in the
+        request's order (its tokens: the engine's tokenizer). A key of digits is an id, other
+        text is text (as llama-server reads an object's keys); in a list a number is an id,
+        a string text. BadRequest for an id past the C ints, a key that is empty or a bias
+        outside [-100, 100] (OpenAI's bounds)."""
+        bias = self.logit_bias or {}
+        entries = bias.items() if isinstance(bias, dict) else bias
+        ids: dict[int, float] = {}
+        texts: list[tuple[str, float]] = []
+        for key, value in entries:
+            if not -100 <= value <= 100:
+                raise BadRequest(f"bias {value} is outside [-100, 100]", param="logit_bias")
+            if isinstance(key, str) and key.isascii() and key.isdigit() and isinstance(bias, dict):
+                key = int(key)
+            if isinstance(key, int):
+                if not 0 <= key <= MAX_TOKEN_ID:
+                    raise BadRequest(f"{key} is not a token id", param="logit_bias")
+                ids[key] = float(value)
+            elif not key:
+                raise BadRequest("an empty text is no token", param="logit_bias")
+            else:
+                texts.append((key, float(value)))
+        return tuple(sorted(ids.items())), tuple(texts)
 
 
 class ChatCompletionRequest(_Request):

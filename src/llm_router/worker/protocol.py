@@ -203,6 +203,8 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
     params = dict(data["params"])
     params["stop"] = tuple(params.get("stop") or ())
     params["logit_bias"] = tuple((int(t), float(b)) for t, b in params.get("logit_bias") or ())
+    texts = params.get("logit_bias_text") or ()
+    params["logit_bias_text"] = tuple((str(t), float(b)) for t, b in texts)
     if llama := params.get("llama"):
         breakers = tuple(llama["dry_sequence_breakers"])
         params["llama"] = LlamaSampling(**{**llama, "dry_sequence_breakers": breakers})
