@@ -27,7 +27,14 @@ from llm_router.errors import RouterError, WorkerDied
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.reload import ConfigSource
 from llm_router.server.app import create_app
-from llm_router.types import ChatMessage, Embeddings, Finished, GenerationRequest, TextDelta
+from llm_router.types import (
+    ChatMessage,
+    Embeddings,
+    Finished,
+    GenerationRequest,
+    TemplateOptions,
+    TextDelta,
+)
 from llm_router.worker.pool import WorkerPool
 
 __all__ = ["InProcessPool", "InProcessWorker", "app_client", "fake_models"]
@@ -87,13 +94,19 @@ class InProcessWorker:
     async def pieces(self, tokens: list[int]) -> list[bytes]:
         return self.engine.token_pieces(tokens)
 
-    async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
-        return self.engine.chat_prompt(messages)
+    async def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
+        return self.engine.chat_prompt(messages, options)
 
     async def prompt_tokens(
-        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+        self,
+        *,
+        text: str = "",
+        messages: tuple[ChatMessage, ...] | None = None,
+        options: TemplateOptions | None = None,
     ) -> int:
-        return prompt_token_count(self.engine, text, messages)
+        return prompt_token_count(self.engine, text, messages, options)
 
     async def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
         return self.engine.embedding_tokens(inputs)

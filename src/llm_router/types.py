@@ -25,6 +25,7 @@ __all__ = [
     "MessageFields",
     "PromptLogprobs",
     "SamplingParams",
+    "TemplateOptions",
     "TextDelta",
     "TokenLogprob",
     "ToolCall",
@@ -65,6 +66,17 @@ class ChatMessage:
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateOptions:
+    """How a chat template renders a chat besides its messages, as llama-server takes them:
+    `add_generation_prompt` false leaves the assistant's header off (the model writes it),
+    and `kwargs` are more variables for the Jinja template (`enable_thinking`...), JSON
+    values. A chat ending in an assistant's text is continued from it either way."""
+
+    add_generation_prompt: bool = True
+    kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +229,7 @@ class GenerationRequest:
     tools: Tools | None = None
     prompt_tokens: tuple[int, ...] | None = None  # a completion's prompt given as token ids
     echo_logprobs: bool = False  # also the prompt tokens' log-probabilities (PromptLogprobs)
+    template: TemplateOptions | None = None  # a chat's, when not the defaults
 
 
 @dataclass(frozen=True, slots=True)

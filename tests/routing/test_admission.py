@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from llm_router.errors import BadRequest
 from llm_router.routing.admission import count_local, estimate
-from llm_router.types import ChatMessage, GenerationRequest
+from llm_router.types import ChatMessage, GenerationRequest, TemplateOptions
 
 
 class Worker:
@@ -18,7 +18,9 @@ class Worker:
         self.template = template
         self.asked: list[str] = []
 
-    async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    async def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         self.asked.append("chat_prompt")
         if not self.template:
             raise BadRequest("this model has no chat template", param="messages")
@@ -29,7 +31,11 @@ class Worker:
         return list(range(len(text.split(">"))))
 
     async def prompt_tokens(
-        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+        self,
+        *,
+        text: str = "",
+        messages: tuple[ChatMessage, ...] | None = None,
+        options: TemplateOptions | None = None,
     ) -> int:
         """As the worker does it: the template, then the tokens, in one operation."""
         self.asked.append("prompt_tokens")

@@ -29,7 +29,7 @@ from inproc import app_client, fake_models
 from json_schemas import WEATHER
 from llm_router.config import ModelConfig, RouteConfig
 from openai_schema import validate
-from servers import GEMMA, SMOL, Server, free_port
+from servers import GEMMA, SMOL, Server, free_port, new_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -230,9 +230,11 @@ def test_answers_are_llama_servers(
         assert props["total_slots"] == 1 and ours_props["total_slots"] == 4  # as started
         if model == SMOL:
             assert ours_props["chat_template"] == props["chat_template"]
-            mine = post(server, "/apply-template", {"model": model, "messages": messages})
-            theirs = httpx.post(peer + "/apply-template", json={"messages": messages}).json()
-            assert mine == {"prompt": theirs["prompt"]}
+            for extra in ({}, {"add_generation_prompt": False}):  # false: no assistant header
+                body = {"messages": messages, **extra}
+                mine = post(server, "/apply-template", {"model": model, **body})
+                theirs = httpx.post(peer + "/apply-template", json=body).json()
+                assert mine == {"prompt": theirs["prompt"]}, extra
 
 
 # llama-server's sampler fields, each on its own and together: with the same seed the same text
@@ -334,6 +336,61 @@ def test_the_template_prompt_is_what_the_chat_evaluates(
     assert chat.usage is not None and chat.usage.prompt_tokens == len(tokens)
     if extra:
         assert "get_weather" in prompt["prompt"]  # the tools are written into the prompt
+
+
+def test_add_generation_prompt_false_leaves_the_assistant_header_off(
+    server: Server, client: openai.OpenAI
+) -> None:
+    """llama-server's `add_generation_prompt: false` was accepted and ignored, on
+    /apply-template and on chat (found from outside): the prompt has no assistant header, and
+    the chat evaluates that prompt; a prefill is continued either way."""
+    body = {"model": SMOL, "messages": QUESTION}
+    full = post(server, "/apply-template", body)["prompt"]
+    bare = post(server, "/apply-template", {**body, "add_generation_prompt": False})["prompt"]
+    assert full == bare + "<|im_start|>assistant\n"
+    tokens = post(server, "/tokenize", {"model": SMOL, "content": bare, "add_special": True})
+    chat = client.chat.completions.create(
+        model=SMOL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=1,
+        temperature=0,
+        extra_body={"add_generation_prompt": False},
+    )
+    assert chat.usage is not None and chat.usage.prompt_tokens == len(tokens["tokens"])
+    prefill = [*QUESTION, {"role": "assistant", "content": "The capital"}]
+    for agp in (True, False):
+        prompt = post(
+            server, "/apply-template", {**body, "messages": prefill, "add_generation_prompt": agp}
+        )
+        assert prompt["prompt"] == full + "The capital", agp
+
+
+def test_chat_template_kwargs_reach_the_template(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """llama-server's `chat_template_kwargs` (variables for the Jinja template, as
+    `enable_thinking`) were accepted and ignored: the template now sees them, on
+    /apply-template and in the chat's prompt; they cannot replace the messages."""
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking %}<think>{{ budget }}{% endif %}{% endif %}"
+    )
+    model = {"id": "thinker", "path": str(smollm2_gguf), "chat_template": template}
+    srv = new_server(tmp_path, models=[model])
+    try:
+        body: dict[str, Any] = {"model": "thinker", "messages": QUESTION}
+        plain = post(srv, "/apply-template", body)["prompt"]
+        kwargs = {"enable_thinking": True, "budget": 7, "messages": []}
+        asked = {**body, "chat_template_kwargs": kwargs}
+        thinking = post(srv, "/apply-template", asked)["prompt"]
+        assert thinking == plain + "<think>7"
+        counts = []
+        for extra in ({}, {"chat_template_kwargs": kwargs}):
+            chat = post(srv, "/v1/chat/completions", {**body, "max_tokens": 1, **extra})
+            counts.append(chat["usage"]["prompt_tokens"])
+        tokens = post(srv, "/tokenize", {"model": "thinker", "content": "<think>7"})["tokens"]
+        assert counts[1] == counts[0] + len(tokens)
+    finally:
+        srv.stop()
 
 
 def test_the_template_prompt_has_the_configured_system_prompt(server: Server) -> None:

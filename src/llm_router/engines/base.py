@@ -19,6 +19,7 @@ from ..types import (
     GenerationRequest,
     PromptLogprobs,
     SamplingParams,
+    TemplateOptions,
     TextDelta,
 )
 
@@ -126,12 +127,15 @@ def text_bias_refused() -> BadRequest:
 
 
 def prompt_token_count(
-    engine: Engine, text: str, messages: tuple[ChatMessage, ...] | None = None
+    engine: Engine,
+    text: str,
+    messages: tuple[ChatMessage, ...] | None = None,
+    options: TemplateOptions | None = None,
 ) -> int:
     """How many tokens `messages` through the chat template (else `text`) make, with the
     special tokens added and parsed: a prompt's count for limits (routing/admission.py)."""
     if messages is not None:
-        text = engine.chat_prompt(messages)
+        text = engine.chat_prompt(messages, options)
     return len(engine.token_ids(text, add_special=True, parse_special=True))
 
 
@@ -191,7 +195,9 @@ class Engine(Protocol):
         Raises BadRequest (param `tokens`) for an id not in the vocabulary."""
         ...
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         """The chat template rendered for `messages` with the generation prompt, as
         llama-server's /apply-template gives it: without the template's leading BOS text when
         tokenizing with `add_special` adds one, so that `token_ids(prompt, add_special=True,

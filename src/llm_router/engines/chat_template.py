@@ -13,7 +13,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import BadRequest, ModelLoadFailed
-from ..types import ChatMessage
+from ..types import ChatMessage, TemplateOptions
 
 __all__ = [
     "KNOWN_TEMPLATES",
@@ -105,41 +105,49 @@ class ChatTemplate:
         self.eos_token = eos_token
         self.stops = stops
 
-    def render(self, messages: Sequence[ChatMessage], **extra: Any) -> str:
-        """The prompt for `messages`, the generation prompt added. A chat ending with an
-        assistant message (with text, no tool calls) is continued from it, as llama-server
-        and Ollama do (a prefill): the turns before it, then its text, with no end of turn."""
+    def render(
+        self, messages: Sequence[ChatMessage], options: TemplateOptions | None = None
+    ) -> str:
+        """The prompt for `messages`, the generation prompt added (unless `options` say not).
+        A chat ending with an assistant message (with text, no tool calls) is continued from
+        it, as llama-server and Ollama do (a prefill): the turns before it with the generation
+        prompt, then its text, with no end of turn."""
         last = messages[-1] if len(messages) > 1 else None  # a chat of one: as it is
         if last is not None and last.role == "assistant" and last.content and not last.tool_calls:
-            return self._render(messages[:-1], **extra) + last.content
-        return self._render(messages, **extra)
+            return self._render(messages[:-1], options, True) + last.content
+        return self._render(messages, options, options is None or options.add_generation_prompt)
 
-    def _render(self, messages: Sequence[ChatMessage], **extra: Any) -> str:
+    def _render(
+        self, messages: Sequence[ChatMessage], options: TemplateOptions | None, generation: bool
+    ) -> str:
+        variables: dict[str, Any] = {"bos_token": self.bos_token, "eos_token": self.eos_token}
+        if options is not None:  # llama-server's chat_template_kwargs, over the tokens' names
+            variables.update(options.kwargs)
         try:
             return self._template.render(
+                variables,
                 messages=[{"role": m.role, "content": m.content} for m in messages],
-                add_generation_prompt=True,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-                **extra,
+                add_generation_prompt=generation,
             )
         except (TemplateError, TypeError, ValueError) as exc:
             raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from None
 
-    def render_parts(self, messages: Sequence[ChatMessage], **extra: Any) -> list[tuple[str, bool]]:
+    def render_parts(
+        self, messages: Sequence[ChatMessage], options: TemplateOptions | None = None
+    ) -> list[tuple[str, bool]]:
         """The rendered prompt in pieces: `(text, True)` where a message's content was placed,
         `(text, False)` for the template's own text, so that an engine can tokenize only the
         latter with special tokens parsed (`<|im_end|>` typed in a message is text, not a
         turn end). Joined, the pieces are `render(messages)`; when the template changes the
         contents in a way other than trimming them, one piece of template text is returned
         (the caller then refuses contents that hold special tokens)."""
-        whole = self.render(messages, **extra)
+        whole = self.render(messages, options)
         nonce = secrets.token_hex(6)
         opens = [f"\ue000{nonce}{i}\ue001" for i in range(len(messages))]
         closes = [f"\ue002{nonce}{i}\ue003" for i in range(len(messages))]
         marked = self.render(
             [ChatMessage(m.role, opens[i] + m.content + closes[i]) for i, m in enumerate(messages)],
-            **extra,
+            options,
         )
         pieces: list[tuple[str, bool]] = []
         rest = marked
@@ -166,6 +174,7 @@ def chat_tokens(
     messages: Sequence[ChatMessage],
     tokenize: Tokenize,
     check: Callable[[str], None] | None = None,
+    options: TemplateOptions | None = None,
 ) -> list[int]:
     """The tokens of a chat rendered by `template`, special tokens parsed only in the
     template's own text. An ordinary chat is tokenized whole, as the template renders it; one
@@ -173,14 +182,14 @@ def chat_tokens(
     (`render_parts`), its contents as plain text. Raises BadRequest when the pieces cannot be
     told apart. `check(text)` sees the rendered chat before anything is tokenized (and may
     refuse it: engines/prompt_bounds.py)."""
-    text = template.render(messages)
+    text = template.render(messages, options)
     if check is not None:
         check(text)
     if not any(
         tokenize(m.content, True, False) != tokenize(m.content, False, False) for m in messages
     ):
         return tokenize(text, True, True)
-    parts = template.render_parts(messages)
+    parts = template.render_parts(messages, options)
     if len(parts) == 1:
         raise BadRequest(
             "a message contains a special token of this model's chat format", param="messages"
@@ -190,11 +199,17 @@ def chat_tokens(
     ]
 
 
-def prompt_text(template: ChatTemplate, messages: Sequence[ChatMessage], *, adds_bos: bool) -> str:
+def prompt_text(
+    template: ChatTemplate,
+    messages: Sequence[ChatMessage],
+    *,
+    adds_bos: bool,
+    options: TemplateOptions | None = None,
+) -> str:
     """The prompt `template` renders for `messages`, as llama-server's /apply-template gives
     it: without its leading BOS text when the tokenizer adds a BOS itself (`adds_bos`), so
     that tokenizing it with special tokens added gives one BOS, as the chat does."""
-    text = template.render(messages)
+    text = template.render(messages, options)
     bos = template.bos_token
     return text[len(bos) :] if adds_bos and bos and text.startswith(bos) else text
 

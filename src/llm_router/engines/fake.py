@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelLoadFailed
-from ..types import ChatMessage, FinishReason, GenerationRequest, Usage
+from ..types import ChatMessage, FinishReason, GenerationRequest, TemplateOptions, Usage
 from .base import LoadSpec, check_prompt_fits, check_token_ids
 from .sequences import Events, Sequences, emit, finish_text, out_of_room
 from .text import TextAssembler
@@ -137,9 +137,11 @@ class FakeEngine:
         check_token_ids(tokens, BOS + 1)
         return [BOS_TEXT.encode() if t == BOS else bytes([t]) for t in tokens]
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         lines = "".join(f"{m.role}: {m.content}\n" for m in messages)
-        return lines + "assistant:"
+        return lines + ("assistant:" if options is None or options.add_generation_prompt else "")
 
     def template_info(self) -> dict[str, str]:
         return {"chat_template": TEMPLATE, "bos_token": BOS_TEXT, "eos_token": ""}

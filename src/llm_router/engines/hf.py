@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import BadRequest
-from ..types import ChatMessage, GenerationRequest
+from ..types import ChatMessage, GenerationRequest, TemplateOptions
 from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
 from .chat_template import TURN_END_TOKENS, ChatTemplate, chat_tokens, prompt_text, template_for
 from .detok import decoded_pieces
@@ -140,7 +140,9 @@ class TransformersEngine:
         check_token_ids(tokens, len(self._tok))
         return decoded_pieces(lambda ids: str(self._tok.decode(ids)), tokens)
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         if self.task != "generate":
             raise BadRequest("this model makes embeddings and has no chat template", param="model")
         if self._template is None:
@@ -148,7 +150,7 @@ class TransformersEngine:
         bos = self._tok.bos_token_id
         added = self.token_ids("", add_special=True, parse_special=True)
         adds_bos = bos is not None and added[:1] == [bos]
-        return prompt_text(self._chat_template(), messages, adds_bos=adds_bos)
+        return prompt_text(self._chat_template(), messages, adds_bos=adds_bos, options=options)
 
     def template_info(self) -> dict[str, str]:
         chat = self.task == "generate" and self._template is not None
@@ -208,7 +210,9 @@ class TransformersEngine:
         if self._template is None:
             raise no_chat_template()
         # The template writes any BOS itself, as transformers' own apply_chat_template assumes.
-        return chat_tokens(self._chat_template(), request.messages, self._tokenize)
+        return chat_tokens(
+            self._chat_template(), request.messages, self._tokenize, options=request.template
+        )
 
     def _chat_template(self) -> ChatTemplate:
         if isinstance(self._template, ChatTemplate):

@@ -28,6 +28,7 @@ from ..types import (
     GenerationRequest,
     PromptLogprobs,
     SamplingParams,
+    TemplateOptions,
     TextDelta,
     TokenLogprob,
     Usage,
@@ -226,8 +227,10 @@ class LlamaCppEngine:
         check_token_ids(tokens, self._n_vocab)
         return [self._piece(t, special=True) for t in tokens]
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
-        return self._text.chat_prompt(messages)
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
+        return self._text.chat_prompt(messages, options)
 
     def template_info(self) -> dict[str, str]:
         return self._text.template_info()

@@ -17,7 +17,7 @@ import llama_cpp as lc
 
 from ..errors import BadRequest, EngineError, InvalidModelFile, ModelLoadFailed
 from ..formats.gguf import read_gguf_info
-from ..types import ChatMessage, GenerationRequest
+from ..types import ChatMessage, GenerationRequest, TemplateOptions
 from .base import Engine, EngineEvent, LoadSpec, check_token_ids, cpu_cores
 from .llamacpp import LlamaCppEngine
 from .llamacpp_load import context_params, load_model, new_context, token_piece, tokenize
@@ -118,7 +118,9 @@ class LlamaCppEmbeddingEngine:
         check_token_ids(tokens, lc.llama_vocab_n_tokens(self._vocab))
         return [token_piece(self._vocab, t, special=True) for t in tokens]
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         raise BadRequest("this model makes embeddings and has no chat template", param="model")
 
     def template_info(self) -> dict[str, str]:

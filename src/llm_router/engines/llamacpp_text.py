@@ -11,7 +11,7 @@ from typing import Any
 import llama_cpp as lc
 
 from ..errors import BadRequest, ContextLengthExceeded
-from ..types import ChatMessage, GenerationRequest
+from ..types import ChatMessage, GenerationRequest, TemplateOptions
 from .base import LoadSpec, no_chat_template
 from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
 from .llamacpp_load import lltokenizer, token_piece, tokenize
@@ -91,10 +91,12 @@ class LlamaText:
         n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, 256)
         return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         if self.template is None:
             raise no_chat_template()
-        return prompt_text(self.template, messages, adds_bos=self.add_bos)
+        return prompt_text(self.template, messages, adds_bos=self.add_bos, options=options)
 
     def template_info(self) -> dict[str, str]:
         return {
@@ -118,7 +120,9 @@ class LlamaText:
             add_bos = first and self.add_bos and not starts_with_bos
             return self.tokenize(text, add_bos=add_bos, special=special)
 
-        return chat_tokens(self.template, request.messages, tokenize, self._refuse_rendered)
+        return chat_tokens(
+            self.template, request.messages, tokenize, self._refuse_rendered, request.template
+        )
 
     def refuse_surely_too_long(self, request: GenerationRequest) -> None:
         """A prompt so long in bytes that even with the vocabulary's longest tokens it would

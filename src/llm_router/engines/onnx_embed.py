@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from ..errors import BadRequest, InvalidModelFile, ModelLoadFailed
 from ..formats.onnx import read_onnx_meta
-from ..types import ChatMessage, GenerationRequest
+from ..types import ChatMessage, GenerationRequest, TemplateOptions
 from .base import EngineEvent, LoadSpec, cpu_cores
 from .pooling import Pooling, embed_in_batches, read_pooling
 from .vocab import plain_pieces, plain_tokens
@@ -157,7 +157,9 @@ class OnnxEmbeddingEngine:
     def token_pieces(self, tokens: list[int]) -> list[bytes]:
         return plain_pieces(self._tok, tokens)
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         raise BadRequest("this model makes embeddings and has no chat template", param="model")
 
     def template_info(self) -> dict[str, str]:

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from ..errors import BadRequest, ModelLoadFailed
 from ..formats.hf import read_chat_template, read_json
-from ..types import ChatMessage, GenerationRequest
+from ..types import ChatMessage, GenerationRequest, TemplateOptions
 from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
 from .chat_template import ChatTemplate, chat_tokens, prompt_text, template_for
 from .sequences import Events
@@ -165,13 +165,15 @@ class OnnxGenaiEngine:
     def token_pieces(self, tokens: list[int]) -> list[bytes]:
         return plain_pieces(self._tok, tokens)
 
-    def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         if self._template is None:
             raise no_chat_template()
         bos = self._tok.token_to_id(self._template.bos_token) if self._template.bos_token else None
         added = self.token_ids("", add_special=True, parse_special=True)
         adds_bos = bos is not None and added[:1] == [bos]
-        return prompt_text(self._template, messages, adds_bos=adds_bos)
+        return prompt_text(self._template, messages, adds_bos=adds_bos, options=options)
 
     def template_info(self) -> dict[str, str]:
         t = self._template
@@ -201,7 +203,9 @@ class OnnxGenaiEngine:
             return list(self._tok.encode(request.prompt or "").ids)
         if self._template is None:
             raise no_chat_template()
-        return chat_tokens(self._template, request.messages, self._tokenize)
+        return chat_tokens(
+            self._template, request.messages, self._tokenize, options=request.template
+        )
 
     def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
         self._tok.encode_special_tokens = not special  # special tokens written as plain text

@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..errors import BadRequest
-from ..types import ChatMessage, GenerationRequest, SamplingParams
+from ..types import ChatMessage, GenerationRequest, SamplingParams, TemplateOptions
 from ..units import parse_duration
 from .llama_sampling import LLAMA_SAMPLING_FIELDS, llama_sampling
 from .messages import ChatMessageIn
@@ -104,6 +104,8 @@ OPENAI_COMPLETION_FIELDS = frozenset(
         "user",
     }
 )
+# llama-server's (and vLLM's) ways to render a chat, passed on to a remote target too
+TEMPLATE_FIELDS = frozenset({"add_generation_prompt", "chat_template_kwargs"})
 OPENAI_EMBEDDING_FIELDS = frozenset({"dimensions", "encoding_format", "input", "model", "user"})
 SAMPLING_EXTENSIONS = frozenset({"top_k", "min_p", "repeat_penalty"}) | LLAMA_SAMPLING_FIELDS
 
@@ -379,6 +381,17 @@ class ChatCompletionRequest(_Request):
         le=MAX_TOP_LOGPROBS,
         description="With `logprobs`: also this many likeliest tokens at each position.",
     )
+    add_generation_prompt: StrictBool | None = Field(
+        None,
+        description="llama-server's: false leaves the assistant's header off the prompt (the "
+        "model writes it). A chat ending in an assistant's text is continued from it either "
+        "way.",
+    )
+    chat_template_kwargs: Annotated[dict[str, Any], Field(max_length=64)] | None = Field(
+        None,
+        description="llama-server's: more variables for the model's Jinja chat template "
+        "(`enable_thinking`...).",
+    )
 
     def _take_n_probs(self, n: int) -> None:
         # llama-server: `logprobs: true` reads `top_logprobs` (its `n_probs`), else `n_probs`
@@ -412,7 +425,15 @@ class ChatCompletionRequest(_Request):
             messages=tuple(messages),
             constraint=constraint_of(self),
             tools=tools,
+            template=self._template_options(),
         )
+
+    def _template_options(self) -> TemplateOptions | None:
+        """llama-server's `add_generation_prompt` and `chat_template_kwargs`; None: neither."""
+        if self.add_generation_prompt is None and not self.chat_template_kwargs:
+            return None
+        kwargs = tuple((self.chat_template_kwargs or {}).items())
+        return TemplateOptions(self.add_generation_prompt is not False, kwargs)
 
 
 TokenId = Annotated[Int, Field(ge=0, le=MAX_TOKEN_ID)]

@@ -26,7 +26,15 @@ from ray.exceptions import RayError, RayTaskError
 from ..config import Settings
 from ..engines import LoadSpec
 from ..errors import EngineError, ModelLoadFailed, RouterError, WorkerDied
-from ..types import ChatMessage, Embeddings, Finished, GenerationRequest, PromptLogprobs, TextDelta
+from ..types import (
+    ChatMessage,
+    Embeddings,
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    TemplateOptions,
+    TextDelta,
+)
 from ..worker.client import Worker
 from ..worker.pool import WorkerPool
 from ..worker.protocol import (
@@ -35,6 +43,7 @@ from ..worker.protocol import (
     messages_to_wire,
     pieces_from_wire,
     request_to_wire,
+    template_to_wire,
 )
 from .directory import ReplicaView
 
@@ -142,14 +151,22 @@ class DeploymentWorker(Worker):
     async def pieces(self, tokens: list[int]) -> list[bytes]:
         return pieces_from_wire(await self._text("pieces", {"tokens": tokens}))
 
-    async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
-        return str(await self._text("chat_prompt", {"messages": messages_to_wire(messages)}))
+    async def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
+        args = {"messages": messages_to_wire(messages), "template": template_to_wire(options)}
+        return str(await self._text("chat_prompt", args))
 
     async def prompt_tokens(
-        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+        self,
+        *,
+        text: str = "",
+        messages: tuple[ChatMessage, ...] | None = None,
+        options: TemplateOptions | None = None,
     ) -> int:
         wire = None if messages is None else messages_to_wire(messages)
-        return int(await self._text("prompt_tokens", {"text": text, "messages": wire}))
+        args = {"text": text, "messages": wire, "template": template_to_wire(options)}
+        return int(await self._text("prompt_tokens", args))
 
     async def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
         return int(await self._text("embedding_tokens", {"inputs": inputs}))

@@ -30,6 +30,7 @@ from ..worker.protocol import (
     messages_from_wire,
     pieces_to_wire,
     request_from_wire,
+    template_from_wire,
 )
 from .wire import error_message, event_message, replica_settings, settings_from_wire
 
@@ -131,11 +132,16 @@ class ReplicaBase:
                 elif op == "pieces":
                     result = pieces_to_wire(await worker.pieces(args["tokens"]))
                 elif op == "chat_prompt":
-                    result = await worker.chat_prompt(messages_from_wire(args["messages"]))
+                    template = template_from_wire(args.get("template"))
+                    chat = messages_from_wire(args["messages"])
+                    result = await worker.chat_prompt(chat, template)
                 elif op == "prompt_tokens":
                     wire = args["messages"]
                     messages = None if wire is None else messages_from_wire(wire)
-                    result = await worker.prompt_tokens(text=args["text"], messages=messages)
+                    template = template_from_wire(args.get("template"))
+                    result = await worker.prompt_tokens(
+                        text=args["text"], messages=messages, options=template
+                    )
                 elif op == "embedding_tokens":
                     result = await worker.embedding_tokens(args["inputs"])
                 else:

@@ -103,7 +103,9 @@ async def count_local(
         if size > MAX_TOKEN_BYTES * context:
             return estimate(request)
     try:
-        counted = await worker.prompt_tokens(text=request.prompt or "", messages=request.messages)
+        counted = await worker.prompt_tokens(
+            text=request.prompt or "", messages=request.messages, options=request.template
+        )
         return max(1, counted)
     except Exception:  # the engine's refusal comes again, clearer, from the generation
         return estimate(request)

@@ -21,6 +21,7 @@ from ..protocol import (
     OPENAI_CHAT_FIELDS,
     OPENAI_COMPLETION_FIELDS,
     SAMPLING_EXTENSIONS,
+    TEMPLATE_FIELDS,
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -66,7 +67,7 @@ class GenerationService:
         self.metrics = metrics or Metrics()
         extra = SAMPLING_EXTENSIONS | set(dispatcher.settings.forward_fields)
         self._forwarded = {
-            "chat": OPENAI_CHAT_FIELDS | extra,
+            "chat": OPENAI_CHAT_FIELDS | TEMPLATE_FIELDS | extra,
             "completion": OPENAI_COMPLETION_FIELDS | extra,
         }
 

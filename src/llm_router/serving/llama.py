@@ -82,7 +82,7 @@ class LlamaService:
         except ValueError as exc:
             raise BadRequest(str(exc), param="messages") from None
         async with target.worker(Lease(req.autoload)) as worker:
-            prompt = await worker.chat_prompt(request.messages or ())
+            prompt = await worker.chat_prompt(request.messages or (), request.template)
         return ApplyTemplateResponse(prompt=prompt)
 
     async def props(

@@ -37,6 +37,7 @@ from .protocol import (
     messages_from_wire,
     pieces_to_wire,
     request_from_wire,
+    template_from_wire,
 )
 
 INFO_INTERVAL = 1.0
@@ -103,11 +104,13 @@ def _text_op(engine: Engine, msg: dict[str, Any]) -> Any:
     if op == "pieces":
         return pieces_to_wire(engine.token_pieces([int(t) for t in msg["tokens"]]))
     if op == "chat_prompt":
-        return engine.chat_prompt(messages_from_wire(msg["messages"]))
+        template = template_from_wire(msg.get("template"))
+        return engine.chat_prompt(messages_from_wire(msg["messages"]), template)
     if op == "prompt_tokens":  # a chat's template applied, then tokenized: one round trip
         wire = msg.get("messages")
         messages = None if wire is None else messages_from_wire(wire)
-        return prompt_token_count(engine, str(msg["text"]), messages)
+        template = template_from_wire(msg.get("template"))
+        return prompt_token_count(engine, str(msg["text"]), messages, template)
     if op == "embedding_tokens":
         return engine.embedding_tokens(msg["inputs"])
     return engine.template_info()

@@ -27,6 +27,7 @@ from ..types import (
     Finished,
     GenerationRequest,
     PromptLogprobs,
+    TemplateOptions,
     TextDelta,
 )
 from .protocol import (
@@ -38,6 +39,7 @@ from .protocol import (
     messages_to_wire,
     pieces_from_wire,
     request_to_wire,
+    template_to_wire,
 )
 from .spawn import Process, Spare, describe_exit, kill_and_wait
 
@@ -205,17 +207,26 @@ class Worker:
         """Each token's bytes, special tokens written out (see Engine.token_pieces)."""
         return pieces_from_wire(await self._ask({"op": "pieces", "tokens": tokens}))
 
-    async def chat_prompt(self, messages: tuple[ChatMessage, ...]) -> str:
+    async def chat_prompt(
+        self, messages: tuple[ChatMessage, ...], options: TemplateOptions | None = None
+    ) -> str:
         """The chat template applied to `messages` (see Engine.chat_prompt)."""
-        return str(await self._ask({"op": "chat_prompt", "messages": messages_to_wire(messages)}))
+        wire = messages_to_wire(messages)
+        template = template_to_wire(options)
+        return str(await self._ask({"op": "chat_prompt", "messages": wire, "template": template}))
 
     async def prompt_tokens(
-        self, *, text: str = "", messages: tuple[ChatMessage, ...] | None = None
+        self,
+        *,
+        text: str = "",
+        messages: tuple[ChatMessage, ...] | None = None,
+        options: TemplateOptions | None = None,
     ) -> int:
         """How many tokens `messages` through the chat template (else `text`) make, special
         tokens added and parsed: `chat_prompt` then `tokenize` in one round trip."""
         wire = None if messages is None else messages_to_wire(messages)
-        return int(await self._ask({"op": "prompt_tokens", "text": text, "messages": wire}))
+        op = {"op": "prompt_tokens", "text": text, "messages": wire}
+        return int(await self._ask({**op, "template": template_to_wire(options)}))
 
     async def embedding_tokens(self, inputs: list[str] | list[list[int]]) -> int:
         """The input tokens embedding `inputs` counts (see Engine.embedding_tokens)."""

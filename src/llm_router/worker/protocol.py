@@ -4,8 +4,8 @@ Router -> worker: `{"op": "generate", "id", "request"}`, `{"op": "embed", "id", 
 `{"op": "cancel", "id"}`, `{"op": "threads", "threads"}`, `{"op": "shutdown"}`, and the text
 operations behind llama-server's endpoints (TEXT_OPS): `{"op": "tokenize", "id", "text",
 "add_special", "parse_special"}`, `{"op": "pieces", "id", "tokens"}`, `{"op": "chat_prompt",
-"id", "messages"}`, `{"op": "template_info", "id"}`, `{"op": "prompt_tokens", "id", "text",
-"messages"}` and `{"op": "embedding_tokens", "id", "inputs"}` (a prompt's count and embedding
+"id", "messages", "template"}`, `{"op": "template_info", "id"}`, `{"op": "prompt_tokens", "id",
+"text", "messages", "template"}` and `{"op": "embedding_tokens", "id", "inputs"}` (a prompt's count and embedding
 inputs' count, for limits: routing/admission.py). Worker -> router:
 `{"op": "spare", "rss"}` once its engine library is imported, then `{"op": "ready", "info"}`
 or `{"op": "load_failed", "error"}` once, then per request `{"id", "text"}` deltas (with
@@ -37,6 +37,7 @@ from ..types import (
     LlamaSampling,
     PromptLogprobs,
     SamplingParams,
+    TemplateOptions,
     TextDelta,
     TokenLogprob,
     ToolCall,
@@ -60,6 +61,8 @@ __all__ = [
     "pieces_to_wire",
     "request_from_wire",
     "request_to_wire",
+    "template_from_wire",
+    "template_to_wire",
 ]
 
 TEXT_OPS = frozenset(
@@ -192,6 +195,19 @@ def messages_from_wire(data: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
     return tuple(_message(m) for m in data)
 
 
+def template_to_wire(options: TemplateOptions | None) -> dict[str, Any] | None:
+    if options is None:
+        return None
+    return {"add_generation_prompt": options.add_generation_prompt, "kwargs": options.kwargs}
+
+
+def template_from_wire(data: dict[str, Any] | None) -> TemplateOptions | None:
+    if data is None:
+        return None
+    kwargs = tuple((str(k), v) for k, v in data.get("kwargs") or ())
+    return TemplateOptions(bool(data.get("add_generation_prompt", True)), kwargs)
+
+
 def request_to_wire(request: GenerationRequest) -> dict[str, Any]:
     data = asdict(replace(request, messages=None))  # all but the messages: a few fields
     if request.messages is not None:
@@ -217,6 +233,7 @@ def request_from_wire(data: dict[str, Any]) -> GenerationRequest:
         prompt=data.get("prompt"),
         prompt_tokens=tuple(data["prompt_tokens"]) if data.get("prompt_tokens") else None,
         echo_logprobs=bool(data.get("echo_logprobs")),
+        template=template_from_wire(data.get("template")),
         constraint=Constraint(**constraint) if constraint else None,
         tools=(
             Tools(
