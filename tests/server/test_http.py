@@ -290,6 +290,30 @@ async def test_the_fields_the_readme_says_are_ignored_are(inproc: httpx.AsyncCli
     assert answer == plain.json()["choices"][0]["message"]
 
 
+LLAMA_IGNORED = {
+    "cache_prompt": False,
+    "id_slot": 2,
+    "n_keep": -1,
+    "return_tokens": True,
+    "reasoning_format": "deepseek",
+}
+
+
+async def test_the_llama_server_fields_the_readme_says_are_ignored_are(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """llama-server's fields the README lists as changing nothing here (they were ignored
+    without a word: found from outside): each taken, the answer the same with them all."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    listed = readme.partition("llama-server's request fields that change nothing here")[2]
+    named = set(re.findall(r"`(\w+)` \(", listed.partition("\n\n")[0]))  # each with its reason
+    assert named == set(LLAMA_IGNORED), named
+    plain = await inproc.post("/v1/chat/completions", json=CHAT)
+    r = await inproc.post("/v1/chat/completions", json={**CHAT, **LLAMA_IGNORED})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+
+
 async def test_v1_models_carries_llama_cpp_routers_status_and_aliases(tmp_path: Path) -> None:
     """llama.cpp's web UI, told `role: router` by /props, reads `status.value` of each entry
     of /v1/models, which had OpenAI's four fields only (found from outside)."""
