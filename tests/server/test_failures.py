@@ -23,10 +23,18 @@ def _post(server: Server, path: str, **kwargs: object) -> httpx.Response:
 
 
 def test_prompt_longer_than_context(client: openai.OpenAI) -> None:
+    """The 400 says the context is each slot's: a user who started the server with
+    llama-server's `-c 1024` read "maximum context length is 256 tokens" as a bug (there one
+    request may use all 1024; found from outside)."""
     long_prompt = "apple " * 3000
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=SMOL, prompt=long_prompt, max_tokens=4)
     assert info.value.code == "context_length_exceeded"
+    assert (
+        "is 2048 tokens" in info.value.message
+        and "each of this model's 4 slots" in info.value.message
+    )
+    assert "-np" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             model=SMOL, messages=[{"role": "user", "content": long_prompt}], stream=True

@@ -72,9 +72,13 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def check_prompt_fits(n_tokens: int, context_size: int | None, request: GenerationRequest) -> None:
+def check_prompt_fits(
+    n_tokens: int, context_size: int | None, request: GenerationRequest, slots: int = 1
+) -> None:
     """Raise ContextLengthExceeded (a 400) when a prompt leaves no room to generate, and
-    BadRequest when it has no token at all (nothing to continue from)."""
+    BadRequest when it has no token at all (nothing to continue from). `slots`: the model's,
+    each with `context_size` tokens of its own (said, as llama-server's `-c` is all of them
+    together: a user who gave it read the total as one request's)."""
     if n_tokens == 0:
         raise BadRequest(
             "the prompt is empty: there is nothing to continue from",
@@ -84,7 +88,14 @@ def check_prompt_fits(n_tokens: int, context_size: int | None, request: Generati
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_size} tokens, "
             f"but the prompt has {n_tokens} tokens"
-            + (", which leaves no room for the answer." if n_tokens == context_size else "."),
+            + (", which leaves no room for the answer." if n_tokens == context_size else ".")
+            + (
+                f" The context is per slot: each of this model's {slots} slots has "
+                f"{context_size} (llama-server's -c is the slots' total); fewer slots "
+                "(-np, `parallel`) give each more."
+                if slots > 1
+                else ""
+            ),
             param="messages" if request.messages is not None else "prompt",
         )
 

@@ -166,7 +166,7 @@ class LlamaCppEngine:
             tokens = self._prompt_tokens(request)
         if not tokens and self._bos >= 0:
             tokens = [self._bos]  # an empty prompt continues from the start of a text
-        check_prompt_fits(len(tokens), self.context_size, request)
+        check_prompt_fits(len(tokens), self.context_size, request, self.parallel)
         params, text = reply_text(request, self._template.stops if self._template else ())
         matcher = None
         if request.constraint is not None:
