@@ -205,6 +205,12 @@ async def test_an_exporter_process_that_stops_reading_costs_spans_not_the_loop(
         await asyncio.to_thread(sink.shutdown)
 
 
+def _put_spans(sink: ExporterProcess, count: int) -> None:
+    record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
+    for _ in range(count):
+        sink.put(record)  # type: ignore[arg-type]
+
+
 def test_a_collector_that_is_down_does_not_hold_up_shutdown(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
@@ -214,9 +220,7 @@ def test_a_collector_that_is_down_does_not_hold_up_shutdown(
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]  # closed again: connections to it are refused
     sink = ExporterProcess(f"http://127.0.0.1:{port}")
-    record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
-    for _ in range(300):
-        sink.put(record)  # type: ignore[arg-type]
+    _put_spans(sink, 300)
     sink.shutdown(drain=0.5)
     assert sink.proc is not None and sink.proc.returncode == 0
     assert "up to 300 dropped" in capfd.readouterr().err
@@ -233,9 +237,7 @@ def test_a_collector_that_never_answers_does_not_hold_up_shutdown_either(
         stalled.bind(("127.0.0.1", 0))
         stalled.listen()  # connections complete in the backlog; nothing reads or answers
         sink = ExporterProcess(f"http://127.0.0.1:{stalled.getsockname()[1]}")
-        record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
-        for _ in range(300):
-            sink.put(record)  # type: ignore[arg-type]
+        _put_spans(sink, 300)
         sink.shutdown(drain=0.5)
     assert sink.proc is not None and sink.proc.returncode == 0  # not killed
     assert "up to 300 dropped" in capfd.readouterr().err
@@ -251,9 +253,7 @@ def test_spans_a_collector_that_is_down_refused_are_counted(
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]  # closed again: connections to it are refused
     sink = ExporterProcess(f"http://127.0.0.1:{port}")
-    record = ("span", 0, 1, 2, 0, False, 1, "", 1_000, 2_000, {"k": "v"}, None, ())
-    for _ in range(300):
-        sink.put(record)  # type: ignore[arg-type]
+    _put_spans(sink, 300)
     sink.shutdown(drain=60)  # returns once the process is done: its export failed by itself
     assert sink.proc is not None and sink.proc.returncode == 0
     err = capfd.readouterr().err
