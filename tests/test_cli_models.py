@@ -99,6 +99,37 @@ def test_ps_lists_what_a_running_server_has_loaded(srv: Server) -> None:
     assert "loaded" in next(line for line in bare.stdout.splitlines() if SMOL in line)
 
 
+def test_ps_shows_a_failing_remote_target_and_its_breaker(tmp_path: Path) -> None:
+    """`ps` listed local models only: a remote target that failed, or held requests, was seen
+    in /metrics alone (found from outside)."""
+    (tmp_path / "models").mkdir()
+    config = {
+        "models_dir": str(tmp_path / "models"),
+        "provision_default_models": False,
+        "breaker": {"failure_threshold": 2, "cooldown": 600},
+        "models": [
+            {
+                "id": "far",
+                "provider": "openai",
+                "base_url": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens there
+                "health_check_interval": 0,
+            }
+        ],
+    }
+    server = Server(tmp_path, config).start()
+    try:
+        body = {"model": "far", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(2):
+            failed = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+            assert failed.status_code >= 500, failed.text
+        out = _cli("ps", "--url", server.url)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if "far" in line)
+    assert "open" in row and "min left" in row and "100%" in row, out.stdout
+
+
 def test_ps_without_a_server_says_so() -> None:
     out = _cli("ps")
     assert out.returncode == 1 and "no server answers" in out.stderr

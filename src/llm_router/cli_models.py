@@ -47,7 +47,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
-    """Loaded models of a running server: memory, slots, idle time, keep-alive left."""
+    """Loaded models of a running server: memory, slots, idle time, keep-alive left; then its
+    remote targets: breaker, requests in flight, error rate, latency."""
     settings = _settings(config)
     server = find_server(url, settings)
     if server is None:
@@ -82,6 +83,30 @@ def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
     out.print(
         f"memory {_mib(body.get('memory_used_bytes'))} of {_mib(body.get('memory_budget_bytes'))}"
     )
+    remotes = [m for m in body["data"] if m.get("source") == "remote"]
+    if remotes:  # a hung or failing upstream shows here too, not only in /metrics
+        out.print(_remote_table(remotes))
+
+
+def _remote_table(remotes: list[dict[str, Any]]) -> Table:
+    table = Table("remote target", "breaker", "in flight", "errors", "latency", "ttft")
+    for m in remotes:
+        breaker = m.get("breaker") or {}
+        stats = m.get("stats") or {}
+        state = str(breaker.get("state", "-")).replace("_", "-")
+        if breaker.get("retry_in") is not None:
+            state += f" ({_duration(breaker['retry_in'])} left)"
+        rate = stats.get("error_rate")
+        table.add_row(
+            m["id"], state, str(stats.get("in_flight", 0)),
+            f"{rate:.0%}" if rate is not None else "-",
+            _seconds(stats.get("latency_s")), _seconds(stats.get("ttft_s")),
+        )  # fmt: skip
+    return table
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.2f} s" if value is not None else "-"
 
 
 def _find(settings: Settings, model: str, server: str | None = None) -> ModelSource:
