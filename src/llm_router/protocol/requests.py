@@ -15,6 +15,7 @@ from pydantic import (
     StrictBool,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -150,7 +151,11 @@ def _never(value: object) -> object:
 
 # `logit_bias`: OpenAI's {"token id": bias}, and llama-server's other forms: a text key (its
 # tokens), [[id or text, bias], ...], and `false` for a bias
-Bias = Annotated[Float, BeforeValidator(_never)]
+Bias = Annotated[
+    Float,
+    BeforeValidator(_never),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "boolean", "enum": [False]}]}),
+]
 BiasKey = Annotated[str, Field(max_length=MAX_BIAS_TEXT)]
 LogitBias = (
     Annotated[dict[BiasKey, Bias], Field(max_length=MAX_BIASED)]
