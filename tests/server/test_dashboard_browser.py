@@ -443,6 +443,8 @@ def test_many_tabs_share_one_events_stream(browser: Browser, dash: Server) -> No
         last = pages[-1]
         last.get_by_role("button", name="Playground").click()
         last.select_option("#pg-model", SMOL)
+        # bounded: a sampled answer (the model's default temperature) ran past the wait
+        last.fill("#pg-max-tokens", "16")
         last.fill("#pg-input", "What is the capital of France?")
         last.get_by_role("button", name="Send").click()
         expect(last.locator("[data-role=served-by]")).to_have_text(
