@@ -24,6 +24,7 @@ import logging
 import re
 import sys
 import time
+import unicodedata
 from typing import Any, TextIO
 
 import orjson
@@ -41,9 +42,11 @@ __all__ = [
 ]
 
 _SECRET = re.compile(r"(sk-(?:llmr-|proj-|ant-)?)[A-Za-z0-9_-]{6,}")
-# C0 and C1 control characters, DEL, and the line and paragraph separators (a line break to
-# `str.splitlines` and to some log viewers)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Unicode categories written as escapes: control characters (C0, DEL, C1), format characters
+# (bidirectional overrides and isolates such as U+202E, which reorder a line as shown: "Trojan
+# Source"; zero-width ones; tags), the line and paragraph separators (a line break to
+# `str.splitlines` and to some log viewers) and lone surrogates
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -79,15 +82,19 @@ def fields(**values: Any) -> dict[str, Any]:
 
 
 def one_line(text: str) -> str:
-    """`text` with its control characters as escapes (`\\n`, `\\x1b`, `\\u2028`), not removed:
-    what was sent stays readable. One C call when there is none, as nearly always."""
-    return text if text.isprintable() else _CONTROL.sub(_escape, text)
+    """`text` with its control and format characters as escapes (`\\n`, `\\x1b`, `\\u2028`,
+    `\\u202e`), not removed: what was sent stays readable, in the order it was sent. One C
+    call when there is none, as nearly always (`isprintable` is false for every one of them)."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
 
 
-def _escape(found: re.Match[str]) -> str:
-    char = found.group()
+def _escape(char: str) -> str:
     code = ord(char)
-    return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    if code < 0x100:
+        return _ESCAPES.get(char) or f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class TextFormatter(logging.Formatter):

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import openai
 import pytest
 
 from inproc import app_client
-from llm_router.logs import JsonFormatter, JsonLines, one_line, sole_json_handler
+from llm_router.logs import JsonFormatter, JsonLines, TextFormatter, one_line, sole_json_handler
 from llm_router.server import request_log
 from servers import SMOL, MakeClient, Server
 
@@ -179,6 +180,21 @@ def test_a_text_log_line_is_one_line_whatever_a_client_sends(
 def test_control_characters_are_escaped_not_removed() -> None:
     assert one_line("plain, ünïcode") == "plain, ünïcode"
     assert one_line("a\tb\x00c\x7fd\x85e\u2028f\\n") == "a\\tb\\x00c\\x7fd\\x85e\\u2028f\\n"
+
+
+def test_format_characters_cannot_reorder_a_text_line() -> None:
+    """A right-to-left override (U+202E) or mark (U+200F) in a path or a model name was written
+    raw: the line was shown reordered ("Trojan Source"; found from outside). Format characters
+    (Unicode's Cf: bidirectional controls, zero-width ones, tags) are escapes now; letters
+    written right to left are kept as they are."""
+    sent = "GET /x\u202egnp.exe\u200f\u2066 model=\u200bsmol\U000e0041 ok \u0633\u0644\u0627\u0645"
+    record = logging.LogRecord("llm_router.requests", logging.INFO, "", 0, sent, None, None)
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line == (
+        "INFO GET /x\\u202egnp.exe\\u200f\\u2066 model=\\u200bsmol\\U000e0041 ok "
+        "\u0633\u0644\u0627\u0645"
+    )
+    assert not [c for c in line if unicodedata.category(c) in ("Cf", "Cc")]
 
 
 def test_the_json_handler_alone_writes_the_same_line_without_a_record(
