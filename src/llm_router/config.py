@@ -311,6 +311,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a request's body may take to arrive once its route reads it; then 408.",
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request's line and headers may take to arrive; then 408, closed.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names served besides loopback names and IP addresses; '*': any.",

@@ -39,6 +39,7 @@ from ..reload import SETTLE, ConfigSource, Settling, plan, stamp
 
 if TYPE_CHECKING:
     from .reload import Reloader
+from .connection import connection_class
 from .drain import Drain
 
 __all__ = ["DrainingServer", "check_workers", "run_many", "run_one", "tune_gc"]
@@ -159,6 +160,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=5,
         limit_concurrency=settings.max_connections,
+        http=connection_class(settings.header_timeout),  # a deadline for heads (connection.py)
     )
 
 
