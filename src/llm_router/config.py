@@ -288,7 +288,9 @@ class Settings(BaseSettings):
         1024, ge=1, description="Open connections served at once; more are answered 503."
     )
     max_event_subscribers: int = Field(
-        64, ge=1, description="Clients of GET /models/events at once; more are answered 503."
+        64,
+        ge=1,
+        description="Clients of GET /models/events at once (503 past it); one API key, half (429).",
     )
     send_timeout: float = Field(
         30.0, gt=0, description="Seconds a stream may wait for a client that reads nothing."

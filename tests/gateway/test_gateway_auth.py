@@ -511,3 +511,37 @@ async def test_an_events_stream_ends_when_its_key_is_revoked(gw: Gw) -> None:
     ended = await asyncio.wait_for(stream, 5)  # within about a second
     assert ended.status_code == 200
     refused(await gw.client.get("/models", headers=bearer(reader)), 401, "invalid_api_key")
+
+
+async def _one_refused(gw: Gw, secret: str, opened: int) -> tuple[httpx.Response, list[Any]]:
+    """`opened` event streams asked at once with `secret`: the one that ended (a refusal; the
+    others stay open), and the ones still open."""
+    streams = [
+        asyncio.create_task(gw.client.get("/models/events", headers=bearer(secret)))
+        for _ in range(opened)
+    ]
+    done, still = await asyncio.wait(streams, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1, "every stream stayed open"
+    return done.pop().result(), list(still)
+
+
+async def test_one_key_cannot_take_every_event_subscription(
+    master_env: str, tmp_path: Path
+) -> None:
+    """A read-only key opened all `max_event_subscribers` subscriptions; the master key then
+    got 503 server_busy, the dashboard blind for everyone (found from outside). A key holds at
+    most half of them (429 past it), so others, the master key's dashboard too, get theirs."""
+    async with gateway_app(tmp_path, max_event_subscribers=4) as gw:
+        reader = await gw.key("reader", scopes=["read"])
+        r, readers = await _one_refused(gw, reader, 3)
+        message = refused(r, 429, "rate_limit_exceeded")
+        assert "'reader'" in message and "max_event_subscribers" in message
+        assert r.headers["retry-after"] == "5"
+        r, masters = await _one_refused(gw, MASTER, 3)  # two more fit: four in all
+        assert "too many event subscribers" in refused(r, 503, "server_busy")
+        assert (await gw.client.delete("/admin/keys/reader", headers=bearer(MASTER))).is_success
+        ended = await asyncio.wait_for(asyncio.gather(*readers), 10)  # ended by the revocation
+        assert [x.status_code for x in ended] == [200, 200]
+        for stream in masters:
+            stream.cancel()
+        await asyncio.gather(*masters, return_exceptions=True)

@@ -30,6 +30,7 @@ from llm_router.errors import (
     ModelLoadFailed,
     ModelNotLoaded,
     QueueFull,
+    RateLimited,
     ServerBusy,
     WorkerDied,
 )
@@ -992,6 +993,26 @@ def test_event_subscribers_are_bounded() -> None:
     with pytest.raises(ServerBusy) as caught:
         bus.subscribe()
     assert caught.value.retry_after > 0
+
+
+def test_one_holder_has_at_most_its_share_of_event_subscriptions() -> None:
+    """Half of them, or fewer by the key's max_concurrent; the others' are theirs to take,
+    and one closed is one more for its holder. No holder (the master key, auth off): the
+    total alone bounds it."""
+    bus = EventBus(max_subscribers=6)
+    reader = [bus.subscribe("reader"), bus.subscribe("reader"), bus.subscribe("reader")]
+    with pytest.raises(RateLimited):
+        bus.subscribe("reader")
+    bus.subscribe("one", most=1)
+    with pytest.raises(RateLimited):
+        bus.subscribe("one", most=1)
+    bus.unsubscribe(reader.pop())
+    reader.append(bus.subscribe("reader"))
+    bus.unsubscribe(reader.pop())
+    for _ in range(3):  # 2 + 1 held: three more, beyond any share, fill the six
+        bus.subscribe(None)
+    with pytest.raises(ServerBusy):
+        bus.subscribe(None)
 
 
 async def test_an_engine_failure_fails_its_requests_not_the_worker(

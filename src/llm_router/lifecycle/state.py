@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..engines.base import COUNTERS
-from ..errors import ServerBusy
+from ..errors import RateLimited, ServerBusy
 from ..types import Answers
 from ..worker.client import Worker
 from .discovery import ModelSource
@@ -195,13 +195,23 @@ class ModelSnapshot:
 
 class EventBus:
     """Fan-out of status events to SSE subscribers. A slow subscriber loses old events, never
-    blocks the manager."""
+    blocks the manager.
+
+    `max_subscribers` bounds the subscriptions of everyone together; one holder (an API key)
+    may have at most its share of them, half (`share`), so that no one key leaves the others,
+    the dashboard's included, none (found from outside: a read-only key took all 16)."""
 
     def __init__(self, backlog: int = 256, max_subscribers: int = 64) -> None:
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: dict[asyncio.Queue[dict[str, Any]], str | None] = {}  # -> holder
+        self._held: dict[str, int] = {}  # holder -> its subscriptions
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._backlog = backlog
         self.max_subscribers = max_subscribers
+
+    @property
+    def share(self) -> int:
+        """The most subscriptions one holder may have at once."""
+        return max(1, self.max_subscribers // 2)
 
     def publish(self, event: str, model: str, **fields: Any) -> None:
         message = {"event": event, "model": model, "time": time.time(), **fields}
@@ -216,16 +226,36 @@ class EventBus:
         """Call `listener` synchronously with every event (it must not block)."""
         self._listeners.append(listener)
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        """A queue of the events from now on. Raises ServerBusy past `max_subscribers`."""
+    def subscribe(
+        self, holder: str | None = None, most: int | None = None
+    ) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of the events from now on, for `holder` (None: one held to no share, the
+        master key's or a client's with auth off), who may have `share` of them at once, or
+        `most` if fewer (its key's max_concurrent). Raises ServerBusy past `max_subscribers`,
+        RateLimited past the holder's share."""
         if len(self._subscribers) >= self.max_subscribers:
             raise ServerBusy(
                 f"too many event subscribers ({len(self._subscribers)}); retry later",
                 retry_after=5.0,
             )
+        if holder is not None:
+            held = self._held.get(holder, 0)
+            limit = self.share if most is None else min(self.share, most)
+            if held >= limit:
+                raise RateLimited(
+                    f"the API key '{holder}' has {held} event subscriptions open, the most one "
+                    f"key may have (half of max_event_subscribers, or its max_concurrent); "
+                    "close one or retry later",
+                    retry_after=5.0,
+                )
+            self._held[holder] = held + 1
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._backlog)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = holder
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(queue)
+        holder = self._subscribers.pop(queue, None)
+        if holder is not None:
+            self._held[holder] -= 1
+            if not self._held[holder]:
+                del self._held[holder]

@@ -177,7 +177,7 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
 async def events(request: Request) -> Any:
     """Events of the models the request's API key may use (all, without an allow-list)."""
     manager = _manager(request)
-    queue = manager.events.subscribe()
+    queue = manager.events.subscribe(*_holder(request))
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -194,6 +194,16 @@ async def events(request: Request) -> Any:
             manager.events.unsubscribe(queue)
 
     return await events_response(stream())
+
+
+def _holder(request: Request) -> tuple[str | None, int | None]:
+    """Who holds an events subscription, and the most it may hold (lifecycle's EventBus): an
+    API key, by its name, with its max_concurrent; no one for the master key (the operator's,
+    the dashboard's) and without a key (auth off: loopback clients, all alike)."""
+    key = getattr(request.state, "api_key", None)
+    if key is None or key.hash in request.app.state.gateway.masters:
+        return None, None
+    return key.name, key.max_concurrent
 
 
 def _remote_status(target: Target) -> dict[str, Any]:
