@@ -674,6 +674,8 @@ async def test_a_client_that_stalls_sending_its_body_gets_a_408(tmp_path: Path) 
             body = json.loads(sent[1]["body"])
             validate("ErrorResponse", body)
             assert body["error"]["code"] == "request_timeout" and "body_timeout" in str(body)
+            # a client still sending, slowly, did not "stop" (it was said so)
+            assert "too slowly" in body["error"]["message"]
 
 
 class Stamp:

@@ -56,13 +56,13 @@ class BodyTooLarge(HTTPException):
 
 class BodyTimeout(HTTPException):
     """A request body had not all arrived `seconds` after its route began to read it (a
-    client that sent its headers and part of it, then stalled): a 408."""
+    client that sent it too slowly, or part of it and stopped): a 408."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__(
             408,
-            f"the request body did not arrive within {seconds:g} s (`body_timeout`): "
-            "the client sent part of it and stopped",
+            f"the request body had not all arrived {seconds:g} s after it was first read "
+            "(`body_timeout`): it was sent too slowly, or stopped",
         )
 
 
