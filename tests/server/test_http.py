@@ -543,6 +543,21 @@ async def test_a_405_allows_the_methods_the_path_serves(
     assert r.headers["allow"] == allow
 
 
+@pytest.mark.parametrize("method", ["TRACE", "PUT", "PATCH", "POST"])
+async def test_a_method_a_path_does_not_serve_is_405_not_a_body_refusal(
+    inproc: httpx.AsyncClient, method: str
+) -> None:
+    """`curl -X TRACE` (PUT, PATCH, POST) on a GET route, with no body, was a 415 saying the
+    body must be JSON (the body guard answered first, found from outside): a request with
+    neither a Content-Length nor a Transfer-Encoding has no body, and gets the 405."""
+    request = inproc.build_request(method, "/health")
+    request.headers.pop("content-length", None)
+    assert "content-length" not in request.headers and "transfer-encoding" not in request.headers
+    r = await inproc.send(request)
+    assert error(r, 405)["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "GET, HEAD"
+
+
 @pytest.mark.parametrize("path", ["/health", "/v1/models", "/models", "/metrics", "/"])
 async def test_head_is_answered_wherever_get_is(inproc: httpx.AsyncClient, path: str) -> None:
     """`curl -I`, uptime monitors and Ollama's clients' `HEAD /` got a 405 on every FastAPI

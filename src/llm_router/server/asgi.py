@@ -189,7 +189,11 @@ class BodyGuard:
     the connection before it is whole (it was starlette's ClientDisconnect: a 500 and a
     traceback). Once the body is whole, `receive` is the server's own (a later disconnect is
     the routes' to watch). Raised where the body is read: in a route, the app's handlers
-    answer them; in a middleware before it (the gateway buffers bodies), here."""
+    answer them; in a middleware before it (the gateway buffers bodies), here.
+
+    An HTTP/1.x request with neither a Content-Length nor a Transfer-Encoding has no body and
+    passes as it is: `curl -X PUT` on a GET route was a 415 about a body it did not send,
+    where the route's answer is a 405 with `Allow`."""
 
     def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
         self.app = app
@@ -201,11 +205,18 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         length = content_type = b""
+        chunked = False
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
             elif key == b"content-type":
                 content_type = value
+            elif key == b"transfer-encoding":
+                chunked = True
+        if not (length or chunked) and scope.get("http_version", "1.1") in ("1.1", "1.0"):
+            # no body (HTTP/2 has neither header for one): the route's to answer (405, 400)
+            await self.app(scope, receive, send)
+            return
         if length.isdigit() and int(length) > self.limit:
             await _refuse(
                 send,
