@@ -558,6 +558,17 @@ async def test_a_method_a_path_does_not_serve_is_405_not_a_body_refusal(
     assert r.headers["allow"] == "GET, HEAD"
 
 
+async def test_a_plain_request_to_the_websocket_is_426_saying_how_to_open_it(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """`GET /v1/ws` without an Upgrade was a 404 saying nothing is served at /v1/ws."""
+    r = await inproc.get("/v1/ws")
+    body = error(r, 426)
+    assert body["code"] == "upgrade_required" and "WebSocket" in str(body["message"])
+    assert r.headers["upgrade"] == "websocket"
+    assert "nothing is served" in str(error(await inproc.get("/v1/wss"), 404)["message"])
+
+
 @pytest.mark.parametrize("path", ["/health", "/v1/models", "/models", "/metrics", "/"])
 async def test_head_is_answered_wherever_get_is(inproc: httpx.AsyncClient, path: str) -> None:
     """`curl -I`, uptime monitors and Ollama's clients' `HEAD /` got a 405 on every FastAPI

@@ -133,6 +133,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     408: "request_timeout",
     413: "body_too_large",
+    426: "upgrade_required",
 }
 
 
@@ -141,12 +142,35 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
     detail = str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
+        if _websocket_only(request):
+            return _upgrade_required(request.url.path)
         detail = not_served(request.url.path)
     body = envelope(detail, type_, code=_HTTP_CODES.get(exc.status_code))
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         headers["Allow"] = ", ".join(_allowed(request))
     return JSONResponse(body, exc.status_code, headers or None)
+
+
+def _websocket_only(request: Request) -> bool:
+    """Whether the path is a WebSocket's alone (`/v1/ws`): some route takes it as one, and
+    none as HTTP (a mount takes both). Asked of each route by matching, as `_allowed`."""
+    socket = {**request.scope, "type": "websocket"}
+    return any(
+        route.matches(socket)[0] == Match.FULL and route.matches(request.scope)[0] == Match.NONE
+        for route in request.app.routes
+    )
+
+
+def _upgrade_required(path: str) -> Response:
+    """A plain request to a WebSocket's path: it was a 404 saying nothing is served there."""
+    message = (
+        f"{path} is a WebSocket: open it with a WebSocket client (ws://HOST:PORT{path}, a GET "
+        "with `Connection: Upgrade` and `Upgrade: websocket`), then send "
+        '{"id": "r1", "path": "/v1/chat/completions", "body": {...}} (the README\'s `WS /v1/ws`)'
+    )
+    body = envelope(message, "invalid_request_error", code=_HTTP_CODES[426])
+    return JSONResponse(body, 426, {"Upgrade": "websocket"})
 
 
 _RERANK = (
