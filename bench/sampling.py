@@ -83,7 +83,7 @@ def run(engine: LlamaCppEngine, mode: str, tokens: int, streams: int) -> dict[st
             sampler: Any = NumpySampler(p, n_vocab)
         elif mode == "sampled-whole-chain":
             banned = engine._eog_tokens() if p.ignore_eos else []
-            sampler = ChainSampler(build_chain(p, n_vocab, banned))
+            sampler = ChainSampler(build_chain(p, n_vocab, banned, n_ctx=engine.context_size))
         else:
             sampler = make(p)
         sampler.sample = sample.wrap(sampler.sample)  # type: ignore[method-assign]

@@ -6,12 +6,14 @@ and its worker processes die with it (they exit when the router's socket closes)
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +74,20 @@ class Server:
         self.log_path = workdir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0, *, own_group: bool = False) -> Server:
+    def start(
+        self, timeout: float = 60.0, *, own_group: bool = False, address_space: int | None = None
+    ) -> Server:
         """`own_group`: the server leads a process group of its own (its workers join it),
-        which a test may signal whole, as systemd or `kill -TERM -PGID` would."""
+        which a test may signal whole, as systemd or `kill -TERM -PGID` would.
+        `address_space`: the bytes of memory the server and its workers may map each
+        (RLIMIT_AS), so that a test of a huge allocation fails in the worker instead of
+        bringing the kernel's OOM killer onto a shared machine."""
         if self.proc is not None and self.proc.poll() is None:
             return self  # running: a second process would orphan this one (and fail to bind)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        limit = None
+        if address_space is not None:
+            limit = partial(resource.setrlimit, resource.RLIMIT_AS, (address_space,) * 2)
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llm_router", "serve", "--config", str(self.config_path)],
@@ -86,6 +96,7 @@ class Server:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=own_group,
+                preexec_fn=limit,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

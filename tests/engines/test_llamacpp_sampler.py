@@ -18,7 +18,7 @@ from llm_router.engines.llamacpp_sampler import (
     TopKFirstSampler,
     make_sampler,
 )
-from llm_router.types import GenerationRequest, SamplingParams, TextDelta
+from llm_router.types import GenerationRequest, LlamaSampling, SamplingParams, TextDelta
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,9 @@ class BothAgree:
     def __init__(self, engine: LlamaCppEngine, params: SamplingParams, banned: list[int]) -> None:
         vocab = engine._vocab
         n_vocab = sampling.lc.llama_vocab_n_tokens(vocab)
-        self.chain = ChainSampler(sampling.build_chain(params, n_vocab, banned))
+        self.chain = ChainSampler(
+            sampling.build_chain(params, n_vocab, banned, n_ctx=engine.context_size)
+        )
         self.greedy = GreedySampler(n_vocab, banned)
         self.picks: list[tuple[int, int]] = []
 
@@ -98,3 +100,15 @@ def test_only_plain_greedy_takes_the_argmax(engine: LlamaCppEngine) -> None:
     assert kind(temperature=0, repeat_penalty=1.1) is ChainSampler  # needs the token history
     assert kind(temperature=0, presence_penalty=0.5) is ChainSampler
     assert kind(temperature=0.7) is TopKFirstSampler  # a top-k: the chain on its candidates
+
+
+@pytest.mark.parametrize(
+    ("asked", "window"), [(-1, 2048), (0, 0), (64, 64), (2048, 2048), (2**31 - 1, 2048)]
+)
+def test_the_penalty_and_dry_windows_are_at_most_the_context(asked: int, window: int) -> None:
+    """-1 is the whole context, as in llama-server; a longer window is the context too: a
+    sequence holds no more, and llama.cpp allocates the window whole (2^31-1 killed the
+    worker)."""
+    p = SamplingParams(penalty_last_n=asked, presence_penalty=0.5)
+    assert sampling.penalty_window(p, 2048) == window
+    assert sampling.dry_window(LlamaSampling(dry_penalty_last_n=asked), 2048) == window

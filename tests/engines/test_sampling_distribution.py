@@ -42,7 +42,7 @@ def test_top_k_is_the_k_largest(seed: int, k: int, spread: float, masked: float)
 
 def _chain(p: SamplingParams, seed: int, history: list[int], n_vocab: int) -> Any:
     """llama.cpp's chain as the engine builds it, `history` already accepted."""
-    chain = build_chain(replace(p, seed=seed), n_vocab)
+    chain = build_chain(replace(p, seed=seed), n_vocab, n_ctx=4096)
     for token in history:
         lc.llama_sampler_accept(chain, token)
     return chain

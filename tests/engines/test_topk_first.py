@@ -42,7 +42,7 @@ class Both:
 
     def __init__(self, engine: LlamaCppEngine, params: SamplingParams) -> None:
         banned = engine._eog_tokens() if params.ignore_eos else []
-        whole = sampling.build_chain(params, engine._n_vocab, banned)
+        whole = sampling.build_chain(params, engine._n_vocab, banned, n_ctx=engine.context_size)
         self.whole = ChainSampler(whole)
         self.ours = make_sampler(params, engine._vocab, engine._eog_tokens, engine.context_size)
         self.picks: list[tuple[int, int]] = []
@@ -157,8 +157,8 @@ def test_penalties_cannot_trip_the_shortcut(case: int) -> None:
         seed=int(rng.integers(2**32)),
     )
     history = rng.choice(n_vocab, 30, replace=False)
-    whole = sampling.build_chain(params, n_vocab)
-    ours = TopKFirstSampler(sampling.build_chain(params, n_vocab), k, n_vocab, [], 64)
+    whole = sampling.build_chain(params, n_vocab, n_ctx=4096)
+    ours = TopKFirstSampler(sampling.build_chain(params, n_vocab, n_ctx=4096), k, n_vocab, [], 64)
     try:
         for t in rng.choice(history, 60):  # each seen twice on average: counts matter
             lc.llama_sampler_accept(whole, int(t))

@@ -61,6 +61,46 @@ def test_a_chat_of_a_hundred_thousand_short_messages_is_refused_at_once(
     assert answer.choices[0].message.content
 
 
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"repeat_last_n": 2**31 - 1, "presence_penalty": 0.5},
+        {"dry_penalty_last_n": 2**31 - 1, "dry_multiplier": 0.8},
+    ],
+    ids=["repeat_last_n", "dry_penalty_last_n"],
+)
+def test_a_window_longer_than_the_context_harms_no_other_stream(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient, window: dict[str, object]
+) -> None:
+    """llama.cpp allocates a penalty or DRY window whole for each sequence: 2^31-1 tokens was
+    an 8 GiB buffer, the worker died (std::bad_alloc, or the kernel's OOM killer) and cut
+    every other stream on the model (found from outside). A sequence never holds more than
+    its context: the window is that long at most, the answer comes and the other stream goes
+    on. The server may map 6 GB, so that a regression fails here and not on the machine."""
+    srv = Server(
+        tmp_path, {"models_dir": str(link_models(tmp_path / "models", smollm2_gguf))}
+    ).start(address_space=6_000_000_000)
+    client = make_client(srv)
+    try:
+        client.completions.create(model=SMOL, prompt="Hi", max_tokens=1)  # load it
+        pid = srv.worker_of(smollm2_gguf.name)
+        other = client.completions.create(
+            model=SMOL, prompt="Count: 1, 2, 3,", max_tokens=60, temperature=0, stream=True
+        )
+        chunks = iter(other)
+        for _ in range(3):
+            next(chunks)
+        answer = client.chat.completions.create(
+            model=SMOL, messages=HELLO, max_tokens=5, temperature=0.7, extra_body=window
+        )
+        assert answer.choices[0].message.content
+        rest = list(chunks)  # an error event raises here
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert srv.worker_of(smollm2_gguf.name) == pid
+    finally:
+        srv.stop()
+
+
 def test_body_over_limit_without_content_length_is_413(server: Server) -> None:
     """Through uvicorn: a chunked body carries no Content-Length and is counted as it arrives
     (the in-process tests in test_http.py cover every route and status)."""

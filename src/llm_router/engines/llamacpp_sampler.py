@@ -257,11 +257,16 @@ def penalized(p: SamplingParams) -> bool:
 
 
 def penalty_window(p: SamplingParams, n_ctx: int) -> int:
-    return n_ctx if p.penalty_last_n < 0 else p.penalty_last_n
+    """The tokens the penalties look back over: `repeat_last_n`, -1 (and any longer window)
+    being the sequence's context, `n_ctx`. llama.cpp allocates the window whole for each
+    sequence: `repeat_last_n` 2^31-1 was an 8 GiB buffer that killed the worker (and every
+    stream on it), though a sequence never holds more than its context."""
+    return n_ctx if p.penalty_last_n < 0 else min(p.penalty_last_n, n_ctx)
 
 
 def dry_window(x: LlamaSampling, n_ctx: int) -> int:
-    return n_ctx if x.dry_penalty_last_n < 0 else x.dry_penalty_last_n
+    """DRY's window, bounded by the context as the penalties' is (see penalty_window)."""
+    return n_ctx if x.dry_penalty_last_n < 0 else min(x.dry_penalty_last_n, n_ctx)
 
 
 def build_chain(
@@ -270,7 +275,7 @@ def build_chain(
     banned: list[int] | tuple[int, ...] = (),
     *,
     vocab: Any = None,
-    n_ctx: int = 0,
+    n_ctx: int,
 ) -> Any:
     """llama.cpp's sampler chain for `p`, as llama-server builds it (common/sampling.cpp),
     leaving out what is switched off: `banned` tokens (end-of-generation, for `ignore_eos`)
@@ -278,7 +283,8 @@ def build_chain(
     `samplers` in their order, by default penalties, DRY, top-n-sigma, top-k, typical, top-p,
     min-p, XTC, temperature (dynamic with a range); then a seeded draw (a fresh seed when
     `p.seed` is None). Greedy (temperature 0) in the default order ends in an argmax after
-    the penalties and DRY. DRY needs the model's `vocab`; a window of -1 is `n_ctx` tokens."""
+    the penalties and DRY. DRY needs the model's `vocab`; the penalties' and DRY's windows are
+    at most `n_ctx` tokens, a sequence's context (-1 is all of it)."""
     x = p.llama or LLAMA_DEFAULTS
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lc.llama_sampler_chain_add
