@@ -181,7 +181,7 @@ def test_logit_bias_bans_and_forces_tokens(
     )
     assert (chat.choices[0].message.content or "").strip() == "banana"
     chat_ask = {"model": model, "messages": QUESTION, "max_tokens": 1}
-    for bad in ({"": 5}, {"5": 500}, {"999999999": 1}, [[-1, 5]], {"5": True}):
+    for bad in ({"": 5}, {"5": 500}, {"999999999": 1}, [[-1, 5]], {"-1": 5}, {"5": True}):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(**chat_ask, logit_bias=bad)  # type: ignore[call-overload]
         assert info.value.param == "logit_bias", bad
@@ -191,7 +191,9 @@ def test_logit_bias_bans_and_forces_tokens(
 def test_logit_bias_takes_llama_servers_forms(server: Server, model: str) -> None:
     """llama-server's other `logit_bias` forms were a 400 (found from outside, beside
     llama-server, which gives each the text of {"id": -100}): [[id, bias]], [[id, false]]
-    (false: never), and a text key (its tokens), in an object or a list."""
+    (false: never), and a text key (its tokens), in an object or a list. A key llama-server's
+    strtol reads as a number (" 28", "+28", "028") is that id, not text (found from
+    outside)."""
     tokenize = {"model": model, "content": ","}
     body = httpx.post(server.url + "/tokenize", json=tokenize, timeout=120).json()
     (comma,) = body["tokens"]
@@ -207,6 +209,8 @@ def test_logit_bias_takes_llama_servers_forms(server: Server, model: str) -> Non
     assert "," not in banned and banned != text(None)  # the comma came first
     for form in ([[comma, -100]], [[comma, False]], {",": -100}, [[",", False]]):
         assert text(form) == banned, form
+    for key in (f" {comma}", f"+{comma}", f"0{comma}", f"\t{comma}"):
+        assert text({key: -100}) == banned, key
 
 
 def test_list_models(client: openai.OpenAI, server: Server) -> None:

@@ -4,6 +4,7 @@ converted to the internal request (`to_request()`). Unknown fields are accepted 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, NoReturn
 
 from pydantic import (
@@ -123,6 +124,9 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's bound on `top_logprobs`
 MAX_BIASED = 1024  # tokens one request's `logit_bias` may name
 MAX_BIAS_TEXT = 256  # characters of a `logit_bias` text key (llama-server's: its tokens)
 MAX_STOPS = 64  # stop strings one request may give
+# an object's key llama-server reads as a token id (strtol, base 10, the whole key): C's
+# white space first, a sign, ASCII digits; any other key is text (its tokens)
+TOKEN_ID_KEY = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+", re.ASCII)
 _TOKENS = "Input should be -1 (no limit) or a number of tokens from {least}"
 _N_PROBS = f"Input should be a number of alternatives from 0 to {MAX_TOP_LOGPROBS}"
 
@@ -340,10 +344,10 @@ class _Request(ShapeFields):
 
     def _logit_bias(self) -> tuple[tuple[tuple[int, float], ...], tuple[tuple[str, float], ...]]:
         """`logit_bias` as sorted (token id, bias) pairs, and (text, bias) pairs in the
-        request's order (its tokens: the engine's tokenizer). A key of digits is an id, other
-        text is text (as llama-server reads an object's keys); in a list a number is an id,
-        a string text. BadRequest for an id past the C ints, a key that is empty or a bias
-        outside [-100, 100] (OpenAI's bounds)."""
+        request's order (its tokens: the engine's tokenizer). An object's key is an id where
+        llama-server's strtol reads one (" 28", "+28", "028"), else text; in a list a number
+        is an id, a string text. BadRequest for an id that is negative or past the C ints (in
+        either form), a key that is empty or a bias outside [-100, 100] (OpenAI's bounds)."""
         bias = self.logit_bias or {}
         entries = bias.items() if isinstance(bias, dict) else bias
         ids: dict[int, float] = {}
@@ -351,7 +355,7 @@ class _Request(ShapeFields):
         for key, value in entries:
             if not -100 <= value <= 100:
                 raise BadRequest(f"bias {value} is outside [-100, 100]", param="logit_bias")
-            if isinstance(key, str) and key.isascii() and key.isdigit() and isinstance(bias, dict):
+            if isinstance(key, str) and isinstance(bias, dict) and TOKEN_ID_KEY.fullmatch(key):
                 key = int(key)
             if isinstance(key, int):
                 if not 0 <= key <= MAX_TOKEN_ID:
