@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llm_router.engines.base import logit_bias
 from llm_router.engines.sampling import Sampler, token_logprobs
 from llm_router.errors import BadRequest
 from llm_router.types import SamplingParams
@@ -126,3 +127,17 @@ def test_token_logprobs_match_an_exact_log_softmax(temperature: float) -> None:
     allowed[[5, 9]] = (1.0, 2.0)  # a constraint allowing two tokens: only they are listed
     chosen, top = token_logprobs(allowed, temperature, 9, 5)
     assert [i for i, _ in top] == [9, 5] and chosen == top[0][1]
+
+
+def test_logit_bias_is_one_entry_a_token_the_biases_added_up() -> None:
+    """1024 text keys of rare characters were ~700k (token, bias) pairs (found from
+    outside): one entry a token whatever the keys, and what several keys give one token adds
+    up, as in llama-server, which applies every pair in turn."""
+    vocab = 300
+    texts = tuple((f"key {i}", -1.0) for i in range(1024))
+    params = SamplingParams(logit_bias=((7, 2.0), (9, 0.5)), logit_bias_text=texts)
+    biased = logit_bias(params, vocab, lambda text: [7, 8, 8, 9] * 200)  # each key's tokens
+    assert biased is not None
+    ids, values = biased
+    assert ids.tolist() == [7, 8, 9]
+    assert values.tolist() == [2.0 - 1024 * 200, -1024 * 400, 0.5 - 1024 * 200]

@@ -192,8 +192,8 @@ def test_logit_bias_takes_llama_servers_forms(server: Server, model: str) -> Non
     """llama-server's other `logit_bias` forms were a 400 (found from outside, beside
     llama-server, which gives each the text of {"id": -100}): [[id, bias]], [[id, false]]
     (false: never), and a text key (its tokens), in an object or a list. A key llama-server's
-    strtol reads as a number (" 28", "+28", "028") is that id, not text (found from
-    outside)."""
+    strtol reads as a number (" 28", "+28", "028") is that id, not text; and the biases of
+    one token add up, as there (the last one alone counted: found from outside)."""
     tokenize = {"model": model, "content": ","}
     body = httpx.post(server.url + "/tokenize", json=tokenize, timeout=120).json()
     (comma,) = body["tokens"]
@@ -211,6 +211,9 @@ def test_logit_bias_takes_llama_servers_forms(server: Server, model: str) -> Non
         assert text(form) == banned, form
     for key in (f" {comma}", f"+{comma}", f"0{comma}", f"\t{comma}"):
         assert text({key: -100}) == banned, key
+    for form in ({str(comma): -100, ",": 100}, [[comma, 100], [comma, -100]]):
+        assert text(form) == text(None), form  # -100 and 100: no bias
+    assert text([[comma, -60], [",", -40]]) == banned
 
 
 def test_list_models(client: openai.OpenAI, server: Server) -> None:

@@ -346,8 +346,9 @@ class _Request(ShapeFields):
         """`logit_bias` as sorted (token id, bias) pairs, and (text, bias) pairs in the
         request's order (its tokens: the engine's tokenizer). An object's key is an id where
         llama-server's strtol reads one (" 28", "+28", "028"), else text; in a list a number
-        is an id, a string text. BadRequest for an id that is negative or past the C ints (in
-        either form), a key that is empty or a bias outside [-100, 100] (OpenAI's bounds)."""
+        is an id, a string text. The biases of one id add up, as llama-server applies each
+        entry in turn. BadRequest for an id that is negative or past the C ints (in either
+        form), a key that is empty or a bias outside [-100, 100] (OpenAI's bounds)."""
         bias = self.logit_bias or {}
         entries = bias.items() if isinstance(bias, dict) else bias
         ids: dict[int, float] = {}
@@ -360,7 +361,7 @@ class _Request(ShapeFields):
             if isinstance(key, int):
                 if not 0 <= key <= MAX_TOKEN_ID:
                     raise BadRequest(f"{key} is not a token id", param="logit_bias")
-                ids[key] = float(value)
+                ids[key] = ids.get(key, 0.0) + float(value)
             elif not key:
                 raise BadRequest("an empty text is no token", param="logit_bias")
             else:
