@@ -28,11 +28,26 @@ def _path(loc: Sequence[Any]) -> list[str]:
     ]
 
 
+_BOUNDS = {
+    "greater_than": "greater than",
+    "greater_than_equal": "greater than or equal to",
+    "less_than": "less than",
+    "less_than_equal": "less than or equal to",
+}
+
+
 def _reason(error: Any) -> str:
-    """pydantic's message, without the "Value error, " it puts before a validator's own."""
-    cause = (error.get("ctx") or {}).get("error")
-    if error.get("type") == "value_error" and cause is not None:
-        return str(cause)
+    """pydantic's message, without the "Value error, " it puts before a validator's own.
+    A bound that is an integer is written from the bound itself: pydantic writes one past
+    2^63 through a float (`seed` 2^64 was "less than or equal to 18446744073709552000", a
+    bound 2^64 meets)."""
+    ctx = error.get("ctx") or {}
+    kind = error.get("type")
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])
+    bound = next(iter(ctx.values()), None) if kind in _BOUNDS else None
+    if isinstance(bound, int) and not isinstance(bound, bool):
+        return f"Input should be {_BOUNDS[kind]} {bound}"
     return str(error.get("msg"))
 
 
