@@ -112,6 +112,35 @@ async def test_a_judge_is_checked_first_and_its_failure_is_not_the_ensembles(
     assert failed.json()["ensemble"]["scorer"].startswith("agreement (the judge failed")
 
 
+async def test_a_judge_that_cannot_be_asked_is_refused_before_any_target(tmp_path: Path) -> None:
+    """A judge that does not exist, or one that only makes embeddings, fell back to agreement
+    under a 200 (`"scorer": "agreement (the judge failed: The model 'nope' does not exist)"`),
+    where an unknown model is a 404 everywhere else (found from outside): a 404 and a 400
+    naming `judge`, and no target asked."""
+    from inproc import app_client, fake_models
+    from llm_router.defaults import bundled_minilm
+
+    minilm = bundled_minilm()
+    assert minilm is not None
+    (tmp_path / "minilm").symlink_to(minilm, target_is_directory=True)  # found by discovery
+    models = fake_models(tmp_path, a={"reply": "yes"}, b={"reply": "yes sure"})
+    body = {"targets": ["a", "b"], "mode": "best-of", "scorer": "judge", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "?"}]}  # fmt: skip
+    async with app_client(tmp_path, models=models) as client:
+        unknown = await client.post("/v1/ensemble", json={**body, "judge": "nope"})
+        embeds = await client.post("/v1/ensemble", json={**body, "judge": "minilm"})
+        metrics = (await client.get("/metrics")).text
+        judged = await client.post("/v1/ensemble", json={**body, "judge": "a"})
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    assert unknown.json()["error"]["param"] == "judge" and "'nope'" in unknown.text
+    assert embeds.status_code == 400, embeds.text
+    assert embeds.json()["error"]["param"] == "judge" and "only makes embeddings" in embeds.text
+    assert "llm_router_requests_total{" not in metrics  # nothing was asked
+    assert judged.status_code == 200, judged.text  # a model that generates is asked
+    assert judged.json()["ensemble"]["scorer"] == "agreement (the judge named no answer)"
+
+
 async def test_first_lists_every_target_the_ones_cut_short_as_cancelled(tmp_path: Path) -> None:
     """`first` listed in `answers` only the targets it had waited for; README says the answer
     comes with every target's. Those still asked when the first answer came are there too,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from ..errors import BadRequest, ModelNotFound, RouterError
 from ..protocol import MAX_MODEL_NAME, ChatCompletion, ChatCompletionRequest, Float, UsageOut
 from ..routing.ensemble import Scorer, agreement, vote
+from ..routing.local import LocalTarget
 from .generate import GenerationService
 from .route_info import RouteInfo
 
@@ -201,8 +202,8 @@ class EnsembleService:
                 "scorers are named in the configuration's ensemble_scorers)",
                 param="scorer",
             )
-        if req.mode == "best-of" and req.scorer == "judge" and not req.judge:
-            raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
+        if req.mode == "best-of" and req.scorer == "judge":
+            self._check_judge(req.judge)
         resolve = self.generation.dispatcher.resolve
         asked_as = [resolve(t) for t in req.targets]  # unknown names fail before any work
         weights = _weights(req.weights, asked_as, resolve)
@@ -235,6 +236,28 @@ class EnsembleService:
             scorer=scorer,
         )
         return EnsembleResult(**chosen.completion.model_dump(), ensemble=details)
+
+    def _check_judge(self, judge: str | None) -> None:
+        """The judge is asked once every target has answered, and its failure falls back to
+        agreement: a judge that cannot be asked at all (no such model, one that only makes
+        embeddings) fell back too, under a 200 (found from outside). A 404 or a 400 naming
+        `judge` now, before any target is asked."""
+        if not judge:
+            raise BadRequest("scorer 'judge' needs a `judge` model", param="judge")
+        dispatcher = self.generation.dispatcher
+        try:
+            dispatcher.resolve(judge)  # a model, an alias, a remote target or a route
+        except ModelNotFound as exc:
+            raise ModelNotFound(f"`judge`: {exc.message}", param="judge") from None
+        try:
+            target = dispatcher.target(judge)
+        except ModelNotFound:
+            return  # a route: it is asked as any chat is
+        if isinstance(target, LocalTarget):
+            try:
+                target.check_generates()
+            except BadRequest as exc:
+                raise BadRequest(f"`judge`: {exc.message}", param="judge") from None
 
     async def _all(self, req: EnsembleRequest, route: RouteInfo) -> list[_Asked]:
         return list(await asyncio.gather(*(self._ask(req, t, route) for t in req.targets)))
