@@ -112,3 +112,38 @@ def test_the_penalty_and_dry_windows_are_at_most_the_context(asked: int, window:
     p = SamplingParams(penalty_last_n=asked, presence_penalty=0.5)
     assert sampling.penalty_window(p, 2048) == window
     assert sampling.dry_window(LlamaSampling(dry_penalty_last_n=asked), 2048) == window
+
+
+def test_dry_is_made_once_for_its_values_and_its_clones_sample_alike(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making a DRY sampler reads the whole vocabulary for each sequence breaker, in the
+    decode loop (64 breakers: 1.2 s on Gemma), and `samplers` may name DRY 32 times, each
+    answer of `n` again: a request held every stream of the model for minutes (found from
+    outside, beside the windows). Made once for its values, then cloned: the same text as a
+    DRY made afresh, from the same seed, and again for the next request."""
+    made: list[Any] = []
+    make = sampling.lc.llama_sampler_init_dry
+    monkeypatch.setattr(
+        sampling.lc, "llama_sampler_init_dry", lambda *a: made.append(a) or make(*a)
+    )
+    x = LlamaSampling(
+        dry_multiplier=0.8, dry_allowed_length=1, dry_sequence_breakers=("\n", ":") * 32,
+        samplers=("dry", "dry", "top_k", "temperature"),
+    )  # fmt: skip
+    params = SamplingParams(max_tokens=24, temperature=0.9, seed=11, llama=x)
+
+    def text(seq: int) -> str:
+        engine.submit(seq, GenerationRequest(prompt="The three primary colors are", params=params))
+        out = ""
+        while engine.busy:
+            out += "".join(e.text for _, e in engine.step() if isinstance(e, TextDelta))
+        return out
+
+    with monkeypatch.context() as uncached:
+        uncached.setattr(engine, "_dry", None)
+        expected = text(4)
+    assert [len(m[-2]) for m in made] == [2, 2]  # made afresh, twice; each breaker once
+    made.clear()
+    assert [text(5), text(6)] == [expected, expected] and expected.strip()
+    assert len(made) == 1

@@ -48,7 +48,7 @@ from .llamacpp_load import (
     model_params,
     new_context,
 )
-from .llamacpp_sampler import GreedySampler, Sampler, make_sampler
+from .llamacpp_sampler import DrySamplers, GreedySampler, Sampler, make_sampler
 from .llamacpp_slots import KvSlots
 from .llamacpp_text import LlamaText
 from .logprobs import PROMPT_CHUNK, prompt_entry, token_entry
@@ -98,6 +98,7 @@ class LlamaCppEngine:
         opts = spec.options
         self._model = model = load_model(spec)
         self._vocab = lc.llama_model_get_vocab(model)  # read per token (end of generation)
+        self._dry = DrySamplers(self._vocab)
         n_train = lc.llama_model_n_ctx_train(model)
         self.context_size = min(opts.get("context_size") or min(n_train, DEFAULT_CONTEXT), n_train)
         self.parallel = opts.get("parallel") or DEFAULT_PARALLEL
@@ -240,6 +241,7 @@ class LlamaCppEngine:
             s.sampler.free()
         self._waiting.clear()
         self._running.clear()
+        self._dry.free()
         lc.llama_batch_free(self._batch)
         lc.llama_free(self._ctx)
         lc.llama_model_free(self._model)
@@ -247,7 +249,7 @@ class LlamaCppEngine:
     # -- sampling --------------------------------------------------------------------------
 
     def _make_sampler(self, p: SamplingParams) -> Sampler:
-        return make_sampler(p, self._vocab, self._eog_tokens, self.context_size)
+        return make_sampler(p, self._vocab, self._eog_tokens, self.context_size, self._dry)
 
     def _bias_tokens(self, text: str) -> list[int]:
         """A `logit_bias` text key's tokens, as llama-server takes them (no special tokens)."""
