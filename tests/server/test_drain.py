@@ -62,7 +62,7 @@ async def test_a_request_in_flight_finishes_and_new_ones_get_503() -> None:
         for path in ("/health", "/v1/health"):  # llama-server's name for it too
             health = await client.get(path)
             assert health.status_code == 503
-            assert health.json() == {"status": "draining", "in_flight": 1}
+            assert health.json() == {"status": "draining", "in_flight": 1, "pid": os.getpid()}
         assert not idle.done()
 
         release.set()

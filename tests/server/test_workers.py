@@ -314,3 +314,54 @@ def test_a_second_serve_with_workers_on_a_used_port_is_refused(
             message == f"error: cannot listen on 127.0.0.1:{config['port']}: Address already in use"
         )
         assert set(_pids(url, 16)) == _routers(proc.pid)  # the first one serves on, alone
+
+
+@pytest.mark.real
+def test_every_new_connection_during_a_drain_gets_503(
+    tmp_path: Path, redis_url: str, stub: _Stub
+) -> None:
+    """While one process drains a stream, the other has nothing in flight: it stopped at once,
+    but the parent held its socket open, so the kernel went on queueing part of the new
+    connections there, unanswered until the parent exited and then reset (found from
+    outside). Every process now answers 503 until the last one has drained."""
+    config = _gateway_config(tmp_path, stub.url, redis_url=redis_url)
+    url = f"http://127.0.0.1:{config['port']}"
+    proc = _serve(config, tmp_path, "--workers", "2")
+    try:
+        _wait(lambda: proc.poll() is None and httpx.get(url + "/health").status_code == 200)
+        _wait(lambda: set(_pids(url, 8)) == _routers(proc.pid))
+        reply = " ".join(["word"] * 25)  # 5 s, a word each 0.2 s
+        httpx.post(stub.url + "/control", json={"delay": 0.2, "reply": reply})
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        answers: list[tuple[int, str | None, str]] = []
+        with client, ThreadPoolExecutor(1) as pool:
+            stream = client.chat.completions.create(model="stub", messages=HELLO, stream=True)
+            first = next(iter(stream))
+            routers = _routers(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            rest = pool.submit(lambda: list(stream))
+            _wait(lambda: _draining(url, 8) == routers)  # both got the parent's SIGTERM
+            while not rest.done():  # each on a connection of its own: the kernel picks
+                r = httpx.get(url + "/v1/models", timeout=60, headers={"connection": "close"})
+                answers.append((r.status_code, r.headers.get("retry-after"), r.text))
+            chunks = [first, *rest.result()]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply
+        assert answers and all(status == 503 for status, _, _ in answers), answers[-1]
+        assert {(after, '"server_draining"' in text) for _, after, text in answers} == {("1", True)}
+        assert proc.wait(60) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _draining(url: str, count: int) -> set[int]:
+    """The processes that answer `count` /health requests (each on a connection of its own)
+    that they are draining."""
+
+    def one(_: int) -> int | None:
+        r = httpx.get(url + "/health", timeout=30, headers={"connection": "close"})
+        return int(r.json()["pid"]) if r.json()["status"] == "draining" else None
+
+    with ThreadPoolExecutor(8) as pool:
+        return {pid for pid in pool.map(one, range(count)) if pid is not None}

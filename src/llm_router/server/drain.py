@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -137,7 +138,11 @@ class DrainGuard:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         if scope["path"] in HEALTH_PATHS:
-            payload: object = {"status": "draining", "in_flight": self.drain.in_flight}
+            payload: object = {
+                "status": "draining",
+                "in_flight": self.drain.in_flight,
+                "pid": os.getpid(),  # which process answered, as /health says when serving
+            }
         else:
             payload = {
                 "error": {

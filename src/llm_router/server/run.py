@@ -13,7 +13,13 @@ kernel spreads new connections over them), bound and held by the parent, so that
 queued on the socket of a process that died wait for its replacement. The parent forwards
 SIGTERM/SIGINT, restarts a process that dies (not one that failed to start: then it stops
 them all), and exits once they have. Only for a gateway with no local models (check_workers):
-each process would otherwise load every model itself."""
+each process would otherwise load every model itself.
+
+Their drain is one (`Peers`): the kernel goes on sending a socket its share of the new
+connections for as long as any process holds it open, and what is queued on it when it closes
+is reset. So once stopping, the parent closes its copies and restarts no process, and a
+process with nothing left in flight does not stop: it answers 503 until the parent sees every
+process drained (or the grace is over), and then they all stop together."""
 
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +45,14 @@ from ..errors import ConfigError
 from ..reload import SETTLE, ConfigSource, Settling, plan, stamp
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.synchronize import Event
+
     from .reload import Reloader
 from .connection import connection_class
 from .drain import Drain
 
-__all__ = ["DrainingServer", "check_workers", "run_many", "run_one", "tune_gc"]
+__all__ = ["DrainingServer", "Peers", "check_workers", "run_many", "run_one", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,31 @@ STARTUP_FAILED = 3  # a process's exit status when its server never started (as 
 AFTER_DRAIN = 1  # seconds uvicorn's shutdown gives what is left once the drain is over
 LOOK_EVERY = 0.2  # seconds between the parent's looks at its processes (and the config file)
 GC_GEN0 = 50_000  # the collector's first threshold in the server (Python's: 700), see tune_gc
+
+
+@dataclass(frozen=True)
+class Peers:
+    """What one router process of `run_many` shares with the parent for a drain: `drained`,
+    its own, set once it has nothing in flight (or its grace is over); `released`, the read
+    end of a pipe only the parent writes to, at its end once the parent closed it: when every
+    process that is alive has drained, or when the parent died. Until then a drained process
+    keeps answering 503: were it to stop, the connections the kernel had queued on its
+    socket, and those it would still send there, would be reset."""
+
+    drained: Event
+    released: Connection
+
+    async def hold(self, timeout: float) -> None:
+        """Say this process drained, and wait until released or `timeout` seconds."""
+        self.drained.set()
+        loop = asyncio.get_running_loop()
+        released = asyncio.Event()
+        loop.add_reader(self.released.fileno(), released.set)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), timeout)
+        finally:
+            loop.remove_reader(self.released.fileno())
 
 
 class DrainingServer(uvicorn.Server):
@@ -64,11 +99,13 @@ class DrainingServer(uvicorn.Server):
         drain: Drain,
         grace: float,
         reloader: Reloader | None = None,
+        peers: Peers | None = None,
     ) -> None:
         super().__init__(config)
         self.drain = drain
         self.grace = grace
         self.reloader = reloader  # SIGHUP, once started: a reload (server/reload.py)
+        self.peers = peers  # one of several processes on the port: they stop together
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
@@ -120,6 +157,8 @@ class DrainingServer(uvicorn.Server):
         self._drainer = asyncio.create_task(self._drain_then_exit(), name="drain")
 
     async def _drain_then_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace + AFTER_DRAIN
         if not await self.drain.idle(self.grace):
             log.warning(
                 "drain grace of %g s is over with %d requests in flight: answering them 503",
@@ -129,6 +168,9 @@ class DrainingServer(uvicorn.Server):
         else:
             log.info("drained: no request in flight; stopping")
         await self.drain.stop_all(AFTER_DRAIN)  # and the subscriptions (/models/events)
+        if self.peers is not None:
+            log.info("answering 503 until the other router processes have drained too")
+            await self.peers.hold(deadline - loop.time())
         self.config.timeout_graceful_shutdown = AFTER_DRAIN
         self.should_exit = True
 
@@ -170,11 +212,12 @@ def run_one(
     sockets: list[socket.socket] | None = None,
     source: ConfigSource | None = None,
     parent: int | None = None,
+    peers: Peers | None = None,
 ) -> bool:
     """Serve in this process until a signal stops it; False when the server never started,
     ConfigError when the configuration was refused as it started (the lifespan's, asgi.py).
     `pool`: a WorkerPool whose spares the CLI started early; `source`: where `settings` were
-    read, read again on SIGHUP and `POST /admin/reload`; `parent`: see run_many."""
+    read, read again on SIGHUP and `POST /admin/reload`; `parent`, `peers`: see run_many."""
     from ..lifecycle.manager import ModelManager
     from .app import create_app
 
@@ -186,6 +229,7 @@ def run_one(
         app.state.drain,
         settings.drain_grace,
         app.state.reloader if source is not None else None,
+        peers,
     )
     try:
         server.run(sockets)
@@ -248,14 +292,18 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
     watched = source.path if source is not None and settings.watch_config else None
     seen = stamp(watched) if watched is not None else None
     settling = Settling(round(SETTLE / LOOK_EVERY))  # watch_config: as one process's watch
+    released, release = ctx.Pipe(duplex=False)  # closing `release` releases them (Peers)
+    drained: dict[int, Event] = {}  # each process's, by its place in `procs`
 
-    def start(sock: socket.socket) -> Any:
-        args = (settings, sock, os.getpid(), source)
+    def start(i: int) -> Any:
+        peers = Peers(ctx.Event(), released)
+        drained[i] = peers.drained
+        args = (settings, sockets[i], os.getpid(), source, peers)
         proc = ctx.Process(target=_child, args=args, daemon=False)
         proc.start()
         return proc
 
-    procs = [start(s) for s in sockets]
+    procs = [start(i) for i in range(len(sockets))]
     log.info(
         "serving on http://%s:%d with %d router processes (%s)",
         settings.host,
@@ -265,6 +313,9 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
     )
     status = forwarded = 0
     while any(p.is_alive() for p in procs):
+        if stop and forwarded == 0:  # stopping: the processes' sockets close with them (Peers)
+            for sock in sockets:
+                sock.close()
         for sig in stop[forwarded:]:  # each signal once: a second SIGTERM skips the drain
             forwarded += 1
             for proc in procs:
@@ -278,6 +329,8 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
             for proc in procs:
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, signal.SIGHUP)
+        if stop and all(drained[i].is_set() or not p.is_alive() for i, p in enumerate(procs)):
+            release.close()  # every process drained: they stop together
         for i, proc in enumerate(procs):
             if stop or proc.is_alive():
                 continue
@@ -289,10 +342,12 @@ def run_many(settings: Settings, workers: int, source: ConfigSource | None = Non
             log.warning(
                 "router process %s ended (status %s): restarting it", proc.pid, proc.exitcode
             )
-            procs[i] = start(sockets[i])
+            procs[i] = start(i)
         time.sleep(LOOK_EVERY)
     for sock in sockets:
-        sock.close()
+        sock.close()  # closed already if a stop began while they ran
+    release.close()
+    released.close()
     if stop and not status:
         return -stop[0]  # as one process does, the command ends by the signal it was sent
     return status
@@ -340,7 +395,11 @@ def _bind(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 def _child(
-    settings: Settings, sock: socket.socket, parent: int, source: ConfigSource | None
+    settings: Settings,
+    sock: socket.socket,
+    parent: int,
+    source: ConfigSource | None,
+    peers: Peers,
 ) -> None:
     """One router process (spawned: a fresh interpreter). It has a process group of its own,
     so that a Ctrl-C reaches it once, through the parent; it drains when the parent dies."""
@@ -355,7 +414,7 @@ def _child(
         with contextlib.suppress(ConfigError):
             settings = plan(settings, source.first, source.load()).settings
     try:
-        served = run_one(settings, sockets=[sock], source=source, parent=parent)
+        served = run_one(settings, sockets=[sock], source=source, parent=parent, peers=peers)
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it drained for again: no traceback
         sys.exit(128 + signal.SIGINT)  # in a JSON log, nor once per process
     except ConfigError as exc:
