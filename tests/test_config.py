@@ -124,6 +124,11 @@ def test_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     assert re.search(rf"(^|\W){re.escape(key)}:", message), message
 
 
+def test_a_task_is_said_of_remote_targets_only(tmp_path: Path) -> None:
+    message = _error(tmp_path, "models: [{id: x, task: embed}]\n")
+    assert "model 'x': task is for remote targets" in message, message
+
+
 def test_bad_value_error_names_the_file(tmp_path: Path) -> None:
     assert "config.yaml" in _error(tmp_path, "port: -1\n")
 

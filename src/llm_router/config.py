@@ -220,6 +220,11 @@ class ModelConfig(EngineOptions):
         description="Makes tool calls: routes send requests with `tools` only to such targets. "
         "Default: yes (local chat models call tools through a constrained JSON answer).",
     )
+    task: Literal["generate", "embed"] | None = Field(
+        None,
+        description="What a remote target serves: generate (chat and completions) or embed "
+        "(embeddings); null: generate. A local model's is read from its files.",
+    )
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> ModelConfig:
@@ -227,6 +232,11 @@ class ModelConfig(EngineOptions):
             raise ValueError(f"model {self.id!r}: provider openai needs base_url")
         if self.provider == "openai" and self.path is not None:
             raise ValueError(f"model {self.id!r}: a remote target has no path")
+        if self.provider == "local" and self.task is not None:
+            raise ValueError(
+                f"model {self.id!r}: task is for remote targets; a local model's is read "
+                "from its files"
+            )
         return self
 
     @field_validator("base_url")

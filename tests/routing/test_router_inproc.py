@@ -272,6 +272,19 @@ async def test_a_remote_targets_aliases_name_it(tmp_path: Path) -> None:
             assert missing.status_code == 404
 
 
+async def test_models_says_which_remote_targets_make_embeddings(tmp_path: Path) -> None:
+    """Every remote target was listed as a text model, so the dashboard offered a remote
+    embedding model for chat and never for embeddings (found from outside)."""
+    async with upstream() as (_, url):
+        models = [remote("chat", url), remote("vectors", url, task="embed")]
+        async with app_client(tmp_path, models=models) as c:
+            listed = {m["id"]: m for m in (await c.get("/models")).json()["data"]}
+    assert listed["chat"]["task"] == "generate"
+    assert listed["chat"]["architecture"]["output_modalities"] == ["text"]
+    assert listed["vectors"]["task"] == "embed"
+    assert listed["vectors"]["architecture"]["output_modalities"] == ["embedding"]
+
+
 async def test_a_route_with_no_target_that_exists_does_not_break_the_listing(
     tmp_path: Path,
 ) -> None:

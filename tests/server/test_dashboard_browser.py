@@ -410,6 +410,29 @@ def test_unloading_a_pinned_model_asks_first(page: Page, dash: Server) -> None:
     expect(status).to_have_text("unloaded", timeout=30_000)
 
 
+def test_a_remote_embedding_target_is_offered_for_embeddings_not_chat(
+    page: Page, tmp_path: Path
+) -> None:
+    """The embeddings box listed local embedding models only, and the chat's list every
+    remote target (found from outside)."""
+    (tmp_path / "empty").mkdir()
+    far = {"provider": "openai", "base_url": "http://127.0.0.1:19999/v1"}  # never asked
+    models = [{"id": "far-chat", **far}, {"id": "far-vectors", "task": "embed", **far}]
+    config = {"models_dir": str(tmp_path / "empty"), "provision_default_models": False}
+    srv = Server(
+        tmp_path, {**config, "models": [{**m, "health_check_interval": 0} for m in models]}
+    )
+    srv.start()
+    try:
+        page.goto(srv.url + "/#playground")
+        expect(page.locator("#emb-model option[value='far-vectors']")).to_have_count(1)
+        expect(page.locator("#emb-model option[value='far-chat']")).to_have_count(0)
+        expect(page.locator("#pg-model option[value='far-chat']")).to_have_count(1)
+        expect(page.locator("#pg-model option[value='far-vectors']")).to_have_count(0)
+    finally:
+        srv.stop()
+
+
 def test_routes_show_strategy_order_and_breakers(page: Page, dash: Server) -> None:
     page.goto(dash.url + "/#routes")
     row = page.locator("tr[data-route='auto']")

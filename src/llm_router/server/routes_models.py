@@ -87,6 +87,7 @@ def describe(snap: ModelSnapshot) -> dict[str, Any]:
 
 def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[str, Any]:
     cfg = target.config
+    task = cfg.task or "generate"  # as its configuration says: the upstream is not asked
     return {
         "id": target.id,
         "aliases": cfg.aliases,
@@ -95,11 +96,15 @@ def describe_remote(target: Target, router: Dispatcher, started: int) -> dict[st
         "owned_by": "llm-runner-router",
         "created": started,
         "status": _remote_status(target),
-        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+        "architecture": {
+            "input_modalities": ["text"],
+            "output_modalities": ["embedding" if task == "embed" else "text"],
+        },
         "source": "remote",
         "can_remove": False,
         "provider": cfg.provider,
         "upstream_model": cfg.model or cfg.id,
+        "task": task,
         "quality": cfg.quality,
         "cost": cfg.cost.model_dump(),
         "context_length": cfg.context_length,

@@ -360,7 +360,7 @@ function modelRow(m) {
         h("button", { type: "button", class: "unload", disabled: !live, onclick: () => unloadModel(m.id) }, "Unload"),
       );
   const facts = remote
-    ? [m.provider, m.upstream_model]
+    ? [m.provider, m.upstream_model, m.task === "embed" ? "embeddings" : null]
     : [m.engine, m.format, m.quantization, m.task === "embed" ? "embeddings" : null];
   return h(
     "tr",
@@ -433,14 +433,16 @@ function renderModelChoices() {
   };
   const all = [...state.models.values()];
   const local = all.filter((m) => m.source !== "remote");
+  const remote = all.filter((m) => m.source === "remote");
+  const ids = (models, embeds) => models.filter((m) => (m.task === "embed") === embeds).map((m) => m.id);
   // a model in error stays (marked): the next request loads it again, or says why it cannot;
   // dropping it switched the chat to another model without a word
   choose($("pg-model"), [
-    ["models", local.filter((m) => m.task !== "embed").map((m) => m.id)],
+    ["models", ids(local, false)],
     ["routes", state.routes.map((r) => r.name)],
-    ["remote", all.filter((m) => m.source === "remote").map((m) => m.id)],
+    ["remote", ids(remote, false)],
   ]);
-  choose($("emb-model"), [["models", local.filter((m) => m.task === "embed").map((m) => m.id)]]);
+  choose($("emb-model"), [["models", ids(local, true)], ["remote", ids(remote, true)]]);
 }
 
 // -- metrics ----------------------------------------------------------------------------------
