@@ -285,6 +285,32 @@ async def test_models_says_which_remote_targets_make_embeddings(tmp_path: Path) 
     assert listed["vectors"]["architecture"]["output_modalities"] == ["embedding"]
 
 
+async def test_loading_or_unloading_a_remote_target_or_route_is_a_400_saying_so(
+    tmp_path: Path,
+) -> None:
+    """`POST /models/unload` of a remote target that `GET /models` lists as loaded answered
+    404 "does not exist" (found from outside); a local model's load and unload go on."""
+    async with upstream() as (_, url):
+        models = [*fake_models(tmp_path, chat={}), remote("box", url, aliases=["boxy"])]
+        routes = [{"name": "auto", "targets": ["chat", "box"]}]
+        async with app_client(tmp_path, models=models, routes=routes) as c:
+            for path in ("/models/load", "/models/unload"):
+                for name, kind in (
+                    ("box", "a remote target"),
+                    ("boxy", "a remote target"),
+                    ("auto", "a route"),
+                ):
+                    r = await c.post(path, json={"model": name})
+                    assert r.status_code == 400, r.text
+                    error = r.json()["error"]
+                    assert error["message"].startswith(f"'{name}' is {kind}; {path} needs a local")
+                    assert error["param"] == "model"
+                missing = await c.post(path, json={"model": "nope"})
+                assert missing.status_code == 404
+            assert (await c.post("/models/load", json={"model": "chat"})).status_code == 200
+            assert (await c.post("/models/unload", json={"model": "chat"})).status_code == 200
+
+
 async def test_a_route_with_no_target_that_exists_does_not_break_the_listing(
     tmp_path: Path,
 ) -> None:

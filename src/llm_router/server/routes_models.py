@@ -137,9 +137,16 @@ async def list_models(request: Request) -> dict[str, Any]:
     }
 
 
+def _local(request: Request, name: str, what: str) -> str:
+    """The id of the local model called `name`. Raises ModelNotFound, or BadRequest for a
+    remote target or a route (listed by `GET /models` too, but nothing here loads them)."""
+    routing: Dispatcher = request.app.state.dispatcher
+    return routing.local(name, what).id
+
+
 @routes.post("/models/load")
 async def load(ref: ModelRef, request: Request) -> dict[str, Any]:
-    state = _manager(request).request_load(ref.model)
+    state = _manager(request).request_load(_local(request, ref.model, "/models/load"))
     return {"success": True, "model": state.id, "status": state.status.value}
 
 
@@ -148,7 +155,7 @@ async def unload(ref: UnloadRequest, request: Request) -> dict[str, Any]:
     """Unload a model once its requests in flight end (up to `unload_grace`). A pinned model
     needs `force`."""
     manager = _manager(request)
-    state = manager.resolve(ref.model)
+    state = manager.resolve(_local(request, ref.model, "/models/unload"))
     if state.source.config.pin and not ref.force:
         raise BadRequest(
             f"model '{state.id}' is pinned; unload it with \"force\": true", param="force"
