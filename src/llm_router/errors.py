@@ -28,6 +28,7 @@ __all__ = [
     "RouterError",
     "ServerBusy",
     "Unsupported",
+    "UpstreamBusy",
     "UpstreamError",
     "UpstreamRateLimited",
     "UpstreamTimeout",
@@ -178,6 +179,12 @@ class UpstreamUnavailable(EngineError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """The upstream answered 503 with a Retry-After: it cannot serve for now (draining for a
+    restart, overloaded, its own targets failing) and said when to come back. Like a 429, no
+    sign it is broken: routes leave it out for `retry_after` (routing/dispatcher.py)."""
 
 
 class UpstreamTimeout(UpstreamUnavailable):

@@ -35,7 +35,7 @@ class Upstream:
     """An OpenAI-compatible upstream whose behaviour the test sets: `mode` "ok", "slow" (no
     answer within the router's timeout), "pings" (a stream of keep-alives only), "error"
     (500), "error200" (an error envelope with status 200), "429:N" or "503:N" (with
-    Retry-After N). Records every body it receives."""
+    Retry-After N), "503" (with none). Records every body it receives."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -57,6 +57,8 @@ class Upstream:
                 await asyncio.sleep(0.05)
         if self.mode == "error":
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        if self.mode == "503":  # down, and no word of when it is back
+            return web.json_response({"error": {"message": "down"}}, status=503)
         if self.mode.startswith("503:"):  # down for now, back after the seconds given
             headers = {"Retry-After": self.mode[4:]}
             return web.json_response({"error": {"message": "down"}}, status=503, headers=headers)
@@ -474,6 +476,45 @@ async def test_a_target_that_said_429_rests_for_its_retry_after(tmp_path: Path) 
             assert direct.status_code == 429  # asked by name: the upstream answers for itself
 
 
+async def test_a_target_that_said_503_with_a_retry_after_rests_for_it(tmp_path: Path) -> None:
+    """A draining (or overloaded) upstream answers 503 with a Retry-After: its breaker counted
+    them, opened, and refused for its whole cooldown after the upstream was back (found from
+    outside: a model host's restart). It rests for its Retry-After instead, as after a 429;
+    a 503 that says no wait still counts against it."""
+    async with upstream() as (draining, url_one), upstream() as (_spare, url_two):
+        models = [remote("a", url_one), remote("b", url_two)]
+        routes = [
+            {"name": "auto", "targets": ["a"], "fallbacks": ["b"]},
+            {"name": "only-a", "targets": ["a"]},
+        ]
+        settings = {"breaker": {"failure_threshold": 2}}
+        async with app_client(tmp_path, models=models, routes=routes, **settings) as c:
+            draining.mode = "503:30"
+            for _ in range(4):
+                r = await c.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})
+                assert r.status_code == 200 and r.headers["x-llm-router-model"] == "b"
+            assert len(draining.bodies) == 1, "asked again while it rests"
+            assert "a: unavailable for now" in r.headers["x-llm-router-route"]
+            alone = await c.post(
+                "/v1/chat/completions", json={"model": "only-a", "messages": HELLO}
+            )
+            assert alone.status_code == 503 and 2 <= int(alone.headers["retry-after"]) <= 30
+            assert alone.json()["error"]["code"] == "upstream_unavailable"
+            assert len(draining.bodies) == 1  # its rest said, without asking it
+            for _ in range(3):  # asked by name: the upstream answers for itself, each time
+                direct = await c.post(
+                    "/v1/chat/completions", json={"model": "a", "messages": HELLO}
+                )
+                assert direct.status_code == 503 and direct.headers["retry-after"] == "30"
+            assert len(draining.bodies) == 4
+            assert await breaker(c, "a") == "closed"
+
+            draining.mode = "503"
+            for _ in range(2):
+                await c.post("/v1/chat/completions", json={"model": "a", "messages": HELLO})
+            assert await breaker(c, "a") == "open"
+
+
 @pytest.mark.parametrize(
     ("rest", "answer", "said"),
     [
@@ -482,6 +523,8 @@ async def test_a_target_that_said_429_rests_for_its_retry_after(tmp_path: Path) 
         ("429:2", "429:9", (429, 2, 2)),
         # one resting 9 s, the other answering 503 with Retry-After 30: the answer said 30
         ("429:9", "503:30", (503, 2, 9)),
+        # resting 9 s after a 503 of its own
+        ("503:9", "503:30", (503, 2, 9)),
     ],
 )
 async def test_an_error_answer_says_when_a_resting_target_is_back_if_that_is_sooner(

@@ -24,6 +24,7 @@ from ..errors import (
     QueueFull,
     RateLimited,
     RouterError,
+    UpstreamBusy,
     UpstreamTimeout,
 )
 from ..types import Finished, GenerationEvent
@@ -41,14 +42,17 @@ THE_KEYS = (RateLimited,)
 # everyone by asking for a generation longer than the timeout (health checks and connect
 # errors still count), an operator's unload or reload cutting a local model's requests (its
 # breaker opened after a few, and routes skipped a healthy model for the cooldown: found from
-# outside), and a load that cannot fit beside the pinned models (the memory's state, not the
-# model's health: the request still falls back, the next one may fit).
+# outside), a load that cannot fit beside the pinned models (the memory's state, not the
+# model's health: the request still falls back, the next one may fit), and an upstream's 503
+# that says when to come back (a draining or overloaded server: it rests for that instead,
+# as after a 429; its breaker opened on a restart's drain and stayed open past it).
 NOT_THE_TARGETS = (
     QueueFull,
     ContextLengthExceeded,
     UpstreamTimeout,
     ModelUnloaded,
     InsufficientMemory,
+    UpstreamBusy,
 )
 
 

@@ -34,6 +34,7 @@ from ..errors import (
     QueueFull,
     RouterError,
     ServerBusy,
+    UpstreamBusy,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -276,7 +277,8 @@ class Dispatcher(Targets):
         resting = [t for t in ordered if t.resting()] if route is not None else []
         for target in _attempts(ordered, route):
             if target in resting:
-                if (note := f"{target.id}: rate limited") not in failures:
+                why_out = "rate limited" if target.rate_limited else "unavailable for now"
+                if (note := f"{target.id}: {why_out}") not in failures:
                     failures.append(note)
                     said.append(note)
                 continue
@@ -301,8 +303,9 @@ class Dispatcher(Targets):
                 if isinstance(exc, THE_KEYS):
                     raise
                 self._suspect(target, exc)
-                if isinstance(exc, UpstreamRateLimited):  # routes leave it out for a while
-                    target.rest(exc.retry_after or DEFAULT_REST)
+                if isinstance(exc, UpstreamRateLimited | UpstreamBusy):  # it said when: routes
+                    limited = isinstance(exc, UpstreamRateLimited)  # leave it out till then
+                    target.rest(exc.retry_after or DEFAULT_REST, rate_limited=limited)
                 errors.append(exc)
                 failures.append(f"{target.id}: {type(exc).__name__}")
                 said.append(f"{target.id}: {exc.message}")
@@ -316,7 +319,7 @@ class Dispatcher(Targets):
             return Routed(target.id, reason, events, tuple(failed), fallback)
         tried = why + f" after [{'; '.join(failures)}]" if failures else why
         if errors or (resting and len(resting) == len(ordered)):  # all resting: no attempt
-            answer = _answer_of(name, errors, [t.resting() for t in resting])
+            answer = _answer_of(name, errors, resting)
             if (
                 errors and answer is errors[-1] and len(said) > 1
             ):  # not the last failure alone: each
@@ -520,13 +523,14 @@ def _left_out(request: RouteRequest, candidate: Candidate) -> str:
     return "left out by the strategy"
 
 
-def _answer_of(name: str, errors: list[RouterError], rests: list[float]) -> RouterError:
+def _answer_of(name: str, errors: list[RouterError], resting: list[Target]) -> RouterError:
     """The error a request to `name` gets when no target served it: the last attempt's, but
     when each target was full (429s, busy models), the one whose Retry-After is the soonest,
-    counting the targets left out as they rest after a 429 of theirs (`rests`: seconds each
-    has left; every target may be resting, and none was asked). Its Retry-After is never
-    later than the soonest any target can serve again (a 503's said 30 while another target
-    rested 2 s more)."""
+    counting the targets left out as they rest after a 429 or a 503 of theirs (`resting`;
+    every target may be resting, and none was asked: then a 429 if they all rest for theirs,
+    else a 503). Its Retry-After is never later than the soonest any target can serve again
+    (a 503's said 30 while another target rested 2 s more)."""
+    rests = [t.resting() for t in resting]
     waits = [e for e in errors if isinstance(e, QueueFull) and e.retry_after is not None]
     if len(waits) < len(errors):
         last = errors[-1]
@@ -537,6 +541,11 @@ def _answer_of(name: str, errors: list[RouterError], rests: list[float]) -> Rout
         return last
     soonest = min(waits, key=lambda e: e.retry_after or 0.0, default=None)
     if rests and (soonest is None or min(rests) < (soonest.retry_after or 0.0)):
+        if not all(t.rate_limited for t in resting):
+            return UpstreamBusy(
+                f"every target of '{name}' is unavailable or rate limited for now; retry later",
+                retry_after=min(rests),
+            )
         return UpstreamRateLimited(
             f"every target of '{name}' is rate limited by its upstream; retry later",
             retry_after=min(rests),

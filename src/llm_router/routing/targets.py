@@ -24,7 +24,7 @@ from .strategies import Candidate, Capabilities
 __all__ = ["Call", "EmbedCall", "Lease", "Target"]
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
-MAX_REST = 60.0  # seconds at most a 429's Retry-After keeps a target out of routes
+MAX_REST = 60.0  # seconds at most a Retry-After (a 429's, a 503's) keeps a target out of routes
 DEFAULT_REST = 1.0  # ... when it names no wait
 
 
@@ -87,16 +87,20 @@ class Target(ABC):
     stats: TargetStats = field(default_factory=TargetStats)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     token_limit: int = 32768  # most tokens one answer may ask for (settings.max_tokens_limit)
-    # A 429 from it (its own rate limit): routes leave it out until then (time.monotonic()),
-    # as its Retry-After says, instead of asking it again first on every request.
+    # A 429 from it (its own rate limit), or a 503 that said when to come back: routes leave
+    # it out until then (time.monotonic()), as its Retry-After says, instead of asking it
+    # again first on every request. `rate_limited`: the latest rest is a 429's.
     rests_until: float = 0.0
+    rate_limited: bool = True
 
-    def rest(self, seconds: float) -> None:
+    def rest(self, seconds: float, *, rate_limited: bool) -> None:
         """Leave this target out of routes for `seconds` (at most MAX_REST)."""
-        self.rests_until = max(self.rests_until, time.monotonic() + min(seconds, MAX_REST))
+        until = time.monotonic() + min(seconds, MAX_REST)
+        if until > self.rests_until:
+            self.rests_until, self.rate_limited = until, rate_limited
 
     def resting(self) -> float:
-        """Seconds this target still rests after a 429 (0: it does not)."""
+        """Seconds this target still rests after a 429 or a 503 (0: it does not)."""
         return max(0.0, self.rests_until - time.monotonic())
 
     @property

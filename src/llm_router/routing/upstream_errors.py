@@ -20,6 +20,7 @@ from ..errors import (
     BadRequest,
     ContextLengthExceeded,
     RouterError,
+    UpstreamBusy,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -116,9 +117,9 @@ def status_error(name: str, answer: Answer) -> RouterError:
         )
     if status == 503:  # down for now: another target, or this one after its Retry-After
         log.warning("upstream %s answered 503: %s", name, message)
-        return UpstreamUnavailable(
-            f"upstream {name} is unavailable (HTTP 503)",
-            retry_after=_retry_after(answer.headers.get("retry-after")),
+        said = answer.headers.get("retry-after")
+        return (UpstreamBusy if said else UpstreamUnavailable)(
+            f"upstream {name} is unavailable (HTTP 503)", retry_after=_retry_after(said)
         )
     if status >= 500 or status in (401, 403, 404, 407, 408):
         # 404: the target's `model` or `base_url` is wrong, a fault of its configuration (the
