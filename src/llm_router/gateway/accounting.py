@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .keys import ApiKey
 from .service import Gateway
 
-__all__ = ["record_route", "serve_keyless"]
+__all__ = ["record_route", "serve_keyless", "started_status"]
 
 
 async def serve_keyless(
@@ -24,8 +24,14 @@ async def serve_keyless(
     try:
         await app(scope, receive, send)
     finally:
-        start = scope.get("state", {}).get("response")  # its start, kept by server/front.py
-        record_route(gateway, None, scope, start["status"] if start is not None else 0, started)
+        record_route(gateway, None, scope, started_status(scope.get("state", {})), started)
+
+
+def started_status(state: dict[str, Any]) -> int:
+    """The status the response started with (server/front.py keeps its start at the scope's
+    state); 0 when it did not start (the client left first)."""
+    start = state.get("response")
+    return int(start["status"]) if start is not None else 0
 
 
 def record_route(

@@ -85,14 +85,12 @@ class Admission:
         if self.limiter is not None and not self.limiter.prompt_now(self, tokens + completion):
             await self.limiter.take_prompt(self, tokens, completion)
 
-    @property
-    def headers(self) -> list[Header]:
-        """The `x-ratelimit-*` headers of what the request saw last."""
+    def header_list(self) -> list[Header]:
+        """The `x-ratelimit-*` headers of what the request saw last (called when the response
+        starts: server/front.py)."""
         return _headers(self.views)
 
-    def header_list(self) -> list[Header]:
-        """`headers`, as a callable (made when the response starts: server/front.py)."""
-        return _headers(self.views)
+    headers = property(header_list)
 
 
 class Limiter:

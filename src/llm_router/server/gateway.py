@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ModelNotFound, PermissionDenied, RateLimited, RouterError
-from ..gateway.accounting import record_route, serve_keyless
+from ..gateway.accounting import record_route, serve_keyless, started_status
 from ..gateway.keys import ApiKey, required_scope
 from ..gateway.service import Gateway
 from ..routing.admission import prompt_gate
@@ -371,13 +371,6 @@ def _no_keys() -> RouterError:
         "This server has no API keys yet, so it serves clients on this machine only. Create "
         "one (`llm-router keys create NAME`) or set LLM_ROUTER_MASTER_KEY, or set `auth: off`."
     )
-
-
-def started_status(state: dict[str, Any]) -> int:
-    """The status the response started with (server/front.py keeps its start); 0 when it did
-    not start (the client left first)."""
-    start = state.get("response")
-    return int(start["status"]) if start is not None else 0
 
 
 def _bearer(headers: list[Header]) -> str | None:
