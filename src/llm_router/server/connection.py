@@ -19,7 +19,9 @@ here: 503 `server_busy` with `Retry-After` when `max_connections` are open (uvic
 or the requests in flight), 400 for bytes that are no HTTP request, and the 408 above.
 
 All of it runs on the event loop's thread, in the protocol's callbacks and one timer a
-connection: nothing here races."""
+server that looks at every connection's head awaited a fraction of `header_timeout`: a
+request only notes when its head began (a timer armed and cancelled a request cost more);
+nothing here races."""
 
 from __future__ import annotations
 
@@ -44,8 +46,13 @@ RETRY_BUSY = b"1"  # seconds a client told 503 for max_connections waits before 
 def connection_class(header_timeout: float) -> type[Connection]:
     """The protocol class uvicorn makes each connection with, for one server: its deadline
     for a request's head, and one rate-limited warning for all its refusals (`busy_log`)."""
-    attrs = {"header_timeout": header_timeout, "busy_log": Occasional(log)}
+    attrs = {"header_timeout": header_timeout, "busy_log": Occasional(log), "sweeping": False}
     return type("Connection", (Connection,), attrs)
+
+
+def _every(timeout: float) -> float:
+    """Seconds between the looks at the heads awaited: a head is late by at most this."""
+    return min(1.0, timeout / 4)
 
 
 def _envelope(message: str, type_: str, code: str | None) -> dict[str, Any]:
@@ -55,12 +62,13 @@ def _envelope(message: str, type_: str, code: str | None) -> dict[str, Any]:
 class Connection(HttpToolsProtocol):
     header_timeout: float  # both set by connection_class
     busy_log: Occasional
+    sweeping: bool  # this server's looks at the heads awaited are scheduled (`_sweep`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.most = self.limit_concurrency  # max_connections: checked here, see on_headers_complete
         self.limit_concurrency = None
-        self.deadline: asyncio.TimerHandle | None = None
+        self.head_since: float | None = None  # when the head awaited began to be awaited
         self.head_begun = False  # a byte of the head awaited has arrived (408, not a silent close)
 
     # -- the deadline ------------------------------------------------------------------------
@@ -77,13 +85,13 @@ class Connection(HttpToolsProtocol):
         super().data_received(data)
         # between requests (no response under way): whatever came belongs to the next head,
         # or is the end of a body answered without being read, which counts as it (see above)
-        if self.deadline is None and (self.cycle is None or self.cycle.response_complete):
+        if self.head_since is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_begun = True
-        if self.deadline is None:  # the next request's head, sent while a response is under way
+        if self.head_since is None:  # the next request's head, sent while a response is under way
             self._arm()
 
     def on_headers_complete(self) -> None:
@@ -112,16 +120,33 @@ class Connection(HttpToolsProtocol):
 
     def _arm(self) -> None:
         if not self.transport.is_closing() and self.transport.get_protocol() is self:
-            self.deadline = self.loop.call_later(self.header_timeout, self._late)
+            self.head_since = self.loop.time()  # a moment on the request path; no timer
+            cls = type(self)
+            if not cls.sweeping:
+                cls.sweeping = True
+                self.loop.call_later(_every(cls.header_timeout), cls._sweep, self.connections)
 
     def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        self.head_since = None
+
+    @classmethod
+    def _sweep(cls, connections: set[Any]) -> None:
+        """One look a fraction of `header_timeout` at this server's connections (one timer for
+        all, not one a request): those whose head is late are `_late`."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(connections):
+            since = getattr(conn, "head_since", None)
+            if since is not None and now - since >= cls.header_timeout:
+                conn.head_since = None
+                conn._late()
+        if connections:
+            loop.call_later(_every(cls.header_timeout), cls._sweep, connections)
+        else:  # the next connection starts the looks again
+            cls.sweeping = False
 
     def _late(self) -> None:
         """The head awaited has not all arrived at its deadline."""
-        self.deadline = None
         if self.transport.is_closing() or self.transport.get_protocol() is not self:
             return  # closed, or a WebSocket's now
         if self.cycle is not None and not self.cycle.response_complete:
