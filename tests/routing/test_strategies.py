@@ -341,6 +341,7 @@ def test_routing_package_exports_exactly_its_all() -> None:
         "admission",
         "shared_breakers",
         "configured",
+        "planning",
     }
     assert public - modules == set(routing.__all__)
     assert routing.__all__ == sorted(routing.__all__, key=lambda n: (not n.isupper(), n))
