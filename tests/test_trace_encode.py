@@ -17,9 +17,10 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 
-from llm_router import __version__, trace_export
+from llm_router import __version__, otlp_export
+from llm_router.otlp_export import _Direct
 from llm_router.trace_encode import Encoder
-from llm_router.trace_export import Record, _Direct
+from llm_router.trace_export import Record
 
 RESOURCE = Resource.create({"service.name": "router-under-test", "deployment": "test"})
 
@@ -133,7 +134,7 @@ def test_a_batch_goes_out_in_requests_of_at_most_the_export_batch_size(
         def shutdown(self) -> None:
             pass
 
-    export = trace_export._Encoded(Exporter(), RESOURCE, lambda data: not sent.append(data))
+    export = otlp_export._Encoded(Exporter(), RESOURCE, lambda data: not sent.append(data))
     batch: list[Record] = [
         (f"span {i}", 0, 7, i + 1, 0, False, 1, "", i, i + 1, {"i": i}, None, ()) for i in range(10)
     ]
@@ -143,7 +144,7 @@ def test_a_batch_goes_out_in_requests_of_at_most_the_export_batch_size(
     assert [len(r.resource_spans[0].scope_spans[0].spans) for r in requests] == [4, 4, 2]
     assert [s.name for s in spans] == [f"span {i}" for i in range(10)]
     refused = iter([True, False, True])  # the collector refuses the second request
-    export = trace_export._Encoded(Exporter(), RESOURCE, lambda data: next(refused))
+    export = otlp_export._Encoded(Exporter(), RESOURCE, lambda data: next(refused))
     assert export(batch) == 4
 
 
@@ -154,9 +155,9 @@ def test_the_server_exporter_takes_encoded_requests_for_both_protocols(
     falls back to the SDK's spans, a fourth of the speed)."""
     for protocol in ("http/protobuf", "grpc"):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        export = trace_export.exporting("http://127.0.0.1:9")
+        export = otlp_export.exporting("http://127.0.0.1:9")
         try:
-            assert isinstance(export, trace_export._Encoded), protocol
+            assert isinstance(export, otlp_export._Encoded), protocol
         finally:
             export.shutdown()
 
@@ -210,8 +211,8 @@ def test_both_ways_of_the_exporter_process_send_the_same_spans(batch: list[Recor
     try:
         for encode in (True, False):
             _Receiver.spans = []
-            export = trace_export.exporting(f"http://127.0.0.1:{server.server_port}", encode=encode)
-            assert isinstance(export, trace_export._Encoded) == encode
+            export = otlp_export.exporting(f"http://127.0.0.1:{server.server_port}", encode=encode)
+            assert isinstance(export, otlp_export._Encoded) == encode
             export(batch)
             export.shutdown()  # the processor exports what it holds
             got.append(sorted(_Receiver.spans, key=lambda s: s.SerializeToString()))

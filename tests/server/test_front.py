@@ -280,7 +280,7 @@ def test_the_exporter_process_logs_json_in_a_json_log(
     finally:
         srv.stop()
     lines = [json.loads(line) for line in srv.log_path.read_text().splitlines() if line.strip()]
-    exporter = [x for x in lines if x["logger"].startswith(("llm_router.trace_export", "opentel"))]
+    exporter = [x for x in lines if x["logger"].startswith(("llm_router.otlp_export", "opentel"))]
     assert any(x["logger"].startswith("opentelemetry.exporter") for x in exporter)
     said = [x for x in exporter if "spans_dropped" in x or "spans_lost" in x]
     assert said and all(x["level"] == "warning" for x in said)
