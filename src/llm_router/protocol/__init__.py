@@ -12,6 +12,19 @@ from .embeddings import (
     EmbeddingUsage,
     TokenId,
 )
+from .fields import (
+    EXAMPLE_MODEL,
+    MAX_MODEL_NAME,
+    MAX_TOKEN_ID,
+    MAX_TOKENS,
+    OPENAI_CHAT_FIELDS,
+    OPENAI_COMPLETION_FIELDS,
+    OPENAI_EMBEDDING_FIELDS,
+    SAMPLING_EXTENSIONS,
+    SEED_MAX,
+    SEED_MIN,
+    TEMPLATE_FIELDS,
+)
 from .llama import (
     ApplyTemplateRequest,
     ApplyTemplateResponse,
@@ -28,17 +41,6 @@ from .llama import (
 from .messages import ChatMessageIn, TextPart
 from .numbers import Float, Int
 from .requests import (
-    EXAMPLE_MODEL,
-    MAX_MODEL_NAME,
-    MAX_TOKEN_ID,
-    MAX_TOKENS,
-    OPENAI_CHAT_FIELDS,
-    OPENAI_COMPLETION_FIELDS,
-    OPENAI_EMBEDDING_FIELDS,
-    SAMPLING_EXTENSIONS,
-    SEED_MAX,
-    SEED_MIN,
-    TEMPLATE_FIELDS,
     ChatCompletionRequest,
     CompletionRequest,
     _Request,

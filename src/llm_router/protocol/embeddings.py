@@ -12,8 +12,8 @@ from pydantic import (
     StrictBool,
 )
 
+from .fields import MAX_MODEL_NAME, MAX_TOKEN_ID, KeepAlive
 from .numbers import Int
-from .requests import MAX_MODEL_NAME, MAX_TOKEN_ID, KeepAlive
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
 

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from .embeddings import TokenId
-from .requests import EXAMPLE_MODEL, MAX_MODEL_NAME, ChatCompletionRequest
+from .fields import EXAMPLE_MODEL, MAX_MODEL_NAME
+from .requests import ChatCompletionRequest
 
 __all__ = [
     "ApplyTemplateRequest",
