@@ -39,7 +39,7 @@ async def test_every_metric_of_the_dashboard_is_exported(tmp_path: Path) -> None
         await client.post("/models/unload", json={"model": "chat"})
         text = (await client.get("/metrics")).text
     exported = _exported(text)
-    used = {m for e in exprs for m in re.findall(r"\bllm_router_\w+", e)}
+    used = {m for e in exprs for m in re.findall(r"\b(?:llm_router|process)_\w+", e)}
     assert len(used) >= 20
     missing = sorted(used - exported.keys())
     assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"

@@ -116,3 +116,19 @@ def test_unload_reasons_are_a_closed_set() -> None:
     assert unload_reason("requested") == "requested"
     assert unload_reason("file changed on disk: /some/path") == "other"
     assert unload_reason(None) == "other"
+
+
+async def test_the_router_process_exports_its_own_memory_fds_and_cpu(tmp_path: Path) -> None:
+    """An SRE watches the process's RSS and fds from Prometheus (a soak found no process_*
+    series: the registry is the app's own, without the standard collectors)."""
+    import sys
+
+    import psutil
+
+    async with app_client(tmp_path) as client:
+        text = (await client.get("/metrics")).text
+    rss = _value(text, "process_resident_memory_bytes")
+    assert 0.5 < rss / psutil.Process().memory_info().rss < 2  # this process's, in bytes
+    assert _value(text, "process_open_fds") >= 3
+    assert _value(text, "process_cpu_seconds_total") > 0
+    assert f'version="{".".join(map(str, sys.version_info[:3]))}"' in text  # python_info
