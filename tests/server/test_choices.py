@@ -203,7 +203,8 @@ def test_chat_without_logprobs_has_none(client: openai.OpenAI) -> None:
 
 
 def test_completion_logprobs_shape_and_offsets(client: openai.OpenAI) -> None:
-    done = complete(client, prompt="The sky is", temperature=0, logprobs=3)
+    prompt = "The sky is"
+    done = complete(client, prompt=prompt, temperature=0, logprobs=3)
     lp = done.choices[0].logprobs
     assert lp is not None and lp.tokens
     assert "".join(lp.tokens) == done.choices[0].text
@@ -211,13 +212,55 @@ def test_completion_logprobs_shape_and_offsets(client: openai.OpenAI) -> None:
     assert (
         len(lp.token_logprobs or []) == len(lp.top_logprobs or []) == len(lp.text_offset or []) == n
     )
-    offset = 0
+    offset = len(prompt)  # counted from the prompt's start, as OpenAI's
     for token, at, top, chosen in zip(
         lp.tokens, lp.text_offset or [], lp.top_logprobs or [], lp.token_logprobs or [], strict=True
     ):
         assert at == offset
         offset += len(token)
         assert len(top) <= 3 and chosen == pytest.approx(max(top.values()), abs=1e-5)
+
+
+def offsets(done: Any) -> list[list[int]]:
+    return [c.logprobs.text_offset for c in done.choices]
+
+
+def streamed_offsets(client: openai.OpenAI, **kw: Any) -> list[list[int]]:
+    out: dict[int, list[int]] = {}
+    for chunk in client.completions.create(model=GEMMA, max_tokens=8, stream=True, **kw):
+        for c in chunk.choices:
+            if c.logprobs:
+                out.setdefault(c.index, []).extend(c.logprobs.text_offset or [])
+    return [out[i] for i in sorted(out)]
+
+
+def test_text_offsets_count_from_the_prompts_start_with_echo_or_not(
+    server: Server, client: openai.OpenAI
+) -> None:
+    """OpenAI's `text_offset` counts from the start of the prompt, echoed or not. Without
+    `echo` they began at 0 (streamed too), where with it the same tokens' offsets counted the
+    prompt: the two modes disagreed (found from outside)."""
+    prompts = ["The capital of France is", "2+2="]
+    kw: dict[str, Any] = {"prompt": prompts, "n": 2, "temperature": 0, "logprobs": 1}
+    plain = complete(client, **kw)
+    echoed = complete(client, **kw, echo=True)
+    for i, c in enumerate(plain.choices):
+        prompt = prompts[c.index // 2]
+        assert c.logprobs.text_offset[0] == len(prompt)
+        at = len(prompt)
+        for token, offset in zip(c.logprobs.tokens, c.logprobs.text_offset, strict=True):
+            assert offset == at
+            at += len(token)
+        # with echo, the answer's tokens are the last ones, at the same offsets
+        tail = echoed.choices[i].logprobs.text_offset[-len(c.logprobs.tokens) :]
+        assert tail == c.logprobs.text_offset
+    assert streamed_offsets(client, **kw) == offsets(plain)
+    assert streamed_offsets(client, **kw, echo=True) == offsets(echoed)
+    ids = tokenize(server, GEMMA, prompts[0])  # its text is what `echo` gives back
+    by_ids = complete(client, prompt=ids, temperature=0, logprobs=1)
+    text = complete(client, prompt=ids, temperature=0, echo=True, max_tokens=0).choices[0].text
+    assert by_ids.choices[0].logprobs.text_offset[0] == len(text) > 0
+    assert streamed_offsets(client, prompt=ids, temperature=0, logprobs=1) == offsets(by_ids)
 
 
 def test_completion_echo_with_logprobs_covers_the_prompt(client: openai.OpenAI) -> None:

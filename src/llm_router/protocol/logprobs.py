@@ -1,7 +1,8 @@
 """Log-probabilities in OpenAI's two shapes: a chat choice's `logprobs.content` (one entry per
 token: `token`, `logprob`, `bytes`, `top_logprobs`) and a text completion's `logprobs`
 (parallel lists `tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`:
-each token's character offset in the choice's text, the echoed prompt included)."""
+each token's character offset from the start of the prompt, as OpenAI's count them: with
+`echo` its offset in the choice's text, without it that plus the prompt's length)."""
 
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ def chat_logprobs(tokens: Iterable[TokenLogprob]) -> ChatLogprobs:
 def completion_logprobs(
     tokens: Iterable[TokenLogprob], offset: int = 0
 ) -> tuple[CompletionLogprobs, int]:
-    """The entries, their text offsets counted from `offset` (the characters of the choice's
-    text before them), and the offset after them."""
+    """The entries, their text offsets counted from `offset` (the characters before them,
+    the prompt's included), and the offset after them."""
     out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
     for t in tokens:
         text = _text(t.token)

@@ -346,13 +346,16 @@ class GenerationService:
         out = []
         for c in choices:
             a = answers[c.index]
-            text, logprobs = a.text, None
+            text, logprobs, prompt = a.text, None, ""
             if a.prompt_logprobs:
-                text = joined_tokens(a.prompt_logprobs) + text
-            elif req.echo:
-                text = await self._echo(c.request, route) + text
+                prompt = joined_tokens(a.prompt_logprobs)
+            elif req.echo or a.logprobs:  # the answer's offsets count the prompt's characters
+                prompt = await self._prompt_text(c.request, route)
+            if req.echo:
+                text = prompt + text
             if req.logprobs is not None:
-                logprobs, _ = completion_logprobs([*a.prompt_logprobs, *a.logprobs])
+                start = 0 if a.prompt_logprobs else len(prompt)
+                logprobs, _ = completion_logprobs([*a.prompt_logprobs, *a.logprobs], start)
             out.append(
                 CompletionChoice(
                     index=c.index,
@@ -369,9 +372,10 @@ class GenerationService:
             usage=UsageOut.of(total_usage(choices, {i: a.finished for i, a in answers.items()})),
         )
 
-    async def _echo(self, request: GenerationRequest, route: RouteInfo) -> str:
-        """The prompt as text, for `echo`: as given, or its token ids' text (from the model
-        that served it)."""
+    async def _prompt_text(self, request: GenerationRequest, route: RouteInfo) -> str:
+        """The prompt as text, for `echo` and for the offsets of the answer's tokens (counted
+        from the prompt's start, as OpenAI's): as given, or its token ids' text (from the
+        local model that served it; only a local model gives log-probabilities)."""
         if request.prompt_tokens is None:
             return request.prompt or ""
         target = self.dispatcher.local(route.target, "`echo` of token ids")
@@ -390,7 +394,7 @@ class GenerationService:
         if req.include_usage:  # as OpenAI's: `"usage": null` on every chunk but the last
             head["usage"] = None
         texts: dict[int, TextChunks] = {}
-        offsets: dict[int, int] = {}
+        offsets: dict[int, int] = {}  # a choice's next text offset, once it has tokens
         finished: dict[int, Finished] = {}
 
         def chunk(i: int, text: str, logprobs: CompletionLogprobs | None = None) -> Completion:
@@ -402,15 +406,19 @@ class GenerationService:
                 if i not in texts:
                     head["model"] = route.target
                     texts[i] = TextChunks(chunk(i, TextChunks.MARK))
-                    offsets[i] = 0
                     if req.echo and req.logprobs is None:
-                        yield texts[i].chunk(await self._echo(by_index[i].request, route))
+                        yield texts[i].chunk(await self._prompt_text(by_index[i].request, route))
                 if isinstance(event, PromptLogprobs):
                     lp, offsets[i] = completion_logprobs(event.tokens)
                     yield chunk(i, joined_tokens(event.tokens), lp)
                 elif isinstance(event, TextDelta):
                     if req.logprobs is not None:
-                        lp, offsets[i] = completion_logprobs(event.logprobs, offsets[i])
+                        if event.logprobs and i not in offsets:  # after the prompt, unechoed
+                            prompt = await self._prompt_text(by_index[i].request, route)
+                            offsets[i] = len(prompt)
+                        lp, end = completion_logprobs(event.logprobs, offsets.get(i, 0))
+                        if i in offsets:
+                            offsets[i] = end
                         yield chunk(i, event.text, lp)
                     else:
                         yield texts[i].chunk(event.text)
