@@ -286,6 +286,32 @@ def test_completion_echo_with_logprobs_covers_the_prompt(client: openai.OpenAI) 
     assert streamed_tokens == lp.tokens
 
 
+@pytest.mark.parametrize("n_probs", [0, 1, 2])
+def test_completion_top_logprobs_hold_the_chosen_token(client: openai.OpenAI, n_probs: int) -> None:
+    """OpenAI's `logprobs: N` gives the N likeliest tokens and always the chosen one (up to
+    N + 1). An echoed prompt token outside the N likeliest was missing from its own entry
+    (" capital" at -11.45: `{"-": -0.90}`), a sampled one too, and `logprobs: 0` gave empty
+    entries (found from outside)."""
+    prompt = "The capital of France is"
+    kw: dict[str, Any] = {"model": GEMMA, "prompt": prompt, "logprobs": n_probs, "echo": True}
+    done = complete(client, **kw, temperature=1.5, seed=5, max_tokens=8)
+    lp = done.choices[0].logprobs
+    entries = zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset, strict=True)
+    beyond = {"prompt": 0, "answer": 0}  # entries whose chosen token is not among the N
+    for token, chosen, top, at in entries:
+        assert top[token] == pytest.approx(chosen)
+        others = [v for t, v in top.items() if t != token]
+        assert len(others) in (n_probs - 1, n_probs)
+        if len(others) == n_probs:
+            assert all(v >= chosen for v in others)
+            beyond["prompt" if at < len(prompt) else "answer"] += 1
+    assert all(beyond.values()), beyond  # both kinds are checked
+    streamed = list(client.completions.create(**kw, temperature=0, max_tokens=3, stream=True))
+    whole = complete(client, **kw, temperature=0, max_tokens=3).choices[0].logprobs.top_logprobs
+    tops = [ch.logprobs.top_logprobs or [] for c in streamed for ch in c.choices if ch.logprobs]
+    assert [t for top in tops for t in top] == whole
+
+
 def test_max_tokens_0_with_echo_and_logprobs_scores_the_prompt(client: openai.OpenAI) -> None:
     """How lm-eval-harness scores a prompt; it was a 400 (max_tokens from 1), as OpenAI's
     schema allows 0. Without echo, 0 is an empty answer, as OpenAI gives."""

@@ -2,7 +2,12 @@
 token: `token`, `logprob`, `bytes`, `top_logprobs`) and a text completion's `logprobs`
 (parallel lists `tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`:
 each token's character offset from the start of the prompt, as OpenAI's count them: with
-`echo` its offset in the choice's text, without it that plus the prompt's length)."""
+`echo` its offset in the choice's text, without it that plus the prompt's length).
+
+A chat entry's `top_logprobs` are the `top_logprobs` likeliest tokens, the chosen one apart
+(its own `token`/`logprob`); a completion's dict also holds the chosen token, as OpenAI
+documents it (the sampled token's logprob always: up to `logprobs` + 1 entries, the chosen
+one alone for `logprobs: 0`), for an echoed prompt's tokens as for the answer's."""
 
 from __future__ import annotations
 
@@ -73,9 +78,11 @@ def completion_logprobs(
         text = _text(t.token)
         out.tokens.append(text)
         out.token_logprobs.append(t.logprob)
-        out.top_logprobs.append(
-            {_text(b): lp for b, lp in t.top} if t.logprob is not None else None
-        )
+        top = None
+        if t.logprob is not None:
+            top = {_text(b): lp for b, lp in t.top}
+            top.setdefault(text, t.logprob)
+        out.top_logprobs.append(top)
         out.text_offset.append(offset)
         offset += len(text)
     return out, offset
