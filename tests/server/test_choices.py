@@ -312,6 +312,41 @@ def test_completion_top_logprobs_hold_the_chosen_token(client: openai.OpenAI, n_
     assert [t for top in tops for t in top] == whole
 
 
+def covers(tokens: list[str], text: str) -> bool:
+    """Whether `tokens` are those of `text`: each one's text is in it, the last's maybe only
+    in part."""
+    joined = "".join(tokens)
+    return joined.startswith(text) and len(joined) - len(tokens[-1]) < len(text)
+
+
+@pytest.mark.parametrize(("stop", "text", "generated"), [("ari", " P", 1), ("is.", " Par", 2)])
+def test_logprobs_list_the_tokens_of_the_text_a_stop_string_leaves(
+    client: openai.OpenAI, stop: str, text: str, generated: int
+) -> None:
+    """A stop string cuts the text, and the log-probabilities follow the text: the tokens
+    listed are those whose text is in the answer (the last one's possibly in part, where the
+    stop string begins inside it); a token wholly inside the stop string is left out, though
+    `usage` counts it (it was generated). Streamed as whole, on chat as on completions."""
+    prompt = "The capital of France is"
+    kw: dict[str, Any] = {"model": SMOL, "prompt": prompt, "temperature": 0, "max_tokens": 5}
+    free = complete(client, **kw, logprobs=1).choices[0].logprobs.tokens
+    assert free[:2] == [" Paris", "."]  # the answer the stop strings cut
+    done = complete(client, **kw, logprobs=1, stop=[stop])
+    choice = done.choices[0]
+    assert (choice.text, choice.logprobs.tokens) == (text, [" Paris"])
+    assert done.usage.completion_tokens == generated
+    streamed = list(client.completions.create(**kw, logprobs=1, stop=[stop], stream=True))
+    assert "".join(ch.text for c in streamed for ch in c.choices) == text
+    lps = [ch.logprobs for c in streamed for ch in c.choices if ch.logprobs]
+    assert [t for lp in lps for t in lp.tokens or []] == choice.logprobs.tokens
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(
+        model=SMOL, messages=question, temperature=0, max_tokens=12, logprobs=True, stop=[stop]
+    ).choices[0]
+    assert chat.message.content and chat.message.content.endswith(text.strip())
+    assert covers([t.token for t in chat.logprobs.content], chat.message.content)
+
+
 def test_max_tokens_0_with_echo_and_logprobs_scores_the_prompt(client: openai.OpenAI) -> None:
     """How lm-eval-harness scores a prompt; it was a 400 (max_tokens from 1), as OpenAI's
     schema allows 0. Without echo, 0 is an empty answer, as OpenAI gives."""
