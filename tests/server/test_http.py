@@ -87,6 +87,33 @@ async def test_a_lone_surrogate_is_invalid_json_on_every_route(inproc: httpx.Asy
         r = await inproc.request(method, path, content=raw.encode(), headers=JSON)
         message = str(error(r, 400)["message"])
         assert message.startswith("We could not parse the JSON body"), (path, message)
+        assert "unpaired UTF-16 surrogate (\\ud800)" in message, (path, message)
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "lone"),
+    [
+        ('{"model":"chat","prompt":"\\ud83d"}', "in `prompt`", "\\ud83d"),
+        ('{"model":"chat","prompt":["a","x\\ud83dy"]}', "in `prompt.1`", "\\ud83d"),
+        ('{"model":"chat","prompt":"\\ude00"}', "in `prompt`", "\\ude00"),
+        ('{"model":"chat","prompt":"\\ud83d\\ud83d\\ude00"}', "in `prompt`", "\\ud83d"),
+        ('{"model":"chat","prompt":"ok","stop":{"\\udfff":1}}', "in `stop`", "\\udfff"),
+    ],
+)
+async def test_a_lone_surrogate_is_named_as_what_it_is(
+    inproc: httpx.AsyncClient, body: str, where: str, lone: str
+) -> None:
+    """The parser's words were about an escape cut short ("unexpected end of hex escape" for
+    `"\\ud83d"`), which misdescribed a well-formed escape (found from outside): the 400 now
+    says a string holds an unpaired surrogate, which one, and where."""
+    r = await inproc.post("/v1/completions", content=body.encode(), headers=JSON)
+    message = str(error(r, 400)["message"])
+    assert f"a string {where} holds an unpaired UTF-16 surrogate ({lone})" in message
+    assert "hex escape" not in message
+    r = await inproc.post(
+        "/v1/completions", content=b'{"model": "chat", "prompt": "\\ud83', headers=JSON
+    )
+    assert "surrogate" not in str(error(r, 400)["message"])  # a cut escape is not one
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,11 @@ but no text can hold: an escaped lone UTF-16 surrogate (`"\\ud800"`). pydantic p
 string on where a field is a plain `str`, and the first thing to encode it (a worker's
 request, a log line) failed with a 500; pydantic-core's parser refuses it as invalid JSON, a
 400 as on the hot routes. Each router is made with `route_class=JSONRoute`; a test checks
-every route with a JSON body is one."""
+every route with a JSON body is one.
+
+pydantic-core's words for that refusal describe an escape cut short ("unexpected end of hex
+escape" for `"\\ud83d"`, awaiting the pair's second half), so `invalid_json` looks for the
+unpaired surrogate itself and names it and where it is."""
 
 from __future__ import annotations
 
@@ -18,7 +22,52 @@ import pydantic_core
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-__all__ = ["JSONRoute"]
+__all__ = ["JSONRoute", "invalid_json"]
+
+
+def invalid_json(body: bytes, parser_says: str) -> str:
+    """Why pydantic-core refused `body`: its own words, unless a string there holds an
+    unpaired UTF-16 surrogate (read with `json.loads`, which takes one: only on this error's
+    path, never on a valid body's)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return parser_says  # not JSON to either parser: the parser said why
+    found = _unpaired_surrogate(doc)
+    if found is None:
+        return parser_says
+    where, char = found
+    at = f" in `{where}`" if where else ""
+    return (
+        f"a string{at} holds an unpaired UTF-16 surrogate (\\u{ord(char):04x}), which is no "
+        "character: send the character itself, or both halves of its surrogate pair"
+    )
+
+
+def _unpaired_surrogate(doc: Any) -> tuple[str, str] | None:
+    """The dotted path of the first string holding a lone surrogate (an object's, for one
+    of its keys), and that surrogate."""
+    todo: list[tuple[str, Any]] = [("", doc)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, dict):
+            for text in value:
+                if (char := _lone(text)) is not None:
+                    return path, char
+            todo.extend(reversed([(_join(path, k), v) for k, v in value.items()]))
+        elif isinstance(value, list):
+            todo.extend(reversed([(_join(path, str(i)), v) for i, v in enumerate(value)]))
+        elif isinstance(value, str) and (char := _lone(value)) is not None:
+            return path, char
+    return None
+
+
+def _lone(text: str) -> str | None:
+    return next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 class _JSONRequest(Request):
@@ -28,7 +77,7 @@ class _JSONRequest(Request):
             try:
                 self._json = pydantic_core.from_json(body)
             except ValueError as exc:  # FastAPI answers this one as a `json_invalid` 400
-                raise json.JSONDecodeError(str(exc), "", 0) from None
+                raise json.JSONDecodeError(invalid_json(body, str(exc)), "", 0) from None
         return self._json
 
 

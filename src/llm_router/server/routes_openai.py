@@ -39,7 +39,7 @@ from ..serving.ensemble import (
     EnsembleService,
 )
 from ..serving.generate import GenerationService, RouteInfo
-from .bodies import JSONRoute
+from .bodies import JSONRoute, invalid_json
 from .gateway import visible
 from .headers import header_text
 from .sse import cancel_on_disconnect, sse_response
@@ -59,6 +59,9 @@ async def parse_body(request: Request, model: type[T]) -> T:
         return no_autoload_asked(request, model.model_validate_json(body))
     except ValidationError as exc:
         errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            why = invalid_json(body, errors[0].get("ctx", {}).get("error", errors[0]["msg"]))
+            raise RequestValidationError([{**errors[0], "ctx": {"error": why}}]) from None
         default = request.app.state.settings.default_model
         if default and any(e["type"] == "missing" and e["loc"] == ("model",) for e in errors):
             try:
