@@ -151,7 +151,8 @@ class Metrics:
         self.cache_lookups = Counter(
             "llm_router_cache_lookups",
             "Response cache lookups by tier (memory, disk, redis; flight: a wait for an identical "
-            "request in progress; semantic) and result (hit, miss, near_miss)",
+            "request in progress; semantic) and result (hit, miss, near_miss; semantic only: "
+            "too_long, a text longer than its embedding model reads, not looked up)",
             ["tier", "result"],
             registry=r,
         )

@@ -292,7 +292,10 @@ GenerationEvent = TextDelta | MessageFields | PromptLogprobs | Finished
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
-    """One vector per input, in input order, and the input tokens they took."""
+    """One vector per input, in input order, and the input tokens they took. `window`: the
+    most tokens the model reads of one input, a longer one being cut to it (so an input whose
+    count is the window may have been cut); None when unknown (a remote server)."""
 
     vectors: list[list[float]]
     prompt_tokens: int
+    window: int | None = None

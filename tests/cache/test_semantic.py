@@ -151,3 +151,54 @@ async def test_prompts_of_token_ids_must_match_exactly(tmp_path: Path) -> None:
         other = await client.post("/v1/completions", json={**body, "prompt": [66, 121, 101]})
     assert first.status_code == other.status_code == 200, other.text
     assert other.headers["x-llm-router-cache"] == "miss"
+
+
+DOC = (
+    "The Zorblax 3000 is a kitchen appliance made by Acme Corp in 2019. "
+    + "It has a 2 litre bowl, a 900 watt motor, twelve speed settings and a pulse button. " * 14
+    + "Its warranty lasts 5 years. It is sold in red, blue and green."
+)  # ~300 tokens: more than all-MiniLM-L6-v2 reads (256)
+QUESTIONS = ("What colours is it sold in?", "How long is the warranty?")
+
+
+def test_a_text_longer_than_the_semantic_model_reads_is_not_looked_up(
+    semantic_server: Server, make_client: MakeClient
+) -> None:
+    """Found from outside: past the 256 tokens all-MiniLM-L6-v2 reads, every question after a
+    shared RAG document embedded alike (distance 0.0000) and got the first one's answer, in a
+    system message, in the user's own message and in a completion's prompt alike."""
+    client = make_client(semantic_server)
+    headers: dict[str, list[str]] = {"system": [], "user": [], "prompt": []}
+    for question in QUESTIONS:
+        for where in ("system", "user"):
+            messages = [{"role": "user", "content": f"Context:\n{DOC}\n\nQuestion: {question}"}]
+            if where == "system":
+                messages = [
+                    {"role": "system", "content": "Answer from this document only.\n" + DOC},
+                    {"role": "user", "content": question},
+                ]
+            raw = client.chat.completions.with_raw_response.create(
+                model=SMOL,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0,
+                max_tokens=4,
+            )
+            headers[where].append(raw.headers["x-llm-router-cache"])
+        completion = client.completions.with_raw_response.create(
+            model=SMOL,
+            prompt=f"Context:\n{DOC}\n\nQuestion: {question}\nAnswer:",
+            temperature=0,
+            max_tokens=4,
+        )
+        headers["prompt"].append(completion.headers["x-llm-router-cache"])
+    again = client.completions.with_raw_response.create(
+        model=SMOL,
+        prompt=f"Context:\n{DOC}\n\nQuestion: {QUESTIONS[0]}\nAnswer:",
+        temperature=0,
+        max_tokens=4,
+    )
+    assert headers == {k: ["miss", "miss"] for k in headers}
+    assert again.headers["x-llm-router-cache"] == "hit"  # the exact cache applies as before
+    assert again.headers["x-llm-router-route"] == "cache"
+    metrics = httpx.get(semantic_server.url + "/metrics", timeout=10).text
+    assert 'llm_router_cache_lookups_total{result="too_long",tier="semantic"} 6.0' in metrics

@@ -8,8 +8,15 @@ The vectors live in this process (numpy, up to `max_entries`, the oldest dropped
 point at exact cache keys, so the answers themselves are in the tiers. With the Redis tier on,
 they are shared with every router on that Redis too (shared.py): a lookup first takes in what
 the others added. A lookup embeds the request's text once (a few milliseconds on a small local
-model), reused to remember it if it is computed. Lookups are counted as `tier="semantic"`:
-hit, near_miss (within twice the threshold), miss."""
+model), reused to remember it if it is computed.
+
+A text longer than the model reads (all-MiniLM-L6-v2: 256 tokens, the rest is cut off) is
+neither looked up nor remembered: its vector says nothing of what comes after the cut, so
+every question after one shared context (a RAG document, a long system prompt, the earlier
+turns of a chat) embedded alike, at distance 0, and got the first one's answer. The engine
+says how many tokens it read and where it cuts (`Embeddings.window`): a count that reaches
+the window is taken as cut. Lookups are counted as `tier="semantic"`: hit, near_miss (within
+twice the threshold), miss, too_long."""
 
 from __future__ import annotations
 
@@ -80,7 +87,8 @@ class SemanticCache:
 
     async def lookup(self, group: str, text: str) -> SemanticMatch | None:
         """The nearest cached request of `group` (a digest of model and parameters) to `text`.
-        None when the embedding model failed (logged; the request is served uncached)."""
+        None when `text` is longer than the model reads, or the embedding model failed
+        (logged): the request is served without the semantic cache (the exact one applies)."""
         if self.shared is None:
             vector = await self._embed(text)
         else:
@@ -105,6 +113,9 @@ class SemanticCache:
             _, out = await self.dispatcher.embed(self.model, EmbedCall([text]))
         except RouterError as exc:
             log.warning("semantic cache: embedding with %s failed: %s", self.model, exc)
+            return None
+        if out.window is not None and out.prompt_tokens >= out.window:
+            self._count_result("too_long")
             return None
         vector = np.asarray(out.vectors[0], dtype=np.float32)
         norm = float(np.linalg.norm(vector))

@@ -81,7 +81,8 @@ class TransformersEngine:
             "engine": "transformers",
             "task": self.task,
             "dtype": str(self._model.dtype).removeprefix("torch."),
-            "context_size": self.context_size,
+            # an embedding model's: where its inputs are cut (the pooling config's length)
+            "context_size": self._embed_limit() if self.task == "embed" else self.context_size,
             "parallel": self.parallel,
             "threads": self.threads,
             "chat_template": self.task == "generate" and self._template is not None,

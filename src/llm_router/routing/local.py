@@ -153,9 +153,10 @@ class LocalTarget(Target):
             if gate is not None:  # a limit counts the inputs' tokens before they are embedded
                 await gate.admit_prompt(await worker.embedding_tokens(call.inputs))
             out = await worker.embed(call.inputs)
+            window = worker.info.get("context_size")  # where the engine cuts an input
         matryoshka = bool(source.info and source.info.matryoshka)
         vectors = fit_dimensions(out.vectors, call.dimensions, matryoshka=matryoshka, model=self.id)
-        return Embeddings(vectors, out.prompt_tokens)
+        return Embeddings(vectors, out.prompt_tokens, window if isinstance(window, int) else None)
 
     async def health(self) -> bool:
         state = self.lifecycle.resolve(self.id)

@@ -83,7 +83,7 @@ class RemoteTarget(Target):
                 f"{len(call.inputs)} inputs",
                 status=502,
             )
-        return Embeddings(vectors, answer.usage.prompt_tokens)
+        return Embeddings(vectors, answer.usage.prompt_tokens, self.config.context_length)
 
     async def health(self) -> bool:
         return await self.client.health()
