@@ -32,6 +32,12 @@ class SemanticCacheSettings(BaseModel):
         0.05, ge=0, le=2, description="Largest cosine distance (1 - similarity) that is a hit."
     )
     max_entries: int = Field(10000, ge=1, description="Vectors kept (oldest dropped first).")
+    timeout: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds a lookup waits for its embedding (the model busy with other "
+        "requests, or loading); then the request goes on without the semantic cache.",
+    )
 
 
 class CacheSettings(BaseModel):

@@ -152,7 +152,8 @@ class Metrics:
             "llm_router_cache_lookups",
             "Response cache lookups by tier (memory, disk, redis; flight: a wait for an identical "
             "request in progress; semantic) and result (hit, miss, near_miss; semantic only: "
-            "too_long, a text longer than its embedding model reads, not looked up)",
+            "too_long, a text longer than its embedding model reads; timeout, no vector "
+            "within semantic.timeout; unloaded, its model not loaded and no room: skipped)",
             ["tier", "result"],
             registry=r,
         )

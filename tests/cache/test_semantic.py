@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from inproc import app_client
+from inproc import app_client, fake_models
 from llm_router import defaults
 from servers import SMOL, MakeClient, Server, link_models
 
@@ -60,6 +61,43 @@ async def test_off_by_default_and_a_far_request_is_a_miss(tmp_path: Path) -> Non
     assert far.headers["x-llm-router-cache"] == "miss"
 
 
+async def test_a_lookup_waits_at_most_its_timeout_for_a_busy_embedding_model(
+    tmp_path: Path,
+) -> None:
+    """Found from outside: behind another client's 32 s embedding batch a cacheable chat
+    waited 30.7 s, its lookup queued for the embedding model; without the semantic cache it
+    would not have waited at all."""
+    models = fake_models(tmp_path, chat={}, emb={"parallel": 1})
+    cache = {"semantic": {"model": "emb", "threshold": 2.0, "timeout": 0.1}}
+    apps: list[FastAPI] = []
+    async with app_client(
+        tmp_path, models=models, cache=cache, queue_timeout=5, setup=apps.append
+    ) as client:
+        await _post(client, _chat("one question"))
+        async with apps[0].state.manager.lease("emb"):  # a user's batch, in its only slot
+            busy = await _post(client, _chat("another question"))
+        metrics = (await client.get("/metrics")).text
+    assert busy.headers["x-llm-router-cache"] == "miss"  # else a hit: every distance is near
+    assert 'llm_router_cache_lookups_total{result="timeout",tier="semantic"} 1.0' in metrics
+
+
+async def test_a_lookup_never_evicts_a_model_to_load_the_embedding_model(tmp_path: Path) -> None:
+    """Found from outside: with `models_max: 1` every semantic miss evicted the chat model to
+    embed its request, and loaded it again to answer (about 5 s a request)."""
+    models = fake_models(tmp_path, chat={}, emb={})
+    cache = {"semantic": {"model": "emb", "threshold": 0.0}}
+    async with app_client(
+        tmp_path, models=models, cache=cache, models_max=1, drain_after=0.01
+    ) as client:
+        answers = [await _post(client, _chat(f"question {i}")) for i in range(4)]
+        metrics = (await client.get("/metrics")).text
+    assert [a.headers["x-llm-router-cache"] for a in answers] == ["miss"] * 4
+    # on a fresh server the first lookup finds room and loads the embedding model; once the
+    # chat model holds the only place, lookups are skipped and it stays
+    assert 'llm_router_model_loads_total{model="chat",reason="request"} 1.0' in metrics
+    assert 'llm_router_cache_lookups_total{result="unloaded",tier="semantic"} 3.0' in metrics
+
+
 def _weather(city: str, result: str = "sunny, 25 C", call_id: str = "call_1") -> dict[str, object]:
     """A conversation with a tool call: only its words are text; the call is data."""
     return {
@@ -103,6 +141,13 @@ async def test_tool_calls_and_their_results_must_match_exactly(tmp_path: Path) -
     assert paraphrase.headers["x-llm-router-cache"] == "hit"
 
 
+def warm_up(srv: Server) -> None:
+    """Load the embedding model: a lookup waits at most `semantic.timeout` (0.5 s) for its
+    vector, and a cold load may take longer (that lookup is skipped; the load goes on)."""
+    body = {"model": defaults.MINILM_ID, "input": "warm"}
+    assert httpx.post(srv.url + "/v1/embeddings", json=body, timeout=120).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def semantic_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
@@ -114,6 +159,7 @@ def semantic_server(
         "cache": {"enabled": True, "semantic": {"model": defaults.MINILM_ID, "threshold": 0.1}},
     }
     srv = Server(tmp_path_factory.mktemp("semantic-server"), config).start()
+    warm_up(srv)
     yield srv
     srv.stop()
 
@@ -140,6 +186,41 @@ def test_a_paraphrase_is_served_from_the_semantic_cache(
     assert same == text
     metrics = httpx.get(semantic_server.url + "/metrics", timeout=10).text
     assert 'llm_router_cache_lookups_total{result="hit",tier="semantic"} 1.0' in metrics
+
+
+def test_with_models_max_1_the_chat_model_stays_loaded(
+    tmp_path: Path, smollm2_gguf: Path, make_client: MakeClient
+) -> None:
+    """Found from outside (`models_max: 1`): every semantic miss evicted the chat model to
+    embed its request with all-MiniLM-L6-v2, then loaded it again to answer."""
+    folder = link_models(tmp_path / "models", smollm2_gguf)
+    assert defaults.place_minilm(folder) is not None
+    config = {
+        "models_dir": str(folder),
+        "models_max": 1,
+        "cache": {"enabled": True, "semantic": {"model": defaults.MINILM_ID}},
+    }
+    srv = Server(tmp_path, config).start()
+    try:
+        client = make_client(srv)
+        for question in (
+            "Name a fruit.",
+            "What is the capital of Peru?",
+            "Write a haiku about snow.",
+            "How many legs does a spider have?",
+        ):
+            raw = client.chat.completions.with_raw_response.create(
+                model=SMOL,
+                messages=[{"role": "user", "content": question}],
+                temperature=0,
+                max_tokens=2,
+            )
+            assert raw.headers["x-llm-router-cache"] == "miss"
+        metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+    finally:
+        srv.stop()
+    assert f'llm_router_model_loads_total{{model="{SMOL}",reason="request"}} 1.0' in metrics
+    assert 'llm_router_cache_lookups_total{result="unloaded",tier="semantic"} 3.0' in metrics
 
 
 async def test_prompts_of_token_ids_must_match_exactly(tmp_path: Path) -> None:

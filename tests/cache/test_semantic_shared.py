@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from test_semantic import warm_up
 
 from inproc import app_client
 from llm_router import defaults
@@ -90,6 +91,7 @@ def semantic_pair(
     try:
         for srv in servers:
             srv.start()
+            warm_up(srv)
         yield servers[0], servers[1]
     finally:
         for srv in servers:

@@ -41,6 +41,7 @@ def build_cache(
             cfg.threshold,
             cfg.max_entries,
             metrics,
+            timeout=cfg.timeout,
             shared=shared,
             spawn=cache.background,
         )

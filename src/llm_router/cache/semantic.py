@@ -16,7 +16,14 @@ every question after one shared context (a RAG document, a long system prompt, t
 turns of a chat) embedded alike, at distance 0, and got the first one's answer. The engine
 says how many tokens it read and where it cuts (`Embeddings.window`): a count that reaches
 the window is taken as cut. Lookups are counted as `tier="semantic"`: hit, near_miss (within
-twice the threshold), miss, too_long."""
+twice the threshold), miss, too_long.
+
+A lookup never makes a request much slower than no cache: it waits at most `timeout` for its
+vector (the embedding model may be busy with a user's batch: a greedy chat waited 30 s behind
+one; or loading), then the request goes on without it (`timeout`; a load goes on). It never
+makes room for the embedding model: one that is not loaded loads only where it fits beside
+the loaded models, else the lookup is skipped (`unloaded`; under `models_max: 1` each miss
+evicted the chat model to embed, and loaded it again to answer)."""
 
 from __future__ import annotations
 
@@ -29,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import RouterError
+from ..errors import ModelNotLoaded, RouterError
 from ..routing.dispatcher import Dispatcher
-from ..routing.targets import EmbedCall
+from ..routing.targets import EmbedCall, Lease
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["SemanticCache", "SemanticMatch"]
 
 log = logging.getLogger(__name__)
+
+_BESIDE = Lease(evict=False)  # a lookup never makes room for the embedding model
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,7 @@ class SemanticCache:
         metrics: Metrics | None = None,
         shared: SharedVectors | None = None,
         spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+        timeout: float = 0.5,
     ) -> None:
         """`shared`: the vectors of other routers (and theirs of ours); `spawn` runs its
         writes in the background (the response cache's, awaited at close)."""
@@ -82,17 +92,24 @@ class SemanticCache:
         self.threshold = threshold
         self.max_entries = max_entries
         self.metrics = metrics
+        self.timeout = timeout
         self._groups: OrderedDict[str, _Group] = OrderedDict()
         self._count = 0
 
     async def lookup(self, group: str, text: str) -> SemanticMatch | None:
         """The nearest cached request of `group` (a digest of model and parameters) to `text`.
-        None when `text` is longer than the model reads, or the embedding model failed
-        (logged): the request is served without the semantic cache (the exact one applies)."""
-        if self.shared is None:
-            vector = await self._embed(text)
-        else:
-            vector, _ = await asyncio.gather(self._embed(text), self._take_in(group, self.shared))
+        None when `text` is longer than the model reads, the vector took longer than `timeout`,
+        the model is not loaded and has no room, or it failed (logged): the request is served
+        without the semantic cache (the exact one applies)."""
+        try:
+            if self.shared is None:
+                vector = await asyncio.wait_for(self._embed(text), self.timeout)
+            else:
+                both = asyncio.gather(self._embed(text), self._take_in(group, self.shared))
+                vector, _ = await asyncio.wait_for(both, self.timeout)
+        except TimeoutError:
+            self._count_result("timeout")
+            return None
         if vector is None:
             return None
         entries = self._groups.get(group)
@@ -110,7 +127,10 @@ class SemanticCache:
 
     async def _embed(self, text: str) -> np.ndarray | None:
         try:
-            _, out = await self.dispatcher.embed(self.model, EmbedCall([text]))
+            _, out = await self.dispatcher.embed(self.model, EmbedCall([text], lease=_BESIDE))
+        except ModelNotLoaded:
+            self._count_result("unloaded")
+            return None
         except RouterError as exc:
             log.warning("semantic cache: embedding with %s failed: %s", self.model, exc)
             return None

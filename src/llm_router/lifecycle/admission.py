@@ -91,6 +91,15 @@ class Admission:
             f"of the {self.budget / MiB:.0f} MiB memory budget; unpin one or raise memory_budget"
         )
 
+    def _fits_beside(self, state: ModelState) -> bool:
+        """Whether a load of `state` would start at once, beside every resident: no load
+        waits before it and nothing would be evicted or drained for it (spare workers may
+        be: they are a cache)."""
+        if self._admission:
+            return False
+        need, residents = self._estimate(state), self._residents()
+        return plan_admission(residents, need, self.budget, self.settings.models_max).start
+
     def _least_need(self, state: ModelState) -> int:
         """What `state` needs at least: measured, else its file with an empty worker's memory
         once one of its engine has been measured."""

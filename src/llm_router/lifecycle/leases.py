@@ -53,6 +53,7 @@ class Leases:
         def _admit(self) -> None: ...
         def _withdraw(self, state: ModelState, reason: str = ...) -> None: ...
         def _check_fits(self, state: ModelState) -> None: ...
+        def _fits_beside(self, state: ModelState) -> bool: ...
         def _queue_load(self, state: ModelState, reason: str) -> None: ...
         def _spawn(self, coro: Any) -> None: ...
         async def _unload(self, state: ModelState, reason: str) -> None: ...
@@ -65,6 +66,7 @@ class Leases:
         autoload: bool | None = None,
         keep_alive: float | None = None,
         answers: Answers | None = None,
+        evict: bool = True,
     ) -> AsyncIterator[Worker]:
         """Hold one slot of model `name` for the duration of the block, loading it first if
         needed. `autoload=False` refuses to load (a request may turn autoload off, never on);
@@ -72,14 +74,17 @@ class Leases:
         model's or the server's), capped by the configured maximum; the latest request to come
         sets it, as in Ollama (it was the last to finish: a short request asking for an hour,
         done while a stream that asked for 0 went on, was forgotten). `answers`: this is one
-        of a request's several answers, each leasing a slot (see `_acquire`). Raises
+        of a request's several answers, each leasing a slot (see `_acquire`). `evict=False`:
+        a model that is not loaded is loaded only when it fits beside the loaded ones, nothing
+        evicted nor drained for it (else ModelNotLoaded: the semantic cache's lookup, which
+        swapped the chat model out on every miss under `models_max: 1`). Raises
         ModelNotFound, ModelNotLoaded, ModelLoadFailed, InsufficientMemory, QueueFull (429),
         ServerBusy (503), or BadRequest when `answers` are more than the model's slots and
         queue can ever hold. Cancelling while queued gives the place up; a load nobody waits
         for any more is withdrawn if it has not started."""
         state = self.resolve(name)
         autoload = self.settings.autoload and autoload is not False
-        worker = await self._acquire(state, autoload, answers)
+        worker = await self._acquire(state, autoload, answers, evict)
         state.keep_alive_asked = keep_alive  # the latest request's (in the order they got in)
         if answers is not None:
             state.held[answers] = state.held.get(answers, 0) + 1
@@ -128,7 +133,7 @@ class Leases:
         self._threads.apply(busy)
 
     async def _acquire(
-        self, state: ModelState, autoload: bool, answers: Answers | None = None
+        self, state: ModelState, autoload: bool, answers: Answers | None = None, evict: bool = True
     ) -> Worker:
         """A slot, after a wait in the model's queue of at most `queue_timeout`. A request's
         answers past the model's slots wait for its own others to end: that time does not
@@ -157,7 +162,7 @@ class Leases:
                     if self._can_take(state, ticket):
                         taken = True
                         return self._take(state)
-                    self._progress(state, autoload, began)
+                    self._progress(state, autoload, began, evict)
                 changed = state.changed
                 if answers is not None and answers in state.held:  # behind its own answers
                     deadline = loop.time() + self.settings.queue_timeout
@@ -223,7 +228,7 @@ class Leases:
             param="n",
         )
 
-    def _progress(self, state: ModelState, autoload: bool, since: float) -> None:
+    def _progress(self, state: ModelState, autoload: bool, since: float, evict: bool) -> None:
         """Move the model at the head of its queue towards `loaded`, or raise why it cannot:
         a load that failed by itself fails every request until its file changes (sticky);
         one interrupted from outside fails the requests that waited for it (`since`: when
@@ -240,6 +245,11 @@ class Leases:
                     param="model",
                 )
             self._check_fits(state)
+            if not evict and not self._fits_beside(state):
+                raise ModelNotLoaded(
+                    f"model '{state.id}' is not loaded and would have to evict another",
+                    param="model",
+                )
             self._queue_load(state, "request")
 
     def _keep_alive(self, state: ModelState, requested: float | None) -> float | None:

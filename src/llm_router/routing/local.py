@@ -84,7 +84,11 @@ class LocalTarget(Target):
         generation holds: the lifecycle manager's queue, autoload and keep-alive apply)."""
         began = time.perf_counter()
         async with self.lifecycle.lease(
-            self.id, autoload=lease.autoload, keep_alive=lease.keep_alive, answers=lease.answers
+            self.id,
+            autoload=lease.autoload,
+            keep_alive=lease.keep_alive,
+            answers=lease.answers,
+            evict=lease.evict,
         ) as worker:
             if tracing.current() is not None:
                 self._trace_wait(began)

@@ -32,11 +32,13 @@ DEFAULT_REST = 1.0  # ... when it names no wait
 class Lease:
     """A request's lifecycle options for a local model: `autoload` may only turn loading off;
     `keep_alive` is this request's idle time before unload (math.inf: never); `answers`, when
-    this is one of several answers to the request, what they share."""
+    this is one of several answers to the request, what they share; `evict=False`: load the
+    model only where it fits beside the loaded ones (the semantic cache's lookups)."""
 
     autoload: bool | None = None
     keep_alive: float | None = None
     answers: Answers | None = None
+    evict: bool = True
 
     @classmethod
     def of(
