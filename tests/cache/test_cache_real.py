@@ -10,10 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from llm_router import defaults
+from llm_router.serving.embed import to_base64
 from servers import SMOL, MakeClient, Server
 
 MESSAGES = [{"role": "user", "content": "Name one color."}]
@@ -135,3 +137,30 @@ def test_the_disk_tier_survives_a_restart_and_a_touched_model_serves_its_answers
     # the same bytes are the same identity: the answers stored before serve on, at once when
     # the worker's bytes were hashed before the touch (else once it is reloaded), never a miss
     assert headers[-1] == "hit" and "miss" not in headers and touched == first
+
+
+def test_an_embedding_cached_in_one_encoding_serves_the_other(
+    cache_server: Server, make_client: MakeClient
+) -> None:
+    """Found from outside: the openai SDK (base64 unless told) and a raw client (floats) each
+    missed the other's entry, though the vectors are the same."""
+    texts = ["a blue whale", "a grey heron"]
+    sdk = make_client(cache_server).embeddings.with_raw_response.create(
+        model=defaults.MINILM_ID, input=texts
+    )
+    answers = [
+        httpx.post(
+            cache_server.url + "/v1/embeddings",
+            json={"model": defaults.MINILM_ID, "input": texts, "encoding_format": encoding},
+            timeout=60,
+        )
+        for encoding in ("float", "base64")
+    ]
+    headers = [
+        sdk.headers["x-llm-router-cache"],
+        *(a.headers["x-llm-router-cache"] for a in answers),
+    ]
+    assert headers == ["miss", "hit", "hit"]
+    floats = [d["embedding"] for d in answers[0].json()["data"]]
+    assert [d.embedding for d in sdk.parse().data] == floats
+    assert [d["embedding"] for d in answers[1].json()["data"]] == [to_base64(v) for v in floats]

@@ -20,7 +20,7 @@ from ..metrics import Metrics
 from ..protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, _Request
 from ..routing.admission import prompt_gate
 from ..routing.dispatcher import Dispatcher
-from ..serving.embed import EmbeddingService
+from ..serving.embed import EmbeddingService, encoded
 from ..serving.generate import GenerationService
 from ..serving.route_info import RouteInfo
 from ..types import Finished, GenerationEvent, GenerationRequest, Usage
@@ -203,6 +203,10 @@ class CachedEmbeddingService(EmbeddingService):
             served_by = await self.identities.of(req.model)
         except (RouterError, StaleModel):
             return await super().embed(req, route)
+        # One entry for both encodings (the openai SDK asks base64, most others floats): the
+        # vectors are computed and kept as floats, and encoded as each client asks.
+        asked = req.encoding_format
+        req = req.model_copy(update={"encoding_format": "float"})
         key = "emb:" + digest(canonical(req, "embeddings", served_by))
         flight = None
         if read:
@@ -220,13 +224,13 @@ class CachedEmbeddingService(EmbeddingService):
                 await _admit(route)
                 usage, elapsed = route.usage, time.perf_counter() - started
                 self.metrics.count_cache_hit(result.model, "embeddings", usage, None, elapsed)
-                return result
+                return encoded(result, asked)
         route.cache = "miss"
         value = None
         try:
             result = await super().embed(req, route)
             value = result.model_dump_json().encode() if route.cache_write else None
-            return result
+            return encoded(result, asked)
         finally:
             stored = None
             try:

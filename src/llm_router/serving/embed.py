@@ -26,7 +26,7 @@ from ..routing.targets import EmbedCall, Lease
 from ..types import Usage
 from .route_info import RouteInfo
 
-__all__ = ["EmbeddingService", "to_base64"]
+__all__ = ["EmbeddingService", "encoded", "to_base64"]
 
 
 class EmbeddingService:
@@ -68,12 +68,22 @@ class EmbeddingService:
                 route.error = outcome
             self.metrics.requests.labels(model, "embeddings", outcome).inc()
             self.metrics.duration.labels(model, "embeddings").observe(time.perf_counter() - started)
-        data = [
-            EmbeddingData(index=i, embedding=to_base64(v) if req.encoding_format == "base64" else v)
-            for i, v in enumerate(out.vectors)
-        ]
+        data = [EmbeddingData(index=i, embedding=v) for i, v in enumerate(out.vectors)]
         usage = EmbeddingUsage(prompt_tokens=out.prompt_tokens, total_tokens=out.prompt_tokens)
-        return EmbeddingResponse(data=data, model=model, usage=usage)
+        return encoded(EmbeddingResponse(data=data, model=model, usage=usage), req.encoding_format)
+
+
+def encoded(response: EmbeddingResponse, encoding_format: str) -> EmbeddingResponse:
+    """`response` (its vectors as floats) with its vectors as `encoding_format` asks."""
+    if encoding_format != "base64":
+        return response
+    data = [
+        d.model_copy(update={"embedding": to_base64(d.embedding)})
+        if isinstance(d.embedding, list)
+        else d
+        for d in response.data
+    ]
+    return response.model_copy(update={"data": data})
 
 
 def to_base64(vector: list[float]) -> str:
