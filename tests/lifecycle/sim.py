@@ -4,7 +4,9 @@ milliseconds and the same seed gives the same run.
 
 `SimWorker` has the interface the manager uses of `worker.client.Worker`; `SimPool` starts
 them from the fake engine's JSON "model" files (`load_seconds`, `fail_load`, `ballast_mb`,
-`token_seconds`, `parallel`), with memory as `lifecycle.estimate` predicts it, times `scale`."""
+`token_seconds`, `parallel`), with memory as `lifecycle.estimate` predicts it, times `scale`.
+With `spares`, it also starts spare workers (`SimSpare`), each taking its simulated start time
+and holding its memory from its first moment to its exit, as a process would."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,14 +127,81 @@ class SimWorker:
             self._on_exit(self, "worker was killed by SIGKILL")
 
 
+@dataclass(eq=False)
+class SimProcess:
+    """A spare's process: what it holds from its start to its exit."""
+
+    returncode: int | None = None
+
+
+@dataclass(eq=False)
+class SimSpare:
+    """What the pool uses of `worker.spawn.Spare`: started after `start_seconds` (killed if
+    cancelled before), holding `held` bytes until it exits; `rss`, what it measures."""
+
+    engine: str
+    held: int
+    proc: SimProcess = field(default_factory=SimProcess)
+    rss: int | None = None
+    task: asyncio.Task[Any] | None = None  # the pool's start of it
+    taken: bool = False  # by a load: its process becomes the worker, counted as the model
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def start(self, seconds: float) -> SimSpare:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.proc.returncode = -9
+            raise
+        self.rss = self.held
+        return self
+
+    async def discard(self) -> None:
+        await asyncio.sleep(0.01)  # a process takes a moment to go
+        self.proc.returncode = 0
+
+
 class SimPool(WorkerPool):
     """Starts SimWorkers; `scale` multiplies the memory a worker really takes against what
-    lifecycle.estimate predicts (1.0: the estimate is exact). No spares."""
+    lifecycle.estimate predicts (1.0: the estimate is exact). `spares`: engine -> (seconds its
+    spare takes to start, bytes it holds); none without. A load takes its engine's spare (the
+    spare's process becomes its worker, whose memory then counts it)."""
 
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__(spares=False)
+    def __init__(
+        self, scale: float = 1.0, spares: dict[str, tuple[float, int]] | None = None
+    ) -> None:
+        super().__init__(spares=bool(spares))
         self.scale = scale
         self.started: list[SimWorker] = []
+        self.spare_kinds = spares or {}
+        self.spares_started: list[SimSpare] = []
+
+    def refill(self, engine: str) -> None:  # as WorkerPool's, with no process
+        if self.spares and not self._closed and engine not in self._spares:
+            seconds, held = self.spare_kinds.get(engine, (0.0, 0))
+            spare = SimSpare(engine, held)
+            task = asyncio.create_task(spare.start(seconds))
+            spare.task = task
+            task.add_done_callback(self._measured)
+            self._spares[engine] = task  # type: ignore[assignment]
+            self.spares_started.append(spare)
+
+    def spare_memory(self, loading: str | None = None) -> int:
+        """What the spares' processes hold now, all of them but the spare a load of engine
+        `loading` is about to take."""
+        taking = self._spares.get(loading) if loading else None
+        return sum(
+            s.held for s in self.spares_started if s.alive and not s.taken and s.task is not taking
+        )
+
+    async def _take(self, engine: str) -> Any:
+        for spare in self.spares_started:
+            if spare.task is not None and spare.task is self._spares.get(engine):
+                spare.taken = True
+        return await super()._take(engine)
 
     async def start(  # type: ignore[override]
         self,
@@ -142,11 +212,13 @@ class SimPool(WorkerPool):
         on_exit: Any = None,
         on_info: Any = None,
     ) -> SimWorker:
+        await self._take(engine)  # its process becomes the worker
         script = json.loads(Path(spec.path).read_text())  # noqa: ASYNC240  # a tiny file
         await asyncio.sleep(float(script.get("load_seconds", 0.0)))
         if script.get("fail_load"):
             raise ModelLoadFailed(f"fake engine was told to fail loading {spec.path}")
-        estimate = DEFAULT_BASE + int(script.get("ballast_mb", 0)) * MiB
+        # an empty worker holds what its engine's spare measured (lifecycle.estimate's base)
+        estimate = (self.base(engine) or DEFAULT_BASE) + int(script.get("ballast_mb", 0)) * MiB
         parallel = int(spec.options.get("parallel") or script.get("parallel") or 4)
         worker = SimWorker(script, parallel, int(estimate * self.scale))
         worker.info["context_size"] = spec.options.get("context_size")

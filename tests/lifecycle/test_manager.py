@@ -896,25 +896,53 @@ async def test_cold_load_uses_the_spare_worker(harness: Harness, tmp_path: Path)
         harness.pids.add(child.pid)
 
 
-async def test_a_dropped_spare_stops_and_counts_no_more() -> None:
-    """The pool's `drop` (a load that needs a spare's memory): the spare's memory counts no
-    more at once, its process exits, the engine asked to keep its own keeps it, and `refill`
-    starts one again."""
+async def test_a_dropped_spare_counts_until_its_process_has_exited() -> None:
+    """The pool's `drop` (a load that needs a spare's memory): the spare's memory counts until
+    its process has exited (it stopped counting at once, the process living on: found from
+    outside), then `on_change` says so; the engine asked to keep its own keeps it, and
+    `refill` starts one again."""
     pool = WorkerPool(spares=True)
+    changes: list[int] = []
+    pool.on_change = lambda: changes.append(pool.memory())
     try:
         pool.refill("fake")
         await bounded(until(lambda: pool.base("fake") is not None, 20))
         (spare,) = _worker_children()
-        assert pool.memory() > 0
-        assert pool.drop(excluding="fake") == [] and pool.memory() > 0
-        assert pool.drop() == ["fake"] and pool.memory() == 0
-        await bounded(until(lambda: not spare.is_running() or spare.status() == "zombie"))
+        measured = pool.memory()
+        assert measured > 0 and changes == [measured]
+        assert pool.drop(excluding="fake") == [] and pool.memory() == measured
+        assert pool.drop() == ["fake"] and pool.memory() == pool.stopping() == measured
+        await bounded(until(lambda: pool.memory() == 0))
+        assert not spare.is_running() or spare.status() == "zombie"
+        assert changes == [measured, 0]
         pool.refill("fake")
         await bounded(until(lambda: len(_worker_children()) == 1, 20))
         assert pool.memory() > 0
     finally:
         await pool.close()
     assert _worker_children() == []
+
+
+async def test_a_spare_still_starting_counts_and_is_killed_when_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spare still importing its engine's library (a transformers spare: 10-16 s) counts
+    at its engine's guess, not as 0 until one has been measured; dropped, it is killed, not
+    waited for until it has started, and counts until it has exited. Its start is made slow
+    by a sitecustomize that sleeps."""
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    pool = WorkerPool(spares=True)
+    pool.guess = lambda engine: 7 * MiB
+    try:
+        pool.refill("fake")
+        await bounded(until(lambda: len(_worker_children()) == 1))
+        assert pool.base("fake") is None and pool.memory() == 7 * MiB
+        assert pool.drop() == ["fake"] and pool.stopping() == 7 * MiB
+        await bounded(until(lambda: pool.memory() == 0), 10.0)  # not the 60 s of its start
+        assert _worker_children() == []
+    finally:
+        await pool.close()
 
 
 # -- logs --------------------------------------------------------------------------------------

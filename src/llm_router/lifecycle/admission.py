@@ -19,7 +19,7 @@ from ..errors import InsufficientMemory, ModelLoadFailed
 from ..logs import fields
 from ..worker.client import Worker
 from .estimate import default_base, estimate_model_bytes
-from .policy import Resident, pinned_out, plan_admission, reconcile
+from .policy import Plan, Resident, pinned_out, plan_admission, reconcile
 from .registry import RESIDENT, apply_source_error
 from .state import ModelState, Status, Timer
 
@@ -225,17 +225,18 @@ class Admission:
                 continue
             # The head's own spare becomes its worker: only the other engines' spares count,
             # and only while they are in nobody's way (they are a cache; models come first).
+            # Those in the way are stopped, and the load starts once they have exited (it
+            # started at once, beside a spare still importing torch: found from outside).
             engine = head.source.engine
             residents = self._residents()
-            plan = plan_admission(
-                residents, need, self.budget - self._pool.memory(engine), models_max
-            )
-            if not plan.start and self._pool.memory(engine):
-                without = plan_admission(residents, need, self.budget, models_max)
-                if without.start or without.evict or without.drain:
+            spares, stopping = self._pool.memory(engine), self._pool.stopping()
+            plan = plan_admission(residents, need, self.budget - spares, models_max)
+            if not plan.start and spares > stopping:
+                without = plan_admission(residents, need, self.budget - stopping, models_max)
+                if without.start or without.evict or without.drain or not residents:
                     self._drop_spares(engine, f"to make room for '{head.id}'")
-                    plan = without
-            if plan.start or not residents:
+                    plan = Plan(False, without.evict, without.drain)  # `on_change` decides
+            if plan.start or not (residents or self._pool.memory(engine)):
                 # Alone it may still fit (its estimate has a margin, `_check_fits` let it
                 # through): waiting could not help, so try; the measurement decides after.
                 self._admission.popleft()
@@ -359,8 +360,10 @@ class Admission:
         decides again) and drain busy ones (least recently used first) until they would fit:
         under steady traffic a busy model is never idle, and the limit never held."""
         residents, models_max = self._residents(), self.settings.models_max
-        done = reconcile(residents, self.budget - self._pool.memory(), models_max)
-        if (done.evict or not done.fits) and self._pool.memory():  # the spares go first
+        # spares already stopping are as good as gone: no model is evicted for them
+        spares = self._pool.memory() - self._pool.stopping()
+        done = reconcile(residents, self.budget - spares, models_max)
+        if (done.evict or not done.fits) and spares:  # the spares go first
             self._drop_spares(None, f"over the limits ({why})")
             done = reconcile(residents, self.budget, models_max)
         victims, fits = done.evict, done.fits
@@ -390,8 +393,14 @@ class Admission:
             log.info("stopped the spare workers of %s %s", ", ".join(sorted(dropped)), why)
 
     def _refill_spare(self, engine: str) -> None:
-        """Start the next spare worker of `engine` if its memory fits beside what is held."""
-        if self.memory_used() + (self._pool.base(engine) or 0) <= self.budget:
+        """Start the next spare worker of `engine` if its memory fits beside what is held and
+        a model of `engine` can load within the budget by its estimate: a spare no model can
+        use only takes room (a transformers spare, ~250 MiB, in a 900 MiB budget that no
+        transformers model of the directory fits)."""
+        if self.memory_used() + self._pool.size(engine) > self.budget:
+            return
+        models = [s for s in self.registry if s.source.engine == engine and not s.source.error]
+        if any(self._estimate(s) <= self.budget for s in models):
             self._pool.refill(engine)
 
 

@@ -34,6 +34,7 @@ from ..worker.pool import WorkerPool
 from .admission import Admission
 from .contents import Contents
 from .discovery import Identity, ModelSource, Scanner, identity_of
+from .estimate import default_base
 from .fit import Fitted, fit
 from .leases import Leases
 from .reconfigure import Reconfiguration
@@ -77,7 +78,8 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
         self._pool = pool or WorkerPool(settings.spare_workers)
-        self._pool.on_measured = self._room_changed  # estimates improve: decide again
+        self._pool.on_change = self._room_changed  # estimates improve, a spare exited
+        self._pool.guess = default_base  # what a spare still starting counts
         self.machine: Machine = detect()  # cores, memory, CPU features: lifecycle/fit.py
         log.info("machine: %s", self.machine.summary())
         self._threads = ThreadBudget(settings.thread_budget or self.machine.physical_cores)
@@ -97,6 +99,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
             with contextlib.suppress(RouterError):
                 check_available(engine)
                 self._refill_spare(engine)
+        self._pool.release_early()  # those of engines given no spare: none of it fits, or no room
         for state in self._preloads():
             try:
                 self.request_load(state.id, reason="preload")
