@@ -91,6 +91,7 @@ class SimWorker:
         self._rss = rss
         self._token_seconds = float(script.get("token_seconds", 0.01))
         self._on_exit: Callable[[Any, str], None] | None = None
+        self._on_info: Callable[[Any], None] | None = None
         self._cut: Callable[[], RouterError] | None = None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
@@ -118,6 +119,8 @@ class SimWorker:
         self.stopping = True
         self._cut = cut or self._cut
         await asyncio.sleep(0.01)  # a process takes a moment to go
+        if self._on_info is not None:  # its last info snapshot, as a worker sends as it exits
+            self._on_info(self)
         self.exited.set()
 
     def crash(self) -> None:
@@ -223,5 +226,6 @@ class SimPool(WorkerPool):
         worker = SimWorker(script, parallel, int(estimate * self.scale))
         worker.info["context_size"] = spec.options.get("context_size")
         worker._on_exit = on_exit
+        worker._on_info = on_info
         self.started.append(worker)
         return worker

@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sim import SimPool, run_virtual
 
 from inproc import InProcessPool
 from llm_router.config import ModelConfig, Settings
+from llm_router.lifecycle.estimate import DEFAULT_BASE
 from llm_router.lifecycle.manager import ModelManager
 from llm_router.lifecycle.state import ModelState, Status
 from llm_router.types import Finished, GenerationRequest, SamplingParams
 
 pytestmark = pytest.mark.timeout(30)
+MiB = 2**20
 
 
 @pytest.fixture
@@ -120,3 +123,56 @@ async def test_a_file_rewritten_to_the_same_size_is_a_change(
     await asyncio.wait_for(loaded(state), 10)
     assert state.worker is not None and state.worker is not first
     assert state.worker.engine.words == ["six", "ten"]
+
+
+def test_a_file_replaced_by_a_bigger_model_is_planned_with_its_new_estimate(
+    tmp_path: Path,
+) -> None:
+    """`b`'s file is replaced by a bigger model while `a` and `b` are loaded. Its old worker's
+    last memory snapshot (sent as it stops) put the old file's measurement back, and the new
+    file's load was planned with it: it loaded beside `a`, which it does not fit with, and
+    `a` was evicted only after (found from outside). Planned with the new file's estimate,
+    `a` leaves first. On simulated time (sim.py)."""
+    a = {"ballast_mb": 100, "token_seconds": 0.01}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(a))
+    entries = [ModelConfig(id=m, path=tmp_path / f"{m}.json", engine="fake") for m in ("a", "b")]
+    settings = Settings(
+        models_dir=tmp_path / "none",
+        models=entries,
+        watch_interval=0,
+        provision_default_models=False,
+        spare_workers=False,
+        memory_budget=450 * MiB,  # a and b as they were (196 MiB each), not a and b now
+    )
+    beside: list[str] = []  # the statuses of `a` when `b` starts loading
+
+    async def main() -> int:
+        manager = ModelManager(settings, pool=SimPool())
+
+        def seen(event: dict[str, Any]) -> None:
+            if event["event"] == "loading" and event["model"] == "b":
+                beside.append(manager.registry["a"].status.value)
+
+        manager.events.add_listener(seen)
+        await manager.start()
+        try:
+            for model in ("a", "b"):
+                async with manager.lease(model):
+                    pass
+            bigger = {"ballast_mb": 250, "token_seconds": 0.01, "bigger": True}
+            (tmp_path / "b.json").write_text(json.dumps(bigger))
+            manager.refresh(force=True)
+            b = manager.registry["b"]
+            while b.status != Status.UNLOADED:
+                await b.changed.wait()
+            estimate = manager.snapshot(b).estimate_bytes
+            async with manager.lease("b"):
+                pass
+            return estimate
+        finally:
+            await manager.close()
+
+    estimate = run_virtual(main)
+    assert estimate == DEFAULT_BASE + 250 * MiB
+    assert beside == ["loaded", "unloaded"]  # at its first load, then at the new file's

@@ -288,7 +288,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
     # -- load, unload --------------------------------------------------------------------------
 
     async def _load(self, state: ModelState) -> Worker:
-        source = state.source
+        source, variant = state.source, state.variant
         started = time.monotonic()
         state.loaded_content = None
         try:
@@ -298,7 +298,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
                     self._spec(source),
                     timeout=self.settings.worker_start_timeout,
                     on_exit=self._worker_exited(state),
-                    on_info=self._worker_info(state),
+                    on_info=self._worker_info(state, variant),
                 )
             finally:
                 self._refill_spare(source.engine)
@@ -338,7 +338,8 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
         state.use_order = next(self._uses)
         measured = worker.rss()
         state.memory_bytes = measured
-        state.measured_bytes = measured or state.measured_bytes
+        if state.variant == variant:  # else its files changed as it loaded: it unloads
+            state.measured_bytes = measured or state.measured_bytes
         state.set_status(Status.LOADED)
         self.events.publish(
             "loaded",

@@ -75,7 +75,7 @@ class Reconfiguration:
             key = keys.get(state.id)
             if key is None or key == self._load_key(state.source):
                 continue
-            state.measured_bytes = state.model_bytes = None  # other options: other memory
+            state.remeasure()  # other options: other memory
             rekeyed.add(state.id)
             if state.source.error is None:
                 state.sticky = False  # a load that failed with the old options may work

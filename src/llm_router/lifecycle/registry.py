@@ -183,7 +183,7 @@ class Registry:
         self._differs.pop(state, None)
         state.source = source
         state.sticky = False
-        state.measured_bytes = state.model_bytes = None  # another file: measure again
+        state.remeasure()  # another file
         waiting = state.status == Status.WAITING and source.error is not None
         if state.status in RESIDENT or waiting:  # its error once its worker is gone
             return [(state, "model file changed")]

@@ -88,6 +88,9 @@ class ModelState:
     load_seconds: float | None = None
     memory_bytes: int | None = None
     measured_bytes: int | None = None  # last measured footprint of this file, kept across unloads
+    # Counts the changes of its files or engine options (`remeasure`): a worker loaded before
+    # the last one, still stopping, measures another model than the one to load next.
+    variant: int = 0
     model_bytes: int | None = None  # estimated from its metadata and engine options
     estimated_bytes: int | None = None  # model_bytes plus an empty worker of its engine
     unload_handle: Timer | None = None
@@ -157,6 +160,14 @@ class ModelState:
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+
+    def remeasure(self) -> None:
+        """Its files or engine options changed: what was measured and estimated was of
+        another model. The worker loaded from those, if any, no longer measures this one (it
+        put the old file's figure back while it unloaded, and the new, bigger file was
+        planned with it: found from outside)."""
+        self.measured_bytes = self.model_bytes = None
+        self.variant += 1
 
     def estimate_bytes(self) -> int:
         """Memory this model will take once loaded: measured last time, else the estimate from

@@ -214,16 +214,19 @@ class Stops:
                 ),
             )
 
-    def _worker_info(self, state: ModelState) -> Callable[[Worker], None]:
+    def _worker_info(self, state: ModelState, variant: int) -> Callable[[Worker], None]:
         """Keep the model's memory figure live from the worker's snapshots (it grows as the
-        first requests touch weights and buffers), and reconcile when it goes over."""
+        first requests touch weights and buffers), and reconcile when it goes over. What it
+        holds counts until it has stopped; as the model's measurement only while its files
+        and options are those it loaded (`variant`, ModelState.remeasure)."""
 
         def on_info(worker: Worker) -> None:
             rss = worker.info.get("rss")
             if state.worker is not worker or not isinstance(rss, int):
                 return
             state.memory_bytes = rss
-            state.measured_bytes = max(rss, state.measured_bytes or 0)
+            if state.variant == variant:
+                state.measured_bytes = max(rss, state.measured_bytes or 0)
             if self.memory_used() > self.budget or self.over_budget:
                 self._reconcile(f"'{state.id}' grew to {mib(rss)} MiB")
                 self._room_changed()
