@@ -231,6 +231,30 @@ async def test_a_lower_models_max_evicts_a_busy_model_once_it_is_idle(conf: Relo
         assert (await r.chat("chat")).status_code == 200
 
 
+async def test_a_model_a_lower_budget_leaves_too_big_refuses_new_requests_at_once(
+    conf: Reloadable,
+) -> None:
+    """A reload lowers memory_budget below a busy model's size (~340 MiB in a 300 MiB budget,
+    as found from outside): it drains, its running request finishes, and a new request gets
+    the 507 a model bigger than the budget gets, at once; it waited out queue_timeout for a
+    503 server_busy with Retry-After, though no retry could help."""
+    big = {"chat": {"pin": False}}
+    conf.models["chat"].path.write_text('{"reply": "hi", "estimate_mb": 320}')  # no rss here
+    conf.write(big, memory_budget="900MiB", queue_timeout=2)
+    async with served(conf) as r:
+        manager = r.app.state.manager
+        async with manager.lease("chat") as worker:  # a request running
+            conf.write(big, memory_budget="300MiB", queue_timeout=2)
+            await r.reload()
+            response = await r.chat("chat")
+            assert response.status_code == 507, response.text
+            assert response.json()["error"]["code"] == "insufficient_memory"
+            assert "retry-after" not in response.headers
+            assert await r.status("chat") == "loaded" and not worker.exited.is_set()
+        await r.wait_status("chat", "unloaded")  # its drain is over once it is idle
+        assert (await r.chat("chat")).status_code == 507
+
+
 @pytest.fixture
 def stub() -> Iterator[_Stub]:
     """The stub upstream of test_workers.py."""

@@ -26,6 +26,7 @@ from ..errors import (
 from ..types import Answers
 from ..units import parse_duration
 from ..worker.client import Worker
+from .registry import RESIDENT
 from .state import ModelState, Status, Timer
 
 if TYPE_CHECKING:
@@ -146,6 +147,11 @@ class Leases:
         if not state.waiters and self._can_take(state):
             self.observe_wait(state.id, 0.0)
             return self._take(state)
+        if state.status in RESIDENT:
+            # Loaded, but it no longer fits the limits (a lower budget): it drains, and no
+            # wait can bring it back (it waited out queue_timeout for a 503 saying retry,
+            # and got the 507 once the drain was over: found from outside).
+            self._check_fits(state)
         self._check_queue(state, answers)
         loop = asyncio.get_running_loop()
         began = loop.time()
