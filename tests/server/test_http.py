@@ -68,6 +68,33 @@ async def test_malformed_json_is_400_on_every_route(inproc: httpx.AsyncClient, p
     assert "JSON" in str(error(r, 400)["message"])
 
 
+async def test_a_body_nested_too_deep_names_the_limit_and_the_field(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """A JSON schema of ~100 nested objects was a 400 in the parser's words ("recursion limit
+    exceeded at line 1 column 3666") with `param: null`; it now says the limit and names the
+    field. One level less is read (and is a fake model's answer)."""
+    from llm_router.server.bodies import MAX_DEPTH
+
+    def body(levels: int) -> dict[str, Any]:
+        schema: Any = {"type": "integer"}
+        for _ in range(levels - 4):  # the body, response_format, json_schema, schema
+            schema = {"items": schema}
+        return {
+            "model": "chat",
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+        }
+
+    r = await inproc.post("/v1/chat/completions", json=body(MAX_DEPTH + 1))
+    err = error(r, 400)
+    assert err["param"] == "response_format", err
+    assert f"at most {MAX_DEPTH} levels" in str(err["message"]), err
+    assert "json_schema.schema.items" in str(err["message"]), err
+    r = await inproc.post("/v1/chat/completions", json=body(MAX_DEPTH))
+    assert r.status_code != 400 or "levels" not in r.text, r.text
+
+
 async def test_a_lone_surrogate_is_invalid_json_on_every_route(inproc: httpx.AsyncClient) -> None:
     """JSON's grammar allows an escaped lone UTF-16 surrogate, which no text holds. The hot
     routes' parser refused it; FastAPI's routes took it, and /apply-template answered 500 when

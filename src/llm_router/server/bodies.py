@@ -22,26 +22,51 @@ import pydantic_core
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-__all__ = ["JSONRoute", "invalid_json"]
+__all__ = ["MAX_DEPTH", "JSONRoute", "invalid_json", "too_deep"]
+
+MAX_DEPTH = 201  # objects and arrays inside each other, the body's own counted: pydantic-core's
 
 
-def invalid_json(body: bytes, parser_says: str) -> str:
-    """Why pydantic-core refused `body`: its own words, unless a string there holds an
-    unpaired UTF-16 surrogate (read with `json.loads`, which takes one: only on this error's
-    path, never on a valid body's)."""
+def invalid_json(body: bytes, parser_says: str) -> tuple[str, str | None]:
+    """Why pydantic-core refused `body`, and the top-level field at fault when one is: its
+    own words, unless a string there holds an unpaired UTF-16 surrogate, or the body nests
+    deeper than it reads (its "recursion limit exceeded at line 1 column 3666" named
+    neither the limit nor the field). Read again with `json.loads`, which takes both: only
+    on this error's path, never on a valid body's."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
-        return parser_says  # not JSON to either parser: the parser said why
+        return parser_says, None  # not JSON to either parser: the parser said why
+    if (deep := too_deep(doc)) is not None:
+        at = ".".join(deep[:6]) + (".…" if len(deep) > 6 else "")
+        return (
+            f"`{deep[0]}` nests objects and arrays too deep: a body may hold at most "
+            f"{MAX_DEPTH} levels of them inside each other, its own counted (at `{at}`)"
+        ), deep[0]
     found = _unpaired_surrogate(doc)
     if found is None:
-        return parser_says
+        return parser_says, None
     where, char = found
     at = f" in `{where}`" if where else ""
     return (
         f"a string{at} holds an unpaired UTF-16 surrogate (\\u{ord(char):04x}), which is no "
         "character: send the character itself, or both halves of its surrogate pair"
-    )
+    ), None
+
+
+def too_deep(doc: Any) -> list[str] | None:
+    """The keys (and list indices) down to the first object or array nested past MAX_DEPTH
+    levels, or None. A body whose top level is deep already has no key: `["body"]`."""
+    todo: list[tuple[list[str], Any]] = [([], doc)]
+    while todo:
+        path, value = todo.pop()
+        if not isinstance(value, dict | list):
+            continue
+        if len(path) >= MAX_DEPTH:
+            return path or ["body"]
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        todo.extend(([*path, str(k)], v) for k, v in pairs)
+    return None
 
 
 def _unpaired_surrogate(doc: Any) -> tuple[str, str] | None:
@@ -77,7 +102,7 @@ class _JSONRequest(Request):
             try:
                 self._json = pydantic_core.from_json(body)
             except ValueError as exc:  # FastAPI answers this one as a `json_invalid` 400
-                raise json.JSONDecodeError(invalid_json(body, str(exc)), "", 0) from None
+                raise json.JSONDecodeError(invalid_json(body, str(exc))[0], "", 0) from None
         return self._json
 
 

@@ -100,7 +100,9 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     if first.get("type") == "json_invalid":  # the parser's own words: where, and what
         why = (first.get("ctx") or {}).get("error") or first.get("msg")
         message = f"We could not parse the JSON body of your request: {why}"
-        return JSONResponse(envelope(message, "invalid_request_error"), 400)
+        loc: tuple[Any, ...] = tuple(first.get("loc") or ())
+        param = loc[1] if len(loc) == 2 and isinstance(loc[1], str) else None  # parse_body's
+        return JSONResponse(envelope(message, "invalid_request_error", param), 400)
     param, message = describe_invalid(errors)
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)
 

@@ -60,8 +60,11 @@ async def parse_body(request: Request, model: type[T]) -> T:
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
-            why = invalid_json(body, errors[0].get("ctx", {}).get("error", errors[0]["msg"]))
-            raise RequestValidationError([{**errors[0], "ctx": {"error": why}}]) from None
+            why, field = invalid_json(body, errors[0].get("ctx", {}).get("error", errors[0]["msg"]))
+            loc = ("body", field) if field else errors[0]["loc"]
+            raise RequestValidationError(
+                [{**errors[0], "loc": loc, "ctx": {"error": why}}]
+            ) from None
         default = request.app.state.settings.default_model
         if default and any(e["type"] == "missing" and e["loc"] == ("model",) for e in errors):
             try:
