@@ -470,3 +470,104 @@ def test_bad_tool_requests_are_400s(client: openai.OpenAI) -> None:
             extra,
             info.value,
         )
+
+
+def test_schemas_the_compiler_cannot_honour_are_400s_that_say_why(client: openai.OpenAI) -> None:
+    """A strict `minProperties` over keys that only `patternProperties` allow: llguidance does
+    not make those keys unique, and SmolLM2 answered `{"x_int": 12, "x_int": 0}` with `stop`,
+    one property to a parser. Integers past 64 bits in `enum` or `const` were a 400 in the
+    binding's words ("Value is not JSON serializable"); a schema over the compiler's size
+    limit, in its words ("initial lexer configuration (grammar) too big")."""
+    ask = [{"role": "user", "content": ASK}]
+    pairs = {
+        "type": "object",
+        "patternProperties": {"^x_[a-z]+$": {"type": "integer"}},
+        "additionalProperties": False,
+        "minProperties": 2,
+        "maxProperties": 2,
+    }
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(1000)}}
+    for schema, words in [
+        (pairs, "`minProperties: 2` cannot be guaranteed"),
+        ({"enum": [1, 2**70]}, "`enum` holds 1180591620717411303424"),
+        ({"const": 2**70}, "`const` holds 1180591620717411303424"),
+        (wide, "too large"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model=SMOL, messages=ask, max_tokens=5, response_format=_format(schema)
+            )  # type: ignore[call-overload]
+        assert info.value.param == "response_format", info.value
+        assert words in info.value.message, info.value.message
+    # without strict it is read, leniently, as before
+    done = client.chat.completions.create(
+        model=SMOL,
+        messages=ask,
+        max_tokens=5,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": pairs}},
+    )
+    assert (done.choices[0].message.content or "").startswith("{")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "integer", "minimum": 0, "maximum": 2**64},
+        {"type": "integer", "minimum": -1e30, "maximum": 1e30},
+        {"type": "number", "exclusiveMinimum": -(2**70)},
+    ],
+    ids=["max-2^64", "int-1e30", "number-2^70"],
+)
+def test_bounds_past_64_bits_are_read(client: openai.OpenAI, schema: dict[str, Any]) -> None:
+    """Valid schemas that were 400s in the compiler's words ("Value is not JSON serializable:
+    18446744073709551616", "Failed to generate regex for integer range"): bounds past the
+    15 digits an answer may have anyway are read as those digits."""
+    text, finish = _ask(client, SMOL, schema, stream=False)
+    assert finish == "stop", text
+    jsonschema.validate(json.loads(text), schema)
+
+
+def test_json_object_with_a_schema_follows_it(client: openai.OpenAI) -> None:
+    """llama-server's `{"type": "json_object", "schema": ...}` constrains to the schema; it
+    was ignored here (any object)."""
+    schema = {
+        "type": "object",
+        "properties": {"zz_count": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["zz_count"],
+        "additionalProperties": False,
+    }
+    done = client.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Give me a contact record as JSON."}],
+        temperature=0,
+        max_tokens=40,
+        response_format={"type": "json_object", "schema": schema},  # type: ignore[typeddict-unknown-key]
+    )
+    jsonschema.validate(json.loads(done.choices[0].message.content or ""), schema)
+
+
+def test_a_function_without_parameters_is_called_with_none(client: openai.OpenAI) -> None:
+    """OpenAI reads a function without `parameters` as one taking none; it was free-form, and
+    SmolLM2 invented arguments. Parameters that are no object are a 400, as OpenAI's (a
+    `"type": "string"` schema gave a JSON string as `arguments`)."""
+    done = client.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "What time is it?"}],
+        tools=[{"type": "function", "function": {"name": "get_time"}}],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=60,
+    )
+    (call,) = done.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {}, call.function.arguments
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=SMOL,
+            messages=QUESTION,  # type: ignore[arg-type]
+            tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+            ],
+            tool_choice="required",
+        )
+    assert info.value.param == "tools[0].function.parameters", info.value

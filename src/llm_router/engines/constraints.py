@@ -40,6 +40,9 @@ JSON_OPTIONS: dict[str, Any] = {
 # Schemas a client does not mark strict are compiled leniently: `oneOf` read as `anyOf`, unknown
 # keywords and formats ignored (llguidance otherwise refuses ~4% of real-world schemas).
 LENIENT: dict[str, Any] = {"coerce_one_of": True, "lenient": True}
+# llguidance's default is 1_000_000 (~850 integer properties); this much more only tells a
+# grammar refused for its size from one refused for its content
+ROOMY_LEXER_FUEL = 10_000_000
 GRAMMAR_CACHE = 64  # compiled grammars kept per model (a client tends to reuse its schemas)
 
 
@@ -55,10 +58,18 @@ def compile_grammar(c: Constraint) -> str:
         if not isinstance(schema, dict | bool):
             raise BadRequest("a JSON schema must be an object", param=c.param)
         options: Any = JSON_OPTIONS if c.strict else {**JSON_OPTIONS, **LENIENT}
-        try:
-            return str(
-                LLMatcher.grammar_from_json_schema(bounded_numbers(schema), defaults=options)
+        if c.strict and (why := repeatable_min_properties(schema)):
+            raise BadRequest(why, param=c.param)
+        schema = bounded_numbers(schema)
+        if (big := wide_integer(schema)) is not None:
+            key, value = big
+            raise BadRequest(
+                f"the JSON schema's `{key}` holds {value}, an integer beyond 64 bits, "
+                "which the constraint compiler cannot take",
+                param=c.param,
             )
+        try:
+            return str(LLMatcher.grammar_from_json_schema(schema, defaults=options))
         except ValueError as exc:
             raise BadRequest(f"invalid JSON schema: {exc}", param=c.param) from None
     if c.kind == "regex":
@@ -88,22 +99,99 @@ def bounded_numbers(schema: Any) -> Any:
     """`schema` with its numbers bounded in length: a tiny model decoding greedily otherwise
     writes "0.000000..." until max_tokens, and the answer never parses. As llama.cpp's own
     schema converter does (16 digits): every answer still validates against the schema
-    given, the limits only shrink the set a model may write."""
+    given, the limits only shrink the set a model may write. A bound the schema sets beyond
+    the limit is the limit too (`maximum: 2**64`, `minimum: -1e30`: llguidance refused
+    integers past 64 bits and integer or number ranges that wide)."""
     if isinstance(schema, list):
         return [bounded_numbers(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
     out = {k: v if k in LITERAL_KEYS else bounded_numbers(v) for k, v in schema.items()}
-    kinds = out.get("type")
-    kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+    kinds = _kinds(out)
     if kinds & {"number", "integer"}:
-        if "minimum" not in out and "exclusiveMinimum" not in out:
-            out["minimum"] = -NUMBER_LIMIT
-        if "maximum" not in out and "exclusiveMaximum" not in out:
+        low = _bound(out, "minimum", "exclusiveMinimum")
+        high = _bound(out, "maximum", "exclusiveMaximum")
+        if (low is None or low <= NUMBER_LIMIT) and (high is None or high > NUMBER_LIMIT):
+            out.pop("exclusiveMaximum", None)
             out["maximum"] = NUMBER_LIMIT
+        if (high is None or high >= -NUMBER_LIMIT) and (low is None or low < -NUMBER_LIMIT):
+            out.pop("exclusiveMinimum", None)
+            out["minimum"] = -NUMBER_LIMIT
         if "number" in kinds and "multipleOf" not in out:
             out["multipleOf"] = NUMBER_STEP
     return out
+
+
+def _kinds(schema: dict[str, Any]) -> set[Any]:
+    kinds = schema.get("type")
+    return set(kinds) if isinstance(kinds, list) else {kinds}
+
+
+def _bound(schema: dict[str, Any], inclusive: str, exclusive: str) -> float | None:
+    """The tighter of a schema's two bounds on one side (a draft-4 boolean
+    `exclusiveMaximum` is no bound); None when it has neither."""
+    found = [
+        v
+        for v in (schema.get(inclusive), schema.get(exclusive))
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    if not found:
+        return None
+    return max(found) if inclusive == "minimum" else min(found)
+
+
+INT_RANGE = (-(2**63), 2**64)  # what llguidance reads as a JSON integer (i64 or u64)
+
+
+def wide_integer(schema: Any, key: str = "schema") -> tuple[str, int] | None:
+    """The first integer in `schema` that llguidance cannot read (a value of `enum` or
+    `const`, say: its Python binding failed with "Value is not JSON serializable"), with the
+    keyword it is under."""
+    if isinstance(schema, dict):
+        items: Any = schema.items()
+        if "integer" in _kinds(schema):  # a bound past i64 left by bounded_numbers (both past)
+            for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+                v = schema.get(k)
+                if isinstance(v, float) and not -(2.0**63) <= v < 2.0**63:
+                    return k, int(v)
+    elif isinstance(schema, list):
+        items = ((key, v) for v in schema)
+    else:
+        low, high = INT_RANGE
+        wide = isinstance(schema, int) and not low <= schema < high
+        return (key, schema) if wide else None
+    for k, v in items:
+        if (found := wide_integer(v, k)) is not None:
+            return found
+    return None
+
+
+def repeatable_min_properties(schema: Any) -> str | None:
+    """Why a strict schema cannot be honoured, when one of its objects asks for more keys
+    (`minProperties`) than it names in `required` plus one. The keys beyond `properties`
+    (those `additionalProperties` or `patternProperties` allow) are not made unique by
+    llguidance (docs/json_schema.md, "Departures"): a model may repeat one, `{"x_a": 1,
+    "x_a": 2}`, which a parser reads as one key, and the object then has fewer than asked."""
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        if not isinstance(node, dict):
+            continue
+        todo.extend(v for k, v in node.items() if k not in LITERAL_KEYS)
+        least = node.get("minProperties")
+        required = node.get("required")
+        named = len(set(required)) if isinstance(required, list) else 0
+        extra = node.get("additionalProperties", True) is not False or node.get("patternProperties")
+        if isinstance(least, int) and extra and least > named + 1:
+            return (
+                f"`minProperties: {least}` cannot be guaranteed under `strict`: keys that "
+                "`additionalProperties` or `patternProperties` allow are not made unique, so "
+                "an answer may repeat one, which counts once; name the keys in `properties` "
+                "and `required`, or send the schema without `strict`"
+            )
+    return None
 
 
 class Grammars:
@@ -133,11 +221,27 @@ class Grammars:
         error = LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error:
             what = {"json": "JSON schema", "regex": "regex", "lark": "grammar"}[c.kind]
+            if self._too_big(grammar):
+                raise BadRequest(
+                    f"the {what} is too large: its grammar is over the constraint compiler's "
+                    f"size limit ({_reason(error)}); a JSON schema compiles with up to about "
+                    "800 properties in all",
+                    param=c.param,
+                )
             raise BadRequest(f"invalid {what}: {error}", param=c.param)
         self._compiled[c] = grammar
         if len(self._compiled) > GRAMMAR_CACHE:
             self._compiled.popitem(last=False)
         return grammar
+
+    def _too_big(self, grammar: str) -> bool:
+        """Whether a grammar that failed validation passes with more room for its lexer: then
+        only its size failed. On the error path alone; the larger limit bounds its time too
+        (~1 s for a schema of 3000 properties)."""
+        from llguidance import LLMatcher, LLParserLimits
+
+        roomy = LLParserLimits(initial_lexer_fuel=ROOMY_LEXER_FUEL)
+        return not LLMatcher.validate_grammar(grammar, self.tokenizer, limits=roomy)
 
     def matcher(self, c: Constraint) -> Matcher:
         from llguidance import LLMatcher

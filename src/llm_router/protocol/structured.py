@@ -48,12 +48,14 @@ class JsonSchemaFormat(BaseModel):
 
 class ResponseFormat(BaseModel):
     """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
-    "json_schema": {"name", "schema", "strict"}}`."""
+    "json_schema": {"name", "schema", "strict"}}`; llama-server's `{"type": "json_object",
+    "schema": {...}}` too, read as it reads it: JSON valid for that schema."""
 
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
 
 
 class FunctionIn(BaseModel):
@@ -129,7 +131,8 @@ def constraint_of(fields: ShapeFields) -> Constraint | None:
     found: list[Constraint] = []
     rf = fields.response_format
     if rf is not None and rf.type == "json_object":
-        found.append(Constraint("json", '{"type": "object"}', param="response_format"))
+        schema = json.dumps(rf.schema_) if rf.schema_ is not None else '{"type": "object"}'
+        found.append(Constraint("json", schema, param="response_format"))
     elif rf is not None and rf.type == "json_schema":
         if rf.json_schema is None or rf.json_schema.schema_ is None:
             raise BadRequest(
@@ -199,19 +202,40 @@ def functions_of(
     return Tools(offered, picked, parallel=False)
 
 
+# A function declared without `parameters` takes none, as OpenAI reads it: its arguments are
+# `{}` (a free-form object let a small model invent some)
+NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
 def _functions(functions: list[FunctionIn], param: str) -> tuple[Function, ...]:
     out = tuple(
         Function(
             name=f.name,
             description=f.description or "",
-            parameters=json.dumps(f.parameters or {"type": "object", "properties": {}}),
+            parameters=json.dumps(_parameters(f.parameters, f"{param}[{i}]", param)),
             strict=bool(f.strict),
         )
-        for f in functions
+        for i, f in enumerate(functions)
     )
     if len({f.name for f in out}) != len(out):
         raise BadRequest("two functions offered have the same name", param=param)
     return out
+
+
+def _parameters(schema: dict[str, Any] | None, at: str, param: str) -> dict[str, Any]:
+    """A function's `parameters` as the schema of its arguments, which are a JSON object:
+    another `type` is a 400, as OpenAI's; a schema without one is read as an object's."""
+    if schema is None:
+        return NO_PARAMETERS
+    kind = schema.get("type", "object")
+    if kind != "object":
+        where = f"{at}.function.parameters" if param == "tools" else f"{at}.parameters"
+        raise BadRequest(
+            f"`{where}` must be a JSON schema of type object (a function's arguments are a "
+            f"JSON object), not {json.dumps(kind)}",
+            param=where,
+        )
+    return {"type": "object", **schema}
 
 
 def tool_calls_of(calls: list[ToolCallIn] | None) -> tuple[ToolCall, ...]:
