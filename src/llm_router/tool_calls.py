@@ -39,7 +39,9 @@ INSTRUCTION = (
     "You can call any of the following tools to satisfy the user's requests: {tools}\n\n"
     "Respond in JSON format, either with `tool_calls` (a request to call tools) or with "
     "`response` (a reply to the user's request). Example of a tool call:\n"
-    '{{"tool_calls": [{{"name": "tool_name", "arguments": {{"arg1": "value"}}}}]}}'
+    '{{"tool_calls": [{{"name": "tool_name", "arguments": {{"arg1": "value"}}}}]}}\n'
+    "Example of a reply:\n"
+    '{{"response": "Hello! How can I help you today?"}}'
 )
 INSTRUCTION_REQUIRED = (
     "You can call the following tools to satisfy the user's requests: {tools}\n\n"
