@@ -475,3 +475,24 @@ async def test_watch_config_reloads_when_the_file_changes(
         conf.path.unlink()  # gone: nothing to read, nothing changes
         await asyncio.sleep(0.2)
         assert await r.names() == {"other"}
+
+
+async def test_a_web_page_cannot_reload_with_a_bodyless_post(conf: Reloadable) -> None:
+    """A POST without a body is a "simple" request a browser sends from any site without asking
+    the server first: `POST /admin/reload` with a foreign Origin reloaded the configuration
+    (found from outside). From a page a POST must say JSON; curl's plain POST still reloads."""
+    conf.write({"chat": {}})
+    async with served(conf) as r:
+        conf.write({"chat": {}, "other": {}})
+        page = {"origin": "https://evil.example"}
+        for extra in ({}, {"content-length": "0"}, {"content-type": "text/plain"}):
+            refused = await r.client.post("/admin/reload", headers={**page, **extra})
+            assert refused.status_code == 415, refused.text
+            assert refused.json()["error"]["code"] == "unsupported_media_type"
+        assert await r.names() == {"chat"}  # nothing was read again
+        dashboard = {"origin": "http://127.0.0.1", "content-type": "application/json"}
+        assert (await r.client.post("/admin/reload", headers=dashboard)).status_code == 200
+        assert await r.names() == {"chat", "other"}
+        conf.write({"chat": {}})
+        await r.reload()  # curl -X POST, no Origin: as the README's SIGHUP alternative
+        assert await r.names() == {"chat"}

@@ -193,7 +193,8 @@ class BodyGuard:
 
     An HTTP/1.x request with neither a Content-Length nor a Transfer-Encoding has no body and
     passes as it is: `curl -X PUT` on a GET route was a 415 about a body it did not send,
-    where the route's answer is a 405 with `Allow`."""
+    where the route's answer is a 405 with `Allow`. Not so a POST from a web page (it says its
+    `Origin`): without JSON it is a 415 too, as a page sends it without asking first."""
 
     def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
         self.app = app
@@ -205,7 +206,7 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         length = content_type = b""
-        chunked = False
+        chunked = from_page = False
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
@@ -213,6 +214,21 @@ class BodyGuard:
                 content_type = value
             elif key == b"transfer-encoding":
                 chunked = True
+            elif key == b"origin":
+                from_page = True
+        if from_page and scope["method"] == "POST" and not _is_json(content_type):
+            # A page's POST without a body (or an empty one) is sent without the browser asking
+            # the server first (no preflight): any site could `POST /admin/reload` (found from
+            # outside). From a browser, a POST must say JSON, body or not.
+            shown = content_type.decode("latin-1") or "none"
+            await _refuse(
+                send,
+                415,
+                f"a POST from a web page must say JSON, with a body or without: Content-Type "
+                f"is {shown!r}, not 'application/json'",
+                "unsupported_media_type",
+            )
+            return
         if not (length or chunked) and scope.get("http_version", "1.1") in ("1.1", "1.0"):
             # no body (HTTP/2 has neither header for one): the route's to answer (405, 400)
             await self.app(scope, receive, send)
