@@ -72,6 +72,14 @@ def test_the_page_shows_the_bundled_model_live(page: Page, dash: Server) -> None
     expect(row).to_contain_text("llama.cpp · gguf · Q4_1")
     expect(page.locator("#live")).to_have_text("live")
     expect(page.locator("#memory-text")).to_contain_text("GiB")  # the budget
+    expect(page.locator(f"#pg-model option[value='{SMOL}']")).to_have_count(1)
+    # the model lists hold options in groups only: an empty group was a text node "null"
+    stray = page.eval_on_selector_all(
+        "select",
+        "all => all.flatMap(s => [...s.childNodes].filter(n => n.nodeType === 3))"
+        ".map(n => n.textContent)",
+    )
+    assert stray == [], stray
 
 
 def test_load_then_unload_without_a_reload(page: Page, dash: Server) -> None:

@@ -427,8 +427,9 @@ function renderModelChoices() {
   const label = (id) => (state.models.get(id)?.status.value === "error" ? `${id} (error)` : id);
   const choose = (select, items) => {
     const current = select.value;
-    select.replaceChildren(...items.map(([group, ids]) =>
-      ids.length ? h("optgroup", { label: group }, ids.map((id) => h("option", { value: id }, label(id)))) : null));
+    // empty groups are left out (a null given to replaceChildren is a text node "null")
+    select.replaceChildren(...items.filter(([, ids]) => ids.length).map(([group, ids]) =>
+      h("optgroup", { label: group }, ids.map((id) => h("option", { value: id }, label(id))))));
     if ([...select.options].some((o) => o.value === current)) select.value = current;
   };
   const all = [...state.models.values()];
