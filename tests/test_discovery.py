@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_router.config import ModelConfig, Settings
+from llm_router.defaults import Preset
 from llm_router.lifecycle.discovery import Scanner, identity_of
 
 LLAMA = {
@@ -37,7 +38,7 @@ def _hf(folder: Path) -> Path:
 
 
 def _scan(folder: Path, models: list[ModelConfig] | None = None) -> Scanner:
-    return Scanner(Settings(models_dir=folder, models=models or []), presets={})
+    return Scanner(Settings(models_dir=folder, models=models or []), presets=())
 
 
 def test_files_and_folders_of_every_format(tmp_path: Path, smollm2_gguf: Path) -> None:
@@ -158,7 +159,7 @@ def test_an_entry_for_a_bundled_model_adds_to_its_preset(
     model's system prompt (the README's alias example dropped it, and SmolLM2 rambled); a
     field the entry sets, even to null, wins."""
     (tmp_path / "smol.gguf").symlink_to(smollm2_gguf)
-    presets = {"smol": ModelConfig(id="smol", system_prompt="Be brief.")}
+    presets = [Preset("smol.gguf", 0, "", {"system_prompt": "Be brief."})]
 
     def scanned(entry: dict[str, object]) -> ModelConfig:
         settings = Settings(models_dir=tmp_path, models=[ModelConfig(id="smol", **entry)])
@@ -246,7 +247,7 @@ def test_an_alias_that_is_another_models_id_hides_nothing_and_is_said(tmp_path: 
         "apply once a model of that id appears",
     ]
     slow = Settings(models_dir=tmp_path, drain_after=30, queue_timeout=8)
-    registry.scanner = Scanner(slow, presets={})
+    registry.scanner = Scanner(slow, presets=())
     assert registry.warnings()[-1].startswith("drain_after (30 s) is not under queue_timeout")
 
 
@@ -312,11 +313,34 @@ def test_a_bundled_model_served_by_its_path_keeps_its_preset(
     """`serve -m SmolLM2-...gguf` (a `models:` entry with a path, the same id) lost the
     bundled model's system prompt, and the README's question got a rambling answer (found
     from outside)."""
-    presets = {"smol": ModelConfig(id="smol", system_prompt="Be brief.")}
+    presets = [Preset(smollm2_gguf.name, 0, "", {"system_prompt": "Be brief."})]
     entry = ModelConfig(id="smol", path=smollm2_gguf)
     settings = Settings(models_dir=tmp_path / "empty", models=[entry])
     found = Scanner(settings, presets=presets).scan()["smol"]
     assert found.config.system_prompt == "Be brief." and found.path == smollm2_gguf
+
+
+def test_the_bundled_file_keeps_its_preset_under_any_id(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The preset belongs to the bundled SmolLM2 file, not to the id its name gives:
+    `serve -m SmolLM2...gguf -a gpt-4o-mini,gpt-4o` (a `models:` entry of another id with
+    its path), and the file linked or copied under another name, lost the system prompt,
+    and the README's question got "L'Étoile, la Marseillaise, ..." for 2012 tokens (found
+    from outside). Renamed, it is known by its size and GGUF name (`defaults.PRESETS`)."""
+    prompt = "You are a helpful assistant."
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "my-model.gguf").symlink_to(smollm2_gguf)
+    _hf(folder / "tiny.hf-folder")
+    entries = [
+        ModelConfig(id="gpt-4o-mini", aliases=["gpt-4o"], path=smollm2_gguf),
+        ModelConfig(id="plain", path=smollm2_gguf, system_prompt=None),
+    ]
+    found = Scanner(Settings(models_dir=folder, models=entries)).scan()
+    assert found["gpt-4o-mini"].config.system_prompt == prompt
+    assert found["gpt-4o-mini"].config.aliases == ["gpt-4o"]
+    assert found["my-model"].config.system_prompt == prompt
+    assert found["plain"].config.system_prompt is None  # the user's own null wins
+    assert found["tiny.hf-folder"].config.system_prompt is None  # another model: none
 
 
 def test_a_checkpoint_only_pickle_loads_is_an_error_unless_allowed(tmp_path: Path) -> None:
@@ -340,7 +364,7 @@ def test_a_checkpoint_only_pickle_loads_is_an_error_unless_allowed(tmp_path: Pat
     allowed = _scan(tmp_path, [ModelConfig(id="pickled", allow_pickle=True)]).scan()
     assert allowed["pickled"].error is None and allowed["pickled"].info is not None
     defaults = Settings(models_dir=tmp_path, model_defaults={"allow_pickle": True})
-    assert Scanner(defaults, presets={}).scan()["pickled"].error is None
+    assert Scanner(defaults, presets=()).scan()["pickled"].error is None
 
 
 def test_broken_links_are_errors_and_what_is_not_served_is_said(

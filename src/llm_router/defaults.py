@@ -10,15 +10,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-
-from .config import ModelConfig
+from typing import Any
 
 __all__ = [
     "GEMMA_FILE",
     "MINILM_ID",
     "PRESETS",
     "SMOLLM2_FILE",
+    "Preset",
     "bundled_gemma",
     "bundled_minilm",
     "bundled_smollm2",
@@ -32,16 +33,41 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 MINILM_ID = "all-MiniLM-L6-v2"
 
-# Settings for the bundled models, as a Modelfile ships with a library model; a `models:` entry
-# with the same id adds to them (what it sets wins). SmolLM2's own template injects "You are a helpful AI assistant
-# named SmolLM..." when a chat has no system message, and with it the 135M model rambles
-# (greedy: "L'Étoile, la Cité, ..." for the capital of France); a plain system prompt keeps it
-# on task ("The capital of France is Paris.").
-PRESETS: dict[str, ModelConfig] = {
-    "SmolLM2-135M-Instruct.Q4_1": ModelConfig(
-        id="SmolLM2-135M-Instruct.Q4_1", system_prompt="You are a helpful assistant."
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """Settings for a bundled model's file, as a Modelfile ships with a library model; a
+    `models:` entry serving that file adds to them (what it sets wins). They belong to the
+    file, not to an id: `serve -m FILE -a gpt-4o-mini`, a `models:` entry with another id
+    and a `path:`, a copy or a link under another name all serve the same weights, and all
+    lost the settings while they were keyed by the id the file's name gives. Found by the
+    file's name, or by its size and the name its GGUF metadata gives, both of which
+    discovery reads anyway (hashing ~100 MB at every new file would not be cheap)."""
+
+    file: str
+    size_bytes: int
+    gguf_name: str
+    settings: dict[str, Any]  # `models:` entry fields (ModelConfig), without `id`
+
+    def matches(self, path: Path, size_bytes: int, gguf_name: str | None) -> bool:
+        """Whether the model at `path` (its size, its GGUF `general.name`) is this file."""
+        if path.name == self.file:
+            return True
+        return size_bytes == self.size_bytes and gguf_name == self.gguf_name
+
+
+# SmolLM2's own template injects "You are a helpful AI assistant named SmolLM..." when a chat
+# has no system message, and with it the 135M model rambles (greedy: "L'Étoile, la Cité, ..."
+# for the capital of France); a plain system prompt keeps it on task ("The capital of France
+# is Paris.").
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        file=SMOLLM2_FILE,
+        size_bytes=98_362_432,
+        gguf_name="Smollm2 135M 8k Lc100K Mix1 Ep2",
+        settings={"system_prompt": "You are a helpful assistant."},
     ),
-}
+)
 
 
 def _package_dir(name: str) -> Path | None:

@@ -14,12 +14,13 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import defaults
 from ..config import ModelConfig, Settings
-from ..defaults import PRESETS
+from ..defaults import PRESETS, Preset
 from ..errors import InvalidModelFile
 from ..formats.detect import ENGINE_FOR, Detected, ModelMeta, describe
 from .unserved import broken_link, models_inside, nested_problem
@@ -108,7 +109,7 @@ class Scanner:
     def __init__(
         self,
         settings: Settings,
-        presets: dict[str, ModelConfig] | None = None,
+        presets: Sequence[Preset] | None = None,
         quiet: bool = False,
     ) -> None:
         self.settings = settings
@@ -153,11 +154,12 @@ class Scanner:
         shared: dict[str, list[Path]] = {}
         for path in self._entries():
             model_id = path.name if path.is_dir() else path.stem
-            cfg = self._with_preset(configured.get(model_id), model_id)
+            entry = configured.get(model_id)
             if path.is_symlink() and not path.exists():
+                cfg = entry or ModelConfig(id=model_id)
                 source: ModelSource | None = self._broken_link(model_id, path, cfg)
             else:
-                source = self._source(model_id, path, cfg, "models_dir")
+                source = self._source(model_id, path, entry, "models_dir")
             if source is None:
                 continue
             shared.setdefault(model_id, []).append(path)
@@ -169,28 +171,27 @@ class Scanner:
         for model_id, blob in ollama_models(self.settings.models_dir):
             if model_id in found:
                 continue
-            cfg = configured.get(model_id) or ModelConfig(id=model_id, aliases=_short(model_id))
-            source = self._source(model_id, blob, cfg, "ollama")
+            entry = configured.get(model_id) or ModelConfig(id=model_id, aliases=_short(model_id))
+            source = self._source(model_id, blob, entry, "ollama")
             if source is not None:
                 found[model_id] = source
         for entry in self.settings.models:
             if entry.path is None:
                 continue
-            cfg = self._with_preset(entry, entry.id)  # `serve -m` of a bundled file: its preset
             path = entry.path if entry.path.is_absolute() else self.settings.models_dir / entry.path
-            source = self._source(cfg.id, path, cfg, "config")
+            source = self._source(entry.id, path, entry, "config")
             if source is None:
                 source = ModelSource(
-                    cfg.id,
+                    entry.id,
                     path,
                     "unknown",
-                    cfg.engine or _UNKNOWN_ENGINE,
-                    cfg,
+                    entry.engine or _UNKNOWN_ENGINE,
+                    entry,
                     Identity(0, 0),
                     "config",
                     error=f"{path} does not exist or is not a model",
                 )
-            found[cfg.id] = source
+            found[entry.id] = source
         live = {s.path for s in found.values()}
         for stale in set(self._cache) - live:
             del self._cache[stale]
@@ -229,25 +230,30 @@ class Scanner:
             and not (store and p.name in _OLLAMA_DIRS)
         ]
 
-    def _with_preset(self, entry: ModelConfig | None, model_id: str) -> ModelConfig:
-        """A bundled model's settings (`defaults.PRESETS`, as a library model's Modelfile),
-        with what its `models:` entry sets on top: an entry that adds aliases keeps the
-        preset's system prompt (it dropped it, and SmolLM2 rambled without it); a field the
-        entry sets, even to null, wins."""
-        preset = self._presets.get(model_id)
-        if preset is None or entry is None:
-            return entry or preset or ModelConfig(id=model_id)
-        return ModelConfig.model_validate(
-            {**preset.model_dump(exclude_unset=True), **entry.model_dump(exclude_unset=True)}
-        )
+    def _with_preset(
+        self, entry: ModelConfig | None, model_id: str, path: Path, found: _Found
+    ) -> ModelConfig:
+        """The settings of the model at `path`: a bundled file's preset (`defaults.PRESETS`,
+        as a library model's Modelfile, matched by the file, whatever id serves it), with
+        what its `models:` entry sets on top: an entry that adds aliases keeps the preset's
+        system prompt (it dropped it, and SmolLM2 rambled without it); a field the entry
+        sets, even to null, wins."""
+        size, name = found.identity.size_bytes, found.meta.name if found.meta else None
+        preset = next((p for p in self._presets if p.matches(path, size, name)), None)
+        if preset is None:
+            return entry or ModelConfig(id=model_id)
+        own = entry.model_dump(exclude_unset=True) if entry else {}
+        return ModelConfig.model_validate({**preset.settings, **own, "id": model_id})
 
     def _source(
-        self, model_id: str, path: Path, cfg: ModelConfig, origin: str
+        self, model_id: str, path: Path, entry: ModelConfig | None, origin: str
     ) -> ModelSource | None:
+        """The model at `path`, served as `model_id` with its `models:` entry (if any) over
+        its preset; None when it is gone or is no model."""
         identity = identity_of(path)
         if identity is None:
             return None
-        explicit = cfg.engine is not None and cfg.path is not None
+        explicit = entry is not None and entry.engine is not None and entry.path is not None
         if self._ignored.get(path) == identity and not explicit:
             return None
         self._nested.pop(path, None)  # said again below if it still holds only those
@@ -259,6 +265,7 @@ class Scanner:
                     "model %s is unusable: %s", path, cached.error.removeprefix(f"{path}: ")
                 )
             self._cache[path] = cached
+        cfg = self._with_preset(entry, model_id, path, cached)
         if cached.detected is None and cached.error is None:
             if not explicit:
                 log.debug("ignoring %s: not a model", path)
