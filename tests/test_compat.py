@@ -3,11 +3,13 @@ where they stand against the config file, our own variables and the command line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -172,23 +174,10 @@ def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
     llama-server user types it: that one model, under that name, 2 slots of 2048, and that
     key required (`--api-key` did not exist and LLAMA_API_KEY was ignored: the server ran
     open; found from outside)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "OLLAMA_"))}
-    env.pop("LLM_ROUTER_MASTER_KEY", None)
-    cmd = [sys.executable, "-m", "llm_router", "serve", "-m", smollm2_gguf.name, "-a", "chat"]
-    cmd += ["-c", "4096", "-np", "2", "-t", "2", "--port", str(port), "--host", "127.0.0.1"]
-    cmd += ["--api-key", KEY]
-    proc = subprocess.Popen(  # the file named relative to the working directory
-        cmd, env=env, cwd=smollm2_gguf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    args = ["-m", smollm2_gguf.name, "-a", "chat", "-c", "4096", "-np", "2", "-t", "2"]
+    args += ["--api-key", KEY]
+    # the file named relative to the working directory
+    with _serve_as_llama_server(args, cwd=smollm2_gguf.parent) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         try:
             assert httpx.get(url + "/v1/models").status_code == 401
@@ -209,6 +198,53 @@ def test_serve_with_llama_server_flags(smollm2_gguf: Path) -> None:
         listing = httpx.get(url + "/models", headers={"authorization": f"Bearer {KEY}"})
         runtime = listing.json()["data"][0]["runtime"]
         assert (runtime["context_size"], runtime["parallel"], runtime["threads"]) == (2048, 2, 2)
+
+
+@pytest.mark.real
+def test_the_bundled_model_under_openai_names_answers_the_readmes_question(
+    smollm2_gguf: Path, tmp_path: Path
+) -> None:
+    """`serve -m SmolLM2-...gguf -a gpt-4o-mini,gpt-4o`, llama-server's way of giving a model
+    OpenAI's names: the bundled model's preset system prompt was keyed by the id its file
+    name gives, so under `gpt-4o-mini` SmolLM2's template put in its own long default one,
+    and the README's question got "L'Étoile, la Marseillaise, la femme au roi, ..." (found
+    from outside)."""
+    args = ["-m", str(smollm2_gguf), "-a", "gpt-4o-mini,gpt-4o", "-c", "2048", "-np", "1"]
+    with (
+        _serve_as_llama_server(args, cwd=tmp_path) as url,
+        openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client,
+    ):
+        answer = client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0,
+            max_tokens=16,
+        )
+    assert "Paris" in (answer.choices[0].message.content or ""), answer
+
+
+@contextlib.contextmanager
+def _serve_as_llama_server(args: list[str], cwd: Path) -> Iterator[str]:
+    """`llm-router serve ARGS` as a llama-server user starts it (no `LLAMA_*`, `OLLAMA_*` or
+    master key from the tests' environment), on a free port of 127.0.0.1; yields its URL
+    once it is healthy and stops it (SIGTERM) afterwards."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "OLLAMA_"))}
+    env.pop("LLM_ROUTER_MASTER_KEY", None)
+    cmd = [sys.executable, "-m", "llm_router", "serve", *args]
+    cmd += ["--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
