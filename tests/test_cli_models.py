@@ -23,11 +23,11 @@ pytestmark = pytest.mark.real  # real models and processes
 
 
 def _cli(
-    *args: str, stdin: str | None = None, timeout: float = 180
+    *args: str, stdin: str | None = None, timeout: float = 180, **env_vars: str
 ) -> subprocess.CompletedProcess[str]:
     # The default port is one nobody listens on: "no server found" means in-process here,
-    # whatever else runs on this machine.
-    env = {**os.environ, "LLM_ROUTER_PORT": str(free_port())}
+    # whatever else runs on this machine (LLM_ROUTER_PORT= a server's: the one found).
+    env = {**os.environ, "LLM_ROUTER_PORT": str(free_port()), **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "llm_router", *args],
         capture_output=True, text=True, timeout=timeout, input=stdin, env=env,
@@ -230,6 +230,70 @@ def test_show_of_a_route_or_a_remote_target_shows_its_configuration(
     not_there = _cli("show", "cloud", "--config", str(config), "--url", srv.url)
     assert not_there.returncode == 0, not_there.stderr
     assert _rows(not_there.stdout)[f"on {srv.url}"] == "not a target there"
+
+
+def test_show_of_an_alias_the_server_has(srv: Server, tmp_path: Path) -> None:
+    """Found from outside: with a server started with `--config` giving aliases, `show
+    ALIAS` said "model 'smollm2' is not in models", though `run` and `chat` took it: `show`
+    looked the name up in its own configuration (the defaults) alone. It means what it means
+    to the server, found on the configured port as `run` finds it."""
+    port = str(srv.port)
+    alias = _cli("show", "gem", "--models-dir", _models_dir(srv), LLM_ROUTER_PORT=port)
+    assert alias.returncode == 0, alias.stderr
+    rows = _rows(alias.stdout)
+    assert rows["id"] == GEMMA and rows["quantization"] == "Q4_K_M", rows  # from its file
+    assert rows[f"aliases on {srv.url}"] == "gem", rows
+    elsewhere = str(tmp_path / "empty")  # the server's model, its files not here
+    served = _cli("show", "gem", "--models-dir", elsewhere, LLM_ROUTER_PORT=port)
+    assert served.returncode == 0, served.stderr
+    assert _rows(served.stdout)["id"] == GEMMA and "Q4_K_M" in served.stdout
+
+
+def test_show_of_a_route_the_server_has(srv: Server) -> None:
+    """`show ROUTE --url URL` said "model 'auto' is neither on URL nor in models" (found from
+    outside), though `run` and `chat` took the route: only a model's id or alias was asked of
+    the server. A route shows its strategy, targets and the server's live order."""
+    for found_by in ({"LLM_ROUTER_PORT": str(srv.port)}, {}):
+        args = ["show", "smart"] + ([] if found_by else ["--url", srv.url.removeprefix("http://")])
+        route = _cli(*args, **found_by)
+        assert route.returncode == 0, route.stderr
+        rows = _rows(route.stdout)
+        assert route.stdout.lstrip().startswith("Route"), route.stdout
+        assert rows["strategy"] == "balanced" and rows["targets"] == SMOL, rows
+        assert rows["fallbacks"] == GEMMA, rows
+        assert rows[f"order now on {srv.url}"] == f"{SMOL}, {GEMMA}", rows
+        assert f"{SMOL}: closed" in rows["breakers"], rows
+    template = _cli("show", "smart", "--template", "--url", srv.url)
+    assert template.returncode == 1 and "is a route on" in template.stderr, template.stderr
+
+
+def test_show_of_a_remote_target_the_server_has(tmp_path: Path) -> None:
+    """`show REMOTE` without --config and --url (a server on the configured port) said the
+    name was not in the models directory: it shows what the server says of the target (not
+    its base URL, which the server tells no client: the server's configuration has it)."""
+    (tmp_path / "models").mkdir()
+    remote = {
+        "id": "far",
+        "aliases": ["f"],
+        "provider": "openai",
+        "model": "up-9",
+        "base_url": f"http://127.0.0.1:{free_port()}/v1",
+        "health_check_interval": 0,
+    }
+    config = {"models_dir": str(tmp_path / "models"), "provision_default_models": False,
+              "models": [remote], "routes": [{"name": "r", "targets": ["far"]}]}  # fmt: skip
+    server = Server(tmp_path, config).start()
+    try:
+        out = _cli("show", "f", "--models-dir", str(tmp_path / "models"),
+                   LLM_ROUTER_PORT=str(server.port))  # fmt: skip
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    rows = _rows(out.stdout)
+    assert out.stdout.lstrip().startswith("Remote target"), out.stdout
+    assert rows["id"] == "far" and rows["upstream model"] == "up-9", rows
+    assert rows["provider"] == "openai" and rows[f"status on {server.url}"] == "loaded", rows
+    assert "--config" in rows["base url"] and "127.0.0.1" not in rows["base url"], rows
 
 
 def _rows(table: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Ollama's everyday commands: `ps`, `show`, `rm` (`chat`: cli_chat.py). Each talks to a
+"""Ollama's everyday commands: `ps`, `show`, `rm` (`show`: cli_show.py, `chat`: cli_chat.py),
+and the look-ups they share. Each talks to a
 running server when one is given with `--url` or answers on the configured port, and works in
 this process otherwise where that makes sense (`ps` needs a server: a new process has nothing
 loaded)."""
@@ -18,18 +19,17 @@ from rich.table import Table
 from .cli import ConfigOpt, ModelsDirOpt, _settings, missing_models_dir
 from .cli_console import error
 from .cli_http import ServerUrlOpt, UrlOpt, client, find_server, server_error
-from .compat import http_url
-from .config import ModelConfig, RouteConfig, Settings
+from .config import Settings
 from .lifecycle.discovery import ModelSource, Scanner
 
-__all__ = ["entry_of", "fail", "register"]
+__all__ = ["console", "entry_of", "fail", "look_up", "mib", "not_here", "register"]
 
 
-def _console() -> Console:
+def console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
 
 
-def _mib(value: Any) -> str:
+def mib(value: Any) -> str:
     return f"{value / 2**20:.0f} MiB" if isinstance(value, int | float) else "-"
 
 
@@ -75,13 +75,13 @@ def ps(config: ConfigOpt = None, url: ServerUrlOpt = None) -> None:
             else "-"
         )
         table.add_row(
-            m["id"], status, _mib(m.get("memory_bytes")), slots,
+            m["id"], status, mib(m.get("memory_bytes")), slots,
             str(m.get("queued_requests", 0)), idle, left,
         )  # fmt: skip
-    out = _console()
+    out = console()
     out.print(table)
     out.print(
-        f"memory {_mib(body.get('memory_used_bytes'))} of {_mib(body.get('memory_budget_bytes'))}"
+        f"memory {mib(body.get('memory_used_bytes'))} of {mib(body.get('memory_budget_bytes'))}"
     )
     remotes = [m for m in body["data"] if m.get("source") == "remote"]
     if remotes:  # a hung or failing upstream shows here too, not only in /metrics
@@ -110,13 +110,13 @@ def _seconds(value: float | None) -> str:
 
 
 def _find(settings: Settings, model: str, server: str | None = None) -> ModelSource:
-    found = _look_up(settings, model)
+    found = look_up(settings, model)
     if isinstance(found, ModelSource):
         return found
-    raise _not_here(settings, model, found, server)
+    raise not_here(settings, model, found, server)
 
 
-def _not_here(settings: Settings, model: str, there: str, server: str | None) -> typer.Exit:
+def not_here(settings: Settings, model: str, there: str, server: str | None) -> typer.Exit:
     """The error for a model not in this models directory: when `server` serves it, that
     its files are in the server's directory, which the command needs (`rm` deletes a file,
     `show --template` reads one; the server tells no paths)."""
@@ -158,185 +158,13 @@ def entry_of(entries: list[dict[str, Any]], model: str) -> dict[str, Any] | None
     return None
 
 
-def _look_up(settings: Settings, model: str) -> ModelSource | str:
+def look_up(settings: Settings, model: str) -> ModelSource | str:
     """The model of that id or alias in the models directory, else the ids there are."""
     sources = Scanner(settings).scan()
     for source in sources.values():
         if model == source.id or model in source.config.aliases:
             return source
     return ", ".join(sorted(sources)) or missing_models_dir(settings) or "none"
-
-
-def _show_served(server: str, model: str, settings: Settings) -> None:
-    """`show` of a model the server at `--url` serves from a directory not this one's: what
-    its `GET /models` says (the file's metadata and its live state)."""
-    entry = _served_entry(server, model)
-    if entry is None:
-        raise fail(f"model {model!r} is neither on {server} nor in {settings.models_dir}")
-    names = ["path", "format", "engine", "task", "model_architecture", "parameters"]
-    names += ["quantization", "context_length", "upstream_model", "provider"]
-    rows: list[tuple[str, Any]] = [("id", entry["id"]), ("server", server)]
-    rows += [(n.replace("_", " "), entry.get(n)) for n in names]
-    rows += [("size", _mib(entry.get("size_bytes"))), ("status", entry["status"]["value"])]
-    rows += [("error", entry["status"].get("error")), ("memory", _mib(entry.get("memory_bytes")))]
-    _section(_console(), "Model", rows)
-
-
-def _configured(settings: Settings, name: str) -> RouteConfig | ModelConfig | None:
-    """The route, or the remote target (by id or alias), the configuration names `name`."""
-    for route in settings.routes:
-        if route.name == name:
-            return route
-    for cfg in settings.models:
-        if cfg.provider != "local" and (cfg.id == name or name in cfg.aliases):
-            return cfg
-    return None
-
-
-def _show_configured(cfg: RouteConfig | ModelConfig, server: str | None) -> None:
-    """`show` of a route or a remote target: what the configuration says of it, and with a
-    server, what that server says (a route's order of targets now and their breakers; a
-    remote target's status and breaker). No secrets: the key's variable's name only."""
-    rows: list[tuple[str, Any]]
-    if isinstance(cfg, RouteConfig):
-        title, name = "Route", cfg.name
-        rows = [("name", cfg.name), ("strategy", cfg.strategy)]
-        rows += [("targets", ", ".join(cfg.targets)), ("fallbacks", ", ".join(cfg.fallbacks))]
-        rows += [("retries", cfg.retries), ("split", cfg.split)]
-    else:
-        title, name = "Remote target", cfg.id
-        rows = [("id", cfg.id), ("aliases", ", ".join(cfg.aliases)), ("provider", cfg.provider)]
-        rows += [("base url", cfg.base_url), ("upstream model", cfg.model or cfg.id)]
-        rows += [("api key from", cfg.api_key_env), ("timeout", f"{cfg.timeout:g} s")]
-        rows += [("quality", cfg.quality), ("context length", cfg.context_length)]
-        rows += [("cost per 1M tokens", f"in {cfg.cost.input:g}, out {cfg.cost.output:g}")]
-    if server:
-        with client(server) as http:
-            res = http.get("/models")
-        if res.status_code != 200:
-            rows.append((f"on {server}", f"unknown: {server_error(res)}"))
-        elif isinstance(cfg, RouteConfig):
-            live = {r["name"]: r for r in res.json().get("routes", [])}.get(name)
-            if live is None:
-                rows.append((f"on {server}", "not a route there"))
-            else:
-                status = live["status"]
-                rows.append((f"order now on {server}", ", ".join(status["order"]) or "none"))
-                breakers = status.get("breakers", {}).items()
-                rows.append(("breakers", ", ".join(f"{t}: {s}" for t, s in breakers)))
-                rows.append(("error", status.get("error")))
-        else:
-            entry = entry_of(res.json().get("data", []), name)
-            if entry is None:
-                rows.append((f"on {server}", "not a target there"))
-            else:
-                rows.append((f"status on {server}", entry["status"].get("value")))
-                rows.append(("breaker", (entry.get("breaker") or {}).get("state")))
-    _section(_console(), title, rows)
-
-
-def show(
-    model: Annotated[str, typer.Argument(help="Model id or alias, a route or a remote target.")],
-    config: ConfigOpt = None,
-    models_dir: ModelsDirOpt = None,
-    url: UrlOpt = None,
-    template: Annotated[bool, typer.Option("--template", help="Only the chat template.")] = False,
-) -> None:
-    """A model's metadata, chat template, parameters and the configuration that applies;
-    its live status too when a server runs."""
-    from .lifecycle.fit import fit
-    from .machine import detect
-    from .units import parse_bytes
-
-    settings = _settings(config, models_dir=models_dir)
-    found = _look_up(settings, model)
-    if not isinstance(found, ModelSource):
-        configured = _configured(settings, model)
-        if configured is not None and not template:
-            _show_configured(configured, http_url(url) if url else None)
-            return
-        if url and not template:  # the server's model, wherever its directory is
-            _show_served(http_url(url), model, settings)
-            return
-        raise _not_here(settings, model, found, http_url(url) if url else None)
-    source = found
-    info = source.info
-    if template:
-        print(info.chat_template if info and info.chat_template else "(no chat template)")
-        return
-    out = _console()
-    rows: list[tuple[str, Any]] = [
-        ("id", source.id),
-        ("file", source.path.name),
-        ("format", source.format),
-        ("engine", source.engine),
-        ("task", source.task),
-        ("size", _mib(source.identity.size_bytes)),
-    ]
-    if info:
-        rows += [
-            ("architecture", info.architecture),
-            ("parameters", f"{info.parameters / 1e6:.0f}M" if info.parameters else None),
-            ("quantization", info.quantization),
-            ("context length", info.context_length),
-            ("embedding length", info.embedding_length),
-        ]
-    if source.error:
-        rows.append(("error", source.error))
-    server = find_server(url, settings)
-    if server:
-        with client(server) as http:
-            res = http.get("/models")
-        if res.status_code == 200:
-            live = {m["id"]: m for m in res.json()["data"]}.get(source.id, {})
-            status = live.get("status", {})
-            rows.append(("status", status.get("value", "not on that server")))
-            if status.get("error") and not source.error:  # a load's failure: the files are fine
-                rows.append(("error", status["error"]))
-            rows.append(("memory", _mib(live.get("memory_bytes"))))
-            if live:  # what that server's configuration says, which may not be this one's
-                here = f"on {server}"
-                rows.append((f"pinned {here}", live.get("pinned")))
-                rows.append((f"aliases {here}", ", ".join(live.get("aliases") or []) or "none"))
-                context = (live.get("runtime") or {}).get("context_size")
-                rows.append((f"context size {here}", context))
-        else:  # the files still say the rest
-            rows.append(("status", f"unknown: {server} says {server_error(res)}"))
-    _section(out, "Model", rows)
-    cfg = source.config
-    params = {k: v for k, v in cfg.sampling.model_dump(exclude_none=True).items()}
-    mine = f" of this configuration ({config or 'defaults'})" if server else ""
-    _section(
-        out,
-        f"Parameters{mine}",
-        [
-            ("system prompt", cfg.system_prompt),
-            *params.items(),
-            ("keep_alive", cfg.keep_alive),
-            ("pinned", cfg.pin),
-            ("aliases", ", ".join(cfg.aliases) or None),
-        ],
-    )
-    options = settings.model_defaults.merged(cfg.engine_options()).model_dump(exclude_none=True)
-    budget = parse_bytes(settings.memory_budget, detect().memory_available)
-    fitted = fit(source, options, budget, detect())
-    _section(
-        out,
-        f"Engine settings{mine} (configured, else derived from this machine)",
-        [(k, f"{v}  ({fitted.reasons.get(k, 'configured')})")
-         for k, v in {**fitted.options, **fitted.values}.items()],
-    )  # fmt: skip
-    if info and info.chat_template:
-        out.print("[bold]Chat template[/bold] (--template prints it alone)")
-        print(info.chat_template[:2000] + (" ..." if len(info.chat_template) > 2000 else ""))
-
-
-def _section(out: Console, title: str, rows: list[tuple[str, Any]]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
-    for key, value in rows:
-        if value is not None and value != "":
-            table.add_row(key, str(value))
-    out.print(table)
 
 
 def rm(
@@ -386,6 +214,8 @@ def _check_same_file(server: str, source: ModelSource, root: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from .cli_show import show  # its own module; it uses this one's look-ups
+
     app.command()(ps)
     app.command()(show)
     app.command()(rm)
