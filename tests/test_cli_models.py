@@ -296,6 +296,31 @@ def test_show_of_a_remote_target_the_server_has(tmp_path: Path) -> None:
     assert "--config" in rows["base url"] and "127.0.0.1" not in rows["base url"], rows
 
 
+def test_keys_create_checks_its_models_against_the_running_server(
+    srv: Server, tmp_path: Path
+) -> None:
+    """`keys create app --models smollm2,auto`, as the README writes it (no --config),
+    warned that the server's alias and route were "no model, alias, route or remote target":
+    it checked the names against its own configuration (the defaults) alone."""
+    data = {"LLM_ROUTER_DATA_DIR": str(tmp_path / "data")}  # not the server's: auth stays off
+    argv = ["keys", "create", "app", "--scopes", "inference", "--models", "gem,smart"]
+    made = _cli(*argv, LLM_ROUTER_PORT=str(srv.port), **data)
+    assert made.returncode == 0 and made.stdout.strip().startswith("sk-llmr-"), made.stderr
+    assert "warning" not in made.stderr, made.stderr
+    typo = _cli(
+        "keys", "create", "b", "--models", "gem,smrt", LLM_ROUTER_PORT=str(srv.port), **data
+    )
+    said = " ".join(typo.stderr.split())
+    assert (
+        typo.returncode == 0
+        and f"'smrt' is no model, alias, route or remote target of {srv.url}" in said
+    ), said
+    alone = _cli("keys", "create", "c", "--models", "gem", **data)  # no server answers
+    said = " ".join(alone.stderr.split())
+    assert alone.returncode == 0 and "warning: 'gem' is no model" in said, said
+    assert "no server answers" in said and "give --config the server's configuration" in said
+
+
 def _rows(table: str) -> dict[str, str]:
     """The rows of `show`'s tables, name -> value."""
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines()]

@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -110,15 +110,13 @@ def create(
         await store.add_audit("cli", "key.created", key.name, key.audit_detail())
 
     settings = _settings(config, models_dir)
+    warning = _unknown_models(
+        settings, config, sorted(key.models or ())
+    )  # before the key turns auth on
     _run(settings, work)
     _tell_routers(settings, "created", key.name)
-    if unknown := _unknown_models(settings, key.models or ()):
-        err.print(
-            f"warning: {', '.join(repr(n) for n in unknown)} is no model, alias, route or remote "
-            f"target of this configuration, nor a model in {settings.models_dir} (yet): the key "
-            "may use it once it exists (a server given another --models-dir: give it here too)",
-            markup=False,
-        )
+    if warning:
+        err.print(warning, markup=False)
     err.print(
         f"created key {key.name!r} ({', '.join(sorted(key.scopes))}); it is shown only once:",
         markup=False,
@@ -126,17 +124,61 @@ def create(
     print(secret)
 
 
-def _unknown_models(settings: Settings, names: Iterable[str]) -> list[str]:
-    """The names of a key's allow-list that nothing of `settings` (its models directory
-    included) answers to: a typo gives a key that can use nothing, silently."""
+def _unknown_models(settings: Settings, config: Path | None, names: list[str]) -> str | None:
+    """The warning of the names of a key's allow-list that nothing answers to (a typo gives
+    a key that can use nothing, silently), None when all are known. Known: what the server
+    answering on the configured address lists (its aliases, routes and remote targets: the
+    key is checked there), and what this configuration and its models directory name."""
     from .lifecycle.discovery import Scanner
 
+    if not names:
+        return None
     known = {r.name for r in settings.routes}
     for m in settings.models:
         known |= {m.id, *m.aliases}
     for source in Scanner(settings, quiet=True).scan().values():
         known |= {source.id, *source.config.aliases}
-    return sorted(n for n in names if n not in known)
+    server, served, refusal = _served_names(settings)
+    unknown = sorted(n for n in names if n not in known | served)
+    if not unknown:
+        return None
+    listed = ", ".join(repr(n) for n in unknown)
+    here = f"this configuration ({config or 'defaults'}), nor a model in {settings.models_dir}"
+    if server and not refusal:
+        return (
+            f"warning: {listed} is no model, alias, route or remote target of {server} nor of "
+            f"{here} (yet): the key may use it once it exists"
+        )
+    why = (
+        f"{server} would not list its models: {refusal}"
+        if server
+        else (f"no server answers on port {settings.port}")
+    )
+    return (
+        f"warning: {listed} is no model, alias, route or remote target of {here} (yet), and "
+        f"{why}: the key may use it once it exists. To check the server's names, run this "
+        "while it answers, or give --config the server's configuration (a server given "
+        "another --models-dir: give it here too)"
+    )
+
+
+def _served_names(settings: Settings) -> tuple[str | None, set[str], str | None]:
+    """The server answering on the configured address, the names it lists (ids, aliases,
+    remote targets, routes), and why it would not list them (a refused key)."""
+    from .cli_http import client, find_server, server_error
+
+    server = find_server(None, settings)
+    if server is None:
+        return None, set(), None
+    with client(server) as http:
+        res = http.get("/models")
+    if res.status_code != 200:
+        return server, set(), server_error(res)
+    body = res.json()
+    names = {r["name"] for r in body.get("routes") or ()}
+    for entry in body.get("data") or ():
+        names |= {entry["id"], *(entry.get("aliases") or ())}
+    return server, names, None
 
 
 @keys_app.command("ls")

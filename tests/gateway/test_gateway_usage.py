@@ -463,8 +463,12 @@ def test_keys_create_warns_of_an_allow_list_name_that_does_not_exist(tmp_path: P
     import subprocess
     import sys
 
+    from servers import free_port
+
     cfg = tmp_path / "cli.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'cli-data'}\nmodels_dir: {tmp_path / 'none'}\n")
+    cfg.write_text(  # the port: one no server answers on (it would be asked for its names)
+        f"data_dir: {tmp_path / 'cli-data'}\nmodels_dir: {tmp_path / 'none'}\nport: {free_port()}\n"
+    )
     out = subprocess.run(
         [sys.executable, "-m", "llm_router", "keys", "create", "k2", "--models", "smollm2,gpt-9",
          "--config", str(cfg)],
@@ -495,11 +499,13 @@ def test_keys_create_looks_for_models_where_models_dir_says(
     import subprocess
     import sys
 
-    from servers import link_models
+    from servers import free_port, link_models
 
     models = link_models(tmp_path / "models", smollm2_gguf)
     cfg = tmp_path / "cli.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'cli-data'}\nmodels_dir: {tmp_path / 'none'}\n")
+    cfg.write_text(  # the port: one no server answers on (it would be asked for its names)
+        f"data_dir: {tmp_path / 'cli-data'}\nmodels_dir: {tmp_path / 'none'}\nport: {free_port()}\n"
+    )
 
     def create(name: str, *args: str) -> subprocess.CompletedProcess[str]:
         argv = ["keys", "create", name, "--models", smollm2_gguf.stem, "--config", str(cfg)]
