@@ -1083,3 +1083,29 @@ async def test_a_model_named_outside_ascii_answers_and_says_its_name_in_the_head
             model = next(v for k, v in sent if k.lower() == b"x-llm-router-model")
             assert model.isascii() and unquote(model.decode()) == name, model
             assert unquote(r.headers["x-llm-router-route"]).count(name) <= 1
+
+
+@pytest.mark.parametrize("path", POSTS)
+async def test_a_post_without_a_body_is_told_it_has_none(
+    inproc: httpx.AsyncClient, path: str
+) -> None:
+    """`curl -X POST .../models/unload` was a 400 "Field required" with param null (FastAPI's
+    words about the body as a whole), and the OpenAI routes said "EOF while parsing a value at
+    line 1 column 0": both now say there is no body and what to send (found from outside)."""
+    request = inproc.build_request("POST", path)
+    request.headers.pop("content-length", None)
+    for sent in (request, inproc.build_request("POST", path, content=b"", headers=JSON)):
+        message = str(error(await inproc.send(sent), 400)["message"])
+        assert message.startswith("the request has no body"), message
+
+
+async def test_a_cors_preflight_without_cors_origins_says_how_to_allow_it(
+    inproc: httpx.AsyncClient,
+) -> None:
+    """A page's preflight got a bare 405 "Method Not Allowed" (found from outside): it now
+    names `cors_origins`. The browser still refuses the call, as it should."""
+    ask = {"origin": "http://localhost:3000", "access-control-request-method": "POST"}
+    for path in ("/v1/chat/completions", "/models/load"):
+        body = error(await inproc.options(path, headers=ask), 405)
+        assert "cors_origins" in str(body["message"]) and "localhost:3000" in str(body["message"])
+    assert "cors_origins" not in str(error(await inproc.options("/v1/models"), 405)["message"])

@@ -103,6 +103,10 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         loc: tuple[Any, ...] = tuple(first.get("loc") or ())
         param = loc[1] if len(loc) == 2 and isinstance(loc[1], str) else None  # parse_body's
         return JSONResponse(envelope(message, "invalid_request_error", param), 400)
+    if first.get("type") == "missing" and tuple(first.get("loc") or ()) == ("body",):
+        # FastAPI's words were "Field required" with param null: the whole body is missing
+        message = "the request has no body: send a JSON object (Content-Type: application/json)"
+        return JSONResponse(envelope(message, "invalid_request_error", None), 400)
     param, message = describe_invalid(errors)
     return JSONResponse(envelope(message, "invalid_request_error", param), 400)
 
@@ -147,6 +151,14 @@ async def _on_http(request: Request, exc: Exception) -> Response:
         if _websocket_only(request):
             return _upgrade_required(request.url.path)
         detail = not_served(request.url.path)
+    if exc.status_code == 405 and request.method == "OPTIONS":
+        if (origin := request.headers.get("origin")) and "access-control-request-method" in (
+            request.headers
+        ):  # a browser asks first: without cors_origins, CORSMiddleware is not there to answer
+            detail = (
+                f"a browser's CORS preflight from {origin}: pages of another origin may call "
+                "this server only when `cors_origins` in its configuration lists theirs"
+            )
     body = envelope(detail, type_, code=_HTTP_CODES.get(exc.status_code))
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:

@@ -55,6 +55,8 @@ async def parse_body(request: Request, model: type[T]) -> T:
     (server/asgi.py's BodyGuard); a value that does not validate is a 400 naming the field.
     A body without `model` gets the configured `default_model`, when there is one."""
     body = await request.body()
+    if not body.strip():  # as FastAPI's routes say it (server/errors.py), not "EOF while parsing"
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "no body"}])
     try:
         return no_autoload_asked(request, model.model_validate_json(body))
     except ValidationError as exc:
