@@ -346,6 +346,7 @@ def test_quantize_then_serve(tmp_path: Path, smollm2_gguf: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "Q8_0" in out.stdout and out.stdout.count("MiB") == 2  # sizes before and after
     assert "quantizing" in out.stderr  # progress goes to stderr
+    assert len(out.stderr.splitlines()) < 10, out.stderr  # not llama.cpp's line a tensor
     info = read_gguf_info(out_file)
     assert info.quantization == "Q8_0"
     assert out_file.stat().st_size > smollm2_gguf.stat().st_size  # Q8_0 is bigger than Q4_1

@@ -19,9 +19,11 @@ from .base import LoadSpec
 __all__ = [
     "LOAD_MODES",
     "context_params",
+    "last_error",
     "load_model",
     "model_params",
     "new_context",
+    "quiet_log",
     "token_piece",
     "tokenize",
 ]
@@ -80,11 +82,25 @@ def _load_error() -> str:
     return " ".join(why.split("error loading model:", 1)[-1].split())
 
 
+def quiet_log() -> None:
+    """From now on llama.cpp's log is kept for its errors only (`_load_error`), unless
+    LLM_ROUTER_ENGINE_LOG is set: `load_model` and the quantizer (tools/quantize.py, whose
+    ~300 lines of tensors buried its one-line summary) call it."""
+    lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+    _errors.clear()
+
+
+def last_error() -> str:
+    """What llama.cpp's log said as an error since `quiet_log` (or the last call), "" if
+    nothing."""
+    return _load_error()
+
+
 def load_model(spec: LoadSpec) -> Any:
     """The llama.cpp model of `spec.path` (options `repack`: see model_params; `load_mode`:
     llama.cpp's, by its name), with llama.cpp's log silenced unless LLM_ROUTER_ENGINE_LOG is
     set. Raises ModelLoadFailed."""
-    lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+    quiet_log()
     lc.llama_backend_init()
     params = model_params(spec.options.get("repack"))
     mode = spec.options.get("load_mode")

@@ -77,12 +77,19 @@ def quantize(
     started, before = time.perf_counter(), src.stat().st_size  # before: OUT may be SRC
     if progress:
         progress(f"quantizing {src.name} to {type_name.upper()}")
+    from ..engines.llamacpp_load import last_error, quiet_log
+
+    quiet_log()  # its errors only: a line a tensor buried the summary
     with staged_output(out, force=force, folder=False) as stage:
         rc = lc.llama_model_quantize(  # type: ignore[attr-defined]
             str(src).encode(), str(stage).encode(), ctypes.byref(params)
         )
         if rc != 0 or not stage.is_file():
-            raise ConversionError(f"llama_model_quantize failed with code {rc} for {src}")
+            why = last_error()
+            raise ConversionError(
+                f"llama_model_quantize failed with code {rc} for {src}"
+                + (f": {why}" if why else "")
+            )
         try:
             read_gguf_info(stage)
         except InvalidModelFile as exc:
