@@ -356,6 +356,12 @@ def test_token_arrays_embed_like_their_text(oai: openai.OpenAI) -> None:
         for a, b in zip(from_text.data, from_ids.data, strict=True):
             assert _cos(a.embedding, b.embedding) > 0.9999, model
         assert _cos(one.data[0].embedding, from_text.data[0].embedding) > 0.9999
+        # ids of OpenAI's tokenizer (cl100k: LangChain's OpenAIEmbeddings sends them by
+        # default): the 400 says whose ids these must be, and how to make LangChain send text
+        with pytest.raises(openai.BadRequestError) as err:
+            oai.embeddings.create(model=model, input=[[791, 9282, 374, 6555, 40000]])
+        assert err.value.param == "input", model
+        assert "check_embedding_ctx_length=False" in err.value.message, model
 
 
 def test_embeddings_take_keep_alive_and_autoload_as_chats_do(srv: Server) -> None:

@@ -107,6 +107,21 @@ def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> N
         raise BadRequest(f"token id {bad} is not in [0, {n_vocab})", param=param)
 
 
+def check_input_ids(rows: list[list[int]], n_vocab: int) -> None:
+    """Raise BadRequest (naming `input`) unless an embedding request's token ids are all in
+    the model's vocabulary. Ids are the model's own, not OpenAI's: LangChain's
+    OpenAIEmbeddings sends ids from OpenAI's tokenizer by default (found from outside), so
+    the message says how to make it send text."""
+    bad = next((t for row in rows for t in row if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise BadRequest(
+            f"token id {bad} is not in [0, {n_vocab}): token ids in `input` are this model's "
+            "own (its /tokenize gives them), not OpenAI's; LangChain's OpenAIEmbeddings sends "
+            "OpenAI's unless given check_embedding_ctx_length=False, which makes it send text",
+            param="input",
+        )
+
+
 def logit_bias(
     params: SamplingParams, n_vocab: int, tokenize: Callable[[str], list[int]] | None = None
 ) -> tuple[Any, Any] | None:

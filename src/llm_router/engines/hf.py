@@ -17,7 +17,7 @@ import torch
 
 from ..errors import BadRequest
 from ..types import ChatMessage, GenerationRequest, TemplateOptions
-from .base import LoadSpec, check_token_ids, cpu_cores, no_chat_template
+from .base import LoadSpec, check_input_ids, check_token_ids, cpu_cores, no_chat_template
 from .chat_template import TURN_END_TOKENS, ChatTemplate, chat_tokens, prompt_text, template_for
 from .detok import decoded_pieces
 from .hf_load import load
@@ -246,8 +246,7 @@ class TransformersEngine:
             return enc["input_ids"], enc["attention_mask"]
         rows = [list(map(int, r))[:limit] for r in inputs]
         n_vocab = len(self._tok)
-        if any(not 0 <= t < n_vocab for r in rows for t in r):
-            raise BadRequest(f"token ids must be in [0, {n_vocab})", param="input")
+        check_input_ids(rows, n_vocab)
         width = max((len(r) for r in rows), default=0)
         pad = int(self._tok.pad_token_id or 0)
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)

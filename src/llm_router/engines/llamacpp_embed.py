@@ -18,7 +18,7 @@ import llama_cpp as lc
 from ..errors import BadRequest, EngineError, InvalidModelFile, ModelLoadFailed
 from ..formats.gguf import read_gguf_info
 from ..types import ChatMessage, GenerationRequest, TemplateOptions
-from .base import Engine, EngineEvent, LoadSpec, check_token_ids, cpu_cores
+from .base import Engine, EngineEvent, LoadSpec, check_input_ids, check_token_ids, cpu_cores
 from .llamacpp import LlamaCppEngine
 from .llamacpp_load import context_params, load_model, new_context, token_piece, tokenize
 
@@ -147,8 +147,7 @@ class LlamaCppEmbeddingEngine:
         else:
             tokens = [int(t) for t in item]
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        if any(not 0 <= t < n_vocab for t in tokens):
-            raise BadRequest(f"token ids must be in [0, {n_vocab})", param="input")
+        check_input_ids([tokens], n_vocab)
         return tokens[: self.context_size]
 
     def _decode(self, rows: list[list[int]]) -> list[list[float]]:

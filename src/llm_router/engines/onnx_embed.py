@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from ..errors import BadRequest, InvalidModelFile, ModelLoadFailed
 from ..formats.onnx import read_onnx_meta
 from ..types import ChatMessage, GenerationRequest, TemplateOptions
-from .base import EngineEvent, LoadSpec, cpu_cores
+from .base import EngineEvent, LoadSpec, check_input_ids, cpu_cores
 from .pooling import Pooling, embed_in_batches, read_pooling
 from .vocab import plain_pieces, plain_tokens
 
@@ -177,8 +177,7 @@ class OnnxEmbeddingEngine:
         else:
             rows = [[int(t) for t in r][: self.max_length] for r in batch]
             n_vocab = self._tok.get_vocab_size()
-            if any(not 0 <= t < n_vocab for r in rows for t in r):
-                raise BadRequest(f"token ids must be in [0, {n_vocab})", param="input")
+            check_input_ids(rows, n_vocab)
             width = max((len(r) for r in rows), default=0)
             ids = [r + [0] * (width - len(r)) for r in rows]
             types = [[0] * width for _ in rows]
