@@ -150,6 +150,7 @@ async def test_first_lists_every_target_the_ones_cut_short_as_cancelled(tmp_path
 
     async with upstream() as (slow, url):
         slow.mode = "slow"
+        slow.slow_for = 20  # 2 s: on a loaded machine the local model answered after it
         models = [remote("far", url, timeout=30), *fake_models(tmp_path, near={"reply": "yes"})]
         body = {"targets": ["far", "near"], "mode": "first", "max_tokens": 1,
                 "messages": [{"role": "user", "content": "?"}]}  # fmt: skip

@@ -39,6 +39,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.mode = "ok"
+        self.slow_for = 2.0  # seconds "slow" takes to answer
         self.bodies: list[dict[str, Any]] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -46,7 +47,7 @@ class Upstream:
             return web.json_response({"object": "list", "data": [{"id": "up-model"}]})
         self.bodies.append(json.loads(await request.read()))
         if self.mode == "slow":
-            await asyncio.sleep(2)
+            await asyncio.sleep(self.slow_for)
         if self.mode == "pings":  # a stream of keep-alives (a gateway queueing), no token
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
