@@ -35,6 +35,8 @@ ROOTS = (
     "ErrorResponse",
     "CreateEmbeddingResponse",
     "Model",
+    "Response",
+    "ResponseStreamEvent",
 )
 REF_PREFIX = "#/components/schemas/"
 # Requests whose field names are vendored (the router forwards only these to remote targets).
@@ -62,7 +64,12 @@ SCHEMA_MAP_KEYWORDS = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 )
 # OpenAPI annotations that mean nothing to a JSON Schema validator.
-DROPPED_KEYWORDS = frozenset({"example", "discriminator", "externalDocs", "xml"})
+# Draft 2019-09's recursion (`CompoundFilter`, reached from `Response`'s tools), which draft
+# 2020-12 validators refuse (`$recursiveAnchor: true` is not a string): the nested filter is
+# left unchecked.
+DROPPED_KEYWORDS = frozenset(
+    {"example", "discriminator", "externalDocs", "xml", "$recursiveAnchor", "$recursiveRef"}
+)
 
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
