@@ -40,6 +40,7 @@ from . import (
     routes_llama,
     routes_models,
     routes_openai,
+    routes_responses,
     routes_ws,
 )
 from .asgi import BodyGuard, ServerApp, UnexpectedErrors
@@ -108,6 +109,7 @@ def create_app(
     app.state.reloader = Reloader(core, gateway, app.state, source, parent)
     errors.install(app)
     app.include_router(routes_openai.routes)
+    app.include_router(routes_responses.routes)  # OpenAI's Responses API, over chat
     app.include_router(routes_admin.routes)
     app.include_router(routes_models.routes)
     app.include_router(routes_llama.routes)

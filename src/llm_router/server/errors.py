@@ -204,7 +204,6 @@ _ELSEWHERE = (
     ("/slots", "llama-server's /slots is not served here: GET /models shows each model's slots"),
     ("/embedding", "llama-server's native /embedding is not served here: use /v1/embeddings"),
     ("/v1/messages", "Anthropic's Messages API is not served here: use /v1/chat/completions"),
-    ("/v1/responses", "OpenAI's Responses API is not served here: use /v1/chat/completions"),
 )  # fmt: skip
 
 

@@ -21,8 +21,11 @@ _OPERATIONS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "text_completion",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "chat",  # translated to a chat request (routes_responses.py)
 }
-_HOT = frozenset({*_OPERATIONS, "/v1/models"})  # served without the router (server/asgi.py)
+_HOT = frozenset(
+    {*_OPERATIONS, "/v1/models"} - {"/v1/responses"}
+)  # served without the router (server/asgi.py)
 
 
 def open_span(tracing: Tracing, scope: Scope) -> Span:

@@ -1,0 +1,120 @@
+"""`POST /v1/responses`, OpenAI's Responses API (the default of openai-agents, the AI SDK's
+`createOpenAI(...)(model)` and `client.responses.create`), served as a translation: the request
+becomes the chat request /v1/chat/completions would get and goes through the same service call
+(routing, remote targets, the cache, usage and metrics are the chat path's); the gateway's keys,
+scopes and limits and the tracing middleware cover it as they cover every /v1 route. Its answer,
+whole or streamed, is reshaped into a `Response` (protocol/responses_out.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from ..protocol import ChatCompletionRequest, RenderedChunk
+from ..protocol.responses_api import ResponsesRequest
+from ..protocol.responses_out import ResponseEvents, from_chat
+from .bodies import JSONRoute
+from .errors import error_json
+from .routes_openai import (
+    _headers,
+    _route_info,
+    _send_timeout,
+    _service,
+    no_autoload_asked,
+    parse_body,
+)
+from .sse import cancel_on_disconnect, sse_response
+
+__all__ = ["routes"]
+
+log = logging.getLogger(__name__)
+routes = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
+
+# a chat field's error, named as the Responses field it came from
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "max_tokens": ("max_output_tokens",),
+    "messages": ("input",),
+    "response_format": ("text", "format"),
+}
+
+
+def _chat_request(request: Request, body: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat request `body` translates to; a value chat refuses is a 400 naming the
+    Responses field it came from."""
+    try:
+        chat = ChatCompletionRequest.model_validate(body.to_chat())
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            if loc and isinstance(loc[0], str) and loc[0] in _FIELDS:
+                loc = (*_FIELDS[loc[0]], *loc[1:])
+            errors.append({**error, "loc": loc})
+        raise RequestValidationError(errors) from None
+    return no_autoload_asked(request, chat)
+
+
+@routes.post("/responses", summary="Create a model response (OpenAI's Responses API)")
+async def create_response(request: Request) -> Response:
+    """OpenAI's Responses API over the chat path: `input` (a string, or messages,
+    `function_call` and `function_call_output` items), `instructions`, function `tools`,
+    `text.format`, sampling; `stream: true` for its typed events. Responses are not stored
+    (`previous_response_id` is a 400)."""
+    body = await parse_body(request, ResponsesRequest)
+    chat = _chat_request(request, body)
+    service, route = _service(request), _route_info(request)
+    if chat.stream:
+        events = ResponseEvents(body)
+        return await sse_response(
+            _stream(events, service.chat_stream(chat, route)),
+            request.receive,
+            lambda: _headers(route),
+            done=False,  # a Responses stream ends with its `response.completed`, no [DONE]
+            send_timeout=_send_timeout(request),
+        )
+    result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
+    return Response(
+        json.dumps(from_chat(body, result), ensure_ascii=False),
+        media_type="application/json",
+        headers=_headers(route),
+    )
+
+
+def _data(chunk: BaseModel | RenderedChunk) -> dict[str, Any]:
+    if isinstance(chunk, RenderedChunk):
+        data: dict[str, Any] = json.loads(chunk.json)
+        return data
+    return chunk.model_dump(exclude_none=True)
+
+
+async def _stream(
+    events: ResponseEvents, chunks: AsyncIterator[BaseModel | RenderedChunk]
+) -> AsyncIterator[RenderedChunk]:
+    """The Responses events of a chat stream. The first is made only once the chat stream's
+    first chunk exists, so an error before it (an unknown model, a prompt too long) is an
+    ordinary HTTP error; one after is an `error` event that ends the stream."""
+    async with aclosing(chunks):  # type: ignore[type-var]
+        first = await anext(chunks, None)
+        data = _data(first) if first is not None else {}
+        for event in events.start(str(data.get("model") or events.model)):
+            yield event
+        for event in events.chunk(data):
+            yield event
+        try:
+            async for chunk in chunks:
+                for event in events.chunk(_data(chunk)):
+                    yield event
+        except Exception as exc:  # the response has started: report in-band, then end
+            log.warning("stream failed after it started: %s", exc)
+            yield events.error(json.loads(error_json(exc))["error"])
+            return
+        for event in events.done():
+            yield event
