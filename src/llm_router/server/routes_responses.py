@@ -62,7 +62,37 @@ def _chat_request(request: Request, body: ResponsesRequest) -> ChatCompletionReq
     return no_autoload_asked(request, chat)
 
 
-@routes.post("/responses", summary="Create a model response (OpenAI's Responses API)")
+# documented by hand: the body is parsed in the route (parse_body), not by FastAPI
+_ANSWER = {
+    "description": "OpenAI's `Response` object, or with `stream: true` its events",
+    "content": {
+        "application/json": {"schema": {"type": "object", "title": "Response"}},
+        "text/event-stream": {
+            "schema": {  # one server-sent event
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "An event as JSON (`type`, `sequence_number`, ...); "
+                        "the last is `response.completed` (or `response.incomplete`), no [DONE]",
+                    }
+                },
+            }
+        },
+    },
+}
+_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": ResponsesRequest.model_json_schema()}},
+}
+
+
+@routes.post(
+    "/responses",
+    summary="Create a model response (OpenAI's Responses API)",
+    openapi_extra={"requestBody": _BODY, "responses": {"200": _ANSWER}},
+)
 async def create_response(request: Request) -> Response:
     """OpenAI's Responses API over the chat path: `input` (a string, or messages,
     `function_call` and `function_call_output` items), `instructions`, function `tools`,
