@@ -44,7 +44,16 @@ from .gateway import visible
 from .headers import header_text
 from .sse import cancel_on_disconnect, sse_response
 
-__all__ = ["HOT", "no_autoload_asked", "parse_body", "routes"]
+__all__ = [
+    "HOT",
+    "generation_service",
+    "no_autoload_asked",
+    "parse_body",
+    "route_headers",
+    "route_info_of",
+    "routes",
+    "stream_send_timeout",
+]
 
 routes = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
 T = TypeVar("T", bound=BaseModel)
@@ -89,12 +98,12 @@ def no_autoload_asked(request: Request, body: T) -> T:
     return body
 
 
-def _service(request: Request) -> GenerationService:
+def generation_service(request: Request) -> GenerationService:
     service: GenerationService = request.app.state.generation
     return service
 
 
-def _send_timeout(request: Request) -> float:
+def stream_send_timeout(request: Request) -> float:
     seconds: float = request.app.state.settings.send_timeout
     return seconds
 
@@ -106,7 +115,7 @@ def _json(result: BaseModel, headers: dict[str, str]) -> Response:
 _FRESH = frozenset({b"no-cache", b"max-age=0"})  # Cache-Control directives asking for a new answer
 
 
-def _route_info(request: Request) -> RouteInfo:
+def route_info_of(request: Request) -> RouteInfo:
     """Who asks: the bearer token's id (a hash), the sticky key of A/B splits; the gateway's
     when it checked the key (server/gateway.py: the same hash, made once). The record is
     kept on the request's state for the middleware that reads it after the response."""
@@ -132,7 +141,7 @@ def _route_info(request: Request) -> RouteInfo:
     return info
 
 
-def _headers(route: RouteInfo) -> dict[str, str]:
+def route_headers(route: RouteInfo) -> dict[str, str]:
     headers = {
         "x-llm-router-model": header_text(route.target),
         "x-llm-router-route": header_text(route.reason),
@@ -144,38 +153,38 @@ def _headers(route: RouteInfo) -> dict[str, str]:
 
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    service, route = _service(request), _route_info(request)
+    service, route = generation_service(request), route_info_of(request)
     if body.stream:
         return await sse_response(
             service.chat_stream(body, route),
             request.receive,
-            lambda: _headers(route),
-            send_timeout=_send_timeout(request),
+            lambda: route_headers(route),
+            send_timeout=stream_send_timeout(request),
         )
     result = await cancel_on_disconnect(request.receive, service.chat(body, route))
-    return _json(result, _headers(route))
+    return _json(result, route_headers(route))
 
 
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    service, route = _service(request), _route_info(request)
+    service, route = generation_service(request), route_info_of(request)
     if body.stream:
         return await sse_response(
             service.complete_stream(body, route),
             request.receive,
-            lambda: _headers(route),
-            send_timeout=_send_timeout(request),
+            lambda: route_headers(route),
+            send_timeout=stream_send_timeout(request),
         )
     result = await cancel_on_disconnect(request.receive, service.complete(body, route))
-    return _json(result, _headers(route))
+    return _json(result, route_headers(route))
 
 
 async def embeddings(request: Request) -> Response:
     body = await parse_body(request, EmbeddingRequest)
     service: EmbeddingService = request.app.state.embeddings
-    route = _route_info(request)
+    route = route_info_of(request)
     result = await cancel_on_disconnect(request.receive, service.embed(body, route))
-    return _json(result, _headers(route))
+    return _json(result, route_headers(route))
 
 
 HOT = [
@@ -189,7 +198,7 @@ HOT = [
 async def ensemble(body: EnsembleRequest, request: Request) -> Response:
     """One question to several targets; the answers combined by vote, best-of or first."""
     service: EnsembleService = request.app.state.ensemble
-    route = _route_info(request)  # a record per target asked, for usage accounting
+    route = route_info_of(request)  # a record per target asked, for usage accounting
     result = await cancel_on_disconnect(request.receive, service.ensemble(body, route))
     return _json(
         result,
@@ -204,7 +213,7 @@ async def ensemble(body: EnsembleRequest, request: Request) -> Response:
 async def compare(body: CompareRequest, request: Request) -> Response:
     """One question to several targets; every answer with latency, tokens and cost."""
     service: EnsembleService = request.app.state.ensemble
-    route = _route_info(request)
+    route = route_info_of(request)
     return _json(await cancel_on_disconnect(request.receive, service.compare(body, route)), {})
 
 

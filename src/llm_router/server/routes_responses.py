@@ -24,12 +24,12 @@ from ..protocol.responses_out import ResponseEvents, from_chat
 from .bodies import JSONRoute
 from .errors import error_json
 from .routes_openai import (
-    _headers,
-    _route_info,
-    _send_timeout,
-    _service,
+    generation_service,
     no_autoload_asked,
     parse_body,
+    route_headers,
+    route_info_of,
+    stream_send_timeout,
 )
 from .sse import cancel_on_disconnect, sse_response
 
@@ -100,21 +100,21 @@ async def create_response(request: Request) -> Response:
     (`previous_response_id` is a 400)."""
     body = await parse_body(request, ResponsesRequest)
     chat = _chat_request(request, body)
-    service, route = _service(request), _route_info(request)
+    service, route = generation_service(request), route_info_of(request)
     if chat.stream:
         events = ResponseEvents(body)
         return await sse_response(
             _stream(events, service.chat_stream(chat, route)),
             request.receive,
-            lambda: _headers(route),
+            lambda: route_headers(route),
             done=False,  # a Responses stream ends with its `response.completed`, no [DONE]
-            send_timeout=_send_timeout(request),
+            send_timeout=stream_send_timeout(request),
         )
     result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
     return Response(
         json.dumps(from_chat(body, result), ensure_ascii=False),
         media_type="application/json",
-        headers=_headers(route),
+        headers=route_headers(route),
     )
 
 
