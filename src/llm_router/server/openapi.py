@@ -24,7 +24,7 @@ from ..protocol import (
     EmbeddingResponse,
 )
 
-__all__ = ["document"]
+__all__ = ["document", "sse_event"]
 
 REF = "#/components/schemas/{model}"
 BEARER = "apiKey"
@@ -115,26 +115,22 @@ def document(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def sse_event(description: str) -> dict[str, Any]:
+    """The OpenAPI content of a `text/event-stream` answer: one server-sent event whose
+    `data` is described by `description`."""
+    data = {"type": "string", "description": description}
+    return {"schema": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+
+
 def _hot_operation(hot: _Hot, refs: dict[Any, Any]) -> dict[str, Any]:
     body = refs[(hot.request, "validation")]
     answer = refs[(hot.response, "serialization")]
     content: dict[str, Any] = {"application/json": {"schema": answer}}
     if hot.chunk is not None:
         chunk = refs[(hot.chunk, "serialization")]["$ref"]
-        content["text/event-stream"] = {
-            "schema": {  # one server-sent event
-                "type": "object",
-                "required": ["data"],
-                "properties": {
-                    "data": {
-                        "type": "string",
-                        "description": (
-                            f"A chunk as JSON (`{chunk}`); the last event's data is `[DONE]`"
-                        ),
-                    }
-                },
-            }
-        }
+        content["text/event-stream"] = sse_event(
+            f"A chunk as JSON (`{chunk}`); the last event's data is `[DONE]`"
+        )
     return {
         "tags": ["openai"],
         "summary": hot.summary,

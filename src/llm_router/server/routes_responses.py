@@ -23,6 +23,7 @@ from ..protocol.responses_api import ResponsesRequest
 from ..protocol.responses_out import ResponseEvents, from_chat
 from .bodies import JSONRoute
 from .errors import error_json
+from .openapi import sse_event
 from .routes_openai import (
     generation_service,
     no_autoload_asked,
@@ -67,19 +68,10 @@ _ANSWER = {
     "description": "OpenAI's `Response` object, or with `stream: true` its events",
     "content": {
         "application/json": {"schema": {"type": "object", "title": "Response"}},
-        "text/event-stream": {
-            "schema": {  # one server-sent event
-                "type": "object",
-                "required": ["data"],
-                "properties": {
-                    "data": {
-                        "type": "string",
-                        "description": "An event as JSON (`type`, `sequence_number`, ...); "
-                        "the last is `response.completed` (or `response.incomplete`), no [DONE]",
-                    }
-                },
-            }
-        },
+        "text/event-stream": sse_event(
+            "An event as JSON (`type`, `sequence_number`, ...); "
+            "the last is `response.completed` (or `response.incomplete`), no [DONE]"
+        ),
     },
 }
 _BODY = {
