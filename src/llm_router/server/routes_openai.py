@@ -64,13 +64,14 @@ async def parse_body(request: Request, model: type[T]) -> T:
     (server/asgi.py's BodyGuard); a value that does not validate is a 400 naming the field.
     A body without `model` gets the configured `default_model`, when there is one."""
     body = await request.body()
-    if not body.strip():  # as FastAPI's routes say it (server/errors.py), not "EOF while parsing"
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "no body"}])
     try:
         return no_autoload_asked(request, model.model_validate_json(body))
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
+            if not body.strip():  # as FastAPI's routes say it (server/errors.py), not "EOF..."
+                missing = {"type": "missing", "loc": ("body",), "msg": "no body"}
+                raise RequestValidationError([missing]) from None
             why, field = invalid_json(body, errors[0].get("ctx", {}).get("error", errors[0]["msg"]))
             loc = ("body", field) if field else errors[0]["loc"]
             raise RequestValidationError(
