@@ -132,8 +132,11 @@ def compare(args: argparse.Namespace) -> None:
     try:
         for router, headers in routers.values():
             asyncio.run(overhead.load(router.url, 16, 500, False, headers))  # warm up
-        for _ in range(args.rounds):
-            for name, (router, headers) in routers.items():
+        for i in range(args.rounds):
+            # every other round in reverse: a fixed order put auth off first in every round,
+            # and this machine's speed drifts within a round (bench/paired.py)
+            for name in list(routers) if i % 2 == 0 else list(reversed(routers)):
+                router, headers = routers[name]
                 for c in (1, 64):
                     r = measure(router, c, headers, args, work)
                     assert not r["errors"], f"{name}: {r['errors']} errors"

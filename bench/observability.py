@@ -138,8 +138,11 @@ def compare(args: argparse.Namespace) -> None:
     try:
         for router in routers.values():
             asyncio.run(overhead.load(router.url, 16, 500, False, {}))  # warm up
-        for _ in range(args.rounds):
-            for name, router in routers.items():
+        for i in range(args.rounds):
+            # every other round in reverse: a fixed order put all off first in every round,
+            # and this machine's speed drifts within a round (bench/paired.py)
+            for name in list(routers) if i % 2 == 0 else list(reversed(routers)):
+                router = routers[name]
                 for c in (1, 64):
                     r = _measure(router, c, args, work)
                     rounds.setdefault(name, {}).setdefault(f"plain_c{c}", []).append(r)

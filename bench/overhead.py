@@ -235,7 +235,27 @@ def main() -> None:
         action="store_true",
         help="instead: JSON request logs and tracing on vs off, c=1 and c=64 (observability.py)",
     )
+    parser.add_argument(
+        "--paired",
+        type=int,
+        metavar="PAIRS",
+        help="with --auth or --observability: c=64 only, in PAIRS pairs of short turns in the "
+        "order A B B A (paired.py: the ratio this machine's drift disturbs least)",
+    )
     args = parser.parse_args()
+    if args.paired and (args.auth or args.observability):
+        import paired
+
+        paired.main(
+            argparse.Namespace(
+                auth=args.auth,
+                observability=args.observability,
+                pairs=args.paired,
+                seconds=2,
+                baseline=args.baseline,
+            )
+        )
+        return
     if args.client is None:
         args.client = "wrk" if shutil.which("wrk") else "python"
         if args.client == "python" and (args.auth or args.observability or args.workers):
