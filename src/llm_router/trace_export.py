@@ -4,7 +4,7 @@ for a provider given in code: the tests' in-memory exporter), or to an exporter 
 (`ExporterProcess`, for the server), which is otlp_export.py.
 
 The exporter process gets the spans as plain tuples (`Record`), `marshal`led in batches down a
-pipe by a thread of this process every 200 ms: ~2 us a span here. Spans wait at most 200 ms
+pipe by a thread of this process every 200 ms: ~0.5 us a span here. Spans wait at most 200 ms
 here; if the exporter process falls behind, up to `MAX_PENDING` spans queue here, then new
 ones are dropped (logged once). At `shutdown` the process gets its last exports' `DRAIN_S`,
 then is told to drop the rest (a collector that is down would otherwise hold up the server's
