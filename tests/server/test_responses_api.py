@@ -246,3 +246,64 @@ def test_errors(client: openai.OpenAI, server: Server) -> None:
     long_input = "word " * 20000
     r = _post(server, {"model": SMOL, "input": long_input})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_item_reference_names_an_earlier_output_item(client: openai.OpenAI, server: Server) -> None:
+    """The AI SDK's default OpenAI provider (`createOpenAI(...)(model)`, `store` true unless
+    told otherwise) sends an earlier assistant message back as `{"type": "item_reference",
+    "id": "msg_..."}`: that was a 400 here, so its conversations failed at the second turn.
+    The output items are kept, for the caller that got them, unless asked with `store: false`."""
+    asked = {"role": "user", "content": QUESTION}
+    then = {"role": "user", "content": "And of Germany?"}
+
+    def ask(item: dict[str, Any], c: openai.OpenAI = client) -> Any:
+        return c.responses.create(
+            model=SMOL, input=[asked, item, then], temperature=0, max_output_tokens=16
+        )  # type: ignore[arg-type]
+
+    whole = client.responses.create(model=SMOL, input=QUESTION, max_output_tokens=16)
+    events = list(
+        client.responses.create(model=SMOL, input=QUESTION, max_output_tokens=16, stream=True)
+    )
+    streamed = events[-1].response  # type: ignore[union-attr]
+    for first in (whole, streamed):
+        [message] = first.output
+        inline = ask({"role": "assistant", "content": first.output_text})
+        by_reference = ask({"type": "item_reference", "id": message.id})
+        assert by_reference.output_text
+        assert by_reference.usage.input_tokens == inline.usage.input_tokens  # the same prompt
+
+    call = client.responses.create(
+        model=SMOL,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=64,
+    ).output[0]
+    assert call.type == "function_call"
+    answer = client.responses.create(
+        model=SMOL,
+        input=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 C"},
+        ],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="none",
+        max_output_tokens=16,
+    )
+    assert answer.output_text
+
+    unkept = client.responses.create(model=SMOL, input=QUESTION, max_output_tokens=4, store=False)
+    other = openai.OpenAI(base_url=server.url + "/v1", api_key="someone-else", max_retries=0)
+    for c, item_id in (
+        (client, unkept.output[0].id),
+        (client, "msg_0123456789abcdef01234567"),
+        (other, whole.output[0].id),  # another caller's item is not found
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask({"type": "item_reference", "id": item_id}, c)
+        assert refused.value.param == "input[1].id"  # type: ignore[attr-defined]
+        assert item_id in refused.value.message
+    other.close()

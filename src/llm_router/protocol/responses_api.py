@@ -2,13 +2,17 @@
 turned into the chat request `/v1/chat/completions` would get (`to_chat()`), so it is routed,
 limited, cached, accounted and traced as a chat request is; nothing generates it separately.
 
-Responses are not stored: `previous_response_id` (and `item_reference` inputs) are a 400
-rather than a conversation silently forgotten. Unknown fields are accepted and, as on chat,
-passed along (llama-server's samplers such as `top_k` work here too); the Responses API's own
-fields that have no chat counterpart (`reasoning`, `include`, `truncation`...) are ignored."""
+Responses are not stored: `previous_response_id` is a 400 rather than a conversation silently
+forgotten. Their output items are (protocol/responses_items.py), so an `item_reference` input
+is the item it names, as the caller gives it (`to_chat(referenced)`); one not kept is a 400.
+Unknown fields are accepted and, as on chat, passed along (llama-server's samplers such as
+`top_k` work here too); the Responses API's own fields that have no chat counterpart
+(`reasoning`, `include`, `truncation`...) are ignored."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -62,8 +66,11 @@ class ResponsesRequest(BaseModel):
     stream: StrictBool | None = None
     previous_response_id: str | None = None
 
-    def to_chat(self) -> dict[str, Any]:
-        """The body of the equivalent chat request. Raises BadRequest naming the field of
+    def to_chat(
+        self, referenced: Callable[[Any], dict[str, Any] | None] = lambda _: None
+    ) -> dict[str, Any]:
+        """The body of the equivalent chat request; `referenced` gives the kept output item
+        an `item_reference` names (None: not kept). Raises BadRequest naming the field of
         this request that cannot be translated."""
         if self.previous_response_id is not None:
             raise BadRequest(
@@ -72,7 +79,11 @@ class ResponsesRequest(BaseModel):
                 param="previous_response_id",
             )
         extra = {k: v for k, v in (self.model_extra or {}).items() if k not in _IGNORED}
-        chat: dict[str, Any] = {**extra, "model": self.model, "messages": self._messages()}
+        chat: dict[str, Any] = {
+            **extra,
+            "model": self.model,
+            "messages": self._messages(referenced),
+        }
         if self.stream:
             chat["stream"] = True
             chat["stream_options"] = {"include_usage": True}  # the final event's usage
@@ -108,7 +119,7 @@ class ResponsesRequest(BaseModel):
             for t in self.tools or ()
         ]
 
-    def _messages(self) -> list[dict[str, Any]]:
+    def _messages(self, referenced: Callable[[Any], dict[str, Any] | None]) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if self.instructions:
             messages.append({"role": "system", "content": self.instructions})
@@ -117,6 +128,9 @@ class ResponsesRequest(BaseModel):
             return messages
         for i, item in enumerate(self.input):
             kind = item.get("type", "message")
+            if kind == "item_reference":
+                item = _referenced(i, item, referenced)
+                kind = item["type"]
             if kind == "message":
                 messages.append(_message(i, item))
             elif kind == "function_call":
@@ -147,12 +161,6 @@ class ResponsesRequest(BaseModel):
                 )
             elif kind == "reasoning":
                 continue  # a reasoning model's summary given back: nothing for the model here
-            elif kind == "item_reference":
-                raise BadRequest(
-                    f"input[{i}] is an 'item_reference': responses are not stored here; "
-                    "send the item itself",
-                    param=f"input[{i}].type",
-                )
             else:
                 raise Unsupported(
                     f"input[{i}] is a '{kind}' item: only messages, 'function_call' and "
@@ -160,6 +168,21 @@ class ResponsesRequest(BaseModel):
                     param=f"input[{i}].type",
                 )
         return messages
+
+
+def _referenced(
+    i: int, item: dict[str, Any], referenced: Callable[[Any], dict[str, Any] | None]
+) -> dict[str, Any]:
+    found = referenced(item.get("id"))
+    if found is None:
+        raise BadRequest(
+            f"input[{i}] is an 'item_reference' to {json.dumps(item.get('id'))}, an output item "
+            "this server does not hold (it keeps the most recent ones in memory, for the API "
+            "key they were answered to, not when asked with `store: false`): send the item "
+            "itself",
+            param=f"input[{i}].id",
+        )
+    return found
 
 
 def _text(item: dict[str, Any], field: str, i: int) -> str:

@@ -79,7 +79,7 @@ def response_object(
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": None,
         "reasoning": None,
-        "store": False,  # nothing is kept: `previous_response_id` is refused
+        "store": False,  # the response is not kept (`previous_response_id` is refused)
         "temperature": req.temperature,
         "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
@@ -298,6 +298,10 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=self._final(item))
         )
         return events
+
+    def items(self) -> list[dict[str, Any]]:
+        """The output items as the final response holds them."""
+        return [self._final(item) for item in self.output]
 
     def done(self) -> list[RenderedChunk]:
         """The last events: the open item closed, then the whole response."""

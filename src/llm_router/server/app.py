@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..gateway.service import Gateway
 from ..lifecycle.manager import ModelManager
 from ..lifecycle.state import Status
+from ..protocol.responses_items import OutputItems
 from ..reload import ConfigSource
 from ..tracing import Tracing
 from . import (
@@ -106,6 +107,7 @@ def create_app(
     app.state.llama = core.llama
     app.state.background = set[asyncio.Task[Any]]()
     app.state.gateway = gateway = Gateway(settings)
+    app.state.response_items = OutputItems()  # for /v1/responses' `item_reference` inputs
     app.state.reloader = Reloader(core, gateway, app.state, source, parent)
     errors.install(app)
     app.include_router(routes_openai.routes)

@@ -3,7 +3,8 @@
 becomes the chat request /v1/chat/completions would get and goes through the same service call
 (routing, remote targets, the cache, usage and metrics are the chat path's); the gateway's keys,
 scopes and limits and the tracing middleware cover it as they cover every /v1 route. Its answer,
-whole or streamed, is reshaped into a `Response` (protocol/responses_out.py)."""
+whole or streamed, is reshaped into a `Response` (protocol/responses_out.py), whose output items
+are kept for later `item_reference` inputs (protocol/responses_items.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..protocol import ChatCompletionRequest, RenderedChunk
 from ..protocol.responses_api import ResponsesRequest
+from ..protocol.responses_items import OutputItems
 from ..protocol.responses_out import ResponseEvents, from_chat
 from .bodies import JSONRoute
 from .errors import error_json
@@ -47,11 +49,22 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _chat_request(request: Request, body: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat request `body` translates to; a value chat refuses is a 400 naming the
-    Responses field it came from."""
+def _output_items(request: Request) -> OutputItems:
+    items: OutputItems = request.app.state.response_items
+    return items
+
+
+def _chat_request(
+    request: Request, body: ResponsesRequest, owner: str | None
+) -> ChatCompletionRequest:
+    """The chat request `body` translates to, its `item_reference` inputs replaced by the
+    items `owner` was answered; a value chat refuses is a 400 naming the Responses field it
+    came from."""
+    kept = _output_items(request)
     try:
-        chat = ChatCompletionRequest.model_validate(body.to_chat())
+        chat = ChatCompletionRequest.model_validate(
+            body.to_chat(lambda item_id: kept.get(owner, item_id))
+        )
     except ValidationError as exc:
         errors = []
         for error in exc.errors():
@@ -91,20 +104,24 @@ async def create_response(request: Request) -> Response:
     `text.format`, sampling; `stream: true` for its typed events. Responses are not stored
     (`previous_response_id` is a 400)."""
     body = await parse_body(request, ResponsesRequest)
-    chat = _chat_request(request, body)
     service, route = generation_service(request), route_info_of(request)
+    chat = _chat_request(request, body, route.api_key_id)
+    kept = _output_items(request) if body.store is not False else None
     if chat.stream:
         events = ResponseEvents(body)
         return await sse_response(
-            _stream(events, service.chat_stream(chat, route)),
+            _stream(events, service.chat_stream(chat, route), kept, route.api_key_id),
             request.receive,
             lambda: route_headers(route),
             done=False,  # a Responses stream ends with its `response.completed`, no [DONE]
             send_timeout=stream_send_timeout(request),
         )
     result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
+    answer = from_chat(body, result)
+    if kept is not None:
+        kept.keep(route.api_key_id, answer["output"])
     return Response(
-        json.dumps(from_chat(body, result), ensure_ascii=False),
+        json.dumps(answer, ensure_ascii=False),
         media_type="application/json",
         headers=route_headers(route),
     )
@@ -118,11 +135,15 @@ def _data(chunk: BaseModel | RenderedChunk) -> dict[str, Any]:
 
 
 async def _stream(
-    events: ResponseEvents, chunks: AsyncIterator[BaseModel | RenderedChunk]
+    events: ResponseEvents,
+    chunks: AsyncIterator[BaseModel | RenderedChunk],
+    kept: OutputItems | None,
+    owner: str | None,
 ) -> AsyncIterator[RenderedChunk]:
     """The Responses events of a chat stream. The first is made only once the chat stream's
     first chunk exists, so an error before it (an unknown model, a prompt too long) is an
-    ordinary HTTP error; one after is an `error` event that ends the stream."""
+    ordinary HTTP error; one after is an `error` event that ends the stream. The output items
+    of a stream that ended well are kept in `kept` (None: `store: false`)."""
     async with aclosing(chunks):  # type: ignore[type-var]
         first = await anext(chunks, None)
         data = _data(first) if first is not None else {}
@@ -138,5 +159,8 @@ async def _stream(
             log.warning("stream failed after it started: %s", exc)
             yield events.error(json.loads(error_json(exc))["error"])
             return
-        for event in events.done():
+        last = events.done()
+        if kept is not None:  # before the last event: a client may hang up once it has it
+            kept.keep(owner, events.items())
+        for event in last:
             yield event
