@@ -307,3 +307,30 @@ def test_item_reference_names_an_earlier_output_item(client: openai.OpenAI, serv
         assert refused.value.param == "input[1].id"  # type: ignore[attr-defined]
         assert item_id in refused.value.message
     other.close()
+
+
+def test_errors_name_the_responses_fields(server: Server) -> None:
+    """A value refused by the chat path this request is translated to is named as the
+    Responses field it came from: `param` was `messages`, `response_format` or
+    `tools[0].function.parameters`, fields a Responses client never sent."""
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tools": [{**tool, "name": None}]}, "tools.[0].name"),
+        ({"tools": [{**tool, "parameters": {"type": "string"}}]}, "tools[0].parameters"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "wat"}}}},
+            "text.format",
+        ),
+        ({"input": "word " * 3000}, "input"),  # over the context
+    ]
+    for fields, param in cases:
+        for stream in (False, True):
+            body = {"model": SMOL, "input": QUESTION, "max_output_tokens": 4, **fields}
+            r = _post(server, {**body, "stream": stream})
+            assert r.status_code == 400, (fields, stream, r.text)
+            error = r.json()["error"]
+            assert error["param"] == param, (fields, stream, error)
+            assert ".function." not in error["message"]
+            assert "response_format" not in error["message"]
+            validate("ErrorResponse", r.json())

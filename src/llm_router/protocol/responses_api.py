@@ -270,6 +270,11 @@ def _format(fmt: Any) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise BadRequest(
+                "`text.format` of type 'json_schema' needs `schema`, a JSON schema (an object)",
+                param="text.format.schema",
+            )
         schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
     raise BadRequest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from ..errors import BadRequest
 from ..protocol import ChatCompletionRequest, RenderedChunk
 from ..protocol.responses_api import ResponsesRequest
 from ..protocol.responses_items import OutputItems
@@ -47,6 +49,28 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "messages": ("input",),
     "response_format": ("text", "format"),
 }
+# a chat tool's `function.` level, which a Responses tool (flat) does not have
+_FUNCTION_LEVEL = re.compile(r"^(tools\.?\[\d+\])\.function(?=\.|$)")
+
+
+def _responses_param(param: str) -> str:
+    """The Responses field a chat request's field (`param` of a 400) came from."""
+    head = re.split(r"[.\[]", param, maxsplit=1)[0]
+    if head == "messages":
+        return "input"  # not input[i]: `instructions` and merged tool calls shift the indexes
+    if head in _FIELDS:
+        return ".".join(_FIELDS[head]) + param[len(head) :]
+    return _FUNCTION_LEVEL.sub(r"\1", param)
+
+
+def _renamed(exc: BadRequest) -> BadRequest:
+    """`exc`, raised by the chat path, naming this request's fields instead of chat's."""
+    if exc.param is not None:
+        ours = _responses_param(exc.param)
+        if ours != exc.param:
+            exc.message = exc.message.replace(f"`{exc.param}`", f"`{ours}`")
+            exc.param = ours
+    return exc
 
 
 def _output_items(request: Request) -> OutputItems:
@@ -71,6 +95,8 @@ def _chat_request(
             loc = tuple(error["loc"])
             if loc and isinstance(loc[0], str) and loc[0] in _FIELDS:
                 loc = (*_FIELDS[loc[0]], *loc[1:])
+            elif loc[:1] == ("tools",) and loc[2:3] == ("function",):
+                loc = (*loc[:2], *loc[3:])
             errors.append({**error, "loc": loc})
         raise RequestValidationError(errors) from None
     return no_autoload_asked(request, chat)
@@ -116,7 +142,10 @@ async def create_response(request: Request) -> Response:
             done=False,  # a Responses stream ends with its `response.completed`, no [DONE]
             send_timeout=stream_send_timeout(request),
         )
-    result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
+    try:
+        result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
+    except BadRequest as exc:
+        raise _renamed(exc) from None
     answer = from_chat(body, result)
     if kept is not None:
         kept.keep(route.api_key_id, answer["output"])
@@ -145,7 +174,10 @@ async def _stream(
     ordinary HTTP error; one after is an `error` event that ends the stream. The output items
     of a stream that ended well are kept in `kept` (None: `store: false`)."""
     async with aclosing(chunks):  # type: ignore[type-var]
-        first = await anext(chunks, None)
+        try:
+            first = await anext(chunks, None)
+        except BadRequest as exc:  # before the first event: an HTTP error, as it is
+            raise _renamed(exc) from None
         data = _data(first) if first is not None else {}
         for event in events.start(str(data.get("model") or events.model)):
             yield event
