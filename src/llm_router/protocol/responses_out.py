@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-import random
+import secrets
 import time
 from typing import Any
 
@@ -16,8 +16,11 @@ __all__ = ["ResponseEvents", "from_chat", "response_id"]
 
 
 def response_id(prefix: str) -> str:
-    """OpenAI's ids here: `resp_...`, `msg_...`, `fc_...`."""
-    return f"{prefix}_{random.getrandbits(96):024x}"
+    """OpenAI's ids here: `resp_...`, `msg_...`, `fc_...`. From `secrets`, not `random`: an
+    output item's id is what a later `item_reference` names it by (responses_items.py), and
+    without API keys nothing else tells one caller's items from another's; the Mersenne
+    Twister's next ids can be worked out from enough earlier ones."""
+    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 def _status(finish: str | None) -> tuple[str, dict[str, str] | None]:
