@@ -75,7 +75,12 @@ class ContextLengthExceeded(BadRequest):
 
 
 class ModelNotFound(RouterError):
-    """No model, alias or route by that name."""
+    """No model, alias or route by that name. `name`: the name asked, when the error is about
+    one (the server's answer then names the models it may have meant: server/errors.py)."""
+
+    def __init__(self, message: str, *, param: str | None = None, name: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.name = name
 
 
 class ModelNotLoaded(BadRequest):

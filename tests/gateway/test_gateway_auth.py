@@ -200,6 +200,32 @@ async def test_the_allow_list_matches_aliases_and_routes(tmp_path: Path, master_
         assert r.status_code == 200, r.text
 
 
+async def test_a_404_names_only_models_the_key_may_see(tmp_path: Path, master_env: str) -> None:
+    """An unknown name's 404 names the models it may mean among those `GET /v1/models`
+    shows the caller: a key's allow-list hides the others here too."""
+    from inproc import fake_models
+
+    models = fake_models(tmp_path, **{"Chat-Model.Q4_1": {}, "secret-model": {}})
+    async with gateway_app(tmp_path, models=models) as gw:
+        every = await gw.key("every")
+        for asked, meant in (("chat-model", "Chat-Model.Q4_1"), ("secret-mode", "secret-model")):
+            r = await gw.client.post(
+                "/v1/chat/completions", json={**CHAT_BODY, "model": asked}, headers=bearer(every)
+            )
+            message = f"The model '{asked}' does not exist; did you mean '{meant}'?"
+            assert refused(r, 404, "model_not_found") == message
+        # "secret-mode" is on this key's list (and exists nowhere); "secret-model" is not
+        narrow = await gw.key("narrow", models=["Chat-Model.Q4_1", "secret-mode"])
+        r = await gw.client.post(
+            "/v1/chat/completions",
+            json={**CHAT_BODY, "model": "secret-mode"},
+            headers=bearer(narrow),
+        )
+        message = refused(r, 404, "model_not_found")
+        assert "secret-model" not in message
+        assert message == "The model 'secret-mode' does not exist (GET /v1/models lists the models)"
+
+
 async def test_an_ensembles_judge_and_a_props_model_are_held_to_the_allow_list(
     tmp_path: Path, master_env: str
 ) -> None:

@@ -242,6 +242,23 @@ def test_unknown_model_is_404_never_a_fallback(client: openai.OpenAI, server: Se
         client.chat.completions.create(model="no-such-model", messages=QUESTION, stream=True)
 
 
+def test_a_404_names_the_model_a_name_as_typed_may_mean(client: openai.OpenAI) -> None:
+    """A name typed as a user reads it (lower case, no quantization, Ollama's `name:tag`) is
+    a 404 that names the model it may mean; a name like no model's says where they are listed."""
+    for typed in (SMOL.lower(), SMOL.rsplit(".", 1)[0], "smollm2:135m"):
+        with pytest.raises(openai.NotFoundError) as info:
+            client.chat.completions.create(model=typed, messages=QUESTION, max_tokens=2)
+        message = info.value.response.json()["error"]["message"]
+        assert message == f"The model '{typed}' does not exist; did you mean '{SMOL}'?"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve(GEMMA.upper())
+    assert info.value.response.json()["error"]["message"].endswith(f"did you mean '{GEMMA}'?")
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION, stream=True)
+    message = info.value.response.json()["error"]["message"]
+    assert message == "The model 'gpt-4o' does not exist (GET /v1/models lists the models)"
+
+
 def test_an_image_is_refused_and_a_refusal_in_history_is_taken(client: openai.OpenAI) -> None:
     """Through the SDK: an image part is a BadRequestError with a code and a reason (it was
     pydantic's union message, code null); an assistant's `refusal` part is its text."""

@@ -244,7 +244,7 @@ class ModelManager(Leases, Admission, Reconfiguration, Stops):
                 continue
             if attempt == 0:
                 self.refresh()
-        raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+        raise ModelNotFound(f"The model '{name}' does not exist", param="model", name=name)
 
     @property
     def waiting(self) -> int:

@@ -121,12 +121,29 @@ class ClientGone(HTTPException):
         super().__init__(499, "the client closed the connection")
 
 
-async def _on_router_error(_: Request, exc: Exception) -> Response:
+async def _on_router_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, e.RouterError)
+    if isinstance(exc, e.ModelNotFound) and exc.name:
+        exc.message += _meant(request, exc.name)
     response = router_error_response(exc)
     if exc.tried:  # a route's targets all failed: what it tried, as a served answer says
         response.headers["x-llm-router-route"] = header_text(exc.tried)
     return response
+
+
+def _meant(request: Request, asked: str) -> str:
+    """ "; did you mean 'X'?" for a model name the caller may have meant (routes_openai), or
+    where the names are listed: only names the request's API key may see."""
+    from .routes_openai import close_names  # it imports this module
+
+    try:
+        names = close_names(request, asked)
+    except Exception:  # the app's state not there (a test's bare app): the plain message
+        return ""
+    if not names:
+        return " (GET /v1/models lists the models)"
+    quoted = " or ".join(f"'{n}'" for n in names)
+    return f"; did you mean {quoted}?"
 
 
 async def _on_validation(_: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ description is written in server/openapi.py. The other `/v1` routes are ordinary
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 from typing import TypeVar
 
@@ -233,7 +234,7 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
         with contextlib.suppress(RouterError):
             card = cards.get(request.app.state.dispatcher.resolve(model))
     if card is None:
-        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model", name=model)
     return card
 
 
@@ -257,3 +258,23 @@ def _cards(request: Request) -> list[ModelCard]:
     ]
     cards += [ModelCard(id=r.name, created=started) for r in dispatcher.routes()]
     return [c for c in cards if visible(request, c.id)]  # the key's allow-list
+
+
+def close_names(request: Request, asked: str) -> list[str]:
+    """The names of `GET /v1/models` (ids and aliases the request's API key may see) that
+    `asked` may have meant, at most three: the same but for case; else the same without a
+    quantization suffix (`name` for `name.Q4_1`); else those it begins (`smollm2`, or
+    Ollama's `smollm2:135m`, for `SmolLM2-135M-Instruct.Q4_1`); else alike ones (difflib).
+    A name typed as a user reads it got a 404 naming only what was asked."""
+    names = {n.lower(): n for c in _cards(request) for n in (c.id, *c.aliases)}
+    wanted = asked.lower()
+    if wanted in names:
+        return [names[wanted]]
+    prefix = wanted.split(":", 1)[0]
+    for found in (
+        [n for low, n in names.items() if low.rsplit(".", 1)[0] == wanted.rsplit(".", 1)[0]],
+        [n for low, n in names.items() if len(prefix) >= 3 and low.startswith(prefix)],
+    ):
+        if found:
+            return sorted(found)[:3]
+    return [names[n] for n in difflib.get_close_matches(wanted, list(names), n=3, cutoff=0.6)]
