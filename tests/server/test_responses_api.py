@@ -225,6 +225,16 @@ def test_errors(client: openai.OpenAI, server: Server) -> None:
         client.responses.create(model=SMOL, input=QUESTION, previous_response_id="resp_123")
     assert stored.value.param == "previous_response_id"  # type: ignore[attr-defined]
     assert "not supported" in stored.value.message
+    # a conversation or a stored prompt named: their history or instructions would be lost
+    for field, value in (("conversation", "conv_123"), ("prompt", {"id": "pmpt_123"})):
+        with pytest.raises(openai.BadRequestError) as stored:
+            client.responses.create(model=SMOL, input=QUESTION, **{field: value})  # type: ignore[call-overload]
+        assert stored.value.param == field  # type: ignore[attr-defined]
+        assert "not stored here" in stored.value.message
+    null = client.responses.create(
+        model=SMOL, input=QUESTION, max_output_tokens=4, extra_body={"conversation": None}
+    )
+    assert null.status in ("completed", "incomplete")
     bad = {
         "tools": [{"type": "web_search"}],
         "max_output_tokens": 0,

@@ -3,8 +3,9 @@ turned into the chat request `/v1/chat/completions` would get (`to_chat()`), so 
 limited, cached, accounted and traced as a chat request is; nothing generates it separately.
 
 Responses are not stored: `previous_response_id` is a 400 rather than a conversation silently
-forgotten. Their output items are (protocol/responses_items.py), so an `item_reference` input
-is the item it names, as the caller gives it (`to_chat(referenced)`); one not kept is a 400.
+forgotten, as are a `conversation` and a stored `prompt` named (their history, instructions).
+Their output items are (protocol/responses_items.py), so an `item_reference` input is the
+item it names, as the caller gives it (`to_chat(referenced)`); one not kept is a 400.
 Unknown fields are accepted and, as on chat, passed along (llama-server's samplers such as
 `top_k` work here too); the Responses API's own fields that have no chat counterpart
 (`reasoning`, `include`, `truncation`...) are ignored."""
@@ -27,10 +28,10 @@ __all__ = ["ResponsesRequest"]
 _IGNORED = frozenset(
     {
         "background",
-        "conversation",
+        "conversation",  # null only: one that names a conversation is refused (`to_chat`)
         "include",
         "max_tool_calls",
-        "prompt",
+        "prompt",  # null only, as `conversation`
         "prompt_cache_key",
         "reasoning",
         "safety_identifier",
@@ -78,7 +79,15 @@ class ResponsesRequest(BaseModel):
                 "send the whole conversation in `input`",
                 param="previous_response_id",
             )
-        extra = {k: v for k, v in (self.model_extra or {}).items() if k not in _IGNORED}
+        given = self.model_extra or {}
+        for stored, what in (("conversation", "conversations"), ("prompt", "prompts")):
+            if given.get(stored) is not None:  # its history or instructions: not here to use
+                raise BadRequest(
+                    f"`{stored}` is not supported: {what} are not stored here; send what it "
+                    "holds in `input` and `instructions`",
+                    param=stored,
+                )
+        extra = {k: v for k, v in given.items() if k not in _IGNORED}
         chat: dict[str, Any] = {
             **extra,
             "model": self.model,
