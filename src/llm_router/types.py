@@ -284,6 +284,7 @@ class MessageFields:
 class Finished:
     finish_reason: FinishReason
     usage: Usage
+    stop: str | None = None  # the stop string that ended it (finish_reason "stop"), if one did
 
 
 # What a generation yields, in order: text and message fields, then one Finished.

@@ -64,12 +64,15 @@ def test_flush_releases_held_text() -> None:
 def test_earliest_of_several_stops_wins() -> None:
     matcher = StopMatcher(("world", "lo"))
     assert matcher.feed("hello world") == ("hel", True)
+    assert matcher.matched == "lo"  # Anthropic's `stop_sequence` names it
 
 
 def test_earliest_stop_wins_when_split_across_pieces() -> None:
     matcher = StopMatcher(("###", "\n\n"))
     assert matcher.feed("a\n") == ("a", False)
+    assert matcher.matched is None
     assert matcher.feed("\n### b") == ("", True)
+    assert matcher.matched == "\n\n"
 
 
 def test_shorter_stop_completing_first_stops() -> None:
@@ -82,8 +85,9 @@ def test_shorter_stop_completing_first_stops() -> None:
 
 
 def test_stop_split_over_byte_pieces_cuts_everything_after() -> None:
-    out, stopped = _stream(TextAssembler(("\nUser:",)), _chars("Paris.\nUser: What else?"))
-    assert stopped
+    text = TextAssembler(("\nUser:",))
+    out, stopped = _stream(text, _chars("Paris.\nUser: What else?"))
+    assert stopped and text.stopped_by == "\nUser:"
     assert "".join(out) == "Paris."
 
 

@@ -107,7 +107,11 @@ def test_settings_travel_with_absolute_paths(tmp_path: Path) -> None:
 
 def test_events_and_errors_cross_as_worker_messages() -> None:
     lp = (TokenLogprob(b"Hi", -0.5, ((b"Hi", -0.5), (b"Ho", -1.0))),)
-    for event in (TextDelta("Hi", lp), Finished("length", Usage(3, 2, 1))):
+    for event in (
+        TextDelta("Hi", lp),
+        Finished("length", Usage(3, 2, 1)),
+        Finished("stop", Usage(3, 2), "Paris"),  # the stop string that ended it
+    ):
         assert event_from_wire(event_message(event)) == event
     err = event_from_wire(error_message(ModelLoadFailed("bad file")))
     assert isinstance(err, ModelLoadFailed) and err.message == "bad file"

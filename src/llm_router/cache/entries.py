@@ -42,6 +42,7 @@ class Recorder:
                     u.prompt_tokens,
                     u.completion_tokens,
                     u.cached_tokens,
+                    *([event.stop] if event.stop is not None else []),
                 ]
             )
             self.finished = True
@@ -71,7 +72,8 @@ def decode(value: bytes) -> tuple[str, list[GenerationEvent]]:
             elif item[0] == "fields":
                 events.append(MessageFields(_fresh_call_ids(item[1], fresh)))
             elif item[0] == "finish":
-                events.append(Finished(item[1], Usage(item[2], item[3], item[4])))
+                stop = item[5] if len(item) > 5 else None
+                events.append(Finished(item[1], Usage(item[2], item[3], item[4]), stop))
             else:
                 raise ValueError(f"unknown cache event {item[0]!r}")
         return str(data["target"]), events

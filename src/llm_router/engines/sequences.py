@@ -158,4 +158,5 @@ def finish_text(
         tail = out if stopped else out + text.finish()
         if tail or logprobs:
             events.append((seq, TextDelta(tail, logprobs)))
-    events.append((seq, Finished(reason, usage)))
+    stop = text.stopped_by if reason == "stop" else None
+    events.append((seq, Finished(reason, usage, stop)))

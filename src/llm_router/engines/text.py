@@ -18,13 +18,15 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
+        self.matched: str | None = None  # the stop string hit, once one is
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self._stops:
             return text, False
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, n, s) for n, s in enumerate(self._stops) if (i := buf.find(s)) >= 0]
+        if found:
+            cut, _, self.matched = min(found)  # the earliest; at a tie, the first given
             self._held = ""
             return buf[:cut], True
         keep = self._longest_partial(buf)
@@ -66,3 +68,8 @@ class TextAssembler:
     def finish(self) -> str:
         tail, _ = self._stop.feed(self._decoder.decode(b"", final=True))
         return tail + self._stop.flush()
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The stop string that ended the text, if one did."""
+        return self._stop.matched

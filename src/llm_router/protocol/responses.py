@@ -65,6 +65,7 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     finish_reason: ChatFinish
     logprobs: ChatLogprobs | None = None
+    stopped_by: str | None = Field(None, exclude=True)  # for /v1/messages: not OpenAI's
 
 
 class ChatCompletion(BaseModel):
@@ -88,6 +89,7 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDelta
     finish_reason: ChatFinish | None = None
     logprobs: ChatLogprobs | None = None
+    stopped_by: str | None = Field(None, exclude=True)  # for /v1/messages: not OpenAI's
 
     @field_serializer("delta")
     def _delta(self, delta: ChatDelta) -> dict[str, Any]:

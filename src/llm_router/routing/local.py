@@ -143,7 +143,7 @@ class LocalTarget(Target):
                     for out in parser.finish():
                         yield out
                     reason = finish_reason_for(parser, event.finish_reason)
-                    yield Finished(reason, event.usage)
+                    yield Finished(reason, event.usage, event.stop if reason == "stop" else None)
                 else:
                     yield event
 

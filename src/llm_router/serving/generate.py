@@ -264,6 +264,7 @@ class GenerationService:
                     message=AssistantMessage(content=content, **a.extra),
                     finish_reason=a.finished.finish_reason,
                     logprobs=chat_logprobs(a.logprobs) if req.logprobs else None,
+                    stopped_by=a.finished.stop,
                 )
             )
         return ChatCompletion(
@@ -330,7 +331,10 @@ class GenerationService:
                     **head,
                     choices=[
                         ChatChunkChoice(
-                            index=i, delta=ChatDelta(), finish_reason=event.finish_reason
+                            index=i,
+                            delta=ChatDelta(),
+                            finish_reason=event.finish_reason,
+                            stopped_by=event.stop,
                         )
                     ],
                 )

@@ -149,7 +149,7 @@ def event_from_wire(
     if "prompt_lp" in msg:
         return PromptLogprobs(_logprobs_from_wire(msg["prompt_lp"]))
     if "finish" in msg:
-        return Finished(msg["finish"], Usage(**msg["usage"]))
+        return Finished(msg["finish"], Usage(**msg["usage"]), msg.get("stop"))
     if "embeddings" in msg:
         return _embeddings_from_wire(msg)
     if "result" in msg:
@@ -265,9 +265,14 @@ def events_to_wire(
         elif isinstance(event, PromptLogprobs):
             out.append(encode({"id": seq, "prompt_lp": _logprobs_to_wire(event.tokens)}))
         elif isinstance(event, Finished):
-            out.append(
-                encode({"id": seq, "finish": event.finish_reason, "usage": asdict(event.usage)})
-            )
+            done: dict[str, Any] = {
+                "id": seq,
+                "finish": event.finish_reason,
+                "usage": asdict(event.usage),
+            }
+            if event.stop is not None:
+                done["stop"] = event.stop
+            out.append(encode(done))
         else:
             out.append(encode({"id": seq, "error": error_to_wire(event)}))
     return b"".join(out)
