@@ -135,12 +135,14 @@ def dump_chunk(chunk: BaseModel | RenderedChunk) -> str:
 
 
 class RenderedChunk:
-    """A stream chunk already rendered to JSON (see TextChunks)."""
+    """A stream chunk already rendered to JSON (see TextChunks); `event` names it on the
+    wire (an SSE `event:` line, as Anthropic's streams have), None for OpenAI's unnamed."""
 
-    __slots__ = ("json",)
+    __slots__ = ("event", "json")
 
-    def __init__(self, json: str) -> None:
+    def __init__(self, json: str, event: str | None = None) -> None:
         self.json = json
+        self.event = event
 
 
 class TextChunks:

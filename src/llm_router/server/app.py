@@ -36,6 +36,7 @@ from . import (
     errors,
     openapi,
     routes_admin,
+    routes_anthropic,
     routes_dashboard,
     routes_docs,
     routes_llama,
@@ -112,6 +113,7 @@ def create_app(
     errors.install(app)
     app.include_router(routes_openai.routes)
     app.include_router(routes_responses.routes)  # OpenAI's Responses API, over chat
+    app.include_router(routes_anthropic.routes)  # Anthropic's Messages API, over chat
     app.include_router(routes_admin.routes)
     app.include_router(routes_models.routes)
     app.include_router(routes_llama.routes)

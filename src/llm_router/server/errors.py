@@ -21,7 +21,15 @@ from .. import errors as e
 from ..protocol.invalid import describe_invalid
 from .headers import header_text
 
-__all__ = ["ClientGone", "envelope", "error_json", "install", "retry_after", "status_of"]
+__all__ = [
+    "ClientGone",
+    "envelope",
+    "error_json",
+    "handler_for",
+    "install",
+    "retry_after",
+    "status_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +228,6 @@ _ELSEWHERE = (
     ("/v1/rerank", _RERANK),
     ("/slots", "llama-server's /slots is not served here: GET /models shows each model's slots"),
     ("/embedding", "llama-server's native /embedding is not served here: use /v1/embeddings"),
-    ("/v1/messages", "Anthropic's Messages API is not served here: use /v1/chat/completions"),
 )  # fmt: skip
 
 
@@ -271,6 +278,15 @@ HANDLERS: dict[type[Exception], Handler] = {
     ClientDisconnect: _on_client_gone,  # starlette's, from a body read past our guard
     Exception: _on_unexpected,
 }
+
+
+def handler_for(exc: Exception) -> Handler:
+    """The handler of `exc`'s class, as the app looks it up (along its MRO): for a route
+    that reshapes the answer (routes_anthropic.py) rather than answering another way."""
+    for cls in type(exc).__mro__:
+        if cls in HANDLERS:
+            return HANDLERS[cls]
+    return _on_unexpected
 
 
 def install(app: FastAPI) -> None:

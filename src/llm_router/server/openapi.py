@@ -102,6 +102,7 @@ def document(app: FastAPI) -> dict[str, Any]:
     for hot in HOT:
         schema["paths"][hot.path] = {"post": _hot_operation(hot, refs)}
     components["ErrorResponse"] = _ERROR_SCHEMA
+    components["AnthropicErrorResponse"] = _ANTHROPIC_ERROR_SCHEMA
     schema["components"]["securitySchemes"] = {BEARER: _BEARER_SCHEME}
     for path, item in schema["paths"].items():
         for method, operation in item.items():
@@ -161,12 +162,13 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
         statuses.append(404)
     if path == "/admin/keys" and method == "post":
         statuses.append(409)
+    error: dict[str, Any] = {"$ref": REF.format(model="ErrorResponse")}
+    if path.startswith("/v1/messages"):  # the route's own in Anthropic's shape, the gateway's not
+        error = {"anyOf": [{"$ref": REF.format(model="AnthropicErrorResponse")}, error]}
     for status in sorted(set(statuses)):
         entry: dict[str, Any] = {
             "description": _ERRORS[status],
-            "content": {
-                "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}
-            },
+            "content": {"application/json": {"schema": error}},
         }
         if status in _RETRY:
             entry["headers"] = {
@@ -194,5 +196,19 @@ _ERROR_SCHEMA: dict[str, Any] = {
                 "code": {"type": ["string", "integer", "null"]},
             },
         }
+    },
+}
+# /v1/messages' errors (routes_anthropic.py), as Anthropic's API answers them
+_ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "AnthropicErrorResponse",
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
     },
 }

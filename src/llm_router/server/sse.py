@@ -43,8 +43,15 @@ SEND_TIMEOUT = 30.0  # settings.send_timeout
 _HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no", "connection": "keep-alive"}
 
 
-def frame(data: str) -> bytes:
+def frame(data: str, event: str | None = None) -> bytes:
+    """One event; `event` gives it an `event:` line (a stream's own names, as Anthropic's)."""
+    if event is not None:
+        return b"event: " + event.encode() + b"\ndata: " + data.encode() + b"\n\n"
     return b"data: " + data.encode() + b"\n\n"
+
+
+def _framed(item: BaseModel | RenderedChunk) -> bytes:
+    return frame(dump_chunk(item), item.event if isinstance(item, RenderedChunk) else None)
 
 
 class SSEResponse(StreamingResponse):
@@ -279,9 +286,9 @@ async def sse_response(
 
     async def frames() -> AsyncIterator[bytes]:
         try:
-            yield frame(dump_chunk(first))
+            yield _framed(first)
             async for item in stream:
-                yield frame(dump_chunk(item))
+                yield _framed(item)
             if done:
                 yield b"data: [DONE]\n\n"
         except Exception as exc:  # the response has started: report in-band, then end

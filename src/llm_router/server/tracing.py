@@ -22,9 +22,10 @@ _OPERATIONS = {
     "/v1/completions": "text_completion",
     "/v1/embeddings": "embeddings",
     "/v1/responses": "chat",  # translated to a chat request (routes_responses.py)
+    "/v1/messages": "chat",  # the same, from Anthropic's Messages API (routes_anthropic.py)
 }
 _HOT = frozenset(
-    {*_OPERATIONS, "/v1/models"} - {"/v1/responses"}
+    {*_OPERATIONS, "/v1/models"} - {"/v1/responses", "/v1/messages"}
 )  # served without the router (server/asgi.py)
 
 

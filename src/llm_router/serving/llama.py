@@ -85,6 +85,21 @@ class LlamaService:
             prompt = await worker.chat_prompt(request.messages or (), request.template)
         return ApplyTemplateResponse(prompt=prompt)
 
+    async def prompt_tokens(self, req: ApplyTemplateRequest, what: str) -> int:
+        """The tokens the prompt of a chat completion with this body counts, as a generation
+        counts it (the template applied, special tokens added: `prompt_tokens` of its usage).
+        As `apply_template`; `what` names the route in a remote target's 400."""
+        target = self.dispatcher.local(self._named(req.model), what)
+        target.check_generates()
+        try:
+            request = target.prepared(req.to_request())
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="messages") from None
+        async with target.worker(Lease(req.autoload)) as worker:
+            return await worker.prompt_tokens(
+                messages=request.messages or (), options=request.template
+            )
+
     async def props(
         self, model: str | None, autoload: bool | None = None
     ) -> ModelProps | RouterProps:

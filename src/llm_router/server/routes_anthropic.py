@@ -1,0 +1,248 @@
+"""`POST /v1/messages`, Anthropic's Messages API (the official `anthropic` SDKs, and tools that
+speak it, such as Claude Code with `ANTHROPIC_BASE_URL`), served as a translation: the request
+becomes the chat request /v1/chat/completions would get and goes through the same service call
+(routing, remote targets, the cache, usage and metrics are the chat path's); the gateway's keys
+(`x-api-key`, as the SDK sends it, works as a bearer key), scopes and limits and the tracing
+middleware cover it as they cover every /v1 route. The answer, whole or streamed, is reshaped
+into a `Message` (protocol/anthropic_out.py); `POST /v1/messages/count_tokens` counts the
+prompt with the model's template. An error the route raises leaves in Anthropic's shape
+(`{"type": "error", "error": {"type", "message"}}`), with the status and headers
+(`Retry-After`) the chat path gives it; the gateway's refusals before the route (401, 403, 404
+of a model a key may not use, 429) keep OpenAI's envelope, which the SDK reads by status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BadRequest, RouterError
+from ..protocol import (
+    ApplyTemplateRequest,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    RenderedChunk,
+)
+from ..protocol.anthropic_api import CountTokensRequest, MessagesRequest
+from ..protocol.anthropic_out import MessageEvents, error_body, from_chat
+from ..serving.llama import LlamaService
+from .bodies import JSONRoute
+from .errors import handler_for, status_of
+from .openapi import sse_event
+from .routes_openai import (
+    generation_service,
+    no_autoload_asked,
+    parse_body,
+    route_headers,
+    route_info_of,
+    stream_send_timeout,
+)
+from .sse import cancel_on_disconnect, sse_response
+
+__all__ = ["routes"]
+
+log = logging.getLogger(__name__)
+
+
+class AnthropicRoute(JSONRoute):
+    """A route whose errors leave in Anthropic's shape: the app's handler for the error
+    answers it (status, message, headers), then its body is reshaped."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return _reshaped(await handler_for(exc)(request, exc))
+
+        return handle
+
+
+def _reshaped(response: Response) -> Response:
+    """An OpenAI error envelope as Anthropic's error body; any other answer as it is."""
+    try:
+        message = json.loads(bytes(response.body))["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response  # a 499 to no one, with no body
+    headers = {
+        k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+    }
+    return Response(
+        json.dumps(error_body(response.status_code, str(message)), ensure_ascii=False),
+        response.status_code,
+        headers,
+        media_type="application/json",
+    )
+
+
+routes = APIRouter(prefix="/v1", tags=["anthropic"], route_class=AnthropicRoute)
+
+# a chat field's error, named as the Anthropic field it came from
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "stop": ("stop_sequences",),
+    "response_format": ("output_config", "format"),
+}
+_PARAMETERS = re.compile(r"^tools\.?\[(\d+)\]\.function\.parameters")  # `input_schema` here
+
+
+def _anthropic_param(param: str) -> str:
+    head = re.split(r"[.\[]", param, maxsplit=1)[0]
+    if head == "messages":
+        return "messages"  # not messages[i]: `system` and tool results shift the indexes
+    if head in _FIELDS:
+        return ".".join(_FIELDS[head]) + param[len(head) :]
+    return _PARAMETERS.sub(r"tools[\1].input_schema", param)
+
+
+def _renamed(exc: BadRequest) -> BadRequest:
+    """`exc`, raised by the chat path, naming this request's fields instead of chat's."""
+    if exc.param is not None:
+        ours = _anthropic_param(exc.param)
+        if ours != exc.param:
+            exc.message = exc.message.replace(f"`{exc.param}`", f"`{ours}`")
+            exc.param = ours
+    return exc
+
+
+def _chat(request: Request, chat: dict[str, Any], model: type[ChatCompletionRequest]) -> Any:
+    """`chat` validated as `model`; a value chat refuses is a 400 naming the Anthropic field
+    it came from."""
+    try:
+        return no_autoload_asked(request, model.model_validate(chat))
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            if loc and isinstance(loc[0], str) and loc[0] in _FIELDS:
+                loc = (*_FIELDS[loc[0]], *loc[1:])
+            elif loc[:1] == ("tools",) and loc[2:4] == ("function", "parameters"):
+                loc = (*loc[:2], "input_schema", *loc[4:])
+            errors.append({**error, "loc": loc})
+        raise RequestValidationError(errors) from None
+
+
+# documented by hand: the body is parsed in the route (parse_body), not by FastAPI
+_ANSWER = {
+    "description": "Anthropic's `Message`, or with `stream: true` its events",
+    "content": {
+        "application/json": {"schema": {"type": "object", "title": "Message"}},
+        "text/event-stream": sse_event(
+            "An event named by its `event:` line, its data JSON with the same `type`: "
+            "`message_start`, `content_block_start`, `ping`, `content_block_delta`, "
+            "`content_block_stop`, `message_delta`, `message_stop` (or `error`)"
+        ),
+    },
+}
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": model.model_json_schema()}},
+    }
+
+
+@routes.post(
+    "/messages",
+    summary="Create a message (Anthropic's Messages API)",
+    openapi_extra={"requestBody": _body(MessagesRequest), "responses": {"200": _ANSWER}},
+)
+async def create_message(request: Request) -> Response:
+    """Anthropic's Messages API over the chat path: `system`, `messages` (text, `tool_use`
+    and `tool_result` blocks), `max_tokens`, `stop_sequences`, sampling, client `tools` and
+    `tool_choice`; `stream: true` for its named events."""
+    body = await parse_body(request, MessagesRequest)
+    service, route = generation_service(request), route_info_of(request)
+    chat: ChatCompletionRequest = _chat(request, body.to_chat(), ChatCompletionRequest)
+    if chat.stream:
+        return await sse_response(
+            _stream(MessageEvents(body), service.chat_stream(chat, route)),
+            request.receive,
+            lambda: route_headers(route),
+            done=False,  # an Anthropic stream ends with its `message_stop`, no [DONE]
+            send_timeout=stream_send_timeout(request),
+        )
+    try:
+        result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
+    except BadRequest as exc:
+        raise _renamed(exc) from None
+    return Response(
+        json.dumps(from_chat(body, result), ensure_ascii=False),
+        media_type="application/json",
+        headers=route_headers(route),
+    )
+
+
+_COUNT = {"description": "The prompt's tokens", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"input_tokens": {"type": "integer"}}}}}}  # fmt: skip
+
+
+@routes.post(
+    "/messages/count_tokens",
+    summary="Count a message's tokens (Anthropic's Messages API)",
+    openapi_extra={"requestBody": _body(CountTokensRequest), "responses": {"200": _COUNT}},
+)
+async def count_tokens(request: Request) -> Response:
+    """The tokens the prompt of this message request counts with the model's chat template
+    (its `usage.input_tokens`); local models only (a remote target's tokenizer is not here)."""
+    body = await parse_body(request, CountTokensRequest)
+    chat: ApplyTemplateRequest = _chat(request, body.to_chat(), ApplyTemplateRequest)
+    service: LlamaService = request.app.state.llama
+    work = service.prompt_tokens(chat, "/v1/messages/count_tokens")
+    count = await cancel_on_disconnect(request.receive, work)
+    return Response(json.dumps({"input_tokens": count}), media_type="application/json")
+
+
+def _data(chunk: BaseModel | RenderedChunk) -> dict[str, Any]:
+    """A chat chunk as JSON, with the stop string that ended a choice (`stopped_by`, which
+    the chat path keeps from OpenAI's clients)."""
+    if isinstance(chunk, RenderedChunk):
+        data: dict[str, Any] = json.loads(chunk.json)
+        return data
+    data = chunk.model_dump(exclude_none=True)
+    if isinstance(chunk, ChatCompletionChunk):
+        for choice, out in zip(chunk.choices, data.get("choices") or (), strict=False):
+            if choice.stopped_by is not None:
+                out["stopped_by"] = choice.stopped_by
+    return data
+
+
+async def _stream(
+    events: MessageEvents, chunks: AsyncIterator[BaseModel | RenderedChunk]
+) -> AsyncIterator[RenderedChunk]:
+    """The Messages events of a chat stream. The first is made only once the chat stream's
+    first chunk exists, so an error before it (an unknown model, a prompt too long) is an
+    ordinary HTTP error; one after is an `error` event that ends the stream."""
+    async with aclosing(chunks):  # type: ignore[type-var]
+        try:
+            first = await anext(chunks, None)
+        except BadRequest as exc:  # before the first event: an HTTP error, as it is
+            raise _renamed(exc) from None
+        data = _data(first) if first is not None else {}
+        for event in events.start(str(data.get("model") or events.req.model)):
+            yield event
+        for event in events.chunk(data):
+            yield event
+        try:
+            async for chunk in chunks:
+                for event in events.chunk(_data(chunk)):
+                    yield event
+        except Exception as exc:  # the message has started: report in-band, then end
+            log.warning("stream failed after it started: %s", exc)
+            if isinstance(exc, RouterError):
+                yield events.error(status_of(exc)[0], exc.message)
+            else:
+                yield events.error(500, "internal server error")
+            return
+        for event in events.done():
+            yield event
