@@ -51,7 +51,12 @@ def frame(data: str, event: str | None = None) -> bytes:
 
 
 def _framed(item: BaseModel | RenderedChunk) -> bytes:
-    return frame(dump_chunk(item), item.event if isinstance(item, RenderedChunk) else None)
+    """A stream item's event; a text chunk (every token's) costs what it cost before names."""
+    if isinstance(item, RenderedChunk):
+        if item.event is None:
+            return b"data: " + item.json.encode() + b"\n\n"
+        return frame(item.json, item.event)
+    return frame(dump_chunk(item))
 
 
 class SSEResponse(StreamingResponse):
