@@ -20,9 +20,8 @@ from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..errors import BadRequest, RouterError
 from ..protocol import (
@@ -46,6 +45,7 @@ from .routes_openai import (
     stream_send_timeout,
 )
 from .sse import cancel_on_disconnect, sse_response
+from .translated import ChatNames
 
 __all__ = ["routes"]
 
@@ -87,48 +87,21 @@ def _reshaped(response: Response) -> Response:
 
 routes = APIRouter(prefix="/v1", tags=["anthropic"], route_class=AnthropicRoute)
 
-# a chat field's error, named as the Anthropic field it came from
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "stop": ("stop_sequences",),
-    "response_format": ("output_config", "format"),
-}
-_PARAMETERS = re.compile(r"^tools\.?\[(\d+)\]\.function\.parameters")  # `input_schema` here
-
-
-def _anthropic_param(param: str) -> str:
-    head = re.split(r"[.\[]", param, maxsplit=1)[0]
-    if head == "messages":
-        return "messages"  # not messages[i]: `system` and tool results shift the indexes
-    if head in _FIELDS:
-        return ".".join(_FIELDS[head]) + param[len(head) :]
-    return _PARAMETERS.sub(r"tools[\1].input_schema", param)
-
-
-def _renamed(exc: BadRequest) -> BadRequest:
-    """`exc`, raised by the chat path, naming this request's fields instead of chat's."""
-    if exc.param is not None:
-        ours = _anthropic_param(exc.param)
-        if ours != exc.param:
-            exc.message = exc.message.replace(f"`{exc.param}`", f"`{ours}`")
-            exc.param = ours
-    return exc
+# a 400 of the chat path, named as the Anthropic field it came from; a tool's parameters are
+# its `input_schema`
+_NAMES = ChatNames(
+    fields={"stop": ("stop_sequences",), "response_format": ("output_config", "format")},
+    messages="messages",
+    tool_param=re.compile(r"^tools\.?\[(\d+)\]\.function\.parameters"),
+    tool_as=r"tools[\1].input_schema",
+    tool_loc=(("function", "parameters"), ("input_schema",)),
+)
 
 
 def _chat(request: Request, chat: dict[str, Any], model: type[ChatCompletionRequest]) -> Any:
     """`chat` validated as `model`; a value chat refuses is a 400 naming the Anthropic field
     it came from."""
-    try:
-        return no_autoload_asked(request, model.model_validate(chat))
-    except ValidationError as exc:
-        errors = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            if loc and isinstance(loc[0], str) and loc[0] in _FIELDS:
-                loc = (*_FIELDS[loc[0]], *loc[1:])
-            elif loc[:1] == ("tools",) and loc[2:4] == ("function", "parameters"):
-                loc = (*loc[:2], "input_schema", *loc[4:])
-            errors.append({**error, "loc": loc})
-        raise RequestValidationError(errors) from None
+    return no_autoload_asked(request, _NAMES.validated(model, chat))
 
 
 # documented by hand: the body is parsed in the route (parse_body), not by FastAPI
@@ -175,7 +148,7 @@ async def create_message(request: Request) -> Response:
     try:
         result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
     except BadRequest as exc:
-        raise _renamed(exc) from None
+        raise _NAMES.renamed(exc) from None
     return Response(
         json.dumps(from_chat(body, result), ensure_ascii=False),
         media_type="application/json",
@@ -227,7 +200,7 @@ async def _stream(
         try:
             first = await anext(chunks, None)
         except BadRequest as exc:  # before the first event: an HTTP error, as it is
-            raise _renamed(exc) from None
+            raise _NAMES.renamed(exc) from None
         data = _data(first) if first is not None else {}
         for event in events.start(str(data.get("model") or events.req.model)):
             yield event

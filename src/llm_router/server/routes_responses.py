@@ -16,9 +16,8 @@ from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..errors import BadRequest
 from ..protocol import ChatCompletionRequest, RenderedChunk
@@ -37,40 +36,26 @@ from .routes_openai import (
     stream_send_timeout,
 )
 from .sse import cancel_on_disconnect, sse_response
+from .translated import ChatNames
 
 __all__ = ["routes"]
 
 log = logging.getLogger(__name__)
 routes = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
 
-# a chat field's error, named as the Responses field it came from
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "max_tokens": ("max_output_tokens",),
-    "messages": ("input",),
-    "response_format": ("text", "format"),
-}
-# a chat tool's `function.` level, which a Responses tool (flat) does not have
-_FUNCTION_LEVEL = re.compile(r"^(tools\.?\[\d+\])\.function(?=\.|$)")
-
-
-def _responses_param(param: str) -> str:
-    """The Responses field a chat request's field (`param` of a 400) came from."""
-    head = re.split(r"[.\[]", param, maxsplit=1)[0]
-    if head == "messages":
-        return "input"  # not input[i]: `instructions` and merged tool calls shift the indexes
-    if head in _FIELDS:
-        return ".".join(_FIELDS[head]) + param[len(head) :]
-    return _FUNCTION_LEVEL.sub(r"\1", param)
-
-
-def _renamed(exc: BadRequest) -> BadRequest:
-    """`exc`, raised by the chat path, naming this request's fields instead of chat's."""
-    if exc.param is not None:
-        ours = _responses_param(exc.param)
-        if ours != exc.param:
-            exc.message = exc.message.replace(f"`{exc.param}`", f"`{ours}`")
-            exc.param = ours
-    return exc
+# a 400 of the chat path, named as the Responses field it came from; a Responses tool is flat
+# (no chat `function.` level)
+_NAMES = ChatNames(
+    fields={
+        "max_tokens": ("max_output_tokens",),
+        "messages": ("input",),
+        "response_format": ("text", "format"),
+    },
+    messages="input",
+    tool_param=re.compile(r"^(tools\.?\[\d+\])\.function(?=\.|$)"),
+    tool_as=r"\1",
+    tool_loc=(("function",), ()),
+)
 
 
 def _output_items(request: Request) -> OutputItems:
@@ -85,21 +70,8 @@ def _chat_request(
     items `owner` was answered; a value chat refuses is a 400 naming the Responses field it
     came from."""
     kept = _output_items(request)
-    try:
-        chat = ChatCompletionRequest.model_validate(
-            body.to_chat(lambda item_id: kept.get(owner, item_id))
-        )
-    except ValidationError as exc:
-        errors = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            if loc and isinstance(loc[0], str) and loc[0] in _FIELDS:
-                loc = (*_FIELDS[loc[0]], *loc[1:])
-            elif loc[:1] == ("tools",) and loc[2:3] == ("function",):
-                loc = (*loc[:2], *loc[3:])
-            errors.append({**error, "loc": loc})
-        raise RequestValidationError(errors) from None
-    return no_autoload_asked(request, chat)
+    chat = body.to_chat(lambda item_id: kept.get(owner, item_id))
+    return no_autoload_asked(request, _NAMES.validated(ChatCompletionRequest, chat))
 
 
 # documented by hand: the body is parsed in the route (parse_body), not by FastAPI
@@ -145,7 +117,7 @@ async def create_response(request: Request) -> Response:
     try:
         result = await cancel_on_disconnect(request.receive, service.chat(chat, route))
     except BadRequest as exc:
-        raise _renamed(exc) from None
+        raise _NAMES.renamed(exc) from None
     answer = from_chat(body, result)
     if kept is not None:
         kept.keep(route.api_key_id, answer["output"])
@@ -177,7 +149,7 @@ async def _stream(
         try:
             first = await anext(chunks, None)
         except BadRequest as exc:  # before the first event: an HTTP error, as it is
-            raise _renamed(exc) from None
+            raise _NAMES.renamed(exc) from None
         data = _data(first) if first is not None else {}
         for event in events.start(str(data.get("model") or events.model)):
             yield event
