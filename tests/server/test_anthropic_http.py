@@ -79,6 +79,8 @@ async def test_errors_are_anthropic_shaped_with_the_chat_paths_headers(tmp_path:
             assert "nope" in _anthropic_error(r, 404, "not_found_error")
             r = await c.post("/v1/messages", json={**ASK, "model": "chat", "max_tokens": 0})
             assert "max_tokens" in _anthropic_error(r, 400, "invalid_request_error")
+            r = await c.post("/v1/messages", json={**ASK, "model": "chat", "n": 2})
+            assert "`n`" in _anthropic_error(r, 400, "invalid_request_error")  # one message
             bad_stop = {**ASK, "model": "chat", "stop_sequences": "###"}
             r = await c.post("/v1/messages", json=bad_stop)
             assert "stop_sequences" in _anthropic_error(r, 400, "invalid_request_error")

@@ -231,6 +231,9 @@ def test_errors(client: openai.OpenAI, server: Server) -> None:
             client.responses.create(model=SMOL, input=QUESTION, **{field: value})  # type: ignore[call-overload]
         assert stored.value.param == field  # type: ignore[attr-defined]
         assert "not stored here" in stored.value.message
+    with pytest.raises(openai.BadRequestError) as several:  # it was one answer, silently
+        client.responses.create(model=SMOL, input=QUESTION, extra_body={"n": 2})
+    assert several.value.param == "n"  # type: ignore[attr-defined]
     null = client.responses.create(
         model=SMOL, input=QUESTION, max_output_tokens=4, extra_body={"conversation": None}
     )

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..errors import BadRequest, Unsupported
-from .fields import EXAMPLE_MODEL, MAX_MODEL_NAME, MAX_STOPS, MAX_TOKENS
+from .fields import EXAMPLE_MODEL, MAX_MODEL_NAME, MAX_STOPS, MAX_TOKENS, one_answer
 from .numbers import Float, Int
 
 __all__ = ["CountTokensRequest", "MessagesRequest"]
@@ -62,6 +62,7 @@ class CountTokensRequest(BaseModel):
         """The body of the equivalent chat request; raises BadRequest (or Unsupported)
         naming the field of this request that cannot be translated."""
         extra = {k: v for k, v in (self.model_extra or {}).items() if k not in _IGNORED}
+        one_answer(extra)
         chat: dict[str, Any] = {**extra, "model": self.model, "messages": self._messages()}
         if self.tools:
             chat["tools"] = [_tool(i, t) for i, t in enumerate(self.tools)]

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
+from ..errors import BadRequest
 from ..units import parse_duration
 from .llama_sampling import LLAMA_SAMPLING_FIELDS
 from .numbers import Float, Int
@@ -38,6 +39,7 @@ __all__ = [
     "null_is",
     "nullable",
     "nullable_or_no_limit",
+    "one_answer",
 ]
 
 # Request fields OpenAI's API defines (tests/data/openai_schemas.json, vendored from its
@@ -178,3 +180,15 @@ def nullable_or_no_limit(schema: dict[str, Any]) -> None:
     schema whose minimum was 0 said a -1 it takes was invalid."""
     nullable(schema)
     schema["anyOf"][0]["minimum"] = -1
+
+
+def one_answer(extra: dict[str, Any]) -> None:
+    """An API served as a translation onto chat (Responses, Messages) answers one output:
+    chat's `n` asking for more, passed along with the other fields, gave one answer where
+    several were asked. A 400 naming `n` instead."""
+    if extra.get("n") not in (None, 1):
+        raise BadRequest(
+            "`n` is not supported here: this API answers one output; "
+            "/v1/chat/completions answers several (`n`)",
+            param="n",
+        )

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..errors import BadRequest, Unsupported
-from .fields import EXAMPLE_MODEL, MAX_MODEL_NAME, MAX_TOKENS
+from .fields import EXAMPLE_MODEL, MAX_MODEL_NAME, MAX_TOKENS, one_answer
 from .numbers import Float, Int
 
 __all__ = ["ResponsesRequest"]
@@ -88,6 +88,7 @@ class ResponsesRequest(BaseModel):
                     param=stored,
                 )
         extra = {k: v for k, v in given.items() if k not in _IGNORED}
+        one_answer(extra)
         chat: dict[str, Any] = {
             **extra,
             "model": self.model,
