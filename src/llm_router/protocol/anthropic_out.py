@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from .anthropic_api import MessagesRequest
+from .chat_stream import ChatStreamEvents
 from .responses import ChatCompletion, RenderedChunk
 from .responses_out import response_id
 
@@ -100,20 +101,19 @@ def from_chat(req: MessagesRequest, chat: ChatCompletion) -> dict[str, Any]:
     return answer
 
 
-class MessageEvents:
+class MessageEvents(ChatStreamEvents):
     """Turns one chat stream's chunks (as JSON objects) into the Messages stream's events,
     each a RenderedChunk named by its `event`: `start()` first, `chunk()` for each chunk,
     `done()` last (or `error()` when the stream failed)."""
 
     def __init__(self, req: MessagesRequest) -> None:
+        super().__init__(req.model)
         self.req = req
         self.id = response_id("msg")
         self.index = -1  # of the content block being written (-1: none yet)
         self.open: str | None = None  # its kind: "text", or "tool_use"
         self.calls: dict[int, int] = {}  # chat tool call index -> its block's index
-        self.finish: str | None = None
         self.stop: str | None = None
-        self.usage: dict[str, Any] = {}
 
     @staticmethod
     def _event(kind: str, **fields: Any) -> RenderedChunk:
@@ -125,20 +125,9 @@ class MessageEvents:
         message = _message(model, [], self.id)
         return [self._event("message_start", message=message), self._event("ping")]
 
-    def chunk(self, data: dict[str, Any]) -> list[RenderedChunk]:
-        events: list[RenderedChunk] = []
-        if data.get("usage"):
-            self.usage = data["usage"]
-        for choice in data.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                events += self._text(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                events += self._call(call)
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-                self.stop = _stopped_by(self.req, choice.get("stopped_by"))
-        return events
+    def _finished(self, choice: dict[str, Any]) -> None:
+        super()._finished(choice)
+        self.stop = _stopped_by(self.req, choice.get("stopped_by"))
 
     def _text(self, text: str) -> list[RenderedChunk]:
         events: list[RenderedChunk] = []
@@ -183,9 +172,10 @@ class MessageEvents:
     def done(self) -> list[RenderedChunk]:
         """The last events: the open block closed, the stop reason and usage, the end."""
         reason = "stop_sequence" if self.stop else _stop_reason(self.finish)
+        counted = self.usage or {}
         usage = {
-            "input_tokens": self.usage.get("prompt_tokens", 0),
-            "output_tokens": self.usage.get("completion_tokens", 0),
+            "input_tokens": counted.get("prompt_tokens", 0),
+            "output_tokens": counted.get("completion_tokens", 0),
         }
         return [
             *self._close(),

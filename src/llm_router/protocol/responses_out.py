@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any
 
+from .chat_stream import ChatStreamEvents
 from .responses import ChatCompletion, RenderedChunk
 from .responses_api import ResponsesRequest
 
@@ -143,22 +144,20 @@ def from_chat(req: ResponsesRequest, chat: ChatCompletion) -> dict[str, Any]:
     )
 
 
-class ResponseEvents:
+class ResponseEvents(ChatStreamEvents):
     """Turns one chat stream's chunks (as JSON objects) into the Responses stream's events,
     each numbered by `sequence_number`: `start()` first, `chunk()` for each chunk, `finish()`
     last (or `error()` when the stream failed)."""
 
     def __init__(self, req: ResponsesRequest) -> None:
+        super().__init__(req.model)
         self.req = req
         self.id = response_id("resp")
         self.created_at = int(time.time())
-        self.model = req.model
         self.sequence = 0
         self.output: list[dict[str, Any]] = []  # items so far, each as it stands
         self.open: dict[str, Any] | None = None  # the item being written
         self.calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
 
     def _event(self, kind: str, **fields: Any) -> RenderedChunk:
         event = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -191,20 +190,6 @@ class ResponseEvents:
             self._event("response.created", response=created),
             self._event("response.in_progress", response=created),
         ]
-
-    def chunk(self, data: dict[str, Any]) -> list[RenderedChunk]:
-        events: list[RenderedChunk] = []
-        if data.get("usage"):
-            self.usage = data["usage"]
-        for choice in data.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                events += self._text(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                events += self._call(call)
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return events
 
     def _text(self, text: str) -> list[RenderedChunk]:
         events: list[RenderedChunk] = []

@@ -13,10 +13,8 @@ of a model a key may not use, 429) keep OpenAI's envelope, which the SDK reads b
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -26,13 +24,13 @@ from pydantic import BaseModel
 from ..errors import BadRequest, RouterError
 from ..protocol import (
     ApplyTemplateRequest,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     RenderedChunk,
 )
 from ..protocol.anthropic_api import CountTokensRequest, MessagesRequest
 from ..protocol.anthropic_out import MessageEvents, error_body, from_chat
 from ..serving.llama import LlamaService
+from . import translated
 from .bodies import JSONRoute
 from .errors import handler_for, status_of
 from .openapi import sse_event
@@ -48,8 +46,6 @@ from .sse import cancel_on_disconnect, sse_response
 from .translated import ChatNames
 
 __all__ = ["routes"]
-
-log = logging.getLogger(__name__)
 
 
 class AnthropicRoute(JSONRoute):
@@ -138,8 +134,11 @@ async def create_message(request: Request) -> Response:
     service, route = generation_service(request), route_info_of(request)
     chat: ChatCompletionRequest = _chat(request, body.to_chat(), ChatCompletionRequest)
     if chat.stream:
+        events = MessageEvents(body)
         return await sse_response(
-            _stream(MessageEvents(body), service.chat_stream(chat, route)),
+            translated.events(
+                events, service.chat_stream(chat, route), _NAMES, lambda exc: _failed(events, exc)
+            ),
             request.receive,
             lambda: route_headers(route),
             done=False,  # an Anthropic stream ends with its `message_stop`, no [DONE]
@@ -176,46 +175,8 @@ async def count_tokens(request: Request) -> Response:
     return Response(json.dumps({"input_tokens": count}), media_type="application/json")
 
 
-def _data(chunk: BaseModel | RenderedChunk) -> dict[str, Any]:
-    """A chat chunk as JSON, with the stop string that ended a choice (`stopped_by`, which
-    the chat path keeps from OpenAI's clients)."""
-    if isinstance(chunk, RenderedChunk):
-        data: dict[str, Any] = json.loads(chunk.json)
-        return data
-    data = chunk.model_dump(exclude_none=True)
-    if isinstance(chunk, ChatCompletionChunk):
-        for choice, out in zip(chunk.choices, data.get("choices") or (), strict=False):
-            if choice.stopped_by is not None:
-                out["stopped_by"] = choice.stopped_by
-    return data
-
-
-async def _stream(
-    events: MessageEvents, chunks: AsyncIterator[BaseModel | RenderedChunk]
-) -> AsyncIterator[RenderedChunk]:
-    """The Messages events of a chat stream. The first is made only once the chat stream's
-    first chunk exists, so an error before it (an unknown model, a prompt too long) is an
-    ordinary HTTP error; one after is an `error` event that ends the stream."""
-    async with aclosing(chunks):  # type: ignore[type-var]
-        try:
-            first = await anext(chunks, None)
-        except BadRequest as exc:  # before the first event: an HTTP error, as it is
-            raise _NAMES.renamed(exc) from None
-        data = _data(first) if first is not None else {}
-        for event in events.start(str(data.get("model") or events.req.model)):
-            yield event
-        for event in events.chunk(data):
-            yield event
-        try:
-            async for chunk in chunks:
-                for event in events.chunk(_data(chunk)):
-                    yield event
-        except Exception as exc:  # the message has started: report in-band, then end
-            log.warning("stream failed after it started: %s", exc)
-            if isinstance(exc, RouterError):
-                yield events.error(status_of(exc)[0], exc.message)
-            else:
-                yield events.error(500, "internal server error")
-            return
-        for event in events.done():
-            yield event
+def _failed(events: MessageEvents, exc: Exception) -> RenderedChunk:
+    """The `error` event of a stream that failed after it started."""
+    if isinstance(exc, RouterError):
+        return events.error(status_of(exc)[0], exc.message)
+    return events.error(500, "internal server error")

@@ -9,21 +9,17 @@ are kept for later `item_reference` inputs (protocol/responses_items.py)."""
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from ..errors import BadRequest
-from ..protocol import ChatCompletionRequest, RenderedChunk
+from ..protocol import ChatCompletionRequest
 from ..protocol.responses_api import ResponsesRequest
 from ..protocol.responses_items import OutputItems
 from ..protocol.responses_out import ResponseEvents, from_chat
+from . import translated
 from .bodies import JSONRoute
 from .errors import error_json
 from .openapi import sse_event
@@ -40,7 +36,6 @@ from .translated import ChatNames
 
 __all__ = ["routes"]
 
-log = logging.getLogger(__name__)
 routes = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
 
 # a 400 of the chat path, named as the Responses field it came from; a Responses tool is flat
@@ -107,8 +102,15 @@ async def create_response(request: Request) -> Response:
     kept = _output_items(request) if body.store is not False else None
     if chat.stream:
         events = ResponseEvents(body)
+        ending = None if kept is None else lambda: kept.keep(route.api_key_id, events.items())
         return await sse_response(
-            _stream(events, service.chat_stream(chat, route), kept, route.api_key_id),
+            translated.events(
+                events,
+                service.chat_stream(chat, route),
+                _NAMES,
+                lambda exc: events.error(json.loads(error_json(exc))["error"]),
+                ending,
+            ),
             request.receive,
             lambda: route_headers(route),
             done=False,  # a Responses stream ends with its `response.completed`, no [DONE]
@@ -126,45 +128,3 @@ async def create_response(request: Request) -> Response:
         media_type="application/json",
         headers=route_headers(route),
     )
-
-
-def _data(chunk: BaseModel | RenderedChunk) -> dict[str, Any]:
-    if isinstance(chunk, RenderedChunk):
-        data: dict[str, Any] = json.loads(chunk.json)
-        return data
-    return chunk.model_dump(exclude_none=True)
-
-
-async def _stream(
-    events: ResponseEvents,
-    chunks: AsyncIterator[BaseModel | RenderedChunk],
-    kept: OutputItems | None,
-    owner: str | None,
-) -> AsyncIterator[RenderedChunk]:
-    """The Responses events of a chat stream. The first is made only once the chat stream's
-    first chunk exists, so an error before it (an unknown model, a prompt too long) is an
-    ordinary HTTP error; one after is an `error` event that ends the stream. The output items
-    of a stream that ended well are kept in `kept` (None: `store: false`)."""
-    async with aclosing(chunks):  # type: ignore[type-var]
-        try:
-            first = await anext(chunks, None)
-        except BadRequest as exc:  # before the first event: an HTTP error, as it is
-            raise _NAMES.renamed(exc) from None
-        data = _data(first) if first is not None else {}
-        for event in events.start(str(data.get("model") or events.model)):
-            yield event
-        for event in events.chunk(data):
-            yield event
-        try:
-            async for chunk in chunks:
-                for event in events.chunk(_data(chunk)):
-                    yield event
-        except Exception as exc:  # the response has started: report in-band, then end
-            log.warning("stream failed after it started: %s", exc)
-            yield events.error(json.loads(error_json(exc))["error"])
-            return
-        last = events.done()
-        if kept is not None:  # before the last event: a client may hang up once it has it
-            kept.keep(owner, events.items())
-        for event in last:
-            yield event

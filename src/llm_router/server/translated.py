@@ -2,12 +2,15 @@
 API, routes_responses.py; Anthropic's Messages API, routes_anthropic.py): a 400 the chat path
 raises names the field of the request the client sent, not the chat field it became
 (`messages`, `response_format`, `tools[0].function.parameters` were a Responses or Messages
-client's to puzzle over)."""
+client's to puzzle over); and a chat stream read into the API's own events (`events`)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,8 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BadRequest
+from ..protocol import ChatCompletionChunk, RenderedChunk
+from ..protocol.chat_stream import ChatStreamEvents
 
-__all__ = ["ChatNames"]
+__all__ = ["ChatNames", "events"]
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,3 +78,54 @@ class ChatNames:
         elif loc[:1] == ("tools",) and loc[2 : 2 + len(chat_part)] == chat_part:
             loc = (*loc[:2], *ours, *loc[2 + len(chat_part) :])
         return {**error, "loc": loc}
+
+
+def _data(chunk: BaseModel | RenderedChunk) -> dict[str, Any]:
+    """A chat chunk as JSON, with the stop string that ended a choice (`stopped_by`, which
+    the chat path keeps from OpenAI's clients)."""
+    if isinstance(chunk, RenderedChunk):
+        data: dict[str, Any] = json.loads(chunk.json)
+        return data
+    data = chunk.model_dump(exclude_none=True)
+    if isinstance(chunk, ChatCompletionChunk):
+        for choice, out in zip(chunk.choices, data.get("choices") or (), strict=False):
+            if choice.stopped_by is not None:
+                out["stopped_by"] = choice.stopped_by
+    return data
+
+
+async def events(
+    made: ChatStreamEvents,
+    chunks: AsyncIterator[BaseModel | RenderedChunk],
+    names: ChatNames,
+    failed: Callable[[Exception], RenderedChunk],
+    ending: Callable[[], None] | None = None,
+) -> AsyncIterator[RenderedChunk]:
+    """The events `made` makes of a chat stream. The first is made only once the chat
+    stream's first chunk exists, so an error before it (an unknown model, a prompt too long)
+    is an ordinary HTTP error, naming this API's field; one after is the event `failed`
+    makes of it, which ends the stream. `ending` runs before the last events go out (a
+    client may hang up once it has them)."""
+    async with aclosing(chunks):  # type: ignore[type-var]
+        try:
+            first = await anext(chunks, None)
+        except BadRequest as exc:
+            raise names.renamed(exc) from None
+        data = _data(first) if first is not None else {}
+        for event in made.start(str(data.get("model") or made.model)):
+            yield event
+        for event in made.chunk(data):
+            yield event
+        try:
+            async for chunk in chunks:
+                for event in made.chunk(_data(chunk)):
+                    yield event
+        except Exception as exc:  # the answer has started: report in-band, then end
+            log.warning("stream failed after it started: %s", exc)
+            yield failed(exc)
+            return
+        last = made.done()
+        if ending is not None:
+            ending()
+        for event in last:
+            yield event
