@@ -44,6 +44,7 @@ class Proc:
         health: str,
         log: Path,
         env: dict[str, str] | None = None,
+        start_s: float = 120,
     ) -> None:
         self.url = url
         with log.open("wb") as out:
@@ -54,7 +55,7 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **env} if env else None,
             )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{args[0]} exited: {log.read_text()[-2000:]}")
