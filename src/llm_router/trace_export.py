@@ -5,8 +5,8 @@ for a provider given in code: the tests' in-memory exporter), or to an exporter 
 
 The exporter process gets the spans as plain tuples (`Record`), `marshal`led in batches down a
 pipe by a thread of this process every 200 ms: ~0.5 us a span here. Spans wait at most 200 ms
-here; if the exporter process falls behind, up to `MAX_PENDING` spans queue here, then new
-ones are dropped (logged once). At `shutdown` the process gets its last exports' `DRAIN_S`,
+here; if the exporter process falls behind, up to `MAX_PENDING` spans queue here, then the
+oldest are dropped (logged once). At `shutdown` the process gets its last exports' `DRAIN_S`,
 then is told to drop the rest (a collector that is down would otherwise hold up the server's
 stop for its exporter's retries, and one that takes a request and never answers for its
 timeout); it exits when its pipe closes, or when this process dies."""
@@ -143,22 +143,21 @@ class ExporterProcess:
     ) -> None:
         self.endpoint = endpoint
         self.logging = [log_level, "json" if json_logs else "text"]  # the process's arguments
-        self.pending: deque[Record] = deque()  # appended on the loop, taken by the thread
-        self.dropped = 0
+        # appended on the loop, taken by the thread; past MAX_PENDING the oldest go
+        self.pending: deque[Record] = deque(maxlen=MAX_PENDING)
+        self.behind = False  # said once
         self.proc: subprocess.Popen[bytes] | None = None
         self.thread: threading.Thread | None = None
         self.stop = threading.Event()
 
     def put(self, rec: Record) -> None:
-        if len(self.pending) >= MAX_PENDING:
-            if not self.dropped:
-                log.warning("tracing: the exporter process is behind; dropping spans")
-            self.dropped += 1
-            return
+        """The first span: starts the thread, then `put` is the queue's own `append` (a
+        span's cost on the request path is one C call)."""
         self.pending.append(rec)
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="trace-export", daemon=True)
             self.thread.start()
+            self.put = self.pending.append  # type: ignore[method-assign,assignment]
 
     def _run(self) -> None:
         # The exporter process is started from this thread and inherits its signal mask:
@@ -174,6 +173,9 @@ class ExporterProcess:
         batch = [take() for _ in range(len(self.pending))]
         if not batch:
             return
+        if len(batch) == MAX_PENDING and not self.behind:
+            self.behind = True
+            log.warning("tracing: the exporter process is behind; dropping the oldest spans")
         proc = self.proc or self._start()
         data = marshal.dumps(batch)
         try:

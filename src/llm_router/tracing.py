@@ -122,25 +122,40 @@ class Tracing:
         one (W3C `traceparent`), sampled by the SDK's sampler; not made current."""
         fields = self.fields
         parent = None
-        if any(k in fields for k, _ in headers):
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in fields}
-            parent = self.propagate.extract(carrier)
-        remote = self.trace.get_current_span(parent).get_span_context() if parent else None
-        if remote is not None and remote.is_valid:
-            trace_id, flags = remote.trace_id, remote.trace_flags & _RANDOM
-        else:
-            trace_id, flags, remote = random.getrandbits(128) or 1, _RANDOM, None
-        if remote is None and self.root_bound is not None:
-            s = Span(self, name, SERVER, trace_id, attributes)
-            s.flags = flags | (_SAMPLED if trace_id & _ID_LOW < self.root_bound else 0)
-            return s
+        for k, _ in headers:  # a loop, not any(): a generator's frame costs more
+            if k in fields:
+                carrier = {
+                    k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in fields
+                }
+                parent = self.propagate.extract(carrier)
+                remote = self.trace.get_current_span(parent).get_span_context()
+                if remote.is_valid:
+                    return self._asked(name, attributes, parent, remote, remote.trace_id)
+                break
+        trace_id = random.getrandbits(128) or 1
+        if self.root_bound is not None:  # no trace came, and the trace id decides
+            sampled = _SAMPLED if trace_id & _ID_LOW < self.root_bound else 0
+            return Span(self, name, SERVER, trace_id, attributes, None, 0, _RANDOM | sampled)
+        return self._asked(name, attributes, parent, None, trace_id)
+
+    def _asked(
+        self,
+        name: str,
+        attributes: dict[str, AttributeValue],
+        parent: Any,
+        remote: Any,
+        trace_id: int,
+    ) -> Span:
+        """The server span, sampled as the SDK's sampler says (a remote parent came, or the
+        sampler decides on more than the trace id)."""
+        flags = remote.trace_flags & _RANDOM if remote is not None else _RANDOM
         result = self.sampler.should_sample(
             parent, trace_id, name, self.trace.SpanKind.SERVER, attributes
         )
         if result.attributes:
             attributes = {**attributes, **result.attributes}
-        s = Span(self, name, SERVER, trace_id, attributes)
-        s.flags = flags | (_SAMPLED if result.decision.is_sampled() else 0)
+        flags |= _SAMPLED if result.decision.is_sampled() else 0
+        s = Span(self, name, SERVER, trace_id, attributes, None, 0, flags)
         s.state = result.trace_state.to_header() if result.trace_state else ""
         if remote is not None:
             s.parent_id, s.remote = remote.span_id, True
@@ -199,17 +214,20 @@ class Span:
         trace_id: int,
         attributes: Mapping[str, AttributeValue] | None,
         start_ns: int | None = None,
+        parent_id: int = 0,
+        flags: int = 0,
+        state: str = "",
     ) -> None:
         self.tracing = tracing
         self.name = name
         self.kind = kind
         self.trace_id = trace_id
         self.span_id = random.getrandbits(64) or 1
-        self.parent_id = 0
+        self.parent_id = parent_id
         self.remote = False
-        self.flags = 0
-        self.state = ""
-        self.attributes = dict(attributes) if attributes else {}
+        self.flags = flags
+        self.state = state
+        self.attributes = {**attributes} if attributes else {}
         self.start_ns = time.time_ns() if start_ns is None else start_ns
         self.end_ns = 0
         self.status: tuple[int, str | None] | None = None
@@ -222,9 +240,17 @@ class Span:
         kind: int = INTERNAL,
         start_ns: int | None = None,
     ) -> Span:
-        s = Span(self.tracing, name, kind, self.trace_id, attributes, start_ns)
-        s.parent_id, s.flags, s.state = self.span_id, self.flags, self.state
-        return s
+        return Span(
+            self.tracing,
+            name,
+            kind,
+            self.trace_id,
+            attributes,
+            start_ns,
+            self.span_id,
+            self.flags,
+            self.state,
+        )
 
     def is_recording(self) -> bool:
         return bool(self.flags & _SAMPLED) and not self.end_ns
@@ -258,8 +284,24 @@ class Span:
         if self.end_ns:
             return
         self.end_ns = time.time_ns() if end_ns is None else end_ns
-        if self.flags & _SAMPLED:
-            self.tracing.sink.put(self.as_record())
+        if self.flags & _SAMPLED:  # the record made here: a call less a span
+            self.tracing.sink.put(
+                (
+                    self.name,
+                    self.kind,
+                    self.trace_id,
+                    self.span_id,
+                    self.parent_id,
+                    self.remote,
+                    self.flags,
+                    self.state,
+                    self.start_ns,
+                    self.end_ns,
+                    self.attributes,
+                    self.status,
+                    tuple(self.events) if self.events else (),
+                )
+            )
 
     def as_record(self) -> Record:
         return (
@@ -314,7 +356,8 @@ class _Block(_Within):
         if isinstance(exc, Exception):
             self.span.record_exception(exc)
         self.span.end()
-        super().__exit__(kind, exc, tb)
+        if self.token is not None:  # _Within's, here: a call less a span
+            _span.reset(self.token)
 
 
 class _Off:
@@ -363,7 +406,17 @@ def start(
     parent = _span.get()
     if parent is None or not parent.flags & _SAMPLED:
         return None
-    return parent.child(name, attributes, CLIENT if client else INTERNAL, start_ns)
+    return Span(
+        parent.tracing,
+        name,
+        CLIENT if client else INTERNAL,
+        parent.trace_id,
+        attributes,
+        start_ns,
+        parent.span_id,
+        parent.flags,
+        parent.state,
+    )
 
 
 def end(

@@ -31,24 +31,32 @@ SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TEXT_LIMIT = 64 * 1024  # most bytes of a body kept for `log_prompts`
 
 
-def request_fields(state: dict[str, Any]) -> dict[str, Any]:
-    """What an OpenAI route's record says about the request (empty for other routes)."""
+def request_fields(state: dict[str, Any], out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an OpenAI route's record says about the request (nothing for other routes), added
+    to `out` (a new dict when None): only what it has (no None values)."""
+    if out is None:
+        out = {}
     route = state.get("route")
-    out: dict[str, Any] = {}
     if route is not None:
-        out["model"] = redact(route.model) or None
-        out["target"] = route.target or None
-        out["route"] = route.reason or None
+        if route.model:
+            out["model"] = redact(route.model)
+        if route.target:
+            out["target"] = route.target
+        if route.reason:
+            out["route"] = route.reason
         if route.usage is not None:
             out["prompt_tokens"] = route.usage.prompt_tokens
             out["completion_tokens"] = route.usage.completion_tokens
         if route.ttft is not None:
             out["ttft_ms"] = round(route.ttft * 1000, 2)
-        out["cache"] = route.cache or None
-        out["error"] = route.error or None  # a stream cut after its 200 says so here
-    if state.get("key_name"):
-        out["key"] = state["key_name"]
-    return {k: v for k, v in out.items() if v is not None}
+        if route.cache:
+            out["cache"] = route.cache
+        if route.error:  # a stream cut after its 200 says so here
+            out["error"] = route.error
+    key = state.get("key_name")
+    if key:
+        out["key"] = key
+    return out
 
 
 def write_line(
@@ -66,26 +74,27 @@ def write_line(
     not at all when the JSON handler alone would write it (logs.py)."""
     if not log.isEnabledFor(logging.INFO):
         return
-    duration = round((time.perf_counter() - started) * 1000, 2)
+    method, path = scope["method"], redact(scope["path"])
     fields: dict[str, Any] = {
-        "method": scope["method"],
-        "path": redact(scope["path"]),
+        "method": method,
+        "path": path,
         "status": status or None,  # None: the client left before any response
-        "duration_ms": duration,
-        **request_fields(state),
-        "request_id": request_id,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
     }
+    request_fields(state, fields)
+    fields["request_id"] = request_id
     if span is not None:
         fields["trace_id"] = f"{span.trace_id:032x}"
         fields["span_id"] = f"{span.span_id:016x}"
     if texts is not None:
         fields.update(texts.fields())
-    line = _Line(fields)
+    summary = f"{method} {path} {status or '-'}"
     handler = sole_json_handler(log)
     if handler is not None:  # the server's JSON log: the same line, without the record
-        handler.line(log.name, line.summary, fields)
+        handler.line(log.name, summary, fields)
         return
     extra = {"fields": fields}
+    line = _Line(fields, summary)
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None, None, extra))
 
 
@@ -95,9 +104,9 @@ class _Line:
 
     __slots__ = ("fields", "summary")
 
-    def __init__(self, fields: dict[str, Any]) -> None:
+    def __init__(self, fields: dict[str, Any], summary: str | None = None) -> None:
         self.fields = fields
-        self.summary = f"{fields['method']} {fields['path']} {fields['status'] or '-'}"
+        self.summary = summary or f"{fields['method']} {fields['path']} {fields['status'] or '-'}"
 
     def __str__(self) -> str:
         rest = " ".join(

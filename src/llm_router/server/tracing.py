@@ -82,36 +82,30 @@ def finish_span(span: Span, state: dict[str, Any], status: int, scope: Scope) ->
     method = scope["method"]
     template = route_template(scope)
     span.name = f"{method} {template}" if template else method
+    attributes = span.attributes  # written here directly: a call less each
     if template:
-        span.set_attribute("http.route", template)
-    span.set_attributes(_route_attributes(state))
-    if status:
-        span.set_attribute("http.response.status_code", status)
+        attributes["http.route"] = template
     route = state.get("route")
+    request_id = state.get("request_id")
+    if request_id:
+        attributes["llm_router.request_id"] = request_id
+    if route is not None:
+        if route.model:
+            attributes["gen_ai.request.model"] = redact(route.model)
+        if route.target:
+            attributes["gen_ai.response.model"] = route.target
+        if route.reason:
+            attributes["llm_router.route"] = route.reason
+        if route.cache:
+            attributes["llm_router.cache"] = route.cache
+        if route.usage is not None:
+            attributes["gen_ai.usage.input_tokens"] = route.usage.prompt_tokens
+            attributes["gen_ai.usage.output_tokens"] = route.usage.completion_tokens
+    if status:
+        attributes["http.response.status_code"] = status
     if status >= 500:
         span.set_error(None)
-        span.set_attribute("error.type", str(status))
+        attributes["error.type"] = str(status)
     elif status < 400 and route is not None and route.error:  # a stream cut after its 200
         span.set_error(None)
-        span.set_attribute("error.type", route.error)
-
-
-def _route_attributes(state: dict[str, Any]) -> dict[str, Any]:
-    route = state.get("route")
-    out: dict[str, Any] = {}
-    if state.get("request_id"):
-        out["llm_router.request_id"] = state["request_id"]
-    if route is None:
-        return out
-    if route.model:
-        out["gen_ai.request.model"] = redact(route.model)
-    if route.target:
-        out["gen_ai.response.model"] = route.target
-    if route.reason:
-        out["llm_router.route"] = route.reason
-    if route.cache:
-        out["llm_router.cache"] = route.cache
-    if route.usage is not None:
-        out["gen_ai.usage.input_tokens"] = route.usage.prompt_tokens
-        out["gen_ai.usage.output_tokens"] = route.usage.completion_tokens
-    return out
+        attributes["error.type"] = route.error
