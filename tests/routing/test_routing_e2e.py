@@ -253,6 +253,16 @@ def test_ab_split_is_sticky_per_user_and_per_api_key(
         for key, arm in zip(keys, weights, strict=True):  # no user: the API key is the key
             keyed = openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0)
             assert {chat(keyed, "ab")[0] for _ in range(6)} == {arm}  # by chance: 1 in 32
+            # the key as `x-api-key`, as Anthropic's API reference sends it: the same key, the
+            # same arm (with auth off it was no key, and each request drew its arm)
+            asked = {"model": "ab", "max_tokens": 8, "messages": HELLO}
+            served = {
+                httpx.post(
+                    srv.url + "/v1/messages", json=asked, headers={"x-api-key": key}, timeout=60
+                ).json()["model"]
+                for _ in range(6)
+            }
+            assert served == {arm}
         # a user named in the request wins over the key
         keyed = openai.OpenAI(base_url=srv.url + "/v1", api_key=keys[0], max_retries=0)
         user_b = one_per_arm(lambda i: f"user-{i}", str)[1]

@@ -40,7 +40,7 @@ from ..routing.admission import prompt_gate
 from .asgi import BodyTooLarge, body_once, loopback_hosts, send_json
 from .errors import envelope, not_served, retry_after, status_of
 
-__all__ = ["GatewayMiddleware", "KeyMetrics", "Refusals", "visible"]
+__all__ = ["GatewayMiddleware", "KeyMetrics", "Refusals", "presented_key", "visible"]
 
 Header = tuple[bytes, bytes]
 DRAINED_READ = 1.0  # seconds a draining server's refusal waits for the body's model name
@@ -119,7 +119,7 @@ class Refusals:
         key: ApiKey | None = None
         if gw.active:
             try:
-                key = gw.authenticate(_bearer(scope["headers"]))
+                key = gw.authenticate(presented_key(scope["headers"]))
             except RouterError:
                 return  # no key of ours: nobody's usage
             if "inference" not in key.scopes:
@@ -199,7 +199,7 @@ class GatewayMiddleware:
         key: ApiKey | None = None
         body: bytes | None = None
         try:
-            key = gw.authenticate(_bearer(scope["headers"]))
+            key = gw.authenticate(presented_key(scope["headers"]))
             state = scope.setdefault("state", {})
             state["key_name"] = key.name  # in the log line of a refusal for its scope too
             if need not in key.scopes:
@@ -373,9 +373,11 @@ def _no_keys() -> RouterError:
     )
 
 
-def _bearer(headers: list[Header]) -> str | None:
+def presented_key(headers: list[Header]) -> str | None:
     """The key a request carries: `Authorization: Bearer KEY` (OpenAI's), or as llama-server
-    also takes it, the bare key as the Authorization header or an `X-Api-Key` header."""
+    also takes it, the bare key as the Authorization header, or an `X-Api-Key` header (as
+    Anthropic's SDK sends it). The gateway checks it; with auth off it is still the sticky
+    id of A/B splits (routes_openai.route_info_of)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").strip().partition(" ")

@@ -41,7 +41,7 @@ from ..serving.ensemble import (
 )
 from ..serving.generate import GenerationService, RouteInfo
 from .bodies import JSONRoute, invalid_json
-from .gateway import visible
+from .gateway import presented_key, visible
 from .headers import header_text
 from .sse import cancel_on_disconnect, sse_response
 
@@ -118,14 +118,15 @@ _FRESH = frozenset({b"no-cache", b"max-age=0"})  # Cache-Control directives aski
 
 
 def route_info_of(request: Request) -> RouteInfo:
-    """Who asks: the bearer token's id (a hash), the sticky key of A/B splits; the gateway's
-    when it checked the key (server/gateway.py: the same hash, made once). The record is
-    kept on the request's state for the middleware that reads it after the response."""
+    """Who asks: the id (a hash) of the API key the request carries, however it carries it
+    (`presented_key`: an Anthropic client's `x-api-key` too), the sticky key of A/B splits;
+    the gateway's when it checked the key (server/gateway.py: the same hash, made once). The
+    record is kept on the request's state for the middleware that reads it after the
+    response."""
     key_id = request.scope.get("state", {}).get("api_key_id")
     if key_id is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        key_id = api_key_id(token) if scheme.lower() == "bearer" and token else None
+        token = presented_key(request.scope["headers"])
+        key_id = api_key_id(token) if token else None
     info = RouteInfo(api_key_id=key_id)
     control = pragma = None
     for name, value in request.scope["headers"]:
