@@ -11,6 +11,7 @@ one before.
     python bench/paired.py --observability [--pairs 20] [--seconds 2]   # all off / logs+tracing
     python bench/paired.py --auth [--pairs 20]       # auth off / a key + limits in memory
 
+`--b-src SRC`: B's configuration, run from another checkout's `src/`.
 `--baseline SRC`: B is the same configuration as A, run from another checkout's `src/` (an
 A/B of a change: A this tree, B the other).
 """
@@ -85,11 +86,14 @@ def _routers(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list
         }
         b_headers = {}
         names = ("all off", "logs + tracing")
+    b_src = getattr(args, "b_src", None)
+    if b_src:  # B's configuration, from the other checkout
+        names = (names[0], f"{names[1]} @{b_src}")
     if args.baseline:  # B: A's configuration, from the other checkout
-        b_config, b_headers = a_config, a_headers
+        b_config, b_headers, b_src = a_config, a_headers, args.baseline
         names = (names[0], f"{names[0]} @base")
     a = (names[0], ours(a_config, work), a_headers)
-    b = (names[1], ours(b_config, work, src=args.baseline), b_headers)
+    b = (names[1], ours(b_config, work, src=b_src), b_headers)
     return {"a": a, "b": b}, extra
 
 
@@ -160,4 +164,5 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=2, help="a turn's")
     parser.add_argument("--baseline", metavar="SRC", help="B: A's configuration from SRC")
+    parser.add_argument("--b-src", metavar="SRC", help="B's configuration, run from SRC")
     main(parser.parse_args())
