@@ -35,6 +35,8 @@ scalars = st.one_of(
 values = st.one_of(
     scalars,
     st.lists(st.text(max_size=10), max_size=4),
+    st.lists(st.text(max_size=10), max_size=3).map(tuple),  # finish reasons: cached as they are
+    st.lists(st.booleans() | st.integers(0, 3), max_size=3).map(tuple),  # True == 1: not
     st.lists(st.integers(min_value=-(1 << 40), max_value=1 << 40), max_size=4),
     st.dictionaries(st.text(max_size=8), scalars, max_size=3),
 )
@@ -220,3 +222,16 @@ def test_both_ways_of_the_exporter_process_send_the_same_spans(batch: list[Recor
         server.shutdown()
         server.server_close()
     assert len(got[0]) == len(batch) and got[0] == got[1]
+
+
+def test_values_that_compare_equal_keep_their_own_encoding() -> None:
+    """The cache finds a value's encoding by its value, and True == 1 == 1.0, 0.0 == -0.0,
+    (1,) == (True,): one encoder, one key, each value in turn, each as the SDK encodes it."""
+    alike = [True, 1, 1.0, False, 0, 0.0, -0.0, (1,), (True,), (1.0,), ("1",), "1", ["1"]]
+    batch: list[Record] = [("s", 0, 7, 8, 0, False, 1, "", 1, 2, {"k": v}, None, ()) for v in alike]
+    for _ in range(2):  # the second time from the cache
+        assert _ours(batch) == _sdk(batch)
+    encoder = Encoder(RESOURCE.attributes, "llm_router", __version__, RESOURCE.schema_url)
+    once = [encoder.request([rec]) for rec in batch]
+    assert [encoder.request([rec]) for rec in batch] == once
+    assert len(set(once)) == len(once) - 1  # only ("1",) and ["1"] are the same bytes

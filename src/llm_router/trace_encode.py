@@ -40,6 +40,11 @@ _DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
 _FLAG_TAG = b"\x85\x01"  # field 16, wire type 5
 _SMALL = [bytes((n,)) for n in range(128)]
 _KINDS = [b"\x30" + bytes((k + 1,)) for k in range(5)]  # OTLP's SpanKind: the SDK's + 1
+# the UNSET status (the SDK sends it, empty), then the flags: a span's usual end, made once
+_UNSET = b"\x7a\x00" + _FLAGS.pack(_FLAG_TAG, _HAS_IS_REMOTE)
+_UNSET_REMOTE = b"\x7a\x00" + _FLAGS.pack(_FLAG_TAG, _HAS_IS_REMOTE | _IS_REMOTE)
+_STR = frozenset({str})
+_PER_KEY = 5_000  # cached values of one key: a key whose values never repeat clears only its own
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -99,8 +104,11 @@ class Encoder:
         version: str,
         schema_url: str = "",
     ) -> None:
-        self.cache: dict[tuple[str, type, Any], bytes] = {}
+        # key -> its values' encoded pairs: a str value by itself, an int, a bool or a tuple of
+        # str by (type, value)
+        self.cache: dict[str, dict[Any, bytes]] = {}
         self.names: dict[str, bytes] = {}
+        self.trace = (0, b"")  # the last trace id, and its bytes (a request's spans share it)
         self.unencodable: set[str] = set()
         attributes = self._attributes(resource, b"\x0a")
         self.resource = _field(b"\x0a", attributes)  # ResourceSpans.resource (1)
@@ -137,9 +145,15 @@ class Encoder:
 
     def span(self, rec: Record) -> bytes:
         """One `Span` message."""
-        name, kind, trace_id, span_id, parent_id, remote, _, state, start, end = rec[:10]
-        attributes, status, events = rec[10:]
-        head = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
+        name, kind, trace_id, span_id, parent_id, remote, _, state, start, end, attributes = rec[
+            :11
+        ]
+        status, events = rec[11], rec[12]
+        last, trace = self.trace
+        if trace_id != last:
+            trace = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08"
+            self.trace = (trace_id, trace)
+        head = trace + span_id.to_bytes(8, "big")
         if state:
             head += _field(b"\x1a", state.encode())
         if parent_id:
@@ -159,13 +173,11 @@ class Encoder:
         if events:
             parts.append(b"".join([_field(b"\x5a", self._event(*e)) for e in events]))
         if status is None:
-            parts.append(b"\x7a\x00")  # the SDK sends the UNSET status, empty
-        else:
-            code, description = status
-            message = (
-                _field(b"\x12", description.encode()) if description and code == _ERROR else b""
-            )
-            parts.append(_field(b"\x7a", message + (b"\x18" + _varint(code) if code else b"")))
+            parts.append(_UNSET_REMOTE if parent_id and remote else _UNSET)
+            return b"".join(parts)
+        code, description = status
+        message = _field(b"\x12", description.encode()) if description and code == _ERROR else b""
+        parts.append(_field(b"\x7a", message + (b"\x18" + _varint(code) if code else b"")))
         flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_id and remote else 0)
         parts.append(_FLAGS.pack(_FLAG_TAG, flags))
         return b"".join(parts)
@@ -179,21 +191,33 @@ class Encoder:
 
     def _span_attributes(self, attributes: Mapping[str, Any]) -> bytes:
         """Each attribute as a `Span.attributes` field (9); the encoded pairs of scalar values
-        come from the cache (cleared when full: the values that repeat come back at once)."""
+        come from the cache, by key (a key's values cleared when it holds `_PER_KEY`: a
+        request id, unique, clears its own and not the values that repeat)."""
         cache = self.cache
         out = []
         for key, v in attributes.items():
             cls = v.__class__
-            if cls is str or cls is int or cls is bool or cls is float:
-                encoded = cache.get((key, cls, v))
-                if encoded is None:
-                    encoded = self._pair(b"\x4a", key, v)
-                    if len(cache) >= _CACHE_MAX:
-                        cache.clear()
-                    cache[(key, cls, v)] = encoded
-                out.append(encoded)
-            else:
+            if cls is str:
+                found = v
+            elif cls is int or cls is bool:
+                found = (cls, v)  # True == 1, and each is encoded differently
+            elif cls is tuple and _STR.issuperset(map(type, v)):
+                found = (cls, v)  # strings: ("stop",), a finish reason
+            else:  # a float is not cached: 0.0 == -0.0, and each is encoded differently
                 out.append(self._pair(b"\x4a", key, v))
+                continue
+            values = cache.get(key)
+            if values is None:
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                values = cache[key] = {}
+            encoded = values.get(found)
+            if encoded is None:
+                encoded = self._pair(b"\x4a", key, v)
+                if len(values) >= _PER_KEY:
+                    values.clear()
+                values[found] = encoded
+            out.append(encoded)
         return b"".join(out)
 
     def _attributes(self, attributes: Mapping[str, Any], tag: bytes) -> bytes:
