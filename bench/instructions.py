@@ -40,8 +40,7 @@ from typing import Any
 import overhead
 import yaml
 from common import Proc, free_port, workdir, write_result
-from gateway_setup import gated_config
-from observability import start_sink
+from paired import sides
 
 
 def _start(config: dict[str, Any], work: Path, name: str, src: str | None) -> tuple[Proc, Path]:
@@ -149,48 +148,16 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("instructions.py needs valgrind (apt-get install valgrind)")
-    work = workdir()
-    stub = overhead.start_stub(work)
-    extra = [stub]
-    base = overhead.stub_only(work, stub.url)
-    if args.auth:
-        a_config, a_headers = base, dict[str, str]()
-        b_config, key = gated_config(base, work, "cg", None, True)
-        b_headers = {"Authorization": f"Bearer {key}"}
-        names = ("auth off", "key + limits, memory")
-    else:
-        sink = start_sink(work)
-        extra.append(sink)
-        a_config, a_headers = {**base, "log_requests": False}, {}
-        b_config = {
-            **base,
-            "log_level": "info",
-            "log_format": "json",
-            "log_requests": args.only != "tracing",
-        }
-        if args.only != "logs":
-            b_config["otel_endpoint"] = sink.url
-        b_headers = {}
-        names = ("all off", {"logs": "JSON logs", "tracing": "tracing"}.get(args.only, "both"))
-    for item in args.set:
-        key, _, value = item.partition("=")
-        b_config = {**b_config, key: yaml.safe_load(value)}
-    b_src = args.b_src
     for src in (args.b_src, args.baseline):
         if src and not (Path(src) / "llm_router").is_dir():
             parser.error(f"{src} has no llm_router package (give a checkout's src/)")
-    if args.b_src:
-        names = (names[0], f"{names[1]} @{args.b_src}")
-    if args.baseline:
-        b_config, b_headers, b_src = a_config, a_headers, args.baseline
-        names = (names[0], f"{names[0]} @base")
+    work = workdir()
+    side_a, side_b, extra = sides(args, work)
+    names = (side_a[0], side_b[0])
     results: dict[str, dict[str, Any]] = {}
     try:
-        for name, config, headers, src in (
-            (names[0], a_config, a_headers, None),
-            (names[1], b_config, b_headers, b_src),
-        ):
-            proc, out = _start(config, work, name.replace(" ", "_").replace(",", ""), src)
+        for name, config, headers, src in (side_a, side_b):
+            proc, out = _start(config, work, re.sub(r"[^\w.-]+", "_", name), src)
             try:
                 results[name] = _measure(proc, out, headers, args)
             finally:

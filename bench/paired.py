@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import overhead
+import yaml
 from common import Proc, ours, workdir, write_result
 from gateway_setup import gated_config
 from observability import start_sink
@@ -64,36 +65,55 @@ def median_interval(values: list[float]) -> tuple[float, float]:
     return s[k], s[n - 1 - k]
 
 
-def _routers(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list[Proc]]:
+Side = tuple[str, dict[str, Any], dict[str, str], str | None]  # name, config, headers, src
+
+
+def sides(args: argparse.Namespace, work: Path) -> tuple[Side, Side, list[Proc]]:
+    """A and B of `args` (--auth or --observability, --only, --baseline, --b-src, --set): each
+    its name, configuration, request headers and the `src/` it runs from (None: this tree);
+    and the stub (and the OTLP sink) they use, started (stop them)."""
     stub = overhead.start_stub(work)
     extra = [stub]
     base = overhead.stub_only(work, stub.url)
+    only = getattr(args, "only", None)
+    a_headers: dict[str, str] = {}
     if args.auth:
-        a_config, a_headers = base, {}
+        a_config = base
         b_config, key = gated_config(base, work, "paired", None, True)
         b_headers = {"Authorization": f"Bearer {key}"}
         names = ("auth off", "key + limits, memory")
     else:
         sink = start_sink(work)
         extra.append(sink)
-        a_config, a_headers = {**base, "log_requests": False}, {}
+        a_config = {**base, "log_requests": False}
         b_config = {
             **base,
             "log_level": "info",
             "log_format": "json",
-            "log_requests": True,
-            "otel_endpoint": sink.url,
+            "log_requests": only != "tracing",
         }
+        if only != "logs":
+            b_config["otel_endpoint"] = sink.url
         b_headers = {}
-        names = ("all off", "logs + tracing")
+        names = ("all off", {"logs": "JSON logs", "tracing": "tracing"}.get(only or "", "both"))
+    for item in getattr(args, "set", None) or ():
+        key, _, value = item.partition("=")
+        b_config = {**b_config, key: yaml.safe_load(value)}
     b_src = getattr(args, "b_src", None)
     if b_src:  # B's configuration, from the other checkout
         names = (names[0], f"{names[1]} @{b_src}")
     if args.baseline:  # B: A's configuration, from the other checkout
         b_config, b_headers, b_src = a_config, a_headers, args.baseline
         names = (names[0], f"{names[0]} @base")
-    a = (names[0], ours(a_config, work), a_headers)
-    b = (names[1], ours(b_config, work, src=b_src), b_headers)
+    return (names[0], a_config, a_headers, None), (names[1], b_config, b_headers, b_src), extra
+
+
+def _routers(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list[Proc]]:
+    (name_a, a_config, a_headers, _), (name_b, b_config, b_headers, b_src), extra = sides(
+        args, work
+    )
+    a = (name_a, ours(a_config, work), a_headers)
+    b = (name_b, ours(b_config, work, src=b_src), b_headers)
     return {"a": a, "b": b}, extra
 
 

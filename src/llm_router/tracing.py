@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .trace_export import Record
 
 __all__ = [
     "Span",
@@ -302,23 +301,6 @@ class Span:
                     tuple(self.events) if self.events else (),
                 )
             )
-
-    def as_record(self) -> Record:
-        return (
-            self.name,
-            self.kind,
-            self.trace_id,
-            self.span_id,
-            self.parent_id,
-            self.remote,
-            self.flags,
-            self.state,
-            self.start_ns,
-            self.end_ns,
-            self.attributes,
-            self.status,
-            tuple(self.events) if self.events else (),
-        )
 
 
 def current() -> Tracing | None:
