@@ -40,9 +40,9 @@ _DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
 _FLAG_TAG = b"\x85\x01"  # field 16, wire type 5
 _SMALL = [bytes((n,)) for n in range(128)]
 _KINDS = [b"\x30" + bytes((k + 1,)) for k in range(5)]  # OTLP's SpanKind: the SDK's + 1
-# the UNSET status (the SDK sends it, empty), then the flags: a span's usual end, made once
-_UNSET = b"\x7a\x00" + _FLAGS.pack(_FLAG_TAG, _HAS_IS_REMOTE)
-_UNSET_REMOTE = b"\x7a\x00" + _FLAGS.pack(_FLAG_TAG, _HAS_IS_REMOTE | _IS_REMOTE)
+# Span.flags: its two values, packed once
+_LOCAL_FLAGS = _FLAGS.pack(_FLAG_TAG, _HAS_IS_REMOTE)
+_REMOTE_FLAGS = _FLAGS.pack(_FLAG_TAG, _HAS_IS_REMOTE | _IS_REMOTE)
 _STR = frozenset({str})
 _PER_KEY = 5_000  # cached values of one key: a key whose values never repeat clears only its own
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -145,10 +145,8 @@ class Encoder:
 
     def span(self, rec: Record) -> bytes:
         """One `Span` message."""
-        name, kind, trace_id, span_id, parent_id, remote, _, state, start, end, attributes = rec[
-            :11
-        ]
-        status, events = rec[11], rec[12]
+        name, kind, trace_id, span_id, parent_id, remote, _, state, start, end = rec[:10]
+        attributes, status, events = rec[10:]
         last, trace = self.trace
         if trace_id != last:
             trace = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08"
@@ -173,13 +171,14 @@ class Encoder:
         if events:
             parts.append(b"".join([_field(b"\x5a", self._event(*e)) for e in events]))
         if status is None:
-            parts.append(_UNSET_REMOTE if parent_id and remote else _UNSET)
-            return b"".join(parts)
-        code, description = status
-        message = _field(b"\x12", description.encode()) if description and code == _ERROR else b""
-        parts.append(_field(b"\x7a", message + (b"\x18" + _varint(code) if code else b"")))
-        flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_id and remote else 0)
-        parts.append(_FLAGS.pack(_FLAG_TAG, flags))
+            parts.append(b"\x7a\x00")  # the SDK sends the UNSET status, empty
+        else:
+            code, description = status
+            message = (
+                _field(b"\x12", description.encode()) if description and code == _ERROR else b""
+            )
+            parts.append(_field(b"\x7a", message + (b"\x18" + _varint(code) if code else b"")))
+        parts.append(_REMOTE_FLAGS if parent_id and remote else _LOCAL_FLAGS)
         return b"".join(parts)
 
     def _event(self, name: str, attributes: Mapping[str, Any], at: int) -> bytes:

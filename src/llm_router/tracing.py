@@ -154,10 +154,10 @@ class Tracing:
         if result.attributes:
             attributes = {**attributes, **result.attributes}
         flags |= _SAMPLED if result.decision.is_sampled() else 0
-        s = Span(self, name, SERVER, trace_id, attributes, None, 0, flags)
-        s.state = result.trace_state.to_header() if result.trace_state else ""
-        if remote is not None:
-            s.parent_id, s.remote = remote.span_id, True
+        state = result.trace_state.to_header() if result.trace_state else ""
+        parent_id = remote.span_id if remote is not None else 0
+        s = Span(self, name, SERVER, trace_id, attributes, None, parent_id, flags, state)
+        s.remote = remote is not None
         return s
 
     def shutdown(self) -> None:
@@ -231,25 +231,6 @@ class Span:
         self.end_ns = 0
         self.status: tuple[int, str | None] | None = None
         self.events: list[tuple[str, dict[str, AttributeValue], int]] | None = None
-
-    def child(
-        self,
-        name: str,
-        attributes: Mapping[str, AttributeValue] | None,
-        kind: int = INTERNAL,
-        start_ns: int | None = None,
-    ) -> Span:
-        return Span(
-            self.tracing,
-            name,
-            kind,
-            self.trace_id,
-            attributes,
-            start_ns,
-            self.span_id,
-            self.flags,
-            self.state,
-        )
 
     def is_recording(self) -> bool:
         return bool(self.flags & _SAMPLED) and not self.end_ns
@@ -370,10 +351,8 @@ def span(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> A
     """A child span of the current one, current inside the block (for coroutines: never across
     a generator's yield); the block gets None when tracing is off, at the cost of one
     context-variable read."""
-    parent = _span.get()
-    if parent is None or not parent.flags & _SAMPLED:
-        return _OFF
-    return _Block(parent.child(name, attributes))
+    s = start(name, attributes)
+    return _OFF if s is None else _Block(s)
 
 
 def start(

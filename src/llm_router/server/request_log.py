@@ -31,11 +31,9 @@ SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TEXT_LIMIT = 64 * 1024  # most bytes of a body kept for `log_prompts`
 
 
-def request_fields(state: dict[str, Any], out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What an OpenAI route's record says about the request (nothing for other routes), added
-    to `out` (a new dict when None): only what it has (no None values)."""
-    if out is None:
-        out = {}
+def request_fields(state: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """`out` with what an OpenAI route's record says about the request (nothing for other
+    routes): only what it has (no None values)."""
     route = state.get("route")
     if route is not None:
         if route.model:
@@ -74,10 +72,9 @@ def write_line(
     not at all when the JSON handler alone would write it (logs.py)."""
     if not log.isEnabledFor(logging.INFO):
         return
-    method, path = scope["method"], redact(scope["path"])
     fields: dict[str, Any] = {
-        "method": method,
-        "path": path,
+        "method": scope["method"],
+        "path": redact(scope["path"]),
         "status": status or None,  # None: the client left before any response
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
     }
@@ -88,13 +85,12 @@ def write_line(
         fields["span_id"] = f"{span.span_id:016x}"
     if texts is not None:
         fields.update(texts.fields())
-    summary = f"{method} {path} {status or '-'}"
     handler = sole_json_handler(log)
     if handler is not None:  # the server's JSON log: the same line, without the record
-        handler.line(log.name, summary, fields)
+        handler.line(log.name, _summary(fields), fields)
         return
     extra = {"fields": fields}
-    line = _Line(fields, summary)
+    line = _Line(fields)
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None, None, extra))
 
 
@@ -104,15 +100,20 @@ class _Line:
 
     __slots__ = ("fields", "summary")
 
-    def __init__(self, fields: dict[str, Any], summary: str | None = None) -> None:
+    def __init__(self, fields: dict[str, Any]) -> None:
         self.fields = fields
-        self.summary = summary or f"{fields['method']} {fields['path']} {fields['status'] or '-'}"
+        self.summary = _summary(fields)
 
     def __str__(self) -> str:
         rest = " ".join(
             _pair(k, v) for k, v in self.fields.items() if k not in ("method", "path", "status")
         )
         return f"{self.summary} {rest}"
+
+
+def _summary(fields: dict[str, Any]) -> str:
+    """The line's message: method, path and status ("-" when the client left first)."""
+    return f"{fields['method']} {fields['path']} {fields['status'] or '-'}"
 
 
 def _pair(name: str, value: Any) -> str:
