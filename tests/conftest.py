@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from llm_router import defaults
+from otlp_receiver import Received, otlp_receiver
 from servers import MakeClient, Server, link_models
 
 # Real Redis and PostgreSQL (tests/services.py): fixtures `redis_url`, `postgres_url`.
@@ -58,6 +59,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     srv = Server(tmp_path_factory.mktemp("server"), {"models_dir": str(models_dir)}).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def otlp() -> Iterator[tuple[str, Received]]:
+    """An OTLP/HTTP traces endpoint on 127.0.0.1 (its URL) and what it has received."""
+    with otlp_receiver() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans."""
 
 from __future__ import annotations
 
-import http.server
-import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +19,7 @@ from llm_router import __version__, otlp_export
 from llm_router.otlp_export import _Direct
 from llm_router.trace_encode import Encoder
 from llm_router.trace_export import Record
+from otlp_receiver import otlp_receiver
 
 RESOURCE = Resource.create({"service.name": "router-under-test", "deployment": "test"})
 
@@ -181,25 +180,6 @@ def test_requests_are_cut_at_the_byte_bound_and_keep_every_span() -> None:
     assert len(list(encoder.requests(batch, 20))) == 3
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP endpoint on 127.0.0.1 keeping the spans it receives."""
-
-    spans: ClassVar[list[Any]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        message = ExportTraceServiceRequest.FromString(body)
-        self.spans.extend(
-            s for r in message.resource_spans for ss in r.scope_spans for s in ss.spans
-        )
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 sampled = records.map(lambda r: (*r[:6], r[6] | 1, *r[7:]))  # only sampled spans are sent
 
 
@@ -207,20 +187,16 @@ sampled = records.map(lambda r: (*r[:6], r[6] | 1, *r[7:]))  # only sampled span
 @given(st.lists(sampled, min_size=1, max_size=8))
 def test_both_ways_of_the_exporter_process_send_the_same_spans(batch: list[Record]) -> None:
     """Encoded here, or (an exporter without the way in) the SDK's spans and processor."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     got = []
-    try:
+    with otlp_receiver() as (url, received):
         for encode in (True, False):
-            _Receiver.spans = []
-            export = otlp_export.exporting(f"http://127.0.0.1:{server.server_port}", encode=encode)
+            received.clear()
+            export = otlp_export.exporting(url, encode=encode)
             assert isinstance(export, otlp_export._Encoded) == encode
             export(batch)
             export.shutdown()  # the processor exports what it holds
-            got.append(sorted(_Receiver.spans, key=lambda s: s.SerializeToString()))
-    finally:
-        server.shutdown()
-        server.server_close()
+            spans = [span for span, _ in received.spans()]
+            got.append(sorted(spans, key=lambda s: s.SerializeToString()))
     assert len(got[0]) == len(batch) and got[0] == got[1]
 
 

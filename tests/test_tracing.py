@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import random
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from inproc import app_client, fake_models
 from llm_router.config import ModelConfig, RouteConfig, Settings
 from llm_router.tracing import Tracing
+from otlp_receiver import otlp_receiver
 from servers import SMOL, MakeClient, Server
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -183,52 +180,23 @@ def test_an_endpoint_in_the_environment_turns_it_on(monkeypatch: pytest.MonkeyPa
         tracing.shutdown()
 
 
-class _OtlpReceiver(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP traces endpoint (POST /v1/traces, protobuf) keeping what it receives."""
-
-    received: ClassVar[list[ExportTraceServiceRequest]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(body)
-        self.received.append(message)
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.end_headers()
-        self.wfile.write(b"")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_a_real_server_exports_its_spans_over_otlp(
     tmp_path: Path, models_dir: Path, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpReceiver)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.server_port}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "router-under-test")
-    srv = Server(tmp_path, {"models_dir": str(models_dir)}).start()
-    try:
-        client = make_client(srv)
-        done = client.chat.completions.create(
-            model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-        )
-        assert done.choices[0].message.content is not None
-    finally:
-        srv.stop()  # the server exports what is left as it stops
-        receiver.shutdown()
-        receiver.server_close()
-    spans = [
-        (span.name, resource.resource)
-        for message in _OtlpReceiver.received
-        for resource in message.resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    ]
+    with otlp_receiver() as (url, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "router-under-test")
+        srv = Server(tmp_path, {"models_dir": str(models_dir)}).start()
+        try:
+            client = make_client(srv)
+            done = client.chat.completions.create(
+                model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+            assert done.choices[0].message.content is not None
+        finally:
+            srv.stop()  # the server exports what is left as it stops
+    spans = [(span.name, resource) for span, resource in received.spans()]
     names = {name for name, _ in spans}
     assert {
         "POST /v1/chat/completions",

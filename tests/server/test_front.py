@@ -5,19 +5,14 @@ exports the spans the request path recorded, with their ids, parents, attributes
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import logging
 import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -26,6 +21,7 @@ from inproc import app_client
 from llm_router import trace_export, tracing
 from llm_router.trace_export import ExporterProcess
 from llm_router.tracing import Tracing
+from otlp_receiver import Received
 from servers import Server
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -106,38 +102,12 @@ async def test_a_trace_the_client_does_not_sample_is_not_exported(
     assert exporter.get_finished_spans() == ()
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: ClassVar[list[ExportTraceServiceRequest]] = []
-
-    def do_POST(self) -> None:
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(self.rfile.read(int(self.headers["content-length"])))
-        self.received.append(message)
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[str]:
-    """An OTLP/HTTP endpoint on 127.0.0.1 keeping what it receives."""
-    _Receiver.received = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-
-
 def test_the_exporter_process_exports_the_spans_as_recorded(
-    receiver: str, monkeypatch: pytest.MonkeyPatch
+    otlp: tuple[str, Received], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "exported")
-    t = Tracing(TracerProvider(), ExporterProcess(receiver))
+    url, received = otlp
+    t = Tracing(TracerProvider(), ExporterProcess(url))
     root = t.root("POST /v1/chat/completions", {"url.path": "/v1/chat/completions"}, [])
     with tracing.activate(root):
         with tracing.span("llm_router.route", {"gen_ai.request.model": "m"}) as route:
@@ -148,13 +118,7 @@ def test_the_exporter_process_exports_the_spans_as_recorded(
         tracing.record("llm_router.decode", 1_000, 2_000, {"gen_ai.usage.output_tokens": 3})
     t.shutdown()  # waits for the exporter process's last export
     assert call is not None
-    spans = {
-        s.name: (s, r.resource)
-        for m in _Receiver.received
-        for r in m.resource_spans
-        for scope in r.scope_spans
-        for s in scope.spans
-    }
+    spans = {s.name: (s, resource) for s, resource in received.spans()}
     server, resource = spans["POST /v1/chat/completions"]
     assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "exported"
     assert server.span_id == root.span_id.to_bytes(8, "big") and server.parent_span_id == b""

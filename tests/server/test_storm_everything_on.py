@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gzip
-import http.server
 import json
 import os
 import random
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ import openai
 import pytest
 
 from llm_router import defaults
+from otlp_receiver import Received
 from servers import SMOL, Server, link_models
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.real]
@@ -55,50 +53,6 @@ def _allowed(key: str, op: str) -> set[int]:
     if key == "smol" and op == "embed":
         status = 404
     return {status, 429} if key == "tight" else {status}
-
-
-class _Collector(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP collector that keeps, of each server span, its request id and path."""
-
-    protocol_version = "HTTP/1.1"
-    spans: list[tuple[str, str]]
-
-    def do_POST(self) -> None:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-        from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if self.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        request = ExportTraceServiceRequest.FromString(body)
-        for resource in request.resource_spans:
-            for scope in resource.scope_spans:
-                for span in scope.spans:
-                    if span.kind == Span.SPAN_KIND_SERVER:
-                        found = {a.key: a.value.string_value for a in span.attributes}
-                        self.spans.append(
-                            (found.get("llm_router.request_id", ""), found.get("url.path", ""))
-                        )
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def collector() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    spans: list[tuple[str, str]] = []
-    handler = type("Collector", (_Collector,), {"spans": spans})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", spans
-    server.shutdown()
-    server.server_close()
 
 
 def _make_key(config: Path, name: str, *flags: str) -> str:
@@ -249,14 +203,14 @@ def _per_key_metric(url: str) -> dict[str, int]:
 def test_everything_on_counts_every_request_once(
     tmp_path: Path,
     smollm2_gguf: Path,
-    collector: tuple[str, list[tuple[str, str]]],
+    otlp: tuple[str, Received],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed = int(os.environ.get("STORM_SEED") or random.randrange(1 << 32))
     print(f"STORM_SEED={seed}")
     models = link_models(tmp_path / "models", smollm2_gguf)
     assert defaults.place_minilm(models) is not None
-    endpoint, spans = collector
+    endpoint, received = otlp
     monkeypatch.setenv("LLM_ROUTER_MASTER_KEY", MASTER)
     srv = Server(
         tmp_path,
@@ -304,7 +258,12 @@ def test_everything_on_counts_every_request_once(
         x["request_id"] for x in lines if x.get("path", "").startswith("/v1/")
     )
     assert logged == storm.ids, "one log line per request, with the id its client was given"
-    traced = collections.Counter(i for i, path in spans if path.startswith("/v1/"))
+    traced: collections.Counter[str] = collections.Counter()
+    for span, _ in received.spans():
+        if span.kind == span.SPAN_KIND_SERVER:
+            attributes = {a.key: a.value.string_value for a in span.attributes}
+            if attributes.get("url.path", "").startswith("/v1/"):
+                traced[attributes.get("llm_router.request_id", "")] += 1
     assert traced == storm.ids, "one server span per request, with the id its client was given"
     for question, answers in storm.answers.items():
         assert len(answers) == 1, f"{question!r} at temperature 0 was answered {answers}"
