@@ -24,11 +24,49 @@ from starlette.types import Scope
 from ..logs import redact, sole_json_handler
 from ..tracing import Span
 
-__all__ = ["SANE_ID", "Texts", "request_fields", "write_line"]
+__all__ = [
+    "LOG_NAMES",
+    "SANE_ID",
+    "SPAN_NAMES",
+    "Texts",
+    "request_fields",
+    "route_fields",
+    "write_line",
+]
 
 log = logging.getLogger("llm_router.requests")
 SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TEXT_LIMIT = 64 * 1024  # most bytes of a body kept for `log_prompts`
+
+
+# The names `route_fields` gives a route record's model asked, target served, route decision,
+# response cache's word and tokens: the log line's, and the span's (GenAI conventions).
+LOG_NAMES = ("model", "target", "route", "cache", "prompt_tokens", "completion_tokens")
+SPAN_NAMES = (
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "llm_router.route",
+    "llm_router.cache",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+)
+
+
+def route_fields(route: Any, out: dict[str, Any], names: tuple[str, ...]) -> None:
+    """`out` with what an OpenAI route's record (serving/route_info.py) says, under `names`
+    (`LOG_NAMES` or `SPAN_NAMES`): only what it has, no None values. The one reader of the
+    record for the request's log line and its server span."""
+    if route.model:
+        out[names[0]] = redact(route.model)
+    if route.target:
+        out[names[1]] = route.target
+    if route.reason:
+        out[names[2]] = route.reason
+    if route.cache:
+        out[names[3]] = route.cache
+    if route.usage is not None:
+        out[names[4]] = route.usage.prompt_tokens
+        out[names[5]] = route.usage.completion_tokens
 
 
 def request_fields(state: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
@@ -36,19 +74,9 @@ def request_fields(state: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]
     routes): only what it has (no None values)."""
     route = state.get("route")
     if route is not None:
-        if route.model:
-            out["model"] = redact(route.model)
-        if route.target:
-            out["target"] = route.target
-        if route.reason:
-            out["route"] = route.reason
-        if route.usage is not None:
-            out["prompt_tokens"] = route.usage.prompt_tokens
-            out["completion_tokens"] = route.usage.completion_tokens
+        route_fields(route, out, LOG_NAMES)
         if route.ttft is not None:
             out["ttft_ms"] = round(route.ttft * 1000, 2)
-        if route.cache:
-            out["cache"] = route.cache
         if route.error:  # a stream cut after its 200 says so here
             out["error"] = route.error
     key = state.get("key_name")

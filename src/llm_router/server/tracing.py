@@ -14,6 +14,7 @@ from starlette.types import Scope
 
 from ..logs import redact
 from ..tracing import Span, Tracing
+from .request_log import SPAN_NAMES, route_fields
 
 __all__ = ["finish_span", "open_span", "route_template"]
 
@@ -90,17 +91,7 @@ def finish_span(span: Span, state: dict[str, Any], status: int, scope: Scope) ->
     if request_id:
         attributes["llm_router.request_id"] = request_id
     if route is not None:
-        if route.model:
-            attributes["gen_ai.request.model"] = redact(route.model)
-        if route.target:
-            attributes["gen_ai.response.model"] = route.target
-        if route.reason:
-            attributes["llm_router.route"] = route.reason
-        if route.cache:
-            attributes["llm_router.cache"] = route.cache
-        if route.usage is not None:
-            attributes["gen_ai.usage.input_tokens"] = route.usage.prompt_tokens
-            attributes["gen_ai.usage.output_tokens"] = route.usage.completion_tokens
+        route_fields(route, attributes, SPAN_NAMES)
     if status:
         attributes["http.response.status_code"] = status
     if status >= 500:
