@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-__all__ = ["Received", "otlp_receiver", "spans_of"]
+__all__ = ["Received", "otlp_receiver"]
 
 
 class Received(list[ExportTraceServiceRequest]):
@@ -20,17 +20,13 @@ class Received(list[ExportTraceServiceRequest]):
 
     def spans(self) -> list[tuple[Any, Any]]:
         """Each span received, with the resource it came under."""
-        return spans_of(self)
-
-
-def spans_of(requests: list[ExportTraceServiceRequest]) -> list[tuple[Any, Any]]:
-    return [
-        (span, resource.resource)
-        for request in requests
-        for resource in request.resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    ]
+        return [
+            (span, resource.resource)
+            for request in self
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
 
 
 @contextlib.contextmanager
